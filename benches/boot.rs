@@ -1,0 +1,5 @@
+//! Benchmark: boot (filled in by its issue).
+
+fn main() {
+    eprintln!("boot benchmark: not written yet");
+}

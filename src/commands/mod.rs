@@ -1,0 +1,13 @@
+//! One module per subcommand; each is a thin adapter over the library crates.
+
+pub mod cap;
+pub mod demo;
+pub mod image;
+pub mod keygen;
+pub mod report;
+pub mod run;
+pub mod ui;
+pub mod verify;
+
+/// Generic failure (bad input, I/O). Commands with richer codes document their own.
+pub const EXIT_FAILURE: u8 = 1;

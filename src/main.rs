@@ -1,0 +1,99 @@
+//! `openclaw`: run an AI agent in a sandbox whose only way out is a
+//! capability-checking, receipt-writing egress proxy.
+//!
+//! This file parses the command line, starts logging and dispatches to
+//! `commands/`, each a thin adapter over the library crates.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod home;
+mod keys;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Run an AI agent inside a sandbox whose only way out is an egress proxy
+/// that checks every request against a capability token and signs a receipt
+/// for every decision.
+#[derive(Debug, Parser)]
+#[command(name = "openclaw", version, propagate_version = true)]
+#[command(after_help = "Getting started:
+  openclaw keygen                       # create the root and receipt keys in ~/.openclaw
+  openclaw cap mint policy.toml --key ~/.openclaw/keys/root.key -o task.cap
+  openclaw run --capabilities task.cap -- ./agent.sh
+  openclaw verify ~/.openclaw/sessions/<id>
+
+Or try the offline demo:  openclaw demo flight-booking")]
+struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command (the agent) in a sandbox under a capability token.
+    Run(commands::run::RunArgs),
+    /// Mint, attenuate, inspect and check capability tokens.
+    #[command(subcommand)]
+    Cap(commands::cap::CapCommand),
+    /// Verify a session's receipt chain offline.
+    Verify(commands::verify::VerifyArgs),
+    /// Regenerate (and open) a session's HTML report.
+    Report(commands::report::ReportArgs),
+    /// Create the capability root key pair and the receipt-signing key pair.
+    Keygen(commands::keygen::KeygenArgs),
+    /// Run a built-in scenario offline, with its own mock services.
+    Demo(commands::demo::DemoArgs),
+    /// Serve the sessions list, live sessions and reports in a browser.
+    Ui(commands::ui::UiArgs),
+    /// Build or locate the microVM guest image (kernel and initramfs).
+    #[command(subcommand)]
+    Image(commands::image::ImageCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match main_exec(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // One line, with the cause chain: "error: reading x.cap: No such file or directory".
+            eprintln!("error: {err:#}");
+            ExitCode::from(commands::EXIT_FAILURE)
+        }
+    }
+}
+
+fn main_exec(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => commands::run::execute(args),
+        Command::Cap(cmd) => commands::cap::execute(cmd),
+        Command::Verify(args) => commands::verify::execute(args),
+        Command::Report(args) => commands::report::execute(args),
+        Command::Keygen(args) => commands::keygen::execute(args),
+        Command::Demo(args) => commands::demo::execute(args),
+        Command::Ui(args) => commands::ui::execute(args),
+        Command::Image(cmd) => commands::image::execute(cmd),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
