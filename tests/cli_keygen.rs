@@ -18,7 +18,11 @@ fn mode(path: &Path) -> u32 {
 fn keygen_writes_both_pairs_into_the_home_with_private_keys_0600() {
     let home = tempfile::tempdir().expect("tempdir");
     let out = openclaw(home.path()).arg("keygen").output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let keys = home.path().join("keys");
     for private in ["root.key", "receipt.key"] {
         assert_eq!(mode(&keys.join(private)), 0o600, "{private}");
@@ -55,7 +59,10 @@ fn keygen_refuses_to_overwrite_without_force_and_keeps_old_keys() {
         .expect("run");
     assert!(!again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(stderr.contains("already exists") && stderr.contains("--force"), "{stderr}");
+    assert!(
+        stderr.contains("already exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read(dir.join("root.key")).expect("read"), before);
 
     let forced = openclaw(home.path())
@@ -74,7 +81,9 @@ fn every_subcommand_help_teaches_with_an_example() {
     let top = openclaw(home.path()).arg("--help").output().expect("run");
     assert!(top.status.success());
     let text = String::from_utf8_lossy(&top.stdout);
-    for sub in ["run", "cap", "verify", "report", "keygen", "demo", "ui", "image"] {
+    for sub in [
+        "run", "cap", "verify", "report", "keygen", "demo", "ui", "image",
+    ] {
         assert!(text.contains(sub), "top-level help lists {sub}: {text}");
     }
     let keygen = openclaw(home.path())
