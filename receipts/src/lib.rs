@@ -1,3 +1,31 @@
 //! Signed, hash-chained receipts: the record of every decision openclaw makes,
 //! written durably before the decision takes effect and verifiable offline.
+//!
+//! The public interface is:
+//! - [`ReceiptLog`]: the durable, group-committing writer (`create`,
+//!   `open_existing`, `with_sink`, `append`/`submit`, `finish`).
+//! - [`UnverifiedChain`] → [`VerifiedChain`] via `verify(&key)`, failing with a
+//!   [`ChainError`] that names the first bad line; [`LineVerifier`] checks one
+//!   line at a time.
+//! - [`Receipt`], [`Body`], [`DecisionRecord`], [`ApprovalRecord`]: the format
+//!   (see `docs/receipts.md`).
 #![forbid(unsafe_code)]
+
+/// Byte format: typed receipts, canonical encoding, signing input, key ids.
+mod format;
+/// Durable append with group commit and crash recovery.
+mod log;
+/// Offline verification.
+mod verify;
+
+pub use format::{
+    format_time, key_id, line_hash, sha256_hex, ApprovalRecord, Body, DecisionRecord, Receipt,
+    FORMAT_VERSION, GENESIS_PREV,
+};
+pub use log::{
+    AppendError, Appended, DurableSink, Entry, LogOptions, OpenLogError, PendingReceipt,
+    ReceiptLog, Recovered, SessionStart,
+};
+pub use verify::{
+    danger, kind_name, ChainError, LineVerifier, UnverifiedChain, VerifiedChain, VerifiedReceipt,
+};

@@ -1,0 +1,733 @@
+//! The durable receipt writer: a cloneable handle that signs and chains each
+//! receipt, and a writer thread that commits appends from many callers in one
+//! write + fdatasync (group commit). An append is acknowledged only after its
+//! line is on disk; after any write or sync failure the log refuses every
+//! further append, so the chain never continues over a hole.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use ed25519_dalek::SigningKey;
+
+use crate::format::{
+    self, ApprovalRecord, Body, DecisionRecord, Receipt, FORMAT_VERSION, GENESIS_PREV,
+};
+use crate::verify::{ChainError, LineVerifier};
+
+/// Where receipt lines go. `sync` must make everything written so far durable.
+/// Implemented for [`File`]; tests elsewhere can implement it to fail on demand.
+pub trait DurableSink: Send + 'static {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+impl DurableSink for File {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        Write::write_all(self, bytes)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+/// What session_start binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStart {
+    pub session_id: String,
+    /// Revocation ids of the session's token, root block first.
+    pub revocation_ids: Vec<String>,
+    /// Isolation backend: `kvm`, `netns`, ...
+    pub sandbox: String,
+    /// Hex SHA-256 of the session's `capabilities.cap` file, if any.
+    pub capability_sha256: Option<String>,
+}
+
+/// A receipt to append (session_start and session_end are written by the log).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    /// A decision, stamped with the `now` it was made with.
+    Decision {
+        decided_at: SystemTime,
+        record: DecisionRecord,
+    },
+    Approval(ApprovalRecord),
+}
+
+/// An acknowledged receipt: durable on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    /// SHA-256 of the receipt's line.
+    pub hash: [u8; 32],
+}
+
+/// Why an append was not acknowledged. The caller must treat any of these as
+/// "no receipt": fail closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("writing receipt {seq} failed: {why}")]
+    Write { seq: u64, why: String },
+    #[error("the receipt log failed earlier ({why}) and accepts no more receipts")]
+    Poisoned { why: String },
+    #[error("the session has ended; no more receipts")]
+    Ended,
+    #[error("encoding receipt: {0}")]
+    Encode(String),
+    #[error("the receipt writer thread is gone")]
+    WriterGone,
+}
+
+/// Why a log could not be created or reopened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenLogError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {source}")]
+    Chain {
+        path: PathBuf,
+        #[source]
+        source: ChainError,
+    },
+    #[error("{path}: no complete session_start; nothing was ever acknowledged, start a new log")]
+    NoStart { path: PathBuf },
+    #[error("{path}: the session has already ended")]
+    Ended { path: PathBuf },
+    #[error("writing session_start: {0}")]
+    Start(#[from] AppendError),
+    #[error("starting the receipt writer thread: {0}")]
+    Thread(io::Error),
+}
+
+/// Tuning for the writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Most receipts committed by one write + fdatasync. 1 means one fsync per receipt.
+    pub max_batch: usize,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions { max_batch: 4096 }
+    }
+}
+
+/// What reopening found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Complete receipts kept.
+    pub receipts: u64,
+    /// Bytes of a torn last line that were cut off.
+    pub truncated_bytes: u64,
+}
+
+/// A cloneable, thread-safe handle on one session's receipt chain.
+#[derive(Clone)]
+pub struct ReceiptLog {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ReceiptLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptLog")
+            .field("session", &self.shared.session)
+            .field("key_id", &self.shared.key_id)
+            .finish()
+    }
+}
+
+struct Shared {
+    queue: Arc<Queue>,
+    key: SigningKey,
+    key_id: String,
+    session: String,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Queue {
+    state: Mutex<State>,
+    /// Signalled when there is work for the writer or it should stop.
+    work: Condvar,
+}
+
+struct State {
+    next_seq: u64,
+    prev: [u8; 32],
+    pending: VecDeque<Pending>,
+    /// Set once a write or sync failed: nothing more is accepted.
+    poisoned: Option<String>,
+    ended: bool,
+    stopping: bool,
+}
+
+struct Pending {
+    line: Vec<u8>,
+    appended: Appended,
+    slot: Arc<Slot>,
+}
+
+/// Where the writer thread leaves one append's outcome.
+struct Slot {
+    state: Mutex<SlotState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    result: Option<Result<Appended, AppendError>>,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    fn complete(&self, result: Result<Appended, AppendError>) {
+        let mut s = lock(&self.state);
+        s.result = Some(result);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+        self.done.notify_all();
+    }
+}
+
+/// An append on its way to disk. Wait for it with [`PendingReceipt::wait`]
+/// (blocking) or `.await` it (it is a plain `Future`, runtime-agnostic).
+pub struct PendingReceipt {
+    slot: Arc<Slot>,
+}
+
+impl PendingReceipt {
+    pub fn wait(self) -> Result<Appended, AppendError> {
+        let mut s = lock(&self.slot.state);
+        loop {
+            if let Some(r) = s.result.take() {
+                return r;
+            }
+            s = self
+                .slot
+                .done
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+impl Future for PendingReceipt {
+    type Output = Result<Appended, AppendError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = lock(&self.slot.state);
+        match s.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Locks ignoring poisoning: every critical section leaves the state consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenLogError + '_ {
+    move |source| OpenLogError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl ReceiptLog {
+    /// Creates `path` (which must not exist), writes session_start and
+    /// returns once it is durable (file, its data and its directory entry).
+    pub fn create(
+        path: &Path,
+        key: SigningKey,
+        start: SessionStart,
+    ) -> Result<ReceiptLog, OpenLogError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(path)
+            .map_err(io_err(path))?;
+        sync_parent_dir(path)?;
+        Self::with_sink(file, key, start, LogOptions::default())
+    }
+
+    /// A new chain over any sink (files, or a test sink that fails on demand).
+    /// Writes session_start and waits for it.
+    pub fn with_sink(
+        sink: impl DurableSink,
+        key: SigningKey,
+        start: SessionStart,
+        options: LogOptions,
+    ) -> Result<ReceiptLog, OpenLogError> {
+        let session = start.session_id.clone();
+        let log = Self::spawn(sink, key, session, 0, [0; 32], options)?;
+        let body = Body::SessionStart {
+            public_key: hex::encode(log.shared.key.verifying_key().as_bytes()),
+            revocation_ids: start.revocation_ids,
+            sandbox: start.sandbox,
+            capability_sha256: start.capability_sha256,
+        };
+        log.submit_body(|_, _| body, SystemTime::now(), false)?
+            .wait()?;
+        Ok(log)
+    }
+
+    /// Reopens a chain after a crash: verifies it with the key, cuts a torn
+    /// last line (never acknowledged: acknowledgements follow fdatasync of
+    /// whole lines), and continues it. A complete line that does not verify
+    /// is an error, not something to cut.
+    pub fn open_existing(
+        path: &Path,
+        key: SigningKey,
+        options: LogOptions,
+    ) -> Result<(ReceiptLog, Recovered), OpenLogError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io_err(path))?;
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let truncated_bytes = (bytes.len() - complete) as u64;
+        let mut verifier = LineVerifier::new(key.verifying_key());
+        let mut session = None;
+        let lines = match complete {
+            0 => None,
+            n => Some(bytes[..n - 1].split(|&b| b == b'\n')),
+        };
+        for line in lines.into_iter().flatten() {
+            let r = verifier.push(line).map_err(|source| OpenLogError::Chain {
+                path: path.to_owned(),
+                source,
+            })?;
+            session.get_or_insert(r.receipt.session);
+        }
+        let Some(session) = session else {
+            return Err(OpenLogError::NoStart {
+                path: path.to_owned(),
+            });
+        };
+        if verifier.ended() {
+            return Err(OpenLogError::Ended {
+                path: path.to_owned(),
+            });
+        }
+        if truncated_bytes > 0 {
+            file.set_len(complete as u64).map_err(io_err(path))?;
+            file.sync_data().map_err(io_err(path))?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
+        let receipts = verifier.lines() as u64;
+        let log = Self::spawn(file, key, session, receipts, verifier.last_hash(), options)?;
+        Ok((
+            log,
+            Recovered {
+                receipts,
+                truncated_bytes,
+            },
+        ))
+    }
+
+    fn spawn(
+        sink: impl DurableSink,
+        key: SigningKey,
+        session: String,
+        next_seq: u64,
+        prev: [u8; 32],
+        options: LogOptions,
+    ) -> Result<ReceiptLog, OpenLogError> {
+        let queue = Arc::new(Queue {
+            state: Mutex::new(State {
+                next_seq,
+                prev,
+                pending: VecDeque::new(),
+                poisoned: None,
+                ended: false,
+                stopping: false,
+            }),
+            work: Condvar::new(),
+        });
+        let thread_queue = Arc::clone(&queue);
+        let max_batch = options.max_batch.max(1);
+        let handle = std::thread::Builder::new()
+            .name(format!("receipts-{session}"))
+            .spawn(move || writer_loop(&thread_queue, sink, max_batch))
+            .map_err(OpenLogError::Thread)?;
+        Ok(ReceiptLog {
+            shared: Arc::new(Shared {
+                queue,
+                key_id: format::key_id(&key.verifying_key()),
+                key,
+                session,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.shared.session
+    }
+
+    /// Key id written in each receipt's `signer`.
+    pub fn key_id(&self) -> &str {
+        &self.shared.key_id
+    }
+
+    /// Appends and blocks until the receipt is durable.
+    pub fn append(&self, entry: Entry) -> Result<Appended, AppendError> {
+        self.submit(entry)?.wait()
+    }
+
+    /// Signs and queues a receipt; its seq and place in the chain are fixed
+    /// now. The returned handle resolves once it is durable (or failed).
+    pub fn submit(&self, entry: Entry) -> Result<PendingReceipt, AppendError> {
+        let (ts, body) = match entry {
+            Entry::Decision { decided_at, record } => (decided_at, Body::Decision(record)),
+            Entry::Approval(record) => (SystemTime::now(), Body::Approval(record)),
+        };
+        self.submit_body(|_, _| body, ts, false)
+    }
+
+    /// Writes session_end (count and last hash) and waits for it and for
+    /// every earlier append, then stops the writer. Other handles get
+    /// [`AppendError::Ended`] afterwards.
+    pub fn finish(self) -> Result<Appended, AppendError> {
+        let end = self.submit_body(
+            |seq, prev| Body::SessionEnd {
+                count: seq + 1,
+                last: hex::encode(prev),
+            },
+            SystemTime::now(),
+            true,
+        )?;
+        let appended = end.wait()?;
+        self.shared.stop();
+        Ok(appended)
+    }
+
+    fn submit_body(
+        &self,
+        body: impl FnOnce(u64, [u8; 32]) -> Body,
+        ts: SystemTime,
+        end: bool,
+    ) -> Result<PendingReceipt, AppendError> {
+        let shared = &self.shared;
+        let mut state = lock(&shared.queue.state);
+        if let Some(why) = &state.poisoned {
+            return Err(AppendError::Poisoned { why: why.clone() });
+        }
+        if state.ended || state.stopping {
+            return Err(AppendError::Ended);
+        }
+        let seq = state.next_seq;
+        let receipt = Receipt {
+            v: FORMAT_VERSION,
+            session: shared.session.clone(),
+            seq,
+            ts: format::format_time(ts),
+            prev: if seq == 0 {
+                GENESIS_PREV.to_owned()
+            } else {
+                hex::encode(state.prev)
+            },
+            signer: shared.key_id.clone(),
+            body: body(seq, state.prev),
+        };
+        // Signing happens under the lock: the next line's prev is this
+        // line's hash, so receipts are necessarily encoded one at a time.
+        let mut line = format::encode_signed(&receipt, &shared.key)
+            .map_err(|e| AppendError::Encode(e.to_string()))?;
+        let hash = format::line_hash(&line);
+        line.push(b'\n');
+        state.next_seq = seq + 1;
+        state.prev = hash;
+        state.ended = end;
+        let slot = Arc::new(Slot {
+            state: Mutex::new(SlotState::default()),
+            done: Condvar::new(),
+        });
+        let appended = Appended { seq, hash };
+        state.pending.push_back(Pending {
+            line,
+            appended,
+            slot: Arc::clone(&slot),
+        });
+        drop(state);
+        shared.queue.work.notify_one();
+        Ok(PendingReceipt { slot })
+    }
+}
+
+impl Shared {
+    fn stop(&self) {
+        lock(&self.queue.state).stopping = true;
+        self.queue.work.notify_all();
+        if let Some(handle) = lock(&self.writer).take() {
+            // The writer drains what is queued before it exits.
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn writer_loop(queue: &Queue, mut sink: impl DurableSink, max_batch: usize) {
+    let mut buf = Vec::new();
+    loop {
+        let batch: Vec<Pending> = {
+            let mut state = lock(&queue.state);
+            while state.pending.is_empty() && !state.stopping {
+                state = queue
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if state.pending.is_empty() {
+                return;
+            }
+            let n = state.pending.len().min(max_batch);
+            state.pending.drain(..n).collect()
+        };
+        buf.clear();
+        for p in &batch {
+            buf.extend_from_slice(&p.line);
+        }
+        match sink.write_all(&buf).and_then(|()| sink.sync()) {
+            Ok(()) => {
+                for p in batch {
+                    p.slot.complete(Ok(p.appended));
+                }
+            }
+            Err(e) => {
+                // Poison first so no new receipt is chained onto lines that
+                // may not exist on disk; then fail everything in flight.
+                let why = e.to_string();
+                let rest: Vec<Pending> = {
+                    let mut state = lock(&queue.state);
+                    state.poisoned = Some(why.clone());
+                    state.pending.drain(..).collect()
+                };
+                for p in batch.into_iter().chain(rest) {
+                    p.slot.complete(Err(AppendError::Write {
+                        seq: p.appended.seq,
+                        why: why.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Makes a newly created file's directory entry durable.
+fn sync_parent_dir(path: &Path) -> Result<(), OpenLogError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::UnverifiedChain;
+    use serde_json::json;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[42; 32])
+    }
+
+    fn start() -> SessionStart {
+        SessionStart {
+            session_id: "sess-1".into(),
+            revocation_ids: vec!["aa".into()],
+            sandbox: "netns".into(),
+            capability_sha256: None,
+        }
+    }
+
+    fn decision(i: u64) -> Entry {
+        Entry::Decision {
+            decided_at: SystemTime::now(),
+            record: DecisionRecord {
+                action: json!({"type": "web", "method": "GET", "host": "example.com", "path": format!("/{i}")}),
+                counters: json!({"spent_cents": 0, "emails_sent": 0, "llm_spent_micro_usd": 0}),
+                decision: json!({"decision": "allow", "reason": "web", "grant": "web", "revocation_ids": ["aa"]}),
+                body_sha256: None,
+            },
+        }
+    }
+
+    #[test]
+    fn concurrent_appends_form_one_verifiable_chain_with_unique_seqs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("receipts.jsonl");
+        let log = ReceiptLog::create(&path, key(), start()).expect("create");
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|i| log.append(decision(t * 100 + i)).expect("append").seq)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("join"))
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+        let end = log.finish().expect("finish");
+        assert_eq!(end.seq, 101);
+        let chain = UnverifiedChain::from_bytes(std::fs::read(&path).expect("read"))
+            .verify(&key().verifying_key())
+            .expect("verifies");
+        assert_eq!(chain.receipts.len(), 102);
+        assert_eq!(chain.last_hash(), end.hash);
+    }
+
+    /// Fails every write after the first `ok` ones.
+    struct FailingSink {
+        ok: usize,
+        written: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl DurableSink for FailingSink {
+        fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+            if self.ok == 0 {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            self.ok -= 1;
+            lock(&self.written).extend_from_slice(bytes);
+            Ok(())
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_fails_the_append_and_poisons_the_log() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let sink = FailingSink {
+            ok: 2,
+            written: Arc::clone(&written),
+        };
+        let log =
+            ReceiptLog::with_sink(sink, key(), start(), LogOptions::default()).expect("start");
+        assert_eq!(log.append(decision(1)).expect("second write ok").seq, 1);
+        let err = log.append(decision(2)).expect_err("third write fails");
+        assert!(matches!(err, AppendError::Write { seq: 2, .. }), "{err}");
+        let err = log.append(decision(3)).expect_err("poisoned");
+        assert!(matches!(err, AppendError::Poisoned { .. }), "{err}");
+        assert!(log.clone().finish().is_err());
+        // What reached the sink is a clean prefix: two whole lines.
+        let bytes = lock(&written).clone();
+        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 2);
+    }
+
+    #[test]
+    fn dev_full_enospc_is_reported_to_the_caller() {
+        let file = OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let err = ReceiptLog::with_sink(file, key(), start(), LogOptions::default())
+            .expect_err("no space");
+        assert!(err.to_string().contains("No space left"), "{err}");
+    }
+
+    #[test]
+    fn reopen_cuts_a_torn_line_and_continues_the_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("receipts.jsonl");
+        let log = ReceiptLog::create(&path, key(), start()).expect("create");
+        for i in 0..5 {
+            log.append(decision(i)).expect("append");
+        }
+        drop(log);
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        Write::write_all(&mut f, b"{\"action\":{\"ty").expect("torn write");
+        drop(f);
+        let (log, rec) =
+            ReceiptLog::open_existing(&path, key(), LogOptions::default()).expect("reopen");
+        assert_eq!(
+            rec,
+            Recovered {
+                receipts: 6,
+                truncated_bytes: 14
+            }
+        );
+        assert_eq!(log.append(decision(9)).expect("append").seq, 6);
+        log.finish().expect("finish");
+        let chain = UnverifiedChain::from_bytes(std::fs::read(&path).expect("read"))
+            .verify(&key().verifying_key())
+            .expect("verifies");
+        assert_eq!(chain.receipts.len(), 8);
+        let err =
+            ReceiptLog::open_existing(&path, key(), LogOptions::default()).expect_err("ended");
+        assert!(matches!(err, OpenLogError::Ended { .. }), "{err}");
+        let other = SigningKey::from_bytes(&[9; 32]);
+        assert!(
+            ReceiptLog::create(&path, other, start()).is_err(),
+            "never clobbers"
+        );
+    }
+
+    #[test]
+    fn submit_is_a_future_that_resolves_when_durable() {
+        let log = ReceiptLog::with_sink(
+            FailingSink {
+                ok: 10,
+                written: Arc::default(),
+            },
+            key(),
+            start(),
+            LogOptions::default(),
+        )
+        .expect("start");
+        let pending = log.submit(decision(1)).expect("submit");
+        // A minimal executor: poll with a thread-unparking waker.
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut pending = Box::pin(pending);
+        let appended = loop {
+            match pending.as_mut().poll(&mut cx) {
+                Poll::Ready(r) => break r.expect("durable"),
+                Poll::Pending => std::thread::park(),
+            }
+        };
+        assert_eq!(appended.seq, 1);
+    }
+}

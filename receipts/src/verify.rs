@@ -1,0 +1,550 @@
+//! Offline chain verification: [`UnverifiedChain`] becomes a [`VerifiedChain`]
+//! only when every line is canonical, signed by the pinned key, linked to the
+//! line before it, in sequence, and the chain is opened and closed properly.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde_json::Value;
+
+use crate::format::{self, Body, Receipt, FORMAT_VERSION, GENESIS_PREV};
+
+/// Why a chain failed verification. Every variant names the 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("the receipt chain is empty")]
+    Empty,
+    #[error("line {line}: not a receipt: {why}")]
+    Malformed { line: usize, why: String },
+    #[error("line {line}: not in canonical form (RFC 8785 JSON)")]
+    NotCanonical { line: usize },
+    #[error(
+        "line {line}: unsupported format version {found} (this verifier reads {FORMAT_VERSION})"
+    )]
+    UnsupportedVersion { line: usize, found: u32 },
+    #[error("line {line}: seq is {found}, expected {expected}")]
+    SeqMismatch {
+        line: usize,
+        expected: u64,
+        found: u64,
+    },
+    #[error("line {line}: session is {found:?}, expected {expected:?}")]
+    SessionMismatch {
+        line: usize,
+        expected: String,
+        found: String,
+    },
+    #[error("line {line}: prev does not match SHA-256 of line {}", line - 1)]
+    HashMismatch { line: usize },
+    #[error("line {line}: prev of the first receipt is not the genesis value")]
+    BadGenesis { line: usize },
+    #[error("line {line}: signed by key {found}, expected key {expected}")]
+    WrongSigner {
+        line: usize,
+        expected: String,
+        found: String,
+    },
+    #[error("line {line}: signature does not verify")]
+    BadSignature { line: usize },
+    #[error(
+        "line {line}: session_start names public key {found}, not the verifying key {expected}"
+    )]
+    KeyMismatch {
+        line: usize,
+        expected: String,
+        found: String,
+    },
+    #[error("line {line}: the chain must open with session_start, found {found}")]
+    MissingStart { line: usize, found: String },
+    #[error("line {line}: a second session_start")]
+    DuplicateStart { line: usize },
+    #[error("line {line}: receipt after session_end")]
+    AfterEnd { line: usize },
+    #[error("line {line}: session_end count is {found}, expected {expected}")]
+    EndCountMismatch {
+        line: usize,
+        expected: u64,
+        found: u64,
+    },
+    #[error("line {line}: session_end last hash does not match SHA-256 of line {}", line - 1)]
+    EndHashMismatch { line: usize },
+    #[error("line {line}: approval refers to seq {decision_seq}, which is not an earlier unanswered decision")]
+    BadApprovalReference { line: usize, decision_seq: u64 },
+    #[error("line {line}: the chain ends without session_end (cut after line {})", line - 1)]
+    MissingEnd { line: usize },
+    #[error("line {line}: torn (no terminating newline)")]
+    Torn { line: usize },
+}
+
+impl ChainError {
+    /// The 1-based line the error is about (0 for an empty chain).
+    pub fn line(&self) -> usize {
+        use ChainError::*;
+        match self {
+            Empty => 0,
+            Malformed { line, .. }
+            | NotCanonical { line }
+            | UnsupportedVersion { line, .. }
+            | SeqMismatch { line, .. }
+            | SessionMismatch { line, .. }
+            | HashMismatch { line }
+            | BadGenesis { line }
+            | WrongSigner { line, .. }
+            | BadSignature { line }
+            | KeyMismatch { line, .. }
+            | MissingStart { line, .. }
+            | DuplicateStart { line }
+            | AfterEnd { line }
+            | EndCountMismatch { line, .. }
+            | EndHashMismatch { line }
+            | BadApprovalReference { line, .. }
+            | MissingEnd { line }
+            | Torn { line } => *line,
+        }
+    }
+}
+
+/// A receipt that passed every check, with its line hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedReceipt {
+    pub receipt: Receipt,
+    /// SHA-256 of this line's bytes.
+    pub hash: [u8; 32],
+}
+
+/// A line that passed the checks that do not need the signature, with the
+/// signature and its input kept for (batch) verification.
+struct Checked {
+    receipt: Receipt,
+    hash: [u8; 32],
+    signing_input: Vec<u8>,
+    sig: Signature,
+}
+
+/// Checks lines one at a time, carrying the chain state between them.
+/// Cloneable so tests (and recovery) can resume from any prefix.
+#[derive(Debug, Clone)]
+pub struct LineVerifier {
+    key: VerifyingKey,
+    key_id: String,
+    key_hex: String,
+    /// Lines accepted so far.
+    lines: usize,
+    prev: [u8; 32],
+    session: Option<String>,
+    ended: bool,
+    /// seq -> whether an approval has answered it, for approval-gated decisions.
+    decisions: BTreeMap<u64, bool>,
+}
+
+impl LineVerifier {
+    pub fn new(key: VerifyingKey) -> Self {
+        LineVerifier {
+            key_id: format::key_id(&key),
+            key_hex: hex::encode(key.as_bytes()),
+            key,
+            lines: 0,
+            prev: [0; 32],
+            session: None,
+            ended: false,
+            decisions: BTreeMap::new(),
+        }
+    }
+
+    /// Number of lines accepted so far.
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+
+    /// SHA-256 of the last accepted line (zeros before the first).
+    pub fn last_hash(&self) -> [u8; 32] {
+        self.prev
+    }
+
+    /// Whether a session_end has been accepted.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Checks the next line (without its newline), signature included.
+    pub fn push(&mut self, line: &[u8]) -> Result<VerifiedReceipt, ChainError> {
+        let checked = self.check_unsigned(line)?;
+        let line_no = self.lines;
+        self.key
+            .verify_strict(&checked.signing_input, &checked.sig)
+            .map_err(|_| ChainError::BadSignature { line: line_no })?;
+        Ok(VerifiedReceipt {
+            receipt: checked.receipt,
+            hash: checked.hash,
+        })
+    }
+
+    /// Ends verification: the chain must have been closed by session_end.
+    pub fn finish(&self) -> Result<(), ChainError> {
+        if self.lines == 0 {
+            return Err(ChainError::Empty);
+        }
+        if !self.ended {
+            return Err(ChainError::MissingEnd {
+                line: self.lines + 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every check except the signature; on success the line is accepted
+    /// (the caller must then verify the signature or discard this verifier).
+    fn check_unsigned(&mut self, line: &[u8]) -> Result<Checked, ChainError> {
+        let line_no = self.lines + 1;
+        let malformed = |why: String| ChainError::Malformed { line: line_no, why };
+        if self.ended {
+            return Err(ChainError::AfterEnd { line: line_no });
+        }
+        let mut value: Value =
+            serde_json::from_slice(line).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
+        let canonical = serde_json_canonicalizer::to_vec(&value)
+            .map_err(|e| malformed(format!("cannot canonicalize: {e}")))?;
+        if canonical != line {
+            return Err(ChainError::NotCanonical { line: line_no });
+        }
+        let map = value
+            .as_object_mut()
+            .ok_or_else(|| malformed("not a JSON object".into()))?;
+        let sig_hex = match map.remove("sig") {
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(malformed("sig is not a string".into())),
+            None => return Err(malformed("no sig field".into())),
+        };
+        let sig = decode_hex::<64>(&sig_hex)
+            .map(|b| Signature::from_bytes(&b))
+            .ok_or_else(|| malformed("sig is not 128 lowercase hex digits".into()))?;
+        let signing_input = serde_json_canonicalizer::to_vec(&value)
+            .map_err(|e| malformed(format!("cannot canonicalize: {e}")))?;
+        if let Some(found) = value.get("v").and_then(Value::as_u64) {
+            if found != u64::from(FORMAT_VERSION) {
+                return Err(ChainError::UnsupportedVersion {
+                    line: line_no,
+                    found: u32::try_from(found).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        let receipt: Receipt =
+            serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
+        self.check_fields(line_no, &receipt)?;
+        let hash = format::line_hash(line);
+        self.lines = line_no;
+        self.prev = hash;
+        Ok(Checked {
+            receipt,
+            hash,
+            signing_input,
+            sig,
+        })
+    }
+
+    fn check_fields(&mut self, line: usize, r: &Receipt) -> Result<(), ChainError> {
+        let expected_seq = (line - 1) as u64;
+        if r.seq != expected_seq {
+            return Err(ChainError::SeqMismatch {
+                line,
+                expected: expected_seq,
+                found: r.seq,
+            });
+        }
+        if let Some(session) = &self.session {
+            if &r.session != session {
+                return Err(ChainError::SessionMismatch {
+                    line,
+                    expected: session.clone(),
+                    found: r.session.clone(),
+                });
+            }
+        }
+        if line == 1 {
+            if r.prev != GENESIS_PREV {
+                return Err(ChainError::BadGenesis { line });
+            }
+        } else if decode_hex::<32>(&r.prev) != Some(self.prev) {
+            return Err(ChainError::HashMismatch { line });
+        }
+        if r.signer != self.key_id {
+            return Err(ChainError::WrongSigner {
+                line,
+                expected: self.key_id.clone(),
+                found: r.signer.clone(),
+            });
+        }
+        if humantime::parse_rfc3339(&r.ts).is_err() {
+            return Err(ChainError::Malformed {
+                line,
+                why: format!("ts {:?} is not RFC 3339 UTC", r.ts),
+            });
+        }
+        match (&r.body, line) {
+            (Body::SessionStart { public_key, .. }, 1) => {
+                if public_key != &self.key_hex {
+                    return Err(ChainError::KeyMismatch {
+                        line,
+                        expected: self.key_hex.clone(),
+                        found: public_key.clone(),
+                    });
+                }
+                self.session = Some(r.session.clone());
+            }
+            (Body::SessionStart { .. }, _) => return Err(ChainError::DuplicateStart { line }),
+            (body, 1) => {
+                return Err(ChainError::MissingStart {
+                    line,
+                    found: kind_name(body).to_owned(),
+                })
+            }
+            (Body::Decision(d), _) => {
+                if let Some(digest) = &d.body_sha256 {
+                    if decode_hex::<32>(digest).is_none() {
+                        return Err(ChainError::Malformed {
+                            line,
+                            why: "body_sha256 is not 64 lowercase hex digits".into(),
+                        });
+                    }
+                }
+                if d.decision.get("decision").and_then(Value::as_str) == Some("approval") {
+                    self.decisions.insert(r.seq, false);
+                }
+            }
+            (Body::Approval(a), _) => {
+                match self.decisions.get_mut(&a.decision_seq) {
+                    Some(answered @ false) => *answered = true,
+                    _ => {
+                        return Err(ChainError::BadApprovalReference {
+                            line,
+                            decision_seq: a.decision_seq,
+                        })
+                    }
+                }
+                if humantime::parse_rfc3339(&a.answered_at).is_err() {
+                    return Err(ChainError::Malformed {
+                        line,
+                        why: format!("answered_at {:?} is not RFC 3339 UTC", a.answered_at),
+                    });
+                }
+            }
+            (Body::SessionEnd { count, last }, _) => {
+                if *count != r.seq + 1 {
+                    return Err(ChainError::EndCountMismatch {
+                        line,
+                        expected: r.seq + 1,
+                        found: *count,
+                    });
+                }
+                if last != &r.prev {
+                    return Err(ChainError::EndHashMismatch { line });
+                }
+                self.ended = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The name written in a receipt's `kind` field.
+pub fn kind_name(body: &Body) -> &'static str {
+    match body {
+        Body::SessionStart { .. } => "session_start",
+        Body::Decision(_) => "decision",
+        Body::Approval(_) => "approval",
+        Body::SessionEnd { .. } => "session_end",
+    }
+}
+
+/// Lowercase hex of exactly N bytes; anything else (uppercase too) is refused,
+/// so each value has one spelling.
+fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+/// The bytes of a `receipts.jsonl`, not yet checked.
+#[derive(Debug, Clone)]
+pub struct UnverifiedChain {
+    bytes: Vec<u8>,
+}
+
+/// A chain that verified: every receipt, in order.
+#[derive(Debug, Clone)]
+pub struct VerifiedChain {
+    pub receipts: Vec<VerifiedReceipt>,
+    /// The verifying key the chain was checked against.
+    pub key: VerifyingKey,
+}
+
+impl VerifiedChain {
+    pub fn session(&self) -> &str {
+        &self.receipts[0].receipt.session
+    }
+
+    /// The session_start body (always the first receipt).
+    pub fn start(&self) -> &Receipt {
+        &self.receipts[0].receipt
+    }
+
+    /// SHA-256 of the last line.
+    pub fn last_hash(&self) -> [u8; 32] {
+        self.receipts.last().map(|r| r.hash).unwrap_or_default()
+    }
+}
+
+/// Signatures are checked in batches of this many lines (batch ed25519
+/// verification is about twice as fast per signature as one at a time).
+const BATCH: usize = 64;
+
+impl UnverifiedChain {
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        UnverifiedChain { bytes }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The public key that the chain's first line claims signed it. Not
+    /// trusted: use it only when the operator explicitly accepts that
+    /// (`danger::verify_trusting_embedded_key`).
+    pub fn embedded_key(&self) -> Result<VerifyingKey, ChainError> {
+        let first = self.lines().next().ok_or(ChainError::Empty)??;
+        let value: Value = serde_json::from_slice(first).map_err(|e| ChainError::Malformed {
+            line: 1,
+            why: format!("invalid JSON: {e}"),
+        })?;
+        let key = value
+            .get("public_key")
+            .and_then(Value::as_str)
+            .and_then(decode_hex::<32>)
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok());
+        key.ok_or_else(|| ChainError::MissingStart {
+            line: 1,
+            found: "a line without a valid public_key".into(),
+        })
+    }
+
+    /// Lines without their newlines; a last line without one is torn.
+    fn lines(&self) -> impl Iterator<Item = Result<&[u8], ChainError>> {
+        let bytes = &self.bytes[..];
+        let mut rest = bytes;
+        let mut line_no = 0;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            line_no += 1;
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    let line = &rest[..end];
+                    rest = &rest[end + 1..];
+                    Some(Ok(line))
+                }
+                None => {
+                    rest = &[];
+                    Some(Err(ChainError::Torn { line: line_no }))
+                }
+            }
+        })
+    }
+
+    /// Verifies the whole chain against the pinned key and reports the first
+    /// bad line.
+    pub fn verify(&self, key: &VerifyingKey) -> Result<VerifiedChain, ChainError> {
+        let mut verifier = LineVerifier::new(*key);
+        let mut receipts = Vec::new();
+        let mut lines = self.lines();
+        loop {
+            // Structural checks for a batch, stopping at the first failure;
+            // then the batch's signatures, so a bad signature on an earlier
+            // line is still reported before a later structural failure.
+            let mut batch: Vec<Checked> = Vec::with_capacity(BATCH);
+            let mut structural: Option<ChainError> = None;
+            let mut done = false;
+            while batch.len() < BATCH {
+                match lines.next() {
+                    None => {
+                        done = true;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        structural = Some(e);
+                        break;
+                    }
+                    Some(Ok(line)) => match verifier.check_unsigned(line) {
+                        Ok(c) => batch.push(c),
+                        Err(e) => {
+                            structural = Some(e);
+                            break;
+                        }
+                    },
+                }
+            }
+            let first_line = receipts.len() + 1;
+            verify_signatures(key, &batch, first_line)?;
+            if let Some(e) = structural {
+                return Err(e);
+            }
+            receipts.extend(batch.into_iter().map(|c| VerifiedReceipt {
+                receipt: c.receipt,
+                hash: c.hash,
+            }));
+            if done {
+                break;
+            }
+        }
+        verifier.finish()?;
+        Ok(VerifiedChain {
+            receipts,
+            key: *key,
+        })
+    }
+}
+
+/// Batch-verifies; on failure finds the first bad line one at a time.
+fn verify_signatures(
+    key: &VerifyingKey,
+    batch: &[Checked],
+    first_line: usize,
+) -> Result<(), ChainError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let messages: Vec<&[u8]> = batch.iter().map(|c| c.signing_input.as_slice()).collect();
+    let sigs: Vec<Signature> = batch.iter().map(|c| c.sig).collect();
+    let keys = vec![*key; batch.len()];
+    if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
+        return Ok(());
+    }
+    for (i, c) in batch.iter().enumerate() {
+        if key.verify_strict(&c.signing_input, &c.sig).is_err() {
+            return Err(ChainError::BadSignature {
+                line: first_line + i,
+            });
+        }
+    }
+    // Batch verification can reject what strict single verification accepts
+    // only for crafted small-order components; treat that as bad too.
+    Err(ChainError::BadSignature { line: first_line })
+}
+
+pub mod danger {
+    //! Verification that trusts the key the chain names for itself. This only
+    //! proves the chain is internally consistent, not who wrote it: anyone
+    //! can write a self-consistent chain with a key of their own.
+    use super::*;
+
+    /// Verifies against the public key in the chain's own session_start.
+    pub fn verify_trusting_embedded_key(
+        chain: &UnverifiedChain,
+    ) -> Result<VerifiedChain, ChainError> {
+        let key = chain.embedded_key()?;
+        chain.verify(&key)
+    }
+}
