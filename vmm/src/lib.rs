@@ -2,7 +2,33 @@
 //! isolation pieces both backends share (session network namespace, tap,
 //! the `netns` process sandbox).
 //!
+//! The public interface is:
+//! - [`MicroVm::boot`] with a [`VmConfig`] → [`RunningVm`] or a [`StartVmError`]
+//!   naming the stage that failed;
+//! - [`RunningVm::take_control`] (stdout/stderr/exit status as [`ControlEvent`]s),
+//!   [`RunningVm::wait`], [`RunningVm::kill`] → [`VmExit`] with the boot time;
+//! - [`probe`] for `--backend auto`.
+//!
 //! Unsafe code is allowed only in `vstate/` (KVM objects), `host/` (tap,
 //! namespaces, cgroups) and generated bindings; every block says why it is sound.
 
+/// x86_64 boot structures: layout, GDT, page tables, zero page, MP table, cmdline.
+pub mod arch;
+/// The boot recipe and the running VM's lifecycle.
+mod builder;
+/// Serial ports, i8042, boot marker, control channel.
+pub mod devices;
 pub mod host;
+/// Whether this host's KVM runs our guests correctly and quickly.
+mod probe;
+/// KVM objects: memory, VM, vCPUs.
+pub mod vstate;
+
+pub use builder::{
+    ExitReason, Kernel, MicroVm, RunningVm, StartVmError, TaskOutput, VmConfig, VmExit,
+};
+pub use devices::boot_marker::{BOOT_MARKER_PORT, MARKER_INIT_STARTED, MARKER_TASK_STARTED};
+pub use devices::control::{encode_frame, FRAME_EXIT, FRAME_STDERR, FRAME_STDOUT};
+pub use devices::ControlEvent;
+pub use probe::{probe, ProbeResult};
+pub use vstate::vcpu::VcpuError;

@@ -1,0 +1,443 @@
+//! The boot recipe: guest memory, kernel, initramfs, boot structures, devices,
+//! vCPUs, in that order, each stage with its own `StartVmError` variant; and
+//! the running VM's lifecycle (wait, kill, teardown).
+
+use std::fs::File;
+use std::io::{LineWriter, Read};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use linux_loader::loader::{self, KernelLoader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::{
+    self, mptable::MAX_VCPUS, CMDLINE_ADDR, EBDA_START, HIMEM_START, ZERO_PAGE_ADDR,
+};
+use crate::devices::{
+    boot_marker, BootMarker, Bus, ControlDecoder, ControlEvent, IrqLine, SerialPort, COM1_IRQ,
+    COM2_IRQ,
+};
+use crate::vstate::memory::{create_guest_memory, GuestMemory, GuestMemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuKick, VcpuStop};
+use crate::vstate::vm::{Vm, VmError};
+
+/// What to boot.
+#[derive(Clone, Debug)]
+pub enum Kernel {
+    /// An uncompressed `vmlinux` ELF or a `bzImage`.
+    File(PathBuf),
+    /// Raw 64-bit code copied to `load_addr` and entered there in long mode:
+    /// hand-assembled smoke guests and probes.
+    Flat { code: Vec<u8>, load_addr: u64 },
+}
+
+/// Everything one microVM is made of.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub kernel: Kernel,
+    /// The base initramfs (built once).
+    pub initramfs: Option<PathBuf>,
+    /// A per-session cpio appended after the base (the kernel unpacks both).
+    pub extra_cpio: Option<Vec<u8>>,
+    /// Arguments after [`arch::BASE_CMDLINE`].
+    pub cmdline: String,
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    /// Where the guest console (COM1) is written.
+    pub console: PathBuf,
+}
+
+impl VmConfig {
+    /// 256 MiB, one vCPU, no initramfs.
+    pub fn new(kernel: Kernel, console: PathBuf) -> VmConfig {
+        VmConfig {
+            kernel,
+            initramfs: None,
+            extra_cpio: None,
+            cmdline: String::new(),
+            mem_mib: 256,
+            vcpus: 1,
+            console,
+        }
+    }
+}
+
+/// The boot stage that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartVmError {
+    #[error("bad vCPU count {0} (1..={MAX_VCPUS})")]
+    VcpuCount(u8),
+    #[error("creating the KVM VM: {0}")]
+    CreateVm(#[source] VmError),
+    #[error("allocating guest memory: {0}")]
+    GuestMemory(#[source] GuestMemoryError),
+    #[error("registering guest memory with KVM: {0}")]
+    RegisterMemory(#[source] VmError),
+    #[error("opening kernel {path}: {source}")]
+    OpenKernel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the kernel: {0}")]
+    LoadKernel(#[source] loader::Error),
+    #[error("the flat guest does not fit in guest memory at {0:#x}")]
+    LoadFlat(u64),
+    #[error("reading initramfs {path}: {source}")]
+    ReadInitramfs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("initramfs of {size} bytes does not fit above the kernel")]
+    InitramfsTooLarge { size: u64 },
+    #[error("copying the initramfs into guest memory: {0}")]
+    LoadInitramfs(#[source] vm_memory::GuestMemoryError),
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("writing the command line to guest memory: {0}")]
+    LoadCommandline(#[source] loader::Error),
+    #[error("writing the zero page or MP table: {0}")]
+    BootParams(#[source] vm_memory::GuestMemoryError),
+    #[error("opening console log {path}: {source}")]
+    Console {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("wiring device interrupts: {0}")]
+    Irq(#[source] std::io::Error),
+    #[error("registering device interrupts: {0}")]
+    RegisterIrq(#[source] VmError),
+    #[error("creating vCPU: {0}")]
+    CreateVcpu(#[source] VcpuError),
+    #[error("configuring vCPU: {0}")]
+    ConfigureVcpu(#[source] VcpuError),
+    #[error("starting vCPU thread: {0}")]
+    SpawnVcpu(#[source] std::io::Error),
+    #[error("installing the vCPU kick signal handler: {0}")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+}
+
+/// How the VM ended.
+#[derive(Debug)]
+pub enum ExitReason {
+    /// The guest reset the machine: its way of powering off.
+    Reset,
+    /// Triple fault.
+    Shutdown,
+    Halted,
+    /// `kill()` was called.
+    Killed,
+    /// `wait()`'s deadline passed; the VM was stopped.
+    TimedOut,
+    /// A vCPU failed.
+    Error(VcpuError),
+}
+
+/// What came back from the task over the control channel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TaskOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_status: Option<i32>,
+    pub malformed: Option<String>,
+}
+
+impl TaskOutput {
+    pub fn absorb(&mut self, event: ControlEvent) {
+        match event {
+            ControlEvent::Stdout(b) => self.stdout.extend(b),
+            ControlEvent::Stderr(b) => self.stderr.extend(b),
+            ControlEvent::Exit(code) => self.exit_status = Some(code),
+            ControlEvent::Malformed(m) => self.malformed = Some(m),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct VmExit {
+    pub reason: ExitReason,
+    /// VM creation -> the guest init's first act.
+    pub boot_time: Option<Duration>,
+    /// VM creation -> just before the task was started.
+    pub task_start_time: Option<Duration>,
+    /// Whatever the caller did not take through [`RunningVm::take_control`].
+    pub task: TaskOutput,
+    /// VM creation -> teardown finished.
+    pub total_time: Duration,
+}
+
+pub struct MicroVm;
+
+impl MicroVm {
+    /// Builds and starts a VM. Returns once the vCPUs run.
+    pub fn boot(config: VmConfig) -> Result<RunningVm, StartVmError> {
+        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+            return Err(StartVmError::VcpuCount(config.vcpus));
+        }
+        install_kick_handler()?;
+        let created = Instant::now();
+        let vm = Vm::new().map_err(StartVmError::CreateVm)?;
+        let mem = create_guest_memory(config.mem_mib).map_err(StartVmError::GuestMemory)?;
+        vm.register_memory(&mem)
+            .map_err(StartVmError::RegisterMemory)?;
+        let mem_end = mem.last_addr().0 + 1;
+
+        let (entry, kernel_end, header) = load_kernel(&mem, &config.kernel)?;
+        let initrd = load_initramfs(&mem, &config, kernel_end, mem_end)?;
+
+        let cmdline = arch::build_cmdline(&config.cmdline).map_err(StartVmError::Cmdline)?;
+        loader::load_cmdline(&mem, GuestAddress(CMDLINE_ADDR), &cmdline)
+            .map_err(StartVmError::LoadCommandline)?;
+        let cmdline_len = cmdline
+            .as_cstring()
+            .map_err(StartVmError::Cmdline)?
+            .as_bytes()
+            .len();
+        let params = arch::build_boot_params(header, cmdline_len, initrd, mem_end);
+        mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
+            .map_err(StartVmError::BootParams)?;
+        mem.write_slice(
+            &arch::build_mptable(EBDA_START, config.vcpus),
+            GuestAddress(EBDA_START),
+        )
+        .map_err(StartVmError::BootParams)?;
+
+        let console_file =
+            File::create(&config.console).map_err(|source| StartVmError::Console {
+                path: config.console.clone(),
+                source,
+            })?;
+        let com1_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(StartVmError::Irq)?;
+        let com2_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(StartVmError::Irq)?;
+        vm.register_irq(&com1_evt, COM1_IRQ)
+            .map_err(StartVmError::RegisterIrq)?;
+        vm.register_irq(&com2_evt, COM2_IRQ)
+            .map_err(StartVmError::RegisterIrq)?;
+        let (control_tx, control_rx) = channel();
+        let bus = Arc::new(Bus::new(
+            SerialPort::new(
+                IrqLine::new(com1_evt),
+                Box::new(LineWriter::new(console_file)),
+            ),
+            SerialPort::new(
+                IrqLine::new(com2_evt),
+                Box::new(ControlDecoder::new(control_tx)),
+            ),
+            BootMarker::new(created),
+        ));
+
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for index in 0..config.vcpus {
+            let vcpu = Vcpu::new(&vm.fd, index).map_err(StartVmError::CreateVcpu)?;
+            vcpu.configure_common(&vm.cpuid, config.vcpus)
+                .map_err(StartVmError::ConfigureVcpu)?;
+            if index == 0 {
+                vcpu.configure_boot(&mem, entry)
+                    .map_err(StartVmError::ConfigureVcpu)?;
+            }
+            vcpus.push(vcpu);
+        }
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = channel();
+        let mut running = RunningVm {
+            threads: Vec::new(),
+            kicks: Vec::new(),
+            stop: stop.clone(),
+            done: done_rx,
+            control: Some(control_rx),
+            bus: bus.clone(),
+            created,
+            _vm: vm,
+            _mem: mem,
+        };
+        for vcpu in vcpus {
+            running.kicks.push(vcpu.kick_handle());
+            let (bus, stop, done) = (bus.clone(), stop.clone(), done_tx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.index))
+                .spawn(move || {
+                    let result = vcpu.run(&bus, &stop);
+                    let _ = done.send(result);
+                })
+                .map_err(StartVmError::SpawnVcpu)?; // Drop of `running` stops started vCPUs.
+            running.threads.push(handle);
+        }
+        Ok(running)
+    }
+}
+
+fn load_kernel(
+    mem: &GuestMemory,
+    kernel: &Kernel,
+) -> Result<(u64, u64, Option<loader::bootparam::setup_header>), StartVmError> {
+    match kernel {
+        Kernel::Flat { code, load_addr } => {
+            mem.write_slice(code, GuestAddress(*load_addr))
+                .map_err(|_| StartVmError::LoadFlat(*load_addr))?;
+            Ok((*load_addr, load_addr + code.len() as u64, None))
+        }
+        Kernel::File(path) => {
+            let mut file = File::open(path).map_err(|source| StartVmError::OpenKernel {
+                path: path.clone(),
+                source,
+            })?;
+            let mut magic = [0u8; 4];
+            file.read_exact(&mut magic)
+                .map_err(|source| StartVmError::OpenKernel {
+                    path: path.clone(),
+                    source,
+                })?;
+            let highmem = Some(GuestAddress(HIMEM_START));
+            if &magic == b"\x7fELF" {
+                let r = loader::Elf::load(mem, None, &mut file, highmem)
+                    .map_err(StartVmError::LoadKernel)?;
+                Ok((r.kernel_load.0, r.kernel_end, None))
+            } else {
+                let r = loader::BzImage::load(mem, None, &mut file, highmem)
+                    .map_err(StartVmError::LoadKernel)?;
+                // The 64-bit entry point is 0x200 past the protected-mode code.
+                Ok((r.kernel_load.0 + 0x200, r.kernel_end, r.setup_header))
+            }
+        }
+    }
+}
+
+fn load_initramfs(
+    mem: &GuestMemory,
+    config: &VmConfig,
+    kernel_end: u64,
+    mem_end: u64,
+) -> Result<Option<(u64, u64)>, StartVmError> {
+    let mut image = match &config.initramfs {
+        Some(path) => std::fs::read(path).map_err(|source| StartVmError::ReadInitramfs {
+            path: path.clone(),
+            source,
+        })?,
+        None => Vec::new(),
+    };
+    if let Some(extra) = &config.extra_cpio {
+        // Each cpio must start 4-byte aligned for the kernel's unpacker.
+        image.resize(image.len().next_multiple_of(4), 0);
+        image.extend_from_slice(extra);
+    }
+    if image.is_empty() {
+        return Ok(None);
+    }
+    let size = image.len() as u64;
+    let addr = arch::layout::initrd_load_addr(mem_end, size, kernel_end)
+        .ok_or(StartVmError::InitramfsTooLarge { size })?;
+    mem.write_slice(&image, GuestAddress(addr))
+        .map_err(StartVmError::LoadInitramfs)?;
+    Ok(Some((addr, size)))
+}
+
+/// A no-op handler: the signal only has to interrupt KVM_RUN.
+extern "C" fn kick_signal_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn install_kick_handler() -> Result<(), StartVmError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| result = register_signal_handler(SIGRTMIN(), kick_signal_handler));
+    result.map_err(StartVmError::Signal)
+}
+
+/// A booted VM. Dropping it stops the vCPUs and frees everything.
+pub struct RunningVm {
+    threads: Vec<JoinHandle<()>>,
+    kicks: Vec<VcpuKick>,
+    stop: Arc<AtomicBool>,
+    done: Receiver<Result<VcpuStop, VcpuError>>,
+    control: Option<Receiver<ControlEvent>>,
+    bus: Arc<Bus>,
+    created: Instant,
+    // Dropped after the vCPU threads are joined (see `Drop`).
+    _vm: Vm,
+    _mem: GuestMemory,
+}
+
+impl RunningVm {
+    /// The control channel's events, to stream them while the VM runs.
+    /// After this, `wait()` returns an empty `TaskOutput`.
+    pub fn take_control(&mut self) -> Option<Receiver<ControlEvent>> {
+        self.control.take()
+    }
+
+    /// Time from VM creation to the guest init's first act, once it happened.
+    pub fn boot_time(&self) -> Option<Duration> {
+        self.bus.marker.elapsed(boot_marker::MARKER_INIT_STARTED)
+    }
+
+    /// Waits until the guest ends or `timeout` passes, then tears down.
+    pub fn wait(mut self, timeout: Option<Duration>) -> VmExit {
+        let first = match timeout {
+            Some(t) => self.done.recv_timeout(t),
+            None => self.done.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let reason = match first {
+            Ok(Ok(VcpuStop::Reset)) => ExitReason::Reset,
+            Ok(Ok(VcpuStop::Shutdown)) => ExitReason::Shutdown,
+            Ok(Ok(VcpuStop::Halted)) => ExitReason::Halted,
+            Ok(Ok(VcpuStop::Kicked)) => ExitReason::Killed,
+            Ok(Err(e)) => ExitReason::Error(e),
+            Err(RecvTimeoutError::Timeout) => ExitReason::TimedOut,
+            Err(RecvTimeoutError::Disconnected) => ExitReason::Killed,
+        };
+        self.stop_vcpus();
+        let mut task = TaskOutput::default();
+        if let Some(rx) = self.control.take() {
+            for event in rx.try_iter() {
+                task.absorb(event);
+            }
+        }
+        VmExit {
+            reason,
+            boot_time: self.boot_time(),
+            task_start_time: self.bus.marker.elapsed(boot_marker::MARKER_TASK_STARTED),
+            task,
+            total_time: self.created.elapsed(),
+        }
+    }
+
+    /// Stops the VM now.
+    pub fn kill(mut self) -> VmExit {
+        self.stop_vcpus();
+        let mut exit = self.wait(Some(Duration::ZERO));
+        exit.reason = ExitReason::Killed;
+        exit
+    }
+
+    /// Asks every vCPU to leave KVM_RUN and joins the threads.
+    fn stop_vcpus(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for kick in &self.kicks {
+            kick.request_exit();
+        }
+        for handle in self.threads.drain(..) {
+            // Interrupts a KVM_RUN in progress; immediate_exit covers the
+            // window before the next one. A thread that already ended
+            // ignores it (not yet joined, so its id is still valid).
+            let _ = handle.kill(SIGRTMIN());
+            let _ = handle.join();
+        }
+        lock_flush(&self.bus);
+    }
+}
+
+fn lock_flush(bus: &Bus) {
+    bus.console
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .flush();
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.stop_vcpus();
+    }
+}

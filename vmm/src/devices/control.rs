@@ -1,0 +1,192 @@
+//! The host<->guest control channel's wire format, decoded on the host.
+//!
+//! The guest init writes frames to its second UART (ttyS1, raw mode):
+//! `kind: u8, len: u16 LE, payload[len]`. Kinds: 1 stdout bytes, 2 stderr
+//! bytes, 3 exit status (i32 LE). The task's command and files reach the
+//! guest in the per-session cpio, so the channel only flows guest -> host.
+
+use std::io::Write;
+use std::sync::mpsc::Sender;
+
+pub const FRAME_STDOUT: u8 = 1;
+pub const FRAME_STDERR: u8 = 2;
+pub const FRAME_EXIT: u8 = 3;
+
+/// What the guest reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(i32),
+    /// A frame that breaks the format; decoding stops (fail closed).
+    Malformed(String),
+}
+
+/// Encodes one frame (used by the guest init and by tests).
+pub fn encode_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len().min(u16::MAX as usize);
+    let mut frame = Vec::with_capacity(3 + len);
+    frame.push(kind);
+    frame.extend_from_slice(&(len as u16).to_le_bytes());
+    frame.extend_from_slice(&payload[..len]);
+    frame
+}
+
+enum State {
+    ExpectKind,
+    ExpectLen { kind: u8, got: Vec<u8> },
+    ExpectPayload { kind: u8, left: usize, got: Vec<u8> },
+    Broken,
+}
+
+/// Byte-at-a-time decoder: the UART hands it one transmitted byte per write.
+pub struct ControlDecoder {
+    state: State,
+    events: Sender<ControlEvent>,
+}
+
+impl ControlDecoder {
+    pub fn new(events: Sender<ControlEvent>) -> ControlDecoder {
+        ControlDecoder {
+            state: State::ExpectKind,
+            events,
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.state = match std::mem::replace(&mut self.state, State::Broken) {
+            State::ExpectKind => match byte {
+                FRAME_STDOUT | FRAME_STDERR | FRAME_EXIT => State::ExpectLen {
+                    kind: byte,
+                    got: Vec::with_capacity(2),
+                },
+                other => self.fail(format!("unknown frame kind {other}")),
+            },
+            State::ExpectLen { kind, mut got } => {
+                got.push(byte);
+                if got.len() < 2 {
+                    State::ExpectLen { kind, got }
+                } else {
+                    let left = usize::from(u16::from_le_bytes([got[0], got[1]]));
+                    if kind == FRAME_EXIT && left != 4 {
+                        self.fail(format!("exit frame of {left} bytes"))
+                    } else if left == 0 {
+                        self.emit(kind, Vec::new());
+                        State::ExpectKind
+                    } else {
+                        State::ExpectPayload {
+                            kind,
+                            left,
+                            got: Vec::with_capacity(left),
+                        }
+                    }
+                }
+            }
+            State::ExpectPayload {
+                kind,
+                left,
+                mut got,
+            } => {
+                got.push(byte);
+                if left == 1 {
+                    self.emit(kind, got);
+                    State::ExpectKind
+                } else {
+                    State::ExpectPayload {
+                        kind,
+                        left: left - 1,
+                        got,
+                    }
+                }
+            }
+            State::Broken => State::Broken,
+        };
+    }
+
+    fn emit(&self, kind: u8, payload: Vec<u8>) {
+        let event = match kind {
+            FRAME_STDOUT => ControlEvent::Stdout(payload),
+            FRAME_STDERR => ControlEvent::Stderr(payload),
+            _ => {
+                let raw: [u8; 4] = payload.as_slice().try_into().unwrap_or([0xff; 4]);
+                ControlEvent::Exit(i32::from_le_bytes(raw))
+            }
+        };
+        // Nobody listening any more is not the guest's problem.
+        let _ = self.events.send(event);
+    }
+
+    fn fail(&self, why: String) -> State {
+        let _ = self.events.send(ControlEvent::Malformed(why));
+        State::Broken
+    }
+}
+
+impl Write for ControlDecoder {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for b in buf {
+            self.push(*b);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+
+    fn decode(bytes: &[u8]) -> Vec<ControlEvent> {
+        let (tx, rx) = channel();
+        let mut d = ControlDecoder::new(tx);
+        // One byte per write, as the UART delivers them.
+        for b in bytes {
+            d.write_all(&[*b]).expect("write");
+        }
+        drop(d);
+        rx.iter().collect()
+    }
+
+    #[test]
+    fn streams_and_exit_status_round_trip() {
+        let mut wire = encode_frame(FRAME_STDOUT, b"hello\n");
+        wire.extend(encode_frame(FRAME_STDERR, b"oops"));
+        wire.extend(encode_frame(FRAME_STDOUT, b""));
+        wire.extend(encode_frame(FRAME_EXIT, &(-3i32).to_le_bytes()));
+        assert_eq!(
+            decode(&wire),
+            vec![
+                ControlEvent::Stdout(b"hello\n".to_vec()),
+                ControlEvent::Stderr(b"oops".to_vec()),
+                ControlEvent::Stdout(vec![]),
+                ControlEvent::Exit(-3),
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_stops_decoding() {
+        let mut wire = vec![9u8];
+        wire.extend(encode_frame(FRAME_EXIT, &0i32.to_le_bytes()));
+        let events = decode(&wire);
+        assert_eq!(events.len(), 1);
+        assert!(matches!(&events[0], ControlEvent::Malformed(m) if m.contains("kind 9")));
+        let bad_exit = [FRAME_EXIT, 2, 0, 0, 0];
+        assert!(matches!(&decode(&bad_exit)[0], ControlEvent::Malformed(_)));
+    }
+
+    #[test]
+    fn long_payloads_are_capped_at_the_length_field() {
+        let big = vec![b'x'; 70_000];
+        let frame = encode_frame(FRAME_STDOUT, &big);
+        assert_eq!(frame.len(), 3 + 65535);
+        assert_eq!(
+            decode(&frame),
+            vec![ControlEvent::Stdout(vec![b'x'; 65535])]
+        );
+    }
+}
