@@ -3,12 +3,34 @@
 //! against it by [`Capability::authorize`].
 //!
 //! The public interface is:
+//! - [`Policy`]: the policy file (`Policy::from_toml_str`), also used for narrowing;
+//! - [`mint`]: policy + root private key → base64 token;
+//! - [`UnverifiedToken`]: a parsed token; `verify` turns it into a [`Capability`];
+//! - [`Capability`]: `authorize`, `authorize_dns`, `credential_allowed`,
+//!   `attenuate`, `seal`, `revocation_ids`, `expires_at`, `summary`;
 //! - [`Action`] and [`Counters`]: the facts of one request and of the session so far;
 //! - [`Decision`] and [`Verdict`]: what the token says about them;
+//! - [`Summary`]: the "4 grants, 2 constraints" view;
+//! - [`CapabilityError`].
 //!
 //! Biscuit types stay inside this crate so an upgrade touches only here.
+//! The datalog design is in `docs/capabilities.md`.
 #![forbid(unsafe_code)]
 
+/// Action, counters and decision types (the JSON formats).
 mod action;
+/// Deciding an action against a verified token.
+mod authorize;
+/// Policy → datalog blocks, and block records read back.
+mod datalog;
+/// The crate's error.
+mod error;
+/// The policy file schema.
+pub mod policy;
+/// Minting, verification, attenuation, sealing, summaries.
+mod token;
 
 pub use action::{Action, ActionType, Counters, Decision, Verdict};
+pub use error::CapabilityError;
+pub use policy::Policy;
+pub use token::{mint, Capability, Summary, UnverifiedToken};

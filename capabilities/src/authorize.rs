@@ -1,0 +1,407 @@
+//! Deciding one action against a verified token: the request becomes
+//! authorizer facts, biscuit runs every block's checks under explicit limits,
+//! and the outcome (or any error) becomes a [`Decision`]. Fail closed.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use biscuit_auth::builder::{fact, Term};
+use biscuit_auth::error::{FailedCheck, Logic, Token};
+use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits};
+
+use crate::datalog::{kind_name, unix_seconds, CheckKind};
+use crate::policy::{normalize_host, normalize_recipient, Amount, MAX_VALUE};
+use crate::token::Capability;
+use crate::{Action, ActionType, Counters, Decision, Verdict};
+
+/// Explicit limits: biscuit's default 1 ms trips in debug builds and on a
+/// loaded machine; our blocks derive no facts, so the fact and iteration
+/// ceilings are generous while still bounding a hostile attenuation block.
+const LIMITS: AuthorizerLimits = AuthorizerLimits {
+    max_facts: 1_000,
+    max_iterations: 100,
+    max_time: Duration::from_millis(100),
+};
+
+/// The facts of one request, normalized the way policies are.
+struct Request {
+    kind: &'static str,
+    method: String,
+    host: String,
+    path: String,
+    amount: Option<i64>,
+    currency: Option<String>,
+    merchant: String,
+    recipients: BTreeSet<Term>,
+    subject: Option<String>,
+    credential: String,
+    cost: i64,
+    spent: i64,
+    emails_sent: i64,
+    llm_spent: i64,
+    time: u64,
+}
+
+fn value(v: u64, what: &str) -> Result<i64, String> {
+    if v > MAX_VALUE {
+        return Err(format!("{what} {v} is out of range"));
+    }
+    i64::try_from(v).map_err(|_| format!("{what} {v} is out of range"))
+}
+
+/// Refuses paths whose meaning upstream could differ from their text.
+fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} does not start with /"));
+    }
+    let plain = path.split(['?', '#']).next().unwrap_or(path);
+    let lower = plain.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+        return Err("path contains an encoded slash or backslash".to_owned());
+    }
+    let dotty = lower.split('/').any(|seg| {
+        let seg = seg.replace("%2e", ".");
+        seg == "." || seg == ".."
+    });
+    if dotty {
+        return Err("path contains a dot segment".to_owned());
+    }
+    if path.chars().any(char::is_control) {
+        return Err("path contains control characters".to_owned());
+    }
+    Ok(())
+}
+
+impl Request {
+    fn from_action(a: &Action, c: &Counters, now: SystemTime) -> Result<Request, String> {
+        let host =
+            normalize_host(&a.host, false).map_err(|_| format!("malformed host {:?}", a.host))?;
+        check_path(&a.path)?;
+        let merchant = match &a.merchant {
+            Some(m) => normalize_host(m, false).map_err(|_| format!("malformed merchant {m:?}"))?,
+            None => host.clone(),
+        };
+        if a.kind == ActionType::Payment && a.amount_cents.is_none() {
+            return Err("payment without an amount".to_owned());
+        }
+        if a.kind == ActionType::Email && a.recipients.is_empty() {
+            return Err("email without recipients".to_owned());
+        }
+        Ok(Request {
+            kind: kind_name(a.kind),
+            method: a.method.trim().to_ascii_uppercase(),
+            host,
+            path: a.path.clone(),
+            amount: a.amount_cents.map(|v| value(v, "amount")).transpose()?,
+            currency: a.currency.as_ref().map(|c| c.trim().to_ascii_uppercase()),
+            merchant,
+            recipients: a
+                .recipients
+                .iter()
+                .map(|r| Term::Str(normalize_recipient(r)))
+                .collect(),
+            subject: a.subject.as_ref().map(|s| s.to_lowercase()),
+            credential: a.credential.clone().unwrap_or_default(),
+            cost: value(a.cost_micro_usd.unwrap_or(0), "cost")?,
+            spent: value(c.spent_cents, "spent_cents")?,
+            emails_sent: value(c.emails_sent, "emails_sent")?,
+            llm_spent: value(c.llm_spent_micro_usd, "llm_spent_micro_usd")?,
+            time: unix_seconds(now),
+        })
+    }
+
+    /// A pseudo-request that only names a host (`dns`) or a credential use.
+    fn pseudo(kind: &'static str, host: String, credential: String, now: SystemTime) -> Request {
+        Request {
+            kind,
+            method: String::new(),
+            host,
+            path: "/".to_owned(),
+            amount: None,
+            currency: None,
+            merchant: String::new(),
+            recipients: BTreeSet::new(),
+            subject: None,
+            credential,
+            cost: 0,
+            spent: 0,
+            emails_sent: 0,
+            llm_spent: 0,
+            time: unix_seconds(now),
+        }
+    }
+
+    fn authorizer(&self, approved: bool) -> Result<AuthorizerBuilder, Token> {
+        let s = |v: &str| Term::Str(v.to_owned());
+        let mut b = AuthorizerBuilder::new()
+            .set_limits(LIMITS)
+            .fact(fact("kind", &[s(self.kind)]))?
+            .fact(fact("method", &[s(&self.method)]))?
+            .fact(fact("host", &[s(&self.host)]))?
+            .fact(fact("path", &[s(&self.path)]))?
+            .fact(fact("merchant", &[s(&self.merchant)]))?
+            .fact(fact("recipients", &[Term::Set(self.recipients.clone())]))?
+            .fact(fact("credential", &[s(&self.credential)]))?
+            .fact(fact("cost", &[Term::Integer(self.cost)]))?
+            .fact(fact("spent", &[Term::Integer(self.spent)]))?
+            .fact(fact("emails_sent", &[Term::Integer(self.emails_sent)]))?
+            .fact(fact("llm_spent", &[Term::Integer(self.llm_spent)]))?
+            .fact(fact("time", &[Term::Date(self.time)]))?;
+        if let Some(a) = self.amount {
+            b = b.fact(fact("amount", &[Term::Integer(a)]))?;
+        }
+        if let Some(c) = &self.currency {
+            b = b.fact(fact("currency", &[s(c)]))?;
+        }
+        if let Some(subject) = &self.subject {
+            b = b.fact(fact("subject", &[s(subject)]))?;
+        }
+        if approved {
+            b = b.fact(fact("approved", &[Term::Bool(true)]))?;
+        }
+        b.policy("allow if true")
+    }
+}
+
+/// Runs every block's checks; `Ok(vec![])` means all passed.
+fn failed_checks(
+    cap: &Capability,
+    req: &Request,
+    approved: bool,
+) -> Result<Vec<(u32, u32, String)>, String> {
+    let result = req
+        .authorizer(approved)
+        .and_then(|b| b.build(&cap.inner))
+        .and_then(|mut authorizer| authorizer.authorize());
+    match result {
+        Ok(_) => Ok(Vec::new()),
+        Err(Token::FailedLogic(
+            Logic::Unauthorized { checks, .. } | Logic::NoMatchingPolicy { checks },
+        )) => {
+            let mut out: Vec<(u32, u32, String)> = checks
+                .into_iter()
+                .map(|c| match c {
+                    FailedCheck::Block(b) => (b.block_id, b.check_id, b.rule),
+                    // The authorizer adds no checks; treat one as a block-0 failure.
+                    FailedCheck::Authorizer(a) => (0, u32::MAX, a.rule),
+                })
+                .collect();
+            out.sort();
+            if out.is_empty() {
+                return Err("authorization failed without a failed check".to_owned());
+            }
+            Ok(out)
+        }
+        Err(e) => Err(format!("authorization error: {e}")),
+    }
+}
+
+fn money(cents: i64, currency: &str) -> String {
+    Amount(u64::try_from(cents).unwrap_or(0)).display(currency)
+}
+
+impl Capability {
+    /// Decides `action` given what the session already did and the time.
+    /// Never fails: any error is a `block` whose reason says why.
+    pub fn authorize(&self, action: &Action, counters: &Counters, now: SystemTime) -> Decision {
+        let req = match Request::from_action(action, counters, now) {
+            Ok(r) => r,
+            Err(reason) => return self.decision(Verdict::Block, reason, None),
+        };
+        let grant = Some(req.kind.to_owned());
+        match self.run(&req, action) {
+            Ok(None) => self.decision(
+                Verdict::Allow,
+                format!("allowed by the {} grant", req.kind),
+                grant,
+            ),
+            Ok(Some((Verdict::Approval, reason))) => {
+                self.decision(Verdict::Approval, reason, grant)
+            }
+            Ok(Some((_, reason))) | Err(reason) => self.decision(Verdict::Block, reason, None),
+        }
+    }
+
+    /// May the token reach `name` at all (does any grant name this host)?
+    /// The proxy's DNS responder answers only such names.
+    pub fn authorize_dns(&self, name: &str, now: SystemTime) -> Decision {
+        let host = match normalize_host(name, false) {
+            Ok(h) => h,
+            Err(_) => {
+                return self.decision(Verdict::Block, format!("malformed name {name:?}"), None)
+            }
+        };
+        let req = Request::pseudo("dns", host.clone(), String::new(), now);
+        match self.run_pseudo(&req) {
+            Ok(()) => self.decision(Verdict::Allow, format!("{host} is named by a grant"), None),
+            Err(reason) => self.decision(Verdict::Block, reason, None),
+        }
+    }
+
+    /// May the credential named `credential` be injected into a request to
+    /// `host`? True only where a grant binds that name to that host: the
+    /// login credential to its service, the card to the payment merchant,
+    /// the LLM key to the providers; and the token has not expired at `now`.
+    pub fn credential_allowed(&self, credential: &str, host: &str, now: SystemTime) -> bool {
+        let Ok(host) = normalize_host(host, false) else {
+            return false;
+        };
+        let req = Request::pseudo("credential", host, credential.trim().to_owned(), now);
+        self.run_pseudo(&req).is_ok()
+    }
+
+    fn run_pseudo(&self, req: &Request) -> Result<(), String> {
+        match failed_checks(self, req, false)?.first() {
+            None => Ok(()),
+            Some((block, _, rule)) => {
+                let what = if req.kind == "dns" {
+                    format!("no grant names {}", req.host)
+                } else {
+                    format!(
+                        "no grant lets credential {:?} be used at {}",
+                        req.credential, req.host
+                    )
+                };
+                Err(if rule.contains("time($t)") {
+                    "token expired".to_owned()
+                } else if *block == 0 {
+                    what
+                } else {
+                    format!("narrowed by block {block}: {what}")
+                })
+            }
+        }
+    }
+
+    /// `Ok(None)`: allowed; `Ok(Some((verdict, reason)))`: approval or block.
+    fn run(&self, req: &Request, action: &Action) -> Result<Option<(Verdict, String)>, String> {
+        let first = failed_checks(self, req, false)?;
+        let Some(first_failure) = first.first() else {
+            return Ok(None);
+        };
+        // Only approval checks accept `approved(true)`: if everything passes
+        // with it, the action is allowed once a human says yes.
+        let second = failed_checks(self, req, true)?;
+        match second.first() {
+            None => Ok(Some((
+                Verdict::Approval,
+                self.reason(first_failure, req, action),
+            ))),
+            Some(failure) => Ok(Some((Verdict::Block, self.reason(failure, req, action)))),
+        }
+    }
+
+    fn reason(
+        &self,
+        (block, check, rule): &(u32, u32, String),
+        req: &Request,
+        a: &Action,
+    ) -> String {
+        let info = self.blocks.get(*block as usize);
+        let kind = info.and_then(|b| b.checks.get(*check as usize));
+        let prefix = if *block == 0 {
+            String::new()
+        } else {
+            format!("narrowed by block {block}: ")
+        };
+        let currency = req.currency.as_deref().unwrap_or("USD");
+        let text = match kind {
+            None => format!("check failed in block {block}: {rule}"),
+            Some(CheckKind::Scope) => {
+                let policy = info.and_then(|b| b.record.as_ref()).map(|r| &r.policy);
+                let has_grant = policy.is_some_and(|p| p.grant_kinds().contains(&a.kind));
+                if has_grant {
+                    format!(
+                        "no capability: {} is outside the {} grant",
+                        describe(req),
+                        req.kind
+                    )
+                } else {
+                    format!("no capability: no {} grant ({})", req.kind, describe(req))
+                }
+            }
+            Some(CheckKind::Expiry(at)) => format!(
+                "token expired at {}",
+                humantime::format_rfc3339(UNIX_EPOCH + Duration::from_secs(*at))
+            ),
+            Some(CheckKind::PaymentCeiling(max, cur)) => format!(
+                "payment of {} exceeds the {} per-charge ceiling",
+                money(req.amount.unwrap_or(0), currency),
+                max.display(cur)
+            ),
+            Some(CheckKind::PaymentTotal(max, cur)) => format!(
+                "payment of {} would bring the session total to {}, over the {} limit",
+                money(req.amount.unwrap_or(0), currency),
+                money(req.amount.unwrap_or(0).saturating_add(req.spent), currency),
+                max.display(cur)
+            ),
+            Some(CheckKind::EmailCount(max)) => format!(
+                "email limit reached: {} of {max} already sent",
+                req.emails_sent
+            ),
+            Some(CheckKind::LlmBudget(budget)) => format!(
+                "llm budget of {budget} exhausted ({} micro-USD spent, this call {})",
+                req.llm_spent, req.cost
+            ),
+            Some(CheckKind::Approval(kind, above)) => match above {
+                Some(limit) if *kind == ActionType::Payment => format!(
+                    "payment of {} is above {}: needs approval",
+                    money(req.amount.unwrap_or(0), currency),
+                    limit.display(currency)
+                ),
+                Some(limit) => format!(
+                    "{} call costing {} micro-USD is above {}: needs approval",
+                    kind_name(*kind),
+                    req.cost,
+                    limit.display("USD")
+                ),
+                None => format!("every {} needs approval", kind_name(*kind)),
+            },
+        };
+        format!("{prefix}{text}")
+    }
+
+    fn decision(&self, verdict: Verdict, reason: String, grant: Option<String>) -> Decision {
+        Decision {
+            decision: verdict,
+            reason,
+            grant,
+            revocation_ids: self.revocation_ids(),
+        }
+    }
+}
+
+/// `GET google.com/flights`, `payment of $487.00 at united.com`, …
+fn describe(r: &Request) -> String {
+    match r.kind {
+        "payment" => format!(
+            "payment of {} {} at {}",
+            money(
+                r.amount.unwrap_or(0),
+                r.currency.as_deref().unwrap_or("USD")
+            ),
+            r.currency.as_deref().unwrap_or("(no currency)"),
+            r.merchant
+        ),
+        "email" => {
+            let to: Vec<String> = r
+                .recipients
+                .iter()
+                .map(|t| match t {
+                    Term::Str(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            format!(
+                "email to {} via {} with subject {:?}",
+                to.join(", "),
+                r.host,
+                r.subject.as_deref().unwrap_or("")
+            )
+        }
+        "login" | "llm" if !r.credential.is_empty() => {
+            format!("{} at {} with {}", r.kind, r.host, r.credential)
+        }
+        _ => format!("{} {}{}", r.method, r.host, r.path),
+    }
+}
