@@ -1,0 +1,505 @@
+//! The sandbox's filesystem view, prepared in the parent: a filtered copy
+//! of `/etc` with the resolver and CA bundle replaced, and the list of mount
+//! steps ([`Op`]) the child replays in its own mount namespace before
+//! `pivot_root` into a tmpfs that holds only the allowed pieces.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::SandboxError;
+
+/// Step names reported when a step fails inside the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Stage {
+    WaitParent = 1,
+    EnterNetns,
+    MakePrivate,
+    MountRoot,
+    BindSystem,
+    BindEtc,
+    MountProc,
+    MountDev,
+    BindDevice,
+    MountTmp,
+    BindWorkdir,
+    PivotRoot,
+    RemountRoot,
+    Hostname,
+    Fork,
+    Stdio,
+    Chdir,
+    DropCaps,
+    SetIds,
+    NoNewPrivs,
+    Seccomp,
+    Exec,
+}
+
+impl Stage {
+    const ALL: [Stage; 22] = [
+        Stage::WaitParent,
+        Stage::EnterNetns,
+        Stage::MakePrivate,
+        Stage::MountRoot,
+        Stage::BindSystem,
+        Stage::BindEtc,
+        Stage::MountProc,
+        Stage::MountDev,
+        Stage::BindDevice,
+        Stage::MountTmp,
+        Stage::BindWorkdir,
+        Stage::PivotRoot,
+        Stage::RemountRoot,
+        Stage::Hostname,
+        Stage::Fork,
+        Stage::Stdio,
+        Stage::Chdir,
+        Stage::DropCaps,
+        Stage::SetIds,
+        Stage::NoNewPrivs,
+        Stage::Seccomp,
+        Stage::Exec,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<Stage> {
+        Stage::ALL.iter().copied().find(|s| *s as u32 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::WaitParent => "waiting for the parent",
+            Stage::EnterNetns => "entering the session network namespace",
+            Stage::MakePrivate => "making mounts private",
+            Stage::MountRoot => "mounting the root tmpfs",
+            Stage::BindSystem => "binding a system directory",
+            Stage::BindEtc => "binding /etc",
+            Stage::MountProc => "mounting /proc",
+            Stage::MountDev => "mounting /dev",
+            Stage::BindDevice => "binding a device node",
+            Stage::MountTmp => "mounting /tmp",
+            Stage::BindWorkdir => "binding the workdir",
+            Stage::PivotRoot => "pivot_root",
+            Stage::RemountRoot => "remounting the root read-only",
+            Stage::Hostname => "setting the hostname",
+            Stage::Fork => "forking the command",
+            Stage::Stdio => "setting up stdio",
+            Stage::Chdir => "changing to the workdir",
+            Stage::DropCaps => "dropping capabilities",
+            Stage::SetIds => "switching uid/gid",
+            Stage::NoNewPrivs => "setting no_new_privs",
+            Stage::Seccomp => "installing the seccomp filter",
+            Stage::Exec => "executing the command",
+        }
+    }
+}
+
+/// One step of building the root, replayed by the child with raw syscalls.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Mount {
+        src: Option<CString>,
+        dst: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+        stage: Stage,
+    },
+    Mkdir {
+        path: CString,
+        stage: Stage,
+    },
+    Touch {
+        path: CString,
+        stage: Stage,
+    },
+    Symlink {
+        target: CString,
+        link: CString,
+        stage: Stage,
+    },
+}
+
+/// Where the sandbox sees its working directory.
+pub(crate) const WORKDIR_IN: &str = "/work";
+/// Top-level host entries the sandbox sees read-only (when they exist).
+const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+/// Device nodes bound from the host.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Known CA bundle paths under /etc across distros; each that exists on the
+/// host is replaced by the session CA.
+const CA_BUNDLES: &[&str] = &[
+    "ssl/certs/ca-certificates.crt",
+    "ssl/cert.pem",
+    "pki/tls/certs/ca-bundle.crt",
+    "pki/tls/cert.pem",
+    "ssl/ca-bundle.pem",
+    "ca-certificates/extracted/tls-ca-bundle.pem",
+];
+/// The bundle path the env variables point at (always written).
+pub(crate) const CA_BUNDLE_IN: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn stage_err(path: &Path) -> impl FnOnce(io::Error) -> SandboxError + '_ {
+    move |source| SandboxError::Stage {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(crate) fn cstr(p: &Path) -> Result<CString, SandboxError> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| SandboxError::InvalidSpec(format!("path with NUL byte: {}", p.display())))
+}
+
+/// Copies host `/etc` into `dst`, keeping only what any user could read
+/// anyway (world-readable files, world-searchable dirs, symlinks), dropping
+/// the host's trust store and resolver, then writing the session's.
+pub(crate) fn stage_etc(
+    host_etc: &Path,
+    dst: &Path,
+    resolver: Ipv4Addr,
+    ca_pem: &[u8],
+) -> Result<(), SandboxError> {
+    copy_readable(host_etc, dst, Path::new(""))?;
+    let write = |rel: &str, data: &[u8]| -> Result<(), SandboxError> {
+        let p = dst.join(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).map_err(stage_err(parent))?;
+        }
+        // A symlink here (e.g. resolv.conf → systemd) must be replaced,
+        // not followed.
+        let _ = fs::remove_file(&p);
+        fs::write(&p, data).map_err(stage_err(&p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).map_err(stage_err(&p))
+    };
+    write("resolv.conf", format!("nameserver {resolver}\n").as_bytes())?;
+    write("hosts", b"127.0.0.1 localhost\n::1 localhost\n")?;
+    write("hostname", b"openclaw\n")?;
+    for rel in CA_BUNDLES {
+        if host_etc.join(rel).symlink_metadata().is_ok()
+            || Path::new("/etc").join(rel) == Path::new(CA_BUNDLE_IN)
+        {
+            write(rel, ca_pem)?;
+        }
+    }
+    Ok(())
+}
+
+/// Host trust stores other than the bundle files: skipped entirely.
+fn is_trust_dir(rel: &Path) -> bool {
+    [
+        "ssl/certs",
+        "ca-certificates",
+        "pki",
+        "ssl/private",
+        "ssh",
+        "sudoers.d",
+    ]
+    .iter()
+    .any(|d| rel == Path::new(d))
+}
+
+fn copy_readable(src: &Path, dst: &Path, rel: &Path) -> Result<(), SandboxError> {
+    fs::create_dir_all(dst).map_err(stage_err(dst))?;
+    let meta = fs::metadata(src).map_err(stage_err(src))?;
+    fs::set_permissions(
+        dst,
+        fs::Permissions::from_mode(meta.mode() & 0o7777 & !0o7000),
+    )
+    .map_err(stage_err(dst))?;
+    if is_trust_dir(rel) {
+        return Ok(());
+    }
+    let entries = fs::read_dir(src).map_err(stage_err(src))?;
+    for entry in entries {
+        let entry = entry.map_err(stage_err(src))?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let rel = rel.join(entry.file_name());
+        let Ok(meta) = fs::symlink_metadata(&from) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        let mode = meta.mode();
+        if ft.is_symlink() {
+            let target = fs::read_link(&from).map_err(stage_err(&from))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(stage_err(&to))?;
+        } else if ft.is_dir() {
+            if mode & 0o005 == 0o005 {
+                copy_readable(&from, &to, &rel)?;
+            }
+        } else if ft.is_file() && mode & 0o004 != 0 {
+            fs::copy(&from, &to).map_err(stage_err(&from))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode & 0o777))
+                .map_err(stage_err(&to))?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything the mount plan needs to know.
+pub(crate) struct RootSpec<'a> {
+    /// Empty directory on the host the child mounts its root tmpfs on.
+    pub root: &'a Path,
+    /// The staged `/etc`.
+    pub etc: &'a Path,
+    /// Host directory bound read-write at `/work`, or a private tmpfs.
+    pub workdir: Option<&'a Path>,
+    pub uid: u32,
+    pub gid: u32,
+    pub tmp_size: u64,
+}
+
+/// Builds the mount steps up to (not including) `pivot_root`.
+pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
+    use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
+    let r = spec.root;
+    let c = |p: &Path| cstr(p);
+    let s = |v: &str| CString::new(v).expect("static strings have no NUL");
+    let mut ops = Vec::new();
+    let bind = |ops: &mut Vec<Op>, src: &Path, dst: &Path, ro: bool, extra, stage| {
+        ops.push(Op::Mount {
+            src: Some(c(src)?),
+            dst: c(dst)?,
+            fstype: None,
+            flags: MS_BIND,
+            data: None,
+            stage,
+        });
+        let ro_flag = if ro { MS_RDONLY } else { 0 };
+        ops.push(Op::Mount {
+            src: None,
+            dst: c(dst)?,
+            fstype: None,
+            flags: MS_BIND | MS_REMOUNT | MS_NOSUID | ro_flag | extra,
+            data: None,
+            stage,
+        });
+        Ok::<(), SandboxError>(())
+    };
+
+    ops.push(Op::Mount {
+        src: Some(s("tmpfs")),
+        dst: c(r)?,
+        fstype: Some(s("tmpfs")),
+        flags: MS_NOSUID | MS_NODEV,
+        data: Some(s("mode=0755,size=1m")),
+        stage: Stage::MountRoot,
+    });
+    for name in SYSTEM_DIRS {
+        let host = Path::new("/").join(name);
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let inside = r.join(name);
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&host).map_err(stage_err(&host))?;
+            ops.push(Op::Symlink {
+                target: c(&target)?,
+                link: c(&inside)?,
+                stage: Stage::BindSystem,
+            });
+        } else if meta.is_dir() {
+            ops.push(Op::Mkdir {
+                path: c(&inside)?,
+                stage: Stage::BindSystem,
+            });
+            bind(&mut ops, &host, &inside, true, MS_NODEV, Stage::BindSystem)?;
+        }
+    }
+    let etc = r.join("etc");
+    ops.push(Op::Mkdir {
+        path: c(&etc)?,
+        stage: Stage::BindEtc,
+    });
+    bind(
+        &mut ops,
+        spec.etc,
+        &etc,
+        true,
+        MS_NODEV | MS_NOEXEC,
+        Stage::BindEtc,
+    )?;
+
+    let proc_dir = r.join("proc");
+    ops.push(Op::Mkdir {
+        path: c(&proc_dir)?,
+        stage: Stage::MountProc,
+    });
+    ops.push(Op::Mount {
+        src: Some(s("proc")),
+        dst: c(&proc_dir)?,
+        fstype: Some(s("proc")),
+        flags: MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        data: None,
+        stage: Stage::MountProc,
+    });
+
+    let dev = r.join("dev");
+    ops.push(Op::Mkdir {
+        path: c(&dev)?,
+        stage: Stage::MountDev,
+    });
+    ops.push(Op::Mount {
+        src: Some(s("tmpfs")),
+        dst: c(&dev)?,
+        fstype: Some(s("tmpfs")),
+        flags: MS_NOSUID | MS_NOEXEC,
+        data: Some(s("mode=0755,size=64k")),
+        stage: Stage::MountDev,
+    });
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let inside = dev.join(name);
+        ops.push(Op::Touch {
+            path: c(&inside)?,
+            stage: Stage::BindDevice,
+        });
+        bind(
+            &mut ops,
+            &host,
+            &inside,
+            false,
+            MS_NOEXEC,
+            Stage::BindDevice,
+        )?;
+    }
+    for (target, link) in [
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ] {
+        ops.push(Op::Symlink {
+            target: s(target),
+            link: c(&dev.join(link))?,
+            stage: Stage::MountDev,
+        });
+    }
+    let shm = dev.join("shm");
+    ops.push(Op::Mkdir {
+        path: c(&shm)?,
+        stage: Stage::MountDev,
+    });
+    ops.push(Op::Mount {
+        src: Some(s("tmpfs")),
+        dst: c(&shm)?,
+        fstype: Some(s("tmpfs")),
+        flags: MS_NOSUID | MS_NODEV,
+        data: Some(s("mode=1777,size=16m")),
+        stage: Stage::MountDev,
+    });
+    // Nothing may add device nodes later.
+    ops.push(Op::Mount {
+        src: None,
+        dst: c(&dev)?,
+        fstype: None,
+        flags: MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC,
+        data: None,
+        stage: Stage::MountDev,
+    });
+
+    let tmp = r.join("tmp");
+    ops.push(Op::Mkdir {
+        path: c(&tmp)?,
+        stage: Stage::MountTmp,
+    });
+    ops.push(Op::Mount {
+        src: Some(s("tmpfs")),
+        dst: c(&tmp)?,
+        fstype: Some(s("tmpfs")),
+        flags: MS_NOSUID | MS_NODEV,
+        data: Some(s(&format!("mode=1777,size={}", spec.tmp_size))),
+        stage: Stage::MountTmp,
+    });
+
+    let work = r.join(WORKDIR_IN.trim_start_matches('/'));
+    ops.push(Op::Mkdir {
+        path: c(&work)?,
+        stage: Stage::BindWorkdir,
+    });
+    match spec.workdir {
+        Some(host) => bind(&mut ops, host, &work, false, MS_NODEV, Stage::BindWorkdir)?,
+        None => ops.push(Op::Mount {
+            src: Some(s("tmpfs")),
+            dst: c(&work)?,
+            fstype: Some(s("tmpfs")),
+            flags: MS_NOSUID | MS_NODEV,
+            data: Some(s(&format!(
+                "mode=0700,uid={},gid={},size={}",
+                spec.uid, spec.gid, spec.tmp_size
+            ))),
+            stage: Stage::BindWorkdir,
+        }),
+    }
+    Ok(ops)
+}
+
+/// The host path of the staging directory of sandbox `name`.
+pub(crate) fn staging_dir(name: &str) -> PathBuf {
+    super::records::sandboxes_dir().join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_etc_has_session_resolver_and_ca_and_no_secrets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = dir.path().join("host");
+        fs::create_dir_all(host.join("ssl/certs")).expect("mkdir");
+        fs::write(host.join("passwd"), "root:x:0:0::/root:/bin/sh\n").expect("write");
+        fs::write(host.join("shadow"), "root:secret-hash\n").expect("write");
+        fs::set_permissions(host.join("shadow"), fs::Permissions::from_mode(0o600)).expect("chmod");
+        fs::write(host.join("ssl/certs/ca-certificates.crt"), "HOST ROOTS").expect("write");
+        fs::write(host.join("ssl/certs/abcd1234.0"), "HOST ROOT").expect("write");
+        std::os::unix::fs::symlink(
+            "/run/systemd/resolve/stub-resolv.conf",
+            host.join("resolv.conf"),
+        )
+        .expect("symlink");
+        let out = dir.path().join("out");
+        stage_etc(&host, &out, Ipv4Addr::new(10, 200, 7, 1), b"SESSION CA").expect("stage");
+
+        assert_eq!(
+            fs::read_to_string(out.join("resolv.conf")).expect("read"),
+            "nameserver 10.200.7.1\n"
+        );
+        assert!(!out
+            .join("resolv.conf")
+            .symlink_metadata()
+            .expect("meta")
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            fs::read_to_string(out.join("ssl/certs/ca-certificates.crt")).expect("read"),
+            "SESSION CA"
+        );
+        assert!(
+            !out.join("ssl/certs/abcd1234.0").exists(),
+            "host roots are dropped"
+        );
+        assert!(
+            !out.join("shadow").exists(),
+            "unreadable files are not copied"
+        );
+        assert!(out.join("passwd").exists());
+    }
+
+    #[test]
+    fn stage_names_round_trip() {
+        for s in Stage::ALL {
+            assert_eq!(Stage::from_u32(s as u32), Some(s));
+        }
+        assert_eq!(Stage::from_u32(0), None);
+    }
+}

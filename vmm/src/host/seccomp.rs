@@ -1,0 +1,133 @@
+//! The sandbox's seccomp filters: what a process inside may never ask the
+//! kernel for, even though it already runs unprivileged. Built in the
+//! parent (it allocates), installed in the child just before `execve`.
+//!
+//! Default: allow. Refused with `EPERM`: anything that makes namespaces or
+//! mounts (an unprivileged user namespace would hand the agent a fresh set
+//! of capabilities over a new view), loads kernel code, or reaches kernel
+//! surfaces a coding agent has no use for. `clone3` and `io_uring_setup`
+//! get `ENOSYS` so libc falls back to `clone`, whose flags are checkable.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use super::SandboxError;
+
+/// Syscalls refused outright with `EPERM`.
+const DENIED: &[i64] = &[
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_open_tree,
+    libc::SYS_move_mount,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_quotactl,
+    libc::SYS_lookup_dcookie,
+];
+
+/// `clone` flags that create namespaces.
+const NS_FLAGS: &[u64] = &[
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWNET as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    0x80, // CLONE_NEWTIME
+];
+
+/// The two BPF programs, in install order.
+pub(crate) struct SandboxFilters {
+    pub programs: Vec<BpfProgram>,
+}
+
+fn arch() -> Result<TargetArch, SandboxError> {
+    TargetArch::try_from(std::env::consts::ARCH).map_err(|e| SandboxError::Seccomp(e.to_string()))
+}
+
+pub(crate) fn build() -> Result<SandboxFilters, SandboxError> {
+    let err = |e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string());
+    let arch = arch()?;
+
+    let mut deny: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let mut clone_rules = Vec::new();
+    for &flag in NS_FLAGS {
+        // clone(flags, ...): arg 0 holds the flags on x86_64 and aarch64.
+        let cond = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(flag),
+            flag,
+        )
+        .map_err(err)?;
+        clone_rules.push(SeccompRule::new(vec![cond]).map_err(err)?);
+    }
+    deny.insert(libc::SYS_clone, clone_rules);
+    let deny = SeccompFilter::new(
+        deny,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(err)?;
+
+    let nosys: BTreeMap<i64, Vec<SeccompRule>> = [libc::SYS_clone3, libc::SYS_io_uring_setup]
+        .into_iter()
+        .map(|nr| (nr, Vec::new()))
+        .collect();
+    let nosys = SeccompFilter::new(
+        nosys,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(err)?;
+
+    let programs = [deny, nosys]
+        .into_iter()
+        .map(|f| BpfProgram::try_from(f).map_err(|e| SandboxError::Seccomp(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SandboxFilters { programs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_compile() {
+        let f = build().expect("filters build");
+        assert_eq!(f.programs.len(), 2);
+        assert!(f.programs.iter().all(|p| !p.is_empty()));
+    }
+}
