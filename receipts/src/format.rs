@@ -116,10 +116,7 @@ pub fn format_time(t: std::time::SystemTime) -> String {
 ///
 /// Signing input: the RFC 8785 canonical JSON of the receipt without `sig`.
 /// The line: the canonical JSON of the receipt with `sig` (128 lowercase hex).
-pub(crate) fn encode_signed(
-    receipt: &Receipt,
-    key: &SigningKey,
-) -> Result<Vec<u8>, serde_json::Error> {
+pub fn sign_line(receipt: &Receipt, key: &SigningKey) -> Result<Vec<u8>, serde_json::Error> {
     let mut value = serde_json::to_value(receipt)?;
     let signing_input = serde_json_canonicalizer::to_vec(&value)?;
     let sig = key.sign(&signing_input);
@@ -156,7 +153,7 @@ mod tests {
                 last: GENESIS_PREV.into(),
             },
         };
-        let line = encode_signed(&receipt, &key).expect("encode");
+        let line = sign_line(&receipt, &key).expect("encode");
         let text = String::from_utf8(line).expect("utf8");
         assert!(
             text.starts_with("{\"count\":1,\"kind\":\"session_end\",\"last\":"),

@@ -452,7 +452,7 @@ impl ReceiptLog {
         };
         // Signing happens under the lock: the next line's prev is this
         // line's hash, so receipts are necessarily encoded one at a time.
-        let mut line = format::encode_signed(&receipt, &shared.key)
+        let mut line = format::sign_line(&receipt, &shared.key)
             .map_err(|e| AppendError::Encode(e.to_string()))?;
         let hash = format::line_hash(&line);
         line.push(b'\n');

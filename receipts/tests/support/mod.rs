@@ -1,0 +1,194 @@
+//! Shared helpers for the receipts integration tests: fixed keys, an
+//! in-memory sink, and chain builders.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ed25519_dalek::SigningKey;
+use receipts::{
+    ApprovalRecord, Body, DecisionRecord, DurableSink, Entry, LogOptions, Receipt, ReceiptLog,
+    SessionStart, FORMAT_VERSION, GENESIS_PREV,
+};
+use serde_json::{json, Value};
+
+/// The fixed key the golden fixture is signed with (never used for anything real).
+pub fn fixed_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x5a; 32])
+}
+
+pub fn other_key() -> SigningKey {
+    SigningKey::from_bytes(&[0xa5; 32])
+}
+
+#[derive(Clone, Default)]
+pub struct MemorySink(pub Arc<Mutex<Vec<u8>>>);
+
+impl DurableSink for MemorySink {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.lock().expect("sink lock").extend_from_slice(bytes);
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub fn session_start(id: &str) -> SessionStart {
+    SessionStart {
+        session_id: id.into(),
+        revocation_ids: vec!["a1b2".into(), "c3d4".into()],
+        sandbox: "netns".into(),
+        capability_sha256: None,
+    }
+}
+
+/// A decision entry of a varying shape, so the chain covers every field kind.
+pub fn decision_entry(i: u64) -> Entry {
+    let (action, decision) = match i % 4 {
+        0 => (
+            json!({"type": "web", "method": "GET", "host": "google.com", "path": format!("/travel/flights/{i}")}),
+            json!({"decision": "allow", "reason": "web_access", "grant": "web", "revocation_ids": ["a1b2", "c3d4"]}),
+        ),
+        1 => (
+            json!({"type": "web", "method": "POST", "host": "hooks.slack.com", "path": "/services/T024"}),
+            json!({"decision": "block", "reason": "no capability", "grant": null, "revocation_ids": ["a1b2", "c3d4"]}),
+        ),
+        2 => (
+            json!({"type": "payment", "method": "POST", "host": "united.com", "path": "/api/booking/purchase",
+                   "amount_cents": 48700 + i, "currency": "USD", "merchant": "united.com"}),
+            json!({"decision": "approval", "reason": "amount above auto-approve limit", "grant": "payment", "revocation_ids": ["a1b2", "c3d4"]}),
+        ),
+        _ => (
+            json!({"type": "login", "method": "POST", "host": "united.com", "path": "/api/auth/login", "credential": "united"}),
+            json!({"decision": "allow", "reason": "login", "grant": "login", "revocation_ids": ["a1b2", "c3d4"]}),
+        ),
+    };
+    Entry::Decision {
+        decided_at: SystemTime::now(),
+        record: DecisionRecord {
+            action,
+            counters: json!({"spent_cents": i * 10, "emails_sent": 0, "llm_spent_micro_usd": 0}),
+            decision,
+            body_sha256: Some(receipts::sha256_hex(format!("body {i}").as_bytes())),
+        },
+    }
+}
+
+/// A complete chain from the real writer: start, `decisions` decisions (each
+/// approval-gated one answered), end.
+pub fn build_chain(decisions: u64) -> Vec<u8> {
+    let sink = MemorySink::default();
+    let log = ReceiptLog::with_sink(
+        sink.clone(),
+        fixed_key(),
+        session_start("tamper"),
+        LogOptions::default(),
+    )
+    .expect("start");
+    for i in 0..decisions {
+        let a = log.append(decision_entry(i)).expect("append");
+        if i % 4 == 2 {
+            log.append(Entry::Approval(ApprovalRecord {
+                decision_seq: a.seq,
+                approved: i % 8 == 2,
+                approver: if i % 8 == 2 { "terminal" } else { "timeout" }.into(),
+                answered_at: receipts::format_time(SystemTime::now()),
+                reason: None,
+            }))
+            .expect("approval");
+        }
+    }
+    log.finish().expect("finish");
+    let bytes = sink.0.lock().expect("sink lock").clone();
+    bytes
+}
+
+/// The golden chain: fixed key, fixed times, so it is byte-for-byte stable.
+pub fn golden_chain() -> Vec<u8> {
+    let key = fixed_key();
+    let signer = receipts::key_id(&key.verifying_key());
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456);
+    let at = |ms: u64| receipts::format_time(t0 + Duration::from_millis(ms));
+    let bodies: Vec<(String, Body)> = vec![
+        (
+            at(0),
+            Body::SessionStart {
+                public_key: hex::encode(key.verifying_key().as_bytes()),
+                revocation_ids: vec!["a1b2".into(), "c3d4".into()],
+                sandbox: "kvm".into(),
+                capability_sha256: Some(receipts::sha256_hex(b"golden token")),
+            },
+        ),
+        (at(120), decision_body(0)),
+        (at(250), decision_body(1)),
+        (at(400), decision_body(2)),
+        (
+            at(4400),
+            Body::Approval(ApprovalRecord {
+                decision_seq: 3,
+                approved: true,
+                approver: "terminal".into(),
+                answered_at: at(4390),
+                reason: Some("operator typed y".into()),
+            }),
+        ),
+        (at(5000), decision_body(3)),
+    ];
+    let mut out = Vec::new();
+    let mut prev = GENESIS_PREV.to_owned();
+    let count = bodies.len() as u64 + 1;
+    let mut push = |seq: u64, ts: String, body: Body, prev: &mut String| {
+        let receipt = Receipt {
+            v: FORMAT_VERSION,
+            session: "golden-0001".into(),
+            seq,
+            ts,
+            prev: prev.clone(),
+            signer: signer.clone(),
+            body,
+        };
+        let line = receipts::sign_line(&receipt, &key).expect("sign");
+        *prev = hex::encode(receipts::line_hash(&line));
+        out.extend_from_slice(&line);
+        out.push(b'\n');
+    };
+    for (seq, (ts, body)) in bodies.into_iter().enumerate() {
+        push(seq as u64, ts, body, &mut prev);
+    }
+    let last = prev.clone();
+    push(
+        count - 1,
+        at(6000),
+        Body::SessionEnd { count, last },
+        &mut prev,
+    );
+    out
+}
+
+fn decision_body(i: u64) -> Body {
+    match decision_entry(i) {
+        Entry::Decision { record, .. } => Body::Decision(record),
+        Entry::Approval(_) => unreachable!("decision_entry makes decisions"),
+    }
+}
+
+/// Splits a chain into lines without their newlines.
+pub fn lines(bytes: &[u8]) -> Vec<&[u8]> {
+    let body = bytes.strip_suffix(b"\n").expect("chain ends with newline");
+    body.split(|&b| b == b'\n').collect()
+}
+
+pub fn join(lines: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in lines {
+        out.extend_from_slice(l);
+        out.push(b'\n');
+    }
+    out
+}
+
+pub fn value(line: &[u8]) -> Value {
+    serde_json::from_slice(line).expect("json line")
+}
