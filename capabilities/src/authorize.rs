@@ -42,6 +42,15 @@ struct Request {
     time: u64,
 }
 
+/// Hosts from requests are taken as sent: lowercased and a trailing dot
+/// dropped, but surrounding whitespace is malformed, not trimmed.
+fn request_host(raw: &str) -> Result<String, String> {
+    if raw.trim() != raw {
+        return Err(format!("malformed host {raw:?}"));
+    }
+    normalize_host(raw, false).map_err(|_| format!("malformed host {raw:?}"))
+}
+
 fn value(v: u64, what: &str) -> Result<i64, String> {
     if v > MAX_VALUE {
         return Err(format!("{what} {v} is out of range"));
@@ -74,11 +83,10 @@ fn check_path(path: &str) -> Result<(), String> {
 
 impl Request {
     fn from_action(a: &Action, c: &Counters, now: SystemTime) -> Result<Request, String> {
-        let host =
-            normalize_host(&a.host, false).map_err(|_| format!("malformed host {:?}", a.host))?;
+        let host = request_host(&a.host)?;
         check_path(&a.path)?;
         let merchant = match &a.merchant {
-            Some(m) => normalize_host(m, false).map_err(|_| format!("malformed merchant {m:?}"))?,
+            Some(m) => request_host(m)?,
             None => host.clone(),
         };
         if a.kind == ActionType::Payment && a.amount_cents.is_none() {
@@ -225,7 +233,7 @@ impl Capability {
     /// May the token reach `name` at all (does any grant name this host)?
     /// The proxy's DNS responder answers only such names.
     pub fn authorize_dns(&self, name: &str, now: SystemTime) -> Decision {
-        let host = match normalize_host(name, false) {
+        let host = match request_host(name) {
             Ok(h) => h,
             Err(_) => {
                 return self.decision(Verdict::Block, format!("malformed name {name:?}"), None)
@@ -243,7 +251,7 @@ impl Capability {
     /// login credential to its service, the card to the payment merchant,
     /// the LLM key to the providers; and the token has not expired at `now`.
     pub fn credential_allowed(&self, credential: &str, host: &str, now: SystemTime) -> bool {
-        let Ok(host) = normalize_host(host, false) else {
+        let Ok(host) = request_host(host) else {
             return false;
         };
         let req = Request::pseudo("credential", host, credential.trim().to_owned(), now);
