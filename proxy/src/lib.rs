@@ -1,4 +1,41 @@
 //! The sandbox's only way out: a TLS-intercepting HTTP proxy with its own DNS
-//! responder, which decides every request against the session's capability
-//! token and receipts each decision.
+//! responder. Part 1 (this code) carries traffic faithfully and refuses what it
+//! cannot read; every decision is delegated to a [`Gate`] (part 2 plugs the
+//! capability token, credentials, approvals and receipts in there).
+//!
+//! The public interface is:
+//! - [`Proxy::start`] / [`Proxy::start_with_listeners`] → [`ProxyHandle`]
+//!   (addresses, the session CA's PEM, counters, [`ProxyHandle::shutdown`]);
+//! - [`ProxyConfig`], [`ListenAddrs`], [`Listeners`] (bind here or inside a
+//!   network namespace), [`UpstreamConfig`], [`Limits`];
+//! - the decision seam: [`Gate`] and the types it sees ([`GateRequest`],
+//!   [`RequestBody`], [`ConnInfo`], [`Refusal`], [`Exchange`], [`ResponseFilter`]);
+//!   [`AllowAll`] is the permissive gate used by part 1's tests;
+//! - [`SessionCa`] (the per-session CA and its leaf cache);
+//! - [`ProxyError`] and its one mapping to an HTTP status and block reason.
 #![forbid(unsafe_code)]
+
+/// `Gate`: the hook through which every DNS name, request, response and refusal passes.
+mod decide;
+/// DNS responder (UDP and TCP) answering with the proxy's address or NXDOMAIN.
+mod dns;
+/// The crate's error and its single mapping to a refusal.
+mod error;
+/// HTTP/1.1 and HTTP/2 serving, request forwarding, smuggling guard, bodies.
+mod http;
+/// Listener binding, optionally inside a network namespace.
+mod listen;
+/// `Proxy::start`: accept loops, connection limits, shutdown.
+mod server;
+/// Session CA, leaf minting and cache, upstream TLS client and address policy.
+mod tls;
+
+pub use decide::{
+    AllowAll, ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateVerdict,
+    Listener, Refusal, RequestBody, RequestSummary, ResponseFilter,
+};
+pub use error::{Blocked, ProxyError};
+pub use listen::{ListenAddrs, Listeners};
+pub use server::{Limits, Proxy, ProxyConfig, ProxyHandle, ProxyStats};
+pub use tls::ca::SessionCa;
+pub use tls::upstream::{is_forbidden_upstream, UpstreamConfig};

@@ -1,0 +1,252 @@
+//! `RequestBody`: a streaming request body the gate can buffer a bounded
+//! prefix of, inspect and replace, before it is forwarded.
+
+use std::{
+    fmt,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::{
+    http::{BoxError, ProxyBody},
+    ProxyError,
+};
+
+/// The request body, streaming. Nothing is read from the sandbox until the
+/// gate asks ([`RequestBody::buffer_up_to`]) or the request is forwarded; then
+/// the buffered prefix goes first and the rest streams behind it.
+pub struct RequestBody {
+    /// Invariant: holds every data byte read so far, in order.
+    buffered: BytesMut,
+    /// None once the sandbox's body ended.
+    rest: Option<ProxyBody>,
+    trailers: Option<HeaderMap>,
+    replaced: bool,
+}
+
+impl fmt::Debug for RequestBody {
+    // Never prints body bytes: they may hold secrets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("buffered_len", &self.buffered.len())
+            .field("complete", &self.is_complete())
+            .finish()
+    }
+}
+
+impl RequestBody {
+    pub(crate) fn new(body: ProxyBody) -> Self {
+        let rest = if body.is_end_stream() {
+            None
+        } else {
+            Some(body)
+        };
+        Self {
+            buffered: BytesMut::new(),
+            rest,
+            trailers: None,
+            replaced: false,
+        }
+    }
+
+    /// Read from the sandbox until at least `limit` bytes are buffered or the
+    /// body ends. A body over the limit stays incomplete: the caller decides
+    /// (part 2 blocks rather than guesses).
+    pub async fn buffer_up_to(&mut self, limit: usize) -> Result<(), ProxyError> {
+        while self.buffered.len() < limit {
+            let Some(rest) = self.rest.as_mut() else {
+                break;
+            };
+            match rest.frame().await {
+                None => self.rest = None,
+                Some(Err(e)) => return Err(ProxyError::RequestBody(e.to_string())),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.buffered.extend_from_slice(&data),
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            self.trailers = Some(t);
+                            self.rest = None;
+                        }
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes buffered so far (a prefix of the body, or all of it when
+    /// [`is_complete`](Self::is_complete)).
+    pub fn buffered(&self) -> &[u8] {
+        &self.buffered
+    }
+
+    /// True when the whole body has been read into [`buffered`](Self::buffered).
+    pub fn is_complete(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    /// Replace the whole body (credential substitution). Only a completely
+    /// buffered body can be replaced; the proxy fixes `Content-Length`.
+    pub fn replace(&mut self, body: Bytes) -> Result<(), ProxyError> {
+        if !self.is_complete() {
+            return Err(ProxyError::BodyNotBuffered);
+        }
+        self.buffered = BytesMut::from(&body[..]);
+        self.replaced = true;
+        Ok(())
+    }
+
+    /// Length of the body to send, when it is known because it was replaced.
+    pub(crate) fn replaced_len(&self) -> Option<usize> {
+        self.replaced.then_some(self.buffered.len())
+    }
+
+    /// The body to send upstream: buffered prefix, then the rest streaming.
+    pub(crate) fn into_upstream(self, counter: Arc<AtomicU64>) -> ProxyBody {
+        let prefix = (!self.buffered.is_empty()).then(|| self.buffered.freeze());
+        Prefixed {
+            prefix,
+            trailers: self.trailers,
+            rest: self.rest,
+            counter,
+        }
+        .boxed_unsync()
+    }
+}
+
+struct Prefixed {
+    prefix: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    rest: Option<ProxyBody>,
+    counter: Arc<AtomicU64>,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(prefix) = this.prefix.take() {
+            this.counter
+                .fetch_add(prefix.len() as u64, Ordering::Relaxed);
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        if let Some(rest) = this.rest.as_mut() {
+            match Pin::new(rest).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        this.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => this.rest = None,
+            }
+        }
+        if let Some(t) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let p = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        match &self.rest {
+            None => SizeHint::with_exact(p),
+            Some(r) => {
+                let h = r.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower() + p);
+                if let Some(u) = h.upper() {
+                    out.set_upper(u + p);
+                }
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    fn streaming(chunks: &[&'static str]) -> ProxyBody {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        Iter(frames.into_iter()).boxed_unsync()
+    }
+
+    // A body over a Vec of frames, to avoid a futures dependency in tests.
+    struct Iter(std::vec::IntoIter<Result<Frame<Bytes>, BoxError>>);
+    impl hyper::body::Body for Iter {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.get_mut().0.next())
+        }
+    }
+
+    #[tokio::test]
+    async fn prefix_is_buffered_then_replayed_before_the_rest() {
+        let mut body = RequestBody::new(streaming(&["abc", "def", "ghi"]));
+        body.buffer_up_to(4).await.expect("buffer");
+        assert_eq!(body.buffered(), b"abcdef");
+        assert!(!body.is_complete());
+        assert!(body.replace(Bytes::from_static(b"x")).is_err());
+        let counter = Arc::new(AtomicU64::new(0));
+        let all = body
+            .into_upstream(counter.clone())
+            .collect()
+            .await
+            .expect("collect")
+            .to_bytes();
+        assert_eq!(&all[..], b"abcdefghi");
+        assert_eq!(counter.load(Ordering::Relaxed), 9);
+    }
+
+    #[tokio::test]
+    async fn complete_body_can_be_replaced() {
+        let full = Full::new(Bytes::from_static(b"password=ocs_x"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let mut body = RequestBody::new(full);
+        body.buffer_up_to(1024).await.expect("buffer");
+        assert!(body.is_complete());
+        body.replace(Bytes::from_static(b"password=hunter2"))
+            .expect("replace");
+        assert_eq!(body.replaced_len(), Some(16));
+        let out = body
+            .into_upstream(Arc::new(AtomicU64::new(0)))
+            .collect()
+            .await
+            .expect("collect")
+            .to_bytes();
+        assert_eq!(&out[..], b"password=hunter2");
+    }
+}

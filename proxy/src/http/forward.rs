@@ -1,0 +1,342 @@
+//! One request: check the destination, ask the gate, forward upstream (or
+//! tunnel a WebSocket upgrade), stream the response back.
+
+use std::{
+    convert::Infallible,
+    sync::{atomic::AtomicU64, Arc},
+    time::Instant,
+};
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::{body::Incoming, client::conn::http1, upgrade::OnUpgrade};
+use hyper_util::rt::TokioIo;
+
+use super::{
+    blocked_response,
+    metered::{Metered, Report},
+    pool::UpstreamPool,
+    strip_hop_by_hop, ProxyBody,
+};
+use crate::{
+    decide::{
+        ConnInfo, ExchangeOutcome, GateRequest, GateVerdict, Listener, Refusal, RequestSummary,
+    },
+    server::Shared,
+    ProxyError, RequestBody,
+};
+
+/// Per sandbox connection: who it is and its upstream connections.
+pub(crate) struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub info: ConnInfo,
+    pub pool: UpstreamPool,
+}
+
+impl ConnCtx {
+    /// Report a fail-closed refusal and build the response for it.
+    pub(crate) fn refuse(
+        &self,
+        err: &ProxyError,
+        request: Option<RequestSummary>,
+    ) -> Response<ProxyBody> {
+        let blocked = err.blocked();
+        if blocked.refusal {
+            self.shared.refusal(Refusal {
+                conn: self.info.clone(),
+                request,
+                reason: blocked.reason,
+                detail: err.to_string(),
+            });
+        }
+        blocked_response(blocked.status, blocked.reason)
+    }
+}
+
+/// The destination host of a request: `:authority` / absolute-form target,
+/// else `Host`; lowercased, without port or trailing dot. When both are
+/// present they must agree.
+fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
+    let from_uri = req.uri().host().map(normalize_host);
+    let from_header = match req.headers().get(header::HOST) {
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| ProxyError::Malformed("non-ASCII Host".into()))?;
+            let auth: http::uri::Authority = v
+                .parse()
+                .map_err(|_| ProxyError::Malformed("unparsable Host".into()))?;
+            Some(normalize_host(auth.host()))
+        }
+        None => None,
+    };
+    match (from_uri, from_header) {
+        (Some(u), Some(h)) if u != h => Err(ProxyError::DomainFronting { sni: u, host: h }),
+        (Some(h), _) | (None, Some(h)) => Ok(h),
+        (None, None) => Err(ProxyError::MissingHost),
+    }
+}
+
+fn normalize_host(h: &str) -> String {
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn summary(greq: &GateRequest) -> RequestSummary {
+    RequestSummary {
+        method: greq.head.method.to_string(),
+        scheme: greq.scheme,
+        host: greq.host.clone(),
+        path: greq
+            .head
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.to_string()),
+    }
+}
+
+pub(crate) async fn handle(
+    ctx: Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let host = match request_host(&req) {
+        Ok(h) => h,
+        Err(e) => return Ok(ctx.refuse(&e, None)),
+    };
+    let early_summary = || RequestSummary {
+        method: req.method().to_string(),
+        scheme: scheme(ctx.info.listener),
+        host: host.clone(),
+        path: req.uri().path().to_owned(),
+    };
+    if let Some(sni) = &ctx.info.sni {
+        if *sni != host {
+            let e = ProxyError::DomainFronting {
+                sni: sni.clone(),
+                host: host.clone(),
+            };
+            return Ok(ctx.refuse(&e, Some(early_summary())));
+        }
+    }
+    // HTTP/1.1 shapes are caught by the guard before hyper; this covers HTTP/2.
+    if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Ok(ctx.refuse(
+            &ProxyError::Smuggling("duplicate Content-Length"),
+            Some(early_summary()),
+        ));
+    }
+    let upgrade = is_upgrade(&req);
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut head, body) = req.into_parts();
+    strip_hop_by_hop(&mut head.headers, upgrade);
+    head.uri = head
+        .uri
+        .path_and_query()
+        .map(|pq| Uri::from(pq.clone()))
+        .unwrap_or_else(|| Uri::from_static("/"));
+    let body = RequestBody::new(body.map_err(Into::into).boxed_unsync());
+    let mut greq = GateRequest {
+        scheme: scheme(ctx.info.listener),
+        host,
+        head,
+        body,
+    };
+    let verdict = ctx.shared.gate.request(&mut greq, &ctx.info).await;
+    let request = summary(&greq);
+    let bytes_up = Arc::new(AtomicU64::new(0));
+    let report = Report {
+        gate: ctx.shared.gate.clone(),
+        conn: ctx.info.clone(),
+        request: request.clone(),
+        status: None,
+        bytes_up: bytes_up.clone(),
+        started,
+    };
+    if let GateVerdict::Refuse { status, reason } = verdict {
+        let mut report = report;
+        report.status = Some(status);
+        report.send(0, ExchangeOutcome::Refused);
+        return Ok(blocked_response(status, &reason));
+    }
+    if let Some(on_upgrade) = on_upgrade {
+        return Ok(tunnel(&ctx, greq, on_upgrade, report).await);
+    }
+    let GateRequest {
+        host,
+        mut head,
+        body,
+        ..
+    } = greq;
+    if let Some(len) = body.replaced_len() {
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    let upstream_req = Request::from_parts(head, body.into_upstream(bytes_up));
+    match ctx.pool.send(&host, upstream_req).await {
+        Ok(resp) => Ok(respond(&ctx, resp, report, false)),
+        Err(e) => Ok(fail(&ctx, e, report)),
+    }
+}
+
+fn scheme(l: Listener) -> &'static str {
+    match l {
+        Listener::Https => "https",
+        Listener::Http => "http",
+    }
+}
+
+fn fail(ctx: &ConnCtx, e: ProxyError, mut report: Report) -> Response<ProxyBody> {
+    tracing::debug!(conn = ctx.info.id, error = %e, "upstream failed");
+    let resp = ctx.refuse(&e, Some(report.request.clone()));
+    report.status = Some(resp.status());
+    report.send(0, ExchangeOutcome::Failed(e.blocked().reason.to_owned()));
+    resp
+}
+
+fn respond(
+    ctx: &ConnCtx,
+    resp: Response<Incoming>,
+    mut report: Report,
+    close: bool,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    if close {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let filter = ctx
+        .shared
+        .gate
+        .response(&report.request, &mut parts, &ctx.info);
+    if filter.is_some() {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    report.status = Some(parts.status);
+    let body = Metered::new(body.map_err(Into::into).boxed_unsync(), filter, report);
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// WebSocket (any HTTP/1.1 upgrade): a dedicated HTTP/1.1 upstream
+/// connection; on 101 both sides are spliced byte for byte.
+async fn tunnel(
+    ctx: &ConnCtx,
+    greq: GateRequest,
+    down: OnUpgrade,
+    mut report: Report,
+) -> Response<ProxyBody> {
+    let GateRequest {
+        host,
+        mut head,
+        body,
+        ..
+    } = greq;
+    let offer = ctx.pool_offer_http11();
+    let (io, _) = match ctx.pool.open_stream(&host, offer).await {
+        Ok(s) => s,
+        Err(e) => return fail(ctx, e, report),
+    };
+    let (mut send, conn) = match http1::handshake(TokioIo::new(io)).await {
+        Ok(x) => x,
+        Err(e) => return fail(ctx, e.into(), report),
+    };
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    if !head.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            head.headers.insert(header::HOST, v);
+        }
+    }
+    let req = Request::from_parts(head, body.into_upstream(report.bytes_up.clone()));
+    let mut resp = match send.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => return fail(ctx, e.into(), report),
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The guard stopped parsing this connection at the upgrade request,
+        // so it must not carry further requests.
+        return respond(ctx, resp, report, true);
+    }
+    let up = hyper::upgrade::on(&mut resp);
+    report.status = Some(StatusCode::SWITCHING_PROTOCOLS);
+    let mut stop = ctx.shared.stop.clone();
+    tokio::spawn(async move {
+        let (d, u) = tokio::join!(down, up);
+        match (d, u) {
+            (Ok(d), Ok(u)) => {
+                let mut d = TokioIo::new(d);
+                let mut u = TokioIo::new(u);
+                // Proxy shutdown ends tunnels too.
+                let (sent, received) = tokio::select! {
+                    r = tokio::io::copy_bidirectional(&mut d, &mut u) => r.unwrap_or((0, 0)),
+                    _ = stop.changed() => (0, 0),
+                };
+                report
+                    .bytes_up
+                    .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+                report.send(received, ExchangeOutcome::Completed);
+            }
+            _ => report.send(
+                0,
+                ExchangeOutcome::Failed("upgrade did not complete".into()),
+            ),
+        }
+    });
+    let (mut parts, _) = resp.into_parts();
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    Response::from_parts(
+        parts,
+        Empty::new().map_err(|never| match never {}).boxed_unsync(),
+    )
+}
+
+impl ConnCtx {
+    fn pool_offer_http11(&self) -> crate::tls::server::AlpnOffer {
+        self.shared_offer().only_http11()
+    }
+    fn shared_offer(&self) -> crate::tls::server::AlpnOffer {
+        self.pool.offer()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_comes_from_authority_or_host_header_and_must_agree() {
+        let r = Request::builder()
+            .uri("/x")
+            .header("host", "Example.COM.:443")
+            .body(())
+            .expect("request");
+        assert_eq!(request_host(&r).expect("host"), "example.com");
+        let r = Request::builder()
+            .uri("https://a.example/x")
+            .header("host", "b.example")
+            .body(())
+            .expect("request");
+        assert!(matches!(
+            request_host(&r),
+            Err(ProxyError::DomainFronting { .. })
+        ));
+        let r = Request::builder().uri("/x").body(()).expect("request");
+        assert!(matches!(request_host(&r), Err(ProxyError::MissingHost)));
+    }
+}

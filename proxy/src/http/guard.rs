@@ -1,0 +1,360 @@
+//! `H1Guard`: watches the HTTP/1.1 byte stream from the sandbox before hyper
+//! parses it, and cuts the connection on request-smuggling shapes hyper
+//! would tolerate (Content-Length with Transfer-Encoding, duplicate
+//! Content-Length), oversized or malformed heads. It follows message framing
+//! (fixed-length and chunked bodies) so every request head is checked,
+//! including pipelined ones.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{ready, Context, Poll},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::ProxyError;
+
+const MAX_HEADERS: usize = 128;
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Why the guard cut a connection; read back after hyper reports the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GuardTrip {
+    ClWithTe,
+    DuplicateCl,
+    TooLarge,
+    Malformed(&'static str),
+}
+
+impl GuardTrip {
+    pub(crate) fn into_error(self) -> ProxyError {
+        match self {
+            GuardTrip::ClWithTe => ProxyError::Smuggling("Content-Length with Transfer-Encoding"),
+            GuardTrip::DuplicateCl => ProxyError::Smuggling("duplicate Content-Length"),
+            GuardTrip::TooLarge => ProxyError::HeadersTooLarge,
+            GuardTrip::Malformed(what) => ProxyError::Malformed(what.to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Fixed(u64),
+    ChunkLine,
+    ChunkData(u64),
+    ChunkCr,
+    ChunkLf,
+    Trailers,
+    /// After an upgrade or CONNECT request the stream is no longer HTTP/1.1
+    /// (if the upgrade is refused the proxy closes the connection).
+    Opaque,
+}
+
+/// The framing tracker, separate from I/O so it can be tested on bytes.
+#[derive(Debug)]
+pub(crate) struct H1Scanner {
+    state: State,
+    line: Vec<u8>,
+    max_head: usize,
+}
+
+impl H1Scanner {
+    pub(crate) fn new(max_head: usize) -> Self {
+        Self {
+            state: State::Head,
+            line: Vec::new(),
+            max_head,
+        }
+    }
+
+    pub(crate) fn feed(&mut self, mut data: &[u8]) -> Result<(), GuardTrip> {
+        while !data.is_empty() {
+            match self.state {
+                State::Opaque => return Ok(()),
+                State::Head => {
+                    if self.line.is_empty() {
+                        // Empty lines before a request line are tolerated.
+                        let skip = data
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        data = &data[skip..];
+                        if data.is_empty() {
+                            return Ok(());
+                        }
+                    }
+                    let start = self.line.len().saturating_sub(3);
+                    let room = self.max_head + 1 - self.line.len().min(self.max_head + 1);
+                    let take = data.len().min(room);
+                    self.line.extend_from_slice(&data[..take]);
+                    match find_head_end(&self.line[start..]) {
+                        Some(end) => {
+                            let end = start + end;
+                            let consumed = end - (self.line.len() - take);
+                            self.line.truncate(end);
+                            self.state = check_head(&self.line)?;
+                            self.line.clear();
+                            data = &data[consumed..];
+                        }
+                        None if self.line.len() > self.max_head => return Err(GuardTrip::TooLarge),
+                        None => data = &data[take..],
+                    }
+                }
+                State::Fixed(n) => {
+                    let take = (data.len() as u64).min(n);
+                    data = &data[take as usize..];
+                    self.state = if n == take {
+                        State::Head
+                    } else {
+                        State::Fixed(n - take)
+                    };
+                }
+                State::ChunkLine | State::Trailers => {
+                    let nl = data.iter().position(|b| *b == b'\n');
+                    let take = nl.map_or(data.len(), |i| i + 1);
+                    if self.line.len() + take > MAX_CHUNK_LINE {
+                        return Err(GuardTrip::TooLarge);
+                    }
+                    self.line.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if nl.is_some() {
+                        self.state = self.line_done()?;
+                        self.line.clear();
+                    }
+                }
+                State::ChunkData(n) => {
+                    let take = (data.len() as u64).min(n);
+                    data = &data[take as usize..];
+                    self.state = if n == take {
+                        State::ChunkCr
+                    } else {
+                        State::ChunkData(n - take)
+                    };
+                }
+                State::ChunkCr | State::ChunkLf => {
+                    let want = if self.state == State::ChunkCr {
+                        b'\r'
+                    } else {
+                        b'\n'
+                    };
+                    if data[0] != want {
+                        return Err(GuardTrip::Malformed("chunk not followed by CRLF"));
+                    }
+                    data = &data[1..];
+                    self.state = if want == b'\r' {
+                        State::ChunkLf
+                    } else {
+                        State::ChunkLine
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn line_done(&self) -> Result<State, GuardTrip> {
+        let line = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+        let line = line
+            .strip_suffix(b"\r")
+            .ok_or(GuardTrip::Malformed("bare LF in chunked framing"))?;
+        if self.state == State::Trailers {
+            return Ok(if line.is_empty() {
+                State::Head
+            } else {
+                State::Trailers
+            });
+        }
+        let size = line.split(|b| *b == b';').next().unwrap_or_default();
+        let size = std::str::from_utf8(size)
+            .ok()
+            .filter(|s| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+            .ok_or(GuardTrip::Malformed("bad chunk size"))?;
+        Ok(if size == 0 {
+            State::Trailers
+        } else {
+            State::ChunkData(size)
+        })
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Validate one complete request head; return the framing state that follows.
+fn check_head(head: &[u8]) -> Result<State, GuardTrip> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(GuardTrip::Malformed("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(GuardTrip::TooLarge),
+        Err(_) => return Err(GuardTrip::Malformed("unparsable request head")),
+    }
+    let mut content_length: Option<u64> = None;
+    let mut cl_count = 0;
+    let mut te: Option<&[u8]> = None;
+    let mut upgrade = req.method == Some("CONNECT");
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            cl_count += 1;
+            let v = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
+                .ok_or(GuardTrip::Malformed("bad Content-Length"))?;
+            content_length = Some(v);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if te.is_some() {
+                return Err(GuardTrip::Malformed("repeated Transfer-Encoding"));
+            }
+            te = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if cl_count > 1 {
+        return Err(GuardTrip::DuplicateCl);
+    }
+    if te.is_some() && content_length.is_some() {
+        return Err(GuardTrip::ClWithTe);
+    }
+    let state = match (te, content_length) {
+        (Some(te), _) => {
+            let last = te.rsplit(|b| *b == b',').next().unwrap_or_default();
+            if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(GuardTrip::Malformed(
+                    "Transfer-Encoding not ending in chunked",
+                ));
+            }
+            State::ChunkLine
+        }
+        (None, Some(n)) if n > 0 => State::Fixed(n),
+        _ => State::Head,
+    };
+    Ok(if upgrade { State::Opaque } else { state })
+}
+
+/// An I/O wrapper feeding the [`H1Scanner`] with everything read; on a trip
+/// the read fails (hyper drops the connection) and the reason is kept.
+pub(crate) struct H1Guard<IO> {
+    inner: IO,
+    scanner: H1Scanner,
+    trip: Arc<Mutex<Option<GuardTrip>>>,
+}
+
+impl<IO> H1Guard<IO> {
+    pub(crate) fn new(inner: IO, max_head: usize) -> (Self, Arc<Mutex<Option<GuardTrip>>>) {
+        let trip = Arc::new(Mutex::new(None));
+        (
+            Self {
+                inner,
+                scanner: H1Scanner::new(max_head),
+                trip: trip.clone(),
+            },
+            trip,
+        )
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for H1Guard<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if let Err(trip) = this.scanner.feed(&buf.filled()[before..]) {
+            // Nothing of the offending read reaches hyper.
+            buf.set_filled(before);
+            *this.trip.lock().unwrap_or_else(|p| p.into_inner()) = Some(trip);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request refused by guard",
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for H1Guard<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(bytes: &[u8]) -> Result<(), GuardTrip> {
+        H1Scanner::new(8192).feed(bytes)
+    }
+
+    fn scan_bytewise(bytes: &[u8]) -> Result<(), GuardTrip> {
+        let mut s = H1Scanner::new(8192);
+        bytes.chunks(1).try_for_each(|c| s.feed(c))
+    }
+
+    #[test]
+    fn plain_pipelined_requests_pass() {
+        let reqs = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloPOST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\nGET /z HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(scan(reqs), Ok(()));
+        assert_eq!(scan_bytewise(reqs), Ok(()));
+    }
+
+    #[test]
+    fn smuggling_shapes_trip() {
+        let cl_te = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(scan(cl_te), Err(GuardTrip::ClWithTe));
+        let dup =
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd";
+        assert_eq!(scan_bytewise(dup), Err(GuardTrip::DuplicateCl));
+        // The second, pipelined request is the smuggled one: still caught.
+        let hidden = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(scan(hidden), Err(GuardTrip::ClWithTe));
+        let te_not_chunked =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        assert!(matches!(scan(te_not_chunked), Err(GuardTrip::Malformed(_))));
+    }
+
+    #[test]
+    fn oversized_and_malformed_heads_trip() {
+        let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 9000));
+        assert_eq!(scan(&big), Err(GuardTrip::TooLarge));
+        assert!(matches!(
+            scan(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
+            Err(GuardTrip::Malformed(_))
+        ));
+        let bad_chunk = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        assert!(matches!(scan(bad_chunk), Err(GuardTrip::Malformed(_))));
+    }
+}

@@ -1,0 +1,138 @@
+//! HTTP on both legs: serving the sandbox's connections (HTTP/1.1 with the
+//! smuggling guard, HTTP/2), forwarding each request through the gate to a
+//! lazily opened upstream connection, and streaming bodies back.
+
+pub(crate) mod forward;
+pub(crate) mod guard;
+pub(crate) mod metered;
+pub(crate) mod pool;
+pub(crate) mod serve;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body the proxy sends, either way: streaming, type-erased.
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A byte stream to or from either side (TCP or TLS over TCP).
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+pub(crate) const BLOCKED_HEADER: &str = "x-openclaw-blocked";
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including those named by
+/// `Connection`. Upgrade negotiation headers survive when `keep_upgrade`.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The response for a refused request: status, reason header, small JSON body.
+pub(crate) fn blocked_response(status: StatusCode, reason: &str) -> Response<ProxyBody> {
+    let reason_value =
+        HeaderValue::from_str(reason).unwrap_or_else(|_| HeaderValue::from_static("blocked"));
+    let body = format!(
+        "{{\"blocked\":true,\"reason\":{}}}\n",
+        json_string(reason_value.to_str().unwrap_or("blocked"))
+    );
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(BLOCKED_HEADER, reason_value);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut ws = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+        strip_hop_by_hop(&mut ws, true);
+        assert_eq!(
+            ws.get(header::UPGRADE).map(|v| v.as_bytes()),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            ws.get(header::CONNECTION).map(|v| v.as_bytes()),
+            Some(&b"upgrade"[..])
+        );
+    }
+
+    #[test]
+    fn blocked_response_carries_reason() {
+        let r = blocked_response(StatusCode::FORBIDDEN, "no \"capability\"");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.headers().contains_key(BLOCKED_HEADER));
+    }
+}

@@ -1,0 +1,101 @@
+//! Binding the proxy's sockets, here or inside the session's network
+//! namespace (a dedicated thread enters it, binds, and exits; the sockets
+//! keep belonging to that namespace while outbound connects, made from the
+//! runtime's threads, leave from the host's namespace).
+
+use std::{
+    fs::File,
+    net::{SocketAddr, TcpListener, UdpSocket},
+    path::{Path, PathBuf},
+};
+
+use nix::sched::{setns, CloneFlags};
+
+use crate::ProxyError;
+
+/// Where to listen. `None` disables a listener.
+#[derive(Debug, Clone, Default)]
+pub struct ListenAddrs {
+    /// Intercepted TLS (443 in the sandbox; port 0 in tests).
+    pub https: Option<SocketAddr>,
+    /// Plain HTTP (80 in the sandbox).
+    pub http: Option<SocketAddr>,
+    /// DNS over UDP and TCP on the same port (53 in the sandbox).
+    pub dns: Option<SocketAddr>,
+}
+
+/// Already-bound sockets, ready for [`crate::Proxy::start_with_listeners`].
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub https: Option<TcpListener>,
+    pub http: Option<TcpListener>,
+    pub dns_udp: Option<UdpSocket>,
+    pub dns_tcp: Option<TcpListener>,
+}
+
+fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let l = TcpListener::bind(addr).map_err(|source| ProxyError::Bind { what, addr, source })?;
+    l.set_nonblocking(true)
+        .map_err(|source| ProxyError::Bind { what, addr, source })?;
+    Ok(l)
+}
+
+impl Listeners {
+    /// Bind in the calling thread's network namespace.
+    pub fn bind(addrs: &ListenAddrs) -> Result<Self, ProxyError> {
+        let mut out = Listeners::default();
+        if let Some(a) = addrs.https {
+            out.https = Some(bind_tcp("https", a)?);
+        }
+        if let Some(a) = addrs.http {
+            out.http = Some(bind_tcp("http", a)?);
+        }
+        if let Some(a) = addrs.dns {
+            let udp = UdpSocket::bind(a).map_err(|source| ProxyError::Bind {
+                what: "dns-udp",
+                addr: a,
+                source,
+            })?;
+            udp.set_nonblocking(true)
+                .map_err(|source| ProxyError::Bind {
+                    what: "dns-udp",
+                    addr: a,
+                    source,
+                })?;
+            // TCP on the port UDP got (matters when asked for port 0).
+            let bound = udp.local_addr().map_err(|source| ProxyError::Bind {
+                what: "dns-udp",
+                addr: a,
+                source,
+            })?;
+            out.dns_tcp = Some(bind_tcp("dns-tcp", bound)?);
+            out.dns_udp = Some(udp);
+        }
+        Ok(out)
+    }
+
+    /// Bind inside the network namespace at `netns` (e.g.
+    /// `/run/netns/<name>` or `/proc/<pid>/ns/net`).
+    pub fn bind_in_netns(netns: &Path, addrs: &ListenAddrs) -> Result<Self, ProxyError> {
+        let path: PathBuf = netns.to_owned();
+        let addrs = addrs.clone();
+        // setns changes only the calling thread, so a throwaway thread does it.
+        std::thread::spawn(move || {
+            let netns_err = |source| ProxyError::Netns {
+                path: path.clone(),
+                source,
+            };
+            let file = File::open(&path).map_err(netns_err)?;
+            setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| netns_err(std::io::Error::from(e)))?;
+            Listeners::bind(&addrs)
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(ProxyError::Netns {
+                path: netns.to_owned(),
+                source: std::io::Error::other("binding thread panicked"),
+            })
+        })
+    }
+}

@@ -1,0 +1,319 @@
+//! `Proxy::start`: builds the session CA and TLS configurations, runs the
+//! accept loops (HTTPS, HTTP, DNS), bounds connections, shuts down cleanly.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    sync::{watch, Semaphore},
+    task::{JoinHandle, JoinSet},
+};
+
+use crate::{
+    decide::{ConnInfo, Gate, Listener, Refusal},
+    dns,
+    http::serve::{serve_plain, serve_tls},
+    listen::{ListenAddrs, Listeners},
+    tls::{ca::SessionCa, server::ServerConfigs, upstream::UpstreamClient},
+    ProxyError, UpstreamConfig,
+};
+
+/// Resource bounds for one session's proxy, so one sandbox cannot starve
+/// another session's proxy (each session runs its own instance).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Concurrent sandbox connections (HTTPS and HTTP together); more are
+    /// closed on accept and reported as refusals.
+    pub max_connections: usize,
+    /// Time allowed for the ClientHello and for the rest of the handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed to receive a request head (HTTP/1.1); also the HTTP/2
+    /// keep-alive ping interval.
+    pub header_timeout: Duration,
+    /// Largest request head accepted (HTTP/1.1 head, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_h2_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_h2_streams: 128,
+        }
+    }
+}
+
+/// Everything a proxy instance needs.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Session id, used in the CA's name and in logs.
+    pub session: String,
+    pub listen: ListenAddrs,
+    /// Bind the listeners inside this network namespace (a path such as
+    /// `/run/netns/<name>`); None binds in the caller's namespace.
+    pub netns: Option<PathBuf>,
+    /// The address DNS answers point to (the proxy's address as the
+    /// sandbox sees it).
+    pub advertise: Ipv4Addr,
+    pub upstream: UpstreamConfig,
+    pub limits: Limits,
+}
+
+impl ProxyConfig {
+    /// Loopback listeners on ephemeral ports, Mozilla roots, default limits.
+    pub fn loopback(session: &str) -> Self {
+        let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Self {
+            session: session.to_owned(),
+            listen: ListenAddrs {
+                https: Some(any),
+                http: Some(any),
+                dns: Some(any),
+            },
+            netns: None,
+            advertise: Ipv4Addr::LOCALHOST,
+            upstream: UpstreamConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// State shared by every connection of one proxy.
+pub(crate) struct Shared {
+    pub gate: Arc<dyn Gate>,
+    pub upstream: UpstreamClient,
+    pub limits: Limits,
+    pub server_configs: ServerConfigs,
+    pub conn_limit: Arc<Semaphore>,
+    pub next_conn: AtomicU64,
+    pub connections: AtomicU64,
+    pub refusals: AtomicU64,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub(crate) fn refusal(&self, r: Refusal) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+        self.gate.refused(r);
+    }
+}
+
+/// Counters, for tests, benchmarks and the session report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyStats {
+    pub connections: u64,
+    pub upstream_connections: u64,
+    pub refusals: u64,
+    pub leaves_minted: u64,
+    pub leaf_cache_hits: u64,
+}
+
+/// Entry point.
+#[derive(Debug)]
+pub struct Proxy;
+
+/// A running proxy. Dropping it without [`ProxyHandle::shutdown`] leaves the
+/// tasks running until the runtime ends.
+pub struct ProxyHandle {
+    ca: Arc<SessionCa>,
+    shared: Arc<Shared>,
+    https: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    dns: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Bind per `config` (inside `config.netns` when set) and start serving.
+    /// Must be called within a tokio runtime.
+    pub async fn start(
+        config: ProxyConfig,
+        gate: Arc<dyn Gate>,
+    ) -> Result<ProxyHandle, ProxyError> {
+        let listeners = match &config.netns {
+            Some(ns) => {
+                let (ns, addrs) = (ns.clone(), config.listen.clone());
+                tokio::task::spawn_blocking(move || Listeners::bind_in_netns(&ns, &addrs))
+                    .await
+                    .map_err(|e| ProxyError::Netns {
+                        path: config.netns.clone().unwrap_or_default(),
+                        source: std::io::Error::other(e),
+                    })??
+            }
+            None => Listeners::bind(&config.listen)?,
+        };
+        Self::start_with_listeners(config, listeners, gate).await
+    }
+
+    /// Start serving on sockets the caller already bound (non-blocking).
+    /// `config.listen` and `config.netns` are ignored.
+    pub async fn start_with_listeners(
+        config: ProxyConfig,
+        listeners: Listeners,
+        gate: Arc<dyn Gate>,
+    ) -> Result<ProxyHandle, ProxyError> {
+        let ca = Arc::new(SessionCa::generate(&config.session)?);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            gate: gate.clone(),
+            upstream: UpstreamClient::new(&config.upstream)?,
+            server_configs: ServerConfigs::new(ca.clone())?,
+            conn_limit: Arc::new(Semaphore::new(config.limits.max_connections)),
+            limits: config.limits.clone(),
+            next_conn: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+            stop: stop_rx.clone(),
+        });
+        let bind_err = |what, source| ProxyError::Bind {
+            what,
+            addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            source,
+        };
+        let mut tasks = Vec::new();
+        let addr_of = |what: &'static str, l: &std::net::TcpListener| {
+            l.local_addr().map_err(|e| bind_err(what, e))
+        };
+        let (mut https, mut http, mut dns_addr) = (None, None, None);
+        if let Some(l) = listeners.https {
+            https = Some(addr_of("https", &l)?);
+            let l = TcpListener::from_std(l).map_err(|e| bind_err("https", e))?;
+            tasks.push(tokio::spawn(accept_loop(
+                l,
+                shared.clone(),
+                Listener::Https,
+            )));
+        }
+        if let Some(l) = listeners.http {
+            http = Some(addr_of("http", &l)?);
+            let l = TcpListener::from_std(l).map_err(|e| bind_err("http", e))?;
+            tasks.push(tokio::spawn(accept_loop(l, shared.clone(), Listener::Http)));
+        }
+        if let Some(s) = listeners.dns_udp {
+            dns_addr = Some(s.local_addr().map_err(|e| bind_err("dns-udp", e))?);
+            let s = UdpSocket::from_std(s).map_err(|e| bind_err("dns-udp", e))?;
+            tasks.push(tokio::spawn(dns::serve_udp(
+                s,
+                gate.clone(),
+                config.advertise,
+                stop_rx.clone(),
+            )));
+        }
+        if let Some(l) = listeners.dns_tcp {
+            dns_addr = dns_addr.or(Some(addr_of("dns-tcp", &l)?));
+            let l = TcpListener::from_std(l).map_err(|e| bind_err("dns-tcp", e))?;
+            tasks.push(tokio::spawn(dns::serve_tcp(
+                l,
+                gate.clone(),
+                config.advertise,
+                stop_rx.clone(),
+            )));
+        }
+        Ok(ProxyHandle {
+            ca,
+            shared,
+            https,
+            http,
+            dns: dns_addr,
+            stop: stop_tx,
+            tasks,
+        })
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, kind: Listener) {
+    let mut stop = shared.stop.clone();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off, don't spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                let Ok(permit) = shared.conn_limit.clone().try_acquire_owned() else {
+                    let conn = ConnInfo { id, peer, listener: kind, sni: None, alpn: None };
+                    let err = ProxyError::ConnectionLimit;
+                    shared.refusal(Refusal { conn, request: None, reason: err.blocked().reason, detail: err.to_string() });
+                    continue;
+                };
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let _ = tcp.set_nodelay(true);
+                let shared = shared.clone();
+                conns.spawn(async move {
+                    let _permit = permit;
+                    match kind {
+                        Listener::Https => serve_tls(shared, tcp, peer, id).await,
+                        Listener::Http => serve_plain(shared, tcp, peer, id).await,
+                    }
+                });
+            }
+        }
+    }
+    conns.shutdown().await;
+}
+
+impl ProxyHandle {
+    /// The session CA certificate (PEM) the sandbox must trust.
+    pub fn ca_pem(&self) -> &str {
+        self.ca.cert_pem()
+    }
+
+    pub fn ca(&self) -> &SessionCa {
+        &self.ca
+    }
+
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    /// DNS address (UDP and TCP share the port).
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        ProxyStats {
+            connections: self.shared.connections.load(Ordering::Relaxed),
+            upstream_connections: self.shared.upstream.connections.load(Ordering::Relaxed),
+            refusals: self.shared.refusals.load(Ordering::Relaxed),
+            leaves_minted: self.ca.leaves_minted(),
+            leaf_cache_hits: self.ca.leaf_cache_hits(),
+        }
+    }
+
+    /// Stop accepting, close every sandbox connection and tunnel, release
+    /// the sockets.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
