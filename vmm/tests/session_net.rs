@@ -1,0 +1,166 @@
+//! The session network namespace: what it holds, that it goes away with
+//! its owner, and that a dead supervisor's leftovers are cleaned up.
+
+mod sandbox_common;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sandbox_common::*;
+use vmm::host::{cleanup_stale, Sandbox, SandboxStdio, SessionNetwork};
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A pid that certainly belongs to no running process any more.
+fn dead_pid() -> u32 {
+    let mut c = Command::new("true").spawn().expect("spawn");
+    let pid = c.id();
+    c.wait().expect("wait");
+    pid
+}
+
+#[test]
+fn namespace_holds_only_loopback_with_the_session_address_and_no_routes() {
+    let net = network("shape");
+    assert!(net.path().starts_with("/run/netns"));
+    assert!(net.path().exists());
+    let addr = net.proxy_addr();
+    assert_eq!(addr.octets()[..2], [10, 200]);
+    assert_eq!(addr.octets()[3], 1);
+    assert_eq!(net.guest_addr().octets()[3], 2);
+
+    let links = ip(&["-n", net.name(), "-o", "link", "show"]);
+    assert_eq!(links.lines().count(), 1, "only lo: {links}");
+    assert!(links.contains("lo:") && links.contains("UP"), "{links}");
+    let addrs = ip(&["-n", net.name(), "-o", "-4", "addr", "show"]);
+    assert!(addrs.contains(&format!("{addr}/32")), "{addrs}");
+    assert_eq!(
+        ip(&["-n", net.name(), "-4", "route", "show"]).trim(),
+        "",
+        "no routes"
+    );
+    assert_eq!(
+        ip(&["-n", net.name(), "-6", "route", "show", "table", "main"])
+            .lines()
+            .filter(|l| !l.contains("::1"))
+            .count(),
+        0
+    );
+    let fwd = net
+        .run_in(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
+        .expect("enter")
+        .expect("read");
+    assert_eq!(fwd.trim(), "0", "forwarding off");
+
+    // Listeners bound through run_in live in the namespace: the address
+    // does not exist on the host.
+    let inside = net
+        .run_in(move || TcpListener::bind((addr, 443)).map(|l| l.local_addr()))
+        .expect("enter")
+        .expect("bind inside");
+    assert_eq!(inside.expect("addr").ip(), addr);
+    assert!(
+        TcpListener::bind((addr, 443)).is_err(),
+        "address exists on the host"
+    );
+}
+
+#[test]
+fn two_networks_get_distinct_addresses_and_names() {
+    let a = network("dist");
+    let b = network("dist");
+    assert_ne!(a.name(), b.name());
+    assert_ne!(a.proxy_addr(), b.proxy_addr());
+    let same = SessionNetwork::create(a.name().trim_start_matches("openclaw-"));
+    assert!(same.is_err(), "a live session's name cannot be taken");
+    assert!(
+        a.path().exists(),
+        "the failed create left the live namespace alone"
+    );
+}
+
+#[test]
+fn teardown_leaves_no_namespace_cgroup_mount_or_staging() {
+    let net = network("down");
+    let name = net.name().to_string();
+    let mut spec = sh_spec(&net, "sleep 300", b"ca");
+    spec.stdout = SandboxStdio::Null;
+    let sb = Sandbox::spawn(spec).expect("spawn");
+    let sb_name = sb.name().to_string();
+    let staging = format!("/run/openclaw/sandboxes/{sb_name}");
+    assert!(exists(&staging));
+    assert!(!cgroups_mentioning(&sb_name).is_empty());
+    let init = sb.pid();
+    drop(sb);
+    assert!(!exists(format!("/proc/{init}")), "sandbox init still there");
+    assert!(cgroups_mentioning(&sb_name).is_empty());
+    assert!(!exists(&staging));
+    drop(net);
+    assert!(!exists(format!("/run/netns/{name}")));
+    assert!(
+        mounts_mentioning(&name).is_empty(),
+        "{:?}",
+        mounts_mentioning(&name)
+    );
+    let listed = ip(&["netns", "list"]);
+    assert!(!listed.contains(&name), "{listed}");
+}
+
+#[test]
+fn stale_cleanup_removes_a_dead_supervisors_network_and_sandbox_only() {
+    // A live session must survive the cleanup.
+    let live = network("live");
+
+    // A network whose recorded owner is dead.
+    let id = session_id("stale");
+    let dead = SessionNetwork::create_owned_by(&id, dead_pid(), 1).expect("create");
+    let stale_name = dead.name().to_string();
+    std::mem::forget(dead);
+
+    // A sandbox whose supervisor "crashed": forget it, then point its
+    // owner record at a dead pid.
+    let mut spec = sh_spec(&live, "sleep 300", b"ca");
+    spec.stdout = SandboxStdio::Null;
+    let sb = Sandbox::spawn(spec).expect("spawn");
+    let sb_name = sb.name().to_string();
+    let init = nix::unistd::Pid::from_raw(sb.pid() as i32);
+    std::mem::forget(sb);
+    let owner = format!("/run/openclaw/sandboxes/{sb_name}/owner");
+    std::fs::write(&owner, format!("{} 1", dead_pid())).expect("rewrite owner");
+
+    let done = cleanup_stale().expect("cleanup");
+    assert!(done.networks.contains(&stale_name), "{done:?}");
+    assert!(done.sandboxes.contains(&sb_name), "{done:?}");
+    assert!(!done.networks.iter().any(|n| n == live.name()), "{done:?}");
+    assert!(!exists(format!("/run/netns/{stale_name}")));
+    assert!(live.path().exists(), "live session removed");
+    assert!(cgroups_mentioning(&sb_name).is_empty());
+    assert!(!exists(format!("/run/openclaw/sandboxes/{sb_name}")));
+    // The orphaned sandbox was killed (it is our child: reap it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match nix::sys::wait::waitpid(init, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                assert_eq!(sig, nix::sys::signal::Signal::SIGKILL);
+                break;
+            }
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                assert!(Instant::now() < deadline, "stale sandbox still running");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => panic!("unexpected wait result {other:?}"),
+        }
+    }
+    // A second run finds nothing of ours to remove.
+    let again = cleanup_stale().expect("cleanup again");
+    assert!(!again.networks.contains(&stale_name));
+}
