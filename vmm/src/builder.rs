@@ -219,16 +219,15 @@ impl MicroVm {
         vm.register_irq(&com2_evt, COM2_IRQ)
             .map_err(StartVmError::RegisterIrq)?;
         let (control_tx, control_rx) = channel();
+        let marker = Arc::new(BootMarker::new(created));
+        let decoder = ControlDecoder::with_marker(control_tx, marker.clone());
         let bus = Arc::new(Bus::new(
             SerialPort::new(
                 IrqLine::new(com1_evt),
                 Box::new(LineWriter::new(console_file)),
             ),
-            SerialPort::new(
-                IrqLine::new(com2_evt),
-                Box::new(ControlDecoder::new(control_tx)),
-            ),
-            BootMarker::new(created),
+            SerialPort::new(IrqLine::new(com2_evt), Box::new(decoder)),
+            marker,
         ));
 
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));

@@ -1,5 +1,8 @@
-//! The boot-time marker: a port the guest init writes as its first act; the
-//! VMM records how long after VM creation each marker code arrived.
+//! The boot-time marker: the guest init's first act is a mark, either a
+//! write to a dedicated port (guests that may do port I/O, e.g. hand-made
+//! ones) or a mark frame on the control channel (the guest init: it needs no
+//! privileged I/O for it). The VMM records how long after VM creation each
+//! marker code first arrived.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

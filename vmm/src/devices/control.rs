@@ -2,15 +2,20 @@
 //!
 //! The guest init writes frames to its second UART (ttyS1, raw mode):
 //! `kind: u8, len: u16 LE, payload[len]`. Kinds: 1 stdout bytes, 2 stderr
-//! bytes, 3 exit status (i32 LE). The task's command and files reach the
+//! bytes, 3 exit status (i32 LE), 4 boot mark (one byte: the marker code,
+//! recorded with its arrival time). The task's command and files reach the
 //! guest in the per-session cpio, so the channel only flows guest -> host.
 
 use std::io::Write;
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use super::BootMarker;
 
 pub const FRAME_STDOUT: u8 = 1;
 pub const FRAME_STDERR: u8 = 2;
 pub const FRAME_EXIT: u8 = 3;
+pub const FRAME_MARK: u8 = 4;
 
 /// What the guest reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +48,7 @@ enum State {
 pub struct ControlDecoder {
     state: State,
     events: Sender<ControlEvent>,
+    marker: Option<Arc<BootMarker>>,
 }
 
 impl ControlDecoder {
@@ -50,13 +56,23 @@ impl ControlDecoder {
         ControlDecoder {
             state: State::ExpectKind,
             events,
+            marker: None,
+        }
+    }
+
+    /// Boot marks (frame kind 4) are timed by `marker`.
+    pub fn with_marker(events: Sender<ControlEvent>, marker: Arc<BootMarker>) -> ControlDecoder {
+        ControlDecoder {
+            state: State::ExpectKind,
+            events,
+            marker: Some(marker),
         }
     }
 
     fn push(&mut self, byte: u8) {
         self.state = match std::mem::replace(&mut self.state, State::Broken) {
             State::ExpectKind => match byte {
-                FRAME_STDOUT | FRAME_STDERR | FRAME_EXIT => State::ExpectLen {
+                FRAME_STDOUT | FRAME_STDERR | FRAME_EXIT | FRAME_MARK => State::ExpectLen {
                     kind: byte,
                     got: Vec::with_capacity(2),
                 },
@@ -70,6 +86,8 @@ impl ControlDecoder {
                     let left = usize::from(u16::from_le_bytes([got[0], got[1]]));
                     if kind == FRAME_EXIT && left != 4 {
                         self.fail(format!("exit frame of {left} bytes"))
+                    } else if kind == FRAME_MARK && left != 1 {
+                        self.fail(format!("mark frame of {left} bytes"))
                     } else if left == 0 {
                         self.emit(kind, Vec::new());
                         State::ExpectKind
@@ -104,6 +122,12 @@ impl ControlDecoder {
     }
 
     fn emit(&self, kind: u8, payload: Vec<u8>) {
+        if kind == FRAME_MARK {
+            if let (Some(marker), Some(code)) = (&self.marker, payload.first()) {
+                marker.record(*code);
+            }
+            return;
+        }
         let event = match kind {
             FRAME_STDOUT => ControlEvent::Stdout(payload),
             FRAME_STDERR => ControlEvent::Stderr(payload),
@@ -166,6 +190,26 @@ mod tests {
                 ControlEvent::Exit(-3),
             ]
         );
+    }
+
+    #[test]
+    fn mark_frames_time_the_boot_and_are_not_output() {
+        let (tx, rx) = channel();
+        let marker = Arc::new(BootMarker::new(std::time::Instant::now()));
+        let mut d = ControlDecoder::with_marker(tx, marker.clone());
+        let mut wire = encode_frame(FRAME_MARK, &[1]);
+        wire.extend(encode_frame(FRAME_STDOUT, b"x"));
+        d.write_all(&wire).expect("write");
+        drop(d);
+        assert!(marker.elapsed(1).is_some());
+        assert_eq!(
+            rx.iter().collect::<Vec<_>>(),
+            vec![ControlEvent::Stdout(b"x".to_vec())]
+        );
+        assert!(matches!(
+            &decode(&[FRAME_MARK, 2, 0, 1, 1])[0],
+            ControlEvent::Malformed(_)
+        ));
     }
 
     #[test]

@@ -20,6 +20,7 @@ impl vm_superio::Trigger for ResetFlag {
 #[cfg(test)]
 mod tests {
     use crate::devices::{BootMarker, Bus, ControlDecoder, IrqLine, SerialPort};
+    use std::sync::Arc;
 
     #[test]
     fn reset_command_on_port_0x64_sets_the_flag() {
@@ -27,7 +28,7 @@ mod tests {
         let bus = Bus::new(
             SerialPort::new(IrqLine::detached(), Box::new(std::io::sink())),
             SerialPort::new(IrqLine::detached(), Box::new(ControlDecoder::new(tx))),
-            BootMarker::new(std::time::Instant::now()),
+            Arc::new(BootMarker::new(std::time::Instant::now())),
         );
         bus.pio_write(0x64, &[0xaa]);
         bus.pio_write(0x60, &[0xfe]);

@@ -20,12 +20,12 @@ pub struct Bus {
     pub console: Mutex<SerialPort>,
     pub control: Mutex<SerialPort>,
     i8042: Mutex<I8042>,
-    pub marker: BootMarker,
+    pub marker: Arc<BootMarker>,
     reset: Arc<AtomicBool>,
 }
 
 impl Bus {
-    pub fn new(console: SerialPort, control: SerialPort, marker: BootMarker) -> Bus {
+    pub fn new(console: SerialPort, control: SerialPort, marker: Arc<BootMarker>) -> Bus {
         let reset = Arc::new(AtomicBool::new(false));
         Bus {
             console: Mutex::new(console),

@@ -1,0 +1,140 @@
+//! Runs inside the QEMU harness's L1 VM (which has a real /dev/kvm): boots
+//! the openclaw guest with our VMM again and again, checks what comes back
+//! over the control channel, and prints a verdict line the test reads from
+//! the serial console. Built static, like the guest init.
+//!
+//! Usage: l1_runner KERNEL INITRAMFS BOOTS [probe]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use guest_image::SessionFiles;
+use vmm::{ExitReason, Kernel, MicroVm, VmConfig};
+
+const TASK: &str = "echo out-line; echo err-line >&2; echo \"placeholder=$OPENCLAW_TEST_TOKEN\"; \
+    test \"$(id -u)\" = 1000 && echo uid-ok; cmp -s /etc/ssl/certs/ca-certificates.crt /openclaw/session/ca.pem && echo ca-ok; exit 3";
+const EXPECTED_STDOUT: &str = "out-line\nplaceholder=openclaw-placeholder-42\nuid-ok\nca-ok\n";
+
+fn fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        eprintln!("usage: l1_runner KERNEL INITRAMFS BOOTS [probe]");
+        std::process::exit(2);
+    }
+    let kernel = PathBuf::from(&args[1]);
+    let initramfs = PathBuf::from(&args[2]);
+    let boots: usize = args[3].parse().unwrap_or(1);
+    let cmdline = std::env::var("GUEST_CMDLINE").unwrap_or_else(|_| "quiet".into());
+
+    let session = SessionFiles {
+        ca_pem: b"-----BEGIN CERTIFICATE-----\nTEST SESSION CA\n-----END CERTIFICATE-----\n"
+            .to_vec(),
+        env: vec![(
+            "OPENCLAW_TEST_TOKEN".into(),
+            "openclaw-placeholder-42".into(),
+        )],
+        argv: vec!["/bin/sh".into(), "-c".into(), TASK.into()],
+        files: vec![("README".into(), 0o644, b"task files arrive here\n".to_vec())],
+    };
+    let extra = match session.to_cpio() {
+        Ok(c) => c,
+        Err(e) => {
+            println!("HARNESS VERDICT: FAIL session cpio: {e}");
+            return;
+        }
+    };
+
+    let (fds_before, threads_before) = (fds(), threads());
+    let mut passed = 0;
+    let mut boot_times = Vec::new();
+    for i in 1..=boots {
+        let console = PathBuf::from(format!("/tmp/console-{i}.log"));
+        let mut config = VmConfig::new(Kernel::File(kernel.clone()), console.clone());
+        config.initramfs = Some(initramfs.clone());
+        config.extra_cpio = Some(extra.clone());
+        config.cmdline = cmdline.clone();
+        config.mem_mib = 256;
+        let vm = match MicroVm::boot(config) {
+            Ok(vm) => vm,
+            Err(e) => {
+                println!("BOOT {i} FAIL start: {e}");
+                continue;
+            }
+        };
+        let exit = vm.wait(Some(Duration::from_secs(90)));
+        let stdout = String::from_utf8_lossy(&exit.task.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&exit.task.stderr).into_owned();
+        let ok = matches!(exit.reason, ExitReason::Reset)
+            && stdout == EXPECTED_STDOUT
+            && stderr == "err-line\n"
+            && exit.task.exit_status == Some(3);
+        let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{}", d.as_millis()));
+        println!(
+            "BOOT {i} {} reason={:?} boot_marker_ms={} task_start_ms={} total_ms={} status={:?}",
+            if ok { "ok" } else { "FAIL" },
+            exit.reason,
+            ms(exit.boot_time),
+            ms(exit.task_start_time),
+            exit.total_time.as_millis(),
+            exit.task.exit_status,
+        );
+        if ok {
+            passed += 1;
+            if let Some(t) = exit.boot_time {
+                boot_times.push(t);
+            }
+        } else {
+            println!(
+                "  stdout={stdout:?} stderr={stderr:?} malformed={:?}",
+                exit.task.malformed
+            );
+            let log = std::fs::read_to_string(&console).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            for line in tail.into_iter().rev() {
+                println!("  console| {line}");
+            }
+        }
+        let _ = std::fs::remove_file(&console);
+    }
+    let (fds_after, threads_after) = (fds(), threads());
+    println!("TEARDOWN fds {fds_before}->{fds_after} threads {threads_before}->{threads_after}");
+    if !boot_times.is_empty() {
+        boot_times.sort();
+        println!(
+            "BOOT MARKER ms: min={} median={} max={}",
+            boot_times[0].as_millis(),
+            boot_times[boot_times.len() / 2].as_millis(),
+            boot_times[boot_times.len() - 1].as_millis()
+        );
+    }
+    if args.get(4).map(String::as_str) == Some("probe") {
+        let r = vmm::probe(
+            &kernel,
+            &initramfs,
+            "/tmp/probe.log".into(),
+            Duration::from_secs(30),
+        );
+        println!("PROBE usable={} reason={}", r.usable, r.reason);
+    }
+    let clean = fds_after == fds_before && threads_after == threads_before;
+    println!(
+        "HARNESS VERDICT: {} {passed}/{boots} teardown_clean={clean}",
+        if passed == boots && clean {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    );
+}
