@@ -19,6 +19,9 @@
 mod decide;
 /// DNS responder (UDP and TCP) answering with the proxy's address or NXDOMAIN.
 mod dns;
+/// Part 2, the enforcement point: catalog, credentials, counters, approvals,
+/// events, and the enforcing `Gate` (see `enforce::EnforcingGate`).
+pub mod enforce;
 /// The crate's error and its single mapping to a refusal.
 mod error;
 /// HTTP/1.1 and HTTP/2 serving, request forwarding, smuggling guard, bodies.

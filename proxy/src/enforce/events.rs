@@ -1,0 +1,230 @@
+//! The session's event stream: one event per decision (allowed, blocked,
+//! pending, approved, denied) and per finished exchange (completed), on a
+//! broadcast channel the terminal monitor and the web UI subscribe to.
+//! Events carry names and facts, never secret values or bodies.
+
+use std::time::SystemTime;
+
+use capabilities::{Action, ActionType};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Events kept for a slow subscriber before it starts missing some.
+pub const EVENT_BUFFER: usize = 4096;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Decided allow; the request is going upstream.
+    Allowed,
+    /// Refused (by the token, the catalog, the credential rules, a receipt
+    /// failure, or the proxy's own fail-closed checks; see `reason`).
+    Blocked,
+    /// Held for a human; an `approved` or `denied` event follows.
+    Pending,
+    /// A human said yes; the request is going upstream.
+    Approved,
+    /// A human said no, nobody answered in time, or the broker went away.
+    Denied,
+    /// The exchange ended (status and bytes known).
+    Completed,
+}
+
+/// One event. `request` ties the events of one request together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// RFC 3339 UTC.
+    pub at: String,
+    pub kind: EventKind,
+    /// Request number within the session (0 for DNS and connection-level events).
+    pub request: u64,
+    /// Sandbox connection id.
+    pub conn: u64,
+    /// Action type (`web`, `payment`, ...).
+    #[serde(rename = "type")]
+    pub action: ActionType,
+    pub method: String,
+    pub host: String,
+    /// Path without the query.
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_cents: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Names of credentials injected into the request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
+    /// HTTP status sent to the sandbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Response body bytes delivered to the sandbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Seq of the receipt recording this event, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<u64>,
+    /// Who answered an approval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+}
+
+impl Event {
+    /// An event about `action`, with the other fields empty.
+    pub fn about(kind: EventKind, request: u64, conn: u64, action: &Action) -> Self {
+        Event {
+            at: humantime_rfc3339(SystemTime::now()),
+            kind,
+            request,
+            conn,
+            action: action.kind,
+            method: action.method.clone(),
+            host: action.host.clone(),
+            path: action.path.clone(),
+            grant: None,
+            reason: None,
+            amount_cents: action.amount_cents,
+            currency: action.currency.clone(),
+            credentials: Vec::new(),
+            status: None,
+            bytes: None,
+            receipt: None,
+            approver: None,
+        }
+    }
+
+    /// One line for a terminal: `✓ allowed  GET  google.com/travel  web · 200 · 2.3KB`.
+    pub fn line(&self) -> String {
+        let (mark, word) = match self.kind {
+            EventKind::Allowed => ("✓", "allowed"),
+            EventKind::Blocked => ("✕", "blocked"),
+            EventKind::Pending => ("●", "approval"),
+            EventKind::Approved => ("✓", "approved"),
+            EventKind::Denied => ("✕", "denied"),
+            EventKind::Completed => ("·", "done"),
+        };
+        let mut out = format!(
+            "{mark} {word:<8} {:<5} {}{}",
+            self.method, self.host, self.path
+        );
+        if let Some(c) = self.amount_cents {
+            out.push_str(&format!(" ${}.{:02}", c / 100, c % 100));
+        }
+        let mut tail: Vec<String> = Vec::new();
+        if let Some(g) = &self.grant {
+            tail.push(g.clone());
+        }
+        if !self.credentials.is_empty() {
+            tail.push(format!(
+                "credential injected ({})",
+                self.credentials.join(", ")
+            ));
+        }
+        if let Some(s) = self.status {
+            tail.push(s.to_string());
+        }
+        if let Some(b) = self.bytes {
+            tail.push(human_bytes(b));
+        }
+        if let Some(a) = &self.approver {
+            tail.push(format!("by {a}"));
+        }
+        if let Some(r) = &self.reason {
+            tail.push(r.clone());
+        }
+        if !tail.is_empty() {
+            out.push_str("  ");
+            out.push_str(&tail.join(" · "));
+        }
+        out
+    }
+}
+
+fn humantime_rfc3339(t: SystemTime) -> String {
+    receipts::format_time(t)
+}
+
+fn human_bytes(b: u64) -> String {
+    match b {
+        0..1024 => format!("{b}B"),
+        1024..1_048_576 => format!("{}.{}KB", b / 1024, (b % 1024) * 10 / 1024),
+        _ => format!("{}.{}MB", b / 1_048_576, (b % 1_048_576) * 10 / 1_048_576),
+    }
+}
+
+/// The sending side of the session's event stream. Sending never blocks and
+/// never fails the request: with no subscriber, events are dropped.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    pub fn new() -> Self {
+        EventBus {
+            tx: broadcast::channel(EVENT_BUFFER).0,
+        }
+    }
+
+    /// A new receiver that sees events sent from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    pub fn send(&self, event: Event) {
+        tracing::debug!(kind = ?event.kind, request = event.request, host = %event.host, "event");
+        // An error only means nobody is listening.
+        let _ = self.tx.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_and_print() {
+        let bus = EventBus::new();
+        let mut rx = bus.subscribe();
+        let action = Action {
+            kind: ActionType::Payment,
+            method: "POST".into(),
+            host: "united.com".into(),
+            path: "/api/booking/purchase".into(),
+            amount_cents: Some(48_700),
+            currency: Some("USD".into()),
+            merchant: None,
+            recipients: Vec::new(),
+            subject: None,
+            credential: None,
+            cost_micro_usd: None,
+        };
+        let mut e = Event::about(EventKind::Pending, 7, 3, &action);
+        e.reason = Some("payments above $400.00 need approval".into());
+        bus.send(e.clone());
+        let got = rx.try_recv().expect("event delivered");
+        assert_eq!(got, e);
+        let json = serde_json::to_value(&got).expect("json");
+        assert_eq!(json["kind"], "pending");
+        assert_eq!(json["type"], "payment");
+        assert_eq!(json["amount_cents"], 48_700);
+        assert!(json.get("status").is_none());
+        let line = got.line();
+        assert!(
+            line.starts_with("● approval POST  united.com/api/booking/purchase $487.00"),
+            "{line}"
+        );
+        assert_eq!(human_bytes(2355), "2.2KB");
+        assert_eq!(human_bytes(10), "10B");
+    }
+}

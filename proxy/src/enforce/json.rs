@@ -1,0 +1,159 @@
+//! Exact JSON-pointer lookups for classification: numbers come back as their
+//! literal text (never through `f64`), and a key repeated on the way to the
+//! value is an error, since servers disagree on which copy wins.
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::catalog::ClassifyError;
+
+/// The value a pointer reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonLeaf {
+    String(String),
+    /// The number's literal text as written in the body.
+    Number(String),
+    Null,
+    /// An array of scalar leaves (nested containers become `Other`).
+    Array(Vec<JsonLeaf>),
+    /// A bool, an object, or an array nested in an array.
+    Other,
+}
+
+/// An object's members in body order, duplicates kept.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                    out.push((k, v));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Follows an RFC 6901 pointer through `text`. `Ok(None)` when the path does
+/// not exist; an error when the body is not JSON or a key on the path repeats.
+pub fn lookup(text: &str, pointer: &str) -> Result<Option<JsonLeaf>, ClassifyError> {
+    let mut current: &RawValue = serde_json::from_str(text).map_err(|_| ClassifyError::BadJson)?;
+    if !pointer.is_empty() && !pointer.starts_with('/') {
+        return Err(ClassifyError::BadField {
+            field: pointer.to_owned(),
+            problem: "JSON pointer must start with /".into(),
+        });
+    }
+    let mut walked = String::new();
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        walked.push('/');
+        walked.push_str(&token);
+        let raw = current.get().trim_start();
+        if raw.starts_with('{') {
+            let Members(members) =
+                serde_json::from_str(current.get()).map_err(|_| ClassifyError::BadJson)?;
+            let mut hits = members.into_iter().filter(|(k, _)| *k == token);
+            match (hits.next(), hits.next()) {
+                (None, _) => return Ok(None),
+                (Some((_, v)), None) => current = v,
+                (Some(_), Some(_)) => return Err(ClassifyError::DuplicateField(walked)),
+            }
+        } else if raw.starts_with('[') {
+            let items: Vec<&RawValue> =
+                serde_json::from_str(current.get()).map_err(|_| ClassifyError::BadJson)?;
+            let index = (token == "0" || !token.starts_with('0'))
+                .then(|| token.parse::<usize>().ok())
+                .flatten();
+            match index.and_then(|i| items.get(i).copied()) {
+                Some(v) => current = v,
+                None => return Ok(None),
+            }
+        } else {
+            return Ok(None);
+        }
+    }
+    Ok(Some(leaf(current, true)?))
+}
+
+fn leaf(raw: &RawValue, allow_array: bool) -> Result<JsonLeaf, ClassifyError> {
+    let text = raw.get().trim();
+    Ok(match text.as_bytes().first() {
+        Some(b'"') => {
+            JsonLeaf::String(serde_json::from_str(text).map_err(|_| ClassifyError::BadJson)?)
+        }
+        Some(b'-' | b'0'..=b'9') => JsonLeaf::Number(text.to_owned()),
+        Some(b'n') => JsonLeaf::Null,
+        Some(b'[') if allow_array => {
+            let items: Vec<&RawValue> =
+                serde_json::from_str(text).map_err(|_| ClassifyError::BadJson)?;
+            JsonLeaf::Array(
+                items
+                    .into_iter()
+                    .map(|i| leaf(i, false))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        _ => JsonLeaf::Other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_keep_their_literal_text() {
+        let body = r#"{"a":{"b":[1, 487.10000000000000001, "x"]}, "c~/d": 2}"#;
+        assert_eq!(
+            lookup(body, "/a/b/1"),
+            Ok(Some(JsonLeaf::Number("487.10000000000000001".into())))
+        );
+        assert_eq!(
+            lookup(body, "/a/b/2"),
+            Ok(Some(JsonLeaf::String("x".into())))
+        );
+        assert_eq!(
+            lookup(body, "/c~0~1d"),
+            Ok(Some(JsonLeaf::Number("2".into())))
+        );
+        assert_eq!(lookup(body, "/a/b/01"), Ok(None));
+        assert_eq!(lookup(body, "/a/b/9"), Ok(None));
+        assert_eq!(lookup(body, "/zz"), Ok(None));
+        assert_eq!(lookup(body, "/a/b/0/deeper"), Ok(None));
+        assert_eq!(
+            lookup(body, "/a/b"),
+            Ok(Some(JsonLeaf::Array(vec![
+                JsonLeaf::Number("1".into()),
+                JsonLeaf::Number("487.10000000000000001".into()),
+                JsonLeaf::String("x".into())
+            ])))
+        );
+    }
+
+    #[test]
+    fn escaped_and_duplicate_keys() {
+        // `\u0074otal` is `total`: a duplicate in disguise.
+        let body = r#"{"total":"1.00","\u0074otal":"900.00"}"#;
+        assert_eq!(
+            lookup(body, "/total"),
+            Err(ClassifyError::DuplicateField("/total".into()))
+        );
+        let body = r#"{"o":{"t":1},"o":{"t":2}}"#;
+        assert_eq!(
+            lookup(body, "/o/t"),
+            Err(ClassifyError::DuplicateField("/o".into()))
+        );
+        assert_eq!(lookup("{} {}", "/a"), Err(ClassifyError::BadJson));
+        assert_eq!(lookup("nope", "/a"), Err(ClassifyError::BadJson));
+    }
+}
