@@ -6,8 +6,11 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod demo;
 mod home;
 mod keys;
+mod report;
+mod session;
 
 use std::process::ExitCode;
 
@@ -44,6 +47,10 @@ enum Command {
     Cap(commands::cap::CapCommand),
     /// Verify a session's receipt chain offline.
     Verify(commands::verify::VerifyArgs),
+    /// Approve a running session's pending action.
+    Approve(commands::approve::AnswerArgs),
+    /// Deny a running session's pending action.
+    Deny(commands::approve::AnswerArgs),
     /// Regenerate (and open) a session's HTML report.
     Report(commands::report::ReportArgs),
     /// Create the capability root key pair and the receipt-signing key pair.
@@ -75,6 +82,8 @@ fn main_exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run::execute(args),
         Command::Cap(cmd) => commands::cap::execute(cmd),
         Command::Verify(args) => commands::verify::execute(args),
+        Command::Approve(args) => commands::approve::execute(args, true),
+        Command::Deny(args) => commands::approve::execute(args, false),
         Command::Report(args) => commands::report::execute(args),
         Command::Keygen(args) => commands::keygen::execute(args),
         Command::Demo(args) => commands::demo::execute(args),

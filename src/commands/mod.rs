@@ -1,5 +1,6 @@
 //! One module per subcommand; each is a thin adapter over the library crates.
 
+pub mod approve;
 pub mod cap;
 pub mod demo;
 pub mod image;

@@ -1,0 +1,338 @@
+//! Session reports: `report.json` (counts, spend, bytes, timeline, receipt
+//! status) derived from a session bundle, and `report.html`, one
+//! self-contained page a reviewer can open offline. The web UI serves the
+//! same page (see [`render_html`]), live.
+//!
+//! The receipts are the source of truth for what was decided; the bundle's
+//! `events.jsonl` adds what only the proxy saw afterwards (status, bytes).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use ed25519_dalek::VerifyingKey;
+use receipts::{Body, UnverifiedChain};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::session::bundle::{self, SessionInfo};
+
+/// Everything a reviewer sees about one session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub session: SessionInfo,
+    pub duration_ms: Option<u64>,
+    pub counts: Counts,
+    pub bytes: Bytes,
+    pub spend: Spend,
+    pub receipts: ChainStatus,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Decision receipts: every action the proxy decided.
+    pub actions: u64,
+    pub allowed: u64,
+    pub blocked: u64,
+    /// Actions that needed a human, by outcome.
+    pub approvals: ApprovalCounts,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalCounts {
+    pub approved: u64,
+    pub denied: u64,
+    /// Not answered in time: denied by the timeout.
+    pub expired: u64,
+    /// Still waiting (only while the session runs).
+    pub pending: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bytes {
+    pub up: u64,
+    pub down: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spend {
+    /// Payments that were forwarded, in cents.
+    pub payments_cents: u64,
+    pub currency: Option<String>,
+    pub llm_micro_usd: u64,
+}
+
+/// The receipt chain's verification result, as of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainStatus {
+    /// `valid`, `invalid`, `unverified` (no key to check with) or `open`
+    /// (session still running: no session_end yet).
+    pub status: String,
+    pub detail: String,
+    pub count: u64,
+    pub key_id: Option<String>,
+    pub last_hash: Option<String>,
+}
+
+/// One decided action, with its approval and outcome when known.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub seq: u64,
+    pub ts: String,
+    /// The action facts as receipted (type, method, host, path, amount…).
+    pub action: Value,
+    pub decision: String,
+    pub reason: String,
+    pub grant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalOutcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub bytes_up: u64,
+    #[serde(default)]
+    pub bytes_down: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalOutcome {
+    pub approved: bool,
+    pub approver: String,
+    pub answered_at: String,
+}
+
+/// What the proxy reported after a decision: the status sent to the
+/// sandbox and the bytes each way, keyed by the decision receipt's seq. Read
+/// from the `completed` events in `events.jsonl`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    #[serde(alias = "receipt")]
+    pub receipt_seq: u64,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub bytes_up: u64,
+    #[serde(default, alias = "bytes")]
+    pub bytes_down: u64,
+}
+
+/// Builds the report of the bundle in `dir`. `key` pins the receipt-signing
+/// key; without it the chain is read but reported as unverified.
+pub fn build(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report> {
+    let session = bundle::read_info(dir)?;
+    let chain_bytes = std::fs::read(dir.join(bundle::RECEIPTS)).unwrap_or_default();
+    let outcomes = bundle::read_outcomes(dir)?;
+    Ok(build_from(session, &chain_bytes, &outcomes, key))
+}
+
+/// The pure part of [`build`], for tests and the live UI.
+pub fn build_from(
+    session: SessionInfo,
+    chain_bytes: &[u8],
+    outcomes: &[Outcome],
+    key: Option<&VerifyingKey>,
+) -> Report {
+    let receipts_status = chain_status(chain_bytes, key);
+    let outcome_by_seq: HashMap<u64, &Outcome> =
+        outcomes.iter().map(|o| (o.receipt_seq, o)).collect();
+
+    let mut timeline: Vec<TimelineEntry> = Vec::new();
+    let mut index_by_seq: HashMap<u64, usize> = HashMap::new();
+    let mut llm_micro_usd = 0;
+    // Parse leniently: a report of a damaged chain still shows what it can;
+    // its status says the chain is invalid.
+    for line in chain_bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(receipt) = serde_json::from_slice::<receipts::Receipt>(line) else {
+            continue;
+        };
+        match receipt.body {
+            Body::Decision(record) => {
+                let field = |name: &str| record.decision.get(name).and_then(Value::as_str);
+                let outcome = outcome_by_seq.get(&receipt.seq);
+                if let Some(cost) = record.action.get("cost_micro_usd").and_then(Value::as_u64) {
+                    if field("decision") == Some("allow") {
+                        llm_micro_usd += cost;
+                    }
+                }
+                index_by_seq.insert(receipt.seq, timeline.len());
+                timeline.push(TimelineEntry {
+                    seq: receipt.seq,
+                    ts: receipt.ts,
+                    decision: field("decision").unwrap_or("block").to_owned(),
+                    reason: field("reason").unwrap_or_default().to_owned(),
+                    grant: field("grant").map(str::to_owned),
+                    action: record.action,
+                    approval: None,
+                    status: outcome.and_then(|o| o.status),
+                    bytes_up: outcome.map_or(0, |o| o.bytes_up),
+                    bytes_down: outcome.map_or(0, |o| o.bytes_down),
+                });
+            }
+            Body::Approval(answer) => {
+                if let Some(&i) = index_by_seq.get(&answer.decision_seq) {
+                    timeline[i].approval = Some(ApprovalOutcome {
+                        approved: answer.approved,
+                        approver: answer.approver,
+                        answered_at: answer.answered_at,
+                    });
+                }
+            }
+            Body::SessionStart { .. } | Body::SessionEnd { .. } => {}
+        }
+    }
+
+    let mut counts = Counts::default();
+    let mut spend = Spend {
+        llm_micro_usd,
+        ..Spend::default()
+    };
+    let mut bytes = Bytes::default();
+    for entry in &timeline {
+        counts.actions += 1;
+        bytes.up += entry.bytes_up;
+        bytes.down += entry.bytes_down;
+        let forwarded = match (entry.decision.as_str(), &entry.approval) {
+            ("allow", _) => {
+                counts.allowed += 1;
+                true
+            }
+            ("approval", None) => {
+                counts.approvals.pending += 1;
+                false
+            }
+            ("approval", Some(a)) if a.approved => {
+                counts.approvals.approved += 1;
+                true
+            }
+            ("approval", Some(a)) if a.approver == "timeout" => {
+                counts.approvals.expired += 1;
+                false
+            }
+            ("approval", Some(_)) => {
+                counts.approvals.denied += 1;
+                false
+            }
+            _ => {
+                counts.blocked += 1;
+                false
+            }
+        };
+        if forwarded && entry.action.get("type").and_then(Value::as_str) == Some("payment") {
+            spend.payments_cents += entry
+                .action
+                .get("amount_cents")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            if spend.currency.is_none() {
+                spend.currency = entry
+                    .action
+                    .get("currency")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
+        }
+    }
+
+    Report {
+        duration_ms: session.duration_ms(),
+        session,
+        counts,
+        bytes,
+        spend,
+        receipts: receipts_status,
+        timeline,
+    }
+}
+
+fn chain_status(bytes: &[u8], key: Option<&VerifyingKey>) -> ChainStatus {
+    let lines = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count() as u64;
+    let Some(key) = key else {
+        return ChainStatus {
+            status: "unverified".into(),
+            detail: "no receipt public key given; run `openclaw verify --key`".into(),
+            count: lines,
+            key_id: None,
+            last_hash: None,
+        };
+    };
+    let key_id = Some(receipts::key_id(key));
+    match UnverifiedChain::from_bytes(bytes.to_vec()).verify(key) {
+        Ok(chain) => ChainStatus {
+            status: "valid".into(),
+            detail: format!(
+                "{} receipts, every signature valid, chain complete",
+                chain.receipts.len()
+            ),
+            count: chain.receipts.len() as u64,
+            key_id,
+            last_hash: Some(hex::encode(chain.last_hash())),
+        },
+        Err(receipts::ChainError::MissingEnd { .. }) => ChainStatus {
+            status: "open".into(),
+            detail: "session still running: the chain has no session_end yet".into(),
+            count: lines,
+            key_id,
+            last_hash: None,
+        },
+        Err(err) => ChainStatus {
+            status: "invalid".into(),
+            detail: err.to_string(),
+            count: lines,
+            key_id,
+            last_hash: None,
+        },
+    }
+}
+
+/// Writes `report.json` and `report.html` into the bundle.
+pub fn write(dir: &Path, report: &Report) -> Result<()> {
+    let json = serde_json::to_vec_pretty(report).context("encoding report.json")?;
+    std::fs::write(dir.join(bundle::REPORT_JSON), json)
+        .with_context(|| format!("writing {}", dir.join(bundle::REPORT_JSON).display()))?;
+    std::fs::write(dir.join(bundle::REPORT_HTML), render_html(report, None))
+        .with_context(|| format!("writing {}", dir.join(bundle::REPORT_HTML).display()))?;
+    Ok(())
+}
+
+/// The one page template, shared by `report.html` and the web UI. The report
+/// travels inside the page as JSON, so the file needs nothing from the
+/// network; `live` (the UI) adds an event-stream URL the page follows.
+pub fn render_html(report: &Report, live: Option<&LivePage>) -> String {
+    const TEMPLATE: &str = include_str!("page.html");
+    let data = serde_json::to_string(report).unwrap_or_else(|_| "null".into());
+    let live_json = live
+        .map(|l| serde_json::to_string(l).unwrap_or_else(|_| "null".into()))
+        .unwrap_or_else(|| "null".into());
+    TEMPLATE
+        .replace("__REPORT_JSON__", &script_safe(&data))
+        .replace("__LIVE_JSON__", &script_safe(&live_json))
+        .replace("__TITLE__", &html_escape(&report.session.id))
+}
+
+/// What the UI's live page needs beyond the report: where to follow events
+/// and how to answer approvals.
+#[derive(Debug, Clone, Serialize)]
+pub struct LivePage {
+    pub events_url: String,
+    pub answer_url: String,
+    pub csrf_token: String,
+    pub bundle_url: Option<String>,
+}
+
+/// JSON inside a `<script>` element must not be able to close it.
+fn script_safe(json: &str) -> String {
+    json.replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,8 @@
+//! One agent session: its bundle on disk, its network, proxy, sandbox and
+//! receipts, from start to the report.
+
+pub mod bundle;
+mod console;
+mod enforcement;
+mod monitor;
+pub mod runner;

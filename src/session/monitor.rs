@@ -1,0 +1,189 @@
+//! The live monitor: startup lines, one line per action as it is decided
+//! (colored on a terminal only), or NDJSON with `--json-events`; every event
+//! also goes to the bundle's `events.jsonl`. Monitor output goes to stderr so
+//! the command's own stdout stays clean.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use proxy::enforce::{Event, EventKind};
+use tokio::sync::{broadcast, watch};
+
+use super::bundle::{EventsFile, SessionInfo};
+
+/// Counts of what the monitor saw, for the closing line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub allowed: u64,
+    pub blocked: u64,
+    pub pending: u64,
+    pub approved: u64,
+    pub denied: u64,
+}
+
+#[derive(Clone)]
+pub struct Monitor {
+    json: bool,
+    color: bool,
+    /// Serializes whole lines from the event task and the supervisor.
+    lock: Arc<Mutex<()>>,
+    stop: Arc<watch::Sender<bool>>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<Tally>>>>,
+}
+
+impl Monitor {
+    pub fn new(json: bool) -> Self {
+        let (stop, _) = watch::channel(false);
+        Monitor {
+            json,
+            color: !json && std::io::stderr().is_terminal(),
+            lock: Arc::new(Mutex::new(())),
+            stop: Arc::new(stop),
+            task: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Follows the session's event stream until [`finish`](Self::finish).
+    pub fn attach(&self, mut events: broadcast::Receiver<Event>, dir: &Path) -> anyhow::Result<()> {
+        let mut file = EventsFile::create(dir)?;
+        let me = self.clone();
+        let mut stop = self.stop.subscribe();
+        let task = tokio::spawn(async move {
+            let mut tally = Tally::default();
+            loop {
+                let event = tokio::select! {
+                    biased;
+                    event = events.recv() => event,
+                    _ = stop.changed() => {
+                        // Drain what was sent before the stop.
+                        while let Ok(event) = events.try_recv() {
+                            me.show(&event, &mut file, &mut tally);
+                        }
+                        break;
+                    }
+                };
+                match event {
+                    Ok(event) => me.show(&event, &mut file, &mut tally),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        me.note(&format!(
+                            "monitor fell behind: {n} events not shown (receipts hold them all)"
+                        ));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+            tally
+        });
+        if let Ok(mut slot) = self.task.lock() {
+            *slot = Some(task);
+        }
+        Ok(())
+    }
+
+    fn show(&self, event: &Event, file: &mut EventsFile, tally: &mut Tally) {
+        let json = serde_json::to_string(event).unwrap_or_default();
+        if let Err(err) = file.append(&json) {
+            tracing::warn!("events.jsonl: {err:#}");
+        }
+        match event.kind {
+            EventKind::Allowed => tally.allowed += 1,
+            EventKind::Blocked => tally.blocked += 1,
+            EventKind::Pending => tally.pending += 1,
+            EventKind::Approved => tally.approved += 1,
+            EventKind::Denied => tally.denied += 1,
+            // The decision line was already shown; the outcome goes to the file.
+            EventKind::Completed => return,
+        }
+        if self.json {
+            self.emit(&json);
+            return;
+        }
+        let color = match event.kind {
+            EventKind::Allowed | EventKind::Approved => "32",
+            EventKind::Blocked | EventKind::Denied => "31",
+            _ => "33",
+        };
+        self.emit(&format!("  {}", self.paint(color, &event.line())));
+    }
+
+    /// The startup lines of DESIGN.md's example.
+    pub fn startup(&self, info: &SessionInfo, summary: &capabilities::Summary, ready_ms: u64) {
+        if self.json {
+            let line = serde_json::json!({
+                "kind": "session_started", "session": info.id, "backend": info.backend,
+                "ready_ms": ready_ms, "capabilities": info.capabilities.summary,
+                "ca_fingerprint": info.ca_fingerprint,
+            });
+            self.emit(&line.to_string());
+            return;
+        }
+        let tick = self.paint("32", "✓");
+        self.emit(&format!(
+            "{tick} Sandbox created ({}, ready in {ready_ms} ms) · session {}",
+            info.backend, info.id
+        ));
+        self.emit(&format!(
+            "{tick} Capabilities loaded: {}{}",
+            info.capabilities.summary,
+            info.capabilities
+                .expires_at
+                .as_ref()
+                .map(|e| format!(" · expires {e}"))
+                .unwrap_or_default()
+        ));
+        let _ = summary;
+        self.emit(&format!(
+            "{tick} TLS inspection active (session CA {})",
+            &info.ca_fingerprint[..16.min(info.ca_fingerprint.len())]
+        ));
+    }
+
+    /// A supervisor message between action lines.
+    pub fn note(&self, text: &str) {
+        if self.json {
+            self.emit(&serde_json::json!({"kind": "note", "text": text}).to_string());
+        } else {
+            self.emit(&format!("  {}", self.paint("2", text)));
+        }
+    }
+
+    /// Stops following events; returns what was seen.
+    pub async fn finish(&self) -> Tally {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        match task {
+            Some(task) => task.await.unwrap_or_default(),
+            None => Tally::default(),
+        }
+    }
+
+    /// The closing line.
+    pub fn summary_line(&self, tally: Tally, receipts: u64) {
+        if self.json {
+            return;
+        }
+        self.emit(&format!(
+            "{} Session ended: {} allowed, {} blocked, {} approved, {} denied · {receipts} receipts",
+            self.paint("32", "✓"),
+            tally.allowed,
+            tally.blocked,
+            tally.approved,
+            tally.denied
+        ));
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn emit(&self, line: &str) {
+        let _guard = self.lock.lock();
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{line}");
+    }
+}
