@@ -8,6 +8,10 @@ say() { printf 'agent: %s\n' "$*"; }
 # -f: an HTTP error (403 from the proxy) is a failure the script sees.
 api() { curl -sS -f --max-time 180 "$@"; }
 
+# What the agent can see of its world, kept with the results: the tests
+# check that it holds placeholders, never the real secrets.
+env >sandbox-env.txt
+
 say "task: ${OPENCLAW_TASK:-Book a round-trip flight SFO to JFK, Jan 14-17, under \$600}"
 
 say "searching Google Flights"
