@@ -19,6 +19,9 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::{
     self, mptable::MAX_VCPUS, CMDLINE_ADDR, EBDA_START, HIMEM_START, ZERO_PAGE_ADDR,
 };
+use crate::arch::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::devices::virtio::net::{Net, NetConfig, TapError};
+use crate::devices::virtio::{MmioTransport, VirtioInterrupt};
 use crate::devices::{
     boot_marker, BootMarker, Bus, ControlDecoder, ControlEvent, IrqLine, SerialPort, COM1_IRQ,
     COM2_IRQ,
@@ -26,6 +29,9 @@ use crate::devices::{
 use crate::vstate::memory::{create_guest_memory, GuestMemory, GuestMemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuKick, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
+
+/// The NIC's interrupt line (ISA IRQs 3 and 4 are the UARTs).
+const VIRTIO_NET_IRQ: u32 = 5;
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -51,6 +57,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Where the guest console (COM1) is written.
     pub console: PathBuf,
+    /// The NIC: a virtio-net device on a tap in the session's namespace.
+    pub net: Option<NetConfig>,
 }
 
 impl VmConfig {
@@ -64,6 +72,7 @@ impl VmConfig {
             mem_mib: 256,
             vcpus: 1,
             console,
+            net: None,
         }
     }
 }
@@ -103,6 +112,8 @@ pub enum StartVmError {
     LoadCommandline(#[source] loader::Error),
     #[error("writing the zero page or MP table: {0}")]
     BootParams(#[source] vm_memory::GuestMemoryError),
+    #[error("creating the network device: {0}")]
+    CreateNetDevice(#[source] TapError),
     #[error("opening console log {path}: {source}")]
     Console {
         path: PathBuf,
@@ -190,7 +201,27 @@ impl MicroVm {
         let (entry, kernel_end, header) = load_kernel(&mem, &config.kernel)?;
         let initrd = load_initramfs(&mem, &config, kernel_end, mem_end)?;
 
-        let cmdline = arch::build_cmdline(&config.cmdline).map_err(StartVmError::Cmdline)?;
+        let mut cmdline = arch::build_cmdline(&config.cmdline).map_err(StartVmError::Cmdline)?;
+        let net = match &config.net {
+            Some(net_config) => {
+                let net = Net::new(net_config).map_err(StartVmError::CreateNetDevice)?;
+                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(StartVmError::Irq)?;
+                vm.register_irq(&evt, VIRTIO_NET_IRQ)
+                    .map_err(StartVmError::RegisterIrq)?;
+                let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(evt)));
+                // The kernel learns about the device from its command line.
+                cmdline
+                    .add_virtio_mmio_device(
+                        VIRTIO_MMIO_SIZE,
+                        GuestAddress(VIRTIO_MMIO_BASE),
+                        VIRTIO_NET_IRQ,
+                        None,
+                    )
+                    .map_err(StartVmError::Cmdline)?;
+                Some(MmioTransport::new(net, mem.clone(), interrupt))
+            }
+            None => None,
+        };
         loader::load_cmdline(&mem, GuestAddress(CMDLINE_ADDR), &cmdline)
             .map_err(StartVmError::LoadCommandline)?;
         let cmdline_len = cmdline
@@ -221,14 +252,18 @@ impl MicroVm {
         let (control_tx, control_rx) = channel();
         let marker = Arc::new(BootMarker::new(created));
         let decoder = ControlDecoder::with_marker(control_tx, marker.clone());
-        let bus = Arc::new(Bus::new(
+        let mut bus = Bus::new(
             SerialPort::new(
                 IrqLine::new(com1_evt),
                 Box::new(LineWriter::new(console_file)),
             ),
             SerialPort::new(IrqLine::new(com2_evt), Box::new(decoder)),
             marker,
-        ));
+        );
+        if let Some(net) = net {
+            bus = bus.with_net(net);
+        }
+        let bus = Arc::new(bus);
 
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for index in 0..config.vcpus {

@@ -29,6 +29,7 @@ pub use builder::{
 };
 pub use devices::boot_marker::{BOOT_MARKER_PORT, MARKER_INIT_STARTED, MARKER_TASK_STARTED};
 pub use devices::control::{encode_frame, FRAME_EXIT, FRAME_MARK, FRAME_STDERR, FRAME_STDOUT};
+pub use devices::virtio::net::{NetConfig, Tap, TapError};
 pub use devices::ControlEvent;
 pub use probe::{probe, ProbeResult};
 pub use vstate::vcpu::VcpuError;

@@ -4,6 +4,7 @@ pub mod boot_marker;
 pub mod control;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,9 @@ pub use boot_marker::{BootMarker, BOOT_MARKER_PORT};
 pub use control::{ControlDecoder, ControlEvent};
 pub use i8042::{ResetFlag, I8042_PORT_BASE};
 pub use serial::{IrqLine, SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ};
+
+use virtio::net::Net;
+use virtio::MmioTransport;
 
 type I8042 = vm_superio::I8042Device<ResetFlag>;
 
@@ -22,6 +26,8 @@ pub struct Bus {
     i8042: Mutex<I8042>,
     pub marker: Arc<BootMarker>,
     reset: Arc<AtomicBool>,
+    /// The virtio-net device at `VIRTIO_MMIO_BASE`, when the VM has a NIC.
+    net: Option<Mutex<MmioTransport<Net>>>,
 }
 
 impl Bus {
@@ -33,7 +39,14 @@ impl Bus {
             i8042: Mutex::new(I8042::new(ResetFlag(reset.clone()))),
             marker,
             reset,
+            net: None,
         }
+    }
+
+    /// Attaches the NIC (before the bus is shared with vCPUs).
+    pub fn with_net(mut self, net: MmioTransport<Net>) -> Bus {
+        self.net = Some(Mutex::new(net));
+        self
     }
 
     /// Whether the guest asked the keyboard controller to reset the CPU.
@@ -71,11 +84,26 @@ impl Bus {
         }
     }
 
-    pub fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         data.fill(0);
+        if let (Some(net), Some(offset)) = (&self.net, virtio_offset(addr)) {
+            lock(net).read(offset, data);
+        }
     }
 
-    pub fn mmio_write(&self, _addr: u64, _data: &[u8]) {}
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if let (Some(net), Some(offset)) = (&self.net, virtio_offset(addr)) {
+            lock(net).write(offset, data);
+        }
+    }
+}
+
+/// Offset into the (single) virtio-mmio window, if `addr` falls in it.
+fn virtio_offset(addr: u64) -> Option<u64> {
+    use crate::arch::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+    (VIRTIO_MMIO_BASE..VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE)
+        .contains(&addr)
+        .then(|| addr - VIRTIO_MMIO_BASE)
 }
 
 /// A poisoned device lock means a vCPU thread panicked mid-access; the device
