@@ -112,6 +112,11 @@ pub fn format_time(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
+/// Parses a `ts` / `answered_at` value (RFC 3339 UTC).
+pub fn parse_time(text: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339(text).ok()
+}
+
 /// Encodes and signs a receipt: returns the line (without newline).
 ///
 /// Signing input: the RFC 8785 canonical JSON of the receipt without `sig`.

@@ -19,8 +19,8 @@ mod log;
 mod verify;
 
 pub use format::{
-    format_time, key_id, line_hash, sha256_hex, sign_line, ApprovalRecord, Body, DecisionRecord,
-    Receipt, FORMAT_VERSION, GENESIS_PREV,
+    format_time, key_id, line_hash, parse_time, sha256_hex, sign_line, ApprovalRecord, Body,
+    DecisionRecord, Receipt, FORMAT_VERSION, GENESIS_PREV,
 };
 pub use log::{
     AppendError, Appended, DurableSink, Entry, LogOptions, OpenLogError, PendingReceipt,

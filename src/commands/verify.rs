@@ -1,13 +1,453 @@
-//! `openclaw verify`: verify a session's receipt chain offline.
+//! `openclaw verify`: verify a session's receipt chain offline, and re-run
+//! each recorded decision against the session's capability token.
+//!
+//! Exit codes: 0 the chain is valid, 1 it is not (the first bad line is
+//! named), 2 the input could not be read or no key was pinned.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Context, Result};
+use capabilities::{Action, Counters, Decision, UnverifiedToken, Verdict};
 use clap::Args;
+use ed25519_dalek::VerifyingKey;
+use receipts::{Body, ChainError, UnverifiedChain, VerifiedChain};
+use serde::Serialize;
+
+use crate::keys;
+
+/// Exit code: every check passed.
+pub const EXIT_VALID: u8 = 0;
+/// Exit code: the chain (or a decision in it) failed a check.
+pub const EXIT_INVALID: u8 = 1;
+/// Exit code: the input could not be read, or no key was pinned.
+pub const EXIT_UNREADABLE: u8 = 2;
+
+/// File names inside a session bundle.
+const RECEIPTS_FILE: &str = "receipts.jsonl";
+const TOKEN_FILE: &str = "capabilities.cap";
 
 #[derive(Debug, Args)]
-pub struct VerifyArgs {}
+#[command(after_help = "Examples:
+  openclaw verify ~/.openclaw/sessions/<id> --key receipt.pub
+  openclaw verify bundle/ --key receipt.pub --cap-pubkey root.pub   # also re-run every decision
+  openclaw verify bundle/receipts.jsonl --key receipt.pub --json
 
-pub fn execute(_args: VerifyArgs) -> Result<ExitCode> {
-    bail!("`openclaw verify` is not built yet (issue 3)")
+Checks every signature against the pinned key, the prev links, seq continuity,
+one session_start and one session_end (count and last hash). When the bundle
+holds capabilities.cap and --cap-pubkey is given, every decision receipt is
+re-authorized against the token with its recorded facts, counters and time.
+Needs no network and no openclaw home.
+
+Exit status: 0 valid, 1 invalid (the first bad line is named), 2 unreadable
+input or no pinned key.")]
+pub struct VerifyArgs {
+    /// A session directory (its receipts.jsonl, and capabilities.cap if
+    /// present) or a receipts.jsonl file (capabilities.cap beside it is used).
+    #[arg(value_name = "PATH")]
+    path: PathBuf,
+    /// The receipt-signing public key to check against (receipt.pub from `openclaw keygen`).
+    #[arg(long, value_name = "RECEIPT.pub")]
+    key: Option<PathBuf>,
+    /// Check against the public key the chain names for itself. This proves
+    /// the chain is self-consistent, not who wrote it.
+    #[arg(long, conflicts_with = "key")]
+    trust_embedded_key: bool,
+    /// The capability root public key (root.pub), to re-derive each decision
+    /// from the bundle's capabilities.cap.
+    #[arg(long, value_name = "ROOT.pub")]
+    cap_pubkey: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `--json` prints; the text output says the same.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    /// `valid`, `invalid` or `unreadable`.
+    status: &'static str,
+    receipts_file: String,
+    /// The first failure (or why the input could not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Problem>,
+    /// Every re-derivation mismatch, in line order.
+    mismatches: Vec<Problem>,
+    warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    /// `pinned` (--key) or `embedded` (--trust-embedded-key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_source: Option<&'static str>,
+    receipts: usize,
+    /// Decision receipts by recorded verdict.
+    decisions: BTreeMap<String, usize>,
+    approvals: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_hash: Option<String>,
+    rederivation: Rederivation,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Problem {
+    /// 1-based line in receipts.jsonl; 0 when no line is at fault.
+    line: usize,
+    message: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Rederivation {
+    /// `checked`, `skipped` (no --cap-pubkey) or `no_token` (no capabilities.cap).
+    status: &'static str,
+    checked: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+/// Input that could not be read: exit 2.
+struct Unreadable(anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Unreadable {
+    fn from(e: E) -> Self {
+        Unreadable(e.into())
+    }
+}
+
+pub fn execute(args: VerifyArgs) -> Result<ExitCode> {
+    let mut report = Report::default();
+    let code = match check(&args, &mut report) {
+        Ok(()) if report.error.is_none() && report.mismatches.is_empty() => {
+            report.status = "valid";
+            EXIT_VALID
+        }
+        Ok(()) => {
+            report.status = "invalid";
+            EXIT_INVALID
+        }
+        Err(Unreadable(e)) => {
+            report.status = "unreadable";
+            report.error = Some(Problem {
+                line: 0,
+                message: format!("{e:#}"),
+            });
+            EXIT_UNREADABLE
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+    }
+    Ok(ExitCode::from(code))
+}
+
+fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
+    let (receipts_path, bundle_dir) = if args.path.is_dir() {
+        (args.path.join(RECEIPTS_FILE), args.path.clone())
+    } else {
+        let dir = match args.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        (args.path.clone(), dir)
+    };
+    report.receipts_file = receipts_path.display().to_string();
+    let bytes = std::fs::read(&receipts_path)
+        .with_context(|| format!("reading {}", receipts_path.display()))?;
+    let token_path = bundle_dir.join(TOKEN_FILE);
+    let token_bytes = match std::fs::read(&token_path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(anyhow!(e)
+                .context(format!("reading {}", token_path.display()))
+                .into())
+        }
+    };
+    let root_key = args
+        .cap_pubkey
+        .as_deref()
+        .map(keys::read_verifying_key)
+        .transpose()?;
+
+    let chain = UnverifiedChain::from_bytes(bytes);
+    let verified = match (&args.key, args.trust_embedded_key) {
+        (Some(path), _) => {
+            let key = keys::read_verifying_key(path)?;
+            report.key_source = Some("pinned");
+            report.key_id = Some(receipts::key_id(&key));
+            chain.verify(&key)
+        }
+        (None, true) => {
+            report.key_source = Some("embedded");
+            report.warnings.push(
+                "checked against the key the chain names for itself (--trust-embedded-key): \
+                 this shows the chain is self-consistent, not who wrote it"
+                    .into(),
+            );
+            if let Ok(key) = chain.embedded_key() {
+                report.key_id = Some(receipts::key_id(&key));
+            }
+            receipts::danger::verify_trusting_embedded_key(&chain)
+        }
+        (None, false) => {
+            return Err(Unreadable(anyhow!(
+                "no receipt key pinned: pass --key RECEIPT.pub (the receipt public key you \
+                 trust), or --trust-embedded-key to accept the key the chain names for itself \
+                 (which proves consistency, not authorship)"
+            )))
+        }
+    };
+    let chain = match verified {
+        Ok(chain) => chain,
+        Err(e) => {
+            report.error = Some(chain_problem(&e));
+            return Ok(());
+        }
+    };
+    summarize(&chain, report);
+    match token_bytes {
+        None => {
+            report.rederivation = Rederivation {
+                status: "no_token",
+                checked: 0,
+                note: Some(format!(
+                    "no {TOKEN_FILE} in the bundle: decisions were not re-derived"
+                )),
+            };
+        }
+        Some(token) => rederive(&chain, &token, root_key.as_ref(), report),
+    }
+    Ok(())
+}
+
+fn chain_problem(e: &ChainError) -> Problem {
+    Problem {
+        line: e.line(),
+        message: e.to_string(),
+    }
+}
+
+fn summarize(chain: &VerifiedChain, report: &mut Report) {
+    report.session = Some(chain.session().to_owned());
+    report.receipts = chain.receipts.len();
+    report.last_hash = Some(hex::encode(chain.last_hash()));
+    for r in &chain.receipts {
+        match &r.receipt.body {
+            Body::SessionStart { sandbox, .. } => report.sandbox = Some(sandbox.clone()),
+            Body::Decision(d) => {
+                let verdict = d
+                    .decision
+                    .get("decision")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown");
+                *report.decisions.entry(verdict.to_owned()).or_default() += 1;
+            }
+            Body::Approval(_) => report.approvals += 1,
+            Body::SessionEnd { .. } => {}
+        }
+    }
+}
+
+/// Re-runs every decision against the bundle's token, with the recorded
+/// facts, counters and time, and records each one that comes out differently.
+fn rederive(
+    chain: &VerifiedChain,
+    token_bytes: &[u8],
+    root_key: Option<&VerifyingKey>,
+    report: &mut Report,
+) {
+    let mismatch = |line: usize, message: String| Problem { line, message };
+    if let Body::SessionStart {
+        capability_sha256: Some(digest),
+        ..
+    } = &chain.start().body
+    {
+        if digest != &receipts::sha256_hex(token_bytes) {
+            report.mismatches.push(mismatch(
+                1,
+                format!("line 1: session_start binds a different {TOKEN_FILE} (SHA-256 {digest})"),
+            ));
+        }
+    }
+    let token = match std::str::from_utf8(token_bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|t| UnverifiedToken::from_base64(t.trim()).map_err(|e| e.to_string()))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            report.mismatches.push(mismatch(
+                0,
+                format!("{TOKEN_FILE} is not a capability token: {e}"),
+            ));
+            return;
+        }
+    };
+    if let Body::SessionStart { revocation_ids, .. } = &chain.start().body {
+        if revocation_ids != &token.revocation_ids() {
+            report.mismatches.push(mismatch(
+                1,
+                format!(
+                    "line 1: session_start names token revocation ids that are not {TOKEN_FILE}'s"
+                ),
+            ));
+        }
+    }
+    let Some(root_key) = root_key else {
+        report.rederivation = Rederivation {
+            status: "skipped",
+            checked: 0,
+            note: Some(format!(
+                "{TOKEN_FILE} is present but decisions were not re-derived: pass --cap-pubkey ROOT.pub"
+            )),
+        };
+        return;
+    };
+    let capability = match token.verify(&root_key.to_bytes()) {
+        Ok(c) => c,
+        Err(e) => {
+            report.mismatches.push(mismatch(
+                0,
+                format!("{TOKEN_FILE} does not verify with the given root key: {e}"),
+            ));
+            return;
+        }
+    };
+    let mut checked = 0;
+    for (i, r) in chain.receipts.iter().enumerate() {
+        let line = i + 1;
+        let Body::Decision(d) = &r.receipt.body else {
+            continue;
+        };
+        let parsed = (|| -> Result<(Action, Counters, Decision), String> {
+            let action = serde_json::from_value(d.action.clone())
+                .map_err(|e| format!("recorded action: {e}"))?;
+            let counters = serde_json::from_value(d.counters.clone())
+                .map_err(|e| format!("recorded counters: {e}"))?;
+            let decision = serde_json::from_value(d.decision.clone())
+                .map_err(|e| format!("recorded decision: {e}"))?;
+            Ok((action, counters, decision))
+        })();
+        let (action, counters, recorded) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                report.mismatches.push(mismatch(
+                    line,
+                    format!("line {line}: cannot re-derive: {e}"),
+                ));
+                continue;
+            }
+        };
+        // The chain verifier already checked ts parses.
+        let Some(now) = receipts::parse_time(&r.receipt.ts) else {
+            continue;
+        };
+        let derived = capability.authorize(&action, &counters, now);
+        checked += 1;
+        if derived.decision != recorded.decision
+            || derived.grant != recorded.grant
+            || derived.revocation_ids != recorded.revocation_ids
+        {
+            report.mismatches.push(mismatch(
+                line,
+                format!(
+                    "line {line}: decision does not follow from the token: recorded {} ({}), \
+                     the token says {} ({})",
+                    verdict_name(recorded.decision),
+                    recorded.reason,
+                    verdict_name(derived.decision),
+                    derived.reason
+                ),
+            ));
+        } else if derived.reason != recorded.reason {
+            report.warnings.push(format!(
+                "line {line}: same decision, different reason: recorded {:?}, re-derived {:?}",
+                recorded.reason, derived.reason
+            ));
+        }
+    }
+    report.rederivation = Rederivation {
+        status: "checked",
+        checked,
+        note: None,
+    };
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Block => "block",
+        Verdict::Approval => "approval",
+    }
+}
+
+fn print_human(report: &Report) {
+    let file = &report.receipts_file;
+    match report.status {
+        "unreadable" => {
+            let msg = report.error.as_ref().map_or("", |p| p.message.as_str());
+            eprintln!("error: {msg}");
+            return;
+        }
+        "valid" => println!("✓ valid: {} receipts in {file}", report.receipts),
+        _ => match &report.error {
+            Some(p) => println!("✕ invalid: {} ({file})", p.message),
+            None => println!(
+                "✕ invalid: {} decision(s) do not follow from the token ({file})",
+                report.mismatches.len()
+            ),
+        },
+    }
+    for p in &report.mismatches {
+        println!("  ✕ {}", p.message);
+    }
+    if report.error.is_none() {
+        let key = match (report.key_id.as_deref(), report.key_source) {
+            (Some(id), Some("pinned")) => format!("pinned key {id}"),
+            (Some(id), _) => format!("embedded key {id} (not pinned)"),
+            _ => "unknown key".to_owned(),
+        };
+        println!(
+            "  session {} · sandbox {} · signed by {key}",
+            report.session.as_deref().unwrap_or("?"),
+            report.sandbox.as_deref().unwrap_or("?")
+        );
+        let decisions: Vec<String> = report
+            .decisions
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        println!(
+            "  decisions: {} · approval answers: {}",
+            if decisions.is_empty() {
+                "none".to_owned()
+            } else {
+                decisions.join(", ")
+            },
+            report.approvals
+        );
+        if let Some(h) = &report.last_hash {
+            println!("  last hash {h}");
+        }
+        match report.rederivation.status {
+            "checked" => println!(
+                "  re-derivation: {} decision(s) re-run against {TOKEN_FILE}, {} differ",
+                report.rederivation.checked,
+                report.mismatches.iter().filter(|p| p.line > 1).count()
+            ),
+            _ => {
+                if let Some(note) = &report.rederivation.note {
+                    println!("  note: {note}");
+                }
+            }
+        }
+    }
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
 }

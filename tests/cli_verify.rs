@@ -1,0 +1,327 @@
+//! `openclaw verify` driven as an auditor would: the real binary, a bundle on
+//! disk, a public key, no network and no openclaw home.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::SystemTime;
+
+use capabilities::{Action, ActionType, Counters, Policy};
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::EncodePublicKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use receipts::{DecisionRecord, Entry, ReceiptLog, SessionStart};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("receipts/fixtures/golden")
+}
+
+/// Runs `openclaw verify ARGS` with no home directory at all.
+fn verify(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_openclaw"))
+        .arg("verify")
+        .args(args)
+        .env_remove("OPENCLAW_HOME")
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("run openclaw")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_pub(path: &Path, key: &VerifyingKey) {
+    let pem = key.to_public_key_pem(LineEnding::LF).expect("pem");
+    std::fs::write(path, pem).expect("write key");
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf8 path")
+}
+
+#[test]
+fn the_golden_bundle_verifies_with_its_pinned_key() {
+    let key = golden_dir().join("receipt.pub");
+    let out = verify(&[p(&golden_dir()), "--key", p(&key)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("✓ valid: 7 receipts"), "{text}");
+    assert!(text.contains("session golden-0001 · sandbox kvm"), "{text}");
+    assert!(text.contains("2 allow, 1 approval, 1 block"), "{text}");
+    assert!(text.contains("no capabilities.cap"), "{text}");
+
+    // The receipts.jsonl itself works as PATH too, and --json is machine-readable.
+    let file = golden_dir().join("receipts.jsonl");
+    let out = verify(&[p(&file), "--key", p(&key), "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["status"], "valid");
+    assert_eq!(json["receipts"], 7);
+    assert_eq!(json["key_source"], "pinned");
+}
+
+#[test]
+fn an_unpinned_key_is_refused_unless_explicitly_trusted() {
+    let out = verify(&[p(&golden_dir())]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--trust-embedded-key"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+
+    let out = verify(&[p(&golden_dir()), "--trust-embedded-key"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("not who wrote it"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn another_key_or_a_changed_byte_is_invalid_and_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = dir.path().join("other.pub");
+    write_pub(&other, &SigningKey::from_bytes(&[1; 32]).verifying_key());
+    let out = verify(&[p(&golden_dir()), "--key", p(&other)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("✕ invalid: line 1: signed by key"),
+        "{}",
+        stdout(&out)
+    );
+
+    // One byte of line 3 changed: "block" becomes "blocc".
+    let mut bytes = std::fs::read(golden_dir().join("receipts.jsonl")).expect("fixture");
+    let text = String::from_utf8(bytes.clone()).expect("utf8");
+    let at = text
+        .find("\"decision\":\"block\"")
+        .expect("line 3 holds a block")
+        + 16;
+    bytes[at] = b'c';
+    let file = dir.path().join("receipts.jsonl");
+    std::fs::write(&file, &bytes).expect("write");
+    let key = golden_dir().join("receipt.pub");
+    let out = verify(&[p(&file), "--key", p(&key), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["status"], "invalid");
+    assert_eq!(json["error"]["line"], 3);
+    assert_eq!(
+        json["error"]["message"],
+        "line 3: signature does not verify"
+    );
+
+    // Cut after line 5.
+    let cut: Vec<&str> = text.lines().take(5).collect();
+    std::fs::write(&file, cut.join("\n") + "\n").expect("write");
+    let out = verify(&[p(&file), "--key", p(&key)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("line 6: the chain ends without session_end"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn unreadable_input_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = golden_dir().join("receipt.pub");
+    let out = verify(&[p(&dir.path().join("missing")), "--key", p(&key)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("reading"), "{}", stderr(&out));
+    // A directory without receipts.jsonl.
+    let out = verify(&[p(dir.path()), "--key", p(&key), "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["status"], "unreadable");
+    // A key file that is not a key.
+    let bad = dir.path().join("bad.pub");
+    std::fs::write(&bad, "not a key").expect("write");
+    let out = verify(&[p(&golden_dir()), "--key", p(&bad)]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// A session bundle: a token minted from the seed policy, and a chain whose
+/// decisions are recorded by the caller (honestly or not).
+struct Bundle {
+    dir: tempfile::TempDir,
+    receipt_pub: PathBuf,
+    root_pub: PathBuf,
+}
+
+fn web(method: &str, host: &str, path: &str) -> Action {
+    serde_json::from_value(
+        serde_json::json!({"type": "web", "method": method, "host": host, "path": path}),
+    )
+    .expect("action")
+}
+
+fn bundle(forge_slack_allow: bool) -> Bundle {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = SigningKey::from_bytes(&[3; 32]);
+    let receipt_key = SigningKey::from_bytes(&[4; 32]);
+    let policy_text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/flight-booking/policy.toml"),
+    )
+    .expect("seed policy");
+    let policy = Policy::from_toml_str(&policy_text).expect("policy");
+    let now = SystemTime::now();
+    let token = capabilities::mint(&policy, &root.to_bytes(), now).expect("mint");
+    std::fs::write(dir.path().join("capabilities.cap"), &token).expect("write cap");
+    let capability = capabilities::UnverifiedToken::from_base64(&token)
+        .expect("parse")
+        .verify(&root.verifying_key().to_bytes())
+        .expect("verify");
+
+    let log = ReceiptLog::create(
+        &dir.path().join("receipts.jsonl"),
+        receipt_key.clone(),
+        SessionStart {
+            session_id: "rederive".into(),
+            revocation_ids: capability.revocation_ids(),
+            sandbox: "netns".into(),
+            capability_sha256: Some(receipts::sha256_hex(token.as_bytes())),
+        },
+    )
+    .expect("create log");
+    let counters = Counters::default();
+    let actions = [
+        web("GET", "google.com", "/travel/flights/search"),
+        web("POST", "hooks.slack.com", "/services/T024"),
+        Action {
+            kind: ActionType::Payment,
+            amount_cents: Some(48_700),
+            currency: Some("USD".into()),
+            merchant: Some("united.com".into()),
+            ..web("POST", "united.com", "/api/booking/purchase")
+        },
+    ];
+    for (i, action) in actions.iter().enumerate() {
+        let mut decision = capability.authorize(action, &counters, now);
+        if forge_slack_allow && i == 1 {
+            assert_eq!(decision.decision, capabilities::Verdict::Block);
+            decision.decision = capabilities::Verdict::Allow;
+            decision.reason = "web_access".into();
+        }
+        log.append(Entry::Decision {
+            decided_at: now,
+            record: DecisionRecord {
+                action: serde_json::to_value(action).expect("json"),
+                counters: serde_json::to_value(counters).expect("json"),
+                decision: serde_json::to_value(&decision).expect("json"),
+                body_sha256: None,
+            },
+        })
+        .expect("append");
+    }
+    log.finish().expect("finish");
+    let receipt_pub = dir.path().join("receipt.pub");
+    write_pub(&receipt_pub, &receipt_key.verifying_key());
+    let root_pub = dir.path().join("root.pub");
+    write_pub(&root_pub, &root.verifying_key());
+    Bundle {
+        dir,
+        receipt_pub,
+        root_pub,
+    }
+}
+
+#[test]
+fn honest_decisions_re_derive_from_the_token() {
+    let b = bundle(false);
+    let out = verify(&[
+        p(b.dir.path()),
+        "--key",
+        p(&b.receipt_pub),
+        "--cap-pubkey",
+        p(&b.root_pub),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out)
+            .contains("re-derivation: 3 decision(s) re-run against capabilities.cap, 0 differ"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("1 allow, 1 approval, 1 block"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Without the root key it says what re-derivation needs.
+    let out = verify(&[p(b.dir.path()), "--key", p(&b.receipt_pub)]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains("pass --cap-pubkey ROOT.pub"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn an_allow_for_an_action_the_token_blocks_is_flagged() {
+    let b = bundle(true);
+    let out = verify(&[
+        p(b.dir.path()),
+        "--key",
+        p(&b.receipt_pub),
+        "--cap-pubkey",
+        p(&b.root_pub),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["status"], "invalid");
+    let mismatches = json["mismatches"].as_array().expect("array");
+    assert_eq!(mismatches.len(), 1, "{json:#}");
+    assert_eq!(mismatches[0]["line"], 3);
+    let msg = mismatches[0]["message"].as_str().expect("message");
+    assert!(
+        msg.starts_with("line 3: decision does not follow from the token: recorded allow"),
+        "{msg}"
+    );
+    assert!(msg.contains("the token says block"), "{msg}");
+}
+
+#[test]
+fn a_swapped_token_or_wrong_root_key_is_invalid() {
+    let b = bundle(false);
+    // A token from another root key, put in the bundle afterwards.
+    let other_root = SigningKey::from_bytes(&[9; 32]);
+    let policy = Policy::from_toml_str("[web]\nallow = [\"hooks.slack.com\"]\n").expect("policy");
+    let token =
+        capabilities::mint(&policy, &other_root.to_bytes(), SystemTime::now()).expect("mint");
+    std::fs::write(b.dir.path().join("capabilities.cap"), token).expect("write");
+    let out = verify(&[
+        p(b.dir.path()),
+        "--key",
+        p(&b.receipt_pub),
+        "--cap-pubkey",
+        p(&b.root_pub),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("line 1: session_start binds a different capabilities.cap"),
+        "{text}"
+    );
+    assert!(
+        text.contains("does not verify with the given root key"),
+        "{text}"
+    );
+}
