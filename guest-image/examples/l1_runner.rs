@@ -3,13 +3,19 @@
 //! over the control channel, and prints a verdict line the test reads from
 //! the serial console. Built static, like the guest init.
 //!
-//! Usage: l1_runner KERNEL INITRAMFS BOOTS [probe]
+//! Usage: l1_runner KERNEL INITRAMFS BOOTS [probe] [net]
+//!
+//! `net` adds one boot with a virtio-net NIC on a tap: the guest fetches a
+//! page from a server the runner starts on the tap's address.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use guest_image::SessionFiles;
-use vmm::{ExitReason, Kernel, MicroVm, VmConfig};
+use vmm::{ExitReason, Kernel, MicroVm, NetConfig, VmConfig};
 
 const TASK: &str = "echo out-line; echo err-line >&2; echo \"placeholder=$OPENCLAW_TEST_TOKEN\"; \
     test \"$(id -u)\" = 1000 && echo uid-ok; cmp -s /etc/ssl/certs/ca-certificates.crt /openclaw/session/ca.pem && echo ca-ok; exit 3";
@@ -119,7 +125,11 @@ fn main() {
             boot_times[boot_times.len() - 1].as_millis()
         );
     }
-    if args.get(4).map(String::as_str) == Some("probe") {
+    let mut net_ok = true;
+    if args[4..].iter().any(|a| a == "net") {
+        net_ok = net_boot(&kernel, &initramfs, &cmdline);
+    }
+    if args[4..].iter().any(|a| a == "probe") {
         let r = vmm::probe(
             &kernel,
             &initramfs,
@@ -130,11 +140,108 @@ fn main() {
     }
     let clean = fds_after == fds_before && threads_after == threads_before;
     println!(
-        "HARNESS VERDICT: {} {passed}/{boots} teardown_clean={clean}",
-        if passed == boots && clean {
+        "HARNESS VERDICT: {} {passed}/{boots} teardown_clean={clean} net_ok={net_ok}",
+        if passed == boots && clean && net_ok {
             "PASS"
         } else {
             "FAIL"
         }
     );
+}
+
+const PAGE: &str = "hello-from-l1";
+
+/// One boot with a NIC: the guest's wget and curl reach a server on the tap.
+fn net_boot(kernel: &Path, initramfs: &Path, cmdline: &str) -> bool {
+    let session = SessionFiles {
+        ca_pem: b"unused".to_vec(),
+        env: vec![],
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "wget -q -O - http://10.0.2.1:8080/wget && echo && curl -sS http://10.0.2.1:8080/curl && echo".into(),
+        ],
+        files: vec![],
+    };
+    let Ok(extra) = session.to_cpio() else {
+        return false;
+    };
+    let mut config = VmConfig::new(
+        Kernel::File(kernel.to_path_buf()),
+        "/tmp/console-net.log".into(),
+    );
+    config.initramfs = Some(initramfs.to_path_buf());
+    config.extra_cpio = Some(extra);
+    config.cmdline = format!("{cmdline} openclaw.ip=10.0.2.2/24 openclaw.gw=10.0.2.1");
+    config.net = Some(NetConfig {
+        tap: "oc0".into(),
+        netns: None,
+        mac: [0x02, 0x0c, 0x1a, 0, 0, 2],
+    });
+    let vm = match MicroVm::boot(config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            println!("NET FAIL start: {e}");
+            return false;
+        }
+    };
+    // The VMM created the tap (up); give it the host side's address.
+    let _ = Command::new("ip")
+        .args(["addr", "add", "10.0.2.1/24", "dev", "oc0"])
+        .status();
+    let server = match TcpListener::bind("10.0.2.1:8080") {
+        Ok(l) => l,
+        Err(e) => {
+            println!("NET FAIL bind: {e}");
+            return false;
+        }
+    };
+    let serving = std::thread::spawn(move || {
+        let mut paths = Vec::new();
+        for _ in 0..2 {
+            let Ok((mut conn, _)) = server.accept() else {
+                break;
+            };
+            let mut buf = [0u8; 1024];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            paths.push(request.split_whitespace().nth(1).unwrap_or("").to_string());
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{PAGE}",
+                PAGE.len()
+            );
+        }
+        paths
+    });
+    let exit = vm.wait(Some(Duration::from_secs(120)));
+    let stdout = String::from_utf8_lossy(&exit.task.stdout).into_owned();
+    let ok = stdout == format!("{PAGE}\n{PAGE}\n") && exit.task.exit_status == Some(0);
+    println!(
+        "NET {} reason={:?} status={:?} boot_marker_ms={:?} stdout={stdout:?} stderr={:?}",
+        if ok { "ok" } else { "FAIL" },
+        exit.reason,
+        exit.task.exit_status,
+        exit.boot_time.map(|d| d.as_millis()),
+        String::from_utf8_lossy(&exit.task.stderr)
+    );
+    if ok {
+        let paths = serving.join().unwrap_or_default();
+        println!("NET server saw {paths:?}");
+    } else {
+        let log = std::fs::read_to_string("/tmp/console-net.log").unwrap_or_default();
+        for line in log
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            println!("  console| {line}");
+        }
+    }
+    let tap_gone = !Path::new("/sys/class/net/oc0").exists();
+    println!("NET tap removed after teardown: {tap_gone}");
+    ok && tap_gone
 }

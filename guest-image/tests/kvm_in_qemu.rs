@@ -1,8 +1,11 @@
 //! The kvm backend's end-to-end test on real KVM: inside the QEMU harness
 //! (see `qemu_harness`), our VMM boots the openclaw guest 20 times; each boot
 //! must return the task's stdout, stderr and exit status over the control
-//! channel, and teardown must leave no fds or threads behind. The probe must
-//! say yes there. Skipped (with the reason) only when QEMU is not installed.
+//! channel, and teardown must leave no fds or threads behind. One more boot
+//! has a virtio-net NIC on a tap: the guest's wget and curl fetch pages from
+//! a server on the tap's address, and the tap is gone after teardown. The
+//! probe must say yes there. Skipped (with the reason) only when QEMU is not
+//! installed.
 
 use std::time::Duration;
 
@@ -41,7 +44,7 @@ fn our_vmm_boots_the_guest_repeatedly_inside_qemu() {
             ("guest/initramfs.cpio".into(), image.initramfs.clone()),
             ("bin/l1_runner".into(), runner),
         ],
-        script: format!("/bin/l1_runner /guest/vmlinux /guest/initramfs.cpio {boots} probe"),
+        script: format!("/bin/l1_runner /guest/vmlinux /guest/initramfs.cpio {boots} probe net"),
     };
     let outer = qemu_harness::outer_initramfs(&l1, &payload).expect("outer initramfs");
     let outer_path = root.join("target/qemu-harness/outer-e2e.cpio");
@@ -67,6 +70,10 @@ fn our_vmm_boots_the_guest_repeatedly_inside_qemu() {
     assert!(
         verdict.starts_with(&format!("HARNESS VERDICT: PASS {boots}/{boots}")),
         "{verdict}"
+    );
+    assert!(
+        run.output.lines().any(|l| l.starts_with("NET ok")),
+        "guest networking over virtio-net failed"
     );
     let probe = run
         .output
