@@ -10,7 +10,10 @@
 //! - [`Ledger`]: the session counters, reserve-then-commit;
 //! - [`ApprovalBroker`] and its terminal, API, fan-out and scripted
 //!   implementations (`docs/approvals.md`);
-//! - [`EventBus`] / [`Event`]: the session's live event stream.
+//! - [`EventBus`] / [`Event`]: the session's live event stream;
+//! - [`Enforcement::new`]: builds the session's enforcing [`crate::Gate`]
+//!   ([`EnforcingGate`]) from an [`EnforceConfig`], with the sandbox
+//!   placeholders and an event receiver.
 
 /// Approval brokers (terminal, API, fan-out, scripted) and the wait with timeout.
 pub mod approval;
@@ -22,6 +25,8 @@ pub mod counters;
 pub mod credentials;
 /// The session event stream.
 pub mod events;
+/// The enforcing gate tying it all together on part 1's seam.
+pub mod gate;
 /// Exact JSON-pointer lookups.
 mod json;
 
@@ -34,3 +39,4 @@ pub use catalog::{Catalog, CatalogError, ClassifyError, RequestView};
 pub use counters::{Ledger, Reservation};
 pub use credentials::{SecretStore, SecretsError, SessionCredentials};
 pub use events::{Event, EventBus, EventKind};
+pub use gate::{EnforceConfig, Enforcement, EnforcingGate, Stage};

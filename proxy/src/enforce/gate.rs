@@ -1,0 +1,873 @@
+//! The enforcing [`Gate`]: every request classified, decided against the
+//! capability token with the session counters, receipted durably before it
+//! is forwarded or refused, held for a human when the token says so, and
+//! forwarded with credentials substituted only where granted.
+//!
+//! Fail closed: a classification, credential, approval or receipt error
+//! refuses the request, and no upstream connection is opened for it.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use capabilities::{Action, ActionType, Capability, Counters, Decision, Verdict};
+use http::{response, HeaderValue, StatusCode};
+use receipts::{ApprovalRecord, DecisionRecord, Entry, ReceiptLog};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::approval::{ask_and_wait, ApprovalBroker, ApprovalOutcome, ApprovalRequest};
+use super::catalog::{normalize_host, Catalog, RequestView};
+use super::counters::Ledger;
+use super::credentials::{EchoFilter, SecretStore, SessionCredentials, Substituted};
+use super::events::{Event, EventBus, EventKind};
+use crate::{
+    ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateVerdict, Refusal,
+    RequestSummary, ResponseFilter,
+};
+
+/// Longest `X-Openclaw-Blocked` reason sent to the sandbox.
+const MAX_REASON: usize = 300;
+
+/// Which stage made a decision, recorded in the receipt's decision as
+/// `stage` so an auditor re-deriving decisions from the token knows which
+/// ones the token alone made. Every stage other than `token` can only
+/// refuse (it never turns a token's block into an allow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The capability token's `authorize`.
+    Token,
+    /// The service catalog could not classify the request (body over the
+    /// cap, amount unreadable, ...).
+    Catalog,
+    /// A credential placeholder went where the token does not grant it.
+    Credential,
+    /// `authorize_dns` refused a name.
+    Dns,
+    /// The proxy's own fail-closed checks (no SNI, fronting, smuggling...).
+    Proxy,
+}
+
+/// Everything the enforcing gate needs; see [`Enforcement::new`].
+pub struct EnforceConfig {
+    /// The session's verified capability token.
+    pub capability: Capability,
+    pub catalog: Catalog,
+    pub secrets: SecretStore,
+    /// The session's receipt chain (session_start already written).
+    pub receipts: ReceiptLog,
+    pub broker: Arc<dyn ApprovalBroker>,
+    /// How long a held request waits for a human ([`super::DEFAULT_APPROVAL_TIMEOUT`]).
+    pub approval_timeout: Duration,
+    /// The session counters ([`Ledger::new`]).
+    pub counters: Arc<Ledger>,
+}
+
+/// The session's enforcing gate, with what the sandbox and the monitor need.
+pub struct Enforcement {
+    /// Give this to [`crate::Proxy::start`].
+    pub gate: Arc<EnforcingGate>,
+    /// Credential name → this session's placeholder, for the sandbox's
+    /// environment (see [`Enforcement::sandbox_env`]).
+    pub placeholders: BTreeMap<String, String>,
+    /// The session's event stream (more receivers: [`EnforcingGate::subscribe`]).
+    pub events: broadcast::Receiver<Event>,
+}
+
+impl Enforcement {
+    /// Builds the gate for one session. Mints this session's placeholders.
+    pub fn new(config: EnforceConfig) -> Self {
+        let creds = Arc::new(SessionCredentials::new(&config.secrets));
+        let events = EventBus::new();
+        let rx = events.subscribe();
+        let placeholders = creds.placeholders();
+        let gate = Arc::new(EnforcingGate {
+            revocation_ids: config.capability.revocation_ids(),
+            cap: config.capability,
+            catalog: config.catalog,
+            creds,
+            receipts: config.receipts,
+            broker: config.broker,
+            approval_timeout: config.approval_timeout,
+            ledger: config.counters,
+            events,
+            next_id: AtomicU64::new(1),
+            dns_blocked: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            credential_hosts: Mutex::new(HashMap::new()),
+        });
+        Enforcement {
+            gate,
+            placeholders,
+            events: rx,
+        }
+    }
+
+    /// Environment variables for the sandbox: `UNITED_LOGIN=ocs_united_login_…`
+    /// (the credential name upper-cased).
+    pub fn sandbox_env(&self) -> Vec<(String, String)> {
+        self.placeholders
+            .iter()
+            .map(|(name, p)| (name.to_ascii_uppercase(), p.clone()))
+            .collect()
+    }
+}
+
+/// A forwarded request waiting for its `completed` call.
+struct InFlight {
+    id: u64,
+    action: Action,
+    grant: Option<String>,
+    credentials: Vec<String>,
+    receipt: Option<u64>,
+}
+
+/// The enforcing gate. One per session.
+pub struct EnforcingGate {
+    cap: Capability,
+    catalog: Catalog,
+    creds: Arc<SessionCredentials>,
+    receipts: ReceiptLog,
+    broker: Arc<dyn ApprovalBroker>,
+    approval_timeout: Duration,
+    ledger: Arc<Ledger>,
+    events: EventBus,
+    revocation_ids: Vec<String>,
+    next_id: AtomicU64,
+    /// Names already receipted as blocked by DNS (A and AAAA ask twice).
+    dns_blocked: Mutex<HashSet<String>>,
+    /// Forwarded requests by (conn, method, path without query), oldest first.
+    in_flight: Mutex<HashMap<(u64, String, String), VecDeque<InFlight>>>,
+    /// Hosts where some credential may be used (their responses are masked).
+    credential_hosts: Mutex<HashMap<String, bool>>,
+}
+
+impl std::fmt::Debug for EnforcingGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnforcingGate")
+            .field("session", &self.receipts.session_id())
+            .field("credentials", &self.creds)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Header-safe, bounded reason text.
+fn header_reason(reason: &str) -> String {
+    let mut s: String = reason
+        .chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect();
+    if s.len() > MAX_REASON {
+        s.truncate(MAX_REASON);
+    }
+    if HeaderValue::from_str(&s).is_err() || s.is_empty() {
+        "blocked".to_owned()
+    } else {
+        s
+    }
+}
+
+fn path_only(path_and_query: &str) -> String {
+    let p = path_and_query.split(['?', '#']).next().unwrap_or("/");
+    if p.is_empty() {
+        "/".to_owned()
+    } else {
+        p.to_owned()
+    }
+}
+
+/// A plain web action for requests that could not be classified.
+fn fallback_action(method: &str, host: &str, path: &str) -> Action {
+    Action {
+        kind: ActionType::Web,
+        method: method.to_ascii_uppercase(),
+        host: host.to_owned(),
+        path: path.to_owned(),
+        amount_cents: None,
+        currency: None,
+        merchant: None,
+        recipients: Vec::new(),
+        subject: None,
+        credential: None,
+        cost_micro_usd: None,
+    }
+}
+
+/// A receipt could not be written: the request is refused (no receipt).
+struct ReceiptFailed(String);
+
+impl EnforcingGate {
+    /// Another receiver of the session's events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The session counters.
+    pub fn counters(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// The receipt log the gate writes to.
+    pub fn receipts(&self) -> &ReceiptLog {
+        &self.receipts
+    }
+
+    fn block(&self, reason: String) -> Decision {
+        Decision {
+            decision: Verdict::Block,
+            reason,
+            grant: None,
+            revocation_ids: self.revocation_ids.clone(),
+        }
+    }
+
+    fn decision_record(
+        action: &Action,
+        counters: &Counters,
+        decision: &Decision,
+        stage: Stage,
+        body_sha256: Option<String>,
+    ) -> Result<DecisionRecord, ReceiptFailed> {
+        let enc = |e: serde_json::Error| ReceiptFailed(format!("encoding receipt: {e}"));
+        let mut decision_json = serde_json::to_value(decision).map_err(enc)?;
+        if let serde_json::Value::Object(map) = &mut decision_json {
+            map.insert("stage".into(), serde_json::to_value(stage).map_err(enc)?);
+        }
+        Ok(DecisionRecord {
+            action: serde_json::to_value(action).map_err(enc)?,
+            counters: serde_json::to_value(counters).map_err(enc)?,
+            decision: decision_json,
+            body_sha256,
+        })
+    }
+
+    /// Appends a decision receipt and waits until it is durable.
+    async fn receipt_decision(
+        &self,
+        now: SystemTime,
+        record: DecisionRecord,
+    ) -> Result<u64, ReceiptFailed> {
+        let pending = self
+            .receipts
+            .submit(Entry::Decision {
+                decided_at: now,
+                record,
+            })
+            .map_err(|e| ReceiptFailed(e.to_string()))?;
+        pending
+            .await
+            .map(|a| a.seq)
+            .map_err(|e| ReceiptFailed(e.to_string()))
+    }
+
+    /// Same, blocking (for the synchronous DNS and refusal hooks).
+    fn receipt_decision_blocking(
+        &self,
+        now: SystemTime,
+        record: DecisionRecord,
+    ) -> Result<u64, ReceiptFailed> {
+        let pending = self
+            .receipts
+            .submit(Entry::Decision {
+                decided_at: now,
+                record,
+            })
+            .map_err(|e| ReceiptFailed(e.to_string()))?;
+        let wait = move || pending.wait();
+        let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            _ => wait(),
+        };
+        result
+            .map(|a| a.seq)
+            .map_err(|e| ReceiptFailed(e.to_string()))
+    }
+
+    fn credential_granted(&self, name: &str, host: &str, scheme: &str, now: SystemTime) -> bool {
+        // Secrets travel only over TLS to the upstream.
+        scheme == "https"
+            && self.creds.file_allows(name, host)
+            && self.cap.credential_allowed(name, host, now)
+    }
+
+    fn emit(
+        &self,
+        kind: EventKind,
+        id: u64,
+        conn: u64,
+        action: &Action,
+        fill: impl FnOnce(&mut Event),
+    ) {
+        let mut e = Event::about(kind, id, conn, action);
+        fill(&mut e);
+        self.events.send(e);
+    }
+
+    fn refuse(
+        &self,
+        id: u64,
+        conn: u64,
+        action: &Action,
+        reason: &str,
+        receipt: Option<u64>,
+    ) -> GateVerdict {
+        self.emit(EventKind::Blocked, id, conn, action, |e| {
+            e.reason = Some(reason.to_owned());
+            e.receipt = receipt;
+            e.status = Some(StatusCode::FORBIDDEN.as_u16());
+        });
+        GateVerdict::Refuse {
+            status: StatusCode::FORBIDDEN,
+            reason: header_reason(reason),
+        }
+    }
+
+    async fn decide_request(&self, id: u64, req: &mut GateRequest, conn: &ConnInfo) -> GateVerdict {
+        let now = SystemTime::now();
+        let host = normalize_host(&req.host);
+        let method = req.head.method.as_str().to_owned();
+        let pq = req
+            .head
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let path = path_only(&pq);
+        let counters_now = self.ledger.committed();
+
+        // Read the body up to the cap: classification and the credential
+        // scan need it. The rest (if any) streams unread behind it.
+        let cap = self.catalog.max_body_bytes();
+        if let Err(e) = req.body.buffer_up_to(cap).await {
+            let action = fallback_action(&method, &host, &path);
+            let decision = self.block(format!("request body unreadable: {e}"));
+            return self
+                .record_block(
+                    id,
+                    conn,
+                    now,
+                    &action,
+                    &counters_now,
+                    decision,
+                    Stage::Catalog,
+                    None,
+                )
+                .await;
+        }
+        let complete = req.body.is_complete();
+        let body_sha256 = complete
+            .then(|| {
+                (!req.body.buffered().is_empty()).then(|| receipts::sha256_hex(req.body.buffered()))
+            })
+            .flatten();
+
+        // Classify.
+        let view = RequestView {
+            method: &method,
+            host: &host,
+            path_and_query: &pq,
+            headers: &req.head.headers,
+        };
+        let matched = self.catalog.match_request(&view);
+        let action = match matched.classify(&view, Some(req.body.buffered()), complete) {
+            Ok(a) => a,
+            Err(e) => {
+                let action = fallback_action(&method, &host, &path);
+                let rule = matched.rule().map_or("", |r| r.name());
+                let decision = self.block(format!("cannot classify ({rule}): {e}"));
+                return self
+                    .record_block(
+                        id,
+                        conn,
+                        now,
+                        &action,
+                        &counters_now,
+                        decision,
+                        Stage::Catalog,
+                        body_sha256,
+                    )
+                    .await;
+            }
+        };
+
+        // Placeholders where the token does not grant them: exfiltration.
+        let findings = self.creds.scan(&pq, &req.head.headers, req.body.buffered());
+        for (name, (sighting, place)) in &findings.by_credential {
+            if !self.credential_granted(name, &host, req.scheme, now) {
+                let why = if req.scheme != "https" && self.creds.file_allows(name, &host) {
+                    " (credentials are only sent over https)"
+                } else {
+                    ""
+                };
+                let decision = self.block(format!(
+                    "credential exfiltration: placeholder of {name} ({sighting:?}) in {place} to {host}{why}"
+                ));
+                return self
+                    .record_block(
+                        id,
+                        conn,
+                        now,
+                        &action,
+                        &counters_now,
+                        decision,
+                        Stage::Credential,
+                        body_sha256,
+                    )
+                    .await;
+            }
+        }
+
+        // Prepare the substitution now (pure computation), so a request
+        // whose credentials cannot be placed is refused before any receipt
+        // says "allow"; apply it only if the decision forwards.
+        let granted = |name: &str| self.credential_granted(name, &host, req.scheme, now);
+        let mut new_uri = req.head.uri.clone();
+        let mut new_headers = req.head.headers.clone();
+        let substituted = match self.creds.substitute(
+            &granted,
+            &mut new_uri,
+            &mut new_headers,
+            req.body.buffered(),
+            complete,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                let decision = self.block(e.to_string());
+                return self
+                    .record_block(
+                        id,
+                        conn,
+                        now,
+                        &action,
+                        &counters_now,
+                        decision,
+                        Stage::Credential,
+                        body_sha256,
+                    )
+                    .await;
+            }
+        };
+
+        // Decide against the token with the counters (reserving if it may forward).
+        let (decision, seen, reservation) = self
+            .ledger
+            .decide(&action, |c| self.cap.authorize(&action, c, now));
+        let record =
+            match Self::decision_record(&action, &seen, &decision, Stage::Token, body_sha256) {
+                Ok(r) => r,
+                Err(ReceiptFailed(why)) => {
+                    return self.refuse(
+                        id,
+                        conn.id,
+                        &action,
+                        &format!("receipt write failed: {why}"),
+                        None,
+                    )
+                }
+            };
+        let seq = match self.receipt_decision(now, record).await {
+            Ok(seq) => seq,
+            Err(ReceiptFailed(why)) => {
+                return self.refuse(
+                    id,
+                    conn.id,
+                    &action,
+                    &format!("receipt write failed: {why}"),
+                    None,
+                )
+            }
+        };
+        match decision.decision {
+            Verdict::Block => self.refuse(id, conn.id, &action, &decision.reason, Some(seq)),
+            Verdict::Allow => {
+                self.forward(
+                    id,
+                    req,
+                    conn,
+                    &action,
+                    &decision,
+                    seq,
+                    new_uri,
+                    new_headers,
+                    substituted,
+                );
+                reservation.commit();
+                GateVerdict::Forward
+            }
+            Verdict::Approval => {
+                self.emit(EventKind::Pending, id, conn.id, &action, |e| {
+                    e.reason = Some(decision.reason.clone());
+                    e.grant = decision.grant.clone();
+                    e.receipt = Some(seq);
+                });
+                let question = ApprovalRequest {
+                    id,
+                    action: action.clone(),
+                    reason: decision.reason.clone(),
+                    decision_seq: seq,
+                    asked_at: receipts::format_time(SystemTime::now()),
+                    timeout: self.approval_timeout,
+                };
+                let outcome =
+                    ask_and_wait(self.broker.as_ref(), question, self.approval_timeout).await;
+                let (approved, approver, answered_at, why) = match outcome {
+                    ApprovalOutcome::Answered(a) => {
+                        let why = if a.approved {
+                            None
+                        } else {
+                            Some(format!("approval denied by {}", a.approver))
+                        };
+                        (a.approved, a.approver, a.answered_at, why)
+                    }
+                    ApprovalOutcome::TimedOut => (
+                        false,
+                        "timeout".to_owned(),
+                        SystemTime::now(),
+                        Some(format!(
+                            "approval timed out after {} s",
+                            self.approval_timeout.as_secs_f64()
+                        )),
+                    ),
+                    ApprovalOutcome::BrokerGone => (
+                        false,
+                        "broker".to_owned(),
+                        SystemTime::now(),
+                        Some("approval broker went away: denied".to_owned()),
+                    ),
+                };
+                let record = ApprovalRecord {
+                    decision_seq: seq,
+                    approved,
+                    approver: approver.clone(),
+                    answered_at: receipts::format_time(answered_at),
+                    reason: why.clone(),
+                };
+                let appended = match self.receipts.submit(Entry::Approval(record)) {
+                    Ok(p) => p.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let approval_seq = match appended {
+                    Ok(a) => a.seq,
+                    Err(why) => {
+                        return self.refuse(
+                            id,
+                            conn.id,
+                            &action,
+                            &format!("receipt write failed: {why}"),
+                            None,
+                        )
+                    }
+                };
+                if !approved {
+                    let reason = why.unwrap_or_else(|| "approval denied".to_owned());
+                    self.emit(EventKind::Denied, id, conn.id, &action, |e| {
+                        e.reason = Some(reason.clone());
+                        e.approver = Some(approver.clone());
+                        e.receipt = Some(approval_seq);
+                        e.status = Some(StatusCode::FORBIDDEN.as_u16());
+                    });
+                    return GateVerdict::Refuse {
+                        status: StatusCode::FORBIDDEN,
+                        reason: header_reason(&reason),
+                    };
+                }
+                self.emit(EventKind::Approved, id, conn.id, &action, |e| {
+                    e.approver = Some(approver.clone());
+                    e.grant = decision.grant.clone();
+                    e.receipt = Some(approval_seq);
+                });
+                self.forward(
+                    id,
+                    req,
+                    conn,
+                    &action,
+                    &decision,
+                    seq,
+                    new_uri,
+                    new_headers,
+                    substituted,
+                );
+                reservation.commit();
+                GateVerdict::Forward
+            }
+        }
+    }
+
+    /// Applies the prepared substitution and records the request as in flight.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        id: u64,
+        req: &mut GateRequest,
+        conn: &ConnInfo,
+        action: &Action,
+        decision: &Decision,
+        seq: u64,
+        uri: http::Uri,
+        mut headers: http::HeaderMap,
+        substituted: Substituted,
+    ) {
+        let mut credentials = substituted.replaced.clone();
+        for n in &substituted.injected {
+            if !credentials.contains(n) {
+                credentials.push(n.clone());
+            }
+        }
+        if !credentials.is_empty() {
+            // Ask for an uncompressed response, so a secret echoed back can be
+            // seen and masked.
+            headers.insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        req.head.uri = uri;
+        req.head.headers = headers;
+        if let Some(body) = substituted.body {
+            // Cannot fail: substitute() only returns a body when it was complete.
+            if req.body.replace(body).is_err() {
+                tracing::error!("replacing a complete body failed");
+            }
+        }
+        let key = (conn.id, action.method.clone(), action.path.clone());
+        lock(&self.in_flight)
+            .entry(key)
+            .or_default()
+            .push_back(InFlight {
+                id,
+                action: action.clone(),
+                grant: decision.grant.clone(),
+                credentials: credentials.clone(),
+                receipt: Some(seq),
+            });
+        if decision.decision == Verdict::Allow {
+            self.emit(EventKind::Allowed, id, conn.id, action, |e| {
+                e.grant = decision.grant.clone();
+                e.credentials = credentials;
+                e.receipt = Some(seq);
+            });
+        }
+    }
+
+    /// Writes the receipt for a block the gate made before the token was
+    /// asked (or instead of it), then refuses.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_block(
+        &self,
+        id: u64,
+        conn: &ConnInfo,
+        now: SystemTime,
+        action: &Action,
+        counters: &Counters,
+        decision: Decision,
+        stage: Stage,
+        body_sha256: Option<String>,
+    ) -> GateVerdict {
+        let record = match Self::decision_record(action, counters, &decision, stage, body_sha256) {
+            Ok(r) => r,
+            Err(ReceiptFailed(why)) => {
+                return self.refuse(
+                    id,
+                    conn.id,
+                    action,
+                    &format!("receipt write failed: {why}"),
+                    None,
+                )
+            }
+        };
+        match self.receipt_decision(now, record).await {
+            Ok(seq) => self.refuse(id, conn.id, action, &decision.reason, Some(seq)),
+            Err(ReceiptFailed(why)) => self.refuse(
+                id,
+                conn.id,
+                action,
+                &format!("receipt write failed: {why}"),
+                None,
+            ),
+        }
+    }
+
+    fn host_has_credentials(&self, host: &str) -> bool {
+        if self.creds.placeholders().is_empty() {
+            return false;
+        }
+        if let Some(&known) = lock(&self.credential_hosts).get(host) {
+            return known;
+        }
+        let now = SystemTime::now();
+        let any = self
+            .creds
+            .placeholders()
+            .keys()
+            .any(|name| self.credential_granted(name, host, "https", now));
+        lock(&self.credential_hosts).insert(host.to_owned(), any);
+        any
+    }
+}
+
+/// [`EchoFilter`] as part 1's [`ResponseFilter`].
+struct MaskEcho(EchoFilter);
+
+impl ResponseFilter for MaskEcho {
+    fn data(&mut self, chunk: Bytes) -> Bytes {
+        self.0.push(&chunk)
+    }
+    fn finish(&mut self) -> Bytes {
+        self.0.finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl Gate for EnforcingGate {
+    fn dns(&self, name: &str) -> DnsVerdict {
+        let now = SystemTime::now();
+        let decision = self.cap.authorize_dns(name, now);
+        if decision.decision == Verdict::Allow {
+            return DnsVerdict::ResolveToProxy;
+        }
+        let name = normalize_host(name);
+        // One receipt per blocked name per session (curl asks A and AAAA).
+        if !lock(&self.dns_blocked).insert(name.clone()) {
+            return DnsVerdict::NxDomain;
+        }
+        let mut action = fallback_action("DNS", &name, "/");
+        action.kind = ActionType::Web;
+        let decision = Decision {
+            revocation_ids: self.revocation_ids.clone(),
+            ..decision
+        };
+        let receipt = Self::decision_record(
+            &action,
+            &self.ledger.committed(),
+            &decision,
+            Stage::Dns,
+            None,
+        )
+        .and_then(|r| self.receipt_decision_blocking(now, r));
+        let seq = match receipt {
+            Ok(seq) => Some(seq),
+            Err(ReceiptFailed(why)) => {
+                tracing::error!(name = %name, "receipt for a blocked DNS name failed: {why}");
+                None
+            }
+        };
+        self.emit(EventKind::Blocked, 0, 0, &action, |e| {
+            e.reason = Some(format!("dns: {}", decision.reason));
+            e.receipt = seq;
+        });
+        DnsVerdict::NxDomain
+    }
+
+    async fn request(&self, req: &mut GateRequest, conn: &ConnInfo) -> GateVerdict {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.decide_request(id, req, conn).await
+    }
+
+    fn response(
+        &self,
+        req: &RequestSummary,
+        head: &mut response::Parts,
+        _conn: &ConnInfo,
+    ) -> Option<Box<dyn ResponseFilter>> {
+        if !self.host_has_credentials(&normalize_host(&req.host)) {
+            return None;
+        }
+        self.creds.mask_headers(&mut head.headers);
+        self.creds
+            .echo_filter()
+            .map(|f| Box::new(MaskEcho(f)) as Box<dyn ResponseFilter>)
+    }
+
+    fn refused(&self, event: Refusal) {
+        let now = SystemTime::now();
+        let action = match &event.request {
+            Some(r) => fallback_action(&r.method, &normalize_host(&r.host), &path_only(&r.path)),
+            None => fallback_action("CONNECT", event.conn.sni.as_deref().unwrap_or(""), "/"),
+        };
+        let decision = self.block(format!("{}: {}", event.reason, event.detail));
+        let receipt = Self::decision_record(
+            &action,
+            &self.ledger.committed(),
+            &decision,
+            Stage::Proxy,
+            None,
+        )
+        .and_then(|r| self.receipt_decision_blocking(now, r));
+        let seq = match receipt {
+            Ok(seq) => Some(seq),
+            Err(ReceiptFailed(why)) => {
+                tracing::error!(
+                    conn = event.conn.id,
+                    "receipt for a proxy refusal failed: {why}"
+                );
+                None
+            }
+        };
+        self.emit(EventKind::Blocked, 0, event.conn.id, &action, |e| {
+            e.reason = Some(event.reason.to_owned());
+            e.receipt = seq;
+        });
+    }
+
+    fn completed(&self, exchange: Exchange) {
+        if exchange.outcome == ExchangeOutcome::Refused {
+            return; // already reported as blocked or denied
+        }
+        let key = (
+            exchange.conn.id,
+            exchange.request.method.clone(),
+            path_only(&exchange.request.path),
+        );
+        let entry = {
+            let mut map = lock(&self.in_flight);
+            let e = map.get_mut(&key).and_then(VecDeque::pop_front);
+            if map.get(&key).is_some_and(VecDeque::is_empty) {
+                map.remove(&key);
+            }
+            e
+        };
+        let Some(f) = entry else { return };
+        self.emit(
+            EventKind::Completed,
+            f.id,
+            exchange.conn.id,
+            &f.action,
+            |e| {
+                e.grant = f.grant;
+                e.credentials = f.credentials;
+                e.status = exchange.status.map(|s| s.as_u16());
+                e.bytes = Some(exchange.bytes_down);
+                e.receipt = f.receipt;
+                match &exchange.outcome {
+                    ExchangeOutcome::Failed(why) => e.reason = Some(format!("failed: {why}")),
+                    ExchangeOutcome::ClientGone => e.reason = Some("client went away".into()),
+                    ExchangeOutcome::Completed | ExchangeOutcome::Refused => {}
+                }
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_header_safe_and_bounded() {
+        assert_eq!(
+            header_reason("no grant allows POST x"),
+            "no grant allows POST x"
+        );
+        assert_eq!(header_reason("a\nb\u{e9}"), "a?b?");
+        assert_eq!(header_reason(&"x".repeat(1000)).len(), MAX_REASON);
+        assert_eq!(header_reason(""), "blocked");
+        assert_eq!(path_only("/a/b?c=1#f"), "/a/b");
+        assert_eq!(path_only("?x"), "/");
+    }
+}

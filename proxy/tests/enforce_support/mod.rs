@@ -1,0 +1,459 @@
+//! Shared setup for the enforcement tests: the flight-booking token minted
+//! from `examples/flight-booking/policy.toml`, its catalog, a secrets store,
+//! a recording HTTPS upstream that plays every service (its own test CA), the
+//! real proxy with the enforcing gate on loopback, curl, and chain checks.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use capabilities::{Capability, Counters, Policy, UnverifiedToken};
+use ed25519_dalek::SigningKey;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use proxy::enforce::{
+    ApprovalBroker, Catalog, EnforceConfig, Enforcement, EnforcingGate, Event, Ledger, Scripted,
+    ScriptedBroker, SecretStore,
+};
+use proxy::{Proxy, ProxyConfig, ProxyHandle};
+use receipts::{DurableSink, LogOptions, ReceiptLog, SessionStart, UnverifiedChain, VerifiedChain};
+use test_support::TestCa;
+use tokio::{net::TcpListener, sync::broadcast, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
+
+pub const POLICY: &str = include_str!("../../../examples/flight-booking/policy.toml");
+pub const CATALOG: &str = include_str!("../../../examples/flight-booking/catalog.toml");
+
+/// The secrets the host holds; the sandbox only ever sees placeholders.
+pub const LOGIN_SECRET: &str = "Hunter2-real-P@ss";
+pub const CARD_SECRET: &str = "4111111111111111";
+pub const SECRETS: &str = r#"
+[[secret]]
+name = "united_login"
+value = "Hunter2-real-P@ss"
+
+[[secret]]
+name = "united_card"
+value = "4111111111111111"
+"#;
+
+/// Every service of the scenario, played by one upstream.
+pub const HOSTS: &[&str] = &[
+    "google.com",
+    "united.com",
+    "kayak.com",
+    "api.mail.example",
+    "hooks.slack.com",
+    "evil.example",
+];
+
+/// What the upstream saw of one request, body included.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// An HTTPS upstream answering every host with a JSON echo of the request:
+/// `{"ok":true,"host":…,"path":…,"body":…}`, so a secret the proxy injected
+/// comes straight back (and must be masked on the way to the sandbox).
+pub struct Mock {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Mock {
+    pub async fn start(ca: &TestCa) -> Mock {
+        let acceptor = TlsAcceptor::from(ca.server_config(HOSTS, &[b"h2", b"http/1.1"]));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (s, c) = (seen.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, s) = (acceptor.clone(), s.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| answer(s.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Mock {
+            addr,
+            seen,
+            connections,
+            task,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Requests the upstream served for `host`.
+    pub fn seen_for(&self, host: &str) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.host == host).collect()
+    }
+}
+
+async fn answer(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+        })
+        .unwrap_or_default();
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let headers = req.headers().clone();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    let json = serde_json::json!({
+        "ok": true,
+        "host": host,
+        "path": path,
+        "body": String::from_utf8_lossy(&body),
+    });
+    seen.lock().unwrap().push(Seen {
+        method,
+        host,
+        path,
+        headers,
+        body,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    Ok(resp)
+}
+
+/// A receipt sink that writes to a real file until `fail` is set, then to
+/// `/dev/full` (every write fails with ENOSPC): a disk filling up mid-session.
+pub struct FillingDisk {
+    pub file: std::fs::File,
+    pub full: std::fs::File,
+    pub fail: Arc<AtomicBool>,
+}
+
+impl DurableSink for FillingDisk {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.fail.load(Ordering::SeqCst) {
+            Write::write_all(&mut self.full, bytes)?;
+            self.full.flush()
+        } else {
+            Write::write_all(&mut self.file, bytes)
+        }
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            self.full.sync_data()
+        } else {
+            self.file.sync_data()
+        }
+    }
+}
+
+pub struct Options {
+    pub policy: String,
+    pub catalog: String,
+    pub secrets: String,
+    pub broker: Option<Arc<dyn ApprovalBroker>>,
+    pub script: Vec<Scripted>,
+    pub approval_timeout: Duration,
+    /// Receipts go through a [`FillingDisk`] controlled by this flag.
+    pub disk_full: Option<Arc<AtomicBool>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            policy: POLICY.to_owned(),
+            catalog: CATALOG.to_owned(),
+            secrets: SECRETS.to_owned(),
+            broker: None,
+            script: vec![Scripted::Approve],
+            approval_timeout: Duration::from_secs(30),
+            disk_full: None,
+        }
+    }
+}
+
+/// One proxy session with the enforcing gate.
+pub struct Session {
+    pub proxy: ProxyHandle,
+    pub gate: Arc<EnforcingGate>,
+    pub placeholders: BTreeMap<String, String>,
+    pub events: broadcast::Receiver<Event>,
+    pub mock: Mock,
+    pub broker: ScriptedBroker,
+    pub ledger: Arc<Ledger>,
+    pub receipts_path: PathBuf,
+    pub receipt_key: SigningKey,
+    pub session_ca: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// Mints the policy with a fresh root key and verifies it.
+pub fn capability(policy: &str) -> Capability {
+    let root = SigningKey::generate(&mut rand::rngs::OsRng);
+    let policy = Policy::from_toml_str(policy).unwrap();
+    let token = capabilities::mint(&policy, &root.to_bytes(), SystemTime::now()).unwrap();
+    UnverifiedToken::from_base64(&token)
+        .unwrap()
+        .verify(&root.verifying_key().to_bytes())
+        .unwrap()
+}
+
+impl Session {
+    pub async fn start(opts: Options) -> Session {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream_ca = TestCa::new("services");
+        let mock = Mock::start(&upstream_ca).await;
+        let cap = capability(&opts.policy);
+        let receipt_key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let receipts_path = dir.path().join("receipts.jsonl");
+        let start = SessionStart {
+            session_id: "test-session".into(),
+            revocation_ids: cap.revocation_ids(),
+            sandbox: "none".into(),
+            capability_sha256: None,
+        };
+        let log = match &opts.disk_full {
+            None => ReceiptLog::create(&receipts_path, receipt_key.clone(), start).unwrap(),
+            Some(flag) => {
+                let sink = FillingDisk {
+                    file: std::fs::File::create(&receipts_path).unwrap(),
+                    full: std::fs::OpenOptions::new()
+                        .write(true)
+                        .open("/dev/full")
+                        .unwrap(),
+                    fail: flag.clone(),
+                };
+                ReceiptLog::with_sink(sink, receipt_key.clone(), start, LogOptions::default())
+                    .unwrap()
+            }
+        };
+        let broker = ScriptedBroker::new(opts.script.clone());
+        let ledger = Ledger::new(Counters::default());
+        let enforcement = Enforcement::new(EnforceConfig {
+            capability: cap,
+            catalog: Catalog::from_toml(&opts.catalog).unwrap(),
+            secrets: SecretStore::from_toml(&opts.secrets).unwrap(),
+            receipts: log,
+            broker: opts
+                .broker
+                .clone()
+                .unwrap_or_else(|| Arc::new(broker.clone())),
+            approval_timeout: opts.approval_timeout,
+            counters: ledger.clone(),
+        });
+        let mut cfg = ProxyConfig::loopback("enforce-test");
+        cfg.upstream.platform_roots = false;
+        cfg.upstream.extra_ca_files = vec![upstream_ca.write_pem(dir.path())];
+        cfg.upstream.overrides = HOSTS
+            .iter()
+            .map(|h| ((*h).to_owned(), mock.addr))
+            .collect::<HashMap<_, _>>();
+        let proxy = Proxy::start(cfg, enforcement.gate.clone()).await.unwrap();
+        let session_ca = dir.path().join("session-ca.pem");
+        std::fs::write(&session_ca, proxy.ca_pem()).unwrap();
+        Session {
+            proxy,
+            gate: enforcement.gate,
+            placeholders: enforcement.placeholders,
+            events: enforcement.events,
+            mock,
+            broker,
+            ledger,
+            receipts_path,
+            receipt_key,
+            session_ca,
+            dir,
+        }
+    }
+
+    pub fn placeholder(&self, name: &str) -> String {
+        self.placeholders[name].clone()
+    }
+
+    /// curl `url` through the proxy's TLS listener; `args` go before the URL.
+    pub async fn curl(&self, url: &str, args: &[&str]) -> Reply {
+        let port = self.proxy.https_addr().unwrap().port();
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "60", "--cacert"])
+            .arg(&self.session_ca)
+            .arg("--connect-to")
+            .arg(format!("::127.0.0.1:{port}"))
+            .args(args)
+            .arg(url)
+            .output()
+            .await
+            .unwrap();
+        Reply::parse(&out.stdout, &out.stderr)
+    }
+
+    /// POST a JSON body.
+    pub async fn post_json(&self, url: &str, body: &str) -> Reply {
+        self.curl(
+            url,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                body,
+            ],
+        )
+        .await
+    }
+
+    /// Writes session_end and verifies the whole chain with the pinned key.
+    pub fn finish_and_verify(&self) -> VerifiedChain {
+        self.gate.receipts().clone().finish().unwrap();
+        let bytes = std::fs::read(&self.receipts_path).unwrap();
+        UnverifiedChain::from_bytes(bytes)
+            .verify(&self.receipt_key.verifying_key())
+            .unwrap()
+    }
+
+    /// The receipts file as text.
+    pub fn receipts_text(&self) -> String {
+        std::fs::read_to_string(&self.receipts_path).unwrap()
+    }
+
+    /// Every event received so far.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.events.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+}
+
+/// A parsed `curl -i` reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub stderr: String,
+}
+
+impl Reply {
+    fn parse(stdout: &[u8], stderr: &[u8]) -> Reply {
+        let text = String::from_utf8_lossy(stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: body.to_owned(),
+            stderr: String::from_utf8_lossy(stderr).into_owned(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `X-Openclaw-Blocked` reason, if the proxy refused.
+    pub fn blocked(&self) -> Option<&str> {
+        self.header("x-openclaw-blocked")
+    }
+}
+
+/// Decision receipts in chain order: (seq, verdict, stage, reason, action JSON).
+pub fn decisions(chain: &VerifiedChain) -> Vec<(u64, String, String, String, serde_json::Value)> {
+    chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            receipts::Body::Decision(d) => Some((
+                r.receipt.seq,
+                d.decision["decision"].as_str().unwrap_or("").to_owned(),
+                d.decision["stage"].as_str().unwrap_or("").to_owned(),
+                d.decision["reason"].as_str().unwrap_or("").to_owned(),
+                d.action.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Approval receipts: (decision_seq, approved, approver).
+pub fn approvals(chain: &VerifiedChain) -> Vec<(u64, bool, String)> {
+    chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            receipts::Body::Approval(a) => Some((a.decision_seq, a.approved, a.approver.clone())),
+            _ => None,
+        })
+        .collect()
+}
