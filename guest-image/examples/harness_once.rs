@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("bin/l1_runner".into(), runner),
         ],
         script: format!(
-            "GUEST_CMDLINE='{cmdline}' /bin/l1_runner /guest/vmlinux /guest/initramfs.cpio {boots} {}",
+            "DUMP_CONSOLE=1 GUEST_CMDLINE='{cmdline}' /bin/l1_runner /guest/vmlinux /guest/initramfs.cpio {boots} {}",
             args[1..].join(" ")
         ),
     };

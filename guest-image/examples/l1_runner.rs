@@ -96,6 +96,11 @@ fn main() {
             exit.total_time.as_millis(),
             exit.task.exit_status,
         );
+        if std::env::var_os("DUMP_CONSOLE").is_some() {
+            for line in std::fs::read_to_string(&console).unwrap_or_default().lines() {
+                println!("  console| {line}");
+            }
+        }
         if ok {
             passed += 1;
             if let Some(t) = exit.boot_time {
