@@ -26,6 +26,10 @@ use crate::{
     ProxyError, RequestBody,
 };
 
+/// How much of a refused request's body is read before answering.
+const DRAIN_BYTES: usize = 256 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Per sandbox connection: who it is and its upstream connections.
 pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,
@@ -165,6 +169,11 @@ pub(crate) async fn handle(
         started,
     };
     if let GateVerdict::Refuse { status, reason } = verdict {
+        // Read (and drop) a small body first: answering an HTTP/2 stream
+        // whose body is still arriving makes clients report a stream reset
+        // instead of the 403.
+        let mut body = greq.body;
+        let _ = tokio::time::timeout(DRAIN_TIME, body.buffer_up_to(DRAIN_BYTES)).await;
         let mut report = report;
         report.status = Some(status);
         report.send(0, ExchangeOutcome::Refused);

@@ -119,13 +119,17 @@ async fn serve_h1(ctx: Arc<ConnCtx>, io: impl Io) {
         .serve_connection(TokioIo::new(guarded), svc)
         .with_upgrades()
         .await;
-    let Err(e) = result else { return };
+    // A guard trip surfaces as a quiet EOF or an error, depending on whether
+    // hyper had buffered part of a message: check the trip either way.
     let tripped = *trip.lock().unwrap_or_else(|p| p.into_inner());
-    let err = match tripped {
-        Some(t) => t.into_error(),
-        None if e.is_parse_too_large() => ProxyError::HeadersTooLarge,
-        None if e.is_parse() => ProxyError::Malformed(e.to_string()),
-        None => return tracing::debug!(conn = ctx.info.id, error = %e, "connection ended"),
+    let err = match (tripped, result) {
+        (Some(t), _) => t.into_error(),
+        (None, Ok(())) => return,
+        (None, Err(e)) if e.is_parse_too_large() => ProxyError::HeadersTooLarge,
+        (None, Err(e)) if e.is_parse() => ProxyError::Malformed(e.to_string()),
+        (None, Err(e)) => {
+            return tracing::debug!(conn = ctx.info.id, error = %e, "connection ended")
+        }
     };
     refuse_conn(&ctx.shared, ctx.info.clone(), err);
 }

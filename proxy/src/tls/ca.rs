@@ -179,3 +179,84 @@ impl SessionCa {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{
+        client::{danger::ServerCertVerifier, WebPkiServerVerifier},
+        pki_types::{ServerName, UnixTime},
+        RootCertStore,
+    };
+
+    fn verify(ca: &SessionCa, leaf: &CertifiedKey, name: &str) -> Result<(), rustls::Error> {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).expect("add root");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .expect("verifier");
+        verifier
+            .verify_server_cert(
+                &leaf.cert[0],
+                &leaf.cert[1..],
+                &ServerName::try_from(name.to_owned()).expect("name"),
+                &[],
+                UnixTime::now(),
+            )
+            .map(|_| ())
+    }
+
+    #[test]
+    fn leaves_chain_to_the_session_ca_with_their_own_keys() {
+        let ca = SessionCa::generate("t").expect("ca");
+        let a = ca.leaf("a.example.com").expect("leaf a");
+        let b = ca.leaf("b.example.com").expect("leaf b");
+        let ip = ca.leaf("192.0.2.7").expect("leaf ip");
+        verify(&ca, &a, "a.example.com").expect("a validates");
+        verify(&ca, &b, "b.example.com").expect("b validates");
+        verify(&ca, &ip, "192.0.2.7").expect("IP SAN validates");
+        // Names are bound: a's leaf is no good for b.
+        assert!(verify(&ca, &a, "b.example.com").is_err());
+        // Another session's CA does not vouch for these leaves.
+        let other = SessionCa::generate("u").expect("other ca");
+        assert!(verify(&other, &a, "a.example.com").is_err());
+        let spki = |k: &CertifiedKey| k.key.public_key().expect("spki").as_ref().to_vec();
+        assert_ne!(spki(&a), spki(&b), "one key per leaf");
+        assert_ne!(
+            spki(&a),
+            ca.key.public_key_der(),
+            "CA key never used as a leaf key"
+        );
+        assert_ne!(spki(&b), ca.key.public_key_der());
+    }
+
+    #[test]
+    fn second_lookup_hits_the_cache() {
+        let ca = SessionCa::generate("t").expect("ca");
+        let first = ca.leaf("a.example.com").expect("leaf");
+        let again = ca.leaf("a.example.com").expect("leaf");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!((ca.leaves_minted(), ca.leaf_cache_hits()), (1, 1));
+    }
+
+    #[test]
+    fn concurrent_first_requests_mint_once() {
+        let ca = Arc::new(SessionCa::generate("t").expect("ca"));
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let leaves: Vec<Arc<CertifiedKey>> = (0..16)
+            .map(|_| {
+                let (ca, barrier) = (ca.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    ca.leaf("same.example.com").expect("leaf")
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        assert_eq!(ca.leaves_minted(), 1);
+        assert!(leaves.iter().all(|l| Arc::ptr_eq(l, &leaves[0])));
+    }
+}

@@ -1,0 +1,129 @@
+//! Shared setup for the proxy's whole-system tests: a local HTTPS upstream
+//! with its own CA, a proxy on loopback trusting that CA, a recording gate,
+//! and a curl runner.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::Output,
+    sync::{Arc, Mutex},
+};
+
+use proxy::{
+    AllowAll, ConnInfo, DnsVerdict, Exchange, Gate, GateRequest, GateVerdict, Proxy, ProxyConfig,
+    ProxyHandle, Refusal,
+};
+use test_support::{TestCa, Upstream};
+
+pub const HOST: &str = "api.example.com";
+pub const OTHER: &str = "other.example.com";
+
+/// Records every event; refuses paths starting with `/blocked`; resolves
+/// only names listed in `dns_allowed` (all when empty).
+#[derive(Default)]
+pub struct Recorder {
+    pub refusals: Mutex<Vec<Refusal>>,
+    pub exchanges: Mutex<Vec<Exchange>>,
+    pub dns_allowed: Vec<String>,
+}
+
+impl Recorder {
+    pub fn refusal_reasons(&self) -> Vec<&'static str> {
+        self.refusals
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.reason)
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Gate for Recorder {
+    fn dns(&self, name: &str) -> DnsVerdict {
+        if self.dns_allowed.is_empty() || self.dns_allowed.iter().any(|n| n == name) {
+            DnsVerdict::ResolveToProxy
+        } else {
+            DnsVerdict::NxDomain
+        }
+    }
+    async fn request(&self, req: &mut GateRequest, conn: &ConnInfo) -> GateVerdict {
+        if req.head.uri.path().starts_with("/blocked") {
+            return GateVerdict::Refuse {
+                status: http::StatusCode::FORBIDDEN,
+                reason: "no-capability".into(),
+            };
+        }
+        AllowAll.request(req, conn).await
+    }
+    fn refused(&self, event: Refusal) {
+        self.refusals.lock().unwrap().push(event);
+    }
+    fn completed(&self, exchange: Exchange) {
+        self.exchanges.lock().unwrap().push(exchange);
+    }
+}
+
+pub struct Env {
+    pub proxy: ProxyHandle,
+    pub upstream: Upstream,
+    pub gate: Arc<Recorder>,
+    pub dir: tempfile::TempDir,
+    /// The session CA, for curl's --cacert.
+    pub session_ca: PathBuf,
+    pub upstream_ca: TestCa,
+}
+
+impl Env {
+    pub async fn start(upstream_alpn: &[&[u8]]) -> Env {
+        Self::start_with(upstream_alpn, Recorder::default(), |_| {}).await
+    }
+
+    pub async fn start_with(
+        upstream_alpn: &[&[u8]],
+        gate: Recorder,
+        tweak: impl FnOnce(&mut ProxyConfig),
+    ) -> Env {
+        let upstream_ca = TestCa::new("upstream");
+        let upstream = Upstream::https(&upstream_ca, &[HOST, OTHER], upstream_alpn).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ProxyConfig::loopback("test");
+        cfg.upstream.platform_roots = false;
+        cfg.upstream.extra_ca_files = vec![upstream_ca.write_pem(dir.path())];
+        cfg.upstream.overrides = HashMap::from([
+            (HOST.to_owned(), upstream.addr),
+            (OTHER.to_owned(), upstream.addr),
+        ]);
+        tweak(&mut cfg);
+        let gate = Arc::new(gate);
+        let proxy = Proxy::start(cfg, gate.clone()).await.unwrap();
+        let session_ca = dir.path().join("session-ca.pem");
+        std::fs::write(&session_ca, proxy.ca_pem()).unwrap();
+        Env {
+            proxy,
+            upstream,
+            gate,
+            dir,
+            session_ca,
+            upstream_ca,
+        }
+    }
+
+    /// curl against `https://HOST{path}` through the proxy's TLS listener.
+    pub async fn curl(&self, path: &str, extra: &[&str]) -> Output {
+        let port = self.proxy.https_addr().unwrap().port();
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["-sS", "--max-time", "60", "--cacert"])
+            .arg(&self.session_ca)
+            .arg("--connect-to")
+            .arg(format!("{HOST}:443:127.0.0.1:{port}"))
+            .args(extra)
+            .arg(format!("https://{HOST}{path}"));
+        cmd.output().await.unwrap()
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -1,0 +1,191 @@
+//! Every fail-closed case: refused, reported to the gate as a refusal, and
+//! the upstream's connection counter shows no connection was made.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use common::{stdout, Env, HOST, OTHER};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+fn https(env: &Env) -> SocketAddr {
+    env.proxy.https_addr().unwrap()
+}
+
+/// Send raw bytes over TLS (SNI = HOST) and read until the proxy closes.
+async fn raw_tls(env: &Env, bytes: &[u8]) -> String {
+    let cfg = test_support::client_config(env.proxy.ca_pem(), &[b"http/1.1"]);
+    let mut tls = test_support::tls_connect(https(env), HOST, cfg)
+        .await
+        .unwrap();
+    tls.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn settle() {
+    // Refusal events are reported as the connection task unwinds.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sni_is_refused_before_any_upstream_connection() {
+    let env = Env::start(BOTH).await;
+    let mut cfg = (*test_support::client_config(env.proxy.ca_pem(), &[b"http/1.1"])).clone();
+    cfg.enable_sni = false;
+    let r = test_support::tls_connect(https(&env), HOST, Arc::new(cfg)).await;
+    assert!(r.is_err(), "handshake without SNI must fail");
+    // curl to an IP literal sends no SNI either.
+    let port = https(&env).port();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-k"])
+        .arg(format!("https://127.0.0.1:{port}/hello"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    settle().await;
+    assert_eq!(env.gate.refusal_reasons(), ["no-sni", "no-sni"]);
+    assert_eq!(env.upstream.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_fronting_is_refused_on_http11_and_h2() {
+    let env = Env::start(BOTH).await;
+    for proto in ["--http1.1", "--http2"] {
+        let host = format!("Host: {OTHER}");
+        let out = env.curl("/hello", &[proto, "-H", &host, "-i"]).await;
+        let text = stdout(&out).to_ascii_lowercase();
+        assert!(text.contains(" 403"), "{proto}: {text}");
+        assert!(
+            text.contains("x-openclaw-blocked: domain-fronting"),
+            "{proto}: {text}"
+        );
+    }
+    settle().await;
+    assert_eq!(
+        env.gate.refusal_reasons(),
+        ["domain-fronting", "domain-fronting"]
+    );
+    let r = &env.gate.refusals.lock().unwrap()[0];
+    assert_eq!(r.conn.sni.as_deref(), Some(HOST));
+    assert_eq!(r.request.as_ref().unwrap().host, OTHER);
+    assert_eq!(env.upstream.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_bytes_on_the_tls_port_are_refused() {
+    let env = Env::start(BOTH).await;
+    let mut tcp = TcpStream::connect(https(&env)).await.unwrap();
+    tcp.write_all(format!("GET /hello HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out).await;
+    assert!(!String::from_utf8_lossy(&out).contains("200"));
+    settle().await;
+    assert_eq!(env.gate.refusal_reasons(), ["not-tls"]);
+    assert_eq!(env.upstream.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_shapes_malformed_and_oversized_heads_are_refused() {
+    let env = Env::start(BOTH).await;
+    let big = "a".repeat(70 * 1024);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            "request-smuggling",
+        ),
+        (
+            format!("POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"),
+            "request-smuggling",
+        ),
+        (
+            // Smuggled behind an innocent first request: the whole read is refused.
+            format!("GET /hello HTTP/1.1\r\nHost: {HOST}\r\n\r\nPOST /echo HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
+            "request-smuggling",
+        ),
+        (format!("GET /hello HTTP/1.1\r\nHost: {HOST}\r\nBad Header\r\n\r\n"), "malformed-request"),
+        (format!("GET /hello HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {big}\r\n\r\n"), "headers-too-large"),
+    ];
+    for (bytes, _) in &cases {
+        let reply = raw_tls(&env, bytes.as_bytes()).await;
+        assert!(!reply.contains("200 OK"), "{reply}");
+    }
+    settle().await;
+    let want: Vec<&str> = cases.iter().map(|(_, r)| *r).collect();
+    assert_eq!(env.gate.refusal_reasons(), want);
+    assert_eq!(env.upstream.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_host_is_refused() {
+    let env = Env::start(BOTH).await;
+    let reply = raw_tls(&env, b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply
+        .to_ascii_lowercase()
+        .contains("x-openclaw-blocked: missing-host"));
+    settle().await;
+    assert_eq!(env.gate.refusal_reasons(), ["missing-host"]);
+    assert_eq!(env.upstream.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_upstream_addresses_are_refused_unless_overridden() {
+    let env = Env::start(BOTH).await;
+    let port = https(&env).port();
+    // `localhost` is not in the override table: it resolves to loopback.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+        .arg(&env.session_ca)
+        .arg("--connect-to")
+        .arg(format!("localhost:443:127.0.0.1:{port}"))
+        .arg("https://localhost/hello")
+        .output()
+        .await
+        .unwrap();
+    let text = stdout(&out).to_ascii_lowercase();
+    assert!(
+        text.contains(" 403") && text.contains("x-openclaw-blocked: forbidden-upstream"),
+        "{text}"
+    );
+    settle().await;
+    assert_eq!(env.gate.refusal_reasons(), ["forbidden-upstream"]);
+    assert_eq!(env.proxy.stats().upstream_connections, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_refusal_answers_403_without_upstream_connection() {
+    let env = Env::start(BOTH).await;
+    for proto in ["--http1.1", "--http2"] {
+        let out = env
+            .curl("/blocked/thing", &[proto, "-i", "-d", "x=1"])
+            .await;
+        let text = stdout(&out).to_ascii_lowercase();
+        assert!(text.contains(" 403"), "{text} {out:?}");
+        assert!(text.contains("x-openclaw-blocked: no-capability"), "{text}");
+        assert!(
+            text.contains("{\"blocked\":true,\"reason\":\"no-capability\"}"),
+            "{text}"
+        );
+    }
+    assert_eq!(env.upstream.connections(), 0);
+    let ex = env.gate.exchanges.lock().unwrap().clone();
+    assert_eq!(ex.len(), 2);
+    assert!(ex
+        .iter()
+        .all(|e| e.outcome == proxy::ExchangeOutcome::Refused));
+    // An allowed request afterwards does connect.
+    let out = env.curl("/hello", &[]).await;
+    assert!(out.status.success());
+    assert_eq!(env.upstream.connections(), 1);
+}
