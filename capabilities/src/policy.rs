@@ -426,6 +426,13 @@ enum NumberOrText {
 }
 
 impl Amount {
+    /// Parses `"600"`, `"299.99"` or `"$600.00"` (at most two decimals).
+    pub fn parse(text: &str) -> Result<Amount, CapabilityError> {
+        parse_decimal(text, 2)
+            .map(Amount)
+            .map_err(CapabilityError::PolicyInvalid)
+    }
+
     /// `"$600.00"` for USD, `"600.00 EUR"` otherwise.
     pub fn display(self, currency: &str) -> String {
         let plain = format!("{}.{:02}", self.0 / 100, self.0 % 100);
@@ -498,6 +505,21 @@ impl<'de> Deserialize<'de> for MicroUsd {
     }
 }
 
+impl Ttl {
+    /// Parses `"30m"`, `"2h"`, `"1day"`.
+    pub fn parse(text: &str) -> Result<Ttl, CapabilityError> {
+        let dur = humantime::parse_duration(text.trim()).map_err(|e| {
+            CapabilityError::PolicyInvalid(format!("ttl {text:?}: {e} (write e.g. \"30m\")"))
+        })?;
+        if dur.is_zero() {
+            return Err(CapabilityError::PolicyInvalid(
+                "ttl must be positive".into(),
+            ));
+        }
+        Ok(Ttl(dur))
+    }
+}
+
 impl Serialize for Ttl {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(self.0).to_string())
@@ -507,13 +529,7 @@ impl Serialize for Ttl {
 impl<'de> Deserialize<'de> for Ttl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        let dur = humantime::parse_duration(text.trim()).map_err(|e| {
-            serde::de::Error::custom(format!("ttl {text:?}: {e} (write e.g. \"30m\")"))
-        })?;
-        if dur.is_zero() {
-            return Err(serde::de::Error::custom("ttl must be positive"));
-        }
-        Ok(Ttl(dur))
+        Ttl::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
