@@ -127,6 +127,7 @@ async fn flight_booking_token_end_to_end() {
     // The chain verifies, holds one decision per request (+1 DNS), the
     // approval names its answerer, and never a secret value.
     let chain = s.finish_and_verify();
+    assert_eq!(s.rederive(&chain), 10);
     let d = decisions(&chain);
     let verdicts: Vec<&str> = d.iter().map(|x| x.1.as_str()).collect();
     assert_eq!(

@@ -233,6 +233,8 @@ impl Default for Options {
 /// One proxy session with the enforcing gate.
 pub struct Session {
     pub proxy: ProxyHandle,
+    /// The session's token (to re-derive decisions).
+    pub cap: Capability,
     pub gate: Arc<EnforcingGate>,
     pub placeholders: BTreeMap<String, String>,
     pub events: broadcast::Receiver<Event>,
@@ -288,7 +290,7 @@ impl Session {
         let broker = ScriptedBroker::new(opts.script.clone());
         let ledger = Ledger::new(Counters::default());
         let enforcement = Enforcement::new(EnforceConfig {
-            capability: cap,
+            capability: cap.clone(),
             catalog: Catalog::from_toml(&opts.catalog).unwrap(),
             secrets: SecretStore::from_toml(&opts.secrets).unwrap(),
             receipts: log,
@@ -311,6 +313,7 @@ impl Session {
         std::fs::write(&session_ca, proxy.ca_pem()).unwrap();
         Session {
             proxy,
+            cap,
             gate: enforcement.gate,
             placeholders: enforcement.placeholders,
             events: enforcement.events,
@@ -367,6 +370,37 @@ impl Session {
         UnverifiedChain::from_bytes(bytes)
             .verify(&self.receipt_key.verifying_key())
             .unwrap()
+    }
+
+    /// Re-runs every decision the token made (`stage = token`) with its
+    /// recorded facts, counters and time, and checks it comes out the same;
+    /// every other stage may only ever have refused. Returns how many
+    /// token decisions were re-derived.
+    pub fn rederive(&self, chain: &VerifiedChain) -> usize {
+        let mut n = 0;
+        for r in &chain.receipts {
+            let receipts::Body::Decision(d) = &r.receipt.body else {
+                continue;
+            };
+            let recorded: capabilities::Decision =
+                serde_json::from_value(d.decision.clone()).unwrap();
+            if d.decision["stage"] != "token" {
+                assert_eq!(recorded.decision, capabilities::Verdict::Block, "{d:?}");
+                continue;
+            }
+            let action: capabilities::Action = serde_json::from_value(d.action.clone()).unwrap();
+            let counters: Counters = serde_json::from_value(d.counters.clone()).unwrap();
+            let now = receipts::parse_time(&r.receipt.ts).unwrap();
+            let derived = self.cap.authorize(&action, &counters, now);
+            assert_eq!(
+                (derived.decision, &derived.grant, &derived.revocation_ids),
+                (recorded.decision, &recorded.grant, &recorded.revocation_ids),
+                "line {}: {d:?}",
+                r.receipt.seq + 1
+            );
+            n += 1;
+        }
+        n
     }
 
     /// The receipts file as text.

@@ -1,0 +1,128 @@
+//! Approval holds through the real proxy: no answer in time denies, a
+//! crashed broker denies, the API broker answers by id, and a held payment's
+//! reservation keeps a concurrent one from racing past the ceiling.
+#![allow(clippy::unwrap_used)]
+
+mod enforce_support;
+
+use std::{sync::Arc, time::Duration};
+
+use enforce_support::*;
+use proxy::enforce::{ApiBroker, EventKind, Scripted};
+
+const PURCHASE: &str = "https://united.com/api/booking/purchase";
+
+fn purchase(total: &str) -> String {
+    format!(r#"{{"flights":["UA 2847"],"total":"{total}","currency":"USD"}}"#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_in_time_is_denied() {
+    let mut s = Session::start(Options {
+        script: vec![Scripted::Never],
+        approval_timeout: Duration::from_millis(500),
+        ..Options::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let r = s.post_json(PURCHASE, &purchase("487.00")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.blocked().unwrap().contains("timed out"), "{r:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert!(s.mock.seen().is_empty());
+    // The reservation was released: nothing spent, nothing held.
+    assert_eq!(s.ledger.committed().spent_cents, 0);
+    assert_eq!(s.ledger.reserved().spent_cents, 0);
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1, "approval");
+    assert_eq!(
+        approvals(&chain),
+        vec![(d[0].0, false, "timeout".to_owned())]
+    );
+    let kinds: Vec<_> = s.drain_events().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![EventKind::Pending, EventKind::Denied]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_broker_denies() {
+    let s = Session::start(Options {
+        script: vec![Scripted::Crash],
+        ..Options::default()
+    })
+    .await;
+    let r = s.post_json(PURCHASE, &purchase("487.00")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.blocked().unwrap().contains("broker went away"), "{r:?}");
+    assert!(s.mock.seen().is_empty());
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    assert_eq!(
+        approvals(&chain),
+        vec![(d[0].0, false, "broker".to_owned())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_saying_no_denies() {
+    let s = Session::start(Options {
+        script: vec![Scripted::Deny],
+        ..Options::default()
+    })
+    .await;
+    let r = s.post_json(PURCHASE, &purchase("450.00")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.blocked().unwrap().contains("denied by test"), "{r:?}");
+    assert!(s.mock.seen().is_empty());
+    assert_eq!(s.ledger.committed().spent_cents, 0);
+    s.finish_and_verify();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_broker_answers_by_id_and_reservations_hold_the_ceiling() {
+    let (api, handle) = ApiBroker::new();
+    let s = Arc::new(
+        Session::start(Options {
+            broker: Some(Arc::new(api)),
+            ..Options::default()
+        })
+        .await,
+    );
+    let mut changes = handle.changes();
+    // A $487 purchase is held...
+    let first = tokio::spawn({
+        let s = s.clone();
+        async move { s.post_json(PURCHASE, &purchase("487.00")).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let pending = handle.pending();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].request.action.amount_cents, Some(48_700));
+    assert_eq!(s.ledger.reserved().spent_cents, 48_700);
+    // ...and while it waits, a $150 purchase (fine on its own, under the
+    // approval threshold) would take the total to $637: over the $600 ceiling.
+    let r = s.post_json(PURCHASE, &purchase("150.00")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(s.mock.seen().is_empty());
+    // The reviewer approves by id; the held request goes through.
+    handle.answer(pending[0].request.id, true, "ui").unwrap();
+    let r = first.await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(s.mock.seen_for("united.com").len(), 1);
+    assert_eq!(s.ledger.committed().spent_cents, 48_700);
+    assert_eq!(s.ledger.reserved().spent_cents, 0);
+    // $100 more fits (587 ≤ 600), no approval needed.
+    let r = s.post_json(PURCHASE, &purchase("100.00")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(handle.pending().is_empty());
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    let verdicts: Vec<&str> = d.iter().map(|x| x.1.as_str()).collect();
+    assert_eq!(verdicts, vec!["approval", "block", "allow"]);
+    assert_eq!(approvals(&chain), vec![(d[0].0, true, "ui".to_owned())]);
+    assert_eq!(s.rederive(&chain), 3);
+}
