@@ -7,6 +7,9 @@
 //!
 //! `net` adds one boot with a virtio-net NIC on a tap: the guest fetches a
 //! page from a server the runner starts on the tap's address.
+//! `compare` (for benches/boot.rs) then boots the same kernel, initramfs and
+//! task BOOTS times under QEMU's `-M microvm -accel kvm` (when /bin/qemu is
+//! present) and prints both medians.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -65,6 +68,7 @@ fn main() {
     let (fds_before, threads_before) = (fds(), threads());
     let mut passed = 0;
     let mut boot_times = Vec::new();
+    let mut totals = Vec::new();
     for i in 1..=boots {
         let console = PathBuf::from(format!("/tmp/console-{i}.log"));
         let mut config = VmConfig::new(Kernel::File(kernel.clone()), console.clone());
@@ -97,7 +101,10 @@ fn main() {
             exit.task.exit_status,
         );
         if std::env::var_os("DUMP_CONSOLE").is_some() {
-            for line in std::fs::read_to_string(&console).unwrap_or_default().lines() {
+            for line in std::fs::read_to_string(&console)
+                .unwrap_or_default()
+                .lines()
+            {
                 println!("  console| {line}");
             }
         }
@@ -106,6 +113,7 @@ fn main() {
             if let Some(t) = exit.boot_time {
                 boot_times.push(t);
             }
+            totals.push(exit.total_time);
         } else {
             println!(
                 "  stdout={stdout:?} stderr={stderr:?} malformed={:?}",
@@ -121,6 +129,9 @@ fn main() {
     }
     let (fds_after, threads_after) = (fds(), threads());
     println!("TEARDOWN fds {fds_before}->{fds_after} threads {threads_before}->{threads_after}");
+    if !totals.is_empty() {
+        println!("OURS total median ms={}", median(&mut totals).as_millis());
+    }
     if !boot_times.is_empty() {
         boot_times.sort();
         println!(
@@ -133,6 +144,9 @@ fn main() {
     let mut net_ok = true;
     if args[4..].iter().any(|a| a == "net") {
         net_ok = net_boot(&kernel, &initramfs, &cmdline);
+    }
+    if args[4..].iter().any(|a| a == "compare") {
+        compare_with_qemu(&initramfs, &extra, boots, &cmdline);
     }
     if args[4..].iter().any(|a| a == "probe") {
         let r = vmm::probe(
@@ -249,4 +263,116 @@ fn net_boot(kernel: &Path, initramfs: &Path, cmdline: &str) -> bool {
     let tap_gone = !Path::new("/sys/class/net/oc0").exists();
     println!("NET tap removed after teardown: {tap_gone}");
     ok && tap_gone
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// QEMU microvm on L1's KVM, same guest: time to the first control-channel
+/// byte (the guest init's boot mark) and to QEMU's exit after the guest's reset.
+fn compare_with_qemu(initramfs: &Path, extra: &[u8], runs: usize, cmdline: &str) {
+    let qemu = Path::new("/bin/qemu-system-x86_64");
+    if !qemu.exists() {
+        println!("QEMU-MICROVM skipped: no qemu in L1");
+        return;
+    }
+    let mut combined = std::fs::read(initramfs).unwrap_or_default();
+    combined.resize(combined.len().next_multiple_of(4), 0);
+    combined.extend_from_slice(extra);
+    if std::fs::write("/tmp/combined.cpio", &combined).is_err() {
+        println!("QEMU-MICROVM skipped: cannot write the initrd");
+        return;
+    }
+    let (mut marks, mut totals) = (Vec::new(), Vec::new());
+    for i in 1..=runs {
+        let control = PathBuf::from(format!("/tmp/q-control-{i}.bin"));
+        let started = std::time::Instant::now();
+        let child = Command::new(qemu)
+            .args([
+                "-M",
+                "microvm,acpi=off,x-option-roms=off,rtc=off",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host",
+            ])
+            .args([
+                "-m",
+                "256",
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-no-user-config",
+                "-nographic",
+                "-no-reboot",
+            ])
+            .args([
+                "-L",
+                "/usr/share/qemu",
+                "-kernel",
+                "/guest/vmlinux",
+                "-initrd",
+                "/tmp/combined.cpio",
+            ])
+            .arg("-append")
+            .arg(format!("{} {cmdline} reboot=t", vmm::arch::BASE_CMDLINE))
+            .args(["-serial", "file:/tmp/q-console.log"])
+            .arg("-chardev")
+            .arg(format!("file,id=ctl,path={}", control.display()))
+            .args(["-device", "isa-serial,chardev=ctl,iobase=0x2f8,irq=3"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            println!("QEMU-MICROVM FAIL: cannot start qemu");
+            return;
+        };
+        let mut mark = None;
+        loop {
+            if mark.is_none()
+                && std::fs::metadata(&control)
+                    .map(|m| m.len() > 0)
+                    .unwrap_or(false)
+            {
+                mark = Some(started.elapsed());
+            }
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if started.elapsed() > Duration::from_secs(120) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                Err(_) => break,
+            }
+        }
+        let total = started.elapsed();
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let out = std::fs::read(&control).unwrap_or_default();
+        println!(
+            "QEMU-MICROVM run {i} mark_ms={:?} total_ms={} control_bytes={} {}",
+            mark.map(|d| d.as_millis()),
+            total.as_millis(),
+            out.len(),
+            err.lines().next().unwrap_or("")
+        );
+        if let Some(m) = mark {
+            marks.push(m);
+            totals.push(total);
+        }
+        let _ = std::fs::remove_file(&control);
+    }
+    if !marks.is_empty() {
+        println!(
+            "QEMU-MICROVM mark median ms={} total median ms={}",
+            median(&mut marks).as_millis(),
+            median(&mut totals).as_millis()
+        );
+    }
 }

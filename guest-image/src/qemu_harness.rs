@@ -307,3 +307,70 @@ pub fn build_static_example(name: &str) -> Result<PathBuf, GuestImageError> {
         .join("x86_64-unknown-linux-gnu/debug/examples")
         .join(name))
 }
+
+/// QEMU itself, its shared libraries and microvm firmware, to run QEMU's
+/// `-M microvm` inside L1 beside our VMM (for the benchmark's comparison).
+pub fn qemu_payload_files() -> Result<Vec<(String, PathBuf)>, GuestImageError> {
+    let qemu = Path::new("/usr/bin").join(QEMU);
+    let mut files = vec![(format!("bin/{QEMU}"), qemu.clone())];
+    for lib in crate::initramfs::shared_libraries(&qemu)? {
+        let inside = lib.to_string_lossy().trim_start_matches('/').to_string();
+        files.push((inside, lib));
+    }
+    for fw in [
+        "bios-microvm.bin",
+        "qboot.rom",
+        "linuxboot_dma.bin",
+        "kvmvapic.bin",
+    ] {
+        let host = Path::new("/usr/share/qemu").join(fw);
+        if host.exists() {
+            files.push((format!("usr/share/qemu/{fw}"), host));
+        }
+    }
+    Ok(files)
+}
+
+/// Builds everything (guest init, image, static runner, L1 kernel), boots
+/// L1 and runs `l1_runner KERNEL INITRAMFS BOOTS <runner_args>` there.
+/// `with_qemu` also carries QEMU into L1; `env` is set for the runner.
+pub fn run_l1_runner(
+    boots: usize,
+    runner_args: &[&str],
+    with_qemu: bool,
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<QemuRun, GuestImageError> {
+    let root = workspace_root();
+    let init = crate::build_guest_init(&root, &root.join("target/guest-init"))?;
+    let image = crate::build_image(&root.join("target/guest-image"), &init, 2, &mut |l| {
+        eprintln!("image: {l}")
+    })?;
+    let runner = build_static_example("l1_runner")?;
+    let l1 = l1_kernel(&root.join("target/qemu-harness"))?;
+    let mut files = vec![
+        ("guest/vmlinux".to_string(), image.kernel.clone()),
+        ("guest/initramfs.cpio".to_string(), image.initramfs.clone()),
+        ("bin/l1_runner".to_string(), runner),
+    ];
+    if with_qemu {
+        files.extend(qemu_payload_files()?);
+    }
+    let env: String = env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
+    let payload = L1Payload {
+        files,
+        script: format!(
+            "{env}/bin/l1_runner /guest/vmlinux /guest/initramfs.cpio {boots} {}",
+            runner_args.join(" ")
+        ),
+    };
+    let outer = outer_initramfs(&l1, &payload)?;
+    let path = root.join(format!(
+        "target/qemu-harness/outer-{}.cpio",
+        std::process::id()
+    ));
+    std::fs::write(&path, outer).map_err(GuestImageError::io("write outer initramfs"))?;
+    let run = run_qemu(&l1, &path, if with_qemu { 1536 } else { 1024 }, timeout);
+    let _ = std::fs::remove_file(&path);
+    run
+}

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use guest_image::qemu_harness::{self, L1Payload};
+use guest_image::qemu_harness;
 
 /// The issue asks for at least 20 boots without a hang.
 const BOOTS: usize = 20;
@@ -29,29 +29,14 @@ fn our_vmm_boots_the_guest_repeatedly_inside_qemu() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(BOOTS)
         .max(BOOTS);
-    let root = qemu_harness::workspace_root();
-    let init = guest_image::build_guest_init(&root, &root.join("target/guest-init"))
-        .expect("guest init builds");
-    let image = guest_image::build_image(&root.join("target/guest-image"), &init, 2, &mut |l| {
-        eprintln!("{l}")
-    })
-    .expect("guest image builds");
-    let runner = qemu_harness::build_static_example("l1_runner").expect("runner builds");
-    let l1 = qemu_harness::l1_kernel(&root.join("target/qemu-harness")).expect("L1 kernel");
-    let payload = L1Payload {
-        files: vec![
-            ("guest/vmlinux".into(), image.kernel.clone()),
-            ("guest/initramfs.cpio".into(), image.initramfs.clone()),
-            ("bin/l1_runner".into(), runner),
-        ],
-        script: format!("/bin/l1_runner /guest/vmlinux /guest/initramfs.cpio {boots} probe net"),
-    };
-    let outer = qemu_harness::outer_initramfs(&l1, &payload).expect("outer initramfs");
-    let outer_path = root.join("target/qemu-harness/outer-e2e.cpio");
-    std::fs::write(&outer_path, outer).expect("write outer initramfs");
-
-    let run = qemu_harness::run_qemu(&l1, &outer_path, 1024, Duration::from_secs(900))
-        .expect("qemu runs");
+    let run = qemu_harness::run_l1_runner(
+        boots,
+        &["probe", "net"],
+        false,
+        &[],
+        Duration::from_secs(900),
+    )
+    .expect("harness builds and QEMU runs");
     println!("{}", run.output);
     println!("QEMU wall time: {:?}", run.elapsed);
     assert!(
