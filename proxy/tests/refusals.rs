@@ -61,7 +61,9 @@ async fn domain_fronting_is_refused_on_http11_and_h2() {
     let env = Env::start(BOTH).await;
     for proto in ["--http1.1", "--http2"] {
         let host = format!("Host: {OTHER}");
-        let out = env.curl("/hello", &[proto, "-H", &host, "-i"]).await;
+        let out = env
+            .curl("/hello", &[proto, "-H", &host, "-i", "-d", "a=1"])
+            .await;
         let text = stdout(&out).to_ascii_lowercase();
         assert!(text.contains(" 403"), "{proto}: {text}");
         assert!(

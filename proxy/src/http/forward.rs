@@ -117,7 +117,11 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let host = match request_host(&req) {
         Ok(h) => h,
-        Err(e) => return Ok(ctx.refuse(&e, None)),
+        Err(e) => {
+            let resp = ctx.refuse(&e, None);
+            drain(req.into_body()).await;
+            return Ok(resp);
+        }
     };
     let early_summary = || RequestSummary {
         method: req.method().to_string(),
@@ -131,15 +135,17 @@ pub(crate) async fn handle(
                 sni: sni.clone(),
                 host: host.clone(),
             };
-            return Ok(ctx.refuse(&e, Some(early_summary())));
+            let resp = ctx.refuse(&e, Some(early_summary()));
+            drain(req.into_body()).await;
+            return Ok(resp);
         }
     }
     // HTTP/1.1 shapes are caught by the guard before hyper; this covers HTTP/2.
     if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Ok(ctx.refuse(
-            &ProxyError::Smuggling("duplicate Content-Length"),
-            Some(early_summary()),
-        ));
+        let e = ProxyError::Smuggling("duplicate Content-Length");
+        let resp = ctx.refuse(&e, Some(early_summary()));
+        drain(req.into_body()).await;
+        return Ok(resp);
     }
     let upgrade = is_upgrade(&req);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -174,6 +180,7 @@ pub(crate) async fn handle(
         // instead of the 403.
         let mut body = greq.body;
         let _ = tokio::time::timeout(DRAIN_TIME, body.buffer_up_to(DRAIN_BYTES)).await;
+        drop(body);
         let mut report = report;
         report.status = Some(status);
         report.send(0, ExchangeOutcome::Refused);
@@ -197,6 +204,14 @@ pub(crate) async fn handle(
         Ok(resp) => Ok(respond(&ctx, resp, report, false)),
         Err(e) => Ok(fail(&ctx, e, report)),
     }
+}
+
+/// Read and drop up to `DRAIN_BYTES` of a refused request's body (bounded in
+/// time): answering an HTTP/2 stream whose body is still arriving makes
+/// clients report a stream reset instead of the refusal.
+async fn drain(body: Incoming) {
+    let mut body = RequestBody::new(body.map_err(Into::into).boxed_unsync());
+    let _ = tokio::time::timeout(DRAIN_TIME, body.buffer_up_to(DRAIN_BYTES)).await;
 }
 
 fn scheme(l: Listener) -> &'static str {
