@@ -730,6 +730,11 @@ impl SessionCredentials {
         }
     }
 
+    /// `text` with every secret (raw or encoded) replaced by its placeholder.
+    pub fn mask_str(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.mask_all(text.as_bytes())).into_owned()
+    }
+
     fn mask_all(&self, bytes: &[u8]) -> Vec<u8> {
         let Some(echo) = &self.echo else {
             return bytes.to_vec();
@@ -1104,6 +1109,7 @@ mod tests {
             "t=sk-live-123; Path=/".parse().expect("valid"),
         );
         creds.mask_headers(&mut h);
+        assert_eq!(creds.mask_str("/u/sk-live-123?x"), format!("/u/{p}?x"));
         assert_eq!(h["set-cookie"], format!("t={p}; Path=/").as_str());
     }
 }

@@ -787,7 +787,12 @@ impl Gate for EnforcingGate {
     fn refused(&self, event: Refusal) {
         let now = SystemTime::now();
         let action = match &event.request {
-            Some(r) => fallback_action(&r.method, &normalize_host(&r.host), &path_only(&r.path)),
+            // The path is as forwarded, after substitution: mask secrets.
+            Some(r) => fallback_action(
+                &r.method,
+                &normalize_host(&r.host),
+                &path_only(&self.creds.mask_str(&r.path)),
+            ),
             None => fallback_action("CONNECT", event.conn.sni.as_deref().unwrap_or(""), "/"),
         };
         let decision = self.block(format!("{}: {}", event.reason, event.detail));
@@ -822,7 +827,7 @@ impl Gate for EnforcingGate {
         let key = (
             exchange.conn.id,
             exchange.request.method.clone(),
-            path_only(&exchange.request.path),
+            path_only(&self.creds.mask_str(&exchange.request.path)),
         );
         let entry = {
             let mut map = lock(&self.in_flight);
