@@ -2,33 +2,41 @@
 //! catalog, the secrets and their placeholders, the approval brokers, the
 //! event stream, and the enforcing gate the proxy asks about every request.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use capabilities::Capability;
+use capabilities::{Capability, Counters};
 use proxy::enforce::{
-    ApiBroker, ApprovalAnswer, ApprovalBroker, ApprovalHandle, ApprovalRequest, Catalog, EventBus,
-    FirstAnswer, SecretStore, SessionCredentials, TerminalBroker,
+    ApiBroker, ApprovalAnswer, ApprovalBroker, ApprovalHandle, ApprovalRequest, Catalog,
+    EnforceConfig, EnforcingGate, Event, FirstAnswer, Ledger, SecretStore, TerminalBroker,
 };
-use proxy::{ConnInfo, DnsVerdict, Gate, GateRequest, GateVerdict, Refusal};
 use receipts::ReceiptLog;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use super::runner::{ApproveMode, RunConfig};
 
-pub struct Enforcement {
-    pub gate: Arc<dyn Gate>,
-    /// Credential name → placeholder, for the sandbox's environment.
-    pub placeholders: BTreeMap<String, String>,
+pub struct SessionEnforcement {
+    pub gate: Arc<EnforcingGate>,
+    /// `UNITED_LOGIN=ocs_…`: credential placeholders for the sandbox's environment.
+    pub sandbox_env: Vec<(String, String)>,
     /// The session's live events (monitor, control socket, UI).
-    pub events: EventBus,
+    pub events: EventSource,
     /// Answers approvals from outside the terminal (control socket, UI).
     pub approvals: ApprovalHandle,
 }
 
-impl Enforcement {
+/// A cloneable way to follow the session's events.
+#[derive(Clone)]
+pub struct EventSource(Arc<EnforcingGate>);
+
+impl EventSource {
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.0.subscribe()
+    }
+}
+
+impl SessionEnforcement {
     /// Stops taking decisions: every pending approval is denied.
     pub fn shutdown(&self) {
         for pending in self.approvals.pending() {
@@ -41,32 +49,36 @@ impl Enforcement {
 
 pub fn build(
     config: &RunConfig,
-    _capability: Arc<Capability>,
-    _receipts: ReceiptLog,
-) -> Result<Enforcement> {
+    capability: Capability,
+    receipts: ReceiptLog,
+) -> Result<SessionEnforcement> {
     let catalog = match &config.catalog {
         Some(path) => Catalog::load(path)
             .with_context(|| format!("loading the service catalog {}", path.display()))?,
         None => Catalog::builtin(),
     };
-    let store = match &config.secrets {
+    let secrets = match &config.secrets {
         Some(path) => SecretStore::load(path)
             .with_context(|| format!("loading the secrets file {}", path.display()))?,
         None => SecretStore::default(),
     };
-    let credentials = SessionCredentials::new(&store);
-    let placeholders = credentials.placeholders();
     let (api_broker, approvals) = ApiBroker::new();
-    let _broker = brokers(config.approve, api_broker)?;
-    let _ = (catalog, credentials, config.approval_timeout);
-    Ok(Enforcement {
-        gate: Arc::new(NotWired),
-        placeholders,
-        events: EventBus::new(),
+    let enforcement = proxy::enforce::Enforcement::new(EnforceConfig {
+        capability,
+        catalog,
+        secrets,
+        receipts,
+        broker: brokers(config.approve, api_broker)?,
+        approval_timeout: config.approval_timeout,
+        counters: Ledger::new(Counters::default()),
+    });
+    Ok(SessionEnforcement {
+        sandbox_env: enforcement.sandbox_env(),
+        events: EventSource(enforcement.gate.clone()),
+        gate: enforcement.gate,
         approvals,
     })
 }
-
 /// Who is asked when the token wants a human: the terminal (when asked to
 /// prompt and there is one) and the control socket / web UI, first answer
 /// wins; or an automatic answer.
@@ -94,22 +106,4 @@ impl ApprovalBroker for Automatic {
         let _ = tx.send(ApprovalAnswer::new(self.0, "auto"));
         rx
     }
-}
-
-/// Fail closed until the enforcing gate is wired: nothing resolves, nothing
-/// is forwarded.
-struct NotWired;
-
-#[async_trait::async_trait]
-impl Gate for NotWired {
-    fn dns(&self, _name: &str) -> DnsVerdict {
-        DnsVerdict::NxDomain
-    }
-    async fn request(&self, _req: &mut GateRequest, _conn: &ConnInfo) -> GateVerdict {
-        GateVerdict::Refuse {
-            status: http::StatusCode::FORBIDDEN,
-            reason: "enforcement not wired".into(),
-        }
-    }
-    fn refused(&self, _event: Refusal) {}
 }

@@ -5,7 +5,6 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -18,7 +17,7 @@ use vmm::host::{Sandbox, SandboxSpec, SandboxStdio, SessionNetwork};
 
 use super::bundle::{self, CapabilitySummary, SessionInfo};
 use super::console::Console;
-use super::enforcement::{self, Enforcement};
+use super::enforcement::{self, SessionEnforcement};
 use super::monitor::Monitor;
 use crate::report::{self, Report};
 
@@ -212,7 +211,7 @@ async fn run_in_bundle(
     .context("creating the receipt log")?;
 
     let summary = capability.summary();
-    let enforcement = enforcement::build(config, Arc::new(capability), receipt_log.clone())?;
+    let enforcement = enforcement::build(config, capability, receipt_log.clone())?;
     out.attach(enforcement.events.subscribe(), dir)?;
 
     let proxy = Proxy::start(
@@ -275,7 +274,7 @@ async fn supervise(
     network: &SessionNetwork,
     proxy_ip: Ipv4Addr,
     ca_pem: &str,
-    enforcement: &Enforcement,
+    enforcement: &SessionEnforcement,
     out: &Monitor,
     summary: &capabilities::Summary,
     started: Instant,
@@ -295,8 +294,8 @@ async fn supervise(
     spec.stdin = SandboxStdio::Null;
     spec.stdout = SandboxStdio::Pipe;
     spec.stderr = SandboxStdio::Pipe;
-    for (name, placeholder) in &enforcement.placeholders {
-        spec = spec.env(env_name(name), placeholder);
+    for (name, placeholder) in &enforcement.sandbox_env {
+        spec = spec.env(name, placeholder);
     }
     if let Some(task) = &config.task {
         spec = spec.env("OPENCLAW_TASK", task);
@@ -361,21 +360,6 @@ pub fn headline(summary: &capabilities::Summary) -> String {
         plural(summary.grants, "grant"),
         plural(summary.constraints, "constraint")
     )
-}
-
-/// `united_login` → `UNITED_LOGIN`: the variable the sandbox finds a
-/// credential's placeholder in.
-pub fn env_name(credential: &str) -> String {
-    credential
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 fn choose_backend(choice: BackendChoice) -> Result<(&'static str, String)> {
@@ -457,12 +441,6 @@ fn chown_tree(path: &Path, uid: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credential_names_become_shell_safe_variables() {
-        assert_eq!(env_name("united_login"), "UNITED_LOGIN");
-        assert_eq!(env_name("openai-key.v2"), "OPENAI_KEY_V2");
-    }
 
     #[test]
     fn session_ids_sort_by_time_and_fit_namespace_names() {
