@@ -164,3 +164,33 @@ fn stale_cleanup_removes_a_dead_supervisors_network_and_sandbox_only() {
     let again = cleanup_stale().expect("cleanup again");
     assert!(!again.networks.contains(&stale_name));
 }
+
+#[test]
+fn bind_helpers_listen_inside_and_the_sandbox_reaches_them() {
+    let net = network("bind");
+    let tcp = net.bind_tcp(80).expect("bind 80");
+    let udp = net.bind_udp(53).expect("bind 53");
+    assert_eq!(tcp.local_addr().expect("addr").ip(), net.proxy_addr());
+    assert_eq!(udp.local_addr().expect("addr").port(), 53);
+    std::thread::spawn(move || {
+        for s in tcp.incoming().flatten() {
+            use std::io::Write;
+            let mut s = s;
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nproxy");
+        }
+    });
+    let out = run_sh(
+        &net,
+        &format!("curl -sS --max-time 5 http://{}/", net.proxy_addr()),
+    );
+    assert_eq!(out.stdout, "proxy", "{}", out.stderr);
+}
+
+#[test]
+fn public_types_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SessionNetwork>();
+    send_sync::<vmm::host::SandboxChild>();
+    send_sync::<vmm::host::SandboxSpec>();
+    send_sync::<vmm::host::SandboxError>();
+}

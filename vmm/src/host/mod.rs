@@ -58,6 +58,12 @@ pub enum SandboxError {
     /// Entering the session network namespace failed.
     #[error("entering network namespace {path}: {source}")]
     EnterNetns { path: PathBuf, source: io::Error },
+    /// Binding a listener inside the session namespace failed.
+    #[error("binding {addr} in the session namespace: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
     /// A closure run inside the namespace panicked.
     #[error("the thread running inside the network namespace panicked")]
     NetnsThreadPanicked,

@@ -10,7 +10,7 @@
 //! `/run/netns`, where the kvm backend can open it to place its tap.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,14 +70,23 @@ impl SessionNetwork {
         let dir = records::net_dir();
         records::ensure_dir(&dir)?;
         let contents = format!("{name}\n{}\n", owner.to_line());
+        let tmp = records::write_temp(&dir, &contents)?;
         let mut claimed = None;
         for slot in 1..=254u8 {
             let record = dir.join(format!("slot-{slot}"));
-            if records::create_exclusive(&record, &contents)? {
-                claimed = Some((slot, record));
-                break;
+            match records::publish(&tmp, &record) {
+                Ok(true) => {
+                    claimed = Some((slot, record));
+                    break;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
             }
         }
+        let _ = std::fs::remove_file(&tmp);
         let (slot, record) = claimed.ok_or(SandboxError::NoFreeSlot)?;
         let net = SessionNetwork {
             path: Path::new(NETNS_DIR).join(&name),
@@ -184,6 +193,24 @@ impl SessionNetwork {
         handle
             .join()
             .map_err(|_| SandboxError::NetnsThreadPanicked)?
+    }
+
+    /// Binds a TCP listener on `proxy_addr():port` inside the namespace
+    /// (e.g. 80 and 443 for the proxy). Blocking; the returned std listener
+    /// can be handed to tokio with `TcpListener::from_std` after
+    /// `set_nonblocking(true)`.
+    pub fn bind_tcp(&self, port: u16) -> Result<TcpListener, SandboxError> {
+        let addr = SocketAddr::from((self.proxy_addr(), port));
+        self.run_in(move || TcpListener::bind(addr))?
+            .map_err(|source| SandboxError::Bind { addr, source })
+    }
+
+    /// Binds a UDP socket on `proxy_addr():port` inside the namespace
+    /// (53 for the proxy's DNS responder). Blocking.
+    pub fn bind_udp(&self, port: u16) -> Result<UdpSocket, SandboxError> {
+        let addr = SocketAddr::from((self.proxy_addr(), port));
+        self.run_in(move || UdpSocket::bind(addr))?
+            .map_err(|source| SandboxError::Bind { addr, source })
     }
 
     fn teardown(&mut self) -> Result<(), SandboxError> {

@@ -75,28 +75,46 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), SandboxError> {
     })
 }
 
-/// Creates `path` exclusively with `contents`; `Ok(false)` if it exists.
-pub(crate) fn create_exclusive(path: &Path, contents: &str) -> Result<bool, SandboxError> {
-    let file = fs::OpenOptions::new()
+/// Writes `contents` to a private temporary file in `dir`, for
+/// [`publish`] to link into place: a record is never seen half-written.
+pub(crate) fn write_temp(dir: &Path, contents: &str) -> Result<PathBuf, SandboxError> {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".tmp-{}-{seq}", std::process::id()));
+    let err = |source| SandboxError::Records {
+        path: tmp.clone(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(path);
-    match file {
-        Ok(mut f) => {
-            f.write_all(contents.as_bytes())
-                .map_err(|source| SandboxError::Records {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            Ok(true)
-        }
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(contents.as_bytes()).map_err(err)?;
+    Ok(tmp)
+}
+
+/// Links the complete record `tmp` to `path` if nothing is there yet
+/// (`link` is atomic and exclusive); `Ok(false)` if `path` exists.
+pub(crate) fn publish(tmp: &Path, path: &Path) -> Result<bool, SandboxError> {
+    match fs::hard_link(tmp, path) {
+        Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(source) => Err(SandboxError::Records {
             path: path.to_path_buf(),
             source,
         }),
     }
+}
+
+/// Whether a `.tmp-<pid>-<seq>` entry belongs to a dead process.
+fn temp_is_stale(name: &str) -> bool {
+    name.strip_prefix(".tmp-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| start_time(pid).is_none())
 }
 
 pub(crate) fn net_dir() -> PathBuf {
@@ -126,27 +144,50 @@ pub fn cleanup_stale() -> Result<StaleCleanup, SandboxError> {
     // Sandboxes first: their processes hold the namespaces open.
     let sdir = sandboxes_dir();
     for entry in read_dir_or_empty(&sdir)? {
+        let name = file_name(&entry);
+        if name.starts_with('.') {
+            // Staging still being built (published by rename once its
+            // owner record is in).
+            if temp_is_stale(&name) {
+                remove_tree(&entry)?;
+            }
+            continue;
+        }
         let owner = fs::read_to_string(entry.join("owner"))
             .ok()
             .and_then(|l| Owner::parse(&l));
         if owner.is_some_and(Owner::is_alive) {
             continue;
         }
-        let name = file_name(&entry);
         cgroup::remove_stale(&name)?;
         remove_tree(&entry)?;
         done.sandboxes.push(name);
     }
 
+    // Namespaces are listed before the records are read: a namespace's
+    // record is published before the namespace is created, so every
+    // namespace listed here has its record visible below.
+    let mut orphans: Vec<String> = read_dir_or_empty(Path::new(netns::NETNS_DIR))?
+        .iter()
+        .map(|p| file_name(p))
+        .filter(|n| n.starts_with(netns::NAME_PREFIX))
+        .collect();
+
     let ndir = net_dir();
-    let mut live_names = Vec::new();
     for entry in read_dir_or_empty(&ndir)? {
+        let file = file_name(&entry);
+        if file.starts_with('.') {
+            if temp_is_stale(&file) {
+                let _ = fs::remove_file(&entry);
+            }
+            continue;
+        }
         let text = fs::read_to_string(&entry).unwrap_or_default();
         let mut lines = text.lines();
         let name = lines.next().unwrap_or("").to_string();
         let owner = lines.next().and_then(Owner::parse);
+        orphans.retain(|n| *n != name);
         if owner.is_some_and(Owner::is_alive) {
-            live_names.push(name);
             continue;
         }
         if !name.is_empty() {
@@ -156,18 +197,11 @@ pub fn cleanup_stale() -> Result<StaleCleanup, SandboxError> {
         let _ = fs::remove_file(&entry);
     }
 
-    // Namespaces named like ours with no record at all (a crash between
-    // `ip netns add` and ... cannot happen since the record comes first,
-    // but a hand-deleted /run/openclaw can).
-    for entry in read_dir_or_empty(Path::new(netns::NETNS_DIR))? {
-        let name = file_name(&entry);
-        if name.starts_with(netns::NAME_PREFIX)
-            && !live_names.contains(&name)
-            && !done.networks.contains(&name)
-        {
-            netns::delete_netns(&name)?;
-            done.networks.push(name);
-        }
+    // Namespaces named like ours without any record (e.g. /run/openclaw
+    // deleted by hand).
+    for name in orphans {
+        netns::delete_netns(&name)?;
+        done.networks.push(name);
     }
     Ok(done)
 }

@@ -260,17 +260,22 @@ impl Sandbox {
         let sandboxes = records::sandboxes_dir();
         records::ensure_dir(&sandboxes)?;
         let staging = rootfs::staging_dir(&name);
+        // Built under a temporary name and renamed into place once its
+        // owner record is in, so cleanup_stale never sees it half-made.
+        let building = sandboxes.join(format!(".tmp-{}-{seq}", std::process::id()));
         let stage_err = |source| SandboxError::Stage {
             path: staging.clone(),
             source,
         };
-        std::fs::create_dir(&staging).map_err(stage_err)?;
+        std::fs::create_dir(&building).map_err(stage_err)?;
         let mut res = Resources {
             name: name.clone(),
-            staging: staging.clone(),
+            staging: building.clone(),
             cgroup: None,
         };
-        std::fs::write(staging.join("owner"), Owner::current().to_line()).map_err(stage_err)?;
+        std::fs::write(building.join("owner"), Owner::current().to_line()).map_err(stage_err)?;
+        std::fs::rename(&building, &staging).map_err(stage_err)?;
+        res.staging = staging.clone();
         let root = staging.join("root");
         std::fs::create_dir(&root).map_err(stage_err)?;
         let etc = staging.join("etc");
