@@ -78,7 +78,7 @@ impl Stage {
             Stage::MakePrivate => "making mounts private",
             Stage::MountRoot => "mounting the root tmpfs",
             Stage::BindSystem => "binding a system directory",
-            Stage::BindEtc => "binding /etc",
+            Stage::BindEtc => "mounting /etc",
             Stage::MountProc => "mounting /proc",
             Stage::MountDev => "mounting /dev",
             Stage::BindDevice => "binding a device node",
@@ -156,16 +156,61 @@ pub(crate) fn cstr(p: &Path) -> Result<CString, SandboxError> {
         .map_err(|_| SandboxError::InvalidSpec(format!("path with NUL byte: {}", p.display())))
 }
 
-/// Copies host `/etc` into `dst`, keeping only what any user could read
-/// anyway (world-readable files, world-searchable dirs, symlinks), dropping
-/// the host's trust store and resolver, then writing the session's.
+/// How the sandbox's `/etc` is assembled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EtcView {
+    /// A read-only overlay: `top` (the session's files, whiteouts for what
+    /// is hidden, opaque trust directories) over the host's `/etc`. Costs a
+    /// walk of `lstat`s, no copying.
+    Overlay { top: PathBuf, host: PathBuf },
+    /// A filtered copy (kernels without overlayfs).
+    Copy { dir: PathBuf },
+}
+
+/// Whether this kernel offers overlayfs.
+pub(crate) fn overlay_supported() -> bool {
+    fs::read_to_string("/proc/filesystems")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().last() == Some("overlay"))
+        })
+        .unwrap_or(false)
+}
+
+/// Stages the sandbox's `/etc` under `staging` the best way this host
+/// allows: anything the sandbox user could not read on the host is hidden,
+/// the host's trust stores are gone, and the resolver and CA bundle are the
+/// session's.
 pub(crate) fn stage_etc(
+    host_etc: &Path,
+    staging: &Path,
+    resolver: Ipv4Addr,
+    ca_pem: &[u8],
+) -> Result<EtcView, SandboxError> {
+    // OPENCLAW_SANDBOX_ETC=copy forces the fallback (tests, odd kernels).
+    let forced_copy = std::env::var_os("OPENCLAW_SANDBOX_ETC").is_some_and(|v| v == "copy");
+    if overlay_supported() && !forced_copy {
+        let top = staging.join("etc-top");
+        stage_etc_overlay(host_etc, &top, resolver, ca_pem)?;
+        Ok(EtcView::Overlay {
+            top,
+            host: host_etc.to_path_buf(),
+        })
+    } else {
+        let dir = staging.join("etc");
+        stage_etc_copy(host_etc, &dir, resolver, ca_pem)?;
+        Ok(EtcView::Copy { dir })
+    }
+}
+
+/// Writes the session's resolver, hosts, hostname and CA bundles into
+/// `dst` (a copy or an overlay top layer).
+fn write_session_files(
     host_etc: &Path,
     dst: &Path,
     resolver: Ipv4Addr,
     ca_pem: &[u8],
 ) -> Result<(), SandboxError> {
-    copy_readable(host_etc, dst, Path::new(""))?;
     let write = |rel: &str, data: &[u8]| -> Result<(), SandboxError> {
         let p = dst.join(rel);
         if let Some(parent) = p.parent() {
@@ -190,18 +235,122 @@ pub(crate) fn stage_etc(
     Ok(())
 }
 
+/// The overlay's top layer: whiteouts for unreadable entries, opaque
+/// (emptied) trust directories, then the session's files.
+fn stage_etc_overlay(
+    host_etc: &Path,
+    top: &Path,
+    resolver: Ipv4Addr,
+    ca_pem: &[u8],
+) -> Result<(), SandboxError> {
+    fs::create_dir_all(top).map_err(stage_err(top))?;
+    fs::set_permissions(top, fs::Permissions::from_mode(0o755)).map_err(stage_err(top))?;
+    whiteout_unreadable(host_etc, top, Path::new(""))?;
+    for d in TRUST_DIRS {
+        let dir = top.join(d);
+        // Already whited out (unreadable on the host): hidden entirely.
+        if fs::symlink_metadata(&dir).is_ok() {
+            continue;
+        }
+        if fs::symlink_metadata(host_etc.join(d)).is_ok_and(|m| m.is_dir()) {
+            fs::create_dir_all(&dir).map_err(stage_err(&dir))?;
+            make_opaque(&dir)?;
+        }
+    }
+    write_session_files(host_etc, top, resolver, ca_pem)
+}
+
+/// Marks `dir` opaque: overlayfs shows none of the lower layers' entries.
+fn make_opaque(dir: &Path) -> Result<(), SandboxError> {
+    let path = cstr(dir)?;
+    // SAFETY: both pointers are to NUL-terminated/len-delimited buffers
+    // that live across the call.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if rc == -1 {
+        return Err(stage_err(dir)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Creates an overlay whiteout (a 0:0 character device) at `path`.
+fn whiteout(path: &Path) -> Result<(), SandboxError> {
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    mknod(path, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| stage_err(path)(io::Error::from(e)))
+}
+
+fn whiteout_unreadable(src: &Path, top: &Path, rel: &Path) -> Result<(), SandboxError> {
+    let entries = fs::read_dir(src).map_err(stage_err(src))?;
+    for entry in entries {
+        let entry = entry.map_err(stage_err(src))?;
+        let rel = rel.join(entry.file_name());
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        let mode = meta.mode();
+        let hidden = if meta.is_dir() {
+            mode & 0o005 != 0o005
+        } else {
+            meta.is_file() && mode & 0o004 == 0
+        };
+        if hidden {
+            let parent = top.join(rel.parent().unwrap_or(Path::new("")));
+            ensure_layer_dir(src, &parent)?;
+            whiteout(&top.join(&rel))?;
+        } else if meta.is_dir() && !is_trust_dir(&rel) {
+            whiteout_unreadable(&entry.path(), top, &rel)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates a directory in the top layer with its host twin's mode (the
+/// merged directory takes the top layer's attributes).
+fn ensure_layer_dir(host_twin: &Path, dir: &Path) -> Result<(), SandboxError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(stage_err(dir))?;
+    let mode = fs::metadata(host_twin)
+        .map(|m| m.mode() & 0o777)
+        .unwrap_or(0o755);
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(stage_err(dir))
+}
+
+/// Copies host `/etc` into `dst`, keeping only what any user could read
+/// anyway (world-readable files, world-searchable dirs, symlinks), dropping
+/// the host's trust store and resolver, then writing the session's.
+fn stage_etc_copy(
+    host_etc: &Path,
+    dst: &Path,
+    resolver: Ipv4Addr,
+    ca_pem: &[u8],
+) -> Result<(), SandboxError> {
+    copy_readable(host_etc, dst, Path::new(""))?;
+    write_session_files(host_etc, dst, resolver, ca_pem)
+}
+
+/// Host trust stores and credentials directories, shown empty (apart from
+/// the session's CA bundle files).
+const TRUST_DIRS: &[&str] = &[
+    "ssl/certs",
+    "ca-certificates",
+    "pki",
+    "ssl/private",
+    "ssh",
+    "sudoers.d",
+];
+
 /// Host trust stores other than the bundle files: skipped entirely.
 fn is_trust_dir(rel: &Path) -> bool {
-    [
-        "ssl/certs",
-        "ca-certificates",
-        "pki",
-        "ssl/private",
-        "ssh",
-        "sudoers.d",
-    ]
-    .iter()
-    .any(|d| rel == Path::new(d))
+    TRUST_DIRS.iter().any(|d| rel == Path::new(d))
 }
 
 fn copy_readable(src: &Path, dst: &Path, rel: &Path) -> Result<(), SandboxError> {
@@ -247,7 +396,7 @@ pub(crate) struct RootSpec<'a> {
     /// Empty directory on the host the child mounts its root tmpfs on.
     pub root: &'a Path,
     /// The staged `/etc`.
-    pub etc: &'a Path,
+    pub etc: &'a EtcView,
     /// Host directory bound read-write at `/work`, or a private tmpfs.
     pub workdir: Option<&'a Path>,
     pub uid: u32,
@@ -317,14 +466,40 @@ pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
         path: c(&etc)?,
         stage: Stage::BindEtc,
     });
-    bind(
-        &mut ops,
-        spec.etc,
-        &etc,
-        true,
-        MS_NODEV | MS_NOEXEC,
-        Stage::BindEtc,
-    )?;
+    match spec.etc {
+        EtcView::Copy { dir } => bind(
+            &mut ops,
+            dir,
+            &etc,
+            true,
+            MS_NODEV | MS_NOEXEC,
+            Stage::BindEtc,
+        )?,
+        EtcView::Overlay { top, host } => {
+            // Lower layers only: the overlay is read-only by construction.
+            let mut data = b"lowerdir=".to_vec();
+            data.extend_from_slice(top.as_os_str().as_bytes());
+            data.push(b':');
+            data.extend_from_slice(host.as_os_str().as_bytes());
+            if data.contains(&b',') || top.as_os_str().as_bytes().contains(&b':') {
+                return Err(SandboxError::InvalidSpec(
+                    "staging path unusable as an overlay layer".into(),
+                ));
+            }
+            ops.push(Op::Mount {
+                src: Some(s("overlay")),
+                dst: c(&etc)?,
+                fstype: Some(s("overlay")),
+                flags: MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                data: Some(
+                    CString::new(data).map_err(|_| {
+                        SandboxError::InvalidSpec("NUL in overlay layer path".into())
+                    })?,
+                ),
+                stage: Stage::BindEtc,
+            });
+        }
+    }
 
     let proc_dir = r.join("proc");
     ops.push(Op::Mkdir {
@@ -468,7 +643,7 @@ mod tests {
         )
         .expect("symlink");
         let out = dir.path().join("out");
-        stage_etc(&host, &out, Ipv4Addr::new(10, 200, 7, 1), b"SESSION CA").expect("stage");
+        stage_etc_copy(&host, &out, Ipv4Addr::new(10, 200, 7, 1), b"SESSION CA").expect("stage");
 
         assert_eq!(
             fs::read_to_string(out.join("resolv.conf")).expect("read"),
@@ -493,6 +668,45 @@ mod tests {
             "unreadable files are not copied"
         );
         assert!(out.join("passwd").exists());
+    }
+
+    #[test]
+    fn overlay_top_layer_whiteouts_unreadable_and_empties_trust_dirs() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let host = dir.path().join("host");
+        fs::create_dir_all(host.join("ssl/certs")).expect("mkdir");
+        fs::create_dir_all(host.join("app")).expect("mkdir");
+        fs::write(host.join("passwd"), "root:x:0:0::/root:/bin/sh\n").expect("write");
+        fs::write(host.join("shadow"), "root:secret-hash\n").expect("write");
+        fs::set_permissions(host.join("shadow"), fs::Permissions::from_mode(0o600)).expect("chmod");
+        fs::write(host.join("app/token"), "t").expect("write");
+        fs::create_dir_all(host.join("ssl/private")).expect("mkdir");
+        fs::set_permissions(host.join("ssl/private"), fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        fs::set_permissions(host.join("app/token"), fs::Permissions::from_mode(0o640))
+            .expect("chmod");
+        let top = dir.path().join("top");
+        stage_etc_overlay(&host, &top, Ipv4Addr::new(10, 200, 7, 1), b"SESSION CA")
+            .expect("stage overlay top layer (needs root for trusted xattrs)");
+        let is_whiteout = |p: &Path| {
+            fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+        };
+        assert!(is_whiteout(&top.join("shadow")));
+        assert!(is_whiteout(&top.join("app/token")));
+        assert!(is_whiteout(&top.join("ssl/private")));
+        assert!(
+            !top.join("passwd").exists(),
+            "readable files come from the host layer"
+        );
+        assert_eq!(
+            fs::read_to_string(top.join("ssl/certs/ca-certificates.crt")).expect("ca"),
+            "SESSION CA"
+        );
+        assert_eq!(
+            fs::read_to_string(top.join("resolv.conf")).expect("resolv"),
+            "nameserver 10.200.7.1\n"
+        );
     }
 
     #[test]

@@ -278,8 +278,7 @@ impl Sandbox {
         res.staging = staging.clone();
         let root = staging.join("root");
         std::fs::create_dir(&root).map_err(stage_err)?;
-        let etc = staging.join("etc");
-        rootfs::stage_etc(Path::new("/etc"), &etc, spec.resolver, &spec.ca_pem)?;
+        let etc = rootfs::stage_etc(Path::new("/etc"), &staging, spec.resolver, &spec.ca_pem)?;
         let cgroup = SandboxCgroup::create(&name, spec.memory_bytes, spec.pids_max)?;
         let version = cgroup.version();
         res.cgroup = Some(cgroup);
