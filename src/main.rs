@@ -41,7 +41,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a command (the agent) in a sandbox under a capability token.
-    Run(commands::run::RunArgs),
+    Run(Box<commands::run::RunArgs>),
     /// Mint, attenuate, inspect and check capability tokens.
     #[command(subcommand)]
     Cap(commands::cap::CapCommand),
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
 
 fn main_exec(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => commands::run::execute(args),
+        Command::Run(args) => commands::run::execute(*args),
         Command::Cap(cmd) => commands::cap::execute(cmd),
         Command::Verify(args) => commands::verify::execute(args),
         Command::Approve(args) => commands::approve::execute(args, true),
