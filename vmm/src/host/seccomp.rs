@@ -65,7 +65,7 @@ const NS_FLAGS: &[u64] = &[
     0x80, // CLONE_NEWTIME
 ];
 
-/// The two BPF programs, in install order.
+/// The BPF programs, in install order.
 pub(crate) struct SandboxFilters {
     pub programs: Vec<BpfProgram>,
 }
@@ -113,11 +113,41 @@ pub(crate) fn build() -> Result<SandboxFilters, SandboxError> {
     )
     .map_err(err)?;
 
-    let programs = [deny, nosys]
+    let mut programs = [deny, nosys]
         .into_iter()
         .map(|f| BpfProgram::try_from(f).map_err(|e| SandboxError::Seccomp(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    if cfg!(target_arch = "x86_64") {
+        programs.insert(0, x86_64_abi_guard());
+    }
     Ok(SandboxFilters { programs })
+}
+
+/// On x86_64 the filters above match native syscall numbers only. The x32
+/// ABI reaches the same syscalls as `nr | 0x4000_0000` (on kernels built
+/// with it), and the i386 ABI (`int 0x80`) under another audit arch; this
+/// hand-written program answers both with `ENOSYS` so neither can route
+/// around the rules.
+fn x86_64_abi_guard() -> BpfProgram {
+    // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20).
+    const BPF_LD_W_ABS: u16 = 0x20;
+    const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
+    const BPF_JMP_JGE_K: u16 = 0x05 | 0x30;
+    const BPF_RET_K: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    const RET_ERRNO_ENOSYS: u32 = 0x0005_0000 | libc::ENOSYS as u32;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let ins = |code, jt, jf, k| seccompiler::sock_filter { code, jt, jf, k };
+    vec![
+        // seccomp_data.arch is at offset 4, .nr at offset 0.
+        ins(BPF_LD_W_ABS, 0, 0, 4),
+        ins(BPF_JMP_JEQ_K, 0, 2, AUDIT_ARCH_X86_64),
+        ins(BPF_LD_W_ABS, 0, 0, 0),
+        ins(BPF_JMP_JGE_K, 0, 1, X32_SYSCALL_BIT),
+        ins(BPF_RET_K, 0, 0, RET_ERRNO_ENOSYS),
+        ins(BPF_RET_K, 0, 0, RET_ALLOW),
+    ]
 }
 
 #[cfg(test)]
@@ -127,7 +157,10 @@ mod tests {
     #[test]
     fn filters_compile() {
         let f = build().expect("filters build");
-        assert_eq!(f.programs.len(), 2);
+        assert_eq!(
+            f.programs.len(),
+            if cfg!(target_arch = "x86_64") { 3 } else { 2 }
+        );
         assert!(f.programs.iter().all(|p| !p.is_empty()));
     }
 }
