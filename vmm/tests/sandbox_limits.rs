@@ -134,3 +134,20 @@ fn exit_codes_pass_through() {
     let out = run_sh(&net, "kill -USR1 $$");
     assert_eq!(out.status.signal(), Some(10));
 }
+
+#[test]
+fn killer_handle_stops_a_sandbox_blocked_in_wait_and_is_harmless_after() {
+    let net = network("killer");
+    let mut spec = sh_spec(&net, "sleep 300", b"ca");
+    spec.stdout = SandboxStdio::Null;
+    let mut child = Sandbox::spawn(spec).expect("spawn");
+    let killer = child.killer();
+    let waiter = std::thread::spawn(move || child.wait().expect("wait"));
+    std::thread::sleep(Duration::from_millis(100));
+    killer.kill().expect("kill through the handle");
+    let status = waiter.join().expect("waiter");
+    assert_eq!(status.signal(), Some(9));
+    // The sandbox is reaped and dropped; the handle still answers Ok and
+    // cannot reach whatever process reuses the pid.
+    killer.kill().expect("kill after the end");
+}

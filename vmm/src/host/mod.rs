@@ -28,7 +28,7 @@ pub use cgroup::LimitEvents;
 pub use cgroup::{host_version as cgroup_version, CgroupVersion};
 pub use netns::SessionNetwork;
 pub use records::{cleanup_stale, StaleCleanup};
-pub use sandbox::{Sandbox, SandboxChild, SandboxSpec, SandboxStdio};
+pub use sandbox::{Sandbox, SandboxChild, SandboxKiller, SandboxSpec, SandboxStdio};
 pub use sandbox::{SANDBOX_CA_BUNDLE, SANDBOX_WORKDIR};
 
 /// Where the supervisor keeps its owner records and sandbox staging

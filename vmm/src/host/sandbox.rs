@@ -7,7 +7,7 @@ use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::Read;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -402,6 +402,20 @@ impl Sandbox {
             return Err(SandboxError::Clone(std::io::Error::last_os_error()));
         }
         let pid = Pid::from_raw(pid as i32);
+        // A pidfd names this very process even after it is reaped, so
+        // signals sent through it can never hit a recycled pid. We are the
+        // only reaper and have not waited yet: the pid is still ours here.
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        let pidfd = if pidfd < 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return Err(SandboxError::Clone(e));
+        } else {
+            // SAFETY: the syscall just returned this fd; nothing else owns it.
+            std::sync::Arc::new(unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) })
+        };
         // The child's ends live on in the child only.
         drop((
             go_r, err_w, status_w, in_child, out_child, errs_child, netns,
@@ -409,6 +423,7 @@ impl Sandbox {
 
         let mut child = SandboxChild {
             pid,
+            killer: SandboxKiller { pidfd },
             status_r: Some(File::from(status_r)),
             exit: None,
             stdin: in_parent,
@@ -452,6 +467,7 @@ impl Sandbox {
 /// cgroups and staging (the session network stays: it belongs to the
 /// session).
 pub struct SandboxChild {
+    killer: SandboxKiller,
     /// PID (in the supervisor's namespace) of the sandbox's init.
     pid: Pid,
     status_r: Option<File>,
@@ -576,10 +592,14 @@ impl SandboxChild {
     /// Sends `signal` to the command (through init, which forwards
     /// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2, SIGWINCH, SIGCONT).
     pub fn signal(&self, signal: Signal) -> Result<(), SandboxError> {
-        if self.exit.is_some() {
-            return Ok(());
-        }
-        nix::sys::signal::kill(self.pid, signal).map_err(|e| SandboxError::Wait(e.into()))
+        self.killer.signal(signal)
+    }
+
+    /// A cloneable handle that can signal or kill this sandbox from another
+    /// thread or task while [`wait`](Self::wait) blocks (e.g. on Ctrl-C);
+    /// safe to use after the sandbox ended.
+    pub fn killer(&self) -> SandboxKiller {
+        self.killer.clone()
     }
 
     /// Kills the whole sandbox at once (SIGKILL to its init ends the pid
@@ -591,6 +611,44 @@ impl SandboxChild {
     fn kill_and_reap(&mut self) {
         let _ = self.kill();
         let _ = self.wait();
+    }
+}
+
+/// Signals one sandbox through a pidfd: never reaches another process,
+/// even after the sandbox was reaped and its pid reused.
+#[derive(Debug, Clone)]
+pub struct SandboxKiller {
+    pidfd: std::sync::Arc<OwnedFd>,
+}
+
+impl SandboxKiller {
+    /// Sends `signal` to the sandbox's init (forwarded to the command, see
+    /// [`SandboxChild::signal`]). A sandbox that already ended is `Ok`.
+    pub fn signal(&self, signal: Signal) -> Result<(), SandboxError> {
+        // SAFETY: pidfd_send_signal on an fd we own, no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            Ok(())
+        } else {
+            Err(SandboxError::Wait(e))
+        }
+    }
+
+    /// SIGKILLs the sandbox's init: the whole pid namespace ends at once.
+    pub fn kill(&self) -> Result<(), SandboxError> {
+        self.signal(Signal::SIGKILL)
     }
 }
 
