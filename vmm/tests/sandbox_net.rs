@@ -142,6 +142,17 @@ fn escape_attempts_fail() {
         .as_ref()
         .map(|l| l.local_addr().expect("addr").port());
 
+    // An abstract unix socket on the host (like D-Bus or X11 use): those
+    // are scoped to the network namespace.
+    let abstract_name = format!("openclaw-test-{}", session_id("abs"));
+    let host_abstract = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .expect("abstract addr");
+        std::os::unix::net::UnixListener::bind_addr(&addr).expect("bind abstract")
+    };
+    host_abstract.set_nonblocking(true).expect("nonblocking");
+
     // A listener in the session namespace on one port proves the address
     // works, so failures on other ports are about the port.
     let inside = net
@@ -185,6 +196,11 @@ fn escape_attempts_fail() {
             Some(1),
         ),
     ];
+    cases.push((
+        "host abstract unix socket",
+        format!("{c} --abstract-unix-socket {abstract_name} http://x/"),
+        Some(7),
+    ));
     if let Some(p) = v6_port {
         cases.push((
             "host loopback IPv6",
