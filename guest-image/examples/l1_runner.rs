@@ -195,6 +195,7 @@ fn net_boot(kernel: &Path, initramfs: &Path, cmdline: &str) -> bool {
     config.net = Some(NetConfig {
         tap: "oc0".into(),
         netns: None,
+        host_cidr: Some("10.0.2.1/24".into()),
         mac: [0x02, 0x0c, 0x1a, 0, 0, 2],
     });
     let vm = match MicroVm::boot(config) {
@@ -204,10 +205,6 @@ fn net_boot(kernel: &Path, initramfs: &Path, cmdline: &str) -> bool {
             return false;
         }
     };
-    // The VMM created the tap (up); give it the host side's address.
-    let _ = Command::new("ip")
-        .args(["addr", "add", "10.0.2.1/24", "dev", "oc0"])
-        .status();
     let server = match TcpListener::bind("10.0.2.1:8080") {
         Ok(l) => l,
         Err(e) => {

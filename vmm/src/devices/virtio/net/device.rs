@@ -32,6 +32,9 @@ pub struct NetConfig {
     /// The session's network namespace (e.g. /run/netns/openclaw-<id>); the
     /// tap is created there. None: the VMM's own namespace.
     pub netns: Option<PathBuf>,
+    /// The tap's own address (the guest's gateway), e.g. `10.0.2.1/24`, set
+    /// in the namespace before the guest starts. None: configured elsewhere.
+    pub host_cidr: Option<String>,
     pub mac: [u8; 6],
 }
 
@@ -57,7 +60,11 @@ pub struct Net {
 
 impl Net {
     pub fn new(config: &NetConfig) -> Result<Net, TapError> {
-        let tap = Tap::open(&config.tap, config.netns.as_deref())?;
+        let tap = Tap::open_with_address(
+            &config.tap,
+            config.netns.as_deref(),
+            config.host_cidr.as_deref(),
+        )?;
         Ok(Net::with_tap(tap, config.mac))
     }
 
@@ -339,18 +346,10 @@ mod tests {
         let config = NetConfig {
             tap: "ocvmm0".into(),
             netns: Some(PathBuf::from(format!("/run/netns/{}", ns.0))),
+            host_cidr: Some("10.77.0.1/24".into()),
             mac: GUEST_MAC,
         };
         let net = Net::new(&config).expect("tap in the test namespace");
-        assert!(ip(&[
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
-            "10.77.0.1/24",
-            "dev",
-            "ocvmm0"
-        ]));
         assert!(
             !ip(&["link", "show", "ocvmm0"]),
             "the tap lives in the session namespace, not the host's"

@@ -37,6 +37,10 @@ pub enum TapError {
     SetVnetHdrSize(std::io::Error),
     #[error("bringing the tap up failed: {0}")]
     LinkUp(std::io::Error),
+    #[error("host address {0:?} is not an IPv4 a.b.c.d/len")]
+    BadAddress(String),
+    #[error("giving the tap its address failed: {0}")]
+    AddAddress(String),
     #[error("the namespace thread died")]
     Thread,
 }
@@ -72,11 +76,27 @@ impl Tap {
     /// Creates (or attaches to) tap `name`, inside the network namespace at
     /// `netns` (e.g. `/run/netns/openclaw-<id>`) when given, and sets it up.
     pub fn open(name: &str, netns: Option<&Path>) -> Result<Tap, TapError> {
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        Tap::open_with_address(name, netns, None)
+    }
+
+    /// Like [`Tap::open`], and gives the tap (the host side of the guest's
+    /// link) the address `host_cidr` (e.g. `10.0.2.1/24`) in that namespace,
+    /// before the guest can send anything.
+    pub fn open_with_address(
+        name: &str,
+        netns: Option<&Path>,
+        host_cidr: Option<&str>,
+    ) -> Result<Tap, TapError> {
+        let name_ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || !name.bytes().all(name_ok) {
             return Err(TapError::BadName(name.to_string()));
         }
+        if let Some(cidr) = host_cidr {
+            check_cidr(cidr)?;
+        }
+        let host_cidr = host_cidr.map(str::to_string);
         let Some(netns) = netns else {
-            return Tap::open_here(name);
+            return Tap::open_here(name, host_cidr.as_deref());
         };
         let ns = File::open(netns).map_err(|source| TapError::OpenNetns {
             path: netns.to_path_buf(),
@@ -90,13 +110,13 @@ impl Tap {
         std::thread::spawn(move || {
             setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
                 .map_err(|source| TapError::EnterNetns { path, source })?;
-            Tap::open_here(&name)
+            Tap::open_here(&name, host_cidr.as_deref())
         })
         .join()
         .map_err(|_| TapError::Thread)?
     }
 
-    fn open_here(name: &str) -> Result<Tap, TapError> {
+    fn open_here(name: &str, host_cidr: Option<&str>) -> Result<Tap, TapError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -124,6 +144,17 @@ impl Tap {
             return Err(TapError::SetVnetHdrSize(std::io::Error::last_os_error()));
         }
         link_up(name)?;
+        if let Some(cidr) = host_cidr {
+            // A child forked from this thread starts in this thread's namespace.
+            let out = std::process::Command::new("ip")
+                .args(["addr", "add", cidr, "dev", name])
+                .output()
+                .map_err(|e| TapError::AddAddress(e.to_string()))?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                return Err(TapError::AddAddress(stderr));
+            }
+        }
         Ok(Tap {
             file,
             name: name.to_string(),
@@ -154,6 +185,16 @@ impl AsRawFd for Tap {
 impl AsFd for Tap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
+    }
+}
+
+fn check_cidr(cidr: &str) -> Result<(), TapError> {
+    let bad = || TapError::BadAddress(cidr.to_string());
+    let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
+    addr.parse::<std::net::Ipv4Addr>().map_err(|_| bad())?;
+    match len.parse::<u8>() {
+        Ok(l) if l <= 32 => Ok(()),
+        _ => Err(bad()),
     }
 }
 
@@ -205,9 +246,22 @@ mod tests {
             Err(TapError::BadName(_))
         ));
         assert!(matches!(
+            Tap::open("tap 0", None),
+            Err(TapError::BadName(_))
+        ));
+        assert!(matches!(
             Tap::open("tap0", Some(Path::new("/nonexistent/netns"))),
             Err(TapError::OpenNetns { .. })
         ));
+        for bad in ["10.0.0.1", "10.0.0.1/33", "dev lo", "10.0.0/24"] {
+            assert!(
+                matches!(
+                    Tap::open_with_address("tap0", None, Some(bad)),
+                    Err(TapError::BadAddress(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
