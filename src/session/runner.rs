@@ -313,17 +313,16 @@ async fn supervise(
     let console = Console::create(&dir.join(bundle::CONSOLE_LOG))?;
     let pumps = console.pump(child.take_stdout(), child.take_stderr());
 
-    let pid = child.pid();
+    let killer = child.killer();
     let mut wait = tokio::task::spawn_blocking(move || child.wait());
     let code = tokio::select! {
         status = &mut wait => exit_code(status??),
         _ = shutdown_signal() => {
             out.note("interrupted: stopping the sandbox, denying pending approvals");
             // SIGKILL to the sandbox's init takes its whole pid namespace.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            if let Err(err) = killer.kill() {
+                tracing::warn!("stopping the sandbox: {err}");
+            }
             let _ = wait.await;
             EXIT_INTERRUPTED
         }
