@@ -74,9 +74,16 @@ fn flight_booking_demo_tells_the_seed_story_and_keeps_the_secrets_out() {
     assert_eq!(counts["blocked"], 1, "{counts}");
     assert_eq!(counts["approvals"]["approved"], 1, "{counts}");
     assert_eq!(counts["approvals"]["denied"], 0, "{counts}");
-    assert_eq!(counts["allowed"], 5, "search, login, flights, compare, email: {counts}");
+    assert_eq!(
+        counts["allowed"], 5,
+        "search, login, flights, compare, email: {counts}"
+    );
     assert_eq!(report["spend"]["payments_cents"], 48700);
-    assert_eq!(report["receipts"]["status"], "valid", "{}", report["receipts"]);
+    assert_eq!(
+        report["receipts"]["status"], "valid",
+        "{}",
+        report["receipts"]
+    );
     assert_eq!(report["session"]["status"], "completed");
     assert_eq!(report["session"]["backend"], "netns");
     let timeline = report["timeline"].as_array().expect("timeline");
@@ -91,8 +98,14 @@ fn flight_booking_demo_tells_the_seed_story_and_keeps_the_secrets_out() {
         .position(|e| e["decision"] == "approval")
         .expect("an approval");
     let before = &timeline[..approval_at];
-    assert_eq!(before.iter().filter(|e| e["decision"] == "allow").count(), 4);
-    assert_eq!(before.iter().filter(|e| e["decision"] == "block").count(), 1);
+    assert_eq!(
+        before.iter().filter(|e| e["decision"] == "allow").count(),
+        4
+    );
+    assert_eq!(
+        before.iter().filter(|e| e["decision"] == "block").count(),
+        1
+    );
 
     // The offline verifier agrees, with the pinned demo receipt key.
     let verify = openclaw(home.path())
