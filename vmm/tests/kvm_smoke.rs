@@ -162,6 +162,82 @@ fn kill_stops_a_running_guest() {
     eprintln!("kill took {:?}", started.elapsed());
 }
 
+/// Maps guest-physical 0xd000_0000 (the virtio-mmio window, above the 1 GiB
+/// the boot page tables cover) with a 2 MiB page, then copies the device's
+/// MagicValue register to the serial port.
+fn read_virtio_magic_to_serial() -> Vec<u8> {
+    let mut code = vec![
+        0x48, 0xc7, 0xc7, 0x18, 0xa0, 0x00, 0x00, // mov rdi, 0xa018 (PDPT[3])
+        0x48, 0xc7, 0x07, 0x03, 0x00, 0x20, 0x00, // mov qword [rdi], 0x200003 (PD at 2 MiB)
+        0x48, 0xc7, 0xc7, 0x00, 0x04, 0x20, 0x00, // mov rdi, 0x200400 (PD[0x80])
+        0x48, 0xb8, 0x83, 0x00, 0x00, 0xd0, 0x00, 0x00, 0x00, 0x00, // mov rax, 0xd0000083
+        0x48, 0x89, 0x07, // mov [rdi], rax
+        0x0f, 0x20, 0xd8, 0x0f, 0x22, 0xd8, // mov rax, cr3; mov cr3, rax (flush)
+        0xbb, 0x00, 0x00, 0x00, 0xd0, // mov ebx, 0xd0000000
+        0x8b, 0x03, // mov eax, [rbx]  (MMIO read of MagicValue)
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    ];
+    for _ in 0..3 {
+        code.extend_from_slice(&[0xee, 0xc1, 0xe8, 0x08]); // out dx, al; shr eax, 8
+    }
+    code.push(0xee);
+    code
+}
+
+/// A network namespace made by the test, removed on drop.
+struct Netns(String);
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn guest_reads_the_virtio_mmio_registers_of_its_nic() {
+    if !kvm_available() {
+        return;
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        eprintln!("SKIPPED: no /dev/net/tun");
+        return;
+    }
+    let ns = Netns(format!("ocvmm-smoke-{}", std::process::id()));
+    let made = std::process::Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status();
+    assert!(made.is_ok_and(|s| s.success()), "ip netns add");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut code = read_virtio_magic_to_serial();
+    code.extend(out_bytes(BOOT_MARKER_PORT, &[1]));
+    code.extend(RESET);
+    let mut c = config(code, dir.path());
+    c.net = Some(vmm::NetConfig {
+        tap: "ocsmoke0".into(),
+        netns: Some(format!("/run/netns/{}", ns.0).into()),
+        host_cidr: Some("10.78.0.1/24".into()),
+        mac: [2, 0, 0, 0, 0, 1],
+    });
+    let exit = MicroVm::boot(c)
+        .expect("boot")
+        .wait(Some(Duration::from_secs(20)));
+    assert!(
+        matches!(exit.reason, ExitReason::Reset),
+        "{:?}",
+        exit.reason
+    );
+    assert!(exit.boot_time.is_some());
+    let console = std::fs::read(dir.path().join("console.log")).expect("console");
+    assert_eq!(console, b"virt", "MagicValue 0x74726976 read over MMIO");
+    // The tap went away with the VM.
+    let links = std::process::Command::new("ip")
+        .args(["-n", &ns.0, "link", "show", "ocsmoke0"])
+        .output()
+        .expect("ip");
+    assert!(!links.status.success(), "tap still exists after teardown");
+}
+
 #[test]
 fn bad_configurations_name_their_stage() {
     let dir = tempfile::tempdir().expect("tempdir");
