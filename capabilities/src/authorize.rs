@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use biscuit_auth::builder::{fact, Term};
+use std::sync::LazyLock;
+
+use biscuit_auth::builder::{fact, Policy, Term};
 use biscuit_auth::error::{FailedCheck, Logic, Token};
 use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits};
 
@@ -22,6 +24,11 @@ const LIMITS: AuthorizerLimits = AuthorizerLimits {
     max_iterations: 100,
     max_time: Duration::from_millis(100),
 };
+
+/// The authorizer's only policy: all decisions come from the token's checks.
+/// Parsed once; parsing it per request cost more than the checks.
+static ALLOW_ALL: LazyLock<Result<Policy, Token>> =
+    LazyLock::new(|| Policy::try_from("allow if true"));
 
 /// The facts of one request, normalized the way policies are.
 struct Request {
@@ -167,7 +174,11 @@ impl Request {
         if approved {
             b = b.fact(fact("approved", &[Term::Bool(true)]))?;
         }
-        b.policy("allow if true")
+        let allow = ALLOW_ALL
+            .as_ref()
+            .map_err(|_| Token::InternalError)?
+            .clone();
+        b.policy(allow)
     }
 }
 
@@ -287,6 +298,11 @@ impl Capability {
         let Some(first_failure) = first.first() else {
             return Ok(None);
         };
+        // A failed check of ours that is not an approval rule never mentions
+        // `approved`, so it fails the second run too: block without it.
+        if let Some(hard) = first.iter().find(|f| self.is_hard_check(f)) {
+            return Ok(Some((Verdict::Block, self.reason(hard, req, action))));
+        }
         // Only approval checks accept `approved(true)`: if everything passes
         // with it, the action is allowed once a human says yes.
         let second = failed_checks(self, req, true)?;
@@ -367,6 +383,14 @@ impl Capability {
             },
         };
         format!("{prefix}{text}")
+    }
+
+    /// Known to be a non-approval check (opaque blocks are never assumed).
+    fn is_hard_check(&self, (block, check, _): &(u32, u32, String)) -> bool {
+        self.blocks
+            .get(*block as usize)
+            .and_then(|b| b.checks.get(*check as usize))
+            .is_some_and(|k| !matches!(k, CheckKind::Approval(..)))
     }
 
     fn decision(&self, verdict: Verdict, reason: String, grant: Option<String>) -> Decision {
