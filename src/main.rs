@@ -11,6 +11,7 @@ mod home;
 mod keys;
 mod report;
 mod session;
+mod ui;
 
 use std::process::ExitCode;
 

@@ -298,33 +298,46 @@ pub fn write(dir: &Path, report: &Report) -> Result<()> {
     Ok(())
 }
 
+/// The one page template, shared by `report.html` and the web UI.
+const TEMPLATE: &str = include_str!("page.html");
+
 /// The one page template, shared by `report.html` and the web UI. The report
 /// travels inside the page as JSON, so the file needs nothing from the
-/// network; `live` (the UI) adds an event-stream URL the page follows.
+/// network; `live` (the UI) adds the URLs the page follows and posts to.
+/// Inline code runs only by hash ([`page_csp`]), also when opened as a file.
 pub fn render_html(report: &Report, live: Option<&LivePage>) -> String {
-    const TEMPLATE: &str = include_str!("page.html");
     let data = serde_json::to_string(report).unwrap_or_else(|_| "null".into());
     let live_json = live
         .map(|l| serde_json::to_string(l).unwrap_or_else(|_| "null".into()))
         .unwrap_or_else(|| "null".into());
+    // The report's text (paths, reasons) goes in last, so nothing in it is
+    // taken for a placeholder.
     TEMPLATE
-        .replace("__REPORT_JSON__", &script_safe(&data))
-        .replace("__LIVE_JSON__", &script_safe(&live_json))
+        .replace("__CSP__", &html_escape(&page_csp()))
         .replace("__TITLE__", &html_escape(&report.session.id))
+        .replace("__LIVE_JSON__", &script_safe(&live_json))
+        .replace("__REPORT_JSON__", &script_safe(&data))
 }
 
-/// What the UI's live page needs beyond the report: where to follow events
-/// and how to answer approvals.
+/// The page's Content-Security-Policy (the UI also sends it as a header).
+pub fn page_csp() -> String {
+    crate::ui::csp::policy_for(TEMPLATE)
+}
+
+/// What the UI's page needs beyond the report: where to follow events
+/// (running sessions), how to answer approvals, where to download the
+/// bundle (finished sessions) and the way back to the list.
 #[derive(Debug, Clone, Serialize)]
 pub struct LivePage {
-    pub events_url: String,
+    pub events_url: Option<String>,
     pub answer_url: String,
     pub csrf_token: String,
     pub bundle_url: Option<String>,
+    pub list_url: Option<String>,
 }
 
 /// JSON inside a `<script>` element must not be able to close it.
-fn script_safe(json: &str) -> String {
+pub fn script_safe(json: &str) -> String {
     json.replace('<', "\\u003c")
         .replace('>', "\\u003e")
         .replace('&', "\\u0026")

@@ -3,6 +3,7 @@
 
 pub mod bundle;
 mod console;
+pub mod control;
 mod enforcement;
 mod monitor;
 pub mod runner;

@@ -239,6 +239,12 @@ async fn run_in_bundle(
     let ca_pem = proxy.ca_pem().to_owned();
     info.ca_fingerprint = hex::encode(Sha256::digest(proxy.ca().cert_der()));
     bundle::write_info(dir, info)?;
+    // The control socket: `openclaw approve`/`deny` and the web UI.
+    let control = super::control::serve(
+        dir,
+        enforcement.events.clone(),
+        enforcement.approvals.clone(),
+    )?;
 
     let result = supervise(
         config,
@@ -255,6 +261,7 @@ async fn run_in_bundle(
     .await;
 
     // Teardown in reverse: no new decisions, then the chain's end.
+    control.stop().await;
     enforcement.shutdown();
     proxy.shutdown().await;
     let events_done = out.finish().await;

@@ -1,0 +1,180 @@
+//! A running session's page, live: one server-sent-events stream per open
+//! page. It subscribes to the session's control socket and, whenever an
+//! event or the pending list arrives (and every few seconds for the clock),
+//! re-reads the bundle's report and sends `{"report", "pending", "ended"}`.
+//! The receipts on disk stay the single source of truth; the socket only
+//! says when to look and what is waiting for a human.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Body, ChannelBody, State};
+use crate::report::Report;
+use crate::session::bundle;
+use crate::session::control::{self, PendingWire};
+
+/// Events arriving close together are sent as one update.
+const DEBOUNCE: Duration = Duration::from_millis(120);
+/// The page's clock and the bundle's late writes (bytes, status) are picked
+/// up at least this often.
+const REFRESH: Duration = Duration::from_secs(2);
+/// After the socket closes, how long to wait for the supervisor's final
+/// `session.json`.
+const END_GRACE: Duration = Duration::from_secs(15);
+
+pub fn events(state: &State, id: &str, dir: PathBuf) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    // `State` lives as long as the server; the stream task gets its own
+    // handle on what it needs.
+    let id = id.to_owned();
+    let sessions = StateRef::new(state);
+    tokio::spawn(async move {
+        if let Err(err) = follow(&sessions, &id, &dir, &tx).await {
+            tracing::debug!("live stream of {id}: {err:#}");
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(ChannelBody { rx }.boxed())
+        .expect("static response parts are valid")
+}
+
+/// The part of the server state a stream needs, shareable with its task.
+#[derive(Clone)]
+struct StateRef {
+    sessions: Arc<super::sessions::Sessions>,
+}
+
+impl StateRef {
+    fn new(state: &State) -> Self {
+        StateRef {
+            sessions: state.sessions_arc(),
+        }
+    }
+}
+
+async fn follow(
+    state: &StateRef,
+    id: &str,
+    dir: &Path,
+    tx: &mpsc::Sender<Bytes>,
+) -> anyhow::Result<()> {
+    let mut last_sent = String::new();
+    let mut sub = match control::subscribe_to(dir).await {
+        Ok(sub) => Some(sub),
+        Err(err) => {
+            tracing::debug!("subscribing to {id}: {err}");
+            None
+        }
+    };
+    let mut pending: Vec<PendingWire> = Vec::new();
+    let mut due = Some(Instant::now());
+    let mut tick = tokio::time::interval(REFRESH);
+    while let Some(s) = sub.as_mut() {
+        tokio::select! {
+            msg = s.next() => match msg {
+                Ok(Some(msg)) => {
+                    if let Some(list) = msg.get("pending") {
+                        pending = serde_json::from_value(list.clone()).unwrap_or_default();
+                        // The pending list matters to a human: show it now.
+                        due = Some(Instant::now());
+                    } else if due.is_none() {
+                        due = Some(Instant::now() + DEBOUNCE);
+                    }
+                }
+                // Stream ended: the session is shutting down.
+                Ok(None) | Err(_) => sub = None,
+            },
+            _ = sleep_until(due) => {
+                due = None;
+                send(state, id, dir, &pending, false, tx, &mut last_sent).await?;
+            }
+            _ = tick.tick() => {
+                send(state, id, dir, &pending, false, tx, &mut last_sent).await?;
+            }
+            _ = tx.closed() => return Ok(()),
+        }
+    }
+    // Wait for the supervisor to write its final status (report, receipts).
+    let deadline = Instant::now() + END_GRACE;
+    while Instant::now() < deadline {
+        let done = bundle::read_info(dir)
+            .map(|i| i.status != "running")
+            .unwrap_or(true);
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    send(state, id, dir, &[], true, tx, &mut last_sent).await
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send(
+    state: &StateRef,
+    id: &str,
+    dir: &Path,
+    pending: &[PendingWire],
+    ended: bool,
+    tx: &mpsc::Sender<Bytes>,
+    last_sent: &mut String,
+) -> anyhow::Result<()> {
+    let sessions = state.sessions.clone();
+    let (id_owned, dir_owned) = (id.to_owned(), dir.to_path_buf());
+    // Reading and verifying the chain is blocking work.
+    let report =
+        tokio::task::spawn_blocking(move || sessions.report(&id_owned, &dir_owned)).await?;
+    let Some(report) = report else {
+        return Ok(());
+    };
+    let message = serde_json::json!({
+        "report": report,
+        "pending": enrich(pending, &report),
+        "ended": ended,
+    })
+    .to_string();
+    // Unchanged state (the clock aside, which the page runs itself) is not resent.
+    if message == *last_sent && !ended {
+        return Ok(());
+    }
+    *last_sent = message.clone();
+    tx.send(Bytes::from(format!("data: {message}\n\n")))
+        .await
+        .map_err(|_| anyhow::anyhow!("page went away"))
+}
+
+/// Pending approvals as the page shows them: with the grant named by their
+/// decision receipt.
+fn enrich(pending: &[PendingWire], report: &Report) -> Vec<Value> {
+    pending
+        .iter()
+        .map(|p| {
+            let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
+            let grant = report
+                .timeline
+                .iter()
+                .find(|e| e.seq == p.decision_seq)
+                .and_then(|e| e.grant.clone());
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("grant".into(), grant.map_or(Value::Null, Value::String));
+            }
+            v
+        })
+        .collect()
+}

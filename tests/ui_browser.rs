@@ -1,0 +1,387 @@
+//! The web UI in real headless Chromium (Debian `chromium` +
+//! `chromium-driver`, driven over WebDriver with fantoccini): the sessions
+//! list, a running flight-booking demo whose $487 purchase waits for a
+//! human, the approval appearing live, Approve (then, in a second session,
+//! Deny) clicked in the page, the held request completing in the timeline,
+//! and the approval receipt naming the approver `ui`. Screenshots of the list
+//! and the session page land in `target/ui-screenshots/`.
+//!
+//! Needs root (sessions create network namespaces) and Chromium; a machine
+//! without `/usr/bin/chromium` fails the test with the bootstrap hint.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::Value;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Kills a child process at the end of the test, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn openclaw(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw"));
+    cmd.env("OPENCLAW_HOME", home).env_remove("RUST_LOG");
+    cmd
+}
+
+/// `openclaw ui` on a free port; returns the process and the URL with the token.
+fn start_ui(home: &Path) -> (Killed, String) {
+    let mut child = openclaw(home)
+        .args(["ui", "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start openclaw ui");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("URL line");
+    assert!(line.contains("/?token="), "{line}");
+    (Killed(child), line.trim().to_owned())
+}
+
+/// The demo with its purchase approval left to the API (no terminal here).
+fn start_demo(home: &Path) -> Killed {
+    let child = openclaw(home)
+        .args([
+            "demo",
+            "flight-booking",
+            "--approve",
+            "prompt",
+            "--approval-timeout",
+            "120s",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the demo");
+    Killed(child)
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The one session directory that has a live control socket.
+fn running_session(home: &Path, not: &[String]) -> String {
+    wait_until("a running session", Duration::from_secs(60), || {
+        std::fs::read_dir(home.join("sessions"))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                let id = e.file_name().to_string_lossy().into_owned();
+                !not.contains(&id) && e.path().join("control.sock").exists()
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+    })
+}
+
+async fn chromium(port: u16, profile: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--window-size=1440,1200",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match ClientBuilder::rustls()
+            .expect("rustls connector")
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(client) => return client,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("waiting for chromedriver: {err}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(err) => panic!("chromedriver never took a session: {err}"),
+        }
+    }
+}
+
+fn screenshots_dir() -> PathBuf {
+    // tests run with the package root as the working directory.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("ui-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshots dir");
+    dir
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.expect("screenshot");
+    let path = screenshots_dir().join(name);
+    std::fs::write(&path, png).expect("write screenshot");
+    eprintln!("screenshot: {}", path.display());
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Waits (in the page) until `css` matches, polling.
+async fn wait_for(client: &Client, css: &str, timeout: Duration) {
+    client
+        .wait()
+        .at_most(timeout)
+        .every(Duration::from_millis(100))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} never appeared: {e}"));
+}
+
+fn receipts(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("receipts.jsonl"))
+        .expect("receipts")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("receipt json"))
+        .collect()
+}
+
+/// The approval receipts of a bundle: (approved, approver).
+fn approval_receipts(dir: &Path) -> Vec<(bool, String)> {
+    receipts(dir)
+        .iter()
+        .filter(|r| r["kind"] == "approval")
+        .map(|r| {
+            (
+                r["approved"].as_bool().expect("approved"),
+                r["approver"].as_str().expect("approver").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Opens the running session from the list, waits for the purchase
+/// approval, clicks `button`, and waits for the timeline to show `outcome`.
+async fn answer_in_browser(
+    client: &Client,
+    home: &Path,
+    id: &str,
+    button: &str,
+    outcome: &str,
+    shots: bool,
+) {
+    client
+        .goto(&format!("{}/", base(client).await))
+        .await
+        .expect("list");
+    let row = format!("tr[data-session=\"{id}\"]");
+    wait_for(
+        client,
+        &format!("{row}[data-status=\"running\"]"),
+        Duration::from_secs(30),
+    )
+    .await;
+    if shots {
+        // Let the list show the waiting approval before the picture.
+        let _ = client
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(&format!("{row} td[data-pending=\"1\"]")))
+            .await;
+        screenshot(client, "sessions-list.png").await;
+    }
+    client
+        .find(Locator::Css(&format!("{row} a")))
+        .await
+        .expect("session link")
+        .click()
+        .await
+        .expect("open the session");
+    wait_for(client, "#conn.live", Duration::from_secs(15)).await;
+
+    // The held purchase appears live, with what is asked.
+    wait_for(
+        client,
+        "[data-approval] button.approve",
+        Duration::from_secs(90),
+    )
+    .await;
+    let box_text = text_of(client, "[data-approval]").await;
+    for needle in [
+        "$487.00",
+        "united.com",
+        "/api/booking/purchase",
+        "payment",
+        "s left",
+    ] {
+        assert!(box_text.contains(needle), "{needle:?} not in {box_text:?}");
+    }
+    let pending_row = text_of(client, "tr[data-outcome=\"pending\"]").await;
+    assert!(
+        pending_row.contains("/api/booking/purchase"),
+        "{pending_row}"
+    );
+    if shots {
+        screenshot(client, "session-pending-approval.png").await;
+    }
+
+    client
+        .find(Locator::Css(&format!("[data-approval] button.{button}")))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+
+    // The pending box goes away and the timeline shows the answer by "ui".
+    let row_css = format!("tr[data-outcome=\"{outcome}\"]");
+    wait_for(client, &row_css, Duration::from_secs(30)).await;
+    let row = text_of(client, &row_css).await;
+    assert!(row.contains("/api/booking/purchase"), "{row}");
+    assert!(row.contains("by ui"), "{row}");
+    assert!(client
+        .find_all(Locator::Css("[data-approval]"))
+        .await
+        .expect("query")
+        .is_empty());
+
+    // The session runs to its end; the page follows it.
+    wait_for(
+        client,
+        "#status.completed, #status.failed",
+        Duration::from_secs(90),
+    )
+    .await;
+    if outcome == "approved" {
+        // The purchase went through: status 200 on its row once completed.
+        let row = text_of(client, &row_css).await;
+        assert!(row.contains("200"), "{row}");
+        assert_eq!(text_of(client, "#chain-status").await, "valid");
+        if shots {
+            screenshot(client, "session-after-approval.png").await;
+        }
+    }
+    let dir = home.join("sessions").join(id);
+    let approvals = approval_receipts(&dir);
+    assert_eq!(
+        approvals,
+        vec![(outcome == "approved", "ui".to_owned())],
+        "approval receipts of {id}"
+    );
+}
+
+async fn base(client: &Client) -> String {
+    let url = client.current_url().await.expect("url");
+    format!(
+        "{}://{}",
+        url.scheme(),
+        url.host_str().map_or(String::new(), |h| format!(
+            "{h}:{}",
+            url.port().unwrap_or(80)
+        ))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approve_and_deny_in_headless_chromium() {
+    assert!(
+        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+        "needs chromium and chromium-driver (scripts/bootstrap installs them)"
+    );
+    let home = tempfile::tempdir().expect("home");
+    let profile = tempfile::tempdir().expect("chromium profile");
+    let (_ui, url) = start_ui(home.path());
+    let driver_port = free_port();
+    let _driver = Killed(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let client = chromium(driver_port, profile.path()).await;
+
+    // The token URL sets the cookie and lands on the list without the token.
+    client.goto(&url).await.expect("open the UI");
+    let landed = client.current_url().await.expect("url");
+    assert_eq!(landed.path(), "/");
+    assert!(landed.query().is_none(), "token left in the URL: {landed}");
+    wait_for(&client, "#list .empty", Duration::from_secs(10)).await;
+    // The cookie is HttpOnly: the page's script cannot read it.
+    let cookies = client
+        .execute("return document.cookie", vec![])
+        .await
+        .expect("js");
+    assert_eq!(cookies, Value::String(String::new()));
+
+    let _demo = start_demo(home.path());
+    let first = running_session(home.path(), &[]);
+    answer_in_browser(&client, home.path(), &first, "approve", "approved", true).await;
+
+    let _demo = start_demo(home.path());
+    let second = running_session(home.path(), std::slice::from_ref(&first));
+    answer_in_browser(&client, home.path(), &second, "deny", "denied", false).await;
+
+    // A finished session's page offers its bundle.
+    client
+        .goto(&format!("{}/sessions/{first}", base(&client).await))
+        .await
+        .expect("finished page");
+    wait_for(&client, "#bundle a", Duration::from_secs(10)).await;
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(
+            home.path()
+                .join("sessions")
+                .join(&second)
+                .join("report.json"),
+        )
+        .expect("report"),
+    )
+    .expect("json");
+    assert_eq!(
+        report["counts"]["approvals"]["denied"], 1,
+        "{}",
+        report["counts"]
+    );
+    assert_eq!(report["spend"]["payments_cents"], 0);
+
+    client.close().await.expect("close chromium");
+}
