@@ -20,6 +20,9 @@ use tokio_rustls::{client::TlsStream, TlsConnector};
 use super::server::AlpnOffer;
 use crate::ProxyError;
 
+/// Bound on the per-host ALPN memory (a guest cannot grow it without limit).
+const MAX_LEARNED_HOSTS: usize = 4096;
+
 /// How the proxy reaches upstream services.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -227,7 +230,9 @@ impl UpstreamClient {
         if offer.h2 && offer.http11 {
             // Only a free choice teaches us the host's preference.
             let mut seen = self.alpn_seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.insert(host.to_owned(), h2);
+            if seen.len() < MAX_LEARNED_HOSTS || seen.contains_key(host) {
+                seen.insert(host.to_owned(), h2);
+            }
         }
         Ok((tls, h2))
     }
