@@ -20,6 +20,8 @@ use crate::arch::{
     self, mptable::MAX_VCPUS, CMDLINE_ADDR, EBDA_START, HIMEM_START, ZERO_PAGE_ADDR,
 };
 use crate::arch::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use crate::devices::virtio::console::Console;
+use crate::devices::virtio::mmio::MmioDevice;
 use crate::devices::virtio::net::{Net, NetConfig, TapError};
 use crate::devices::virtio::{MmioTransport, VirtioInterrupt};
 use crate::devices::{
@@ -30,8 +32,29 @@ use crate::vstate::memory::{create_guest_memory, GuestMemory, GuestMemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuKick, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
 
-/// The NIC's interrupt line (ISA IRQs 3 and 4 are the UARTs).
-const VIRTIO_NET_IRQ: u32 = 5;
+/// virtio-mmio slot i interrupts on line 5 + i (ISA IRQs 3 and 4 are the UARTs).
+const VIRTIO_FIRST_IRQ: u32 = 5;
+
+/// Wires slot `slot`'s interrupt and announces the device on the command line.
+fn virtio_interrupt(
+    vm: &Vm,
+    slot: u64,
+    cmdline: &mut linux_loader::cmdline::Cmdline,
+) -> Result<Arc<VirtioInterrupt>, StartVmError> {
+    let irq = VIRTIO_FIRST_IRQ + slot as u32;
+    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(StartVmError::Irq)?;
+    vm.register_irq(&evt, irq)
+        .map_err(StartVmError::RegisterIrq)?;
+    cmdline
+        .add_virtio_mmio_device(
+            VIRTIO_MMIO_SIZE,
+            GuestAddress(VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_SIZE),
+            irq,
+            None,
+        )
+        .map_err(StartVmError::Cmdline)?;
+    Ok(Arc::new(VirtioInterrupt::new(IrqLine::new(evt))))
+}
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -202,26 +225,22 @@ impl MicroVm {
         let initrd = load_initramfs(&mem, &config, kernel_end, mem_end)?;
 
         let mut cmdline = arch::build_cmdline(&config.cmdline).map_err(StartVmError::Cmdline)?;
-        let net = match &config.net {
-            Some(net_config) => {
-                let net = Net::new(net_config).map_err(StartVmError::CreateNetDevice)?;
-                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(StartVmError::Irq)?;
-                vm.register_irq(&evt, VIRTIO_NET_IRQ)
-                    .map_err(StartVmError::RegisterIrq)?;
-                let interrupt = Arc::new(VirtioInterrupt::new(IrqLine::new(evt)));
-                // The kernel learns about the device from its command line.
-                cmdline
-                    .add_virtio_mmio_device(
-                        VIRTIO_MMIO_SIZE,
-                        GuestAddress(VIRTIO_MMIO_BASE),
-                        VIRTIO_NET_IRQ,
-                        None,
-                    )
-                    .map_err(StartVmError::Cmdline)?;
-                Some(MmioTransport::new(net, mem.clone(), interrupt))
-            }
-            None => None,
-        };
+        // virtio-mmio slots: 0 the control channel's virtio-console, 1 the NIC.
+        let (control_tx, control_rx) = channel();
+        let marker = Arc::new(BootMarker::new(created));
+        let mut virtio: Vec<Box<dyn MmioDevice>> = Vec::new();
+        let console_decoder = ControlDecoder::with_marker(control_tx.clone(), marker.clone());
+        let interrupt = virtio_interrupt(&vm, 0, &mut cmdline)?;
+        virtio.push(Box::new(MmioTransport::new(
+            Console::new(Box::new(console_decoder)),
+            mem.clone(),
+            interrupt,
+        )));
+        if let Some(net_config) = &config.net {
+            let net = Net::new(net_config).map_err(StartVmError::CreateNetDevice)?;
+            let interrupt = virtio_interrupt(&vm, 1, &mut cmdline)?;
+            virtio.push(Box::new(MmioTransport::new(net, mem.clone(), interrupt)));
+        }
         loader::load_cmdline(&mem, GuestAddress(CMDLINE_ADDR), &cmdline)
             .map_err(StartVmError::LoadCommandline)?;
         let cmdline_len = cmdline
@@ -249,8 +268,6 @@ impl MicroVm {
             .map_err(StartVmError::RegisterIrq)?;
         vm.register_irq(&com2_evt, COM2_IRQ)
             .map_err(StartVmError::RegisterIrq)?;
-        let (control_tx, control_rx) = channel();
-        let marker = Arc::new(BootMarker::new(created));
         let decoder = ControlDecoder::with_marker(control_tx, marker.clone());
         let mut bus = Bus::new(
             SerialPort::new(
@@ -260,8 +277,8 @@ impl MicroVm {
             SerialPort::new(IrqLine::new(com2_evt), Box::new(decoder)),
             marker,
         );
-        if let Some(net) = net {
-            bus = bus.with_net(net);
+        for device in virtio {
+            bus.add_virtio(device);
         }
         let bus = Arc::new(bus);
 

@@ -162,7 +162,7 @@ fn kill_stops_a_running_guest() {
     eprintln!("kill took {:?}", started.elapsed());
 }
 
-/// Maps guest-physical 0xd000_0000 (the virtio-mmio window, above the 1 GiB
+/// Maps guest-physical 0xd000_0000 (virtio-mmio slot 0, above the 1 GiB
 /// the boot page tables cover) with a 2 MiB page, then copies the device's
 /// MagicValue register to the serial port.
 fn read_virtio_magic_to_serial() -> Vec<u8> {

@@ -1,7 +1,7 @@
 //! The guest's PID 1: marks the boot, mounts, configures the NIC from the
 //! kernel command line, installs the session CA as the only trust anchor,
 //! runs the task with its placeholders, streams stdout/stderr and the exit
-//! status over the control channel (ttyS1), then resets the VM (power off).
+//! status over the control channel (hvc0, else ttyS1), then resets the VM (power off).
 //!
 //! Built static (`-C target-feature=+crt-static`) so the image needs no libc for it.
 
@@ -19,7 +19,9 @@ use vmm::{
     FRAME_EXIT, FRAME_MARK, FRAME_STDERR, FRAME_STDOUT, MARKER_INIT_STARTED, MARKER_TASK_STARTED,
 };
 
-const CONTROL_TTY: &str = "/dev/ttyS1";
+/// The control channel: virtio-console first (one VM exit per write), the
+/// second UART when the VMM offers no virtio-console.
+const CONTROL_TTYS: [&str; 2] = ["/dev/hvc0", "/dev/ttyS1"];
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const SESSION_CA: &str = "/openclaw/session/ca.pem";
 const SESSION_ENV: &str = "/openclaw/session/env";
@@ -260,10 +262,17 @@ struct Control {
 
 impl Control {
     fn open() -> Result<Control, String> {
-        let tty = OpenOptions::new()
-            .write(true)
-            .open(CONTROL_TTY)
-            .map_err(|e| format!("{CONTROL_TTY}: {e}"))?;
+        let mut opened = Err(String::from("no control channel device"));
+        for path in CONTROL_TTYS {
+            opened = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| format!("{path}: {e}"));
+            if opened.is_ok() {
+                break;
+            }
+        }
+        let tty = opened?;
         // Raw: no newline translation or echo processing of our binary frames.
         let mut attrs = termios::tcgetattr(&tty).map_err(|e| format!("tcgetattr: {e}"))?;
         termios::cfmakeraw(&mut attrs);

@@ -14,8 +14,7 @@ pub use control::{ControlDecoder, ControlEvent};
 pub use i8042::{ResetFlag, I8042_PORT_BASE};
 pub use serial::{IrqLine, SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ};
 
-use virtio::net::Net;
-use virtio::MmioTransport;
+use virtio::mmio::MmioDevice;
 
 type I8042 = vm_superio::I8042Device<ResetFlag>;
 
@@ -26,8 +25,8 @@ pub struct Bus {
     i8042: Mutex<I8042>,
     pub marker: Arc<BootMarker>,
     reset: Arc<AtomicBool>,
-    /// The virtio-net device at `VIRTIO_MMIO_BASE`, when the VM has a NIC.
-    net: Option<Mutex<MmioTransport<Net>>>,
+    /// virtio-mmio windows, slot i at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`.
+    virtio: Vec<Mutex<Box<dyn MmioDevice>>>,
 }
 
 impl Bus {
@@ -39,14 +38,15 @@ impl Bus {
             i8042: Mutex::new(I8042::new(ResetFlag(reset.clone()))),
             marker,
             reset,
-            net: None,
+            virtio: Vec::new(),
         }
     }
 
-    /// Attaches the NIC (before the bus is shared with vCPUs).
-    pub fn with_net(mut self, net: MmioTransport<Net>) -> Bus {
-        self.net = Some(Mutex::new(net));
-        self
+    /// Adds a virtio-mmio device in the next slot (before the bus is shared
+    /// with vCPUs); returns the slot index.
+    pub fn add_virtio(&mut self, device: Box<dyn MmioDevice>) -> usize {
+        self.virtio.push(Mutex::new(device));
+        self.virtio.len() - 1
     }
 
     /// Whether the guest asked the keyboard controller to reset the CPU.
@@ -86,24 +86,28 @@ impl Bus {
 
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         data.fill(0);
-        if let (Some(net), Some(offset)) = (&self.net, virtio_offset(addr)) {
-            lock(net).read(offset, data);
+        if let Some((slot, offset)) = virtio_slot(addr) {
+            if let Some(dev) = self.virtio.get(slot) {
+                lock(dev).mmio_read(offset, data);
+            }
         }
     }
 
     pub fn mmio_write(&self, addr: u64, data: &[u8]) {
-        if let (Some(net), Some(offset)) = (&self.net, virtio_offset(addr)) {
-            lock(net).write(offset, data);
+        if let Some((slot, offset)) = virtio_slot(addr) {
+            if let Some(dev) = self.virtio.get(slot) {
+                lock(dev).mmio_write(offset, data);
+            }
         }
     }
 }
 
-/// Offset into the (single) virtio-mmio window, if `addr` falls in it.
-fn virtio_offset(addr: u64) -> Option<u64> {
+/// (slot, offset) of the virtio-mmio window `addr` falls in.
+fn virtio_slot(addr: u64) -> Option<(usize, u64)> {
     use crate::arch::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
-    (VIRTIO_MMIO_BASE..VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE)
-        .contains(&addr)
-        .then(|| addr - VIRTIO_MMIO_BASE)
+    let rel = addr.checked_sub(VIRTIO_MMIO_BASE)?;
+    let slot = usize::try_from(rel / VIRTIO_MMIO_SIZE).ok()?;
+    (slot < 32).then_some((slot, rel % VIRTIO_MMIO_SIZE))
 }
 
 /// A poisoned device lock means a vCPU thread panicked mid-access; the device

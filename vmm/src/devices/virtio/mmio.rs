@@ -287,6 +287,22 @@ fn fresh_queues<D: VirtioDevice>(device: &D) -> Vec<Queue> {
         .collect()
 }
 
+/// A device window on the MMIO bus, whatever the device behind it.
+pub trait MmioDevice: Send {
+    fn mmio_read(&mut self, offset: u64, data: &mut [u8]);
+    fn mmio_write(&mut self, offset: u64, data: &[u8]);
+}
+
+impl<D: VirtioDevice> MmioDevice for MmioTransport<D> {
+    fn mmio_read(&mut self, offset: u64, data: &mut [u8]) {
+        self.read(offset, data);
+    }
+
+    fn mmio_write(&mut self, offset: u64, data: &[u8]) {
+        self.write(offset, data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

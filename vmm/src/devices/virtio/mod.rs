@@ -1,6 +1,7 @@
 //! virtio over MMIO: the transport's register state machine (`mmio`) and the
 //! devices behind it (`net`).
 
+pub mod console;
 pub mod mmio;
 pub mod net;
 #[cfg(test)]
