@@ -138,11 +138,7 @@ async fn chromium(port: u16, profile: &Path) -> Client {
 }
 
 fn screenshots_dir() -> PathBuf {
-    // tests run with the package root as the working directory.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let dir = target.join("ui-screenshots");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
     std::fs::create_dir_all(&dir).expect("screenshots dir");
     dir
 }

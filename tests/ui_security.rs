@@ -207,6 +207,24 @@ fn token_cookie_csrf_host_and_cors_rules() {
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(r.body.contains("not running"), "{}", r.body);
 
+    // Not live (no control socket): its bundle downloads as a tar.gz.
+    let r = get(&ui, &format!("/sessions/{id}/bundle.tar.gz"), &cookie);
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/gzip")
+    );
+    assert!(
+        r.header("content-disposition")
+            .is_some_and(|d| d.contains(&format!("openclaw-session-{id}.tar.gz"))),
+        "{}",
+        r.head
+    );
+    assert_eq!(
+        get(&ui, &format!("/sessions/{id}/bundle.tar.gz"), "").status,
+        401
+    );
+
     // Another Host name (DNS rebinding) gets nothing, cookie or not.
     let r = http(
         ui.addr,
