@@ -379,5 +379,53 @@ async fn approve_and_deny_in_headless_chromium() {
     );
     assert_eq!(report["spend"]["payments_cents"], 0);
 
+    // From inside the page, an answer without the CSRF header is refused
+    // (and one with it reaches the ended session, which says so).
+    let refused = client
+        .execute(
+            "return fetch(location.pathname + '/approvals', {method: 'POST', \
+             headers: {'content-type': 'application/json'}, body: '{\"id\":1,\"approve\":true}'}) \
+             .then(r => r.status)",
+            vec![],
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(refused, Value::from(403));
+    let ended = client
+        .execute(
+            "const live = JSON.parse(document.getElementById('live-data').textContent); \
+             return fetch(live.answer_url, {method: 'POST', headers: {'content-type': \
+             'application/json', 'x-openclaw-csrf': live.csrf_token}, \
+             body: '{\"id\":1,\"approve\":true}'}).then(r => r.status)",
+            vec![],
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(ended, Value::from(409));
+
+    // The report.html written into the bundle renders offline, as a file,
+    // under its own hash-based CSP (a blocked script would show no rows).
+    let file = home
+        .path()
+        .join("sessions")
+        .join(&first)
+        .join("report.html");
+    client
+        .goto(&format!("file://{}", file.display()))
+        .await
+        .expect("open report.html");
+    wait_for(
+        &client,
+        "tr[data-outcome=\"approved\"]",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(text_of(&client, "#chain-status").await, "valid");
+    assert!(client
+        .find_all(Locator::Css("button"))
+        .await
+        .expect("query")
+        .is_empty());
+
     client.close().await.expect("close chromium");
 }
