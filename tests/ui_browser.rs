@@ -150,14 +150,37 @@ async fn screenshot(client: &Client, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
+/// The text of the first element matching `css`, read in one step in the
+/// page (the live page re-renders, so a held element reference goes stale).
 async fn text_of(client: &Client, css: &str) -> String {
-    client
-        .find(Locator::Css(css))
+    let value = client
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+            vec![Value::from(css)],
+        )
         .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .expect("text")
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("nothing matches {css}"))
+        .to_owned()
+}
+
+/// Clicks the element matching `css`, again if the page re-rendered it
+/// between finding and clicking (a stale reference is never clicked).
+async fn click(client: &Client, css: &str) {
+    let mut last = String::new();
+    for _ in 0..10 {
+        match client.find(Locator::Css(css)).await {
+            Ok(element) => match element.click().await {
+                Ok(()) => return,
+                Err(err) => last = err.to_string(),
+            },
+            Err(err) => last = err.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not click {css}: {last}");
 }
 
 /// Waits (in the page) until `css` matches, polling.
@@ -223,13 +246,7 @@ async fn answer_in_browser(
             .await;
         screenshot(client, "sessions-list.png").await;
     }
-    client
-        .find(Locator::Css(&format!("{row} a")))
-        .await
-        .expect("session link")
-        .click()
-        .await
-        .expect("open the session");
+    click(client, &format!("{row} a")).await;
     wait_for(client, "#conn.live", Duration::from_secs(15)).await;
 
     // The held purchase appears live, with what is asked.
@@ -258,13 +275,7 @@ async fn answer_in_browser(
         screenshot(client, "session-pending-approval.png").await;
     }
 
-    client
-        .find(Locator::Css(&format!("[data-approval] button.{button}")))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    click(client, &format!("[data-approval] button.{button}")).await;
 
     // The pending box goes away and the timeline shows the answer by "ui".
     let row_css = format!("tr[data-outcome=\"{outcome}\"]");
@@ -357,8 +368,9 @@ async fn approve_and_deny_in_headless_chromium() {
     answer_in_browser(&client, home.path(), &second, "deny", "denied", false).await;
 
     // A finished session's page offers its bundle.
+    let url_base = format!("{}/", base(&client).await);
     client
-        .goto(&format!("{}/sessions/{first}", base(&client).await))
+        .goto(&format!("{url_base}sessions/{first}"))
         .await
         .expect("finished page");
     wait_for(&client, "#bundle a", Duration::from_secs(10)).await;
@@ -426,6 +438,16 @@ async fn approve_and_deny_in_headless_chromium() {
         .await
         .expect("query")
         .is_empty());
+
+    // The list with both sessions finished.
+    client.goto(&url_base).await.expect("list");
+    wait_for(
+        &client,
+        &format!("tr[data-session=\"{second}\"]:not([data-status=\"running\"])"),
+        Duration::from_secs(10),
+    )
+    .await;
+    screenshot(&client, "sessions-list-finished.png").await;
 
     client.close().await.expect("close chromium");
 }

@@ -109,7 +109,10 @@ impl Server {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handle(&state, req).await) }
                 });
+                // A client that never finishes its request head is dropped.
                 if let Err(err) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), service)
                     .await
                 {
@@ -149,10 +152,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
         if req.method() == Method::GET && access.token_matches(&token) {
             return Response::builder()
                 .status(StatusCode::SEE_OTHER)
-                .header(
-                    header::LOCATION,
-                    if path.starts_with('/') { &path } else { "/" },
-                )
+                .header(header::LOCATION, local_target(&path))
                 .header(header::SET_COOKIE, access.set_cookie())
                 .body(empty())
                 .expect("static response parts are valid");
@@ -313,6 +313,16 @@ fn empty() -> Body {
     Full::new(Bytes::new()).boxed()
 }
 
+/// Where to send the browser after the token: the same path on this
+/// server, never another host (`//evil.example` is a network-path reference).
+fn local_target(path: &str) -> &str {
+    if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') {
+        path
+    } else {
+        "/"
+    }
+}
+
 /// The value of `name` in a query string (tokens are hex: no decoding).
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?
@@ -344,6 +354,14 @@ impl hyper::body::Body for ChannelBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_redirect_stays_on_this_server() {
+        assert_eq!(local_target("/sessions/x"), "/sessions/x");
+        assert_eq!(local_target("//evil.example/x"), "/");
+        assert_eq!(local_target("/\\evil.example"), "/");
+        assert_eq!(local_target("*"), "/");
+    }
 
     #[test]
     fn token_query_parsing() {
