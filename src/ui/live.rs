@@ -70,11 +70,18 @@ async fn follow(
     tx: &mpsc::Sender<Bytes>,
 ) -> anyhow::Result<()> {
     let mut last_sent = String::new();
-    let mut sub = match control::subscribe_to(dir).await {
-        Ok(sub) => Some(sub),
-        Err(err) => {
+    let subscribed = tokio::time::timeout(super::CONTROL_TIMEOUT, control::subscribe_to(dir)).await;
+    let mut sub = match subscribed {
+        Ok(Ok(sub)) => Some(sub),
+        Ok(Err(err)) => {
             tracing::debug!("subscribing to {id}: {err}");
             None
+        }
+        Err(_) => {
+            // Busy, not gone: show what the bundle says and end this stream;
+            // the browser's EventSource reconnects by itself.
+            tracing::warn!("subscribing to {id}: its control socket did not answer in time");
+            return send(state, id, dir, &[], false, tx, &mut last_sent).await;
         }
     };
     let mut pending: Vec<PendingWire> = Vec::new();

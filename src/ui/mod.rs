@@ -41,6 +41,8 @@ use sessions::Sessions;
 pub const APPROVER: &str = "ui";
 
 const LIST_TEMPLATE: &str = include_str!("list.html");
+/// How long the UI waits for a session's control socket.
+pub const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest request body taken (an answer is a few dozen bytes).
 const MAX_BODY: usize = 4096;
 
@@ -247,7 +249,16 @@ async fn answer(state: &State, dir: &std::path::Path, req: Request<Incoming>) ->
         approve: answer.approve,
         approver: Some(APPROVER.into()),
     };
-    match control::call(dir, &request).await {
+    // A supervisor that does not answer in time leaves the approval pending
+    // (its own timeout denies it); the page says so rather than hanging.
+    let reply = tokio::time::timeout(CONTROL_TIMEOUT, control::call(dir, &request)).await;
+    let Ok(reply) = reply else {
+        return json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &serde_json::json!({"ok": false, "error": "the session did not answer in time"}),
+        );
+    };
+    match reply {
         Ok(_) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
         Err(ControlClientError::Refused(reason)) => json(
             StatusCode::CONFLICT,
