@@ -237,13 +237,14 @@ async fn answer_in_browser(
         Duration::from_secs(30),
     )
     .await;
+    // The list counts the purchase as pending (it refreshes by itself).
+    wait_for(
+        client,
+        &format!("{row} td[data-pending=\"1\"]"),
+        Duration::from_secs(60),
+    )
+    .await;
     if shots {
-        // Let the list show the waiting approval before the picture.
-        let _ = client
-            .wait()
-            .at_most(Duration::from_secs(30))
-            .for_element(Locator::Css(&format!("{row} td[data-pending=\"1\"]")))
-            .await;
         screenshot(client, "sessions-list.png").await;
     }
     click(client, &format!("{row} a")).await;
