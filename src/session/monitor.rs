@@ -104,7 +104,12 @@ impl Monitor {
             EventKind::Blocked | EventKind::Denied => "31",
             _ => "33",
         };
-        self.emit(&format!("  {}", self.paint(color, &event.line())));
+        let mut line = event.line();
+        if event.kind == EventKind::Pending {
+            // The id `openclaw approve|deny SESSION ID` and the web UI answer by.
+            line.push_str(&format!(" · approval #{}", event.request));
+        }
+        self.emit(&format!("  {}", self.paint(color, &line)));
     }
 
     /// The startup lines of DESIGN.md's example.
