@@ -485,6 +485,11 @@ impl SessionCredentials {
             .collect()
     }
 
+    /// The credential names, in secrets-file order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.secrets.iter().map(|s| s.name.as_str())
+    }
+
     /// Whether the secrets file allows `name` at `host` (the token must
     /// allow it too: the caller asks the capability).
     pub fn file_allows(&self, name: &str, host: &str) -> bool {

@@ -31,6 +31,10 @@ use crate::{
 /// Longest `X-Openclaw-Blocked` reason sent to the sandbox.
 const MAX_REASON: usize = 300;
 
+/// How long the gate waits for the body bytes it needs before deciding; a
+/// sandbox that sends headers and then stalls gets a refusal, not a held task.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Which stage made a decision, recorded in the receipt's decision as
 /// `stage` so an auditor re-deriving decisions from the token knows which
 /// ones the token alone made. Every stage other than `token` can only
@@ -344,9 +348,18 @@ impl EnforcingGate {
         // Read the body up to the cap: classification and the credential
         // scan need it. The rest (if any) streams unread behind it.
         let cap = self.catalog.max_body_bytes();
-        if let Err(e) = req.body.buffer_up_to(cap).await {
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, req.body.buffer_up_to(cap)).await;
+        let read_error = match read {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("request body unreadable: {e}")),
+            Err(_) => Some(format!(
+                "request body not received within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            )),
+        };
+        if let Some(why) = read_error {
             let action = fallback_action(&method, &host, &path);
-            let decision = self.block(format!("request body unreadable: {e}"));
+            let decision = self.block(why);
             return self
                 .record_block(
                     id,
@@ -694,7 +707,7 @@ impl EnforcingGate {
     }
 
     fn host_has_credentials(&self, host: &str) -> bool {
-        if self.creds.placeholders().is_empty() {
+        if self.creds.names().next().is_none() {
             return false;
         }
         if let Some(&known) = lock(&self.credential_hosts).get(host) {
@@ -703,8 +716,7 @@ impl EnforcingGate {
         let now = SystemTime::now();
         let any = self
             .creds
-            .placeholders()
-            .keys()
+            .names()
             .any(|name| self.credential_granted(name, host, "https", now));
         lock(&self.credential_hosts).insert(host.to_owned(), any);
         any

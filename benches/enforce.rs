@@ -1,0 +1,435 @@
+//! Benchmark: the full enforcement path (classify, credential scan,
+//! authorize against the flight-booking token, durable signed receipt with
+//! group commit, forward) under keep-alive load, beside the same proxy with a
+//! permissive gate, the upstream reached directly, and mitmproxy's `mitmdump`
+//! (reverse mode, TLS both sides) in the same run. Receipts go to a real file
+//! on disk with fdatasync. Prints figures and ratios; skips mitmdump when it
+//! is not installed. Run: `cargo bench --bench enforce`.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::Stdio,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use capabilities::{Counters, Policy, UnverifiedToken};
+use ed25519_dalek::SigningKey;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use proxy::enforce::{
+    Catalog, EnforceConfig, Enforcement, Ledger, Scripted, ScriptedBroker, SecretStore,
+};
+use proxy::{AllowAll, Gate, Proxy, ProxyConfig, ProxyHandle};
+use receipts::{ReceiptLog, SessionStart, UnverifiedChain};
+use rustls::ClientConfig;
+use test_support::{TestCa, Upstream};
+
+/// A host the flight-booking token lets the agent read.
+const HOST: &str = "kayak.com";
+const RUN: Duration = Duration::from_secs(3);
+/// Keep-alive connections per figure (`ENFORCE_BENCH_CONNS`, default 32).
+fn conns() -> usize {
+    std::env::var("ENFORCE_BENCH_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32)
+}
+const POLICY: &str = include_str!("../examples/flight-booking/policy.toml");
+const CATALOG: &str = include_str!("../examples/flight-booking/catalog.toml");
+const SECRETS: &str = "[[secret]]\nname = \"united_login\"\nvalue = \"bench-password\"\n\n\
+                       [[secret]]\nname = \"united_card\"\nvalue = \"4111111111111111\"\n";
+
+#[derive(Clone)]
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    ca_pem: String,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+fn client(ca_pem: &str, alpn: &[u8]) -> Arc<ClientConfig> {
+    test_support::client_config(ca_pem, &[alpn])
+}
+
+async fn connect(t: &Target, alpn: &[u8]) -> Sender {
+    let tls = test_support::tls_connect(t.addr, HOST, client(&t.ca_pem, alpn))
+        .await
+        .unwrap();
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    if h2 {
+        let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(c);
+        Sender::H2(s)
+    } else {
+        let (s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(c);
+        Sender::H1(s)
+    }
+}
+
+async fn get(s: &mut Sender) {
+    let resp = match s {
+        Sender::H1(s) => {
+            s.ready().await.unwrap();
+            let req = http::Request::get("/hello")
+                .header("host", HOST)
+                .body(Empty::new())
+                .unwrap();
+            s.send_request(req).await.unwrap()
+        }
+        Sender::H2(s) => {
+            let req = http::Request::get(format!("https://{HOST}/hello"))
+                .body(Empty::new())
+                .unwrap();
+            s.send_request(req).await.unwrap()
+        }
+    };
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+}
+
+/// Requests per second over `CONNS` keep-alive connections.
+async fn keep_alive_rps(t: &Target, alpn: &'static [u8]) -> (f64, u64) {
+    let done = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..conns() {
+        let (t, done, count) = (t.clone(), done.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(&t, alpn).await;
+            get(&mut s).await;
+            count.fetch_add(1, Ordering::Relaxed);
+            while !done.load(Ordering::Relaxed) {
+                get(&mut s).await;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (n0, start) = (count.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(RUN).await;
+    let n = count.load(Ordering::Relaxed) - n0;
+    let secs = start.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    (n as f64 / secs, count.load(Ordering::Relaxed))
+}
+
+/// p50 and p99 of sequential requests on one keep-alive connection.
+async fn latency(t: &Target, alpn: &'static [u8]) -> (Duration, Duration, u64) {
+    let mut s = connect(t, alpn).await;
+    for _ in 0..50 {
+        get(&mut s).await;
+    }
+    let mut v = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let start = Instant::now();
+        get(&mut s).await;
+        v.push(start.elapsed());
+    }
+    v.sort();
+    (v[v.len() / 2], v[v.len() * 99 / 100], 1050)
+}
+
+async fn start_proxy(upstream: &Upstream, ca_file: &Path, gate: Arc<dyn Gate>) -> ProxyHandle {
+    let mut cfg = ProxyConfig::loopback("bench");
+    cfg.listen.http = None;
+    cfg.listen.dns = None;
+    cfg.upstream.platform_roots = false;
+    cfg.upstream.extra_ca_files = vec![ca_file.to_owned()];
+    cfg.upstream.overrides.insert(HOST.into(), upstream.addr);
+    Proxy::start(cfg, gate).await.unwrap()
+}
+
+async fn start_mitmdump(
+    upstream: SocketAddr,
+    dir: &Path,
+) -> Option<(tokio::process::Child, Target)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = tokio::process::Command::new("mitmdump")
+        .args(["--mode", &format!("reverse:https://{upstream}")])
+        .args([
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            &port.to_string(),
+        ])
+        .args(["--ssl-insecure", "-q", "--set", "flow_detail=0"])
+        .args(["--set", "termlog_verbosity=error"])
+        .args(["--set", &format!("confdir={}", dir.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let ca = dir.join("mitmproxy-ca-cert.pem");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..200 {
+        if ca.exists() && tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let ca_pem = std::fs::read_to_string(&ca).ok()?;
+            let name = "mitmdump";
+            return Some((child, Target { name, addr, ca_pem }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// What one enforced request costs, piece by piece, on this machine.
+fn components(cap: &capabilities::Capability, dir: &Path, key: &SigningKey) {
+    let headers = http::HeaderMap::new();
+    let view = proxy::enforce::RequestView {
+        method: "GET",
+        host: HOST,
+        path_and_query: "/hello",
+        headers: &headers,
+    };
+    let catalog = Catalog::from_toml(CATALOG).unwrap();
+    let creds = proxy::enforce::SessionCredentials::new(&SecretStore::from_toml(SECRETS).unwrap());
+    let n = 20_000u32;
+    let start = Instant::now();
+    let mut action = None;
+    for _ in 0..n {
+        let m = catalog.match_request(&view);
+        action = Some(m.classify(&view, Some(b""), true).unwrap());
+        std::hint::black_box(creds.scan("/hello", &headers, b""));
+    }
+    let classify = start.elapsed() / n;
+    let action = action.unwrap();
+    let mut v = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        std::hint::black_box(cap.authorize(&action, &Counters::default(), SystemTime::now()));
+        v.push(t.elapsed());
+    }
+    v.sort();
+    let authorize = v[v.len() / 2];
+    let log = ReceiptLog::create(
+        &dir.join("probe.jsonl"),
+        key.clone(),
+        SessionStart {
+            session_id: "probe".into(),
+            revocation_ids: Vec::new(),
+            sandbox: "none".into(),
+            capability_sha256: None,
+        },
+    )
+    .unwrap();
+    let mut v = Vec::new();
+    for _ in 0..200 {
+        let record = receipts::DecisionRecord {
+            action: serde_json::to_value(&action).unwrap(),
+            counters: serde_json::to_value(Counters::default()).unwrap(),
+            decision: serde_json::json!({"decision": "allow"}),
+            body_sha256: None,
+        };
+        let t = Instant::now();
+        log.append(receipts::Entry::Decision {
+            decided_at: SystemTime::now(),
+            record,
+        })
+        .unwrap();
+        v.push(t.elapsed());
+    }
+    v.sort();
+    // The same log under the benchmark's concurrency, without the proxy:
+    // what group commit alone sustains on this disk right now.
+    let threads = conns();
+    let per = 40;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                for _ in 0..per {
+                    let record = receipts::DecisionRecord {
+                        action: serde_json::to_value(&action).unwrap(),
+                        counters: serde_json::to_value(Counters::default()).unwrap(),
+                        decision: serde_json::json!({"decision": "allow"}),
+                        body_sha256: None,
+                    };
+                    log.append(receipts::Entry::Decision {
+                        decided_at: SystemTime::now(),
+                        record,
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let concurrent = (threads * per) as f64 / start.elapsed().as_secs_f64();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "receipt log alone, {threads} concurrent appenders: {concurrent:.0} durable receipts/s"
+    );
+    println!(
+        "components: classify + placeholder scan {:.1} µs, authorize p50 {:.0} µs, \
+         one receipt append (sign + write + fdatasync, alone) p50 {:.0} µs / p99 {:.0} µs",
+        us(classify),
+        us(authorize),
+        us(v[v.len() / 2]),
+        us(v[v.len() * 99 / 100])
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_ca = TestCa::new("bench upstream");
+    let upstream = Upstream::https(&upstream_ca, &[HOST], &[b"h2", b"http/1.1"]).await;
+    let ca_file = upstream_ca.write_pem(dir.path());
+
+    // The session: token, catalog, secrets, receipts on disk, broker.
+    let root = SigningKey::generate(&mut rand::rngs::OsRng);
+    let policy = Policy::from_toml_str(POLICY).unwrap();
+    let token = capabilities::mint(&policy, &root.to_bytes(), SystemTime::now()).unwrap();
+    let cap = UnverifiedToken::from_base64(&token)
+        .unwrap()
+        .verify(&root.verifying_key().to_bytes())
+        .unwrap();
+    let receipt_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let receipts_path = dir.path().join("receipts.jsonl");
+    let log = ReceiptLog::create(
+        &receipts_path,
+        receipt_key.clone(),
+        SessionStart {
+            session_id: "bench".into(),
+            revocation_ids: cap.revocation_ids(),
+            sandbox: "none".into(),
+            capability_sha256: None,
+        },
+    )
+    .unwrap();
+    let cap_for_parts = cap.clone();
+    let enforcement = Enforcement::new(EnforceConfig {
+        capability: cap,
+        catalog: Catalog::from_toml(CATALOG).unwrap(),
+        secrets: SecretStore::from_toml(SECRETS).unwrap(),
+        receipts: log,
+        broker: Arc::new(ScriptedBroker::new(vec![Scripted::Deny])),
+        approval_timeout: Duration::from_secs(5),
+        counters: Ledger::new(Counters::default()),
+    });
+    let gate = enforcement.gate.clone();
+    components(&cap_for_parts, dir.path(), &receipt_key);
+
+    let permissive = start_proxy(&upstream, &ca_file, Arc::new(AllowAll)).await;
+    let enforcing = start_proxy(&upstream, &ca_file, gate.clone()).await;
+    let mitm_dir = tempfile::tempdir().unwrap();
+    let mitm = start_mitmdump(upstream.addr, mitm_dir.path()).await;
+    let mut targets = vec![
+        Target {
+            name: "direct",
+            addr: upstream.addr,
+            ca_pem: upstream_ca.cert_pem().to_owned(),
+        },
+        Target {
+            name: "permissive",
+            addr: permissive.https_addr().unwrap(),
+            ca_pem: permissive.ca_pem().to_owned(),
+        },
+        Target {
+            name: "enforcing",
+            addr: enforcing.https_addr().unwrap(),
+            ca_pem: enforcing.ca_pem().to_owned(),
+        },
+    ];
+    match &mitm {
+        Some((_, t)) => targets.push(t.clone()),
+        None => println!("mitmdump: not found or did not start; reference skipped"),
+    }
+
+    println!(
+        "\nGET https://{HOST}/hello, {} keep-alive connections, {}s per figure; \
+         `enforcing` writes one fdatasync'ed receipt per request",
+        conns(),
+        RUN.as_secs()
+    );
+    println!(
+        "{:<11} {:>13} {:>13} {:>20} {:>20}",
+        "target", "h1 req/s", "h2 req/s", "h1 p50/p99 (µs)", "h2 p50/p99 (µs)"
+    );
+    let mut rows = Vec::new();
+    let mut enforced_requests = 0;
+    for t in &targets {
+        let (h1, n1) = keep_alive_rps(t, b"http/1.1").await;
+        let (h2, n2) = keep_alive_rps(t, b"h2").await;
+        let l1 = latency(t, b"http/1.1").await;
+        let l2 = latency(t, b"h2").await;
+        if t.name == "enforcing" {
+            enforced_requests = n1 + n2 + l1.2 + l2.2;
+        }
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "{:<11} {:>13.0} {:>13.0} {:>20} {:>20}",
+            t.name,
+            h1,
+            h2,
+            format!("{:.0} / {:.0}", us(l1.0), us(l1.1)),
+            format!("{:.0} / {:.0}", us(l2.0), us(l2.1)),
+        );
+        rows.push((h1, h2, l1.0, l2.0));
+    }
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (p, e) = (rows[1], rows[2]);
+    println!(
+        "\nenforcing / permissive: h1 {:.2}, h2 {:.2}; added p50 per request: h1 {:.0} µs, h2 {:.0} µs \
+         (classify + authorize + signed receipt + fdatasync)",
+        e.0 / p.0,
+        e.1 / p.1,
+        us(e.2) - us(p.2),
+        us(e.3) - us(p.3)
+    );
+    if let Some(m) = rows.get(3) {
+        println!(
+            "enforcing / mitmdump: h1 {:.1}×, h2 {:.1}× (target ≥ 20×)",
+            e.0 / m.0,
+            e.1 / m.1
+        );
+    }
+
+    // Every enforced request left exactly one receipt, and the chain verifies.
+    gate.receipts().clone().finish().unwrap();
+    let bytes = std::fs::read(&receipts_path).unwrap();
+    let started = Instant::now();
+    let chain = UnverifiedChain::from_bytes(bytes)
+        .verify(&receipt_key.verifying_key())
+        .unwrap();
+    let decisions = chain.receipts.len() - 2;
+    println!(
+        "receipts: {decisions} decisions for {enforced_requests} enforced requests; chain verified in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(decisions as u64, enforced_requests);
+    if let Some((mut child, _)) = mitm {
+        let _ = child.kill().await;
+    }
+    permissive.shutdown().await;
+    enforcing.shutdown().await;
+}
