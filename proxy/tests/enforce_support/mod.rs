@@ -57,6 +57,7 @@ pub const HOSTS: &[&str] = &[
     "api.mail.example",
     "hooks.slack.com",
     "evil.example",
+    "api.openai.com",
 ];
 
 /// What the upstream saw of one request, body included.
