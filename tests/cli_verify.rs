@@ -170,7 +170,9 @@ fn web(method: &str, host: &str, path: &str) -> Action {
     .expect("action")
 }
 
-fn bundle(forge_slack_allow: bool) -> Bundle {
+/// A seed-token session of three decisions (search, Slack, purchase);
+/// `tweak(i, decision_json)` may forge decision `i` before it is signed.
+fn bundle(tweak: impl Fn(usize, &mut serde_json::Value)) -> Bundle {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = SigningKey::from_bytes(&[3; 32]);
     let receipt_key = SigningKey::from_bytes(&[4; 32]);
@@ -211,18 +213,16 @@ fn bundle(forge_slack_allow: bool) -> Bundle {
         },
     ];
     for (i, action) in actions.iter().enumerate() {
-        let mut decision = capability.authorize(action, &counters, now);
-        if forge_slack_allow && i == 1 {
-            assert_eq!(decision.decision, capabilities::Verdict::Block);
-            decision.decision = capabilities::Verdict::Allow;
-            decision.reason = "web_access".into();
-        }
+        let mut decision =
+            serde_json::to_value(capability.authorize(action, &counters, now)).expect("json");
+        decision["stage"] = "token".into();
+        tweak(i, &mut decision);
         log.append(Entry::Decision {
             decided_at: now,
             record: DecisionRecord {
                 action: serde_json::to_value(action).expect("json"),
                 counters: serde_json::to_value(counters).expect("json"),
-                decision: serde_json::to_value(&decision).expect("json"),
+                decision,
                 body_sha256: None,
             },
         })
@@ -242,7 +242,7 @@ fn bundle(forge_slack_allow: bool) -> Bundle {
 
 #[test]
 fn honest_decisions_re_derive_from_the_token() {
-    let b = bundle(false);
+    let b = bundle(|_, _| {});
     let out = verify(&[
         p(b.dir.path()),
         "--key",
@@ -275,7 +275,13 @@ fn honest_decisions_re_derive_from_the_token() {
 
 #[test]
 fn an_allow_for_an_action_the_token_blocks_is_flagged() {
-    let b = bundle(true);
+    let b = bundle(|i, decision| {
+        if i == 1 {
+            assert_eq!(decision["decision"], "block");
+            decision["decision"] = "allow".into();
+            decision["reason"] = "web_access".into();
+        }
+    });
     let out = verify(&[
         p(b.dir.path()),
         "--key",
@@ -300,7 +306,7 @@ fn an_allow_for_an_action_the_token_blocks_is_flagged() {
 
 #[test]
 fn a_swapped_token_or_wrong_root_key_is_invalid() {
-    let b = bundle(false);
+    let b = bundle(|_, _| {});
     // A token from another root key, put in the bundle afterwards.
     let other_root = SigningKey::from_bytes(&[9; 32]);
     let policy = Policy::from_toml_str("[web]\nallow = [\"hooks.slack.com\"]\n").expect("policy");
@@ -323,5 +329,45 @@ fn a_swapped_token_or_wrong_root_key_is_invalid() {
     assert!(
         text.contains("does not verify with the given root key"),
         "{text}"
+    );
+}
+
+#[test]
+fn blocks_by_other_stages_pass_but_they_may_not_allow() {
+    // The proxy's credential stage refused a search the token allows (say, a
+    // placeholder sent to the wrong host): a valid chain.
+    let credential_block = |i: usize, decision: &mut serde_json::Value| {
+        if i == 0 {
+            decision["decision"] = "block".into();
+            decision["reason"] = "credential exfiltration".into();
+            decision["stage"] = "credential".into();
+        }
+    };
+    let b = bundle(credential_block);
+    let args = |b: &Bundle| {
+        verify(&[
+            p(b.dir.path()),
+            "--key",
+            p(&b.receipt_pub),
+            "--cap-pubkey",
+            p(&b.root_pub),
+        ])
+    };
+    let out = args(&b);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+
+    // A stage other than the token claiming to allow is not believed.
+    let b = bundle(|i, decision| {
+        if i == 1 {
+            decision["decision"] = "allow".into();
+            decision["stage"] = "catalog".into();
+        }
+    });
+    let out = args(&b);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("line 3: the catalog stage can only block, but recorded allow"),
+        "{}",
+        stdout(&out)
     );
 }

@@ -113,8 +113,15 @@ fn flight_booking_demo_tells_the_seed_story_and_keeps_the_secrets_out() {
         .arg(&dir)
         .arg("--key")
         .arg(home.path().join("demo/flight-booking/keys/receipt.pub"))
+        .arg("--cap-pubkey")
+        .arg(home.path().join("demo/flight-booking/keys/root.pub"))
         .output()
         .expect("verify");
+    let verify_out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify_out.contains(", 0 differ"),
+        "every decision re-derives from the token: {verify_out}"
+    );
     assert!(
         verify.status.success(),
         "verify: {}{}",

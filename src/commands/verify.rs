@@ -347,8 +347,24 @@ fn rederive(
         let Some(now) = receipts::parse_time(&r.receipt.ts) else {
             continue;
         };
-        let derived = capability.authorize(&action, &counters, now);
         checked += 1;
+        // Only `token`-stage decisions come from the token alone; the other
+        // stages (catalog, credential, dns, proxy) can only add a block on top,
+        // so the token may well have allowed what they refused.
+        let stage = d.decision.get("stage").and_then(|s| s.as_str());
+        if let Some(stage) = stage.filter(|s| *s != "token") {
+            if recorded.decision != Verdict::Block {
+                report.mismatches.push(mismatch(
+                    line,
+                    format!(
+                        "line {line}: the {stage} stage can only block, but recorded {}",
+                        verdict_name(recorded.decision)
+                    ),
+                ));
+            }
+            continue;
+        }
+        let derived = capability.authorize(&action, &counters, now);
         if derived.decision != recorded.decision
             || derived.grant != recorded.grant
             || derived.revocation_ids != recorded.revocation_ids
