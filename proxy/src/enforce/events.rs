@@ -65,6 +65,9 @@ pub struct Event {
     /// Response body bytes delivered to the sandbox.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Request body bytes sent upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_up: Option<u64>,
     /// Seq of the receipt recording this event, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipt: Option<u64>,
@@ -92,6 +95,7 @@ impl Event {
             credentials: Vec::new(),
             status: None,
             bytes: None,
+            bytes_up: None,
             receipt: None,
             approver: None,
         }

@@ -860,6 +860,7 @@ impl Gate for EnforcingGate {
                 e.credentials = f.credentials;
                 e.status = exchange.status.map(|s| s.as_u16());
                 e.bytes = Some(exchange.bytes_down);
+                e.bytes_up = Some(exchange.bytes_up);
                 e.receipt = f.receipt;
                 match &exchange.outcome {
                     ExchangeOutcome::Failed(why) => e.reason = Some(format!("failed: {why}")),
