@@ -76,6 +76,7 @@ fn main() {
         config.extra_cpio = Some(extra.clone());
         config.cmdline = cmdline.clone();
         config.mem_mib = 256;
+        let setup_started = std::time::Instant::now();
         let vm = match MicroVm::boot(config) {
             Ok(vm) => vm,
             Err(e) => {
@@ -83,6 +84,7 @@ fn main() {
                 continue;
             }
         };
+        let setup_ms = setup_started.elapsed().as_millis();
         let exit = vm.wait(Some(Duration::from_secs(90)));
         let stdout = String::from_utf8_lossy(&exit.task.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&exit.task.stderr).into_owned();
@@ -92,7 +94,7 @@ fn main() {
             && exit.task.exit_status == Some(3);
         let ms = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{}", d.as_millis()));
         println!(
-            "BOOT {i} {} reason={:?} boot_marker_ms={} task_start_ms={} total_ms={} status={:?}",
+            "BOOT {i} {} reason={:?} setup_ms={setup_ms} boot_marker_ms={} task_start_ms={} total_ms={} status={:?}",
             if ok { "ok" } else { "FAIL" },
             exit.reason,
             ms(exit.boot_time),

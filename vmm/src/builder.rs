@@ -282,10 +282,11 @@ impl MicroVm {
         }
         let bus = Arc::new(bus);
 
+        let tsc_deadline = vm.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for index in 0..config.vcpus {
             let vcpu = Vcpu::new(&vm.fd, index).map_err(StartVmError::CreateVcpu)?;
-            vcpu.configure_common(&vm.cpuid, config.vcpus)
+            vcpu.configure_common(&vm.cpuid, config.vcpus, tsc_deadline)
                 .map_err(StartVmError::ConfigureVcpu)?;
             if index == 0 {
                 vcpu.configure_boot(&mem, entry)

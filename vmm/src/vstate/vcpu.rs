@@ -132,7 +132,12 @@ impl Vcpu {
     }
 
     /// CPUID (with this vCPU's APIC id), MSRs, FPU and LAPIC wiring; every vCPU.
-    pub fn configure_common(&self, supported: &CpuId, vcpus: u8) -> Result<(), VcpuError> {
+    pub fn configure_common(
+        &self,
+        supported: &CpuId,
+        vcpus: u8,
+        tsc_deadline: bool,
+    ) -> Result<(), VcpuError> {
         let setup = |what| move |source| VcpuError::Setup { what, source };
         let mut cpuid = supported.clone();
         for entry in cpuid.as_mut_slice() {
@@ -143,6 +148,12 @@ impl Vcpu {
                         | (u32::from(self.index) << 24)
                         | (u32::from(vcpus) << 16);
                     entry.ecx |= 1 << 31; // running under a hypervisor
+                                          // KVM emulates the TSC-deadline LAPIC timer but does not
+                                          // report it in the supported CPUID; without it the guest
+                                          // calibrates the LAPIC timer against the PIT at boot.
+                    if tsc_deadline {
+                        entry.ecx |= 1 << 24;
+                    }
                 }
                 0xb | 0x1f => entry.edx = u32::from(self.index), // x2APIC id
                 _ => {}
