@@ -46,7 +46,9 @@ fn rss_kib() -> u64 {
 
 fn pct(v: &mut [Duration], p: usize) -> Duration {
     v.sort();
-    v.get((v.len() * p / 100).min(v.len().saturating_sub(1))).copied().unwrap_or_default()
+    v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }
 
 fn host_part() {
@@ -57,7 +59,10 @@ fn host_part() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = || {
         let mut c = VmConfig::new(
-            Kernel::Flat { code: flat_guest(), load_addr: 0x10_0000 },
+            Kernel::Flat {
+                code: flat_guest(),
+                load_addr: 0x10_0000,
+            },
             dir.path().join("console.log"),
         );
         c.mem_mib = 256;
@@ -72,7 +77,11 @@ fn host_part() {
     for _ in 0..50 {
         let vm = MicroVm::boot(config()).expect("boot");
         let exit = vm.wait(Some(Duration::from_secs(10)));
-        assert!(matches!(exit.reason, ExitReason::Reset), "{:?}", exit.reason);
+        assert!(
+            matches!(exit.reason, ExitReason::Reset),
+            "{:?}",
+            exit.reason
+        );
         marks.push(exit.boot_time.expect("marker"));
         totals.push(exit.total_time);
     }
@@ -103,7 +112,10 @@ fn host_part() {
     // what the VMM itself keeps resident (guest RAM is mapped lazily).
     let before = rss_kib();
     let vm = MicroVm::boot(VmConfig {
-        kernel: Kernel::Flat { code: vec![0xeb, 0xfe], load_addr: 0x10_0000 },
+        kernel: Kernel::Flat {
+            code: vec![0xeb, 0xfe],
+            load_addr: 0x10_0000,
+        },
         ..config()
     })
     .expect("boot");
@@ -127,7 +139,10 @@ fn harness_part() {
         println!("harness: qemu-system-x86_64 not installed, skipped");
         return;
     }
-    let boots: usize = std::env::var("OPENCLAW_BENCH_BOOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let boots: usize = std::env::var("OPENCLAW_BENCH_BOOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let run = match guest_image::qemu_harness::run_l1_runner(
         boots,
         &["compare"],
@@ -143,13 +158,19 @@ fn harness_part() {
     };
     let lines: Vec<&str> = run.output.lines().collect();
     for l in &lines {
-        if l.starts_with("BOOT ") || l.starts_with("OURS") || l.starts_with("QEMU-MICROVM") || l.starts_with("HARNESS VERDICT") {
+        if l.starts_with("BOOT ")
+            || l.starts_with("OURS")
+            || l.starts_with("QEMU-MICROVM")
+            || l.starts_with("HARNESS VERDICT")
+        {
             println!("harness: {l}");
         }
     }
     let grab = |prefix: &str, key: &str| -> Option<f64> {
         lines.iter().find(|l| l.starts_with(prefix)).and_then(|l| {
-            l.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok())
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
         })
     };
     let ours_mark = grab("BOOT MARKER ms:", "median=");
@@ -168,6 +189,12 @@ fn harness_part() {
     }
     if let (Some(ot), Some(qt)) = (ours_total, q_total) {
         println!("harness: whole run (creation -> guest reset) median: ours {ot:.0} ms, QEMU microvm {qt:.0} ms, ratio {:.2}", ot / qt);
+    }
+    if run.stalled || run.timed_out {
+        println!(
+            "harness: L1 hung (stalled={}, timed out={}); figures above are partial",
+            run.stalled, run.timed_out
+        );
     }
     println!("harness: QEMU (L0) wall time {:?}", run.elapsed);
 }

@@ -76,6 +76,8 @@ fn main() {
         config.extra_cpio = Some(extra.clone());
         config.cmdline = cmdline.clone();
         config.mem_mib = 256;
+        // Marks where an L1 hang happens (creation or guest run).
+        println!("BOOT {i} starting");
         let setup_started = std::time::Instant::now();
         let vm = match MicroVm::boot(config) {
             Ok(vm) => vm,

@@ -35,14 +35,14 @@ fn our_vmm_boots_the_guest_repeatedly_inside_qemu() {
             &["probe", "net"],
             false,
             &[],
-            Duration::from_secs(900),
+            Duration::from_secs(600),
         )
         .expect("harness builds and QEMU runs")
     };
     let mut run = attempt();
     // One retry only when L1 itself never came up (the emulated outer
     // machine, not our VMM); anything after /dev/kvm is ready counts.
-    if !run.timed_out && !run.output.contains("HARNESS: /dev/kvm ready") {
+    if !run.timed_out && !run.stalled && !run.output.contains("HARNESS: /dev/kvm ready") {
         println!(
             "L1 did not come up; its console:\n{}\nretrying once",
             run.output
@@ -51,9 +51,20 @@ fn our_vmm_boots_the_guest_repeatedly_inside_qemu() {
     }
     println!("{}", run.output);
     println!("QEMU wall time: {:?}", run.elapsed);
+    let last = run
+        .output
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("BOOT "))
+        .unwrap_or("(no boot finished)");
+    assert!(
+        !run.stalled,
+        "the L1 VM hung: no console output for {:?}; last finished boot: {last}",
+        qemu_harness::STALL
+    );
     assert!(
         !run.timed_out,
-        "the L1 VM hung (no verdict within the timeout)"
+        "no verdict within the timeout; last finished boot: {last}"
     );
     assert!(
         run.output.contains("HARNESS: /dev/kvm ready"),

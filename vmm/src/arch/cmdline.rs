@@ -7,10 +7,9 @@ use super::layout::CMDLINE_MAX_SIZE;
 /// What every guest gets: console on COM1, reset through the keyboard
 /// controller (our power-off: no ACPI), reboot on panic, no PCI probing, two
 /// UARTs (console + fallback control channel), an i8042 that does not probe
-/// for a mouse, and no IO-APIC timer self-test (KVM's in-kernel PIT is
-/// wired; under nested emulation on a loaded host the test can fail and panic).
+/// for a mouse.
 pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule \
-    8250.nr_uarts=2 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd no_timer_check";
+    8250.nr_uarts=2 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// Base arguments, then the caller's (later ones win in the kernel's parser).
 pub fn build_cmdline(extra: &str) -> Result<Cmdline, CmdlineError> {
