@@ -195,7 +195,18 @@ pub(crate) unsafe fn run_init(plan: &ChildPlan) -> ! {
         }
         sigprocmask(SIG_BLOCK, &set, std::ptr::null_mut());
 
-        let cmd = fork();
+        // A raw fork, not libc's fork(): glibc's runs atfork handlers and
+        // takes malloc's arena locks, and one of them may have been held by
+        // another supervisor thread at the moment we were cloned; such a
+        // lock is never released in this copy and fork() would wait forever.
+        let cmd = syscall(
+            SYS_clone,
+            SIGCHLD as c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        ) as pid_t;
         if cmd == -1 {
             fail(plan, Stage::Fork);
         }
@@ -280,9 +291,24 @@ fn exec_command(plan: &ChildPlan) -> ! {
             prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL as c_ulong, 0, 0, 0),
             Stage::DropCaps,
         );
-        check(plan, setgroups(0, std::ptr::null()), Stage::SetIds);
-        check(plan, setresgid(plan.gid, plan.gid, plan.gid), Stage::SetIds);
-        check(plan, setresuid(plan.uid, plan.uid, plan.uid), Stage::SetIds);
+        // Raw syscalls: glibc's wrappers broadcast the change to every
+        // thread it knows of, and after our raw forks its thread list still
+        // names the supervisor's threads, which are not here to answer.
+        check(
+            plan,
+            syscall(SYS_setgroups, 0usize, std::ptr::null::<gid_t>()) as c_int,
+            Stage::SetIds,
+        );
+        check(
+            plan,
+            syscall(SYS_setresgid, plan.gid, plan.gid, plan.gid) as c_int,
+            Stage::SetIds,
+        );
+        check(
+            plan,
+            syscall(SYS_setresuid, plan.uid, plan.uid, plan.uid) as c_int,
+            Stage::SetIds,
+        );
         // setresuid away from 0 cleared permitted and effective; clear the
         // inheritable set as well.
         let header = CapHeader {
