@@ -399,3 +399,45 @@ fn wait_timeout(child: &mut std::process::Child, limit: Duration) -> std::proces
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_fork_bomb_and_a_memory_hog_end_without_harming_the_session() {
+    let rt = upstream_runtime();
+    let ca = TestCa::new("run-session test upstream");
+    let upstream = rt.block_on(Upstream::https(&ca, &["api.example.com"], &[b"http/1.1"]));
+    let home = Home::new(&ca);
+    // The hog is killed inside the memory limit and the session goes on; the
+    // bomb fills the pid limit until the command ends, which ends the whole
+    // sandbox, bomb included (exec: no fork is needed once it runs).
+    let script = r#"
+        dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null; echo "hog status $?"
+        curl -sS -f --max-time 10 https://api.example.com/hello >/dev/null && echo "still online"
+        b() { b | b & }; b 2>/dev/null &
+        exec sleep 3
+    "#;
+    let out = home
+        .run(
+            &upstream,
+            &["--pids-max", "48", "--memory-mib", "96"],
+            script,
+        )
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("hog status 137"), "{stdout}");
+    assert!(stdout.contains("still online"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = home.only_session();
+    assert_verifies(&home, &dir);
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).expect("session"))
+            .expect("json");
+    assert_eq!(info["status"], "completed");
+    // The host still forks.
+    assert!(Command::new("true").status().expect("fork").success());
+}
