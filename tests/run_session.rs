@@ -128,12 +128,24 @@ impl Home {
     }
 }
 
-fn upstream_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// A local HTTPS upstream answering for `hosts` (with its own test CA) and
+/// an openclaw home whose token and catalog name them. The runtime keeps the
+/// upstream serving while the test runs openclaw.
+fn setup(hosts: &[&str]) -> (tokio::runtime::Runtime, Upstream, Home) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime")
+        .expect("runtime");
+    let ca = TestCa::new("run-session test upstream");
+    let upstream = rt.block_on(Upstream::https(&ca, hosts, &[b"http/1.1"]));
+    let home = Home::new(&ca);
+    (rt, upstream, home)
+}
+
+fn read_json(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).expect("json")
 }
 
 fn decisions(dir: &Path) -> Vec<Value> {
@@ -192,14 +204,7 @@ exit $escapes
 
 #[test]
 fn escape_attempts_fail_and_those_reaching_the_proxy_are_receipted() {
-    let rt = upstream_runtime();
-    let ca = TestCa::new("run-session test upstream");
-    let upstream = rt.block_on(Upstream::https(
-        &ca,
-        &["api.example.com", "shop.example.com"],
-        &[b"http/1.1"],
-    ));
-    let home = Home::new(&ca);
+    let (_rt, upstream, home) = setup(&["api.example.com", "shop.example.com"]);
     let script = ESCAPES
         .replace("$UPSTREAM_PORT", &upstream.addr.port().to_string())
         .replace("$HOST_HOME", &home.path().display().to_string());
@@ -240,19 +245,14 @@ fn escape_attempts_fail_and_those_reaching_the_proxy_are_receipted() {
     // The upstream saw only the granted request.
     assert_eq!(upstream.requests(), 1);
     assert_verifies(&home, &dir);
-    let session: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("session.json")).expect("session.json"))
-            .expect("json");
+    let session = read_json(&dir.join("session.json"));
     assert_eq!(session["status"], "completed");
     assert_eq!(session["backend"], "netns");
 }
 
 #[test]
 fn exit_code_passes_through_and_json_events_are_ndjson() {
-    let rt = upstream_runtime();
-    let ca = TestCa::new("run-session test upstream");
-    let upstream = rt.block_on(Upstream::https(&ca, &["api.example.com"], &[b"http/1.1"]));
-    let home = Home::new(&ca);
+    let (_rt, upstream, home) = setup(&["api.example.com"]);
     let out = home
         .run(
             &upstream,
@@ -283,23 +283,14 @@ fn exit_code_passes_through_and_json_events_are_ndjson() {
     let dir = home.only_session();
     let console = std::fs::read_to_string(dir.join("console.log")).expect("console.log");
     assert!(console.contains("out-line") && console.contains("err-line"));
-    let session: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("session.json")).expect("session.json"))
-            .expect("json");
+    let session = read_json(&dir.join("session.json"));
     assert_eq!(session["exit_code"], 7);
     assert_eq!(session["status"], "failed");
 }
 
 #[test]
 fn without_a_terminal_an_unanswered_approval_is_denied_at_the_timeout() {
-    let rt = upstream_runtime();
-    let ca = TestCa::new("run-session test upstream");
-    let upstream = rt.block_on(Upstream::https(
-        &ca,
-        &["api.example.com", "shop.example.com"],
-        &[b"http/1.1"],
-    ));
-    let home = Home::new(&ca);
+    let (_rt, upstream, home) = setup(&["api.example.com", "shop.example.com"]);
     let script = r#"code=$(curl -s -o /dev/null -w '%{http_code}' -X POST https://shop.example.com/buy \
         -H 'content-type: application/json' -d '{"total":"25.00","currency":"USD"}'); echo "status $code""#;
     let out = home
@@ -326,19 +317,14 @@ fn without_a_terminal_an_unanswered_approval_is_denied_at_the_timeout() {
     assert_eq!(approval["approved"], false);
     assert_eq!(approval["approver"], "timeout");
     assert_verifies(&home, &dir);
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report"))
-            .expect("json");
+    let report = read_json(&dir.join("report.json"));
     assert_eq!(report["counts"]["approvals"]["expired"], 1);
     assert_eq!(report["spend"]["payments_cents"], 0);
 }
 
 #[test]
 fn interrupt_ends_the_session_cleanly() {
-    let rt = upstream_runtime();
-    let ca = TestCa::new("run-session test upstream");
-    let upstream = rt.block_on(Upstream::https(&ca, &["api.example.com"], &[b"http/1.1"]));
-    let home = Home::new(&ca);
+    let (_rt, upstream, home) = setup(&["api.example.com"]);
     let mut child = home
         .run(
             &upstream,
@@ -370,9 +356,7 @@ fn interrupt_ends_the_session_cleanly() {
     .expect("SIGINT");
     let status = wait_timeout(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(130));
-    let info: Value =
-        serde_json::from_slice(&std::fs::read(session.join("session.json")).expect("session"))
-            .expect("json");
+    let info = read_json(&session.join("session.json"));
     assert_eq!(info["status"], "interrupted");
     assert_verifies(&home, &session);
     let namespaces = Command::new("ip")
@@ -402,10 +386,7 @@ fn wait_timeout(child: &mut std::process::Child, limit: Duration) -> std::proces
 
 #[test]
 fn a_fork_bomb_and_a_memory_hog_end_without_harming_the_session() {
-    let rt = upstream_runtime();
-    let ca = TestCa::new("run-session test upstream");
-    let upstream = rt.block_on(Upstream::https(&ca, &["api.example.com"], &[b"http/1.1"]));
-    let home = Home::new(&ca);
+    let (_rt, upstream, home) = setup(&["api.example.com"]);
     // The hog is killed inside the memory limit and the session goes on; the
     // bomb fills the pid limit until the command ends, which ends the whole
     // sandbox, bomb included (exec: no fork is needed once it runs).
@@ -434,9 +415,7 @@ fn a_fork_bomb_and_a_memory_hog_end_without_harming_the_session() {
     );
     let dir = home.only_session();
     assert_verifies(&home, &dir);
-    let info: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("session.json")).expect("session"))
-            .expect("json");
+    let info = read_json(&dir.join("session.json"));
     assert_eq!(info["status"], "completed");
     // The host still forks.
     assert!(Command::new("true").status().expect("fork").success());
