@@ -21,7 +21,6 @@ pub fn keys_dir() -> Result<PathBuf> {
 }
 
 /// Default directory holding one bundle per session.
-#[allow(dead_code)] // used by run/report/ui as they land
 pub fn sessions_dir() -> Result<PathBuf> {
     Ok(home_dir()?.join("sessions"))
 }

@@ -37,7 +37,6 @@ pub fn write_verifying_key(path: &Path, key: &VerifyingKey, force: bool) -> Resu
     write_new(path, pem.as_bytes(), 0o644, force)
 }
 
-#[allow(dead_code)] // used by `cap mint` and `run` as they land
 pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading private key {}", path.display()))?;
@@ -51,7 +50,6 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
         })
 }
 
-#[allow(dead_code)] // used by `cap` and `verify` as they land
 pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading public key {}", path.display()))?;

@@ -113,7 +113,7 @@ impl Monitor {
     }
 
     /// The startup lines of DESIGN.md's example.
-    pub fn startup(&self, info: &SessionInfo, summary: &capabilities::Summary, ready_ms: u64) {
+    pub fn startup(&self, info: &SessionInfo, ready_ms: u64) {
         if self.json {
             let line = serde_json::json!({
                 "kind": "session_started", "session": info.id, "backend": info.backend,
@@ -137,7 +137,6 @@ impl Monitor {
                 .map(|e| format!(" · expires {e}"))
                 .unwrap_or_default()
         ));
-        let _ = summary;
         self.emit(&format!(
             "{tick} TLS inspection active (session CA {})",
             &info.ca_fingerprint[..16.min(info.ca_fingerprint.len())]

@@ -210,7 +210,6 @@ async fn run_in_bundle(
     )
     .context("creating the receipt log")?;
 
-    let summary = capability.summary();
     let enforcement = enforcement::build(config, capability, receipt_log.clone())?;
     out.attach(enforcement.events.subscribe(), dir)?;
 
@@ -255,7 +254,6 @@ async fn run_in_bundle(
         &ca_pem,
         &enforcement,
         &out,
-        &summary,
         started,
     )
     .await;
@@ -283,7 +281,6 @@ async fn supervise(
     ca_pem: &str,
     enforcement: &SessionEnforcement,
     out: &Monitor,
-    summary: &capabilities::Summary,
     started: Instant,
 ) -> Result<i32> {
     let workdir = prepare_workdir(dir, config.workdir.as_deref())?;
@@ -315,7 +312,7 @@ async fn supervise(
     let ready_ms = started.elapsed().as_millis() as u64;
     info.sandbox_ready_ms = Some(ready_ms);
     bundle::write_info(dir, info)?;
-    out.startup(info, summary, ready_ms);
+    out.startup(info, ready_ms);
 
     let console = Console::create(&dir.join(bundle::CONSOLE_LOG))?;
     let pumps = console.pump(child.take_stdout(), child.take_stderr());
