@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod support;
+
+use support::{stderr, stdout};
+
 const SEED_POLICY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/examples/flight-booking/policy.toml"
@@ -61,14 +65,6 @@ impl Home {
             .unwrap_or_else(|e| panic!("{e}: stdout {} stderr {}", stdout(&out), stderr(&out)));
         (code, json)
     }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 const SEARCH: &str = r#"{"type": "web", "method": "GET", "host": "google.com", "path": "/travel/flights/search?from=SFO&to=JFK"}"#;

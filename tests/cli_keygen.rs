@@ -2,13 +2,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
-fn openclaw(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw"));
-    cmd.env("OPENCLAW_HOME", home).env_remove("RUST_LOG");
-    cmd
-}
+mod support;
+
+use support::openclaw;
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o777

@@ -11,6 +11,10 @@ use ed25519_dalek::pkcs8::EncodePublicKey;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use receipts::{DecisionRecord, Entry, ReceiptLog, SessionStart};
 
+mod support;
+
+use support::{stderr, stdout};
+
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("receipts/fixtures/golden")
 }
@@ -24,14 +28,6 @@ fn verify(args: &[&str]) -> Output {
         .env("HOME", "/nonexistent")
         .output()
         .expect("run openclaw")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn write_pub(path: &Path, key: &VerifyingKey) {

@@ -6,77 +6,22 @@
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-struct Killed(Child);
+mod support;
 
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn openclaw(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw"));
-    cmd.env("OPENCLAW_HOME", home).env_remove("RUST_LOG");
-    cmd
-}
-
-fn run(home: &Path, args: &[&str]) -> Output {
-    openclaw(home).args(args).output().expect("run openclaw")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use support::{
+    approval_receipts, run, running_session, start_demo_awaiting_approval, stdout, text,
+    wait_until, Killed,
+};
 
 /// Starts the demo and waits until its purchase is pending; returns the
 /// demo, the session id and the approval id.
 fn demo_waiting_for_approval(home: &Path, not: &[String]) -> (Killed, String, u64) {
-    let demo = Killed(
-        openclaw(home)
-            .args([
-                "demo",
-                "flight-booking",
-                "--approve",
-                "prompt",
-                "--approval-timeout",
-                "120s",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the demo"),
-    );
-    let id = wait_until("a running session", Duration::from_secs(60), || {
-        std::fs::read_dir(home.join("sessions"))
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .find(|id| {
-                !not.contains(id) && home.join("sessions").join(id).join("control.sock").exists()
-            })
-    });
+    let demo = start_demo_awaiting_approval(home);
+    let id = running_session(home, not);
     // The socket is owner-only.
     let meta =
         std::fs::metadata(home.join("sessions").join(&id).join("control.sock")).expect("socket");
@@ -89,7 +34,7 @@ fn demo_waiting_for_approval(home: &Path, not: &[String]) -> (Killed, String, u6
         || {
             let out = run(home, &["approve", &id]);
             assert!(out.status.success(), "{}", text(&out));
-            let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+            let listing = stdout(&out);
             let line = listing
                 .lines()
                 .find(|l| l.contains("POST united.com/api/booking/purchase $487.00"))?;
@@ -101,29 +46,13 @@ fn demo_waiting_for_approval(home: &Path, not: &[String]) -> (Killed, String, u6
 }
 
 fn approvals(home: &Path, id: &str) -> Vec<(bool, String)> {
-    std::fs::read_to_string(home.join("sessions").join(id).join("receipts.jsonl"))
-        .expect("receipts")
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
-        .filter(|r| r["kind"] == "approval")
-        .map(|r| {
-            (
-                r["approved"].as_bool().expect("approved"),
-                r["approver"].as_str().expect("approver").to_owned(),
-            )
-        })
-        .collect()
+    approval_receipts(&home.join("sessions").join(id))
 }
 
 fn wait_exit(mut demo: Killed) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = demo.0.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the demo never ended");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("the demo to end", Duration::from_secs(60), || {
+        demo.0.try_wait().expect("wait")
+    })
 }
 
 #[test]

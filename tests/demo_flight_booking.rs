@@ -3,15 +3,12 @@
 //! the report, the receipts and the secrets are checked from the outside.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
-fn openclaw(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw"));
-    cmd.env("OPENCLAW_HOME", home).env_remove("RUST_LOG");
-    cmd
-}
+mod support;
+
+use support::openclaw;
 
 fn only_session(home: &Path) -> PathBuf {
     let sessions: Vec<PathBuf> = std::fs::read_dir(home.join("sessions"))

@@ -12,36 +12,24 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::Value;
 
+mod support;
+
+use support::{approval_receipts, openclaw, running_session, start_demo_awaiting_approval, Killed};
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// Kills a child process at the end of the test, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
-}
-
-fn openclaw(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw"));
-    cmd.env("OPENCLAW_HOME", home).env_remove("RUST_LOG");
-    cmd
 }
 
 /// `openclaw ui` on a free port; returns the process and the URL with the token.
@@ -58,50 +46,6 @@ fn start_ui(home: &Path) -> (Killed, String) {
         .expect("URL line");
     assert!(line.contains("/?token="), "{line}");
     (Killed(child), line.trim().to_owned())
-}
-
-/// The demo with its purchase approval left to the API (no terminal here).
-fn start_demo(home: &Path) -> Killed {
-    let child = openclaw(home)
-        .args([
-            "demo",
-            "flight-booking",
-            "--approve",
-            "prompt",
-            "--approval-timeout",
-            "120s",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the demo");
-    Killed(child)
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The one session directory that has a live control socket.
-fn running_session(home: &Path, not: &[String]) -> String {
-    wait_until("a running session", Duration::from_secs(60), || {
-        std::fs::read_dir(home.join("sessions"))
-            .ok()?
-            .filter_map(|e| e.ok())
-            .find(|e| {
-                let id = e.file_name().to_string_lossy().into_owned();
-                !not.contains(&id) && e.path().join("control.sock").exists()
-            })
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-    })
 }
 
 async fn chromium(port: u16, profile: &Path) -> Client {
@@ -192,28 +136,6 @@ async fn wait_for(client: &Client, css: &str, timeout: Duration) {
         .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css} never appeared: {e}"));
-}
-
-fn receipts(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("receipts.jsonl"))
-        .expect("receipts")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("receipt json"))
-        .collect()
-}
-
-/// The approval receipts of a bundle: (approved, approver).
-fn approval_receipts(dir: &Path) -> Vec<(bool, String)> {
-    receipts(dir)
-        .iter()
-        .filter(|r| r["kind"] == "approval")
-        .map(|r| {
-            (
-                r["approved"].as_bool().expect("approved"),
-                r["approver"].as_str().expect("approver").to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// Opens the running session from the list, waits for the purchase
@@ -360,11 +282,11 @@ async fn approve_and_deny_in_headless_chromium() {
         .expect("js");
     assert_eq!(cookies, Value::String(String::new()));
 
-    let _demo = start_demo(home.path());
+    let _demo = start_demo_awaiting_approval(home.path());
     let first = running_session(home.path(), &[]);
     answer_in_browser(&client, home.path(), &first, "approve", "approved", true).await;
 
-    let _demo = start_demo(home.path());
+    let _demo = start_demo_awaiting_approval(home.path());
     let second = running_session(home.path(), std::slice::from_ref(&first));
     answer_in_browser(&client, home.path(), &second, "deny", "denied", false).await;
 
