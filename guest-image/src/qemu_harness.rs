@@ -191,6 +191,14 @@ pub fn run_qemu(
     timeout: Duration,
 ) -> Result<QemuRun, GuestImageError> {
     let started = Instant::now();
+    // A monitor socket, read only when L1 stalls: L1's registers and LAPIC
+    // say where and why it stopped.
+    let monitor = initramfs.with_extension("monitor");
+    let _ = std::fs::remove_file(&monitor);
+    let l1_cmdline = format!(
+        "console=ttyS0 quiet panic=-1 mitigations=off {}",
+        std::env::var("OPENCLAW_L1_CMDLINE").unwrap_or_default()
+    );
     let mut child = Command::new(QEMU)
         .args([
             "-M",
@@ -203,14 +211,8 @@ pub fn run_qemu(
             "1",
             "-nographic",
         ])
-        .args([
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-            "-no-reboot",
-            "-nodefaults",
-        ])
+        .args(["-serial", "stdio", "-no-reboot", "-nodefaults", "-monitor"])
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
         .arg("-m")
         .arg(mem_mib.to_string())
         .arg("-kernel")
@@ -220,7 +222,7 @@ pub fn run_qemu(
         // Not no_timer_check: with it, L1's timer can be left broken and L1
         // hangs (seen in 3 of 3 long runs); an L1 that panics on the timer
         // check is retried by the test instead.
-        .args(["-append", "console=ttyS0 quiet panic=-1 mitigations=off"])
+        .args(["-append", &l1_cmdline])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -232,11 +234,17 @@ pub fn run_qemu(
         .ok_or(GuestImageError::NoInit(PathBuf::from(QEMU)))?;
     let out = Arc::new(Mutex::new((Vec::new(), Instant::now())));
     let sink = out.clone();
+    // OPENCLAW_HARNESS_LOG=FILE mirrors L1's console as it comes (soak runs).
+    let mut mirror =
+        std::env::var_os("OPENCLAW_HARNESS_LOG").and_then(|p| std::fs::File::create(p).ok());
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = stdout.read(&mut buf) {
             if n == 0 {
                 break;
+            }
+            if let Some(f) = mirror.as_mut() {
+                let _ = std::io::Write::write_all(f, &buf[..n]);
             }
             let mut guard = sink.lock().unwrap_or_else(|e| e.into_inner());
             guard.0.extend_from_slice(&buf[..n]);
@@ -244,16 +252,36 @@ pub fn run_qemu(
         }
     });
     let (mut timed_out, mut stalled) = (false, false);
+    let nudge_after = nudge_after();
+    // (silence before the nudge, when it was sent, whether L1 spoke again,
+    // L1's last line before it)
+    let mut nudges: Vec<(Duration, Instant, bool, String)> = Vec::new();
     loop {
-        let quiet_for = out.lock().unwrap_or_else(|e| e.into_inner()).1.elapsed();
+        let last_output = out.lock().unwrap_or_else(|e| e.into_inner()).1;
+        let quiet_for = last_output.elapsed();
+        if let Some(last) = nudges.last_mut() {
+            last.2 |= last_output > last.1;
+        }
         match child.try_wait() {
             Ok(Some(_)) => break,
             Ok(None) if started.elapsed() > timeout || quiet_for > STALL => {
                 timed_out = started.elapsed() > timeout;
                 stalled = !timed_out;
+                let dump = monitor_dump(&monitor);
+                out.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+                    .extend_from_slice(dump.as_bytes());
                 let _ = child.kill();
                 let _ = child.wait();
                 break;
+            }
+            Ok(None)
+                if quiet_for > nudge_after
+                    && nudges.last().is_none_or(|n| n.1.elapsed() > nudge_after) =>
+            {
+                monitor_command(&monitor, "sendkey shift\n");
+                nudges.push((quiet_for, Instant::now(), false, last_line(&out)));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => {
@@ -265,13 +293,75 @@ pub fn run_qemu(
         }
     }
     let _ = reader.join();
+    let _ = std::fs::remove_file(&monitor);
     let bytes = std::mem::take(&mut out.lock().unwrap_or_else(|e| e.into_inner()).0);
+    let mut output = String::from_utf8_lossy(&bytes).into_owned();
+    for (silence, _, resumed, after) in &nudges {
+        output.push_str(&format!(
+            "\nHARNESS NUDGE: keyboard interrupt after {:.1} s of silence following {after:?}; L1 {}\n",
+            silence.as_secs_f64(),
+            if *resumed { "spoke again" } else { "stayed silent" }
+        ));
+    }
     Ok(QemuRun {
-        output: String::from_utf8_lossy(&bytes).into_owned(),
+        output,
         elapsed: started.elapsed(),
         timed_out,
         stalled,
     })
+}
+
+/// The last non-empty line L1 printed so far.
+fn last_line(out: &Mutex<(Vec<u8>, Instant)>) -> String {
+    let guard = out.lock().unwrap_or_else(|e| e.into_inner());
+    let tail = &guard.0[guard.0.len().saturating_sub(400)..];
+    String::from_utf8_lossy(tail)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// How long L1 may be silent before the harness nudges it
+/// (`OPENCLAW_HARNESS_NUDGE_SECS`, default 5).
+fn nudge_after() -> Duration {
+    Duration::from_secs(
+        std::env::var("OPENCLAW_HARNESS_NUDGE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5),
+    )
+}
+
+/// Sends HMP commands to QEMU's monitor and returns what it answered.
+fn monitor_command(socket: &Path, commands: &str) -> String {
+    use std::io::Write;
+    let Ok(mut conn) = std::os::unix::net::UnixStream::connect(socket) else {
+        return "(monitor socket unavailable)\n".into();
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(1500)));
+    let _ = conn.write_all(commands.as_bytes());
+    let mut text = String::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    text
+}
+
+/// L1's CPU and interrupt-controller state from QEMU's monitor, for a stall.
+fn monitor_dump(socket: &Path) -> String {
+    let mut text = String::from("\nHARNESS STALL DUMP (QEMU monitor):\n");
+    text.push_str(&monitor_command(
+        socket,
+        "info registers\ninfo lapic\ninfo pic\ninfo irq\n",
+    ));
+    text
 }
 
 fn run_out(cmd: &mut Command, what: &'static str) -> Result<String, GuestImageError> {

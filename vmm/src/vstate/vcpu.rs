@@ -147,10 +147,11 @@ impl Vcpu {
                     entry.ebx = (entry.ebx & 0x0000_ffff)
                         | (u32::from(self.index) << 24)
                         | (u32::from(vcpus) << 16);
-                    entry.ecx |= 1 << 31; // running under a hypervisor
-                                          // KVM emulates the TSC-deadline LAPIC timer but does not
-                                          // report it in the supported CPUID; without it the guest
-                                          // calibrates the LAPIC timer against the PIT at boot.
+                    // Running under a hypervisor.
+                    entry.ecx |= 1 << 31;
+                    // KVM emulates the TSC-deadline LAPIC timer but does not
+                    // report it in the supported CPUID; without it the guest
+                    // calibrates the LAPIC timer against the PIT at boot.
                     if tsc_deadline {
                         entry.ecx |= 1 << 24;
                     }
