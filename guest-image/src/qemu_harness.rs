@@ -254,8 +254,8 @@ pub fn run_qemu(
     let (mut timed_out, mut stalled) = (false, false);
     let nudge_after = nudge_after();
     // (silence before the nudge, when it was sent, whether L1 spoke again,
-    // L1's last line before it)
-    let mut nudges: Vec<(Duration, Instant, bool, String)> = Vec::new();
+    // L1's last line before it, the lost wakeup it found if any)
+    let mut nudges: Vec<(Duration, Instant, bool, String, Option<String>)> = Vec::new();
     loop {
         let last_output = out.lock().unwrap_or_else(|e| e.into_inner()).1;
         let quiet_for = last_output.elapsed();
@@ -280,8 +280,9 @@ pub fn run_qemu(
                 if quiet_for > nudge_after
                     && nudges.last().is_none_or(|n| n.1.elapsed() > nudge_after) =>
             {
+                let stuck = lost_wakeup(&monitor_command(&monitor, "info registers\ninfo lapic\n"));
                 monitor_command(&monitor, "sendkey shift\n");
-                nudges.push((quiet_for, Instant::now(), false, last_line(&out)));
+                nudges.push((quiet_for, Instant::now(), false, last_line(&out), stuck));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => {
@@ -296,10 +297,11 @@ pub fn run_qemu(
     let _ = std::fs::remove_file(&monitor);
     let bytes = std::mem::take(&mut out.lock().unwrap_or_else(|e| e.into_inner()).0);
     let mut output = String::from_utf8_lossy(&bytes).into_owned();
-    for (silence, _, resumed, after) in &nudges {
+    for (silence, _, resumed, after, stuck) in &nudges {
         output.push_str(&format!(
-            "\nHARNESS NUDGE: keyboard interrupt after {:.1} s of silence following {after:?}; L1 {}\n",
+            "\nHARNESS NUDGE: keyboard interrupt after {:.1} s of silence following {after:?}; {}; L1 {}\n",
             silence.as_secs_f64(),
+            stuck.as_deref().unwrap_or("L1 was not stuck"),
             if *resumed { "spoke again" } else { "stayed silent" }
         ));
     }
@@ -308,6 +310,42 @@ pub fn run_qemu(
         elapsed: started.elapsed(),
         timed_out,
         stalled,
+    })
+}
+
+/// Reads QEMU's `info registers` + `info lapic` answer: is L1's CPU halted
+/// with interrupts enabled while its LAPIC holds a deliverable interrupt?
+/// Hardware would have taken it; QEMU's TCG sometimes loses that wakeup.
+fn lost_wakeup(monitor: &str) -> Option<String> {
+    let field = |name: &str| {
+        monitor
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(str::to_string)
+    };
+    let halted = field("HLT=")? == "1";
+    let rflags = u64::from_str_radix(&field("RFL=")?, 16).ok()?;
+    let interrupts_on = rflags & 0x200 != 0;
+    let line = |name: &str| {
+        monitor
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .map(|l| l.trim_start()[name.len()..].trim().to_string())
+    };
+    let irr: Vec<u32> = line("IRR")?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let isr_empty = line("ISR")?.contains("(none)");
+    let ppr = monitor
+        .split("PPR 0x")
+        .nth(1)
+        .and_then(|t| u32::from_str_radix(t.split_whitespace().next()?, 16).ok())?;
+    let deliverable: Vec<u32> = irr.into_iter().filter(|v| v & 0xf0 > ppr & 0xf0).collect();
+    (halted && interrupts_on && isr_empty && !deliverable.is_empty()).then(|| {
+        format!(
+            "L1 was halted with interrupts on and vector(s) {deliverable:?} pending (a lost wakeup)"
+        )
     })
 }
 
@@ -357,9 +395,11 @@ fn monitor_command(socket: &Path, commands: &str) -> String {
 /// L1's CPU and interrupt-controller state from QEMU's monitor, for a stall.
 fn monitor_dump(socket: &Path) -> String {
     let mut text = String::from("\nHARNESS STALL DUMP (QEMU monitor):\n");
-    text.push_str(&monitor_command(
-        socket,
-        "info registers\ninfo lapic\ninfo pic\ninfo irq\n",
+    let answer = monitor_command(socket, "info registers\ninfo lapic\ninfo pic\ninfo irq\n");
+    text.push_str(&answer);
+    text.push_str(&format!(
+        "\nHARNESS STALL: {}\n",
+        lost_wakeup(&answer).unwrap_or_else(|| "no lost wakeup seen".into())
     ));
     text
 }
@@ -485,4 +525,37 @@ pub fn run_l1_runner(
     let run = run_qemu(&l1, &path, if with_qemu { 1536 } else { 1024 }, timeout);
     let _ = std::fs::remove_file(&path);
     run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_wakeup;
+
+    /// Excerpts of QEMU's monitor answer at the L1 stall of 06:35 UTC.
+    const REGS: &str = "RIP=ffffffffb6217a0b RFL=00000206 [-----P-] CPL=0 II=0 A20=1 SMM=0 HLT=1\n";
+    const LAPIC: &str =
+        "LVTT\t 0x000000ec active-hi edge                 one-shot     Fixed  (vec 236)\n\
+        ICR\t 0x000008fd logical edge de-assert no-shorthand\n\
+        ISR\t (none)\n\
+        IRR\t 236 \n\n\
+        APR 0x00 TPR 0x10 DFR 0x0f LDR 0x01 PPR 0x10\n";
+
+    #[test]
+    fn a_halted_cpu_with_a_deliverable_interrupt_is_a_lost_wakeup() {
+        let found = lost_wakeup(&format!("{REGS}{LAPIC}")).expect("stuck");
+        assert!(found.contains("[236]"), "{found}");
+    }
+
+    #[test]
+    fn a_running_cpu_an_empty_irr_or_a_masked_vector_is_not() {
+        let running = REGS.replace("HLT=1", "HLT=0");
+        assert_eq!(lost_wakeup(&format!("{running}{LAPIC}")), None);
+        let idle = LAPIC.replace("IRR\t 236", "IRR\t (none)");
+        assert_eq!(lost_wakeup(&format!("{REGS}{idle}")), None);
+        let masked = LAPIC.replace("PPR 0x10", "PPR 0xe0");
+        assert_eq!(lost_wakeup(&format!("{REGS}{masked}")), None);
+        let cli = REGS.replace("RFL=00000206", "RFL=00000006");
+        assert_eq!(lost_wakeup(&format!("{cli}{LAPIC}")), None);
+        assert_eq!(lost_wakeup("(monitor socket unavailable)"), None);
+    }
 }
