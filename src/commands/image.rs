@@ -1,6 +1,6 @@
 //! `openclaw image …`: build or locate the microVM guest image.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -10,7 +10,8 @@ use clap::Subcommand;
 pub enum ImageCommand {
     /// Build (or reuse) the guest kernel and base initramfs.
     Build {
-        /// Output directory (default: target/guest-image in the source tree).
+        /// Output directory [default: $OPENCLAW_GUEST_IMAGE, else target/guest-image
+        /// in the source tree: where `openclaw run --backend kvm` looks].
         #[arg(long)]
         out: Option<PathBuf>,
         /// A prebuilt static guest init (default: build it from this source tree).
@@ -46,6 +47,43 @@ pub fn source_tree() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Overrides where `openclaw run` looks for (and builds) the guest image:
+/// a directory holding `vmlinux` and `initramfs.cpio`.
+pub const IMAGE_DIR_ENV: &str = "OPENCLAW_GUEST_IMAGE";
+
+/// Where sessions find the guest image: `$OPENCLAW_GUEST_IMAGE`, else
+/// `target/guest-image` in the source tree (what `openclaw image build` writes).
+pub fn image_dir() -> PathBuf {
+    match std::env::var_os(IMAGE_DIR_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => source_tree().join("target/guest-image"),
+    }
+}
+
+/// The image in `dir`, if both of its files are there.
+pub fn existing(dir: &Path) -> Option<guest_image::GuestImage> {
+    let image = guest_image::GuestImage {
+        kernel: dir.join("vmlinux"),
+        initramfs: dir.join("initramfs.cpio"),
+    };
+    (image.kernel.is_file() && image.initramfs.is_file()).then_some(image)
+}
+
+/// The image sessions use, built first when it is missing (with a progress
+/// line: the kernel build takes minutes).
+pub fn ensure() -> Result<guest_image::GuestImage> {
+    let dir = image_dir();
+    if let Some(image) = existing(&dir) {
+        return Ok(image);
+    }
+    eprintln!(
+        "image: the microVM guest image is missing; building it in {} (once; the kernel \
+         takes a few minutes)",
+        dir.display()
+    );
+    build(Some(dir), None, 2)
+}
+
 /// Builds (or reuses) the guest image; `openclaw run --backend kvm` calls this
 /// when the image is missing.
 pub fn build(
@@ -54,7 +92,7 @@ pub fn build(
     jobs: usize,
 ) -> Result<guest_image::GuestImage> {
     let tree = source_tree();
-    let out = out.unwrap_or_else(|| tree.join("target/guest-image"));
+    let out = out.unwrap_or_else(image_dir);
     let init = match init {
         Some(init) => init,
         None => {

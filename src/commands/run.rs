@@ -29,7 +29,10 @@ the sandbox: it sees placeholders in environment variables named after each
 secret in upper case (united_login -> $UNITED_LOGIN).
 
 Exit status: the command's own, or
-  125  openclaw could not set up or run the session (message on stderr)
+  124  --timeout passed; the command was stopped
+  125  openclaw could not set up or run the session (message on stderr,
+       naming the stage that failed: backend, image build, VM start, boot, ...)
+  130  interrupted (Ctrl-C / SIGTERM)
   128+N  the command was killed by signal N (e.g. 137: memory limit)
 Needs root (network namespaces, cgroups).")]
 pub struct RunArgs {
@@ -48,7 +51,9 @@ pub struct RunArgs {
     /// Service catalog (TOML) classifying requests into actions [default: built in].
     #[arg(long, value_name = "CATALOG.toml")]
     catalog: Option<PathBuf>,
-    /// Isolation backend: kvm (microVM), netns (namespaces) or auto.
+    /// Isolation backend: kvm (microVM; builds the guest image when missing),
+    /// netns (namespaces) or auto (kvm where a cached probe says this host
+    /// boots the guest quickly, else netns; says which and why).
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
     /// How approvals are answered: prompt on the terminal, deny all, or
@@ -81,6 +86,9 @@ pub struct RunArgs {
     /// Process limit of the sandbox.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pids_max: u64,
+    /// Stop the command (and its sandbox or microVM) after this long; exit 124.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -164,5 +172,6 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
         pids_max: args.pids_max,
         command: args.command,
         sessions_dir: home::sessions_dir()?,
+        timeout: args.timeout,
     })
 }

@@ -109,6 +109,7 @@ pub async fn run(options: DemoOptions) -> Result<(SessionOutcome, Vec<SeenReques
         pids_max: 128,
         command: vec!["/bin/sh".into(), "/work/agent.sh".into()],
         sessions_dir: options.home.join("sessions"),
+        timeout: None,
     };
     let outcome = runner::run_session(config).await;
     let _ = std::fs::remove_dir_all(&workdir);

@@ -1,6 +1,7 @@
 //! A session bundle: `<home>/sessions/<id>/` with `session.json`,
 //! `capabilities.cap`, `receipts.jsonl`, `events.jsonl`, `report.json`,
-//! `report.html` and `console.log`. This module names the files and reads and
+//! `report.html`, `console.log` (the command's output) and, on the kvm
+//! backend, `guest-console.log` (the guest kernel's serial console). This module names the files and reads and
 //! writes the ones the supervisor owns.
 
 use std::fs::OpenOptions;
@@ -25,7 +26,8 @@ pub const CONSOLE_LOG: &str = "console.log";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub id: String,
-    /// `running`, `completed` (command exited 0), `failed`, `interrupted`.
+    /// `running`, `completed` (command exited 0), `failed`, `interrupted`,
+    /// `timed_out`.
     pub status: String,
     /// Isolation backend actually used, and why it was chosen.
     pub backend: String,
@@ -34,6 +36,14 @@ pub struct SessionInfo {
     pub ended_at: Option<String>,
     /// Time to a ready sandbox (namespace set up or VM booted), ms.
     pub sandbox_ready_ms: Option<u64>,
+    /// kvm backend: VM creation to the guest init's boot marker, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_ms: Option<u64>,
+    /// kvm backend: the microVM's vCPUs and memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_vcpus: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_mem_mib: Option<u64>,
     pub command: Vec<String>,
     pub task: Option<String>,
     pub exit_code: Option<i32>,

@@ -1,5 +1,7 @@
 //! The sandboxed command's output: passed through to our stdout/stderr as it
-//! comes, and kept in the bundle's `console.log`.
+//! comes, and kept in the bundle's `console.log`. The netns backend pumps
+//! the sandbox's pipes; the kvm backend writes what the guest's control
+//! channel delivers.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -8,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
+#[derive(Clone)]
 pub struct Console {
     log: Arc<Mutex<File>>,
 }
@@ -36,8 +39,23 @@ impl Console {
         }
     }
 
+    /// Passes `bytes` through to our stdout or stderr and appends them to
+    /// the log.
+    pub fn write(&self, is_stderr: bool, bytes: &[u8]) {
+        // Pass-through failing (closed terminal) must not stop the log.
+        if is_stderr {
+            let _ = std::io::stderr().write_all(bytes);
+        } else {
+            let mut stdout = std::io::stdout();
+            let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
+        }
+        if let Ok(mut log) = self.log.lock() {
+            let _ = log.write_all(bytes);
+        }
+    }
+
     fn spawn_copy(&self, mut from: File, is_stderr: bool) -> tokio::task::JoinHandle<()> {
-        let log = self.log.clone();
+        let console = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut buf = [0u8; 8192];
             loop {
@@ -45,16 +63,7 @@ impl Console {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
-                // Pass-through failing (closed terminal) must not stop the log.
-                if is_stderr {
-                    let _ = std::io::stderr().write_all(&buf[..n]);
-                } else {
-                    let mut stdout = std::io::stdout();
-                    let _ = stdout.write_all(&buf[..n]).and_then(|()| stdout.flush());
-                }
-                if let Ok(mut log) = log.lock() {
-                    let _ = log.write_all(&buf[..n]);
-                }
+                console.write(is_stderr, &buf[..n]);
             }
         })
     }

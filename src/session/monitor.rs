@@ -117,6 +117,7 @@ impl Monitor {
         if self.json {
             let line = serde_json::json!({
                 "kind": "session_started", "session": info.id, "backend": info.backend,
+                "backend_reason": info.backend_reason, "boot_ms": info.boot_ms,
                 "ready_ms": ready_ms, "capabilities": info.capabilities.summary,
                 "ca_fingerprint": info.ca_fingerprint,
             });
@@ -124,9 +125,22 @@ impl Monitor {
             return;
         }
         let tick = self.paint("32", "✓");
+        let sandbox = match (info.vm_vcpus, info.vm_mem_mib, info.boot_ms) {
+            (Some(vcpus), Some(mem), Some(boot)) => format!(
+                "microVM, {vcpus} vCPU, {mem} MiB, booted in {boot} ms, ready in {ready_ms} ms"
+            ),
+            _ => format!("{}, ready in {ready_ms} ms", info.backend),
+        };
         self.emit(&format!(
-            "{tick} Sandbox created ({}, ready in {ready_ms} ms) · session {}",
-            info.backend, info.id
+            "{tick} Sandbox created ({sandbox}) · session {}",
+            info.id
+        ));
+        self.emit(&format!(
+            "  {}",
+            self.paint(
+                "2",
+                &format!("backend {}: {}", info.backend, info.backend_reason)
+            )
         ));
         self.emit(&format!(
             "{tick} Capabilities loaded: {}{}",

@@ -1,5 +1,6 @@
-//! The session lifecycle behind `openclaw run` (and `openclaw demo`): bundle,
-//! session network, receipt log, enforcing proxy, sandbox, live monitor,
+//! The session lifecycle behind `openclaw run` (and `openclaw demo`): backend
+//! choice, bundle, session network, receipt log, enforcing proxy, sandbox
+//! (a namespace sandbox here, or a microVM in `kvm.rs`), live monitor,
 //! teardown and report, in that order, undone in reverse.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,6 +16,7 @@ use receipts::{ReceiptLog, SessionStart};
 use sha2::{Digest, Sha256};
 use vmm::host::{Sandbox, SandboxSpec, SandboxStdio, SessionNetwork};
 
+use super::backend::{self, Backend};
 use super::bundle::{self, CapabilitySummary, SessionInfo};
 use super::console::Console;
 use super::enforcement::{self, SessionEnforcement};
@@ -26,6 +28,8 @@ use crate::report::{self, Report};
 pub const EXIT_SETUP: u8 = 125;
 /// The session was interrupted (Ctrl-C / SIGTERM).
 pub const EXIT_INTERRUPTED: i32 = 130;
+/// The session's `--timeout` passed (as timeout(1) reports it).
+pub const EXIT_TIMEOUT: i32 = 124;
 
 /// The sandbox's uid/gid: `nobody`, owning nothing on the host.
 const SANDBOX_UID: u32 = 65534;
@@ -65,6 +69,8 @@ pub struct RunConfig {
     pub pids_max: u64,
     pub command: Vec<String>,
     pub sessions_dir: PathBuf,
+    /// Stop the command (and its sandbox or VM) after this long.
+    pub timeout: Option<Duration>,
 }
 
 /// How a session ended.
@@ -112,7 +118,10 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
             );
         }
     }
-    let (backend, backend_reason) = choose_backend(config.backend)?;
+    let choice = config.backend;
+    let home = backend::home_of(&config.sessions_dir);
+    let chosen = tokio::task::spawn_blocking(move || backend::choose(choice, &home)).await??;
+    let backend = chosen.backend;
 
     let id = new_session_id(started_at);
     let dir = config.sessions_dir.join(&id);
@@ -125,8 +134,8 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     let mut info = SessionInfo {
         id: id.clone(),
         status: "running".into(),
-        backend: backend.into(),
-        backend_reason,
+        backend: backend.name().into(),
+        backend_reason: chosen.reason,
         started_at: receipts::format_time(started_at),
         command: config.command.clone(),
         task: config.task.clone(),
@@ -157,7 +166,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     };
     bundle::write_info(&dir, &info)?;
 
-    let result = run_in_bundle(&config, capability, &dir, &mut info, started).await;
+    let result = run_in_bundle(&config, &backend, capability, &dir, &mut info, started).await;
     let exit_code = match &result {
         Ok(code) => *code,
         Err(_) => -1,
@@ -168,6 +177,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     info.status = match (&result, exit_code) {
         (Err(_), _) => "failed".into(),
         (Ok(_), EXIT_INTERRUPTED) => "interrupted".into(),
+        (Ok(_), EXIT_TIMEOUT) if config.timeout.is_some() => "timed_out".into(),
         (Ok(_), 0) => "completed".into(),
         (Ok(_), _) => "failed".into(),
     };
@@ -185,6 +195,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
 /// The part of the session that owns live resources.
 async fn run_in_bundle(
     config: &RunConfig,
+    backend: &Backend,
     capability: Capability,
     dir: &Path,
     info: &mut SessionInfo,
@@ -245,18 +256,37 @@ async fn run_in_bundle(
         enforcement.approvals.clone(),
     )?;
 
-    let result = supervise(
-        config,
-        dir,
-        info,
-        &network,
-        proxy_ip,
-        &ca_pem,
-        &enforcement,
-        &out,
-        started,
-    )
-    .await;
+    let result = match backend {
+        Backend::Netns => {
+            supervise(
+                config,
+                dir,
+                info,
+                &network,
+                proxy_ip,
+                &ca_pem,
+                &enforcement,
+                &out,
+                started,
+            )
+            .await
+        }
+        Backend::Kvm(image) => {
+            super::kvm::supervise(
+                config,
+                dir,
+                info,
+                &network,
+                proxy_ip,
+                &ca_pem,
+                &enforcement,
+                &out,
+                started,
+                image,
+            )
+            .await
+        }
+    };
 
     // Teardown in reverse: no new decisions, then the chain's end.
     control.stop().await;
@@ -321,6 +351,17 @@ async fn supervise(
     let mut wait = tokio::task::spawn_blocking(move || child.wait());
     let code = tokio::select! {
         status = &mut wait => exit_code(status??),
+        _ = sleep_for(config.timeout) => {
+            out.note(&format!(
+                "timed out after {}: stopping the sandbox",
+                humantime::format_duration(config.timeout.unwrap_or_default())
+            ));
+            if let Err(err) = killer.kill() {
+                tracing::warn!("stopping the sandbox: {err}");
+            }
+            let _ = wait.await;
+            EXIT_TIMEOUT
+        }
         _ = shutdown_signal() => {
             out.note("interrupted: stopping the sandbox, denying pending approvals");
             // SIGKILL to the sandbox's init takes its whole pid namespace.
@@ -335,7 +376,16 @@ async fn supervise(
     Ok(code)
 }
 
-async fn shutdown_signal() {
+/// Sleeps for `timeout`, or forever without one.
+async fn sleep_for(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+pub(super) async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(_) => return std::future::pending().await,
@@ -363,19 +413,6 @@ pub fn headline(summary: &capabilities::Summary) -> String {
         plural(summary.grants, "grant"),
         plural(summary.constraints, "constraint")
     )
-}
-
-fn choose_backend(choice: BackendChoice) -> Result<(&'static str, String)> {
-    match choice {
-        BackendChoice::Netns => Ok(("netns", "requested with --backend netns".into())),
-        BackendChoice::Kvm => bail!(
-            "the kvm backend is not wired into `openclaw run` yet; use --backend netns (or auto)"
-        ),
-        BackendChoice::Auto => Ok((
-            "netns",
-            "auto: the microVM backend is not wired into sessions yet, so the namespace sandbox is used".into(),
-        )),
-    }
 }
 
 /// `20261122-101500-3f9a1c`: sortable by start time, unique by its random tail.
