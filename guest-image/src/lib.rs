@@ -96,6 +96,13 @@ pub fn build_image(
     Ok(GuestImage { kernel, initramfs })
 }
 
+/// Flags for the static binaries built for guests and for L1: static, so
+/// they need no libc there; no debug info and optimised, because every byte
+/// is unpacked by the guest kernel and every instruction runs under
+/// emulation in the QEMU harness. Shared, so the two builds share a cache.
+pub const STATIC_RUSTFLAGS: &str =
+    "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols -C opt-level=2";
+
 /// Builds the static guest init from this workspace's source with cargo and
 /// returns its path. `target_dir` keeps its artifacts apart (static flags).
 pub fn build_guest_init(workspace: &Path, target_dir: &Path) -> Result<PathBuf, GuestImageError> {
@@ -113,11 +120,7 @@ pub fn build_guest_init(workspace: &Path, target_dir: &Path) -> Result<PathBuf, 
         ])
         .current_dir(workspace)
         .env("CARGO_TARGET_DIR", target_dir)
-        // Static, so the image needs no libc for PID 1; no debug info keeps it small.
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols",
-        )
+        .env("RUSTFLAGS", STATIC_RUSTFLAGS)
         .output()
         .map_err(GuestImageError::io("cargo build (guest init)"))?;
     if !output.status.success() {

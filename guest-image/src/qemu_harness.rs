@@ -442,10 +442,7 @@ pub fn build_static_example(name: &str) -> Result<PathBuf, GuestImageError> {
         ])
         .current_dir(&root)
         .env("CARGO_TARGET_DIR", &target)
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols",
-        )
+        .env("RUSTFLAGS", crate::STATIC_RUSTFLAGS)
         .output()
         .map_err(GuestImageError::io("cargo build (example)"))?;
     if !out.status.success() {
