@@ -4,7 +4,8 @@
 //! verdict (reused; re-probed when its key changes); `--backend kvm` fails
 //! with exit 125 naming the stage, leaving no namespace, tap or session
 //! behind. The kvm backend's success path runs inside the QEMU harness
-//! (tests/kvm_backend_in_qemu.rs).
+//! (tests/kvm_backend_in_qemu.rs). Also: a setup failure after the receipt
+//! chain started (any backend) still closes the chain.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -304,4 +305,41 @@ fn kvm_backend_boot_failure_names_the_stage_and_tears_everything_down() {
     let tap = format!("oc-{}", &id[id.len() - 6..]);
     assert!(!Path::new("/sys/class/net").join(&tap).exists());
     eprintln!("boot-stage failure after {took:?}");
+}
+
+/// The session fails after its receipt log exists (here: the secrets file
+/// is missing): exit 125, and the chain still ends with session_end.
+#[test]
+fn a_setup_failure_after_the_chain_starts_still_closes_it() {
+    let home = Home::new();
+    let mut cmd = home.openclaw();
+    cmd.arg("run")
+        .arg("--capabilities")
+        .arg(home.path().join("task.cap"))
+        .arg("--secrets")
+        .arg(home.path().join("missing-secrets.toml"))
+        .args([
+            "--backend",
+            "netns",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo should-not-run",
+        ]);
+    let (out, dir, _) = home.run_new(&mut cmd);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("loading the secrets file"), "{stderr}");
+    let receipts = std::fs::read_to_string(dir.join("receipts.jsonl")).expect("receipts");
+    assert!(receipts.lines().count() >= 2, "{receipts}");
+    let verify = home
+        .openclaw()
+        .arg("verify")
+        .arg(&dir)
+        .arg("--key")
+        .arg(home.path().join("keys/receipt.pub"))
+        .output()
+        .expect("verify");
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    assert_eq!(read_json(&dir.join("session.json"))["status"], "failed");
 }

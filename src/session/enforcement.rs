@@ -85,8 +85,15 @@ pub fn build(
 fn brokers(mode: ApproveMode, api: ApiBroker) -> Result<Arc<dyn ApprovalBroker>> {
     Ok(match mode {
         ApproveMode::Prompt if std::io::stdin().is_terminal() => {
-            let terminal = TerminalBroker::open_tty().context("opening /dev/tty for approvals")?;
-            Arc::new(FirstAnswer::new(vec![Arc::new(terminal), Arc::new(api)]))
+            match TerminalBroker::open_tty() {
+                Ok(terminal) => Arc::new(FirstAnswer::new(vec![Arc::new(terminal), Arc::new(api)])),
+                // A terminal on stdin without a controlling terminal (a VM's
+                // console, `setsid`): asked like without a terminal.
+                Err(err) => {
+                    tracing::warn!("approvals: cannot open /dev/tty ({err}); answer them with `openclaw approve|deny` or the web UI");
+                    Arc::new(api)
+                }
+            }
         }
         // No terminal to ask: only the control socket / UI can approve; the
         // timeout denies otherwise.

@@ -206,7 +206,6 @@ async fn run_in_bundle(
     let network = tokio::task::spawn_blocking(move || SessionNetwork::create(&session_id))
         .await?
         .context("creating the session network")?;
-    let proxy_ip = network.proxy_addr();
 
     let capability_sha256 = hex::encode(Sha256::digest(config.token_text.trim().as_bytes()));
     let receipt_log = ReceiptLog::create(
@@ -221,6 +220,43 @@ async fn run_in_bundle(
     )
     .context("creating the receipt log")?;
 
+    // Whatever fails from here, the chain gets its session_end receipt.
+    let result = serve_and_supervise(
+        config,
+        backend,
+        capability,
+        dir,
+        info,
+        started,
+        &network,
+        &receipt_log,
+        &out,
+    )
+    .await;
+    let events_done = out.finish().await;
+    let end = tokio::task::spawn_blocking(move || receipt_log.finish()).await?;
+    drop(network);
+    let code = result?;
+    let end = end.context("writing the session_end receipt")?;
+    out.summary_line(events_done, end.seq + 1);
+    Ok(code)
+}
+
+/// Enforcement, proxy and control socket around the backend's supervisor;
+/// each is stopped again before this returns, also on error.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+async fn serve_and_supervise(
+    config: &RunConfig,
+    backend: &Backend,
+    capability: Capability,
+    dir: &Path,
+    info: &mut SessionInfo,
+    started: Instant,
+    network: &SessionNetwork,
+    receipt_log: &ReceiptLog,
+    out: &Monitor,
+) -> Result<i32> {
+    let proxy_ip = network.proxy_addr();
     let enforcement = enforcement::build(config, capability, receipt_log.clone())?;
     out.attach(enforcement.events.subscribe(), dir)?;
 
@@ -245,60 +281,71 @@ async fn run_in_bundle(
         enforcement.gate.clone(),
     )
     .await
-    .context("starting the proxy in the session network")?;
-    let ca_pem = proxy.ca_pem().to_owned();
-    info.ca_fingerprint = hex::encode(Sha256::digest(proxy.ca().cert_der()));
-    bundle::write_info(dir, info)?;
-    // The control socket: `openclaw approve`/`deny` and the web UI.
-    let control = super::control::serve(
-        dir,
-        enforcement.events.clone(),
-        enforcement.approvals.clone(),
-    )?;
-
-    let result = match backend {
-        Backend::Netns => {
-            supervise(
-                config,
-                dir,
-                info,
-                &network,
-                proxy_ip,
-                &ca_pem,
-                &enforcement,
-                &out,
-                started,
-            )
-            .await
-        }
-        Backend::Kvm(image) => {
-            super::kvm::supervise(
-                config,
-                dir,
-                info,
-                &network,
-                proxy_ip,
-                &ca_pem,
-                &enforcement,
-                &out,
-                started,
-                image,
-            )
-            .await
+    .context("starting the proxy in the session network");
+    let proxy = match proxy {
+        Ok(proxy) => proxy,
+        Err(err) => {
+            enforcement.shutdown();
+            return Err(err);
         }
     };
+    let ca_pem = proxy.ca_pem().to_owned();
+    info.ca_fingerprint = hex::encode(Sha256::digest(proxy.ca().cert_der()));
+    // The control socket: `openclaw approve`/`deny` and the web UI.
+    let control = bundle::write_info(dir, info).and_then(|()| {
+        super::control::serve(
+            dir,
+            enforcement.events.clone(),
+            enforcement.approvals.clone(),
+        )
+    });
+    let result = match &control {
+        Err(_) => Ok(-1),
+        Ok(_) => match backend {
+            Backend::Netns => {
+                supervise(
+                    config,
+                    dir,
+                    info,
+                    network,
+                    proxy_ip,
+                    &ca_pem,
+                    &enforcement,
+                    out,
+                    started,
+                )
+                .await
+            }
+            Backend::Kvm(image) => {
+                super::kvm::supervise(
+                    config,
+                    dir,
+                    info,
+                    network,
+                    proxy_ip,
+                    &ca_pem,
+                    &enforcement,
+                    out,
+                    started,
+                    image,
+                )
+                .await
+            }
+        },
+    };
 
-    // Teardown in reverse: no new decisions, then the chain's end.
-    control.stop().await;
+    // Teardown in reverse: no new decisions, then (in the caller) the chain's end.
+    let control = match control {
+        Ok(control) => {
+            control.stop().await;
+            Ok(())
+        }
+        Err(err) => Err(err),
+    };
     enforcement.shutdown();
     proxy.shutdown().await;
-    let events_done = out.finish().await;
-    let end = tokio::task::spawn_blocking(move || receipt_log.finish()).await?;
-    let end = end.context("writing the session_end receipt")?;
-    drop(network);
-    let code = result?;
-    out.summary_line(events_done, end.seq + 1);
-    Ok(code)
+    control?;
+    result
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
