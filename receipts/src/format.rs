@@ -1,6 +1,8 @@
 //! The receipt byte format: typed receipt bodies, canonical (RFC 8785) line
 //! encoding, the signing input, key ids and line hashes.
 
+use std::io::Write as _;
+
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -122,13 +124,142 @@ pub fn parse_time(text: &str) -> Option<std::time::SystemTime> {
 /// Signing input: the RFC 8785 canonical JSON of the receipt without `sig`.
 /// The line: the canonical JSON of the receipt with `sig` (128 lowercase hex).
 pub fn sign_line(receipt: &Receipt, key: &SigningKey) -> Result<Vec<u8>, serde_json::Error> {
-    let mut value = serde_json::to_value(receipt)?;
-    let signing_input = serde_json_canonicalizer::to_vec(&value)?;
-    let sig = key.sign(&signing_input);
-    if let Value::Object(map) = &mut value {
-        map.insert("sig".to_owned(), Value::String(hex::encode(sig.to_bytes())));
+    let prepared = Prepared::new(
+        receipt.v,
+        &receipt.session,
+        &receipt.ts,
+        &receipt.signer,
+        &receipt.body,
+    )?;
+    let mut line = Vec::new();
+    let mut scratch = Vec::new();
+    prepared.sign_into(
+        receipt.seq,
+        receipt.prev.as_bytes(),
+        key,
+        &mut scratch,
+        &mut line,
+    );
+    Ok(line)
+}
+
+/// A receipt encoded in canonical form except for the members that depend on
+/// its place in the chain (`prev`, `seq`) and on signing (`sig`). Built off
+/// the chain lock, so only filling in those members and signing is serial.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    /// Canonical members in RFC 8785 order, with `"prev":"` … `","seq":` … left open.
+    bytes: Vec<u8>,
+    /// Where the 64 hex digits of `prev` go.
+    prev_at: usize,
+    /// Where the decimal digits of `seq` go.
+    seq_at: usize,
+    /// Where `,"sig":"…"` goes in the line (never first: `prev` sorts before it).
+    sig_at: usize,
+}
+
+impl Prepared {
+    /// Canonicalizes every member except `prev`, `seq` and `sig`.
+    pub(crate) fn new(
+        v: u32,
+        session: &str,
+        ts: &str,
+        signer: &str,
+        body: &Body,
+    ) -> Result<Self, serde_json::Error> {
+        let Value::Object(body) = serde_json::to_value(body)? else {
+            return Err(serde::ser::Error::custom("a receipt body is a JSON object"));
+        };
+        // (key, canonical value); None marks prev, seq and sig.
+        let mut members: Vec<(String, Option<Vec<u8>>)> = Vec::with_capacity(body.len() + 7);
+        for (k, v) in &body {
+            members.push((k.clone(), Some(serde_json_canonicalizer::to_vec(v)?)));
+        }
+        for (k, v) in [
+            ("v", Value::from(v)),
+            ("session", session.into()),
+            ("ts", ts.into()),
+            ("signer", signer.into()),
+        ] {
+            members.push((k.to_owned(), Some(serde_json_canonicalizer::to_vec(&v)?)));
+        }
+        for k in ["prev", "seq", "sig"] {
+            members.push((k.to_owned(), None));
+        }
+        // RFC 8785 orders members by the UTF-16 code units of their keys.
+        members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+        if members.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(serde::ser::Error::custom(
+                "a receipt body repeats a top-level member",
+            ));
+        }
+        let mut out = Vec::with_capacity(
+            members
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 4)
+                .sum::<usize>()
+                + 16,
+        );
+        let (mut prev_at, mut seq_at, mut sig_at) = (0, 0, 0);
+        out.push(b'{');
+        for (i, (k, v)) in members.iter().enumerate() {
+            if k == "sig" {
+                sig_at = out.len();
+                continue;
+            }
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json_canonicalizer::to_writer(k, &mut out)?;
+            out.push(b':');
+            match (k.as_str(), v) {
+                (_, Some(v)) => out.extend_from_slice(v),
+                ("prev", None) => {
+                    out.push(b'"');
+                    prev_at = out.len();
+                    out.push(b'"');
+                }
+                _ => seq_at = out.len(),
+            }
+        }
+        out.push(b'}');
+        Ok(Prepared {
+            bytes: out,
+            prev_at,
+            seq_at,
+            sig_at,
+        })
     }
-    serde_json_canonicalizer::to_vec(&value)
+
+    /// Fills in `prev` (64 hex digits) and `seq`, signs, and appends the line
+    /// (without newline) to `line`. `scratch` receives the signing input.
+    pub(crate) fn sign_into(
+        &self,
+        seq: u64,
+        prev_hex: &[u8],
+        key: &SigningKey,
+        scratch: &mut Vec<u8>,
+        line: &mut Vec<u8>,
+    ) {
+        let b = &self.bytes;
+        scratch.clear();
+        scratch.extend_from_slice(&b[..self.prev_at]);
+        scratch.extend_from_slice(prev_hex);
+        scratch.extend_from_slice(&b[self.prev_at..self.seq_at]);
+        let before = scratch.len();
+        write!(scratch, "{seq}").expect("writing to a Vec cannot fail");
+        let sig_at = self.sig_at + prev_hex.len() + (scratch.len() - before);
+        scratch.extend_from_slice(&b[self.seq_at..]);
+        let sig = key.sign(scratch).to_bytes();
+        let mut sig_hex = [0u8; 128];
+        hex::encode_to_slice(sig, &mut sig_hex).expect("128 hex digits for 64 bytes");
+        line.reserve(scratch.len() + 138);
+        line.extend_from_slice(&scratch[..sig_at]);
+        line.extend_from_slice(b",\"sig\":\"");
+        line.extend_from_slice(&sig_hex);
+        line.push(b'"');
+        line.extend_from_slice(&scratch[sig_at..]);
+    }
 }
 
 #[cfg(test)]

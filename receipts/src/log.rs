@@ -4,7 +4,7 @@
 //! line is on disk; after any write or sync failure the log refuses every
 //! further append, so the chain never continues over a hole.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use ed25519_dalek::SigningKey;
 
 use crate::format::{
-    self, ApprovalRecord, Body, DecisionRecord, Receipt, FORMAT_VERSION, GENESIS_PREV,
+    self, ApprovalRecord, Body, DecisionRecord, Prepared, FORMAT_VERSION, GENESIS_PREV,
 };
 use crate::verify::{ChainError, LineVerifier};
 
@@ -149,6 +149,9 @@ impl std::fmt::Debug for ReceiptLog {
 }
 
 struct Shared {
+    /// The serial part: a receipt's prev is the hash of the line before it,
+    /// so filling in prev/seq, signing and hashing happen one at a time here.
+    chain: Mutex<Chain>,
     queue: Arc<Queue>,
     key: SigningKey,
     key_id: String,
@@ -156,83 +159,108 @@ struct Shared {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-struct Queue {
-    state: Mutex<State>,
-    /// Signalled when there is work for the writer or it should stop.
-    work: Condvar,
-}
-
-struct State {
+struct Chain {
     next_seq: u64,
     prev: [u8; 32],
-    pending: VecDeque<Pending>,
-    /// Set once a write or sync failed: nothing more is accepted.
-    poisoned: Option<String>,
     ended: bool,
-    stopping: bool,
-}
-
-struct Pending {
+    /// Reused buffers: the signing input and the signed line.
+    scratch: Vec<u8>,
     line: Vec<u8>,
-    appended: Appended,
-    slot: Arc<Slot>,
 }
 
-/// Where the writer thread leaves one append's outcome.
-struct Slot {
-    state: Mutex<SlotState>,
+/// Lines waiting for the writer, and what is durable. Lock order: chain, then queue.
+struct Queue {
+    state: Mutex<State>,
+    /// Signalled when there is work for an idle writer or it should stop.
+    work: Condvar,
+    /// Broadcast once per committed (or failed) batch.
     done: Condvar,
 }
 
-#[derive(Default)]
-struct SlotState {
-    result: Option<Result<Appended, AppendError>>,
-    waker: Option<Waker>,
+struct State {
+    /// Signed lines (with newlines) not yet taken by the writer.
+    buf: Vec<u8>,
+    /// Length of each line in `buf`, oldest first (for `max_batch`).
+    lens: VecDeque<usize>,
+    /// Seq of the first line in `buf`.
+    buf_seq: u64,
+    /// Every receipt with seq below this is on disk.
+    durable: u64,
+    /// Set once a write or sync failed: receipts from this seq on are not
+    /// durable, and nothing more is accepted.
+    failed: Option<(u64, String)>,
+    stopping: bool,
+    writer_idle: bool,
+    /// Threads blocked in [`PendingReceipt::wait`].
+    blocked: usize,
+    /// Futures waiting for their seq.
+    wakers: BTreeMap<u64, Waker>,
 }
 
-impl Slot {
-    fn complete(&self, result: Result<Appended, AppendError>) {
-        let mut s = lock(&self.state);
-        s.result = Some(result);
-        if let Some(w) = s.waker.take() {
-            w.wake();
+impl State {
+    fn outcome(&self, appended: Appended) -> Option<Result<Appended, AppendError>> {
+        if appended.seq < self.durable {
+            return Some(Ok(appended));
         }
-        self.done.notify_all();
+        match &self.failed {
+            Some((from, why)) if appended.seq >= *from => Some(Err(AppendError::Write {
+                seq: appended.seq,
+                why: why.clone(),
+            })),
+            _ => None,
+        }
     }
 }
 
 /// An append on its way to disk. Wait for it with [`PendingReceipt::wait`]
 /// (blocking) or `.await` it (it is a plain `Future`, runtime-agnostic).
 pub struct PendingReceipt {
-    slot: Arc<Slot>,
+    queue: Arc<Queue>,
+    appended: Appended,
+    /// Whether a waker for this receipt may be registered in the queue.
+    registered: bool,
 }
 
 impl PendingReceipt {
     pub fn wait(self) -> Result<Appended, AppendError> {
-        let mut s = lock(&self.slot.state);
+        let mut s = lock(&self.queue.state);
         loop {
-            if let Some(r) = s.result.take() {
+            if let Some(r) = s.outcome(self.appended) {
                 return r;
             }
+            s.blocked += 1;
             s = self
-                .slot
+                .queue
                 .done
                 .wait(s)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.blocked -= 1;
         }
     }
 }
 
 impl Future for PendingReceipt {
     type Output = Result<Appended, AppendError>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut s = lock(&self.slot.state);
-        match s.result.take() {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut s = lock(&this.queue.state);
+        match s.outcome(this.appended) {
             Some(r) => Poll::Ready(r),
             None => {
-                s.waker = Some(cx.waker().clone());
+                s.wakers.insert(this.appended.seq, cx.waker().clone());
+                drop(s);
+                this.registered = true;
                 Poll::Pending
             }
+        }
+    }
+}
+
+impl Drop for PendingReceipt {
+    fn drop(&mut self) {
+        // A future dropped before completion leaves no waker behind.
+        if self.registered {
+            lock(&self.queue.state).wakers.remove(&self.appended.seq);
         }
     }
 }
@@ -283,8 +311,8 @@ impl ReceiptLog {
             sandbox: start.sandbox,
             capability_sha256: start.capability_sha256,
         };
-        log.submit_body(|_, _| body, SystemTime::now(), false)?
-            .wait()?;
+        let prepared = log.prepare(SystemTime::now(), &body)?;
+        log.submit_prepared(Next::Ready(prepared))?.wait()?;
         Ok(log)
     }
 
@@ -355,14 +383,18 @@ impl ReceiptLog {
     ) -> Result<ReceiptLog, OpenLogError> {
         let queue = Arc::new(Queue {
             state: Mutex::new(State {
-                next_seq,
-                prev,
-                pending: VecDeque::new(),
-                poisoned: None,
-                ended: false,
+                buf: Vec::new(),
+                lens: VecDeque::new(),
+                buf_seq: next_seq,
+                durable: next_seq,
+                failed: None,
                 stopping: false,
+                writer_idle: false,
+                blocked: 0,
+                wakers: BTreeMap::new(),
             }),
             work: Condvar::new(),
+            done: Condvar::new(),
         });
         let thread_queue = Arc::clone(&queue);
         let max_batch = options.max_batch.max(1);
@@ -372,6 +404,13 @@ impl ReceiptLog {
             .map_err(OpenLogError::Thread)?;
         Ok(ReceiptLog {
             shared: Arc::new(Shared {
+                chain: Mutex::new(Chain {
+                    next_seq,
+                    prev,
+                    ended: false,
+                    scratch: Vec::new(),
+                    line: Vec::new(),
+                }),
                 queue,
                 key_id: format::key_id(&key.verifying_key()),
                 key,
@@ -402,77 +441,108 @@ impl ReceiptLog {
             Entry::Decision { decided_at, record } => (decided_at, Body::Decision(record)),
             Entry::Approval(record) => (SystemTime::now(), Body::Approval(record)),
         };
-        self.submit_body(|_, _| body, ts, false)
+        // Everything that does not depend on the chain is encoded here, on
+        // the caller's thread, before taking the chain lock.
+        let prepared = self.prepare(ts, &body)?;
+        self.submit_prepared(Next::Ready(prepared))
     }
 
     /// Writes session_end (count and last hash) and waits for it and for
     /// every earlier append, then stops the writer. Other handles get
     /// [`AppendError::Ended`] afterwards.
     pub fn finish(self) -> Result<Appended, AppendError> {
-        let end = self.submit_body(
-            |seq, prev| Body::SessionEnd {
-                count: seq + 1,
-                last: hex::encode(prev),
-            },
-            SystemTime::now(),
-            true,
-        )?;
+        let end = self.submit_prepared(Next::End(SystemTime::now()))?;
         let appended = end.wait()?;
         self.shared.stop();
         Ok(appended)
     }
 
-    fn submit_body(
-        &self,
-        body: impl FnOnce(u64, [u8; 32]) -> Body,
-        ts: SystemTime,
-        end: bool,
-    ) -> Result<PendingReceipt, AppendError> {
+    fn prepare(&self, ts: SystemTime, body: &Body) -> Result<Prepared, AppendError> {
+        let ts = format::format_time(ts);
+        Prepared::new(
+            FORMAT_VERSION,
+            &self.shared.session,
+            &ts,
+            &self.shared.key_id,
+            body,
+        )
+        .map_err(|e| AppendError::Encode(e.to_string()))
+    }
+
+    fn submit_prepared(&self, next: Next) -> Result<PendingReceipt, AppendError> {
         let shared = &self.shared;
-        let mut state = lock(&shared.queue.state);
-        if let Some(why) = &state.poisoned {
-            return Err(AppendError::Poisoned { why: why.clone() });
+        let mut chain = lock(&shared.chain);
+        let chain = &mut *chain;
+        if let Some(why) = &lock(&shared.queue.state).failed {
+            return Err(AppendError::Poisoned { why: why.1.clone() });
         }
-        if state.ended || state.stopping {
+        if chain.ended {
             return Err(AppendError::Ended);
         }
-        let seq = state.next_seq;
-        let receipt = Receipt {
-            v: FORMAT_VERSION,
-            session: shared.session.clone(),
-            seq,
-            ts: format::format_time(ts),
-            prev: if seq == 0 {
-                GENESIS_PREV.to_owned()
-            } else {
-                hex::encode(state.prev)
-            },
-            signer: shared.key_id.clone(),
-            body: body(seq, state.prev),
+        let seq = chain.next_seq;
+        let end = matches!(next, Next::End(_));
+        let prepared = match next {
+            Next::Ready(p) => p,
+            // session_end commits to its own seq and the last hash: only
+            // known here.
+            Next::End(ts) => self.prepare(
+                ts,
+                &Body::SessionEnd {
+                    count: seq + 1,
+                    last: hex::encode(chain.prev),
+                },
+            )?,
         };
-        // Signing happens under the lock: the next line's prev is this
-        // line's hash, so receipts are necessarily encoded one at a time.
-        let mut line = format::sign_line(&receipt, &shared.key)
-            .map_err(|e| AppendError::Encode(e.to_string()))?;
-        let hash = format::line_hash(&line);
-        line.push(b'\n');
-        state.next_seq = seq + 1;
-        state.prev = hash;
-        state.ended = end;
-        let slot = Arc::new(Slot {
-            state: Mutex::new(SlotState::default()),
-            done: Condvar::new(),
-        });
-        let appended = Appended { seq, hash };
-        state.pending.push_back(Pending {
-            line,
-            appended,
-            slot: Arc::clone(&slot),
-        });
-        drop(state);
-        shared.queue.work.notify_one();
-        Ok(PendingReceipt { slot })
+        let mut prev_hex = [0u8; 64];
+        if seq == 0 {
+            prev_hex.copy_from_slice(GENESIS_PREV.as_bytes());
+        } else {
+            hex::encode_to_slice(chain.prev, &mut prev_hex).expect("64 hex digits for 32 bytes");
+        }
+        chain.line.clear();
+        prepared.sign_into(
+            seq,
+            &prev_hex,
+            &shared.key,
+            &mut chain.scratch,
+            &mut chain.line,
+        );
+        let hash = format::line_hash(&chain.line);
+        {
+            let mut state = lock(&shared.queue.state);
+            if let Some(why) = &state.failed {
+                return Err(AppendError::Poisoned { why: why.1.clone() });
+            }
+            if state.stopping {
+                return Err(AppendError::Ended);
+            }
+            if state.buf.is_empty() {
+                state.buf_seq = seq;
+            }
+            state.buf.extend_from_slice(&chain.line);
+            state.buf.push(b'\n');
+            state.lens.push_back(chain.line.len() + 1);
+            if state.writer_idle {
+                state.writer_idle = false;
+                shared.queue.work.notify_one();
+            }
+        }
+        chain.next_seq = seq + 1;
+        chain.prev = hash;
+        chain.ended = end;
+        Ok(PendingReceipt {
+            queue: Arc::clone(&shared.queue),
+            appended: Appended { seq, hash },
+            registered: false,
+        })
     }
+}
+
+/// What to sign next: an encoded receipt, or session_end (encoded under the
+/// chain lock because it commits to the chain).
+enum Next {
+    Ready(Prepared),
+    End(SystemTime),
 }
 
 impl Shared {
@@ -495,46 +565,61 @@ impl Drop for Shared {
 fn writer_loop(queue: &Queue, mut sink: impl DurableSink, max_batch: usize) {
     let mut buf = Vec::new();
     loop {
-        let batch: Vec<Pending> = {
+        buf.clear();
+        let (first, next) = {
             let mut state = lock(&queue.state);
-            while state.pending.is_empty() && !state.stopping {
+            while state.lens.is_empty() && !state.stopping {
+                state.writer_idle = true;
                 state = queue
                     .work
                     .wait(state)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            if state.pending.is_empty() {
+            state.writer_idle = false;
+            if state.lens.is_empty() {
                 return;
             }
-            let n = state.pending.len().min(max_batch);
-            state.pending.drain(..n).collect()
+            let first = state.buf_seq;
+            let n = state.lens.len().min(max_batch);
+            if n == state.lens.len() {
+                // The usual case: take everything, leave an empty buffer
+                // with capacity (the two buffers swap back and forth).
+                std::mem::swap(&mut state.buf, &mut buf);
+                state.lens.clear();
+            } else {
+                let bytes: usize = state.lens.drain(..n).sum();
+                buf.extend_from_slice(&state.buf[..bytes]);
+                state.buf.drain(..bytes);
+            }
+            state.buf_seq = first + n as u64;
+            (first, first + n as u64)
         };
-        buf.clear();
-        for p in &batch {
-            buf.extend_from_slice(&p.line);
-        }
-        match sink.write_all(&buf).and_then(|()| sink.sync()) {
-            Ok(()) => {
-                for p in batch {
-                    p.slot.complete(Ok(p.appended));
+        let result = sink.write_all(&buf).and_then(|()| sink.sync());
+        let wake: Vec<Waker> = {
+            let mut state = lock(&queue.state);
+            match result {
+                Ok(()) => state.durable = next,
+                Err(e) => {
+                    // Poison: no new receipt is chained onto lines that may
+                    // not exist on disk, and everything from `first` on fails.
+                    state.failed = Some((first, e.to_string()));
+                    state.buf.clear();
+                    state.lens.clear();
                 }
             }
-            Err(e) => {
-                // Poison first so no new receipt is chained onto lines that
-                // may not exist on disk; then fail everything in flight.
-                let why = e.to_string();
-                let rest: Vec<Pending> = {
-                    let mut state = lock(&queue.state);
-                    state.poisoned = Some(why.clone());
-                    state.pending.drain(..).collect()
-                };
-                for p in batch.into_iter().chain(rest) {
-                    p.slot.complete(Err(AppendError::Write {
-                        seq: p.appended.seq,
-                        why: why.clone(),
-                    }));
-                }
+            if state.blocked > 0 {
+                queue.done.notify_all();
             }
+            let keep = match state.failed {
+                Some(_) => BTreeMap::new(),
+                None => state.wakers.split_off(&next),
+            };
+            std::mem::replace(&mut state.wakers, keep)
+                .into_values()
+                .collect()
+        };
+        for w in wake {
+            w.wake();
         }
     }
 }
