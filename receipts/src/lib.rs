@@ -11,12 +11,16 @@
 //!   (see `docs/receipts.md`).
 #![forbid(unsafe_code)]
 
+/// Batch verification of one signer's signatures.
+mod batch;
 /// Byte format: typed receipts, canonical encoding, signing input, key ids.
 mod format;
 /// Durable append with group commit and crash recovery.
 mod log;
 /// Offline verification.
 mod verify;
+/// One-pass parsing of a line for verification.
+mod wire;
 
 pub use format::{
     format_time, key_id, line_hash, parse_time, sha256_hex, sign_line, ApprovalRecord, Body,

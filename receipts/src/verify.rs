@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::Value;
 
+use crate::batch;
 use crate::format::{self, Body, Receipt, FORMAT_VERSION, GENESIS_PREV};
+use crate::wire::{self, sig_member};
 
 /// Why a chain failed verification. Every variant names the 1-based line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,9 +172,13 @@ impl LineVerifier {
     pub fn push(&mut self, line: &[u8]) -> Result<VerifiedReceipt, ChainError> {
         let checked = self.check_unsigned(line)?;
         let line_no = self.lines;
-        self.key
+        if self
+            .key
             .verify_strict(&checked.signing_input, &checked.sig)
-            .map_err(|_| ChainError::BadSignature { line: line_no })?;
+            .is_err()
+        {
+            return Err(signature_error(&checked.signing_input, line_no));
+        }
         Ok(VerifiedReceipt {
             receipt: checked.receipt,
             hash: checked.hash,
@@ -200,41 +206,27 @@ impl LineVerifier {
         if self.ended {
             return Err(ChainError::AfterEnd { line: line_no });
         }
-        let mut value: Value =
-            serde_json::from_slice(line).map_err(|e| malformed(format!("invalid JSON: {e}")))?;
-        let map = value
-            .as_object_mut()
-            .ok_or_else(|| malformed("not a JSON object".into()))?;
-        let sig_value = map
-            .remove("sig")
-            .ok_or_else(|| malformed("no sig field".into()))?;
-        let Value::String(sig_hex) = &sig_value else {
-            return Err(malformed("sig is not a string".into()));
-        };
+        let parsed = wire::parse(line).map_err(|e| {
+            malformed(match e.classify() {
+                serde_json::error::Category::Data => e.to_string(),
+                _ => format!("invalid JSON: {e}"),
+            })
+        })?;
+        let sig_hex = parsed.sig.ok_or_else(|| malformed("no sig field".into()))?;
         let sig = decode_hex::<64>(sig_hex)
             .map(|b| Signature::from_bytes(&b))
             .ok_or_else(|| malformed("sig is not 128 lowercase hex digits".into()))?;
-        let signing_input = serde_json_canonicalizer::to_vec(&value)
-            .map_err(|e| malformed(format!("cannot canonicalize: {e}")))?;
         // The line must be exactly the canonical form of the whole receipt.
-        // Fast path: splice the sig member into the signing input; only if
-        // that does not match, canonicalize the whole receipt to be sure.
-        let fast = match &value {
-            Value::Object(map) => splice_sig(&signing_input, map, sig_hex).as_deref() == Some(line),
-            _ => false,
-        };
-        if !fast {
-            let mut full = value.clone();
-            if let Value::Object(map) = &mut full {
-                map.insert("sig".to_owned(), sig_value.clone());
-            }
-            let canonical = serde_json_canonicalizer::to_vec(&full)
-                .map_err(|e| malformed(format!("cannot canonicalize: {e}")))?;
-            if canonical != line {
-                return Err(ChainError::NotCanonical { line: line_no });
-            }
-        }
-        if let Some(found) = value.get("v").and_then(Value::as_u64) {
+        // The signing input is the line without its `sig` member; the
+        // signature proves the signer wrote those bytes, and the signer
+        // writes canonical JSON only. What is left to check here is that
+        // the `sig` member itself is spelled and placed canonically: exact
+        // bytes, and top-level members in order. (When a signature fails,
+        // `signature_error` says whether the line was canonical at all.)
+        let (start, end) = sig_member(line, sig_hex)
+            .filter(|_| parsed.sorted)
+            .ok_or(ChainError::NotCanonical { line: line_no })?;
+        if let Some(found) = parsed.v {
             if found != u64::from(FORMAT_VERSION) {
                 return Err(ChainError::UnsupportedVersion {
                     line: line_no,
@@ -242,10 +234,12 @@ impl LineVerifier {
                 });
             }
         }
-        let receipt: Receipt =
-            serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
+        let receipt = parsed.into_receipt().map_err(malformed)?;
         self.check_fields(line_no, &receipt)?;
         let hash = format::line_hash(line);
+        let mut signing_input = Vec::with_capacity(line.len() - (end - start));
+        signing_input.extend_from_slice(&line[..start]);
+        signing_input.extend_from_slice(&line[end..]);
         self.lines = line_no;
         self.prev = hash;
         Ok(Checked {
@@ -360,48 +354,18 @@ impl LineVerifier {
     }
 }
 
-/// The canonical bytes of the receipt with `sig`, built from the canonical
-/// bytes without it: members sort by key, so `sig` goes right before the
-/// members whose keys sort after it. `None` when keys are not all ASCII
-/// (where byte order and RFC 8785's UTF-16 order could differ).
-fn splice_sig(
-    signing_input: &[u8],
-    map: &serde_json::Map<String, Value>,
-    sig_hex: &str,
-) -> Option<Vec<u8>> {
-    if !map.keys().all(|k| k.is_ascii()) {
-        return None;
+/// A line whose signature does not verify: if its signed part is not even
+/// canonical JSON it was edited by hand or by a tool (say so), otherwise the
+/// content or the signature was changed.
+fn signature_error(signing_input: &[u8], line: usize) -> ChainError {
+    let canonical = serde_json::from_slice::<Value>(signing_input)
+        .ok()
+        .and_then(|v| serde_json_canonicalizer::to_vec(&v).ok());
+    if canonical.as_deref() == Some(signing_input) {
+        ChainError::BadSignature { line }
+    } else {
+        ChainError::NotCanonical { line }
     }
-    let mut after: Vec<&String> = map.keys().filter(|k| k.as_str() > "sig").collect();
-    after.sort();
-    let mut tail = Vec::new();
-    for k in after {
-        if !tail.is_empty() {
-            tail.push(b',');
-        }
-        tail.extend(serde_json_canonicalizer::to_vec(k).ok()?);
-        tail.push(b':');
-        tail.extend(serde_json_canonicalizer::to_vec(&map[k.as_str()]).ok()?);
-    }
-    let body = signing_input.strip_prefix(b"{")?.strip_suffix(b"}")?;
-    let mut before = body.strip_suffix(tail.as_slice())?;
-    if !before.is_empty() && !tail.is_empty() {
-        before = before.strip_suffix(b",")?;
-    }
-    let member = format!("\"sig\":\"{sig_hex}\"");
-    let mut out = Vec::with_capacity(signing_input.len() + member.len() + 2);
-    out.push(b'{');
-    for part in [before, member.as_bytes(), tail.as_slice()] {
-        if part.is_empty() {
-            continue;
-        }
-        if out.len() > 1 {
-            out.push(b',');
-        }
-        out.extend_from_slice(part);
-    }
-    out.push(b'}');
-    Some(out)
 }
 
 /// The name written in a receipt's `kind` field.
@@ -574,17 +538,16 @@ fn verify_signatures(
     if batch.is_empty() {
         return Ok(());
     }
-    let messages: Vec<&[u8]> = batch.iter().map(|c| c.signing_input.as_slice()).collect();
-    let sigs: Vec<Signature> = batch.iter().map(|c| c.sig).collect();
-    let keys = vec![*key; batch.len()];
-    if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
+    let items: Vec<(&[u8], &Signature)> = batch
+        .iter()
+        .map(|c| (c.signing_input.as_slice(), &c.sig))
+        .collect();
+    if batch::verify_one_signer(key, &items) {
         return Ok(());
     }
     for (i, c) in batch.iter().enumerate() {
         if key.verify_strict(&c.signing_input, &c.sig).is_err() {
-            return Err(ChainError::BadSignature {
-                line: first_line + i,
-            });
+            return Err(signature_error(&c.signing_input, first_line + i));
         }
     }
     // Batch verification can reject what strict single verification accepts
@@ -614,7 +577,7 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     #[test]
-    fn the_splice_fast_path_rebuilds_a_real_line_exactly() {
+    fn the_sig_member_is_found_in_the_exact_bytes_and_must_be_canonical() {
         let key = SigningKey::from_bytes(&[3; 32]);
         let receipt = Receipt {
             v: FORMAT_VERSION,
@@ -631,19 +594,33 @@ mod tests {
             },
         };
         let line = sign_line(&receipt, &key).expect("sign");
-        let mut value: Value = serde_json::from_slice(&line).expect("json");
-        let map = value.as_object_mut().expect("object");
-        let Some(Value::String(sig)) = map.remove("sig") else {
-            panic!("no sig")
+        let mut v = LineVerifier::new(key.verifying_key());
+        assert_eq!(v.push(&line).expect("verifies").receipt, receipt);
+        let text = String::from_utf8(line.clone()).expect("utf8");
+        let sig_at = text.find(",\"sig\":").expect("sig member");
+        let sig_end = sig_at + 8 + 128 + 1;
+        let sig_member = &text[sig_at..sig_end];
+        let without = format!("{}{}", &text[..sig_at], &text[sig_end..]);
+        let reject = |bad: String| {
+            let mut v = LineVerifier::new(key.verifying_key());
+            assert_eq!(
+                v.push(bad.as_bytes()),
+                Err(ChainError::NotCanonical { line: 1 }),
+                "{bad}"
+            );
         };
-        let input = serde_json_canonicalizer::to_vec(&*map).expect("jcs");
-        assert_eq!(splice_sig(&input, map, &sig).as_deref(), Some(&line[..]));
+        // A space after the first brace: the signed part is not canonical.
+        reject(format!("{{ {}", &text[1..]));
+        // The signed part intact, the sig member moved or respelled.
+        let end = without.len() - 1;
+        reject(format!("{}{}}}", &without[..end], sig_member));
+        reject(format!("{{{},{}", &sig_member[1..], &without[1..]));
+        reject(text.replace(",\"sig\":", ", \"sig\":"));
+        reject(text.replace(",\"sig\":", ",\"sig\" :"));
+        reject(text.replace(",\"sig\":", ",\"\\u0073ig\":"));
+        // A duplicated member is refused (as malformed or not canonical).
+        let dup = text.replacen("{", "{\"v\":1,", 1);
         let mut v = LineVerifier::new(key.verifying_key());
-        v.push(&line).expect("verifies");
-        // A space after the first brace is not canonical, fast path or not.
-        let mut spaced = b"{ ".to_vec();
-        spaced.extend_from_slice(&line[1..]);
-        let mut v = LineVerifier::new(key.verifying_key());
-        assert_eq!(v.push(&spaced), Err(ChainError::NotCanonical { line: 1 }));
+        assert!(v.push(dup.as_bytes()).is_err());
     }
 }
