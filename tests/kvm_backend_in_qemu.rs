@@ -4,7 +4,8 @@
 //! shared libraries, iproute2's `ip`, `openssl s_server` as the local HTTPS
 //! upstream (its own test CA), the guest image, and a token granting one
 //! host. In L1:
-//! - `--backend kvm`: the guest's curl to the granted host is allowed (200
+//! - `--backend kvm`: the `--workdir` files (at /work), `OPENCLAW_TASK` and
+//!   `OPENCLAW_SESSION` reach the task; the guest's curl to the granted host is allowed (200
 //!   from the upstream), to another host blocked (NXDOMAIN, receipted); the
 //!   task's stdout, stderr and exit status come back; the receipts verify;
 //! - `--backend auto` probes, picks kvm and caches the verdict; the next
@@ -32,7 +33,8 @@ methods = ["GET"]
 /// The agent: one allowed and one blocked request, output on both streams,
 /// its own exit status.
 const AGENT: &str =
-    "curl -sS -o /dev/null -w \"GRANTED %{http_code}\\n\" https://granted.example/; \
+    "cat /work/note.txt; echo TASK=$OPENCLAW_TASK; echo SESSION=$OPENCLAW_SESSION; \
+curl -sS -o /dev/null -w \"GRANTED %{http_code}\\n\" https://granted.example/; \
 curl -sS -o /dev/null -w \"OTHER %{http_code}\\n\" https://other.example/ 2>/dev/null; \
 echo agent-stderr >&2; exit 7";
 
@@ -58,7 +60,9 @@ session_json() { # tag
 }
 
 echo "STEP kvm"
-openclaw run $ARGS --backend kvm -- /bin/sh -c "$AGENT" >/tmp/out 2>/tmp/err
+$bb mkdir -p /tmp/wd
+echo hello-workdir > /tmp/wd/note.txt
+openclaw run $ARGS --backend kvm --workdir /tmp/wd --agent "book it" -- /bin/sh -c "$AGENT" >/tmp/out 2>/tmp/err
 echo "KVM rc=$?"
 show KVM-OUT /tmp/out; show KVM-ERR /tmp/err
 session_json KVM-SESSION
@@ -287,7 +291,18 @@ fn kvm_backend_sessions_inside_qemu() {
 
     // --backend kvm: the task's streams and status, allowed and blocked.
     assert_eq!(value(&out, "KVM rc="), "7", "{:?}", lines(&out, "KVM-ERR"));
-    assert_eq!(lines(&out, "KVM-OUT"), ["GRANTED 200", "OTHER 000"]);
+    let kvm = session(&out, "KVM-SESSION");
+    let id = kvm["id"].as_str().expect("id");
+    assert_eq!(
+        lines(&out, "KVM-OUT"),
+        [
+            "hello-workdir",
+            "TASK=book it",
+            &format!("SESSION={id}"),
+            "GRANTED 200",
+            "OTHER 000"
+        ]
+    );
     let stderr = lines(&out, "KVM-ERR");
     assert!(stderr.contains(&"agent-stderr"), "{stderr:?}");
     assert!(
@@ -296,7 +311,6 @@ fn kvm_backend_sessions_inside_qemu() {
             .any(|l| l.contains("Sandbox created (microVM, 1 vCPU, 256 MiB, booted in")),
         "{stderr:?}"
     );
-    let kvm = session(&out, "KVM-SESSION");
     assert_eq!(kvm["backend"], "kvm");
     assert_eq!(kvm["exit_code"], 7);
     assert_eq!(kvm["status"], "failed");

@@ -27,6 +27,7 @@ const SESSION_CA: &str = "/openclaw/session/ca.pem";
 const SESSION_ENV: &str = "/openclaw/session/env";
 const SESSION_ARGV: &str = "/openclaw/session/argv";
 const WORK_DIR: &str = "/openclaw/work";
+const WORK_ALIAS: &str = "/work";
 const TASK_UID: u32 = 1000;
 /// Reported when the init itself fails before or around the task.
 const STATUS_INIT_FAILED: i32 = 125;
@@ -92,6 +93,13 @@ fn run(control: &mut Control) -> Result<i32, String> {
     let argv = read_nul_separated(SESSION_ARGV)?;
     let (program, args) = argv.split_first().ok_or("the session has no command")?;
     chown_tree(std::path::Path::new(WORK_DIR))?;
+    // The netns backend shows the task its files at /work: same path here,
+    // so one command line works on both backends.
+    match std::os::unix::fs::symlink(WORK_DIR, WORK_ALIAS) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{WORK_ALIAS}: {e}")),
+    }
 
     let mut cmd = Command::new(program);
     cmd.args(args)
