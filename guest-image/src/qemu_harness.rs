@@ -280,9 +280,14 @@ pub fn run_qemu(
                 if quiet_for > nudge_after
                     && nudges.last().is_none_or(|n| n.1.elapsed() > nudge_after) =>
             {
+                let after = last_line(&out);
                 let stuck = lost_wakeup(&monitor_command(&monitor, "info registers\ninfo lapic\n"));
+                // Each monitor command waits out a read timeout: take the
+                // time just before the key press, so output that comes
+                // after it counts as L1 speaking again.
+                let sent = Instant::now();
                 monitor_command(&monitor, "sendkey shift\n");
-                nudges.push((quiet_for, Instant::now(), false, last_line(&out), stuck));
+                nudges.push((quiet_for, sent, false, after, stuck));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => {
