@@ -378,11 +378,11 @@ fn load_initramfs(
         Some(path) => {
             let file = File::open(path).map_err(read_error(path))?;
             let len = file.metadata().map_err(read_error(path))?.len();
-            Some((path, file, len))
+            Some((file, len))
         }
         None => None,
     };
-    let base_len = base.as_ref().map_or(0, |(_, _, len)| *len);
+    let base_len = base.as_ref().map_or(0, |(_, len)| *len);
     let extra = config.extra_cpio.as_deref().unwrap_or_default();
     // Each cpio must start 4-byte aligned for the kernel's unpacker; the
     // gap stays zero (fresh anonymous memory).
@@ -397,13 +397,10 @@ fn load_initramfs(
     }
     let addr = arch::layout::initrd_load_addr(mem_end, size, kernel_end)
         .ok_or(StartVmError::InitramfsTooLarge { size })?;
-    if let Some((path, mut file, len)) = base {
+    if let Some((mut file, len)) = base {
         let len = usize::try_from(len).map_err(|_| StartVmError::InitramfsTooLarge { size })?;
         mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
-            .map_err(|e| StartVmError::ReadInitramfs {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
+            .map_err(StartVmError::LoadInitramfs)?;
     }
     if !extra.is_empty() {
         mem.write_slice(extra, GuestAddress(addr + extra_at))
@@ -514,5 +511,71 @@ fn lock_flush(bus: &Bus) {
 impl Drop for RunningVm {
     fn drop(&mut self) {
         self.stop_vcpus();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(initramfs: Option<PathBuf>, extra: Option<Vec<u8>>) -> VmConfig {
+        let mut c = VmConfig::new(
+            Kernel::Flat {
+                code: vec![0xf4],
+                load_addr: HIMEM_START,
+            },
+            PathBuf::from("/dev/null"),
+        );
+        c.initramfs = initramfs;
+        c.extra_cpio = extra;
+        c
+    }
+
+    #[test]
+    fn initramfs_and_session_cpio_land_4_byte_aligned_at_the_top_of_ram() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("base.cpio");
+        std::fs::write(&base, b"BASE!").expect("write");
+        let mem = create_guest_memory(32).expect("memory");
+        let mem_end = mem.last_addr().0 + 1;
+        let c = config(Some(base), Some(b"xyz".to_vec()));
+        let (addr, size) = load_initramfs(&mem, &c, HIMEM_START + 0x1000, mem_end)
+            .expect("loads")
+            .expect("an initramfs");
+        assert_eq!(size, 8 + 3, "base, padding to 4 bytes, session cpio");
+        assert!(addr + size <= mem_end && addr > HIMEM_START);
+        let mut got = [0u8; 11];
+        mem.read_slice(&mut got, GuestAddress(addr)).expect("read");
+        assert_eq!(&got, b"BASE!\0\0\0xyz");
+
+        let only_extra = config(None, Some(b"xyz".to_vec()));
+        let (addr, size) = load_initramfs(&mem, &only_extra, HIMEM_START, mem_end)
+            .expect("loads")
+            .expect("an initramfs");
+        assert_eq!(size, 3);
+        let mut got = [0u8; 3];
+        mem.read_slice(&mut got, GuestAddress(addr)).expect("read");
+        assert_eq!(&got, b"xyz");
+        assert!(matches!(
+            load_initramfs(&mem, &config(None, None), HIMEM_START, mem_end),
+            Ok(None)
+        ));
+    }
+
+    #[test]
+    fn a_missing_initramfs_names_its_path() {
+        let mem = create_guest_memory(16).expect("memory");
+        let missing = PathBuf::from("/nonexistent/initramfs.cpio");
+        let err = load_initramfs(
+            &mem,
+            &config(Some(missing.clone()), None),
+            HIMEM_START,
+            16 << 20,
+        )
+        .expect_err("missing file");
+        assert!(
+            matches!(&err, StartVmError::ReadInitramfs { path, .. } if *path == missing),
+            "{err}"
+        );
     }
 }
