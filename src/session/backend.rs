@@ -233,6 +233,17 @@ fn choose_auto(cache_path: &Path) -> Chosen {
         }
     }
 
+    // Not being allowed to open /dev/kvm (not root, not in group kvm) says
+    // nothing about the host: answered, never cached.
+    if let Err(err) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        return netns(format!(
+            "cannot open /dev/kvm ({err}), so the namespace sandbox is used"
+        ));
+    }
     let pre = ProbeResult::preprobe(PREPROBE_BUDGET);
     if !pre.usable {
         write_cache(
