@@ -1,34 +1,18 @@
 //! Deciding one action against a verified token: the request becomes
-//! authorizer facts, biscuit runs every block's checks under explicit limits,
-//! and the outcome (or any error) becomes a [`Decision`]. Fail closed.
+//! authorizer facts added to the token's world (loaded once, `world.rs`),
+//! every block's checks run under explicit limits, and the outcome (or any
+//! error) becomes a [`Decision`]. Fail closed.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::sync::LazyLock;
-
-use biscuit_auth::builder::{fact, Policy, Term};
-use biscuit_auth::error::{FailedCheck, Logic, Token};
-use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits};
+use biscuit_auth::datalog::Term;
 
 use crate::datalog::{kind_name, unix_seconds, CheckKind};
 use crate::policy::{normalize_host, normalize_recipient, Amount, MAX_VALUE};
 use crate::token::Capability;
+use crate::world::{FailedCheck, RequestFacts, TokenWorld};
 use crate::{Action, ActionType, Counters, Decision, Verdict};
-
-/// Explicit limits: biscuit's default 1 ms trips in debug builds and on a
-/// loaded machine; our blocks derive no facts, so the fact and iteration
-/// ceilings are generous while still bounding a hostile attenuation block.
-const LIMITS: AuthorizerLimits = AuthorizerLimits {
-    max_facts: 1_000,
-    max_iterations: 100,
-    max_time: Duration::from_millis(100),
-};
-
-/// The authorizer's only policy: all decisions come from the token's checks.
-/// Parsed once; parsing it per request cost more than the checks.
-static ALLOW_ALL: LazyLock<Result<Policy, Token>> =
-    LazyLock::new(|| Policy::try_from("allow if true"));
 
 /// The facts of one request, normalized the way policies are.
 struct Request {
@@ -39,7 +23,7 @@ struct Request {
     amount: Option<i64>,
     currency: Option<String>,
     merchant: String,
-    recipients: BTreeSet<Term>,
+    recipients: BTreeSet<String>,
     subject: Option<String>,
     credential: String,
     cost: i64,
@@ -113,7 +97,7 @@ impl Request {
             recipients: a
                 .recipients
                 .iter()
-                .map(|r| Term::Str(normalize_recipient(r)))
+                .map(|r| normalize_recipient(r))
                 .collect(),
             subject: a.subject.as_ref().map(|s| s.to_lowercase()),
             credential: a.credential.clone().unwrap_or_default(),
@@ -146,73 +130,47 @@ impl Request {
         }
     }
 
-    fn authorizer(&self, approved: bool) -> Result<AuthorizerBuilder, Token> {
-        let s = |v: &str| Term::Str(v.to_owned());
-        let mut b = AuthorizerBuilder::new()
-            .set_limits(LIMITS)
-            .fact(fact("kind", &[s(self.kind)]))?
-            .fact(fact("method", &[s(&self.method)]))?
-            .fact(fact("host", &[s(&self.host)]))?
-            .fact(fact("path", &[s(&self.path)]))?
-            .fact(fact("merchant", &[s(&self.merchant)]))?
-            .fact(fact("recipients", &[Term::Set(self.recipients.clone())]))?
-            .fact(fact("credential", &[s(&self.credential)]))?
-            .fact(fact("cost", &[Term::Integer(self.cost)]))?
-            .fact(fact("spent", &[Term::Integer(self.spent)]))?
-            .fact(fact("emails_sent", &[Term::Integer(self.emails_sent)]))?
-            .fact(fact("llm_spent", &[Term::Integer(self.llm_spent)]))?
-            .fact(fact("time", &[Term::Date(self.time)]))?;
+    /// The request's facts, added to the token's world the way biscuit's
+    /// authorizer would add them (strings interned, recipients as a set).
+    fn facts(&self, world: &TokenWorld) -> RequestFacts {
+        let mut f = world.request();
+        let kind = f.str(self.kind);
+        f.add("kind", vec![kind]);
+        let method = f.str(&self.method);
+        f.add("method", vec![method]);
+        let host = f.str(&self.host);
+        f.add("host", vec![host]);
+        let path = f.str(&self.path);
+        f.add("path", vec![path]);
+        let merchant = f.str(&self.merchant);
+        f.add("merchant", vec![merchant]);
+        let recipients = self.recipients.iter().map(|r| f.str(r)).collect();
+        f.add("recipients", vec![Term::Set(recipients)]);
+        let credential = f.str(&self.credential);
+        f.add("credential", vec![credential]);
+        f.add("cost", vec![Term::Integer(self.cost)]);
+        f.add("spent", vec![Term::Integer(self.spent)]);
+        f.add("emails_sent", vec![Term::Integer(self.emails_sent)]);
+        f.add("llm_spent", vec![Term::Integer(self.llm_spent)]);
+        f.add("time", vec![Term::Date(self.time)]);
         if let Some(a) = self.amount {
-            b = b.fact(fact("amount", &[Term::Integer(a)]))?;
+            f.add("amount", vec![Term::Integer(a)]);
         }
         if let Some(c) = &self.currency {
-            b = b.fact(fact("currency", &[s(c)]))?;
+            let c = f.str(c);
+            f.add("currency", vec![c]);
         }
         if let Some(subject) = &self.subject {
-            b = b.fact(fact("subject", &[s(subject)]))?;
+            let subject = f.str(subject);
+            f.add("subject", vec![subject]);
         }
-        if approved {
-            b = b.fact(fact("approved", &[Term::Bool(true)]))?;
-        }
-        let allow = ALLOW_ALL
-            .as_ref()
-            .map_err(|_| Token::InternalError)?
-            .clone();
-        b.policy(allow)
+        f
     }
 }
 
-/// Runs every block's checks; `Ok(vec![])` means all passed.
-fn failed_checks(
-    cap: &Capability,
-    req: &Request,
-    approved: bool,
-) -> Result<Vec<(u32, u32, String)>, String> {
-    let result = req
-        .authorizer(approved)
-        .and_then(|b| b.build(&cap.inner))
-        .and_then(|mut authorizer| authorizer.authorize());
-    match result {
-        Ok(_) => Ok(Vec::new()),
-        Err(Token::FailedLogic(
-            Logic::Unauthorized { checks, .. } | Logic::NoMatchingPolicy { checks },
-        )) => {
-            let mut out: Vec<(u32, u32, String)> = checks
-                .into_iter()
-                .map(|c| match c {
-                    FailedCheck::Block(b) => (b.block_id, b.check_id, b.rule),
-                    // The authorizer adds no checks; treat one as a block-0 failure.
-                    FailedCheck::Authorizer(a) => (0, u32::MAX, a.rule),
-                })
-                .collect();
-            out.sort();
-            if out.is_empty() {
-                return Err("authorization failed without a failed check".to_owned());
-            }
-            Ok(out)
-        }
-        Err(e) => Err(format!("authorization error: {e}")),
-    }
+/// Adds what a human's yes means: only approval checks accept it.
+fn approve(facts: &mut RequestFacts) {
+    facts.add("approved", vec![Term::Bool(true)]);
 }
 
 fn money(cents: i64, currency: &str) -> String {
@@ -269,10 +227,17 @@ impl Capability {
         self.run_pseudo(&req).is_ok()
     }
 
+    /// The token's world, or why it could not be loaded (then all blocks).
+    fn world(&self) -> Result<&TokenWorld, String> {
+        self.world.as_ref().as_ref().map_err(Clone::clone)
+    }
+
     fn run_pseudo(&self, req: &Request) -> Result<(), String> {
-        match failed_checks(self, req, false)?.first() {
+        let world = self.world()?;
+        let mut facts = req.facts(world);
+        match world.failed_checks(&mut facts)?.first() {
             None => Ok(()),
-            Some((block, _, rule)) => {
+            Some(&failed @ (block, _)) => {
                 let what = if req.kind == "dns" {
                     format!("no grant names {}", req.host)
                 } else {
@@ -281,9 +246,9 @@ impl Capability {
                         req.credential, req.host
                     )
                 };
-                Err(if rule.contains("time($t)") {
+                Err(if world.check_source(failed).contains("time($t)") {
                     "token expired".to_owned()
-                } else if *block == 0 {
+                } else if block == 0 {
                     what
                 } else {
                     format!("narrowed by block {block}: {what}")
@@ -294,7 +259,9 @@ impl Capability {
 
     /// `Ok(None)`: allowed; `Ok(Some((verdict, reason)))`: approval or block.
     fn run(&self, req: &Request, action: &Action) -> Result<Option<(Verdict, String)>, String> {
-        let first = failed_checks(self, req, false)?;
+        let world = self.world()?;
+        let mut facts = req.facts(world);
+        let first = world.failed_checks(&mut facts)?;
         let Some(first_failure) = first.first() else {
             return Ok(None);
         };
@@ -305,7 +272,11 @@ impl Capability {
         }
         // Only approval checks accept `approved(true)`: if everything passes
         // with it, the action is allowed once a human says yes.
-        let second = failed_checks(self, req, true)?;
+        // Datalog only grows: adding the fact and re-running the rules
+        // reaches the same world as a fresh run with it; every check is
+        // evaluated again (`check all` and `reject if` can turn on more facts).
+        approve(&mut facts);
+        let second = world.failed_checks(&mut facts)?;
         match second.first() {
             None => Ok(Some((
                 Verdict::Approval,
@@ -315,22 +286,23 @@ impl Capability {
         }
     }
 
-    fn reason(
-        &self,
-        (block, check, rule): &(u32, u32, String),
-        req: &Request,
-        a: &Action,
-    ) -> String {
-        let info = self.blocks.get(*block as usize);
-        let kind = info.and_then(|b| b.checks.get(*check as usize));
-        let prefix = if *block == 0 {
+    fn reason(&self, &(block, check): &FailedCheck, req: &Request, a: &Action) -> String {
+        let info = self.blocks.get(block as usize);
+        let kind = info.and_then(|b| b.checks.get(check as usize));
+        let prefix = if block == 0 {
             String::new()
         } else {
             format!("narrowed by block {block}: ")
         };
         let currency = req.currency.as_deref().unwrap_or("USD");
         let text = match kind {
-            None => format!("check failed in block {block}: {rule}"),
+            None => {
+                let rule = self
+                    .world()
+                    .map(|w| w.check_source((block, check)))
+                    .unwrap_or_default();
+                format!("check failed in block {block}: {rule}")
+            }
             Some(CheckKind::Scope) => {
                 let policy = info.and_then(|b| b.record.as_ref()).map(|r| &r.policy);
                 let has_grant = policy.is_some_and(|p| p.grant_kinds().contains(&a.kind));
@@ -386,7 +358,7 @@ impl Capability {
     }
 
     /// Known to be a non-approval check (opaque blocks are never assumed).
-    fn is_hard_check(&self, (block, check, _): &(u32, u32, String)) -> bool {
+    fn is_hard_check(&self, (block, check): &FailedCheck) -> bool {
         self.blocks
             .get(*block as usize)
             .and_then(|b| b.checks.get(*check as usize))
@@ -416,14 +388,7 @@ fn describe(r: &Request) -> String {
             r.merchant
         ),
         "email" => {
-            let to: Vec<String> = r
-                .recipients
-                .iter()
-                .map(|t| match t {
-                    Term::Str(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect();
+            let to: Vec<&str> = r.recipients.iter().map(String::as_str).collect();
             format!(
                 "email to {} via {} with subject {:?}",
                 to.join(", "),

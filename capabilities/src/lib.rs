@@ -29,6 +29,8 @@ mod error;
 pub mod policy;
 /// Minting, verification, attenuation, sealing, summaries.
 mod token;
+/// The token's datalog loaded once per capability; per-request checks.
+mod world;
 
 pub use action::{Action, ActionType, Counters, Decision, Verdict};
 pub use error::CapabilityError;

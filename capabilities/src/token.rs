@@ -3,6 +3,7 @@
 //! `cap inspect` and `openclaw run` print.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use biscuit_auth::{Algorithm, Biscuit, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit};
@@ -10,6 +11,7 @@ use serde::Serialize;
 
 use crate::datalog::{kind_name, record_from_source, BlockRecord, CheckKind};
 use crate::policy::Policy;
+use crate::world::TokenWorld;
 use crate::CapabilityError;
 
 /// Mints a token for `policy`, signed by the capability root key. A TTL in
@@ -48,6 +50,9 @@ pub struct Capability {
     pub(crate) inner: Biscuit,
     /// Per block: its record (when written by openclaw) and check kinds.
     pub(crate) blocks: Vec<BlockInfo>,
+    /// The token's datalog, loaded once for every decision; the error (any
+    /// decision blocks with it) if it cannot be loaded.
+    pub(crate) world: Arc<Result<TokenWorld, String>>,
     revocation_ids: Vec<String>,
 }
 
@@ -138,6 +143,7 @@ impl UnverifiedToken {
         let revocation_ids = hex_ids(&inner.revocation_identifiers());
         Ok(Capability {
             blocks: block_infos(&sources),
+            world: Arc::new(TokenWorld::load(&inner)),
             inner,
             revocation_ids,
         })
