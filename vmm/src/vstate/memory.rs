@@ -1,6 +1,6 @@
 //! Guest RAM: one anonymous mapping from guest-physical 0 up to the MMIO gap,
-//! aligned to 2 MiB in the VMM's address space so KVM can back the guest with
-//! 2 MiB pages where the host gives it transparent huge pages.
+//! aligned to 2 MiB in the VMM's address space and marked for transparent
+//! huge pages, so KVM can back the guest with 2 MiB pages.
 
 use std::sync::Arc;
 
@@ -97,10 +97,12 @@ pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMemory, GuestMemoryError
         if tail > 0 {
             libc::munmap((aligned + len) as *mut libc::c_void, tail);
         }
+        // As QEMU does for guest RAM: huge pages also where THP is
+        // "madvise", and the kernel compacts memory to find them (in the
+        // harness's L1, THP "always" with defrag "madvise": without the
+        // hint, boots measured ~10% slower, setup ~30% slower).
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
-    // No MADV_HUGEPAGE: where THP is "always" (the harness's L1) the
-    // alignment is enough; where it is "madvise" the hint would add direct
-    // compaction stalls at fault time and 2 MiB of RSS per touched page.
     let owner = RamOwner {
         _mapping: Some(Arc::new(Mapping { addr: aligned, len })),
     };
