@@ -46,6 +46,8 @@ pub enum ProxyError {
     Smuggling(&'static str),
     #[error("request headers exceed the limit")]
     HeadersTooLarge,
+    #[error("request body not received in time")]
+    BodyTimeout,
     #[error("too many connections for this session")]
     ConnectionLimit,
     #[error("resolving upstream {host}: {source}")]
@@ -96,6 +98,7 @@ impl ProxyError {
                 "headers-too-large",
                 true,
             ),
+            E::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body-timeout", true),
             E::ConnectionLimit => (StatusCode::SERVICE_UNAVAILABLE, "connection-limit", true),
             E::ForbiddenUpstream { .. } => (StatusCode::FORBIDDEN, "forbidden-upstream", true),
             E::Resolve { .. } => (StatusCode::BAD_GATEWAY, "upstream-unresolvable", false),

@@ -20,7 +20,10 @@ use tokio::{
 use crate::{
     decide::{ConnInfo, Gate, Listener, Refusal},
     dns,
-    http::serve::{serve_plain, serve_tls},
+    http::{
+        pool::UpstreamPool,
+        serve::{serve_plain, serve_tls},
+    },
     listen::{ListenAddrs, Listeners},
     tls::{ca::SessionCa, server::ServerConfigs, upstream::UpstreamClient},
     ProxyError, UpstreamConfig,
@@ -35,9 +38,19 @@ pub struct Limits {
     pub max_connections: usize,
     /// Time allowed for the ClientHello and for the rest of the handshake.
     pub handshake_timeout: Duration,
-    /// Time allowed to receive a request head (HTTP/1.1); also the HTTP/2
-    /// keep-alive ping interval.
+    /// Time allowed to receive a request head (HTTP/1.1). hyper starts it
+    /// whenever the connection waits for a head, so it is also the HTTP/1.1
+    /// idle keep-alive timeout. Also the HTTP/2 keep-alive ping interval.
     pub header_timeout: Duration,
+    /// Longest wait for the next piece of a request body; see `body_min_rate`.
+    pub body_timeout: Duration,
+    /// Bytes per second a request body must average: all waits for body
+    /// data together may last `body_timeout` plus one second per this many
+    /// bytes received (a trickling body runs out).
+    pub body_min_rate: u64,
+    /// An HTTP/2 connection with no open stream for this long is closed
+    /// (pings alone do not keep it).
+    pub idle_timeout: Duration,
     /// Largest request head accepted (HTTP/1.1 head, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// Concurrent streams per HTTP/2 connection.
@@ -50,6 +63,9 @@ impl Default for Limits {
             max_connections: 512,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            body_min_rate: 1024,
+            idle_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             max_h2_streams: 128,
         }
@@ -95,6 +111,8 @@ impl ProxyConfig {
 pub(crate) struct Shared {
     pub gate: Arc<dyn Gate>,
     pub upstream: UpstreamClient,
+    /// Upstream connections shared by this session's sandbox connections.
+    pub pool: UpstreamPool,
     pub limits: Limits,
     pub server_configs: ServerConfigs,
     pub conn_limit: Arc<Semaphore>,
@@ -171,6 +189,10 @@ impl Proxy {
         let shared = Arc::new(Shared {
             gate: gate.clone(),
             upstream: UpstreamClient::new(&config.upstream)?,
+            pool: UpstreamPool::new(
+                config.upstream.pool_idle_timeout,
+                config.limits.max_connections,
+            ),
             server_configs: ServerConfigs::new(ca.clone())?,
             conn_limit: Arc::new(Semaphore::new(config.limits.max_connections)),
             limits: config.limits.clone(),
@@ -203,6 +225,7 @@ impl Proxy {
             let l = TcpListener::from_std(l).map_err(|e| bind_err("http", e))?;
             tasks.push(tokio::spawn(accept_loop(l, shared.clone(), Listener::Http)));
         }
+        tasks.push(tokio::spawn(sweep_pool(shared.clone())));
         if let Some(s) = listeners.dns_udp {
             dns_addr = Some(s.local_addr().map_err(|e| bind_err("dns-udp", e))?);
             let s = UdpSocket::from_std(s).map_err(|e| bind_err("dns-udp", e))?;
@@ -273,6 +296,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, kind: Listener)
         }
     }
     conns.shutdown().await;
+}
+
+/// Close pooled upstream connections idle past their timeout, so an
+/// abandoned host does not keep a connection open for the whole session.
+async fn sweep_pool(shared: Arc<Shared>) {
+    let mut stop = shared.stop.clone();
+    let period = (shared.pool.idle_timeout() / 2).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(period) => shared.pool.sweep(),
+        }
+    }
 }
 
 impl ProxyHandle {

@@ -118,14 +118,90 @@ async fn smuggling_shapes_malformed_and_oversized_heads_are_refused() {
         (format!("GET /hello HTTP/1.1\r\nHost: {HOST}\r\nBad Header\r\n\r\n"), "malformed-request"),
         (format!("GET /hello HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {big}\r\n\r\n"), "headers-too-large"),
     ];
-    for (bytes, _) in &cases {
+    for (bytes, reason) in &cases {
         let reply = raw_tls(&env, bytes.as_bytes()).await;
-        assert!(!reply.contains("200 OK"), "{reply}");
+        // Answered before the close: status, reason, Connection: close, why.
+        let status = if *reason == "headers-too-large" {
+            "431"
+        } else {
+            "400"
+        };
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{reason}: {reply}"
+        );
+        let lower = reply.to_ascii_lowercase();
+        assert!(lower.contains("\r\nconnection: close\r\n"), "{reply}");
+        assert!(
+            lower.contains(&format!("\r\nx-openclaw-blocked: {reason}\r\n")),
+            "{reply}"
+        );
+        assert!(
+            reply.contains(&format!("\"reason\":\"{reason}\",\"detail\":")),
+            "{reply}"
+        );
+        assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{reply}");
     }
     settle().await;
     let want: Vec<&str> = cases.iter().map(|(_, r)| *r).collect();
     assert_eq!(env.gate.refusal_reasons(), want);
     assert_eq!(env.upstream.connections(), 0);
+}
+
+/// A smuggling shape pipelined behind a request whose response is still
+/// streaming: answering now would corrupt that response, so the connection
+/// is only cut (and reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_behind_a_response_in_flight_only_closes() {
+    let env = Env::start(BOTH).await;
+    let mut tls = env.tls(b"http/1.1").await;
+    tls.write_all(format!("GET /sse?n=3&gap_ms=300 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 512];
+    let n = tls.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    tls.write_all(format!("POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx").as_bytes())
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("HTTP/1.1 400"), "{rest}");
+    settle().await;
+    assert_eq!(env.gate.refusal_reasons(), ["request-smuggling"]);
+    assert_eq!(env.upstream.connections(), 1, "only the first request's");
+}
+
+/// HTTP/2's header-list limit: refused with 431 and reported like
+/// HTTP/1.1's, without an upstream connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_h2_header_list_is_refused_and_reported() {
+    let env = Env::start_with(BOTH, common::Recorder::default(), |cfg| {
+        cfg.limits.max_header_bytes = 16 * 1024;
+    })
+    .await;
+    let io = hyper_util::rt::TokioIo::new(env.tls(b"h2").await);
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = |big: usize| {
+        http::Request::get(format!("https://{HOST}/hello"))
+            .header("x-big", "a".repeat(big))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let resp = send.send_request(req(20 * 1024)).await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(resp.headers()["x-openclaw-blocked"], "headers-too-large");
+    // The connection carries on: a normal request on it still works.
+    let resp = send.send_request(req(100)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    settle().await;
+    assert_eq!(env.gate.refusal_reasons(), ["headers-too-large"]);
+    assert_eq!(env.upstream.requests(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ use http::{request::Parts, response, StatusCode};
 pub use body::RequestBody;
 
 /// Which listener a connection arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Listener {
     /// TLS, intercepted (port 443 in the sandbox).
     Https,

@@ -3,19 +3,27 @@
 
 use std::{
     convert::Infallible,
-    sync::{atomic::AtomicU64, Arc},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     time::Instant,
 };
 
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
-use hyper::{body::Incoming, client::conn::http1, upgrade::OnUpgrade};
+use hyper::{
+    body::{Body, Incoming},
+    client::conn::http1,
+    upgrade::OnUpgrade,
+};
 use hyper_util::rt::TokioIo;
 
 use super::{
     blocked_response,
+    deadline::BodyDeadline,
     metered::{Metered, Report},
-    pool::UpstreamPool,
+    pool::{ConnUpstream, Lease},
     strip_hop_by_hop, ProxyBody,
 };
 use crate::{
@@ -30,11 +38,11 @@ use crate::{
 const DRAIN_BYTES: usize = 256 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Per sandbox connection: who it is and its upstream connections.
+/// Per sandbox connection: who it is and how it reaches upstream.
 pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,
     pub info: ConnInfo,
-    pub pool: UpstreamPool,
+    pub pool: ConnUpstream,
 }
 
 impl ConnCtx {
@@ -110,11 +118,45 @@ fn summary(greq: &GateRequest) -> RequestSummary {
     }
 }
 
+/// The size of an HTTP/2 request's header list as RFC 9113 §6.5.2 counts it
+/// (name + value + 32 per field, pseudo-headers included).
+fn h2_header_list_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let pseudo = [
+        (":method", req.method().as_str().len()),
+        (":scheme", uri.scheme_str().map_or(0, str::len)),
+        (
+            ":authority",
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
+        (
+            ":path",
+            uri.path_and_query().map_or(0, |p| p.as_str().len()),
+        ),
+    ];
+    let pseudo: usize = pseudo.iter().map(|(n, v)| n.len() + v + 32).sum();
+    pseudo
+        + req
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum::<usize>()
+}
+
 pub(crate) async fn handle(
     ctx: Arc<ConnCtx>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    // HTTP/1.1 heads are measured by the guard; HTTP/2's own limit is set
+    // above ours so that oversized lists arrive here and are reported.
+    if req.version() == Version::HTTP_2
+        && h2_header_list_size(&req) > ctx.shared.limits.max_header_bytes
+    {
+        let resp = ctx.refuse(&ProxyError::HeadersTooLarge, None);
+        drain(req.into_body()).await;
+        return Ok(resp);
+    }
     let host = match request_host(&req) {
         Ok(h) => h,
         Err(e) => {
@@ -150,13 +192,23 @@ pub(crate) async fn handle(
     let upgrade = is_upgrade(&req);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut head, body) = req.into_parts();
+    let mut expired = None;
+    let body = if body.is_end_stream() {
+        body.map_err(Into::into).boxed_unsync()
+    } else {
+        let limits = &ctx.shared.limits;
+        let flag = Arc::new(AtomicBool::new(false));
+        expired = Some(flag.clone());
+        let body = body.map_err(Into::into).boxed_unsync();
+        BodyDeadline::new(body, limits.body_timeout, limits.body_min_rate, flag).boxed_unsync()
+    };
     strip_hop_by_hop(&mut head.headers, upgrade);
     head.uri = head
         .uri
         .path_and_query()
         .map(|pq| Uri::from(pq.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
-    let body = RequestBody::new(body.map_err(Into::into).boxed_unsync());
+    let body = RequestBody::new(body);
     let mut greq = GateRequest {
         scheme: scheme(ctx.info.listener),
         host,
@@ -199,10 +251,23 @@ pub(crate) async fn handle(
         head.headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     }
+    let timed_out = || expired.as_ref().is_some_and(|f| f.load(Ordering::Relaxed));
+    if timed_out() {
+        // The gate read the body and its deadline passed: nothing to send.
+        return Ok(fail(&ctx, ProxyError::BodyTimeout, report));
+    }
     let upstream_req = Request::from_parts(head, body.into_upstream(bytes_up));
     match ctx.pool.send(&host, upstream_req).await {
-        Ok(resp) => Ok(respond(&ctx, resp, report, false)),
-        Err(e) => Ok(fail(&ctx, e, report)),
+        Ok((resp, lease)) => Ok(respond(&ctx, resp, report, false, lease)),
+        Err(e) => {
+            // A body cut by its deadline fails the upstream send: say why.
+            let e = if timed_out() {
+                ProxyError::BodyTimeout
+            } else {
+                e
+            };
+            Ok(fail(&ctx, e, report))
+        }
     }
 }
 
@@ -223,7 +288,12 @@ fn scheme(l: Listener) -> &'static str {
 
 fn fail(ctx: &ConnCtx, e: ProxyError, mut report: Report) -> Response<ProxyBody> {
     tracing::debug!(conn = ctx.info.id, error = %e, "upstream failed");
-    let resp = ctx.refuse(&e, Some(report.request.clone()));
+    let mut resp = ctx.refuse(&e, Some(report.request.clone()));
+    if matches!(e, ProxyError::BodyTimeout) && ctx.info.alpn.as_deref() != Some("h2") {
+        // The rest of that body is still due on this HTTP/1.1 connection.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     report.status = Some(resp.status());
     report.send(0, ExchangeOutcome::Failed(e.blocked().reason.to_owned()));
     resp
@@ -234,6 +304,7 @@ fn respond(
     resp: Response<Incoming>,
     mut report: Report,
     close: bool,
+    lease: Option<Lease>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
@@ -250,7 +321,12 @@ fn respond(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     report.status = Some(parts.status);
-    let body = Metered::new(body.map_err(Into::into).boxed_unsync(), filter, report);
+    let body = Metered::new(
+        body.map_err(Into::into).boxed_unsync(),
+        filter,
+        report,
+        lease,
+    );
     Response::from_parts(parts, body.boxed_unsync())
 }
 
@@ -293,7 +369,7 @@ async fn tunnel(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The guard stopped parsing this connection at the upgrade request,
         // so it must not carry further requests.
-        return respond(ctx, resp, report, true);
+        return respond(ctx, resp, report, true, None);
     }
     let up = hyper::upgrade::on(&mut resp);
     report.status = Some(StatusCode::SWITCHING_PROTOCOLS);

@@ -8,7 +8,10 @@
 use std::{
     io,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     task::{ready, Context, Poll},
 };
 
@@ -59,6 +62,8 @@ pub(crate) struct H1Scanner {
     state: State,
     line: Vec<u8>,
     max_head: usize,
+    /// Complete request heads that passed.
+    heads: u64,
 }
 
 impl H1Scanner {
@@ -67,6 +72,7 @@ impl H1Scanner {
             state: State::Head,
             line: Vec::new(),
             max_head,
+            heads: 0,
         }
     }
 
@@ -96,6 +102,7 @@ impl H1Scanner {
                             let consumed = end - (self.line.len() - take);
                             self.line.truncate(end);
                             self.state = check_head(&self.line)?;
+                            self.heads += 1;
                             self.line.clear();
                             data = &data[consumed..];
                         }
@@ -241,44 +248,112 @@ fn check_head(head: &[u8]) -> Result<State, GuardTrip> {
 }
 
 /// An I/O wrapper feeding the [`H1Scanner`] with everything read; on a trip
-/// the read fails (hyper drops the connection) and the reason is kept.
+/// nothing of the offending read reaches hyper, the sandbox is answered
+/// (`400`/`431` with `Connection: close` and the reason) when no earlier
+/// response is still on its way, and the read fails so hyper drops the
+/// connection. The reason is kept for the refusal event.
 pub(crate) struct H1Guard<IO> {
     inner: IO,
     scanner: H1Scanner,
     trip: Arc<Mutex<Option<GuardTrip>>>,
+    /// Responses whose body hyper has finished with (see `serve_h1`).
+    answered: Arc<AtomicU64>,
+    /// Bytes written since the last completed flush.
+    dirty: bool,
+    /// The refusal being written: bytes and how far.
+    answer: Option<(Vec<u8>, usize)>,
 }
 
 impl<IO> H1Guard<IO> {
-    pub(crate) fn new(inner: IO, max_head: usize) -> (Self, Arc<Mutex<Option<GuardTrip>>>) {
+    pub(crate) fn new(
+        inner: IO,
+        max_head: usize,
+        answered: Arc<AtomicU64>,
+    ) -> (Self, Arc<Mutex<Option<GuardTrip>>>) {
         let trip = Arc::new(Mutex::new(None));
         (
             Self {
                 inner,
                 scanner: H1Scanner::new(max_head),
                 trip: trip.clone(),
+                answered,
+                dirty: false,
+                answer: None,
             },
             trip,
         )
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for H1Guard<IO> {
+/// The whole HTTP/1.1 answer to a tripped connection.
+fn refusal_bytes(trip: GuardTrip) -> Vec<u8> {
+    let err = trip.into_error();
+    let b = err.blocked();
+    let body = format!(
+        "{{\"blocked\":true,\"reason\":\"{}\",\"detail\":{}}}\n",
+        b.reason,
+        super::json_string(&err.to_string())
+    );
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n{}: {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
+        b.status.as_u16(),
+        b.status.canonical_reason().unwrap_or(""),
+        super::BLOCKED_HEADER,
+        b.reason,
+        body.len(),
+        body
+    )
+    .into_bytes()
+}
+
+fn refused() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "request refused by guard")
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> H1Guard<IO> {
+    /// Write the refusal (if any), flush, close; then fail the read.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some((bytes, pos)) = self.answer.as_mut() {
+            while *pos < bytes.len() {
+                match Pin::new(&mut self.inner).poll_write(cx, &bytes[*pos..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(refused())),
+                    Poll::Ready(Ok(n)) => *pos += n,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // Best effort from here: the connection ends either way.
+            let _ = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+            let _ = ready!(Pin::new(&mut self.inner).poll_shutdown(cx));
+            self.answer = None;
+        }
+        Poll::Ready(Err(refused()))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.answer.is_some() {
+            return this.poll_answer(cx);
+        }
         let before = buf.filled().len();
+        let heads_before = this.scanner.heads;
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if let Err(trip) = this.scanner.feed(&buf.filled()[before..]) {
             // Nothing of the offending read reaches hyper.
             buf.set_filled(before);
             *this.trip.lock().unwrap_or_else(|p| p.into_inner()) = Some(trip);
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request refused by guard",
-            )));
+            // Answer only between responses: bytes written into the middle of
+            // one still being sent would corrupt it.
+            let idle = this.answered.load(Ordering::Acquire) == heads_before && !this.dirty;
+            if idle {
+                this.answer = Some((refusal_bytes(trip), 0));
+            }
+            return this.poll_answer(cx);
         }
         Poll::Ready(Ok(()))
     }
@@ -290,10 +365,15 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for H1Guard<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.dirty = true;
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+        this.dirty = false;
+        Poll::Ready(Ok(()))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
@@ -303,7 +383,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for H1Guard<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.dirty = true;
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

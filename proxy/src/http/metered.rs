@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::{BoxError, ProxyBody};
+use super::{pool::Lease, BoxError, ProxyBody};
 use crate::decide::{ConnInfo, Exchange, ExchangeOutcome, Gate, RequestSummary, ResponseFilter};
 
 /// Everything needed to report the exchange when the body ends.
@@ -49,6 +49,9 @@ pub(crate) struct Metered {
     bytes_down: u64,
     /// Invariant: Some until the exchange has been reported.
     report: Option<Report>,
+    /// The pooled upstream connection this body comes from: given back to
+    /// the pool only when the body was delivered completely.
+    lease: Option<Lease>,
 }
 
 impl Metered {
@@ -56,16 +59,23 @@ impl Metered {
         inner: ProxyBody,
         filter: Option<Box<dyn ResponseFilter>>,
         report: Report,
+        lease: Option<Lease>,
     ) -> Self {
         Self {
             inner,
             filter,
             bytes_down: 0,
             report: Some(report),
+            lease,
         }
     }
 
     fn finish(&mut self, outcome: ExchangeOutcome) {
+        if let Some(mut lease) = self.lease.take() {
+            if outcome == ExchangeOutcome::Completed {
+                lease.reusable();
+            }
+        }
         if let Some(r) = self.report.take() {
             r.send(self.bytes_down, outcome);
         }

@@ -2,6 +2,7 @@
 //! smuggling guard, HTTP/2), forwarding each request through the gate to a
 //! lazily opened upstream connection, and streaming bodies back.
 
+pub(crate) mod deadline;
 pub(crate) mod forward;
 pub(crate) mod guard;
 pub(crate) mod metered;
@@ -80,7 +81,7 @@ pub(crate) fn blocked_response(status: StatusCode, reason: &str) -> Response<Pro
     resp
 }
 
-fn json_string(s: &str) -> String {
+pub(crate) fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

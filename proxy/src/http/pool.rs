@@ -1,64 +1,257 @@
-//! `UpstreamPool`: the upstream connections of ONE sandbox connection, opened
-//! lazily on the first forwarded request (so refused requests never cause
-//! one) and closed with it.
+//! `UpstreamPool`: the upstream connections of ONE proxy instance (= one
+//! session), shared by its sandbox connections. A connection is opened lazily
+//! by the first forwarded request that needs it (refused requests never cause
+//! one) and kept for later requests of any sandbox connection of the same
+//! session; sessions never share (each has its own proxy and pool).
+//!
+//! Keyed by listener (scheme), host (= SNI) and the ALPN list offered
+//! upstream, so a request only rides a connection whose handshake offered
+//! exactly what its own client offered; the negotiated protocol decides the
+//! slot: one multiplexed HTTP/2 connection, or idle HTTP/1.1 connections
+//! checked out one request at a time and given back when the response body
+//! has been delivered completely. Upgrades (WebSocket) never use the pool.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-use http::{header, uri::Scheme, HeaderValue, Request, Response, Uri, Version};
+use http::{header, uri::Scheme, HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::{
     body::Incoming,
-    client::conn::{http1, http2},
+    client::conn::{http1, http2, TrySendError},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::Mutex;
+use tokio::sync::Notify;
 
 use super::{Io, ProxyBody};
 use crate::{decide::Listener, server::Shared, tls::server::AlpnOffer, ProxyError};
 
-/// Upstream connections a single HTTP/2 sandbox connection may open when
-/// upstream only speaks HTTP/1.1 (one per concurrent stream, bounded).
-const MAX_H1_PER_CONN: usize = 8;
+/// Idle HTTP/1.1 connections kept per key; more are closed when given back.
+const MAX_IDLE_PER_KEY: usize = 32;
+/// How long a given-back HTTP/1.1 connection may take to become ready again
+/// (its response just ended; it is normally ready within microseconds).
+const READY_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    listener: Listener,
+    host: Arc<str>,
+    offer: AlpnOffer,
+}
+
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct KeyPool {
+    h2: Option<(http2::SendRequest<ProxyBody>, Instant)>,
+    idle: Vec<Idle>,
+    /// HTTP/1.1 connections alive for this key: idle, leased or connecting.
+    open_h1: usize,
+    /// Signalled when an HTTP/1.1 connection is given back or closed.
+    returned: Arc<Notify>,
+}
+
+impl KeyPool {
+    fn is_empty(&self) -> bool {
+        self.h2.is_none() && self.idle.is_empty() && self.open_h1 == 0
+    }
+}
+
+enum Pick {
+    H2(http2::SendRequest<ProxyBody>),
+    Idle(http1::SendRequest<ProxyBody>),
+    Open,
+    Wait(Arc<Notify>),
+}
+
+/// The pool of one proxy instance.
+pub(crate) struct UpstreamPool {
+    keys: Mutex<HashMap<PoolKey, KeyPool>>,
+    idle_timeout: Duration,
+    /// Bound on HTTP/1.1 connections per key (busy and idle together).
+    max_h1_per_key: usize,
+}
+
+impl UpstreamPool {
+    pub(crate) fn new(idle_timeout: Duration, max_h1_per_key: usize) -> Self {
+        Self {
+            keys: Mutex::new(HashMap::new()),
+            idle_timeout,
+            max_h1_per_key: max_h1_per_key.max(1),
+        }
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, KeyPool>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What to send on; `reuse` false (a retry) always opens a new connection.
+    fn pick(&self, key: &PoolKey, reuse: bool) -> Pick {
+        let mut keys = self.lock();
+        if !keys.contains_key(key) {
+            keys.insert(key.clone(), KeyPool::default());
+        }
+        let Some(kp) = keys.get_mut(key) else {
+            return Pick::Open;
+        };
+        let now = Instant::now();
+        if let Some((s, used)) = kp.h2.as_mut().filter(|_| reuse) {
+            if !s.is_closed() {
+                *used = now;
+                return Pick::H2(s.clone());
+            }
+            kp.h2 = None;
+        }
+        if reuse {
+            while let Some(e) = kp.idle.pop() {
+                if e.sender.is_closed() || now.duration_since(e.since) > self.idle_timeout {
+                    kp.open_h1 -= 1;
+                    continue;
+                }
+                return Pick::Idle(e.sender);
+            }
+        }
+        if kp.open_h1 < self.max_h1_per_key {
+            kp.open_h1 += 1;
+            return Pick::Open;
+        }
+        Pick::Wait(kp.returned.clone())
+    }
+
+    /// An HTTP/1.1 connection leaves the pool for good (closed, failed, or
+    /// its exchange did not end cleanly), or a reserved slot was not used.
+    fn release_slot(&self, key: &PoolKey) {
+        let mut keys = self.lock();
+        if let Some(kp) = keys.get_mut(key) {
+            kp.open_h1 = kp.open_h1.saturating_sub(1);
+            kp.returned.notify_one();
+            if kp.is_empty() {
+                keys.remove(key);
+            }
+        }
+    }
+
+    fn give_back(&self, key: &PoolKey, sender: http1::SendRequest<ProxyBody>) {
+        let mut keys = self.lock();
+        let Some(kp) = keys.get_mut(key) else { return };
+        if sender.is_closed() || kp.idle.len() >= MAX_IDLE_PER_KEY {
+            kp.open_h1 = kp.open_h1.saturating_sub(1);
+        } else {
+            kp.idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+        kp.returned.notify_one();
+    }
+
+    fn store_h2(&self, key: &PoolKey, sender: &http2::SendRequest<ProxyBody>) {
+        let mut keys = self.lock();
+        let kp = keys.entry(key.clone()).or_default();
+        // The slot was reserved as a possible HTTP/1.1 connection.
+        kp.open_h1 = kp.open_h1.saturating_sub(1);
+        kp.returned.notify_one();
+        // The newest wins: an older one still serves its open streams.
+        kp.h2 = Some((sender.clone(), Instant::now()));
+    }
+
+    /// Close what has been idle longer than the idle timeout.
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        let mut keys = self.lock();
+        keys.retain(|_, kp| {
+            let before = kp.idle.len();
+            kp.idle.retain(|e| {
+                !e.sender.is_closed() && now.duration_since(e.since) <= self.idle_timeout
+            });
+            kp.open_h1 -= before - kp.idle.len();
+            if kp.h2.as_ref().is_some_and(|(s, used)| {
+                s.is_closed() || now.duration_since(*used) > self.idle_timeout
+            }) {
+                kp.h2 = None;
+            }
+            !kp.is_empty()
+        });
+    }
+}
+
+/// An HTTP/1.1 upstream connection checked out for one exchange. Attach it
+/// to the response body ([`super::metered::Metered`]): when the body was
+/// delivered completely it goes back to the pool ([`Lease::reusable`]);
+/// dropped otherwise, the connection is closed.
+pub(crate) struct Lease {
+    shared: Arc<Shared>,
+    key: PoolKey,
+    sender: Option<http1::SendRequest<ProxyBody>>,
+    reusable: bool,
+}
+
+impl Lease {
+    pub(crate) fn reusable(&mut self) {
+        self.reusable = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let pool = &self.shared.pool;
+        match self.sender.take() {
+            Some(s) if self.reusable => pool.give_back(&self.key, s),
+            _ => pool.release_slot(&self.key),
+        }
+    }
+}
+
+/// A reserved HTTP/1.1 slot that is released unless it becomes a lease.
+struct Reserved<'a> {
+    pool: &'a UpstreamPool,
+    key: &'a PoolKey,
+    armed: bool,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.release_slot(self.key);
+        }
+    }
+}
 
 enum Sender {
     H1(http1::SendRequest<ProxyBody>),
     H2(http2::SendRequest<ProxyBody>),
 }
 
-pub(crate) struct UpstreamPool {
+/// How one sandbox connection reaches upstream: its listener and the ALPN
+/// list its client offered (offered upstream unchanged).
+pub(crate) struct ConnUpstream {
     shared: Arc<Shared>,
     listener: Listener,
-    /// The host the connections below lead to. Fixed (the SNI) on TLS; on
-    /// plain HTTP a request for another host drops them first.
-    bound: Mutex<Option<String>>,
     offer: AlpnOffer,
-    /// True when the sandbox side is HTTP/1.1: requests then come one at a
-    /// time and a single upstream connection is reused.
-    sequential: bool,
-    h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
-    h1: Mutex<Vec<http1::SendRequest<ProxyBody>>>,
-    h1_open: Mutex<usize>,
-    /// Signalled when a busy HTTP/1.1 sender comes back.
-    returned: tokio::sync::Notify,
 }
 
-impl UpstreamPool {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        listener: Listener,
-        host: Option<String>,
-        offer: AlpnOffer,
-        sequential: bool,
-    ) -> Self {
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl ConnUpstream {
+    pub(crate) fn new(shared: Arc<Shared>, listener: Listener, offer: AlpnOffer) -> Self {
         Self {
             shared,
             listener,
-            bound: Mutex::new(host),
             offer,
-            sequential,
-            h2: Mutex::new(None),
-            h1: Mutex::new(Vec::new()),
-            h1_open: Mutex::new(0),
-            returned: tokio::sync::Notify::new(),
         }
     }
 
@@ -106,88 +299,139 @@ impl UpstreamPool {
         }
     }
 
-    /// Send one request upstream on an existing or new connection.
+    /// Send one request upstream on a pooled or new connection. Returns the
+    /// response and, for HTTP/1.1, the lease to give back when its body ends.
+    /// A request that failed on a reused connection before any of it was
+    /// written is retried once on a new connection, if its method is
+    /// idempotent.
     pub(crate) async fn send(
         &self,
         host: &str,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        {
-            let mut bound = self.bound.lock().await;
-            if bound.as_deref() != Some(host) {
-                if bound.is_some() {
-                    self.h1.lock().await.clear();
-                    *self.h1_open.lock().await = 0;
-                    *self.h2.lock().await = None;
-                }
-                *bound = Some(host.to_owned());
-            }
-        }
-        if let Some(mut s) = self.h2_ready().await {
-            return Ok(s.send_request(to_h2(req, host, self.listener)?).await?);
-        }
-        let mut h1 = match self.h1_checkout().await {
-            Some(s) => s,
-            None => match self.open(host).await? {
-                Sender::H2(s) => {
-                    *self.h2.lock().await = Some(s.clone());
-                    let mut s = s;
-                    return Ok(s.send_request(to_h2(req, host, self.listener)?).await?);
-                }
-                Sender::H1(s) => {
-                    *self.h1_open.lock().await += 1;
-                    s
-                }
-            },
+    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+        let key = PoolKey {
+            listener: self.listener,
+            host: Arc::from(host),
+            offer: self.offer,
         };
-        let result = h1.send_request(to_h1(req, host)).await;
-        self.h1.lock().await.push(h1);
-        self.returned.notify_one();
-        Ok(result?)
-    }
-
-    async fn h2_ready(&self) -> Option<http2::SendRequest<ProxyBody>> {
-        let mut slot = self.h2.lock().await;
-        match slot.as_ref() {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                *slot = None;
-                None
+        let retry_ok = idempotent(req.method());
+        match self.send_once(&key, host, req, true).await {
+            Err(Failed::Unsent(req, _)) if retry_ok => {
+                match self.send_once(&key, host, *req, false).await {
+                    Ok(r) => Ok(r),
+                    Err(Failed::Unsent(_, e) | Failed::Other(e)) => Err(e),
+                }
             }
-            None => None,
+            Ok(r) => Ok(r),
+            Err(Failed::Unsent(_, e) | Failed::Other(e)) => Err(e),
         }
     }
 
-    /// A ready HTTP/1.1 sender, or None when a new connection should be opened.
-    async fn h1_checkout(&self) -> Option<http1::SendRequest<ProxyBody>> {
+    async fn send_once(
+        &self,
+        key: &PoolKey,
+        host: &str,
+        req: Request<ProxyBody>,
+        allow_reuse: bool,
+    ) -> Result<(Response<Incoming>, Option<Lease>), Failed> {
+        let pool = &self.shared.pool;
         loop {
-            let mut idle = self.h1.lock().await;
-            let mut open = self.h1_open.lock().await;
-            let before = idle.len();
-            idle.retain(|s| !s.is_closed());
-            *open -= before - idle.len();
-            if let Some(i) = idle.iter().position(|s| s.is_ready()) {
-                return Some(idle.swap_remove(i));
+            match pool.pick(key, allow_reuse) {
+                Pick::H2(mut s) => {
+                    let req = to_h2(req, host, self.listener).map_err(Failed::Other)?;
+                    return s
+                        .try_send_request(req)
+                        .await
+                        .map(|r| (r, None))
+                        .map_err(Failed::from_try);
+                }
+                Pick::Idle(mut s) => {
+                    // Given back as soon as its response ended: ready in a moment
+                    // unless upstream closed it, then the next one is tried.
+                    match tokio::time::timeout(READY_WAIT, s.ready()).await {
+                        Ok(Ok(())) => {}
+                        _ => {
+                            pool.release_slot(key);
+                            continue;
+                        }
+                    }
+                    let lease = Lease {
+                        shared: self.shared.clone(),
+                        key: key.clone(),
+                        sender: None,
+                        reusable: false,
+                    };
+                    return send_h1(s, lease, to_h1(req, host)).await;
+                }
+                Pick::Open => {
+                    let reserved = Reserved {
+                        pool,
+                        key,
+                        armed: true,
+                    };
+                    return self.send_new(key, host, req, reserved).await;
+                }
+                Pick::Wait(notify) => notify.notified().await,
             }
-            let at_cap = *open >= MAX_H1_PER_CONN;
-            if idle.is_empty() && !at_cap {
-                return None;
+        }
+    }
+
+    async fn send_new(
+        &self,
+        key: &PoolKey,
+        host: &str,
+        req: Request<ProxyBody>,
+        mut reserved: Reserved<'_>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), Failed> {
+        let sender = self.open(host).await.map_err(Failed::Other)?;
+        reserved.armed = false;
+        match sender {
+            Sender::H2(mut s) => {
+                self.shared.pool.store_h2(key, &s);
+                let req = to_h2(req, host, self.listener).map_err(Failed::Other)?;
+                s.send_request(req)
+                    .await
+                    .map(|r| (r, None))
+                    .map_err(|e| Failed::Other(e.into()))
             }
-            if !self.sequential && !at_cap {
-                return None;
+            Sender::H1(s) => {
+                let lease = Lease {
+                    shared: self.shared.clone(),
+                    key: key.clone(),
+                    sender: None,
+                    reusable: false,
+                };
+                send_h1(s, lease, to_h1(req, host)).await
             }
-            // Sequential sandbox side (or at the cap): the previous exchange
-            // just ended, wait for that connection to become ready again.
-            let Some(mut s) = idle.pop() else {
-                drop((idle, open));
-                self.returned.notified().await;
-                continue;
-            };
-            drop((idle, open));
-            if s.ready().await.is_ok() {
-                return Some(s);
-            }
-            *self.h1_open.lock().await -= 1;
+        }
+    }
+}
+
+async fn send_h1(
+    mut s: http1::SendRequest<ProxyBody>,
+    mut lease: Lease,
+    req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, Option<Lease>), Failed> {
+    let result = s.try_send_request(req).await;
+    lease.sender = Some(s);
+    match result {
+        Ok(resp) => Ok((resp, Some(lease))),
+        // The lease drops here unreusable: that connection is closed.
+        Err(e) => Err(Failed::from_try(e)),
+    }
+}
+
+enum Failed {
+    /// Nothing of the request was written; here it is back.
+    Unsent(Box<Request<ProxyBody>>, ProxyError),
+    Other(ProxyError),
+}
+
+impl Failed {
+    fn from_try(mut e: TrySendError<Request<ProxyBody>>) -> Self {
+        match e.take_message() {
+            Some(req) => Failed::Unsent(Box::new(req), e.into_error().into()),
+            None => Failed::Other(e.into_error().into()),
         }
     }
 }

@@ -1,9 +1,23 @@
 //! Serving one sandbox connection: the TLS handshake (SNI first, then the
 //! ALPN answer), then HTTP/1.1 behind the smuggling guard or HTTP/2.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
     server::conn::{http1, http2},
     service::service_fn,
 };
@@ -14,8 +28,8 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::{
     forward::{handle, ConnCtx},
     guard::H1Guard,
-    pool::UpstreamPool,
-    Io,
+    pool::ConnUpstream,
+    BoxError, Io, ProxyBody,
 };
 use crate::{
     decide::{ConnInfo, Listener, Refusal},
@@ -79,7 +93,7 @@ pub(crate) async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketA
         Err(_) => return tracing::debug!(conn = id, "TLS handshake not completed in time"),
     };
     let h2 = answer == Some(Proto::H2);
-    let pool = UpstreamPool::new(shared.clone(), Listener::Https, Some(sni), offer, !h2);
+    let pool = ConnUpstream::new(shared.clone(), Listener::Https, offer);
     let ctx = Arc::new(ConnCtx { shared, info, pool });
     if h2 {
         serve_h2(ctx, tls).await;
@@ -97,21 +111,83 @@ pub(crate) async fn serve_plain(shared: Arc<Shared>, tcp: TcpStream, peer: Socke
         sni: None,
         alpn: None,
     };
-    let pool = UpstreamPool::new(
-        shared.clone(),
-        Listener::Http,
-        None,
-        AlpnOffer::default(),
-        true,
-    );
+    let pool = ConnUpstream::new(shared.clone(), Listener::Http, AlpnOffer::default());
     serve_h1(Arc::new(ConnCtx { shared, info, pool }), tcp).await;
+}
+
+/// Per connection: responses finished and streams open, so the HTTP/1.1
+/// guard knows when it may answer and HTTP/2 knows when it is idle.
+#[derive(Default)]
+struct Activity {
+    answered: Arc<AtomicU64>,
+    open: AtomicUsize,
+    /// Milliseconds since `epoch` of the last stream end.
+    last_end_ms: AtomicU64,
+    epoch: Option<tokio::time::Instant>,
+}
+
+/// A response body that tells [`Activity`] when hyper is done with it.
+struct Tracked {
+    inner: ProxyBody,
+    activity: Arc<Activity>,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        if let Some(epoch) = a.epoch {
+            let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            a.last_end_ms.store(ms, Ordering::Relaxed);
+        }
+        a.open.fetch_sub(1, Ordering::Relaxed);
+        a.answered.fetch_add(1, Ordering::Release);
+    }
+}
+
+async fn tracked(
+    ctx: Arc<ConnCtx>,
+    activity: Arc<Activity>,
+    req: Request<Incoming>,
+) -> Result<Response<Tracked>, Infallible> {
+    activity.open.fetch_add(1, Ordering::Relaxed);
+    // Counted from here, so a stream whose handler is dropped early still ends.
+    let guard = Tracked {
+        inner: http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+        activity,
+    };
+    let resp = handle(ctx, req).await?;
+    let mut guard = guard;
+    Ok(resp.map(|b| {
+        guard.inner = b;
+        guard
+    }))
 }
 
 async fn serve_h1(ctx: Arc<ConnCtx>, io: impl Io) {
     let limits = &ctx.shared.limits;
-    let (guarded, trip) = H1Guard::new(io, limits.max_header_bytes);
+    let activity = Arc::new(Activity::default());
+    let (guarded, trip) = H1Guard::new(io, limits.max_header_bytes, activity.answered.clone());
     let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| handle(svc_ctx.clone(), req));
+    let svc = service_fn(move |req| tracked(svc_ctx.clone(), activity.clone(), req));
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -136,16 +212,41 @@ async fn serve_h1(ctx: Arc<ConnCtx>, io: impl Io) {
 
 async fn serve_h2(ctx: Arc<ConnCtx>, io: impl Io) {
     let limits = &ctx.shared.limits;
+    let activity = Arc::new(Activity {
+        epoch: Some(tokio::time::Instant::now()),
+        ..Activity::default()
+    });
     let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| handle(svc_ctx.clone(), req));
-    let result = http2::Builder::new(TokioExecutor::new())
+    let svc_activity = activity.clone();
+    let svc = service_fn(move |req| tracked(svc_ctx.clone(), svc_activity.clone(), req));
+    // h2 answers lists over its own limit with a bare 431 that never reaches
+    // us; with its limit above ours, `handle` sees them and reports them.
+    let h2_limit = limits.max_header_bytes.saturating_mul(4);
+    let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_h2_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(h2_limit).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(limits.header_timeout))
         .adaptive_window(true)
-        .serve_connection(TokioIo::new(io), svc)
-        .await;
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle = limits.idle_timeout;
+    let tick = (idle / 4).max(Duration::from_millis(10));
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = tokio::time::sleep(tick), if !closing => {
+                let last_end = Duration::from_millis(activity.last_end_ms.load(Ordering::Relaxed));
+                let quiet = activity.epoch.map_or(Duration::ZERO, |e| e.elapsed().saturating_sub(last_end));
+                if activity.open.load(Ordering::Relaxed) == 0 && quiet >= idle {
+                    tracing::debug!(conn = ctx.info.id, "idle h2 connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    };
     if let Err(e) = result {
         tracing::debug!(conn = ctx.info.id, error = %e, "h2 connection ended");
     }

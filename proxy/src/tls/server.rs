@@ -29,7 +29,7 @@ impl Proto {
 }
 
 /// The protocols a client offered that the proxy can carry, in its order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub(crate) struct AlpnOffer {
     pub h2: bool,
     pub http11: bool,

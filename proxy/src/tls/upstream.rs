@@ -35,6 +35,9 @@ pub struct UpstreamConfig {
     /// the port of the address is used whatever port the sandbox asked.
     pub overrides: HashMap<String, SocketAddr>,
     pub connect_timeout: Duration,
+    /// How long an unused upstream connection stays pooled for later
+    /// requests of the same session.
+    pub pool_idle_timeout: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -44,6 +47,7 @@ impl Default for UpstreamConfig {
             extra_ca_files: Vec::new(),
             overrides: HashMap::new(),
             connect_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -19,8 +19,11 @@ use test_support::{TestCa, Upstream};
 pub const HOST: &str = "api.example.com";
 pub const OTHER: &str = "other.example.com";
 
-/// Records every event; refuses paths starting with `/blocked`; resolves
-/// only names listed in `dns_allowed` (all when empty).
+/// Records every event; refuses paths starting with `/blocked`; reads the
+/// body of paths starting with `/buffer` before forwarding (as a deciding
+/// gate does) and forwards even when that read failed, so the proxy's own
+/// fail-closed handling shows; resolves only names listed in `dns_allowed`
+/// (all when empty).
 #[derive(Default)]
 pub struct Recorder {
     pub refusals: Mutex<Vec<Refusal>>,
@@ -49,6 +52,9 @@ impl Gate for Recorder {
         }
     }
     async fn request(&self, req: &mut GateRequest, conn: &ConnInfo) -> GateVerdict {
+        if req.head.uri.path().starts_with("/buffer") {
+            let _ = req.body.buffer_up_to(1 << 20).await;
+        }
         if req.head.uri.path().starts_with("/blocked") {
             return GateVerdict::Refuse {
                 status: http::StatusCode::FORBIDDEN,
@@ -108,6 +114,14 @@ impl Env {
             session_ca,
             upstream_ca,
         }
+    }
+
+    /// A TLS client connection to the proxy (SNI = HOST) offering `alpn`.
+    pub async fn tls(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let cfg = test_support::client_config(self.proxy.ca_pem(), &[alpn]);
+        test_support::tls_connect(self.proxy.https_addr().unwrap(), HOST, cfg)
+            .await
+            .unwrap()
     }
 
     /// curl against `https://HOST{path}` through the proxy's TLS listener.
