@@ -3,13 +3,13 @@
 //! over the control channel, and prints a verdict line the test reads from
 //! the serial console. Built static, like the guest init.
 //!
-//! Usage: l1_runner KERNEL INITRAMFS BOOTS [probe] [net]
+//! Usage: l1_runner KERNEL INITRAMFS BOOTS [probe] [net] [compare]
 //!
 //! `net` adds one boot with a virtio-net NIC on a tap: the guest fetches a
 //! page from a server the runner starts on the tap's address.
-//! `compare` (for benches/boot.rs) then boots the same kernel, initramfs and
-//! task BOOTS times under QEMU's `-M microvm -accel kvm` (when /bin/qemu is
-//! present) and prints both medians.
+//! `compare` (for benches/boot.rs) also boots the same kernel, initramfs and
+//! task under QEMU's `-M microvm -accel kvm` (when /bin/qemu is present),
+//! one QEMU boot after each of ours, and prints both medians.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -65,6 +65,10 @@ fn main() {
         }
     };
 
+    // `compare`: a QEMU microvm boot after each of ours, so the machine's
+    // load drifts alike for both.
+    let compare = args[4..].iter().any(|a| a == "compare") && prepare_qemu(&initramfs, &extra);
+    let (mut q_marks, mut q_totals) = (Vec::new(), Vec::new());
     let (fds_before, threads_before) = (fds(), threads());
     let mut passed = 0;
     let mut boot_times = Vec::new();
@@ -130,6 +134,9 @@ fn main() {
             }
         }
         let _ = std::fs::remove_file(&console);
+        if compare {
+            qemu_boot(i, &cmdline, &mut q_marks, &mut q_totals);
+        }
     }
     let (fds_after, threads_after) = (fds(), threads());
     println!("TEARDOWN fds {fds_before}->{fds_after} threads {threads_before}->{threads_after}");
@@ -152,8 +159,12 @@ fn main() {
     if args[4..].iter().any(|a| a == "net") {
         net_ok = net_boot(&kernel, &initramfs, &cmdline);
     }
-    if args[4..].iter().any(|a| a == "compare") {
-        compare_with_qemu(&initramfs, &extra, boots, &cmdline);
+    if !q_marks.is_empty() {
+        println!(
+            "QEMU-MICROVM mark median ms={} total median ms={}",
+            median(&mut q_marks).as_millis(),
+            median(&mut q_totals).as_millis()
+        );
     }
     if args[4..].iter().any(|a| a == "probe") {
         let r = vmm::probe(
@@ -310,107 +321,108 @@ fn median(v: &mut [Duration]) -> Duration {
 
 /// QEMU microvm on L1's KVM, same guest: time to the first control-channel
 /// byte (the guest init's boot mark) and to QEMU's exit after the guest's reset.
-fn compare_with_qemu(initramfs: &Path, extra: &[u8], runs: usize, cmdline: &str) {
-    let qemu = Path::new("/bin/qemu-system-x86_64");
-    if !qemu.exists() {
+/// QEMU microvm on L1's KVM, same guest: writes its initrd (base + session
+/// cpio, as our VMM concatenates them) once; false when QEMU is not there.
+fn prepare_qemu(initramfs: &Path, extra: &[u8]) -> bool {
+    if !Path::new(QEMU_IN_L1).exists() {
         println!("QEMU-MICROVM skipped: no qemu in L1");
-        return;
+        return false;
     }
     let mut combined = std::fs::read(initramfs).unwrap_or_default();
     combined.resize(combined.len().next_multiple_of(4), 0);
     combined.extend_from_slice(extra);
     if std::fs::write("/tmp/combined.cpio", &combined).is_err() {
         println!("QEMU-MICROVM skipped: cannot write the initrd");
+        return false;
+    }
+    true
+}
+
+const QEMU_IN_L1: &str = "/bin/qemu-system-x86_64";
+
+/// One QEMU microvm boot: time to the first control-channel byte (the guest
+/// init's boot mark) and to QEMU's exit after the guest's reset, recorded
+/// into `marks` and `totals`.
+fn qemu_boot(i: usize, cmdline: &str, marks: &mut Vec<Duration>, totals: &mut Vec<Duration>) {
+    let qemu = Path::new(QEMU_IN_L1);
+    let control = PathBuf::from(format!("/tmp/q-control-{i}.bin"));
+    let started = std::time::Instant::now();
+    let child = Command::new(qemu)
+        .args([
+            "-M",
+            "microvm,acpi=off,x-option-roms=off,rtc=off",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+        ])
+        .args([
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args([
+            "-L",
+            "/usr/share/qemu",
+            "-kernel",
+            "/guest/vmlinux",
+            "-initrd",
+            "/tmp/combined.cpio",
+        ])
+        .arg("-append")
+        .arg(format!("{} {cmdline} reboot=t", vmm::arch::BASE_CMDLINE))
+        .args(["-serial", "file:/tmp/q-console.log"])
+        .arg("-chardev")
+        .arg(format!("file,id=ctl,path={}", control.display()))
+        .args(["-device", "isa-serial,chardev=ctl,iobase=0x2f8,irq=3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        println!("QEMU-MICROVM FAIL: cannot start qemu");
         return;
-    }
-    let (mut marks, mut totals) = (Vec::new(), Vec::new());
-    for i in 1..=runs {
-        let control = PathBuf::from(format!("/tmp/q-control-{i}.bin"));
-        let started = std::time::Instant::now();
-        let child = Command::new(qemu)
-            .args([
-                "-M",
-                "microvm,acpi=off,x-option-roms=off,rtc=off",
-                "-accel",
-                "kvm",
-                "-cpu",
-                "host",
-            ])
-            .args([
-                "-m",
-                "256",
-                "-smp",
-                "1",
-                "-nodefaults",
-                "-no-user-config",
-                "-nographic",
-                "-no-reboot",
-            ])
-            .args([
-                "-L",
-                "/usr/share/qemu",
-                "-kernel",
-                "/guest/vmlinux",
-                "-initrd",
-                "/tmp/combined.cpio",
-            ])
-            .arg("-append")
-            .arg(format!("{} {cmdline} reboot=t", vmm::arch::BASE_CMDLINE))
-            .args(["-serial", "file:/tmp/q-console.log"])
-            .arg("-chardev")
-            .arg(format!("file,id=ctl,path={}", control.display()))
-            .args(["-device", "isa-serial,chardev=ctl,iobase=0x2f8,irq=3"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn();
-        let Ok(mut child) = child else {
-            println!("QEMU-MICROVM FAIL: cannot start qemu");
-            return;
-        };
-        let mut mark = None;
-        loop {
-            if mark.is_none()
-                && std::fs::metadata(&control)
-                    .map(|m| m.len() > 0)
-                    .unwrap_or(false)
-            {
-                mark = Some(started.elapsed());
+    };
+    let mut mark = None;
+    loop {
+        if mark.is_none()
+            && std::fs::metadata(&control)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false)
+        {
+            mark = Some(started.elapsed());
+        }
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() > Duration::from_secs(120) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
             }
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if started.elapsed() > Duration::from_secs(120) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-                Err(_) => break,
-            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => break,
         }
-        let total = started.elapsed();
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        let out = std::fs::read(&control).unwrap_or_default();
-        println!(
-            "QEMU-MICROVM run {i} mark_ms={:?} total_ms={} control_bytes={} {}",
-            mark.map(|d| d.as_millis()),
-            total.as_millis(),
-            out.len(),
-            err.lines().next().unwrap_or("")
-        );
-        if let Some(m) = mark {
-            marks.push(m);
-            totals.push(total);
-        }
-        let _ = std::fs::remove_file(&control);
     }
-    if !marks.is_empty() {
-        println!(
-            "QEMU-MICROVM mark median ms={} total median ms={}",
-            median(&mut marks).as_millis(),
-            median(&mut totals).as_millis()
-        );
+    let total = started.elapsed();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
     }
+    let out = std::fs::read(&control).unwrap_or_default();
+    println!(
+        "QEMU-MICROVM run {i} mark_ms={:?} total_ms={} control_bytes={} {}",
+        mark.map(|d| d.as_millis()),
+        total.as_millis(),
+        out.len(),
+        err.lines().next().unwrap_or("")
+    );
+    if let Some(m) = mark {
+        marks.push(m);
+        totals.push(total);
+    }
+    let _ = std::fs::remove_file(&control);
 }
