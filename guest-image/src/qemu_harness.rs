@@ -191,9 +191,15 @@ pub fn run_qemu(
     timeout: Duration,
 ) -> Result<QemuRun, GuestImageError> {
     let started = Instant::now();
-    // A monitor socket, read only when L1 stalls: L1's registers and LAPIC
-    // say where and why it stopped.
-    let monitor = initramfs.with_extension("monitor");
+    // QEMU's monitor, used when L1 goes silent: its registers and LAPIC say
+    // why, and a key press wakes it (see the nudge below). In the temp dir:
+    // a socket path must fit in 108 bytes, a workspace path may not.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let monitor = std::env::temp_dir().join(format!(
+        "openclaw-qemu-{}-{}.monitor",
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_file(&monitor);
     let l1_cmdline = format!(
         "console=ttyS0 quiet panic=-1 mitigations=off {}",
