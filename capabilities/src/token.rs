@@ -6,7 +6,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use biscuit_auth::{Algorithm, Biscuit, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit};
+use biscuit_auth::{
+    Algorithm, Biscuit, BlockBuilder, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit,
+};
 use serde::Serialize;
 
 use crate::datalog::{kind_name, record_from_source, BlockRecord, CheckKind};
@@ -180,22 +182,12 @@ impl UnverifiedToken {
         narrowing: &Policy,
         now: SystemTime,
     ) -> Result<String, CapabilityError> {
-        let record = BlockRecord::new(narrowing.clone().normalized()?, now)?;
-        let token = self
-            .inner
-            .append(record.block_builder()?)
-            .map_err(append_error)?;
-        token
-            .to_base64()
-            .map_err(|e| CapabilityError::Format(e.to_string()))
+        attenuate(&self.inner, narrowing, now)
     }
 
     /// Seals the token: no block can be appended afterwards.
     pub fn seal(&self) -> Result<String, CapabilityError> {
-        let token = self.inner.seal().map_err(append_error)?;
-        token
-            .to_base64()
-            .map_err(|e| CapabilityError::Format(e.to_string()))
+        seal(&self.inner)
     }
 
     /// The root policy (authority block), as written when minted, unverified.
@@ -203,6 +195,60 @@ impl UnverifiedToken {
         let src = self.inner.print_block_source(0).ok()?;
         record_from_source(&src).map(|r| r.policy)
     }
+}
+
+/// What attenuating and sealing need from a biscuit, verified or not:
+/// appending works without the root key, so both token types offer it.
+trait Appendable: Sized {
+    fn append_block(&self, block: BlockBuilder) -> Result<Self, biscuit_auth::error::Token>;
+    fn sealed(&self) -> Result<Self, biscuit_auth::error::Token>;
+    fn base64(&self) -> Result<String, biscuit_auth::error::Token>;
+}
+
+impl Appendable for Biscuit {
+    fn append_block(&self, block: BlockBuilder) -> Result<Self, biscuit_auth::error::Token> {
+        self.append(block)
+    }
+    fn sealed(&self) -> Result<Self, biscuit_auth::error::Token> {
+        self.seal()
+    }
+    fn base64(&self) -> Result<String, biscuit_auth::error::Token> {
+        self.to_base64()
+    }
+}
+
+impl Appendable for UnverifiedBiscuit {
+    fn append_block(&self, block: BlockBuilder) -> Result<Self, biscuit_auth::error::Token> {
+        self.append(block)
+    }
+    fn sealed(&self) -> Result<Self, biscuit_auth::error::Token> {
+        self.seal()
+    }
+    fn base64(&self) -> Result<String, biscuit_auth::error::Token> {
+        self.to_base64()
+    }
+}
+
+/// Appends a block rendered from `narrowing` (a TTL counts from `now`).
+fn attenuate(
+    token: &impl Appendable,
+    narrowing: &Policy,
+    now: SystemTime,
+) -> Result<String, CapabilityError> {
+    let record = BlockRecord::new(narrowing.clone().normalized()?, now)?;
+    let token = token
+        .append_block(record.block_builder()?)
+        .map_err(append_error)?;
+    token
+        .base64()
+        .map_err(|e| CapabilityError::Format(e.to_string()))
+}
+
+fn seal(token: &impl Appendable) -> Result<String, CapabilityError> {
+    let token = token.sealed().map_err(append_error)?;
+    token
+        .base64()
+        .map_err(|e| CapabilityError::Format(e.to_string()))
 }
 
 fn append_error(e: biscuit_auth::error::Token) -> CapabilityError {
@@ -259,26 +305,18 @@ impl Capability {
             .map(|r| &r.policy)
     }
 
+    /// [`UnverifiedToken::attenuate`] on a verified token.
     pub fn attenuate(
         &self,
         narrowing: &Policy,
         now: SystemTime,
     ) -> Result<String, CapabilityError> {
-        let record = BlockRecord::new(narrowing.clone().normalized()?, now)?;
-        let token = self
-            .inner
-            .append(record.block_builder()?)
-            .map_err(append_error)?;
-        token
-            .to_base64()
-            .map_err(|e| CapabilityError::Format(e.to_string()))
+        attenuate(&self.inner, narrowing, now)
     }
 
+    /// [`UnverifiedToken::seal`] on a verified token.
     pub fn seal(&self) -> Result<String, CapabilityError> {
-        let token = self.inner.seal().map_err(append_error)?;
-        token
-            .to_base64()
-            .map_err(|e| CapabilityError::Format(e.to_string()))
+        seal(&self.inner)
     }
 
     pub fn to_base64(&self) -> Result<String, CapabilityError> {
