@@ -246,7 +246,13 @@ impl Capability {
                         req.credential, req.host
                     )
                 };
-                Err(if world.check_source(failed).contains("time($t)") {
+                // Our expiry check is the only one of ours reading `time`;
+                // an opaque block's check is printed and read.
+                let expired = match self.check_kind(failed) {
+                    Some(kind) => matches!(kind, CheckKind::Expiry(_)),
+                    None => world.check_source(failed).contains("time($t)"),
+                };
+                Err(if expired {
                     "token expired".to_owned()
                 } else if block == 0 {
                     what
@@ -357,11 +363,16 @@ impl Capability {
         format!("{prefix}{text}")
     }
 
-    /// Known to be a non-approval check (opaque blocks are never assumed).
-    fn is_hard_check(&self, (block, check): &FailedCheck) -> bool {
+    /// What a check of ours is for; `None` for opaque blocks.
+    fn check_kind(&self, (block, check): FailedCheck) -> Option<&CheckKind> {
         self.blocks
-            .get(*block as usize)
-            .and_then(|b| b.checks.get(*check as usize))
+            .get(block as usize)
+            .and_then(|b| b.checks.get(check as usize))
+    }
+
+    /// Known to be a non-approval check (opaque blocks are never assumed).
+    fn is_hard_check(&self, failed: &FailedCheck) -> bool {
+        self.check_kind(*failed)
             .is_some_and(|k| !matches!(k, CheckKind::Approval(..)))
     }
 

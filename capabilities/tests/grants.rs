@@ -381,3 +381,69 @@ fn malformed_actions_are_blocked_not_errors() {
     );
     assert_eq!(d.decision, Verdict::Block);
 }
+
+#[test]
+fn dns_and_credentials_stop_at_expiry_and_say_so() {
+    let c = cap(r#"
+        ttl = "10m"
+        [login]
+        service = "united.com"
+        credential = "united_login"
+        scopes = []
+    "#);
+    let before = t0() + Duration::from_secs(600);
+    let after = t0() + Duration::from_secs(601);
+    assert_eq!(
+        c.authorize_dns("united.com", before).decision,
+        Verdict::Allow
+    );
+    assert!(c.credential_allowed("united_login", "united.com", before));
+    let dns = c.authorize_dns("united.com", after);
+    assert_eq!(
+        (dns.decision, dns.reason.as_str()),
+        (Verdict::Block, "token expired")
+    );
+    assert!(!c.credential_allowed("united_login", "united.com", after));
+    let other = c.authorize_dns("kayak.com", before);
+    assert_eq!(
+        (other.decision, other.reason.as_str()),
+        (Verdict::Block, "no grant names kayak.com")
+    );
+}
+
+/// A block written by another tool is enforced and its expiry still reads as
+/// one (the failing check is printed and read, not assumed).
+#[test]
+fn an_opaque_blocks_expiry_reads_as_expiry() {
+    let root = capabilities::mint(&seed_policy(), &ROOT_SECRET, t0()).expect("mint");
+    let token = biscuit_auth::UnverifiedBiscuit::from_base64(&root).expect("parse");
+    let block = biscuit_auth::BlockBuilder::new()
+        .code("check if time($t), $t <= 2026-01-01T00:05:00Z;")
+        .expect("datalog");
+    let c = verify(
+        &token
+            .append(block)
+            .expect("append")
+            .to_base64()
+            .expect("encode"),
+    );
+    let before = t0() + Duration::from_secs(300);
+    let after = t0() + Duration::from_secs(301);
+    assert_eq!(
+        c.authorize_dns("kayak.com", before).decision,
+        Verdict::Allow
+    );
+    let dns = c.authorize_dns("kayak.com", after);
+    assert_eq!(
+        (dns.decision, dns.reason.as_str()),
+        (Verdict::Block, "token expired")
+    );
+    let web = c.authorize(&web("GET", "kayak.com", "/"), &Counters::default(), after);
+    assert_eq!(web.decision, Verdict::Block);
+    assert!(
+        web.reason
+            .ends_with("check failed in block 1: check if time($t), $t <= 2026-01-01T00:05:00Z"),
+        "{}",
+        web.reason
+    );
+}
