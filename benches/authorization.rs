@@ -1,5 +1,6 @@
 //! Benchmark: authorization latency of a parsed, verified capability token
-//! (the seed flight-booking token), per decision path. Target: p50 ≤ 50 µs.
+//! (the seed flight-booking token), per decision path, plus the per-lookup
+//! `authorize_dns` and `credential_allowed`. Target: p50 ≤ 50 µs.
 //!
 //! Run: `cargo bench --bench authorization`. Criterion reports each path;
 //! the closing lines print p50/p99 from individually timed decisions.
@@ -94,7 +95,29 @@ fn authorization(c: &mut Criterion) {
     group.bench_function("dns", |b| {
         b.iter(|| cap.authorize_dns(black_box("kayak.com"), now))
     });
+    group.bench_function("credential", |b| {
+        b.iter(|| cap.credential_allowed(black_box("united_card"), black_box("united.com"), now))
+    });
     group.finish();
+}
+
+/// p50 and p99 of 20 000 individually timed calls of `f`.
+fn timed(name: &str, mut f: impl FnMut()) {
+    let mut samples: Vec<Duration> = (0..20_000)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    samples.sort();
+    let p50 = samples[samples.len() / 2];
+    let p99 = samples[samples.len() * 99 / 100];
+    println!(
+        "  {name:18} p50 {:>7.1} µs   p99 {:>7.1} µs   (target p50 ≤ 50 µs)",
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
 }
 
 /// p50/p99 of individually timed decisions, per path.
@@ -104,22 +127,22 @@ fn percentiles() {
     let now = minted_at() + Duration::from_secs(60);
     println!("\nauthorization latency (seed token, 20000 decisions each):");
     for (name, act) in cases() {
-        let mut samples: Vec<Duration> = (0..20_000)
-            .map(|_| {
-                let start = Instant::now();
-                black_box(cap.authorize(black_box(&act), &counters, now));
-                start.elapsed()
-            })
-            .collect();
-        samples.sort();
-        let p50 = samples[samples.len() / 2];
-        let p99 = samples[samples.len() * 99 / 100];
-        println!(
-            "  {name:18} p50 {:>7.1} µs   p99 {:>7.1} µs   (target p50 ≤ 50 µs)",
-            p50.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6
-        );
+        timed(name, || {
+            black_box(cap.authorize(black_box(&act), &counters, now));
+        });
     }
+    timed("dns_allow", || {
+        black_box(cap.authorize_dns(black_box("kayak.com"), now));
+    });
+    timed("dns_block", || {
+        black_box(cap.authorize_dns(black_box("evil.example"), now));
+    });
+    timed("credential_allow", || {
+        black_box(cap.credential_allowed(black_box("united_card"), "united.com", now));
+    });
+    timed("credential_block", || {
+        black_box(cap.credential_allowed(black_box("united_card"), "kayak.com", now));
+    });
 }
 
 criterion_group!(benches, authorization);
