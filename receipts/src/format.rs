@@ -131,15 +131,12 @@ pub fn sign_line(receipt: &Receipt, key: &SigningKey) -> Result<Vec<u8>, serde_j
         &receipt.signer,
         &receipt.body,
     )?;
+    // prev is 64 hex digits in every real receipt; encode it properly anyway.
+    let prev = serde_json_canonicalizer::to_vec(&receipt.prev)?;
+    let prev = &prev[1..prev.len() - 1];
     let mut line = Vec::new();
     let mut scratch = Vec::new();
-    prepared.sign_into(
-        receipt.seq,
-        receipt.prev.as_bytes(),
-        key,
-        &mut scratch,
-        &mut line,
-    );
+    prepared.sign_into(receipt.seq, prev, key, &mut scratch, &mut line);
     Ok(line)
 }
 
@@ -247,7 +244,13 @@ impl Prepared {
         scratch.extend_from_slice(prev_hex);
         scratch.extend_from_slice(&b[self.prev_at..self.seq_at]);
         let before = scratch.len();
-        write!(scratch, "{seq}").expect("writing to a Vec cannot fail");
+        if seq <= 1 << 53 {
+            write!(scratch, "{seq}").expect("writing to a Vec cannot fail");
+        } else {
+            // RFC 8785 numbers are doubles: beyond 2^53 they round.
+            serde_json_canonicalizer::to_writer(&seq, scratch)
+                .expect("writing a number to a Vec cannot fail");
+        }
         let sig_at = self.sig_at + prev_hex.len() + (scratch.len() - before);
         scratch.extend_from_slice(&b[self.seq_at..]);
         let sig = key.sign(scratch).to_bytes();
@@ -272,6 +275,94 @@ mod tests {
         let b = SigningKey::from_bytes(&[2; 32]).verifying_key();
         assert_eq!(key_id(&a).len(), 32);
         assert_ne!(key_id(&a), key_id(&b));
+    }
+
+    /// The straightforward encoding: canonicalize the whole receipt, sign,
+    /// add `sig`, canonicalize again. The fast encoder must match it byte
+    /// for byte.
+    fn reference_line(receipt: &Receipt, key: &SigningKey) -> Vec<u8> {
+        let mut value = serde_json::to_value(receipt).expect("value");
+        let input = serde_json_canonicalizer::to_vec(&value).expect("jcs");
+        let sig = key.sign(&input);
+        if let Value::Object(map) = &mut value {
+            map.insert("sig".to_owned(), Value::String(hex::encode(sig.to_bytes())));
+        }
+        serde_json_canonicalizer::to_vec(&value).expect("jcs")
+    }
+
+    #[test]
+    fn the_fast_encoder_matches_whole_receipt_canonicalization_for_every_kind() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let bodies = [
+            Body::SessionStart {
+                public_key: hex::encode(key.verifying_key().as_bytes()),
+                revocation_ids: vec!["a".into(), "b".into()],
+                sandbox: "kvm".into(),
+                capability_sha256: None,
+            },
+            Body::SessionStart {
+                public_key: hex::encode(key.verifying_key().as_bytes()),
+                revocation_ids: vec![],
+                sandbox: "netns".into(),
+                capability_sha256: Some(sha256_hex(b"token")),
+            },
+            Body::Decision(DecisionRecord {
+                // Keys that sort around the receipt's own (prev, seq, sig),
+                // escapes, non-ASCII, floats, nesting.
+                action: serde_json::json!({"type": "web", "sig": "x", "seq": 1, "prev": null,
+                    "path": "/a\"b\\c\u{1}\u{7f}é😀", "z": [1.5, 1e21, -0.0, {"b": 1, "a": 2}],
+                    "\u{e9}": 1, "\u{1f600}": 2, "\u{ff61}": 3}),
+                counters: serde_json::json!({"spent_cents": 12, "emails_sent": 0}),
+                decision: serde_json::json!({"decision": "allow", "reason": "ok", "grant": null}),
+                body_sha256: Some(sha256_hex(b"body")),
+            }),
+            Body::Decision(DecisionRecord {
+                action: Value::Null,
+                counters: serde_json::json!([]),
+                decision: serde_json::json!("block"),
+                body_sha256: None,
+            }),
+            Body::Approval(ApprovalRecord {
+                decision_seq: 3,
+                approved: true,
+                approver: "terminal".into(),
+                answered_at: "2026-01-01T00:00:01.000000Z".into(),
+                reason: Some("operator typed y".into()),
+            }),
+            Body::Approval(ApprovalRecord {
+                decision_seq: 9,
+                approved: false,
+                approver: "timeout".into(),
+                answered_at: "2026-01-01T00:00:01.000000Z".into(),
+                reason: None,
+            }),
+            Body::SessionEnd {
+                count: 12,
+                last: sha256_hex(b"last"),
+            },
+        ];
+        for (i, body) in bodies.into_iter().enumerate() {
+            for seq in [0, 9, 10, 1 << 53, (1 << 53) + 1, u64::MAX] {
+                let receipt = Receipt {
+                    v: FORMAT_VERSION,
+                    session: format!("sess-{i}-é"),
+                    seq,
+                    ts: "2026-01-01T00:00:00.000000Z".into(),
+                    prev: if seq == 10 {
+                        "not \"hex\" \u{1}".into()
+                    } else {
+                        sha256_hex(&seq.to_le_bytes())
+                    },
+                    signer: key_id(&key.verifying_key()),
+                    body: body.clone(),
+                };
+                let line = sign_line(&receipt, &key).expect("encode");
+                assert_eq!(
+                    String::from_utf8(line).expect("utf8"),
+                    String::from_utf8(reference_line(&receipt, &key)).expect("utf8"),
+                );
+            }
+        }
     }
 
     #[test]

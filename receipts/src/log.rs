@@ -638,7 +638,7 @@ fn sync_parent_dir(path: &Path) -> Result<(), OpenLogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::UnverifiedChain;
+    use crate::{LineVerifier, UnverifiedChain};
     use serde_json::json;
 
     fn key() -> SigningKey {
@@ -734,6 +734,132 @@ mod tests {
         // What reached the sink is a clean prefix: two whole lines.
         let bytes = lock(&written).clone();
         assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 2);
+    }
+
+    /// Records each write (so batches are visible) and fails from the
+    /// `fail_at`-th write on.
+    struct RecordingSink {
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+        fail_at: usize,
+        /// A slow disk, so appends queue up behind a sync.
+        sync_delay: std::time::Duration,
+    }
+
+    impl DurableSink for RecordingSink {
+        fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+            let mut writes = lock(&self.writes);
+            if writes.len() >= self.fail_at {
+                return Err(io::Error::from_raw_os_error(5)); // EIO
+            }
+            writes.push(bytes.to_vec());
+            Ok(())
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            std::thread::sleep(self.sync_delay);
+            Ok(())
+        }
+    }
+
+    /// Appends from `threads` threads until each has `per_thread` answers
+    /// or its first error; returns the outcomes per thread, in order.
+    fn hammer(
+        log: &ReceiptLog,
+        threads: u64,
+        per_thread: u64,
+    ) -> Vec<Vec<Result<Appended, AppendError>>> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut out = Vec::new();
+                    for i in 0..per_thread {
+                        let r = log.append(decision(t * 1000 + i));
+                        let failed = r.is_err();
+                        out.push(r);
+                        if failed {
+                            break;
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    }
+
+    #[test]
+    fn max_batch_one_writes_each_receipt_alone_and_the_default_groups_them() {
+        for (max_batch, grouped) in [(1, false), (4096, true)] {
+            let writes = Arc::new(Mutex::new(Vec::new()));
+            let sink = RecordingSink {
+                writes: Arc::clone(&writes),
+                fail_at: usize::MAX,
+                sync_delay: std::time::Duration::from_millis(2),
+            };
+            let log = ReceiptLog::with_sink(sink, key(), start(), LogOptions { max_batch })
+                .expect("start");
+            let outcomes = hammer(&log, 8, 40);
+            assert!(outcomes.iter().flatten().all(Result::is_ok));
+            log.finish().expect("finish");
+            let writes = lock(&writes).clone();
+            let per_write: Vec<usize> = writes
+                .iter()
+                .map(|w| w.iter().filter(|&&b| b == b'\n').count())
+                .collect();
+            assert_eq!(per_write.iter().sum::<usize>(), 8 * 40 + 2);
+            assert!(writes.iter().all(|w| w.ends_with(b"\n")));
+            if grouped {
+                assert!(per_write.iter().any(|&n| n > 1), "{per_write:?}");
+            } else {
+                assert!(per_write.iter().all(|&n| n == 1), "{per_write:?}");
+            }
+            let chain = UnverifiedChain::from_bytes(writes.concat())
+                .verify(&key().verifying_key())
+                .expect("verifies");
+            assert_eq!(chain.receipts.len(), 8 * 40 + 2);
+        }
+    }
+
+    #[test]
+    fn a_failed_batch_fails_every_receipt_not_yet_durable_across_threads() {
+        for fail_at in [2, 5, 9] {
+            let writes = Arc::new(Mutex::new(Vec::new()));
+            let sink = RecordingSink {
+                writes: Arc::clone(&writes),
+                fail_at,
+                sync_delay: std::time::Duration::ZERO,
+            };
+            let log =
+                ReceiptLog::with_sink(sink, key(), start(), LogOptions::default()).expect("start");
+            let outcomes = hammer(&log, 8, 200);
+            let written = lock(&writes).concat();
+            let lines = written.iter().filter(|&&b| b == b'\n').count() as u64;
+            for thread in &outcomes {
+                let (last, acked) = thread.split_last().expect("at least one answer");
+                // Every thread ends on an error: the log is poisoned for good.
+                match last {
+                    Err(AppendError::Write { seq, .. }) => assert!(*seq >= lines),
+                    Err(AppendError::Poisoned { .. }) => {}
+                    other => panic!("fail_at {fail_at}: {other:?}"),
+                }
+                // Everything acknowledged is on the sink.
+                for a in acked {
+                    assert!(a.as_ref().expect("acked").seq < lines);
+                }
+            }
+            // What reached the sink is a clean, verifiable prefix.
+            let mut verifier = LineVerifier::new(key().verifying_key());
+            for line in written[..written.len() - 1].split(|&b| b == b'\n') {
+                verifier.push(line).expect("prefix verifies");
+            }
+            assert!(matches!(
+                log.append(decision(0)),
+                Err(AppendError::Poisoned { .. })
+            ));
+        }
     }
 
     #[test]
