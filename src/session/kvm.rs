@@ -119,19 +119,9 @@ pub(super) async fn supervise(
     ));
 
     let console = Console::create(&dir.join(bundle::CONSOLE_LOG))?;
-    let vm = tokio::task::spawn_blocking(move || {
-        let before = vcpu_threads();
-        MicroVm::boot(vm_config).map(|vm| {
-            let mine: Vec<u32> = vcpu_threads()
-                .into_iter()
-                .filter(|t| !before.contains(t))
-                .collect();
-            (vm, mine)
-        })
-    })
-    .await?
-    .context("VM start")?;
-    let (vm, vcpus) = vm;
+    let vm = tokio::task::spawn_blocking(move || MicroVm::boot(vm_config))
+        .await?
+        .context("VM start")?;
     // From here the VM owner thread tears the VM down on every path.
     // Blocking (`ip`), a few milliseconds; the guest needs far longer
     // before it sends its first packet.
@@ -148,7 +138,7 @@ pub(super) async fn supervise(
     let owner = {
         let stop = stop.clone();
         tokio::task::spawn_blocking(move || {
-            own_vm(vm, vcpus, console, stop, boot_timeout, deadline, notes)
+            own_vm(vm, console, stop, boot_timeout, deadline, notes)
         })
     };
     tokio::pin!(owner);
@@ -222,7 +212,6 @@ fn describe(exit: &VmExit) -> String {
 /// to the console, reports the boot, and ends the VM on every path.
 fn own_vm(
     mut vm: RunningVm,
-    vcpus: Vec<u32>,
     console: Console,
     stop: Arc<AtomicBool>,
     boot_timeout: Duration,
@@ -277,9 +266,8 @@ fn own_vm(
         if !booted && started.elapsed() >= boot_timeout {
             return VmEnd::BootTimeout(boot_timeout, vm.kill());
         }
-        // The VMM reports its end only to wait(); a vCPU thread that is gone
-        // means the guest reset or failed without an exit frame.
-        if !vcpus.is_empty() && vcpus.iter().all(|t| !thread_alive(*t)) {
+        // The guest reset or failed without an exit frame.
+        if vm.has_ended() {
             break;
         }
     }
@@ -299,25 +287,6 @@ fn own_vm(
         Some(code) => VmEnd::Exited(code, exit),
         None => VmEnd::Died(exit),
     }
-}
-
-/// Thread ids of this process's vCPU threads (named `vcpu<N>` by the VMM).
-fn vcpu_threads() -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-            comm.starts_with("vcpu").then_some(tid)
-        })
-        .collect()
-}
-
-fn thread_alive(tid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-        .is_ok_and(|comm| comm.starts_with("vcpu"))
 }
 
 fn boot_timeout() -> Duration {
@@ -430,11 +399,5 @@ mod tests {
         let names: Vec<(&str, u32)> = files.iter().map(|(p, m, _)| (p.as_str(), *m)).collect();
         assert_eq!(names, [("agent.sh", 0o755), ("sub/deeper/data.txt", 0o644)]);
         assert!(collect_workdir(None).expect("none").is_empty());
-    }
-
-    #[test]
-    fn this_process_has_no_vcpu_threads_until_a_vm_runs() {
-        assert!(vcpu_threads().is_empty());
-        assert!(!thread_alive(std::process::id()));
     }
 }

@@ -445,6 +445,14 @@ impl RunningVm {
         self.bus.marker.elapsed(boot_marker::MARKER_INIT_STARTED)
     }
 
+    /// Whether the guest has ended on its own (a vCPU left its run loop:
+    /// reset, shutdown, halt or an error), so `wait` returns at once. Lets a
+    /// caller that streams the control channel notice a guest that died
+    /// without saying goodbye.
+    pub fn has_ended(&self) -> bool {
+        self.threads.iter().any(JoinHandle::is_finished)
+    }
+
     /// Waits until the guest ends or `timeout` passes, then tears down.
     pub fn wait(mut self, timeout: Option<Duration>) -> VmExit {
         let first = match timeout {

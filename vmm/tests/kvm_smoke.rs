@@ -108,9 +108,17 @@ fn triple_fault_ends_the_vm_as_shutdown() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     // ud2 with an empty IDT: #UD -> #GP -> double fault -> triple fault.
-    let exit = MicroVm::boot(config(vec![0x0f, 0x0b], dir.path()))
-        .expect("boot")
-        .wait(Some(Duration::from_secs(20)));
+    let vm = MicroVm::boot(config(vec![0x0f, 0x0b], dir.path())).expect("boot");
+    // The guest ends on its own: a caller polling has_ended() notices.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !vm.has_ended() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "has_ended never turned true"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let exit = vm.wait(Some(Duration::from_secs(20)));
     assert!(
         matches!(exit.reason, ExitReason::Shutdown | ExitReason::Error(_)),
         "{:?}",
@@ -152,6 +160,7 @@ fn kill_stops_a_running_guest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vm = MicroVm::boot(config(vec![0xeb, 0xfe], dir.path())).expect("boot");
     std::thread::sleep(Duration::from_millis(50));
+    assert!(!vm.has_ended(), "a spinning guest is still running");
     let started = std::time::Instant::now();
     let exit = vm.kill();
     assert!(
