@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use capabilities::{Action, ActionType, Capability, Counters, Decision, Verdict};
@@ -20,9 +20,10 @@ use tokio::sync::broadcast;
 
 use super::approval::{ask_and_wait, ApprovalBroker, ApprovalOutcome, ApprovalRequest};
 use super::catalog::{normalize_host, Catalog, RequestView};
-use super::counters::Ledger;
+use super::counters::{Ledger, Reservation};
 use super::credentials::{EchoFilter, SecretStore, SessionCredentials, Substituted};
 use super::events::{Event, EventBus, EventKind};
+use super::stats::{WaitHistogram, WaitSummary};
 use crate::{
     ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateVerdict, Refusal,
     RequestSummary, ResponseFilter,
@@ -102,6 +103,7 @@ impl Enforcement {
             dns_blocked: Mutex::new(HashSet::new()),
             in_flight: Mutex::new(HashMap::new()),
             credential_hosts: Mutex::new(HashMap::new()),
+            receipt_waits: WaitHistogram::default(),
         });
         Enforcement {
             gate,
@@ -147,7 +149,15 @@ pub struct EnforcingGate {
     in_flight: Mutex<HashMap<(u64, String, String), VecDeque<InFlight>>>,
     /// Hosts where some credential may be used (their responses are masked).
     credential_hosts: Mutex<HashMap<String, bool>>,
+    /// How long each request waited for its decision receipt to be durable.
+    receipt_waits: WaitHistogram,
 }
+
+/// What forwarding changes in a request: the URI and headers with
+/// credentials substituted or injected, and the body if it changed. `None`
+/// when the request carries no placeholder and nothing is injected for its
+/// host, so the request goes as it is (no copy made).
+type Prepared = Option<(http::Uri, http::HeaderMap, Substituted)>;
 
 impl std::fmt::Debug for EnforcingGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,6 +233,12 @@ impl EnforcingGate {
         &self.receipts
     }
 
+    /// How long requests have waited for their decision receipt to be
+    /// durable (submit to acknowledgement), over the session so far.
+    pub fn receipt_waits(&self) -> WaitSummary {
+        self.receipt_waits.summary()
+    }
+
     fn block(&self, reason: String) -> Decision {
         Decision {
             decision: Verdict::Block,
@@ -258,6 +274,10 @@ impl EnforcingGate {
         now: SystemTime,
         record: DecisionRecord,
     ) -> Result<u64, ReceiptFailed> {
+        // Submitting fixes the receipt's place in the chain and returns at
+        // once; only this request waits for the group commit that makes it
+        // durable, others keep deciding and submitting meanwhile.
+        let submitted = Instant::now();
         let pending = self
             .receipts
             .submit(Entry::Decision {
@@ -265,8 +285,9 @@ impl EnforcingGate {
                 record,
             })
             .map_err(|e| ReceiptFailed(e.to_string()))?;
-        pending
-            .await
+        let acked = pending.await;
+        self.receipt_waits.record(submitted.elapsed());
+        acked
             .map(|a| a.seq)
             .map_err(|e| ReceiptFailed(e.to_string()))
     }
@@ -438,32 +459,43 @@ impl EnforcingGate {
 
         // Prepare the substitution now (pure computation), so a request
         // whose credentials cannot be placed is refused before any receipt
-        // says "allow"; apply it only if the decision forwards.
-        let granted = |name: &str| self.credential_granted(name, &host, req.scheme, now);
-        let mut new_uri = req.head.uri.clone();
-        let mut new_headers = req.head.headers.clone();
-        let substituted = match self.creds.substitute(
-            &granted,
-            &mut new_uri,
-            &mut new_headers,
-            req.body.buffered(),
-            complete,
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                let decision = self.block(e.to_string());
-                return self
-                    .record_block(
-                        id,
-                        conn,
-                        now,
-                        &action,
-                        &counters_now,
-                        decision,
-                        Stage::Credential,
-                        body_sha256,
-                    )
-                    .await;
+        // says "allow"; apply it only if the decision forwards. The scan
+        // sees every exact placeholder, so with no finding and no header
+        // injection possible for this host there is nothing to prepare.
+        let prepared: Prepared = if findings.is_empty()
+            && !self
+                .creds
+                .injectable()
+                .any(|name| self.creds.file_allows(name, &host))
+        {
+            None
+        } else {
+            let granted = |name: &str| self.credential_granted(name, &host, req.scheme, now);
+            let mut new_uri = req.head.uri.clone();
+            let mut new_headers = req.head.headers.clone();
+            match self.creds.substitute(
+                &granted,
+                &mut new_uri,
+                &mut new_headers,
+                req.body.buffered(),
+                complete,
+            ) {
+                Ok(s) => Some((new_uri, new_headers, s)),
+                Err(e) => {
+                    let decision = self.block(e.to_string());
+                    return self
+                        .record_block(
+                            id,
+                            conn,
+                            now,
+                            &action,
+                            &counters_now,
+                            decision,
+                            Stage::Credential,
+                            body_sha256,
+                        )
+                        .await;
+                }
             }
         };
 
@@ -498,21 +530,16 @@ impl EnforcingGate {
         };
         match decision.decision {
             Verdict::Block => self.refuse(id, conn.id, &action, &decision.reason, Some(seq)),
-            Verdict::Allow => {
-                self.forward(
-                    id,
-                    req,
-                    conn,
-                    &action,
-                    &decision,
-                    seq,
-                    new_uri,
-                    new_headers,
-                    substituted,
-                );
-                reservation.commit();
-                GateVerdict::Forward
-            }
+            Verdict::Allow => self.forward(
+                id,
+                req,
+                conn,
+                &action,
+                &decision,
+                seq,
+                prepared,
+                reservation,
+            ),
             Verdict::Approval => {
                 self.emit(EventKind::Pending, id, conn.id, &action, |e| {
                     e.reason = Some(decision.reason.clone());
@@ -602,17 +629,16 @@ impl EnforcingGate {
                     &action,
                     &decision,
                     seq,
-                    new_uri,
-                    new_headers,
-                    substituted,
-                );
-                reservation.commit();
-                GateVerdict::Forward
+                    prepared,
+                    reservation,
+                )
             }
         }
     }
 
-    /// Applies the prepared substitution and records the request as in flight.
+    /// Lets a decided request go upstream (allowed, or approved): applies
+    /// the prepared substitution, records the request as in flight, and
+    /// commits its counter reservation (it counts from now on).
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -622,30 +648,32 @@ impl EnforcingGate {
         action: &Action,
         decision: &Decision,
         seq: u64,
-        uri: http::Uri,
-        mut headers: http::HeaderMap,
-        substituted: Substituted,
-    ) {
-        let mut credentials = substituted.replaced.clone();
-        for n in &substituted.injected {
-            if !credentials.contains(n) {
-                credentials.push(n.clone());
+        prepared: Prepared,
+        reservation: Reservation,
+    ) -> GateVerdict {
+        let mut credentials = Vec::new();
+        if let Some((uri, mut headers, substituted)) = prepared {
+            credentials = substituted.replaced;
+            for n in substituted.injected {
+                if !credentials.contains(&n) {
+                    credentials.push(n);
+                }
             }
-        }
-        if !credentials.is_empty() {
-            // Ask for an uncompressed response, so a secret echoed back can be
-            // seen and masked.
-            headers.insert(
-                http::header::ACCEPT_ENCODING,
-                HeaderValue::from_static("identity"),
-            );
-        }
-        req.head.uri = uri;
-        req.head.headers = headers;
-        if let Some(body) = substituted.body {
-            // Cannot fail: substitute() only returns a body when it was complete.
-            if req.body.replace(body).is_err() {
-                tracing::error!("replacing a complete body failed");
+            if !credentials.is_empty() {
+                // Ask for an uncompressed response, so a secret echoed back
+                // can be seen and masked.
+                headers.insert(
+                    http::header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+            }
+            req.head.uri = uri;
+            req.head.headers = headers;
+            if let Some(body) = substituted.body {
+                // Cannot fail: substitute() only returns a body when it was complete.
+                if req.body.replace(body).is_err() {
+                    tracing::error!("replacing a complete body failed");
+                }
             }
         }
         let key = (conn.id, action.method.clone(), action.path.clone());
@@ -666,6 +694,8 @@ impl EnforcingGate {
                 e.receipt = Some(seq);
             });
         }
+        reservation.commit();
+        GateVerdict::Forward
     }
 
     /// Writes the receipt for a block the gate made before the token was

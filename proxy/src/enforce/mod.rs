@@ -29,6 +29,8 @@ pub mod events;
 pub mod gate;
 /// Exact JSON-pointer lookups.
 mod json;
+/// Receipt-wait histogram.
+pub mod stats;
 
 pub use approval::{
     ApiBroker, ApprovalAnswer, ApprovalBroker, ApprovalError, ApprovalHandle, ApprovalRequest,
@@ -40,3 +42,4 @@ pub use counters::{Ledger, Reservation};
 pub use credentials::{SecretStore, SecretsError, SessionCredentials};
 pub use events::{Event, EventBus, EventKind};
 pub use gate::{EnforceConfig, Enforcement, EnforcingGate, Stage};
+pub use stats::{WaitHistogram, WaitSummary};
