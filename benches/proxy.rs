@@ -263,6 +263,21 @@ async fn run() {
     if mitm.is_none() {
         println!("mitmdump: not found or did not start; reference skipped (pip install mitmproxy)");
     }
+    if std::env::var_os("PROXY_BENCH_PROFILE").is_some() {
+        // For `perf record`: only new connections through openclaw, longer.
+        let start = Instant::now();
+        let mut n = 0.0;
+        while start.elapsed() < Duration::from_secs(10) {
+            n += new_conn_rate(&ours).await * RUN.as_secs_f64();
+        }
+        println!(
+            "profile run: {:.0} new conn/s; {:?}",
+            n / start.elapsed().as_secs_f64(),
+            handle.stats()
+        );
+        handle.shutdown().await;
+        return;
+    }
     let mut targets = vec![direct, ours];
     if let Some(m) = &mitm {
         targets.push(m.target.clone());

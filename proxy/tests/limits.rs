@@ -168,3 +168,45 @@ async fn idle_h2_connection_is_closed() {
     let all = body.collect().await.unwrap().to_bytes();
     assert_eq!(String::from_utf8_lossy(&all).matches("data:").count(), 3);
 }
+
+/// Past `max_connections`, new connections are closed on accept and
+/// reported; a slot freed is usable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused() {
+    let env = env_with(|l| l.max_connections = 2).await;
+    let held = [env.tls(b"http/1.1").await, env.tls(b"http/1.1").await];
+    let mut third = tokio::net::TcpStream::connect(env.proxy.https_addr().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert_eq!(env.gate.refusal_reasons(), ["connection-limit"]);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = env.curl("/hello", &["--http1.1"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(env.upstream.connections(), 1, "only the allowed request's");
+}
+
+/// A client that connects and sends nothing (or never finishes its
+/// handshake) is cut after `handshake_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_is_cut_after_the_handshake_timeout() {
+    let env = env_with(|l| l.handshake_timeout = Duration::from_millis(300)).await;
+    let mut tcp = tokio::net::TcpStream::connect(env.proxy.https_addr().unwrap())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .expect("cut before 10 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    assert_eq!(env.upstream.connections(), 0);
+}
