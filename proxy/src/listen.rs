@@ -51,25 +51,32 @@ impl Listeners {
             out.http = Some(bind_tcp("http", a)?);
         }
         if let Some(a) = addrs.dns {
-            let udp = UdpSocket::bind(a).map_err(|source| ProxyError::Bind {
-                what: "dns-udp",
-                addr: a,
-                source,
-            })?;
-            udp.set_nonblocking(true)
-                .map_err(|source| ProxyError::Bind {
-                    what: "dns-udp",
+            // TCP on the port UDP got (matters when asked for port 0). An
+            // ephemeral UDP port can be taken for TCP (say by an outgoing
+            // connection): then try another one.
+            let mut attempts = if a.port() == 0 { 16 } else { 1 };
+            loop {
+                let dns_err = |what, source| ProxyError::Bind {
+                    what,
                     addr: a,
                     source,
-                })?;
-            // TCP on the port UDP got (matters when asked for port 0).
-            let bound = udp.local_addr().map_err(|source| ProxyError::Bind {
-                what: "dns-udp",
-                addr: a,
-                source,
-            })?;
-            out.dns_tcp = Some(bind_tcp("dns-tcp", bound)?);
-            out.dns_udp = Some(udp);
+                };
+                let udp = UdpSocket::bind(a).map_err(|e| dns_err("dns-udp", e))?;
+                udp.set_nonblocking(true)
+                    .map_err(|e| dns_err("dns-udp", e))?;
+                let bound = udp.local_addr().map_err(|e| dns_err("dns-udp", e))?;
+                attempts -= 1;
+                match bind_tcp("dns-tcp", bound) {
+                    Ok(tcp) => {
+                        out.dns_tcp = Some(tcp);
+                        out.dns_udp = Some(udp);
+                        break;
+                    }
+                    Err(ProxyError::Bind { source, .. })
+                        if attempts > 0 && source.kind() == std::io::ErrorKind::AddrInUse => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(out)
     }

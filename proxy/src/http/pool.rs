@@ -98,7 +98,13 @@ impl UpstreamPool {
     fn pick(&self, key: &PoolKey, reuse: bool) -> Pick {
         let mut keys = self.lock();
         if !keys.contains_key(key) {
-            keys.insert(key.clone(), KeyPool::default());
+            // First use of this key: nothing to reuse, reserve a slot.
+            let kp = KeyPool {
+                open_h1: 1,
+                ..KeyPool::default()
+            };
+            keys.insert(key.clone(), kp);
+            return Pick::Open;
         }
         let Some(kp) = keys.get_mut(key) else {
             return Pick::Open;
@@ -348,12 +354,14 @@ impl ConnUpstream {
                 Pick::Idle(mut s) => {
                     // Given back as soon as its response ended: ready in a moment
                     // unless upstream closed it, then the next one is tried.
-                    match tokio::time::timeout(READY_WAIT, s.ready()).await {
-                        Ok(Ok(())) => {}
-                        _ => {
-                            pool.release_slot(key);
-                            continue;
-                        }
+                    let ready = s.is_ready()
+                        || matches!(
+                            tokio::time::timeout(READY_WAIT, s.ready()).await,
+                            Ok(Ok(()))
+                        );
+                    if !ready {
+                        pool.release_slot(key);
+                        continue;
                     }
                     let lease = Lease {
                         shared: self.shared.clone(),
