@@ -421,7 +421,10 @@ impl VerifiedChain {
 
 /// Signatures are checked in batches of this many lines (batch ed25519
 /// verification is about twice as fast per signature as one at a time).
-const BATCH: usize = 64;
+/// Above ~190 points the multiscalar multiplication switches to Pippenger's
+/// method, which gets cheaper per point as the batch grows: measured on a
+/// 10k chain, 64 → 55k receipts/s, 512 → 62k/s, 2048 → 61k/s.
+const BATCH: usize = 512;
 
 impl UnverifiedChain {
     pub fn from_bytes(bytes: Vec<u8>) -> Self {

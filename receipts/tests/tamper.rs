@@ -226,3 +226,47 @@ fn another_pinned_key_fails_on_line_one() {
     let chain = UnverifiedChain::from_bytes(f.bytes);
     receipts::danger::verify_trusting_embedded_key(&chain).expect("self-consistent");
 }
+
+/// Whole-chain verification checks signatures in batches of hundreds of
+/// lines: on a chain several batches long, a bad signature in a later batch
+/// is still named, and before a structural break further on.
+#[test]
+fn long_chains_name_bad_signatures_across_signature_batches() {
+    let bytes = build_chain(1_600);
+    let ls = lines(&bytes);
+    assert!(ls.len() > 2_000, "{} lines", ls.len());
+    verify(&bytes).expect("intact long chain verifies");
+
+    // One hex digit of line 1,700's signature changed (still lowercase hex).
+    let bad_sig = |line: &[u8]| -> Vec<u8> {
+        let mut l = line.to_vec();
+        let at = l
+            .windows(7)
+            .position(|w| w == b"\"sig\":\"")
+            .expect("sig member")
+            + 7
+            + 10;
+        l[at] = if l[at] == b'0' { b'1' } else { b'0' };
+        l
+    };
+    let mut tampered: Vec<Vec<u8>> = ls.iter().map(|l| l.to_vec()).collect();
+    tampered[1_699] = bad_sig(&tampered[1_699]);
+    let refs: Vec<&[u8]> = tampered.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        verify(&join(&refs)),
+        Err(ChainError::BadSignature { line: 1_700 })
+    );
+
+    // And with line 1,900 deleted too, the earlier bad signature still wins.
+    let mut both = refs.clone();
+    both.remove(1_899);
+    assert_eq!(
+        verify(&join(&both)),
+        Err(ChainError::BadSignature { line: 1_700 })
+    );
+
+    // The deletion alone is named at its own line.
+    let mut deleted = ls.clone();
+    deleted.remove(1_899);
+    assert_eq!(verify(&join(&deleted)).map_err(|e| e.line()), Err(1_900));
+}
