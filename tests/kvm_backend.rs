@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+mod support;
+
 const POLICY: &str = r#"
 ttl = "10m"
 
@@ -30,18 +32,7 @@ impl Home {
         let home = Home {
             dir: tempfile::tempdir().expect("tempdir"),
         };
-        let keygen = home.openclaw().arg("keygen").output().expect("keygen");
-        assert!(keygen.status.success(), "{}", text(&keygen.stderr));
-        std::fs::write(home.path().join("policy.toml"), POLICY).expect("policy");
-        let mint = home
-            .openclaw()
-            .args(["cap", "mint"])
-            .arg(home.path().join("policy.toml"))
-            .arg("-o")
-            .arg(home.path().join("task.cap"))
-            .output()
-            .expect("mint");
-        assert!(mint.status.success(), "{}", text(&mint.stderr));
+        support::keygen_and_mint(home.path(), POLICY);
         home
     }
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde_json::Value;
 use test_support::{TestCa, Upstream};
 
+mod support;
+
 const POLICY: &str = r#"
 ttl = "10m"
 
@@ -53,23 +55,8 @@ impl Home {
             ca_pem: ca.write_pem(dir.path()),
             dir,
         };
-        let keygen = home.openclaw().arg("keygen").output().expect("keygen");
-        assert!(keygen.status.success());
-        std::fs::write(home.path().join("policy.toml"), POLICY).expect("policy");
+        support::keygen_and_mint(home.path(), POLICY);
         std::fs::write(home.path().join("catalog.toml"), CATALOG).expect("catalog");
-        let mint = home
-            .openclaw()
-            .args(["cap", "mint"])
-            .arg(home.path().join("policy.toml"))
-            .arg("-o")
-            .arg(home.path().join("task.cap"))
-            .output()
-            .expect("mint");
-        assert!(
-            mint.status.success(),
-            "{}",
-            String::from_utf8_lossy(&mint.stderr)
-        );
         home
     }
 

@@ -115,3 +115,20 @@ pub fn approval_receipts(dir: &Path) -> Vec<(bool, String)> {
         })
         .collect()
 }
+
+/// Makes `home` a ready openclaw home: keys from `openclaw keygen`,
+/// `policy.toml` holding `policy`, and `task.cap` minted from it.
+pub fn keygen_and_mint(home: &Path, policy: &str) {
+    let keygen = run(home, &["keygen"]);
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let policy_file = home.join("policy.toml");
+    std::fs::write(&policy_file, policy).expect("policy");
+    let mint = openclaw(home)
+        .args(["cap", "mint"])
+        .arg(&policy_file)
+        .arg("-o")
+        .arg(home.join("task.cap"))
+        .output()
+        .expect("mint");
+    assert!(mint.status.success(), "{}", stderr(&mint));
+}
