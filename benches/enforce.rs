@@ -18,18 +18,15 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use bytes::Bytes;
 use capabilities::{Counters, Policy, UnverifiedToken};
 use ed25519_dalek::SigningKey;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::enforce::{
     Catalog, EnforceConfig, Enforcement, Ledger, Scripted, ScriptedBroker, SecretStore,
 };
 use proxy::{AllowAll, Gate, Proxy, ProxyConfig, ProxyHandle};
 use receipts::{ReceiptLog, SessionStart, UnverifiedChain};
 use rustls::ClientConfig;
-use test_support::{TestCa, Upstream};
+use test_support::{HttpsClient, TestCa, Upstream};
 
 /// A host the flight-booking token lets the agent read.
 const HOST: &str = "kayak.com";
@@ -53,53 +50,16 @@ struct Target {
     ca_pem: String,
 }
 
-enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
-}
-
 fn client(ca_pem: &str, alpn: &[u8]) -> Arc<ClientConfig> {
     test_support::client_config(ca_pem, &[alpn])
 }
 
-async fn connect(t: &Target, alpn: &[u8]) -> Sender {
-    let tls = test_support::tls_connect(t.addr, HOST, client(&t.ca_pem, alpn))
-        .await
-        .unwrap();
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let io = TokioIo::new(tls);
-    if h2 {
-        let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .unwrap();
-        tokio::spawn(c);
-        Sender::H2(s)
-    } else {
-        let (s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(c);
-        Sender::H1(s)
-    }
+async fn connect(t: &Target, alpn: &[u8]) -> HttpsClient {
+    HttpsClient::connect(t.addr, HOST, client(&t.ca_pem, alpn)).await
 }
 
-async fn get(s: &mut Sender) {
-    let resp = match s {
-        Sender::H1(s) => {
-            s.ready().await.unwrap();
-            let req = http::Request::get("/hello")
-                .header("host", HOST)
-                .body(Empty::new())
-                .unwrap();
-            s.send_request(req).await.unwrap()
-        }
-        Sender::H2(s) => {
-            let req = http::Request::get(format!("https://{HOST}/hello"))
-                .body(Empty::new())
-                .unwrap();
-            s.send_request(req).await.unwrap()
-        }
-    };
-    assert_eq!(resp.status(), 200);
-    resp.into_body().collect().await.unwrap();
+async fn get(s: &mut HttpsClient) {
+    s.get(HOST, "/hello").await
 }
 
 /// User + system CPU time this process has used so far (client, proxy,

@@ -15,12 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::{AllowAll, Proxy, ProxyConfig, SessionCa};
 use rustls::{client::Resumption, ClientConfig};
-use test_support::{TestCa, Upstream};
+use test_support::{HttpsClient, TestCa, Upstream};
 
 const HOST: &str = "api.example.com";
 const RUN: Duration = Duration::from_secs(2);
@@ -42,47 +39,12 @@ fn client(ca_pem: &str, alpn: &[u8], resume: bool) -> Arc<ClientConfig> {
     Arc::new(cfg)
 }
 
-enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+async fn connect(t: &Target, cfg: Arc<ClientConfig>) -> HttpsClient {
+    HttpsClient::connect(t.addr, HOST, cfg).await
 }
 
-async fn connect(t: &Target, cfg: Arc<ClientConfig>) -> Sender {
-    let tls = test_support::tls_connect(t.addr, HOST, cfg).await.unwrap();
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let io = TokioIo::new(tls);
-    if h2 {
-        let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .unwrap();
-        tokio::spawn(c);
-        Sender::H2(s)
-    } else {
-        let (s, c) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(c);
-        Sender::H1(s)
-    }
-}
-
-async fn get(s: &mut Sender) {
-    let resp = match s {
-        Sender::H1(s) => {
-            s.ready().await.unwrap();
-            let req = http::Request::get("/hello")
-                .header("host", HOST)
-                .body(Empty::new())
-                .unwrap();
-            s.send_request(req).await.unwrap()
-        }
-        Sender::H2(s) => {
-            let req = http::Request::get(format!("https://{HOST}/hello"))
-                .body(Empty::new())
-                .unwrap();
-            s.send_request(req).await.unwrap()
-        }
-    };
-    assert_eq!(resp.status(), 200);
-    resp.into_body().collect().await.unwrap();
+async fn get(s: &mut HttpsClient) {
+    s.get(HOST, "/hello").await
 }
 
 /// Requests per second over `CONNS` keep-alive connections.

@@ -4,6 +4,9 @@
 //! rustls client/in-memory TLS pair helpers.
 #![allow(clippy::unwrap_used)] // test support: panicking on setup failure is the point
 
+mod https_client;
+pub use https_client::HttpsClient;
+
 use std::{
     convert::Infallible,
     net::SocketAddr,
