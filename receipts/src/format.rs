@@ -1,7 +1,7 @@
 //! The receipt byte format: typed receipt bodies, canonical (RFC 8785) line
 //! encoding, the signing input, key ids and line hashes.
 
-use std::io::Write as _;
+use std::{borrow::Cow, io::Write as _};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -164,24 +164,40 @@ impl Prepared {
         signer: &str,
         body: &Body,
     ) -> Result<Self, serde_json::Error> {
-        let Value::Object(body) = serde_json::to_value(body)? else {
-            return Err(serde::ser::Error::custom("a receipt body is a JSON object"));
-        };
         // (key, canonical value); None marks prev, seq and sig.
-        let mut members: Vec<(String, Option<Vec<u8>>)> = Vec::with_capacity(body.len() + 7);
-        for (k, v) in &body {
-            members.push((k.clone(), Some(serde_json_canonicalizer::to_vec(v)?)));
+        let mut members: Vec<(Cow<'_, str>, Option<Vec<u8>>)> = Vec::with_capacity(16);
+        match body {
+            // The per-request receipt: its members straight from the record,
+            // without first copying the three JSON values into a new tree.
+            Body::Decision(record) => {
+                members.push(("kind".into(), Some(b"\"decision\"".to_vec())));
+                for (k, v) in [
+                    ("action", &record.action),
+                    ("counters", &record.counters),
+                    ("decision", &record.decision),
+                ] {
+                    members.push((k.into(), Some(canonical(v)?)));
+                }
+                if let Some(digest) = &record.body_sha256 {
+                    members.push(("body_sha256".into(), Some(canonical_str(digest))));
+                }
+            }
+            _ => {
+                let Value::Object(body) = serde_json::to_value(body)? else {
+                    return Err(serde::ser::Error::custom("a receipt body is a JSON object"));
+                };
+                for (k, v) in body {
+                    let v = canonical(&v)?;
+                    members.push((k.into(), Some(v)));
+                }
+            }
         }
-        for (k, v) in [
-            ("v", Value::from(v)),
-            ("session", session.into()),
-            ("ts", ts.into()),
-            ("signer", signer.into()),
-        ] {
-            members.push((k.to_owned(), Some(serde_json_canonicalizer::to_vec(&v)?)));
+        members.push(("v".into(), Some(v.to_string().into_bytes())));
+        for (k, text) in [("session", session), ("ts", ts), ("signer", signer)] {
+            members.push((k.into(), Some(canonical_str(text))));
         }
         for k in ["prev", "seq", "sig"] {
-            members.push((k.to_owned(), None));
+            members.push((k.into(), None));
         }
         // RFC 8785 orders members by the UTF-16 code units of their keys.
         members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
@@ -207,9 +223,9 @@ impl Prepared {
             if i > 0 {
                 out.push(b',');
             }
-            serde_json_canonicalizer::to_writer(k, &mut out)?;
+            write_canonical_str(k, &mut out);
             out.push(b':');
-            match (k.as_str(), v) {
+            match (k.as_ref(), v) {
                 (_, Some(v)) => out.extend_from_slice(v),
                 ("prev", None) => {
                     out.push(b'"');
@@ -263,6 +279,88 @@ impl Prepared {
         line.push(b'"');
         line.extend_from_slice(&scratch[sig_at..]);
     }
+}
+
+/// RFC 8785 form of one JSON value.
+fn canonical(v: &Value) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(128);
+    if write_canonical_simple(v, &mut out) {
+        Ok(out)
+    } else {
+        serde_json_canonicalizer::to_vec(v)
+    }
+}
+
+/// RFC 8785 form of a string.
+fn canonical_str(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    write_canonical_str(text, &mut out);
+    out
+}
+
+/// RFC 8785 escapes strings exactly as serde_json does (the two-letter
+/// escapes, other control characters as lowercase `\u00xx`, everything else
+/// literal), so serde_json's string writer is used as is.
+fn write_canonical_str(text: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(out, text).expect("writing a string to a Vec cannot fail");
+}
+
+/// Writes the RFC 8785 form of `v` when it is one of the values that make up
+/// receipts in practice: integers within ±2^53 (printed the same as doubles)
+/// and objects whose keys are ASCII and iterated in ascending byte order (for
+/// ASCII, byte order is RFC 8785's UTF-16 order). Returns false, with `out`
+/// in an unspecified state, for anything else (floats, large integers,
+/// non-ASCII or unsorted keys): the caller then uses the general
+/// canonicalizer. A hot path: one per enforced request and value.
+fn write_canonical_simple(v: &Value, out: &mut Vec<u8>) -> bool {
+    const EXACT: u64 = 1 << 53;
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) if u <= EXACT => {
+                write!(out, "{u}").expect("writing to a Vec cannot fail");
+            }
+            (None, Some(i)) if i.unsigned_abs() <= EXACT => {
+                write!(out, "{i}").expect("writing to a Vec cannot fail");
+            }
+            _ => return false,
+        },
+        Value::String(text) => write_canonical_str(text, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if !write_canonical_simple(item, out) {
+                    return false;
+                }
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            out.push(b'{');
+            let mut last: Option<&str> = None;
+            for (i, (k, item)) in map.iter().enumerate() {
+                if !k.is_ascii() || last.is_some_and(|l| l >= k.as_str()) {
+                    return false;
+                }
+                last = Some(k);
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical_str(k, out);
+                out.push(b':');
+                if !write_canonical_simple(item, out) {
+                    return false;
+                }
+            }
+            out.push(b'}');
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -389,5 +487,91 @@ mod tests {
         assert!(!text.contains('\n') && !text.contains(' '));
         let value: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(value["sig"].as_str().map(str::len), Some(128));
+    }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        // Strings and keys: ASCII with controls, quotes and backslashes, plus
+        // characters whose UTF-8 and UTF-16 orders differ (U+FF61 vs U+1F600).
+        let text = prop_oneof![
+            "[a-z_]{0,6}",
+            "[\\x00-\\x7f]{0,8}",
+            "[a\"\\\\\u{1}\u{1f}\u{7f}é\u{ff61}\u{1f600}\u{2028}]{0,6}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-(1i64 << 54)..(1i64 << 54)).prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                .prop_map(Value::from),
+            text.clone().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(text.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The fast writer either declines or writes exactly what the
+        /// general RFC 8785 canonicalizer writes.
+        #[test]
+        fn the_simple_writer_agrees_with_the_canonicalizer(v in any_json()) {
+            let expected = serde_json_canonicalizer::to_vec(&v).expect("jcs");
+            proptest::prop_assert_eq!(canonical(&v).expect("canonical"), expected.clone());
+            let mut out = Vec::new();
+            if write_canonical_simple(&v, &mut out) {
+                proptest::prop_assert_eq!(out, expected);
+            }
+        }
+
+        /// Decision receipts built from arbitrary JSON match the whole-receipt
+        /// reference encoding.
+        #[test]
+        fn decision_lines_match_the_reference(
+            action in any_json(),
+            counters in any_json(),
+            decision in any_json(),
+            digest in proptest::option::of("[0-9a-f]{64}"),
+            seq in proptest::prelude::any::<u64>(),
+        ) {
+            let key = SigningKey::from_bytes(&[9; 32]);
+            let receipt = Receipt {
+                v: FORMAT_VERSION,
+                session: "s".into(),
+                seq,
+                ts: "2026-01-01T00:00:00.000000Z".into(),
+                prev: GENESIS_PREV.into(),
+                signer: key_id(&key.verifying_key()),
+                body: Body::Decision(DecisionRecord { action, counters, decision, body_sha256: digest }),
+            };
+            proptest::prop_assert_eq!(
+                sign_line(&receipt, &key).expect("encode"),
+                reference_line(&receipt, &key)
+            );
+        }
+    }
+
+    #[test]
+    fn the_simple_writer_covers_typical_decision_values() {
+        let typical = serde_json::json!({"type": "payment", "host": "pay.example",
+            "amount_cents": 48700, "fields": {"a": [1, -2, true, null, "x\u{1}"]}});
+        let mut out = Vec::new();
+        assert!(write_canonical_simple(&typical, &mut out));
+        // Floats and non-ASCII keys go to the general canonicalizer.
+        assert!(!write_canonical_simple(
+            &serde_json::json!({"a": 1.5}),
+            &mut Vec::new()
+        ));
+        assert!(!write_canonical_simple(
+            &serde_json::json!({"é": 1}),
+            &mut Vec::new()
+        ));
     }
 }
