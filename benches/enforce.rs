@@ -28,6 +28,10 @@ use receipts::{ReceiptLog, SessionStart, UnverifiedChain};
 use rustls::ClientConfig;
 use test_support::{HttpsClient, TestCa, Upstream};
 
+/// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A host the flight-booking token lets the agent read.
 const HOST: &str = "kayak.com";
 const RUN: Duration = Duration::from_secs(3);

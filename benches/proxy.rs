@@ -19,6 +19,10 @@ use proxy::{AllowAll, Proxy, ProxyConfig, SessionCa};
 use rustls::{client::Resumption, ClientConfig};
 use test_support::{HttpsClient, TestCa, Upstream};
 
+/// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const HOST: &str = "api.example.com";
 const RUN: Duration = Duration::from_secs(2);
 const CONNS: usize = 8;
