@@ -23,6 +23,7 @@ use crate::{
     http::{
         pool::UpstreamPool,
         serve::{serve_plain, serve_tls},
+        stall::{sweep_stalled, StallWatch},
     },
     listen::{ListenAddrs, Listeners},
     tls::{ca::SessionCa, server::ServerConfigs, upstream::UpstreamClient},
@@ -55,6 +56,12 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Concurrent streams per HTTP/2 connection.
     pub max_h2_streams: u32,
+    /// A sandbox that stops reading a response: a write to its connection
+    /// that makes no progress this long closes the connection, and an
+    /// HTTP/2 response stream whose client grants no window this long has
+    /// its upstream side dropped (the pooled connection or stream is freed).
+    /// Only time spent blocked on the sandbox counts.
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +75,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             max_h2_streams: 128,
+            write_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -119,6 +127,8 @@ pub(crate) struct Shared {
     pub next_conn: AtomicU64,
     pub connections: AtomicU64,
     pub refusals: AtomicU64,
+    /// Slow readers: the limit, the counter, the HTTP/2 bodies watched.
+    pub stalls: Arc<StallWatch>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -199,6 +209,7 @@ impl Proxy {
             next_conn: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
+            stalls: StallWatch::new(config.limits.write_stall_timeout),
             stop: stop_rx.clone(),
         });
         let bind_err = |what, source| ProxyError::Bind {
@@ -226,6 +237,10 @@ impl Proxy {
             tasks.push(tokio::spawn(accept_loop(l, shared.clone(), Listener::Http)));
         }
         tasks.push(tokio::spawn(sweep_pool(shared.clone())));
+        tasks.push(tokio::spawn(sweep_stalled(
+            shared.stalls.clone(),
+            stop_rx.clone(),
+        )));
         if let Some(s) = listeners.dns_udp {
             dns_addr = Some(s.local_addr().map_err(|e| bind_err("dns-udp", e))?);
             let s = UdpSocket::from_std(s).map_err(|e| bind_err("dns-udp", e))?;
@@ -342,6 +357,12 @@ impl ProxyHandle {
             leaves_minted: self.ca.leaves_minted(),
             leaf_cache_hits: self.ca.leaf_cache_hits(),
         }
+    }
+
+    /// Exchanges ended because the sandbox stopped reading (a write stalled
+    /// for `Limits::write_stall_timeout`); not refusals.
+    pub fn write_stalls(&self) -> u64 {
+        self.shared.stalls.stalls()
     }
 
     /// Stop accepting, close every sandbox connection and tunnel, release

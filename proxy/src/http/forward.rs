@@ -326,8 +326,16 @@ fn respond(
         filter,
         report,
         lease,
-    );
-    Response::from_parts(parts, body.boxed_unsync())
+    )
+    .boxed_unsync();
+    // HTTP/2 flow control can stall a stream without ever blocking the
+    // socket (which `StallGuard` watches): watch the body too.
+    let body = if ctx.info.alpn.as_deref() == Some("h2") {
+        ctx.shared.stalls.watch(ctx.info.id, body).boxed_unsync()
+    } else {
+        body
+    };
+    Response::from_parts(parts, body)
 }
 
 /// WebSocket (any HTTP/1.1 upgrade): a dedicated HTTP/1.1 upstream

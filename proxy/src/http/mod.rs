@@ -8,6 +8,7 @@ pub(crate) mod guard;
 pub(crate) mod metered;
 pub(crate) mod pool;
 pub(crate) mod serve;
+pub(crate) mod stall;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};

@@ -62,6 +62,7 @@ pub(crate) async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketA
         sni: None,
         alpn: None,
     };
+    super::stall::set_send_low_watermark(&tcp);
     let deadline = shared.limits.handshake_timeout;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
     let start = match timeout(deadline, acceptor).await {
@@ -94,6 +95,8 @@ pub(crate) async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketA
     };
     let h2 = answer == Some(Proto::H2);
     let pool = ConnUpstream::new(shared.clone(), Listener::Https, offer);
+    // Bounds a sandbox that stops reading, whatever the protocol.
+    let tls = super::stall::StallGuard::new(tls, shared.stalls.clone(), id);
     let ctx = Arc::new(ConnCtx { shared, info, pool });
     if h2 {
         serve_h2(ctx, tls).await;
@@ -112,6 +115,8 @@ pub(crate) async fn serve_plain(shared: Arc<Shared>, tcp: TcpStream, peer: Socke
         alpn: None,
     };
     let pool = ConnUpstream::new(shared.clone(), Listener::Http, AlpnOffer::default());
+    super::stall::set_send_low_watermark(&tcp);
+    let tcp = super::stall::StallGuard::new(tcp, shared.stalls.clone(), id);
     serve_h1(Arc::new(ConnCtx { shared, info, pool }), tcp).await;
 }
 
