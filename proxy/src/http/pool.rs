@@ -13,7 +13,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -75,6 +78,8 @@ pub(crate) struct UpstreamPool {
     idle_timeout: Duration,
     /// Bound on HTTP/1.1 connections per key (busy and idle together).
     max_h1_per_key: usize,
+    /// Requests handed back unsent by a reused connection (retried or not).
+    unsent: AtomicU64,
 }
 
 impl UpstreamPool {
@@ -83,6 +88,7 @@ impl UpstreamPool {
             keys: Mutex::new(HashMap::new()),
             idle_timeout,
             max_h1_per_key: max_h1_per_key.max(1),
+            unsent: AtomicU64::new(0),
         }
     }
 
@@ -322,14 +328,23 @@ impl ConnUpstream {
         };
         let retry_ok = idempotent(req.method());
         match self.send_once(&key, host, req, true).await {
-            Err(Failed::Unsent(req, _)) if retry_ok => {
+            Err(Failed::Unsent(req, e)) => {
+                self.shared.pool.unsent.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    error = %e,
+                    retry = retry_ok,
+                    "reused upstream connection closed before the request was written"
+                );
+                if !retry_ok {
+                    return Err(e);
+                }
                 match self.send_once(&key, host, *req, false).await {
                     Ok(r) => Ok(r),
                     Err(Failed::Unsent(_, e) | Failed::Other(e)) => Err(e),
                 }
             }
             Ok(r) => Ok(r),
-            Err(Failed::Unsent(_, e) | Failed::Other(e)) => Err(e),
+            Err(Failed::Other(e)) => Err(e),
         }
     }
 
@@ -485,4 +500,239 @@ fn to_h2(
     // :authority carries the host in HTTP/2.
     req.headers_mut().remove(header::HOST);
     Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The retry path, driven for real: a pooled HTTP/1.1 connection that
+    //! upstream has closed, taken from the pool before the proxy noticed.
+    //! The current-thread runtime fixes the order: the close becomes
+    //! readable in the same driver turn in which the request is queued on
+    //! the connection, and the connection's task reads (sees the close)
+    //! before it would write, so hyper hands the request back unsent.
+    use super::*;
+    use crate::{
+        decide::AllowAll, http::stall::StallWatch, tls::ca::SessionCa, tls::server::ServerConfigs,
+        tls::upstream::UpstreamClient, Limits, UpstreamConfig,
+    };
+    use http_body_util::{BodyExt, Full};
+    use std::{
+        io::{Read, Write},
+        net::SocketAddr,
+        sync::{atomic::AtomicUsize, mpsc},
+    };
+
+    const HOST: &str = "pool.example.com";
+
+    /// What the upstream saw: connections, and each request line with the
+    /// connection (by accept order) it came on.
+    #[derive(Default)]
+    struct Seen {
+        connections: AtomicUsize,
+        requests: Mutex<Vec<(usize, String)>>,
+    }
+
+    /// A blocking TLS upstream on its own threads (so it acts while the
+    /// test's runtime thread is blocked). Answers every request with a
+    /// keep-alive `200 ok`; its first connection, after its first answer,
+    /// waits for `close` and then closes (close_notify, FIN), acking on
+    /// the returned receiver.
+    fn upstream(
+        ca: &test_support::TestCa,
+    ) -> (SocketAddr, Arc<Seen>, mpsc::Sender<()>, mpsc::Receiver<()>) {
+        let cfg = ca.server_config(&[HOST], &[b"http/1.1"]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Seen::default());
+        let (close_tx, close_rx) = mpsc::channel::<()>();
+        let (ack_tx, ack_rx) = mpsc::channel::<()>();
+        let close = Arc::new(Mutex::new(Some((close_rx, ack_tx))));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for (n, tcp) in listener.incoming().enumerate() {
+                let Ok(tcp) = tcp else { return };
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let (cfg, s) = (cfg.clone(), s.clone());
+                let close = if n == 0 {
+                    close.lock().expect("lock").take()
+                } else {
+                    None
+                };
+                std::thread::spawn(move || serve(n, tcp, cfg, &s, close));
+            }
+        });
+        (addr, seen, close_tx, ack_rx)
+    }
+
+    fn serve(
+        n: usize,
+        tcp: std::net::TcpStream,
+        cfg: Arc<rustls::ServerConfig>,
+        seen: &Seen,
+        mut close: Option<(mpsc::Receiver<()>, mpsc::Sender<()>)>,
+    ) {
+        let conn = rustls::ServerConnection::new(cfg).expect("server connection");
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            // One request: head, then a Content-Length body.
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                match tls.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                match tls.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                }
+            }
+            buf.drain(..head_end + len);
+            let line = head.lines().next().unwrap_or_default().to_owned();
+            seen.requests.lock().expect("lock").push((n, line));
+            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if tls.write_all(ok).and_then(|()| tls.flush()).is_err() {
+                return;
+            }
+            if let Some((close_rx, ack)) = close.take() {
+                let _ = close_rx.recv();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+                let _ = tls.sock.shutdown(std::net::Shutdown::Both);
+                let _ = ack.send(());
+                return;
+            }
+        }
+    }
+
+    fn shared(addr: SocketAddr, ca_file: std::path::PathBuf) -> Arc<Shared> {
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let cfg = UpstreamConfig {
+            platform_roots: false,
+            extra_ca_files: vec![ca_file],
+            overrides: HashMap::from([(HOST.to_owned(), addr)]),
+            ..UpstreamConfig::default()
+        };
+        let ca = Arc::new(SessionCa::generate("pool-test").expect("ca"));
+        let limits = Limits::default();
+        Arc::new(Shared {
+            gate: Arc::new(AllowAll),
+            upstream: UpstreamClient::new(&cfg).expect("upstream client"),
+            pool: UpstreamPool::new(cfg.pool_idle_timeout, limits.max_connections),
+            server_configs: ServerConfigs::new(ca).expect("server configs"),
+            conn_limit: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            next_conn: AtomicU64::new(1),
+            connections: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+            stalls: StallWatch::new(limits.write_stall_timeout),
+            limits,
+            stop,
+        })
+    }
+
+    fn request(method: Method, path: &str) -> Request<ProxyBody> {
+        let body = if method == Method::POST { "x" } else { "" };
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, HOST)
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(
+                Full::new(bytes::Bytes::from_static(body.as_bytes()))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .expect("request")
+    }
+
+    /// Prime the pool with one connection, have upstream close it behind
+    /// the proxy's back, then send `method` on the stale connection.
+    async fn on_a_stale_connection(
+        method: Method,
+    ) -> (
+        Result<(Response<Incoming>, Option<Lease>), ProxyError>,
+        Arc<Seen>,
+        Arc<Shared>,
+    ) {
+        let ca = test_support::TestCa::new("pool upstream");
+        let (addr, seen, close, closed) = upstream(&ca);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shared = shared(addr, ca.write_pem(dir.path()));
+        let offer = AlpnOffer {
+            h2: false,
+            http11: true,
+            h2_first: false,
+        };
+        let cu = ConnUpstream::new(shared.clone(), Listener::Https, offer);
+        let (resp, lease) = cu
+            .send(HOST, request(Method::GET, "/prime"))
+            .await
+            .expect("prime");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let mut lease = lease.expect("an HTTP/1.1 lease");
+        lease.reusable();
+        drop(lease);
+        // Let the connection's task settle idle, waiting for a request.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Upstream closes it while this (the runtime's only) thread blocks:
+        // nothing on the proxy side has seen the close yet.
+        close.send(()).expect("upstream alive");
+        closed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("upstream closed its connection");
+        std::thread::sleep(Duration::from_millis(200));
+        // One driver turn: the close is read into readiness and wakes the
+        // connection's task, but this future is polled first.
+        tokio::task::yield_now().await;
+        let result = cu.send(HOST, request(method, "/x")).await;
+        (result, seen, shared)
+    }
+
+    #[tokio::test]
+    async fn an_unsent_idempotent_request_is_retried_on_a_new_connection() {
+        let (result, seen, shared) = on_a_stale_connection(Method::GET).await;
+        let (resp, _lease) = result.expect("retried and answered");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            shared.pool.unsent.load(Ordering::Relaxed),
+            1,
+            "handed back unsent by the stale connection"
+        );
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        let requests = seen.requests.lock().expect("lock").clone();
+        assert_eq!(
+            requests,
+            [
+                (0, "GET /prime HTTP/1.1".to_owned()),
+                (1, "GET /x HTTP/1.1".to_owned())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unsent_post_is_not_retried_and_fails_closed() {
+        let (result, seen, shared) = on_a_stale_connection(Method::POST).await;
+        let err = result.err().expect("not retried: an error");
+        assert_eq!(err.blocked().status, http::StatusCode::BAD_GATEWAY);
+        assert_eq!(shared.pool.unsent.load(Ordering::Relaxed), 1);
+        // No second connection, and the POST never reached upstream.
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+        let requests = seen.requests.lock().expect("lock").clone();
+        assert_eq!(requests, [(0, "GET /prime HTTP/1.1".to_owned())]);
+    }
 }
