@@ -24,7 +24,7 @@ use proxy::enforce::{
     Catalog, EnforceConfig, Enforcement, Ledger, Scripted, ScriptedBroker, SecretStore,
 };
 use proxy::{AllowAll, Gate, Proxy, ProxyConfig, ProxyHandle};
-use receipts::{ReceiptLog, SessionStart, UnverifiedChain};
+use receipts::{LogOptions, ReceiptLog, SessionStart, UnverifiedChain};
 use rustls::ClientConfig;
 use test_support::{HttpsClient, TestCa, Upstream};
 
@@ -291,7 +291,15 @@ async fn run() {
         .unwrap();
     let receipt_key = SigningKey::generate(&mut rand::rngs::OsRng);
     let receipts_path = dir.path().join("receipts.jsonl");
-    let log = ReceiptLog::create(
+    // `ENFORCE_BENCH_GATHER_US` overrides the writer's gathering window.
+    let mut options = LogOptions::default();
+    if let Some(us) = std::env::var("ENFORCE_BENCH_GATHER_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        options.gather = Duration::from_micros(us);
+    }
+    let log = ReceiptLog::create_with(
         &receipts_path,
         receipt_key.clone(),
         SessionStart {
@@ -300,6 +308,7 @@ async fn run() {
             sandbox: "none".into(),
             capability_sha256: None,
         },
+        options,
     )
     .unwrap();
     let cap_for_parts = cap.clone();
@@ -419,6 +428,21 @@ async fn run() {
             us(w.p99),
             us(w.max),
             w.count
+        );
+    }
+
+    let c = gate.receipts().commit_stats();
+    if c.batches > 0 {
+        println!(
+            "group commit: {} receipts in {} batches (mean {:.1} per write + fdatasync), \
+             sync p50 ≤ {:.0} µs, p99 ≤ {:.0} µs, mean {:.0} µs; gathering mean {:.0} µs",
+            c.receipts,
+            c.batches,
+            c.receipts as f64 / c.batches as f64,
+            us(c.sync_quantile(0.5)),
+            us(c.sync_quantile(0.99)),
+            us(c.sync_total) / c.batches as f64,
+            us(c.gather_total) / c.batches as f64,
         );
     }
 

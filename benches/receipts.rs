@@ -101,7 +101,17 @@ fn append(c: &mut Criterion) {
             |b, &threads| {
                 b.iter_custom(|iters| {
                     (0..iters)
-                        .map(|_| append_run(threads, total, LogOptions { max_batch }, to_disk))
+                        .map(|_| {
+                            append_run(
+                                threads,
+                                total,
+                                LogOptions {
+                                    max_batch,
+                                    ..LogOptions::default()
+                                },
+                                to_disk,
+                            )
+                        })
                         .sum()
                 })
             },

@@ -27,7 +27,7 @@ pub use format::{
     DecisionRecord, Receipt, FORMAT_VERSION, GENESIS_PREV,
 };
 pub use log::{
-    AppendError, Appended, DurableSink, Entry, LogOptions, OpenLogError, PendingReceipt,
+    AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError, PendingReceipt,
     ReceiptLog, Recovered, SessionStart,
 };
 pub use verify::{

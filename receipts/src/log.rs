@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ed25519_dalek::SigningKey;
 
@@ -116,11 +116,61 @@ pub enum OpenLogError {
 pub struct LogOptions {
     /// Most receipts committed by one write + fdatasync. 1 means one fsync per receipt.
     pub max_batch: usize,
+    /// How long the writer, woken by a first receipt, waits for others
+    /// before it writes (never longer than the last sync took, so a receipt
+    /// waits at most about one commit interval more). Fewer, larger syncs
+    /// cost less CPU when many requests are in flight; zero writes at once.
+    pub gather: Duration,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { max_batch: 4096 }
+        LogOptions {
+            max_batch: 4096,
+            gather: Duration::ZERO,
+        }
+    }
+}
+
+/// What the writer has committed so far, for benchmarks and monitoring.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Batches written (one write + fdatasync each).
+    pub batches: u64,
+    /// Receipts in those batches.
+    pub receipts: u64,
+    /// Write + fdatasync time of each batch: `sync_log2_us[i]` counts
+    /// batches that took under 2^i µs (the last bucket: the rest).
+    pub sync_log2_us: [u64; 24],
+    /// Total write + fdatasync time.
+    pub sync_total: Duration,
+    /// Total time spent gathering before writes.
+    pub gather_total: Duration,
+}
+
+impl CommitStats {
+    fn record(&mut self, receipts: u64, took: Duration, gathered: Duration) {
+        self.batches += 1;
+        self.receipts += receipts;
+        self.sync_total += took;
+        self.gather_total += gathered;
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = (u64::BITS - us.leading_zeros()) as usize;
+        self.sync_log2_us[bucket.min(self.sync_log2_us.len() - 1)] += 1;
+    }
+
+    /// Upper bound of the `q` quantile (0..=1) of write + fdatasync time.
+    pub fn sync_quantile(&self, q: f64) -> Duration {
+        let total: u64 = self.sync_log2_us.iter().sum();
+        let want = (q.clamp(0.0, 1.0) * total as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, n) in self.sync_log2_us.iter().enumerate() {
+            seen += n;
+            if seen >= want.max(1) {
+                return Duration::from_micros(1 << i);
+            }
+        }
+        Duration::MAX
     }
 }
 
@@ -195,6 +245,7 @@ struct State {
     blocked: usize,
     /// Futures waiting for their seq.
     wakers: BTreeMap<u64, Waker>,
+    stats: CommitStats,
 }
 
 impl State {
@@ -285,6 +336,16 @@ impl ReceiptLog {
         key: SigningKey,
         start: SessionStart,
     ) -> Result<ReceiptLog, OpenLogError> {
+        Self::create_with(path, key, start, LogOptions::default())
+    }
+
+    /// [`ReceiptLog::create`] with writer tuning.
+    pub fn create_with(
+        path: &Path,
+        key: SigningKey,
+        start: SessionStart,
+        options: LogOptions,
+    ) -> Result<ReceiptLog, OpenLogError> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -292,7 +353,7 @@ impl ReceiptLog {
             .open(path)
             .map_err(io_err(path))?;
         sync_parent_dir(path)?;
-        Self::with_sink(file, key, start, LogOptions::default())
+        Self::with_sink(file, key, start, options)
     }
 
     /// A new chain over any sink (files, or a test sink that fails on demand).
@@ -392,15 +453,19 @@ impl ReceiptLog {
                 writer_idle: false,
                 blocked: 0,
                 wakers: BTreeMap::new(),
+                stats: CommitStats::default(),
             }),
             work: Condvar::new(),
             done: Condvar::new(),
         });
         let thread_queue = Arc::clone(&queue);
-        let max_batch = options.max_batch.max(1);
+        let options = LogOptions {
+            max_batch: options.max_batch.max(1),
+            ..options
+        };
         let handle = std::thread::Builder::new()
             .name(format!("receipts-{session}"))
-            .spawn(move || writer_loop(&thread_queue, sink, max_batch))
+            .spawn(move || writer_loop(&thread_queue, sink, options))
             .map_err(OpenLogError::Thread)?;
         Ok(ReceiptLog {
             shared: Arc::new(Shared {
@@ -418,6 +483,11 @@ impl ReceiptLog {
                 writer: Mutex::new(Some(handle)),
             }),
         })
+    }
+
+    /// Batches committed so far and how long their syncs took.
+    pub fn commit_stats(&self) -> CommitStats {
+        lock(&self.shared.queue.state).stats.clone()
     }
 
     pub fn session_id(&self) -> &str {
@@ -562,10 +632,13 @@ impl Drop for Shared {
     }
 }
 
-fn writer_loop(queue: &Queue, mut sink: impl DurableSink, max_batch: usize) {
+fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: LogOptions) {
     let mut buf = Vec::new();
+    // The last sync's duration bounds the gathering wait.
+    let mut last_sync = Duration::ZERO;
     loop {
         buf.clear();
+        let mut gathered = Duration::ZERO;
         let (first, next) = {
             let mut state = lock(&queue.state);
             while state.lens.is_empty() && !state.stopping {
@@ -579,8 +652,18 @@ fn writer_loop(queue: &Queue, mut sink: impl DurableSink, max_batch: usize) {
             if state.lens.is_empty() {
                 return;
             }
+            let gather = options.gather.min(last_sync);
+            if !gather.is_zero() && !state.stopping && state.lens.len() < options.max_batch {
+                // Let the receipts of requests already in flight join this
+                // batch: nobody needs to wake the writer for them.
+                let started = Instant::now();
+                drop(state);
+                std::thread::sleep(gather);
+                gathered = started.elapsed();
+                state = lock(&queue.state);
+            }
             let first = state.buf_seq;
-            let n = state.lens.len().min(max_batch);
+            let n = state.lens.len().min(options.max_batch);
             if n == state.lens.len() {
                 // The usual case: take everything, leave an empty buffer
                 // with capacity (the two buffers swap back and forth).
@@ -594,9 +677,12 @@ fn writer_loop(queue: &Queue, mut sink: impl DurableSink, max_batch: usize) {
             state.buf_seq = first + n as u64;
             (first, first + n as u64)
         };
+        let syncing = Instant::now();
         let result = sink.write_all(&buf).and_then(|()| sink.sync());
+        last_sync = syncing.elapsed();
         let wake: Vec<Waker> = {
             let mut state = lock(&queue.state);
+            state.stats.record(next - first, last_sync, gathered);
             match result {
                 Ok(()) => state.durable = next,
                 Err(e) => {
@@ -791,6 +877,73 @@ mod tests {
     }
 
     #[test]
+    fn gathering_lets_receipts_submitted_meanwhile_join_the_batch() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let sink = RecordingSink {
+            writes: Arc::clone(&writes),
+            fail_at: usize::MAX,
+            sync_delay: std::time::Duration::from_millis(300),
+        };
+        let options = LogOptions {
+            gather: Duration::from_millis(200),
+            ..LogOptions::default()
+        };
+        let log = ReceiptLog::with_sink(sink, key(), start(), options).expect("start");
+        // The first receipt wakes the writer, which waits (bounded by the
+        // 300 ms session_start sync) so the two submitted 20 ms later join.
+        let first = log.submit(decision(1)).expect("submit");
+        std::thread::sleep(Duration::from_millis(20));
+        let later: Vec<_> = (2..4)
+            .map(|i| log.submit(decision(i)).expect("submit"))
+            .collect();
+        first.wait().expect("durable");
+        for p in later {
+            p.wait().expect("durable");
+        }
+        let stats = log.commit_stats();
+        log.finish().expect("finish");
+        let writes = lock(&writes).clone();
+        let per_write: Vec<usize> = writes
+            .iter()
+            .map(|w| w.iter().filter(|&&b| b == b'\n').count())
+            .collect();
+        assert_eq!(
+            per_write,
+            [1, 3, 1],
+            "session_start, the three, session_end"
+        );
+        assert_eq!((stats.batches, stats.receipts), (2, 4));
+        assert!(stats.gather_total > Duration::ZERO);
+        assert!(stats.sync_quantile(1.0) >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn without_gathering_the_writer_does_not_wait_for_more() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let sink = RecordingSink {
+            writes: Arc::clone(&writes),
+            fail_at: usize::MAX,
+            sync_delay: std::time::Duration::from_millis(300),
+        };
+        let log =
+            ReceiptLog::with_sink(sink, key(), start(), LogOptions::default()).expect("start");
+        let first = log.submit(decision(1)).expect("submit");
+        // Long enough for the writer to take the first receipt alone.
+        std::thread::sleep(Duration::from_millis(100));
+        let second = log.submit(decision(2)).expect("submit");
+        first.wait().expect("durable");
+        second.wait().expect("durable");
+        let stats = log.commit_stats();
+        log.finish().expect("finish");
+        let per_write: Vec<usize> = lock(&writes)
+            .iter()
+            .map(|w| w.iter().filter(|&&b| b == b'\n').count())
+            .collect();
+        assert_eq!(per_write, [1, 1, 1, 1]);
+        assert_eq!(stats.gather_total, Duration::ZERO);
+    }
+
+    #[test]
     fn max_batch_one_writes_each_receipt_alone_and_the_default_groups_them() {
         for (max_batch, grouped) in [(1, false), (4096, true)] {
             let writes = Arc::new(Mutex::new(Vec::new()));
@@ -799,8 +952,16 @@ mod tests {
                 fail_at: usize::MAX,
                 sync_delay: std::time::Duration::from_millis(2),
             };
-            let log = ReceiptLog::with_sink(sink, key(), start(), LogOptions { max_batch })
-                .expect("start");
+            let log = ReceiptLog::with_sink(
+                sink,
+                key(),
+                start(),
+                LogOptions {
+                    max_batch,
+                    ..LogOptions::default()
+                },
+            )
+            .expect("start");
             let outcomes = hammer(&log, 8, 40);
             assert!(outcomes.iter().flatten().all(Result::is_ok));
             log.finish().expect("finish");
