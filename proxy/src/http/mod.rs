@@ -5,6 +5,7 @@
 pub(crate) mod deadline;
 pub(crate) mod forward;
 pub(crate) mod guard;
+pub(crate) mod h2watch;
 pub(crate) mod metered;
 pub(crate) mod pool;
 pub(crate) mod serve;

@@ -28,6 +28,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::{
     forward::{handle, ConnCtx},
     guard::H1Guard,
+    h2watch::{H2Limits, H2Watch, H2_MAX_FRAME},
     pool::ConnUpstream,
     BoxError, Io, ProxyBody,
 };
@@ -226,14 +227,24 @@ async fn serve_h2(ctx: Arc<ConnCtx>, io: impl Io) {
     let svc = service_fn(move |req| tracked(svc_ctx.clone(), svc_activity.clone(), req));
     // h2 answers lists over its own limit with a bare 431 that never reaches
     // us; with its limit above ours, `handle` sees them and reports them.
-    let h2_limit = limits.max_header_bytes.saturating_mul(4);
+    // Lists over h2's limit and requests h2 finds malformed are caught by the
+    // watch before h2 decodes them (the connection ends, with one event).
+    let h2_limit = u32::try_from(limits.max_header_bytes.saturating_mul(4)).unwrap_or(u32::MAX);
+    let (watched, trip) = H2Watch::new(
+        io,
+        H2Limits {
+            list: h2_limit as usize,
+            frame: H2_MAX_FRAME,
+        },
+    );
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_h2_streams)
-        .max_header_list_size(u32::try_from(h2_limit).unwrap_or(u32::MAX))
+        .max_header_list_size(h2_limit)
+        .max_frame_size(H2_MAX_FRAME as u32)
         .keep_alive_interval(Some(limits.header_timeout))
         .adaptive_window(true)
-        .serve_connection(TokioIo::new(io), svc);
+        .serve_connection(TokioIo::new(watched), svc);
     tokio::pin!(conn);
     let idle = limits.idle_timeout;
     let tick = (idle / 4).max(Duration::from_millis(10));
@@ -252,6 +263,10 @@ async fn serve_h2(ctx: Arc<ConnCtx>, io: impl Io) {
             }
         }
     };
+    let tripped = *trip.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = tripped {
+        return refuse_conn(&ctx.shared, ctx.info.clone(), t.into_error());
+    }
     if let Err(e) = result {
         tracing::debug!(conn = ctx.info.id, error = %e, "h2 connection ended");
     }
