@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench --bench authorization`. Criterion reports each path;
 //! the closing lines print p50/p99 from individually timed decisions.
+//! `AUTHZ_BENCH_LOOP=<case>:<n>` instead runs only `n` back-to-back calls of
+//! one case (a name printed below) and exits: a fixed amount of work for
+//! `perf stat -e task-clock` or `perf record`.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -145,9 +148,45 @@ fn percentiles() {
     });
 }
 
+/// `AUTHZ_BENCH_LOOP=<case>:<n>`: `n` calls of one case, nothing else.
+fn fixed_loop(spec: &str) {
+    let (name, n) = spec.split_once(':').expect("AUTHZ_BENCH_LOOP=<case>:<n>");
+    let n: u64 = n.parse().expect("iteration count");
+    let cap = seed_token();
+    let counters = Counters::default();
+    let now = minted_at() + Duration::from_secs(60);
+    let mut run: Box<dyn FnMut()> = match name {
+        "dns_allow" => Box::new(|| {
+            black_box(cap.authorize_dns(black_box("kayak.com"), now));
+        }),
+        "credential_allow" => Box::new(|| {
+            black_box(cap.credential_allowed(black_box("united_card"), "united.com", now));
+        }),
+        _ => {
+            let (_, act) = cases()
+                .into_iter()
+                .find(|(c, _)| *c == name)
+                .expect("a case name printed by the percentiles");
+            Box::new(move || {
+                black_box(cap.authorize(black_box(&act), &counters, now));
+            })
+        }
+    };
+    let start = Instant::now();
+    for _ in 0..n {
+        run();
+    }
+    let per = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!("{name}: {n} calls, {per:.2} µs wall each");
+}
+
 criterion_group!(benches, authorization);
 
 fn main() {
+    if let Ok(spec) = std::env::var("AUTHZ_BENCH_LOOP") {
+        fixed_loop(&spec);
+        return;
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     percentiles();

@@ -132,7 +132,7 @@ impl Request {
 
     /// The request's facts, added to the token's world the way biscuit's
     /// authorizer would add them (strings interned, recipients as a set).
-    fn facts(&self, world: &TokenWorld) -> RequestFacts {
+    fn facts<'w>(&self, world: &'w TokenWorld) -> RequestFacts<'w> {
         let mut f = world.request();
         let kind = f.str(self.kind);
         f.add("kind", vec![kind]);
@@ -166,11 +166,6 @@ impl Request {
         }
         f
     }
-}
-
-/// Adds what a human's yes means: only approval checks accept it.
-fn approve(facts: &mut RequestFacts) {
-    facts.add("approved", vec![Term::Bool(true)]);
 }
 
 fn money(cents: i64, currency: &str) -> String {
@@ -281,8 +276,7 @@ impl Capability {
         // Datalog only grows: adding the fact and re-running the rules
         // reaches the same world as a fresh run with it; every check is
         // evaluated again (`check all` and `reject if` can turn on more facts).
-        approve(&mut facts);
-        let second = world.failed_checks(&mut facts)?;
+        let second = world.failed_checks_approved(&mut facts, &first)?;
         match second.first() {
             None => Ok(Some((
                 Verdict::Approval,

@@ -10,7 +10,8 @@
 //! the same explicit limits. The tests compare every decision with biscuit's
 //! authorizer built from scratch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use biscuit_auth::builder::CheckKind;
@@ -36,26 +37,67 @@ pub(crate) const LIMITS: AuthorizerLimits = AuthorizerLimits {
 /// Origin of facts the authorizer (the request) adds, as biscuit numbers it.
 const AUTHORIZER: usize = usize::MAX;
 
+/// Names of the facts a request adds (`authorize.rs`), interned when the
+/// token is loaded so a request does not look them up again.
+const REQUEST_PREDICATES: [&str; 16] = [
+    "kind",
+    "method",
+    "host",
+    "path",
+    "merchant",
+    "recipients",
+    "credential",
+    "cost",
+    "spent",
+    "emails_sent",
+    "llm_spent",
+    "time",
+    "amount",
+    "currency",
+    "subject",
+    APPROVED,
+];
+
+/// Symbol tables kept for reuse, at most.
+const MAX_SPARE: usize = 64;
+
+/// The fact a human's yes adds; only approval checks read it.
+const APPROVED: &str = "approved";
+
 /// One check of one block, with the origins each of its queries trusts.
 struct LoadedCheck {
     check: Check,
     trusted: Vec<TrustedOrigins>,
+    /// Some query of this check reads `approved`.
+    reads_approved: bool,
 }
 
 /// The token's world before any request: see the module doc.
 pub(crate) struct TokenWorld {
+    /// The token's symbols plus [`REQUEST_PREDICATES`].
     symbols: SymbolTable,
+    /// Invariant: when `rules` is empty, only facts some check reads (the
+    /// others, such as the block records, can never match anything).
     facts: FactSet,
     rules: RuleSet,
     /// Per block (0 = authority), its checks in order.
     blocks: Vec<Vec<LoadedCheck>>,
+    /// Symbol ids of [`REQUEST_PREDICATES`], in order.
+    predicates: [SymbolIndex; REQUEST_PREDICATES.len()],
+    /// The origin of every request fact.
+    authorizer: Origin,
+    /// Symbol tables of finished requests, cut back to `symbols`: cloning
+    /// the token's strings per request was a large part of a decision.
+    /// Invariant: each holds exactly `symbols`' strings.
+    spare: Mutex<Vec<SymbolTable>>,
 }
 
 /// A check that failed: block index and check index within the block.
 pub(crate) type FailedCheck = (u32, u32);
 
 /// The request's side of the world: facts the authorizer adds.
-pub(crate) struct RequestFacts {
+pub(crate) struct RequestFacts<'w> {
+    token: &'w TokenWorld,
     world: World,
     symbols: SymbolTable,
 }
@@ -125,8 +167,12 @@ impl TokenWorld {
             }
         }
 
+        let mut symbols = symbols;
+        let predicates = REQUEST_PREDICATES.map(|name| symbols.insert(name));
+        let approved = predicates[REQUEST_PREDICATES.len() - 1];
+
         let mut rules = RuleSet::default();
-        let mut checks = Vec::with_capacity(blocks.len());
+        let mut checks: Vec<Vec<LoadedCheck>> = Vec::with_capacity(blocks.len());
         for (i, block) in blocks.into_iter().enumerate() {
             let block_trust = TrustedOrigins::from_scopes(
                 &block.scopes,
@@ -148,6 +194,10 @@ impl TokenWorld {
                 .checks
                 .into_iter()
                 .map(|check| LoadedCheck {
+                    reads_approved: check
+                        .queries
+                        .iter()
+                        .any(|q| q.body.iter().any(|p| p.name == approved)),
                     trusted: check
                         .queries
                         .iter()
@@ -160,30 +210,97 @@ impl TokenWorld {
                 .collect();
             checks.push(loaded);
         }
+        let facts = if rules.inner.is_empty() {
+            // Without rules nothing is derived (and the fact ceiling is
+            // never consulted), so a fact whose predicate no check reads
+            // cannot change any outcome: leave it out of every request.
+            let read: HashSet<SymbolIndex> = checks
+                .iter()
+                .flatten()
+                .flat_map(|l| &l.check.queries)
+                .flat_map(|q| &q.body)
+                .map(|p| p.name)
+                .collect();
+            let mut kept = FactSet::default();
+            kept.extend(
+                facts
+                    .into_iter()
+                    .filter(|(_, f)| read.contains(&f.predicate.name)),
+            );
+            kept
+        } else {
+            facts
+        };
+        let mut authorizer = Origin::default();
+        authorizer.insert(AUTHORIZER);
         Ok(TokenWorld {
             symbols,
             facts,
             rules,
             blocks: checks,
+            predicates,
+            authorizer,
+            spare: Mutex::new(Vec::new()),
         })
     }
 
     /// A fresh request world: the token's facts and rules, nothing else yet.
-    pub(crate) fn request(&self) -> RequestFacts {
+    pub(crate) fn request(&self) -> RequestFacts<'_> {
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         RequestFacts {
+            token: self,
             world: World {
                 facts: self.facts.clone(),
                 rules: self.rules.clone(),
                 iterations: 0,
                 extern_funcs: HashMap::new(),
             },
-            symbols: self.symbols.clone(),
+            symbols: spare.unwrap_or_else(|| self.symbols.clone()),
         }
     }
 
     /// Runs the rules, then every block's checks, the way biscuit's
     /// authorizer does; returns the failed checks in block order.
     pub(crate) fn failed_checks(&self, req: &mut RequestFacts) -> Result<Vec<FailedCheck>, String> {
+        self.run_checks(req, |_| true, Vec::new())
+    }
+
+    /// Adds `approved(true)` to a request whose checks already ran (and
+    /// failed `first`), and returns the failed checks as a fresh run with
+    /// that fact would. Without rules nothing is derived from `approved`,
+    /// and a check whose queries do not read it matches exactly the facts it
+    /// matched before: only the checks reading it run again.
+    pub(crate) fn failed_checks_approved(
+        &self,
+        req: &mut RequestFacts,
+        first: &[FailedCheck],
+    ) -> Result<Vec<FailedCheck>, String> {
+        req.add(APPROVED, vec![Term::Bool(true)]);
+        if !self.rules.inner.is_empty() {
+            return self.failed_checks(req);
+        }
+        let kept = first
+            .iter()
+            .copied()
+            .filter(|&(b, c)| !self.blocks[b as usize][c as usize].reads_approved)
+            .collect();
+        let mut failed = self.run_checks(req, |l| l.reads_approved, kept)?;
+        failed.sort_unstable();
+        Ok(failed)
+    }
+
+    /// Runs the rules and the checks `which` selects, adding failures to
+    /// `failed` in block order.
+    fn run_checks(
+        &self,
+        req: &mut RequestFacts,
+        which: impl Fn(&LoadedCheck) -> bool,
+        mut failed: Vec<FailedCheck>,
+    ) -> Result<Vec<FailedCheck>, String> {
         let deadline = Instant::now() + LIMITS.max_time;
         req.world
             .run_with_limits(&req.symbols, LIMITS)
@@ -191,9 +308,11 @@ impl TokenWorld {
         let facts = &req.world.facts;
         let funcs = &req.world.extern_funcs;
         let symbols = &req.symbols;
-        let mut failed = Vec::new();
         for (b, checks) in self.blocks.iter().enumerate() {
             for (c, loaded) in checks.iter().enumerate() {
+                if !which(loaded) {
+                    continue;
+                }
                 let mut passed = false;
                 for (query, trust) in loaded.check.queries.iter().zip(&loaded.trusted) {
                     let matched = match loaded.check.kind {
@@ -230,7 +349,7 @@ impl TokenWorld {
     }
 }
 
-impl RequestFacts {
+impl RequestFacts<'_> {
     /// Interns a string the request carries.
     pub(crate) fn str(&mut self, s: &str) -> Term {
         Term::Str(self.symbols.insert(s))
@@ -238,15 +357,38 @@ impl RequestFacts {
 
     /// Adds `name(terms…)` as a fact of the authorizer.
     pub(crate) fn add(&mut self, name: &str, terms: Vec<Term>) {
-        let name: SymbolIndex = self.symbols.insert(name);
-        let mut authorizer = Origin::default();
-        authorizer.insert(AUTHORIZER);
+        let token = self.token;
+        let name: SymbolIndex = match REQUEST_PREDICATES.iter().position(|p| *p == name) {
+            Some(i) => token.predicates[i],
+            None => self.symbols.insert(name),
+        };
         self.world.facts.insert(
-            &authorizer,
+            &token.authorizer,
             Fact {
                 predicate: biscuit_auth::datalog::Predicate { name, terms },
             },
         );
+    }
+}
+
+impl Drop for RequestFacts<'_> {
+    /// Gives the symbol table back, cut to the token's own strings.
+    fn drop(&mut self) {
+        let base = self.token.symbols.current_offset();
+        let mut symbols = std::mem::replace(&mut self.symbols, SymbolTable::new());
+        if symbols.current_offset() < base {
+            return;
+        }
+        drop(symbols.split_at(base));
+        let mut spare = self
+            .token
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // One per request in flight at once; more is never needed again.
+        if spare.len() < MAX_SPARE {
+            spare.push(symbols);
+        }
     }
 }
 
@@ -395,7 +537,26 @@ mod tests {
             signer.public()
         );
         let third = append(third, &trusting);
-        vec![minted, narrowed, llm, opaque, third]
+        // A rule derived from `approved` (the approval re-run must then run
+        // everything again), and a check reading the block record (which
+        // must then be kept although records are otherwise left out).
+        let approving = append(
+            llm.clone(),
+            "yes(true) <- approved(true);\ncheck if yes(true) or kind(\"web\");",
+        );
+        let reads_record = append(
+            narrowed.clone(),
+            "check if openclaw_policy($r) or kind(\"dns\");",
+        );
+        vec![
+            minted,
+            narrowed,
+            llm,
+            opaque,
+            third,
+            approving,
+            reads_record,
+        ]
     }
 
     fn arb_facts() -> impl Strategy<Value = Facts> {
@@ -506,6 +667,67 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// The approval re-run (only the checks reading `approved`, unless
+        /// rules exist) fails exactly what biscuit fails with the fact added.
+        #[test]
+        fn approval_rerun_decides_like_biscuit(requests in proptest::collection::vec(arb_facts(), 4)) {
+            for token in tokens() {
+                let world = TokenWorld::load(&token).expect("load");
+                for facts in &requests {
+                    let mut facts = facts.clone();
+                    facts.retain(|(name, _)| *name != APPROVED);
+                    let mut req = world.request();
+                    for (name, terms) in &facts {
+                        let terms = terms.iter().map(|t| t.convert(&mut req.symbols)).collect();
+                        req.add(name, terms);
+                    }
+                    let rerun = world
+                        .failed_checks(&mut req)
+                        .and_then(|first| world.failed_checks_approved(&mut req, &first))
+                        .map(|failed| {
+                            failed
+                                .into_iter()
+                                .map(|f| (f.0, f.1, world.check_source(f)))
+                                .collect::<Vec<_>>()
+                        });
+                    facts.push((APPROVED, vec![BTerm::Bool(true)]));
+                    prop_assert_eq!(rerun, reference(&token, &facts), "{:?}", facts);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn records_are_left_out_only_when_nothing_reads_them() {
+        let tokens = tokens();
+        let ours = TokenWorld::load(&tokens[0]).expect("load");
+        assert!(
+            ours.facts.is_empty(),
+            "no check of ours reads a fact of the token"
+        );
+        let world = TokenWorld::load(&tokens[6]).expect("load");
+        assert_eq!(world.facts.len(), 2, "a check reads the block records");
+    }
+
+    #[test]
+    fn spare_symbol_tables_hold_only_the_tokens_strings() {
+        let world = TokenWorld::load(&tokens()[1]).expect("load");
+        let base = world.symbols.current_offset();
+        let first_new = Term::Str((1024 + base) as SymbolIndex);
+        let mut req = world.request();
+        assert_eq!(req.str("a string no token has"), first_new);
+        assert_eq!(req.symbols.current_offset(), base + 1);
+        drop(req);
+        assert_eq!(world.spare.lock().expect("lock").len(), 1);
+        let mut req = world.request();
+        assert_eq!(req.symbols.current_offset(), base);
+        assert_eq!(req.str("another new string"), first_new);
+        assert_eq!(req.symbols.get("a string no token has"), None);
     }
 
     #[test]
