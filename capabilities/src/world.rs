@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use biscuit_auth::builder::CheckKind;
 use biscuit_auth::datalog::{
-    Check, Fact, FactSet, Origin, RuleSet, SymbolIndex, SymbolTable, Term, TrustedOrigins, World,
+    match_preds, Check, Fact, FactSet, Origin, Rule, RuleSet, SymbolIndex, SymbolTable, Term,
+    TrustedOrigins, World,
 };
 use biscuit_auth::error::{Execution, RunLimit, Token};
 use biscuit_auth::format::convert::{
@@ -84,6 +85,9 @@ pub(crate) struct TokenWorld {
     blocks: Vec<Vec<LoadedCheck>>,
     /// Symbol ids of [`REQUEST_PREDICATES`], in order.
     predicates: [SymbolIndex; REQUEST_PREDICATES.len()],
+    /// Per [`REQUEST_PREDICATES`] entry: false when the token has no rules
+    /// and no check reads it, so a request need not add it.
+    needed: [bool; REQUEST_PREDICATES.len()],
     /// The origin of every request fact.
     authorizer: Origin,
     /// Symbol tables of finished requests, cut back to `symbols`: cloning
@@ -210,17 +214,11 @@ impl TokenWorld {
                 .collect();
             checks.push(loaded);
         }
+        let read = read(&checks);
         let facts = if rules.inner.is_empty() {
             // Without rules nothing is derived (and the fact ceiling is
             // never consulted), so a fact whose predicate no check reads
             // cannot change any outcome: leave it out of every request.
-            let read: HashSet<SymbolIndex> = checks
-                .iter()
-                .flatten()
-                .flat_map(|l| &l.check.queries)
-                .flat_map(|q| &q.body)
-                .map(|p| p.name)
-                .collect();
             let mut kept = FactSet::default();
             kept.extend(
                 facts
@@ -231,6 +229,7 @@ impl TokenWorld {
         } else {
             facts
         };
+        let needed = predicates.map(|name| !rules.inner.is_empty() || read.contains(&name));
         let mut authorizer = Origin::default();
         authorizer.insert(AUTHORIZER);
         Ok(TokenWorld {
@@ -239,6 +238,7 @@ impl TokenWorld {
             rules,
             blocks: checks,
             predicates,
+            needed,
             authorizer,
             spare: Mutex::new(Vec::new()),
         })
@@ -316,6 +316,10 @@ impl TokenWorld {
                 let mut passed = false;
                 for (query, trust) in loaded.check.queries.iter().zip(&loaded.trusted) {
                     let matched = match loaded.check.kind {
+                        // Nothing to bind: biscuit would find no match either.
+                        _ if !may_match(query, facts) => {
+                            Ok(matches!(loaded.check.kind, CheckKind::Reject))
+                        }
                         CheckKind::One => query.find_match(facts, b, trust, symbols, funcs),
                         CheckKind::All => query.check_match_all(facts, trust, symbols, funcs),
                         CheckKind::Reject => query
@@ -349,6 +353,29 @@ impl TokenWorld {
     }
 }
 
+/// Names of the predicates some check reads.
+fn read(checks: &[Vec<LoadedCheck>]) -> HashSet<SymbolIndex> {
+    checks
+        .iter()
+        .flatten()
+        .flat_map(|l| &l.check.queries)
+        .flat_map(|q| &q.body)
+        .map(|p| p.name)
+        .collect()
+}
+
+/// False when some predicate of `query`'s body has no fact it could bind
+/// (by biscuit's own test, over every origin): then biscuit finds no
+/// match, evaluates no expression and so cannot fail, and `check all`
+/// fails for want of a match. Saves building its matcher for the branches
+/// of other grants.
+fn may_match(query: &Rule, facts: &FactSet) -> bool {
+    query
+        .body
+        .iter()
+        .all(|p| facts.iter_all().any(|(_, f)| match_preds(p, &f.predicate)))
+}
+
 impl RequestFacts<'_> {
     /// Interns a string the request carries.
     pub(crate) fn str(&mut self, s: &str) -> Term {
@@ -359,6 +386,7 @@ impl RequestFacts<'_> {
     pub(crate) fn add(&mut self, name: &str, terms: Vec<Term>) {
         let token = self.token;
         let name: SymbolIndex = match REQUEST_PREDICATES.iter().position(|p| *p == name) {
+            Some(i) if !token.needed[i] => return,
             Some(i) => token.predicates[i],
             None => self.symbols.insert(name),
         };
@@ -710,6 +738,17 @@ mod tests {
             ours.facts.is_empty(),
             "no check of ours reads a fact of the token"
         );
+        // The seed grants no LLM: no check reads the cost, a request does not add it.
+        let mut req = ours.request();
+        req.add("cost", vec![Term::Integer(5)]);
+        assert!(req.world.facts.is_empty());
+        req.add("kind", vec![Term::Integer(5)]);
+        assert_eq!(req.world.facts.len(), 1);
+        // With a rule, every request fact is kept (a rule may read any).
+        let ruled = TokenWorld::load(&tokens[5]).expect("load");
+        let mut req = ruled.request();
+        req.add("cost", vec![Term::Integer(5)]);
+        assert_eq!(req.world.facts.len(), ruled.facts.len() + 1);
         let world = TokenWorld::load(&tokens[6]).expect("load");
         assert_eq!(world.facts.len(), 2, "a check reads the block records");
     }
