@@ -59,6 +59,9 @@ fn cases() -> Vec<(&'static str, Action)> {
         "google.com",
         "/travel/flights/search?from=SFO",
     );
+    // What benches/enforce.rs sends: a whole-host grant, after the two
+    // google.com path-prefix branches fail.
+    let kayak = action(ActionType::Web, "GET", "kayak.com", "/hello");
     let slack = action(ActionType::Web, "POST", "hooks.slack.com", "/services/T024");
     let purchase = Action {
         amount_cents: Some(48_700),
@@ -79,6 +82,7 @@ fn cases() -> Vec<(&'static str, Action)> {
     };
     vec![
         ("web_allow", search),
+        ("web_allow_host", kayak),
         ("web_block", slack),
         ("payment_approval", purchase),
         ("email_allow", mail),

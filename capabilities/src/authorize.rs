@@ -3,6 +3,7 @@
 //! every block's checks run under explicit limits, and the outcome (or any
 //! error) becomes a [`Decision`]. Fail closed.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,18 +15,20 @@ use crate::token::Capability;
 use crate::world::{FailedCheck, RequestFacts, TokenWorld};
 use crate::{Action, ActionType, Counters, Decision, Verdict};
 
-/// The facts of one request, normalized the way policies are.
-struct Request {
+/// The facts of one request, normalized the way policies are (borrowed
+/// from the action where normalizing changes nothing).
+struct Request<'a> {
     kind: &'static str,
-    method: String,
+    method: Cow<'a, str>,
     host: String,
-    path: String,
+    path: &'a str,
     amount: Option<i64>,
     currency: Option<String>,
-    merchant: String,
+    /// `None`: the host.
+    merchant: Option<String>,
     recipients: BTreeSet<String>,
     subject: Option<String>,
-    credential: String,
+    credential: Cow<'a, str>,
     cost: i64,
     spent: i64,
     emails_sent: i64,
@@ -49,21 +52,46 @@ fn value(v: u64, what: &str) -> Result<i64, String> {
     i64::try_from(v).map_err(|_| format!("{what} {v} is out of range"))
 }
 
+/// Does `text` contain `needle` (lowercase ASCII), ignoring ASCII case?
+fn contains_ignore_case(text: &str, needle: &str) -> bool {
+    text.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Is `seg` `.` or `..`, each dot possibly written `%2e` (any case)? The
+/// same as lowercasing it, replacing `%2e` by `.` and comparing, without
+/// allocating: the result is all dots only if the segment is made of
+/// nothing but `.` and `%2e`.
+fn is_dot_segment(seg: &str) -> bool {
+    let mut rest = seg.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
 /// Refuses paths whose meaning upstream could differ from their text.
 fn check_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err(format!("path {path:?} does not start with /"));
     }
     let plain = path.split(['?', '#']).next().unwrap_or(path);
-    let lower = plain.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+    if contains_ignore_case(plain, "%2f")
+        || contains_ignore_case(plain, "%5c")
+        || plain.contains('\\')
+    {
         return Err("path contains an encoded slash or backslash".to_owned());
     }
-    let dotty = lower.split('/').any(|seg| {
-        let seg = seg.replace("%2e", ".");
-        seg == "." || seg == ".."
-    });
-    if dotty {
+    if plain.split('/').any(is_dot_segment) {
         return Err("path contains a dot segment".to_owned());
     }
     if path.chars().any(char::is_control) {
@@ -72,14 +100,21 @@ fn check_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-impl Request {
-    fn from_action(a: &Action, c: &Counters, now: SystemTime) -> Result<Request, String> {
+/// `s` trimmed and uppercased, borrowed when it already is.
+fn upper_trimmed(s: &str) -> Cow<'_, str> {
+    let t = s.trim();
+    if t.bytes().any(|b| b.is_ascii_lowercase()) {
+        Cow::Owned(t.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(t)
+    }
+}
+
+impl<'a> Request<'a> {
+    fn from_action(a: &'a Action, c: &Counters, now: SystemTime) -> Result<Request<'a>, String> {
         let host = request_host(&a.host)?;
         check_path(&a.path)?;
-        let merchant = match &a.merchant {
-            Some(m) => request_host(m)?,
-            None => host.clone(),
-        };
+        let merchant = a.merchant.as_deref().map(request_host).transpose()?;
         if a.kind == ActionType::Payment && a.amount_cents.is_none() {
             return Err("payment without an amount".to_owned());
         }
@@ -88,9 +123,9 @@ impl Request {
         }
         Ok(Request {
             kind: kind_name(a.kind),
-            method: a.method.trim().to_ascii_uppercase(),
+            method: upper_trimmed(&a.method),
             host,
-            path: a.path.clone(),
+            path: &a.path,
             amount: a.amount_cents.map(|v| value(v, "amount")).transpose()?,
             currency: a.currency.as_ref().map(|c| c.trim().to_ascii_uppercase()),
             merchant,
@@ -100,7 +135,7 @@ impl Request {
                 .map(|r| normalize_recipient(r))
                 .collect(),
             subject: a.subject.as_ref().map(|s| s.to_lowercase()),
-            credential: a.credential.clone().unwrap_or_default(),
+            credential: Cow::Borrowed(a.credential.as_deref().unwrap_or_default()),
             cost: value(a.cost_micro_usd.unwrap_or(0), "cost")?,
             spent: value(c.spent_cents, "spent_cents")?,
             emails_sent: value(c.emails_sent, "emails_sent")?,
@@ -109,19 +144,28 @@ impl Request {
         })
     }
 
+    fn merchant(&self) -> &str {
+        self.merchant.as_deref().unwrap_or(&self.host)
+    }
+
     /// A pseudo-request that only names a host (`dns`) or a credential use.
-    fn pseudo(kind: &'static str, host: String, credential: String, now: SystemTime) -> Request {
+    fn pseudo(
+        kind: &'static str,
+        host: String,
+        credential: &'a str,
+        now: SystemTime,
+    ) -> Request<'a> {
         Request {
             kind,
-            method: String::new(),
+            method: Cow::Borrowed(""),
             host,
-            path: "/".to_owned(),
+            path: "/",
             amount: None,
             currency: None,
-            merchant: String::new(),
+            merchant: Some(String::new()),
             recipients: BTreeSet::new(),
             subject: None,
-            credential,
+            credential: Cow::Borrowed(credential),
             cost: 0,
             spent: 0,
             emails_sent: 0,
@@ -140,9 +184,9 @@ impl Request {
         f.add("method", vec![method]);
         let host = f.str(&self.host);
         f.add("host", vec![host]);
-        let path = f.str(&self.path);
+        let path = f.str(self.path);
         f.add("path", vec![path]);
-        let merchant = f.str(&self.merchant);
+        let merchant = f.str(self.merchant());
         f.add("merchant", vec![merchant]);
         let recipients = self.recipients.iter().map(|r| f.str(r)).collect();
         f.add("recipients", vec![Term::Set(recipients)]);
@@ -203,7 +247,7 @@ impl Capability {
                 return self.decision(Verdict::Block, format!("malformed name {name:?}"), None)
             }
         };
-        let req = Request::pseudo("dns", host.clone(), String::new(), now);
+        let req = Request::pseudo("dns", host.clone(), "", now);
         match self.run_pseudo(&req) {
             Ok(()) => self.decision(Verdict::Allow, format!("{host} is named by a grant"), None),
             Err(reason) => self.decision(Verdict::Block, reason, None),
@@ -218,7 +262,7 @@ impl Capability {
         let Ok(host) = request_host(host) else {
             return false;
         };
-        let req = Request::pseudo("credential", host, credential.trim().to_owned(), now);
+        let req = Request::pseudo("credential", host, credential.trim(), now);
         self.run_pseudo(&req).is_ok()
     }
 
@@ -390,7 +434,7 @@ fn describe(r: &Request) -> String {
                 r.currency.as_deref().unwrap_or("USD")
             ),
             r.currency.as_deref().unwrap_or("(no currency)"),
-            r.merchant
+            r.merchant()
         ),
         "email" => {
             let to: Vec<&str> = r.recipients.iter().map(String::as_str).collect();
@@ -405,5 +449,62 @@ fn describe(r: &Request) -> String {
             format!("{} at {} with {}", r.kind, r.host, r.credential)
         }
         _ => format!("{} {}{}", r.method, r.host, r.path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The path check as first written (lowercase copy, `%2e` replaced per
+    /// segment): the allocation-free one must refuse exactly the same paths.
+    fn check_path_by_copying(path: &str) -> Result<(), String> {
+        if !path.starts_with('/') {
+            return Err(format!("path {path:?} does not start with /"));
+        }
+        let plain = path.split(['?', '#']).next().unwrap_or(path);
+        let lower = plain.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") || lower.contains('\\') {
+            return Err("path contains an encoded slash or backslash".to_owned());
+        }
+        let dotty = lower.split('/').any(|seg| {
+            let seg = seg.replace("%2e", ".");
+            seg == "." || seg == ".."
+        });
+        if dotty {
+            return Err("path contains a dot segment".to_owned());
+        }
+        if path.chars().any(char::is_control) {
+            return Err("path contains control characters".to_owned());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        #[test]
+        fn path_check_refuses_what_the_copying_check_refused(
+            path in "/?((\\.|%|2|e|E|f|F|5|c|C|/|\\\\|\\?|#|a|\u{7f}|é){0,12})",
+        ) {
+            prop_assert_eq!(check_path(&path), check_path_by_copying(&path), "{:?}", path);
+        }
+
+        #[test]
+        fn methods_uppercase_as_before(method in "[ \tgGeEtTpP\u{e9}]{0,6}") {
+            prop_assert_eq!(upper_trimmed(&method), method.trim().to_ascii_uppercase());
+        }
+    }
+
+    #[test]
+    fn dot_segments_in_every_spelling_are_refused() {
+        for p in ["/a/./b", "/a/../b", "/%2e/x", "/%2E%2e", "/.%2E/", "/a/.."] {
+            assert!(check_path(p).is_err(), "{p}");
+        }
+        for p in ["/a/.../b", "/%2e%2e%2e", "/.x", "/%2ex", "/a?/../b"] {
+            assert_eq!(check_path(p), Ok(()), "{p}");
+        }
     }
 }
