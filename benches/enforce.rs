@@ -10,7 +10,6 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::Stdio,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -26,7 +25,7 @@ use proxy::enforce::{
 use proxy::{AllowAll, Gate, Proxy, ProxyConfig, ProxyHandle};
 use receipts::{LogOptions, ReceiptLog, SessionStart, UnverifiedChain};
 use rustls::ClientConfig;
-use test_support::{HttpsClient, TestCa, Upstream};
+use test_support::{HttpsClient, Mitmdump, TestCa, Upstream};
 
 /// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
 #[global_allocator]
@@ -131,44 +130,6 @@ async fn start_proxy(upstream: &Upstream, ca_file: &Path, gate: Arc<dyn Gate>) -
     cfg.upstream.extra_ca_files = vec![ca_file.to_owned()];
     cfg.upstream.overrides.insert(HOST.into(), upstream.addr);
     Proxy::start(cfg, gate).await.unwrap()
-}
-
-async fn start_mitmdump(
-    upstream: SocketAddr,
-    dir: &Path,
-) -> Option<(tokio::process::Child, Target)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = tokio::process::Command::new("mitmdump")
-        .args(["--mode", &format!("reverse:https://{upstream}")])
-        .args([
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            &port.to_string(),
-        ])
-        .args(["--ssl-insecure", "-q", "--set", "flow_detail=0"])
-        .args(["--set", "termlog_verbosity=error"])
-        .args(["--set", &format!("confdir={}", dir.display())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .ok()?;
-    let ca = dir.join("mitmproxy-ca-cert.pem");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..200 {
-        if ca.exists() && tokio::net::TcpStream::connect(addr).await.is_ok() {
-            let ca_pem = std::fs::read_to_string(&ca).ok()?;
-            let name = "mitmdump";
-            return Some((child, Target { name, addr, ca_pem }));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
 }
 
 /// What one enforced request costs, piece by piece, on this machine.
@@ -335,7 +296,7 @@ async fn run() {
             .is_none_or(|o| o.split(',').any(|w| w == name))
     };
     let mitm = if wanted("mitmdump") {
-        start_mitmdump(upstream.addr, mitm_dir.path()).await
+        Mitmdump::start(upstream.addr, mitm_dir.path()).await
     } else {
         None
     };
@@ -357,7 +318,11 @@ async fn run() {
         },
     ];
     match &mitm {
-        Some((_, t)) => targets.push(t.clone()),
+        Some(m) => targets.push(Target {
+            name: "mitmdump",
+            addr: m.addr,
+            ca_pem: m.ca_pem.clone(),
+        }),
         None if wanted("mitmdump") => {
             println!("mitmdump: not found or did not start; reference skipped")
         }
@@ -459,8 +424,8 @@ async fn run() {
         started.elapsed().as_secs_f64() * 1e3
     );
     assert_eq!(decisions as u64, enforced_requests);
-    if let Some((mut child, _)) = mitm {
-        let _ = child.kill().await;
+    if let Some(m) = mitm {
+        m.stop().await;
     }
     permissive.shutdown().await;
     enforcing.shutdown().await;

@@ -6,8 +6,6 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Stdio,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -17,7 +15,7 @@ use std::{
 
 use proxy::{AllowAll, Proxy, ProxyConfig, SessionCa};
 use rustls::{client::Resumption, ClientConfig};
-use test_support::{HttpsClient, TestCa, Upstream};
+use test_support::{HttpsClient, Mitmdump, TestCa, Upstream};
 
 /// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
 #[global_allocator]
@@ -121,57 +119,6 @@ async fn latency(t: &Target, alpn: &'static [u8]) -> (Duration, Duration) {
     (v[v.len() / 2], v[v.len() * 99 / 100])
 }
 
-struct Mitm {
-    child: tokio::process::Child,
-    target: Target,
-}
-
-async fn start_mitmdump(upstream: SocketAddr, dir: &Path) -> Option<Mitm> {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
-        l.local_addr().ok()?.port()
-    };
-    let child = tokio::process::Command::new("mitmdump")
-        .args(["--mode", &format!("reverse:https://{upstream}")])
-        .args([
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            &port.to_string(),
-        ])
-        .args([
-            "--ssl-insecure",
-            "-q",
-            "--set",
-            "flow_detail=0",
-            "--set",
-            "termlog_verbosity=error",
-        ])
-        .args(["--set", &format!("confdir={}", dir.display())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .ok()?;
-    let ca: PathBuf = dir.join("mitmproxy-ca-cert.pem");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..200 {
-        if ca.exists() && tokio::net::TcpStream::connect(addr).await.is_ok() {
-            let ca_pem = std::fs::read_to_string(&ca).ok()?;
-            return Some(Mitm {
-                child,
-                target: Target {
-                    name: "mitmdump",
-                    addr,
-                    ca_pem,
-                },
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
-}
-
 fn leaf_minting() {
     let ca = SessionCa::generate("bench").unwrap();
     let n = 200;
@@ -225,7 +172,7 @@ async fn run() {
         ca_pem: handle.ca_pem().to_owned(),
     };
     let mitm_dir = tempfile::tempdir().unwrap();
-    let mitm = start_mitmdump(upstream.addr, mitm_dir.path()).await;
+    let mitm = Mitmdump::start(upstream.addr, mitm_dir.path()).await;
     if mitm.is_none() {
         println!("mitmdump: not found or did not start; reference skipped (pip install mitmproxy)");
     }
@@ -246,7 +193,11 @@ async fn run() {
     }
     let mut targets = vec![direct, ours];
     if let Some(m) = &mitm {
-        targets.push(m.target.clone());
+        targets.push(Target {
+            name: "mitmdump",
+            addr: m.addr,
+            ca_pem: m.ca_pem.clone(),
+        });
     }
     println!(
         "\n{:<10} {:>14} {:>14} {:>14} {:>22} {:>22}",
@@ -302,8 +253,8 @@ async fn run() {
     }
     let stats = handle.stats();
     println!("proxy stats: {stats:?}");
-    if let Some(mut m) = mitm {
-        let _ = m.child.kill().await;
+    if let Some(m) = mitm {
+        m.stop().await;
     }
     handle.shutdown().await;
 }

@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used)] // test support: panicking on setup failure is the point
 
 mod https_client;
+mod mitm;
 pub use https_client::HttpsClient;
+pub use mitm::Mitmdump;
 
 use std::{
     convert::Infallible,
