@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use biscuit_auth::builder::CheckKind;
 use biscuit_auth::datalog::{
-    match_preds, Check, Fact, FactSet, Origin, Rule, RuleSet, SymbolIndex, SymbolTable, Term,
-    TrustedOrigins, World,
+    match_preds, Check, ExternFunc, Fact, FactSet, Origin, Rule, RuleSet, SymbolIndex, SymbolTable,
+    TemporarySymbolTable, Term, TrustedOrigins, World,
 };
-use biscuit_auth::error::{Execution, RunLimit, Token};
+use biscuit_auth::error::{Execution, Expression as ExpressionError, RunLimit, Token};
 use biscuit_auth::format::convert::{
     proto_fact_to_token_fact, proto_snapshot_block_to_token_block,
 };
@@ -315,23 +315,36 @@ impl TokenWorld {
                 }
                 let mut passed = false;
                 for (query, trust) in loaded.check.queries.iter().zip(&loaded.trusted) {
-                    // Nothing to bind: biscuit would find no match either
-                    // (and this took no time worth a clock read).
-                    let matched = if !may_match(query, facts) {
-                        matches!(loaded.check.kind, CheckKind::Reject)
-                    } else {
-                        let matched = match loaded.check.kind {
-                            CheckKind::One => query.find_match(facts, b, trust, symbols, funcs),
-                            CheckKind::All => query.check_match_all(facts, trust, symbols, funcs),
-                            CheckKind::Reject => query
-                                .find_match(facts, b, trust, symbols, funcs)
-                                .map(|m| !m),
+                    let matched = match bindings(query, facts, trust) {
+                        // Nothing to bind: biscuit would find no match either
+                        // (and this took no time worth a clock read).
+                        Bindings::None => matches!(loaded.check.kind, CheckKind::Reject),
+                        Bindings::One(values) => {
+                            let holds =
+                                holds(query, &values, symbols, funcs).map_err(token_error)?;
+                            if Instant::now() >= deadline {
+                                return Err(token_error(Execution::RunLimit(RunLimit::Timeout)));
+                            }
+                            // One binding: `check if` and `check all` hold
+                            // exactly when its expressions do.
+                            holds != matches!(loaded.check.kind, CheckKind::Reject)
                         }
-                        .map_err(token_error)?;
-                        if Instant::now() >= deadline {
-                            return Err(token_error(Execution::RunLimit(RunLimit::Timeout)));
+                        Bindings::Many => {
+                            let matched = match loaded.check.kind {
+                                CheckKind::One => query.find_match(facts, b, trust, symbols, funcs),
+                                CheckKind::All => {
+                                    query.check_match_all(facts, trust, symbols, funcs)
+                                }
+                                CheckKind::Reject => query
+                                    .find_match(facts, b, trust, symbols, funcs)
+                                    .map(|m| !m),
+                            }
+                            .map_err(token_error)?;
+                            if Instant::now() >= deadline {
+                                return Err(token_error(Execution::RunLimit(RunLimit::Timeout)));
+                            }
+                            matched
                         }
-                        matched
                     };
                     if matched {
                         passed = true;
@@ -367,16 +380,70 @@ fn read(checks: &[Vec<LoadedCheck>]) -> HashSet<SymbolIndex> {
         .collect()
 }
 
-/// False when some predicate of `query`'s body has no fact it could bind
-/// (by biscuit's own test, over every origin): then biscuit finds no
-/// match, evaluates no expression and so cannot fail, and `check all`
-/// fails for want of a match. Saves building its matcher for the branches
-/// of other grants.
-fn may_match(query: &Rule, facts: &FactSet) -> bool {
-    query
-        .body
-        .iter()
-        .all(|p| facts.iter_all().any(|(_, f)| match_preds(p, &f.predicate)))
+/// How the body of a query can bind its variables to the facts it trusts.
+enum Bindings {
+    /// Not at all: biscuit finds no match, evaluates no expression (so
+    /// cannot fail), and `check all` fails for want of a match.
+    None,
+    /// In exactly one way: biscuit's matcher would produce this one set of
+    /// variables and evaluate the expressions on it, nothing else.
+    One(HashMap<u32, Term>),
+    /// Some predicate has several candidate facts: left to biscuit.
+    Many,
+}
+
+/// Enumerates candidates the way biscuit's matcher does (the trusted facts
+/// passing `match_preds`, each predicate's variables bound consistently),
+/// but stops at the question whether there are none, one or more. Each
+/// request fact is unique per predicate, so nearly every query of ours has
+/// one binding, and building biscuit's nested matcher for it (boxed
+/// iterators, a variable map per level) was most of a decision's cost.
+fn bindings(query: &Rule, facts: &FactSet, trust: &TrustedOrigins) -> Bindings {
+    let mut values = HashMap::new();
+    for p in &query.body {
+        let mut candidates = facts
+            .iterator(trust)
+            .filter(|(_, f)| match_preds(p, &f.predicate));
+        let Some((_, fact)) = candidates.next() else {
+            return Bindings::None;
+        };
+        if candidates.next().is_some() {
+            return Bindings::Many;
+        }
+        for (term, value) in p.terms.iter().zip(&fact.predicate.terms) {
+            if let Term::Variable(v) = term {
+                match values.get(v) {
+                    // Every combination uses this one fact: none binds.
+                    Some(bound) if bound != value => return Bindings::None,
+                    Some(_) => {}
+                    None => {
+                        values.insert(*v, value.clone());
+                    }
+                }
+            }
+        }
+    }
+    Bindings::One(values)
+}
+
+/// Evaluates `query`'s expressions on one binding, as biscuit does for
+/// each match: all must be `true`; a non-boolean is an error.
+fn holds(
+    query: &Rule,
+    values: &HashMap<u32, Term>,
+    symbols: &SymbolTable,
+    funcs: &HashMap<String, ExternFunc>,
+) -> Result<bool, Execution> {
+    let mut temporary = TemporarySymbolTable::new(symbols);
+    for e in &query.expressions {
+        match e.evaluate(values, &mut temporary, funcs) {
+            Ok(Term::Bool(true)) => {}
+            Ok(Term::Bool(false)) => return Ok(false),
+            Ok(_) => return Err(Execution::Expression(ExpressionError::InvalidType)),
+            Err(e) => return Err(Execution::Expression(e)),
+        }
+    }
+    Ok(true)
 }
 
 impl RequestFacts<'_> {
@@ -579,6 +646,22 @@ mod tests {
             narrowed.clone(),
             "check if openclaw_policy($r) or kind(\"dns\");",
         );
+        // Several candidate facts for one predicate (left to biscuit's
+        // matcher), and a variable two predicates must agree on.
+        let several = append(
+            minted.clone(),
+            "allowed(\"GET\");\nallowed(\"HEAD\");\n\
+             check if method($m), allowed($m) or kind(\"dns\");\n\
+             check all allowed($a), $a != \"POST\";\n\
+             reject if allowed($a), method($a), $a == \"HEAD\";\n\
+             check if kind($k), host($k) or kind(\"web\");\n\
+             check if host($h), merchant($h), $h.length() > 3 or kind(\"email\");",
+        );
+        // An expression that fails (overflow) for most costs.
+        let erring = append(
+            minted.clone(),
+            "check if cost($c), $c * 4611686018427387904 >= 0 or kind(\"dns\");",
+        );
         vec![
             minted,
             narrowed,
@@ -587,6 +670,8 @@ mod tests {
             third,
             approving,
             reads_record,
+            several,
+            erring,
         ]
     }
 
