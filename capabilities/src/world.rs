@@ -102,7 +102,14 @@ pub(crate) type FailedCheck = (u32, u32);
 /// The request's side of the world: facts the authorizer adds.
 pub(crate) struct RequestFacts<'w> {
     token: &'w TokenWorld,
-    world: World,
+    /// The request's facts in the order added (a fact added twice is here
+    /// twice, in `world` once).
+    added: Vec<Fact>,
+    /// The token's facts and rules plus `added`, built when first needed:
+    /// always when the token has rules, otherwise only for a query with
+    /// several candidate facts (hashing every fact into biscuit's sets was
+    /// a large part of a decision).
+    world: Option<World>,
     symbols: SymbolTable,
 }
 
@@ -253,13 +260,23 @@ impl TokenWorld {
             .pop();
         RequestFacts {
             token: self,
-            world: World {
-                facts: self.facts.clone(),
-                rules: self.rules.clone(),
-                iterations: 0,
-                extern_funcs: HashMap::new(),
-            },
+            added: Vec::with_capacity(REQUEST_PREDICATES.len()),
+            world: None,
             symbols: spare.unwrap_or_else(|| self.symbols.clone()),
+        }
+    }
+
+    /// The token's facts and rules with the request's `added` facts.
+    fn world_with(&self, added: &[Fact]) -> World {
+        let mut facts = self.facts.clone();
+        for fact in added {
+            facts.insert(&self.authorizer, fact.clone());
+        }
+        World {
+            facts,
+            rules: self.rules.clone(),
+            iterations: 0,
+            extern_funcs: HashMap::new(),
         }
     }
 
@@ -302,12 +319,18 @@ impl TokenWorld {
         mut failed: Vec<FailedCheck>,
     ) -> Result<Vec<FailedCheck>, String> {
         let deadline = Instant::now() + LIMITS.max_time;
-        req.world
-            .run_with_limits(&req.symbols, LIMITS)
-            .map_err(token_error)?;
-        let facts = &req.world.facts;
-        let funcs = &req.world.extern_funcs;
+        let rules = !self.rules.inner.is_empty();
+        let added = &req.added;
         let symbols = &req.symbols;
+        let world = &mut req.world;
+        if rules {
+            // Without rules running them derives nothing: skipped.
+            world
+                .get_or_insert_with(|| self.world_with(added))
+                .run_with_limits(symbols, LIMITS)
+                .map_err(token_error)?;
+        }
+        let funcs = HashMap::new();
         for (b, checks) in self.blocks.iter().enumerate() {
             for (c, loaded) in checks.iter().enumerate() {
                 if !which(loaded) {
@@ -315,13 +338,17 @@ impl TokenWorld {
                 }
                 let mut passed = false;
                 for (query, trust) in loaded.check.queries.iter().zip(&loaded.trusted) {
-                    let matched = match bindings(query, facts, trust) {
+                    let found = match (&*world, rules) {
+                        (Some(w), true) => bindings(query, &w.facts, &[], trust, &self.authorizer),
+                        _ => bindings(query, &self.facts, added, trust, &self.authorizer),
+                    };
+                    let matched = match found {
                         // Nothing to bind: biscuit would find no match either
                         // (and this took no time worth a clock read).
                         Bindings::None => matches!(loaded.check.kind, CheckKind::Reject),
                         Bindings::One(values) => {
                             let holds =
-                                holds(query, &values, symbols, funcs).map_err(token_error)?;
+                                holds(query, &values, symbols, &funcs).map_err(token_error)?;
                             if Instant::now() >= deadline {
                                 return Err(token_error(Execution::RunLimit(RunLimit::Timeout)));
                             }
@@ -330,6 +357,8 @@ impl TokenWorld {
                             holds != matches!(loaded.check.kind, CheckKind::Reject)
                         }
                         Bindings::Many => {
+                            let facts = &world.get_or_insert_with(|| self.world_with(added)).facts;
+                            let funcs = &funcs;
                             let matched = match loaded.check.kind {
                                 CheckKind::One => query.find_match(facts, b, trust, symbols, funcs),
                                 CheckKind::All => {
@@ -394,17 +423,33 @@ enum Bindings {
 
 /// Enumerates candidates the way biscuit's matcher does (the trusted facts
 /// passing `match_preds`, each predicate's variables bound consistently),
-/// but stops at the question whether there are none, one or more. Each
+/// but stops at the question whether there are none, one or more. The
+/// facts are `facts` and `added` (facts of `authorizer`): a fact in both or
+/// twice in `added`, once in biscuit's set, only makes "more" more likely,
+/// and "more" goes to biscuit. Each
 /// request fact is unique per predicate, so nearly every query of ours has
 /// one binding, and building biscuit's nested matcher for it (boxed
 /// iterators, a variable map per level) was most of a decision's cost.
-fn bindings(query: &Rule, facts: &FactSet, trust: &TrustedOrigins) -> Bindings {
+fn bindings(
+    query: &Rule,
+    facts: &FactSet,
+    added: &[Fact],
+    trust: &TrustedOrigins,
+    authorizer: &Origin,
+) -> Bindings {
+    let added = if trust.contains(authorizer) {
+        added
+    } else {
+        &[]
+    };
     let mut values = HashMap::new();
     for p in &query.body {
         let mut candidates = facts
             .iterator(trust)
-            .filter(|(_, f)| match_preds(p, &f.predicate));
-        let Some((_, fact)) = candidates.next() else {
+            .map(|(_, f)| f)
+            .chain(added)
+            .filter(|f| match_preds(p, &f.predicate));
+        let Some(fact) = candidates.next() else {
             return Bindings::None;
         };
         if candidates.next().is_some() {
@@ -460,12 +505,13 @@ impl RequestFacts<'_> {
             Some(i) => token.predicates[i],
             None => self.symbols.insert(name),
         };
-        self.world.facts.insert(
-            &token.authorizer,
-            Fact {
-                predicate: biscuit_auth::datalog::Predicate { name, terms },
-            },
-        );
+        let fact = Fact {
+            predicate: biscuit_auth::datalog::Predicate { name, terms },
+        };
+        if let Some(world) = &mut self.world {
+            world.facts.insert(&token.authorizer, fact.clone());
+        }
+        self.added.push(fact);
     }
 }
 
@@ -829,14 +875,14 @@ mod tests {
         // The seed grants no LLM: no check reads the cost, a request does not add it.
         let mut req = ours.request();
         req.add("cost", vec![Term::Integer(5)]);
-        assert!(req.world.facts.is_empty());
+        assert!(req.added.is_empty());
         req.add("kind", vec![Term::Integer(5)]);
-        assert_eq!(req.world.facts.len(), 1);
+        assert_eq!(req.added.len(), 1);
         // With a rule, every request fact is kept (a rule may read any).
         let ruled = TokenWorld::load(&tokens[5]).expect("load");
         let mut req = ruled.request();
         req.add("cost", vec![Term::Integer(5)]);
-        assert_eq!(req.world.facts.len(), ruled.facts.len() + 1);
+        assert_eq!(req.added.len(), 1);
         let world = TokenWorld::load(&tokens[6]).expect("load");
         assert_eq!(world.facts.len(), 2, "a check reads the block records");
     }
