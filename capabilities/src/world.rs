@@ -9,6 +9,15 @@
 //! every later block's, each query under the origins its scopes trust), under
 //! the same explicit limits. The tests compare every decision with biscuit's
 //! authorizer built from scratch.
+//!
+//! Per request, the work biscuit's general machinery would redo is avoided
+//! where the outcome provably cannot differ: a query whose body can bind in
+//! only one way (each request fact is unique per predicate) has its
+//! expressions evaluated once by biscuit's own evaluator instead of through
+//! its nested matcher; biscuit's hashed fact set is built only for a query
+//! with several candidates or a token with rules; facts no check reads are
+//! left out when nothing can derive from them; the approval re-run only
+//! re-evaluates checks reading `approved`; symbol tables are reused.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
