@@ -354,3 +354,103 @@ async fn h2_slow_but_steady_reader_is_not_cut() {
     assert_eq!(up.cut.load(Ordering::SeqCst), 0);
     assert!(total > 0 && (total as u64) < BIG, "{total}");
 }
+
+/// Reads pass through until paused; then the reader is parked (its waker
+/// kept) until resumed.
+struct Pausable<T> {
+    inner: T,
+    paused: Arc<std::sync::Mutex<(bool, Option<std::task::Waker>)>>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Pausable<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let mut p = this.paused.lock().unwrap();
+        if p.0 {
+            p.1 = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        drop(p);
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Pausable<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// HTTP/2 at the transport level: the client grants a window larger than
+/// the body, then stops reading its socket (4 KiB receive buffer). The
+/// proxy's writes block, the connection is closed after the limit, the
+/// upstream stream is dropped, and the body never ends as if complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_client_that_stops_reading_its_socket_is_closed() {
+    let Setup { env, up } = setup(&[b"h2"]).await;
+    let paused = Arc::new(std::sync::Mutex::new((false, None)));
+    let io = Pausable {
+        inner: small_window_tls(&env, b"h2").await,
+        paused: paused.clone(),
+    };
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(u32::MAX >> 1)
+            .initial_connection_window_size(u32::MAX >> 1)
+            .handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("https://{HOST}/bytes/{BIG}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    paused.lock().unwrap().0 = true;
+    let stopped = Instant::now();
+
+    well_behaved_download(&env, 8 << 20, "--http2").await;
+
+    eventually("stall detected", || env.proxy.write_stalls() >= 1).await;
+    assert!(stopped.elapsed() >= LIMIT);
+    eventually("upstream stream dropped", || {
+        up.cut.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(env.gate.refusal_reasons().is_empty(), "not a refusal");
+
+    // Reading again: what was buffered arrives, then the connection ends
+    // and the body fails short of its length.
+    let waker = {
+        let mut p = paused.lock().unwrap();
+        p.0 = false;
+        p.1.take()
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+    let rest = tokio::time::timeout(WITHIN, body.collect())
+        .await
+        .expect("stream ends");
+    assert!(rest.is_err(), "a cut body must not end cleanly");
+    tokio::time::timeout(WITHIN, conn)
+        .await
+        .expect("connection closed by the proxy")
+        .unwrap()
+        .ok();
+}

@@ -360,17 +360,17 @@ mod tests {
 
     #[tokio::test]
     async fn blocked_writes_fail_after_the_limit_and_progress_disarms() {
-        let watch = StallWatch::new(Duration::from_millis(400));
+        let watch = StallWatch::new(Duration::from_secs(1));
         // 8 bytes of pipe: the ninth byte blocks until the reader reads.
         let (a, mut b) = tokio::io::duplex(8);
         let mut g = StallGuard::new(a, watch.clone(), 7);
         g.write_all(b"12345678").await.expect("fits");
         assert!(g.timer.is_none(), "no timer while writes complete");
-        // Progress every 250 ms keeps a writer going past the 400 ms limit.
+        // Progress every 200 ms keeps a writer going past the 1 s limit.
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 8];
             for _ in 0..3 {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 b.read_exact(&mut buf).await.expect("read");
             }
             b // then it stops reading
@@ -383,7 +383,7 @@ mod tests {
         let start = Instant::now();
         let err = g.write_all(b"x").await.expect_err("reader stopped");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(start.elapsed() >= Duration::from_millis(400));
+        assert!(start.elapsed() >= Duration::from_secs(1));
         assert_eq!(watch.stalls(), 1);
         // Sticky: nothing more is written.
         let again = g.write(b"y").await.expect_err("still failing");
