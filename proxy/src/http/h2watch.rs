@@ -25,6 +25,7 @@ use http::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::hpack::{HpackDecoder, HpackError};
 use crate::ProxyError;
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -118,8 +119,7 @@ pub(crate) struct H2Scanner {
     block: Option<Block>,
     /// Invariant: holds the compressed bytes of `block` (empty without one).
     buf: Vec<u8>,
-    decoder: loona_hpack::Decoder<'static>,
-    plain: Dehuffman,
+    decoder: HpackDecoder,
     /// Highest client stream id whose request headers were seen.
     max_stream: u32,
     /// Bytes fed so far.
@@ -128,8 +128,7 @@ pub(crate) struct H2Scanner {
 
 impl H2Scanner {
     pub(crate) fn new(limits: H2Limits) -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(H2_HEADER_TABLE);
+        let decoder = HpackDecoder::new(H2_HEADER_TABLE);
         Self {
             limits,
             preface_left: PREFACE_LEN,
@@ -143,7 +142,6 @@ impl H2Scanner {
             block: None,
             buf: Vec::new(),
             decoder,
-            plain: Dehuffman::default(),
             max_stream: 0,
             fed: 0,
         }
@@ -319,36 +317,17 @@ impl H2Scanner {
             return Ok(());
         };
         let (stream, end_stream) = (block.stream, block.end_stream);
-        // Dynamic table size updates may only open a block (h2 rejects them
-        // later on); applied here, as loona-hpack refuses a block that holds
-        // nothing else.
-        let mut at = 0;
-        while let Some(&b) = self.buf.get(at) {
-            if b & 0xe0 != 0x20 {
-                break;
-            }
-            let (size, used) = hpack_int(&self.buf[at..], 5)
-                .ok_or(H2Trip::Malformed("bad HPACK table size update"))?;
-            if size > H2_HEADER_TABLE {
+        let mut check = Check::new(self.limits.list);
+        match self.decoder.decode(&self.buf, |n, v| {
+            check.field(Cow::Borrowed(n), Cow::Borrowed(v))
+        }) {
+            Ok(()) => {}
+            Err(HpackError::TableSizeTooLarge) => {
                 return Err(H2Trip::Malformed(
                     "HPACK table size over the advertised one",
-                ));
+                ))
             }
-            self.decoder.set_max_table_size(size);
-            at += used;
-        }
-        let mut check = Check::new(self.limits.list);
-        if at < self.buf.len() {
-            let plain = self
-                .plain
-                .transcode(&self.buf[at..])
-                .ok_or(H2Trip::Malformed("HPACK decoding failed"))?;
-            match self.decoder.decode_with_cb(plain, |n, v| check.field(n, v)) {
-                // h2 takes a size update that opens a CONTINUATION fragment
-                // (it checks per frame); the update itself was applied.
-                Ok(()) | Err(loona_hpack::decoder::DecoderError::SizeUpdateAtEnd) => {}
-                Err(_) => return Err(H2Trip::Malformed("HPACK decoding failed")),
-            }
+            Err(_) => return Err(H2Trip::Malformed("HPACK decoding failed")),
         }
         check.verdict()?;
         if stream % 2 == 0 {
@@ -362,117 +341,6 @@ impl H2Scanner {
         } else {
             Ok(())
         }
-    }
-}
-
-/// An HPACK integer with an `n`-bit prefix: (value, bytes used).
-fn hpack_int(buf: &[u8], prefix: u8) -> Option<(usize, usize)> {
-    let mask = (1u8 << prefix) - 1;
-    let first = *buf.first()? & mask;
-    if first < mask {
-        return Some((usize::from(first), 1));
-    }
-    let mut value = usize::from(mask);
-    for (i, &b) in buf.iter().enumerate().skip(1).take(4) {
-        value += usize::from(b & 0x7f) << (7 * (i - 1));
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-/// Append an HPACK integer with an `n`-bit prefix after the `flags` bits.
-fn push_hpack_int(out: &mut Vec<u8>, flags: u8, prefix: u8, mut v: usize) {
-    let max = (1usize << prefix) - 1;
-    if v < max {
-        out.push(flags | v as u8);
-        return;
-    }
-    out.push(flags | max as u8);
-    v -= max;
-    while v >= 0x80 {
-        out.push((v & 0x7f) as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-thread_local! {
-    /// loona-hpack builds its Huffman decoding table for every Huffman-coded
-    /// string (tens of µs each); one per thread serves instead.
-    static HUFFMAN: std::cell::RefCell<loona_hpack::huffman::HuffmanDecoder> =
-        std::cell::RefCell::new(loona_hpack::huffman::HuffmanDecoder::new());
-}
-
-/// Recent strings kept per connection (clients repeat paths and hosts).
-const PLAIN_CACHE: usize = 8;
-const PLAIN_CACHE_MAX: usize = 256;
-
-/// Rewrites a header block with every Huffman-coded string decoded, so the
-/// HPACK decoder only sees plain strings (same fields, same table effects).
-#[derive(Default)]
-struct Dehuffman {
-    out: Vec<u8>,
-    /// (Huffman bytes, decoded bytes), replaced round-robin.
-    cache: Vec<(Vec<u8>, Vec<u8>)>,
-    next: usize,
-}
-
-impl Dehuffman {
-    /// The block with plain strings; None when it cannot be parsed.
-    fn transcode<'a>(&'a mut self, block: &'a [u8]) -> Option<&'a [u8]> {
-        self.out.clear();
-        let mut i = 0;
-        let mut any = false;
-        while let Some(&first) = block.get(i) {
-            let (prefix, literal) = match first {
-                f if f & 0x80 != 0 => (7, false),
-                f if f & 0xc0 == 0x40 => (6, true),
-                f if f & 0xe0 == 0x20 => (5, false),
-                _ => (4, true),
-            };
-            let (index, used) = hpack_int(&block[i..], prefix)?;
-            self.out.extend_from_slice(&block[i..i + used]);
-            i += used;
-            if literal {
-                let strings = if index == 0 { 2 } else { 1 };
-                for _ in 0..strings {
-                    i = self.string(block, i, &mut any)?;
-                }
-            }
-        }
-        Some(if any { &self.out } else { block })
-    }
-
-    fn string(&mut self, block: &[u8], at: usize, any: &mut bool) -> Option<usize> {
-        let huffman = *block.get(at)? & 0x80 != 0;
-        let (len, used) = hpack_int(&block[at..], 7)?;
-        let end = at.checked_add(used)?.checked_add(len)?;
-        let raw = block.get(at + used..end)?;
-        if !huffman {
-            self.out.extend_from_slice(&block[at..end]);
-            return Some(end);
-        }
-        *any = true;
-        if let Some((_, plain)) = self.cache.iter().find(|(h, _)| h == raw) {
-            push_hpack_int(&mut self.out, 0, 7, plain.len());
-            self.out.extend_from_slice(plain);
-            return Some(end);
-        }
-        let plain = HUFFMAN.with(|d| d.borrow_mut().decode(raw)).ok()?;
-        push_hpack_int(&mut self.out, 0, 7, plain.len());
-        self.out.extend_from_slice(&plain);
-        if raw.len() <= PLAIN_CACHE_MAX {
-            let entry = (raw.to_vec(), plain);
-            if self.cache.len() < PLAIN_CACHE {
-                self.cache.push(entry);
-            } else {
-                self.cache[self.next] = entry;
-                self.next = (self.next + 1) % PLAIN_CACHE;
-            }
-        }
-        Some(end)
     }
 }
 
@@ -1051,8 +919,10 @@ mod tests {
         let at_limit = get(&[("x-big", &"a".repeat(fill))]);
         let below = get(&[("x-big", &"a".repeat(fill - 1))]);
         let mut c = Check::new(LIMITS.list);
-        loona_hpack::Decoder::new()
-            .decode_with_cb(&at_limit, |n, v| c.field(n, v))
+        HpackDecoder::new(H2_HEADER_TABLE)
+            .decode(&at_limit, |n, v| {
+                c.field(Cow::Borrowed(n), Cow::Borrowed(v))
+            })
             .expect("a valid block");
         assert_eq!(c.size, LIMITS.list);
         assert_eq!(scan(&conn(&[headers(1, &below)])), Ok(()));
@@ -1091,7 +961,7 @@ mod tests {
     }
 
     #[test]
-    fn huffman_strings_are_decoded_once_and_cached() {
+    fn huffman_coded_requests_decode_in_step() {
         // RFC 7541 C.4.1 and C.4.2: Huffman-coded requests, the second one
         // referring to the table entry the first one added.
         let first = [
@@ -1101,18 +971,15 @@ mod tests {
         let second = [
             0x82, 0x86, 0x84, 0xbe, 0x58, 0x86, 0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf,
         ];
-        let mut d = Dehuffman::default();
-        let mut dec = loona_hpack::Decoder::new();
+        let mut dec = HpackDecoder::new(H2_HEADER_TABLE);
         let mut seen = Vec::new();
         for block in [&first[..], &second[..], &first[..]] {
-            let plain = d.transcode(block).expect("valid block").to_vec();
-            dec.decode_with_cb(&plain, |n, v| seen.push((n.to_vec(), v.to_vec())))
-                .expect("plain block decodes");
+            dec.decode(block, |n, v| seen.push((n.to_vec(), v.to_vec())))
+                .expect("block decodes");
         }
         let has = |n: &[u8], v: &[u8]| seen.iter().filter(|(a, b)| a == n && b == v).count();
         assert_eq!(has(b":authority", b"www.example.com"), 3);
         assert_eq!(has(b"cache-control", b"no-cache"), 1);
-        assert_eq!(d.cache.len(), 2);
         let bytes = conn(&[headers(1, &first), headers(3, &second)]);
         // :scheme http is fine for h2's rules too.
         assert_eq!(scan_bytewise(&bytes), Ok(()));

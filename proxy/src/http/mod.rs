@@ -6,6 +6,7 @@ pub(crate) mod deadline;
 pub(crate) mod forward;
 pub(crate) mod guard;
 pub(crate) mod h2watch;
+pub(crate) mod hpack;
 pub(crate) mod metered;
 pub(crate) mod pool;
 pub(crate) mod serve;
