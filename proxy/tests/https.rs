@@ -28,7 +28,7 @@ async fn curl_get_over_http11_and_h2() {
     assert!(out.status.success(), "{out:?}");
     // h2 on both legs; upstream saw :authority (hyper maps it to the URI host).
     assert_eq!(stdout(&out), format!("hello {HOST} HTTP/2.0 GET 2"));
-    let ex = env.gate.exchanges.lock().unwrap().clone();
+    let ex = env.gate.exchanges_when(2).await;
     assert_eq!(ex.len(), 2);
     assert!(ex
         .iter()
@@ -57,7 +57,8 @@ async fn curl_post_fixed_and_chunked_bodies_are_echoed() {
         let seen = env.upstream.last_request().unwrap();
         assert_eq!(seen.method, "POST");
     }
-    let ex = env.gate.exchanges.lock().unwrap().clone();
+    let ex = env.gate.exchanges_when(3).await;
+    assert_eq!(ex.len(), 3, "{ex:?}");
     assert!(ex.iter().all(|e| e.bytes_up == data.len() as u64), "{ex:?}");
     env.proxy.shutdown().await;
 }

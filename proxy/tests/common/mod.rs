@@ -32,6 +32,20 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// The exchanges once at least `n` have completed (or what there is
+    /// after 10 s): the proxy reports an exchange when it has finished with
+    /// the response, which can be just after the client has exited.
+    pub async fn exchanges_when(&self, n: usize) -> Vec<Exchange> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let ex = self.exchanges.lock().unwrap().clone();
+            if ex.len() >= n || std::time::Instant::now() > deadline {
+                return ex;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn refusal_reasons(&self) -> Vec<&'static str> {
         self.refusals
             .lock()
