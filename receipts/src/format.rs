@@ -136,7 +136,13 @@ pub fn sign_line(receipt: &Receipt, key: &SigningKey) -> Result<Vec<u8>, serde_j
     let prev = &prev[1..prev.len() - 1];
     let mut line = Vec::new();
     let mut scratch = Vec::new();
-    prepared.sign_into(receipt.seq, prev, key, &mut scratch, &mut line);
+    prepared.sign_into(
+        receipt.seq,
+        prev,
+        |input| key.sign(input).to_bytes(),
+        &mut scratch,
+        &mut line,
+    );
     Ok(line)
 }
 
@@ -250,7 +256,7 @@ impl Prepared {
         &self,
         seq: u64,
         prev_hex: &[u8],
-        key: &SigningKey,
+        sign: impl FnOnce(&[u8]) -> [u8; 64],
         scratch: &mut Vec<u8>,
         line: &mut Vec<u8>,
     ) {
@@ -269,7 +275,7 @@ impl Prepared {
         }
         let sig_at = self.sig_at + prev_hex.len() + (scratch.len() - before);
         scratch.extend_from_slice(&b[self.seq_at..]);
-        let sig = key.sign(scratch).to_bytes();
+        let sig = sign(scratch);
         let mut sig_hex = [0u8; 128];
         hex::encode_to_slice(sig, &mut sig_hex).expect("128 hex digits for 64 bytes");
         line.reserve(scratch.len() + 138);

@@ -109,6 +109,8 @@ pub enum OpenLogError {
     Start(#[from] AppendError),
     #[error("starting the receipt writer thread: {0}")]
     Thread(io::Error),
+    #[error("the receipt key cannot be used for signing: {0}")]
+    Key(String),
 }
 
 /// Tuning for the writer thread.
@@ -204,6 +206,10 @@ struct Shared {
     chain: Mutex<Chain>,
     queue: Arc<Queue>,
     key: SigningKey,
+    /// The same key for signing: aws-lc's Ed25519 signs in ~9 µs where
+    /// ed25519-dalek takes ~16 µs here, on every receipt and under the chain
+    /// lock. Ed25519 signatures are deterministic: both give the same bytes.
+    signer: aws_lc_rs::signature::Ed25519KeyPair,
     key_id: String,
     session: String,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -442,6 +448,11 @@ impl ReceiptLog {
         prev: [u8; 32],
         options: LogOptions,
     ) -> Result<ReceiptLog, OpenLogError> {
+        let signer = aws_lc_rs::signature::Ed25519KeyPair::from_seed_and_public_key(
+            key.as_bytes(),
+            key.verifying_key().as_bytes(),
+        )
+        .map_err(|e| OpenLogError::Key(e.to_string()))?;
         let queue = Arc::new(Queue {
             state: Mutex::new(State {
                 buf: Vec::new(),
@@ -478,6 +489,7 @@ impl ReceiptLog {
                 }),
                 queue,
                 key_id: format::key_id(&key.verifying_key()),
+                signer,
                 key,
                 session,
                 writer: Mutex::new(Some(handle)),
@@ -573,7 +585,11 @@ impl ReceiptLog {
         prepared.sign_into(
             seq,
             &prev_hex,
-            &shared.key,
+            |input| {
+                let mut sig = [0u8; 64];
+                sig.copy_from_slice(shared.signer.sign(input).as_ref());
+                sig
+            },
             &mut chain.scratch,
             &mut chain.line,
         );
