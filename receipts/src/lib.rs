@@ -27,8 +27,8 @@ pub use format::{
     DecisionRecord, Receipt, FORMAT_VERSION, GENESIS_PREV,
 };
 pub use log::{
-    AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError, PendingReceipt,
-    ReceiptLog, Recovered, SessionStart,
+    AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
+    PendingReceipt, ReceiptLog, Recovered, SessionStart,
 };
 pub use verify::{
     danger, kind_name, ChainError, LineVerifier, UnverifiedChain, VerifiedChain, VerifiedReceipt,
