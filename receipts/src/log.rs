@@ -148,32 +148,77 @@ pub struct CommitStats {
     pub sync_total: Duration,
     /// Total time spent gathering before writes.
     pub gather_total: Duration,
+    /// Per receipt, queued (signed) to durable: `queued_log2_us[i]` counts
+    /// receipts that took under 2^i µs.
+    pub queued_log2_us: [u64; 24],
+    /// Receipts already queued when the batch before theirs was taken, so
+    /// they waited for more than the batch in progress plus their own. With
+    /// every queued receipt taken at once this stays 0 unless `max_batch`
+    /// cuts a batch short.
+    pub late: u64,
 }
 
 impl CommitStats {
-    fn record(&mut self, receipts: u64, took: Duration, gathered: Duration) {
+    /// One batch: its receipts' queue times, its gathering and its write +
+    /// fdatasync time, and when the batch before it was taken.
+    fn record(
+        &mut self,
+        queued: &[Instant],
+        durable_at: Instant,
+        cycle: Cycle,
+        previous_taken: Option<Instant>,
+    ) {
         self.batches += 1;
-        self.receipts += receipts;
-        self.sync_total += took;
-        self.gather_total += gathered;
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let bucket = (u64::BITS - us.leading_zeros()) as usize;
-        self.sync_log2_us[bucket.min(self.sync_log2_us.len() - 1)] += 1;
+        self.receipts += queued.len() as u64;
+        self.sync_total += cycle.sync;
+        self.gather_total += cycle.gather;
+        log2_bucket(&mut self.sync_log2_us, cycle.sync);
+        for &at in queued {
+            log2_bucket(
+                &mut self.queued_log2_us,
+                durable_at.saturating_duration_since(at),
+            );
+            if previous_taken.is_some_and(|taken| at < taken) {
+                self.late += 1;
+            }
+        }
     }
 
     /// Upper bound of the `q` quantile (0..=1) of write + fdatasync time.
     pub fn sync_quantile(&self, q: f64) -> Duration {
-        let total: u64 = self.sync_log2_us.iter().sum();
-        let want = (q.clamp(0.0, 1.0) * total as f64).ceil() as u64;
-        let mut seen = 0;
-        for (i, n) in self.sync_log2_us.iter().enumerate() {
-            seen += n;
-            if seen >= want.max(1) {
-                return Duration::from_micros(1 << i);
-            }
-        }
-        Duration::MAX
+        log2_quantile(&self.sync_log2_us, q)
     }
+
+    /// Upper bound of the `q` quantile (0..=1) of queued → durable time.
+    pub fn queued_quantile(&self, q: f64) -> Duration {
+        log2_quantile(&self.queued_log2_us, q)
+    }
+}
+
+/// Gathering and write + fdatasync time of one batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cycle {
+    gather: Duration,
+    sync: Duration,
+}
+
+fn log2_bucket(buckets: &mut [u64; 24], d: Duration) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let bucket = (u64::BITS - us.leading_zeros()) as usize;
+    buckets[bucket.min(buckets.len() - 1)] += 1;
+}
+
+fn log2_quantile(buckets: &[u64; 24], q: f64) -> Duration {
+    let total: u64 = buckets.iter().sum();
+    let want = (q.clamp(0.0, 1.0) * total as f64).ceil() as u64;
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= want.max(1) {
+            return Duration::from_micros(1 << i);
+        }
+    }
+    Duration::MAX
 }
 
 /// What reopening found.
@@ -236,8 +281,8 @@ struct Queue {
 struct State {
     /// Signed lines (with newlines) not yet taken by the writer.
     buf: Vec<u8>,
-    /// Length of each line in `buf`, oldest first (for `max_batch`).
-    lens: VecDeque<usize>,
+    /// Length of each line in `buf` and when it was queued, oldest first.
+    lens: VecDeque<(usize, Instant)>,
     /// Seq of the first line in `buf`.
     buf_seq: u64,
     /// Every receipt with seq below this is on disk.
@@ -607,7 +652,7 @@ impl ReceiptLog {
             }
             state.buf.extend_from_slice(&chain.line);
             state.buf.push(b'\n');
-            state.lens.push_back(chain.line.len() + 1);
+            state.lens.push_back((chain.line.len() + 1, Instant::now()));
             if state.writer_idle {
                 state.writer_idle = false;
                 shared.queue.work.notify_one();
@@ -650,12 +695,15 @@ impl Drop for Shared {
 
 fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: LogOptions) {
     let mut buf = Vec::new();
+    let mut queued = Vec::new();
     // The last sync's duration bounds the gathering wait.
     let mut last_sync = Duration::ZERO;
+    let mut previous_taken = None;
     loop {
         buf.clear();
+        queued.clear();
         let mut gathered = Duration::ZERO;
-        let (first, next) = {
+        let (first, next, taken) = {
             let mut state = lock(&queue.state);
             while state.lens.is_empty() && !state.stopping {
                 state.writer_idle = true;
@@ -684,21 +732,34 @@ fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: LogOptions) {
                 // The usual case: take everything, leave an empty buffer
                 // with capacity (the two buffers swap back and forth).
                 std::mem::swap(&mut state.buf, &mut buf);
-                state.lens.clear();
+                queued.extend(state.lens.drain(..).map(|(_, at)| at));
             } else {
-                let bytes: usize = state.lens.drain(..n).sum();
+                let mut bytes = 0;
+                for (len, at) in state.lens.drain(..n) {
+                    bytes += len;
+                    queued.push(at);
+                }
                 buf.extend_from_slice(&state.buf[..bytes]);
                 state.buf.drain(..bytes);
             }
             state.buf_seq = first + n as u64;
-            (first, first + n as u64)
+            // Under the lock: every receipt queued before this instant is
+            // in this batch or an earlier one.
+            (first, first + n as u64, Instant::now())
         };
         let syncing = Instant::now();
         let result = sink.write_all(&buf).and_then(|()| sink.sync());
-        last_sync = syncing.elapsed();
+        let durable_at = Instant::now();
+        last_sync = durable_at - syncing;
+        let cycle = Cycle {
+            gather: gathered,
+            sync: last_sync,
+        };
         let wake: Vec<Waker> = {
             let mut state = lock(&queue.state);
-            state.stats.record(next - first, last_sync, gathered);
+            state
+                .stats
+                .record(&queued, durable_at, cycle, previous_taken);
             match result {
                 Ok(()) => state.durable = next,
                 Err(e) => {
@@ -720,6 +781,7 @@ fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: LogOptions) {
                 .into_values()
                 .collect()
         };
+        previous_taken = Some(taken);
         for w in wake {
             w.wake();
         }
@@ -980,6 +1042,16 @@ mod tests {
             .expect("start");
             let outcomes = hammer(&log, 8, 40);
             assert!(outcomes.iter().flatten().all(Result::is_ok));
+            let stats = log.commit_stats();
+            assert_eq!(stats.queued_log2_us.iter().sum::<u64>(), 8 * 40 + 1);
+            if grouped {
+                // Everything queued rides the next batch.
+                assert_eq!(stats.late, 0);
+            } else {
+                // One receipt per sync: seven threads' receipts queue up
+                // behind one batch after another.
+                assert!(stats.late > 0, "{stats:?}");
+            }
             log.finish().expect("finish");
             let writes = lock(&writes).clone();
             let per_write: Vec<usize> = writes
