@@ -273,15 +273,9 @@ async fn h1_slow_but_steady_reader_is_not_cut() {
     assert!((total as u64) < BIG, "the reader really was slow");
 }
 
-/// HTTP/2: the client advertises a 16 KiB stream window and never opens it
-/// again, while its socket is read normally (nothing blocks at the TCP
-/// level). The proxy drops that response's upstream side after the limit
-/// (the pooled upstream HTTP/2 connection stays and serves others); the
-/// stream, once the client does open its window, fails instead of ending as
-/// if complete.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_stream_whose_window_never_opens_is_cut_upstream() {
-    let Setup { env, up } = setup(&[b"h2"]).await;
+/// GET of the big download over HTTP/2 by a client whose stream window is
+/// 16 KiB: it opens only as the body is read.
+async fn get_big_with_small_window(env: &Env) -> http::Response<hyper::body::Incoming> {
     let io = hyper_util::rt::TokioIo::new(env.tls(b"h2").await);
     let (mut send, conn) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -293,7 +287,19 @@ async fn h2_stream_whose_window_never_opens_is_cut_upstream() {
     let req = http::Request::get(format!("https://{HOST}/bytes/{BIG}"))
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
-    let resp = send.send_request(req).await.unwrap();
+    send.send_request(req).await.unwrap()
+}
+
+/// HTTP/2: the client advertises a 16 KiB stream window and never opens it
+/// again, while its socket is read normally (nothing blocks at the TCP
+/// level). The proxy drops that response's upstream side after the limit
+/// (the pooled upstream HTTP/2 connection stays and serves others); the
+/// stream, once the client does open its window, fails instead of ending as
+/// if complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_stream_whose_window_never_opens_is_cut_upstream() {
+    let Setup { env, up } = setup(&[b"h2"]).await;
+    let resp = get_big_with_small_window(&env).await;
     assert_eq!(resp.status(), 200);
     // Not polling the body: hyper releases no window.
     let body = resp.into_body();
@@ -331,18 +337,7 @@ async fn h2_stream_whose_window_never_opens_is_cut_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_slow_but_steady_reader_is_not_cut() {
     let Setup { env, up } = setup(&[b"h2"]).await;
-    let io = hyper_util::rt::TokioIo::new(env.tls(b"h2").await);
-    let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(16 * 1024)
-            .handshake(io)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get(format!("https://{HOST}/bytes/{BIG}"))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let mut body = send.send_request(req).await.unwrap().into_body();
+    let mut body = get_big_with_small_window(&env).await.into_body();
     let start = Instant::now();
     let mut total = 0usize;
     while start.elapsed() < LIMIT * 5 {
@@ -397,8 +392,8 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Pausable<T> {
 
 /// HTTP/2 at the transport level: the client grants a window larger than
 /// the body, then stops reading its socket (4 KiB receive buffer). The
-/// proxy's writes block, the connection is closed after the limit, the
-/// upstream stream is dropped, and the body never ends as if complete.
+/// proxy's writes block; after the limit the upstream stream is dropped and
+/// the body never ends as if complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_client_that_stops_reading_its_socket_is_closed() {
     let Setup { env, up } = setup(&[b"h2"]).await;
@@ -448,9 +443,10 @@ async fn h2_client_that_stops_reading_its_socket_is_closed() {
         .await
         .expect("stream ends");
     assert!(rest.is_err(), "a cut body must not end cleanly");
-    tokio::time::timeout(WITHIN, conn)
-        .await
-        .expect("connection closed by the proxy")
-        .unwrap()
-        .ok();
+    // Which guard fires first is a race: the transport guard closes the
+    // connection; the body watch (hyper stops asking for the body while its
+    // writes block) resets only the stream. Either way the upstream side is
+    // gone (checked above) and the body failed.
+    drop(send);
+    conn.abort();
 }
