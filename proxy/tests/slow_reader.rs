@@ -29,6 +29,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIG: u64 = 64 << 20;
 const LIMIT: Duration = Duration::from_secs(1);
+/// The least time a cut may come after the test stopped reading: the guard
+/// counts from the proxy's last write progress, which can come a little
+/// before the test's last read returns (and timers round to milliseconds).
+const NOT_BEFORE: Duration = Duration::from_millis(900);
 /// Generous bound for anything that should happen "about LIMIT" from now.
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -214,7 +218,7 @@ async fn h1_reader_that_stops_is_closed_and_upstream_freed() {
     );
 
     eventually("stall detected", || env.proxy.write_stalls() == 1).await;
-    assert!(stopped.elapsed() >= LIMIT, "{:?}", stopped.elapsed());
+    assert!(stopped.elapsed() >= NOT_BEFORE, "{:?}", stopped.elapsed());
     eventually("upstream body dropped", || {
         up.cut.load(Ordering::SeqCst) == 1
     })
@@ -313,7 +317,7 @@ async fn h2_stream_whose_window_never_opens_is_cut_upstream() {
     );
 
     eventually("stall detected", || env.proxy.write_stalls() == 1).await;
-    assert!(stalled_from.elapsed() >= LIMIT);
+    assert!(stalled_from.elapsed() >= NOT_BEFORE);
     eventually("upstream stream dropped", || {
         up.cut.load(Ordering::SeqCst) == 1
     })
@@ -422,7 +426,7 @@ async fn h2_client_that_stops_reading_its_socket_is_closed() {
     well_behaved_download(&env, 8 << 20, "--http2").await;
 
     eventually("stall detected", || env.proxy.write_stalls() >= 1).await;
-    assert!(stopped.elapsed() >= LIMIT);
+    assert!(stopped.elapsed() >= NOT_BEFORE);
     eventually("upstream stream dropped", || {
         up.cut.load(Ordering::SeqCst) == 1
     })
