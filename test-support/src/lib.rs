@@ -426,7 +426,9 @@ impl Body for Generated {
     }
 }
 
-struct ChannelBody(mpsc::Receiver<Bytes>);
+/// A body fed by a channel: each message is one data frame; it ends when the
+/// sender is dropped.
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
 
 impl Body for ChannelBody {
     type Data = Bytes;

@@ -127,27 +127,11 @@ mod tests {
     use http_body_util::BodyExt;
     use tokio::sync::mpsc;
 
-    /// A body fed by a channel: each message is a data frame.
-    struct Chan(mpsc::Receiver<Bytes>);
-    impl Body for Chan {
-        type Data = Bytes;
-        type Error = BoxError;
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            self.get_mut()
-                .0
-                .poll_recv(cx)
-                .map(|o| o.map(|b| Ok(Frame::data(b))))
-        }
-    }
-
     fn body(idle_ms: u64, rate: u64) -> (mpsc::Sender<Bytes>, BodyDeadline, Arc<AtomicBool>) {
         let (tx, rx) = mpsc::channel(4);
         let expired = Arc::new(AtomicBool::new(false));
         let b = BodyDeadline::new(
-            Chan(rx).boxed_unsync(),
+            test_support::ChannelBody(rx).boxed_unsync(),
             Duration::from_millis(idle_ms),
             rate,
             expired.clone(),

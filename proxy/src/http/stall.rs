@@ -392,24 +392,12 @@ mod tests {
         drop(reader.await.expect("reader"));
     }
 
-    /// A body whose frames come from a channel; reports its drop.
-    struct Chan(tokio::sync::mpsc::Receiver<Bytes>, Arc<AtomicU64>);
-    impl Body for Chan {
-        type Data = Bytes;
-        type Error = BoxError;
-        fn poll_frame(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            self.get_mut()
-                .0
-                .poll_recv(cx)
-                .map(|o| o.map(|b| Ok(Frame::data(b))))
-        }
-    }
-    impl Drop for Chan {
+    /// Counts its own drop (moved into a body's frame mapper, it is
+    /// dropped with the body).
+    struct DropCount(Arc<AtomicU64>);
+    impl Drop for DropCount {
         fn drop(&mut self) {
-            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -418,7 +406,12 @@ mod tests {
         let watch = StallWatch::new(Duration::from_secs(1));
         let dropped = Arc::new(AtomicU64::new(0));
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut body = watch.watch(3, Chan(rx, dropped.clone()).boxed_unsync());
+        let counter = DropCount(dropped.clone());
+        let chan = test_support::ChannelBody(rx).map_frame(move |frame| {
+            let _ = &counter;
+            frame
+        });
+        let mut body = watch.watch(3, chan.boxed_unsync());
         tx.send(Bytes::from_static(b"a")).await.expect("send");
         assert!(body.frame().await.is_some());
         // Waiting on upstream (Pending) is never a stall.
