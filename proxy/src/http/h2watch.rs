@@ -12,7 +12,6 @@
 //! block never reaches h2: exactly one event, nothing sent upstream.
 
 use std::{
-    borrow::Cow,
     io,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -318,9 +317,7 @@ impl H2Scanner {
         };
         let (stream, end_stream) = (block.stream, block.end_stream);
         let mut check = Check::new(self.limits.list);
-        match self.decoder.decode(&self.buf, |n, v| {
-            check.field(Cow::Borrowed(n), Cow::Borrowed(v))
-        }) {
+        match self.decoder.decode(&self.buf, |n, v| check.field(n, v)) {
             Ok(()) => {}
             Err(HpackError::TableSizeTooLarge) => {
                 return Err(H2Trip::Malformed(
@@ -392,11 +389,10 @@ impl Check {
         }
     }
 
-    fn field(&mut self, name: Cow<'_, [u8]>, value: Cow<'_, [u8]>) {
+    fn field(&mut self, name: &[u8], value: &[u8]) {
         if self.stop.is_some() {
             return;
         }
-        let (name, value) = (&*name, &*value);
         let Some(rest) = name.strip_prefix(b":") else {
             return self.regular(name, value);
         };
@@ -920,9 +916,7 @@ mod tests {
         let below = get(&[("x-big", &"a".repeat(fill - 1))]);
         let mut c = Check::new(LIMITS.list);
         HpackDecoder::new(H2_HEADER_TABLE)
-            .decode(&at_limit, |n, v| {
-                c.field(Cow::Borrowed(n), Cow::Borrowed(v))
-            })
+            .decode(&at_limit, |n, v| c.field(n, v))
             .expect("a valid block");
         assert_eq!(c.size, LIMITS.list);
         assert_eq!(scan(&conn(&[headers(1, &below)])), Ok(()));
