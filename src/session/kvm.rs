@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use guest_image::{GuestImage, SessionFiles};
+use netns::SessionNetwork;
 use tokio::sync::mpsc;
-use vmm::host::SessionNetwork;
 use vmm::{ControlEvent, ExitReason, Kernel, MicroVm, NetConfig, RunningVm, VmConfig, VmExit};
 
 use super::bundle::{self, SessionInfo};

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use capabilities::{Capability, UnverifiedToken};
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use netns::SessionNetwork;
 use proxy::{Limits, ListenAddrs, Proxy, ProxyConfig, UpstreamConfig};
 use receipts::{ReceiptLog, SessionStart};
+use sandbox::{Sandbox, SandboxSpec, SandboxStdio};
 use sha2::{Digest, Sha256};
-use vmm::host::{Sandbox, SandboxSpec, SandboxStdio, SessionNetwork};
 
 use super::backend::{self, Backend};
 use super::bundle::{self, CapabilitySummary, SessionInfo};
@@ -103,7 +104,7 @@ pub fn run(config: RunConfig) -> Result<ExitCode> {
 pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     let started = Instant::now();
     let started_at = SystemTime::now();
-    if let Err(err) = tokio::task::spawn_blocking(SessionNetwork::cleanup_stale).await? {
+    if let Err(err) = tokio::task::spawn_blocking(sandbox::cleanup_stale).await? {
         tracing::warn!("cleaning up after earlier sessions: {err}");
     }
 

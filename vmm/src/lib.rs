@@ -1,6 +1,4 @@
-//! A minimal KVM microVM monitor for one agent session, and the host-side
-//! isolation pieces both backends share (session network namespace, tap,
-//! the `netns` process sandbox).
+//! A minimal KVM microVM monitor for one agent session.
 //!
 //! The public interface is:
 //! - [`MicroVm::boot`] with a [`VmConfig`] → [`RunningVm`] or a [`StartVmError`]
@@ -9,8 +7,9 @@
 //!   [`RunningVm::wait`], [`RunningVm::kill`] → [`VmExit`] with the boot time;
 //! - [`probe`] for `--backend auto`.
 //!
-//! Unsafe code is allowed only in `vstate/` (KVM objects), `host/` (tap,
-//! namespaces, cgroups) and generated bindings; every block says why it is sound.
+//! Unsafe code is allowed only in `vstate/` (KVM objects), the tap's ioctls
+//! (`devices/virtio/net/tap.rs`) and generated bindings; every block says
+//! why it is sound.
 
 /// x86_64 boot structures: layout, GDT, page tables, zero page, MP table, cmdline.
 pub mod arch;
@@ -18,7 +17,6 @@ pub mod arch;
 mod builder;
 /// Serial ports, i8042, boot marker, control channel.
 pub mod devices;
-pub mod host;
 /// Whether this host's KVM runs our guests correctly and quickly.
 mod probe;
 /// KVM objects: memory, VM, vCPUs.

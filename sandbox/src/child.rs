@@ -9,7 +9,7 @@
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
-use super::rootfs::{Op, Stage};
+use crate::rootfs::{Op, Stage};
 
 /// Everything the child needs, built by the parent before the clone.
 pub(crate) struct ChildPlan {

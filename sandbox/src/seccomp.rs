@@ -15,7 +15,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-use super::SandboxError;
+use crate::SandboxError;
 
 /// Syscalls refused outright with `EPERM`.
 const DENIED: &[i64] = &[

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vmm::host::{Sandbox, SandboxSpec, SandboxStdio, SessionNetwork};
+use netns::SessionNetwork;
+use sandbox::{Sandbox, SandboxSpec, SandboxStdio};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 

@@ -6,8 +6,8 @@ mod sandbox_common;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
+use sandbox::{Sandbox, SandboxStdio};
 use sandbox_common::*;
-use vmm::host::{Sandbox, SandboxStdio};
 
 #[test]
 fn fork_bomb_hits_the_pid_limit_and_dies_with_the_sandbox() {

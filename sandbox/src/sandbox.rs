@@ -19,11 +19,13 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::cgroup::{LimitEvents, SandboxCgroup};
-use super::child::{self, ChildPlan};
-use super::records::{self, Owner};
-use super::rootfs::{self, Stage};
-use super::{seccomp, CgroupVersion, SandboxError, SessionNetwork};
+use netns::records::{self, Owner};
+use netns::SessionNetwork;
+
+use crate::cgroup::{CgroupVersion, LimitEvents, SandboxCgroup};
+use crate::child::{self, ChildPlan};
+use crate::rootfs::{self, Stage};
+use crate::{seccomp, SandboxError};
 
 /// What the sandbox's standard streams are connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -257,7 +259,7 @@ impl Sandbox {
 
         // Staging first (it carries the owner record), cgroups second, so
         // a crash at any point leaves something cleanup_stale finds.
-        let sandboxes = records::sandboxes_dir();
+        let sandboxes = rootfs::sandboxes_dir();
         records::ensure_dir(&sandboxes)?;
         let staging = rootfs::staging_dir(&name);
         // Built under a temporary name and renamed into place once its
@@ -302,10 +304,7 @@ impl Sandbox {
             })
             .collect();
 
-        let netns = File::open(&spec.netns_path).map_err(|source| SandboxError::EnterNetns {
-            path: spec.netns_path.clone(),
-            source,
-        })?;
+        let netns = netns::open(&spec.netns_path)?;
         let (go_r, go_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (status_r, status_w) = pipe()?;

@@ -1,14 +1,15 @@
-//! The session network namespace: what it holds, that it goes away with
-//! its owner, and that a dead supervisor's leftovers are cleaned up.
+//! The session network with a sandbox inside: teardown leaves nothing, a
+//! dead supervisor's network and sandbox are cleaned up, and the sandbox
+//! reaches listeners bound through the network's helpers.
 
 mod sandbox_common;
 
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use netns::SessionNetwork;
+use sandbox::{cleanup_stale, Sandbox, SandboxStdio};
 use sandbox_common::*;
-use vmm::host::{cleanup_stale, Sandbox, SandboxStdio, SessionNetwork};
 
 fn ip(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -26,66 +27,6 @@ fn dead_pid() -> u32 {
     let pid = c.id();
     c.wait().expect("wait");
     pid
-}
-
-#[test]
-fn namespace_holds_only_loopback_with_the_session_address_and_no_routes() {
-    let net = network("shape");
-    assert!(net.path().starts_with("/run/netns"));
-    assert!(net.path().exists());
-    let addr = net.proxy_addr();
-    assert_eq!(addr.octets()[..2], [10, 200]);
-    assert_eq!(addr.octets()[3], 1);
-    assert_eq!(net.guest_addr().octets()[3], 2);
-
-    let links = ip(&["-n", net.name(), "-o", "link", "show"]);
-    assert_eq!(links.lines().count(), 1, "only lo: {links}");
-    assert!(links.contains("lo:") && links.contains("UP"), "{links}");
-    let addrs = ip(&["-n", net.name(), "-o", "-4", "addr", "show"]);
-    assert!(addrs.contains(&format!("{addr}/32")), "{addrs}");
-    assert_eq!(
-        ip(&["-n", net.name(), "-4", "route", "show"]).trim(),
-        "",
-        "no routes"
-    );
-    assert_eq!(
-        ip(&["-n", net.name(), "-6", "route", "show", "table", "main"])
-            .lines()
-            .filter(|l| !l.contains("::1"))
-            .count(),
-        0
-    );
-    let fwd = net
-        .run_in(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))
-        .expect("enter")
-        .expect("read");
-    assert_eq!(fwd.trim(), "0", "forwarding off");
-
-    // Listeners bound through run_in live in the namespace: the address
-    // does not exist on the host.
-    let inside = net
-        .run_in(move || TcpListener::bind((addr, 443)).map(|l| l.local_addr()))
-        .expect("enter")
-        .expect("bind inside");
-    assert_eq!(inside.expect("addr").ip(), addr);
-    assert!(
-        TcpListener::bind((addr, 443)).is_err(),
-        "address exists on the host"
-    );
-}
-
-#[test]
-fn two_networks_get_distinct_addresses_and_names() {
-    let a = network("dist");
-    let b = network("dist");
-    assert_ne!(a.name(), b.name());
-    assert_ne!(a.proxy_addr(), b.proxy_addr());
-    let same = SessionNetwork::create(a.name().trim_start_matches("openclaw-"));
-    assert!(same.is_err(), "a live session's name cannot be taken");
-    assert!(
-        a.path().exists(),
-        "the failed create left the live namespace alone"
-    );
 }
 
 #[test]
@@ -190,7 +131,7 @@ fn bind_helpers_listen_inside_and_the_sandbox_reaches_them() {
 fn public_types_can_cross_threads() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<SessionNetwork>();
-    send_sync::<vmm::host::SandboxChild>();
-    send_sync::<vmm::host::SandboxSpec>();
-    send_sync::<vmm::host::SandboxError>();
+    send_sync::<sandbox::SandboxChild>();
+    send_sync::<sandbox::SandboxSpec>();
+    send_sync::<sandbox::SandboxError>();
 }

@@ -1,5 +1,6 @@
-//! Owner records under [`RUN_DIR`]: who created each session network and
-//! sandbox, so the next supervisor can remove what a crashed one left.
+//! Owner records under [`RUN_DIR`]: who created each session network (and,
+//! through the `sandbox` crate, each sandbox), so the next supervisor can
+//! remove what a crashed one left; and that removal for networks.
 //!
 //! A record names its owner by pid *and* process start time, so a recycled
 //! pid is not mistaken for the owner still being alive.
@@ -9,12 +10,13 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{cgroup, netns, SandboxError, RUN_DIR};
+use crate::iproute::{delete_netns, NAME_PREFIX, NETNS_DIR};
+use crate::{NetnsError, RUN_DIR};
 
 /// A process identity that survives pid reuse: pid plus its start time in
 /// clock ticks since boot (field 22 of `/proc/<pid>/stat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Owner {
+pub struct Owner {
     pub pid: u32,
     pub start: u64,
 }
@@ -29,11 +31,12 @@ impl Owner {
         Owner { pid, start }
     }
 
-    /// The owner record line.
+    /// The owner record line (`<pid> <start>`).
     pub fn to_line(self) -> String {
         format!("{} {}", self.pid, self.start)
     }
 
+    /// Reads an owner record line back.
     pub fn parse(line: &str) -> Option<Owner> {
         let mut it = line.split_whitespace();
         let pid = it.next()?.parse().ok()?;
@@ -61,14 +64,14 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Creates `dir` (and parents) owner-only.
-pub(crate) fn ensure_dir(dir: &Path) -> Result<(), SandboxError> {
-    fs::create_dir_all(dir).map_err(|source| SandboxError::Records {
+pub fn ensure_dir(dir: &Path) -> Result<(), NetnsError> {
+    fs::create_dir_all(dir).map_err(|source| NetnsError::Records {
         path: dir.to_path_buf(),
         source,
     })?;
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
-        SandboxError::Records {
+        NetnsError::Records {
             path: dir.to_path_buf(),
             source,
         }
@@ -77,11 +80,11 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), SandboxError> {
 
 /// Writes `contents` to a private temporary file in `dir`, for
 /// [`publish`] to link into place: a record is never seen half-written.
-pub(crate) fn write_temp(dir: &Path, contents: &str) -> Result<PathBuf, SandboxError> {
+pub(crate) fn write_temp(dir: &Path, contents: &str) -> Result<PathBuf, NetnsError> {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".tmp-{}-{seq}", std::process::id()));
-    let err = |source| SandboxError::Records {
+    let err = |source| NetnsError::Records {
         path: tmp.clone(),
         source,
     };
@@ -98,11 +101,11 @@ pub(crate) fn write_temp(dir: &Path, contents: &str) -> Result<PathBuf, SandboxE
 
 /// Links the complete record `tmp` to `path` if nothing is there yet
 /// (`link` is atomic and exclusive); `Ok(false)` if `path` exists.
-pub(crate) fn publish(tmp: &Path, path: &Path) -> Result<bool, SandboxError> {
+pub(crate) fn publish(tmp: &Path, path: &Path) -> Result<bool, NetnsError> {
     match fs::hard_link(tmp, path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(SandboxError::Records {
+        Err(source) => Err(NetnsError::Records {
             path: path.to_path_buf(),
             source,
         }),
@@ -110,7 +113,7 @@ pub(crate) fn publish(tmp: &Path, path: &Path) -> Result<bool, SandboxError> {
 }
 
 /// Whether a `.tmp-<pid>-<seq>` entry belongs to a dead process.
-fn temp_is_stale(name: &str) -> bool {
+pub fn temp_is_stale(name: &str) -> bool {
     name.strip_prefix(".tmp-")
         .and_then(|rest| rest.split('-').next())
         .and_then(|pid| pid.parse::<u32>().ok())
@@ -121,56 +124,22 @@ pub(crate) fn net_dir() -> PathBuf {
     Path::new(RUN_DIR).join("net")
 }
 
-pub(crate) fn sandboxes_dir() -> PathBuf {
-    Path::new(RUN_DIR).join("sandboxes")
-}
-
-/// What [`cleanup_stale`] removed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct StaleCleanup {
-    /// Network namespaces removed (names as under `/run/netns`).
-    pub networks: Vec<String>,
-    /// Sandboxes whose processes, cgroups and staging were removed.
-    pub sandboxes: Vec<String>,
-}
-
-/// Removes session networks and sandboxes whose owning supervisor is dead:
-/// kills their processes, deletes their cgroups, namespaces and staging
-/// directories. Call once at supervisor start; resources of live
-/// supervisors are left alone. Blocking.
-pub fn cleanup_stale() -> Result<StaleCleanup, SandboxError> {
-    let mut done = StaleCleanup::default();
-
-    // Sandboxes first: their processes hold the namespaces open.
-    let sdir = sandboxes_dir();
-    for entry in read_dir_or_empty(&sdir)? {
-        let name = file_name(&entry);
-        if name.starts_with('.') {
-            // Staging still being built (published by rename once its
-            // owner record is in).
-            if temp_is_stale(&name) {
-                remove_tree(&entry)?;
-            }
-            continue;
-        }
-        let owner = fs::read_to_string(entry.join("owner"))
-            .ok()
-            .and_then(|l| Owner::parse(&l));
-        if owner.is_some_and(Owner::is_alive) {
-            continue;
-        }
-        cgroup::remove_stale(&name)?;
-        remove_tree(&entry)?;
-        done.sandboxes.push(name);
-    }
+/// Removes the session networks whose owning supervisor is dead, and the
+/// namespaces named like ours that have no record at all; returns their
+/// names (as under `/run/netns`). Networks of live supervisors are left
+/// alone. Run it after anything that may still hold a namespace open
+/// (the `sandbox` crate's `cleanup_stale` removes stale sandboxes first).
+/// Blocking.
+pub fn cleanup_stale_networks() -> Result<Vec<String>, NetnsError> {
+    let mut removed = Vec::new();
 
     // Namespaces are listed before the records are read: a namespace's
     // record is published before the namespace is created, so every
     // namespace listed here has its record visible below.
-    let mut orphans: Vec<String> = read_dir_or_empty(Path::new(netns::NETNS_DIR))?
+    let mut orphans: Vec<String> = read_dir_or_empty(Path::new(NETNS_DIR))?
         .iter()
         .map(|p| file_name(p))
-        .filter(|n| n.starts_with(netns::NAME_PREFIX))
+        .filter(|n| n.starts_with(NAME_PREFIX))
         .collect();
 
     let ndir = net_dir();
@@ -191,8 +160,8 @@ pub fn cleanup_stale() -> Result<StaleCleanup, SandboxError> {
             continue;
         }
         if !name.is_empty() {
-            netns::delete_netns(&name)?;
-            done.networks.push(name);
+            delete_netns(&name)?;
+            removed.push(name);
         }
         let _ = fs::remove_file(&entry);
     }
@@ -200,34 +169,37 @@ pub fn cleanup_stale() -> Result<StaleCleanup, SandboxError> {
     // Namespaces named like ours without any record (e.g. /run/openclaw
     // deleted by hand).
     for name in orphans {
-        netns::delete_netns(&name)?;
-        done.networks.push(name);
+        delete_netns(&name)?;
+        removed.push(name);
     }
-    Ok(done)
+    Ok(removed)
 }
 
-fn file_name(p: &Path) -> String {
+/// The last component of `p` as text (empty if it has none).
+pub fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
-fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, SandboxError> {
+/// The entries of `dir`; none if `dir` does not exist.
+pub fn read_dir_or_empty(dir: &Path) -> Result<Vec<PathBuf>, NetnsError> {
     match fs::read_dir(dir) {
         Ok(rd) => Ok(rd.filter_map(|e| e.ok().map(|e| e.path())).collect()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(SandboxError::Records {
+        Err(source) => Err(NetnsError::Records {
             path: dir.to_path_buf(),
             source,
         }),
     }
 }
 
-pub(crate) fn remove_tree(path: &Path) -> Result<(), SandboxError> {
+/// Removes `path` and everything below it; gone already is fine.
+pub fn remove_tree(path: &Path) -> Result<(), NetnsError> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SandboxError::Records {
+        Err(source) => Err(NetnsError::Records {
             path: path.to_path_buf(),
             source,
         }),

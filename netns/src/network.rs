@@ -9,19 +9,12 @@
 //! `scripts/bootstrap`): it creates the namespace as a bind mount under
 //! `/run/netns`, where the kvm backend can open it to place its tap.
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use super::records::{self, Owner};
-use super::SandboxError;
-
-/// Where iproute2 keeps named network namespaces.
-pub(crate) const NETNS_DIR: &str = "/run/netns";
-/// Every session namespace's name starts with this.
-pub(crate) const NAME_PREFIX: &str = "openclaw-";
+use crate::iproute::{delete_netns, ip, NAME_PREFIX, NETNS_DIR};
+use crate::records::{self, Owner};
+use crate::{enter, NetnsError};
 
 /// A session's network namespace. Dropping it deletes the namespace (any
 /// socket or process still inside keeps its own reference until closed).
@@ -43,7 +36,7 @@ impl SessionNetwork {
     /// Creates the namespace for `session_id` (1-32 chars of `[A-Za-z0-9_-]`),
     /// with `lo` up holding `10.200.<slot>.1/32`, the slot being the
     /// first free one among live sessions. Blocking (runs `ip`).
-    pub fn create(session_id: &str) -> Result<SessionNetwork, SandboxError> {
+    pub fn create(session_id: &str) -> Result<SessionNetwork, NetnsError> {
         Self::create_with_owner(session_id, Owner::current())
     }
 
@@ -54,7 +47,7 @@ impl SessionNetwork {
         session_id: &str,
         owner_pid: u32,
         owner_start: u64,
-    ) -> Result<SessionNetwork, SandboxError> {
+    ) -> Result<SessionNetwork, NetnsError> {
         Self::create_with_owner(
             session_id,
             Owner {
@@ -64,7 +57,7 @@ impl SessionNetwork {
         )
     }
 
-    fn create_with_owner(session_id: &str, owner: Owner) -> Result<SessionNetwork, SandboxError> {
+    fn create_with_owner(session_id: &str, owner: Owner) -> Result<SessionNetwork, NetnsError> {
         validate_session_id(session_id)?;
         let name = format!("{NAME_PREFIX}{session_id}");
         let dir = records::net_dir();
@@ -87,7 +80,7 @@ impl SessionNetwork {
             }
         }
         let _ = std::fs::remove_file(&tmp);
-        let (slot, record) = claimed.ok_or(SandboxError::NoFreeSlot)?;
+        let (slot, record) = claimed.ok_or(NetnsError::NoFreeSlot)?;
         let net = SessionNetwork {
             path: Path::new(NETNS_DIR).join(&name),
             name,
@@ -105,7 +98,7 @@ impl SessionNetwork {
         Ok(net)
     }
 
-    fn build(&mut self) -> Result<(), SandboxError> {
+    fn build(&mut self) -> Result<(), NetnsError> {
         let cidr = format!("{}/32", self.proxy_addr());
         ip(&["netns", "add", &self.name])?;
         self.created = true;
@@ -113,11 +106,6 @@ impl SessionNetwork {
         ip(&["-n", n, "link", "set", "lo", "up"])?;
         ip(&["-n", n, "addr", "add", &cidr, "dev", "lo"])?;
         Ok(())
-    }
-
-    /// Removes leftovers of crashed supervisors; see [`super::cleanup_stale`].
-    pub fn cleanup_stale() -> Result<super::records::StaleCleanup, SandboxError> {
-        records::cleanup_stale()
     }
 
     /// The namespace's name as `ip netns` knows it (`openclaw-<id>`).
@@ -150,7 +138,7 @@ impl SessionNetwork {
     /// For the kvm backend: brings up `ifname` (a tap already created in this
     /// namespace) and routes the guest address through it, so replies from
     /// the proxy reach the guest. Blocking.
-    pub fn route_guest_via(&self, ifname: &str) -> Result<(), SandboxError> {
+    pub fn route_guest_via(&self, ifname: &str) -> Result<(), NetnsError> {
         let n = self.name.as_str();
         let guest = format!("{}/32", self.guest_addr());
         ip(&["-n", n, "link", "set", ifname, "up"])?;
@@ -159,61 +147,36 @@ impl SessionNetwork {
     }
 
     /// Runs `f` on a fresh thread that has entered this namespace, and
-    /// returns its result. Sockets created inside `f` stay in the namespace
-    /// after the thread ends, so this is how the proxy binds its listeners
-    /// (bind std sockets here, then hand them to tokio with `from_std`).
+    /// returns its result: [`crate::run_in`] on [`path`](Self::path). This
+    /// is how the proxy's listeners and the kvm backend's tap are made.
     /// Blocks until `f` returns.
-    pub fn run_in<F, T>(&self, f: F) -> Result<T, SandboxError>
+    pub fn run_in<F, T>(&self, f: F) -> Result<T, NetnsError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let file = File::open(&self.path).map_err(|source| SandboxError::EnterNetns {
-            path: self.path.clone(),
-            source,
-        })?;
-        let path = self.path.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("netns-{}", self.name))
-            .spawn(move || -> Result<T, SandboxError> {
-                // setns(CLONE_NEWNET) changes only this thread, which is
-                // ours and ends after `f`.
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                    |e| SandboxError::EnterNetns {
-                        path,
-                        source: e.into(),
-                    },
-                )?;
-                Ok(f())
-            })
-            .map_err(|source| SandboxError::EnterNetns {
-                path: self.path.clone(),
-                source,
-            })?;
-        handle
-            .join()
-            .map_err(|_| SandboxError::NetnsThreadPanicked)?
+        enter::run_in(&self.path, f)
     }
 
     /// Binds a TCP listener on `proxy_addr():port` inside the namespace
     /// (e.g. 80 and 443 for the proxy). Blocking; the returned std listener
     /// can be handed to tokio with `TcpListener::from_std` after
     /// `set_nonblocking(true)`.
-    pub fn bind_tcp(&self, port: u16) -> Result<TcpListener, SandboxError> {
+    pub fn bind_tcp(&self, port: u16) -> Result<TcpListener, NetnsError> {
         let addr = SocketAddr::from((self.proxy_addr(), port));
         self.run_in(move || TcpListener::bind(addr))?
-            .map_err(|source| SandboxError::Bind { addr, source })
+            .map_err(|source| NetnsError::Bind { addr, source })
     }
 
     /// Binds a UDP socket on `proxy_addr():port` inside the namespace
     /// (53 for the proxy's DNS responder). Blocking.
-    pub fn bind_udp(&self, port: u16) -> Result<UdpSocket, SandboxError> {
+    pub fn bind_udp(&self, port: u16) -> Result<UdpSocket, NetnsError> {
         let addr = SocketAddr::from((self.proxy_addr(), port));
         self.run_in(move || UdpSocket::bind(addr))?
-            .map_err(|source| SandboxError::Bind { addr, source })
+            .map_err(|source| NetnsError::Bind { addr, source })
     }
 
-    fn teardown(&mut self) -> Result<(), SandboxError> {
+    fn teardown(&mut self) -> Result<(), NetnsError> {
         if self.created {
             delete_netns(&self.name)?;
         }
@@ -230,15 +193,7 @@ impl Drop for SessionNetwork {
     }
 }
 
-/// Deletes the named namespace if it exists.
-pub(crate) fn delete_netns(name: &str) -> Result<(), SandboxError> {
-    if !Path::new(NETNS_DIR).join(name).exists() {
-        return Ok(());
-    }
-    ip(&["netns", "delete", name])
-}
-
-fn validate_session_id(id: &str) -> Result<(), SandboxError> {
+fn validate_session_id(id: &str) -> Result<(), NetnsError> {
     let ok = !id.is_empty()
         && id.len() <= 32
         && id
@@ -247,23 +202,7 @@ fn validate_session_id(id: &str) -> Result<(), SandboxError> {
     if ok {
         Ok(())
     } else {
-        Err(SandboxError::InvalidSessionId(id.to_string()))
-    }
-}
-
-/// Runs `ip ARGS`, mapping failure to its stderr.
-fn ip(args: &[&str]) -> Result<(), SandboxError> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(SandboxError::IpSpawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(SandboxError::IpCommand {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        Err(NetnsError::InvalidSessionId(id.to_string()))
     }
 }
 
@@ -277,7 +216,7 @@ mod tests {
         for bad in ["", "a/b", "a b", "../x", &"x".repeat(33)] {
             assert!(matches!(
                 validate_session_id(bad),
-                Err(SandboxError::InvalidSessionId(_))
+                Err(NetnsError::InvalidSessionId(_))
             ));
         }
     }

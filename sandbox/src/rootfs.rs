@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::SandboxError;
+use crate::SandboxError;
 
 /// Step names reported when a step fails inside the child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -618,9 +618,14 @@ pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
     Ok(ops)
 }
 
+/// Where every sandbox's staging directory (with its owner record) lives.
+pub(crate) fn sandboxes_dir() -> PathBuf {
+    Path::new(netns::RUN_DIR).join("sandboxes")
+}
+
 /// The host path of the staging directory of sandbox `name`.
 pub(crate) fn staging_dir(name: &str) -> PathBuf {
-    super::records::sandboxes_dir().join(name)
+    sandboxes_dir().join(name)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::SandboxError;
+use crate::SandboxError;
 
 /// Which cgroup hierarchy holds the limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
