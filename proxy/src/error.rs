@@ -28,8 +28,6 @@ pub enum ProxyError {
         addr: std::net::SocketAddr,
         source: io::Error,
     },
-    #[error("entering network namespace {path}: {source}")]
-    Netns { path: PathBuf, source: io::Error },
     #[error("the ClientHello carries no server name (SNI)")]
     NoSni,
     #[error("not a TLS connection: {0}")]
@@ -116,7 +114,6 @@ impl ProxyError {
             | E::ExtraRoots { .. }
             | E::NoRootsInFile { .. }
             | E::Bind { .. }
-            | E::Netns { .. }
             | E::BodyNotBuffered => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         };
         Blocked {

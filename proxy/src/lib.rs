@@ -6,8 +6,8 @@
 //! The public interface is:
 //! - [`Proxy::start`] / [`Proxy::start_with_listeners`] → [`ProxyHandle`]
 //!   (addresses, the session CA's PEM, counters, [`ProxyHandle::shutdown`]);
-//! - [`ProxyConfig`], [`ListenAddrs`], [`Listeners`] (bind here or inside a
-//!   network namespace), [`UpstreamConfig`], [`Limits`];
+//! - [`ProxyConfig`], [`ListenAddrs`], [`Listeners`] (bound by the caller,
+//!   e.g. inside the session's network namespace), [`UpstreamConfig`], [`Limits`];
 //! - the decision seam: [`Gate`] and the types it sees ([`GateRequest`],
 //!   [`RequestBody`], [`ConnInfo`], [`Refusal`], [`Exchange`], [`ResponseFilter`]);
 //!   [`AllowAll`] is the permissive gate used by part 1's tests;
@@ -26,7 +26,7 @@ pub mod enforce;
 mod error;
 /// HTTP/1.1 and HTTP/2 serving, request forwarding, smuggling guard, bodies.
 mod http;
-/// Listener binding, optionally inside a network namespace.
+/// Listener binding in the calling thread's network namespace.
 mod listen;
 /// `Proxy::start`: accept loops, connection limits, shutdown.
 mod server;

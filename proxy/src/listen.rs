@@ -1,15 +1,11 @@
-//! Binding the proxy's sockets, here or inside the session's network
-//! namespace (a dedicated thread enters it, binds, and exits; the sockets
-//! keep belonging to that namespace while outbound connects, made from the
-//! runtime's threads, leave from the host's namespace).
+//! Binding the proxy's sockets in the calling thread's network namespace.
+//! For the session's namespace the caller runs [`Listeners::bind`] on a
+//! thread inside it (the `netns` crate's `run_in`) and hands the bound
+//! sockets to [`crate::Proxy::start_with_listeners`]: the sockets keep
+//! belonging to that namespace while outbound connects, made from the
+//! runtime's threads, leave from the host's namespace.
 
-use std::{
-    fs::File,
-    net::{SocketAddr, TcpListener, UdpSocket},
-    path::{Path, PathBuf},
-};
-
-use nix::sched::{setns, CloneFlags};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 use crate::ProxyError;
 
@@ -41,7 +37,7 @@ fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyEr
 }
 
 impl Listeners {
-    /// Bind in the calling thread's network namespace.
+    /// Bind in the calling thread's network namespace (non-blocking sockets).
     pub fn bind(addrs: &ListenAddrs) -> Result<Self, ProxyError> {
         let mut out = Listeners::default();
         if let Some(a) = addrs.https {
@@ -79,30 +75,5 @@ impl Listeners {
             }
         }
         Ok(out)
-    }
-
-    /// Bind inside the network namespace at `netns` (e.g.
-    /// `/run/netns/<name>` or `/proc/<pid>/ns/net`).
-    pub fn bind_in_netns(netns: &Path, addrs: &ListenAddrs) -> Result<Self, ProxyError> {
-        let path: PathBuf = netns.to_owned();
-        let addrs = addrs.clone();
-        // setns changes only the calling thread, so a throwaway thread does it.
-        std::thread::spawn(move || {
-            let netns_err = |source| ProxyError::Netns {
-                path: path.clone(),
-                source,
-            };
-            let file = File::open(&path).map_err(netns_err)?;
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| netns_err(std::io::Error::from(e)))?;
-            Listeners::bind(&addrs)
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(ProxyError::Netns {
-                path: netns.to_owned(),
-                source: std::io::Error::other("binding thread panicked"),
-            })
-        })
     }
 }

@@ -3,7 +3,6 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -86,9 +85,6 @@ pub struct ProxyConfig {
     /// Session id, used in the CA's name and in logs.
     pub session: String,
     pub listen: ListenAddrs,
-    /// Bind the listeners inside this network namespace (a path such as
-    /// `/run/netns/<name>`); None binds in the caller's namespace.
-    pub netns: Option<PathBuf>,
     /// The address DNS answers point to (the proxy's address as the
     /// sandbox sees it).
     pub advertise: Ipv4Addr,
@@ -107,7 +103,6 @@ impl ProxyConfig {
                 http: Some(any),
                 dns: Some(any),
             },
-            netns: None,
             advertise: Ipv4Addr::LOCALHOST,
             upstream: UpstreamConfig::default(),
             limits: Limits::default(),
@@ -166,29 +161,19 @@ pub struct ProxyHandle {
 }
 
 impl Proxy {
-    /// Bind per `config` (inside `config.netns` when set) and start serving.
-    /// Must be called within a tokio runtime.
+    /// Bind per `config.listen` in the caller's network namespace and start
+    /// serving. Must be called within a tokio runtime.
     pub async fn start(
         config: ProxyConfig,
         gate: Arc<dyn Gate>,
     ) -> Result<ProxyHandle, ProxyError> {
-        let listeners = match &config.netns {
-            Some(ns) => {
-                let (ns, addrs) = (ns.clone(), config.listen.clone());
-                tokio::task::spawn_blocking(move || Listeners::bind_in_netns(&ns, &addrs))
-                    .await
-                    .map_err(|e| ProxyError::Netns {
-                        path: config.netns.clone().unwrap_or_default(),
-                        source: std::io::Error::other(e),
-                    })??
-            }
-            None => Listeners::bind(&config.listen)?,
-        };
+        let listeners = Listeners::bind(&config.listen)?;
         Self::start_with_listeners(config, listeners, gate).await
     }
 
-    /// Start serving on sockets the caller already bound (non-blocking).
-    /// `config.listen` and `config.netns` are ignored.
+    /// Start serving on sockets the caller already bound (non-blocking),
+    /// e.g. with [`Listeners::bind`] inside the session's network namespace.
+    /// `config.listen` is ignored.
     pub async fn start_with_listeners(
         config: ProxyConfig,
         listeners: Listeners,

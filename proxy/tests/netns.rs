@@ -1,4 +1,5 @@
-//! Listeners bound inside a network namespace this test creates: the
+//! Listeners bound inside a network namespace this test creates (through
+//! the `netns` crate, as the binary binds them): the
 //! sandbox side (curl run in the namespace) reaches the proxy, the proxy
 //! reaches an upstream in the host namespace, and the host namespace cannot
 //! see the proxy's listener. Needs root (as CI runs).
@@ -40,12 +41,16 @@ impl Drop for Netns {
 async fn proxy_listens_inside_the_session_namespace() {
     let ns = Netns::create().expect("ip netns add (tests run as root)");
     let path = format!("/run/netns/{}", ns.0);
-    let env = common::Env::start_with(&[b"h2", b"http/1.1"], common::Recorder::default(), |cfg| {
-        cfg.netns = Some(path.into());
-        cfg.listen.https = Some("127.0.0.1:8443".parse().unwrap());
-        cfg.listen.http = None;
-        cfg.listen.dns = Some("127.0.0.1:5353".parse().unwrap());
-    })
+    let env = common::Env::start_inside(
+        &[b"h2", b"http/1.1"],
+        common::Recorder::default(),
+        |cfg| {
+            cfg.listen.https = Some("127.0.0.1:8443".parse().unwrap());
+            cfg.listen.http = None;
+            cfg.listen.dns = Some("127.0.0.1:5353".parse().unwrap());
+        },
+        Some(path.into()),
+    )
     .await;
     let out = tokio::process::Command::new("ip")
         .args([

@@ -6,13 +6,16 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use capabilities::{Capability, UnverifiedToken};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use netns::SessionNetwork;
-use proxy::{Limits, ListenAddrs, Proxy, ProxyConfig, UpstreamConfig};
+use proxy::{
+    Gate, Limits, ListenAddrs, Listeners, Proxy, ProxyConfig, ProxyHandle, UpstreamConfig,
+};
 use receipts::{ReceiptLog, SessionStart};
 use sandbox::{Sandbox, SandboxSpec, SandboxStdio};
 use sha2::{Digest, Sha256};
@@ -261,7 +264,8 @@ async fn serve_and_supervise(
     let enforcement = enforcement::build(config, capability, receipt_log.clone())?;
     out.attach(enforcement.events.subscribe(), dir)?;
 
-    let proxy = Proxy::start(
+    let proxy = start_proxy(
+        network,
         ProxyConfig {
             session: info.id.clone(),
             listen: ListenAddrs {
@@ -269,7 +273,6 @@ async fn serve_and_supervise(
                 http: Some(SocketAddr::from((proxy_ip, 80))),
                 dns: Some(SocketAddr::from((proxy_ip, 53))),
             },
-            netns: Some(network.path().to_path_buf()),
             advertise: proxy_ip,
             upstream: UpstreamConfig {
                 platform_roots: true,
@@ -347,6 +350,21 @@ async fn serve_and_supervise(
     proxy.shutdown().await;
     control?;
     result
+}
+
+/// Starts the proxy on listeners bound inside the session network (the
+/// proxy itself never enters a namespace).
+async fn start_proxy(
+    network: &SessionNetwork,
+    config: ProxyConfig,
+    gate: Arc<dyn Gate>,
+) -> Result<ProxyHandle> {
+    let (netns_path, addrs) = (network.path().to_path_buf(), config.listen.clone());
+    let listeners = tokio::task::spawn_blocking(move || {
+        netns::run_in(&netns_path, move || Listeners::bind(&addrs))
+    })
+    .await???;
+    Ok(Proxy::start_with_listeners(config, listeners, gate).await?)
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these

@@ -11,8 +11,8 @@ use std::{
 };
 
 use proxy::{
-    AllowAll, ConnInfo, DnsVerdict, Exchange, Gate, GateRequest, GateVerdict, Proxy, ProxyConfig,
-    ProxyHandle, Refusal,
+    AllowAll, ConnInfo, DnsVerdict, Exchange, Gate, GateRequest, GateVerdict, Listeners, Proxy,
+    ProxyConfig, ProxyHandle, Refusal,
 };
 use test_support::{TestCa, Upstream};
 
@@ -105,6 +105,18 @@ impl Env {
         gate: Recorder,
         tweak: impl FnOnce(&mut ProxyConfig),
     ) -> Env {
+        Self::start_inside(upstream_alpn, gate, tweak, None).await
+    }
+
+    /// As [`Env::start_with`]; with `netns`, the listeners are bound inside
+    /// the network namespace at that path (through the `netns` crate, as
+    /// the binary binds them in the session's).
+    pub async fn start_inside(
+        upstream_alpn: &[&[u8]],
+        gate: Recorder,
+        tweak: impl FnOnce(&mut ProxyConfig),
+        netns: Option<PathBuf>,
+    ) -> Env {
         let upstream_ca = TestCa::new("upstream");
         let upstream = Upstream::https(&upstream_ca, &[HOST, OTHER], upstream_alpn).await;
         let dir = tempfile::tempdir().unwrap();
@@ -117,7 +129,22 @@ impl Env {
         ]);
         tweak(&mut cfg);
         let gate = Arc::new(gate);
-        let proxy = Proxy::start(cfg, gate.clone()).await.unwrap();
+        let proxy = match netns {
+            None => Proxy::start(cfg, gate.clone()).await.unwrap(),
+            Some(path) => {
+                let addrs = cfg.listen.clone();
+                let listeners = tokio::task::spawn_blocking(move || {
+                    netns::run_in(&path, move || Listeners::bind(&addrs))
+                })
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+                Proxy::start_with_listeners(cfg, listeners, gate.clone())
+                    .await
+                    .unwrap()
+            }
+        };
         let session_ca = dir.path().join("session-ca.pem");
         std::fs::write(&session_ca, proxy.ca_pem()).unwrap();
         Env {
