@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use guest_image::SessionFiles;
-use vmm::{ExitReason, Kernel, MicroVm, NetConfig, VmConfig};
+use vmm::{ExitReason, Kernel, MicroVm, NetConfig, Tap, VmConfig};
 
 const TASK: &str = "echo out-line; echo err-line >&2; echo \"placeholder=$OPENCLAW_TEST_TOKEN\"; \
     test \"$(id -u)\" = 1000 && echo uid-ok; cmp -s /etc/ssl/certs/ca-certificates.crt /openclaw/session/ca.pem && echo ca-ok; exit 3";
@@ -210,10 +210,16 @@ fn net_boot(kernel: &Path, initramfs: &Path, cmdline: &str) -> bool {
     config.initramfs = Some(initramfs.to_path_buf());
     config.extra_cpio = Some(extra);
     config.cmdline = format!("{cmdline} openclaw.ip=10.0.2.2/24 openclaw.gw=10.0.2.1");
+    // The L1 VM is the whole world here: the tap lives in its namespace.
+    let tap = match Tap::open_with_address("oc0", Some("10.0.2.1/24")) {
+        Ok(tap) => tap,
+        Err(e) => {
+            println!("NET FAIL tap: {e}");
+            return false;
+        }
+    };
     config.net = Some(NetConfig {
-        tap: "oc0".into(),
-        netns: None,
-        host_cidr: Some("10.0.2.1/24".into()),
+        tap,
         mac: [0x02, 0x0c, 0x1a, 0, 0, 2],
     });
     let vm = match MicroVm::boot(config) {

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use guest_image::{GuestImage, SessionFiles};
 use netns::SessionNetwork;
 use tokio::sync::mpsc;
-use vmm::{ControlEvent, ExitReason, Kernel, MicroVm, NetConfig, RunningVm, VmConfig, VmExit};
+use vmm::{ControlEvent, ExitReason, Kernel, MicroVm, NetConfig, RunningVm, Tap, VmConfig, VmExit};
 
 use super::bundle::{self, SessionInfo};
 use super::console::Console;
@@ -106,12 +106,17 @@ pub(super) async fn supervise(
         network.guest_addr(),
         network.prefix_len()
     );
+    // The tap is created inside the session network and handed to the VM.
+    // The proxy's address lives on the namespace's lo; the tap only needs a
+    // route to the guest (below).
+    let (netns_path, name) = (network.path().to_path_buf(), tap.clone());
+    let nic =
+        tokio::task::spawn_blocking(move || netns::run_in(&netns_path, move || Tap::open(&name)))
+            .await?
+            .context("entering the session network")?
+            .context("creating the guest's NIC in the session network")?;
     vm_config.net = Some(NetConfig {
-        tap: tap.clone(),
-        netns: Some(network.path().to_path_buf()),
-        // The proxy's address lives on the namespace's lo; the tap only
-        // needs a route to the guest (below).
-        host_cidr: None,
+        tap: nic,
         mac: guest_mac(),
     });
     out.note(&format!(

@@ -22,7 +22,7 @@ use crate::arch::{
 use crate::arch::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::MmioDevice;
-use crate::devices::virtio::net::{Net, NetConfig, TapError};
+use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::{MmioTransport, VirtioInterrupt};
 use crate::devices::{
     boot_marker, BootMarker, Bus, ControlDecoder, ControlEvent, IrqLine, SerialPort, COM1_IRQ,
@@ -67,7 +67,7 @@ pub enum Kernel {
 }
 
 /// Everything one microVM is made of.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct VmConfig {
     pub kernel: Kernel,
     /// The base initramfs (built once).
@@ -80,7 +80,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Where the guest console (COM1) is written.
     pub console: PathBuf,
-    /// The NIC: a virtio-net device on a tap in the session's namespace.
+    /// The NIC: a virtio-net device on a tap the caller opened in the
+    /// session's namespace.
     pub net: Option<NetConfig>,
 }
 
@@ -135,8 +136,6 @@ pub enum StartVmError {
     LoadCommandline(#[source] loader::Error),
     #[error("writing the zero page or MP table: {0}")]
     BootParams(#[source] vm_memory::GuestMemoryError),
-    #[error("creating the network device: {0}")]
-    CreateNetDevice(#[source] TapError),
     #[error("opening console log {path}: {source}")]
     Console {
         path: PathBuf,
@@ -209,7 +208,7 @@ pub struct MicroVm;
 
 impl MicroVm {
     /// Builds and starts a VM. Returns once the vCPUs run.
-    pub fn boot(config: VmConfig) -> Result<RunningVm, StartVmError> {
+    pub fn boot(mut config: VmConfig) -> Result<RunningVm, StartVmError> {
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
             return Err(StartVmError::VcpuCount(config.vcpus));
         }
@@ -236,8 +235,8 @@ impl MicroVm {
             mem.clone(),
             interrupt,
         )));
-        if let Some(net_config) = &config.net {
-            let net = Net::new(net_config).map_err(StartVmError::CreateNetDevice)?;
+        if let Some(net_config) = config.net.take() {
+            let net = Net::new(net_config);
             let interrupt = virtio_interrupt(&vm, 1, &mut cmdline)?;
             virtio.push(Box::new(MmioTransport::new(net, mem.clone(), interrupt)));
         }

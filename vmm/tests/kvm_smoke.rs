@@ -222,10 +222,14 @@ fn guest_reads_the_virtio_mmio_registers_of_its_nic() {
     code.extend(out_bytes(BOOT_MARKER_PORT, &[1]));
     code.extend(RESET);
     let mut c = config(code, dir.path());
+    let netns_path = std::path::PathBuf::from(format!("/run/netns/{}", ns.0));
+    let tap = netns::run_in(&netns_path, || {
+        vmm::Tap::open_with_address("ocsmoke0", Some("10.78.0.1/24"))
+    })
+    .expect("enter the test namespace")
+    .expect("tap in the test namespace");
     c.net = Some(vmm::NetConfig {
-        tap: "ocsmoke0".into(),
-        netns: Some(format!("/run/netns/{}", ns.0).into()),
-        host_cidr: Some("10.78.0.1/24".into()),
+        tap,
         mac: [2, 0, 0, 0, 0, 1],
     });
     let exit = MicroVm::boot(c)

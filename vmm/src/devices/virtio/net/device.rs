@@ -4,7 +4,6 @@
 //! frame behind a zeroed 12-byte virtio-net header.
 
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -13,7 +12,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::tap::{Tap, TapError, VNET_HDR_LEN};
+use super::tap::{Tap, VNET_HDR_LEN};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt, DEVICE_TYPE_NET};
 use crate::vstate::memory::GuestMemory;
 
@@ -25,16 +24,11 @@ const QUEUE_SIZE: u16 = 256;
 const MAX_FRAME: usize = VNET_HDR_LEN + 1518;
 
 /// The NIC as the session sees it.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct NetConfig {
-    /// Tap name (≤ 15 bytes).
-    pub tap: String,
-    /// The session's network namespace (e.g. /run/netns/openclaw-<id>); the
-    /// tap is created there. None: the VMM's own namespace.
-    pub netns: Option<PathBuf>,
-    /// The tap's own address (the guest's gateway), e.g. `10.0.2.1/24`, set
-    /// in the namespace before the guest starts. None: configured elsewhere.
-    pub host_cidr: Option<String>,
+    /// The tap, already open: the caller creates it inside the session's
+    /// network namespace (and gives it an address there if it needs one).
+    pub tap: Tap,
     pub mac: [u8; 6],
 }
 
@@ -59,19 +53,10 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(config: &NetConfig) -> Result<Net, TapError> {
-        let tap = Tap::open_with_address(
-            &config.tap,
-            config.netns.as_deref(),
-            config.host_cidr.as_deref(),
-        )?;
-        Ok(Net::with_tap(tap, config.mac))
-    }
-
-    pub fn with_tap(tap: Tap, mac: [u8; 6]) -> Net {
+    pub fn new(config: NetConfig) -> Net {
         Net {
-            tap: Arc::new(tap),
-            mac,
+            tap: Arc::new(config.tap),
+            mac: config.mac,
             active: Arc::new(Mutex::new(None)),
             rx_kick: Arc::new(new_eventfd()),
             stop: Arc::new(new_eventfd()),
@@ -343,13 +328,16 @@ mod tests {
         }
         let ns = Netns(format!("ocvmm-net-{}", std::process::id()));
         assert!(ip(&["netns", "add", &ns.0]), "ip netns add");
-        let config = NetConfig {
-            tap: "ocvmm0".into(),
-            netns: Some(PathBuf::from(format!("/run/netns/{}", ns.0))),
-            host_cidr: Some("10.77.0.1/24".into()),
+        let netns_path = std::path::PathBuf::from(format!("/run/netns/{}", ns.0));
+        let tap = netns::run_in(&netns_path, || {
+            Tap::open_with_address("ocvmm0", Some("10.77.0.1/24"))
+        })
+        .expect("enter the test namespace")
+        .expect("tap in the test namespace");
+        let net = Net::new(NetConfig {
+            tap,
             mac: GUEST_MAC,
-        };
-        let net = Net::new(&config).expect("tap in the test namespace");
+        });
         assert!(
             !ip(&["link", "show", "ocvmm0"]),
             "the tap lives in the session namespace, not the host's"

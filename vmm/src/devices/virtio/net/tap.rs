@@ -1,14 +1,13 @@
-//! The session's tap device: created inside the session's network namespace
-//! (so its only peer is the session network) with a virtio-net header on
-//! every frame. Unsafe is confined to the three ioctls below.
+//! The session's tap device, with a virtio-net header on every frame. It is
+//! created in the calling thread's network namespace: the caller opens it
+//! inside the session's (the `netns` crate's `run_in`), so its only peer is
+//! the session network, and hands it to the VM. Unsafe is confined to the
+//! three ioctls below.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-
-use nix::sched::{setns, CloneFlags};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
@@ -22,13 +21,6 @@ pub const VNET_HDR_LEN: usize = 12;
 pub enum TapError {
     #[error("tap name {0:?} is empty or longer than 15 bytes")]
     BadName(String),
-    #[error("cannot open network namespace {path}: {source}")]
-    OpenNetns {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot enter network namespace {path}: {source}")]
-    EnterNetns { path: PathBuf, source: nix::Error },
     #[error("cannot open /dev/net/tun: {0}")]
     OpenTun(std::io::Error),
     #[error("TUNSETIFF failed: {0}")]
@@ -41,8 +33,6 @@ pub enum TapError {
     BadAddress(String),
     #[error("giving the tap its address failed: {0}")]
     AddAddress(String),
-    #[error("the namespace thread died")]
-    Thread,
 }
 
 /// `struct ifreq` with the flags member of its union.
@@ -73,20 +63,16 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Creates (or attaches to) tap `name`, inside the network namespace at
-    /// `netns` (e.g. `/run/netns/openclaw-<id>`) when given, and sets it up.
-    pub fn open(name: &str, netns: Option<&Path>) -> Result<Tap, TapError> {
-        Tap::open_with_address(name, netns, None)
+    /// Creates (or attaches to) tap `name` in the calling thread's network
+    /// namespace, and sets it up.
+    pub fn open(name: &str) -> Result<Tap, TapError> {
+        Tap::open_with_address(name, None)
     }
 
     /// Like [`Tap::open`], and gives the tap (the host side of the guest's
     /// link) the address `host_cidr` (e.g. `10.0.2.1/24`) in that namespace,
     /// before the guest can send anything.
-    pub fn open_with_address(
-        name: &str,
-        netns: Option<&Path>,
-        host_cidr: Option<&str>,
-    ) -> Result<Tap, TapError> {
+    pub fn open_with_address(name: &str, host_cidr: Option<&str>) -> Result<Tap, TapError> {
         let name_ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || !name.bytes().all(name_ok) {
             return Err(TapError::BadName(name.to_string()));
@@ -94,29 +80,6 @@ impl Tap {
         if let Some(cidr) = host_cidr {
             check_cidr(cidr)?;
         }
-        let host_cidr = host_cidr.map(str::to_string);
-        let Some(netns) = netns else {
-            return Tap::open_here(name, host_cidr.as_deref());
-        };
-        let ns = File::open(netns).map_err(|source| TapError::OpenNetns {
-            path: netns.to_path_buf(),
-            source,
-        })?;
-        let name = name.to_string();
-        let path = netns.to_path_buf();
-        // setns changes only the calling thread: a short-lived thread enters
-        // the namespace, creates the tap there (a tap belongs to the namespace
-        // it was created in) and hands back the fd.
-        std::thread::spawn(move || {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|source| TapError::EnterNetns { path, source })?;
-            Tap::open_here(&name, host_cidr.as_deref())
-        })
-        .join()
-        .map_err(|_| TapError::Thread)?
-    }
-
-    fn open_here(name: &str, host_cidr: Option<&str>) -> Result<Tap, TapError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -240,23 +203,24 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        assert!(matches!(Tap::open("", None), Err(TapError::BadName(_))));
+        assert!(matches!(Tap::open(""), Err(TapError::BadName(_))));
         assert!(matches!(
-            Tap::open("a-name-far-too-long", None),
+            Tap::open("a-name-far-too-long"),
             Err(TapError::BadName(_))
         ));
+        assert!(matches!(Tap::open("tap 0"), Err(TapError::BadName(_))));
+        // A tap in a namespace that does not exist: opened through netns
+        // (as the binary does), it fails at the namespace.
         assert!(matches!(
-            Tap::open("tap 0", None),
-            Err(TapError::BadName(_))
-        ));
-        assert!(matches!(
-            Tap::open("tap0", Some(Path::new("/nonexistent/netns"))),
-            Err(TapError::OpenNetns { .. })
+            netns::run_in(std::path::Path::new("/nonexistent/netns"), || Tap::open(
+                "tap0"
+            )),
+            Err(netns::NetnsError::EnterNetns { .. })
         ));
         for bad in ["10.0.0.1", "10.0.0.1/33", "dev lo", "10.0.0/24"] {
             assert!(
                 matches!(
-                    Tap::open_with_address("tap0", None, Some(bad)),
+                    Tap::open_with_address("tap0", Some(bad)),
                     Err(TapError::BadAddress(_))
                 ),
                 "{bad}"
