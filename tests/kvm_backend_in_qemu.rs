@@ -1,5 +1,5 @@
 //! `openclaw run --backend kvm|auto` end to end on real KVM, inside the QEMU
-//! harness (`guest_image::qemu_harness`: L1 is a Debian kernel with kvm-amd
+//! harness (the `qemu-harness` crate: L1 is a Debian kernel with kvm-amd
 //! under TCG). The outer initramfs carries openclaw (stripped) with its
 //! shared libraries, iproute2's `ip`, `openssl s_server` as the local HTTPS
 //! upstream (its own test CA), the guest image, and a token granting one
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use guest_image::qemu_harness::{self, L1Payload};
+use qemu_harness::L1Payload;
 
 const POLICY: &str = r#"
 ttl = "30m"

@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vmm::{ExitReason, Kernel, MicroVm, VmConfig, BOOT_MARKER_PORT};
+use guest_protocol::{encode_frame, BOOT_MARKER_PORT, FRAME_EXIT, FRAME_STDERR, FRAME_STDOUT};
+use vmm::{ExitReason, Kernel, MicroVm, VmConfig};
 
 const LOAD_ADDR: u64 = 0x10_0000;
 
@@ -82,9 +83,9 @@ fn control_channel_frames_come_back_as_task_output() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut wire = vmm::encode_frame(vmm::FRAME_STDOUT, b"out");
-    wire.extend(vmm::encode_frame(vmm::FRAME_STDERR, b"err"));
-    wire.extend(vmm::encode_frame(vmm::FRAME_EXIT, &7i32.to_le_bytes()));
+    let mut wire = encode_frame(FRAME_STDOUT, b"out");
+    wire.extend(encode_frame(FRAME_STDERR, b"err"));
+    wire.extend(encode_frame(FRAME_EXIT, &7i32.to_le_bytes()));
     let mut code = out_bytes(0x2f8, &wire);
     code.extend(RESET);
     let exit = MicroVm::boot(config(code, dir.path()))
