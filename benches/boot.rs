@@ -19,7 +19,8 @@
 
 use std::time::{Duration, Instant};
 
-use vmm::{ExitReason, Kernel, MicroVm, VmConfig, BOOT_MARKER_PORT};
+use guest_protocol::BOOT_MARKER_PORT;
+use vmm::{ExitReason, Kernel, MicroVm, VmConfig};
 
 /// serial "ok\n", boot marker, i8042 reset.
 fn flat_guest() -> Vec<u8> {
@@ -135,7 +136,7 @@ fn harness_part() {
     if std::env::var("OPENCLAW_BENCH_HARNESS").as_deref() == Ok("0") {
         return;
     }
-    if !guest_image::qemu_harness::qemu_available() {
+    if !qemu_harness::qemu_available() {
         println!("harness: qemu-system-x86_64 not installed, skipped");
         return;
     }
@@ -143,7 +144,7 @@ fn harness_part() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let run = match guest_image::qemu_harness::run_l1_runner(
+    let run = match qemu_harness::run_l1_runner(
         boots,
         &["compare"],
         true,

@@ -1,5 +1,5 @@
 //! `openclaw run --backend kvm|auto` end to end on real KVM, inside the QEMU
-//! harness (`guest_image::qemu_harness`: L1 is a Debian kernel with kvm-amd
+//! harness (the `qemu-harness` crate: L1 is a Debian kernel with kvm-amd
 //! under TCG). The outer initramfs carries openclaw (stripped) with its
 //! shared libraries, iproute2's `ip`, `openssl s_server` as the local HTTPS
 //! upstream (its own test CA), the guest image, and a token granting one
@@ -13,14 +13,16 @@
 //! - `--timeout` stops a VM (124);
 //! - afterwards no tap, namespace or session network is left.
 //!
-//! The verdict is read from L1's serial console. Skipped (with the reason)
-//! only when QEMU is missing.
+//! The verdict is read from L1's serial console. Ignored (with the reason)
+//! only when QEMU is missing; `OPENCLAW_REQUIRE_HARNESS=1` makes that a
+//! failure (`test_requirements`, set up by the root build script).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use guest_image::qemu_harness::{self, L1Payload};
+use qemu_harness::L1Payload;
+use test_requirements::{require, Requirement};
 
 const POLICY: &str = r#"
 ttl = "30m"
@@ -202,14 +204,15 @@ fn session(output: &str, tag: &str) -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(openclaw_has_qemu),
+    ignore = "qemu-system-x86_64 is not installed (scripts/bootstrap installs it)"
+)]
 fn kvm_backend_sessions_inside_qemu() {
-    if !qemu_harness::qemu_available() {
-        eprintln!(
-            "SKIPPED: {} is not installed (scripts/bootstrap installs it)",
-            qemu_harness::QEMU
-        );
-        return;
-    }
+    require(
+        &[Requirement::Qemu],
+        "kvm_backend_in_qemu::kvm_backend_sessions_inside_qemu",
+    );
     let root = qemu_harness::workspace_root();
     let work = tempfile::tempdir().expect("tempdir");
     let home = work.path().join("home");

@@ -1,24 +1,25 @@
 //! Builds the guest image the microVM boots: a kernel from a documented config
 //! fragment and an initramfs (busybox, curl, CA trust, the guest init), plus
-//! the small per-session cpio appended to it.
+//! the small per-session cpio appended to it. What the guest init and the
+//! host agree on (frames, markers, paths, switches) is `guest_protocol`'s.
 //!
 //! The public interface is: [`build_image`] → [`GuestImage`] (paths of the
 //! cached kernel and base initramfs), [`SessionFiles::to_cpio`] for the
 //! per-session part, and [`cpio`] for reading/writing newc archives.
 #![forbid(unsafe_code)]
 
+/// Reading and writing newc cpio archives.
 pub mod cpio;
+/// The base initramfs: busybox, curl and its libraries, the guest init.
 pub mod initramfs;
+/// The guest kernel, built from Debian's source and the config fragment.
 pub mod kernel;
-pub mod qemu_harness;
+/// The per-session cpio.
 pub mod session;
 
 use std::path::{Path, PathBuf};
 
 pub use session::{SessionFiles, SessionImageError};
-
-/// The kernel command-line switch that puts the guest init in probe mode.
-pub const PROBE_CMDLINE: &str = "openclaw.probe=1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestImageError {

@@ -2,14 +2,9 @@
 //! guest's only trust anchor), credential placeholders, the task's argv and
 //! its files. Never real secrets: placeholders are what the proxy swaps.
 
-use crate::cpio::CpioWriter;
+use guest_protocol::paths::{ARGV_PATH, CA_PATH, ENV_PATH, SESSION_DIR, WORK_DIR};
 
-/// Where the guest init looks (paths inside the guest).
-pub const SESSION_DIR: &str = "/openclaw/session";
-pub const CA_PATH: &str = "/openclaw/session/ca.pem";
-pub const ENV_PATH: &str = "/openclaw/session/env";
-pub const ARGV_PATH: &str = "/openclaw/session/argv";
-pub const WORK_DIR: &str = "/openclaw/work";
+use crate::cpio::CpioWriter;
 
 #[derive(Debug, Clone, Default)]
 pub struct SessionFiles {

@@ -25,8 +25,6 @@ pub mod vstate;
 pub use builder::{
     ExitReason, Kernel, MicroVm, RunningVm, StartVmError, TaskOutput, VmConfig, VmExit,
 };
-pub use devices::boot_marker::{BOOT_MARKER_PORT, MARKER_INIT_STARTED, MARKER_TASK_STARTED};
-pub use devices::control::{encode_frame, FRAME_EXIT, FRAME_MARK, FRAME_STDERR, FRAME_STDOUT};
 pub use devices::virtio::net::{NetConfig, Tap, TapError};
 pub use devices::ControlEvent;
 pub use probe::{probe, ProbeResult};

@@ -1,22 +1,22 @@
 //! KVM smoke tests with hand-assembled 64-bit guests, on whatever /dev/kvm this
 //! host has (the dev/CI machines' nested PVM included): long-mode entry,
 //! serial output, the boot marker, reset, triple fault, timeout and kill.
-//! Skipped with a message when /dev/kvm is absent.
+//! Ignored (with the reason) where /dev/kvm is absent; `OPENCLAW_REQUIRE_HARNESS=1`
+//! makes that a failure (`test_requirements`, set up by vmm's build script).
 
 use std::path::Path;
 use std::time::Duration;
 
-use vmm::{ExitReason, Kernel, MicroVm, VmConfig, BOOT_MARKER_PORT};
+use guest_protocol::{encode_frame, BOOT_MARKER_PORT, FRAME_EXIT, FRAME_STDERR, FRAME_STDOUT};
+use test_requirements::{require, Requirement};
+use vmm::{ExitReason, Kernel, MicroVm, VmConfig};
 
 const LOAD_ADDR: u64 = 0x10_0000;
 
-fn kvm_available() -> bool {
-    if Path::new("/dev/kvm").exists() {
-        true
-    } else {
-        eprintln!("SKIPPED: /dev/kvm is absent on this host");
-        false
-    }
+/// First line of each test that needs the host's KVM: fails it if /dev/kvm
+/// is missing after all, and records that it ran.
+fn kvm(test: &str) {
+    require(&[Requirement::Kvm], &format!("kvm_smoke::{test}"));
 }
 
 /// `mov dx, port; mov al, byte; out dx, al` for each byte.
@@ -51,10 +51,9 @@ fn threads() -> usize {
 }
 
 #[test]
+#[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn long_mode_guest_writes_serial_hits_the_boot_marker_and_resets() {
-    if !kvm_available() {
-        return;
-    }
+    kvm("long_mode_guest_writes_serial_hits_the_boot_marker_and_resets");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut code = out_bytes(0x3f8, b"hello from long mode\n");
     code.extend(out_bytes(BOOT_MARKER_PORT, &[1]));
@@ -77,14 +76,13 @@ fn long_mode_guest_writes_serial_hits_the_boot_marker_and_resets() {
 }
 
 #[test]
+#[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn control_channel_frames_come_back_as_task_output() {
-    if !kvm_available() {
-        return;
-    }
+    kvm("control_channel_frames_come_back_as_task_output");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut wire = vmm::encode_frame(vmm::FRAME_STDOUT, b"out");
-    wire.extend(vmm::encode_frame(vmm::FRAME_STDERR, b"err"));
-    wire.extend(vmm::encode_frame(vmm::FRAME_EXIT, &7i32.to_le_bytes()));
+    let mut wire = encode_frame(FRAME_STDOUT, b"out");
+    wire.extend(encode_frame(FRAME_STDERR, b"err"));
+    wire.extend(encode_frame(FRAME_EXIT, &7i32.to_le_bytes()));
     let mut code = out_bytes(0x2f8, &wire);
     code.extend(RESET);
     let exit = MicroVm::boot(config(code, dir.path()))
@@ -102,10 +100,9 @@ fn control_channel_frames_come_back_as_task_output() {
 }
 
 #[test]
+#[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn triple_fault_ends_the_vm_as_shutdown() {
-    if !kvm_available() {
-        return;
-    }
+    kvm("triple_fault_ends_the_vm_as_shutdown");
     let dir = tempfile::tempdir().expect("tempdir");
     // ud2 with an empty IDT: #UD -> #GP -> double fault -> triple fault.
     let vm = MicroVm::boot(config(vec![0x0f, 0x0b], dir.path())).expect("boot");
@@ -127,10 +124,9 @@ fn triple_fault_ends_the_vm_as_shutdown() {
 }
 
 #[test]
+#[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn a_spinning_guest_times_out_and_leaves_no_threads() {
-    if !kvm_available() {
-        return;
-    }
+    kvm("a_spinning_guest_times_out_and_leaves_no_threads");
     let dir = tempfile::tempdir().expect("tempdir");
     let before = threads();
     let mut c = config(vec![0xeb, 0xfe], dir.path()); // jmp .
@@ -153,10 +149,9 @@ fn a_spinning_guest_times_out_and_leaves_no_threads() {
 }
 
 #[test]
+#[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn kill_stops_a_running_guest() {
-    if !kvm_available() {
-        return;
-    }
+    kvm("kill_stops_a_running_guest");
     let dir = tempfile::tempdir().expect("tempdir");
     let vm = MicroVm::boot(config(vec![0xeb, 0xfe], dir.path())).expect("boot");
     std::thread::sleep(Duration::from_millis(50));
@@ -204,14 +199,15 @@ impl Drop for Netns {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(openclaw_has_kvm, openclaw_has_tun)),
+    ignore = "needs /dev/kvm and /dev/net/tun, and one of them is absent on this host"
+)]
 fn guest_reads_the_virtio_mmio_registers_of_its_nic() {
-    if !kvm_available() {
-        return;
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        eprintln!("SKIPPED: no /dev/net/tun");
-        return;
-    }
+    require(
+        &[Requirement::Kvm, Requirement::Tun],
+        "kvm_smoke::guest_reads_the_virtio_mmio_registers_of_its_nic",
+    );
     let ns = Netns(format!("ocvmm-smoke-{}", std::process::id()));
     let made = std::process::Command::new("ip")
         .args(["netns", "add", &ns.0])
@@ -260,9 +256,14 @@ fn bad_configurations_name_their_stage() {
         MicroVm::boot(c),
         Err(vmm::StartVmError::VcpuCount(0))
     ));
-    if !kvm_available() {
-        return;
-    }
+}
+
+/// The stages after /dev/kvm is opened.
+#[test]
+#[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
+fn bad_configurations_past_opening_kvm_name_their_stage() {
+    kvm("bad_configurations_past_opening_kvm_name_their_stage");
+    let dir = tempfile::tempdir().expect("tempdir");
     let mut c = config(vec![0xf4], dir.path());
     c.kernel = Kernel::File(dir.path().join("missing-vmlinux"));
     assert!(matches!(

@@ -12,21 +12,19 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use guest_protocol::paths::{ARGV_PATH, CA_PATH, ENV_PATH, WORK_DIR};
+use guest_protocol::{
+    cmdline, encode_frame, FRAME_EXIT, FRAME_MARK, FRAME_STDERR, FRAME_STDOUT, MARKER_INIT_STARTED,
+    MARKER_TASK_STARTED,
+};
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::termios;
-use vmm::{
-    FRAME_EXIT, FRAME_MARK, FRAME_STDERR, FRAME_STDOUT, MARKER_INIT_STARTED, MARKER_TASK_STARTED,
-};
 
 /// The control channel: virtio-console first (one VM exit per write), the
 /// second UART when the VMM offers no virtio-console.
 const CONTROL_TTYS: [&str; 2] = ["/dev/hvc0", "/dev/ttyS1"];
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-const SESSION_CA: &str = "/openclaw/session/ca.pem";
-const SESSION_ENV: &str = "/openclaw/session/env";
-const SESSION_ARGV: &str = "/openclaw/session/argv";
-const WORK_DIR: &str = "/openclaw/work";
 const WORK_ALIAS: &str = "/work";
 const TASK_UID: u32 = 1000;
 /// Reported when the init itself fails before or around the task.
@@ -68,29 +66,23 @@ fn main() {
 /// Runs the session; the exit frame is sent here on success.
 fn run(control: &mut Control) -> Result<i32, String> {
     mount_filesystems()?;
-    let cmdline =
+    let line =
         std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
-    let param = |key: &str| {
-        cmdline.split_whitespace().find_map(|kv| {
-            kv.strip_prefix(key)
-                .and_then(|v| v.strip_prefix('='))
-                .map(str::to_string)
-        })
-    };
-    if param("openclaw.probe").as_deref() == Some("1") {
+    let param = |key: &str| cmdline::value(&line, key).map(str::to_string);
+    if cmdline::probe_requested(&line) {
         // Proves guest user space and system calls work; nothing else.
         control.frame(FRAME_EXIT, &0i32.to_le_bytes());
         control.drain();
         return Ok(0);
     }
     configure_network(
-        param("openclaw.ip"),
-        param("openclaw.gw"),
-        param("openclaw.dns"),
+        param(cmdline::IP),
+        param(cmdline::GATEWAY),
+        param(cmdline::RESOLVER),
     )?;
     install_trust_anchor()?;
-    let env = read_nul_separated(SESSION_ENV)?;
-    let argv = read_nul_separated(SESSION_ARGV)?;
+    let env = read_nul_separated(ENV_PATH)?;
+    let argv = read_nul_separated(ARGV_PATH)?;
     let (program, args) = argv.split_first().ok_or("the session has no command")?;
     chown_tree(std::path::Path::new(WORK_DIR))?;
     // The netns backend shows the task its files at /work: same path here,
@@ -238,7 +230,7 @@ fn sh(args: &[&str]) -> Result<(), String> {
 
 /// The session CA becomes the whole bundle: nothing else is trusted.
 fn install_trust_anchor() -> Result<(), String> {
-    let ca = std::fs::read(SESSION_CA).map_err(|e| format!("{SESSION_CA}: {e}"))?;
+    let ca = std::fs::read(CA_PATH).map_err(|e| format!("{CA_PATH}: {e}"))?;
     std::fs::write(CA_BUNDLE, ca).map_err(|e| format!("{CA_BUNDLE}: {e}"))
 }
 
@@ -291,7 +283,7 @@ impl Control {
 
     fn frame(&mut self, kind: u8, payload: &[u8]) {
         for chunk in payload.chunks(u16::MAX as usize) {
-            let _ = self.tty.write_all(&vmm::encode_frame(kind, chunk));
+            let _ = self.tty.write_all(&encode_frame(kind, chunk));
         }
     }
 

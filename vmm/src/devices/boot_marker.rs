@@ -2,17 +2,13 @@
 //! write to a dedicated port (guests that may do port I/O, e.g. hand-made
 //! ones) or a mark frame on the control channel (the guest init: it needs no
 //! privileged I/O for it). The VMM records how long after VM creation each
-//! marker code first arrived.
+//! marker code first arrived. The port and the codes are
+//! `guest_protocol::marker`'s.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Unused by PC hardware and by the kernel drivers our guest config builds.
-pub const BOOT_MARKER_PORT: u16 = 0x0f00;
-/// Written by the guest init before anything else.
-pub const MARKER_INIT_STARTED: u8 = 1;
-/// Written just before the task is executed.
-pub const MARKER_TASK_STARTED: u8 = 2;
+pub use guest_protocol::marker::{BOOT_MARKER_PORT, MARKER_INIT_STARTED, MARKER_TASK_STARTED};
 
 pub struct BootMarker {
     created: Instant,

@@ -1,21 +1,19 @@
-//! The host<->guest control channel's wire format, decoded on the host.
+//! The host<->guest control channel, decoded on the host.
 //!
-//! The guest init writes frames to its second UART (ttyS1, raw mode):
-//! `kind: u8, len: u16 LE, payload[len]`. Kinds: 1 stdout bytes, 2 stderr
-//! bytes, 3 exit status (i32 LE), 4 boot mark (one byte: the marker code,
-//! recorded with its arrival time). The task's command and files reach the
-//! guest in the per-session cpio, so the channel only flows guest -> host.
+//! The wire format is `guest_protocol::control`'s: the guest init writes
+//! `kind: u8, len: u16 LE, payload[len]` frames to hvc0 (or its second UART,
+//! ttyS1), raw mode. Kinds: 1 stdout bytes, 2 stderr bytes, 3 exit status
+//! (i32 LE), 4 boot mark (one byte: the marker code, recorded with its
+//! arrival time). The task's command and files reach the guest in the
+//! per-session cpio, so the channel only flows guest -> host.
 
 use std::io::Write;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-use super::BootMarker;
+use guest_protocol::{FRAME_EXIT, FRAME_MARK, FRAME_STDERR, FRAME_STDOUT};
 
-pub const FRAME_STDOUT: u8 = 1;
-pub const FRAME_STDERR: u8 = 2;
-pub const FRAME_EXIT: u8 = 3;
-pub const FRAME_MARK: u8 = 4;
+use super::BootMarker;
 
 /// What the guest reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,16 +23,6 @@ pub enum ControlEvent {
     Exit(i32),
     /// A frame that breaks the format; decoding stops (fail closed).
     Malformed(String),
-}
-
-/// Encodes one frame (used by the guest init and by tests).
-pub fn encode_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len().min(u16::MAX as usize);
-    let mut frame = Vec::with_capacity(3 + len);
-    frame.push(kind);
-    frame.extend_from_slice(&(len as u16).to_le_bytes());
-    frame.extend_from_slice(&payload[..len]);
-    frame
 }
 
 enum State {
@@ -162,6 +150,7 @@ impl Write for ControlDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use guest_protocol::encode_frame;
     use std::sync::mpsc::channel;
 
     fn decode(bytes: &[u8]) -> Vec<ControlEvent> {

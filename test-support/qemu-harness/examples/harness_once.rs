@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use guest_image::qemu_harness;
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let boots = args.first().and_then(|b| b.parse().ok()).unwrap_or(1);

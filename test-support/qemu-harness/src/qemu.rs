@@ -1,10 +1,6 @@
-//! The QEMU harness: real KVM for our VMM on machines whose own /dev/kvm
-//! cannot run guest user space (nested PVM). QEMU's software emulation
-//! presents an AMD CPU with SVM; a Debian cloud kernel inside (L1) loads
-//! kvm-amd and has a real /dev/kvm; a static runner there boots our guest
-//! with our VMM and prints a verdict on the serial console.
-//!
-//! Everything downloaded or built lives under the workspace's `target/`.
+//! Running L1 under QEMU's TCG with an SVM-capable CPU: its console is the
+//! result. A silent L1 is nudged through QEMU's monitor (docs/vmm.md, "The
+//! L1 hang"); one silent for [`STALL`] is dumped and called hung.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,11 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cpio::CpioWriter;
-use crate::GuestImageError;
+use crate::{HarnessError, L1Kernel};
 
+/// The emulator.
 pub const QEMU: &str = "qemu-system-x86_64";
-const L1_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// Is QEMU installed?
 pub fn qemu_available() -> bool {
@@ -26,148 +21,6 @@ pub fn qemu_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// The L1 kernel and the modules that give it /dev/kvm (and tap).
-pub struct L1Kernel {
-    pub vmlinuz: PathBuf,
-    /// In load order.
-    pub modules: Vec<PathBuf>,
-}
-
-/// Fetches Debian's cloud kernel with `apt-get download` (its versioned
-/// dependency too) and unpacks it under `dir`, once.
-pub fn l1_kernel(dir: &Path) -> Result<L1Kernel, GuestImageError> {
-    let root = dir.join("kroot");
-    if let Some(k) = find_l1(&root) {
-        return Ok(k);
-    }
-    let debs = dir.join("debs");
-    std::fs::create_dir_all(&debs).map_err(GuestImageError::io("create debs dir"))?;
-    let deps = run_out(
-        Command::new("apt-cache").args(["depends", L1_PACKAGE]),
-        "apt-cache depends",
-    )?;
-    let versioned = deps
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
-        .ok_or_else(|| GuestImageError::Command {
-            what: "apt-cache depends",
-            status: "no linux-image dependency".into(),
-            stderr_tail: deps.clone(),
-        })?
-        .to_string();
-    run_out(
-        Command::new("apt-get")
-            .args(["download", &versioned])
-            .current_dir(&debs),
-        "apt-get download",
-    )?;
-    let deb = std::fs::read_dir(&debs)
-        .map_err(GuestImageError::io("read debs dir"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&versioned))
-        })
-        .ok_or(GuestImageError::NoInit(debs.join(&versioned)))?;
-    run_out(
-        Command::new("dpkg").arg("-x").arg(&deb).arg(&root),
-        "dpkg -x",
-    )?;
-    find_l1(&root).ok_or(GuestImageError::NoInit(root))
-}
-
-fn find_l1(root: &Path) -> Option<L1Kernel> {
-    let boot = std::fs::read_dir(root.join("boot")).ok()?;
-    let vmlinuz = boot.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("vmlinuz-"))
-    })?;
-    let release = vmlinuz
-        .file_name()?
-        .to_str()?
-        .strip_prefix("vmlinuz-")?
-        .to_string();
-    let mods = root.join("lib/modules").join(release).join("kernel");
-    // Dependencies first (read from each module's `depends=`): irqbypass <- kvm <- kvm-amd.
-    let modules = [
-        "virt/lib/irqbypass.ko",
-        "arch/x86/kvm/kvm.ko",
-        "arch/x86/kvm/kvm-amd.ko",
-        "drivers/net/tun.ko",
-    ]
-    .iter()
-    .map(|m| mods.join(m))
-    .collect::<Vec<_>>();
-    modules
-        .iter()
-        .all(|m| m.exists())
-        .then_some(L1Kernel { vmlinuz, modules })
-}
-
-/// Files to carry into L1, and the shell commands its /init runs.
-pub struct L1Payload {
-    /// (path inside L1, file on this host)
-    pub files: Vec<(String, PathBuf)>,
-    /// Shell lines run after the modules are loaded; their output is the verdict.
-    pub script: String,
-}
-
-/// The outer initramfs: busybox, the modules, the payload, and an /init.
-pub fn outer_initramfs(l1: &L1Kernel, payload: &L1Payload) -> Result<Vec<u8>, GuestImageError> {
-    let mut w = CpioWriter::new();
-    for d in ["bin", "dev", "proc", "sys", "tmp", "mod", "run"] {
-        w.dir(d, 0o755);
-    }
-    w.char_dev("dev/console", 0o600, 5, 1);
-    let read = |p: &Path| std::fs::read(p).map_err(GuestImageError::io_path(p));
-    w.file(
-        "bin/busybox",
-        0o755,
-        &read(Path::new(crate::initramfs::BUSYBOX))?,
-    );
-    for applet in [
-        "sh", "mount", "insmod", "poweroff", "cat", "echo", "ls", "ip", "sleep",
-    ] {
-        w.symlink(&format!("bin/{applet}"), "busybox");
-    }
-    let mut insmods = String::new();
-    for m in &l1.modules {
-        let name = m
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("module.ko");
-        w.file(&format!("mod/{name}"), 0o644, &read(m)?);
-        insmods.push_str(&format!(
-            "insmod /mod/{name} || echo \"HARNESS: insmod {name} failed\"\n"
-        ));
-    }
-    let mut made = Vec::new();
-    for (inside, host) in &payload.files {
-        let inside = inside.trim_start_matches('/');
-        let parts: Vec<&str> = inside.split('/').collect();
-        for i in 1..parts.len() {
-            let d = parts[..i].join("/");
-            if !made.contains(&d) && !["bin", "tmp", "mod", "run"].contains(&d.as_str()) {
-                w.dir(&d, 0o755);
-                made.push(d);
-            }
-        }
-        w.file(inside, 0o755, &read(host)?);
-    }
-    let init = format!(
-        "#!/bin/busybox sh\nexport PATH=/bin\nmount -t proc proc /proc\nmount -t sysfs sysfs /sys\n\
-         mount -t devtmpfs dev /dev\nmount -t tmpfs tmp /tmp\n{insmods}\
-         test -c /dev/kvm && echo 'HARNESS: /dev/kvm ready' || echo 'HARNESS: no /dev/kvm'\n\
-         {}\necho HARNESS: done\npoweroff -f\n",
-        payload.script
-    );
-    w.file("init", 0o755, init.as_bytes());
-    Ok(w.finish())
 }
 
 /// What QEMU printed, and how long it ran.
@@ -189,7 +42,7 @@ pub fn run_qemu(
     initramfs: &Path,
     mem_mib: u32,
     timeout: Duration,
-) -> Result<QemuRun, GuestImageError> {
+) -> Result<QemuRun, HarnessError> {
     let started = Instant::now();
     // QEMU's monitor, used when L1 goes silent: its registers and LAPIC say
     // why, and a key press wakes it (see the nudge below). In the temp dir:
@@ -233,11 +86,11 @@ pub fn run_qemu(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(GuestImageError::io("start qemu"))?;
+        .map_err(HarnessError::io("start qemu"))?;
     let mut stdout = child
         .stdout
         .take()
-        .ok_or(GuestImageError::NoInit(PathBuf::from(QEMU)))?;
+        .ok_or_else(|| HarnessError::NotFound(PathBuf::from(format!("{QEMU}'s stdout"))))?;
     let out = Arc::new(Mutex::new((Vec::new(), Instant::now())));
     let sink = out.clone();
     // OPENCLAW_HARNESS_LOG=FILE mirrors L1's console as it comes (soak runs).
@@ -297,7 +150,7 @@ pub fn run_qemu(
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => {
-                return Err(GuestImageError::Io {
+                return Err(HarnessError::Io {
                     what: "wait for qemu".into(),
                     source: e,
                 })
@@ -413,126 +266,6 @@ fn monitor_dump(socket: &Path) -> String {
         lost_wakeup(&answer).unwrap_or_else(|| "no lost wakeup seen".into())
     ));
     text
-}
-
-fn run_out(cmd: &mut Command, what: &'static str) -> Result<String, GuestImageError> {
-    let out = cmd.output().map_err(GuestImageError::io(what))?;
-    if !out.status.success() {
-        return Err(GuestImageError::Command {
-            what,
-            status: out.status.to_string(),
-            stderr_tail: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The workspace root (guest-image's parent directory).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
-/// Builds a static example binary of this crate (same flags as the guest init).
-pub fn build_static_example(name: &str) -> Result<PathBuf, GuestImageError> {
-    let root = workspace_root();
-    let target = root.join("target/guest-init");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "guest-image",
-            "--example",
-            name,
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .current_dir(&root)
-        .env("CARGO_TARGET_DIR", &target)
-        .env("RUSTFLAGS", crate::STATIC_RUSTFLAGS)
-        .output()
-        .map_err(GuestImageError::io("cargo build (example)"))?;
-    if !out.status.success() {
-        return Err(GuestImageError::Command {
-            what: "cargo build (example)",
-            status: out.status.to_string(),
-            stderr_tail: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(target
-        .join("x86_64-unknown-linux-gnu/debug/examples")
-        .join(name))
-}
-
-/// QEMU itself, its shared libraries and microvm firmware, to run QEMU's
-/// `-M microvm` inside L1 beside our VMM (for the benchmark's comparison).
-pub fn qemu_payload_files() -> Result<Vec<(String, PathBuf)>, GuestImageError> {
-    let qemu = Path::new("/usr/bin").join(QEMU);
-    let mut files = vec![(format!("bin/{QEMU}"), qemu.clone())];
-    for lib in crate::initramfs::shared_libraries(&qemu)? {
-        let inside = lib.to_string_lossy().trim_start_matches('/').to_string();
-        files.push((inside, lib));
-    }
-    for fw in [
-        "bios-microvm.bin",
-        "qboot.rom",
-        "linuxboot_dma.bin",
-        "kvmvapic.bin",
-    ] {
-        let host = Path::new("/usr/share/qemu").join(fw);
-        if host.exists() {
-            files.push((format!("usr/share/qemu/{fw}"), host));
-        }
-    }
-    Ok(files)
-}
-
-/// Builds everything (guest init, image, static runner, L1 kernel), boots
-/// L1 and runs `l1_runner KERNEL INITRAMFS BOOTS <runner_args>` there.
-/// `with_qemu` also carries QEMU into L1; `env` is set for the runner.
-pub fn run_l1_runner(
-    boots: usize,
-    runner_args: &[&str],
-    with_qemu: bool,
-    env: &[(&str, &str)],
-    timeout: Duration,
-) -> Result<QemuRun, GuestImageError> {
-    let root = workspace_root();
-    let init = crate::build_guest_init(&root, &root.join("target/guest-init"))?;
-    let image = crate::build_image(&root.join("target/guest-image"), &init, 2, &mut |l| {
-        eprintln!("image: {l}")
-    })?;
-    let runner = build_static_example("l1_runner")?;
-    let l1 = l1_kernel(&root.join("target/qemu-harness"))?;
-    let mut files = vec![
-        ("guest/vmlinux".to_string(), image.kernel.clone()),
-        ("guest/initramfs.cpio".to_string(), image.initramfs.clone()),
-        ("bin/l1_runner".to_string(), runner),
-    ];
-    if with_qemu {
-        files.extend(qemu_payload_files()?);
-    }
-    let env: String = env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
-    let payload = L1Payload {
-        files,
-        script: format!(
-            "{env}/bin/l1_runner /guest/vmlinux /guest/initramfs.cpio {boots} {}",
-            runner_args.join(" ")
-        ),
-    };
-    let outer = outer_initramfs(&l1, &payload)?;
-    let path = root.join(format!(
-        "target/qemu-harness/outer-{}.cpio",
-        std::process::id()
-    ));
-    std::fs::write(&path, outer).map_err(GuestImageError::io("write outer initramfs"))?;
-    let run = run_qemu(&l1, &path, if with_qemu { 1536 } else { 1024 }, timeout);
-    let _ = std::fs::remove_file(&path);
-    run
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn probe_on_this_host() {
-    let root = guest_image::qemu_harness::workspace_root();
+    let root = qemu_harness::workspace_root();
     let dir = tempfile::tempdir().expect("tempdir");
     if !Path::new("/dev/kvm").exists() {
         let r = vmm::probe(

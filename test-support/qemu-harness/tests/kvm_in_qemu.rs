@@ -1,15 +1,16 @@
 //! The kvm backend's end-to-end test on real KVM: inside the QEMU harness
-//! (see `qemu_harness`), our VMM boots the openclaw guest 20 times; each boot
+//! (this crate), our VMM boots the openclaw guest 20 times; each boot
 //! must return the task's stdout, stderr and exit status over the control
 //! channel, and teardown must leave no fds or threads behind. One more boot
 //! has a virtio-net NIC on a tap: the guest's wget and curl fetch pages from
 //! a server on the tap's address, and the tap is gone after teardown. The
-//! probe must say yes there. Skipped (with the reason) only when QEMU is not
-//! installed.
+//! probe must say yes there. Ignored (with the reason) only when QEMU is not
+//! installed; `OPENCLAW_REQUIRE_HARNESS=1` makes that a failure
+//! (`test_requirements`).
 
 use std::time::Duration;
 
-use guest_image::qemu_harness;
+use test_requirements::{require, Requirement};
 
 /// The issue asks for at least 20 boots without a hang.
 const BOOTS: usize = 20;
@@ -19,14 +20,15 @@ const BOOTS: usize = 20;
 // output lists each nudge. A guest or VMM that hangs stays silent after the
 // nudges and fails the test as a stall.
 #[test]
+#[cfg_attr(
+    not(openclaw_has_qemu),
+    ignore = "qemu-system-x86_64 is not installed (scripts/bootstrap installs it)"
+)]
 fn our_vmm_boots_the_guest_repeatedly_inside_qemu() {
-    if !qemu_harness::qemu_available() {
-        eprintln!(
-            "SKIPPED: {} is not installed (scripts/bootstrap installs it)",
-            qemu_harness::QEMU
-        );
-        return;
-    }
+    require(
+        &[Requirement::Qemu],
+        "kvm_in_qemu::our_vmm_boots_the_guest_repeatedly_inside_qemu",
+    );
     // OPENCLAW_HARNESS_BOOTS can raise the count (soak runs), never lower it.
     let boots = std::env::var("OPENCLAW_HARNESS_BOOTS")
         .ok()

@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use guest_image::SessionFiles;
+use guest_protocol::cmdline as switch;
 use vmm::{ExitReason, Kernel, MicroVm, NetConfig, Tap, VmConfig};
 
 const TASK: &str = "echo out-line; echo err-line >&2; echo \"placeholder=$OPENCLAW_TEST_TOKEN\"; \
@@ -209,7 +210,11 @@ fn net_boot(kernel: &Path, initramfs: &Path, cmdline: &str) -> bool {
     );
     config.initramfs = Some(initramfs.to_path_buf());
     config.extra_cpio = Some(extra);
-    config.cmdline = format!("{cmdline} openclaw.ip=10.0.2.2/24 openclaw.gw=10.0.2.1");
+    config.cmdline = format!(
+        "{cmdline} {}=10.0.2.2/24 {}=10.0.2.1",
+        switch::IP,
+        switch::GATEWAY
+    );
     // The L1 VM is the whole world here: the tap lives in its namespace.
     let tap = match Tap::open_with_address("oc0", Some("10.0.2.1/24")) {
         Ok(tap) => tap,

@@ -1,0 +1,159 @@
+//! The durable receipt writer: a cloneable handle that signs and chains each
+//! receipt, and a writer thread that commits appends from many callers in one
+//! write + fdatasync (group commit). An append is acknowledged only after its
+//! line is on disk; after any write or sync failure the log refuses every
+//! further append, so the chain never continues over a hole.
+//!
+//! This file holds the vocabulary every part shares (entries, outcomes,
+//! errors, options, the sink); the parts are below.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use crate::format::{ApprovalRecord, DecisionRecord};
+use crate::verify::ChainError;
+
+/// The handle: signs, chains and queues each receipt; creates a log.
+mod append;
+/// Acknowledgements: a queued receipt's wait (blocking or `.await`) until durable.
+mod pending;
+/// Reopening a log after a crash.
+mod recovery;
+/// What the writer has committed, and how long it took.
+mod stats;
+/// The writer thread: group commit of queued lines.
+mod writer;
+
+#[cfg(test)]
+mod test_utils;
+
+pub use append::ReceiptLog;
+pub use pending::PendingReceipt;
+pub use recovery::Recovered;
+pub use stats::CommitStats;
+
+/// Where receipt lines go. `sync` must make everything written so far durable.
+/// Implemented for [`File`]; tests elsewhere can implement it to fail on demand.
+pub trait DurableSink: Send + 'static {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+impl DurableSink for File {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        Write::write_all(self, bytes)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+/// What session_start binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionStart {
+    pub session_id: String,
+    /// Revocation ids of the session's token, root block first.
+    pub revocation_ids: Vec<String>,
+    /// Isolation backend: `kvm`, `netns`, ...
+    pub sandbox: String,
+    /// Hex SHA-256 of the session's `capabilities.cap` file, if any.
+    pub capability_sha256: Option<String>,
+}
+
+/// A receipt to append (session_start and session_end are written by the log).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    /// A decision, stamped with the `now` it was made with.
+    Decision {
+        decided_at: SystemTime,
+        record: DecisionRecord,
+    },
+    Approval(ApprovalRecord),
+}
+
+/// An acknowledged receipt: durable on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    /// SHA-256 of the receipt's line.
+    pub hash: [u8; 32],
+}
+
+/// Why an append was not acknowledged. The caller must treat any of these as
+/// "no receipt": fail closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    #[error("writing receipt {seq} failed: {why}")]
+    Write { seq: u64, why: String },
+    #[error("the receipt log failed earlier ({why}) and accepts no more receipts")]
+    Poisoned { why: String },
+    #[error("the session has ended; no more receipts")]
+    Ended,
+    #[error("encoding receipt: {0}")]
+    Encode(String),
+    #[error("the receipt writer thread is gone")]
+    WriterGone,
+}
+
+/// Why a log could not be created or reopened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenLogError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {source}")]
+    Chain {
+        path: PathBuf,
+        #[source]
+        source: ChainError,
+    },
+    #[error("{path}: no complete session_start; nothing was ever acknowledged, start a new log")]
+    NoStart { path: PathBuf },
+    #[error("{path}: the session has already ended")]
+    Ended { path: PathBuf },
+    #[error("writing session_start: {0}")]
+    Start(#[from] AppendError),
+    #[error("starting the receipt writer thread: {0}")]
+    Thread(io::Error),
+    #[error("the receipt key cannot be used for signing: {0}")]
+    Key(String),
+}
+
+/// Tuning for the writer thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Most receipts committed by one write + fdatasync. 1 means one fsync per receipt.
+    pub max_batch: usize,
+    /// How long the writer, woken by a first receipt, waits for others
+    /// before it writes (never longer than the last sync took, so a receipt
+    /// waits at most about one commit interval more). Fewer, larger syncs
+    /// cost less CPU when many requests are in flight; zero writes at once.
+    pub gather: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            max_batch: 4096,
+            gather: Duration::ZERO,
+        }
+    }
+}
+
+/// Locks ignoring poisoning: every critical section leaves the state consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OpenLogError + '_ {
+    move |source| OpenLogError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}

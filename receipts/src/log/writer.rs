@@ -1,0 +1,304 @@
+//! The writer thread: takes every queued line (up to `max_batch`), optionally
+//! gathers a little longer, commits them with one write + fdatasync, then
+//! wakes whoever waits. A failed write or sync poisons the queue: everything
+//! from the failed batch on fails, and nothing more is accepted.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Condvar, Mutex};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use super::stats::Cycle;
+use super::{lock, CommitStats, DurableSink, LogOptions};
+
+/// Lines waiting for the writer, and what is durable. Lock order: chain, then queue.
+pub(super) struct Queue {
+    pub(super) state: Mutex<State>,
+    /// Signalled when there is work for an idle writer or it should stop.
+    pub(super) work: Condvar,
+    /// Broadcast once per committed (or failed) batch.
+    pub(super) done: Condvar,
+}
+
+pub(super) struct State {
+    /// Signed lines (with newlines) not yet taken by the writer.
+    pub(super) buf: Vec<u8>,
+    /// Length of each line in `buf` and when it was queued, oldest first.
+    pub(super) lens: VecDeque<(usize, Instant)>,
+    /// Seq of the first line in `buf`.
+    pub(super) buf_seq: u64,
+    /// Every receipt with seq below this is on disk.
+    pub(super) durable: u64,
+    /// Set once a write or sync failed: receipts from this seq on are not
+    /// durable, and nothing more is accepted.
+    pub(super) failed: Option<(u64, String)>,
+    pub(super) stopping: bool,
+    pub(super) writer_idle: bool,
+    /// Threads blocked in [`PendingReceipt::wait`].
+    pub(super) blocked: usize,
+    /// Futures waiting for their seq.
+    pub(super) wakers: BTreeMap<u64, Waker>,
+    pub(super) stats: CommitStats,
+}
+
+pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: LogOptions) {
+    let mut buf = Vec::new();
+    let mut queued = Vec::new();
+    // The last sync's duration bounds the gathering wait.
+    let mut last_sync = Duration::ZERO;
+    let mut previous_taken = None;
+    loop {
+        buf.clear();
+        queued.clear();
+        let mut gathered = Duration::ZERO;
+        let (first, next, taken) = {
+            let mut state = lock(&queue.state);
+            while state.lens.is_empty() && !state.stopping {
+                state.writer_idle = true;
+                state = queue
+                    .work
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            state.writer_idle = false;
+            if state.lens.is_empty() {
+                return;
+            }
+            let gather = options.gather.min(last_sync);
+            if !gather.is_zero() && !state.stopping && state.lens.len() < options.max_batch {
+                // Let the receipts of requests already in flight join this
+                // batch: nobody needs to wake the writer for them.
+                let started = Instant::now();
+                drop(state);
+                std::thread::sleep(gather);
+                gathered = started.elapsed();
+                state = lock(&queue.state);
+            }
+            let first = state.buf_seq;
+            let n = state.lens.len().min(options.max_batch);
+            if n == state.lens.len() {
+                // The usual case: take everything, leave an empty buffer
+                // with capacity (the two buffers swap back and forth).
+                std::mem::swap(&mut state.buf, &mut buf);
+                queued.extend(state.lens.drain(..).map(|(_, at)| at));
+            } else {
+                let mut bytes = 0;
+                for (len, at) in state.lens.drain(..n) {
+                    bytes += len;
+                    queued.push(at);
+                }
+                buf.extend_from_slice(&state.buf[..bytes]);
+                state.buf.drain(..bytes);
+            }
+            state.buf_seq = first + n as u64;
+            // Under the lock: every receipt queued before this instant is
+            // in this batch or an earlier one.
+            (first, first + n as u64, Instant::now())
+        };
+        let syncing = Instant::now();
+        let result = sink.write_all(&buf).and_then(|()| sink.sync());
+        let durable_at = Instant::now();
+        last_sync = durable_at - syncing;
+        let cycle = Cycle {
+            gather: gathered,
+            sync: last_sync,
+        };
+        let wake: Vec<Waker> = {
+            let mut state = lock(&queue.state);
+            state
+                .stats
+                .record(&queued, durable_at, cycle, previous_taken);
+            match result {
+                Ok(()) => state.durable = next,
+                Err(e) => {
+                    // Poison: no new receipt is chained onto lines that may
+                    // not exist on disk, and everything from `first` on fails.
+                    state.failed = Some((first, e.to_string()));
+                    state.buf.clear();
+                    state.lens.clear();
+                }
+            }
+            if state.blocked > 0 {
+                queue.done.notify_all();
+            }
+            let keep = match state.failed {
+                Some(_) => BTreeMap::new(),
+                None => state.wakers.split_off(&next),
+            };
+            std::mem::replace(&mut state.wakers, keep)
+                .into_values()
+                .collect()
+        };
+        previous_taken = Some(taken);
+        for w in wake {
+            w.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::super::test_utils::{decision, hammer, key, start, RecordingSink};
+    use super::super::{lock, AppendError, LogOptions, ReceiptLog};
+    use crate::{LineVerifier, UnverifiedChain};
+
+    #[test]
+    fn gathering_lets_receipts_submitted_meanwhile_join_the_batch() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let sink = RecordingSink {
+            writes: Arc::clone(&writes),
+            fail_at: usize::MAX,
+            sync_delay: std::time::Duration::from_millis(300),
+        };
+        let options = LogOptions {
+            gather: Duration::from_millis(200),
+            ..LogOptions::default()
+        };
+        let log = ReceiptLog::with_sink(sink, key(), start(), options).expect("start");
+        // The first receipt wakes the writer, which waits (bounded by the
+        // 300 ms session_start sync) so the two submitted 20 ms later join.
+        let first = log.submit(decision(1)).expect("submit");
+        std::thread::sleep(Duration::from_millis(20));
+        let later: Vec<_> = (2..4)
+            .map(|i| log.submit(decision(i)).expect("submit"))
+            .collect();
+        first.wait().expect("durable");
+        for p in later {
+            p.wait().expect("durable");
+        }
+        let stats = log.commit_stats();
+        log.finish().expect("finish");
+        let writes = lock(&writes).clone();
+        let per_write: Vec<usize> = writes
+            .iter()
+            .map(|w| w.iter().filter(|&&b| b == b'\n').count())
+            .collect();
+        assert_eq!(
+            per_write,
+            [1, 3, 1],
+            "session_start, the three, session_end"
+        );
+        assert_eq!((stats.batches, stats.receipts), (2, 4));
+        assert!(stats.gather_total > Duration::ZERO);
+        assert!(stats.sync_quantile(1.0) >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn without_gathering_the_writer_does_not_wait_for_more() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let sink = RecordingSink {
+            writes: Arc::clone(&writes),
+            fail_at: usize::MAX,
+            sync_delay: std::time::Duration::from_millis(300),
+        };
+        let log =
+            ReceiptLog::with_sink(sink, key(), start(), LogOptions::default()).expect("start");
+        let first = log.submit(decision(1)).expect("submit");
+        // Long enough for the writer to take the first receipt alone.
+        std::thread::sleep(Duration::from_millis(100));
+        let second = log.submit(decision(2)).expect("submit");
+        first.wait().expect("durable");
+        second.wait().expect("durable");
+        let stats = log.commit_stats();
+        log.finish().expect("finish");
+        let per_write: Vec<usize> = lock(&writes)
+            .iter()
+            .map(|w| w.iter().filter(|&&b| b == b'\n').count())
+            .collect();
+        assert_eq!(per_write, [1, 1, 1, 1]);
+        assert_eq!(stats.gather_total, Duration::ZERO);
+    }
+
+    #[test]
+    fn max_batch_one_writes_each_receipt_alone_and_the_default_groups_them() {
+        for (max_batch, grouped) in [(1, false), (4096, true)] {
+            let writes = Arc::new(Mutex::new(Vec::new()));
+            let sink = RecordingSink {
+                writes: Arc::clone(&writes),
+                fail_at: usize::MAX,
+                sync_delay: std::time::Duration::from_millis(2),
+            };
+            let log = ReceiptLog::with_sink(
+                sink,
+                key(),
+                start(),
+                LogOptions {
+                    max_batch,
+                    ..LogOptions::default()
+                },
+            )
+            .expect("start");
+            let outcomes = hammer(&log, 8, 40);
+            assert!(outcomes.iter().flatten().all(Result::is_ok));
+            let stats = log.commit_stats();
+            assert_eq!(stats.queued_log2_us.iter().sum::<u64>(), 8 * 40 + 1);
+            if grouped {
+                // Everything queued rides the next batch.
+                assert_eq!(stats.late, 0);
+            } else {
+                // One receipt per sync: seven threads' receipts queue up
+                // behind one batch after another.
+                assert!(stats.late > 0, "{stats:?}");
+            }
+            log.finish().expect("finish");
+            let writes = lock(&writes).clone();
+            let per_write: Vec<usize> = writes
+                .iter()
+                .map(|w| w.iter().filter(|&&b| b == b'\n').count())
+                .collect();
+            assert_eq!(per_write.iter().sum::<usize>(), 8 * 40 + 2);
+            assert!(writes.iter().all(|w| w.ends_with(b"\n")));
+            if grouped {
+                assert!(per_write.iter().any(|&n| n > 1), "{per_write:?}");
+            } else {
+                assert!(per_write.iter().all(|&n| n == 1), "{per_write:?}");
+            }
+            let chain = UnverifiedChain::from_bytes(writes.concat())
+                .verify(&key().verifying_key())
+                .expect("verifies");
+            assert_eq!(chain.receipts.len(), 8 * 40 + 2);
+        }
+    }
+
+    #[test]
+    fn a_failed_batch_fails_every_receipt_not_yet_durable_across_threads() {
+        for fail_at in [2, 5, 9] {
+            let writes = Arc::new(Mutex::new(Vec::new()));
+            let sink = RecordingSink {
+                writes: Arc::clone(&writes),
+                fail_at,
+                sync_delay: std::time::Duration::ZERO,
+            };
+            let log =
+                ReceiptLog::with_sink(sink, key(), start(), LogOptions::default()).expect("start");
+            let outcomes = hammer(&log, 8, 200);
+            let written = lock(&writes).concat();
+            let lines = written.iter().filter(|&&b| b == b'\n').count() as u64;
+            for thread in &outcomes {
+                let (last, acked) = thread.split_last().expect("at least one answer");
+                // Every thread ends on an error: the log is poisoned for good.
+                match last {
+                    Err(AppendError::Write { seq, .. }) => assert!(*seq >= lines),
+                    Err(AppendError::Poisoned { .. }) => {}
+                    other => panic!("fail_at {fail_at}: {other:?}"),
+                }
+                // Everything acknowledged is on the sink.
+                for a in acked {
+                    assert!(a.as_ref().expect("acked").seq < lines);
+                }
+            }
+            // What reached the sink is a clean, verifiable prefix.
+            let mut verifier = LineVerifier::new(key().verifying_key());
+            for line in written[..written.len() - 1].split(|&b| b == b'\n') {
+                verifier.push(line).expect("prefix verifies");
+            }
+            assert!(matches!(
+                log.append(decision(0)),
+                Err(AppendError::Poisoned { .. })
+            ));
+        }
+    }
+}
