@@ -5,12 +5,23 @@
 //! `commands/`, each a thin adapter over the library crates.
 #![forbid(unsafe_code)]
 
+/// A session bundle on disk: its files, `session.json`, `events.jsonl`.
+mod bundle;
+/// One thin adapter per subcommand.
 mod commands;
+/// A running session's control socket: protocol, server, client.
+mod control;
+/// Built-in offline scenarios with their mock services.
 mod demo;
+/// Where openclaw keeps keys and sessions.
 mod home;
+/// Key files: ed25519 keys as PEM.
 mod keys;
+/// Session reports: `report.json` and the self-contained HTML page.
 mod report;
+/// One agent session, from its configuration to the report.
 mod session;
+/// `openclaw ui`: the web UI.
 mod ui;
 
 use std::process::ExitCode;

@@ -7,6 +7,9 @@
 //! - [`UnverifiedChain`] → [`VerifiedChain`] via `verify(&key)`, failing with a
 //!   [`ChainError`] that names the first bad line; [`LineVerifier`] checks one
 //!   line at a time.
+//! - [`rederive`]: each decision of a [`VerifiedChain`] re-run against the
+//!   session's capability token, as a [`Rederivation`] naming every
+//!   [`DecisionMismatch`] with its line.
 //! - [`Receipt`], [`Body`], [`DecisionRecord`], [`ApprovalRecord`]: the format
 //!   (see `docs/receipts.md`).
 #![forbid(unsafe_code)]
@@ -17,6 +20,8 @@ mod batch;
 mod format;
 /// Durable append with group commit and crash recovery.
 mod log;
+/// Decision re-derivation against the session's capability token.
+mod rederive;
 /// Offline verification.
 mod verify;
 /// One-pass parsing of a line for verification.
@@ -30,6 +35,7 @@ pub use log::{
     AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
     PendingReceipt, ReceiptLog, Recovered, SessionStart,
 };
+pub use rederive::{rederive, Coverage, DecisionMismatch, ReasonChanged, Rederivation};
 pub use verify::{
     danger, kind_name, ChainError, LineVerifier, UnverifiedChain, VerifiedChain, VerifiedReceipt,
 };

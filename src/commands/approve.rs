@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::bundle;
+use crate::control::{self, ControlClientError, ControlRequest, PendingWire};
 use crate::home;
-use crate::session::bundle;
-use crate::session::control::{self, ControlClientError, ControlRequest, PendingWire};
 
 /// The approver named in the approval receipt for answers given here.
 pub const APPROVER: &str = "terminal:approve-cmd";

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 
 use crate::demo::flight_booking::{self, DemoOptions};
 use crate::home;
-use crate::session::runner::{ApproveMode, EXIT_SETUP};
+use crate::session::config::{ApproveMode, EXIT_SETUP};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:

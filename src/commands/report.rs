@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::session::bundle;
-use crate::{home, keys, report};
+use crate::{bundle, home, keys, report};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:

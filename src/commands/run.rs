@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use crate::session::runner::{self, ApproveMode, BackendChoice, RunConfig};
+use crate::session::config::{ApproveMode, BackendChoice, RunConfig};
+use crate::session::runner;
 use crate::{home, keys};
 
 #[derive(Debug, Args)]

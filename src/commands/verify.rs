@@ -1,5 +1,6 @@
 //! `openclaw verify`: verify a session's receipt chain offline, and re-run
-//! each recorded decision against the session's capability token.
+//! each recorded decision against the session's capability token (both in
+//! the `receipts` crate); this file reads the bundle and reports.
 //!
 //! Exit codes: 0 the chain is valid, 1 it is not (the first bad line is
 //! named), 2 the input could not be read or no key was pinned.
@@ -9,10 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
-use capabilities::{Action, Counters, Decision, UnverifiedToken, Verdict};
 use clap::Args;
 use ed25519_dalek::VerifyingKey;
-use receipts::{Body, ChainError, UnverifiedChain, VerifiedChain};
+use receipts::{Body, ChainError, Coverage, UnverifiedChain, VerifiedChain};
 use serde::Serialize;
 
 use crate::keys;
@@ -254,152 +254,40 @@ fn summarize(chain: &VerifiedChain, report: &mut Report) {
     }
 }
 
-/// Re-runs every decision against the bundle's token, with the recorded
-/// facts, counters and time, and records each one that comes out differently.
+/// Re-runs every decision against the bundle's token (`receipts::rederive`)
+/// and records what it found.
 fn rederive(
     chain: &VerifiedChain,
     token_bytes: &[u8],
     root_key: Option<&VerifyingKey>,
     report: &mut Report,
 ) {
-    let mismatch = |line: usize, message: String| Problem { line, message };
-    if let Body::SessionStart {
-        capability_sha256: Some(digest),
-        ..
-    } = &chain.start().body
-    {
-        if digest != &receipts::sha256_hex(token_bytes) {
-            report.mismatches.push(mismatch(
-                1,
-                format!("line 1: session_start binds a different {TOKEN_FILE} (SHA-256 {digest})"),
-            ));
-        }
-    }
-    let token = match std::str::from_utf8(token_bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|t| UnverifiedToken::from_base64(t.trim()).map_err(|e| e.to_string()))
-    {
-        Ok(t) => t,
-        Err(e) => {
-            report.mismatches.push(mismatch(
-                0,
-                format!("{TOKEN_FILE} is not a capability token: {e}"),
-            ));
-            return;
-        }
-    };
-    if let Body::SessionStart { revocation_ids, .. } = &chain.start().body {
-        if revocation_ids != &token.revocation_ids() {
-            report.mismatches.push(mismatch(
-                1,
-                format!(
-                    "line 1: session_start names token revocation ids that are not {TOKEN_FILE}'s"
-                ),
-            ));
-        }
-    }
-    let Some(root_key) = root_key else {
-        report.rederivation = Rederivation {
+    let found = receipts::rederive(chain, token_bytes, root_key);
+    report
+        .mismatches
+        .extend(found.mismatches.iter().map(|m| Problem {
+            line: m.line(),
+            message: m.to_string(),
+        }));
+    report
+        .warnings
+        .extend(found.reason_changes.iter().map(ToString::to_string));
+    report.rederivation = match found.coverage {
+        Coverage::Checked { decisions } => Rederivation {
+            status: "checked",
+            checked: decisions,
+            note: None,
+        },
+        Coverage::NoRootKey => Rederivation {
             status: "skipped",
             checked: 0,
             note: Some(format!(
                 "{TOKEN_FILE} is present but decisions were not re-derived: pass --cap-pubkey ROOT.pub"
             )),
-        };
-        return;
+        },
+        // The mismatches say why; nothing was re-run.
+        Coverage::TokenUnusable => Rederivation::default(),
     };
-    let capability = match token.verify(&root_key.to_bytes()) {
-        Ok(c) => c,
-        Err(e) => {
-            report.mismatches.push(mismatch(
-                0,
-                format!("{TOKEN_FILE} does not verify with the given root key: {e}"),
-            ));
-            return;
-        }
-    };
-    let mut checked = 0;
-    for (i, r) in chain.receipts.iter().enumerate() {
-        let line = i + 1;
-        let Body::Decision(d) = &r.receipt.body else {
-            continue;
-        };
-        let parsed = (|| -> Result<(Action, Counters, Decision), String> {
-            let action = serde_json::from_value(d.action.clone())
-                .map_err(|e| format!("recorded action: {e}"))?;
-            let counters = serde_json::from_value(d.counters.clone())
-                .map_err(|e| format!("recorded counters: {e}"))?;
-            let decision = serde_json::from_value(d.decision.clone())
-                .map_err(|e| format!("recorded decision: {e}"))?;
-            Ok((action, counters, decision))
-        })();
-        let (action, counters, recorded) = match parsed {
-            Ok(p) => p,
-            Err(e) => {
-                report.mismatches.push(mismatch(
-                    line,
-                    format!("line {line}: cannot re-derive: {e}"),
-                ));
-                continue;
-            }
-        };
-        // The chain verifier already checked ts parses.
-        let Some(now) = receipts::parse_time(&r.receipt.ts) else {
-            continue;
-        };
-        checked += 1;
-        // Only `token`-stage decisions come from the token alone; the other
-        // stages (catalog, credential, dns, proxy) can only add a block on top,
-        // so the token may well have allowed what they refused.
-        let stage = d.decision.get("stage").and_then(|s| s.as_str());
-        if let Some(stage) = stage.filter(|s| *s != "token") {
-            if recorded.decision != Verdict::Block {
-                report.mismatches.push(mismatch(
-                    line,
-                    format!(
-                        "line {line}: the {stage} stage can only block, but recorded {}",
-                        verdict_name(recorded.decision)
-                    ),
-                ));
-            }
-            continue;
-        }
-        let derived = capability.authorize(&action, &counters, now);
-        if derived.decision != recorded.decision
-            || derived.grant != recorded.grant
-            || derived.revocation_ids != recorded.revocation_ids
-        {
-            report.mismatches.push(mismatch(
-                line,
-                format!(
-                    "line {line}: decision does not follow from the token: recorded {} ({}), \
-                     the token says {} ({})",
-                    verdict_name(recorded.decision),
-                    recorded.reason,
-                    verdict_name(derived.decision),
-                    derived.reason
-                ),
-            ));
-        } else if derived.reason != recorded.reason {
-            report.warnings.push(format!(
-                "line {line}: same decision, different reason: recorded {:?}, re-derived {:?}",
-                recorded.reason, derived.reason
-            ));
-        }
-    }
-    report.rederivation = Rederivation {
-        status: "checked",
-        checked,
-        note: None,
-    };
-}
-
-fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "allow",
-        Verdict::Block => "block",
-        Verdict::Approval => "approval",
-    }
 }
 
 fn print_human(report: &Report) {

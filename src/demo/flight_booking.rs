@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use super::mock_services::{self, ExpectedSecrets, SeenRequest};
 use crate::keys;
-use crate::session::runner::{self, ApproveMode, BackendChoice, RunConfig, SessionOutcome};
+use crate::session::config::{ApproveMode, BackendChoice, RunConfig};
+use crate::session::runner::{self, SessionOutcome};
 
 pub const POLICY: &str = include_str!("../../examples/flight-booking/policy.toml");
 pub const CATALOG: &str = include_str!("../../examples/flight-booking/catalog.toml");

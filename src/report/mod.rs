@@ -15,7 +15,10 @@ use receipts::{Body, UnverifiedChain};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::session::bundle::{self, SessionInfo};
+use crate::bundle::{self, Outcome, SessionInfo};
+
+/// Content-Security-Policy by hash for our self-contained pages.
+pub mod csp;
 
 /// Everything a reviewer sees about one session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,21 +103,6 @@ pub struct ApprovalOutcome {
     pub approved: bool,
     pub approver: String,
     pub answered_at: String,
-}
-
-/// What the proxy reported after a decision: the status sent to the
-/// sandbox and the bytes each way, keyed by the decision receipt's seq. Read
-/// from the `completed` events in `events.jsonl`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Outcome {
-    #[serde(alias = "receipt")]
-    pub receipt_seq: u64,
-    #[serde(default)]
-    pub status: Option<u16>,
-    #[serde(default)]
-    pub bytes_up: u64,
-    #[serde(default, alias = "bytes")]
-    pub bytes_down: u64,
 }
 
 /// Builds the report of the bundle in `dir`. `key` pins the receipt-signing
@@ -321,7 +309,7 @@ pub fn render_html(report: &Report, live: Option<&LivePage>) -> String {
 
 /// The page's Content-Security-Policy (the UI also sends it as a header).
 pub fn page_csp() -> String {
-    crate::ui::csp::policy_for(TEMPLATE)
+    csp::policy_for(TEMPLATE)
 }
 
 /// What the UI's page needs beyond the report: where to follow events

@@ -14,7 +14,7 @@ use proxy::enforce::{
 use receipts::ReceiptLog;
 use tokio::sync::{broadcast, oneshot};
 
-use super::runner::{ApproveMode, RunConfig};
+use super::config::{ApproveMode, RunConfig};
 
 pub struct SessionEnforcement {
     pub gate: Arc<EnforcingGate>,

@@ -1,11 +1,16 @@
-//! One agent session: its bundle on disk, its network, proxy, sandbox and
-//! receipts, from start to the report.
+//! One agent session: its network, proxy, sandbox and receipts, from start
+//! to the report. `config` is shared by every file here; `runner` is the
+//! lifecycle and the only file that ties the others together.
 
-pub mod backend;
-pub mod bundle;
+/// The isolation backends: which one, and running the command in it.
+pub mod backends;
+/// What every session file shares: the run configuration, exit codes, the shutdown signal.
+pub mod config;
+/// The command's output, passed through and kept in `console.log`.
 mod console;
-pub mod control;
+/// The session's enforcement point: catalog, secrets, approvals, the gate.
 mod enforcement;
-pub mod kvm;
+/// The live monitor on the terminal and `events.jsonl`.
 mod monitor;
+/// The lifecycle: bundle, network, receipts, proxy, backend, teardown, report.
 pub mod runner;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use proxy::enforce::{Event, EventKind};
 use tokio::sync::{broadcast, watch};
 
-use super::bundle::{EventsFile, SessionInfo};
+use crate::bundle::{EventsFile, SessionInfo};
 
 /// Counts of what the monitor saw, for the closing line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,81 +1,32 @@
 //! The session lifecycle behind `openclaw run` (and `openclaw demo`): backend
-//! choice, bundle, session network, receipt log, enforcing proxy, sandbox
-//! (a namespace sandbox here, or a microVM in `kvm.rs`), live monitor,
-//! teardown and report, in that order, undone in reverse.
+//! choice, bundle, session network, receipt log, enforcing proxy, control
+//! socket, the backend (`backends/netns.rs` or `backends/kvm.rs`), live
+//! monitor, teardown and report, in that order, undone in reverse.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use capabilities::{Capability, UnverifiedToken};
-use ed25519_dalek::{SigningKey, VerifyingKey};
-use netns::SessionNetwork;
 use proxy::{
     Gate, Limits, ListenAddrs, Listeners, Proxy, ProxyConfig, ProxyHandle, UpstreamConfig,
 };
 use receipts::{ReceiptLog, SessionStart};
-use sandbox::{Sandbox, SandboxSpec, SandboxStdio};
 use sha2::{Digest, Sha256};
+use ::netns::SessionNetwork;
 
-use super::backend::{self, Backend};
-use super::bundle::{self, CapabilitySummary, SessionInfo};
+use super::backends::choice::{self, Backend};
+use super::backends::{kvm, netns, BackendContext};
+use super::config::{RunConfig, EXIT_INTERRUPTED, EXIT_SETUP, EXIT_TIMEOUT};
 use super::console::Console;
-use super::enforcement::{self, SessionEnforcement};
+use super::enforcement;
 use super::monitor::Monitor;
+use crate::bundle::{self, CapabilitySummary, SessionInfo};
+use crate::control;
 use crate::report::{self, Report};
-
-/// openclaw could not set up or run the session (the command's own exit
-/// codes pass through unchanged).
-pub const EXIT_SETUP: u8 = 125;
-/// The session was interrupted (Ctrl-C / SIGTERM).
-pub const EXIT_INTERRUPTED: i32 = 130;
-/// The session's `--timeout` passed (as timeout(1) reports it).
-pub const EXIT_TIMEOUT: i32 = 124;
-
-/// The sandbox's uid/gid: `nobody`, owning nothing on the host.
-const SANDBOX_UID: u32 = 65534;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendChoice {
-    Auto,
-    Kvm,
-    Netns,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApproveMode {
-    /// Ask on the terminal; without one, deny.
-    Prompt,
-    Deny,
-    /// Approve everything (unattended demos).
-    Auto,
-}
-
-/// Everything one session needs, already read from files and flags.
-pub struct RunConfig {
-    pub token_text: String,
-    pub root_public_key: VerifyingKey,
-    pub receipt_key: SigningKey,
-    pub secrets: Option<PathBuf>,
-    pub catalog: Option<PathBuf>,
-    pub backend: BackendChoice,
-    pub approve: ApproveMode,
-    pub approval_timeout: Duration,
-    pub workdir: Option<PathBuf>,
-    pub resolve: Vec<(String, SocketAddr)>,
-    pub upstream_ca: Vec<PathBuf>,
-    pub json_events: bool,
-    pub task: Option<String>,
-    pub memory_bytes: u64,
-    pub pids_max: u64,
-    pub command: Vec<String>,
-    pub sessions_dir: PathBuf,
-    /// Stop the command (and its sandbox or VM) after this long.
-    pub timeout: Option<Duration>,
-}
 
 /// How a session ended.
 pub struct SessionOutcome {
@@ -123,8 +74,8 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
         }
     }
     let choice = config.backend;
-    let home = backend::home_of(&config.sessions_dir);
-    let chosen = tokio::task::spawn_blocking(move || backend::choose(choice, &home)).await??;
+    let home = choice::home_of(&config.sessions_dir);
+    let chosen = tokio::task::spawn_blocking(move || choice::choose(choice, &home)).await??;
     let backend = chosen.backend;
 
     let id = new_session_id(started_at);
@@ -296,59 +247,50 @@ async fn serve_and_supervise(
     let ca_pem = proxy.ca_pem().to_owned();
     info.ca_fingerprint = hex::encode(Sha256::digest(proxy.ca().cert_der()));
     // The control socket: `openclaw approve`/`deny` and the web UI.
-    let control = bundle::write_info(dir, info).and_then(|()| {
-        super::control::serve(
+    let events = enforcement.events.clone();
+    let server = bundle::write_info(dir, info).and_then(|()| {
+        control::serve(
             dir,
-            enforcement.events.clone(),
+            move || events.subscribe(),
             enforcement.approvals.clone(),
         )
     });
-    let result = match &control {
+    let result = match &server {
         Err(_) => Ok(-1),
-        Ok(_) => match backend {
-            Backend::Netns => {
-                supervise(
+        // The backend's command writes its output here from its first byte.
+        Ok(_) => match Console::create(&dir.join(bundle::CONSOLE_LOG)) {
+            Err(err) => Err(err),
+            Ok(console) => {
+                let context = BackendContext {
                     config,
                     dir,
                     info,
                     network,
-                    proxy_ip,
-                    &ca_pem,
-                    &enforcement,
-                    out,
+                    ca_pem: &ca_pem,
+                    enforcement: &enforcement,
+                    console,
+                    monitor: out,
                     started,
-                )
-                .await
-            }
-            Backend::Kvm(image) => {
-                super::kvm::supervise(
-                    config,
-                    dir,
-                    info,
-                    network,
-                    proxy_ip,
-                    &ca_pem,
-                    &enforcement,
-                    out,
-                    started,
-                    image,
-                )
-                .await
+                };
+                match backend {
+                    Backend::Netns => netns::supervise(context).await,
+                    Backend::Kvm(image) => kvm::supervise(context, image).await,
+                }
             }
         },
     };
 
     // Teardown in reverse: no new decisions, then (in the caller) the chain's end.
-    let control = match control {
-        Ok(control) => {
-            control.stop().await;
+    let stopped = match server {
+        Ok(server) => {
+            server.stop().await;
             Ok(())
         }
         Err(err) => Err(err),
     };
     enforcement.shutdown();
     proxy.shutdown().await;
-    control?;
+    stopped?;
     result
 }
 
@@ -361,114 +303,10 @@ async fn start_proxy(
 ) -> Result<ProxyHandle> {
     let (netns_path, addrs) = (network.path().to_path_buf(), config.listen.clone());
     let listeners = tokio::task::spawn_blocking(move || {
-        netns::run_in(&netns_path, move || Listeners::bind(&addrs))
+        ::netns::run_in(&netns_path, move || Listeners::bind(&addrs))
     })
     .await???;
     Ok(Proxy::start_with_listeners(config, listeners, gate).await?)
-}
-
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
-async fn supervise(
-    config: &RunConfig,
-    dir: &Path,
-    info: &mut SessionInfo,
-    network: &SessionNetwork,
-    proxy_ip: Ipv4Addr,
-    ca_pem: &str,
-    enforcement: &SessionEnforcement,
-    out: &Monitor,
-    started: Instant,
-) -> Result<i32> {
-    let workdir = prepare_workdir(dir, config.workdir.as_deref())?;
-    let (program, args) = config
-        .command
-        .split_first()
-        .context("no command given after --")?;
-    let mut spec = SandboxSpec::new(network, program, args, ca_pem.as_bytes().to_vec());
-    spec.resolver = proxy_ip;
-    spec.workdir = Some(workdir);
-    spec.uid = SANDBOX_UID;
-    spec.gid = SANDBOX_UID;
-    spec.memory_bytes = config.memory_bytes;
-    spec.pids_max = config.pids_max;
-    spec.stdin = SandboxStdio::Null;
-    spec.stdout = SandboxStdio::Pipe;
-    spec.stderr = SandboxStdio::Pipe;
-    for (name, placeholder) in &enforcement.sandbox_env {
-        spec = spec.env(name, placeholder);
-    }
-    if let Some(task) = &config.task {
-        spec = spec.env("OPENCLAW_TASK", task);
-    }
-    spec = spec.env("OPENCLAW_SESSION", &info.id);
-
-    let mut child = tokio::task::spawn_blocking(move || Sandbox::spawn(spec))
-        .await?
-        .context("starting the sandbox")?;
-    let ready_ms = started.elapsed().as_millis() as u64;
-    info.sandbox_ready_ms = Some(ready_ms);
-    bundle::write_info(dir, info)?;
-    out.startup(info, ready_ms);
-
-    let console = Console::create(&dir.join(bundle::CONSOLE_LOG))?;
-    let pumps = console.pump(child.take_stdout(), child.take_stderr());
-
-    let killer = child.killer();
-    let mut wait = tokio::task::spawn_blocking(move || child.wait());
-    let code = tokio::select! {
-        status = &mut wait => exit_code(status??),
-        _ = sleep_for(config.timeout) => {
-            out.note(&format!(
-                "timed out after {}: stopping the sandbox",
-                humantime::format_duration(config.timeout.unwrap_or_default())
-            ));
-            if let Err(err) = killer.kill() {
-                tracing::warn!("stopping the sandbox: {err}");
-            }
-            let _ = wait.await;
-            EXIT_TIMEOUT
-        }
-        _ = shutdown_signal() => {
-            out.note("interrupted: stopping the sandbox, denying pending approvals");
-            // SIGKILL to the sandbox's init takes its whole pid namespace.
-            if let Err(err) = killer.kill() {
-                tracing::warn!("stopping the sandbox: {err}");
-            }
-            let _ = wait.await;
-            EXIT_INTERRUPTED
-        }
-    };
-    pumps.await;
-    Ok(code)
-}
-
-/// Sleeps for `timeout`, or forever without one.
-async fn sleep_for(timeout: Option<Duration>) {
-    match timeout {
-        Some(t) => tokio::time::sleep(t).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-pub(super) async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => code,
-        (None, Some(signal)) => 128 + signal,
-        (None, None) => 1,
-    }
 }
 
 /// "4 grants, 2 constraints"
@@ -502,50 +340,10 @@ fn create_private_dir(path: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))
 }
 
-/// The sandbox's `/work`: a copy of the user's directory (or an empty one)
-/// inside the bundle, owned by the sandbox uid. Results stay there.
-fn prepare_workdir(dir: &Path, source: Option<&Path>) -> Result<PathBuf> {
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    if let Some(source) = source {
-        copy_tree(source, &work)
-            .with_context(|| format!("copying {} into the sandbox", source.display()))?;
-    }
-    chown_tree(&work, SANDBOX_UID)?;
-    Ok(work)
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let target = to.join(entry.file_name());
-        if kind.is_dir() {
-            std::fs::create_dir_all(&target)?;
-            copy_tree(&entry.path(), &target)?;
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), &target)
-                .with_context(|| format!("copying {}", entry.path().display()))?;
-        }
-    }
-    Ok(())
-}
-
-fn chown_tree(path: &Path, uid: u32) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(uid))
-        .with_context(|| format!("chown {}", path.display()))?;
-    if path.is_dir() && !path.is_symlink() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

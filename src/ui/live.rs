@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Body, ChannelBody, State};
+use crate::bundle;
+use crate::control::{self, PendingWire};
 use crate::report::Report;
-use crate::session::bundle;
-use crate::session::control::{self, PendingWire};
 
 /// Events arriving close together are sent as one update.
 const DEBOUNCE: Duration = Duration::from_millis(120);

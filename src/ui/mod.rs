@@ -11,7 +11,6 @@
 
 mod archive;
 pub mod auth;
-pub mod csp;
 mod live;
 mod sessions;
 
@@ -32,8 +31,8 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::report::{self, LivePage};
-use crate::session::control::{self, ControlClientError, ControlRequest};
+use crate::control::{self, ControlClientError, ControlRequest};
+use crate::report::{self, csp, LivePage};
 use auth::Access;
 use sessions::Sessions;
 

@@ -11,10 +11,10 @@ use std::time::SystemTime;
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
+use crate::bundle::{self, SessionInfo};
+use crate::control::CONTROL_SOCK;
 use crate::keys;
 use crate::report::{self, Report};
-use crate::session::bundle::{self, SessionInfo};
-use crate::session::control::CONTROL_SOCK;
 
 /// Longest session id accepted from a URL.
 const MAX_ID: usize = 128;

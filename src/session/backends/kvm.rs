@@ -5,7 +5,6 @@
 //! its end: the guest's exit status, Ctrl-C/SIGTERM, a timeout, or a failure
 //! named by its stage.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -14,15 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use guest_image::{GuestImage, SessionFiles};
-use netns::SessionNetwork;
 use tokio::sync::mpsc;
 use vmm::{ControlEvent, ExitReason, Kernel, MicroVm, NetConfig, RunningVm, Tap, VmConfig, VmExit};
 
-use super::bundle::{self, SessionInfo};
-use super::console::Console;
-use super::enforcement::SessionEnforcement;
-use super::monitor::Monitor;
-use super::runner::{shutdown_signal, RunConfig, EXIT_INTERRUPTED, EXIT_TIMEOUT};
+use super::BackendContext;
+use crate::bundle;
+use crate::session::config::{shutdown_signal, EXIT_INTERRUPTED, EXIT_TIMEOUT};
+use crate::session::console::Console;
 
 /// The guest kernel's own serial console (boot messages), beside the task's
 /// output in `console.log`.
@@ -59,19 +56,21 @@ enum VmEnd {
     Stopped,
 }
 
-#[allow(clippy::too_many_arguments)] // mirrors the netns supervisor's call
-pub(super) async fn supervise(
-    config: &RunConfig,
-    dir: &Path,
-    info: &mut SessionInfo,
-    network: &SessionNetwork,
-    proxy_ip: Ipv4Addr,
-    ca_pem: &str,
-    enforcement: &SessionEnforcement,
-    out: &Monitor,
-    started: Instant,
-    image: &GuestImage,
-) -> Result<i32> {
+/// Runs the command in a microVM booted from `image` to its end; returns
+/// its exit code.
+pub async fn supervise(context: BackendContext<'_>, image: &GuestImage) -> Result<i32> {
+    let BackendContext {
+        config,
+        dir,
+        info,
+        network,
+        ca_pem,
+        enforcement,
+        console,
+        monitor: out,
+        started,
+    } = context;
+    let proxy_ip = network.proxy_addr();
     let files = collect_workdir(config.workdir.as_deref())?;
     let mut env: Vec<(String, String)> = enforcement
         .sandbox_env
@@ -111,7 +110,7 @@ pub(super) async fn supervise(
     // route to the guest (below).
     let (netns_path, name) = (network.path().to_path_buf(), tap.clone());
     let nic =
-        tokio::task::spawn_blocking(move || netns::run_in(&netns_path, move || Tap::open(&name)))
+        tokio::task::spawn_blocking(move || ::netns::run_in(&netns_path, move || Tap::open(&name)))
             .await?
             .context("entering the session network")?
             .context("creating the guest's NIC in the session network")?;
@@ -123,7 +122,6 @@ pub(super) async fn supervise(
         "starting the microVM ({VCPUS} vCPU, {mem_mib} MiB, NIC {tap} in the session network)"
     ));
 
-    let console = Console::create(&dir.join(bundle::CONSOLE_LOG))?;
     let vm = tokio::task::spawn_blocking(move || MicroVm::boot(vm_config))
         .await?
         .context("VM start")?;

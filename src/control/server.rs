@@ -1,29 +1,25 @@
-//! The control endpoint of a running session: `<dir>/control.sock`, a Unix
-//! socket only its owner can open, speaking NDJSON. It lists pending
-//! approvals, takes answers, and streams the session's events and pending
-//! list to subscribers (the web UI, `openclaw approve`/`deny`). Protocol:
-//! `docs/ui.md`.
+//! The supervisor's side of the control socket: serves `<dir>/control.sock`
+//! for a running session, lists pending approvals, takes answers, and
+//! streams the session's events and pending list to subscribers (the web
+//! UI, `openclaw approve`/`deny`).
 //!
 //! The socket is the only way into a running supervisor from outside, so it
 //! is owner-only (0600 inside the 0700 bundle), bounded (line length,
 //! connections) and it names every answer's approver in the receipt.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use proxy::enforce::{ApprovalHandle, Event, EventBus, PendingApproval};
-use serde::{Deserialize, Serialize};
+use proxy::enforce::{ApprovalHandle, Event, EventBus};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, watch, Semaphore};
 
-/// The socket's file name inside the session directory.
-pub const CONTROL_SOCK: &str = "control.sock";
+use super::wire::{ControlRequest, PendingWire, CONTROL_SOCK};
 
 /// Longest request line accepted; requests are tiny.
 const MAX_LINE: usize = 16 * 1024;
@@ -32,67 +28,9 @@ const MAX_CONNECTIONS: usize = 64;
 /// Longest approver name taken from a client.
 const MAX_APPROVER: usize = 64;
 
-/// One request line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum ControlRequest {
-    /// → `{"ok":true,"session":…,"pid":…}`
-    Info,
-    /// → `{"ok":true,"pending":[PendingWire…]}`
-    Pending,
-    /// → `{"ok":true}` or `{"ok":false,"error":…}`
-    Answer {
-        id: u64,
-        approve: bool,
-        /// Named in the approval receipt; `control` when absent.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        approver: Option<String>,
-    },
-    /// → `{"ok":true}`, then `{"pending":[…]}` now and on every change,
-    /// `{"event":Event}` per event, `{"lagged":N}` when this reader fell
-    /// behind; the stream ends when the session does.
-    Subscribe,
-}
-
-/// A pending approval on the wire: the broker's question plus the time left
-/// as the supervisor sees it (the page counts down from its own clock).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingWire {
-    pub id: u64,
-    /// The action as the catalog classified it (type, method, host, path,
-    /// amount_cents, currency, merchant, recipients…).
-    pub action: Value,
-    pub reason: String,
-    /// Seq of the decision receipt (its grant is in the report's timeline).
-    pub decision_seq: u64,
-    pub asked_at: String,
-    /// Seconds the gate waits in total.
-    pub timeout: u64,
-    /// Milliseconds left before the timeout denies it.
-    pub remaining_ms: u64,
-}
-
-impl PendingWire {
-    fn from_pending(p: &PendingApproval, now: SystemTime) -> Self {
-        let r = &p.request;
-        let deadline = humantime::parse_rfc3339(&r.asked_at)
-            .map(|t| t + r.timeout)
-            .unwrap_or(now);
-        PendingWire {
-            id: r.id,
-            action: serde_json::to_value(&r.action).unwrap_or(Value::Null),
-            reason: r.reason.clone(),
-            decision_seq: r.decision_seq,
-            asked_at: r.asked_at.clone(),
-            timeout: r.timeout.as_secs(),
-            remaining_ms: deadline
-                .duration_since(now)
-                .map_or(0, |d| d.as_millis() as u64),
-        }
-    }
-}
-
-/// Where the control server gets the session's event stream from.
+/// Where the control server gets the session's event stream from: an
+/// [`EventBus`], or any function that subscribes to one (the session's
+/// enforcement point).
 pub trait Subscribe: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 }
@@ -103,9 +41,12 @@ impl Subscribe for EventBus {
     }
 }
 
-impl Subscribe for super::enforcement::EventSource {
+impl<F> Subscribe for F
+where
+    F: Fn() -> broadcast::Receiver<Event> + Send + Sync + 'static,
+{
     fn subscribe(&self) -> broadcast::Receiver<Event> {
-        super::enforcement::EventSource::subscribe(self)
+        self()
     }
 }
 
@@ -354,188 +295,16 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, value: &Value) -> Re
     Ok(())
 }
 
-// ---------------------------------------------------------------------------
-// Clients
-
-/// Why a client could not talk to a session.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlClientError {
-    #[error("session is not running (no control socket at {0})")]
-    NotRunning(PathBuf),
-    #[error("session's control socket {path} does not answer: {source}")]
-    Unreachable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Refused(String),
-    #[error("control socket protocol: {0}")]
-    Protocol(String),
-}
-
-/// One request, one reply, blocking (for `openclaw approve`/`deny`).
-pub fn call_blocking(
-    dir: &Path,
-    request: &ControlRequest,
-) -> std::result::Result<Value, ControlClientError> {
-    let path = dir.join(CONTROL_SOCK);
-    let stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            ControlClientError::NotRunning(path.clone())
-        }
-        _ => ControlClientError::Unreachable {
-            path: path.clone(),
-            source: e,
-        },
-    })?;
-    let unreachable = |e| ControlClientError::Unreachable {
-        path: path.clone(),
-        source: e,
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(unreachable)?;
-    let mut line = serde_json::to_vec(request).map_err(|e| protocol(&e))?;
-    line.push(b'\n');
-    (&stream).write_all(&line).map_err(unreachable)?;
-    let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .map_err(unreachable)?;
-    parse_reply(&reply)
-}
-
-/// One request, one reply, async (for the web UI).
-pub async fn call(
-    dir: &Path,
-    request: &ControlRequest,
-) -> std::result::Result<Value, ControlClientError> {
-    let (mut lines, mut write) = connect(dir).await?;
-    write_request(&mut write, dir, request).await?;
-    let reply = read_line(&mut lines, dir).await?;
-    parse_reply(&reply)
-}
-
-/// A subscription: the first line (`{"ok":true}`) is checked here; read the
-/// stream with [`Subscription::next`].
-pub struct Subscription {
-    lines: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
-    // Kept open: dropping it would end the subscription.
-    _write: tokio::net::unix::OwnedWriteHalf,
-    dir: PathBuf,
-}
-
-impl Subscription {
-    /// The next message, or `None` when the session ended the stream.
-    pub async fn next(&mut self) -> std::result::Result<Option<Value>, ControlClientError> {
-        let line = read_line(&mut self.lines, &self.dir).await?;
-        if line.is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_str(&line)
-            .map(Some)
-            .map_err(|e| protocol(&e))
-    }
-}
-
-pub async fn subscribe_to(dir: &Path) -> std::result::Result<Subscription, ControlClientError> {
-    let (mut lines, mut write) = connect(dir).await?;
-    write_request(&mut write, dir, &ControlRequest::Subscribe).await?;
-    let first = read_line(&mut lines, dir).await?;
-    parse_reply(&first)?;
-    Ok(Subscription {
-        lines,
-        _write: write,
-        dir: dir.to_path_buf(),
-    })
-}
-
-type Halves = (
-    tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
-    tokio::net::unix::OwnedWriteHalf,
-);
-
-async fn connect(dir: &Path) -> std::result::Result<Halves, ControlClientError> {
-    let path = dir.join(CONTROL_SOCK);
-    let stream = UnixStream::connect(&path)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                ControlClientError::NotRunning(path.clone())
-            }
-            _ => ControlClientError::Unreachable {
-                path: path.clone(),
-                source: e,
-            },
-        })?;
-    let (read, write) = stream.into_split();
-    Ok((tokio::io::BufReader::new(read), write))
-}
-
-async fn write_request(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-    dir: &Path,
-    request: &ControlRequest,
-) -> std::result::Result<(), ControlClientError> {
-    let mut line = serde_json::to_vec(request).map_err(|e| protocol(&e))?;
-    line.push(b'\n');
-    write
-        .write_all(&line)
-        .await
-        .map_err(|e| ControlClientError::Unreachable {
-            path: dir.join(CONTROL_SOCK),
-            source: e,
-        })
-}
-
-async fn read_line(
-    lines: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
-    dir: &Path,
-) -> std::result::Result<String, ControlClientError> {
-    let mut line = String::new();
-    lines
-        .read_line(&mut line)
-        .await
-        .map_err(|e| ControlClientError::Unreachable {
-            path: dir.join(CONTROL_SOCK),
-            source: e,
-        })?;
-    Ok(line)
-}
-
-fn parse_reply(line: &str) -> std::result::Result<Value, ControlClientError> {
-    if line.is_empty() {
-        return Err(ControlClientError::Protocol(
-            "connection closed without a reply".into(),
-        ));
-    }
-    let value: Value = serde_json::from_str(line).map_err(|e| protocol(&e))?;
-    match value.get("ok").and_then(Value::as_bool) {
-        Some(true) => Ok(value),
-        Some(false) => Err(ControlClientError::Refused(
-            value
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("refused")
-                .to_owned(),
-        )),
-        None => Err(ControlClientError::Protocol(format!(
-            "reply without \"ok\": {}",
-            line.trim()
-        ))),
-    }
-}
-
-fn protocol(e: &dyn std::fmt::Display) -> ControlClientError {
-    ControlClientError::Protocol(e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::FileTypeExt;
+
     use capabilities::{Action, ActionType};
     use proxy::enforce::{ApiBroker, ApprovalBroker, ApprovalRequest, EventKind};
-    use std::os::unix::fs::FileTypeExt;
+
+    use super::*;
+    use crate::control::client::{call, subscribe_to, ControlClientError, Subscription};
 
     fn purchase() -> Action {
         Action {
@@ -727,24 +496,5 @@ mod tests {
         call(dir.path(), &ControlRequest::Info).await.expect("info");
         drop(server);
         assert!(!dir.path().join(CONTROL_SOCK).exists());
-    }
-
-    #[test]
-    fn requests_parse_as_documented() {
-        let parse = |s: &str| serde_json::from_str::<ControlRequest>(s);
-        assert_eq!(
-            parse(r#"{"op":"pending"}"#).expect("ok"),
-            ControlRequest::Pending
-        );
-        assert_eq!(
-            parse(r#"{"op":"answer","id":4,"approve":false}"#).expect("ok"),
-            ControlRequest::Answer {
-                id: 4,
-                approve: false,
-                approver: None
-            }
-        );
-        assert!(parse(r#"{"op":"answer","id":4}"#).is_err());
-        assert!(parse(r#"{"op":"shutdown"}"#).is_err());
     }
 }

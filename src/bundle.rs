@@ -12,8 +12,6 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::report::Outcome;
-
 pub const SESSION_JSON: &str = "session.json";
 pub const CAPABILITIES: &str = "capabilities.cap";
 pub const RECEIPTS: &str = "receipts.jsonl";
@@ -94,6 +92,21 @@ pub fn write_info(dir: &Path, info: &SessionInfo) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(info).context("encoding session.json")?;
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What the proxy reported after a decision: the status sent to the
+/// sandbox and the bytes each way, keyed by the decision receipt's seq. Read
+/// from the `completed` events in `events.jsonl`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    #[serde(alias = "receipt")]
+    pub receipt_seq: u64,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub bytes_up: u64,
+    #[serde(default, alias = "bytes")]
+    pub bytes_down: u64,
 }
 
 /// The outcomes recorded in `events.jsonl` (missing file: none yet).

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vmm::ProbeResult;
 
-use super::runner::BackendChoice;
-use crate::commands::image;
+use super::image;
+use crate::session::config::BackendChoice;
 
 /// The pre-probe's budget: it takes milliseconds on hardware KVM.
 const PREPROBE_BUDGET: Duration = Duration::from_secs(2);

@@ -1,0 +1,68 @@
+//! What every part of a session shares: the run configuration (already read
+//! from files and flags), the backend and approval choices, the session's
+//! own exit codes and the shutdown signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+
+/// openclaw could not set up or run the session (the command's own exit
+/// codes pass through unchanged).
+pub const EXIT_SETUP: u8 = 125;
+/// The session was interrupted (Ctrl-C / SIGTERM).
+pub const EXIT_INTERRUPTED: i32 = 130;
+/// The session's `--timeout` passed (as timeout(1) reports it).
+pub const EXIT_TIMEOUT: i32 = 124;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Kvm,
+    Netns,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApproveMode {
+    /// Ask on the terminal; without one, deny.
+    Prompt,
+    Deny,
+    /// Approve everything (unattended demos).
+    Auto,
+}
+
+/// Everything one session needs, already read from files and flags.
+pub struct RunConfig {
+    pub token_text: String,
+    pub root_public_key: VerifyingKey,
+    pub receipt_key: SigningKey,
+    pub secrets: Option<PathBuf>,
+    pub catalog: Option<PathBuf>,
+    pub backend: BackendChoice,
+    pub approve: ApproveMode,
+    pub approval_timeout: Duration,
+    pub workdir: Option<PathBuf>,
+    pub resolve: Vec<(String, SocketAddr)>,
+    pub upstream_ca: Vec<PathBuf>,
+    pub json_events: bool,
+    pub task: Option<String>,
+    pub memory_bytes: u64,
+    pub pids_max: u64,
+    pub command: Vec<String>,
+    pub sessions_dir: PathBuf,
+    /// Stop the command (and its sandbox or VM) after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
