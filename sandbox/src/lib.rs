@@ -12,8 +12,9 @@
 //! All calls block (they fork, wait, run `ip`); from async code call them
 //! through `tokio::task::spawn_blocking`. See `docs/sandbox.md`.
 //!
-//! Unsafe code sits in `sandbox.rs` (clone3, pidfds) and `child.rs` (the
-//! init's raw syscalls after the clone); every block says why it is sound.
+//! Unsafe code sits in `sandbox.rs` (clone3, pidfds), `child.rs` (the init's
+//! raw syscalls after the clone) and `rootfs.rs` (one `setxattr`); every
+//! block says why it is sound.
 
 /// cgroup v2/v1 memory and pids limits of one sandbox.
 mod cgroup;
