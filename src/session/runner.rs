@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use ::netns::SessionNetwork;
 use anyhow::{bail, Context, Result};
 use capabilities::{Capability, UnverifiedToken};
 use proxy::{
@@ -16,7 +17,6 @@ use proxy::{
 };
 use receipts::{ReceiptLog, SessionStart};
 use sha2::{Digest, Sha256};
-use ::netns::SessionNetwork;
 
 use super::backends::choice::{self, Backend};
 use super::backends::{kvm, netns, BackendContext};
