@@ -182,17 +182,17 @@ pub fn require(requirements: &[Requirement], test: &str) {
 }
 
 /// Where the records go: `$CARGO_TARGET_DIR`, else the workspace's `target/`.
+/// A relative `CARGO_TARGET_DIR` counts from the workspace root (where cargo
+/// and `.ci/run` start), not from a test's own directory.
 pub fn ran_dir() -> PathBuf {
+    // This crate sits at test-support/requirements.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            // This crate sits at test-support/requirements.
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .ancestors()
-                .nth(2)
-                .map(|root| root.join("target"))
-                .unwrap_or_default()
-        });
+        .map_or_else(|| root.join("target"), |dir| root.join(PathBuf::from(dir)));
     target.join(RAN_DIR)
 }
 
