@@ -1,4 +1,5 @@
-//! Sets `openclaw_has_kvm` / `openclaw_has_tun` for `tests/kvm_smoke.rs`
+//! Sets `openclaw_has_kvm` / `openclaw_has_tun` for `tests/kvm_smoke.rs` and the
+//! tap unit test in `devices/virtio/net/device.rs`
 //! (`test_requirements`): where /dev/kvm is absent its tests are ignored
 //! with the reason, not "passed". Nothing else of the crate reads them.
 

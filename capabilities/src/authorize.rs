@@ -427,15 +427,19 @@ impl Capability {
 /// `GET google.com/flights`, `payment of $487.00 at united.com`, …
 fn describe(r: &Request) -> String {
     match r.kind {
-        "payment" => format!(
-            "payment of {} {} at {}",
-            money(
-                r.amount.unwrap_or(0),
-                r.currency.as_deref().unwrap_or("USD")
+        // `money` already names the currency ("$487.00", "300.00 EUR").
+        "payment" => match r.currency.as_deref() {
+            Some(currency) => format!(
+                "payment of {} at {}",
+                money(r.amount.unwrap_or(0), currency),
+                r.merchant()
             ),
-            r.currency.as_deref().unwrap_or("(no currency)"),
-            r.merchant()
-        ),
+            None => format!(
+                "payment of {} (no currency) at {}",
+                Amount(u64::try_from(r.amount.unwrap_or(0)).unwrap_or(0)),
+                r.merchant()
+            ),
+        },
         "email" => {
             let to: Vec<&str> = r.recipients.iter().map(String::as_str).collect();
             format!(

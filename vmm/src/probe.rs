@@ -111,7 +111,7 @@ pub fn probe(kernel: &Path, initramfs: &Path, console: PathBuf, budget: Duration
     }
     let mut config = VmConfig::new(Kernel::File(kernel.to_path_buf()), console);
     config.initramfs = Some(initramfs.to_path_buf());
-    config.cmdline = "quiet openclaw.probe=1".into();
+    config.cmdline = format!("quiet {}", guest_protocol::cmdline::PROBE);
     config.mem_mib = 128;
     let vm = match MicroVm::boot(config) {
         Ok(vm) => vm,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use guest_image::{GuestImage, SessionFiles};
+use guest_protocol::cmdline as switch;
 use tokio::sync::mpsc;
 use vmm::{ControlEvent, ExitReason, Kernel, MicroVm, NetConfig, RunningVm, Tap, VmConfig, VmExit};
 
@@ -101,9 +102,12 @@ pub async fn supervise(context: BackendContext<'_>, image: &GuestImage) -> Resul
     vm_config.mem_mib = mem_mib;
     vm_config.vcpus = VCPUS;
     vm_config.cmdline = format!(
-        "quiet openclaw.ip={}/{} openclaw.gw={proxy_ip} openclaw.dns={proxy_ip}",
+        "quiet {}={}/{} {}={proxy_ip} {}={proxy_ip}",
+        switch::IP,
         network.guest_addr(),
-        network.prefix_len()
+        network.prefix_len(),
+        switch::GATEWAY,
+        switch::RESOLVER,
     );
     // The tap is created inside the session network and handed to the VM.
     // The proxy's address lives on the namespace's lo; the tap only needs a

@@ -319,13 +319,15 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(openclaw_has_tun),
+        ignore = "needs /dev/net/tun (and root), absent on this host"
+    )]
     fn an_arp_request_out_of_the_tx_queue_is_answered_into_the_rx_queue() {
-        if !nix::unistd::Uid::effective().is_root()
-            || !std::path::Path::new("/dev/net/tun").exists()
-        {
-            eprintln!("SKIPPED: needs root and /dev/net/tun");
-            return;
-        }
+        test_requirements::require(
+            &[test_requirements::Requirement::Tun],
+            "vmm::devices::virtio::net::device::an_arp_request_out_of_the_tx_queue_is_answered_into_the_rx_queue",
+        );
         let ns = Netns(format!("ocvmm-net-{}", std::process::id()));
         assert!(ip(&["netns", "add", &ns.0]), "ip netns add");
         let netns_path = std::path::PathBuf::from(format!("/run/netns/{}", ns.0));
