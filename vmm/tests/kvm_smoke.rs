@@ -15,8 +15,16 @@ const LOAD_ADDR: u64 = 0x10_0000;
 
 /// First line of each test that needs the host's KVM: fails it if /dev/kvm
 /// is missing after all, and records that it ran.
-fn kvm(test: &str) {
+/// Checks the requirement and serializes the tests that boot VMs, so that
+/// counting `vcpu*` threads sees this test's VM only.
+fn kvm(test: &str) -> std::sync::MutexGuard<'static, ()> {
     require(&[Requirement::Kvm], &format!("kvm_smoke::{test}"));
+    one_vm_at_a_time()
+}
+
+fn one_vm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static BOOTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BOOTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `mov dx, port; mov al, byte; out dx, al` for each byte.
@@ -44,16 +52,22 @@ fn config(code: Vec<u8>, dir: &Path) -> VmConfig {
     c
 }
 
-fn threads() -> usize {
+/// This process's vCPU threads (the VMM names them `vcpu<N>`).
+fn vcpu_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.starts_with("vcpu"))
+                .count()
+        })
         .unwrap_or(0)
 }
 
 #[test]
 #[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn long_mode_guest_writes_serial_hits_the_boot_marker_and_resets() {
-    kvm("long_mode_guest_writes_serial_hits_the_boot_marker_and_resets");
+    let _serial = kvm("long_mode_guest_writes_serial_hits_the_boot_marker_and_resets");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut code = out_bytes(0x3f8, b"hello from long mode\n");
     code.extend(out_bytes(BOOT_MARKER_PORT, &[1]));
@@ -78,7 +92,7 @@ fn long_mode_guest_writes_serial_hits_the_boot_marker_and_resets() {
 #[test]
 #[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn control_channel_frames_come_back_as_task_output() {
-    kvm("control_channel_frames_come_back_as_task_output");
+    let _serial = kvm("control_channel_frames_come_back_as_task_output");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut wire = encode_frame(FRAME_STDOUT, b"out");
     wire.extend(encode_frame(FRAME_STDERR, b"err"));
@@ -102,7 +116,7 @@ fn control_channel_frames_come_back_as_task_output() {
 #[test]
 #[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn triple_fault_ends_the_vm_as_shutdown() {
-    kvm("triple_fault_ends_the_vm_as_shutdown");
+    let _serial = kvm("triple_fault_ends_the_vm_as_shutdown");
     let dir = tempfile::tempdir().expect("tempdir");
     // ud2 with an empty IDT: #UD -> #GP -> double fault -> triple fault.
     let vm = MicroVm::boot(config(vec![0x0f, 0x0b], dir.path())).expect("boot");
@@ -126,32 +140,35 @@ fn triple_fault_ends_the_vm_as_shutdown() {
 #[test]
 #[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn a_spinning_guest_times_out_and_leaves_no_threads() {
-    kvm("a_spinning_guest_times_out_and_leaves_no_threads");
+    let _serial = kvm("a_spinning_guest_times_out_and_leaves_no_threads");
     let dir = tempfile::tempdir().expect("tempdir");
-    let before = threads();
+    let before = vcpu_threads();
     let mut c = config(vec![0xeb, 0xfe], dir.path()); // jmp .
     c.vcpus = 2;
     let vm = MicroVm::boot(c).expect("boot");
-    assert!(threads() >= before + 2, "one thread per vCPU");
+    // A thread names itself once it runs: give both a moment to start.
+    let mut seen = vcpu_threads();
+    for _ in 0..200 {
+        if seen == before + 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        seen = vcpu_threads();
+    }
+    assert_eq!(seen, before + 2, "one thread per vCPU");
     let exit = vm.wait(Some(Duration::from_millis(300)));
     assert!(
         matches!(exit.reason, ExitReason::TimedOut),
         "{:?}",
         exit.reason
     );
-    // Other tests run in parallel threads, so compare with a margin of them.
-    assert!(
-        threads() <= before + 1,
-        "vCPU threads joined: {} -> {}",
-        before,
-        threads()
-    );
+    assert_eq!(vcpu_threads(), before, "vCPU threads joined");
 }
 
 #[test]
 #[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn kill_stops_a_running_guest() {
-    kvm("kill_stops_a_running_guest");
+    let _serial = kvm("kill_stops_a_running_guest");
     let dir = tempfile::tempdir().expect("tempdir");
     let vm = MicroVm::boot(config(vec![0xeb, 0xfe], dir.path())).expect("boot");
     std::thread::sleep(Duration::from_millis(50));
@@ -208,6 +225,7 @@ fn guest_reads_the_virtio_mmio_registers_of_its_nic() {
         &[Requirement::Kvm, Requirement::Tun],
         "kvm_smoke::guest_reads_the_virtio_mmio_registers_of_its_nic",
     );
+    let _serial = one_vm_at_a_time();
     let ns = Netns(format!("ocvmm-smoke-{}", std::process::id()));
     let made = std::process::Command::new("ip")
         .args(["netns", "add", &ns.0])
@@ -262,7 +280,7 @@ fn bad_configurations_name_their_stage() {
 #[test]
 #[cfg_attr(not(openclaw_has_kvm), ignore = "/dev/kvm is absent on this host")]
 fn bad_configurations_past_opening_kvm_name_their_stage() {
-    kvm("bad_configurations_past_opening_kvm_name_their_stage");
+    let _serial = kvm("bad_configurations_past_opening_kvm_name_their_stage");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = config(vec![0xf4], dir.path());
     c.kernel = Kernel::File(dir.path().join("missing-vmlinux"));
