@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use proxy::enforce::{ApprovalHandle, Event, EventBus, PendingApproval};
+use enforce::{ApprovalHandle, Event, EventBus, PendingApproval};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -534,7 +534,7 @@ fn protocol(e: &dyn std::fmt::Display) -> ControlClientError {
 mod tests {
     use super::*;
     use capabilities::{Action, ActionType};
-    use proxy::enforce::{ApiBroker, ApprovalBroker, ApprovalRequest, EventKind};
+    use enforce::{ApiBroker, ApprovalBroker, ApprovalRequest, EventKind};
     use std::os::unix::fs::FileTypeExt;
 
     fn purchase() -> Action {
