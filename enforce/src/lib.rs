@@ -28,8 +28,10 @@ pub mod counters;
 pub mod credentials;
 /// The session event stream.
 pub mod events;
-/// The enforcing gate: the stages, the token, receipts, approvals, forwarding.
+/// The enforcing gate: the token, receipts, approvals, forwarding.
 pub mod gate;
+/// The stages before the token: body, catalog, credentials.
+mod stages;
 /// Receipt-wait histogram.
 pub mod stats;
 
@@ -41,5 +43,6 @@ pub use catalog::{Catalog, CatalogError, ClassifyError, RequestView};
 pub use counters::{Ledger, Reservation};
 pub use credentials::{SecretStore, SecretsError, SessionCredentials};
 pub use events::{Event, EventBus, EventKind};
-pub use gate::{EnforceConfig, Enforcement, EnforcingGate, Stage};
+pub use gate::{EnforceConfig, Enforcement, EnforcingGate};
+pub use stages::{Stage, BODY_READ_TIMEOUT};
 pub use stats::{WaitHistogram, WaitSummary};
