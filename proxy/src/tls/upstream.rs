@@ -297,4 +297,20 @@ mod tests {
         let addr = client.resolve(&localhost, 443).await.expect("allowed");
         assert_eq!(addr.port(), 8443);
     }
+
+    /// Override keys are hosts too: one that is not (a port in it) stops
+    /// the proxy from starting rather than never matching.
+    #[test]
+    fn an_override_that_is_not_a_host_name_is_refused() {
+        let mut cfg = UpstreamConfig {
+            platform_roots: false,
+            ..Default::default()
+        };
+        cfg.overrides.insert(
+            "united.com:443".into(),
+            "127.0.0.1:8443".parse().expect("addr"),
+        );
+        let err = UpstreamClient::new(&cfg).err().expect("refused");
+        assert!(matches!(err, ProxyError::BadOverride(_)), "{err}");
+    }
 }
