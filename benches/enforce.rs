@@ -17,15 +17,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use capabilities::{Counters, Policy, UnverifiedToken};
+use capabilities::{Counters, Host, Policy, UnverifiedToken};
 use ed25519_dalek::SigningKey;
-use proxy::enforce::{
-    Catalog, EnforceConfig, Enforcement, Ledger, Scripted, ScriptedBroker, SecretStore,
-};
+use enforce::{Catalog, EnforceConfig, Enforcement, Ledger, SecretStore, SessionCredentials};
 use proxy::{AllowAll, Gate, Proxy, ProxyConfig, ProxyHandle};
 use receipts::{LogOptions, ReceiptLog, SessionStart, UnverifiedChain};
 use rustls::ClientConfig;
-use test_support::{HttpsClient, Mitmdump, TestCa, Upstream};
+use test_support::{HttpsClient, Mitmdump, Scripted, ScriptedBroker, TestCa, Upstream};
 
 /// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
 #[global_allocator]
@@ -135,14 +133,15 @@ async fn start_proxy(upstream: &Upstream, ca_file: &Path, gate: Arc<dyn Gate>) -
 /// What one enforced request costs, piece by piece, on this machine.
 fn components(cap: &capabilities::Capability, dir: &Path, key: &SigningKey) {
     let headers = http::HeaderMap::new();
-    let view = proxy::enforce::RequestView {
+    let host = Host::parse(HOST).unwrap();
+    let view = enforce::RequestView {
         method: "GET",
-        host: HOST,
+        host: &host,
         path_and_query: "/hello",
         headers: &headers,
     };
     let catalog = Catalog::from_toml(CATALOG).unwrap();
-    let creds = proxy::enforce::SessionCredentials::new(&SecretStore::from_toml(SECRETS).unwrap());
+    let creds = SessionCredentials::new(&SecretStore::from_toml(SECRETS).unwrap());
     let n = 20_000u32;
     let start = Instant::now();
     let mut action = None;

@@ -1,4 +1,4 @@
-//! Benchmark: the egress proxy (part 1, permissive gate) against the same
+//! Benchmark: the egress proxy (transport, permissive gate) against the same
 //! local HTTPS upstream reached directly and through mitmproxy's `mitmdump`
 //! (reverse mode, TLS both sides) in the same run. Prints figures and ratios;
 //! skips mitmdump when it is not installed. Run: `cargo bench --bench proxy`.

@@ -10,17 +10,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use biscuit_auth::datalog::Term;
 
 use crate::datalog::{kind_name, unix_seconds, CheckKind};
-use crate::policy::{normalize_host, normalize_recipient, Amount, MAX_VALUE};
+use crate::policy::{normalize_recipient, Amount, MAX_VALUE};
 use crate::token::Capability;
 use crate::world::{FailedCheck, RequestFacts, TokenWorld};
-use crate::{Action, ActionType, Counters, Decision, Verdict};
+use crate::{Action, ActionType, Counters, Decision, Host, Verdict};
 
 /// The facts of one request, normalized the way policies are (borrowed
 /// from the action where normalizing changes nothing).
 struct Request<'a> {
     kind: &'static str,
     method: Cow<'a, str>,
-    host: String,
+    host: Host,
     path: &'a str,
     amount: Option<i64>,
     currency: Option<String>,
@@ -36,13 +36,10 @@ struct Request<'a> {
     time: u64,
 }
 
-/// Hosts from requests are taken as sent: lowercased and a trailing dot
-/// dropped, but surrounding whitespace is malformed, not trimmed.
-fn request_host(raw: &str) -> Result<String, String> {
-    if raw.trim() != raw {
-        return Err(format!("malformed host {raw:?}"));
-    }
-    normalize_host(raw, false).map_err(|_| format!("malformed host {raw:?}"))
+/// Hosts from requests are read as [`Host`]s: lowercased and the root dot
+/// dropped, but surrounding whitespace (or anything else) is malformed.
+fn request_host(raw: &str) -> Result<Host, String> {
+    Host::parse(raw).map_err(|_| format!("malformed host {raw:?}"))
 }
 
 fn value(v: u64, what: &str) -> Result<i64, String> {
@@ -114,7 +111,12 @@ impl<'a> Request<'a> {
     fn from_action(a: &'a Action, c: &Counters, now: SystemTime) -> Result<Request<'a>, String> {
         let host = request_host(&a.host)?;
         check_path(&a.path)?;
-        let merchant = a.merchant.as_deref().map(request_host).transpose()?;
+        let merchant = a
+            .merchant
+            .as_deref()
+            .map(request_host)
+            .transpose()?
+            .map(|m| m.to_string());
         if a.kind == ActionType::Payment && a.amount_cents.is_none() {
             return Err("payment without an amount".to_owned());
         }
@@ -145,16 +147,11 @@ impl<'a> Request<'a> {
     }
 
     fn merchant(&self) -> &str {
-        self.merchant.as_deref().unwrap_or(&self.host)
+        self.merchant.as_deref().unwrap_or(self.host.as_str())
     }
 
     /// A pseudo-request that only names a host (`dns`) or a credential use.
-    fn pseudo(
-        kind: &'static str,
-        host: String,
-        credential: &'a str,
-        now: SystemTime,
-    ) -> Request<'a> {
+    fn pseudo(kind: &'static str, host: Host, credential: &'a str, now: SystemTime) -> Request<'a> {
         Request {
             kind,
             method: Cow::Borrowed(""),
@@ -182,7 +179,7 @@ impl<'a> Request<'a> {
         f.add("kind", vec![kind]);
         let method = f.str(&self.method);
         f.add("method", vec![method]);
-        let host = f.str(&self.host);
+        let host = f.str(self.host.as_str());
         f.add("host", vec![host]);
         let path = f.str(self.path);
         f.add("path", vec![path]);

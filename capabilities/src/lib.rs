@@ -11,6 +11,8 @@
 //! - [`Action`] and [`Counters`]: the facts of one request and of the session so far;
 //! - [`Decision`] and [`Verdict`]: what the token says about them;
 //! - [`Summary`]: the "4 grants, 2 constraints" view;
+//! - [`Host`] and [`HostPattern`]: the one reading of a host name that every
+//!   crate compares, and a grant's `*.` wildcard ([`HostError`]);
 //! - [`CapabilityError`].
 //!
 //! Biscuit types stay inside this crate so an upgrade touches only here.
@@ -25,6 +27,8 @@ mod authorize;
 mod datalog;
 /// The crate's error.
 mod error;
+/// Host names and `*.` host patterns, parsed once.
+mod host;
 /// The policy file schema.
 pub mod policy;
 /// Minting, verification, attenuation, sealing, summaries.
@@ -34,5 +38,6 @@ mod world;
 
 pub use action::{Action, ActionType, Counters, Decision, Verdict};
 pub use error::CapabilityError;
+pub use host::{Host, HostError, HostPattern};
 pub use policy::Policy;
 pub use token::{mint, Capability, Summary, UnverifiedToken};

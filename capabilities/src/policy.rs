@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{ActionType, CapabilityError};
+use crate::{ActionType, CapabilityError, Host, HostPattern};
 
 /// A parsed policy: what a token allows. Every section is optional; an
 /// absent grant section means that kind of action is not allowed.
@@ -320,28 +320,19 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, CapabilityError> {
     Err(CapabilityError::PolicyInvalid(msg.into()))
 }
 
-/// Lowercase, trailing dot removed, DNS characters only; `*.` prefix only
-/// where `wildcard` is allowed and never a bare `*`.
+/// A host field of the policy file, trimmed and read as a [`Host`] (or,
+/// where `wildcard` is allowed, a [`HostPattern`]: never a bare `*`), in
+/// its canonical text.
 pub(crate) fn normalize_host(raw: &str, wildcard: bool) -> Result<String, CapabilityError> {
-    let host = raw.trim().trim_end_matches('.').to_ascii_lowercase();
-    let bare = match host.strip_prefix("*.") {
-        Some(rest) if wildcard => rest,
-        Some(_) => return invalid(format!("{raw:?}: a wildcard is not allowed here")),
-        None => host.as_str(),
+    let text = raw.trim();
+    let read = if wildcard {
+        HostPattern::parse(text).map(|p| p.to_string())
+    } else if text.starts_with("*.") {
+        return invalid(format!("{raw:?}: a wildcard is not allowed here"));
+    } else {
+        Host::parse(text).map(|h| h.to_string())
     };
-    let ok = !bare.is_empty()
-        && bare.len() <= 253
-        && bare.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        });
-    if !ok {
-        return invalid(format!("{raw:?} is not a host name"));
-    }
-    Ok(host)
+    read.or_else(|_| invalid(format!("{raw:?} is not a host name")))
 }
 
 /// `host` or `host/path-prefix`; the prefix keeps its case (paths are case-sensitive).
@@ -570,6 +561,8 @@ mod tests {
         assert!(normalize_host("*united.com", true).is_err());
         assert!(normalize_host("a..com", true).is_err());
         assert!(normalize_host("united.com:443", true).is_err());
+        // One root dot, not several (they used to be trimmed): fail closed.
+        assert!(normalize_host("united.com..", false).is_err());
         assert_eq!(
             normalize_web_entry("Google.com/flights/"),
             Ok("google.com/flights".into())

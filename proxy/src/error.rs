@@ -22,6 +22,8 @@ pub enum ProxyError {
     ExtraRoots { path: PathBuf, source: io::Error },
     #[error("extra CA file {path} holds no usable certificate")]
     NoRootsInFile { path: PathBuf },
+    #[error("upstream override {0:?} is not a host name")]
+    BadOverride(String),
     #[error("binding the {what} listener on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -30,6 +32,8 @@ pub enum ProxyError {
     },
     #[error("the ClientHello carries no server name (SNI)")]
     NoSni,
+    #[error("the ClientHello's server name {0:?} is not a host name")]
+    BadSni(String),
     #[error("not a TLS connection: {0}")]
     NotTls(io::Error),
     #[error("TLS handshake with the sandbox failed: {0}")]
@@ -75,7 +79,7 @@ pub struct Blocked {
     /// Short stable reason, sent as `X-Openclaw-Blocked` and put in events.
     pub reason: &'static str,
     /// True when this is a fail-closed refusal of something the proxy could
-    /// not read or will not carry (part 2 writes a blocked receipt for it);
+    /// not read or will not carry (the enforcing gate writes a blocked receipt for it);
     /// false for plain failures (upstream down, internal errors).
     pub refusal: bool,
 }
@@ -86,6 +90,7 @@ impl ProxyError {
         use ProxyError as E;
         let (status, reason, refusal) = match self {
             E::NoSni => (StatusCode::FORBIDDEN, "no-sni", true),
+            E::BadSni(_) => (StatusCode::FORBIDDEN, "bad-sni", true),
             E::NotTls(_) => (StatusCode::BAD_REQUEST, "not-tls", true),
             E::DomainFronting { .. } => (StatusCode::FORBIDDEN, "domain-fronting", true),
             E::MissingHost => (StatusCode::BAD_REQUEST, "missing-host", true),
@@ -113,6 +118,7 @@ impl ProxyError {
             | E::TlsConfig(_)
             | E::ExtraRoots { .. }
             | E::NoRootsInFile { .. }
+            | E::BadOverride(_)
             | E::Bind { .. }
             | E::BodyNotBuffered => (StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         };

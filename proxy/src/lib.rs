@@ -1,6 +1,6 @@
 //! The sandbox's only way out: a TLS-intercepting HTTP proxy with its own DNS
-//! responder. Part 1 (this code) carries traffic faithfully and refuses what it
-//! cannot read; every decision is delegated to a [`Gate`] (part 2 plugs the
+//! responder. It carries traffic faithfully and refuses what it cannot read;
+//! every decision is delegated to a [`Gate`] (the `enforce` crate plugs the
 //! capability token, credentials, approvals and receipts in there).
 //!
 //! The public interface is:
@@ -10,18 +10,20 @@
 //!   e.g. inside the session's network namespace), [`UpstreamConfig`], [`Limits`];
 //! - the decision seam: [`Gate`] and the types it sees ([`GateRequest`],
 //!   [`RequestBody`], [`ConnInfo`], [`Refusal`], [`Exchange`], [`ResponseFilter`]);
-//!   [`AllowAll`] is the permissive gate used by part 1's tests;
+//!   [`AllowAll`] is the permissive gate of the transport's own tests;
 //! - [`SessionCa`] (the per-session CA and its leaf cache);
 //! - [`ProxyError`] and its one mapping to an HTTP status and block reason.
+//!
+//! Hosts (request host, SNI, pool and override keys) are
+//! [`capabilities::Host`]s: read once, compared as such.
 #![forbid(unsafe_code)]
 
+/// `Limits` and `ProxyConfig`: what one proxy instance is given.
+mod config;
 /// `Gate`: the hook through which every DNS name, request, response and refusal passes.
 mod decide;
 /// DNS responder (UDP and TCP) answering with the proxy's address or NXDOMAIN.
 mod dns;
-/// Part 2, the enforcement point: catalog, credentials, counters, approvals,
-/// events, and the enforcing `Gate` (see `enforce::EnforcingGate`).
-pub mod enforce;
 /// The crate's error and its single mapping to a refusal.
 mod error;
 /// HTTP/1.1 and HTTP/2 serving, request forwarding, smuggling guard, bodies.
@@ -30,15 +32,18 @@ mod http;
 mod listen;
 /// `Proxy::start`: accept loops, connection limits, shutdown.
 mod server;
+/// `Shared`: the state every connection of one proxy instance uses.
+mod shared;
 /// Session CA, leaf minting and cache, upstream TLS client and address policy.
 mod tls;
 
+pub use config::{Limits, ProxyConfig};
 pub use decide::{
     AllowAll, ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateVerdict,
     Listener, Refusal, RequestBody, RequestSummary, ResponseFilter,
 };
 pub use error::{Blocked, ProxyError};
 pub use listen::{ListenAddrs, Listeners};
-pub use server::{Limits, Proxy, ProxyConfig, ProxyHandle, ProxyStats};
+pub use server::{Proxy, ProxyHandle, ProxyStats};
 pub use tls::ca::SessionCa;
 pub use tls::upstream::{is_forbidden_upstream, UpstreamConfig};

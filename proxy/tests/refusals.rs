@@ -77,8 +77,51 @@ async fn domain_fronting_is_refused_on_http11_and_h2() {
         ["domain-fronting", "domain-fronting"]
     );
     let r = &env.gate.refusals.lock().unwrap()[0];
-    assert_eq!(r.conn.sni.as_deref(), Some(HOST));
-    assert_eq!(r.request.as_ref().unwrap().host, OTHER);
+    assert_eq!(r.conn.sni.as_ref().map(|h| h.as_str()), Some(HOST));
+    assert_eq!(r.request.as_ref().unwrap().host.as_str(), OTHER);
+    assert_eq!(env.upstream.connections(), 0);
+}
+
+/// A server name or Host that is not a host name (`capabilities::Host`) is
+/// refused by the proxy before the gate is asked: `bad-sni` for the TLS
+/// server name, `malformed-request` for the Host (both used to get through
+/// to the gate, whose token then blocked a malformed host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_name_or_host_that_is_not_a_host_name_is_refused() {
+    let env = Env::start(BOTH).await;
+    let cfg = test_support::client_config(env.proxy.ca_pem(), &[b"http/1.1"]);
+    let r = test_support::tls_connect(https(&env), "api_x.example.com", cfg).await;
+    assert!(
+        r.is_err(),
+        "handshake with a non-host server name must fail"
+    );
+    for host in ["[::1]", "api_x.example.com", "api.example.com.."] {
+        let mut tcp = TcpStream::connect(env.proxy.http_addr().unwrap())
+            .await
+            .unwrap();
+        tcp.write_all(format!("GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 1024];
+        let n = tcp.read(&mut head).await.unwrap();
+        let text = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 400"), "{host}: {text}");
+        assert!(
+            text.contains("x-openclaw-blocked: malformed-request"),
+            "{host}: {text}"
+        );
+    }
+    settle().await;
+    assert_eq!(
+        env.gate.refusal_reasons(),
+        [
+            "bad-sni",
+            "malformed-request",
+            "malformed-request",
+            "malformed-request"
+        ]
+    );
+    assert!(env.gate.exchanges.lock().unwrap().is_empty(), "gate asked");
     assert_eq!(env.upstream.connections(), 0);
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use proxy::enforce::{ApprovalHandle, Event, EventBus};
+use enforce::{ApprovalHandle, Event, EventBus};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -301,7 +301,7 @@ mod tests {
     use std::os::unix::fs::FileTypeExt;
 
     use capabilities::{Action, ActionType};
-    use proxy::enforce::{ApiBroker, ApprovalBroker, ApprovalRequest, EventKind};
+    use enforce::{ApiBroker, ApprovalBroker, ApprovalRequest, EventKind};
 
     use super::*;
     use crate::control::client::{call, subscribe_to, ControlClientError, Subscription};

@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use proxy::enforce::PendingApproval;
+use enforce::PendingApproval;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

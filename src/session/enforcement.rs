@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use capabilities::{Capability, Counters};
-use proxy::enforce::{
+use enforce::{
     ApiBroker, ApprovalAnswer, ApprovalBroker, ApprovalHandle, ApprovalRequest, Catalog,
-    EnforceConfig, EnforcingGate, Event, FirstAnswer, Ledger, SecretStore, TerminalBroker,
+    EnforceConfig, EnforcingGate, Event, FirstAnswer, Ledger, SecretStore,
 };
 use receipts::ReceiptLog;
 use tokio::sync::{broadcast, oneshot};
 
+use super::approval_prompt::TerminalBroker;
 use super::config::{ApproveMode, RunConfig};
 
 pub struct SessionEnforcement {
@@ -63,7 +64,7 @@ pub fn build(
         None => SecretStore::default(),
     };
     let (api_broker, approvals) = ApiBroker::new();
-    let enforcement = proxy::enforce::Enforcement::new(EnforceConfig {
+    let enforcement = enforce::Enforcement::new(EnforceConfig {
         capability,
         catalog,
         secrets,

@@ -2,6 +2,8 @@
 //! to the report. `config` is shared by every file here; `runner` is the
 //! lifecycle and the only file that ties the others together.
 
+/// The approval prompt on the operator's terminal.
+mod approval_prompt;
 /// The isolation backends: which one, and running the command in it.
 pub mod backends;
 /// What every session file shares: the run configuration, exit codes, the shutdown signal.

@@ -7,7 +7,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use proxy::enforce::{Event, EventKind};
+use enforce::{Event, EventKind};
 use tokio::sync::{broadcast, watch};
 
 use crate::bundle::{EventsFile, SessionInfo};

@@ -1,11 +1,13 @@
 //! Test-only helpers shared by the workspace's tests: a throwaway CA, local
 //! HTTPS and HTTP upstream servers that count their connections and serve a
-//! few fixed routes (hello, echo, large download, SSE, WebSocket echo), and
-//! rustls client/in-memory TLS pair helpers.
+//! few fixed routes (hello, echo, large download, SSE, WebSocket echo),
+//! rustls client/in-memory TLS pair helpers, and a scripted approval broker.
 #![allow(clippy::unwrap_used)] // test support: panicking on setup failure is the point
 
+mod approval;
 mod https_client;
 mod mitm;
+pub use approval::{purchase_question, Scripted, ScriptedBroker};
 pub use https_client::HttpsClient;
 pub use mitm::Mitmdump;
 

@@ -24,7 +24,9 @@ fn kvm(test: &str) -> std::sync::MutexGuard<'static, ()> {
 
 fn one_vm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static BOOTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    BOOTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    BOOTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `mov dx, port; mov al, byte; out dx, al` for each byte.

@@ -60,7 +60,7 @@ impl RequestBody {
 
     /// Read from the sandbox until at least `limit` bytes are buffered or the
     /// body ends. A body over the limit stays incomplete: the caller decides
-    /// (part 2 blocks rather than guesses).
+    /// (the enforcing gate blocks rather than guesses).
     pub async fn buffer_up_to(&mut self, limit: usize) -> Result<(), ProxyError> {
         while self.buffered.len() < limit {
             let Some(rest) = self.rest.as_mut() else {

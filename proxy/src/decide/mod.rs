@@ -1,6 +1,6 @@
-//! The seam between carrying traffic (part 1) and deciding it (part 2): the
-//! [`Gate`] trait the proxy calls for every DNS name, request, response,
-//! refusal and finished exchange, and the types it sees.
+//! The seam between carrying traffic (this crate) and deciding it (the
+//! `enforce` crate): the [`Gate`] trait the proxy calls for every DNS name,
+//! request, response, refusal and finished exchange, and the types it sees.
 //!
 //! Ordering guarantees the gate can rely on:
 //! - `request` is awaited before any upstream connection is opened for that
@@ -16,6 +16,7 @@ mod body;
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
+use capabilities::Host;
 use http::{request::Parts, response, StatusCode};
 
 pub use body::RequestBody;
@@ -36,8 +37,8 @@ pub struct ConnInfo {
     pub id: u64,
     pub peer: SocketAddr,
     pub listener: Listener,
-    /// The TLS server name, lowercased (None on the plain-HTTP listener).
-    pub sni: Option<String>,
+    /// The TLS server name (None on the plain-HTTP listener).
+    pub sni: Option<Host>,
     /// ALPN protocol agreed with the sandbox, if any.
     pub alpn: Option<String>,
 }
@@ -60,8 +61,8 @@ pub enum DnsVerdict {
 pub struct GateRequest {
     /// `https` or `http`.
     pub scheme: &'static str,
-    /// Destination host, lowercased, without port; equal to the SNI on TLS.
-    pub host: String,
+    /// Destination host, without port; equal to the SNI on TLS.
+    pub host: Host,
     /// Method, URI in origin form (`/path?query`), version, headers.
     /// Hop-by-hop headers were already removed.
     pub head: Parts,
@@ -83,14 +84,14 @@ pub enum GateVerdict {
 pub struct RequestSummary {
     pub method: String,
     pub scheme: &'static str,
-    pub host: String,
+    pub host: Host,
     /// Path and query as forwarded.
     pub path: String,
 }
 
 /// A fail-closed refusal the proxy made on its own (no SNI, not TLS, domain
 /// fronting, malformed or smuggling-shaped HTTP, oversized headers, forbidden
-/// upstream address, connection limit). Part 2 writes a blocked receipt.
+/// upstream address, connection limit). The enforcing gate writes a blocked receipt.
 #[derive(Debug, Clone)]
 pub struct Refusal {
     pub conn: ConnInfo,
@@ -130,10 +131,10 @@ pub struct Exchange {
     pub outcome: ExchangeOutcome,
 }
 
-/// Rewrites a response body as it streams to the sandbox (part 2 uses this to
-/// replace an echoed secret by its placeholder). Called per data chunk, so a
-/// filter looking for a pattern must hold back a tail across chunk
-/// boundaries and release it from `finish`.
+/// Rewrites a response body as it streams to the sandbox (the enforcing
+/// gate uses this to replace an echoed secret by its placeholder). Called per
+/// data chunk, so a filter looking for a pattern must hold back a tail
+/// across chunk boundaries and release it from `finish`.
 pub trait ResponseFilter: Send + 'static {
     fn data(&mut self, chunk: Bytes) -> Bytes;
     fn finish(&mut self) -> Bytes {
@@ -169,8 +170,9 @@ pub trait Gate: Send + Sync + 'static {
     fn completed(&self, _exchange: Exchange) {}
 }
 
-/// Permissive gate for part 1: every name resolves, every request is
-/// forwarded. Records nothing; tests wrap it to observe events.
+/// Permissive gate for the transport's own tests: every name resolves,
+/// every request is forwarded. Records nothing; tests wrap it to observe
+/// events.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AllowAll;
 

@@ -10,6 +10,7 @@ use std::{
     time::Instant,
 };
 
+use capabilities::Host;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::{
@@ -21,16 +22,17 @@ use hyper_util::rt::TokioIo;
 
 use super::{
     blocked_response,
+    client::ConnUpstream,
     deadline::BodyDeadline,
     metered::{Metered, Report},
-    pool::{ConnUpstream, Lease},
+    pool::Lease,
     strip_hop_by_hop, ProxyBody,
 };
 use crate::{
     decide::{
         ConnInfo, ExchangeOutcome, GateRequest, GateVerdict, Listener, Refusal, RequestSummary,
     },
-    server::Shared,
+    shared::Shared,
     ProxyError, RequestBody,
 };
 
@@ -66,10 +68,11 @@ impl ConnCtx {
 }
 
 /// The destination host of a request: `:authority` / absolute-form target,
-/// else `Host`; lowercased, without port or trailing dot. When both are
-/// present they must agree.
-fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
-    let from_uri = req.uri().host().map(normalize_host);
+/// else `Host`; its port dropped and read as a [`Host`] (one that is not,
+/// an IPv6 literal say, is refused as malformed). When both are present
+/// they must agree.
+fn request_host<B>(req: &Request<B>) -> Result<Host, ProxyError> {
+    let from_uri = req.uri().host().map(read_host).transpose()?;
     let from_header = match req.headers().get(header::HOST) {
         Some(v) => {
             let v = v
@@ -78,19 +81,24 @@ fn request_host<B>(req: &Request<B>) -> Result<String, ProxyError> {
             let auth: http::uri::Authority = v
                 .parse()
                 .map_err(|_| ProxyError::Malformed("unparsable Host".into()))?;
-            Some(normalize_host(auth.host()))
+            Some(read_host(auth.host())?)
         }
         None => None,
     };
     match (from_uri, from_header) {
-        (Some(u), Some(h)) if u != h => Err(ProxyError::DomainFronting { sni: u, host: h }),
+        (Some(u), Some(h)) if u != h => Err(ProxyError::DomainFronting {
+            sni: u.to_string(),
+            host: h.to_string(),
+        }),
         (Some(h), _) | (None, Some(h)) => Ok(h),
         (None, None) => Err(ProxyError::MissingHost),
     }
 }
 
-fn normalize_host(h: &str) -> String {
-    h.trim_end_matches('.').to_ascii_lowercase()
+/// A request's host (its port already split off) as a [`Host`].
+fn read_host(text: &str) -> Result<Host, ProxyError> {
+    Host::parse(text)
+        .map_err(|_| ProxyError::Malformed(format!("host {text:?} is not a host name")))
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -174,8 +182,8 @@ pub(crate) async fn handle(
     if let Some(sni) = &ctx.info.sni {
         if *sni != host {
             let e = ProxyError::DomainFronting {
-                sni: sni.clone(),
-                host: host.clone(),
+                sni: sni.to_string(),
+                host: host.to_string(),
             };
             let resp = ctx.refuse(&e, Some(early_summary()));
             drain(req.into_body()).await;
@@ -365,7 +373,7 @@ async fn tunnel(
         let _ = conn.with_upgrades().await;
     });
     if !head.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&host) {
+        if let Ok(v) = HeaderValue::from_str(host.as_str()) {
             head.headers.insert(header::HOST, v);
         }
     }
@@ -434,7 +442,7 @@ mod tests {
             .header("host", "Example.COM.:443")
             .body(())
             .expect("request");
-        assert_eq!(request_host(&r).expect("host"), "example.com");
+        assert_eq!(request_host(&r).expect("host").as_str(), "example.com");
         let r = Request::builder()
             .uri("https://a.example/x")
             .header("host", "b.example")
@@ -446,5 +454,29 @@ mod tests {
         ));
         let r = Request::builder().uri("/x").body(()).expect("request");
         assert!(matches!(request_host(&r), Err(ProxyError::MissingHost)));
+    }
+
+    /// A host the one `Host` reading refuses is refused here, before the
+    /// gate is asked (an IPv6 literal or a name with `_` used to reach the
+    /// token, which blocked it as malformed; two root dots used to be
+    /// trimmed): fail closed, earlier.
+    #[test]
+    fn a_host_that_is_not_a_host_name_is_malformed() {
+        for bad in ["[::1]", "[::1]:443", "foo_bar.example", "united.com.."] {
+            let r = Request::builder()
+                .uri("/x")
+                .header("host", bad)
+                .body(())
+                .expect("request");
+            assert!(
+                matches!(request_host(&r), Err(ProxyError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        let r = Request::builder()
+            .uri("http://[::1]/x")
+            .body(())
+            .expect("request");
+        assert!(matches!(request_host(&r), Err(ProxyError::Malformed(_))));
     }
 }

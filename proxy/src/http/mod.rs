@@ -2,6 +2,7 @@
 //! smuggling guard, HTTP/2), forwarding each request through the gate to a
 //! lazily opened upstream connection, and streaming bodies back.
 
+pub(crate) mod client;
 pub(crate) mod deadline;
 pub(crate) mod forward;
 pub(crate) mod guard;

@@ -14,6 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use capabilities::Host;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::{
@@ -26,15 +27,15 @@ use tokio::{net::TcpStream, time::timeout};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::{
+    client::ConnUpstream,
     forward::{handle, ConnCtx},
     guard::H1Guard,
     h2watch::{H2Limits, H2Watch, H2_MAX_FRAME},
-    pool::ConnUpstream,
     BoxError, Io, ProxyBody,
 };
 use crate::{
     decide::{ConnInfo, Listener, Refusal},
-    server::Shared,
+    shared::Shared,
     tls::server::{choose_answer, AlpnOffer, Proto},
     ProxyError,
 };
@@ -75,12 +76,14 @@ pub(crate) async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketA
         Ok(Ok(start)) => start,
     };
     let hello = start.client_hello();
-    // Fail closed before anything else: no SNI, no destination.
-    let Some(sni) = hello
-        .server_name()
-        .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
-    else {
+    // Fail closed before anything else: no SNI, no destination; one that is
+    // not a host name is no destination either.
+    let Some(sni) = hello.server_name() else {
         return refuse_conn(&shared, info, ProxyError::NoSni);
+    };
+    let Ok(sni) = Host::parse(sni) else {
+        let err = ProxyError::BadSni(sni.to_owned());
+        return refuse_conn(&shared, info, err);
     };
     let offer = AlpnOffer::from_client(hello.alpn());
     let answer = choose_answer(offer, shared.upstream.learned_h2(&sni));

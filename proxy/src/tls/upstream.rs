@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use capabilities::Host;
 use rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
@@ -32,7 +33,8 @@ pub struct UpstreamConfig {
     pub extra_ca_files: Vec<PathBuf>,
     /// `host → address` table consulted before DNS. Addresses named here are
     /// allowed even when loopback or private (that is what the table is for);
-    /// the port of the address is used whatever port the sandbox asked.
+    /// the port of the address is used whatever port the sandbox asked. Each
+    /// key must be a host name ([`Host`]); the proxy does not start otherwise.
     pub overrides: HashMap<String, SocketAddr>,
     pub connect_timeout: Duration,
     /// How long an unused upstream connection stays pooled for later
@@ -97,10 +99,10 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
 pub(crate) struct UpstreamClient {
     roots: Arc<RootCertStore>,
     configs: Mutex<HashMap<Vec<Vec<u8>>, Arc<ClientConfig>>>,
-    overrides: HashMap<String, SocketAddr>,
+    overrides: HashMap<Host, SocketAddr>,
     connect_timeout: Duration,
     /// What each host's upstream chose last time (true = h2).
-    alpn_seen: Mutex<HashMap<String, bool>>,
+    alpn_seen: Mutex<HashMap<Host, bool>>,
     pub(crate) connections: AtomicU64,
 }
 
@@ -132,8 +134,11 @@ impl UpstreamClient {
         let overrides = cfg
             .overrides
             .iter()
-            .map(|(h, a)| (h.to_ascii_lowercase(), *a))
-            .collect();
+            .map(|(h, a)| match Host::parse(h) {
+                Ok(host) => Ok((host, *a)),
+                Err(_) => Err(ProxyError::BadOverride(h.clone())),
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             roots: Arc::new(roots),
             configs: Mutex::new(HashMap::new()),
@@ -162,46 +167,50 @@ impl UpstreamClient {
     }
 
     /// What upstream chose for this host on an earlier connection.
-    pub(crate) fn learned_h2(&self, host: &str) -> Option<bool> {
+    pub(crate) fn learned_h2(&self, host: &Host) -> Option<bool> {
         let seen = self.alpn_seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.get(host).copied()
     }
 
     /// Resolve `host`, refusing non-public addresses unless overridden.
-    pub(crate) async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, ProxyError> {
+    pub(crate) async fn resolve(&self, host: &Host, port: u16) -> Result<SocketAddr, ProxyError> {
         if let Some(addr) = self.overrides.get(host) {
             return Ok(*addr);
         }
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
             .await
             .map_err(|source| ProxyError::Resolve {
-                host: host.to_owned(),
+                host: host.to_string(),
                 source,
             })?
             .collect();
         // Refuse if any answer is internal: a mixed answer is a rebinding trick.
         if let Some(bad) = addrs.iter().find(|a| is_forbidden_upstream(a.ip())) {
             return Err(ProxyError::ForbiddenUpstream {
-                host: host.to_owned(),
+                host: host.to_string(),
                 addr: bad.ip(),
             });
         }
         addrs.first().copied().ok_or_else(|| ProxyError::Resolve {
-            host: host.to_owned(),
+            host: host.to_string(),
             source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
         })
     }
 
-    pub(crate) async fn connect_tcp(&self, host: &str, port: u16) -> Result<TcpStream, ProxyError> {
+    pub(crate) async fn connect_tcp(
+        &self,
+        host: &Host,
+        port: u16,
+    ) -> Result<TcpStream, ProxyError> {
         let addr = self.resolve(host, port).await?;
         let connect_err = |source| ProxyError::UpstreamConnect {
-            host: host.to_owned(),
+            host: host.to_string(),
             source,
         };
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ProxyError::UpstreamTimeout {
-                host: host.to_owned(),
+                host: host.to_string(),
             })?
             .map_err(connect_err)?;
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -213,21 +222,21 @@ impl UpstreamClient {
     /// upstream chose h2.
     pub(crate) async fn connect_tls(
         &self,
-        host: &str,
+        host: &Host,
         offer: AlpnOffer,
     ) -> Result<(TlsStream<TcpStream>, bool), ProxyError> {
         let tcp = self.connect_tcp(host, 443).await?;
         let tls_err = |source| ProxyError::UpstreamTls {
-            host: host.to_owned(),
+            host: host.to_string(),
             source,
         };
-        let name = ServerName::try_from(host.to_owned())
+        let name = ServerName::try_from(host.to_string())
             .map_err(|e| tls_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         let connector = TlsConnector::from(self.config(offer.protocols())?);
         let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp))
             .await
             .map_err(|_| ProxyError::UpstreamTimeout {
-                host: host.to_owned(),
+                host: host.to_string(),
             })?
             .map_err(tls_err)?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -235,7 +244,7 @@ impl UpstreamClient {
             // Only a free choice teaches us the host's preference.
             let mut seen = self.alpn_seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen.len() < MAX_LEARNED_HOSTS || seen.contains_key(host) {
-                seen.insert(host.to_owned(), h2);
+                seen.insert(host.clone(), h2);
             }
         }
         Ok((tls, h2))
@@ -279,12 +288,29 @@ mod tests {
             ..Default::default()
         };
         let client = UpstreamClient::new(&cfg).expect("client");
-        let err = client.resolve("localhost", 443).await.expect_err("refused");
+        let localhost = Host::parse("localhost").expect("host");
+        let err = client.resolve(&localhost, 443).await.expect_err("refused");
         assert!(matches!(err, ProxyError::ForbiddenUpstream { .. }), "{err}");
         cfg.overrides
             .insert("localhost".into(), "127.0.0.1:8443".parse().expect("addr"));
         let client = UpstreamClient::new(&cfg).expect("client");
-        let addr = client.resolve("localhost", 443).await.expect("allowed");
+        let addr = client.resolve(&localhost, 443).await.expect("allowed");
         assert_eq!(addr.port(), 8443);
+    }
+
+    /// Override keys are hosts too: one that is not (a port in it) stops
+    /// the proxy from starting rather than never matching.
+    #[test]
+    fn an_override_that_is_not_a_host_name_is_refused() {
+        let mut cfg = UpstreamConfig {
+            platform_roots: false,
+            ..Default::default()
+        };
+        cfg.overrides.insert(
+            "united.com:443".into(),
+            "127.0.0.1:8443".parse().expect("addr"),
+        );
+        let err = UpstreamClient::new(&cfg).err().expect("refused");
+        assert!(matches!(err, ProxyError::BadOverride(_)), "{err}");
     }
 }

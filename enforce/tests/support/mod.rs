@@ -19,17 +19,16 @@ use std::{
 use bytes::Bytes;
 use capabilities::{Capability, Counters, Policy, UnverifiedToken};
 use ed25519_dalek::SigningKey;
+use enforce::{
+    ApprovalBroker, Catalog, EnforceConfig, Enforcement, EnforcingGate, Event, Ledger, SecretStore,
+};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy::enforce::{
-    ApprovalBroker, Catalog, EnforceConfig, Enforcement, EnforcingGate, Event, Ledger, Scripted,
-    ScriptedBroker, SecretStore,
-};
 use proxy::{Proxy, ProxyConfig, ProxyHandle};
 use receipts::{DurableSink, LogOptions, ReceiptLog, SessionStart, UnverifiedChain, VerifiedChain};
-use test_support::TestCa;
+use test_support::{Scripted, ScriptedBroker, TestCa};
 use tokio::{net::TcpListener, sync::broadcast, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
 

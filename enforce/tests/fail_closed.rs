@@ -3,15 +3,15 @@
 //! refusals and DNS refusals are receipted, once per blocked name.
 #![allow(clippy::unwrap_used)]
 
-mod enforce_support;
+mod support;
 
 use std::sync::{atomic::AtomicBool, atomic::Ordering, Arc};
 
-use enforce_support::*;
 use hickory_proto::{
     op::{Message, Query, ResponseCode},
     rr::{Name, RecordType},
 };
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_receipt_store_failing_nothing_is_forwarded() {

@@ -6,13 +6,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod enforce_support;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use enforce_support::{decisions, Options, Session};
-use proxy::enforce::{ApiBroker, EventKind};
+use enforce::{ApiBroker, EventKind};
+use support::{decisions, Options, Session};
 
 const PURCHASE: &str = "https://united.com/api/booking/purchase";
 
@@ -141,7 +141,7 @@ async fn a_held_payment_reserves_its_amount_while_others_carry_on() {
 }
 
 fn approvals_of(chain: &receipts::VerifiedChain) -> Vec<(bool, String)> {
-    enforce_support::approvals(chain)
+    support::approvals(chain)
         .into_iter()
         .map(|(_, ok, who)| (ok, who))
         .collect()

@@ -4,9 +4,9 @@
 //! from the catalog's price table, refuses the call that would exceed it.
 #![allow(clippy::unwrap_used)]
 
-mod enforce_support;
+mod support;
 
-use enforce_support::*;
+use support::*;
 
 const POLICY: &str = r#"
 [llm]

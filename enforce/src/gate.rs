@@ -12,49 +12,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use capabilities::{Action, ActionType, Capability, Counters, Decision, Verdict};
+use capabilities::{Action, ActionType, Capability, Counters, Decision, Host, Verdict};
 use http::{response, HeaderValue, StatusCode};
-use receipts::{ApprovalRecord, DecisionRecord, Entry, ReceiptLog};
-use serde::Serialize;
-use tokio::sync::broadcast;
-
-use super::approval::{ask_and_wait, ApprovalBroker, ApprovalOutcome, ApprovalRequest};
-use super::catalog::{normalize_host, Catalog, RequestView};
-use super::counters::{Ledger, Reservation};
-use super::credentials::{EchoFilter, SecretStore, SessionCredentials, Substituted};
-use super::events::{Event, EventBus, EventKind};
-use super::stats::{WaitHistogram, WaitSummary};
-use crate::{
+use proxy::{
     ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateVerdict, Refusal,
     RequestSummary, ResponseFilter,
 };
+use receipts::{ApprovalRecord, DecisionRecord, Entry, ReceiptLog};
+use tokio::sync::broadcast;
+
+use crate::approval::{ask_and_wait, ApprovalBroker, ApprovalOutcome, ApprovalRequest};
+use crate::catalog::Catalog;
+use crate::counters::{Ledger, Reservation};
+use crate::credentials::{EchoFilter, SecretStore, SessionCredentials};
+use crate::events::{Event, EventBus, EventKind};
+use crate::stages::{fallback_action, path_only, Block, Prepared, Screened, Stage, Stages};
+use crate::stats::{WaitHistogram, WaitSummary};
 
 /// Longest `X-Openclaw-Blocked` reason sent to the sandbox.
 const MAX_REASON: usize = 300;
-
-/// How long the gate waits for the body bytes it needs before deciding; a
-/// sandbox that sends headers and then stalls gets a refusal, not a held task.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Which stage made a decision, recorded in the receipt's decision as
-/// `stage` so an auditor re-deriving decisions from the token knows which
-/// ones the token alone made. Every stage other than `token` can only
-/// refuse (it never turns a token's block into an allow).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    /// The capability token's `authorize`.
-    Token,
-    /// The service catalog could not classify the request (body over the
-    /// cap, amount unreadable, ...).
-    Catalog,
-    /// A credential placeholder went where the token does not grant it.
-    Credential,
-    /// `authorize_dns` refused a name.
-    Dns,
-    /// The proxy's own fail-closed checks (no SNI, fronting, smuggling...).
-    Proxy,
-}
 
 /// Everything the enforcing gate needs; see [`Enforcement::new`].
 pub struct EnforceConfig {
@@ -65,7 +41,7 @@ pub struct EnforceConfig {
     /// The session's receipt chain (session_start already written).
     pub receipts: ReceiptLog,
     pub broker: Arc<dyn ApprovalBroker>,
-    /// How long a held request waits for a human ([`super::DEFAULT_APPROVAL_TIMEOUT`]).
+    /// How long a held request waits for a human ([`crate::DEFAULT_APPROVAL_TIMEOUT`]).
     pub approval_timeout: Duration,
     /// The session counters ([`Ledger::new`]).
     pub counters: Arc<Ledger>,
@@ -73,7 +49,7 @@ pub struct EnforceConfig {
 
 /// The session's enforcing gate, with what the sandbox and the monitor need.
 pub struct Enforcement {
-    /// Give this to [`crate::Proxy::start`].
+    /// Give this to [`proxy::Proxy::start`].
     pub gate: Arc<EnforcingGate>,
     /// Credential name → this session's placeholder, for the sandbox's
     /// environment (see [`Enforcement::sandbox_env`]).
@@ -148,16 +124,10 @@ pub struct EnforcingGate {
     /// Forwarded requests by (conn, method, path without query), oldest first.
     in_flight: Mutex<HashMap<(u64, String, String), VecDeque<InFlight>>>,
     /// Hosts where some credential may be used (their responses are masked).
-    credential_hosts: Mutex<HashMap<String, bool>>,
+    credential_hosts: Mutex<HashMap<Host, bool>>,
     /// How long each request waited for its decision receipt to be durable.
     receipt_waits: WaitHistogram,
 }
-
-/// What forwarding changes in a request: the URI and headers with
-/// credentials substituted or injected, and the body if it changed. `None`
-/// when the request carries no placeholder and nothing is injected for its
-/// host, so the request goes as it is (no copy made).
-type Prepared = Option<(http::Uri, http::HeaderMap, Substituted)>;
 
 impl std::fmt::Debug for EnforcingGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,34 +158,25 @@ fn header_reason(reason: &str) -> String {
     }
 }
 
-fn path_only(path_and_query: &str) -> String {
-    let p = path_and_query.split(['?', '#']).next().unwrap_or("/");
-    if p.is_empty() {
-        "/".to_owned()
-    } else {
-        p.to_owned()
-    }
-}
-
-/// A plain web action for requests that could not be classified.
-fn fallback_action(method: &str, host: &str, path: &str) -> Action {
-    Action {
-        kind: ActionType::Web,
-        method: method.to_ascii_uppercase(),
-        host: host.to_owned(),
-        path: path.to_owned(),
-        amount_cents: None,
-        currency: None,
-        merchant: None,
-        recipients: Vec::new(),
-        subject: None,
-        credential: None,
-        cost_micro_usd: None,
-    }
-}
-
 /// A receipt could not be written: the request is refused (no receipt).
 struct ReceiptFailed(String);
+
+/// The reason given when a decision's receipt could not be written.
+fn receipt_failed(why: &str) -> String {
+    format!("receipt write failed: {why}")
+}
+
+/// A request the token allowed (or wants approved), its decision receipt
+/// written: what forwarding it needs.
+struct Decided {
+    action: Action,
+    decision: Decision,
+    /// Seq of the decision receipt.
+    seq: u64,
+    prepared: Prepared,
+    /// Counted once the request is forwarded.
+    reservation: Reservation,
+}
 
 impl EnforcingGate {
     /// Another receiver of the session's events.
@@ -237,6 +198,16 @@ impl EnforcingGate {
     /// durable (submit to acknowledgement), over the session so far.
     pub fn receipt_waits(&self) -> WaitSummary {
         self.receipt_waits.summary()
+    }
+
+    /// The stages before the token, over this session's catalog,
+    /// credentials and token.
+    fn stages(&self) -> Stages<'_> {
+        Stages {
+            catalog: &self.catalog,
+            creds: &self.creds,
+            cap: &self.cap,
+        }
     }
 
     fn block(&self, reason: String) -> Decision {
@@ -292,7 +263,22 @@ impl EnforcingGate {
             .map_err(|e| ReceiptFailed(e.to_string()))
     }
 
-    /// Same, blocking (for the synchronous DNS and refusal hooks).
+    /// Encodes a decision receipt, appends it and waits until it is durable.
+    async fn write_decision(
+        &self,
+        now: SystemTime,
+        action: &Action,
+        counters: &Counters,
+        decision: &Decision,
+        stage: Stage,
+        body_sha256: Option<String>,
+    ) -> Result<u64, ReceiptFailed> {
+        let record = Self::decision_record(action, counters, decision, stage, body_sha256)?;
+        self.receipt_decision(now, record).await
+    }
+
+    /// Same as [`Self::receipt_decision`], blocking (for the synchronous
+    /// DNS and refusal hooks).
     fn receipt_decision_blocking(
         &self,
         now: SystemTime,
@@ -313,13 +299,6 @@ impl EnforcingGate {
         result
             .map(|a| a.seq)
             .map_err(|e| ReceiptFailed(e.to_string()))
-    }
-
-    fn credential_granted(&self, name: &str, host: &str, scheme: &str, now: SystemTime) -> bool {
-        // Secrets travel only over TLS to the upstream.
-        scheme == "https"
-            && self.creds.file_allows(name, host)
-            && self.cap.credential_allowed(name, host, now)
     }
 
     fn emit(
@@ -356,301 +335,182 @@ impl EnforcingGate {
 
     async fn decide_request(&self, id: u64, req: &mut GateRequest, conn: &ConnInfo) -> GateVerdict {
         let now = SystemTime::now();
-        let host = normalize_host(&req.host);
-        let method = req.head.method.as_str().to_owned();
-        let pq = req
-            .head
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-        let path = path_only(&pq);
         let counters_now = self.ledger.committed();
-
-        // Read the body up to the cap: classification and the credential
-        // scan need it. The rest (if any) streams unread behind it.
-        let cap = self.catalog.max_body_bytes();
-        let read = tokio::time::timeout(BODY_READ_TIMEOUT, req.body.buffer_up_to(cap)).await;
-        let read_error = match read {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(format!("request body unreadable: {e}")),
-            Err(_) => Some(format!(
-                "request body not received within {} s",
-                BODY_READ_TIMEOUT.as_secs()
-            )),
-        };
-        if let Some(why) = read_error {
-            let action = fallback_action(&method, &host, &path);
-            let decision = self.block(why);
-            return self
-                .record_block(
-                    id,
-                    conn,
-                    now,
-                    &action,
-                    &counters_now,
-                    decision,
-                    Stage::Catalog,
-                    None,
-                )
-                .await;
-        }
-        let complete = req.body.is_complete();
-        let body_sha256 = complete
-            .then(|| {
-                (!req.body.buffered().is_empty()).then(|| receipts::sha256_hex(req.body.buffered()))
-            })
-            .flatten();
-
-        // Classify.
-        let view = RequestView {
-            method: &method,
-            host: &host,
-            path_and_query: &pq,
-            headers: &req.head.headers,
-        };
-        let matched = self.catalog.match_request(&view);
-        let action = match matched.classify(&view, Some(req.body.buffered()), complete) {
-            Ok(a) => a,
-            Err(e) => {
-                let action = fallback_action(&method, &host, &path);
-                let rule = matched.rule().map_or("", |r| r.name());
-                let decision = self.block(format!("cannot classify ({rule}): {e}"));
-                return self
-                    .record_block(
-                        id,
-                        conn,
-                        now,
-                        &action,
-                        &counters_now,
-                        decision,
-                        Stage::Catalog,
-                        body_sha256,
-                    )
-                    .await;
-            }
-        };
-
-        // Placeholders where the token does not grant them: exfiltration.
-        let findings = self.creds.scan(&pq, &req.head.headers, req.body.buffered());
-        for (name, (sighting, place)) in &findings.by_credential {
-            if !self.credential_granted(name, &host, req.scheme, now) {
-                let why = if req.scheme != "https" && self.creds.file_allows(name, &host) {
-                    " (credentials are only sent over https)"
-                } else {
-                    ""
-                };
-                let decision = self.block(format!(
-                    "credential exfiltration: placeholder of {name} ({sighting:?}) in {place} to {host}{why}"
-                ));
-                return self
-                    .record_block(
-                        id,
-                        conn,
-                        now,
-                        &action,
-                        &counters_now,
-                        decision,
-                        Stage::Credential,
-                        body_sha256,
-                    )
-                    .await;
-            }
-        }
-
-        // Prepare the substitution now (pure computation), so a request
-        // whose credentials cannot be placed is refused before any receipt
-        // says "allow"; apply it only if the decision forwards. The scan
-        // sees every exact placeholder, so with no finding and no header
-        // injection possible for this host there is nothing to prepare.
-        let prepared: Prepared = if findings.is_empty()
-            && !self
-                .creds
-                .injectable()
-                .any(|name| self.creds.file_allows(name, &host))
-        {
-            None
-        } else {
-            let granted = |name: &str| self.credential_granted(name, &host, req.scheme, now);
-            let mut new_uri = req.head.uri.clone();
-            let mut new_headers = req.head.headers.clone();
-            match self.creds.substitute(
-                &granted,
-                &mut new_uri,
-                &mut new_headers,
-                req.body.buffered(),
-                complete,
-            ) {
-                Ok(s) => Some((new_uri, new_headers, s)),
-                Err(e) => {
-                    let decision = self.block(e.to_string());
-                    return self
-                        .record_block(
-                            id,
-                            conn,
-                            now,
-                            &action,
-                            &counters_now,
-                            decision,
-                            Stage::Credential,
-                            body_sha256,
-                        )
-                        .await;
-                }
-            }
+        let Screened {
+            action,
+            body_sha256,
+            prepared,
+        } = match self.stages().run(req, now).await {
+            Ok(screened) => screened,
+            Err(block) => return self.record_block(id, conn, now, &counters_now, block).await,
         };
 
         // Decide against the token with the counters (reserving if it may forward).
         let (decision, seen, reservation) = self
             .ledger
             .decide(&action, |c| self.cap.authorize(&action, c, now));
-        let record =
-            match Self::decision_record(&action, &seen, &decision, Stage::Token, body_sha256) {
-                Ok(r) => r,
-                Err(ReceiptFailed(why)) => {
-                    return self.refuse(
-                        id,
-                        conn.id,
-                        &action,
-                        &format!("receipt write failed: {why}"),
-                        None,
-                    )
-                }
-            };
-        let seq = match self.receipt_decision(now, record).await {
+        let seq = match self
+            .write_decision(now, &action, &seen, &decision, Stage::Token, body_sha256)
+            .await
+        {
             Ok(seq) => seq,
             Err(ReceiptFailed(why)) => {
-                return self.refuse(
-                    id,
-                    conn.id,
-                    &action,
-                    &format!("receipt write failed: {why}"),
-                    None,
-                )
+                return self.refuse(id, conn.id, &action, &receipt_failed(&why), None)
             }
         };
-        match decision.decision {
-            Verdict::Block => self.refuse(id, conn.id, &action, &decision.reason, Some(seq)),
-            Verdict::Allow => self.forward(
-                id,
-                req,
-                conn,
-                &action,
-                &decision,
-                seq,
-                prepared,
-                reservation,
-            ),
-            Verdict::Approval => {
-                self.emit(EventKind::Pending, id, conn.id, &action, |e| {
-                    e.reason = Some(decision.reason.clone());
-                    e.grant = decision.grant.clone();
-                    e.receipt = Some(seq);
-                });
-                let question = ApprovalRequest {
-                    id,
-                    action: action.clone(),
-                    reason: decision.reason.clone(),
-                    decision_seq: seq,
-                    asked_at: receipts::format_time(SystemTime::now()),
-                    timeout: self.approval_timeout,
-                };
-                let outcome =
-                    ask_and_wait(self.broker.as_ref(), question, self.approval_timeout).await;
-                let (approved, approver, answered_at, why) = match outcome {
-                    ApprovalOutcome::Answered(a) => {
-                        let why = if a.approved {
-                            None
-                        } else {
-                            Some(format!("approval denied by {}", a.approver))
-                        };
-                        (a.approved, a.approver, a.answered_at, why)
-                    }
-                    ApprovalOutcome::TimedOut => (
-                        false,
-                        "timeout".to_owned(),
-                        SystemTime::now(),
-                        Some(format!(
-                            "approval timed out after {} s",
-                            self.approval_timeout.as_secs_f64()
-                        )),
-                    ),
-                    ApprovalOutcome::BrokerGone => (
-                        false,
-                        "broker".to_owned(),
-                        SystemTime::now(),
-                        Some("approval broker went away: denied".to_owned()),
-                    ),
-                };
-                let record = ApprovalRecord {
-                    decision_seq: seq,
-                    approved,
-                    approver: approver.clone(),
-                    answered_at: receipts::format_time(answered_at),
-                    reason: why.clone(),
-                };
-                let appended = match self.receipts.submit(Entry::Approval(record)) {
-                    Ok(p) => p.await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                let approval_seq = match appended {
-                    Ok(a) => a.seq,
-                    Err(why) => {
-                        return self.refuse(
-                            id,
-                            conn.id,
-                            &action,
-                            &format!("receipt write failed: {why}"),
-                            None,
-                        )
-                    }
-                };
-                if !approved {
-                    let reason = why.unwrap_or_else(|| "approval denied".to_owned());
-                    self.emit(EventKind::Denied, id, conn.id, &action, |e| {
-                        e.reason = Some(reason.clone());
-                        e.approver = Some(approver.clone());
-                        e.receipt = Some(approval_seq);
-                        e.status = Some(StatusCode::FORBIDDEN.as_u16());
-                    });
-                    return GateVerdict::Refuse {
-                        status: StatusCode::FORBIDDEN,
-                        reason: header_reason(&reason),
-                    };
-                }
-                self.emit(EventKind::Approved, id, conn.id, &action, |e| {
-                    e.approver = Some(approver.clone());
-                    e.grant = decision.grant.clone();
-                    e.receipt = Some(approval_seq);
-                });
-                self.forward(
-                    id,
-                    req,
-                    conn,
-                    &action,
-                    &decision,
-                    seq,
-                    prepared,
-                    reservation,
-                )
+        let verdict = decision.decision;
+        if verdict == Verdict::Block {
+            return self.refuse(id, conn.id, &action, &decision.reason, Some(seq));
+        }
+        let decided = Decided {
+            action,
+            decision,
+            seq,
+            prepared,
+            reservation,
+        };
+        if verdict == Verdict::Approval {
+            self.hold_for_approval(id, req, conn, decided).await
+        } else {
+            self.forward(id, req, conn, decided)
+        }
+    }
+
+    /// The one place a stage's [`Block`] becomes a decision receipt, a
+    /// `blocked` event and the sandbox's answer.
+    async fn record_block(
+        &self,
+        id: u64,
+        conn: &ConnInfo,
+        now: SystemTime,
+        counters: &Counters,
+        block: Block,
+    ) -> GateVerdict {
+        let Block {
+            stage,
+            reason,
+            action,
+            body_sha256,
+        } = block;
+        let decision = self.block(reason);
+        match self
+            .write_decision(now, &action, counters, &decision, stage, body_sha256)
+            .await
+        {
+            Ok(seq) => self.refuse(id, conn.id, &action, &decision.reason, Some(seq)),
+            Err(ReceiptFailed(why)) => {
+                self.refuse(id, conn.id, &action, &receipt_failed(&why), None)
             }
         }
+    }
+
+    /// Holds an approval-gated request until a human answers or the
+    /// timeout passes, receipts the answer, and forwards it if approved.
+    async fn hold_for_approval(
+        &self,
+        id: u64,
+        req: &mut GateRequest,
+        conn: &ConnInfo,
+        decided: Decided,
+    ) -> GateVerdict {
+        let Decided {
+            action,
+            decision,
+            seq,
+            ..
+        } = &decided;
+        self.emit(EventKind::Pending, id, conn.id, action, |e| {
+            e.reason = Some(decision.reason.clone());
+            e.grant = decision.grant.clone();
+            e.receipt = Some(*seq);
+        });
+        let question = ApprovalRequest {
+            id,
+            action: action.clone(),
+            reason: decision.reason.clone(),
+            decision_seq: *seq,
+            asked_at: receipts::format_time(SystemTime::now()),
+            timeout: self.approval_timeout,
+        };
+        let outcome = ask_and_wait(self.broker.as_ref(), question, self.approval_timeout).await;
+        let (approved, approver, answered_at, why) = match outcome {
+            ApprovalOutcome::Answered(a) => {
+                let why = if a.approved {
+                    None
+                } else {
+                    Some(format!("approval denied by {}", a.approver))
+                };
+                (a.approved, a.approver, a.answered_at, why)
+            }
+            ApprovalOutcome::TimedOut => (
+                false,
+                "timeout".to_owned(),
+                SystemTime::now(),
+                Some(format!(
+                    "approval timed out after {} s",
+                    self.approval_timeout.as_secs_f64()
+                )),
+            ),
+            ApprovalOutcome::BrokerGone => (
+                false,
+                "broker".to_owned(),
+                SystemTime::now(),
+                Some("approval broker went away: denied".to_owned()),
+            ),
+        };
+        let record = ApprovalRecord {
+            decision_seq: *seq,
+            approved,
+            approver: approver.clone(),
+            answered_at: receipts::format_time(answered_at),
+            reason: why.clone(),
+        };
+        let appended = match self.receipts.submit(Entry::Approval(record)) {
+            Ok(p) => p.await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let approval_seq = match appended {
+            Ok(a) => a.seq,
+            Err(why) => return self.refuse(id, conn.id, action, &receipt_failed(&why), None),
+        };
+        if !approved {
+            let reason = why.unwrap_or_else(|| "approval denied".to_owned());
+            self.emit(EventKind::Denied, id, conn.id, action, |e| {
+                e.reason = Some(reason.clone());
+                e.approver = Some(approver.clone());
+                e.receipt = Some(approval_seq);
+                e.status = Some(StatusCode::FORBIDDEN.as_u16());
+            });
+            return GateVerdict::Refuse {
+                status: StatusCode::FORBIDDEN,
+                reason: header_reason(&reason),
+            };
+        }
+        self.emit(EventKind::Approved, id, conn.id, action, |e| {
+            e.approver = Some(approver.clone());
+            e.grant = decision.grant.clone();
+            e.receipt = Some(approval_seq);
+        });
+        self.forward(id, req, conn, decided)
     }
 
     /// Lets a decided request go upstream (allowed, or approved): applies
     /// the prepared substitution, records the request as in flight, and
     /// commits its counter reservation (it counts from now on).
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         id: u64,
         req: &mut GateRequest,
         conn: &ConnInfo,
-        action: &Action,
-        decision: &Decision,
-        seq: u64,
-        prepared: Prepared,
-        reservation: Reservation,
+        decided: Decided,
     ) -> GateVerdict {
+        let Decided {
+            action,
+            decision,
+            seq,
+            prepared,
+            reservation,
+        } = decided;
         let mut credentials = Vec::new();
         if let Some((uri, mut headers, substituted)) = prepared {
             credentials = substituted.replaced;
@@ -688,7 +548,7 @@ impl EnforcingGate {
                 receipt: Some(seq),
             });
         if decision.decision == Verdict::Allow {
-            self.emit(EventKind::Allowed, id, conn.id, action, |e| {
+            self.emit(EventKind::Allowed, id, conn.id, &action, |e| {
                 e.grant = decision.grant.clone();
                 e.credentials = credentials;
                 e.receipt = Some(seq);
@@ -698,45 +558,7 @@ impl EnforcingGate {
         GateVerdict::Forward
     }
 
-    /// Writes the receipt for a block the gate made before the token was
-    /// asked (or instead of it), then refuses.
-    #[allow(clippy::too_many_arguments)]
-    async fn record_block(
-        &self,
-        id: u64,
-        conn: &ConnInfo,
-        now: SystemTime,
-        action: &Action,
-        counters: &Counters,
-        decision: Decision,
-        stage: Stage,
-        body_sha256: Option<String>,
-    ) -> GateVerdict {
-        let record = match Self::decision_record(action, counters, &decision, stage, body_sha256) {
-            Ok(r) => r,
-            Err(ReceiptFailed(why)) => {
-                return self.refuse(
-                    id,
-                    conn.id,
-                    action,
-                    &format!("receipt write failed: {why}"),
-                    None,
-                )
-            }
-        };
-        match self.receipt_decision(now, record).await {
-            Ok(seq) => self.refuse(id, conn.id, action, &decision.reason, Some(seq)),
-            Err(ReceiptFailed(why)) => self.refuse(
-                id,
-                conn.id,
-                action,
-                &format!("receipt write failed: {why}"),
-                None,
-            ),
-        }
-    }
-
-    fn host_has_credentials(&self, host: &str) -> bool {
+    fn host_has_credentials(&self, host: &Host) -> bool {
         if self.creds.names().next().is_none() {
             return false;
         }
@@ -747,13 +569,13 @@ impl EnforcingGate {
         let any = self
             .creds
             .names()
-            .any(|name| self.credential_granted(name, host, "https", now));
-        lock(&self.credential_hosts).insert(host.to_owned(), any);
+            .any(|name| self.stages().credential_granted(name, host, "https", now));
+        lock(&self.credential_hosts).insert(host.clone(), any);
         any
     }
 }
 
-/// [`EchoFilter`] as part 1's [`ResponseFilter`].
+/// [`EchoFilter`] as the proxy's [`ResponseFilter`].
 struct MaskEcho(EchoFilter);
 
 impl ResponseFilter for MaskEcho {
@@ -773,7 +595,8 @@ impl Gate for EnforcingGate {
         if decision.decision == Verdict::Allow {
             return DnsVerdict::ResolveToProxy;
         }
-        let name = normalize_host(name);
+        // The receipt names the host, or the name as asked when it is none.
+        let name = Host::parse(name).map_or_else(|_| name.to_owned(), |h| h.to_string());
         // One receipt per blocked name per session (curl asks A and AAAA).
         if !lock(&self.dns_blocked).insert(name.clone()) {
             return DnsVerdict::NxDomain;
@@ -817,7 +640,7 @@ impl Gate for EnforcingGate {
         head: &mut response::Parts,
         _conn: &ConnInfo,
     ) -> Option<Box<dyn ResponseFilter>> {
-        if !self.host_has_credentials(&normalize_host(&req.host)) {
+        if !self.host_has_credentials(&req.host) {
             return None;
         }
         self.creds.mask_headers(&mut head.headers);
@@ -832,10 +655,14 @@ impl Gate for EnforcingGate {
             // The path is as forwarded, after substitution: mask secrets.
             Some(r) => fallback_action(
                 &r.method,
-                &normalize_host(&r.host),
+                r.host.as_str(),
                 &path_only(&self.creds.mask_str(&r.path)),
             ),
-            None => fallback_action("CONNECT", event.conn.sni.as_deref().unwrap_or(""), "/"),
+            None => fallback_action(
+                "CONNECT",
+                event.conn.sni.as_ref().map_or("", Host::as_str),
+                "/",
+            ),
         };
         let decision = self.block(format!("{}: {}", event.reason, event.detail));
         let receipt = Self::decision_record(

@@ -5,7 +5,7 @@
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::catalog::ClassifyError;
+use super::error::ClassifyError;
 
 /// The value a pointer reached.
 #[derive(Debug, Clone, PartialEq, Eq)]

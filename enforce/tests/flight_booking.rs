@@ -2,11 +2,12 @@
 //! secrets, real curl through the real proxy to local HTTPS services.
 #![allow(clippy::unwrap_used)]
 
-mod enforce_support;
+mod support;
 
-use enforce_support::*;
-use proxy::enforce::{EventKind, Scripted};
+use enforce::EventKind;
 use proxy::{DnsVerdict, Gate};
+use support::*;
+use test_support::Scripted;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flight_booking_token_end_to_end() {

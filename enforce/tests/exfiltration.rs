@@ -3,9 +3,9 @@
 //! receipted as a credential-stage block.
 #![allow(clippy::unwrap_used)]
 
-mod enforce_support;
+mod support;
 
-use enforce_support::*;
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placeholders_going_elsewhere_are_blocked_and_receipted() {

@@ -3,12 +3,13 @@
 //! reservation keeps a concurrent one from racing past the ceiling.
 #![allow(clippy::unwrap_used)]
 
-mod enforce_support;
+mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use enforce_support::*;
-use proxy::enforce::{ApiBroker, EventKind, Scripted};
+use enforce::{ApiBroker, EventKind};
+use support::*;
+use test_support::Scripted;
 
 const PURCHASE: &str = "https://united.com/api/booking/purchase";
 

@@ -1,0 +1,41 @@
+//! Why a catalog file could not be loaded, and why a request the catalog
+//! names could not be turned into an action.
+
+/// Why a catalog file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read catalog {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("catalog is not valid TOML: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("catalog rule {rule}: {problem}")]
+    Rule { rule: String, problem: String },
+}
+
+/// Why a request the catalog names could not be turned into an action. Each
+/// of these blocks the request: the proxy never guesses an amount or a
+/// recipient.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("request body over the {limit}-byte classification cap")]
+    BodyTooLarge { limit: usize },
+    #[error("request body is content-encoded ({0}); cannot read its fields")]
+    BodyEncoded(String),
+    #[error("body is not valid JSON")]
+    BadJson,
+    #[error("body is not valid UTF-8")]
+    BadUtf8,
+    #[error("field {0} appears more than once")]
+    DuplicateField(String),
+    #[error("field {0} is missing")]
+    MissingField(String),
+    #[error("field {field}: {problem}")]
+    BadField { field: String, problem: String },
+    #[error("amount {0:?} is not an exact non-negative amount in cents")]
+    BadAmount(String),
+    #[error("email with no recipients the catalog can read")]
+    NoRecipients,
+}

@@ -1,0 +1,579 @@
+//! The service catalog: which requests are payments, emails, logins or LLM
+//! calls, and where in the request their facts (amount, recipients, ...) live.
+//! Everything the catalog does not name is `web`. Format: `docs/catalog.md`.
+
+/// Exact decimals for amounts and prices.
+mod decimal;
+/// Why a catalog or a request could not be read.
+mod error;
+/// Reading a matched request's facts.
+mod extract;
+/// The catalog file's schema.
+mod file;
+/// Exact JSON-pointer lookups.
+mod json;
+/// Built-in LLM endpoints, prices and the cost estimate.
+mod llm;
+/// Host and path patterns.
+mod pattern;
+/// One validated rule.
+mod rule;
+
+use std::path::Path;
+
+use capabilities::{Action, ActionType};
+
+pub use decimal::decimal_to_scaled;
+pub use error::{CatalogError, ClassifyError};
+pub use extract::RequestView;
+pub use file::{AmountUnit, Field, RuleKind};
+pub use llm::LlmPrice;
+pub use rule::Rule;
+
+use file::CatalogFile;
+use rule::Extract;
+
+/// Default cap on the body bytes read to classify a request (64 KiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Headers some frameworks honour to turn one method into another; a rule
+/// matches if either the request method or one of these names it.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// A loaded service catalog.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    rules: Vec<Rule>,
+    max_body_bytes: usize,
+    prices: Vec<LlmPrice>,
+}
+
+/// The catalog rule (if any) a request falls under; say whether the body must
+/// be read before [`Matched::classify`] can run.
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'c> {
+    rule: Option<&'c Rule>,
+    max_body_bytes: usize,
+    prices: &'c [LlmPrice],
+}
+
+impl Catalog {
+    /// A catalog with only the built-in LLM rules.
+    pub fn builtin() -> Self {
+        Self::from_file(CatalogFile {
+            max_body_bytes: None,
+            builtin_llm: true,
+            rule: Vec::new(),
+            llm_price: Vec::new(),
+        })
+        .expect("the built-in rules are valid")
+    }
+
+    /// Parses a catalog from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, CatalogError> {
+        Self::from_file(toml::from_str(text)?)
+    }
+
+    /// Reads and parses a catalog file.
+    pub fn load(path: &Path) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    fn from_file(file: CatalogFile) -> Result<Self, CatalogError> {
+        let mut rules = file
+            .rule
+            .into_iter()
+            .map(Rule::from_file)
+            .collect::<Result<Vec<_>, _>>()?;
+        if file.builtin_llm {
+            for rule in llm::builtin_rules() {
+                rules.push(Rule::from_file(rule)?);
+            }
+        }
+        let prices = llm::prices(file.llm_price)?;
+        let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            return Err(CatalogError::Rule {
+                rule: "max_body_bytes".into(),
+                problem: "must be positive".into(),
+            });
+        }
+        Ok(Catalog {
+            rules,
+            max_body_bytes,
+            prices,
+        })
+    }
+
+    /// The cap on body bytes read for classification.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// The rules in match order (catalog rules first, then built-ins).
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Finds the first rule a request falls under.
+    pub fn match_request<'c>(&'c self, req: &RequestView<'_>) -> Matched<'c> {
+        let segments = pattern::normalize_path(req.path_and_query);
+        let mut methods = vec![req.method.trim().to_ascii_uppercase()];
+        for name in METHOD_OVERRIDE_HEADERS {
+            for v in req.headers.get_all(name) {
+                if let Ok(v) = v.to_str() {
+                    methods.push(v.trim().to_ascii_uppercase());
+                }
+            }
+        }
+        Matched {
+            rule: self
+                .rules
+                .iter()
+                .find(|r| r.matches(&methods, req.host, &segments)),
+            max_body_bytes: self.max_body_bytes,
+            prices: &self.prices,
+        }
+    }
+}
+
+impl<'c> Matched<'c> {
+    /// The rule matched, if any (`None` means plain web access).
+    pub fn rule(&self) -> Option<&'c Rule> {
+        self.rule
+    }
+
+    /// Whether [`Matched::classify`] needs the body.
+    pub fn needs_body(&self) -> bool {
+        self.rule.is_some_and(Rule::needs_body)
+    }
+
+    /// Whether an LLM rule matched (its body is read when available, to
+    /// estimate cost).
+    pub fn wants_body(&self) -> bool {
+        self.needs_body() || self.rule.is_some_and(|r| matches!(r.extract, Extract::Llm))
+    }
+
+    /// The body cap in force.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// Builds the action. `body` is the request body as read, `None` when it
+    /// was not read; `complete` says whether it is the whole body (false when
+    /// the cap cut it).
+    pub fn classify(
+        &self,
+        req: &RequestView<'_>,
+        body: Option<&[u8]>,
+        complete: bool,
+    ) -> Result<Action, ClassifyError> {
+        let path = req
+            .path_and_query
+            .split(['?', '#'])
+            .next()
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/")
+            .to_owned();
+        let mut action = Action {
+            kind: ActionType::Web,
+            method: req.method.to_ascii_uppercase(),
+            host: req.host.as_str().to_owned(),
+            path,
+            amount_cents: None,
+            currency: None,
+            merchant: None,
+            recipients: Vec::new(),
+            subject: None,
+            credential: None,
+            cost_micro_usd: None,
+        };
+        let Some(rule) = self.rule else {
+            return Ok(action);
+        };
+        action.credential = rule.credential.clone();
+        if rule.needs_body() {
+            if !complete {
+                return Err(ClassifyError::BodyTooLarge {
+                    limit: self.max_body_bytes,
+                });
+            }
+            if let Some(enc) = req.headers.get(http::header::CONTENT_ENCODING) {
+                let enc = enc.to_str().unwrap_or("?").trim().to_ascii_lowercase();
+                if enc != "identity" {
+                    return Err(ClassifyError::BodyEncoded(enc));
+                }
+            }
+        }
+        extract::read_facts(&mut action, &rule.extract, req, body, complete, self.prices)?;
+        Ok(action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use capabilities::Host;
+    use http::HeaderMap;
+
+    use super::*;
+
+    const FLIGHT: &str = include_str!("../../../examples/flight-booking/catalog.toml");
+
+    fn view<'a>(
+        method: &'a str,
+        host: &str,
+        path: &'a str,
+        headers: &'a HeaderMap,
+    ) -> RequestView<'a> {
+        // A test's hosts live as long as the test binary.
+        let host: &'static Host = Box::leak(Box::new(Host::parse(host).expect("test host")));
+        RequestView {
+            method,
+            host,
+            path_and_query: path,
+            headers,
+        }
+    }
+
+    fn classify(
+        cat: &Catalog,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<Action, ClassifyError> {
+        let headers = HeaderMap::new();
+        let v = view(method, host, path, &headers);
+        cat.match_request(&v)
+            .classify(&v, Some(body.as_bytes()), true)
+    }
+
+    #[test]
+    fn flight_catalog_classifies_purchase_login_email_and_web() {
+        let cat = Catalog::from_toml(FLIGHT).expect("example catalog parses");
+        let a = classify(
+            &cat,
+            "POST",
+            "united.com",
+            "/api/booking/purchase",
+            r#"{"flight":"UA 123","total":"487.00","currency":"usd"}"#,
+        )
+        .expect("purchase classifies");
+        assert_eq!(a.kind, ActionType::Payment);
+        assert_eq!(a.amount_cents, Some(48700));
+        assert_eq!(a.currency.as_deref(), Some("USD"));
+        assert_eq!(a.merchant.as_deref(), Some("united.com"));
+        // A JSON number works too, exactly.
+        let a = classify(
+            &cat,
+            "POST",
+            "united.com",
+            "/api/booking/purchase",
+            r#"{"total":700.10,"currency":"USD"}"#,
+        )
+        .expect("numeric total");
+        assert_eq!(a.amount_cents, Some(70010));
+
+        let a = classify(
+            &cat,
+            "POST",
+            "united.com",
+            "/api/auth/login",
+            r#"{"user":"a","password":"ocs_x"}"#,
+        )
+        .expect("login classifies");
+        assert_eq!(a.kind, ActionType::Login);
+        assert_eq!(a.credential.as_deref(), Some("united_login"));
+
+        let a = classify(
+            &cat,
+            "POST",
+            "api.mail.example",
+            "/v1/send",
+            r#"{"to":["me@example.com"],"cc":"x@y.z, w@v.u","subject":"Your flight confirmation"}"#,
+        )
+        .expect("email classifies");
+        assert_eq!(a.kind, ActionType::Email);
+        assert_eq!(a.recipients, vec!["me@example.com", "x@y.z", "w@v.u"]);
+        assert_eq!(a.subject.as_deref(), Some("Your flight confirmation"));
+
+        let a = classify(
+            &cat,
+            "GET",
+            "google.com",
+            "/travel/flights/search?q=SFO",
+            "",
+        )
+        .expect("web");
+        assert_eq!(a.kind, ActionType::Web);
+        assert_eq!(a.path, "/travel/flights/search");
+    }
+
+    #[test]
+    fn purchase_path_tricks_still_match_the_payment_rule() {
+        let cat = Catalog::from_toml(FLIGHT).expect("example catalog parses");
+        let body = r#"{"total":"1.00","currency":"USD"}"#;
+        for path in [
+            "/api/booking/purchase",
+            "/api/booking/purchase/",
+            "//api//booking/purchase",
+            "/API/Booking/Purchase",
+            "/api/booking/%70urchase",
+            "/api/booking%2Fpurchase",
+            "/api/booking%252Fpurchase",
+            "/api/x/../booking/./purchase",
+            "/api/booking/purchase;jsessionid=1",
+            "/api/booking/purchase?x=1",
+        ] {
+            let a = classify(&cat, "POST", "United.COM.", path, body).expect(path);
+            assert_eq!(a.kind, ActionType::Payment, "{path}");
+        }
+        // Method override headers count too.
+        let mut headers = HeaderMap::new();
+        headers.insert("x-http-method-override", "POST".parse().expect("valid"));
+        let v = view("GET", "united.com", "/api/booking/purchase", &headers);
+        assert!(cat.match_request(&v).needs_body());
+        // Another host with the same path is not united's purchase.
+        let a = classify(
+            &cat,
+            "POST",
+            "evilunited.com",
+            "/api/booking/purchase",
+            body,
+        )
+        .expect("web");
+        assert_eq!(a.kind, ActionType::Web);
+    }
+
+    #[test]
+    fn unreadable_payment_bodies_block_instead_of_guessing() {
+        let cat = Catalog::from_toml(FLIGHT).expect("example catalog parses");
+        let p = "/api/booking/purchase";
+        assert_eq!(
+            classify(&cat, "POST", "united.com", p, r#"{"currency":"USD"}"#),
+            Err(ClassifyError::MissingField("json /total".into()))
+        );
+        assert_eq!(
+            classify(
+                &cat,
+                "POST",
+                "united.com",
+                p,
+                r#"{"total":"1.00","total":"900.00","currency":"USD"}"#
+            ),
+            Err(ClassifyError::DuplicateField("/total".into()))
+        );
+        assert_eq!(
+            classify(
+                &cat,
+                "POST",
+                "united.com",
+                p,
+                r#"{"total":"1.005","currency":"USD"}"#
+            ),
+            Err(ClassifyError::BadAmount("1.005".into()))
+        );
+        assert_eq!(
+            classify(&cat, "POST", "united.com", p, r#"{"total":"1.00""#),
+            Err(ClassifyError::BadJson)
+        );
+        assert_eq!(
+            classify(&cat, "POST", "united.com", p, "total=1.00"),
+            Err(ClassifyError::BadJson)
+        );
+        let headers = HeaderMap::new();
+        let v = view("POST", "united.com", p, &headers);
+        let m = cat.match_request(&v);
+        assert!(m.needs_body());
+        assert_eq!(
+            m.classify(&v, Some(b"{\"total\":"), false),
+            Err(ClassifyError::BodyTooLarge {
+                limit: DEFAULT_MAX_BODY_BYTES
+            })
+        );
+        let mut gz = HeaderMap::new();
+        gz.insert("content-encoding", "gzip".parse().expect("valid"));
+        let v = view("POST", "united.com", p, &gz);
+        assert_eq!(
+            cat.match_request(&v).classify(&v, Some(b"{}"), true),
+            Err(ClassifyError::BodyEncoded("gzip".into()))
+        );
+        // An email with no readable recipient is blocked, not sent unchecked.
+        assert_eq!(
+            classify(
+                &cat,
+                "POST",
+                "api.mail.example",
+                "/v1/send",
+                r#"{"subject":"hi"}"#
+            ),
+            Err(ClassifyError::NoRecipients)
+        );
+    }
+
+    #[test]
+    fn form_query_header_and_minor_units() {
+        let cat = Catalog::from_toml(
+            r#"
+            max_body_bytes = 1024
+            [[rule]]
+            host = "*.shop.example"
+            method = "post"
+            path = "/pay/*/go/**"
+            type = "payment"
+            amount = { form = "amount_cents" }
+            amount_unit = "minor"
+            currency = { query = "cur" }
+            merchant = { header = "x-merchant" }
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(cat.max_body_bytes(), 1024);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-merchant", "Shop.Example".parse().expect("valid"));
+        let v = view(
+            "POST",
+            "a.shop.example",
+            "/pay/123/go/now/please?cur=eur",
+            &headers,
+        );
+        let a = cat
+            .match_request(&v)
+            .classify(&v, Some(b"item=1&amount_cents=1999"), true)
+            .expect("classifies");
+        assert_eq!(
+            (a.amount_cents, a.currency.as_deref(), a.merchant.as_deref()),
+            (Some(1999), Some("EUR"), Some("shop.example"))
+        );
+        // `*.shop.example` does not match the bare domain or a lookalike.
+        for host in ["shop.example", "evilshop.example", "shop.example.evil"] {
+            let v = view("POST", host, "/pay/1/go", &headers);
+            assert!(cat.match_request(&v).rule().is_none(), "{host}");
+        }
+        let v = view("POST", "a.shop.example", "/pay/go", &headers);
+        assert!(cat.match_request(&v).rule().is_none());
+    }
+
+    #[test]
+    fn bad_catalogs_are_refused() {
+        for (text, why) in [
+            (
+                "[[rule]]\nhost='a'\npath='/x'\ntype='payment'\n",
+                "needs `amount`",
+            ),
+            (
+                "[[rule]]\nhost='a'\npath='/x'\ntype='email'\n",
+                "needs `recipients`",
+            ),
+            (
+                "[[rule]]\nhost='a'\npath='/x'\ntype='login'\n",
+                "needs `credential`",
+            ),
+            (
+                "[[rule]]\nhost='a'\npath='x'\ntype='web'\n",
+                "must start with /",
+            ),
+            (
+                "[[rule]]\nhost='a'\npath='/x'\ntype='web'\namount={json='/a'}\n",
+                "does not apply",
+            ),
+            ("[[rule]]\nhost='a*'\npath='/x'\ntype='web'\n", "bad host"),
+            ("[[rule]]\nhost='a'\npath='/**/x'\ntype='web'\n", "** only"),
+            (
+                "[[rule]]\nhost='a'\npath='/x'\ntype='web'\nbogus=1\n",
+                "unknown field",
+            ),
+            ("max_body_bytes = 0\n", "positive"),
+        ] {
+            let err = Catalog::from_toml(text).expect_err(text).to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn builtin_llm_endpoints_and_cost_estimate() {
+        let cat = Catalog::from_toml(
+            r#"
+            [[llm_price]]
+            model = "gpt-test"
+            input_usd_per_mtok = "2.50"
+            output_usd_per_mtok = "10"
+            "#,
+        )
+        .expect("parses");
+        let body = r#"{"model":"gpt-test","max_tokens":1000,"messages":[]}"#;
+        let a =
+            classify(&cat, "POST", "api.openai.com", "/v1/chat/completions", body).expect("llm");
+        assert_eq!(a.kind, ActionType::Llm);
+        // input: ceil(52/4)=13 tokens × 2.5 µ$ = 32.5 → 33; output: 1000 × 10 µ$ = 10000.
+        assert_eq!(body.len(), 52);
+        assert_eq!(a.cost_micro_usd, Some(10_033));
+        let a = classify(
+            &cat,
+            "POST",
+            "api.anthropic.com",
+            "/v1/messages",
+            r#"{"model":"other"}"#,
+        )
+        .expect("llm");
+        assert_eq!((a.kind, a.cost_micro_usd), (ActionType::Llm, None));
+        let a = classify(&cat, "GET", "api.anthropic.com", "/v1/messages", "").expect("web");
+        assert_eq!(a.kind, ActionType::Web);
+        let off = Catalog::from_toml("builtin_llm = false").expect("parses");
+        let a =
+            classify(&off, "POST", "api.openai.com", "/v1/chat/completions", body).expect("web");
+        assert_eq!(a.kind, ActionType::Web);
+    }
+
+    /// Hosts are read by the one `Host` reading; where the catalog used to
+    /// be more lenient (a `:port` dropped from a rule's host or from a
+    /// merchant read from the request), it now refuses: fail closed.
+    #[test]
+    fn rule_hosts_and_merchants_are_hosts() {
+        let err = Catalog::from_toml("[[rule]]\nhost='united.com:443'\npath='/x'\ntype='web'\n")
+            .expect_err("a port is not part of a host")
+            .to_string();
+        assert!(err.contains("bad host"), "{err}");
+        let cat = Catalog::from_toml(
+            r#"
+            [[rule]]
+            host = " United.COM. "
+            path = "/pay"
+            type = "payment"
+            amount = { json = "/total" }
+            merchant = { header = "x-merchant" }
+            "#,
+        )
+        .expect("parses");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-merchant", " Shop.Example. ".parse().expect("valid"));
+        let v = view("POST", "united.com", "/pay", &headers);
+        let a = cat
+            .match_request(&v)
+            .classify(&v, Some(br#"{"total":"1.00"}"#), true)
+            .expect("classifies");
+        assert_eq!(a.merchant.as_deref(), Some("shop.example"));
+        for bad in ["shop.example:443", "[::1]", "Shop Example"] {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-merchant", bad.parse().expect("valid"));
+            let v = view("POST", "united.com", "/pay", &headers);
+            assert_eq!(
+                cat.match_request(&v)
+                    .classify(&v, Some(br#"{"total":"1.00"}"#), true),
+                Err(ClassifyError::BadField {
+                    field: "header x-merchant".into(),
+                    problem: "not a host name".into()
+                }),
+                "{bad}"
+            );
+        }
+    }
+}

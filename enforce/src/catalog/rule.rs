@@ -1,0 +1,167 @@
+//! One catalog rule, validated from its file form: where it applies (host,
+//! method, path) and what it reads from a request it matches.
+
+use capabilities::Host;
+
+use super::error::CatalogError;
+use super::file::{AmountUnit, Field, RuleFile, RuleKind};
+use super::pattern::{PathPattern, RuleHost};
+
+/// What a rule does with a request, checked at load time.
+#[derive(Debug, Clone)]
+pub(super) enum Extract {
+    Payment {
+        amount: Field,
+        unit: AmountUnit,
+        currency: Option<Field>,
+        merchant: Option<Field>,
+    },
+    Email {
+        recipients: Vec<Field>,
+        subject: Option<Field>,
+    },
+    Login,
+    Llm,
+    Web,
+}
+
+/// One catalog rule, validated.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    name: String,
+    host: RuleHost,
+    /// Upper-case; `None` matches any method.
+    method: Option<String>,
+    path: PathPattern,
+    pub(super) extract: Extract,
+    pub(super) credential: Option<String>,
+}
+
+impl Rule {
+    /// The rule's name (from the file, else `host path`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether classifying needs the request body.
+    pub fn needs_body(&self) -> bool {
+        match &self.extract {
+            Extract::Payment {
+                amount,
+                currency,
+                merchant,
+                ..
+            } => {
+                amount.needs_body()
+                    || currency.as_ref().is_some_and(Field::needs_body)
+                    || merchant.as_ref().is_some_and(Field::needs_body)
+            }
+            Extract::Email {
+                recipients,
+                subject,
+            } => {
+                recipients.iter().any(Field::needs_body)
+                    || subject.as_ref().is_some_and(Field::needs_body)
+            }
+            // The model and token limit are read when present, but an LLM
+            // call is classified (and budget-checked) without them.
+            Extract::Llm => false,
+            Extract::Login | Extract::Web => false,
+        }
+    }
+
+    pub(super) fn from_file(file: RuleFile) -> Result<Self, CatalogError> {
+        let name = file
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{} {}", file.host, file.path));
+        let bad = |problem: String| CatalogError::Rule {
+            rule: name.clone(),
+            problem,
+        };
+        let host = RuleHost::parse(&file.host).map_err(bad)?;
+        let path = PathPattern::parse(&file.path).map_err(bad)?;
+        let method = match file.method.as_deref().map(str::trim) {
+            None | Some("*") => None,
+            Some(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                Some(m.to_ascii_uppercase())
+            }
+            Some(m) => return Err(bad(format!("bad method {m:?}"))),
+        };
+        let unused = |what: &str, present: bool| -> Result<(), CatalogError> {
+            if present {
+                Err(bad(format!("{what} does not apply to this type")))
+            } else {
+                Ok(())
+            }
+        };
+        let payment_fields = file.amount.is_some()
+            || file.currency.is_some()
+            || file.merchant.is_some()
+            || file.amount_unit != AmountUnit::default();
+        let email_fields = !file.recipients.is_empty() || file.subject.is_some();
+        let extract = match file.kind {
+            RuleKind::Payment => {
+                unused("recipients/subject", email_fields)?;
+                let amount = file
+                    .amount
+                    .ok_or_else(|| bad("a payment rule needs `amount`".into()))?;
+                Extract::Payment {
+                    amount,
+                    unit: file.amount_unit,
+                    currency: file.currency,
+                    merchant: file.merchant,
+                }
+            }
+            RuleKind::Email => {
+                unused("amount/currency/merchant", payment_fields)?;
+                if file.recipients.is_empty() {
+                    return Err(bad("an email rule needs `recipients`".into()));
+                }
+                Extract::Email {
+                    recipients: file.recipients,
+                    subject: file.subject,
+                }
+            }
+            RuleKind::Login => {
+                unused("amount/currency/merchant", payment_fields)?;
+                unused("recipients/subject", email_fields)?;
+                if file.credential.is_none() {
+                    return Err(bad("a login rule needs `credential`".into()));
+                }
+                Extract::Login
+            }
+            RuleKind::Llm | RuleKind::Web => {
+                unused("amount/currency/merchant", payment_fields)?;
+                unused("recipients/subject", email_fields)?;
+                if file.kind == RuleKind::Llm {
+                    Extract::Llm
+                } else {
+                    Extract::Web
+                }
+            }
+        };
+        for field in [&file.credential].into_iter().flatten() {
+            if field.trim().is_empty() {
+                return Err(bad("empty credential name".into()));
+            }
+        }
+        Ok(Rule {
+            name,
+            host,
+            method,
+            path,
+            extract,
+            credential: file.credential,
+        })
+    }
+
+    pub(super) fn matches(&self, methods: &[String], host: &Host, segments: &[String]) -> bool {
+        self.host.matches(host)
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| methods.iter().any(|rm| rm == m))
+            && self.path.matches(segments)
+    }
+}

@@ -1,0 +1,48 @@
+//! The decision layer behind the proxy's [`proxy::Gate`]: each request is
+//! classified into an action by the service catalog, decided against the
+//! capability token with the session's counters, receipted before it is
+//! forwarded or refused, and forwarded with credentials injected only where
+//! granted. The proxy carries traffic; this crate decides it.
+//!
+//! The public interface is:
+//! - [`Enforcement::new`]: builds the session's enforcing gate
+//!   ([`EnforcingGate`], a [`proxy::Gate`]) from an [`EnforceConfig`], with
+//!   the sandbox placeholders and an event receiver;
+//! - [`Catalog`]: the service catalog (`docs/catalog.md`);
+//! - [`SecretStore`] and [`SessionCredentials`]: secrets and their
+//!   per-session placeholders (`docs/credentials.md`);
+//! - [`Ledger`]: the session counters, reserve-then-commit;
+//! - [`ApprovalBroker`] with its API and fan-out implementations, and
+//!   [`ask_and_wait`] (`docs/approvals.md`);
+//! - [`EventBus`] / [`Event`]: the session's live event stream;
+//! - [`WaitHistogram`]: how long requests waited for their receipts.
+#![forbid(unsafe_code)]
+
+/// Approval brokers (API, fan-out) and the wait with timeout.
+pub mod approval;
+/// The service catalog: request → action.
+pub mod catalog;
+/// The session counters ledger.
+pub mod counters;
+/// Secrets file, placeholders, substitution, exfiltration detection, echo masking.
+pub mod credentials;
+/// The session event stream.
+pub mod events;
+/// The enforcing gate: the token, receipts, approvals, forwarding.
+pub mod gate;
+/// The stages before the token: body, catalog, credentials.
+mod stages;
+/// Receipt-wait histogram.
+pub mod stats;
+
+pub use approval::{
+    ask_and_wait, ApiBroker, ApprovalAnswer, ApprovalBroker, ApprovalError, ApprovalHandle,
+    ApprovalOutcome, ApprovalRequest, FirstAnswer, PendingApproval, DEFAULT_APPROVAL_TIMEOUT,
+};
+pub use catalog::{Catalog, CatalogError, ClassifyError, RequestView};
+pub use counters::{Ledger, Reservation};
+pub use credentials::{SecretStore, SecretsError, SessionCredentials};
+pub use events::{Event, EventBus, EventKind};
+pub use gate::{EnforceConfig, Enforcement, EnforcingGate};
+pub use stages::{Stage, BODY_READ_TIMEOUT};
+pub use stats::{WaitHistogram, WaitSummary};

@@ -1,0 +1,265 @@
+//! The stages a request passes before the token decides it: its body read
+//! (up to the catalog's cap), classification by the service catalog, the
+//! placeholder check, and the substitution prepared. Each lets the request on
+//! or refuses it with a typed [`Block`]; the gate records every block in one
+//! place and asks the token about the rest.
+
+use std::time::{Duration, SystemTime};
+
+use capabilities::{Action, ActionType, Capability, Host};
+use proxy::{GateRequest, RequestBody};
+use serde::Serialize;
+
+use crate::catalog::{Catalog, RequestView};
+use crate::credentials::{Findings, SessionCredentials, Substituted};
+
+/// How long the gate waits for the body bytes it needs before deciding; a
+/// sandbox that sends headers and then stalls gets a refusal, not a held task.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which stage made a decision, recorded in the receipt's decision as
+/// `stage` so an auditor re-deriving decisions from the token knows which
+/// ones the token alone made. Every stage other than `token` can only
+/// refuse (it never turns a token's block into an allow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The capability token's `authorize`.
+    Token,
+    /// The service catalog could not classify the request (body over the
+    /// cap, amount unreadable, ...).
+    Catalog,
+    /// A credential placeholder went where the token does not grant it.
+    Credential,
+    /// `authorize_dns` refused a name.
+    Dns,
+    /// The proxy's own fail-closed checks (no SNI, fronting, smuggling...).
+    Proxy,
+}
+
+/// What forwarding changes in a request: the URI and headers with
+/// credentials substituted or injected, and the body if it changed. `None`
+/// when the request carries no placeholder and nothing is injected for its
+/// host, so the request goes as it is (no copy made).
+pub(crate) type Prepared = Option<(http::Uri, http::HeaderMap, Substituted)>;
+
+/// A request a stage before the token refused, with what its receipt
+/// records. The gate's `record_block` is the one place a block becomes a
+/// receipt, an event and the sandbox's answer.
+pub(crate) struct Block {
+    pub stage: Stage,
+    pub reason: String,
+    /// The action as far as the stages read it (a plain web action when
+    /// the request could not be classified).
+    pub action: Action,
+    /// SHA-256 of the body, when all of it was read.
+    pub body_sha256: Option<String>,
+}
+
+/// What the stages made of a request they let through.
+pub(crate) struct Screened {
+    pub action: Action,
+    pub body_sha256: Option<String>,
+    pub prepared: Prepared,
+}
+
+/// The stages, over one session's catalog, credentials and token.
+pub(crate) struct Stages<'a> {
+    pub catalog: &'a Catalog,
+    pub creds: &'a SessionCredentials,
+    pub cap: &'a Capability,
+}
+
+impl Stages<'_> {
+    /// The stages before the token, in order: read the body (up to the
+    /// catalog's cap), classify the request, refuse placeholders the token
+    /// does not grant here, prepare the substitution. The first that
+    /// refuses says why in a [`Block`].
+    pub(crate) async fn run(
+        &self,
+        req: &mut GateRequest,
+        now: SystemTime,
+    ) -> Result<Screened, Block> {
+        let host = req.host.clone();
+        let method = req.head.method.as_str().to_owned();
+        let pq = req
+            .head
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let unclassified = |reason: String, body_sha256: Option<String>| Block {
+            stage: Stage::Catalog,
+            reason,
+            action: fallback_action(&method, host.as_str(), &path_only(&pq)),
+            body_sha256,
+        };
+
+        // Read the body up to the cap: classification and the credential
+        // scan need it. The rest (if any) streams unread behind it.
+        if let Err(why) = self.read_body(&mut req.body).await {
+            return Err(unclassified(why, None));
+        }
+        let complete = req.body.is_complete();
+        let body_sha256 = complete
+            .then(|| {
+                (!req.body.buffered().is_empty()).then(|| receipts::sha256_hex(req.body.buffered()))
+            })
+            .flatten();
+
+        // Classify.
+        let view = RequestView {
+            method: &method,
+            host: &host,
+            path_and_query: &pq,
+            headers: &req.head.headers,
+        };
+        let matched = self.catalog.match_request(&view);
+        let action = match matched.classify(&view, Some(req.body.buffered()), complete) {
+            Ok(a) => a,
+            Err(e) => {
+                let rule = matched.rule().map_or("", |r| r.name());
+                return Err(unclassified(
+                    format!("cannot classify ({rule}): {e}"),
+                    body_sha256,
+                ));
+            }
+        };
+
+        // Placeholders where the token does not grant them: exfiltration.
+        let findings = self.creds.scan(&pq, &req.head.headers, req.body.buffered());
+        let prepared = match self.exfiltration(&findings, &host, req.scheme, now) {
+            Some(reason) => Err(reason),
+            None => self.prepare(req, &host, &findings, complete, now),
+        };
+        match prepared {
+            Ok(prepared) => Ok(Screened {
+                action,
+                body_sha256,
+                prepared,
+            }),
+            Err(reason) => Err(Block {
+                stage: Stage::Credential,
+                reason,
+                action,
+                body_sha256,
+            }),
+        }
+    }
+
+    /// Buffers the request body up to the catalog's cap, within
+    /// [`BODY_READ_TIMEOUT`].
+    async fn read_body(&self, body: &mut RequestBody) -> Result<(), String> {
+        let cap = self.catalog.max_body_bytes();
+        match tokio::time::timeout(BODY_READ_TIMEOUT, body.buffer_up_to(cap)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("request body unreadable: {e}")),
+            Err(_) => Err(format!(
+                "request body not received within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Why the request must not go, when it carries a placeholder of a
+    /// credential the token does not grant at `host` (over `scheme`).
+    fn exfiltration(
+        &self,
+        findings: &Findings,
+        host: &Host,
+        scheme: &str,
+        now: SystemTime,
+    ) -> Option<String> {
+        findings
+            .by_credential
+            .iter()
+            .find(|(name, _)| !self.credential_granted(name, host, scheme, now))
+            .map(|(name, (sighting, place))| {
+                let why = if scheme != "https" && self.creds.file_allows(name, host) {
+                    " (credentials are only sent over https)"
+                } else {
+                    ""
+                };
+                format!(
+                    "credential exfiltration: placeholder of {name} ({sighting:?}) in {place} to {host}{why}"
+                )
+            })
+    }
+
+    /// Prepares the substitution now (pure computation), so a request whose
+    /// credentials cannot be placed is refused before any receipt says
+    /// "allow"; it is applied only if the decision forwards. The scan sees
+    /// every exact placeholder, so with no finding and no header injection
+    /// possible for this host there is nothing to prepare.
+    fn prepare(
+        &self,
+        req: &GateRequest,
+        host: &Host,
+        findings: &Findings,
+        complete: bool,
+        now: SystemTime,
+    ) -> Result<Prepared, String> {
+        if findings.is_empty()
+            && !self
+                .creds
+                .injectable()
+                .any(|name| self.creds.file_allows(name, host))
+        {
+            return Ok(None);
+        }
+        let granted = |name: &str| self.credential_granted(name, host, req.scheme, now);
+        let mut new_uri = req.head.uri.clone();
+        let mut new_headers = req.head.headers.clone();
+        self.creds
+            .substitute(
+                &granted,
+                &mut new_uri,
+                &mut new_headers,
+                req.body.buffered(),
+                complete,
+            )
+            .map(|s| Some((new_uri, new_headers, s)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// May the credential `name` go to `host` (over `scheme`) now: the
+    /// secrets file and the token both say so, and only over TLS.
+    pub(crate) fn credential_granted(
+        &self,
+        name: &str,
+        host: &Host,
+        scheme: &str,
+        now: SystemTime,
+    ) -> bool {
+        // Secrets travel only over TLS to the upstream.
+        scheme == "https"
+            && self.creds.file_allows(name, host)
+            && self.cap.credential_allowed(name, host.as_str(), now)
+    }
+}
+
+/// A request's path without its query or fragment (`/` when empty).
+pub(crate) fn path_only(path_and_query: &str) -> String {
+    let p = path_and_query.split(['?', '#']).next().unwrap_or("/");
+    if p.is_empty() {
+        "/".to_owned()
+    } else {
+        p.to_owned()
+    }
+}
+
+/// A plain web action for requests that could not be classified.
+pub(crate) fn fallback_action(method: &str, host: &str, path: &str) -> Action {
+    Action {
+        kind: ActionType::Web,
+        method: method.to_ascii_uppercase(),
+        host: host.to_owned(),
+        path: path.to_owned(),
+        amount_cents: None,
+        currency: None,
+        merchant: None,
+        recipients: Vec::new(),
+        subject: None,
+        credential: None,
+        cost_micro_usd: None,
+    }
+}
