@@ -7,6 +7,15 @@
 //! of capabilities over a new view), loads kernel code, or reaches kernel
 //! surfaces a coding agent has no use for. `clone3` and `io_uring_setup`
 //! get `ENOSYS` so libc falls back to `clone`, whose flags are checkable.
+//!
+//! Sockets: `socket()` and `socketpair()` only for `AF_UNIX`, `AF_INET` and
+//! `AF_INET6`, plus `AF_NETLINK` with `NETLINK_ROUTE` on `socket()` alone
+//! (glibc's `getaddrinfo`, `getifaddrs` and `if_nameindex` read the
+//! namespace's own addresses through it; see `docs/sandbox.md`). Every
+//! other family (`AF_VSOCK`, which no network namespace confines,
+//! `AF_PACKET`, `AF_BLUETOOTH`, `AF_ALG`, ...) gets `EAFNOSUPPORT`, every
+//! other netlink protocol `EPROTONOSUPPORT`: the answers a kernel built
+//! without them gives, which programs already handle.
 
 use std::collections::BTreeMap;
 
@@ -65,6 +74,13 @@ const NS_FLAGS: &[u64] = &[
     0x80, // CLONE_NEWTIME
 ];
 
+/// Address families `socket()` and `socketpair()` may create.
+const SOCKET_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
+
+/// Netlink protocols `socket(AF_NETLINK, ...)` may name: only the
+/// namespaced, read-only-without-`CAP_NET_ADMIN` routing protocol.
+const NETLINK_PROTOCOLS: &[i32] = &[libc::NETLINK_ROUTE];
+
 /// The BPF programs, in install order.
 pub(crate) struct SandboxFilters {
     pub programs: Vec<BpfProgram>,
@@ -113,7 +129,7 @@ pub(crate) fn build() -> Result<SandboxFilters, SandboxError> {
     )
     .map_err(err)?;
 
-    let mut programs = [deny, nosys]
+    let mut programs = [deny, nosys, socket_families(arch)?, netlink_protocols(arch)?]
         .into_iter()
         .map(|f| BpfProgram::try_from(f).map_err(|e| SandboxError::Seccomp(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
@@ -121,6 +137,70 @@ pub(crate) fn build() -> Result<SandboxFilters, SandboxError> {
         programs.insert(0, x86_64_abi_guard());
     }
     Ok(SandboxFilters { programs })
+}
+
+/// `socket(family, ...)` and `socketpair(family, ...)` for a family not in
+/// [`SOCKET_FAMILIES`] (`AF_NETLINK` passes `socket()` here; the next
+/// filter checks its protocol): `EAFNOSUPPORT`.
+fn socket_families(arch: TargetArch) -> Result<SeccompFilter, SandboxError> {
+    let err = |e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string());
+    // One rule whose conditions all hold (they are ANDed) when the family
+    // is none of the allowed ones. The family is an `int`: compare 32 bits.
+    let not_one_of = |families: &[i32]| -> Result<SeccompRule, SandboxError> {
+        let conds = families
+            .iter()
+            .map(|&f| {
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, f as u64)
+                    .map_err(err)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        SeccompRule::new(conds).map_err(err)
+    };
+    let mut with_netlink = SOCKET_FAMILIES.to_vec();
+    with_netlink.push(libc::AF_NETLINK);
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [
+        (libc::SYS_socket, vec![not_one_of(&with_netlink)?]),
+        (libc::SYS_socketpair, vec![not_one_of(SOCKET_FAMILIES)?]),
+    ]
+    .into_iter()
+    .collect();
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        arch,
+    )
+    .map_err(err)
+}
+
+/// `socket(AF_NETLINK, type, protocol)` for a protocol not in
+/// [`NETLINK_PROTOCOLS`]: `EPROTONOSUPPORT`.
+fn netlink_protocols(arch: TargetArch) -> Result<SeccompFilter, SandboxError> {
+    let err = |e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string());
+    let mut conds = vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_NETLINK as u64,
+    )
+    .map_err(err)?];
+    for &p in NETLINK_PROTOCOLS {
+        conds.push(
+            SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, p as u64)
+                .map_err(err)?,
+        );
+    }
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        [(libc::SYS_socket, vec![SeccompRule::new(conds).map_err(err)?])]
+            .into_iter()
+            .collect();
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPROTONOSUPPORT as u32),
+        arch,
+    )
+    .map_err(err)
 }
 
 /// On x86_64 the filters above match native syscall numbers only. The x32
@@ -159,7 +239,7 @@ mod tests {
         let f = build().expect("filters build");
         assert_eq!(
             f.programs.len(),
-            if cfg!(target_arch = "x86_64") { 3 } else { 2 }
+            if cfg!(target_arch = "x86_64") { 5 } else { 4 }
         );
         assert!(f.programs.iter().all(|p| !p.is_empty()));
     }
