@@ -5,6 +5,8 @@
 //! The public interface is:
 //! - [`Sandbox::spawn`] with a [`SandboxSpec`] → [`SandboxChild`], signalled
 //!   from elsewhere through a [`SandboxKiller`];
+//! - [`WorkVolume`]: a size-capped `/work` on the host disk, given to a
+//!   spec as `work_volume`;
 //! - [`cleanup_stale`]: removes what crashed supervisors left behind
 //!   (sandboxes, then their session networks);
 //! - [`SandboxError`]: every failure, named after the stage that failed.
@@ -13,8 +15,9 @@
 //! through `tokio::task::spawn_blocking`. See `docs/sandbox.md`.
 //!
 //! Unsafe code sits in `sandbox.rs` (clone3, pidfds), `child.rs` (the init's
-//! raw syscalls after the clone) and `rootfs.rs` (one `setxattr`); every
-//! block says why it is sound.
+//! raw syscalls after the clone), `rootfs.rs` (one `setxattr`) and
+//! `work.rs` (loop-device ioctls, the mount API); every block says why it
+//! is sound.
 
 /// cgroup v2/v1 memory and pids limits of one sandbox.
 mod cgroup;
@@ -28,6 +31,8 @@ mod sandbox;
 mod seccomp;
 /// [`cleanup_stale`]: leftovers of dead supervisors.
 mod stale;
+/// [`WorkVolume`]: `/work` as a size-capped file system on the host disk.
+mod work;
 
 use std::io;
 use std::path::PathBuf;
@@ -37,6 +42,7 @@ pub use cgroup::{host_version as cgroup_version, CgroupVersion};
 pub use sandbox::{Sandbox, SandboxChild, SandboxKiller, SandboxSpec, SandboxStdio};
 pub use sandbox::{SANDBOX_CA_BUNDLE, SANDBOX_WORKDIR};
 pub use stale::{cleanup_stale, StaleCleanup};
+pub use work::{WorkUsage, WorkVolume, MIN_WORK_BYTES};
 
 /// Everything that can go wrong while building, running or removing a
 /// sandbox.
@@ -70,6 +76,12 @@ pub enum SandboxError {
     /// started; `stage` names the step, `errno` the reason.
     #[error("sandbox setup failed at {stage}: {}", io::Error::from_raw_os_error(*errno))]
     ChildSetup { stage: &'static str, errno: i32 },
+    /// Making the size-capped `/work` volume failed at `stage`.
+    #[error("the /work volume: {stage}: {source}")]
+    WorkVolume {
+        stage: &'static str,
+        source: io::Error,
+    },
     /// Waiting for or signalling the sandbox failed.
     #[error("waiting for or signalling the sandbox: {0}")]
     Wait(io::Error),

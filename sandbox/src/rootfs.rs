@@ -399,6 +399,8 @@ pub(crate) struct RootSpec<'a> {
     pub etc: &'a EtcView,
     /// Host directory bound read-write at `/work`, or a private tmpfs.
     pub workdir: Option<&'a Path>,
+    /// A [`crate::WorkVolume`]'s loop device, mounted at `/work` instead.
+    pub work_device: Option<&'a Path>,
     pub uid: u32,
     pub gid: u32,
     pub tmp_size: u64,
@@ -601,9 +603,18 @@ pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
         path: c(&work)?,
         stage: Stage::BindWorkdir,
     });
-    match spec.workdir {
-        Some(host) => bind(&mut ops, host, &work, false, MS_NODEV, Stage::BindWorkdir)?,
-        None => ops.push(Op::Mount {
+    match (spec.work_device, spec.workdir) {
+        // The same ext4 superblock the supervisor holds a detached mount of.
+        (Some(device), _) => ops.push(Op::Mount {
+            src: Some(c(device)?),
+            dst: c(&work)?,
+            fstype: Some(s("ext4")),
+            flags: MS_NOSUID | MS_NODEV,
+            data: None,
+            stage: Stage::BindWorkdir,
+        }),
+        (None, Some(host)) => bind(&mut ops, host, &work, false, MS_NODEV, Stage::BindWorkdir)?,
+        (None, None) => ops.push(Op::Mount {
             src: Some(s("tmpfs")),
             dst: c(&work)?,
             fstype: Some(s("tmpfs")),

@@ -13,6 +13,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
@@ -25,6 +26,7 @@ use netns::SessionNetwork;
 use crate::cgroup::{CgroupVersion, LimitEvents, SandboxCgroup};
 use crate::child::{self, ChildPlan};
 use crate::rootfs::{self, Stage};
+use crate::work::WorkVolume;
 use crate::{seccomp, SandboxError};
 
 /// What the sandbox's standard streams are connected to.
@@ -60,6 +62,9 @@ pub struct SandboxSpec {
     /// Host directory bound read-write at `/work` (it must be writable by
     /// `uid`); `None` gives a private empty tmpfs there.
     pub workdir: Option<PathBuf>,
+    /// A size-capped volume mounted at `/work` instead of `workdir`: writes
+    /// past its cap fail with `ENOSPC` (see [`WorkVolume`]).
+    pub work_volume: Option<Arc<WorkVolume>>,
     /// Unprivileged uid/gid the command runs as (default 65534/65534).
     pub uid: u32,
     pub gid: u32,
@@ -98,6 +103,7 @@ impl SandboxSpec {
             env: Vec::new(),
             ca_pem: ca_pem.into(),
             workdir: None,
+            work_volume: None,
             uid: 65534,
             gid: 65534,
             memory_bytes: 1 << 30,
@@ -248,6 +254,11 @@ impl Sandbox {
                 "uid and gid must not be 0".into(),
             ));
         }
+        if spec.workdir.is_some() && spec.work_volume.is_some() {
+            return Err(SandboxError::InvalidSpec(
+                "give either a workdir or a work volume, not both".into(),
+            ));
+        }
         if let Some(w) = &spec.workdir {
             if !w.is_dir() {
                 return Err(SandboxError::InvalidSpec(format!(
@@ -289,6 +300,7 @@ impl Sandbox {
             root: &root,
             etc: &etc,
             workdir: spec.workdir.as_deref(),
+            work_device: spec.work_volume.as_ref().map(|v| v.device()),
             uid: spec.uid,
             gid: spec.gid,
             tmp_size: spec.tmp_bytes,
@@ -693,6 +705,7 @@ mod tests {
             ],
             ca_pem: vec![],
             workdir: None,
+            work_volume: None,
             uid: 65534,
             gid: 65534,
             memory_bytes: 1 << 30,

@@ -129,10 +129,15 @@ pub(crate) fn build() -> Result<SandboxFilters, SandboxError> {
     )
     .map_err(err)?;
 
-    let mut programs = [deny, nosys, socket_families(arch)?, netlink_protocols(arch)?]
-        .into_iter()
-        .map(|f| BpfProgram::try_from(f).map_err(|e| SandboxError::Seccomp(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut programs = [
+        deny,
+        nosys,
+        socket_families(arch)?,
+        netlink_protocols(arch)?,
+    ]
+    .into_iter()
+    .map(|f| BpfProgram::try_from(f).map_err(|e| SandboxError::Seccomp(e.to_string())))
+    .collect::<Result<Vec<_>, _>>()?;
     if cfg!(target_arch = "x86_64") {
         programs.insert(0, x86_64_abi_guard());
     }
@@ -190,10 +195,12 @@ fn netlink_protocols(arch: TargetArch) -> Result<SeccompFilter, SandboxError> {
                 .map_err(err)?,
         );
     }
-    let rules: BTreeMap<i64, Vec<SeccompRule>> =
-        [(libc::SYS_socket, vec![SeccompRule::new(conds).map_err(err)?])]
-            .into_iter()
-            .collect();
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [(
+        libc::SYS_socket,
+        vec![SeccompRule::new(conds).map_err(err)?],
+    )]
+    .into_iter()
+    .collect();
     SeccompFilter::new(
         rules,
         SeccompAction::Allow,
