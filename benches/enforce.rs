@@ -19,7 +19,9 @@ use std::{
 
 use capabilities::{Counters, Host, Policy, UnverifiedToken};
 use ed25519_dalek::SigningKey;
-use enforce::{Catalog, EnforceConfig, Enforcement, Ledger, SecretStore, SessionCredentials};
+use enforce::{
+    Catalog, DnsRefusalLimit, EnforceConfig, Enforcement, Ledger, SecretStore, SessionCredentials,
+};
 use proxy::{AllowAll, Gate, Proxy, ProxyConfig, ProxyHandle};
 use receipts::{LogOptions, ReceiptLog, SessionStart, UnverifiedChain};
 use rustls::ClientConfig;
@@ -280,6 +282,7 @@ async fn run() {
         broker: Arc::new(ScriptedBroker::new(vec![Scripted::Deny])),
         approval_timeout: Duration::from_secs(5),
         counters: Ledger::new(Counters::default()),
+        dns_refusals: DnsRefusalLimit::default(),
     });
     let gate = enforcement.gate.clone();
     components(&cap_for_parts, dir.path(), &receipt_key);

@@ -186,7 +186,7 @@ impl EventBus {
     }
 
     pub fn send(&self, event: Event) {
-        tracing::debug!(kind = ?event.kind, request = event.request, host = %event.host, "event");
+        ratelog::debug!(kind = ?event.kind, request = event.request, host = %event.host, "event");
         // An error only means nobody is listening.
         let _ = self.tx.send(event);
     }

@@ -20,6 +20,7 @@ use proxy::{
 };
 use receipts::{ApprovalRecord, DecisionRecord, Entry, ReceiptLog};
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 use crate::approval::{ask_and_wait, ApprovalBroker, ApprovalOutcome, ApprovalRequest};
 use crate::catalog::Catalog;
@@ -31,6 +32,37 @@ use crate::stats::{WaitHistogram, WaitSummary};
 
 /// Longest `X-Openclaw-Blocked` reason sent to the sandbox.
 const MAX_REASON: usize = 300;
+
+/// How refused DNS names are receipted: the first `receipted` distinct names
+/// one receipt each, then one aggregate receipt per `batch` further
+/// refusals or per `interval` (and one at session end for the rest), so a
+/// sandbox asking for a million random names costs a bounded number of
+/// receipts and bounded memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsRefusalLimit {
+    /// Distinct names receipted one by one (`openclaw run
+    /// --dns-refusal-receipts`, default 256).
+    pub receipted: usize,
+    /// Most refusals one aggregate receipt covers.
+    pub batch: usize,
+    /// An aggregate receipt is written once its first refusal is this old
+    /// (checked when the next refusal comes, and at session end).
+    pub interval: Duration,
+}
+
+impl Default for DnsRefusalLimit {
+    fn default() -> Self {
+        DnsRefusalLimit {
+            receipted: 256,
+            batch: 1024,
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Names beyond the limit remembered, so a name asked twice in a row (A
+/// then AAAA) is counted once.
+const RECENT_NAMES: usize = 64;
 
 /// Everything the enforcing gate needs; see [`Enforcement::new`].
 pub struct EnforceConfig {
@@ -45,6 +77,8 @@ pub struct EnforceConfig {
     pub approval_timeout: Duration,
     /// The session counters ([`Ledger::new`]).
     pub counters: Arc<Ledger>,
+    /// How refused DNS names are receipted.
+    pub dns_refusals: DnsRefusalLimit,
 }
 
 /// The session's enforcing gate, with what the sandbox and the monitor need.
@@ -76,7 +110,7 @@ impl Enforcement {
             ledger: config.counters,
             events,
             next_id: AtomicU64::new(1),
-            dns_blocked: Mutex::new(HashSet::new()),
+            dns: Mutex::new(DnsRefusals::new(config.dns_refusals)),
             in_flight: Mutex::new(HashMap::new()),
             credential_hosts: Mutex::new(HashMap::new()),
             receipt_waits: WaitHistogram::default(),
@@ -95,6 +129,82 @@ impl Enforcement {
             .iter()
             .map(|(name, p)| (name.to_ascii_uppercase(), p.clone()))
             .collect()
+    }
+}
+
+/// Refused DNS names of one session (see [`DnsRefusalLimit`]).
+struct DnsRefusals {
+    limit: DnsRefusalLimit,
+    /// Names receipted one by one (at most `limit.receipted`).
+    receipted: HashSet<String>,
+    /// Beyond the limit: the last few names counted.
+    recent: VecDeque<String>,
+    /// Beyond the limit: the refusals not yet in an aggregate receipt.
+    pending: Option<DnsBatch>,
+    /// Beyond the limit: refusals in aggregate receipts so far.
+    aggregated: u64,
+}
+
+/// Refusals gathered for one aggregate receipt.
+struct DnsBatch {
+    names: Vec<String>,
+    opened: Instant,
+    first_at: SystemTime,
+    last_at: SystemTime,
+}
+
+impl DnsRefusals {
+    fn new(limit: DnsRefusalLimit) -> Self {
+        DnsRefusals {
+            limit,
+            receipted: HashSet::new(),
+            recent: VecDeque::new(),
+            pending: None,
+            aggregated: 0,
+        }
+    }
+}
+
+/// What to do about one refused name.
+enum DnsRefusalFate {
+    /// Already receipted or just counted: nothing more.
+    Seen,
+    /// Receipt it alone.
+    Receipt,
+    /// Counted into the pending aggregate, which is also due now when given.
+    Aggregated(Option<DnsBatch>),
+}
+
+impl DnsRefusals {
+    fn refuse(&mut self, name: &str, now: SystemTime) -> DnsRefusalFate {
+        if self.receipted.contains(name) || self.recent.iter().any(|n| n == name) {
+            return DnsRefusalFate::Seen;
+        }
+        if self.receipted.len() < self.limit.receipted {
+            self.receipted.insert(name.to_owned());
+            return DnsRefusalFate::Receipt;
+        }
+        if self.recent.len() == RECENT_NAMES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(name.to_owned());
+        let batch = self.pending.get_or_insert_with(|| DnsBatch {
+            names: Vec::new(),
+            opened: Instant::now(),
+            first_at: now,
+            last_at: now,
+        });
+        batch.names.push(name.to_owned());
+        batch.last_at = now;
+        let due = batch.names.len() >= self.limit.batch.max(1)
+            || batch.opened.elapsed() >= self.limit.interval;
+        DnsRefusalFate::Aggregated(if due { self.take() } else { None })
+    }
+
+    fn take(&mut self) -> Option<DnsBatch> {
+        let batch = self.pending.take()?;
+        self.aggregated += batch.names.len() as u64;
+        Some(batch)
     }
 }
 
@@ -119,8 +229,8 @@ pub struct EnforcingGate {
     events: EventBus,
     revocation_ids: Vec<String>,
     next_id: AtomicU64,
-    /// Names already receipted as blocked by DNS (A and AAAA ask twice).
-    dns_blocked: Mutex<HashSet<String>>,
+    /// Refused DNS names: receipted one by one, then in aggregate.
+    dns: Mutex<DnsRefusals>,
     /// Forwarded requests by (conn, method, path without query), oldest first.
     in_flight: Mutex<HashMap<(u64, String, String), VecDeque<InFlight>>>,
     /// Hosts where some credential may be used (their responses are masked).
@@ -198,6 +308,80 @@ impl EnforcingGate {
     /// durable (submit to acknowledgement), over the session so far.
     pub fn receipt_waits(&self) -> WaitSummary {
         self.receipt_waits.summary()
+    }
+
+    /// Refused DNS names so far: (receipted one by one, counted in aggregate
+    /// receipts, counted but not yet receipted).
+    pub fn dns_refusals(&self) -> (usize, u64, usize) {
+        let d = lock(&self.dns);
+        (
+            d.receipted.len(),
+            d.aggregated,
+            d.pending.as_ref().map_or(0, |b| b.names.len()),
+        )
+    }
+
+    /// Writes the aggregate receipt of DNS refusals not yet receipted (at
+    /// session end, before the chain closes).
+    pub fn flush_dns_refusals(&self) {
+        let batch = lock(&self.dns).take();
+        if let Some(batch) = batch {
+            self.receipt_dns_batch(batch);
+        }
+    }
+
+    /// One decision receipt for many refused names: stage `dns`, verdict
+    /// block, the action's host `*`, and in the decision an `aggregate`
+    /// with their number, the SHA-256 of the names (one per line, in the
+    /// order refused) and the first and last refusal's time. The names
+    /// themselves are not kept: that is the bound.
+    fn receipt_dns_batch(&self, batch: DnsBatch) {
+        let now = SystemTime::now();
+        let count = batch.names.len();
+        let mut joined = batch.names.join("\n");
+        joined.push('\n');
+        let digest = receipts::sha256_hex(joined.as_bytes());
+        let limit = lock(&self.dns).limit.receipted;
+        let action = fallback_action("DNS", "*", "/");
+        let decision = self.block(format!(
+            "{count} further DNS names refused, receipted together (past the first {limit} \
+             names receipted one by one)"
+        ));
+        let record = Self::decision_record(
+            &action,
+            &self.ledger.committed(),
+            &decision,
+            Stage::Dns,
+            None,
+        )
+        .map(|mut r| {
+            if let serde_json::Value::Object(map) = &mut r.decision {
+                map.insert(
+                    "aggregate".into(),
+                    serde_json::json!({
+                        "count": count,
+                        "names_sha256": digest,
+                        "first": receipts::format_time(batch.first_at),
+                        "last": receipts::format_time(batch.last_at),
+                    }),
+                );
+            }
+            r
+        });
+        let seq = match record.and_then(|r| self.receipt_decision_blocking(now, r)) {
+            Ok(seq) => Some(seq),
+            Err(ReceiptFailed(why)) => {
+                ratelog::error!(
+                    count,
+                    "aggregate receipt of refused DNS names failed: {why}"
+                );
+                None
+            }
+        };
+        self.emit(EventKind::Blocked, 0, 0, &action, |e| {
+            e.reason = Some(format!("dns: {}", decision.reason));
+            e.receipt = seq;
+        });
     }
 
     /// The stages before the token, over this session's catalog,
@@ -322,6 +506,8 @@ impl EnforcingGate {
         reason: &str,
         receipt: Option<u64>,
     ) -> GateVerdict {
+        // The sandbox decides how often this happens: rate-limited.
+        ratelog::debug!(request = id, conn, host = %action.host, reason, "blocked");
         self.emit(EventKind::Blocked, id, conn, action, |e| {
             e.reason = Some(reason.to_owned());
             e.receipt = receipt;
@@ -597,41 +783,51 @@ impl Gate for EnforcingGate {
         }
         // The receipt names the host, or the name as asked when it is none.
         let name = Host::parse(name).map_or_else(|_| name.to_owned(), |h| h.to_string());
-        // One receipt per blocked name per session (curl asks A and AAAA).
-        if !lock(&self.dns_blocked).insert(name.clone()) {
-            return DnsVerdict::NxDomain;
-        }
-        let mut action = fallback_action("DNS", &name, "/");
-        action.kind = ActionType::Web;
-        let decision = Decision {
-            revocation_ids: self.revocation_ids.clone(),
-            ..decision
-        };
-        let receipt = Self::decision_record(
-            &action,
-            &self.ledger.committed(),
-            &decision,
-            Stage::Dns,
-            None,
-        )
-        .and_then(|r| self.receipt_decision_blocking(now, r));
-        let seq = match receipt {
-            Ok(seq) => Some(seq),
-            Err(ReceiptFailed(why)) => {
-                tracing::error!(name = %name, "receipt for a blocked DNS name failed: {why}");
-                None
+        ratelog::debug!(name = %name, "DNS name refused");
+        // One receipt per blocked name (curl asks A and AAAA), up to the
+        // limit; beyond it, aggregate receipts.
+        let fate = lock(&self.dns).refuse(&name, now);
+        match fate {
+            DnsRefusalFate::Seen => {}
+            DnsRefusalFate::Aggregated(None) => {}
+            DnsRefusalFate::Aggregated(Some(batch)) => self.receipt_dns_batch(batch),
+            DnsRefusalFate::Receipt => {
+                let mut action = fallback_action("DNS", &name, "/");
+                action.kind = ActionType::Web;
+                let decision = Decision {
+                    revocation_ids: self.revocation_ids.clone(),
+                    ..decision
+                };
+                let receipt = Self::decision_record(
+                    &action,
+                    &self.ledger.committed(),
+                    &decision,
+                    Stage::Dns,
+                    None,
+                )
+                .and_then(|r| self.receipt_decision_blocking(now, r));
+                let seq = match receipt {
+                    Ok(seq) => Some(seq),
+                    Err(ReceiptFailed(why)) => {
+                        ratelog::error!(name = %name, "receipt for a blocked DNS name failed: {why}");
+                        None
+                    }
+                };
+                self.emit(EventKind::Blocked, 0, 0, &action, |e| {
+                    e.reason = Some(format!("dns: {}", decision.reason));
+                    e.receipt = seq;
+                });
             }
-        };
-        self.emit(EventKind::Blocked, 0, 0, &action, |e| {
-            e.reason = Some(format!("dns: {}", decision.reason));
-            e.receipt = seq;
-        });
+        }
         DnsVerdict::NxDomain
     }
 
     async fn request(&self, req: &mut GateRequest, conn: &ConnInfo) -> GateVerdict {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.decide_request(id, req, conn).await
+        // Inside the proxy's `proxy{session}:conn{conn}` spans; the request
+        // number ties log lines to events, receipts and approvals.
+        let span = tracing::error_span!("decide", request = id);
+        self.decide_request(id, req, conn).instrument(span).await
     }
 
     fn response(
@@ -676,13 +872,18 @@ impl Gate for EnforcingGate {
         let seq = match receipt {
             Ok(seq) => Some(seq),
             Err(ReceiptFailed(why)) => {
-                tracing::error!(
+                ratelog::error!(
                     conn = event.conn.id,
                     "receipt for a proxy refusal failed: {why}"
                 );
                 None
             }
         };
+        ratelog::debug!(
+            conn = event.conn.id,
+            reason = event.reason,
+            "refused by the proxy"
+        );
         self.emit(EventKind::Blocked, 0, event.conn.id, &action, |e| {
             e.reason = Some(event.reason.to_owned());
             e.receipt = seq;

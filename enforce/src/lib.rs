@@ -43,6 +43,6 @@ pub use catalog::{Catalog, CatalogError, ClassifyError, RequestView};
 pub use counters::{Ledger, Reservation};
 pub use credentials::{SecretStore, SecretsError, SessionCredentials};
 pub use events::{Event, EventBus, EventKind};
-pub use gate::{EnforceConfig, Enforcement, EnforcingGate};
+pub use gate::{DnsRefusalLimit, EnforceConfig, Enforcement, EnforcingGate};
 pub use stages::{Stage, BODY_READ_TIMEOUT};
 pub use stats::{WaitHistogram, WaitSummary};

@@ -17,6 +17,7 @@ use tokio::{
     sync::{watch, Semaphore},
     task::{JoinHandle, JoinSet},
 };
+use tracing::Instrument;
 
 use crate::{
     config::ProxyConfig,
@@ -101,6 +102,9 @@ impl Proxy {
             addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             source,
         };
+        // Every task of this proxy, and each connection under it, logs
+        // with the session it serves (and the connection's id).
+        let span = tracing::error_span!("proxy", session = %config.session);
         let mut tasks = Vec::new();
         let addr_of = |what: &'static str, l: &std::net::TcpListener| {
             l.local_addr().map_err(|e| bind_err(what, e))
@@ -109,41 +113,39 @@ impl Proxy {
         if let Some(l) = listeners.https {
             https = Some(addr_of("https", &l)?);
             let l = TcpListener::from_std(l).map_err(|e| bind_err("https", e))?;
-            tasks.push(tokio::spawn(accept_loop(
-                l,
-                shared.clone(),
-                Listener::Https,
-            )));
+            tasks.push(spawn_in(
+                &span,
+                accept_loop(l, shared.clone(), Listener::Https),
+            ));
         }
         if let Some(l) = listeners.http {
             http = Some(addr_of("http", &l)?);
             let l = TcpListener::from_std(l).map_err(|e| bind_err("http", e))?;
-            tasks.push(tokio::spawn(accept_loop(l, shared.clone(), Listener::Http)));
+            tasks.push(spawn_in(
+                &span,
+                accept_loop(l, shared.clone(), Listener::Http),
+            ));
         }
-        tasks.push(tokio::spawn(sweep_pool(shared.clone())));
-        tasks.push(tokio::spawn(sweep_stalled(
-            shared.stalls.clone(),
-            stop_rx.clone(),
-        )));
+        tasks.push(spawn_in(&span, sweep_pool(shared.clone())));
+        tasks.push(spawn_in(
+            &span,
+            sweep_stalled(shared.stalls.clone(), stop_rx.clone()),
+        ));
         if let Some(s) = listeners.dns_udp {
             dns_addr = Some(s.local_addr().map_err(|e| bind_err("dns-udp", e))?);
             let s = UdpSocket::from_std(s).map_err(|e| bind_err("dns-udp", e))?;
-            tasks.push(tokio::spawn(dns::serve_udp(
-                s,
-                gate.clone(),
-                config.advertise,
-                stop_rx.clone(),
-            )));
+            tasks.push(spawn_in(
+                &span,
+                dns::serve_udp(s, gate.clone(), config.advertise, stop_rx.clone()),
+            ));
         }
         if let Some(l) = listeners.dns_tcp {
             dns_addr = dns_addr.or(Some(addr_of("dns-tcp", &l)?));
             let l = TcpListener::from_std(l).map_err(|e| bind_err("dns-tcp", e))?;
-            tasks.push(tokio::spawn(dns::serve_tcp(
-                l,
-                gate.clone(),
-                config.advertise,
-                stop_rx.clone(),
-            )));
+            tasks.push(spawn_in(
+                &span,
+                dns::serve_tcp(l, gate.clone(), config.advertise, stop_rx.clone()),
+            ));
         }
         Ok(ProxyHandle {
             ca,
@@ -155,6 +157,16 @@ impl Proxy {
             tasks,
         })
     }
+}
+
+/// Spawns `fut` inside `span` (a spawned task does not inherit the
+/// spawner's span).
+fn spawn_in<F>(span: &tracing::Span, fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut.instrument(span.clone()))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, kind: Listener) {
@@ -169,7 +181,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, kind: Listener)
                     Ok(x) => x,
                     Err(e) => {
                         // Out of descriptors and the like: back off, don't spin.
-                        tracing::warn!(error = %e, "accept failed");
+                        ratelog::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -184,13 +196,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, kind: Listener)
                 shared.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = tcp.set_nodelay(true);
                 let shared = shared.clone();
+                let span = tracing::error_span!("conn", conn = id);
                 conns.spawn(async move {
                     let _permit = permit;
                     match kind {
                         Listener::Https => serve_tls(shared, tcp, peer, id).await,
                         Listener::Http => serve_plain(shared, tcp, peer, id).await,
                     }
-                });
+                }.instrument(span));
             }
         }
     }

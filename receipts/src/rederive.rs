@@ -56,6 +56,10 @@ pub enum DecisionMismatch {
         stage: String,
         recorded: Verdict,
     },
+    /// An aggregate receipt (many refused DNS names in one decision) that
+    /// is not one: another stage or verdict, no count, no digest, times out
+    /// of order.
+    BadAggregate { line: usize, why: String },
     /// The token, asked again, gives another verdict, grant or revocation ids.
     NotFromToken {
         line: usize,
@@ -71,9 +75,10 @@ impl DecisionMismatch {
         match self {
             TokenDigest { .. } | RevocationIds => 1,
             NotAToken { .. } | RootKey { .. } => 0,
-            Unreadable { line, .. } | StageAllowed { line, .. } | NotFromToken { line, .. } => {
-                *line
-            }
+            Unreadable { line, .. }
+            | StageAllowed { line, .. }
+            | BadAggregate { line, .. }
+            | NotFromToken { line, .. } => *line,
         }
     }
 }
@@ -96,6 +101,7 @@ impl fmt::Display for DecisionMismatch {
                 "{TOKEN_FILE} does not verify with the given root key: {why}"
             ),
             Unreadable { line, why } => write!(f, "line {line}: cannot re-derive: {why}"),
+            BadAggregate { line, why } => write!(f, "line {line}: malformed aggregate: {why}"),
             StageAllowed {
                 line,
                 stage,
@@ -222,6 +228,14 @@ pub fn rederive(
         // stages (catalog, credential, dns, proxy) can only add a block on top,
         // so the token may well have allowed what they refused.
         let stage = d.decision.get("stage").and_then(|s| s.as_str());
+        if let Some(aggregate) = d.decision.get("aggregate") {
+            if let Err(why) = check_aggregate(aggregate, stage, recorded.decision, now) {
+                found
+                    .mismatches
+                    .push(DecisionMismatch::BadAggregate { line, why });
+                continue;
+            }
+        }
         if let Some(stage) = stage.filter(|s| *s != "token") {
             if recorded.decision != Verdict::Block {
                 found.mismatches.push(DecisionMismatch::StageAllowed {
@@ -252,6 +266,52 @@ pub fn rederive(
     }
     found.coverage = Coverage::Checked { decisions };
     found
+}
+
+/// An aggregate decision (DNS refusals past the per-name limit, see
+/// `docs/receipts.md`) can only be a `dns`-stage block counting at least one
+/// refusal, with the SHA-256 of the names and the first and last refusal's
+/// times, in order and not after the receipt.
+fn check_aggregate(
+    aggregate: &serde_json::Value,
+    stage: Option<&str>,
+    verdict: Verdict,
+    ts: std::time::SystemTime,
+) -> Result<(), String> {
+    if stage != Some("dns") || verdict != Verdict::Block {
+        return Err(format!(
+            "only a dns-stage block may aggregate, this is a {} {}",
+            stage.unwrap_or("stageless"),
+            verdict_name(verdict)
+        ));
+    }
+    let count = aggregate.get("count").and_then(|c| c.as_u64()).unwrap_or(0);
+    if count == 0 {
+        return Err("no count of refusals".into());
+    }
+    let digest = aggregate
+        .get("names_sha256")
+        .and_then(|d| d.as_str())
+        .unwrap_or("");
+    if digest.len() != 64
+        || !digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err("names_sha256 is not a SHA-256 in lower-case hex".into());
+    }
+    let time = |key: &str| {
+        aggregate
+            .get(key)
+            .and_then(|t| t.as_str())
+            .and_then(parse_time)
+            .ok_or_else(|| format!("{key} is not a time"))
+    };
+    let (first, last) = (time("first")?, time("last")?);
+    if first > last || last > ts {
+        return Err("first, last and the receipt's time are out of order".into());
+    }
+    Ok(())
 }
 
 /// A decision receipt's action, counters and decision as typed values.

@@ -258,3 +258,74 @@ fn an_unreadable_decision_is_named_and_the_rest_still_checked() {
         DecisionMismatch::Unreadable { line: 4, why } if why.starts_with("recorded decision:")
     ));
 }
+
+/// Turns decision 1 (the Slack block) into an aggregate of refused DNS
+/// names, as the gate writes past its per-name limit.
+fn as_aggregate(decision: &mut serde_json::Value, aggregate: serde_json::Value) {
+    decision["stage"] = "dns".into();
+    decision["aggregate"] = aggregate;
+}
+
+fn aggregate(count: u64) -> serde_json::Value {
+    let now = receipts::format_time(SystemTime::now() - std::time::Duration::from_secs(5));
+    serde_json::json!({
+        "count": count,
+        "names_sha256": receipts::sha256_hex(b"a.example\nb.example\n"),
+        "first": now,
+        "last": now,
+    })
+}
+
+#[test]
+fn an_aggregate_of_dns_refusals_is_accepted_and_a_malformed_one_named() {
+    let (token, chain) = session(|i, d| {
+        if i == 1 {
+            as_aggregate(d, aggregate(2));
+        }
+    });
+    let found = rederive(&chain, token.as_bytes(), Some(&root().verifying_key()));
+    assert_eq!(found.mismatches, []);
+    assert_eq!(found.coverage, Coverage::Checked { decisions: 3 });
+
+    for (what, tweak) in [
+        ("no count", aggregate(0)),
+        ("bad digest", {
+            let mut a = aggregate(2);
+            a["names_sha256"] = "not hex".into();
+            a
+        }),
+        ("times out of order", {
+            let mut a = aggregate(2);
+            a["last"] = "1970-01-01T00:00:00.000000Z".into();
+            a
+        }),
+    ] {
+        let (token, chain) = session(|i, d| {
+            if i == 1 {
+                as_aggregate(d, tweak.clone());
+            }
+        });
+        let found = rederive(&chain, token.as_bytes(), Some(&root().verifying_key()));
+        assert!(
+            matches!(
+                found.mismatches.as_slice(),
+                [DecisionMismatch::BadAggregate { line: 3, .. }]
+            ),
+            "{what}: {:?}",
+            found.mismatches
+        );
+    }
+
+    // An aggregate dressed as a token decision is not one.
+    let (token, chain) = session(|i, d| {
+        if i == 1 {
+            d["aggregate"] = aggregate(2);
+        }
+    });
+    let found = rederive(&chain, token.as_bytes(), Some(&root().verifying_key()));
+    assert!(
+        matches!(found.mismatches.as_slice(), [DecisionMismatch::BadAggregate { line: 3, why }] if why.contains("token block")),
+        "{:?}",
+        found.mismatches
+    );
+}

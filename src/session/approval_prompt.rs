@@ -1,5 +1,8 @@
 //! The terminal approval prompt of `openclaw run`: `approve? [y/N]` on the
-//! operator's terminal, one question at a time, with the time left.
+//! operator's terminal, one question at a time, with the time left and the
+//! facts its decision receipt records (made visible: they come from the
+//! agent's request). While it is on screen every other line waits
+//! ([`Screen::hold`]), so nothing the agent prints can redraw it.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -7,6 +10,12 @@ use std::time::Instant;
 
 use enforce::{ApprovalAnswer, ApprovalBroker, ApprovalRequest};
 use tokio::sync::{mpsc, oneshot};
+
+use super::screen::{visible_inline, Screen};
+
+/// Longest fact value shown (the rest is counted): a path or subject cannot
+/// push the question off the screen.
+const MAX_FACT_CHARS: usize = 200;
 
 type Question = (ApprovalRequest, oneshot::Sender<ApprovalAnswer>);
 
@@ -20,17 +29,22 @@ pub struct TerminalBroker {
 }
 
 impl TerminalBroker {
-    /// Prompts on the controlling terminal (`/dev/tty`). Must be called
-    /// inside a tokio runtime.
-    pub fn open_tty() -> std::io::Result<Self> {
-        Self::open(Path::new("/dev/tty"))
+    /// Prompts on the controlling terminal (`/dev/tty`), holding `screen`'s
+    /// other lines while a question is up. Must be called inside a tokio
+    /// runtime.
+    pub fn open_tty(screen: Screen) -> std::io::Result<Self> {
+        Self::open(Path::new("/dev/tty"), screen)
     }
 
     /// Prompts on the terminal device at `path`.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    pub fn open(path: &Path, screen: Screen) -> std::io::Result<Self> {
         let input = std::fs::File::open(path)?;
         let output = std::fs::OpenOptions::new().write(true).open(path)?;
-        Ok(Self::with_io(std::io::BufReader::new(input), output))
+        Ok(Self::with_io(
+            std::io::BufReader::new(input),
+            output,
+            screen,
+        ))
     }
 
     /// Prompts on any line-oriented input and output. The input is read on
@@ -39,6 +53,7 @@ impl TerminalBroker {
     pub fn with_io(
         input: impl BufRead + Send + 'static,
         output: impl Write + Send + 'static,
+        screen: Screen,
     ) -> Self {
         let (lines_tx, lines_rx) = mpsc::unbounded_channel::<(String, Instant)>();
         std::thread::Builder::new()
@@ -54,7 +69,7 @@ impl TerminalBroker {
             .map_err(|e| tracing::error!("approval terminal reader: {e}"))
             .ok();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(prompt_loop(rx, lines_rx, output));
+        tokio::spawn(prompt_loop(rx, lines_rx, output, screen));
         TerminalBroker { tx }
     }
 }
@@ -68,24 +83,90 @@ impl ApprovalBroker for TerminalBroker {
     }
 }
 
+/// `487.00 USD` from cents (no floats).
+fn amount(cents: u64, currency: Option<&str>) -> String {
+    let mut s = format!("{}.{:02}", cents / 100, cents % 100);
+    if let Some(c) = currency {
+        s.push(' ');
+        s.push_str(c);
+    }
+    s
+}
+
+/// The question as shown: a headline, then each fact the decision receipt
+/// records, one per line, every agent-supplied value made visible and
+/// bounded.
+fn question_text(req: &ApprovalRequest) -> String {
+    let v = |text: &str| visible_inline(text, MAX_FACT_CHARS);
+    let a = &req.action;
+    let kind = serde_json::to_value(a.kind)
+        .ok()
+        .and_then(|k| k.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut facts: Vec<(&str, String)> = vec![
+        ("type", kind),
+        (
+            "request",
+            format!("{} {}{}", v(&a.method), v(&a.host), v(&a.path)),
+        ),
+    ];
+    if let Some(cents) = a.amount_cents {
+        facts.push(("amount", v(&amount(cents, a.currency.as_deref()))));
+    } else if let Some(c) = &a.currency {
+        facts.push(("currency", v(c)));
+    }
+    if let Some(m) = &a.merchant {
+        facts.push(("merchant", v(m)));
+    }
+    if !a.recipients.is_empty() {
+        let all: Vec<String> = a.recipients.iter().map(|r| v(r)).collect();
+        facts.push(("recipients", all.join(", ")));
+    }
+    if let Some(s) = &a.subject {
+        facts.push(("subject", v(s)));
+    }
+    if let Some(c) = &a.credential {
+        facts.push(("credential", v(c)));
+    }
+    if let Some(micro) = a.cost_micro_usd {
+        facts.push((
+            "cost",
+            format!(
+                "${}.{:06} (estimated)",
+                micro / 1_000_000,
+                micro % 1_000_000
+            ),
+        ));
+    }
+    facts.push(("reason", v(&req.reason)));
+    facts.push(("receipt", format!("decision #{}", req.decision_seq)));
+    let mut text = format!(
+        "\n● approval {} · #{}\n",
+        visible_inline(&req.summary(), MAX_FACT_CHARS),
+        req.id
+    );
+    for (name, value) in facts {
+        text.push_str(&format!("  {name:<11}{value}\n"));
+    }
+    text.push_str(&format!("  approve? [y/N] ({} s) ", req.timeout.as_secs()));
+    text
+}
+
 async fn prompt_loop(
     mut questions: mpsc::UnboundedReceiver<Question>,
     mut lines: mpsc::UnboundedReceiver<(String, Instant)>,
     mut out: impl Write + Send + 'static,
+    screen: Screen,
 ) {
     while let Some((req, mut reply)) = questions.recv().await {
         if reply.is_closed() {
             continue;
         }
+        // Nothing else reaches the screen until the answer line is out.
+        let hold = screen.hold();
         let shown = Instant::now();
         let deadline = tokio::time::Instant::now() + req.timeout;
-        let _ = write!(
-            out,
-            "\n● approval {}\n  {}\n  approve? [y/N] ({} s) ",
-            req.summary(),
-            req.reason,
-            req.timeout.as_secs()
-        );
+        let _ = write!(out, "{}", question_text(&req));
         let _ = out.flush();
         let answer = loop {
             tokio::select! {
@@ -119,6 +200,7 @@ async fn prompt_loop(
             }
         }
         let _ = out.flush();
+        drop(hold);
     }
 }
 
@@ -142,7 +224,7 @@ mod tests {
         ))
         .expect("slave path");
         let mut master = std::fs::File::from(pty.master);
-        let broker = TerminalBroker::open(&slave_path).expect("open tty");
+        let broker = TerminalBroker::open(&slave_path, Screen::stdio()).expect("open tty");
         let mut screen = master.try_clone().expect("clone");
         let (screen_tx, mut screen_rx) = mpsc::unbounded_channel::<String>();
         std::thread::spawn(move || {
@@ -208,8 +290,11 @@ mod tests {
 
     #[tokio::test]
     async fn terminal_broker_denies_when_input_ends() {
-        let broker =
-            TerminalBroker::with_io(std::io::Cursor::new(Vec::<u8>::new()), std::io::sink());
+        let broker = TerminalBroker::with_io(
+            std::io::Cursor::new(Vec::<u8>::new()),
+            std::io::sink(),
+            Screen::stdio(),
+        );
         let t = Duration::from_secs(5);
         assert_eq!(
             ask_and_wait(&broker, request(1, t), t).await,
@@ -219,5 +304,126 @@ mod tests {
             ask_and_wait(&broker, request(2, t), t).await,
             ApprovalOutcome::BrokerGone
         );
+    }
+
+    /// One screen shared by the prompt and the agent's output, as on a
+    /// real terminal (no TTY needed: the writers are plain `Write`s).
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+        }
+    }
+
+    async fn until(term: &Shared, needle: &str) -> String {
+        for _ in 0..500 {
+            let text = term.text();
+            if text.contains(needle) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never saw {needle:?} in {:?}", term.text());
+    }
+
+    /// An agent that prints cursor movements while a purchase waits for
+    /// approval: its output stays off the screen until the answer, then
+    /// shows with the escapes made visible and marked as the agent's; the
+    /// prompt's facts stay as the decision receipt has them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn agent_output_waits_during_a_prompt_and_cannot_redraw_it() {
+        use crate::session::console::{Console, DEFAULT_CONSOLE_MAX};
+        let term = Shared::default();
+        let screen =
+            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
+        let console = Console::with_log(
+            Box::new(std::io::sink()),
+            DEFAULT_CONSOLE_MAX,
+            screen.clone(),
+        );
+        let (input, mut keyboard) = nix::unistd::pipe().expect("pipe");
+        let broker = TerminalBroker::with_io(
+            std::io::BufReader::new(std::fs::File::from(input)),
+            term.clone(),
+            screen.clone(),
+        );
+        console.write(false, b"booking the flight\n");
+        console.flush();
+        assert_eq!(term.text(), "agent| booking the flight\n");
+
+        let t = Duration::from_secs(30);
+        let asked = tokio::spawn({
+            let b = broker.clone();
+            async move { ask_and_wait(&b, request(4, t), t).await }
+        });
+        let prompt = until(&term, "approve? [y/N] (30 s) ").await;
+        assert!(prompt.contains("  amount     487.00 USD\n"), "{prompt}");
+        assert!(prompt.contains("  merchant   united.com\n"), "{prompt}");
+        assert!(prompt.contains("  receipt    decision #3\n"), "{prompt}");
+
+        // Up two lines, clear, write a cheaper amount over the prompt's.
+        console.write(false, b"\x1b[s\x1b[8A\x1b[2K  amount     5.00 USD\x1b[u");
+        console.write(true, b"\x1b]0;title\x07err line\n");
+        console.flush();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            term.text(),
+            prompt,
+            "nothing reaches the screen while the prompt is up"
+        );
+        assert!(!asked.is_finished());
+
+        std::io::Write::write_all(&mut keyboard, b"y\n").expect("type");
+        match asked.await.expect("join") {
+            ApprovalOutcome::Answered(a) => assert!(a.approved),
+            other => panic!("{other:?}"),
+        }
+        let after = until(&term, "err line").await;
+        assert!(
+            !after.contains('\x1b'),
+            "no raw escape reached the screen: {after:?}"
+        );
+        let answer = after.find("→ approved").expect("answer shown");
+        let moved = after
+            .find("agent| \\x1b[s\\x1b[8A\\x1b[2K  amount     5.00 USD\\x1b[u\n")
+            .expect("the agent's line, escapes visible");
+        let err = after
+            .find("agent| \\x1b]0;title\\x07err line\n")
+            .expect("stderr line");
+        assert!(answer < moved && answer < err, "{after}");
+    }
+
+    #[test]
+    fn hostile_facts_are_shown_visible_and_bounded() {
+        let mut req = request(9, Duration::from_secs(5));
+        req.action.path = "/buy\x1b[2J\x1b[H".into();
+        req.action.recipients = vec![
+            "a@x.com\u{202e}moc.live@".into(),
+            "b@y.com\nreason ok".into(),
+        ];
+        req.action.subject = Some("s".repeat(500));
+        let text = question_text(&req);
+        assert!(
+            !text.contains('\x1b') && !text.contains('\u{202e}'),
+            "{text:?}"
+        );
+        assert!(text.contains("/buy\\x1b[2J\\x1b[H"), "{text}");
+        assert!(
+            text.contains("  recipients a@x.com\\u{202e}moc.live@, b@y.com\\nreason ok\n"),
+            "{text}"
+        );
+        assert!(text.contains("… (300 more characters)"), "{text}");
+        // Our own line breaks only: one per fact, the headline and the question.
+        assert_eq!(text.matches('\n').count(), 10, "{text}");
     }
 }

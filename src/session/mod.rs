@@ -8,11 +8,13 @@ mod approval_prompt;
 pub mod backends;
 /// What every session file shares: the run configuration, exit codes, the shutdown signal.
 pub mod config;
-/// The command's output, passed through and kept in `console.log`.
-mod console;
+/// The command's output, shown made visible and kept raw in `console.log`.
+pub(crate) mod console;
 /// The session's enforcement point: catalog, secrets, approvals, the gate.
 mod enforcement;
 /// The live monitor on the terminal and `events.jsonl`.
 mod monitor;
 /// The lifecycle: bundle, network, receipts, proxy, backend, teardown, report.
 pub mod runner;
+/// The operator's terminal: agent text made visible, the prompt's hold.
+pub(crate) mod screen;

@@ -1,16 +1,22 @@
 //! The live monitor: startup lines, one line per action as it is decided
 //! (colored on a terminal only), or NDJSON with `--json-events`; every event
 //! also goes to the bundle's `events.jsonl`. Monitor output goes to stderr so
-//! the command's own stdout stays clean.
+//! the command's own stdout stays clean. The monitor owns the session's
+//! [`Screen`]: its lines, the agent's and the approval prompt share it, and
+//! the parts of a line that come from the agent's requests are made visible.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use enforce::{Event, EventKind};
 use tokio::sync::{broadcast, watch};
 
+use super::screen::{visible_inline, Screen, Stream};
 use crate::bundle::{EventsFile, SessionInfo};
+
+/// Longest event line shown (a request path can be long).
+const MAX_LINE_CHARS: usize = 400;
 
 /// Counts of what the monitor saw, for the closing line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,22 +32,36 @@ pub struct Tally {
 pub struct Monitor {
     json: bool,
     color: bool,
-    /// Serializes whole lines from the event task and the supervisor.
-    lock: Arc<Mutex<()>>,
+    /// The operator's terminal (our stderr for the monitor's lines).
+    screen: Screen,
     stop: Arc<watch::Sender<bool>>,
     task: Arc<Mutex<Option<tokio::task::JoinHandle<Tally>>>>,
 }
 
 impl Monitor {
     pub fn new(json: bool) -> Self {
+        Self::on(
+            json,
+            !json && std::io::stderr().is_terminal(),
+            Screen::stdio(),
+        )
+    }
+
+    /// A monitor drawing on `screen` (tests give one over plain writers).
+    pub fn on(json: bool, color: bool, screen: Screen) -> Self {
         let (stop, _) = watch::channel(false);
         Monitor {
             json,
-            color: !json && std::io::stderr().is_terminal(),
-            lock: Arc::new(Mutex::new(())),
+            color,
+            screen,
             stop: Arc::new(stop),
             task: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The operator's terminal this monitor draws on.
+    pub fn screen(&self) -> &Screen {
+        &self.screen
     }
 
     /// Follows the session's event stream until [`finish`](Self::finish).
@@ -104,7 +124,8 @@ impl Monitor {
             EventKind::Blocked | EventKind::Denied => "31",
             _ => "33",
         };
-        let mut line = event.line();
+        // Host, path, reason and the rest come from the agent's request.
+        let mut line = visible_inline(&event.line(), MAX_LINE_CHARS);
         if event.kind == EventKind::Pending {
             // The id `openclaw approve|deny SESSION ID` and the web UI answer by.
             line.push_str(&format!(" · approval #{}", event.request));
@@ -200,8 +221,6 @@ impl Monitor {
     }
 
     fn emit(&self, line: &str) {
-        let _guard = self.lock.lock();
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{line}");
+        self.screen.line(Stream::Err, line);
     }
 }

@@ -20,7 +20,8 @@ use bytes::Bytes;
 use capabilities::{Capability, Counters, Policy, UnverifiedToken};
 use ed25519_dalek::SigningKey;
 use enforce::{
-    ApprovalBroker, Catalog, EnforceConfig, Enforcement, EnforcingGate, Event, Ledger, SecretStore,
+    ApprovalBroker, Catalog, DnsRefusalLimit, EnforceConfig, Enforcement, EnforcingGate, Event,
+    Ledger, SecretStore,
 };
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -214,6 +215,7 @@ pub struct Options {
     pub approval_timeout: Duration,
     /// Receipts go through a [`FillingDisk`] controlled by this flag.
     pub disk_full: Option<Arc<AtomicBool>>,
+    pub dns_refusals: DnsRefusalLimit,
 }
 
 impl Default for Options {
@@ -226,6 +228,7 @@ impl Default for Options {
             script: vec![Scripted::Approve],
             approval_timeout: Duration::from_secs(30),
             disk_full: None,
+            dns_refusals: DnsRefusalLimit::default(),
         }
     }
 }
@@ -300,6 +303,7 @@ impl Session {
                 .unwrap_or_else(|| Arc::new(broker.clone())),
             approval_timeout: opts.approval_timeout,
             counters: ledger.clone(),
+            dns_refusals: opts.dns_refusals,
         });
         let mut cfg = ProxyConfig::loopback("enforce-test");
         cfg.upstream.platform_roots = false;

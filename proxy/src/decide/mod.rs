@@ -185,6 +185,6 @@ impl Gate for AllowAll {
         GateVerdict::Forward
     }
     fn refused(&self, event: Refusal) {
-        tracing::info!(conn = event.conn.id, reason = event.reason, "refused");
+        ratelog::info!(conn = event.conn.id, reason = event.reason, "refused");
     }
 }

@@ -119,7 +119,7 @@ impl ConnUpstream {
         match self.send_once(&key, host, req, true).await {
             Err(Failed::Unsent(req, e)) => {
                 self.shared.pool.unsent.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(
+                ratelog::debug!(
                     error = %e,
                     retry = retry_ok,
                     "reused upstream connection closed before the request was written"

@@ -295,7 +295,7 @@ fn scheme(l: Listener) -> &'static str {
 }
 
 fn fail(ctx: &ConnCtx, e: ProxyError, mut report: Report) -> Response<ProxyBody> {
-    tracing::debug!(conn = ctx.info.id, error = %e, "upstream failed");
+    ratelog::debug!(conn = ctx.info.id, error = %e, "upstream failed");
     let mut resp = ctx.refuse(&e, Some(report.request.clone()));
     if matches!(e, ProxyError::BodyTimeout) && ctx.info.alpn.as_deref() != Some("h2") {
         // The rest of that body is still due on this HTTP/1.1 connection.

@@ -22,9 +22,10 @@ use hyper::{
     server::conn::{http1, http2},
     service::service_fn,
 };
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpStream, time::timeout};
 use tokio_rustls::LazyConfigAcceptor;
+use tracing::Instrument;
 
 use super::{
     client::ConnUpstream,
@@ -40,9 +41,24 @@ use crate::{
     ProxyError,
 };
 
+/// hyper's executor for HTTP/2 stream tasks, which keeps them in the
+/// connection's span (session and connection id on their log lines).
+#[derive(Clone)]
+struct InSpan(tracing::Span);
+
+impl<F> hyper::rt::Executor<F> for InSpan
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut.instrument(self.0.clone()));
+    }
+}
+
 fn refuse_conn(shared: &Shared, conn: ConnInfo, err: ProxyError) {
     let blocked = err.blocked();
-    tracing::debug!(
+    ratelog::debug!(
         conn = conn.id,
         reason = blocked.reason,
         "connection refused"
@@ -68,11 +84,11 @@ pub(crate) async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketA
     let deadline = shared.limits.handshake_timeout;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
     let start = match timeout(deadline, acceptor).await {
-        Err(_) => return tracing::debug!(conn = id, "ClientHello not received in time"),
+        Err(_) => return ratelog::debug!(conn = id, "ClientHello not received in time"),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
             return refuse_conn(&shared, info, ProxyError::NotTls(e))
         }
-        Ok(Err(e)) => return tracing::debug!(conn = id, error = %e, "connection ended before TLS"),
+        Ok(Err(e)) => return ratelog::debug!(conn = id, error = %e, "connection ended before TLS"),
         Ok(Ok(start)) => start,
     };
     let hello = start.client_hello();
@@ -93,9 +109,9 @@ pub(crate) async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketA
     let tls = match timeout(deadline, start.into_stream(config)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            return tracing::debug!(conn = id, error = %ProxyError::ClientTls(e), "handshake failed")
+            return ratelog::debug!(conn = id, error = %ProxyError::ClientTls(e), "handshake failed")
         }
-        Err(_) => return tracing::debug!(conn = id, "TLS handshake not completed in time"),
+        Err(_) => return ratelog::debug!(conn = id, "TLS handshake not completed in time"),
     };
     let h2 = answer == Some(Proto::H2);
     let pool = ConnUpstream::new(shared.clone(), Listener::Https, offer);
@@ -213,7 +229,7 @@ async fn serve_h1(ctx: Arc<ConnCtx>, io: impl Io) {
         (None, Err(e)) if e.is_parse_too_large() => ProxyError::HeadersTooLarge,
         (None, Err(e)) if e.is_parse() => ProxyError::Malformed(e.to_string()),
         (None, Err(e)) => {
-            return tracing::debug!(conn = ctx.info.id, error = %e, "connection ended")
+            return ratelog::debug!(conn = ctx.info.id, error = %e, "connection ended")
         }
     };
     refuse_conn(&ctx.shared, ctx.info.clone(), err);
@@ -240,7 +256,7 @@ async fn serve_h2(ctx: Arc<ConnCtx>, io: impl Io) {
             frame: H2_MAX_FRAME,
         },
     );
-    let conn = http2::Builder::new(TokioExecutor::new())
+    let conn = http2::Builder::new(InSpan(tracing::Span::current()))
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_h2_streams)
         .max_header_list_size(h2_limit)
@@ -259,7 +275,7 @@ async fn serve_h2(ctx: Arc<ConnCtx>, io: impl Io) {
                 let last_end = Duration::from_millis(activity.last_end_ms.load(Ordering::Relaxed));
                 let quiet = activity.epoch.map_or(Duration::ZERO, |e| e.elapsed().saturating_sub(last_end));
                 if activity.open.load(Ordering::Relaxed) == 0 && quiet >= idle {
-                    tracing::debug!(conn = ctx.info.id, "idle h2 connection closed");
+                    ratelog::debug!(conn = ctx.info.id, "idle h2 connection closed");
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -271,6 +287,6 @@ async fn serve_h2(ctx: Arc<ConnCtx>, io: impl Io) {
         return refuse_conn(&ctx.shared, ctx.info.clone(), t.into_error());
     }
     if let Err(e) = result {
-        tracing::debug!(conn = ctx.info.id, error = %e, "h2 connection ended");
+        ratelog::debug!(conn = ctx.info.id, error = %e, "h2 connection ended");
     }
 }

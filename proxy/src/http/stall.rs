@@ -75,7 +75,7 @@ impl StallWatch {
 
     fn stalled(&self, conn: u64, what: &'static str) {
         self.stalls.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
+        ratelog::debug!(
             conn,
             limit_ms = u64::try_from(self.limit.as_millis()).unwrap_or(u64::MAX),
             what,

@@ -86,18 +86,17 @@ impl Bus {
 
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         data.fill(0);
-        if let Some((slot, offset)) = virtio_slot(addr) {
-            if let Some(dev) = self.virtio.get(slot) {
-                lock(dev).mmio_read(offset, data);
-            }
+        match virtio_slot(addr).and_then(|(slot, offset)| Some((self.virtio.get(slot)?, offset))) {
+            Some((dev, offset)) => lock(dev).mmio_read(offset, data),
+            // The guest decides how often this happens: rate-limited.
+            None => ratelog::debug!(addr, len = data.len(), "MMIO read where no device is"),
         }
     }
 
     pub fn mmio_write(&self, addr: u64, data: &[u8]) {
-        if let Some((slot, offset)) = virtio_slot(addr) {
-            if let Some(dev) = self.virtio.get(slot) {
-                lock(dev).mmio_write(offset, data);
-            }
+        match virtio_slot(addr).and_then(|(slot, offset)| Some((self.virtio.get(slot)?, offset))) {
+            Some((dev, offset)) => lock(dev).mmio_write(offset, data),
+            None => ratelog::debug!(addr, len = data.len(), "MMIO write where no device is"),
         }
     }
 }

@@ -54,7 +54,7 @@ impl SerialPort {
         // A failed write to the sink (full disk, closed pipe) must not stop
         // the guest; the console is best effort.
         if let Err(e) = self.uart.write(offset, value) {
-            tracing::debug!(error = ?e, "serial write failed");
+            ratelog::debug!(error = ?e, "serial write failed");
         }
     }
 

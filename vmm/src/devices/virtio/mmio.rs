@@ -255,7 +255,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             {
                 Ok(()) => self.activated = true,
                 Err(e) => {
-                    tracing::warn!(error = %e, "virtio device activation failed");
+                    ratelog::warn!(error = %e, "virtio device activation failed");
                     self.status = value | STATUS_NEEDS_RESET;
                     return;
                 }

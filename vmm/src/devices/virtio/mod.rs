@@ -38,7 +38,7 @@ impl VirtioInterrupt {
     pub fn signal_used(&self) {
         self.status.fetch_or(INT_USED_RING, Ordering::AcqRel);
         if let Err(e) = vm_superio::Trigger::trigger(&self.line) {
-            tracing::debug!(error = %e, "virtio interrupt failed");
+            ratelog::debug!(error = %e, "virtio interrupt failed");
         }
     }
 

@@ -181,7 +181,7 @@ fn process_tx(active: &mut Active, tap: &Tap) {
         if frame.len() > VNET_HDR_LEN {
             // A full tap (peer not reading) drops the frame, like a wire would.
             if let Err(e) = tap.write_frame(&frame) {
-                tracing::debug!(error = %e, "tap write dropped a frame");
+                ratelog::debug!(error = %e, "tap write dropped a frame");
             }
         }
         if active.tx.add_used(&mem, head, 0).is_err() {
