@@ -55,6 +55,37 @@ pub struct SessionInfo {
     pub upstream_ca: Vec<String>,
     /// The supervisor's pid while running: the UI tells live from crashed.
     pub supervisor_pid: Option<u32>,
+    /// The session's resource bounds, what it used of them and which it hit.
+    #[serde(default)]
+    pub bounds: SessionBounds,
+}
+
+/// `openclaw run --work-max`, `--console-max` and `--dns-refusal-receipts`,
+/// and what the session used of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionBounds {
+    /// The size cap of `/work` (0: none).
+    pub work_max_bytes: u64,
+    /// What `/work` held when the command ended (capped `/work` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_used_bytes: Option<u64>,
+    /// `/work` filled up while the command ran: writes there failed with
+    /// `ENOSPC`.
+    #[serde(default)]
+    pub work_full: bool,
+    /// How much output `console.log` keeps.
+    pub console_max_bytes: u64,
+    /// Every byte the command wrote to stdout and stderr, kept or not.
+    #[serde(default)]
+    pub console_bytes: u64,
+    /// Of which `console.log` holds.
+    #[serde(default)]
+    pub console_kept_bytes: u64,
+    /// Refused DNS names receipted one by one before aggregate receipts.
+    pub dns_refusal_receipts: usize,
+    /// The bounds the session hit, one sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hit: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -407,3 +407,83 @@ fn a_fork_bomb_and_a_memory_hog_end_without_harming_the_session() {
     // The host still forks.
     assert!(Command::new("true").status().expect("fork").success());
 }
+
+/// The agent tries to redraw the operator's screen, fills `/work` past
+/// `--work-max` and `console.log` past `--console-max`: the terminal shows
+/// its escapes made visible and marked as its own, the log keeps raw bytes
+/// up to its cap, `/work`'s writes fail with ENOSPC, and the session ends
+/// cleanly with both bounds recorded.
+#[test]
+fn bounds_hit_are_recorded_and_the_agent_cannot_draw_on_the_terminal() {
+    let (_rt, upstream, home) = setup(&["api.example.com"]);
+    let script = r#"
+printf 'paid $590\033[1A\033[2K\033[1Gpaid $5\n'
+head -c 20000 /dev/zero | tr '\0' x; echo
+dd if=/dev/zero of=/work/fill bs=1M count=32 2>/dev/null; echo "dd=$?" >&2
+exit 3
+"#;
+    let out = home
+        .run(
+            &upstream,
+            &["--work-max", "4MiB", "--console-max", "4KiB"],
+            script,
+        )
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stdout.contains("agent| paid $590\\x1b[1A\\x1b[2K\\x1b[1Gpaid $5\n"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains('\x1b'),
+        "no raw escape reaches the terminal"
+    );
+    assert!(stdout.lines().all(|l| l.starts_with("agent| ")), "{stdout}");
+    assert!(stderr.contains("agent| dd=1"), "{stderr}");
+
+    let dir = home.only_session();
+    let console = std::fs::read(dir.join("console.log")).expect("console.log");
+    assert!(
+        console.starts_with(b"paid $590\x1b[1A\x1b[2K"),
+        "raw bytes kept"
+    );
+    let console = String::from_utf8_lossy(&console);
+    assert!(
+        console.contains("console.log reached its cap of 4096 bytes"),
+        "{console}"
+    );
+    let session = read_json(&dir.join("session.json"));
+    assert_eq!(session["status"], "work_full", "{session}");
+    let bounds = &session["bounds"];
+    assert_eq!(bounds["work_max_bytes"], 4 << 20);
+    assert_eq!(bounds["work_full"], true);
+    assert_eq!(bounds["console_kept_bytes"], 4096);
+    assert!(
+        bounds["console_bytes"].as_u64().expect("count") > 20_000,
+        "{bounds}"
+    );
+    let hit: Vec<&str> = bounds["hit"]
+        .as_array()
+        .expect("hit")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(hit.len(), 2, "{hit:?}");
+    assert!(hit.iter().any(|h| h.contains("--work-max")), "{hit:?}");
+    assert!(hit.iter().any(|h| h.contains("--console-max")), "{hit:?}");
+    // What the command wrote before the disk filled is in the bundle.
+    let fill = std::fs::metadata(dir.join("work/fill")).expect("work/fill");
+    assert!(
+        fill.len() > 1 << 20 && fill.len() <= 4 << 20,
+        "{}",
+        fill.len()
+    );
+    assert!(
+        !dir.join(".work.img").exists(),
+        "no image left in the bundle"
+    );
+    assert_verifies(&home, &dir);
+}

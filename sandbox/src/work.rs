@@ -341,10 +341,12 @@ impl WorkVolume {
     }
 
     /// The volume's root as a path the supervisor can use with ordinary
-    /// file calls (`/proc/self/fd/N`): copy the task's files in before the
+    /// file calls (`/proc/self/fd/N/.`): copy the task's files in before the
     /// sandbox starts, and the results out after it ended.
     pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.root.as_raw_fd()))
+        // `/.`: the directory itself, not the magic link to it (so lchown,
+        // is_symlink and friends see the directory).
+        PathBuf::from(format!("/proc/self/fd/{}/.", self.root.as_raw_fd()))
     }
 
     /// The loop device the sandbox mounts at `/work`.

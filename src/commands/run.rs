@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use crate::session::config::{ApproveMode, BackendChoice, RunConfig};
+use crate::session::config::{ApproveMode, BackendChoice, Bounds, RunConfig};
 use crate::session::runner;
 use crate::{home, keys};
 
@@ -28,6 +28,13 @@ sandbox trusts). Every request is decided against the capability token and
 receipted in <home>/sessions/<id>/. Credentials from --secrets never enter
 the sandbox: it sees placeholders in environment variables named after each
 secret in upper case (united_login -> $UNITED_LOGIN).
+
+Bounds (each hit is recorded in the bundle's session.json and report):
+  --work-max        /work is a file system of this size on the host disk;
+                    writes past it fail with ENOSPC inside the sandbox
+  --console-max     console.log keeps this much output, then counts the rest
+  --dns-refusal-receipts  refused DNS names receipted one by one, then in
+                    signed aggregate receipts (count + digest of the names)
 
 Exit status: the command's own, or
   124  --timeout passed; the command was stopped
@@ -90,6 +97,21 @@ pub struct RunArgs {
     /// Stop the command (and its sandbox or microVM) after this long; exit 124.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Size of the sandbox's /work (netns backend): a file system of this
+    /// size on the host disk, past which writes fail with ENOSPC and the
+    /// session records `work_full`. 0: no cap (a plain directory; needs no
+    /// loop device or mkfs.ext4).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    work_max: u64,
+    /// Most output kept in the bundle's console.log; past it a marker line,
+    /// and the rest is counted (session.json), not kept.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    console_max: u64,
+    /// Distinct refused DNS names receipted one by one; past them, one
+    /// signed aggregate receipt per 1024 refusals or 10 s (their count and
+    /// the SHA-256 of the names).
+    #[arg(long, value_name = "N", default_value_t = Bounds::default().dns_refusal_receipts)]
+    dns_refusal_receipts: usize,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -113,6 +135,26 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 90s, 2m, 1h)"))
 }
 
+/// `1GiB`, `512MiB`, `64M`, `10k`, `4096`: bytes, with binary multiples.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 1GiB, 512MiB, 64M, 4096)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 fn parse_resolve(text: &str) -> Result<(String, SocketAddr), String> {
     let (host, addr) = text
         .split_once('=')
@@ -128,6 +170,12 @@ fn parse_resolve(text: &str) -> Result<(String, SocketAddr), String> {
 }
 
 pub fn execute(args: RunArgs) -> Result<ExitCode> {
+    if args.work_max != 0 && args.work_max < sandbox::MIN_WORK_BYTES {
+        bail!(
+            "--work-max must be 0 (no cap) or at least {} MiB",
+            sandbox::MIN_WORK_BYTES >> 20
+        );
+    }
     let config = config_from_args(args)?;
     runner::run(config)
 }
@@ -174,5 +222,28 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
         command: args.command,
         sessions_dir: home::sessions_dir()?,
         timeout: args.timeout,
+        bounds: Bounds {
+            dns_refusal_receipts: args.dns_refusal_receipts,
+            work_max_bytes: args.work_max,
+            console_max_bytes: args.console_max,
+        },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_multiples() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("10k"), Ok(10 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }

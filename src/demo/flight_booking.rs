@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::mock_services::{self, ExpectedSecrets, SeenRequest};
 use crate::keys;
-use crate::session::config::{ApproveMode, BackendChoice, RunConfig};
+use crate::session::config::{ApproveMode, BackendChoice, Bounds, RunConfig};
 use crate::session::runner::{self, SessionOutcome};
 
 pub const POLICY: &str = include_str!("../../examples/flight-booking/policy.toml");
@@ -111,6 +111,7 @@ pub async fn run(options: DemoOptions) -> Result<(SessionOutcome, Vec<SeenReques
         command: vec!["/bin/sh".into(), "/work/agent.sh".into()],
         sessions_dir: options.home.join("sessions"),
         timeout: None,
+        bounds: Bounds::default(),
     };
     let outcome = runner::run_session(config).await;
     let _ = std::fs::remove_dir_all(&workdir);

@@ -351,7 +351,8 @@ mod tests {
             DEFAULT_CONSOLE_MAX,
             screen.clone(),
         );
-        let (input, mut keyboard) = nix::unistd::pipe().expect("pipe");
+        let (input, keyboard) = nix::unistd::pipe().expect("pipe");
+        let mut keyboard = std::fs::File::from(keyboard);
         let broker = TerminalBroker::with_io(
             std::io::BufReader::new(std::fs::File::from(input)),
             term.clone(),

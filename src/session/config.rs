@@ -32,6 +32,30 @@ pub enum ApproveMode {
     Auto,
 }
 
+/// How much of the host one session may fill, each an `openclaw run` flag;
+/// hitting one is recorded (`session.json`'s `bounds`, the receipts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Distinct refused DNS names receipted one by one; past them, aggregate
+    /// receipts (`--dns-refusal-receipts`).
+    pub dns_refusal_receipts: usize,
+    /// Size cap of the netns sandbox's `/work` in bytes; 0: no cap, `/work`
+    /// is a plain directory in the bundle (`--work-max`).
+    pub work_max_bytes: u64,
+    /// Most bytes of output kept in `console.log` (`--console-max`).
+    pub console_max_bytes: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            dns_refusal_receipts: enforce::DnsRefusalLimit::default().receipted,
+            work_max_bytes: 1 << 30,
+            console_max_bytes: super::console::DEFAULT_CONSOLE_MAX,
+        }
+    }
+}
+
 /// Everything one session needs, already read from files and flags.
 pub struct RunConfig {
     pub token_text: String,
@@ -53,6 +77,7 @@ pub struct RunConfig {
     pub sessions_dir: PathBuf,
     /// Stop the command (and its sandbox or VM) after this long.
     pub timeout: Option<Duration>,
+    pub bounds: Bounds,
 }
 
 /// Ctrl-C or SIGTERM.

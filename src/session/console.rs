@@ -14,12 +14,13 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use super::screen::{visible, Screen, Stream};
+use crate::bundle::SessionBounds;
 
 /// Default `--console-max`.
 pub const DEFAULT_CONSOLE_MAX: u64 = 64 << 20;
@@ -131,9 +132,18 @@ impl Console {
         )
     }
 
-    /// The `--console-max` this console keeps.
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
+    /// Writes what the command wrote, and what the log kept, into the
+    /// session's bounds (after [`flush`](Self::flush)).
+    pub fn record(&self, bounds: &mut SessionBounds) {
+        let (bytes, kept, truncated) = self.totals();
+        bounds.console_bytes = bytes;
+        bounds.console_kept_bytes = kept;
+        if truncated {
+            bounds.hit.push(format!(
+                "console.log kept {kept} of {bytes} bytes of output (--console-max {})",
+                self.max_bytes
+            ));
+        }
     }
 
     fn spawn_copy(&self, mut from: File, stream: Stream) -> tokio::task::JoinHandle<()> {
@@ -187,9 +197,9 @@ impl CappedLog {
         if t.truncated.load(Ordering::Relaxed) {
             let all = t.bytes.load(Ordering::Relaxed);
             let kept = t.kept.load(Ordering::Relaxed);
-            let _ = write!(
+            let _ = writeln!(
                 self.out,
-                "[openclaw: {} of {all} bytes of output were not kept]\n",
+                "[openclaw: {} of {all} bytes of output were not kept]",
                 all - kept
             );
         }
@@ -295,6 +305,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);

@@ -9,13 +9,14 @@ use anyhow::{Context, Result};
 use capabilities::{Capability, Counters};
 use enforce::{
     ApiBroker, ApprovalAnswer, ApprovalBroker, ApprovalHandle, ApprovalRequest, Catalog,
-    EnforceConfig, EnforcingGate, Event, FirstAnswer, Ledger, SecretStore,
+    DnsRefusalLimit, EnforceConfig, EnforcingGate, Event, FirstAnswer, Ledger, SecretStore,
 };
 use receipts::ReceiptLog;
 use tokio::sync::{broadcast, oneshot};
 
 use super::approval_prompt::TerminalBroker;
 use super::config::{ApproveMode, RunConfig};
+use super::screen::Screen;
 
 pub struct SessionEnforcement {
     pub gate: Arc<EnforcingGate>,
@@ -38,20 +39,26 @@ impl EventSource {
 }
 
 impl SessionEnforcement {
-    /// Stops taking decisions: every pending approval is denied.
+    /// Stops taking decisions: every pending approval is denied, and the
+    /// DNS refusals not yet receipted get their aggregate receipt (the
+    /// sandbox is gone by now: no new query can come after it).
     pub fn shutdown(&self) {
         for pending in self.approvals.pending() {
             let _ = self
                 .approvals
                 .answer(pending.request.id, false, "session-end");
         }
+        self.gate.flush_dns_refusals();
     }
 }
 
+/// `screen` is the operator's terminal the approval prompt holds while it
+/// is up.
 pub fn build(
     config: &RunConfig,
     capability: Capability,
     receipts: ReceiptLog,
+    screen: &Screen,
 ) -> Result<SessionEnforcement> {
     let catalog = match &config.catalog {
         Some(path) => Catalog::load(path)
@@ -69,9 +76,13 @@ pub fn build(
         catalog,
         secrets,
         receipts,
-        broker: brokers(config.approve, api_broker)?,
+        broker: brokers(config.approve, api_broker, screen)?,
         approval_timeout: config.approval_timeout,
         counters: Ledger::new(Counters::default()),
+        dns_refusals: DnsRefusalLimit {
+            receipted: config.bounds.dns_refusal_receipts,
+            ..DnsRefusalLimit::default()
+        },
     });
     Ok(SessionEnforcement {
         sandbox_env: enforcement.sandbox_env(),
@@ -83,10 +94,10 @@ pub fn build(
 /// Who is asked when the token wants a human: the terminal (when asked to
 /// prompt and there is one) and the control socket / web UI, first answer
 /// wins; or an automatic answer.
-fn brokers(mode: ApproveMode, api: ApiBroker) -> Result<Arc<dyn ApprovalBroker>> {
+fn brokers(mode: ApproveMode, api: ApiBroker, screen: &Screen) -> Result<Arc<dyn ApprovalBroker>> {
     Ok(match mode {
         ApproveMode::Prompt if std::io::stdin().is_terminal() => {
-            match TerminalBroker::open_tty() {
+            match TerminalBroker::open_tty(screen.clone()) {
                 Ok(terminal) => Arc::new(FirstAnswer::new(vec![Arc::new(terminal), Arc::new(api)])),
                 // A terminal on stdin without a controlling terminal (a VM's
                 // console, `setsid`): asked like without a terminal.

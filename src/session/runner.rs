@@ -17,6 +17,7 @@ use proxy::{
 };
 use receipts::{ReceiptLog, SessionStart};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use super::backends::choice::{self, Backend};
 use super::backends::{kvm, netns, BackendContext};
@@ -24,7 +25,7 @@ use super::config::{RunConfig, EXIT_INTERRUPTED, EXIT_SETUP, EXIT_TIMEOUT};
 use super::console::Console;
 use super::enforcement;
 use super::monitor::Monitor;
-use crate::bundle::{self, CapabilitySummary, SessionInfo};
+use crate::bundle::{self, CapabilitySummary, SessionBounds, SessionInfo};
 use crate::control;
 use crate::report::{self, Report};
 
@@ -117,11 +118,20 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
             .map(|p| p.display().to_string())
             .collect(),
         supervisor_pid: Some(std::process::id()),
+        bounds: SessionBounds {
+            work_max_bytes: config.bounds.work_max_bytes,
+            console_max_bytes: config.bounds.console_max_bytes,
+            dns_refusal_receipts: config.bounds.dns_refusal_receipts,
+            ..SessionBounds::default()
+        },
         ..SessionInfo::default()
     };
     bundle::write_info(&dir, &info)?;
 
-    let result = run_in_bundle(&config, &backend, capability, &dir, &mut info, started).await;
+    let span = tracing::error_span!("session", session = %id);
+    let result = run_in_bundle(&config, &backend, capability, &dir, &mut info, started)
+        .instrument(span)
+        .await;
     let exit_code = match &result {
         Ok(code) => *code,
         Err(_) => -1,
@@ -133,6 +143,9 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
         (Err(_), _) => "failed".into(),
         (Ok(_), EXIT_INTERRUPTED) => "interrupted".into(),
         (Ok(_), EXIT_TIMEOUT) if config.timeout.is_some() => "timed_out".into(),
+        // The command failed after /work filled up: say what most likely
+        // made it fail (`bounds` has the detail either way).
+        (Ok(_), code) if code != 0 && info.bounds.work_full => "work_full".into(),
         (Ok(_), 0) => "completed".into(),
         (Ok(_), _) => "failed".into(),
     };
@@ -212,7 +225,7 @@ async fn serve_and_supervise(
     out: &Monitor,
 ) -> Result<i32> {
     let proxy_ip = network.proxy_addr();
-    let enforcement = enforcement::build(config, capability, receipt_log.clone())?;
+    let enforcement = enforcement::build(config, capability, receipt_log.clone(), out.screen())?;
     out.attach(enforcement.events.subscribe(), dir)?;
 
     let proxy = start_proxy(
@@ -258,7 +271,11 @@ async fn serve_and_supervise(
     let result = match &server {
         Err(_) => Ok(-1),
         // The backend's command writes its output here from its first byte.
-        Ok(_) => match Console::create(&dir.join(bundle::CONSOLE_LOG)) {
+        Ok(_) => match Console::create(
+            &dir.join(bundle::CONSOLE_LOG),
+            config.bounds.console_max_bytes,
+            out.screen().clone(),
+        ) {
             Err(err) => Err(err),
             Ok(console) => {
                 let context = BackendContext {

@@ -144,8 +144,12 @@ pub async fn supervise(context: BackendContext<'_>, image: &GuestImage) -> Resul
     let (notes, mut notes_rx) = mpsc::unbounded_channel();
     let owner = {
         let stop = stop.clone();
+        let console = console.clone();
         tokio::task::spawn_blocking(move || {
-            own_vm(vm, console, stop, boot_timeout, deadline, notes)
+            let end = own_vm(vm, console.clone(), stop, boot_timeout, deadline, notes);
+            // The guest's last output on screen before the closing lines.
+            console.flush();
+            end
         })
     };
     tokio::pin!(owner);
@@ -173,6 +177,7 @@ pub async fn supervise(context: BackendContext<'_>, image: &GuestImage) -> Resul
             }
         }
     };
+    console.record(&mut info.bounds);
     match end {
         VmEnd::Exited(code, exit) => {
             tracing::debug!(reason = ?exit.reason, total = ?exit.total_time, "microVM ended");

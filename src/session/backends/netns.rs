@@ -1,21 +1,35 @@
 //! The netns backend's part of a session: the command in a namespace
 //! sandbox (fresh user, mount, pid and net namespaces inside the session
 //! network, a cgroup, the session CA, the credential placeholders and a copy
-//! of `--workdir` as `/work`), its output through the console, and its end:
-//! the command's exit status, Ctrl-C/SIGTERM or a timeout.
+//! of `--workdir` as `/work`, a file system capped at `--work-max`), its
+//! output through the console, and its end: the command's exit status,
+//! Ctrl-C/SIGTERM or a timeout; then `/work`'s results into the bundle.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sandbox::{Sandbox, SandboxSpec, SandboxStdio};
+use sandbox::{Sandbox, SandboxSpec, SandboxStdio, WorkVolume};
 
 use super::BackendContext;
 use crate::bundle;
 use crate::session::config::{shutdown_signal, EXIT_INTERRUPTED, EXIT_TIMEOUT};
+use crate::session::monitor::Monitor;
 
 /// The sandbox's uid/gid: `nobody`, owning nothing on the host.
 const SANDBOX_UID: u32 = 65534;
+/// How often a capped `/work` is looked at for having filled up.
+const WORK_WATCH_PERIOD: Duration = Duration::from_millis(250);
+
+/// The sandbox's `/work`.
+enum Work {
+    /// `--work-max 0`: the bundle's `work/`, bound as it is.
+    Dir(PathBuf),
+    /// A capped volume; its contents go to the bundle's `work/` at the end.
+    Volume(Arc<WorkVolume>),
+}
 
 /// Runs the command in the sandbox to its end; returns its exit code.
 pub async fn supervise(context: BackendContext<'_>) -> Result<i32> {
@@ -30,14 +44,17 @@ pub async fn supervise(context: BackendContext<'_>) -> Result<i32> {
         monitor: out,
         started,
     } = context;
-    let workdir = prepare_workdir(dir, config.workdir.as_deref())?;
+    let work = prepare_work(dir, config.workdir.as_deref(), config.bounds.work_max_bytes)?;
     let (program, args) = config
         .command
         .split_first()
         .context("no command given after --")?;
     let mut spec = SandboxSpec::new(network, program, args, ca_pem.as_bytes().to_vec());
     spec.resolver = network.proxy_addr();
-    spec.workdir = Some(workdir);
+    match &work {
+        Work::Dir(path) => spec.workdir = Some(path.clone()),
+        Work::Volume(volume) => spec.work_volume = Some(volume.clone()),
+    }
     spec.uid = SANDBOX_UID;
     spec.gid = SANDBOX_UID;
     spec.memory_bytes = config.memory_bytes;
@@ -62,6 +79,15 @@ pub async fn supervise(context: BackendContext<'_>) -> Result<i32> {
     out.startup(info, ready_ms);
 
     let pumps = console.pump(child.take_stdout(), child.take_stderr());
+    let work_full = Arc::new(AtomicBool::new(false));
+    let watcher = match &work {
+        Work::Volume(volume) => Some(tokio::spawn(watch_work(
+            volume.clone(),
+            work_full.clone(),
+            out.clone(),
+        ))),
+        Work::Dir(_) => None,
+    };
 
     let killer = child.killer();
     let mut wait = tokio::task::spawn_blocking(move || child.wait());
@@ -89,7 +115,62 @@ pub async fn supervise(context: BackendContext<'_>) -> Result<i32> {
         }
     };
     pumps.await;
+    console.record(&mut info.bounds);
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    if let Work::Volume(volume) = work {
+        let bounds = &mut info.bounds;
+        let target = dir.join("work");
+        let copied = tokio::task::spawn_blocking(move || finish_work(&volume, &target)).await?;
+        let mut full = work_full.load(Ordering::Relaxed);
+        match copied {
+            Ok(usage) => {
+                bounds.work_used_bytes = Some(usage.used_bytes);
+                full |= usage.is_full();
+            }
+            Err(err) => out.note(&format!("copying /work's results into the bundle: {err:#}")),
+        }
+        if full {
+            bounds.work_full = true;
+            bounds.hit.push(format!(
+                "/work filled its {} (--work-max): writes there failed with ENOSPC",
+                human_size(bounds.work_max_bytes)
+            ));
+        }
+    }
     Ok(code)
+}
+
+/// Looks at a capped `/work` until aborted; says so once it is full.
+async fn watch_work(volume: Arc<WorkVolume>, full: Arc<AtomicBool>, out: Monitor) {
+    loop {
+        tokio::time::sleep(WORK_WATCH_PERIOD).await;
+        if volume.usage().is_ok_and(|u| u.is_full()) && !full.swap(true, Ordering::Relaxed) {
+            out.note(&format!(
+                "/work is full ({}, --work-max): the command's writes there fail with ENOSPC",
+                human_size(volume.cap_bytes())
+            ));
+        }
+    }
+}
+
+/// `1 GiB`, `64 MiB`, `512 KiB`.
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 => format!("{} MiB", b >> 20),
+        b => format!("{} KiB", b >> 10),
+    }
+}
+
+/// After the sandbox ended: how full `/work` is, and its contents copied
+/// into the bundle's `work/` (the volume goes when its last handle does).
+fn finish_work(volume: &WorkVolume, target: &Path) -> Result<sandbox::WorkUsage> {
+    let usage = volume.usage()?;
+    std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    copy_tree(&volume.path(), target)?;
+    Ok(usage)
 }
 
 /// Sleeps for `timeout`, or forever without one.
@@ -109,17 +190,26 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     }
 }
 
-/// The sandbox's `/work`: a copy of the user's directory (or an empty one)
-/// inside the bundle, owned by the sandbox uid. Results stay there.
-fn prepare_workdir(dir: &Path, source: Option<&Path>) -> Result<PathBuf> {
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+/// The sandbox's `/work` with a copy of the user's directory (or empty),
+/// owned by the sandbox uid: a volume of `max_bytes` whose blocks live on
+/// the bundle's disk, or with no cap the bundle's `work/` itself.
+fn prepare_work(dir: &Path, source: Option<&Path>, max_bytes: u64) -> Result<Work> {
+    let (work, kind) = if max_bytes == 0 {
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        (work.clone(), Work::Dir(work))
+    } else {
+        let volume =
+            WorkVolume::create(&dir.join(".work.img"), max_bytes, SANDBOX_UID, SANDBOX_UID)
+                .context("making the size-capped /work (--work-max; 0 runs without a cap)")?;
+        (volume.path(), Work::Volume(Arc::new(volume)))
+    };
     if let Some(source) = source {
         copy_tree(source, &work)
             .with_context(|| format!("copying {} into the sandbox", source.display()))?;
     }
     chown_tree(&work, SANDBOX_UID)?;
-    Ok(work)
+    Ok(kind)
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
