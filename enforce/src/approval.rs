@@ -344,4 +344,42 @@ mod tests {
         drop(handle);
         assert!(rx.await.is_err());
     }
+
+    // Paused time: a 30 s timeout tested exactly, in no real time.
+    #[tokio::test(start_paused = true)]
+    async fn no_answer_times_out_at_the_timeout_and_an_answer_before_wins() {
+        let (broker, handle) = ApiBroker::new();
+        let start = tokio::time::Instant::now();
+        let outcome = ask_and_wait(
+            &broker,
+            request(1, Duration::from_secs(30)),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(outcome, ApprovalOutcome::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert!(
+            handle.pending().is_empty(),
+            "the timed-out question is withdrawn"
+        );
+
+        let start = tokio::time::Instant::now();
+        let answering = handle.clone();
+        let answer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(29_999)).await;
+            answering.answer(2, false, "ui").expect("still pending");
+        });
+        let outcome = ask_and_wait(
+            &broker,
+            request(2, Duration::from_secs(30)),
+            Duration::from_secs(30),
+        )
+        .await;
+        answer.await.expect("answerer");
+        match outcome {
+            ApprovalOutcome::Answered(a) => assert!(!a.approved && a.approver == "ui", "{a:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(29_999));
+    }
 }

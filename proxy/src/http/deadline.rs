@@ -139,7 +139,9 @@ mod tests {
         (tx, b, expired)
     }
 
-    #[tokio::test]
+    // Paused time: the clock moves only when every task waits, straight to
+    // the next timer, so the waits below are exact and take no real time.
+    #[tokio::test(start_paused = true)]
     async fn stalled_body_expires_and_stays_failed() {
         let (tx, mut b, expired) = body(300, 1024);
         tx.send(Bytes::from_static(b"abc")).await.expect("send");
@@ -148,12 +150,14 @@ mod tests {
         let start = Instant::now();
         assert!(b.frame().await.expect("frame").is_err());
         assert!(start.elapsed() >= Duration::from_millis(300));
+        // Not later than the deadline either (tokio's timers tick in ms).
+        assert!(start.elapsed() <= Duration::from_millis(301));
         assert!(expired.load(Ordering::Relaxed));
         drop(tx);
         assert!(b.frame().await.expect("still failing").is_err());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn trickle_runs_out_of_allowance() {
         // 1 s per wait, 1000 B/s: a byte every 600 ms never stalls for 1 s,
         // but earns only 1 ms per byte, so the second wait runs out first.
@@ -176,7 +180,12 @@ mod tests {
         }
         assert!(expired.load(Ordering::Relaxed));
         assert_eq!(got, 1, "second wait exceeds what is left of the allowance");
-        assert!(start.elapsed() < Duration::from_secs(5));
+        // Byte at 600 ms; the second wait has 1000 + 1 - 600 = 401 ms left.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(1000) && took <= Duration::from_millis(1002),
+            "{took:?}"
+        );
         feeder.abort();
     }
 }

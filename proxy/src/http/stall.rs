@@ -358,7 +358,8 @@ mod tests {
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
+    // Paused time (in-memory pipes and bodies only): exact, instant waits.
+    #[tokio::test(start_paused = true)]
     async fn blocked_writes_fail_after_the_limit_and_progress_disarms() {
         let watch = StallWatch::new(Duration::from_secs(1));
         // 8 bytes of pipe: the ninth byte blocks until the reader reads.
@@ -384,6 +385,10 @@ mod tests {
         let err = g.write_all(b"x").await.expect_err("reader stopped");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(start.elapsed() >= Duration::from_secs(1));
+        assert!(
+            start.elapsed() <= Duration::from_millis(1001),
+            "fails at the limit"
+        );
         assert_eq!(watch.stalls(), 1);
         // Sticky: nothing more is written.
         let again = g.write(b"y").await.expect_err("still failing");
@@ -401,7 +406,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_body_not_asked_for_its_next_frame_is_cut() {
         let watch = StallWatch::new(Duration::from_secs(1));
         let dropped = Arc::new(AtomicU64::new(0));
@@ -433,7 +438,7 @@ mod tests {
         assert!(watch.lock().is_empty());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn ended_and_dropped_bodies_leave_the_watch() {
         let watch = StallWatch::new(Duration::from_secs(1));
         let mut body = watch.watch(
