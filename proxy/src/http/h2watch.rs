@@ -520,8 +520,13 @@ impl Check {
                 "END_STREAM with a non-zero content-length",
             ));
         }
-        if self.pseudo & PROTOCOL != 0 {
-            return Err(H2Trip::Malformed(":protocol (extended CONNECT is off)"));
+        // The server enables extended CONNECT (RFC 8441, for WebSockets),
+        // so `:protocol` is h2's to check: on CONNECT only.
+        let extended = self.pseudo & PROTOCOL != 0;
+        if extended && !self.connect {
+            return Err(H2Trip::Malformed(
+                ":protocol on a request other than CONNECT",
+            ));
         }
         if self.pseudo & STATUS != 0 {
             return Err(H2Trip::Malformed(":status in a request"));
@@ -532,7 +537,17 @@ impl Check {
         if let Some(bad) = self.bad_uri {
             return Err(H2Trip::Malformed(bad));
         }
-        if self.connect {
+        if self.connect && extended {
+            if self.pseudo & SCHEME == 0 {
+                return Err(H2Trip::Malformed("missing :scheme in extended CONNECT"));
+            }
+            if self.pseudo & PATH == 0 {
+                return Err(H2Trip::Malformed("missing :path in extended CONNECT"));
+            }
+            if self.content_length.is_some_and(|n| n > 0) {
+                return Err(H2Trip::Malformed("CONNECT with a body"));
+            }
+        } else if self.connect {
             if self.pseudo & SCHEME != 0 {
                 return Err(H2Trip::Malformed(":scheme in CONNECT"));
             }
