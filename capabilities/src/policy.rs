@@ -657,8 +657,10 @@ mod tests {
 
     #[test]
     fn websocket_grants_normalize_like_web_entries() {
-        let p = Policy::from_toml_str("[websocket]\nallow=[' Chat.Example.COM/Socket/ ', '*.ws.example']")
-            .expect("valid");
+        let p = Policy::from_toml_str(
+            "[websocket]\nallow=[' Chat.Example.COM/Socket/ ', '*.ws.example']",
+        )
+        .expect("valid");
         let ws = p.websocket.as_ref().expect("websocket");
         assert_eq!(ws.allow, vec!["chat.example.com/Socket", "*.ws.example"]);
         assert_eq!(p.grant_kinds(), vec![ActionType::Websocket]);

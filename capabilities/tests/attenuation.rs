@@ -237,14 +237,19 @@ fn a_websocket_needs_its_own_grant_and_attenuation_narrows_it() {
     // A WebSocket grant is not a web grant either.
     let d = cap.authorize(&web("GET", "chat.example", "/socket"), &none, now);
     assert_eq!(d.decision, Verdict::Block);
-    assert_eq!(cap.authorize_dns("chat.example", now).decision, Verdict::Allow);
+    assert_eq!(
+        cap.authorize_dns("chat.example", now).decision,
+        Verdict::Allow
+    );
     // Narrowed to one host: the other is gone.
     let narrowed = verify(
         &cap.attenuate(&parse("[websocket]\nallow = [\"a.live.example\"]"), t0())
             .expect("attenuate"),
     );
     assert_eq!(
-        narrowed.authorize(&ws("a.live.example", "/x"), &none, now).decision,
+        narrowed
+            .authorize(&ws("a.live.example", "/x"), &none, now)
+            .decision,
         Verdict::Allow
     );
     let d = narrowed.authorize(&ws("chat.example", "/socket"), &none, now);
@@ -252,11 +257,15 @@ fn a_websocket_needs_its_own_grant_and_attenuation_narrows_it() {
     assert!(d.reason.starts_with("narrowed by block 1"), "{}", d.reason);
     // And an approval rule for WebSockets holds them for a human.
     let held = verify(
-        &cap.attenuate(&parse("[websocket]\nallow = [\"chat.example\"]\n[[approval]]\ntype = \"websocket\""), t0())
-            .expect("attenuate"),
+        &cap.attenuate(
+            &parse("[websocket]\nallow = [\"chat.example\"]\n[[approval]]\ntype = \"websocket\""),
+            t0(),
+        )
+        .expect("attenuate"),
     );
     assert_eq!(
-        held.authorize(&ws("chat.example", "/socket"), &none, now).decision,
+        held.authorize(&ws("chat.example", "/socket"), &none, now)
+            .decision,
         Verdict::Approval
     );
 }
@@ -367,11 +376,12 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
             credential: cred.map(str::to_owned),
             budget_usd: budget,
         });
-    let websocket = subset(&["a.com", "*.a.com", "a.com/p", "b.com/p/q", "mail.x"][..]).prop_map(
-        |allow| WebsocketGrant {
-            allow: allow.into_iter().map(str::to_owned).collect(),
-        },
-    );
+    let websocket =
+        subset(&["a.com", "*.a.com", "a.com/p", "b.com/p/q", "mail.x"][..]).prop_map(|allow| {
+            WebsocketGrant {
+                allow: allow.into_iter().map(str::to_owned).collect(),
+            }
+        });
     let approval = proptest::collection::vec(
         prop_oneof![
             (proptest::option::of(cents())).prop_map(|above| ApprovalRule {
@@ -403,20 +413,22 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
         proptest::option::of(websocket),
         approval,
     )
-        .prop_map(|(ttl, web, payment, email, login, llm, websocket, approval)| {
-            Policy {
-                ttl: ttl.map(|s| Ttl(Duration::from_secs(s))),
-                web,
-                payment,
-                email,
-                login,
-                llm,
-                websocket,
-                approval,
-            }
-            .normalized()
-            .expect("generated policies are valid")
-        })
+        .prop_map(
+            |(ttl, web, payment, email, login, llm, websocket, approval)| {
+                Policy {
+                    ttl: ttl.map(|s| Ttl(Duration::from_secs(s))),
+                    web,
+                    payment,
+                    email,
+                    login,
+                    llm,
+                    websocket,
+                    approval,
+                }
+                .normalized()
+                .expect("generated policies are valid")
+            },
+        )
 }
 
 fn arb_action() -> impl Strategy<Value = (Action, Counters, u64)> {
