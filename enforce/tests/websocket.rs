@@ -229,3 +229,91 @@ async fn a_request_smuggled_behind_a_refused_upgrade_goes_nowhere() {
     assert!(s.mock.seen().is_empty(), "{:?}", s.mock.seen());
     s.finish_and_verify();
 }
+
+/// HTTP/2 extended CONNECT (RFC 8441) is decided and carried as the
+/// HTTP/1.1 upgrade upstream receives: `200` to the sandbox, the upstream
+/// sees a `GET` with `Upgrade: websocket`, messages masked. Outside the
+/// grant it is refused like an HTTP/1.1 one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_extended_connect_is_a_websocket_too() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let s = Session::start(Options {
+        policy: policy(),
+        ..Options::default()
+    })
+    .await;
+    let login = s.placeholder("united_login");
+    let r = s
+        .post_json(
+            "https://united.com/api/auth/login",
+            &format!(r#"{{"username":"t","password":"{login}"}}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let ca = std::fs::read_to_string(&s.session_ca).unwrap();
+    let cfg = test_support::client_config(&ca, &[b"h2"]);
+    let tls = test_support::tls_connect(s.proxy.https_addr().unwrap(), "united.com", cfg)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let connect = |path: &str| {
+        let mut req = http::Request::connect(format!("https://united.com{path}"))
+            .header("sec-websocket-version", "13")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+
+    // Outside the grant: refused on its stream, the connection carries on.
+    let resp = send.send_request(connect("/elsewhere")).await.unwrap();
+    assert_eq!(resp.status(), 403);
+
+    let resp = send.send_request(connect("/socket/h2")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stored = resp.headers()["x-stored"].to_str().unwrap().to_owned();
+    assert!(
+        stored.contains(&login) && !stored.contains(LOGIN_SECRET),
+        "{stored}"
+    );
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    let key = [9u8, 8, 7, 6];
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&key);
+    frame.extend(b"hi".iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    io.write_all(&frame).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), io.read_to_end(&mut out))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("stored: "), "{text:?}");
+    assert!(
+        text.contains(&login) && !text.contains(LOGIN_SECRET),
+        "{text:?}"
+    );
+
+    let seen = s.mock.seen();
+    let upgrade = seen.iter().find(|x| x.path == "/socket/h2").unwrap();
+    assert_eq!(upgrade.method, "GET");
+    assert_eq!(upgrade.headers["upgrade"], "websocket");
+    assert!(upgrade.headers.contains_key("sec-websocket-key"));
+    assert_eq!(
+        seen.iter().find(|x| x.path == "/ws-data").unwrap().body,
+        frame
+    );
+    assert!(!seen.iter().any(|x| x.path == "/elsewhere"));
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    assert_eq!((d[1].1.as_str(), d[2].1.as_str()), ("block", "allow"));
+    assert_eq!(d[2].4["type"], "websocket");
+}
