@@ -27,6 +27,9 @@ mod decide;
 mod dns;
 /// The crate's error and its single mapping to a refusal.
 mod error;
+/// Entry points for the fuzz targets (`fuzz/`); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 /// HTTP/1.1 and HTTP/2 serving, request forwarding, smuggling guard, bodies.
 mod http;
 /// Listener binding in the calling thread's network namespace.

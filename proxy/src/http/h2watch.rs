@@ -916,6 +916,55 @@ mod tests {
         assert_eq!(scan(&conn(&[open, trailers])), Ok(()));
     }
 
+    /// Extended CONNECT (RFC 8441): `:protocol` only on CONNECT, which then
+    /// needs `:scheme` and `:path` and no body; a plain CONNECT keeps its
+    /// RFC 9113 shape.
+    #[test]
+    fn extended_connect_shapes() {
+        let ws = |extra: &[(&str, &str)], drop: &str| {
+            let mut f = vec![
+                (":method", "CONNECT"),
+                (":protocol", "websocket"),
+                (":scheme", "https"),
+                (":authority", "a.example"),
+                (":path", "/chat"),
+            ];
+            f.retain(|(n, _)| *n != drop);
+            f.extend_from_slice(extra);
+            frame(HEADERS, END_HEADERS, 1, &block(&f))
+        };
+        assert_eq!(scan(&conn(&[ws(&[], "")])), Ok(()));
+        assert_eq!(scan_bytewise(&conn(&[ws(&[], "")])), Ok(()));
+        for bad in [
+            ws(&[], ":scheme"),
+            ws(&[], ":path"),
+            ws(&[("content-length", "3")], ""),
+            headers(1, &get(&[(":protocol", "websocket")])),
+            frame(
+                HEADERS,
+                END_HEADERS,
+                1,
+                &block(&[
+                    (":method", "CONNECT"),
+                    (":authority", "a.example:443"),
+                    (":path", "/"),
+                ]),
+            ),
+        ] {
+            let bytes = conn(&[bad]);
+            assert!(
+                matches!(scan(&bytes), Err(H2Trip::Malformed(_))),
+                "{:?}",
+                scan(&bytes)
+            );
+        }
+        let plain = block(&[(":method", "CONNECT"), (":authority", "a.example:443")]);
+        assert_eq!(
+            scan(&conn(&[frame(HEADERS, END_HEADERS, 1, &plain)])),
+            Ok(())
+        );
+    }
+
     #[test]
     fn oversized_lists_and_continuation_floods_trip() {
         // h2 refuses a list of exactly its limit (`>=`).
