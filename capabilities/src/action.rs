@@ -14,6 +14,10 @@ pub enum ActionType {
     Payment,
     Email,
     Llm,
+    /// A WebSocket opened (an HTTP/1.1 upgrade, or HTTP/2 extended
+    /// CONNECT): its own kind, never covered by a `web` grant, because what
+    /// flows after the handshake is not read request by request.
+    Websocket,
 }
 
 /// One action an agent attempted. Fields that do not apply to a type are absent.

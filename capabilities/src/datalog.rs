@@ -228,6 +228,32 @@ fn render(record: &BlockRecord) -> (String, Vec<CheckKind>, HashMap<String, Term
         }
         dns_hosts.extend(providers);
     }
+    if let Some(ws) = &policy.websocket {
+        // As `[web]` entries, without methods: a WebSocket is always opened
+        // by a GET (HTTP/2's extended CONNECT becomes one upstream).
+        let mut whole_hosts = Vec::new();
+        for entry in &ws.allow {
+            match entry.find('/') {
+                None => whole_hosts.push(entry.as_str()),
+                Some(i) => {
+                    let (host, prefix) = entry.split_at(i);
+                    let hosts = host_expr(&mut p, &[host]);
+                    let exact = p.str(prefix);
+                    let dir = p.str(&format!("{prefix}/"));
+                    let query = p.str(&format!("{prefix}?"));
+                    branches.push(format!(
+                        "kind(\"websocket\"), host($h), path($p), {hosts}, \
+                         ($p == {exact} || $p.starts_with({dir}) || $p.starts_with({query}))"
+                    ));
+                }
+            }
+            dns_hosts.push(entry.split('/').next().unwrap_or(entry));
+        }
+        if !whole_hosts.is_empty() {
+            let hosts = host_expr(&mut p, &whole_hosts);
+            branches.push(format!("kind(\"websocket\"), host($h), {hosts}"));
+        }
+    }
     if !dns_hosts.is_empty() {
         let hosts = host_expr(&mut p, &dns_hosts);
         branches.push(format!("kind(\"dns\"), host($h), {hosts}"));
@@ -312,6 +338,7 @@ pub(crate) fn kind_name(kind: ActionType) -> &'static str {
         ActionType::Payment => "payment",
         ActionType::Email => "email",
         ActionType::Llm => "llm",
+        ActionType::Websocket => "websocket",
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`mint`]: policy + root private key → base64 token;
 //! - [`UnverifiedToken`]: a parsed token; `verify` turns it into a [`Capability`];
 //! - [`Capability`]: `authorize`, `authorize_dns`, `credential_allowed`,
-//!   `attenuate`, `seal`, `revocation_ids`, `expires_at`, `summary`;
+//!   `names_llm_provider`, `attenuate`, `seal`, `revocation_ids`, `expires_at`,
+//!   `summary`;
 //! - [`Action`] and [`Counters`]: the facts of one request and of the session so far;
 //! - [`Decision`] and [`Verdict`]: what the token says about them;
 //! - [`Summary`]: the "4 grants, 2 constraints" view;

@@ -27,6 +27,8 @@ pub struct Policy {
     pub login: Option<LoginGrant>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmGrant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebsocketGrant>,
     /// Which action types over which amount need a human.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approval: Vec<ApprovalRule>,
@@ -41,6 +43,17 @@ pub struct WebGrant {
     /// HTTP methods; absent means read-only (`GET`, `HEAD`).
     #[serde(default = "read_only_methods")]
     pub methods: Vec<String>,
+}
+
+/// `[websocket]`: hosts or host/path-prefixes where the agent may open a
+/// WebSocket. A `web` grant never covers one: after the handshake the
+/// proxy no longer reads requests, so opening one is an action of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebsocketGrant {
+    /// `chat.example.com`, `chat.example.com/socket`, `*.example.com`, as
+    /// in `[web]`.
+    pub allow: Vec<String>,
 }
 
 fn read_only_methods() -> Vec<String> {
@@ -218,6 +231,14 @@ impl Policy {
                 *c = normalize_name("llm.credential", c)?;
             }
         }
+        if let Some(ws) = &mut self.websocket {
+            if ws.allow.is_empty() {
+                return invalid("websocket.allow must list at least one host");
+            }
+            for entry in &mut ws.allow {
+                *entry = normalize_web_entry(entry)?;
+            }
+        }
         for rule in &self.approval {
             if !matches!(rule.kind, ActionType::Payment | ActionType::Llm) && rule.above.is_some() {
                 return invalid(format!(
@@ -246,6 +267,9 @@ impl Policy {
         }
         if self.llm.is_some() {
             kinds.push(ActionType::Llm);
+        }
+        if self.websocket.is_some() {
+            kinds.push(ActionType::Websocket);
         }
         kinds
     }
@@ -311,6 +335,9 @@ impl Policy {
                 line.push_str(&format!(", budget {b}"));
             }
             lines.push(line);
+        }
+        if let Some(w) = &self.websocket {
+            lines.push(format!("websocket: {}", w.allow.join(", ")));
         }
         lines
     }
@@ -623,5 +650,23 @@ mod tests {
         );
         assert!(Policy::from_toml_str("[[approval]]\ntype='email'\nabove=5").is_err());
         assert!(Policy::from_toml_str("[[approval]]\ntype='email'").is_ok());
+        assert!(Policy::from_toml_str("[websocket]\nallow=[]").is_err());
+        assert!(Policy::from_toml_str("[websocket]\nallow=['a.com/x/../y']").is_err());
+        assert!(Policy::from_toml_str("[websocket]\nallow=['a.com']\nmethods=['GET']").is_err());
+    }
+
+    #[test]
+    fn websocket_grants_normalize_like_web_entries() {
+        let p = Policy::from_toml_str(
+            "[websocket]\nallow=[' Chat.Example.COM/Socket/ ', '*.ws.example']",
+        )
+        .expect("valid");
+        let ws = p.websocket.as_ref().expect("websocket");
+        assert_eq!(ws.allow, vec!["chat.example.com/Socket", "*.ws.example"]);
+        assert_eq!(p.grant_kinds(), vec![ActionType::Websocket]);
+        assert_eq!(
+            p.grant_lines(),
+            vec!["websocket: chat.example.com/Socket, *.ws.example"]
+        );
     }
 }

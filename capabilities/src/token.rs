@@ -305,6 +305,19 @@ impl Capability {
             .map(|r| &r.policy)
     }
 
+    /// Whether some block written by openclaw names `host` among its LLM
+    /// providers. For refusing what only an LLM grant could cover and the
+    /// proxy cannot meter (a WebSocket to a provider), so every block
+    /// counts, not only the ones that still allow LLM calls.
+    pub fn names_llm_provider(&self, host: &crate::Host) -> bool {
+        self.blocks
+            .iter()
+            .filter_map(|b| b.record.as_ref())
+            .filter_map(|r| r.policy.llm.as_ref())
+            .flat_map(|l| &l.providers)
+            .any(|p| crate::HostPattern::parse(p).is_ok_and(|p| p.matches(host)))
+    }
+
     /// [`UnverifiedToken::attenuate`] on a verified token.
     pub fn attenuate(
         &self,
@@ -337,7 +350,7 @@ impl Capability {
 /// constraint, expiry and revocation ids.
 ///
 /// Counting: a *grant* is a kind of action the token lets through (a `web`,
-/// `payment`, `email`, `login` or `llm` section present in the root block and
+/// `payment`, `email`, `login`, `llm` or `websocket` section present in the root block and
 /// in every attenuation block); a *constraint* is a token-wide condition on
 /// top of the grants (each expiry and each approval rule, in any block).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use capabilities::policy::{
     Amount, ApprovalRule, EmailGrant, LlmGrant, LoginGrant, MicroUsd, PaymentGrant, Ttl, WebGrant,
+    WebsocketGrant,
 };
 use capabilities::{
     Action, ActionType, CapabilityError, Counters, Policy, UnverifiedToken, Verdict,
@@ -202,6 +203,85 @@ fn unverified_summary_matches_the_verified_one_but_says_so() {
     assert_eq!(unverified.root_policy_unverified(), Some(seed_policy()));
 }
 
+#[test]
+fn a_websocket_needs_its_own_grant_and_attenuation_narrows_it() {
+    let ws = |host: &str, path: &str| Action {
+        kind: ActionType::Websocket,
+        ..web("GET", host, path)
+    };
+    let none = Counters::default();
+    let now = t0() + Duration::from_secs(1);
+    // The seed policy reads kayak.com over the web grant: no WebSocket there.
+    let seed = mint_verified(&seed_policy());
+    let d = seed.authorize(&ws("kayak.com", "/live"), &none, now);
+    assert_eq!(d.decision, Verdict::Block);
+    assert!(d.reason.contains("no websocket grant"), "{}", d.reason);
+    let cap = mint_verified(&parse(
+        "[websocket]\nallow = [\"chat.example/socket\", \"*.live.example\"]",
+    ));
+    assert_eq!(cap.summary().to_string(), "1 grant, 0 constraints");
+    for (host, path, verdict) in [
+        ("chat.example", "/socket", Verdict::Allow),
+        ("chat.example", "/socket/room?id=1", Verdict::Allow),
+        ("chat.example", "/socketx", Verdict::Block),
+        ("chat.example", "/", Verdict::Block),
+        ("a.live.example", "/anything", Verdict::Allow),
+        ("live.example", "/", Verdict::Block),
+    ] {
+        let d = cap.authorize(&ws(host, path), &none, now);
+        assert_eq!(d.decision, verdict, "{host}{path}: {}", d.reason);
+        if verdict == Verdict::Allow {
+            assert_eq!(d.grant.as_deref(), Some("websocket"));
+        }
+    }
+    // A WebSocket grant is not a web grant either.
+    let d = cap.authorize(&web("GET", "chat.example", "/socket"), &none, now);
+    assert_eq!(d.decision, Verdict::Block);
+    assert_eq!(
+        cap.authorize_dns("chat.example", now).decision,
+        Verdict::Allow
+    );
+    // Narrowed to one host: the other is gone.
+    let narrowed = verify(
+        &cap.attenuate(&parse("[websocket]\nallow = [\"a.live.example\"]"), t0())
+            .expect("attenuate"),
+    );
+    assert_eq!(
+        narrowed
+            .authorize(&ws("a.live.example", "/x"), &none, now)
+            .decision,
+        Verdict::Allow
+    );
+    let d = narrowed.authorize(&ws("chat.example", "/socket"), &none, now);
+    assert_eq!(d.decision, Verdict::Block);
+    assert!(d.reason.starts_with("narrowed by block 1"), "{}", d.reason);
+    // And an approval rule for WebSockets holds them for a human.
+    let held = verify(
+        &cap.attenuate(
+            &parse("[websocket]\nallow = [\"chat.example\"]\n[[approval]]\ntype = \"websocket\""),
+            t0(),
+        )
+        .expect("attenuate"),
+    );
+    assert_eq!(
+        held.authorize(&ws("chat.example", "/socket"), &none, now)
+            .decision,
+        Verdict::Approval
+    );
+}
+
+#[test]
+fn llm_providers_are_named_by_any_block() {
+    let cap = mint_verified(&parse(
+        "[llm]\nproviders = [\"api.openai.com\", \"*.llm.example\"]",
+    ));
+    let host = |h: &str| capabilities::Host::parse(h).expect("host");
+    assert!(cap.names_llm_provider(&host("api.openai.com")));
+    assert!(cap.names_llm_provider(&host("eu.llm.example")));
+    assert!(!cap.names_llm_provider(&host("llm.example")));
+    assert!(!mint_verified(&seed_policy()).names_llm_provider(&host("api.openai.com")));
+}
+
 // ---- property: attenuation never widens ----
 
 const HOSTS: &[&str] = &[
@@ -296,6 +376,12 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
             credential: cred.map(str::to_owned),
             budget_usd: budget,
         });
+    let websocket =
+        subset(&["a.com", "*.a.com", "a.com/p", "b.com/p/q", "mail.x"][..]).prop_map(|allow| {
+            WebsocketGrant {
+                allow: allow.into_iter().map(str::to_owned).collect(),
+            }
+        });
     let approval = proptest::collection::vec(
         prop_oneof![
             (proptest::option::of(cents())).prop_map(|above| ApprovalRule {
@@ -310,6 +396,10 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
                 kind: ActionType::Email,
                 above: None
             }),
+            Just(ApprovalRule {
+                kind: ActionType::Websocket,
+                above: None
+            }),
         ],
         0..2,
     );
@@ -320,21 +410,25 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
         proptest::option::of(email),
         proptest::option::of(login),
         proptest::option::of(llm),
+        proptest::option::of(websocket),
         approval,
     )
-        .prop_map(|(ttl, web, payment, email, login, llm, approval)| {
-            Policy {
-                ttl: ttl.map(|s| Ttl(Duration::from_secs(s))),
-                web,
-                payment,
-                email,
-                login,
-                llm,
-                approval,
-            }
-            .normalized()
-            .expect("generated policies are valid")
-        })
+        .prop_map(
+            |(ttl, web, payment, email, login, llm, websocket, approval)| {
+                Policy {
+                    ttl: ttl.map(|s| Ttl(Duration::from_secs(s))),
+                    web,
+                    payment,
+                    email,
+                    login,
+                    llm,
+                    websocket,
+                    approval,
+                }
+                .normalized()
+                .expect("generated policies are valid")
+            },
+        )
 }
 
 fn arb_action() -> impl Strategy<Value = (Action, Counters, u64)> {
@@ -346,6 +440,7 @@ fn arb_action() -> impl Strategy<Value = (Action, Counters, u64)> {
                 ActionType::Payment,
                 ActionType::Email,
                 ActionType::Llm,
+                ActionType::Websocket,
             ][..],
         ),
         proptest::sample::select(&["GET", "POST", "HEAD", "DELETE"][..]),

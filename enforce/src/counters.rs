@@ -61,7 +61,7 @@ pub fn delta(action: &Action) -> Counters {
             llm_spent_micro_usd: action.cost_micro_usd.unwrap_or(0),
             ..Counters::default()
         },
-        ActionType::Web | ActionType::Login => Counters::default(),
+        ActionType::Web | ActionType::Login | ActionType::Websocket => Counters::default(),
     }
 }
 

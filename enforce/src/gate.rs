@@ -11,12 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use capabilities::{Action, ActionType, Capability, Counters, Decision, Host, Verdict};
 use http::{response, HeaderValue, StatusCode};
 use proxy::{
     ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateVerdict, Refusal,
-    RequestSummary, ResponseFilter,
+    RequestSummary, ResponseVerdict,
 };
 use receipts::{ApprovalRecord, DecisionRecord, Entry, ReceiptLog};
 use tokio::sync::broadcast;
@@ -25,7 +24,7 @@ use tracing::Instrument;
 use crate::approval::{ask_and_wait, ApprovalBroker, ApprovalOutcome, ApprovalRequest};
 use crate::catalog::Catalog;
 use crate::counters::{Ledger, Reservation};
-use crate::credentials::{EchoFilter, SecretStore, SessionCredentials};
+use crate::credentials::{SecretStore, SessionCredentials};
 use crate::events::{Event, EventBus, EventKind};
 use crate::stages::{fallback_action, path_only, Block, Prepared, Screened, Stage, Stages};
 use crate::stats::{WaitHistogram, WaitSummary};
@@ -698,20 +697,12 @@ impl EnforcingGate {
             reservation,
         } = decided;
         let mut credentials = Vec::new();
-        if let Some((uri, mut headers, substituted)) = prepared {
+        if let Some((uri, headers, substituted)) = prepared {
             credentials = substituted.replaced;
             for n in substituted.injected {
                 if !credentials.contains(&n) {
                     credentials.push(n);
                 }
-            }
-            if !credentials.is_empty() {
-                // Ask for an uncompressed response, so a secret echoed back
-                // can be seen and masked.
-                headers.insert(
-                    http::header::ACCEPT_ENCODING,
-                    HeaderValue::from_static("identity"),
-                );
             }
             req.head.uri = uri;
             req.head.headers = headers;
@@ -720,6 +711,21 @@ impl EnforcingGate {
                 if req.body.replace(body).is_err() {
                     tracing::error!("replacing a complete body failed");
                 }
+            }
+        }
+        if self.host_has_credentials(&req.host) {
+            // Its responses are masked: ask for them uncompressed (a body
+            // compressed anyway is decoded before masking, `response.rs`),
+            // and for WebSocket messages without extensions
+            // (permessage-deflate would hide them from the mask).
+            req.head.headers.insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+            if req.websocket {
+                req.head
+                    .headers
+                    .remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
             }
         }
         let key = (conn.id, action.method.clone(), action.path.clone());
@@ -758,18 +764,6 @@ impl EnforcingGate {
             .any(|name| self.stages().credential_granted(name, host, "https", now));
         lock(&self.credential_hosts).insert(host.clone(), any);
         any
-    }
-}
-
-/// [`EchoFilter`] as the proxy's [`ResponseFilter`].
-struct MaskEcho(EchoFilter);
-
-impl ResponseFilter for MaskEcho {
-    fn data(&mut self, chunk: Bytes) -> Bytes {
-        self.0.push(&chunk)
-    }
-    fn finish(&mut self) -> Bytes {
-        self.0.finish()
     }
 }
 
@@ -835,14 +829,12 @@ impl Gate for EnforcingGate {
         req: &RequestSummary,
         head: &mut response::Parts,
         _conn: &ConnInfo,
-    ) -> Option<Box<dyn ResponseFilter>> {
+    ) -> ResponseVerdict {
         if !self.host_has_credentials(&req.host) {
-            return None;
+            return ResponseVerdict::Pass;
         }
         self.creds.mask_headers(&mut head.headers);
-        self.creds
-            .echo_filter()
-            .map(|f| Box::new(MaskEcho(f)) as Box<dyn ResponseFilter>)
+        crate::response::masked(&self.creds, head)
     }
 
     fn refused(&self, event: Refusal) {

@@ -1,8 +1,10 @@
 //! The stages a request passes before the token decides it: its body read
-//! (up to the catalog's cap), classification by the service catalog, the
-//! placeholder check, and the substitution prepared. Each lets the request on
-//! or refuses it with a typed [`Block`]; the gate records every block in one
-//! place and asks the token about the rest.
+//! (up to the catalog's cap), classification by the service catalog (a
+//! WebSocket is its own kind of action), the placeholder checks (where the
+//! token grants the credential, and where in the request it may go), and
+//! the substitution prepared. Each lets the request on or refuses it with a
+//! typed [`Block`]; the gate records every block in one place and asks the
+//! token about the rest.
 
 use std::time::{Duration, SystemTime};
 
@@ -10,8 +12,8 @@ use capabilities::{Action, ActionType, Capability, Host};
 use proxy::{GateRequest, RequestBody};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, RequestView};
-use crate::credentials::{Findings, SessionCredentials, Substituted};
+use crate::catalog::{Catalog, RequestView, Rule};
+use crate::credentials::{Findings, Placement, SessionCredentials, Substituted};
 
 /// How long the gate waits for the body bytes it needs before deciding; a
 /// sandbox that sends headers and then stalls gets a refusal, not a held task.
@@ -27,9 +29,10 @@ pub enum Stage {
     /// The capability token's `authorize`.
     Token,
     /// The service catalog could not classify the request (body over the
-    /// cap, amount unreadable, ...).
+    /// cap, amount unreadable, a WebSocket to an endpoint it reads, ...).
     Catalog,
-    /// A credential placeholder went where the token does not grant it.
+    /// A credential placeholder went where the token does not grant it, or
+    /// to a place in the request where it does not belong.
     Credential,
     /// `authorize_dns` refused a name.
     Dns,
@@ -114,7 +117,7 @@ impl Stages<'_> {
             headers: &req.head.headers,
         };
         let matched = self.catalog.match_request(&view);
-        let action = match matched.classify(&view, Some(req.body.buffered()), complete) {
+        let mut action = match matched.classify(&view, Some(req.body.buffered()), complete) {
             Ok(a) => a,
             Err(e) => {
                 let rule = matched.rule().map_or("", |r| r.name());
@@ -124,10 +127,24 @@ impl Stages<'_> {
                 ));
             }
         };
+        if req.websocket {
+            if let Err(reason) = self.websocket(&view, &mut action) {
+                return Err(Block {
+                    stage: Stage::Catalog,
+                    reason,
+                    action,
+                    body_sha256,
+                });
+            }
+        }
 
-        // Placeholders where the token does not grant them: exfiltration.
+        // Placeholders where the token does not grant them, or in a place
+        // of the request they do not belong: exfiltration.
         let findings = self.creds.scan(&pq, &req.head.headers, req.body.buffered());
-        let prepared = match self.exfiltration(&findings, &host, req.scheme, now) {
+        let prepared = match self
+            .exfiltration(&findings, &host, req.scheme, now)
+            .or_else(|| self.misplaced(&findings, matched.rule(), &host, &pq, req, complete))
+        {
             Some(reason) => Err(reason),
             None => self.prepare(req, &host, &findings, complete, now),
         };
@@ -183,6 +200,80 @@ impl Stages<'_> {
                     "credential exfiltration: placeholder of {name} ({sighting:?}) in {place} to {host}{why}"
                 )
             })
+    }
+
+    /// A WebSocket request as an action: its own kind, unless it would open
+    /// a socket to an endpoint the catalog reads (a payment, email, login
+    /// or LLM API, whatever the rule's method) or to a host the token names
+    /// as an LLM provider: what flows after the handshake is not read, so
+    /// those are refused (`Err` with why; `action` is set as recorded).
+    fn websocket(&self, view: &RequestView<'_>, action: &mut Action) -> Result<(), String> {
+        let llm = |what: String| {
+            format!(
+                "a WebSocket to {what} is an llm call whose cost cannot be bounded: \
+                 WebSocket LLM calls are not metered yet, so they are refused \
+                 (use the provider's HTTP API)"
+            )
+        };
+        match self.catalog.websocket_endpoint(view) {
+            Some((ActionType::Llm, rule)) => {
+                action.kind = ActionType::Llm;
+                Err(llm(format!("an LLM endpoint ({rule})")))
+            }
+            Some((kind, rule)) => {
+                action.kind = ActionType::Websocket;
+                let reason = format!(
+                    "a WebSocket to {rule}, an endpoint the catalog reads as {} requests, \
+                     cannot be read message by message: refused",
+                    serde_json::to_value(kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                );
+                Err(reason)
+            }
+            None if self.cap.names_llm_provider(view.host) => {
+                action.kind = ActionType::Llm;
+                Err(llm(format!("LLM provider {}", view.host)))
+            }
+            None => {
+                action.kind = ActionType::Websocket;
+                Ok(())
+            }
+        }
+    }
+
+    /// Why the request must not go, when a (granted) credential's
+    /// placeholder sits somewhere in it other than where that credential
+    /// goes: the matched rule's `credential_field` (when the rule names the
+    /// credential), the secrets file's `placement` list, its injection header.
+    fn misplaced(
+        &self,
+        findings: &Findings,
+        rule: Option<&Rule>,
+        host: &Host,
+        path_and_query: &str,
+        req: &GateRequest,
+        complete: bool,
+    ) -> Option<String> {
+        findings.by_credential.keys().find_map(|name| {
+            let rule_places: Vec<Placement> = rule
+                .and_then(Rule::credential)
+                .filter(|(c, _)| c == name)
+                .and_then(|(_, place)| place.cloned())
+                .into_iter()
+                .collect();
+            self.creds
+                .misplaced(
+                    name,
+                    &rule_places,
+                    path_and_query,
+                    &req.head.headers,
+                    req.body.buffered(),
+                    complete,
+                )
+                .map(|why| format!("credential exfiltration: {why} to {host}"))
+        })
     }
 
     /// Prepares the substitution now (pure computation), so a request whose

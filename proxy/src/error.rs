@@ -48,6 +48,10 @@ pub enum ProxyError {
     Smuggling(&'static str),
     #[error("request headers exceed the limit")]
     HeadersTooLarge,
+    #[error("not carried: {0}")]
+    UpgradeRefused(&'static str),
+    #[error("upstream switched protocols for a request that did not ask to")]
+    UnaskedUpgrade,
     #[error("request body not received in time")]
     BodyTimeout,
     #[error("too many connections for this session")]
@@ -96,6 +100,7 @@ impl ProxyError {
             E::MissingHost => (StatusCode::BAD_REQUEST, "missing-host", true),
             E::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed-request", true),
             E::Smuggling(_) => (StatusCode::BAD_REQUEST, "request-smuggling", true),
+            E::UpgradeRefused(_) => (StatusCode::FORBIDDEN, "upgrade-refused", true),
             E::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers-too-large",
@@ -107,7 +112,9 @@ impl ProxyError {
             E::Resolve { .. } => (StatusCode::BAD_GATEWAY, "upstream-unresolvable", false),
             E::UpstreamConnect { .. } => (StatusCode::BAD_GATEWAY, "upstream-unreachable", false),
             E::UpstreamTls { .. } => (StatusCode::BAD_GATEWAY, "upstream-tls", false),
-            E::UpstreamHttp(_) => (StatusCode::BAD_GATEWAY, "upstream-protocol", false),
+            E::UpstreamHttp(_) | E::UnaskedUpgrade => {
+                (StatusCode::BAD_GATEWAY, "upstream-protocol", false)
+            }
             E::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", false),
             E::RequestBody(_) => (StatusCode::BAD_REQUEST, "request-body", false),
             E::ClientTls(_) => (StatusCode::BAD_REQUEST, "client-tls", false),

@@ -9,7 +9,8 @@
 //! - [`ProxyConfig`], [`ListenAddrs`], [`Listeners`] (bound by the caller,
 //!   e.g. inside the session's network namespace), [`UpstreamConfig`], [`Limits`];
 //! - the decision seam: [`Gate`] and the types it sees ([`GateRequest`],
-//!   [`RequestBody`], [`ConnInfo`], [`Refusal`], [`Exchange`], [`ResponseFilter`]);
+//!   [`RequestBody`], [`ConnInfo`], [`Refusal`], [`Exchange`], [`ResponseVerdict`],
+//!   [`ResponseFilter`], [`FilterError`]);
 //!   [`AllowAll`] is the permissive gate of the transport's own tests;
 //! - [`SessionCa`] (the per-session CA and its leaf cache);
 //! - [`ProxyError`] and its one mapping to an HTTP status and block reason.
@@ -26,6 +27,9 @@ mod decide;
 mod dns;
 /// The crate's error and its single mapping to a refusal.
 mod error;
+/// Entry points for the fuzz targets (`fuzz/`); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 /// HTTP/1.1 and HTTP/2 serving, request forwarding, smuggling guard, bodies.
 mod http;
 /// Listener binding in the calling thread's network namespace.
@@ -39,8 +43,8 @@ mod tls;
 
 pub use config::{Limits, ProxyConfig};
 pub use decide::{
-    AllowAll, ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateVerdict,
-    Listener, Refusal, RequestBody, RequestSummary, ResponseFilter,
+    AllowAll, ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, FilterError, Gate, GateRequest,
+    GateVerdict, Listener, Refusal, RequestBody, RequestSummary, ResponseFilter, ResponseVerdict,
 };
 pub use error::{Blocked, ProxyError};
 pub use listen::{ListenAddrs, Listeners};

@@ -78,6 +78,10 @@ pub(super) struct RuleFile {
     pub recipients: Vec<Field>,
     pub subject: Option<Field>,
     pub credential: Option<String>,
+    /// Where in a matched request the `credential`'s placeholder goes (the
+    /// one place it is substituted by default; `docs/credentials.md`).
+    #[serde(default)]
+    pub credential_field: Option<Field>,
 }
 
 /// One `[[llm_price]]`: USD per million tokens, as decimal strings.

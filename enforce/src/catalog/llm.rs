@@ -40,6 +40,7 @@ pub(super) fn builtin_rules() -> impl Iterator<Item = RuleFile> {
         recipients: Vec::new(),
         subject: None,
         credential: None,
+        credential_field: None,
     })
 }
 

@@ -44,6 +44,11 @@ const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
+/// LLM APIs opened as WebSockets (OpenAI's Realtime API), on any host, as
+/// the built-in LLM rules are; the built-in HTTP paths count too (OpenAI's
+/// Responses API also runs over a WebSocket at `/v1/responses`).
+const LLM_WEBSOCKET_PATHS: [&str; 1] = ["/v1/realtime"];
+
 /// A loaded service catalog.
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -121,6 +126,27 @@ impl Catalog {
     /// The rules in match order (catalog rules first, then built-ins).
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// What a WebSocket to this host and path would open, whatever its
+    /// method: the kind and name of the first rule covering it that reads
+    /// more than web access (a payment, email, login or LLM endpoint), or a
+    /// known LLM WebSocket path. `None`: nothing the catalog reads.
+    pub fn websocket_endpoint(&self, req: &RequestView<'_>) -> Option<(ActionType, String)> {
+        let segments = pattern::normalize_path(req.path_and_query);
+        if let Some((kind, rule)) = self
+            .rules
+            .iter()
+            .filter(|r| r.covers(req.host, &segments))
+            .find_map(|r| r.kind().map(|k| (k, r.name().to_owned())))
+        {
+            return Some((kind, rule));
+        }
+        LLM_WEBSOCKET_PATHS
+            .iter()
+            .filter_map(|p| pattern::PathPattern::parse(p).ok())
+            .any(|p| p.matches(&segments))
+            .then(|| (ActionType::Llm, "built-in llm websocket".to_owned()))
     }
 
     /// Finds the first rule a request falls under.

@@ -6,6 +6,7 @@ use capabilities::Host;
 use super::error::CatalogError;
 use super::file::{AmountUnit, Field, RuleFile, RuleKind};
 use super::pattern::{PathPattern, RuleHost};
+use crate::credentials::Placement;
 
 /// What a rule does with a request, checked at load time.
 #[derive(Debug, Clone)]
@@ -35,12 +36,34 @@ pub struct Rule {
     path: PathPattern,
     pub(super) extract: Extract,
     pub(super) credential: Option<String>,
+    /// Where the credential's placeholder goes in a matched request.
+    credential_field: Option<Placement>,
 }
 
 impl Rule {
     /// The rule's name (from the file, else `host path`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The credential the rule names, and where its placeholder goes in a
+    /// request the rule matches (`credential_field`), if the rule says.
+    pub fn credential(&self) -> Option<(&str, Option<&Placement>)> {
+        self.credential
+            .as_deref()
+            .map(|c| (c, self.credential_field.as_ref()))
+    }
+
+    /// The kind of action the rule reads (`None`: plain web access).
+    pub fn kind(&self) -> Option<capabilities::ActionType> {
+        use capabilities::ActionType;
+        match self.extract {
+            Extract::Payment { .. } => Some(ActionType::Payment),
+            Extract::Email { .. } => Some(ActionType::Email),
+            Extract::Login => Some(ActionType::Login),
+            Extract::Llm => Some(ActionType::Llm),
+            Extract::Web => None,
+        }
     }
 
     /// Whether classifying needs the request body.
@@ -146,6 +169,20 @@ impl Rule {
                 return Err(bad("empty credential name".into()));
             }
         }
+        let credential_field = match (&file.credential, file.credential_field) {
+            (_, None) => None,
+            (None, Some(_)) => return Err(bad("`credential_field` needs `credential`".into())),
+            (Some(_), Some(f)) => Some(match f {
+                Field::Json(p) if p.starts_with('/') => Placement::Json(p),
+                Field::Form(n) => Placement::Form(n),
+                Field::Query(n) => Placement::Query(n),
+                Field::Header(h) => Placement::parse(&format!("header:{h}")).map_err(bad)?,
+                Field::Json(_) | Field::Value(_) => return Err(bad(
+                    "`credential_field` is a json pointer, form field, query parameter or header"
+                        .into(),
+                )),
+            }),
+        };
         Ok(Rule {
             name,
             host,
@@ -153,7 +190,13 @@ impl Rule {
             path,
             extract,
             credential: file.credential,
+            credential_field,
         })
+    }
+
+    /// Whether the rule's host and path cover a request, whatever its method.
+    pub(super) fn covers(&self, host: &Host, segments: &[String]) -> bool {
+        self.host.matches(host) && self.path.matches(segments)
     }
 
     pub(super) fn matches(&self, methods: &[String], host: &Host, segments: &[String]) -> bool {

@@ -1,6 +1,10 @@
-//! Echo masking: a secret a response sends back (raw, JSON-escaped or
-//! percent-encoded) is replaced by its placeholder before the sandbox sees
-//! it, in header values and in bodies streamed chunk by chunk.
+//! Echo masking: a secret a response sends back is replaced by its
+//! placeholder before the sandbox sees it, in header values and in bodies
+//! streamed chunk by chunk. A secret is found as written raw, JSON-escaped,
+//! form- or URL-encoded, and through the escapes servers emit: the text is
+//! also read with its JSON escapes undone and with its HTML character
+//! references undone (`escapes.rs`), so `H\u0075nter2` and `H&#117;nter2`
+//! are masked like `Hunter2`.
 
 use std::sync::Arc;
 
@@ -10,24 +14,40 @@ use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
 use super::encode::{json_escaped, percent_encoded, uri_encoded};
+use super::escapes::{self, Unescaped};
 use super::finder::build;
 use super::store::Secret;
 
-/// The finder over every form of every secret value, each mapped to the
-/// placeholder that replaces it.
+/// Undoes one kind of escape (`escapes.rs`).
+type Undo = fn(&[u8]) -> Unescaped;
+
+/// A secret found in raw text: its range and which secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hit {
+    start: usize,
+    end: usize,
+    secret: usize,
+}
+
+/// The finders over every secret, each match mapped to the placeholder
+/// that replaces it.
 pub(super) struct EchoMask {
-    echo: AhoCorasick,
+    /// Over the raw text: every encoded form of every secret.
+    encoded: AhoCorasick,
     /// Pattern → index into `placeholders`.
-    echo_secret: Vec<usize>,
-    longest_echo: usize,
+    encoded_secret: Vec<usize>,
+    longest_encoded: usize,
+    /// Over unescaped text: every secret as it is.
+    plain: AhoCorasick,
+    longest_plain: usize,
     placeholders: Vec<String>,
 }
 
 impl EchoMask {
     /// `placeholders[i]` replaces `secrets[i]`; `None` when there is no secret.
     pub(super) fn new(secrets: &[Secret], placeholders: &[String]) -> Option<Self> {
-        let mut echo_patterns = Vec::new();
-        let mut echo_secret = Vec::new();
+        let mut encoded = Vec::new();
+        let mut encoded_secret = Vec::new();
         for (i, s) in secrets.iter().enumerate() {
             let mut forms = vec![
                 s.value().to_owned(),
@@ -38,25 +58,30 @@ impl EchoMask {
             forms.sort();
             forms.dedup();
             for f in forms {
-                echo_patterns.push(f);
-                echo_secret.push(i);
+                encoded.push(f);
+                encoded_secret.push(i);
             }
         }
+        let plain: Vec<String> = secrets.iter().map(|s| s.value().to_owned()).collect();
         Some(EchoMask {
-            longest_echo: echo_patterns.iter().map(String::len).max().unwrap_or(0),
-            echo: build(&echo_patterns, false)?,
-            echo_secret,
+            longest_encoded: encoded.iter().map(String::len).max().unwrap_or(0),
+            longest_plain: plain.iter().map(String::len).max().unwrap_or(0),
+            encoded: build(&encoded, false)?,
+            plain: build(&plain, false)?,
+            encoded_secret,
             placeholders: placeholders.to_vec(),
         })
     }
 
     /// Replaces echoed secrets in response header values by their placeholders.
     pub(super) fn mask_headers(&self, headers: &mut HeaderMap) {
-        let echo = &self.echo;
         let names: Vec<HeaderName> = headers.keys().cloned().collect();
         for name in names {
             let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
-            if !values.iter().any(|v| echo.is_match(v.as_bytes())) {
+            if !values
+                .iter()
+                .any(|v| !self.hits(v.as_bytes(), true).0.is_empty())
+            {
                 continue;
             }
             headers.remove(&name);
@@ -70,24 +95,111 @@ impl EchoMask {
         }
     }
 
-    /// `text` with every secret (raw or encoded) replaced by its placeholder.
+    /// `text` with every secret (raw, encoded or escaped) replaced by its placeholder.
     pub(super) fn mask_str(&self, text: &str) -> String {
         String::from_utf8_lossy(&self.mask_all(text.as_bytes())).into_owned()
     }
 
-    fn mask_all(&self, bytes: &[u8]) -> Vec<u8> {
-        let echo = &self.echo;
+    /// All of `bytes`, masked (nothing held back).
+    pub(super) fn mask_all(&self, bytes: &[u8]) -> Vec<u8> {
+        let (hits, _) = self.hits(bytes, true);
         let mut out = Vec::with_capacity(bytes.len());
-        let mut last = 0;
-        for m in echo.find_iter(bytes) {
-            out.extend_from_slice(&bytes[last..m.start()]);
-            out.extend_from_slice(
-                self.placeholders[self.echo_secret[m.pattern().as_usize()]].as_bytes(),
-            );
-            last = m.end();
-        }
-        out.extend_from_slice(&bytes[last..]);
+        let end = self.replace(bytes, &hits, bytes.len(), &mut out);
+        out.extend_from_slice(&bytes[end..]);
         out
+    }
+
+    /// Appends `bytes[..cut]` to `out` with the hits that end by `cut`
+    /// replaced; returns where it stopped (`cut`, or the start of a hit
+    /// running past it).
+    fn replace(&self, bytes: &[u8], hits: &[Hit], cut: usize, out: &mut Vec<u8>) -> usize {
+        let mut pos = 0;
+        for h in hits {
+            if h.end > cut {
+                let stop = h.start.min(cut).max(pos);
+                out.extend_from_slice(&bytes[pos..stop]);
+                return stop;
+            }
+            out.extend_from_slice(&bytes[pos..h.start]);
+            out.extend_from_slice(self.placeholders[h.secret].as_bytes());
+            pos = h.end;
+        }
+        out.extend_from_slice(&bytes[pos..cut.max(pos)]);
+        cut.max(pos)
+    }
+
+    /// Every secret in `buf` (merged where readings overlap), and from
+    /// where on a streaming filter must hold bytes back: a match could
+    /// start there and end in bytes not received yet, or an escape is cut.
+    /// With `at_end` nothing more comes.
+    fn hits(&self, buf: &[u8], at_end: bool) -> (Vec<Hit>, usize) {
+        let mut hits: Vec<Hit> = self
+            .encoded
+            .find_iter(buf)
+            .map(|m| Hit {
+                start: m.start(),
+                end: m.end(),
+                secret: self.encoded_secret[m.pattern().as_usize()],
+            })
+            .collect();
+        let mut hold = if at_end {
+            buf.len()
+        } else {
+            buf.len()
+                .saturating_sub(self.longest_encoded.saturating_sub(1))
+        };
+        // The unescaped readings only differ where there is an escape.
+        let views: [(u8, Undo); 2] = [(b'\\', escapes::json), (b'&', escapes::html)];
+        let mut read = Vec::with_capacity(2);
+        for (marker, undo) in views {
+            if buf.contains(&marker) {
+                read.push(undo(buf));
+            }
+        }
+        for u in &read {
+            for m in self.plain.find_iter(&u.bytes) {
+                hits.push(Hit {
+                    start: u.from[m.start()].0,
+                    end: u.from[m.end() - 1].1,
+                    secret: m.pattern().as_usize(),
+                });
+            }
+            if !at_end {
+                let decoded_end = u.raw_len(buf.len());
+                let keep_from = u
+                    .bytes
+                    .len()
+                    .saturating_sub(self.longest_plain.saturating_sub(1));
+                let view_hold = u.from.get(keep_from).map_or(decoded_end, |r| r.0);
+                hold = hold.min(view_hold).min(decoded_end);
+            }
+        }
+        // Never cut inside an escape: the held tail is read again with the
+        // next chunk and must start where a reading can start.
+        if !at_end {
+            loop {
+                let snapped = read.iter().fold(hold, |at, u| {
+                    let i = u.from.partition_point(|r| r.1 <= at);
+                    match u.from.get(i) {
+                        Some(r) if r.0 < at => r.0,
+                        _ => at,
+                    }
+                });
+                if snapped == hold {
+                    break;
+                }
+                hold = snapped;
+            }
+        }
+        hits.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
+        let mut merged: Vec<Hit> = Vec::with_capacity(hits.len());
+        for h in hits {
+            match merged.last_mut() {
+                Some(last) if h.start < last.end => last.end = last.end.max(h.end),
+                _ => merged.push(h),
+            }
+        }
+        (merged, hold)
     }
 
     /// A streaming filter over a response body.
@@ -100,8 +212,9 @@ impl EchoMask {
 }
 
 /// Replaces a secret echoed in a response body by its placeholder, across
-/// chunk boundaries: it holds back a tail one byte shorter than the longest
-/// pattern and releases it with the next chunk or at the end.
+/// chunk boundaries: it holds back the tail where a secret (in any of its
+/// readings) could still be completing and releases it with the next chunk
+/// or at the end. After [`finish`](Self::finish) it takes a new stream.
 pub struct EchoFilter {
     mask: Arc<EchoMask>,
     carry: BytesMut,
@@ -110,33 +223,88 @@ pub struct EchoFilter {
 impl EchoFilter {
     /// Filters one chunk; returns what can be sent now.
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
-        let mask = &*self.mask;
-        let echo = &mask.echo;
         self.carry.extend_from_slice(chunk);
         let buf = std::mem::take(&mut self.carry);
-        let keep = mask.longest_echo.saturating_sub(1);
-        let safe_end = buf.len().saturating_sub(keep);
-        let mut out = BytesMut::with_capacity(buf.len());
-        let mut pos = 0;
-        for m in echo.find_iter(&buf[..]) {
-            if m.start() >= safe_end {
-                break;
-            }
-            out.extend_from_slice(&buf[pos..m.start()]);
-            out.extend_from_slice(
-                mask.placeholders[mask.echo_secret[m.pattern().as_usize()]].as_bytes(),
-            );
-            pos = m.end();
-        }
-        let cut = pos.max(safe_end);
-        out.extend_from_slice(&buf[pos..cut]);
+        let (hits, hold) = self.mask.hits(&buf, false);
+        let mut out = Vec::with_capacity(buf.len());
+        let cut = self.mask.replace(&buf, &hits, hold, &mut out);
         self.carry.extend_from_slice(&buf[cut..]);
-        out.freeze()
+        Bytes::from(out)
     }
 
     /// Releases the held-back tail.
     pub fn finish(&mut self) -> Bytes {
         let rest = std::mem::take(&mut self.carry);
         Bytes::from(self.mask.mask_all(&rest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask(values: &[&str]) -> Arc<EchoMask> {
+        let secrets: Vec<Secret> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Secret::new(&format!("s{i}"), v).expect("secret"))
+            .collect();
+        let placeholders: Vec<String> = (0..values.len()).map(|i| format!("<P{i}>")).collect();
+        Arc::new(EchoMask::new(&secrets, &placeholders).expect("mask"))
+    }
+
+    /// Streams `body` through a filter in pieces of `step`.
+    fn stream(m: &Arc<EchoMask>, body: &[u8], step: usize) -> String {
+        let mut f = m.filter();
+        let mut out = Vec::new();
+        for piece in body.chunks(step) {
+            out.extend_from_slice(&f.push(piece));
+        }
+        out.extend_from_slice(&f.finish());
+        String::from_utf8(out).expect("utf8")
+    }
+
+    #[test]
+    fn escaped_echoes_are_masked_in_any_split() {
+        let m = mask(&["Hunter2/\"é\"&<x>", "k"]);
+        let bodies = [
+            // JSON with some characters \u-escaped, `/` as `\/`.
+            r#"{"a":"\u0048unter2\/\"\u00e9\"\u0026\u003cx\u003e","b":1}"#,
+            r#"{"a":"\u0048\u0075\u006e\u0074\u0065\u0072\u0032\/\u0022\u00E9\u0022\u0026\u003C\u0078\u003E"}"#,
+            // HTML: numeric (decimal, hex, leading zeros, no `;`) and named.
+            "<p>H&#117;nter&#x32;&#x2F;&quot;&eacute;&#34;&amp;&lt;x&#00062</p>",
+            "<p>&#72;unter2&sol;&QUOT;&#xe9;&quot&AMP;&LT;x&gt;</p>",
+            // Raw and form-encoded.
+            "Hunter2/\"é\"&<x> and Hunter2%2F%22%C3%A9%22%26%3Cx%3E",
+        ];
+        for body in bodies {
+            for step in [1, 2, 5, body.len()] {
+                let out = stream(&m, body.as_bytes(), step);
+                assert!(!out.contains("unter"), "step {step}: {out}");
+                assert!(out.contains("<P0>"), "step {step}: {out}");
+            }
+        }
+        // Text around an echo is left as it was, escapes included.
+        assert_eq!(
+            stream(
+                &m,
+                br#"{"x":"\u00e9","a":"\u0048unter2\/\"\u00e9\"&<x>"}"#,
+                3
+            ),
+            r#"{"x":"\u00e9","a":"<P0>"}"#
+        );
+        // The one-letter secret is masked wherever it stands.
+        assert_eq!(stream(&m, b"&#107;", 1), "<P1>");
+    }
+
+    #[test]
+    fn headers_are_masked_through_escapes_too() {
+        let m = mask(&["Hunter2"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("H&#117;nter2"));
+        h.insert("x-b", HeaderValue::from_static("nothing"));
+        m.mask_headers(&mut h);
+        assert_eq!(h["x-a"], "<P0>");
+        assert_eq!(h["x-b"], "nothing");
     }
 }

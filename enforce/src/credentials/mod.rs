@@ -1,17 +1,24 @@
 //! Secrets and their per-session placeholders: loading the host's secrets
 //! file, finding placeholders (whole or in pieces) in a request, swapping
-//! them for the real values only where the token grants the credential,
-//! injecting headers, and masking secrets a response echoes back.
+//! them for the real values only where the token grants the credential and
+//! only in the places it belongs, injecting headers, and masking secrets a
+//! response echoes back (after decoding a compressed body).
 //! Format and detection rules: `docs/credentials.md`.
 
+/// Compressed response bodies decoded as they stream.
+mod decode;
 /// Echoed secrets replaced by their placeholders.
 mod echo;
 /// How a secret is written in a URL, a form or JSON.
 mod encode;
+/// JSON escapes and HTML character references undone, with a map back.
+mod escapes;
 /// The Aho-Corasick finders.
 mod finder;
 /// Minting placeholders and finding them in requests.
 mod placeholder;
+/// Where in a request a placeholder may be substituted.
+mod placement;
 /// The secrets file.
 mod store;
 /// Granted placeholders replaced by their secrets; header injection.
@@ -24,8 +31,10 @@ use std::sync::Arc;
 use capabilities::Host;
 use http::HeaderMap;
 
+pub use decode::{BodyDecoder, Coding, DecodeError};
 pub use echo::EchoFilter;
 pub use placeholder::{Findings, Place, Sighting, FRAGMENT_LEN, PLACEHOLDER_PREFIX, RANDOM_LEN};
+pub use placement::Placement;
 pub use store::{Injection, Secret, SecretStore, SecretsError};
 pub use substitute::{SubstituteError, Substituted};
 
@@ -104,6 +113,65 @@ impl SessionCredentials {
     /// bytes given (raw and percent-decoded). Matching ignores ASCII case.
     pub fn scan(&self, path_and_query: &str, headers: &HeaderMap, body: &[u8]) -> Findings {
         self.placeholders.scan(path_and_query, headers, body)
+    }
+
+    /// Why the placeholder of credential `name` may not be substituted in
+    /// this request: it (whole, its marker or a piece) sits somewhere other
+    /// than the places it may go: `rule_places` (the matched catalog rule's
+    /// `credential_field`, when the rule names this credential), the
+    /// secrets file's `placement` list and its injection header. `None`
+    /// when every sighting is in such a place.
+    pub fn misplaced(
+        &self,
+        name: &str,
+        rule_places: &[Placement],
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        complete: bool,
+    ) -> Option<String> {
+        let secret = self.secrets.iter().find(|s| s.name() == name)?;
+        let mut places: Vec<Placement> = rule_places.to_vec();
+        places.extend_from_slice(secret.placements());
+        if let Some(inj) = secret.injection() {
+            places.push(Placement::Header(inj.header.clone()));
+        }
+        let spots = placement::locate(&places, path_and_query, headers, body, complete);
+        // The request with its allowed places blanked out: whatever of the
+        // placeholder is left is somewhere it must not go.
+        let blank = |text: &[u8], ranges: &[std::ops::Range<usize>]| {
+            let mut out = text.to_vec();
+            for r in ranges {
+                out[r.clone()].fill(b' ');
+            }
+            out
+        };
+        let pq =
+            String::from_utf8_lossy(&blank(path_and_query.as_bytes(), &spots.query)).into_owned();
+        let mut rest_headers = headers.clone();
+        for h in &spots.headers {
+            rest_headers.remove(h);
+        }
+        let rest_body = blank(body, &spots.body);
+        let rest = self.placeholders.scan(&pq, &rest_headers, &rest_body);
+        let (sighting, place) = rest.by_credential.get(name)?;
+        let allowed = if places.is_empty() {
+            "nowhere: no catalog rule or placement names a place for it".to_owned()
+        } else {
+            places
+                .iter()
+                .map(Placement::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let ambiguous = if spots.ambiguous.is_empty() {
+            String::new()
+        } else {
+            format!("; ambiguous, so not used: {}", spots.ambiguous.join(", "))
+        };
+        Some(format!(
+            "placeholder of {name} ({sighting:?}) in {place}, outside where it may go ({allowed}{ambiguous})"
+        ))
     }
 
     /// Replaces every exact placeholder of a credential in `granted` with its

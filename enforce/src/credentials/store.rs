@@ -1,6 +1,6 @@
 //! The host's secrets: the secrets file (owner-only, never quoted in
-//! errors), each secret with its optional header injection and host list,
-//! and values that never show in `Debug`.
+//! errors), each secret with its optional header injection, host list and
+//! placement list, and values that never show in `Debug`.
 
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
@@ -11,6 +11,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::placeholder::PLACEHOLDER_PREFIX;
+use super::placement::Placement;
 
 /// Why the secrets file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,8 @@ struct SecretEntry {
     format: Option<String>,
     #[serde(default)]
     hosts: Vec<String>,
+    #[serde(default)]
+    placement: Vec<String>,
 }
 
 impl<'de> Deserialize<'de> for SecretValue {
@@ -82,6 +85,9 @@ pub struct Secret {
     /// Extra narrowing from the secrets file: when non-empty, the secret is
     /// used only at these hosts *and* where the token grants it.
     hosts: Vec<Host>,
+    /// Where in a request its placeholder may be substituted, beyond the
+    /// catalog rule's `credential_field` and the injection header.
+    placements: Vec<Placement>,
 }
 
 impl Secret {
@@ -93,7 +99,20 @@ impl Secret {
             header: None,
             format: None,
             hosts: Vec::new(),
+            placement: Vec::new(),
         })
+    }
+
+    /// Adds places its placeholder may be substituted (`json:/password`, ...).
+    pub fn with_placement(mut self, placements: &[&str]) -> Result<Self, SecretsError> {
+        for p in placements {
+            let p = Placement::parse(p).map_err(|problem| SecretsError::Secret {
+                name: self.name.clone(),
+                problem,
+            })?;
+            self.placements.push(p);
+        }
+        Ok(self)
     }
 
     /// Adds a header injection: `format` with `{}` replaced by the secret.
@@ -108,6 +127,11 @@ impl Secret {
 
     pub fn injection(&self) -> Option<&Injection> {
         self.injection.as_ref()
+    }
+
+    /// The secrets file's `placement` list.
+    pub fn placements(&self) -> &[Placement] {
+        &self.placements
     }
 
     fn from_entry(e: SecretEntry) -> Result<Self, SecretsError> {
@@ -144,8 +168,14 @@ impl Secret {
             .iter()
             .map(|h| Host::parse(h.trim()).map_err(|_| bad("`hosts` must be host names")))
             .collect::<Result<_, _>>()?;
+        let placements = e
+            .placement
+            .iter()
+            .map(|p| Placement::parse(p.trim()).map_err(|problem| bad(&problem)))
+            .collect::<Result<_, _>>()?;
         Ok(Secret {
             hosts,
+            placements,
             name: e.name,
             value: e.value,
             injection,
@@ -288,6 +318,10 @@ mod tests {
             (
                 "[[secret]]\nname='a'\nvalue='x'\n[[secret]]\nname='a'\nvalue='y'",
                 "twice",
+            ),
+            (
+                "[[secret]]\nname='a'\nvalue='x'\nplacement=['body:/x']",
+                "header, json, form or query",
             ),
         ] {
             let err = SecretStore::from_toml(text).expect_err(text).to_string();

@@ -1,7 +1,9 @@
 //! Shared setup for the enforcement tests: the flight-booking token minted
 //! from `examples/flight-booking/policy.toml`, its catalog, a secrets store,
-//! a recording HTTPS upstream that plays every service (its own test CA), the
-//! real proxy with the enforcing gate on loopback, curl, and chain checks.
+//! a recording HTTPS upstream that plays every service (its own test CA) and
+//! keeps what it was sent (`/vault/<how>` reads it back: compressed, with
+//! trailers, escaped), the real proxy with the enforcing gate on loopback,
+//! curl, and chain checks.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::{
@@ -24,7 +26,8 @@ use enforce::{
     Ledger, SecretStore,
 };
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::{Proxy, ProxyConfig, ProxyHandle};
@@ -107,7 +110,7 @@ impl Mock {
                     };
                     let svc = hyper::service::service_fn(move |req| answer(s.clone(), req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                         .await;
                 });
             }
@@ -130,10 +133,18 @@ impl Mock {
     }
 }
 
+/// The upstream's response body.
+type MockBody = BoxBody<Bytes, Infallible>;
+
 async fn answer(
     seen: Arc<Mutex<Vec<Seen>>>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+    mut req: Request<Incoming>,
+) -> Result<Response<MockBody>, Infallible> {
+    let websocket = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let host = req
         .uri()
         .host()
@@ -158,6 +169,16 @@ async fn answer(
         .await
         .map(|b| b.to_bytes().to_vec())
         .unwrap_or_default();
+    // What this host was last sent (by a request other than a read), for
+    // `/vault/<how>`: a server that stores what it is given and shows it.
+    let stored = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|s| s.host == host && !s.path.starts_with("/vault/"))
+        .map(|s| s.body.clone())
+        .unwrap_or_default();
     let json = serde_json::json!({
         "ok": true,
         "host": host,
@@ -167,16 +188,153 @@ async fn answer(
     seen.lock().unwrap().push(Seen {
         method,
         host,
-        path,
+        path: path.clone(),
         headers,
         body,
     });
-    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+    if let Some(how) = path.strip_prefix("/vault/") {
+        return Ok(vault(how, &stored));
+    }
+    if let Some(on_upgrade) = on_upgrade {
+        return Ok(websocket_echo(on_upgrade, seen, stored));
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())).boxed());
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         "application/json".parse().unwrap(),
     );
     Ok(resp)
+}
+
+/// A WebSocket server: answers `101` (the stored value in a header too),
+/// records the first bytes the client sends as a `Seen` with path
+/// `/ws-data`, then sends one text message holding the stored value and a
+/// close frame, and ends the connection.
+fn websocket_echo(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stored: Vec<u8>,
+) -> Response<MockBody> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let header =
+        http::HeaderValue::from_bytes(&stored).unwrap_or(http::HeaderValue::from_static("-"));
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut io = TokioIo::new(upgraded);
+        let mut buf = vec![0u8; 4096];
+        let n = io.read(&mut buf).await.unwrap_or(0);
+        seen.lock().unwrap().push(Seen {
+            method: "WS".into(),
+            host: String::new(),
+            path: "/ws-data".into(),
+            headers: http::HeaderMap::new(),
+            body: buf[..n].to_vec(),
+        });
+        let mut message = b"stored: ".to_vec();
+        message.extend_from_slice(&stored);
+        let mut out = vec![0x81, 126];
+        out.extend_from_slice(&u16::try_from(message.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(&message);
+        out.extend_from_slice(&[0x88, 0x02, 0x03, 0xe8]);
+        let _ = io.write_all(&out).await;
+        let _ = io.shutdown().await;
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+    h.insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
+    );
+    h.insert("x-stored", header);
+    resp
+}
+
+/// `stored` sent back as `how` says, whatever the request asked for
+/// (`Accept-Encoding` is ignored, as some servers do).
+fn vault(how: &str, stored: &[u8]) -> Response<MockBody> {
+    use std::io::Write;
+    let text = String::from_utf8_lossy(stored).into_owned();
+    let (coding, body): (Option<&str>, Vec<u8>) = match how {
+        "plain" => (None, stored.to_vec()),
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(stored).unwrap();
+            (Some("gzip"), e.finish().unwrap())
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(stored).unwrap();
+            (Some("deflate"), e.finish().unwrap())
+        }
+        "br" => {
+            let mut out = Vec::new();
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            w.write_all(stored).unwrap();
+            drop(w);
+            (Some("br"), out)
+        }
+        "zstd" => (Some("zstd"), zstd::stream::encode_all(stored, 3).unwrap()),
+        // A coding the proxy does not decode.
+        "compress" => (Some("compress"), stored.to_vec()),
+        // Every character as `\u00XX`, and `/` as `\/`, as JSON encoders
+        // that escape everything do.
+        "json" => (
+            None,
+            text.chars()
+                .map(|c| match c {
+                    '/' => "\\/".to_owned(),
+                    c => format!("\\u{:04x}", u32::from(c)),
+                })
+                .collect::<String>()
+                .into_bytes(),
+        ),
+        // HTML character references: hex, decimal and named, in turn.
+        "html" => (
+            None,
+            text.chars()
+                .enumerate()
+                .map(|(i, c)| match (c, i % 3) {
+                    ('@', _) => "&commat;".to_owned(),
+                    (c, 0) => format!("&#x{:x};", u32::from(c)),
+                    (c, 1) => format!("&#{};", u32::from(c)),
+                    (c, _) => c.to_string(),
+                })
+                .collect::<String>()
+                .into_bytes(),
+        ),
+        // Chunked, one byte a chunk, the value again in a trailer.
+        "trailers" => {
+            let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = stored
+                .iter()
+                .map(|b| Ok(Frame::data(Bytes::copy_from_slice(&[*b]))))
+                .collect();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-stored", http::HeaderValue::from_bytes(stored).unwrap());
+            frames.push(Ok(Frame::trailers(trailers)));
+            let body = StreamBody::new(futures_util::stream::iter(frames));
+            let mut resp = Response::new(BodyExt::boxed(body));
+            resp.headers_mut()
+                .insert("trailer", http::HeaderValue::from_static("x-stored"));
+            return resp;
+        }
+        other => panic!("no vault mode {other}"),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    if let Some(c) = coding {
+        resp.headers_mut()
+            .insert(http::header::CONTENT_ENCODING, c.parse().unwrap());
+    }
+    // The stored value also comes back in a header.
+    resp.headers_mut().insert(
+        "x-stored",
+        http::HeaderValue::from_bytes(stored).unwrap_or(http::HeaderValue::from_static("-")),
+    );
+    resp
 }
 
 /// A receipt sink that writes to a real file until `fail` is set, then to

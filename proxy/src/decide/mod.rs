@@ -9,7 +9,11 @@
 //! - A `Refuse` verdict, and every fail-closed case the proxy detects itself
 //!   (reported through `refused`), never opens an upstream connection.
 //! - `completed` is called exactly once per request that reached `request`,
-//!   after the response body ended (or failed, or the client went away).
+//!   after the response body ended (or failed, or the client went away; for
+//!   a WebSocket, after the tunnel closed).
+//! - `response` sees every response head the sandbox is sent from upstream,
+//!   the `101` of a WebSocket included, and its verdict filters the body
+//!   (a WebSocket's messages) or refuses the response.
 
 mod body;
 
@@ -17,7 +21,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use capabilities::Host;
-use http::{request::Parts, response, StatusCode};
+use http::{request::Parts, response, HeaderMap, StatusCode};
 
 pub use body::RequestBody;
 
@@ -64,9 +68,15 @@ pub struct GateRequest {
     /// Destination host, without port; equal to the SNI on TLS.
     pub host: Host,
     /// Method, URI in origin form (`/path?query`), version, headers.
-    /// Hop-by-hop headers were already removed.
+    /// Hop-by-hop headers were already removed (an upgrade keeps `Upgrade:
+    /// websocket` and `Connection: upgrade`).
     pub head: Parts,
     pub body: RequestBody,
+    /// The request opens a WebSocket (an HTTP/1.1 `Upgrade: websocket`, or
+    /// an HTTP/2 extended CONNECT with `:protocol` websocket): if forwarded,
+    /// bytes flow both ways after upstream's `101` until either side closes.
+    /// Every other upgrade, and every plain CONNECT, the proxy refuses itself.
+    pub websocket: bool,
 }
 
 /// The gate's answer for a request.
@@ -131,14 +141,56 @@ pub struct Exchange {
     pub outcome: ExchangeOutcome,
 }
 
+/// Why a [`ResponseFilter`] could not go on (a compressed body that does not
+/// decode, say): the response to the sandbox is cut there, never passed on
+/// as complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("response filter: {0}")]
+pub struct FilterError(pub String);
+
 /// Rewrites a response body as it streams to the sandbox (the enforcing
-/// gate uses this to replace an echoed secret by its placeholder). Called per
-/// data chunk, so a filter looking for a pattern must hold back a tail
-/// across chunk boundaries and release it from `finish`.
+/// gate uses this to replace an echoed secret by its placeholder, after
+/// decoding a compressed body). Input and output are decoupled so that a
+/// filter may expand what it is given without holding all of it: the proxy
+/// [`push`](Self::push)es one chunk from upstream, then [`pull`](Self::pull)s
+/// until it returns `None`, and only then reads the next chunk (so output
+/// is made as the sandbox takes it). A filter looking for a pattern holds
+/// back a tail across chunks and releases it after [`finish`](Self::finish).
+///
+/// For a WebSocket, each message is one stream: pushed frame by frame,
+/// then `finish`ed and drained; the same filter then takes the next message.
 pub trait ResponseFilter: Send + 'static {
-    fn data(&mut self, chunk: Bytes) -> Bytes;
-    fn finish(&mut self) -> Bytes {
-        Bytes::new()
+    /// The next chunk of the upstream body.
+    fn push(&mut self, chunk: Bytes) -> Result<(), FilterError>;
+    /// The next piece of output; `None` when more input is needed (or,
+    /// after `finish`, when everything was given out).
+    fn pull(&mut self) -> Result<Option<Bytes>, FilterError>;
+    /// The upstream body ended: hold nothing back any more.
+    fn finish(&mut self) -> Result<(), FilterError>;
+    /// Rewrite the trailers (sent after the body's last byte).
+    fn trailers(&mut self, _trailers: &mut HeaderMap) {}
+}
+
+/// What the gate makes of a response head.
+pub enum ResponseVerdict {
+    /// Send the body as it comes.
+    Pass,
+    /// Send the body through this filter; the proxy drops `Content-Length`.
+    Filter(Box<dyn ResponseFilter>),
+    /// Do not send this response (the sandbox gets `502` with this reason
+    /// in `X-Openclaw-Blocked`; nothing of the body is read); the exchange
+    /// ends as `Failed`. For what the gate cannot make safe to show (a body
+    /// in an encoding it cannot decode, say).
+    Refuse(String),
+}
+
+impl std::fmt::Debug for ResponseVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseVerdict::Pass => f.write_str("Pass"),
+            ResponseVerdict::Filter(_) => f.write_str("Filter(..)"),
+            ResponseVerdict::Refuse(r) => f.debug_tuple("Refuse").field(r).finish(),
+        }
     }
 }
 
@@ -152,15 +204,17 @@ pub trait Gate: Send + Sync + 'static {
     /// head and body, and take as long as an approval needs.
     async fn request(&self, req: &mut GateRequest, conn: &ConnInfo) -> GateVerdict;
 
-    /// Inspect or rewrite the response head; return a filter to rewrite the
-    /// body. When a filter is returned the proxy drops `Content-Length`.
+    /// Inspect or rewrite the response head (hop-by-hop headers already
+    /// removed; transfer-codings other than chunked moved into
+    /// `Content-Encoding`, so the head names every coding of the body), and
+    /// say how its body goes to the sandbox.
     fn response(
         &self,
         _req: &RequestSummary,
         _head: &mut response::Parts,
         _conn: &ConnInfo,
-    ) -> Option<Box<dyn ResponseFilter>> {
-        None
+    ) -> ResponseVerdict {
+        ResponseVerdict::Pass
     }
 
     /// A fail-closed refusal the proxy made without asking.

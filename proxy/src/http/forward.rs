@@ -1,5 +1,6 @@
-//! One request: check the destination, ask the gate, forward upstream (or
-//! tunnel a WebSocket upgrade), stream the response back.
+//! One request: check the destination and what it asks of the connection,
+//! ask the gate, forward upstream (or open the WebSocket it asks for),
+//! stream the response back through the gate's response verdict.
 
 use std::{
     convert::Infallible,
@@ -24,13 +25,17 @@ use super::{
     blocked_response,
     client::ConnUpstream,
     deadline::BodyDeadline,
+    fold_transfer_codings,
     metered::{Metered, Report},
     pool::Lease,
-    strip_hop_by_hop, ProxyBody,
+    strip_hop_by_hop,
+    websocket::{self, Asks, MessageMask},
+    ProxyBody,
 };
 use crate::{
     decide::{
         ConnInfo, ExchangeOutcome, GateRequest, GateVerdict, Listener, Refusal, RequestSummary,
+        ResponseVerdict,
     },
     shared::Shared,
     ProxyError, RequestBody,
@@ -45,6 +50,9 @@ pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,
     pub info: ConnInfo,
     pub pool: ConnUpstream,
+    /// HTTP/1.1: set just before the `101` of a WebSocket the proxy carries
+    /// is returned, so the smuggling guard stops parsing (`H1Guard`).
+    pub switched: Arc<AtomicBool>,
 }
 
 impl ConnCtx {
@@ -64,6 +72,16 @@ impl ConnCtx {
             });
         }
         blocked_response(blocked.status, blocked.reason)
+    }
+
+    /// On HTTP/1.1, ask hyper to close the connection after this response
+    /// (a refused upgrade: the sandbox may already be speaking the protocol
+    /// it asked for, and nothing good follows on that connection).
+    fn close_after(&self, resp: &mut Response<ProxyBody>) {
+        if self.info.alpn.as_deref() != Some("h2") {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
     }
 }
 
@@ -99,18 +117,6 @@ fn request_host<B>(req: &Request<B>) -> Result<Host, ProxyError> {
 fn read_host(text: &str) -> Result<Host, ProxyError> {
     Host::parse(text)
         .map_err(|_| ProxyError::Malformed(format!("host {text:?} is not a host name")))
-}
-
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 fn summary(greq: &GateRequest) -> RequestSummary {
@@ -197,8 +203,19 @@ pub(crate) async fn handle(
         drain(req.into_body()).await;
         return Ok(resp);
     }
-    let upgrade = is_upgrade(&req);
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // What it asks of the connection: a CONNECT or an upgrade to anything
+    // but a WebSocket is refused here (the proxy opens no tunnels).
+    let asks = match websocket::asks(&req) {
+        Ok(asks) => asks,
+        Err(e) => {
+            let mut resp = ctx.refuse(&e, Some(early_summary()));
+            ctx.close_after(&mut resp);
+            drain(req.into_body()).await;
+            return Ok(resp);
+        }
+    };
+    let websocket = asks != Asks::Request;
+    let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut head, body) = req.into_parts();
     let mut expired = None;
     let body = if body.is_end_stream() {
@@ -210,7 +227,10 @@ pub(crate) async fn handle(
         let body = body.map_err(Into::into).boxed_unsync();
         BodyDeadline::new(body, limits.body_timeout, limits.body_min_rate, flag).boxed_unsync()
     };
-    strip_hop_by_hop(&mut head.headers, upgrade);
+    strip_hop_by_hop(&mut head.headers, asks == Asks::WebSocket);
+    if asks == Asks::H2WebSocket {
+        websocket::h2_to_upgrade(&mut head);
+    }
     head.uri = head
         .uri
         .path_and_query()
@@ -222,6 +242,7 @@ pub(crate) async fn handle(
         host,
         head,
         body,
+        websocket,
     };
     let verdict = ctx.shared.gate.request(&mut greq, &ctx.info).await;
     let request = summary(&greq);
@@ -244,10 +265,14 @@ pub(crate) async fn handle(
         let mut report = report;
         report.status = Some(status);
         report.send(0, ExchangeOutcome::Refused);
-        return Ok(blocked_response(status, &reason));
+        let mut resp = blocked_response(status, &reason);
+        if websocket {
+            ctx.close_after(&mut resp);
+        }
+        return Ok(resp);
     }
     if let Some(on_upgrade) = on_upgrade {
-        return Ok(tunnel(&ctx, greq, on_upgrade, report).await);
+        return Ok(tunnel(&ctx, greq, on_upgrade, report, asks).await);
     }
     let GateRequest {
         host,
@@ -315,19 +340,42 @@ fn respond(
     lease: Option<Lease>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // Only `tunnel` carries a switch, for a request that asked for one;
+        // the body and lease go: that upstream connection is closed.
+        return fail(ctx, ProxyError::UnaskedUpgrade, report);
+    }
+    fold_transfer_codings(&mut parts.headers);
     strip_hop_by_hop(&mut parts.headers, false);
     if close {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let filter = ctx
+    let filter = match ctx
         .shared
         .gate
-        .response(&report.request, &mut parts, &ctx.info);
-    if filter.is_some() {
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
+        .response(&report.request, &mut parts, &ctx.info)
+    {
+        ResponseVerdict::Pass => None,
+        ResponseVerdict::Filter(f) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Some(f)
+        }
+        ResponseVerdict::Refuse(reason) => {
+            // Nothing of the body is read; dropping it with the lease
+            // closes that upstream connection.
+            tracing::debug!(conn = ctx.info.id, reason = %reason, "response refused");
+            let mut resp = blocked_response(StatusCode::BAD_GATEWAY, &reason);
+            if close {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            report.status = Some(resp.status());
+            report.send(0, ExchangeOutcome::Failed(reason));
+            return resp;
+        }
+    };
     report.status = Some(parts.status);
     let body = Metered::new(
         body.map_err(Into::into).boxed_unsync(),
@@ -346,14 +394,20 @@ fn respond(
     Response::from_parts(parts, body)
 }
 
-/// WebSocket (any HTTP/1.1 upgrade): a dedicated HTTP/1.1 upstream
-/// connection; on 101 both sides are spliced byte for byte.
+/// A WebSocket the gate let through: a dedicated HTTP/1.1 upstream
+/// connection (an HTTP/2 extended CONNECT was already turned into an
+/// upgrade request); on `101` its head goes through the gate's response
+/// verdict like any other, then both sides are spliced until either closes
+/// (or the proxy shuts down), the bytes counted as they pass and the
+/// server's messages filtered when the gate filters this response.
 async fn tunnel(
     ctx: &ConnCtx,
     greq: GateRequest,
     down: OnUpgrade,
     mut report: Report,
+    asks: Asks,
 ) -> Response<ProxyBody> {
+    let h2 = asks == Asks::H2WebSocket;
     let GateRequest {
         host,
         mut head,
@@ -383,43 +437,104 @@ async fn tunnel(
         Err(e) => return fail(ctx, e.into(), report),
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The guard stopped parsing this connection at the upgrade request,
-        // so it must not carry further requests.
-        return respond(ctx, resp, report, true, None);
+        // Not switched: an HTTP/1.1 sandbox connection is closed after this
+        // answer (the guard goes on parsing it meanwhile).
+        return respond(ctx, resp, report, !h2, None);
     }
     let up = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, true);
+    let mask = match message_mask(ctx, &report.request, &mut parts) {
+        Ok(mask) => mask,
+        Err(reason) => {
+            // Dropping `up` closes the upgraded upstream connection.
+            let mut resp = blocked_response(StatusCode::BAD_GATEWAY, &reason);
+            ctx.close_after(&mut resp);
+            report.status = Some(resp.status());
+            report.send(0, ExchangeOutcome::Failed(reason));
+            return resp;
+        }
+    };
     report.status = Some(StatusCode::SWITCHING_PROTOCOLS);
     let mut stop = ctx.shared.stop.clone();
     tokio::spawn(async move {
-        let (d, u) = tokio::join!(down, up);
-        match (d, u) {
-            (Ok(d), Ok(u)) => {
-                let mut d = TokioIo::new(d);
-                let mut u = TokioIo::new(u);
-                // Proxy shutdown ends tunnels too.
-                let (sent, received) = tokio::select! {
-                    r = tokio::io::copy_bidirectional(&mut d, &mut u) => r.unwrap_or((0, 0)),
-                    _ = stop.changed() => (0, 0),
-                };
-                report
-                    .bytes_up
-                    .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-                report.send(received, ExchangeOutcome::Completed);
-            }
-            _ => report.send(
-                0,
-                ExchangeOutcome::Failed("upgrade did not complete".into()),
-            ),
-        }
+        let (Ok(d), Ok(u)) = tokio::join!(down, up) else {
+            let failed = ExchangeOutcome::Failed("upgrade did not complete".into());
+            return report.send(0, failed);
+        };
+        let (from_sandbox, to_sandbox) = tokio::io::split(TokioIo::new(d));
+        let (from_upstream, to_upstream) = tokio::io::split(TokioIo::new(u));
+        // Counted as they pass, so a tunnel cut by shutdown still reports them.
+        let sent = report.bytes_up.clone();
+        let delivered = AtomicU64::new(0);
+        let splice = async {
+            tokio::try_join!(
+                websocket::pump(from_sandbox, to_upstream, &sent, None),
+                websocket::pump(from_upstream, to_sandbox, &delivered, mask),
+            )
+        };
+        let result = tokio::select! {
+            r = splice => r.map(|_| ()),
+            _ = stop.changed() => Ok(()),
+        };
+        let outcome = match result {
+            Ok(()) => ExchangeOutcome::Completed,
+            Err(e) => ExchangeOutcome::Failed(format!("tunnel: {e}")),
+        };
+        report.send(delivered.load(Ordering::Relaxed), outcome);
     });
-    let (mut parts, _) = resp.into_parts();
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if h2 {
+        // RFC 8441 §5: the extended CONNECT is answered 200, without the
+        // HTTP/1.1 handshake's headers.
+        parts.status = StatusCode::OK;
+        for name in [
+            header::UPGRADE,
+            header::CONNECTION,
+            header::SEC_WEBSOCKET_ACCEPT,
+        ] {
+            parts.headers.remove(name);
+        }
+    } else {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        // From the next read on the sandbox connection carries WebSocket frames.
+        ctx.switched.store(true, Ordering::Release);
+    }
     Response::from_parts(
         parts,
         Empty::new().map_err(|never| match never {}).boxed_unsync(),
     )
+}
+
+/// The gate's verdict on a `101`, as the tunnel needs it: `None` to pass
+/// the server's frames as they come, a [`MessageMask`] when the gate
+/// filters (two filters: control frames may come between a message's
+/// frames), or why the WebSocket cannot be carried. A filtered WebSocket
+/// with an extension agreed (permessage-deflate: compressed payloads the
+/// filter cannot read) is refused; the enforcing gate asks for none where
+/// it filters.
+fn message_mask(
+    ctx: &ConnCtx,
+    request: &RequestSummary,
+    parts: &mut http::response::Parts,
+) -> Result<Option<MessageMask>, String> {
+    let gate = &ctx.shared.gate;
+    let data = match gate.response(request, parts, &ctx.info) {
+        ResponseVerdict::Pass => return Ok(None),
+        ResponseVerdict::Refuse(reason) => return Err(reason),
+        ResponseVerdict::Filter(f) => f,
+    };
+    if parts.headers.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+        return Err(
+            "websocket-extension: compressed WebSocket messages cannot be checked for secrets"
+                .into(),
+        );
+    }
+    match gate.response(request, &mut parts.clone(), &ctx.info) {
+        ResponseVerdict::Filter(control) => Ok(Some(MessageMask::new(data, control))),
+        _ => Err("websocket-filter: no filter for control frames".into()),
+    }
 }
 
 impl ConnCtx {

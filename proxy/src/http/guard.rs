@@ -3,13 +3,15 @@
 //! would tolerate (Content-Length with Transfer-Encoding, duplicate
 //! Content-Length), oversized or malformed heads. It follows message framing
 //! (fixed-length and chunked bodies) so every request head is checked,
-//! including pipelined ones.
+//! including pipelined ones, and those after a refused CONNECT or Upgrade:
+//! it stops only when the proxy has switched the connection to another
+//! protocol (a WebSocket the gate allowed and upstream accepted).
 
 use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     task::{ready, Context, Poll},
@@ -51,8 +53,10 @@ enum State {
     ChunkCr,
     ChunkLf,
     Trailers,
-    /// After an upgrade or CONNECT request the stream is no longer HTTP/1.1
-    /// (if the upgrade is refused the proxy closes the connection).
+    /// The proxy switched the connection to another protocol (it answered
+    /// `101` to a WebSocket upgrade): what follows is no longer HTTP/1.1.
+    /// Never entered on a request head alone: an upgrade or CONNECT the
+    /// proxy refuses leaves the connection HTTP/1.1, as hyper reads it.
     Opaque,
 }
 
@@ -64,6 +68,8 @@ pub(crate) struct H1Scanner {
     max_head: usize,
     /// Complete request heads that passed.
     heads: u64,
+    /// Of those, heads asking to leave HTTP/1.1 (CONNECT or `Upgrade`).
+    upgrades: u64,
 }
 
 impl H1Scanner {
@@ -73,7 +79,20 @@ impl H1Scanner {
             line: Vec::new(),
             max_head,
             heads: 0,
+            upgrades: 0,
         }
+    }
+
+    /// The connection now speaks another protocol: stop parsing it.
+    pub(crate) fn switch(&mut self) {
+        self.state = State::Opaque;
+        self.line = Vec::new();
+    }
+
+    /// Request heads asking to leave HTTP/1.1 seen so far.
+    #[cfg(test)]
+    pub(crate) fn upgrades(&self) -> u64 {
+        self.upgrades
     }
 
     pub(crate) fn feed(&mut self, mut data: &[u8]) -> Result<(), GuardTrip> {
@@ -101,8 +120,10 @@ impl H1Scanner {
                             let end = start + end;
                             let consumed = end - (self.line.len() - take);
                             self.line.truncate(end);
-                            self.state = check_head(&self.line)?;
+                            let (state, upgrade) = check_head(&self.line)?;
+                            self.state = state;
                             self.heads += 1;
+                            self.upgrades += u64::from(upgrade);
                             self.line.clear();
                             data = &data[consumed..];
                         }
@@ -192,8 +213,11 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-/// Validate one complete request head; return the framing state that follows.
-fn check_head(head: &[u8]) -> Result<State, GuardTrip> {
+/// Validate one complete request head; return the framing state that
+/// follows (its body, then the next head: hyper goes on reading HTTP/1.1
+/// after an upgrade or CONNECT it does not switch for) and whether it asks
+/// to leave HTTP/1.1.
+fn check_head(head: &[u8]) -> Result<(State, bool), GuardTrip> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -244,7 +268,7 @@ fn check_head(head: &[u8]) -> Result<State, GuardTrip> {
         (None, Some(n)) if n > 0 => State::Fixed(n),
         _ => State::Head,
     };
-    Ok(if upgrade { State::Opaque } else { state })
+    Ok((state, upgrade))
 }
 
 /// An I/O wrapper feeding the [`H1Scanner`] with everything read; on a trip
@@ -256,6 +280,10 @@ pub(crate) struct H1Guard<IO> {
     inner: IO,
     scanner: H1Scanner,
     trip: Arc<Mutex<Option<GuardTrip>>>,
+    /// Set by the proxy just before it answers `101` to an upgrade it
+    /// carries; from then on reads pass unparsed. Invariant: never set on a
+    /// connection that goes on speaking HTTP/1.1.
+    switched: Arc<AtomicBool>,
     /// Responses whose body hyper has finished with (see `serve_h1`).
     answered: Arc<AtomicU64>,
     /// Bytes written since the last completed flush.
@@ -269,6 +297,7 @@ impl<IO> H1Guard<IO> {
         inner: IO,
         max_head: usize,
         answered: Arc<AtomicU64>,
+        switched: Arc<AtomicBool>,
     ) -> (Self, Arc<Mutex<Option<GuardTrip>>>) {
         let trip = Arc::new(Mutex::new(None));
         (
@@ -276,6 +305,7 @@ impl<IO> H1Guard<IO> {
                 inner,
                 scanner: H1Scanner::new(max_head),
                 trip: trip.clone(),
+                switched,
                 answered,
                 dirty: false,
                 answer: None,
@@ -339,6 +369,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for H1Guard<IO> {
         let this = self.get_mut();
         if this.answer.is_some() {
             return this.poll_answer(cx);
+        }
+        if this.scanner.state == State::Opaque {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if this.switched.load(Ordering::Acquire) {
+            this.scanner.switch();
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         let before = buf.filled().len();
         let heads_before = this.scanner.heads;
@@ -438,5 +475,39 @@ mod tests {
         ));
         let bad_chunk = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
         assert!(matches!(scan(bad_chunk), Err(GuardTrip::Malformed(_))));
+    }
+
+    /// A refused upgrade or CONNECT leaves the connection HTTP/1.1 (hyper
+    /// reads the next request from it): the guard keeps checking, and
+    /// counts the heads that asked to leave.
+    #[test]
+    fn heads_after_an_upgrade_or_connect_are_still_checked() {
+        let smuggled =
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for first in [
+            &b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nContent-Length: 3\r\n\r\nabc",
+        ] {
+            let mut s = H1Scanner::new(8192);
+            s.feed(first).expect("the upgrade request itself passes");
+            assert_eq!(s.upgrades(), 1);
+            assert_eq!(s.state, State::Head, "{}", String::from_utf8_lossy(first));
+            assert_eq!(s.feed(smuggled), Err(GuardTrip::ClWithTe));
+            let mut all = first.to_vec();
+            all.extend_from_slice(smuggled);
+            assert_eq!(scan_bytewise(&all), Err(GuardTrip::ClWithTe));
+        }
+    }
+
+    /// Only the proxy's switch (it answered 101) stops the parsing.
+    #[test]
+    fn a_switched_connection_is_opaque() {
+        let mut s = H1Scanner::new(8192);
+        s.feed(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .expect("passes");
+        s.switch();
+        assert_eq!(s.feed(b"\x81\x05hello not http at all\r\n\r\n"), Ok(()));
     }
 }

@@ -520,8 +520,13 @@ impl Check {
                 "END_STREAM with a non-zero content-length",
             ));
         }
-        if self.pseudo & PROTOCOL != 0 {
-            return Err(H2Trip::Malformed(":protocol (extended CONNECT is off)"));
+        // The server enables extended CONNECT (RFC 8441, for WebSockets),
+        // so `:protocol` is h2's to check: on CONNECT only.
+        let extended = self.pseudo & PROTOCOL != 0;
+        if extended && !self.connect {
+            return Err(H2Trip::Malformed(
+                ":protocol on a request other than CONNECT",
+            ));
         }
         if self.pseudo & STATUS != 0 {
             return Err(H2Trip::Malformed(":status in a request"));
@@ -532,7 +537,17 @@ impl Check {
         if let Some(bad) = self.bad_uri {
             return Err(H2Trip::Malformed(bad));
         }
-        if self.connect {
+        if self.connect && extended {
+            if self.pseudo & SCHEME == 0 {
+                return Err(H2Trip::Malformed("missing :scheme in extended CONNECT"));
+            }
+            if self.pseudo & PATH == 0 {
+                return Err(H2Trip::Malformed("missing :path in extended CONNECT"));
+            }
+            if self.content_length.is_some_and(|n| n > 0) {
+                return Err(H2Trip::Malformed("CONNECT with a body"));
+            }
+        } else if self.connect {
             if self.pseudo & SCHEME != 0 {
                 return Err(H2Trip::Malformed(":scheme in CONNECT"));
             }
@@ -899,6 +914,55 @@ mod tests {
         ));
         let trailers = headers(1, &block(&[("x-t", "1")]));
         assert_eq!(scan(&conn(&[open, trailers])), Ok(()));
+    }
+
+    /// Extended CONNECT (RFC 8441): `:protocol` only on CONNECT, which then
+    /// needs `:scheme` and `:path` and no body; a plain CONNECT keeps its
+    /// RFC 9113 shape.
+    #[test]
+    fn extended_connect_shapes() {
+        let ws = |extra: &[(&str, &str)], drop: &str| {
+            let mut f = vec![
+                (":method", "CONNECT"),
+                (":protocol", "websocket"),
+                (":scheme", "https"),
+                (":authority", "a.example"),
+                (":path", "/chat"),
+            ];
+            f.retain(|(n, _)| *n != drop);
+            f.extend_from_slice(extra);
+            frame(HEADERS, END_HEADERS, 1, &block(&f))
+        };
+        assert_eq!(scan(&conn(&[ws(&[], "")])), Ok(()));
+        assert_eq!(scan_bytewise(&conn(&[ws(&[], "")])), Ok(()));
+        for bad in [
+            ws(&[], ":scheme"),
+            ws(&[], ":path"),
+            ws(&[("content-length", "3")], ""),
+            headers(1, &get(&[(":protocol", "websocket")])),
+            frame(
+                HEADERS,
+                END_HEADERS,
+                1,
+                &block(&[
+                    (":method", "CONNECT"),
+                    (":authority", "a.example:443"),
+                    (":path", "/"),
+                ]),
+            ),
+        ] {
+            let bytes = conn(&[bad]);
+            assert!(
+                matches!(scan(&bytes), Err(H2Trip::Malformed(_))),
+                "{:?}",
+                scan(&bytes)
+            );
+        }
+        let plain = block(&[(":method", "CONNECT"), (":authority", "a.example:443")]);
+        assert_eq!(
+            scan(&conn(&[frame(HEADERS, END_HEADERS, 1, &plain)])),
+            Ok(())
+        );
     }
 
     #[test]

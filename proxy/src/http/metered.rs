@@ -1,6 +1,7 @@
 //! `Metered`: the response body on its way to the sandbox. Streams frame by
-//! frame (never buffers a whole body), applies the gate's response filter,
-//! counts bytes and reports the exchange to the gate exactly once.
+//! frame (never buffers a whole body), applies the gate's response filter
+//! (body and trailers), counts bytes and reports the exchange to the gate
+//! exactly once.
 
 use std::{
     pin::Pin,
@@ -13,11 +14,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::{pool::Lease, BoxError, ProxyBody};
-use crate::decide::{ConnInfo, Exchange, ExchangeOutcome, Gate, RequestSummary, ResponseFilter};
+use crate::decide::{
+    ConnInfo, Exchange, ExchangeOutcome, FilterError, Gate, RequestSummary, ResponseFilter,
+};
 
 /// Everything needed to report the exchange when the body ends.
 pub(crate) struct Report {
@@ -46,6 +49,10 @@ impl Report {
 pub(crate) struct Metered {
     inner: ProxyBody,
     filter: Option<Box<dyn ResponseFilter>>,
+    /// With a filter: upstream's body has ended (the filter was told), so
+    /// what is left is its output, then these trailers.
+    input_done: bool,
+    trailers: Option<HeaderMap>,
     bytes_down: u64,
     /// Invariant: Some until the exchange has been reported.
     report: Option<Report>,
@@ -64,6 +71,8 @@ impl Metered {
         Self {
             inner,
             filter,
+            input_done: false,
+            trailers: None,
             bytes_down: 0,
             report: Some(report),
             lease,
@@ -80,6 +89,72 @@ impl Metered {
             r.send(self.bytes_down, outcome);
         }
     }
+
+    /// The filter failed: the body is cut there (the sandbox never gets it
+    /// as complete) and the exchange reported as failed.
+    fn filter_failed(&mut self, e: FilterError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        tracing::debug!(error = %e, "response filter cut the body");
+        self.finish(ExchangeOutcome::Failed(e.to_string()));
+        Poll::Ready(Some(Err(Box::new(e))))
+    }
+
+    /// A filtered body: give out the filter's output, feed it the next
+    /// upstream chunk only when it has none, then the trailers.
+    fn poll_filtered(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(filter) = self.filter.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match filter.pull() {
+                Err(e) => return self.filter_failed(e),
+                Ok(Some(out)) if out.is_empty() => continue,
+                Ok(Some(out)) => {
+                    self.bytes_down += out.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+                Ok(None) => {}
+            }
+            if self.input_done {
+                let trailers = self.trailers.take();
+                self.finish(ExchangeOutcome::Completed);
+                return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        if let Err(e) = filter.push(data) {
+                            return self.filter_failed(e);
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(mut t) = frame.into_trailers() {
+                            // Trailers end the body: drain the filter, then send them.
+                            filter.trailers(&mut t);
+                            self.trailers = Some(t);
+                            self.input_done = true;
+                            if let Err(e) = filter.finish() {
+                                return self.filter_failed(e);
+                            }
+                        }
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    self.finish(ExchangeOutcome::Failed(e.to_string()));
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    self.input_done = true;
+                    if let Err(e) = filter.finish() {
+                        return self.filter_failed(e);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Body for Metered {
@@ -94,14 +169,12 @@ impl Body for Metered {
         if this.report.is_none() {
             return Poll::Ready(None);
         }
+        if this.filter.is_some() {
+            return this.poll_filtered(cx);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(frame))) => {
-                let frame = match (frame.into_data(), this.filter.as_mut()) {
-                    (Ok(data), Some(f)) => Frame::data(f.data(data)),
-                    (Ok(data), None) => Frame::data(data),
-                    (Err(other), _) => other,
-                };
                 if let Some(d) = frame.data_ref() {
                     this.bytes_down += d.len() as u64;
                 }
@@ -112,16 +185,8 @@ impl Body for Metered {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                let tail = this
-                    .filter
-                    .as_mut()
-                    .map(|f| f.finish())
-                    .filter(|t| !t.is_empty());
-                if let Some(t) = &tail {
-                    this.bytes_down += t.len() as u64;
-                }
                 this.finish(ExchangeOutcome::Completed);
-                Poll::Ready(tail.map(|t| Ok(Frame::data(t))))
+                Poll::Ready(None)
             }
         }
     }

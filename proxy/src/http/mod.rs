@@ -1,6 +1,7 @@
 //! HTTP on both legs: serving the sandbox's connections (HTTP/1.1 with the
 //! smuggling guard, HTTP/2), forwarding each request through the gate to a
-//! lazily opened upstream connection, and streaming bodies back.
+//! lazily opened upstream connection, streaming bodies back, and carrying
+//! WebSockets.
 
 pub(crate) mod client;
 pub(crate) mod deadline;
@@ -12,6 +13,7 @@ pub(crate) mod metered;
 pub(crate) mod pool;
 pub(crate) mod serve;
 pub(crate) mod stall;
+pub(crate) mod websocket;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -60,6 +62,40 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Moves a response's transfer-codings other than `chunked` (which hyper
+/// decodes) into `Content-Encoding`, after the content-codings: hyper hands
+/// on a `Transfer-Encoding: gzip, chunked` body still gzipped, and the
+/// header naming that coding is hop-by-hop, so without this the gate would
+/// see a plain-looking head over compressed bytes.
+pub(crate) fn fold_transfer_codings(headers: &mut HeaderMap) {
+    let codings: Vec<String> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty() && c != "chunked" && c != "identity")
+        .collect();
+    if codings.is_empty() {
+        return;
+    }
+    let mut all: Vec<String> = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    all.extend(codings);
+    let joined = all.join(", ");
+    // Printable text from header values and lowercased tokens: valid; if
+    // not, a coding no one can decode stands in, and the gate refuses it.
+    let value = HeaderValue::from_str(&joined)
+        .unwrap_or_else(|_| HeaderValue::from_static("x-unreadable-transfer-coding"));
+    headers.insert(header::CONTENT_ENCODING, value);
 }
 
 /// The response for a refused request: status, reason header, small JSON body.
@@ -132,6 +168,25 @@ mod tests {
             ws.get(header::CONNECTION).map(|v| v.as_bytes()),
             Some(&b"upgrade"[..])
         );
+    }
+
+    #[test]
+    fn transfer_codings_join_the_content_codings() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("GZip, chunked"),
+        );
+        fold_transfer_codings(&mut h);
+        assert_eq!(h[header::CONTENT_ENCODING], "br, gzip");
+        let mut plain = HeaderMap::new();
+        plain.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        fold_transfer_codings(&mut plain);
+        assert!(!plain.contains_key(header::CONTENT_ENCODING));
     }
 
     #[test]

@@ -117,7 +117,12 @@ pub(crate) async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketA
     let pool = ConnUpstream::new(shared.clone(), Listener::Https, offer);
     // Bounds a sandbox that stops reading, whatever the protocol.
     let tls = super::stall::StallGuard::new(tls, shared.stalls.clone(), id);
-    let ctx = Arc::new(ConnCtx { shared, info, pool });
+    let ctx = Arc::new(ConnCtx {
+        shared,
+        info,
+        pool,
+        switched: Arc::default(),
+    });
     if h2 {
         serve_h2(ctx, tls).await;
     } else {
@@ -137,7 +142,13 @@ pub(crate) async fn serve_plain(shared: Arc<Shared>, tcp: TcpStream, peer: Socke
     let pool = ConnUpstream::new(shared.clone(), Listener::Http, AlpnOffer::default());
     super::stall::set_send_low_watermark(&tcp);
     let tcp = super::stall::StallGuard::new(tcp, shared.stalls.clone(), id);
-    serve_h1(Arc::new(ConnCtx { shared, info, pool }), tcp).await;
+    let ctx = ConnCtx {
+        shared,
+        info,
+        pool,
+        switched: Arc::default(),
+    };
+    serve_h1(Arc::new(ctx), tcp).await;
 }
 
 /// Per connection: responses finished and streams open, so the HTTP/1.1
@@ -210,7 +221,12 @@ async fn tracked(
 async fn serve_h1(ctx: Arc<ConnCtx>, io: impl Io) {
     let limits = &ctx.shared.limits;
     let activity = Arc::new(Activity::default());
-    let (guarded, trip) = H1Guard::new(io, limits.max_header_bytes, activity.answered.clone());
+    let (guarded, trip) = H1Guard::new(
+        io,
+        limits.max_header_bytes,
+        activity.answered.clone(),
+        ctx.switched.clone(),
+    );
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| tracked(svc_ctx.clone(), activity.clone(), req));
     let result = http1::Builder::new()
@@ -261,6 +277,9 @@ async fn serve_h2(ctx: Arc<ConnCtx>, io: impl Io) {
         .max_concurrent_streams(limits.max_h2_streams)
         .max_header_list_size(h2_limit)
         .max_frame_size(H2_MAX_FRAME as u32)
+        // Extended CONNECT (RFC 8441): WebSockets over HTTP/2, decided and
+        // carried as HTTP/1.1 upgrades are (`http/websocket.rs`).
+        .enable_connect_protocol()
         .keep_alive_interval(Some(limits.header_timeout))
         .adaptive_window(true)
         .serve_connection(TokioIo::new(watched), svc);

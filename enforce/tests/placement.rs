@@ -1,0 +1,185 @@
+//! A granted credential is substituted only where it belongs: the field the
+//! matched catalog rule names (`credential_field`), the header a secret
+//! injects, the secrets file's `placement` list. Its placeholder anywhere
+//! else in a request to the very host it is granted for (another body
+//! field, the query, another header, the path, a second spelling of the
+//! field) is exfiltration: refused at the credential stage, and the
+//! upstream never receives the request.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_outside_its_field_is_refused_even_at_its_host() {
+    let s = Session::start(Options::default()).await;
+    let login = s.placeholder("united_login");
+    let url = "https://united.com/api/auth/login";
+    let attempts: Vec<(&str, Reply)> = vec![
+        (
+            "another body field",
+            s.post_json(
+                url,
+                &format!(r#"{{"username":"{login}","password":"{login}"}}"#),
+            )
+            .await,
+        ),
+        (
+            "the field spelled twice",
+            s.post_json(
+                url,
+                &format!(r#"{{"username":"t","password":"x","Password":"{login}"}}"#),
+            )
+            .await,
+        ),
+        (
+            "the field in another case only",
+            s.post_json(url, &format!(r#"{{"username":"t","PASSWORD":"{login}"}}"#))
+                .await,
+        ),
+        (
+            "the query",
+            s.post_json(
+                &format!("{url}?note={login}"),
+                r#"{"username":"t","password":"x"}"#,
+            )
+            .await,
+        ),
+        (
+            "another header",
+            s.curl(
+                url,
+                &[
+                    "-X",
+                    "POST",
+                    "-H",
+                    "content-type: application/json",
+                    "-H",
+                    &format!("x-note: {login}"),
+                    "--data-binary",
+                    r#"{"username":"t","password":"x"}"#,
+                ],
+            )
+            .await,
+        ),
+        (
+            "the path of a GET",
+            s.curl(&format!("https://united.com/profile/{login}"), &[])
+                .await,
+        ),
+        (
+            "a form body, where the rule reads JSON",
+            s.curl(
+                url,
+                &[
+                    "-X",
+                    "POST",
+                    "-H",
+                    "content-type: application/x-www-form-urlencoded",
+                    "--data-binary",
+                    &format!("password={login}"),
+                ],
+            )
+            .await,
+        ),
+    ];
+    for (what, r) in &attempts {
+        assert_eq!(r.status, 403, "{what}: {r:?}");
+        let reason = r.blocked().unwrap();
+        assert!(
+            reason.contains("credential exfiltration"),
+            "{what}: {reason}"
+        );
+        // The refusal says where it may go: the login rule's field, or
+        // nowhere off the login endpoint.
+        let expected = if what.contains("path") {
+            "nowhere"
+        } else {
+            "json:/password"
+        };
+        assert!(reason.contains(expected), "{what}: {reason}");
+    }
+    // What the upstream received: nothing at all.
+    assert!(s.mock.seen().is_empty(), "{:?}", s.mock.seen());
+
+    // In its field, the placeholder is replaced there and only there.
+    let r = s
+        .post_json(url, &format!(r#"{{"username":"t","password":"{login}"}}"#))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.mock.seen();
+    assert_eq!(seen.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["password"], LOGIN_SECRET);
+    assert_eq!(body["username"], "t");
+
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    assert_eq!(d.len(), attempts.len() + 1);
+    for x in &d[..attempts.len()] {
+        assert_eq!(
+            (x.1.as_str(), x.2.as_str()),
+            ("block", "credential"),
+            "{x:?}"
+        );
+    }
+    assert_eq!(
+        (d[attempts.len()].1.as_str(), d[attempts.len()].2.as_str()),
+        ("allow", "token")
+    );
+    assert!(!s.receipts_text().contains(LOGIN_SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_list_widens_where_a_secret_may_go() {
+    let secrets = SECRETS.replace(
+        "value = \"Hunter2-real-P@ss\"",
+        "value = \"Hunter2-real-P@ss\"\nplacement = [\"header:X-Api-Key\", \"query:key\"]",
+    );
+    assert_ne!(secrets, SECRETS);
+    let s = Session::start(Options {
+        secrets,
+        ..Options::default()
+    })
+    .await;
+    let login = s.placeholder("united_login");
+    // In the header and the query parameter the list names: substituted.
+    let r = s
+        .curl(
+            &format!("https://united.com/flights?key={login}"),
+            &["-H", &format!("x-api-key: {login}")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.mock.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].headers["x-api-key"], LOGIN_SECRET);
+    assert_eq!(seen[0].path, "/flights?key=Hunter2-real-P%40ss");
+    // In another query parameter or header: refused, and the upstream
+    // receives nothing more.
+    for args in [
+        (
+            format!("https://united.com/flights?other={login}"),
+            String::new(),
+        ),
+        (
+            "https://united.com/flights".to_owned(),
+            format!("x-other: {login}"),
+        ),
+    ] {
+        let extra: Vec<&str> = if args.1.is_empty() {
+            vec![]
+        } else {
+            vec!["-H", &args.1]
+        };
+        let r = s.curl(&args.0, &extra).await;
+        assert_eq!(r.status, 403, "{r:?}");
+        assert!(
+            r.blocked().unwrap().contains("header:x-api-key, query:key"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(s.mock.seen().len(), 1);
+    s.finish_and_verify();
+}
