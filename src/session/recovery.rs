@@ -120,12 +120,16 @@ fn recover_sessions(
         let Ok(info) = bundle::read_info(&dir) else {
             continue;
         };
-        if info.status != "running" || info.supervisor_alive() {
+        let dead = info.status == "running" && !info.supervisor_alive();
+        // A chain an earlier recovery had to leave open (no key, another
+        // key) is retried; reported only if it closes now.
+        let retry = info.status == STATUS_SUPERVISOR_DIED && chain_is_open(&dir);
+        if !dead && !retry {
             continue;
         }
-        let chain = recover_session(&dir, info, receipt_key)
+        let recovered = recover_session(&dir, info, receipt_key, retry)
             .with_context(|| format!("recovering session {}", dir.display()))?;
-        done.push(chain);
+        done.extend(recovered);
     }
     Ok(done)
 }
@@ -147,9 +151,13 @@ fn recover_session(
     dir: &Path,
     mut info: SessionInfo,
     receipt_key: Option<&SigningKey>,
-) -> Result<RecoveredSession> {
+    retry: bool,
+) -> Result<Option<RecoveredSession>> {
     let recovered_at = SystemTime::now();
     let chain = close_chain(&dir.join(bundle::RECEIPTS), &info, receipt_key);
+    if retry && matches!(chain, ChainOutcome::LeftOpen(_)) {
+        return Ok(None);
+    }
     // The session ended with its supervisor's last receipt (or, without
     // one, when it started); recovery is when that was found out.
     info.ended_at = Some(last_receipt_time(dir).unwrap_or_else(|| info.started_at.clone()));
@@ -163,7 +171,24 @@ fn recover_session(
     let key = receipt_key.map(SigningKey::verifying_key);
     let report = report::build(dir, key.as_ref())?;
     report::write(dir, &report)?;
-    Ok(RecoveredSession { id, chain })
+    Ok(Some(RecoveredSession { id, chain }))
+}
+
+/// Whether the bundle's chain has lines but no `session_end` last.
+fn chain_is_open(dir: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(dir.join(bundle::RECEIPTS)) else {
+        return false;
+    };
+    let last = bytes.split(|&b| b == b'\n').rfind(|l| !l.is_empty());
+    last.is_some_and(|l| {
+        !matches!(
+            serde_json::from_slice::<receipts::Receipt>(l),
+            Ok(receipts::Receipt {
+                body: receipts::Body::SessionEnd { .. },
+                ..
+            })
+        )
+    })
 }
 
 fn close_chain(path: &Path, info: &SessionInfo, key: Option<&SigningKey>) -> ChainOutcome {
@@ -303,10 +328,7 @@ mod tests {
         let info = bundle::read_info(&dir).expect("info");
         assert_eq!(info.status, STATUS_SUPERVISOR_DIED);
 
-        // Its own key, on a session marked running again: closed, once.
-        let mut info = info;
-        info.status = "running".into();
-        bundle::write_info(&dir, &info).expect("write");
+        // Retried with its own key by a later recovery: closed, once.
         let done = recover_sessions(home.path(), Some(&ours)).expect("recover");
         assert_eq!(
             done[0].chain,
