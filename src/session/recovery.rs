@@ -22,8 +22,10 @@ use crate::bundle::{self, SessionInfo, STATUS_SUPERVISOR_DIED};
 use crate::report;
 
 /// Held while recovering, so two openclaw processes starting at once do not
-/// both close the same chain.
-const LOCK_FILE: &str = ".recover.lock";
+/// both close the same chain. Host-wide (under `/run/openclaw`, beside the
+/// owner records), and kept out of the sessions directory, whose entries
+/// are sessions.
+const LOCK_FILE: &str = "recover.lock";
 
 /// What [`recover`] did.
 #[derive(Debug, Default)]
@@ -108,7 +110,7 @@ fn recover_sessions(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
         Err(e) => return Err(e).with_context(|| format!("reading {}", sessions_dir.display())),
     };
-    let _lock = lock(sessions_dir)?;
+    let _lock = lock()?;
     let mut dirs: Vec<_> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
@@ -134,8 +136,10 @@ fn recover_sessions(
     Ok(done)
 }
 
-fn lock(sessions_dir: &Path) -> Result<Flock<File>> {
-    let path = sessions_dir.join(LOCK_FILE);
+fn lock() -> Result<Flock<File>> {
+    let dir = Path::new(::netns::RUN_DIR);
+    ::netns::records::ensure_dir(dir)?;
+    let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
