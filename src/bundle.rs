@@ -24,8 +24,10 @@ pub const CONSOLE_LOG: &str = "console.log";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub id: String,
-    /// `running`, `completed` (command exited 0), `failed`, `interrupted`,
-    /// `timed_out`.
+    /// `running`, `completed` (command exited 0), `failed`, `interrupted`
+    /// (Ctrl-C / SIGTERM), `timed_out`, or `supervisor_died` (set by
+    /// recovery: the supervisor process died while the session ran; shown
+    /// as "interrupted (supervisor died)").
     pub status: String,
     /// Isolation backend actually used, and why it was chosen.
     pub backend: String,
@@ -55,9 +57,30 @@ pub struct SessionInfo {
     pub upstream_ca: Vec<String>,
     /// The supervisor's pid while running: the UI tells live from crashed.
     pub supervisor_pid: Option<u32>,
+    /// With the pid, what makes the supervisor one process and not whatever
+    /// reuses its pid later: its start time (clock ticks since boot, field
+    /// 22 of `/proc/<pid>/stat`) and the boot it ran in
+    /// (`/proc/sys/kernel/random/boot_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_start: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_boot_id: Option<String>,
+    /// When recovery closed the session of a dead supervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_at: Option<String>,
     /// The session's resource bounds, what it used of them and which it hit.
     #[serde(default)]
     pub bounds: SessionBounds,
+}
+
+/// Status of a session whose supervisor died (written by recovery).
+pub const STATUS_SUPERVISOR_DIED: &str = "supervisor_died";
+
+/// The id of the running kernel's boot (changes at every boot).
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 /// `openclaw run --work-max`, `--console-max` and `--dns-refusal-receipts`,
@@ -99,6 +122,34 @@ pub struct CapabilitySummary {
 }
 
 impl SessionInfo {
+    /// Records the calling process as the session's supervisor.
+    pub fn set_supervisor_to_self(&mut self) {
+        let me = ::netns::records::Owner::current();
+        self.supervisor_pid = Some(me.pid);
+        self.supervisor_start = Some(me.start);
+        self.supervisor_boot_id = boot_id();
+    }
+
+    /// Whether the process recorded as supervisor still runs: the same pid
+    /// with the same start time in the same boot. Without a recorded start
+    /// time (bundles from before it was recorded) an existing pid counts as
+    /// alive, so a live session is never taken for a dead one.
+    pub fn supervisor_alive(&self) -> bool {
+        let Some(pid) = self.supervisor_pid else {
+            return false;
+        };
+        if let (Some(then), Some(now)) = (&self.supervisor_boot_id, boot_id()) {
+            if *then != now {
+                return false;
+            }
+        }
+        ::netns::records::Owner {
+            pid,
+            start: self.supervisor_start.unwrap_or(0),
+        }
+        .is_alive()
+    }
+
     pub fn duration_ms(&self) -> Option<u64> {
         let start = humantime::parse_rfc3339(&self.started_at).ok()?;
         let end = match &self.ended_at {

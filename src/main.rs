@@ -77,6 +77,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Serve the sessions list, live sessions and reports in a browser.
     Ui(commands::ui::UiArgs),
+    /// Clean up after supervisors that died and close their sessions as interrupted.
+    Recover(commands::recover::RecoverArgs),
     /// Build or locate the microVM guest image (kernel and initramfs).
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
@@ -107,6 +109,7 @@ fn main_exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => commands::demo::execute(args),
         Command::Ui(args) => commands::ui::execute(args),
         Command::Image(cmd) => commands::image::execute(cmd),
+        Command::Recover(args) => commands::recover::execute(args),
     }
 }
 

@@ -11,7 +11,10 @@
 //! - `--backend auto` probes, picks kvm and caches the verdict; the next
 //!   auto run reuses it, and SIGTERM stops it (130, `interrupted`);
 //! - `--timeout` stops a VM (124);
-//! - afterwards no tap, namespace or session network is left.
+//! - SIGKILL of a supervisor whose guest loops requests: its VMM threads
+//!   die with it; `openclaw recover` removes its namespace (and the tap in
+//!   it) and closes its chain, which verifies as interrupted;
+//! - afterwards no tap, namespace, session network or VMM thread is left.
 //!
 //! The verdict is read from L1's serial console. Ignored (with the reason)
 //! only when QEMU is missing; `OPENCLAW_REQUIRE_HARNESS=1` makes that a
@@ -98,6 +101,26 @@ openclaw run $ARGS --backend kvm --timeout 20s -- /bin/sh -c 'sleep 600' >/tmp/o
 echo "TIMEOUT rc=$?"
 show TIMEOUT-ERR /tmp/err
 session_json TIMEOUT-SESSION
+
+echo "STEP sigkill"
+openclaw run $ARGS --backend kvm -- /bin/sh -c 'echo looping; while :; do curl -sS -o /dev/null https://granted.example/; sleep 1; done' >/tmp/out 2>/tmp/err &
+pid=$!
+n=0
+while ! $bb grep -q granted.example /tmp/err && [ $n -lt 300 ]; do sleep 1; n=$((n+1)); done
+echo "SIGKILL-VCPUS-BEFORE $($bb cat /proc/*/task/*/comm 2>/dev/null | $bb grep -c '^vcpu')"
+kill -KILL $pid
+wait $pid
+echo "SIGKILL rc=$?"
+echo "SIGKILL-VCPUS-AFTER $($bb cat /proc/*/task/*/comm 2>/dev/null | $bb grep -c '^vcpu')"
+session_json SIGKILL-SESSION
+openclaw recover >/tmp/rec 2>&1
+echo "RECOVER rc=$?"
+show RECOVER-OUT /tmp/rec
+S=$($bb ls -td /tmp/home/sessions/* | $bb head -n 1)
+openclaw verify $S --key /tmp/home/keys/receipt.pub >/tmp/verify 2>&1
+echo "SIGKILL-VERIFY rc=$?"
+show SIGKILL-VERIFY-OUT /tmp/verify
+session_json RECOVERED-SESSION
 
 echo "NETDEVS $($bb ls /sys/class/net | $bb tr '\n' ' ')"
 echo "NETNS [$(/usr/sbin/ip netns list | $bb tr '\n' ' ')]"
@@ -382,6 +405,56 @@ fn kvm_backend_sessions_inside_qemu() {
         lines(&out, "TIMEOUT-ERR")
     );
     assert_eq!(session(&out, "TIMEOUT-SESSION")["status"], "timed_out");
+
+    // SIGKILL of the supervisor: its VMM threads go with it; recovery
+    // closes the chain as interrupted.
+    assert_eq!(value(&out, "SIGKILL-VCPUS-BEFORE"), "1", "the VM ran");
+    assert_eq!(value(&out, "SIGKILL rc="), "137");
+    assert_eq!(
+        value(&out, "SIGKILL-VCPUS-AFTER"),
+        "0",
+        "a vCPU thread outlived its supervisor"
+    );
+    let killed = session(&out, "SIGKILL-SESSION");
+    assert_eq!(killed["backend"], "kvm");
+    assert_eq!(killed["status"], "running", "nobody closed it yet");
+    assert_eq!(
+        value(&out, "RECOVER rc="),
+        "0",
+        "{:?}",
+        lines(&out, "RECOVER-OUT")
+    );
+    let killed_id = killed["id"].as_str().expect("id");
+    let recovered = lines(&out, "RECOVER-OUT");
+    assert!(
+        recovered.iter().any(|l| l.contains(&format!(
+            "{killed_id}: interrupted (supervisor died) at seq"
+        ))),
+        "{recovered:?}"
+    );
+    // The guest's requests were receipted before the kill: the chain ends
+    // after them, not at session_start.
+    assert!(
+        !recovered.iter().any(|l| l.contains("at seq 0;")),
+        "{recovered:?}"
+    );
+    assert_eq!(
+        value(&out, "SIGKILL-VERIFY rc="),
+        "0",
+        "{:?}",
+        lines(&out, "SIGKILL-VERIFY-OUT")
+    );
+    let verified = lines(&out, "SIGKILL-VERIFY-OUT");
+    assert!(
+        verified
+            .iter()
+            .any(|l| l.contains("interrupted (supervisor died) at seq")),
+        "{verified:?}"
+    );
+    assert_eq!(
+        session(&out, "RECOVERED-SESSION")["status"],
+        "supervisor_died"
+    );
 
     // Nothing left: L1 has no NIC of its own, so only lo.
     assert_eq!(value(&out, "NETDEVS"), "lo");

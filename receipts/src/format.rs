@@ -8,8 +8,32 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Format version written in every receipt's `v` field.
+/// Format version of every receipt as first defined: `session_start`,
+/// `decision`, `approval` and a `session_end` written by the supervisor.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// Format version of a `session_end` that carries [`Interruption`] (written
+/// by recovery after the supervisor died). Versions are per line: a line
+/// carries the lowest version that can express it, so a verifier that
+/// predates interruptions refuses exactly the line that needs them (rather
+/// than skipping the unknown member and calling the chain a normal end),
+/// and keeps reading every other chain.
+pub const INTERRUPTED_END_VERSION: u32 = 2;
+
+/// The newest format version this crate writes and reads.
+pub const LATEST_FORMAT_VERSION: u32 = INTERRUPTED_END_VERSION;
+
+/// The format version a receipt with this body is written with (and must
+/// carry to verify).
+pub fn version_of(body: &Body) -> u32 {
+    match body {
+        Body::SessionEnd {
+            interrupted: Some(_),
+            ..
+        } => INTERRUPTED_END_VERSION,
+        _ => FORMAT_VERSION,
+    }
+}
 
 /// `prev` of the first receipt (seq 0): 64 zeros, since it has no predecessor.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -17,7 +41,8 @@ pub const GENESIS_PREV: &str = "000000000000000000000000000000000000000000000000
 /// One receipt as written on a line, minus its `sig` (kept beside it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {
-    /// Format version ([`FORMAT_VERSION`]).
+    /// Format version ([`version_of`] the body: [`FORMAT_VERSION`], or
+    /// [`INTERRUPTED_END_VERSION`] for an interrupted `session_end`).
     pub v: u32,
     /// Session id, the same on every line of a chain.
     pub session: String,
@@ -59,7 +84,39 @@ pub enum Body {
         count: u64,
         /// Hex SHA-256 of the line before this one (equals `prev`).
         last: String,
+        /// Present when the supervisor did not end the session itself: it
+        /// died, and recovery closed the chain later (this receipt's `ts`
+        /// is when). Such a line is [`INTERRUPTED_END_VERSION`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        interrupted: Option<Interruption>,
     },
+}
+
+/// Why and where a chain was closed by someone other than its supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interruption {
+    pub cause: InterruptionCause,
+    /// seq of the last receipt the supervisor wrote (this end's seq − 1):
+    /// everything up to it is what the session did.
+    pub at_seq: u64,
+}
+
+/// What ended a session without its supervisor's `session_end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterruptionCause {
+    /// The supervisor process died (SIGKILL, OOM killer, a crash, a
+    /// reboot); the next openclaw process recovered the session.
+    SupervisorDied,
+}
+
+impl InterruptionCause {
+    /// The words reports and the verifier use.
+    pub fn describe(self) -> &'static str {
+        match self {
+            InterruptionCause::SupervisorDied => "interrupted (supervisor died)",
+        }
+    }
 }
 
 /// A decision receipt's content. The three JSON values are recorded verbatim
@@ -443,12 +500,21 @@ mod tests {
             Body::SessionEnd {
                 count: 12,
                 last: sha256_hex(b"last"),
+                interrupted: None,
+            },
+            Body::SessionEnd {
+                count: 12,
+                last: sha256_hex(b"last"),
+                interrupted: Some(Interruption {
+                    cause: InterruptionCause::SupervisorDied,
+                    at_seq: 10,
+                }),
             },
         ];
         for (i, body) in bodies.into_iter().enumerate() {
             for seq in [0, 9, 10, 1 << 53, (1 << 53) + 1, u64::MAX] {
                 let receipt = Receipt {
-                    v: FORMAT_VERSION,
+                    v: version_of(&body),
                     session: format!("sess-{i}-é"),
                     seq,
                     ts: "2026-01-01T00:00:00.000000Z".into(),
@@ -482,6 +548,7 @@ mod tests {
             body: Body::SessionEnd {
                 count: 1,
                 last: GENESIS_PREV.into(),
+                interrupted: None,
             },
         };
         let line = sign_line(&receipt, &key).expect("encode");

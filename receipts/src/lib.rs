@@ -3,10 +3,12 @@
 //!
 //! The public interface is:
 //! - [`ReceiptLog`]: the durable, group-committing writer (`create`,
-//!   `open_existing`, `with_sink`, `append`/`submit`, `finish`).
+//!   `open_existing`, `with_sink`, `append`/`submit`, `finish`, and
+//!   `finish_interrupted` for recovery after the supervisor died).
 //! - [`UnverifiedChain`] → [`VerifiedChain`] via `verify(&key)`, failing with a
 //!   [`ChainError`] that names the first bad line; [`LineVerifier`] checks one
-//!   line at a time.
+//!   line at a time; [`VerifiedChain::interruption`] tells a chain closed by
+//!   recovery ([`InterruptedEnd`]) from one its supervisor ended.
 //! - [`rederive`]: each decision of a [`VerifiedChain`] re-run against the
 //!   session's capability token, as a [`Rederivation`] naming every
 //!   [`DecisionMismatch`] with its line.
@@ -28,8 +30,9 @@ mod verify;
 mod wire;
 
 pub use format::{
-    format_time, key_id, line_hash, parse_time, sha256_hex, sign_line, ApprovalRecord, Body,
-    DecisionRecord, Receipt, FORMAT_VERSION, GENESIS_PREV,
+    format_time, key_id, line_hash, parse_time, sha256_hex, sign_line, version_of, ApprovalRecord,
+    Body, DecisionRecord, Interruption, InterruptionCause, Receipt, FORMAT_VERSION, GENESIS_PREV,
+    INTERRUPTED_END_VERSION, LATEST_FORMAT_VERSION,
 };
 pub use log::{
     AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
@@ -37,5 +40,6 @@ pub use log::{
 };
 pub use rederive::{rederive, Coverage, DecisionMismatch, ReasonChanged, Rederivation};
 pub use verify::{
-    danger, kind_name, ChainError, LineVerifier, UnverifiedChain, VerifiedChain, VerifiedReceipt,
+    danger, kind_name, ChainError, InterruptedEnd, LineVerifier, UnverifiedChain, VerifiedChain,
+    VerifiedReceipt,
 };

@@ -8,7 +8,10 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::Value;
 
 use crate::batch;
-use crate::format::{self, Body, Receipt, FORMAT_VERSION, GENESIS_PREV};
+use crate::format::{
+    self, Body, Interruption, InterruptionCause, Receipt, FORMAT_VERSION, GENESIS_PREV,
+    LATEST_FORMAT_VERSION,
+};
 use crate::wire::{self, sig_member};
 
 /// Why a chain failed verification. Every variant names the 1-based line.
@@ -21,9 +24,17 @@ pub enum ChainError {
     #[error("line {line}: not in canonical form (RFC 8785 JSON)")]
     NotCanonical { line: usize },
     #[error(
-        "line {line}: unsupported format version {found} (this verifier reads {FORMAT_VERSION})"
+        "line {line}: unsupported format version {found} (this verifier reads {FORMAT_VERSION} to {LATEST_FORMAT_VERSION})"
     )]
     UnsupportedVersion { line: usize, found: u32 },
+    #[error("line {line}: {what} must be format version {expected}, not {found}")]
+    VersionForKind {
+        line: usize,
+        /// The kind of line: "a session_end with interrupted", "a decision", ...
+        what: &'static str,
+        expected: u32,
+        found: u32,
+    },
     #[error("line {line}: seq is {found}, expected {expected}")]
     SeqMismatch {
         line: usize,
@@ -87,6 +98,7 @@ impl ChainError {
             Malformed { line, .. }
             | NotCanonical { line }
             | UnsupportedVersion { line, .. }
+            | VersionForKind { line, .. }
             | SeqMismatch { line, .. }
             | SessionMismatch { line, .. }
             | HashMismatch { line }
@@ -227,7 +239,7 @@ impl LineVerifier {
             .filter(|_| parsed.sorted)
             .ok_or(ChainError::NotCanonical { line: line_no })?;
         if let Some(found) = parsed.v {
-            if found != u64::from(FORMAT_VERSION) {
+            if !(u64::from(FORMAT_VERSION)..=u64::from(LATEST_FORMAT_VERSION)).contains(&found) {
                 return Err(ChainError::UnsupportedVersion {
                     line: line_no,
                     found: u32::try_from(found).unwrap_or(u32::MAX),
@@ -251,6 +263,21 @@ impl LineVerifier {
     }
 
     fn check_fields(&mut self, line: usize, r: &Receipt) -> Result<(), ChainError> {
+        let expected_version = format::version_of(&r.body);
+        if r.v != expected_version {
+            return Err(ChainError::VersionForKind {
+                line,
+                what: match &r.body {
+                    Body::SessionEnd {
+                        interrupted: Some(_),
+                        ..
+                    } => "a session_end with interrupted",
+                    body => kind_name(body),
+                },
+                expected: expected_version,
+                found: r.v,
+            });
+        }
         let expected_seq = (line - 1) as u64;
         if r.seq != expected_seq {
             return Err(ChainError::SeqMismatch {
@@ -336,7 +363,14 @@ impl LineVerifier {
                     });
                 }
             }
-            (Body::SessionEnd { count, last }, _) => {
+            (
+                Body::SessionEnd {
+                    count,
+                    last,
+                    interrupted,
+                },
+                _,
+            ) => {
                 if *count != r.seq + 1 {
                     return Err(ChainError::EndCountMismatch {
                         line,
@@ -346,6 +380,19 @@ impl LineVerifier {
                 }
                 if last != &r.prev {
                     return Err(ChainError::EndHashMismatch { line });
+                }
+                if let Some(Interruption { at_seq, .. }) = interrupted {
+                    // The end names the supervisor's last receipt: the one
+                    // right before it (line 1 at least, session_start).
+                    if at_seq.checked_add(1) != Some(r.seq) {
+                        return Err(ChainError::Malformed {
+                            line,
+                            why: format!(
+                                "interrupted.at_seq is {at_seq}, expected {} (the receipt before this end)",
+                                r.seq - 1
+                            ),
+                        });
+                    }
                 }
                 self.ended = true;
             }
@@ -416,6 +463,46 @@ impl VerifiedChain {
     /// SHA-256 of the last line.
     pub fn last_hash(&self) -> [u8; 32] {
         self.receipts.last().map(|r| r.hash).unwrap_or_default()
+    }
+
+    /// How the session was interrupted, when recovery (not its supervisor)
+    /// closed the chain; `None` for a session that ended normally.
+    pub fn interruption(&self) -> Option<InterruptedEnd> {
+        let end = &self.receipts.last()?.receipt;
+        match &end.body {
+            Body::SessionEnd {
+                interrupted: Some(i),
+                ..
+            } => Some(InterruptedEnd {
+                cause: i.cause,
+                at_seq: i.at_seq,
+                recovered_at: end.ts.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A verified chain's interrupted end, in the words of `openclaw verify`:
+/// "interrupted (supervisor died) at seq N, recovered at T".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterruptedEnd {
+    pub cause: InterruptionCause,
+    /// The supervisor's last receipt.
+    pub at_seq: u64,
+    /// When recovery closed the chain (the end receipt's `ts`).
+    pub recovered_at: String,
+}
+
+impl std::fmt::Display for InterruptedEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at seq {}, recovered at {}",
+            self.cause.describe(),
+            self.at_seq,
+            self.recovered_at
+        )
     }
 }
 

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::format::{ApprovalRecord, Body, DecisionRecord, Receipt};
+use crate::format::{ApprovalRecord, Body, DecisionRecord, Interruption, Receipt};
 
 /// A parsed line.
 pub(crate) struct Parsed<'a> {
@@ -46,6 +46,7 @@ struct Fields {
     reason: Option<Option<String>>,
     count: Option<u64>,
     last: Option<String>,
+    interrupted: Option<Option<Interruption>>,
 }
 
 /// Parses a line. Errors are the parser's (syntax, types, duplicate keys).
@@ -85,6 +86,7 @@ impl Parsed<'_> {
             "session_end" => Body::SessionEnd {
                 count: f.count.ok_or_else(|| missing("count"))?,
                 last: f.last.ok_or_else(|| missing("last"))?,
+                interrupted: f.interrupted.flatten(),
             },
             other => {
                 return Err(format!(
@@ -205,6 +207,7 @@ impl<'de> Visitor<'de> for LineVisitor {
                 "reason" => present(&mut f.reason, "reason", m)?,
                 "count" => present(&mut f.count, "count", m)?,
                 "last" => present(&mut f.last, "last", m)?,
+                "interrupted" => present(&mut f.interrupted, "interrupted", m)?,
                 _ => {
                     m.next_value::<IgnoredAny>()?;
                 }

@@ -73,7 +73,11 @@ fn golden_fixture_matches_the_current_encoder_and_verifies() {
         );
     }
     match &chain.receipts[6].receipt.body {
-        Body::SessionEnd { count, last } => {
+        Body::SessionEnd {
+            count,
+            last,
+            interrupted: None,
+        } => {
             assert_eq!(*count, 7);
             assert_eq!(last, &hex::encode(chain.receipts[5].hash));
         }
@@ -87,4 +91,58 @@ fn golden_lines_hold_no_bodies_only_digests() {
     let text = String::from_utf8(fixture).expect("utf8");
     assert!(!text.contains("body 0"), "a body leaked into a receipt");
     assert!(text.contains(&receipts::sha256_hex(b"body 0")));
+}
+
+/// The golden chain of an interrupted session: the supervisor died after
+/// its last decision and recovery closed the chain with a format-2
+/// `session_end` that says so. Old chains keep their version-1 bytes (the
+/// fixture above is unchanged by interruptions).
+#[test]
+fn golden_interrupted_fixture_matches_the_encoder_and_verifies_as_interrupted() {
+    let expected = golden_interrupted_chain();
+    let path = dir().join("interrupted.jsonl");
+    if std::env::var_os("REGENERATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(dir()).expect("mkdir");
+        std::fs::write(&path, &expected).expect("write");
+    }
+    let fixture = std::fs::read(&path).expect("fixture");
+    assert!(
+        fixture == expected,
+        "the interrupted end's encoding changed; if intended, regenerate with \
+         REGENERATE_GOLDEN=1 cargo test -p receipts --test golden\nexpected:\n{}",
+        String::from_utf8_lossy(&expected)
+    );
+    let chain = UnverifiedChain::from_bytes(fixture.clone())
+        .verify(&fixed_key().verifying_key())
+        .expect("interrupted golden chain verifies");
+    let interrupted = chain.interruption().expect("an interrupted end");
+    assert_eq!(interrupted.at_seq, 5);
+    assert_eq!(interrupted.recovered_at, "2026-11-18T11:07:45.123456Z");
+    assert_eq!(
+        interrupted.to_string(),
+        "interrupted (supervisor died) at seq 5, recovered at 2026-11-18T11:07:45.123456Z"
+    );
+    let ls = lines(&fixture);
+    let versions: Vec<u64> = ls
+        .iter()
+        .map(|l| value(l)["v"].as_u64().expect("v"))
+        .collect();
+    assert_eq!(versions, [1, 1, 1, 1, 1, 1, 2]);
+    assert_eq!(
+        value(ls[6])["interrupted"],
+        serde_json::json!({"cause": "supervisor_died", "at_seq": 5})
+    );
+    // Every line but the end is what a live supervisor writes, byte for byte.
+    let normal = golden_chain();
+    let normal = lines(&normal);
+    for k in 1..6 {
+        let (a, b) = (value(ls[k]), value(normal[k]));
+        assert_eq!(a["kind"], b["kind"]);
+        assert_eq!(a["ts"], b["ts"]);
+    }
+    // The normal chain has no interruption.
+    let normal_chain = UnverifiedChain::from_bytes(golden_chain())
+        .verify(&fixed_key().verifying_key())
+        .expect("verifies");
+    assert_eq!(normal_chain.interruption(), None);
 }

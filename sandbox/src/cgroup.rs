@@ -250,16 +250,28 @@ impl SandboxCgroup {
     }
 }
 
+/// Kills every process in `dirs` (one sandbox's cgroups), then removes them.
+///
+/// v2 with `cgroup.kill` (Linux 5.14+) kills the whole cgroup in one write.
+/// Elsewhere (v1, older v2) the cgroup is first barred from forking
+/// (`pids.max` = 0), so a loop that SIGKILLs every pid in `cgroup.procs`
+/// until none is left cannot be outrun by a fork bomb.
 fn remove_dirs(dirs: &[PathBuf]) -> Result<(), SandboxError> {
-    for d in dirs {
-        if !d.exists() {
-            continue;
-        }
+    let present: Vec<&PathBuf> = dirs.iter().filter(|d| d.exists()).collect();
+    let one_shot = present.iter().any(|d| {
         let kill = d.join("cgroup.kill");
-        if kill.exists() {
-            let _ = fs::write(&kill, "1");
+        kill.exists() && fs::write(&kill, "1").is_ok()
+    });
+    if !one_shot {
+        for d in &present {
+            let max = d.join("pids.max");
+            if max.exists() {
+                let _ = fs::write(&max, "0");
+            }
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for d in present {
         loop {
             let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {

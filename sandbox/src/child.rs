@@ -1,6 +1,7 @@
 //! What runs inside the new namespaces after `clone3`: the sandbox's init
 //! (PID 1) builds the root, forks the command, forwards signals to it, reaps
-//! orphans and reports the command's wait status.
+//! orphans, reports the command's wait status, and ends everything when the
+//! supervisor's lifeline hangs up (the supervisor died).
 //!
 //! The parent may be multi-threaded, so from the clone onwards this code is
 //! restricted to async-signal-safe work: raw syscalls on data the parent
@@ -20,6 +21,9 @@ pub(crate) struct ChildPlan {
     pub err_w: RawFd,
     /// Write end: the command's raw wait status (4 bytes).
     pub status_w: RawFd,
+    /// Read end of the supervisor's lifeline (`lifeline.rs`): hangs up when
+    /// the supervisor process is gone.
+    pub lifeline: RawFd,
     /// Fds to place on 0, 1, 2 in the command (`-1`: keep the inherited).
     pub stdio: [RawFd; 3],
     /// Fds init keeps before building the root (sorted, deduplicated).
@@ -131,10 +135,13 @@ pub(crate) unsafe fn run_init(plan: &ChildPlan) -> ! {
     // SAFETY: (whole block) raw syscalls on fds and C strings the plan owns;
     // see the module doc for why nothing here allocates.
     unsafe {
+        // First of all drop the copies of the parent's fds, the write ends
+        // of the go pipe and of the lifeline among them: while we held
+        // those, neither would hang up if the supervisor died now.
+        close_all_except(&plan.keep_init);
         if read(plan.go_r, (&mut byte as *mut u8).cast(), 1) != 1 {
             fail(plan, Stage::WaitParent);
         }
-        close_all_except(&plan.keep_init);
         // Own session: no controlling terminal, so the command cannot push
         // keystrokes into the operator's terminal (TIOCSTI) and terminal
         // signals reach only the supervisor, which decides what to forward.
@@ -185,7 +192,8 @@ pub(crate) unsafe fn run_init(plan: &ChildPlan) -> ! {
             Stage::Hostname,
         );
 
-        // Signals init forwards, plus SIGCHLD; blocked so sigwait gets them.
+        // Signals init forwards, plus SIGCHLD; blocked and read from a
+        // signalfd, so one poll waits for them and for the lifeline.
         let mut set: sigset_t = std::mem::zeroed();
         sigemptyset(&mut set);
         for sig in [
@@ -194,6 +202,8 @@ pub(crate) unsafe fn run_init(plan: &ChildPlan) -> ! {
             sigaddset(&mut set, sig);
         }
         sigprocmask(SIG_BLOCK, &set, std::ptr::null_mut());
+        let signals = signalfd(-1, &set, SFD_CLOEXEC);
+        check(plan, signals, Stage::Signals);
 
         // A raw fork, not libc's fork(): glibc's runs atfork handlers and
         // takes malloc's arena locks, and one of them may have been held by
@@ -213,12 +223,41 @@ pub(crate) unsafe fn run_init(plan: &ChildPlan) -> ! {
         if cmd == 0 {
             exec_command(plan);
         }
-        close_all_except(&[plan.status_w]);
+        let mut keep = [plan.status_w, plan.lifeline, signals];
+        keep.sort_unstable();
+        close_all_except(&keep);
+        let mut watch = [
+            pollfd {
+                fd: plan.lifeline,
+                events: POLLIN,
+                revents: 0,
+            },
+            pollfd {
+                fd: signals,
+                events: POLLIN,
+                revents: 0,
+            },
+        ];
         loop {
-            let mut sig: c_int = 0;
-            if sigwait(&set, &mut sig) != 0 {
+            if poll(watch.as_mut_ptr(), watch.len() as nfds_t, -1) < 0 {
+                continue; // EINTR
+            }
+            // Nothing is ever written to the lifeline: any event on it is
+            // its hang-up (or a broken fd): the supervisor is gone, so no
+            // proxy serves this sandbox and nobody waits for its status.
+            // Exiting PID 1 kills everything left in the namespace.
+            if watch[0].revents != 0 {
+                _exit(137);
+            }
+            if watch[1].revents & POLLIN == 0 {
                 continue;
             }
+            let mut info: signalfd_siginfo = std::mem::zeroed();
+            let size = std::mem::size_of::<signalfd_siginfo>();
+            if read(signals, (&mut info as *mut signalfd_siginfo).cast(), size) != size as isize {
+                continue;
+            }
+            let sig = info.ssi_signo as c_int;
             if sig != SIGCHLD {
                 kill(cmd, sig);
                 continue;

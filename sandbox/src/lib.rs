@@ -23,6 +23,9 @@
 mod cgroup;
 /// The sandbox's init: what runs in the new namespaces after `clone3`.
 mod child;
+/// The supervisor's lifeline: a pipe each init watches, cut when the
+/// supervisor dies.
+mod lifeline;
 /// The sandbox's root: staged `/etc`, the mount plan, the staging directory.
 mod rootfs;
 /// [`SandboxSpec`], [`Sandbox::spawn`], the running [`SandboxChild`].

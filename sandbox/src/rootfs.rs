@@ -31,6 +31,7 @@ pub(crate) enum Stage {
     PivotRoot,
     RemountRoot,
     Hostname,
+    Signals,
     Fork,
     Stdio,
     Chdir,
@@ -42,7 +43,7 @@ pub(crate) enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 22] = [
+    const ALL: [Stage; 23] = [
         Stage::WaitParent,
         Stage::EnterNetns,
         Stage::MakePrivate,
@@ -57,6 +58,7 @@ impl Stage {
         Stage::PivotRoot,
         Stage::RemountRoot,
         Stage::Hostname,
+        Stage::Signals,
         Stage::Fork,
         Stage::Stdio,
         Stage::Chdir,
@@ -87,6 +89,7 @@ impl Stage {
             Stage::PivotRoot => "pivot_root",
             Stage::RemountRoot => "remounting the root read-only",
             Stage::Hostname => "setting the hostname",
+            Stage::Signals => "watching signals and the supervisor's lifeline",
             Stage::Fork => "forking the command",
             Stage::Stdio => "setting up stdio",
             Stage::Chdir => "changing to the workdir",

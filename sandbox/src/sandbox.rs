@@ -27,7 +27,7 @@ use crate::cgroup::{CgroupVersion, LimitEvents, SandboxCgroup};
 use crate::child::{self, ChildPlan};
 use crate::rootfs::{self, Stage};
 use crate::work::WorkVolume;
-use crate::{seccomp, SandboxError};
+use crate::{lifeline, seccomp, SandboxError};
 
 /// What the sandbox's standard streams are connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -317,6 +317,7 @@ impl Sandbox {
             .collect();
 
         let netns = netns::open(&spec.netns_path)?;
+        let lifeline = lifeline::read_end()?;
         let (go_r, go_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (status_r, status_w) = pipe()?;
@@ -356,6 +357,7 @@ impl Sandbox {
             go_r.as_raw_fd(),
             err_w.as_raw_fd(),
             status_w.as_raw_fd(),
+            lifeline,
         ];
         keep_init.extend(stdio.iter().filter(|&&fd| fd >= 0));
         keep_init.sort_unstable();
@@ -370,6 +372,7 @@ impl Sandbox {
             go_r: go_r.as_raw_fd(),
             err_w: err_w.as_raw_fd(),
             status_w: status_w.as_raw_fd(),
+            lifeline,
             stdio,
             keep_init,
             ops,

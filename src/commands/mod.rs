@@ -5,6 +5,7 @@ pub mod cap;
 pub mod demo;
 pub mod image;
 pub mod keygen;
+pub mod recover;
 pub mod report;
 pub mod run;
 pub mod ui;

@@ -3,7 +3,8 @@
 //! the `receipts` crate); this file reads the bundle and reports.
 //!
 //! Exit codes: 0 the chain is valid, 1 it is not (the first bad line is
-//! named), 2 the input could not be read or no key was pinned.
+//! named), 2 the input could not be read or no key was pinned. A chain that
+//! recovery closed after its supervisor died is valid and says so.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,7 +36,10 @@ const TOKEN_FILE: &str = "capabilities.cap";
   openclaw verify bundle/receipts.jsonl --key receipt.pub --json
 
 Checks every signature against the pinned key, the prev links, seq continuity,
-one session_start and one session_end (count and last hash). When the bundle
+one session_start and one session_end (count and last hash). A chain closed
+by `openclaw recover` after its supervisor died is complete and valid, and
+says \"interrupted (supervisor died) at seq N, recovered at T\"; a chain cut
+without any session_end is invalid. When the bundle
 holds capabilities.cap and --cap-pubkey is given, every decision receipt is
 re-authorized against the token with its recorded facts, counters and time.
 Needs no network and no openclaw home.
@@ -90,7 +94,23 @@ struct Report {
     approvals: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_hash: Option<String>,
+    /// Set when recovery (not the supervisor) closed the chain; `null` for
+    /// a normal end or an invalid chain.
+    interrupted: Option<Interrupted>,
     rederivation: Rederivation,
+}
+
+/// `--json`'s view of a chain closed by recovery after its supervisor died.
+#[derive(Debug, Serialize)]
+struct Interrupted {
+    /// `supervisor_died`.
+    cause: receipts::InterruptionCause,
+    /// seq of the supervisor's last receipt.
+    at_seq: u64,
+    /// When recovery closed the chain.
+    recovered_at: String,
+    /// "interrupted (supervisor died) at seq N, recovered at T".
+    summary: String,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -237,6 +257,12 @@ fn summarize(chain: &VerifiedChain, report: &mut Report) {
     report.session = Some(chain.session().to_owned());
     report.receipts = chain.receipts.len();
     report.last_hash = Some(hex::encode(chain.last_hash()));
+    report.interrupted = chain.interruption().map(|i| Interrupted {
+        cause: i.cause,
+        at_seq: i.at_seq,
+        recovered_at: i.recovered_at.clone(),
+        summary: i.to_string(),
+    });
     for r in &chain.receipts {
         match &r.receipt.body {
             Body::SessionStart { sandbox, .. } => report.sandbox = Some(sandbox.clone()),
@@ -298,7 +324,12 @@ fn print_human(report: &Report) {
             eprintln!("error: {msg}");
             return;
         }
-        "valid" => println!("✓ valid: {} receipts in {file}", report.receipts),
+        "valid" => {
+            println!("✓ valid: {} receipts in {file}", report.receipts);
+            if let Some(i) = &report.interrupted {
+                println!("  {}", i.summary);
+            }
+        }
         _ => match &report.error {
             Some(p) => println!("✕ invalid: {} ({file})", p.message),
             None => println!(

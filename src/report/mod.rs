@@ -69,8 +69,10 @@ pub struct Spend {
 /// The receipt chain's verification result, as of the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainStatus {
-    /// `valid`, `invalid`, `unverified` (no key to check with) or `open`
-    /// (session still running: no session_end yet).
+    /// `valid`, `interrupted` (valid, closed by recovery after the
+    /// supervisor died), `invalid`, `unverified` (no key to check with) or
+    /// `open` (session still running, or its supervisor died and recovery
+    /// has not closed it yet: no session_end).
     pub status: String,
     pub detail: String,
     pub count: u64,
@@ -249,6 +251,20 @@ fn chain_status(bytes: &[u8], key: Option<&VerifyingKey>) -> ChainStatus {
     };
     let key_id = Some(receipts::key_id(key));
     match UnverifiedChain::from_bytes(bytes.to_vec()).verify(key) {
+        Ok(chain) if chain.interruption().is_some() => ChainStatus {
+            status: "interrupted".into(),
+            detail: format!(
+                "{} receipts, every signature valid, chain closed by recovery: {}",
+                chain.receipts.len(),
+                chain
+                    .interruption()
+                    .map(|i| i.to_string())
+                    .unwrap_or_default()
+            ),
+            count: chain.receipts.len() as u64,
+            key_id,
+            last_hash: Some(hex::encode(chain.last_hash())),
+        },
         Ok(chain) => ChainStatus {
             status: "valid".into(),
             detail: format!(

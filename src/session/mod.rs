@@ -14,6 +14,9 @@ pub(crate) mod console;
 mod enforcement;
 /// The live monitor on the terminal and `events.jsonl`.
 mod monitor;
+/// Recovery after a supervisor died: host leftovers removed, its sessions
+/// closed as interrupted.
+pub mod recovery;
 /// The lifecycle: bundle, network, receipts, proxy, backend, teardown, report.
 pub mod runner;
 /// The operator's terminal: agent text made visible, the prompt's hold.

@@ -25,6 +25,7 @@ use super::config::{RunConfig, EXIT_INTERRUPTED, EXIT_SETUP, EXIT_TIMEOUT};
 use super::console::Console;
 use super::enforcement;
 use super::monitor::Monitor;
+use super::recovery;
 use crate::bundle::{self, CapabilitySummary, SessionBounds, SessionInfo};
 use crate::control;
 use crate::report::{self, Report};
@@ -59,8 +60,16 @@ pub fn run(config: RunConfig) -> Result<ExitCode> {
 pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     let started = Instant::now();
     let started_at = SystemTime::now();
-    if let Err(err) = tokio::task::spawn_blocking(sandbox::cleanup_stale).await? {
-        tracing::warn!("cleaning up after earlier sessions: {err}");
+    // Whatever dead supervisors left (sandboxes, namespaces, open chains)
+    // is recovered before anything new is made.
+    let (sessions_dir, key) = (config.sessions_dir.clone(), config.receipt_key.clone());
+    match tokio::task::spawn_blocking(move || recovery::recover(&sessions_dir, Some(&key))).await? {
+        Ok(done) => {
+            for session in &done.sessions {
+                eprintln!("openclaw: recovered session {session}");
+            }
+        }
+        Err(err) => tracing::warn!("recovering after earlier sessions: {err:#}"),
     }
 
     let capability = UnverifiedToken::from_base64(config.token_text.trim())
@@ -117,7 +126,6 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
             .iter()
             .map(|p| p.display().to_string())
             .collect(),
-        supervisor_pid: Some(std::process::id()),
         bounds: SessionBounds {
             work_max_bytes: config.bounds.work_max_bytes,
             console_max_bytes: config.bounds.console_max_bytes,
@@ -126,6 +134,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
         },
         ..SessionInfo::default()
     };
+    info.set_supervisor_to_self();
     bundle::write_info(&dir, &info)?;
 
     let span = tracing::error_span!("session", session = %id);
@@ -138,6 +147,8 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     };
     info.ended_at = Some(receipts::format_time(SystemTime::now()));
     info.supervisor_pid = None;
+    info.supervisor_start = None;
+    info.supervisor_boot_id = None;
     info.exit_code = (exit_code >= 0).then_some(exit_code);
     info.status = match (&result, exit_code) {
         (Err(_), _) => "failed".into(),

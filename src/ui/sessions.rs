@@ -171,14 +171,10 @@ fn stamp(dir: &Path) -> Stamp {
         .collect()
 }
 
-/// A session is live when it says so, its supervisor process exists and
-/// its control socket is there.
+/// A session is live when it says so, its supervisor process (pid, start
+/// time and boot) still runs and its control socket is there.
 pub fn is_live(dir: &Path, info: &SessionInfo) -> bool {
-    info.status == "running"
-        && info
-            .supervisor_pid
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
-        && dir.join(CONTROL_SOCK).exists()
+    info.status == "running" && info.supervisor_alive() && dir.join(CONTROL_SOCK).exists()
 }
 
 fn row(report: &Report, live: bool) -> SessionRow {

@@ -18,7 +18,7 @@ use super::{
     io_err, lock, AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
     PendingReceipt, SessionStart,
 };
-use crate::format::{self, Body, Prepared, FORMAT_VERSION, GENESIS_PREV};
+use crate::format::{self, Body, Interruption, InterruptionCause, Prepared, GENESIS_PREV};
 
 /// A cloneable, thread-safe handle on one session's receipt chain.
 #[derive(Clone)]
@@ -201,7 +201,20 @@ impl ReceiptLog {
     /// every earlier append, then stops the writer. Other handles get
     /// [`AppendError::Ended`] afterwards.
     pub fn finish(self) -> Result<Appended, AppendError> {
-        let end = self.submit_prepared(Next::End(SystemTime::now()))?;
+        self.finish_with(None)
+    }
+
+    /// Closes a chain whose supervisor died: a `session_end` that says so
+    /// (`interrupted`, naming the supervisor's last seq; its `ts` is now, the
+    /// recovery time). For a log reopened with
+    /// [`open_existing`](Self::open_existing) by recovery, never by a live
+    /// supervisor.
+    pub fn finish_interrupted(self, cause: InterruptionCause) -> Result<Appended, AppendError> {
+        self.finish_with(Some(cause))
+    }
+
+    fn finish_with(self, interrupted: Option<InterruptionCause>) -> Result<Appended, AppendError> {
+        let end = self.submit_prepared(Next::End(SystemTime::now(), interrupted))?;
         let appended = end.wait()?;
         self.shared.stop();
         Ok(appended)
@@ -210,7 +223,7 @@ impl ReceiptLog {
     fn prepare(&self, ts: SystemTime, body: &Body) -> Result<Prepared, AppendError> {
         let ts = format::format_time(ts);
         Prepared::new(
-            FORMAT_VERSION,
+            format::version_of(body),
             &self.shared.session,
             &ts,
             &self.shared.key_id,
@@ -230,16 +243,21 @@ impl ReceiptLog {
             return Err(AppendError::Ended);
         }
         let seq = chain.next_seq;
-        let end = matches!(next, Next::End(_));
+        let end = matches!(next, Next::End(..));
         let prepared = match next {
             Next::Ready(p) => p,
             // session_end commits to its own seq and the last hash: only
             // known here.
-            Next::End(ts) => self.prepare(
+            Next::End(ts, interrupted) => self.prepare(
                 ts,
                 &Body::SessionEnd {
                     count: seq + 1,
                     last: hex::encode(chain.prev),
+                    interrupted: interrupted.map(|cause| Interruption {
+                        cause,
+                        // A log always holds session_start before its end.
+                        at_seq: seq.saturating_sub(1),
+                    }),
                 },
             )?,
         };
@@ -293,10 +311,10 @@ impl ReceiptLog {
 }
 
 /// What to sign next: an encoded receipt, or session_end (encoded under the
-/// chain lock because it commits to the chain).
+/// chain lock because it commits to the chain), interrupted or not.
 enum Next {
     Ready(Prepared),
-    End(SystemTime),
+    End(SystemTime, Option<InterruptionCause>),
 }
 
 impl Shared {

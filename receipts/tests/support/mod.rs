@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::SigningKey;
 use receipts::{
-    ApprovalRecord, Body, DecisionRecord, DurableSink, Entry, LogOptions, Receipt, ReceiptLog,
-    SessionStart, FORMAT_VERSION, GENESIS_PREV,
+    ApprovalRecord, Body, DecisionRecord, DurableSink, Entry, Interruption, InterruptionCause,
+    LogOptions, Receipt, ReceiptLog, SessionStart, GENESIS_PREV,
 };
 use serde_json::{json, Value};
 
@@ -107,6 +107,17 @@ pub fn build_chain(decisions: u64) -> Vec<u8> {
 
 /// The golden chain: fixed key, fixed times, so it is byte-for-byte stable.
 pub fn golden_chain() -> Vec<u8> {
+    golden_with_end(None)
+}
+
+/// The golden chain of a session whose supervisor died after its last
+/// decision: the same receipts up to there, then the `session_end` recovery
+/// wrote (format version 2, `interrupted`), a minute later.
+pub fn golden_interrupted_chain() -> Vec<u8> {
+    golden_with_end(Some(InterruptionCause::SupervisorDied))
+}
+
+fn golden_with_end(interrupted: Option<InterruptionCause>) -> Vec<u8> {
     let key = fixed_key();
     let signer = receipts::key_id(&key.verifying_key());
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456);
@@ -141,8 +152,12 @@ pub fn golden_chain() -> Vec<u8> {
     let count = bodies.len() as u64 + 1;
     let mut push = |seq: u64, ts: String, body: Body, prev: &mut String| {
         let receipt = Receipt {
-            v: FORMAT_VERSION,
-            session: "golden-0001".into(),
+            v: receipts::version_of(&body),
+            session: if interrupted.is_some() {
+                "golden-0002".into()
+            } else {
+                "golden-0001".into()
+            },
             seq,
             ts,
             prev: prev.clone(),
@@ -160,8 +175,15 @@ pub fn golden_chain() -> Vec<u8> {
     let last = prev.clone();
     push(
         count - 1,
-        at(6000),
-        Body::SessionEnd { count, last },
+        at(if interrupted.is_some() { 65_000 } else { 6000 }),
+        Body::SessionEnd {
+            count,
+            last,
+            interrupted: interrupted.map(|cause| Interruption {
+                cause,
+                at_seq: count - 2,
+            }),
+        },
         &mut prev,
     );
     out

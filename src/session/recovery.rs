@@ -1,0 +1,383 @@
+//! Recovery after a supervisor died: [`recover`] removes what dead
+//! supervisors left on the host (sandboxes, cgroups, namespaces, taps,
+//! staging: `sandbox::cleanup_stale`) and closes each of their sessions
+//! honestly: its chain gets a signed `session_end` saying the session was
+//! interrupted at seq N (`receipts::ReceiptLog::finish_interrupted`),
+//! `session.json` says `supervisor_died`, and the report is regenerated.
+//!
+//! Run at the start of every `openclaw run`, by `openclaw recover`, and meant
+//! for a future `openclaw serve`. Sessions whose supervisor still runs (same
+//! pid, start time and boot) are never touched.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use ed25519_dalek::SigningKey;
+use nix::fcntl::{Flock, FlockArg};
+use receipts::{InterruptionCause, LogOptions, OpenLogError, ReceiptLog};
+
+use crate::bundle::{self, SessionInfo, STATUS_SUPERVISOR_DIED};
+use crate::report;
+
+/// Held while recovering, so two openclaw processes starting at once do not
+/// both close the same chain. Host-wide (under `/run/openclaw`, beside the
+/// owner records), and kept out of the sessions directory, whose entries
+/// are sessions.
+const LOCK_FILE: &str = "recover.lock";
+
+/// What [`recover`] did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Sandboxes of dead supervisors whose processes, cgroups and staging
+    /// were removed.
+    pub sandboxes: Vec<String>,
+    /// Their session network namespaces (with the taps inside), removed.
+    pub networks: Vec<String>,
+    /// Sessions of dead supervisors, one entry each.
+    pub sessions: Vec<RecoveredSession>,
+}
+
+/// One session whose supervisor was found dead.
+#[derive(Debug)]
+pub struct RecoveredSession {
+    pub id: String,
+    pub chain: ChainOutcome,
+}
+
+/// What became of a dead supervisor's chain.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChainOutcome {
+    /// Closed with an interrupted `session_end` at `end_seq`; `at_seq` was
+    /// the supervisor's last receipt.
+    Closed { at_seq: u64, end_seq: u64 },
+    /// The supervisor had written its own `session_end` before it died.
+    AlreadyEnded,
+    /// No chain was ever started (the supervisor died during setup).
+    NoChain,
+    /// Left as it is, and why: the chain is not ours to sign (another key)
+    /// or cannot be reopened. It stays cut, and `openclaw verify` says so.
+    LeftOpen(String),
+}
+
+impl std::fmt::Display for RecoveredSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.chain {
+            ChainOutcome::Closed { at_seq, end_seq } => write!(
+                f,
+                "{}: interrupted (supervisor died) at seq {at_seq}; chain closed with session_end at seq {end_seq}",
+                self.id
+            ),
+            ChainOutcome::AlreadyEnded => {
+                write!(f, "{}: supervisor died after ending its chain", self.id)
+            }
+            ChainOutcome::NoChain => write!(
+                f,
+                "{}: supervisor died before its chain started",
+                self.id
+            ),
+            ChainOutcome::LeftOpen(why) => {
+                write!(f, "{}: chain left open: {why}", self.id)
+            }
+        }
+    }
+}
+
+/// Recovers everything dead supervisors left: host resources first (their
+/// processes could still write otherwise), then each session under
+/// `sessions_dir` still marked running whose supervisor is gone. Chains
+/// are closed only with `receipt_key`, and only when it is the chain's own
+/// signer; without a key they are left open. Blocking.
+pub fn recover(sessions_dir: &Path, receipt_key: Option<&SigningKey>) -> Result<Recovery> {
+    let mut done = Recovery::default();
+    let stale = sandbox::cleanup_stale().context("removing dead supervisors' sandboxes")?;
+    done.sandboxes = stale.sandboxes;
+    done.networks = stale.networks;
+    done.sessions = recover_sessions(sessions_dir, receipt_key)?;
+    Ok(done)
+}
+
+/// The sessions part of [`recover`]: closes every session under
+/// `sessions_dir` still marked running whose supervisor is gone.
+fn recover_sessions(
+    sessions_dir: &Path,
+    receipt_key: Option<&SigningKey>,
+) -> Result<Vec<RecoveredSession>> {
+    let mut done = Vec::new();
+    let entries = match std::fs::read_dir(sessions_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", sessions_dir.display())),
+    };
+    let _lock = lock()?;
+    let mut dirs: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        // Not a bundle, or one being written: not ours to judge.
+        let Ok(info) = bundle::read_info(&dir) else {
+            continue;
+        };
+        let dead = info.status == "running" && !info.supervisor_alive();
+        // A chain an earlier recovery had to leave open (no key, another
+        // key) is retried; reported only if it closes now.
+        let retry = info.status == STATUS_SUPERVISOR_DIED && chain_is_open(&dir);
+        if !dead && !retry {
+            continue;
+        }
+        let recovered = recover_session(&dir, info, receipt_key, retry)
+            .with_context(|| format!("recovering session {}", dir.display()))?;
+        done.extend(recovered);
+    }
+    Ok(done)
+}
+
+fn lock() -> Result<Flock<File>> {
+    let dir = Path::new(::netns::RUN_DIR);
+    ::netns::records::ensure_dir(dir)?;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno)
+        .with_context(|| format!("locking {}", path.display()))
+}
+
+fn recover_session(
+    dir: &Path,
+    mut info: SessionInfo,
+    receipt_key: Option<&SigningKey>,
+    retry: bool,
+) -> Result<Option<RecoveredSession>> {
+    let recovered_at = SystemTime::now();
+    let chain = close_chain(&dir.join(bundle::RECEIPTS), &info, receipt_key);
+    if retry && matches!(chain, ChainOutcome::LeftOpen(_)) {
+        return Ok(None);
+    }
+    // The session ended with its supervisor's last receipt (or, without
+    // one, when it started); recovery is when that was found out.
+    info.ended_at = Some(last_receipt_time(dir).unwrap_or_else(|| info.started_at.clone()));
+    info.recovered_at = Some(receipts::format_time(recovered_at));
+    info.status = STATUS_SUPERVISOR_DIED.into();
+    info.supervisor_pid = None;
+    info.supervisor_start = None;
+    info.supervisor_boot_id = None;
+    let id = info.id.clone();
+    bundle::write_info(dir, &info)?;
+    let key = receipt_key.map(SigningKey::verifying_key);
+    let report = report::build(dir, key.as_ref())?;
+    report::write(dir, &report)?;
+    Ok(Some(RecoveredSession { id, chain }))
+}
+
+/// Whether the bundle's chain has lines but no `session_end` last.
+fn chain_is_open(dir: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(dir.join(bundle::RECEIPTS)) else {
+        return false;
+    };
+    let last = bytes.split(|&b| b == b'\n').rfind(|l| !l.is_empty());
+    last.is_some_and(|l| {
+        !matches!(
+            serde_json::from_slice::<receipts::Receipt>(l),
+            Ok(receipts::Receipt {
+                body: receipts::Body::SessionEnd { .. },
+                ..
+            })
+        )
+    })
+}
+
+fn close_chain(path: &Path, info: &SessionInfo, key: Option<&SigningKey>) -> ChainOutcome {
+    if !path.exists() {
+        return ChainOutcome::NoChain;
+    }
+    let Some(key) = key else {
+        return ChainOutcome::LeftOpen("no receipt key to close it with".into());
+    };
+    // session.json names the signer; the reopen below checks it for real
+    // (every line, the first one's public key included).
+    let ours = receipts::key_id(&key.verifying_key());
+    if !info.receipt_key_id.is_empty() && info.receipt_key_id != ours {
+        return ChainOutcome::LeftOpen(format!(
+            "signed by key {}, not by this receipt key ({ours}); never signed with another key",
+            info.receipt_key_id
+        ));
+    }
+    match ReceiptLog::open_existing(path, key.clone(), LogOptions::default()) {
+        Ok((log, _)) => match log.finish_interrupted(InterruptionCause::SupervisorDied) {
+            Ok(end) => ChainOutcome::Closed {
+                at_seq: end.seq.saturating_sub(1),
+                end_seq: end.seq,
+            },
+            Err(e) => ChainOutcome::LeftOpen(format!("writing its session_end: {e}")),
+        },
+        Err(OpenLogError::Ended { .. }) => ChainOutcome::AlreadyEnded,
+        Err(OpenLogError::NoStart { .. }) => ChainOutcome::NoChain,
+        Err(e) => ChainOutcome::LeftOpen(format!(
+            "it does not reopen with this receipt key ({ours}): {e}"
+        )),
+    }
+}
+
+/// `ts` of the chain's last receipt before any end recovery wrote.
+fn last_receipt_time(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(bundle::RECEIPTS)).ok()?;
+    let receipts: Vec<receipts::Receipt> = bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    let last = match receipts.last() {
+        Some(r)
+            if matches!(
+                r.body,
+                receipts::Body::SessionEnd {
+                    interrupted: Some(_),
+                    ..
+                }
+            ) =>
+        {
+            receipts.get(receipts.len().checked_sub(2)?)?
+        }
+        other => other?,
+    };
+    Some(last.ts.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use receipts::{SessionStart, UnverifiedChain};
+
+    use super::*;
+
+    /// A session whose supervisor "died" (a pid that no longer runs) with a
+    /// chain signed by `key` holding a session_start only, as a SIGKILL
+    /// leaves it.
+    fn dead_session(sessions: &Path, id: &str, key: &SigningKey) -> std::path::PathBuf {
+        let dir = sessions.join(id);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let log = ReceiptLog::create(
+            &dir.join(bundle::RECEIPTS),
+            key.clone(),
+            SessionStart {
+                session_id: id.into(),
+                revocation_ids: vec!["r".into()],
+                sandbox: "netns".into(),
+                capability_sha256: None,
+            },
+        )
+        .expect("chain");
+        drop(log);
+        let mut gone = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = gone.id();
+        gone.wait().expect("reap");
+        let info = SessionInfo {
+            id: id.into(),
+            status: "running".into(),
+            started_at: "2026-12-03T10:00:00.000000Z".into(),
+            receipt_key_id: receipts::key_id(&key.verifying_key()),
+            supervisor_pid: Some(pid),
+            supervisor_start: Some(1),
+            supervisor_boot_id: bundle::boot_id(),
+            ..SessionInfo::default()
+        };
+        bundle::write_info(&dir, &info).expect("session.json");
+        dir
+    }
+
+    #[test]
+    fn a_live_supervisor_is_told_from_a_reused_pid_and_another_boot() {
+        let mut info = SessionInfo::default();
+        info.set_supervisor_to_self();
+        assert!(info.supervisor_alive());
+        let mut reused = info.clone();
+        reused.supervisor_start = reused.supervisor_start.map(|s| s + 1);
+        assert!(!reused.supervisor_alive(), "same pid, other start time");
+        let mut rebooted = info.clone();
+        rebooted.supervisor_boot_id = Some("another-boot".into());
+        assert!(
+            !rebooted.supervisor_alive(),
+            "same pid and start, other boot"
+        );
+        let mut none = info;
+        none.supervisor_pid = None;
+        assert!(!none.supervisor_alive());
+    }
+
+    #[test]
+    fn a_chain_is_closed_only_with_its_own_key_and_only_once() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let (ours, other) = (crate::keys::generate(), crate::keys::generate());
+        let dir = dead_session(home.path(), "20261203-100000-aaaaaa", &ours);
+        let chain = dir.join(bundle::RECEIPTS);
+        let before = std::fs::read(&chain).expect("chain");
+
+        // Another key: the chain is left open, not a byte changed; the
+        // session is still marked as one whose supervisor died.
+        let done = recover_sessions(home.path(), Some(&other)).expect("recover");
+        assert_eq!(done.len(), 1);
+        assert!(
+            matches!(&done[0].chain, ChainOutcome::LeftOpen(why) if why.contains("signed by key")),
+            "{:?}",
+            done[0]
+        );
+        assert_eq!(std::fs::read(&chain).expect("chain"), before);
+        let info = bundle::read_info(&dir).expect("info");
+        assert_eq!(info.status, STATUS_SUPERVISOR_DIED);
+
+        // Retried with its own key by a later recovery: closed, once.
+        let done = recover_sessions(home.path(), Some(&ours)).expect("recover");
+        assert_eq!(
+            done[0].chain,
+            ChainOutcome::Closed {
+                at_seq: 0,
+                end_seq: 1
+            }
+        );
+        let verified = UnverifiedChain::from_bytes(std::fs::read(&chain).expect("chain"))
+            .verify(&ours.verifying_key())
+            .expect("verifies");
+        let end = verified.interruption().expect("interrupted end");
+        assert_eq!(end.at_seq, 0);
+        assert_eq!(
+            end.to_string(),
+            format!(
+                "interrupted (supervisor died) at seq 0, recovered at {}",
+                end.recovered_at
+            )
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(bundle::REPORT_JSON)).expect("report"))
+                .expect("json");
+        assert_eq!(report["receipts"]["status"], "interrupted");
+        assert!(recover_sessions(home.path(), Some(&ours))
+            .expect("again")
+            .is_empty());
+    }
+
+    #[test]
+    fn a_session_whose_supervisor_runs_is_not_touched() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let key = crate::keys::generate();
+        let dir = dead_session(home.path(), "20261203-100000-bbbbbb", &key);
+        let mut info = bundle::read_info(&dir).expect("info");
+        info.set_supervisor_to_self();
+        bundle::write_info(&dir, &info).expect("write");
+        let chain = std::fs::read(dir.join(bundle::RECEIPTS)).expect("chain");
+        assert!(recover_sessions(home.path(), Some(&key))
+            .expect("recover")
+            .is_empty());
+        assert_eq!(bundle::read_info(&dir).expect("info").status, "running");
+        assert_eq!(
+            std::fs::read(dir.join(bundle::RECEIPTS)).expect("chain"),
+            chain
+        );
+    }
+}
