@@ -25,4 +25,3 @@ fuzz_target!(|data: &[u8]| {
         assert!(json.contains(n.as_str()), "{n:?} is not in {json:?}");
     }
 });
-
