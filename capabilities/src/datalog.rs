@@ -152,9 +152,12 @@ fn render(record: &BlockRecord) -> (String, Vec<CheckKind>, HashMap<String, Term
                     let exact = p.str(prefix);
                     let dir = p.str(&format!("{prefix}/"));
                     let query = p.str(&format!("{prefix}?"));
+                    // `path` is the canonical path, `route` the same without a
+                    // format suffix (`authorize.rs`): `/flights.json` is the
+                    // prefix `/flights` itself to frameworks with suffixes.
                     branches.push(format!(
-                        "kind(\"web\"), host($h), path($p), method($m), {methods}.contains($m), {hosts}, \
-                         ($p == {exact} || $p.starts_with({dir}) || $p.starts_with({query}))"
+                        "kind(\"web\"), host($h), path($p), route($r), method($m), {methods}.contains($m), {hosts}, \
+                         ($p == {exact} || $p.starts_with({dir}) || $p.starts_with({query}) || $r == {exact})"
                     ));
                 }
             }

@@ -14,6 +14,8 @@
 //! - [`Summary`]: the "4 grants, 2 constraints" view;
 //! - [`Host`] and [`HostPattern`]: the one reading of a host name that every
 //!   crate compares, and a grant's `*.` wildcard ([`HostError`]);
+//! - [`path`]: the one reading of a request path ([`check_path`] refuses the
+//!   spellings servers route differently; [`path_readings`] for the catalog);
 //! - [`CapabilityError`].
 //!
 //! Biscuit types stay inside this crate so an upgrade touches only here.
@@ -30,6 +32,8 @@ mod datalog;
 mod error;
 /// Host names and `*.` host patterns, parsed once.
 mod host;
+/// Request paths: refused spellings, routing readings, canonical form.
+pub mod path;
 /// The policy file schema.
 pub mod policy;
 /// Minting, verification, attenuation, sealing, summaries.
@@ -40,5 +44,6 @@ mod world;
 pub use action::{Action, ActionType, Counters, Decision, Verdict};
 pub use error::CapabilityError;
 pub use host::{Host, HostError, HostPattern};
+pub use path::{check_path, path_readings, PathError};
 pub use policy::Policy;
 pub use token::{mint, Capability, Summary, UnverifiedToken};

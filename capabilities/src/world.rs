@@ -49,11 +49,12 @@ const AUTHORIZER: usize = usize::MAX;
 
 /// Names of the facts a request adds (`authorize.rs`), interned when the
 /// token is loaded so a request does not look them up again.
-const REQUEST_PREDICATES: [&str; 16] = [
+const REQUEST_PREDICATES: [&str; 17] = [
     "kind",
     "method",
     "host",
     "path",
+    "route",
     "merchant",
     "recipients",
     "credential",
@@ -753,13 +754,16 @@ mod tests {
                 "x.anthropic.com",
                 "api.openai.com",
             ]),
-            s(&[
-                "/",
-                "/flights",
-                "/flights/x",
-                "/flightsx",
-                "/travel/flights?q=1",
-            ]),
+            (
+                s(&[
+                    "/",
+                    "/flights",
+                    "/flights/x",
+                    "/flightsx",
+                    "/travel/flights?q=1",
+                ]),
+                s(&["/", "/flights", "/flights/x", "/flightsx"]),
+            ),
             (
                 proptest::option::of(0i64..80_000),
                 proptest::option::of(s(&["USD", "EUR"])),
@@ -779,7 +783,7 @@ mod tests {
                     kind,
                     method,
                     host,
-                    path,
+                    (path, route),
                     (amount, currency),
                     merchant,
                     to,
@@ -794,6 +798,7 @@ mod tests {
                         ("method", vec![str(method)]),
                         ("host", vec![str(host)]),
                         ("path", vec![str(path)]),
+                        ("route", vec![str(route)]),
                         ("merchant", vec![str(merchant)]),
                         (
                             "recipients",

@@ -17,6 +17,74 @@ fn now() -> std::time::SystemTime {
     t0() + Duration::from_secs(5)
 }
 
+/// Web prefixes match the path as frameworks route it (matrix parameters,
+/// repeated and trailing slashes, percent-encoded characters, a format
+/// suffix on the prefix itself), and every spelling that resolves to
+/// another place on some server is refused outright.
+#[test]
+fn web_prefixes_match_routed_paths_and_refuse_escapes() {
+    let c = cap(r#"
+        [web]
+        allow = ["google.com/travel/flights", "docs.example/guide.html"]
+        methods = ["GET"]
+    "#);
+    let v = |h: &str, p: &str| c.authorize(&web("GET", h, p), &Counters::default(), now());
+    for inside in [
+        "/travel/flights",
+        "/travel/flights/",
+        "//travel//flights/search",
+        "/travel;jsessionid=1/flights",
+        "/travel/flights;jsessionid=1",
+        "/travel/flights;a=1;b=2/search",
+        "/travel/%66lights",
+        "/%74ravel/flights/x",
+        "/travel/flights.json",
+        "/travel/flights.xml?q=1",
+        "/travel/flights/search.json",
+        "/travel/flights/...",
+    ] {
+        let d = v("google.com", inside);
+        assert_eq!(d.decision, Verdict::Allow, "{inside}: {}", d.reason);
+    }
+    for outside in [
+        "/travel/flightsx",
+        "/travel/flights.exe",
+        "/travel/flights%3Bx",
+        "/travel/flights%3Fx",
+        "/travel/flights%20",
+        "/Travel/flights",
+        "/travel",
+        "/travel.json",
+        "/travel/flights.json/../admin",
+    ] {
+        let d = v("google.com", outside);
+        assert_eq!(d.decision, Verdict::Block, "{outside}: {}", d.reason);
+    }
+    for (refused, why) in [
+        ("/travel/flights/..;/admin", "dot segment"),
+        ("/travel/flights/..;x=1/admin", "dot segment"),
+        ("/travel/flights/;../admin", "dot segment"),
+        ("/travel/flights/%2e%2e;/admin", "dot segment"),
+        ("/travel/flights/%2e%2e%3b/admin", "dot segment"),
+        ("/travel/flights/%252e%252e/admin", "dot segment"),
+        ("/travel/flights/..%20/admin", "dot segment"),
+        ("/travel/flights/%5c..%5cadmin", "backslash"),
+        ("/travel/flights%252F..%252Fadmin", "dot segment"),
+        ("/travel/flights%252Fadmin", "encoded slash"),
+        ("/travel/flights/%c0%ae%c0%ae/admin", "invalid UTF-8"),
+        ("/travel/flights/\u{ff0e}\u{ff0e}/admin", "look-alike"),
+        ("/travel/flights/%00", "control character"),
+    ] {
+        let d = v("google.com", refused);
+        assert_eq!(d.decision, Verdict::Block, "{refused}");
+        assert!(d.reason.contains(why), "{refused}: {}", d.reason);
+    }
+    // A prefix with a dot of its own still matches itself.
+    assert_eq!(v("docs.example", "/guide.html").decision, Verdict::Allow);
+    assert_eq!(v("docs.example", "/guide.html/x").decision, Verdict::Allow);
+    assert_eq!(v("docs.example", "/guide").decision, Verdict::Block);
+}
+
 #[test]
 fn web_hosts_match_exactly_unless_a_wildcard_is_written() {
     let c = cap(r#"

@@ -1,13 +1,16 @@
 //! Test-only helpers shared by the workspace's tests: a throwaway CA, local
 //! HTTPS and HTTP upstream servers that count their connections and serve a
 //! few fixed routes (hello, echo, large download, SSE, WebSocket echo),
-//! rustls client/in-memory TLS pair helpers, and a scripted approval broker.
+//! rustls client/in-memory TLS pair helpers, a scripted approval broker, and
+//! the adversarial Go upstream (a real server-side parser, `go_upstream`).
 #![allow(clippy::unwrap_used)] // test support: panicking on setup failure is the point
 
 mod approval;
+mod go_upstream;
 mod https_client;
 mod mitm;
 pub use approval::{purchase_question, Scripted, ScriptedBroker};
+pub use go_upstream::{go_fold_orbits, go_upstream_binary, GoUpstream};
 pub use https_client::HttpsClient;
 pub use mitm::Mitmdump;
 
@@ -74,6 +77,17 @@ impl TestCa {
         let path = dir.join("test-ca.pem");
         std::fs::write(&path, &self.pem).unwrap();
         path
+    }
+
+    /// A leaf certificate for `hosts` signed by this CA, and its key, as
+    /// PEM (for servers that read files).
+    pub fn leaf_pem(&self, hosts: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 
     /// A server configuration for `hosts` (DNS names or IPs) with `alpn`.

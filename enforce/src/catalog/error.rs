@@ -24,12 +24,27 @@ pub enum ClassifyError {
     BodyTooLarge { limit: usize },
     #[error("request body is content-encoded ({0}); cannot read its fields")]
     BodyEncoded(String),
+    /// The body's media type does not say how to read the rule's fields
+    /// (missing, several, unknown, another format than the rule reads, a
+    /// charset other than UTF-8).
+    #[error("{0}")]
+    ContentType(String),
+    /// The path is spelled in a way some server routes elsewhere.
+    #[error("path refused: {0}")]
+    Path(#[from] capabilities::PathError),
     #[error("body is not valid JSON")]
     BadJson,
     #[error("body is not valid UTF-8")]
     BadUtf8,
     #[error("field {0} appears more than once")]
     DuplicateField(String),
+    /// One field written in several spellings that servers read as one
+    /// (`total` and `TOTAL`, `to` and `to[]`): which would the upstream use?
+    #[error("field {field} appears more than once, spelled {}", spellings.join(", "))]
+    FieldSpellings {
+        field: String,
+        spellings: Vec<String>,
+    },
     #[error("field {0} is missing")]
     MissingField(String),
     #[error("field {field}: {problem}")]

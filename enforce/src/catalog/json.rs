@@ -1,11 +1,15 @@
 //! Exact JSON-pointer lookups for classification: numbers come back as their
-//! literal text (never through `f64`), and a key repeated on the way to the
-//! value is an error, since servers disagree on which copy wins.
+//! literal text (never through `f64`); member names match as lenient
+//! servers match them (case-insensitively under simple folding, `names.rs`,
+//! after `\u` escapes are decoded); and a member written twice on the way
+//! to the value, in one spelling or two, is an error, since servers
+//! disagree on which copy wins (Go's `encoding/json` takes the last).
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::error::ClassifyError;
+use super::names::{eq_folded, fold};
 
 /// The value a pointer reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +48,8 @@ impl<'de> Deserialize<'de> for Members<'de> {
 }
 
 /// Follows an RFC 6901 pointer through `text`. `Ok(None)` when the path does
-/// not exist; an error when the body is not JSON or a key on the path repeats.
+/// not exist; an error when the body is not JSON or a member on the path is
+/// written more than once (in any spelling that folds to the same name).
 pub fn lookup(text: &str, pointer: &str) -> Result<Option<JsonLeaf>, ClassifyError> {
     let mut current: &RawValue = serde_json::from_str(text).map_err(|_| ClassifyError::BadJson)?;
     if !pointer.is_empty() && !pointer.starts_with('/') {
@@ -62,11 +67,28 @@ pub fn lookup(text: &str, pointer: &str) -> Result<Option<JsonLeaf>, ClassifyErr
         if raw.starts_with('{') {
             let Members(members) =
                 serde_json::from_str(current.get()).map_err(|_| ClassifyError::BadJson)?;
-            let mut hits = members.into_iter().filter(|(k, _)| *k == token);
-            match (hits.next(), hits.next()) {
-                (None, _) => return Ok(None),
-                (Some((_, v)), None) => current = v,
-                (Some(_), Some(_)) => return Err(ClassifyError::DuplicateField(walked)),
+            let folded = fold(&token);
+            let mut hits: Vec<(String, &RawValue)> = members
+                .into_iter()
+                .filter(|(k, _)| eq_folded(k, &folded))
+                .collect();
+            match hits.len() {
+                0 => return Ok(None),
+                1 => current = hits.remove(0).1,
+                _ => {
+                    let mut spellings: Vec<String> =
+                        hits.into_iter().map(|(k, _)| format!("{k:?}")).collect();
+                    spellings.sort_unstable();
+                    spellings.dedup();
+                    return Err(if spellings.len() == 1 {
+                        ClassifyError::DuplicateField(walked)
+                    } else {
+                        ClassifyError::FieldSpellings {
+                            field: walked,
+                            spellings,
+                        }
+                    });
+                }
             }
         } else if raw.starts_with('[') {
             let items: Vec<&RawValue> =
@@ -154,6 +176,57 @@ mod tests {
             Err(ClassifyError::DuplicateField("/o".into()))
         );
         assert_eq!(lookup("{} {}", "/a"), Err(ClassifyError::BadJson));
+        assert_eq!(
+            lookup(r#"{"a":1}{"a":2}"#, "/a"),
+            Err(ClassifyError::BadJson)
+        );
+        // A lone surrogate is not text: Go would read U+FFFD, others refuse.
+        assert_eq!(
+            lookup(r#"{"a\ud800":1}"#, "/a"),
+            Err(ClassifyError::BadJson)
+        );
         assert_eq!(lookup("nope", "/a"), Err(ClassifyError::BadJson));
+    }
+
+    #[test]
+    fn member_names_match_as_lenient_servers_match_them() {
+        for body in [
+            r#"{"Total":"5.00"}"#,
+            r#"{"TOTAL":"5.00"}"#,
+            r#"{"\u0054otal":"5.00"}"#,
+            r#"{"to\u0074al":"5.00"}"#,
+            r#"{"pay":{"TOTAL":"5.00"}}"#,
+        ] {
+            let ptr = if body.contains("pay") {
+                "/PAY/total"
+            } else {
+                "/total"
+            };
+            assert_eq!(
+                lookup(body, ptr),
+                Ok(Some(JsonLeaf::String("5.00".into()))),
+                "{body}"
+            );
+        }
+        // Go folds the long s and the Kelvin sign into ASCII.
+        assert_eq!(
+            lookup("{\"\u{17f}ubject\":\"x\"}", "/subject"),
+            Ok(Some(JsonLeaf::String("x".into())))
+        );
+        assert_eq!(
+            lookup("{\"\u{212a}ey\":\"x\"}", "/key"),
+            Ok(Some(JsonLeaf::String("x".into())))
+        );
+        assert_eq!(
+            lookup(r#"{"total":"1.00","TOTAL":"900.00"}"#, "/total"),
+            Err(ClassifyError::FieldSpellings {
+                field: "/total".into(),
+                spellings: vec![r#""TOTAL""#.into(), r#""total""#.into()]
+            })
+        );
+        assert!(matches!(
+            lookup("{\"cc\":\"a\",\"\u{212a}\":1,\"Cc\":\"b\"}", "/cc"),
+            Err(ClassifyError::FieldSpellings { .. })
+        ));
     }
 }

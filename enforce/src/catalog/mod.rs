@@ -10,10 +10,18 @@ mod error;
 mod extract;
 /// The catalog file's schema.
 mod file;
+/// Form and query bodies, and reading one form field.
+mod form;
 /// Exact JSON-pointer lookups.
 mod json;
 /// Built-in LLM endpoints, prices and the cost estimate.
 mod llm;
+/// Body formats from the `Content-Type`.
+mod media;
+/// The strict multipart/form-data reader.
+mod multipart;
+/// Field names as lenient servers compare them.
+mod names;
 /// Host and path patterns.
 mod pattern;
 /// One validated rule.
@@ -21,12 +29,13 @@ mod rule;
 
 use std::path::Path;
 
-use capabilities::{Action, ActionType};
+use capabilities::{check_path, Action, ActionType, PathError};
 
 pub use decimal::decimal_to_scaled;
 pub use error::{CatalogError, ClassifyError};
 pub use extract::RequestView;
 pub use file::{AmountUnit, Field, RuleKind};
+pub use json::{lookup as json_lookup, JsonLeaf};
 pub use llm::LlmPrice;
 pub use rule::Rule;
 
@@ -59,9 +68,12 @@ pub struct Catalog {
 
 /// The catalog rule (if any) a request falls under; say whether the body must
 /// be read before [`Matched::classify`] can run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Matched<'c> {
     rule: Option<&'c Rule>,
+    /// The path is refused outright (`capabilities::check_path`), whatever
+    /// rule it might have matched.
+    refused: Option<ClassifyError>,
     max_body_bytes: usize,
     prices: &'c [LlmPrice],
 }
@@ -133,11 +145,11 @@ impl Catalog {
     /// more than web access (a payment, email, login or LLM endpoint), or a
     /// known LLM WebSocket path. `None`: nothing the catalog reads.
     pub fn websocket_endpoint(&self, req: &RequestView<'_>) -> Option<(ActionType, String)> {
-        let segments = pattern::normalize_path(req.path_and_query);
+        let readings = pattern::request_readings(req.path_and_query);
         if let Some((kind, rule)) = self
             .rules
             .iter()
-            .filter(|r| r.covers(req.host, &segments))
+            .filter(|r| r.covers(req.host, &readings))
             .find_map(|r| r.kind().map(|k| (k, r.name().to_owned())))
         {
             return Some((kind, rule));
@@ -145,26 +157,39 @@ impl Catalog {
         LLM_WEBSOCKET_PATHS
             .iter()
             .filter_map(|p| pattern::PathPattern::parse(p).ok())
-            .any(|p| p.matches(&segments))
+            .any(|p| p.matches(&readings))
             .then(|| (ActionType::Llm, "built-in llm websocket".to_owned()))
     }
 
-    /// Finds the first rule a request falls under.
+    /// Finds the first rule a request falls under, matching its path as
+    /// servers route it (every reading, `pattern.rs`). A path spelled so
+    /// that some server routes it elsewhere is refused outright; an encoded
+    /// slash is not (it is routed as `/` here, so a payment stays a payment,
+    /// and the token refuses it).
     pub fn match_request<'c>(&'c self, req: &RequestView<'_>) -> Matched<'c> {
-        let segments = pattern::normalize_path(req.path_and_query);
-        let mut methods = vec![req.method.trim().to_ascii_uppercase()];
-        for name in METHOD_OVERRIDE_HEADERS {
-            for v in req.headers.get_all(name) {
-                if let Ok(v) = v.to_str() {
-                    methods.push(v.trim().to_ascii_uppercase());
+        let refused = match check_path(req.path_and_query) {
+            Ok(()) | Err(PathError::EncodedSlash) => None,
+            Err(e) => Some(ClassifyError::Path(e)),
+        };
+        let rule = if refused.is_some() {
+            None
+        } else {
+            let readings = pattern::request_readings(req.path_and_query);
+            let mut methods = vec![req.method.trim().to_ascii_uppercase()];
+            for name in METHOD_OVERRIDE_HEADERS {
+                for v in req.headers.get_all(name) {
+                    if let Ok(v) = v.to_str() {
+                        methods.push(v.trim().to_ascii_uppercase());
+                    }
                 }
             }
-        }
-        Matched {
-            rule: self
-                .rules
+            self.rules
                 .iter()
-                .find(|r| r.matches(&methods, req.host, &segments)),
+                .find(|r| r.matches(&methods, req.host, &readings))
+        };
+        Matched {
+            rule,
+            refused,
             max_body_bytes: self.max_body_bytes,
             prices: &self.prices,
         }
@@ -202,6 +227,9 @@ impl<'c> Matched<'c> {
         body: Option<&[u8]>,
         complete: bool,
     ) -> Result<Action, ClassifyError> {
+        if let Some(refused) = &self.refused {
+            return Err(refused.clone());
+        }
         let path = req
             .path_and_query
             .split(['?', '#'])
@@ -232,12 +260,7 @@ impl<'c> Matched<'c> {
                     limit: self.max_body_bytes,
                 });
             }
-            if let Some(enc) = req.headers.get(http::header::CONTENT_ENCODING) {
-                let enc = enc.to_str().unwrap_or("?").trim().to_ascii_lowercase();
-                if enc != "identity" {
-                    return Err(ClassifyError::BodyEncoded(enc));
-                }
-            }
+            media::check_identity_encoding(req.headers)?;
         }
         extract::read_facts(&mut action, &rule.extract, req, body, complete, self.prices)?;
         Ok(action)
@@ -269,6 +292,13 @@ mod tests {
         }
     }
 
+    /// A request saying its body is JSON.
+    fn json_headers() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().expect("valid"));
+        headers
+    }
+
     fn classify(
         cat: &Catalog,
         method: &str,
@@ -276,7 +306,7 @@ mod tests {
         path: &str,
         body: &str,
     ) -> Result<Action, ClassifyError> {
-        let headers = HeaderMap::new();
+        let headers = json_headers();
         let v = view(method, host, path, &headers);
         cat.match_request(&v)
             .classify(&v, Some(body.as_bytes()), true)
@@ -355,13 +385,24 @@ mod tests {
             "/api/booking/%70urchase",
             "/api/booking%2Fpurchase",
             "/api/booking%252Fpurchase",
-            "/api/x/../booking/./purchase",
             "/api/booking/purchase;jsessionid=1",
             "/api/booking/purchase?x=1",
         ] {
             let a = classify(&cat, "POST", "United.COM.", path, body).expect(path);
             assert_eq!(a.kind, ActionType::Payment, "{path}");
         }
+        // Dot segments (which once resolved to the purchase here) are now
+        // refused outright: servers resolve them differently.
+        assert_eq!(
+            classify(
+                &cat,
+                "POST",
+                "united.com",
+                "/api/x/../booking/./purchase",
+                body
+            ),
+            Err(ClassifyError::Path(PathError::DotSegment))
+        );
         // Method override headers count too.
         let mut headers = HeaderMap::new();
         headers.insert("x-http-method-override", "POST".parse().expect("valid"));
@@ -465,6 +506,10 @@ mod tests {
         assert_eq!(cat.max_body_bytes(), 1024);
         let mut headers = HeaderMap::new();
         headers.insert("x-merchant", "Shop.Example".parse().expect("valid"));
+        headers.insert(
+            "content-type",
+            "application/x-www-form-urlencoded".parse().expect("valid"),
+        );
         let v = view(
             "POST",
             "a.shop.example",
@@ -579,7 +624,7 @@ mod tests {
             "#,
         )
         .expect("parses");
-        let mut headers = HeaderMap::new();
+        let mut headers = json_headers();
         headers.insert("x-merchant", " Shop.Example. ".parse().expect("valid"));
         let v = view("POST", "united.com", "/pay", &headers);
         let a = cat
@@ -588,7 +633,7 @@ mod tests {
             .expect("classifies");
         assert_eq!(a.merchant.as_deref(), Some("shop.example"));
         for bad in ["shop.example:443", "[::1]", "Shop Example"] {
-            let mut headers = HeaderMap::new();
+            let mut headers = json_headers();
             headers.insert("x-merchant", bad.parse().expect("valid"));
             let v = view("POST", "united.com", "/pay", &headers);
             assert_eq!(

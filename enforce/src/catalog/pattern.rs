@@ -1,8 +1,10 @@
 //! Where a rule applies: its host (any, one, or the subdomains of one) and
-//! its path pattern, matched against a request's path read the way a server
-//! might route it.
+//! its path pattern, matched against every way a server might route the
+//! request's path (`docs/catalog.md`, "Paths").
 
-use capabilities::{Host, HostPattern};
+use capabilities::{path_readings, Host, HostPattern};
+
+use super::names::fold;
 
 /// A rule's host: `*` for any host, else a [`HostPattern`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +35,8 @@ impl RuleHost {
 }
 
 /// A path pattern: literal segments, `*` for one segment, a final `**` for
-/// any rest (including nothing).
+/// any rest (including nothing). Literals are folded (`names.rs`): servers
+/// such as ASP.NET route without case, and a rule errs towards matching.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct PathPattern {
     segments: Vec<String>,
@@ -45,7 +48,19 @@ impl PathPattern {
         if !s.starts_with('/') {
             return Err(format!("path {s:?} must start with /"));
         }
-        let mut segments: Vec<String> = normalize_path(s);
+        if s.contains(['%', ';', '\\', '?', '#']) {
+            return Err(format!(
+                "path {s:?}: write segments plainly (no %, ;, \\, ? or #)"
+            ));
+        }
+        let mut segments: Vec<String> = s
+            .split('/')
+            .filter(|seg| !seg.is_empty())
+            .map(fold)
+            .collect();
+        if segments.iter().any(|seg| seg == "." || seg == "..") {
+            return Err(format!("path {s:?}: no dot segments"));
+        }
         let rest = segments.last().is_some_and(|l| l == "**");
         if rest {
             segments.pop();
@@ -56,39 +71,42 @@ impl PathPattern {
         Ok(PathPattern { segments, rest })
     }
 
-    pub(super) fn matches(&self, segments: &[String]) -> bool {
+    /// Whether any reading of the request path (folded segments) falls
+    /// under the pattern.
+    pub(super) fn matches(&self, readings: &[Vec<String>]) -> bool {
+        readings.iter().any(|r| self.matches_one(r))
+    }
+
+    /// One reading. The request's last segment may carry a format suffix
+    /// (`purchase.json`, `purchase.xml`, ...): frameworks route it to the
+    /// endpoint without it.
+    fn matches_one(&self, segments: &[String]) -> bool {
         if segments.len() < self.segments.len()
             || (!self.rest && segments.len() != self.segments.len())
         {
             return false;
         }
+        let last = segments.len() - 1;
         self.segments
             .iter()
             .zip(segments)
-            .all(|(p, s)| p == "*" || p == s)
+            .enumerate()
+            .all(|(i, (p, s))| {
+                p == "*"
+                    || p == s
+                    || (i == last
+                        && s.strip_prefix(p.as_str())
+                            .is_some_and(|x| x.starts_with('.')))
+            })
     }
 }
 
-/// Splits a request path into the segments a server might route on, erring
-/// on the side of matching: percent-escapes decoded (`%2F` becomes a
-/// separator), `.`/`..` resolved, empty segments and `;params` dropped,
-/// lower-cased. A request that *might* reach a rule's endpoint is classified
-/// by that rule, since `web` is the permissive class.
-pub(super) fn normalize_path(path: &str) -> Vec<String> {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    // Decode twice: a double-encoded `%252F` must not hide a separator.
-    let once = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    let twice = percent_encoding::percent_decode_str(&once).decode_utf8_lossy();
-    let mut out: Vec<String> = Vec::new();
-    for seg in twice.split(['/', '\\']) {
-        let seg = seg.split(';').next().unwrap_or("").trim();
-        match seg {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            s => out.push(s.to_lowercase()),
-        }
-    }
-    out
+/// The readings of a request path the catalog matches rules against:
+/// `capabilities::path_readings` (matrix parameters, empty segments,
+/// percent-encoding in every order servers decode it), each segment folded.
+pub(super) fn request_readings(target: &str) -> Vec<Vec<String>> {
+    path_readings(target)
+        .into_iter()
+        .map(|r| r.iter().map(|seg| fold(seg)).collect())
+        .collect()
 }

@@ -26,6 +26,25 @@ pub(super) enum Extract {
     Web,
 }
 
+impl Extract {
+    /// Every field the rule reads.
+    pub(super) fn fields(&self) -> Box<dyn Iterator<Item = &Field> + '_> {
+        match self {
+            Extract::Payment {
+                amount,
+                currency,
+                merchant,
+                ..
+            } => Box::new(std::iter::once(amount).chain(currency).chain(merchant)),
+            Extract::Email {
+                recipients,
+                subject,
+            } => Box::new(recipients.iter().chain(subject)),
+            Extract::Login | Extract::Llm | Extract::Web => Box::new(std::iter::empty()),
+        }
+    }
+}
+
 /// One catalog rule, validated.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -66,31 +85,11 @@ impl Rule {
         }
     }
 
-    /// Whether classifying needs the request body.
+    /// Whether classifying needs the request body. (The model and token
+    /// limit of an LLM call are read when present, but an LLM call is
+    /// classified and budget-checked without them.)
     pub fn needs_body(&self) -> bool {
-        match &self.extract {
-            Extract::Payment {
-                amount,
-                currency,
-                merchant,
-                ..
-            } => {
-                amount.needs_body()
-                    || currency.as_ref().is_some_and(Field::needs_body)
-                    || merchant.as_ref().is_some_and(Field::needs_body)
-            }
-            Extract::Email {
-                recipients,
-                subject,
-            } => {
-                recipients.iter().any(Field::needs_body)
-                    || subject.as_ref().is_some_and(Field::needs_body)
-            }
-            // The model and token limit are read when present, but an LLM
-            // call is classified (and budget-checked) without them.
-            Extract::Llm => false,
-            Extract::Login | Extract::Web => false,
-        }
+        self.extract.fields().any(Field::needs_body)
     }
 
     pub(super) fn from_file(file: RuleFile) -> Result<Self, CatalogError> {
@@ -195,16 +194,23 @@ impl Rule {
     }
 
     /// Whether the rule's host and path cover a request, whatever its method.
-    pub(super) fn covers(&self, host: &Host, segments: &[String]) -> bool {
-        self.host.matches(host) && self.path.matches(segments)
+    pub(super) fn covers(&self, host: &Host, readings: &[Vec<String>]) -> bool {
+        self.host.matches(host) && self.path.matches(readings)
     }
 
-    pub(super) fn matches(&self, methods: &[String], host: &Host, segments: &[String]) -> bool {
+    /// Whether a request (its candidate methods, host and path readings)
+    /// falls under the rule.
+    pub(super) fn matches(
+        &self,
+        methods: &[String],
+        host: &Host,
+        readings: &[Vec<String>],
+    ) -> bool {
         self.host.matches(host)
             && self
                 .method
                 .as_ref()
                 .is_none_or(|m| methods.iter().any(|rm| rm == m))
-            && self.path.matches(segments)
+            && self.path.matches(readings)
     }
 }

@@ -364,6 +364,13 @@ impl DurableSink for FillingDisk {
     }
 }
 
+/// An upstream other than the [`Mock`] that plays every service (the
+/// adversarial Go upstream): where it listens and the CA it is signed by.
+pub struct ExternalUpstream {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+}
+
 pub struct Options {
     pub policy: String,
     pub catalog: String,
@@ -374,6 +381,8 @@ pub struct Options {
     /// Receipts go through a [`FillingDisk`] controlled by this flag.
     pub disk_full: Option<Arc<AtomicBool>>,
     pub dns_refusals: DnsRefusalLimit,
+    /// Every service is played by this upstream instead of the mock.
+    pub upstream: Option<ExternalUpstream>,
 }
 
 impl Default for Options {
@@ -387,6 +396,7 @@ impl Default for Options {
             approval_timeout: Duration::from_secs(30),
             disk_full: None,
             dns_refusals: DnsRefusalLimit::default(),
+            upstream: None,
         }
     }
 }
@@ -465,10 +475,18 @@ impl Session {
         });
         let mut cfg = ProxyConfig::loopback("enforce-test");
         cfg.upstream.platform_roots = false;
-        cfg.upstream.extra_ca_files = vec![upstream_ca.write_pem(dir.path())];
+        let (upstream_addr, upstream_ca_file) = match &opts.upstream {
+            None => (mock.addr, upstream_ca.write_pem(dir.path())),
+            Some(external) => {
+                let path = dir.path().join("external-upstream-ca.pem");
+                std::fs::write(&path, &external.ca_pem).unwrap();
+                (external.addr, path)
+            }
+        };
+        cfg.upstream.extra_ca_files = vec![upstream_ca_file];
         cfg.upstream.overrides = HOSTS
             .iter()
-            .map(|h| ((*h).to_owned(), mock.addr))
+            .map(|h| ((*h).to_owned(), upstream_addr))
             .collect::<HashMap<_, _>>();
         let proxy = Proxy::start(cfg, enforcement.gate.clone()).await.unwrap();
         let session_ca = dir.path().join("session-ca.pem");

@@ -1,0 +1,159 @@
+//! Field names compared the way lenient servers compare them, so that a
+//! spelling variant of a rule's field is that field: JSON member names
+//! case-insensitively under simple case folding (Go's `encoding/json`
+//! matches `ſ` to `s` and the Kelvin sign to `k`; ASP.NET's ordinal
+//! ignore-case matches `ı` to `i`), form and query names as PHP, Rails and
+//! ASP.NET rewrite them (`.` and space become `_`, `name[]` and `name[0]`
+//! are items of the list `name`, an unclosed `[` becomes `_`).
+
+/// The only character of `it`, if it yields exactly one.
+fn single(mut it: impl Iterator<Item = char>) -> Option<char> {
+    let c = it.next()?;
+    it.next().is_none().then_some(c)
+}
+
+/// One character's fold: its simple upper case mapped to its simple lower
+/// case (a mapping to several characters is not simple and is skipped).
+/// Every character a lenient server matches with another folds to the
+/// same one (checked against Go's `unicode.SimpleFold` orbits by the
+/// adversarial suite); a few more also do, which only ever makes the
+/// catalog see more spellings of a field, never fewer.
+pub(super) fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    let upper = single(c.to_uppercase()).unwrap_or(c);
+    single(upper.to_lowercase()).unwrap_or(upper)
+}
+
+/// `s` with every character folded.
+pub(super) fn fold(s: &str) -> String {
+    s.chars().map(fold_char).collect()
+}
+
+/// Whether `name` folds to `folded` (already folded).
+pub(super) fn eq_folded(name: &str, folded: &str) -> bool {
+    name.chars().map(fold_char).eq(folded.chars())
+}
+
+/// How a form or query name addresses its field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// `name`: one value (repeated: several).
+    Plain,
+    /// `name[]` or `name[3]`: an item of the list `name`.
+    Item,
+    /// `name[key]`: a member of a structure `name`.
+    Member,
+}
+
+/// A form or query field name as servers read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FormName {
+    /// The field it addresses, rewritten and folded: what two spellings
+    /// of one field have in common.
+    pub field: String,
+    pub shape: Shape,
+    /// The name as written (decoded) up to its first `[` with the shape:
+    /// two different spellings of one field are a duplicate, the same
+    /// spelling repeated is a list.
+    pub spelling: String,
+}
+
+/// Reads a decoded form or query name. PHP drops leading spaces, turns `.`
+/// and space in the name before its first `[` into `_`, reads `[…]` as an
+/// index, and turns a `[` with no `]` into `_`; ASP.NET compares names
+/// without case. A name the rule writes is read the same way.
+pub(super) fn form_name(raw: &str) -> FormName {
+    let name = raw.trim_start_matches(' ');
+    let (base, shape, tail) = match name.find('[') {
+        None => (name, Shape::Plain, None),
+        Some(open) => match name[open + 1..].find(']') {
+            Some(close) => {
+                let index = &name[open + 1..open + 1 + close];
+                let shape = if index.bytes().all(|b| b.is_ascii_digit()) {
+                    Shape::Item
+                } else {
+                    Shape::Member
+                };
+                (&name[..open], shape, None)
+            }
+            // PHP: an unclosed `[` is a `_` and the rest stays as written.
+            None => (&name[..open], Shape::Plain, Some(&name[open + 1..])),
+        },
+    };
+    let mut field: String = base
+        .chars()
+        .map(|c| {
+            if c == '.' || c == ' ' {
+                '_'
+            } else {
+                fold_char(c)
+            }
+        })
+        .collect();
+    if let Some(tail) = tail {
+        field.push('_');
+        field.push_str(&fold(tail));
+    }
+    let spelling = match shape {
+        Shape::Plain => name.to_owned(),
+        Shape::Item => format!("{base}[]"),
+        Shape::Member => format!("{base}[…]"),
+    };
+    FormName {
+        field,
+        shape,
+        spelling,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_match_lenient_servers() {
+        for (a, b) in [
+            ("total", "TOTAL"),
+            ("total", "ToTaL"),
+            ("cc", "Cc"),
+            ("subject", "ſubject"),
+            ("kind", "\u{212A}ind"),
+            ("city", "cıty"),
+            ("straße", "STRAẞE"),
+            ("σ", "ς"),
+        ] {
+            assert_eq!(fold(a), fold(b), "{a} {b}");
+            assert!(eq_folded(b, &fold(a)), "{a} {b}");
+        }
+        for (a, b) in [("total", "totals"), ("to", "tö"), ("i", "İ"), ("ss", "ß")] {
+            assert_ne!(fold(a), fold(b), "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn form_names_as_php_and_aspnet_read_them() {
+        let f = |s: &str| form_name(s);
+        for (raw, field, shape) in [
+            ("amount", "amount", Shape::Plain),
+            ("Amount", "amount", Shape::Plain),
+            ("card.number", "card_number", Shape::Plain),
+            ("card number", "card_number", Shape::Plain),
+            ("  card_number", "card_number", Shape::Plain),
+            ("card[number", "card_number", Shape::Plain),
+            ("to[]", "to", Shape::Item),
+            ("to[0]", "to", Shape::Item),
+            ("TO[12]", "to", Shape::Item),
+            ("to[x]", "to", Shape::Member),
+            ("to[]x", "to", Shape::Item),
+            ("a.b[c.d]", "a_b", Shape::Member),
+        ] {
+            let n = f(raw);
+            assert_eq!((n.field.as_str(), n.shape), (field, shape), "{raw}");
+        }
+        assert_eq!(f("to[0]").spelling, f("to[1]").spelling);
+        assert_ne!(f("to").spelling, f("to[]").spelling);
+        assert_ne!(f("to").spelling, f("To").spelling);
+    }
+}

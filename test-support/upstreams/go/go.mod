@@ -1,0 +1,3 @@
+module openclaw.invalid/upstream
+
+go 1.19

@@ -1,0 +1,663 @@
+// Command upstream is openclaw's adversarial test upstream: an HTTPS server
+// whose reading of each request comes from real server-side parsers (Go's
+// encoding/json into structs, net/url and mime/multipart forms) and from
+// emulations of other servers' documented rules (PHP's form-name
+// rewriting, framework routing styles). It logs what it read, one JSON line
+// per request, so a test can compare it with the proxy's decision receipt.
+//
+// Routes (on every host it has a certificate for):
+//
+//	/store/KEY    PUT/POST stores the body; GET returns it as stored
+//	/reflect      answers with the request body (or ?key= a stored value),
+//	              ?encoding=gzip|deflate, ?header=Name:Value, ?trailer=Name:Value
+//	anything else answers with its reading (the log line) as JSON
+//
+// Flags: -listen, -cert, -key, -log; -orbits prints Unicode simple case
+// folding orbits (unicode.SimpleFold) as JSON and exits.
+package main
+
+import (
+	"bytes"
+	"compress/flate"
+	"compress/gzip"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/big"
+	"mime"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"unicode"
+)
+
+// Recipients is a mail field written as "a@x, b@y" or ["a@x", "b@y"].
+type Recipients []string
+
+// UnmarshalJSON accepts a string (split at commas) or a list of strings.
+func (r *Recipients) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*r = splitList([]string{one})
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return err
+	}
+	*r = splitList(many)
+	return nil
+}
+
+func splitList(values []string) []string {
+	out := []string{}
+	for _, v := range values {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// Fields is every fact the test catalogs read, as a Go service binds them:
+// encoding/json matches member names case-insensitively (exact match
+// first), and the last of several wins.
+type Fields struct {
+	Total       json.Number `json:"total"`
+	Amount      json.Number `json:"amount"`
+	AmountCents json.Number `json:"amount_cents"`
+	Currency    string      `json:"currency"`
+	Merchant    string      `json:"merchant"`
+	To          Recipients  `json:"to"`
+	Cc          Recipients  `json:"cc"`
+	Bcc         Recipients  `json:"bcc"`
+	Subject     string      `json:"subject"`
+	Username    string      `json:"username"`
+	Password    string      `json:"password"`
+	CardNumber  string      `json:"card_number"`
+	Model       string      `json:"model"`
+	MaxTokens   json.Number `json:"max_tokens"`
+	Payment     *Fields     `json:"payment"`
+}
+
+// facts is a reading's facts with numbers as exact text, plus "_in_cents"
+// companions computed with big.Rat (absent when not a whole number of
+// cents). Empty fields are left out.
+type facts map[string]interface{}
+
+func cents(n string) (string, bool) {
+	r, ok := new(big.Rat).SetString(n)
+	if !ok {
+		return "", false
+	}
+	r.Mul(r, big.NewRat(100, 1))
+	if !r.IsInt() {
+		return "", false
+	}
+	return r.Num().String(), true
+}
+
+// number records a number's text and, when it is exact, its value in
+// cents: `major` amounts (dollars) are scaled by 100, minor ones must be
+// whole.
+func (f facts) number(name, text string, major bool) {
+	if text == "" {
+		return
+	}
+	f[name] = text
+	if major {
+		if c, ok := cents(text); ok {
+			f[name+"_in_cents"] = c
+		}
+	} else if r, ok := new(big.Rat).SetString(text); ok && r.IsInt() {
+		f[name+"_in_cents"] = r.Num().String()
+	}
+}
+
+func (f facts) text(name, v string) {
+	if v != "" {
+		f[name] = v
+	}
+}
+
+func (f facts) list(name string, v []string) {
+	if len(v) > 0 {
+		f[name] = v
+	}
+}
+
+func fieldFacts(v *Fields) facts {
+	f := facts{}
+	f.number("total", string(v.Total), true)
+	f.number("amount", string(v.Amount), true)
+	f.number("amount_cents", string(v.AmountCents), false)
+	f.text("currency", v.Currency)
+	f.text("merchant", v.Merchant)
+	f.list("to", v.To)
+	f.list("cc", v.Cc)
+	f.list("bcc", v.Bcc)
+	f.text("subject", v.Subject)
+	f.text("username", v.Username)
+	f.text("password", v.Password)
+	f.text("card_number", v.CardNumber)
+	f.text("model", v.Model)
+	f.number("max_tokens", string(v.MaxTokens), false)
+	if v.Payment != nil {
+		f["payment"] = fieldFacts(v.Payment)
+	}
+	return f
+}
+
+// goFormFacts binds a form as a Go handler using r.FormValue would: exact
+// names, the first value of a scalar, every value of a list.
+func goFormFacts(v url.Values) facts {
+	f := facts{}
+	f.number("total", v.Get("total"), true)
+	f.number("amount", v.Get("amount"), true)
+	f.number("amount_cents", v.Get("amount_cents"), false)
+	for _, name := range []string{"currency", "merchant", "subject", "username", "password", "card_number", "model"} {
+		f.text(name, v.Get(name))
+	}
+	for _, name := range []string{"to", "cc", "bcc"} {
+		f.list(name, splitList(v[name]))
+	}
+	return f
+}
+
+// phpName rewrites a form name as PHP's php_register_variable_ex does:
+// leading spaces dropped, '.' and ' ' before the first '[' become '_', a
+// '[' with no ']' becomes '_'. It returns the base name and the index (nil
+// for a plain name, "" for name[]).
+func phpName(name string) (string, *string) {
+	name = strings.TrimLeft(name, " ")
+	open := strings.IndexByte(name, '[')
+	base := name
+	if open >= 0 {
+		base = name[:open]
+	}
+	base = strings.NewReplacer(".", "_", " ", "_").Replace(base)
+	if open < 0 {
+		return base, nil
+	}
+	rest := name[open+1:]
+	close := strings.IndexByte(rest, ']')
+	if close < 0 {
+		return base + "_" + rest, nil
+	}
+	index := rest[:close]
+	return base, &index
+}
+
+// phpValues builds PHP's $_POST (or $_GET) from ordered pairs: a plain
+// name's last value wins, name[] appends, name[k] sets a key. A value is a
+// string, a list or a map.
+func phpValues(pairs [][2]string) map[string]interface{} {
+	out := map[string]interface{}{}
+	for _, p := range pairs {
+		base, index := phpName(p[0])
+		if base == "" {
+			continue
+		}
+		if index == nil {
+			out[base] = p[1]
+			continue
+		}
+		switch cur := out[base].(type) {
+		case []interface{}:
+			if *index == "" {
+				out[base] = append(cur, p[1])
+			} else {
+				out[base] = map[string]interface{}{*index: p[1]}
+			}
+		case map[string]interface{}:
+			if *index == "" {
+				cur[fmt.Sprint(len(cur))] = p[1]
+			} else {
+				cur[*index] = p[1]
+			}
+		default:
+			if *index == "" {
+				out[base] = []interface{}{p[1]}
+			} else {
+				out[base] = map[string]interface{}{*index: p[1]}
+			}
+		}
+	}
+	return out
+}
+
+// phpFacts reads facts from PHP's array the way a PHP handler would use
+// them: a scalar field that is an array is reported as such (PHP's
+// (string) of an array is "Array"), a list field takes every item.
+func phpFacts(v map[string]interface{}) facts {
+	f := facts{}
+	scalar := func(name string) string {
+		switch x := v[name].(type) {
+		case string:
+			return x
+		case nil:
+			return ""
+		default:
+			return "Array"
+		}
+	}
+	f.number("total", scalar("total"), true)
+	f.number("amount", scalar("amount"), true)
+	f.number("amount_cents", scalar("amount_cents"), false)
+	for _, name := range []string{"currency", "merchant", "subject", "username", "password", "card_number", "model"} {
+		f.text(name, scalar(name))
+	}
+	for _, name := range []string{"to", "cc", "bcc"} {
+		var items []string
+		switch x := v[name].(type) {
+		case string:
+			items = []string{x}
+		case []interface{}:
+			for _, i := range x {
+				items = append(items, fmt.Sprint(i))
+			}
+		case map[string]interface{}:
+			for _, i := range x {
+				items = append(items, fmt.Sprint(i))
+			}
+		}
+		f.list(name, splitList(items))
+	}
+	return f
+}
+
+// phpDecode is PHP's urldecode: '+' is a space, %XX a byte, a '%' not
+// followed by two hex digits stays as it is.
+func phpDecode(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '+':
+			b.WriteByte(' ')
+		case c == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]):
+			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	default:
+		return c - 'A' + 10
+	}
+}
+
+// phpPairs splits an urlencoded text at '&' as PHP does.
+func phpPairs(s string) [][2]string {
+	var out [][2]string
+	for _, kv := range strings.Split(s, "&") {
+		if kv == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		out = append(out, [2]string{phpDecode(k), phpDecode(v)})
+	}
+	return out
+}
+
+// route is where one routing style sends a path.
+type route struct {
+	Path     string `json:"path"`
+	Endpoint string `json:"endpoint"`
+}
+
+// endpoints the test catalogs name, by the name a reading reports.
+var endpoints = map[string]string{
+	"purchase": "/api/booking/purchase",
+	"pay":      "/pay",
+	"login":    "/api/auth/login",
+	"send":     "/v1/send",
+	"sendform": "/v1/send-form",
+	"flights":  "/travel/flights",
+}
+
+// resolve drops empty segments and resolves "." and "..".
+func resolve(segments []string) []string {
+	out := []string{}
+	for _, s := range segments {
+		switch s {
+		case "", ".":
+		case "..":
+			if len(out) > 0 {
+				out = out[:len(out)-1]
+			}
+		default:
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func stripParams(s string) string {
+	if i := strings.IndexByte(s, ';'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func unescape(s string) string {
+	if u, err := url.PathUnescape(s); err == nil {
+		return u
+	}
+	return s
+}
+
+// styled routes segments: `fold` compares without case (ASP.NET), `suffix`
+// lets the last segment carry a format suffix (Rails, Spring).
+func styled(segments []string, fold, suffix bool) route {
+	r := route{Path: "/" + strings.Join(segments, "/")}
+	for name, path := range endpoints {
+		want := strings.Split(strings.TrimPrefix(path, "/"), "/")
+		if len(want) != len(segments) {
+			continue
+		}
+		ok := true
+		for i := range want {
+			got := segments[i]
+			if suffix && i == len(want)-1 {
+				if dot := strings.IndexByte(got, '.'); dot > 0 {
+					if got[:dot] == want[i] || fold && strings.EqualFold(got[:dot], want[i]) {
+						continue
+					}
+				}
+			}
+			if got != want[i] && !(fold && strings.EqualFold(got, want[i])) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			r.Endpoint = name
+		}
+	}
+	return r
+}
+
+// routes reads the raw path the ways frameworks do.
+func routes(rawPath string, goPath string) map[string]route {
+	split := func(s string) []string { return strings.Split(s, "/") }
+	tomcat := []string{}
+	for _, s := range split(rawPath) {
+		tomcat = append(tomcat, unescape(stripParams(s)))
+	}
+	decodeFirst := []string{}
+	for _, s := range split(unescape(rawPath)) {
+		decodeFirst = append(decodeFirst, stripParams(s))
+	}
+	twice := []string{}
+	for _, s := range split(unescape(unescape(rawPath))) {
+		twice = append(twice, stripParams(s))
+	}
+	// Go's ServeMux answers an unclean path with a redirect to
+	// path.Clean of it, so that is where the request ends up.
+	clean := path.Clean(goPath)
+	mux := route{Path: clean}
+	for name, p := range endpoints {
+		if clean == p {
+			mux.Endpoint = name
+		}
+	}
+	return map[string]route{
+		"go_servemux":   mux,
+		"tomcat_spring": styled(resolve(tomcat), false, true),
+		"decode_first":  styled(resolve(decodeFirst), false, true),
+		"double_decode": styled(resolve(twice), false, false),
+		"aspnet":        styled(resolve(decodeFirst), true, false),
+	}
+}
+
+type server struct {
+	mu     sync.Mutex
+	log    *os.File
+	stored map[string][]byte
+}
+
+func mediaType(v string) string {
+	t, _, err := mime.ParseMediaType(v)
+	if err != nil {
+		return ""
+	}
+	return t
+}
+
+func isJSONType(t string) bool {
+	return t == "application/json" || t == "text/json" || strings.HasSuffix(t, "+json")
+}
+
+// reading is everything the upstream read of one request.
+func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
+	target := r.RequestURI
+	rawPath, rawQuery, _ := strings.Cut(target, "?")
+	readings := map[string]interface{}{}
+	errors := map[string]string{}
+	ct := mediaType(r.Header.Get("Content-Type"))
+
+	// JSON: what a Go service decoding into a struct binds, whether or not
+	// it looked at the Content-Type first.
+	var f Fields
+	if err := json.Unmarshal(body, &f); err == nil {
+		name := "go_json_ignoring_type"
+		if isJSONType(ct) {
+			name = "go_json"
+		}
+		readings[name] = fieldFacts(&f)
+	} else if isJSONType(ct) {
+		errors["go_json"] = err.Error()
+	}
+
+	switch {
+	case ct == "application/x-www-form-urlencoded":
+		if v, err := url.ParseQuery(string(body)); err == nil {
+			readings["go_form"] = goFormFacts(v)
+		} else {
+			errors["go_form"] = err.Error()
+			readings["go_form"] = goFormFacts(v)
+		}
+		readings["php_form"] = phpFacts(phpValues(phpPairs(string(body))))
+	case ct == "multipart/form-data":
+		_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
+		if form, err := mr.ReadForm(1 << 20); err == nil {
+			readings["go_multipart"] = goFormFacts(url.Values(form.Value))
+			var pairs [][2]string
+			for name, values := range form.Value {
+				for _, v := range values {
+					pairs = append(pairs, [2]string{name, v})
+				}
+			}
+			readings["php_multipart"] = phpFacts(phpValues(pairs))
+		} else {
+			errors["go_multipart"] = err.Error()
+		}
+	}
+	if v, err := url.ParseQuery(rawQuery); err == nil {
+		readings["go_query"] = goFormFacts(v)
+	} else {
+		errors["go_query"] = err.Error()
+	}
+	readings["php_query"] = phpFacts(phpValues(phpPairs(rawQuery)))
+
+	headers := map[string][]string{}
+	for k, v := range r.Header {
+		headers[strings.ToLower(k)] = v
+	}
+	return map[string]interface{}{
+		"method":       r.Method,
+		"host":         r.Host,
+		"target":       target,
+		"proto":        r.Proto,
+		"content_type": r.Header.Values("Content-Type"),
+		"routes":       routes(rawPath, r.URL.Path),
+		"readings":     readings,
+		"errors":       errors,
+		"headers":      headers,
+		"body":         string(body),
+	}
+}
+
+func (s *server) record(reading map[string]interface{}) []byte {
+	line, err := json.Marshal(reading)
+	if err != nil {
+		line = []byte(fmt.Sprintf(`{"error":%q}`, err.Error()))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.log != nil {
+		s.log.Write(append(line, '\n'))
+	}
+	return line
+}
+
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	line := s.record(s.reading(r, body))
+	switch {
+	case strings.HasPrefix(r.URL.Path, "/store/"):
+		key := strings.TrimPrefix(r.URL.Path, "/store/")
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if r.Method == http.MethodGet {
+			v, ok := s.stored[key]
+			if !ok {
+				http.NotFound(w, r)
+				return
+			}
+			w.Write(v)
+			return
+		}
+		s.stored[key] = body
+		w.WriteHeader(http.StatusCreated)
+	case r.URL.Path == "/reflect":
+		s.reflect(w, r, body)
+	default:
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(line)
+	}
+}
+
+// reflect answers with `body` (or a stored value), encoded and decorated
+// as the query asks.
+func (s *server) reflect(w http.ResponseWriter, r *http.Request, body []byte) {
+	q := r.URL.Query()
+	if key := q.Get("key"); key != "" {
+		s.mu.Lock()
+		body = s.stored[key]
+		s.mu.Unlock()
+	}
+	for _, h := range q["header"] {
+		if name, value, ok := strings.Cut(h, ":"); ok {
+			w.Header().Add(name, value)
+		}
+	}
+	var trailers [][2]string
+	for _, t := range q["trailer"] {
+		if name, value, ok := strings.Cut(t, ":"); ok {
+			w.Header().Add("Trailer", name)
+			trailers = append(trailers, [2]string{name, value})
+		}
+	}
+	var out bytes.Buffer
+	switch q.Get("encoding") {
+	case "gzip":
+		zw := gzip.NewWriter(&out)
+		zw.Write(body)
+		zw.Close()
+		w.Header().Set("Content-Encoding", "gzip")
+	case "deflate":
+		zw, _ := flate.NewWriter(&out, flate.DefaultCompression)
+		zw.Write(body)
+		zw.Close()
+		w.Header().Set("Content-Encoding", "deflate")
+	default:
+		out.Write(body)
+	}
+	w.Write(out.Bytes())
+	for _, t := range trailers {
+		w.Header().Set(t[0], t[1])
+	}
+}
+
+// orbits lists every Unicode simple case folding orbit with more than one
+// member, each from its smallest rune.
+func orbits() [][]string {
+	var out [][]string
+	for r := rune(0); r <= unicode.MaxRune; r++ {
+		next := unicode.SimpleFold(r)
+		if next == r {
+			continue
+		}
+		smallest := true
+		orbit := []string{string(r)}
+		for c := next; c != r; c = unicode.SimpleFold(c) {
+			if c < r {
+				smallest = false
+				break
+			}
+			orbit = append(orbit, string(c))
+		}
+		if smallest {
+			out = append(out, orbit)
+		}
+	}
+	return out
+}
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:0", "address to listen on")
+	cert := flag.String("cert", "", "certificate chain (PEM)")
+	key := flag.String("key", "", "private key (PEM)")
+	logPath := flag.String("log", "", "append one JSON line per request here")
+	printOrbits := flag.Bool("orbits", false, "print Unicode simple folding orbits as JSON and exit")
+	flag.Parse()
+	if *printOrbits {
+		json.NewEncoder(os.Stdout).Encode(orbits())
+		return
+	}
+	s := &server{stored: map[string][]byte{}}
+	if *logPath != "" {
+		f, err := os.OpenFile(*logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			log.Fatal(err)
+		}
+		s.log = f
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("listening %s\n", ln.Addr())
+	os.Stdout.Sync()
+	srv := &http.Server{Handler: s, ErrorLog: log.New(io.Discard, "", 0)}
+	log.Fatal(srv.ServeTLS(ln, *cert, *key))
+}
