@@ -21,7 +21,7 @@ use crate::arch::{
 };
 use crate::arch::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
 use crate::devices::virtio::block::{Block, DiskConfig, DiskError, DiskFile};
-use crate::devices::virtio::console::Console;
+use crate::devices::virtio::console::{Console, ConsoleInput};
 use crate::devices::virtio::mmio::MmioDevice;
 use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::{MmioTransport, VirtioInterrupt};
@@ -245,8 +245,10 @@ impl MicroVm {
         let mut virtio: Vec<Box<dyn MmioDevice>> = Vec::new();
         let console_decoder = ControlDecoder::with_marker(control_tx.clone(), marker.clone());
         let interrupt = virtio_interrupt(&vm, 0, &mut cmdline)?;
+        let console = Console::new(Box::new(console_decoder));
+        let console_input = console.input();
         virtio.push(Box::new(MmioTransport::new(
-            Console::new(Box::new(console_decoder)),
+            console,
             mem.clone(),
             interrupt,
         )));
@@ -329,6 +331,7 @@ impl MicroVm {
             stop: stop.clone(),
             done: done_rx,
             control: Some(control_rx),
+            console_input,
             bus: bus.clone(),
             created,
             _vm: vm,
@@ -450,6 +453,7 @@ pub struct RunningVm {
     stop: Arc<AtomicBool>,
     done: Receiver<Result<VcpuStop, VcpuError>>,
     control: Option<Receiver<ControlEvent>>,
+    console_input: ConsoleInput,
     bus: Arc<Bus>,
     created: Instant,
     // Dropped after the vCPU threads are joined (see `Drop`).
@@ -462,6 +466,14 @@ impl RunningVm {
     /// After this, `wait()` returns an empty `TaskOutput`.
     pub fn take_control(&mut self) -> Option<Receiver<ControlEvent>> {
         self.control.take()
+    }
+
+    /// Asks the guest init to stop the command (`guest_protocol`'s
+    /// `HOST_STOP` over the console): it ends the command, writes out and
+    /// unmounts `/work`, reports a status and powers off. The caller still
+    /// bounds the wait (a guest that ignores it is killed).
+    pub fn request_stop(&self) {
+        self.console_input.send(&[guest_protocol::HOST_STOP]);
     }
 
     /// Time from VM creation to the guest init's first act, once it happened.
