@@ -129,6 +129,40 @@ pub fn dump_tree(image: &Path, dest: &Path) -> Result<(), GuestImageError> {
     if std::fs::read_dir(&lost).is_ok_and(|mut d| d.next().is_none()) {
         let _ = std::fs::remove_dir(&lost);
     }
+    defuse_tree(dest)
+}
+
+/// What a guest wrote is untrusted, and a guest kernel can write any inode:
+/// the copy on the host keeps regular files, directories and symlinks
+/// (never followed), without set-uid, set-gid or sticky bits; device nodes,
+/// FIFOs and sockets are dropped.
+fn defuse_tree(dest: &Path) -> Result<(), GuestImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![dest.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(GuestImageError::io_path(&dir))? {
+            let path = entry.map_err(GuestImageError::io_path(&dir))?.path();
+            let meta = path
+                .symlink_metadata()
+                .map_err(GuestImageError::io_path(&path))?;
+            let kind = meta.file_type();
+            if kind.is_symlink() {
+                continue;
+            }
+            if !kind.is_file() && !kind.is_dir() {
+                std::fs::remove_file(&path).map_err(GuestImageError::io_path(&path))?;
+                continue;
+            }
+            let mode = meta.permissions().mode();
+            if mode & 0o7000 != 0 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o777))
+                    .map_err(GuestImageError::io_path(&path))?;
+            }
+            if kind.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -204,6 +238,46 @@ mod tests {
             !out.join("lost+found").exists(),
             "empty lost+found left out"
         );
+    }
+
+    #[test]
+    fn a_copy_out_drops_special_files_and_privilege_bits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("shared")).expect("mkdir");
+        std::fs::write(tree.join("suid"), b"#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(tree.join("suid"), std::fs::Permissions::from_mode(0o6755))
+            .expect("chmod");
+        std::fs::set_permissions(tree.join("shared"), std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod");
+        nix::unistd::mkfifo(
+            &tree.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .expect("mkfifo");
+        let image = dir.path().join("disk.ext4");
+        make_image(
+            Some(&tree),
+            &image,
+            "test",
+            Ext4Options {
+                size: size_for_tree(&tree).expect("size"),
+                journal: false,
+            },
+        )
+        .expect("mkfs.ext4");
+        let out = dir.path().join("out");
+        dump_tree(&image, &out).expect("rdump");
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(out.join(p))
+                .expect(p)
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("suid"), 0o755);
+        assert_eq!(mode("shared"), 0o777);
+        assert!(std::fs::symlink_metadata(out.join("fifo")).is_err());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub mod initramfs;
 pub mod kernel;
 /// Importing `docker save` archives and OCI image layouts.
 pub mod oci;
+/// Building root filesystems (Debian, imports) into the store.
+pub mod rootfs;
 /// The per-session cpio.
 pub mod session;
 /// The content-addressed image store under `<home>/images`.
