@@ -114,6 +114,9 @@ for img in debian oci; do
   $bb ln -s "$(disk $img-image)" /tmp/img/$img/rootfs.ext4
   echo "DISK $img $($bb readlink /tmp/img/$img/rootfs.ext4)"
 done
+# Sessions print only when they end; L1's own user space says it is alive
+# (the harness calls an L1 silent for two minutes hung).
+( while :; do sleep 30; echo "L1 alive $($bb date +%s)"; done ) &
 mock_upstream 127.0.0.1:8443 /up/cert.pem /up/key.pem "Bearer $REAL_KEY" >/tmp/upstream.log 2>&1 &
 sleep 1
 ARGS="--capabilities /oc/task.cap --secrets /tmp/secrets.toml --approve deny --memory-mib 512 --upstream-ca /up/ca.pem --resolve granted.example=127.0.0.1:8443 --resolve other.example=127.0.0.1:8443 --resolve api.openai.com=127.0.0.1:8443"
