@@ -44,6 +44,9 @@ pub struct SessionInfo {
     pub vm_vcpus: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_mem_mib: Option<u64>,
+    /// The microVM's root filesystem: `name (id prefix)`, or `initramfs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_image: Option<String>,
     pub command: Vec<String>,
     pub task: Option<String>,
     pub exit_code: Option<i32>,

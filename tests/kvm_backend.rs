@@ -59,6 +59,17 @@ impl Home {
         cmd
     }
 
+    /// [`Home::run`] with `--image` (the kvm backend's root filesystem).
+    fn run_with_image(&self, backend: &str, image: &str, script: &str) -> Command {
+        let mut cmd = self.openclaw();
+        cmd.arg("run")
+            .arg("--capabilities")
+            .arg(self.path().join("task.cap"))
+            .args(["--image", image])
+            .args(["--backend", backend, "--", "/bin/sh", "-c", script]);
+        cmd
+    }
+
     fn sessions(&self) -> Vec<PathBuf> {
         match std::fs::read_dir(self.path().join("sessions")) {
             Ok(dir) => dir.map(|e| e.expect("entry").path()).collect(),
@@ -259,7 +270,7 @@ fn kvm_backend_boot_failure_names_the_stage_and_tears_everything_down() {
     pvm_host("kvm_backend_boot_failure_names_the_stage_and_tears_everything_down");
     let home = Home::new();
     let (out, dir, took) = home.run_new(
-        home.run("kvm", "echo should-not-run")
+        home.run_with_image("kvm", "initramfs", "echo should-not-run")
             .env("OPENCLAW_KVM_PREPROBE", "skip")
             .env("OPENCLAW_KVM_BOOT_TIMEOUT", "3s"),
     );

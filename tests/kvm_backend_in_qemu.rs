@@ -2,8 +2,10 @@
 //! harness (the `qemu-harness` crate: L1 is a Debian kernel with kvm-amd
 //! under TCG). The outer initramfs carries openclaw (stripped) with its
 //! shared libraries, iproute2's `ip`, `openssl s_server` as the local HTTPS
-//! upstream (its own test CA), the guest image, and a token granting one
-//! host. In L1:
+//! upstream (its own test CA), e2fsprogs (the session's `/work` disk), the
+//! guest image, and a token granting one host. The sessions boot the
+//! initramfs-only guest (`--image initramfs`; root filesystem images are
+//! tests/kvm_images_in_qemu.rs). In L1:
 //! - `--backend kvm`: the `--workdir` files (at /work), `OPENCLAW_TASK` and
 //!   `OPENCLAW_SESSION` reach the task; the guest's curl to the granted host is allowed (200
 //!   from the upstream), to another host blocked (NXDOMAIN, receipted); the
@@ -55,7 +57,7 @@ $bb chmod 600 /tmp/home/keys/receipt.key
 export OPENCLAW_HOME=/tmp/home OPENCLAW_GUEST_IMAGE=/guest
 openssl s_server -accept 127.0.0.1:8443 -cert /up/cert.pem -key /up/key.pem -www -quiet >/tmp/upstream.log 2>&1 &
 sleep 1
-ARGS="--capabilities /oc/task.cap --approve deny --memory-mib 256 --upstream-ca /up/ca.pem --resolve granted.example=127.0.0.1:8443 --resolve other.example=127.0.0.1:8443"
+ARGS="--capabilities /oc/task.cap --image initramfs --approve deny --memory-mib 256 --upstream-ca /up/ca.pem --resolve granted.example=127.0.0.1:8443 --resolve other.example=127.0.0.1:8443"
 show() { # tag file
   $bb sed "s/^/$1| /" "$2"
 }
@@ -264,6 +266,7 @@ fn kvm_backend_sessions_inside_qemu() {
     let mut files: Vec<(String, PathBuf)> = vec![
         ("guest/vmlinux".into(), image.kernel.clone()),
         ("guest/initramfs.cpio".into(), image.initramfs.clone()),
+        ("guest/boot.cpio".into(), image.boot.clone()),
         ("oc/task.cap".into(), cap),
         ("oc/keys/root.pub".into(), home.join("keys/root.pub")),
         ("oc/keys/receipt.key".into(), home.join("keys/receipt.key")),
@@ -275,6 +278,11 @@ fn kvm_backend_sessions_inside_qemu() {
     files.extend(with_libraries(&openclaw, "usr/bin/openclaw"));
     files.extend(with_libraries(&which("ip"), "usr/sbin/ip"));
     files.extend(with_libraries(&which("openssl"), "usr/bin/openssl"));
+    // The kvm backend makes the session's /work disk and reads it back with
+    // e2fsprogs.
+    files.extend(with_libraries(&which("mkfs.ext4"), "usr/sbin/mkfs.ext4"));
+    files.extend(with_libraries(&which("e2fsck"), "usr/sbin/e2fsck"));
+    files.extend(with_libraries(&which("debugfs"), "usr/sbin/debugfs"));
     files.sort();
     files.dedup_by(|a, b| a.0 == b.0);
     let payload = L1Payload {
@@ -339,6 +347,7 @@ fn kvm_backend_sessions_inside_qemu() {
     );
     assert_eq!(kvm["backend"], "kvm");
     assert_eq!(kvm["exit_code"], 7);
+    assert_eq!(kvm["vm_image"], "initramfs");
     assert_eq!(kvm["status"], "failed");
     let boot_ms = kvm["boot_ms"].as_u64().expect("boot time recorded");
     assert!(boot_ms > 0);

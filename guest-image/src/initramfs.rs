@@ -1,6 +1,11 @@
-//! The base initramfs: the guest init, busybox (Debian `busybox-static`),
-//! curl with the shared libraries it links, and a skeleton /etc. Built once;
-//! sessions append their own small cpio (see `session`).
+//! The initramfs images, built once; sessions append their own small cpio
+//! (see `session`):
+//! - the base (initramfs-only guest): the guest init, busybox (Debian
+//!   `busybox-static`), curl with the shared libraries it links, and a
+//!   skeleton /etc;
+//! - the boot initramfs: the guest init and busybox only (busybox `ip`
+//!   configures the NIC before the init moves into the root filesystem
+//!   it mounts from disk). ~2 MB instead of ~22 MB to unpack.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,6 +48,22 @@ pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
             path.starts_with('/').then(|| PathBuf::from(path))
         })
         .collect()
+}
+
+/// Builds the boot initramfs: the init, busybox and the mount points.
+pub fn build_boot_initramfs(init: &Path) -> Result<Vec<u8>, GuestImageError> {
+    let mut w = CpioWriter::new();
+    for dir in [
+        "bin", "etc", "proc", "sys", "dev", "tmp", "run", "mnt", "openclaw",
+    ] {
+        w.dir(dir, 0o755);
+    }
+    w.char_dev("dev/console", 0o600, 5, 1);
+    let read = |p: &Path| std::fs::read(p).map_err(GuestImageError::io_path(p));
+    w.file("init", 0o755, &read(init)?);
+    w.file("bin/busybox", 0o755, &read(Path::new(BUSYBOX))?);
+    w.symlink("bin/sh", "busybox");
+    Ok(w.finish())
 }
 
 /// Builds the base initramfs around the guest init binary.

@@ -170,6 +170,10 @@ mod tests {
             "CONFIG_VIRTIO_CONSOLE",
             "CONFIG_SERIAL_8250_CONSOLE",
             "CONFIG_BLK_DEV_INITRD",
+            "CONFIG_BLOCK",
+            "CONFIG_VIRTIO_BLK",
+            "CONFIG_EXT4_FS",
+            "CONFIG_OVERLAY_FS",
         ] {
             assert!(on.contains(&needed), "{needed}");
         }
@@ -178,6 +182,10 @@ mod tests {
             "CONFIG_PTP_1588_CLOCK_KVM",
             "CONFIG_PCI",
             "CONFIG_ACPI",
+            // The L1-hang cure (docs/vmm.md): no i8042 probe storm.
+            "CONFIG_VT",
+            "CONFIG_INPUT",
+            "CONFIG_SERIO",
         ] {
             assert!(off.contains(&absent), "{absent}");
         }

@@ -1,21 +1,36 @@
-//! Builds the guest image the microVM boots: a kernel from a documented config
-//! fragment and an initramfs (busybox, curl, CA trust, the guest init), plus
-//! the small per-session cpio appended to it. What the guest init and the
-//! host agree on (frames, markers, paths, switches) is `guest_protocol`'s.
+//! Builds what the microVM boots: a kernel from a documented config
+//! fragment, two initramfs images (the initramfs-only guest with busybox
+//! and curl, and the small boot initramfs that mounts a root filesystem),
+//! root filesystems (Debian via mmdebstrap, or imported from OCI/docker
+//! archives) as ext4 images in a content-addressed store, and the small
+//! per-session cpio. What the guest init and the host agree on (frames,
+//! markers, paths, switches, disk ids) is `guest_protocol`'s.
 //!
 //! The public interface is: [`build_image`] → [`GuestImage`] (paths of the
-//! cached kernel and base initramfs), [`SessionFiles::to_cpio`] for the
-//! per-session part, and [`cpio`] for reading/writing newc archives.
+//! cached kernel and initramfs images); [`debian::build_rootfs`] and
+//! [`oci::import`] fill a directory, [`ext4`] turns it into an image (and
+//! reads one back), [`store`] keeps images; [`SessionFiles::to_cpio`] for
+//! the per-session part; [`cpio`] for newc archives.
 #![forbid(unsafe_code)]
 
 /// Reading and writing newc cpio archives.
 pub mod cpio;
-/// The base initramfs: busybox, curl and its libraries, the guest init.
+/// Debian root filesystems with mmdebstrap (and pip).
+pub mod debian;
+/// ext4 images from directories and back, without loop mounts.
+pub mod ext4;
+/// The initramfs images: busybox, curl and its libraries, the guest init.
 pub mod initramfs;
 /// The guest kernel, built from Debian's source and the config fragment.
 pub mod kernel;
+/// Importing `docker save` archives and OCI image layouts.
+pub mod oci;
+/// Building root filesystems (Debian, imports) into the store.
+pub mod rootfs;
 /// The per-session cpio.
 pub mod session;
+/// The content-addressed image store under `<home>/images`.
+pub mod store;
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +53,10 @@ pub enum GuestImageError {
         what: String,
         source: std::io::Error,
     },
+    #[error("not an image archive: {0}")]
+    BadArchive(String),
+    #[error("{0}")]
+    NoImage(String),
     #[error("guest init binary not found at {0}; build it with `cargo build -p guest-image --bin openclaw-guest-init --release --target x86_64-unknown-linux-gnu` and RUSTFLAGS='-C target-feature=+crt-static'")]
     NoInit(PathBuf),
 }
@@ -64,15 +83,37 @@ impl GuestImageError {
     }
 }
 
-/// A built image.
+/// A built guest: the kernel and its two initramfs images.
 #[derive(Debug, Clone)]
 pub struct GuestImage {
     pub kernel: PathBuf,
+    /// The initramfs-only guest (busybox, curl): the probe, and sessions
+    /// with `--image initramfs`.
     pub initramfs: PathBuf,
+    /// The guest init and busybox only: boots a root filesystem from disk.
+    pub boot: PathBuf,
+}
+
+/// File names inside an image directory (`target/guest-image`).
+pub const KERNEL_FILE: &str = "vmlinux";
+pub const INITRAMFS_FILE: &str = "initramfs.cpio";
+pub const BOOT_FILE: &str = "boot.cpio";
+
+impl GuestImage {
+    /// The image in `dir`, if all of its files are there.
+    pub fn existing(dir: &Path) -> Option<GuestImage> {
+        let image = GuestImage {
+            kernel: dir.join(KERNEL_FILE),
+            initramfs: dir.join(INITRAMFS_FILE),
+            boot: dir.join(BOOT_FILE),
+        };
+        (image.kernel.is_file() && image.initramfs.is_file() && image.boot.is_file())
+            .then_some(image)
+    }
 }
 
 /// Builds (or reuses) the kernel in `out` and writes `out/initramfs.cpio`
-/// around the static guest init at `init`.
+/// and `out/boot.cpio` around the static guest init at `init`.
 pub fn build_image(
     out: &Path,
     init: &Path,
@@ -84,17 +125,25 @@ pub fn build_image(
     }
     std::fs::create_dir_all(out).map_err(GuestImageError::io("create output dir"))?;
     let kernel = kernel::build_kernel(out, jobs, log)?;
-    let initramfs = out.join("initramfs.cpio");
-    let bytes = initramfs::build_base_initramfs(init)?;
-    let tmp = out.join("initramfs.cpio.tmp");
-    std::fs::write(&tmp, &bytes).map_err(GuestImageError::io("write initramfs"))?;
-    std::fs::rename(&tmp, &initramfs).map_err(GuestImageError::io("rename initramfs"))?;
-    log(&format!(
-        "initramfs: {} ({} bytes)",
-        initramfs.display(),
-        bytes.len()
-    ));
-    Ok(GuestImage { kernel, initramfs })
+    let write = |name: &str, bytes: Vec<u8>, log: &mut dyn FnMut(&str)| {
+        let path = out.join(name);
+        let tmp = out.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, &bytes).map_err(GuestImageError::io("write initramfs"))?;
+        std::fs::rename(&tmp, &path).map_err(GuestImageError::io("rename initramfs"))?;
+        log(&format!(
+            "initramfs: {} ({} bytes)",
+            path.display(),
+            bytes.len()
+        ));
+        Ok::<_, GuestImageError>(path)
+    };
+    let initramfs = write(INITRAMFS_FILE, initramfs::build_base_initramfs(init)?, log)?;
+    let boot = write(BOOT_FILE, initramfs::build_boot_initramfs(init)?, log)?;
+    Ok(GuestImage {
+        kernel,
+        initramfs,
+        boot,
+    })
 }
 
 /// Flags for the static binaries built for guests and for L1: static, so

@@ -2,7 +2,9 @@
 //! guest's only trust anchor), credential placeholders, the task's argv and
 //! its files. Never real secrets: placeholders are what the proxy swaps.
 
-use guest_protocol::paths::{ARGV_PATH, CA_PATH, ENV_PATH, SESSION_DIR, WORK_DIR};
+use guest_protocol::paths::{
+    ARGV_PATH, CA_PATH, ENV_PATH, PIDS_MAX_PATH, SESSION_DIR, USER_PATH, WORKDIR_PATH, WORK_DIR,
+};
 
 use crate::cpio::CpioWriter;
 
@@ -14,8 +16,15 @@ pub struct SessionFiles {
     pub env: Vec<(String, String)>,
     /// The command to run; argv[0] is looked up in the guest's PATH.
     pub argv: Vec<String>,
-    /// Task files, relative to the work dir: (path, mode, contents).
+    /// Task files, relative to the work dir: (path, mode, contents). Only
+    /// for guests without a `/work` disk.
     pub files: Vec<(String, u32, Vec<u8>)>,
+    /// Where the command starts when not `/work` (an image's WorkingDir).
+    pub workdir: Option<String>,
+    /// The user the command runs as when the image names one.
+    pub user: Option<String>,
+    /// The command's process limit.
+    pub pids_max: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,6 +67,18 @@ impl SessionFiles {
         w.file(CA_PATH, 0o644, &self.ca_pem);
         w.file(ENV_PATH, 0o600, &env);
         w.file(ARGV_PATH, 0o600, &argv);
+        for (path, value) in [
+            (WORKDIR_PATH, self.workdir.clone()),
+            (USER_PATH, self.user.clone()),
+            (PIDS_MAX_PATH, self.pids_max.map(|n| n.to_string())),
+        ] {
+            if let Some(value) = value {
+                if value.contains(['\0', '\n']) {
+                    return Err(SessionImageError::BadString);
+                }
+                w.file(path, 0o600, value.as_bytes());
+            }
+        }
         w.dir(WORK_DIR, 0o755);
         let mut made_dirs = Vec::new();
         for (path, mode, data) in &self.files {
@@ -95,6 +116,9 @@ mod tests {
             env: vec![("GITHUB_TOKEN".into(), "openclaw-placeholder-1".into())],
             argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
             files: vec![("src/main.sh".into(), 0o755, b"echo".to_vec())],
+            workdir: Some("/app".into()),
+            user: None,
+            pids_max: Some(256),
         };
         let entries = read_entries(&s.to_cpio().expect("valid")).expect("parses");
         let get = |n: &str| entries.iter().find(|e| e.name == n).map(|e| e.data.clone());
@@ -109,6 +133,12 @@ mod tests {
         );
         assert_eq!(get("openclaw/work/src/main.sh").expect("file"), b"echo");
         assert!(entries.iter().any(|e| e.name == "openclaw/work/src"));
+        assert_eq!(get("openclaw/session/workdir").expect("workdir"), b"/app");
+        assert_eq!(get("openclaw/session/pids_max").expect("pids"), b"256");
+        assert!(
+            get("openclaw/session/user").is_none(),
+            "not named: the default"
+        );
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// boots the guest quickly, else netns; says which and why).
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+    /// The microVM's root filesystem: an image name or id from `openclaw
+    /// image list`, a path to one, or `initramfs` for the busybox-and-curl
+    /// guest [default: the newest image named debian].
+    #[arg(long, value_name = "NAME|ID|PATH")]
+    image: Option<String>,
     /// How approvals are answered: prompt on the terminal, deny all, or
     /// approve all (for unattended demos). Without a terminal, prompt denies.
     #[arg(long, value_enum, default_value_t = ApproveArg::Prompt)]
@@ -206,6 +211,7 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
             BackendArg::Kvm => BackendChoice::Kvm,
             BackendArg::Netns => BackendChoice::Netns,
         },
+        image: args.image,
         approve: match args.approve {
             ApproveArg::Prompt => ApproveMode::Prompt,
             ApproveArg::Deny => ApproveMode::Deny,

@@ -96,6 +96,7 @@ pub async fn run(options: DemoOptions) -> Result<(SessionOutcome, Vec<SeenReques
         secrets: Some(secrets_path),
         catalog: Some(catalog_path),
         backend: BackendChoice::Auto,
+        image: None,
         approve,
         approval_timeout: options.approval_timeout,
         workdir: Some(workdir.clone()),

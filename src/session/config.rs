@@ -64,6 +64,9 @@ pub struct RunConfig {
     pub secrets: Option<PathBuf>,
     pub catalog: Option<PathBuf>,
     pub backend: BackendChoice,
+    /// `--image`: the kvm backend's root filesystem (name, id, path or
+    /// `initramfs`); None: the default image.
+    pub image: Option<String>,
     pub approve: ApproveMode,
     pub approval_timeout: Duration,
     pub workdir: Option<PathBuf>,

@@ -84,8 +84,12 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
         }
     }
     let choice = config.backend;
+    let (image, program) = (config.image.clone(), config.command.first().cloned());
     let home = choice::home_of(&config.sessions_dir);
-    let chosen = tokio::task::spawn_blocking(move || choice::choose(choice, &home)).await??;
+    let chosen = tokio::task::spawn_blocking(move || {
+        choice::choose(choice, image.as_deref(), program.as_deref(), &home)
+    })
+    .await??;
     let backend = chosen.backend;
 
     let id = new_session_id(started_at);

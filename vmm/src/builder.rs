@@ -20,7 +20,8 @@ use crate::arch::{
     self, mptable::MAX_VCPUS, CMDLINE_ADDR, EBDA_START, HIMEM_START, ZERO_PAGE_ADDR,
 };
 use crate::arch::{VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
-use crate::devices::virtio::console::Console;
+use crate::devices::virtio::block::{Block, DiskConfig, DiskError, DiskFile};
+use crate::devices::virtio::console::{Console, ConsoleInput};
 use crate::devices::virtio::mmio::MmioDevice;
 use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::{MmioTransport, VirtioInterrupt};
@@ -34,6 +35,8 @@ use crate::vstate::vm::{Vm, VmError};
 
 /// virtio-mmio slot i interrupts on line 5 + i (ISA IRQs 3 and 4 are the UARTs).
 const VIRTIO_FIRST_IRQ: u32 = 5;
+/// The MP table routes IRQs 0..24 to the IOAPIC.
+const VIRTIO_LAST_IRQ: u32 = 23;
 
 /// Wires slot `slot`'s interrupt and announces the device on the command line.
 fn virtio_interrupt(
@@ -42,6 +45,9 @@ fn virtio_interrupt(
     cmdline: &mut linux_loader::cmdline::Cmdline,
 ) -> Result<Arc<VirtioInterrupt>, StartVmError> {
     let irq = VIRTIO_FIRST_IRQ + slot as u32;
+    if irq > VIRTIO_LAST_IRQ {
+        return Err(StartVmError::TooManyDevices(slot + 1));
+    }
     let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(StartVmError::Irq)?;
     vm.register_irq(&evt, irq)
         .map_err(StartVmError::RegisterIrq)?;
@@ -83,6 +89,9 @@ pub struct VmConfig {
     /// The NIC: a virtio-net device on a tap the caller opened in the
     /// session's namespace.
     pub net: Option<NetConfig>,
+    /// virtio-blk disks, in this order after the NIC (the guest tells them
+    /// apart by their ids, not their order).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl VmConfig {
@@ -97,6 +106,7 @@ impl VmConfig {
             vcpus: 1,
             console,
             net: None,
+            disks: Vec::new(),
         }
     }
 }
@@ -141,6 +151,10 @@ pub enum StartVmError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    OpenDisk(#[source] DiskError),
+    #[error("{0} virtio devices do not fit the interrupt lines")]
+    TooManyDevices(u64),
     #[error("wiring device interrupts: {0}")]
     Irq(#[source] std::io::Error),
     #[error("registering device interrupts: {0}")]
@@ -224,14 +238,17 @@ impl MicroVm {
         let initrd = load_initramfs(&mem, &config, kernel_end, mem_end)?;
 
         let mut cmdline = arch::build_cmdline(&config.cmdline).map_err(StartVmError::Cmdline)?;
-        // virtio-mmio slots: 0 the control channel's virtio-console, 1 the NIC.
+        // virtio-mmio slots: 0 the control channel's virtio-console, then the
+        // NIC (when configured), then the disks.
         let (control_tx, control_rx) = channel();
         let marker = Arc::new(BootMarker::new(created));
         let mut virtio: Vec<Box<dyn MmioDevice>> = Vec::new();
         let console_decoder = ControlDecoder::with_marker(control_tx.clone(), marker.clone());
         let interrupt = virtio_interrupt(&vm, 0, &mut cmdline)?;
+        let console = Console::new(Box::new(console_decoder));
+        let console_input = console.input();
         virtio.push(Box::new(MmioTransport::new(
-            Console::new(Box::new(console_decoder)),
+            console,
             mem.clone(),
             interrupt,
         )));
@@ -239,6 +256,16 @@ impl MicroVm {
             let net = Net::new(net_config);
             let interrupt = virtio_interrupt(&vm, 1, &mut cmdline)?;
             virtio.push(Box::new(MmioTransport::new(net, mem.clone(), interrupt)));
+        }
+        for disk in &config.disks {
+            let file =
+                DiskFile::open(&disk.path, disk.read_only).map_err(StartVmError::OpenDisk)?;
+            let interrupt = virtio_interrupt(&vm, virtio.len() as u64, &mut cmdline)?;
+            virtio.push(Box::new(MmioTransport::new(
+                Block::new(file, &disk.id),
+                mem.clone(),
+                interrupt,
+            )));
         }
         loader::load_cmdline(&mem, GuestAddress(CMDLINE_ADDR), &cmdline)
             .map_err(StartVmError::LoadCommandline)?;
@@ -304,6 +331,7 @@ impl MicroVm {
             stop: stop.clone(),
             done: done_rx,
             control: Some(control_rx),
+            console_input,
             bus: bus.clone(),
             created,
             _vm: vm,
@@ -425,6 +453,7 @@ pub struct RunningVm {
     stop: Arc<AtomicBool>,
     done: Receiver<Result<VcpuStop, VcpuError>>,
     control: Option<Receiver<ControlEvent>>,
+    console_input: ConsoleInput,
     bus: Arc<Bus>,
     created: Instant,
     // Dropped after the vCPU threads are joined (see `Drop`).
@@ -437,6 +466,14 @@ impl RunningVm {
     /// After this, `wait()` returns an empty `TaskOutput`.
     pub fn take_control(&mut self) -> Option<Receiver<ControlEvent>> {
         self.control.take()
+    }
+
+    /// Asks the guest init to stop the command (`guest_protocol`'s
+    /// `HOST_STOP` over the console): it ends the command, writes out and
+    /// unmounts `/work`, reports a status and powers off. The caller still
+    /// bounds the wait (a guest that ignores it is killed).
+    pub fn request_stop(&self) {
+        self.console_input.send(&[guest_protocol::HOST_STOP]);
     }
 
     /// Time from VM creation to the guest init's first act, once it happened.

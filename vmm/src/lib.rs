@@ -25,6 +25,7 @@ pub mod vstate;
 pub use builder::{
     ExitReason, Kernel, MicroVm, RunningVm, StartVmError, TaskOutput, VmConfig, VmExit,
 };
+pub use devices::virtio::block::{DiskConfig, DiskError};
 pub use devices::virtio::net::{NetConfig, Tap, TapError};
 pub use devices::ControlEvent;
 pub use probe::{probe, ProbeResult};

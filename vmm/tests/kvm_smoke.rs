@@ -302,4 +302,17 @@ fn bad_configurations_past_opening_kvm_name_their_stage() {
         MicroVm::boot(c),
         Err(vmm::StartVmError::InitramfsTooLarge { .. })
     ));
+    let mut c = config(vec![0xf4], dir.path());
+    c.disks.push(vmm::DiskConfig {
+        path: dir.path().join("missing.ext4"),
+        read_only: true,
+        id: "root".into(),
+    });
+    let err = MicroVm::boot(c)
+        .err()
+        .expect("a missing disk stops the boot");
+    assert!(
+        matches!(&err, vmm::StartVmError::OpenDisk(_)) && err.to_string().contains("missing.ext4"),
+        "{err}"
+    );
 }

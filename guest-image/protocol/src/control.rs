@@ -2,8 +2,9 @@
 //! ttyS1), the VMM's `ControlDecoder` reads them byte by byte.
 //!
 //! A frame is `kind: u8, len: u16 LE, payload[len]`. The channel flows guest →
-//! host only: the task's command and files reach the guest in the per-session
-//! cpio ([`crate::paths`]).
+//! host, but for one byte the other way ([`HOST_STOP`]): the task's command
+//! reaches the guest in the per-session cpio ([`crate::paths`]), its files
+//! on the `/work` disk ([`crate::disks`]).
 
 /// Bytes of the task's stdout.
 pub const FRAME_STDOUT: u8 = 1;
@@ -13,6 +14,12 @@ pub const FRAME_STDERR: u8 = 2;
 pub const FRAME_EXIT: u8 = 3;
 /// A boot mark: exactly 1 byte, a [`crate::marker`] code.
 pub const FRAME_MARK: u8 = 4;
+
+/// Host → guest, one byte on the same channel: stop the command now (the
+/// session timed out or was interrupted). The guest init ends the command,
+/// syncs and unmounts `/work`, reports a status and powers off, so what the
+/// command wrote reaches the bundle as after a normal end.
+pub const HOST_STOP: u8 = b'S';
 
 /// Encodes one frame. A payload longer than the length field can say is cut
 /// at `u16::MAX` bytes; callers with more to send split it first.

@@ -1,34 +1,72 @@
 //! The guest's PID 1: marks the boot, mounts, configures the NIC from the
-//! kernel command line, installs the session CA as the only trust anchor,
-//! runs the task with its placeholders, streams stdout/stderr and the exit
-//! status over the control channel (hvc0, else ttyS1), then resets the VM (power off).
+//! kernel command line, and then either runs the command in the initramfs
+//! (the initramfs-only guest) or mounts the image's root filesystem
+//! read-only under an overlay with the session's writable layer, `/work`
+//! from its own disk, and moves into it. There it installs the session CA
+//! as the system trust store, runs the command as an unprivileged user with
+//! its limits, streams stdout/stderr and the exit status over the control
+//! channel (hvc0, else ttyS1), stops the command when the host asks, ends
+//! every process, unmounts `/work` so the host can read it, and resets the
+//! VM (power off).
 //!
 //! Built static (`-C target-feature=+crt-static`) so the image needs no libc for it.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use guest_protocol::paths::{ARGV_PATH, CA_PATH, ENV_PATH, WORK_DIR};
-use guest_protocol::{
-    cmdline, encode_frame, FRAME_EXIT, FRAME_MARK, FRAME_STDERR, FRAME_STDOUT, MARKER_INIT_STARTED,
-    MARKER_TASK_STARTED,
+use guest_protocol::disks::{LAYER_ID, ROOT_ID, WORK_ID};
+use guest_protocol::paths::{
+    ARGV_PATH, CA_BUNDLE, CA_ENV, CA_PATH, ENV_PATH, PIDS_MAX_PATH, USER_PATH, WORKDIR_PATH,
+    WORK_DIR, WORK_MOUNT,
 };
-use nix::mount::{mount, MsFlags};
+use guest_protocol::{
+    cmdline, encode_frame, FRAME_EXIT, FRAME_MARK, FRAME_STDERR, FRAME_STDOUT, HOST_STOP,
+    MARKER_INIT_STARTED, MARKER_TASK_STARTED,
+};
+use nix::mount::{mount, umount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::termios;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 /// The control channel: virtio-console first (one VM exit per write), the
 /// second UART when the VMM offers no virtio-console.
 const CONTROL_TTYS: [&str; 2] = ["/dev/hvc0", "/dev/ttyS1"];
-const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-const WORK_ALIAS: &str = "/work";
+/// The unprivileged user commands run as unless the image names another.
 const TASK_UID: u32 = 1000;
 /// Reported when the init itself fails before or around the task.
 const STATUS_INIT_FAILED: i32 = 125;
+/// Where the root filesystem is assembled before the init moves into it.
+const LOWER: &str = "/mnt/lower";
+const LAYER: &str = "/mnt/layer";
+const NEW_ROOT: &str = "/mnt/root";
+/// The command's environment before the image's and the session's.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// CA bundle locations across distributions (the netns backend's list):
+/// each that exists in the image holds the session CA alone.
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/pki/tls/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ca-certificates/extracted/tls-ca-bundle.pem",
+];
+/// Directories of individually trusted certificates: emptied, so nothing
+/// but the session CA is trusted.
+const TRUST_DIRS: &[&str] = &["/etc/ssl/certs", "/etc/pki/tls/certs", "/etc/pki/ca-trust"];
+/// After the host's stop: how long the command has to end on SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 fn main() {
     // First act: the boot mark. /dev needs devtmpfs for /dev/ttyS1.
@@ -48,6 +86,7 @@ fn main() {
                     FRAME_STDERR,
                     format!("openclaw-guest-init: {e}\n").as_bytes(),
                 );
+                end_everything();
                 control.frame(FRAME_EXIT, &STATUS_INIT_FAILED.to_le_bytes());
                 control.drain();
             }
@@ -63,6 +102,35 @@ fn main() {
     }
 }
 
+/// What the host put in the session cpio.
+struct Session {
+    ca: Vec<u8>,
+    env: Vec<String>,
+    argv: Vec<String>,
+    workdir: Option<String>,
+    user: Option<String>,
+    pids_max: Option<u64>,
+}
+
+impl Session {
+    fn read() -> Result<Session, String> {
+        let line = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        Ok(Session {
+            ca: std::fs::read(CA_PATH).map_err(|e| format!("{CA_PATH}: {e}"))?,
+            env: read_nul_separated(ENV_PATH)?,
+            argv: read_nul_separated(ARGV_PATH)?,
+            workdir: line(WORKDIR_PATH),
+            user: line(USER_PATH),
+            pids_max: line(PIDS_MAX_PATH).and_then(|n| n.parse().ok()),
+        })
+    }
+}
+
 /// Runs the session; the exit frame is sent here on success.
 fn run(control: &mut Control) -> Result<i32, String> {
     mount_filesystems()?;
@@ -75,47 +143,113 @@ fn run(control: &mut Control) -> Result<i32, String> {
         control.drain();
         return Ok(0);
     }
-    configure_network(
-        param(cmdline::IP),
-        param(cmdline::GATEWAY),
-        param(cmdline::RESOLVER),
-    )?;
-    install_trust_anchor()?;
-    let env = read_nul_separated(ENV_PATH)?;
-    let argv = read_nul_separated(ARGV_PATH)?;
-    let (program, args) = argv.split_first().ok_or("the session has no command")?;
-    chown_tree(std::path::Path::new(WORK_DIR))?;
-    // The netns backend shows the task its files at /work: same path here,
-    // so one command line works on both backends.
-    match std::os::unix::fs::symlink(WORK_DIR, WORK_ALIAS) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("{WORK_ALIAS}: {e}")),
+    configure_network(param(cmdline::IP), param(cmdline::GATEWAY))?;
+    let session = Session::read()?;
+    let disks = find_disks();
+    let has_root = disks.contains_key(ROOT_ID);
+    let base = if has_root {
+        assemble_root(&disks)?;
+        NEW_ROOT
+    } else {
+        "/"
+    };
+    let work = match disks.get(WORK_ID) {
+        Some(dev) => {
+            let at = format!("{}{WORK_MOUNT}", base.trim_end_matches('/'));
+            std::fs::create_dir_all(&at).map_err(|e| format!("{at}: {e}"))?;
+            mount_ext4(dev, &at, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)?;
+            WORK_MOUNT
+        }
+        None => {
+            // The initramfs-only guest: the files came in the session cpio;
+            // /work names them too, as on the netns backend.
+            match std::os::unix::fs::symlink(WORK_DIR, WORK_MOUNT) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("{WORK_MOUNT}: {e}")),
+            }
+            WORK_DIR
+        }
+    };
+    if has_root {
+        mount_system_dirs(NEW_ROOT)?;
+        switch_root(NEW_ROOT)?;
+    }
+    if let Some(dns) = param(cmdline::RESOLVER) {
+        write_file("/etc/resolv.conf", format!("nameserver {dns}\n").as_bytes())?;
+    }
+    write_file("/etc/hosts", b"127.0.0.1 localhost openclaw\n")?;
+    let _ = nix::unistd::sethostname("openclaw");
+    install_trust_anchor(&session.ca)?;
+    let (uid, gid) = resolve_user(session.user.as_deref());
+    chown_tree(Path::new(work), uid, gid)?;
+    let cwd = session.workdir.clone().unwrap_or_else(|| work.to_string());
+    std::fs::create_dir_all(&cwd).map_err(|e| format!("working directory {cwd}: {e}"))?;
+    if let Some(n) = session.pids_max {
+        // Inherited by the command; counted against its user (the init,
+        // root, is exempt).
+        setrlimit(Resource::RLIMIT_NPROC, n, n).map_err(|e| format!("process limit: {e}"))?;
     }
 
+    let code = run_task(control, &session, uid, gid, &cwd)?;
+    // Whatever the command left running goes too; then /work is written
+    // out and unmounted, so the host reads a clean filesystem.
+    end_everything();
+    if disks.contains_key(WORK_ID) {
+        nix::unistd::sync();
+        if let Err(e) = umount(WORK_MOUNT) {
+            eprintln!("openclaw-guest-init: unmounting {WORK_MOUNT}: {e}");
+        }
+    }
+    nix::unistd::sync();
+    control.frame(FRAME_EXIT, &code.to_le_bytes());
+    control.drain();
+    Ok(code)
+}
+
+/// Starts the command, streams its output, stops it when the host asks;
+/// returns its exit status.
+fn run_task(
+    control: &mut Control,
+    session: &Session,
+    uid: u32,
+    gid: u32,
+    cwd: &str,
+) -> Result<i32, String> {
+    let (program, args) = session
+        .argv
+        .split_first()
+        .ok_or("the session has no command")?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
-        .env("PATH", "/usr/bin:/bin:/sbin")
-        .env("HOME", "/home/task")
-        .env("CURL_CA_BUNDLE", CA_BUNDLE)
-        .env("SSL_CERT_FILE", CA_BUNDLE)
-        .current_dir(WORK_DIR)
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", WORK_MOUNT)
+        .env("TMPDIR", "/tmp")
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .uid(TASK_UID)
+        // Its own process group, so a stop reaches everything it started.
+        .process_group(0)
+        .uid(uid)
         // std drops supplementary groups when root sets a uid.
-        .gid(TASK_UID);
-    for kv in &env {
+        .gid(gid);
+    for kv in &session.env {
         if let Some((k, v)) = kv.split_once('=') {
             cmd.env(k, v);
         }
     }
+    // Last: the image or the session cannot point TLS elsewhere.
+    for var in CA_ENV {
+        cmd.env(var, CA_BUNDLE);
+    }
+    // PATH lookup for argv[0] happens in the child with the command's PATH.
     control.frame(FRAME_MARK, &[MARKER_TASK_STARTED]);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
+    let pgid = AtomicI32::new(child.id() as i32);
     let shared = Arc::new(Mutex::new(Control {
         tty: control
             .tty
@@ -156,18 +290,62 @@ fn run(control: &mut Control) -> Result<i32, String> {
         })
     })
     .collect();
+    let done = Arc::new(AtomicBool::new(false));
+    if let Ok(tty) = control.tty.try_clone() {
+        let (done, group) = (done.clone(), pgid.load(Ordering::Relaxed));
+        std::thread::spawn(move || listen_for_stop(tty, group, &done));
+    }
     let status = child
         .wait()
         .map_err(|e| format!("waiting for the task: {e}"))?;
+    done.store(true, Ordering::Release);
+    // Background processes holding the output pipes would keep the pumps
+    // reading forever.
+    end_everything();
     for p in pumps {
         let _ = p.join();
     }
-    let code = status
+    Ok(status
         .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    control.frame(FRAME_EXIT, &code.to_le_bytes());
-    control.drain();
-    Ok(code)
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Reads the control channel for the host's stop: SIGTERM to the command's
+/// group, then SIGKILL to everything after a grace period.
+fn listen_for_stop(mut tty: File, group: i32, done: &AtomicBool) {
+    let mut byte = [0u8; 1];
+    loop {
+        match tty.read(&mut byte) {
+            Ok(1) if byte[0] == HOST_STOP => break,
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    if done.load(Ordering::Acquire) {
+        return;
+    }
+    let _ = killpg(Pid::from_raw(group), Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && !done.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !done.load(Ordering::Acquire) {
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    }
+}
+
+/// SIGKILL to every process but this one, and reap them (as PID 1, every
+/// orphan is ours).
+fn end_everything() {
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(_) => {}
+            Err(_) => return, // ECHILD: none left
+        }
+    }
 }
 
 fn mount_filesystems() -> Result<(), String> {
@@ -196,22 +374,106 @@ fn mount_filesystems() -> Result<(), String> {
     Ok(())
 }
 
-/// `openclaw.ip=10.0.0.2/30 openclaw.gw=10.0.0.1 openclaw.dns=10.0.0.1`, via busybox ip.
-fn configure_network(
-    ip: Option<String>,
-    gw: Option<String>,
-    dns: Option<String>,
-) -> Result<(), String> {
+/// The virtio-blk disks by the id the host gave each (`/sys/block/vdX/serial`).
+fn find_disks() -> HashMap<String, String> {
+    let mut disks = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return disks;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Ok(serial) = std::fs::read_to_string(entry.path().join("serial")) {
+            let id = serial.trim_end_matches(['\0', '\n']).trim().to_string();
+            if !id.is_empty() {
+                disks.insert(id, format!("/dev/{name}"));
+            }
+        }
+    }
+    disks
+}
+
+fn mount_ext4(dev: &str, at: &str, flags: MsFlags) -> Result<(), String> {
+    // noinit_itable: the host made the image with lazy inode tables; left
+    // alone they stay sparse (a session's disks cost it almost nothing).
+    let data = (!flags.contains(MsFlags::MS_RDONLY)).then_some("noinit_itable");
+    mount(Some(dev), at, Some("ext4"), flags, data).map_err(|e| format!("mount {dev} on {at}: {e}"))
+}
+
+/// The image read-only below, the session's layer above: the overlay at
+/// [`NEW_ROOT`]. Without a layer disk the upper dirs live in memory.
+fn assemble_root(disks: &HashMap<String, String>) -> Result<(), String> {
+    for dir in [LOWER, LAYER, NEW_ROOT] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
+    }
+    let root = disks.get(ROOT_ID).ok_or("no root disk")?;
+    mount_ext4(root, LOWER, MsFlags::MS_RDONLY | MsFlags::MS_NODEV)?;
+    match disks.get(LAYER_ID) {
+        Some(layer) => mount_ext4(layer, LAYER, MsFlags::MS_NODEV)?,
+        None => mount(
+            Some("tmpfs"),
+            LAYER,
+            Some("tmpfs"),
+            MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(|e| format!("mount the layer: {e}"))?,
+    }
+    for dir in ["upper", "work"] {
+        let path = format!("{LAYER}/{dir}");
+        std::fs::create_dir_all(&path).map_err(|e| format!("{path}: {e}"))?;
+    }
+    let options = format!("lowerdir={LOWER},upperdir={LAYER}/upper,workdir={LAYER}/work");
+    mount(
+        Some("overlay"),
+        NEW_ROOT,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|e| format!("mount the overlay root: {e}"))
+}
+
+/// /proc, /sys, /dev, /dev/shm, /tmp and /run inside the new root.
+fn mount_system_dirs(root: &str) -> Result<(), String> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let tmp = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    for (src, dir, fstype, flags, mode) in [
+        ("proc", "/proc", "proc", nosuid, 0o555),
+        ("sysfs", "/sys", "sysfs", nosuid, 0o555),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, 0o755),
+        ("tmpfs", "/dev/shm", "tmpfs", tmp, 0o1777),
+        ("tmpfs", "/tmp", "tmpfs", tmp, 0o1777),
+        ("tmpfs", "/run", "tmpfs", tmp, 0o755),
+    ] {
+        let at = format!("{root}{dir}");
+        std::fs::create_dir_all(&at).map_err(|e| format!("{at}: {e}"))?;
+        mount(Some(src), at.as_str(), Some(fstype), flags, None::<&str>)
+            .map_err(|e| format!("mount {at}: {e}"))?;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {at}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Makes `root` the root: moved over `/`, then chroot (an initramfs cannot
+/// be pivoted away; the command, unprivileged, cannot leave the chroot).
+fn switch_root(root: &str) -> Result<(), String> {
+    nix::unistd::chdir(root).map_err(|e| format!("chdir {root}: {e}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| format!("moving the root: {e}"))?;
+    nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// `openclaw.ip=10.0.0.2/30 openclaw.gw=10.0.0.1`, via busybox ip (in the
+/// initramfs, before any switch of root).
+fn configure_network(ip: Option<String>, gw: Option<String>) -> Result<(), String> {
     sh(&["ip", "link", "set", "lo", "up"])?;
     let Some(ip) = ip else { return Ok(()) };
     sh(&["ip", "addr", "add", &ip, "dev", "eth0"])?;
     sh(&["ip", "link", "set", "eth0", "up"])?;
     if let Some(gw) = gw {
         sh(&["ip", "route", "add", "default", "via", &gw])?;
-    }
-    if let Some(dns) = dns {
-        std::fs::write("/etc/resolv.conf", format!("nameserver {dns}\n"))
-            .map_err(|e| format!("resolv.conf: {e}"))?;
     }
     Ok(())
 }
@@ -228,10 +490,96 @@ fn sh(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The session CA becomes the whole bundle: nothing else is trusted.
-fn install_trust_anchor() -> Result<(), String> {
-    let ca = std::fs::read(CA_PATH).map_err(|e| format!("{CA_PATH}: {e}"))?;
-    std::fs::write(CA_BUNDLE, ca).map_err(|e| format!("{CA_BUNDLE}: {e}"))
+fn write_file(path: &str, data: &[u8]) -> Result<(), String> {
+    if let Some(parent) = Path::new(path).parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    // A symlink here (resolv.conf → systemd's) is replaced, not followed.
+    let _ = std::fs::remove_file(path);
+    std::fs::write(path, data).map_err(|e| format!("{path}: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| format!("chmod {path}: {e}"))
+}
+
+/// The session CA becomes the whole system trust store: the trust
+/// directories are emptied and every bundle the image has (and Debian's,
+/// always) holds the session CA alone.
+fn install_trust_anchor(ca: &[u8]) -> Result<(), String> {
+    for dir in TRUST_DIRS {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.filter_map(|e| e.ok()) {
+                let path = entry.path();
+                let removed = if path.is_dir() && !path.is_symlink() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                removed.map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+    }
+    for bundle in CA_BUNDLES {
+        let exists = Path::new(bundle).symlink_metadata().is_ok()
+            || Path::new(bundle).parent().is_some_and(Path::is_dir);
+        if *bundle == CA_BUNDLE || exists {
+            write_file(bundle, ca)?;
+        }
+    }
+    Ok(())
+}
+
+/// (uid, gid) for the image's user: a name or number from its
+/// `/etc/passwd`, `uid:gid`; never root, and [`TASK_UID`] when the image
+/// names none (or names root).
+fn resolve_user(user: Option<&str>) -> (u32, u32) {
+    let default = (TASK_UID, TASK_UID);
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return default;
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let lookup = |table: &str, name: &str| -> Option<(u32, u32)> {
+        table.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name)).then(|| {
+                let id = f.get(2).and_then(|v| v.parse().ok())?;
+                let gid = f.get(3).and_then(|v| v.parse().ok()).unwrap_or(id);
+                Some((id, gid))
+            })?
+        })
+    };
+    let (user_part, group_part) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let Some((uid, mut gid)) = user_part
+        .parse::<u32>()
+        .ok()
+        .map(|uid| {
+            let gid = passwd
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.get(2) == Some(&user_part)).then(|| f.get(3)?.parse().ok())?
+                })
+                .unwrap_or(uid);
+            (uid, gid)
+        })
+        .or_else(|| lookup(&passwd, user_part))
+    else {
+        return default;
+    };
+    if let Some(g) = group_part {
+        gid = g
+            .parse()
+            .ok()
+            .or_else(|| lookup(&group, g).map(|(id, _)| id))
+            .unwrap_or(gid);
+    }
+    if uid == 0 {
+        return default;
+    }
+    (uid, if gid == 0 { uid } else { gid })
 }
 
 fn read_nul_separated(path: &str) -> Result<Vec<String>, String> {
@@ -243,19 +591,20 @@ fn read_nul_separated(path: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn chown_tree(path: &std::path::Path) -> Result<(), String> {
-    std::os::unix::fs::lchown(path, Some(TASK_UID), Some(TASK_UID))
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
         .map_err(|e| format!("chown {}: {e}", path.display()))?;
     if path.is_dir() && !path.is_symlink() {
         for entry in std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))? {
             let entry = entry.map_err(|e| e.to_string())?;
-            chown_tree(&entry.path())?;
+            chown_tree(&entry.path(), uid, gid)?;
         }
     }
     Ok(())
 }
 
-/// The control channel: framed writes to the second UART in raw mode.
+/// The control channel: framed writes to the console device in raw mode
+/// (and the host's one-byte stop, read by [`listen_for_stop`]).
 struct Control {
     tty: File,
 }
@@ -265,6 +614,7 @@ impl Control {
         let mut opened = Err(String::from("no control channel device"));
         for path in CONTROL_TTYS {
             opened = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .open(path)
                 .map_err(|e| format!("{path}: {e}"));

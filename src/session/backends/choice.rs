@@ -1,6 +1,9 @@
 //! Which isolation backend a session runs on (`--backend kvm|netns|auto`)
-//! and why: the KVM pre-probe, the guest-image probe behind `auto`, and the
-//! cached verdict (`<home>/kvm-probe.json`) keyed on what could change it.
+//! and why: the KVM pre-probe, the guest-image probe behind `auto`, the
+//! cached verdict (`<home>/kvm-probe.json`) keyed on what could change it,
+//! and for kvm the root filesystem (`--image`) and whether it has the
+//! command: a command the image lacks is an error naming the image, never a
+//! quiet switch to netns.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use vmm::ProbeResult;
 
-use super::image;
+use super::image::{self, Root};
 use crate::session::config::BackendChoice;
 
 /// The pre-probe's budget: it takes milliseconds on hardware KVM.
@@ -34,7 +37,15 @@ const CACHE_VERSION: u32 = 1;
 #[derive(Debug, Clone)]
 pub enum Backend {
     Netns,
-    Kvm(GuestImage),
+    Kvm(KvmBoot),
+}
+
+/// What a kvm session boots: the guest kernel and initramfs images, and the
+/// root filesystem (or none: the initramfs-only guest).
+#[derive(Debug, Clone)]
+pub struct KvmBoot {
+    pub guest: GuestImage,
+    pub root: Root,
 }
 
 impl Backend {
@@ -161,22 +172,80 @@ pub fn image_digest(image: &GuestImage) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Decides the backend. `home` holds the verdict cache. Blocking (probes
-/// boot VMs; `--backend kvm` may build the image).
-pub fn choose(choice: BackendChoice, home: &Path) -> Result<Chosen> {
+/// Decides the backend. `home` holds the verdict cache and the image
+/// store; `image` is `--image`, `program` the command's argv[0]. Blocking
+/// (probes boot VMs; `--backend kvm` may build images).
+pub fn choose(
+    choice: BackendChoice,
+    image: Option<&str>,
+    program: Option<&str>,
+    home: &Path,
+) -> Result<Chosen> {
     match choice {
         BackendChoice::Netns => Ok(Chosen {
             backend: Backend::Netns,
             reason: "requested with --backend netns".into(),
         }),
-        BackendChoice::Kvm => choose_kvm(),
-        BackendChoice::Auto => Ok(choose_auto(&home.join(CACHE_FILE))),
+        BackendChoice::Kvm => {
+            let guest = choose_kvm()?;
+            let root = match image::find_root(home, image)? {
+                Some(root) => root,
+                None => {
+                    eprintln!(
+                        "image: no {} root image yet; building it (once; a few minutes)",
+                        image::DEFAULT_ROOT
+                    );
+                    let spec = guest_image::debian::DebianSpec::for_host(Vec::new(), Vec::new());
+                    Root::Image(Box::new(
+                        image::build_debian(home, image::DEFAULT_ROOT, &spec, &mut |l| {
+                            eprintln!("image: {l}")
+                        })
+                        .context("kvm backend: building the root image")?,
+                    ))
+                }
+            };
+            if let Some(program) = program {
+                image::check_command(&root, program)?;
+            }
+            Ok(Chosen {
+                backend: Backend::Kvm(KvmBoot { guest, root }),
+                reason: "requested with --backend kvm".into(),
+            })
+        }
+        BackendChoice::Auto => {
+            let chosen = choose_auto(&home.join(CACHE_FILE));
+            let Backend::Kvm(boot) = chosen.backend else {
+                return Ok(chosen);
+            };
+            // kvm it is: the image must exist (auto builds nothing) and
+            // have the command.
+            let Some(root) = image::find_root(home, image)? else {
+                return Ok(Chosen {
+                    backend: Backend::Netns,
+                    reason: format!(
+                        "auto: KVM boots the guest, but no {} root image is built (`openclaw image \
+                         build` makes it), so the namespace sandbox is used",
+                        image::DEFAULT_ROOT
+                    ),
+                });
+            };
+            if let Some(program) = program {
+                image::check_command(&root, program).context("--backend auto chose kvm")?;
+            }
+            Ok(Chosen {
+                backend: Backend::Kvm(KvmBoot {
+                    guest: boot.guest,
+                    root,
+                }),
+                reason: chosen.reason,
+            })
+        }
     }
 }
 
 /// `--backend kvm`: the pre-probe (milliseconds) so a host that cannot run
 /// the guest fails at once with the reason, then the image, built if missing.
-fn choose_kvm() -> Result<Chosen> {
+fn choose_kvm() -> Result<GuestImage> {
     if !Path::new("/dev/kvm").exists() {
         bail!("kvm backend: no /dev/kvm on this host (use --backend netns or auto)");
     }
@@ -191,11 +260,7 @@ fn choose_kvm() -> Result<Chosen> {
             );
         }
     }
-    let image = image::ensure().context("kvm backend: building the guest image")?;
-    Ok(Chosen {
-        backend: Backend::Kvm(image),
-        reason: "requested with --backend kvm".into(),
-    })
+    image::ensure().context("kvm backend: building the guest image")
 }
 
 /// `--backend auto`: never builds an image, never fails; netns unless KVM
@@ -224,7 +289,10 @@ fn choose_auto(cache_path: &Path) -> Chosen {
         if verdict.applies_to(&host, digest.as_deref()) {
             return if verdict.usable {
                 Chosen {
-                    backend: Backend::Kvm(image.clone()),
+                    backend: Backend::Kvm(KvmBoot {
+                        guest: image.clone(),
+                        root: Root::Initramfs,
+                    }),
                     reason: format!("auto: {}", cached_reason(verdict, cache_path)),
                 }
             } else {
@@ -291,7 +359,10 @@ fn choose_auto(cache_path: &Path) -> Chosen {
     );
     if result.usable {
         Chosen {
-            backend: Backend::Kvm(image),
+            backend: Backend::Kvm(KvmBoot {
+                guest: image,
+                root: Root::Initramfs,
+            }),
             reason: format!("auto: KVM boots the guest ({})", result.reason),
         }
     } else {
@@ -401,6 +472,7 @@ mod tests {
         let image = GuestImage {
             kernel: dir.path().join("vmlinux"),
             initramfs: dir.path().join("initramfs.cpio"),
+            boot: dir.path().join("boot.cpio"),
         };
         std::fs::write(&image.kernel, b"kernel").expect("write");
         std::fs::write(&image.initramfs, b"initramfs").expect("write");

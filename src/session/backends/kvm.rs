@@ -1,9 +1,13 @@
 //! The kvm backend's part of a session: the microVM that runs the command
-//! (our VMM, the guest image, a per-session cpio with the session CA,
-//! placeholders, argv and the `--workdir` files), its NIC on a tap inside
-//! the session network, its control channel streamed to `console.log`, and
-//! its end: the guest's exit status, Ctrl-C/SIGTERM, a timeout, or a failure
-//! named by its stage.
+//! (our VMM; the guest kernel; the image's root filesystem read-only with
+//! the session's own writable layer, or the initramfs-only guest; a
+//! per-session cpio with the session CA, placeholders and argv; the
+//! `--workdir` files on a `/work` disk), its NIC on a tap inside the session
+//! network, its control channel streamed to `console.log`, and its end: the
+//! guest's exit status, Ctrl-C/SIGTERM or a timeout (the guest is asked to
+//! stop, so `/work` is written out), or a failure named by its stage.
+//! Afterwards `/work` is copied into the bundle's `work/` (as on netns) and
+//! the session's disks are deleted.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,11 +16,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use guest_image::{GuestImage, SessionFiles};
+use guest_image::ext4::{self, Ext4Options};
+use guest_image::SessionFiles;
 use guest_protocol::cmdline as switch;
+use guest_protocol::disks::{LAYER_ID, ROOT_ID, WORK_ID};
 use tokio::sync::mpsc;
-use vmm::{ControlEvent, ExitReason, Kernel, MicroVm, NetConfig, RunningVm, Tap, VmConfig, VmExit};
+use vmm::{
+    ControlEvent, DiskConfig, ExitReason, Kernel, MicroVm, NetConfig, RunningVm, Tap, VmConfig,
+    VmExit,
+};
 
+use super::choice::KvmBoot;
+use super::image::Root;
 use super::BackendContext;
 use crate::bundle;
 use crate::session::config::{shutdown_signal, EXIT_INTERRUPTED, EXIT_TIMEOUT};
@@ -30,11 +41,20 @@ pub const GUEST_CONSOLE_LOG: &str = "guest-console.log";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Overrides [`BOOT_TIMEOUT`] (a duration such as `5s`), for tests.
 const BOOT_TIMEOUT_ENV: &str = "OPENCLAW_KVM_BOOT_TIMEOUT";
-/// The task files travel in guest memory (the per-session cpio).
-const MAX_WORKDIR_BYTES: u64 = 64 << 20;
 /// After the exit status arrived, how long the guest may take to power off.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
+/// After the host asked the guest to stop (timeout, Ctrl-C): how long it
+/// may take to end the command, write out `/work` and report, before the
+/// VM is killed (and `/work` is read as it is).
+const STOP_GRACE: Duration = Duration::from_secs(15);
 const VCPUS: u8 = 1;
+/// The session's writable layer: sparse, so this is a ceiling on what the
+/// command can add to the root filesystem, not a cost.
+const LAYER_SIZE: u64 = 4 << 30;
+/// Room on the `/work` disk beyond the `--workdir` files (sparse too).
+const WORK_HEADROOM: u64 = 2 << 30;
+/// The session's disks, in the bundle while the VM runs; deleted after.
+const DISKS_DIR: &str = "vm";
 
 /// The session's view of the VM's life, sent from the thread that owns it.
 enum VmNote {
@@ -57,9 +77,35 @@ enum VmEnd {
     Stopped,
 }
 
-/// Runs the command in a microVM booted from `image` to its end; returns
-/// its exit code.
-pub async fn supervise(context: BackendContext<'_>, image: &GuestImage) -> Result<i32> {
+/// Runs the command in a microVM booted from `boot` to its end, then copies
+/// `/work` into the bundle; returns the command's exit code.
+pub async fn supervise(context: BackendContext<'_>, boot: &KvmBoot) -> Result<i32> {
+    let dir = context.dir.to_path_buf();
+    let disks = dir.join(DISKS_DIR);
+    let result = run_vm(context, boot, &disks).await;
+    // Whatever happened, the command's /work comes back and the session's
+    // disks go (the writable layer with them).
+    let work_image = disks.join("work.ext4");
+    let copied = if work_image.exists() {
+        let work = dir.join("work");
+        tokio::task::spawn_blocking(move || ext4::dump_tree(&work_image, &work))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.map_err(anyhow::Error::from))
+    } else {
+        Ok(())
+    };
+    if let Err(err) = std::fs::remove_dir_all(&disks) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("removing the session's disks in {}: {err}", disks.display());
+        }
+    }
+    let code = result?;
+    copied.context("copying /work out of the microVM into the bundle's work/")?;
+    Ok(code)
+}
+
+async fn run_vm(context: BackendContext<'_>, boot: &KvmBoot, disks: &Path) -> Result<i32> {
     let BackendContext {
         config,
         dir,
@@ -72,12 +118,25 @@ pub async fn supervise(context: BackendContext<'_>, image: &GuestImage) -> Resul
         started,
     } = context;
     let proxy_ip = network.proxy_addr();
-    let files = collect_workdir(config.workdir.as_deref())?;
-    let mut env: Vec<(String, String)> = enforcement
-        .sandbox_env
+    // The image's own environment first, then the session's (placeholders,
+    // OPENCLAW_*); the guest init adds the CA variables last.
+    let manifest = match &boot.root {
+        Root::Image(image) => Some(&image.manifest),
+        Root::Initramfs => None,
+    };
+    let mut env: Vec<(String, String)> = manifest
+        .map(|m| m.env.as_slice())
+        .unwrap_or_default()
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    env.extend(
+        enforcement
+            .sandbox_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     if let Some(task) = &config.task {
         env.push(("OPENCLAW_TASK".into(), task.clone()));
     }
@@ -86,19 +145,83 @@ pub async fn supervise(context: BackendContext<'_>, image: &GuestImage) -> Resul
         ca_pem: ca_pem.as_bytes().to_vec(),
         env,
         argv: config.command.clone(),
-        files,
+        files: Vec::new(),
+        workdir: manifest
+            .map(|m| m.working_dir.clone())
+            .filter(|w| !w.is_empty()),
+        user: manifest.map(|m| m.user.clone()).filter(|u| !u.is_empty()),
+        pids_max: Some(config.pids_max),
     }
     .to_cpio()
     .context("preparing the guest's session files")?;
 
+    // The session's disks: /work (a copy of --workdir) and, with a root
+    // image, the writable layer above it.
+    std::fs::create_dir_all(disks).with_context(|| format!("creating {}", disks.display()))?;
+    let work_image = disks.join("work.ext4");
+    let layer_image = disks.join("layer.ext4");
+    let (workdir, with_layer) = (config.workdir.clone(), manifest.is_some());
+    let (work_disk, layer_disk) = (work_image.clone(), layer_image.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let size = match &workdir {
+            Some(tree) => ext4::size_for_tree(tree)?,
+            None => 0,
+        } + WORK_HEADROOM;
+        ext4::make_image(
+            workdir.as_deref(),
+            &work_disk,
+            "openclaw-work",
+            Ext4Options {
+                size,
+                journal: true,
+            },
+        )
+        .context("writing the /work disk")?;
+        if with_layer {
+            ext4::make_image(
+                None,
+                &layer_disk,
+                "openclaw-layer",
+                Ext4Options {
+                    size: LAYER_SIZE,
+                    journal: false,
+                },
+            )
+            .context("writing the session's writable layer")?;
+        }
+        Ok(())
+    })
+    .await??;
+
     let mem_mib = (config.memory_bytes >> 20).max(64);
     let tap = tap_name(&info.id);
+    let image = &boot.guest;
     let mut vm_config = VmConfig::new(
         Kernel::File(image.kernel.clone()),
         dir.join(GUEST_CONSOLE_LOG),
     );
-    vm_config.initramfs = Some(image.initramfs.clone());
     vm_config.extra_cpio = Some(cpio);
+    vm_config.disks.push(DiskConfig {
+        path: work_image,
+        read_only: false,
+        id: WORK_ID.into(),
+    });
+    match &boot.root {
+        Root::Image(root) => {
+            vm_config.initramfs = Some(image.boot.clone());
+            vm_config.disks.push(DiskConfig {
+                path: root.rootfs.clone(),
+                read_only: true,
+                id: ROOT_ID.into(),
+            });
+            vm_config.disks.push(DiskConfig {
+                path: layer_image,
+                read_only: false,
+                id: LAYER_ID.into(),
+            });
+        }
+        Root::Initramfs => vm_config.initramfs = Some(image.initramfs.clone()),
+    }
     vm_config.mem_mib = mem_mib;
     vm_config.vcpus = VCPUS;
     vm_config.cmdline = format!(
@@ -122,8 +245,10 @@ pub async fn supervise(context: BackendContext<'_>, image: &GuestImage) -> Resul
         tap: nic,
         mac: guest_mac(),
     });
+    let boot_root = boot.root.label();
     out.note(&format!(
-        "starting the microVM ({VCPUS} vCPU, {mem_mib} MiB, NIC {tap} in the session network)"
+        "starting the microVM ({VCPUS} vCPU, {mem_mib} MiB, image {boot_root}, NIC {tap} in the \
+         session network)"
     ));
 
     let vm = tokio::task::spawn_blocking(move || MicroVm::boot(vm_config))
@@ -167,6 +292,7 @@ pub async fn supervise(context: BackendContext<'_>, image: &GuestImage) -> Resul
                 info.boot_ms = Some(boot.as_millis() as u64);
                 info.vm_vcpus = Some(VCPUS);
                 info.vm_mem_mib = Some(mem_mib);
+                info.vm_image = Some(boot_root.clone());
                 bundle::write_info(dir, info)?;
                 out.startup(info, ready_ms);
             }
@@ -236,6 +362,8 @@ fn own_vm(
     let started = Instant::now();
     let mut booted = false;
     let mut status = None;
+    // Set once the guest was asked to stop: since when, and how it ends.
+    let mut stopping: Option<(Instant, fn() -> VmEnd)> = None;
     let deliver = |event: ControlEvent| -> Option<Result<i32, String>> {
         match event {
             ControlEvent::Stdout(bytes) => console.write(false, &bytes),
@@ -267,13 +395,32 @@ fn own_vm(
                 let _ = notes.send(VmNote::Booted(boot));
             }
         }
-        if stop.load(Ordering::Acquire) {
-            vm.kill();
-            return VmEnd::Stopped;
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            vm.kill();
-            return VmEnd::TimedOut;
+        // A stop is asked of the guest first, so /work is written out; a
+        // guest that does not answer in time is killed.
+        match stopping {
+            None => {
+                let end: Option<fn() -> VmEnd> = if stop.load(Ordering::Acquire) {
+                    Some(|| VmEnd::Stopped)
+                } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                    Some(|| VmEnd::TimedOut)
+                } else {
+                    None
+                };
+                if let Some(end) = end {
+                    if booted {
+                        vm.request_stop();
+                        stopping = Some((Instant::now(), end));
+                    } else {
+                        vm.kill();
+                        return end();
+                    }
+                }
+            }
+            Some((since, end)) if since.elapsed() >= STOP_GRACE => {
+                vm.kill();
+                return end();
+            }
+            Some(_) => {}
         }
         if !booted && started.elapsed() >= boot_timeout {
             return VmEnd::BootTimeout(boot_timeout, vm.kill());
@@ -290,6 +437,9 @@ fn own_vm(
     }
     // The guest powers off right after its exit frame.
     let exit = vm.wait(Some(POWER_OFF_GRACE));
+    if let Some((_, end)) = stopping {
+        return end();
+    }
     for event in control.try_iter() {
         if let Some(Ok(code)) = deliver(event) {
             status.get_or_insert(code);
@@ -330,51 +480,6 @@ fn guest_mac() -> [u8; 6] {
     mac
 }
 
-/// The `--workdir` files for the guest's `/work`: regular files with their
-/// modes, relative paths; symlinks and special files are left out (the
-/// guest gets a copy, not the host directory).
-fn collect_workdir(root: Option<&Path>) -> Result<Vec<(String, u32, Vec<u8>)>> {
-    let Some(root) = root else {
-        return Ok(Vec::new());
-    };
-    let mut files = Vec::new();
-    let mut total = 0u64;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
-        {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            let path = entry.path();
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = entry.metadata()?.permissions().mode() & 0o777;
-                let data =
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                total += data.len() as u64;
-                if total > MAX_WORKDIR_BYTES {
-                    bail!(
-                        "the --workdir files exceed {} MiB, which the kvm backend copies into \
-                         guest memory",
-                        MAX_WORKDIR_BYTES >> 20
-                    );
-                }
-                let relative = path
-                    .strip_prefix(root)
-                    .context("walking the workdir")?
-                    .to_string_lossy()
-                    .into_owned();
-                files.push((relative, mode, data));
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,24 +497,5 @@ mod tests {
             let mac = guest_mac();
             assert_eq!(mac[0] & 0x03, 0x02, "{mac:02x?}");
         }
-    }
-
-    #[test]
-    fn workdir_files_keep_paths_and_modes() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("sub/deeper")).expect("mkdir");
-        std::fs::write(dir.path().join("agent.sh"), b"echo hi").expect("write");
-        std::fs::set_permissions(
-            dir.path().join("agent.sh"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .expect("chmod");
-        std::fs::write(dir.path().join("sub/deeper/data.txt"), b"x").expect("write");
-        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).expect("symlink");
-        let files = collect_workdir(Some(dir.path())).expect("collect");
-        let names: Vec<(&str, u32)> = files.iter().map(|(p, m, _)| (p.as_str(), *m)).collect();
-        assert_eq!(names, [("agent.sh", 0o755), ("sub/deeper/data.txt", 0o644)]);
-        assert!(collect_workdir(None).expect("none").is_empty());
     }
 }

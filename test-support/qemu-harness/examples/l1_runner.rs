@@ -22,7 +22,7 @@ use guest_protocol::cmdline as switch;
 use vmm::{ExitReason, Kernel, MicroVm, NetConfig, Tap, VmConfig};
 
 const TASK: &str = "echo out-line; echo err-line >&2; echo \"placeholder=$OPENCLAW_TEST_TOKEN\"; \
-    test \"$(id -u)\" = 1000 && echo uid-ok; cmp -s /etc/ssl/certs/ca-certificates.crt /openclaw/session/ca.pem && echo ca-ok; exit 3";
+    test \"$(id -u)\" = 1000 && echo uid-ok; grep -q 'TEST SESSION CA' /etc/ssl/certs/ca-certificates.crt && echo ca-ok; exit 3";
 const EXPECTED_STDOUT: &str = "out-line\nplaceholder=openclaw-placeholder-42\nuid-ok\nca-ok\n";
 
 fn fds() -> usize {
@@ -57,6 +57,7 @@ fn main() {
         )],
         argv: vec!["/bin/sh".into(), "-c".into(), TASK.into()],
         files: vec![("README".into(), 0o644, b"task files arrive here\n".to_vec())],
+        ..Default::default()
     };
     let extra = match session.to_cpio() {
         Ok(c) => c,
@@ -199,7 +200,7 @@ fn net_boot(kernel: &Path, initramfs: &Path, cmdline: &str) -> bool {
             "-c".into(),
             "wget -q -O - http://10.0.2.1:8080/wget && echo && curl -sS http://10.0.2.1:8080/curl && echo".into(),
         ],
-        files: vec![],
+        ..Default::default()
     };
     let Ok(extra) = session.to_cpio() else {
         return false;
@@ -298,7 +299,7 @@ fn dmesg_boot(kernel: &Path, initramfs: &Path, cmdline: &str) {
         ca_pem: b"unused".to_vec(),
         env: vec![],
         argv: vec!["/bin/dmesg".into()],
-        files: vec![],
+        ..Default::default()
     };
     let Ok(extra) = session.to_cpio() else {
         return;

@@ -11,7 +11,7 @@ use crate::{HarnessError, QEMU};
 
 const L1_PACKAGE: &str = "linux-image-cloud-amd64";
 
-/// The L1 kernel and the modules that give it /dev/kvm (and tap).
+/// The L1 kernel and the modules that give it /dev/kvm, taps and virtio disks.
 pub struct L1Kernel {
     pub vmlinuz: PathBuf,
     /// In load order.
@@ -76,12 +76,20 @@ fn find_l1(root: &Path) -> Option<L1Kernel> {
         .strip_prefix("vmlinuz-")?
         .to_string();
     let mods = root.join("lib/modules").join(release).join("kernel");
-    // Dependencies first (read from each module's `depends=`): irqbypass <- kvm <- kvm-amd.
+    // Dependencies first (read from each module's `depends=`): irqbypass <- kvm <- kvm-amd;
+    // virtio_ring <- virtio <- virtio_pci (+ its two helpers) and virtio_blk,
+    // for the disks a test hands L1 (`run_qemu_with_disks`).
     let modules = [
         "virt/lib/irqbypass.ko",
         "arch/x86/kvm/kvm.ko",
         "arch/x86/kvm/kvm-amd.ko",
         "drivers/net/tun.ko",
+        "drivers/virtio/virtio_ring.ko",
+        "drivers/virtio/virtio.ko",
+        "drivers/virtio/virtio_pci_legacy_dev.ko",
+        "drivers/virtio/virtio_pci_modern_dev.ko",
+        "drivers/virtio/virtio_pci.ko",
+        "drivers/block/virtio_blk.ko",
     ]
     .iter()
     .map(|m| mods.join(m))

@@ -10,7 +10,8 @@
 //!
 //! The public interface is: [`run_l1_runner`] (build everything, boot L1, run
 //! `examples/l1_runner.rs` there), or piecewise [`l1_kernel`] →
-//! [`outer_initramfs`] with an [`L1Payload`] → [`run_qemu`] → [`QemuRun`].
+//! [`outer_initramfs`] with an [`L1Payload`] → [`run_qemu`] (or
+//! [`run_qemu_with_disks`], for images given to L1 as disks) → [`QemuRun`].
 //! Everything downloaded or built lives under the workspace's `target/`.
 #![forbid(unsafe_code)]
 
@@ -24,7 +25,7 @@ mod runner;
 use std::path::{Path, PathBuf};
 
 pub use l1::{l1_kernel, outer_initramfs, qemu_payload_files, L1Kernel, L1Payload};
-pub use qemu::{qemu_available, run_qemu, QemuRun, QEMU, STALL};
+pub use qemu::{qemu_available, run_qemu, run_qemu_with_disks, L1Disk, QemuRun, QEMU, STALL};
 pub use runner::{build_static_example, run_l1_runner};
 
 /// What failed while preparing or running the harness.

@@ -43,6 +43,26 @@ pub fn run_qemu(
     mem_mib: u32,
     timeout: Duration,
 ) -> Result<QemuRun, HarnessError> {
+    run_qemu_with_disks(l1, initramfs, mem_mib, timeout, &[])
+}
+
+/// A file L1 sees as a read-only virtio disk: `/dev/vdX` whose
+/// `/sys/block/vdX/serial` is `serial` (how L1's script finds it). Images
+/// too large to carry in L1's initramfs (which lives in its RAM) go this way.
+#[derive(Debug, Clone)]
+pub struct L1Disk {
+    pub path: PathBuf,
+    pub serial: String,
+}
+
+/// [`run_qemu`] with disks for L1.
+pub fn run_qemu_with_disks(
+    l1: &L1Kernel,
+    initramfs: &Path,
+    mem_mib: u32,
+    timeout: Duration,
+    disks: &[L1Disk],
+) -> Result<QemuRun, HarnessError> {
     let started = Instant::now();
     // QEMU's monitor, used when L1 goes silent: its registers and LAPIC say
     // why, and a key press wakes it (see the nudge below). In the temp dir:
@@ -82,6 +102,17 @@ pub fn run_qemu(
         // hangs (seen in 3 of 3 long runs); an L1 that panics on the timer
         // check is retried by the test instead.
         .args(["-append", &l1_cmdline])
+        .args(disks.iter().enumerate().flat_map(|(i, d)| {
+            [
+                "-drive".to_string(),
+                format!(
+                    "file={},format=raw,if=none,id=disk{i},readonly=on",
+                    d.path.display()
+                ),
+                "-device".to_string(),
+                format!("virtio-blk-pci,drive=disk{i},serial={}", d.serial),
+            ]
+        }))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,6 +1,7 @@
 //! virtio over MMIO: the transport's register state machine (`mmio`) and the
-//! devices behind it (`net`).
+//! devices behind it (`console`, `net`, `block`).
 
+pub mod block;
 pub mod console;
 pub mod mmio;
 pub mod net;
@@ -16,6 +17,7 @@ pub use mmio::{MmioTransport, VirtioDevice};
 /// Feature bit every device we offer requires: the virtio 1.x ("modern") layout.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const DEVICE_TYPE_NET: u32 = 1;
+pub const DEVICE_TYPE_BLOCK: u32 = 2;
 /// InterruptStatus bit: a used ring was updated.
 pub const INT_USED_RING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;

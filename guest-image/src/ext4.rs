@@ -1,0 +1,311 @@
+//! ext4 images without loop mounts: `mkfs.ext4 -d` writes a directory tree
+//! into a (sparse) image file, `debugfs rdump` copies one back out, and
+//! `e2fsck` first replays what a stopped guest left in the journal. All
+//! three are e2fsprogs (scripts/bootstrap installs it).
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::GuestImageError;
+
+/// How an image is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ext4Options {
+    /// Apparent size; the file is sparse, so unused space costs nothing.
+    pub size: u64,
+    /// A journal, for disks a guest writes and the host reads back after a
+    /// possibly abrupt stop (`/work`); none for a read-only root or a layer
+    /// thrown away after the session.
+    pub journal: bool,
+}
+
+/// Writes `out` as an ext4 filesystem of `opts.size` bytes holding a copy
+/// of `tree` (owners, modes, symlinks, hard links as they are there), or
+/// empty without one. Inode tables and the journal are left to be
+/// initialized lazily, so a fresh image allocates a few MiB at most; the
+/// guest mounts such disks with `noinit_itable` so they stay that way.
+pub fn make_image(
+    tree: Option<&Path>,
+    out: &Path,
+    label: &str,
+    opts: Ext4Options,
+) -> Result<(), GuestImageError> {
+    let _ = std::fs::remove_file(out);
+    let file = std::fs::File::create(out).map_err(GuestImageError::io_path(out))?;
+    file.set_len(opts.size)
+        .map_err(GuestImageError::io_path(out))?;
+    drop(file);
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.args(["-q", "-F", "-m", "0", "-L", label])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        // Reproducible metadata where mkfs allows it; the content decides
+        // the image's identity.
+        .env("E2FSPROGS_FAKE_TIME", "1");
+    if !opts.journal {
+        cmd.args(["-O", "^has_journal"]);
+    }
+    if let Some(tree) = tree {
+        cmd.arg("-d").arg(tree);
+    }
+    cmd.arg(out);
+    run(&mut cmd, "mkfs.ext4")
+}
+
+/// Bytes the image's contents need, with room for ext4's own metadata: the
+/// size [`make_image`] is given for a tree (the file is sparse either way).
+pub fn size_for_tree(tree: &Path) -> Result<u64, GuestImageError> {
+    let (bytes, entries) = tree_usage(tree)?;
+    // 4 KiB blocks (each file rounds up), an inode per entry, 20% slack,
+    // and 64 MiB for the journal and group metadata.
+    let data = bytes + entries * 4096;
+    Ok((data + data / 5 + (64 << 20)).next_multiple_of(1 << 20))
+}
+
+/// (bytes in regular files, number of entries) under `tree`, not
+/// following symlinks.
+pub fn tree_usage(tree: &Path) -> Result<(u64, u64), GuestImageError> {
+    let mut bytes = 0u64;
+    let mut entries = 0u64;
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(GuestImageError::io_path(&dir))? {
+            let entry = entry.map_err(GuestImageError::io_path(&dir))?;
+            let meta = entry
+                .path()
+                .symlink_metadata()
+                .map_err(GuestImageError::io_path(&entry.path()))?;
+            entries += 1;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                bytes += meta.len();
+            }
+        }
+    }
+    Ok((bytes, entries))
+}
+
+/// Copies the whole filesystem in `image` into `dest` (created if needed),
+/// owners and modes included, leaving out an empty `lost+found`. The image
+/// is checked first (`e2fsck -fy`): a guest stopped mid-write leaves a
+/// journal to replay, and a damaged filesystem is repaired rather than
+/// read half-way.
+pub fn dump_tree(image: &Path, dest: &Path) -> Result<(), GuestImageError> {
+    std::fs::create_dir_all(dest).map_err(GuestImageError::io_path(dest))?;
+    let status = Command::new("e2fsck")
+        .args(["-f", "-y"])
+        .arg(image)
+        .output()
+        .map_err(GuestImageError::io("e2fsck"))?;
+    // 0: clean, 1: errors corrected; anything else and the copy may be partial.
+    if !matches!(status.status.code(), Some(0 | 1)) {
+        return Err(GuestImageError::Command {
+            what: "e2fsck",
+            status: status.status.to_string(),
+            stderr_tail: String::from_utf8_lossy(&status.stdout).into_owned(),
+        });
+    }
+    let request = format!("rdump / \"{}\"", dest.display());
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(&request)
+        .arg(image)
+        .output()
+        .map_err(GuestImageError::io("debugfs"))?;
+    // debugfs reports failures on stderr but exits 0: look for them.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
+    if !out.status.success() || !problems.is_empty() {
+        return Err(GuestImageError::Command {
+            what: "debugfs rdump",
+            status: out.status.to_string(),
+            stderr_tail: problems.join("\n"),
+        });
+    }
+    let lost = dest.join("lost+found");
+    if std::fs::read_dir(&lost).is_ok_and(|mut d| d.next().is_none()) {
+        let _ = std::fs::remove_dir(&lost);
+    }
+    defuse_tree(dest)
+}
+
+/// What a guest wrote is untrusted, and a guest kernel can write any inode:
+/// the copy on the host keeps regular files, directories and symlinks
+/// (never followed), without set-uid, set-gid or sticky bits; device nodes,
+/// FIFOs and sockets are dropped.
+fn defuse_tree(dest: &Path) -> Result<(), GuestImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![dest.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(GuestImageError::io_path(&dir))? {
+            let path = entry.map_err(GuestImageError::io_path(&dir))?.path();
+            let meta = path
+                .symlink_metadata()
+                .map_err(GuestImageError::io_path(&path))?;
+            let kind = meta.file_type();
+            if kind.is_symlink() {
+                continue;
+            }
+            if !kind.is_file() && !kind.is_dir() {
+                std::fs::remove_file(&path).map_err(GuestImageError::io_path(&path))?;
+                continue;
+            }
+            let mode = meta.permissions().mode();
+            if mode & 0o7000 != 0 {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o777))
+                    .map_err(GuestImageError::io_path(&path))?;
+            }
+            if kind.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of disk the file really occupies (its allocated blocks).
+pub fn allocated_bytes(path: &Path) -> Result<u64, GuestImageError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(GuestImageError::io_path(path))?;
+    Ok(meta.blocks() * 512)
+}
+
+fn run(cmd: &mut Command, what: &'static str) -> Result<(), GuestImageError> {
+    let out = cmd.output().map_err(GuestImageError::io(what))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(GuestImageError::Command {
+        what,
+        status: out.status.to_string(),
+        stderr_tail: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_tree_goes_into_an_image_and_comes_back_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub/deeper")).expect("mkdir");
+        std::fs::write(tree.join("a.txt"), b"alpha").expect("write");
+        std::fs::write(tree.join("sub/deeper/run.sh"), b"#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(
+            tree.join("sub/deeper/run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        std::os::unix::fs::symlink("a.txt", tree.join("link")).expect("symlink");
+        let image = dir.path().join("disk.ext4");
+        let size = size_for_tree(&tree).expect("size");
+        assert!(size >= 64 << 20 && size % (1 << 20) == 0);
+        make_image(
+            Some(&tree),
+            &image,
+            "test",
+            Ext4Options {
+                size,
+                journal: true,
+            },
+        )
+        .expect("mkfs.ext4");
+        assert_eq!(std::fs::metadata(&image).expect("meta").len(), size);
+        assert!(
+            allocated_bytes(&image).expect("blocks") < 4 << 20,
+            "sparse: {} bytes allocated",
+            allocated_bytes(&image).expect("blocks")
+        );
+        let out = dir.path().join("out");
+        dump_tree(&image, &out).expect("rdump");
+        assert_eq!(std::fs::read(out.join("a.txt")).expect("a"), b"alpha");
+        let mode = std::fs::metadata(out.join("sub/deeper/run.sh"))
+            .expect("run.sh")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(
+            std::fs::read_link(out.join("link")).expect("link"),
+            Path::new("a.txt")
+        );
+        assert!(
+            !out.join("lost+found").exists(),
+            "empty lost+found left out"
+        );
+    }
+
+    #[test]
+    fn a_copy_out_drops_special_files_and_privilege_bits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("shared")).expect("mkdir");
+        std::fs::write(tree.join("suid"), b"#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(tree.join("suid"), std::fs::Permissions::from_mode(0o6755))
+            .expect("chmod");
+        std::fs::set_permissions(tree.join("shared"), std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod");
+        nix::unistd::mkfifo(
+            &tree.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .expect("mkfifo");
+        let image = dir.path().join("disk.ext4");
+        make_image(
+            Some(&tree),
+            &image,
+            "test",
+            Ext4Options {
+                size: size_for_tree(&tree).expect("size"),
+                journal: false,
+            },
+        )
+        .expect("mkfs.ext4");
+        let out = dir.path().join("out");
+        dump_tree(&image, &out).expect("rdump");
+        let mode = |p: &str| {
+            std::fs::symlink_metadata(out.join(p))
+                .expect(p)
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("suid"), 0o755);
+        assert_eq!(mode("shared"), 0o777);
+        assert!(std::fs::symlink_metadata(out.join("fifo")).is_err());
+    }
+
+    #[test]
+    fn an_empty_image_is_a_few_mib_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("layer.ext4");
+        make_image(
+            None,
+            &image,
+            "layer",
+            Ext4Options {
+                size: 4 << 30,
+                journal: false,
+            },
+        )
+        .expect("mkfs.ext4");
+        let used = allocated_bytes(&image).expect("blocks");
+        assert!(
+            used < 3 << 20,
+            "{used} bytes allocated for an empty 4 GiB layer"
+        );
+    }
+
+    #[test]
+    fn reading_something_that_is_not_ext4_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let junk = dir.path().join("junk.img");
+        std::fs::write(&junk, vec![0u8; 1 << 20]).expect("write");
+        assert!(dump_tree(&junk, &dir.path().join("out")).is_err());
+    }
+}
