@@ -12,7 +12,9 @@ use sandbox_common::*;
 #[test]
 fn fork_bomb_hits_the_pid_limit_and_dies_with_the_sandbox() {
     let net = network("bomb");
-    let mut spec = sh_spec(&net, "b() { b | b & }; b; sleep 60", b"ca");
+    // `exec`: with every pid taken, a forked `sleep` can fail and the shell
+    // would exit on its own before the kill this test checks.
+    let mut spec = sh_spec(&net, "b() { b | b & }; b; exec sleep 60", b"ca");
     spec.pids_max = 32;
     spec.stdout = SandboxStdio::Null;
     spec.stderr = SandboxStdio::Null;
