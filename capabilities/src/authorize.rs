@@ -33,7 +33,10 @@ struct Request<'a> {
     recipients: BTreeSet<String>,
     subject: Option<String>,
     credential: Cow<'a, str>,
-    cost: i64,
+    /// `None`: an LLM call the catalog could not price. It adds no `cost`
+    /// fact, so a budget or an approval threshold (which read `cost`) can
+    /// never take it for free.
+    cost: Option<i64>,
     spent: i64,
     emails_sent: i64,
     llm_spent: i64,
@@ -101,7 +104,10 @@ impl<'a> Request<'a> {
                 .collect(),
             subject: a.subject.as_ref().map(|s| s.to_lowercase()),
             credential: Cow::Borrowed(a.credential.as_deref().unwrap_or_default()),
-            cost: value(a.cost_micro_usd.unwrap_or(0), "cost")?,
+            cost: match (a.kind, a.cost_micro_usd) {
+                (ActionType::Llm, None) => None,
+                (_, c) => Some(value(c.unwrap_or(0), "cost")?),
+            },
             spent: value(c.spent_cents, "spent_cents")?,
             emails_sent: value(c.emails_sent, "emails_sent")?,
             llm_spent: value(c.llm_spent_micro_usd, "llm_spent_micro_usd")?,
@@ -127,7 +133,7 @@ impl<'a> Request<'a> {
             recipients: BTreeSet::new(),
             subject: None,
             credential: Cow::Borrowed(credential),
-            cost: 0,
+            cost: Some(0),
             spent: 0,
             emails_sent: 0,
             llm_spent: 0,
@@ -155,7 +161,9 @@ impl<'a> Request<'a> {
         f.add("recipients", vec![Term::Set(recipients)]);
         let credential = f.str(&self.credential);
         f.add("credential", vec![credential]);
-        f.add("cost", vec![Term::Integer(self.cost)]);
+        if let Some(c) = self.cost {
+            f.add("cost", vec![Term::Integer(c)]);
+        }
         f.add("spent", vec![Term::Integer(self.spent)]);
         f.add("emails_sent", vec![Term::Integer(self.emails_sent)]);
         f.add("llm_spent", vec![Term::Integer(self.llm_spent)]);
@@ -342,22 +350,36 @@ impl Capability {
                 "email limit reached: {} of {max} already sent",
                 req.emails_sent
             ),
-            Some(CheckKind::LlmBudget(budget)) => format!(
-                "llm budget of {budget} exhausted ({} micro-USD spent, this call {})",
-                req.llm_spent, req.cost
-            ),
+            Some(CheckKind::LlmBudget(budget)) => match req.cost {
+                Some(cost) => format!(
+                    "llm budget of {budget} exhausted ({} micro-USD spent, this call {cost})",
+                    req.llm_spent
+                ),
+                None => format!(
+                    "llm call of unknown cost under a budget of {budget}: the catalog could not \
+                     price it (its model needs an [[llm_price]], the request a max_tokens, the \
+                     body must fit the classification cap)"
+                ),
+            },
             Some(CheckKind::Approval(kind, above)) => match above {
                 Some(limit) if *kind == ActionType::Payment => format!(
                     "payment of {} is above {}: needs approval",
                     money(req.amount.unwrap_or(0), currency),
                     limit.display(currency)
                 ),
-                Some(limit) => format!(
-                    "{} call costing {} micro-USD is above {}: needs approval",
-                    kind_name(*kind),
-                    req.cost,
-                    limit.display("USD")
-                ),
+                Some(limit) => match req.cost {
+                    Some(cost) => format!(
+                        "{} call costing {cost} micro-USD is above {}: needs approval",
+                        kind_name(*kind),
+                        limit.display("USD")
+                    ),
+                    None => format!(
+                        "{} call of unknown cost (no price or no max_tokens): needs approval \
+                         above {}",
+                        kind_name(*kind),
+                        limit.display("USD")
+                    ),
+                },
                 None => format!("every {} needs approval", kind_name(*kind)),
             },
         };

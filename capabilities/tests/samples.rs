@@ -236,6 +236,14 @@ fn samples() -> Vec<Sample> {
                     llm_spent(4_900_000),
                 ),
                 case(
+                    "llm: a call the catalog could not price is not free under a budget",
+                    60,
+                    Action {
+                        cost_micro_usd: None,
+                        ..llm("api.openai.com", 0)
+                    },
+                ),
+                case(
                     "llm: a provider not listed",
                     60,
                     llm("api.mistral.ai", 1_000),

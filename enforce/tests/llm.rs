@@ -92,3 +92,54 @@ async fn llm_calls_get_the_key_injected_and_stop_at_the_budget() {
     assert_eq!(s.rederive(&chain), 4);
     assert!(!s.receipts_text().contains("sk-test-secret-123"));
 }
+
+/// Issue 14 §6: a call the catalog cannot price (a model with no price, no
+/// output-token limit) would cost a budget nothing; under a budget it is
+/// blocked, says how to make it priceable, and never reaches the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_call_the_catalog_cannot_price_is_blocked_under_a_budget() {
+    let s = Session::start(Options {
+        policy: POLICY.into(),
+        catalog: CATALOG.into(),
+        secrets: SECRETS.into(),
+        ..Options::default()
+    })
+    .await;
+    let url = "https://api.openai.com/v1/chat/completions";
+    let session = &s;
+    let post = |body: &'static str| async move {
+        let args = [
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+        ];
+        session.curl(url, &args).await
+    };
+    let unpriced = [
+        // No max_tokens: the output side is unbounded.
+        r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#,
+        // A model the catalog has no price for.
+        r#"{"model":"gpt-unknown","max_tokens":10,"messages":[]}"#,
+    ];
+    for body in unpriced {
+        let r = post(body).await;
+        assert_eq!(r.status, 403, "{body}: {r:?}");
+    }
+    let r = post(r#"{"model":"gpt-test","max_tokens":10,"messages":[]}"#).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(s.mock.seen_for("api.openai.com").len(), 1);
+
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    let verdicts: Vec<&str> = d.iter().map(|x| x.1.as_str()).collect();
+    assert_eq!(verdicts, vec!["block", "block", "allow"]);
+    for (_, _, _, reason, action) in &d[..2] {
+        assert!(reason.contains("unknown cost"), "{reason}");
+        assert!(reason.contains("max_tokens"), "{reason}");
+        assert!(action.get("cost_micro_usd").is_none_or(|c| c.is_null()));
+    }
+    assert_eq!(s.rederive(&chain), 3);
+}
