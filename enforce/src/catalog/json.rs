@@ -24,8 +24,9 @@ pub enum JsonLeaf {
     Other,
 }
 
-/// An object's members in body order, duplicates kept.
-struct Members<'a>(Vec<(String, &'a RawValue)>);
+/// An object's members in body order, duplicates kept (also read by the
+/// credential placement check, which must see the same members).
+pub(crate) struct Members<'a>(pub(crate) Vec<(String, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

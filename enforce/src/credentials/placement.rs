@@ -16,8 +16,9 @@ use std::ops::Range;
 
 use http::header::HeaderName;
 use http::HeaderMap;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+
+use crate::catalog::Members;
 
 /// One place a placeholder may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,29 +175,6 @@ fn pair_value(text: &[u8], name: &str) -> Result<Option<Range<usize>>, ()> {
         }
     }
     Ok(found)
-}
-
-/// An object's members with their raw values, in body order.
-struct Members<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
-                    out.push((k, v));
-                }
-                Ok(Members(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 /// The range of the contents (inside the quotes) of the string at
