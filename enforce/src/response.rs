@@ -23,17 +23,8 @@ pub(crate) fn masked(
     let Some(echo) = creds.echo_filter() else {
         return ResponseVerdict::Pass;
     };
-    let codings: Vec<String> = head
-        .headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .flat_map(|v| {
-            v.split(',')
-                .map(|c| c.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .filter(|c| !c.is_empty() && c != "identity")
+    let codings: Vec<String> = proxy::coding_tokens(&head.headers, &header::CONTENT_ENCODING)
+        .filter(|c| c != "identity")
         .collect();
     let decoder = match codings.as_slice() {
         [] => None,

@@ -41,6 +41,7 @@ mod shared;
 /// Session CA, leaf minting and cache, upstream TLS client and address policy.
 mod tls;
 
+pub use crate::http::coding_tokens;
 pub use config::{Limits, ProxyConfig};
 pub use decide::{
     AllowAll, ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, FilterError, Gate, GateRequest,

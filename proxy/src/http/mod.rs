@@ -64,22 +64,33 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The codings a coding-list header (`Content-Encoding`, `Transfer-Encoding`)
+/// names, over all its lines, trimmed and lowercased, empty items dropped:
+/// the one reading the proxy and the gate share.
+pub fn coding_tokens<'h>(
+    headers: &'h HeaderMap,
+    name: &header::HeaderName,
+) -> impl Iterator<Item = String> + 'h {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty())
+}
+
 /// Moves a response's transfer-codings other than `chunked` (which hyper
 /// decodes) into `Content-Encoding`, after the content-codings: hyper hands
 /// on a `Transfer-Encoding: gzip, chunked` body still gzipped, and the
 /// header naming that coding is hop-by-hop, so without this the gate would
 /// see a plain-looking head over compressed bytes.
 pub(crate) fn fold_transfer_codings(headers: &mut HeaderMap) {
-    let codings: Vec<String> = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .flat_map(|v| {
-            v.split(',')
-                .map(|c| c.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .filter(|c| !c.is_empty() && c != "chunked" && c != "identity")
+    let codings: Vec<String> = coding_tokens(headers, &header::TRANSFER_ENCODING)
+        .filter(|c| c != "chunked" && c != "identity")
         .collect();
     if codings.is_empty() {
         return;
