@@ -107,6 +107,63 @@ impl Params {
     }
 }
 
+/// How `host` / `host/path-prefix` entries of a grant (`[web]`,
+/// `[websocket]`) become scope branches: one per prefix entry, one for all
+/// whole hosts; the hosts also answer DNS.
+struct GrantScope {
+    kind: &'static str,
+    /// Facts and conditions a prefix branch adds after `path($p)`.
+    prefix_facts: String,
+    /// Those a whole-host branch adds after `host($h)`.
+    host_facts: String,
+    /// Whether the path without its format suffix (`route`) may equal the
+    /// prefix.
+    route_matches_prefix: bool,
+}
+
+impl GrantScope {
+    fn branches<'e>(
+        &self,
+        p: &mut Params,
+        entries: &'e [String],
+        branches: &mut Vec<String>,
+        dns_hosts: &mut Vec<&'e str>,
+    ) {
+        let kind = self.kind;
+        let mut whole_hosts = Vec::new();
+        for entry in entries {
+            match entry.find('/') {
+                None => whole_hosts.push(entry.as_str()),
+                Some(i) => {
+                    let (host, prefix) = entry.split_at(i);
+                    let hosts = host_expr(p, &[host]);
+                    let exact = p.str(prefix);
+                    let dir = p.str(&format!("{prefix}/"));
+                    let query = p.str(&format!("{prefix}?"));
+                    let route = if self.route_matches_prefix {
+                        format!(" || $r == {exact}")
+                    } else {
+                        String::new()
+                    };
+                    branches.push(format!(
+                        "kind(\"{kind}\"), host($h), path($p), {}{hosts}, \
+                         ($p == {exact} || $p.starts_with({dir}) || $p.starts_with({query}){route})",
+                        self.prefix_facts
+                    ));
+                }
+            }
+            dns_hosts.push(entry.split('/').next().unwrap_or(entry));
+        }
+        if !whole_hosts.is_empty() {
+            let hosts = host_expr(p, &whole_hosts);
+            branches.push(format!(
+                "kind(\"{kind}\"), host($h), {}{hosts}",
+                self.host_facts
+            ));
+        }
+    }
+}
+
 /// `$h` matches one of `patterns`: exact names through one set lookup,
 /// `*.x` as a suffix `.x` (so `x` itself and `evilx` never match).
 fn host_expr(p: &mut Params, patterns: &[&str]) -> String {
@@ -142,33 +199,16 @@ fn render(record: &BlockRecord) -> (String, Vec<CheckKind>, HashMap<String, Term
     let mut dns_hosts: Vec<&str> = Vec::new();
     if let Some(web) = &policy.web {
         let methods = p.set(web.methods.iter().map(String::as_str));
-        let mut whole_hosts = Vec::new();
-        for entry in &web.allow {
-            match entry.find('/') {
-                None => whole_hosts.push(entry.as_str()),
-                Some(i) => {
-                    let (host, prefix) = entry.split_at(i);
-                    let hosts = host_expr(&mut p, &[host]);
-                    let exact = p.str(prefix);
-                    let dir = p.str(&format!("{prefix}/"));
-                    let query = p.str(&format!("{prefix}?"));
-                    // `path` is the canonical path, `route` the same without a
-                    // format suffix (`authorize.rs`): `/flights.json` is the
-                    // prefix `/flights` itself to frameworks with suffixes.
-                    branches.push(format!(
-                        "kind(\"web\"), host($h), path($p), route($r), method($m), {methods}.contains($m), {hosts}, \
-                         ($p == {exact} || $p.starts_with({dir}) || $p.starts_with({query}) || $r == {exact})"
-                    ));
-                }
-            }
-            dns_hosts.push(entry.split('/').next().unwrap_or(entry));
-        }
-        if !whole_hosts.is_empty() {
-            let hosts = host_expr(&mut p, &whole_hosts);
-            branches.push(format!(
-                "kind(\"web\"), host($h), method($m), {methods}.contains($m), {hosts}"
-            ));
-        }
+        // `path` is the canonical path, `route` the same without a format
+        // suffix (`authorize.rs`): `/flights.json` is the prefix `/flights`
+        // itself to frameworks with suffixes.
+        let scope = GrantScope {
+            kind: "web",
+            prefix_facts: format!("route($r), method($m), {methods}.contains($m), "),
+            host_facts: format!("method($m), {methods}.contains($m), "),
+            route_matches_prefix: true,
+        };
+        scope.branches(&mut p, &web.allow, &mut branches, &mut dns_hosts);
     }
     if let Some(pay) = &policy.payment {
         let merchant = p.str(&pay.merchant);
@@ -234,28 +274,13 @@ fn render(record: &BlockRecord) -> (String, Vec<CheckKind>, HashMap<String, Term
     if let Some(ws) = &policy.websocket {
         // As `[web]` entries, without methods: a WebSocket is always opened
         // by a GET (HTTP/2's extended CONNECT becomes one upstream).
-        let mut whole_hosts = Vec::new();
-        for entry in &ws.allow {
-            match entry.find('/') {
-                None => whole_hosts.push(entry.as_str()),
-                Some(i) => {
-                    let (host, prefix) = entry.split_at(i);
-                    let hosts = host_expr(&mut p, &[host]);
-                    let exact = p.str(prefix);
-                    let dir = p.str(&format!("{prefix}/"));
-                    let query = p.str(&format!("{prefix}?"));
-                    branches.push(format!(
-                        "kind(\"websocket\"), host($h), path($p), {hosts}, \
-                         ($p == {exact} || $p.starts_with({dir}) || $p.starts_with({query}))"
-                    ));
-                }
-            }
-            dns_hosts.push(entry.split('/').next().unwrap_or(entry));
-        }
-        if !whole_hosts.is_empty() {
-            let hosts = host_expr(&mut p, &whole_hosts);
-            branches.push(format!("kind(\"websocket\"), host($h), {hosts}"));
-        }
+        let scope = GrantScope {
+            kind: "websocket",
+            prefix_facts: String::new(),
+            host_facts: String::new(),
+            route_matches_prefix: false,
+        };
+        scope.branches(&mut p, &ws.allow, &mut branches, &mut dns_hosts);
     }
     if !dns_hosts.is_empty() {
         let hosts = host_expr(&mut p, &dns_hosts);
