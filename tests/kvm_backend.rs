@@ -149,7 +149,8 @@ fn auto_picks_netns_on_pvm_with_the_pre_probe_reason_and_caches_the_verdict() {
     let (out, dir, took) = home.run_new(&mut home.run("auto", script));
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert_eq!(text(&out.stdout), "out\n");
+    // The agent's output, marked as the agent's (docs/approvals.md).
+    assert_eq!(text(&out.stdout), "agent| out\n");
     let info = read_json(&dir.join("session.json"));
     assert_eq!(info["backend"], "netns");
     let reason = info["backend_reason"].as_str().expect("reason").to_owned();

@@ -206,12 +206,16 @@ fn which(name: &str) -> PathBuf {
     std::fs::canonicalize(&path).expect("resolves")
 }
 
+/// The lines L1 printed under `tag`, each without the `agent| ` mark that
+/// `openclaw run` puts on the agent's own output when it is not a terminal
+/// (docs/approvals.md, the shared terminal).
 fn lines<'a>(output: &'a str, tag: &str) -> Vec<&'a str> {
     let prefix = format!("{tag}| ");
     output
         .lines()
         .map(|l| l.trim_end_matches('\r'))
         .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|l| l.strip_prefix("agent| ").unwrap_or(l))
         .collect()
 }
 
