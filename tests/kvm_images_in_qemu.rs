@@ -53,6 +53,10 @@ const SECRETS: &str = r#"
 [[secret]]
 name = "openai_key"
 value = "sk-harness-real-key-5d1e"
+# Where the SDK puts its key; a placeholder anywhere else is refused
+# (docs/credentials.md, placement).
+header = "Authorization"
+format = "Bearer {}"
 "#;
 
 /// The Python agent: the OpenAI SDK, streaming; a blocked request; the CA
