@@ -30,6 +30,8 @@ pub mod credentials;
 pub mod events;
 /// The enforcing gate: the token, receipts, approvals, forwarding.
 pub mod gate;
+/// A JSON object's members in body order (catalog and placement share it).
+mod json_members;
 /// Responses from hosts where a credential may be used: decoded, masked.
 mod response;
 /// The stages before the token: body, catalog, credentials.

@@ -5,11 +5,11 @@
 //! to the value, in one spelling or two, is an error, since servers
 //! disagree on which copy wins (Go's `encoding/json` takes the last).
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::error::ClassifyError;
 use super::names::{eq_folded, fold};
+use crate::json_members::Members;
 
 /// The value a pointer reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,30 +22,6 @@ pub enum JsonLeaf {
     Array(Vec<JsonLeaf>),
     /// A bool, an object, or an array nested in an array.
     Other,
-}
-
-/// An object's members in body order, duplicates kept (also read by the
-/// credential placement check, which must see the same members).
-pub(crate) struct Members<'a>(pub(crate) Vec<(String, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
-                    out.push((k, v));
-                }
-                Ok(Members(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 /// Follows an RFC 6901 pointer through `text`. `Ok(None)` when the path does

@@ -40,7 +40,6 @@ pub use llm::LlmPrice;
 pub use rule::Rule;
 
 use file::CatalogFile;
-pub(crate) use json::Members;
 use rule::Extract;
 
 /// Default cap on the body bytes read to classify a request (64 KiB).

@@ -18,7 +18,7 @@ use http::header::HeaderName;
 use http::HeaderMap;
 use serde_json::value::RawValue;
 
-use crate::catalog::Members;
+use crate::json_members::Members;
 
 /// One place a placeholder may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
