@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
         receipt.signer = key_id(&public);
         match &mut receipt.body {
             Body::SessionStart { public_key, .. } => *public_key = hex::encode(public.as_bytes()),
-            Body::SessionEnd { count, last } => {
+            Body::SessionEnd { count, last, .. } => {
                 *count = seq as u64 + 1;
                 *last = prev.clone();
             }
