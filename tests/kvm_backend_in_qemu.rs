@@ -11,8 +11,12 @@
 //!   from the upstream), to another host blocked (NXDOMAIN, receipted); the
 //!   task's stdout, stderr and exit status come back; the receipts verify;
 //! - `--backend auto` probes, picks kvm and caches the verdict; the next
-//!   auto run reuses it, and SIGTERM stops it (130, `interrupted`);
-//! - `--timeout` stops a VM (124);
+//!   auto run reuses it, and SIGTERM stops it (130, `interrupted`): the
+//!   guest passes the stop on to the command (SIGTERM), what the command
+//!   writes in `/work` then is in the bundle's `work/`, and the session's
+//!   disks are gone;
+//! - `--timeout` stops a VM (124) the same way: a file written before and
+//!   one written on the stop are both in the bundle;
 //! - SIGKILL of a supervisor whose guest loops requests: its VMM threads
 //!   die with it; `openclaw recover` removes its namespace (and the tap in
 //!   it) and closes its chain, which verifies as interrupted;
@@ -23,10 +27,9 @@
 //! failure (`test_requirements`, set up by the root build script).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use qemu_harness::L1Payload;
+use qemu_harness::{lines, tagged, value, which, with_libraries, L1Payload};
 use test_requirements::{require, Requirement};
 
 const POLICY: &str = r#"
@@ -65,6 +68,11 @@ session_json() { # tag
   S=$($bb ls -td /tmp/home/sessions/* | $bb head -n 1)
   echo "$1 $($bb tr -d '\n' < $S/session.json)"
 }
+bundle() { # tag: the newest bundle's work/ files and whether its disks are gone
+  S=$($bb ls -td /tmp/home/sessions/* | $bb head -n 1)
+  for f in $(cd $S/work && $bb find . -type f | $bb sort); do echo "$1-WORK $f $($bb head -c 100 $S/work/$f)"; done
+  echo "$1-DISKS $($bb ls -d $S/vm 2>/dev/null || echo gone)"
+}
 
 echo "STEP kvm"
 $bb mkdir -p /tmp/wd
@@ -88,7 +96,9 @@ session_json AUTO-SESSION
 echo "CACHE $($bb tr -d '\n' < /tmp/home/kvm-probe.json)"
 
 echo "STEP sigterm"
-openclaw run $ARGS --backend auto -- /bin/sh -c 'echo sleeping; sleep 600' >/tmp/out 2>/tmp/err &
+# The command writes its /work file only when the guest passes the stop
+# on (SIGTERM to its group): the file in the bundle shows the whole path.
+openclaw run $ARGS --backend auto -- /bin/sh -c 'trap "echo written-on-stop > /work/sigterm.txt; exit 0" TERM; echo sleeping; sleep 600 & wait' >/tmp/out 2>/tmp/err &
 pid=$!
 n=0
 while ! $bb grep -q sleeping /tmp/out && [ $n -lt 300 ]; do sleep 1; n=$((n+1)); done
@@ -97,12 +107,14 @@ wait $pid
 echo "SIGTERM rc=$?"
 show SIGTERM-ERR /tmp/err
 session_json SIGTERM-SESSION
+bundle SIGTERM
 
 echo "STEP timeout"
-openclaw run $ARGS --backend kvm --timeout 20s -- /bin/sh -c 'sleep 600' >/tmp/out 2>/tmp/err
+openclaw run $ARGS --backend kvm --timeout 20s -- /bin/sh -c 'echo written-before > /work/before.txt; trap "echo written-on-stop > /work/timeout.txt; exit 0" TERM; sleep 600 & wait' >/tmp/out 2>/tmp/err
 echo "TIMEOUT rc=$?"
 show TIMEOUT-ERR /tmp/err
 session_json TIMEOUT-SESSION
+bundle TIMEOUT
 
 echo "STEP sigkill"
 openclaw run $ARGS --backend kvm -- /bin/sh -c 'echo looping; while :; do curl -sS -o /dev/null https://granted.example/; sleep 1; done' >/tmp/out 2>/tmp/err &
@@ -129,105 +141,6 @@ echo "NETNS [$(/usr/sbin/ip netns list | $bb tr '\n' ' ')]"
 echo "VMM-THREADS $($bb cat /proc/*/task/*/comm 2>/dev/null | $bb grep -c '^vcpu')"
 "#;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// `openclaw keygen` + `cap mint` on this host, into `home`.
-fn mint(home: &Path) -> PathBuf {
-    let openclaw = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_openclaw"))
-            .env("OPENCLAW_HOME", home)
-            .args(args)
-            .output()
-            .expect("openclaw runs");
-        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
-    };
-    openclaw(&["keygen"]);
-    let policy = home.join("policy.toml");
-    std::fs::write(&policy, POLICY).expect("policy");
-    let cap = home.join("task.cap");
-    openclaw(&[
-        "cap",
-        "mint",
-        policy.to_str().expect("utf-8"),
-        "-o",
-        cap.to_str().expect("utf-8"),
-    ]);
-    cap
-}
-
-/// The upstream's CA and a leaf for both hosts, as openssl s_server reads them.
-fn upstream_certs(dir: &Path) -> [PathBuf; 3] {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut params = CertificateParams::new(Vec::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "kvm harness upstream CA");
-    let ca = params.self_signed(&ca_key).expect("ca");
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf = CertificateParams::new(vec!["granted.example".into(), "other.example".into()])
-        .expect("params")
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .expect("leaf");
-    let paths = [
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    ];
-    std::fs::write(&paths[0], ca.pem()).expect("write");
-    std::fs::write(&paths[1], leaf.pem()).expect("write");
-    std::fs::write(&paths[2], leaf_key.serialize_pem()).expect("write");
-    paths
-}
-
-/// A binary and its shared libraries as (path in L1, path here).
-fn with_libraries(binary: &Path, inside: &str) -> Vec<(String, PathBuf)> {
-    let mut files = vec![(inside.to_owned(), binary.to_path_buf())];
-    for lib in guest_image::initramfs::shared_libraries(binary).expect("ldd") {
-        let inside = lib.to_string_lossy().trim_start_matches('/').to_owned();
-        files.push((inside, lib));
-    }
-    files
-}
-
-fn which(name: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .expect("sh");
-    let path = text(&out.stdout).trim().to_owned();
-    assert!(
-        !path.is_empty(),
-        "{name} is not installed (scripts/bootstrap)"
-    );
-    std::fs::canonicalize(&path).expect("resolves")
-}
-
-/// The lines L1 printed under `tag`, each without the `agent| ` mark that
-/// `openclaw run` puts on the agent's own output when it is not a terminal
-/// (docs/approvals.md, the shared terminal).
-fn lines<'a>(output: &'a str, tag: &str) -> Vec<&'a str> {
-    let prefix = format!("{tag}| ");
-    output
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter_map(|l| l.strip_prefix(prefix.as_str()))
-        .map(|l| l.strip_prefix("agent| ").unwrap_or(l))
-        .collect()
-}
-
-fn value<'a>(output: &'a str, tag: &str) -> &'a str {
-    output
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .find_map(|l| l.strip_prefix(tag))
-        .unwrap_or_else(|| panic!("no {tag:?} line in L1's output"))
-        .trim()
-}
-
 fn session(output: &str, tag: &str) -> serde_json::Value {
     serde_json::from_str(value(output, tag)).unwrap_or_else(|e| panic!("{tag}: {e}"))
 }
@@ -246,8 +159,13 @@ fn kvm_backend_sessions_inside_qemu() {
     let work = tempfile::tempdir().expect("tempdir");
     let home = work.path().join("home");
     std::fs::create_dir_all(&home).expect("home");
-    let cap = mint(&home);
-    let [ca, cert, key] = upstream_certs(work.path());
+    let openclaw = Path::new(env!("CARGO_BIN_EXE_openclaw"));
+    let cap = qemu_harness::mint(openclaw, &home, POLICY);
+    let [ca, cert, key] = qemu_harness::upstream_certs(
+        work.path(),
+        "kvm harness upstream CA",
+        &["granted.example", "other.example"],
+    );
 
     let init = guest_image::build_guest_init(&root, &root.join("target/guest-init"))
         .expect("guest init builds");
@@ -256,37 +174,20 @@ fn kvm_backend_sessions_inside_qemu() {
     })
     .expect("guest image builds");
     let l1 = qemu_harness::l1_kernel(&root.join("target/qemu-harness")).expect("L1 kernel");
-    // The debug binary is ~200 MB of debug info; L1 keeps its initramfs in RAM.
-    let openclaw = work.path().join("openclaw");
-    let strip = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(&openclaw)
-        .arg(env!("CARGO_BIN_EXE_openclaw"))
-        .status()
-        .expect("strip");
-    assert!(strip.success());
 
-    let mut files: Vec<(String, PathBuf)> = vec![
-        ("guest/vmlinux".into(), image.kernel.clone()),
-        ("guest/initramfs.cpio".into(), image.initramfs.clone()),
-        ("guest/boot.cpio".into(), image.boot.clone()),
+    // openclaw, ip, e2fsprogs (the session's /work disk), the guest, keys.
+    let mut files: Vec<(String, PathBuf)> =
+        qemu_harness::openclaw_files(openclaw, work.path(), &image, &home)
+            .expect("openclaw's files for L1");
+    files.extend([
         ("oc/task.cap".into(), cap),
-        ("oc/keys/root.pub".into(), home.join("keys/root.pub")),
-        ("oc/keys/receipt.key".into(), home.join("keys/receipt.key")),
-        ("oc/keys/receipt.pub".into(), home.join("keys/receipt.pub")),
         ("up/ca.pem".into(), ca),
         ("up/cert.pem".into(), cert),
         ("up/key.pem".into(), key),
-    ];
-    files.extend(with_libraries(&openclaw, "usr/bin/openclaw"));
-    files.extend(with_libraries(&which("ip"), "usr/sbin/ip"));
-    files.extend(with_libraries(&which("openssl"), "usr/bin/openssl"));
-    // The kvm backend makes the session's /work disk and reads it back with
-    // e2fsprogs.
-    files.extend(with_libraries(&which("mkfs.ext4"), "usr/sbin/mkfs.ext4"));
-    files.extend(with_libraries(&which("e2fsck"), "usr/sbin/e2fsck"));
-    files.extend(with_libraries(&which("debugfs"), "usr/sbin/debugfs"));
+    ]);
+    files.extend(
+        with_libraries(&which("openssl").expect("openssl"), "usr/bin/openssl").expect("ldd"),
+    );
     files.sort();
     files.dedup_by(|a, b| a.0 == b.0);
     let payload = L1Payload {
@@ -298,34 +199,8 @@ fn kvm_backend_sessions_inside_qemu() {
     std::fs::write(&outer_path, &outer).expect("write outer initramfs");
     eprintln!("outer initramfs: {} MiB", outer.len() >> 20);
 
-    let attempt = || {
-        qemu_harness::run_qemu(&l1, &outer_path, 1536, Duration::from_secs(900)).expect("QEMU runs")
-    };
-    let mut run = attempt();
-    // One retry only when L1 itself never came up (the emulated outer
-    // machine, not our code).
-    if !run.timed_out && !run.stalled && !run.output.contains("HARNESS: /dev/kvm ready") {
-        println!("L1 did not come up:\n{}\nretrying once", run.output);
-        run = attempt();
-    }
-    let out = run.output.clone();
-    println!("{out}");
-    println!("QEMU wall time: {:?}", run.elapsed);
-    let last_step = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("STEP "))
-        .unwrap_or("(none)");
-    assert!(
-        !run.stalled,
-        "L1 hung (no output for {:?}) during {last_step}",
-        qemu_harness::STALL
-    );
-    assert!(!run.timed_out, "no result within the timeout ({last_step})");
-    assert!(
-        out.contains("HARNESS: /dev/kvm ready"),
-        "kvm-amd did not load"
-    );
+    let out =
+        qemu_harness::run_l1_checked(&l1, &outer_path, 1536, Duration::from_secs(900), &[]).output;
 
     // --backend kvm: the task's streams and status, allowed and blocked.
     assert_eq!(value(&out, "KVM rc="), "7", "{:?}", lines(&out, "KVM-ERR"));
@@ -409,6 +284,13 @@ fn kvm_backend_sessions_inside_qemu() {
         "{}",
         sigterm["backend_reason"]
     );
+    // The guest passed the stop on to the command, whose /work file came
+    // back; the session's disks went.
+    assert_eq!(
+        tagged(&out, "SIGTERM-WORK"),
+        ["./sigterm.txt written-on-stop"]
+    );
+    assert_eq!(value(&out, "SIGTERM-DISKS"), "gone");
 
     // --timeout stops the VM.
     assert_eq!(
@@ -418,6 +300,14 @@ fn kvm_backend_sessions_inside_qemu() {
         lines(&out, "TIMEOUT-ERR")
     );
     assert_eq!(session(&out, "TIMEOUT-SESSION")["status"], "timed_out");
+    assert_eq!(
+        tagged(&out, "TIMEOUT-WORK"),
+        [
+            "./before.txt written-before",
+            "./timeout.txt written-on-stop"
+        ]
+    );
+    assert_eq!(value(&out, "TIMEOUT-DISKS"), "gone");
 
     // SIGKILL of the supervisor: its VMM threads go with it; recovery
     // closes the chain as interrupted.

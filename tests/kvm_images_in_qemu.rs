@@ -3,8 +3,9 @@
 //! virtio-blk. The Debian image (python3, nodejs, curl, git,
 //! ca-certificates, and the OpenAI SDK pip-installed at build time) is built
 //! once with `mmdebstrap` and cached under `target/qemu-harness/images`;
-//! a small OCI layout (busybox, an `Env`, a `WorkingDir`) is written by
-//! this test and imported with `openclaw image import`. Both reach L1 as
+//! a small OCI layout (busybox, an `Env`, a `WorkingDir`, a `User`:
+//! `qemu_harness::busybox_oci_layout`) is written by this test and imported
+//! with `openclaw image import`. Both reach L1 as
 //! read-only disks. A local mock upstream (`qemu-harness`'s
 //! `examples/mock_upstream.rs`, HTTPS with its own CA) answers for
 //! `api.openai.com` and `granted.example`. In L1:
@@ -12,10 +13,15 @@
 //!   proxy: allowed, the real key injected in place of the placeholder (the
 //!   upstream says which it saw), a blocked request to another host; the
 //!   CA variables all name the session CA bundle; what it writes in `/work`
-//!   is in the bundle's `work/`; the receipts verify;
+//!   is in the bundle's `work/`; the receipts verify; its writes to the
+//!   system root (`/usr`, `/etc`, the CA bundle, …) are refused, and the
+//!   image's disk is read-only in the guest's kernel;
 //! - a Node agent's `fetch` is allowed; a file the Python session wrote
 //!   outside `/work` (its writable layer) is gone; its `/work` file arrives;
-//! - the OCI image's `Env` and `WorkingDir` are what its command sees;
+//! - the OCI image's `Env`, `WorkingDir` and `User` are what its command
+//!   sees; with `--pids-max 32` a fork loop of that user's stops at the
+//!   limit (32 processes in all) and the session ends cleanly with the
+//!   loop's count in the bundle;
 //! - `--backend auto` with a command the image lacks is an error naming the
 //!   image, never another backend;
 //! - no session keeps its disks (`vm/`) and nothing of the sessions' network
@@ -25,13 +31,11 @@
 //! `OPENCLAW_REQUIRE_HARNESS=1` makes that a failure.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use guest_image::debian::DebianSpec;
 use guest_image::store;
-use qemu_harness::{L1Disk, L1Payload};
-use sha2::{Digest, Sha256};
+use qemu_harness::{lines, tagged, value, L1Disk, L1Payload, OCI_APP_UID};
 use test_requirements::{require, Requirement};
 
 const POLICY: &str = r#"
@@ -60,7 +64,8 @@ format = "Bearer {}"
 "#;
 
 /// The Python agent: the OpenAI SDK, streaming; a blocked request; the CA
-/// variables; a file in /work and one in its writable layer.
+/// variables; a file in /work and one in its writable layer; writes to the
+/// system root, each refused; which of its disks are read-only.
 const PY_AGENT: &str = r#"
 import os, urllib.request
 from openai import OpenAI
@@ -82,6 +87,20 @@ with open("/work/py-out.txt", "w") as f:
 with open("/var/tmp/layer-marker", "w") as f:
     f.write("only this session\n")
 print("PY-MARKER", os.path.exists("/var/tmp/layer-marker"), flush=True)
+import errno, glob
+for target in ["/usr/x", "/etc/x", "/x", "/bin/x", "/lib/x", "/etc/resolv.conf",
+               "/etc/ssl/certs/ca-certificates.crt", "/usr/bin/python3"]:
+    try:
+        with open(target, "a") as f:
+            f.write("x\n")
+        print("PY-RO wrote", target, flush=True)
+    except OSError as e:
+        print("PY-RO refused", target, errno.errorcode.get(e.errno, e.errno), flush=True)
+for d in sorted(glob.glob("/sys/block/vd*")):
+    with open(d + "/serial") as f:
+        serial = f.read().strip("\0\n ")
+    with open(d + "/ro") as f:
+        print("PY-DISK", serial, "ro=" + f.read().strip(), flush=True)
 "#;
 
 /// The Node agent: fetch, the previous session's layer, a file in /work.
@@ -160,7 +179,10 @@ show NODE-OUT /tmp/out; show NODE-ERR /tmp/err
 bundle NODE
 
 echo "STEP oci"
-openclaw run $ARGS --backend kvm --image /tmp/img/oci -- /bin/sh -c 'echo "GREETING=$GREETING"; echo "PWD=$PWD"' >/tmp/out 2>/tmp/err
+# The image's Env, WorkingDir and User; then a fork loop of that user's
+# against --pids-max (its count lands in /work; the timeout only bounds a
+# failure).
+openclaw run $ARGS --backend kvm --image /tmp/img/oci --pids-max 32 --timeout 180s -- /bin/sh -c 'echo "GREETING=$GREETING"; echo "PWD=$PWD"; echo "ID=$(id -u):$(id -g)"; ( n=0; while :; do sleep 600 & n=$((n+1)); echo $n > /work/forks; done ); echo "LOOP rc=$?"; read n < /work/forks; echo "FORKS $n"' >/tmp/out 2>/tmp/err
 echo "OCI rc=$?"
 show OCI-OUT /tmp/out; show OCI-ERR /tmp/err
 bundle OCI
@@ -175,95 +197,8 @@ echo "NETDEVS $($bb ls /sys/class/net | $bb tr '\n' ' ')"
 echo "NETNS [$(/usr/sbin/ip netns list | $bb tr '\n' ' ')]"
 "#;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn openclaw(home: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_openclaw"))
-        .env("OPENCLAW_HOME", home)
-        .args(args)
-        .output()
-        .expect("openclaw runs");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// `openclaw keygen` + `cap mint` on this host, into `home`.
-fn mint(home: &Path) -> PathBuf {
-    openclaw(home, &["keygen"]);
-    let policy = home.join("policy.toml");
-    std::fs::write(&policy, POLICY).expect("policy");
-    let cap = home.join("task.cap");
-    openclaw(
-        home,
-        &[
-            "cap",
-            "mint",
-            policy.to_str().expect("utf-8"),
-            "-o",
-            cap.to_str().expect("utf-8"),
-        ],
-    );
-    cap
-}
-
-/// The upstream's CA and one leaf for every host it plays.
-fn upstream_certs(dir: &Path) -> [PathBuf; 3] {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut params = CertificateParams::new(Vec::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "images harness upstream CA");
-    let ca = params.self_signed(&ca_key).expect("ca");
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf = CertificateParams::new(vec![
-        "granted.example".into(),
-        "other.example".into(),
-        "api.openai.com".into(),
-    ])
-    .expect("params")
-    .signed_by(&leaf_key, &ca, &ca_key)
-    .expect("leaf");
-    let paths = [
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    ];
-    std::fs::write(&paths[0], ca.pem()).expect("write");
-    std::fs::write(&paths[1], leaf.pem()).expect("write");
-    std::fs::write(&paths[2], leaf_key.serialize_pem()).expect("write");
-    paths
-}
-
-/// A binary and its shared libraries as (path in L1, path here).
-fn with_libraries(binary: &Path, inside: &str) -> Vec<(String, PathBuf)> {
-    let mut files = vec![(inside.to_owned(), binary.to_path_buf())];
-    for lib in guest_image::initramfs::shared_libraries(binary).expect("ldd") {
-        let inside = lib.to_string_lossy().trim_start_matches('/').to_owned();
-        files.push((inside, lib));
-    }
-    files
-}
-
-fn which(name: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .expect("sh");
-    let path = text(&out.stdout).trim().to_owned();
-    assert!(
-        !path.is_empty(),
-        "{name} is not installed (scripts/bootstrap)"
-    );
-    std::fs::canonicalize(&path).expect("resolves")
+    qemu_harness::openclaw_ok(Path::new(env!("CARGO_BIN_EXE_openclaw")), home, args)
 }
 
 /// The Debian image the tests boot, built once into a store under
@@ -289,102 +224,6 @@ fn debian_image(root: &Path) -> store::StoredImage {
     image
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// An OCI image layout with one layer (busybox as /bin/sh, an app dir) and
-/// a config with `Env` and `WorkingDir`, written here from scratch.
-fn oci_layout(dir: &Path) -> PathBuf {
-    let tree = dir.join("oci-tree");
-    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
-    std::fs::create_dir_all(tree.join("srv/app")).expect("mkdir");
-    std::fs::copy(guest_image::initramfs::BUSYBOX, tree.join("bin/busybox")).expect("busybox");
-    std::os::unix::fs::symlink("busybox", tree.join("bin/sh")).expect("symlink");
-    let layer = dir.join("layer.tar");
-    let tar = Command::new("tar")
-        .args(["--numeric-owner", "--owner=0", "--group=0", "-cf"])
-        .arg(&layer)
-        .arg("-C")
-        .arg(&tree)
-        .args(["bin", "srv"])
-        .status()
-        .expect("tar");
-    assert!(tar.success());
-    let layer_bytes = std::fs::read(&layer).expect("layer");
-    let layout = dir.join("oci-layout-dir");
-    let blobs = layout.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).expect("mkdir");
-    let put = |bytes: &[u8]| {
-        let digest = sha256_hex(bytes);
-        std::fs::write(blobs.join(&digest), bytes).expect("blob");
-        (format!("sha256:{digest}"), bytes.len())
-    };
-    let (layer_digest, layer_size) = put(&layer_bytes);
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Env": ["PATH=/bin", "GREETING=hello-from-oci"],
-            "WorkingDir": "/srv/app"
-        },
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest.clone()]}
-    });
-    let (config_digest, config_size) = put(config.to_string().as_bytes());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": layer_digest, "size": layer_size}]
-    });
-    let (manifest_digest, manifest_size) = put(manifest.to_string().as_bytes());
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "digest": manifest_digest, "size": manifest_size}]
-    });
-    std::fs::write(layout.join("index.json"), index.to_string()).expect("index");
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .expect("oci-layout");
-    layout
-}
-
-/// The lines L1 printed under `tag`, each without the `agent| ` mark that
-/// `openclaw run` puts on the agent's own output when it is not a terminal
-/// (docs/approvals.md, the shared terminal).
-fn lines<'a>(output: &'a str, tag: &str) -> Vec<&'a str> {
-    let prefix = format!("{tag}| ");
-    output
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter_map(|l| l.strip_prefix(prefix.as_str()))
-        .map(|l| l.strip_prefix("agent| ").unwrap_or(l))
-        .collect()
-}
-
-fn value<'a>(output: &'a str, tag: &str) -> &'a str {
-    output
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .find_map(|l| l.strip_prefix(tag))
-        .unwrap_or_else(|| panic!("no {tag:?} line in L1's output"))
-        .trim()
-}
-
-fn tagged<'a>(output: &'a str, tag: &str) -> Vec<&'a str> {
-    output
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter_map(|l| l.strip_prefix(tag))
-        .map(str::trim)
-        .collect()
-}
-
 #[test]
 #[cfg_attr(
     not(openclaw_has_qemu),
@@ -399,8 +238,13 @@ fn agents_run_in_microvms_booted_from_debian_and_oci_images() {
     let work = tempfile::tempdir().expect("tempdir");
     let home = work.path().join("home");
     std::fs::create_dir_all(&home).expect("home");
-    let cap = mint(&home);
-    let [ca, cert, key] = upstream_certs(work.path());
+    let openclaw_bin = Path::new(env!("CARGO_BIN_EXE_openclaw"));
+    let cap = qemu_harness::mint(openclaw_bin, &home, POLICY);
+    let [ca, cert, key] = qemu_harness::upstream_certs(
+        work.path(),
+        "images harness upstream CA",
+        &["granted.example", "other.example", "api.openai.com"],
+    );
     let secrets = work.path().join("secrets.toml");
     std::fs::write(&secrets, SECRETS).expect("secrets");
     let (agent_py, agent_js) = (work.path().join("agent.py"), work.path().join("agent.js"));
@@ -415,7 +259,7 @@ fn agents_run_in_microvms_booted_from_debian_and_oci_images() {
     .expect("guest image builds");
     let debian = debian_image(&root);
     let started = Instant::now();
-    let layout = oci_layout(work.path());
+    let layout = qemu_harness::busybox_oci_layout(work.path()).expect("OCI layout");
     let imported = openclaw(
         &home,
         &[
@@ -429,6 +273,7 @@ fn agents_run_in_microvms_booted_from_debian_and_oci_images() {
     println!("{imported}OCI import took {:?}", started.elapsed());
     let oci = store::resolve(&home, "oci-test").expect("the import is in the store");
     assert_eq!(oci.manifest.working_dir, "/srv/app");
+    assert_eq!(oci.manifest.user, "app");
     assert!(oci
         .manifest
         .env
@@ -438,21 +283,12 @@ fn agents_run_in_microvms_booted_from_debian_and_oci_images() {
 
     let mock = qemu_harness::build_static_example("mock_upstream").expect("mock upstream builds");
     let l1 = qemu_harness::l1_kernel(&root.join("target/qemu-harness")).expect("L1 kernel");
-    // The debug binary is ~200 MB of debug info; L1 keeps its initramfs in RAM.
-    let openclaw_bin = work.path().join("openclaw");
-    let strip = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(&openclaw_bin)
-        .arg(env!("CARGO_BIN_EXE_openclaw"))
-        .status()
-        .expect("strip");
-    assert!(strip.success());
 
-    let mut files: Vec<(String, PathBuf)> = vec![
-        ("guest/vmlinux".into(), image.kernel.clone()),
-        ("guest/initramfs.cpio".into(), image.initramfs.clone()),
-        ("guest/boot.cpio".into(), image.boot.clone()),
+    // openclaw, ip, e2fsprogs (the session's disks), the guest, keys.
+    let mut files: Vec<(String, PathBuf)> =
+        qemu_harness::openclaw_files(openclaw_bin, work.path(), &image, &home)
+            .expect("openclaw's files for L1");
+    files.extend([
         ("oc/task.cap".into(), cap),
         ("oc/secrets.toml".into(), secrets),
         ("oc/agent.py".into(), agent_py),
@@ -462,21 +298,11 @@ fn agents_run_in_microvms_booted_from_debian_and_oci_images() {
             debian.dir.join(store::MANIFEST_FILE),
         ),
         ("oc/oci.json".into(), oci.dir.join(store::MANIFEST_FILE)),
-        ("oc/keys/root.pub".into(), home.join("keys/root.pub")),
-        ("oc/keys/receipt.key".into(), home.join("keys/receipt.key")),
-        ("oc/keys/receipt.pub".into(), home.join("keys/receipt.pub")),
         ("up/ca.pem".into(), ca),
         ("up/cert.pem".into(), cert),
         ("up/key.pem".into(), key),
         ("usr/bin/mock_upstream".into(), mock),
-    ];
-    files.extend(with_libraries(&openclaw_bin, "usr/bin/openclaw"));
-    files.extend(with_libraries(&which("ip"), "usr/sbin/ip"));
-    // The kvm backend makes the session's disks and reads /work back with
-    // e2fsprogs.
-    files.extend(with_libraries(&which("mkfs.ext4"), "usr/sbin/mkfs.ext4"));
-    files.extend(with_libraries(&which("e2fsck"), "usr/sbin/e2fsck"));
-    files.extend(with_libraries(&which("debugfs"), "usr/sbin/debugfs"));
+    ]);
     files.sort();
     files.dedup_by(|a, b| a.0 == b.0);
     let payload = L1Payload {
@@ -498,35 +324,9 @@ fn agents_run_in_microvms_booted_from_debian_and_oci_images() {
         },
     ];
 
-    let attempt = || {
-        qemu_harness::run_qemu_with_disks(&l1, &outer_path, 2048, Duration::from_secs(1500), &disks)
-            .expect("QEMU runs")
-    };
-    let mut run = attempt();
-    // One retry only when L1 itself never came up (the emulated outer
-    // machine, not our code).
-    if !run.timed_out && !run.stalled && !run.output.contains("HARNESS: /dev/kvm ready") {
-        println!("L1 did not come up:\n{}\nretrying once", run.output);
-        run = attempt();
-    }
-    let out = run.output.clone();
-    println!("{out}");
-    println!("QEMU wall time: {:?}", run.elapsed);
-    let last_step = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("STEP "))
-        .unwrap_or("(none)");
-    assert!(
-        !run.stalled,
-        "L1 hung (no output for {:?}) during {last_step}",
-        qemu_harness::STALL
-    );
-    assert!(!run.timed_out, "no result within the timeout ({last_step})");
-    assert!(
-        out.contains("HARNESS: /dev/kvm ready"),
-        "kvm-amd did not load"
-    );
+    let out =
+        qemu_harness::run_l1_checked(&l1, &outer_path, 2048, Duration::from_secs(1500), &disks)
+            .output;
     for img in ["debian", "oci"] {
         let disk = value(&out, &format!("DISK {img}"));
         assert!(disk.starts_with("/dev/vd"), "{img}'s disk in L1: {disk:?}");
@@ -558,6 +358,36 @@ fn agents_run_in_microvms_booted_from_debian_and_oci_images() {
     }
     assert!(py.contains(&"PY-TASK say hi uid 1000"), "{py:?}");
     assert!(py.contains(&"PY-MARKER True"), "{py:?}");
+    // The system root cannot be written: refused as on netns (read-only or
+    // not the command's); the image's disk is read-only in the guest's
+    // kernel (VIRTIO_BLK_F_RO), the session's own disks are not.
+    for target in [
+        "/usr/x",
+        "/etc/x",
+        "/x",
+        "/bin/x",
+        "/lib/x",
+        "/etc/resolv.conf",
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/usr/bin/python3",
+    ] {
+        let refused = [
+            format!("PY-RO refused {target} EACCES"),
+            format!("PY-RO refused {target} EROFS"),
+        ];
+        assert!(
+            py.iter().any(|l| refused.iter().any(|r| l == r)),
+            "{target} in {py:?}"
+        );
+    }
+    assert!(!py.iter().any(|l| l.starts_with("PY-RO wrote")), "{py:?}");
+    for disk in [
+        "PY-DISK openclaw-root ro=1",
+        "PY-DISK openclaw-layer ro=0",
+        "PY-DISK openclaw-work ro=0",
+    ] {
+        assert!(py.contains(&disk), "{disk} in {py:?}");
+    }
     let py_session: serde_json::Value =
         serde_json::from_str(value(&out, "PY-SESSION")).expect("session json");
     assert_eq!(py_session["backend"], "kvm");
@@ -629,12 +459,26 @@ fn agents_run_in_microvms_booted_from_debian_and_oci_images() {
     );
     assert_eq!(value(&out, "NODE-DISKS"), "gone");
 
-    // The OCI image's Env and WorkingDir.
-    assert_eq!(value(&out, "OCI rc="), "0", "{:?}", lines(&out, "OCI-ERR"));
+    // The OCI image's Env, WorkingDir and User; the fork loop stopped at
+    // --pids-max (the shell, the loop's subshell and 30 sleeps), and the
+    // session ended with the command's own status, not the timeout.
+    let oci_err = lines(&out, "OCI-ERR");
+    assert_eq!(value(&out, "OCI rc="), "0", "{oci_err:?}");
     assert_eq!(
         lines(&out, "OCI-OUT"),
-        ["GREETING=hello-from-oci", "PWD=/srv/app"]
+        [
+            "GREETING=hello-from-oci",
+            "PWD=/srv/app",
+            &format!("ID={OCI_APP_UID}:{OCI_APP_UID}"),
+            "LOOP rc=2",
+            "FORKS 30"
+        ]
     );
+    assert!(
+        oci_err.iter().any(|l| l.contains("can't fork")),
+        "{oci_err:?}"
+    );
+    assert_eq!(tagged(&out, "OCI-WORK"), ["./forks 30"]);
     assert_eq!(value(&out, "OCI-DISKS"), "gone");
 
     // A command the image lacks: an error naming the image, no session run.

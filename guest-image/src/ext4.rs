@@ -51,6 +51,49 @@ pub fn make_image(
     run(&mut cmd, "mkfs.ext4")
 }
 
+/// The session's writable layer: sparse, so this is a ceiling on what the
+/// command can add to the root filesystem, not a cost.
+pub const LAYER_SIZE: u64 = 4 << 30;
+/// Room on the `/work` disk beyond the `--workdir` files (sparse too).
+pub const WORK_HEADROOM: u64 = 2 << 30;
+
+/// A session's own disks, as the kvm backend makes them (and the boot
+/// benchmark, to measure what they cost): `/work` at `work` holding a copy
+/// of `workdir` (with a journal: the host reads it back after a possibly
+/// abrupt stop) and, for a guest booted from a root image, the empty
+/// writable layer at `layer` (no journal: it is thrown away).
+pub fn make_session_disks(
+    workdir: Option<&Path>,
+    work: &Path,
+    layer: Option<&Path>,
+) -> Result<(), GuestImageError> {
+    let size = match workdir {
+        Some(tree) => size_for_tree(tree)?,
+        None => 0,
+    } + WORK_HEADROOM;
+    make_image(
+        workdir,
+        work,
+        "openclaw-work",
+        Ext4Options {
+            size,
+            journal: true,
+        },
+    )?;
+    if let Some(layer) = layer {
+        make_image(
+            None,
+            layer,
+            "openclaw-layer",
+            Ext4Options {
+                size: LAYER_SIZE,
+                journal: false,
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Bytes the image's contents need, with room for ext4's own metadata: the
 /// size [`make_image`] is given for a tree (the file is sparse either way).
 pub fn size_for_tree(tree: &Path) -> Result<u64, GuestImageError> {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use guest_image::ext4::{self, Ext4Options};
+use guest_image::ext4;
 use guest_image::SessionFiles;
 use guest_protocol::cmdline as switch;
 use guest_protocol::disks::{LAYER_ID, ROOT_ID, WORK_ID};
@@ -48,11 +48,6 @@ const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
 /// VM is killed (and `/work` is read as it is).
 const STOP_GRACE: Duration = Duration::from_secs(15);
 const VCPUS: u8 = 1;
-/// The session's writable layer: sparse, so this is a ceiling on what the
-/// command can add to the root filesystem, not a cost.
-const LAYER_SIZE: u64 = 4 << 30;
-/// Room on the `/work` disk beyond the `--workdir` files (sparse too).
-const WORK_HEADROOM: u64 = 2 << 30;
 /// The session's disks, in the bundle while the VM runs; deleted after.
 const DISKS_DIR: &str = "vm";
 
@@ -162,36 +157,15 @@ async fn run_vm(context: BackendContext<'_>, boot: &KvmBoot, disks: &Path) -> Re
     let layer_image = disks.join("layer.ext4");
     let (workdir, with_layer) = (config.workdir.clone(), manifest.is_some());
     let (work_disk, layer_disk) = (work_image.clone(), layer_image.clone());
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let size = match &workdir {
-            Some(tree) => ext4::size_for_tree(tree)?,
-            None => 0,
-        } + WORK_HEADROOM;
-        ext4::make_image(
+    tokio::task::spawn_blocking(move || {
+        ext4::make_session_disks(
             workdir.as_deref(),
             &work_disk,
-            "openclaw-work",
-            Ext4Options {
-                size,
-                journal: true,
-            },
+            with_layer.then_some(layer_disk.as_path()),
         )
-        .context("writing the /work disk")?;
-        if with_layer {
-            ext4::make_image(
-                None,
-                &layer_disk,
-                "openclaw-layer",
-                Ext4Options {
-                    size: LAYER_SIZE,
-                    journal: false,
-                },
-            )
-            .context("writing the session's writable layer")?;
-        }
-        Ok(())
     })
-    .await??;
+    .await?
+    .context("writing the session's disks (/work and the writable layer)")?;
 
     let mem_mib = (config.memory_bytes >> 20).max(64);
     let tap = tap_name(&info.id);

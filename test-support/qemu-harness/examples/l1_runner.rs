@@ -3,13 +3,24 @@
 //! over the control channel, and prints a verdict line the test reads from
 //! the serial console. Built static, like the guest init.
 //!
-//! Usage: l1_runner KERNEL INITRAMFS BOOTS [probe] [net] [compare]
+//! Usage: l1_runner KERNEL INITRAMFS BOOTS [probe] [net] [compare] | [disk]
 //!
 //! `net` adds one boot with a virtio-net NIC on a tap: the guest fetches a
 //! page from a server the runner starts on the tap's address.
 //! `compare` (for benches/boot.rs) also boots the same kernel, initramfs and
 //! task under QEMU's `-M microvm -accel kvm` (when /bin/qemu is present),
 //! one QEMU boot after each of ours, and prints both medians.
+//! `disk` (for benches/boot.rs, instead of the usual boots) alternates
+//! BOOTS pairs of sessions as the kvm backend boots them, each with a NIC
+//! and a `/work` disk: the initramfs-only guest, then the guest booted from
+//! a root image on virtio-blk (`/guest/boot.cpio`, the L1 disk whose serial
+//! is `$BENCH_ROOT_SERIAL`, a fresh writable layer). Each session's command
+//! makes one HTTP request to a server on the tap (`$BENCH_FETCH`: `curl`,
+//! or `wget` for busybox images); the runner prints the time from VM
+//! creation to the guest's /init (boot marker), to the command's start and
+//! to that first request, the medians side by side, and what the session's
+//! own disks occupy (apparent and allocated) after a command that writes
+//! nothing.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -47,6 +58,14 @@ fn main() {
     let initramfs = PathBuf::from(&args[2]);
     let boots: usize = args[3].parse().unwrap_or(1);
     let cmdline = std::env::var("GUEST_CMDLINE").unwrap_or_else(|_| "quiet".into());
+    if args[4..].iter().any(|a| a == "disk") {
+        let ok = disk_bench(&kernel, &initramfs, &cmdline, boots);
+        println!(
+            "HARNESS VERDICT: {} disk bench",
+            if ok { "PASS" } else { "FAIL" }
+        );
+        return;
+    }
 
     let session = SessionFiles {
         ca_pem: b"-----BEGIN CERTIFICATE-----\nTEST SESSION CA\n-----END CERTIFICATE-----\n"
@@ -437,4 +456,253 @@ fn qemu_boot(i: usize, cmdline: &str, marks: &mut Vec<Duration>, totals: &mut Ve
         totals.push(total);
     }
     let _ = std::fs::remove_file(&control);
+}
+
+/// One of the disk benchmark's two guests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BenchGuest {
+    Initramfs,
+    RootDisk,
+}
+
+/// One session's times from VM creation, and its disks' cost.
+struct BenchRun {
+    marker: Duration,
+    task: Duration,
+    request: Duration,
+    /// (apparent, allocated) bytes of the layer and the /work disk after
+    /// the session; the root image's guest only.
+    disks: Option<[(u64, u64); 2]>,
+}
+
+/// Reads one of a [`BenchRun`]'s times.
+type Field = fn(&BenchRun) -> Duration;
+
+/// The `disk` mode: see the file's header.
+fn disk_bench(kernel: &Path, initramfs: &Path, cmdline: &str, boots: usize) -> bool {
+    let serial = std::env::var("BENCH_ROOT_SERIAL").unwrap_or_default();
+    let Some(root) = disk_by_serial(&serial) else {
+        println!("DISK-BENCH FAIL: no L1 disk with serial {serial:?}");
+        return false;
+    };
+    let fetch = std::env::var("BENCH_FETCH").unwrap_or_else(|_| "curl".into());
+    let url = "http://10.0.2.1:8080/first";
+    let argv: Vec<String> = match fetch.as_str() {
+        "wget" => ["/bin/busybox", "wget", "-q", "-O", "/dev/null", url]
+            .map(String::from)
+            .to_vec(),
+        _ => ["/usr/bin/curl", "-sS", "-o", "/dev/null", url]
+            .map(String::from)
+            .to_vec(),
+    };
+    println!("DISK-BENCH root image {root}, command {argv:?}, {boots} pairs alternating");
+    let mut runs: Vec<(BenchGuest, BenchRun)> = Vec::new();
+    let mut ok = true;
+    for i in 1..=boots {
+        for guest in [BenchGuest::Initramfs, BenchGuest::RootDisk] {
+            match bench_session(kernel, initramfs, &root, cmdline, &argv, guest, i) {
+                Ok(run) => runs.push((guest, run)),
+                Err(e) => {
+                    println!("DISK-BENCH {i} FAIL: {e}");
+                    ok = false;
+                }
+            }
+        }
+    }
+    let pick = |g: BenchGuest, f: Field| -> Vec<Duration> {
+        runs.iter()
+            .filter(|(guest, _)| *guest == g)
+            .map(|(_, r)| f(r))
+            .collect()
+    };
+    let fields: [(&str, Field); 3] = [
+        ("marker", |r| r.marker),
+        ("task", |r| r.task),
+        ("request", |r| r.request),
+    ];
+    for (name, f) in fields {
+        let (mut a, mut b) = (
+            pick(BenchGuest::Initramfs, f),
+            pick(BenchGuest::RootDisk, f),
+        );
+        if a.is_empty() || b.is_empty() {
+            continue;
+        }
+        let (ma, mb) = (median(&mut a), median(&mut b));
+        println!(
+            "DISK-BENCH median {name} initramfs_ms={} rootdisk_ms={} ratio={:.2}",
+            ma.as_millis(),
+            mb.as_millis(),
+            mb.as_secs_f64() / ma.as_secs_f64()
+        );
+    }
+    let costs: Vec<[(u64, u64); 2]> = runs.iter().filter_map(|(_, r)| r.disks).collect();
+    if let Some(max) = costs.iter().map(|[layer, work]| layer.1 + work.1).max() {
+        let [layer, work] = costs[0];
+        println!(
+            "DISK-BENCH session disks after a command that writes nothing: layer apparent={} \
+             allocated={} work apparent={} allocated={}; most allocated in any session={max}",
+            layer.0, layer.1, work.0, work.1
+        );
+    }
+    ok
+}
+
+/// `/dev/vdX` whose serial is `serial`.
+fn disk_by_serial(serial: &str) -> Option<String> {
+    std::fs::read_dir("/sys/block").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let s = std::fs::read_to_string(e.path().join("serial")).ok()?;
+        (!serial.is_empty() && s.trim_end_matches(['\0', '\n']).trim() == serial)
+            .then(|| format!("/dev/{}", e.file_name().to_string_lossy()))
+    })
+}
+
+/// One session as the kvm backend runs it, timed from VM creation.
+fn bench_session(
+    kernel: &Path,
+    initramfs: &Path,
+    root: &str,
+    cmdline: &str,
+    argv: &[String],
+    guest: BenchGuest,
+    i: usize,
+) -> Result<BenchRun, String> {
+    use guest_protocol::disks::{LAYER_ID, ROOT_ID, WORK_ID};
+    let name = match guest {
+        BenchGuest::Initramfs => "initramfs",
+        BenchGuest::RootDisk => "rootdisk",
+    };
+    let dir = PathBuf::from(format!("/tmp/bench-{name}-{i}"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (work, layer) = (dir.join("work.ext4"), dir.join("layer.ext4"));
+    let with_root = guest == BenchGuest::RootDisk;
+    let made = std::time::Instant::now();
+    guest_image::ext4::make_session_disks(None, &work, with_root.then_some(layer.as_path()))
+        .map_err(|e| format!("session disks: {e}"))?;
+    let made = made.elapsed();
+    let session = SessionFiles {
+        ca_pem: b"-----BEGIN CERTIFICATE-----\nBENCH CA\n-----END CERTIFICATE-----\n".to_vec(),
+        env: vec![],
+        argv: argv.to_vec(),
+        ..Default::default()
+    };
+    let extra = session
+        .to_cpio()
+        .map_err(|e| format!("session cpio: {e}"))?;
+    let console = dir.join("console.log");
+    let mut config = VmConfig::new(Kernel::File(kernel.to_path_buf()), console.clone());
+    config.extra_cpio = Some(extra);
+    config.mem_mib = 256;
+    config.disks.push(vmm::DiskConfig {
+        path: work.clone(),
+        read_only: false,
+        id: WORK_ID.into(),
+    });
+    if with_root {
+        config.initramfs = Some(PathBuf::from("/guest/boot.cpio"));
+        config.disks.push(vmm::DiskConfig {
+            path: root.into(),
+            read_only: true,
+            id: ROOT_ID.into(),
+        });
+        config.disks.push(vmm::DiskConfig {
+            path: layer.clone(),
+            read_only: false,
+            id: LAYER_ID.into(),
+        });
+    } else {
+        config.initramfs = Some(initramfs.to_path_buf());
+    }
+    config.cmdline = format!(
+        "{cmdline} {}=10.0.2.2/24 {}=10.0.2.1",
+        switch::IP,
+        switch::GATEWAY
+    );
+    let tap =
+        Tap::open_with_address("oc0", Some("10.0.2.1/24")).map_err(|e| format!("tap: {e}"))?;
+    config.net = Some(NetConfig {
+        tap,
+        mac: [0x02, 0x0c, 0x1a, 0, 0, 3],
+    });
+    let server = TcpListener::bind("10.0.2.1:8080").map_err(|e| format!("bind: {e}"))?;
+    server
+        .set_nonblocking(true)
+        .map_err(|e| format!("nonblocking: {e}"))?;
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let created = std::time::Instant::now();
+    let serving = {
+        let ended = ended.clone();
+        // Polled (1 ms) rather than blocking, so a guest that never asks
+        // cannot leave this thread waiting.
+        std::thread::spawn(move || loop {
+            match server.accept() {
+                Ok((mut conn, _)) => {
+                    let at = created.elapsed();
+                    let _ = conn.set_nonblocking(false);
+                    let mut buf = [0u8; 1024];
+                    let _ = conn.read(&mut buf);
+                    let _ = write!(conn, "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    return Some(at);
+                }
+                Err(_) if ended.load(std::sync::atomic::Ordering::Acquire) => return None,
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        })
+    };
+    let vm = MicroVm::boot(config).map_err(|e| format!("start: {e}"));
+    let exit = match vm {
+        Ok(vm) => vm.wait(Some(Duration::from_secs(180))),
+        Err(e) => {
+            ended.store(true, std::sync::atomic::Ordering::Release);
+            let _ = serving.join();
+            return Err(e);
+        }
+    };
+    ended.store(true, std::sync::atomic::Ordering::Release);
+    let request = serving.join().ok().flatten();
+    if exit.task.exit_status != Some(0) {
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(format!(
+            "{name}: reason={:?} status={:?} stderr={:?}\n  console| {}",
+            exit.reason,
+            exit.task.exit_status,
+            String::from_utf8_lossy(&exit.task.stderr),
+            tail.join("\n  console| ")
+        ));
+    }
+    let request = request.ok_or_else(|| format!("{name}: the server saw no request"))?;
+    let (Some(marker), Some(task)) = (exit.boot_time, exit.task_start_time) else {
+        return Err(format!("{name}: no boot or task marker"));
+    };
+    let disks = with_root.then(|| {
+        let cost = |p: &Path| {
+            (
+                std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+                guest_image::ext4::allocated_bytes(p).unwrap_or(0),
+            )
+        };
+        [cost(&layer), cost(&work)]
+    });
+    println!(
+        "DISK-BENCH {i} {name} marker_ms={} task_ms={} request_ms={} total_ms={} disks_made_ms={}{}",
+        marker.as_millis(),
+        task.as_millis(),
+        request.as_millis(),
+        exit.total_time.as_millis(),
+        made.as_millis(),
+        disks.map_or(String::new(), |[l, w]| format!(
+            " layer_alloc={} work_alloc={}",
+            l.1, w.1
+        ))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(BenchRun {
+        marker,
+        task,
+        request,
+        disks,
+    })
 }

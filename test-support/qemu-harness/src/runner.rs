@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::{
-    l1_kernel, outer_initramfs, qemu_payload_files, run_qemu, workspace_root, HarnessError,
-    L1Payload, QemuRun,
+    l1_kernel, outer_initramfs, qemu_payload_files, run_qemu_with_disks, workspace_root,
+    HarnessError, L1Disk, L1Payload, QemuRun,
 };
 
 /// Builds a static example binary of this crate (same flags as the guest init).
@@ -43,6 +43,15 @@ pub fn build_static_example(name: &str) -> Result<PathBuf, HarnessError> {
         .join(name))
 }
 
+/// More for [`run_l1_runner_with`] to carry: files (path in L1, path
+/// here), read-only disks, and L1's memory when not the default.
+#[derive(Debug, Default)]
+pub struct RunnerExtras {
+    pub files: Vec<(String, PathBuf)>,
+    pub disks: Vec<L1Disk>,
+    pub mem_mib: Option<u32>,
+}
+
 /// Builds everything (guest init, image, static runner, L1 kernel), boots
 /// L1 and runs `l1_runner KERNEL INITRAMFS BOOTS <runner_args>` there.
 /// `with_qemu` also carries QEMU into L1; `env` is set for the runner.
@@ -52,6 +61,26 @@ pub fn run_l1_runner(
     with_qemu: bool,
     env: &[(&str, &str)],
     timeout: Duration,
+) -> Result<QemuRun, HarnessError> {
+    run_l1_runner_with(
+        boots,
+        runner_args,
+        with_qemu,
+        env,
+        timeout,
+        RunnerExtras::default(),
+    )
+}
+
+/// [`run_l1_runner`] with `extras`; L1 also gets the boot initramfs (a
+/// root filesystem's guest) at `/guest/boot.cpio`.
+pub fn run_l1_runner_with(
+    boots: usize,
+    runner_args: &[&str],
+    with_qemu: bool,
+    env: &[(&str, &str)],
+    timeout: Duration,
+    extras: RunnerExtras,
 ) -> Result<QemuRun, HarnessError> {
     let root = workspace_root();
     let init = guest_image::build_guest_init(&root, &root.join("target/guest-init"))?;
@@ -63,11 +92,15 @@ pub fn run_l1_runner(
     let mut files = vec![
         ("guest/vmlinux".to_string(), image.kernel.clone()),
         ("guest/initramfs.cpio".to_string(), image.initramfs.clone()),
+        ("guest/boot.cpio".to_string(), image.boot.clone()),
         ("bin/l1_runner".to_string(), runner),
     ];
     if with_qemu {
         files.extend(qemu_payload_files()?);
     }
+    files.extend(extras.files);
+    files.sort();
+    files.dedup_by(|a, b| a.0 == b.0);
     let env: String = env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
     let payload = L1Payload {
         files,
@@ -82,7 +115,10 @@ pub fn run_l1_runner(
         std::process::id()
     ));
     std::fs::write(&path, outer).map_err(HarnessError::io("write outer initramfs"))?;
-    let run = run_qemu(&l1, &path, if with_qemu { 1536 } else { 1024 }, timeout);
+    let mem = extras
+        .mem_mib
+        .unwrap_or(if with_qemu { 1536 } else { 1024 });
+    let run = run_qemu_with_disks(&l1, &path, mem, timeout, &extras.disks);
     let _ = std::fs::remove_file(&path);
     run
 }
