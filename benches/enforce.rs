@@ -274,15 +274,21 @@ async fn run() {
     )
     .unwrap();
     let cap_for_parts = cap.clone();
+    let catalog = Catalog::from_toml(CATALOG).unwrap();
+    let rates = enforce::RateCard::builtin()
+        .with_legacy_prices(catalog.llm_prices())
+        .0;
     let enforcement = Enforcement::new(EnforceConfig {
         capability: cap,
-        catalog: Catalog::from_toml(CATALOG).unwrap(),
+        catalog,
         secrets: SecretStore::from_toml(SECRETS).unwrap(),
         receipts: log,
         broker: Arc::new(ScriptedBroker::new(vec![Scripted::Deny])),
         approval_timeout: Duration::from_secs(5),
         counters: Ledger::new(Counters::default()),
         dns_refusals: DnsRefusalLimit::default(),
+        rates,
+        metering: enforce::MeterSettings::default(),
     });
     let gate = enforcement.gate.clone();
     components(&cap_for_parts, dir.path(), &receipt_key);

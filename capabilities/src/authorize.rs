@@ -356,9 +356,9 @@ impl Capability {
                     req.llm_spent
                 ),
                 None => format!(
-                    "llm call of unknown cost under a budget of {budget}: the catalog could not \
-                     price it (its model needs an [[llm_price]], the request a max_tokens, the \
-                     body must fit the classification cap)"
+                    "llm call of unknown cost under a budget of {budget}: the proxy could not \
+                     price it (add its model to the rate card, rates.toml; its body must be JSON \
+                     naming the model and fit the classification cap)"
                 ),
             },
             Some(CheckKind::Approval(kind, above)) => match above {
@@ -374,7 +374,7 @@ impl Capability {
                         limit.display("USD")
                     ),
                     None => format!(
-                        "{} call of unknown cost (no price or no max_tokens): needs approval \
+                        "{} call of unknown cost (its model is not on the rate card): needs approval \
                          above {}",
                         kind_name(*kind),
                         limit.display("USD")

@@ -305,6 +305,18 @@ impl Capability {
             .map(|r| &r.policy)
     }
 
+    /// The LLM budget in micro-USD: the smallest `budget_usd` any block
+    /// written by openclaw sets (attenuation only narrows it), if any does.
+    pub fn llm_budget_micro_usd(&self) -> Option<u64> {
+        self.blocks
+            .iter()
+            .filter_map(|b| b.record.as_ref())
+            .filter_map(|r| r.policy.llm.as_ref())
+            .filter_map(|l| l.budget_usd)
+            .map(|b| b.0)
+            .min()
+    }
+
     /// Whether some block written by openclaw names `host` among its LLM
     /// providers. For refusing what only an LLM grant could cover and the
     /// proxy cannot meter (a WebSocket to a provider), so every block

@@ -7,6 +7,10 @@
 //! upstream, and released when the request is refused, denied, times out, or
 //! is dropped (client gone during an approval hold). An upstream failure after
 //! forwarding still counts: the proxy cannot know whether a merchant charged.
+//!
+//! An LLM call reserves and commits its worst case; when its response ends,
+//! [`Ledger::settle_llm`] replaces that by what the provider reported (more
+//! or less), so the next call decides with the spend as it really is.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -118,6 +122,16 @@ impl Ledger {
             }
         };
         (decision, seen, reservation)
+    }
+
+    /// An LLM call whose worst case `reserved` was committed cost `actual`:
+    /// the committed LLM spend is corrected (an excess over the reservation
+    /// is charged too). Returns the committed LLM spend after it.
+    pub fn settle_llm(&self, reserved: u64, actual: u64) -> u64 {
+        let mut s = lock(&self.state);
+        let spent = &mut s.committed.llm_spent_micro_usd;
+        *spent = spent.saturating_sub(reserved).saturating_add(actual);
+        *spent
     }
 
     fn snapshot(&self) -> Counters {
@@ -259,6 +273,27 @@ mod tests {
         });
         assert_eq!(allowed.into_inner(), 6);
         assert_eq!(ledger.committed().spent_cents, 60_000);
+    }
+
+    #[test]
+    fn llm_calls_settle_to_what_they_cost() {
+        let ledger = Ledger::new(Counters::default());
+        let mut a = payment(0);
+        a.kind = ActionType::Llm;
+        a.cost_micro_usd = Some(1_000);
+        let (_, _, r) = ledger.decide(&a, |_| Decision {
+            decision: Verdict::Allow,
+            reason: String::new(),
+            grant: None,
+            revocation_ids: Vec::new(),
+        });
+        r.commit();
+        assert_eq!(ledger.committed().llm_spent_micro_usd, 1_000);
+        // Cheaper than the worst case: the difference comes back.
+        assert_eq!(ledger.settle_llm(1_000, 300), 300);
+        // Dearer (the provider reported more): the excess is charged.
+        assert_eq!(ledger.settle_llm(0, 50), 350);
+        assert_eq!(ledger.reserved(), Counters::default());
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The session's event stream: one event per decision (allowed, blocked,
-//! pending, approved, denied) and per finished exchange (completed), on a
-//! broadcast channel the terminal monitor and the web UI subscribe to.
+//! pending, approved, denied), per finished exchange (completed), per
+//! settled LLM call (usage) and per budget warning, on a broadcast channel
+//! the terminal monitor and the web UI subscribe to.
 //! Events carry names and facts, never secret values or bodies.
 
 use std::time::SystemTime;
 
 use capabilities::{Action, ActionType};
+use receipts::UsageTokens;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -29,6 +31,35 @@ pub enum EventKind {
     Denied,
     /// The exchange ended (status and bytes known).
     Completed,
+    /// A metered LLM call was settled (see `usage`).
+    Usage,
+    /// The LLM spend reached a warning level of the budget (see `budget_warning`).
+    BudgetWarning,
+}
+
+/// What a settled LLM call used and cost (on `usage` events).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageEvent {
+    /// Seq of the decision receipt the call went out under.
+    pub decision_seq: u64,
+    pub model: String,
+    pub tokens: UsageTokens,
+    pub cost_micro_usd: u64,
+    /// No usage was reported: the call was charged its reservation.
+    pub estimated: bool,
+    /// The session's LLM spend after this call (micro-USD).
+    pub budget_spent_micro_usd: u64,
+    /// The token's LLM budget, if it has one.
+    pub budget_micro_usd: Option<u64>,
+}
+
+/// A warning level of the LLM budget reached (on `budget_warning` events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BudgetWarning {
+    /// The level, in percent of the budget.
+    pub percent: u64,
+    pub spent_micro_usd: u64,
+    pub budget_micro_usd: u64,
 }
 
 /// One event. `request` ties the events of one request together.
@@ -74,6 +105,12 @@ pub struct Event {
     /// Who answered an approval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approver: Option<String>,
+    /// On `usage` events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageEvent>,
+    /// On `budget_warning` events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_warning: Option<BudgetWarning>,
 }
 
 impl Event {
@@ -98,6 +135,8 @@ impl Event {
             bytes_up: None,
             receipt: None,
             approver: None,
+            usage: None,
+            budget_warning: None,
         }
     }
 
@@ -110,6 +149,8 @@ impl Event {
             EventKind::Approved => ("✓", "approved"),
             EventKind::Denied => ("✕", "denied"),
             EventKind::Completed => ("·", "done"),
+            EventKind::Usage => ("$", "usage"),
+            EventKind::BudgetWarning => ("!", "budget"),
         };
         let mut out = format!(
             "{mark} {word:<8} {:<5} {}{}",
@@ -137,6 +178,38 @@ impl Event {
         if let Some(a) = &self.approver {
             tail.push(format!("by {a}"));
         }
+        if let Some(u) = &self.usage {
+            let t = &u.tokens;
+            let mut tokens = format!("{} in", t.input);
+            if t.cached_input > 0 {
+                tokens.push_str(&format!(" + {} cached", t.cached_input));
+            }
+            if t.cache_write_5m + t.cache_write_1h > 0 {
+                tokens.push_str(&format!(
+                    " + {} cache write",
+                    t.cache_write_5m + t.cache_write_1h
+                ));
+            }
+            tokens.push_str(&format!(" / {} out", t.output));
+            tail.push(u.model.clone());
+            tail.push(tokens);
+            let mut cost = usd(u.cost_micro_usd);
+            if u.estimated {
+                cost.push_str(" (estimated: no usage reported)");
+            }
+            tail.push(cost);
+            if let Some(b) = u.budget_micro_usd {
+                tail.push(format!("{} of {}", usd(u.budget_spent_micro_usd), usd(b)));
+            }
+        }
+        if let Some(w) = &self.budget_warning {
+            tail.push(format!(
+                "{}% of the LLM budget reached: {} of {}",
+                w.percent,
+                usd(w.spent_micro_usd),
+                usd(w.budget_micro_usd)
+            ));
+        }
         if let Some(r) = &self.reason {
             tail.push(r.clone());
         }
@@ -150,6 +223,11 @@ impl Event {
 
 fn humantime_rfc3339(t: SystemTime) -> String {
     receipts::format_time(t)
+}
+
+/// Micro-USD as dollars with six decimals: `$0.005618`.
+fn usd(micro: u64) -> String {
+    format!("${}.{:06}", micro / 1_000_000, micro % 1_000_000)
 }
 
 fn human_bytes(b: u64) -> String {
@@ -229,6 +307,32 @@ mod tests {
             "{line}"
         );
         assert_eq!(human_bytes(2355), "2.2KB");
+        let mut u = Event::about(EventKind::Usage, 8, 3, &action);
+        u.usage = Some(UsageEvent {
+            decision_seq: 4,
+            model: "gpt-4o".into(),
+            tokens: UsageTokens {
+                input: 87,
+                cached_input: 1920,
+                output: 300,
+                reasoning: 192,
+                ..UsageTokens::default()
+            },
+            cost_micro_usd: 5_618,
+            estimated: false,
+            budget_spent_micro_usd: 1_005_618,
+            budget_micro_usd: Some(2_000_000),
+        });
+        assert!(
+            u.line().ends_with(
+                "gpt-4o · 87 in + 1920 cached / 300 out · $0.005618 · $1.005618 of $2.000000"
+            ),
+            "{}",
+            u.line()
+        );
+        let json = serde_json::to_value(&u).expect("json");
+        assert_eq!(json["kind"], "usage");
+        assert_eq!(json["usage"]["tokens"]["cached_input"], 1920);
         assert_eq!(human_bytes(10), "10B");
     }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use capabilities::{Action, ActionType, Capability, Counters, Decision, Host, Verdict};
 use http::{response, HeaderValue, StatusCode};
 use proxy::{
-    ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateVerdict, Refusal,
-    RequestSummary, ResponseVerdict,
+    ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateTag, GateVerdict,
+    Refusal, RequestSummary, ResponseVerdict,
 };
 use receipts::{ApprovalRecord, DecisionRecord, Entry, ReceiptLog};
 use tokio::sync::broadcast;
@@ -26,6 +26,7 @@ use crate::catalog::Catalog;
 use crate::counters::{Ledger, Reservation};
 use crate::credentials::{SecretStore, SessionCredentials};
 use crate::events::{Event, EventBus, EventKind};
+use crate::metering::{MeterSettings, Metering, Plan, RateCard, Ticket};
 use crate::stages::{fallback_action, path_only, Block, Prepared, Screened, Stage, Stages};
 use crate::stats::{WaitHistogram, WaitSummary};
 
@@ -78,6 +79,10 @@ pub struct EnforceConfig {
     pub counters: Arc<Ledger>,
     /// How refused DNS names are receipted.
     pub dns_refusals: DnsRefusalLimit,
+    /// The LLM prices calls are charged at.
+    pub rates: RateCard,
+    /// Output limits and budget warnings of LLM metering.
+    pub metering: MeterSettings,
 }
 
 /// The session's enforcing gate, with what the sandbox and the monitor need.
@@ -98,6 +103,14 @@ impl Enforcement {
         let events = EventBus::new();
         let rx = events.subscribe();
         let placeholders = creds.placeholders();
+        let metering = Arc::new(Metering::new(
+            config.rates,
+            config.metering,
+            config.counters.clone(),
+            config.receipts.clone(),
+            events.clone(),
+            config.capability.llm_budget_micro_usd(),
+        ));
         let gate = Arc::new(EnforcingGate {
             revocation_ids: config.capability.revocation_ids(),
             cap: config.capability,
@@ -113,6 +126,7 @@ impl Enforcement {
             in_flight: Mutex::new(HashMap::new()),
             credential_hosts: Mutex::new(HashMap::new()),
             receipt_waits: WaitHistogram::default(),
+            metering,
         });
         Enforcement {
             gate,
@@ -236,6 +250,8 @@ pub struct EnforcingGate {
     credential_hosts: Mutex<HashMap<Host, bool>>,
     /// How long each request waited for its decision receipt to be durable.
     receipt_waits: WaitHistogram,
+    /// LLM calls: worst case before, usage after.
+    metering: Arc<Metering>,
 }
 
 impl std::fmt::Debug for EnforcingGate {
@@ -285,6 +301,8 @@ struct Decided {
     prepared: Prepared,
     /// Counted once the request is forwarded.
     reservation: Reservation,
+    /// An LLM call the proxy meters.
+    metered: Option<Plan>,
 }
 
 impl EnforcingGate {
@@ -390,6 +408,7 @@ impl EnforcingGate {
             catalog: &self.catalog,
             creds: &self.creds,
             cap: &self.cap,
+            metering: &self.metering,
         }
     }
 
@@ -525,6 +544,7 @@ impl EnforcingGate {
             action,
             body_sha256,
             prepared,
+            metered,
         } = match self.stages().run(req, now).await {
             Ok(screened) => screened,
             Err(block) => return self.record_block(id, conn, now, &counters_now, block).await,
@@ -553,6 +573,7 @@ impl EnforcingGate {
             seq,
             prepared,
             reservation,
+            metered,
         };
         if verdict == Verdict::Approval {
             self.hold_for_approval(id, req, conn, decided).await
@@ -695,6 +716,7 @@ impl EnforcingGate {
             seq,
             prepared,
             reservation,
+            metered,
         } = decided;
         let mut credentials = Vec::new();
         if let Some((uri, headers, substituted)) = prepared {
@@ -712,6 +734,24 @@ impl EnforcingGate {
                     tracing::error!("replacing a complete body failed");
                 }
             }
+        }
+        if let Some(plan) = metered {
+            // Its response settles it; the tag finds this call again.
+            req.head.extensions.insert(GateTag(id));
+            self.metering.forwarded(Ticket {
+                request: id,
+                conn: conn.id,
+                action: action.clone(),
+                decision_seq: seq,
+                reserved: action.cost_micro_usd.unwrap_or(0),
+                plan,
+            });
+            // Its usage is read from the body: uncompressed, please (a
+            // credential host's compressed body is decoded anyway).
+            req.head.headers.insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
         }
         if self.host_has_credentials(&req.host) {
             // Its responses are masked: ask for them uncompressed (a body
@@ -830,11 +870,27 @@ impl Gate for EnforcingGate {
         head: &mut response::Parts,
         _conn: &ConnInfo,
     ) -> ResponseVerdict {
-        if !self.host_has_credentials(&req.host) {
-            return ResponseVerdict::Pass;
+        let verdict = if self.host_has_credentials(&req.host) {
+            self.creds.mask_headers(&mut head.headers);
+            crate::response::masked(&self.creds, head)
+        } else {
+            ResponseVerdict::Pass
+        };
+        match req.tag {
+            Some(GateTag(request)) => {
+                let event_stream = head
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|t| {
+                        t.trim_start()
+                            .to_ascii_lowercase()
+                            .starts_with("text/event-stream")
+                    });
+                self.metering.response(request, event_stream, verdict)
+            }
+            None => verdict,
         }
-        self.creds.mask_headers(&mut head.headers);
-        crate::response::masked(&self.creds, head)
     }
 
     fn refused(&self, event: Refusal) {
@@ -883,6 +939,10 @@ impl Gate for EnforcingGate {
     }
 
     fn completed(&self, exchange: Exchange) {
+        if let Some(GateTag(request)) = exchange.request.tag {
+            // Settled by its response already, unless none came.
+            self.metering.ended(request);
+        }
         if exchange.outcome == ExchangeOutcome::Refused {
             return; // already reported as blocked or denied
         }

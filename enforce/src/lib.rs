@@ -12,6 +12,9 @@
 //! - [`SecretStore`] and [`SessionCredentials`]: secrets and their
 //!   per-session placeholders (`docs/credentials.md`);
 //! - [`Ledger`]: the session counters, reserve-then-commit;
+//! - [`RateCard`] and [`MeterSettings`]: LLM prices and metering settings
+//!   (each LLM call reserved at its worst case, settled to the provider's
+//!   reported usage with a `usage` receipt);
 //! - [`ApprovalBroker`] with its API and fan-out implementations, and
 //!   [`ask_and_wait`] (`docs/approvals.md`);
 //! - [`EventBus`] / [`Event`]: the session's live event stream;
@@ -32,6 +35,8 @@ pub mod events;
 pub mod gate;
 /// A JSON object's members in body order (catalog and placement share it).
 mod json_members;
+/// LLM metering: worst-case reservation, usage read from responses, settlement.
+pub mod metering;
 /// Responses from hosts where a credential may be used: decoded, masked.
 mod response;
 /// The stages before the token: body, catalog, credentials.
@@ -46,7 +51,8 @@ pub use approval::{
 pub use catalog::{Catalog, CatalogError, ClassifyError, RequestView};
 pub use counters::{Ledger, Reservation};
 pub use credentials::{SecretStore, SecretsError, SessionCredentials};
-pub use events::{Event, EventBus, EventKind};
+pub use events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
 pub use gate::{DnsRefusalLimit, EnforceConfig, Enforcement, EnforcingGate};
+pub use metering::{MeterSettings, RateCard};
 pub use stages::{Stage, BODY_READ_TIMEOUT};
 pub use stats::{WaitHistogram, WaitSummary};

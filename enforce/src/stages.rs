@@ -2,9 +2,10 @@
 //! (up to the catalog's cap), classification by the service catalog (a
 //! WebSocket is its own kind of action), the placeholder checks (where the
 //! token grants the credential, and where in the request it may go), and
-//! the substitution prepared. Each lets the request on or refuses it with a
-//! typed [`Block`]; the gate records every block in one place and asks the
-//! token about the rest.
+//! the substitution prepared; an LLM call is priced and its body rewritten
+//! by metering between classification and the credential checks. Each lets
+//! the request on or refuses it with a typed [`Block`]; the gate records
+//! every block in one place and asks the token about the rest.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +15,7 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, RequestView, Rule};
 use crate::credentials::{Findings, Placement, SessionCredentials, Substituted};
+use crate::metering::{Metering, Plan};
 
 /// How long the gate waits for the body bytes it needs before deciding; a
 /// sandbox that sends headers and then stalls gets a refusal, not a held task.
@@ -64,6 +66,8 @@ pub(crate) struct Screened {
     pub action: Action,
     pub body_sha256: Option<String>,
     pub prepared: Prepared,
+    /// An LLM call the proxy meters.
+    pub metered: Option<Plan>,
 }
 
 /// The stages, over one session's catalog, credentials and token.
@@ -71,6 +75,7 @@ pub(crate) struct Stages<'a> {
     pub catalog: &'a Catalog,
     pub creds: &'a SessionCredentials,
     pub cap: &'a Capability,
+    pub metering: &'a Metering,
 }
 
 impl Stages<'_> {
@@ -103,7 +108,7 @@ impl Stages<'_> {
             return Err(unclassified(why, None));
         }
         let complete = req.body.is_complete();
-        let body_sha256 = complete
+        let mut body_sha256 = complete
             .then(|| {
                 (!req.body.buffered().is_empty()).then(|| receipts::sha256_hex(req.body.buffered()))
             })
@@ -138,6 +143,30 @@ impl Stages<'_> {
             }
         }
 
+        // An LLM call is priced at its worst case (what the budget sees),
+        // and its body may be rewritten (an output limit, a request for
+        // usage) before the credential scan and the receipt's digest, so
+        // both describe what the provider receives.
+        let mut metered = None;
+        if action.kind == ActionType::Llm && !req.websocket && complete {
+            let planned = self
+                .metering
+                .plan(host.as_str(), &path_only(&pq), req.body.buffered());
+            if let Some(plan) = planned {
+                if let Some(body) = &plan.body {
+                    if req.body.replace(body.clone()).is_err() {
+                        return Err(unclassified(
+                            "the llm request body could not be rewritten".into(),
+                            body_sha256,
+                        ));
+                    }
+                    body_sha256 = Some(receipts::sha256_hex(body));
+                }
+                action.cost_micro_usd = plan.reserved;
+                metered = Some(plan);
+            }
+        }
+
         // Placeholders where the token does not grant them, or in a place
         // of the request they do not belong: exfiltration.
         let findings = self.creds.scan(&pq, &req.head.headers, req.body.buffered());
@@ -153,6 +182,7 @@ impl Stages<'_> {
                 action,
                 body_sha256,
                 prepared,
+                metered,
             }),
             Err(reason) => Err(Block {
                 stage: Stage::Credential,

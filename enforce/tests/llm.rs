@@ -45,8 +45,10 @@ async fn llm_calls_get_the_key_injected_and_stop_at_the_budget() {
     let url = "https://api.openai.com/v1/chat/completions";
     let body =
         r#"{"model":"gpt-test","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
-    // Each call is estimated at ceil(len/4) input tokens × $2.50/Mtok plus
-    // 1000 output tokens × $10/Mtok ≈ $0.0101: two fit in $0.025, a third does not.
+    // Each call's worst case is one input token per body byte × $2.50/Mtok
+    // plus 1000 output tokens × $10/Mtok ≈ $0.0102: two fit in $0.025, a
+    // third does not. The mock's answer reports no usage, so each is
+    // charged its worst case.
     let args = [
         "-X",
         "POST",
@@ -70,7 +72,7 @@ async fn llm_calls_get_the_key_injected_and_stop_at_the_budget() {
         assert_eq!(req.headers["authorization"], "Bearer sk-test-secret-123");
     }
     let spent = s.ledger.committed().llm_spent_micro_usd;
-    let per_call = (body.len() as u64).div_ceil(4) * 25 / 10 + 10_000;
+    let per_call = (body.len() as u64 * 25).div_ceil(10) + 10_000;
     assert!(
         spent >= 2 * 10_000 && spent <= 2 * (per_call + 1),
         "{spent}"
@@ -93,9 +95,10 @@ async fn llm_calls_get_the_key_injected_and_stop_at_the_budget() {
     assert!(!s.receipts_text().contains("sk-test-secret-123"));
 }
 
-/// Issue 14 §6: a call the catalog cannot price (a model with no price, no
-/// output-token limit) would cost a budget nothing; under a budget it is
-/// blocked, says how to make it priceable, and never reaches the provider.
+/// Issue 14 §6: a call the proxy cannot price (a model with no price) would
+/// cost a budget nothing; under a budget it is blocked, says how to make it
+/// priceable, and never reaches the provider. A call without an output
+/// limit is priced: the proxy sets the limit (issue 15).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_llm_call_the_catalog_cannot_price_is_blocked_under_a_budget() {
     let s = Session::start(Options {
@@ -119,10 +122,10 @@ async fn an_llm_call_the_catalog_cannot_price_is_blocked_under_a_budget() {
         session.curl(url, &args).await
     };
     let unpriced = [
-        // No max_tokens: the output side is unbounded.
-        r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#,
-        // A model the catalog has no price for.
+        // A model the rate card has no price for.
         r#"{"model":"gpt-unknown","max_tokens":10,"messages":[]}"#,
+        // Not JSON naming a model.
+        r#"{"messages":[]}"#,
     ];
     for body in unpriced {
         let r = post(body).await;
@@ -130,16 +133,26 @@ async fn an_llm_call_the_catalog_cannot_price_is_blocked_under_a_budget() {
     }
     let r = post(r#"{"model":"gpt-test","max_tokens":10,"messages":[]}"#).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(s.mock.seen_for("api.openai.com").len(), 1);
+    // No max_tokens: priced with the limit the proxy sets, which the
+    // provider receives.
+    let r = post(r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.mock.seen_for("api.openai.com");
+    assert_eq!(seen.len(), 2);
+    let sent: serde_json::Value = serde_json::from_slice(&seen[1].body).unwrap();
+    // The default (4096) lowered to what the budget has left.
+    let limit = sent["max_completion_tokens"].as_u64().unwrap();
+    assert!(limit > 1000 && limit < 4096, "{limit}");
 
     let chain = s.finish_and_verify();
     let d = decisions(&chain);
     let verdicts: Vec<&str> = d.iter().map(|x| x.1.as_str()).collect();
-    assert_eq!(verdicts, vec!["block", "block", "allow"]);
+    assert_eq!(verdicts, vec!["block", "block", "allow", "allow"]);
     for (_, _, _, reason, action) in &d[..2] {
         assert!(reason.contains("unknown cost"), "{reason}");
-        assert!(reason.contains("max_tokens"), "{reason}");
+        assert!(reason.contains("rate card"), "{reason}");
         assert!(action.get("cost_micro_usd").is_none_or(|c| c.is_null()));
     }
-    assert_eq!(s.rederive(&chain), 3);
+    assert!(d[3].4["cost_micro_usd"].as_u64().unwrap() >= limit * 10);
+    assert_eq!(s.rederive(&chain), 4);
 }

@@ -45,7 +45,8 @@ pub use crate::http::coding_tokens;
 pub use config::{Limits, ProxyConfig};
 pub use decide::{
     AllowAll, ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, FilterError, Gate, GateRequest,
-    GateVerdict, Listener, Refusal, RequestBody, RequestSummary, ResponseFilter, ResponseVerdict,
+    GateTag, GateVerdict, Listener, Refusal, RequestBody, RequestSummary, ResponseFilter,
+    ResponseVerdict,
 };
 pub use error::{Blocked, ProxyError};
 pub use listen::{ListenAddrs, Listeners};

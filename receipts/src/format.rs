@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::usage::UsageRecord;
+
 /// Format version of every receipt as first defined: `session_start`,
 /// `decision`, `approval` and a `session_end` written by the supervisor.
 pub const FORMAT_VERSION: u32 = 1;
@@ -20,8 +22,12 @@ pub const FORMAT_VERSION: u32 = 1;
 /// and keeps reading every other chain.
 pub const INTERRUPTED_END_VERSION: u32 = 2;
 
+/// Format version of a `usage` receipt (what one metered LLM call used and
+/// cost): a verifier that predates metering refuses exactly those lines.
+pub const USAGE_VERSION: u32 = 3;
+
 /// The newest format version this crate writes and reads.
-pub const LATEST_FORMAT_VERSION: u32 = INTERRUPTED_END_VERSION;
+pub const LATEST_FORMAT_VERSION: u32 = USAGE_VERSION;
 
 /// The format version a receipt with this body is written with (and must
 /// carry to verify).
@@ -31,6 +37,7 @@ pub fn version_of(body: &Body) -> u32 {
             interrupted: Some(_),
             ..
         } => INTERRUPTED_END_VERSION,
+        Body::Usage(_) => USAGE_VERSION,
         _ => FORMAT_VERSION,
     }
 }
@@ -78,6 +85,9 @@ pub enum Body {
     Decision(DecisionRecord),
     /// A human's (or the timeout's) answer to an approval-gated decision.
     Approval(ApprovalRecord),
+    /// What a metered LLM call used and cost, after its response ended
+    /// ([`USAGE_VERSION`]).
+    Usage(UsageRecord),
     /// Last line: commits to the number of receipts and the last hash.
     SessionEnd {
         /// Number of receipts in the chain, this one included (its seq + 1).
@@ -496,6 +506,44 @@ mod tests {
                 approver: "timeout".into(),
                 answered_at: "2026-01-01T00:00:01.000000Z".into(),
                 reason: None,
+            }),
+            Body::Usage(UsageRecord {
+                decision_seq: 4,
+                provider: "api.openai.com".into(),
+                api: "openai.chat".into(),
+                model: "gpt-4o-mini-é".into(),
+                response_id: Some("chatcmpl-1".into()),
+                tokens: crate::UsageTokens {
+                    input: 10,
+                    cached_input: 2,
+                    output: 7,
+                    reasoning: 3,
+                    ..Default::default()
+                },
+                rates: crate::RateSnapshot {
+                    card_sha256: sha256_hex(b"card"),
+                    price: crate::ModelPrice {
+                        model: "gpt-4o-mini".into(),
+                        input: 150_000,
+                        output: 600_000,
+                        ..Default::default()
+                    },
+                },
+                cost_micro_usd: 6,
+                reserved_micro_usd: 900,
+                estimated: false,
+            }),
+            Body::Usage(UsageRecord {
+                decision_seq: u64::MAX,
+                provider: "api.anthropic.com".into(),
+                api: "anthropic.messages".into(),
+                model: String::new(),
+                response_id: None,
+                tokens: crate::UsageTokens::default(),
+                rates: crate::RateSnapshot::default(),
+                cost_micro_usd: 900,
+                reserved_micro_usd: 900,
+                estimated: true,
             }),
             Body::SessionEnd {
                 count: 12,

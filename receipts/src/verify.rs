@@ -363,6 +363,7 @@ impl LineVerifier {
                     });
                 }
             }
+            (Body::Usage(_), _) => {}
             (
                 Body::SessionEnd {
                     count,
@@ -421,6 +422,7 @@ pub fn kind_name(body: &Body) -> &'static str {
         Body::SessionStart { .. } => "session_start",
         Body::Decision(_) => "decision",
         Body::Approval(_) => "approval",
+        Body::Usage(_) => "usage",
         Body::SessionEnd { .. } => "session_end",
     }
 }

@@ -9,6 +9,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::format::{ApprovalRecord, Body, DecisionRecord, Interruption, Receipt};
+use crate::usage::{RateSnapshot, UsageRecord, UsageTokens};
 
 /// A parsed line.
 pub(crate) struct Parsed<'a> {
@@ -47,6 +48,15 @@ struct Fields {
     count: Option<u64>,
     last: Option<String>,
     interrupted: Option<Option<Interruption>>,
+    provider: Option<String>,
+    api: Option<String>,
+    model: Option<String>,
+    response_id: Option<Option<String>>,
+    tokens: Option<UsageTokens>,
+    rates: Option<RateSnapshot>,
+    cost_micro_usd: Option<u64>,
+    reserved_micro_usd: Option<u64>,
+    estimated: Option<bool>,
 }
 
 /// Parses a line. Errors are the parser's (syntax, types, duplicate keys).
@@ -88,9 +98,23 @@ impl Parsed<'_> {
                 last: f.last.ok_or_else(|| missing("last"))?,
                 interrupted: f.interrupted.flatten(),
             },
+            "usage" => Body::Usage(UsageRecord {
+                decision_seq: f.decision_seq.ok_or_else(|| missing("decision_seq"))?,
+                provider: f.provider.ok_or_else(|| missing("provider"))?,
+                api: f.api.ok_or_else(|| missing("api"))?,
+                model: f.model.ok_or_else(|| missing("model"))?,
+                response_id: f.response_id.flatten(),
+                tokens: f.tokens.ok_or_else(|| missing("tokens"))?,
+                rates: f.rates.ok_or_else(|| missing("rates"))?,
+                cost_micro_usd: f.cost_micro_usd.ok_or_else(|| missing("cost_micro_usd"))?,
+                reserved_micro_usd: f
+                    .reserved_micro_usd
+                    .ok_or_else(|| missing("reserved_micro_usd"))?,
+                estimated: f.estimated.ok_or_else(|| missing("estimated"))?,
+            }),
             other => {
                 return Err(format!(
-                    "unknown variant `{other}`, expected one of `session_start`, `decision`, `approval`, `session_end`"
+                    "unknown variant `{other}`, expected one of `session_start`, `decision`, `approval`, `usage`, `session_end`"
                 ))
             }
         };
@@ -208,6 +232,17 @@ impl<'de> Visitor<'de> for LineVisitor {
                 "count" => present(&mut f.count, "count", m)?,
                 "last" => present(&mut f.last, "last", m)?,
                 "interrupted" => present(&mut f.interrupted, "interrupted", m)?,
+                "provider" => present(&mut f.provider, "provider", m)?,
+                "api" => present(&mut f.api, "api", m)?,
+                "model" => present(&mut f.model, "model", m)?,
+                "response_id" => present(&mut f.response_id, "response_id", m)?,
+                "tokens" => present(&mut f.tokens, "tokens", m)?,
+                "rates" => present(&mut f.rates, "rates", m)?,
+                "cost_micro_usd" => present(&mut f.cost_micro_usd, "cost_micro_usd", m)?,
+                "reserved_micro_usd" => {
+                    present(&mut f.reserved_micro_usd, "reserved_micro_usd", m)?
+                }
+                "estimated" => present(&mut f.estimated, "estimated", m)?,
                 _ => {
                     m.next_value::<IgnoredAny>()?;
                 }

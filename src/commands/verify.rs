@@ -275,6 +275,7 @@ fn summarize(chain: &VerifiedChain, report: &mut Report) {
                 *report.decisions.entry(verdict.to_owned()).or_default() += 1;
             }
             Body::Approval(_) => report.approvals += 1,
+            Body::Usage(_) => {}
             Body::SessionEnd { .. } => {}
         }
     }

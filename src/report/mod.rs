@@ -168,7 +168,7 @@ pub fn build_from(
                     });
                 }
             }
-            Body::SessionStart { .. } | Body::SessionEnd { .. } => {}
+            Body::SessionStart { .. } | Body::Usage(_) | Body::SessionEnd { .. } => {}
         }
     }
 

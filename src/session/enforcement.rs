@@ -70,6 +70,11 @@ pub fn build(
             .with_context(|| format!("loading the secrets file {}", path.display()))?,
         None => SecretStore::default(),
     };
+    // The catalog's deprecated `[[llm_price]]` entries price LLM calls.
+    let (rates, warnings) = enforce::RateCard::builtin().with_legacy_prices(catalog.llm_prices());
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let (api_broker, approvals) = ApiBroker::new();
     let enforcement = enforce::Enforcement::new(EnforceConfig {
         capability,
@@ -83,6 +88,8 @@ pub fn build(
             receipted: config.bounds.dns_refusal_receipts,
             ..DnsRefusalLimit::default()
         },
+        rates,
+        metering: enforce::MeterSettings::default(),
     });
     Ok(SessionEnforcement {
         sandbox_env: enforcement.sandbox_env(),

@@ -114,6 +114,8 @@ impl Monitor {
             EventKind::Denied => tally.denied += 1,
             // The decision line was already shown; the outcome goes to the file.
             EventKind::Completed => return,
+            // An LLM call's tokens and cost, a budget level reached: shown.
+            EventKind::Usage | EventKind::BudgetWarning => {}
         }
         if self.json {
             self.emit(&json);

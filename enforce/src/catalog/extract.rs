@@ -11,7 +11,6 @@ use super::error::ClassifyError;
 use super::file::{AmountUnit, Field};
 use super::form::{parse_urlencoded, read_field, FormPair};
 use super::json::{lookup, JsonLeaf};
-use super::llm::{estimate_llm_cost, LlmPrice};
 use super::media::{body_format, BodyFormat};
 use super::multipart::parse_multipart;
 use super::rule::Extract;
@@ -29,16 +28,14 @@ pub struct RequestView<'a> {
 }
 
 /// Fills in the kind and facts `extract` says a matched request carries.
-/// `body` is the request body as read (`None`: not read), `complete`
-/// whether it is all of it. A rule that reads body fields reads them only
+/// `body` is the request body as read (`None`: not read; the caller made
+/// sure it is complete when the rule reads it). A rule that reads body fields reads them only
 /// in the format the request's `Content-Type` names (`media.rs`).
 pub(super) fn read_facts(
     action: &mut Action,
     extract: &Extract,
     req: &RequestView<'_>,
     body: Option<&[u8]>,
-    complete: bool,
-    prices: &[LlmPrice],
 ) -> Result<(), ClassifyError> {
     let parsed = if extract.fields().any(Field::needs_body) {
         parse_body(extract, req.headers, body.unwrap_or(&[]))?
@@ -86,12 +83,8 @@ pub(super) fn read_facts(
             }
             action.subject = subject.as_ref().map(|f| src.scalar(f)).transpose()?;
         }
-        Extract::Llm => {
-            action.kind = ActionType::Llm;
-            if complete {
-                action.cost_micro_usd = body.and_then(|b| estimate_llm_cost(b, prices));
-            }
-        }
+        // Its cost is metering's: the worst case, set by the gate's stages.
+        Extract::Llm => action.kind = ActionType::Llm,
     }
     Ok(())
 }

@@ -1,10 +1,10 @@
-//! LLM calls: the built-in endpoint rules, per-model prices, and the cost
-//! estimate an LLM call is charged before it leaves.
+//! LLM calls: the built-in endpoint rules, and the catalog's deprecated
+//! per-model prices (`[[llm_price]]`, read into the rate card; what a call
+//! costs is metering's, `metering/plan.rs`).
 
 use super::decimal::decimal_to_scaled;
 use super::error::CatalogError;
 use super::file::{AmountUnit, LlmPriceFile, RuleFile, RuleKind};
-use super::json::{lookup, JsonLeaf};
 
 /// The built-in LLM endpoints, matched on any host unless a catalog rule
 /// matched first: OpenAI-style and Anthropic-style APIs.
@@ -16,8 +16,8 @@ const BUILTIN_LLM_PATHS: [&str; 5] = [
     "/v1/messages",
 ];
 
-/// Per-model prices for estimating an LLM call's cost, in micro-USD per
-/// million tokens (so that whole numbers stay exact).
+/// A catalog's `[[llm_price]]`: micro-USD per million tokens (so that whole
+/// numbers stay exact).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LlmPrice {
     pub model: String,
@@ -61,36 +61,4 @@ pub(super) fn prices(file: Vec<LlmPriceFile>) -> Result<Vec<LlmPrice>, CatalogEr
             })
         })
         .collect()
-}
-
-/// A conservative cost estimate for an LLM request: input tokens counted as
-/// one per 4 body bytes (rounded up), output as the request's token limit.
-/// `None` when the model has no price or no token limit is given.
-pub(super) fn estimate_llm_cost(body: &[u8], prices: &[LlmPrice]) -> Option<u64> {
-    let text = std::str::from_utf8(body).ok()?;
-    let model = match lookup(text, "/model").ok()?? {
-        JsonLeaf::String(m) => m,
-        _ => return None,
-    };
-    let price = prices.iter().find(|p| p.model == model)?;
-    let mut max_out = None;
-    for ptr in [
-        "/max_tokens",
-        "/max_completion_tokens",
-        "/max_output_tokens",
-    ] {
-        if let Ok(Some(JsonLeaf::Number(n))) = lookup(text, ptr) {
-            max_out = decimal_to_scaled(&n, 0);
-            break;
-        }
-    }
-    let input_tokens = u64::try_from(body.len().div_ceil(4)).ok()?;
-    let micro = |tokens: u64, per_mtok: u64| {
-        u128::from(tokens)
-            .checked_mul(u128::from(per_mtok))
-            .map(|v| v.div_ceil(1_000_000))
-    };
-    let total = micro(input_tokens, price.input_micro_usd_per_mtok)?
-        .checked_add(micro(max_out?, price.output_micro_usd_per_mtok)?)?;
-    u64::try_from(total).ok()
 }

@@ -61,6 +61,7 @@ pub const HOSTS: &[&str] = &[
     "hooks.slack.com",
     "evil.example",
     "api.openai.com",
+    "api.anthropic.com",
 ];
 
 /// What the upstream saw of one request, body included.
@@ -381,6 +382,8 @@ pub struct Options {
     /// Receipts go through a [`FillingDisk`] controlled by this flag.
     pub disk_full: Option<Arc<AtomicBool>>,
     pub dns_refusals: DnsRefusalLimit,
+    /// LLM metering settings.
+    pub metering: enforce::MeterSettings,
     /// Every service is played by this upstream instead of the mock.
     pub upstream: Option<ExternalUpstream>,
 }
@@ -396,6 +399,7 @@ impl Default for Options {
             approval_timeout: Duration::from_secs(30),
             disk_full: None,
             dns_refusals: DnsRefusalLimit::default(),
+            metering: enforce::MeterSettings::default(),
             upstream: None,
         }
     }
@@ -460,9 +464,13 @@ impl Session {
         };
         let broker = ScriptedBroker::new(opts.script.clone());
         let ledger = Ledger::new(Counters::default());
+        let catalog = Catalog::from_toml(&opts.catalog).unwrap();
+        let rates = enforce::RateCard::builtin()
+            .with_legacy_prices(catalog.llm_prices())
+            .0;
         let enforcement = Enforcement::new(EnforceConfig {
             capability: cap.clone(),
-            catalog: Catalog::from_toml(&opts.catalog).unwrap(),
+            catalog,
             secrets: SecretStore::from_toml(&opts.secrets).unwrap(),
             receipts: log,
             broker: opts
@@ -472,6 +480,8 @@ impl Session {
             approval_timeout: opts.approval_timeout,
             counters: ledger.clone(),
             dns_refusals: opts.dns_refusals,
+            rates,
+            metering: opts.metering.clone(),
         });
         let mut cfg = ProxyConfig::loopback("enforce-test");
         cfg.upstream.platform_roots = false;

@@ -97,7 +97,17 @@ pub struct RequestSummary {
     pub host: Host,
     /// Path and query as forwarded.
     pub path: String,
+    /// The gate's [`GateTag`] on this request, if it set one.
+    pub tag: Option<GateTag>,
 }
+
+/// A number the gate attaches to a request in [`Gate::request`] (inserted
+/// into the head's extensions, never sent upstream); it comes back in that
+/// request's [`RequestSummary`] at [`Gate::response`] and
+/// [`Gate::completed`], so concurrent requests with the same method and
+/// path on one HTTP/2 connection are told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GateTag(pub u64);
 
 /// A fail-closed refusal the proxy made on its own (no SNI, not TLS, domain
 /// fronting, malformed or smuggling-shaped HTTP, oversized headers, forbidden

@@ -34,8 +34,8 @@ use super::{
 };
 use crate::{
     decide::{
-        ConnInfo, ExchangeOutcome, GateRequest, GateVerdict, Listener, Refusal, RequestSummary,
-        ResponseVerdict,
+        ConnInfo, ExchangeOutcome, GateRequest, GateTag, GateVerdict, Listener, Refusal,
+        RequestSummary, ResponseVerdict,
     },
     shared::Shared,
     ProxyError, RequestBody,
@@ -129,6 +129,7 @@ fn summary(greq: &GateRequest) -> RequestSummary {
             .uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.to_string()),
+        tag: greq.head.extensions.get::<GateTag>().copied(),
     }
 }
 
@@ -184,6 +185,7 @@ pub(crate) async fn handle(
         scheme: scheme(ctx.info.listener),
         host: host.clone(),
         path: req.uri().path().to_owned(),
+        tag: None,
     };
     if let Some(sni) = &ctx.info.sni {
         if *sni != host {

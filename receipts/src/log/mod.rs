@@ -14,6 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::format::{ApprovalRecord, DecisionRecord};
+use crate::usage::UsageRecord;
 use crate::verify::ChainError;
 
 /// The handle: signs, chains and queues each receipt; creates a log.
@@ -72,6 +73,8 @@ pub enum Entry {
         record: DecisionRecord,
     },
     Approval(ApprovalRecord),
+    /// What a metered LLM call used, when its response ended.
+    Usage(UsageRecord),
 }
 
 /// An acknowledged receipt: durable on disk.

@@ -35,6 +35,11 @@ pub struct PendingReceipt {
 }
 
 impl PendingReceipt {
+    /// The receipt's seq, fixed when it was queued.
+    pub fn seq(&self) -> u64 {
+        self.appended.seq
+    }
+
     pub fn wait(self) -> Result<Appended, AppendError> {
         let mut s = lock(&self.queue.state);
         loop {

@@ -1,0 +1,243 @@
+//! LLM metering: each LLM call is reserved at its worst case before it
+//! leaves, its usage is read from the provider's response as it streams to
+//! the sandbox, and it is settled to the provider's figures when the
+//! response ends — a `usage` receipt linked to the decision, a `usage`
+//! event, the budget counters corrected (see `docs/catalog.md`, "Metering").
+
+/// The response filter that reads usage and settles.
+mod filter;
+/// Worst-case reservation and request rewrites.
+mod plan;
+/// Per-model prices.
+pub mod rates;
+/// Members picked out of streaming JSON.
+mod scan;
+/// The API shapes and their usage readers.
+mod shapes;
+/// Server-sent events, read incrementally.
+mod sse;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use capabilities::Action;
+use proxy::ResponseVerdict;
+use receipts::{cost_micro_usd, Entry, ReceiptLog, UsageRecord, UsageTokens};
+
+use crate::counters::Ledger;
+use crate::events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
+
+pub use plan::MeterSettings;
+pub use rates::RateCard;
+
+pub(crate) use plan::Plan;
+pub(crate) use shapes::Api;
+
+/// The usage a response reports, read as the proxy reads it: `path` is the
+/// request's path (its shape), `event_stream` whether the body is
+/// `text/event-stream`, `chunks` the body as it arrived. `None` when it
+/// reports none (or its shape is not metered). For tools and benchmarks.
+pub fn usage_of<'a>(
+    path: &str,
+    event_stream: bool,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<UsageTokens> {
+    let mut reader = shapes::UsageReader::new(Api::from_path(path)?, event_stream);
+    for chunk in chunks {
+        reader.push(chunk, &mut |_, _| {});
+    }
+    reader.finish();
+    reader.reported().tokens
+}
+
+/// A call that went upstream, waiting for its response to settle it.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    /// The gate's request number and the sandbox connection (for events).
+    pub request: u64,
+    pub conn: u64,
+    pub action: Action,
+    /// Seq of the decision receipt it went out under.
+    pub decision_seq: u64,
+    pub plan: Plan,
+    /// What was reserved (and committed) for it.
+    pub reserved: u64,
+}
+
+/// The session's metering: prices, settings, and what settling touches.
+pub(crate) struct Metering {
+    pub(crate) rates: RateCard,
+    pub(crate) settings: MeterSettings,
+    ledger: Arc<Ledger>,
+    receipts: ReceiptLog,
+    events: EventBus,
+    /// The token's LLM budget in micro-USD, if it has one.
+    budget: Option<u64>,
+    /// Warnings given so far (of `settings.warn_at_percent`, ascending).
+    warned: Mutex<usize>,
+    /// Forwarded calls by request number, until their response head.
+    waiting: Mutex<HashMap<u64, Ticket>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Metering {
+    pub(crate) fn new(
+        rates: RateCard,
+        mut settings: MeterSettings,
+        ledger: Arc<Ledger>,
+        receipts: ReceiptLog,
+        events: EventBus,
+        budget: Option<u64>,
+    ) -> Self {
+        settings.warn_at_percent.sort_unstable();
+        settings.warn_at_percent.dedup();
+        Metering {
+            rates,
+            settings,
+            ledger,
+            receipts,
+            events,
+            budget,
+            warned: Mutex::new(0),
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Plans an LLM request to `host` at `path` (without query) with the
+    /// complete `body`; `None` when the proxy cannot bound its cost.
+    pub(crate) fn plan(&self, host: &str, path: &str, body: &[u8]) -> Option<Plan> {
+        let api = Api::from_path(path)?;
+        let remaining = self.budget.map(|b| {
+            let held = self
+                .ledger
+                .committed()
+                .llm_spent_micro_usd
+                .saturating_add(self.ledger.reserved().llm_spent_micro_usd);
+            b.saturating_sub(held)
+        });
+        plan::plan(api, host, body, &self.rates, &self.settings, remaining)
+    }
+
+    /// A metered call was forwarded: its response will settle it.
+    pub(crate) fn forwarded(&self, ticket: Ticket) {
+        lock(&self.waiting).insert(ticket.request, ticket);
+    }
+
+    /// The verdict on the response head of request `request`: `inner` (the
+    /// credential mask's verdict) wrapped so the body is metered. Requests
+    /// that are not metered get `inner` back.
+    pub(crate) fn response(
+        self: &Arc<Self>,
+        request: u64,
+        event_stream: bool,
+        inner: ResponseVerdict,
+    ) -> ResponseVerdict {
+        let Some(ticket) = lock(&self.waiting).remove(&request) else {
+            return inner;
+        };
+        let inner = match inner {
+            ResponseVerdict::Pass => None,
+            ResponseVerdict::Filter(f) => Some(f),
+            refused @ ResponseVerdict::Refuse(_) => {
+                // Nothing reaches the sandbox, but the provider did the work.
+                self.settle(ticket, &shapes::Reported::default());
+                return refused;
+            }
+        };
+        ResponseVerdict::Filter(Box::new(filter::MeterFilter::new(
+            inner,
+            event_stream,
+            self.clone(),
+            ticket,
+        )))
+    }
+
+    /// The exchange of request `request` ended; if no response head came
+    /// (the upstream failed), its call is settled at the reservation.
+    pub(crate) fn ended(&self, request: u64) {
+        let ticket = lock(&self.waiting).remove(&request);
+        if let Some(ticket) = ticket {
+            self.settle(ticket, &shapes::Reported::default());
+        }
+    }
+
+    /// Settles a call: its cost from the reported usage at its snapshot's
+    /// prices (or its reservation when none was reported), the counters
+    /// corrected, a `usage` receipt, a `usage` event, budget warnings.
+    fn settle(&self, ticket: Ticket, reported: &shapes::Reported) {
+        let price = &ticket.plan.rates.price;
+        let (tokens, cost, estimated) = match reported.tokens {
+            Some(t) => (t, cost_micro_usd(&t, price), false),
+            None => (UsageTokens::default(), ticket.reserved, true),
+        };
+        let spent = self.ledger.settle_llm(ticket.reserved, cost);
+        let record = UsageRecord {
+            decision_seq: ticket.decision_seq,
+            provider: ticket.action.host.clone(),
+            api: ticket.plan.api.name().to_owned(),
+            model: ticket.plan.model.clone(),
+            response_id: reported.id.clone(),
+            tokens,
+            rates: ticket.plan.rates.clone(),
+            cost_micro_usd: cost,
+            reserved_micro_usd: ticket.reserved,
+            estimated,
+        };
+        // Queued now, in chain order after its decision; durable with the
+        // next group commit (nothing waits on it: the response is over).
+        let seq = match self.receipts.submit(Entry::Usage(record)) {
+            Ok(pending) => Some(pending.seq()),
+            Err(e) => {
+                ratelog::error!(request = ticket.request, "usage receipt failed: {e}");
+                None
+            }
+        };
+        let mut e = Event::about(
+            EventKind::Usage,
+            ticket.request,
+            ticket.conn,
+            &ticket.action,
+        );
+        e.receipt = seq;
+        e.usage = Some(UsageEvent {
+            decision_seq: ticket.decision_seq,
+            model: ticket.plan.model.clone(),
+            tokens,
+            cost_micro_usd: cost,
+            estimated,
+            budget_spent_micro_usd: spent,
+            budget_micro_usd: self.budget,
+        });
+        self.events.send(e);
+        self.warn(&ticket, spent);
+    }
+
+    /// A `budget_warning` event for each warning level `spent` reached.
+    fn warn(&self, ticket: &Ticket, spent: u64) {
+        let Some(budget) = self.budget.filter(|b| *b > 0) else {
+            return;
+        };
+        let mut warned = lock(&self.warned);
+        while let Some(&percent) = self.settings.warn_at_percent.get(*warned) {
+            if u128::from(spent) * 100 < u128::from(percent) * u128::from(budget) {
+                break;
+            }
+            *warned += 1;
+            let mut e = Event::about(
+                EventKind::BudgetWarning,
+                ticket.request,
+                ticket.conn,
+                &ticket.action,
+            );
+            e.budget_warning = Some(BudgetWarning {
+                percent,
+                spent_micro_usd: spent,
+                budget_micro_usd: budget,
+            });
+            self.events.send(e);
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Before an LLM call leaves: its worst-case cost (what is reserved against
+//! the budget), and the request rewrites that make the bound hold and the
+//! usage readable — an output limit when the request has none, and
+//! `stream_options.include_usage` on a streamed Chat request without it.
+//!
+//! The worst case is a true upper bound: every token of a tokenizer covers
+//! at least one byte, so the input is at most the body's length in tokens,
+//! priced at the dearest input rate (plain, cached or cache write); the
+//! output is at most the request's limit (times `n` choices), priced at the
+//! output rate.
+
+use bytes::Bytes;
+use receipts::{cost_micro_usd, ModelPrice, RateSnapshot, UsageTokens};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::rates::RateCard;
+use super::shapes::Api;
+
+/// The operator's metering settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterSettings {
+    /// The output limit the proxy sets on a request that has none (lowered
+    /// to what the budget has left, when there is a budget).
+    pub default_output_limit: u64,
+    /// Percentages of the LLM budget at which a `budget_warning` event goes out.
+    pub warn_at_percent: Vec<u64>,
+}
+
+impl Default for MeterSettings {
+    fn default() -> Self {
+        MeterSettings {
+            default_output_limit: 4096,
+            warn_at_percent: vec![50, 80],
+        }
+    }
+}
+
+/// What metering decided about one LLM request before it leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub api: Api,
+    /// The model the request names.
+    pub model: String,
+    /// Its prices (all zero, with the card's hash, when the card has none:
+    /// such a call is recorded but cannot be reserved for).
+    pub rates: RateSnapshot,
+    /// The worst case in micro-USD, when the model has a price.
+    pub reserved: Option<u64>,
+    /// The client did not ask for the usage chunk the proxy asked for: it
+    /// is removed from what the client receives.
+    pub strip_usage_chunk: bool,
+    /// The body to send instead (the proxy set a limit or asked for usage).
+    pub body: Option<Bytes>,
+}
+
+/// At most what the proxy adds to a body (an output limit and
+/// `stream_options`), so a limit set from the budget leaves room for it.
+const ADDED_BYTES: u64 = 96;
+
+/// The members of a request body metering reads; the rest is skipped.
+#[derive(Debug, Deserialize)]
+struct RequestFacts {
+    model: Option<String>,
+    stream: Option<bool>,
+    stream_options: Option<Value>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+    n: Option<u64>,
+    best_of: Option<u64>,
+}
+
+/// Plans a request of shape `api` to `host` with the complete `body`.
+/// `remaining` is what the LLM budget has left (micro-USD), if there is a
+/// budget. `None` when the body is not a JSON object naming a model (the
+/// call then has no cost the proxy can bound).
+pub(crate) fn plan(
+    api: Api,
+    host: &str,
+    body: &[u8],
+    rates: &RateCard,
+    settings: &MeterSettings,
+    remaining: Option<u64>,
+) -> Option<Plan> {
+    let facts: RequestFacts = serde_json::from_slice(body).ok()?;
+    let model = facts.model.clone()?;
+    let priced = rates.price_for(&model);
+    let rates_used = priced.clone().unwrap_or_else(|| RateSnapshot {
+        card_sha256: rates.sha256().to_owned(),
+        price: ModelPrice {
+            model: model.clone(),
+            ..ModelPrice::default()
+        },
+    });
+    let price = &rates_used.price;
+    let choices = facts.n.unwrap_or(1).max(facts.best_of.unwrap_or(1)).max(1);
+
+    // The output limit the request has, and the member that would carry one.
+    let (limit, member) = match api {
+        Api::Chat => (
+            [facts.max_completion_tokens, facts.max_tokens]
+                .into_iter()
+                .flatten()
+                .min(),
+            // OpenAI's reasoning models refuse `max_tokens`; other
+            // OpenAI-compatible servers know `max_tokens` best.
+            if host == "api.openai.com" {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            },
+        ),
+        Api::Responses => (facts.max_output_tokens, "max_output_tokens"),
+        Api::Messages => (facts.max_tokens, "max_tokens"),
+        Api::Embeddings => (Some(0), ""),
+    };
+    let mut additions: Vec<(&str, String)> = Vec::new();
+    let limit = match limit {
+        Some(l) => l,
+        None => {
+            let room = body.len() as u64 + ADDED_BYTES;
+            let l = proxy_limit(room, price, choices, settings, remaining);
+            additions.push((member, l.to_string()));
+            l
+        }
+    };
+
+    let streamed_chat = api == Api::Chat && facts.stream == Some(true);
+    let asked_usage = facts
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    let strip_usage_chunk = streamed_chat && !asked_usage;
+    let new_body = if strip_usage_chunk {
+        match &facts.stream_options {
+            None => {
+                additions.push(("stream_options", r#"{"include_usage":true}"#.to_owned()));
+                insert_members(body, &additions)
+            }
+            // Present without include_usage: edit it in place.
+            Some(_) => with_members(body, &additions),
+        }
+    } else if additions.is_empty() {
+        None
+    } else {
+        insert_members(body, &additions)
+    };
+    if (strip_usage_chunk || !additions.is_empty()) && new_body.is_none() {
+        return None;
+    }
+
+    let sent_len = new_body.as_ref().map_or(body.len(), Vec::len) as u64;
+    let reserved = priced.map(|_| worst_case(sent_len, limit.saturating_mul(choices), price));
+    Some(Plan {
+        api,
+        model,
+        rates: rates_used,
+        reserved,
+        strip_usage_chunk,
+        body: new_body.map(Bytes::from),
+    })
+}
+
+/// The worst-case cost of a call with a body of `body_len` bytes and at
+/// most `output` output tokens.
+pub(crate) fn worst_case(body_len: u64, output: u64, price: &ModelPrice) -> u64 {
+    let dearest_input = price
+        .input
+        .max(price.cached_input)
+        .max(price.cache_write_5m)
+        .max(price.cache_write_1h);
+    let bound = ModelPrice {
+        input: dearest_input,
+        ..price.clone()
+    };
+    let tokens = UsageTokens {
+        input: body_len,
+        output,
+        ..UsageTokens::default()
+    };
+    cost_micro_usd(&tokens, &bound)
+}
+
+/// The output limit for a request without one: the default, lowered to
+/// what the budget has left after the input's worst case.
+fn proxy_limit(
+    body_len: u64,
+    price: &ModelPrice,
+    choices: u64,
+    settings: &MeterSettings,
+    remaining: Option<u64>,
+) -> u64 {
+    let cap = settings.default_output_limit.max(1);
+    let (Some(remaining), true) = (remaining, price.output > 0) else {
+        return cap;
+    };
+    let input_only = worst_case(body_len, 0, price);
+    let left = u128::from(remaining.saturating_sub(input_only)) * 1_000_000;
+    let affordable = left / (u128::from(price.output) * u128::from(choices));
+    u64::try_from(affordable).unwrap_or(u64::MAX).clamp(1, cap)
+}
+
+/// The body with `members` (name, JSON text) added at the start of its top
+/// object, the rest byte for byte; `None` if it does not start with `{`.
+fn insert_members(body: &[u8], members: &[(&str, String)]) -> Option<Vec<u8>> {
+    let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[open] != b'{' {
+        return None;
+    }
+    let rest = &body[open + 1..];
+    let empty = rest
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'}');
+    let mut out = Vec::with_capacity(body.len() + 64);
+    out.extend_from_slice(&body[..=open]);
+    for (i, (name, value)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(serde_json::to_string(name).ok()?.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
+    }
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// The body re-encoded with `members` set and `stream_options.include_usage`
+/// true (for a body whose `stream_options` lacks it).
+fn with_members(body: &[u8], members: &[(&str, String)]) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let map = v.as_object_mut()?;
+    for (name, value) in members {
+        map.insert((*name).to_owned(), serde_json::from_str(value).ok()?);
+    }
+    let options = map
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if !options.is_object() {
+        *options = Value::Object(serde_json::Map::new());
+    }
+    options
+        .as_object_mut()?
+        .insert("include_usage".into(), Value::Bool(true));
+    serde_json::to_vec(&v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::LlmPrice;
+
+    fn card() -> RateCard {
+        RateCard::builtin()
+            .with_legacy_prices(&[LlmPrice {
+                model: "gpt-test".into(),
+                input_micro_usd_per_mtok: 2_500_000,
+                output_micro_usd_per_mtok: 10_000_000,
+            }])
+            .0
+    }
+
+    fn plan_of(api: Api, body: &str, remaining: Option<u64>) -> Plan {
+        plan(
+            api,
+            "api.openai.com",
+            body.as_bytes(),
+            &card(),
+            &MeterSettings::default(),
+            remaining,
+        )
+        .expect("planned")
+    }
+
+    #[test]
+    fn the_worst_case_is_every_byte_a_token_and_the_whole_limit() {
+        let body = r#"{"model":"gpt-test","max_tokens":1000,"messages":[]}"#;
+        let p = plan_of(Api::Chat, body, None);
+        // input: 52 tokens × 2.5 µ$ = 130; output: 1000 × 10 µ$ = 10000.
+        assert_eq!(body.len(), 52);
+        assert_eq!(p.reserved, Some(10_130));
+        assert_eq!((p.body, p.strip_usage_chunk), (None, false));
+        // n choices multiply the output side.
+        let body = r#"{"model":"gpt-test","max_tokens":1000,"n":3,"messages":[]}"#;
+        assert_eq!(plan_of(Api::Chat, body, None).reserved, Some(30_145));
+        // The dearest input rate counts (a cache write costs more than input).
+        let price = ModelPrice {
+            input: 3_000_000,
+            cached_input: 300_000,
+            cache_write_1h: 6_000_000,
+            output: 15_000_000,
+            ..ModelPrice::default()
+        };
+        assert_eq!(worst_case(1000, 100, &price), 6_000 + 1_500);
+    }
+
+    #[test]
+    fn a_request_without_a_limit_gets_one() {
+        let body = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#;
+        let p = plan_of(Api::Chat, body, None);
+        let sent = String::from_utf8(p.body.expect("rewritten").to_vec()).expect("utf8");
+        assert_eq!(
+            sent,
+            r#"{"max_completion_tokens":4096,"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#
+        );
+        assert_eq!(
+            p.reserved,
+            Some(worst_case(
+                sent.len() as u64,
+                4096,
+                &card().price_for("gpt-test").expect("p").price
+            ))
+        );
+        // Under a budget with little left, the limit is what it can pay for:
+        // 2000 µ$ left, the input's worst case (64 bytes and room for what
+        // the proxy adds: 160 × 2.5 µ$ = 400), so 160 tokens at 10 µ$.
+        let p = plan_of(Api::Chat, body, Some(2_000));
+        let sent = p.body.expect("rewritten");
+        assert!(
+            sent.starts_with(br#"{"max_completion_tokens":160,"#),
+            "{sent:?}"
+        );
+        assert_eq!(p.reserved, Some(1_830));
+        // Another host's OpenAI-compatible server gets max_tokens; an empty
+        // object stays valid JSON.
+        let p = plan(
+            Api::Messages,
+            "llm.internal",
+            br#" {"model":"gpt-test"}"#,
+            &card(),
+            &MeterSettings::default(),
+            None,
+        )
+        .expect("planned");
+        let sent = p.body.expect("rewritten");
+        let v: Value = serde_json::from_slice(&sent).expect("json");
+        assert_eq!(v["max_tokens"], 4096);
+        assert_eq!(
+            insert_members(b"{ }", &[("a", "1".into())]).expect("object"),
+            b"{\"a\":1 }"
+        );
+    }
+
+    #[test]
+    fn a_streamed_chat_request_is_asked_for_usage() {
+        let body = r#"{"model":"gpt-test","max_tokens":5,"stream":true,"messages":[]}"#;
+        let p = plan_of(Api::Chat, body, None);
+        assert!(p.strip_usage_chunk);
+        let sent: Value = serde_json::from_slice(&p.body.expect("rewritten")).expect("json");
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+        assert_eq!(sent["max_tokens"], 5);
+        // stream_options without include_usage: edited in place.
+        let body = r#"{"model":"gpt-test","max_tokens":5,"stream":true,"stream_options":{"include_obfuscation":false}}"#;
+        let p = plan_of(Api::Chat, body, None);
+        let sent: Value = serde_json::from_slice(&p.body.expect("rewritten")).expect("json");
+        assert_eq!(
+            sent["stream_options"],
+            serde_json::json!({"include_obfuscation": false, "include_usage": true})
+        );
+        // A client that asked gets its stream as is, and its body unchanged.
+        let body = r#"{"model":"gpt-test","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"#;
+        let p = plan_of(Api::Chat, body, None);
+        assert_eq!((p.body, p.strip_usage_chunk), (None, false));
+        // Responses and Messages streams carry usage anyway.
+        let body = r#"{"model":"gpt-test","max_output_tokens":5,"stream":true}"#;
+        let p = plan_of(Api::Responses, body, None);
+        assert_eq!((p.body, p.strip_usage_chunk), (None, false));
+    }
+
+    #[test]
+    fn unpriced_models_are_recorded_but_not_reserved_and_bad_bodies_are_not_planned() {
+        let p = plan_of(
+            Api::Chat,
+            r#"{"model":"gpt-unknown","max_tokens":10}"#,
+            None,
+        );
+        assert_eq!(p.reserved, None);
+        assert_eq!(p.rates.price.model, "gpt-unknown");
+        assert_eq!(p.rates.card_sha256, card().sha256());
+        let settings = MeterSettings::default();
+        for bad in [
+            &b"not json"[..],
+            b"[1]",
+            br#"{"messages":[]}"#,
+            br#"{"model":"gpt-test","max_tokens":1.5}"#,
+            br#"{"model":"gpt-test","model":"other","max_tokens":1}"#,
+        ] {
+            assert_eq!(plan(Api::Chat, "h", bad, &card(), &settings, None), None);
+        }
+        // Embeddings have no output side.
+        let p = plan_of(
+            Api::Embeddings,
+            r#"{"model":"gpt-test","input":"abc"}"#,
+            None,
+        );
+        // 34 bytes × 2.5 µ$.
+        assert_eq!(p.reserved, Some(85));
+        assert_eq!(p.body, None);
+    }
+}

@@ -1,0 +1,368 @@
+//! The provider API shapes the proxy meters, and reading what each says
+//! about usage — from a JSON body or an event stream, as it passes — into
+//! [`UsageTokens`].
+//!
+//! - OpenAI Chat Completions (and the legacy completions endpoint, and
+//!   OpenAI-compatible servers: vLLM, Ollama, llama.cpp): `usage` with
+//!   `prompt_tokens` (cached included), `completion_tokens` (reasoning
+//!   included); streamed, one final chunk with `choices: []` when the
+//!   request set `stream_options.include_usage`.
+//! - OpenAI Responses: `usage` with `input_tokens`, `output_tokens` and
+//!   their details; streamed, inside `response.completed`,
+//!   `response.incomplete` or `response.failed`.
+//! - Anthropic Messages: `usage` with `input_tokens` (cache reads and writes
+//!   excluded), `cache_read_input_tokens`, `cache_creation_input_tokens` (and
+//!   its 5-minute / 1-hour breakdown), `output_tokens`; streamed,
+//!   `message_start` carries the input side and `message_delta` cumulative
+//!   counts (replacing, never added to, what came before).
+//! - Embeddings: `usage.prompt_tokens`, or `total_tokens` alone (servers
+//!   that only report that).
+
+use receipts::UsageTokens;
+use serde_json::Value;
+
+use super::scan::{MemberScanner, Paths};
+use super::sse::{SseReader, SseSink};
+
+/// An API shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Chat,
+    Responses,
+    Embeddings,
+    Messages,
+}
+
+impl Api {
+    /// The shape of a request to `path` (without its query), by its last
+    /// segments, so a gateway's prefix (`/openai/v1/...`) reads the same.
+    pub(crate) fn from_path(path: &str) -> Option<Api> {
+        let path = path.trim_end_matches('/');
+        if path.ends_with("/chat/completions") || path.ends_with("/v1/completions") {
+            Some(Api::Chat)
+        } else if path.ends_with("/responses") {
+            Some(Api::Responses)
+        } else if path.ends_with("/embeddings") {
+            Some(Api::Embeddings)
+        } else if path.ends_with("/messages") {
+            Some(Api::Messages)
+        } else {
+            None
+        }
+    }
+
+    /// The name a usage receipt records.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Api::Chat => "openai.chat",
+            Api::Responses => "openai.responses",
+            Api::Embeddings => "openai.embeddings",
+            Api::Messages => "anthropic.messages",
+        }
+    }
+}
+
+fn count(v: &Value, pointer: &str) -> Option<u64> {
+    v.pointer(pointer).and_then(Value::as_u64)
+}
+
+/// Anthropic's counts as reported so far in one response.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct AnthropicCounts {
+    input: u64,
+    cache_read: u64,
+    /// All cache writes (`cache_creation_input_tokens`).
+    cache_write: u64,
+    /// Of those, the 1-hour ones (`cache_creation.ephemeral_1h_input_tokens`).
+    cache_write_1h: u64,
+    output: u64,
+}
+
+impl AnthropicCounts {
+    /// Takes every count `usage` reports (they are cumulative: each
+    /// replaces the last).
+    pub(crate) fn update(&mut self, usage: &Value) {
+        let set = |slot: &mut u64, pointer: &str| {
+            if let Some(n) = count(usage, pointer) {
+                *slot = n;
+            }
+        };
+        set(&mut self.input, "/input_tokens");
+        set(&mut self.cache_read, "/cache_read_input_tokens");
+        set(&mut self.cache_write, "/cache_creation_input_tokens");
+        set(&mut self.output, "/output_tokens");
+        if let Some(breakdown) = usage.get("cache_creation").filter(|v| v.is_object()) {
+            let five = count(breakdown, "/ephemeral_5m_input_tokens").unwrap_or(0);
+            let hour = count(breakdown, "/ephemeral_1h_input_tokens").unwrap_or(0);
+            self.cache_write_1h = hour;
+            // Without the total, the breakdown is the total.
+            if usage.get("cache_creation_input_tokens").is_none() {
+                self.cache_write = five.saturating_add(hour);
+            }
+        }
+    }
+
+    pub(crate) fn tokens(&self) -> UsageTokens {
+        // Writes without a breakdown are 5-minute ones (the default lifetime).
+        let hour = self.cache_write_1h.min(self.cache_write);
+        UsageTokens {
+            input: self.input,
+            cached_input: self.cache_read,
+            cache_write_5m: self.cache_write - hour,
+            cache_write_1h: hour,
+            output: self.output,
+            reasoning: 0,
+        }
+    }
+}
+
+/// A complete `usage` object of `api`'s shape, normalized.
+pub(crate) fn normalize(api: Api, usage: &Value) -> UsageTokens {
+    match api {
+        Api::Chat => {
+            let prompt = count(usage, "/prompt_tokens").unwrap_or(0);
+            let cached = count(usage, "/prompt_tokens_details/cached_tokens")
+                .unwrap_or(0)
+                .min(prompt);
+            let output = count(usage, "/completion_tokens").unwrap_or(0);
+            UsageTokens {
+                input: prompt - cached,
+                cached_input: cached,
+                output,
+                reasoning: count(usage, "/completion_tokens_details/reasoning_tokens")
+                    .unwrap_or(0)
+                    .min(output),
+                ..UsageTokens::default()
+            }
+        }
+        Api::Responses => {
+            let input = count(usage, "/input_tokens").unwrap_or(0);
+            let cached = count(usage, "/input_tokens_details/cached_tokens")
+                .unwrap_or(0)
+                .min(input);
+            let output = count(usage, "/output_tokens").unwrap_or(0);
+            UsageTokens {
+                input: input - cached,
+                cached_input: cached,
+                output,
+                reasoning: count(usage, "/output_tokens_details/reasoning_tokens")
+                    .unwrap_or(0)
+                    .min(output),
+                ..UsageTokens::default()
+            }
+        }
+        Api::Embeddings => UsageTokens {
+            input: count(usage, "/prompt_tokens")
+                .or_else(|| count(usage, "/total_tokens"))
+                .unwrap_or(0),
+            ..UsageTokens::default()
+        },
+        Api::Messages => {
+            let mut counts = AnthropicCounts::default();
+            counts.update(usage);
+            counts.tokens()
+        }
+    }
+}
+
+/// What a response said about its usage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Reported {
+    /// The final counts, once the response gave them.
+    pub tokens: Option<UsageTokens>,
+    /// The provider's response id.
+    pub id: Option<String>,
+    /// The model the provider says answered.
+    pub model: Option<String>,
+}
+
+/// Members read from a whole JSON response (every shape).
+const BODY_PATHS: Paths = &[&["usage"], &["id"], &["model"]];
+/// Members read from each Chat stream chunk; `choices` tells the usage
+/// chunk (`choices: []`) from content.
+const CHAT_EVENT_PATHS: Paths = &[&["usage"], &["id"], &["model"], &["choices"]];
+const RESPONSES_EVENT_PATHS: Paths = &[
+    &["type"],
+    &["response", "usage"],
+    &["response", "id"],
+    &["response", "model"],
+];
+const MESSAGES_EVENT_PATHS: Paths = &[
+    &["type"],
+    &["message", "usage"],
+    &["message", "id"],
+    &["message", "model"],
+    &["usage"],
+];
+
+/// Reads one response's usage as its body passes, chunk by chunk: the
+/// whole body as one JSON document, or each server-sent event's data.
+#[derive(Debug)]
+pub(crate) struct UsageReader {
+    api: Api,
+    /// The body is an event stream.
+    sse: Option<SseReader>,
+    scan: MemberScanner,
+    anthropic: AnthropicCounts,
+    reported: Reported,
+    /// The event just dispatched was a Chat usage chunk (`choices: []` and
+    /// a `usage` object).
+    last_was_usage_chunk: bool,
+}
+
+impl UsageReader {
+    pub(crate) fn new(api: Api, event_stream: bool) -> Self {
+        let paths = match (event_stream, api) {
+            (false, _) | (true, Api::Embeddings) => BODY_PATHS,
+            (true, Api::Chat) => CHAT_EVENT_PATHS,
+            (true, Api::Responses) => RESPONSES_EVENT_PATHS,
+            (true, Api::Messages) => MESSAGES_EVENT_PATHS,
+        };
+        UsageReader {
+            api,
+            sse: event_stream.then(SseReader::default),
+            scan: MemberScanner::new(paths),
+            anthropic: AnthropicCounts::default(),
+            reported: Reported::default(),
+            last_was_usage_chunk: false,
+        }
+    }
+
+    /// More of the body. `on_event(end)` is called for each event that
+    /// ends in `chunk` (`end` is its offset just past the event), after it
+    /// was read, so [`Self::last_was_usage_chunk`] describes it.
+    pub(crate) fn push(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(&Self, usize)) {
+        match self.sse.take() {
+            None => self.scan.push(chunk),
+            Some(mut sse) => {
+                let mut sink = EventSink {
+                    reader: self,
+                    on_event,
+                };
+                sse.push(chunk, &mut sink);
+                self.sse = Some(sse);
+            }
+        }
+    }
+
+    /// The body ended (completely).
+    pub(crate) fn finish(&mut self) {
+        if self.sse.is_none() {
+            let found = self.scan.take();
+            let mut usage = None;
+            for (path, text) in found {
+                match path {
+                    0 => usage = serde_json::from_slice::<Value>(&text).ok(),
+                    1 => self.reported.id = string(&text),
+                    _ => self.reported.model = string(&text),
+                }
+            }
+            if let Some(u) = usage.filter(Value::is_object) {
+                self.reported.tokens = Some(normalize(self.api, &u));
+            }
+        }
+    }
+
+    pub(crate) fn reported(&self) -> &Reported {
+        &self.reported
+    }
+
+    pub(crate) fn last_was_usage_chunk(&self) -> bool {
+        self.last_was_usage_chunk
+    }
+
+    /// One event's members, read.
+    fn event(&mut self) {
+        let found = self.scan.take();
+        self.scan.reset();
+        self.last_was_usage_chunk = false;
+        let get = |i: usize| {
+            found
+                .iter()
+                .find(|(p, _)| *p == i)
+                .map(|(_, t)| t.as_slice())
+        };
+        let object = |i: usize| {
+            get(i)
+                .and_then(|t| serde_json::from_slice::<Value>(t).ok())
+                .filter(Value::is_object)
+        };
+        let first = |slot: &mut Option<String>, text: Option<&[u8]>| {
+            if slot.is_none() {
+                *slot = text.and_then(string);
+            }
+        };
+        match self.api {
+            Api::Chat | Api::Embeddings => {
+                first(&mut self.reported.id, get(1));
+                first(&mut self.reported.model, get(2));
+                if let Some(u) = object(0) {
+                    self.reported.tokens = Some(normalize(self.api, &u));
+                    self.last_was_usage_chunk = get(3).is_some_and(is_empty_array);
+                }
+            }
+            Api::Responses => {
+                first(&mut self.reported.id, get(2));
+                first(&mut self.reported.model, get(3));
+                let kind = get(0).and_then(string);
+                let done = matches!(
+                    kind.as_deref(),
+                    Some("response.completed" | "response.incomplete" | "response.failed")
+                );
+                if let (true, Some(u)) = (done, object(1)) {
+                    self.reported.tokens = Some(normalize(Api::Responses, &u));
+                }
+            }
+            Api::Messages => {
+                first(&mut self.reported.id, get(2));
+                first(&mut self.reported.model, get(3));
+                match get(0).and_then(string).as_deref() {
+                    Some("message_start") => {
+                        if let Some(u) = object(1) {
+                            self.anthropic.update(&u);
+                        }
+                    }
+                    Some("message_delta") => {
+                        if let Some(u) = object(4) {
+                            self.anthropic.update(&u);
+                            // The delta's usage is the final, cumulative one.
+                            self.reported.tokens = Some(self.anthropic.tokens());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn string(text: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<Value>(text).ok()? {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn is_empty_array(text: &[u8]) -> bool {
+    text.iter()
+        .filter(|b| !b.is_ascii_whitespace())
+        .eq(b"[]".iter())
+}
+
+struct EventSink<'a, 'b> {
+    reader: &'a mut UsageReader,
+    on_event: &'b mut dyn FnMut(&UsageReader, usize),
+}
+
+impl SseSink for EventSink<'_, '_> {
+    fn data(&mut self, bytes: &[u8]) {
+        self.reader.scan.push(bytes);
+    }
+    fn dispatch(&mut self, end: usize) {
+        self.reader.event();
+        (self.on_event)(self.reader, end);
+    }
+}
+
+#[cfg(test)]
+mod tests;

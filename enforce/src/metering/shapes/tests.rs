@@ -1,0 +1,299 @@
+//! Usage read from every shape, streamed and not, with the body cut into
+//! pieces at every offset; normalization checked against the receipts
+//! crate's golden cost files.
+
+use super::*;
+
+/// Reads `body` pushed in two pieces cut at `cut`; returns what was
+/// reported and the offsets where events ended (in the whole body), with
+/// whether each was a Chat usage chunk.
+fn read(api: Api, stream: bool, body: &[u8], cut: usize) -> (Reported, Vec<(usize, bool)>) {
+    let mut r = UsageReader::new(api, stream);
+    let mut ends = Vec::new();
+    let mut base = 0;
+    for piece in [&body[..cut], &body[cut..]] {
+        r.push(piece, &mut |reader, end| {
+            ends.push((base + end, reader.last_was_usage_chunk()));
+        });
+        base += piece.len();
+    }
+    r.finish();
+    (r.reported().clone(), ends)
+}
+
+/// The same result whatever the cut; returns it.
+fn read_every_cut(api: Api, stream: bool, body: &[u8]) -> (Reported, Vec<(usize, bool)>) {
+    let whole = read(api, stream, body, body.len());
+    for cut in 0..body.len() {
+        assert_eq!(read(api, stream, body, cut), whole, "cut at {cut}");
+    }
+    // And byte by byte.
+    let mut r = UsageReader::new(api, stream);
+    for b in body {
+        r.push(std::slice::from_ref(b), &mut |_, _| {});
+    }
+    r.finish();
+    assert_eq!(r.reported(), &whole.0, "byte by byte");
+    whole
+}
+
+const CHAT_STREAM: &str = concat!(
+    "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",",
+    "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,",
+    "\"delta\":{\"content\":\"usage: {\\\"prompt_tokens\\\": 1}\"}}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,",
+    "\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+    "data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],",
+    "\"usage\":{\"prompt_tokens\":2007,\"completion_tokens\":300,\"total_tokens\":2307,",
+    "\"prompt_tokens_details\":{\"cached_tokens\":1920},",
+    "\"completion_tokens_details\":{\"reasoning_tokens\":192}}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+#[test]
+fn chat_stream_usage_chunk() {
+    let (r, ends) = read_every_cut(Api::Chat, true, CHAT_STREAM.as_bytes());
+    assert_eq!(
+        r.tokens,
+        Some(UsageTokens {
+            input: 87,
+            cached_input: 1920,
+            output: 300,
+            reasoning: 192,
+            ..UsageTokens::default()
+        })
+    );
+    assert_eq!(r.id.as_deref(), Some("chatcmpl-1"));
+    assert_eq!(r.model.as_deref(), Some("gpt-4o-2024-08-06"));
+    let flags: Vec<bool> = ends.iter().map(|e| e.1).collect();
+    assert_eq!(flags, vec![false, false, false, true, false]);
+    // The usage chunk ends where the [DONE] event begins.
+    let usage_end = CHAT_STREAM.find("data: [DONE]").expect("done");
+    assert_eq!(ends[3].0, usage_end);
+}
+
+#[test]
+fn chat_stream_without_usage_chunk_or_cut_reports_nothing() {
+    let without = CHAT_STREAM.replace(
+        &CHAT_STREAM[CHAT_STREAM
+            .find("data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],")
+            .expect("usage chunk")
+            ..CHAT_STREAM.find("data: [DONE]").expect("done")],
+        "",
+    );
+    let (r, _) = read_every_cut(Api::Chat, true, without.as_bytes());
+    assert_eq!(r.tokens, None);
+    assert_eq!(r.id.as_deref(), Some("chatcmpl-1"));
+    // Cut in the middle of the usage chunk: no usage.
+    let at = CHAT_STREAM.find("\"completion_tokens\"").expect("in usage");
+    let (r, _) = read_every_cut(Api::Chat, true, &CHAT_STREAM.as_bytes()[..at]);
+    assert_eq!(r.tokens, None);
+}
+
+const RESPONSES_STREAM: &str = concat!(
+    "event: response.created\n",
+    "data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"model\":\"o4-mini\",",
+    "\"status\":\"in_progress\",\"usage\":null}}\n\n",
+    "event: response.output_text.delta\n",
+    "data: {\"type\":\"response.output_text.delta\",\"delta\":\"{\\\"usage\\\":{}}\"}\n\n",
+    "event: response.completed\n",
+    "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"model\":\"o4-mini\",",
+    "\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"hi\"}]}],",
+    "\"usage\":{\"input_tokens\":1234,\"input_tokens_details\":{\"cached_tokens\":1024},",
+    "\"output_tokens\":567,\"output_tokens_details\":{\"reasoning_tokens\":448},\"total_tokens\":1801}}}\n\n",
+);
+
+#[test]
+fn responses_stream_usage_in_completed() {
+    let (r, ends) = read_every_cut(Api::Responses, true, RESPONSES_STREAM.as_bytes());
+    assert_eq!(ends.len(), 3);
+    assert_eq!(
+        r.tokens,
+        Some(UsageTokens {
+            input: 210,
+            cached_input: 1024,
+            output: 567,
+            reasoning: 448,
+            ..UsageTokens::default()
+        })
+    );
+    assert_eq!(r.id.as_deref(), Some("resp_1"));
+    for kind in ["response.incomplete", "response.failed"] {
+        let body = RESPONSES_STREAM.replace("response.completed", kind);
+        let (r, _) = read(Api::Responses, true, body.as_bytes(), 17);
+        assert_eq!(r.tokens.map(|t| t.output), Some(567), "{kind}");
+    }
+    let body = RESPONSES_STREAM.replace("response.completed", "response.in_progress");
+    assert_eq!(
+        read(Api::Responses, true, body.as_bytes(), 5).0.tokens,
+        None
+    );
+}
+
+const MESSAGES_STREAM: &str = concat!(
+    "event: message_start\n",
+    "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",",
+    "\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5-20250929\",\"content\":[],",
+    "\"usage\":{\"input_tokens\":50,\"cache_creation_input_tokens\":1000,",
+    "\"cache_read_input_tokens\":4000,\"cache_creation\":{\"ephemeral_5m_input_tokens\":0,",
+    "\"ephemeral_1h_input_tokens\":1000},\"output_tokens\":1}}}\n\n",
+    "event: content_block_start\n",
+    "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+    "event: content_block_delta\n",
+    "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+    "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+    "event: message_delta\n",
+    "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},",
+    "\"usage\":{\"output_tokens\":120}}\n\n",
+    "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+);
+
+#[test]
+fn messages_stream_start_then_cumulative_delta() {
+    let (r, ends) = read_every_cut(Api::Messages, true, MESSAGES_STREAM.as_bytes());
+    assert_eq!(ends.len(), 7);
+    let expected = UsageTokens {
+        input: 50,
+        cached_input: 4000,
+        cache_write_1h: 1000,
+        output: 120,
+        ..UsageTokens::default()
+    };
+    assert_eq!(r.tokens, Some(expected));
+    assert_eq!(r.id.as_deref(), Some("msg_1"));
+    assert_eq!(r.model.as_deref(), Some("claude-sonnet-4-5-20250929"));
+    // A delta that repeats the input side (cumulative) replaces it, never adds.
+    let body = MESSAGES_STREAM.replace(
+        "\"usage\":{\"output_tokens\":120}",
+        "\"usage\":{\"input_tokens\":50,\"cache_read_input_tokens\":4000,\"output_tokens\":120}",
+    );
+    assert_eq!(
+        read(Api::Messages, true, body.as_bytes(), 100).0.tokens,
+        Some(expected)
+    );
+    // Cut before message_delta: only the start's partial counts, so no usage.
+    let at = MESSAGES_STREAM.find("event: message_delta").expect("delta");
+    let (r, _) = read_every_cut(Api::Messages, true, &MESSAGES_STREAM.as_bytes()[..at]);
+    assert_eq!(r.tokens, None);
+}
+
+#[test]
+fn whole_json_bodies_of_every_shape() {
+    let cases: [(Api, &str, UsageTokens); 4] = [
+        (
+            Api::Chat,
+            r#"{"id":"chatcmpl-2","object":"chat.completion","model":"gpt-4o-mini",
+               "choices":[{"index":0,"message":{"role":"assistant","content":"{\"usage\":1}"}}],
+               "usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#,
+            UsageTokens {
+                input: 10,
+                output: 5,
+                ..UsageTokens::default()
+            },
+        ),
+        (
+            Api::Responses,
+            r#"{"id":"resp_2","object":"response","model":"o4-mini","output":[],
+               "usage":{"input_tokens":1234,"input_tokens_details":{"cached_tokens":1024},
+               "output_tokens":567,"output_tokens_details":{"reasoning_tokens":448}}}"#,
+            UsageTokens {
+                input: 210,
+                cached_input: 1024,
+                output: 567,
+                reasoning: 448,
+                ..UsageTokens::default()
+            },
+        ),
+        (
+            Api::Messages,
+            r#"{"id":"msg_2","type":"message","model":"claude-haiku-4-5","content":[{"type":"text","text":"x"}],
+               "usage":{"input_tokens":7,"cache_creation_input_tokens":333,"cache_read_input_tokens":0,"output_tokens":1}}"#,
+            UsageTokens {
+                input: 7,
+                cache_write_5m: 333,
+                output: 1,
+                ..UsageTokens::default()
+            },
+        ),
+        (
+            Api::Embeddings,
+            r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2,3e-5]}],
+               "model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+            UsageTokens {
+                input: 8,
+                ..UsageTokens::default()
+            },
+        ),
+    ];
+    for (api, body, tokens) in cases {
+        let (r, ends) = read_every_cut(api, false, body.as_bytes());
+        assert!(ends.is_empty());
+        assert_eq!(r.tokens, Some(tokens), "{api:?}");
+        assert!(r.id.is_some() || api == Api::Embeddings, "{api:?}");
+        assert!(r.model.is_some(), "{api:?}");
+        // A body cut short reports no usage.
+        let cut = &body.as_bytes()[..body.find("\"usage\"").expect("usage")];
+        let mut reader = UsageReader::new(api, false);
+        reader.push(cut, &mut |_, _| {});
+        reader.finish();
+        assert_eq!(reader.reported().tokens, None);
+    }
+}
+
+#[test]
+fn golden_cost_files_normalize_to_their_tokens() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../receipts/tests/fixtures/costs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("cost fixtures") {
+        let path = entry.expect("entry").path();
+        let case: Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        let api = match case["api"].as_str() {
+            Some("openai.chat") => Api::Chat,
+            Some("openai.responses") => Api::Responses,
+            Some("openai.embeddings") => Api::Embeddings,
+            Some("anthropic.messages") => Api::Messages,
+            other => panic!("{}: api {other:?}", path.display()),
+        };
+        assert_eq!(
+            Api::from_path(match api {
+                Api::Chat => "/v1/chat/completions",
+                Api::Responses => "/v1/responses",
+                Api::Embeddings => "/v1/embeddings",
+                Api::Messages => "/v1/messages",
+            }),
+            Some(api)
+        );
+        assert_eq!(case["api"], api.name());
+        let expected: UsageTokens = serde_json::from_value(case["tokens"].clone()).expect("tokens");
+        assert_eq!(
+            normalize(api, &case["provider_usage"]),
+            expected,
+            "{}",
+            path.display()
+        );
+        // The same usage inside a whole response body reads the same.
+        let body = serde_json::json!({"id": "x", "model": "m", "usage": case["provider_usage"]});
+        let mut r = UsageReader::new(api, false);
+        r.push(body.to_string().as_bytes(), &mut |_, _| {});
+        r.finish();
+        assert_eq!(r.reported().tokens, Some(expected));
+        seen += 1;
+    }
+    assert!(seen >= 4);
+}
+
+#[test]
+fn paths_name_their_shapes() {
+    assert_eq!(Api::from_path("/v1/chat/completions"), Some(Api::Chat));
+    assert_eq!(
+        Api::from_path("/openai/v1/chat/completions/"),
+        Some(Api::Chat)
+    );
+    assert_eq!(Api::from_path("/v1/completions"), Some(Api::Chat));
+    assert_eq!(Api::from_path("/v1/messages"), Some(Api::Messages));
+    assert_eq!(Api::from_path("/v1/models"), None);
+}
