@@ -12,6 +12,7 @@
 //! - [`SecretStore`] and [`SessionCredentials`]: secrets and their
 //!   per-session placeholders (`docs/credentials.md`);
 //! - [`Ledger`]: the session counters, reserve-then-commit;
+//! - [`RateCard`]: the operator's LLM prices (`docs/metering.md`);
 //! - [`ApprovalBroker`] with its API and fan-out implementations, and
 //!   [`ask_and_wait`] (`docs/approvals.md`);
 //! - [`EventBus`] / [`Event`]: the session's live event stream;
@@ -32,6 +33,8 @@ pub mod events;
 pub mod gate;
 /// A JSON object's members in body order (catalog and placement share it).
 mod json_members;
+/// LLM metering: the rate card.
+pub mod metering;
 /// Responses from hosts where a credential may be used: decoded, masked.
 mod response;
 /// The stages before the token: body, catalog, credentials.
@@ -48,5 +51,6 @@ pub use counters::{Ledger, Reservation};
 pub use credentials::{SecretStore, SecretsError, SessionCredentials};
 pub use events::{Event, EventBus, EventKind};
 pub use gate::{DnsRefusalLimit, EnforceConfig, Enforcement, EnforcingGate};
+pub use metering::{RateCard, RateCardError};
 pub use stages::{Stage, BODY_READ_TIMEOUT};
 pub use stats::{WaitHistogram, WaitSummary};

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::usage::UsageRecord;
+
 /// Format version of every receipt as first defined: `session_start`,
 /// `decision`, `approval` and a `session_end` written by the supervisor.
 pub const FORMAT_VERSION: u32 = 1;
@@ -20,8 +22,12 @@ pub const FORMAT_VERSION: u32 = 1;
 /// and keeps reading every other chain.
 pub const INTERRUPTED_END_VERSION: u32 = 2;
 
+/// Format version of a `usage` receipt (what one metered LLM call used and
+/// cost): a verifier that predates metering refuses exactly those lines.
+pub const USAGE_VERSION: u32 = 3;
+
 /// The newest format version this crate writes and reads.
-pub const LATEST_FORMAT_VERSION: u32 = INTERRUPTED_END_VERSION;
+pub const LATEST_FORMAT_VERSION: u32 = USAGE_VERSION;
 
 /// The format version a receipt with this body is written with (and must
 /// carry to verify).
@@ -31,6 +37,7 @@ pub fn version_of(body: &Body) -> u32 {
             interrupted: Some(_),
             ..
         } => INTERRUPTED_END_VERSION,
+        Body::Usage(_) => USAGE_VERSION,
         _ => FORMAT_VERSION,
     }
 }
@@ -73,11 +80,20 @@ pub enum Body {
         /// Hex SHA-256 of the session's `capabilities.cap` file, when known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         capability_sha256: Option<String>,
+        /// Who the session is billed to (`openclaw run --tenant`); absent in
+        /// chains written before sessions were labelled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+        /// Who ran the session (`openclaw run --user`); absent likewise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// One authorization decision, with everything needed to re-run it.
     Decision(DecisionRecord),
     /// A human's (or the timeout's) answer to an approval-gated decision.
     Approval(ApprovalRecord),
+    /// What a metered LLM call used and cost, after its response ended.
+    Usage(UsageRecord),
     /// Last line: commits to the number of receipts and the last hash.
     SessionEnd {
         /// Number of receipts in the chain, this one included (its seq + 1).
@@ -460,12 +476,16 @@ mod tests {
                 revocation_ids: vec!["a".into(), "b".into()],
                 sandbox: "kvm".into(),
                 capability_sha256: None,
+                tenant: None,
+                user: None,
             },
             Body::SessionStart {
                 public_key: hex::encode(key.verifying_key().as_bytes()),
                 revocation_ids: vec![],
                 sandbox: "netns".into(),
                 capability_sha256: Some(sha256_hex(b"token")),
+                tenant: Some("acme \"é\"".into()),
+                user: Some("alice".into()),
             },
             Body::Decision(DecisionRecord {
                 // Keys that sort around the receipt's own (prev, seq, sig),
@@ -496,6 +516,45 @@ mod tests {
                 approver: "timeout".into(),
                 answered_at: "2026-01-01T00:00:01.000000Z".into(),
                 reason: None,
+            }),
+            Body::Usage(crate::usage::UsageRecord {
+                decision_seq: 4,
+                provider: "api.openai.com".into(),
+                api: "openai.chat".into(),
+                model: "gpt-4o-mini-2024-07-18".into(),
+                response_id: Some("chatcmpl-1".into()),
+                tokens: crate::usage::UsageTokens {
+                    input: 10,
+                    cached_input: 2,
+                    output: 5,
+                    reasoning: 1,
+                    ..Default::default()
+                },
+                rates: crate::usage::RateSnapshot {
+                    card_sha256: sha256_hex(b"card"),
+                    price: crate::usage::ModelPrice {
+                        model: "gpt-4o-mini".into(),
+                        input: 150_000,
+                        cached_input: 75_000,
+                        output: 600_000,
+                        ..Default::default()
+                    },
+                },
+                cost_micro_usd: 5,
+                reserved_micro_usd: 9,
+                estimated: false,
+            }),
+            Body::Usage(crate::usage::UsageRecord {
+                decision_seq: 6,
+                provider: "api.anthropic.com".into(),
+                api: "anthropic.messages".into(),
+                model: "claude-sonnet-4".into(),
+                response_id: None,
+                tokens: crate::usage::UsageTokens::default(),
+                rates: crate::usage::RateSnapshot::default(),
+                cost_micro_usd: 9,
+                reserved_micro_usd: 9,
+                estimated: true,
             }),
             Body::SessionEnd {
                 count: 12,

@@ -12,8 +12,9 @@
 //! - [`rederive`]: each decision of a [`VerifiedChain`] re-run against the
 //!   session's capability token, as a [`Rederivation`] naming every
 //!   [`DecisionMismatch`] with its line.
-//! - [`Receipt`], [`Body`], [`DecisionRecord`], [`ApprovalRecord`]: the format
-//!   (see `docs/receipts.md`).
+//! - [`Receipt`], [`Body`], [`DecisionRecord`], [`ApprovalRecord`],
+//!   [`UsageRecord`]: the format (see `docs/receipts.md`); [`cost_micro_usd`]
+//!   prices a call's [`UsageTokens`] at a [`RateSnapshot`]'s [`ModelPrice`].
 #![forbid(unsafe_code)]
 
 /// Batch verification of one signer's signatures.
@@ -24,6 +25,8 @@ mod format;
 mod log;
 /// Decision re-derivation against the session's capability token.
 mod rederive;
+/// The usage of one metered LLM call and the cost formula.
+mod usage;
 /// Offline verification.
 mod verify;
 /// One-pass parsing of a line for verification.
@@ -32,13 +35,14 @@ mod wire;
 pub use format::{
     format_time, key_id, line_hash, parse_time, sha256_hex, sign_line, version_of, ApprovalRecord,
     Body, DecisionRecord, Interruption, InterruptionCause, Receipt, FORMAT_VERSION, GENESIS_PREV,
-    INTERRUPTED_END_VERSION, LATEST_FORMAT_VERSION,
+    INTERRUPTED_END_VERSION, LATEST_FORMAT_VERSION, USAGE_VERSION,
 };
 pub use log::{
     AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
     PendingReceipt, ReceiptLog, Recovered, SessionStart,
 };
 pub use rederive::{rederive, Coverage, DecisionMismatch, ReasonChanged, Rederivation};
+pub use usage::{cost_micro_usd, ModelPrice, RateSnapshot, UsageRecord, UsageTokens};
 pub use verify::{
     danger, kind_name, ChainError, InterruptedEnd, LineVerifier, UnverifiedChain, VerifiedChain,
     VerifiedReceipt,

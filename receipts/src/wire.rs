@@ -9,6 +9,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::format::{ApprovalRecord, Body, DecisionRecord, Interruption, Receipt};
+use crate::usage::{RateSnapshot, UsageRecord, UsageTokens};
 
 /// A parsed line.
 pub(crate) struct Parsed<'a> {
@@ -35,6 +36,8 @@ struct Fields {
     revocation_ids: Option<Vec<String>>,
     sandbox: Option<String>,
     capability_sha256: Option<Option<String>>,
+    tenant: Option<Option<String>>,
+    user: Option<Option<String>>,
     action: Option<Value>,
     counters: Option<Value>,
     decision: Option<Value>,
@@ -47,6 +50,15 @@ struct Fields {
     count: Option<u64>,
     last: Option<String>,
     interrupted: Option<Option<Interruption>>,
+    provider: Option<String>,
+    api: Option<String>,
+    model: Option<String>,
+    response_id: Option<Option<String>>,
+    tokens: Option<UsageTokens>,
+    rates: Option<RateSnapshot>,
+    cost_micro_usd: Option<u64>,
+    reserved_micro_usd: Option<u64>,
+    estimated: Option<bool>,
 }
 
 /// Parses a line. Errors are the parser's (syntax, types, duplicate keys).
@@ -69,6 +81,8 @@ impl Parsed<'_> {
                 revocation_ids: f.revocation_ids.ok_or_else(|| missing("revocation_ids"))?,
                 sandbox: f.sandbox.ok_or_else(|| missing("sandbox"))?,
                 capability_sha256: f.capability_sha256.flatten(),
+                tenant: f.tenant.flatten(),
+                user: f.user.flatten(),
             },
             "decision" => Body::Decision(DecisionRecord {
                 action: f.action.ok_or_else(|| missing("action"))?,
@@ -83,6 +97,20 @@ impl Parsed<'_> {
                 answered_at: f.answered_at.ok_or_else(|| missing("answered_at"))?,
                 reason: f.reason.flatten(),
             }),
+            "usage" => Body::Usage(UsageRecord {
+                decision_seq: f.decision_seq.ok_or_else(|| missing("decision_seq"))?,
+                provider: f.provider.ok_or_else(|| missing("provider"))?,
+                api: f.api.ok_or_else(|| missing("api"))?,
+                model: f.model.ok_or_else(|| missing("model"))?,
+                response_id: f.response_id.flatten(),
+                tokens: f.tokens.ok_or_else(|| missing("tokens"))?,
+                rates: f.rates.ok_or_else(|| missing("rates"))?,
+                cost_micro_usd: f.cost_micro_usd.ok_or_else(|| missing("cost_micro_usd"))?,
+                reserved_micro_usd: f
+                    .reserved_micro_usd
+                    .ok_or_else(|| missing("reserved_micro_usd"))?,
+                estimated: f.estimated.ok_or_else(|| missing("estimated"))?,
+            }),
             "session_end" => Body::SessionEnd {
                 count: f.count.ok_or_else(|| missing("count"))?,
                 last: f.last.ok_or_else(|| missing("last"))?,
@@ -90,7 +118,7 @@ impl Parsed<'_> {
             },
             other => {
                 return Err(format!(
-                    "unknown variant `{other}`, expected one of `session_start`, `decision`, `approval`, `session_end`"
+                    "unknown variant `{other}`, expected one of `session_start`, `decision`, `approval`, `usage`, `session_end`"
                 ))
             }
         };
@@ -196,6 +224,8 @@ impl<'de> Visitor<'de> for LineVisitor {
                 "revocation_ids" => present(&mut f.revocation_ids, "revocation_ids", m)?,
                 "sandbox" => present(&mut f.sandbox, "sandbox", m)?,
                 "capability_sha256" => present(&mut f.capability_sha256, "capability_sha256", m)?,
+                "tenant" => present(&mut f.tenant, "tenant", m)?,
+                "user" => present(&mut f.user, "user", m)?,
                 "action" => present(&mut f.action, "action", m)?,
                 "counters" => present(&mut f.counters, "counters", m)?,
                 "decision" => present(&mut f.decision, "decision", m)?,
@@ -208,6 +238,17 @@ impl<'de> Visitor<'de> for LineVisitor {
                 "count" => present(&mut f.count, "count", m)?,
                 "last" => present(&mut f.last, "last", m)?,
                 "interrupted" => present(&mut f.interrupted, "interrupted", m)?,
+                "provider" => present(&mut f.provider, "provider", m)?,
+                "api" => present(&mut f.api, "api", m)?,
+                "model" => present(&mut f.model, "model", m)?,
+                "response_id" => present(&mut f.response_id, "response_id", m)?,
+                "tokens" => present(&mut f.tokens, "tokens", m)?,
+                "rates" => present(&mut f.rates, "rates", m)?,
+                "cost_micro_usd" => present(&mut f.cost_micro_usd, "cost_micro_usd", m)?,
+                "reserved_micro_usd" => {
+                    present(&mut f.reserved_micro_usd, "reserved_micro_usd", m)?
+                }
+                "estimated" => present(&mut f.estimated, "estimated", m)?,
                 _ => {
                     m.next_value::<IgnoredAny>()?;
                 }

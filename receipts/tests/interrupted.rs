@@ -236,10 +236,13 @@ fn an_interrupted_end_must_be_consistent_even_when_signed_by_the_key() {
     ));
     // A version this verifier does not know.
     let mut future = end.clone();
-    future.v = 3;
+    future.v = receipts::LATEST_FORMAT_VERSION + 1;
     assert_eq!(
         verify(&resign(&future)).map(|_| ()),
-        Err(ChainError::UnsupportedVersion { line: 7, found: 3 })
+        Err(ChainError::UnsupportedVersion {
+            line: 7,
+            found: receipts::LATEST_FORMAT_VERSION + 1
+        })
     );
     // A decision in version 2.
     let mut decision: Receipt = serde_json::from_slice(&ls[1]).expect("parse");

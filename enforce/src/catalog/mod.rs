@@ -90,6 +90,12 @@ impl Catalog {
         .expect("the built-in rules are valid")
     }
 
+    /// The file's deprecated `[[llm_price]]` entries (the rate card reads
+    /// them, `metering::RateCard::with_legacy_prices`).
+    pub fn llm_prices(&self) -> &[LlmPrice] {
+        &self.prices
+    }
+
     /// Parses a catalog from TOML text.
     pub fn from_toml(text: &str) -> Result<Self, CatalogError> {
         Self::from_file(toml::from_str(text)?)

@@ -102,6 +102,8 @@ impl ReceiptLog {
             revocation_ids: start.revocation_ids,
             sandbox: start.sandbox,
             capability_sha256: start.capability_sha256,
+            tenant: start.tenant,
+            user: start.user,
         };
         let prepared = log.prepare(SystemTime::now(), &body)?;
         log.submit_prepared(Next::Ready(prepared))?.wait()?;
@@ -190,6 +192,7 @@ impl ReceiptLog {
         let (ts, body) = match entry {
             Entry::Decision { decided_at, record } => (decided_at, Body::Decision(record)),
             Entry::Approval(record) => (SystemTime::now(), Body::Approval(record)),
+            Entry::Usage(record) => (SystemTime::now(), Body::Usage(record)),
         };
         // Everything that does not depend on the chain is encoded here, on
         // the caller's thread, before taking the chain lock.

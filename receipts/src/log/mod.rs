@@ -14,6 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::format::{ApprovalRecord, DecisionRecord};
+use crate::usage::UsageRecord;
 use crate::verify::ChainError;
 
 /// The handle: signs, chains and queues each receipt; creates a log.
@@ -61,6 +62,10 @@ pub struct SessionStart {
     pub sandbox: String,
     /// Hex SHA-256 of the session's `capabilities.cap` file, if any.
     pub capability_sha256: Option<String>,
+    /// Who the session is billed to (`openclaw run --tenant`), if labelled.
+    pub tenant: Option<String>,
+    /// Who ran it (`openclaw run --user`), if labelled.
+    pub user: Option<String>,
 }
 
 /// A receipt to append (session_start and session_end are written by the log).
@@ -72,6 +77,8 @@ pub enum Entry {
         record: DecisionRecord,
     },
     Approval(ApprovalRecord),
+    /// A metered LLM call's usage, settled after its response ended.
+    Usage(UsageRecord),
 }
 
 /// An acknowledged receipt: durable on disk.
