@@ -170,6 +170,8 @@ fn components(cap: &capabilities::Capability, dir: &Path, key: &SigningKey) {
             revocation_ids: Vec::new(),
             sandbox: "none".into(),
             capability_sha256: None,
+            tenant: None,
+            user: None,
         },
     )
     .unwrap();
@@ -269,6 +271,8 @@ async fn run() {
             revocation_ids: cap.revocation_ids(),
             sandbox: "none".into(),
             capability_sha256: None,
+            tenant: None,
+            user: None,
         },
         options,
     )

@@ -108,6 +108,8 @@ fn main() {
             revocation_ids: vec!["a1b2c3".into()],
             sandbox: "netns".into(),
             capability_sha256: None,
+            tenant: None,
+            user: None,
         },
         LogOptions::default(),
     )

@@ -25,6 +25,8 @@ fn start() -> SessionStart {
         revocation_ids: vec!["a1b2c3".into()],
         sandbox: "netns".into(),
         capability_sha256: None,
+        tenant: None,
+        user: None,
     }
 }
 

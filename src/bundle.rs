@@ -74,6 +74,13 @@ pub struct SessionInfo {
     /// The session's resource bounds, what it used of them and which it hit.
     #[serde(default)]
     pub bounds: SessionBounds,
+    /// Who the session is billed to (`openclaw run --tenant`); absent in
+    /// sessions from before labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Who ran it (`openclaw run --user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Status of a session whose supervisor died (written by recovery).

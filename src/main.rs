@@ -23,6 +23,8 @@ mod report;
 mod session;
 /// `openclaw ui`: the web UI.
 mod ui;
+/// LLM usage across sessions: the ledger, its rebuild, reports.
+mod usage;
 
 use std::process::ExitCode;
 
@@ -45,6 +47,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
   openclaw cap mint policy.toml --key ~/.openclaw/keys/root.key -o task.cap
   openclaw run --capabilities task.cap -- ./agent.sh
   openclaw verify ~/.openclaw/sessions/<id>
+  openclaw usage report --by tenant     # LLM tokens and cost across sessions
 
 Or try the offline demo:  openclaw demo flight-booking")]
 struct Cli {
@@ -82,6 +85,9 @@ enum Command {
     /// Build or locate the microVM guest image (kernel and initramfs).
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
+    /// LLM usage across sessions: reports (table, CSV, JSON) and the ledger's rebuild.
+    #[command(subcommand)]
+    Usage(commands::usage::UsageCommand),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +116,7 @@ fn main_exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ui(args) => commands::ui::execute(args),
         Command::Image(cmd) => commands::image::execute(cmd),
         Command::Recover(args) => commands::recover::execute(args),
+        Command::Usage(cmd) => commands::usage::execute(cmd),
     }
 }
 

@@ -193,6 +193,8 @@ fn bundle(tweak: impl Fn(usize, &mut serde_json::Value)) -> Bundle {
             revocation_ids: capability.revocation_ids(),
             sandbox: "netns".into(),
             capability_sha256: Some(receipts::sha256_hex(token.as_bytes())),
+            tenant: None,
+            user: None,
         },
     )
     .expect("create log");
@@ -365,5 +367,121 @@ fn blocks_by_other_stages_pass_but_they_may_not_allow() {
         stdout(&out).contains("line 3: the catalog stage can only block, but recorded allow"),
         "{}",
         stdout(&out)
+    );
+}
+
+/// A bundle whose chain has one allowed llm call and its usage receipt,
+/// with the usage receipt's cost changed to `cost` (and the chain re-signed
+/// with the session's own key, so every signature and link holds).
+fn metered_bundle(cost: Option<u64>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::from_bytes(&[0x33; 32]);
+    let log = ReceiptLog::create(
+        &dir.path().join("receipts.jsonl"),
+        key.clone(),
+        SessionStart {
+            session_id: "metered".into(),
+            revocation_ids: vec![],
+            sandbox: "netns".into(),
+            capability_sha256: None,
+            tenant: Some("acme".into()),
+            user: Some("alice".into()),
+        },
+    )
+    .expect("create log");
+    let d = log
+        .append(Entry::Decision {
+            decided_at: SystemTime::now(),
+            record: DecisionRecord {
+                action: serde_json::json!({"type": "llm", "method": "POST",
+                    "host": "api.openai.com", "path": "/v1/chat/completions"}),
+                counters: serde_json::json!({}),
+                decision: serde_json::json!({"decision": "allow", "reason": "llm",
+                    "grant": "llm", "revocation_ids": []}),
+                body_sha256: None,
+            },
+        })
+        .expect("decision");
+    let tokens = receipts::UsageTokens {
+        input: 1200,
+        cached_input: 3000,
+        output: 800,
+        ..Default::default()
+    };
+    let rates = receipts::RateSnapshot {
+        card_sha256: receipts::sha256_hex(b"card"),
+        price: receipts::ModelPrice {
+            model: "gpt-4o".into(),
+            input: 2_500_000,
+            cached_input: 1_250_000,
+            output: 10_000_000,
+            ..Default::default()
+        },
+    };
+    log.append(Entry::Usage(receipts::UsageRecord {
+        decision_seq: d.seq,
+        provider: "api.openai.com".into(),
+        api: "openai.chat".into(),
+        model: "gpt-4o-2024-08-06".into(),
+        response_id: Some("chatcmpl-1".into()),
+        cost_micro_usd: receipts::cost_micro_usd(&tokens, &rates.price),
+        tokens,
+        rates,
+        reserved_micro_usd: 50_000,
+        estimated: false,
+    }))
+    .expect("usage");
+    log.finish().expect("finish");
+    let path = dir.path().join("receipts.jsonl");
+    if let Some(cost) = cost {
+        // Edit line 3 and re-sign it and the end with the session's key.
+        let text = std::fs::read_to_string(&path).expect("read");
+        let mut receipts: Vec<receipts::Receipt> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("receipt"))
+            .collect();
+        if let receipts::Body::Usage(u) = &mut receipts[2].body {
+            u.cost_micro_usd = cost;
+        }
+        let mut out = Vec::new();
+        let mut prev = receipts::GENESIS_PREV.to_owned();
+        for r in &mut receipts {
+            r.prev = prev.clone();
+            if let receipts::Body::SessionEnd { last, .. } = &mut r.body {
+                *last = prev.clone();
+            }
+            let line = receipts::sign_line(r, &key).expect("sign");
+            prev = hex::encode(receipts::line_hash(&line));
+            out.extend_from_slice(&line);
+            out.push(b'\n');
+        }
+        std::fs::write(&path, out).expect("write");
+    }
+    let public = dir.path().join("receipt.pub");
+    write_pub(&public, &key.verifying_key());
+    (dir, public)
+}
+
+#[test]
+fn verify_re_derives_usage_costs_and_names_an_edited_one() {
+    // 1200 × 2.5 + 3000 × 1.25 + 800 × 10 = 3000 + 3750 + 8000 micro-USD.
+    let (dir, key) = metered_bundle(None);
+    let out = verify(&[p(dir.path()), "--key", p(&key)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("llm usage: 1 call(s), $0.014750"), "{text}");
+    assert!(text.contains("tenant acme · user alice"), "{text}");
+    let out = verify(&[p(dir.path()), "--key", p(&key), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["usage_receipts"], 1);
+    assert_eq!(json["cost_micro_usd"], 14_750);
+
+    let (dir, key) = metered_bundle(Some(1_475));
+    let out = verify(&[p(dir.path()), "--key", p(&key)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("line 3: usage cost is 1475 micro-USD, but 14750 is what its tokens cost at its recorded prices"),
+        "{text}"
     );
 }

@@ -12,9 +12,9 @@
 //! - [`SecretStore`] and [`SessionCredentials`]: secrets and their
 //!   per-session placeholders (`docs/credentials.md`);
 //! - [`Ledger`]: the session counters, reserve-then-commit;
-//! - [`RateCard`] and [`MeterSettings`]: LLM prices and metering settings
-//!   (each LLM call reserved at its worst case, settled to the provider's
-//!   reported usage with a `usage` receipt);
+//! - [`RateCard`] and [`MeterSettings`]: LLM prices (`docs/metering.md`) and
+//!   metering settings (each LLM call reserved at its worst case, settled to
+//!   the provider's reported usage with a `usage` receipt);
 //! - [`ApprovalBroker`] with its API and fan-out implementations, and
 //!   [`ask_and_wait`] (`docs/approvals.md`);
 //! - [`EventBus`] / [`Event`]: the session's live event stream;
@@ -53,6 +53,6 @@ pub use counters::{Ledger, Reservation};
 pub use credentials::{SecretStore, SecretsError, SessionCredentials};
 pub use events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
 pub use gate::{DnsRefusalLimit, EnforceConfig, Enforcement, EnforcingGate};
-pub use metering::{MeterSettings, RateCard};
+pub use metering::{MeterSettings, RateCard, RateCardError};
 pub use stages::{Stage, BODY_READ_TIMEOUT};
 pub use stats::{WaitHistogram, WaitSummary};

@@ -80,6 +80,13 @@ pub enum Body {
         /// Hex SHA-256 of the session's `capabilities.cap` file, when known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         capability_sha256: Option<String>,
+        /// Who the session is billed to (`openclaw run --tenant`); absent in
+        /// chains written before sessions were labelled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
+        /// Who ran the session (`openclaw run --user`); absent likewise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// One authorization decision, with everything needed to re-run it.
     Decision(DecisionRecord),
@@ -470,12 +477,16 @@ mod tests {
                 revocation_ids: vec!["a".into(), "b".into()],
                 sandbox: "kvm".into(),
                 capability_sha256: None,
+                tenant: None,
+                user: None,
             },
             Body::SessionStart {
                 public_key: hex::encode(key.verifying_key().as_bytes()),
                 revocation_ids: vec![],
                 sandbox: "netns".into(),
                 capability_sha256: Some(sha256_hex(b"token")),
+                tenant: Some("acme \"é\"".into()),
+                user: Some("alice".into()),
             },
             Body::Decision(DecisionRecord {
                 // Keys that sort around the receipt's own (prev, seq, sig),

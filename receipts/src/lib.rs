@@ -13,8 +13,8 @@
 //!   session's capability token, as a [`Rederivation`] naming every
 //!   [`DecisionMismatch`] with its line.
 //! - [`Receipt`], [`Body`], [`DecisionRecord`], [`ApprovalRecord`],
-//!   [`UsageRecord`]: the format (see `docs/receipts.md`);
-//!   [`cost_micro_usd`]: the cost of a metered call from its tokens and prices.
+//!   [`UsageRecord`]: the format (see `docs/receipts.md`); [`cost_micro_usd`]
+//!   prices a call's [`UsageTokens`] at a [`RateSnapshot`]'s [`ModelPrice`].
 #![forbid(unsafe_code)]
 
 /// Batch verification of one signer's signatures.

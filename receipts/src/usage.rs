@@ -76,6 +76,18 @@ pub struct UsageRecord {
     pub estimated: bool,
 }
 
+impl UsageRecord {
+    /// What this record must have been charged: the reservation when
+    /// estimated, otherwise the cost of its tokens at its snapshot's prices.
+    pub fn expected_cost(&self) -> u64 {
+        if self.estimated {
+            self.reserved_micro_usd
+        } else {
+            cost_micro_usd(&self.tokens, &self.rates.price)
+        }
+    }
+}
+
 /// The cost of `tokens` at `price`, in micro-USD: the sum over kinds of
 /// tokens × rate, divided by one million and rounded up once (on the whole
 /// sum, in 128-bit arithmetic), plus the per-request fee. Saturates rather

@@ -83,6 +83,17 @@ pub enum ChainError {
     EndHashMismatch { line: usize },
     #[error("line {line}: approval refers to seq {decision_seq}, which is not an earlier unanswered decision")]
     BadApprovalReference { line: usize, decision_seq: u64 },
+    #[error("line {line}: usage refers to seq {decision_seq}, which is not an earlier allowed llm decision without usage")]
+    BadUsageReference { line: usize, decision_seq: u64 },
+    #[error("line {line}: usage cost is {recorded} micro-USD, but {derived} is what {basis}")]
+    UsageCostMismatch {
+        line: usize,
+        recorded: u64,
+        derived: u64,
+        /// What `derived` is: the tokens at the recorded prices, or the
+        /// reservation of an estimated call.
+        basis: &'static str,
+    },
     #[error("line {line}: the chain ends without session_end (cut after line {})", line - 1)]
     MissingEnd { line: usize },
     #[error("line {line}: torn (no terminating newline)")]
@@ -112,6 +123,8 @@ impl ChainError {
             | EndCountMismatch { line, .. }
             | EndHashMismatch { line }
             | BadApprovalReference { line, .. }
+            | BadUsageReference { line, .. }
+            | UsageCostMismatch { line, .. }
             | MissingEnd { line }
             | Torn { line } => *line,
         }
@@ -149,6 +162,20 @@ pub struct LineVerifier {
     ended: bool,
     /// seq -> whether an approval has answered it, for approval-gated decisions.
     decisions: BTreeMap<u64, bool>,
+    /// seq -> where each llm decision stands, for the usage receipts that
+    /// name it.
+    llm_calls: BTreeMap<u64, LlmCall>,
+}
+
+/// An llm decision as the usage receipts see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LlmCall {
+    /// Held for approval, not answered yes (yet).
+    Held,
+    /// Let out (allowed, or approved): one usage receipt may name it.
+    LetOut,
+    /// Its usage receipt came.
+    Metered,
 }
 
 impl LineVerifier {
@@ -162,6 +189,7 @@ impl LineVerifier {
             session: None,
             ended: false,
             decisions: BTreeMap::new(),
+            llm_calls: BTreeMap::new(),
         }
     }
 
@@ -342,13 +370,32 @@ impl LineVerifier {
                         });
                     }
                 }
-                if d.decision.get("decision").and_then(Value::as_str) == Some("approval") {
+                let verdict = d.decision.get("decision").and_then(Value::as_str);
+                if verdict == Some("approval") {
                     self.decisions.insert(r.seq, false);
+                }
+                if d.action.get("type").and_then(Value::as_str) == Some("llm") {
+                    match verdict {
+                        Some("allow") => {
+                            self.llm_calls.insert(r.seq, LlmCall::LetOut);
+                        }
+                        Some("approval") => {
+                            self.llm_calls.insert(r.seq, LlmCall::Held);
+                        }
+                        _ => {}
+                    }
                 }
             }
             (Body::Approval(a), _) => {
                 match self.decisions.get_mut(&a.decision_seq) {
-                    Some(answered @ false) => *answered = true,
+                    Some(answered @ false) => {
+                        *answered = true;
+                        if a.approved {
+                            if let Some(call) = self.llm_calls.get_mut(&a.decision_seq) {
+                                *call = LlmCall::LetOut;
+                            }
+                        }
+                    }
                     _ => {
                         return Err(ChainError::BadApprovalReference {
                             line,
@@ -363,7 +410,36 @@ impl LineVerifier {
                     });
                 }
             }
-            (Body::Usage(_), _) => {}
+            (Body::Usage(u), _) => {
+                match self.llm_calls.get_mut(&u.decision_seq) {
+                    Some(call @ LlmCall::LetOut) => *call = LlmCall::Metered,
+                    _ => {
+                        return Err(ChainError::BadUsageReference {
+                            line,
+                            decision_seq: u.decision_seq,
+                        })
+                    }
+                }
+                if decode_hex::<32>(&u.rates.card_sha256).is_none() {
+                    return Err(ChainError::Malformed {
+                        line,
+                        why: "rates.card_sha256 is not 64 lowercase hex digits".into(),
+                    });
+                }
+                let derived = u.expected_cost();
+                if u.cost_micro_usd != derived {
+                    return Err(ChainError::UsageCostMismatch {
+                        line,
+                        recorded: u.cost_micro_usd,
+                        derived,
+                        basis: if u.estimated {
+                            "this estimated call reserved"
+                        } else {
+                            "its tokens cost at its recorded prices"
+                        },
+                    });
+                }
+            }
             (
                 Body::SessionEnd {
                     count,
@@ -683,6 +759,8 @@ mod tests {
                 revocation_ids: vec!["x".into()],
                 sandbox: "netns".into(),
                 capability_sha256: None,
+                tenant: None,
+                user: None,
             },
         };
         let line = sign_line(&receipt, &key).expect("sign");

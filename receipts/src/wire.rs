@@ -36,6 +36,8 @@ struct Fields {
     revocation_ids: Option<Vec<String>>,
     sandbox: Option<String>,
     capability_sha256: Option<Option<String>>,
+    tenant: Option<Option<String>>,
+    user: Option<Option<String>>,
     action: Option<Value>,
     counters: Option<Value>,
     decision: Option<Value>,
@@ -79,6 +81,8 @@ impl Parsed<'_> {
                 revocation_ids: f.revocation_ids.ok_or_else(|| missing("revocation_ids"))?,
                 sandbox: f.sandbox.ok_or_else(|| missing("sandbox"))?,
                 capability_sha256: f.capability_sha256.flatten(),
+                tenant: f.tenant.flatten(),
+                user: f.user.flatten(),
             },
             "decision" => Body::Decision(DecisionRecord {
                 action: f.action.ok_or_else(|| missing("action"))?,
@@ -93,11 +97,6 @@ impl Parsed<'_> {
                 answered_at: f.answered_at.ok_or_else(|| missing("answered_at"))?,
                 reason: f.reason.flatten(),
             }),
-            "session_end" => Body::SessionEnd {
-                count: f.count.ok_or_else(|| missing("count"))?,
-                last: f.last.ok_or_else(|| missing("last"))?,
-                interrupted: f.interrupted.flatten(),
-            },
             "usage" => Body::Usage(UsageRecord {
                 decision_seq: f.decision_seq.ok_or_else(|| missing("decision_seq"))?,
                 provider: f.provider.ok_or_else(|| missing("provider"))?,
@@ -112,6 +111,11 @@ impl Parsed<'_> {
                     .ok_or_else(|| missing("reserved_micro_usd"))?,
                 estimated: f.estimated.ok_or_else(|| missing("estimated"))?,
             }),
+            "session_end" => Body::SessionEnd {
+                count: f.count.ok_or_else(|| missing("count"))?,
+                last: f.last.ok_or_else(|| missing("last"))?,
+                interrupted: f.interrupted.flatten(),
+            },
             other => {
                 return Err(format!(
                     "unknown variant `{other}`, expected one of `session_start`, `decision`, `approval`, `usage`, `session_end`"
@@ -220,6 +224,8 @@ impl<'de> Visitor<'de> for LineVisitor {
                 "revocation_ids" => present(&mut f.revocation_ids, "revocation_ids", m)?,
                 "sandbox" => present(&mut f.sandbox, "sandbox", m)?,
                 "capability_sha256" => present(&mut f.capability_sha256, "capability_sha256", m)?,
+                "tenant" => present(&mut f.tenant, "tenant", m)?,
+                "user" => present(&mut f.user, "user", m)?,
                 "action" => present(&mut f.action, "action", m)?,
                 "counters" => present(&mut f.counters, "counters", m)?,
                 "decision" => present(&mut f.decision, "decision", m)?,

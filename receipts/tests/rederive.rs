@@ -59,6 +59,8 @@ fn session(tweak: impl Fn(usize, &mut serde_json::Value)) -> (String, VerifiedCh
             revocation_ids: capability.revocation_ids(),
             sandbox: "netns".into(),
             capability_sha256: Some(receipts::sha256_hex(token.as_bytes())),
+            tenant: None,
+            user: None,
         },
     )
     .expect("create log");

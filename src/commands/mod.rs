@@ -9,6 +9,7 @@ pub mod recover;
 pub mod report;
 pub mod run;
 pub mod ui;
+pub mod usage;
 pub mod verify;
 
 /// Generic failure (bad input, I/O). Commands with richer codes document their own.

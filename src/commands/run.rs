@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use crate::session::config::{ApproveMode, BackendChoice, Bounds, RunConfig};
+use crate::session::config::{ApproveMode, BackendChoice, Bounds, RunConfig, SessionLabels};
 use crate::session::runner;
 use crate::{home, keys};
 
@@ -21,6 +21,7 @@ use crate::{home, keys};
       --agent \"Book a flight to NYC for Tuesday\" -- python3 agent.py
   openclaw run --capabilities task.cap --resolve api.staging.example=127.0.0.1:8443 \\
       --upstream-ca staging-ca.pem --approve deny -- ./agent.sh
+  openclaw run --capabilities task.cap --tenant acme --user alice -- ./agent.sh
 
 The command runs in a sandbox whose only way out is openclaw's proxy: DNS,
 HTTP and HTTPS (TLS is terminated and re-encrypted with a per-session CA the
@@ -117,6 +118,13 @@ pub struct RunArgs {
     /// the SHA-256 of the names).
     #[arg(long, value_name = "N", default_value_t = Bounds::default().dns_refusal_receipts)]
     dns_refusal_receipts: usize,
+    /// Who the session is billed to: a label on the session, its receipts and
+    /// its usage ledger rows (`openclaw usage report --by tenant`).
+    #[arg(long, value_name = "TENANT", default_value = "local")]
+    tenant: String,
+    /// Who ran it [default: the invoking user: $SUDO_USER, else $USER].
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -197,6 +205,7 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
             receipt_key.display()
         );
     }
+    let labels = SessionLabels::new(Some(args.tenant), args.user).map_err(anyhow::Error::msg)?;
     let token_text = std::fs::read_to_string(&args.capabilities)
         .with_context(|| format!("reading {}", args.capabilities.display()))?;
     Ok(RunConfig {
@@ -233,6 +242,7 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
             work_max_bytes: args.work_max,
             console_max_bytes: args.console_max,
         },
+        labels,
     })
 }
 

@@ -92,6 +92,16 @@ struct Report {
     /// Decision receipts by recorded verdict.
     decisions: BTreeMap<String, usize>,
     approvals: usize,
+    /// Usage receipts (metered LLM calls), each cost re-derived from its
+    /// rate snapshot by the chain check.
+    usage_receipts: usize,
+    /// The usage receipts' costs, summed (micro-USD).
+    cost_micro_usd: u64,
+    /// The session's labels, when its session_start carries them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_hash: Option<String>,
     /// Set when recovery (not the supervisor) closed the chain; `null` for
@@ -265,7 +275,16 @@ fn summarize(chain: &VerifiedChain, report: &mut Report) {
     });
     for r in &chain.receipts {
         match &r.receipt.body {
-            Body::SessionStart { sandbox, .. } => report.sandbox = Some(sandbox.clone()),
+            Body::SessionStart {
+                sandbox,
+                tenant,
+                user,
+                ..
+            } => {
+                report.sandbox = Some(sandbox.clone());
+                report.tenant.clone_from(tenant);
+                report.user.clone_from(user);
+            }
             Body::Decision(d) => {
                 let verdict = d
                     .decision
@@ -275,7 +294,10 @@ fn summarize(chain: &VerifiedChain, report: &mut Report) {
                 *report.decisions.entry(verdict.to_owned()).or_default() += 1;
             }
             Body::Approval(_) => report.approvals += 1,
-            Body::Usage(_) => {}
+            Body::Usage(u) => {
+                report.usage_receipts += 1;
+                report.cost_micro_usd = report.cost_micro_usd.saturating_add(u.cost_micro_usd);
+            }
             Body::SessionEnd { .. } => {}
         }
     }
@@ -367,6 +389,16 @@ fn print_human(report: &Report) {
             },
             report.approvals
         );
+        if report.usage_receipts > 0 {
+            println!(
+                "  llm usage: {} call(s), ${} (each cost re-derived from its rate snapshot)",
+                report.usage_receipts,
+                crate::usage::format_usd(report.cost_micro_usd)
+            );
+        }
+        if let (Some(tenant), Some(user)) = (&report.tenant, &report.user) {
+            println!("  tenant {tenant} · user {user}");
+        }
         if let Some(h) = &report.last_hash {
             println!("  last hash {h}");
         }

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::mock_services::{self, ExpectedSecrets, SeenRequest};
 use crate::keys;
-use crate::session::config::{ApproveMode, BackendChoice, Bounds, RunConfig};
+use crate::session::config::{ApproveMode, BackendChoice, Bounds, RunConfig, SessionLabels};
 use crate::session::runner::{self, SessionOutcome};
 
 pub const POLICY: &str = include_str!("../../examples/flight-booking/policy.toml");
@@ -113,6 +113,7 @@ pub async fn run(options: DemoOptions) -> Result<(SessionOutcome, Vec<SeenReques
         sessions_dir: options.home.join("sessions"),
         timeout: None,
         bounds: Bounds::default(),
+        labels: SessionLabels::new(None, None).map_err(anyhow::Error::msg)?,
     };
     let outcome = runner::run_session(config).await;
     let _ = std::fs::remove_dir_all(&workdir);

@@ -63,7 +63,22 @@ pub struct Spend {
     /// Payments that were forwarded, in cents.
     pub payments_cents: u64,
     pub currency: Option<String>,
+    /// LLM spend: the usage receipts' costs when the session was metered,
+    /// else (sessions from before metering) the allowed calls' estimates.
     pub llm_micro_usd: u64,
+    /// The metered LLM calls' tokens, summed (usage receipts).
+    #[serde(default)]
+    pub llm: LlmTotals,
+}
+
+/// The usage receipts of a session, summed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmTotals {
+    pub calls: u64,
+    pub tokens: receipts::UsageTokens,
+    pub cost_micro_usd: u64,
+    /// Calls charged their reservation (the provider reported no usage).
+    pub estimated_calls: u64,
 }
 
 /// The receipt chain's verification result, as of the report.
@@ -98,6 +113,18 @@ pub struct TimelineEntry {
     pub bytes_up: u64,
     #[serde(default)]
     pub bytes_down: u64,
+    /// An LLM call's usage receipt: tokens and cost as the provider reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<CallUsage>,
+}
+
+/// One metered call's usage, from its usage receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallUsage {
+    pub model: String,
+    pub tokens: receipts::UsageTokens,
+    pub cost_micro_usd: u64,
+    pub estimated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +157,7 @@ pub fn build_from(
     let mut timeline: Vec<TimelineEntry> = Vec::new();
     let mut index_by_seq: HashMap<u64, usize> = HashMap::new();
     let mut llm_micro_usd = 0;
+    let mut llm = LlmTotals::default();
     // Parse leniently: a report of a damaged chain still shows what it can;
     // its status says the chain is invalid.
     for line in chain_bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -157,7 +185,32 @@ pub fn build_from(
                     status: outcome.and_then(|o| o.status),
                     bytes_up: outcome.map_or(0, |o| o.bytes_up),
                     bytes_down: outcome.map_or(0, |o| o.bytes_down),
+                    usage: None,
                 });
+            }
+            Body::Usage(u) => {
+                llm.calls += 1;
+                llm.cost_micro_usd = llm.cost_micro_usd.saturating_add(u.cost_micro_usd);
+                llm.estimated_calls += u64::from(u.estimated);
+                let (t, add) = (&mut llm.tokens, &u.tokens);
+                for (sum, n) in [
+                    (&mut t.input, add.input),
+                    (&mut t.cached_input, add.cached_input),
+                    (&mut t.cache_write_5m, add.cache_write_5m),
+                    (&mut t.cache_write_1h, add.cache_write_1h),
+                    (&mut t.output, add.output),
+                    (&mut t.reasoning, add.reasoning),
+                ] {
+                    *sum = sum.saturating_add(n);
+                }
+                if let Some(&i) = index_by_seq.get(&u.decision_seq) {
+                    timeline[i].usage = Some(CallUsage {
+                        model: u.model,
+                        tokens: u.tokens,
+                        cost_micro_usd: u.cost_micro_usd,
+                        estimated: u.estimated,
+                    });
+                }
             }
             Body::Approval(answer) => {
                 if let Some(&i) = index_by_seq.get(&answer.decision_seq) {
@@ -168,13 +221,18 @@ pub fn build_from(
                     });
                 }
             }
-            Body::SessionStart { .. } | Body::Usage(_) | Body::SessionEnd { .. } => {}
+            Body::SessionStart { .. } | Body::SessionEnd { .. } => {}
         }
     }
 
     let mut counts = Counts::default();
     let mut spend = Spend {
-        llm_micro_usd,
+        llm_micro_usd: if llm.calls > 0 {
+            llm.cost_micro_usd
+        } else {
+            llm_micro_usd
+        },
+        llm,
         ..Spend::default()
     };
     let mut bytes = Bytes::default();
@@ -352,4 +410,104 @@ fn html_escape(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use ed25519_dalek::SigningKey;
+    use receipts::{
+        DecisionRecord, Entry, RateSnapshot, ReceiptLog, SessionStart, UsageRecord, UsageTokens,
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn metered_calls_show_their_tokens_and_cost_and_the_session_totals() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("receipts.jsonl");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let log = ReceiptLog::create(
+            &path,
+            key.clone(),
+            SessionStart {
+                session_id: "s".into(),
+                revocation_ids: vec![],
+                sandbox: "netns".into(),
+                capability_sha256: None,
+                tenant: Some("acme".into()),
+                user: Some("alice".into()),
+            },
+        )
+        .expect("chain");
+        let mut seqs = Vec::new();
+        for (i, estimated) in [(1u64, false), (2, true)] {
+            let d = log
+                .append(Entry::Decision {
+                    decided_at: SystemTime::now(),
+                    record: DecisionRecord {
+                        // The pre-metering estimate, which usage receipts replace.
+                        action: json!({"type": "llm", "method": "POST", "host": "api.openai.com",
+                            "path": "/v1/chat/completions", "cost_micro_usd": 999_999}),
+                        counters: json!({}),
+                        decision: json!({"decision": "allow", "reason": "", "grant": "llm", "revocation_ids": []}),
+                        body_sha256: None,
+                    },
+                })
+                .expect("decision");
+            seqs.push(d.seq);
+            let tokens = if estimated {
+                UsageTokens::default()
+            } else {
+                UsageTokens {
+                    input: 100,
+                    cached_input: 50,
+                    output: 30,
+                    reasoning: 10,
+                    ..UsageTokens::default()
+                }
+            };
+            log.append(Entry::Usage(UsageRecord {
+                decision_seq: d.seq,
+                provider: "api.openai.com".into(),
+                api: "openai.chat".into(),
+                model: "gpt-4o-mini".into(),
+                response_id: None,
+                tokens,
+                rates: RateSnapshot {
+                    card_sha256: receipts::sha256_hex(b"card"),
+                    ..RateSnapshot::default()
+                },
+                cost_micro_usd: if estimated { 500 } else { 0 },
+                reserved_micro_usd: 500,
+                estimated,
+            }))
+            .map(|_| ())
+            .unwrap_or_else(|e| panic!("usage {i}: {e}"));
+        }
+        log.finish().expect("end");
+        let bytes = std::fs::read(&path).expect("read");
+        let report = build_from(
+            SessionInfo::default(),
+            &bytes,
+            &[],
+            Some(&key.verifying_key()),
+        );
+        assert_eq!(
+            report.receipts.status, "valid",
+            "{}",
+            report.receipts.detail
+        );
+        let first = report.timeline[0].usage.as_ref().expect("usage");
+        assert_eq!((first.tokens.input, first.tokens.output), (100, 30));
+        assert!(report.timeline[1].usage.as_ref().expect("usage").estimated);
+        assert_eq!(report.spend.llm.calls, 2);
+        assert_eq!(report.spend.llm.estimated_calls, 1);
+        assert_eq!(report.spend.llm.tokens.cached_input, 50);
+        // Usage receipts replace the estimates: 0 + 500, not 2 × 999999.
+        assert_eq!(report.spend.llm_micro_usd, 500);
+        assert_eq!(seqs, vec![1, 3]);
+    }
 }

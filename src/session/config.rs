@@ -81,6 +81,62 @@ pub struct RunConfig {
     /// Stop the command (and its sandbox or VM) after this long.
     pub timeout: Option<Duration>,
     pub bounds: Bounds,
+    /// Who the session is billed to and who ran it.
+    pub labels: SessionLabels,
+}
+
+/// `openclaw run --tenant T --user U`: recorded in `session.json` and the
+/// chain's session_start, and on every ledger row of the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLabels {
+    pub tenant: String,
+    pub user: String,
+}
+
+/// The tenant of a session run without `--tenant`.
+pub const DEFAULT_TENANT: &str = "local";
+
+impl SessionLabels {
+    /// The labels given, or the defaults: tenant `local`, and the invoking
+    /// user (`SUDO_USER` when run through sudo, else `USER`, else the name
+    /// of the process's uid, else the uid).
+    pub fn new(tenant: Option<String>, user: Option<String>) -> Result<SessionLabels, String> {
+        let labels = SessionLabels {
+            tenant: tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
+            user: user.unwrap_or_else(invoking_user),
+        };
+        for (what, value) in [("--tenant", &labels.tenant), ("--user", &labels.user)] {
+            check_label(what, value)?;
+        }
+        Ok(labels)
+    }
+}
+
+/// A label is 1 to 128 characters, none of them control characters (they
+/// end up in terminals, CSV files and HTML).
+fn check_label(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() || value.chars().count() > 128 || value.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} {value:?}: a label is 1 to 128 characters, without control characters"
+        ));
+    }
+    Ok(())
+}
+
+fn invoking_user() -> String {
+    for var in ["SUDO_USER", "USER"] {
+        if let Some(name) = std::env::var(var)
+            .ok()
+            .filter(|v| check_label(var, v).is_ok())
+        {
+            return name;
+        }
+    }
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => uid.to_string(),
+    }
 }
 
 /// Ctrl-C or SIGTERM.

@@ -15,6 +15,7 @@ use receipts::ReceiptLog;
 use tokio::sync::{broadcast, oneshot};
 
 use super::approval_prompt::TerminalBroker;
+use super::backends::choice::home_of;
 use super::config::{ApproveMode, RunConfig};
 use super::screen::Screen;
 
@@ -70,8 +71,13 @@ pub fn build(
             .with_context(|| format!("loading the secrets file {}", path.display()))?,
         None => SecretStore::default(),
     };
-    // The catalog's deprecated `[[llm_price]]` entries price LLM calls.
-    let (rates, warnings) = enforce::RateCard::builtin().with_legacy_prices(catalog.llm_prices());
+    // The operator's rate card (`<home>/rates.toml`, else the built-in
+    // prices); the catalog's deprecated `[[llm_price]]` entries price only
+    // models the card does not.
+    let rates_path = home_of(&config.sessions_dir).join("rates.toml");
+    let card = enforce::RateCard::load(&rates_path)
+        .with_context(|| format!("loading the rate card {}", rates_path.display()))?;
+    let (rates, warnings) = card.with_legacy_prices(catalog.llm_prices());
     for warning in warnings {
         tracing::warn!("{warning}");
     }

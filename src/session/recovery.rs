@@ -175,6 +175,14 @@ fn recover_session(
     let key = receipt_key.map(SigningKey::verifying_key);
     let report = report::build(dir, key.as_ref())?;
     report::write(dir, &report)?;
+    // Its metered calls reach the ledger as an ended session's do (an
+    // index: on failure `openclaw usage rebuild` recreates it).
+    if let (Some(key), Some(sessions_dir)) = (key.as_ref(), dir.parent()) {
+        let ledger = crate::usage::ledger_path(&super::backends::choice::home_of(sessions_dir));
+        if let Err(err) = crate::usage::record_session(&ledger, dir, key) {
+            tracing::warn!("the usage ledger was not updated for {id}: {err:#}");
+        }
+    }
     Ok(Some(RecoveredSession { id, chain }))
 }
 
@@ -271,6 +279,8 @@ mod tests {
                 revocation_ids: vec!["r".into()],
                 sandbox: "netns".into(),
                 capability_sha256: None,
+                tenant: None,
+                user: None,
             },
         )
         .expect("chain");

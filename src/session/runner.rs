@@ -29,6 +29,7 @@ use super::recovery;
 use crate::bundle::{self, CapabilitySummary, SessionBounds, SessionInfo};
 use crate::control;
 use crate::report::{self, Report};
+use crate::usage;
 
 /// How a session ended.
 pub struct SessionOutcome {
@@ -136,6 +137,8 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
             dns_refusal_receipts: config.bounds.dns_refusal_receipts,
             ..SessionBounds::default()
         },
+        tenant: Some(config.labels.tenant.clone()),
+        user: Some(config.labels.user.clone()),
         ..SessionInfo::default()
     };
     info.set_supervisor_to_self();
@@ -167,6 +170,18 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     bundle::write_info(&dir, &info)?;
     let report = report::build(&dir, Some(&config.receipt_key.verifying_key()))?;
     report::write(&dir, &report)?;
+    // The ledger is an index of the chains: a failure here loses nothing
+    // (`openclaw usage rebuild` recreates it), so it warns and goes on.
+    let ledger = usage::ledger_path(&choice::home_of(&config.sessions_dir));
+    let (ledger_dir, key) = (dir.clone(), config.receipt_key.verifying_key());
+    match tokio::task::spawn_blocking(move || usage::record_session(&ledger, &ledger_dir, &key))
+        .await?
+    {
+        Ok(_) => {}
+        Err(err) => eprintln!(
+            "openclaw: warning: the usage ledger was not updated ({err:#}); `openclaw usage rebuild` recreates it from the receipts"
+        ),
+    }
     let exit_code = result?;
     Ok(SessionOutcome {
         dir,
@@ -199,6 +214,8 @@ async fn run_in_bundle(
             revocation_ids: capability.revocation_ids(),
             sandbox: info.backend.clone(),
             capability_sha256: Some(capability_sha256),
+            tenant: Some(config.labels.tenant.clone()),
+            user: Some(config.labels.user.clone()),
         },
     )
     .context("creating the receipt log")?;

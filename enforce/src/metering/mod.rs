@@ -28,7 +28,7 @@ use crate::counters::Ledger;
 use crate::events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
 
 pub use plan::MeterSettings;
-pub use rates::RateCard;
+pub use rates::{ModelMatch, RateCard, RateCardError, RateEntry, BUILTIN_AS_OF};
 
 pub(crate) use plan::Plan;
 pub(crate) use shapes::Api;

@@ -446,6 +446,8 @@ impl Session {
             revocation_ids: cap.revocation_ids(),
             sandbox: "none".into(),
             capability_sha256: None,
+            tenant: None,
+            user: None,
         };
         let log = match &opts.disk_full {
             None => ReceiptLog::create(&receipts_path, receipt_key.clone(), start).unwrap(),

@@ -102,6 +102,8 @@ impl ReceiptLog {
             revocation_ids: start.revocation_ids,
             sandbox: start.sandbox,
             capability_sha256: start.capability_sha256,
+            tenant: start.tenant,
+            user: start.user,
         };
         let prepared = log.prepare(SystemTime::now(), &body)?;
         log.submit_prepared(Next::Ready(prepared))?.wait()?;

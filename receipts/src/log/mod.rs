@@ -62,6 +62,10 @@ pub struct SessionStart {
     pub sandbox: String,
     /// Hex SHA-256 of the session's `capabilities.cap` file, if any.
     pub capability_sha256: Option<String>,
+    /// Who the session is billed to (`openclaw run --tenant`), if labelled.
+    pub tenant: Option<String>,
+    /// Who ran it (`openclaw run --user`), if labelled.
+    pub user: Option<String>,
 }
 
 /// A receipt to append (session_start and session_end are written by the log).

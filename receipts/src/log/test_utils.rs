@@ -21,6 +21,8 @@ pub(super) fn start() -> SessionStart {
         revocation_ids: vec!["aa".into()],
         sandbox: "netns".into(),
         capability_sha256: None,
+        tenant: None,
+        user: None,
     }
 }
 

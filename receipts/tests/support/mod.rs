@@ -41,6 +41,8 @@ pub fn session_start(id: &str) -> SessionStart {
         revocation_ids: vec!["a1b2".into(), "c3d4".into()],
         sandbox: "netns".into(),
         capability_sha256: None,
+        tenant: None,
+        user: None,
     }
 }
 
@@ -130,6 +132,8 @@ fn golden_with_end(interrupted: Option<InterruptionCause>) -> Vec<u8> {
                 revocation_ids: vec!["a1b2".into(), "c3d4".into()],
                 sandbox: "kvm".into(),
                 capability_sha256: Some(receipts::sha256_hex(b"golden token")),
+                tenant: None,
+                user: None,
             },
         ),
         (at(120), decision_body(0)),

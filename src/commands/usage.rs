@@ -1,0 +1,173 @@
+//! `openclaw usage`: LLM usage across sessions from the ledger
+//! (`<home>/ledger.db`): `report` sums it, `rebuild` recreates it from the
+//! sessions' receipt chains.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use crate::usage::report::{self, GroupKey};
+use crate::usage::{self, Ledger};
+use crate::{home, keys};
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Sum metered LLM calls by tenant, user, session, model or day.
+    Report(ReportArgs),
+    /// Recreate the ledger from every session's receipt chain.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  openclaw usage report                                  # this month, by day, tenant and model
+  openclaw usage report --by tenant --period last-month
+  openclaw usage report --by user,model --tenant acme --period 2026-03
+  openclaw usage report --period 2026-03-01..2026-03-15 --csv > march.csv
+  openclaw usage report --by session --period today --json
+
+Every metered LLM call is one ledger row: written when its session ends, from
+the session's verified receipt chain (the chain is the record; the ledger is
+an index of it, see `openclaw usage rebuild`). Days are UTC.
+
+Columns:
+  date, tenant, user, session, model   the group (those chosen with --by)
+  calls               metered calls
+  tokens_in           every input token: uncached + cache reads + cache writes
+  tokens_cached_in    of tokens_in, read from the provider's prompt cache
+  tokens_cache_write  of tokens_in, written to the cache (5-minute and 1-hour)
+  tokens_out          output tokens, reasoning included
+  tokens_reasoning    of tokens_out, reasoning
+  cost_usd            exact, at the prices recorded with each call (a later
+                      rate card change does not change it)
+  estimated_calls     calls whose provider reported no usage (stream cut):
+                      charged their reservation
+--csv always groups by date, tenant and model (plus --by), for finance.")]
+pub struct ReportArgs {
+    /// Group by these (comma-separated): tenant, user, session, model, day.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [GroupKey::Day, GroupKey::Tenant, GroupKey::Model])]
+    by: Vec<GroupKey>,
+    /// today, yesterday, current-month, last-month, YYYY-MM, YYYY-MM-DD or
+    /// FROM..TO (days, inclusive; UTC).
+    #[arg(long, value_name = "PERIOD", default_value = "current-month")]
+    period: String,
+    /// Only this tenant's calls.
+    #[arg(long, value_name = "TENANT")]
+    tenant: Option<String>,
+    /// CSV (RFC 4180) on stdout.
+    #[arg(long, conflicts_with = "json")]
+    csv: bool,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The ledger [default: <home>/ledger.db].
+    #[arg(long, value_name = "LEDGER.db")]
+    ledger: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  openclaw usage rebuild
+  openclaw usage rebuild --key receipt.pub --key old-receipt.pub --sessions /srv/openclaw/sessions
+
+Reads every <sessions>/<id>/receipts.jsonl, verifies the chain against the
+receipt-signing public key, and writes one ledger row per usage receipt into a
+new ledger that replaces the old one when complete. A chain that does not
+verify, or whose session has not ended (still running, or its supervisor died:
+run `openclaw recover` first), is left out and listed; the exit status is then
+1. Run it after the ledger was lost or damaged: the result is the same
+whenever it runs.")]
+pub struct RebuildArgs {
+    /// Receipt-signing public key (repeatable: each chain is checked against
+    /// the one that signed it) [default: <home>/keys/receipt.pub, and the
+    /// demo's <home>/demo/flight-booking/keys/receipt.pub if present].
+    #[arg(long, value_name = "RECEIPT.pub")]
+    key: Vec<PathBuf>,
+    /// Directory of session bundles [default: <home>/sessions].
+    #[arg(long, value_name = "DIR")]
+    sessions: Option<PathBuf>,
+    /// The ledger [default: <home>/ledger.db].
+    #[arg(long, value_name = "LEDGER.db")]
+    ledger: Option<PathBuf>,
+}
+
+pub fn execute(cmd: UsageCommand) -> Result<ExitCode> {
+    match cmd {
+        UsageCommand::Report(args) => report_cmd(args),
+        UsageCommand::Rebuild(args) => rebuild_cmd(args),
+    }
+}
+
+fn ledger_or_default(path: Option<PathBuf>) -> Result<PathBuf> {
+    match path {
+        Some(p) => Ok(p),
+        None => Ok(usage::ledger_path(&home::home_dir()?)),
+    }
+}
+
+fn report_cmd(args: ReportArgs) -> Result<ExitCode> {
+    let path = ledger_or_default(args.ledger)?;
+    anyhow::ensure!(
+        path.exists(),
+        "no usage ledger at {} yet: it is written when a session with metered LLM calls ends (or by `openclaw usage rebuild`)",
+        path.display()
+    );
+    let period = report::parse_period(&args.period, &report::today())?;
+    let mut by = args.by;
+    if args.csv {
+        by.extend([GroupKey::Day, GroupKey::Tenant, GroupKey::Model]);
+    }
+    let ledger = Ledger::open_read_only(&path)?;
+    let found = report::query(&ledger, &period, args.tenant.as_deref(), &by)?;
+    if args.csv {
+        print!("{}", report::to_csv(&found));
+    } else if args.json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else {
+        print!("{}", report::to_table(&found));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rebuild_cmd(args: RebuildArgs) -> Result<ExitCode> {
+    let key_paths = if args.key.is_empty() {
+        let home = home::home_dir()?;
+        let demo = home
+            .join("demo/flight-booking/keys")
+            .join(keys::RECEIPT_PUB);
+        let mut paths = vec![home::keys_dir()?.join(keys::RECEIPT_PUB)];
+        paths.extend(demo.exists().then_some(demo));
+        paths
+    } else {
+        args.key
+    };
+    let pinned = key_paths
+        .iter()
+        .map(|p| {
+            keys::read_verifying_key(p)
+                .with_context(|| format!("the receipt-signing public key (--key) {}", p.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sessions = match args.sessions {
+        Some(p) => p,
+        None => home::sessions_dir()?,
+    };
+    let ledger = ledger_or_default(args.ledger)?;
+    let done = usage::rebuild(&ledger, &sessions, &pinned)?;
+    println!(
+        "rebuilt {}: {} usage row(s) from {} session(s)",
+        ledger.display(),
+        done.rows,
+        done.sessions
+    );
+    for (dir, why) in &done.skipped {
+        println!("  skipped {}: {why}", dir.display());
+    }
+    Ok(if done.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_FAILURE)
+    })
+}

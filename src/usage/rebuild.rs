@@ -1,0 +1,273 @@
+//! From receipt chains to ledger rows: a session's rows are read from its
+//! verified chain, both when the session ends and when `openclaw usage
+//! rebuild` recreates the whole ledger from every session in the home.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use ed25519_dalek::VerifyingKey;
+use receipts::{Body, UnverifiedChain, VerifiedChain};
+
+use super::ledger::{Ledger, UsageRow, LEDGER_FILE};
+use crate::bundle;
+// A session whose chain names no tenant (from before labels) is `local`'s,
+// like one run without `--tenant`.
+use crate::session::config::DEFAULT_TENANT;
+
+/// The user of a session that names none.
+pub const UNKNOWN_USER: &str = "unknown";
+
+/// The ledger rows of one verified chain: one per usage receipt, labelled
+/// with the tenant and user its session_start names.
+pub fn rows_of(chain: &VerifiedChain) -> Vec<UsageRow> {
+    let (tenant, user) = match &chain.start().body {
+        Body::SessionStart { tenant, user, .. } => (tenant.clone(), user.clone()),
+        _ => (None, None),
+    };
+    let tenant = tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+    let user = user.unwrap_or_else(|| UNKNOWN_USER.to_owned());
+    chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            Body::Usage(u) => Some(UsageRow {
+                session: r.receipt.session.clone(),
+                seq: r.receipt.seq,
+                ts: r.receipt.ts.clone(),
+                tenant: tenant.clone(),
+                user: user.clone(),
+                record: u.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads and verifies a session bundle's chain against the pinned key.
+pub fn verified_chain(session_dir: &Path, key: &VerifyingKey) -> Result<VerifiedChain> {
+    verified_chain_any(session_dir, std::slice::from_ref(key))
+}
+
+/// Reads a session bundle's chain and verifies it against the pinned key
+/// that signed it (the one whose id its first line names); with no such
+/// key, against the first, for the error.
+pub fn verified_chain_any(session_dir: &Path, keys: &[VerifyingKey]) -> Result<VerifiedChain> {
+    let path = session_dir.join(bundle::RECEIPTS);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let chain = UnverifiedChain::from_bytes(bytes);
+    let signer = chain.embedded_key().ok().map(|k| receipts::key_id(&k));
+    let key = keys
+        .iter()
+        .find(|k| Some(receipts::key_id(k)) == signer)
+        .or(keys.first())
+        .context("no receipt public key to verify with")?;
+    chain
+        .verify(key)
+        .with_context(|| format!("{} does not verify", path.display()))
+}
+
+/// Adds an ended session's rows to the ledger at `ledger_path` (the same
+/// reading as rebuild). Returns how many rows were new; a session without
+/// a usage receipt (or without a chain at all) has none, and is not read
+/// further.
+pub fn record_session(ledger_path: &Path, session_dir: &Path, key: &VerifyingKey) -> Result<usize> {
+    const USAGE_KIND: &[u8] = b"\"kind\":\"usage\"";
+    match std::fs::read(session_dir.join(bundle::RECEIPTS)) {
+        Ok(bytes) if bytes.windows(USAGE_KIND.len()).any(|w| w == USAGE_KIND) => {}
+        _ => return Ok(0),
+    }
+    let chain = verified_chain(session_dir, key)?;
+    let rows = rows_of(&chain);
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    Ledger::open(ledger_path)?.insert(&rows)
+}
+
+/// What a rebuild did.
+#[derive(Debug, Default)]
+pub struct Rebuilt {
+    /// Sessions whose chain verified, and their rows.
+    pub sessions: usize,
+    pub rows: usize,
+    /// Sessions left out: (directory, why).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Recreates the ledger at `ledger_path` from every session bundle under
+/// `sessions_dir`, each chain verified first against the one of `keys` that
+/// signed it (a chain that does not verify, or has not ended, is left out
+/// and reported). The new
+/// ledger is written beside the old one and renamed over it only when
+/// complete, so an interrupted rebuild leaves the old ledger (or none)
+/// rather than a partial one.
+pub fn rebuild(ledger_path: &Path, sessions_dir: &Path, keys: &[VerifyingKey]) -> Result<Rebuilt> {
+    let mut done = Rebuilt::default();
+    let mut dirs: Vec<PathBuf> = match std::fs::read_dir(sessions_dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join(bundle::RECEIPTS).is_file())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(e).with_context(|| format!("listing {}", sessions_dir.display()));
+        }
+    };
+    dirs.sort();
+    let tmp = sibling(ledger_path, ".rebuild");
+    // A rebuild killed earlier may have left its file: start over.
+    remove_if_exists(&tmp)?;
+    let mut fresh = Ledger::create_fresh(&tmp)?;
+    for dir in dirs {
+        match verified_chain_any(&dir, keys) {
+            Ok(chain) => {
+                let rows = rows_of(&chain);
+                done.rows += fresh.insert(&rows)?;
+                done.sessions += 1;
+            }
+            Err(e) => done.skipped.push((dir, format!("{e:#}"))),
+        }
+    }
+    drop(fresh);
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", tmp.display()))?;
+    // The old ledger's WAL and shared-memory files belong to the old
+    // database: they must not be applied to the new one. Fold the WAL into
+    // the old file first (best effort: it may be the damage being repaired),
+    // so a rebuild killed between here and the rename leaves it whole.
+    if ledger_path.exists() {
+        if let Ok(old) = rusqlite::Connection::open(ledger_path) {
+            let _ = old.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        }
+    }
+    for suffix in ["-wal", "-shm"] {
+        remove_if_exists(&sibling(ledger_path, suffix))?;
+    }
+    std::fs::rename(&tmp, ledger_path)
+        .with_context(|| format!("moving the rebuilt ledger to {}", ledger_path.display()))?;
+    if let Some(parent) = ledger_path.parent() {
+        // The rename is durable only once the directory is.
+        if let Ok(dir) = std::fs::File::open(parent) {
+            dir.sync_all().ok();
+        }
+    }
+    // Back to WAL for the writers that follow.
+    Ledger::open(ledger_path)?;
+    Ok(done)
+}
+
+/// The default ledger path in an openclaw home.
+pub fn ledger_path(home: &Path) -> PathBuf {
+    home.join(LEDGER_FILE)
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use ed25519_dalek::SigningKey;
+    use receipts::{DecisionRecord, Entry, ReceiptLog, SessionStart, UsageRecord};
+    use serde_json::json;
+
+    use super::*;
+
+    /// A session bundle with one allowed llm call and its usage receipt,
+    /// labelled or not.
+    fn session(dir: &Path, key: &SigningKey, labelled: bool) {
+        std::fs::create_dir_all(dir).expect("dir");
+        let log = ReceiptLog::create(
+            &dir.join(bundle::RECEIPTS),
+            key.clone(),
+            SessionStart {
+                session_id: "s1".into(),
+                revocation_ids: vec![],
+                sandbox: "netns".into(),
+                capability_sha256: None,
+                tenant: labelled.then(|| "acme".to_owned()),
+                user: labelled.then(|| "alice".to_owned()),
+            },
+        )
+        .expect("chain");
+        let d = log
+            .append(Entry::Decision {
+                decided_at: SystemTime::now(),
+                record: DecisionRecord {
+                    action: json!({"type": "llm", "method": "POST", "host": "h", "path": "/v1/messages"}),
+                    counters: json!({}),
+                    decision: json!({"decision": "allow", "reason": "", "grant": "llm", "revocation_ids": []}),
+                    body_sha256: None,
+                },
+            })
+            .expect("decision");
+        log.append(Entry::Usage(UsageRecord {
+            decision_seq: d.seq,
+            provider: "h".into(),
+            api: "anthropic.messages".into(),
+            model: "claude-haiku-4-5".into(),
+            response_id: None,
+            tokens: receipts::UsageTokens::default(),
+            rates: receipts::RateSnapshot {
+                card_sha256: receipts::sha256_hex(b"c"),
+                ..Default::default()
+            },
+            cost_micro_usd: 7,
+            reserved_micro_usd: 7,
+            estimated: true,
+        }))
+        .expect("usage");
+        log.finish().expect("end");
+    }
+
+    #[test]
+    fn a_session_is_recorded_once_however_often_it_is_written() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let dir = tmp.path().join("sessions/s1");
+        session(&dir, &key, true);
+        let db = tmp.path().join(LEDGER_FILE);
+        let vk = key.verifying_key();
+        assert_eq!(record_session(&db, &dir, &vk).expect("first"), 1);
+        assert_eq!(record_session(&db, &dir, &vk).expect("again"), 0);
+        let chain = verified_chain(&dir, &vk).expect("chain");
+        let rows = rows_of(&chain);
+        assert_eq!(
+            (rows[0].tenant.as_str(), rows[0].user.as_str()),
+            ("acme", "alice")
+        );
+        assert_eq!(rows[0].seq, 2);
+        assert_eq!(rows[0].record.cost_micro_usd, 7);
+        // Another key: the chain does not verify, nothing is recorded.
+        let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
+        assert!(record_session(&db, &dir, &other).is_err());
+        // No chain at all (a session that failed before it): nothing to do.
+        assert_eq!(record_session(&db, tmp.path(), &vk).expect("none"), 0);
+    }
+
+    #[test]
+    fn unlabelled_sessions_are_local_and_unknown() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let key = SigningKey::from_bytes(&[9; 32]);
+        session(&tmp.path().join("s"), &key, false);
+        let chain = verified_chain(&tmp.path().join("s"), &key.verifying_key()).expect("chain");
+        let rows = rows_of(&chain);
+        assert_eq!(
+            (rows[0].tenant.as_str(), rows[0].user.as_str()),
+            (DEFAULT_TENANT, UNKNOWN_USER)
+        );
+    }
+}
