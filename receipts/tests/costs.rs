@@ -118,10 +118,13 @@ fn usage_receipts_are_version_3_lines_that_verify_and_read_back() {
         LogOptions::default(),
     )
     .expect("start");
-    let decision = log.append(decision_entry(0)).expect("decision");
-    let records = [usage(decision.seq, false), usage(decision.seq, true)];
-    for r in &records {
-        log.append(Entry::Usage(r.clone())).expect("usage");
+    // One usage per call: the verifier refuses a second usage for a decision.
+    let mut records = Vec::new();
+    for estimated in [false, true] {
+        let decision = log.append(llm_decision_entry("allow")).expect("decision");
+        let record = usage(decision.seq, estimated);
+        log.append(Entry::Usage(record.clone())).expect("usage");
+        records.push(record);
     }
     log.finish().expect("finish");
     let bytes = sink.0.lock().expect("sink lock").clone();
@@ -160,7 +163,7 @@ fn a_usage_receipt_claiming_version_1_is_refused_at_its_line() {
         LogOptions::default(),
     )
     .expect("start");
-    let decision = log.append(decision_entry(0)).expect("decision");
+    let decision = log.append(llm_decision_entry("allow")).expect("decision");
     log.append(Entry::Usage(usage(decision.seq, false)))
         .expect("usage");
     log.finish().expect("finish");

@@ -9,28 +9,13 @@ mod support;
 use std::time::SystemTime;
 
 use receipts::{
-    cost_micro_usd, sign_line, ApprovalRecord, Body, ChainError, DecisionRecord, Entry, LogOptions,
-    ModelPrice, RateSnapshot, Receipt, ReceiptLog, UnverifiedChain, UsageRecord, UsageTokens,
+    cost_micro_usd, sign_line, ApprovalRecord, Body, ChainError, Entry, LogOptions, ModelPrice,
+    RateSnapshot, Receipt, ReceiptLog, UnverifiedChain, UsageRecord, UsageTokens,
 };
-use serde_json::json;
 use support::*;
 
 fn verify(bytes: &[u8]) -> Result<receipts::VerifiedChain, ChainError> {
     UnverifiedChain::from_bytes(bytes.to_vec()).verify(&fixed_key().verifying_key())
-}
-
-fn llm_decision(verdict: &str) -> Entry {
-    Entry::Decision {
-        decided_at: SystemTime::now(),
-        record: DecisionRecord {
-            action: json!({"type": "llm", "method": "POST", "host": "api.anthropic.com",
-                "path": "/v1/messages", "cost_micro_usd": 90_000}),
-            counters: json!({"spent_cents": 0, "emails_sent": 0, "llm_spent_micro_usd": 0}),
-            decision: json!({"decision": verdict, "reason": "llm", "grant": "llm",
-                "revocation_ids": ["a1b2"]}),
-            body_sha256: None,
-        },
-    }
 }
 
 fn sonnet() -> RateSnapshot {
@@ -86,10 +71,12 @@ fn metered_chain() -> Vec<u8> {
         LogOptions::default(),
     )
     .expect("start");
-    let a = log.append(llm_decision("allow")).expect("decision");
+    let a = log.append(llm_decision_entry("allow")).expect("decision");
     log.append(Entry::Usage(usage(a.seq, tokens(1200, 3000, 500, 800))))
         .expect("usage");
-    let b = log.append(llm_decision("approval")).expect("decision");
+    let b = log
+        .append(llm_decision_entry("approval"))
+        .expect("decision");
     log.append(Entry::Approval(ApprovalRecord {
         decision_seq: b.seq,
         approved: true,
@@ -100,7 +87,7 @@ fn metered_chain() -> Vec<u8> {
     .expect("approval");
     log.append(Entry::Usage(usage(b.seq, tokens(10, 0, 0, 5))))
         .expect("usage");
-    let c = log.append(llm_decision("allow")).expect("decision");
+    let c = log.append(llm_decision_entry("allow")).expect("decision");
     let mut cut = usage(c.seq, UsageTokens::default());
     cut.estimated = true;
     cut.response_id = None;
@@ -260,7 +247,7 @@ fn a_blocked_or_denied_call_has_no_usage() {
             LogOptions::default(),
         )
         .expect("start");
-        let d = log.append(llm_decision(verdict)).expect("decision");
+        let d = log.append(llm_decision_entry(verdict)).expect("decision");
         if let Some(approved) = approved {
             log.append(Entry::Approval(ApprovalRecord {
                 decision_seq: d.seq,

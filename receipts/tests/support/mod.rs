@@ -218,3 +218,19 @@ pub fn join(lines: &[&[u8]]) -> Vec<u8> {
 pub fn value(line: &[u8]) -> Value {
     serde_json::from_slice(line).expect("json line")
 }
+
+/// An `llm` decision with this verdict (`allow`, `approval`, `block`): a
+/// usage receipt may name it once it let the call out.
+pub fn llm_decision_entry(verdict: &str) -> Entry {
+    Entry::Decision {
+        decided_at: SystemTime::now(),
+        record: DecisionRecord {
+            action: json!({"type": "llm", "method": "POST", "host": "api.anthropic.com",
+                "path": "/v1/messages", "cost_micro_usd": 90_000}),
+            counters: json!({"spent_cents": 0, "emails_sent": 0, "llm_spent_micro_usd": 0}),
+            decision: json!({"decision": verdict, "reason": "llm", "grant": "llm",
+                "revocation_ids": ["a1b2"]}),
+            body_sha256: None,
+        },
+    }
+}
