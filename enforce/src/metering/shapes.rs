@@ -119,38 +119,24 @@ impl AnthropicCounts {
 /// A complete `usage` object of `api`'s shape, normalized.
 pub(crate) fn normalize(api: Api, usage: &Value) -> UsageTokens {
     match api {
-        Api::Chat => {
-            let prompt = count(usage, "/prompt_tokens").unwrap_or(0);
-            let cached = count(usage, "/prompt_tokens_details/cached_tokens")
-                .unwrap_or(0)
-                .min(prompt);
-            let output = count(usage, "/completion_tokens").unwrap_or(0);
-            UsageTokens {
-                input: prompt - cached,
-                cached_input: cached,
-                output,
-                reasoning: count(usage, "/completion_tokens_details/reasoning_tokens")
-                    .unwrap_or(0)
-                    .min(output),
-                ..UsageTokens::default()
-            }
-        }
-        Api::Responses => {
-            let input = count(usage, "/input_tokens").unwrap_or(0);
-            let cached = count(usage, "/input_tokens_details/cached_tokens")
-                .unwrap_or(0)
-                .min(input);
-            let output = count(usage, "/output_tokens").unwrap_or(0);
-            UsageTokens {
-                input: input - cached,
-                cached_input: cached,
-                output,
-                reasoning: count(usage, "/output_tokens_details/reasoning_tokens")
-                    .unwrap_or(0)
-                    .min(output),
-                ..UsageTokens::default()
-            }
-        }
+        Api::Chat => openai_tokens(
+            usage,
+            [
+                "/prompt_tokens",
+                "/prompt_tokens_details/cached_tokens",
+                "/completion_tokens",
+                "/completion_tokens_details/reasoning_tokens",
+            ],
+        ),
+        Api::Responses => openai_tokens(
+            usage,
+            [
+                "/input_tokens",
+                "/input_tokens_details/cached_tokens",
+                "/output_tokens",
+                "/output_tokens_details/reasoning_tokens",
+            ],
+        ),
         Api::Embeddings => UsageTokens {
             input: count(usage, "/prompt_tokens")
                 .or_else(|| count(usage, "/total_tokens"))
@@ -162,6 +148,24 @@ pub(crate) fn normalize(api: Api, usage: &Value) -> UsageTokens {
             counts.update(usage);
             counts.tokens()
         }
+    }
+}
+
+/// OpenAI's two shapes name the same four counts differently (`pointers`:
+/// input, cached, output, reasoning). Their input includes the cached
+/// tokens and their output the reasoning ones; a part is capped at its whole
+/// so a malformed report cannot make `input` wrap.
+fn openai_tokens(usage: &Value, pointers: [&str; 4]) -> UsageTokens {
+    let [input, cached, output, reasoning] = pointers;
+    let input = count(usage, input).unwrap_or(0);
+    let cached = count(usage, cached).unwrap_or(0).min(input);
+    let output = count(usage, output).unwrap_or(0);
+    UsageTokens {
+        input: input - cached,
+        cached_input: cached,
+        output,
+        reasoning: count(usage, reasoning).unwrap_or(0).min(output),
+        ..UsageTokens::default()
     }
 }
 
