@@ -342,3 +342,106 @@ fn csv_and_table_carry_the_documented_columns() {
     let out = run(home.path(), &["usage", "report", "--help"]);
     assert!(text(&out).contains("tokens_cached_in") && text(&out).contains("Examples"));
 }
+
+/// The whole path through the real binary: an agent in the netns sandbox
+/// posts a Chat Completions call to a local HTTPS provider; the proxy reads
+/// the provider's usage, writes a usage receipt priced from the rate card,
+/// the session's end puts its row in the ledger, and the report sums it
+/// under the session's tenant. The chain verifies with the cost re-derived.
+#[test]
+fn a_sessions_llm_call_reaches_the_ledger_priced_from_the_rate_card() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ca = test_support::TestCa::new("usage-ledger test provider");
+    let upstream = rt.block_on(test_support::Upstream::https(
+        &ca,
+        &["api.openai.com"],
+        &[b"http/1.1"],
+    ));
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    support::keygen_and_mint(
+        home,
+        "[llm]\nproviders = [\"api.openai.com\"]\nbudget_usd = \"1.00\"\n",
+    );
+    // The operator's card prices the model: 1 USD per million input, 0.5
+    // cached, 4 output (micro-USD: 100·1 + 20·0.5 + 30·4 = 230).
+    std::fs::write(
+        home.join("rates.toml"),
+        "[[model]]\nname = \"gpt-4o-mini\"\ninput = \"1\"\ncached_input = \"0.5\"\noutput = \"4\"\n",
+    )
+    .expect("rates");
+    let ca_pem = ca.write_pem(home);
+    let out = openclaw(home)
+        .arg("run")
+        .arg("--capabilities")
+        .arg(home.join("task.cap"))
+        .args(["--backend", "netns", "--tenant", "acme", "--user", "alice"])
+        .arg("--upstream-ca")
+        .arg(&ca_pem)
+        .arg("--resolve")
+        .arg(format!("api.openai.com={}", upstream.addr))
+        .args([
+            "--",
+            "curl",
+            "-sS",
+            "https://api.openai.com/v1/chat/completions",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":50}"#,
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openclaw run");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("chatcmpl-test"),
+        "the agent got the answer: {all}"
+    );
+
+    let report = run(
+        home,
+        &[
+            "usage",
+            "report",
+            "--by",
+            "tenant,model",
+            "--json",
+            "--period",
+            "today",
+        ],
+    );
+    assert!(report.status.success(), "{}", text(&report));
+    let rows: Value = serde_json::from_slice(&report.stdout).expect("report json");
+    let text_rows = rows.to_string();
+    assert!(text_rows.contains("\"acme\""), "{text_rows}");
+    assert!(text_rows.contains("gpt-4o-mini"), "{text_rows}");
+    assert!(text_rows.contains("230"), "cost 230 micro-USD: {text_rows}");
+
+    let sessions: Vec<_> = std::fs::read_dir(home.join("sessions"))
+        .expect("sessions")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(sessions.len(), 1);
+    let usage: Vec<Value> = support::receipts(&sessions[0])
+        .into_iter()
+        .filter(|r| r["body"]["kind"] == "usage" || r["kind"] == "usage")
+        .collect();
+    assert_eq!(usage.len(), 1, "one usage receipt");
+    let u = usage[0].to_string();
+    assert!(u.contains("\"cost_micro_usd\":230"), "{u}");
+    let verify = openclaw(home)
+        .arg("verify")
+        .arg(&sessions[0])
+        .arg("--key")
+        .arg(home.join("keys/receipt.pub"))
+        .output()
+        .expect("verify");
+    assert!(verify.status.success(), "{}", text(&verify));
+    drop(upstream);
+}

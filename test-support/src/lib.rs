@@ -262,6 +262,9 @@ impl Upstream {
     }
 }
 
+/// The test upstream's `/v1/chat/completions` answer.
+pub const CHAT_COMPLETION: &str = r#"{"id":"chatcmpl-test","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":120,"completion_tokens":30,"total_tokens":150,"prompt_tokens_details":{"cached_tokens":20},"completion_tokens_details":{"reasoning_tokens":10}}}"#;
+
 fn full(s: impl Into<Bytes>) -> RespBody {
     Full::new(s.into()).map_err(|n| match n {}).boxed()
 }
@@ -303,6 +306,18 @@ async fn route(
                 req.version(),
                 req.method()
             )))
+        }
+        // An OpenAI-shaped provider: a fixed, non-streamed Chat Completions
+        // answer whose usage (120 prompt tokens of which 20 cached, 30
+        // completion tokens of which 10 reasoning) tests read back from
+        // receipts, reports and the ledger.
+        "/v1/chat/completions" => {
+            let mut resp = Response::new(full(CHAT_COMPLETION));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            resp
         }
         "/echo" => Response::new(req.into_body().map_err(|e| Box::new(e) as BoxError).boxed()),
         "/headers" => {
