@@ -1,7 +1,8 @@
 //! Benchmark: the egress proxy (transport, permissive gate) against the same
-//! local HTTPS upstream reached directly and through mitmproxy's `mitmdump`
-//! (reverse mode, TLS both sides) in the same run. Prints figures and ratios;
-//! skips mitmdump when it is not installed. Run: `cargo bench --bench proxy`.
+//! local HTTPS upstream reached directly, through nginx (a tuned TLS reverse
+//! proxy, the fast peer) and through mitmproxy's `mitmdump` (reverse mode, TLS
+//! both sides, the MITM peer) in the same run. Prints figures and ratios;
+//! skips a peer that is not installed. Run: `cargo bench --bench proxy`.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
 
 use proxy::{AllowAll, Proxy, ProxyConfig, SessionCa};
 use rustls::{client::Resumption, ClientConfig};
-use test_support::{HttpsClient, Mitmdump, TestCa, Upstream};
+use test_support::{HttpsClient, Mitmdump, Nginx, TestCa, Upstream};
 
 /// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
 #[global_allocator]
@@ -171,6 +172,19 @@ async fn run() {
         addr: handle.https_addr().unwrap(),
         ca_pem: handle.ca_pem().to_owned(),
     };
+    let nginx_dir = tempfile::tempdir().unwrap();
+    let nginx_ca = TestCa::new("bench nginx");
+    let nginx = Nginx::start(
+        &nginx_ca,
+        HOST,
+        upstream.addr,
+        upstream_ca.cert_pem(),
+        nginx_dir.path(),
+    )
+    .await;
+    if nginx.is_none() {
+        println!("nginx: not found or did not start; peer skipped (apt-get install nginx)");
+    }
     let mitm_dir = tempfile::tempdir().unwrap();
     let mitm = Mitmdump::start(upstream.addr, mitm_dir.path()).await;
     if mitm.is_none() {
@@ -192,6 +206,13 @@ async fn run() {
         return;
     }
     let mut targets = vec![direct, ours];
+    if let Some(n) = &nginx {
+        targets.push(Target {
+            name: "nginx",
+            addr: n.addr,
+            ca_pem: n.ca_pem.clone(),
+        });
+    }
     if let Some(m) = &mitm {
         targets.push(Target {
             name: "mitmdump",
@@ -227,9 +248,10 @@ async fn run() {
                 l2.1.as_secs_f64() * 1e6
             ),
         );
-        results.push((h1, h2, nc, l1.0, l2.0));
+        results.push((t.name, (h1, h2, nc, l1.0, l2.0)));
     }
-    let (d, o) = (results[0], results[1]);
+    let result = |name: &str| results.iter().find(|r| r.0 == name).map(|r| r.1);
+    let (d, o) = (result("direct").unwrap(), result("openclaw").unwrap());
     println!(
         "\nadded p50 latency through openclaw: h1 {:.0} µs, h2 {:.0} µs (target ≤ 300 µs)",
         (o.3.as_secs_f64() - d.3.as_secs_f64()) * 1e6,
@@ -241,7 +263,15 @@ async fn run() {
         o.1 / d.1,
         o.2 / d.2
     );
-    if let Some(m) = results.get(2) {
+    if let Some(n) = result("nginx") {
+        println!(
+            "openclaw / nginx: h1 ka {:.2} (target ≥ 1), h2 ka {:.2} (target ≥ 1), new conn {:.2}",
+            o.0 / n.0,
+            o.1 / n.1,
+            o.2 / n.2
+        );
+    }
+    if let Some(m) = result("mitmdump") {
         println!(
             "openclaw / mitmdump: h1 ka {:.1}× (target ≥ 40×), h2 ka {:.1}×, new conn {:.1}× (target ≥ 15×)",
             o.0 / m.0, o.1 / m.1, o.2 / m.2
@@ -255,6 +285,9 @@ async fn run() {
     println!("proxy stats: {stats:?}");
     if let Some(m) = mitm {
         m.stop().await;
+    }
+    if let Some(n) = nginx {
+        n.stop().await;
     }
     handle.shutdown().await;
 }

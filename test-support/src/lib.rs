@@ -9,10 +9,12 @@ mod approval;
 mod go_upstream;
 mod https_client;
 mod mitm;
+mod nginx;
 pub use approval::{purchase_question, Scripted, ScriptedBroker};
 pub use go_upstream::{go_fold_orbits, go_upstream_binary, GoUpstream};
 pub use https_client::HttpsClient;
 pub use mitm::Mitmdump;
+pub use nginx::Nginx;
 
 use std::{
     convert::Infallible,
