@@ -435,6 +435,21 @@ fn a_sessions_llm_call_reaches_the_ledger_priced_from_the_rate_card() {
     assert_eq!(usage.len(), 1, "one usage receipt");
     let u = usage[0].to_string();
     assert!(u.contains("\"cost_micro_usd\":230"), "{u}");
+    // The session report shows the spend against the token's budget.
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(sessions[0].join("report.json")).expect("report.json"),
+    )
+    .expect("report json");
+    assert_eq!(report["spend"]["llm_micro_usd"], 230, "{report}");
+    assert_eq!(
+        report["spend"]["llm_budget_micro_usd"], 1_000_000,
+        "{report}"
+    );
+    let html = std::fs::read_to_string(sessions[0].join("report.html")).expect("report.html");
+    assert!(
+        html.contains("\"llm_budget_micro_usd\":1000000"),
+        "the page's data"
+    );
     let verify = openclaw(home)
         .arg("verify")
         .arg(&sessions[0])

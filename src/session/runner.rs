@@ -119,6 +119,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
                 .collect(),
             revocation_ids: capability.revocation_ids(),
             expires_at: capability.expires_at().map(receipts::format_time),
+            llm_budget_micro_usd: capability.llm_budget_micro_usd(),
         },
         receipt_key_id: receipts::key_id(&config.receipt_key.verifying_key()),
         resolve: config
