@@ -260,6 +260,17 @@ async fn serve_and_supervise(
     let proxy_ip = network.proxy_addr();
     let enforcement = enforcement::build(config, capability, receipt_log.clone(), out.screen())?;
     out.attach(enforcement.events.subscribe(), dir)?;
+    // Each LLM call's ledger row as its usage receipt lands, so spend is
+    // readable while the session runs (the end fill completes it).
+    let live_ledger = usage::live::LiveLedger::start(
+        enforcement.events.subscribe(),
+        usage::ledger_path(&choice::home_of(&config.sessions_dir)),
+        dir.join(bundle::RECEIPTS),
+        usage::live::Labels {
+            tenant: config.labels.tenant.clone(),
+            user: config.labels.user.clone(),
+        },
+    );
 
     let proxy = start_proxy(
         network,
@@ -340,6 +351,7 @@ async fn serve_and_supervise(
     };
     enforcement.shutdown();
     proxy.shutdown().await;
+    live_ledger.finish().await;
     stopped?;
     result
 }
