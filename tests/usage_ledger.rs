@@ -463,22 +463,26 @@ fn a_sessions_llm_call_reaches_the_ledger_priced_from_the_rate_card() {
 
 /// Every row of the ledger at `home`, all columns, in key order.
 fn ledger_dump(home: &Path) -> Vec<Vec<String>> {
-    let db = rusqlite::Connection::open(home.join("ledger.db")).expect("ledger");
-    let mut stmt = db
-        .prepare("SELECT * FROM usage ORDER BY session, seq")
-        .expect("query");
+    try_ledger_dump(home).expect("read the ledger")
+}
+
+/// The same, or the error of a ledger not there yet (or being created).
+fn try_ledger_dump(home: &Path) -> rusqlite::Result<Vec<Vec<String>>> {
+    let db = rusqlite::Connection::open_with_flags(
+        home.join("ledger.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let mut stmt = db.prepare("SELECT * FROM usage ORDER BY session, seq")?;
     let columns = stmt.column_count();
-    stmt.query_map([], |r| {
+    let rows = stmt.query_map([], |r| {
         (0..columns)
             .map(|i| {
                 r.get::<_, rusqlite::types::Value>(i)
                     .map(|v| format!("{v:?}"))
             })
             .collect()
-    })
-    .expect("rows")
-    .collect::<Result<_, _>>()
-    .expect("row")
+    })?;
+    rows.collect()
 }
 
 #[test]
@@ -538,7 +542,7 @@ fn a_calls_ledger_row_is_written_while_the_session_runs() {
         .into_owned();
     // The row is there while the session still runs.
     let live = support::wait_until("the live ledger row", Duration::from_secs(60), || {
-        let rows = home.join("ledger.db").exists().then(|| ledger_dump(home))?;
+        let rows = try_ledger_dump(home).ok()?;
         (!rows.is_empty()).then_some(rows)
     });
     assert!(

@@ -97,13 +97,9 @@ async fn forward(mut events: broadcast::Receiver<Event>, tx: mpsc::Sender<u64>) 
 /// The writer thread: for each announced seq, reads the chain's new
 /// complete lines and writes every usage receipt among them.
 fn write_rows(rx: mpsc::Receiver<u64>, ledger: &Path, receipts: &Path, labels: &Labels) {
-    let mut ledger = match Ledger::open(ledger) {
-        Ok(l) => l,
-        Err(err) => {
-            tracing::warn!("live usage ledger: {err:#}");
-            return;
-        }
-    };
+    // Opened at the first row: a session without LLM calls creates no
+    // ledger, as before.
+    let mut db: Option<Ledger> = None;
     let mut chain = ChainTail::new(receipts.to_path_buf());
     // Seqs announced and not yet seen on disk, with when they were.
     let mut waiting: Vec<(u64, Instant)> = Vec::new();
@@ -122,7 +118,13 @@ fn write_rows(rx: mpsc::Receiver<u64>, ledger: &Path, receipts: &Path, labels: &
         let rows = chain.new_usage_rows(labels);
         let seen: Vec<u64> = rows.iter().map(|r| r.seq).collect();
         if !rows.is_empty() {
-            if let Err(err) = ledger.insert(&rows) {
+            if db.is_none() {
+                match Ledger::open(ledger) {
+                    Ok(l) => db = Some(l),
+                    Err(err) => tracing::warn!("live usage ledger: {err:#}"),
+                }
+            }
+            if let Some(Err(err)) = db.as_mut().map(|l| l.insert(&rows)) {
                 tracing::warn!("live usage ledger: {err:#}");
             }
         }
