@@ -129,6 +129,11 @@ pub struct CapabilitySummary {
     pub grants: Vec<String>,
     pub revocation_ids: Vec<String>,
     pub expires_at: Option<String>,
+    /// The token's LLM budget (`llm.budget_usd`, the narrowest any block
+    /// sets) in micro-USD, read from the verified token at session start;
+    /// absent without a budget and in bundles from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_budget_micro_usd: Option<u64>,
 }
 
 impl SessionInfo {

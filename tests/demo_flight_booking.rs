@@ -166,3 +166,52 @@ fn flight_booking_demo_tells_the_seed_story_and_keeps_the_secrets_out() {
         assert!(!stderr.contains(secret.as_str()), "secret on stderr");
     }
 }
+
+#[test]
+fn the_demo_takes_tenant_and_user_labels_as_run_does() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = openclaw(home.path())
+        .args(["demo", "flight-booking", "--approve", "auto"])
+        .args(["--tenant", "acme-demo", "--user", "bob"])
+        .output()
+        .expect("run the demo");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = only_session(home.path());
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("session.json")).expect("session.json"))
+            .expect("session json");
+    assert_eq!(
+        (&info["tenant"], &info["user"]),
+        (&Value::from("acme-demo"), &Value::from("bob")),
+        "{info}"
+    );
+    // The signed chain carries them too (the ledger reads them from there).
+    let chain = std::fs::read_to_string(dir.join("receipts.jsonl")).expect("receipts");
+    let start: Value =
+        serde_json::from_str(chain.lines().next().expect("first receipt")).expect("receipt json");
+    assert_eq!(start["kind"], "session_start", "{start}");
+    assert_eq!(
+        (&start["tenant"], &start["user"]),
+        (&Value::from("acme-demo"), &Value::from("bob")),
+        "{start}"
+    );
+
+    // A label run would refuse, the demo refuses too, before any session.
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = openclaw(home.path())
+        .args(["demo", "flight-booking", "--approve", "auto"])
+        .args(["--tenant", "bad\ntenant"])
+        .output()
+        .expect("run the demo");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tenant"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!home.path().join("sessions").exists());
+}

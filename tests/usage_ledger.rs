@@ -435,6 +435,21 @@ fn a_sessions_llm_call_reaches_the_ledger_priced_from_the_rate_card() {
     assert_eq!(usage.len(), 1, "one usage receipt");
     let u = usage[0].to_string();
     assert!(u.contains("\"cost_micro_usd\":230"), "{u}");
+    // The session report shows the spend against the token's budget.
+    let report: Value = serde_json::from_slice(
+        &std::fs::read(sessions[0].join("report.json")).expect("report.json"),
+    )
+    .expect("report json");
+    assert_eq!(report["spend"]["llm_micro_usd"], 230, "{report}");
+    assert_eq!(
+        report["spend"]["llm_budget_micro_usd"], 1_000_000,
+        "{report}"
+    );
+    let html = std::fs::read_to_string(sessions[0].join("report.html")).expect("report.html");
+    assert!(
+        html.contains("\"llm_budget_micro_usd\":1000000"),
+        "the page's data"
+    );
     let verify = openclaw(home)
         .arg("verify")
         .arg(&sessions[0])
@@ -443,5 +458,114 @@ fn a_sessions_llm_call_reaches_the_ledger_priced_from_the_rate_card() {
         .output()
         .expect("verify");
     assert!(verify.status.success(), "{}", text(&verify));
+    drop(upstream);
+}
+
+/// Every row of the ledger at `home`, all columns, in key order.
+fn ledger_dump(home: &Path) -> Vec<Vec<String>> {
+    try_ledger_dump(home).expect("read the ledger")
+}
+
+/// The same, or the error of a ledger not there yet (or being created).
+fn try_ledger_dump(home: &Path) -> rusqlite::Result<Vec<Vec<String>>> {
+    let db = rusqlite::Connection::open_with_flags(
+        home.join("ledger.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let mut stmt = db.prepare("SELECT * FROM usage ORDER BY session, seq")?;
+    let columns = stmt.column_count();
+    let rows = stmt.query_map([], |r| {
+        (0..columns)
+            .map(|i| {
+                r.get::<_, rusqlite::types::Value>(i)
+                    .map(|v| format!("{v:?}"))
+            })
+            .collect()
+    })?;
+    rows.collect()
+}
+
+#[test]
+fn a_calls_ledger_row_is_written_while_the_session_runs() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ca = test_support::TestCa::new("live ledger test provider");
+    let upstream = rt.block_on(test_support::Upstream::https(
+        &ca,
+        &["api.openai.com"],
+        &[b"http/1.1"],
+    ));
+    let home = tempfile::tempdir().expect("home");
+    let home = home.path();
+    support::keygen_and_mint(
+        home,
+        "[llm]\nproviders = [\"api.openai.com\"]\nbudget_usd = \"1.00\"\n",
+    );
+    std::fs::write(
+        home.join("rates.toml"),
+        "[[model]]\nname = \"gpt-4o-mini\"\ninput = \"1\"\ncached_input = \"0.5\"\noutput = \"4\"\n",
+    )
+    .expect("rates");
+    let ca_pem = ca.write_pem(home);
+    // One LLM call, then the session waits until the test lets it end.
+    let script = r#"curl -sS https://api.openai.com/v1/chat/completions -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":50}' && echo CALLED && while [ ! -e /work/go ]; do sleep 0.1; done"#;
+    let child = openclaw(home)
+        .arg("run")
+        .arg("--capabilities")
+        .arg(home.join("task.cap"))
+        .args(["--backend", "netns", "--tenant", "acme", "--user", "alice"])
+        .args(["--work-max", "0"])
+        .arg("--upstream-ca")
+        .arg(&ca_pem)
+        .arg("--resolve")
+        .arg(format!("api.openai.com={}", upstream.addr))
+        .args(["--", "sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openclaw run");
+    let mut child = support::Killed(child);
+    let session = support::wait_until("the session's bundle", Duration::from_secs(30), || {
+        std::fs::read_dir(home.join("sessions"))
+            .ok()?
+            .next()
+            .map(|e| e.expect("entry").path())
+    });
+    let id = session
+        .file_name()
+        .expect("id")
+        .to_string_lossy()
+        .into_owned();
+    // The row is there while the session still runs.
+    let live = support::wait_until("the live ledger row", Duration::from_secs(60), || {
+        let rows = try_ledger_dump(home).ok()?;
+        (!rows.is_empty()).then_some(rows)
+    });
+    assert!(
+        child.0.try_wait().expect("try_wait").is_none(),
+        "the session is still running"
+    );
+    assert_eq!(live.len(), 1, "{live:?}");
+    let row = live[0].join(" ");
+    assert!(row.contains(&format!("Text(\"{id}\")")), "{row}");
+    assert!(
+        row.contains("Text(\"acme\")") && row.contains("Integer(230)"),
+        "{row}"
+    );
+
+    std::fs::write(session.join("work/go"), "").expect("let it end");
+    let status = child.0.wait().expect("wait");
+    assert!(status.success(), "the session ended well");
+    // The end-of-session fill kept the live row as it was, and a rebuild
+    // from the verified chains gives the same ledger.
+    let at_end = ledger_dump(home);
+    assert_eq!(at_end, live);
+    let rebuild = run(home, &["usage", "rebuild"]);
+    assert!(rebuild.status.success(), "{}", text(&rebuild));
+    assert_eq!(ledger_dump(home), at_end);
     drop(upstream);
 }

@@ -9,12 +9,13 @@ use clap::{Args, ValueEnum};
 
 use crate::demo::flight_booking::{self, DemoOptions};
 use crate::home;
-use crate::session::config::{ApproveMode, EXIT_SETUP};
+use crate::session::config::{ApproveMode, SessionLabels, EXIT_SETUP};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   openclaw demo flight-booking                  # answer the $487 approval yourself
   openclaw demo flight-booking --approve auto   # unattended (the default without a terminal)
+  openclaw demo flight-booking --tenant acme --user alice   # labels, as `openclaw run`
   cargo run --release -- demo flight-booking
 
 The flight-booking scenario retells the product page: an agent searches
@@ -38,6 +39,12 @@ pub struct DemoArgs {
     /// Live action stream as NDJSON on stderr.
     #[arg(long)]
     json_events: bool,
+    /// Who the session is billed to, as `openclaw run --tenant`.
+    #[arg(long, value_name = "TENANT", default_value = "local")]
+    tenant: String,
+    /// Who ran it, as `openclaw run --user` [default: the invoking user].
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -54,6 +61,7 @@ enum ApproveArg {
 
 pub fn execute(args: DemoArgs) -> Result<ExitCode> {
     let Scenario::FlightBooking = args.scenario;
+    let labels = SessionLabels::new(Some(args.tenant), args.user).map_err(anyhow::Error::msg)?;
     let options = DemoOptions {
         home: home::home_dir()?,
         approve: args.approve.map(|a| match a {
@@ -63,6 +71,7 @@ pub fn execute(args: DemoArgs) -> Result<ExitCode> {
         }),
         json_events: args.json_events,
         approval_timeout: args.approval_timeout,
+        labels,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -31,6 +31,8 @@ pub struct DemoOptions {
     pub approve: Option<ApproveMode>,
     pub json_events: bool,
     pub approval_timeout: Duration,
+    /// `--tenant/--user`, as `openclaw run` takes them.
+    pub labels: SessionLabels,
 }
 
 /// What the mock services saw, kept in the bundle as `demo-upstream.json`.
@@ -113,7 +115,7 @@ pub async fn run(options: DemoOptions) -> Result<(SessionOutcome, Vec<SeenReques
         sessions_dir: options.home.join("sessions"),
         timeout: None,
         bounds: Bounds::default(),
-        labels: SessionLabels::new(None, None).map_err(anyhow::Error::msg)?,
+        labels: options.labels.clone(),
     };
     let outcome = runner::run_session(config).await;
     let _ = std::fs::remove_dir_all(&workdir);

@@ -69,6 +69,11 @@ pub struct Spend {
     /// The metered LLM calls' tokens, summed (usage receipts).
     #[serde(default)]
     pub llm: LlmTotals,
+    /// The session's LLM budget (the token's `llm.budget_usd`, as
+    /// `session.json` recorded it), micro-USD: what `llm_micro_usd` is
+    /// spent against. Absent without a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_budget_micro_usd: Option<u64>,
 }
 
 /// The usage receipts of a session, summed.
@@ -233,6 +238,7 @@ pub fn build_from(
             llm_micro_usd
         },
         llm,
+        llm_budget_micro_usd: session.capabilities.llm_budget_micro_usd,
         ..Spend::default()
     };
     let mut bytes = Bytes::default();
@@ -509,5 +515,22 @@ mod tests {
         // Usage receipts replace the estimates: 0 + 500, not 2 × 999999.
         assert_eq!(report.spend.llm_micro_usd, 500);
         assert_eq!(seqs, vec![1, 3]);
+    }
+    #[test]
+    fn the_llm_budget_comes_from_session_json_and_is_absent_without_one() {
+        let mut session = SessionInfo::default();
+        session.capabilities.llm_budget_micro_usd = Some(2_000_000);
+        let report = build_from(session, b"", &[], None);
+        assert_eq!(report.spend.llm_budget_micro_usd, Some(2_000_000));
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["spend"]["llm_budget_micro_usd"], 2_000_000);
+
+        let report = build_from(SessionInfo::default(), b"", &[], None);
+        assert_eq!(report.spend.llm_budget_micro_usd, None);
+        let json = serde_json::to_value(&report).expect("json");
+        assert!(
+            json["spend"].get("llm_budget_micro_usd").is_none(),
+            "{json}"
+        );
     }
 }

@@ -119,6 +119,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
                 .collect(),
             revocation_ids: capability.revocation_ids(),
             expires_at: capability.expires_at().map(receipts::format_time),
+            llm_budget_micro_usd: capability.llm_budget_micro_usd(),
         },
         receipt_key_id: receipts::key_id(&config.receipt_key.verifying_key()),
         resolve: config
@@ -259,6 +260,17 @@ async fn serve_and_supervise(
     let proxy_ip = network.proxy_addr();
     let enforcement = enforcement::build(config, capability, receipt_log.clone(), out.screen())?;
     out.attach(enforcement.events.subscribe(), dir)?;
+    // Each LLM call's ledger row as its usage receipt lands, so spend is
+    // readable while the session runs (the end fill completes it).
+    let live_ledger = usage::live::LiveLedger::start(
+        enforcement.events.subscribe(),
+        usage::ledger_path(&choice::home_of(&config.sessions_dir)),
+        dir.join(bundle::RECEIPTS),
+        usage::live::Labels {
+            tenant: config.labels.tenant.clone(),
+            user: config.labels.user.clone(),
+        },
+    );
 
     let proxy = start_proxy(
         network,
@@ -339,6 +351,7 @@ async fn serve_and_supervise(
     };
     enforcement.shutdown();
     proxy.shutdown().await;
+    live_ledger.finish().await;
     stopped?;
     result
 }

@@ -52,6 +52,8 @@ pub struct SessionRow {
     pub spend_cents: u64,
     pub currency: Option<String>,
     pub llm_micro_usd: u64,
+    /// The session's LLM budget, micro-USD, when its token sets one.
+    pub llm_budget_micro_usd: Option<u64>,
     pub receipts: String,
 }
 
@@ -202,6 +204,7 @@ fn row(report: &Report, live: bool) -> SessionRow {
         spend_cents: report.spend.payments_cents,
         currency: report.spend.currency.clone(),
         llm_micro_usd: report.spend.llm_micro_usd,
+        llm_budget_micro_usd: report.spend.llm_budget_micro_usd,
         receipts: report.receipts.status.clone(),
     }
 }

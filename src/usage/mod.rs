@@ -4,6 +4,8 @@
 
 /// The SQLite ledger: schema, opening, idempotent writes.
 pub mod ledger;
+/// Ledger rows while a session runs, from its usage events.
+pub mod live;
 /// Chains to ledger rows: at a session's end and for a whole rebuild.
 pub mod rebuild;
 /// Sums over periods and keys; table, CSV and JSON.

@@ -1,18 +1,21 @@
 //! Test-only helpers shared by the workspace's tests: a throwaway CA, local
 //! HTTPS and HTTP upstream servers that count their connections and serve a
-//! few fixed routes (hello, echo, large download, SSE, WebSocket echo),
-//! rustls client/in-memory TLS pair helpers, a scripted approval broker, and
+//! few fixed routes (hello, echo, large download, SSE, WebSocket echo, an
+//! LLM provider's Chat and Messages answers), rustls client/in-memory TLS
+//! pair helpers, a scripted approval broker, and
 //! the adversarial Go upstream (a real server-side parser, `go_upstream`).
 #![allow(clippy::unwrap_used)] // test support: panicking on setup failure is the point
 
 mod approval;
 mod go_upstream;
 mod https_client;
+pub mod llm;
 mod mitm;
 mod nginx;
 pub use approval::{purchase_question, Scripted, ScriptedBroker};
 pub use go_upstream::{go_fold_orbits, go_upstream_binary, GoUpstream};
 pub use https_client::HttpsClient;
+pub use llm::LlmAnswer;
 pub use mitm::Mitmdump;
 pub use nginx::Nginx;
 
@@ -184,7 +187,8 @@ struct Counters {
 /// A local upstream server (HTTPS or plain HTTP) with fixed routes:
 /// `/hello`, `/echo` (streams the request body back), `/bytes/N` (N bytes,
 /// generated in 64 KiB chunks), `/sse?n=K&gap_ms=M`, `/ws` (WebSocket echo),
-/// `/headers` (request headers as text).
+/// `/headers` (request headers as text), `/v1/chat/completions` and
+/// `/v1/messages` (an LLM provider, [`llm`]).
 pub struct Upstream {
     pub addr: SocketAddr,
     counters: Arc<Counters>,
@@ -264,9 +268,6 @@ impl Upstream {
     }
 }
 
-/// The test upstream's `/v1/chat/completions` answer.
-pub const CHAT_COMPLETION: &str = r#"{"id":"chatcmpl-test","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":120,"completion_tokens":30,"total_tokens":150,"prompt_tokens_details":{"cached_tokens":20},"completion_tokens_details":{"reasoning_tokens":10}}}"#;
-
 fn full(s: impl Into<Bytes>) -> RespBody {
     Full::new(s.into()).map_err(|n| match n {}).boxed()
 }
@@ -309,17 +310,35 @@ async fn route(
                 req.method()
             )))
         }
-        // An OpenAI-shaped provider: a fixed, non-streamed Chat Completions
-        // answer whose usage (120 prompt tokens of which 20 cached, 30
-        // completion tokens of which 10 reasoning) tests read back from
-        // receipts, reports and the ledger.
-        "/v1/chat/completions" => {
-            let mut resp = Response::new(full(CHAT_COMPLETION));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            resp
+        // An LLM provider (llm.rs): OpenAI Chat Completions and Anthropic
+        // Messages, streamed or not, with fixed usage figures that tests
+        // read back from receipts, reports and the ledger.
+        "/v1/chat/completions" | "/v1/messages" => {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+            let Ok(body) = body else {
+                return Ok(status(StatusCode::BAD_REQUEST));
+            };
+            match llm::llm_answer(&path, &body) {
+                Some(LlmAnswer::Json(json)) => {
+                    let mut resp = Response::new(full(json));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+                Some(LlmAnswer::Events(events)) => {
+                    let (tx, rx) = mpsc::channel(events.len().max(1));
+                    for e in events {
+                        let _ = tx.try_send(Bytes::from(e));
+                    }
+                    let mut r = Response::new(ChannelBody(rx).boxed());
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+                    r
+                }
+                None => status(StatusCode::NOT_FOUND),
+            }
         }
         "/echo" => Response::new(req.into_body().map_err(|e| Box::new(e) as BoxError).boxed()),
         "/headers" => {

@@ -1,5 +1,6 @@
 //! Requirement-gated tests: tests that need something of the host (QEMU for
-//! the harness, `/dev/kvm`, a nested PVM `/dev/kvm`, `/dev/net/tun`) and that
+//! the harness, `/dev/kvm`, a nested PVM `/dev/kvm`, `/dev/net/tun`, the
+//! real LLM client libraries) and that
 //! must never report "passed" when they did not run.
 //!
 //! How a test is gated:
@@ -39,19 +40,29 @@ pub enum Requirement {
     KvmIsPvm,
     /// `/dev/net/tun`: taps.
     Tun,
+    /// The real LLM client libraries the netns sandbox can run: the pinned
+    /// OpenAI and Anthropic Python SDKs in `scripts/bootstrap`'s venv (its
+    /// marker file, written last) and `node` (built-in fetch).
+    SdkClients,
 }
 
 const QEMU: &str = "qemu-system-x86_64";
 const KVM: &str = "/dev/kvm";
 const PVM_MODULE: &str = "/sys/module/kvm_pvm";
 const TUN: &str = "/dev/net/tun";
+/// `scripts/bootstrap`'s venv, and the marker it writes once the pinned SDKs
+/// are in it.
+pub const SDK_VENV: &str = "/usr/local/lib/openclaw/test-venv";
+const SDK_MARKER: &str = "/usr/local/lib/openclaw/test-venv/openclaw-sdks";
+const NODE: &str = "node";
 
 impl Requirement {
-    pub const ALL: [Requirement; 4] = [
+    pub const ALL: [Requirement; 5] = [
         Requirement::Qemu,
         Requirement::Kvm,
         Requirement::KvmIsPvm,
         Requirement::Tun,
+        Requirement::SdkClients,
     ];
 
     /// The cfg a build script sets when the requirement is met.
@@ -61,6 +72,7 @@ impl Requirement {
             Requirement::Kvm => "openclaw_has_kvm",
             Requirement::KvmIsPvm => "openclaw_kvm_is_pvm",
             Requirement::Tun => "openclaw_has_tun",
+            Requirement::SdkClients => "openclaw_has_sdk_clients",
         }
     }
 
@@ -71,6 +83,7 @@ impl Requirement {
             Requirement::Kvm => "kvm",
             Requirement::KvmIsPvm => "kvm-pvm",
             Requirement::Tun => "tun",
+            Requirement::SdkClients => "sdk-clients",
         }
     }
 
@@ -83,6 +96,10 @@ impl Requirement {
             Requirement::Kvm => "/dev/kvm is absent on this host",
             Requirement::KvmIsPvm => "this host's /dev/kvm is not nested PVM (module kvm_pvm)",
             Requirement::Tun => "/dev/net/tun is absent on this host",
+            Requirement::SdkClients => {
+                "the SDK venv (/usr/local/lib/openclaw/test-venv) or node is missing \
+                 (scripts/bootstrap installs both)"
+            }
         }
     }
 
@@ -101,6 +118,9 @@ impl Requirement {
             Requirement::Kvm => Path::new(KVM).exists(),
             Requirement::KvmIsPvm => Path::new(KVM).exists() && Path::new(PVM_MODULE).exists(),
             Requirement::Tun => Path::new(TUN).exists(),
+            Requirement::SdkClients => {
+                Path::new(SDK_MARKER).is_file() && find_on_path(NODE).is_some()
+            }
         }
     }
 
@@ -116,6 +136,18 @@ impl Requirement {
             // A reloaded kvm module makes a new /dev/kvm node.
             Requirement::Kvm | Requirement::KvmIsPvm => vec![PathBuf::from(KVM)],
             Requirement::Tun => vec![PathBuf::from(TUN)],
+            // The marker's directory gains an entry when bootstrap writes
+            // it; before the venv exists, its parent (or /usr/local/lib).
+            Requirement::SdkClients => {
+                let mut paths = path_dirs();
+                paths.extend(
+                    [SDK_VENV, "/usr/local/lib/openclaw", "/usr/local/lib"]
+                        .into_iter()
+                        .map(PathBuf::from)
+                        .find(|p| p.exists()),
+                );
+                paths
+            }
         };
         paths.into_iter().filter(|p| p.exists()).collect()
     }
@@ -235,7 +267,12 @@ mod tests {
             .collect();
         assert_eq!(
             required,
-            [Requirement::Qemu, Requirement::Kvm, Requirement::Tun]
+            [
+                Requirement::Qemu,
+                Requirement::Kvm,
+                Requirement::Tun,
+                Requirement::SdkClients
+            ]
         );
     }
 }
