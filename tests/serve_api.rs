@@ -540,6 +540,76 @@ fn sigterm_closes_idle_connections_stops_listening_and_exits_zero() {
     );
 }
 
+/// The receive queue (bytes not yet read by the daemon) of the daemon's
+/// end of the connection from `client` to `server`, from /proc/net/tcp.
+fn server_rx_queue(server: std::net::SocketAddr, client: std::net::SocketAddr) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |f: &str| u16::from_str_radix(f.rsplit_once(':')?.1, 16).ok();
+        if port(fields.get(1)?)? != server.port() || port(fields.get(2)?)? != client.port() {
+            return None;
+        }
+        let (_, rx) = fields.get(4)?.split_once(':')?;
+        u64::from_str_radix(rx, 16).ok()
+    })
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    use std::io::{Read, Write};
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let admin = cli(home.path(), &["tenants", "admin-token"]);
+    let mut d = start(home.path(), &logs.path().join("serve.log"));
+    let server: std::net::SocketAddr = d.addr.parse().expect("addr");
+    let mut conn = std::net::TcpStream::connect(server).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let body = r#"{"name":"late"}"#;
+    let (first, rest) = body.split_at(5);
+    write!(
+        conn,
+        "POST /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        body.len()
+    )
+    .expect("send head");
+    // In flight: the daemon has read the head and part of the body (its
+    // receive queue is empty) and waits for the rest.
+    let client = conn.local_addr().expect("local addr");
+    for _ in 0..300 {
+        if server_rx_queue(server, client) == Some(0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        server_rx_queue(server, client),
+        Some(0),
+        "the daemon read the head"
+    );
+    kill_term(&d);
+    // New connections are refused once the listener is closed, while the
+    // request in flight is still being served.
+    let mut refused = false;
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(server).is_err() {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(refused, "the listener closed after SIGTERM");
+    conn.write_all(rest.as_bytes()).expect("send the rest");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    assert!(reply.contains("\"name\":\"late\""), "{reply}");
+    assert_eq!(wait_exit(&mut d.child).code(), Some(0));
+    assert!(home.path().join("tenants/late/keys/root.pub").is_file());
+}
+
 #[test]
 fn the_openapi_document_describes_what_is_served() {
     let home = tempfile::tempdir().expect("tempdir");
