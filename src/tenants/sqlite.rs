@@ -233,62 +233,18 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn name(s: &str) -> TenantName {
-        TenantName::parse(s).expect("name")
-    }
+    use crate::tenants::store::conformance;
 
     #[test]
-    fn tenants_round_trip_and_conflicts_are_typed() {
+    fn the_sqlite_store_keeps_the_store_contract() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(CONTROL_DB);
-        let store = SqliteStore::open(&path).expect("open");
-        store.ping().expect("ping");
-        let h1 = TokenHash::of("one");
-        store
-            .insert_tenant(&name("b"), &h1, "t1")
-            .expect("insert b");
-        store
-            .insert_tenant(&name("a"), &h1, "t1")
-            .expect("insert a");
-        assert!(matches!(
-            store.insert_tenant(&name("a"), &h1, "t2"),
-            Err(TenantStoreError::TenantExists(_))
-        ));
-        let names: Vec<String> = store
-            .tenants()
-            .expect("list")
-            .into_iter()
-            .map(|t| t.name.to_string())
-            .collect();
-        assert_eq!(names, ["a", "b"]);
-        let h2 = TokenHash::of("two");
-        store
-            .replace_tenant_token(&name("a"), &h2, "t3")
-            .expect("rotate");
-        let stored = store.tenant_token(&name("a")).expect("get").expect("some");
-        assert!(stored.matches(&h2) && !stored.matches(&h1));
-        assert!(matches!(
-            store.replace_tenant_token(&name("zz"), &h2, "t3"),
-            Err(TenantStoreError::NoSuchTenant(_))
-        ));
-        store.delete_tenant(&name("a")).expect("delete");
-        assert!(store.tenant_token(&name("a")).expect("get").is_none());
-        assert!(matches!(
-            store.delete_tenant(&name("a")),
-            Err(TenantStoreError::NoSuchTenant(_))
-        ));
-        assert!(store.admin_token().expect("admin").is_none());
-        store.set_admin_token(&h1, "t4").expect("set");
-        store.set_admin_token(&h2, "t5").expect("replace");
-        assert!(store
-            .admin_token()
-            .expect("admin")
-            .expect("some")
-            .matches(&h2));
-        drop(store);
-        // A second opener (the CLI beside the daemon) sees the same rows.
+        // Two openers of one file: the daemon and the CLI beside it.
+        let daemon = SqliteStore::open(&path).expect("open");
+        let cli = SqliteStore::open(&path).expect("open again");
+        conformance::check(&daemon, &cli);
+        drop((daemon, cli));
         let again = SqliteStore::open(&path).expect("reopen");
-        assert_eq!(again.tenants().expect("list").len(), 1);
+        assert_eq!(again.tenants().expect("list").len(), 2, "rows are durable");
     }
 }

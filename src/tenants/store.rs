@@ -60,3 +60,83 @@ pub trait Store: Send + Sync {
     /// Sets (or replaces) the one admin token.
     fn set_admin_token(&self, token: &TokenHash, at: &str) -> Result<(), TenantStoreError>;
 }
+
+/// The contract above as a test any implementation runs (a PostgreSQL one
+/// with two connections to one database).
+#[cfg(test)]
+pub mod conformance {
+    use super::*;
+
+    fn name(s: &str) -> TenantName {
+        TenantName::parse(s).expect("name")
+    }
+
+    /// `one` and `two` are two handles onto the same empty storage.
+    pub fn check(one: &dyn Store, two: &dyn Store) {
+        one.ping().expect("ping");
+        let h1 = TokenHash::of("one");
+        let h2 = TokenHash::of("two");
+        one.insert_tenant(&name("b"), &h1, "t1").expect("insert b");
+        one.insert_tenant(&name("a"), &h1, "t1").expect("insert a");
+        assert!(matches!(
+            two.insert_tenant(&name("a"), &h2, "t2"),
+            Err(TenantStoreError::TenantExists(_))
+        ));
+        let names: Vec<String> = two
+            .tenants()
+            .expect("list")
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"], "exact names, in name order");
+        // A rotation through one handle is what the other reads next.
+        one.replace_tenant_token(&name("a"), &h2, "t3")
+            .expect("rotate");
+        let stored = two.tenant_token(&name("a")).expect("get").expect("some");
+        assert!(stored.matches(&h2) && !stored.matches(&h1));
+        let listed = two.tenants().expect("list");
+        assert_eq!(
+            (
+                listed[0].created_at.as_str(),
+                listed[0].token_issued_at.as_str()
+            ),
+            ("t1", "t3")
+        );
+        assert!(matches!(
+            one.replace_tenant_token(&name("zz"), &h2, "t3"),
+            Err(TenantStoreError::NoSuchTenant(_))
+        ));
+        assert!(two.tenant_token(&name("zz")).expect("get").is_none());
+        two.delete_tenant(&name("b")).expect("delete");
+        assert!(one.tenant_token(&name("b")).expect("get").is_none());
+        assert!(matches!(
+            one.delete_tenant(&name("b")),
+            Err(TenantStoreError::NoSuchTenant(_))
+        ));
+        // Of concurrent creations of one name through both handles, exactly one wins.
+        for round in 0..20 {
+            let racer = name(&format!("race-{round}"));
+            let (r1, r2) = std::thread::scope(|s| {
+                let t1 = s.spawn(|| one.insert_tenant(&racer, &h1, "t4"));
+                let t2 = s.spawn(|| two.insert_tenant(&racer, &h2, "t4"));
+                (t1.join().expect("thread"), t2.join().expect("thread"))
+            });
+            let won = [&r1, &r2].iter().filter(|r| r.is_ok()).count();
+            let lost = [&r1, &r2]
+                .iter()
+                .filter(|r| matches!(r, Err(TenantStoreError::TenantExists(_))))
+                .count();
+            assert_eq!((won, lost), (1, 1), "round {round}: {r1:?} {r2:?}");
+            one.delete_tenant(&racer).expect("clean up");
+        }
+        assert!(one.admin_token().expect("admin").is_none());
+        one.set_admin_token(&h1, "t5").expect("set");
+        two.set_admin_token(&h2, "t6").expect("replace");
+        assert!(one
+            .admin_token()
+            .expect("admin")
+            .expect("some")
+            .matches(&h2));
+        one.insert_tenant(&name("c"), &h1, "t7").expect("insert c");
+    }
+}
