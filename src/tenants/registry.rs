@@ -108,24 +108,30 @@ impl Registry {
     }
 
     fn create_inner(&self, name: &TenantName) -> Result<String, TenantOpError> {
-        if self.store.tenant_token(name)?.is_some() {
-            return Err(TenantOpError::Exists(name.clone()));
-        }
         let root = self.root(name);
+        // The directory, then the record: a creation writes the record
+        // before the directory, so a directory seen here with no record
+        // after it is a leftover, not a concurrent creation.
         if std::fs::symlink_metadata(root.path()).is_ok() {
+            if self.store.tenant_token(name)?.is_some() {
+                return Err(TenantOpError::Exists(name.clone()));
+            }
             return Err(TenantOpError::Failed(anyhow::anyhow!(
                 "{} exists without a tenant record: move it away first",
                 root.path().display()
             )));
         }
-        root.create()?;
+        // The record first: the store's unique key decides which of two
+        // concurrent creations wins (the other gets `Exists`, not a clash
+        // over the directory). Nobody holds the token until it is returned.
         let token = token::new_tenant_token(name);
-        if let Err(e) = self
-            .store
-            .insert_tenant(name, &TokenHash::of(&token), &now_rfc3339())
-        {
-            // The directory is ours (create_dir succeeded just now): undo it.
-            let _ = std::fs::remove_dir_all(root.path());
+        self.store
+            .insert_tenant(name, &TokenHash::of(&token), &now_rfc3339())?;
+        if let Err(e) = root.create() {
+            // No tenant without its directory. A half-made directory is left
+            // for the operator (it may not be ours to delete: the next create
+            // names it).
+            let _ = self.store.delete_tenant(name);
             return Err(e.into());
         }
         Ok(token)
@@ -331,6 +337,26 @@ mod tests {
                     path.display()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn of_concurrent_creations_one_wins_and_the_other_is_refused() {
+        let (_home, reg) = registry();
+        for round in 0..10 {
+            let name = TenantName::parse(&format!("r{round}")).expect("name");
+            let (one, two) = std::thread::scope(|s| {
+                let a = s.spawn(|| reg.create(&cli(), &name));
+                let b = s.spawn(|| reg.create(&cli(), &name));
+                (a.join().expect("thread"), b.join().expect("thread"))
+            });
+            let won = [&one, &two].iter().filter(|r| r.is_ok()).count();
+            let refused = [&one, &two]
+                .iter()
+                .filter(|r| matches!(r, Err(TenantOpError::Exists(_))))
+                .count();
+            assert_eq!((won, refused), (1, 1), "round {round}: {one:?} {two:?}");
+            assert!(reg.root(&name).is_complete());
         }
     }
 
