@@ -5,6 +5,8 @@
 //! `commands/`, each a thin adapter over the library crates.
 #![forbid(unsafe_code)]
 
+/// The control plane's audit log: `<home>/audit.jsonl`.
+mod audit;
 /// A session bundle on disk: its files, `session.json`, `events.jsonl`.
 mod bundle;
 /// One thin adapter per subcommand.
@@ -19,8 +21,12 @@ mod home;
 mod keys;
 /// Session reports: `report.json` and the self-contained HTML page.
 mod report;
+/// `openclaw serve`: the control plane's HTTP API.
+mod serve;
 /// One agent session, from its configuration to the report.
 mod session;
+/// Tenants: names, directories, hashed tokens, the store.
+mod tenants;
 /// `openclaw ui`: the web UI.
 mod ui;
 /// LLM usage across sessions: the ledger, its rebuild, reports.
@@ -88,6 +94,13 @@ enum Command {
     /// LLM usage across sessions: reports (table, CSV, JSON) and the ledger's rebuild.
     #[command(subcommand)]
     Usage(commands::usage::UsageCommand),
+    /// Serve the control plane's HTTP API for many tenants.
+    Serve(commands::serve::ServeArgs),
+    /// Create, list, rotate and delete tenants; issue the admin token.
+    #[command(subcommand)]
+    Tenants(commands::tenants::TenantsCommand),
+    /// Read the control plane's audit log.
+    Audit(commands::audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -117,6 +130,9 @@ fn main_exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => commands::image::execute(cmd),
         Command::Recover(args) => commands::recover::execute(args),
         Command::Usage(cmd) => commands::usage::execute(cmd),
+        Command::Serve(args) => commands::serve::execute(args),
+        Command::Tenants(cmd) => commands::tenants::execute(cmd),
+        Command::Audit(args) => commands::audit::execute(args),
     }
 }
 

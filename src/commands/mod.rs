@@ -1,6 +1,7 @@
 //! One module per subcommand; each is a thin adapter over the library crates.
 
 pub mod approve;
+pub mod audit;
 pub mod cap;
 pub mod demo;
 pub mod image;
@@ -8,6 +9,8 @@ pub mod keygen;
 pub mod recover;
 pub mod report;
 pub mod run;
+pub mod serve;
+pub mod tenants;
 pub mod ui;
 pub mod usage;
 pub mod verify;

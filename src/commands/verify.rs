@@ -149,8 +149,38 @@ impl<E: Into<anyhow::Error>> From<E> for Unreadable {
 }
 
 pub fn execute(args: VerifyArgs) -> Result<ExitCode> {
+    let (report, code) = run(&args);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// What `openclaw verify DIR --key KEY [--cap-pubkey ROOT] --json` prints,
+/// as a value: `openclaw serve` answers `GET /v1/sessions/{id}/receipts/verify`
+/// with it (the same checks, the tenant's keys).
+pub(crate) fn verify_bundle_json(
+    dir: &std::path::Path,
+    key: &std::path::Path,
+    cap_pubkey: Option<&std::path::Path>,
+) -> serde_json::Value {
+    let args = VerifyArgs {
+        path: dir.to_path_buf(),
+        key: Some(key.to_path_buf()),
+        trust_embedded_key: false,
+        cap_pubkey: cap_pubkey.map(std::path::Path::to_path_buf),
+        json: true,
+    };
+    let (report, _) = run(&args);
+    serde_json::to_value(&report).unwrap_or(serde_json::Value::Null)
+}
+
+/// Runs every check; the report and the exit code.
+fn run(args: &VerifyArgs) -> (Report, u8) {
     let mut report = Report::default();
-    let code = match check(&args, &mut report) {
+    let code = match check(args, &mut report) {
         Ok(()) if report.error.is_none() && report.mismatches.is_empty() => {
             report.status = "valid";
             EXIT_VALID
@@ -168,12 +198,7 @@ pub fn execute(args: VerifyArgs) -> Result<ExitCode> {
             EXIT_UNREADABLE
         }
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_human(&report);
-    }
-    Ok(ExitCode::from(code))
+    (report, code)
 }
 
 fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {

@@ -12,7 +12,8 @@
 mod archive;
 pub mod auth;
 mod live;
-mod sessions;
+/// Also read by `openclaw serve` (a tenant's sessions are listed the same way).
+pub(crate) mod sessions;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

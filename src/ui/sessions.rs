@@ -179,7 +179,7 @@ pub fn is_live(dir: &Path, info: &SessionInfo) -> bool {
     info.status == "running" && info.supervisor_alive() && dir.join(CONTROL_SOCK).exists()
 }
 
-fn row(report: &Report, live: bool) -> SessionRow {
+pub(crate) fn row(report: &Report, live: bool) -> SessionRow {
     let s = &report.session;
     let c = &report.counts;
     SessionRow {

@@ -1,0 +1,51 @@
+//! `openclaw audit`: the control plane's audit log (`<home>/audit.jsonl`),
+//! filtered by tenant and time, printed as JSON lines.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::audit::{self, AuditFilter, AuditLog};
+use crate::home;
+use crate::tenants::TenantName;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  openclaw audit
+  openclaw audit --tenant acme --since 1h
+  openclaw audit --since 2026-12-01T00:00:00Z | jq .action
+
+One JSON object per line: time, actor (admin, tenant, user), via (cli, api),
+tenant, action, target, request_id, outcome (ok, refused, failed), detail.")]
+pub struct AuditArgs {
+    /// Only lines about this tenant.
+    #[arg(long, value_name = "TENANT")]
+    tenant: Option<String>,
+    /// Only lines at or after this: an RFC 3339 time or a duration back from now (1h, 30m, 2d).
+    #[arg(long, value_name = "TIME|DURATION")]
+    since: Option<String>,
+}
+
+pub fn execute(args: AuditArgs) -> Result<ExitCode> {
+    let home = home::home_dir()?;
+    let tenant = args
+        .tenant
+        .as_deref()
+        .map(TenantName::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| audit::parse_since(s, std::time::SystemTime::now()))
+        .transpose()?;
+    let filter = AuditFilter {
+        tenant: tenant.map(|t| t.to_string()),
+        since,
+    };
+    for record in AuditLog::at_home(&home).read(&filter)? {
+        println!("{}", serde_json::to_string(&record)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,125 @@
+//! `openclaw tenants`: create, list, rotate and delete the tenants of this
+//! openclaw home, and issue the admin token of `openclaw serve`. Tokens are
+//! printed once and stored only as SHA-256; each change is an audit line.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use crate::audit::{self, Actor, Via};
+use crate::home;
+use crate::tenants::{self, Caller, Registry, TenantName};
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant (its directory, keys and token); prints the token once.
+    Create(NameArg),
+    /// List the tenants.
+    List(ListArgs),
+    /// Tenant tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Delete a tenant: its token stops working, its directory moves to
+    /// <home>/tenants-deleted/.
+    Delete(NameArg),
+    /// Issue a new admin token for `openclaw serve` (replacing any); prints it once.
+    AdminToken,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Replace the tenant's token: the old one is refused at once; prints the new one.
+    Rotate(NameArg),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  openclaw tenants create acme          # prints tk_acme_<32 hex> once
+  openclaw tenants token rotate acme
+  openclaw tenants delete acme
+
+A tenant name is 1 to 63 of a-z, 0-9 and '-', starting with a letter or digit.")]
+pub struct NameArg {
+    /// The tenant's name.
+    #[arg(value_name = "NAME")]
+    name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// One JSON array on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn caller() -> Caller {
+    // The operator at the terminal manages tenants as the admin does.
+    Caller {
+        actor: Actor::Admin,
+        via: Via::Cli,
+        request_id: format!("cli-{}", audit::new_request_id()),
+    }
+}
+
+fn parse_name(text: &str) -> Result<TenantName> {
+    TenantName::parse(text).with_context(|| format!("tenant name {text:?}"))
+}
+
+pub fn execute(cmd: TenantsCommand) -> Result<ExitCode> {
+    let home = home::home_dir()?;
+    let registry = tenants::open_registry(&home)?;
+    match cmd {
+        TenantsCommand::Create(arg) => {
+            let name = parse_name(&arg.name)?;
+            let token = registry.create(&caller(), &name)?;
+            eprintln!(
+                "created tenant {name} in {}; its token (shown once, stored only as SHA-256):",
+                registry.root(&name).path().display()
+            );
+            println!("{token}");
+        }
+        TenantsCommand::List(args) => list(&registry, args.json)?,
+        TenantsCommand::Token(TokenCommand::Rotate(arg)) => {
+            let name = parse_name(&arg.name)?;
+            let token = registry.rotate(&caller(), &name)?;
+            eprintln!(
+                "rotated the token of {name}; the old one is refused from now on. New token:"
+            );
+            println!("{token}");
+        }
+        TenantsCommand::Delete(arg) => {
+            let name = parse_name(&arg.name)?;
+            registry.delete(&caller(), &name)?;
+            println!(
+                "deleted tenant {name} (its directory is under {}/tenants-deleted)",
+                home.display()
+            );
+        }
+        TenantsCommand::AdminToken => {
+            let token = registry.new_admin_token(&caller())?;
+            eprintln!(
+                "new admin token for `openclaw serve` (shown once; any previous one is refused):"
+            );
+            println!("{token}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(registry: &Registry, json: bool) -> Result<()> {
+    let tenants = registry.list()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tenants)?);
+        return Ok(());
+    }
+    if tenants.is_empty() {
+        println!("no tenants (create one with `openclaw tenants create NAME`)");
+        return Ok(());
+    }
+    println!("{:<32} {:<22} TOKEN ISSUED", "NAME", "CREATED");
+    for t in tenants {
+        println!("{:<32} {:<22} {}", t.name, t.created_at, t.token_issued_at);
+    }
+    Ok(())
+}

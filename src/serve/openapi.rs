@@ -1,0 +1,193 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document of exactly what
+//! `routes.rs` serves, built here with serde_json. `tests/serve_api.rs`
+//! walks every path and method in it against a running daemon and checks
+//! each answer's status is one the document lists.
+
+use serde_json::{json, Value};
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+fn ok(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
+    })
+}
+
+/// The responses every `/v1` operation may give besides its own.
+fn v1_errors(mut responses: Value, not_found: &str) -> Value {
+    let map = responses.as_object_mut().expect("responses is an object");
+    map.insert(
+        "400".into(),
+        error_response("bad input; `error.field` names it"),
+    );
+    map.insert(
+        "401".into(),
+        error_response("missing or wrong bearer token"),
+    );
+    map.insert("404".into(), error_response(not_found));
+    map.insert(
+        "500".into(),
+        error_response("the request failed; the daemon's log has the cause under X-Request-Id"),
+    );
+    responses
+}
+
+const TENANT_404: &str =
+    "no such session, a session of another tenant, or the admin token (these are tenant routes)";
+const ADMIN_404: &str = "no such tenant, or a tenant token (these are admin routes)";
+
+fn id_param() -> Value {
+    json!({"name": "id", "in": "path", "required": true,
+           "description": "session id: letters, digits, '-', '_', '.', not starting with '.'; never percent-decoded",
+           "schema": {"type": "string", "maxLength": 128}})
+}
+
+fn name_param() -> Value {
+    json!({"name": "name", "in": "path", "required": true,
+           "schema": {"$ref": "#/components/schemas/TenantName"}})
+}
+
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "openclaw serve",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "The control plane of openclaw: tenants, their sessions and usage. \
+                Authenticate with `Authorization: Bearer <token>`: a tenant token (tk_<name>_<32 hex>) \
+                for tenant routes, the admin token (tkadm_<32 hex>) for admin routes; the other \
+                kind gets 404. Every response carries X-Request-Id."
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["error"],
+                    "properties": {"error": {
+                        "type": "object", "required": ["code", "message", "field"],
+                        "properties": {
+                            "code": {"type": "string", "enum": [
+                                "unauthorized", "not_found", "invalid", "conflict",
+                                "method_not_allowed", "unsupported_media_type", "too_large", "internal"]},
+                            "message": {"type": "string"},
+                            "field": {"type": ["string", "null"]}
+                        }
+                    }}
+                },
+                "TenantName": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+                "Tenant": {
+                    "type": "object", "required": ["name", "created_at", "token_issued_at"],
+                    "properties": {
+                        "name": {"$ref": "#/components/schemas/TenantName"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "token_issued_at": {"type": "string", "format": "date-time"}
+                    }
+                },
+                "TenantList": {"type": "object", "required": ["tenants"],
+                    "properties": {"tenants": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}}},
+                "TenantToken": {
+                    "type": "object", "required": ["name", "token"],
+                    "properties": {"name": {"$ref": "#/components/schemas/TenantName"},
+                                   "token": {"type": "string", "description": "shown once; only its SHA-256 is stored"}}
+                },
+                "TenantDeleted": {"type": "object", "required": ["name", "deleted"],
+                    "properties": {"name": {"$ref": "#/components/schemas/TenantName"}, "deleted": {"const": true}}},
+                "CreateTenant": {"type": "object", "required": ["name"], "additionalProperties": false,
+                    "properties": {"name": {"$ref": "#/components/schemas/TenantName"}}},
+                "SessionRow": {"type": "object", "required": ["id", "status", "live", "backend", "started_at"],
+                    "description": "one row of the sessions list (as `openclaw ui` shows it)",
+                    "properties": {"id": {"type": "string"}, "status": {"type": "string"},
+                                   "live": {"type": "boolean"}, "backend": {"type": "string"},
+                                   "started_at": {"type": "string"}, "receipts": {"type": "string"}}},
+                "SessionList": {"type": "object", "required": ["sessions"],
+                    "properties": {"sessions": {"type": "array", "items": {"$ref": "#/components/schemas/SessionRow"}}}},
+                "Report": {"type": "object", "required": ["session"],
+                    "description": "the session's report, as report.json (docs/reports.md)"},
+                "Verification": {"type": "object", "required": ["status"],
+                    "description": "`openclaw verify --json` against the tenant's receipt key and root key",
+                    "properties": {"status": {"type": "string", "enum": ["valid", "invalid", "unreadable"]}}},
+                "UsageReport": {"type": "object", "required": ["period", "by", "rows", "total"],
+                    "description": "`openclaw usage report --json` (docs/metering.md)"},
+                "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                "Readiness": {"type": "object", "required": ["ready", "checks"],
+                    "properties": {"ready": {"type": "boolean"}, "checks": {"type": "array", "items": {
+                        "type": "object", "required": ["name", "ok", "detail"],
+                        "properties": {"name": {"type": "string", "enum": ["storage", "tenant_keys"]},
+                                       "ok": {"type": "boolean"}, "detail": {"type": "string"}}}}}}
+            }
+        },
+        "paths": {
+            "/healthz": {"get": {
+                "summary": "the daemon is alive", "security": [],
+                "responses": {"200": ok("alive", "Health")}
+            }},
+            "/readyz": {"get": {
+                "summary": "the store answers and every tenant has its directory and keys", "security": [],
+                "responses": {"200": ok("ready", "Readiness"), "503": ok("not ready; the failing check says why", "Readiness")}
+            }},
+            "/openapi.json": {"get": {
+                "summary": "this document", "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}
+            }},
+            "/v1/sessions": {"get": {
+                "summary": "the tenant's sessions, newest first", "security": [{"bearer": []}],
+                "responses": v1_errors(json!({"200": ok("sessions", "SessionList")}), TENANT_404)
+            }},
+            "/v1/sessions/{id}": {"get": {
+                "summary": "one session's report", "security": [{"bearer": []}],
+                "parameters": [id_param()],
+                "responses": v1_errors(json!({"200": ok("the report", "Report")}), TENANT_404)
+            }},
+            "/v1/sessions/{id}/receipts/verify": {"get": {
+                "summary": "verify the session's receipt chain and re-derive its decisions", "security": [{"bearer": []}],
+                "parameters": [id_param()],
+                "responses": v1_errors(json!({"200": ok("the verification (its status may be invalid)", "Verification")}), TENANT_404)
+            }},
+            "/v1/usage": {"get": {
+                "summary": "LLM usage: the tenant's own; the admin's: all tenants or one",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "period", "in": "query", "required": false, "schema": {"type": "string", "default": "current-month"},
+                     "description": "today, yesterday, current-month, last-month, YYYY-MM, YYYY-MM-DD or FROM..TO (UTC days)"},
+                    {"name": "by", "in": "query", "required": false, "schema": {"type": "string", "default": "day,tenant,model"},
+                     "description": "comma list of tenant, user, session, model, day"},
+                    {"name": "tenant", "in": "query", "required": false, "schema": {"$ref": "#/components/schemas/TenantName"},
+                     "description": "admin: only this tenant; a tenant token may name only itself"}
+                ],
+                "responses": v1_errors(json!({"200": ok("the report", "UsageReport")}), "a tenant token naming another tenant")
+            }},
+            "/v1/tenants": {
+                "get": {
+                    "summary": "list tenants (admin)", "security": [{"bearer": []}],
+                    "responses": v1_errors(json!({"200": ok("tenants", "TenantList")}), ADMIN_404)
+                },
+                "post": {
+                    "summary": "create a tenant (admin); its token is in the answer, once", "security": [{"bearer": []}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateTenant"}}}},
+                    "responses": v1_errors(json!({
+                        "201": ok("created", "TenantToken"),
+                        "409": error_response("the tenant exists"),
+                        "413": error_response("body over 4 KiB"),
+                        "415": error_response("not application/json")
+                    }), ADMIN_404)
+                }
+            },
+            "/v1/tenants/{name}": {"delete": {
+                "summary": "delete a tenant (admin): its token stops working, its directory is moved aside",
+                "security": [{"bearer": []}], "parameters": [name_param()],
+                "responses": v1_errors(json!({"200": ok("deleted", "TenantDeleted")}), ADMIN_404)
+            }},
+            "/v1/tenants/{name}/token": {"post": {
+                "summary": "rotate a tenant's token (admin): the old one is refused at once",
+                "security": [{"bearer": []}], "parameters": [name_param()],
+                "responses": v1_errors(json!({"200": ok("the new token", "TenantToken")}), ADMIN_404)
+            }}
+        }
+    })
+}

@@ -1,0 +1,434 @@
+//! The API's routes and handlers. A request is read (head, bearer token,
+//! a bounded body) on the async side, then handled on a blocking thread
+//! (SQLite, bundle files). Order of checks under `/v1`: the token (401),
+//! then whether this identity may see the route at all (404, never 403),
+//! then the method (405), then the input (400 naming the field).
+//!
+//! Path parameters are matched on the raw path, never percent-decoded: `%2F`
+//! or `%2e%2e` in an id is not a separator or `..`, it is an id that names
+//! nothing (404).
+
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use bytes::Bytes;
+use clap::ValueEnum;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::{json, ApiBody, ApiError};
+use super::{openapi, sessions};
+use crate::audit::{self, Actor, Via};
+use crate::tenants::{Caller, Identity, Registry, TenantName, TenantOpError};
+use crate::usage::report::{self as usage_report, GroupKey, Sums, UsageReport};
+use crate::usage::{self, Ledger};
+
+/// Largest request body taken (a tenant name in JSON is a few dozen bytes).
+const MAX_BODY: usize = 4096;
+
+pub struct State {
+    pub registry: Registry,
+}
+
+/// A request once read: what the handlers need, owned.
+struct Parsed {
+    method: Method,
+    path: String,
+    query: Option<String>,
+    bearer: Option<String>,
+    json_body: bool,
+    body: Bytes,
+}
+
+pub async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Response<ApiBody> {
+    let request_id = audit::new_request_id();
+    let mut response = match read(req).await {
+        Ok(parsed) => {
+            let id = request_id.clone();
+            let handled = tokio::task::spawn_blocking(move || dispatch(&state, &parsed, &id)).await;
+            match handled {
+                Ok(Ok(response)) => response,
+                Ok(Err(err)) => err.into_response(),
+                Err(join) => ApiError::internal(&request_id, &anyhow!("handler died: {join}"))
+                    .into_response(),
+            }
+        }
+        Err(err) => err.into_response(),
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+async fn read(req: Request<hyper::body::Incoming>) -> Result<Parsed, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(ApiError::too_large())
+        }
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "body",
+                "the request body could not be read",
+            ))
+        }
+    };
+    Ok(Parsed {
+        json_body: parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("application/json")),
+        bearer: bearer(&parts.headers),
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        body,
+    })
+}
+
+/// The token of a single `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+fn only(req: &Parsed, method: Method) -> Result<(), ApiError> {
+    if req.method == method {
+        Ok(())
+    } else {
+        Err(ApiError::method_not_allowed())
+    }
+}
+
+fn dispatch(state: &State, req: &Parsed, request_id: &str) -> Result<Response<ApiBody>, ApiError> {
+    let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["healthz"] => {
+            only(req, Method::GET)?;
+            Ok(json(StatusCode::OK, &json!({"status": "ok"})))
+        }
+        ["readyz"] => {
+            only(req, Method::GET)?;
+            Ok(readiness(state))
+        }
+        ["openapi.json"] => {
+            only(req, Method::GET)?;
+            Ok(json(StatusCode::OK, &openapi::document()))
+        }
+        ["v1", rest @ ..] => {
+            let who = authenticate(state, req, request_id)?;
+            v1(state, req, &who, rest, request_id)
+        }
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+fn authenticate(state: &State, req: &Parsed, request_id: &str) -> Result<Identity, ApiError> {
+    let token = req.bearer.as_deref().ok_or_else(ApiError::unauthorized)?;
+    match state.registry.authenticate(token) {
+        Ok(Some(who)) => Ok(who),
+        Ok(None) => Err(ApiError::unauthorized()),
+        Err(e) => Err(ApiError::internal(request_id, &e.into())),
+    }
+}
+
+fn v1(
+    state: &State,
+    req: &Parsed,
+    who: &Identity,
+    rest: &[&str],
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    match rest {
+        ["sessions"] => {
+            let root = state.registry.root(tenant_only(who)?);
+            only(req, Method::GET)?;
+            no_query(req)?;
+            Ok(json(
+                StatusCode::OK,
+                &json!({"sessions": sessions::list(&root)}),
+            ))
+        }
+        ["sessions", id] => {
+            let root = state.registry.root(tenant_only(who)?);
+            only(req, Method::GET)?;
+            no_query(req)?;
+            let report = sessions::get(&root, id).ok_or_else(ApiError::not_found)?;
+            Ok(json(StatusCode::OK, &report))
+        }
+        ["sessions", id, "receipts", "verify"] => {
+            let root = state.registry.root(tenant_only(who)?);
+            only(req, Method::GET)?;
+            no_query(req)?;
+            let report = sessions::verify(&root, id).ok_or_else(ApiError::not_found)?;
+            Ok(json(StatusCode::OK, &report))
+        }
+        ["usage"] => {
+            only(req, Method::GET)?;
+            usage_of(state, req, who, request_id)
+        }
+        ["tenants"] => {
+            admin_only(who)?;
+            match req.method {
+                Method::GET => {
+                    no_query(req)?;
+                    let tenants = state
+                        .registry
+                        .list()
+                        .map_err(|e| ApiError::internal(request_id, &e.into()))?;
+                    Ok(json(StatusCode::OK, &json!({"tenants": tenants})))
+                }
+                Method::POST => create_tenant(state, req, request_id),
+                _ => Err(ApiError::method_not_allowed()),
+            }
+        }
+        ["tenants", name] => {
+            admin_only(who)?;
+            only(req, Method::DELETE)?;
+            no_query(req)?;
+            let name = name_param(name)?;
+            state
+                .registry
+                .delete(&api_admin(request_id), &name)
+                .map_err(|e| op_error(e, request_id))?;
+            Ok(json(
+                StatusCode::OK,
+                &json!({"name": name, "deleted": true}),
+            ))
+        }
+        ["tenants", name, "token"] => {
+            admin_only(who)?;
+            only(req, Method::POST)?;
+            no_query(req)?;
+            let name = name_param(name)?;
+            let token = state
+                .registry
+                .rotate(&api_admin(request_id), &name)
+                .map_err(|e| op_error(e, request_id))?;
+            Ok(json(StatusCode::OK, &json!({"name": name, "token": token})))
+        }
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// Tenant routes: the admin token has no sessions of its own (404).
+fn tenant_only(who: &Identity) -> Result<&TenantName, ApiError> {
+    match who {
+        Identity::Tenant(name) => Ok(name),
+        Identity::Admin => Err(ApiError::not_found()),
+    }
+}
+
+/// Admin routes: a tenant token is told they do not exist (404).
+fn admin_only(who: &Identity) -> Result<(), ApiError> {
+    match who {
+        Identity::Admin => Ok(()),
+        Identity::Tenant(_) => Err(ApiError::not_found()),
+    }
+}
+
+fn api_admin(request_id: &str) -> Caller {
+    Caller {
+        actor: Actor::Admin,
+        via: Via::Api,
+        request_id: request_id.to_owned(),
+    }
+}
+
+fn name_param(text: &str) -> Result<TenantName, ApiError> {
+    TenantName::parse(text).map_err(|e| ApiError::invalid("name", e.to_string()))
+}
+
+fn no_query(req: &Parsed) -> Result<(), ApiError> {
+    match req.query.as_deref() {
+        None | Some("") => Ok(()),
+        Some(_) => Err(ApiError::invalid(
+            "query",
+            "this route takes no query parameters",
+        )),
+    }
+}
+
+fn op_error(err: TenantOpError, request_id: &str) -> ApiError {
+    match err {
+        TenantOpError::Exists(_) => ApiError::conflict("the tenant already exists"),
+        TenantOpError::NotFound(_) => ApiError::not_found(),
+        TenantOpError::Failed(e) => ApiError::internal(request_id, &e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    name: String,
+}
+
+fn create_tenant(
+    state: &State,
+    req: &Parsed,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    no_query(req)?;
+    if !req.json_body {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let body: CreateTenant = serde_json::from_slice(&req.body)
+        .map_err(|_| ApiError::invalid("body", "expected {\"name\": \"tenant-name\"}"))?;
+    let name =
+        TenantName::parse(&body.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
+    let token = state
+        .registry
+        .create(&api_admin(request_id), &name)
+        .map_err(|e| op_error(e, request_id))?;
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({"name": name, "token": token}),
+    ))
+}
+
+/// `GET /v1/usage?period=&by=&tenant=`: `openclaw usage report --json` over
+/// the ledger, scoped to the caller's tenant (the admin: all tenants, or
+/// the one named). Values are plain ASCII (no percent-decoding).
+fn usage_of(
+    state: &State,
+    req: &Parsed,
+    who: &Identity,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    let mut period = "current-month".to_owned();
+    let mut by = vec![GroupKey::Day, GroupKey::Tenant, GroupKey::Model];
+    let mut tenant = None;
+    for pair in req
+        .query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "period" => period = value.to_owned(),
+            "by" => {
+                by = value
+                    .split(',')
+                    .map(|k| GroupKey::from_str(k, true))
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| {
+                        ApiError::invalid(
+                            "by",
+                            "expected a comma list of tenant, user, session, model, day",
+                        )
+                    })?;
+            }
+            "tenant" => {
+                tenant = Some(
+                    TenantName::parse(value)
+                        .map_err(|e| ApiError::invalid("tenant", e.to_string()))?,
+                )
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "query",
+                    "known parameters: period, by, tenant",
+                ))
+            }
+        }
+    }
+    let scope = match who {
+        Identity::Admin => tenant,
+        Identity::Tenant(own) => {
+            if tenant.as_ref().is_some_and(|t| t != own) {
+                return Err(ApiError::not_found());
+            }
+            Some(own.clone())
+        }
+    };
+    let period = usage_report::parse_period(&period, &usage_report::today())
+        .map_err(|e| ApiError::invalid("period", format!("{e:#}")))?;
+    let path = usage::ledger_path(state.registry.home());
+    let report = if path.exists() {
+        let ledger =
+            Ledger::open_read_only(&path).map_err(|e| ApiError::internal(request_id, &e))?;
+        usage_report::query(
+            &ledger,
+            &period,
+            scope.as_ref().map(TenantName::as_str),
+            &by,
+        )
+        .map_err(|e| ApiError::internal(request_id, &e))?
+    } else {
+        // No metered call yet: an empty report, not an error.
+        by.sort();
+        by.dedup();
+        UsageReport {
+            period,
+            tenant: scope.map(|t| t.to_string()),
+            by,
+            rows: Vec::new(),
+            total: Sums::default(),
+        }
+    };
+    Ok(json(StatusCode::OK, &report))
+}
+
+/// `GET /readyz`: 200 when the control-plane store answers a query and
+/// every tenant's directory has its sessions directory and public keys;
+/// 503 naming the failing check otherwise. Tenant names are not listed
+/// (the probe needs no token).
+fn readiness(state: &State) -> Response<ApiBody> {
+    let storage = state.registry.store().ping();
+    let tenants = state.registry.list();
+    let keys = match &tenants {
+        Ok(list) => {
+            let missing = list
+                .iter()
+                .filter(|t| !state.registry.root(&t.name).is_complete())
+                .count();
+            if missing == 0 {
+                Ok(format!(
+                    "{} tenants, each with its directory and keys",
+                    list.len()
+                ))
+            } else {
+                Err(format!(
+                    "{missing} of {} tenants lack their directory or keys",
+                    list.len()
+                ))
+            }
+        }
+        Err(_) => Err("tenants could not be listed".to_owned()),
+    };
+    let checks = json!([
+        {"name": "storage", "ok": storage.is_ok(),
+         "detail": match &storage { Ok(()) => "the store answers".to_owned(), Err(e) => e.to_string() }},
+        {"name": "tenant_keys", "ok": keys.is_ok(),
+         "detail": match &keys { Ok(d) | Err(d) => d.clone() }},
+    ]);
+    let ready = storage.is_ok() && keys.is_ok();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, &json!({"ready": ready, "checks": checks}))
+}

@@ -1,0 +1,32 @@
+//! Tenants of `openclaw serve`: validated names, their directories under
+//! `<home>/tenants/`, bearer tokens stored as SHA-256, and the store that
+//! keeps them (`docs/control-plane.md`).
+
+/// Tenant names: the one validated type.
+mod name;
+/// Create, list, rotate, delete, authenticate; each change audited.
+mod registry;
+/// A tenant's directory and the joins that cannot leave it.
+mod root;
+/// The SQLite store: `<home>/control.db`.
+mod sqlite;
+/// The `Store` trait and what any backend must keep.
+mod store;
+/// Token shapes, hashing and constant-time comparison.
+mod token;
+
+pub use name::TenantName;
+pub use registry::{Caller, Identity, Registry, TenantOpError};
+pub use root::TenantRoot;
+pub use sqlite::{SqliteStore, CONTROL_DB};
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// The registry of `home` on its SQLite store (`<home>/control.db`).
+pub fn open_registry(home: &Path) -> anyhow::Result<Registry> {
+    std::fs::create_dir_all(home)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", home.display()))?;
+    let store = SqliteStore::open(&home.join(CONTROL_DB))?;
+    Ok(Registry::new(home, Arc::new(store)))
+}

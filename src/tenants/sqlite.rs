@@ -1,0 +1,250 @@
+//! The SQLite [`Store`]: `<home>/control.db` in WAL mode, so `openclaw
+//! tenants ...` at the terminal and a running `openclaw serve` share it (a
+//! rotation by the CLI is seen by the daemon's next request).
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::name::TenantName;
+use super::store::{Store, TenantRecord, TenantStoreError};
+use super::token::TokenHash;
+
+/// The store's file name in the openclaw home.
+pub const CONTROL_DB: &str = "control.db";
+
+/// `PRAGMA user_version` of the schema below; another version is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY NOT NULL,
+    token_sha256 BLOB NOT NULL CHECK (length(token_sha256) = 32),
+    created_at TEXT NOT NULL,
+    token_issued_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS admin_token (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    token_sha256 BLOB NOT NULL CHECK (length(token_sha256) = 32),
+    issued_at TEXT NOT NULL
+);
+";
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn backend(e: impl std::fmt::Display) -> TenantStoreError {
+    TenantStoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the store at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, TenantStoreError> {
+        let conn = Connection::open(path)
+            .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
+        // The CLI and the daemon may write at once: wait rather than fail.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(backend)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(backend)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(backend(format!(
+                "{} refused WAL mode ({mode})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(backend)?;
+        match version {
+            0 => {
+                conn.execute_batch(SCHEMA).map_err(backend)?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(backend)?;
+            }
+            SCHEMA_VERSION => {}
+            other => {
+                return Err(backend(format!(
+                    "{} has schema version {other}; this openclaw reads {SCHEMA_VERSION}",
+                    path.display()
+                )))
+            }
+        }
+        // Token hashes are not secrets, but nobody else needs to read them.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>, TenantStoreError> {
+        self.conn
+            .lock()
+            .map_err(|_| backend("a thread panicked holding the store"))
+    }
+}
+
+fn hash_from(blob: Vec<u8>) -> Result<TokenHash, TenantStoreError> {
+    let bytes: [u8; 32] = blob
+        .try_into()
+        .map_err(|_| backend("a stored token hash is not 32 bytes"))?;
+    Ok(TokenHash(bytes))
+}
+
+impl Store for SqliteStore {
+    fn ping(&self) -> Result<(), TenantStoreError> {
+        self.conn()?
+            .query_row("SELECT count(*) FROM tenants", [], |r| r.get::<_, i64>(0))
+            .map(drop)
+            .map_err(backend)
+    }
+
+    fn insert_tenant(
+        &self,
+        name: &TenantName,
+        token: &TokenHash,
+        at: &str,
+    ) -> Result<(), TenantStoreError> {
+        let conn = self.conn()?;
+        match conn.execute(
+            "INSERT INTO tenants (name, token_sha256, created_at, token_issued_at) VALUES (?1, ?2, ?3, ?3)",
+            params![name.as_str(), &token.0[..], at],
+        ) {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(TenantStoreError::TenantExists(name.clone()))
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    fn tenants(&self) -> Result<Vec<TenantRecord>, TenantStoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare("SELECT name, created_at, token_issued_at FROM tenants ORDER BY name")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, created_at, token_issued_at) = row.map_err(backend)?;
+            // Whatever wrote the row, a name that is not valid is never
+            // handed on to be joined onto a path.
+            let name = TenantName::parse(&name)
+                .map_err(|e| backend(format!("stored tenant name {name:?}: {e}")))?;
+            out.push(TenantRecord {
+                name,
+                created_at,
+                token_issued_at,
+            });
+        }
+        Ok(out)
+    }
+
+    fn tenant_token(&self, name: &TenantName) -> Result<Option<TokenHash>, TenantStoreError> {
+        let blob: Option<Vec<u8>> = self
+            .conn()?
+            .query_row(
+                "SELECT token_sha256 FROM tenants WHERE name = ?1",
+                params![name.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        blob.map(hash_from).transpose()
+    }
+
+    fn replace_tenant_token(
+        &self,
+        name: &TenantName,
+        token: &TokenHash,
+        at: &str,
+    ) -> Result<(), TenantStoreError> {
+        let changed = self
+            .conn()?
+            .execute(
+                "UPDATE tenants SET token_sha256 = ?2, token_issued_at = ?3 WHERE name = ?1",
+                params![name.as_str(), &token.0[..], at],
+            )
+            .map_err(backend)?;
+        if changed == 0 {
+            return Err(TenantStoreError::NoSuchTenant(name.clone()));
+        }
+        Ok(())
+    }
+
+    fn delete_tenant(&self, name: &TenantName) -> Result<(), TenantStoreError> {
+        let changed = self
+            .conn()?
+            .execute(
+                "DELETE FROM tenants WHERE name = ?1",
+                params![name.as_str()],
+            )
+            .map_err(backend)?;
+        if changed == 0 {
+            return Err(TenantStoreError::NoSuchTenant(name.clone()));
+        }
+        Ok(())
+    }
+
+    fn admin_token(&self) -> Result<Option<TokenHash>, TenantStoreError> {
+        let blob: Option<Vec<u8>> = self
+            .conn()?
+            .query_row(
+                "SELECT token_sha256 FROM admin_token WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        blob.map(hash_from).transpose()
+    }
+
+    fn set_admin_token(&self, token: &TokenHash, at: &str) -> Result<(), TenantStoreError> {
+        self.conn()?
+            .execute(
+                "INSERT INTO admin_token (id, token_sha256, issued_at) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET token_sha256 = excluded.token_sha256,
+                     issued_at = excluded.issued_at",
+                params![&token.0[..], at],
+            )
+            .map(drop)
+            .map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenants::store::conformance;
+
+    #[test]
+    fn the_sqlite_store_keeps_the_store_contract() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(CONTROL_DB);
+        // Two openers of one file: the daemon and the CLI beside it.
+        let daemon = SqliteStore::open(&path).expect("open");
+        let cli = SqliteStore::open(&path).expect("open again");
+        conformance::check(&daemon, &cli);
+        drop((daemon, cli));
+        let again = SqliteStore::open(&path).expect("reopen");
+        assert_eq!(again.tenants().expect("list").len(), 2, "rows are durable");
+    }
+}

@@ -1,0 +1,142 @@
+//! The `Store` trait: what the control plane keeps outside the tenants'
+//! directories (tenants and their token hashes, the admin token hash), so
+//! the same daemon can run on SQLite (one host) or on a shared database.
+//!
+//! What any implementation must keep (a PostgreSQL one included):
+//! - names are compared exactly (byte-wise, no collation or case folding;
+//!   `TenantName` is already lower case);
+//! - `insert_tenant` is atomic: of two concurrent inserts of one name, one
+//!   gets `TenantExists` (a unique key, not a read-then-write);
+//! - `replace_tenant_token` and `delete_tenant` take effect for every reader
+//!   as soon as they return (no cache in front of the hash: a rotated token
+//!   is refused at once, on every host);
+//! - only hashes are stored, as 32 raw bytes; the store never sees a token;
+//! - times are RFC 3339 UTC strings as given (no server-side clock).
+
+use super::name::TenantName;
+use super::token::TokenHash;
+
+/// One tenant as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TenantRecord {
+    pub name: TenantName,
+    pub created_at: String,
+    /// When its current token was issued (creation or last rotation).
+    pub token_issued_at: String,
+}
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantStoreError {
+    #[error("tenant {0} already exists")]
+    TenantExists(TenantName),
+    #[error("no tenant {0}")]
+    NoSuchTenant(TenantName),
+    #[error("control-plane storage: {0}")]
+    Backend(String),
+}
+
+/// Tenants, token hashes and (later) quotas, whatever holds them.
+pub trait Store: Send + Sync {
+    /// A cheap round trip proving the storage answers (readiness).
+    fn ping(&self) -> Result<(), TenantStoreError>;
+    fn insert_tenant(
+        &self,
+        name: &TenantName,
+        token: &TokenHash,
+        at: &str,
+    ) -> Result<(), TenantStoreError>;
+    /// Every tenant, by name.
+    fn tenants(&self) -> Result<Vec<TenantRecord>, TenantStoreError>;
+    fn tenant_token(&self, name: &TenantName) -> Result<Option<TokenHash>, TenantStoreError>;
+    fn replace_tenant_token(
+        &self,
+        name: &TenantName,
+        token: &TokenHash,
+        at: &str,
+    ) -> Result<(), TenantStoreError>;
+    fn delete_tenant(&self, name: &TenantName) -> Result<(), TenantStoreError>;
+    fn admin_token(&self) -> Result<Option<TokenHash>, TenantStoreError>;
+    /// Sets (or replaces) the one admin token.
+    fn set_admin_token(&self, token: &TokenHash, at: &str) -> Result<(), TenantStoreError>;
+}
+
+/// The contract above as a test any implementation runs (a PostgreSQL one
+/// with two connections to one database).
+#[cfg(test)]
+pub mod conformance {
+    use super::*;
+
+    fn name(s: &str) -> TenantName {
+        TenantName::parse(s).expect("name")
+    }
+
+    /// `one` and `two` are two handles onto the same empty storage.
+    pub fn check(one: &dyn Store, two: &dyn Store) {
+        one.ping().expect("ping");
+        let h1 = TokenHash::of("one");
+        let h2 = TokenHash::of("two");
+        one.insert_tenant(&name("b"), &h1, "t1").expect("insert b");
+        one.insert_tenant(&name("a"), &h1, "t1").expect("insert a");
+        assert!(matches!(
+            two.insert_tenant(&name("a"), &h2, "t2"),
+            Err(TenantStoreError::TenantExists(_))
+        ));
+        let names: Vec<String> = two
+            .tenants()
+            .expect("list")
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"], "exact names, in name order");
+        // A rotation through one handle is what the other reads next.
+        one.replace_tenant_token(&name("a"), &h2, "t3")
+            .expect("rotate");
+        let stored = two.tenant_token(&name("a")).expect("get").expect("some");
+        assert!(stored.matches(&h2) && !stored.matches(&h1));
+        let listed = two.tenants().expect("list");
+        assert_eq!(
+            (
+                listed[0].created_at.as_str(),
+                listed[0].token_issued_at.as_str()
+            ),
+            ("t1", "t3")
+        );
+        assert!(matches!(
+            one.replace_tenant_token(&name("zz"), &h2, "t3"),
+            Err(TenantStoreError::NoSuchTenant(_))
+        ));
+        assert!(two.tenant_token(&name("zz")).expect("get").is_none());
+        two.delete_tenant(&name("b")).expect("delete");
+        assert!(one.tenant_token(&name("b")).expect("get").is_none());
+        assert!(matches!(
+            one.delete_tenant(&name("b")),
+            Err(TenantStoreError::NoSuchTenant(_))
+        ));
+        // Of concurrent creations of one name through both handles, exactly one wins.
+        for round in 0..20 {
+            let racer = name(&format!("race-{round}"));
+            let (r1, r2) = std::thread::scope(|s| {
+                let t1 = s.spawn(|| one.insert_tenant(&racer, &h1, "t4"));
+                let t2 = s.spawn(|| two.insert_tenant(&racer, &h2, "t4"));
+                (t1.join().expect("thread"), t2.join().expect("thread"))
+            });
+            let won = [&r1, &r2].iter().filter(|r| r.is_ok()).count();
+            let lost = [&r1, &r2]
+                .iter()
+                .filter(|r| matches!(r, Err(TenantStoreError::TenantExists(_))))
+                .count();
+            assert_eq!((won, lost), (1, 1), "round {round}: {r1:?} {r2:?}");
+            one.delete_tenant(&racer).expect("clean up");
+        }
+        assert!(one.admin_token().expect("admin").is_none());
+        one.set_admin_token(&h1, "t5").expect("set");
+        two.set_admin_token(&h2, "t6").expect("replace");
+        assert!(one
+            .admin_token()
+            .expect("admin")
+            .expect("some")
+            .matches(&h2));
+        one.insert_tenant(&name("c"), &h1, "t7").expect("insert c");
+    }
+}

@@ -1,0 +1,701 @@
+//! `openclaw serve` from the outside: the real binary as a daemon on a free
+//! loopback port, `curl` as the client. Tenant isolation against every id
+//! trick (another tenant's id, `..`, `%2F`, `%2e%2e`, symlinks into another
+//! tenant), tokens (wrong, rotated by the API and by the CLI, deleted),
+//! admin routes refused to tenant tokens (404), audit completeness, no token
+//! byte in any file or log, the OpenAPI document against what is served,
+//! and the SIGTERM drain.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use receipts::{ReceiptLog, SessionStart};
+use serde_json::{json, Value};
+
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `openclaw serve` on a free port, logging at debug level into
+/// `log` (so the token check covers everything the daemon would log).
+fn start(home: &Path, log: &Path) -> Daemon {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_openclaw"))
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .env("OPENCLAW_HOME", home)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("start openclaw serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Daemon { child, addr }
+}
+
+/// Runs the CLI; its stdout (the token, for create/rotate/admin-token).
+fn cli(home: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_openclaw"))
+        .args(args)
+        .env("OPENCLAW_HOME", home)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run openclaw");
+    assert!(
+        out.status.success(),
+        "openclaw {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+struct Reply {
+    status: u16,
+    head: String,
+    body: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+/// One request with curl; the path is sent as is (`--path-as-is`: no `..`
+/// squashing, no decoding).
+fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-i",
+        "--path-as-is",
+        "--max-time",
+        "30",
+        "-X",
+        method,
+    ]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    cmd.arg(format!("http://{}{path}", d.addr));
+    let out = cmd.output().expect("run curl");
+    assert!(out.status.success(), "curl {method} {path}: {out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"))
+    };
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id:"),
+        "every response names its request"
+    );
+    Reply {
+        status,
+        head: head.to_owned(),
+        body,
+    }
+}
+
+fn get(d: &Daemon, path: &str, token: Option<&str>) -> Reply {
+    call(d, "GET", path, token, None)
+}
+
+/// A finished session bundle under `<tenant>/sessions/<id>`: session.json,
+/// a capability token minted under the tenant's root key and a receipt
+/// chain signed with the tenant's receipt key.
+fn write_session(home: &Path, tenant: &str, id: &str) -> PathBuf {
+    let root = home.join("tenants").join(tenant);
+    let dir = root.join("sessions").join(id);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let read_key = |name: &str| {
+        let pem = std::fs::read_to_string(root.join("keys").join(name)).expect("key");
+        ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pem")
+    };
+    let (cap_key, receipt_key) = (read_key("root.key"), read_key("receipt.key"));
+    let policy = capabilities::Policy::from_toml_str(
+        "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n",
+    )
+    .expect("policy");
+    let token = capabilities::mint(&policy, &cap_key.to_bytes(), SystemTime::now()).expect("mint");
+    std::fs::write(dir.join("capabilities.cap"), &token).expect("cap");
+    let cap = capabilities::UnverifiedToken::from_base64(&token)
+        .expect("parse")
+        .verify(&cap_key.verifying_key().to_bytes())
+        .expect("verify");
+    let log = ReceiptLog::create(
+        &dir.join("receipts.jsonl"),
+        receipt_key.clone(),
+        SessionStart {
+            session_id: id.into(),
+            revocation_ids: cap.revocation_ids(),
+            sandbox: "netns".into(),
+            capability_sha256: Some(receipts::sha256_hex(token.as_bytes())),
+            tenant: Some(tenant.into()),
+            user: None,
+        },
+    )
+    .expect("chain");
+    log.finish().expect("finish");
+    let info = json!({
+        "id": id, "status": "completed", "backend": "netns", "backend_reason": "test",
+        "started_at": "2026-12-03T12:00:00Z", "ended_at": "2026-12-03T12:00:01Z",
+        "sandbox_ready_ms": 1, "command": ["true"], "task": null, "exit_code": 0,
+        "capabilities": {"summary": "1 grant", "grants": [], "revocation_ids": cap.revocation_ids(), "expires_at": null},
+        "ca_fingerprint": "", "receipt_key_id": receipts::key_id(&receipt_key.verifying_key()),
+        "resolve": [], "upstream_ca": [], "supervisor_pid": null,
+        "bounds": {"work_max_bytes": 0, "console_max_bytes": 0, "dns_refusal_receipts": 0},
+        "tenant": tenant
+    });
+    std::fs::write(dir.join("session.json"), info.to_string()).expect("session.json");
+    dir
+}
+
+fn session_ids(reply: &Reply) -> Vec<String> {
+    reply.body["sessions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{:?}", reply.body))
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        if meta.is_dir() {
+            out.extend(files_under(&path));
+        } else if meta.is_file() {
+            out.push(path);
+        }
+    }
+    out
+}
+
+const A_ID: &str = "20261203-120000-aaaaaa";
+const B_ID: &str = "20261203-120000-bbbbbb";
+
+#[test]
+fn tenants_are_isolated_tokens_rotate_and_every_change_is_audited_without_tokens() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let admin = cli(h, &["tenants", "admin-token"]);
+    let a = cli(h, &["tenants", "create", "a"]);
+    let b = cli(h, &["tenants", "create", "b"]);
+    assert!(admin.starts_with("tkadm_") && a.starts_with("tk_a_") && b.starts_with("tk_b_"));
+    write_session(h, "a", A_ID);
+    let b_dir = write_session(h, "b", B_ID);
+    let log = logs.path().join("serve.log");
+    let d = start(h, &log);
+    let mut tokens = vec![admin.clone(), a.clone(), b.clone()];
+
+    // Each tenant sees its own sessions only.
+    assert_eq!(session_ids(&get(&d, "/v1/sessions", Some(&a))), [A_ID]);
+    assert_eq!(session_ids(&get(&d, "/v1/sessions", Some(&b))), [B_ID]);
+    let own = get(&d, &format!("/v1/sessions/{A_ID}"), Some(&a));
+    assert_eq!(own.status, 200, "{:?}", own.body);
+    assert_eq!(own.body["session"]["id"], A_ID);
+    let verified = get(
+        &d,
+        &format!("/v1/sessions/{A_ID}/receipts/verify"),
+        Some(&a),
+    );
+    assert_eq!(verified.status, 200, "{:?}", verified.body);
+    assert_eq!(verified.body["status"], "valid", "{:?}", verified.body);
+    assert_eq!(
+        verified.body["receipts_file"],
+        "sessions/20261203-120000-aaaaaa/receipts.jsonl"
+    );
+
+    // Every way for A to name B's session is 404, never 403, never B's data.
+    let b_path = format!("b/sessions/{B_ID}");
+    let tricks = [
+        format!("/v1/sessions/{B_ID}"),
+        format!("/v1/sessions/{B_ID}/receipts/verify"),
+        format!("/v1/sessions/../../{b_path}"),
+        format!("/v1/sessions/..%2F..%2F{}", b_path.replace('/', "%2F")),
+        format!(
+            "/v1/sessions/%2e%2e%2f%2e%2e%2f{}",
+            b_path.replace('/', "%2f")
+        ),
+        format!("/v1/sessions/.%2e/.%2e/{b_path}"),
+        "/v1/sessions/..".to_owned(),
+        "/v1/sessions/%2e%2e".to_owned(),
+        format!("/v1/sessions/%2F{}", b_dir.display()),
+        format!("/v1/sessions/{}", b_dir.display()),
+    ];
+    for path in &tricks {
+        let r = get(&d, path, Some(&a));
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{path}");
+        assert!(!r.body.to_string().contains(B_ID), "{path}");
+    }
+    // A symlink in A's sessions/ to B's session, and a real directory whose
+    // files are symlinks into B's: neither exists for A.
+    let a_sessions = h.join("tenants/a/sessions");
+    std::os::unix::fs::symlink(&b_dir, a_sessions.join("20261203-130000-linked")).expect("link");
+    let half = a_sessions.join("20261203-140000-halflink");
+    std::fs::create_dir(&half).expect("mkdir");
+    for f in ["session.json", "receipts.jsonl", "capabilities.cap"] {
+        std::os::unix::fs::symlink(b_dir.join(f), half.join(f)).expect("link");
+    }
+    for id in ["20261203-130000-linked", "20261203-140000-halflink"] {
+        for path in [
+            format!("/v1/sessions/{id}"),
+            format!("/v1/sessions/{id}/receipts/verify"),
+        ] {
+            let r = get(&d, &path, Some(&a));
+            assert_eq!(r.status, 404, "{path}: {:?}", r.body);
+        }
+    }
+    assert_eq!(session_ids(&get(&d, "/v1/sessions", Some(&a))), [A_ID]);
+
+    // Tokens: missing, malformed, wrong, another scheme.
+    let mut wrong = a.clone();
+    let last = wrong.pop().expect("non-empty");
+    wrong.push(if last == '0' { '1' } else { '0' });
+    for token in [
+        None,
+        Some(""),
+        Some(wrong.as_str()),
+        Some("tk_a_zz"),
+        Some("nonsense"),
+    ] {
+        let r = get(&d, "/v1/sessions", token);
+        assert_eq!((r.status, r.code()), (401, "unauthorized"), "{token:?}");
+        assert_eq!(r.header("www-authenticate").as_deref(), Some("Bearer"));
+    }
+    let basic = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", "a:b"])
+        .arg(format!("http://{}/v1/sessions", d.addr))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&basic.stdout), "401");
+    // Unknown paths under /v1 are 401 before anything is revealed.
+    assert_eq!(get(&d, "/v1/nothing", None).status, 401);
+    assert_eq!(get(&d, "/v1/nothing", Some(&a)).status, 404);
+
+    // Admin routes are 404 to tenant tokens (and change nothing); tenant
+    // routes are 404 to the admin token.
+    for (method, path, body) in [
+        ("GET", "/v1/tenants", None),
+        ("POST", "/v1/tenants", Some(r#"{"name":"evil"}"#)),
+        ("DELETE", "/v1/tenants/b", None),
+        ("POST", "/v1/tenants/b/token", None),
+    ] {
+        let r = call(&d, method, path, Some(&a), body);
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{method} {path}");
+    }
+    assert_eq!(get(&d, "/v1/sessions", Some(&b)).status, 200, "b untouched");
+    assert_eq!(get(&d, "/v1/sessions", Some(&admin)).status, 404);
+
+    // Rotation over the API: the old token is refused at once.
+    let rotated = call(&d, "POST", "/v1/tenants/a/token", Some(&admin), None);
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    let rotate_request_id = rotated.header("x-request-id").expect("request id");
+    let a2 = rotated.body["token"].as_str().expect("token").to_owned();
+    tokens.push(a2.clone());
+    assert_eq!(get(&d, "/v1/sessions", Some(&a)).status, 401, "old token");
+    assert_eq!(session_ids(&get(&d, "/v1/sessions", Some(&a2))), [A_ID]);
+    // Rotation at the terminal while the daemon runs: the same.
+    let b2 = cli(h, &["tenants", "token", "rotate", "b"]);
+    tokens.push(b2.clone());
+    assert_eq!(get(&d, "/v1/sessions", Some(&b)).status, 401, "old token");
+    assert_eq!(get(&d, "/v1/sessions", Some(&b2)).status, 200);
+
+    // Tenant management over the API, with its input errors.
+    let created = call(
+        &d,
+        "POST",
+        "/v1/tenants",
+        Some(&admin),
+        Some(r#"{"name":"c"}"#),
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let c = created.body["token"].as_str().expect("token").to_owned();
+    tokens.push(c.clone());
+    assert_eq!(
+        get(&d, "/v1/sessions", Some(&c)).body["sessions"],
+        json!([])
+    );
+    let again = call(
+        &d,
+        "POST",
+        "/v1/tenants",
+        Some(&admin),
+        Some(r#"{"name":"c"}"#),
+    );
+    assert_eq!((again.status, again.code()), (409, "conflict"));
+    for (body, field) in [
+        (r#"{"name":"../x"}"#, "name"),
+        (r#"{"name":"C"}"#, "name"),
+        (r#"{"nom":"x"}"#, "body"),
+        ("not json", "body"),
+    ] {
+        let r = call(&d, "POST", "/v1/tenants", Some(&admin), Some(body));
+        assert_eq!((r.status, r.code()), (400, "invalid"), "{body}");
+        assert_eq!(r.body["error"]["field"], field, "{body}");
+    }
+    let no_type = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {admin}")])
+        .args(["-H", "Content-Type: text/plain"])
+        .arg(format!("http://{}/v1/tenants", d.addr))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&no_type.stdout), "415");
+    let bad_name = call(&d, "DELETE", "/v1/tenants/..%2Fa", Some(&admin), None);
+    assert_eq!(
+        (bad_name.status, bad_name.body["error"]["field"].as_str()),
+        (400, Some("name"))
+    );
+    let listed = get(&d, "/v1/tenants", Some(&admin));
+    let names: Vec<&str> = listed.body["tenants"]
+        .as_array()
+        .expect("tenants")
+        .iter()
+        .map(|t| t["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    let deleted = call(&d, "DELETE", "/v1/tenants/c", Some(&admin), None);
+    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    assert_eq!(
+        get(&d, "/v1/sessions", Some(&c)).status,
+        401,
+        "deleted tenant"
+    );
+    assert_eq!(
+        call(&d, "DELETE", "/v1/tenants/c", Some(&admin), None).status,
+        404
+    );
+
+    // Usage: scoped to the tenant; the admin sees all or one.
+    let mine = get(&d, "/v1/usage?period=today", Some(&a2));
+    assert_eq!(mine.status, 200, "{:?}", mine.body);
+    assert_eq!(mine.body["tenant"], "a");
+    assert_eq!(get(&d, "/v1/usage?tenant=b", Some(&a2)).status, 404);
+    assert_eq!(get(&d, "/v1/usage?tenant=a", Some(&a2)).status, 200);
+    let bad = get(&d, "/v1/usage?period=someday", Some(&a2));
+    assert_eq!(
+        (bad.status, bad.body["error"]["field"].as_str()),
+        (400, Some("period"))
+    );
+    let bad = get(&d, "/v1/usage?by=color", Some(&a2));
+    assert_eq!(
+        (bad.status, bad.body["error"]["field"].as_str()),
+        (400, Some("by"))
+    );
+    let all = get(&d, "/v1/usage", Some(&admin));
+    assert_eq!(all.status, 200);
+    assert!(all.body.get("tenant").is_none(), "{:?}", all.body);
+
+    // The audit log: one line per state change that reached the registry
+    // (refused ones included), in order, each with its request id.
+    let audit = cli(h, &["audit"]);
+    let lines: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let summary: Vec<(String, String, String, String)> = lines
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or("-").to_owned();
+            (s("action"), s("target"), s("via"), s("outcome"))
+        })
+        .collect();
+    let expect = |action: &str, target: &str, via: &str, outcome: &str| {
+        (
+            action.to_owned(),
+            target.to_owned(),
+            via.to_owned(),
+            outcome.to_owned(),
+        )
+    };
+    assert_eq!(
+        summary,
+        [
+            expect("admin.token.set", "admin", "cli", "ok"),
+            expect("tenant.create", "a", "cli", "ok"),
+            expect("tenant.create", "b", "cli", "ok"),
+            expect("tenant.token.rotate", "a", "api", "ok"),
+            expect("tenant.token.rotate", "b", "cli", "ok"),
+            expect("tenant.create", "c", "api", "ok"),
+            expect("tenant.create", "c", "api", "refused"),
+            expect("tenant.delete", "c", "api", "ok"),
+            expect("tenant.delete", "c", "api", "refused"),
+        ]
+    );
+    assert_eq!(lines[3]["request_id"], rotate_request_id.as_str());
+    assert!(lines
+        .iter()
+        .all(|l| l["actor"] == "admin" && l["time"].is_string()));
+    let only_b = cli(h, &["audit", "--tenant", "b", "--since", "1h"]);
+    assert_eq!(only_b.lines().count(), 2, "{only_b}");
+
+    // SIGTERM, then no token byte anywhere: the home (database, WAL, audit,
+    // tenant directories), the daemon's debug log, the audit command's output.
+    kill_term(&d);
+    let mut d = d;
+    let status = wait_exit(&mut d.child);
+    assert_eq!(status.code(), Some(0));
+    let mut files = files_under(h);
+    files.push(log.clone());
+    assert!(files.iter().any(|f| f.ends_with("control.db")));
+    assert!(
+        std::fs::metadata(&log).expect("log").len() > 0,
+        "debug logging happened"
+    );
+    for token in &tokens {
+        for file in &files {
+            let bytes = std::fs::read(file).expect("read");
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "a token is in {}",
+                file.display()
+            );
+        }
+        assert!(!audit.contains(token.as_str()));
+    }
+}
+
+fn kill_term(d: &Daemon) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(d.child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+}
+
+/// Waits for the child to exit (a hang is a failure, reported after a minute).
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the daemon did not exit after SIGTERM");
+}
+
+#[test]
+fn sigterm_closes_idle_connections_stops_listening_and_exits_zero() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let mut d = start(home.path(), &logs.path().join("serve.log"));
+    assert_eq!(get(&d, "/healthz", None).body, json!({"status": "ok"}));
+    // An idle keep-alive connection does not hold the drain up.
+    let idle = std::net::TcpStream::connect(&d.addr).expect("connect");
+    kill_term(&d);
+    let status = wait_exit(&mut d.child);
+    assert_eq!(status.code(), Some(0));
+    drop(idle);
+    assert!(
+        std::net::TcpStream::connect(&d.addr).is_err(),
+        "no longer listening"
+    );
+}
+
+/// The receive queue (bytes not yet read by the daemon) of the daemon's
+/// end of the connection from `client` to `server`, from /proc/net/tcp.
+fn server_rx_queue(server: std::net::SocketAddr, client: std::net::SocketAddr) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |f: &str| u16::from_str_radix(f.rsplit_once(':')?.1, 16).ok();
+        if port(fields.get(1)?)? != server.port() || port(fields.get(2)?)? != client.port() {
+            return None;
+        }
+        let (_, rx) = fields.get(4)?.split_once(':')?;
+        u64::from_str_radix(rx, 16).ok()
+    })
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish() {
+    use std::io::{Read, Write};
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let admin = cli(home.path(), &["tenants", "admin-token"]);
+    let mut d = start(home.path(), &logs.path().join("serve.log"));
+    let server: std::net::SocketAddr = d.addr.parse().expect("addr");
+    let mut conn = std::net::TcpStream::connect(server).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let body = r#"{"name":"late"}"#;
+    let (first, rest) = body.split_at(5);
+    write!(
+        conn,
+        "POST /v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        body.len()
+    )
+    .expect("send head");
+    // In flight: the daemon has read the head and part of the body (its
+    // receive queue is empty) and waits for the rest.
+    let client = conn.local_addr().expect("local addr");
+    for _ in 0..300 {
+        if server_rx_queue(server, client) == Some(0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        server_rx_queue(server, client),
+        Some(0),
+        "the daemon read the head"
+    );
+    kill_term(&d);
+    // New connections are refused once the listener is closed, while the
+    // request in flight is still being served.
+    let mut refused = false;
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(server).is_err() {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(refused, "the listener closed after SIGTERM");
+    conn.write_all(rest.as_bytes()).expect("send the rest");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    assert!(reply.contains("\"name\":\"late\""), "{reply}");
+    assert_eq!(wait_exit(&mut d.child).code(), Some(0));
+    assert!(home.path().join("tenants/late/keys/root.pub").is_file());
+}
+
+#[test]
+fn the_openapi_document_describes_what_is_served() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let admin = cli(h, &["tenants", "admin-token"]);
+    let tenant = cli(h, &["tenants", "create", "t"]);
+    write_session(h, "t", A_ID);
+    let d = start(h, &logs.path().join("serve.log"));
+    let doc = get(&d, "/openapi.json", None);
+    assert_eq!(doc.status, 200);
+    assert_eq!(doc.body["openapi"], "3.1.0");
+    let paths = doc.body["paths"].as_object().expect("paths");
+    let mut ops: Vec<(&String, &String, &Value)> = paths
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .expect("operations")
+                .iter()
+                .map(move |(method, op)| (path, method, op))
+        })
+        .collect();
+    // The tenant's deletion last: everything else still has a tenant to act on.
+    ops.sort_by_key(|(_, method, _)| *method == "delete");
+    let mut served = Vec::new();
+    {
+        for (path, method, op) in ops {
+            let documented: Vec<u16> = op["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+                .map(|k| k.parse().expect("numeric status"))
+                .collect();
+            let concrete = path.replace("{id}", A_ID).replace("{name}", "t");
+            let body = (method == "post" && path == "/v1/tenants").then_some(r#"{"name":"n"}"#);
+            let mut success = false;
+            // No token, the tenant's, the admin's: each answer documented,
+            // one of them a success.
+            for token in [None, Some(tenant.as_str()), Some(admin.as_str())] {
+                let r = call(&d, &method.to_ascii_uppercase(), &concrete, token, body);
+                assert!(
+                    documented.contains(&r.status),
+                    "{method} {path} answered {} (documented: {documented:?})",
+                    r.status
+                );
+                success |= (200..300).contains(&r.status);
+                if r.status >= 400 {
+                    assert!(
+                        r.body["error"]["code"].is_string(),
+                        "{method} {path}: {:?}",
+                        r.body
+                    );
+                }
+            }
+            assert!(success, "{method} {path} never succeeded");
+            served.push(format!("{method} {path}"));
+        }
+    }
+    served.sort();
+    assert_eq!(
+        served,
+        [
+            "delete /v1/tenants/{name}",
+            "get /healthz",
+            "get /openapi.json",
+            "get /readyz",
+            "get /v1/sessions",
+            "get /v1/sessions/{id}",
+            "get /v1/sessions/{id}/receipts/verify",
+            "get /v1/tenants",
+            "get /v1/usage",
+            "post /v1/tenants",
+            "post /v1/tenants/{name}/token",
+        ]
+    );
+    // What the document does not list is not served.
+    for (method, path) in [
+        ("PUT", "/v1/tenants"),
+        ("GET", "/v1/tenants/t"),
+        ("POST", "/healthz"),
+    ] {
+        let r = call(&d, method, path, Some(&admin), None);
+        assert!(
+            matches!(r.status, 404 | 405),
+            "{method} {path}: {}",
+            r.status
+        );
+    }
+}
