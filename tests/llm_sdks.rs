@@ -139,14 +139,7 @@ fn session(provider: &Provider, command: &[&str]) -> Ran {
         .map(|e| e.expect("entry").path())
         .collect();
     assert_eq!(sessions.len(), 1, "{all}");
-    let verify = openclaw(home)
-        .arg("verify")
-        .arg(&sessions[0])
-        .arg("--key")
-        .arg(home.join("keys/receipt.pub"))
-        .output()
-        .expect("verify");
-    assert!(verify.status.success(), "verify: {}", text(&verify));
+    support::assert_verifies(home, &sessions[0]);
     drop(upstream);
     Ran {
         all,

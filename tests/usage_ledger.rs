@@ -343,6 +343,66 @@ fn csv_and_table_carry_the_documented_columns() {
     assert!(text(&out).contains("tokens_cached_in") && text(&out).contains("Examples"));
 }
 
+/// A home whose token grants `api.openai.com` under a $1 budget and whose
+/// rate card prices gpt-4o-mini (1 USD per million input, 0.5 cached, 4
+/// output: the test provider's usage of 100 in, 20 cached, 30 out costs
+/// 100·1 + 20·0.5 + 30·4 = 230 micro-USD), with that provider running.
+struct PricedProvider {
+    home: tempfile::TempDir,
+    ca_pem: std::path::PathBuf,
+    upstream: test_support::Upstream,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl PricedProvider {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ca = test_support::TestCa::new("usage-ledger test provider");
+        let upstream = rt.block_on(test_support::Upstream::https(
+            &ca,
+            &["api.openai.com"],
+            &[b"http/1.1"],
+        ));
+        let home = tempfile::tempdir().expect("home");
+        support::keygen_and_mint(
+            home.path(),
+            "[llm]\nproviders = [\"api.openai.com\"]\nbudget_usd = \"1.00\"\n",
+        );
+        std::fs::write(
+            home.path().join("rates.toml"),
+            "[[model]]\nname = \"gpt-4o-mini\"\ninput = \"1\"\ncached_input = \"0.5\"\noutput = \"4\"\n",
+        )
+        .expect("rates");
+        let ca_pem = ca.write_pem(home.path());
+        PricedProvider {
+            home,
+            ca_pem,
+            upstream,
+            _rt: rt,
+        }
+    }
+
+    /// `openclaw run` of a netns session labelled acme/alice that reaches the
+    /// provider as api.openai.com; the caller adds the command.
+    fn run(&self) -> std::process::Command {
+        let home = self.home.path();
+        let mut cmd = openclaw(home);
+        cmd.arg("run")
+            .arg("--capabilities")
+            .arg(home.join("task.cap"))
+            .args(["--backend", "netns", "--tenant", "acme", "--user", "alice"])
+            .arg("--upstream-ca")
+            .arg(&self.ca_pem)
+            .arg("--resolve")
+            .arg(format!("api.openai.com={}", self.upstream.addr));
+        cmd
+    }
+}
+
 /// The whole path through the real binary: an agent in the netns sandbox
 /// posts a Chat Completions call to a local HTTPS provider; the proxy reads
 /// the provider's usage, writes a usage receipt priced from the rate card,
@@ -350,40 +410,10 @@ fn csv_and_table_carry_the_documented_columns() {
 /// under the session's tenant. The chain verifies with the cost re-derived.
 #[test]
 fn a_sessions_llm_call_reaches_the_ledger_priced_from_the_rate_card() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let ca = test_support::TestCa::new("usage-ledger test provider");
-    let upstream = rt.block_on(test_support::Upstream::https(
-        &ca,
-        &["api.openai.com"],
-        &[b"http/1.1"],
-    ));
-    let home = tempfile::tempdir().expect("home");
-    let home = home.path();
-    support::keygen_and_mint(
-        home,
-        "[llm]\nproviders = [\"api.openai.com\"]\nbudget_usd = \"1.00\"\n",
-    );
-    // The operator's card prices the model: 1 USD per million input, 0.5
-    // cached, 4 output (micro-USD: 100·1 + 20·0.5 + 30·4 = 230).
-    std::fs::write(
-        home.join("rates.toml"),
-        "[[model]]\nname = \"gpt-4o-mini\"\ninput = \"1\"\ncached_input = \"0.5\"\noutput = \"4\"\n",
-    )
-    .expect("rates");
-    let ca_pem = ca.write_pem(home);
-    let out = openclaw(home)
-        .arg("run")
-        .arg("--capabilities")
-        .arg(home.join("task.cap"))
-        .args(["--backend", "netns", "--tenant", "acme", "--user", "alice"])
-        .arg("--upstream-ca")
-        .arg(&ca_pem)
-        .arg("--resolve")
-        .arg(format!("api.openai.com={}", upstream.addr))
+    let provider = PricedProvider::start();
+    let home = provider.home.path();
+    let out = provider
+        .run()
         .args([
             "--",
             "curl",
@@ -450,15 +480,7 @@ fn a_sessions_llm_call_reaches_the_ledger_priced_from_the_rate_card() {
         html.contains("\"llm_budget_micro_usd\":1000000"),
         "the page's data"
     );
-    let verify = openclaw(home)
-        .arg("verify")
-        .arg(&sessions[0])
-        .arg("--key")
-        .arg(home.join("keys/receipt.pub"))
-        .output()
-        .expect("verify");
-    assert!(verify.status.success(), "{}", text(&verify));
-    drop(upstream);
+    support::assert_verifies(home, &sessions[0]);
 }
 
 /// Every row of the ledger at `home`, all columns, in key order.
@@ -487,41 +509,13 @@ fn try_ledger_dump(home: &Path) -> rusqlite::Result<Vec<Vec<String>>> {
 
 #[test]
 fn a_calls_ledger_row_is_written_while_the_session_runs() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let ca = test_support::TestCa::new("live ledger test provider");
-    let upstream = rt.block_on(test_support::Upstream::https(
-        &ca,
-        &["api.openai.com"],
-        &[b"http/1.1"],
-    ));
-    let home = tempfile::tempdir().expect("home");
-    let home = home.path();
-    support::keygen_and_mint(
-        home,
-        "[llm]\nproviders = [\"api.openai.com\"]\nbudget_usd = \"1.00\"\n",
-    );
-    std::fs::write(
-        home.join("rates.toml"),
-        "[[model]]\nname = \"gpt-4o-mini\"\ninput = \"1\"\ncached_input = \"0.5\"\noutput = \"4\"\n",
-    )
-    .expect("rates");
-    let ca_pem = ca.write_pem(home);
+    let provider = PricedProvider::start();
+    let home = provider.home.path();
     // One LLM call, then the session waits until the test lets it end.
     let script = r#"curl -sS https://api.openai.com/v1/chat/completions -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":50}' && echo CALLED && while [ ! -e /work/go ]; do sleep 0.1; done"#;
-    let child = openclaw(home)
-        .arg("run")
-        .arg("--capabilities")
-        .arg(home.join("task.cap"))
-        .args(["--backend", "netns", "--tenant", "acme", "--user", "alice"])
+    let child = provider
+        .run()
         .args(["--work-max", "0"])
-        .arg("--upstream-ca")
-        .arg(&ca_pem)
-        .arg("--resolve")
-        .arg(format!("api.openai.com={}", upstream.addr))
         .args(["--", "sh", "-c", script])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -567,5 +561,4 @@ fn a_calls_ledger_row_is_written_while_the_session_runs() {
     let rebuild = run(home, &["usage", "rebuild"]);
     assert!(rebuild.status.success(), "{}", text(&rebuild));
     assert_eq!(ledger_dump(home), at_end);
-    drop(upstream);
 }

@@ -132,3 +132,15 @@ pub fn keygen_and_mint(home: &Path, policy: &str) {
         .expect("mint");
     assert!(mint.status.success(), "{}", stderr(&mint));
 }
+
+/// `openclaw verify` of `bundle` under `home`'s receipt key passes.
+pub fn assert_verifies(home: &Path, bundle: &Path) {
+    let verify = openclaw(home)
+        .arg("verify")
+        .arg(bundle)
+        .arg("--key")
+        .arg(home.join("keys/receipt.pub"))
+        .output()
+        .expect("verify");
+    assert!(verify.status.success(), "verify: {}", text(&verify));
+}
