@@ -5,7 +5,7 @@
 //! reported with a `usage` receipt linked to its decision, charged its
 //! reservation when the stream is cut, and a client that did not ask for
 //! the usage chunk never sees it. Fifty concurrent calls never spend past
-//! a tiny budget.
+//! a tiny budget. Budget warnings are receipts and events, once per level.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -18,7 +18,7 @@ use http::{Request, Response};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use receipts::{Body, UsageRecord, UsageTokens, VerifiedChain};
+use receipts::{Body, BudgetWarningRecord, UsageRecord, UsageTokens, VerifiedChain};
 use serde_json::{json, Value};
 use support::*;
 use test_support::TestCa;
@@ -556,4 +556,78 @@ async fn a_model_without_a_price_is_blocked_under_a_budget_naming_the_rate_card(
     assert!(llm.bodies.lock().unwrap().is_empty());
     let chain = s.finish_and_verify();
     assert!(usages(&chain).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_warnings_are_receipts_after_the_usage_that_reached_them_once_per_level() {
+    let llm = llm_upstream().await;
+    let policy = r#"
+[llm]
+providers = ["api.openai.com"]
+budget_usd = "0.01"
+"#;
+    let mut s = session(policy, &llm).await;
+    let url = "https://api.openai.com/v1/chat/completions";
+    // 12 input tokens (30 micro-USD) and all of max_tokens out at 10 per
+    // million: 1030, then 8030 (streamed) — 9060 of 10000, past 50 % and
+    // 80 % at once —, then 5 out: 80 more, no level left to reach.
+    for body in [
+        r#"{"model":"gpt-test","max_tokens":100,"messages":[]}"#,
+        r#"{"model":"gpt-test","max_tokens":800,"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+    ] {
+        let r = post(&s, url, body, &["-H", "x-mock-output: all"]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let r = post(
+        &s,
+        url,
+        r#"{"model":"gpt-test","max_tokens":5,"messages":[]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let events = s.drain_events();
+    let chain = s.finish_and_verify();
+    let u = usages(&chain);
+    let costs: Vec<u64> = u.iter().map(|(_, x)| x.cost_micro_usd).collect();
+    assert_eq!(costs, vec![1030, 8030, 80]);
+    let warnings: Vec<(u64, BudgetWarningRecord)> = chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            Body::BudgetWarning(w) => Some((r.receipt.seq, w.clone())),
+            _ => None,
+        })
+        .collect();
+    let second_usage = u[1].0;
+    assert_eq!(
+        warnings.iter().map(|(_, w)| w.clone()).collect::<Vec<_>>(),
+        [50, 80]
+            .map(|percent| BudgetWarningRecord {
+                usage_seq: second_usage,
+                percent,
+                spent_micro_usd: 9060,
+                budget_micro_usd: 10_000,
+            })
+            .to_vec()
+    );
+    assert!(warnings.iter().all(|(seq, _)| *seq > second_usage));
+    // The events say the same and name their receipts.
+    let warned: Vec<(Option<u64>, u64, u64)> = events
+        .iter()
+        .filter(|e| e.kind == enforce::EventKind::BudgetWarning)
+        .map(|e| {
+            let w = e.budget_warning.unwrap();
+            (e.receipt, w.percent, w.spent_micro_usd)
+        })
+        .collect();
+    assert_eq!(
+        warned,
+        warnings
+            .iter()
+            .map(|(seq, w)| (Some(*seq), w.percent, w.spent_micro_usd))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(s.rederive(&chain), 3);
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use capabilities::Action;
 use proxy::ResponseVerdict;
-use receipts::{cost_micro_usd, Entry, ReceiptLog, UsageRecord, UsageTokens};
+use receipts::{cost_micro_usd, BudgetWarningRecord, Entry, ReceiptLog, UsageRecord, UsageTokens};
 
 use crate::counters::Ledger;
 use crate::events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
@@ -74,6 +74,9 @@ pub(crate) struct Metering {
     /// The token's LLM budget in micro-USD, if it has one.
     budget: Option<u64>,
     /// Warnings given so far (of `settings.warn_at_percent`, ascending).
+    /// Held while a call settles, so settlements (the spend corrected, the
+    /// usage receipt, the warnings) reach the chain in the order they
+    /// happen: a warning's spend covers every usage receipt before it.
     warned: Mutex<usize>,
     /// Forwarded calls by request number, until their response head.
     waiting: Mutex<HashMap<u64, Ticket>>,
@@ -92,6 +95,9 @@ impl Metering {
         events: EventBus,
         budget: Option<u64>,
     ) -> Self {
+        // A level is a percent of the budget, 1 to 100 (what the verifier
+        // accepts in a `budget_warning` receipt).
+        settings.warn_at_percent.retain(|p| (1..=100).contains(p));
         settings.warn_at_percent.sort_unstable();
         settings.warn_at_percent.dedup();
         Metering {
@@ -173,6 +179,7 @@ impl Metering {
             Some(t) => (t, cost_micro_usd(&t, price), false),
             None => (UsageTokens::default(), ticket.reserved, true),
         };
+        let mut warned = lock(&self.warned);
         let spent = self.ledger.settle_llm(ticket.reserved, cost);
         let record = UsageRecord {
             decision_seq: ticket.decision_seq,
@@ -212,26 +219,45 @@ impl Metering {
             budget_micro_usd: self.budget,
         });
         self.events.send(e);
-        self.warn(&ticket, spent);
+        self.warn(&mut warned, &ticket, spent, seq);
     }
 
-    /// A `budget_warning` event for each warning level `spent` reached.
-    fn warn(&self, ticket: &Ticket, spent: u64) {
+    /// A `budget_warning` receipt (after the usage receipt `usage_seq`, when
+    /// it was written) and event for each warning level `spent` reached.
+    fn warn(&self, warned: &mut usize, ticket: &Ticket, spent: u64, usage_seq: Option<u64>) {
         let Some(budget) = self.budget.filter(|b| *b > 0) else {
             return;
         };
-        let mut warned = lock(&self.warned);
         while let Some(&percent) = self.settings.warn_at_percent.get(*warned) {
             if u128::from(spent) * 100 < u128::from(percent) * u128::from(budget) {
                 break;
             }
             *warned += 1;
+            let seq = usage_seq.and_then(|usage_seq| {
+                let record = BudgetWarningRecord {
+                    usage_seq,
+                    percent,
+                    spent_micro_usd: spent,
+                    budget_micro_usd: budget,
+                };
+                match self.receipts.submit(Entry::BudgetWarning(record)) {
+                    Ok(pending) => Some(pending.seq()),
+                    Err(e) => {
+                        ratelog::error!(
+                            request = ticket.request,
+                            "budget warning receipt failed: {e}"
+                        );
+                        None
+                    }
+                }
+            });
             let mut e = Event::about(
                 EventKind::BudgetWarning,
                 ticket.request,
                 ticket.conn,
                 &ticket.action,
             );
+            e.receipt = seq;
             e.budget_warning = Some(BudgetWarning {
                 percent,
                 spent_micro_usd: spent,
