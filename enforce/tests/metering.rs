@@ -6,6 +6,7 @@
 //! reservation when the stream is cut, and a client that did not ask for
 //! the usage chunk never sees it. Fifty concurrent calls never spend past
 //! a tiny budget. Budget warnings are receipts and events, once per level.
+//! An `[[approval]]` spend threshold holds every call after it for a human.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -21,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use receipts::{Body, BudgetWarningRecord, UsageRecord, UsageTokens, VerifiedChain};
 use serde_json::{json, Value};
 use support::*;
-use test_support::TestCa;
+use test_support::{Scripted, TestCa};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -230,6 +231,11 @@ async fn answer(
 }
 
 async fn session(policy: &str, llm: &LlmUpstream) -> Session {
+    session_with(policy, llm, Vec::new()).await
+}
+
+/// A session whose approval questions are answered by `script`.
+async fn session_with(policy: &str, llm: &LlmUpstream, script: Vec<Scripted>) -> Session {
     Session::start(Options {
         policy: policy.into(),
         catalog: CATALOG.into(),
@@ -238,6 +244,7 @@ async fn session(policy: &str, llm: &LlmUpstream) -> Session {
             addr: llm.upstream.addr,
             ca_pem: llm.upstream.ca_pem.clone(),
         }),
+        script,
         ..Options::default()
     })
     .await
@@ -629,5 +636,70 @@ budget_usd = "0.01"
             .map(|(seq, w)| (Some(*seq), w.percent, w.spent_micro_usd))
             .collect::<Vec<_>>()
     );
+    assert_eq!(s.rederive(&chain), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_after_the_spend_threshold_are_held_for_a_human() {
+    let llm = llm_upstream().await;
+    let policy = r#"
+[llm]
+providers = ["api.openai.com"]
+budget_usd = "1.00"
+[[approval]]
+type = "llm"
+once_spent_usd = "0.005"
+"#;
+    let s = session_with(policy, &llm, vec![Scripted::Approve, Scripted::Deny]).await;
+    let url = "https://api.openai.com/v1/chat/completions";
+    // 5030 micro-USD: let out without a question (nothing spent yet).
+    let r = post(
+        &s,
+        url,
+        r#"{"model":"gpt-test","max_tokens":500,"messages":[]}"#,
+        &["-H", "x-mock-output: all"],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(s.broker.asked().is_empty());
+    // Past $0.005: the next call is held; the human says yes, it goes out.
+    let small = r#"{"model":"gpt-test","max_tokens":5,"messages":[]}"#;
+    let r = post(&s, url, small, &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(llm.bodies.lock().unwrap().len(), 2);
+    // And the one after it too; the human says no: it never leaves.
+    let r = post(&s, url, small, &[]).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.blocked().unwrap().contains("denied by test"), "{r:?}");
+    assert_eq!(llm.bodies.lock().unwrap().len(), 2);
+    assert_eq!(s.broker.asked().len(), 2);
+
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    let verdicts: Vec<&str> = d.iter().map(|x| x.1.as_str()).collect();
+    assert_eq!(verdicts, ["allow", "approval", "approval"]);
+    for (_, _, _, reason, _) in &d[1..] {
+        assert!(
+            reason.contains("after the session's llm spend reached $0.005"),
+            "{reason}"
+        );
+    }
+    // The spend it names: the first call, settled (5030) or, if its
+    // settlement came after this decision, still at its reservation.
+    assert!(d[1].3.contains(" micro-USD spent)"), "{}", d[1].3);
+    assert_eq!(
+        approvals(&chain),
+        vec![
+            (d[1].0, true, "test".to_owned()),
+            (d[2].0, false, "test".to_owned())
+        ]
+    );
+    // The approved call was metered; the denied one was not.
+    let u = usages(&chain);
+    assert_eq!(
+        u.iter().map(|(_, x)| x.decision_seq).collect::<Vec<_>>(),
+        [d[0].0, d[1].0]
+    );
+    assert_eq!(s.ledger.committed().llm_spent_micro_usd, 5030 + 80);
     assert_eq!(s.rederive(&chain), 3);
 }
