@@ -24,6 +24,7 @@ use capabilities::Action;
 use proxy::ResponseVerdict;
 use receipts::{cost_micro_usd, BudgetWarningRecord, Entry, ReceiptLog, UsageRecord, UsageTokens};
 
+use crate::catalog::MediaType;
 use crate::counters::Ledger;
 use crate::events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
 
@@ -48,6 +49,17 @@ pub fn usage_of<'a>(
     }
     reader.finish();
     reader.reported().tokens
+}
+
+/// Whether a response's `Content-Type` is `text/event-stream` (type and
+/// subtype compared, any case, parameters allowed). A header that does not
+/// parse as a media type is not a stream: the body is then read as one JSON
+/// document, and without usage found the call is charged its reservation.
+pub(crate) fn is_event_stream(content_type: Option<&http::HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(MediaType::parse)
+        .is_some_and(|m| m.kind == "text" && m.subtype == "event-stream")
 }
 
 /// A call that went upstream, waiting for its response to settle it.
@@ -265,5 +277,24 @@ impl Metering {
             });
             self.events.send(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_event_stream;
+
+    #[test]
+    fn an_event_stream_is_told_by_its_type_and_subtype() {
+        let is = |v: &str| is_event_stream(Some(&http::HeaderValue::from_str(v).expect("value")));
+        assert!(is("text/event-stream"));
+        assert!(is("Text/Event-Stream; charset=utf-8"));
+        assert!(is(" text/event-stream ;charset=\"utf-8\""));
+        assert!(!is("text/event-streamx"));
+        assert!(!is("text/event-stream-x"));
+        assert!(!is("text/event"));
+        assert!(!is("application/json"));
+        assert!(!is("text/event-stream; charset"));
+        assert!(!is_event_stream(None));
     }
 }
