@@ -361,27 +361,42 @@ impl Capability {
                      naming the model and fit the classification cap)"
                 ),
             },
-            Some(CheckKind::Approval(kind, above)) => match above {
-                Some(limit) if *kind == ActionType::Payment => format!(
-                    "payment of {} is above {}: needs approval",
-                    money(req.amount.unwrap_or(0), currency),
-                    limit.display(currency)
-                ),
-                Some(limit) => match req.cost {
-                    Some(cost) => format!(
-                        "{} call costing {cost} micro-USD is above {}: needs approval",
-                        kind_name(*kind),
-                        limit.display("USD")
+            Some(CheckKind::Approval(rule)) => {
+                let kind = rule.kind;
+                let what = match rule.above {
+                    Some(limit) if kind == ActionType::Payment => format!(
+                        "payment of {} is above {}",
+                        money(req.amount.unwrap_or(0), currency),
+                        limit.display(currency)
                     ),
-                    None => format!(
-                        "{} call of unknown cost (its model is not on the rate card): needs approval \
-                         above {}",
-                        kind_name(*kind),
-                        limit.display("USD")
+                    Some(limit) => match req.cost {
+                        Some(cost) => format!(
+                            "{} call costing {cost} micro-USD is above {}",
+                            kind_name(kind),
+                            limit.display("USD")
+                        ),
+                        None => format!(
+                            "{} call of unknown cost (its model is not on the rate card)",
+                            kind_name(kind)
+                        ),
+                    },
+                    None if rule.once_spent.is_some() => format!("{} call", kind_name(kind)),
+                    None => format!("every {}", kind_name(kind)),
+                };
+                match (rule.once_spent, rule.above, req.cost) {
+                    (Some(threshold), above, _) => format!(
+                        "{what}{} the session's llm spend reached {threshold} ({} micro-USD \
+                         spent): needs approval",
+                        if above.is_some() { " and" } else { " after" },
+                        req.llm_spent
                     ),
-                },
-                None => format!("every {} needs approval", kind_name(*kind)),
-            },
+                    (None, Some(limit), None) if kind == ActionType::Llm => {
+                        format!("{what}: needs approval above {}", limit.display("USD"))
+                    }
+                    _ if rule.above.is_none() => format!("{what} needs approval"),
+                    _ => format!("{what}: needs approval"),
+                }
+            }
         };
         format!("{prefix}{text}")
     }

@@ -10,7 +10,7 @@ use biscuit_auth::builder::Term;
 use biscuit_auth::BlockBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Amount, MicroUsd, Policy};
+use crate::policy::{Amount, ApprovalCondition, MicroUsd, Policy};
 use crate::{ActionType, CapabilityError};
 
 /// Name of the fact that carries a block's [`BlockRecord`] as JSON bytes.
@@ -38,7 +38,7 @@ pub(crate) enum CheckKind {
     PaymentTotal(Amount, String),
     EmailCount(u64),
     LlmBudget(MicroUsd),
-    Approval(ActionType, Option<Amount>),
+    Approval(ApprovalCondition),
 }
 
 impl BlockRecord {
@@ -336,18 +336,23 @@ fn render(record: &BlockRecord) -> (String, Vec<CheckKind>, HashMap<String, Term
             CheckKind::Expiry(at),
         ));
     }
-    for (kind, above) in policy.approval_rules() {
-        let name = p.str(kind_name(kind));
-        let over = match (kind, above) {
+    for rule in policy.approval_rules() {
+        let name = p.str(kind_name(rule.kind));
+        let mut over = match (rule.kind, rule.above) {
             (_, None) => String::new(),
             (ActionType::Llm, Some(a)) => {
                 format!(" or cost($c), $c <= {}", p.int(a.0.saturating_mul(10_000)))
             }
             (_, Some(a)) => format!(" or amount($a), $a <= {}", p.int(a.0)),
         };
+        // Each `or` is a way to pass without a human: below the spend
+        // threshold is one, so a call needs approval when every condition holds.
+        if let Some(spent) = rule.once_spent {
+            over.push_str(&format!(" or llm_spent($s), $s < {}", p.int(spent.0)));
+        }
         checks.push((
             format!("check if approved(true) or kind($t), $t != {name}{over}"),
-            CheckKind::Approval(kind, above),
+            CheckKind::Approval(rule),
         ));
     }
 

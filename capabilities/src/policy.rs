@@ -123,7 +123,8 @@ pub struct LlmGrant {
     pub budget_usd: Option<MicroUsd>,
 }
 
-/// `[[approval]]`: actions of `type` (over `above`, if given) need a human.
+/// `[[approval]]`: actions of `type` (over `above`, if given; for LLM calls,
+/// once the session has spent `once_spent_usd`, if given) need a human.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalRule {
@@ -133,6 +134,22 @@ pub struct ApprovalRule {
     /// is asked; absent means every action of this type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub above: Option<Amount>,
+    /// LLM only: once the session's LLM spend so far (settled calls, plus
+    /// the reservations of calls in flight) reaches this many USD, each
+    /// further call is held for a human. With `above` too, a call needs a
+    /// human when both hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub once_spent_usd: Option<MicroUsd>,
+}
+
+/// One approval condition as the token enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ApprovalCondition {
+    pub kind: ActionType,
+    /// The payment amount (or LLM call cost) must be strictly above this.
+    pub above: Option<Amount>,
+    /// The session's LLM spend must have reached this.
+    pub once_spent: Option<MicroUsd>,
 }
 
 /// A lifetime written like `30m`, `2h`, `1day`.
@@ -246,6 +263,12 @@ impl Policy {
                     rule.kind
                 ));
             }
+            if rule.kind != ActionType::Llm && rule.once_spent_usd.is_some() {
+                return invalid(format!(
+                    "approval for {:?}: `once_spent_usd` applies to llm only",
+                    rule.kind
+                ));
+            }
         }
         Ok(self)
     }
@@ -274,14 +297,24 @@ impl Policy {
         kinds
     }
 
-    /// Approval rules, `payment.approval_above` included, as (type, above).
-    pub(crate) fn approval_rules(&self) -> Vec<(ActionType, Option<Amount>)> {
+    /// Approval rules, `payment.approval_above` included.
+    pub(crate) fn approval_rules(&self) -> Vec<ApprovalCondition> {
         let mut rules: Vec<_> = self
             .payment
             .iter()
-            .filter_map(|p| p.approval_above.map(|a| (ActionType::Payment, Some(a))))
+            .filter_map(|p| {
+                p.approval_above.map(|a| ApprovalCondition {
+                    kind: ActionType::Payment,
+                    above: Some(a),
+                    once_spent: None,
+                })
+            })
             .collect();
-        rules.extend(self.approval.iter().map(|r| (r.kind, r.above)));
+        rules.extend(self.approval.iter().map(|r| ApprovalCondition {
+            kind: r.kind,
+            above: r.above,
+            once_spent: r.once_spent_usd,
+        }));
         rules
     }
 

@@ -428,20 +428,25 @@ impl Summary {
                 constraints += 1;
                 constraint_lines.push(format!("{prefix}expires {}", humantime::format_rfc3339(t)));
             }
-            for (kind, above) in record.policy.approval_rules() {
+            for rule in record.policy.approval_rules() {
                 constraints += 1;
                 let currency = record
                     .policy
                     .payment
                     .as_ref()
                     .map_or("USD", |p| p.currency.as_str());
-                let what = match above {
+                let kind = rule.kind;
+                let mut what = match rule.above {
                     Some(a) if kind == crate::ActionType::Llm => {
                         format!("llm calls costing more than {}", a.display("USD"))
                     }
                     Some(a) => format!("{}s above {}", kind_name(kind), a.display(currency)),
+                    None if rule.once_spent.is_some() => format!("{} calls", kind_name(kind)),
                     None => format!("every {}", kind_name(kind)),
                 };
+                if let Some(spent) = rule.once_spent {
+                    what.push_str(&format!(" once the session's llm spend reaches {spent}"));
+                }
                 constraint_lines.push(format!("{prefix}approval: {what} need a human"));
             }
         }

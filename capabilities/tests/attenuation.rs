@@ -386,19 +386,27 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
         prop_oneof![
             (proptest::option::of(cents())).prop_map(|above| ApprovalRule {
                 kind: ActionType::Payment,
-                above
+                above,
+                once_spent_usd: None,
             }),
-            (proptest::option::of((0u64..30).prop_map(Amount))).prop_map(|above| ApprovalRule {
-                kind: ActionType::Llm,
-                above
-            }),
+            (
+                proptest::option::of((0u64..30).prop_map(Amount)),
+                proptest::option::of((0u64..3_000).prop_map(MicroUsd)),
+            )
+                .prop_map(|(above, once_spent_usd)| ApprovalRule {
+                    kind: ActionType::Llm,
+                    above,
+                    once_spent_usd,
+                }),
             Just(ApprovalRule {
                 kind: ActionType::Email,
-                above: None
+                above: None,
+                once_spent_usd: None,
             }),
             Just(ApprovalRule {
                 kind: ActionType::Websocket,
-                above: None
+                above: None,
+                once_spent_usd: None,
             }),
         ],
         0..2,

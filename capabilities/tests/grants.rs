@@ -419,6 +419,98 @@ fn llm_budget_uses_the_session_counter() {
     assert!(!c.credential_allowed("openai_key", "evil.net", now()));
 }
 
+/// `[[approval]] type = "llm"` with `once_spent_usd`: calls are let out
+/// until the session's LLM spend reaches the threshold, then each is held
+/// for a human (with `above` too: only the costly ones); the reason names
+/// the threshold and the spend; the rule is refused for other types.
+#[test]
+fn llm_approval_once_the_session_spent_a_threshold() {
+    let c = cap(r#"
+        [llm]
+        providers = ["api.openai.com"]
+        credential = "openai_key"
+        budget_usd = "1.00"
+        [[approval]]
+        type = "llm"
+        once_spent_usd = "0.50"
+    "#);
+    let d = |cost: u64, spent: u64| {
+        c.authorize(
+            &llm("api.openai.com", cost),
+            &Counters {
+                llm_spent_micro_usd: spent,
+                ..Counters::default()
+            },
+            now(),
+        )
+    };
+    assert_eq!(d(10_000, 0).decision, Verdict::Allow);
+    assert_eq!(d(10_000, 499_999).decision, Verdict::Allow, "just under");
+    let held = d(10_000, 500_000);
+    assert_eq!(held.decision, Verdict::Approval, "reached exactly");
+    assert_eq!(
+        held.reason,
+        "llm call after the session's llm spend reached $0.50 (500000 micro-USD spent): \
+         needs approval"
+    );
+    assert_eq!(d(1, 900_000).decision, Verdict::Approval);
+    // The budget still blocks, whatever a human would say.
+    assert_eq!(d(200_000, 900_000).decision, Verdict::Block);
+
+    // With `above`: once past the threshold, only calls above it are held.
+    let c = cap(r#"
+        [llm]
+        providers = ["api.openai.com"]
+        credential = "openai_key"
+        [[approval]]
+        type = "llm"
+        above = "0.10"
+        once_spent_usd = "0.50"
+    "#);
+    let d = |cost: u64, spent: u64| {
+        c.authorize(
+            &llm("api.openai.com", cost),
+            &Counters {
+                llm_spent_micro_usd: spent,
+                ..Counters::default()
+            },
+            now(),
+        )
+    };
+    assert_eq!(
+        d(100_001, 0).decision,
+        Verdict::Allow,
+        "costly, spent little"
+    );
+    assert_eq!(
+        d(100_000, 600_000).decision,
+        Verdict::Allow,
+        "cheap, spent much"
+    );
+    let held = d(100_001, 600_000);
+    assert_eq!(held.decision, Verdict::Approval);
+    assert!(
+        held.reason
+            .contains("is above $0.10 and the session's llm spend reached $0.50"),
+        "{}",
+        held.reason
+    );
+    let summary = c.summary();
+    assert!(
+        summary.constraint_lines.iter().any(|l| l
+            == "approval: llm calls costing more than $0.10 once the session's llm spend \
+                reaches $0.50 need a human"),
+        "{:?}",
+        summary.constraint_lines
+    );
+
+    // Only llm rules take a spend threshold.
+    let err =
+        Policy::from_toml_str("[[approval]]\ntype = \"payment\"\nonce_spent_usd = \"1.00\"\n")
+            .expect_err("payment");
+    assert!(err.to_string().contains("applies to llm only"), "{err}");
+}
+
 #[test]
 fn an_empty_policy_allows_nothing() {
     let c = cap("ttl = \"5m\"");

@@ -878,15 +878,8 @@ impl Gate for EnforcingGate {
         };
         match req.tag {
             Some(GateTag(request)) => {
-                let event_stream = head
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|t| {
-                        t.trim_start()
-                            .to_ascii_lowercase()
-                            .starts_with("text/event-stream")
-                    });
+                let event_stream =
+                    crate::metering::is_event_stream(head.headers.get(http::header::CONTENT_TYPE));
                 self.metering.response(request, event_stream, verdict)
             }
             None => verdict,

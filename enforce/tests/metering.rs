@@ -5,7 +5,8 @@
 //! reported with a `usage` receipt linked to its decision, charged its
 //! reservation when the stream is cut, and a client that did not ask for
 //! the usage chunk never sees it. Fifty concurrent calls never spend past
-//! a tiny budget.
+//! a tiny budget. Budget warnings are receipts and events, once per level.
+//! An `[[approval]]` spend threshold holds every call after it for a human.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -18,10 +19,10 @@ use http::{Request, Response};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use receipts::{Body, UsageRecord, UsageTokens, VerifiedChain};
+use receipts::{Body, BudgetWarningRecord, UsageRecord, UsageTokens, VerifiedChain};
 use serde_json::{json, Value};
 use support::*;
-use test_support::TestCa;
+use test_support::{Scripted, TestCa};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -230,6 +231,11 @@ async fn answer(
 }
 
 async fn session(policy: &str, llm: &LlmUpstream) -> Session {
+    session_with(policy, llm, Vec::new()).await
+}
+
+/// A session whose approval questions are answered by `script`.
+async fn session_with(policy: &str, llm: &LlmUpstream, script: Vec<Scripted>) -> Session {
     Session::start(Options {
         policy: policy.into(),
         catalog: CATALOG.into(),
@@ -238,6 +244,7 @@ async fn session(policy: &str, llm: &LlmUpstream) -> Session {
             addr: llm.upstream.addr,
             ca_pem: llm.upstream.ca_pem.clone(),
         }),
+        script,
         ..Options::default()
     })
     .await
@@ -556,4 +563,143 @@ async fn a_model_without_a_price_is_blocked_under_a_budget_naming_the_rate_card(
     assert!(llm.bodies.lock().unwrap().is_empty());
     let chain = s.finish_and_verify();
     assert!(usages(&chain).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_warnings_are_receipts_after_the_usage_that_reached_them_once_per_level() {
+    let llm = llm_upstream().await;
+    let policy = r#"
+[llm]
+providers = ["api.openai.com"]
+budget_usd = "0.01"
+"#;
+    let mut s = session(policy, &llm).await;
+    let url = "https://api.openai.com/v1/chat/completions";
+    // 12 input tokens (30 micro-USD) and all of max_tokens out at 10 per
+    // million: 1030, then 8030 (streamed) — 9060 of 10000, past 50 % and
+    // 80 % at once —, then 5 out: 80 more, no level left to reach.
+    for body in [
+        r#"{"model":"gpt-test","max_tokens":100,"messages":[]}"#,
+        r#"{"model":"gpt-test","max_tokens":800,"stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+    ] {
+        let r = post(&s, url, body, &["-H", "x-mock-output: all"]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let r = post(
+        &s,
+        url,
+        r#"{"model":"gpt-test","max_tokens":5,"messages":[]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let events = s.drain_events();
+    let chain = s.finish_and_verify();
+    let u = usages(&chain);
+    let costs: Vec<u64> = u.iter().map(|(_, x)| x.cost_micro_usd).collect();
+    assert_eq!(costs, vec![1030, 8030, 80]);
+    let warnings: Vec<(u64, BudgetWarningRecord)> = chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            Body::BudgetWarning(w) => Some((r.receipt.seq, w.clone())),
+            _ => None,
+        })
+        .collect();
+    let second_usage = u[1].0;
+    assert_eq!(
+        warnings.iter().map(|(_, w)| w.clone()).collect::<Vec<_>>(),
+        [50, 80]
+            .map(|percent| BudgetWarningRecord {
+                usage_seq: second_usage,
+                percent,
+                spent_micro_usd: 9060,
+                budget_micro_usd: 10_000,
+            })
+            .to_vec()
+    );
+    assert!(warnings.iter().all(|(seq, _)| *seq > second_usage));
+    // The events say the same and name their receipts.
+    let warned: Vec<(Option<u64>, u64, u64)> = events
+        .iter()
+        .filter(|e| e.kind == enforce::EventKind::BudgetWarning)
+        .map(|e| {
+            let w = e.budget_warning.unwrap();
+            (e.receipt, w.percent, w.spent_micro_usd)
+        })
+        .collect();
+    assert_eq!(
+        warned,
+        warnings
+            .iter()
+            .map(|(seq, w)| (Some(*seq), w.percent, w.spent_micro_usd))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(s.rederive(&chain), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_after_the_spend_threshold_are_held_for_a_human() {
+    let llm = llm_upstream().await;
+    let policy = r#"
+[llm]
+providers = ["api.openai.com"]
+budget_usd = "1.00"
+[[approval]]
+type = "llm"
+once_spent_usd = "0.005"
+"#;
+    let s = session_with(policy, &llm, vec![Scripted::Approve, Scripted::Deny]).await;
+    let url = "https://api.openai.com/v1/chat/completions";
+    // 5030 micro-USD: let out without a question (nothing spent yet).
+    let r = post(
+        &s,
+        url,
+        r#"{"model":"gpt-test","max_tokens":500,"messages":[]}"#,
+        &["-H", "x-mock-output: all"],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(s.broker.asked().is_empty());
+    // Past $0.005: the next call is held; the human says yes, it goes out.
+    let small = r#"{"model":"gpt-test","max_tokens":5,"messages":[]}"#;
+    let r = post(&s, url, small, &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(llm.bodies.lock().unwrap().len(), 2);
+    // And the one after it too; the human says no: it never leaves.
+    let r = post(&s, url, small, &[]).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.blocked().unwrap().contains("denied by test"), "{r:?}");
+    assert_eq!(llm.bodies.lock().unwrap().len(), 2);
+    assert_eq!(s.broker.asked().len(), 2);
+
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    let verdicts: Vec<&str> = d.iter().map(|x| x.1.as_str()).collect();
+    assert_eq!(verdicts, ["allow", "approval", "approval"]);
+    for (_, _, _, reason, _) in &d[1..] {
+        assert!(
+            reason.contains("after the session's llm spend reached $0.005"),
+            "{reason}"
+        );
+    }
+    // The spend it names: the first call, settled (5030) or, if its
+    // settlement came after this decision, still at its reservation.
+    assert!(d[1].3.contains(" micro-USD spent)"), "{}", d[1].3);
+    assert_eq!(
+        approvals(&chain),
+        vec![
+            (d[1].0, true, "test".to_owned()),
+            (d[2].0, false, "test".to_owned())
+        ]
+    );
+    // The approved call was metered; the denied one was not.
+    let u = usages(&chain);
+    assert_eq!(
+        u.iter().map(|(_, x)| x.decision_seq).collect::<Vec<_>>(),
+        [d[0].0, d[1].0]
+    );
+    assert_eq!(s.ledger.committed().llm_spent_micro_usd, 5030 + 80);
+    assert_eq!(s.rederive(&chain), 3);
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::usage::UsageRecord;
+use crate::usage::{BudgetWarningRecord, UsageRecord};
 
 /// Format version of every receipt as first defined: `session_start`,
 /// `decision`, `approval` and a `session_end` written by the supervisor.
@@ -26,8 +26,12 @@ pub const INTERRUPTED_END_VERSION: u32 = 2;
 /// cost): a verifier that predates metering refuses exactly those lines.
 pub const USAGE_VERSION: u32 = 3;
 
+/// Format version of a `budget_warning` receipt (the LLM spend reached a
+/// warning level of its budget); older verifiers refuse exactly those lines.
+pub const BUDGET_WARNING_VERSION: u32 = 4;
+
 /// The newest format version this crate writes and reads.
-pub const LATEST_FORMAT_VERSION: u32 = USAGE_VERSION;
+pub const LATEST_FORMAT_VERSION: u32 = BUDGET_WARNING_VERSION;
 
 /// The format version a receipt with this body is written with (and must
 /// carry to verify).
@@ -38,6 +42,7 @@ pub fn version_of(body: &Body) -> u32 {
             ..
         } => INTERRUPTED_END_VERSION,
         Body::Usage(_) => USAGE_VERSION,
+        Body::BudgetWarning(_) => BUDGET_WARNING_VERSION,
         _ => FORMAT_VERSION,
     }
 }
@@ -48,8 +53,10 @@ pub const GENESIS_PREV: &str = "000000000000000000000000000000000000000000000000
 /// One receipt as written on a line, minus its `sig` (kept beside it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {
-    /// Format version ([`version_of`] the body: [`FORMAT_VERSION`], or
-    /// [`INTERRUPTED_END_VERSION`] for an interrupted `session_end`).
+    /// Format version ([`version_of`] the body: [`FORMAT_VERSION`],
+    /// [`INTERRUPTED_END_VERSION`] for an interrupted `session_end`,
+    /// [`USAGE_VERSION`] for `usage`, [`BUDGET_WARNING_VERSION`] for
+    /// `budget_warning`).
     pub v: u32,
     /// Session id, the same on every line of a chain.
     pub session: String,
@@ -95,6 +102,9 @@ pub enum Body {
     /// What a metered LLM call used and cost, after its response ended
     /// ([`USAGE_VERSION`]).
     Usage(UsageRecord),
+    /// The LLM spend reached a warning level of the budget
+    /// ([`BUDGET_WARNING_VERSION`]).
+    BudgetWarning(BudgetWarningRecord),
     /// Last line: commits to the number of receipts and the last hash.
     SessionEnd {
         /// Number of receipts in the chain, this one included (its seq + 1).
@@ -555,6 +565,12 @@ mod tests {
                 cost_micro_usd: 900,
                 reserved_micro_usd: 900,
                 estimated: true,
+            }),
+            Body::BudgetWarning(BudgetWarningRecord {
+                usage_seq: 5,
+                percent: 80,
+                spent_micro_usd: 800_001,
+                budget_micro_usd: 1_000_000,
             }),
             Body::SessionEnd {
                 count: 12,

@@ -13,7 +13,7 @@
 //!   session's capability token, as a [`Rederivation`] naming every
 //!   [`DecisionMismatch`] with its line.
 //! - [`Receipt`], [`Body`], [`DecisionRecord`], [`ApprovalRecord`],
-//!   [`UsageRecord`]: the format (see `docs/receipts.md`); [`cost_micro_usd`]
+//!   [`UsageRecord`], [`BudgetWarningRecord`]: the format (see `docs/receipts.md`); [`cost_micro_usd`]
 //!   prices a call's [`UsageTokens`] at a [`RateSnapshot`]'s [`ModelPrice`].
 #![forbid(unsafe_code)]
 
@@ -34,15 +34,17 @@ mod wire;
 
 pub use format::{
     format_time, key_id, line_hash, parse_time, sha256_hex, sign_line, version_of, ApprovalRecord,
-    Body, DecisionRecord, Interruption, InterruptionCause, Receipt, FORMAT_VERSION, GENESIS_PREV,
-    INTERRUPTED_END_VERSION, LATEST_FORMAT_VERSION, USAGE_VERSION,
+    Body, DecisionRecord, Interruption, InterruptionCause, Receipt, BUDGET_WARNING_VERSION,
+    FORMAT_VERSION, GENESIS_PREV, INTERRUPTED_END_VERSION, LATEST_FORMAT_VERSION, USAGE_VERSION,
 };
 pub use log::{
     AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
     PendingReceipt, ReceiptLog, Recovered, SessionStart,
 };
 pub use rederive::{rederive, Coverage, DecisionMismatch, ReasonChanged, Rederivation};
-pub use usage::{cost_micro_usd, ModelPrice, RateSnapshot, UsageRecord, UsageTokens};
+pub use usage::{
+    cost_micro_usd, BudgetWarningRecord, ModelPrice, RateSnapshot, UsageRecord, UsageTokens,
+};
 pub use verify::{
     danger, kind_name, ChainError, InterruptedEnd, LineVerifier, UnverifiedChain, VerifiedChain,
     VerifiedReceipt,

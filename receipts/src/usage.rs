@@ -76,6 +76,22 @@ pub struct UsageRecord {
     pub estimated: bool,
 }
 
+/// The session's LLM spend reached a warning level of its budget (receipt
+/// kind `budget_warning`), written once per level per session, after the
+/// usage receipt whose settlement reached it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetWarningRecord {
+    /// Seq of the `usage` receipt that brought the spend to the level.
+    pub usage_seq: u64,
+    /// The level, in percent of the budget (1 to 100).
+    pub percent: u64,
+    /// The session's LLM spend then, in micro-USD: every settled call's
+    /// cost, plus the reservations of calls still in flight.
+    pub spent_micro_usd: u64,
+    /// The token's LLM budget, in micro-USD.
+    pub budget_micro_usd: u64,
+}
+
 impl UsageRecord {
     /// What this record must have been charged: the reservation when
     /// estimated, otherwise the cost of its tokens at its snapshot's prices.

@@ -2,7 +2,7 @@
 //! only when every line is canonical, signed by the pinned key, linked to the
 //! line before it, in sequence, and the chain is opened and closed properly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::Value;
@@ -94,6 +94,15 @@ pub enum ChainError {
         /// reservation of an estimated call.
         basis: &'static str,
     },
+    #[error("line {line}: budget_warning refers to seq {usage_seq}, which is not an earlier usage receipt")]
+    BadWarningReference { line: usize, usage_seq: u64 },
+    #[error("line {line}: budget_warning says {recorded} micro-USD spent, but the usage receipts up to seq {usage_seq} alone cost {at_least}")]
+    WarningSpentMismatch {
+        line: usize,
+        usage_seq: u64,
+        recorded: u64,
+        at_least: u64,
+    },
     #[error("line {line}: the chain ends without session_end (cut after line {})", line - 1)]
     MissingEnd { line: usize },
     #[error("line {line}: torn (no terminating newline)")]
@@ -125,6 +134,8 @@ impl ChainError {
             | BadApprovalReference { line, .. }
             | BadUsageReference { line, .. }
             | UsageCostMismatch { line, .. }
+            | BadWarningReference { line, .. }
+            | WarningSpentMismatch { line, .. }
             | MissingEnd { line }
             | Torn { line } => *line,
         }
@@ -165,6 +176,11 @@ pub struct LineVerifier {
     /// seq -> where each llm decision stands, for the usage receipts that
     /// name it.
     llm_calls: BTreeMap<u64, LlmCall>,
+    /// seq of each usage receipt -> the cost of every usage receipt up to
+    /// it, for the budget warnings that name it.
+    usage_costs: BTreeMap<u64, u64>,
+    /// Budget warning levels (percent) written so far: each once.
+    warned: BTreeSet<u64>,
 }
 
 /// An llm decision as the usage receipts see it.
@@ -190,6 +206,8 @@ impl LineVerifier {
             ended: false,
             decisions: BTreeMap::new(),
             llm_calls: BTreeMap::new(),
+            usage_costs: BTreeMap::new(),
+            warned: BTreeSet::new(),
         }
     }
 
@@ -439,6 +457,49 @@ impl LineVerifier {
                         },
                     });
                 }
+                let before = self.usage_costs.last_key_value().map_or(0, |(_, sum)| *sum);
+                self.usage_costs
+                    .insert(r.seq, before.saturating_add(u.cost_micro_usd));
+            }
+            (Body::BudgetWarning(w), _) => {
+                let Some(&at_least) = self.usage_costs.get(&w.usage_seq) else {
+                    return Err(ChainError::BadWarningReference {
+                        line,
+                        usage_seq: w.usage_seq,
+                    });
+                };
+                let malformed = |why: String| Err(ChainError::Malformed { line, why });
+                if !(1..=100).contains(&w.percent) {
+                    return malformed(format!(
+                        "budget_warning percent {} is not 1 to 100",
+                        w.percent
+                    ));
+                }
+                if w.budget_micro_usd == 0 {
+                    return malformed("budget_warning of a zero budget".into());
+                }
+                if u128::from(w.spent_micro_usd) * 100
+                    < u128::from(w.percent) * u128::from(w.budget_micro_usd)
+                {
+                    return malformed(format!(
+                        "budget_warning at {} % but {} of {} micro-USD spent",
+                        w.percent, w.spent_micro_usd, w.budget_micro_usd
+                    ));
+                }
+                if !self.warned.insert(w.percent) {
+                    return malformed(format!("a second budget_warning at {} %", w.percent));
+                }
+                // The spend counts every settled call (and in-flight
+                // reservations): at least what the chain's usage receipts
+                // up to the one that reached the level cost.
+                if w.spent_micro_usd < at_least {
+                    return Err(ChainError::WarningSpentMismatch {
+                        line,
+                        usage_seq: w.usage_seq,
+                        recorded: w.spent_micro_usd,
+                        at_least,
+                    });
+                }
             }
             (
                 Body::SessionEnd {
@@ -499,6 +560,7 @@ pub fn kind_name(body: &Body) -> &'static str {
         Body::Decision(_) => "decision",
         Body::Approval(_) => "approval",
         Body::Usage(_) => "usage",
+        Body::BudgetWarning(_) => "budget_warning",
         Body::SessionEnd { .. } => "session_end",
     }
 }

@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::format::{ApprovalRecord, Body, DecisionRecord, Interruption, Receipt};
-use crate::usage::{RateSnapshot, UsageRecord, UsageTokens};
+use crate::usage::{BudgetWarningRecord, RateSnapshot, UsageRecord, UsageTokens};
 
 /// A parsed line.
 pub(crate) struct Parsed<'a> {
@@ -59,6 +59,10 @@ struct Fields {
     cost_micro_usd: Option<u64>,
     reserved_micro_usd: Option<u64>,
     estimated: Option<bool>,
+    usage_seq: Option<u64>,
+    percent: Option<u64>,
+    spent_micro_usd: Option<u64>,
+    budget_micro_usd: Option<u64>,
 }
 
 /// Parses a line. Errors are the parser's (syntax, types, duplicate keys).
@@ -111,6 +115,14 @@ impl Parsed<'_> {
                     .ok_or_else(|| missing("reserved_micro_usd"))?,
                 estimated: f.estimated.ok_or_else(|| missing("estimated"))?,
             }),
+            "budget_warning" => Body::BudgetWarning(BudgetWarningRecord {
+                usage_seq: f.usage_seq.ok_or_else(|| missing("usage_seq"))?,
+                percent: f.percent.ok_or_else(|| missing("percent"))?,
+                spent_micro_usd: f.spent_micro_usd.ok_or_else(|| missing("spent_micro_usd"))?,
+                budget_micro_usd: f
+                    .budget_micro_usd
+                    .ok_or_else(|| missing("budget_micro_usd"))?,
+            }),
             "session_end" => Body::SessionEnd {
                 count: f.count.ok_or_else(|| missing("count"))?,
                 last: f.last.ok_or_else(|| missing("last"))?,
@@ -118,7 +130,7 @@ impl Parsed<'_> {
             },
             other => {
                 return Err(format!(
-                    "unknown variant `{other}`, expected one of `session_start`, `decision`, `approval`, `usage`, `session_end`"
+                    "unknown variant `{other}`, expected one of `session_start`, `decision`, `approval`, `usage`, `budget_warning`, `session_end`"
                 ))
             }
         };
@@ -249,6 +261,10 @@ impl<'de> Visitor<'de> for LineVisitor {
                     present(&mut f.reserved_micro_usd, "reserved_micro_usd", m)?
                 }
                 "estimated" => present(&mut f.estimated, "estimated", m)?,
+                "usage_seq" => present(&mut f.usage_seq, "usage_seq", m)?,
+                "percent" => present(&mut f.percent, "percent", m)?,
+                "spent_micro_usd" => present(&mut f.spent_micro_usd, "spent_micro_usd", m)?,
+                "budget_micro_usd" => present(&mut f.budget_micro_usd, "budget_micro_usd", m)?,
                 _ => {
                     m.next_value::<IgnoredAny>()?;
                 }

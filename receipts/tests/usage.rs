@@ -2,15 +2,18 @@
 //! decisions, verified with each cost re-derived from the receipt's own rate
 //! snapshot. A cost edited and re-signed (so every signature and link still
 //! holds), a usage naming a decision that did not let a call out, or a
-//! second usage for one call, fails verification at its line.
+//! second usage for one call, fails verification at its line. Budget
+//! warnings follow the usage that reached them, each level once, with a
+//! spend the usage receipts before them do not exceed.
 
 mod support;
 
 use std::time::SystemTime;
 
 use receipts::{
-    cost_micro_usd, sign_line, ApprovalRecord, Body, ChainError, Entry, LogOptions, ModelPrice,
-    RateSnapshot, Receipt, ReceiptLog, UnverifiedChain, UsageRecord, UsageTokens,
+    cost_micro_usd, sign_line, ApprovalRecord, Body, BudgetWarningRecord, ChainError, Entry,
+    LogOptions, ModelPrice, RateSnapshot, Receipt, ReceiptLog, UnverifiedChain, UsageRecord,
+    UsageTokens, BUDGET_WARNING_VERSION,
 };
 use support::*;
 
@@ -327,4 +330,142 @@ fn session_labels_are_recorded_and_unlabelled_chains_still_verify() {
             ..
         }
     ));
+}
+
+/// start; llm call + usage (18375); llm call + usage (105); warnings at 50 %
+/// and 80 % of a 20000 micro-USD budget, both reached by the second usage
+/// (seq 4); end.
+fn warned_chain() -> Vec<u8> {
+    let sink = MemorySink::default();
+    let log = ReceiptLog::with_sink(
+        sink.clone(),
+        fixed_key(),
+        session_start("warned"),
+        LogOptions::default(),
+    )
+    .expect("start");
+    let a = log.append(llm_decision_entry("allow")).expect("decision");
+    log.append(Entry::Usage(usage(a.seq, tokens(1200, 3000, 500, 800))))
+        .expect("usage");
+    let b = log.append(llm_decision_entry("allow")).expect("decision");
+    let u = log
+        .append(Entry::Usage(usage(b.seq, tokens(10, 0, 0, 5))))
+        .expect("usage");
+    for percent in [50, 80] {
+        log.append(Entry::BudgetWarning(BudgetWarningRecord {
+            usage_seq: u.seq,
+            percent,
+            spent_micro_usd: 18_480,
+            budget_micro_usd: 20_000,
+        }))
+        .expect("warning");
+    }
+    log.finish().expect("finish");
+    let bytes = sink.0.lock().expect("sink").clone();
+    bytes
+}
+
+fn warning_mut(r: &mut Receipt) -> &mut BudgetWarningRecord {
+    match &mut r.body {
+        Body::BudgetWarning(w) => w,
+        other => panic!("not a budget warning: {other:?}"),
+    }
+}
+
+#[test]
+fn budget_warnings_verify_after_the_usage_that_reached_them() {
+    let bytes = warned_chain();
+    let chain = verify(&bytes).expect("valid");
+    let warnings: Vec<(u64, BudgetWarningRecord)> = chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            Body::BudgetWarning(w) => Some((r.receipt.v.into(), w.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings.len(), 2);
+    for ((v, w), percent) in warnings.iter().zip([50, 80]) {
+        assert_eq!(*v, u64::from(BUDGET_WARNING_VERSION));
+        assert_eq!((w.usage_seq, w.percent), (4, percent));
+    }
+    let line6 = value(lines(&bytes)[5]);
+    assert_eq!(line6["kind"], "budget_warning");
+    assert_eq!(line6["v"], 4);
+    // Chains without warnings are unchanged: still version 3 at most.
+    let metered = metered_chain();
+    assert!(lines(&metered)
+        .iter()
+        .all(|l| value(l)["v"].as_u64() <= Some(3)));
+    verify(&metered).expect("metered chain");
+    assert_eq!(resigned(&bytes, 6, |_| {}), bytes);
+}
+
+#[test]
+fn an_edited_budget_warning_fails_at_its_line_even_when_re_signed() {
+    let bytes = warned_chain();
+    // Lines 6 and 7 are the warnings (seq 5 and 6); line 5 the usage they name.
+    for (usage_seq, why) in [
+        (3, "a decision"),
+        (0, "session_start"),
+        (6, "itself, later"),
+    ] {
+        let bad = resigned(&bytes, 6, |r| warning_mut(r).usage_seq = usage_seq);
+        assert_eq!(
+            verify(&bad).expect_err(why),
+            ChainError::BadWarningReference { line: 6, usage_seq },
+            "{why}"
+        );
+    }
+    // Naming the first usage instead is fine (the spend covers it).
+    verify(&resigned(&bytes, 6, |r| warning_mut(r).usage_seq = 2)).expect("earlier usage");
+    // A spend below what the usage receipts cost: caught.
+    let lower = resigned(&bytes, 7, |r| warning_mut(r).spent_micro_usd = 18_479);
+    let err = verify(&lower).expect_err("lower spend");
+    assert_eq!(
+        err,
+        ChainError::WarningSpentMismatch {
+            line: 7,
+            usage_seq: 4,
+            recorded: 18_479,
+            at_least: 18_480,
+        }
+    );
+    assert!(err.to_string().contains("alone cost 18480"), "{err}");
+    // A spend above it (calls in flight) is the normal case.
+    verify(&resigned(&bytes, 7, |r| {
+        warning_mut(r).spent_micro_usd = 19_000
+    }))
+    .expect("more");
+    let malformed = |line: usize, edit: &dyn Fn(&mut BudgetWarningRecord), why: &str| {
+        let bad = resigned(&bytes, line, |r| edit(warning_mut(r)));
+        match verify(&bad) {
+            Err(ChainError::Malformed { line: l, why: w }) => {
+                assert_eq!(l, line);
+                assert!(w.contains(why), "{w}");
+            }
+            other => panic!("{why}: {other:?}"),
+        }
+    };
+    malformed(6, &|w| w.percent = 0, "is not 1 to 100");
+    malformed(7, &|w| w.percent = 101, "is not 1 to 100");
+    malformed(7, &|w| w.percent = 50, "a second budget_warning at 50 %");
+    malformed(7, &|w| w.budget_micro_usd = 0, "zero budget");
+    // 80 % of 20000 is 16000: a warning at 80 % with less spent is false.
+    malformed(
+        7,
+        &|w| w.budget_micro_usd = 23_101,
+        "budget_warning at 80 % but 18480 of 23101",
+    );
+    // Written with the usage version: refused.
+    let old = resigned(&bytes, 6, |r| r.v = 3);
+    assert_eq!(
+        verify(&old).expect_err("version"),
+        ChainError::VersionForKind {
+            line: 6,
+            what: "budget_warning",
+            expected: 4,
+            found: 3,
+        }
+    );
 }

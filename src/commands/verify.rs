@@ -323,7 +323,7 @@ fn summarize(chain: &VerifiedChain, report: &mut Report) {
                 report.usage_receipts += 1;
                 report.cost_micro_usd = report.cost_micro_usd.saturating_add(u.cost_micro_usd);
             }
-            Body::SessionEnd { .. } => {}
+            Body::BudgetWarning(_) | Body::SessionEnd { .. } => {}
         }
     }
 }

@@ -226,7 +226,7 @@ pub fn build_from(
                     });
                 }
             }
-            Body::SessionStart { .. } | Body::SessionEnd { .. } => {}
+            Body::SessionStart { .. } | Body::BudgetWarning(_) | Body::SessionEnd { .. } => {}
         }
     }
 

@@ -112,7 +112,7 @@ fn valid_boundary(b: &str) -> bool {
 
 /// A parsed media type: type and subtype lowercased, parameter names
 /// lowercased, values as written.
-pub(super) struct MediaType {
+pub(crate) struct MediaType {
     pub kind: String,
     pub subtype: String,
     pub params: Vec<(String, String)>,
@@ -160,7 +160,7 @@ pub(super) fn is_token(s: &str) -> bool {
 impl MediaType {
     /// RFC 9110 `type/subtype *(OWS ";" OWS name=value)`, parameters read
     /// by [`parse_params`].
-    pub(super) fn parse(text: &str) -> Option<MediaType> {
+    pub(crate) fn parse(text: &str) -> Option<MediaType> {
         let mut parts = text.split(';');
         let essence = parts.next()?.trim_matches([' ', '\t']);
         let (kind, subtype) = essence.split_once('/')?;

@@ -39,6 +39,8 @@ pub use json::{lookup as json_lookup, JsonLeaf};
 pub use llm::LlmPrice;
 pub use rule::Rule;
 
+pub(crate) use media::MediaType;
+
 use file::CatalogFile;
 use rule::Extract;
 

@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use capabilities::Action;
 use proxy::ResponseVerdict;
-use receipts::{cost_micro_usd, Entry, ReceiptLog, UsageRecord, UsageTokens};
+use receipts::{cost_micro_usd, BudgetWarningRecord, Entry, ReceiptLog, UsageRecord, UsageTokens};
 
+use crate::catalog::MediaType;
 use crate::counters::Ledger;
 use crate::events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
 
@@ -50,6 +51,17 @@ pub fn usage_of<'a>(
     reader.reported().tokens
 }
 
+/// Whether a response's `Content-Type` is `text/event-stream` (type and
+/// subtype compared, any case, parameters allowed). A header that does not
+/// parse as a media type is not a stream: the body is then read as one JSON
+/// document, and without usage found the call is charged its reservation.
+pub(crate) fn is_event_stream(content_type: Option<&http::HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(MediaType::parse)
+        .is_some_and(|m| m.kind == "text" && m.subtype == "event-stream")
+}
+
 /// A call that went upstream, waiting for its response to settle it.
 #[derive(Debug)]
 pub(crate) struct Ticket {
@@ -74,6 +86,9 @@ pub(crate) struct Metering {
     /// The token's LLM budget in micro-USD, if it has one.
     budget: Option<u64>,
     /// Warnings given so far (of `settings.warn_at_percent`, ascending).
+    /// Held while a call settles, so settlements (the spend corrected, the
+    /// usage receipt, the warnings) reach the chain in the order they
+    /// happen: a warning's spend covers every usage receipt before it.
     warned: Mutex<usize>,
     /// Forwarded calls by request number, until their response head.
     waiting: Mutex<HashMap<u64, Ticket>>,
@@ -92,6 +107,9 @@ impl Metering {
         events: EventBus,
         budget: Option<u64>,
     ) -> Self {
+        // A level is a percent of the budget, 1 to 100 (what the verifier
+        // accepts in a `budget_warning` receipt).
+        settings.warn_at_percent.retain(|p| (1..=100).contains(p));
         settings.warn_at_percent.sort_unstable();
         settings.warn_at_percent.dedup();
         Metering {
@@ -173,6 +191,7 @@ impl Metering {
             Some(t) => (t, cost_micro_usd(&t, price), false),
             None => (UsageTokens::default(), ticket.reserved, true),
         };
+        let mut warned = lock(&self.warned);
         let spent = self.ledger.settle_llm(ticket.reserved, cost);
         let record = UsageRecord {
             decision_seq: ticket.decision_seq,
@@ -212,26 +231,45 @@ impl Metering {
             budget_micro_usd: self.budget,
         });
         self.events.send(e);
-        self.warn(&ticket, spent);
+        self.warn(&mut warned, &ticket, spent, seq);
     }
 
-    /// A `budget_warning` event for each warning level `spent` reached.
-    fn warn(&self, ticket: &Ticket, spent: u64) {
+    /// A `budget_warning` receipt (after the usage receipt `usage_seq`, when
+    /// it was written) and event for each warning level `spent` reached.
+    fn warn(&self, warned: &mut usize, ticket: &Ticket, spent: u64, usage_seq: Option<u64>) {
         let Some(budget) = self.budget.filter(|b| *b > 0) else {
             return;
         };
-        let mut warned = lock(&self.warned);
         while let Some(&percent) = self.settings.warn_at_percent.get(*warned) {
             if u128::from(spent) * 100 < u128::from(percent) * u128::from(budget) {
                 break;
             }
             *warned += 1;
+            let seq = usage_seq.and_then(|usage_seq| {
+                let record = BudgetWarningRecord {
+                    usage_seq,
+                    percent,
+                    spent_micro_usd: spent,
+                    budget_micro_usd: budget,
+                };
+                match self.receipts.submit(Entry::BudgetWarning(record)) {
+                    Ok(pending) => Some(pending.seq()),
+                    Err(e) => {
+                        ratelog::error!(
+                            request = ticket.request,
+                            "budget warning receipt failed: {e}"
+                        );
+                        None
+                    }
+                }
+            });
             let mut e = Event::about(
                 EventKind::BudgetWarning,
                 ticket.request,
                 ticket.conn,
                 &ticket.action,
             );
+            e.receipt = seq;
             e.budget_warning = Some(BudgetWarning {
                 percent,
                 spent_micro_usd: spent,
@@ -239,5 +277,24 @@ impl Metering {
             });
             self.events.send(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_event_stream;
+
+    #[test]
+    fn an_event_stream_is_told_by_its_type_and_subtype() {
+        let is = |v: &str| is_event_stream(Some(&http::HeaderValue::from_str(v).expect("value")));
+        assert!(is("text/event-stream"));
+        assert!(is("Text/Event-Stream; charset=utf-8"));
+        assert!(is(" text/event-stream ;charset=\"utf-8\""));
+        assert!(!is("text/event-streamx"));
+        assert!(!is("text/event-stream-x"));
+        assert!(!is("text/event"));
+        assert!(!is("application/json"));
+        assert!(!is("text/event-stream; charset"));
+        assert!(!is_event_stream(None));
     }
 }

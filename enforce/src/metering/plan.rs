@@ -23,7 +23,8 @@ pub struct MeterSettings {
     /// The output limit the proxy sets on a request that has none (lowered
     /// to what the budget has left, when there is a budget).
     pub default_output_limit: u64,
-    /// Percentages of the LLM budget at which a `budget_warning` event goes out.
+    /// Percentages of the LLM budget at which a `budget_warning` receipt and
+    /// event go out, once each (1 to 100; other values are ignored).
     pub warn_at_percent: Vec<u64>,
 }
 

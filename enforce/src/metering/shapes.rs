@@ -18,6 +18,9 @@
 //! - Embeddings: `usage.prompt_tokens`, or `total_tokens` alone (servers
 //!   that only report that).
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use receipts::UsageTokens;
 use serde_json::Value;
 
@@ -199,8 +202,35 @@ const MESSAGES_EVENT_PATHS: Paths = &[
     &["usage"],
 ];
 
+/// Most bytes of one event's data held back to decide, at its end, whether
+/// it needs reading at all; a longer event is read as it streams.
+const MAX_HELD_EVENT: usize = 16 * 1024;
+
+/// The byte string every `usage` member's key is: an event without one
+/// (followed by something other than `null`) cannot report usage.
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+
+/// How the current event's data is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventRead {
+    /// Fed to the member scanner as it arrives.
+    Scan,
+    /// Held (up to [`MAX_HELD_EVENT`]) until the event ends, then scanned
+    /// only if it may carry usage.
+    Hold,
+}
+
 /// Reads one response's usage as its body passes, chunk by chunk: the
 /// whole body as one JSON document, or each server-sent event's data.
+///
+/// Most events of a stream are content (a few words each) and cannot carry
+/// usage; walking their JSON cost ~13 ns a byte. So once the response's id
+/// and model are known, an event's data is held to its end and only
+/// scanned when it contains the key `"usage"` with a value other than
+/// `null` (with `include_usage`, every Chat chunk carries `"usage":null`).
+/// A `"usage"` inside a string value cannot match: there its quotes are
+/// escaped. The scanner still decides what is usage; this only skips events
+/// that cannot have any.
 #[derive(Debug)]
 pub(crate) struct UsageReader {
     api: Api,
@@ -212,6 +242,14 @@ pub(crate) struct UsageReader {
     /// The event just dispatched was a Chat usage chunk (`choices: []` and
     /// a `usage` object).
     last_was_usage_chunk: bool,
+    /// How the current event is read.
+    read: EventRead,
+    /// When holding: the current event's data so far.
+    held: Vec<u8>,
+    /// Events whose data went through the member scanner (tests check
+    /// that content events are skipped).
+    #[cfg(test)]
+    scanned: usize,
 }
 
 impl UsageReader {
@@ -229,6 +267,10 @@ impl UsageReader {
             anthropic: AnthropicCounts::default(),
             reported: Reported::default(),
             last_was_usage_chunk: false,
+            read: EventRead::Scan,
+            held: Vec::new(),
+            #[cfg(test)]
+            scanned: 0,
         }
     }
 
@@ -273,6 +315,52 @@ impl UsageReader {
 
     pub(crate) fn last_was_usage_chunk(&self) -> bool {
         self.last_was_usage_chunk
+    }
+
+    /// More of the current event's data.
+    fn event_data(&mut self, bytes: &[u8]) {
+        match self.read {
+            EventRead::Scan => self.scan.push(bytes),
+            EventRead::Hold if self.held.len() + bytes.len() > MAX_HELD_EVENT => {
+                // Too long to hold: read it as it streams after all.
+                self.read = EventRead::Scan;
+                self.scan.push(&self.held);
+                self.held.clear();
+                self.scan.push(bytes);
+            }
+            EventRead::Hold => self.held.extend_from_slice(bytes),
+        }
+    }
+
+    /// The current event ended: read it (unless it was held and cannot
+    /// carry usage), and choose how to read the next.
+    fn event_end(&mut self) {
+        let scanned = match self.read {
+            EventRead::Scan => true,
+            EventRead::Hold => {
+                let may = may_carry_usage(&self.held);
+                if may {
+                    self.scan.push(&self.held);
+                }
+                self.held.clear();
+                may
+            }
+        };
+        if scanned {
+            #[cfg(test)]
+            {
+                self.scanned += 1;
+            }
+            self.event();
+        } else {
+            self.last_was_usage_chunk = false;
+        }
+        // Until the id and model are known, every event is read whole.
+        self.read = if self.reported.id.is_some() && self.reported.model.is_some() {
+            EventRead::Hold
+        } else {
+            EventRead::Scan
+        };
     }
 
     /// One event's members, read.
@@ -347,6 +435,25 @@ fn string(text: &[u8]) -> Option<String> {
     }
 }
 
+/// Whether one event's data has a `"usage"` key whose value is not `null`
+/// (or may be: anything but `null` after the colon counts). False only when
+/// the event cannot report usage.
+fn may_carry_usage(data: &[u8]) -> bool {
+    fn skip_space(mut s: &[u8]) -> &[u8] {
+        while let [b' ' | b'\t' | b'\n' | b'\r', rest @ ..] = s {
+            s = rest;
+        }
+        s
+    }
+    USAGE_KEY.find_iter(data).any(|at| {
+        match skip_space(&data[at + USAGE_KEY.needle().len()..]) {
+            [b':', value @ ..] => !skip_space(value).starts_with(b"null"),
+            // Not a key (a string value `"usage"`).
+            _ => false,
+        }
+    })
+}
+
 fn is_empty_array(text: &[u8]) -> bool {
     text.iter()
         .filter(|b| !b.is_ascii_whitespace())
@@ -360,10 +467,10 @@ struct EventSink<'a, 'b> {
 
 impl SseSink for EventSink<'_, '_> {
     fn data(&mut self, bytes: &[u8]) {
-        self.reader.scan.push(bytes);
+        self.reader.event_data(bytes);
     }
     fn dispatch(&mut self, end: usize) {
-        self.reader.event();
+        self.reader.event_end();
         (self.on_event)(self.reader, end);
     }
 }

@@ -68,6 +68,13 @@ impl SseReader {
                         sink.dispatch(i);
                         continue;
                     }
+                    // The common line, whole in this chunk: no byte-by-byte name.
+                    if chunk[i..].starts_with(b"data:") {
+                        i += 5;
+                        self.data_line(sink);
+                        self.line = Line::Data { skip_space: true };
+                        continue;
+                    }
                     self.line = Line::Name {
                         buf: [0; 5],
                         len: 0,
@@ -85,9 +92,11 @@ impl SseReader {
                         continue;
                     }
                     i += 1;
+                    // The bytes before matched `data:` (else the line is Ignored).
+                    let matches = b == b"data:"[len];
                     buf[len] = b;
                     len += 1;
-                    self.line = if buf[..len] != b"data:"[..len] {
+                    self.line = if !matches {
                         Line::Ignored
                     } else if len == 5 {
                         self.data_line(sink);

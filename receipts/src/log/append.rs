@@ -193,6 +193,7 @@ impl ReceiptLog {
             Entry::Decision { decided_at, record } => (decided_at, Body::Decision(record)),
             Entry::Approval(record) => (SystemTime::now(), Body::Approval(record)),
             Entry::Usage(record) => (SystemTime::now(), Body::Usage(record)),
+            Entry::BudgetWarning(record) => (SystemTime::now(), Body::BudgetWarning(record)),
         };
         // Everything that does not depend on the chain is encoded here, on
         // the caller's thread, before taking the chain lock.

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::format::{ApprovalRecord, DecisionRecord};
-use crate::usage::UsageRecord;
+use crate::usage::{BudgetWarningRecord, UsageRecord};
 use crate::verify::ChainError;
 
 /// The handle: signs, chains and queues each receipt; creates a log.
@@ -79,6 +79,8 @@ pub enum Entry {
     Approval(ApprovalRecord),
     /// What a metered LLM call used, when its response ended.
     Usage(UsageRecord),
+    /// The LLM spend reached a warning level of the budget.
+    BudgetWarning(BudgetWarningRecord),
 }
 
 /// An acknowledged receipt: durable on disk.

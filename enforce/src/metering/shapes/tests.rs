@@ -180,6 +180,112 @@ fn messages_stream_start_then_cumulative_delta() {
 }
 
 #[test]
+fn only_events_that_may_carry_usage_are_scanned() {
+    // With include_usage, every content chunk carries `"usage":null`.
+    let (_, ends) = read_every_cut(Api::Chat, true, CHAT_STREAM.as_bytes());
+    assert_eq!(ends.len(), 5);
+    let mut r = UsageReader::new(Api::Chat, true);
+    r.push(CHAT_STREAM.as_bytes(), &mut |_, _| {});
+    // The first (id and model unknown until read) and the usage chunk.
+    assert_eq!(r.scanned, 2);
+    let mut r = UsageReader::new(Api::Messages, true);
+    r.push(MESSAGES_STREAM.as_bytes(), &mut |_, _| {});
+    // message_start and message_delta.
+    assert_eq!(r.scanned, 2);
+    let mut r = UsageReader::new(Api::Responses, true);
+    r.push(RESPONSES_STREAM.as_bytes(), &mut |_, _| {});
+    // response.created (the first) and response.completed.
+    assert_eq!(r.scanned, 2);
+}
+
+#[test]
+fn usage_spelled_inside_content_is_not_usage() {
+    // Content events that spell `"usage"` in their text (escaped quotes, a
+    // string ending in a backslash, a value that is the word itself), or as
+    // a key with a null value, and a usage key nested in content.
+    let stream = concat!(
+        "data: {\"id\":\"c-1\",\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c-1\",\"model\":\"m\",\"choices\":[{\"delta\":",
+        "{\"content\":\"\\\"usage\\\": {\\\"prompt_tokens\\\": 5}\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c-1\",\"choices\":[{\"delta\":{\"content\":\"a\\\\\"}}],",
+        "\"usage\" :\r\n null}\n\n",
+        "data: {\"id\":\"c-1\",\"choices\":[{\"delta\":{\"content\":\"usage\",\"x\":\"usage\"}}]}\n\n",
+        "data: {\"id\":\"c-1\",\"choices\":[{\"delta\":{\"usage\":{\"prompt_tokens\":6}}}]}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let (r, ends) = read_every_cut(Api::Chat, true, stream.as_bytes());
+    assert_eq!(r.tokens, None);
+    assert_eq!(ends.len(), 6);
+    assert!(ends.iter().all(|e| !e.1));
+    // The same stream with a real usage chunk reports exactly it.
+    let with_usage = stream.replace(
+        "data: [DONE]",
+        "data: {\"id\":\"c-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]",
+    );
+    let (r, ends) = read_every_cut(Api::Chat, true, with_usage.as_bytes());
+    assert_eq!(
+        r.tokens,
+        Some(UsageTokens {
+            input: 3,
+            output: 4,
+            ..UsageTokens::default()
+        })
+    );
+    assert_eq!(ends.iter().filter(|e| e.1).count(), 1);
+}
+
+#[test]
+fn the_prefilter_skips_only_what_cannot_be_usage() {
+    for (data, may) in [
+        (r#"{"usage":null}"#, false),
+        ("{\"usage\" : \n\tnull}", false),
+        (r#"{"a":"\"usage\":{\"x\":1}"}"#, false),
+        (r#"{"a":"usage","b":"\"usage\""}"#, false),
+        (r#"{"a":"x\\","usage":null}"#, false),
+        (r#"{"usage""#, false),
+        (r#"{"usage":{"prompt_tokens":1}}"#, true),
+        (r#"{"usage":null,"response":{"usage":{}}}"#, true),
+        (r#"{"usage": 5}"#, true),
+        (r#"{"usage":"#, true),
+        // Not a usage member, but spelled like one: scanned (the scanner
+        // then finds no usage at its path).
+        (r#"{"a":{"usage":1}}"#, true),
+        (r#"{"k \"usage":1}"#, true),
+    ] {
+        assert_eq!(may_carry_usage(data.as_bytes()), may, "{data}");
+    }
+}
+
+#[test]
+fn an_event_too_long_to_hold_is_read_as_it_streams() {
+    let text = "x".repeat(MAX_HELD_EVENT + 100);
+    let body = format!(
+        "{}event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"{text}\"}}\n\n\
+         event: response.completed\ndata: {{\"type\":\"response.completed\",\"response\":{{\"id\":\"resp_1\",\
+         \"output\":[{{\"type\":\"output_text\",\"text\":\"{text}\"}}],\"usage\":{{\"input_tokens\":9,\"output_tokens\":8}}}}}}\n\n",
+        &RESPONSES_STREAM[..RESPONSES_STREAM.find("event: response.output_text").expect("delta")],
+    );
+    let whole = read(Api::Responses, true, body.as_bytes(), body.len());
+    assert_eq!(whole.0.tokens.map(|t| (t.input, t.output)), Some((9, 8)));
+    assert_eq!(whole.1.len(), 3);
+    let step = 997;
+    for cut in (0..body.len()).step_by(step) {
+        assert_eq!(
+            read(Api::Responses, true, body.as_bytes(), cut),
+            whole,
+            "cut at {cut}"
+        );
+    }
+    let mut r = UsageReader::new(Api::Responses, true);
+    for piece in body.as_bytes().chunks(100) {
+        r.push(piece, &mut |_, _| {});
+        // Bounded: never more than the limit held.
+        assert!(r.held.len() <= MAX_HELD_EVENT);
+    }
+    assert_eq!(r.reported().tokens, whole.0.tokens);
+}
+
+#[test]
 fn whole_json_bodies_of_every_shape() {
     let cases: [(Api, &str, UsageTokens); 4] = [
         (
