@@ -4,11 +4,16 @@
 //! >= 50,000 receipts/s verified.
 //!
 //!     cargo bench --bench receipts
+//!
+//! One plain run for profilers (callgrind, strace -c), without criterion:
+//! `RECEIPTS_LOAD=16x20000` appends 20,000 receipts from 16 threads to a
+//! file under the target directory (`RECEIPTS_LOAD_SINK=memory`: no disk)
+//! and prints receipts/s and receipts per write + fdatasync.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
 use receipts::{
     DecisionRecord, DurableSink, Entry, LogOptions, ReceiptLog, SessionStart, UnverifiedChain,
@@ -180,7 +185,67 @@ fn thread_cpu_time() -> Duration {
 }
 
 criterion_group!(benches, append, verify, components);
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var("RECEIPTS_LOAD") {
+        Ok(spec) => load(&spec),
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}
+
+/// The profiling run: `THREADSxTOTAL` receipts, once, with commit stats.
+fn load(spec: &str) {
+    let (threads, total) = spec
+        .split_once('x')
+        .and_then(|(t, n)| Some((t.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+        .expect("RECEIPTS_LOAD=THREADSxTOTAL, e.g. 16x20000");
+    let to_disk = std::env::var("RECEIPTS_LOAD_SINK").as_deref() != Ok("memory");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let log = if to_disk {
+        let file = std::fs::File::create(dir.path().join("receipts.jsonl")).expect("create");
+        ReceiptLog::with_sink(file, key(), start(), LogOptions::default()).expect("log")
+    } else {
+        ReceiptLog::with_sink(Memory::default(), key(), start(), LogOptions::default())
+            .expect("log")
+    };
+    let per_thread = total.div_ceil(threads);
+    let barrier = Arc::new(std::sync::Barrier::new(threads as usize + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = log.clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..per_thread {
+                    log.append(entry(t * per_thread + i)).expect("append");
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t0 = Instant::now();
+    for h in handles {
+        h.join().expect("join");
+    }
+    let elapsed = t0.elapsed();
+    let stats = log.commit_stats();
+    log.finish().expect("finish");
+    let n = per_thread * threads;
+    println!(
+        "{n} receipts from {threads} threads in {elapsed:?}: {:.0} receipts/s, \
+         {} batches, {:.1} receipts per write + fdatasync, sync p50 {:?}, \
+         queued->durable p50 {:?} p99 {:?}",
+        n as f64 / elapsed.as_secs_f64(),
+        stats.batches,
+        stats.receipts as f64 / stats.batches.max(1) as f64,
+        stats.sync_quantile(0.5),
+        stats.queued_quantile(0.5),
+        stats.queued_quantile(0.99),
+    );
+}
 
 /// Where verification time goes (CPU time, 10k lines): line hashing, the
 /// generic ed25519 batch verifier (for reference: the chain verifier uses a

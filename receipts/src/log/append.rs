@@ -132,12 +132,13 @@ impl ReceiptLog {
                 failed: None,
                 stopping: false,
                 writer_idle: false,
-                blocked: 0,
+                taken: 0,
+                blocked: [0; 2],
                 wakers: BTreeMap::new(),
                 stats: CommitStats::default(),
             }),
             work: Condvar::new(),
-            done: Condvar::new(),
+            done: [Condvar::new(), Condvar::new()],
         });
         let thread_queue = Arc::clone(&queue);
         let options = LogOptions {
@@ -240,9 +241,8 @@ impl ReceiptLog {
         let shared = &self.shared;
         let mut chain = lock(&shared.chain);
         let chain = &mut *chain;
-        if let Some(why) = &lock(&shared.queue.state).failed {
-            return Err(AppendError::Poisoned { why: why.1.clone() });
-        }
+        // A poisoned log is refused below, under the queue lock, before
+        // anything is queued: no second lock of the queue per receipt here.
         if chain.ended {
             return Err(AppendError::Ended);
         }

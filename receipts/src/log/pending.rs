@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::writer::{Queue, State};
+use super::writer::{parity, Queue, State};
 use super::{lock, AppendError, Appended};
 
 impl State {
@@ -46,13 +46,20 @@ impl PendingReceipt {
             if let Some(r) = s.outcome(self.appended) {
                 return r;
             }
-            s.blocked += 1;
-            s = self
-                .queue
-                .done
+            // Taken but not durable: in the batch in flight. Not taken yet:
+            // in the next one (or, if max_batch cuts it short, a later one;
+            // the next batch's end then wakes this thread to look again).
+            let batch = if self.appended.seq < s.buf_seq {
+                s.taken
+            } else {
+                s.taken + 1
+            };
+            let p = parity(batch);
+            s.blocked[p] += 1;
+            s = self.queue.done[p]
                 .wait(s)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            s.blocked -= 1;
+            s.blocked[p] -= 1;
         }
     }
 }

@@ -16,8 +16,11 @@ pub(super) struct Queue {
     pub(super) state: Mutex<State>,
     /// Signalled when there is work for an idle writer or it should stop.
     pub(super) work: Condvar,
-    /// Broadcast once per committed (or failed) batch.
-    pub(super) done: Condvar,
+    /// Broadcast once per committed batch, on the condvar of the batch's
+    /// parity: only the threads waiting for that batch wake (at most one
+    /// batch is in flight, so a waiter's batch is the one in flight or the
+    /// next one taken). After a failure both are broadcast.
+    pub(super) done: [Condvar; 2],
 }
 
 pub(super) struct State {
@@ -34,8 +37,10 @@ pub(super) struct State {
     pub(super) failed: Option<(u64, String)>,
     pub(super) stopping: bool,
     pub(super) writer_idle: bool,
-    /// Threads blocked in [`PendingReceipt::wait`].
-    pub(super) blocked: usize,
+    /// Batches taken so far: the last one taken is numbered `taken`.
+    pub(super) taken: u64,
+    /// Threads blocked in [`PendingReceipt::wait`], by their batch's parity.
+    pub(super) blocked: [usize; 2],
     /// Futures waiting for their seq.
     pub(super) wakers: BTreeMap<u64, Waker>,
     pub(super) stats: CommitStats,
@@ -51,7 +56,7 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
         buf.clear();
         queued.clear();
         let mut gathered = Duration::ZERO;
-        let (first, next, taken) = {
+        let (first, next, taken, batch) = {
             let mut state = lock(&queue.state);
             while state.lens.is_empty() && !state.stopping {
                 state.writer_idle = true;
@@ -91,9 +96,10 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
                 state.buf.drain(..bytes);
             }
             state.buf_seq = first + n as u64;
+            state.taken += 1;
             // Under the lock: every receipt queued before this instant is
             // in this batch or an earlier one.
-            (first, first + n as u64, Instant::now())
+            (first, first + n as u64, Instant::now(), state.taken)
         };
         let syncing = Instant::now();
         let result = sink.write_all(&buf).and_then(|()| sink.sync());
@@ -118,8 +124,14 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
                     state.lens.clear();
                 }
             }
-            if state.blocked > 0 {
-                queue.done.notify_all();
+            if state.failed.is_some() {
+                for (done, &blocked) in queue.done.iter().zip(&state.blocked) {
+                    if blocked > 0 {
+                        done.notify_all();
+                    }
+                }
+            } else if state.blocked[parity(batch)] > 0 {
+                queue.done[parity(batch)].notify_all();
             }
             let keep = match state.failed {
                 Some(_) => BTreeMap::new(),
@@ -136,13 +148,19 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
     }
 }
 
+/// Which of the two `done` condvars batch number `batch` signals.
+pub(super) fn parity(batch: u64) -> usize {
+    (batch % 2) as usize
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use super::super::test_utils::{decision, hammer, key, start, RecordingSink};
-    use super::super::{lock, AppendError, LogOptions, ReceiptLog};
+    use super::super::{lock, AppendError, DurableSink, LogOptions, ReceiptLog};
     use crate::{LineVerifier, UnverifiedChain};
 
     #[test]
@@ -260,6 +278,61 @@ mod tests {
                 .verify(&key().verifying_key())
                 .expect("verifies");
             assert_eq!(chain.receipts.len(), 8 * 40 + 2);
+        }
+    }
+
+    /// Counts the lines that a sync has covered.
+    struct SyncedLines {
+        written: u64,
+        synced: Arc<AtomicU64>,
+    }
+
+    impl DurableSink for SyncedLines {
+        fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            self.written += bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            Ok(())
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            std::thread::sleep(Duration::from_micros(200));
+            self.synced.store(self.written, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_waiter_is_woken_by_its_own_batch_and_only_after_its_sync() {
+        // Batches cut short (max_batch 3) put waiters behind the next
+        // batch; each is still woken, and never before a sync covered it.
+        for max_batch in [1, 3, 4096] {
+            let synced = Arc::new(AtomicU64::new(0));
+            let sink = SyncedLines {
+                written: 0,
+                synced: Arc::clone(&synced),
+            };
+            let options = LogOptions {
+                max_batch,
+                ..LogOptions::default()
+            };
+            let log = ReceiptLog::with_sink(sink, key(), start(), options).expect("start");
+            let handles: Vec<_> = (0..16)
+                .map(|t| {
+                    let log = log.clone();
+                    let synced = Arc::clone(&synced);
+                    std::thread::spawn(move || {
+                        for i in 0..30 {
+                            let seq = log.append(decision(t * 100 + i)).expect("append").seq;
+                            let on_disk = synced.load(Ordering::SeqCst);
+                            assert!(seq < on_disk, "seq {seq} acked, {on_disk} lines synced");
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("join");
+            }
+            let end = log.finish().expect("finish");
+            assert_eq!(end.seq, 16 * 30 + 1);
+            assert_eq!(synced.load(Ordering::SeqCst), 16 * 30 + 2);
         }
     }
 
