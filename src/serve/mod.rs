@@ -4,6 +4,8 @@
 
 /// The JSON error shape and its stable codes.
 mod error;
+/// Sessions the daemon starts (`openclaw run` children) and stops.
+mod launch;
 /// The OpenAPI 3.1 document of what is served.
 mod openapi;
 /// Routes and handlers.

@@ -105,6 +105,17 @@ pub fn document() -> Value {
                     "properties": {"id": {"type": "string"}, "status": {"type": "string"},
                                    "live": {"type": "boolean"}, "backend": {"type": "string"},
                                    "started_at": {"type": "string"}, "receipts": {"type": "string"}}},
+                "CreateSession": {"type": "object", "required": ["capabilities", "command"], "additionalProperties": false,
+                    "properties": {
+                        "capabilities": {"type": "string", "description": "the .cap file's text: a token minted under this tenant's root key"},
+                        "command": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "the agent's argv"},
+                        "backend": {"type": "string", "enum": ["netns", "kvm"], "default": "netns", "description": "kvm only where /dev/kvm exists"},
+                        "approve": {"type": "string", "enum": ["deny", "auto"], "default": "deny", "description": "how held requests are answered"},
+                        "task": {"type": "string", "description": "passed to the command as $OPENCLAW_TASK"}
+                    }},
+                "SessionCreated": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
+                "SessionStopping": {"type": "object", "required": ["id", "stopping"],
+                    "properties": {"id": {"type": "string"}, "stopping": {"const": true}}},
                 "SessionList": {"type": "object", "required": ["sessions"],
                     "properties": {"sessions": {"type": "array", "items": {"$ref": "#/components/schemas/SessionRow"}}}},
                 "Report": {"type": "object", "required": ["session"],
@@ -135,9 +146,29 @@ pub fn document() -> Value {
                 "summary": "this document", "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}
             }},
-            "/v1/sessions": {"get": {
-                "summary": "the tenant's sessions, newest first", "security": [{"bearer": []}],
-                "responses": v1_errors(json!({"200": ok("sessions", "SessionList")}), TENANT_404)
+            "/v1/sessions": {
+                "get": {
+                    "summary": "the tenant's sessions, newest first", "security": [{"bearer": []}],
+                    "responses": v1_errors(json!({"200": ok("sessions", "SessionList")}), TENANT_404)
+                },
+                "post": {
+                    "summary": "start a session (`openclaw run` in the tenant's layout); answered once its session.json exists",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateSession"}}}},
+                    "responses": v1_errors(json!({
+                        "201": ok("started", "SessionCreated"),
+                        "413": error_response("body over 64 KiB"),
+                        "415": error_response("not application/json")
+                    }), TENANT_404)
+                }
+            },
+            "/v1/sessions/{id}/stop": {"post": {
+                "summary": "stop a running session (SIGTERM; its receipt chain is closed as it ends)",
+                "security": [{"bearer": []}], "parameters": [id_param()],
+                "responses": v1_errors(json!({
+                    "202": ok("stopping", "SessionStopping"),
+                    "409": error_response("the session is not running under this daemon")
+                }), TENANT_404)
             }},
             "/v1/sessions/{id}": {"get": {
                 "summary": "one session's report", "security": [{"bearer": []}],
@@ -173,7 +204,7 @@ pub fn document() -> Value {
                     "responses": v1_errors(json!({
                         "201": ok("created", "TenantToken"),
                         "409": error_response("the tenant exists"),
-                        "413": error_response("body over 4 KiB"),
+                        "413": error_response("body over 64 KiB"),
                         "415": error_response("not application/json")
                     }), ADMIN_404)
                 }

@@ -19,17 +19,20 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{json, ApiBody, ApiError};
+use super::launch::{self, CreateSession, Launcher, Stopped};
 use super::{openapi, sessions};
-use crate::audit::{self, Actor, Via};
+use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
 use crate::tenants::{Caller, Identity, Registry, TenantName, TenantOpError};
 use crate::usage::report::{self as usage_report, GroupKey, Sums, UsageReport};
 use crate::usage::{self, Ledger};
 
-/// Largest request body taken (a tenant name in JSON is a few dozen bytes).
-const MAX_BODY: usize = 4096;
+/// Largest request body taken (a session's capability token and command
+/// are a few KiB at most).
+const MAX_BODY: usize = 64 * 1024;
 
 pub struct State {
     pub registry: Registry,
+    pub launcher: Arc<Launcher>,
 }
 
 /// A request once read: what the handlers need, owned.
@@ -161,13 +164,33 @@ fn v1(
 ) -> Result<Response<ApiBody>, ApiError> {
     match rest {
         ["sessions"] => {
-            let root = state.registry.root(tenant_only(who)?);
-            only(req, Method::GET)?;
+            let tenant = tenant_only(who)?;
+            let root = state.registry.root(tenant);
+            match req.method {
+                Method::GET => {
+                    no_query(req)?;
+                    Ok(json(
+                        StatusCode::OK,
+                        &json!({"sessions": sessions::list(&root)}),
+                    ))
+                }
+                Method::POST => create_session(state, req, tenant, request_id),
+                _ => Err(ApiError::method_not_allowed()),
+            }
+        }
+        ["sessions", id, "stop"] => {
+            let tenant = tenant_only(who)?;
+            let root = state.registry.root(tenant);
+            only(req, Method::POST)?;
             no_query(req)?;
-            Ok(json(
-                StatusCode::OK,
-                &json!({"sessions": sessions::list(&root)}),
-            ))
+            let report = sessions::get(&root, id).ok_or_else(ApiError::not_found)?;
+            stop_session(
+                state,
+                tenant,
+                id,
+                report.session.status == "running",
+                request_id,
+            )
         }
         ["sessions", id] => {
             let root = state.registry.root(tenant_only(who)?);
@@ -304,6 +327,136 @@ fn create_tenant(
         StatusCode::CREATED,
         &json!({"name": name, "token": token}),
     ))
+}
+
+/// One audit line for a session change by a tenant; the change is not
+/// answered as done when the line cannot be written.
+fn audit_session(
+    state: &State,
+    tenant: &TenantName,
+    action: &str,
+    target: &str,
+    request_id: &str,
+    outcome: Outcome,
+    detail: Option<&str>,
+) -> Result<(), ApiError> {
+    let mut record = AuditRecord::now(Actor::Tenant, Via::Api, action, target, request_id);
+    record.tenant = Some(tenant.to_string());
+    record.outcome = outcome;
+    record.detail = detail.map(str::to_owned);
+    state
+        .registry
+        .audit()
+        .append(&record)
+        .map_err(|e| ApiError::internal(request_id, &e))
+}
+
+/// `POST /v1/sessions`: checks the body (400 naming the field), starts
+/// `openclaw run` in the tenant's layout, answers 201 once session.json
+/// exists.
+fn create_session(
+    state: &State,
+    req: &Parsed,
+    tenant: &TenantName,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    no_query(req)?;
+    if !req.json_body {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let body: CreateSession = serde_json::from_slice(&req.body).map_err(|_| {
+        ApiError::invalid(
+            "body",
+            "expected {\"capabilities\": \"<.cap text>\", \"command\": [\"argv\", ...], \"backend\"?, \"approve\"?, \"task\"?}",
+        )
+    })?;
+    let root = state.registry.root(tenant);
+    let checked =
+        launch::check(&root, body).map_err(|(field, why)| ApiError::invalid(field, why))?;
+    match state.launcher.start(tenant, &root, checked) {
+        Ok(id) => {
+            audit_session(
+                state,
+                tenant,
+                "session.create",
+                &id,
+                request_id,
+                Outcome::Ok,
+                None,
+            )?;
+            Ok(json(StatusCode::CREATED, &json!({"id": id})))
+        }
+        Err(e) => {
+            audit_session(
+                state,
+                tenant,
+                "session.create",
+                "-",
+                request_id,
+                Outcome::Failed,
+                Some("the session did not start"),
+            )?;
+            Err(ApiError::internal(request_id, &e))
+        }
+    }
+}
+
+/// `POST /v1/sessions/{id}/stop`: SIGTERM to the session's `openclaw run`
+/// (its chain is closed as it ends); 202, or 409 when it is not running
+/// under this daemon (its bundle says it ended, or another process runs it).
+fn stop_session(
+    state: &State,
+    tenant: &TenantName,
+    id: &str,
+    running: bool,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    let stopped = if running {
+        state.launcher.stop(tenant, id)
+    } else {
+        Ok(Stopped::NotRunning)
+    };
+    match stopped {
+        Ok(Stopped::Signalled) => {
+            audit_session(
+                state,
+                tenant,
+                "session.stop",
+                id,
+                request_id,
+                Outcome::Ok,
+                None,
+            )?;
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &json!({"id": id, "stopping": true}),
+            ))
+        }
+        Ok(Stopped::NotRunning) => {
+            audit_session(
+                state,
+                tenant,
+                "session.stop",
+                id,
+                request_id,
+                Outcome::Refused,
+                Some("the session is not running"),
+            )?;
+            Err(ApiError::conflict("the session is not running"))
+        }
+        Err(e) => {
+            audit_session(
+                state,
+                tenant,
+                "session.stop",
+                id,
+                request_id,
+                Outcome::Failed,
+                Some("the session could not be signalled"),
+            )?;
+            Err(ApiError::internal(request_id, &e))
+        }
+    }
 }
 
 /// `GET /v1/usage?period=&by=&tenant=`: `openclaw usage report --json` over
