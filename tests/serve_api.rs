@@ -111,17 +111,26 @@ fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: Option<
     cmd.arg(format!("http://{}{path}", d.addr));
     let out = cmd.output().expect("run curl");
     assert!(out.status.success(), "curl {method} {path}: {out:?}");
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let raw = out.stdout;
+    let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (&raw[..i], &raw[i + 4..]),
+        None => (&raw[..], &b""[..]),
+    };
+    let head = std::str::from_utf8(head).expect("utf-8 head");
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let body = if body.is_empty() {
+    // JSON unless it says otherwise (the bundle download is a .tar.gz).
+    let json_body = !head
+        .to_ascii_lowercase()
+        .contains("content-type: application/gzip");
+    let body = if body.is_empty() || !json_body {
         Value::Null
     } else {
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"))
+        serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}: {:?}", String::from_utf8_lossy(body)))
     };
     assert!(
         head.to_ascii_lowercase().contains("x-request-id:"),
@@ -264,7 +273,12 @@ fn tenants_are_isolated_tokens_rotate_and_every_change_is_audited_without_tokens
     let tricks = [
         format!("/v1/sessions/{B_ID}"),
         format!("/v1/sessions/{B_ID}/receipts/verify"),
+        format!("/v1/sessions/{B_ID}/bundle"),
         format!("/v1/sessions/../../{b_path}"),
+        format!(
+            "/v1/sessions/..%2F..%2F{}/bundle",
+            b_path.replace('/', "%2F")
+        ),
         format!("/v1/sessions/..%2F..%2F{}", b_path.replace('/', "%2F")),
         format!(
             "/v1/sessions/%2e%2e%2f%2e%2e%2f{}",
@@ -294,6 +308,7 @@ fn tenants_are_isolated_tokens_rotate_and_every_change_is_audited_without_tokens
         for path in [
             format!("/v1/sessions/{id}"),
             format!("/v1/sessions/{id}/receipts/verify"),
+            format!("/v1/sessions/{id}/bundle"),
         ] {
             let r = get(&d, &path, Some(&a));
             assert_eq!(r.status, 404, "{path}: {:?}", r.body);
@@ -718,6 +733,7 @@ fn the_openapi_document_describes_what_is_served() {
             "get /readyz",
             "get /v1/sessions",
             "get /v1/sessions/{id}",
+            "get /v1/sessions/{id}/bundle",
             "get /v1/sessions/{id}/receipts/verify",
             "get /v1/tenants",
             "get /v1/usage",
@@ -868,6 +884,9 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
         .collect();
     assert!(spawn.iter().all(|n| !n.ends_with(".cap")), "{spawn:?}");
 
+    let live_bundle = get(&d, &format!("/v1/sessions/{id}/bundle"), Some(&a));
+    assert_eq!((live_bundle.status, live_bundle.code()), (409, "conflict"));
+
     // Another tenant: the session does not exist.
     for (method, path) in [
         ("POST", format!("/v1/sessions/{id}/stop")),
@@ -922,6 +941,38 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
         None,
     );
     assert_eq!((again.status, again.code()), (409, "conflict"));
+
+    // The ended session's bundle: a .tar.gz of its directory, the same
+    // receipts as on disk; 404 to another tenant.
+    let bundle = logs.path().join("bundle.tar.gz");
+    let url = format!("http://{}/v1/sessions/{id}/bundle", d.addr);
+    let fetched = Command::new("curl")
+        .args(["-sS", "-f", "-o"])
+        .arg(&bundle)
+        .args(["-H", &format!("Authorization: Bearer {a}"), &url])
+        .status()
+        .expect("curl");
+    assert!(fetched.success(), "bundle download");
+    let unpacked = logs.path().join("unpacked");
+    std::fs::create_dir(&unpacked).expect("mkdir");
+    let untar = Command::new("tar")
+        .arg("-xzf")
+        .arg(&bundle)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .expect("tar");
+    assert!(untar.success(), "the archive unpacks");
+    assert_eq!(
+        std::fs::read_to_string(unpacked.join(&id).join("receipts.jsonl")).expect("receipts"),
+        receipts
+    );
+    assert!(unpacked.join(&id).join("session.json").is_file());
+    assert!(!unpacked.join(&id).join("control.sock").exists());
+    assert_eq!(
+        get(&d, &format!("/v1/sessions/{id}/bundle"), Some(&b)).status,
+        404
+    );
 
     // A session process that dies (SIGKILL: no chance to close anything)
     // does not take the daemon down; the daemon recovers the session: its

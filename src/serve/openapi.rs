@@ -162,6 +162,14 @@ pub fn document() -> Value {
                     }), TENANT_404)
                 }
             },
+            "/v1/sessions/{id}/bundle": {"get": {
+                "summary": "an ended session's bundle as .tar.gz (symlinks stored as links, never followed)",
+                "security": [{"bearer": []}], "parameters": [id_param()],
+                "responses": v1_errors(json!({
+                    "200": {"description": "the bundle", "content": {"application/gzip": {"schema": {"type": "string", "contentMediaType": "application/gzip"}}}},
+                    "409": error_response("the session is still running")
+                }), TENANT_404)
+            }},
             "/v1/sessions/{id}/stop": {"post": {
                 "summary": "stop a running session (SIGTERM; its receipt chain is closed as it ends)",
                 "security": [{"bearer": []}], "parameters": [id_param()],

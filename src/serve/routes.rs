@@ -199,6 +199,24 @@ fn v1(
             let report = sessions::get(&root, id).ok_or_else(ApiError::not_found)?;
             Ok(json(StatusCode::OK, &report))
         }
+        ["sessions", id, "bundle"] => {
+            let root = state.registry.root(tenant_only(who)?);
+            only(req, Method::GET)?;
+            no_query(req)?;
+            let dir = sessions::finished_dir(&root, id)
+                .ok_or_else(ApiError::not_found)?
+                .map_err(|()| ApiError::conflict("the session is still running"))?;
+            // The archive streams from a blocking thread as it is written.
+            let rx = crate::ui::archive::stream_tar_gz(dir, (*id).to_owned());
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/gzip")
+                .header(
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"openclaw-session-{id}.tar.gz\""),
+                )
+                .body(crate::ui::ChannelBody::new(rx).boxed())
+                .map_err(|e| ApiError::internal(request_id, &e.into()))
+        }
         ["sessions", id, "receipts", "verify"] => {
             let root = state.registry.root(tenant_only(who)?);
             only(req, Method::GET)?;
