@@ -143,6 +143,35 @@ fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: Option<
     }
 }
 
+/// A GET whose answer may be a stream: curl with `-N`, stopped after
+/// `max` seconds (an unfinished stream is not an error here); the status
+/// and everything received.
+fn get_stream(d: &Daemon, path: &str, token: Option<&str>, max: u32) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-i",
+        "-N",
+        "--path-as-is",
+        "--max-time",
+        &max.to_string(),
+    ]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd
+        .arg(format!("http://{}{path}", d.addr))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    (status, text)
+}
+
 fn get(d: &Daemon, path: &str, token: Option<&str>) -> Reply {
     call(d, "GET", path, token, None)
 }
@@ -676,7 +705,7 @@ fn the_openapi_document_describes_what_is_served() {
                 .collect();
             // Stopping needs a running session: the one `post /v1/sessions`
             // started (paths are walked in order, so it comes first).
-            let id = if path.ends_with("/stop") {
+            let id = if path.ends_with("/stop") || path.ends_with("/events") {
                 started.clone().expect("a session was started before")
             } else {
                 A_ID.to_owned()
@@ -691,6 +720,16 @@ fn the_openapi_document_describes_what_is_served() {
             // No token, the tenant's, the admin's: each answer documented,
             // one of them a success.
             for token in [None, Some(tenant.as_str()), Some(admin.as_str())] {
+                if path.ends_with("/events") {
+                    // A stream: its status, then it is cut off.
+                    let (status, text) = get_stream(&d, &concrete, token, 2);
+                    assert!(
+                        documented.contains(&status),
+                        "{method} {path} answered {status}: {text}"
+                    );
+                    success |= status == 200;
+                    continue;
+                }
                 let r = call(
                     &d,
                     &method.to_ascii_uppercase(),
@@ -734,6 +773,7 @@ fn the_openapi_document_describes_what_is_served() {
             "get /v1/sessions",
             "get /v1/sessions/{id}",
             "get /v1/sessions/{id}/bundle",
+            "get /v1/sessions/{id}/events",
             "get /v1/sessions/{id}/receipts/verify",
             "get /v1/tenants",
             "get /v1/usage",
@@ -974,6 +1014,61 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
         404
     );
 
+    // Live events: a session making three requests (refused: POST is not
+    // granted) after a pause; the stream gives them in order, then `end`
+    // when the session ends. An ended session has no stream (409).
+    let ended_events = get(&d, &format!("/v1/sessions/{id}/events"), Some(&a));
+    assert_eq!(
+        (ended_events.status, ended_events.code()),
+        (409, "conflict")
+    );
+    let script = "sleep 3; for p in one two three; do \
+        curl -s -o /dev/null --max-time 10 -X POST https://example.com/$p; done";
+    let talker = post(
+        &d,
+        "/v1/sessions",
+        &a,
+        &json!({"capabilities": cap_a, "command": ["sh", "-c", script]}),
+    );
+    assert_eq!(talker.status, 201, "{:?}", talker.body);
+    let talker = talker.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        get(&d, &format!("/v1/sessions/{talker}/events"), Some(&b)).status,
+        404
+    );
+    let (status, text) = get_stream(&d, &format!("/v1/sessions/{talker}/events"), Some(&a), 60);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{text}"
+    );
+    let mut ids = Vec::new();
+    let mut kinds = Vec::new();
+    let mut paths = Vec::new();
+    for message in text.split("\n\n").filter(|m| m.contains("event: ")) {
+        let field = |name: &str| {
+            message
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {message:?}"))
+                .to_owned()
+        };
+        ids.push(field("id: ").parse::<u64>().expect("numeric id"));
+        let kind = field("event: ");
+        if kind == "action" {
+            let data: Value = serde_json::from_str(&field("data: ")).expect("json data");
+            if data["kind"] == "blocked" && data["method"] == "POST" {
+                paths.push(data["path"].as_str().expect("path").to_owned());
+            }
+        }
+        kinds.push(kind);
+    }
+    assert_eq!(paths, ["/one", "/two", "/three"], "{text}");
+    assert_eq!(kinds.last().map(String::as_str), Some("end"), "{text}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    wait_ended(h, "a", &talker);
+
     // A session process that dies (SIGKILL: no chance to close anything)
     // does not take the daemon down; the daemon recovers the session: its
     // sandbox and network are removed, its chain closed and verifiable.
@@ -1058,6 +1153,7 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
             line("session.create", &id, "ok"),
             line("session.stop", &id, "ok"),
             line("session.stop", &id, "refused"),
+            line("session.create", &talker, "ok"),
             line("session.create", &crashed, "ok"),
         ]
     );

@@ -170,6 +170,14 @@ pub fn document() -> Value {
                     "409": error_response("the session is still running")
                 }), TENANT_404)
             }},
+            "/v1/sessions/{id}/events": {"get": {
+                "summary": "a running session's events as server-sent events (action, pending, lagged, then end), in order",
+                "security": [{"bearer": []}], "parameters": [id_param()],
+                "responses": v1_errors(json!({
+                    "200": {"description": "the stream; ends when the session ends", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    "409": error_response("the session is not running")
+                }), TENANT_404)
+            }},
             "/v1/sessions/{id}/stop": {"post": {
                 "summary": "stop a running session (SIGTERM; its receipt chain is closed as it ends)",
                 "security": [{"bearer": []}], "parameters": [id_param()],

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::error::{json, ApiBody, ApiError};
 use super::launch::{self, CreateSession, Launcher, Stopped};
-use super::{openapi, sessions};
+use super::{events, openapi, sessions};
 use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
 use crate::tenants::{Caller, Identity, Registry, TenantName, TenantOpError};
 use crate::usage::report::{self as usage_report, GroupKey, Sums, UsageReport};
@@ -203,9 +203,10 @@ fn v1(
             let root = state.registry.root(tenant_only(who)?);
             only(req, Method::GET)?;
             no_query(req)?;
-            let dir = sessions::finished_dir(&root, id)
-                .ok_or_else(ApiError::not_found)?
-                .map_err(|()| ApiError::conflict("the session is still running"))?;
+            let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
+            if running {
+                return Err(ApiError::conflict("the session is still running"));
+            }
             // The archive streams from a blocking thread as it is written.
             let rx = crate::ui::archive::stream_tar_gz(dir, (*id).to_owned());
             Response::builder()
@@ -216,6 +217,16 @@ fn v1(
                 )
                 .body(crate::ui::ChannelBody::new(rx).boxed())
                 .map_err(|e| ApiError::internal(request_id, &e.into()))
+        }
+        ["sessions", id, "events"] => {
+            let root = state.registry.root(tenant_only(who)?);
+            only(req, Method::GET)?;
+            no_query(req)?;
+            let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
+            if !running {
+                return Err(ApiError::conflict("the session is not running"));
+            }
+            Ok(events::stream(dir))
         }
         ["sessions", id, "receipts", "verify"] => {
             let root = state.registry.root(tenant_only(who)?);

@@ -90,16 +90,11 @@ pub fn verify(root: &TenantRoot, id: &str) -> Option<Value> {
     serde_json::from_str(&text.replace(prefix, "")).ok()
 }
 
-/// The session's directory when it is the tenant's and has ended (`Err(())`
-/// while it is live: its files are still being written); `None` when it does
-/// not exist for the tenant.
-pub fn finished_dir(root: &TenantRoot, id: &str) -> Option<Result<std::path::PathBuf, ()>> {
+/// The session's directory when it is the tenant's, and whether it still
+/// runs (live, or its bundle says running); `None` when it does not exist
+/// for the tenant.
+pub fn dir_of(root: &TenantRoot, id: &str) -> Option<(std::path::PathBuf, bool)> {
     let (dir, report) = read(root, &Sessions::new(root.path()), id)?;
-    Some(
-        if is_live(&dir, &report.session) || report.session.status == "running" {
-            Err(())
-        } else {
-            Ok(dir)
-        },
-    )
+    let running = is_live(&dir, &report.session) || report.session.status == "running";
+    Some((dir, running))
 }
