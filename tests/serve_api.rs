@@ -183,14 +183,36 @@ fn tenant_key(home: &Path, tenant: &str, name: &str) -> ed25519_dalek::SigningKe
     ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pem")
 }
 
+const POLICY: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n";
+/// The same, every web request held for a human.
+const POLICY_HELD: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n\
+    [[approval]]\ntype = \"web\"\n";
+
 /// A capability token (the .cap text) minted under the tenant's root key.
 fn mint_for(home: &Path, tenant: &str) -> String {
-    let policy = capabilities::Policy::from_toml_str(
-        "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n",
-    )
-    .expect("policy");
+    mint_policy(home, tenant, POLICY)
+}
+
+fn mint_policy(home: &Path, tenant: &str, policy: &str) -> String {
+    let policy = capabilities::Policy::from_toml_str(policy).expect("policy");
     let cap_key = tenant_key(home, tenant, "root.key");
     capabilities::mint(&policy, &cap_key.to_bytes(), SystemTime::now()).expect("mint")
+}
+
+/// A session command whose first request is held: it waits for the answer.
+const HOLDS: &str = "curl -s -o /dev/null --max-time 100 https://example.com/held; sleep 30";
+
+/// Waits (up to 60 s) for the running session's first pending approval.
+fn first_pending(d: &Daemon, token: &str, id: &str) -> Value {
+    for _ in 0..600 {
+        let r = get(d, &format!("/v1/sessions/{id}/approvals"), Some(token));
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if let Some(first) = r.body["pending"].get(0) {
+            return first.clone();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no approval became pending in {id}");
 }
 
 /// A finished session bundle under `<tenant>/sessions/<id>`: session.json,
@@ -692,8 +714,12 @@ fn the_openapi_document_describes_what_is_served() {
     // The tenant's deletion last: everything else still has a tenant to act on.
     ops.sort_by_key(|(_, method, _)| *method == "delete");
     let mut served = Vec::new();
-    let session_body =
-        json!({"capabilities": mint_for(h, "t"), "command": ["sleep", "30"]}).to_string();
+    let session_body = json!({
+        "capabilities": mint_policy(h, "t", POLICY_HELD),
+        "command": ["sh", "-c", HOLDS],
+        "approve": "api"
+    })
+    .to_string();
     let mut started: Option<String> = None;
     {
         for (path, method, op) in ops {
@@ -705,15 +731,23 @@ fn the_openapi_document_describes_what_is_served() {
                 .collect();
             // Stopping needs a running session: the one `post /v1/sessions`
             // started (paths are walked in order, so it comes first).
-            let id = if path.ends_with("/stop") || path.ends_with("/events") {
+            let id = if path.ends_with("/stop")
+                || path.ends_with("/events")
+                || path.contains("/approvals")
+            {
                 started.clone().expect("a session was started before")
             } else {
                 A_ID.to_owned()
             };
-            let concrete = path.replace("{id}", &id).replace("{name}", "t");
+            let mut concrete = path.replace("{id}", &id).replace("{name}", "t");
+            if path.contains("{approval_id}") {
+                let held = first_pending(&d, &tenant, &id);
+                concrete = concrete.replace("{approval_id}", &held["id"].to_string());
+            }
             let body = match (method.as_str(), path.as_str()) {
                 ("post", "/v1/tenants") => Some(r#"{"name":"n"}"#.to_owned()),
                 ("post", "/v1/sessions") => Some(session_body.clone()),
+                ("post", p) if p.contains("/approvals/") => Some(r#"{"answer":"deny"}"#.to_owned()),
                 _ => None,
             };
             let mut success = false;
@@ -772,12 +806,14 @@ fn the_openapi_document_describes_what_is_served() {
             "get /readyz",
             "get /v1/sessions",
             "get /v1/sessions/{id}",
+            "get /v1/sessions/{id}/approvals",
             "get /v1/sessions/{id}/bundle",
             "get /v1/sessions/{id}/events",
             "get /v1/sessions/{id}/receipts/verify",
             "get /v1/tenants",
             "get /v1/usage",
             "post /v1/sessions",
+            "post /v1/sessions/{id}/approvals/{approval_id}",
             "post /v1/sessions/{id}/stop",
             "post /v1/tenants",
             "post /v1/tenants/{name}/token",
@@ -1069,6 +1105,88 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     wait_ended(h, "a", &talker);
 
+    // Approvals over the API: a session whose token holds every web
+    // request; the pending one is listed, answered (deny), the answer is in
+    // the chain under approver api:a.
+    let held = post(
+        &d,
+        "/v1/sessions",
+        &a,
+        &json!({"capabilities": mint_policy(h, "a", POLICY_HELD),
+                "command": ["sh", "-c", HOLDS], "approve": "api"}),
+    );
+    assert_eq!(held.status, 201, "{:?}", held.body);
+    let held = held.body["id"].as_str().expect("id").to_owned();
+    let pending = first_pending(&d, &a, &held);
+    assert_eq!(pending["action"]["host"], "example.com", "{pending}");
+    assert_eq!(pending["action"]["path"], "/held", "{pending}");
+    let approval = pending["id"].as_u64().expect("approval id");
+    let answer_path = format!("/v1/sessions/{held}/approvals/{approval}");
+    let deny = json!({"answer": "deny"});
+    assert_eq!(
+        get(&d, &format!("/v1/sessions/{held}/approvals"), Some(&b)).status,
+        404
+    );
+    assert_eq!(
+        post(&d, &answer_path, &b, &deny).status,
+        404,
+        "another tenant"
+    );
+    for (path, body, field) in [
+        (answer_path.clone(), json!({"answer": "maybe"}), "answer"),
+        (
+            answer_path.clone(),
+            json!({"answer": "deny", "x": 1}),
+            "body",
+        ),
+        (
+            format!("/v1/sessions/{held}/approvals/x"),
+            deny.clone(),
+            "approval_id",
+        ),
+    ] {
+        let r = post(&d, &path, &a, &body);
+        assert_eq!(
+            (r.status, r.body["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{path} {body}"
+        );
+    }
+    let unknown = format!("/v1/sessions/{held}/approvals/{}", approval + 1000);
+    assert_eq!(
+        post(&d, &unknown, &a, &deny).status,
+        404,
+        "no such approval"
+    );
+    let answered = post(&d, &answer_path, &a, &deny);
+    assert_eq!(answered.status, 200, "{:?}", answered.body);
+    assert_eq!(
+        post(&d, &answer_path, &a, &deny).status,
+        404,
+        "answered once"
+    );
+    let stopped = call(
+        &d,
+        "POST",
+        &format!("/v1/sessions/{held}/stop"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(stopped.status, 202);
+    wait_ended(h, "a", &held);
+    let chain = std::fs::read_to_string(
+        h.join("tenants/a/sessions")
+            .join(&held)
+            .join("receipts.jsonl"),
+    )
+    .expect("receipts");
+    assert!(
+        chain.contains("api:a"),
+        "the approval receipt names the API"
+    );
+    let ended_approvals = get(&d, &format!("/v1/sessions/{held}/approvals"), Some(&a));
+    assert_eq!(ended_approvals.status, 409);
+
     // A session process that dies (SIGKILL: no chance to close anything)
     // does not take the daemon down; the daemon recovers the session: its
     // sandbox and network are removed, its chain closed and verifiable.
@@ -1125,7 +1243,7 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
         .filter(|l: &Value| {
             l["action"]
                 .as_str()
-                .is_some_and(|a| a.starts_with("session."))
+                .is_some_and(|a| a.starts_with("session.") || a.starts_with("approval."))
         })
         .collect();
     let summary: Vec<(String, String, String, String)> = lines
@@ -1154,6 +1272,15 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
             line("session.stop", &id, "ok"),
             line("session.stop", &id, "refused"),
             line("session.create", &talker, "ok"),
+            line("session.create", &held, "ok"),
+            line(
+                "approval.answer",
+                &format!("{held}/{}", approval + 1000),
+                "refused"
+            ),
+            line("approval.answer", &format!("{held}/{approval}"), "ok"),
+            line("approval.answer", &format!("{held}/{approval}"), "refused"),
+            line("session.stop", &held, "ok"),
             line("session.create", &crashed, "ok"),
         ]
     );

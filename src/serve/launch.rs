@@ -84,11 +84,13 @@ pub fn check(root: &TenantRoot, body: CreateSession) -> Result<Checked, (&'stati
         "kvm" => return Err(("backend", "kvm is not usable on this host".into())),
         _ => return Err(("backend", "expected netns or kvm".into())),
     };
-    // No terminal to prompt on: held requests are denied, or approved all.
+    // `api`: held until answered over the API (run's `prompt` with no
+    // terminal waits for the control socket), denied at the timeout.
     let approve = match body.approve.as_deref().unwrap_or("deny") {
         "deny" => "deny",
         "auto" => "auto",
-        _ => return Err(("approve", "expected deny or auto".into())),
+        "api" => "prompt",
+        _ => return Err(("approve", "expected deny, auto or api".into())),
     };
     if body.task.as_deref().is_some_and(|t| t.contains('\0')) {
         return Err(("task", "the task may not contain NUL".into()));

@@ -22,6 +22,7 @@ use super::error::{json, ApiBody, ApiError};
 use super::launch::{self, CreateSession, Launcher, Stopped};
 use super::{events, openapi, sessions};
 use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
+use crate::control::{self, ControlClientError, ControlRequest};
 use crate::tenants::{Caller, Identity, Registry, TenantName, TenantOpError};
 use crate::usage::report::{self as usage_report, GroupKey, Sums, UsageReport};
 use crate::usage::{self, Ledger};
@@ -227,6 +228,33 @@ fn v1(
                 return Err(ApiError::conflict("the session is not running"));
             }
             Ok(events::stream(dir))
+        }
+        ["sessions", id, "approvals"] => {
+            let root = state.registry.root(tenant_only(who)?);
+            only(req, Method::GET)?;
+            no_query(req)?;
+            let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
+            if !running {
+                return Err(ApiError::conflict("the session is not running"));
+            }
+            match control::call_blocking(&dir, &ControlRequest::Pending) {
+                Ok(reply) => Ok(json(
+                    StatusCode::OK,
+                    &json!({"pending": reply["pending"].clone()}),
+                )),
+                Err(ControlClientError::NotRunning(_)) => {
+                    Err(ApiError::conflict("the session is not running"))
+                }
+                Err(e) => Err(ApiError::internal(request_id, &e.into())),
+            }
+        }
+        ["sessions", id, "approvals", approval] => {
+            let tenant = tenant_only(who)?;
+            let root = state.registry.root(tenant);
+            only(req, Method::POST)?;
+            no_query(req)?;
+            let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
+            answer_approval(state, req, tenant, id, approval, &dir, running, request_id)
         }
         ["sessions", id, "receipts", "verify"] => {
             let root = state.registry.root(tenant_only(who)?);
@@ -484,6 +512,87 @@ fn stop_session(
                 Some("the session could not be signalled"),
             )?;
             Err(ApiError::internal(request_id, &e))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerBody {
+    answer: String,
+}
+
+/// `POST /v1/sessions/{id}/approvals/{approval_id}` `{"answer": "approve"|"deny"}`:
+/// answered through the session's control socket as `openclaw approve`
+/// does, the approver named `api:<tenant>` in the approval receipt.
+#[allow(clippy::too_many_arguments)]
+fn answer_approval(
+    state: &State,
+    req: &Parsed,
+    tenant: &TenantName,
+    id: &str,
+    approval: &str,
+    dir: &std::path::Path,
+    running: bool,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    let approval_id: u64 = approval
+        .parse()
+        .map_err(|_| ApiError::invalid("approval_id", "expected a number"))?;
+    if !req.json_body {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let body: AnswerBody = serde_json::from_slice(&req.body)
+        .map_err(|_| ApiError::invalid("body", "expected {\"answer\": \"approve\"|\"deny\"}"))?;
+    let approve = match body.answer.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return Err(ApiError::invalid("answer", "expected approve or deny")),
+    };
+    let target = format!("{id}/{approval_id}");
+    let audit = |outcome, detail| {
+        audit_session(
+            state,
+            tenant,
+            "approval.answer",
+            &target,
+            request_id,
+            outcome,
+            detail,
+        )
+    };
+    if !running {
+        audit(Outcome::Refused, Some("the session is not running"))?;
+        return Err(ApiError::conflict("the session is not running"));
+    }
+    let request = ControlRequest::Answer {
+        id: approval_id,
+        approve,
+        approver: Some(format!("api:{tenant}")),
+    };
+    match control::call_blocking(dir, &request) {
+        Ok(_) => {
+            audit(
+                Outcome::Ok,
+                Some(if approve { "approved" } else { "denied" }),
+            )?;
+            Ok(json(
+                StatusCode::OK,
+                &json!({"id": id, "approval_id": approval_id, "answer": body.answer}),
+            ))
+        }
+        Err(ControlClientError::NotRunning(_)) => {
+            audit(Outcome::Refused, Some("the session is not running"))?;
+            Err(ApiError::conflict("the session is not running"))
+        }
+        // No such pending approval (never asked, answered, or timed out).
+        Err(ControlClientError::Refused(_)) => {
+            audit(Outcome::Refused, Some("no such pending approval"))?;
+            Err(ApiError::not_found())
+        }
+        Err(e) => {
+            audit(Outcome::Failed, Some("the session's control socket failed"))?;
+            Err(ApiError::internal(request_id, &e.into()))
         }
     }
 }
