@@ -272,6 +272,12 @@ impl Launcher {
                 if let Some(id) = find(&sessions, before, pid, true) {
                     return Ok(id);
                 }
+                // A bundle it left marked running is closed now, not at the
+                // tenant's next session.
+                let key = keys::read_signing_key(&keys_dir.join(keys::RECEIPT_KEY));
+                if let Err(e) = key.and_then(|key| recovery::recover(&sessions, Some(&key))) {
+                    tracing::warn!("recovering after a failed start: {e:#}");
+                }
                 bail!("openclaw run ended before its session started ({status})");
             }
             if Instant::now() > deadline {
