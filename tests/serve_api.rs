@@ -4,7 +4,8 @@
 //! tenant), tokens (wrong, rotated by the API and by the CLI, deleted),
 //! admin routes refused to tenant tokens (404), audit completeness, no token
 //! byte in any file or log, the OpenAPI document against what is served,
-//! and the SIGTERM drain.
+//! the SIGTERM drain, and sessions created and stopped over the API (real
+//! `openclaw run` children on the netns backend: needs root).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -110,17 +111,26 @@ fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: Option<
     cmd.arg(format!("http://{}{path}", d.addr));
     let out = cmd.output().expect("run curl");
     assert!(out.status.success(), "curl {method} {path}: {out:?}");
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let raw = out.stdout;
+    let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (&raw[..i], &raw[i + 4..]),
+        None => (&raw[..], &b""[..]),
+    };
+    let head = std::str::from_utf8(head).expect("utf-8 head");
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let body = if body.is_empty() {
+    // JSON unless it says otherwise (the bundle download is a .tar.gz).
+    let json_body = !head
+        .to_ascii_lowercase()
+        .contains("content-type: application/gzip");
+    let body = if body.is_empty() || !json_body {
         Value::Null
     } else {
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"))
+        serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}: {:?}", String::from_utf8_lossy(body)))
     };
     assert!(
         head.to_ascii_lowercase().contains("x-request-id:"),
@@ -133,8 +143,76 @@ fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: Option<
     }
 }
 
+/// A GET whose answer may be a stream: curl with `-N`, stopped after
+/// `max` seconds (an unfinished stream is not an error here); the status
+/// and everything received.
+fn get_stream(d: &Daemon, path: &str, token: Option<&str>, max: u32) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-i",
+        "-N",
+        "--path-as-is",
+        "--max-time",
+        &max.to_string(),
+    ]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd
+        .arg(format!("http://{}{path}", d.addr))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    (status, text)
+}
+
 fn get(d: &Daemon, path: &str, token: Option<&str>) -> Reply {
     call(d, "GET", path, token, None)
+}
+
+/// One of the tenant's keys (`root.key`, `receipt.key`).
+fn tenant_key(home: &Path, tenant: &str, name: &str) -> ed25519_dalek::SigningKey {
+    let path = home.join("tenants").join(tenant).join("keys").join(name);
+    let pem = std::fs::read_to_string(path).expect("key");
+    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pem")
+}
+
+const POLICY: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n";
+/// The same, every web request held for a human.
+const POLICY_HELD: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n\
+    [[approval]]\ntype = \"web\"\n";
+
+/// A capability token (the .cap text) minted under the tenant's root key.
+fn mint_for(home: &Path, tenant: &str) -> String {
+    mint_policy(home, tenant, POLICY)
+}
+
+fn mint_policy(home: &Path, tenant: &str, policy: &str) -> String {
+    let policy = capabilities::Policy::from_toml_str(policy).expect("policy");
+    let cap_key = tenant_key(home, tenant, "root.key");
+    capabilities::mint(&policy, &cap_key.to_bytes(), SystemTime::now()).expect("mint")
+}
+
+/// A session command whose first request is held: it waits for the answer.
+const HOLDS: &str = "curl -s -o /dev/null --max-time 100 https://example.com/held; sleep 30";
+
+/// Waits (up to 60 s) for the running session's first pending approval.
+fn first_pending(d: &Daemon, token: &str, id: &str) -> Value {
+    for _ in 0..600 {
+        let r = get(d, &format!("/v1/sessions/{id}/approvals"), Some(token));
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if let Some(first) = r.body["pending"].get(0) {
+            return first.clone();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no approval became pending in {id}");
 }
 
 /// A finished session bundle under `<tenant>/sessions/<id>`: session.json,
@@ -144,16 +222,11 @@ fn write_session(home: &Path, tenant: &str, id: &str) -> PathBuf {
     let root = home.join("tenants").join(tenant);
     let dir = root.join("sessions").join(id);
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let read_key = |name: &str| {
-        let pem = std::fs::read_to_string(root.join("keys").join(name)).expect("key");
-        ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pem")
-    };
-    let (cap_key, receipt_key) = (read_key("root.key"), read_key("receipt.key"));
-    let policy = capabilities::Policy::from_toml_str(
-        "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n",
-    )
-    .expect("policy");
-    let token = capabilities::mint(&policy, &cap_key.to_bytes(), SystemTime::now()).expect("mint");
+    let (cap_key, receipt_key) = (
+        tenant_key(home, tenant, "root.key"),
+        tenant_key(home, tenant, "receipt.key"),
+    );
+    let token = mint_for(home, tenant);
     std::fs::write(dir.join("capabilities.cap"), &token).expect("cap");
     let cap = capabilities::UnverifiedToken::from_base64(&token)
         .expect("parse")
@@ -251,7 +324,12 @@ fn tenants_are_isolated_tokens_rotate_and_every_change_is_audited_without_tokens
     let tricks = [
         format!("/v1/sessions/{B_ID}"),
         format!("/v1/sessions/{B_ID}/receipts/verify"),
+        format!("/v1/sessions/{B_ID}/bundle"),
         format!("/v1/sessions/../../{b_path}"),
+        format!(
+            "/v1/sessions/..%2F..%2F{}/bundle",
+            b_path.replace('/', "%2F")
+        ),
         format!("/v1/sessions/..%2F..%2F{}", b_path.replace('/', "%2F")),
         format!(
             "/v1/sessions/%2e%2e%2f%2e%2e%2f{}",
@@ -281,6 +359,7 @@ fn tenants_are_isolated_tokens_rotate_and_every_change_is_audited_without_tokens
         for path in [
             format!("/v1/sessions/{id}"),
             format!("/v1/sessions/{id}/receipts/verify"),
+            format!("/v1/sessions/{id}/bundle"),
         ] {
             let r = get(&d, &path, Some(&a));
             assert_eq!(r.status, 404, "{path}: {:?}", r.body);
@@ -635,6 +714,13 @@ fn the_openapi_document_describes_what_is_served() {
     // The tenant's deletion last: everything else still has a tenant to act on.
     ops.sort_by_key(|(_, method, _)| *method == "delete");
     let mut served = Vec::new();
+    let session_body = json!({
+        "capabilities": mint_policy(h, "t", POLICY_HELD),
+        "command": ["sh", "-c", HOLDS],
+        "approve": "api"
+    })
+    .to_string();
+    let mut started: Option<String> = None;
     {
         for (path, method, op) in ops {
             let documented: Vec<u16> = op["responses"]
@@ -643,13 +729,51 @@ fn the_openapi_document_describes_what_is_served() {
                 .keys()
                 .map(|k| k.parse().expect("numeric status"))
                 .collect();
-            let concrete = path.replace("{id}", A_ID).replace("{name}", "t");
-            let body = (method == "post" && path == "/v1/tenants").then_some(r#"{"name":"n"}"#);
+            // Stopping needs a running session: the one `post /v1/sessions`
+            // started (paths are walked in order, so it comes first).
+            let id = if path.ends_with("/stop")
+                || path.ends_with("/events")
+                || path.contains("/approvals")
+            {
+                started.clone().expect("a session was started before")
+            } else {
+                A_ID.to_owned()
+            };
+            let mut concrete = path.replace("{id}", &id).replace("{name}", "t");
+            if path.contains("{approval_id}") {
+                let held = first_pending(&d, &tenant, &id);
+                concrete = concrete.replace("{approval_id}", &held["id"].to_string());
+            }
+            let body = match (method.as_str(), path.as_str()) {
+                ("post", "/v1/tenants") => Some(r#"{"name":"n"}"#.to_owned()),
+                ("post", "/v1/sessions") => Some(session_body.clone()),
+                ("post", p) if p.contains("/approvals/") => Some(r#"{"answer":"deny"}"#.to_owned()),
+                _ => None,
+            };
             let mut success = false;
             // No token, the tenant's, the admin's: each answer documented,
             // one of them a success.
             for token in [None, Some(tenant.as_str()), Some(admin.as_str())] {
-                let r = call(&d, &method.to_ascii_uppercase(), &concrete, token, body);
+                if path.ends_with("/events") {
+                    // A stream: its status, then it is cut off.
+                    let (status, text) = get_stream(&d, &concrete, token, 2);
+                    assert!(
+                        documented.contains(&status),
+                        "{method} {path} answered {status}: {text}"
+                    );
+                    success |= status == 200;
+                    continue;
+                }
+                let r = call(
+                    &d,
+                    &method.to_ascii_uppercase(),
+                    &concrete,
+                    token,
+                    body.as_deref(),
+                );
+                if r.status == 201 && path == "/v1/sessions" {
+                    started = r.body["id"].as_str().map(str::to_owned);
+                }
                 assert!(
                     documented.contains(&r.status),
                     "{method} {path} answered {} (documented: {documented:?})",
@@ -665,6 +789,10 @@ fn the_openapi_document_describes_what_is_served() {
                 }
             }
             assert!(success, "{method} {path} never succeeded");
+            if path.ends_with("/stop") {
+                // Ended before the tenant (and its directory) is deleted.
+                wait_ended(h, "t", &id);
+            }
             served.push(format!("{method} {path}"));
         }
     }
@@ -678,13 +806,20 @@ fn the_openapi_document_describes_what_is_served() {
             "get /readyz",
             "get /v1/sessions",
             "get /v1/sessions/{id}",
+            "get /v1/sessions/{id}/approvals",
+            "get /v1/sessions/{id}/bundle",
+            "get /v1/sessions/{id}/events",
             "get /v1/sessions/{id}/receipts/verify",
             "get /v1/tenants",
             "get /v1/usage",
+            "post /v1/sessions",
+            "post /v1/sessions/{id}/approvals/{approval_id}",
+            "post /v1/sessions/{id}/stop",
             "post /v1/tenants",
             "post /v1/tenants/{name}/token",
         ]
     );
+    assert!(started.is_some(), "a session was started");
     // What the document does not list is not served.
     for (method, path) in [
         ("PUT", "/v1/tenants"),
@@ -696,6 +831,468 @@ fn the_openapi_document_describes_what_is_served() {
             matches!(r.status, 404 | 405),
             "{method} {path}: {}",
             r.status
+        );
+    }
+}
+
+/// Waits (up to 60 s) until the session's session.json says it ended.
+fn wait_ended(home: &Path, tenant: &str, id: &str) -> Value {
+    let path = home
+        .join("tenants")
+        .join(tenant)
+        .join("sessions")
+        .join(id)
+        .join("session.json");
+    for _ in 0..600 {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(info) = serde_json::from_str::<Value>(&text) {
+                if info["status"] != "running" {
+                    return info;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("session {id} did not end");
+}
+
+fn post(d: &Daemon, path: &str, token: &str, body: &Value) -> Reply {
+    call(d, "POST", path, Some(token), Some(&body.to_string()))
+}
+
+#[test]
+fn sessions_are_created_listed_stopped_and_their_chains_verify() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let a = cli(h, &["tenants", "create", "a"]);
+    let b = cli(h, &["tenants", "create", "b"]);
+    let admin = cli(h, &["tenants", "admin-token"]);
+    let (cap_a, cap_b) = (mint_for(h, "a"), mint_for(h, "b"));
+    let log = logs.path().join("serve.log");
+    let d = start(h, &log);
+
+    // Bad input: 400 naming the field, and nothing started.
+    let sleep = json!(["sleep", "30"]);
+    for (body, field) in [
+        (
+            json!({"capabilities": cap_b, "command": sleep}),
+            "capabilities",
+        ),
+        (
+            json!({"capabilities": "not a token", "command": sleep}),
+            "capabilities",
+        ),
+        (json!({"capabilities": cap_a, "command": []}), "command"),
+        (json!({"capabilities": cap_a, "command": [""]}), "command"),
+        (
+            json!({"capabilities": cap_a, "command": sleep, "backend": "xen"}),
+            "backend",
+        ),
+        (
+            json!({"capabilities": cap_a, "command": sleep, "approve": "prompt"}),
+            "approve",
+        ),
+        (
+            json!({"capabilities": cap_a, "command": sleep, "image": "x"}),
+            "body",
+        ),
+        (json!({"command": sleep}), "body"),
+    ] {
+        let r = post(&d, "/v1/sessions", &a, &body);
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid"),
+            "{body}: {:?}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["field"], field, "{body}");
+    }
+    assert!(session_ids(&get(&d, "/v1/sessions", Some(&a))).is_empty());
+    assert_eq!(
+        post(
+            &d,
+            "/v1/sessions",
+            &admin,
+            &json!({"capabilities": cap_a, "command": sleep})
+        )
+        .status,
+        404,
+        "the admin has no sessions"
+    );
+
+    // Created: 201 once session.json exists; listed as running, live.
+    let created = post(
+        &d,
+        "/v1/sessions",
+        &a,
+        &json!({"capabilities": cap_a, "command": sleep, "task": "wait"}),
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    let dir = h.join("tenants/a/sessions").join(&id);
+    assert!(
+        dir.join("session.json").is_file(),
+        "in the tenant's sessions"
+    );
+    let list = get(&d, "/v1/sessions", Some(&a));
+    let row = list.body["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{:?}", list.body))
+        .clone();
+    assert_eq!(row["status"], "running", "{row}");
+    assert_eq!(row["live"], true, "{row}");
+    assert_eq!(row["backend"], "netns", "{row}");
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).expect("info"))
+            .expect("json");
+    assert_eq!(info["tenant"], "a");
+    assert_eq!(info["task"], "wait");
+    assert_eq!(info["command"], sleep);
+    // The token file the daemon handed to `openclaw run` is gone.
+    let spawn: Vec<_> = std::fs::read_dir(h.join("tenants/a/spawn"))
+        .expect("spawn dir")
+        .flatten()
+        .map(|e| e.file_name().into_string().expect("utf-8"))
+        .collect();
+    assert!(spawn.iter().all(|n| !n.ends_with(".cap")), "{spawn:?}");
+
+    let live_bundle = get(&d, &format!("/v1/sessions/{id}/bundle"), Some(&a));
+    assert_eq!((live_bundle.status, live_bundle.code()), (409, "conflict"));
+
+    // Another tenant: the session does not exist.
+    for (method, path) in [
+        ("POST", format!("/v1/sessions/{id}/stop")),
+        ("GET", format!("/v1/sessions/{id}")),
+    ] {
+        let r = call(&d, method, &path, Some(&b), None);
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{method} {path}");
+    }
+    assert_eq!(
+        call(&d, "POST", "/v1/sessions/nothing-here/stop", Some(&a), None).status,
+        404
+    );
+    assert_eq!(
+        get(&d, &format!("/v1/sessions/{id}/stop"), Some(&a)).status,
+        405
+    );
+
+    // Stopped: 202, the session ends interrupted, its chain closed.
+    let stopped = call(
+        &d,
+        "POST",
+        &format!("/v1/sessions/{id}/stop"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(stopped.status, 202, "{:?}", stopped.body);
+    let ended = wait_ended(h, "a", &id);
+    assert_eq!(ended["status"], "interrupted", "{ended}");
+    let report = get(&d, &format!("/v1/sessions/{id}"), Some(&a));
+    assert_eq!(
+        report.body["session"]["status"], "interrupted",
+        "{:?}",
+        report.body
+    );
+    let verified = get(&d, &format!("/v1/sessions/{id}/receipts/verify"), Some(&a));
+    assert_eq!(verified.status, 200, "{:?}", verified.body);
+    assert_eq!(verified.body["status"], "valid", "{:?}", verified.body);
+    let receipts = std::fs::read_to_string(dir.join("receipts.jsonl")).expect("receipts");
+    assert!(
+        receipts
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("session_end")),
+        "the chain is closed"
+    );
+    // Once ended, stopping again is refused (409).
+    let again = call(
+        &d,
+        "POST",
+        &format!("/v1/sessions/{id}/stop"),
+        Some(&a),
+        None,
+    );
+    assert_eq!((again.status, again.code()), (409, "conflict"));
+
+    // The ended session's bundle: a .tar.gz of its directory, the same
+    // receipts as on disk; 404 to another tenant.
+    let bundle = logs.path().join("bundle.tar.gz");
+    let url = format!("http://{}/v1/sessions/{id}/bundle", d.addr);
+    let fetched = Command::new("curl")
+        .args(["-sS", "-f", "-o"])
+        .arg(&bundle)
+        .args(["-H", &format!("Authorization: Bearer {a}"), &url])
+        .status()
+        .expect("curl");
+    assert!(fetched.success(), "bundle download");
+    let unpacked = logs.path().join("unpacked");
+    std::fs::create_dir(&unpacked).expect("mkdir");
+    let untar = Command::new("tar")
+        .arg("-xzf")
+        .arg(&bundle)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .expect("tar");
+    assert!(untar.success(), "the archive unpacks");
+    assert_eq!(
+        std::fs::read_to_string(unpacked.join(&id).join("receipts.jsonl")).expect("receipts"),
+        receipts
+    );
+    assert!(unpacked.join(&id).join("session.json").is_file());
+    assert!(!unpacked.join(&id).join("control.sock").exists());
+    assert_eq!(
+        get(&d, &format!("/v1/sessions/{id}/bundle"), Some(&b)).status,
+        404
+    );
+
+    // Live events: a session making three requests (refused: POST is not
+    // granted) after a pause; the stream gives them in order, then `end`
+    // when the session ends. An ended session has no stream (409).
+    let ended_events = get(&d, &format!("/v1/sessions/{id}/events"), Some(&a));
+    assert_eq!(
+        (ended_events.status, ended_events.code()),
+        (409, "conflict")
+    );
+    let script = "sleep 3; for p in one two three; do \
+        curl -s -o /dev/null --max-time 10 -X POST https://example.com/$p; done";
+    let talker = post(
+        &d,
+        "/v1/sessions",
+        &a,
+        &json!({"capabilities": cap_a, "command": ["sh", "-c", script]}),
+    );
+    assert_eq!(talker.status, 201, "{:?}", talker.body);
+    let talker = talker.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        get(&d, &format!("/v1/sessions/{talker}/events"), Some(&b)).status,
+        404
+    );
+    let (status, text) = get_stream(&d, &format!("/v1/sessions/{talker}/events"), Some(&a), 60);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{text}"
+    );
+    let mut ids = Vec::new();
+    let mut kinds = Vec::new();
+    let mut paths = Vec::new();
+    for message in text.split("\n\n").filter(|m| m.contains("event: ")) {
+        let field = |name: &str| {
+            message
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {message:?}"))
+                .to_owned()
+        };
+        ids.push(field("id: ").parse::<u64>().expect("numeric id"));
+        let kind = field("event: ");
+        if kind == "action" {
+            let data: Value = serde_json::from_str(&field("data: ")).expect("json data");
+            if data["kind"] == "blocked" && data["method"] == "POST" {
+                paths.push(data["path"].as_str().expect("path").to_owned());
+            }
+        }
+        kinds.push(kind);
+    }
+    assert_eq!(paths, ["/one", "/two", "/three"], "{text}");
+    assert_eq!(kinds.last().map(String::as_str), Some("end"), "{text}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    wait_ended(h, "a", &talker);
+
+    // Approvals over the API: a session whose token holds every web
+    // request; the pending one is listed, answered (deny), the answer is in
+    // the chain under approver api:a.
+    let held = post(
+        &d,
+        "/v1/sessions",
+        &a,
+        &json!({"capabilities": mint_policy(h, "a", POLICY_HELD),
+                "command": ["sh", "-c", HOLDS], "approve": "api"}),
+    );
+    assert_eq!(held.status, 201, "{:?}", held.body);
+    let held = held.body["id"].as_str().expect("id").to_owned();
+    let pending = first_pending(&d, &a, &held);
+    assert_eq!(pending["action"]["host"], "example.com", "{pending}");
+    assert_eq!(pending["action"]["path"], "/held", "{pending}");
+    let approval = pending["id"].as_u64().expect("approval id");
+    let answer_path = format!("/v1/sessions/{held}/approvals/{approval}");
+    let deny = json!({"answer": "deny"});
+    assert_eq!(
+        get(&d, &format!("/v1/sessions/{held}/approvals"), Some(&b)).status,
+        404
+    );
+    assert_eq!(
+        post(&d, &answer_path, &b, &deny).status,
+        404,
+        "another tenant"
+    );
+    for (path, body, field) in [
+        (answer_path.clone(), json!({"answer": "maybe"}), "answer"),
+        (
+            answer_path.clone(),
+            json!({"answer": "deny", "x": 1}),
+            "body",
+        ),
+        (
+            format!("/v1/sessions/{held}/approvals/x"),
+            deny.clone(),
+            "approval_id",
+        ),
+    ] {
+        let r = post(&d, &path, &a, &body);
+        assert_eq!(
+            (r.status, r.body["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{path} {body}"
+        );
+    }
+    let unknown = format!("/v1/sessions/{held}/approvals/{}", approval + 1000);
+    assert_eq!(
+        post(&d, &unknown, &a, &deny).status,
+        404,
+        "no such approval"
+    );
+    let answered = post(&d, &answer_path, &a, &deny);
+    assert_eq!(answered.status, 200, "{:?}", answered.body);
+    assert_eq!(
+        post(&d, &answer_path, &a, &deny).status,
+        404,
+        "answered once"
+    );
+    let stopped = call(
+        &d,
+        "POST",
+        &format!("/v1/sessions/{held}/stop"),
+        Some(&a),
+        None,
+    );
+    assert_eq!(stopped.status, 202);
+    wait_ended(h, "a", &held);
+    let chain = std::fs::read_to_string(
+        h.join("tenants/a/sessions")
+            .join(&held)
+            .join("receipts.jsonl"),
+    )
+    .expect("receipts");
+    assert!(
+        chain.contains("api:a"),
+        "the approval receipt names the API"
+    );
+    let ended_approvals = get(&d, &format!("/v1/sessions/{held}/approvals"), Some(&a));
+    assert_eq!(ended_approvals.status, 409);
+
+    // A session process that dies (SIGKILL: no chance to close anything)
+    // does not take the daemon down; the daemon recovers the session: its
+    // sandbox and network are removed, its chain closed and verifiable.
+    let crashed = post(
+        &d,
+        "/v1/sessions",
+        &a,
+        &json!({"capabilities": cap_a, "command": sleep}),
+    );
+    assert_eq!(crashed.status, 201, "{:?}", crashed.body);
+    let crashed = crashed.body["id"].as_str().expect("id").to_owned();
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            h.join("tenants/a/sessions")
+                .join(&crashed)
+                .join("session.json"),
+        )
+        .expect("info"),
+    )
+    .expect("json");
+    let pid = info["supervisor_pid"]
+        .as_i64()
+        .expect("the supervisor's pid");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let ended = wait_ended(h, "a", &crashed);
+    assert_eq!(ended["status"], "supervisor_died", "{ended}");
+    assert!(ended["recovered_at"].is_string(), "{ended}");
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&crashed),
+        "the crashed session's network is removed"
+    );
+    assert_eq!(get(&d, "/healthz", None).status, 200, "the daemon lives on");
+    let verified = get(
+        &d,
+        &format!("/v1/sessions/{crashed}/receipts/verify"),
+        Some(&a),
+    );
+    assert_eq!(verified.body["status"], "valid", "{:?}", verified.body);
+
+    // Audit: one line per create/stop, refusals included; no token or
+    // capability text in it.
+    let audit = std::fs::read_to_string(h.join("audit.jsonl")).expect("audit");
+    let lines: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .filter(|l: &Value| {
+            l["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("session.") || a.starts_with("approval."))
+        })
+        .collect();
+    let summary: Vec<(String, String, String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["action"].as_str().expect("action").to_owned(),
+                l["tenant"].as_str().expect("tenant").to_owned(),
+                l["target"].as_str().expect("target").to_owned(),
+                l["outcome"].as_str().expect("outcome").to_owned(),
+            )
+        })
+        .collect();
+    let line = |action: &str, target: &str, outcome: &str| {
+        (
+            action.to_owned(),
+            "a".to_owned(),
+            target.to_owned(),
+            outcome.to_owned(),
+        )
+    };
+    assert_eq!(
+        summary,
+        [
+            line("session.create", &id, "ok"),
+            line("session.stop", &id, "ok"),
+            line("session.stop", &id, "refused"),
+            line("session.create", &talker, "ok"),
+            line("session.create", &held, "ok"),
+            line(
+                "approval.answer",
+                &format!("{held}/{}", approval + 1000),
+                "refused"
+            ),
+            line("approval.answer", &format!("{held}/{approval}"), "ok"),
+            line("approval.answer", &format!("{held}/{approval}"), "refused"),
+            line("session.stop", &held, "ok"),
+            line("session.create", &crashed, "ok"),
+        ]
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["actor"] == "tenant" && l["via"] == "api"));
+    let daemon_log = std::fs::read_to_string(&log).expect("log");
+    for secret in [&a, &b, &admin, &cap_a, &cap_b] {
+        assert!(!audit.contains(secret.as_str()), "a token in the audit log");
+        assert!(
+            !daemon_log.contains(secret.as_str()),
+            "a token in the daemon's log"
         );
     }
 }

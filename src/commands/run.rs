@@ -125,6 +125,11 @@ pub struct RunArgs {
     /// Who ran it [default: the invoking user: $SUDO_USER, else $USER].
     #[arg(long, value_name = "USER")]
     user: Option<String>,
+    /// Directory of session bundles [default: <home>/sessions]. Its parent
+    /// is the session's home for rates.toml, the usage ledger and images
+    /// (`openclaw serve` passes a tenant's `<tenant root>/sessions`).
+    #[arg(long, value_name = "DIR")]
+    sessions_dir: Option<PathBuf>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -235,7 +240,10 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
         memory_bytes: args.memory_mib << 20,
         pids_max: args.pids_max,
         command: args.command,
-        sessions_dir: home::sessions_dir()?,
+        sessions_dir: match args.sessions_dir {
+            Some(dir) => dir,
+            None => home::sessions_dir()?,
+        },
         timeout: args.timeout,
         bounds: Bounds {
             dns_refusal_receipts: args.dns_refusal_receipts,

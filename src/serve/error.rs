@@ -4,11 +4,14 @@
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
-use http_body_util::Full;
+use std::convert::Infallible;
+
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use serde_json::json;
 
-/// What every response body of the API is.
-pub type ApiBody = Full<Bytes>;
+/// What every response body of the API is: JSON in full, or a stream (the
+/// bundle archive).
+pub type ApiBody = BoxBody<Bytes, Infallible>;
 
 /// A refusal or failure, answered as JSON.
 #[derive(Debug)]
@@ -115,6 +118,6 @@ fn json_with(builder: http::response::Builder, value: &impl serde::Serialize) ->
     let body = serde_json::to_vec(value).unwrap_or_default();
     builder
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(body)).boxed())
         .expect("static response parts are valid")
 }

@@ -4,6 +4,10 @@
 
 /// The JSON error shape and its stable codes.
 mod error;
+/// A running session's events as server-sent events.
+mod events;
+/// Sessions the daemon starts (`openclaw run` children) and stops.
+mod launch;
 /// The OpenAPI 3.1 document of what is served.
 mod openapi;
 /// Routes and handlers.

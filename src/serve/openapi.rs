@@ -66,128 +66,215 @@ pub fn document() -> Value {
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {
-                    "type": "object", "required": ["error"],
-                    "properties": {"error": {
-                        "type": "object", "required": ["code", "message", "field"],
-                        "properties": {
-                            "code": {"type": "string", "enum": [
-                                "unauthorized", "not_found", "invalid", "conflict",
-                                "method_not_allowed", "unsupported_media_type", "too_large", "internal"]},
-                            "message": {"type": "string"},
-                            "field": {"type": ["string", "null"]}
-                        }
-                    }}
-                },
-                "TenantName": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
-                "Tenant": {
-                    "type": "object", "required": ["name", "created_at", "token_issued_at"],
-                    "properties": {
-                        "name": {"$ref": "#/components/schemas/TenantName"},
-                        "created_at": {"type": "string", "format": "date-time"},
-                        "token_issued_at": {"type": "string", "format": "date-time"}
-                    }
-                },
-                "TenantList": {"type": "object", "required": ["tenants"],
-                    "properties": {"tenants": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}}},
-                "TenantToken": {
-                    "type": "object", "required": ["name", "token"],
-                    "properties": {"name": {"$ref": "#/components/schemas/TenantName"},
-                                   "token": {"type": "string", "description": "shown once; only its SHA-256 is stored"}}
-                },
-                "TenantDeleted": {"type": "object", "required": ["name", "deleted"],
-                    "properties": {"name": {"$ref": "#/components/schemas/TenantName"}, "deleted": {"const": true}}},
-                "CreateTenant": {"type": "object", "required": ["name"], "additionalProperties": false,
-                    "properties": {"name": {"$ref": "#/components/schemas/TenantName"}}},
-                "SessionRow": {"type": "object", "required": ["id", "status", "live", "backend", "started_at"],
-                    "description": "one row of the sessions list (as `openclaw ui` shows it)",
-                    "properties": {"id": {"type": "string"}, "status": {"type": "string"},
-                                   "live": {"type": "boolean"}, "backend": {"type": "string"},
-                                   "started_at": {"type": "string"}, "receipts": {"type": "string"}}},
-                "SessionList": {"type": "object", "required": ["sessions"],
-                    "properties": {"sessions": {"type": "array", "items": {"$ref": "#/components/schemas/SessionRow"}}}},
-                "Report": {"type": "object", "required": ["session"],
-                    "description": "the session's report, as report.json (docs/reports.md)"},
-                "Verification": {"type": "object", "required": ["status"],
-                    "description": "`openclaw verify --json` against the tenant's receipt key and root key",
-                    "properties": {"status": {"type": "string", "enum": ["valid", "invalid", "unreadable"]}}},
-                "UsageReport": {"type": "object", "required": ["period", "by", "rows", "total"],
-                    "description": "`openclaw usage report --json` (docs/metering.md)"},
-                "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
-                "Readiness": {"type": "object", "required": ["ready", "checks"],
-                    "properties": {"ready": {"type": "boolean"}, "checks": {"type": "array", "items": {
-                        "type": "object", "required": ["name", "ok", "detail"],
-                        "properties": {"name": {"type": "string", "enum": ["storage", "tenant_keys"]},
-                                       "ok": {"type": "boolean"}, "detail": {"type": "string"}}}}}}
-            }
+            "schemas": schemas()
         },
-        "paths": {
-            "/healthz": {"get": {
-                "summary": "the daemon is alive", "security": [],
-                "responses": {"200": ok("alive", "Health")}
-            }},
-            "/readyz": {"get": {
-                "summary": "the store answers and every tenant has its directory and keys", "security": [],
-                "responses": {"200": ok("ready", "Readiness"), "503": ok("not ready; the failing check says why", "Readiness")}
-            }},
-            "/openapi.json": {"get": {
-                "summary": "this document", "security": [],
-                "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}
-            }},
-            "/v1/sessions": {"get": {
+        "paths": paths()
+    })
+}
+
+/// The document's paths (a function of its own: one `json!` holding the
+/// whole document passes the macro's recursion limit).
+fn paths() -> Value {
+    json!({
+        "/healthz": {"get": {
+            "summary": "the daemon is alive", "security": [],
+            "responses": {"200": ok("alive", "Health")}
+        }},
+        "/readyz": {"get": {
+            "summary": "the store answers and every tenant has its directory and keys", "security": [],
+            "responses": {"200": ok("ready", "Readiness"), "503": ok("not ready; the failing check says why", "Readiness")}
+        }},
+        "/openapi.json": {"get": {
+            "summary": "this document", "security": [],
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}
+        }},
+        "/v1/sessions": {
+            "get": {
                 "summary": "the tenant's sessions, newest first", "security": [{"bearer": []}],
                 "responses": v1_errors(json!({"200": ok("sessions", "SessionList")}), TENANT_404)
-            }},
-            "/v1/sessions/{id}": {"get": {
-                "summary": "one session's report", "security": [{"bearer": []}],
-                "parameters": [id_param()],
-                "responses": v1_errors(json!({"200": ok("the report", "Report")}), TENANT_404)
-            }},
-            "/v1/sessions/{id}/receipts/verify": {"get": {
-                "summary": "verify the session's receipt chain and re-derive its decisions", "security": [{"bearer": []}],
-                "parameters": [id_param()],
-                "responses": v1_errors(json!({"200": ok("the verification (its status may be invalid)", "Verification")}), TENANT_404)
-            }},
-            "/v1/usage": {"get": {
-                "summary": "LLM usage: the tenant's own; the admin's: all tenants or one",
-                "security": [{"bearer": []}],
-                "parameters": [
-                    {"name": "period", "in": "query", "required": false, "schema": {"type": "string", "default": "current-month"},
-                     "description": "today, yesterday, current-month, last-month, YYYY-MM, YYYY-MM-DD or FROM..TO (UTC days)"},
-                    {"name": "by", "in": "query", "required": false, "schema": {"type": "string", "default": "day,tenant,model"},
-                     "description": "comma list of tenant, user, session, model, day"},
-                    {"name": "tenant", "in": "query", "required": false, "schema": {"$ref": "#/components/schemas/TenantName"},
-                     "description": "admin: only this tenant; a tenant token may name only itself"}
-                ],
-                "responses": v1_errors(json!({"200": ok("the report", "UsageReport")}), "a tenant token naming another tenant")
-            }},
-            "/v1/tenants": {
-                "get": {
-                    "summary": "list tenants (admin)", "security": [{"bearer": []}],
-                    "responses": v1_errors(json!({"200": ok("tenants", "TenantList")}), ADMIN_404)
-                },
-                "post": {
-                    "summary": "create a tenant (admin); its token is in the answer, once", "security": [{"bearer": []}],
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateTenant"}}}},
-                    "responses": v1_errors(json!({
-                        "201": ok("created", "TenantToken"),
-                        "409": error_response("the tenant exists"),
-                        "413": error_response("body over 4 KiB"),
-                        "415": error_response("not application/json")
-                    }), ADMIN_404)
-                }
             },
-            "/v1/tenants/{name}": {"delete": {
-                "summary": "delete a tenant (admin): its token stops working, its directory is moved aside",
-                "security": [{"bearer": []}], "parameters": [name_param()],
-                "responses": v1_errors(json!({"200": ok("deleted", "TenantDeleted")}), ADMIN_404)
-            }},
-            "/v1/tenants/{name}/token": {"post": {
-                "summary": "rotate a tenant's token (admin): the old one is refused at once",
-                "security": [{"bearer": []}], "parameters": [name_param()],
-                "responses": v1_errors(json!({"200": ok("the new token", "TenantToken")}), ADMIN_404)
+            "post": {
+                "summary": "start a session (`openclaw run` in the tenant's layout); answered once its session.json exists",
+                "security": [{"bearer": []}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateSession"}}}},
+                "responses": v1_errors(json!({
+                    "201": ok("started", "SessionCreated"),
+                    "413": error_response("body over 64 KiB"),
+                    "415": error_response("not application/json")
+                }), TENANT_404)
+            }
+        },
+        "/v1/sessions/{id}/bundle": {"get": {
+            "summary": "an ended session's bundle as .tar.gz (symlinks stored as links, never followed)",
+            "security": [{"bearer": []}], "parameters": [id_param()],
+            "responses": v1_errors(json!({
+                "200": {"description": "the bundle", "content": {"application/gzip": {"schema": {"type": "string", "contentMediaType": "application/gzip"}}}},
+                "409": error_response("the session is still running")
+            }), TENANT_404)
+        }},
+        "/v1/sessions/{id}/approvals": {"get": {
+            "summary": "a running session's pending approvals",
+            "security": [{"bearer": []}], "parameters": [id_param()],
+            "responses": v1_errors(json!({
+                "200": ok("the pending approvals", "PendingList"),
+                "409": error_response("the session is not running")
+            }), TENANT_404)
+        }},
+        "/v1/sessions/{id}/approvals/{approval_id}": {"post": {
+            "summary": "answer a pending approval (as `openclaw approve|deny`; the receipt names approver api:<tenant>)",
+            "security": [{"bearer": []}],
+            "parameters": [id_param(), {"name": "approval_id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Answer"}}}},
+            "responses": v1_errors(json!({
+                "200": ok("answered", "Answered"),
+                "409": error_response("the session is not running"),
+                "413": error_response("body over 64 KiB"),
+                "415": error_response("not application/json")
+            }), "no such session or pending approval (never asked, answered, timed out), a session of another tenant, or the admin token")
+        }},
+        "/v1/sessions/{id}/events": {"get": {
+            "summary": "a running session's events as server-sent events (action, pending, lagged, then end), in order",
+            "security": [{"bearer": []}], "parameters": [id_param()],
+            "responses": v1_errors(json!({
+                "200": {"description": "the stream; ends when the session ends", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                "409": error_response("the session is not running")
+            }), TENANT_404)
+        }},
+        "/v1/sessions/{id}/stop": {"post": {
+            "summary": "stop a running session (SIGTERM; its receipt chain is closed as it ends)",
+            "security": [{"bearer": []}], "parameters": [id_param()],
+            "responses": v1_errors(json!({
+                "202": ok("stopping", "SessionStopping"),
+                "409": error_response("the session is not running under this daemon")
+            }), TENANT_404)
+        }},
+        "/v1/sessions/{id}": {"get": {
+            "summary": "one session's report", "security": [{"bearer": []}],
+            "parameters": [id_param()],
+            "responses": v1_errors(json!({"200": ok("the report", "Report")}), TENANT_404)
+        }},
+        "/v1/sessions/{id}/receipts/verify": {"get": {
+            "summary": "verify the session's receipt chain and re-derive its decisions", "security": [{"bearer": []}],
+            "parameters": [id_param()],
+            "responses": v1_errors(json!({"200": ok("the verification (its status may be invalid)", "Verification")}), TENANT_404)
+        }},
+        "/v1/usage": {"get": {
+            "summary": "LLM usage: the tenant's own; the admin's: all tenants or one",
+            "security": [{"bearer": []}],
+            "parameters": [
+                {"name": "period", "in": "query", "required": false, "schema": {"type": "string", "default": "current-month"},
+                 "description": "today, yesterday, current-month, last-month, YYYY-MM, YYYY-MM-DD or FROM..TO (UTC days)"},
+                {"name": "by", "in": "query", "required": false, "schema": {"type": "string", "default": "day,tenant,model"},
+                 "description": "comma list of tenant, user, session, model, day"},
+                {"name": "tenant", "in": "query", "required": false, "schema": {"$ref": "#/components/schemas/TenantName"},
+                 "description": "admin: only this tenant; a tenant token may name only itself"}
+            ],
+            "responses": v1_errors(json!({"200": ok("the report", "UsageReport")}), "a tenant token naming another tenant")
+        }},
+        "/v1/tenants": {
+            "get": {
+                "summary": "list tenants (admin)", "security": [{"bearer": []}],
+                "responses": v1_errors(json!({"200": ok("tenants", "TenantList")}), ADMIN_404)
+            },
+            "post": {
+                "summary": "create a tenant (admin); its token is in the answer, once", "security": [{"bearer": []}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateTenant"}}}},
+                "responses": v1_errors(json!({
+                    "201": ok("created", "TenantToken"),
+                    "409": error_response("the tenant exists"),
+                    "413": error_response("body over 64 KiB"),
+                    "415": error_response("not application/json")
+                }), ADMIN_404)
+            }
+        },
+        "/v1/tenants/{name}": {"delete": {
+            "summary": "delete a tenant (admin): its token stops working, its directory is moved aside",
+            "security": [{"bearer": []}], "parameters": [name_param()],
+            "responses": v1_errors(json!({"200": ok("deleted", "TenantDeleted")}), ADMIN_404)
+        }},
+        "/v1/tenants/{name}/token": {"post": {
+            "summary": "rotate a tenant's token (admin): the old one is refused at once",
+            "security": [{"bearer": []}], "parameters": [name_param()],
+            "responses": v1_errors(json!({"200": ok("the new token", "TenantToken")}), ADMIN_404)
+        }}
+    })
+}
+
+/// The document's schemas (for the same reason as [`paths`]).
+fn schemas() -> Value {
+    json!({
+        "Error": {
+            "type": "object", "required": ["error"],
+            "properties": {"error": {
+                "type": "object", "required": ["code", "message", "field"],
+                "properties": {
+                    "code": {"type": "string", "enum": [
+                        "unauthorized", "not_found", "invalid", "conflict",
+                        "method_not_allowed", "unsupported_media_type", "too_large", "internal"]},
+                    "message": {"type": "string"},
+                    "field": {"type": ["string", "null"]}
+                }
             }}
-        }
+        },
+        "TenantName": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+        "Tenant": {
+            "type": "object", "required": ["name", "created_at", "token_issued_at"],
+            "properties": {
+                "name": {"$ref": "#/components/schemas/TenantName"},
+                "created_at": {"type": "string", "format": "date-time"},
+                "token_issued_at": {"type": "string", "format": "date-time"}
+            }
+        },
+        "TenantList": {"type": "object", "required": ["tenants"],
+            "properties": {"tenants": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}}},
+        "TenantToken": {
+            "type": "object", "required": ["name", "token"],
+            "properties": {"name": {"$ref": "#/components/schemas/TenantName"},
+                           "token": {"type": "string", "description": "shown once; only its SHA-256 is stored"}}
+        },
+        "TenantDeleted": {"type": "object", "required": ["name", "deleted"],
+            "properties": {"name": {"$ref": "#/components/schemas/TenantName"}, "deleted": {"const": true}}},
+        "CreateTenant": {"type": "object", "required": ["name"], "additionalProperties": false,
+            "properties": {"name": {"$ref": "#/components/schemas/TenantName"}}},
+        "SessionRow": {"type": "object", "required": ["id", "status", "live", "backend", "started_at"],
+            "description": "one row of the sessions list (as `openclaw ui` shows it)",
+            "properties": {"id": {"type": "string"}, "status": {"type": "string"},
+                           "live": {"type": "boolean"}, "backend": {"type": "string"},
+                           "started_at": {"type": "string"}, "receipts": {"type": "string"}}},
+        "CreateSession": {"type": "object", "required": ["capabilities", "command"], "additionalProperties": false,
+            "properties": {
+                "capabilities": {"type": "string", "description": "the .cap file's text: a token minted under this tenant's root key"},
+                "command": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "the agent's argv"},
+                "backend": {"type": "string", "enum": ["netns", "kvm"], "default": "netns", "description": "kvm only where /dev/kvm exists"},
+                "approve": {"type": "string", "enum": ["deny", "auto", "api"], "default": "deny", "description": "how held requests are answered: denied, approved, or held for POST /v1/sessions/{id}/approvals/{approval_id} (denied at 120 s)"},
+                "task": {"type": "string", "description": "passed to the command as $OPENCLAW_TASK"}
+            }},
+        "SessionCreated": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
+        "SessionStopping": {"type": "object", "required": ["id", "stopping"],
+            "properties": {"id": {"type": "string"}, "stopping": {"const": true}}},
+        "PendingList": {"type": "object", "required": ["pending"],
+            "properties": {"pending": {"type": "array", "items": {"type": "object",
+                "required": ["id", "action", "reason", "decision_seq", "asked_at", "timeout", "remaining_ms"],
+                "description": "as the control socket gives it (docs/ui.md)"}}}},
+        "Answer": {"type": "object", "required": ["answer"], "additionalProperties": false,
+            "properties": {"answer": {"type": "string", "enum": ["approve", "deny"]}}},
+        "Answered": {"type": "object", "required": ["id", "approval_id", "answer"],
+            "properties": {"id": {"type": "string"}, "approval_id": {"type": "integer"},
+                           "answer": {"type": "string", "enum": ["approve", "deny"]}}},
+        "SessionList": {"type": "object", "required": ["sessions"],
+            "properties": {"sessions": {"type": "array", "items": {"$ref": "#/components/schemas/SessionRow"}}}},
+        "Report": {"type": "object", "required": ["session"],
+            "description": "the session's report, as report.json (docs/reports.md)"},
+        "Verification": {"type": "object", "required": ["status"],
+            "description": "`openclaw verify --json` against the tenant's receipt key and root key",
+            "properties": {"status": {"type": "string", "enum": ["valid", "invalid", "unreadable"]}}},
+        "UsageReport": {"type": "object", "required": ["period", "by", "rows", "total"],
+            "description": "`openclaw usage report --json` (docs/metering.md)"},
+        "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+        "Readiness": {"type": "object", "required": ["ready", "checks"],
+            "properties": {"ready": {"type": "boolean"}, "checks": {"type": "array", "items": {
+                "type": "object", "required": ["name", "ok", "detail"],
+                "properties": {"name": {"type": "string", "enum": ["storage", "tenant_keys"]},
+                               "ok": {"type": "boolean"}, "detail": {"type": "string"}}}}}}
     })
 }

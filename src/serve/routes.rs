@@ -19,17 +19,21 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{json, ApiBody, ApiError};
-use super::{openapi, sessions};
-use crate::audit::{self, Actor, Via};
+use super::launch::{self, CreateSession, Launcher, Stopped};
+use super::{events, openapi, sessions};
+use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
+use crate::control::{self, ControlClientError, ControlRequest};
 use crate::tenants::{Caller, Identity, Registry, TenantName, TenantOpError};
 use crate::usage::report::{self as usage_report, GroupKey, Sums, UsageReport};
 use crate::usage::{self, Ledger};
 
-/// Largest request body taken (a tenant name in JSON is a few dozen bytes).
-const MAX_BODY: usize = 4096;
+/// Largest request body taken (a session's capability token and command
+/// are a few KiB at most).
+const MAX_BODY: usize = 64 * 1024;
 
 pub struct State {
     pub registry: Registry,
+    pub launcher: Arc<Launcher>,
 }
 
 /// A request once read: what the handlers need, owned.
@@ -161,13 +165,33 @@ fn v1(
 ) -> Result<Response<ApiBody>, ApiError> {
     match rest {
         ["sessions"] => {
-            let root = state.registry.root(tenant_only(who)?);
-            only(req, Method::GET)?;
+            let tenant = tenant_only(who)?;
+            let root = state.registry.root(tenant);
+            match req.method {
+                Method::GET => {
+                    no_query(req)?;
+                    Ok(json(
+                        StatusCode::OK,
+                        &json!({"sessions": sessions::list(&root)}),
+                    ))
+                }
+                Method::POST => create_session(state, req, tenant, request_id),
+                _ => Err(ApiError::method_not_allowed()),
+            }
+        }
+        ["sessions", id, "stop"] => {
+            let tenant = tenant_only(who)?;
+            let root = state.registry.root(tenant);
+            only(req, Method::POST)?;
             no_query(req)?;
-            Ok(json(
-                StatusCode::OK,
-                &json!({"sessions": sessions::list(&root)}),
-            ))
+            let report = sessions::get(&root, id).ok_or_else(ApiError::not_found)?;
+            stop_session(
+                state,
+                tenant,
+                id,
+                report.session.status == "running",
+                request_id,
+            )
         }
         ["sessions", id] => {
             let root = state.registry.root(tenant_only(who)?);
@@ -175,6 +199,62 @@ fn v1(
             no_query(req)?;
             let report = sessions::get(&root, id).ok_or_else(ApiError::not_found)?;
             Ok(json(StatusCode::OK, &report))
+        }
+        ["sessions", id, "bundle"] => {
+            let root = state.registry.root(tenant_only(who)?);
+            only(req, Method::GET)?;
+            no_query(req)?;
+            let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
+            if running {
+                return Err(ApiError::conflict("the session is still running"));
+            }
+            // The archive streams from a blocking thread as it is written.
+            let rx = crate::ui::archive::stream_tar_gz(dir, (*id).to_owned());
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/gzip")
+                .header(
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"openclaw-session-{id}.tar.gz\""),
+                )
+                .body(crate::ui::ChannelBody::new(rx).boxed())
+                .map_err(|e| ApiError::internal(request_id, &e.into()))
+        }
+        ["sessions", id, "events"] => {
+            let root = state.registry.root(tenant_only(who)?);
+            only(req, Method::GET)?;
+            no_query(req)?;
+            let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
+            if !running {
+                return Err(ApiError::conflict("the session is not running"));
+            }
+            Ok(events::stream(dir))
+        }
+        ["sessions", id, "approvals"] => {
+            let root = state.registry.root(tenant_only(who)?);
+            only(req, Method::GET)?;
+            no_query(req)?;
+            let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
+            if !running {
+                return Err(ApiError::conflict("the session is not running"));
+            }
+            match control::call_blocking(&dir, &ControlRequest::Pending) {
+                Ok(reply) => Ok(json(
+                    StatusCode::OK,
+                    &json!({"pending": reply["pending"].clone()}),
+                )),
+                Err(ControlClientError::NotRunning(_)) => {
+                    Err(ApiError::conflict("the session is not running"))
+                }
+                Err(e) => Err(ApiError::internal(request_id, &e.into())),
+            }
+        }
+        ["sessions", id, "approvals", approval] => {
+            let tenant = tenant_only(who)?;
+            let root = state.registry.root(tenant);
+            only(req, Method::POST)?;
+            no_query(req)?;
+            let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
+            answer_approval(state, req, tenant, id, approval, &dir, running, request_id)
         }
         ["sessions", id, "receipts", "verify"] => {
             let root = state.registry.root(tenant_only(who)?);
@@ -304,6 +384,217 @@ fn create_tenant(
         StatusCode::CREATED,
         &json!({"name": name, "token": token}),
     ))
+}
+
+/// One audit line for a session change by a tenant; the change is not
+/// answered as done when the line cannot be written.
+fn audit_session(
+    state: &State,
+    tenant: &TenantName,
+    action: &str,
+    target: &str,
+    request_id: &str,
+    outcome: Outcome,
+    detail: Option<&str>,
+) -> Result<(), ApiError> {
+    let mut record = AuditRecord::now(Actor::Tenant, Via::Api, action, target, request_id);
+    record.tenant = Some(tenant.to_string());
+    record.outcome = outcome;
+    record.detail = detail.map(str::to_owned);
+    state
+        .registry
+        .audit()
+        .append(&record)
+        .map_err(|e| ApiError::internal(request_id, &e))
+}
+
+/// `POST /v1/sessions`: checks the body (400 naming the field), starts
+/// `openclaw run` in the tenant's layout, answers 201 once session.json
+/// exists.
+fn create_session(
+    state: &State,
+    req: &Parsed,
+    tenant: &TenantName,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    no_query(req)?;
+    if !req.json_body {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let body: CreateSession = serde_json::from_slice(&req.body).map_err(|_| {
+        ApiError::invalid(
+            "body",
+            "expected {\"capabilities\": \"<.cap text>\", \"command\": [\"argv\", ...], \"backend\"?, \"approve\"?, \"task\"?}",
+        )
+    })?;
+    let root = state.registry.root(tenant);
+    let checked =
+        launch::check(&root, body).map_err(|(field, why)| ApiError::invalid(field, why))?;
+    match state.launcher.start(tenant, &root, checked) {
+        Ok(id) => {
+            audit_session(
+                state,
+                tenant,
+                "session.create",
+                &id,
+                request_id,
+                Outcome::Ok,
+                None,
+            )?;
+            Ok(json(StatusCode::CREATED, &json!({"id": id})))
+        }
+        Err(e) => {
+            audit_session(
+                state,
+                tenant,
+                "session.create",
+                "-",
+                request_id,
+                Outcome::Failed,
+                Some("the session did not start"),
+            )?;
+            Err(ApiError::internal(request_id, &e))
+        }
+    }
+}
+
+/// `POST /v1/sessions/{id}/stop`: SIGTERM to the session's `openclaw run`
+/// (its chain is closed as it ends); 202, or 409 when it is not running
+/// under this daemon (its bundle says it ended, or another process runs it).
+fn stop_session(
+    state: &State,
+    tenant: &TenantName,
+    id: &str,
+    running: bool,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    let stopped = if running {
+        state.launcher.stop(tenant, id)
+    } else {
+        Ok(Stopped::NotRunning)
+    };
+    match stopped {
+        Ok(Stopped::Signalled) => {
+            audit_session(
+                state,
+                tenant,
+                "session.stop",
+                id,
+                request_id,
+                Outcome::Ok,
+                None,
+            )?;
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &json!({"id": id, "stopping": true}),
+            ))
+        }
+        Ok(Stopped::NotRunning) => {
+            audit_session(
+                state,
+                tenant,
+                "session.stop",
+                id,
+                request_id,
+                Outcome::Refused,
+                Some("the session is not running"),
+            )?;
+            Err(ApiError::conflict("the session is not running"))
+        }
+        Err(e) => {
+            audit_session(
+                state,
+                tenant,
+                "session.stop",
+                id,
+                request_id,
+                Outcome::Failed,
+                Some("the session could not be signalled"),
+            )?;
+            Err(ApiError::internal(request_id, &e))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerBody {
+    answer: String,
+}
+
+/// `POST /v1/sessions/{id}/approvals/{approval_id}` `{"answer": "approve"|"deny"}`:
+/// answered through the session's control socket as `openclaw approve`
+/// does, the approver named `api:<tenant>` in the approval receipt.
+#[allow(clippy::too_many_arguments)]
+fn answer_approval(
+    state: &State,
+    req: &Parsed,
+    tenant: &TenantName,
+    id: &str,
+    approval: &str,
+    dir: &std::path::Path,
+    running: bool,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    let approval_id: u64 = approval
+        .parse()
+        .map_err(|_| ApiError::invalid("approval_id", "expected a number"))?;
+    if !req.json_body {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let body: AnswerBody = serde_json::from_slice(&req.body)
+        .map_err(|_| ApiError::invalid("body", "expected {\"answer\": \"approve\"|\"deny\"}"))?;
+    let approve = match body.answer.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return Err(ApiError::invalid("answer", "expected approve or deny")),
+    };
+    let target = format!("{id}/{approval_id}");
+    let audit = |outcome, detail| {
+        audit_session(
+            state,
+            tenant,
+            "approval.answer",
+            &target,
+            request_id,
+            outcome,
+            detail,
+        )
+    };
+    if !running {
+        audit(Outcome::Refused, Some("the session is not running"))?;
+        return Err(ApiError::conflict("the session is not running"));
+    }
+    let request = ControlRequest::Answer {
+        id: approval_id,
+        approve,
+        approver: Some(format!("api:{tenant}")),
+    };
+    match control::call_blocking(dir, &request) {
+        Ok(_) => {
+            audit(
+                Outcome::Ok,
+                Some(if approve { "approved" } else { "denied" }),
+            )?;
+            Ok(json(
+                StatusCode::OK,
+                &json!({"id": id, "approval_id": approval_id, "answer": body.answer}),
+            ))
+        }
+        Err(ControlClientError::NotRunning(_)) => {
+            audit(Outcome::Refused, Some("the session is not running"))?;
+            Err(ApiError::conflict("the session is not running"))
+        }
+        // No such pending approval (never asked, answered, or timed out).
+        Err(ControlClientError::Refused(_)) => {
+            audit(Outcome::Refused, Some("no such pending approval"))?;
+            Err(ApiError::not_found())
+        }
+        Err(e) => {
+            audit(Outcome::Failed, Some("the session's control socket failed"))?;
+            Err(ApiError::internal(request_id, &e.into()))
+        }
+    }
 }
 
 /// `GET /v1/usage?period=&by=&tenant=`: `openclaw usage report --json` over

@@ -14,6 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::launch::Launcher;
 use super::routes::{self, State};
 use crate::tenants;
 
@@ -36,7 +37,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         .with_context(|| format!("listening on {}", config.addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     println!("listening on http://{addr}");
-    let state = Arc::new(State { registry });
+    let launcher = Launcher::new(&config.home)?;
+    let state = Arc::new(State { registry, launcher });
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -89,3 +89,12 @@ pub fn verify(root: &TenantRoot, id: &str) -> Option<Value> {
     let prefix = prefix.trim_matches('"');
     serde_json::from_str(&text.replace(prefix, "")).ok()
 }
+
+/// The session's directory when it is the tenant's, and whether it still
+/// runs (live, or its bundle says running); `None` when it does not exist
+/// for the tenant.
+pub fn dir_of(root: &TenantRoot, id: &str) -> Option<(std::path::PathBuf, bool)> {
+    let (dir, report) = read(root, &Sessions::new(root.path()), id)?;
+    let running = is_live(&dir, &report.session) || report.session.status == "running";
+    Some((dir, running))
+}

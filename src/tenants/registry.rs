@@ -86,7 +86,7 @@ impl Registry {
         self.store.as_ref()
     }
 
-    #[cfg(test)]
+    /// The audit log (session changes are recorded by `serve`).
     pub fn audit(&self) -> &AuditLog {
         &self.audit
     }

@@ -9,7 +9,8 @@
 //! - `POST /sessions/{id}/approvals` `{id, approve}` + CSRF header;
 //! - `GET /sessions/{id}/bundle.tar.gz` a finished session's bundle.
 
-mod archive;
+/// Also used by `openclaw serve` (`GET /v1/sessions/{id}/bundle`).
+pub(crate) mod archive;
 pub mod auth;
 mod live;
 /// Also read by `openclaw serve` (a tenant's sessions are listed the same way).
@@ -346,6 +347,12 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// A response body fed from a channel: event streams and archives.
 pub struct ChannelBody {
     rx: mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    pub fn new(rx: mpsc::Receiver<Bytes>) -> ChannelBody {
+        ChannelBody { rx }
+    }
 }
 
 impl hyper::body::Body for ChannelBody {

@@ -1,0 +1,351 @@
+//! Sessions the daemon starts and stops: each one an `openclaw run` child
+//! of the daemon's own executable, in the tenant's layout (its sessions
+//! directory, root and receipt keys, `--tenant <name>`), so a session that
+//! crashes never takes the daemon with it. The child is found by its
+//! session.json (`supervisor_pid`), stopped with SIGTERM (the runner closes
+//! its chain), and reaped by one thread.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::bundle;
+use crate::control::CONTROL_SOCK;
+use crate::keys;
+use crate::session::recovery;
+use crate::tenants::{TenantName, TenantRoot};
+
+/// Longest wait for a started session's sandbox (a KVM session may build
+/// its guest image first).
+const START_LIMIT: Duration = Duration::from_secs(300);
+
+/// `POST /v1/sessions`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// The .cap file's text: a token minted under this tenant's root key.
+    pub capabilities: String,
+    /// argv of the agent.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub approve: Option<String>,
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// A create request once checked: every field valid for `openclaw run`.
+pub struct Checked {
+    token: String,
+    command: Vec<String>,
+    backend: &'static str,
+    approve: &'static str,
+    task: Option<String>,
+}
+
+/// Checks the body against the tenant; `Err((field, why))` names the
+/// field at fault.
+pub fn check(root: &TenantRoot, body: CreateSession) -> Result<Checked, (&'static str, String)> {
+    let token = body.capabilities.trim().to_owned();
+    let root_pub = keys::read_verifying_key(&root.keys_dir().join(keys::ROOT_PUB))
+        .map_err(|_| ("capabilities", "the tenant has no root key".to_owned()))?;
+    let capability = capabilities::UnverifiedToken::from_base64(&token)
+        .and_then(|t| t.verify(root_pub.as_bytes()))
+        .map_err(|_| {
+            (
+                "capabilities",
+                "not a capability token minted under this tenant's root key".to_owned(),
+            )
+        })?;
+    if capability
+        .expires_at()
+        .is_some_and(|t| t <= SystemTime::now())
+    {
+        return Err(("capabilities", "the capability token has expired".into()));
+    }
+    if body.command.is_empty() || body.command[0].is_empty() {
+        return Err(("command", "expected a non-empty argv array".into()));
+    }
+    if body.command.iter().any(|a| a.contains('\0')) {
+        return Err(("command", "arguments may not contain NUL".into()));
+    }
+    let backend = match body.backend.as_deref().unwrap_or("netns") {
+        "netns" => "netns",
+        "kvm" if Path::new("/dev/kvm").exists() => "kvm",
+        "kvm" => return Err(("backend", "kvm is not usable on this host".into())),
+        _ => return Err(("backend", "expected netns or kvm".into())),
+    };
+    // `api`: held until answered over the API (run's `prompt` with no
+    // terminal waits for the control socket), denied at the timeout.
+    let approve = match body.approve.as_deref().unwrap_or("deny") {
+        "deny" => "deny",
+        "auto" => "auto",
+        "api" => "prompt",
+        _ => return Err(("approve", "expected deny, auto or api".into())),
+    };
+    if body.task.as_deref().is_some_and(|t| t.contains('\0')) {
+        return Err(("task", "the task may not contain NUL".into()));
+    }
+    Ok(Checked {
+        token,
+        command: body.command,
+        backend,
+        approve,
+        task: body.task,
+    })
+}
+
+/// What a stop request found.
+pub enum Stopped {
+    /// SIGTERM sent; the session is ending.
+    Signalled,
+    /// No session of this daemon runs under that id.
+    NotRunning,
+}
+
+/// The daemon's running children, by (tenant, session id).
+pub struct Launcher {
+    exe: PathBuf,
+    home: PathBuf,
+    running: Mutex<HashMap<(String, String), Running>>,
+}
+
+/// A session process of this daemon.
+struct Running {
+    process: Child,
+    /// The tenant's sessions directory and receipt key, for recovery.
+    sessions: PathBuf,
+    receipt_key: PathBuf,
+}
+
+impl Launcher {
+    /// The launcher, and its reaper thread.
+    pub fn new(home: &Path) -> Result<Arc<Launcher>> {
+        let launcher = Arc::new(Launcher {
+            exe: std::env::current_exe().context("finding the daemon's executable")?,
+            home: home.to_path_buf(),
+            running: Mutex::new(HashMap::new()),
+        });
+        let reaper = launcher.clone();
+        std::thread::Builder::new()
+            .name("serve-reaper".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(250));
+                reaper.reap();
+            })
+            .context("starting the reaper thread")?;
+        Ok(launcher)
+    }
+
+    /// Forgets ended children. One that left its session marked running
+    /// (killed before its runner watched for SIGTERM, or crashed) has its
+    /// session recovered: sandbox removed, chain closed as interrupted.
+    fn reap(&self) {
+        let mut ended = Vec::new();
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            running.retain(|(tenant, id), child| match child.process.try_wait() {
+                Ok(None) => true,
+                Ok(Some(status)) => {
+                    tracing::info!(tenant, session = id, "session process ended: {status}");
+                    ended.push((
+                        id.clone(),
+                        child.sessions.clone(),
+                        child.receipt_key.clone(),
+                    ));
+                    false
+                }
+                Err(_) => false,
+            });
+        }
+        for (id, sessions, receipt_key) in ended {
+            let still_running = bundle::read_info(&sessions.join(&id))
+                .map(|info| info.status == "running")
+                .unwrap_or(false);
+            if still_running {
+                let key = keys::read_signing_key(&receipt_key);
+                match key.and_then(|key| recovery::recover(&sessions, Some(&key))) {
+                    Ok(done) => tracing::info!(session = id, "recovered: {:?}", done.sessions),
+                    Err(e) => tracing::warn!(session = id, "recovering the session: {e:#}"),
+                }
+            }
+        }
+    }
+
+    /// Starts the session; its id once its sandbox is ready.
+    pub fn start(&self, tenant: &TenantName, root: &TenantRoot, req: Checked) -> Result<String> {
+        let sessions = root.sessions_dir();
+        let spawn_dir = root.path().join("spawn");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&spawn_dir)
+            .context("creating the tenant's spawn directory")?;
+        let nonce = crate::audit::new_request_id();
+        let cap_path = spawn_dir.join(format!("{nonce}.cap"));
+        let log_path = spawn_dir.join(format!("{nonce}.log"));
+        let before = dir_names(&sessions);
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&cap_path)
+                .context("writing the capability token")?;
+            f.write_all(req.token.as_bytes())?;
+        }
+        let result = self.spawn_and_find(tenant, root, req, &cap_path, &log_path, &before);
+        // The runner copied the token into the bundle (or never will).
+        let _ = std::fs::remove_file(&cap_path);
+        match &result {
+            Ok(id) => {
+                let _ = std::fs::rename(&log_path, spawn_dir.join(format!("{id}.log")));
+            }
+            Err(e) => tracing::warn!(
+                "session start failed: {e:#}; its output is in {}",
+                log_path.display()
+            ),
+        }
+        result
+    }
+
+    fn spawn_and_find(
+        &self,
+        tenant: &TenantName,
+        root: &TenantRoot,
+        req: Checked,
+        cap_path: &Path,
+        log_path: &Path,
+        before: &HashSet<String>,
+    ) -> Result<String> {
+        let keys_dir = root.keys_dir();
+        let sessions = root.sessions_dir();
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("run")
+            .arg("--capabilities")
+            .arg(cap_path)
+            .arg("--pubkey")
+            .arg(keys_dir.join(keys::ROOT_PUB))
+            .arg("--receipt-key")
+            .arg(keys_dir.join(keys::RECEIPT_KEY))
+            .arg("--sessions-dir")
+            .arg(&sessions)
+            .args(["--backend", req.backend, "--approve", req.approve])
+            .args(["--tenant", tenant.as_str()]);
+        if let Some(task) = &req.task {
+            cmd.arg("--agent").arg(task);
+        }
+        cmd.arg("--").args(&req.command);
+        let log = File::create(log_path).context("creating the session's start log")?;
+        cmd.env("OPENCLAW_HOME", &self.home)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut child = cmd.spawn().context("starting openclaw run")?;
+        let pid = child.id();
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            if let Some(id) = find(&sessions, before, pid, false) {
+                let key = (tenant.to_string(), id.clone());
+                let running = Running {
+                    process: child,
+                    sessions: sessions.clone(),
+                    receipt_key: keys_dir.join(keys::RECEIPT_KEY),
+                };
+                self.running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, running);
+                return Ok(id);
+            }
+            if let Some(status) = child.try_wait()? {
+                // It may have written session.json and ended at once.
+                if let Some(id) = find(&sessions, before, pid, true) {
+                    return Ok(id);
+                }
+                // A bundle it left marked running is closed now, not at the
+                // tenant's next session.
+                let key = keys::read_signing_key(&keys_dir.join(keys::RECEIPT_KEY));
+                if let Err(e) = key.and_then(|key| recovery::recover(&sessions, Some(&key))) {
+                    tracing::warn!("recovering after a failed start: {e:#}");
+                }
+                bail!("openclaw run ended before its session started ({status})");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("openclaw run did not start a session in {START_LIMIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM to the session's process, if this daemon runs it. Under the
+    /// lock, so the child cannot be reaped (and its pid reused) meanwhile.
+    pub fn stop(&self, tenant: &TenantName, id: &str) -> Result<Stopped> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (tenant.to_string(), id.to_owned());
+        let Some(child) = running.get_mut(&key) else {
+            return Ok(Stopped::NotRunning);
+        };
+        // An ended child is left to the reaper (which recovers its session
+        // if it needs it; `try_wait` keeps the status for it).
+        if child.process.try_wait()?.is_some() {
+            return Ok(Stopped::NotRunning);
+        }
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.process.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .context("signalling the session")?;
+        Ok(Stopped::Signalled)
+    }
+}
+
+fn dir_names(dir: &Path) -> HashSet<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The new session directory whose session.json names `pid` as its
+/// supervisor and whose sandbox is ready (`sandbox_ready_ms` recorded, the
+/// control socket bound: the runner watches for SIGTERM from then on), or
+/// with `ended` (the child has exited), a new one that
+/// names no supervisor any more: a session that ran to its end before it
+/// was looked at.
+fn find(sessions: &Path, before: &HashSet<String>, pid: u32, ended: bool) -> Option<String> {
+    let mut done = None;
+    for name in dir_names(sessions).difference(before) {
+        let Ok(info) = bundle::read_info(&sessions.join(name)) else {
+            continue;
+        };
+        if info.id != *name {
+            continue;
+        }
+        match info.supervisor_pid {
+            Some(p)
+                if p == pid
+                    && info.sandbox_ready_ms.is_some()
+                    && sessions.join(name).join(CONTROL_SOCK).exists() =>
+            {
+                return Some(info.id)
+            }
+            None if ended => done = Some(info.id),
+            _ => {}
+        }
+    }
+    done
+}
