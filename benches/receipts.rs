@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
 use receipts::{
-    DecisionRecord, DurableSink, Entry, LogOptions, ReceiptLog, SessionStart, UnverifiedChain,
+    CommitStats, DecisionRecord, DurableSink, Entry, LogOptions, ReceiptLog, SessionStart,
+    UnverifiedChain,
 };
 use serde_json::json;
 
@@ -52,8 +53,14 @@ fn entry(i: u64) -> Entry {
 }
 
 /// Appends `total` receipts from `threads` threads to a fresh file; returns
-/// the time from the first append to the last acknowledgement.
-fn append_run(threads: u64, total: u64, options: LogOptions, to_disk: bool) -> Duration {
+/// the time from the first append to the last acknowledgement, and what the
+/// writer committed.
+fn append_run(
+    threads: u64,
+    total: u64,
+    options: LogOptions,
+    to_disk: bool,
+) -> (Duration, CommitStats) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let log = if to_disk {
         let file = std::fs::File::create(dir.path().join("receipts.jsonl")).expect("create");
@@ -81,8 +88,9 @@ fn append_run(threads: u64, total: u64, options: LogOptions, to_disk: bool) -> D
         h.join().expect("join");
     }
     let elapsed = t0.elapsed();
+    let stats = log.commit_stats();
     log.finish().expect("finish");
-    elapsed
+    (elapsed, stats)
 }
 
 fn append(c: &mut Criterion) {
@@ -118,6 +126,7 @@ fn append(c: &mut Criterion) {
                                 },
                                 to_disk,
                             )
+                            .0
                         })
                         .sum()
                 })
@@ -203,37 +212,8 @@ fn load(spec: &str) {
         .and_then(|(t, n)| Some((t.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
         .expect("RECEIPTS_LOAD=THREADSxTOTAL, e.g. 16x20000");
     let to_disk = std::env::var("RECEIPTS_LOAD_SINK").as_deref() != Ok("memory");
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let log = if to_disk {
-        let file = std::fs::File::create(dir.path().join("receipts.jsonl")).expect("create");
-        ReceiptLog::with_sink(file, key(), start(), LogOptions::default()).expect("log")
-    } else {
-        ReceiptLog::with_sink(Memory::default(), key(), start(), LogOptions::default())
-            .expect("log")
-    };
-    let per_thread = total.div_ceil(threads);
-    let barrier = Arc::new(std::sync::Barrier::new(threads as usize + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let log = log.clone();
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                barrier.wait();
-                for i in 0..per_thread {
-                    log.append(entry(t * per_thread + i)).expect("append");
-                }
-            })
-        })
-        .collect();
-    barrier.wait();
-    let t0 = Instant::now();
-    for h in handles {
-        h.join().expect("join");
-    }
-    let elapsed = t0.elapsed();
-    let stats = log.commit_stats();
-    log.finish().expect("finish");
-    let n = per_thread * threads;
+    let (elapsed, stats) = append_run(threads, total, LogOptions::default(), to_disk);
+    let n = total.div_ceil(threads) * threads;
     println!(
         "{n} receipts from {threads} threads in {elapsed:?}: {:.0} receipts/s, \
          {} batches, {:.1} receipts per write + fdatasync, sync p50 {:?}, \

@@ -23,7 +23,7 @@ use super::launch::{self, CreateSession, Launcher, Stopped};
 use super::{events, openapi, sessions};
 use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
 use crate::control::{self, ControlClientError, ControlRequest};
-use crate::tenants::{Caller, Identity, Registry, TenantName, TenantOpError};
+use crate::tenants::{Caller, Identity, Registry, TenantName, TenantOpError, TenantRoot};
 use crate::usage::report::{self as usage_report, GroupKey, Sums, UsageReport};
 use crate::usage::{self, Ledger};
 
@@ -223,20 +223,14 @@ fn v1(
             let root = state.registry.root(tenant_only(who)?);
             only(req, Method::GET)?;
             no_query(req)?;
-            let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
-            if !running {
-                return Err(ApiError::conflict("the session is not running"));
-            }
+            let dir = running_dir(&root, id)?;
             Ok(events::stream(dir))
         }
         ["sessions", id, "approvals"] => {
             let root = state.registry.root(tenant_only(who)?);
             only(req, Method::GET)?;
             no_query(req)?;
-            let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
-            if !running {
-                return Err(ApiError::conflict("the session is not running"));
-            }
+            let dir = running_dir(&root, id)?;
             match control::call_blocking(&dir, &ControlRequest::Pending) {
                 Ok(reply) => Ok(json(
                     StatusCode::OK,
@@ -309,6 +303,16 @@ fn v1(
         }
         _ => Err(ApiError::not_found()),
     }
+}
+
+/// The directory of the tenant's session `id` while it runs: 404 when the
+/// tenant has no such session, 409 when it has ended.
+fn running_dir(root: &TenantRoot, id: &str) -> Result<std::path::PathBuf, ApiError> {
+    let (dir, running) = sessions::dir_of(root, id).ok_or_else(ApiError::not_found)?;
+    if !running {
+        return Err(ApiError::conflict("the session is not running"));
+    }
+    Ok(dir)
 }
 
 /// Tenant routes: the admin token has no sessions of its own (404).

@@ -10,7 +10,7 @@ use crate::bundle;
 use crate::keys;
 use crate::report::Report;
 use crate::tenants::TenantRoot;
-use crate::ui::sessions::{is_live, row, valid_id, SessionRow, Sessions};
+use crate::ui::sessions::{ids_newest_first, is_live, row, valid_id, SessionRow, Sessions};
 
 /// Bundle files the API reads (through `ui::sessions` and `verify`).
 const BUNDLE_FILES: [&str; 5] = [
@@ -39,16 +39,9 @@ fn contained_dir(root: &TenantRoot, id: &str) -> Option<std::path::PathBuf> {
 /// their session.json says): each directory is checked for containment
 /// before anything in it is read.
 pub fn list(root: &TenantRoot) -> Vec<SessionRow> {
-    let Ok(entries) = std::fs::read_dir(root.sessions_dir()) else {
-        return Vec::new();
-    };
-    let mut ids: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    ids.sort_unstable_by(|a, b| b.cmp(a));
     let sessions = Sessions::new(root.path());
-    ids.iter()
+    ids_newest_first(&root.sessions_dir())
+        .iter()
         .filter_map(|id| {
             let (dir, report) = read(root, &sessions, id)?;
             Some(row(&report, is_live(&dir, &report.session)))

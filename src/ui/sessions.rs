@@ -57,6 +57,20 @@ pub struct SessionRow {
     pub receipts: String,
 }
 
+/// The directory names under a sessions directory, newest first (session
+/// ids start with their time); none when it cannot be read.
+pub fn ids_newest_first(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids
+}
+
 /// What changes a report: the bundle files' sizes and times.
 type Stamp = Vec<(u64, Option<SystemTime>)>;
 
@@ -92,15 +106,8 @@ impl Sessions {
 
     /// Every session, newest first.
     pub fn list(&self) -> Vec<SessionRow> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        ids.sort_unstable_by(|a, b| b.cmp(a));
-        ids.iter()
+        ids_newest_first(&self.dir)
+            .iter()
             .filter_map(|id| {
                 let dir = self.dir_of(id)?;
                 let report = self.report(id, &dir)?;
