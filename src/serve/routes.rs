@@ -373,11 +373,7 @@ fn create_tenant(
     request_id: &str,
 ) -> Result<Response<ApiBody>, ApiError> {
     no_query(req)?;
-    if !req.json_body {
-        return Err(ApiError::unsupported_media_type());
-    }
-    let body: CreateTenant = serde_json::from_slice(&req.body)
-        .map_err(|_| ApiError::invalid("body", "expected {\"name\": \"tenant-name\"}"))?;
+    let body: CreateTenant = json_request(req, "{\"name\": \"tenant-name\"}")?;
     let name =
         TenantName::parse(&body.name).map_err(|e| ApiError::invalid("name", e.to_string()))?;
     let token = state
@@ -388,6 +384,16 @@ fn create_tenant(
         StatusCode::CREATED,
         &json!({"name": name, "token": token}),
     ))
+}
+
+/// A request's JSON body as `T`: 415 unless it is declared JSON, 400 on
+/// field `body` naming the `shape` expected when it does not parse.
+fn json_request<T: serde::de::DeserializeOwned>(req: &Parsed, shape: &str) -> Result<T, ApiError> {
+    if !req.json_body {
+        return Err(ApiError::unsupported_media_type());
+    }
+    serde_json::from_slice(&req.body)
+        .map_err(|_| ApiError::invalid("body", format!("expected {shape}")))
 }
 
 /// One audit line for a session change by a tenant; the change is not
@@ -422,15 +428,10 @@ fn create_session(
     request_id: &str,
 ) -> Result<Response<ApiBody>, ApiError> {
     no_query(req)?;
-    if !req.json_body {
-        return Err(ApiError::unsupported_media_type());
-    }
-    let body: CreateSession = serde_json::from_slice(&req.body).map_err(|_| {
-        ApiError::invalid(
-            "body",
-            "expected {\"capabilities\": \"<.cap text>\", \"command\": [\"argv\", ...], \"backend\"?, \"approve\"?, \"task\"?}",
-        )
-    })?;
+    let body: CreateSession = json_request(
+        req,
+        "{\"capabilities\": \"<.cap text>\", \"command\": [\"argv\", ...], \"backend\"?, \"approve\"?, \"task\"?}",
+    )?;
     let root = state.registry.root(tenant);
     let checked =
         launch::check(&root, body).map_err(|(field, why)| ApiError::invalid(field, why))?;
@@ -543,11 +544,7 @@ fn answer_approval(
     let approval_id: u64 = approval
         .parse()
         .map_err(|_| ApiError::invalid("approval_id", "expected a number"))?;
-    if !req.json_body {
-        return Err(ApiError::unsupported_media_type());
-    }
-    let body: AnswerBody = serde_json::from_slice(&req.body)
-        .map_err(|_| ApiError::invalid("body", "expected {\"answer\": \"approve\"|\"deny\"}"))?;
+    let body: AnswerBody = json_request(req, "{\"answer\": \"approve\"|\"deny\"}")?;
     let approve = match body.answer.as_str() {
         "approve" => true,
         "deny" => false,
