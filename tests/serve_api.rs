@@ -746,6 +746,9 @@ fn the_openapi_document_describes_what_is_served() {
             }
             let body = match (method.as_str(), path.as_str()) {
                 ("post", "/v1/tenants") => Some(r#"{"name":"n"}"#.to_owned()),
+                ("put", "/v1/tenants/{name}/quotas") => {
+                    Some(r#"{"sessions":50,"usd_per_day":100}"#.to_owned())
+                }
                 ("post", "/v1/sessions") => Some(session_body.clone()),
                 ("post", p) if p.contains("/approvals/") => Some(r#"{"answer":"deny"}"#.to_owned()),
                 _ => None,
@@ -811,12 +814,14 @@ fn the_openapi_document_describes_what_is_served() {
             "get /v1/sessions/{id}/events",
             "get /v1/sessions/{id}/receipts/verify",
             "get /v1/tenants",
+            "get /v1/tenants/{name}/quotas",
             "get /v1/usage",
             "post /v1/sessions",
             "post /v1/sessions/{id}/approvals/{approval_id}",
             "post /v1/sessions/{id}/stop",
             "post /v1/tenants",
             "post /v1/tenants/{name}/token",
+            "put /v1/tenants/{name}/quotas",
         ]
     );
     assert!(started.is_some(), "a session was started");

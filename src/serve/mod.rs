@@ -10,6 +10,8 @@ mod events;
 mod launch;
 /// The OpenAPI 3.1 document of what is served.
 mod openapi;
+/// Quotas at the API: the request window, the create lock, the day's usage.
+mod quota;
 /// Routes and handlers.
 mod routes;
 /// The listener and the SIGTERM drain.

@@ -91,3 +91,16 @@ pub fn dir_of(root: &TenantRoot, id: &str) -> Option<(std::path::PathBuf, bool)>
     let running = is_live(&dir, &report.session) || report.session.status == "running";
     Some((dir, running))
 }
+
+/// How many of the tenant's sessions are running now (live: marked
+/// running, supervisor alive, control socket bound), for the
+/// concurrent-sessions quota. Reads only each session.json.
+pub fn running_count(root: &TenantRoot) -> usize {
+    ids_newest_first(&root.sessions_dir())
+        .iter()
+        .filter(|id| {
+            contained_dir(root, id)
+                .is_some_and(|dir| bundle::read_info(&dir).is_ok_and(|info| is_live(&dir, &info)))
+        })
+        .count()
+}
