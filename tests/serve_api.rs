@@ -122,10 +122,11 @@ fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: Option<
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    // JSON unless it says otherwise (the bundle download is a .tar.gz).
-    let json_body = !head
-        .to_ascii_lowercase()
-        .contains("content-type: application/gzip");
+    // JSON unless it says otherwise (the bundle download is a .tar.gz,
+    // /metrics is text).
+    let lower = head.to_ascii_lowercase();
+    let json_body = !lower.contains("content-type: application/gzip")
+        && !lower.contains("content-type: text/plain");
     let body = if body.is_empty() || !json_body {
         Value::Null
     } else {
@@ -805,6 +806,7 @@ fn the_openapi_document_describes_what_is_served() {
         [
             "delete /v1/tenants/{name}",
             "get /healthz",
+            "get /metrics",
             "get /openapi.json",
             "get /readyz",
             "get /v1/sessions",

@@ -4,7 +4,9 @@
 //! `Retry-After`, a create refused when the tenant's LLM usage of the UTC day
 //! (its ledger) is at its quota, and concurrent creates at the sessions quota
 //! of which only as many start as the quota leaves room for (real netns
-//! sessions: needs root).
+//! sessions: needs root). And `GET /metrics`: its text parses line by line
+//! and its figures move when a session runs, the ledger grows and a quota
+//! refuses.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -460,4 +462,143 @@ fn concurrent_creates_at_the_sessions_quota_never_both_start() {
         stop_all(&d, &a, std::slice::from_ref(&newest), h, "a");
     }
     stop_all(&d, &a, &ids, h, "a");
+}
+
+/// Checks the Prometheus text format line by line (`# HELP`/`# TYPE`
+/// before a family's samples, names, quoted and escaped label values,
+/// numeric values); the samples as `name{labels}` → value.
+fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    fn valid_name(n: &str) -> bool {
+        let mut chars = n.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    let mut typed = std::collections::BTreeSet::new();
+    let mut samples = std::collections::BTreeMap::new();
+    assert!(text.ends_with('\n'), "the text ends with a newline");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("help text");
+            assert!(valid_name(name) && !help.is_empty(), "{line}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("type");
+            assert!(valid_name(name), "{line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(typed.insert(name.to_owned()), "one TYPE per family: {line}");
+        } else {
+            let (series, value) = line.rsplit_once(' ').expect("a sample: series value");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+            let name = series.split('{').next().expect("name");
+            assert!(valid_name(name), "{line}");
+            assert!(typed.contains(name), "TYPE before samples: {line}");
+            if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+                let inner = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .unwrap_or_else(|| panic!("labels in braces: {line}"));
+                // name="value" pairs, comma-separated; values escape \ " and \n.
+                let mut rest = inner;
+                while !rest.is_empty() {
+                    let (key, after) = rest.split_once("=\"").expect("key=\"value\"");
+                    assert!(valid_name(key), "{line}");
+                    let mut chars = after.char_indices();
+                    let end = loop {
+                        match chars
+                            .next()
+                            .unwrap_or_else(|| panic!("unclosed value: {line}"))
+                        {
+                            (_, '\\') => {
+                                let (_, c) = chars.next().expect("escaped char");
+                                assert!(matches!(c, '\\' | '"' | 'n'), "{line}");
+                            }
+                            (i, '"') => break i,
+                            _ => {}
+                        }
+                    };
+                    rest = &after[end + 1..];
+                    rest = rest.strip_prefix(',').unwrap_or(rest);
+                }
+            }
+            assert!(
+                samples.insert(series.to_owned(), value).is_none(),
+                "one sample per series: {line}"
+            );
+        }
+    }
+    samples
+}
+
+/// Needs root (a netns session).
+#[test]
+fn metrics_parse_and_move_when_a_session_runs_the_ledger_grows_and_a_quota_refuses() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let admin = cli(h, &["tenants", "admin-token"]);
+    let a = cli(h, &["tenants", "create", "a"]);
+    let b = cli(h, &["tenants", "create", "b"]);
+    let d = start(h, &logs.path().join("serve.log"));
+    assert_eq!(call(&d, "GET", "/metrics", None, None).status, 401);
+    assert_eq!(call(&d, "GET", "/metrics", Some(&a), None).status, 404);
+    let r = call(&d, "GET", "/metrics", Some(&admin), None);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let before = parse_metrics(&r.text);
+    assert!(
+        !before.keys().any(|k| k.starts_with("openclaw_sessions{")),
+        "{before:?}"
+    );
+    assert_eq!(before["openclaw_llm_tokens_today{tenant=\"b\"}"], 0.0);
+
+    // A session of a whose one request is blocked (POST is not granted).
+    let body = json!({"capabilities": mint_for(h, "a"),
+        "command": ["sh", "-c", "curl -s -o /dev/null -X POST https://example.com/x; true"]});
+    let r = call(
+        &d,
+        "POST",
+        "/v1/sessions",
+        Some(&a),
+        Some(&body.to_string()),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    stop_all(&d, &a, &[id], h, "a");
+    // b spent today, and hit its request quota once.
+    write_llm_session(h, "b", "20261203-120000-bbbbbb", 200);
+    rebuild_tenant_ledger(h, "b");
+    put_quotas(&d, &admin, "b", &json!({"requests_per_minute": 1}));
+    assert_eq!(call(&d, "GET", "/v1/sessions", Some(&b), None).status, 200);
+    assert_eq!(call(&d, "GET", "/v1/sessions", Some(&b), None).status, 429);
+
+    let after = parse_metrics(&call(&d, "GET", "/metrics", Some(&admin), None).text);
+    let get = |k: &str| {
+        *after
+            .get(k)
+            .unwrap_or_else(|| panic!("no {k} in {after:?}"))
+    };
+    let state = after
+        .keys()
+        .find(|k| k.starts_with("openclaw_sessions{tenant=\"a\""))
+        .expect("a's session");
+    assert!(
+        state.contains("backend=\"netns\"") && get(state) == 1.0,
+        "{state}"
+    );
+    assert!(get("openclaw_decisions{tenant=\"a\",kind=\"blocked\"}") >= 1.0);
+    // session_start, the decision, session_end at least.
+    assert!(get("openclaw_receipts{tenant=\"a\"}") >= 3.0);
+    assert_eq!(get("openclaw_llm_tokens_today{tenant=\"b\"}"), 1500.0);
+    assert_eq!(get("openclaw_llm_micro_usd_today{tenant=\"b\"}"), 200.0);
+    assert_eq!(
+        get("openclaw_quota_refusals_total{tenant=\"b\",quota=\"requests_per_minute\"}"),
+        1.0
+    );
 }

@@ -92,6 +92,17 @@ fn paths() -> Value {
             "summary": "the store answers and every tenant has its directory and keys", "security": [],
             "responses": {"200": ok("ready", "Readiness"), "503": ok("not ready; the failing check says why", "Readiness")}
         }},
+        "/metrics": {"get": {
+            "summary": "Prometheus text (admin token): sessions by tenant, state and backend; decisions by kind; receipts; today's LLM tokens and USD by tenant; quota refusals",
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "text format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "401": error_response("missing or wrong bearer token"),
+                "404": error_response("a tenant token (this is an admin route)"),
+                "405": error_response("only GET"),
+                "500": error_response("the request failed; the daemon's log has the cause under X-Request-Id")
+            }
+        }},
         "/openapi.json": {"get": {
             "summary": "this document", "security": [],
             "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}

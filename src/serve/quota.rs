@@ -3,7 +3,7 @@
 //! the per-tenant lock that makes "count running sessions, then start one"
 //! one step, and the day's LLM usage of a tenant read from the ledger(s).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +29,8 @@ pub struct Limits {
     /// Held across "count running, then start": two creates of one tenant
     /// never both see room for one more session.
     create_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// 429s answered since the daemon started, by tenant and quota.
+    refused: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Limits {
@@ -62,6 +64,26 @@ impl Limits {
         let excess = window.len() - usize::try_from(limit).unwrap_or(usize::MAX);
         let frees_at = window.get(excess).copied().unwrap_or(now) + WINDOW;
         Err(ceil_secs(frees_at.saturating_duration_since(now)))
+    }
+
+    /// Counts one 429 of `tenant` at `quota` (for `/metrics`).
+    pub fn refused(&self, tenant: &TenantName, quota: &'static str) {
+        *self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((tenant.to_string(), quota))
+            .or_default() += 1;
+    }
+
+    /// The 429s so far, by (tenant, quota).
+    pub fn refusals(&self) -> Vec<((String, &'static str), u64)> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     /// The lock a create of `tenant` holds while it counts and starts.

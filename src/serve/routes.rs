@@ -21,7 +21,7 @@ use serde_json::json;
 use super::error::{json, ApiBody, ApiError};
 use super::launch::{self, CreateSession, Launcher, Stopped};
 use super::quota::{self, Limits};
-use super::{events, openapi, sessions};
+use super::{events, metrics, openapi, sessions};
 use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
 use crate::control::{self, ControlClientError, ControlRequest};
 use crate::tenants::{
@@ -140,6 +140,19 @@ fn dispatch(state: &State, req: &Parsed, request_id: &str) -> Result<Response<Ap
             only(req, Method::GET)?;
             Ok(readiness(state))
         }
+        ["metrics"] => {
+            // The admin token, as for admin routes (401 without, 404 to tenants).
+            admin_only(&authenticate(state, req, request_id)?)?;
+            only(req, Method::GET)?;
+            let text = metrics::render(state).map_err(|e| ApiError::internal(request_id, &e))?;
+            Response::builder()
+                .header(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+                .body(http_body_util::Full::new(Bytes::from(text)).boxed())
+                .map_err(|e| ApiError::internal(request_id, &e.into()))
+        }
         ["openapi.json"] => {
             only(req, Method::GET)?;
             Ok(json(StatusCode::OK, &openapi::document()))
@@ -176,6 +189,7 @@ fn admit_request(state: &State, tenant: &TenantName, request_id: &str) -> Result
         .limits
         .admit(tenant, quotas.requests_per_minute)
         .map_err(|seconds| {
+            state.limits.refused(tenant, "requests_per_minute");
             ApiError::quota_exceeded(
                 "requests_per_minute",
                 "the tenant's requests-per-minute quota is reached",
@@ -506,6 +520,9 @@ fn create_session(
         .then(|| lock.lock().unwrap_or_else(|e| e.into_inner()));
     if let Err(refusal) = create_quota(state, tenant, &root, &quotas, request_id) {
         if refusal.status == StatusCode::TOO_MANY_REQUESTS {
+            state
+                .limits
+                .refused(tenant, refusal.field.unwrap_or("usd_per_day"));
             audit_session(
                 state,
                 tenant,

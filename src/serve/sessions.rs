@@ -104,3 +104,17 @@ pub fn running_count(root: &TenantRoot) -> usize {
         })
         .count()
 }
+
+/// Every session of the tenant as listed, each with the number of receipts
+/// in its chain (for `/metrics`).
+pub fn list_with_receipts(root: &TenantRoot) -> Vec<(SessionRow, u64)> {
+    let sessions = Sessions::new(root.path());
+    ids_newest_first(&root.sessions_dir())
+        .iter()
+        .filter_map(|id| {
+            let (dir, report) = read(root, &sessions, id)?;
+            let count = report.receipts.count;
+            Some((row(&report, is_live(&dir, &report.session)), count))
+        })
+        .collect()
+}

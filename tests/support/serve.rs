@@ -62,11 +62,13 @@ pub fn cli(home: &Path, args: &[&str]) -> String {
         .to_owned()
 }
 
-/// One answer: status, raw head, JSON body (`Null` when empty).
+/// One answer: status, raw head, JSON body (`Null` when empty or not
+/// JSON) and the body as text.
 pub struct Reply {
     pub status: u16,
     pub head: String,
     pub body: Value,
+    pub text: String,
 }
 
 impl Reply {
@@ -128,7 +130,12 @@ pub fn reply(out: std::process::Output, what: &str) -> Reply {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let body = if body.is_empty() {
+    let text = String::from_utf8_lossy(body).into_owned();
+    let body = if body.is_empty()
+        || !head
+            .to_ascii_lowercase()
+            .contains("content-type: application/json")
+    {
         Value::Null
     } else {
         serde_json::from_slice(body)
@@ -138,6 +145,7 @@ pub fn reply(out: std::process::Output, what: &str) -> Reply {
         status,
         head: head.to_owned(),
         body,
+        text,
     }
 }
 
