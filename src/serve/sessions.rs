@@ -39,13 +39,9 @@ fn contained_dir(root: &TenantRoot, id: &str) -> Option<std::path::PathBuf> {
 /// their session.json says): each directory is checked for containment
 /// before anything in it is read.
 pub fn list(root: &TenantRoot) -> Vec<SessionRow> {
-    let sessions = Sessions::new(root.path());
-    ids_newest_first(&root.sessions_dir())
-        .iter()
-        .filter_map(|id| {
-            let (dir, report) = read(root, &sessions, id)?;
-            Some(row(&report, is_live(&dir, &report.session)))
-        })
+    list_with_receipts(root)
+        .into_iter()
+        .map(|(row, _)| row)
         .collect()
 }
 
