@@ -122,10 +122,11 @@ fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: Option<
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    // JSON unless it says otherwise (the bundle download is a .tar.gz).
-    let json_body = !head
-        .to_ascii_lowercase()
-        .contains("content-type: application/gzip");
+    // JSON unless it says otherwise (the bundle download is a .tar.gz,
+    // /metrics is text).
+    let lower = head.to_ascii_lowercase();
+    let json_body = !lower.contains("content-type: application/gzip")
+        && !lower.contains("content-type: text/plain");
     let body = if body.is_empty() || !json_body {
         Value::Null
     } else {
@@ -746,6 +747,9 @@ fn the_openapi_document_describes_what_is_served() {
             }
             let body = match (method.as_str(), path.as_str()) {
                 ("post", "/v1/tenants") => Some(r#"{"name":"n"}"#.to_owned()),
+                ("put", "/v1/tenants/{name}/quotas") => {
+                    Some(r#"{"sessions":50,"usd_per_day":100}"#.to_owned())
+                }
                 ("post", "/v1/sessions") => Some(session_body.clone()),
                 ("post", p) if p.contains("/approvals/") => Some(r#"{"answer":"deny"}"#.to_owned()),
                 _ => None,
@@ -802,6 +806,7 @@ fn the_openapi_document_describes_what_is_served() {
         [
             "delete /v1/tenants/{name}",
             "get /healthz",
+            "get /metrics",
             "get /openapi.json",
             "get /readyz",
             "get /v1/sessions",
@@ -811,12 +816,14 @@ fn the_openapi_document_describes_what_is_served() {
             "get /v1/sessions/{id}/events",
             "get /v1/sessions/{id}/receipts/verify",
             "get /v1/tenants",
+            "get /v1/tenants/{name}/quotas",
             "get /v1/usage",
             "post /v1/sessions",
             "post /v1/sessions/{id}/approvals/{approval_id}",
             "post /v1/sessions/{id}/stop",
             "post /v1/tenants",
             "post /v1/tenants/{name}/token",
+            "put /v1/tenants/{name}/quotas",
         ]
     );
     assert!(started.is_some(), "a session was started");

@@ -25,6 +25,62 @@ pub enum TenantsCommand {
     Delete(NameArg),
     /// Issue a new admin token for `openclaw serve` (replacing any); prints it once.
     AdminToken,
+    /// Show a tenant's quotas, or change the ones named (`none`: no limit).
+    Quota(QuotaArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  openclaw tenants quota acme                       # show them
+  openclaw tenants quota acme --sessions 4 --usd-per-day 25
+  openclaw tenants quota acme --requests-per-minute none
+
+Quotas not named keep their value. Days are UTC days; tokens are input +
+output tokens from the usage ledger. A running `openclaw serve` applies a
+change from its next request.")]
+pub struct QuotaArgs {
+    /// The tenant's name.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// Sessions running at once.
+    #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+    sessions: Option<Limit>,
+    /// API requests in any 60 s window.
+    #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+    requests_per_minute: Option<Limit>,
+    /// LLM tokens (input + output) per UTC day.
+    #[arg(long, value_name = "N|none", value_parser = parse_limit)]
+    llm_tokens_per_day: Option<Limit>,
+    /// US dollars of LLM calls per UTC day (e.g. 2.50).
+    #[arg(long, value_name = "USD|none", value_parser = parse_usd_limit)]
+    usd_per_day: Option<Limit>,
+    /// Print the quotas as one JSON object (the API's shape).
+    #[arg(long)]
+    json: bool,
+}
+
+/// A quota value from the command line; `None` inside is no limit.
+#[derive(Debug, Clone, Copy)]
+struct Limit(Option<u64>);
+
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    if text == "none" {
+        return Ok(Limit(None));
+    }
+    text.parse()
+        .map(|n| Limit(Some(n)))
+        .map_err(|_| "expected a whole number or `none`".to_owned())
+}
+
+/// Dollars to micro-USD (the ledger's unit).
+fn parse_usd_limit(text: &str) -> Result<Limit, String> {
+    if text == "none" {
+        return Ok(Limit(None));
+    }
+    let usd: f64 = text
+        .parse()
+        .map_err(|_| "expected a dollar amount or `none`".to_owned())?;
+    tenants::usd_to_micro(usd).map(|m| Limit(Some(m)))
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,8 +159,55 @@ pub fn execute(cmd: TenantsCommand) -> Result<ExitCode> {
             );
             println!("{token}");
         }
+        TenantsCommand::Quota(args) => quota(&registry, args)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn quota(registry: &Registry, args: QuotaArgs) -> Result<()> {
+    let name = parse_name(&args.name)?;
+    let mut quotas = registry.quotas(&name)?;
+    let changes = [
+        (args.sessions, &mut quotas.sessions),
+        (args.requests_per_minute, &mut quotas.requests_per_minute),
+        (args.llm_tokens_per_day, &mut quotas.llm_tokens_per_day),
+        (args.usd_per_day, &mut quotas.micro_usd_per_day),
+    ];
+    let mut changed = false;
+    for (given, slot) in changes {
+        if let Some(Limit(value)) = given {
+            *slot = value;
+            changed = true;
+        }
+    }
+    if changed {
+        registry.set_quotas(&caller(), &name, &quotas)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&quotas.to_json())?);
+        return Ok(());
+    }
+    let show = |v: Option<u64>| v.map_or("no limit".to_owned(), |n| n.to_string());
+    println!(
+        "quotas of {name}{}:",
+        if changed { " (changed)" } else { "" }
+    );
+    println!("  sessions              {}", show(quotas.sessions));
+    println!(
+        "  requests per minute   {}",
+        show(quotas.requests_per_minute)
+    );
+    println!(
+        "  LLM tokens per day    {}",
+        show(quotas.llm_tokens_per_day)
+    );
+    println!(
+        "  USD per day           {}",
+        quotas
+            .micro_usd_per_day
+            .map_or("no limit".to_owned(), crate::usage::format_usd)
+    );
+    Ok(())
 }
 
 fn list(registry: &Registry, json: bool) -> Result<()> {

@@ -21,8 +21,10 @@ pub struct ApiError {
     pub code: &'static str,
     /// For people; may change.
     pub message: String,
-    /// The input field at fault (400), when there is one.
+    /// The input field at fault (400), or the quota exceeded (429).
     pub field: Option<&'static str>,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -32,6 +34,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -60,6 +63,19 @@ impl ApiError {
 
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 429 `quota_exceeded`, `field` naming the quota, with `Retry-After`.
+    pub fn quota_exceeded(
+        field: &'static str,
+        message: impl Into<String>,
+        retry_after: u64,
+    ) -> Self {
+        ApiError {
+            field: Some(field),
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
+        }
     }
 
     pub fn method_not_allowed() -> Self {
@@ -104,6 +120,9 @@ impl ApiError {
         let mut builder = Response::builder().status(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             builder = builder.header(header::WWW_AUTHENTICATE, "Bearer");
+        }
+        if let Some(seconds) = self.retry_after {
+            builder = builder.header(header::RETRY_AFTER, seconds.to_string());
         }
         json_with(builder, &body)
     }

@@ -8,8 +8,12 @@ mod error;
 mod events;
 /// Sessions the daemon starts (`openclaw run` children) and stops.
 mod launch;
+/// `GET /metrics`: Prometheus text from the bundles, ledgers and 429s.
+mod metrics;
 /// The OpenAPI 3.1 document of what is served.
 mod openapi;
+/// Quotas at the API: the request window, the create lock, the day's usage.
+mod quota;
 /// Routes and handlers.
 mod routes;
 /// The listener and the SIGTERM drain.

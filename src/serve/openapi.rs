@@ -31,6 +31,14 @@ fn v1_errors(mut responses: Value, not_found: &str) -> Value {
         error_response("missing or wrong bearer token"),
     );
     map.insert("404".into(), error_response(not_found));
+    let mut quota = error_response(
+        "a quota of the tenant is reached (`error.code` quota_exceeded, `error.field` names it: \
+         requests_per_minute on any /v1 route; sessions, llm_tokens_per_day, usd_per_day on a create)",
+    );
+    quota["headers"] = json!({"Retry-After": {
+        "description": "seconds until the quota may let the request through",
+        "schema": {"type": "integer", "minimum": 1}}});
+    map.insert("429".into(), quota);
     map.insert(
         "500".into(),
         error_response("the request failed; the daemon's log has the cause under X-Request-Id"),
@@ -83,6 +91,17 @@ fn paths() -> Value {
         "/readyz": {"get": {
             "summary": "the store answers and every tenant has its directory and keys", "security": [],
             "responses": {"200": ok("ready", "Readiness"), "503": ok("not ready; the failing check says why", "Readiness")}
+        }},
+        "/metrics": {"get": {
+            "summary": "Prometheus text (admin token): sessions by tenant, state and backend; decisions by kind; receipts; today's LLM tokens and USD by tenant; quota refusals",
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "text format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "401": error_response("missing or wrong bearer token"),
+                "404": error_response("a tenant token (this is an admin route)"),
+                "405": error_response("only GET"),
+                "500": error_response("the request failed; the daemon's log has the cause under X-Request-Id")
+            }
         }},
         "/openapi.json": {"get": {
             "summary": "this document", "security": [],
@@ -192,6 +211,23 @@ fn paths() -> Value {
             "security": [{"bearer": []}], "parameters": [name_param()],
             "responses": v1_errors(json!({"200": ok("deleted", "TenantDeleted")}), ADMIN_404)
         }},
+        "/v1/tenants/{name}/quotas": {
+            "get": {
+                "summary": "a tenant's quotas (admin); null is no limit", "security": [{"bearer": []}],
+                "parameters": [name_param()],
+                "responses": v1_errors(json!({"200": ok("the quotas", "TenantQuotas")}), ADMIN_404)
+            },
+            "put": {
+                "summary": "replace a tenant's quotas (admin): all four at once, absent or null is no limit; audited as quota.set",
+                "security": [{"bearer": []}], "parameters": [name_param()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Quotas"}}}},
+                "responses": v1_errors(json!({
+                    "200": ok("the quotas now", "TenantQuotas"),
+                    "413": error_response("body over 64 KiB"),
+                    "415": error_response("not application/json")
+                }), ADMIN_404)
+            }
+        },
         "/v1/tenants/{name}/token": {"post": {
             "summary": "rotate a tenant's token (admin): the old one is refused at once",
             "security": [{"bearer": []}], "parameters": [name_param()],
@@ -210,13 +246,31 @@ fn schemas() -> Value {
                 "properties": {
                     "code": {"type": "string", "enum": [
                         "unauthorized", "not_found", "invalid", "conflict",
-                        "method_not_allowed", "unsupported_media_type", "too_large", "internal"]},
+                        "method_not_allowed", "unsupported_media_type", "too_large", "quota_exceeded",
+                        "internal"]},
                     "message": {"type": "string"},
                     "field": {"type": ["string", "null"]}
                 }
             }}
         },
         "TenantName": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+        "Quotas": {"type": "object", "additionalProperties": false,
+            "description": "a tenant's quotas; absent or null is no limit; days are UTC days",
+            "properties": {
+                "sessions": {"type": ["integer", "null"], "minimum": 0, "description": "sessions running at once"},
+                "requests_per_minute": {"type": ["integer", "null"], "minimum": 0, "description": "/v1 requests in any 60 s window"},
+                "llm_tokens_per_day": {"type": ["integer", "null"], "minimum": 0, "description": "LLM input + output tokens per day"},
+                "usd_per_day": {"type": ["number", "null"], "minimum": 0, "maximum": 1e9, "description": "US dollars of LLM calls per day (kept to the micro-dollar)"}
+            }},
+        "TenantQuotas": {"type": "object",
+            "required": ["name", "sessions", "requests_per_minute", "llm_tokens_per_day", "usd_per_day"],
+            "properties": {
+                "name": {"$ref": "#/components/schemas/TenantName"},
+                "sessions": {"type": ["integer", "null"]},
+                "requests_per_minute": {"type": ["integer", "null"]},
+                "llm_tokens_per_day": {"type": ["integer", "null"]},
+                "usd_per_day": {"type": ["number", "null"]}
+            }},
         "Tenant": {
             "type": "object", "required": ["name", "created_at", "token_issued_at"],
             "properties": {

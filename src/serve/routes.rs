@@ -20,10 +20,13 @@ use serde_json::json;
 
 use super::error::{json, ApiBody, ApiError};
 use super::launch::{self, CreateSession, Launcher, Stopped};
-use super::{events, openapi, sessions};
+use super::quota::{self, Limits};
+use super::{events, metrics, openapi, sessions};
 use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
 use crate::control::{self, ControlClientError, ControlRequest};
-use crate::tenants::{Caller, Identity, Registry, TenantName, TenantOpError, TenantRoot};
+use crate::tenants::{
+    Caller, Identity, Quotas, QuotasJson, Registry, TenantName, TenantOpError, TenantRoot,
+};
 use crate::usage::report::{self as usage_report, GroupKey, Sums, UsageReport};
 use crate::usage::{self, Ledger};
 
@@ -34,6 +37,8 @@ const MAX_BODY: usize = 64 * 1024;
 pub struct State {
     pub registry: Registry,
     pub launcher: Arc<Launcher>,
+    /// Quota state kept in memory (the requests-per-minute windows).
+    pub limits: Limits,
 }
 
 /// A request once read: what the handlers need, owned.
@@ -135,12 +140,28 @@ fn dispatch(state: &State, req: &Parsed, request_id: &str) -> Result<Response<Ap
             only(req, Method::GET)?;
             Ok(readiness(state))
         }
+        ["metrics"] => {
+            // The admin token, as for admin routes (401 without, 404 to tenants).
+            admin_only(&authenticate(state, req, request_id)?)?;
+            only(req, Method::GET)?;
+            let text = metrics::render(state).map_err(|e| ApiError::internal(request_id, &e))?;
+            Response::builder()
+                .header(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
+                .body(http_body_util::Full::new(Bytes::from(text)).boxed())
+                .map_err(|e| ApiError::internal(request_id, &e.into()))
+        }
         ["openapi.json"] => {
             only(req, Method::GET)?;
             Ok(json(StatusCode::OK, &openapi::document()))
         }
         ["v1", rest @ ..] => {
             let who = authenticate(state, req, request_id)?;
+            if let Identity::Tenant(tenant) = &who {
+                admit_request(state, tenant, request_id)?;
+            }
             v1(state, req, &who, rest, request_id)
         }
         _ => Err(ApiError::not_found()),
@@ -154,6 +175,27 @@ fn authenticate(state: &State, req: &Parsed, request_id: &str) -> Result<Identit
         Ok(None) => Err(ApiError::unauthorized()),
         Err(e) => Err(ApiError::internal(request_id, &e.into())),
     }
+}
+
+/// The tenant's requests-per-minute quota: 429 with `Retry-After` when
+/// its window is full. Read from the store on every request (no cache: a
+/// change applies at once).
+fn admit_request(state: &State, tenant: &TenantName, request_id: &str) -> Result<(), ApiError> {
+    let quotas = state
+        .registry
+        .quotas(tenant)
+        .map_err(|e| op_error(e, request_id))?;
+    state
+        .limits
+        .admit(tenant, quotas.requests_per_minute)
+        .map_err(|seconds| {
+            state.limits.refused(tenant, "requests_per_minute");
+            ApiError::quota_exceeded(
+                "requests_per_minute",
+                "the tenant's requests-per-minute quota is reached",
+                seconds,
+            )
+        })
 }
 
 fn v1(
@@ -289,6 +331,36 @@ fn v1(
                 StatusCode::OK,
                 &json!({"name": name, "deleted": true}),
             ))
+        }
+        ["tenants", name, "quotas"] => {
+            admin_only(who)?;
+            if !matches!(req.method, Method::GET | Method::PUT) {
+                return Err(ApiError::method_not_allowed());
+            }
+            no_query(req)?;
+            let name = name_param(name)?;
+            let quotas = if req.method == Method::PUT {
+                let body: QuotasJson = json_request(
+                    req,
+                    "{\"sessions\"?, \"requests_per_minute\"?, \"llm_tokens_per_day\"?, \"usd_per_day\"?} (numbers or null)",
+                )?;
+                let quotas = body
+                    .checked()
+                    .map_err(|(field, why)| ApiError::invalid(field, why))?;
+                state
+                    .registry
+                    .set_quotas(&api_admin(request_id), &name, &quotas)
+                    .map_err(|e| op_error(e, request_id))?;
+                quotas
+            } else {
+                state
+                    .registry
+                    .quotas(&name)
+                    .map_err(|e| op_error(e, request_id))?
+            };
+            let mut body = json!(quotas.to_json());
+            body["name"] = json!(name);
+            Ok(json(StatusCode::OK, &body))
         }
         ["tenants", name, "token"] => {
             admin_only(who)?;
@@ -435,6 +507,38 @@ fn create_session(
     let root = state.registry.root(tenant);
     let checked =
         launch::check(&root, body).map_err(|(field, why)| ApiError::invalid(field, why))?;
+    let quotas = state
+        .registry
+        .quotas(tenant)
+        .map_err(|e| op_error(e, request_id))?;
+    // With a sessions quota, counting and starting are one step per tenant
+    // (held until the new session is ready and counts as running).
+    let lock = state.limits.create_lock(tenant);
+    let _held = quotas
+        .sessions
+        .is_some()
+        .then(|| lock.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Err(refusal) = create_quota(state, tenant, &root, &quotas, request_id) {
+        if refusal.status == StatusCode::TOO_MANY_REQUESTS {
+            state
+                .limits
+                .refused(tenant, refusal.field.unwrap_or("usd_per_day"));
+            audit_session(
+                state,
+                tenant,
+                "session.create",
+                "-",
+                request_id,
+                Outcome::Refused,
+                Some(match refusal.field {
+                    Some("sessions") => "quota exceeded: sessions",
+                    Some("llm_tokens_per_day") => "quota exceeded: llm_tokens_per_day",
+                    _ => "quota exceeded: usd_per_day",
+                }),
+            )?;
+        }
+        return Err(refusal);
+    }
     match state.launcher.start(tenant, &root, checked) {
         Ok(id) => {
             audit_session(
@@ -461,6 +565,51 @@ fn create_session(
             Err(ApiError::internal(request_id, &e))
         }
     }
+}
+
+/// The quotas a new session must fit: fewer running sessions than the
+/// `sessions` quota, and the day's LLM tokens and USD (the tenant's ledger
+/// rows of today, UTC) below theirs. 429 naming the quota otherwise.
+fn create_quota(
+    state: &State,
+    tenant: &TenantName,
+    root: &TenantRoot,
+    quotas: &Quotas,
+    request_id: &str,
+) -> Result<(), ApiError> {
+    if let Some(limit) = quotas.sessions {
+        let running = sessions::running_count(root) as u64;
+        if running >= limit {
+            return Err(ApiError::quota_exceeded(
+                "sessions",
+                format!("{running} sessions are running; the tenant's quota is {limit}"),
+                quota::SESSIONS_RETRY_AFTER,
+            ));
+        }
+    }
+    if quotas.llm_tokens_per_day.is_none() && quotas.micro_usd_per_day.is_none() {
+        return Ok(());
+    }
+    let used = quota::usage_today(state.registry.home(), tenant)
+        .map_err(|e| ApiError::internal(request_id, &e))?;
+    if quotas.llm_tokens_per_day.is_some_and(|q| used.tokens >= q) {
+        return Err(ApiError::quota_exceeded(
+            "llm_tokens_per_day",
+            "the tenant's LLM tokens for today (UTC) are used up",
+            quota::seconds_to_utc_midnight(),
+        ));
+    }
+    if quotas
+        .micro_usd_per_day
+        .is_some_and(|q| used.micro_usd >= q)
+    {
+        return Err(ApiError::quota_exceeded(
+            "usd_per_day",
+            "the tenant's USD for today (UTC) is used up",
+            quota::seconds_to_utc_midnight(),
+        ));
+    }
+    Ok(())
 }
 
 /// `POST /v1/sessions/{id}/stop`: SIGTERM to the session's `openclaw run`

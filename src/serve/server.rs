@@ -38,7 +38,11 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
     println!("listening on http://{addr}");
     let launcher = Launcher::new(&config.home)?;
-    let state = Arc::new(State { registry, launcher });
+    let state = Arc::new(State {
+        registry,
+        launcher,
+        limits: Default::default(),
+    });
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -39,13 +39,9 @@ fn contained_dir(root: &TenantRoot, id: &str) -> Option<std::path::PathBuf> {
 /// their session.json says): each directory is checked for containment
 /// before anything in it is read.
 pub fn list(root: &TenantRoot) -> Vec<SessionRow> {
-    let sessions = Sessions::new(root.path());
-    ids_newest_first(&root.sessions_dir())
-        .iter()
-        .filter_map(|id| {
-            let (dir, report) = read(root, &sessions, id)?;
-            Some(row(&report, is_live(&dir, &report.session)))
-        })
+    list_with_receipts(root)
+        .into_iter()
+        .map(|(row, _)| row)
         .collect()
 }
 
@@ -90,4 +86,31 @@ pub fn dir_of(root: &TenantRoot, id: &str) -> Option<(std::path::PathBuf, bool)>
     let (dir, report) = read(root, &Sessions::new(root.path()), id)?;
     let running = is_live(&dir, &report.session) || report.session.status == "running";
     Some((dir, running))
+}
+
+/// How many of the tenant's sessions are running now (live: marked
+/// running, supervisor alive, control socket bound), for the
+/// concurrent-sessions quota. Reads only each session.json.
+pub fn running_count(root: &TenantRoot) -> usize {
+    ids_newest_first(&root.sessions_dir())
+        .iter()
+        .filter(|id| {
+            contained_dir(root, id)
+                .is_some_and(|dir| bundle::read_info(&dir).is_ok_and(|info| is_live(&dir, &info)))
+        })
+        .count()
+}
+
+/// Every session of the tenant as listed, each with the number of receipts
+/// in its chain (for `/metrics`).
+pub fn list_with_receipts(root: &TenantRoot) -> Vec<(SessionRow, u64)> {
+    let sessions = Sessions::new(root.path());
+    ids_newest_first(&root.sessions_dir())
+        .iter()
+        .filter_map(|id| {
+            let (dir, report) = read(root, &sessions, id)?;
+            let count = report.receipts.count;
+            Some((row(&report, is_live(&dir, &report.session)), count))
+        })
+        .collect()
 }

@@ -4,6 +4,8 @@
 
 /// Tenant names: the one validated type.
 mod name;
+/// Per-tenant quotas: the values the admin sets.
+mod quota;
 /// Create, list, rotate, delete, authenticate; each change audited.
 mod registry;
 /// A tenant's directory and the joins that cannot leave it.
@@ -16,6 +18,7 @@ mod store;
 mod token;
 
 pub use name::TenantName;
+pub use quota::{usd_to_micro, Quotas, QuotasJson};
 pub use registry::{Caller, Identity, Registry, TenantOpError};
 pub use root::TenantRoot;
 pub use sqlite::{SqliteStore, CONTROL_DB};

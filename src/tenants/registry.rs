@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::name::TenantName;
+use super::quota::Quotas;
 use super::root::{TenantRoot, DELETED_DIR};
 use super::store::{Store, TenantRecord, TenantStoreError};
 use super::token::{self, Claimed, TokenHash};
@@ -177,6 +178,49 @@ impl Registry {
         Ok(())
     }
 
+    /// The tenant's quotas; `NotFound` when there is no such tenant.
+    pub fn quotas(&self, name: &TenantName) -> Result<Quotas, TenantOpError> {
+        self.store
+            .quotas(name)?
+            .ok_or_else(|| TenantOpError::NotFound(name.clone()))
+    }
+
+    /// Replaces the tenant's quotas (`quota.set`, audited; the values are in
+    /// the line's detail).
+    pub fn set_quotas(
+        &self,
+        caller: &Caller,
+        name: &TenantName,
+        quotas: &Quotas,
+    ) -> Result<(), TenantOpError> {
+        let result = self
+            .store
+            .set_quotas(name, quotas, &now_rfc3339())
+            .map_err(TenantOpError::from);
+        let mut line = AuditRecord::now(
+            caller.actor,
+            caller.via,
+            "quota.set",
+            name.as_str(),
+            &caller.request_id,
+        );
+        line.tenant = Some(name.to_string());
+        match &result {
+            // Numbers only: nothing a caller typed is echoed.
+            Ok(()) => line.detail = Some(quota_detail(quotas)),
+            Err(e) => {
+                (line.outcome, line.detail) = {
+                    let (o, d) = e.outcome();
+                    (o, Some(d))
+                }
+            }
+        }
+        self.audit
+            .append(&line)
+            .map_err(|e| TenantOpError::Failed(e.context("the change was made but not audited")))?;
+        result
+    }
+
     /// Issues a new admin token (replacing any); returns it.
     pub fn new_admin_token(&self, caller: &Caller) -> Result<String, TenantOpError> {
         let token = token::new_admin_token();
@@ -247,6 +291,18 @@ impl Registry {
             .append(&line)
             .map_err(|e| TenantOpError::Failed(e.context("the change was made but not audited")))
     }
+}
+
+/// `sessions=2 requests_per_minute=- llm_tokens_per_day=- micro_usd_per_day=500000`.
+fn quota_detail(q: &Quotas) -> String {
+    let v = |x: Option<u64>| x.map_or("-".to_owned(), |n| n.to_string());
+    format!(
+        "sessions={} requests_per_minute={} llm_tokens_per_day={} micro_usd_per_day={}",
+        v(q.sessions),
+        v(q.requests_per_minute),
+        v(q.llm_tokens_per_day),
+        v(q.micro_usd_per_day)
+    )
 }
 
 #[cfg(test)]
@@ -338,6 +394,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn quotas_are_set_read_and_audited() {
+        let (_home, reg) = registry();
+        let acme = TenantName::parse("acme").expect("name");
+        let ghost = TenantName::parse("ghost").expect("name");
+        reg.create(&cli(), &acme).expect("create");
+        assert_eq!(reg.quotas(&acme).expect("quotas"), Quotas::default());
+        let q = Quotas {
+            sessions: Some(3),
+            micro_usd_per_day: Some(2_500_000),
+            ..Quotas::default()
+        };
+        reg.set_quotas(&cli(), &acme, &q).expect("set");
+        assert_eq!(reg.quotas(&acme).expect("quotas"), q);
+        assert!(matches!(
+            reg.set_quotas(&cli(), &ghost, &q),
+            Err(TenantOpError::NotFound(_))
+        ));
+        assert!(matches!(
+            reg.quotas(&ghost),
+            Err(TenantOpError::NotFound(_))
+        ));
+        let lines = reg.audit().read(&Default::default()).expect("audit");
+        let quota_lines: Vec<(&str, Outcome, Option<&str>)> = lines
+            .iter()
+            .filter(|l| l.action == "quota.set")
+            .map(|l| (l.target.as_str(), l.outcome, l.detail.as_deref()))
+            .collect();
+        assert_eq!(
+            quota_lines,
+            [
+                (
+                    "acme",
+                    Outcome::Ok,
+                    Some("sessions=3 requests_per_minute=- llm_tokens_per_day=- micro_usd_per_day=2500000")
+                ),
+                ("ghost", Outcome::Refused, Some("no such tenant")),
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::name::TenantName;
+use super::quota::Quotas;
 use super::store::{Store, TenantRecord, TenantStoreError};
 use super::token::TokenHash;
 
@@ -15,7 +16,8 @@ use super::token::TokenHash;
 pub const CONTROL_DB: &str = "control.db";
 
 /// `PRAGMA user_version` of the schema below; another version is refused.
-const SCHEMA_VERSION: i64 = 1;
+/// Version 1 (no quotas table) is upgraded in place.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (
@@ -28,6 +30,14 @@ CREATE TABLE IF NOT EXISTS admin_token (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     token_sha256 BLOB NOT NULL CHECK (length(token_sha256) = 32),
     issued_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quotas (
+    tenant TEXT PRIMARY KEY NOT NULL,
+    sessions INTEGER CHECK (sessions >= 0),
+    requests_per_minute INTEGER CHECK (requests_per_minute >= 0),
+    llm_tokens_per_day INTEGER CHECK (llm_tokens_per_day >= 0),
+    micro_usd_per_day INTEGER CHECK (micro_usd_per_day >= 0),
+    updated_at TEXT NOT NULL
 );
 ";
 
@@ -62,7 +72,8 @@ impl SqliteStore {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(backend)?;
         match version {
-            0 => {
+            // Every table is `IF NOT EXISTS`: version 1 gains the quotas table.
+            0 | 1 => {
                 conn.execute_batch(SCHEMA).map_err(backend)?;
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(backend)?;
@@ -191,11 +202,86 @@ impl Store for SqliteStore {
     }
 
     fn delete_tenant(&self, name: &TenantName) -> Result<(), TenantStoreError> {
-        let changed = self
-            .conn()?
+        let mut conn = self.conn()?;
+        // The tenant and its quotas go together (a new tenant of the name
+        // starts unlimited).
+        let tx = conn.transaction().map_err(backend)?;
+        let changed = tx
             .execute(
                 "DELETE FROM tenants WHERE name = ?1",
                 params![name.as_str()],
+            )
+            .map_err(backend)?;
+        if changed == 0 {
+            return Err(TenantStoreError::NoSuchTenant(name.clone()));
+        }
+        tx.execute(
+            "DELETE FROM quotas WHERE tenant = ?1",
+            params![name.as_str()],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn quotas(&self, name: &TenantName) -> Result<Option<Quotas>, TenantStoreError> {
+        type Row = (Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+        let row: Option<Row> = self
+            .conn()?
+            .query_row(
+                "SELECT q.sessions, q.requests_per_minute, q.llm_tokens_per_day, q.micro_usd_per_day
+                 FROM tenants t LEFT JOIN quotas q ON q.tenant = t.name WHERE t.name = ?1",
+                params![name.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(backend)?;
+        let Some((sessions, rpm, tokens, usd)) = row else {
+            return Ok(None);
+        };
+        let unsigned = |v: Option<i64>| {
+            v.map(u64::try_from)
+                .transpose()
+                .map_err(|_| backend("a stored quota is negative"))
+        };
+        Ok(Some(Quotas {
+            sessions: unsigned(sessions)?,
+            requests_per_minute: unsigned(rpm)?,
+            llm_tokens_per_day: unsigned(tokens)?,
+            micro_usd_per_day: unsigned(usd)?,
+        }))
+    }
+
+    fn set_quotas(
+        &self,
+        name: &TenantName,
+        quotas: &Quotas,
+        at: &str,
+    ) -> Result<(), TenantStoreError> {
+        let signed = |v: Option<u64>| {
+            v.map(i64::try_from)
+                .transpose()
+                .map_err(|_| backend("a quota over 2^63"))
+        };
+        // One statement: the row is written only while the tenant exists.
+        let changed = self
+            .conn()?
+            .execute(
+                "INSERT INTO quotas (tenant, sessions, requests_per_minute, llm_tokens_per_day,
+                     micro_usd_per_day, updated_at)
+                 SELECT name, ?2, ?3, ?4, ?5, ?6 FROM tenants WHERE name = ?1
+                 ON CONFLICT (tenant) DO UPDATE SET sessions = excluded.sessions,
+                     requests_per_minute = excluded.requests_per_minute,
+                     llm_tokens_per_day = excluded.llm_tokens_per_day,
+                     micro_usd_per_day = excluded.micro_usd_per_day,
+                     updated_at = excluded.updated_at",
+                params![
+                    name.as_str(),
+                    signed(quotas.sessions)?,
+                    signed(quotas.requests_per_minute)?,
+                    signed(quotas.llm_tokens_per_day)?,
+                    signed(quotas.micro_usd_per_day)?,
+                    at
+                ],
             )
             .map_err(backend)?;
         if changed == 0 {
@@ -246,5 +332,33 @@ mod tests {
         drop((daemon, cli));
         let again = SqliteStore::open(&path).expect("reopen");
         assert_eq!(again.tenants().expect("list").len(), 2, "rows are durable");
+    }
+
+    #[test]
+    fn a_version_1_store_gains_the_quotas_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(CONTROL_DB);
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE tenants (name TEXT PRIMARY KEY NOT NULL, token_sha256 BLOB NOT NULL,
+                     created_at TEXT NOT NULL, token_issued_at TEXT NOT NULL);
+                 CREATE TABLE admin_token (id INTEGER PRIMARY KEY, token_sha256 BLOB NOT NULL,
+                     issued_at TEXT NOT NULL);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("version 1");
+        }
+        let store = SqliteStore::open(&path).expect("upgrade");
+        let acme = TenantName::parse("acme").expect("name");
+        store
+            .insert_tenant(&acme, &TokenHash::of("x"), "t")
+            .expect("insert");
+        let q = Quotas {
+            sessions: Some(1),
+            ..Quotas::default()
+        };
+        store.set_quotas(&acme, &q, "t").expect("set");
+        assert_eq!(store.quotas(&acme).expect("get"), Some(q));
     }
 }

@@ -11,9 +11,17 @@
 //!   as soon as they return (no cache in front of the hash: a rotated token
 //!   is refused at once, on every host);
 //! - only hashes are stored, as 32 raw bytes; the store never sees a token;
-//! - times are RFC 3339 UTC strings as given (no server-side clock).
+//! - times are RFC 3339 UTC strings as given (no server-side clock);
+//! - quotas (`quotas`, `set_quotas`) belong to a tenant: setting them for a
+//!   tenant that does not exist is `NoSuchTenant`, a tenant with none set
+//!   reads as all-unlimited, `delete_tenant` removes them with the tenant (a
+//!   new tenant of that name starts unlimited), and a set is seen by every
+//!   reader as soon as it returns (no cache: the daemon reads them per
+//!   request). Plain SQL: one row per tenant, a NULL column is no limit,
+//!   USD as integer micro-USD.
 
 use super::name::TenantName;
+use super::quota::Quotas;
 use super::token::TokenHash;
 
 /// One tenant as listed.
@@ -59,6 +67,17 @@ pub trait Store: Send + Sync {
     fn admin_token(&self) -> Result<Option<TokenHash>, TenantStoreError>;
     /// Sets (or replaces) the one admin token.
     fn set_admin_token(&self, token: &TokenHash, at: &str) -> Result<(), TenantStoreError>;
+    /// The tenant's quotas (all `None` when none were set); `None` when
+    /// there is no such tenant.
+    fn quotas(&self, name: &TenantName) -> Result<Option<Quotas>, TenantStoreError>;
+    /// Replaces all four of the tenant's quotas at once; `NoSuchTenant`
+    /// when it does not exist.
+    fn set_quotas(
+        &self,
+        name: &TenantName,
+        quotas: &Quotas,
+        at: &str,
+    ) -> Result<(), TenantStoreError>;
 }
 
 /// The contract above as a test any implementation runs (a PostgreSQL one
@@ -138,5 +157,44 @@ pub mod conformance {
             .expect("some")
             .matches(&h2));
         one.insert_tenant(&name("c"), &h1, "t7").expect("insert c");
+        // Quotas: unlimited until set, replaced whole, seen through the
+        // other handle at once, gone with their tenant.
+        assert_eq!(
+            two.quotas(&name("c")).expect("quotas"),
+            Some(Quotas::default())
+        );
+        assert_eq!(two.quotas(&name("zz")).expect("quotas"), None);
+        let set = Quotas {
+            sessions: Some(2),
+            requests_per_minute: Some(0),
+            llm_tokens_per_day: Some(u64::from(u32::MAX) * 4),
+            micro_usd_per_day: Some(1),
+        };
+        one.set_quotas(&name("c"), &set, "t8").expect("set quotas");
+        assert_eq!(two.quotas(&name("c")).expect("quotas"), Some(set));
+        let fewer = Quotas {
+            sessions: Some(5),
+            ..Quotas::default()
+        };
+        two.set_quotas(&name("c"), &fewer, "t9")
+            .expect("replace quotas");
+        assert_eq!(one.quotas(&name("c")).expect("quotas"), Some(fewer));
+        assert!(matches!(
+            one.set_quotas(&name("zz"), &set, "t9"),
+            Err(TenantStoreError::NoSuchTenant(_))
+        ));
+        assert_eq!(
+            one.quotas(&name("a")).expect("quotas"),
+            Some(Quotas::default())
+        );
+        one.set_quotas(&name("a"), &set, "t10").expect("set a");
+        one.delete_tenant(&name("a")).expect("delete a");
+        assert_eq!(two.quotas(&name("a")).expect("quotas"), None);
+        two.insert_tenant(&name("a"), &h1, "t11").expect("a again");
+        assert_eq!(
+            one.quotas(&name("a")).expect("quotas"),
+            Some(Quotas::default()),
+            "a new tenant of a deleted one's name starts unlimited"
+        );
     }
 }

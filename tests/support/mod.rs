@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// `openclaw serve` driven over HTTP with curl.
+pub mod serve;
+
 /// Kills a child process at the end of the test, however the test ends.
 pub struct Killed(pub Child);
 

@@ -1,0 +1,164 @@
+//! Driving `openclaw serve` from a test: the daemon on a free loopback
+//! port, the CLI beside it, and `curl` as the HTTP client (`--path-as-is`,
+//! the answer's status, head and JSON body).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// The daemon, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `openclaw serve` on a free port, logging at debug level into `log`.
+pub fn start(home: &Path, log: &Path) -> Daemon {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_openclaw"))
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .env("OPENCLAW_HOME", home)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("start openclaw serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Daemon { child, addr }
+}
+
+/// Runs the CLI, which must succeed; its stdout, trimmed.
+pub fn cli(home: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_openclaw"))
+        .args(args)
+        .env("OPENCLAW_HOME", home)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run openclaw");
+    assert!(
+        out.status.success(),
+        "openclaw {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// One answer: status, raw head, JSON body (`Null` when empty or not
+/// JSON) and the body as text.
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn field(&self) -> &str {
+        self.body["error"]["field"].as_str().unwrap_or("")
+    }
+}
+
+/// The curl command of one request (so callers may run several at once).
+pub fn curl(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-i",
+        "--path-as-is",
+        "--max-time",
+        "60",
+        "-X",
+        method,
+    ]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    cmd.arg(format!("http://{addr}{path}"));
+    cmd
+}
+
+/// A finished curl's output as a [`Reply`].
+pub fn reply(out: std::process::Output, what: &str) -> Reply {
+    assert!(out.status.success(), "curl {what}: {out:?}");
+    let raw = out.stdout;
+    let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (&raw[..i], &raw[i + 4..]),
+        None => (&raw[..], &b""[..]),
+    };
+    let head = std::str::from_utf8(head).expect("utf-8 head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let text = String::from_utf8_lossy(body).into_owned();
+    let body = if body.is_empty()
+        || !head
+            .to_ascii_lowercase()
+            .contains("content-type: application/json")
+    {
+        Value::Null
+    } else {
+        serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("{what}: {e}: {:?}", String::from_utf8_lossy(body)))
+    };
+    Reply {
+        status,
+        head: head.to_owned(),
+        body,
+        text,
+    }
+}
+
+/// One request, answered.
+pub fn call(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Reply {
+    let out = curl(&d.addr, method, path, token, body)
+        .output()
+        .expect("run curl");
+    reply(out, &format!("{method} {path}"))
+}
