@@ -1,9 +1,12 @@
 //! Tenants of `openclaw serve`: validated names, their directories under
 //! `<home>/tenants/`, bearer tokens stored as SHA-256, and the store that
-//! keeps them (`docs/control-plane.md`).
+//! keeps them: SQLite by default, PostgreSQL with `--database`
+//! (`docs/control-plane.md`).
 
 /// Tenant names: the one validated type.
 mod name;
+/// The PostgreSQL store: `--database postgres://…`, shared by hosts.
+mod postgres;
 /// Create, list, rotate, delete, authenticate; each change audited.
 mod registry;
 /// A tenant's directory and the joins that cannot leave it.
@@ -16,6 +19,8 @@ mod store;
 mod token;
 
 pub use name::TenantName;
+// `self::`: the module shares its name with the `postgres` crate.
+pub use self::postgres::{DatabaseUrl, PgStore};
 pub use registry::{Caller, Identity, Registry, TenantOpError};
 pub use root::TenantRoot;
 pub use sqlite::{SqliteStore, CONTROL_DB};
@@ -23,10 +28,14 @@ pub use sqlite::{SqliteStore, CONTROL_DB};
 use std::path::Path;
 use std::sync::Arc;
 
-/// The registry of `home` on its SQLite store (`<home>/control.db`).
-pub fn open_registry(home: &Path) -> anyhow::Result<Registry> {
+/// The registry of `home` on its SQLite store (`<home>/control.db`), or on
+/// the PostgreSQL `database` when one is given.
+pub fn open_registry(home: &Path, database: Option<&DatabaseUrl>) -> anyhow::Result<Registry> {
     std::fs::create_dir_all(home)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", home.display()))?;
-    let store = SqliteStore::open(&home.join(CONTROL_DB))?;
-    Ok(Registry::new(home, Arc::new(store)))
+    let store: Arc<dyn store::Store> = match database {
+        None => Arc::new(SqliteStore::open(&home.join(CONTROL_DB))?),
+        Some(url) => Arc::new(PgStore::open(url)?),
+    };
+    Ok(Registry::new(home, store))
 }
