@@ -3,7 +3,9 @@
 //! binaries (`test_support::PostgresServer`), two daemons with two homes on
 //! one database, `curl` as the client. A tenant created through one daemon
 //! is seen by the other at once, a rotation through one is refused by both,
-//! and the database password is in no log, audit line, output or help text.
+//! `openclaw audit --database` reads both hosts' audit lines from the
+//! database, and the database password is in no log, audit line, output or
+//! help text.
 //! Gated on `Requirement::Postgres` (docs/testing.md).
 
 use std::io::{BufRead, BufReader};
@@ -225,6 +227,45 @@ fn two_daemons_on_one_postgres_share_tenants_and_rotations_without_logging_the_p
     assert!(audit2.contains("\"tenant.token.rotate\""), "{audit2}");
 
     drop((one, two));
+    // The database holds every host's lines: `openclaw audit --database`
+    // from a third home prints exactly the lines of both files.
+    let third = tempfile::tempdir().expect("tempdir");
+    let shared = openclaw(third.path(), Given::Flag(&url), &["audit"])
+        .output()
+        .expect("audit");
+    assert!(shared.status.success(), "{}", output_text(&shared));
+    let mut from_db: Vec<String> = String::from_utf8(shared.stdout.clone())
+        .expect("utf-8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let mut from_files: Vec<String> = audit1
+        .lines()
+        .chain(audit2.lines())
+        .map(str::to_owned)
+        .collect();
+    from_db.sort();
+    from_files.sort();
+    assert_eq!(from_db.len(), 3, "admin-token, create, rotate: {from_db:?}");
+    assert_eq!(from_db, from_files);
+    assert_no_password(
+        &password,
+        "openclaw audit's output",
+        output_text(&shared).as_bytes(),
+    );
+    let only_acme = openclaw(
+        third.path(),
+        Given::Env(&url),
+        &["audit", "--tenant", "acme"],
+    )
+    .output()
+    .expect("audit --tenant");
+    assert_eq!(
+        String::from_utf8_lossy(&only_acme.stdout).lines().count(),
+        2,
+        "{}",
+        output_text(&only_acme)
+    );
     for path in [&log1, &log2]
         .into_iter()
         .cloned()

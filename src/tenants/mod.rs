@@ -29,13 +29,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The registry of `home` on its SQLite store (`<home>/control.db`), or on
-/// the PostgreSQL `database` when one is given.
+/// the PostgreSQL `database` when one is given (audit lines then also go to
+/// its `audit` table).
 pub fn open_registry(home: &Path, database: Option<&DatabaseUrl>) -> anyhow::Result<Registry> {
     std::fs::create_dir_all(home)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", home.display()))?;
-    let store: Arc<dyn store::Store> = match database {
-        None => Arc::new(SqliteStore::open(&home.join(CONTROL_DB))?),
-        Some(url) => Arc::new(PgStore::open(url)?),
-    };
-    Ok(Registry::new(home, store))
+    Ok(match database {
+        None => Registry::new(home, Arc::new(SqliteStore::open(&home.join(CONTROL_DB))?)),
+        Some(url) => {
+            let store = Arc::new(PgStore::open(url)?);
+            Registry::new(home, store.clone()).with_audit_table(store)
+        }
+    })
 }

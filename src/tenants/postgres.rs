@@ -1,6 +1,7 @@
 //! The PostgreSQL [`Store`] (`--database postgres://…`): tenants and token
-//! hashes in a database several hosts share. One connection per handle,
-//! owned by a thread of its own; the schema is created or migrated at open.
+//! hashes in a database several hosts share, and the audit log's lines
+//! ([`AuditTable`]). One connection per handle, owned by a thread of its
+//! own; the schema is created or migrated at open.
 //!
 //! Why a thread owns the connection: the `postgres` client is synchronous
 //! (the `Store` trait is, and the daemon calls it from blocking threads) but
@@ -21,16 +22,18 @@ use postgres::{Client, Config, NoTls};
 use super::name::TenantName;
 use super::store::{Store, TenantRecord, TenantStoreError};
 use super::token::TokenHash;
+use crate::audit::{AuditRecord, AuditTable};
 
 /// The schema version this openclaw reads (`openclaw_schema.version`); a
 /// database at a newer version is refused.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`, in the
 /// transaction that holds the migration lock. A change is a new entry, never
 /// an edit of one that shipped. Names are `COLLATE "C"`: compared and
 /// ordered byte-wise whatever the database's locale.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    "
 CREATE TABLE tenants (
     name TEXT COLLATE \"C\" PRIMARY KEY NOT NULL,
     token_sha256 BYTEA NOT NULL CHECK (octet_length(token_sha256) = 32),
@@ -42,7 +45,18 @@ CREATE TABLE admin_token (
     token_sha256 BYTEA NOT NULL CHECK (octet_length(token_sha256) = 32),
     issued_at TEXT NOT NULL
 );
-"];
+",
+    // The audit log's lines from every host, as written to audit.jsonl
+    // (`line`); `time` and `tenant` copied out for queries.
+    "
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    time TEXT NOT NULL,
+    tenant TEXT COLLATE \"C\",
+    line TEXT NOT NULL
+);
+",
+];
 
 /// The advisory lock two daemons opening one fresh database take, so one
 /// creates the schema and the other then finds it (`pg_advisory_xact_lock`).
@@ -407,6 +421,29 @@ impl Store for PgStore {
     }
 }
 
+impl AuditTable for PgStore {
+    fn append_line(&self, record: &AuditRecord, line: &str) -> anyhow::Result<()> {
+        let (time, tenant, line) = (record.time.clone(), record.tenant.clone(), line.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO audit (time, tenant, line) VALUES ($1, $2, $3)",
+                &[&time, &tenant, &line],
+            )
+            .map(drop)
+            .map_err(db)
+        })?;
+        Ok(())
+    }
+
+    fn lines(&self) -> anyhow::Result<Vec<String>> {
+        let rows = self.call(|c| {
+            c.query("SELECT line FROM audit ORDER BY id", &[])
+                .map_err(db)
+        })?;
+        Ok(rows.into_iter().map(|row| row.get(0)).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,6 +547,23 @@ mod tests {
             .expect("a newer schema is refused")
             .to_string();
         assert!(err.contains("schema version 99"), "{err}");
+        // A database at version 1 (no audit table yet) is migrated at open.
+        store
+            .call(|c| {
+                c.batch_execute("UPDATE openclaw_schema SET version = 1; DROP TABLE audit")
+                    .map_err(db)
+            })
+            .expect("back to version 1");
+        let migrated = PgStore::open(&url(&good)).expect("migrated");
+        assert!(migrated.lines().expect("the audit table").is_empty());
+        let version: i32 = migrated
+            .call(|c| {
+                c.query_one("SELECT version FROM openclaw_schema", &[])
+                    .map(|r| r.get(0))
+                    .map_err(db)
+            })
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
         let wrong = good.replace(server.password(), "not-the-password");
         let err = PgStore::open(&url(&wrong))
             .err()
