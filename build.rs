@@ -1,7 +1,8 @@
-//! Sets `openclaw_has_qemu`, `openclaw_kvm_is_pvm` and
-//! `openclaw_has_sdk_clients` for the root package's requirement-gated tests
-//! (`tests/kvm_backend_in_qemu.rs`, `tests/kvm_backend.rs`,
-//! `tests/llm_sdks.rs`; see `test_requirements`): where the host lacks
+//! Sets `openclaw_has_qemu`, `openclaw_kvm_is_pvm`,
+//! `openclaw_has_sdk_clients` and `openclaw_has_postgres` for the root
+//! package's requirement-gated tests (`tests/kvm_backend_in_qemu.rs`,
+//! `tests/kvm_backend.rs`, `tests/llm_sdks.rs`, `tests/postgres_store.rs`,
+//! `tenants::postgres::tests`; see `test_requirements`): where the host lacks
 //! them those tests are ignored with the reason, not "passed". The binary
 //! does not read them.
 
@@ -13,5 +14,6 @@ fn main() {
         Requirement::Qemu,
         Requirement::KvmIsPvm,
         Requirement::SdkClients,
+        Requirement::Postgres,
     ]);
 }

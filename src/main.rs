@@ -97,8 +97,7 @@ enum Command {
     /// Serve the control plane's HTTP API for many tenants.
     Serve(commands::serve::ServeArgs),
     /// Create, list, rotate and delete tenants; issue the admin token.
-    #[command(subcommand)]
-    Tenants(commands::tenants::TenantsCommand),
+    Tenants(commands::tenants::TenantsArgs),
     /// Read the control plane's audit log.
     Audit(commands::audit::AuditArgs),
 }

@@ -3,14 +3,15 @@
 //! rare (tenants, tokens), so a sync per line costs nothing that matters and
 //! a line the caller was told about is on disk. A file rather than a table:
 //! it is read with `tail`, `grep` and `jq`, shipped by any log forwarder, and
-//! can be made append-only with `chattr +a`; a shared-database deployment
-//! will keep the same records in its store and export this same JSONL.
+//! can be made append-only with `chattr +a`. With `--database` each line
+//! also goes into the database's `audit` table ([`AuditTable`]), which
+//! `openclaw audit --database` reads: every host's lines, the same JSONL.
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
@@ -20,11 +21,22 @@ use super::record::AuditRecord;
 /// The audit log's file name in the openclaw home.
 pub const AUDIT_FILE: &str = "audit.jsonl";
 
+/// A table every host of a shared deployment writes its lines into too (the
+/// PostgreSQL store's `audit`), so one query reads them all.
+pub trait AuditTable: Send + Sync {
+    /// Stores one line (the JSON text, without its newline) of `record`.
+    fn append_line(&self, record: &AuditRecord, line: &str) -> Result<()>;
+    /// Every stored line, in the order they were stored.
+    fn lines(&self) -> Result<Vec<String>>;
+}
+
 pub struct AuditLog {
     path: PathBuf,
     /// One writer at a time within this process; across processes each
     /// line is one `O_APPEND` write, which the kernel does not interleave.
     lock: Mutex<()>,
+    /// Also written, and read instead of the file, when set (`--database`).
+    table: Option<Arc<dyn AuditTable>>,
 }
 
 impl AuditLog {
@@ -32,7 +44,15 @@ impl AuditLog {
         AuditLog {
             path: home.join(AUDIT_FILE),
             lock: Mutex::new(()),
+            table: None,
         }
+    }
+
+    /// Every line also into `table` (after the file: a line the table holds
+    /// is in some host's file too), and [`AuditLog::read`] reads the table.
+    pub fn also_into(mut self, table: Arc<dyn AuditTable>) -> AuditLog {
+        self.table = Some(table);
+        self
     }
 
     #[cfg(test)]
@@ -56,12 +76,31 @@ impl AuditLog {
             .with_context(|| format!("opening the audit log {}", self.path.display()))?;
         file.write_all(&line)
             .and_then(|()| file.sync_data())
-            .with_context(|| format!("writing the audit log {}", self.path.display()))
+            .with_context(|| format!("writing the audit log {}", self.path.display()))?;
+        if let Some(table) = &self.table {
+            let text = std::str::from_utf8(&line[..line.len() - 1])
+                .context("an audit line that is not UTF-8")?;
+            table
+                .append_line(record, text)
+                .context("writing the audit line to the database")?;
+        }
+        Ok(())
     }
 
     /// The records that pass `filter`, in file order. A line that is not a
     /// record (a torn last line after a crash) is an error naming its line.
     pub fn read(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        if let Some(table) = &self.table {
+            let mut out = Vec::new();
+            for (i, line) in table.lines()?.iter().enumerate() {
+                let record: AuditRecord = serde_json::from_str(line)
+                    .with_context(|| format!("the database's audit line {}", i + 1))?;
+                if filter.accepts(&record) {
+                    out.push(record);
+                }
+            }
+            return Ok(out);
+        }
         let file = match std::fs::File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

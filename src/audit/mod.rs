@@ -8,7 +8,7 @@ mod log;
 /// The line format: [`AuditRecord`], its actor and outcome.
 mod record;
 
-pub use log::{parse_since, AuditFilter, AuditLog};
+pub use log::{parse_since, AuditFilter, AuditLog, AuditTable};
 pub use record::{Actor, AuditRecord, Outcome, Via};
 
 /// A fresh request id: 16 hex characters from the OS RNG.

@@ -9,7 +9,35 @@ use clap::{Args, Subcommand};
 
 use crate::audit::{self, Actor, Via};
 use crate::home;
-use crate::tenants::{self, Caller, Registry, TenantName};
+use crate::tenants::{self, Caller, DatabaseUrl, Registry, TenantName};
+
+// `openclaw tenants [--database URL] ...` (plain comments on these two: a
+// doc comment would become the subcommand's help text).
+#[derive(Debug, Args)]
+pub struct TenantsArgs {
+    #[command(flatten)]
+    pub database: DatabaseArg,
+    #[command(subcommand)]
+    pub command: TenantsCommand,
+}
+
+// Where tenants and token hashes are kept, for `tenants` and `serve`.
+#[derive(Debug, Args)]
+pub struct DatabaseArg {
+    /// Keep tenants and token hashes in this PostgreSQL database
+    /// (postgres://USER@HOST/DB) instead of <home>/control.db, so several
+    /// hosts share them. A URL with a password belongs in OPENCLAW_DATABASE:
+    /// argv is visible to every user of the host.
+    #[arg(
+        long,
+        global = true,
+        env = "OPENCLAW_DATABASE",
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = DatabaseUrl::from_arg
+    )]
+    pub database: Option<DatabaseUrl>,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum TenantsCommand {
@@ -122,10 +150,10 @@ fn parse_name(text: &str) -> Result<TenantName> {
     TenantName::parse(text).with_context(|| format!("tenant name {text:?}"))
 }
 
-pub fn execute(cmd: TenantsCommand) -> Result<ExitCode> {
+pub fn execute(args: TenantsArgs) -> Result<ExitCode> {
     let home = home::home_dir()?;
-    let registry = tenants::open_registry(&home)?;
-    match cmd {
+    let registry = tenants::open_registry(&home, args.database.database.as_ref())?;
+    match args.command {
         TenantsCommand::Create(arg) => {
             let name = parse_name(&arg.name)?;
             let token = registry.create(&caller(), &name)?;

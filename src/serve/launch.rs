@@ -246,7 +246,9 @@ impl Launcher {
         }
         cmd.arg("--").args(&req.command);
         let log = File::create(log_path).context("creating the session's start log")?;
+        // The session needs no database, so not the password in its URL.
         cmd.env("OPENCLAW_HOME", &self.home)
+            .env_remove("OPENCLAW_DATABASE")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

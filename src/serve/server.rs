@@ -24,12 +24,14 @@ pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 pub struct ServeConfig {
     pub home: PathBuf,
     pub addr: SocketAddr,
+    /// Tenants in PostgreSQL instead of `<home>/control.db`.
+    pub database: Option<tenants::DatabaseUrl>,
 }
 
 /// Serves until SIGTERM or SIGINT, then drains. Prints
 /// `listening on http://ADDR` on stdout once bound.
 pub async fn run(config: ServeConfig) -> Result<()> {
-    let registry = tenants::open_registry(&config.home)?;
+    let registry = tenants::open_registry(&config.home, config.database.as_ref())?;
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
     let listener = TcpListener::bind(config.addr)

@@ -1,9 +1,12 @@
 //! Tenants of `openclaw serve`: validated names, their directories under
 //! `<home>/tenants/`, bearer tokens stored as SHA-256, and the store that
-//! keeps them (`docs/control-plane.md`).
+//! keeps them: SQLite by default, PostgreSQL with `--database`
+//! (`docs/control-plane.md`).
 
 /// Tenant names: the one validated type.
 mod name;
+/// The PostgreSQL store: `--database postgres://…`, shared by hosts.
+mod postgres;
 /// Per-tenant quotas: the values the admin sets.
 mod quota;
 /// Create, list, rotate, delete, authenticate; each change audited.
@@ -18,6 +21,8 @@ mod store;
 mod token;
 
 pub use name::TenantName;
+// `self::`: the module shares its name with the `postgres` crate.
+pub use self::postgres::{DatabaseUrl, PgStore};
 pub use quota::{usd_to_micro, Quotas, QuotasJson};
 pub use registry::{Caller, Identity, Registry, TenantOpError};
 pub use root::TenantRoot;
@@ -26,10 +31,17 @@ pub use sqlite::{SqliteStore, CONTROL_DB};
 use std::path::Path;
 use std::sync::Arc;
 
-/// The registry of `home` on its SQLite store (`<home>/control.db`).
-pub fn open_registry(home: &Path) -> anyhow::Result<Registry> {
+/// The registry of `home` on its SQLite store (`<home>/control.db`), or on
+/// the PostgreSQL `database` when one is given (audit lines then also go to
+/// its `audit` table).
+pub fn open_registry(home: &Path, database: Option<&DatabaseUrl>) -> anyhow::Result<Registry> {
     std::fs::create_dir_all(home)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", home.display()))?;
-    let store = SqliteStore::open(&home.join(CONTROL_DB))?;
-    Ok(Registry::new(home, Arc::new(store)))
+    Ok(match database {
+        None => Registry::new(home, Arc::new(SqliteStore::open(&home.join(CONTROL_DB))?)),
+        Some(url) => {
+            let store = Arc::new(PgStore::open(url)?);
+            Registry::new(home, store.clone()).with_audit_table(store)
+        }
+    })
 }

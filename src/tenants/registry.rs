@@ -12,7 +12,7 @@ use super::quota::Quotas;
 use super::root::{TenantRoot, DELETED_DIR};
 use super::store::{Store, TenantRecord, TenantStoreError};
 use super::token::{self, Claimed, TokenHash};
-use crate::audit::{Actor, AuditLog, AuditRecord, Outcome, Via};
+use crate::audit::{Actor, AuditLog, AuditRecord, AuditTable, Outcome, Via};
 
 /// Who is asking, for the audit line.
 #[derive(Debug, Clone)]
@@ -77,6 +77,13 @@ impl Registry {
             store,
             audit: AuditLog::at_home(home),
         }
+    }
+
+    /// Audit lines also into `table` (the shared database's), see
+    /// [`AuditLog::also_into`].
+    pub fn with_audit_table(mut self, table: Arc<dyn AuditTable>) -> Registry {
+        self.audit = self.audit.also_into(table);
+        self
     }
 
     pub fn home(&self) -> &Path {

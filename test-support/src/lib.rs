@@ -2,8 +2,9 @@
 //! HTTPS and HTTP upstream servers that count their connections and serve a
 //! few fixed routes (hello, echo, large download, SSE, WebSocket echo, an
 //! LLM provider's Chat and Messages answers), rustls client/in-memory TLS
-//! pair helpers, a scripted approval broker, and
-//! the adversarial Go upstream (a real server-side parser, `go_upstream`).
+//! pair helpers, a scripted approval broker,
+//! the adversarial Go upstream (a real server-side parser, `go_upstream`), and
+//! a private PostgreSQL server per test (`postgres`).
 #![allow(clippy::unwrap_used)] // test support: panicking on setup failure is the point
 
 mod approval;
@@ -12,12 +13,14 @@ mod https_client;
 pub mod llm;
 mod mitm;
 mod nginx;
+mod postgres;
 pub use approval::{purchase_question, Scripted, ScriptedBroker};
 pub use go_upstream::{go_fold_orbits, go_upstream_binary, GoUpstream};
 pub use https_client::HttpsClient;
 pub use llm::LlmAnswer;
 pub use mitm::Mitmdump;
 pub use nginx::Nginx;
+pub use postgres::{PostgresServer, POSTGRES_USER};
 
 use std::{
     convert::Infallible,

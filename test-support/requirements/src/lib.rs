@@ -1,6 +1,6 @@
 //! Requirement-gated tests: tests that need something of the host (QEMU for
 //! the harness, `/dev/kvm`, a nested PVM `/dev/kvm`, `/dev/net/tun`, the
-//! real LLM client libraries) and that
+//! real LLM client libraries, PostgreSQL's server binaries) and that
 //! must never report "passed" when they did not run.
 //!
 //! How a test is gated:
@@ -44,6 +44,10 @@ pub enum Requirement {
     /// OpenAI and Anthropic Python SDKs in `scripts/bootstrap`'s venv (its
     /// marker file, written last) and `node` (built-in fetch).
     SdkClients,
+    /// PostgreSQL's binaries (`initdb`, `pg_ctl`, `postgres`, `createdb`) under
+    /// `/usr/lib/postgresql/<version>/bin` (Debian's `postgresql`): the tests
+    /// of the control plane's PostgreSQL store start a private server.
+    Postgres,
 }
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -55,14 +59,17 @@ const TUN: &str = "/dev/net/tun";
 pub const SDK_VENV: &str = "/usr/local/lib/openclaw/test-venv";
 const SDK_MARKER: &str = "/usr/local/lib/openclaw/test-venv/openclaw-sdks";
 const NODE: &str = "node";
+/// Debian's PostgreSQL: one directory per major version, each with `bin/`.
+pub const POSTGRES_LIB: &str = "/usr/lib/postgresql";
 
 impl Requirement {
-    pub const ALL: [Requirement; 5] = [
+    pub const ALL: [Requirement; 6] = [
         Requirement::Qemu,
         Requirement::Kvm,
         Requirement::KvmIsPvm,
         Requirement::Tun,
         Requirement::SdkClients,
+        Requirement::Postgres,
     ];
 
     /// The cfg a build script sets when the requirement is met.
@@ -73,6 +80,7 @@ impl Requirement {
             Requirement::KvmIsPvm => "openclaw_kvm_is_pvm",
             Requirement::Tun => "openclaw_has_tun",
             Requirement::SdkClients => "openclaw_has_sdk_clients",
+            Requirement::Postgres => "openclaw_has_postgres",
         }
     }
 
@@ -84,6 +92,7 @@ impl Requirement {
             Requirement::KvmIsPvm => "kvm-pvm",
             Requirement::Tun => "tun",
             Requirement::SdkClients => "sdk-clients",
+            Requirement::Postgres => "postgres",
         }
     }
 
@@ -99,6 +108,10 @@ impl Requirement {
             Requirement::SdkClients => {
                 "the SDK venv (/usr/local/lib/openclaw/test-venv) or node is missing \
                  (scripts/bootstrap installs both)"
+            }
+            Requirement::Postgres => {
+                "PostgreSQL's binaries (/usr/lib/postgresql/<version>/bin/initdb, \
+                 pg_ctl, postgres, createdb) are missing (scripts/bootstrap installs Debian's postgresql)"
             }
         }
     }
@@ -121,6 +134,7 @@ impl Requirement {
             Requirement::SdkClients => {
                 Path::new(SDK_MARKER).is_file() && find_on_path(NODE).is_some()
             }
+            Requirement::Postgres => postgres_bin_dir().is_some(),
         }
     }
 
@@ -148,6 +162,14 @@ impl Requirement {
                 );
                 paths
             }
+            // A new major version adds a directory here; before the first,
+            // its parent gains /usr/lib/postgresql.
+            Requirement::Postgres => [POSTGRES_LIB, "/usr/lib"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .into_iter()
+                .collect(),
         };
         paths.into_iter().filter(|p| p.exists()).collect()
     }
@@ -168,6 +190,25 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
         .into_iter()
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// The `bin/` of the newest PostgreSQL under `/usr/lib/postgresql` that has
+/// the server binaries a test needs to start its own server.
+pub fn postgres_bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(POSTGRES_LIB)
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let major: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            ["initdb", "pg_ctl", "postgres", "createdb"]
+                .iter()
+                .all(|b| bin.join(b).is_file())
+                .then_some((major, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
 }
 
 /// Whether `OPENCLAW_REQUIRE_HARNESS` asks for every CI requirement.
@@ -271,7 +312,8 @@ mod tests {
                 Requirement::Qemu,
                 Requirement::Kvm,
                 Requirement::Tun,
-                Requirement::SdkClients
+                Requirement::SdkClients,
+                Requirement::Postgres
             ]
         );
     }

@@ -1,0 +1,684 @@
+//! The PostgreSQL [`Store`] (`--database postgres://…`): tenants and token
+//! hashes in a database several hosts share, and the audit log's lines
+//! ([`AuditTable`]). One connection per handle, owned by a thread of its
+//! own; the schema is created or migrated at open.
+//!
+//! Why a thread owns the connection: the `postgres` client is synchronous
+//! (the `Store` trait is, and the daemon calls it from blocking threads) but
+//! runs a small tokio runtime inside, which must be neither started nor
+//! dropped on an async thread. Its own thread makes any caller safe, drops
+//! the client where that is allowed, and serializes the handle's queries as
+//! the SQLite store's `Mutex<Connection>` does: store calls are single short
+//! statements, so one connection per process is not what limits the daemon.
+
+use std::str::FromStr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use postgres::config::Host;
+use postgres::error::SqlState;
+use postgres::{Client, Config, NoTls};
+
+use super::name::TenantName;
+use super::quota::Quotas;
+use super::store::{Store, TenantRecord, TenantStoreError};
+use super::token::TokenHash;
+use crate::audit::{AuditRecord, AuditTable};
+
+/// The schema version this openclaw reads (`openclaw_schema.version`); a
+/// database at a newer version is refused.
+const SCHEMA_VERSION: i32 = 3;
+
+/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`, in the
+/// transaction that holds the migration lock. A change is a new entry, never
+/// an edit of one that shipped. Names are `COLLATE "C"`: compared and
+/// ordered byte-wise whatever the database's locale.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    "
+CREATE TABLE tenants (
+    name TEXT COLLATE \"C\" PRIMARY KEY NOT NULL,
+    token_sha256 BYTEA NOT NULL CHECK (octet_length(token_sha256) = 32),
+    created_at TEXT NOT NULL,
+    token_issued_at TEXT NOT NULL
+);
+CREATE TABLE admin_token (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    token_sha256 BYTEA NOT NULL CHECK (octet_length(token_sha256) = 32),
+    issued_at TEXT NOT NULL
+);
+",
+    // The audit log's lines from every host, as written to audit.jsonl
+    // (`line`); `time` and `tenant` copied out for queries.
+    "
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    time TEXT NOT NULL,
+    tenant TEXT COLLATE \"C\",
+    line TEXT NOT NULL
+);
+",
+    // A tenant's quotas (NULL: no limit), gone with the tenant.
+    "
+CREATE TABLE quotas (
+    tenant TEXT COLLATE \"C\" PRIMARY KEY NOT NULL REFERENCES tenants (name) ON DELETE CASCADE,
+    sessions BIGINT CHECK (sessions >= 0),
+    requests_per_minute BIGINT CHECK (requests_per_minute >= 0),
+    llm_tokens_per_day BIGINT CHECK (llm_tokens_per_day >= 0),
+    micro_usd_per_day BIGINT CHECK (micro_usd_per_day >= 0),
+    updated_at TEXT NOT NULL
+);
+",
+];
+
+/// The advisory lock two daemons opening one fresh database take, so one
+/// creates the schema and the other then finds it (`pg_advisory_xact_lock`).
+const MIGRATION_LOCK: i64 = 0x6f70_656e_636c_6177; // "openclaw"
+
+/// How long a connection attempt may take before the store call fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `postgres://` (or `postgresql://`) URL as given to `--database` or
+/// `OPENCLAW_DATABASE`. It may hold a password: its `Debug` and `Display`
+/// never show it, and nothing else prints it.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// For clap: takes any text (checked at open, where an error can be
+    /// worded without echoing the URL; clap's own would print it whole).
+    pub fn from_arg(text: &str) -> Result<DatabaseUrl, std::convert::Infallible> {
+        Ok(DatabaseUrl(text.to_owned()))
+    }
+
+    fn config(&self) -> Result<Config, TenantStoreError> {
+        if !(self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")) {
+            return Err(backend(
+                "--database takes a postgres:// or postgresql:// URL (OPENCLAW_DATABASE too)",
+            ));
+        }
+        // The parser's messages name the option, never the URL's text.
+        Config::from_str(&self.0)
+            .map_err(|e| backend(format!("--database: not a usable PostgreSQL URL: {e}")))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.config() {
+            Ok(config) => write!(f, "DatabaseUrl({})", describe(&config)),
+            Err(_) => f.write_str("DatabaseUrl(<not a PostgreSQL URL>)"),
+        }
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.config() {
+            Ok(config) => f.write_str(&describe(&config)),
+            Err(_) => f.write_str("<not a PostgreSQL URL>"),
+        }
+    }
+}
+
+/// `postgresql database D on H:P as U`: what a message may say of a URL.
+fn describe(config: &Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(dir) => dir.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    format!(
+        "postgresql database {} on {}:{} as {}",
+        config.get_dbname().unwrap_or("(default)"),
+        hosts.join(","),
+        if ports.is_empty() {
+            "5432".to_owned()
+        } else {
+            ports.join(",")
+        },
+        config.get_user().unwrap_or("(default)")
+    )
+}
+
+fn backend(e: impl std::fmt::Display) -> TenantStoreError {
+    TenantStoreError::Backend(e.to_string())
+}
+
+fn db(e: postgres::Error) -> TenantStoreError {
+    backend(format!("postgresql: {}", describe_error(&e)))
+}
+
+/// The error and its causes: the client's own `Display` stops at "db
+/// error", and the server's message (the cause) is what an operator needs.
+fn describe_error(e: &postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The connection, as its thread holds it: made again after it broke.
+struct Connection {
+    config: Config,
+    client: Option<Client>,
+    target: String,
+}
+
+impl Connection {
+    fn client(&mut self) -> Result<&mut Client, TenantStoreError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let client = self.config.connect(NoTls).map_err(|e| {
+                backend(format!(
+                    "connecting to the {}: {}",
+                    self.target,
+                    describe_error(&e)
+                ))
+            })?;
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| backend("no database connection"))
+    }
+
+    /// Runs one operation. No retry: a statement that failed with the
+    /// connection may have committed. A broken connection is dropped, so the
+    /// next operation connects again (after a server restart, say).
+    fn run<T>(
+        &mut self,
+        op: impl FnOnce(&mut Client) -> Result<T, TenantStoreError>,
+    ) -> Result<T, TenantStoreError> {
+        let client = self.client()?;
+        let result = op(client);
+        if result.is_err() && client.is_closed() {
+            self.client = None;
+        }
+        result
+    }
+}
+
+/// A handle on the PostgreSQL store: one connection, its own thread.
+pub struct PgStore {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl PgStore {
+    /// Connects, then creates or migrates the schema. The URL's password is
+    /// in no error.
+    pub fn open(url: &DatabaseUrl) -> Result<PgStore, TenantStoreError> {
+        let mut config = url.config()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.application_name("openclaw");
+        let target = describe(&config);
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("openclaw-postgres".into())
+            .spawn(move || {
+                let mut conn = Connection {
+                    config,
+                    client: None,
+                    target,
+                };
+                // Ends when the handle (the sender) is dropped.
+                for job in queue {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| backend(format!("starting the database thread: {e}")))?;
+        let store = PgStore { jobs };
+        store.call(migrate)?;
+        Ok(store)
+    }
+
+    /// Runs `op` on the connection's thread and waits for its answer.
+    fn call<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Client) -> Result<T, TenantStoreError> + Send + 'static,
+    ) -> Result<T, TenantStoreError> {
+        let (answer, result) = mpsc::channel();
+        self.jobs
+            .send(Box::new(move |conn: &mut Connection| {
+                let _ = answer.send(conn.run(op));
+            }))
+            .map_err(|_| backend("the database thread stopped"))?;
+        result
+            .recv()
+            .map_err(|_| backend("the database thread stopped"))?
+    }
+}
+
+/// Creates or migrates the schema under the migration lock.
+fn migrate(client: &mut Client) -> Result<(), TenantStoreError> {
+    let mut tx = client.transaction().map_err(db)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(db)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS openclaw_schema (
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             version INTEGER NOT NULL
+         )",
+    )
+    .map_err(db)?;
+    let version: i32 = tx
+        .query_opt("SELECT version FROM openclaw_schema WHERE id = 1", &[])
+        .map_err(db)?
+        .map_or(0, |row| row.get(0));
+    let from = usize::try_from(version)
+        .ok()
+        .filter(|v| *v <= MIGRATIONS.len())
+        .ok_or_else(|| {
+            backend(format!(
+                "the database has schema version {version}; this openclaw reads {SCHEMA_VERSION}"
+            ))
+        })?;
+    for migration in &MIGRATIONS[from..] {
+        tx.batch_execute(migration).map_err(db)?;
+    }
+    tx.execute(
+        "INSERT INTO openclaw_schema (id, version) VALUES (1, $1)
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+        &[&SCHEMA_VERSION],
+    )
+    .map_err(db)?;
+    tx.commit().map_err(db)
+}
+
+fn hash_from(blob: Vec<u8>) -> Result<TokenHash, TenantStoreError> {
+    let bytes: [u8; 32] = blob
+        .try_into()
+        .map_err(|_| backend("a stored token hash is not 32 bytes"))?;
+    Ok(TokenHash(bytes))
+}
+
+impl Store for PgStore {
+    fn ping(&self) -> Result<(), TenantStoreError> {
+        self.call(|c| {
+            c.query_one("SELECT count(*) FROM tenants", &[])
+                .map(drop)
+                .map_err(db)
+        })
+    }
+
+    fn insert_tenant(
+        &self,
+        name: &TenantName,
+        token: &TokenHash,
+        at: &str,
+    ) -> Result<(), TenantStoreError> {
+        let (name, hash, at) = (name.clone(), token.0.to_vec(), at.to_owned());
+        self.call(move |c| {
+            match c.execute(
+                "INSERT INTO tenants (name, token_sha256, created_at, token_issued_at)
+                 VALUES ($1, $2, $3, $3)",
+                &[&name.as_str(), &hash, &at],
+            ) {
+                Ok(_) => Ok(()),
+                // The primary key decides between concurrent creators.
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    Err(TenantStoreError::TenantExists(name))
+                }
+                Err(e) => Err(db(e)),
+            }
+        })
+    }
+
+    fn tenants(&self) -> Result<Vec<TenantRecord>, TenantStoreError> {
+        let rows = self.call(|c| {
+            c.query(
+                "SELECT name, created_at, token_issued_at FROM tenants ORDER BY name",
+                &[],
+            )
+            .map_err(db)
+        })?;
+        rows.into_iter()
+            .map(|row| {
+                let name: String = row.get(0);
+                // Whatever wrote the row, a name that is not valid is never
+                // handed on to be joined onto a path.
+                let name = TenantName::parse(&name)
+                    .map_err(|e| backend(format!("stored tenant name {name:?}: {e}")))?;
+                Ok(TenantRecord {
+                    name,
+                    created_at: row.get(1),
+                    token_issued_at: row.get(2),
+                })
+            })
+            .collect()
+    }
+
+    fn tenant_token(&self, name: &TenantName) -> Result<Option<TokenHash>, TenantStoreError> {
+        let name = name.clone();
+        let blob: Option<Vec<u8>> = self.call(move |c| {
+            c.query_opt(
+                "SELECT token_sha256 FROM tenants WHERE name = $1",
+                &[&name.as_str()],
+            )
+            .map(|row| row.map(|r| r.get(0)))
+            .map_err(db)
+        })?;
+        blob.map(hash_from).transpose()
+    }
+
+    fn replace_tenant_token(
+        &self,
+        name: &TenantName,
+        token: &TokenHash,
+        at: &str,
+    ) -> Result<(), TenantStoreError> {
+        let (owned, hash, at) = (name.clone(), token.0.to_vec(), at.to_owned());
+        let changed = self.call(move |c| {
+            c.execute(
+                "UPDATE tenants SET token_sha256 = $2, token_issued_at = $3 WHERE name = $1",
+                &[&owned.as_str(), &hash, &at],
+            )
+            .map_err(db)
+        })?;
+        if changed == 0 {
+            return Err(TenantStoreError::NoSuchTenant(name.clone()));
+        }
+        Ok(())
+    }
+
+    fn delete_tenant(&self, name: &TenantName) -> Result<(), TenantStoreError> {
+        let owned = name.clone();
+        let changed = self.call(move |c| {
+            c.execute("DELETE FROM tenants WHERE name = $1", &[&owned.as_str()])
+                .map_err(db)
+        })?;
+        if changed == 0 {
+            return Err(TenantStoreError::NoSuchTenant(name.clone()));
+        }
+        Ok(())
+    }
+
+    fn quotas(&self, name: &TenantName) -> Result<Option<Quotas>, TenantStoreError> {
+        let owned = name.clone();
+        let row = self.call(move |c| {
+            c.query_opt(
+                "SELECT q.sessions, q.requests_per_minute, q.llm_tokens_per_day, q.micro_usd_per_day
+                 FROM tenants t LEFT JOIN quotas q ON q.tenant = t.name WHERE t.name = $1",
+                &[&owned.as_str()],
+            )
+            .map_err(db)
+        })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let unsigned = |i: usize| {
+            row.get::<_, Option<i64>>(i)
+                .map(u64::try_from)
+                .transpose()
+                .map_err(|_| backend("a stored quota is negative"))
+        };
+        Ok(Some(Quotas {
+            sessions: unsigned(0)?,
+            requests_per_minute: unsigned(1)?,
+            llm_tokens_per_day: unsigned(2)?,
+            micro_usd_per_day: unsigned(3)?,
+        }))
+    }
+
+    fn set_quotas(
+        &self,
+        name: &TenantName,
+        quotas: &Quotas,
+        at: &str,
+    ) -> Result<(), TenantStoreError> {
+        let signed = |v: Option<u64>| {
+            v.map(i64::try_from)
+                .transpose()
+                .map_err(|_| backend("a quota over 2^63"))
+        };
+        let values = [
+            signed(quotas.sessions)?,
+            signed(quotas.requests_per_minute)?,
+            signed(quotas.llm_tokens_per_day)?,
+            signed(quotas.micro_usd_per_day)?,
+        ];
+        let (owned, at) = (name.clone(), at.to_owned());
+        // One statement: the row is written only while the tenant exists.
+        let changed = self.call(move |c| {
+            c.execute(
+                "INSERT INTO quotas (tenant, sessions, requests_per_minute, llm_tokens_per_day,
+                     micro_usd_per_day, updated_at)
+                 SELECT name, $2, $3, $4, $5, $6 FROM tenants WHERE name = $1
+                 ON CONFLICT (tenant) DO UPDATE SET sessions = excluded.sessions,
+                     requests_per_minute = excluded.requests_per_minute,
+                     llm_tokens_per_day = excluded.llm_tokens_per_day,
+                     micro_usd_per_day = excluded.micro_usd_per_day,
+                     updated_at = excluded.updated_at",
+                &[
+                    &owned.as_str(),
+                    &values[0],
+                    &values[1],
+                    &values[2],
+                    &values[3],
+                    &at,
+                ],
+            )
+            .map_err(db)
+        })?;
+        if changed == 0 {
+            return Err(TenantStoreError::NoSuchTenant(name.clone()));
+        }
+        Ok(())
+    }
+
+    fn admin_token(&self) -> Result<Option<TokenHash>, TenantStoreError> {
+        let blob: Option<Vec<u8>> = self.call(|c| {
+            c.query_opt("SELECT token_sha256 FROM admin_token WHERE id = 1", &[])
+                .map(|row| row.map(|r| r.get(0)))
+                .map_err(db)
+        })?;
+        blob.map(hash_from).transpose()
+    }
+
+    fn set_admin_token(&self, token: &TokenHash, at: &str) -> Result<(), TenantStoreError> {
+        let (hash, at) = (token.0.to_vec(), at.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO admin_token (id, token_sha256, issued_at) VALUES (1, $1, $2)
+                 ON CONFLICT (id) DO UPDATE SET token_sha256 = excluded.token_sha256,
+                     issued_at = excluded.issued_at",
+                &[&hash, &at],
+            )
+            .map(drop)
+            .map_err(db)
+        })
+    }
+}
+
+impl AuditTable for PgStore {
+    fn append_line(&self, record: &AuditRecord, line: &str) -> anyhow::Result<()> {
+        let (time, tenant, line) = (record.time.clone(), record.tenant.clone(), line.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO audit (time, tenant, line) VALUES ($1, $2, $3)",
+                &[&time, &tenant, &line],
+            )
+            .map(drop)
+            .map_err(db)
+        })?;
+        Ok(())
+    }
+
+    fn lines(&self) -> anyhow::Result<Vec<String>> {
+        let rows = self.call(|c| {
+            c.query("SELECT line FROM audit ORDER BY id", &[])
+                .map_err(db)
+        })?;
+        Ok(rows.into_iter().map(|row| row.get(0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenants::store::conformance;
+    use test_requirements::{require, Requirement};
+    use test_support::PostgresServer;
+
+    fn url(text: &str) -> DatabaseUrl {
+        DatabaseUrl::from_arg(text).expect("infallible")
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(openclaw_has_postgres),
+        ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+    )]
+    fn the_postgres_store_keeps_the_store_contract_over_two_connections() {
+        require(
+            &[Requirement::Postgres],
+            "tenants::postgres::the_postgres_store_keeps_the_store_contract_over_two_connections",
+        );
+        let server = PostgresServer::start();
+        let db = url(&server.create_database("contract"));
+        // Two daemons (or a daemon and the CLI) on two hosts: two connections.
+        let one = PgStore::open(&db).expect("open");
+        let two = PgStore::open(&db).expect("open again");
+        conformance::check(&one, &two);
+        drop((one, two));
+        let again = PgStore::open(&db).expect("reopen");
+        assert_eq!(again.tenants().expect("list").len(), 2, "rows are durable");
+        // Names order byte-wise whatever the locale: '-' (0x2d) before digits.
+        let h = TokenHash::of("x");
+        for n in ["a1", "a-b", "a0"] {
+            again
+                .insert_tenant(&TenantName::parse(n).expect("name"), &h, "t")
+                .expect("insert");
+        }
+        let names: Vec<String> = again
+            .tenants()
+            .expect("list")
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert_eq!(names, ["a", "a-b", "a0", "a1", "c"]);
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(openclaw_has_postgres),
+        ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+    )]
+    fn a_restarted_server_is_reconnected_and_a_stopped_one_is_a_clear_error() {
+        require(
+            &[Requirement::Postgres],
+            "tenants::postgres::a_restarted_server_is_reconnected_and_a_stopped_one_is_a_clear_error",
+        );
+        let server = PostgresServer::start();
+        let db = url(&server.create_database("restart"));
+        let store = PgStore::open(&db).expect("open");
+        let acme = TenantName::parse("acme").expect("name");
+        store
+            .insert_tenant(&acme, &TokenHash::of("t"), "t1")
+            .expect("insert");
+        server.stop();
+        let err = store.ping().expect_err("the server is down");
+        let text = err.to_string();
+        assert!(text.contains("postgresql"), "{text}");
+        assert!(!text.contains(server.password()), "{text}");
+        server.restart();
+        // The broken connection was dropped with the failure; the next call
+        // connects again and finds the data.
+        store.ping().expect("reconnected");
+        assert!(store
+            .tenant_token(&acme)
+            .expect("get")
+            .expect("some")
+            .matches(&TokenHash::of("t")));
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(openclaw_has_postgres),
+        ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+    )]
+    fn a_newer_schema_a_wrong_password_and_a_bad_url_are_refused_without_the_password() {
+        require(
+            &[Requirement::Postgres],
+            "tenants::postgres::a_newer_schema_a_wrong_password_and_a_bad_url_are_refused_without_the_password",
+        );
+        let server = PostgresServer::start();
+        let good = server.create_database("schema");
+        let store = PgStore::open(&url(&good)).expect("open");
+        store
+            .call(|c| {
+                c.execute("UPDATE openclaw_schema SET version = 99", &[])
+                    .map_err(db)
+            })
+            .expect("bump");
+        let err = PgStore::open(&url(&good))
+            .err()
+            .expect("a newer schema is refused")
+            .to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+        // A database at version 1 (no audit or quotas table yet) is
+        // migrated at open.
+        store
+            .call(|c| {
+                c.batch_execute(
+                    "UPDATE openclaw_schema SET version = 1; DROP TABLE audit; DROP TABLE quotas",
+                )
+                    .map_err(db)
+            })
+            .expect("back to version 1");
+        let migrated = PgStore::open(&url(&good)).expect("migrated");
+        assert!(migrated.lines().expect("the audit table").is_empty());
+        assert_eq!(
+            migrated
+                .quotas(&TenantName::parse("nobody").expect("name"))
+                .expect("the quotas table"),
+            None
+        );
+        let version: i32 = migrated
+            .call(|c| {
+                c.query_one("SELECT version FROM openclaw_schema", &[])
+                    .map(|r| r.get(0))
+                    .map_err(db)
+            })
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let wrong = good.replace(server.password(), "not-the-password");
+        let err = PgStore::open(&url(&wrong))
+            .err()
+            .expect("a wrong password is refused")
+            .to_string();
+        assert!(err.contains("password authentication failed"), "{err}");
+        assert!(!err.contains("not-the-password"), "{err}");
+        let bad = format!("{good}?port=notaport");
+        let err = PgStore::open(&url(&bad))
+            .err()
+            .expect("a bad URL is refused")
+            .to_string();
+        assert!(!err.contains(server.password()), "{err}");
+        for shown in [format!("{:?}", url(&good)), url(&good).to_string()] {
+            assert!(!shown.contains(server.password()), "{shown}");
+            assert!(shown.contains("schema"), "{shown}");
+        }
+        let err = PgStore::open(&url("mysql://u:pw@h/db"))
+            .err()
+            .expect("not postgres")
+            .to_string();
+        assert!(err.contains("postgres://") && !err.contains("pw@"), "{err}");
+    }
+}

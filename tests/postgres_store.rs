@@ -1,0 +1,321 @@
+//! `openclaw serve` and `openclaw tenants` on PostgreSQL (`--database`,
+//! `OPENCLAW_DATABASE`) from the outside: a private server from Debian's
+//! binaries (`test_support::PostgresServer`), two daemons with two homes on
+//! one database, `curl` as the client. A tenant created through one daemon
+//! is seen by the other at once, a rotation through one is refused by both,
+//! `openclaw audit --database` reads both hosts' audit lines from the
+//! database, and the database password is in no log, audit line, output or
+//! help text.
+//! Gated on `Requirement::Postgres` (docs/testing.md).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+use test_requirements::{require, Requirement};
+use test_support::PostgresServer;
+
+const DATABASE_ENV: &str = "OPENCLAW_DATABASE";
+
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a process is told the database: the environment or argv.
+#[derive(Clone, Copy)]
+enum Given<'a> {
+    Env(&'a str),
+    Flag(&'a str),
+}
+
+fn openclaw(home: &Path, database: Given<'_>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_openclaw"));
+    cmd.args(args)
+        .env("OPENCLAW_HOME", home)
+        .env_remove(DATABASE_ENV);
+    match database {
+        Given::Env(url) => {
+            cmd.env(DATABASE_ENV, url);
+        }
+        Given::Flag(url) => {
+            cmd.args(["--database", url]);
+        }
+    }
+    cmd
+}
+
+/// `openclaw serve` on a free port, logging at debug level into `log`.
+fn start(home: &Path, database: Given<'_>, log: &Path) -> Daemon {
+    let mut child = openclaw(home, database, &["serve", "--addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("start openclaw serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line {line:?}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .to_owned();
+    Daemon { child, addr }
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// One request with curl: (status, JSON body or null).
+fn call(d: &Daemon, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "-o", "-", "-w", "\n%{http_code}"])
+        .args(["-X", method])
+        .args(["-H", &format!("Authorization: Bearer {token}")]);
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = cmd
+        .arg(format!("http://{}{path}", d.addr))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl {method} {path}: {out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let (body, status) = text.rsplit_once('\n').expect("the status line");
+    let status = status.parse().expect("a status");
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"))
+    };
+    (status, body)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+fn assert_no_password(password: &str, what: &str, bytes: &[u8]) {
+    assert!(
+        !bytes
+            .windows(password.len())
+            .any(|w| w == password.as_bytes()),
+        "the database password is in {what}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn two_daemons_on_one_postgres_share_tenants_and_rotations_without_logging_the_password() {
+    require(
+        &[Requirement::Postgres],
+        "postgres_store::two_daemons_on_one_postgres_share_tenants_and_rotations_without_logging_the_password",
+    );
+    let server = PostgresServer::start();
+    let url = server.create_database("shared");
+    let password = server.password().to_owned();
+    let (home1, home2) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (log1, log2) = (logs.path().join("one.log"), logs.path().join("two.log"));
+
+    let admin = openclaw(home1.path(), Given::Env(&url), &["tenants", "admin-token"])
+        .output()
+        .expect("admin-token");
+    assert!(admin.status.success(), "{}", output_text(&admin));
+    assert_no_password(
+        &password,
+        "admin-token's output",
+        output_text(&admin).as_bytes(),
+    );
+    let admin = String::from_utf8(admin.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+
+    // One daemon told by the environment, the other by the flag; two homes,
+    // so what they share can only be the database.
+    let one = start(home1.path(), Given::Env(&url), &log1);
+    let two = start(home2.path(), Given::Flag(&url), &log2);
+
+    let (status, created) = call(
+        &one,
+        "POST",
+        "/v1/tenants",
+        &admin,
+        Some(r#"{"name":"acme"}"#),
+    );
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().expect("token").to_owned();
+
+    // The other daemon sees the tenant at once, and its token.
+    let (status, listed) = call(&two, "GET", "/v1/tenants", &admin, None);
+    assert_eq!(status, 200, "{listed}");
+    assert!(listed.to_string().contains("\"acme\""), "{listed}");
+    for d in [&one, &two] {
+        assert_eq!(call(d, "GET", "/v1/usage", &token, None).0, 200);
+    }
+    assert_eq!(call(&one, "GET", "/v1/sessions", &token, None).0, 200);
+
+    // Rotated through the second: the old token is refused by both, the new
+    // one works on both.
+    let (status, rotated) = call(&two, "POST", "/v1/tenants/acme/token", &admin, None);
+    assert_eq!(status, 200, "{rotated}");
+    let new_token = rotated["token"].as_str().expect("token").to_owned();
+    for d in [&one, &two] {
+        assert_eq!(call(d, "GET", "/v1/usage", &token, None).0, 401);
+        assert_eq!(call(d, "GET", "/v1/usage", &new_token, None).0, 200);
+    }
+
+    // The CLI on the second home, by the flag, lists what the API made.
+    let listed = openclaw(
+        home2.path(),
+        Given::Flag(&url),
+        &["tenants", "list", "--json"],
+    )
+    .output()
+    .expect("list");
+    assert!(listed.status.success(), "{}", output_text(&listed));
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(listed[0]["name"], "acme");
+
+    // Neither home has a SQLite store: the tenants are in PostgreSQL.
+    for home in [home1.path(), home2.path()] {
+        assert!(!home.join("control.db").exists());
+    }
+    // Each daemon audits the changes it made, in its own home.
+    let audit1 = std::fs::read_to_string(home1.path().join("audit.jsonl")).expect("audit 1");
+    let audit2 = std::fs::read_to_string(home2.path().join("audit.jsonl")).expect("audit 2");
+    assert!(audit1.contains("\"tenant.create\""), "{audit1}");
+    assert!(audit2.contains("\"tenant.token.rotate\""), "{audit2}");
+
+    drop((one, two));
+    // The database holds every host's lines: `openclaw audit --database`
+    // from a third home prints exactly the lines of both files.
+    let third = tempfile::tempdir().expect("tempdir");
+    let shared = openclaw(third.path(), Given::Flag(&url), &["audit"])
+        .output()
+        .expect("audit");
+    assert!(shared.status.success(), "{}", output_text(&shared));
+    let mut from_db: Vec<String> = String::from_utf8(shared.stdout.clone())
+        .expect("utf-8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let mut from_files: Vec<String> = audit1
+        .lines()
+        .chain(audit2.lines())
+        .map(str::to_owned)
+        .collect();
+    from_db.sort();
+    from_files.sort();
+    assert_eq!(from_db.len(), 3, "admin-token, create, rotate: {from_db:?}");
+    assert_eq!(from_db, from_files);
+    assert_no_password(
+        &password,
+        "openclaw audit's output",
+        output_text(&shared).as_bytes(),
+    );
+    let only_acme = openclaw(
+        third.path(),
+        Given::Env(&url),
+        &["audit", "--tenant", "acme"],
+    )
+    .output()
+    .expect("audit --tenant");
+    assert_eq!(
+        String::from_utf8_lossy(&only_acme.stdout).lines().count(),
+        2,
+        "{}",
+        output_text(&only_acme)
+    );
+    for path in [&log1, &log2]
+        .into_iter()
+        .cloned()
+        .chain(files_under(home1.path()))
+        .chain(files_under(home2.path()))
+    {
+        let bytes = std::fs::read(&path).expect("read");
+        assert_no_password(&password, &path.display().to_string(), &bytes);
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn a_wrong_database_password_is_refused_and_no_password_is_echoed() {
+    require(
+        &[Requirement::Postgres],
+        "postgres_store::a_wrong_database_password_is_refused_and_no_password_is_echoed",
+    );
+    let server = PostgresServer::start();
+    let url = server.create_database("refusals");
+    let home = tempfile::tempdir().expect("tempdir");
+    let wrong = url.replace(server.password(), "wrong-secret-0123");
+    for given in [Given::Env(&wrong), Given::Flag(&wrong)] {
+        for args in [
+            &["tenants", "list"][..],
+            &["serve", "--addr", "127.0.0.1:0"],
+        ] {
+            let out = openclaw(home.path(), given, args)
+                .env("RUST_LOG", "debug")
+                .output()
+                .expect("run");
+            let text = output_text(&out);
+            assert!(!out.status.success(), "{args:?}: {text}");
+            assert!(
+                text.contains("password authentication failed"),
+                "{args:?}: {text}"
+            );
+            assert_no_password("wrong-secret-0123", "the error", text.as_bytes());
+        }
+    }
+    // The help shows where the URL comes from, never its value.
+    let help = openclaw(home.path(), Given::Env(&url), &["serve", "--help"])
+        .output()
+        .expect("help");
+    let text = output_text(&help);
+    assert!(text.contains(DATABASE_ENV), "{text}");
+    assert_no_password(server.password(), "serve --help", text.as_bytes());
+    // Nothing was made in the home that would hide a database that failed.
+    assert!(!home.path().join("control.db").exists());
+}
