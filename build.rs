@@ -1,7 +1,8 @@
 //! Sets `openclaw_has_qemu`, `openclaw_kvm_is_pvm`,
-//! `openclaw_has_sdk_clients` and `openclaw_has_postgres` for the root
-//! package's requirement-gated tests (`tests/kvm_backend_in_qemu.rs`,
-//! `tests/kvm_backend.rs`, `tests/llm_sdks.rs`, `tests/postgres_store.rs`,
+//! `openclaw_has_sdk_clients`, `openclaw_has_postgres` and
+//! `openclaw_has_schemathesis` for the root package's requirement-gated tests
+//! (`tests/kvm_backend_in_qemu.rs`, `tests/kvm_backend.rs`,
+//! `tests/llm_sdks.rs`, `tests/postgres_store.rs`, `tests/serve_schemathesis.rs`,
 //! `tenants::postgres::tests`; see `test_requirements`): where the host lacks
 //! them those tests are ignored with the reason, not "passed". The binary
 //! does not read them.
@@ -15,5 +16,6 @@ fn main() {
         Requirement::KvmIsPvm,
         Requirement::SdkClients,
         Requirement::Postgres,
+        Requirement::Schemathesis,
     ]);
 }

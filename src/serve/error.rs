@@ -25,6 +25,8 @@ pub struct ApiError {
     pub field: Option<&'static str>,
     /// Seconds for `Retry-After` (429).
     pub retry_after: Option<u64>,
+    /// The methods the path takes, for `Allow` (405; RFC 9110 requires it).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -35,6 +37,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -78,12 +81,16 @@ impl ApiError {
         }
     }
 
-    pub fn method_not_allowed() -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this path does not take that method",
-        )
+    /// 405, naming the methods the path takes (`"GET, POST"`).
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        ApiError {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take that method",
+            )
+        }
     }
 
     pub fn unsupported_media_type() -> Self {
@@ -123,6 +130,9 @@ impl ApiError {
         }
         if let Some(seconds) = self.retry_after {
             builder = builder.header(header::RETRY_AFTER, seconds.to_string());
+        }
+        if let Some(methods) = self.allow {
+            builder = builder.header(header::ALLOW, methods);
         }
         json_with(builder, &body)
     }

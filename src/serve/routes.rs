@@ -121,11 +121,12 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
 }
 
-fn only(req: &Parsed, method: Method) -> Result<(), ApiError> {
-    if req.method == method {
+/// The path takes one method, named as `Allow` spells it (`"GET"`).
+fn only(req: &Parsed, method: &'static str) -> Result<(), ApiError> {
+    if req.method.as_str() == method {
         Ok(())
     } else {
-        Err(ApiError::method_not_allowed())
+        Err(ApiError::method_not_allowed(method))
     }
 }
 
@@ -133,17 +134,17 @@ fn dispatch(state: &State, req: &Parsed, request_id: &str) -> Result<Response<Ap
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["healthz"] => {
-            only(req, Method::GET)?;
+            only(req, "GET")?;
             Ok(json(StatusCode::OK, &json!({"status": "ok"})))
         }
         ["readyz"] => {
-            only(req, Method::GET)?;
+            only(req, "GET")?;
             Ok(readiness(state))
         }
         ["metrics"] => {
             // The admin token, as for admin routes (401 without, 404 to tenants).
             admin_only(&authenticate(state, req, request_id)?)?;
-            only(req, Method::GET)?;
+            only(req, "GET")?;
             let text = metrics::render(state).map_err(|e| ApiError::internal(request_id, &e))?;
             Response::builder()
                 .header(
@@ -154,7 +155,7 @@ fn dispatch(state: &State, req: &Parsed, request_id: &str) -> Result<Response<Ap
                 .map_err(|e| ApiError::internal(request_id, &e.into()))
         }
         ["openapi.json"] => {
-            only(req, Method::GET)?;
+            only(req, "GET")?;
             Ok(json(StatusCode::OK, &openapi::document()))
         }
         ["v1", rest @ ..] => {
@@ -218,13 +219,13 @@ fn v1(
                     ))
                 }
                 Method::POST => create_session(state, req, tenant, request_id),
-                _ => Err(ApiError::method_not_allowed()),
+                _ => Err(ApiError::method_not_allowed("GET, POST")),
             }
         }
         ["sessions", id, "stop"] => {
             let tenant = tenant_only(who)?;
             let root = state.registry.root(tenant);
-            only(req, Method::POST)?;
+            only(req, "POST")?;
             no_query(req)?;
             let report = sessions::get(&root, id).ok_or_else(ApiError::not_found)?;
             stop_session(
@@ -237,14 +238,14 @@ fn v1(
         }
         ["sessions", id] => {
             let root = state.registry.root(tenant_only(who)?);
-            only(req, Method::GET)?;
+            only(req, "GET")?;
             no_query(req)?;
             let report = sessions::get(&root, id).ok_or_else(ApiError::not_found)?;
             Ok(json(StatusCode::OK, &report))
         }
         ["sessions", id, "bundle"] => {
             let root = state.registry.root(tenant_only(who)?);
-            only(req, Method::GET)?;
+            only(req, "GET")?;
             no_query(req)?;
             let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
             if running {
@@ -263,14 +264,14 @@ fn v1(
         }
         ["sessions", id, "events"] => {
             let root = state.registry.root(tenant_only(who)?);
-            only(req, Method::GET)?;
+            only(req, "GET")?;
             no_query(req)?;
             let dir = running_dir(&root, id)?;
             Ok(events::stream(dir))
         }
         ["sessions", id, "approvals"] => {
             let root = state.registry.root(tenant_only(who)?);
-            only(req, Method::GET)?;
+            only(req, "GET")?;
             no_query(req)?;
             let dir = running_dir(&root, id)?;
             match control::call_blocking(&dir, &ControlRequest::Pending) {
@@ -287,20 +288,20 @@ fn v1(
         ["sessions", id, "approvals", approval] => {
             let tenant = tenant_only(who)?;
             let root = state.registry.root(tenant);
-            only(req, Method::POST)?;
+            only(req, "POST")?;
             no_query(req)?;
             let (dir, running) = sessions::dir_of(&root, id).ok_or_else(ApiError::not_found)?;
             answer_approval(state, req, tenant, id, approval, &dir, running, request_id)
         }
         ["sessions", id, "receipts", "verify"] => {
             let root = state.registry.root(tenant_only(who)?);
-            only(req, Method::GET)?;
+            only(req, "GET")?;
             no_query(req)?;
             let report = sessions::verify(&root, id).ok_or_else(ApiError::not_found)?;
             Ok(json(StatusCode::OK, &report))
         }
         ["usage"] => {
-            only(req, Method::GET)?;
+            only(req, "GET")?;
             usage_of(state, req, who, request_id)
         }
         ["tenants"] => {
@@ -315,12 +316,12 @@ fn v1(
                     Ok(json(StatusCode::OK, &json!({"tenants": tenants})))
                 }
                 Method::POST => create_tenant(state, req, request_id),
-                _ => Err(ApiError::method_not_allowed()),
+                _ => Err(ApiError::method_not_allowed("GET, POST")),
             }
         }
         ["tenants", name] => {
             admin_only(who)?;
-            only(req, Method::DELETE)?;
+            only(req, "DELETE")?;
             no_query(req)?;
             let name = name_param(name)?;
             state
@@ -335,7 +336,7 @@ fn v1(
         ["tenants", name, "quotas"] => {
             admin_only(who)?;
             if !matches!(req.method, Method::GET | Method::PUT) {
-                return Err(ApiError::method_not_allowed());
+                return Err(ApiError::method_not_allowed("GET, PUT"));
             }
             no_query(req)?;
             let name = name_param(name)?;
@@ -364,7 +365,7 @@ fn v1(
         }
         ["tenants", name, "token"] => {
             admin_only(who)?;
-            only(req, Method::POST)?;
+            only(req, "POST")?;
             no_query(req)?;
             let name = name_param(name)?;
             let token = state
@@ -464,8 +465,14 @@ fn json_request<T: serde::de::DeserializeOwned>(req: &Parsed, shape: &str) -> Re
     if !req.json_body {
         return Err(ApiError::unsupported_media_type());
     }
-    serde_json::from_slice(&req.body)
-        .map_err(|_| ApiError::invalid("body", format!("expected {shape}")))
+    let invalid = || ApiError::invalid("body", format!("expected {shape}"));
+    // Every body is an object: serde would also fill a struct from an array
+    // (`[null, null]`), which the document does not allow.
+    let value: serde_json::Value = serde_json::from_slice(&req.body).map_err(|_| invalid())?;
+    if !value.is_object() {
+        return Err(invalid());
+    }
+    serde_json::from_value(value).map_err(|_| invalid())
 }
 
 /// One audit line for a session change by a tenant; the change is not
@@ -749,7 +756,8 @@ fn answer_approval(
 
 /// `GET /v1/usage?period=&by=&tenant=`: `openclaw usage report --json` over
 /// the ledger, scoped to the caller's tenant (the admin: all tenants, or
-/// the one named). Values are plain ASCII (no percent-decoding).
+/// the one named). The query is form-decoded as clients encode it
+/// (`by=day%2Cmodel` is `by=day,model`).
 fn usage_of(
     state: &State,
     req: &Parsed,
@@ -759,16 +767,10 @@ fn usage_of(
     let mut period = "current-month".to_owned();
     let mut by = vec![GroupKey::Day, GroupKey::Tenant, GroupKey::Model];
     let mut tenant = None;
-    for pair in req
-        .query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "period" => period = value.to_owned(),
+    let query = req.query.as_deref().unwrap_or("");
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "period" => period = value.into_owned(),
             "by" => {
                 by = value
                     .split(',')
@@ -783,7 +785,7 @@ fn usage_of(
             }
             "tenant" => {
                 tenant = Some(
-                    TenantName::parse(value)
+                    TenantName::parse(&value)
                         .map_err(|e| ApiError::invalid("tenant", e.to_string()))?,
                 )
             }

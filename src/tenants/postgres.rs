@@ -639,7 +639,7 @@ mod tests {
                 c.batch_execute(
                     "UPDATE openclaw_schema SET version = 1; DROP TABLE audit; DROP TABLE quotas",
                 )
-                    .map_err(db)
+                .map_err(db)
             })
             .expect("back to version 1");
         let migrated = PgStore::open(&url(&good)).expect("migrated");

@@ -48,6 +48,9 @@ pub enum Requirement {
     /// `/usr/lib/postgresql/<version>/bin` (Debian's `postgresql`): the tests
     /// of the control plane's PostgreSQL store start a private server.
     Postgres,
+    /// Schemathesis (PyPI), pinned, in `scripts/bootstrap`'s own venv for it
+    /// (its marker file, written last): the API's contract test.
+    Schemathesis,
 }
 
 const QEMU: &str = "qemu-system-x86_64";
@@ -61,15 +64,19 @@ const SDK_MARKER: &str = "/usr/local/lib/openclaw/test-venv/openclaw-sdks";
 const NODE: &str = "node";
 /// Debian's PostgreSQL: one directory per major version, each with `bin/`.
 pub const POSTGRES_LIB: &str = "/usr/lib/postgresql";
+/// `scripts/bootstrap`'s schemathesis venv (its `bin/st`), and its marker.
+pub const SCHEMATHESIS_VENV: &str = "/usr/local/lib/openclaw/schemathesis-venv";
+const SCHEMATHESIS_MARKER: &str = "/usr/local/lib/openclaw/schemathesis-venv/openclaw-schemathesis";
 
 impl Requirement {
-    pub const ALL: [Requirement; 6] = [
+    pub const ALL: [Requirement; 7] = [
         Requirement::Qemu,
         Requirement::Kvm,
         Requirement::KvmIsPvm,
         Requirement::Tun,
         Requirement::SdkClients,
         Requirement::Postgres,
+        Requirement::Schemathesis,
     ];
 
     /// The cfg a build script sets when the requirement is met.
@@ -81,6 +88,7 @@ impl Requirement {
             Requirement::Tun => "openclaw_has_tun",
             Requirement::SdkClients => "openclaw_has_sdk_clients",
             Requirement::Postgres => "openclaw_has_postgres",
+            Requirement::Schemathesis => "openclaw_has_schemathesis",
         }
     }
 
@@ -93,6 +101,7 @@ impl Requirement {
             Requirement::Tun => "tun",
             Requirement::SdkClients => "sdk-clients",
             Requirement::Postgres => "postgres",
+            Requirement::Schemathesis => "schemathesis",
         }
     }
 
@@ -112,6 +121,10 @@ impl Requirement {
             Requirement::Postgres => {
                 "PostgreSQL's binaries (/usr/lib/postgresql/<version>/bin/initdb, \
                  pg_ctl, postgres, createdb) are missing (scripts/bootstrap installs Debian's postgresql)"
+            }
+            Requirement::Schemathesis => {
+                "schemathesis's venv (/usr/local/lib/openclaw/schemathesis-venv) is missing \
+                 (scripts/bootstrap installs it)"
             }
         }
     }
@@ -135,6 +148,7 @@ impl Requirement {
                 Path::new(SDK_MARKER).is_file() && find_on_path(NODE).is_some()
             }
             Requirement::Postgres => postgres_bin_dir().is_some(),
+            Requirement::Schemathesis => Path::new(SCHEMATHESIS_MARKER).is_file(),
         }
     }
 
@@ -170,6 +184,18 @@ impl Requirement {
                 .find(|p| p.exists())
                 .into_iter()
                 .collect(),
+            // As for the SDK venv: the marker's directory, or the nearest
+            // existing parent.
+            Requirement::Schemathesis => [
+                SCHEMATHESIS_VENV,
+                "/usr/local/lib/openclaw",
+                "/usr/local/lib",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .into_iter()
+            .collect(),
         };
         paths.into_iter().filter(|p| p.exists()).collect()
     }
@@ -313,7 +339,8 @@ mod tests {
                 Requirement::Kvm,
                 Requirement::Tun,
                 Requirement::SdkClients,
-                Requirement::Postgres
+                Requirement::Postgres,
+                Requirement::Schemathesis
             ]
         );
     }
