@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
+use crate::session::backends::choice;
 use crate::session::config::{ApproveMode, BackendChoice, Bounds, RunConfig, SessionLabels};
 use crate::session::runner;
 use crate::{home, keys};
@@ -125,11 +126,15 @@ pub struct RunArgs {
     /// Who ran it [default: the invoking user: $SUDO_USER, else $USER].
     #[arg(long, value_name = "USER")]
     user: Option<String>,
-    /// Directory of session bundles [default: <home>/sessions]. Its parent
-    /// is the session's home for rates.toml, the usage ledger and images
+    /// Directory of session bundles [default: <home>/sessions]
     /// (`openclaw serve` passes a tenant's `<tenant root>/sessions`).
     #[arg(long, value_name = "DIR")]
     sessions_dir: Option<PathBuf>,
+    /// The openclaw home: rates.toml, the usage ledger (ledger.db), images,
+    /// and the default keys/ and sessions/ [default: $OPENCLAW_HOME, else
+    /// ~/.openclaw; with --sessions-dir alone, that directory's parent].
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -173,7 +178,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-fn parse_resolve(text: &str) -> Result<(String, SocketAddr), String> {
+pub(crate) fn parse_resolve(text: &str) -> Result<(String, SocketAddr), String> {
     let (host, addr) = text
         .split_once('=')
         .ok_or_else(|| "expected HOST=ADDR:PORT, e.g. api.example.com=127.0.0.1:8443".to_owned())?;
@@ -199,7 +204,18 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn config_from_args(args: RunArgs) -> Result<RunConfig> {
-    let keys_dir = home::keys_dir()?;
+    let base = match &args.home {
+        Some(dir) => dir.clone(),
+        None => home::home_dir()?,
+    };
+    let keys_dir = base.join("keys");
+    // As before --home existed: a sessions directory given alone keeps its
+    // parent as the session's home.
+    let session_home = match (&args.home, &args.sessions_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(sessions)) => choice::home_of(sessions),
+        (None, None) => base.clone(),
+    };
     let pubkey = args.pubkey.unwrap_or_else(|| keys_dir.join(keys::ROOT_PUB));
     let receipt_key = args
         .receipt_key
@@ -240,10 +256,8 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
         memory_bytes: args.memory_mib << 20,
         pids_max: args.pids_max,
         command: args.command,
-        sessions_dir: match args.sessions_dir {
-            Some(dir) => dir,
-            None => home::sessions_dir()?,
-        },
+        sessions_dir: args.sessions_dir.unwrap_or_else(|| base.join("sessions")),
+        home: session_home,
         timeout: args.timeout,
         bounds: Bounds {
             dns_refusal_receipts: args.dns_refusal_receipts,

@@ -24,6 +24,15 @@ pub struct ServeArgs {
     /// Address to listen on (plain HTTP: put TLS in front for anything but loopback).
     #[arg(long, default_value = "127.0.0.1:8787")]
     addr: SocketAddr,
+    /// Every session's traffic for HOST goes to ADDR:PORT instead of being
+    /// resolved (repeatable; `openclaw run --resolve`): a staging or test
+    /// upstream. The operator's setting, never a tenant's.
+    #[arg(long, value_name = "HOST=ADDR:PORT", value_parser = super::run::parse_resolve)]
+    resolve: Vec<(String, SocketAddr)>,
+    /// Extra CA certificate (PEM) every session trusts for upstream TLS
+    /// (repeatable; `openclaw run --upstream-ca`).
+    #[arg(long, value_name = "CA.pem")]
+    upstream_ca: Vec<std::path::PathBuf>,
 }
 
 pub fn execute(args: ServeArgs) -> Result<ExitCode> {
@@ -35,6 +44,10 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
     runtime.block_on(serve::run(ServeConfig {
         home,
         addr: args.addr,
+        sessions: serve::SessionDefaults {
+            resolve: args.resolve,
+            upstream_ca: args.upstream_ca,
+        },
     }))?;
     Ok(ExitCode::SUCCESS)
 }

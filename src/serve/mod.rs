@@ -10,6 +10,8 @@ mod events;
 mod launch;
 /// The OpenAPI 3.1 document of what is served.
 mod openapi;
+/// What a dead daemon left: orphaned sessions stopped, the rest recovered.
+mod restart;
 /// Routes and handlers.
 mod routes;
 /// The listener and the SIGTERM drain.
@@ -17,4 +19,5 @@ mod server;
 /// A tenant's sessions: listed, read and verified inside its root.
 mod sessions;
 
+pub use launch::SessionDefaults;
 pub use server::{run, ServeConfig};

@@ -448,6 +448,18 @@ fn create_session(
             )?;
             Ok(json(StatusCode::CREATED, &json!({"id": id})))
         }
+        Err(e) if e.is::<launch::Draining>() => {
+            audit_session(
+                state,
+                tenant,
+                "session.create",
+                "-",
+                request_id,
+                Outcome::Refused,
+                Some("the daemon is shutting down"),
+            )?;
+            Err(ApiError::unavailable(e.to_string()))
+        }
         Err(e) => {
             audit_session(
                 state,
