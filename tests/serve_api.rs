@@ -98,7 +98,22 @@ impl Reply {
 /// One request with curl; the path is sent as is (`--path-as-is`: no `..`
 /// squashing, no decoding).
 fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+    call_with(d, method, path, token, body, &[])
+}
+
+/// [`call`] with more request headers (`Name: value`).
+fn call_with(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[&str],
+) -> Reply {
     let mut cmd = Command::new("curl");
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
     cmd.args([
         "-sS",
         "-i",
@@ -897,6 +912,126 @@ fn a_restarted_daemon_stops_orphans_and_recovers_the_dead_ones_sessions() {
             "{id}: the chain is closed"
         );
     }
+}
+
+/// Identity through a trusted reverse proxy: the same requests from
+/// 127.0.0.1 to a daemon trusting 127.0.0.1/32 and to one trusting only
+/// 10.0.0.0/8. Trusted: the header names the user (the session's `--user`,
+/// the audit actor `user` with the name), a bad value is 400 naming the
+/// header, after the token (no token is still 401). Untrusted: the header is
+/// ignored, whatever it holds; the tenant acts.
+#[test]
+fn a_trusted_proxys_identity_header_names_the_user_and_an_untrusted_ones_is_ignored() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let a = cli(h, &["tenants", "create", "a"]);
+    let cap = mint_for(h, "a");
+    let body = json!({"capabilities": cap, "command": ["true"]}).to_string();
+    let alice = "X-Remote-User: alice@example.com";
+    let user_of = |id: &str| -> Value {
+        let info: Value = serde_json::from_str(
+            &std::fs::read_to_string(h.join("tenants/a/sessions").join(id).join("session.json"))
+                .expect("session.json"),
+        )
+        .expect("json");
+        info["user"].clone()
+    };
+    let last_create = || -> Value {
+        let audit = std::fs::read_to_string(h.join("audit.jsonl")).expect("audit");
+        audit
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
+            .rfind(|l| l["action"] == "session.create")
+            .unwrap_or_else(|| panic!("{audit}"))
+    };
+
+    let trusted = start_with(
+        h,
+        &logs.path().join("trusted.log"),
+        &[
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--identity-header",
+            "X-Remote-User",
+        ],
+    );
+    let created = call_with(
+        &trusted,
+        "POST",
+        "/v1/sessions",
+        Some(&a),
+        Some(&body),
+        &[alice],
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    wait_ended(h, "a", &id);
+    assert_eq!(user_of(&id), "alice@example.com");
+    let line = last_create();
+    assert_eq!(line["actor"], "user", "{line}");
+    assert_eq!(line["user"], "alice@example.com", "{line}");
+    assert_eq!(line["tenant"], "a", "{line}");
+    assert_eq!(line["target"], id.as_str(), "{line}");
+    for bad in ["../../etc", "alice bob", "-rf", &"a".repeat(129)] {
+        let header = format!("X-Remote-User: {bad}");
+        let r = call_with(&trusted, "GET", "/v1/sessions", Some(&a), None, &[&header]);
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid"),
+            "{bad:?}: {:?}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["field"], "x-remote-user", "{bad:?}");
+    }
+    let twice = call_with(
+        &trusted,
+        "GET",
+        "/v1/sessions",
+        Some(&a),
+        None,
+        &[alice, "X-Remote-User: bob"],
+    );
+    assert_eq!(twice.status, 400, "{:?}", twice.body);
+    // The header is no token: without one, 401 before anything else.
+    let anonymous = call_with(&trusted, "GET", "/v1/sessions", None, None, &[alice]);
+    assert_eq!(anonymous.status, 401);
+    drop(trusted);
+
+    let untrusted = start_with(
+        h,
+        &logs.path().join("untrusted.log"),
+        &[
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--identity-header",
+            "X-Remote-User",
+        ],
+    );
+    let created = call_with(
+        &untrusted,
+        "POST",
+        "/v1/sessions",
+        Some(&a),
+        Some(&body),
+        &[alice],
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    wait_ended(h, "a", &id);
+    assert_ne!(user_of(&id), "alice@example.com", "the header was ignored");
+    let line = last_create();
+    assert_eq!(line["actor"], "tenant", "{line}");
+    assert!(line.get("user").is_none(), "{line}");
+    let bad = call_with(
+        &untrusted,
+        "GET",
+        "/v1/sessions",
+        Some(&a),
+        None,
+        &["X-Remote-User: ../../etc"],
+    );
+    assert_eq!(bad.status, 200, "ignored, not validated: {:?}", bad.body);
 }
 
 /// The operator's price of the test model (USD per million tokens): 100

@@ -33,10 +33,21 @@ pub struct ServeArgs {
     /// (repeatable; `openclaw run --upstream-ca`).
     #[arg(long, value_name = "CA.pem")]
     upstream_ca: Vec<std::path::PathBuf>,
+    /// A reverse proxy's network (repeatable, e.g. 10.0.0.5/32): from a peer
+    /// inside one, --identity-header names the user acting inside the
+    /// bearer token's tenant; from any other peer that header is ignored.
+    #[arg(long, value_name = "CIDR")]
+    trusted_proxy: Vec<ipnet::IpNet>,
+    /// The header a trusted proxy puts the authenticated user in (e.g.
+    /// X-Remote-User); needs --trusted-proxy.
+    #[arg(long, value_name = "NAME")]
+    identity_header: Option<String>,
 }
 
 pub fn execute(args: ServeArgs) -> Result<ExitCode> {
     let home = home::home_dir()?;
+    let identity = serve::TrustedProxies::new(args.trusted_proxy, args.identity_header)
+        .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,6 +59,7 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
             resolve: args.resolve,
             upstream_ca: args.upstream_ca,
         },
+        identity,
     }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -50,6 +50,9 @@ pub struct Checked {
     backend: &'static str,
     approve: &'static str,
     task: Option<String>,
+    /// `--user`: the name a trusted proxy gave (`identity`); None: run's
+    /// default.
+    pub user: Option<String>,
 }
 
 /// Checks the body against the tenant; `Err((field, why))` names the
@@ -101,6 +104,7 @@ pub fn check(root: &TenantRoot, body: CreateSession) -> Result<Checked, (&'stati
         backend,
         approve,
         task: body.task,
+        user: None,
     })
 }
 
@@ -315,6 +319,9 @@ impl Launcher {
             .arg(&self.home)
             .args(["--backend", req.backend, "--approve", req.approve])
             .args(["--tenant", tenant.as_str()]);
+        if let Some(user) = &req.user {
+            cmd.arg("--user").arg(user);
+        }
         for (host, addr) in &self.defaults.resolve {
             cmd.arg("--resolve").arg(format!("{host}={addr}"));
         }

@@ -6,6 +6,8 @@
 mod error;
 /// A running session's events as server-sent events.
 mod events;
+/// Users named by a trusted reverse proxy.
+mod identity;
 /// Sessions the daemon starts (`openclaw run` children) and stops.
 mod launch;
 /// The OpenAPI 3.1 document of what is served.
@@ -19,5 +21,6 @@ mod server;
 /// A tenant's sessions: listed, read and verified inside its root.
 mod sessions;
 
+pub use identity::TrustedProxies;
 pub use launch::SessionDefaults;
 pub use server::{run, ServeConfig};

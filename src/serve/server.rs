@@ -12,11 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hyper::body::Incoming;
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::identity::{ProxyUser, TrustedProxies};
 use super::launch::{Launcher, SessionDefaults};
 use super::restart;
 use super::routes::{self, State};
@@ -34,6 +37,8 @@ pub struct ServeConfig {
     pub addr: SocketAddr,
     /// Passed to every session the daemon starts.
     pub sessions: SessionDefaults,
+    /// `--trusted-proxy` and `--identity-header`; None: no header is read.
+    pub identity: Option<TrustedProxies>,
 }
 
 /// Serves until SIGTERM or SIGINT, then drains. Prints
@@ -57,14 +62,14 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         .with_context(|| format!("listening on {}", config.addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     println!("listening on http://{addr}");
-    let launcher = Launcher::new(&config.home, config.sessions)?;
+    let launcher = Launcher::new(&config.home, config.sessions.clone())?;
     let state = Arc::new(State { registry, launcher });
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(err) => {
                         tracing::warn!("serve accept: {err}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -72,8 +77,16 @@ pub async fn run(config: ServeConfig) -> Result<()> {
                     }
                 };
                 let state = state.clone();
-                let service = hyper::service::service_fn(move |req| {
+                let identity = config.identity.clone();
+                let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     let state = state.clone();
+                    // Who the peer says the user is, decided here where the
+                    // peer is known; the routes act on it after the token.
+                    let user = match &identity {
+                        Some(proxies) => proxies.user_of(peer, req.headers()),
+                        None => ProxyUser::None,
+                    };
+                    req.extensions_mut().insert(user);
                     async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
                 });
                 // A client that never finishes its request head is dropped.
