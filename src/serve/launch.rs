@@ -1,9 +1,11 @@
 //! Sessions the daemon starts and stops: each one an `openclaw run` child
 //! of the daemon's own executable, in the tenant's layout (its sessions
-//! directory, root and receipt keys, `--tenant <name>`), so a session that
-//! crashes never takes the daemon with it. The child is found by its
-//! session.json (`supervisor_pid`), stopped with SIGTERM (the runner closes
-//! its chain), and reaped by one thread.
+//! directory, root and receipt keys, `--tenant <name>`) with the daemon's
+//! home (`--home`: rates, ledger, images), so a session that crashes never
+//! takes the daemon with it. The child is found by its session.json
+//! (`supervisor_pid`), its output kept in the bundle (`run.log`), stopped
+//! with SIGTERM (the runner closes its chain), reaped by one thread, and
+//! all of them stopped by the daemon's drain.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;

@@ -87,12 +87,16 @@ pub fn settle(registry: &Registry, limit: Duration) -> Result<Settled> {
                 None
             }
         };
-        let home = registry.home();
-        let done = recovery::recover(sessions, home, key.as_ref())
-            .with_context(|| format!("recovering tenant {tenant}'s sessions"))?;
-        for session in done.sessions {
-            tracing::info!(tenant, "recovered: {session}");
-            settled.recovered.push(format!("{tenant}/{}", session.id));
+        // One tenant's broken bundle must not keep the daemon from serving
+        // the others: warned, and retried at the next start.
+        match recovery::recover(sessions, registry.home(), key.as_ref()) {
+            Ok(done) => {
+                for session in done.sessions {
+                    tracing::info!(tenant, "recovered: {session}");
+                    settled.recovered.push(format!("{tenant}/{}", session.id));
+                }
+            }
+            Err(e) => tracing::warn!(tenant, "recovering the tenant's sessions: {e:#}"),
         }
     }
     Ok(settled)
