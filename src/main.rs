@@ -88,6 +88,8 @@ enum Command {
     Ui(commands::ui::UiArgs),
     /// Clean up after supervisors that died and close their sessions as interrupted.
     Recover(commands::recover::RecoverArgs),
+    /// Whether this host can run sessions (KVM, namespaces, cgroups, images, storage).
+    Doctor(commands::doctor::DoctorArgs),
     /// Build or locate the microVM guest image (kernel and initramfs).
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
@@ -128,6 +130,7 @@ fn main_exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ui(args) => commands::ui::execute(args),
         Command::Image(cmd) => commands::image::execute(cmd),
         Command::Recover(args) => commands::recover::execute(args),
+        Command::Doctor(args) => commands::doctor::execute(args),
         Command::Usage(cmd) => commands::usage::execute(cmd),
         Command::Serve(args) => commands::serve::execute(args),
         Command::Tenants(cmd) => commands::tenants::execute(cmd),

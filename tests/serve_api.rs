@@ -31,8 +31,14 @@ impl Drop for Daemon {
 /// Starts `openclaw serve` on a free port, logging at debug level into
 /// `log` (so the token check covers everything the daemon would log).
 fn start(home: &Path, log: &Path) -> Daemon {
+    start_with(home, log, &[])
+}
+
+/// [`start`] with more `openclaw serve` flags.
+fn start_with(home: &Path, log: &Path, flags: &[&str]) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_openclaw"))
         .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(flags)
         .env("OPENCLAW_HOME", home)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
@@ -92,7 +98,22 @@ impl Reply {
 /// One request with curl; the path is sent as is (`--path-as-is`: no `..`
 /// squashing, no decoding).
 fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
+    call_with(d, method, path, token, body, &[])
+}
+
+/// [`call`] with more request headers (`Name: value`).
+fn call_with(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[&str],
+) -> Reply {
     let mut cmd = Command::new("curl");
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
     cmd.args([
         "-sS",
         "-i",
@@ -688,6 +709,424 @@ fn sigterm_lets_a_request_in_flight_finish() {
     assert!(reply.contains("\"name\":\"late\""), "{reply}");
     assert_eq!(wait_exit(&mut d.child).code(), Some(0));
     assert!(home.path().join("tenants/late/keys/root.pub").is_file());
+}
+
+/// The session's supervisor (its `openclaw run`) from session.json.
+fn supervisor_of(home: &Path, tenant: &str, id: &str) -> i32 {
+    let path = home.join("tenants").join(tenant).join("sessions").join(id);
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(path.join("session.json")).expect("session.json"),
+    )
+    .expect("json");
+    i32::try_from(info["supervisor_pid"].as_u64().expect("a supervisor")).expect("pid")
+}
+
+/// Whether `pid` runs (a zombie has exited: this host's pid 1 may never
+/// reap the orphans of a killed daemon).
+fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+    })
+}
+
+/// The session's chain checked through the (new) daemon's API.
+fn assert_chain_valid(d: &Daemon, token: &str, id: &str) {
+    let verified = get(
+        d,
+        &format!("/v1/sessions/{id}/receipts/verify"),
+        Some(token),
+    );
+    assert_eq!(verified.status, 200, "{:?}", verified.body);
+    assert_eq!(verified.body["status"], "valid", "{:?}", verified.body);
+}
+
+/// The drain: SIGTERM closes the listener, a create whose request was in
+/// flight is answered 503 (and audited as refused), the running session is
+/// signalled and ends `interrupted` with its chain closed, and the daemon
+/// exits 0 once it has.
+#[test]
+fn sigterm_stops_running_sessions_with_their_chains_closed_and_starts_none() {
+    use std::io::{Read, Write};
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let a = cli(h, &["tenants", "create", "a"]);
+    let cap = mint_for(h, "a");
+    let mut d = start(h, &logs.path().join("serve.log"));
+    let created = post(
+        &d,
+        "/v1/sessions",
+        &a,
+        &json!({"capabilities": cap, "command": ["sleep", "300"]}),
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    let pid = supervisor_of(h, "a", &id);
+    assert!(runs(pid));
+
+    // A create in flight: head and half the body read by the daemon.
+    let server: std::net::SocketAddr = d.addr.parse().expect("addr");
+    let mut conn = std::net::TcpStream::connect(server).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let body = json!({"capabilities": cap, "command": ["sleep", "300"]}).to_string();
+    let (first, rest) = body.split_at(10);
+    write!(
+        conn,
+        "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {a}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        body.len()
+    )
+    .expect("send head");
+    let client = conn.local_addr().expect("local addr");
+    for _ in 0..300 {
+        if server_rx_queue(server, client) == Some(0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        server_rx_queue(server, client),
+        Some(0),
+        "the daemon read the head"
+    );
+    kill_term(&d);
+    let mut refused = false;
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(server).is_err() {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(refused, "the listener closed after SIGTERM");
+    conn.write_all(rest.as_bytes()).expect("send the rest");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("\"code\":\"unavailable\""), "{reply}");
+
+    assert_eq!(wait_exit(&mut d.child).code(), Some(0));
+    assert!(
+        !runs(pid),
+        "the session's process ended before the daemon did"
+    );
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(h.join("tenants/a/sessions").join(&id).join("session.json"))
+            .expect("session.json"),
+    )
+    .expect("json");
+    assert_eq!(info["status"], "interrupted", "{info}");
+    let sessions = std::fs::read_dir(h.join("tenants/a/sessions"))
+        .expect("sessions")
+        .count();
+    assert_eq!(sessions, 1, "the refused create started nothing");
+    let audit = std::fs::read_to_string(h.join("audit.jsonl")).expect("audit");
+    let refused_line = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
+        .find(|l| l["action"] == "session.create" && l["outcome"] == "refused")
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(refused_line["detail"], "the daemon is shutting down");
+
+    // A new daemon finds nothing to settle; the chain verifies.
+    let d2 = start(h, &logs.path().join("serve2.log"));
+    assert_chain_valid(&d2, &a, &id);
+}
+
+/// Restart recovery: the daemon is SIGKILLed with two sessions running.
+/// One session's `openclaw run` survives it (an orphan), the other's is
+/// killed too. The next daemon, before it listens, stops the orphan (its
+/// runner closes the chain: `interrupted`) and recovers the other
+/// (`supervisor_died`, chain closed by the daemon); both chains verify.
+#[test]
+fn a_restarted_daemon_stops_orphans_and_recovers_the_dead_ones_sessions() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let a = cli(h, &["tenants", "create", "a"]);
+    let cap = mint_for(h, "a");
+    let mut d = start(h, &logs.path().join("serve.log"));
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let created = post(
+            &d,
+            "/v1/sessions",
+            &a,
+            &json!({"capabilities": cap, "command": ["sleep", "300"]}),
+        );
+        assert_eq!(created.status, 201, "{:?}", created.body);
+        ids.push(created.body["id"].as_str().expect("id").to_owned());
+    }
+    let (orphan, dead) = (ids[0].clone(), ids[1].clone());
+    let (orphan_pid, dead_pid) = (supervisor_of(h, "a", &orphan), supervisor_of(h, "a", &dead));
+    d.child.kill().expect("SIGKILL the daemon");
+    d.child.wait().expect("reap the daemon");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dead_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL one session's process");
+    for _ in 0..300 {
+        if !runs(dead_pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!runs(dead_pid));
+    assert!(runs(orphan_pid), "the other outlived the daemon");
+    for id in [&orphan, &dead] {
+        let info: Value = serde_json::from_str(
+            &std::fs::read_to_string(h.join("tenants/a/sessions").join(id).join("session.json"))
+                .expect("session.json"),
+        )
+        .expect("json");
+        assert_eq!(info["status"], "running", "{info}");
+    }
+
+    // Settled before the new daemon listens.
+    let d2 = start(h, &logs.path().join("serve2.log"));
+    assert!(!runs(orphan_pid), "the orphan was stopped");
+    let list = get(&d2, "/v1/sessions", Some(&a));
+    let status_of = |id: &str| {
+        list.body["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("{:?}", list.body))["status"]
+            .clone()
+    };
+    assert_eq!(status_of(&orphan), "interrupted", "{:?}", list.body);
+    assert_eq!(status_of(&dead), "supervisor_died", "{:?}", list.body);
+    for id in [&orphan, &dead] {
+        assert_chain_valid(&d2, &a, id);
+        let receipts =
+            std::fs::read_to_string(h.join("tenants/a/sessions").join(id).join("receipts.jsonl"))
+                .expect("receipts");
+        assert!(
+            receipts
+                .lines()
+                .last()
+                .is_some_and(|l| l.contains("session_end")),
+            "{id}: the chain is closed"
+        );
+    }
+}
+
+/// Identity through a trusted reverse proxy: the same requests from
+/// 127.0.0.1 to a daemon trusting 127.0.0.1/32 and to one trusting only
+/// 10.0.0.0/8. Trusted: the header names the user (the session's `--user`,
+/// the audit actor `user` with the name), a bad value is 400 naming the
+/// header, after the token (no token is still 401). Untrusted: the header is
+/// ignored, whatever it holds; the tenant acts.
+#[test]
+fn a_trusted_proxys_identity_header_names_the_user_and_an_untrusted_ones_is_ignored() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let a = cli(h, &["tenants", "create", "a"]);
+    let cap = mint_for(h, "a");
+    let body = json!({"capabilities": cap, "command": ["true"]}).to_string();
+    let alice = "X-Remote-User: alice@example.com";
+    let user_of = |id: &str| -> Value {
+        let info: Value = serde_json::from_str(
+            &std::fs::read_to_string(h.join("tenants/a/sessions").join(id).join("session.json"))
+                .expect("session.json"),
+        )
+        .expect("json");
+        info["user"].clone()
+    };
+    let last_create = || -> Value {
+        let audit = std::fs::read_to_string(h.join("audit.jsonl")).expect("audit");
+        audit
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
+            .rfind(|l| l["action"] == "session.create")
+            .unwrap_or_else(|| panic!("{audit}"))
+    };
+
+    let trusted = start_with(
+        h,
+        &logs.path().join("trusted.log"),
+        &[
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--identity-header",
+            "X-Remote-User",
+        ],
+    );
+    let created = call_with(
+        &trusted,
+        "POST",
+        "/v1/sessions",
+        Some(&a),
+        Some(&body),
+        &[alice],
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    wait_ended(h, "a", &id);
+    assert_eq!(user_of(&id), "alice@example.com");
+    let line = last_create();
+    assert_eq!(line["actor"], "user", "{line}");
+    assert_eq!(line["user"], "alice@example.com", "{line}");
+    assert_eq!(line["tenant"], "a", "{line}");
+    assert_eq!(line["target"], id.as_str(), "{line}");
+    for bad in ["../../etc", "alice bob", "-rf", &"a".repeat(129)] {
+        let header = format!("X-Remote-User: {bad}");
+        let r = call_with(&trusted, "GET", "/v1/sessions", Some(&a), None, &[&header]);
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid"),
+            "{bad:?}: {:?}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["field"], "x-remote-user", "{bad:?}");
+    }
+    let twice = call_with(
+        &trusted,
+        "GET",
+        "/v1/sessions",
+        Some(&a),
+        None,
+        &[alice, "X-Remote-User: bob"],
+    );
+    assert_eq!(twice.status, 400, "{:?}", twice.body);
+    // The header is no token: without one, 401 before anything else.
+    let anonymous = call_with(&trusted, "GET", "/v1/sessions", None, None, &[alice]);
+    assert_eq!(anonymous.status, 401);
+    drop(trusted);
+
+    let untrusted = start_with(
+        h,
+        &logs.path().join("untrusted.log"),
+        &[
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--identity-header",
+            "X-Remote-User",
+        ],
+    );
+    let created = call_with(
+        &untrusted,
+        "POST",
+        "/v1/sessions",
+        Some(&a),
+        Some(&body),
+        &[alice],
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    wait_ended(h, "a", &id);
+    assert_ne!(user_of(&id), "alice@example.com", "the header was ignored");
+    let line = last_create();
+    assert_eq!(line["actor"], "tenant", "{line}");
+    assert!(line.get("user").is_none(), "{line}");
+    let bad = call_with(
+        &untrusted,
+        "GET",
+        "/v1/sessions",
+        Some(&a),
+        None,
+        &["X-Remote-User: ../../etc"],
+    );
+    assert_eq!(bad.status, 200, "ignored, not validated: {:?}", bad.body);
+}
+
+/// The operator's price of the test model (USD per million tokens): 100
+/// uncached·1 + 20 cached·0.5 + 30 out·4 = 230 micro-USD a call.
+const RATES: &str =
+    "[[model]]\nname = \"gpt-4o-mini\"\ninput = \"1\"\ncached_input = \"0.5\"\noutput = \"4\"\n";
+
+/// An API session's home is the daemon's: its LLM call is priced from the
+/// daemon's `rates.toml`, its ledger row lands in `<home>/ledger.db` and
+/// `GET /v1/usage` shows it to its tenant (and to the admin), never to
+/// another tenant. What `openclaw run` printed is kept in the bundle.
+#[test]
+fn an_api_sessions_llm_call_is_in_its_tenants_usage_and_its_output_in_its_bundle() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ca = test_support::TestCa::new("serve usage test provider");
+    let upstream = rt.block_on(test_support::Upstream::https(
+        &ca,
+        &["api.openai.com"],
+        &[b"http/1.1"],
+    ));
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let a = cli(h, &["tenants", "create", "a"]);
+    let b = cli(h, &["tenants", "create", "b"]);
+    let admin = cli(h, &["tenants", "admin-token"]);
+    std::fs::write(h.join("rates.toml"), RATES).expect("rates");
+    let ca_pem = ca.write_pem(logs.path());
+    let resolve = format!("api.openai.com={}", upstream.addr);
+    let ca_arg = ca_pem.to_str().expect("utf-8 path");
+    let d = start_with(
+        h,
+        &logs.path().join("serve.log"),
+        &["--resolve", &resolve, "--upstream-ca", ca_arg],
+    );
+    let cap = mint_policy(
+        h,
+        "a",
+        "ttl = \"30m\"\n[llm]\nproviders = [\"api.openai.com\"]\nbudget_usd = \"1.00\"\n",
+    );
+    let created = post(
+        &d,
+        "/v1/sessions",
+        &a,
+        &json!({"capabilities": cap, "command": [
+            "curl", "-sS", "https://api.openai.com/v1/chat/completions",
+            "-H", "content-type: application/json", "-d",
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":50}"#
+        ]}),
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    let ended = wait_ended(h, "a", &id);
+    assert_eq!(ended["status"], "completed", "{ended}");
+
+    // The child's output is in the bundle, not left in spawn/.
+    let dir = h.join("tenants/a/sessions").join(&id);
+    let run_log = std::fs::read_to_string(dir.join("run.log")).expect("run.log in the bundle");
+    assert!(
+        run_log.contains("chatcmpl-test"),
+        "the agent got the answer: {run_log}"
+    );
+    let spawn: Vec<_> = std::fs::read_dir(h.join("tenants/a/spawn"))
+        .expect("spawn dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(spawn.is_empty(), "{spawn:?}");
+    assert!(
+        !h.join("tenants/a/ledger.db").exists(),
+        "no ledger in the tenant's root"
+    );
+
+    // The row is the daemon's home's, under tenant a.
+    let mine = get(&d, "/v1/usage?period=today&by=tenant,session", Some(&a));
+    assert_eq!(mine.status, 200, "{:?}", mine.body);
+    assert_eq!(mine.body["total"]["calls"], 1, "{:?}", mine.body);
+    assert_eq!(mine.body["total"]["cost_micro_usd"], 230, "{:?}", mine.body);
+    assert!(
+        mine.body["rows"].to_string().contains(&id),
+        "{:?}",
+        mine.body
+    );
+    let theirs = get(&d, "/v1/usage?period=today", Some(&b));
+    assert_eq!(theirs.status, 200, "{:?}", theirs.body);
+    assert_eq!(theirs.body["total"]["calls"], 0, "{:?}", theirs.body);
+    assert_eq!(theirs.body["rows"], json!([]), "{:?}", theirs.body);
+    let all = get(&d, "/v1/usage?period=today&tenant=a", Some(&admin));
+    assert_eq!(all.body["total"]["calls"], 1, "{:?}", all.body);
+    drop(upstream);
 }
 
 #[test]

@@ -44,10 +44,14 @@ impl Owner {
         Some(Owner { pid, start })
     }
 
-    /// Whether this exact process still runs.
+    /// Whether this exact process still runs. A zombie does not: it has
+    /// exited, and where no init reaps orphans (a container whose pid 1
+    /// does not wait) it would otherwise look alive forever.
     pub fn is_alive(self) -> bool {
-        match start_time(self.pid) {
-            Some(start) => self.start == 0 || start == self.start,
+        match stat_fields(self.pid) {
+            Some((state, start)) => {
+                !matches!(state, 'Z' | 'X') && (self.start == 0 || start == self.start)
+            }
             None => false,
         }
     }
@@ -55,12 +59,19 @@ impl Owner {
 
 /// Start time of `pid`, or `None` if it does not exist.
 fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid).map(|(_, start)| start)
+}
+
+/// State letter and start time of `pid` from `/proc/<pid>/stat`.
+fn stat_fields(pid: u32) -> Option<(char, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields
     // are counted from the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     // rest starts with field 3 (state); start time is field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
 /// Creates `dir` (and parents) owner-only.
@@ -232,5 +243,22 @@ mod tests {
         let start = start_time(pid).unwrap_or(1);
         child.wait().expect("wait");
         assert!(!Owner { pid, start }.is_alive());
+    }
+
+    #[test]
+    fn an_exited_process_not_yet_reaped_is_not_alive() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        let start = start_time(pid).expect("not reaped yet: its stat exists");
+        // Exited but not waited for: a zombie, with its stat still there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while stat_fields(pid).map(|(state, _)| state) != Some('Z') {
+            assert!(std::time::Instant::now() < deadline, "true did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!Owner { pid, start }.is_alive());
+        child.wait().expect("wait");
     }
 }

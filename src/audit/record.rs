@@ -1,5 +1,5 @@
-//! One audit line: `{"time", "actor", "via", "tenant", "action", "target",
-//! "request_id", "outcome", "detail"}`. Field values come from validated
+//! One audit line: `{"time", "actor", "via", "tenant", "user"?, "action",
+//! "target", "request_id", "outcome", "detail"}`. Field values come from validated
 //! names and fixed strings; a token or a secret has no field to go in.
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +12,8 @@ pub enum Actor {
     Admin,
     /// A tenant's token (its name is in `tenant`).
     Tenant,
-    /// A user inside a tenant (through a trusted proxy; not built yet).
+    /// A user inside a tenant, named by a trusted proxy (`user`); the
+    /// tenant is still the bearer token's.
     User,
 }
 
@@ -46,6 +47,9 @@ pub struct AuditRecord {
     /// The tenant the change concerns (for `tenant.*` actions, the one created,
     /// rotated or deleted); `null` for admin-wide changes.
     pub tenant: Option<String>,
+    /// With actor `user`: the name the trusted proxy gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// `tenant.create`, `tenant.delete`, `tenant.token.rotate`, `admin.token.set`.
     pub action: String,
     /// What the action was applied to (a tenant name, `admin`).
@@ -65,6 +69,7 @@ impl AuditRecord {
             actor,
             via,
             tenant: None,
+            user: None,
             action: action.to_owned(),
             target: target.to_owned(),
             request_id: request_id.to_owned(),

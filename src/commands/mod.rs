@@ -4,6 +4,7 @@ pub mod approve;
 pub mod audit;
 pub mod cap;
 pub mod demo;
+pub mod doctor;
 pub mod image;
 pub mod keygen;
 pub mod recover;

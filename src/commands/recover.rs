@@ -61,7 +61,7 @@ pub fn execute(args: RecoverArgs) -> Result<ExitCode> {
         );
         None
     };
-    let done = recovery::recover(&home.join("sessions"), key.as_ref())?;
+    let done = recovery::recover(&home.join("sessions"), &home, key.as_ref())?;
     for name in &done.sandboxes {
         println!("removed sandbox {name}");
     }

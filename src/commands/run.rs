@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
+use crate::session::backends::choice;
 use crate::session::config::{ApproveMode, BackendChoice, Bounds, RunConfig, SessionLabels};
 use crate::session::runner;
 use crate::{home, keys};
@@ -125,11 +126,15 @@ pub struct RunArgs {
     /// Who ran it [default: the invoking user: $SUDO_USER, else $USER].
     #[arg(long, value_name = "USER")]
     user: Option<String>,
-    /// Directory of session bundles [default: <home>/sessions]. Its parent
-    /// is the session's home for rates.toml, the usage ledger and images
+    /// Directory of session bundles [default: <home>/sessions]
     /// (`openclaw serve` passes a tenant's `<tenant root>/sessions`).
     #[arg(long, value_name = "DIR")]
     sessions_dir: Option<PathBuf>,
+    /// The openclaw home: rates.toml, the usage ledger (ledger.db), images,
+    /// and the default keys/ and sessions/ [default: $OPENCLAW_HOME, else
+    /// ~/.openclaw; with --sessions-dir alone, that directory's parent].
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -173,7 +178,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-fn parse_resolve(text: &str) -> Result<(String, SocketAddr), String> {
+pub(crate) fn parse_resolve(text: &str) -> Result<(String, SocketAddr), String> {
     let (host, addr) = text
         .split_once('=')
         .ok_or_else(|| "expected HOST=ADDR:PORT, e.g. api.example.com=127.0.0.1:8443".to_owned())?;
@@ -198,8 +203,43 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     runner::run(config)
 }
 
+/// Where a session's files are: the default keys directory, its sessions
+/// directory and its home (rates, ledger, images), from `--home` and
+/// `--sessions-dir`, with `default_home` ($OPENCLAW_HOME or ~/.openclaw)
+/// asked only when needed.
+#[derive(Debug, PartialEq, Eq)]
+struct Places {
+    keys_dir: PathBuf,
+    sessions_dir: PathBuf,
+    home: PathBuf,
+}
+
+fn places(
+    home: Option<PathBuf>,
+    sessions_dir: Option<PathBuf>,
+    default_home: impl FnOnce() -> Result<PathBuf>,
+) -> Result<Places> {
+    let base = match &home {
+        Some(dir) => dir.clone(),
+        None => default_home()?,
+    };
+    // As before --home existed: a sessions directory given alone keeps its
+    // parent as the session's home.
+    let session_home = match (home, &sessions_dir) {
+        (Some(dir), _) => dir,
+        (None, Some(sessions)) => choice::home_of(sessions),
+        (None, None) => base.clone(),
+    };
+    Ok(Places {
+        keys_dir: base.join("keys"),
+        sessions_dir: sessions_dir.unwrap_or_else(|| base.join("sessions")),
+        home: session_home,
+    })
+}
+
 fn config_from_args(args: RunArgs) -> Result<RunConfig> {
-    let keys_dir = home::keys_dir()?;
+    let places = places(args.home, args.sessions_dir, home::home_dir)?;
+    let keys_dir = places.keys_dir.clone();
     let pubkey = args.pubkey.unwrap_or_else(|| keys_dir.join(keys::ROOT_PUB));
     let receipt_key = args
         .receipt_key
@@ -240,10 +280,8 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
         memory_bytes: args.memory_mib << 20,
         pids_max: args.pids_max,
         command: args.command,
-        sessions_dir: match args.sessions_dir {
-            Some(dir) => dir,
-            None => home::sessions_dir()?,
-        },
+        sessions_dir: places.sessions_dir,
+        home: places.home,
         timeout: args.timeout,
         bounds: Bounds {
             dns_refusal_receipts: args.dns_refusal_receipts,
@@ -257,6 +295,47 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_home_is_given_or_the_default_or_the_sessions_directorys_parent() {
+        let p = PathBuf::from;
+        let default = || Ok(p("/default"));
+        let no_default = || -> Result<PathBuf> { anyhow::bail!("not asked") };
+        assert_eq!(
+            places(None, None, default).expect("places"),
+            Places {
+                keys_dir: p("/default/keys"),
+                sessions_dir: p("/default/sessions"),
+                home: p("/default"),
+            }
+        );
+        assert_eq!(
+            places(Some(p("/h")), None, no_default).expect("places"),
+            Places {
+                keys_dir: p("/h/keys"),
+                sessions_dir: p("/h/sessions"),
+                home: p("/h"),
+            }
+        );
+        // openclaw serve: a tenant's sessions, the daemon's home.
+        assert_eq!(
+            places(Some(p("/h")), Some(p("/h/tenants/a/sessions")), no_default).expect("places"),
+            Places {
+                keys_dir: p("/h/keys"),
+                sessions_dir: p("/h/tenants/a/sessions"),
+                home: p("/h"),
+            }
+        );
+        // --sessions-dir alone: its parent, as before --home.
+        assert_eq!(
+            places(None, Some(p("/x/sessions")), default).expect("places"),
+            Places {
+                keys_dir: p("/default/keys"),
+                sessions_dir: p("/x/sessions"),
+                home: p("/x"),
+            }
+        );
+    }
 
     #[test]
     fn sizes_parse_with_binary_multiples() {

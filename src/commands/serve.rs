@@ -28,10 +28,30 @@ pub struct ServeArgs {
     addr: SocketAddr,
     #[command(flatten)]
     database: DatabaseArg,
+    /// Every session's traffic for HOST goes to ADDR:PORT instead of being
+    /// resolved (repeatable; `openclaw run --resolve`): a staging or test
+    /// upstream. The operator's setting, never a tenant's.
+    #[arg(long, value_name = "HOST=ADDR:PORT", value_parser = super::run::parse_resolve)]
+    resolve: Vec<(String, SocketAddr)>,
+    /// Extra CA certificate (PEM) every session trusts for upstream TLS
+    /// (repeatable; `openclaw run --upstream-ca`).
+    #[arg(long, value_name = "CA.pem")]
+    upstream_ca: Vec<std::path::PathBuf>,
+    /// A reverse proxy's network (repeatable, e.g. 10.0.0.5/32): from a peer
+    /// inside one, --identity-header names the user acting inside the
+    /// bearer token's tenant; from any other peer that header is ignored.
+    #[arg(long, value_name = "CIDR")]
+    trusted_proxy: Vec<ipnet::IpNet>,
+    /// The header a trusted proxy puts the authenticated user in (e.g.
+    /// X-Remote-User); needs --trusted-proxy.
+    #[arg(long, value_name = "NAME")]
+    identity_header: Option<String>,
 }
 
 pub fn execute(args: ServeArgs) -> Result<ExitCode> {
     let home = home::home_dir()?;
+    let identity = serve::TrustedProxies::new(args.trusted_proxy, args.identity_header)
+        .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,6 +60,11 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
         home,
         addr: args.addr,
         database: args.database.database,
+        sessions: serve::SessionDefaults {
+            resolve: args.resolve,
+            upstream_ca: args.upstream_ca,
+        },
+        identity,
     }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -113,6 +113,7 @@ pub async fn run(options: DemoOptions) -> Result<(SessionOutcome, Vec<SeenReques
         pids_max: 128,
         command: vec!["/bin/sh".into(), "/work/agent.sh".into()],
         sessions_dir: options.home.join("sessions"),
+        home: options.home.clone(),
         timeout: None,
         bounds: Bounds::default(),
         labels: options.labels.clone(),

@@ -109,6 +109,11 @@ impl ApiError {
         )
     }
 
+    /// 503: the daemon is shutting down and starts nothing new.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     /// 500: the cause goes to the daemon's log with the request id, not to
     /// the client.
     pub fn internal(request_id: &str, cause: &anyhow::Error) -> Self {

@@ -1,16 +1,18 @@
 //! Sessions the daemon starts and stops: each one an `openclaw run` child
 //! of the daemon's own executable, in the tenant's layout (its sessions
-//! directory, root and receipt keys, `--tenant <name>`), so a session that
-//! crashes never takes the daemon with it. The child is found by its
-//! session.json (`supervisor_pid`), stopped with SIGTERM (the runner closes
-//! its chain), and reaped by one thread.
+//! directory, root and receipt keys, `--tenant <name>`) with the daemon's
+//! home (`--home`: rates, ledger, images), so a session that crashes never
+//! takes the daemon with it. The child is found by its session.json
+//! (`supervisor_pid`), its output kept in the bundle (`run.log`), stopped
+//! with SIGTERM (the runner closes its chain), reaped by one thread, and
+//! all of them stopped by the daemon's drain.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,6 +52,9 @@ pub struct Checked {
     backend: &'static str,
     approve: &'static str,
     task: Option<String>,
+    /// `--user`: the name a trusted proxy gave (`identity`); None: run's
+    /// default.
+    pub user: Option<String>,
 }
 
 /// Checks the body against the tenant; `Err((field, why))` names the
@@ -101,6 +106,7 @@ pub fn check(root: &TenantRoot, body: CreateSession) -> Result<Checked, (&'stati
         backend,
         approve,
         task: body.task,
+        user: None,
     })
 }
 
@@ -112,16 +118,58 @@ pub enum Stopped {
     NotRunning,
 }
 
+/// The child's output (what `openclaw run` prints), kept in its bundle.
+pub const RUN_LOG: &str = "run.log";
+
+/// What the operator sets for every session of the daemon (`openclaw serve`
+/// flags), never a tenant: where a host's traffic goes and which extra CAs
+/// upstream TLS trusts (a staging provider, a test upstream).
+#[derive(Debug, Clone, Default)]
+pub struct SessionDefaults {
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
+    pub upstream_ca: Vec<PathBuf>,
+}
+
 /// The daemon's running children, by (tenant, session id).
 pub struct Launcher {
     exe: PathBuf,
     home: PathBuf,
+    defaults: SessionDefaults,
     running: Mutex<HashMap<(String, String), Running>>,
+    /// Set once by [`Launcher::drain`]: no session starts after it.
+    draining: AtomicBool,
+    /// Starts in flight (their child not yet in `running`). With
+    /// `draining`, SeqCst: a start either sees the drain and refuses, or is
+    /// counted here and waited for by it.
+    starting: AtomicUsize,
+}
+
+/// A start refused because the daemon is draining (503 `unavailable`).
+#[derive(Debug)]
+pub struct Draining;
+
+impl std::fmt::Display for Draining {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the daemon is shutting down: no new sessions")
+    }
+}
+
+impl std::error::Error for Draining {}
+
+/// What [`Launcher::drain`] did.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Sessions that were signalled and ended by themselves.
+    pub stopped: usize,
+    /// Sessions still running at the limit: SIGKILLed, then recovered.
+    pub killed: usize,
 }
 
 /// A session process of this daemon.
 struct Running {
     process: Child,
+    /// SIGTERM sent by the drain.
+    drained: bool,
     /// The tenant's sessions directory and receipt key, for recovery.
     sessions: PathBuf,
     receipt_key: PathBuf,
@@ -129,11 +177,14 @@ struct Running {
 
 impl Launcher {
     /// The launcher, and its reaper thread.
-    pub fn new(home: &Path) -> Result<Arc<Launcher>> {
+    pub fn new(home: &Path, defaults: SessionDefaults) -> Result<Arc<Launcher>> {
         let launcher = Arc::new(Launcher {
             exe: std::env::current_exe().context("finding the daemon's executable")?,
             home: home.to_path_buf(),
+            defaults,
             running: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+            starting: AtomicUsize::new(0),
         });
         let reaper = launcher.clone();
         std::thread::Builder::new()
@@ -173,7 +224,7 @@ impl Launcher {
                 .unwrap_or(false);
             if still_running {
                 let key = keys::read_signing_key(&receipt_key);
-                match key.and_then(|key| recovery::recover(&sessions, Some(&key))) {
+                match key.and_then(|key| recovery::recover(&sessions, &self.home, Some(&key))) {
                     Ok(done) => tracing::info!(session = id, "recovered: {:?}", done.sessions),
                     Err(e) => tracing::warn!(session = id, "recovering the session: {e:#}"),
                 }
@@ -181,8 +232,25 @@ impl Launcher {
         }
     }
 
-    /// Starts the session; its id once its sandbox is ready.
+    /// Starts the session; its id once its sandbox is ready. While the
+    /// daemon drains: [`Draining`].
     pub fn start(&self, tenant: &TenantName, root: &TenantRoot, req: Checked) -> Result<String> {
+        self.starting.fetch_add(1, Ordering::SeqCst);
+        let result = if self.draining.load(Ordering::SeqCst) {
+            Err(anyhow::Error::new(Draining))
+        } else {
+            self.start_counted(tenant, root, req)
+        };
+        self.starting.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn start_counted(
+        &self,
+        tenant: &TenantName,
+        root: &TenantRoot,
+        req: Checked,
+    ) -> Result<String> {
         let sessions = root.sessions_dir();
         let spawn_dir = root.path().join("spawn");
         std::fs::DirBuilder::new()
@@ -207,8 +275,18 @@ impl Launcher {
         // The runner copied the token into the bundle (or never will).
         let _ = std::fs::remove_file(&cap_path);
         match &result {
+            // Into the bundle at once (the child keeps writing through its
+            // descriptor): it is archived, downloaded and deleted with the
+            // session instead of piling up in spawn/.
             Ok(id) => {
-                let _ = std::fs::rename(&log_path, spawn_dir.join(format!("{id}.log")));
+                let kept = sessions.join(id).join(RUN_LOG);
+                if let Err(e) = std::fs::rename(&log_path, &kept) {
+                    tracing::warn!(
+                        session = id,
+                        "keeping the session's output in {}: {e}",
+                        log_path.display()
+                    );
+                }
             }
             Err(e) => tracing::warn!(
                 "session start failed: {e:#}; its output is in {}",
@@ -239,13 +317,29 @@ impl Launcher {
             .arg(keys_dir.join(keys::RECEIPT_KEY))
             .arg("--sessions-dir")
             .arg(&sessions)
+            .arg("--home")
+            .arg(&self.home)
             .args(["--backend", req.backend, "--approve", req.approve])
             .args(["--tenant", tenant.as_str()]);
+        if let Some(user) = &req.user {
+            cmd.arg("--user").arg(user);
+        }
+        for (host, addr) in &self.defaults.resolve {
+            cmd.arg("--resolve").arg(format!("{host}={addr}"));
+        }
+        for ca in &self.defaults.upstream_ca {
+            cmd.arg("--upstream-ca").arg(ca);
+        }
         if let Some(task) = &req.task {
             cmd.arg("--agent").arg(task);
         }
         cmd.arg("--").args(&req.command);
-        let log = File::create(log_path).context("creating the session's start log")?;
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(log_path)
+            .context("creating the session's output log")?;
         // The session needs no database, so not the password in its URL.
         cmd.env("OPENCLAW_HOME", &self.home)
             .env_remove("OPENCLAW_DATABASE")
@@ -255,11 +349,13 @@ impl Launcher {
         let mut child = cmd.spawn().context("starting openclaw run")?;
         let pid = child.id();
         let deadline = Instant::now() + START_LIMIT;
+        let mut signalled = false;
         loop {
             if let Some(id) = find(&sessions, before, pid, false) {
                 let key = (tenant.to_string(), id.clone());
                 let running = Running {
                     process: child,
+                    drained: false,
                     sessions: sessions.clone(),
                     receipt_key: keys_dir.join(keys::RECEIPT_KEY),
                 };
@@ -277,10 +373,21 @@ impl Launcher {
                 // A bundle it left marked running is closed now, not at the
                 // tenant's next session.
                 let key = keys::read_signing_key(&keys_dir.join(keys::RECEIPT_KEY));
-                if let Err(e) = key.and_then(|key| recovery::recover(&sessions, Some(&key))) {
+                let recovered =
+                    key.and_then(|key| recovery::recover(&sessions, &self.home, Some(&key)));
+                if let Err(e) = recovered {
                     tracing::warn!("recovering after a failed start: {e:#}");
                 }
+                if self.draining.load(Ordering::SeqCst) {
+                    return Err(anyhow::Error::new(Draining));
+                }
                 bail!("openclaw run ended before its session started ({status})");
+            }
+            // A start the drain overtook: stopped like the running ones (it
+            // ends here, or becomes ready and is signalled again by the drain).
+            if self.draining.load(Ordering::SeqCst) && !signalled {
+                signal(&child, nix::sys::signal::Signal::SIGTERM);
+                signalled = true;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -308,6 +415,59 @@ impl Launcher {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
             .context("signalling the session")?;
         Ok(Stopped::Signalled)
+    }
+
+    /// From now on every start is refused with [`Draining`].
+    pub fn refuse_starts(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The drain's part in sessions: no new ones start; every running one
+    /// gets SIGTERM (its runner stops the sandbox and closes the chain with
+    /// `session_end`, as for a stop request) and is waited for, up to
+    /// `limit`; what still runs then is SIGKILLed and recovered (chain
+    /// closed as interrupted by the daemon). Blocking.
+    pub fn drain(&self, limit: Duration) -> Drained {
+        self.refuse_starts();
+        let deadline = Instant::now() + limit;
+        let mut done = Drained::default();
+        loop {
+            let idle = {
+                let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                for child in running.values_mut().filter(|c| !c.drained) {
+                    if matches!(child.process.try_wait(), Ok(None)) {
+                        signal(&child.process, nix::sys::signal::Signal::SIGTERM);
+                        done.stopped += 1;
+                    }
+                    child.drained = true;
+                }
+                if Instant::now() > deadline {
+                    for child in running.values_mut() {
+                        if matches!(child.process.try_wait(), Ok(None)) {
+                            let _ = child.process.kill();
+                            let _ = child.process.wait();
+                            done.killed += 1;
+                            done.stopped = done.stopped.saturating_sub(1);
+                        }
+                    }
+                }
+                running.is_empty() && self.starting.load(Ordering::SeqCst) == 0
+            };
+            // Forgets the ended ones, recovering any left marked running.
+            self.reap();
+            if idle || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done
+    }
+}
+
+/// Sends `sig` to a child not yet waited for (its pid cannot be reused).
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }
 }
 

@@ -6,6 +6,8 @@
 mod error;
 /// A running session's events as server-sent events.
 mod events;
+/// Users named by a trusted reverse proxy.
+mod identity;
 /// Sessions the daemon starts (`openclaw run` children) and stops.
 mod launch;
 /// `GET /metrics`: Prometheus text from the bundles, ledgers and 429s.
@@ -14,6 +16,8 @@ mod metrics;
 mod openapi;
 /// Quotas at the API: the request window, the create lock, the day's usage.
 mod quota;
+/// What a dead daemon left: orphaned sessions stopped, the rest recovered.
+mod restart;
 /// Routes and handlers.
 mod routes;
 /// The listener and the SIGTERM drain.
@@ -21,4 +25,6 @@ mod server;
 /// A tenant's sessions: listed, read and verified inside its root.
 mod sessions;
 
+pub use identity::TrustedProxies;
+pub use launch::SessionDefaults;
 pub use server::{run, ServeConfig};

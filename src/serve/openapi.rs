@@ -119,7 +119,8 @@ fn paths() -> Value {
                 "responses": v1_errors(json!({
                     "201": ok("started", "SessionCreated"),
                     "413": error_response("body over 64 KiB"),
-                    "415": error_response("not application/json")
+                    "415": error_response("not application/json"),
+                    "503": error_response("the daemon is shutting down (SIGTERM): no new sessions")
                 }), TENANT_404)
             }
         },

@@ -4,7 +4,7 @@
 //! one step, and the day's LLM usage of a tenant read from the ledger(s).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -117,32 +117,21 @@ pub struct DayUsage {
     pub micro_usd: u64,
 }
 
-/// The ledgers a tenant's rows may be in: the home's (`openclaw run` with
-/// `--tenant`) and the tenant root's (API sessions today: `openclaw run`
-/// takes its home from the parent of `--sessions-dir`). The one place that
-/// knows where they are; rows are filtered by tenant in each.
-fn tenant_ledgers(home: &Path, tenant: &TenantName) -> Vec<PathBuf> {
-    vec![
-        usage::ledger_path(home),
-        usage::ledger_path(&home.join("tenants").join(tenant.as_str())),
-    ]
-}
-
-/// The tenant's usage today, summed over its ledgers.
+/// The tenant's usage today, from the home's ledger: the daemon's sessions
+/// run with its home (`openclaw run --home`), as do `openclaw run --tenant`
+/// sessions on the host.
 pub fn usage_today(home: &Path, tenant: &TenantName) -> Result<DayUsage> {
     let period = usage_report::parse_period("today", &usage_report::today())?;
-    let mut sum = DayUsage::default();
-    for path in tenant_ledgers(home, tenant) {
-        if !path.exists() {
-            continue;
-        }
-        let ledger = Ledger::open_read_only(&path)?;
-        let report =
-            usage_report::query(&ledger, &period, Some(tenant.as_str()), &[GroupKey::Tenant])?;
-        sum.tokens += report.total.tokens_in + report.total.tokens_out;
-        sum.micro_usd += report.total.cost_micro_usd;
+    let path = usage::ledger_path(home);
+    if !path.exists() {
+        return Ok(DayUsage::default());
     }
-    Ok(sum)
+    let ledger = Ledger::open_read_only(&path)?;
+    let report = usage_report::query(&ledger, &period, Some(tenant.as_str()), &[GroupKey::Tenant])?;
+    Ok(DayUsage {
+        tokens: report.total.tokens_in + report.total.tokens_out,
+        micro_usd: report.total.cost_micro_usd,
+    })
 }
 
 #[cfg(test)]

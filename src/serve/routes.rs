@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{json, ApiBody, ApiError};
+use super::identity::ProxyUser;
 use super::launch::{self, CreateSession, Launcher, Stopped};
 use super::quota::{self, Limits};
 use super::{events, metrics, openapi, sessions};
@@ -49,6 +50,8 @@ struct Parsed {
     bearer: Option<String>,
     json_body: bool,
     body: Bytes,
+    /// The user a trusted proxy named (`identity`), put there by the listener.
+    proxy_user: ProxyUser,
 }
 
 pub async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Response<ApiBody> {
@@ -102,6 +105,11 @@ async fn read(req: Request<hyper::body::Incoming>) -> Result<Parsed, ApiError> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim_start().starts_with("application/json")),
         bearer: bearer(&parts.headers),
+        proxy_user: parts
+            .extensions
+            .get::<ProxyUser>()
+            .cloned()
+            .unwrap_or(ProxyUser::None),
         method: parts.method,
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
@@ -160,6 +168,10 @@ fn dispatch(state: &State, req: &Parsed, request_id: &str) -> Result<Response<Ap
         }
         ["v1", rest @ ..] => {
             let who = authenticate(state, req, request_id)?;
+            // Input, so after the token: 400 naming the header.
+            if let ProxyUser::Invalid { header, why } = &req.proxy_user {
+                return Err(ApiError::invalid(header, why.clone()));
+            }
             if let Identity::Tenant(tenant) = &who {
                 admit_request(state, tenant, request_id)?;
             }
@@ -230,6 +242,7 @@ fn v1(
             let report = sessions::get(&root, id).ok_or_else(ApiError::not_found)?;
             stop_session(
                 state,
+                req,
                 tenant,
                 id,
                 report.session.status == "running",
@@ -477,8 +490,10 @@ fn json_request<T: serde::de::DeserializeOwned>(req: &Parsed, shape: &str) -> Re
 
 /// One audit line for a session change by a tenant; the change is not
 /// answered as done when the line cannot be written.
+#[allow(clippy::too_many_arguments)]
 fn audit_session(
     state: &State,
+    req: &Parsed,
     tenant: &TenantName,
     action: &str,
     target: &str,
@@ -486,8 +501,16 @@ fn audit_session(
     outcome: Outcome,
     detail: Option<&str>,
 ) -> Result<(), ApiError> {
-    let mut record = AuditRecord::now(Actor::Tenant, Via::Api, action, target, request_id);
+    // A user named by a trusted proxy acts inside the tenant.
+    let actor = match &req.proxy_user {
+        ProxyUser::User(_) => Actor::User,
+        _ => Actor::Tenant,
+    };
+    let mut record = AuditRecord::now(actor, Via::Api, action, target, request_id);
     record.tenant = Some(tenant.to_string());
+    if let ProxyUser::User(name) = &req.proxy_user {
+        record.user = Some(name.clone());
+    }
     record.outcome = outcome;
     record.detail = detail.map(str::to_owned);
     state
@@ -512,7 +535,7 @@ fn create_session(
         "{\"capabilities\": \"<.cap text>\", \"command\": [\"argv\", ...], \"backend\"?, \"approve\"?, \"task\"?}",
     )?;
     let root = state.registry.root(tenant);
-    let checked =
+    let mut checked =
         launch::check(&root, body).map_err(|(field, why)| ApiError::invalid(field, why))?;
     let quotas = state
         .registry
@@ -532,6 +555,7 @@ fn create_session(
                 .refused(tenant, refusal.field.unwrap_or("usd_per_day"));
             audit_session(
                 state,
+                req,
                 tenant,
                 "session.create",
                 "-",
@@ -546,10 +570,14 @@ fn create_session(
         }
         return Err(refusal);
     }
+    if let ProxyUser::User(name) = &req.proxy_user {
+        checked.user = Some(name.clone());
+    }
     match state.launcher.start(tenant, &root, checked) {
         Ok(id) => {
             audit_session(
                 state,
+                req,
                 tenant,
                 "session.create",
                 &id,
@@ -559,9 +587,23 @@ fn create_session(
             )?;
             Ok(json(StatusCode::CREATED, &json!({"id": id})))
         }
+        Err(e) if e.is::<launch::Draining>() => {
+            audit_session(
+                state,
+                req,
+                tenant,
+                "session.create",
+                "-",
+                request_id,
+                Outcome::Refused,
+                Some("the daemon is shutting down"),
+            )?;
+            Err(ApiError::unavailable(e.to_string()))
+        }
         Err(e) => {
             audit_session(
                 state,
+                req,
                 tenant,
                 "session.create",
                 "-",
@@ -624,6 +666,7 @@ fn create_quota(
 /// under this daemon (its bundle says it ended, or another process runs it).
 fn stop_session(
     state: &State,
+    req: &Parsed,
     tenant: &TenantName,
     id: &str,
     running: bool,
@@ -638,6 +681,7 @@ fn stop_session(
         Ok(Stopped::Signalled) => {
             audit_session(
                 state,
+                req,
                 tenant,
                 "session.stop",
                 id,
@@ -653,6 +697,7 @@ fn stop_session(
         Ok(Stopped::NotRunning) => {
             audit_session(
                 state,
+                req,
                 tenant,
                 "session.stop",
                 id,
@@ -665,6 +710,7 @@ fn stop_session(
         Err(e) => {
             audit_session(
                 state,
+                req,
                 tenant,
                 "session.stop",
                 id,
@@ -710,6 +756,7 @@ fn answer_approval(
     let audit = |outcome, detail| {
         audit_session(
             state,
+            req,
             tenant,
             "approval.answer",
             &target,

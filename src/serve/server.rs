@@ -1,6 +1,9 @@
 //! The daemon's listener: HTTP/1.1 on the given address, one task per
-//! connection, and the drain on SIGTERM (or SIGINT): stop accepting, let
-//! in-flight requests finish (up to [`DRAIN_LIMIT`]), exit 0.
+//! connection; at start, what a dead daemon left is settled first
+//! (`restart`); the drain on SIGTERM (or SIGINT): stop accepting, refuse
+//! new sessions (503), stop the running ones with their chains closed (up
+//! to [`SESSION_DRAIN_LIMIT`]), let in-flight requests finish (up to
+//! [`DRAIN_LIMIT`]), exit 0.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,29 +12,51 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hyper::body::Incoming;
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::launch::Launcher;
+use super::identity::{ProxyUser, TrustedProxies};
+use super::launch::{Launcher, SessionDefaults};
+use super::restart;
 use super::routes::{self, State};
 use crate::tenants;
 
 /// Longest wait for in-flight requests after SIGTERM.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
+/// Longest wait for signalled sessions to end, at the drain and for a dead
+/// daemon's orphans at start; past it they are SIGKILLed and recovered.
+pub const SESSION_DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
 pub struct ServeConfig {
     pub home: PathBuf,
     pub addr: SocketAddr,
     /// Tenants in PostgreSQL instead of `<home>/control.db`.
     pub database: Option<tenants::DatabaseUrl>,
+    /// Passed to every session the daemon starts.
+    pub sessions: SessionDefaults,
+    /// `--trusted-proxy` and `--identity-header`; None: no header is read.
+    pub identity: Option<TrustedProxies>,
 }
 
 /// Serves until SIGTERM or SIGINT, then drains. Prints
 /// `listening on http://ADDR` on stdout once bound.
 pub async fn run(config: ServeConfig) -> Result<()> {
     let registry = tenants::open_registry(&config.home, config.database.as_ref())?;
+    // Before listening: no request sees a dead daemon's session as running.
+    let settled = restart::settle(&registry, SESSION_DRAIN_LIMIT)?;
+    if !settled.stopped.is_empty() || !settled.recovered.is_empty() {
+        tracing::info!(
+            stopped = settled.stopped.len(),
+            killed = settled.killed,
+            recovered = settled.recovered.len(),
+            "settled what the previous daemon left"
+        );
+    }
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
     let listener = TcpListener::bind(config.addr)
@@ -39,7 +64,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         .with_context(|| format!("listening on {}", config.addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     println!("listening on http://{addr}");
-    let launcher = Launcher::new(&config.home)?;
+    let launcher = Launcher::new(&config.home, config.sessions.clone())?;
     let state = Arc::new(State {
         registry,
         launcher,
@@ -49,8 +74,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(err) => {
                         tracing::warn!("serve accept: {err}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -58,8 +83,16 @@ pub async fn run(config: ServeConfig) -> Result<()> {
                     }
                 };
                 let state = state.clone();
-                let service = hyper::service::service_fn(move |req| {
+                let identity = config.identity.clone();
+                let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     let state = state.clone();
+                    // Who the peer says the user is, decided here where the
+                    // peer is known; the routes act on it after the token.
+                    let user = match &identity {
+                        Some(proxies) => proxies.user_of(peer, req.headers()),
+                        None => ProxyUser::None,
+                    };
+                    req.extensions_mut().insert(user);
                     async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
                 });
                 // A client that never finishes its request head is dropped.
@@ -78,8 +111,22 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             _ = int.recv() => break,
         }
     }
+    // Refused before the listener closes: a request whose body arrives
+    // after that sees the drain.
+    state.launcher.refuse_starts();
     drop(listener);
-    tracing::info!("draining: no new connections, finishing requests in flight");
+    tracing::info!("draining: no new connections or sessions; stopping the running sessions");
+    // Sessions first: their event streams end with them, so the requests
+    // in flight can finish.
+    let launcher = state.launcher.clone();
+    let drained = tokio::task::spawn_blocking(move || launcher.drain(SESSION_DRAIN_LIMIT))
+        .await
+        .context("draining the sessions")?;
+    tracing::info!(
+        stopped = drained.stopped,
+        killed = drained.killed,
+        "sessions drained; finishing requests in flight"
+    );
     if tokio::time::timeout(DRAIN_LIMIT, graceful.shutdown())
         .await
         .is_err()

@@ -78,6 +78,11 @@ pub struct RunConfig {
     pub pids_max: u64,
     pub command: Vec<String>,
     pub sessions_dir: PathBuf,
+    /// The openclaw home the session draws on and reports to: its rate card
+    /// (`rates.toml`), usage ledger (`ledger.db`), images and KVM probe
+    /// cache. Not derived from `sessions_dir`: `openclaw serve` puts a
+    /// tenant's sessions under the tenant's root but keeps one home.
+    pub home: PathBuf,
     /// Stop the command (and its sandbox or VM) after this long.
     pub timeout: Option<Duration>,
     pub bounds: Bounds,

@@ -15,7 +15,6 @@ use receipts::ReceiptLog;
 use tokio::sync::{broadcast, oneshot};
 
 use super::approval_prompt::TerminalBroker;
-use super::backends::choice::home_of;
 use super::config::{ApproveMode, RunConfig};
 use super::screen::Screen;
 
@@ -74,7 +73,7 @@ pub fn build(
     // The operator's rate card (`<home>/rates.toml`, else the built-in
     // prices); the catalog's deprecated `[[llm_price]]` entries price only
     // models the card does not.
-    let rates_path = home_of(&config.sessions_dir).join("rates.toml");
+    let rates_path = config.home.join("rates.toml");
     let card = enforce::RateCard::load(&rates_path)
         .with_context(|| format!("loading the rate card {}", rates_path.display()))?;
     let (rates, warnings) = card.with_legacy_prices(catalog.llm_prices());

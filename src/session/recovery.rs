@@ -5,8 +5,8 @@
 //! interrupted at seq N (`receipts::ReceiptLog::finish_interrupted`),
 //! `session.json` says `supervisor_died`, and the report is regenerated.
 //!
-//! Run at the start of every `openclaw run`, by `openclaw recover`, and meant
-//! for a future `openclaw serve`. Sessions whose supervisor still runs (same
+//! Run at the start of every `openclaw run`, by `openclaw recover`, and by
+//! `openclaw serve` (for a session child that died, and at its own start). Sessions whose supervisor still runs (same
 //! pid, start time and boot) are never touched.
 
 use std::fs::{File, OpenOptions};
@@ -88,13 +88,18 @@ impl std::fmt::Display for RecoveredSession {
 /// processes could still write otherwise), then each session under
 /// `sessions_dir` still marked running whose supervisor is gone. Chains
 /// are closed only with `receipt_key`, and only when it is the chain's own
-/// signer; without a key they are left open. Blocking.
-pub fn recover(sessions_dir: &Path, receipt_key: Option<&SigningKey>) -> Result<Recovery> {
+/// signer; without a key they are left open. Their metered calls go to the
+/// usage ledger of `home`. Blocking.
+pub fn recover(
+    sessions_dir: &Path,
+    home: &Path,
+    receipt_key: Option<&SigningKey>,
+) -> Result<Recovery> {
     let mut done = Recovery::default();
     let stale = sandbox::cleanup_stale().context("removing dead supervisors' sandboxes")?;
     done.sandboxes = stale.sandboxes;
     done.networks = stale.networks;
-    done.sessions = recover_sessions(sessions_dir, receipt_key)?;
+    done.sessions = recover_sessions(sessions_dir, home, receipt_key)?;
     Ok(done)
 }
 
@@ -102,6 +107,7 @@ pub fn recover(sessions_dir: &Path, receipt_key: Option<&SigningKey>) -> Result<
 /// `sessions_dir` still marked running whose supervisor is gone.
 fn recover_sessions(
     sessions_dir: &Path,
+    home: &Path,
     receipt_key: Option<&SigningKey>,
 ) -> Result<Vec<RecoveredSession>> {
     let mut done = Vec::new();
@@ -129,7 +135,7 @@ fn recover_sessions(
         if !dead && !retry {
             continue;
         }
-        let recovered = recover_session(&dir, info, receipt_key, retry)
+        let recovered = recover_session(&dir, home, info, receipt_key, retry)
             .with_context(|| format!("recovering session {}", dir.display()))?;
         done.extend(recovered);
     }
@@ -153,6 +159,7 @@ fn lock() -> Result<Flock<File>> {
 
 fn recover_session(
     dir: &Path,
+    home: &Path,
     mut info: SessionInfo,
     receipt_key: Option<&SigningKey>,
     retry: bool,
@@ -177,8 +184,8 @@ fn recover_session(
     report::write(dir, &report)?;
     // Its metered calls reach the ledger as an ended session's do (an
     // index: on failure `openclaw usage rebuild` recreates it).
-    if let (Some(key), Some(sessions_dir)) = (key.as_ref(), dir.parent()) {
-        let ledger = crate::usage::ledger_path(&super::backends::choice::home_of(sessions_dir));
+    if let Some(key) = key.as_ref() {
+        let ledger = crate::usage::ledger_path(home);
         if let Err(err) = crate::usage::record_session(&ledger, dir, key) {
             tracing::warn!("the usage ledger was not updated for {id}: {err:#}");
         }
@@ -331,7 +338,7 @@ mod tests {
 
         // Another key: the chain is left open, not a byte changed; the
         // session is still marked as one whose supervisor died.
-        let done = recover_sessions(home.path(), Some(&other)).expect("recover");
+        let done = recover_sessions(home.path(), home.path(), Some(&other)).expect("recover");
         assert_eq!(done.len(), 1);
         assert!(
             matches!(&done[0].chain, ChainOutcome::LeftOpen(why) if why.contains("signed by key")),
@@ -343,7 +350,7 @@ mod tests {
         assert_eq!(info.status, STATUS_SUPERVISOR_DIED);
 
         // Retried with its own key by a later recovery: closed, once.
-        let done = recover_sessions(home.path(), Some(&ours)).expect("recover");
+        let done = recover_sessions(home.path(), home.path(), Some(&ours)).expect("recover");
         assert_eq!(
             done[0].chain,
             ChainOutcome::Closed {
@@ -367,7 +374,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join(bundle::REPORT_JSON)).expect("report"))
                 .expect("json");
         assert_eq!(report["receipts"]["status"], "interrupted");
-        assert!(recover_sessions(home.path(), Some(&ours))
+        assert!(recover_sessions(home.path(), home.path(), Some(&ours))
             .expect("again")
             .is_empty());
     }
@@ -381,7 +388,7 @@ mod tests {
         info.set_supervisor_to_self();
         bundle::write_info(&dir, &info).expect("write");
         let chain = std::fs::read(dir.join(bundle::RECEIPTS)).expect("chain");
-        assert!(recover_sessions(home.path(), Some(&key))
+        assert!(recover_sessions(home.path(), home.path(), Some(&key))
             .expect("recover")
             .is_empty());
         assert_eq!(bundle::read_info(&dir).expect("info").status, "running");

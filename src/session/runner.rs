@@ -63,8 +63,14 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     let started_at = SystemTime::now();
     // Whatever dead supervisors left (sandboxes, namespaces, open chains)
     // is recovered before anything new is made.
-    let (sessions_dir, key) = (config.sessions_dir.clone(), config.receipt_key.clone());
-    match tokio::task::spawn_blocking(move || recovery::recover(&sessions_dir, Some(&key))).await? {
+    let (sessions_dir, home, key) = (
+        config.sessions_dir.clone(),
+        config.home.clone(),
+        config.receipt_key.clone(),
+    );
+    match tokio::task::spawn_blocking(move || recovery::recover(&sessions_dir, &home, Some(&key)))
+        .await?
+    {
         Ok(done) => {
             for session in &done.sessions {
                 eprintln!("openclaw: recovered session {session}");
@@ -86,7 +92,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     }
     let choice = config.backend;
     let (image, program) = (config.image.clone(), config.command.first().cloned());
-    let home = choice::home_of(&config.sessions_dir);
+    let home = config.home.clone();
     let chosen = tokio::task::spawn_blocking(move || {
         choice::choose(choice, image.as_deref(), program.as_deref(), &home)
     })
@@ -173,7 +179,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     report::write(&dir, &report)?;
     // The ledger is an index of the chains: a failure here loses nothing
     // (`openclaw usage rebuild` recreates it), so it warns and goes on.
-    let ledger = usage::ledger_path(&choice::home_of(&config.sessions_dir));
+    let ledger = usage::ledger_path(&config.home);
     let (ledger_dir, key) = (dir.clone(), config.receipt_key.verifying_key());
     match tokio::task::spawn_blocking(move || usage::record_session(&ledger, &ledger_dir, &key))
         .await?
@@ -264,7 +270,7 @@ async fn serve_and_supervise(
     // readable while the session runs (the end fill completes it).
     let live_ledger = usage::live::LiveLedger::start(
         enforcement.events.subscribe(),
-        usage::ledger_path(&choice::home_of(&config.sessions_dir)),
+        usage::ledger_path(&config.home),
         dir.join(bundle::RECEIPTS),
         usage::live::Labels {
             tenant: config.labels.tenant.clone(),

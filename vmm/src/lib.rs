@@ -28,5 +28,5 @@ pub use builder::{
 pub use devices::virtio::block::{DiskConfig, DiskError};
 pub use devices::virtio::net::{NetConfig, Tap, TapError};
 pub use devices::ControlEvent;
-pub use probe::{probe, ProbeResult};
+pub use probe::{kvm_api_version, probe, ProbeResult};
 pub use vstate::vcpu::VcpuError;

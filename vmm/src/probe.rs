@@ -13,6 +13,14 @@ use crate::builder::{ExitReason, Kernel, MicroVm, VmConfig};
 /// The pre-probe's hand-assembled guest.
 mod syscall_guest;
 
+/// `KVM_GET_API_VERSION` on a fresh `/dev/kvm` handle: 12 wherever KVM is
+/// usable (the only version [`crate::vstate::vm::Vm::new`] accepts); an
+/// error when `/dev/kvm` cannot be opened. For `openclaw doctor`.
+pub fn kvm_api_version() -> Result<i32, std::io::Error> {
+    let kvm = kvm_ioctls::Kvm::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    Ok(kvm.get_api_version())
+}
+
 /// The verdict, with the reason to show the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {

@@ -1,0 +1,137 @@
+//! What a daemon that died left behind, settled when the next one starts
+//! (before it listens): in every tenant's sessions directory, a session
+//! still marked running whose `openclaw run` outlived the daemon (an
+//! orphan) is stopped — SIGTERM, so its runner closes its own chain, then
+//! SIGKILL at the limit — and every session whose supervisor is gone is
+//! recovered with `session::recovery` (sandbox removed, chain closed as
+//! interrupted, `supervisor_died`).
+//!
+//! Stopped, not adopted: the dead daemon's answers about the session (its
+//! event streams, pending approvals, the 201 its client waited for) are
+//! gone with it, and a session nobody can watch is safer ended with its
+//! record closed than left to run.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::bundle::{self, SessionInfo};
+use crate::keys;
+use crate::session::recovery;
+use crate::tenants::Registry;
+
+/// What [`settle`] did.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Orphaned session processes signalled (`<tenant>/<id>`).
+    pub stopped: Vec<String>,
+    /// Of those, still running at the limit and SIGKILLed.
+    pub killed: usize,
+    /// Sessions closed by recovery (`<tenant>/<id>`).
+    pub recovered: Vec<String>,
+}
+
+/// Stops orphans (waiting up to `limit` for them), then recovers every
+/// tenant's sessions whose supervisor is gone. Blocking.
+pub fn settle(registry: &Registry, limit: Duration) -> Result<Settled> {
+    let mut settled = Settled::default();
+    let mut tenants = Vec::new();
+    for record in registry.list().context("listing the tenants")? {
+        let root = registry.root(&record.name);
+        tenants.push((
+            record.name.to_string(),
+            root.sessions_dir(),
+            root.keys_dir().join(keys::RECEIPT_KEY),
+        ));
+    }
+    let me = std::env::current_exe().context("finding the daemon's executable")?;
+    let mut orphans: Vec<SessionInfo> = Vec::new();
+    for (tenant, sessions, _) in &tenants {
+        for info in running_sessions(sessions) {
+            let Some(pid) = info.supervisor_pid.filter(|_| info.supervisor_alive()) else {
+                continue;
+            };
+            if parent_is_openclaw(pid, &me) {
+                // Another live openclaw process (a second daemon) runs it.
+                continue;
+            }
+            tracing::info!(
+                tenant,
+                session = info.id,
+                pid,
+                "stopping an orphaned session"
+            );
+            kill(pid, nix::sys::signal::Signal::SIGTERM);
+            settled.stopped.push(format!("{tenant}/{}", info.id));
+            orphans.push(info);
+        }
+    }
+    let deadline = Instant::now() + limit;
+    while orphans.iter().any(SessionInfo::supervisor_alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for info in orphans.iter().filter(|i| i.supervisor_alive()) {
+        if let Some(pid) = info.supervisor_pid {
+            kill(pid, nix::sys::signal::Signal::SIGKILL);
+            settled.killed += 1;
+        }
+    }
+    // A SIGKILLed supervisor is gone at once (a zombie counts as gone),
+    // and its session is recovered below with the rest.
+    for (tenant, sessions, key_path) in &tenants {
+        let key = match keys::read_signing_key(key_path) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                tracing::warn!(tenant, "no receipt key, chains stay open: {e:#}");
+                None
+            }
+        };
+        // One tenant's broken bundle must not keep the daemon from serving
+        // the others: warned, and retried at the next start.
+        match recovery::recover(sessions, registry.home(), key.as_ref()) {
+            Ok(done) => {
+                for session in done.sessions {
+                    tracing::info!(tenant, "recovered: {session}");
+                    settled.recovered.push(format!("{tenant}/{}", session.id));
+                }
+            }
+            Err(e) => tracing::warn!(tenant, "recovering the tenant's sessions: {e:#}"),
+        }
+    }
+    Ok(settled)
+}
+
+/// The bundles under `sessions` marked running.
+fn running_sessions(sessions: &Path) -> Vec<SessionInfo> {
+    let Ok(entries) = std::fs::read_dir(sessions) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| bundle::read_info(&e.path()).ok())
+        .filter(|info| info.status == "running")
+        .collect()
+}
+
+/// Whether `pid`'s parent is a live process of the daemon's executable:
+/// the session belongs to a daemon that still runs.
+fn parent_is_openclaw(pid: u32, me: &Path) -> bool {
+    let Some(ppid) = parent_pid(pid) else {
+        return false;
+    };
+    std::fs::read_link(format!("/proc/{ppid}/exe")).is_ok_and(|exe: PathBuf| exe == me)
+}
+
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold ')'): state, ppid.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn kill(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
