@@ -292,23 +292,10 @@ fn write_llm_session(home: &Path, tenant: &str, id: &str, cost: u64) {
     log.finish().expect("end");
 }
 
-/// The tenant's ledger rows from its sessions' chains, where an API
-/// session's own rows go (`<tenant root>/ledger.db`).
-fn rebuild_tenant_ledger(home: &Path, tenant: &str) {
-    let root = home.join("tenants").join(tenant);
-    cli(
-        home,
-        &[
-            "usage",
-            "rebuild",
-            "--key",
-            root.join("keys/receipt.pub").to_str().expect("utf-8"),
-            "--sessions",
-            root.join("sessions").to_str().expect("utf-8"),
-            "--ledger",
-            root.join("ledger.db").to_str().expect("utf-8"),
-        ],
-    );
+/// The home's ledger rebuilt from every tenant's chains (each checked
+/// against its tenant's receipt key), where API sessions' rows go.
+fn rebuild_ledger(home: &Path) {
+    cli(home, &["usage", "rebuild"]);
 }
 
 #[test]
@@ -322,8 +309,7 @@ fn a_create_is_refused_once_the_days_llm_tokens_or_usd_reach_the_quota() {
     // Today a has spent 1500 tokens and 200 micro-USD; b as much.
     write_llm_session(h, "a", "20261203-120000-aaaaaa", 200);
     write_llm_session(h, "b", "20261203-120000-bbbbbb", 200);
-    rebuild_tenant_ledger(h, "a");
-    rebuild_tenant_ledger(h, "b");
+    rebuild_ledger(h);
     let d = start(h, &logs.path().join("serve.log"));
     let create = |token: &str| {
         let body = json!({"capabilities": mint_for(h, "a"), "command": ["true"]});
@@ -573,7 +559,7 @@ fn metrics_parse_and_move_when_a_session_runs_the_ledger_grows_and_a_quota_refus
     stop_all(&d, &a, &[id], h, "a");
     // b spent today, and hit its request quota once.
     write_llm_session(h, "b", "20261203-120000-bbbbbb", 200);
-    rebuild_tenant_ledger(h, "b");
+    rebuild_ledger(h);
     put_quotas(&d, &admin, "b", &json!({"requests_per_minute": 1}));
     assert_eq!(call(&d, "GET", "/v1/sessions", Some(&b), None).status, 200);
     assert_eq!(call(&d, "GET", "/v1/sessions", Some(&b), None).status, 429);

@@ -2,7 +2,7 @@
 //! (`<home>/ledger.db`): `report` sums it, `rebuild` recreates it from the
 //! sessions' receipt chains.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -72,7 +72,9 @@ pub struct ReportArgs {
   openclaw usage rebuild
   openclaw usage rebuild --key receipt.pub --key old-receipt.pub --sessions /srv/openclaw/sessions
 
-Reads every <sessions>/<id>/receipts.jsonl, verifies the chain against the
+Reads every <sessions>/<id>/receipts.jsonl (without --sessions: the home's
+sessions and every tenant's, <home>/tenants/<name>/sessions, each tenant's
+chains checked against its own keys/receipt.pub), verifies the chain against the
 receipt-signing public key, and writes one ledger row per usage receipt into a
 new ledger that replaces the old one when complete. A chain that does not
 verify, or whose session has not ended (still running, or its supervisor died:
@@ -85,7 +87,8 @@ pub struct RebuildArgs {
     /// demo's <home>/demo/flight-booking/keys/receipt.pub if present].
     #[arg(long, value_name = "RECEIPT.pub")]
     key: Vec<PathBuf>,
-    /// Directory of session bundles [default: <home>/sessions].
+    /// Directory of session bundles [default: <home>/sessions and each
+    /// tenant's <home>/tenants/<name>/sessions].
     #[arg(long, value_name = "DIR")]
     sessions: Option<PathBuf>,
     /// The ledger [default: <home>/ledger.db].
@@ -98,6 +101,29 @@ pub fn execute(cmd: UsageCommand) -> Result<ExitCode> {
         UsageCommand::Report(args) => report_cmd(args),
         UsageCommand::Rebuild(args) => rebuild_cmd(args),
     }
+}
+
+/// Each tenant's sessions under `tenants_dir` with its receipt key; a tenant
+/// without one has nothing that could verify.
+fn tenant_sources(tenants_dir: &Path) -> Result<Vec<usage::ChainSource>> {
+    let entries = match std::fs::read_dir(tenants_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", tenants_dir.display())),
+    };
+    let mut sources = Vec::new();
+    for root in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let key = root.join("keys").join(keys::RECEIPT_PUB);
+        if key.is_file() {
+            sources.push(usage::ChainSource {
+                sessions_dir: root.join("sessions"),
+                keys: vec![keys::read_verifying_key(&key)
+                    .with_context(|| format!("the tenant's receipt key {}", key.display()))?],
+            });
+        }
+    }
+    sources.sort_by(|a, b| a.sessions_dir.cmp(&b.sessions_dir));
+    Ok(sources)
 }
 
 fn ledger_or_default(path: Option<PathBuf>) -> Result<PathBuf> {
@@ -132,30 +158,38 @@ fn report_cmd(args: ReportArgs) -> Result<ExitCode> {
 }
 
 fn rebuild_cmd(args: RebuildArgs) -> Result<ExitCode> {
-    let key_paths = if args.key.is_empty() {
+    let read = |p: &PathBuf| {
+        keys::read_verifying_key(p)
+            .with_context(|| format!("the receipt-signing public key (--key) {}", p.display()))
+    };
+    let pinned = if args.key.is_empty() {
+        // The defaults that exist: a daemon's home may have none of its own.
         let home = home::home_dir()?;
         let demo = home
             .join("demo/flight-booking/keys")
             .join(keys::RECEIPT_PUB);
-        let mut paths = vec![home::keys_dir()?.join(keys::RECEIPT_PUB)];
-        paths.extend(demo.exists().then_some(demo));
-        paths
+        [home::keys_dir()?.join(keys::RECEIPT_PUB), demo]
+            .iter()
+            .filter(|p| p.exists())
+            .map(read)
+            .collect::<Result<Vec<_>>>()?
     } else {
-        args.key
+        args.key.iter().map(read).collect::<Result<Vec<_>>>()?
     };
-    let pinned = key_paths
-        .iter()
-        .map(|p| {
-            keys::read_verifying_key(p)
-                .with_context(|| format!("the receipt-signing public key (--key) {}", p.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let sessions = match args.sessions {
-        Some(p) => p,
-        None => home::sessions_dir()?,
-    };
+    let mut sources = vec![usage::ChainSource {
+        sessions_dir: match &args.sessions {
+            Some(p) => p.clone(),
+            None => home::sessions_dir()?,
+        },
+        keys: pinned,
+    }];
+    if args.sessions.is_none() {
+        // The home's whole layout: each tenant's sessions (`openclaw serve`)
+        // with that tenant's own receipt key.
+        sources.extend(tenant_sources(&home::home_dir()?.join("tenants"))?);
+    }
     let ledger = ledger_or_default(args.ledger)?;
-    let done = usage::rebuild(&ledger, &sessions, &pinned)?;
+    let done = usage::rebuild(&ledger, &sources)?;
     println!(
         "rebuilt {}: {} usage row(s) from {} session(s)",
         ledger.display(),

@@ -12,7 +12,7 @@ pub mod rebuild;
 pub mod report;
 
 pub use ledger::Ledger;
-pub use rebuild::{ledger_path, rebuild, record_session};
+pub use rebuild::{ledger_path, rebuild, record_session, ChainSource};
 
 /// Micro-USD as an exact decimal dollar amount: `18375` → `0.018375`.
 pub fn format_usd(micro: u64) -> String {

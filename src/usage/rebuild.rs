@@ -94,31 +94,44 @@ pub struct Rebuilt {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+/// Where a rebuild reads chains: a directory of session bundles and the
+/// receipt keys its chains may be signed by (the home's sessions with the
+/// home's keys; each tenant's with that tenant's key).
+pub struct ChainSource {
+    pub sessions_dir: PathBuf,
+    pub keys: Vec<VerifyingKey>,
+}
+
 /// Recreates the ledger at `ledger_path` from every session bundle under
-/// `sessions_dir`, each chain verified first against the one of `keys` that
-/// signed it (a chain that does not verify, or has not ended, is left out
-/// and reported). The new
+/// each source's directory, each chain verified first against the one of
+/// that source's keys that signed it (a chain that does not verify, or has
+/// not ended, is left out and reported). The new
 /// ledger is written beside the old one and renamed over it only when
 /// complete, so an interrupted rebuild leaves the old ledger (or none)
 /// rather than a partial one.
-pub fn rebuild(ledger_path: &Path, sessions_dir: &Path, keys: &[VerifyingKey]) -> Result<Rebuilt> {
+pub fn rebuild(ledger_path: &Path, sources: &[ChainSource]) -> Result<Rebuilt> {
     let mut done = Rebuilt::default();
-    let mut dirs: Vec<PathBuf> = match std::fs::read_dir(sessions_dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join(bundle::RECEIPTS).is_file())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => {
-            return Err(e).with_context(|| format!("listing {}", sessions_dir.display()));
-        }
-    };
-    dirs.sort();
+    let mut dirs: Vec<(PathBuf, &[VerifyingKey])> = Vec::new();
+    for source in sources {
+        let mut found: Vec<PathBuf> = match std::fs::read_dir(&source.sessions_dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join(bundle::RECEIPTS).is_file())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("listing {}", source.sessions_dir.display()));
+            }
+        };
+        found.sort();
+        dirs.extend(found.into_iter().map(|d| (d, source.keys.as_slice())));
+    }
     let tmp = sibling(ledger_path, ".rebuild");
     // A rebuild killed earlier may have left its file: start over.
     remove_if_exists(&tmp)?;
     let mut fresh = Ledger::create_fresh(&tmp)?;
-    for dir in dirs {
+    for (dir, keys) in dirs {
         match verified_chain_any(&dir, keys) {
             Ok(chain) => {
                 let rows = rows_of(&chain);
