@@ -9,6 +9,7 @@ pub mod keygen;
 pub mod recover;
 pub mod report;
 pub mod run;
+pub mod secrets;
 pub mod serve;
 pub mod tenants;
 pub mod ui;
