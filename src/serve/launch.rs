@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::broker::{self, TenantSecrets};
 use crate::bundle;
 use crate::control::CONTROL_SOCK;
 use crate::keys;
@@ -41,6 +42,9 @@ pub struct CreateSession {
     pub approve: Option<String>,
     #[serde(default)]
     pub task: Option<String>,
+    /// Names of the tenant's secrets the session may use (`openclaw secrets`).
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// A create request once checked: every field valid for `openclaw run`.
@@ -50,6 +54,9 @@ pub struct Checked {
     backend: &'static str,
     approve: &'static str,
     task: Option<String>,
+    secrets: Vec<String>,
+    /// Where [`Launcher::start`] wrote them for the child, if any.
+    secrets_file: Option<PathBuf>,
 }
 
 /// Checks the body against the tenant; `Err((field, why))` names the
@@ -95,12 +102,25 @@ pub fn check(root: &TenantRoot, body: CreateSession) -> Result<Checked, (&'stati
     if body.task.as_deref().is_some_and(|t| t.contains('\0')) {
         return Err(("task", "the task may not contain NUL".into()));
     }
+    let mut secrets = body.secrets;
+    // The name is not echoed: it may be anything the client sent.
+    if secrets.iter().any(|n| !broker::has_secret(root, n)) {
+        return Err(("secrets", "names a secret this tenant does not have".into()));
+    }
+    let count = secrets.len();
+    secrets.sort();
+    secrets.dedup();
+    if secrets.len() != count {
+        return Err(("secrets", "names a secret twice".into()));
+    }
     Ok(Checked {
         token,
         command: body.command,
         backend,
         approve,
         task: body.task,
+        secrets,
+        secrets_file: None,
     })
 }
 
@@ -182,7 +202,12 @@ impl Launcher {
     }
 
     /// Starts the session; its id once its sandbox is ready.
-    pub fn start(&self, tenant: &TenantName, root: &TenantRoot, req: Checked) -> Result<String> {
+    pub fn start(
+        &self,
+        tenant: &TenantName,
+        root: &TenantRoot,
+        mut req: Checked,
+    ) -> Result<String> {
         let sessions = root.sessions_dir();
         let spawn_dir = root.path().join("spawn");
         std::fs::DirBuilder::new()
@@ -194,6 +219,16 @@ impl Launcher {
         let cap_path = spawn_dir.join(format!("{nonce}.cap"));
         let log_path = spawn_dir.join(format!("{nonce}.log"));
         let before = dir_names(&sessions);
+        // The named secrets, decrypted (before any file is written, so a
+        // failure leaves nothing behind).
+        let secrets_text = if req.secrets.is_empty() {
+            None
+        } else {
+            let text = TenantSecrets::open(&self.home, tenant)?
+                .resolve(&req.secrets)
+                .context("resolving the session's secrets")?;
+            Some(text)
+        };
         {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -203,9 +238,28 @@ impl Launcher {
                 .context("writing the capability token")?;
             f.write_all(req.token.as_bytes())?;
         }
+        // The secrets file the child reads before its sandbox is ready;
+        // removed with the token below.
+        let secrets_path = spawn_dir.join(format!("{nonce}.secrets.toml"));
+        if let Some(text) = secrets_text {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&secrets_path)
+                .and_then(|mut f| f.write_all(text.as_bytes()));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&cap_path);
+                let _ = std::fs::remove_file(&secrets_path);
+                return Err(e).context("writing the session's secrets");
+            }
+            req.secrets_file = Some(secrets_path.clone());
+        }
         let result = self.spawn_and_find(tenant, root, req, &cap_path, &log_path, &before);
-        // The runner copied the token into the bundle (or never will).
+        // The runner copied the token into the bundle (or never will), and
+        // read its secrets before its sandbox was ready.
         let _ = std::fs::remove_file(&cap_path);
+        let _ = std::fs::remove_file(&secrets_path);
         match &result {
             Ok(id) => {
                 let _ = std::fs::rename(&log_path, spawn_dir.join(format!("{id}.log")));
@@ -243,6 +297,9 @@ impl Launcher {
             .args(["--tenant", tenant.as_str()]);
         if let Some(task) = &req.task {
             cmd.arg("--agent").arg(task);
+        }
+        if let Some(path) = &req.secrets_file {
+            cmd.arg("--secrets").arg(path);
         }
         cmd.arg("--").args(&req.command);
         let log = File::create(log_path).context("creating the session's start log")?;

@@ -247,7 +247,8 @@ fn schemas() -> Value {
                 "command": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "the agent's argv"},
                 "backend": {"type": "string", "enum": ["netns", "kvm"], "default": "netns", "description": "kvm only where /dev/kvm exists"},
                 "approve": {"type": "string", "enum": ["deny", "auto", "api"], "default": "deny", "description": "how held requests are answered: denied, approved, or held for POST /v1/sessions/{id}/approvals/{approval_id} (denied at 120 s)"},
-                "task": {"type": "string", "description": "passed to the command as $OPENCLAW_TASK"}
+                "task": {"type": "string", "description": "passed to the command as $OPENCLAW_TASK"},
+                "secrets": {"type": "array", "items": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}, "uniqueItems": true, "description": "names of the tenant's secrets (`openclaw secrets set --tenant`) the session may use; the sandbox sees placeholders"}
             }},
         "SessionCreated": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
         "SessionStopping": {"type": "object", "required": ["id", "stopping"],
