@@ -748,6 +748,7 @@ fn the_openapi_document_describes_what_is_served() {
                 ("post", "/v1/tenants") => Some(r#"{"name":"n"}"#.to_owned()),
                 ("post", "/v1/sessions") => Some(session_body.clone()),
                 ("post", p) if p.contains("/approvals/") => Some(r#"{"answer":"deny"}"#.to_owned()),
+                ("put", "/v1/secrets/{name}") => Some(r#"{"value":"v"}"#.to_owned()),
                 _ => None,
             };
             let mut success = false;
@@ -800,6 +801,7 @@ fn the_openapi_document_describes_what_is_served() {
     assert_eq!(
         served,
         [
+            "delete /v1/secrets/{name}",
             "delete /v1/tenants/{name}",
             "get /healthz",
             "get /openapi.json",
@@ -810,6 +812,7 @@ fn the_openapi_document_describes_what_is_served() {
             "get /v1/sessions/{id}/bundle",
             "get /v1/sessions/{id}/events",
             "get /v1/sessions/{id}/receipts/verify",
+            "get /v1/secrets",
             "get /v1/tenants",
             "get /v1/usage",
             "post /v1/sessions",
@@ -817,6 +820,7 @@ fn the_openapi_document_describes_what_is_served() {
             "post /v1/sessions/{id}/stop",
             "post /v1/tenants",
             "post /v1/tenants/{name}/token",
+            "put /v1/secrets/{name}",
         ]
     );
     assert!(started.is_some(), "a session was started");

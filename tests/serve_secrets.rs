@@ -4,7 +4,8 @@
 //! value handed to the session's proxy and gone from disk once it started,
 //! `session.json` listing names only, and a placeholder of an ended session
 //! refused and receipted in the next (real `openclaw run` children on the
-//! netns backend: needs root).
+//! netns backend: needs root); and `openclaw run`'s secrets file with
+//! `value_from` references (`env:`, `file:`), resolved at its start.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use serde_json::{json, Value};
+
+mod support;
 
 /// The value stored; it must appear in no file, log or output.
 const VALUE: &str = "tenant-secret-9c1e7d-value";
@@ -289,6 +292,58 @@ fn sessions_get_named_secrets_and_an_ended_sessions_placeholder_is_refused() {
     let log = logs.path().join("serve.log");
     let d = start(h, &log);
 
+    // The tenant's own secrets over the API: stored, listed without the
+    // value, removed; the admin token is told the routes do not exist.
+    let admin = cli(h, &["tenants", "admin-token"]);
+    let put = json!({"value": VALUE, "hosts": ["example.com"]});
+    let (status, body) = call(&d, "PUT", "/v1/secrets/api2", &a, Some(&put));
+    assert_eq!((status, &body["stored"]), (200, &json!(true)), "{body}");
+    let (status, _) = call(&d, "PUT", "/v1/secrets/api2", &admin, Some(&put));
+    assert_eq!(status, 404);
+    let (status, body) = call(&d, "PUT", "/v1/secrets/Bad", &a, Some(&put));
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (400, &json!("name")),
+        "{body}"
+    );
+    let bad_host = json!({"value": VALUE, "hosts": ["h:1"]});
+    let (status, body) = call(&d, "PUT", "/v1/secrets/k", &a, Some(&bad_host));
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (400, &json!("body")),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(VALUE), "{body}");
+    let (status, listed) = call(&d, "GET", "/v1/secrets", &a, None);
+    assert_eq!(status, 200);
+    let names: Vec<&str> = listed["secrets"]
+        .as_array()
+        .expect("secrets")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["api2", "api_key"], "{listed}");
+    assert!(!listed.to_string().contains(VALUE), "{listed}");
+    let (status, _) = call(&d, "DELETE", "/v1/secrets/api2", &a, None);
+    assert_eq!(status, 200);
+    let (status, body) = call(&d, "DELETE", "/v1/secrets/api2", &a, None);
+    assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
+    let api_lines: Vec<(String, String, String)> = audit_actions(h)
+        .into_iter()
+        .filter(|(action, target, _)| action.starts_with("secret.") && target != "api_key")
+        .collect();
+    let line = |a: &str, t: &str, o: &str| (a.to_owned(), t.to_owned(), o.to_owned());
+    assert_eq!(
+        api_lines,
+        [
+            line("secret.set", "api2", "ok"),
+            line("secret.set", "-", "refused"),
+            line("secret.set", "k", "refused"),
+            line("secret.remove", "api2", "ok"),
+            line("secret.remove", "api2", "refused"),
+        ]
+    );
+
     // Unknown or repeated names: 400 naming `secrets`, nothing started.
     for names in [
         json!(["nope"]),
@@ -397,4 +452,109 @@ fn sessions_get_named_secrets_and_an_ended_sessions_placeholder_is_refused() {
     assert!(actions.contains(&("secret.set".into(), "api_key".into(), "ok".into())));
     drop(d);
     assert_value_nowhere(h, &[&log]);
+}
+
+/// `openclaw run --secrets` with `value_from` references: resolved when the
+/// session starts (the sandbox sees placeholders, session.json the names,
+/// the bundle no value); a variable that is not set or a file that cannot
+/// be read stops it with exit 125 naming it, before any session exists.
+#[test]
+fn run_resolves_env_and_file_references_and_refuses_missing_ones_before_the_sandbox() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    support::keygen_and_mint(
+        h,
+        "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n",
+    );
+    let from_env = "value-from-the-env-41d2";
+    let from_file = "value-from-the-file-8be0";
+    let file = outside.path().join("pw");
+    std::fs::write(&file, format!("{from_file}\n")).expect("pw");
+    let var = "OPENCLAW_TEST_SECRET_REF_5E1B";
+    let write_secrets = |path: &Path| {
+        let secrets = outside.path().join("secrets.toml");
+        std::fs::write(
+            &secrets,
+            format!(
+                "[[secret]]\nname = \"a\"\nvalue_from = \"env:{var}\"\n\n\
+                 [[secret]]\nname = \"b\"\nvalue_from = \"file:{}\"\n\n\
+                 [[secret]]\nname = \"c\"\nvalue = \"env:{var}\"\n",
+                path.display()
+            ),
+        )
+        .expect("secrets");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        secrets
+    };
+    let run = |secrets: &Path, set: bool| {
+        let mut cmd = support::openclaw(h);
+        cmd.arg("run")
+            .arg("--capabilities")
+            .arg(h.join("task.cap"))
+            .args(["--backend", "netns", "--approve", "deny", "--work-max", "0"])
+            .arg("--secrets")
+            .arg(secrets)
+            .args(["--", "sh", "-c", "echo \"a=$A b=$B c=$C\""])
+            .stdin(Stdio::null());
+        if set {
+            cmd.env(var, from_env);
+        } else {
+            cmd.env_remove(var);
+        }
+        cmd.output().expect("openclaw run")
+    };
+    let sessions = || -> Vec<PathBuf> {
+        std::fs::read_dir(h.join("sessions"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+
+    let secrets = write_secrets(&file);
+    let out = run(&secrets, false);
+    assert_eq!(out.status.code(), Some(125), "{}", support::text(&out));
+    let err = support::stderr(&out);
+    assert!(err.contains(var) && err.contains("not set"), "{err}");
+    assert!(
+        sessions().is_empty(),
+        "no session before the secrets resolve"
+    );
+    let missing = write_secrets(&outside.path().join("missing"));
+    let out = run(&missing, true);
+    assert_eq!(out.status.code(), Some(125), "{}", support::text(&out));
+    assert!(
+        support::stderr(&out).contains("cannot read the file"),
+        "{}",
+        support::text(&out)
+    );
+    assert!(sessions().is_empty());
+
+    let secrets = write_secrets(&file);
+    let out = run(&secrets, true);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let made = sessions();
+    assert_eq!(made.len(), 1, "{made:?}");
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(made[0].join("session.json")).expect("session.json"),
+    )
+    .expect("json");
+    assert_eq!(info["secrets"], json!(["a", "b", "c"]), "{info}");
+    let console = std::fs::read_to_string(made[0].join("console.log")).expect("console");
+    assert!(
+        console.contains("a=ocs_a_")
+            && console.contains("b=ocs_b_")
+            && console.contains("c=ocs_c_"),
+        "{console}"
+    );
+    for value in [from_env, from_file] {
+        for path in files_under(h) {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+                "{} holds a secret's value",
+                path.display()
+            );
+        }
+    }
 }

@@ -9,4 +9,4 @@ mod key;
 /// One tenant's encrypted secrets: set, list, remove, resolve.
 mod vault;
 
-pub use vault::{has_secret, SecretFields, TenantSecrets};
+pub use vault::{has_secret, BrokerError, SecretFields, TenantSecrets};

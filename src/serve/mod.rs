@@ -12,6 +12,8 @@ mod launch;
 mod openapi;
 /// Routes and handlers.
 mod routes;
+/// A tenant's own secrets: list, put, delete.
+mod secrets;
 /// The listener and the SIGTERM drain.
 mod server;
 /// A tenant's sessions: listed, read and verified inside its root.

@@ -53,6 +53,12 @@ fn name_param() -> Value {
            "schema": {"$ref": "#/components/schemas/TenantName"}})
 }
 
+fn secret_name_param() -> Value {
+    json!({"name": "name", "in": "path", "required": true,
+           "description": "the secret's name: 1 to 64 of a-z, 0-9 and _",
+           "schema": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}})
+}
+
 pub fn document() -> Value {
     json!({
         "openapi": "3.1.0",
@@ -171,6 +177,30 @@ fn paths() -> Value {
             ],
             "responses": v1_errors(json!({"200": ok("the report", "UsageReport")}), "a tenant token naming another tenant")
         }},
+        "/v1/secrets": {"get": {
+            "summary": "the tenant's secrets: names and fields, never values", "security": [{"bearer": []}],
+            "responses": v1_errors(json!({"200": ok("the secrets", "SecretList")}), TENANT_404)
+        }},
+        "/v1/secrets/{name}": {
+            "put": {
+                "summary": "store (or replace) one of the tenant's secrets, sealed at rest; one audit line, without the value",
+                "security": [{"bearer": []}],
+                "parameters": [secret_name_param()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PutSecret"}}}},
+                "responses": v1_errors(json!({
+                    "200": ok("stored", "SecretStored"),
+                    "413": error_response("body over 64 KiB"),
+                    "415": error_response("not application/json")
+                }), TENANT_404)
+            },
+            "delete": {
+                "summary": "remove one of the tenant's secrets; one audit line",
+                "security": [{"bearer": []}],
+                "parameters": [secret_name_param()],
+                "responses": v1_errors(json!({"200": ok("removed", "SecretRemoved")}),
+                    "no such secret, or the admin token (these are tenant routes)")
+            }
+        },
         "/v1/tenants": {
             "get": {
                 "summary": "list tenants (admin)", "security": [{"bearer": []}],
@@ -241,6 +271,23 @@ fn schemas() -> Value {
             "properties": {"id": {"type": "string"}, "status": {"type": "string"},
                            "live": {"type": "boolean"}, "backend": {"type": "string"},
                            "started_at": {"type": "string"}, "receipts": {"type": "string"}}},
+        "SecretList": {"type": "object", "required": ["secrets"], "properties": {"secrets": {"type": "array", "items": {
+            "type": "object", "required": ["name", "updated_at"],
+            "properties": {"name": {"type": "string"}, "updated_at": {"type": "string"},
+                           "hosts": {"type": "array", "items": {"type": "string"}}, "header": {"type": "string"},
+                           "format": {"type": "string"}, "placement": {"type": "array", "items": {"type": "string"}}}}}}},
+        "PutSecret": {"type": "object", "required": ["value"], "additionalProperties": false,
+            "properties": {
+                "value": {"type": "string", "minLength": 1, "description": "the secret; never shown again, never logged or audited"},
+                "hosts": {"type": "array", "items": {"type": "string"}, "description": "use it only at these hosts (the capability token must grant it too)"},
+                "header": {"type": "string", "description": "inject it in this header at granted hosts"},
+                "format": {"type": "string", "description": "the header's text, {} replaced by the value (default {})"},
+                "placement": {"type": "array", "items": {"type": "string"}, "description": "where else its placeholder may go: header:NAME, json:/pointer, form:field, query:name"}
+            }},
+        "SecretStored": {"type": "object", "required": ["name", "stored"],
+            "properties": {"name": {"type": "string"}, "stored": {"const": true}}},
+        "SecretRemoved": {"type": "object", "required": ["name", "removed"],
+            "properties": {"name": {"type": "string"}, "removed": {"const": true}}},
         "CreateSession": {"type": "object", "required": ["capabilities", "command"], "additionalProperties": false,
             "properties": {
                 "capabilities": {"type": "string", "description": "the .cap file's text: a token minted under this tenant's root key"},
