@@ -695,7 +695,7 @@ fn the_openapi_document_describes_what_is_served() {
     let logs = tempfile::tempdir().expect("tempdir");
     let h = home.path();
     let admin = cli(h, &["tenants", "admin-token"]);
-    let tenant = cli(h, &["tenants", "create", "t"]);
+    let mut tenant = cli(h, &["tenants", "create", "t"]);
     write_session(h, "t", A_ID);
     let d = start(h, &logs.path().join("serve.log"));
     let doc = get(&d, "/openapi.json", None);
@@ -752,6 +752,7 @@ fn the_openapi_document_describes_what_is_served() {
                 _ => None,
             };
             let mut success = false;
+            let mut rotated = None;
             // No token, the tenant's, the admin's: each answer documented,
             // one of them a success.
             for token in [None, Some(tenant.as_str()), Some(admin.as_str())] {
@@ -775,6 +776,10 @@ fn the_openapi_document_describes_what_is_served() {
                 if r.status == 201 && path == "/v1/sessions" {
                     started = r.body["id"].as_str().map(str::to_owned);
                 }
+                // The tenant's token, rotated: later tenant routes use the new one.
+                if r.status == 200 && path == "/v1/tenants/{name}/token" {
+                    rotated = r.body["token"].as_str().map(str::to_owned);
+                }
                 assert!(
                     documented.contains(&r.status),
                     "{method} {path} answered {} (documented: {documented:?})",
@@ -790,6 +795,9 @@ fn the_openapi_document_describes_what_is_served() {
                 }
             }
             assert!(success, "{method} {path} never succeeded");
+            if let Some(new) = rotated {
+                tenant = new;
+            }
             if path.ends_with("/stop") {
                 // Ended before the tenant (and its directory) is deleted.
                 wait_ended(h, "t", &id);
@@ -806,13 +814,13 @@ fn the_openapi_document_describes_what_is_served() {
             "get /healthz",
             "get /openapi.json",
             "get /readyz",
+            "get /v1/secrets",
             "get /v1/sessions",
             "get /v1/sessions/{id}",
             "get /v1/sessions/{id}/approvals",
             "get /v1/sessions/{id}/bundle",
             "get /v1/sessions/{id}/events",
             "get /v1/sessions/{id}/receipts/verify",
-            "get /v1/secrets",
             "get /v1/tenants",
             "get /v1/usage",
             "post /v1/sessions",
