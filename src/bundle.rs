@@ -81,6 +81,9 @@ pub struct SessionInfo {
     /// Who ran it (`openclaw run --user`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Names of the secrets the session may use (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// Status of a session whose supervisor died (written by recovery).

@@ -7,6 +7,8 @@
 
 /// The control plane's audit log: `<home>/audit.jsonl`.
 mod audit;
+/// The credential broker: tenant secrets sealed at rest, resolved per session.
+mod broker;
 /// A session bundle on disk: its files, `session.json`, `events.jsonl`.
 mod bundle;
 /// One thin adapter per subcommand.
@@ -102,6 +104,9 @@ enum Command {
     Tenants(commands::tenants::TenantsArgs),
     /// Read the control plane's audit log.
     Audit(commands::audit::AuditArgs),
+    /// Set, list and remove a tenant's secrets (sealed at rest).
+    #[command(subcommand)]
+    Secrets(commands::secrets::SecretsCommand),
 }
 
 fn main() -> ExitCode {
@@ -135,6 +140,7 @@ fn main_exec(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => commands::serve::execute(args),
         Command::Tenants(cmd) => commands::tenants::execute(cmd),
         Command::Audit(args) => commands::audit::execute(args),
+        Command::Secrets(cmd) => commands::secrets::execute(cmd),
     }
 }
 

@@ -1135,7 +1135,7 @@ fn the_openapi_document_describes_what_is_served() {
     let logs = tempfile::tempdir().expect("tempdir");
     let h = home.path();
     let admin = cli(h, &["tenants", "admin-token"]);
-    let tenant = cli(h, &["tenants", "create", "t"]);
+    let mut tenant = cli(h, &["tenants", "create", "t"]);
     write_session(h, "t", A_ID);
     let d = start(h, &logs.path().join("serve.log"));
     let doc = get(&d, "/openapi.json", None);
@@ -1191,9 +1191,11 @@ fn the_openapi_document_describes_what_is_served() {
                 }
                 ("post", "/v1/sessions") => Some(session_body.clone()),
                 ("post", p) if p.contains("/approvals/") => Some(r#"{"answer":"deny"}"#.to_owned()),
+                ("put", "/v1/secrets/{name}") => Some(r#"{"value":"v"}"#.to_owned()),
                 _ => None,
             };
             let mut success = false;
+            let mut rotated = None;
             // No token, the tenant's, the admin's: each answer documented,
             // one of them a success.
             for token in [None, Some(tenant.as_str()), Some(admin.as_str())] {
@@ -1217,6 +1219,10 @@ fn the_openapi_document_describes_what_is_served() {
                 if r.status == 201 && path == "/v1/sessions" {
                     started = r.body["id"].as_str().map(str::to_owned);
                 }
+                // The tenant's token, rotated: later tenant routes use the new one.
+                if r.status == 200 && path == "/v1/tenants/{name}/token" {
+                    rotated = r.body["token"].as_str().map(str::to_owned);
+                }
                 assert!(
                     documented.contains(&r.status),
                     "{method} {path} answered {} (documented: {documented:?})",
@@ -1232,6 +1238,9 @@ fn the_openapi_document_describes_what_is_served() {
                 }
             }
             assert!(success, "{method} {path} never succeeded");
+            if let Some(new) = rotated {
+                tenant = new;
+            }
             if path.ends_with("/stop") {
                 // Ended before the tenant (and its directory) is deleted.
                 wait_ended(h, "t", &id);
@@ -1243,11 +1252,13 @@ fn the_openapi_document_describes_what_is_served() {
     assert_eq!(
         served,
         [
+            "delete /v1/secrets/{name}",
             "delete /v1/tenants/{name}",
             "get /healthz",
             "get /metrics",
             "get /openapi.json",
             "get /readyz",
+            "get /v1/secrets",
             "get /v1/sessions",
             "get /v1/sessions/{id}",
             "get /v1/sessions/{id}/approvals",
@@ -1262,6 +1273,7 @@ fn the_openapi_document_describes_what_is_served() {
             "post /v1/sessions/{id}/stop",
             "post /v1/tenants",
             "post /v1/tenants/{name}/token",
+            "put /v1/secrets/{name}",
             "put /v1/tenants/{name}/quotas",
         ]
     );

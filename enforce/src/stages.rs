@@ -167,12 +167,23 @@ impl Stages<'_> {
             }
         }
 
-        // Placeholders where the token does not grant them, or in a place
-        // of the request they do not belong: exfiltration.
+        // A placeholder of another session (one that ended: its secret is
+        // revoked with it); placeholders where the token does not grant
+        // them, or in a place of the request they do not belong: exfiltration.
         let findings = self.creds.scan(&pq, &req.head.headers, req.body.buffered());
+        let foreign = || {
+            let (name, place) = self
+                .creds
+                .foreign(&pq, &req.head.headers, req.body.buffered())?;
+            Some(format!(
+                "credential revoked: a placeholder of {name} in {place} to {host} is not \
+                 one of this session's (its session ended, or it was never issued here)"
+            ))
+        };
         let prepared = match self
             .exfiltration(&findings, &host, req.scheme, now)
             .or_else(|| self.misplaced(&findings, matched.rule(), &host, &pq, req, complete))
+            .or_else(foreign)
         {
             Some(reason) => Err(reason),
             None => self.prepare(req, &host, &findings, complete, now),

@@ -10,6 +10,7 @@ pub mod keygen;
 pub mod recover;
 pub mod report;
 pub mod run;
+pub mod secrets;
 pub mod serve;
 pub mod tenants;
 pub mod ui;

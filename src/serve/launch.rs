@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::broker::{self, TenantSecrets};
 use crate::bundle;
 use crate::control::CONTROL_SOCK;
 use crate::keys;
@@ -43,6 +44,9 @@ pub struct CreateSession {
     pub approve: Option<String>,
     #[serde(default)]
     pub task: Option<String>,
+    /// Names of the tenant's secrets the session may use (`openclaw secrets`).
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// A create request once checked: every field valid for `openclaw run`.
@@ -55,6 +59,9 @@ pub struct Checked {
     /// `--user`: the name a trusted proxy gave (`identity`); None: run's
     /// default.
     pub user: Option<String>,
+    secrets: Vec<String>,
+    /// Where [`Launcher::start`] wrote them for the child, if any.
+    secrets_file: Option<PathBuf>,
 }
 
 /// Checks the body against the tenant; `Err((field, why))` names the
@@ -100,6 +107,17 @@ pub fn check(root: &TenantRoot, body: CreateSession) -> Result<Checked, (&'stati
     if body.task.as_deref().is_some_and(|t| t.contains('\0')) {
         return Err(("task", "the task may not contain NUL".into()));
     }
+    let mut secrets = body.secrets;
+    // The name is not echoed: it may be anything the client sent.
+    if secrets.iter().any(|n| !broker::has_secret(root, n)) {
+        return Err(("secrets", "names a secret this tenant does not have".into()));
+    }
+    let count = secrets.len();
+    secrets.sort();
+    secrets.dedup();
+    if secrets.len() != count {
+        return Err(("secrets", "names a secret twice".into()));
+    }
     Ok(Checked {
         token,
         command: body.command,
@@ -107,6 +125,8 @@ pub fn check(root: &TenantRoot, body: CreateSession) -> Result<Checked, (&'stati
         approve,
         task: body.task,
         user: None,
+        secrets,
+        secrets_file: None,
     })
 }
 
@@ -249,7 +269,7 @@ impl Launcher {
         &self,
         tenant: &TenantName,
         root: &TenantRoot,
-        req: Checked,
+        mut req: Checked,
     ) -> Result<String> {
         let sessions = root.sessions_dir();
         let spawn_dir = root.path().join("spawn");
@@ -262,6 +282,16 @@ impl Launcher {
         let cap_path = spawn_dir.join(format!("{nonce}.cap"));
         let log_path = spawn_dir.join(format!("{nonce}.log"));
         let before = dir_names(&sessions);
+        // The named secrets, decrypted (before any file is written, so a
+        // failure leaves nothing behind).
+        let secrets_text = if req.secrets.is_empty() {
+            None
+        } else {
+            let text = TenantSecrets::open(&self.home, tenant)?
+                .resolve(&req.secrets)
+                .context("resolving the session's secrets")?;
+            Some(text)
+        };
         {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -271,9 +301,28 @@ impl Launcher {
                 .context("writing the capability token")?;
             f.write_all(req.token.as_bytes())?;
         }
+        // The secrets file the child reads before its sandbox is ready;
+        // removed with the token below.
+        let secrets_path = spawn_dir.join(format!("{nonce}.secrets.toml"));
+        if let Some(text) = secrets_text {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&secrets_path)
+                .and_then(|mut f| f.write_all(text.as_bytes()));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&cap_path);
+                let _ = std::fs::remove_file(&secrets_path);
+                return Err(e).context("writing the session's secrets");
+            }
+            req.secrets_file = Some(secrets_path.clone());
+        }
         let result = self.spawn_and_find(tenant, root, req, &cap_path, &log_path, &before);
-        // The runner copied the token into the bundle (or never will).
+        // The runner copied the token into the bundle (or never will), and
+        // read its secrets before its sandbox was ready.
         let _ = std::fs::remove_file(&cap_path);
+        let _ = std::fs::remove_file(&secrets_path);
         match &result {
             // Into the bundle at once (the child keeps writing through its
             // descriptor): it is archived, downloaded and deleted with the
@@ -332,6 +381,9 @@ impl Launcher {
         }
         if let Some(task) = &req.task {
             cmd.arg("--agent").arg(task);
+        }
+        if let Some(path) = &req.secrets_file {
+            cmd.arg("--secrets").arg(path);
         }
         cmd.arg("--").args(&req.command);
         let log = std::fs::OpenOptions::new()

@@ -20,6 +20,8 @@ mod quota;
 mod restart;
 /// Routes and handlers.
 mod routes;
+/// A tenant's own secrets: list, put, delete.
+mod secrets;
 /// The listener and the SIGTERM drain.
 mod server;
 /// A tenant's sessions: listed, read and verified inside its root.

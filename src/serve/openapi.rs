@@ -61,6 +61,12 @@ fn name_param() -> Value {
            "schema": {"$ref": "#/components/schemas/TenantName"}})
 }
 
+fn secret_name_param() -> Value {
+    json!({"name": "name", "in": "path", "required": true,
+           "description": "the secret's name: 1 to 64 of a-z, 0-9 and _",
+           "schema": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}})
+}
+
 pub fn document() -> Value {
     json!({
         "openapi": "3.1.0",
@@ -191,6 +197,30 @@ fn paths() -> Value {
             ],
             "responses": v1_errors(json!({"200": ok("the report", "UsageReport")}), "a tenant token naming another tenant")
         }},
+        "/v1/secrets": {"get": {
+            "summary": "the tenant's secrets: names and fields, never values", "security": [{"bearer": []}],
+            "responses": v1_errors(json!({"200": ok("the secrets", "SecretList")}), TENANT_404)
+        }},
+        "/v1/secrets/{name}": {
+            "put": {
+                "summary": "store (or replace) one of the tenant's secrets, sealed at rest; one audit line, without the value",
+                "security": [{"bearer": []}],
+                "parameters": [secret_name_param()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PutSecret"}}}},
+                "responses": v1_errors(json!({
+                    "200": ok("stored", "SecretStored"),
+                    "413": error_response("body over 64 KiB"),
+                    "415": error_response("not application/json")
+                }), TENANT_404)
+            },
+            "delete": {
+                "summary": "remove one of the tenant's secrets; one audit line",
+                "security": [{"bearer": []}],
+                "parameters": [secret_name_param()],
+                "responses": v1_errors(json!({"200": ok("removed", "SecretRemoved")}),
+                    "no such secret, or the admin token (these are tenant routes)")
+            }
+        },
         "/v1/tenants": {
             "get": {
                 "summary": "list tenants (admin)", "security": [{"bearer": []}],
@@ -239,7 +269,7 @@ fn paths() -> Value {
 
 /// The document's schemas (for the same reason as [`paths`]).
 fn schemas() -> Value {
-    json!({
+    let mut first = json!({
         "Error": {
             "type": "object", "required": ["error"],
             "properties": {"error": {
@@ -247,7 +277,7 @@ fn schemas() -> Value {
                 "properties": {
                     "code": {"type": "string", "enum": [
                         "unauthorized", "not_found", "invalid", "conflict",
-                        "method_not_allowed", "unsupported_media_type", "too_large", "quota_exceeded",
+                        "method_not_allowed", "unsupported_media_type", "too_large", "quota_exceeded", "unavailable",
                         "internal"]},
                     "message": {"type": "string"},
                     "field": {"type": ["string", "null"]}
@@ -290,19 +320,40 @@ fn schemas() -> Value {
         "TenantDeleted": {"type": "object", "required": ["name", "deleted"],
             "properties": {"name": {"$ref": "#/components/schemas/TenantName"}, "deleted": {"const": true}}},
         "CreateTenant": {"type": "object", "required": ["name"], "additionalProperties": false,
-            "properties": {"name": {"$ref": "#/components/schemas/TenantName"}}},
+            "properties": {"name": {"$ref": "#/components/schemas/TenantName"}}}
+    });
+    // Two literals: one would pass `json!`'s macro recursion limit.
+    let rest = json!({
         "SessionRow": {"type": "object", "required": ["id", "status", "live", "backend", "started_at"],
             "description": "one row of the sessions list (as `openclaw ui` shows it)",
             "properties": {"id": {"type": "string"}, "status": {"type": "string"},
                            "live": {"type": "boolean"}, "backend": {"type": "string"},
                            "started_at": {"type": "string"}, "receipts": {"type": "string"}}},
+        "SecretList": {"type": "object", "required": ["secrets"], "properties": {"secrets": {"type": "array", "items": {
+            "type": "object", "required": ["name", "updated_at"],
+            "properties": {"name": {"type": "string"}, "updated_at": {"type": "string"},
+                           "hosts": {"type": "array", "items": {"type": "string"}}, "header": {"type": "string"},
+                           "format": {"type": "string"}, "placement": {"type": "array", "items": {"type": "string"}}}}}}},
+        "PutSecret": {"type": "object", "required": ["value"], "additionalProperties": false,
+            "properties": {
+                "value": {"type": "string", "minLength": 1, "description": "the secret; never shown again, never logged or audited"},
+                "hosts": {"type": "array", "items": {"type": "string"}, "description": "use it only at these hosts (the capability token must grant it too)"},
+                "header": {"type": "string", "description": "inject it in this header at granted hosts"},
+                "format": {"type": "string", "description": "the header's text, {} replaced by the value (default {})"},
+                "placement": {"type": "array", "items": {"type": "string"}, "description": "where else its placeholder may go: header:NAME, json:/pointer, form:field, query:name"}
+            }},
+        "SecretStored": {"type": "object", "required": ["name", "stored"],
+            "properties": {"name": {"type": "string"}, "stored": {"const": true}}},
+        "SecretRemoved": {"type": "object", "required": ["name", "removed"],
+            "properties": {"name": {"type": "string"}, "removed": {"const": true}}},
         "CreateSession": {"type": "object", "required": ["capabilities", "command"], "additionalProperties": false,
             "properties": {
                 "capabilities": {"type": "string", "description": "the .cap file's text: a token minted under this tenant's root key"},
                 "command": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "the agent's argv"},
                 "backend": {"type": "string", "enum": ["netns", "kvm"], "default": "netns", "description": "kvm only where /dev/kvm exists"},
                 "approve": {"type": "string", "enum": ["deny", "auto", "api"], "default": "deny", "description": "how held requests are answered: denied, approved, or held for POST /v1/sessions/{id}/approvals/{approval_id} (denied at 120 s)"},
-                "task": {"type": "string", "description": "passed to the command as $OPENCLAW_TASK"}
+                "task": {"type": "string", "description": "passed to the command as $OPENCLAW_TASK"},
+                "secrets": {"type": "array", "items": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}, "uniqueItems": true, "description": "names of the tenant's secrets (`openclaw secrets set --tenant`) the session may use; the sandbox sees placeholders"}
             }},
         "SessionCreated": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
         "SessionStopping": {"type": "object", "required": ["id", "stopping"],
@@ -331,5 +382,9 @@ fn schemas() -> Value {
                 "type": "object", "required": ["name", "ok", "detail"],
                 "properties": {"name": {"type": "string", "enum": ["storage", "tenant_keys"]},
                                "ok": {"type": "boolean"}, "detail": {"type": "string"}}}}}}
-    })
+    });
+    if let (Value::Object(all), Value::Object(rest)) = (&mut first, rest) {
+        all.extend(rest);
+    }
+    first
 }

@@ -22,7 +22,7 @@ use super::error::{json, ApiBody, ApiError};
 use super::identity::ProxyUser;
 use super::launch::{self, CreateSession, Launcher, Stopped};
 use super::quota::{self, Limits};
-use super::{events, metrics, openapi, sessions};
+use super::{events, metrics, openapi, secrets, sessions};
 use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
 use crate::control::{self, ControlClientError, ControlRequest};
 use crate::tenants::{
@@ -312,6 +312,28 @@ fn v1(
             no_query(req)?;
             let report = sessions::verify(&root, id).ok_or_else(ApiError::not_found)?;
             Ok(json(StatusCode::OK, &report))
+        }
+        ["secrets"] => {
+            let tenant = tenant_only(who)?;
+            only(req, "GET")?;
+            no_query(req)?;
+            secrets::list(state.registry.home(), tenant, request_id)
+        }
+        ["secrets", name] => {
+            let tenant = tenant_only(who)?;
+            let home = state.registry.home();
+            match req.method {
+                Method::PUT => {
+                    no_query(req)?;
+                    let body = json_request(req, secrets::PUT_SHAPE)?;
+                    secrets::put(home, tenant, name, body, request_id)
+                }
+                Method::DELETE => {
+                    no_query(req)?;
+                    secrets::remove(home, tenant, name, request_id)
+                }
+                _ => Err(ApiError::method_not_allowed("PUT, DELETE")),
+            }
         }
         ["usage"] => {
             only(req, "GET")?;

@@ -90,6 +90,18 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
             );
         }
     }
+    // The secrets file is read here as well as by the enforcement: a bad
+    // file, or a reference that does not resolve, stops the session before
+    // any sandbox exists, and session.json lists the names.
+    let secret_names: Vec<String> = match &config.secrets {
+        Some(path) => enforce::SecretStore::load(path)
+            .with_context(|| format!("loading the secrets file {}", path.display()))?
+            .names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        None => Vec::new(),
+    };
     let choice = config.backend;
     let (image, program) = (config.image.clone(), config.command.first().cloned());
     let home = config.home.clone();
@@ -146,6 +158,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
         },
         tenant: Some(config.labels.tenant.clone()),
         user: Some(config.labels.user.clone()),
+        secrets: secret_names,
         ..SessionInfo::default()
     };
     info.set_supervisor_to_self();

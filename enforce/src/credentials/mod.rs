@@ -115,6 +115,20 @@ impl SessionCredentials {
         self.placeholders.scan(path_and_query, headers, body)
     }
 
+    /// A placeholder-shaped text (`ocs_<name>_<24 of a-z0-9>`) in the
+    /// request that is not one of this session's: minted for a session
+    /// that ended (or another tenant's), so no secret stands behind it
+    /// here. Its credential name and where it was seen. Looked for where
+    /// [`Self::scan`] looks, even when this session has no secrets.
+    pub fn foreign(
+        &self,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<(String, Place)> {
+        placeholder::foreign(self.placeholders.all(), path_and_query, headers, body)
+    }
+
     /// Why the placeholder of credential `name` may not be substituted in
     /// this request: it (whole, its marker or a piece) sits somewhere other
     /// than the places it may go: `rule_places` (the matched catalog rule's
@@ -315,6 +329,71 @@ mod tests {
         let other = creds.placeholders()["llm_key"].clone();
         let f = creds.scan("/", &none, other.as_bytes());
         assert_eq!(f.by_credential.keys().collect::<Vec<_>>(), vec!["llm_key"]);
+    }
+
+    #[test]
+    fn a_placeholder_of_another_session_is_foreign_and_ours_is_not() {
+        let earlier = SessionCredentials::new(&store());
+        let now = SessionCredentials::new(&store());
+        let none = SessionCredentials::new(&SecretStore::default());
+        let old = earlier.placeholders()["llm_key"].clone();
+        let ours = now.placeholders()["llm_key"].clone();
+        let h = HeaderMap::new();
+        let foreign = |c: &SessionCredentials, pq: &str, body: &[u8]| c.foreign(pq, &h, body);
+        assert_eq!(
+            foreign(&now, &format!("/x?k={old}"), b""),
+            Some(("llm_key".into(), Place::Url))
+        );
+        // Same name in this session: its marker matches, but it is not ours.
+        assert!(now
+            .scan(&format!("/x?k={old}"), &h, b"")
+            .by_credential
+            .contains_key("llm_key"));
+        // A session with no secrets at all still sees it, in any case,
+        // percent-encoded, in a header or the body.
+        let enc: String = old.bytes().map(|b| format!("%{b:02X}")).collect();
+        assert_eq!(
+            foreign(&none, &format!("/x?k={enc}"), b""),
+            Some(("llm_key".into(), Place::Url))
+        );
+        let mut with = HeaderMap::new();
+        with.insert(
+            "authorization",
+            format!("Bearer {}", old.to_uppercase())
+                .parse()
+                .expect("valid"),
+        );
+        assert_eq!(
+            none.foreign("/", &with, b""),
+            Some(("llm_key".into(), Place::Headers))
+        );
+        assert_eq!(
+            foreign(&none, "/", format!("{{\"k\":\"{old}\"}}").as_bytes()),
+            Some(("llm_key".into(), Place::Body))
+        );
+        // Our own placeholders, and text that only looks a little like one,
+        // are not foreign.
+        assert_eq!(
+            foreign(&now, &format!("/x?k={ours}"), ours.as_bytes()),
+            None
+        );
+        assert_eq!(
+            foreign(&none, "/ocs_x_short?docs_site=1", b"ocs_ hello"),
+            None
+        );
+        // A name ending in 24 letters: its own placeholder is not split
+        // into a foreign one.
+        let long = format!("k_{}", "a".repeat(RANDOM_LEN));
+        let creds = SessionCredentials::new(
+            &SecretStore::new(vec![Secret::new(&long, "v").expect("secret")]).expect("store"),
+        );
+        let p = creds.placeholders()[&long].clone();
+        assert_eq!(creds.foreign(&format!("/{p}"), &h, b""), None);
+        assert_eq!(
+            none.foreign(&format!("/{p}"), &h, b""),
+            Some((long.clone(), Place::Url)),
+            "elsewhere it is foreign"
+        );
     }
 
     #[test]

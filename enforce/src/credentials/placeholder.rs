@@ -190,6 +190,95 @@ impl Placeholders {
     }
 }
 
+/// The credential name of the first placeholder-shaped text in a request
+/// (`ocs_<name>_<24 of a-z0-9>`, any ASCII case, where the scan looks) that
+/// is none of `own`: one minted for another session (one that ended, or
+/// another tenant's). With where it was seen.
+pub(super) fn foreign(
+    own: &[String],
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<(String, Place)> {
+    let mut joined = Vec::new();
+    for form in decodings(path_and_query.as_bytes()) {
+        if let Some(name) = foreign_in(&form, own) {
+            return Some((name, Place::Url));
+        }
+    }
+    for value in headers.values() {
+        for form in decodings(value.as_bytes()) {
+            if let Some(name) = foreign_in(&form, own) {
+                return Some((name, Place::Headers));
+            }
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Some(name) = decodings(&joined).iter().find_map(|f| foreign_in(f, own)) {
+        return Some((name, Place::Headers));
+    }
+    decodings(body)
+        .iter()
+        .find_map(|f| foreign_in(f, own))
+        .map(|name| (name, Place::Body))
+}
+
+fn foreign_in(hay: &[u8], own: &[String]) -> Option<String> {
+    let prefix = PLACEHOLDER_PREFIX.as_bytes();
+    if !hay
+        .windows(prefix.len())
+        .any(|w| w.eq_ignore_ascii_case(prefix))
+    {
+        return None;
+    }
+    let mut text = hay.to_ascii_lowercase();
+    // This session's own placeholders blanked first: a name that itself
+    // ends in 24 letters or digits must not make one of them look foreign.
+    for p in own {
+        let p = p.as_bytes();
+        let mut i = 0;
+        while i + p.len() <= text.len() {
+            if &text[i..i + p.len()] == p {
+                text[i..i + p.len()].fill(b' ');
+                i += p.len();
+            } else {
+                i += 1;
+            }
+        }
+    }
+    let word = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_';
+    let random = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let mut from = 0;
+    while let Some(at) = text[from..].windows(prefix.len()).position(|w| w == prefix) {
+        let start = from + at + prefix.len();
+        let run: Vec<u8> = text[start..]
+            .iter()
+            .take_while(|b| word(b))
+            .copied()
+            .collect();
+        // The whole run a placeholder (the usual case): its name is all
+        // before the last 24; else the first placeholder-shaped start.
+        let n = run.len();
+        if n > RANDOM_LEN + 1
+            && run[n - RANDOM_LEN - 1] == b'_'
+            && run[n - RANDOM_LEN..].iter().all(random)
+        {
+            return Some(String::from_utf8_lossy(&run[..n - RANDOM_LEN - 1]).into_owned());
+        }
+        for (i, &b) in run.iter().enumerate() {
+            if b == b'_'
+                && i > 0
+                && run.len() >= i + 1 + RANDOM_LEN
+                && run[i + 1..i + 1 + RANDOM_LEN].iter().all(random)
+            {
+                return Some(String::from_utf8_lossy(&run[..i]).into_owned());
+            }
+        }
+        from = start;
+    }
+    None
+}
+
 /// Percent-decoded once and twice, besides the raw bytes (deduplicated).
 fn decodings(raw: &[u8]) -> Vec<Vec<u8>> {
     let mut out = vec![raw.to_vec()];

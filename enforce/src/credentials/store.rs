@@ -52,7 +52,11 @@ struct SecretsFile {
 #[serde(deny_unknown_fields)]
 struct SecretEntry {
     name: String,
-    value: SecretValue,
+    /// The value itself (taken as written, even when it starts with `env:`).
+    value: Option<SecretValue>,
+    /// Where to read the value when the file is loaded: `env:NAME` or
+    /// `file:/absolute/path`.
+    value_from: Option<String>,
     header: Option<String>,
     format: Option<String>,
     #[serde(default)]
@@ -95,7 +99,8 @@ impl Secret {
     pub fn new(name: &str, value: &str) -> Result<Self, SecretsError> {
         Self::from_entry(SecretEntry {
             name: name.to_owned(),
-            value: SecretValue(value.to_owned()),
+            value: Some(SecretValue(value.to_owned())),
+            value_from: None,
             header: None,
             format: None,
             hosts: Vec::new(),
@@ -117,7 +122,7 @@ impl Secret {
 
     /// Adds a header injection: `format` with `{}` replaced by the secret.
     pub fn with_injection(mut self, header: &str, format: &str) -> Result<Self, SecretsError> {
-        self.injection = Some(injection(&self.name, header, format, &self.value)?);
+        self.injection = Some(injection(&self.name, header, format, &self.value.0)?);
         Ok(self)
     }
 
@@ -134,7 +139,7 @@ impl Secret {
         &self.placements
     }
 
-    fn from_entry(e: SecretEntry) -> Result<Self, SecretsError> {
+    fn from_entry(mut e: SecretEntry) -> Result<Self, SecretsError> {
         let bad = |problem: &str| SecretsError::Secret {
             name: e.name.clone(),
             problem: problem.to_owned(),
@@ -147,10 +152,16 @@ impl Secret {
         {
             return Err(bad("names are lowercase letters, digits and _"));
         }
-        if e.value.0.is_empty() {
+        let value = match (e.value.take(), &e.value_from) {
+            (Some(v), None) => v,
+            (None, Some(from)) => SecretValue(resolve_reference(from).map_err(|p| bad(&p))?),
+            (Some(_), Some(_)) => return Err(bad("give `value` or `value_from`, not both")),
+            (None, None) => return Err(bad("missing `value` (or `value_from`)")),
+        };
+        if value.0.is_empty() {
             return Err(bad("empty value"));
         }
-        if e.value.0.contains(PLACEHOLDER_PREFIX) {
+        if value.0.contains(PLACEHOLDER_PREFIX) {
             return Err(bad("a value may not contain the placeholder prefix"));
         }
         let injection = match (&e.header, &e.format) {
@@ -159,7 +170,7 @@ impl Secret {
                 &e.name,
                 h,
                 f.as_deref().unwrap_or("{}"),
-                &e.value,
+                &value.0,
             )?),
             (None, Some(_)) => return Err(bad("`format` needs `header`")),
         };
@@ -176,8 +187,8 @@ impl Secret {
         Ok(Secret {
             hosts,
             placements,
+            value,
             name: e.name,
-            value: e.value,
             injection,
         })
     }
@@ -193,11 +204,49 @@ impl Secret {
     }
 }
 
+/// The value a `value_from` reference names, read now: `env:NAME` (the
+/// variable must be set, UTF-8) or `file:/path` (absolute; the file whole,
+/// less one trailing newline). `Err` says what is wrong without any of the
+/// value.
+fn resolve_reference(from: &str) -> Result<String, String> {
+    if let Some(var) = from.strip_prefix("env:") {
+        if var.is_empty() || var.contains(['=', '\0']) {
+            return Err(format!(
+                "`value_from` {from:?}: not an environment variable name"
+            ));
+        }
+        return match std::env::var(var) {
+            Ok(v) => Ok(v),
+            Err(std::env::VarError::NotPresent) => Err(format!(
+                "`value_from` {from:?}: the environment variable {var} is not set"
+            )),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+                "`value_from` {from:?}: the environment variable {var} is not UTF-8"
+            )),
+        };
+    }
+    if let Some(path) = from.strip_prefix("file:") {
+        if !Path::new(path).is_absolute() {
+            return Err(format!("`value_from` {from:?}: the path must be absolute"));
+        }
+        let mut text = std::fs::read_to_string(path)
+            .map_err(|e| format!("`value_from` {from:?}: cannot read the file: {e}"))?;
+        if let Some(v) = text.strip_suffix('\n') {
+            let keep = v.strip_suffix('\r').unwrap_or(v).len();
+            text.truncate(keep);
+        }
+        return Ok(text);
+    }
+    Err(format!(
+        "`value_from` {from:?}: expected env:NAME or file:/absolute/path"
+    ))
+}
+
 fn injection(
     name: &str,
     header: &str,
     format: &str,
-    value: &SecretValue,
+    value: &str,
 ) -> Result<Injection, SecretsError> {
     let bad = |problem: &str| SecretsError::Secret {
         name: name.to_owned(),
@@ -207,7 +256,7 @@ fn injection(
     if format.matches("{}").count() != 1 {
         return Err(bad("`format` must contain {} exactly once"));
     }
-    HeaderValue::from_str(&format.replace("{}", &value.0))
+    HeaderValue::from_str(&format.replace("{}", value))
         .map_err(|_| bad("the value cannot go in a header"))?;
     Ok(Injection {
         header,
@@ -354,6 +403,52 @@ mod tests {
                 matches!(err, SecretsError::Owner { owner: 65534, .. }),
                 "{err}"
             );
+        }
+    }
+
+    /// `value_from` reads an environment variable or a file when the file
+    /// is loaded; a literal `value` that starts with `env:` stays literal;
+    /// a missing variable or file is an error naming it, not the value.
+    #[test]
+    fn values_come_from_references_when_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-the-file\n").expect("write");
+        // PATH is set wherever tests run; setting a variable here would race
+        // with other threads reading the environment.
+        let path = std::env::var("PATH").expect("PATH is set");
+        let text = format!(
+            "[[secret]]\nname='a'\nvalue_from='env:PATH'\n\
+             [[secret]]\nname='b'\nvalue_from='file:{}'\n\
+             [[secret]]\nname='c'\nvalue='env:PATH'\n",
+            file.display()
+        );
+        let store = SecretStore::from_toml(&text).expect("parses");
+        let values: Vec<&str> = store.secrets().iter().map(Secret::value).collect();
+        assert_eq!(values, [path.as_str(), "from-the-file", "env:PATH"]);
+        let unset = "OPENCLAW_TEST_UNSET_7F3A";
+        assert!(std::env::var_os(unset).is_none());
+        let text = format!("[[secret]]\nname='a'\nvalue_from='env:{unset}'\n");
+        let err = SecretStore::from_toml(&text)
+            .expect_err("unset")
+            .to_string();
+        assert!(err.contains(unset) && err.contains("not set"), "{err}");
+        for (entry, why) in [
+            (
+                format!("value_from='file:{}/missing'", dir.path().display()),
+                "cannot read the file",
+            ),
+            ("value_from='file:relative/pw'".to_owned(), "absolute"),
+            (
+                "value_from='vault:x'".to_owned(),
+                "expected env:NAME or file:",
+            ),
+            ("value='x'\nvalue_from='env:HOME'".to_owned(), "not both"),
+            (String::new(), "missing `value`"),
+        ] {
+            let text = format!("[[secret]]\nname='a'\n{entry}\n");
+            let err = SecretStore::from_toml(&text).expect_err(&entry).to_string();
+            assert!(err.contains(why), "{entry}: {err}");
         }
     }
 
