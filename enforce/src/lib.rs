@@ -37,6 +37,8 @@ pub mod gate;
 mod json_members;
 /// LLM metering: worst-case reservation, usage read from responses, settlement.
 pub mod metering;
+/// A tenant's day quotas held before an LLM call leaves (the hook the binary implements).
+pub mod quota;
 /// Responses from hosts where a credential may be used: decoded, masked.
 mod response;
 /// The stages before the token: body, catalog, credentials.
@@ -54,5 +56,6 @@ pub use credentials::{SecretStore, SecretsError, SessionCredentials};
 pub use events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
 pub use gate::{DnsRefusalLimit, EnforceConfig, Enforcement, EnforcingGate};
 pub use metering::{MeterSettings, RateCard, RateCardError};
+pub use quota::{DayQuota, QuotaRefusal};
 pub use stages::{Stage, BODY_READ_TIMEOUT};
 pub use stats::{WaitHistogram, WaitSummary};

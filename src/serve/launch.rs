@@ -240,7 +240,10 @@ impl Launcher {
             .arg("--sessions-dir")
             .arg(&sessions)
             .args(["--backend", req.backend, "--approve", req.approve])
-            .args(["--tenant", tenant.as_str()]);
+            .args(["--tenant", tenant.as_str()])
+            // The tenant's LLM quotas, held at the proxy on each call.
+            .arg("--quota-db")
+            .arg(self.home.join(crate::tenants::CONTROL_DB));
         if let Some(task) = &req.task {
             cmd.arg("--agent").arg(task);
         }

@@ -18,6 +18,7 @@ use super::approval_prompt::TerminalBroker;
 use super::backends::choice::home_of;
 use super::config::{ApproveMode, RunConfig};
 use super::screen::Screen;
+use crate::tenants::SqliteDayQuota;
 
 pub struct SessionEnforcement {
     pub gate: Arc<EnforcingGate>,
@@ -27,6 +28,8 @@ pub struct SessionEnforcement {
     pub events: EventSource,
     /// Answers approvals from outside the terminal (control socket, UI).
     pub approvals: ApprovalHandle,
+    /// The tenant's day quotas (`--quota-db`), if the session has them.
+    day_quota: Option<Arc<SqliteDayQuota>>,
 }
 
 /// A cloneable way to follow the session's events.
@@ -50,6 +53,9 @@ impl SessionEnforcement {
                 .answer(pending.request.id, false, "session-end");
         }
         self.gate.flush_dns_refusals();
+        if let Some(quota) = &self.day_quota {
+            quota.end_session();
+        }
     }
 }
 
@@ -81,6 +87,22 @@ pub fn build(
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    let day_quota = match &config.quota_db {
+        Some(path) => {
+            // Unique per session process: its holds are removed at its end.
+            let holder = format!(
+                "{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            );
+            let quota = SqliteDayQuota::open(path, &config.labels.tenant, &holder)
+                .with_context(|| format!("opening the quota store {}", path.display()))?;
+            Some(Arc::new(quota))
+        }
+        None => None,
+    };
     let (api_broker, approvals) = ApiBroker::new();
     let enforcement = enforce::Enforcement::new(EnforceConfig {
         capability,
@@ -96,12 +118,14 @@ pub fn build(
         },
         rates,
         metering: enforce::MeterSettings::default(),
+        day_quota: day_quota.clone().map(|q| q as Arc<dyn enforce::DayQuota>),
     });
     Ok(SessionEnforcement {
         sandbox_env: enforcement.sandbox_env(),
         events: EventSource(enforcement.gate.clone()),
         gate: enforcement.gate,
         approvals,
+        day_quota,
     })
 }
 /// Who is asked when the token wants a human: the terminal (when asked to

@@ -2,6 +2,8 @@
 //! `<home>/tenants/`, bearer tokens stored as SHA-256, and the store that
 //! keeps them (`docs/control-plane.md`).
 
+/// The proxy's day quotas over `control.db` (reserve, settle, release).
+mod day_quota;
 /// Tenant names: the one validated type.
 mod name;
 /// Per-tenant quotas: the values the admin sets.
@@ -17,6 +19,7 @@ mod store;
 /// Token shapes, hashing and constant-time comparison.
 mod token;
 
+pub use day_quota::SqliteDayQuota;
 pub use name::TenantName;
 pub use quota::{usd_to_micro, Quotas, QuotasJson};
 pub use registry::{Caller, Identity, Registry, TenantOpError};

@@ -386,6 +386,8 @@ pub struct Options {
     pub metering: enforce::MeterSettings,
     /// Every service is played by this upstream instead of the mock.
     pub upstream: Option<ExternalUpstream>,
+    /// The tenant's day quotas, if the session has them.
+    pub day_quota: Option<Arc<dyn enforce::DayQuota>>,
 }
 
 impl Default for Options {
@@ -401,6 +403,7 @@ impl Default for Options {
             dns_refusals: DnsRefusalLimit::default(),
             metering: enforce::MeterSettings::default(),
             upstream: None,
+            day_quota: None,
         }
     }
 }
@@ -484,6 +487,7 @@ impl Session {
             dns_refusals: opts.dns_refusals,
             rates,
             metering: opts.metering.clone(),
+            day_quota: opts.day_quota.clone(),
         });
         let mut cfg = ProxyConfig::loopback("enforce-test");
         cfg.upstream.platform_roots = false;
