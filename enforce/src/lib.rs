@@ -18,6 +18,8 @@
 //! - [`ApprovalBroker`] with its API and fan-out implementations, and
 //!   [`ask_and_wait`] (`docs/approvals.md`);
 //! - [`EventBus`] / [`Event`]: the session's live event stream;
+//! - [`DayQuota`]: a tenant's day quotas, held before each LLM call leaves
+//!   (implemented by the binary over `control.db`);
 //! - [`WaitHistogram`]: how long requests waited for their receipts.
 #![forbid(unsafe_code)]
 

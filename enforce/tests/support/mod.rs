@@ -386,8 +386,6 @@ pub struct Options {
     pub metering: enforce::MeterSettings,
     /// Every service is played by this upstream instead of the mock.
     pub upstream: Option<ExternalUpstream>,
-    /// The tenant's day quotas, if the session has them.
-    pub day_quota: Option<Arc<dyn enforce::DayQuota>>,
 }
 
 impl Default for Options {
@@ -403,7 +401,6 @@ impl Default for Options {
             dns_refusals: DnsRefusalLimit::default(),
             metering: enforce::MeterSettings::default(),
             upstream: None,
-            day_quota: None,
         }
     }
 }
@@ -487,7 +484,7 @@ impl Session {
             dns_refusals: opts.dns_refusals,
             rates,
             metering: opts.metering.clone(),
-            day_quota: opts.day_quota.clone(),
+            day_quota: None,
         });
         let mut cfg = ProxyConfig::loopback("enforce-test");
         cfg.upstream.platform_roots = false;
