@@ -49,6 +49,11 @@ struct Setup {
 }
 
 fn setup(usd: &str) -> Setup {
+    setup_with(&["--usd-per-day", usd])
+}
+
+/// As [`setup`], with `tenants quota acme` given `quota`.
+fn setup_with(quota: &[&str]) -> Setup {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -65,10 +70,9 @@ fn setup(usd: &str) -> Setup {
     std::fs::write(home.path().join("rates.toml"), RATES).expect("rates");
     let ca_pem = ca.write_pem(home.path());
     support::serve::cli(home.path(), &["tenants", "create", "acme"]);
-    support::serve::cli(
-        home.path(),
-        &["tenants", "quota", "acme", "--usd-per-day", usd],
-    );
+    let mut args = vec!["tenants", "quota", "acme"];
+    args.extend_from_slice(quota);
+    support::serve::cli(home.path(), &args);
     Setup {
         _rt: rt,
         upstream,
@@ -111,6 +115,19 @@ impl Setup {
             .map(|e| e.expect("entry").path())
             .filter(|p| p.join("receipts.jsonl").exists())
             .collect()
+    }
+
+    /// `day_spend` tokens of acme, from control.db.
+    fn day_tokens(&self) -> u64 {
+        let db = rusqlite::Connection::open(self.home.path().join("control.db")).expect("db");
+        let tokens: i64 = db
+            .query_row(
+                "SELECT COALESCE(SUM(tokens), 0) FROM day_spend WHERE tenant = 'acme'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("tokens");
+        u64::try_from(tokens).expect("tokens")
     }
 
     /// `day_spend` of acme today and the open holds, from control.db.
@@ -307,4 +324,46 @@ fn two_sessions_calling_in_parallel_never_settle_past_the_quota() {
         "two sessions settled {spent} past the quota of 2000 (excess {excess})"
     );
     assert_eq!(holds, 0);
+}
+
+#[test]
+fn past_the_tokens_quota_calls_get_the_anthropic_shaped_429_naming_it() {
+    let s = setup_with(&["--llm-tokens-per-day", "300"]);
+    let mut script = String::new();
+    for i in 1..=6 {
+        script.push_str(&format!("echo '=== messages {i}'; {MESSAGES} 2>&1; echo\n"));
+    }
+    let out = s.run(&script).output().expect("openclaw run");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let answers = answers(&all);
+    assert_eq!(answers.len(), 6, "{all}");
+    let passed = answers.iter().take_while(|a| a.status == 200).count();
+    assert!((1..6).contains(&passed), "{all}");
+    for a in &answers[passed..] {
+        assert_eq!(a.status, 429, "{a:#?}");
+        assert!(a.retry_after.is_some(), "{a:#?}");
+        let body: Value = serde_json::from_str(&a.body).expect("json body");
+        assert_eq!(body["error"]["type"], "rate_limit_error", "{a:#?}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains("llm_tokens_per_day"), "{message}");
+    }
+    let bundle = &s.bundles()[0];
+    let blocks = quota_blocks(bundle);
+    assert_eq!(blocks.len(), 6 - passed, "{blocks:#?}");
+    assert!(
+        blocks
+            .iter()
+            .all(|r| r.starts_with("quota: llm_tokens_per_day: ")),
+        "{blocks:#?}"
+    );
+    // The quota was reached by the last call that passed, not before.
+    let tokens = s.day_tokens();
+    assert!(tokens >= 300, "refused before the quota: {tokens}");
+    let per_call = tokens / passed as u64;
+    assert!(
+        tokens - per_call < 300,
+        "a call passed after the quota: {tokens}"
+    );
+    support::assert_verifies(s.home.path(), bundle);
 }
