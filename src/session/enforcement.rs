@@ -61,8 +61,10 @@ impl SessionEnforcement {
 
 /// `screen` is the operator's terminal the approval prompt holds while it
 /// is up.
+/// `session` is the session's id (its quota holds are kept under it).
 pub fn build(
     config: &RunConfig,
+    session: &str,
     capability: Capability,
     receipts: ReceiptLog,
     screen: &Screen,
@@ -89,15 +91,7 @@ pub fn build(
     }
     let day_quota = match &config.quota_db {
         Some(path) => {
-            // Unique per session process: its holds are removed at its end.
-            let holder = format!(
-                "{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos())
-            );
-            let quota = SqliteDayQuota::open(path, &config.labels.tenant, &holder)
+            let quota = SqliteDayQuota::open(path, &config.labels.tenant, session)
                 .with_context(|| format!("opening the quota store {}", path.display()))?;
             Some(Arc::new(quota))
         }

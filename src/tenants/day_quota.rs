@@ -186,6 +186,21 @@ impl SqliteDayQuota {
         }
     }
 
+    /// Removes the holds of session `session` (of any tenant) in the store
+    /// at `path`: recovery of a session whose process died mid-call.
+    pub fn release_session(path: &Path, session: &str) {
+        let removed = Connection::open(path).and_then(|conn| {
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.execute(
+                "DELETE FROM quota_holds WHERE session = ?1",
+                params![session],
+            )
+        });
+        if let Err(e) = removed {
+            tracing::error!(session, "removing a dead session's quota holds: {e}");
+        }
+    }
+
     /// The tenant's settled spend today: (micro-USD, tokens).
     #[cfg(test)]
     pub fn spent_today(&self) -> rusqlite::Result<(u64, u64)> {
@@ -316,10 +331,15 @@ mod tests {
             .expect("raise");
         dead.reserve(5).expect("the admin's change applies at once");
         assert_eq!(held(&path), 1);
-        // Its recovery (a new handle of the same session) removes its holds.
-        SqliteDayQuota::open(&path, "acme", "s-dead")
+        SqliteDayQuota::open(&path, "acme", "s1")
             .expect("open")
             .end_session();
+        assert_eq!(held(&path), 1, "another session's end leaves them");
+        // Its recovery removes them.
+        SqliteDayQuota::release_session(&path, "s-dead");
+        assert_eq!(held(&path), 0, "its recovery removes its holds");
+        dead.reserve(5).expect("fits");
+        dead.end_session();
         assert_eq!(held(&path), 0, "the session's end removes its holds");
     }
 
