@@ -324,6 +324,10 @@ fn two_sessions_calling_in_parallel_never_settle_past_the_quota() {
         "two sessions settled {spent} past the quota of 2000 (excess {excess})"
     );
     assert_eq!(holds, 0);
+    eprintln!(
+        "two sessions, 16 parallel calls: {ok} passed, {refused} refused, \
+         {spent} micro-USD settled of 2000 (excess over reservations {excess})"
+    );
 }
 
 #[test]
