@@ -293,6 +293,7 @@ async fn run() {
         dns_refusals: DnsRefusalLimit::default(),
         rates,
         metering: enforce::MeterSettings::default(),
+        day_quota: None,
     });
     let gate = enforcement.gate.clone();
     components(&cap_for_parts, dir.path(), &receipt_key);

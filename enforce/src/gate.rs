@@ -26,7 +26,8 @@ use crate::catalog::Catalog;
 use crate::counters::{Ledger, Reservation};
 use crate::credentials::{SecretStore, SessionCredentials};
 use crate::events::{Event, EventBus, EventKind};
-use crate::metering::{MeterSettings, Metering, Plan, RateCard, Ticket};
+use crate::metering::{Api, MeterSettings, Metering, Plan, RateCard, Ticket};
+use crate::quota::{DayQuota, QuotaHold, QuotaRefusal};
 use crate::stages::{fallback_action, path_only, Block, Prepared, Screened, Stage, Stages};
 use crate::stats::{WaitHistogram, WaitSummary};
 
@@ -83,6 +84,9 @@ pub struct EnforceConfig {
     pub rates: RateCard,
     /// Output limits and budget warnings of LLM metering.
     pub metering: MeterSettings,
+    /// The tenant's day quotas, held before each metered LLM call leaves
+    /// (`None`: no tenant quota, nothing changes).
+    pub day_quota: Option<Arc<dyn DayQuota>>,
 }
 
 /// The session's enforcing gate, with what the sandbox and the monitor need.
@@ -127,6 +131,7 @@ impl Enforcement {
             credential_hosts: Mutex::new(HashMap::new()),
             receipt_waits: WaitHistogram::default(),
             metering,
+            day_quota: config.day_quota,
         });
         Enforcement {
             gate,
@@ -252,6 +257,8 @@ pub struct EnforcingGate {
     receipt_waits: WaitHistogram,
     /// LLM calls: worst case before, usage after.
     metering: Arc<Metering>,
+    /// The tenant's day quotas, if any.
+    day_quota: Option<Arc<dyn DayQuota>>,
 }
 
 impl std::fmt::Debug for EnforcingGate {
@@ -303,6 +310,8 @@ struct Decided {
     reservation: Reservation,
     /// An LLM call the proxy meters.
     metered: Option<Plan>,
+    /// Its hold on the tenant's day quota (released if it never leaves).
+    quota: Option<QuotaHold>,
 }
 
 impl EnforcingGate {
@@ -550,6 +559,25 @@ impl EnforcingGate {
             Err(block) => return self.record_block(id, conn, now, &counters_now, block).await,
         };
 
+        // The tenant's day quota first: a call past it never reaches the token.
+        let quota = match (&self.day_quota, &metered) {
+            (Some(q), Some(plan)) => match QuotaHold::reserve(q, plan.reserved.unwrap_or(0)) {
+                Ok(hold) => Some(hold),
+                Err(refusal) => {
+                    let api = plan.api;
+                    let block = Block {
+                        stage: Stage::Quota,
+                        reason: String::new(),
+                        action,
+                        body_sha256,
+                    };
+                    return self
+                        .quota_refused(id, conn, now, &counters_now, block, api, refusal)
+                        .await;
+                }
+            },
+            _ => None,
+        };
         // Decide against the token with the counters (reserving if it may forward).
         let (decision, seen, reservation) = self
             .ledger
@@ -574,6 +602,7 @@ impl EnforcingGate {
             prepared,
             reservation,
             metered,
+            quota,
         };
         if verdict == Verdict::Approval {
             self.hold_for_approval(id, req, conn, decided).await
@@ -607,6 +636,69 @@ impl EnforcingGate {
             Err(ReceiptFailed(why)) => {
                 self.refuse(id, conn.id, &action, &receipt_failed(&why), None)
             }
+        }
+    }
+
+    /// A call the tenant's day quota refused: a `quota`-stage blocked
+    /// receipt naming the quota, then the provider-shaped `429` with
+    /// `retry-after` (or, when the quota could not be consulted, the plain
+    /// refusal: fail closed).
+    #[allow(clippy::too_many_arguments)]
+    async fn quota_refused(
+        &self,
+        id: u64,
+        conn: &ConnInfo,
+        now: SystemTime,
+        counters: &Counters,
+        mut block: Block,
+        api: Api,
+        refusal: QuotaRefusal,
+    ) -> GateVerdict {
+        let (quota, detail, retry_after) = match refusal {
+            QuotaRefusal::Exceeded {
+                quota,
+                detail,
+                retry_after,
+            } => (quota, detail, retry_after),
+            QuotaRefusal::Unavailable(why) => {
+                block.reason = format!("quota: unavailable: {why}");
+                return self.record_block(id, conn, now, counters, block).await;
+            }
+        };
+        let Block {
+            stage,
+            action,
+            body_sha256,
+            ..
+        } = block;
+        let decision = self.block(format!("quota: {quota}: {detail}"));
+        let seq = match self
+            .write_decision(now, &action, counters, &decision, stage, body_sha256)
+            .await
+        {
+            Ok(seq) => seq,
+            Err(ReceiptFailed(why)) => {
+                return self.refuse(id, conn.id, &action, &receipt_failed(&why), None)
+            }
+        };
+        let (status, headers, body) =
+            crate::quota::refusal_response(api, quota, &detail, retry_after);
+        ratelog::debug!(
+            request = id,
+            conn = conn.id,
+            quota,
+            "refused by the tenant's quota"
+        );
+        self.emit(EventKind::Blocked, id, conn.id, &action, |e| {
+            e.reason = Some(decision.reason.clone());
+            e.receipt = Some(seq);
+            e.status = Some(status.as_u16());
+        });
+        GateVerdict::Respond {
+            status,
+            reason: header_reason(&decision.reason),
+            headers,
+            body,
         }
     }
 
@@ -717,6 +809,7 @@ impl EnforcingGate {
             prepared,
             reservation,
             metered,
+            quota,
         } = decided;
         let mut credentials = Vec::new();
         if let Some((uri, headers, substituted)) = prepared {
@@ -745,6 +838,7 @@ impl EnforcingGate {
                 decision_seq: seq,
                 reserved: action.cost_micro_usd.unwrap_or(0),
                 plan,
+                quota,
             });
             // Its usage is read from the body: uncompressed, please (a
             // credential host's compressed body is decoded anyway).

@@ -18,6 +18,8 @@
 //! - [`ApprovalBroker`] with its API and fan-out implementations, and
 //!   [`ask_and_wait`] (`docs/approvals.md`);
 //! - [`EventBus`] / [`Event`]: the session's live event stream;
+//! - [`DayQuota`]: a tenant's day quotas, held before each LLM call leaves
+//!   (implemented by the binary over `control.db`);
 //! - [`WaitHistogram`]: how long requests waited for their receipts.
 #![forbid(unsafe_code)]
 
@@ -37,6 +39,8 @@ pub mod gate;
 mod json_members;
 /// LLM metering: worst-case reservation, usage read from responses, settlement.
 pub mod metering;
+/// A tenant's day quotas held before an LLM call leaves (the hook the binary implements).
+pub mod quota;
 /// Responses from hosts where a credential may be used: decoded, masked.
 mod response;
 /// The stages before the token: body, catalog, credentials.
@@ -54,5 +58,6 @@ pub use credentials::{SecretStore, SecretsError, SessionCredentials};
 pub use events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
 pub use gate::{DnsRefusalLimit, EnforceConfig, Enforcement, EnforcingGate};
 pub use metering::{MeterSettings, RateCard, RateCardError};
+pub use quota::{DayQuota, QuotaRefusal};
 pub use stages::{Stage, BODY_READ_TIMEOUT};
 pub use stats::{WaitHistogram, WaitSummary};

@@ -40,6 +40,9 @@ pub enum Stage {
     Dns,
     /// The proxy's own fail-closed checks (no SNI, fronting, smuggling...).
     Proxy,
+    /// The tenant's day quota (LLM USD or tokens per UTC day) refused an
+    /// LLM call, or could not be consulted.
+    Quota,
 }
 
 /// What forwarding changes in a request: the URI and headers with

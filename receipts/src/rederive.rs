@@ -49,7 +49,7 @@ pub enum DecisionMismatch {
     RootKey { why: String },
     /// A decision receipt's action, counters or decision cannot be read back.
     Unreadable { line: usize, why: String },
-    /// A stage other than the token's (catalog, credential, dns, proxy) can
+    /// A stage other than the token's (catalog, credential, dns, proxy, quota) can
     /// only add a block on top of the token's answer, yet recorded another.
     StageAllowed {
         line: usize,
@@ -225,7 +225,7 @@ pub fn rederive(
         };
         decisions += 1;
         // Only `token`-stage decisions come from the token alone; the other
-        // stages (catalog, credential, dns, proxy) can only add a block on top,
+        // stages (catalog, credential, dns, proxy, quota) can only add a block on top,
         // so the token may well have allowed what they refused.
         let stage = d.decision.get("stage").and_then(|s| s.as_str());
         if let Some(aggregate) = d.decision.get("aggregate") {

@@ -135,6 +135,11 @@ pub struct RunArgs {
     /// ~/.openclaw; with --sessions-dir alone, that directory's parent].
     #[arg(long, value_name = "DIR")]
     home: Option<PathBuf>,
+    /// The control store (`<home>/control.db`) whose LLM tokens/day and
+    /// USD/day quotas of `--tenant` each LLM call is held against: past
+    /// them the call gets a provider-shaped 429 (`openclaw serve` passes it).
+    #[arg(long, value_name = "PATH")]
+    quota_db: Option<PathBuf>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -289,6 +294,7 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
             console_max_bytes: args.console_max,
         },
         labels,
+        quota_db: args.quota_db,
     })
 }
 

@@ -56,6 +56,11 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let quota_db = args
+        .database
+        .database
+        .is_none()
+        .then(|| home.join(crate::tenants::CONTROL_DB));
     runtime.block_on(serve::run(ServeConfig {
         home,
         addr: args.addr,
@@ -63,6 +68,7 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
         sessions: serve::SessionDefaults {
             resolve: args.resolve,
             upstream_ca: args.upstream_ca,
+            quota_db,
         },
         identity,
     }))?;

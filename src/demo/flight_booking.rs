@@ -117,6 +117,7 @@ pub async fn run(options: DemoOptions) -> Result<(SessionOutcome, Vec<SeenReques
         timeout: None,
         bounds: Bounds::default(),
         labels: options.labels.clone(),
+        quota_db: None,
     };
     let outcome = runner::run_session(config).await;
     let _ = std::fs::remove_dir_all(&workdir);

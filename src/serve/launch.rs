@@ -148,6 +148,17 @@ pub const RUN_LOG: &str = "run.log";
 pub struct SessionDefaults {
     pub resolve: Vec<(String, std::net::SocketAddr)>,
     pub upstream_ca: Vec<PathBuf>,
+    /// The SQLite control store whose day quotas each session's proxy holds
+    /// LLM calls against (`run --quota-db`). None with `--database`: the
+    /// day-spend tables exist only in SQLite so far.
+    pub quota_db: Option<PathBuf>,
+}
+
+impl Launcher {
+    /// Whether sessions hold LLM calls against the tenant's day quotas.
+    pub fn holds_day_quotas(&self) -> bool {
+        self.defaults.quota_db.is_some()
+    }
 }
 
 /// The daemon's running children, by (tenant, session id).
@@ -245,7 +256,15 @@ impl Launcher {
             if still_running {
                 let key = keys::read_signing_key(&receipt_key);
                 match key.and_then(|key| recovery::recover(&sessions, &self.home, Some(&key))) {
-                    Ok(done) => tracing::info!(session = id, "recovered: {:?}", done.sessions),
+                    Ok(done) => {
+                        tracing::info!(session = id, "recovered: {:?}", done.sessions);
+                        // Its LLM calls in flight when it died hold no quota any more.
+                        if let Some(db) = &self.defaults.quota_db {
+                            for session in &done.sessions {
+                                crate::tenants::SqliteDayQuota::release_session(db, &session.id);
+                            }
+                        }
+                    }
                     Err(e) => tracing::warn!(session = id, "recovering the session: {e:#}"),
                 }
             }
@@ -378,6 +397,10 @@ impl Launcher {
         }
         for ca in &self.defaults.upstream_ca {
             cmd.arg("--upstream-ca").arg(ca);
+        }
+        if let Some(store) = &self.defaults.quota_db {
+            // The tenant's LLM quotas, held at the proxy on each call.
+            cmd.arg("--quota-db").arg(store);
         }
         if let Some(task) = &req.task {
             cmd.arg("--agent").arg(task);

@@ -91,7 +91,12 @@ pub fn settle(registry: &Registry, limit: Duration) -> Result<Settled> {
         // the others: warned, and retried at the next start.
         match recovery::recover(sessions, registry.home(), key.as_ref()) {
             Ok(done) => {
+                // Their LLM calls in flight hold no day quota any more.
+                let quota_db = registry.home().join(crate::tenants::CONTROL_DB);
                 for session in done.sessions {
+                    if quota_db.exists() {
+                        crate::tenants::SqliteDayQuota::release_session(&quota_db, &session.id);
+                    }
                     tracing::info!(tenant, "recovered: {session}");
                     settled.recovered.push(format!("{tenant}/{}", session.id));
                 }

@@ -563,6 +563,16 @@ fn create_session(
         .registry
         .quotas(tenant)
         .map_err(|e| op_error(e, request_id))?;
+    // Fail closed: a day quota the session's proxy could not hold calls to
+    // refuses the session rather than leave its LLM calls unbounded.
+    if !state.launcher.holds_day_quotas()
+        && (quotas.llm_tokens_per_day.is_some() || quotas.micro_usd_per_day.is_some())
+    {
+        return Err(ApiError::conflict(
+            "the tenant has LLM day quotas, which sessions hold at the proxy only with the \
+             SQLite store; this daemon uses --database",
+        ));
+    }
     // With a sessions quota, counting and starting are one step per tenant
     // (held until the new session is ready and counts as running).
     let lock = state.limits.create_lock(tenant);

@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::approval_prompt::TerminalBroker;
 use super::config::{ApproveMode, RunConfig};
 use super::screen::Screen;
+use crate::tenants::SqliteDayQuota;
 
 pub struct SessionEnforcement {
     pub gate: Arc<EnforcingGate>,
@@ -26,6 +27,8 @@ pub struct SessionEnforcement {
     pub events: EventSource,
     /// Answers approvals from outside the terminal (control socket, UI).
     pub approvals: ApprovalHandle,
+    /// The tenant's day quotas (`--quota-db`), if the session has them.
+    day_quota: Option<Arc<SqliteDayQuota>>,
 }
 
 /// A cloneable way to follow the session's events.
@@ -49,13 +52,18 @@ impl SessionEnforcement {
                 .answer(pending.request.id, false, "session-end");
         }
         self.gate.flush_dns_refusals();
+        if let Some(quota) = &self.day_quota {
+            quota.end_session();
+        }
     }
 }
 
 /// `screen` is the operator's terminal the approval prompt holds while it
 /// is up.
+/// `session` is the session's id (its quota holds are kept under it).
 pub fn build(
     config: &RunConfig,
+    session: &str,
     capability: Capability,
     receipts: ReceiptLog,
     screen: &Screen,
@@ -80,6 +88,14 @@ pub fn build(
     for warning in warnings {
         tracing::warn!("{warning}");
     }
+    let day_quota = match &config.quota_db {
+        Some(path) => {
+            let quota = SqliteDayQuota::open(path, &config.labels.tenant, session)
+                .with_context(|| format!("opening the quota store {}", path.display()))?;
+            Some(Arc::new(quota))
+        }
+        None => None,
+    };
     let (api_broker, approvals) = ApiBroker::new();
     let enforcement = enforce::Enforcement::new(EnforceConfig {
         capability,
@@ -95,12 +111,14 @@ pub fn build(
         },
         rates,
         metering: enforce::MeterSettings::default(),
+        day_quota: day_quota.clone().map(|q| q as Arc<dyn enforce::DayQuota>),
     });
     Ok(SessionEnforcement {
         sandbox_env: enforcement.sandbox_env(),
         events: EventSource(enforcement.gate.clone()),
         gate: enforcement.gate,
         approvals,
+        day_quota,
     })
 }
 /// Who is asked when the token wants a human: the terminal (when asked to

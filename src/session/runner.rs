@@ -74,6 +74,10 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
         Ok(done) => {
             for session in &done.sessions {
                 eprintln!("openclaw: recovered session {session}");
+                // Its calls in flight when it died hold no quota any more.
+                if let Some(db) = &config.quota_db {
+                    crate::tenants::SqliteDayQuota::release_session(db, &session.id);
+                }
             }
         }
         Err(err) => tracing::warn!("recovering after earlier sessions: {err:#}"),
@@ -277,7 +281,13 @@ async fn serve_and_supervise(
     out: &Monitor,
 ) -> Result<i32> {
     let proxy_ip = network.proxy_addr();
-    let enforcement = enforcement::build(config, capability, receipt_log.clone(), out.screen())?;
+    let enforcement = enforcement::build(
+        config,
+        &info.id,
+        capability,
+        receipt_log.clone(),
+        out.screen(),
+    )?;
     out.attach(enforcement.events.subscribe(), dir)?;
     // Each LLM call's ledger row as its usage receipt lands, so spend is
     // readable while the session runs (the end fill completes it).

@@ -3,6 +3,8 @@
 //! keeps them: SQLite by default, PostgreSQL with `--database`
 //! (`docs/control-plane.md`).
 
+/// The proxy's day quotas over `control.db` (reserve, settle, release).
+mod day_quota;
 /// Tenant names: the one validated type.
 mod name;
 /// The PostgreSQL store: `--database postgres://…`, shared by hosts.
@@ -20,6 +22,7 @@ mod store;
 /// Token shapes, hashing and constant-time comparison.
 mod token;
 
+pub use day_quota::SqliteDayQuota;
 pub use name::TenantName;
 // `self::`: the module shares its name with the `postgres` crate.
 pub use self::postgres::{DatabaseUrl, PgStore};

@@ -16,8 +16,9 @@ use super::token::TokenHash;
 pub const CONTROL_DB: &str = "control.db";
 
 /// `PRAGMA user_version` of the schema below; another version is refused.
-/// Version 1 (no quotas table) is upgraded in place.
-const SCHEMA_VERSION: i64 = 2;
+/// Versions 1 (no quotas table) and 2 (no day quota tables) are upgraded
+/// in place.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (
@@ -39,6 +40,24 @@ CREATE TABLE IF NOT EXISTS quotas (
     micro_usd_per_day INTEGER CHECK (micro_usd_per_day >= 0),
     updated_at TEXT NOT NULL
 );
+-- The proxy's day quotas (tenants/day_quota.rs): each tenant's settled LLM
+-- spend per UTC day, and the worst cases of calls in flight.
+CREATE TABLE IF NOT EXISTS day_spend (
+    tenant TEXT NOT NULL,
+    day TEXT NOT NULL,
+    micro_usd INTEGER NOT NULL CHECK (micro_usd >= 0),
+    tokens INTEGER NOT NULL CHECK (tokens >= 0),
+    PRIMARY KEY (tenant, day)
+);
+CREATE TABLE IF NOT EXISTS quota_holds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    day TEXT NOT NULL,
+    micro_usd INTEGER NOT NULL CHECK (micro_usd >= 0),
+    session TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quota_holds_by_day ON quota_holds (tenant, day);
 ";
 
 pub struct SqliteStore {
@@ -72,8 +91,9 @@ impl SqliteStore {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(backend)?;
         match version {
-            // Every table is `IF NOT EXISTS`: version 1 gains the quotas table.
-            0 | 1 => {
+            // Every table is `IF NOT EXISTS`: version 1 gains the quotas
+            // table, version 2 the day quota tables.
+            0..=2 => {
                 conn.execute_batch(SCHEMA).map_err(backend)?;
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(backend)?;

@@ -74,6 +74,8 @@ pub(crate) struct Ticket {
     pub plan: Plan,
     /// What was reserved (and committed) for it.
     pub reserved: u64,
+    /// Its hold on the tenant's day quota, if the session has one.
+    pub quota: Option<crate::quota::QuotaHold>,
 }
 
 /// The session's metering: prices, settings, and what settling touches.
@@ -185,12 +187,15 @@ impl Metering {
     /// Settles a call: its cost from the reported usage at its snapshot's
     /// prices (or its reservation when none was reported), the counters
     /// corrected, a `usage` receipt, a `usage` event, budget warnings.
-    fn settle(&self, ticket: Ticket, reported: &shapes::Reported) {
+    fn settle(&self, mut ticket: Ticket, reported: &shapes::Reported) {
         let price = &ticket.plan.rates.price;
         let (tokens, cost, estimated) = match reported.tokens {
             Some(t) => (t, cost_micro_usd(&t, price), false),
             None => (UsageTokens::default(), ticket.reserved, true),
         };
+        if let Some(hold) = ticket.quota.take() {
+            hold.settle(cost, tokens.input.saturating_add(tokens.output));
+        }
         let mut warned = lock(&self.warned);
         let spent = self.ledger.settle_llm(ticket.reserved, cost);
         let record = UsageRecord {

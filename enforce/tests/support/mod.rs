@@ -484,6 +484,7 @@ impl Session {
             dns_refusals: opts.dns_refusals,
             rates,
             metering: opts.metering.clone(),
+            day_quota: None,
         });
         let mut cfg = ProxyConfig::loopback("enforce-test");
         cfg.upstream.platform_roots = false;

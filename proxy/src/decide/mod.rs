@@ -87,6 +87,15 @@ pub enum GateVerdict {
     /// Answer the sandbox with `status`, an `X-Openclaw-Blocked: reason`
     /// header and a small JSON body; no upstream connection is opened.
     Refuse { status: StatusCode, reason: String },
+    /// Refuse with an answer the gate shaped (e.g. a provider-shaped `429`
+    /// for a tenant's day quota): `status`, `headers` and `body` as given,
+    /// plus the `X-Openclaw-Blocked: reason` header; nothing goes upstream.
+    Respond {
+        status: StatusCode,
+        reason: String,
+        headers: http::HeaderMap,
+        body: bytes::Bytes,
+    },
 }
 
 /// Method, host and path of a request, for events.

@@ -28,7 +28,7 @@ use super::{
     fold_transfer_codings,
     metered::{Metered, Report},
     pool::Lease,
-    strip_hop_by_hop,
+    shaped_response, strip_hop_by_hop,
     websocket::{self, Asks, MessageMask},
     ProxyBody,
 };
@@ -257,7 +257,17 @@ pub(crate) async fn handle(
         bytes_up: bytes_up.clone(),
         started,
     };
-    if let GateVerdict::Refuse { status, reason } = verdict {
+    let refusal = match verdict {
+        GateVerdict::Forward => None,
+        GateVerdict::Refuse { status, reason } => Some((status, blocked_response(status, &reason))),
+        GateVerdict::Respond {
+            status,
+            reason,
+            headers,
+            body,
+        } => Some((status, shaped_response(status, &reason, headers, body))),
+    };
+    if let Some((status, mut resp)) = refusal {
         // Read (and drop) a small body first: answering an HTTP/2 stream
         // whose body is still arriving makes clients report a stream reset
         // instead of the 403.
@@ -267,7 +277,6 @@ pub(crate) async fn handle(
         let mut report = report;
         report.status = Some(status);
         report.send(0, ExchangeOutcome::Refused);
-        let mut resp = blocked_response(status, &reason);
         if websocket {
             ctx.close_after(&mut resp);
         }

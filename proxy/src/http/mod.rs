@@ -132,6 +132,27 @@ pub(crate) fn blocked_response(status: StatusCode, reason: &str) -> Response<Pro
     resp
 }
 
+/// A refusal whose status, headers and body the gate chose, marked with the
+/// `X-Openclaw-Blocked` header like every refusal.
+pub(crate) fn shaped_response(
+    status: StatusCode,
+    reason: &str,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    let reason_value =
+        HeaderValue::from_str(reason).unwrap_or_else(|_| HeaderValue::from_static("blocked"));
+    resp.headers_mut().insert(BLOCKED_HEADER, reason_value);
+    resp
+}
+
 pub(crate) fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');

@@ -1,0 +1,173 @@
+//! A tenant's day quotas (LLM USD and tokens per UTC day) as the gate sees
+//! them: before an LLM call leaves, its worst case is held against the
+//! day's quota ([`DayQuota::reserve`]); its response settles the hold to
+//! the provider's figures; a call refused later (token, approval) releases
+//! it. Who keeps the figures (the daemon's `control.db`) is the binary's
+//! business: this file is the hook and the provider-shaped refusal.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::metering::Api;
+
+/// Why a quota refused a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaRefusal {
+    /// The day's quota would be passed: `quota` is `usd_per_day` or
+    /// `llm_tokens_per_day`; `detail` says by how much (no secrets).
+    Exceeded {
+        quota: &'static str,
+        detail: String,
+        /// Until the quota resets (the next UTC midnight).
+        retry_after: Duration,
+    },
+    /// The quota could not be read or written: the call is refused (fail closed).
+    Unavailable(String),
+}
+
+/// A tenant's day quotas, shared by all its sessions. Implementations must
+/// make `reserve` atomic against every other session's `reserve` and
+/// `settle` (one transaction), so concurrent calls cannot pass the quota.
+pub trait DayQuota: Send + Sync {
+    /// Holds `micro_usd` (the call's worst case) if the day's settled
+    /// spend, the open holds and it fit the USD/day quota, and the day's
+    /// settled tokens are under the tokens/day quota. Returns the hold's id.
+    fn reserve(&self, micro_usd: u64) -> Result<u64, QuotaRefusal>;
+    /// Replaces hold `hold` by what the call cost (`micro_usd`, `tokens`:
+    /// input + output). A cost above the hold is charged in full.
+    fn settle(&self, hold: u64, micro_usd: u64, tokens: u64);
+    /// Drops hold `hold`: the call never went upstream.
+    fn release(&self, hold: u64);
+}
+
+/// One open hold; released when dropped unsettled.
+pub(crate) struct QuotaHold {
+    quota: Arc<dyn DayQuota>,
+    id: Option<u64>,
+}
+
+impl std::fmt::Debug for QuotaHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaHold").field("id", &self.id).finish()
+    }
+}
+
+impl QuotaHold {
+    /// Reserves `micro_usd` on `quota` (blocking: the quota's transaction
+    /// is short, but may wait for another session's).
+    pub(crate) fn reserve(quota: &Arc<dyn DayQuota>, micro_usd: u64) -> Result<Self, QuotaRefusal> {
+        let run = || quota.reserve(micro_usd);
+        let id = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => run(),
+        }?;
+        Ok(QuotaHold {
+            quota: quota.clone(),
+            id: Some(id),
+        })
+    }
+
+    /// The call cost `micro_usd` and `tokens`.
+    pub(crate) fn settle(mut self, micro_usd: u64, tokens: u64) {
+        if let Some(id) = self.id.take() {
+            self.quota.settle(id, micro_usd, tokens);
+        }
+    }
+}
+
+impl Drop for QuotaHold {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.quota.release(id);
+        }
+    }
+}
+
+/// Seconds from `now` to the next UTC midnight (at least 1).
+pub fn until_utc_midnight(now: SystemTime) -> Duration {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Duration::from_secs((86_400 - secs % 86_400).max(1))
+}
+
+/// The provider-shaped `429` for a call of shape `api` past `quota`: the
+/// body an SDK of that provider parses as its own quota error, with
+/// `retry-after` in seconds.
+pub(crate) fn refusal_response(
+    api: Api,
+    quota: &str,
+    detail: &str,
+    retry_after: Duration,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let message = format!("openclaw: tenant quota {quota} reached: {detail}");
+    let body = match api {
+        Api::Messages => serde_json::json!({
+            "type": "error",
+            "error": {"type": "rate_limit_error", "message": message},
+        }),
+        Api::Chat | Api::Responses | Api::Embeddings => serde_json::json!({
+            "error": {
+                "message": message,
+                "type": "insufficient_quota",
+                "param": null,
+                "code": "insufficient_quota",
+            },
+        }),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(retry_after.as_secs()),
+    );
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        headers,
+        Bytes::from(body.to_string()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reset_is_the_next_utc_midnight() {
+        let t = |s| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(
+            until_utc_midnight(t(86_400 * 3)),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            until_utc_midnight(t(86_400 * 3 + 86_399)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            until_utc_midnight(t(86_400 * 3 + 3600)),
+            Duration::from_secs(82_800)
+        );
+    }
+
+    #[test]
+    fn refusals_are_shaped_like_each_provider() {
+        let wait = Duration::from_secs(42);
+        let (status, h, body) = refusal_response(Api::Chat, "usd_per_day", "x", wait);
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(h[http::header::RETRY_AFTER], "42");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], "insufficient_quota");
+        assert!(v["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("usd_per_day"));
+        let (_, _, body) = refusal_response(Api::Messages, "llm_tokens_per_day", "x", wait);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+}

@@ -1,0 +1,373 @@
+//! A tenant's USD/day quota held at the proxy, through the real binary:
+//! `openclaw tenants create` + `tenants quota` make the control store,
+//! `openclaw run --tenant acme --quota-db <home>/control.db` sessions (netns,
+//! real proxy, curl in the sandbox) call a local HTTPS provider (test-support's
+//! `llm` answers) as `api.openai.com` / `api.anthropic.com`. Calls pass until
+//! the quota, then get the provider-shaped 429 with `retry-after` and a
+//! `quota`-stage blocked receipt naming the quota; the chain verifies; two
+//! sessions calling in parallel never settle past the quota.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+mod support;
+use support::{openclaw, receipts, text};
+
+/// Prices of the two test models (USD per million tokens): a Chat call of
+/// the mock provider costs 230 micro-USD, a Messages call 517.
+const RATES: &str = r#"
+[[model]]
+name = "gpt-4o-mini"
+input = "1"
+cached_input = "0.5"
+output = "4"
+
+[[model]]
+name = "claude-sonnet-4-5"
+input = "3"
+cached_input = "0.3"
+cache_write_5m = "3.75"
+cache_write_1h = "3.75"
+output = "15"
+"#;
+const CHAT_COST: u64 = 230;
+
+const POLICY: &str =
+    "[llm]\nproviders = [\"api.openai.com\", \"api.anthropic.com\"]\nbudget_usd = \"1.00\"\n";
+
+const CHAT: &str = r#"curl -sS -i https://api.openai.com/v1/chat/completions -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}'"#;
+const MESSAGES: &str = r#"curl -sS -i https://api.anthropic.com/v1/messages -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' -d '{"model":"claude-sonnet-4-5","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}'"#;
+
+/// A home with keys, the token, prices, tenant `acme` with a USD/day quota
+/// of `usd`, and the test provider.
+struct Setup {
+    _rt: tokio::runtime::Runtime,
+    upstream: test_support::Upstream,
+    ca_pem: PathBuf,
+    home: tempfile::TempDir,
+}
+
+fn setup(usd: &str) -> Setup {
+    setup_with(&["--usd-per-day", usd])
+}
+
+/// As [`setup`], with `tenants quota acme` given `quota`.
+fn setup_with(quota: &[&str]) -> Setup {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ca = test_support::TestCa::new("quota test provider");
+    let upstream = rt.block_on(test_support::Upstream::https(
+        &ca,
+        &["api.openai.com", "api.anthropic.com"],
+        &[b"h2", b"http/1.1"],
+    ));
+    let home = tempfile::tempdir().expect("home");
+    support::keygen_and_mint(home.path(), POLICY);
+    std::fs::write(home.path().join("rates.toml"), RATES).expect("rates");
+    let ca_pem = ca.write_pem(home.path());
+    support::serve::cli(home.path(), &["tenants", "create", "acme"]);
+    let mut args = vec!["tenants", "quota", "acme"];
+    args.extend_from_slice(quota);
+    support::serve::cli(home.path(), &args);
+    Setup {
+        _rt: rt,
+        upstream,
+        ca_pem,
+        home,
+    }
+}
+
+impl Setup {
+    fn run(&self, script: &str) -> std::process::Command {
+        let home = self.home.path();
+        let mut cmd = openclaw(home);
+        cmd.arg("run")
+            .arg("--capabilities")
+            .arg(home.join("task.cap"))
+            .args([
+                "--backend",
+                "netns",
+                "--tenant",
+                "acme",
+                "--approve",
+                "deny",
+            ])
+            .arg("--quota-db")
+            .arg(home.join("control.db"))
+            .arg("--upstream-ca")
+            .arg(&self.ca_pem)
+            .arg("--resolve")
+            .arg(format!("api.openai.com={}", self.upstream.addr))
+            .arg("--resolve")
+            .arg(format!("api.anthropic.com={}", self.upstream.addr))
+            .args(["--", "/bin/sh", "-c", script])
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    fn bundles(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.home.path().join("sessions"))
+            .expect("sessions")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.join("receipts.jsonl").exists())
+            .collect()
+    }
+
+    /// `day_spend` tokens of acme, from control.db.
+    fn day_tokens(&self) -> u64 {
+        let db = rusqlite::Connection::open(self.home.path().join("control.db")).expect("db");
+        let tokens: i64 = db
+            .query_row(
+                "SELECT COALESCE(SUM(tokens), 0) FROM day_spend WHERE tenant = 'acme'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("tokens");
+        u64::try_from(tokens).expect("tokens")
+    }
+
+    /// `day_spend` of acme today and the open holds, from control.db.
+    fn day_spend(&self) -> (u64, i64) {
+        let db = rusqlite::Connection::open(self.home.path().join("control.db")).expect("db");
+        let spent: i64 = db
+            .query_row(
+                "SELECT COALESCE(SUM(micro_usd), 0) FROM day_spend WHERE tenant = 'acme'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("spend");
+        let holds: i64 = db
+            .query_row("SELECT COUNT(*) FROM quota_holds", [], |r| r.get(0))
+            .expect("holds");
+        (u64::try_from(spent).expect("spent"), holds)
+    }
+}
+
+/// One call's answer as curl -i printed it after a `=== NAME` line.
+#[derive(Debug)]
+struct Answer {
+    name: String,
+    status: u16,
+    retry_after: Option<u64>,
+    body: String,
+}
+
+fn answers(out: &str) -> Vec<Answer> {
+    // The session's monitor prefixes the agent's lines with `agent| `.
+    let agent: String = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("agent| ").or((l == "agent|").then_some("")))
+        .map(|l| l.trim_end_matches('\r'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    agent
+        .split("=== ")
+        .skip(1)
+        .map(|part| {
+            let (name, rest) = part.split_once('\n').unwrap_or((part, ""));
+            let status_line = rest.lines().next().unwrap_or("");
+            let status = status_line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let (head, body) = rest.split_once("\n\n").unwrap_or((rest, ""));
+            let retry_after = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("retry-after")
+                    .then(|| v.trim().parse().ok())?
+            });
+            Answer {
+                name: name.trim().to_owned(),
+                status,
+                retry_after,
+                body: body.trim().to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Settled usage in a bundle: Σ cost and Σ max(0, cost − reservation).
+fn usage_of(bundle: &Path) -> (u64, u64, usize) {
+    let mut cost = 0;
+    let mut excess = 0;
+    let mut calls = 0;
+    for r in receipts(bundle).iter().filter(|r| r["kind"] == "usage") {
+        let c = r["cost_micro_usd"].as_u64().expect("cost");
+        let reserved = r["reserved_micro_usd"].as_u64().expect("reserved");
+        cost += c;
+        excess += c.saturating_sub(reserved);
+        calls += 1;
+    }
+    (cost, excess, calls)
+}
+
+/// The `quota`-stage blocked decisions of a bundle: their reasons.
+fn quota_blocks(bundle: &Path) -> Vec<String> {
+    receipts(bundle)
+        .iter()
+        .filter(|r| r["kind"] == "decision" && r["decision"]["stage"] == "quota")
+        .map(|r| {
+            assert_eq!(r["decision"]["decision"], "block", "{r}");
+            r["decision"]["reason"].as_str().expect("reason").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn calls_pass_until_the_usd_quota_then_a_provider_shaped_429_and_a_receipt() {
+    // 1000 micro-USD: a few 230 micro-USD calls fit, not eight.
+    let s = setup("0.001");
+    let mut script = String::new();
+    for i in 1..=8 {
+        script.push_str(&format!("echo '=== chat {i}'; {CHAT} 2>&1; echo\n"));
+    }
+    script.push_str(&format!("echo '=== messages'; {MESSAGES} 2>&1; echo\n"));
+    let out = s.run(&script).output().expect("openclaw run");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let answers = answers(&all);
+    assert_eq!(answers.len(), 9, "{all}");
+
+    let chats = &answers[..8];
+    let passed = chats.iter().take_while(|a| a.status == 200).count();
+    assert!(passed >= 1, "the first call fits the quota: {all}");
+    assert!(passed < 8, "eight calls cannot fit: {chats:#?}");
+    for a in &chats[passed..] {
+        assert_eq!(a.status, 429, "once past, every call is refused: {a:#?}");
+        let wait = a.retry_after.expect("retry-after");
+        assert!((1..=86_400).contains(&wait), "{a:#?}");
+        let body: Value = serde_json::from_str(&a.body).expect("json body");
+        assert_eq!(body["error"]["code"], "insufficient_quota", "{a:#?}");
+        assert_eq!(body["error"]["type"], "insufficient_quota", "{a:#?}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains("usd_per_day"), "{message}");
+    }
+    let m = &answers[8];
+    assert_eq!((m.name.as_str(), m.status), ("messages", 429), "{m:#?}");
+    assert!(m.retry_after.is_some(), "{m:#?}");
+    let body: Value = serde_json::from_str(&m.body).expect("json body");
+    assert_eq!(body["type"], "error", "{m:#?}");
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{m:#?}");
+
+    let bundles = s.bundles();
+    assert_eq!(bundles.len(), 1);
+    let bundle = &bundles[0];
+    let blocks = quota_blocks(bundle);
+    assert_eq!(blocks.len(), 8 - passed + 1, "{blocks:#?}");
+    assert!(
+        blocks.iter().all(|r| r.starts_with("quota: usd_per_day: ")),
+        "{blocks:#?}"
+    );
+    let (cost, excess, calls) = usage_of(bundle);
+    assert_eq!(calls, passed);
+    assert_eq!(cost, CHAT_COST * passed as u64);
+    let (spent, holds) = s.day_spend();
+    assert_eq!(spent, cost, "day_spend holds what the receipts settled");
+    assert!(spent <= 1000 + excess, "settled {spent} past the quota");
+    assert_eq!(holds, 0, "no hold outlives its session");
+    support::assert_verifies(s.home.path(), bundle);
+}
+
+#[test]
+fn two_sessions_calling_in_parallel_never_settle_past_the_quota() {
+    // 2000 micro-USD; 2 sessions × 8 parallel calls × 230 would be 3680.
+    let s = setup("0.002");
+    let mut script = String::new();
+    for i in 1..=8 {
+        script.push_str(&format!(
+            "( out=$({CHAT} 2>&1); printf '=== chat {i}\\n%s\\n' \"$out\" > /work/answer{i} ) &\n"
+        ));
+    }
+    script.push_str("wait; cat /work/answer*\n");
+    // Both sessions run at once, each with its calls in parallel.
+    let spawn = || {
+        s.run(&script)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openclaw run")
+    };
+    let (a, b) = (spawn(), spawn());
+    let a = a.wait_with_output().expect("session a");
+    let b = b.wait_with_output().expect("session b");
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    let mut all = answers(&text(&a));
+    all.extend(answers(&text(&b)));
+    assert_eq!(all.len(), 16, "{all:#?}");
+    let ok = all.iter().filter(|x| x.status == 200).count();
+    let refused = all.iter().filter(|x| x.status == 429).count();
+    assert_eq!(ok + refused, 16, "{all:#?}");
+    assert!(ok >= 1 && refused >= 1, "{all:#?}");
+
+    let bundles = s.bundles();
+    assert_eq!(bundles.len(), 2);
+    let (mut cost, mut excess, mut calls) = (0, 0, 0);
+    for bundle in &bundles {
+        let (c, e, n) = usage_of(bundle);
+        cost += c;
+        excess += e;
+        calls += n;
+        support::assert_verifies(s.home.path(), bundle);
+    }
+    assert_eq!(calls, ok);
+    let (spent, holds) = s.day_spend();
+    assert_eq!(spent, cost, "day_spend holds what the receipts settled");
+    assert!(
+        spent <= 2000 + excess,
+        "two sessions settled {spent} past the quota of 2000 (excess {excess})"
+    );
+    assert_eq!(holds, 0);
+    eprintln!(
+        "two sessions, 16 parallel calls: {ok} passed, {refused} refused, \
+         {spent} micro-USD settled of 2000 (excess over reservations {excess})"
+    );
+}
+
+#[test]
+fn past_the_tokens_quota_calls_get_the_anthropic_shaped_429_naming_it() {
+    let s = setup_with(&["--llm-tokens-per-day", "300"]);
+    let mut script = String::new();
+    for i in 1..=6 {
+        script.push_str(&format!("echo '=== messages {i}'; {MESSAGES} 2>&1; echo\n"));
+    }
+    let out = s.run(&script).output().expect("openclaw run");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    let answers = answers(&all);
+    assert_eq!(answers.len(), 6, "{all}");
+    let passed = answers.iter().take_while(|a| a.status == 200).count();
+    assert!((1..6).contains(&passed), "{all}");
+    for a in &answers[passed..] {
+        assert_eq!(a.status, 429, "{a:#?}");
+        assert!(a.retry_after.is_some(), "{a:#?}");
+        let body: Value = serde_json::from_str(&a.body).expect("json body");
+        assert_eq!(body["error"]["type"], "rate_limit_error", "{a:#?}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains("llm_tokens_per_day"), "{message}");
+    }
+    let bundle = &s.bundles()[0];
+    let blocks = quota_blocks(bundle);
+    assert_eq!(blocks.len(), 6 - passed, "{blocks:#?}");
+    assert!(
+        blocks
+            .iter()
+            .all(|r| r.starts_with("quota: llm_tokens_per_day: ")),
+        "{blocks:#?}"
+    );
+    // The quota was reached by the last call that passed, not before.
+    let tokens = s.day_tokens();
+    assert!(tokens >= 300, "refused before the quota: {tokens}");
+    let per_call = tokens / passed as u64;
+    assert!(
+        tokens - per_call < 300,
+        "a call passed after the quota: {tokens}"
+    );
+    support::assert_verifies(s.home.path(), bundle);
+}
