@@ -38,6 +38,8 @@ fn schemathesis(d: &Daemon, token: &str, filter: [&str; 2], reports: &Path) -> (
         .args(filter)
         .arg("--report-dir")
         .arg(reports)
+        // Its caches (.hypothesis, .schemathesis) go there, not into the checkout.
+        .current_dir(reports)
         .env("HOME", reports)
         .output()
         .expect("run schemathesis");
