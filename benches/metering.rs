@@ -6,11 +6,11 @@
 //! sink, so the disk is not measured). Target: under 20 µs CPU per call.
 //! Ledger rows per second: `cargo bench -p usage-ledger --bench ledger`.
 //!
-//! Results (docs/catalog.md, "Metering"): on a shared, loaded machine the
-//! wall times are noise; under `valgrind --tool=callgrind` the read is
-//! 257,300 instructions per call (294,700 before the raw-byte event skip),
-//! about 36 µs at the last idle rate: above the target. The usage receipt
-//! is ~226,000 instructions more, counted apart (it is the settlement).
+//! Results (docs/catalog.md, "Metering"; session 8, load 3.6): the read
+//! 29.5-30.1 µs per call (35.7-37.6 before the raw-byte event skip); under
+//! `valgrind --tool=callgrind` 257,300 instructions per call (294,700
+//! before): above the target. The usage receipt is ~226,000 instructions
+//! more, counted apart (it is the settlement, not the reading).
 //!
 //!     cargo bench --bench metering
 

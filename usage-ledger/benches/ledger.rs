@@ -7,8 +7,9 @@
 //!
 //!     cargo bench -p usage-ledger --bench ledger
 //!
-//! Measured (session 8, release, 2 cores shared with four other builds,
-//! load average 6-9): see docs/metering.md, "Costs".
+//! Measured (2026-12-03, session 8, release, three runs, load average 3.8
+//! on 2 cores shared with other builds, /tmp on the root disk): live
+//! 8,150-8,310 rows/s (~121 µs a row); rebuild 64,900-73,000 rows/s.
 
 use std::time::{Duration, Instant};
 
