@@ -2,7 +2,7 @@
 //! rebuild from the receipt chains, and the usage reports
 //! (`docs/metering.md`).
 
-/// The SQLite ledger: schema, opening, idempotent writes.
+/// The SQLite ledger (the `usage-ledger` crate) with anyhow errors.
 pub mod ledger;
 /// Ledger rows while a session runs, from its usage events.
 pub mod live;

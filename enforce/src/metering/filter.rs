@@ -30,6 +30,9 @@ pub(crate) struct MeterFilter {
     held: BytesMut,
     /// Part of the current event was let through already (too long to hold).
     leaked: bool,
+    /// When stripping: where events ended in the chunk being read, and
+    /// whether each was the usage chunk (kept to reuse its allocation).
+    ends: Vec<(usize, bool)>,
     input_done: bool,
     /// Settled already (the body ended), or still to settle on drop.
     settle: Option<(Arc<Metering>, Ticket)>,
@@ -49,6 +52,7 @@ impl MeterFilter {
             ready: VecDeque::new(),
             held: BytesMut::new(),
             leaked: false,
+            ends: Vec::new(),
             input_done: false,
             settle: Some((metering, ticket)),
         }
@@ -57,16 +61,19 @@ impl MeterFilter {
     /// Reads a piece of the body (as the sandbox would get it) and queues
     /// what goes on.
     fn take_in(&mut self, chunk: Bytes) {
-        let mut ends: Vec<(usize, bool)> = Vec::new();
-        self.reader.push(&chunk, &mut |r, end| {
-            ends.push((end, r.last_was_usage_chunk()));
-        });
         if !self.strip {
+            // Read, then passed on whole: nothing held back.
+            self.reader.push(&chunk, &mut |_, _| {});
             self.ready.push_back(chunk);
             return;
         }
+        let mut ends = std::mem::take(&mut self.ends);
+        ends.clear();
+        self.reader.push(&chunk, &mut |r, end| {
+            ends.push((end, r.last_was_usage_chunk()));
+        });
         let mut from = 0;
-        for (end, usage_chunk) in ends {
+        for &(end, usage_chunk) in &ends {
             let piece = chunk.slice(from..end);
             from = end;
             if usage_chunk && !self.leaked {
@@ -80,6 +87,7 @@ impl MeterFilter {
             }
             self.leaked = false;
         }
+        self.ends = ends;
         let rest = chunk.slice(from..);
         if self.held.len() + rest.len() > MAX_HELD {
             self.leaked = true;

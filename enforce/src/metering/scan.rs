@@ -114,6 +114,17 @@ impl MemberScanner {
         }
     }
 
+    /// [`Self::record`] for several bytes.
+    fn record_all(&mut self, bytes: &[u8]) {
+        if let Some(c) = &mut self.capture {
+            if c.text.len() + bytes.len() <= MAX_CAPTURE {
+                c.text.extend_from_slice(bytes);
+            } else {
+                c.too_long = true;
+            }
+        }
+    }
+
     fn end_capture(&mut self) {
         if let Some(c) = self.capture.take() {
             if !c.too_long {
@@ -251,12 +262,15 @@ impl MemberScanner {
 
     /// Consumes string bytes from `data[i..]`; returns where it stopped.
     fn string_bytes(&mut self, data: &[u8], mut i: usize) -> usize {
-        let keep = self.capture.is_some() || self.reading_key;
-        if !keep && !self.escaped {
-            // Fast path: skip to the next quote or backslash.
-            match memchr::memchr2(b'"', b'\\', &data[i..]) {
-                Some(off) => i += off,
-                None => return data.len(),
+        if !self.reading_key && !self.escaped {
+            // Fast path: to the next quote or backslash at once (copied
+            // whole when captured).
+            let rest = &data[i..];
+            let run = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+            self.record_all(&rest[..run]);
+            i += run;
+            if i == data.len() {
+                return i;
             }
         }
         let b = data[i];

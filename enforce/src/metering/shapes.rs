@@ -202,39 +202,49 @@ const MESSAGES_EVENT_PATHS: Paths = &[
     &["usage"],
 ];
 
-/// Most bytes of one event's data held back to decide, at its end, whether
-/// it needs reading at all; a longer event is read as it streams.
+/// Most raw bytes of one unfinished event held (from earlier chunks) in
+/// case it turns out to carry usage; a longer event is read in full as it
+/// streams instead.
 const MAX_HELD_EVENT: usize = 16 * 1024;
 
-/// The byte string every `usage` member's key is: an event without one
-/// (followed by something other than `null`) cannot report usage.
+/// The byte string every `usage` member's key is, also in an event's raw
+/// bytes: the SSE framing cannot split it (a data line break inside a key
+/// would put a newline in it), and inside a JSON string its quotes are
+/// escaped (`\"usage\"`), so content rarely spells it.
 static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
-/// How the current event's data is read.
+/// How an event stream is being read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EventRead {
-    /// Fed to the member scanner as it arrives.
-    Scan,
-    /// Held (up to [`MAX_HELD_EVENT`]) until the event ends, then scanned
-    /// only if it may carry usage.
-    Hold,
+enum Mode {
+    /// Every byte through the SSE reader and the member scanner.
+    Full,
+    /// Raw lines: events are only split at their blank lines, and one is
+    /// read in full only if its raw bytes may hold a `usage` member.
+    Fast,
 }
 
 /// Reads one response's usage as its body passes, chunk by chunk: the
 /// whole body as one JSON document, or each server-sent event's data.
 ///
 /// Most events of a stream are content (a few words each) and cannot carry
-/// usage; walking their JSON cost ~13 ns a byte. So once the response's id
-/// and model are known, an event's data is held to its end and only
-/// scanned when it contains the key `"usage"` with a value other than
-/// `null` (with `include_usage`, every Chat chunk carries `"usage":null`).
-/// A `"usage"` inside a string value cannot match: there its quotes are
-/// escaped. The scanner still decides what is usage; this only skips events
-/// that cannot have any.
+/// usage. So after the first event with data (read in full, for the
+/// response's id and model), the stream's raw bytes are only split into
+/// events at their blank lines (a byte search per line, nothing copied),
+/// and searched for the key `"usage"`; an event is read in full (SSE
+/// fields, then the member scanner) only when it has that key with a
+/// value other than `null` (with `include_usage`, every Chat chunk carries
+/// `"usage":null`) — or when the raw bytes leave any doubt (a line break
+/// after the key: its value may go on in the next `data` line). Every
+/// shape's usage event also names the id and model, so nothing the
+/// receipt records is skipped. An event split across chunks keeps its
+/// earlier bytes (up to [`MAX_HELD_EVENT`], else it is read in full as it
+/// streams), so a key split between chunks is found when the event ends.
+/// The scanner still decides what is usage; this only skips events that
+/// cannot have any. Nothing is held back from the client.
 #[derive(Debug)]
 pub(crate) struct UsageReader {
     api: Api,
-    /// The body is an event stream.
+    /// The body is an event stream (the reader's state in [`Mode::Full`]).
     sse: Option<SseReader>,
     scan: MemberScanner,
     anthropic: AnthropicCounts,
@@ -242,14 +252,26 @@ pub(crate) struct UsageReader {
     /// The event just dispatched was a Chat usage chunk (`choices: []` and
     /// a `usage` object).
     last_was_usage_chunk: bool,
-    /// How the current event is read.
-    read: EventRead,
-    /// When holding: the current event's data so far.
+    mode: Mode,
+    /// An event with data was read in full: later ones may be skipped.
+    read_one: bool,
+    /// [`Mode::Full`]: the current event has data so far.
+    has_data: bool,
+    /// [`Mode::Fast`]: at the start of a line.
+    line_start: bool,
+    /// [`Mode::Fast`]: the last byte was a `\r` (a `\n` next belongs to it).
+    after_cr: bool,
+    /// [`Mode::Fast`]: no byte of the current event seen yet.
+    fresh: bool,
+    /// [`Mode::Fast`]: the current event's raw bytes from earlier chunks.
     held: Vec<u8>,
     /// Events whose data went through the member scanner (tests check
     /// that content events are skipped).
     #[cfg(test)]
     scanned: usize,
+    /// Never [`Mode::Fast`]: the reference the tests compare it with.
+    #[cfg(test)]
+    full_only: bool,
 }
 
 impl UsageReader {
@@ -267,10 +289,17 @@ impl UsageReader {
             anthropic: AnthropicCounts::default(),
             reported: Reported::default(),
             last_was_usage_chunk: false,
-            read: EventRead::Scan,
+            mode: Mode::Full,
+            read_one: false,
+            has_data: false,
+            line_start: true,
+            after_cr: false,
+            fresh: true,
             held: Vec::new(),
             #[cfg(test)]
             scanned: 0,
+            #[cfg(test)]
+            full_only: false,
         }
     }
 
@@ -278,17 +307,134 @@ impl UsageReader {
     /// ends in `chunk` (`end` is its offset just past the event), after it
     /// was read, so [`Self::last_was_usage_chunk`] describes it.
     pub(crate) fn push(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(&Self, usize)) {
-        match self.sse.take() {
-            None => self.scan.push(chunk),
-            Some(mut sse) => {
-                let mut sink = EventSink {
-                    reader: self,
-                    on_event,
-                };
-                sse.push(chunk, &mut sink);
-                self.sse = Some(sse);
+        let Some(mut sse) = self.sse.take() else {
+            self.scan.push(chunk);
+            return;
+        };
+        let mut i = 0;
+        while i < chunk.len() {
+            match self.mode {
+                Mode::Full => {
+                    let mut sink = EventSink {
+                        reader: self,
+                        on_event,
+                        base: i,
+                    };
+                    i += sse.push(&chunk[i..], &mut sink);
+                    if self.mode == Mode::Fast {
+                        // Stopped just past an event.
+                        self.line_start = true;
+                        self.after_cr = sse.after_cr();
+                        self.fresh = true;
+                    }
+                }
+                Mode::Fast => {
+                    i = self.fast(chunk, i, on_event);
+                    if self.mode == Mode::Full {
+                        // The event at `i` is too long to hold: read it in
+                        // full from its start (no event ends in `held`).
+                        sse = SseReader::default();
+                        let held = std::mem::take(&mut self.held);
+                        let mut sink = EventSink {
+                            reader: self,
+                            on_event,
+                            base: 0,
+                        };
+                        sse.push(&held, &mut sink);
+                        self.held = held;
+                        self.held.clear();
+                    }
+                }
             }
         }
+        self.sse = Some(sse);
+    }
+
+    /// Reads `chunk[from..]` in [`Mode::Fast`]; returns where it stopped:
+    /// the chunk's end, or the start (in this chunk) of an unfinished event
+    /// too long to hold, with the mode then [`Mode::Full`].
+    fn fast(&mut self, chunk: &[u8], from: usize, on_event: &mut dyn FnMut(&Self, usize)) -> usize {
+        let mut start = from;
+        let mut i = from;
+        while i < chunk.len() {
+            let b = chunk[i];
+            if self.after_cr {
+                self.after_cr = false;
+                if b == b'\n' {
+                    i += 1;
+                    if self.fresh {
+                        // The rest of the blank line that ended the last event.
+                        start = i;
+                    }
+                    continue;
+                }
+            }
+            if self.line_start && (b == b'\n' || b == b'\r') {
+                // A blank line ends the event.
+                i += 1;
+                self.after_cr = b == b'\r';
+                self.fast_event(chunk, start, i, on_event);
+                start = i;
+                self.fresh = true;
+                continue;
+            }
+            self.fresh = false;
+            match memchr::memchr2(b'\n', b'\r', &chunk[i..]) {
+                Some(off) => {
+                    i += off + 1;
+                    self.line_start = true;
+                    self.after_cr = chunk[i - 1] == b'\r';
+                }
+                None => {
+                    i = chunk.len();
+                    self.line_start = false;
+                }
+            }
+        }
+        if !self.fresh {
+            let rest = &chunk[start..];
+            if self.held.len() + rest.len() > MAX_HELD_EVENT {
+                self.mode = Mode::Full;
+                return start;
+            }
+            self.held.extend_from_slice(rest);
+        }
+        chunk.len()
+    }
+
+    /// An event ended in [`Mode::Fast`]: `chunk[start..end]` (after the
+    /// bytes held from earlier chunks, searched whole with them: the key
+    /// may straddle the chunks).
+    fn fast_event(
+        &mut self,
+        chunk: &[u8],
+        start: usize,
+        end: usize,
+        on_event: &mut dyn FnMut(&Self, usize),
+    ) {
+        let may = if self.held.is_empty() {
+            raw_may_carry_usage(&chunk[start..end])
+        } else {
+            self.held.extend_from_slice(&chunk[start..end]);
+            raw_may_carry_usage(&self.held)
+        };
+        if may {
+            let raw = if self.held.is_empty() {
+                &chunk[start..end]
+            } else {
+                &self.held
+            };
+            SseReader::default().push(raw, &mut ScanSink(&mut self.scan));
+            #[cfg(test)]
+            {
+                self.scanned += 1;
+            }
+            self.event();
+        } else {
+            self.last_was_usage_chunk = false;
+        }
+        self.held.clear();
+        on_event(self, end);
     }
 
     /// The body ended (completely).
@@ -317,50 +463,24 @@ impl UsageReader {
         self.last_was_usage_chunk
     }
 
-    /// More of the current event's data.
-    fn event_data(&mut self, bytes: &[u8]) {
-        match self.read {
-            EventRead::Scan => self.scan.push(bytes),
-            EventRead::Hold if self.held.len() + bytes.len() > MAX_HELD_EVENT => {
-                // Too long to hold: read it as it streams after all.
-                self.read = EventRead::Scan;
-                self.scan.push(&self.held);
-                self.held.clear();
-                self.scan.push(bytes);
-            }
-            EventRead::Hold => self.held.extend_from_slice(bytes),
-        }
-    }
-
-    /// The current event ended: read it (unless it was held and cannot
-    /// carry usage), and choose how to read the next.
+    /// An event read in [`Mode::Full`] ended: its members read; the next
+    /// ones are read fast once one with data was read.
     fn event_end(&mut self) {
-        let scanned = match self.read {
-            EventRead::Scan => true,
-            EventRead::Hold => {
-                let may = may_carry_usage(&self.held);
-                if may {
-                    self.scan.push(&self.held);
-                }
-                self.held.clear();
-                may
-            }
-        };
-        if scanned {
-            #[cfg(test)]
-            {
-                self.scanned += 1;
-            }
-            self.event();
-        } else {
-            self.last_was_usage_chunk = false;
+        #[cfg(test)]
+        {
+            self.scanned += 1;
         }
-        // Until the id and model are known, every event is read whole.
-        self.read = if self.reported.id.is_some() && self.reported.model.is_some() {
-            EventRead::Hold
-        } else {
-            EventRead::Scan
-        };
+        self.event();
+        #[cfg(test)]
+        {
+            if self.full_only {
+                return;
+            }
+        }
+        self.read_one |= std::mem::take(&mut self.has_data);
+        if self.read_one || (self.reported.id.is_some() && self.reported.model.is_some()) {
+            self.mode = Mode::Fast;
+        }
     }
 
     /// One event's members, read.
@@ -435,23 +555,42 @@ fn string(text: &[u8]) -> Option<String> {
     }
 }
 
-/// Whether one event's data has a `"usage"` key whose value is not `null`
-/// (or may be: anything but `null` after the colon counts). False only when
-/// the event cannot report usage.
-fn may_carry_usage(data: &[u8]) -> bool {
-    fn skip_space(mut s: &[u8]) -> &[u8] {
-        while let [b' ' | b'\t' | b'\n' | b'\r', rest @ ..] = s {
+/// Whether an event's raw bytes have a `"usage"` key whose value may be
+/// other than `null`. False only when the event cannot report usage.
+fn raw_may_carry_usage(raw: &[u8]) -> bool {
+    let key = USAGE_KEY.needle().len();
+    let mut from = 0;
+    // One search at a time (an iterator's set-up costs more than the search
+    // on an event of a few hundred bytes).
+    while raw.len() - from >= key {
+        let Some(at) = USAGE_KEY.find(&raw[from..]) else {
+            return false;
+        };
+        from += at + key;
+        if key_may_have_value(&raw[from..]) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether the `"usage"` just before `after` (raw event bytes) may be a key
+/// with a value other than `null`. Only spaces and tabs are skipped: at a
+/// line break the data (and so the value) may go on in the next `data`
+/// line, which is then read in full.
+fn key_may_have_value(after: &[u8]) -> bool {
+    fn skip_blanks(mut s: &[u8]) -> &[u8] {
+        while let [b' ' | b'\t', rest @ ..] = s {
             s = rest;
         }
         s
     }
-    USAGE_KEY.find_iter(data).any(|at| {
-        match skip_space(&data[at + USAGE_KEY.needle().len()..]) {
-            [b':', value @ ..] => !skip_space(value).starts_with(b"null"),
-            // Not a key (a string value `"usage"`).
-            _ => false,
-        }
-    })
+    match skip_blanks(after) {
+        [b':', value @ ..] => !skip_blanks(value).starts_with(b"null"),
+        [b'\n' | b'\r', ..] => true,
+        // Not a key (a string value `"usage"`), or nothing after it.
+        _ => false,
+    }
 }
 
 fn is_empty_array(text: &[u8]) -> bool {
@@ -460,19 +599,37 @@ fn is_empty_array(text: &[u8]) -> bool {
         .eq(b"[]".iter())
 }
 
+/// [`Mode::Full`]'s sink: data to the member scanner, each event read when
+/// it ends and reported to the caller.
 struct EventSink<'a, 'b> {
     reader: &'a mut UsageReader,
     on_event: &'b mut dyn FnMut(&UsageReader, usize),
+    /// Where in the pushed chunk the SSE reader's input begins.
+    base: usize,
 }
 
 impl SseSink for EventSink<'_, '_> {
     fn data(&mut self, bytes: &[u8]) {
-        self.reader.event_data(bytes);
+        self.reader.has_data = true;
+        self.reader.scan.push(bytes);
     }
     fn dispatch(&mut self, end: usize) {
         self.reader.event_end();
-        (self.on_event)(self.reader, end);
+        (self.on_event)(self.reader, self.base + end);
     }
+    fn stop(&self) -> bool {
+        self.reader.mode == Mode::Fast
+    }
+}
+
+/// Feeds one whole event's data to the member scanner (the caller reads it).
+struct ScanSink<'a>(&'a mut MemberScanner);
+
+impl SseSink for ScanSink<'_> {
+    fn data(&mut self, bytes: &[u8]) {
+        self.0.push(bytes);
+    }
+    fn dispatch(&mut self, _end: usize) {}
 }
 
 #[cfg(test)]

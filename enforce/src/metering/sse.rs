@@ -10,6 +10,11 @@ pub(crate) trait SseSink {
     /// The current event ended (a blank line) at offset `end` of the chunk
     /// being pushed (just after the line break).
     fn dispatch(&mut self, end: usize);
+    /// Asked after each dispatch: stop reading there ([`SseReader::push`]
+    /// then returns the offset), so the caller can read the rest otherwise.
+    fn stop(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +51,9 @@ impl Default for SseReader {
 }
 
 impl SseReader {
-    pub(crate) fn push(&mut self, chunk: &[u8], sink: &mut impl SseSink) {
+    /// Reads `chunk`; returns how much of it was read: all of it, unless
+    /// the sink asked to stop after an event (then just past that event).
+    pub(crate) fn push(&mut self, chunk: &[u8], sink: &mut impl SseSink) -> usize {
         let mut i = 0;
         while i < chunk.len() {
             if self.after_cr {
@@ -66,6 +73,9 @@ impl SseReader {
                         self.after_cr = b == b'\r';
                         self.data_lines = 0;
                         sink.dispatch(i);
+                        if sink.stop() {
+                            return i;
+                        }
                         continue;
                     }
                     // The common line, whole in this chunk: no byte-by-byte name.
@@ -137,6 +147,12 @@ impl SseReader {
                 },
             }
         }
+        chunk.len()
+    }
+
+    /// The last byte read was a `\r` (a `\n` next belongs to its line break).
+    pub(crate) fn after_cr(&self) -> bool {
+        self.after_cr
     }
 
     /// A `data` field begins: lines after the first are joined by `\n`.

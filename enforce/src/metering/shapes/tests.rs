@@ -238,7 +238,11 @@ fn usage_spelled_inside_content_is_not_usage() {
 fn the_prefilter_skips_only_what_cannot_be_usage() {
     for (data, may) in [
         (r#"{"usage":null}"#, false),
-        ("{\"usage\" : \n\tnull}", false),
+        ("{\"usage\" : \tnull}", false),
+        // Raw bytes: at a line break the value may go on in a later `data`
+        // line, so the event is read in full.
+        ("{\"usage\" : \n\tnull}", true),
+        ("{\"usage\"\r\ndata: :{}", true),
         (r#"{"a":"\"usage\":{\"x\":1}"}"#, false),
         (r#"{"a":"usage","b":"\"usage\""}"#, false),
         (r#"{"a":"x\\","usage":null}"#, false),
@@ -252,7 +256,7 @@ fn the_prefilter_skips_only_what_cannot_be_usage() {
         (r#"{"a":{"usage":1}}"#, true),
         (r#"{"k \"usage":1}"#, true),
     ] {
-        assert_eq!(may_carry_usage(data.as_bytes()), may, "{data}");
+        assert_eq!(raw_may_carry_usage(data.as_bytes()), may, "{data}");
     }
 }
 
@@ -402,4 +406,200 @@ fn paths_name_their_shapes() {
     assert_eq!(Api::from_path("/v1/completions"), Some(Api::Chat));
     assert_eq!(Api::from_path("/v1/messages"), Some(Api::Messages));
     assert_eq!(Api::from_path("/v1/models"), None);
+}
+
+/// Reads `body` cut at `cuts` (ascending offsets), fast or in full only;
+/// returns what was reported and where events ended, as [`read`] does.
+fn read_cuts(
+    api: Api,
+    body: &[u8],
+    cuts: &[usize],
+    full_only: bool,
+) -> (Reported, Vec<(usize, bool)>) {
+    let mut r = UsageReader::new(api, true);
+    r.full_only = full_only;
+    let mut ends = Vec::new();
+    let mut at = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
+        let base = at;
+        r.push(&body[at..cut], &mut |reader, end| {
+            ends.push((base + end, reader.last_was_usage_chunk()));
+        });
+        at = cut;
+    }
+    r.finish();
+    (r.reported().clone(), ends)
+}
+
+/// The stream with its line breaks spelled `brk`.
+fn with_breaks(stream: &str, brk: &str) -> String {
+    stream.replace('\n', brk)
+}
+
+#[test]
+fn the_fast_read_equals_the_full_read_at_every_cut_of_every_shape() {
+    let tricky = concat!(
+        "data: {\"id\":\"c-1\",\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"\"}}],\"usage\":null}\n\n",
+        ": \"usage\":{\"prompt_tokens\":1}\n\n",
+        "data: {\"id\":\"c-1\",\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\": {\\\"prompt_tokens\\\": 5}\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c-1\",\"choices\":[{\"delta\":{\"content\":\"x\\\\\"}}],\"usage\"\n",
+        "data: :{\"prompt_tokens\":2,\"completion_tokens\":1}}\n\n",
+        "data: {\"id\":\"c-1\",\"choices\":[{\"delta\":{\"content\":\"y\"}}],\"usage\":\n",
+        "data: null}\n\n",
+        "data: {\"id\":\"c-1\",\"choices\":[],\"usage\":  {\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    for (api, stream) in [
+        (Api::Chat, CHAT_STREAM),
+        (Api::Responses, RESPONSES_STREAM),
+        (Api::Messages, MESSAGES_STREAM),
+        (Api::Chat, tricky),
+    ] {
+        for brk in ["\n", "\r\n", "\r"] {
+            let body = with_breaks(stream, brk);
+            let body = body.as_bytes();
+            let full = read_cuts(api, body, &[], true);
+            assert!(full.0.tokens.is_some(), "{api:?} {brk:?}");
+            for a in 0..=body.len() {
+                assert_eq!(
+                    read_cuts(api, body, &[a], false),
+                    full,
+                    "{api:?} {brk:?} cut at {a}"
+                );
+                assert_eq!(
+                    read_cuts(api, body, &[a], true),
+                    full,
+                    "{api:?} {brk:?} cut at {a}"
+                );
+            }
+            let bytes: Vec<usize> = (1..body.len()).collect();
+            assert_eq!(
+                read_cuts(api, body, &bytes, false),
+                full,
+                "{api:?} {brk:?} byte by byte"
+            );
+        }
+    }
+    // The tricky stream's usage is its last, real usage chunk; the one
+    // whose key and value sit on two `data` lines was read too.
+    let (r, ends) = read_cuts(Api::Chat, tricky.as_bytes(), &[], false);
+    assert_eq!(r.tokens.map(|t| (t.input, t.output)), Some((3, 4)));
+    assert_eq!(ends.iter().filter(|e| e.1).count(), 1);
+    let before_last = &tricky[..tricky
+        .find("data: {\"id\":\"c-1\",\"choices\":[]")
+        .expect("last")];
+    let (r, _) = read_cuts(Api::Chat, before_last.as_bytes(), &[], false);
+    assert_eq!(r.tokens.map(|t| (t.input, t.output)), Some((2, 1)));
+}
+
+/// A small deterministic generator (xorshift), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n as u64).expect("small")
+    }
+}
+
+/// A random Chat stream: content events whose text spells the key in
+/// every way content can, comments and other fields that spell it raw,
+/// data split over lines (also right after the key), a usage chunk or not,
+/// long events, and one kind of line break.
+fn random_chat_stream(rng: &mut Rng) -> String {
+    const TEXTS: &[&str] = &[
+        "hi",
+        "\"usage\":{\"prompt_tokens\":9}",
+        "usage",
+        "a\\",
+        "\\\"usage\\\": {}",
+        "\"usage\"",
+        "data: \"usage\":{}",
+    ];
+    let brk = ["\n", "\r\n", "\r"][rng.below(3)];
+    let mut s = String::new();
+    for _ in 0..rng.below(8) {
+        let text = if rng.below(20) == 0 {
+            "z".repeat(MAX_HELD_EVENT + rng.below(100))
+        } else {
+            TEXTS[rng.below(TEXTS.len())].to_owned()
+        };
+        let text = serde_json::to_string(&text).expect("json");
+        let usage = ["", ",\"usage\":null", ",\"usage\" : null"][rng.below(3)];
+        let data = format!(
+            "{{\"id\":\"c-{}\",\"model\":\"m\",\"choices\":[{{\"delta\":{{\"content\":{text}}}}}]{usage}}}",
+            rng.below(3)
+        );
+        match rng.below(6) {
+            0 => s.push_str(&format!(": \"usage\":{{\"prompt_tokens\":7}}{brk}")),
+            1 => s.push_str(&format!("event: \"usage\": 1{brk}")),
+            _ => {}
+        }
+        // Split the data over two lines at a comma (JSON whitespace once
+        // joined), or not.
+        match data.rfind(',').filter(|_| rng.below(3) == 0) {
+            Some(at) => s.push_str(&format!(
+                "data: {}{brk}data:{}{brk}{brk}",
+                &data[..=at],
+                &data[at + 1..]
+            )),
+            None => s.push_str(&format!("data: {data}{brk}{brk}")),
+        }
+    }
+    if rng.below(4) != 0 {
+        let (p, c) = (rng.below(1000), rng.below(1000));
+        let usage = match rng.below(3) {
+            0 => format!("\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c}}}"),
+            // The key and its value on two data lines.
+            1 => {
+                format!("\"usage\"{brk}data: :{{\"prompt_tokens\":{p},\"completion_tokens\":{c}}}")
+            }
+            _ => {
+                format!("\"usage\" :{brk}data:{{\"prompt_tokens\":{p},\"completion_tokens\":{c}}}")
+            }
+        };
+        s.push_str(&format!(
+            "data: {{\"id\":\"c-9\",\"choices\":[],{usage}}}{brk}{brk}"
+        ));
+    }
+    s.push_str(&format!("data: [DONE]{brk}{brk}"));
+    s
+}
+
+#[test]
+fn random_streams_cut_at_random_read_the_same_fast_as_in_full() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut with_usage = 0;
+    for case in 0..400 {
+        let stream = random_chat_stream(&mut rng);
+        let body = stream.as_bytes();
+        let full = read_cuts(Api::Chat, body, &[], true);
+        with_usage += usize::from(full.0.tokens.is_some());
+        for _ in 0..10 {
+            let mut cuts: Vec<usize> = (0..rng.below(6))
+                .map(|_| rng.below(body.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            assert_eq!(
+                read_cuts(Api::Chat, body, &cuts, false),
+                full,
+                "case {case}, cuts {cuts:?}: {stream:?}"
+            );
+        }
+        // Small pieces, as a slow upstream sends them.
+        let step = 1 + rng.below(40);
+        let cuts: Vec<usize> = (step..body.len()).step_by(step).collect();
+        assert_eq!(
+            read_cuts(Api::Chat, body, &cuts, false),
+            full,
+            "case {case}, every {step}"
+        );
+    }
+    // The generator made both kinds.
+    assert!((100..400).contains(&with_usage), "{with_usage}");
 }
