@@ -18,9 +18,7 @@
 //!     cargo bench --bench serve
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,6 +30,13 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+/// The tests' driver of `openclaw serve` and the CLI (this build's binary).
+#[allow(dead_code)]
+#[path = "../tests/support/serve.rs"]
+mod serve_support;
+
+use serve_support::{cli, start_logging};
+
 const TENANT: &str = "bench";
 const POLICY: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n";
 const LIST_RUN: Duration = Duration::from_secs(3);
@@ -42,54 +47,6 @@ fn env_count(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn openclaw(home: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_openclaw"))
-        .args(args)
-        .env("OPENCLAW_HOME", home)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openclaw {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn start_daemon(home: &Path) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_openclaw"))
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env("OPENCLAW_HOME", home)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Daemon { child, addr }
 }
 
 /// A capability token minted under the tenant's own root key.
@@ -255,9 +212,10 @@ fn main() {
 async fn run() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();
-    let token = openclaw(h, &["tenants", "create", TENANT]);
+    let token = cli(h, &["tenants", "create", TENANT]);
     let cap = mint(h);
-    let daemon = start_daemon(h);
+    // Warnings only: request logging would be part of what is measured.
+    let daemon = start_logging(h, "warn", std::process::Stdio::null());
     let api = Api {
         client: Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(LIST_CONNS)

@@ -7,9 +7,9 @@
 //! netns backend: needs root); and `openclaw run`'s secrets file with
 //! `value_from` references (`env:`, `file:`), resolved at its start.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::pkcs8::DecodePrivateKey;
@@ -17,41 +17,10 @@ use serde_json::{json, Value};
 
 mod support;
 
+use support::serve::{self, start, Daemon};
+
 /// The value stored; it must appear in no file, log or output.
 const VALUE: &str = "tenant-secret-9c1e7d-value";
-
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(home: &Path, log: &Path) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_openclaw"))
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env("OPENCLAW_HOME", home)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("start openclaw serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Daemon { child, addr }
-}
 
 /// Runs the CLI with `stdin`; (success, stdout, stderr).
 fn cli_in(home: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
@@ -84,40 +53,11 @@ fn cli(home: &Path, args: &[&str]) -> String {
     out.trim().to_owned()
 }
 
+/// One request with the tenant's or the admin's token: status and JSON body.
 fn call(d: &Daemon, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "60",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-    ]);
-    cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
-    if let Some(b) = body {
-        cmd.args([
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &b.to_string(),
-        ]);
-    }
-    let out = cmd
-        .arg(format!("http://{}{path}", d.addr))
-        .output()
-        .expect("curl");
-    assert!(out.status.success(), "curl {method} {path}: {out:?}");
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let (body, status) = text.rsplit_once('\n').expect("status line");
-    let status = status.parse().expect("status");
-    let body = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-    };
-    (status, body)
+    let body = body.map(Value::to_string);
+    let r = serve::call(d, method, path, Some(token), body.as_deref());
+    (r.status, r.body)
 }
 
 fn mint(home: &Path, tenant: &str) -> String {

@@ -23,12 +23,19 @@ impl Drop for Daemon {
 
 /// Starts `openclaw serve` on a free port, logging at debug level into `log`.
 pub fn start(home: &Path, log: &Path) -> Daemon {
+    let stderr = std::fs::File::create(log).expect("log file");
+    start_logging(home, "debug", stderr)
+}
+
+/// Starts `openclaw serve` on a free port with `RUST_LOG=level`, its log to
+/// `stderr`; returns once it says where it listens.
+pub fn start_logging(home: &Path, level: &str, stderr: impl Into<Stdio>) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_openclaw"))
         .args(["serve", "--addr", "127.0.0.1:0"])
         .env("OPENCLAW_HOME", home)
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", level)
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).expect("log file"))
+        .stderr(stderr)
         .spawn()
         .expect("start openclaw serve");
     let mut line = String::new();
