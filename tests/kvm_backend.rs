@@ -312,7 +312,7 @@ fn kvm_backend_boot_failure_names_the_stage_and_tears_everything_down() {
     eprintln!("boot-stage failure after {took:?}");
 }
 
-/// The session fails after its receipt log exists (here: the secrets file
+/// The session fails after its receipt log exists (here: the service catalog
 /// is missing): exit 125, and the chain still ends with session_end.
 #[test]
 fn a_setup_failure_after_the_chain_starts_still_closes_it() {
@@ -321,8 +321,10 @@ fn a_setup_failure_after_the_chain_starts_still_closes_it() {
     cmd.arg("run")
         .arg("--capabilities")
         .arg(home.path().join("task.cap"))
-        .arg("--secrets")
-        .arg(home.path().join("missing-secrets.toml"))
+        // The catalog is read when enforcement is built, after the chain's
+        // session_start (a missing secrets file is refused before anything).
+        .arg("--catalog")
+        .arg(home.path().join("missing-catalog.toml"))
         .args([
             "--backend",
             "netns",
@@ -334,7 +336,7 @@ fn a_setup_failure_after_the_chain_starts_still_closes_it() {
     let (out, dir, _) = home.run_new(&mut cmd);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{stderr}");
-    assert!(stderr.contains("loading the secrets file"), "{stderr}");
+    assert!(stderr.contains("loading the service catalog"), "{stderr}");
     let receipts = std::fs::read_to_string(dir.join("receipts.jsonl")).expect("receipts");
     assert!(receipts.lines().count() >= 2, "{receipts}");
     let verify = home
