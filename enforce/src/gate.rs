@@ -681,8 +681,7 @@ impl EnforcingGate {
                 return self.refuse(id, conn.id, &action, &receipt_failed(&why), None)
             }
         };
-        let (status, headers, body) =
-            crate::quota::refusal_response(api, quota, &detail, retry_after);
+        let (status, headers, body) = api.quota_refusal(quota, &detail, retry_after);
         ratelog::debug!(
             request = id,
             conn = conn.id,

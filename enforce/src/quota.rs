@@ -3,15 +3,11 @@
 //! day's quota ([`DayQuota::reserve`]); its response settles the hold to
 //! the provider's figures; a call refused later (token, approval) releases
 //! it. Who keeps the figures (the daemon's `control.db`) is the binary's
-//! business: this file is the hook and the provider-shaped refusal.
+//! business: this file is the hook (the provider-shaped refusal is
+//! `Api::quota_refusal`, beside the shapes).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
-
-use crate::metering::Api;
 
 /// Why a quota refused a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,46 +88,6 @@ pub fn until_utc_midnight(now: SystemTime) -> Duration {
     Duration::from_secs((86_400 - secs % 86_400).max(1))
 }
 
-/// The provider-shaped `429` for a call of shape `api` past `quota`: the
-/// body an SDK of that provider parses as its own quota error, with
-/// `retry-after` in seconds.
-pub(crate) fn refusal_response(
-    api: Api,
-    quota: &str,
-    detail: &str,
-    retry_after: Duration,
-) -> (StatusCode, HeaderMap, Bytes) {
-    let message = format!("openclaw: tenant quota {quota} reached: {detail}");
-    let body = match api {
-        Api::Messages => serde_json::json!({
-            "type": "error",
-            "error": {"type": "rate_limit_error", "message": message},
-        }),
-        Api::Chat | Api::Responses | Api::Embeddings => serde_json::json!({
-            "error": {
-                "message": message,
-                "type": "insufficient_quota",
-                "param": null,
-                "code": "insufficient_quota",
-            },
-        }),
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        http::header::RETRY_AFTER,
-        HeaderValue::from(retry_after.as_secs()),
-    );
-    (
-        StatusCode::TOO_MANY_REQUESTS,
-        headers,
-        Bytes::from(body.to_string()),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,23 +107,5 @@ mod tests {
             until_utc_midnight(t(86_400 * 3 + 3600)),
             Duration::from_secs(82_800)
         );
-    }
-
-    #[test]
-    fn refusals_are_shaped_like_each_provider() {
-        let wait = Duration::from_secs(42);
-        let (status, h, body) = refusal_response(Api::Chat, "usd_per_day", "x", wait);
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(h[http::header::RETRY_AFTER], "42");
-        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-        assert_eq!(v["error"]["code"], "insufficient_quota");
-        assert!(v["error"]["message"]
-            .as_str()
-            .expect("msg")
-            .contains("usd_per_day"));
-        let (_, _, body) = refusal_response(Api::Messages, "llm_tokens_per_day", "x", wait);
-        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-        assert_eq!(v["type"], "error");
-        assert_eq!(v["error"]["type"], "rate_limit_error");
     }
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::quota;
-use super::routes::State;
 use super::sessions;
+use super::state::State;
 
 /// `name{labels} value` lines of one metric family, with its help and type.
 struct Family {

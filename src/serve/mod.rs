@@ -26,6 +26,8 @@ mod secrets;
 mod server;
 /// A tenant's sessions: listed, read and verified inside its root.
 mod sessions;
+/// What every handler shares (store, launcher, quota windows).
+mod state;
 
 pub use identity::TrustedProxies;
 pub use launch::SessionDefaults;

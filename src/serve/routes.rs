@@ -20,27 +20,19 @@ use serde_json::json;
 
 use super::error::{json, ApiBody, ApiError};
 use super::identity::ProxyUser;
-use super::launch::{self, CreateSession, Launcher, Stopped};
-use super::quota::{self, Limits};
+use super::launch::{self, CreateSession, Stopped};
+use super::quota;
+use super::state::State;
 use super::{events, metrics, openapi, secrets, sessions};
 use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
 use crate::control::{self, ControlClientError, ControlRequest};
-use crate::tenants::{
-    Caller, Identity, Quotas, QuotasJson, Registry, TenantName, TenantOpError, TenantRoot,
-};
+use crate::tenants::{Caller, Identity, Quotas, QuotasJson, TenantName, TenantOpError, TenantRoot};
 use crate::usage::report::{self as usage_report, GroupKey, Sums, UsageReport};
 use crate::usage::{self, Ledger};
 
 /// Largest request body taken (a session's capability token and command
 /// are a few KiB at most).
 const MAX_BODY: usize = 64 * 1024;
-
-pub struct State {
-    pub registry: Registry,
-    pub launcher: Arc<Launcher>,
-    /// Quota state kept in memory (the requests-per-minute windows).
-    pub limits: Limits,
-}
 
 /// A request once read: what the handlers need, owned.
 struct Parsed {

@@ -22,7 +22,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::identity::{ProxyUser, TrustedProxies};
 use super::launch::{Launcher, SessionDefaults};
 use super::restart;
-use super::routes::{self, State};
+use super::routes;
+use super::state::State;
 use crate::tenants;
 
 /// Longest wait for in-flight requests after SIGTERM.

@@ -22,6 +22,10 @@ use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 use receipts::UsageTokens;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 
 use super::scan::{MemberScanner, Paths};
@@ -52,6 +56,46 @@ impl Api {
         } else {
             None
         }
+    }
+
+    /// The provider-shaped `429` for a call of this shape past `quota`: the
+    /// body an SDK of that provider parses as its own quota error, with
+    /// `retry-after` in seconds.
+    pub(crate) fn quota_refusal(
+        self,
+        quota: &str,
+        detail: &str,
+        retry_after: Duration,
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let message = format!("openclaw: tenant quota {quota} reached: {detail}");
+        let body = match self {
+            Api::Messages => serde_json::json!({
+                "type": "error",
+                "error": {"type": "rate_limit_error", "message": message},
+            }),
+            Api::Chat | Api::Responses | Api::Embeddings => serde_json::json!({
+                "error": {
+                    "message": message,
+                    "type": "insufficient_quota",
+                    "param": null,
+                    "code": "insufficient_quota",
+                },
+            }),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(retry_after.as_secs()),
+        );
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            Bytes::from(body.to_string()),
+        )
     }
 
     /// The name a usage receipt records.

@@ -603,3 +603,21 @@ fn random_streams_cut_at_random_read_the_same_fast_as_in_full() {
     // The generator made both kinds.
     assert!((100..400).contains(&with_usage), "{with_usage}");
 }
+
+#[test]
+fn refusals_are_shaped_like_each_provider() {
+    let wait = Duration::from_secs(42);
+    let (status, h, body) = Api::Chat.quota_refusal("usd_per_day", "x", wait);
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h[http::header::RETRY_AFTER], "42");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["error"]["code"], "insufficient_quota");
+    assert!(v["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("usd_per_day"));
+    let (_, _, body) = Api::Messages.quota_refusal("llm_tokens_per_day", "x", wait);
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+}
