@@ -7,163 +7,17 @@
 //! the SIGTERM drain, and sessions created and stopped over the API (real
 //! `openclaw run` children on the netns backend: needs root).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use receipts::{ReceiptLog, SessionStart};
 use serde_json::{json, Value};
 
-struct Daemon {
-    child: Child,
-    addr: String,
-}
+mod support;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `openclaw serve` on a free port, logging at debug level into
-/// `log` (so the token check covers everything the daemon would log).
-fn start(home: &Path, log: &Path) -> Daemon {
-    start_with(home, log, &[])
-}
-
-/// [`start`] with more `openclaw serve` flags.
-fn start_with(home: &Path, log: &Path, flags: &[&str]) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_openclaw"))
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .args(flags)
-        .env("OPENCLAW_HOME", home)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("start openclaw serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    Daemon { child, addr }
-}
-
-/// Runs the CLI; its stdout (the token, for create/rotate/admin-token).
-fn cli(home: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_openclaw"))
-        .args(args)
-        .env("OPENCLAW_HOME", home)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run openclaw");
-    assert!(
-        out.status.success(),
-        "openclaw {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
-struct Reply {
-    status: u16,
-    head: String,
-    body: Value,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    }
-
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-}
-
-/// One request with curl; the path is sent as is (`--path-as-is`: no `..`
-/// squashing, no decoding).
-fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Reply {
-    call_with(d, method, path, token, body, &[])
-}
-
-/// [`call`] with more request headers (`Name: value`).
-fn call_with(
-    d: &Daemon,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-    headers: &[&str],
-) -> Reply {
-    let mut cmd = Command::new("curl");
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    cmd.args([
-        "-sS",
-        "-i",
-        "--path-as-is",
-        "--max-time",
-        "30",
-        "-X",
-        method,
-    ]);
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-    }
-    cmd.arg(format!("http://{}{path}", d.addr));
-    let out = cmd.output().expect("run curl");
-    assert!(out.status.success(), "curl {method} {path}: {out:?}");
-    let raw = out.stdout;
-    let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => (&raw[..i], &raw[i + 4..]),
-        None => (&raw[..], &b""[..]),
-    };
-    let head = std::str::from_utf8(head).expect("utf-8 head");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    // JSON unless it says otherwise (the bundle download is a .tar.gz,
-    // /metrics is text).
-    let lower = head.to_ascii_lowercase();
-    let json_body = !lower.contains("content-type: application/gzip")
-        && !lower.contains("content-type: text/plain");
-    let body = if body.is_empty() || !json_body {
-        Value::Null
-    } else {
-        serde_json::from_slice(body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}: {:?}", String::from_utf8_lossy(body)))
-    };
-    assert!(
-        head.to_ascii_lowercase().contains("x-request-id:"),
-        "every response names its request"
-    );
-    Reply {
-        status,
-        head: head.to_owned(),
-        body,
-    }
-}
+use support::serve::{call, call_with, cli, start, start_with, Daemon, Reply};
 
 /// A GET whose answer may be a stream: curl with `-N`, stopped after
 /// `max` seconds (an unfinished stream is not an error here); the status

@@ -23,15 +23,25 @@ impl Drop for Daemon {
 
 /// Starts `openclaw serve` on a free port, logging at debug level into `log`.
 pub fn start(home: &Path, log: &Path) -> Daemon {
+    start_with(home, log, &[])
+}
+
+/// [`start`] with more `openclaw serve` flags.
+pub fn start_with(home: &Path, log: &Path, flags: &[&str]) -> Daemon {
     let stderr = std::fs::File::create(log).expect("log file");
-    start_logging(home, "debug", stderr)
+    spawn(home, "debug", stderr, flags)
 }
 
 /// Starts `openclaw serve` on a free port with `RUST_LOG=level`, its log to
 /// `stderr`; returns once it says where it listens.
 pub fn start_logging(home: &Path, level: &str, stderr: impl Into<Stdio>) -> Daemon {
+    spawn(home, level, stderr, &[])
+}
+
+fn spawn(home: &Path, level: &str, stderr: impl Into<Stdio>, flags: &[&str]) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_openclaw"))
         .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(flags)
         .env("OPENCLAW_HOME", home)
         .env("RUST_LOG", level)
         .stdout(Stdio::piped())
@@ -137,6 +147,10 @@ pub fn reply(out: std::process::Output, what: &str) -> Reply {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id:"),
+        "{what}: every response names its request"
+    );
     let text = String::from_utf8_lossy(body).into_owned();
     let body = if body.is_empty()
         || !head
@@ -164,8 +178,21 @@ pub fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Reply {
-    let out = curl(&d.addr, method, path, token, body)
-        .output()
-        .expect("run curl");
-    reply(out, &format!("{method} {path}"))
+    call_with(d, method, path, token, body, &[])
+}
+
+/// [`call`] with more request headers (`Name: value`).
+pub fn call_with(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[&str],
+) -> Reply {
+    let mut cmd = curl(&d.addr, method, path, token, body);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    reply(cmd.output().expect("run curl"), &format!("{method} {path}"))
 }
