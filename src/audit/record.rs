@@ -23,6 +23,8 @@ pub enum Actor {
 pub enum Via {
     Cli,
     Api,
+    /// The browser UI `openclaw serve` serves (`/ui/`).
+    Ui,
 }
 
 /// How the change ended.

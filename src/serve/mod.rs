@@ -28,6 +28,8 @@ mod server;
 mod sessions;
 /// What every handler shares (store, launcher, quota windows).
 mod state;
+/// The browser UI for a tenant's login, under `/ui/`.
+mod ui;
 
 pub use identity::TrustedProxies;
 pub use launch::SessionDefaults;

@@ -1,5 +1,5 @@
 //! The daemon's listener: HTTP/1.1 on the given address, one task per
-//! connection; at start, what a dead daemon left is settled first
+//! connection, `/ui/` to the browser UI and the rest to the API; at start, what a dead daemon left is settled first
 //! (`restart`); the drain on SIGTERM (or SIGINT): stop accepting, refuse
 //! new sessions (503), stop the running ones with their chains closed (up
 //! to [`SESSION_DRAIN_LIMIT`]), let in-flight requests finish (up to
@@ -24,6 +24,7 @@ use super::launch::{Launcher, SessionDefaults};
 use super::restart;
 use super::routes;
 use super::state::State;
+use super::ui;
 use crate::tenants;
 
 /// Longest wait for in-flight requests after SIGTERM.
@@ -70,6 +71,8 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         registry,
         launcher,
         limits: Default::default(),
+        sessions: Default::default(),
+        logins: Default::default(),
     });
     let graceful = GracefulShutdown::new();
     loop {
@@ -94,7 +97,15 @@ pub async fn run(config: ServeConfig) -> Result<()> {
                         None => ProxyUser::None,
                     };
                     req.extensions_mut().insert(user);
-                    async move { Ok::<_, Infallible>(routes::handle(state, req).await) }
+                    async move {
+                        // The browser UI has its own login and pages; the
+                        // rest is the JSON API.
+                        Ok::<_, Infallible>(if ui::serves(req.uri().path()) {
+                            ui::handle(state, req).await
+                        } else {
+                            routes::handle(state, req).await
+                        })
+                    }
                 });
                 // A client that never finishes its request head is dropped.
                 let conn = hyper::server::conn::http1::Builder::new()

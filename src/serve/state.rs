@@ -1,5 +1,6 @@
 //! What every request handler shares: the tenant store, the session
-//! launcher and the in-memory quota windows. Its own file so the routes and
+//! launcher, the in-memory quota windows, the per-tenant session caches and
+//! the UI's logins. Its own file so the routes and
 //! the handlers they call (`metrics`) both depend on it, not on each other.
 
 use std::sync::Arc;
@@ -7,10 +8,16 @@ use std::sync::Arc;
 use super::launch::Launcher;
 use super::quota::Limits;
 use crate::tenants::Registry;
+use crate::ui::logins::Logins;
+use crate::ui::sessions::TenantSessions;
 
 pub struct State {
     pub registry: Registry,
     pub launcher: Arc<Launcher>,
     /// Quota state kept in memory (the requests-per-minute windows).
     pub limits: Limits,
+    /// Each tenant's sessions with their cached reports (lists, the UI).
+    pub sessions: TenantSessions,
+    /// Who is logged in to the UI (`/ui/`), and with which token.
+    pub logins: Logins,
 }

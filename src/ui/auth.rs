@@ -24,12 +24,53 @@ pub struct Access {
 }
 
 /// 32 random bytes, hex.
-fn random_secret() -> String {
+pub(crate) fn random_secret() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-fn ct_eq(a: &str, b: &str) -> bool {
+pub(crate) fn ct_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// The request carries the CSRF header equal to `expected`, and if the
+/// browser says where it comes from, it comes from here.
+pub(crate) fn csrf_matches(headers: &HeaderMap, expected: &str) -> bool {
+    let header_ok = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| ct_eq(v, expected));
+    header_ok && same_origin(headers)
+}
+
+/// No `Origin`, or one naming the `Host` this request was sent to: a page
+/// of another site cannot post here (`null`, from sandboxed frames and
+/// some redirects, is refused).
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
+    match headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => {
+            let host = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            match (host, headers.get(HOST).and_then(|h| h.to_str().ok())) {
+                (Some(o), Some(h)) => o == h,
+                _ => false,
+            }
+        }
+    }
+}
+
+/// Every value of the cookie `name` the request carries (a browser may
+/// send two of one name, set for different paths).
+pub(crate) fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, value)| value)
 }
 
 impl Access {
@@ -85,28 +126,6 @@ impl Access {
             .any(|(name, value)| name == self.cookie_name && ct_eq(value, &self.token))
     }
 
-    /// The request carries the CSRF header, and if the browser says where it
-    /// comes from, it comes from here.
-    pub fn csrf_ok(&self, headers: &HeaderMap) -> bool {
-        let header_ok = headers
-            .get(CSRF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| ct_eq(v, &self.csrf));
-        let origin_ok = match headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
-            None => true,
-            Some(origin) => {
-                let host = origin
-                    .strip_prefix("http://")
-                    .or_else(|| origin.strip_prefix("https://"));
-                match (host, headers.get(HOST).and_then(|h| h.to_str().ok())) {
-                    (Some(o), Some(h)) => o == h,
-                    _ => false,
-                }
-            }
-        };
-        header_ok && origin_ok
-    }
-
     /// The Host header names this server (loopback mode), so a page on
     /// another name that resolves to 127.0.0.1 cannot talk to us.
     pub fn host_ok(&self, headers: &HeaderMap) -> bool {
@@ -160,18 +179,18 @@ mod tests {
         let a = access();
         let mut h = HeaderMap::new();
         h.insert(HOST, HeaderValue::from_static("127.0.0.1:7878"));
-        assert!(!a.csrf_ok(&h));
+        assert!(!csrf_matches(&h, a.csrf()));
         h.insert(CSRF_HEADER, HeaderValue::from_str(a.csrf()).expect("hv"));
-        assert!(a.csrf_ok(&h));
+        assert!(csrf_matches(&h, a.csrf()));
         h.insert(ORIGIN, HeaderValue::from_static("http://127.0.0.1:7878"));
-        assert!(a.csrf_ok(&h));
+        assert!(csrf_matches(&h, a.csrf()));
         h.insert(ORIGIN, HeaderValue::from_static("http://evil.example"));
-        assert!(!a.csrf_ok(&h));
+        assert!(!csrf_matches(&h, a.csrf()));
         h.insert(ORIGIN, HeaderValue::from_static("null"));
-        assert!(!a.csrf_ok(&h));
+        assert!(!csrf_matches(&h, a.csrf()));
         h.remove(ORIGIN);
         h.insert(CSRF_HEADER, HeaderValue::from_static("wrong"));
-        assert!(!a.csrf_ok(&h));
+        assert!(!csrf_matches(&h, a.csrf()));
     }
 
     #[test]

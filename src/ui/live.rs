@@ -16,7 +16,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Body, ChannelBody, State};
+use super::sessions::Sessions;
+use super::{Body, ChannelBody, View};
 use crate::bundle;
 use crate::control::{self, PendingWire};
 use crate::report::Report;
@@ -30,12 +31,14 @@ const REFRESH: Duration = Duration::from_secs(2);
 /// `session.json`.
 const END_GRACE: Duration = Duration::from_secs(15);
 
-pub fn events(state: &State, id: &str, dir: PathBuf) -> Response<Body> {
+pub fn events(view: &View, id: &str, dir: PathBuf) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(16);
-    // `State` lives as long as the server; the stream task gets its own
-    // handle on what it needs.
+    // The stream task outlives the request: it gets its own handles.
     let id = id.to_owned();
-    let sessions = StateRef::new(state);
+    let sessions = StateRef {
+        sessions: view.sessions.clone(),
+        still_allowed: view.still_allowed.clone(),
+    };
     tokio::spawn(async move {
         if let Err(err) = follow(&sessions, &id, &dir, &tx).await {
             tracing::debug!("live stream of {id}: {err:#}");
@@ -49,17 +52,23 @@ pub fn events(state: &State, id: &str, dir: PathBuf) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
-/// The part of the server state a stream needs, shareable with its task.
+/// The part of the view a stream needs, shareable with its task.
 #[derive(Clone)]
 struct StateRef {
-    sessions: Arc<super::sessions::Sessions>,
+    sessions: Arc<Sessions>,
+    /// The daemon's re-check of the login (rotation, deletion, logout).
+    still_allowed: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl StateRef {
-    fn new(state: &State) -> Self {
-        StateRef {
-            sessions: state.sessions_arc(),
-        }
+    /// Whether the viewer may still watch; asked at every refresh.
+    async fn allowed(&self) -> bool {
+        let Some(check) = self.still_allowed.clone() else {
+            return true;
+        };
+        tokio::task::spawn_blocking(move || check())
+            .await
+            .unwrap_or(false)
     }
 }
 
@@ -107,6 +116,11 @@ async fn follow(
                 send(state, id, dir, &pending, false, tx, &mut last_sent).await?;
             }
             _ = tick.tick() => {
+                // A login that no longer holds (token rotated, tenant
+                // deleted, logged out) stops seeing the session here.
+                if !state.allowed().await {
+                    return Ok(());
+                }
                 send(state, id, dir, &pending, false, tx, &mut last_sent).await?;
             }
             _ = tx.closed() => return Ok(()),
@@ -151,7 +165,7 @@ async fn send(
         return Ok(());
     };
     let message = serde_json::json!({
-        "report": report,
+        "report": &*report,
         "pending": enrich(pending, &report),
         "ended": ended,
     })

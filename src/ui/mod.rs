@@ -8,17 +8,24 @@
 //! - `GET /sessions/{id}/events` server-sent events `{report, pending, ended}`;
 //! - `POST /sessions/{id}/approvals` `{id, approve}` + CSRF header;
 //! - `GET /sessions/{id}/bundle.tar.gz` a finished session's bundle.
+//!
+//! `openclaw serve` serves the same pages under `/ui/` for the tenant whose
+//! token logged in (`serve::ui`): the routes below the root are [`pages`],
+//! shared, with a [`View`] that names the tenant's sessions, its login's
+//! CSRF token, the approver and how answers are audited.
 
 /// Also used by `openclaw serve` (`GET /v1/sessions/{id}/bundle`).
 pub(crate) mod archive;
 pub mod auth;
 mod live;
+/// The daemon's logins: a tenant token traded for a cookie.
+pub(crate) mod logins;
 /// Also read by `openclaw serve` (a tenant's sessions are listed the same way).
 pub(crate) mod sessions;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -34,7 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::control::{self, ControlClientError, ControlRequest};
-use crate::report::{self, csp, LivePage};
+use crate::report::{self, csp, LivePage, Report};
 use auth::Access;
 use sessions::Sessions;
 
@@ -45,9 +52,9 @@ const LIST_TEMPLATE: &str = include_str!("list.html");
 /// How long the UI waits for a session's control socket.
 pub const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest request body taken (an answer is a few dozen bytes).
-const MAX_BODY: usize = 4096;
+pub(crate) const MAX_BODY: usize = 4096;
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 pub struct UiConfig {
     pub home: PathBuf,
@@ -63,13 +70,52 @@ pub struct Server {
 
 struct State {
     access: Access,
-    sessions: Arc<Sessions>,
+    view: View,
 }
 
-impl State {
-    fn sessions_arc(&self) -> Arc<Sessions> {
-        self.sessions.clone()
-    }
+/// Whose pages are served and how: where the UI is mounted, whose sessions
+/// it shows, the CSRF token its pages carry and who answers approvals.
+/// `openclaw ui` has one for its life; the daemon makes one per request
+/// from the tenant's login.
+pub(crate) struct View {
+    /// Path of the UI's root without the final slash: `""` for `openclaw
+    /// ui`, `"/ui"` for the daemon.
+    pub prefix: &'static str,
+    pub sessions: Arc<Sessions>,
+    /// What the pages carry and answers must send back ([`auth::CSRF_HEADER`]).
+    pub csrf: String,
+    /// The approver the approval receipt names.
+    pub approver: String,
+    /// The list page offers a logout button posting `csrf` (daemon logins).
+    pub logout: bool,
+    /// Run on a blocking thread once an answer was tried; an error means
+    /// the answer cannot be recorded, and the reply says so (500).
+    pub on_answer: Option<AnswerHook>,
+    /// Asked on a blocking thread at every refresh of a live stream; `false`
+    /// (the login no longer holds) ends the stream.
+    pub still_allowed: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+pub(crate) type AnswerHook = Arc<dyn Fn(&AnswerRecord) -> Result<()> + Send + Sync>;
+
+/// An answer given in the browser and what became of it.
+pub(crate) struct AnswerRecord {
+    pub session: String,
+    pub approval: u64,
+    pub approve: bool,
+    pub outcome: AnswerOutcome,
+}
+
+pub(crate) enum AnswerOutcome {
+    /// The session took it (and receipted it).
+    Done,
+    /// No such pending approval (never asked, answered, timed out).
+    NotPending(String),
+    NotRunning,
+    /// The control socket did not answer in time; the approval stays pending.
+    TimedOut,
+    /// The control socket failed otherwise.
+    Failed(String),
 }
 
 impl Server {
@@ -78,12 +124,19 @@ impl Server {
             .await
             .with_context(|| format!("listening on {}", config.addr))?;
         let addr = listener.local_addr().context("reading the bound address")?;
+        let access = Access::new(addr, config.remote);
+        let view = View {
+            prefix: "",
+            sessions: Arc::new(Sessions::new(&config.home)),
+            csrf: access.csrf().to_owned(),
+            approver: APPROVER.into(),
+            logout: false,
+            on_answer: None,
+            still_allowed: None,
+        };
         Ok(Server {
             listener,
-            state: Arc::new(State {
-                access: Access::new(addr, config.remote),
-                sessions: Arc::new(Sessions::new(&config.home)),
-            }),
+            state: Arc::new(State { access, view }),
         })
     }
 
@@ -128,6 +181,12 @@ impl Server {
 
 async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let mut response = route(state, req).await;
+    harden(&mut response);
+    response
+}
+
+/// The headers every UI response carries (pages set their own CSP).
+pub(crate) fn harden(response: &mut Response<Body>) {
     let h = response.headers_mut();
     // No CORS headers, ever: other origins get nothing readable.
     h.insert(header::X_CONTENT_TYPE_OPTIONS, hv("nosniff"));
@@ -136,7 +195,6 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     h.entry(header::CACHE_CONTROL).or_insert(hv("no-store"));
     h.entry(header::CONTENT_SECURITY_POLICY)
         .or_insert(hv("default-src 'none'; frame-ancestors 'none'"));
-    response
 }
 
 fn hv(s: &'static str) -> http::HeaderValue {
@@ -169,18 +227,37 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
         );
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (req.method().clone(), segments.as_slice()) {
-        (Method::GET, [""]) => list_page(state),
-        (Method::GET, ["api", "sessions"]) => json(StatusCode::OK, &state.sessions.list()),
+    pages(&state.view, req, &segments).await
+}
+
+/// The UI's routes below its root (`segments` of the raw path, never
+/// percent-decoded), once the caller has established who may see them:
+/// - `[""]` the sessions list; `["api", "sessions"]` the same as JSON;
+/// - `["sessions", id]` the session page; `…/events` its live stream;
+///   `POST …/approvals` an answer (CSRF); `…/bundle.tar.gz` its bundle.
+pub(crate) async fn pages(
+    view: &View,
+    req: Request<Incoming>,
+    segments: &[&str],
+) -> Response<Body> {
+    match (req.method().clone(), segments) {
+        (Method::GET, [""]) => match list(view).await {
+            Some(rows) => list_page(view, &rows),
+            None => text(StatusCode::INTERNAL_SERVER_ERROR, "listing failed"),
+        },
+        (Method::GET, ["api", "sessions"]) => match list(view).await {
+            Some(rows) => json(StatusCode::OK, &rows),
+            None => text(StatusCode::INTERNAL_SERVER_ERROR, "listing failed"),
+        },
         (method, ["sessions", id, rest @ ..]) => {
-            let Some(dir) = state.sessions.dir_of(id) else {
+            let Some(dir) = find(view, id).await else {
                 return text(StatusCode::NOT_FOUND, "no such session");
             };
             match (method, rest) {
-                (Method::GET, []) => session_page(state, id, &dir),
-                (Method::GET, ["events"]) => live::events(state, id, dir),
-                (Method::POST, ["approvals"]) => answer(state, &dir, req).await,
-                (Method::GET, ["bundle.tar.gz"]) => bundle(state, id, dir),
+                (Method::GET, []) => session_page(view, id, &dir).await,
+                (Method::GET, ["events"]) => live::events(view, id, dir),
+                (Method::POST, ["approvals"]) => answer(view, id, &dir, req).await,
+                (Method::GET, ["bundle.tar.gz"]) => bundle(view, id, dir).await,
                 _ => text(StatusCode::NOT_FOUND, "not found"),
             }
         }
@@ -188,27 +265,69 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn list_page(state: &State) -> Response<Body> {
-    let data = serde_json::to_string(&state.sessions.list()).unwrap_or_else(|_| "[]".into());
-    let html = LIST_TEMPLATE.replace("__SESSIONS_JSON__", &report::script_safe(&data));
-    page(html, &csp::policy_for(LIST_TEMPLATE))
+/// Reading bundles and verifying chains is blocking work.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
 }
 
-fn session_page(state: &State, id: &str, dir: &std::path::Path) -> Response<Body> {
-    let Some(report) = state.sessions.report(id, dir) else {
+async fn list(view: &View) -> Option<Vec<sessions::SessionRow>> {
+    let sessions = view.sessions.clone();
+    blocking(move || sessions.list()).await
+}
+
+async fn find(view: &View, id: &str) -> Option<PathBuf> {
+    let (sessions, id) = (view.sessions.clone(), id.to_owned());
+    blocking(move || sessions.find(&id)).await.flatten()
+}
+
+async fn report_of(view: &View, id: &str, dir: &Path) -> Option<Arc<Report>> {
+    let (sessions, id, dir) = (view.sessions.clone(), id.to_owned(), dir.to_path_buf());
+    blocking(move || sessions.report(&id, &dir)).await.flatten()
+}
+
+fn list_page(view: &View, rows: &[sessions::SessionRow]) -> Response<Body> {
+    let data = serde_json::to_string(rows).unwrap_or_else(|_| "[]".into());
+    let logout = if view.logout {
+        format!(
+            "<form class=\"logout\" method=\"post\" action=\"{}/logout\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Log out</button></form>",
+            view.prefix,
+            // Hex: nothing to escape, checked rather than assumed.
+            view.csrf
+                .chars()
+                .filter(char::is_ascii_hexdigit)
+                .collect::<String>()
+        )
+    } else {
+        String::new()
+    };
+    // The data goes in last, so nothing in it is taken for a placeholder.
+    let html = LIST_TEMPLATE
+        .replace("__LOGOUT__", &logout)
+        .replace("__SESSIONS_JSON__", &report::script_safe(&data));
+    let mut policy = csp::policy_for(LIST_TEMPLATE);
+    if view.logout {
+        policy = policy.replace("form-action 'none'", "form-action 'self'");
+    }
+    page(html, &policy)
+}
+
+async fn session_page(view: &View, id: &str, dir: &Path) -> Response<Body> {
+    let Some(report) = report_of(view, id, dir).await else {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the session's bundle is unreadable",
         );
     };
     let live = sessions::is_live(dir, &report.session);
-    let base = format!("/sessions/{id}");
+    let base = format!("{}/sessions/{id}", view.prefix);
     let page_live = LivePage {
         events_url: live.then(|| format!("{base}/events")),
         answer_url: format!("{base}/approvals"),
-        csrf_token: state.access.csrf().to_owned(),
+        csrf_token: view.csrf.clone(),
         bundle_url: (!live).then(|| format!("{base}/bundle.tar.gz")),
-        list_url: Some("/".into()),
+        list_url: Some(format!("{}/", view.prefix)),
     };
     page(
         report::render_html(&report, Some(&page_live)),
@@ -223,8 +342,8 @@ struct Answer {
     approve: bool,
 }
 
-async fn answer(state: &State, dir: &std::path::Path, req: Request<Incoming>) -> Response<Body> {
-    if !state.access.csrf_ok(req.headers()) {
+async fn answer(view: &View, id: &str, dir: &Path, req: Request<Incoming>) -> Response<Body> {
+    if !auth::csrf_matches(req.headers(), &view.csrf) {
         return text(StatusCode::FORBIDDEN, "missing or wrong CSRF header");
     }
     let is_json = req
@@ -248,36 +367,72 @@ async fn answer(state: &State, dir: &std::path::Path, req: Request<Incoming>) ->
     let request = ControlRequest::Answer {
         id: answer.id,
         approve: answer.approve,
-        approver: Some(APPROVER.into()),
+        approver: Some(view.approver.clone()),
     };
     // A supervisor that does not answer in time leaves the approval pending
     // (its own timeout denies it); the page says so rather than hanging.
-    let reply = tokio::time::timeout(CONTROL_TIMEOUT, control::call(dir, &request)).await;
-    let Ok(reply) = reply else {
-        return json(
-            StatusCode::GATEWAY_TIMEOUT,
-            &serde_json::json!({"ok": false, "error": "the session did not answer in time"}),
-        );
+    let outcome = match tokio::time::timeout(CONTROL_TIMEOUT, control::call(dir, &request)).await {
+        Err(_) => AnswerOutcome::TimedOut,
+        Ok(Ok(_)) => AnswerOutcome::Done,
+        Ok(Err(ControlClientError::Refused(reason))) => AnswerOutcome::NotPending(reason),
+        Ok(Err(ControlClientError::NotRunning(_))) => AnswerOutcome::NotRunning,
+        Ok(Err(err)) => AnswerOutcome::Failed(err.to_string()),
     };
-    match reply {
-        Ok(_) => json(StatusCode::OK, &serde_json::json!({"ok": true})),
-        Err(ControlClientError::Refused(reason)) => json(
+    let record = AnswerRecord {
+        session: id.to_owned(),
+        approval: answer.id,
+        approve: answer.approve,
+        outcome,
+    };
+    let record = match view.on_answer.clone() {
+        None => record,
+        Some(hook) => {
+            let recorded = tokio::task::spawn_blocking(move || {
+                let result = hook(&record);
+                (record, result)
+            })
+            .await;
+            match recorded {
+                Ok((record, Ok(()))) => record,
+                Ok((_, Err(err))) => {
+                    tracing::error!("recording an answer given in the UI: {err:#}");
+                    return json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &serde_json::json!({"ok": false, "error": "the answer could not be recorded"}),
+                    );
+                }
+                Err(_) => {
+                    return json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &serde_json::json!({"ok": false, "error": "the answer could not be recorded"}),
+                    )
+                }
+            }
+        }
+    };
+    match record.outcome {
+        AnswerOutcome::Done => json(StatusCode::OK, &serde_json::json!({"ok": true})),
+        AnswerOutcome::NotPending(reason) => json(
             StatusCode::CONFLICT,
             &serde_json::json!({"ok": false, "error": reason}),
         ),
-        Err(ControlClientError::NotRunning(_)) => json(
+        AnswerOutcome::NotRunning => json(
             StatusCode::CONFLICT,
             &serde_json::json!({"ok": false, "error": "the session is not running"}),
         ),
-        Err(err) => json(
+        AnswerOutcome::TimedOut => json(
+            StatusCode::GATEWAY_TIMEOUT,
+            &serde_json::json!({"ok": false, "error": "the session did not answer in time"}),
+        ),
+        AnswerOutcome::Failed(err) => json(
             StatusCode::BAD_GATEWAY,
-            &serde_json::json!({"ok": false, "error": err.to_string()}),
+            &serde_json::json!({"ok": false, "error": err}),
         ),
     }
 }
 
-fn bundle(state: &State, id: &str, dir: PathBuf) -> Response<Body> {
-    if let Some(report) = state.sessions.report(id, &dir) {
+async fn bundle(view: &View, id: &str, dir: PathBuf) -> Response<Body> {
+    if let Some(report) = report_of(view, id, &dir).await {
         if sessions::is_live(&dir, &report.session) {
             return text(StatusCode::CONFLICT, "the session is still running");
         }
@@ -293,7 +448,7 @@ fn bundle(state: &State, id: &str, dir: PathBuf) -> Response<Body> {
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad session id"))
 }
 
-fn page(html: String, policy: &str) -> Response<Body> {
+pub(crate) fn page(html: String, policy: &str) -> Response<Body> {
     Response::builder()
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
         .header(
@@ -304,7 +459,7 @@ fn page(html: String, policy: &str) -> Response<Body> {
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad page"))
 }
 
-fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     Response::builder()
         .status(status)
@@ -313,7 +468,7 @@ fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
-fn text(status: StatusCode, message: &str) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, message: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -321,7 +476,7 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
-fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Full::new(Bytes::new()).boxed()
 }
 

@@ -1,12 +1,13 @@
-//! The sessions the UI shows: bundles under `<home>/sessions`, whether each
-//! is live (its supervisor alive and its control socket present), their
-//! reports (cached until a bundle file changes) and the receipt keys the
-//! reports are verified with.
+//! The sessions the UI shows: bundles under `<home>/sessions` (or, for the
+//! daemon, a tenant's `sessions/`, every path checked by
+//! [`TenantRoot::join`]), whether each is live (its supervisor alive and its
+//! control socket present), their reports (cached until a bundle file
+//! changes) and the receipt keys the reports are verified with.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
@@ -15,6 +16,7 @@ use crate::bundle::{self, SessionInfo};
 use crate::control::CONTROL_SOCK;
 use crate::keys;
 use crate::report::{self, Report};
+use crate::tenants::{TenantName, TenantRoot};
 
 /// Longest session id accepted from a URL.
 const MAX_ID: usize = 128;
@@ -71,21 +73,54 @@ pub fn ids_newest_first(dir: &Path) -> Vec<String> {
     ids
 }
 
-/// What changes a report: the bundle files' sizes and times.
-type Stamp = Vec<(u64, Option<SystemTime>)>;
+/// Bundle files a tenant's session is read through; each must resolve
+/// inside the tenant's root.
+const TENANT_BUNDLE_FILES: [&str; 5] = [
+    bundle::SESSION_JSON,
+    bundle::RECEIPTS,
+    bundle::EVENTS,
+    bundle::CAPABILITIES,
+    bundle::REPORT_JSON,
+];
+
+/// What changes a report: each stamped bundle file's inode, size and change
+/// time. The inode catches `session.json`, which is replaced by a rename
+/// (a new inode) even when the size is unchanged and the rewrite falls in
+/// the same coarse clock tick as the last one.
+type Stamp = Vec<Option<(u64, u64, i64, i64)>>;
+
+/// A report as cached: shared, so a list does not copy every timeline.
+struct Cached {
+    stamp: Stamp,
+    report: Arc<Report>,
+}
 
 pub struct Sessions {
     dir: PathBuf,
     home: PathBuf,
+    /// Set for a tenant's sessions (the daemon): every directory and bundle
+    /// file is checked to stay inside this root before it is read.
+    root: Option<TenantRoot>,
     keys: Mutex<HashMap<String, VerifyingKey>>,
-    cache: Mutex<HashMap<String, (Stamp, Report)>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl Sessions {
     pub fn new(home: &Path) -> Self {
+        Self::with_root(home, None)
+    }
+
+    /// A tenant's sessions: `<root>/sessions`, verified with the tenant's
+    /// receipt key (`<root>/keys/receipt.pub`), contained in its root.
+    pub fn for_tenant(root: &TenantRoot) -> Self {
+        Self::with_root(root.path(), Some(root.clone()))
+    }
+
+    fn with_root(home: &Path, root: Option<TenantRoot>) -> Self {
         let sessions = Sessions {
             dir: home.join("sessions"),
             home: home.to_path_buf(),
+            root,
             keys: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
         };
@@ -94,49 +129,90 @@ impl Sessions {
     }
 
     /// The bundle directory of a valid id, if it is a real directory (not a
-    /// symlink) holding a `session.json`.
+    /// symlink) holding a `session.json`; for a tenant, only when it and
+    /// every bundle file in it resolve inside the tenant's root.
     pub fn dir_of(&self, id: &str) -> Option<PathBuf> {
         if !valid_id(id) {
             return None;
+        }
+        if let Some(root) = &self.root {
+            root.join(&format!("sessions/{id}")).ok()?;
+            for file in TENANT_BUNDLE_FILES {
+                root.join(&format!("sessions/{id}/{file}")).ok()?;
+            }
         }
         let dir = self.dir.join(id);
         let meta = std::fs::symlink_metadata(&dir).ok()?;
         (meta.is_dir() && dir.join(bundle::SESSION_JSON).is_file()).then_some(dir)
     }
 
-    /// Every session, newest first.
+    /// The directory and report of `id`. For a tenant, a bundle whose
+    /// `session.json` names another id does not exist.
+    pub fn lookup(&self, id: &str) -> Option<(PathBuf, Arc<Report>)> {
+        let dir = self.dir_of(id)?;
+        let report = self.report(id, &dir)?;
+        (self.root.is_none() || report.session.id == id).then_some((dir, report))
+    }
+
+    /// The directory of `id` to serve. For a tenant, only when its report
+    /// names it ([`Sessions::lookup`]); for `openclaw ui`, whenever the
+    /// directory is there (its pages say when the report cannot be read).
+    pub fn find(&self, id: &str) -> Option<PathBuf> {
+        if self.root.is_some() {
+            self.lookup(id).map(|(dir, _)| dir)
+        } else {
+            self.dir_of(id)
+        }
+    }
+
+    /// Every session, newest first. A session costs its directory checks
+    /// and its files' stamps; its report is rebuilt only when they changed.
     pub fn list(&self) -> Vec<SessionRow> {
-        ids_newest_first(&self.dir)
+        self.list_reports()
             .iter()
-            .filter_map(|id| {
-                let dir = self.dir_of(id)?;
-                let report = self.report(id, &dir)?;
-                Some(row(&report, is_live(&dir, &report.session)))
-            })
+            .map(|(dir, report)| row(report, is_live(dir, &report.session)))
             .collect()
     }
 
+    /// Every session's directory and report, newest first; cached reports
+    /// of sessions no longer there are dropped.
+    pub fn list_reports(&self) -> Vec<(PathBuf, Arc<Report>)> {
+        let ids = ids_newest_first(&self.dir);
+        let found: Vec<(PathBuf, Arc<Report>)> =
+            ids.iter().filter_map(|id| self.lookup(id)).collect();
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|id, _| ids.binary_search_by(|x| id.cmp(x)).is_ok());
+        }
+        found
+    }
+
     /// The session's report, rebuilt only when a bundle file changed.
-    pub fn report(&self, id: &str, dir: &Path) -> Option<Report> {
+    pub fn report(&self, id: &str, dir: &Path) -> Option<Arc<Report>> {
         let stamp = stamp(dir);
         if let Ok(cache) = self.cache.lock() {
-            if let Some((s, r)) = cache.get(id) {
-                if *s == stamp {
-                    return Some(r.clone());
+            if let Some(cached) = cache.get(id) {
+                if cached.stamp == stamp {
+                    return Some(cached.report.clone());
                 }
             }
         }
         let info = bundle::read_info(dir).ok()?;
         let key = self.key_for(&info.receipt_key_id);
         let report = match report::build(dir, key.as_ref()) {
-            Ok(r) => r,
+            Ok(r) => Arc::new(r),
             Err(err) => {
                 tracing::warn!("report of {id}: {err:#}");
                 return None;
             }
         };
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(id.to_owned(), (stamp, report.clone()));
+            cache.insert(
+                id.to_owned(),
+                Cached {
+                    stamp,
+                    report: report.clone(),
+                },
+            );
         }
         Some(report)
     }
@@ -170,12 +246,32 @@ impl Sessions {
     }
 }
 
+/// One [`Sessions`] per tenant, kept for the daemon's life, so its report
+/// cache serves every list of that tenant (the API's and the UI's).
+#[derive(Default)]
+pub struct TenantSessions {
+    by_tenant: Mutex<HashMap<TenantName, Arc<Sessions>>>,
+}
+
+impl TenantSessions {
+    /// The tenant's sessions. A tenant deleted and created again under the
+    /// same name reuses the entry: its reports are keyed by session id and
+    /// stamped by inode, and an unknown receipt key id rescans the keys.
+    pub fn of(&self, name: &TenantName, root: &TenantRoot) -> Arc<Sessions> {
+        let mut map = self.by_tenant.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.clone())
+            .or_insert_with(|| Arc::new(Sessions::for_tenant(root)))
+            .clone()
+    }
+}
+
 fn stamp(dir: &Path) -> Stamp {
     [bundle::SESSION_JSON, bundle::RECEIPTS, bundle::EVENTS]
         .iter()
-        .map(|name| match std::fs::metadata(dir.join(name)) {
-            Ok(m) => (m.len(), m.modified().ok()),
-            Err(_) => (0, None),
+        .map(|name| {
+            std::fs::metadata(dir.join(name))
+                .ok()
+                .map(|m| (m.ino(), m.len(), m.ctime(), m.ctime_nsec()))
         })
         .collect()
 }
