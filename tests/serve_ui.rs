@@ -323,7 +323,7 @@ fn a_tenants_login_sees_and_touches_only_its_own_sessions() {
         addr,
         "POST",
         "/ui/login",
-        &[origin.clone()],
+        std::slice::from_ref(&origin),
         Some(("application/json", &json!({"token": a}).to_string())),
     );
     assert_eq!(as_json.status, 415);
@@ -432,7 +432,7 @@ fn a_tenants_login_sees_and_touches_only_its_own_sessions() {
     assert_eq!(ui_b.listed(), [B_ID]);
     let ui_a2 = login(&d, &a2);
     assert_eq!(ui_a2.listed(), [A_ID]);
-    let stale = login_with(addr, &a, &[origin.clone()]);
+    let stale = login_with(addr, &a, std::slice::from_ref(&origin));
     assert_eq!(stale.status, 401, "the old token cannot log in");
 
     // The tenant deleted: its login stops.
@@ -694,8 +694,8 @@ fn the_session_list_follows_new_and_ended_sessions() {
     assert_eq!(ui.listed(), [id.as_str()]);
 }
 
-/// `GET /v1/sessions` per second with 12 ended sessions (one-receipt
-/// chains) over 8 connections for 3 s; `OPENCLAW_LIST_BIN` names another
+/// `GET /v1/sessions` per second with `OPENCLAW_LIST_SESSIONS` (12) ended
+/// sessions (one-receipt chains) over 8 connections for 3 s; `OPENCLAW_LIST_BIN` names another
 /// build of `openclaw` to compare (an older one, say). A measurement, not a
 /// check: run by hand.
 #[test]
@@ -706,8 +706,12 @@ fn list_rate() {
     let bin = std::env::var("OPENCLAW_LIST_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_openclaw").to_owned());
     let token = cli(h, &["tenants", "create", "a"]);
-    for n in 0..12 {
-        write_session(h, "a", &format!("20261204-1200{n:02}-aaaaaa"));
+    let sessions: usize = std::env::var("OPENCLAW_LIST_SESSIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12);
+    for n in 0..sessions {
+        write_session(h, "a", &format!("20261204-12{n:04}-aaaaaa"));
     }
     let mut child = Command::new(&bin)
         .args(["serve", "--addr", "127.0.0.1:0"])
@@ -742,7 +746,10 @@ fn list_rate() {
                             None,
                         );
                         assert_eq!(r.status, 200);
-                        assert_eq!(r.json()["sessions"].as_array().map(Vec::len), Some(12));
+                        assert_eq!(
+                            r.json()["sessions"].as_array().map(Vec::len),
+                            Some(sessions)
+                        );
                         n += 1;
                     }
                     n
@@ -756,7 +763,7 @@ fn list_rate() {
     });
     let total: u64 = counts.iter().sum();
     println!(
-        "GET /v1/sessions, 12 sessions, {bin}: {:.0} req/s ({total} in {:?})",
+        "GET /v1/sessions, {sessions} sessions, {bin}: {:.0} req/s ({total} in {:?})",
         total as f64 / started.elapsed().as_secs_f64(),
         started.elapsed()
     );

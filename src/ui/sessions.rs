@@ -135,15 +135,28 @@ impl Sessions {
         if !valid_id(id) {
             return None;
         }
+        let dir = match &self.root {
+            Some(root) => root.join(&format!("sessions/{id}")).ok()?,
+            None => self.dir.join(id),
+        };
+        let meta = std::fs::symlink_metadata(&dir).ok()?;
+        if !meta.is_dir() {
+            return None;
+        }
         if let Some(root) = &self.root {
-            root.join(&format!("sessions/{id}")).ok()?;
+            // The directory is real (not a link) and resolves inside the
+            // root, so what is not a link in it is inside too; a link is
+            // resolved by the join. (Half the cost of joining every file:
+            // a list checks each session this way.)
             for file in TENANT_BUNDLE_FILES {
-                root.join(&format!("sessions/{id}/{file}")).ok()?;
+                let link = std::fs::symlink_metadata(dir.join(file))
+                    .is_ok_and(|m| m.file_type().is_symlink());
+                if link {
+                    root.join(&format!("sessions/{id}/{file}")).ok()?;
+                }
             }
         }
-        let dir = self.dir.join(id);
-        let meta = std::fs::symlink_metadata(&dir).ok()?;
-        (meta.is_dir() && dir.join(bundle::SESSION_JSON).is_file()).then_some(dir)
+        dir.join(bundle::SESSION_JSON).is_file().then_some(dir)
     }
 
     /// The directory and report of `id`. For a tenant, a bundle whose
@@ -364,5 +377,101 @@ mod tests {
         assert!(s.dir_of("link").is_none());
         assert!(s.dir_of("../sessions").is_none());
         assert!(s.dir_of("20261122-000001-aaaaaa").is_some());
+    }
+
+    fn write(dir: &Path, id: &str, task: &str) {
+        let info = SessionInfo {
+            id: id.into(),
+            status: "completed".into(),
+            backend: "netns".into(),
+            started_at: "2026-12-04T00:00:01Z".into(),
+            task: Some(task.into()),
+            ..SessionInfo::default()
+        };
+        bundle::write_info(dir, &info).expect("write");
+    }
+
+    #[test]
+    fn a_cached_report_follows_a_same_size_rewrite_at_once() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let id = "20261204-000001-aaaaaa";
+        let dir = home.path().join("sessions").join(id);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        write(&dir, id, "aaaa");
+        let s = Sessions::new(home.path());
+        assert_eq!(s.list()[0].task.as_deref(), Some("aaaa"));
+        // Same size, likely the same clock tick: the rename's new inode
+        // still tells the cache.
+        write(&dir, id, "bbbb");
+        assert_eq!(s.list()[0].task.as_deref(), Some("bbbb"));
+        // Cached otherwise: the same report, not a rebuilt one.
+        let (first, second) = (s.lookup(id).expect("one"), s.lookup(id).expect("two"));
+        assert!(Arc::ptr_eq(&first.1, &second.1));
+        std::fs::remove_dir_all(&dir).expect("rm");
+        assert!(s.list().is_empty());
+        assert!(s.cache.lock().expect("cache").is_empty(), "pruned");
+    }
+
+    #[test]
+    fn a_tenants_sessions_stay_inside_its_root() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let roots: Vec<TenantRoot> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                let root = TenantRoot::of(home.path(), &TenantName::parse(n).expect("name"));
+                root.create().expect("create");
+                root
+            })
+            .collect();
+        let (a, b) = (&roots[0], &roots[1]);
+        let own = "20261204-000001-aaaaaa";
+        let theirs = "20261204-000002-bbbbbb";
+        std::fs::create_dir_all(a.sessions_dir().join(own)).expect("mkdir");
+        write(&a.sessions_dir().join(own), own, "mine");
+        std::fs::create_dir_all(b.sessions_dir().join(theirs)).expect("mkdir");
+        write(&b.sessions_dir().join(theirs), theirs, "theirs");
+        // A link to b's session; a directory of a's own whose receipts link
+        // into b; a bundle claiming another id.
+        std::os::unix::fs::symlink(b.sessions_dir().join(theirs), a.sessions_dir().join(theirs))
+            .expect("symlink");
+        let half = a.sessions_dir().join("20261204-000003-cccccc");
+        std::fs::create_dir_all(&half).expect("mkdir");
+        write(&half, "20261204-000003-cccccc", "half");
+        std::os::unix::fs::symlink(
+            b.sessions_dir().join(theirs).join(bundle::SESSION_JSON),
+            half.join(bundle::RECEIPTS),
+        )
+        .expect("symlink");
+        let liar = a.sessions_dir().join("20261204-000004-dddddd");
+        std::fs::create_dir_all(&liar).expect("mkdir");
+        write(&liar, own, "claims another id");
+        // A link that stays inside the root is fine.
+        let inner = a.sessions_dir().join("20261204-000005-eeeeee");
+        std::fs::create_dir_all(&inner).expect("mkdir");
+        write(&inner, "20261204-000005-eeeeee", "inner");
+        std::fs::rename(
+            inner.join(bundle::SESSION_JSON),
+            a.path().join("moved.json"),
+        )
+        .expect("move");
+        std::os::unix::fs::symlink(
+            a.path().join("moved.json"),
+            inner.join(bundle::SESSION_JSON),
+        )
+        .expect("symlink");
+
+        let s = Sessions::for_tenant(a);
+        let ids: Vec<String> = s.list().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["20261204-000005-eeeeee", own]);
+        for id in [
+            theirs,
+            "20261204-000003-cccccc",
+            "20261204-000004-dddddd",
+            "..",
+            "../b",
+        ] {
+            assert!(s.find(id).is_none(), "{id}");
+        }
+        assert!(s.find(own).is_some());
     }
 }
