@@ -489,9 +489,8 @@ fn a_tenants_login_sees_and_touches_only_its_own_sessions() {
     }
 }
 
-/// Reads the UI's live stream of a session until a message has a pending
-/// approval; returns its id.
-fn first_pending_in_stream(ui: &Browser, id: &str) -> u64 {
+/// The UI's live stream of a session, past its status line (200).
+fn open_stream(ui: &Browser, id: &str) -> BufReader<TcpStream> {
     let mut stream = TcpStream::connect(ui.addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -507,6 +506,13 @@ fn first_pending_in_stream(ui: &Browser, id: &str) -> u64 {
     let mut status = String::new();
     reader.read_line(&mut status).expect("status line");
     assert!(status.contains(" 200 "), "{status}");
+    reader
+}
+
+/// Reads the UI's live stream of a session until a message has a pending
+/// approval; returns its id.
+fn first_pending_in_stream(ui: &Browser, id: &str) -> u64 {
+    let mut reader = open_stream(ui, id);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut line = String::new();
     while Instant::now() < deadline {
@@ -595,11 +601,25 @@ fn an_approval_answered_in_the_ui_is_receipted_and_audited() {
     let again = ui_a.answer(&id, approval, Some(&csrf));
     assert_eq!(again.status, 409, "answered once: {}", again.body);
 
+    // A live stream open when the token is rotated ends while the session
+    // still runs: the login is re-checked at every refresh.
+    let mut stream = open_stream(&ui_a, &id);
+    let a2 = cli(h, &["tenants", "token", "rotate", "a"]);
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).expect("the stream ends");
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(h.join("tenants/a/sessions").join(&id).join("session.json"))
+            .expect("session.json"),
+    )
+    .expect("json");
+    assert_eq!(info["status"], "running", "ended before the session did");
+    assert_eq!(ui_a.get(&format!("/ui/sessions/{id}")).status, 303);
+
     let stopped = call(
         &d,
         "POST",
         &format!("/v1/sessions/{id}/stop"),
-        Some(&a),
+        Some(&a2),
         None,
     );
     assert_eq!(stopped.status, 202);
