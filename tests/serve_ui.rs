@@ -14,15 +14,14 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use ed25519_dalek::pkcs8::DecodePrivateKey;
 use receipts::{ReceiptLog, SessionStart};
 use serde_json::{json, Value};
 
 mod support;
 
-use support::serve::{call, cli, start, Daemon};
+use support::serve::{call, cli, mint_for_tenant, start, tenant_key, Daemon};
 use support::{approval_receipts, wait_until};
 
 const A_ID: &str = "20261204-120000-aaaaaa";
@@ -186,25 +185,12 @@ fn login<'a>(d: &'a Daemon, token: &str) -> Browser<'a> {
     }
 }
 
-/// One of the tenant's keys (`root.key`, `receipt.key`).
-fn tenant_key(home: &Path, tenant: &str, name: &str) -> ed25519_dalek::SigningKey {
-    let path = home.join("tenants").join(tenant).join("keys").join(name);
-    let pem = std::fs::read_to_string(path).expect("key");
-    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pem")
-}
-
 const POLICY: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n";
 /// The same, every web request held for a human.
 const POLICY_HELD: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n\
     [[approval]]\ntype = \"web\"\n";
 /// A session command whose first request is held: it waits for the answer.
 const HOLDS: &str = "curl -s -o /dev/null --max-time 100 https://example.com/held; sleep 30";
-
-fn mint(home: &Path, tenant: &str, policy: &str) -> String {
-    let policy = capabilities::Policy::from_toml_str(policy).expect("policy");
-    let cap_key = tenant_key(home, tenant, "root.key");
-    capabilities::mint(&policy, &cap_key.to_bytes(), SystemTime::now()).expect("mint")
-}
 
 /// A finished session bundle under `<tenant>/sessions/<id>`, signed with
 /// the tenant's keys (a one-receipt chain, closed).
@@ -215,7 +201,7 @@ fn write_session(home: &Path, tenant: &str, id: &str) -> PathBuf {
         tenant_key(home, tenant, "root.key"),
         tenant_key(home, tenant, "receipt.key"),
     );
-    let token = mint(home, tenant, POLICY);
+    let token = mint_for_tenant(home, tenant, POLICY);
     std::fs::write(dir.join("capabilities.cap"), &token).expect("cap");
     let cap = capabilities::UnverifiedToken::from_base64(&token)
         .expect("parse")
@@ -300,6 +286,12 @@ fn a_tenants_login_sees_and_touches_only_its_own_sessions() {
         "{csp}"
     );
     assert!(page.header("access-control-allow-origin").is_none());
+    // Under `no-referrer` a browser posts a form with `Origin: null`
+    // (refused below); `same-origin` lets it name this origin.
+    assert_eq!(
+        page.header("referrer-policy").as_deref(),
+        Some("same-origin")
+    );
     // A token in the URL is not taken.
     let in_url = http(addr, "GET", &format!("/ui/login?token={a}"), &[], None);
     assert!(in_url.header("set-cookie").is_none(), "{}", in_url.head);
@@ -572,7 +564,7 @@ fn an_approval_answered_in_the_ui_is_receipted_and_audited() {
     let id = create(
         &d,
         &a,
-        &json!({"capabilities": mint(h, "a", POLICY_HELD),
+        &json!({"capabilities": mint_for_tenant(h, "a", POLICY_HELD),
                 "command": ["sh", "-c", HOLDS], "approve": "api"}),
     );
     let ui_a = login(&d, &a);
@@ -693,7 +685,7 @@ fn the_session_list_follows_new_and_ended_sessions() {
     let id = create(
         &d,
         &a,
-        &json!({"capabilities": mint(h, "a", POLICY), "command": ["sleep", "1"]}),
+        &json!({"capabilities": mint_for_tenant(h, "a", POLICY), "command": ["sleep", "1"]}),
     );
     let rows = api_rows();
     assert_eq!(ids_of(&rows), [id.as_str(), A_ID]);

@@ -6,6 +6,10 @@
 //! and the approval receipt naming the approver `ui`. Screenshots of the list
 //! and the session page land in `target/ui-screenshots/`.
 //!
+//! The same pages as `openclaw serve` serves them under `/ui/`: the login
+//! form filled in with a tenant token, the tenant's running session, an
+//! approval clicked, the receipt naming `ui:<tenant>`, logout.
+//!
 //! Needs root (sessions create network namespaces) and Chromium; a machine
 //! without `/usr/bin/chromium` fails the test with the bootstrap hint.
 
@@ -20,6 +24,7 @@ use serde_json::Value;
 
 mod support;
 
+use support::serve::{call, cli, mint_for_tenant};
 use support::{approval_receipts, openclaw, running_session, start_demo_awaiting_approval, Killed};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -372,5 +377,129 @@ async fn approve_and_deny_in_headless_chromium() {
     .await;
     screenshot(&client, "sessions-list-finished.png").await;
 
+    client.close().await.expect("close chromium");
+}
+
+/// chromedriver on a free port and a headless Chromium session through it.
+async fn browser(profile: &Path) -> (Killed, Client) {
+    assert!(
+        Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+        "needs chromium and chromium-driver (scripts/bootstrap installs them)"
+    );
+    let driver_port = free_port();
+    let driver = Killed(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    (driver, chromium(driver_port, profile).await)
+}
+
+/// A policy whose every web request waits for a human, and a command whose
+/// first request is held.
+const POLICY_HELD: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n\
+    [[approval]]\ntype = \"web\"\n";
+const HOLDS: &str = "curl -s -o /dev/null --max-time 100 https://example.com/held; sleep 30";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_in_and_approve_in_the_daemons_ui_in_headless_chromium() {
+    let home = tempfile::tempdir().expect("home");
+    let logs = tempfile::tempdir().expect("logs");
+    let profile = tempfile::tempdir().expect("chromium profile");
+    let h = home.path();
+    let token = cli(h, &["tenants", "create", "a"]);
+    let daemon = support::serve::start(h, &logs.path().join("serve.log"));
+    let body = serde_json::json!({"capabilities": mint_for_tenant(h, "a", POLICY_HELD),
+        "command": ["sh", "-c", HOLDS], "approve": "api"});
+    let created = call(
+        &daemon,
+        "POST",
+        "/v1/sessions",
+        Some(&token),
+        Some(&body.to_string()),
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    let (_driver, client) = browser(profile.path()).await;
+
+    // Not logged in: the UI sends the browser to its login form; the token
+    // is typed in and posted, and the list is what comes back.
+    let base = format!("http://{}/ui/", daemon.addr);
+    client.goto(&base).await.expect("open the UI");
+    wait_for(&client, "input#token", Duration::from_secs(10)).await;
+    assert_eq!(client.current_url().await.expect("url").path(), "/ui/login");
+    client
+        .find(Locator::Css("input#token"))
+        .await
+        .expect("token field")
+        .send_keys(&token)
+        .await
+        .expect("type the token");
+    click(&client, "button[type=submit]").await;
+    let row = format!("tr[data-session=\"{id}\"]");
+    wait_for(
+        &client,
+        &format!("{row}[data-status=\"running\"]"),
+        Duration::from_secs(30),
+    )
+    .await;
+    let landed = client.current_url().await.expect("url");
+    assert_eq!((landed.path(), landed.query()), ("/ui/", None));
+    let cookies = client
+        .execute("return document.cookie", vec![])
+        .await
+        .expect("js");
+    assert_eq!(cookies, Value::String(String::new()), "HttpOnly");
+
+    // The session page, live: the held request appears and is approved.
+    click(&client, &format!("{row} a")).await;
+    wait_for(&client, "#conn.live", Duration::from_secs(15)).await;
+    wait_for(
+        &client,
+        "[data-approval] button.approve",
+        Duration::from_secs(60),
+    )
+    .await;
+    let asked = text_of(&client, "[data-approval]").await;
+    assert!(
+        asked.contains("example.com") && asked.contains("/held"),
+        "{asked}"
+    );
+    screenshot(&client, "daemon-ui-pending-approval.png").await;
+    click(&client, "[data-approval] button.approve").await;
+    wait_for(
+        &client,
+        "tr[data-outcome=\"approved\"]",
+        Duration::from_secs(30),
+    )
+    .await;
+    let approved = text_of(&client, "tr[data-outcome=\"approved\"]").await;
+    assert!(approved.contains("by ui:a"), "{approved}");
+
+    // Logout from the list: back at the login form, and the list is gone.
+    client.goto(&base).await.expect("list");
+    click(&client, ".logout button").await;
+    wait_for(&client, "input#token", Duration::from_secs(10)).await;
+    client.goto(&base).await.expect("list again");
+    assert_eq!(client.current_url().await.expect("url").path(), "/ui/login");
+
+    let stopped = call(
+        &daemon,
+        "POST",
+        &format!("/v1/sessions/{id}/stop"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(stopped.status, 202);
+    let dir = h.join("tenants/a/sessions").join(&id);
+    support::wait_until("the session to end", Duration::from_secs(60), || {
+        let info: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).ok()?).ok()?;
+        (info["status"] != "running").then_some(())
+    });
+    assert_eq!(approval_receipts(&dir), [(true, "ui:a".to_owned())]);
     client.close().await.expect("close chromium");
 }

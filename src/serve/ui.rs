@@ -272,6 +272,7 @@ fn login_page(status: StatusCode, message: &'static str) -> Response<Body> {
         csp::policy_for(LOGIN_TEMPLATE).replace("form-action 'none'", "form-action 'self'");
     let mut response = ui::page(html, &policy);
     *response.status_mut() = status;
+    ui::same_origin_referrer(&mut response);
     response
 }
 

@@ -190,11 +190,22 @@ pub(crate) fn harden(response: &mut Response<Body>) {
     let h = response.headers_mut();
     // No CORS headers, ever: other origins get nothing readable.
     h.insert(header::X_CONTENT_TYPE_OPTIONS, hv("nosniff"));
-    h.insert(header::REFERRER_POLICY, hv("no-referrer"));
+    h.entry(header::REFERRER_POLICY)
+        .or_insert(hv("no-referrer"));
     h.insert(header::X_FRAME_OPTIONS, hv("DENY"));
     h.entry(header::CACHE_CONTROL).or_insert(hv("no-store"));
     h.entry(header::CONTENT_SECURITY_POLICY)
         .or_insert(hv("default-src 'none'; frame-ancestors 'none'"));
+}
+
+/// For a page with a form: under `no-referrer` a browser sends a form's
+/// POST with `Origin: null`, which the origin check must refuse; under
+/// `same-origin` it names this origin, and still tells no other site
+/// anything.
+pub(crate) fn same_origin_referrer(response: &mut Response<Body>) {
+    response
+        .headers_mut()
+        .insert(header::REFERRER_POLICY, hv("same-origin"));
 }
 
 fn hv(s: &'static str) -> http::HeaderValue {
@@ -310,7 +321,11 @@ fn list_page(view: &View, rows: &[sessions::SessionRow]) -> Response<Body> {
     if view.logout {
         policy = policy.replace("form-action 'none'", "form-action 'self'");
     }
-    page(html, &policy)
+    let mut response = page(html, &policy);
+    if view.logout {
+        same_origin_referrer(&mut response);
+    }
+    response
 }
 
 async fn session_page(view: &View, id: &str, dir: &Path) -> Response<Body> {

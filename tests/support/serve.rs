@@ -196,3 +196,19 @@ pub fn call_with(
     }
     reply(cmd.output().expect("run curl"), &format!("{method} {path}"))
 }
+
+/// One of a tenant's keys (`root.key`, `receipt.key`).
+pub fn tenant_key(home: &Path, tenant: &str, name: &str) -> ed25519_dalek::SigningKey {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let path = home.join("tenants").join(tenant).join("keys").join(name);
+    let pem = std::fs::read_to_string(path).expect("key");
+    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pem")
+}
+
+/// A capability token (the .cap text) for `policy`, minted under the
+/// tenant's root key.
+pub fn mint_for_tenant(home: &Path, tenant: &str, policy: &str) -> String {
+    let policy = capabilities::Policy::from_toml_str(policy).expect("policy");
+    let cap_key = tenant_key(home, tenant, "root.key");
+    capabilities::mint(&policy, &cap_key.to_bytes(), std::time::SystemTime::now()).expect("mint")
+}
