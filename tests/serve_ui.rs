@@ -311,6 +311,11 @@ fn a_tenants_login_sees_and_touches_only_its_own_sessions() {
         assert_eq!(r.status, status, "{extra:?}: {}", r.body);
         assert!(r.header("set-cookie").is_none());
     }
+    let get_logout = http(addr, "GET", "/ui/logout", &[], None);
+    assert_eq!(
+        (get_logout.status, get_logout.header("allow")),
+        (405, Some("POST".into()))
+    );
     let as_json = http(
         addr,
         "POST",

@@ -219,11 +219,8 @@ fn v1(
                     no_query(req)?;
                     // Through the tenant's cached reports: a list costs
                     // the bundles' stamps, not a rebuild of every report.
-                    let cached = state.sessions.of(tenant, &root);
-                    Ok(json(
-                        StatusCode::OK,
-                        &json!({"sessions": sessions::list(&cached)}),
-                    ))
+                    let rows = state.sessions.of(tenant, &root).list();
+                    Ok(json(StatusCode::OK, &json!({"sessions": rows})))
                 }
                 Method::POST => create_session(state, req, tenant, request_id),
                 _ => Err(ApiError::method_not_allowed("GET, POST")),

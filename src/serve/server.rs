@@ -1,6 +1,6 @@
 //! The daemon's listener: HTTP/1.1 on the given address, one task per
-//! connection, `/ui/` to the browser UI and the rest to the API; at start, what a dead daemon left is settled first
-//! (`restart`); the drain on SIGTERM (or SIGINT): stop accepting, refuse
+//! connection, `/ui/` to the browser UI and the rest to the API; at start,
+//! what a dead daemon left is settled first (`restart`); the drain on SIGTERM (or SIGINT): stop accepting, refuse
 //! new sessions (503), stop the running ones with their chains closed (up
 //! to [`SESSION_DRAIN_LIMIT`]), let in-flight requests finish (up to
 //! [`DRAIN_LIMIT`]), exit 0.

@@ -3,7 +3,9 @@
 //! `<home>/sessions` (`ui::sessions`), with containment: a session whose
 //! directory or bundle files resolve outside the tenant's root (a symlink
 //! into another tenant) does not exist for the API, nor does a bundle whose
-//! `session.json` names another id (`Sessions::for_tenant`).
+//! `session.json` names another id (`Sessions::for_tenant`). The list is
+//! not here: `GET /v1/sessions` reads the daemon's per-tenant cache
+//! (`State::sessions`).
 
 use serde_json::Value;
 
@@ -12,12 +14,6 @@ use crate::keys;
 use crate::report::Report;
 use crate::tenants::TenantRoot;
 use crate::ui::sessions::{ids_newest_first, is_live, row, SessionRow, Sessions};
-
-/// Every session of the tenant, newest first, through the daemon's
-/// per-tenant cache: a report is rebuilt only when its bundle changed.
-pub fn list(sessions: &Sessions) -> Vec<SessionRow> {
-    sessions.list()
-}
 
 /// One session's report (its receipts checked against the tenant's receipt key).
 pub fn get(root: &TenantRoot, id: &str) -> Option<Report> {

@@ -1,7 +1,7 @@
 //! What every request handler shares: the tenant store, the session
 //! launcher, the in-memory quota windows, the per-tenant session caches and
-//! the UI's logins. Its own file so the routes and
-//! the handlers they call (`metrics`) both depend on it, not on each other.
+//! the UI's logins. Its own file so the routes and the handlers they call
+//! (`metrics`) both depend on it, not on each other.
 
 use std::sync::Arc;
 

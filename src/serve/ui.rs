@@ -52,9 +52,8 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, request_id: &str) -> 
         (Method::GET, "/login") => return login_page(StatusCode::OK, ""),
         (Method::POST, "/login") => return login(state, req).await,
         (Method::POST, "/logout") => return logout(state, req).await,
-        (_, "/login" | "/logout") => {
-            return ui::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        (_, "/login") => return method_not_allowed("GET, POST"),
+        (_, "/logout") => return method_not_allowed("POST"),
         _ => {}
     }
     if let ProxyUser::Invalid { header, .. } = proxy_user(&req) {
@@ -273,6 +272,14 @@ fn login_page(status: StatusCode, message: &'static str) -> Response<Body> {
     let mut response = ui::page(html, &policy);
     *response.status_mut() = status;
     ui::same_origin_referrer(&mut response);
+    response
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = ui::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
     response
 }
 
