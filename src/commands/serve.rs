@@ -9,6 +9,7 @@ use clap::Args;
 use super::tenants::DatabaseArg;
 use crate::home;
 use crate::serve::{self, ServeConfig};
+use crate::tenants::QuotaDb;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -56,11 +57,12 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let quota_db = args
-        .database
-        .database
-        .is_none()
-        .then(|| home.join(crate::tenants::CONTROL_DB));
+    // Day quotas live beside the tenants: in control.db, or in the shared
+    // database so every daemon on it holds LLM calls against the same figures.
+    let quota_db = Some(match &args.database.database {
+        None => QuotaDb::Sqlite(home.join(crate::tenants::CONTROL_DB)),
+        Some(url) => QuotaDb::Postgres(url.clone()),
+    });
     runtime.block_on(serve::run(ServeConfig {
         home,
         addr: args.addr,

@@ -24,7 +24,7 @@ use crate::bundle;
 use crate::control::CONTROL_SOCK;
 use crate::keys;
 use crate::session::recovery;
-use crate::tenants::{TenantName, TenantRoot};
+use crate::tenants::{QuotaDb, TenantName, TenantRoot, QUOTA_DB_ENV};
 
 /// Longest wait for a started session's sandbox (a KVM session may build
 /// its guest image first).
@@ -148,10 +148,11 @@ pub const RUN_LOG: &str = "run.log";
 pub struct SessionDefaults {
     pub resolve: Vec<(String, std::net::SocketAddr)>,
     pub upstream_ca: Vec<PathBuf>,
-    /// The SQLite control store whose day quotas each session's proxy holds
-    /// LLM calls against (`run --quota-db`). None with `--database`: the
-    /// day-spend tables exist only in SQLite so far.
-    pub quota_db: Option<PathBuf>,
+    /// The store whose day quotas each session's proxy holds LLM calls
+    /// against (`run --quota-db`): the home's control.db, or the
+    /// `--database` PostgreSQL database. None: sessions hold none (a
+    /// tenant with day quotas is then refused a session, fail closed).
+    pub quota_db: Option<QuotaDb>,
 }
 
 impl Launcher {
@@ -261,7 +262,7 @@ impl Launcher {
                         // Its LLM calls in flight when it died hold no quota any more.
                         if let Some(db) = &self.defaults.quota_db {
                             for session in &done.sessions {
-                                crate::tenants::SqliteDayQuota::release_session(db, &session.id);
+                                db.release_session(&session.id);
                             }
                         }
                     }
@@ -398,9 +399,18 @@ impl Launcher {
         for ca in &self.defaults.upstream_ca {
             cmd.arg("--upstream-ca").arg(ca);
         }
-        if let Some(store) = &self.defaults.quota_db {
-            // The tenant's LLM quotas, held at the proxy on each call.
-            cmd.arg("--quota-db").arg(store);
+        // The tenant's LLM quotas, held at the proxy on each call. A
+        // database URL goes through the environment, never argv (which
+        // every user of the host reads); no other value is inherited.
+        cmd.env_remove(QUOTA_DB_ENV);
+        match &self.defaults.quota_db {
+            Some(QuotaDb::Sqlite(path)) => {
+                cmd.arg("--quota-db").arg(path);
+            }
+            Some(QuotaDb::Postgres(url)) => {
+                cmd.env(QUOTA_DB_ENV, url.expose_secret());
+            }
+            None => {}
         }
         if let Some(task) = &req.task {
             cmd.arg("--agent").arg(task);
@@ -415,7 +425,8 @@ impl Launcher {
             .mode(0o600)
             .open(log_path)
             .context("creating the session's output log")?;
-        // The session needs no database, so not the password in its URL.
+        // The session needs no tenant store: OPENCLAW_DATABASE is not passed
+        // on (the day quotas' URL, above, is all it gets).
         cmd.env("OPENCLAW_HOME", &self.home)
             .env_remove("OPENCLAW_DATABASE")
             .stdin(Stdio::null())

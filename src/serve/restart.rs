@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use crate::bundle::{self, SessionInfo};
 use crate::keys;
 use crate::session::recovery;
-use crate::tenants::Registry;
+use crate::tenants::{QuotaDb, Registry};
 
 /// What [`settle`] did.
 #[derive(Debug, Default)]
@@ -34,7 +34,9 @@ pub struct Settled {
 
 /// Stops orphans (waiting up to `limit` for them), then recovers every
 /// tenant's sessions whose supervisor is gone. Blocking.
-pub fn settle(registry: &Registry, limit: Duration) -> Result<Settled> {
+/// `quota_db`: where the sessions' LLM calls held day quota (their holds
+/// are released with their recovery).
+pub fn settle(registry: &Registry, quota_db: Option<&QuotaDb>, limit: Duration) -> Result<Settled> {
     let mut settled = Settled::default();
     let mut tenants = Vec::new();
     for record in registry.list().context("listing the tenants")? {
@@ -92,10 +94,12 @@ pub fn settle(registry: &Registry, limit: Duration) -> Result<Settled> {
         match recovery::recover(sessions, registry.home(), key.as_ref()) {
             Ok(done) => {
                 // Their LLM calls in flight hold no day quota any more.
-                let quota_db = registry.home().join(crate::tenants::CONTROL_DB);
                 for session in done.sessions {
-                    if quota_db.exists() {
-                        crate::tenants::SqliteDayQuota::release_session(&quota_db, &session.id);
+                    match quota_db {
+                        // A control.db that was never made holds nothing.
+                        Some(QuotaDb::Sqlite(path)) if !path.exists() => {}
+                        Some(db) => db.release_session(&session.id),
+                        None => {}
                     }
                     tracing::info!(tenant, "recovered: {session}");
                     settled.recovered.push(format!("{tenant}/{}", session.id));

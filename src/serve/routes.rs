@@ -561,8 +561,7 @@ fn create_session(
         && (quotas.llm_tokens_per_day.is_some() || quotas.micro_usd_per_day.is_some())
     {
         return Err(ApiError::conflict(
-            "the tenant has LLM day quotas, which sessions hold at the proxy only with the \
-             SQLite store; this daemon uses --database",
+            "the tenant has LLM day quotas, and this daemon's sessions hold none",
         ));
     }
     // With a sessions quota, counting and starting are one step per tenant

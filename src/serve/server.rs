@@ -49,7 +49,11 @@ pub struct ServeConfig {
 pub async fn run(config: ServeConfig) -> Result<()> {
     let registry = tenants::open_registry(&config.home, config.database.as_ref())?;
     // Before listening: no request sees a dead daemon's session as running.
-    let settled = restart::settle(&registry, SESSION_DRAIN_LIMIT)?;
+    let settled = restart::settle(
+        &registry,
+        config.sessions.quota_db.as_ref(),
+        SESSION_DRAIN_LIMIT,
+    )?;
     if !settled.stopped.is_empty() || !settled.recovered.is_empty() {
         tracing::info!(
             stopped = settled.stopped.len(),

@@ -88,9 +88,10 @@ pub struct RunConfig {
     pub bounds: Bounds,
     /// Who the session is billed to and who ran it.
     pub labels: SessionLabels,
-    /// The control store whose day quotas of `labels.tenant` each LLM call
-    /// is held against (`openclaw run --quota-db`); `None`: no quota.
-    pub quota_db: Option<PathBuf>,
+    /// The store whose day quotas of `labels.tenant` each LLM call is held
+    /// against (`openclaw run --quota-db`: control.db or PostgreSQL);
+    /// `None`: no quota.
+    pub quota_db: Option<crate::tenants::QuotaDb>,
 }
 
 /// `openclaw run --tenant T --user U`: recorded in `session.json` and the

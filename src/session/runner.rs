@@ -76,7 +76,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
                 eprintln!("openclaw: recovered session {session}");
                 // Its calls in flight when it died hold no quota any more.
                 if let Some(db) = &config.quota_db {
-                    crate::tenants::SqliteDayQuota::release_session(db, &session.id);
+                    db.release_session(&session.id);
                 }
             }
         }

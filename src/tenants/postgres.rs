@@ -27,7 +27,7 @@ use crate::audit::{AuditRecord, AuditTable};
 
 /// The schema version this openclaw reads (`openclaw_schema.version`); a
 /// database at a newer version is refused.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`, in the
 /// transaction that holds the migration lock. A change is a new entry, never
@@ -68,6 +68,28 @@ CREATE TABLE quotas (
     updated_at TEXT NOT NULL
 );
 ",
+    // The proxy's day quotas (tenants/pg_day_quota.rs), as in control.db:
+    // each tenant's settled LLM spend per UTC day (its row is also the lock
+    // a reservation takes) and the worst cases of the calls in flight.
+    "
+CREATE TABLE day_spend (
+    tenant TEXT COLLATE \"C\" NOT NULL,
+    day TEXT NOT NULL,
+    micro_usd BIGINT NOT NULL CHECK (micro_usd >= 0),
+    tokens BIGINT NOT NULL CHECK (tokens >= 0),
+    PRIMARY KEY (tenant, day)
+);
+CREATE TABLE quota_holds (
+    id BIGSERIAL PRIMARY KEY,
+    tenant TEXT COLLATE \"C\" NOT NULL,
+    day TEXT NOT NULL,
+    micro_usd BIGINT NOT NULL CHECK (micro_usd >= 0),
+    session TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX quota_holds_by_day ON quota_holds (tenant, day);
+CREATE INDEX quota_holds_by_session ON quota_holds (session);
+",
 ];
 
 /// The advisory lock two daemons opening one fresh database take, so one
@@ -88,6 +110,12 @@ impl DatabaseUrl {
     /// worded without echoing the URL; clap's own would print it whole).
     pub fn from_arg(text: &str) -> Result<DatabaseUrl, std::convert::Infallible> {
         Ok(DatabaseUrl(text.to_owned()))
+    }
+
+    /// The URL itself, password and all: only for handing it to a child
+    /// process through its environment (never argv, never a message).
+    pub(crate) fn expose_secret(&self) -> &str {
+        &self.0
     }
 
     fn config(&self) -> Result<Config, TenantStoreError> {
@@ -148,7 +176,7 @@ fn backend(e: impl std::fmt::Display) -> TenantStoreError {
     TenantStoreError::Backend(e.to_string())
 }
 
-fn db(e: postgres::Error) -> TenantStoreError {
+pub(super) fn db(e: postgres::Error) -> TenantStoreError {
     backend(format!("postgresql: {}", describe_error(&e)))
 }
 
@@ -249,7 +277,7 @@ impl PgStore {
     }
 
     /// Runs `op` on the connection's thread and waits for its answer.
-    fn call<T: Send + 'static>(
+    pub(super) fn call<T: Send + 'static>(
         &self,
         op: impl FnOnce(&mut Client) -> Result<T, TenantStoreError> + Send + 'static,
     ) -> Result<T, TenantStoreError> {
@@ -637,7 +665,8 @@ mod tests {
         store
             .call(|c| {
                 c.batch_execute(
-                    "UPDATE openclaw_schema SET version = 1; DROP TABLE audit; DROP TABLE quotas",
+                    "UPDATE openclaw_schema SET version = 1; DROP TABLE audit; DROP TABLE quotas;
+                     DROP TABLE day_spend; DROP TABLE quota_holds",
                 )
                 .map_err(db)
             })
