@@ -509,9 +509,10 @@ pub mod conformance {
         );
     }
 
-    /// Eight threads over two handles (two connections: two processes, or
-    /// two hosts on PostgreSQL) reserve and settle at once.
-    pub fn concurrent_reservations_on_two_connections_never_pass_the_quota(
+    /// Eight threads, each with its own handle (its own connection: eight
+    /// processes, or hosts on PostgreSQL), of two sessions, reserve and
+    /// settle at once.
+    pub fn concurrent_reservations_on_eight_connections_never_pass_the_quota(
         db: &QuotaDb,
         store: &dyn Store,
     ) {
@@ -522,12 +523,12 @@ pub mod conformance {
                 ..Quotas::default()
             },
         );
-        let sessions: Vec<Arc<dyn SessionDayQuota>> = (0..2)
-            .map(|i| db.open("acme", &format!("s{i}")).expect("open"))
+        let sessions: Vec<Arc<dyn SessionDayQuota>> = (0..8)
+            .map(|i| db.open("acme", &format!("s{}", i % 2)).expect("open"))
             .collect();
         let threads: Vec<_> = (0..8)
             .map(|i| {
-                let q = sessions[i % 2].clone();
+                let q = sessions[i].clone();
                 std::thread::spawn(move || {
                     let mut granted = 0u64;
                     for _ in 0..20 {
@@ -581,9 +582,9 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_reservations_on_two_connections_never_pass_the_quota() {
+    fn concurrent_reservations_on_eight_connections_never_pass_the_quota() {
         let (_dir, db, store) = fresh();
-        conformance::concurrent_reservations_on_two_connections_never_pass_the_quota(&db, &store);
+        conformance::concurrent_reservations_on_eight_connections_never_pass_the_quota(&db, &store);
     }
 
     #[test]

@@ -263,7 +263,7 @@ mod tests {
 
     /// The day quotas' contract (the tests SQLite's control.db passes) on
     /// PostgreSQL: refusals, settlement, a dead session's holds, and eight
-    /// threads on two connections racing for one tenant's quota.
+    /// threads on eight connections racing for one tenant's quota.
     #[test]
     #[cfg_attr(
         not(openclaw_has_postgres),
@@ -282,7 +282,7 @@ mod tests {
             &db, &store,
         );
         let (db, store) = fresh(&server, "race");
-        conformance::concurrent_reservations_on_two_connections_never_pass_the_quota(&db, &store);
+        conformance::concurrent_reservations_on_eight_connections_never_pass_the_quota(&db, &store);
         // A server that is gone refuses the call (fail closed), without the password.
         let q = db.open("acme", "s-down").expect("open");
         server.stop();
