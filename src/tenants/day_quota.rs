@@ -188,7 +188,6 @@ pub struct SqliteDayQuota {
     session: String,
 }
 
-
 impl SqliteDayQuota {
     /// Opens the store at `path` (its schema created or upgraded as the
     /// tenant store does) for `tenant`'s session `session`.
@@ -545,7 +544,11 @@ pub mod conformance {
         let granted: u64 = threads.into_iter().map(|t| t.join().expect("thread")).sum();
         let day = figures(sessions[0].as_ref());
         assert_eq!(day.micro_usd, granted, "every grant was settled");
-        assert!(day.micro_usd <= 10_000, "settled {} past the quota", day.micro_usd);
+        assert!(
+            day.micro_usd <= 10_000,
+            "settled {} past the quota",
+            day.micro_usd
+        );
         assert!(
             day.micro_usd > 10_000 - 300,
             "the quota was used up: {}",

@@ -237,7 +237,11 @@ impl SessionDayQuota for PgDayQuota {
                     &[&tenant, &day],
                 )
                 .map_err(db)?;
-            Ok((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)))
+            Ok((
+                row.get::<_, i64>(0),
+                row.get::<_, i64>(1),
+                row.get::<_, i64>(2),
+            ))
         })?;
         Ok(DayFigures {
             micro_usd: unsigned(usd),
