@@ -14,6 +14,7 @@ use crate::session::backends::choice;
 use crate::session::config::{ApproveMode, BackendChoice, Bounds, RunConfig, SessionLabels};
 use crate::session::runner;
 use crate::tenants::QuotaDb;
+use crate::usage::LedgerDb;
 use crate::{home, keys};
 
 #[derive(Debug, Args)]
@@ -150,6 +151,18 @@ pub struct RunArgs {
         value_parser = QuotaDb::from_arg
     )]
     quota_db: Option<QuotaDb>,
+    /// Where the session's usage rows go: a ledger file, or the daemon's
+    /// postgres:// URL [default: <home>/ledger.db]. A URL with a password
+    /// belongs in OPENCLAW_LEDGER_DB (`openclaw serve --database` passes it
+    /// there; the sandbox never sees it).
+    #[arg(
+        long,
+        env = "OPENCLAW_LEDGER_DB",
+        hide_env_values = true,
+        value_name = "PATH|URL",
+        value_parser = LedgerDb::from_arg
+    )]
+    ledger_db: Option<LedgerDb>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -305,6 +318,7 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
         },
         labels,
         quota_db: args.quota_db,
+        ledger_db: args.ledger_db,
     })
 }
 

@@ -63,6 +63,12 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
         None => QuotaDb::Sqlite(home.join(crate::tenants::CONTROL_DB)),
         Some(url) => QuotaDb::Postgres(url.clone()),
     });
+    // Every daemon on the database writes its sessions' usage to one ledger there.
+    let ledger_db = args
+        .database
+        .database
+        .clone()
+        .map(crate::usage::LedgerDb::Postgres);
     runtime.block_on(serve::run(ServeConfig {
         home,
         addr: args.addr,
@@ -71,6 +77,7 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
             resolve: args.resolve,
             upstream_ca: args.upstream_ca,
             quota_db,
+            ledger_db,
         },
         identity,
     }))?;

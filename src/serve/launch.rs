@@ -25,6 +25,10 @@ use crate::control::CONTROL_SOCK;
 use crate::keys;
 use crate::session::recovery;
 use crate::tenants::{QuotaDb, TenantName, TenantRoot, QUOTA_DB_ENV};
+use crate::usage::LedgerDb;
+
+/// How `openclaw run` may be told its ledger (`run --ledger-db`).
+const LEDGER_DB_ENV: &str = "OPENCLAW_LEDGER_DB";
 
 /// Longest wait for a started session's sandbox (a KVM session may build
 /// its guest image first).
@@ -153,6 +157,9 @@ pub struct SessionDefaults {
     /// `--database` PostgreSQL database. None: sessions hold none (a
     /// tenant with day quotas is then refused a session, fail closed).
     pub quota_db: Option<QuotaDb>,
+    /// Where sessions write their usage rows (`run --ledger-db`); None:
+    /// the home's ledger.db.
+    pub ledger_db: Option<LedgerDb>,
 }
 
 impl Launcher {
@@ -409,6 +416,16 @@ impl Launcher {
             }
             Some(QuotaDb::Postgres(url)) => {
                 cmd.env(QUOTA_DB_ENV, url.expose_secret());
+            }
+            None => {}
+        }
+        cmd.env_remove(LEDGER_DB_ENV);
+        match &self.defaults.ledger_db {
+            Some(LedgerDb::Sqlite(path)) => {
+                cmd.arg("--ledger-db").arg(path);
+            }
+            Some(LedgerDb::Postgres(url)) => {
+                cmd.env(LEDGER_DB_ENV, url.expose_secret());
             }
             None => {}
         }

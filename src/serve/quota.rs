@@ -4,7 +4,6 @@
 //! one step, and the day's LLM usage of a tenant read from the ledger(s).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +11,7 @@ use anyhow::Result;
 
 use crate::tenants::TenantName;
 use crate::usage::report::{self as usage_report, GroupKey};
-use crate::usage::{self, Ledger};
+use crate::usage::LedgerDb;
 
 /// The requests-per-minute window.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -117,17 +116,21 @@ pub struct DayUsage {
     pub micro_usd: u64,
 }
 
-/// The tenant's usage today, from the home's ledger: the daemon's sessions
-/// run with its home (`openclaw run --home`), as do `openclaw run --tenant`
-/// sessions on the host.
-pub fn usage_today(home: &Path, tenant: &TenantName) -> Result<DayUsage> {
+/// The tenant's usage today, from the daemon's ledger: the home's (its
+/// sessions run with its home, `openclaw run --home`, as do `openclaw run
+/// --tenant` sessions on the host), or the `--database` one every daemon
+/// on it writes.
+pub fn usage_today(ledger: &LedgerDb, tenant: &TenantName) -> Result<DayUsage> {
     let period = usage_report::parse_period("today", &usage_report::today())?;
-    let path = usage::ledger_path(home);
-    if !path.exists() {
+    let Some(ledger) = ledger.open_for_reading()? else {
         return Ok(DayUsage::default());
-    }
-    let ledger = Ledger::open_read_only(&path)?;
-    let report = usage_report::query(&ledger, &period, Some(tenant.as_str()), &[GroupKey::Tenant])?;
+    };
+    let report = usage_report::query(
+        ledger.as_ref(),
+        &period,
+        Some(tenant.as_str()),
+        &[GroupKey::Tenant],
+    )?;
     Ok(DayUsage {
         tokens: report.total.tokens_in + report.total.tokens_out,
         micro_usd: report.total.cost_micro_usd,

@@ -74,6 +74,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         registry,
         launcher,
         limits: Default::default(),
+        ledger: crate::usage::LedgerDb::of(&config.home, config.database.as_ref()),
     });
     let graceful = GracefulShutdown::new();
     loop {

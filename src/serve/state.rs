@@ -7,10 +7,13 @@ use std::sync::Arc;
 use super::launch::Launcher;
 use super::quota::Limits;
 use crate::tenants::Registry;
+use crate::usage::LedgerDb;
 
 pub struct State {
     pub registry: Registry,
     pub launcher: Arc<Launcher>,
     /// Quota state kept in memory (the requests-per-minute windows).
     pub limits: Limits,
+    /// The usage ledger: the home's ledger.db, or the `--database` one.
+    pub ledger: LedgerDb,
 }

@@ -185,7 +185,7 @@ fn recover_session(
     // Its metered calls reach the ledger as an ended session's do (an
     // index: on failure `openclaw usage rebuild` recreates it).
     if let Some(key) = key.as_ref() {
-        let ledger = crate::usage::ledger_path(home);
+        let ledger = crate::usage::LedgerDb::Sqlite(crate::usage::ledger_path(home));
         if let Err(err) = crate::usage::record_session(&ledger, dir, key) {
             tracing::warn!("the usage ledger was not updated for {id}: {err:#}");
         }

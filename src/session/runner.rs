@@ -196,7 +196,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     report::write(&dir, &report)?;
     // The ledger is an index of the chains: a failure here loses nothing
     // (`openclaw usage rebuild` recreates it), so it warns and goes on.
-    let ledger = usage::ledger_path(&config.home);
+    let ledger = config.ledger();
     let (ledger_dir, key) = (dir.clone(), config.receipt_key.verifying_key());
     match tokio::task::spawn_blocking(move || usage::record_session(&ledger, &ledger_dir, &key))
         .await?
@@ -293,7 +293,7 @@ async fn serve_and_supervise(
     // readable while the session runs (the end fill completes it).
     let live_ledger = usage::live::LiveLedger::start(
         enforcement.events.subscribe(),
-        usage::ledger_path(&config.home),
+        config.ledger(),
         dir.join(bundle::RECEIPTS),
         usage::live::Labels {
             tenant: config.labels.tenant.clone(),

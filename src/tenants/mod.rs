@@ -28,11 +28,13 @@ mod token;
 pub use day_quota::{QuotaDb, SessionDayQuota, QUOTA_DB_ENV};
 pub use name::TenantName;
 // `self::`: the module shares its name with the `postgres` crate.
+pub(crate) use self::postgres::db as postgres_error;
 pub use self::postgres::{DatabaseUrl, PgStore};
 pub use quota::{usd_to_micro, Quotas, QuotasJson};
 pub use registry::{Caller, Identity, Registry, TenantOpError};
 pub use root::TenantRoot;
 pub use sqlite::{SqliteStore, CONTROL_DB};
+pub use store::TenantStoreError;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -27,7 +27,7 @@ use crate::audit::{AuditRecord, AuditTable};
 
 /// The schema version this openclaw reads (`openclaw_schema.version`); a
 /// database at a newer version is refused.
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`, in the
 /// transaction that holds the migration lock. A change is a new entry, never
@@ -89,6 +89,35 @@ CREATE TABLE quota_holds (
 );
 CREATE INDEX quota_holds_by_day ON quota_holds (tenant, day);
 CREATE INDEX quota_holds_by_session ON quota_holds (session);
+",
+    // The usage ledger (src/usage/pg_ledger.rs): ledger.db's `usage` rows,
+    // column for column (`estimated` as 0 or 1, as SQLite keeps it).
+    "
+CREATE TABLE usage (
+    session TEXT COLLATE \"C\" NOT NULL,
+    seq BIGINT NOT NULL,
+    ts TEXT NOT NULL,
+    day TEXT COLLATE \"C\" NOT NULL,
+    tenant TEXT COLLATE \"C\" NOT NULL,
+    \"user\" TEXT COLLATE \"C\" NOT NULL,
+    provider TEXT NOT NULL,
+    api TEXT NOT NULL,
+    model TEXT COLLATE \"C\" NOT NULL,
+    response_id TEXT,
+    tokens_input BIGINT NOT NULL,
+    tokens_cached_input BIGINT NOT NULL,
+    tokens_cache_write_5m BIGINT NOT NULL,
+    tokens_cache_write_1h BIGINT NOT NULL,
+    tokens_output BIGINT NOT NULL,
+    tokens_reasoning BIGINT NOT NULL,
+    cost_micro_usd BIGINT NOT NULL,
+    reserved_micro_usd BIGINT NOT NULL,
+    card_sha256 TEXT NOT NULL,
+    estimated BIGINT NOT NULL CHECK (estimated IN (0, 1)),
+    decision_seq BIGINT NOT NULL,
+    PRIMARY KEY (session, seq)
+);
+CREATE INDEX usage_day ON usage (day, tenant);
 ",
 ];
 
@@ -176,7 +205,7 @@ fn backend(e: impl std::fmt::Display) -> TenantStoreError {
     TenantStoreError::Backend(e.to_string())
 }
 
-pub(super) fn db(e: postgres::Error) -> TenantStoreError {
+pub(crate) fn db(e: postgres::Error) -> TenantStoreError {
     backend(format!("postgresql: {}", describe_error(&e)))
 }
 
@@ -277,7 +306,7 @@ impl PgStore {
     }
 
     /// Runs `op` on the connection's thread and waits for its answer.
-    pub(super) fn call<T: Send + 'static>(
+    pub(crate) fn call<T: Send + 'static>(
         &self,
         op: impl FnOnce(&mut Client) -> Result<T, TenantStoreError> + Send + 'static,
     ) -> Result<T, TenantStoreError> {
@@ -666,7 +695,7 @@ mod tests {
             .call(|c| {
                 c.batch_execute(
                     "UPDATE openclaw_schema SET version = 1; DROP TABLE audit; DROP TABLE quotas;
-                     DROP TABLE day_spend; DROP TABLE quota_holds",
+                     DROP TABLE day_spend; DROP TABLE quota_holds; DROP TABLE usage",
                 )
                 .map_err(db)
             })
