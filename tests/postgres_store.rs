@@ -560,6 +560,38 @@ fn two_daemons_on_one_postgres_never_let_a_tenant_past_its_usd_per_day_quota() {
         "two daemons settled {spent} past the quota of {QUOTA} (excess {excess})"
     );
     assert_eq!(holds, 0, "no hold outlives its session");
+    // One ledger in the database: both daemons report every host's calls,
+    // and so does `openclaw usage report --database` from a third home.
+    for d in &daemons {
+        let (status, usage) = call(d, "GET", "/v1/usage?period=today", &token, None);
+        assert_eq!(status, 200, "{usage}");
+        assert_eq!(usage["total"]["calls"], ok, "{usage}");
+        assert_eq!(usage["total"]["cost_micro_usd"], spent, "{usage}");
+    }
+    let third = tempfile::tempdir().expect("tempdir");
+    let report = openclaw(
+        third.path(),
+        Given::Env(&url),
+        &[
+            "usage", "report", "--period", "today", "--by", "session", "--json",
+        ],
+    )
+    .output()
+    .expect("usage report");
+    assert!(report.status.success(), "{}", output_text(&report));
+    let report: Value = serde_json::from_slice(&report.stdout).expect("json");
+    assert_eq!(report["total"]["calls"], ok, "{report}");
+    assert_eq!(report["total"]["cost_micro_usd"], spent, "{report}");
+    assert!(
+        !third.path().join("ledger.db").exists(),
+        "the report read the database"
+    );
+    for home in homes {
+        assert!(
+            !home.join("ledger.db").exists(),
+            "rows went to the database"
+        );
+    }
     eprintln!(
         "two daemons, 4 sessions, 32 parallel calls: {ok} passed, {refused} refused, \
          {spent} micro-USD settled of {QUOTA} (excess over reservations {excess})"

@@ -163,6 +163,14 @@ pub struct SessionDefaults {
 }
 
 impl Launcher {
+    /// The ledger its sessions' usage rows go to.
+    fn ledger(&self) -> LedgerDb {
+        self.defaults
+            .ledger_db
+            .clone()
+            .unwrap_or_else(|| LedgerDb::Sqlite(crate::usage::ledger_path(&self.home)))
+    }
+
     /// Whether sessions hold LLM calls against the tenant's day quotas.
     pub fn holds_day_quotas(&self) -> bool {
         self.defaults.quota_db.is_some()
@@ -263,7 +271,9 @@ impl Launcher {
                 .unwrap_or(false);
             if still_running {
                 let key = keys::read_signing_key(&receipt_key);
-                match key.and_then(|key| recovery::recover(&sessions, &self.home, Some(&key))) {
+                match key
+                    .and_then(|key| recovery::recover_into(&sessions, &self.ledger(), Some(&key)))
+                {
                     Ok(done) => {
                         tracing::info!(session = id, "recovered: {:?}", done.sessions);
                         // Its LLM calls in flight when it died hold no quota any more.
@@ -476,8 +486,8 @@ impl Launcher {
                 // A bundle it left marked running is closed now, not at the
                 // tenant's next session.
                 let key = keys::read_signing_key(&keys_dir.join(keys::RECEIPT_KEY));
-                let recovered =
-                    key.and_then(|key| recovery::recover(&sessions, &self.home, Some(&key)));
+                let recovered = key
+                    .and_then(|key| recovery::recover_into(&sessions, &self.ledger(), Some(&key)));
                 if let Err(e) = recovered {
                     tracing::warn!("recovering after a failed start: {e:#}");
                 }

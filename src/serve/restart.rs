@@ -20,6 +20,7 @@ use crate::bundle::{self, SessionInfo};
 use crate::keys;
 use crate::session::recovery;
 use crate::tenants::{QuotaDb, Registry};
+use crate::usage::LedgerDb;
 
 /// What [`settle`] did.
 #[derive(Debug, Default)]
@@ -33,10 +34,15 @@ pub struct Settled {
 }
 
 /// Stops orphans (waiting up to `limit` for them), then recovers every
-/// tenant's sessions whose supervisor is gone. Blocking.
-/// `quota_db`: where the sessions' LLM calls held day quota (their holds
-/// are released with their recovery).
-pub fn settle(registry: &Registry, quota_db: Option<&QuotaDb>, limit: Duration) -> Result<Settled> {
+/// tenant's sessions whose supervisor is gone. Blocking. `quota_db`:
+/// where the sessions' LLM calls held day quota (their holds are released
+/// with their recovery); `ledger`: where their metered calls are recorded.
+pub fn settle(
+    registry: &Registry,
+    quota_db: Option<&QuotaDb>,
+    ledger: &LedgerDb,
+    limit: Duration,
+) -> Result<Settled> {
     let mut settled = Settled::default();
     let mut tenants = Vec::new();
     for record in registry.list().context("listing the tenants")? {
@@ -91,7 +97,7 @@ pub fn settle(registry: &Registry, quota_db: Option<&QuotaDb>, limit: Duration) 
         };
         // One tenant's broken bundle must not keep the daemon from serving
         // the others: warned, and retried at the next start.
-        match recovery::recover(sessions, registry.home(), key.as_ref()) {
+        match recovery::recover_into(sessions, ledger, key.as_ref()) {
             Ok(done) => {
                 // Their LLM calls in flight hold no day quota any more.
                 for session in done.sessions {

@@ -52,6 +52,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let settled = restart::settle(
         &registry,
         config.sessions.quota_db.as_ref(),
+        &crate::usage::LedgerDb::of(&config.home, config.database.as_ref()),
         SESSION_DRAIN_LIMIT,
     )?;
     if !settled.stopped.is_empty() || !settled.recovered.is_empty() {

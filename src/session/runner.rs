@@ -63,13 +63,15 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     let started_at = SystemTime::now();
     // Whatever dead supervisors left (sandboxes, namespaces, open chains)
     // is recovered before anything new is made.
-    let (sessions_dir, home, key) = (
+    let (sessions_dir, ledger, key) = (
         config.sessions_dir.clone(),
-        config.home.clone(),
+        config.ledger(),
         config.receipt_key.clone(),
     );
-    match tokio::task::spawn_blocking(move || recovery::recover(&sessions_dir, &home, Some(&key)))
-        .await?
+    match tokio::task::spawn_blocking(move || {
+        recovery::recover_into(&sessions_dir, &ledger, Some(&key))
+    })
+    .await?
     {
         Ok(done) => {
             for session in &done.sessions {
