@@ -607,3 +607,76 @@ fn two_daemons_on_one_postgres_never_let_a_tenant_past_its_usd_per_day_quota() {
         assert_no_password(&password, &path.display().to_string(), &bytes);
     }
 }
+
+/// The requests-per-minute window on PostgreSQL is one for every daemon:
+/// with a quota of 3, two requests through one daemon and one through the
+/// other use it up, and the next through either is 429 with a
+/// `Retry-After` within the minute; another tenant has its own window.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn two_daemons_on_one_postgres_share_the_requests_per_minute_window() {
+    require(
+        &[Requirement::Postgres],
+        "postgres_store::two_daemons_on_one_postgres_share_the_requests_per_minute_window",
+    );
+    let server = PostgresServer::start();
+    let url = server.create_database("window");
+    let (home1, home2) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let logs = tempfile::tempdir().expect("tempdir");
+    let cli = |args: &[&str]| -> String {
+        let out = openclaw(home1.path(), Given::Env(&url), args)
+            .output()
+            .expect("openclaw");
+        assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let limited = cli(&["tenants", "create", "acme"]);
+    let other = cli(&["tenants", "create", "other"]);
+    cli(&["tenants", "quota", "acme", "--requests-per-minute", "3"]);
+    cli(&["tenants", "quota", "other", "--requests-per-minute", "1"]);
+    let one = start(home1.path(), Given::Env(&url), &logs.path().join("one.log"));
+    let two = start(home2.path(), Given::Env(&url), &logs.path().join("two.log"));
+
+    let curl_status = |d: &Daemon, token: &str| -> (u16, Option<u64>) {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-D", "-", "--max-time", "30"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("http://{}/v1/sessions", d.addr))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "{out:?}");
+        let head = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let retry = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("retry-after")
+                .then(|| v.trim().parse().ok())?
+        });
+        (status, retry)
+    };
+    assert_eq!(curl_status(&one, &limited).0, 200);
+    assert_eq!(curl_status(&one, &limited).0, 200);
+    assert_eq!(curl_status(&two, &limited).0, 200, "the third of three");
+    for d in [&two, &one] {
+        let (status, retry) = curl_status(d, &limited);
+        assert_eq!(status, 429, "the window is full on every daemon");
+        let retry = retry.expect("Retry-After");
+        assert!((1..=60).contains(&retry), "{retry}");
+    }
+    // Another tenant's window is its own.
+    assert_eq!(curl_status(&two, &other).0, 200);
+    assert_eq!(curl_status(&one, &other).0, 429);
+}

@@ -1,5 +1,7 @@
 //! Quotas at the API (`docs/control-plane.md`, "Quotas"): the requests-per-
-//! minute sliding window of each tenant (in this daemon's memory: one host),
+//! minute sliding window of each tenant (in this daemon's memory on one
+//! host; in the `--database` PostgreSQL database, shared by every daemon on
+//! it),
 //! the per-tenant lock that makes "count running sessions, then start one"
 //! one step, and the day's LLM usage of a tenant read from the ledger(s).
 
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
-use crate::tenants::TenantName;
+use crate::tenants::{PgStore, TenantName};
 use crate::usage::report::{self as usage_report, GroupKey};
 use crate::usage::LedgerDb;
 
@@ -25,6 +27,8 @@ pub const SESSIONS_RETRY_AFTER: u64 = 5;
 pub struct Limits {
     /// When each tenant's admitted `/v1` requests of the last minute came.
     windows: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// With `--database`: the window kept there instead, for every daemon.
+    shared: Option<PgStore>,
     /// Held across "count running, then start": two creates of one tenant
     /// never both see room for one more session.
     create_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -33,11 +37,37 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Limits whose requests-per-minute windows are kept in `store`'s
+    /// database, so every daemon on it counts a tenant's requests together.
+    pub fn shared(store: PgStore) -> Limits {
+        Limits {
+            shared: Some(store),
+            ..Limits::default()
+        }
+    }
+
     /// Admits one request of `tenant` under `limit` requests per 60 s
     /// (sliding window over admitted requests); `Err(seconds)` until the
     /// oldest in the window leaves it.
     pub fn admit(&self, tenant: &TenantName, limit: Option<u64>) -> Result<(), u64> {
-        self.admit_at(tenant, limit, Instant::now())
+        match (&self.shared, limit) {
+            (Some(store), Some(limit)) => {
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                let window_ms = i64::try_from(WINDOW.as_millis()).unwrap_or(60_000);
+                match store.admit_request(tenant, limit, window_ms, now_ms) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(ms)) => Err(u64::try_from(ms).unwrap_or(1).div_ceil(1000).max(1)),
+                    Err(e) => {
+                        // Fail closed: a window that cannot be read admits nothing.
+                        tracing::error!(tenant = tenant.as_str(), "the request window: {e}");
+                        Err(1)
+                    }
+                }
+            }
+            _ => self.admit_at(tenant, limit, Instant::now()),
+        }
     }
 
     fn admit_at(&self, tenant: &TenantName, limit: Option<u64>, now: Instant) -> Result<(), u64> {

@@ -74,7 +74,10 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let state = Arc::new(State {
         registry,
         launcher,
-        limits: Default::default(),
+        limits: match &config.database {
+            Some(url) => super::quota::Limits::shared(tenants::PgStore::open(url)?),
+            None => Default::default(),
+        },
         ledger: crate::usage::LedgerDb::of(&config.home, config.database.as_ref()),
     });
     let graceful = GracefulShutdown::new();
