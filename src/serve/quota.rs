@@ -13,7 +13,7 @@ use anyhow::Result;
 
 use crate::tenants::{PgStore, TenantName};
 use crate::usage::report::{self as usage_report, GroupKey};
-use crate::usage::LedgerDb;
+use crate::usage::LedgerReader;
 
 /// The requests-per-minute window.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -150,7 +150,7 @@ pub struct DayUsage {
 /// sessions run with its home, `openclaw run --home`, as do `openclaw run
 /// --tenant` sessions on the host), or the `--database` one every daemon
 /// on it writes.
-pub fn usage_today(ledger: &LedgerDb, tenant: &TenantName) -> Result<DayUsage> {
+pub fn usage_today(ledger: &LedgerReader, tenant: &TenantName) -> Result<DayUsage> {
     let period = usage_report::parse_period("today", &usage_report::today())?;
     let Some(ledger) = ledger.open_for_reading()? else {
         return Ok(DayUsage::default());

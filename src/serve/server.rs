@@ -78,7 +78,10 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             Some(url) => super::quota::Limits::shared(tenants::PgStore::open(url)?),
             None => Default::default(),
         },
-        ledger: crate::usage::LedgerDb::of(&config.home, config.database.as_ref()),
+        ledger: crate::usage::LedgerReader::open(&crate::usage::LedgerDb::of(
+            &config.home,
+            config.database.as_ref(),
+        ))?,
     });
     let graceful = GracefulShutdown::new();
     loop {

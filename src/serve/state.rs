@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::launch::Launcher;
 use super::quota::Limits;
 use crate::tenants::Registry;
-use crate::usage::LedgerDb;
+use crate::usage::LedgerReader;
 
 pub struct State {
     pub registry: Registry,
@@ -15,5 +15,5 @@ pub struct State {
     /// Quota state kept in memory (the requests-per-minute windows).
     pub limits: Limits,
     /// The usage ledger: the home's ledger.db, or the `--database` one.
-    pub ledger: LedgerDb,
+    pub ledger: LedgerReader,
 }

@@ -85,6 +85,32 @@ impl LedgerDb {
     }
 }
 
+/// The daemon's ledger for reports: a database's connection opened once
+/// and kept (the API and `/metrics` read it per request, per tenant); a
+/// SQLite file opened per report (it may not exist yet).
+pub enum LedgerReader {
+    File(PathBuf),
+    Database(PgLedger),
+}
+
+impl LedgerReader {
+    pub fn open(db: &LedgerDb) -> Result<LedgerReader> {
+        Ok(match db {
+            LedgerDb::Sqlite(path) => LedgerReader::File(path.clone()),
+            LedgerDb::Postgres(url) => LedgerReader::Database(PgLedger::open(url)?),
+        })
+    }
+
+    /// As [`LedgerDb::open_for_reading`].
+    pub fn open_for_reading(&self) -> Result<Option<Box<dyn UsageLedger>>> {
+        Ok(match self {
+            LedgerReader::File(path) if !path.exists() => None,
+            LedgerReader::File(path) => Some(Box::new(Ledger::open_read_only(path)?)),
+            LedgerReader::Database(ledger) => Some(Box::new(ledger.clone())),
+        })
+    }
+}
+
 /// Never the URL's password: the path, or what a message may say of a URL.
 impl std::fmt::Display for LedgerDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

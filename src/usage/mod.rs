@@ -13,7 +13,7 @@ pub mod rebuild;
 /// Sums over periods and keys; table, CSV and JSON.
 pub mod report;
 
-pub use ledger::LedgerDb;
+pub use ledger::{LedgerDb, LedgerReader};
 pub use rebuild::{ledger_path, rebuild_into, record_session, ChainSource};
 
 /// Micro-USD as an exact decimal dollar amount: `18375` → `0.018375`.

@@ -4,14 +4,17 @@
 //! one ledger and every daemon's `GET /v1/usage` reads it. The connection
 //! is a [`PgStore`]'s: its own thread, safe from any caller.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 
 use super::ledger::{GroupRow, UsageLedger, UsageRow};
 use crate::tenants::{postgres_error as db, DatabaseUrl, PgStore, TenantStoreError};
 
-/// A handle on the database's ledger.
+/// A handle on the database's ledger; clones share its connection.
+#[derive(Clone)]
 pub struct PgLedger {
-    store: PgStore,
+    store: Arc<PgStore>,
 }
 
 /// PostgreSQL integers are signed 64-bit: a figure past that (never real)
@@ -75,7 +78,7 @@ impl PgLedger {
     /// in no error.
     pub fn open(url: &DatabaseUrl) -> Result<PgLedger> {
         Ok(PgLedger {
-            store: PgStore::open(url)?,
+            store: Arc::new(PgStore::open(url)?),
         })
     }
 
