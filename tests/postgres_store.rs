@@ -5,16 +5,26 @@
 //! is seen by the other at once, a rotation through one is refused by both,
 //! `openclaw audit --database` reads both hosts' audit lines from the
 //! database, and the database password is in no log, audit line, output or
-//! help text.
+//! help text. And the day quotas: sessions of two daemons, calling a local
+//! LLM provider in parallel, never settle past the tenant's USD/day quota
+//! together (needs root: netns sessions).
 //! Gated on `Requirement::Postgres` (docs/testing.md).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
+use ed25519_dalek::pkcs8::DecodePrivateKey;
+use serde_json::{json, Value};
 use test_requirements::{require, Requirement};
 use test_support::PostgresServer;
+
+mod support;
+use support::llm_provider::{
+    answers, assert_openai_usd_refusal, parallel_chats, quota_blocks, usage_of, MockProvider,
+    LLM_POLICY, RATES,
+};
 
 const DATABASE_ENV: &str = "OPENCLAW_DATABASE";
 
@@ -55,7 +65,13 @@ fn openclaw(home: &Path, database: Given<'_>, args: &[&str]) -> Command {
 
 /// `openclaw serve` on a free port, logging at debug level into `log`.
 fn start(home: &Path, database: Given<'_>, log: &Path) -> Daemon {
+    start_with(home, database, log, &[])
+}
+
+/// [`start`] with more `openclaw serve` flags.
+fn start_with(home: &Path, database: Given<'_>, log: &Path, flags: &[String]) -> Daemon {
     let mut child = openclaw(home, database, &["serve", "--addr", "127.0.0.1:0"])
+        .args(flags)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).expect("log file"))
@@ -117,9 +133,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     while let Some(d) = todo.pop() {
         for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
             let path = entry.path();
+            // Sockets and the like are not read.
             if path.is_dir() {
                 todo.push(path);
-            } else {
+            } else if path.is_file() {
                 out.push(path);
             }
         }
@@ -318,4 +335,348 @@ fn a_wrong_database_password_is_refused_and_no_password_is_echoed() {
     assert_no_password(server.password(), "serve --help", text.as_bytes());
     // Nothing was made in the home that would hide a database that failed.
     assert!(!home.path().join("control.db").exists());
+}
+
+/// A capability token for the LLM providers, minted under `tenant`'s root
+/// key in `home`.
+fn mint_llm_cap(home: &Path, tenant: &str) -> String {
+    let path = home.join("tenants").join(tenant).join("keys/root.key");
+    let pem = std::fs::read_to_string(path).expect("tenant root key");
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pem");
+    let policy = capabilities::Policy::from_toml_str(&format!("ttl = \"30m\"\n{LLM_POLICY}"))
+        .expect("policy");
+    capabilities::mint(&policy, &key.to_bytes(), SystemTime::now()).expect("mint")
+}
+
+/// The session's bundle once it ended (up to 120 s).
+fn wait_ended(home: &Path, tenant: &str, id: &str) -> PathBuf {
+    let dir = home.join("tenants").join(tenant).join("sessions").join(id);
+    support::wait_until(
+        &format!("session {id} to end"),
+        Duration::from_secs(120),
+        || {
+            let info: Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).ok()?)
+                    .ok()?;
+            (info["status"] != "running").then_some(())
+        },
+    );
+    dir
+}
+
+/// Every process's (pid, argv bytes, environment bytes) the test can read.
+fn processes() -> Vec<(u32, Vec<u8>, Vec<u8>)> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            Some((pid, argv, env))
+        })
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The issue's test: two daemons (two homes, as two hosts, sharing only
+/// the database and the tenant's keys) each run two sessions whose agents
+/// make eight LLM calls at once against a tenant USD/day quota. Together
+/// they never settle past quota + Σ max(0, actual − reservation); some
+/// calls are refused with the provider-shaped 429 and a blocked receipt;
+/// every hold is gone once the sessions end; the database password is in
+/// no process's argv, no sandbox's environment and no file of either home.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn two_daemons_on_one_postgres_never_let_a_tenant_past_its_usd_per_day_quota() {
+    require(
+        &[Requirement::Postgres],
+        "postgres_store::two_daemons_on_one_postgres_never_let_a_tenant_past_its_usd_per_day_quota",
+    );
+    const QUOTA: u64 = 2000;
+    let server = PostgresServer::start();
+    let url = server.create_database("dayquota");
+    let password = server.password().to_owned();
+    let (home1, home2) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let logs = tempfile::tempdir().expect("tempdir");
+    let provider = MockProvider::start(logs.path());
+    let homes = [home1.path(), home2.path()];
+
+    let cli = |home: &Path, args: &[&str]| -> String {
+        let out = openclaw(home, Given::Env(&url), args)
+            .output()
+            .expect("openclaw");
+        assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let token = cli(home1.path(), &["tenants", "create", "acme"]);
+    // 2000 micro-USD: 4 sessions × 8 calls × 230 would be 7360.
+    cli(
+        home1.path(),
+        &["tenants", "quota", "acme", "--usd-per-day", "0.002"],
+    );
+    // The second host has the tenant's directory (its keys) as the first's.
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(home1.path().join("tenants"))
+        .arg(home2.path())
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    for home in homes {
+        std::fs::write(home.join("rates.toml"), RATES).expect("rates");
+    }
+    let flags = provider.flags();
+    let daemons = [
+        start_with(
+            home1.path(),
+            Given::Env(&url),
+            &logs.path().join("one.log"),
+            &flags,
+        ),
+        start_with(
+            home2.path(),
+            Given::Env(&url),
+            &logs.path().join("two.log"),
+            &flags,
+        ),
+    ];
+
+    // The agents wait a moment, so all four are up (and can be looked at)
+    // before their calls race.
+    let script = format!("sleep 4\n{}", parallel_chats(8));
+    let body = json!({
+        "capabilities": mint_llm_cap(home1.path(), "acme"),
+        "command": ["/bin/sh", "-c", script],
+        "approve": "deny",
+    })
+    .to_string();
+    let created: Vec<(usize, String)> = std::thread::scope(|s| {
+        let creates: Vec<_> = (0..4)
+            .map(|i| {
+                let (d, body, token) = (&daemons[i % 2], &body, &token);
+                s.spawn(move || {
+                    let (status, answer) = call(d, "POST", "/v1/sessions", token, Some(body));
+                    assert_eq!(status, 201, "{answer}");
+                    (i % 2, answer["id"].as_str().expect("id").to_owned())
+                })
+            })
+            .collect();
+        creates
+            .into_iter()
+            .map(|t| t.join().expect("create"))
+            .collect()
+    });
+
+    // While the sessions run: the URL's password is in no process's argv
+    // (the daemons hand it to `openclaw run` through its environment) and
+    // in no sandboxed process's environment.
+    let mut sandboxed = 0;
+    for (pid, argv, env) in processes() {
+        assert!(
+            !contains(&argv, password.as_bytes()),
+            "the password is in the argv of process {pid}: {}",
+            String::from_utf8_lossy(&argv).replace('\0', " ")
+        );
+        if contains(&env, b"OPENCLAW_SESSION=") {
+            sandboxed += 1;
+            assert!(
+                !contains(&env, password.as_bytes()) && !contains(&env, b"OPENCLAW_QUOTA_DB"),
+                "a sandboxed process ({pid}) sees the database URL"
+            );
+        }
+    }
+    assert!(sandboxed >= 1, "no sandboxed agent was looked at");
+
+    let bundles: Vec<PathBuf> = created
+        .iter()
+        .map(|(host, id)| wait_ended(homes[*host], "acme", id))
+        .collect();
+    let (mut ok, mut refused, mut blocked) = (0, 0, 0);
+    let (mut cost, mut excess, mut calls) = (0, 0, 0);
+    for bundle in &bundles {
+        let log = std::fs::read_to_string(bundle.join("run.log")).expect("run.log");
+        let all = answers(&log);
+        assert_eq!(all.len(), 8, "{log}");
+        let passed: Vec<_> = all.iter().filter(|a| a.status == 200).collect();
+        let others: Vec<_> = all.iter().filter(|a| a.status != 200).collect();
+        others.iter().copied().for_each(assert_openai_usd_refusal);
+        let blocks = quota_blocks(bundle);
+        assert_eq!(blocks.len(), others.len(), "one blocked receipt per 429");
+        assert!(
+            blocks.iter().all(|r| r.starts_with("quota: usd_per_day: ")),
+            "{blocks:#?}"
+        );
+        let (c, e, n) = usage_of(bundle);
+        assert_eq!(n, passed.len(), "one usage receipt per call that passed");
+        (ok, refused, blocked) = (
+            ok + passed.len(),
+            refused + others.len(),
+            blocked + blocks.len(),
+        );
+        (cost, excess, calls) = (cost + c, excess + e, calls + n);
+        let verify = support::openclaw(homes[0])
+            .arg("verify")
+            .arg(bundle)
+            .arg("--key")
+            .arg(home1.path().join("tenants/acme/keys/receipt.pub"))
+            .output()
+            .expect("verify");
+        assert!(verify.status.success(), "{}", output_text(&verify));
+    }
+    assert!(ok >= 1 && refused >= 1, "{ok} passed, {refused} refused");
+    assert_eq!(calls, ok);
+    assert_eq!(blocked, refused);
+
+    // The database's figures are the receipts' and within the quota.
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    let spent: i64 = db
+        .query_one(
+            "SELECT COALESCE(SUM(micro_usd), 0)::BIGINT FROM day_spend WHERE tenant = 'acme'",
+            &[],
+        )
+        .expect("spend")
+        .get(0);
+    let holds: i64 = db
+        .query_one("SELECT COUNT(*) FROM quota_holds", &[])
+        .expect("holds")
+        .get(0);
+    let spent = u64::try_from(spent).expect("spent");
+    assert_eq!(spent, cost, "day_spend holds what the receipts settled");
+    assert!(
+        spent <= QUOTA + excess,
+        "two daemons settled {spent} past the quota of {QUOTA} (excess {excess})"
+    );
+    assert_eq!(holds, 0, "no hold outlives its session");
+    // One ledger in the database: both daemons report every host's calls,
+    // and so does `openclaw usage report --database` from a third home.
+    for d in &daemons {
+        let (status, usage) = call(d, "GET", "/v1/usage?period=today", &token, None);
+        assert_eq!(status, 200, "{usage}");
+        assert_eq!(usage["total"]["calls"], ok, "{usage}");
+        assert_eq!(usage["total"]["cost_micro_usd"], spent, "{usage}");
+    }
+    let third = tempfile::tempdir().expect("tempdir");
+    let report = openclaw(
+        third.path(),
+        Given::Env(&url),
+        &[
+            "usage", "report", "--period", "today", "--by", "session", "--json",
+        ],
+    )
+    .output()
+    .expect("usage report");
+    assert!(report.status.success(), "{}", output_text(&report));
+    let report: Value = serde_json::from_slice(&report.stdout).expect("json");
+    assert_eq!(report["total"]["calls"], ok, "{report}");
+    assert_eq!(report["total"]["cost_micro_usd"], spent, "{report}");
+    assert!(
+        !third.path().join("ledger.db").exists(),
+        "the report read the database"
+    );
+    for home in homes {
+        assert!(
+            !home.join("ledger.db").exists(),
+            "rows went to the database"
+        );
+    }
+    eprintln!(
+        "two daemons, 4 sessions, 32 parallel calls: {ok} passed, {refused} refused, \
+         {spent} micro-USD settled of {QUOTA} (excess over reservations {excess})"
+    );
+
+    drop(daemons);
+    for path in files_under(logs.path())
+        .into_iter()
+        .chain(files_under(home1.path()))
+        .chain(files_under(home2.path()))
+    {
+        let bytes = std::fs::read(&path).expect("read");
+        assert_no_password(&password, &path.display().to_string(), &bytes);
+    }
+}
+
+/// The requests-per-minute window on PostgreSQL is one for every daemon:
+/// with a quota of 3, two requests through one daemon and one through the
+/// other use it up, and the next through either is 429 with a
+/// `Retry-After` within the minute; another tenant has its own window.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn two_daemons_on_one_postgres_share_the_requests_per_minute_window() {
+    require(
+        &[Requirement::Postgres],
+        "postgres_store::two_daemons_on_one_postgres_share_the_requests_per_minute_window",
+    );
+    let server = PostgresServer::start();
+    let url = server.create_database("window");
+    let (home1, home2) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let logs = tempfile::tempdir().expect("tempdir");
+    let cli = |args: &[&str]| -> String {
+        let out = openclaw(home1.path(), Given::Env(&url), args)
+            .output()
+            .expect("openclaw");
+        assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let limited = cli(&["tenants", "create", "acme"]);
+    let other = cli(&["tenants", "create", "other"]);
+    cli(&["tenants", "quota", "acme", "--requests-per-minute", "3"]);
+    cli(&["tenants", "quota", "other", "--requests-per-minute", "1"]);
+    let one = start(home1.path(), Given::Env(&url), &logs.path().join("one.log"));
+    let two = start(home2.path(), Given::Env(&url), &logs.path().join("two.log"));
+
+    let curl_status = |d: &Daemon, token: &str| -> (u16, Option<u64>) {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-D", "-", "--max-time", "30"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("http://{}/v1/sessions", d.addr))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "{out:?}");
+        let head = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let retry = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("retry-after")
+                .then(|| v.trim().parse().ok())?
+        });
+        (status, retry)
+    };
+    assert_eq!(curl_status(&one, &limited).0, 200);
+    assert_eq!(curl_status(&one, &limited).0, 200);
+    assert_eq!(curl_status(&two, &limited).0, 200, "the third of three");
+    for d in [&two, &one] {
+        let (status, retry) = curl_status(d, &limited);
+        assert_eq!(status, 429, "the window is full on every daemon");
+        let retry = retry.expect("Retry-After");
+        assert!((1..=60).contains(&retry), "{retry}");
+    }
+    // Another tenant's window is its own.
+    assert_eq!(curl_status(&two, &other).0, 200);
+    assert_eq!(curl_status(&one, &other).0, 429);
 }

@@ -7,44 +7,21 @@
 //! `quota`-stage blocked receipt naming the quota; the chain verifies; two
 //! sessions calling in parallel never settle past the quota.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
 mod support;
-use support::{openclaw, receipts, text};
-
-/// Prices of the two test models (USD per million tokens): a Chat call of
-/// the mock provider costs 230 micro-USD, a Messages call 517.
-const RATES: &str = r#"
-[[model]]
-name = "gpt-4o-mini"
-input = "1"
-cached_input = "0.5"
-output = "4"
-
-[[model]]
-name = "claude-sonnet-4-5"
-input = "3"
-cached_input = "0.3"
-cache_write_5m = "3.75"
-cache_write_1h = "3.75"
-output = "15"
-"#;
-const CHAT_COST: u64 = 230;
-
-const POLICY: &str =
-    "[llm]\nproviders = [\"api.openai.com\", \"api.anthropic.com\"]\nbudget_usd = \"1.00\"\n";
-
-const CHAT: &str = r#"curl -sS -i https://api.openai.com/v1/chat/completions -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}'"#;
-const MESSAGES: &str = r#"curl -sS -i https://api.anthropic.com/v1/messages -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' -d '{"model":"claude-sonnet-4-5","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}'"#;
+use support::llm_provider::{
+    answers, assert_openai_usd_refusal, parallel_chats, quota_blocks, usage_of, MockProvider, CHAT,
+    CHAT_COST, LLM_POLICY, MESSAGES, RATES,
+};
+use support::{openclaw, text};
 
 /// A home with keys, the token, prices, tenant `acme` with a USD/day quota
 /// of `usd`, and the test provider.
 struct Setup {
-    _rt: tokio::runtime::Runtime,
-    upstream: test_support::Upstream,
-    ca_pem: PathBuf,
+    provider: MockProvider,
     home: tempfile::TempDir,
 }
 
@@ -54,31 +31,15 @@ fn setup(usd: &str) -> Setup {
 
 /// As [`setup`], with `tenants quota acme` given `quota`.
 fn setup_with(quota: &[&str]) -> Setup {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let ca = test_support::TestCa::new("quota test provider");
-    let upstream = rt.block_on(test_support::Upstream::https(
-        &ca,
-        &["api.openai.com", "api.anthropic.com"],
-        &[b"h2", b"http/1.1"],
-    ));
     let home = tempfile::tempdir().expect("home");
-    support::keygen_and_mint(home.path(), POLICY);
+    let provider = MockProvider::start(home.path());
+    support::keygen_and_mint(home.path(), LLM_POLICY);
     std::fs::write(home.path().join("rates.toml"), RATES).expect("rates");
-    let ca_pem = ca.write_pem(home.path());
     support::serve::cli(home.path(), &["tenants", "create", "acme"]);
     let mut args = vec!["tenants", "quota", "acme"];
     args.extend_from_slice(quota);
     support::serve::cli(home.path(), &args);
-    Setup {
-        _rt: rt,
-        upstream,
-        ca_pem,
-        home,
-    }
+    Setup { provider, home }
 }
 
 impl Setup {
@@ -98,12 +59,7 @@ impl Setup {
             ])
             .arg("--quota-db")
             .arg(home.join("control.db"))
-            .arg("--upstream-ca")
-            .arg(&self.ca_pem)
-            .arg("--resolve")
-            .arg(format!("api.openai.com={}", self.upstream.addr))
-            .arg("--resolve")
-            .arg(format!("api.anthropic.com={}", self.upstream.addr))
+            .args(self.provider.flags())
             .args(["--", "/bin/sh", "-c", script])
             .stdin(std::process::Stdio::null());
         cmd
@@ -147,78 +103,6 @@ impl Setup {
     }
 }
 
-/// One call's answer as curl -i printed it after a `=== NAME` line.
-#[derive(Debug)]
-struct Answer {
-    name: String,
-    status: u16,
-    retry_after: Option<u64>,
-    body: String,
-}
-
-fn answers(out: &str) -> Vec<Answer> {
-    // The session's monitor prefixes the agent's lines with `agent| `.
-    let agent: String = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("agent| ").or((l == "agent|").then_some("")))
-        .map(|l| l.trim_end_matches('\r'))
-        .collect::<Vec<_>>()
-        .join("\n");
-    agent
-        .split("=== ")
-        .skip(1)
-        .map(|part| {
-            let (name, rest) = part.split_once('\n').unwrap_or((part, ""));
-            let status_line = rest.lines().next().unwrap_or("");
-            let status = status_line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let (head, body) = rest.split_once("\n\n").unwrap_or((rest, ""));
-            let retry_after = head.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case("retry-after")
-                    .then(|| v.trim().parse().ok())?
-            });
-            Answer {
-                name: name.trim().to_owned(),
-                status,
-                retry_after,
-                body: body.trim().to_owned(),
-            }
-        })
-        .collect()
-}
-
-/// Settled usage in a bundle: Σ cost and Σ max(0, cost − reservation).
-fn usage_of(bundle: &Path) -> (u64, u64, usize) {
-    let mut cost = 0;
-    let mut excess = 0;
-    let mut calls = 0;
-    for r in receipts(bundle).iter().filter(|r| r["kind"] == "usage") {
-        let c = r["cost_micro_usd"].as_u64().expect("cost");
-        let reserved = r["reserved_micro_usd"].as_u64().expect("reserved");
-        cost += c;
-        excess += c.saturating_sub(reserved);
-        calls += 1;
-    }
-    (cost, excess, calls)
-}
-
-/// The `quota`-stage blocked decisions of a bundle: their reasons.
-fn quota_blocks(bundle: &Path) -> Vec<String> {
-    receipts(bundle)
-        .iter()
-        .filter(|r| r["kind"] == "decision" && r["decision"]["stage"] == "quota")
-        .map(|r| {
-            assert_eq!(r["decision"]["decision"], "block", "{r}");
-            r["decision"]["reason"].as_str().expect("reason").to_owned()
-        })
-        .collect()
-}
-
 #[test]
 fn calls_pass_until_the_usd_quota_then_a_provider_shaped_429_and_a_receipt() {
     // 1000 micro-USD: a few 230 micro-USD calls fit, not eight.
@@ -238,16 +122,8 @@ fn calls_pass_until_the_usd_quota_then_a_provider_shaped_429_and_a_receipt() {
     let passed = chats.iter().take_while(|a| a.status == 200).count();
     assert!(passed >= 1, "the first call fits the quota: {all}");
     assert!(passed < 8, "eight calls cannot fit: {chats:#?}");
-    for a in &chats[passed..] {
-        assert_eq!(a.status, 429, "once past, every call is refused: {a:#?}");
-        let wait = a.retry_after.expect("retry-after");
-        assert!((1..=86_400).contains(&wait), "{a:#?}");
-        let body: Value = serde_json::from_str(&a.body).expect("json body");
-        assert_eq!(body["error"]["code"], "insufficient_quota", "{a:#?}");
-        assert_eq!(body["error"]["type"], "insufficient_quota", "{a:#?}");
-        let message = body["error"]["message"].as_str().expect("message");
-        assert!(message.contains("usd_per_day"), "{message}");
-    }
+    // Once past, every call is refused.
+    chats[passed..].iter().for_each(assert_openai_usd_refusal);
     let m = &answers[8];
     assert_eq!((m.name.as_str(), m.status), ("messages", 429), "{m:#?}");
     assert!(m.retry_after.is_some(), "{m:#?}");
@@ -278,13 +154,7 @@ fn calls_pass_until_the_usd_quota_then_a_provider_shaped_429_and_a_receipt() {
 fn two_sessions_calling_in_parallel_never_settle_past_the_quota() {
     // 2000 micro-USD; 2 sessions × 8 parallel calls × 230 would be 3680.
     let s = setup("0.002");
-    let mut script = String::new();
-    for i in 1..=8 {
-        script.push_str(&format!(
-            "( out=$({CHAT} 2>&1); printf '=== chat {i}\\n%s\\n' \"$out\" > /work/answer{i} ) &\n"
-        ));
-    }
-    script.push_str("wait; cat /work/answer*\n");
+    let script = parallel_chats(8);
     // Both sessions run at once, each with its calls in parallel.
     let spawn = || {
         s.run(&script)

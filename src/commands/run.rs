@@ -13,6 +13,8 @@ use clap::{Args, ValueEnum};
 use crate::session::backends::choice;
 use crate::session::config::{ApproveMode, BackendChoice, Bounds, RunConfig, SessionLabels};
 use crate::session::runner;
+use crate::tenants::QuotaDb;
+use crate::usage::LedgerDb;
 use crate::{home, keys};
 
 #[derive(Debug, Args)]
@@ -135,11 +137,32 @@ pub struct RunArgs {
     /// ~/.openclaw; with --sessions-dir alone, that directory's parent].
     #[arg(long, value_name = "DIR")]
     home: Option<PathBuf>,
-    /// The control store (`<home>/control.db`) whose LLM tokens/day and
-    /// USD/day quotas of `--tenant` each LLM call is held against: past
-    /// them the call gets a provider-shaped 429 (`openclaw serve` passes it).
-    #[arg(long, value_name = "PATH")]
-    quota_db: Option<PathBuf>,
+    /// The control store whose LLM tokens/day and USD/day quotas of
+    /// `--tenant` each LLM call is held against: past them the call gets a
+    /// provider-shaped 429 (`openclaw serve` passes it). A path
+    /// (`<home>/control.db`) or the daemon's postgres:// URL; a URL with a
+    /// password belongs in OPENCLAW_QUOTA_DB: argv is visible to every user
+    /// of the host (the sandbox never sees either).
+    #[arg(
+        long,
+        env = "OPENCLAW_QUOTA_DB",
+        hide_env_values = true,
+        value_name = "PATH|URL",
+        value_parser = QuotaDb::from_arg
+    )]
+    quota_db: Option<QuotaDb>,
+    /// Where the session's usage rows go: a ledger file, or the daemon's
+    /// postgres:// URL [default: <home>/ledger.db]. A URL with a password
+    /// belongs in OPENCLAW_LEDGER_DB (`openclaw serve --database` passes it
+    /// there; the sandbox never sees it).
+    #[arg(
+        long,
+        env = "OPENCLAW_LEDGER_DB",
+        hide_env_values = true,
+        value_name = "PATH|URL",
+        value_parser = LedgerDb::from_arg
+    )]
+    ledger_db: Option<LedgerDb>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -295,6 +318,7 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
         },
         labels,
         quota_db: args.quota_db,
+        ledger_db: args.ledger_db,
     })
 }
 

@@ -9,6 +9,7 @@ use clap::Args;
 use super::tenants::DatabaseArg;
 use crate::home;
 use crate::serve::{self, ServeConfig};
+use crate::tenants::QuotaDb;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -56,11 +57,18 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let quota_db = args
+    // Day quotas live beside the tenants: in control.db, or in the shared
+    // database so every daemon on it holds LLM calls against the same figures.
+    let quota_db = Some(match &args.database.database {
+        None => QuotaDb::Sqlite(home.join(crate::tenants::CONTROL_DB)),
+        Some(url) => QuotaDb::Postgres(url.clone()),
+    });
+    // Every daemon on the database writes its sessions' usage to one ledger there.
+    let ledger_db = args
         .database
         .database
-        .is_none()
-        .then(|| home.join(crate::tenants::CONTROL_DB));
+        .clone()
+        .map(crate::usage::LedgerDb::Postgres);
     runtime.block_on(serve::run(ServeConfig {
         home,
         addr: args.addr,
@@ -69,6 +77,7 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
             resolve: args.resolve,
             upstream_ca: args.upstream_ca,
             quota_db,
+            ledger_db,
         },
         identity,
     }))?;

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use super::tenants::DatabaseArg;
 use crate::usage::report::{self, GroupKey};
-use crate::usage::{self, Ledger};
+use crate::usage::{self, LedgerDb};
 use crate::{home, keys};
 
 #[derive(Debug, Subcommand)]
@@ -63,8 +64,10 @@ pub struct ReportArgs {
     #[arg(long)]
     json: bool,
     /// The ledger [default: <home>/ledger.db].
-    #[arg(long, value_name = "LEDGER.db")]
+    #[arg(long, value_name = "LEDGER.db", conflicts_with = "database")]
     ledger: Option<PathBuf>,
+    #[command(flatten)]
+    database: DatabaseArg,
 }
 
 #[derive(Debug, Args)]
@@ -92,8 +95,10 @@ pub struct RebuildArgs {
     #[arg(long, value_name = "DIR")]
     sessions: Option<PathBuf>,
     /// The ledger [default: <home>/ledger.db].
-    #[arg(long, value_name = "LEDGER.db")]
+    #[arg(long, value_name = "LEDGER.db", conflicts_with = "database")]
     ledger: Option<PathBuf>,
+    #[command(flatten)]
+    database: DatabaseArg,
 }
 
 pub fn execute(cmd: UsageCommand) -> Result<ExitCode> {
@@ -126,27 +131,28 @@ fn tenant_sources(tenants_dir: &Path) -> Result<Vec<usage::ChainSource>> {
     Ok(sources)
 }
 
-fn ledger_or_default(path: Option<PathBuf>) -> Result<PathBuf> {
-    match path {
-        Some(p) => Ok(p),
-        None => Ok(usage::ledger_path(&home::home_dir()?)),
-    }
+/// `--database`'s ledger, else `--ledger`'s file, else the home's.
+fn ledger_or_default(path: Option<PathBuf>, database: DatabaseArg) -> Result<LedgerDb> {
+    Ok(match (database.database, path) {
+        (Some(url), _) => LedgerDb::Postgres(url),
+        (None, Some(p)) => LedgerDb::Sqlite(p),
+        (None, None) => LedgerDb::Sqlite(usage::ledger_path(&home::home_dir()?)),
+    })
 }
 
 fn report_cmd(args: ReportArgs) -> Result<ExitCode> {
-    let path = ledger_or_default(args.ledger)?;
-    anyhow::ensure!(
-        path.exists(),
-        "no usage ledger at {} yet: it is written when a session with metered LLM calls ends (or by `openclaw usage rebuild`)",
-        path.display()
-    );
+    let at = ledger_or_default(args.ledger, args.database)?;
+    let ledger = at.open_for_reading()?.with_context(|| {
+        format!(
+            "no usage ledger at {at} yet: it is written when a session with metered LLM calls ends (or by `openclaw usage rebuild`)"
+        )
+    })?;
     let period = report::parse_period(&args.period, &report::today())?;
     let mut by = args.by;
     if args.csv {
         by.extend([GroupKey::Day, GroupKey::Tenant, GroupKey::Model]);
     }
-    let ledger = Ledger::open_read_only(&path)?;
-    let found = report::query(&ledger, &period, args.tenant.as_deref(), &by)?;
+    let found = report::query(ledger.as_ref(), &period, args.tenant.as_deref(), &by)?;
     if args.csv {
         print!("{}", report::to_csv(&found));
     } else if args.json {
@@ -188,13 +194,11 @@ fn rebuild_cmd(args: RebuildArgs) -> Result<ExitCode> {
         // with that tenant's own receipt key.
         sources.extend(tenant_sources(&home::home_dir()?.join("tenants"))?);
     }
-    let ledger = ledger_or_default(args.ledger)?;
-    let done = usage::rebuild(&ledger, &sources)?;
+    let ledger = ledger_or_default(args.ledger, args.database)?;
+    let done = usage::rebuild_into(&ledger, &sources)?;
     println!(
-        "rebuilt {}: {} usage row(s) from {} session(s)",
-        ledger.display(),
-        done.rows,
-        done.sessions
+        "rebuilt {ledger}: {} usage row(s) from {} session(s)",
+        done.rows, done.sessions
     );
     for (dir, why) in &done.skipped {
         println!("  skipped {}: {why}", dir.display());

@@ -118,6 +118,7 @@ pub async fn run(options: DemoOptions) -> Result<(SessionOutcome, Vec<SeenReques
         bounds: Bounds::default(),
         labels: options.labels.clone(),
         quota_db: None,
+        ledger_db: None,
     };
     let outcome = runner::run_session(config).await;
     let _ = std::fs::remove_dir_all(&workdir);

@@ -24,7 +24,11 @@ use crate::bundle;
 use crate::control::CONTROL_SOCK;
 use crate::keys;
 use crate::session::recovery;
-use crate::tenants::{TenantName, TenantRoot};
+use crate::tenants::{QuotaDb, TenantName, TenantRoot, QUOTA_DB_ENV};
+use crate::usage::LedgerDb;
+
+/// How `openclaw run` may be told its ledger (`run --ledger-db`).
+const LEDGER_DB_ENV: &str = "OPENCLAW_LEDGER_DB";
 
 /// Longest wait for a started session's sandbox (a KVM session may build
 /// its guest image first).
@@ -148,13 +152,25 @@ pub const RUN_LOG: &str = "run.log";
 pub struct SessionDefaults {
     pub resolve: Vec<(String, std::net::SocketAddr)>,
     pub upstream_ca: Vec<PathBuf>,
-    /// The SQLite control store whose day quotas each session's proxy holds
-    /// LLM calls against (`run --quota-db`). None with `--database`: the
-    /// day-spend tables exist only in SQLite so far.
-    pub quota_db: Option<PathBuf>,
+    /// The store whose day quotas each session's proxy holds LLM calls
+    /// against (`run --quota-db`): the home's control.db, or the
+    /// `--database` PostgreSQL database. None: sessions hold none (a
+    /// tenant with day quotas is then refused a session, fail closed).
+    pub quota_db: Option<QuotaDb>,
+    /// Where sessions write their usage rows (`run --ledger-db`); None:
+    /// the home's ledger.db.
+    pub ledger_db: Option<LedgerDb>,
 }
 
 impl Launcher {
+    /// The ledger its sessions' usage rows go to.
+    fn ledger(&self) -> LedgerDb {
+        self.defaults
+            .ledger_db
+            .clone()
+            .unwrap_or_else(|| LedgerDb::Sqlite(crate::usage::ledger_path(&self.home)))
+    }
+
     /// Whether sessions hold LLM calls against the tenant's day quotas.
     pub fn holds_day_quotas(&self) -> bool {
         self.defaults.quota_db.is_some()
@@ -255,13 +271,15 @@ impl Launcher {
                 .unwrap_or(false);
             if still_running {
                 let key = keys::read_signing_key(&receipt_key);
-                match key.and_then(|key| recovery::recover(&sessions, &self.home, Some(&key))) {
+                match key
+                    .and_then(|key| recovery::recover_into(&sessions, &self.ledger(), Some(&key)))
+                {
                     Ok(done) => {
                         tracing::info!(session = id, "recovered: {:?}", done.sessions);
                         // Its LLM calls in flight when it died hold no quota any more.
                         if let Some(db) = &self.defaults.quota_db {
                             for session in &done.sessions {
-                                crate::tenants::SqliteDayQuota::release_session(db, &session.id);
+                                db.release_session(&session.id);
                             }
                         }
                     }
@@ -398,9 +416,28 @@ impl Launcher {
         for ca in &self.defaults.upstream_ca {
             cmd.arg("--upstream-ca").arg(ca);
         }
-        if let Some(store) = &self.defaults.quota_db {
-            // The tenant's LLM quotas, held at the proxy on each call.
-            cmd.arg("--quota-db").arg(store);
+        // The tenant's LLM quotas, held at the proxy on each call. A
+        // database URL goes through the environment, never argv (which
+        // every user of the host reads); no other value is inherited.
+        cmd.env_remove(QUOTA_DB_ENV);
+        match &self.defaults.quota_db {
+            Some(QuotaDb::Sqlite(path)) => {
+                cmd.arg("--quota-db").arg(path);
+            }
+            Some(QuotaDb::Postgres(url)) => {
+                cmd.env(QUOTA_DB_ENV, url.expose_secret());
+            }
+            None => {}
+        }
+        cmd.env_remove(LEDGER_DB_ENV);
+        match &self.defaults.ledger_db {
+            Some(LedgerDb::Sqlite(path)) => {
+                cmd.arg("--ledger-db").arg(path);
+            }
+            Some(LedgerDb::Postgres(url)) => {
+                cmd.env(LEDGER_DB_ENV, url.expose_secret());
+            }
+            None => {}
         }
         if let Some(task) = &req.task {
             cmd.arg("--agent").arg(task);
@@ -415,7 +452,8 @@ impl Launcher {
             .mode(0o600)
             .open(log_path)
             .context("creating the session's output log")?;
-        // The session needs no database, so not the password in its URL.
+        // The session needs no tenant store: OPENCLAW_DATABASE is not passed
+        // on (the day quotas' URL, above, is all it gets).
         cmd.env("OPENCLAW_HOME", &self.home)
             .env_remove("OPENCLAW_DATABASE")
             .stdin(Stdio::null())
@@ -448,8 +486,8 @@ impl Launcher {
                 // A bundle it left marked running is closed now, not at the
                 // tenant's next session.
                 let key = keys::read_signing_key(&keys_dir.join(keys::RECEIPT_KEY));
-                let recovered =
-                    key.and_then(|key| recovery::recover(&sessions, &self.home, Some(&key)));
+                let recovered = key
+                    .and_then(|key| recovery::recover_into(&sessions, &self.ledger(), Some(&key)));
                 if let Err(e) = recovered {
                     tracing::warn!("recovering after a failed start: {e:#}");
                 }

@@ -108,7 +108,7 @@ pub fn render(state: &State) -> anyhow::Result<String> {
             }
             receipts.add(vec![("tenant", t.clone())], count);
         }
-        let day = quota::usage_today(state.registry.home(), &tenant.name)?;
+        let day = quota::usage_today(&state.ledger, &tenant.name)?;
         tokens.add(vec![("tenant", t.clone())], day.tokens);
         usd.add(vec![("tenant", t.clone())], day.micro_usd);
     }

@@ -1,18 +1,19 @@
 //! Quotas at the API (`docs/control-plane.md`, "Quotas"): the requests-per-
-//! minute sliding window of each tenant (in this daemon's memory: one host),
+//! minute sliding window of each tenant (in this daemon's memory on one
+//! host; in the `--database` PostgreSQL database, shared by every daemon on
+//! it),
 //! the per-tenant lock that makes "count running sessions, then start one"
 //! one step, and the day's LLM usage of a tenant read from the ledger(s).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
-use crate::tenants::TenantName;
+use crate::tenants::{PgStore, TenantName};
 use crate::usage::report::{self as usage_report, GroupKey};
-use crate::usage::{self, Ledger};
+use crate::usage::LedgerReader;
 
 /// The requests-per-minute window.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -26,6 +27,8 @@ pub const SESSIONS_RETRY_AFTER: u64 = 5;
 pub struct Limits {
     /// When each tenant's admitted `/v1` requests of the last minute came.
     windows: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// With `--database`: the window kept there instead, for every daemon.
+    shared: Option<PgStore>,
     /// Held across "count running, then start": two creates of one tenant
     /// never both see room for one more session.
     create_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -34,11 +37,37 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Limits whose requests-per-minute windows are kept in `store`'s
+    /// database, so every daemon on it counts a tenant's requests together.
+    pub fn shared(store: PgStore) -> Limits {
+        Limits {
+            shared: Some(store),
+            ..Limits::default()
+        }
+    }
+
     /// Admits one request of `tenant` under `limit` requests per 60 s
     /// (sliding window over admitted requests); `Err(seconds)` until the
     /// oldest in the window leaves it.
     pub fn admit(&self, tenant: &TenantName, limit: Option<u64>) -> Result<(), u64> {
-        self.admit_at(tenant, limit, Instant::now())
+        match (&self.shared, limit) {
+            (Some(store), Some(limit)) => {
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                let window_ms = i64::try_from(WINDOW.as_millis()).unwrap_or(60_000);
+                match store.admit_request(tenant, limit, window_ms, now_ms) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(ms)) => Err(u64::try_from(ms).unwrap_or(1).div_ceil(1000).max(1)),
+                    Err(e) => {
+                        // Fail closed: a window that cannot be read admits nothing.
+                        tracing::error!(tenant = tenant.as_str(), "the request window: {e}");
+                        Err(1)
+                    }
+                }
+            }
+            _ => self.admit_at(tenant, limit, Instant::now()),
+        }
     }
 
     fn admit_at(&self, tenant: &TenantName, limit: Option<u64>, now: Instant) -> Result<(), u64> {
@@ -117,17 +146,21 @@ pub struct DayUsage {
     pub micro_usd: u64,
 }
 
-/// The tenant's usage today, from the home's ledger: the daemon's sessions
-/// run with its home (`openclaw run --home`), as do `openclaw run --tenant`
-/// sessions on the host.
-pub fn usage_today(home: &Path, tenant: &TenantName) -> Result<DayUsage> {
+/// The tenant's usage today, from the daemon's ledger: the home's (its
+/// sessions run with its home, `openclaw run --home`, as do `openclaw run
+/// --tenant` sessions on the host), or the `--database` one every daemon
+/// on it writes.
+pub fn usage_today(ledger: &LedgerReader, tenant: &TenantName) -> Result<DayUsage> {
     let period = usage_report::parse_period("today", &usage_report::today())?;
-    let path = usage::ledger_path(home);
-    if !path.exists() {
+    let Some(ledger) = ledger.open_for_reading()? else {
         return Ok(DayUsage::default());
-    }
-    let ledger = Ledger::open_read_only(&path)?;
-    let report = usage_report::query(&ledger, &period, Some(tenant.as_str()), &[GroupKey::Tenant])?;
+    };
+    let report = usage_report::query(
+        ledger.as_ref(),
+        &period,
+        Some(tenant.as_str()),
+        &[GroupKey::Tenant],
+    )?;
     Ok(DayUsage {
         tokens: report.total.tokens_in + report.total.tokens_out,
         micro_usd: report.total.cost_micro_usd,

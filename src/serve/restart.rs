@@ -19,7 +19,8 @@ use anyhow::{Context, Result};
 use crate::bundle::{self, SessionInfo};
 use crate::keys;
 use crate::session::recovery;
-use crate::tenants::Registry;
+use crate::tenants::{QuotaDb, Registry};
+use crate::usage::LedgerDb;
 
 /// What [`settle`] did.
 #[derive(Debug, Default)]
@@ -33,8 +34,15 @@ pub struct Settled {
 }
 
 /// Stops orphans (waiting up to `limit` for them), then recovers every
-/// tenant's sessions whose supervisor is gone. Blocking.
-pub fn settle(registry: &Registry, limit: Duration) -> Result<Settled> {
+/// tenant's sessions whose supervisor is gone. Blocking. `quota_db`:
+/// where the sessions' LLM calls held day quota (their holds are released
+/// with their recovery); `ledger`: where their metered calls are recorded.
+pub fn settle(
+    registry: &Registry,
+    quota_db: Option<&QuotaDb>,
+    ledger: &LedgerDb,
+    limit: Duration,
+) -> Result<Settled> {
     let mut settled = Settled::default();
     let mut tenants = Vec::new();
     for record in registry.list().context("listing the tenants")? {
@@ -89,13 +97,15 @@ pub fn settle(registry: &Registry, limit: Duration) -> Result<Settled> {
         };
         // One tenant's broken bundle must not keep the daemon from serving
         // the others: warned, and retried at the next start.
-        match recovery::recover(sessions, registry.home(), key.as_ref()) {
+        match recovery::recover_into(sessions, ledger, key.as_ref()) {
             Ok(done) => {
                 // Their LLM calls in flight hold no day quota any more.
-                let quota_db = registry.home().join(crate::tenants::CONTROL_DB);
                 for session in done.sessions {
-                    if quota_db.exists() {
-                        crate::tenants::SqliteDayQuota::release_session(&quota_db, &session.id);
+                    match quota_db {
+                        // A control.db that was never made holds nothing.
+                        Some(QuotaDb::Sqlite(path)) if !path.exists() => {}
+                        Some(db) => db.release_session(&session.id),
+                        None => {}
                     }
                     tracing::info!(tenant, "recovered: {session}");
                     settled.recovered.push(format!("{tenant}/{}", session.id));

@@ -28,7 +28,6 @@ use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
 use crate::control::{self, ControlClientError, ControlRequest};
 use crate::tenants::{Caller, Identity, Quotas, QuotasJson, TenantName, TenantOpError, TenantRoot};
 use crate::usage::report::{self as usage_report, GroupKey, Sums, UsageReport};
-use crate::usage::{self, Ledger};
 
 /// Largest request body taken (a session's capability token and command
 /// are a few KiB at most).
@@ -561,8 +560,7 @@ fn create_session(
         && (quotas.llm_tokens_per_day.is_some() || quotas.micro_usd_per_day.is_some())
     {
         return Err(ApiError::conflict(
-            "the tenant has LLM day quotas, which sessions hold at the proxy only with the \
-             SQLite store; this daemon uses --database",
+            "the tenant has LLM day quotas, and this daemon's sessions hold none",
         ));
     }
     // With a sessions quota, counting and starting are one step per tenant
@@ -663,7 +661,7 @@ fn create_quota(
     if quotas.llm_tokens_per_day.is_none() && quotas.micro_usd_per_day.is_none() {
         return Ok(());
     }
-    let used = quota::usage_today(state.registry.home(), tenant)
+    let used = quota::usage_today(&state.ledger, tenant)
         .map_err(|e| ApiError::internal(request_id, &e))?;
     if quotas.llm_tokens_per_day.is_some_and(|q| used.tokens >= q) {
         return Err(ApiError::quota_exceeded(
@@ -879,12 +877,13 @@ fn usage_of(
     };
     let period = usage_report::parse_period(&period, &usage_report::today())
         .map_err(|e| ApiError::invalid("period", format!("{e:#}")))?;
-    let path = usage::ledger_path(state.registry.home());
-    let report = if path.exists() {
-        let ledger =
-            Ledger::open_read_only(&path).map_err(|e| ApiError::internal(request_id, &e))?;
+    let opened = state
+        .ledger
+        .open_for_reading()
+        .map_err(|e| ApiError::internal(request_id, &e))?;
+    let report = if let Some(ledger) = opened {
         usage_report::query(
-            &ledger,
+            ledger.as_ref(),
             &period,
             scope.as_ref().map(TenantName::as_str),
             &by,

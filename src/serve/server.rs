@@ -50,7 +50,12 @@ pub struct ServeConfig {
 pub async fn run(config: ServeConfig) -> Result<()> {
     let registry = tenants::open_registry(&config.home, config.database.as_ref())?;
     // Before listening: no request sees a dead daemon's session as running.
-    let settled = restart::settle(&registry, SESSION_DRAIN_LIMIT)?;
+    let settled = restart::settle(
+        &registry,
+        config.sessions.quota_db.as_ref(),
+        &crate::usage::LedgerDb::of(&config.home, config.database.as_ref()),
+        SESSION_DRAIN_LIMIT,
+    )?;
     if !settled.stopped.is_empty() || !settled.recovered.is_empty() {
         tracing::info!(
             stopped = settled.stopped.len(),
@@ -70,9 +75,16 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let state = Arc::new(State {
         registry,
         launcher,
-        limits: Default::default(),
         sessions: Default::default(),
         logins: Default::default(),
+        limits: match &config.database {
+            Some(url) => super::quota::Limits::shared(tenants::PgStore::open(url)?),
+            None => Default::default(),
+        },
+        ledger: crate::usage::LedgerReader::open(&crate::usage::LedgerDb::of(
+            &config.home,
+            config.database.as_ref(),
+        ))?,
     });
     let graceful = GracefulShutdown::new();
     loop {

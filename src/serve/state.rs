@@ -10,6 +10,7 @@ use super::quota::Limits;
 use crate::tenants::Registry;
 use crate::ui::logins::Logins;
 use crate::ui::sessions::TenantSessions;
+use crate::usage::LedgerReader;
 
 pub struct State {
     pub registry: Registry,
@@ -20,4 +21,6 @@ pub struct State {
     pub sessions: TenantSessions,
     /// Who is logged in to the UI (`/ui/`), and with which token.
     pub logins: Logins,
+    /// The usage ledger: the home's ledger.db, or the `--database` one.
+    pub ledger: LedgerReader,
 }

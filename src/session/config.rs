@@ -88,9 +88,22 @@ pub struct RunConfig {
     pub bounds: Bounds,
     /// Who the session is billed to and who ran it.
     pub labels: SessionLabels,
-    /// The control store whose day quotas of `labels.tenant` each LLM call
-    /// is held against (`openclaw run --quota-db`); `None`: no quota.
-    pub quota_db: Option<PathBuf>,
+    /// The store whose day quotas of `labels.tenant` each LLM call is held
+    /// against (`openclaw run --quota-db`: control.db or PostgreSQL);
+    /// `None`: no quota.
+    pub quota_db: Option<crate::tenants::QuotaDb>,
+    /// Where the session's usage rows go (`openclaw run --ledger-db`);
+    /// `None`: the home's `ledger.db`.
+    pub ledger_db: Option<crate::usage::LedgerDb>,
+}
+
+impl RunConfig {
+    /// The ledger the session's rows are written to.
+    pub fn ledger(&self) -> crate::usage::LedgerDb {
+        self.ledger_db.clone().unwrap_or_else(|| {
+            crate::usage::LedgerDb::Sqlite(crate::usage::ledger_path(&self.home))
+        })
+    }
 }
 
 /// `openclaw run --tenant T --user U`: recorded in `session.json` and the

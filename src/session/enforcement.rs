@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::approval_prompt::TerminalBroker;
 use super::config::{ApproveMode, RunConfig};
 use super::screen::Screen;
-use crate::tenants::SqliteDayQuota;
+use crate::tenants::SessionDayQuota;
 
 pub struct SessionEnforcement {
     pub gate: Arc<EnforcingGate>,
@@ -28,7 +28,7 @@ pub struct SessionEnforcement {
     /// Answers approvals from outside the terminal (control socket, UI).
     pub approvals: ApprovalHandle,
     /// The tenant's day quotas (`--quota-db`), if the session has them.
-    day_quota: Option<Arc<SqliteDayQuota>>,
+    day_quota: Option<Arc<dyn SessionDayQuota>>,
 }
 
 /// A cloneable way to follow the session's events.
@@ -89,11 +89,10 @@ pub fn build(
         tracing::warn!("{warning}");
     }
     let day_quota = match &config.quota_db {
-        Some(path) => {
-            let quota = SqliteDayQuota::open(path, &config.labels.tenant, session)
-                .with_context(|| format!("opening the quota store {}", path.display()))?;
-            Some(Arc::new(quota))
-        }
+        Some(db) => Some(
+            db.open(&config.labels.tenant, session)
+                .with_context(|| format!("opening the quota store {db}"))?,
+        ),
         None => None,
     };
     let (api_broker, approvals) = ApiBroker::new();
@@ -111,7 +110,9 @@ pub fn build(
         },
         rates,
         metering: enforce::MeterSettings::default(),
-        day_quota: day_quota.clone().map(|q| q as Arc<dyn enforce::DayQuota>),
+        day_quota: day_quota
+            .clone()
+            .map(|q| -> Arc<dyn enforce::DayQuota> { q }),
     });
     Ok(SessionEnforcement {
         sandbox_env: enforcement.sandbox_env(),

@@ -20,6 +20,7 @@ use receipts::{InterruptionCause, LogOptions, OpenLogError, ReceiptLog};
 
 use crate::bundle::{self, SessionInfo, STATUS_SUPERVISOR_DIED};
 use crate::report;
+use crate::usage::LedgerDb;
 
 /// Held while recovering, so two openclaw processes starting at once do not
 /// both close the same chain. Host-wide (under `/run/openclaw`, beside the
@@ -95,11 +96,22 @@ pub fn recover(
     home: &Path,
     receipt_key: Option<&SigningKey>,
 ) -> Result<Recovery> {
+    let ledger = LedgerDb::Sqlite(crate::usage::ledger_path(home));
+    recover_into(sessions_dir, &ledger, receipt_key)
+}
+
+/// [`recover`], the sessions' metered calls going to `ledger` (a daemon's
+/// on `--database`, a session's `--ledger-db`).
+pub fn recover_into(
+    sessions_dir: &Path,
+    ledger: &LedgerDb,
+    receipt_key: Option<&SigningKey>,
+) -> Result<Recovery> {
     let mut done = Recovery::default();
     let stale = sandbox::cleanup_stale().context("removing dead supervisors' sandboxes")?;
     done.sandboxes = stale.sandboxes;
     done.networks = stale.networks;
-    done.sessions = recover_sessions(sessions_dir, home, receipt_key)?;
+    done.sessions = recover_sessions(sessions_dir, ledger, receipt_key)?;
     Ok(done)
 }
 
@@ -107,7 +119,7 @@ pub fn recover(
 /// `sessions_dir` still marked running whose supervisor is gone.
 fn recover_sessions(
     sessions_dir: &Path,
-    home: &Path,
+    ledger: &LedgerDb,
     receipt_key: Option<&SigningKey>,
 ) -> Result<Vec<RecoveredSession>> {
     let mut done = Vec::new();
@@ -135,7 +147,7 @@ fn recover_sessions(
         if !dead && !retry {
             continue;
         }
-        let recovered = recover_session(&dir, home, info, receipt_key, retry)
+        let recovered = recover_session(&dir, ledger, info, receipt_key, retry)
             .with_context(|| format!("recovering session {}", dir.display()))?;
         done.extend(recovered);
     }
@@ -159,7 +171,7 @@ fn lock() -> Result<Flock<File>> {
 
 fn recover_session(
     dir: &Path,
-    home: &Path,
+    ledger: &LedgerDb,
     mut info: SessionInfo,
     receipt_key: Option<&SigningKey>,
     retry: bool,
@@ -185,8 +197,7 @@ fn recover_session(
     // Its metered calls reach the ledger as an ended session's do (an
     // index: on failure `openclaw usage rebuild` recreates it).
     if let Some(key) = key.as_ref() {
-        let ledger = crate::usage::ledger_path(home);
-        if let Err(err) = crate::usage::record_session(&ledger, dir, key) {
+        if let Err(err) = crate::usage::record_session(ledger, dir, key) {
             tracing::warn!("the usage ledger was not updated for {id}: {err:#}");
         }
     }
@@ -275,6 +286,10 @@ mod tests {
     /// A session whose supervisor "died" (a pid that no longer runs) with a
     /// chain signed by `key` holding a session_start only, as a SIGKILL
     /// leaves it.
+    fn sqlite_ledger(home: &Path) -> LedgerDb {
+        LedgerDb::Sqlite(crate::usage::ledger_path(home))
+    }
+
     fn dead_session(sessions: &Path, id: &str, key: &SigningKey) -> std::path::PathBuf {
         let dir = sessions.join(id);
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -338,7 +353,8 @@ mod tests {
 
         // Another key: the chain is left open, not a byte changed; the
         // session is still marked as one whose supervisor died.
-        let done = recover_sessions(home.path(), home.path(), Some(&other)).expect("recover");
+        let done = recover_sessions(home.path(), &sqlite_ledger(home.path()), Some(&other))
+            .expect("recover");
         assert_eq!(done.len(), 1);
         assert!(
             matches!(&done[0].chain, ChainOutcome::LeftOpen(why) if why.contains("signed by key")),
@@ -350,7 +366,8 @@ mod tests {
         assert_eq!(info.status, STATUS_SUPERVISOR_DIED);
 
         // Retried with its own key by a later recovery: closed, once.
-        let done = recover_sessions(home.path(), home.path(), Some(&ours)).expect("recover");
+        let done = recover_sessions(home.path(), &sqlite_ledger(home.path()), Some(&ours))
+            .expect("recover");
         assert_eq!(
             done[0].chain,
             ChainOutcome::Closed {
@@ -374,9 +391,11 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join(bundle::REPORT_JSON)).expect("report"))
                 .expect("json");
         assert_eq!(report["receipts"]["status"], "interrupted");
-        assert!(recover_sessions(home.path(), home.path(), Some(&ours))
-            .expect("again")
-            .is_empty());
+        assert!(
+            recover_sessions(home.path(), &sqlite_ledger(home.path()), Some(&ours))
+                .expect("again")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -388,9 +407,11 @@ mod tests {
         info.set_supervisor_to_self();
         bundle::write_info(&dir, &info).expect("write");
         let chain = std::fs::read(dir.join(bundle::RECEIPTS)).expect("chain");
-        assert!(recover_sessions(home.path(), home.path(), Some(&key))
-            .expect("recover")
-            .is_empty());
+        assert!(
+            recover_sessions(home.path(), &sqlite_ledger(home.path()), Some(&key))
+                .expect("recover")
+                .is_empty()
+        );
         assert_eq!(bundle::read_info(&dir).expect("info").status, "running");
         assert_eq!(
             std::fs::read(dir.join(bundle::RECEIPTS)).expect("chain"),

@@ -63,20 +63,22 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     let started_at = SystemTime::now();
     // Whatever dead supervisors left (sandboxes, namespaces, open chains)
     // is recovered before anything new is made.
-    let (sessions_dir, home, key) = (
+    let (sessions_dir, ledger, key) = (
         config.sessions_dir.clone(),
-        config.home.clone(),
+        config.ledger(),
         config.receipt_key.clone(),
     );
-    match tokio::task::spawn_blocking(move || recovery::recover(&sessions_dir, &home, Some(&key)))
-        .await?
+    match tokio::task::spawn_blocking(move || {
+        recovery::recover_into(&sessions_dir, &ledger, Some(&key))
+    })
+    .await?
     {
         Ok(done) => {
             for session in &done.sessions {
                 eprintln!("openclaw: recovered session {session}");
                 // Its calls in flight when it died hold no quota any more.
                 if let Some(db) = &config.quota_db {
-                    crate::tenants::SqliteDayQuota::release_session(db, &session.id);
+                    db.release_session(&session.id);
                 }
             }
         }
@@ -196,7 +198,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     report::write(&dir, &report)?;
     // The ledger is an index of the chains: a failure here loses nothing
     // (`openclaw usage rebuild` recreates it), so it warns and goes on.
-    let ledger = usage::ledger_path(&config.home);
+    let ledger = config.ledger();
     let (ledger_dir, key) = (dir.clone(), config.receipt_key.verifying_key());
     match tokio::task::spawn_blocking(move || usage::record_session(&ledger, &ledger_dir, &key))
         .await?
@@ -293,7 +295,7 @@ async fn serve_and_supervise(
     // readable while the session runs (the end fill completes it).
     let live_ledger = usage::live::LiveLedger::start(
         enforcement.events.subscribe(),
-        usage::ledger_path(&config.home),
+        config.ledger(),
         dir.join(bundle::RECEIPTS),
         usage::live::Labels {
             tenant: config.labels.tenant.clone(),

@@ -3,10 +3,13 @@
 //! keeps them: SQLite by default, PostgreSQL with `--database`
 //! (`docs/control-plane.md`).
 
-/// The proxy's day quotas over `control.db` (reserve, settle, release).
+/// The proxy's day quotas (reserve, settle, release) and where they are
+/// kept; the `control.db` implementation.
 mod day_quota;
 /// Tenant names: the one validated type.
 mod name;
+/// The proxy's day quotas in PostgreSQL, shared by hosts.
+mod pg_day_quota;
 /// The PostgreSQL store: `--database postgres://…`, shared by hosts.
 mod postgres;
 /// Per-tenant quotas: the values the admin sets.
@@ -22,14 +25,16 @@ mod store;
 /// Token shapes, hashing and constant-time comparison.
 mod token;
 
-pub use day_quota::SqliteDayQuota;
+pub use day_quota::{QuotaDb, SessionDayQuota, QUOTA_DB_ENV};
 pub use name::TenantName;
 // `self::`: the module shares its name with the `postgres` crate.
+pub(crate) use self::postgres::db as postgres_error;
 pub use self::postgres::{DatabaseUrl, PgStore};
 pub use quota::{usd_to_micro, Quotas, QuotasJson};
 pub use registry::{Caller, Identity, Registry, TenantOpError};
 pub use root::TenantRoot;
 pub use sqlite::{SqliteStore, CONTROL_DB};
+pub use store::TenantStoreError;
 
 use std::path::Path;
 use std::sync::Arc;

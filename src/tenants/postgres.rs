@@ -27,7 +27,7 @@ use crate::audit::{AuditRecord, AuditTable};
 
 /// The schema version this openclaw reads (`openclaw_schema.version`); a
 /// database at a newer version is refused.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 6;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`, in the
 /// transaction that holds the migration lock. A change is a new entry, never
@@ -68,11 +68,76 @@ CREATE TABLE quotas (
     updated_at TEXT NOT NULL
 );
 ",
+    // The proxy's day quotas (tenants/pg_day_quota.rs), as in control.db:
+    // each tenant's settled LLM spend per UTC day (its row is also the lock
+    // a reservation takes) and the worst cases of the calls in flight.
+    "
+CREATE TABLE day_spend (
+    tenant TEXT COLLATE \"C\" NOT NULL,
+    day TEXT NOT NULL,
+    micro_usd BIGINT NOT NULL CHECK (micro_usd >= 0),
+    tokens BIGINT NOT NULL CHECK (tokens >= 0),
+    PRIMARY KEY (tenant, day)
+);
+CREATE TABLE quota_holds (
+    id BIGSERIAL PRIMARY KEY,
+    tenant TEXT COLLATE \"C\" NOT NULL,
+    day TEXT NOT NULL,
+    micro_usd BIGINT NOT NULL CHECK (micro_usd >= 0),
+    session TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX quota_holds_by_day ON quota_holds (tenant, day);
+CREATE INDEX quota_holds_by_session ON quota_holds (session);
+",
+    // The usage ledger (src/usage/pg_ledger.rs): ledger.db's `usage` rows,
+    // column for column (`estimated` as 0 or 1, as SQLite keeps it).
+    "
+CREATE TABLE usage (
+    session TEXT COLLATE \"C\" NOT NULL,
+    seq BIGINT NOT NULL,
+    ts TEXT NOT NULL,
+    day TEXT COLLATE \"C\" NOT NULL,
+    tenant TEXT COLLATE \"C\" NOT NULL,
+    \"user\" TEXT COLLATE \"C\" NOT NULL,
+    provider TEXT NOT NULL,
+    api TEXT NOT NULL,
+    model TEXT COLLATE \"C\" NOT NULL,
+    response_id TEXT,
+    tokens_input BIGINT NOT NULL,
+    tokens_cached_input BIGINT NOT NULL,
+    tokens_cache_write_5m BIGINT NOT NULL,
+    tokens_cache_write_1h BIGINT NOT NULL,
+    tokens_output BIGINT NOT NULL,
+    tokens_reasoning BIGINT NOT NULL,
+    cost_micro_usd BIGINT NOT NULL,
+    reserved_micro_usd BIGINT NOT NULL,
+    card_sha256 TEXT NOT NULL,
+    estimated BIGINT NOT NULL CHECK (estimated IN (0, 1)),
+    decision_seq BIGINT NOT NULL,
+    PRIMARY KEY (session, seq)
+);
+CREATE INDEX usage_day ON usage (day, tenant);
+",
+    // The API's requests-per-minute window, shared by every daemon on the
+    // database: when each admitted request of a tenant came (Unix ms, the
+    // admitting daemon's clock).
+    "
+CREATE TABLE request_window (
+    tenant TEXT COLLATE \"C\" NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+CREATE INDEX request_window_by_tenant ON request_window (tenant, at_ms);
+",
 ];
 
 /// The advisory lock two daemons opening one fresh database take, so one
 /// creates the schema and the other then finds it (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x6f70_656e_636c_6177; // "openclaw"
+
+/// The first key of the per-tenant advisory locks that serialize one
+/// tenant's request-window checks (the second is the name's hash).
+const WINDOW_LOCK: i32 = 0x6f63_7277; // "ocrw"
 
 /// How long a connection attempt may take before the store call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +153,12 @@ impl DatabaseUrl {
     /// worded without echoing the URL; clap's own would print it whole).
     pub fn from_arg(text: &str) -> Result<DatabaseUrl, std::convert::Infallible> {
         Ok(DatabaseUrl(text.to_owned()))
+    }
+
+    /// The URL itself, password and all: only for handing it to a child
+    /// process through its environment (never argv, never a message).
+    pub(crate) fn expose_secret(&self) -> &str {
+        &self.0
     }
 
     fn config(&self) -> Result<Config, TenantStoreError> {
@@ -148,7 +219,7 @@ fn backend(e: impl std::fmt::Display) -> TenantStoreError {
     TenantStoreError::Backend(e.to_string())
 }
 
-fn db(e: postgres::Error) -> TenantStoreError {
+pub(crate) fn db(e: postgres::Error) -> TenantStoreError {
     backend(format!("postgresql: {}", describe_error(&e)))
 }
 
@@ -249,7 +320,7 @@ impl PgStore {
     }
 
     /// Runs `op` on the connection's thread and waits for its answer.
-    fn call<T: Send + 'static>(
+    pub(crate) fn call<T: Send + 'static>(
         &self,
         op: impl FnOnce(&mut Client) -> Result<T, TenantStoreError> + Send + 'static,
     ) -> Result<T, TenantStoreError> {
@@ -506,6 +577,66 @@ impl Store for PgStore {
     }
 }
 
+impl PgStore {
+    /// Admits one request of `tenant` at `now_ms` (Unix ms) under `limit`
+    /// requests per `window_ms`, counted over every daemon on the
+    /// database: `Ok(Err(ms))` until a slot frees. The tenant's advisory
+    /// lock makes count-then-insert one step across hosts; the daemons'
+    /// clocks are assumed to agree (NTP) to well under the window.
+    pub fn admit_request(
+        &self,
+        tenant: &TenantName,
+        limit: u64,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<Result<(), i64>, TenantStoreError> {
+        let tenant = tenant.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |c| {
+            let mut tx = c.transaction().map_err(db)?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&WINDOW_LOCK, &tenant],
+            )
+            .map_err(db)?;
+            tx.execute(
+                "DELETE FROM request_window WHERE tenant = $1 AND at_ms <= $2",
+                &[&tenant, &(now_ms - window_ms)],
+            )
+            .map_err(db)?;
+            let count: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM request_window WHERE tenant = $1",
+                    &[&tenant],
+                )
+                .map_err(db)?
+                .get(0);
+            let answer = if count < limit {
+                tx.execute(
+                    "INSERT INTO request_window (tenant, at_ms) VALUES ($1, $2)",
+                    &[&tenant, &now_ms],
+                )
+                .map_err(db)?;
+                Ok(())
+            } else {
+                // Full: the next slot frees when the oldest (or, when the
+                // limit was lowered, the one at the limit's place) leaves.
+                let at: i64 = tx
+                    .query_one(
+                        "SELECT at_ms FROM request_window WHERE tenant = $1
+                         ORDER BY at_ms OFFSET $2 LIMIT 1",
+                        &[&tenant, &(count - limit)],
+                    )
+                    .map_err(db)?
+                    .get(0);
+                Err((at + window_ms - now_ms).max(1))
+            };
+            tx.commit().map_err(db)?;
+            Ok(answer)
+        })
+    }
+}
+
 impl AuditTable for PgStore {
     fn append_line(&self, record: &AuditRecord, line: &str) -> anyhow::Result<()> {
         let (time, tenant, line) = (record.time.clone(), record.tenant.clone(), line.to_owned());
@@ -637,7 +768,9 @@ mod tests {
         store
             .call(|c| {
                 c.batch_execute(
-                    "UPDATE openclaw_schema SET version = 1; DROP TABLE audit; DROP TABLE quotas",
+                    "UPDATE openclaw_schema SET version = 1; DROP TABLE audit; DROP TABLE quotas;
+                     DROP TABLE day_spend; DROP TABLE quota_holds; DROP TABLE usage;
+                     DROP TABLE request_window",
                 )
                 .map_err(db)
             })

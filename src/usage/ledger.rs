@@ -1,15 +1,133 @@
-//! The usage ledger as the binary uses it: the `usage-ledger` crate's
-//! (`<home>/ledger.db`, one row per usage receipt), its errors as
-//! `anyhow` ones like every other command's.
+//! The usage ledger as the binary uses it: one interface ([`UsageLedger`])
+//! over two stores with the same rows and meaning — the `usage-ledger`
+//! crate's SQLite file (`<home>/ledger.db`, the default) and the `usage`
+//! table of the control plane's PostgreSQL database (`openclaw serve
+//! --database`, pg_ledger.rs) — with `anyhow` errors like every other
+//! command's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use rusqlite::Connection;
 
 pub use usage_ledger::{UsageRow, LEDGER_FILE};
 
-/// An open ledger.
+use super::pg_ledger::PgLedger;
+use crate::tenants::DatabaseUrl;
+
+/// One report group as a store answers it: the key columns' text, then the
+/// eight sums of [`super::report::Sums`] in its field order.
+pub type GroupRow = (Vec<String>, [i64; 8]);
+
+/// What writers and reports need of a ledger, whichever store keeps it.
+/// Rows are keyed by (session, seq): writing one twice changes nothing.
+pub trait UsageLedger: Send {
+    /// Writes rows in one transaction; returns how many were new.
+    fn insert(&mut self, rows: &[UsageRow]) -> Result<usize>;
+    /// Runs a report's query: `sql` reads `$1` (first day), `$2` (last
+    /// day) and `$3` (tenant, or NULL for all) and selects `keys` text
+    /// columns, then eight integer sums.
+    fn grouped(
+        &self,
+        sql: &str,
+        keys: usize,
+        from: &str,
+        to: &str,
+        tenant: Option<&str>,
+    ) -> Result<Vec<GroupRow>>;
+}
+
+/// Where the ledger is kept.
+#[derive(Clone)]
+pub enum LedgerDb {
+    /// A SQLite file (`<home>/ledger.db`).
+    Sqlite(PathBuf),
+    /// The control plane's PostgreSQL database.
+    Postgres(DatabaseUrl),
+}
+
+impl LedgerDb {
+    /// For clap: a `postgres://` or `postgresql://` URL, else a path.
+    pub fn from_arg(text: &str) -> Result<LedgerDb, std::convert::Infallible> {
+        Ok(
+            if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                LedgerDb::Postgres(DatabaseUrl::from_arg(text)?)
+            } else {
+                LedgerDb::Sqlite(PathBuf::from(text))
+            },
+        )
+    }
+
+    /// The home's ledger, or the database's when there is one.
+    pub fn of(home: &Path, database: Option<&DatabaseUrl>) -> LedgerDb {
+        match database {
+            Some(url) => LedgerDb::Postgres(url.clone()),
+            None => LedgerDb::Sqlite(super::ledger_path(home)),
+        }
+    }
+
+    /// Opens it for writing (created if missing).
+    pub fn open(&self) -> Result<Box<dyn UsageLedger>> {
+        Ok(match self {
+            LedgerDb::Sqlite(path) => Box::new(Ledger::open(path)?),
+            LedgerDb::Postgres(url) => Box::new(PgLedger::open(url)?),
+        })
+    }
+
+    /// Opens it for a report; `None` when a SQLite file was never written
+    /// (no metered call yet).
+    pub fn open_for_reading(&self) -> Result<Option<Box<dyn UsageLedger>>> {
+        Ok(match self {
+            LedgerDb::Sqlite(path) if !path.exists() => None,
+            LedgerDb::Sqlite(path) => Some(Box::new(Ledger::open_read_only(path)?)),
+            LedgerDb::Postgres(url) => Some(Box::new(PgLedger::open(url)?)),
+        })
+    }
+}
+
+/// The daemon's ledger for reports: a database's connection opened once
+/// and kept (the API and `/metrics` read it per request, per tenant); a
+/// SQLite file opened per report (it may not exist yet).
+pub enum LedgerReader {
+    File(PathBuf),
+    Database(PgLedger),
+}
+
+impl LedgerReader {
+    pub fn open(db: &LedgerDb) -> Result<LedgerReader> {
+        Ok(match db {
+            LedgerDb::Sqlite(path) => LedgerReader::File(path.clone()),
+            LedgerDb::Postgres(url) => LedgerReader::Database(PgLedger::open(url)?),
+        })
+    }
+
+    /// As [`LedgerDb::open_for_reading`].
+    pub fn open_for_reading(&self) -> Result<Option<Box<dyn UsageLedger>>> {
+        Ok(match self {
+            LedgerReader::File(path) if !path.exists() => None,
+            LedgerReader::File(path) => Some(Box::new(Ledger::open_read_only(path)?)),
+            LedgerReader::Database(ledger) => Some(Box::new(ledger.clone())),
+        })
+    }
+}
+
+/// Never the URL's password: the path, or what a message may say of a URL.
+impl std::fmt::Display for LedgerDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LedgerDb::Sqlite(path) => write!(f, "{}", path.display()),
+            LedgerDb::Postgres(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+impl std::fmt::Debug for LedgerDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LedgerDb({self})")
+    }
+}
+
+/// An open SQLite ledger.
 pub struct Ledger(usage_ledger::Ledger);
 
 impl Ledger {
@@ -27,14 +145,45 @@ impl Ledger {
     pub fn open_read_only(path: &Path) -> Result<Ledger> {
         Ok(Ledger(usage_ledger::Ledger::open_read_only(path)?))
     }
+}
 
-    /// Writes rows in one transaction; returns how many were new.
-    pub fn insert(&mut self, rows: &[UsageRow]) -> Result<usize> {
+impl UsageLedger for Ledger {
+    fn insert(&mut self, rows: &[UsageRow]) -> Result<usize> {
         Ok(self.0.insert(rows)?)
     }
 
-    /// The connection, for the report's queries.
-    pub(super) fn conn(&self) -> &Connection {
-        self.0.conn()
+    fn grouped(
+        &self,
+        sql: &str,
+        keys: usize,
+        from: &str,
+        to: &str,
+        tenant: Option<&str>,
+    ) -> Result<Vec<GroupRow>> {
+        grouped_sqlite(self.0.conn(), sql, keys, from, to, tenant)
     }
+}
+
+fn grouped_sqlite(
+    conn: &Connection,
+    sql: &str,
+    keys: usize,
+    from: &str,
+    to: &str,
+    tenant: Option<&str>,
+) -> Result<Vec<GroupRow>> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut found = stmt.query(rusqlite::params![from, to, tenant])?;
+    let mut rows = Vec::new();
+    while let Some(r) = found.next()? {
+        let key_values = (0..keys)
+            .map(|i| r.get::<_, String>(i))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut sums = [0i64; 8];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum = r.get::<_, Option<i64>>(keys + i)?.unwrap_or(0);
+        }
+        rows.push((key_values, sums));
+    }
+    Ok(rows)
 }

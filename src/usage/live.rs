@@ -18,7 +18,7 @@ use enforce::{Event, EventKind};
 use receipts::Body;
 use tokio::sync::broadcast;
 
-use super::ledger::{Ledger, UsageRow};
+use super::ledger::{LedgerDb, UsageLedger, UsageRow};
 
 /// How often a usage receipt not yet on disk is looked for again (the
 /// receipt log's group commit writes it within milliseconds).
@@ -45,7 +45,7 @@ impl LiveLedger {
     /// at `ledger` from the chain at `receipts`.
     pub fn start(
         events: broadcast::Receiver<Event>,
-        ledger: PathBuf,
+        ledger: LedgerDb,
         receipts: PathBuf,
         labels: Labels,
     ) -> LiveLedger {
@@ -96,10 +96,10 @@ async fn forward(mut events: broadcast::Receiver<Event>, tx: mpsc::Sender<u64>) 
 
 /// The writer thread: for each announced seq, reads the chain's new
 /// complete lines and writes every usage receipt among them.
-fn write_rows(rx: mpsc::Receiver<u64>, ledger: &Path, receipts: &Path, labels: &Labels) {
+fn write_rows(rx: mpsc::Receiver<u64>, ledger: &LedgerDb, receipts: &Path, labels: &Labels) {
     // Opened at the first row: a session without LLM calls creates no
     // ledger, as before.
-    let mut db: Option<Ledger> = None;
+    let mut db: Option<Box<dyn UsageLedger>> = None;
     let mut chain = ChainTail::new(receipts.to_path_buf());
     // Seqs announced and not yet seen on disk, with when they were.
     let mut waiting: Vec<(u64, Instant)> = Vec::new();
@@ -119,7 +119,7 @@ fn write_rows(rx: mpsc::Receiver<u64>, ledger: &Path, receipts: &Path, labels: &
         let seen: Vec<u64> = rows.iter().map(|r| r.seq).collect();
         if !rows.is_empty() {
             if db.is_none() {
-                match Ledger::open(ledger) {
+                match ledger.open() {
                     Ok(l) => db = Some(l),
                     Err(err) => tracing::warn!("live usage ledger: {err:#}"),
                 }

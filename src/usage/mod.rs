@@ -6,13 +6,15 @@
 pub mod ledger;
 /// Ledger rows while a session runs, from its usage events.
 pub mod live;
+/// The ledger in the control plane's PostgreSQL database.
+mod pg_ledger;
 /// Chains to ledger rows: at a session's end and for a whole rebuild.
 pub mod rebuild;
 /// Sums over periods and keys; table, CSV and JSON.
 pub mod report;
 
-pub use ledger::Ledger;
-pub use rebuild::{ledger_path, rebuild, record_session, ChainSource};
+pub use ledger::{LedgerDb, LedgerReader};
+pub use rebuild::{ledger_path, rebuild_into, record_session, ChainSource};
 
 /// Micro-USD as an exact decimal dollar amount: `18375` → `0.018375`.
 pub fn format_usd(micro: u64) -> String {

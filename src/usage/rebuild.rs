@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
 use receipts::{Body, UnverifiedChain, VerifiedChain};
 
-use super::ledger::{Ledger, UsageRow, LEDGER_FILE};
+use super::ledger::{Ledger, LedgerDb, UsageLedger, UsageRow, LEDGER_FILE};
+use super::pg_ledger::PgLedger;
 use crate::bundle;
 // A session whose chain names no tenant (from before labels) is `local`'s,
 // like one run without `--tenant`.
@@ -66,11 +67,10 @@ pub fn verified_chain_any(session_dir: &Path, keys: &[VerifyingKey]) -> Result<V
         .with_context(|| format!("{} does not verify", path.display()))
 }
 
-/// Adds an ended session's rows to the ledger at `ledger_path` (the same
-/// reading as rebuild). Returns how many rows were new; a session without
-/// a usage receipt (or without a chain at all) has none, and is not read
-/// further.
-pub fn record_session(ledger_path: &Path, session_dir: &Path, key: &VerifyingKey) -> Result<usize> {
+/// Adds an ended session's rows to `ledger` (the same reading as rebuild).
+/// Returns how many rows were new; a session without a usage receipt (or
+/// without a chain at all) has none, and is not read further.
+pub fn record_session(ledger: &LedgerDb, session_dir: &Path, key: &VerifyingKey) -> Result<usize> {
     const USAGE_KIND: &[u8] = b"\"kind\":\"usage\"";
     match std::fs::read(session_dir.join(bundle::RECEIPTS)) {
         Ok(bytes) if bytes.windows(USAGE_KIND.len()).any(|w| w == USAGE_KIND) => {}
@@ -81,7 +81,7 @@ pub fn record_session(ledger_path: &Path, session_dir: &Path, key: &VerifyingKey
     if rows.is_empty() {
         return Ok(0);
     }
-    Ledger::open(ledger_path)?.insert(&rows)
+    ledger.open()?.insert(&rows)
 }
 
 /// What a rebuild did.
@@ -111,22 +111,7 @@ pub struct ChainSource {
 /// rather than a partial one.
 pub fn rebuild(ledger_path: &Path, sources: &[ChainSource]) -> Result<Rebuilt> {
     let mut done = Rebuilt::default();
-    let mut dirs: Vec<(PathBuf, &[VerifyingKey])> = Vec::new();
-    for source in sources {
-        let mut found: Vec<PathBuf> = match std::fs::read_dir(&source.sessions_dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.join(bundle::RECEIPTS).is_file())
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("listing {}", source.sessions_dir.display()));
-            }
-        };
-        found.sort();
-        dirs.extend(found.into_iter().map(|d| (d, source.keys.as_slice())));
-    }
+    let dirs = session_dirs(sources)?;
     let tmp = sibling(ledger_path, ".rebuild");
     // A rebuild killed earlier may have left its file: start over.
     remove_if_exists(&tmp)?;
@@ -168,6 +153,50 @@ pub fn rebuild(ledger_path: &Path, sources: &[ChainSource]) -> Result<Rebuilt> {
     // Back to WAL for the writers that follow.
     Ledger::open(ledger_path)?;
     Ok(done)
+}
+
+/// Recreates `ledger` from the chains of `sources`: [`rebuild`] for a
+/// SQLite file; in PostgreSQL, every row replaced in one transaction.
+pub fn rebuild_into(ledger: &LedgerDb, sources: &[ChainSource]) -> Result<Rebuilt> {
+    let url = match ledger {
+        LedgerDb::Sqlite(path) => return rebuild(path, sources),
+        LedgerDb::Postgres(url) => url,
+    };
+    let mut done = Rebuilt::default();
+    let mut rows = Vec::new();
+    for (dir, keys) in session_dirs(sources)? {
+        match verified_chain_any(&dir, keys) {
+            Ok(chain) => {
+                rows.extend(rows_of(&chain));
+                done.sessions += 1;
+            }
+            Err(e) => done.skipped.push((dir, format!("{e:#}"))),
+        }
+    }
+    done.rows = PgLedger::open(url)?.replace_all(rows)?;
+    Ok(done)
+}
+
+/// Every session bundle under the sources' directories, with the keys its
+/// chain may be signed by, in order.
+fn session_dirs(sources: &[ChainSource]) -> Result<Vec<(PathBuf, &[VerifyingKey])>> {
+    let mut dirs: Vec<(PathBuf, &[VerifyingKey])> = Vec::new();
+    for source in sources {
+        let mut found: Vec<PathBuf> = match std::fs::read_dir(&source.sessions_dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join(bundle::RECEIPTS).is_file())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("listing {}", source.sessions_dir.display()));
+            }
+        };
+        found.sort();
+        dirs.extend(found.into_iter().map(|d| (d, source.keys.as_slice())));
+    }
+    Ok(dirs)
 }
 
 /// The default ledger path in an openclaw home.
@@ -246,16 +275,23 @@ mod tests {
         log.finish().expect("end");
     }
 
-    #[test]
-    fn a_session_is_recorded_once_however_often_it_is_written() {
+    /// What both ledgers must do alike, through the one interface: a
+    /// session recorded once however often it is written, reports that
+    /// sum and group its rows the same, and a rebuild from the chains that
+    /// ends with the same rows (and drops rows no chain backs).
+    fn ledger_contract(db: &LedgerDb) {
+        use super::super::report::{parse_period, query, today, GroupKey};
         let tmp = tempfile::tempdir().expect("tmp");
         let key = SigningKey::from_bytes(&[9; 32]);
         let dir = tmp.path().join("sessions/s1");
         session(&dir, &key, true);
-        let db = tmp.path().join(LEDGER_FILE);
         let vk = key.verifying_key();
-        assert_eq!(record_session(&db, &dir, &vk).expect("first"), 1);
-        assert_eq!(record_session(&db, &dir, &vk).expect("again"), 0);
+        assert!(
+            db.open_for_reading().expect("open").is_none() || matches!(db, LedgerDb::Postgres(_)),
+            "a SQLite ledger is not made by reading it"
+        );
+        assert_eq!(record_session(db, &dir, &vk).expect("first"), 1);
+        assert_eq!(record_session(db, &dir, &vk).expect("again"), 0);
         let chain = verified_chain(&dir, &vk).expect("chain");
         let rows = rows_of(&chain);
         assert_eq!(
@@ -266,9 +302,65 @@ mod tests {
         assert_eq!(rows[0].record.cost_micro_usd, 7);
         // Another key: the chain does not verify, nothing is recorded.
         let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
-        assert!(record_session(&db, &dir, &other).is_err());
+        assert!(record_session(db, &dir, &other).is_err());
         // No chain at all (a session that failed before it): nothing to do.
-        assert_eq!(record_session(&db, tmp.path(), &vk).expect("none"), 0);
+        assert_eq!(record_session(db, tmp.path(), &vk).expect("none"), 0);
+        // A row no chain backs (as if written and its bundle lost).
+        let mut stray = rows[0].clone();
+        stray.session = "gone".into();
+        stray.tenant = "other".into();
+        db.open().expect("open").insert(&[stray]).expect("stray");
+
+        let report = |by: &[GroupKey], tenant: Option<&str>| {
+            let ledger = db.open_for_reading().expect("open").expect("exists");
+            let period = parse_period("2000-01-01..2999-12-31", &today()).expect("period");
+            query(ledger.as_ref(), &period, tenant, by).expect("query")
+        };
+        let all = report(&[GroupKey::Tenant, GroupKey::User], None);
+        let keys: Vec<Vec<String>> = all.rows.iter().map(|r| r.keys.clone()).collect();
+        assert_eq!(keys, [["acme", "alice"], ["other", "alice"]]);
+        assert_eq!((all.total.calls, all.total.cost_micro_usd), (2, 14));
+        assert_eq!(all.total.estimated_calls, 2);
+        let acme = report(&[GroupKey::Session, GroupKey::Model], Some("acme"));
+        assert_eq!(acme.rows.len(), 1);
+        assert_eq!(
+            acme.rows[0].keys,
+            ["claude-haiku-4-5", "s1"],
+            "model, then session"
+        );
+        assert_eq!(acme.total.calls, 1);
+
+        let sources = [ChainSource {
+            sessions_dir: tmp.path().join("sessions"),
+            keys: vec![vk],
+        }];
+        let done = rebuild_into(db, &sources).expect("rebuild");
+        assert_eq!((done.sessions, done.rows), (1, 1), "{:?}", done.skipped);
+        let after = report(&[GroupKey::Tenant], None);
+        assert_eq!(after.rows.len(), 1, "the stray row is gone");
+        assert_eq!(after.total.cost_micro_usd, 7);
+    }
+
+    #[test]
+    fn the_sqlite_ledger_keeps_the_ledger_contract() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        ledger_contract(&LedgerDb::Sqlite(tmp.path().join(LEDGER_FILE)));
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(openclaw_has_postgres),
+        ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+    )]
+    fn the_postgres_ledger_keeps_the_ledger_contract() {
+        test_requirements::require(
+            &[test_requirements::Requirement::Postgres],
+            "usage::rebuild::the_postgres_ledger_keeps_the_ledger_contract",
+        );
+        let server = test_support::PostgresServer::start();
+        let url = crate::tenants::DatabaseUrl::from_arg(&server.create_database("ledger"))
+            .expect("infallible");
+        ledger_contract(&LedgerDb::Postgres(url));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::format_usd;
-use super::ledger::Ledger;
+use super::ledger::UsageLedger;
 
 /// What rows are grouped by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
@@ -206,8 +206,11 @@ pub struct ReportRow {
 }
 
 /// Sums the ledger's rows in `period` (and of `tenant`, if given) by `by`.
+/// One query text for both stores: `$N` parameters, quoted column names
+/// (`user` is a keyword in PostgreSQL) and sums cast to 64-bit integers
+/// (PostgreSQL's `SUM` of a BIGINT is a NUMERIC).
 pub fn query(
-    ledger: &Ledger,
+    ledger: &dyn UsageLedger,
     period: &Period,
     tenant: Option<&str>,
     by: &[GroupKey],
@@ -215,7 +218,7 @@ pub fn query(
     let mut by = by.to_vec();
     by.sort();
     by.dedup();
-    let keys: Vec<&str> = by.iter().map(|k| k.column()).collect();
+    let keys: Vec<String> = by.iter().map(|k| format!("\"{}\"", k.column())).collect();
     let key_list = if keys.is_empty() {
         String::new()
     } else {
@@ -226,39 +229,38 @@ pub fn query(
     } else {
         format!("GROUP BY {0} ORDER BY {0}", keys.join(", "))
     };
+    let sum = |expr: &str| format!("CAST(SUM({expr}) AS BIGINT)");
     let sql = format!(
-        "SELECT {key_list} COUNT(*),
-            SUM(tokens_input + tokens_cached_input + tokens_cache_write_5m + tokens_cache_write_1h),
-            SUM(tokens_cached_input), SUM(tokens_cache_write_5m + tokens_cache_write_1h),
-            SUM(tokens_output), SUM(tokens_reasoning), SUM(cost_micro_usd), SUM(estimated)
-         FROM usage WHERE day BETWEEN ?1 AND ?2 AND (?3 IS NULL OR tenant = ?3) {group}"
+        "SELECT {key_list} COUNT(*), {}, {}, {}, {}, {}, {}, {}
+         FROM usage WHERE day BETWEEN $1 AND $2 AND (CAST($3 AS TEXT) IS NULL OR tenant = $3) {group}",
+        sum("tokens_input + tokens_cached_input + tokens_cache_write_5m + tokens_cache_write_1h"),
+        sum("tokens_cached_input"),
+        sum("tokens_cache_write_5m + tokens_cache_write_1h"),
+        sum("tokens_output"),
+        sum("tokens_reasoning"),
+        sum("cost_micro_usd"),
+        sum("estimated"),
     );
-    let mut stmt = ledger.conn().prepare(&sql).context("querying the ledger")?;
     let n = keys.len();
+    let found = ledger
+        .grouped(&sql, n, &period.from, &period.to, tenant)
+        .context("querying the ledger")?;
     let mut rows = Vec::new();
-    let mut found = stmt.query(rusqlite::params![period.from, period.to, tenant])?;
-    while let Some(r) = found.next()? {
-        let calls: i64 = r.get(n)?;
-        if calls == 0 {
+    for (keys, sums) in found {
+        if sums[0] == 0 {
             continue; // an aggregate over no rows at all
         }
-        let num = |i: usize| -> Result<u64> {
-            let v: Option<i64> = r.get(n + i)?;
-            Ok(u64::try_from(v.unwrap_or(0)).unwrap_or(0))
-        };
+        let num = |i: usize| u64::try_from(sums[i]).unwrap_or(0);
         let sums = Sums {
-            calls: num(0)?,
-            tokens_in: num(1)?,
-            tokens_cached_in: num(2)?,
-            tokens_cache_write: num(3)?,
-            tokens_out: num(4)?,
-            tokens_reasoning: num(5)?,
-            cost_micro_usd: num(6)?,
-            estimated_calls: num(7)?,
+            calls: num(0),
+            tokens_in: num(1),
+            tokens_cached_in: num(2),
+            tokens_cache_write: num(3),
+            tokens_out: num(4),
+            tokens_reasoning: num(5),
+            cost_micro_usd: num(6),
+            estimated_calls: num(7),
         };
-        let keys = (0..n)
-            .map(|i| r.get::<_, String>(i))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.push(ReportRow { keys, sums });
     }
     let mut total = Sums::default();

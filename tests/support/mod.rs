@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A local HTTPS LLM provider, its prices, and reading calls back.
+pub mod llm_provider;
 /// `openclaw serve` driven over HTTP with curl.
 pub mod serve;
 
