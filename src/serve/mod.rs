@@ -28,6 +28,8 @@ mod server;
 mod sessions;
 /// What every handler shares (store, launcher, quota windows).
 mod state;
+/// A session's workdir archive, unpacked where nothing can leave it.
+mod workdir;
 
 pub use identity::TrustedProxies;
 pub use launch::SessionDefaults;
