@@ -1220,11 +1220,16 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
             json!({"capabilities": cap_a, "command": sleep, "approve": "prompt"}),
             "approve",
         ),
+        // An image is for the kvm backend (tests/serve_settings.rs has the rest).
         (
             json!({"capabilities": cap_a, "command": sleep, "image": "x"}),
+            "image",
+        ),
+        (
+            json!({"capabilities": cap_a, "command": sleep, "colour": "x"}),
             "body",
         ),
-        (json!({"command": sleep}), "body"),
+        (json!({"command": sleep}), "capabilities"),
     ] {
         let r = post(&d, "/v1/sessions", &a, &body);
         assert_eq!(
