@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::serve::{call, cli, start, start_env, start_with, Daemon, Reply};
+use support::serve::{call, cli, curl, reply, start, start_env, start_with, Daemon, Reply};
 
 fn get(d: &Daemon, path: &str, token: &str) -> Reply {
     call(d, "GET", path, Some(token), None)
@@ -541,6 +541,34 @@ fn sessions_start_from_a_policy_with_a_workdir_and_the_tenants_defaults() {
             "{what}: nothing left"
         );
     }
+
+    // Past 64 KiB, a create body is read only for a tenant's token: a big
+    // (incompressible) archive reaches the workdir check, which refuses its
+    // link out; the same body without a tenant's token is 413.
+    let mut random = vec![0u8; 256 * 1024];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").expect("urandom"),
+        &mut random,
+    )
+    .expect("random bytes");
+    std::fs::write(outside.join("noise.bin"), &random).expect("write");
+    let big = tar_gz(&outside, &scratch.path().join("big.tgz"), &[]);
+    assert!(big.len() > 256 * 1024);
+    let body_file = scratch.path().join("big.json");
+    let body = json!({"policy": POLICY, "command": cmd, "workdir": big});
+    std::fs::write(&body_file, body.to_string()).expect("write");
+    // From a file: the body is past what one argument of curl may hold.
+    let post_file = |token: Option<&str>| {
+        let mut cmd = curl(&d.addr, "POST", "/v1/sessions", token, None);
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", body_file.display()));
+        reply(cmd.output().expect("curl"), "a big create")
+    };
+    assert_invalid(&post_file(Some(&a)), "workdir", "a big archive");
+    assert_eq!(post_file(Some(&admin)).status, 413);
+    let r = post_file(None);
+    assert_eq!(r.status, 413, "{:?}", r.body);
+    assert_eq!(spawn_entries(h, "a"), Vec::<String>::new());
 
     // A session from a policy, with a workdir: it reads the archive's file
     // in /work and its result lands in the bundle.

@@ -57,7 +57,8 @@ struct Parsed {
 
 pub async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Response<ApiBody> {
     let request_id = audit::new_request_id();
-    let mut response = match read(req).await {
+    let limit = body_limit(&state, &req).await;
+    let mut response = match read(req, limit).await {
         Ok(parsed) => {
             let id = request_id.clone();
             let handled = tokio::task::spawn_blocking(move || dispatch(&state, &parsed, &id)).await;
@@ -82,13 +83,34 @@ pub async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> R
     response
 }
 
-async fn read(req: Request<hyper::body::Incoming>) -> Result<Parsed, ApiError> {
-    let (parts, body) = req.into_parts();
-    let limit = if parts.method == Method::POST && parts.uri.path() == "/v1/sessions" {
+/// The most body bytes taken: [`MAX_BODY`], or for a session create by a
+/// tenant's valid token, room for a workdir archive. Only an authenticated
+/// tenant can make the daemon hold that much; anyone else sending more than
+/// `MAX_BODY` gets 413.
+async fn body_limit(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> usize {
+    if req.method() != Method::POST || req.uri().path() != "/v1/sessions" {
+        return MAX_BODY;
+    }
+    let Some(token) = bearer(req.headers()) else {
+        return MAX_BODY;
+    };
+    let state = state.clone();
+    let tenant = tokio::task::spawn_blocking(move || {
+        matches!(
+            state.registry.authenticate(&token),
+            Ok(Some(Identity::Tenant(_)))
+        )
+    })
+    .await;
+    if matches!(tenant, Ok(true)) {
         MAX_SESSION_BODY
     } else {
         MAX_BODY
-    };
+    }
+}
+
+async fn read(req: Request<hyper::body::Incoming>, limit: usize) -> Result<Parsed, ApiError> {
+    let (parts, body) = req.into_parts();
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e)
