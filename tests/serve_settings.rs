@@ -62,7 +62,12 @@ fn a_tenant_sets_its_defaults_but_never_an_admin_key_and_every_change_is_audited
     assert_eq!(r.body["admin"]["allowed_backends"], Value::Null);
 
     // Each admin key is refused to the tenant by its name, and audited.
-    for key in ["allowed_backends", "allowed_images", "max_approval_timeout"] {
+    for key in [
+        "allowed_backends",
+        "allowed_images",
+        "max_approval_timeout",
+        "allow_policy",
+    ] {
         let r = put(
             &d,
             "/v1/settings",
@@ -76,7 +81,7 @@ fn a_tenant_sets_its_defaults_but_never_an_admin_key_and_every_change_is_audited
             .contains("admin-only"));
     }
     let refused = audit_lines(h, "settings.set");
-    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(refused.len(), 4, "{refused:?}");
     for line in &refused {
         assert_eq!(line["outcome"], "refused");
         assert_eq!(line["actor"], "tenant");
@@ -213,7 +218,7 @@ fn a_tenant_sets_its_defaults_but_never_an_admin_key_and_every_change_is_audited
     assert_eq!(ok[1]["target"], "a");
     assert_eq!(
         ok[1]["detail"],
-        "admin allowed_backends=netns allowed_images=- max_approval_timeout=60"
+        "admin allow_policy=- allowed_backends=netns allowed_images=- max_approval_timeout=60"
     );
     let audit = std::fs::read_to_string(h.join("audit.jsonl")).expect("audit");
     for token in [&a, &b, &admin] {
@@ -666,12 +671,27 @@ fn sessions_start_from_a_policy_with_a_workdir_and_the_tenants_defaults() {
         "backend",
         "kvm not allowed",
     );
+    // With allow_policy false only the operator's tokens start sessions.
+    let r = put(
+        &d,
+        "/v1/tenants/a/settings",
+        &admin,
+        &json!({"max_approval_timeout": 20, "allow_policy": false}),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let body = json!({"policy": POLICY, "command": cmd, "approval_timeout": 20});
+    assert_invalid(&post(&d, "/v1/sessions", &a, &body), "policy", "no policy");
+    let body =
+        json!({"capabilities": mint(h, "a", POLICY), "command": cmd, "approval_timeout": 20});
+    let r = post(&d, "/v1/sessions", &a, &body);
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    wait_ended(h, "a", r.body["id"].as_str().expect("id"));
 
     // The create lines are audited; no capability or policy text in them.
     let created = audit_lines(h, "session.create");
     assert_eq!(
         created.iter().filter(|l| l["outcome"] == "ok").count(),
-        3,
+        4,
         "{created:?}"
     );
     let audit = std::fs::read_to_string(h.join("audit.jsonl")).expect("audit");

@@ -104,6 +104,12 @@ pub fn check(
 ) -> Result<Checked, (&'static str, String)> {
     let token = match (body.capabilities, body.policy) {
         (Some(cap), None) => cap.trim().to_owned(),
+        (None, Some(_)) if settings.admin.allow_policy == Some(false) => {
+            return Err((
+                "policy",
+                "this tenant's sessions need a capability token the operator minted".into(),
+            ))
+        }
         (None, Some(policy)) => mint_policy(root, &policy)?,
         (Some(_), Some(_)) => {
             return Err(("policy", "give capabilities or policy, not both".into()))

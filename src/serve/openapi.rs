@@ -402,7 +402,7 @@ fn schemas() -> Value {
             "oneOf": [{"required": ["capabilities"]}, {"required": ["policy"]}],
             "properties": {
                 "capabilities": {"type": "string", "description": "the .cap file's text: a token minted under this tenant's root key"},
-                "policy": {"type": "string", "description": "a policy (TOML, docs/capabilities.md), minted by the daemon under this tenant's root key"},
+                "policy": {"type": "string", "description": "a policy (TOML, docs/capabilities.md), minted by the daemon under this tenant's root key; refused where the admin set allow_policy false"},
                 "command": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "the agent's argv"},
                 "backend": {"type": "string", "enum": ["netns", "kvm"], "description": "kvm only where /dev/kvm exists; default: the tenant's setting, else netns; within the admin's allowed_backends"},
                 "image": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "description": "kvm only: a name of the home's image store (`openclaw image list`); default: the tenant's setting, else the newest image named debian"},
@@ -447,7 +447,8 @@ fn schemas() -> Value {
             "properties": {
                 "allowed_backends": {"type": ["array", "null"], "items": {"type": "string", "enum": ["netns", "kvm"]}},
                 "allowed_images": {"type": ["array", "null"], "items": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}},
-                "max_approval_timeout": {"type": ["integer", "null"], "minimum": 1, "maximum": 3600}
+                "max_approval_timeout": {"type": ["integer", "null"], "minimum": 1, "maximum": 3600},
+                "allow_policy": {"type": ["boolean", "null"], "description": "false: sessions need a token the operator minted (capabilities), no policy"}
             }},
         "Settings": {"type": "object", "required": ["tenant", "admin"],
             "properties": {"tenant": {"type": "object"}, "admin": {"type": "object"}}},

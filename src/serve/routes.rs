@@ -1197,7 +1197,7 @@ fn put_admin_settings(
 ) -> Result<Response<ApiBody>, ApiError> {
     let body: serde_json::Map<String, serde_json::Value> = json_request(
         req,
-        "{\"allowed_backends\"?, \"allowed_images\"?, \"max_approval_timeout\"?} (null: no bound)",
+        "{\"allowed_backends\"?, \"allowed_images\"?, \"max_approval_timeout\"?, \"allow_policy\"?} (null: no bound)",
     )?;
     let keys = settings::admin_keys_from_json(&body)
         .map_err(|(field, why)| ApiError::invalid(field, why))?;

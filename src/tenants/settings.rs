@@ -26,7 +26,12 @@ pub const MAX_APPROVAL_TIMEOUT_SECS: u64 = 3600;
 /// Keys a tenant sets for itself.
 pub const TENANT_KEYS: &[&str] = &["backend", "approve", "approval_timeout", "image"];
 /// Keys only the admin sets (quotas are admin-only too, on their own route).
-pub const ADMIN_KEYS: &[&str] = &["allowed_backends", "allowed_images", "max_approval_timeout"];
+pub const ADMIN_KEYS: &[&str] = &[
+    "allowed_backends",
+    "allowed_images",
+    "max_approval_timeout",
+    "allow_policy",
+];
 
 /// The `[tenant]` table: defaults for the tenant's sessions; absent is
 /// openclaw's default.
@@ -49,6 +54,10 @@ pub struct AdminKeys {
     pub allowed_images: Option<Vec<String>>,
     /// Seconds.
     pub max_approval_timeout: Option<u64>,
+    /// `false`: the tenant's sessions need a token the operator minted
+    /// (`capabilities`); the daemon mints no policy of the tenant's own,
+    /// so what its sessions may do stays the operator's choice.
+    pub allow_policy: Option<bool>,
 }
 
 /// The whole file.
@@ -136,6 +145,7 @@ impl Settings {
                 "allowed_backends": self.admin.allowed_backends,
                 "allowed_images": self.admin.allowed_images,
                 "max_approval_timeout": self.admin.max_approval_timeout,
+                "allow_policy": self.admin.allow_policy,
             }
         })
     }
@@ -250,6 +260,12 @@ pub fn admin_keys_from_json(body: &Map<String, Value>) -> Result<AdminKeys, Sett
                     ));
                 }
                 keys.allowed_images = Some(list);
+            }
+            "allow_policy" => {
+                let allowed = value
+                    .as_bool()
+                    .ok_or_else(|| (*field, "expected true or false".to_owned()))?;
+                keys.allow_policy = Some(allowed);
             }
             _ => keys.max_approval_timeout = Some(timeout(field, value)?),
         }
