@@ -99,7 +99,7 @@ fn paths() -> Value {
             "responses": {"200": ok("ready", "Readiness"), "503": ok("not ready; the failing check says why", "Readiness")}
         }},
         "/metrics": {"get": {
-            "summary": "Prometheus text (admin token): sessions by tenant, state and backend; decisions by kind; receipts; today's LLM tokens and USD by tenant; quota refusals",
+            "summary": "Prometheus text (admin token): sessions by tenant, state and backend; decisions by kind; receipts; today's LLM tokens and USD by tenant; quota refusals; the proxy request latency histogram by tenant and backend",
             "security": [{"bearer": []}],
             "responses": {
                 "200": {"description": "text format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}},
