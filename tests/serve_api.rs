@@ -1046,6 +1046,15 @@ fn the_openapi_document_describes_what_is_served() {
                 ("post", "/v1/sessions") => Some(session_body.clone()),
                 ("post", p) if p.contains("/approvals/") => Some(r#"{"answer":"deny"}"#.to_owned()),
                 ("put", "/v1/secrets/{name}") => Some(r#"{"value":"v"}"#.to_owned()),
+                ("put", "/v1/settings") => {
+                    Some(r#"{"approve":"api","approval_timeout":100}"#.to_owned())
+                }
+                ("put", "/v1/tenants/{name}/settings") => {
+                    Some(r#"{"allowed_backends":["netns"],"max_approval_timeout":600}"#.to_owned())
+                }
+                ("put", "/v1/ratecard") => {
+                    Some(r#"{"rates":"as_of = \"2026-12-04\"\n"}"#.to_owned())
+                }
                 _ => None,
             };
             let mut success = false;
@@ -1112,6 +1121,7 @@ fn the_openapi_document_describes_what_is_served() {
             "get /metrics",
             "get /openapi.json",
             "get /readyz",
+            "get /v1/ratecard",
             "get /v1/secrets",
             "get /v1/sessions",
             "get /v1/sessions/{id}",
@@ -1119,16 +1129,21 @@ fn the_openapi_document_describes_what_is_served() {
             "get /v1/sessions/{id}/bundle",
             "get /v1/sessions/{id}/events",
             "get /v1/sessions/{id}/receipts/verify",
+            "get /v1/settings",
             "get /v1/tenants",
             "get /v1/tenants/{name}/quotas",
+            "get /v1/tenants/{name}/settings",
             "get /v1/usage",
             "post /v1/sessions",
             "post /v1/sessions/{id}/approvals/{approval_id}",
             "post /v1/sessions/{id}/stop",
             "post /v1/tenants",
             "post /v1/tenants/{name}/token",
+            "put /v1/ratecard",
             "put /v1/secrets/{name}",
+            "put /v1/settings",
             "put /v1/tenants/{name}/quotas",
+            "put /v1/tenants/{name}/settings",
         ]
     );
     assert!(started.is_some(), "a session was started");
@@ -1205,11 +1220,16 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
             json!({"capabilities": cap_a, "command": sleep, "approve": "prompt"}),
             "approve",
         ),
+        // An image is for the kvm backend (tests/serve_settings.rs has the rest).
         (
             json!({"capabilities": cap_a, "command": sleep, "image": "x"}),
+            "image",
+        ),
+        (
+            json!({"capabilities": cap_a, "command": sleep, "colour": "x"}),
             "body",
         ),
-        (json!({"command": sleep}), "body"),
+        (json!({"command": sleep}), "capabilities"),
     ] {
         let r = post(&d, "/v1/sessions", &a, &body);
         assert_eq!(

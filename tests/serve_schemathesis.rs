@@ -16,7 +16,7 @@ use support::serve::{cli, start, Daemon};
 use test_requirements::{require, Requirement, SCHEMATHESIS_VENV};
 
 /// The admin's routes (404 to a tenant token), as a path regex.
-const ADMIN_PATHS: &str = "^/(metrics|v1/tenants)";
+const ADMIN_PATHS: &str = "^/(metrics|v1/tenants|v1/ratecard)";
 
 /// Checks left out, and why:
 /// - `positive_data_acceptance` expects a schema-valid body to be accepted;

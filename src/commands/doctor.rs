@@ -71,17 +71,19 @@ const KVM_NEEDS: &[&str] = &[
 ];
 
 #[derive(Debug, Serialize)]
-struct BackendVerdict {
-    usable: bool,
+pub struct BackendVerdict {
+    pub usable: bool,
     /// The checks it needs that said no.
-    missing: Vec<&'static str>,
+    pub missing: Vec<&'static str>,
 }
 
+/// Every check and what it means for each backend (`openclaw doctor
+/// --json`; `GET /readyz` of `openclaw serve` reads it too).
 #[derive(Debug, Serialize)]
-struct Diagnosis {
-    checks: Vec<Check>,
-    backends: std::collections::BTreeMap<&'static str, BackendVerdict>,
-    can_run_sessions: bool,
+pub struct Diagnosis {
+    pub checks: Vec<Check>,
+    pub backends: std::collections::BTreeMap<&'static str, BackendVerdict>,
+    pub can_run_sessions: bool,
 }
 
 pub fn execute(args: DoctorArgs) -> Result<ExitCode> {
@@ -89,7 +91,22 @@ pub fn execute(args: DoctorArgs) -> Result<ExitCode> {
         Some(dir) => dir,
         None => home::home_dir()?,
     };
-    let checks = checks(&home);
+    let diagnosis = diagnose(&home);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&diagnosis)?);
+    } else {
+        print_text(&diagnosis);
+    }
+    Ok(if diagnosis.can_run_sessions {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Runs every check for `home` and derives each backend's verdict.
+pub fn diagnose(home: &Path) -> Diagnosis {
+    let checks = checks(home);
     let mut backends = std::collections::BTreeMap::new();
     for (name, needs) in [("netns", NETNS_NEEDS), ("kvm", KVM_NEEDS)] {
         let missing: Vec<&'static str> = needs
@@ -106,21 +123,11 @@ pub fn execute(args: DoctorArgs) -> Result<ExitCode> {
         );
     }
     let can_run_sessions = backends.values().any(|b| b.usable);
-    let diagnosis = Diagnosis {
+    Diagnosis {
         checks,
         backends,
         can_run_sessions,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&diagnosis)?);
-    } else {
-        print_text(&diagnosis);
     }
-    Ok(if can_run_sessions {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 fn print_text(d: &Diagnosis) {

@@ -5,6 +5,8 @@
 
 /// The other side: one request and reply, or a subscription.
 pub mod client;
+/// The session's proxied request latency, timed from its events.
+pub mod latency;
 /// The supervisor's side: the owner-only, bounded socket server.
 pub mod server;
 /// The protocol: requests, the pending-approval shape, the socket's name.

@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, watch, Semaphore};
 
+use super::latency::RequestLatency;
 use super::wire::{ControlRequest, PendingWire, CONTROL_SOCK};
 
 /// Longest request line accepted; requests are tiny.
@@ -55,6 +56,7 @@ struct Shared {
     events: Box<dyn Subscribe>,
     approvals: ApprovalHandle,
     stop: watch::Receiver<bool>,
+    latency: RequestLatency,
 }
 
 /// A running control server; [`stop`](Self::stop) it in the teardown.
@@ -100,7 +102,9 @@ pub fn serve(
         events: Box::new(events),
         approvals,
         stop: stop_rx,
+        latency: RequestLatency::default(),
     });
+    tokio::spawn(time_requests(shared.clone()));
     let task = tokio::spawn(accept_loop(listener, shared));
     Ok(ControlServer {
         path,
@@ -125,6 +129,23 @@ impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Feeds the session's events to its latency histogram until the session
+/// ends (its stream closes) or the server stops.
+async fn time_requests(shared: Arc<Shared>) {
+    let mut events = shared.events.subscribe();
+    let mut stop = shared.stop.clone();
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => shared.latency.observe(&event, std::time::Instant::now()),
+                Err(broadcast::error::RecvError::Lagged(_)) => shared.latency.lost_events(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -213,6 +234,10 @@ async fn connection(stream: UnixStream, shared: &Shared) -> Result<()> {
                     Ok(()) => serde_json::json!({"ok": true}),
                     Err(err) => error(&err.to_string()),
                 };
+                send(&mut write, &reply).await?;
+            }
+            ControlRequest::Latency => {
+                let reply = serde_json::json!({"ok": true, "latency": shared.latency.snapshot()});
                 send(&mut write, &reply).await?;
             }
             ControlRequest::Subscribe => {

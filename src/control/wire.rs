@@ -32,6 +32,9 @@ pub enum ControlRequest {
     /// `{"event":Event}` per event, `{"lagged":N}` when this reader fell
     /// behind; the stream ends when the session does.
     Subscribe,
+    /// → `{"ok":true,"latency":LatencyWire}`: the session's proxied
+    /// requests' durations so far (`latency.rs`).
+    Latency,
 }
 
 /// A pending approval on the wire: the broker's question plus the time left

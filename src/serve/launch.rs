@@ -19,11 +19,14 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::workdir::{self, StagedWorkdir};
 use crate::broker::{self, TenantSecrets};
 use crate::bundle;
 use crate::control::CONTROL_SOCK;
 use crate::keys;
+use crate::session::backends::image;
 use crate::session::recovery;
+use crate::tenants::settings::{self, Settings};
 use crate::tenants::{QuotaDb, TenantName, TenantRoot, QUOTA_DB_ENV};
 use crate::usage::LedgerDb;
 
@@ -39,18 +42,32 @@ const START_LIMIT: Duration = Duration::from_secs(300);
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     /// The .cap file's text: a token minted under this tenant's root key.
-    pub capabilities: String,
+    #[serde(default)]
+    pub capabilities: Option<String>,
+    /// Or a policy (TOML, `openclaw cap mint`'s input), minted by the daemon
+    /// under the tenant's root key. Exactly one of the two.
+    #[serde(default)]
+    pub policy: Option<String>,
     /// argv of the agent.
     pub command: Vec<String>,
     #[serde(default)]
     pub backend: Option<String>,
+    /// A name of the home's image store (`openclaw image list`): kvm only.
+    #[serde(default)]
+    pub image: Option<String>,
     #[serde(default)]
     pub approve: Option<String>,
+    /// Seconds a held request waits for its answer before it is denied.
+    #[serde(default)]
+    pub approval_timeout: Option<u64>,
     #[serde(default)]
     pub task: Option<String>,
     /// Names of the tenant's secrets the session may use (`openclaw secrets`).
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// The session's starting `/work`: a base64 `.tar.gz` (`workdir.rs`).
+    #[serde(default)]
+    pub workdir: Option<String>,
 }
 
 /// A create request once checked: every field valid for `openclaw run`.
@@ -58,7 +75,12 @@ pub struct Checked {
     token: String,
     command: Vec<String>,
     backend: &'static str,
+    /// `--image`: the stored image's directory (a path, so the child cannot
+    /// read the name as something else).
+    image: Option<PathBuf>,
     approve: &'static str,
+    /// `--approval-timeout`, seconds; None: run's default.
+    approval_timeout: Option<u64>,
     task: Option<String>,
     /// `--user`: the name a trusted proxy gave (`identity`); None: run's
     /// default.
@@ -66,12 +88,43 @@ pub struct Checked {
     secrets: Vec<String>,
     /// Where [`Launcher::start`] wrote them for the child, if any.
     secrets_file: Option<PathBuf>,
+    /// `--workdir`: the archive unpacked, removed when this is dropped
+    /// (after the sandbox is ready, or when the request is refused).
+    workdir: Option<StagedWorkdir>,
 }
 
-/// Checks the body against the tenant; `Err((field, why))` names the
-/// field at fault.
-pub fn check(root: &TenantRoot, body: CreateSession) -> Result<Checked, (&'static str, String)> {
-    let token = body.capabilities.trim().to_owned();
+/// The `openclaw run` default a held request waits (its `--approval-timeout`).
+const RUN_APPROVAL_TIMEOUT_SECS: u64 = 120;
+
+/// Checks the body against the tenant and its settings (the tenant's
+/// defaults fill what the body leaves out; the admin's bounds hold for
+/// both); `Err((field, why))` names the field at fault. The workdir
+/// archive is unpacked last, so a refusal of another field writes nothing.
+pub fn check(
+    root: &TenantRoot,
+    home: &Path,
+    settings: &Settings,
+    body: CreateSession,
+) -> Result<Checked, (&'static str, String)> {
+    let token = match (body.capabilities, body.policy) {
+        (Some(cap), None) => cap.trim().to_owned(),
+        (None, Some(_)) if settings.admin.allow_policy == Some(false) => {
+            return Err((
+                "policy",
+                "this tenant's sessions need a capability token the operator minted".into(),
+            ))
+        }
+        (None, Some(policy)) => mint_policy(root, &policy)?,
+        (Some(_), Some(_)) => {
+            return Err(("policy", "give capabilities or policy, not both".into()))
+        }
+        (None, None) => {
+            return Err((
+                "capabilities",
+                "give capabilities (a minted token) or policy".into(),
+            ))
+        }
+    };
     let root_pub = keys::read_verifying_key(&root.keys_dir().join(keys::ROOT_PUB))
         .map_err(|_| ("capabilities", "the tenant has no root key".to_owned()))?;
     let capability = capabilities::UnverifiedToken::from_base64(&token)
@@ -94,19 +147,69 @@ pub fn check(root: &TenantRoot, body: CreateSession) -> Result<Checked, (&'stati
     if body.command.iter().any(|a| a.contains('\0')) {
         return Err(("command", "arguments may not contain NUL".into()));
     }
-    let backend = match body.backend.as_deref().unwrap_or("netns") {
+    let (own, bounds) = (&settings.tenant, &settings.admin);
+    let backend = match body
+        .backend
+        .as_deref()
+        .or(own.backend.as_deref())
+        .unwrap_or("netns")
+    {
         "netns" => "netns",
         "kvm" if Path::new("/dev/kvm").exists() => "kvm",
         "kvm" => return Err(("backend", "kvm is not usable on this host".into())),
         _ => return Err(("backend", "expected netns or kvm".into())),
     };
+    settings::backend_allowed(bounds, backend).map_err(|why| ("backend", why))?;
+    let image = match (&body.image, backend) {
+        (Some(_), "netns") => {
+            return Err(("image", "an image is for the kvm backend".into()));
+        }
+        (Some(name), _) => Some(stored_image(home, bounds, name)?),
+        // The tenant's default image applies to its kvm sessions only.
+        (None, "kvm") => match &own.image {
+            Some(name) => Some(stored_image(home, bounds, name)?),
+            None if bounds.allowed_images.is_some() => {
+                return Err((
+                    "image",
+                    "name an image: this tenant's kvm sessions boot one of its allowed images"
+                        .into(),
+                ))
+            }
+            None => None,
+        },
+        (None, _) => None,
+    };
     // `api`: held until answered over the API (run's `prompt` with no
     // terminal waits for the control socket), denied at the timeout.
-    let approve = match body.approve.as_deref().unwrap_or("deny") {
+    let approve = match body
+        .approve
+        .as_deref()
+        .or(own.approve.as_deref())
+        .unwrap_or("deny")
+    {
         "deny" => "deny",
         "auto" => "auto",
         "api" => "prompt",
         _ => return Err(("approve", "expected deny, auto or api".into())),
+    };
+    let approval_timeout = match body.approval_timeout.or(own.approval_timeout) {
+        Some(secs) if !(1..=settings::MAX_APPROVAL_TIMEOUT_SECS).contains(&secs) => {
+            return Err((
+                "approval_timeout",
+                format!(
+                    "expected whole seconds from 1 to {}",
+                    settings::MAX_APPROVAL_TIMEOUT_SECS
+                ),
+            ))
+        }
+        Some(secs) => {
+            settings::timeout_allowed(bounds, secs).map_err(|why| ("approval_timeout", why))?;
+            Some(secs)
+        }
+        // run's default, held to the admin's bound.
+        None => bounds
+            .max_approval_timeout
+            .filter(|max| *max < RUN_APPROVAL_TIMEOUT_SECS),
     };
     if body.task.as_deref().is_some_and(|t| t.contains('\0')) {
         return Err(("task", "the task may not contain NUL".into()));
@@ -122,16 +225,92 @@ pub fn check(root: &TenantRoot, body: CreateSession) -> Result<Checked, (&'stati
     if secrets.len() != count {
         return Err(("secrets", "names a secret twice".into()));
     }
+    let workdir = match &body.workdir {
+        Some(archive) => {
+            let spawn_dir = spawn_dir(root).map_err(|e| {
+                tracing::warn!("{e:#}");
+                (
+                    "workdir",
+                    "the archive could not be unpacked on this host".to_owned(),
+                )
+            })?;
+            let dest = spawn_dir.join(format!("{}.work", crate::audit::new_request_id()));
+            Some(workdir::unpack(archive, dest).map_err(|why| ("workdir", why))?)
+        }
+        None => None,
+    };
     Ok(Checked {
         token,
         command: body.command,
         backend,
+        image,
         approve,
+        approval_timeout,
         task: body.task,
         user: None,
         secrets,
         secrets_file: None,
+        workdir,
     })
+}
+
+/// The policy text minted under the tenant's root key (`openclaw cap
+/// mint`), the token's base64 text.
+fn mint_policy(root: &TenantRoot, text: &str) -> Result<String, (&'static str, String)> {
+    let policy = capabilities::Policy::from_toml_str(text)
+        .map_err(|e| ("policy", format!("not a valid policy: {e}")))?;
+    let key = keys::read_signing_key(&root.keys_dir().join(keys::ROOT_KEY)).map_err(|_| {
+        (
+            "policy",
+            "the tenant has no root key to mint with".to_owned(),
+        )
+    })?;
+    capabilities::mint(&policy, &key.to_bytes(), SystemTime::now())
+        .map_err(|e| ("policy", format!("cannot be minted: {e}")))
+}
+
+/// The directory of the home's image store named exactly `name` (never a
+/// path or an id prefix), within the admin's allowed images.
+pub fn stored_image(
+    home: &Path,
+    bounds: &settings::AdminKeys,
+    name: &str,
+) -> Result<PathBuf, (&'static str, String)> {
+    if name == image::INITRAMFS_ONLY {
+        return Err(("image", "name an image of the store".into()));
+    }
+    if !settings::valid_image_name(name) {
+        return Err((
+            "image",
+            "an image name: 1 to 64 of A-Z a-z 0-9 . _ - (no paths)".into(),
+        ));
+    }
+    settings::image_allowed(bounds, name).map_err(|why| ("image", why))?;
+    let images = guest_image::store::list(home).map_err(|e| {
+        tracing::warn!("reading the image store: {e}");
+        ("image", "the image store cannot be read".to_owned())
+    })?;
+    images
+        .into_iter()
+        .find(|i| i.manifest.name == name)
+        .map(|i| i.dir)
+        .ok_or_else(|| {
+            (
+                "image",
+                "no image of that name (`openclaw image list`)".into(),
+            )
+        })
+}
+
+/// `<tenant root>/spawn/` (0700): what a starting session reads once.
+fn spawn_dir(root: &TenantRoot) -> Result<PathBuf> {
+    let dir = root.path().join("spawn");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .context("creating the tenant's spawn directory")?;
+    Ok(dir)
 }
 
 /// What a stop request found.
@@ -309,12 +488,7 @@ impl Launcher {
         mut req: Checked,
     ) -> Result<String> {
         let sessions = root.sessions_dir();
-        let spawn_dir = root.path().join("spawn");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&spawn_dir)
-            .context("creating the tenant's spawn directory")?;
+        let spawn_dir = spawn_dir(root)?;
         let nonce = crate::audit::new_request_id();
         let cap_path = spawn_dir.join(format!("{nonce}.cap"));
         let log_path = spawn_dir.join(format!("{nonce}.log"));
@@ -444,6 +618,15 @@ impl Launcher {
         }
         if let Some(path) = &req.secrets_file {
             cmd.arg("--secrets").arg(path);
+        }
+        if let Some(dir) = &req.image {
+            cmd.arg("--image").arg(dir);
+        }
+        if let Some(secs) = req.approval_timeout {
+            cmd.arg("--approval-timeout").arg(format!("{secs}s"));
+        }
+        if let Some(staged) = &req.workdir {
+            cmd.arg("--workdir").arg(staged.path());
         }
         cmd.arg("--").args(&req.command);
         let log = std::fs::OpenOptions::new()

@@ -3,9 +3,16 @@
 //! the tenants' session bundles (state, backend, decisions, receipts) and
 //! their ledgers (today's LLM tokens and USD) — so the figures are what the
 //! records say, at the cost of a scrape that reads every bundle's report.
+//! The proxy request latency histogram is asked of each running session's
+//! control socket (`control::latency`) and remembered here per session, so
+//! a session that ended keeps counting with what it last reported.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Mutex;
+
+use crate::control::latency::LatencyWire;
+use crate::control::{self, ControlRequest};
 
 use super::quota;
 use super::sessions;
@@ -89,6 +96,11 @@ pub fn render(state: &State) -> anyhow::Result<String> {
         let t = tenant.name.to_string();
         let root = state.registry.root(&tenant.name);
         for (row, count) in sessions::list_with_receipts(&root) {
+            if row.live {
+                if let Some((dir, true)) = sessions::dir_of(&root, &row.id) {
+                    ask_latency(&t, &row.id, &row.backend, &dir);
+                }
+            }
             sessions_f.add(
                 vec![
                     ("tenant", t.clone()),
@@ -119,7 +131,66 @@ pub fn render(state: &State) -> anyhow::Result<String> {
     for family in [&sessions_f, &decisions, &receipts, &tokens, &usd, &refusals] {
         family.write(&mut out);
     }
+    write_latency(&mut out);
     Ok(out)
+}
+
+/// Each session's last latency report, by (tenant, session id), with its
+/// backend: kept for the daemon's life, so the histogram never goes back
+/// when a session ends (requests it finished after the last scrape are not
+/// counted; a restarted daemon starts from zero, as counters may).
+type Reports = BTreeMap<(String, String), (String, LatencyWire)>;
+static LATENCY: Mutex<Reports> = Mutex::new(BTreeMap::new());
+
+/// Asks the running session in `dir` for its request latency. A session
+/// that does not answer keeps its last report.
+fn ask_latency(tenant: &str, id: &str, backend: &str, dir: &std::path::Path) {
+    let report = control::call_blocking(dir, &ControlRequest::Latency)
+        .ok()
+        .and_then(|reply| serde_json::from_value::<LatencyWire>(reply["latency"].clone()).ok());
+    if let Some(report) = report {
+        LATENCY.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            (tenant.to_owned(), id.to_owned()),
+            (backend.to_owned(), report),
+        );
+    }
+}
+
+/// `openclaw_proxy_request_duration_seconds`, by tenant and backend.
+fn write_latency(out: &mut String) {
+    const NAME: &str = "openclaw_proxy_request_duration_seconds";
+    let reports = LATENCY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sums: BTreeMap<(String, String), LatencyWire> = BTreeMap::new();
+    for ((tenant, _), (backend, report)) in reports.iter() {
+        let total = sums.entry((tenant.clone(), backend.clone())).or_default();
+        if total.buckets.is_empty() {
+            total.buckets = report.buckets.iter().map(|(le, _)| (*le, 0)).collect();
+        }
+        for (sum, (_, n)) in total.buckets.iter_mut().zip(&report.buckets) {
+            sum.1 += n;
+        }
+        total.count += report.count;
+        total.sum_seconds += report.sum_seconds;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {NAME} Proxied requests of the sessions, from the decision that let each go \
+         upstream to the end of its response, by tenant and backend."
+    );
+    let _ = writeln!(out, "# TYPE {NAME} histogram");
+    for ((tenant, backend), h) in &sums {
+        let labels = format!(
+            "backend=\"{}\",tenant=\"{}\"",
+            escape(backend),
+            escape(tenant)
+        );
+        for (le, n) in &h.buckets {
+            let _ = writeln!(out, "{NAME}_bucket{{{labels},le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(out, "{NAME}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{NAME}_sum{{{labels}}} {}", h.sum_seconds);
+        let _ = writeln!(out, "{NAME}_count{{{labels}}} {}", h.count);
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ mod sessions;
 mod state;
 /// The browser UI for a tenant's login, under `/ui/`.
 mod ui;
+/// A session's workdir archive, unpacked where nothing can leave it.
+mod workdir;
 
 pub use identity::TrustedProxies;
 pub use launch::SessionDefaults;

@@ -95,11 +95,11 @@ fn paths() -> Value {
             "responses": {"200": ok("alive", "Health")}
         }},
         "/readyz": {"get": {
-            "summary": "the store answers and every tenant has its directory and keys", "security": [],
+            "summary": "the store answers, every tenant has its directory and keys, and `openclaw doctor` finds a backend that can start a session (its checks cached 10 s)", "security": [],
             "responses": {"200": ok("ready", "Readiness"), "503": ok("not ready; the failing check says why", "Readiness")}
         }},
         "/metrics": {"get": {
-            "summary": "Prometheus text (admin token): sessions by tenant, state and backend; decisions by kind; receipts; today's LLM tokens and USD by tenant; quota refusals",
+            "summary": "Prometheus text (admin token): sessions by tenant, state and backend; decisions by kind; receipts; today's LLM tokens and USD by tenant; quota refusals; the proxy request latency histogram by tenant and backend",
             "security": [{"bearer": []}],
             "responses": {
                 "200": {"description": "text format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}},
@@ -124,7 +124,7 @@ fn paths() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CreateSession"}}}},
                 "responses": v1_errors(json!({
                     "201": ok("started", "SessionCreated"),
-                    "413": error_response("body over 64 KiB"),
+                    "413": error_response("body over 64 KiB plus the workdir archive's bound (8 MiB, in base64)"),
                     "415": error_response("not application/json"),
                     "503": error_response("the daemon is shutting down (SIGTERM): no new sessions")
                 }), TENANT_404)
@@ -221,6 +221,40 @@ fn paths() -> Value {
                     "no such secret, or the admin token (these are tenant routes)")
             }
         },
+        "/v1/settings": {
+            "get": {
+                "summary": "the tenant's settings: its own defaults and the admin's bounds (read-only here)",
+                "security": [{"bearer": []}],
+                "responses": v1_errors(json!({"200": ok("the settings", "Settings")}), TENANT_404)
+            },
+            "put": {
+                "summary": "replace the tenant's own settings (defaults of its sessions); an admin-only key is refused naming it; audited as settings.set",
+                "security": [{"bearer": []}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TenantSettings"}}}},
+                "responses": v1_errors(json!({
+                    "200": ok("the settings now", "Settings"),
+                    "413": error_response("body over 64 KiB"),
+                    "415": error_response("not application/json")
+                }), TENANT_404)
+            }
+        },
+        "/v1/ratecard": {
+            "get": {
+                "summary": "the rate card new sessions price LLM calls with (admin): <home>/rates.toml, or the built-in card",
+                "security": [{"bearer": []}],
+                "responses": v1_errors(json!({"200": ok("the card", "RateCard")}), "a tenant token (this is an admin route)")
+            },
+            "put": {
+                "summary": "replace the rate card (admin): checked as sessions read it (400 `rates` naming the line; the old card stays), written atomically; audited as ratecard.set",
+                "security": [{"bearer": []}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PutRateCard"}}}},
+                "responses": v1_errors(json!({
+                    "200": ok("the card now", "RateCardSet"),
+                    "413": error_response("body over 64 KiB"),
+                    "415": error_response("not application/json")
+                }), "a tenant token (this is an admin route)")
+            }
+        },
         "/v1/tenants": {
             "get": {
                 "summary": "list tenants (admin)", "security": [{"bearer": []}],
@@ -254,6 +288,23 @@ fn paths() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Quotas"}}}},
                 "responses": v1_errors(json!({
                     "200": ok("the quotas now", "TenantQuotas"),
+                    "413": error_response("body over 64 KiB"),
+                    "415": error_response("not application/json")
+                }), ADMIN_404)
+            }
+        },
+        "/v1/tenants/{name}/settings": {
+            "get": {
+                "summary": "a tenant's settings (admin): its own and the admin's bounds", "security": [{"bearer": []}],
+                "parameters": [name_param()],
+                "responses": v1_errors(json!({"200": ok("the settings", "TenantSettingsOf")}), ADMIN_404)
+            },
+            "put": {
+                "summary": "replace a tenant's admin-only settings (admin): bounds its sessions and its own settings keep; audited as settings.set",
+                "security": [{"bearer": []}], "parameters": [name_param()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AdminSettings"}}}},
+                "responses": v1_errors(json!({
+                    "200": ok("the settings now", "TenantSettingsOf"),
                     "413": error_response("body over 64 KiB"),
                     "415": error_response("not application/json")
                 }), ADMIN_404)
@@ -346,14 +397,20 @@ fn schemas() -> Value {
             "properties": {"name": {"type": "string"}, "stored": {"const": true}}},
         "SecretRemoved": {"type": "object", "required": ["name", "removed"],
             "properties": {"name": {"type": "string"}, "removed": {"const": true}}},
-        "CreateSession": {"type": "object", "required": ["capabilities", "command"], "additionalProperties": false,
+        "CreateSession": {"type": "object", "required": ["command"], "additionalProperties": false,
+            "description": "exactly one of capabilities and policy",
+            "oneOf": [{"required": ["capabilities"]}, {"required": ["policy"]}],
             "properties": {
                 "capabilities": {"type": "string", "description": "the .cap file's text: a token minted under this tenant's root key"},
+                "policy": {"type": "string", "description": "a policy (TOML, docs/capabilities.md), minted by the daemon under this tenant's root key; refused where the admin set allow_policy false"},
                 "command": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "the agent's argv"},
-                "backend": {"type": "string", "enum": ["netns", "kvm"], "default": "netns", "description": "kvm only where /dev/kvm exists"},
-                "approve": {"type": "string", "enum": ["deny", "auto", "api"], "default": "deny", "description": "how held requests are answered: denied, approved, or held for POST /v1/sessions/{id}/approvals/{approval_id} (denied at 120 s)"},
+                "backend": {"type": "string", "enum": ["netns", "kvm"], "description": "kvm only where /dev/kvm exists; default: the tenant's setting, else netns; within the admin's allowed_backends"},
+                "image": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "description": "kvm only: a name of the home's image store (`openclaw image list`); default: the tenant's setting, else the newest image named debian"},
+                "approve": {"type": "string", "enum": ["deny", "auto", "api"], "description": "how held requests are answered: denied, approved, or held for POST /v1/sessions/{id}/approvals/{approval_id}; default: the tenant's setting, else deny"},
+                "approval_timeout": {"type": "integer", "minimum": 1, "maximum": 3600, "description": "seconds a held request waits before it is denied; default: the tenant's setting, else 120; at most the admin's max_approval_timeout"},
                 "task": {"type": "string", "description": "passed to the command as $OPENCLAW_TASK"},
-                "secrets": {"type": "array", "items": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}, "uniqueItems": true, "description": "names of the tenant's secrets (`openclaw secrets set --tenant`) the session may use; the sandbox sees placeholders"}
+                "secrets": {"type": "array", "items": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}, "uniqueItems": true, "description": "names of the tenant's secrets (`openclaw secrets set --tenant`) the session may use; the sandbox sees placeholders"},
+                "workdir": {"type": "string", "contentEncoding": "base64", "contentMediaType": "application/gzip", "description": "the sandbox's starting /work: a .tar.gz in base64, at most 8 MiB, unpacking to at most 64 MiB and 10000 entries; relative paths without '..', links that stay inside, no devices"}
             }},
         "SessionCreated": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
         "SessionStopping": {"type": "object", "required": ["id", "stopping"],
@@ -377,10 +434,40 @@ fn schemas() -> Value {
         "UsageReport": {"type": "object", "required": ["period", "by", "rows", "total"],
             "description": "`openclaw usage report --json` (docs/metering.md)"},
         "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+        "TenantSettings": {"type": "object", "additionalProperties": false,
+            "description": "the tenant's own settings: defaults of its sessions; absent or null is openclaw's default",
+            "properties": {
+                "backend": {"type": ["string", "null"], "enum": ["netns", "kvm", null]},
+                "approve": {"type": ["string", "null"], "enum": ["deny", "auto", "api", null]},
+                "approval_timeout": {"type": ["integer", "null"], "minimum": 1, "maximum": 3600},
+                "image": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+            }},
+        "AdminSettings": {"type": "object", "additionalProperties": false,
+            "description": "admin-only settings: bounds of the tenant's sessions and settings; absent or null is no bound",
+            "properties": {
+                "allowed_backends": {"type": ["array", "null"], "items": {"type": "string", "enum": ["netns", "kvm"]}},
+                "allowed_images": {"type": ["array", "null"], "items": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}},
+                "max_approval_timeout": {"type": ["integer", "null"], "minimum": 1, "maximum": 3600},
+                "allow_policy": {"type": ["boolean", "null"], "description": "false: sessions need a token the operator minted (capabilities), no policy"}
+            }},
+        "Settings": {"type": "object", "required": ["tenant", "admin"],
+            "properties": {"tenant": {"type": "object"}, "admin": {"type": "object"}}},
+        "TenantSettingsOf": {"type": "object", "required": ["name", "tenant", "admin"],
+            "properties": {"name": {"$ref": "#/components/schemas/TenantName"}, "tenant": {"type": "object"}, "admin": {"type": "object"}}},
+        "PutRateCard": {"type": "object", "required": ["rates"], "additionalProperties": false,
+            "properties": {"rates": {"type": "string", "description": "the rates.toml text (docs/metering.md)"}}},
+        "RateCard": {"type": "object", "required": ["rates", "sha256", "models"],
+            "properties": {
+                "rates": {"type": ["string", "null"], "description": "the file's text; null: no file, the built-in card"},
+                "sha256": {"type": ["string", "null"], "description": "the card's hash as receipts name it; null when the file does not parse"},
+                "models": {"type": ["integer", "null"]}
+            }},
+        "RateCardSet": {"type": "object", "required": ["sha256", "models"],
+            "properties": {"sha256": {"type": "string"}, "models": {"type": "integer"}}},
         "Readiness": {"type": "object", "required": ["ready", "checks"],
             "properties": {"ready": {"type": "boolean"}, "checks": {"type": "array", "items": {
                 "type": "object", "required": ["name", "ok", "detail"],
-                "properties": {"name": {"type": "string", "enum": ["storage", "tenant_keys"]},
+                "properties": {"name": {"type": "string", "enum": ["storage", "tenant_keys", "backends"]},
                                "ok": {"type": "boolean"}, "detail": {"type": "string"}}}}}}
     });
     if let (Value::Object(all), Value::Object(rest)) = (&mut first, rest) {

@@ -6,6 +6,11 @@
 //! recovered with `session::recovery` (sandbox removed, chain closed as
 //! interrupted, `supervisor_died`).
 //!
+//! Files a dead daemon's starts left in a tenant's `spawn/` (a token, a
+//! secrets file holding decrypted values, an unpacked workdir) are removed
+//! once older than any start can be ([`STALE_SPAWN`]); failed starts' logs
+//! are kept for the operator.
+//!
 //! Stopped, not adopted: the dead daemon's answers about the session (its
 //! event streams, pending approvals, the 201 its client waited for) are
 //! gone with it, and a session nobody can watch is safer ended with its
@@ -22,6 +27,11 @@ use crate::session::recovery;
 use crate::tenants::{QuotaDb, Registry};
 use crate::usage::LedgerDb;
 
+/// Age past which a file in `spawn/` belongs to no start in progress (a
+/// start waits at most 300 s for its sandbox; another daemon on the same
+/// home may be in the middle of one).
+const STALE_SPAWN: Duration = Duration::from_secs(15 * 60);
+
 /// What [`settle`] did.
 #[derive(Debug, Default)]
 pub struct Settled {
@@ -31,6 +41,8 @@ pub struct Settled {
     pub killed: usize,
     /// Sessions closed by recovery (`<tenant>/<id>`).
     pub recovered: Vec<String>,
+    /// Stale spawn files and workdirs removed.
+    pub spawn_removed: usize,
 }
 
 /// Stops orphans (waiting up to `limit` for them), then recovers every
@@ -47,11 +59,18 @@ pub fn settle(
     let mut tenants = Vec::new();
     for record in registry.list().context("listing the tenants")? {
         let root = registry.root(&record.name);
+        settled.spawn_removed += remove_stale_spawn(&root.path().join("spawn"), STALE_SPAWN);
         tenants.push((
             record.name.to_string(),
             root.sessions_dir(),
             root.keys_dir().join(keys::RECEIPT_KEY),
         ));
+    }
+    if settled.spawn_removed > 0 {
+        tracing::info!(
+            removed = settled.spawn_removed,
+            "removed what dead starts left in the tenants' spawn directories"
+        );
     }
     let me = std::env::current_exe().context("finding the daemon's executable")?;
     let mut orphans: Vec<SessionInfo> = Vec::new();
@@ -117,6 +136,43 @@ pub fn settle(
     Ok(settled)
 }
 
+/// Removes what dead starts left in `spawn`: tokens (`.cap`), decrypted
+/// secrets (`.secrets.toml`) and unpacked workdirs (`.work/`) last changed
+/// more than `older_than` ago. Returns how many went.
+fn remove_stale_spawn(spawn: &Path, older_than: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(spawn) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = [".cap", ".secrets.toml", ".work"]
+            .iter()
+            .any(|suffix| name.ends_with(suffix));
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > older_than);
+        if !kind || !stale {
+            continue;
+        }
+        let gone = if meta.is_dir() {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+        match gone {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!("removing {}: {e}", entry.path().display()),
+        }
+    }
+    removed
+}
+
 /// The bundles under `sessions` marked running.
 fn running_sessions(sessions: &Path) -> Vec<SessionInfo> {
     let Ok(entries) = std::fs::read_dir(sessions) else {
@@ -148,5 +204,31 @@ fn parent_pid(pid: u32) -> Option<u32> {
 fn kill(pid: u32, sig: nix::sys::signal::Signal) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stale_tokens_secrets_and_workdirs_are_removed_from_spawn() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let spawn = tmp.path();
+        for name in ["a.cap", "a.secrets.toml", "a.log"] {
+            std::fs::write(spawn.join(name), "x").expect("write");
+        }
+        std::fs::create_dir_all(spawn.join("a.work/d")).expect("mkdir");
+        // Young: a start may be using them.
+        assert_eq!(remove_stale_spawn(spawn, Duration::from_secs(60)), 0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(remove_stale_spawn(spawn, Duration::from_millis(10)), 3);
+        let left: Vec<String> = std::fs::read_dir(spawn)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["a.log"], "a failed start's log is kept");
+        assert_eq!(remove_stale_spawn(&spawn.join("none"), Duration::ZERO), 0);
     }
 }

@@ -8,7 +8,8 @@
 //! or `%2e%2e` in an id is not a separator or `..`, it is an id that names
 //! nothing (404).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use bytes::Bytes;
@@ -23,15 +24,23 @@ use super::identity::ProxyUser;
 use super::launch::{self, CreateSession, Stopped};
 use super::quota;
 use super::state::State;
-use super::{events, metrics, openapi, secrets, sessions};
+use super::{events, metrics, openapi, secrets, sessions, workdir};
 use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
+use crate::commands::doctor::{self, Diagnosis};
 use crate::control::{self, ControlClientError, ControlRequest};
+use crate::tenants::settings::{self, Settings};
 use crate::tenants::{Caller, Identity, Quotas, QuotasJson, TenantName, TenantOpError, TenantRoot};
 use crate::usage::report::{self as usage_report, GroupKey, Sums, UsageReport};
 
 /// Largest request body taken (a session's capability token and command
 /// are a few KiB at most).
 const MAX_BODY: usize = 64 * 1024;
+/// Largest `POST /v1/sessions` body: room for a workdir archive at its
+/// bound, in base64, besides the rest.
+const MAX_SESSION_BODY: usize = workdir::MAX_ARCHIVE_BYTES / 3 * 4 + 4 + MAX_BODY;
+/// How long `/readyz` reuses `openclaw doctor`'s checks (they unshare
+/// namespaces and boot a tiny KVM guest: too much for every probe).
+const DOCTOR_TTL: Duration = Duration::from_secs(10);
 
 /// A request once read: what the handlers need, owned.
 struct Parsed {
@@ -47,7 +56,8 @@ struct Parsed {
 
 pub async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> Response<ApiBody> {
     let request_id = audit::new_request_id();
-    let mut response = match read(req).await {
+    let limit = body_limit(&state, &req).await;
+    let mut response = match read(req, limit).await {
         Ok(parsed) => {
             let id = request_id.clone();
             let handled = tokio::task::spawn_blocking(move || dispatch(&state, &parsed, &id)).await;
@@ -72,9 +82,35 @@ pub async fn handle(state: Arc<State>, req: Request<hyper::body::Incoming>) -> R
     response
 }
 
-async fn read(req: Request<hyper::body::Incoming>) -> Result<Parsed, ApiError> {
+/// The most body bytes taken: [`MAX_BODY`], or for a session create by a
+/// tenant's valid token, room for a workdir archive. Only an authenticated
+/// tenant can make the daemon hold that much; anyone else sending more than
+/// `MAX_BODY` gets 413.
+async fn body_limit(state: &Arc<State>, req: &Request<hyper::body::Incoming>) -> usize {
+    if req.method() != Method::POST || req.uri().path() != "/v1/sessions" {
+        return MAX_BODY;
+    }
+    let Some(token) = bearer(req.headers()) else {
+        return MAX_BODY;
+    };
+    let state = state.clone();
+    let tenant = tokio::task::spawn_blocking(move || {
+        matches!(
+            state.registry.authenticate(&token),
+            Ok(Some(Identity::Tenant(_)))
+        )
+    })
+    .await;
+    if matches!(tenant, Ok(true)) {
+        MAX_SESSION_BODY
+    } else {
+        MAX_BODY
+    }
+}
+
+async fn read(req: Request<hyper::body::Incoming>, limit: usize) -> Result<Parsed, ApiError> {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
+    let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -330,6 +366,37 @@ fn v1(
             only(req, "GET")?;
             usage_of(state, req, who, request_id)
         }
+        ["settings"] => {
+            let tenant = tenant_only(who)?;
+            let root = state.registry.root(tenant);
+            match req.method {
+                Method::GET => {
+                    no_query(req)?;
+                    let now =
+                        Settings::read(&root).map_err(|e| ApiError::internal(request_id, &e))?;
+                    Ok(json(StatusCode::OK, &now.to_json()))
+                }
+                Method::PUT => {
+                    no_query(req)?;
+                    put_tenant_settings(state, req, tenant, &root, request_id)
+                }
+                _ => Err(ApiError::method_not_allowed("GET, PUT")),
+            }
+        }
+        ["ratecard"] => {
+            admin_only(who)?;
+            match req.method {
+                Method::GET => {
+                    no_query(req)?;
+                    ratecard(state, request_id)
+                }
+                Method::PUT => {
+                    no_query(req)?;
+                    put_ratecard(state, req, request_id)
+                }
+                _ => Err(ApiError::method_not_allowed("GET, PUT")),
+            }
+        }
         ["tenants"] => {
             admin_only(who)?;
             match req.method {
@@ -388,6 +455,28 @@ fn v1(
             let mut body = json!(quotas.to_json());
             body["name"] = json!(name);
             Ok(json(StatusCode::OK, &body))
+        }
+        ["tenants", name, "settings"] => {
+            admin_only(who)?;
+            if !matches!(req.method, Method::GET | Method::PUT) {
+                return Err(ApiError::method_not_allowed("GET, PUT"));
+            }
+            no_query(req)?;
+            let name = name_param(name)?;
+            // 404 for a tenant that does not exist (its directory may linger).
+            state
+                .registry
+                .quotas(&name)
+                .map_err(|e| op_error(e, request_id))?;
+            let root = state.registry.root(&name);
+            if req.method == Method::PUT {
+                put_admin_settings(state, req, &name, &root, request_id)
+            } else {
+                let now = Settings::read(&root).map_err(|e| ApiError::internal(request_id, &e))?;
+                let mut body = now.to_json();
+                body["name"] = json!(name);
+                Ok(json(StatusCode::OK, &body))
+            }
         }
         ["tenants", name, "token"] => {
             admin_only(who)?;
@@ -545,11 +634,13 @@ fn create_session(
     no_query(req)?;
     let body: CreateSession = json_request(
         req,
-        "{\"capabilities\": \"<.cap text>\", \"command\": [\"argv\", ...], \"backend\"?, \"approve\"?, \"task\"?}",
+        "{\"capabilities\": \"<.cap text>\" | \"policy\": \"<policy TOML>\", \"command\": [\"argv\", ...], \
+         \"backend\"?, \"image\"?, \"approve\"?, \"approval_timeout\"?, \"task\"?, \"secrets\"?, \"workdir\"?}",
     )?;
     let root = state.registry.root(tenant);
-    let mut checked =
-        launch::check(&root, body).map_err(|(field, why)| ApiError::invalid(field, why))?;
+    let settings = Settings::read(&root).map_err(|e| ApiError::internal(request_id, &e))?;
+    let mut checked = launch::check(&root, state.registry.home(), &settings, body)
+        .map_err(|(field, why)| ApiError::invalid(field, why))?;
     let quotas = state
         .registry
         .quotas(tenant)
@@ -904,10 +995,11 @@ fn usage_of(
     Ok(json(StatusCode::OK, &report))
 }
 
-/// `GET /readyz`: 200 when the control-plane store answers a query and
-/// every tenant's directory has its sessions directory and public keys;
-/// 503 naming the failing check otherwise. Tenant names are not listed
-/// (the probe needs no token).
+/// `GET /readyz`: 200 when the control-plane store answers a query, every
+/// tenant's directory has its sessions directory and public keys, and
+/// `openclaw doctor` finds at least one backend that can start a session;
+/// 503 naming the failing checks otherwise. Only names and fixed phrases:
+/// no tenant names, no paths on the host (the probe needs no token).
 fn readiness(state: &State) -> Response<ApiBody> {
     let storage = state.registry.store().ping();
     let tenants = state.registry.list();
@@ -931,17 +1023,355 @@ fn readiness(state: &State) -> Response<ApiBody> {
         }
         Err(_) => Err("tenants could not be listed".to_owned()),
     };
+    let diagnosis = doctor_cached(state.registry.home());
+    let backends = diagnosis
+        .backends
+        .iter()
+        .map(|(name, verdict)| {
+            if verdict.usable {
+                format!("{name}: usable")
+            } else {
+                format!("{name}: not usable ({})", verdict.missing.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     let checks = json!([
         {"name": "storage", "ok": storage.is_ok(),
          "detail": match &storage { Ok(()) => "the store answers".to_owned(), Err(e) => e.to_string() }},
         {"name": "tenant_keys", "ok": keys.is_ok(),
          "detail": match &keys { Ok(d) | Err(d) => d.clone() }},
+        {"name": "backends", "ok": diagnosis.can_run_sessions,
+         "detail": format!("{backends} (`openclaw doctor` on the host says what to do)")},
     ]);
-    let ready = storage.is_ok() && keys.is_ok();
+    let ready = storage.is_ok() && keys.is_ok() && diagnosis.can_run_sessions;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(status, &json!({"ready": ready, "checks": checks}))
+}
+
+/// `openclaw doctor`'s diagnosis of the daemon's home, at most
+/// [`DOCTOR_TTL`] old. Probes that arrive while it runs wait for it
+/// instead of running their own.
+fn doctor_cached(home: &std::path::Path) -> Arc<Diagnosis> {
+    static CACHE: Mutex<Option<(Instant, Arc<Diagnosis>)>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, diagnosis)) = cache.as_ref() {
+        if at.elapsed() < DOCTOR_TTL {
+            return diagnosis.clone();
+        }
+    }
+    let diagnosis = Arc::new(doctor::diagnose(home));
+    *cache = Some((Instant::now(), diagnosis.clone()));
+    diagnosis
+}
+
+/// One `settings.set` audit line by the admin for tenant `name`.
+fn audit_admin_change(
+    state: &State,
+    action: &str,
+    target: &str,
+    tenant: Option<&TenantName>,
+    request_id: &str,
+    outcome: Outcome,
+    detail: String,
+) -> Result<(), ApiError> {
+    let mut record = AuditRecord::now(Actor::Admin, Via::Api, action, target, request_id);
+    record.tenant = tenant.map(|t| t.to_string());
+    record.outcome = outcome;
+    record.detail = Some(detail);
+    state
+        .registry
+        .audit()
+        .append(&record)
+        .map_err(|e| ApiError::internal(request_id, &e))
+}
+
+/// An audit line's words for one table of settings: keys and checked
+/// values only (backends and modes are fixed words, images valid names).
+fn settings_detail(table: &str, values: &serde_json::Value) -> String {
+    let mut parts = vec![table.to_owned()];
+    if let Some(map) = values.as_object() {
+        for (key, value) in map {
+            let shown = match value {
+                serde_json::Value::Null => "-".to_owned(),
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.to_string(),
+            };
+            parts.push(format!("{key}={shown}"));
+        }
+    }
+    parts.join(" ")
+}
+
+/// `PUT /v1/settings`: replaces the tenant's own table. An admin-only key
+/// is refused by name (400, one `refused` audit line); values must keep the
+/// admin's bounds; an image must be in the home's store.
+fn put_tenant_settings(
+    state: &State,
+    req: &Parsed,
+    tenant: &TenantName,
+    root: &TenantRoot,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    let body: serde_json::Map<String, serde_json::Value> = json_request(
+        req,
+        "{\"backend\"?, \"approve\"?, \"approval_timeout\"?, \"image\"?} (null: openclaw's default)",
+    )?;
+    let keys = match settings::tenant_keys_from_json(&body) {
+        Ok(keys) => keys,
+        Err((field, why)) => {
+            if settings::ADMIN_KEYS.contains(&field) {
+                audit_session(
+                    state,
+                    req,
+                    tenant,
+                    "settings.set",
+                    tenant.as_str(),
+                    request_id,
+                    Outcome::Refused,
+                    Some(&format!("admin-only key: {field}")),
+                )?;
+            }
+            return Err(ApiError::invalid(field, why));
+        }
+    };
+    let mut next = Settings::read(root).map_err(|e| ApiError::internal(request_id, &e))?;
+    next.tenant = keys.clone();
+    next.tenant_within_bounds()
+        .map_err(|(field, why)| ApiError::invalid(field, why))?;
+    if let Some(name) = &keys.image {
+        launch::stored_image(state.registry.home(), &next.admin, name)
+            .map_err(|(field, why)| ApiError::invalid(field, why))?;
+    }
+    let written = Settings::replace_tenant(root, keys);
+    let detail = settings_detail("tenant", &next.to_json()["tenant"]);
+    match written {
+        Ok(now) => {
+            audit_session(
+                state,
+                req,
+                tenant,
+                "settings.set",
+                tenant.as_str(),
+                request_id,
+                Outcome::Ok,
+                Some(&detail),
+            )?;
+            Ok(json(StatusCode::OK, &now.to_json()))
+        }
+        Err(e) => {
+            audit_session(
+                state,
+                req,
+                tenant,
+                "settings.set",
+                tenant.as_str(),
+                request_id,
+                Outcome::Failed,
+                Some("the settings could not be written"),
+            )?;
+            Err(ApiError::internal(request_id, &e))
+        }
+    }
+}
+
+/// `PUT /v1/tenants/{name}/settings`: replaces the admin's table (the
+/// tenant's own is kept; where it now breaks the bounds, the tenant's
+/// sessions are refused naming the field until one of them changes).
+fn put_admin_settings(
+    state: &State,
+    req: &Parsed,
+    name: &TenantName,
+    root: &TenantRoot,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    let body: serde_json::Map<String, serde_json::Value> = json_request(
+        req,
+        "{\"allowed_backends\"?, \"allowed_images\"?, \"max_approval_timeout\"?, \"allow_policy\"?} (null: no bound)",
+    )?;
+    let keys = settings::admin_keys_from_json(&body)
+        .map_err(|(field, why)| ApiError::invalid(field, why))?;
+    let shown = Settings {
+        admin: keys.clone(),
+        ..Settings::default()
+    };
+    let detail = settings_detail("admin", &shown.to_json()["admin"]);
+    match Settings::replace_admin(root, keys) {
+        Ok(now) => {
+            audit_admin_change(
+                state,
+                "settings.set",
+                name.as_str(),
+                Some(name),
+                request_id,
+                Outcome::Ok,
+                detail,
+            )?;
+            let mut body = now.to_json();
+            body["name"] = json!(name);
+            Ok(json(StatusCode::OK, &body))
+        }
+        Err(e) => {
+            audit_admin_change(
+                state,
+                "settings.set",
+                name.as_str(),
+                Some(name),
+                request_id,
+                Outcome::Failed,
+                "the settings could not be written".into(),
+            )?;
+            Err(ApiError::internal(request_id, &e))
+        }
+    }
+}
+
+/// `<home>/rates.toml`, the operator's rate card.
+fn rates_path(state: &State) -> std::path::PathBuf {
+    state.registry.home().join("rates.toml")
+}
+
+/// `GET /v1/ratecard`: the card sessions price with: the file's text
+/// (`null`: no file, the built-in card) and its hash (`null` when the
+/// file does not parse: sessions refuse to start until it is replaced).
+fn ratecard(state: &State, request_id: &str) -> Result<Response<ApiBody>, ApiError> {
+    let path = rates_path(state);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ApiError::internal(request_id, &e.into())),
+    };
+    let card = match &text {
+        Some(text) => enforce::RateCard::from_toml(text, "rates.toml").ok(),
+        None => Some(enforce::RateCard::builtin()),
+    };
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "rates": text,
+            "sha256": card.as_ref().map(|c| c.sha256().to_owned()),
+            "models": card.as_ref().map(|c| c.entries().count()),
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutRatecard {
+    rates: String,
+}
+
+/// `PUT /v1/ratecard` `{"rates": "<TOML>"}`: checked with the parser the
+/// sessions use (400 `rates` naming the line; the old card stays), then
+/// written atomically. Sessions started from now on price with it; a
+/// running session keeps the card it started with, and every ledger row
+/// keeps the prices it was charged at.
+fn put_ratecard(
+    state: &State,
+    req: &Parsed,
+    request_id: &str,
+) -> Result<Response<ApiBody>, ApiError> {
+    let body: PutRatecard = json_request(req, "{\"rates\": \"<rates.toml text>\"}")?;
+    let card = match enforce::RateCard::from_toml(&body.rates, "rates.toml") {
+        Ok(card) => card,
+        Err(e) => {
+            let (line, why) = ratecard_problem(&body.rates, &e);
+            audit_admin_change(
+                state,
+                "ratecard.set",
+                "rates.toml",
+                None,
+                request_id,
+                Outcome::Refused,
+                match line {
+                    Some(n) => format!("invalid at line {n}"),
+                    None => "invalid".to_owned(),
+                },
+            )?;
+            return Err(ApiError::invalid("rates", why));
+        }
+    };
+    let written = settings::write_atomically(&rates_path(state), body.rates.as_bytes());
+    let detail = format!("sha256 {}", card.sha256());
+    match written {
+        Ok(()) => {
+            audit_admin_change(
+                state,
+                "ratecard.set",
+                "rates.toml",
+                None,
+                request_id,
+                Outcome::Ok,
+                detail,
+            )?;
+            Ok(json(
+                StatusCode::OK,
+                &json!({"sha256": card.sha256(), "models": card.entries().count()}),
+            ))
+        }
+        Err(e) => {
+            audit_admin_change(
+                state,
+                "ratecard.set",
+                "rates.toml",
+                None,
+                request_id,
+                Outcome::Failed,
+                "the card could not be written".into(),
+            )?;
+            Err(ApiError::internal(request_id, &e))
+        }
+    }
+}
+
+/// The line a rate card's error is on (1-based) and the message for the
+/// client: `line N: ...`. A syntax error carries its line; an entry's error
+/// names its model, found by its `name = "..."` line.
+fn ratecard_problem(text: &str, err: &enforce::RateCardError) -> (Option<usize>, String) {
+    match err {
+        enforce::RateCardError::Syntax { message, .. } => {
+            let line = message
+                .split_once("at line ")
+                .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<usize>().ok());
+            // toml's message: a location line, the source excerpt, then the
+            // problem on its last line.
+            let problem = message
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("not valid TOML");
+            let shown = match line {
+                Some(n) => format!("line {n}: {problem}"),
+                None => problem.to_owned(),
+            };
+            (line, shown)
+        }
+        enforce::RateCardError::Entry { model, problem, .. } => {
+            let quoted = format!("{model:?}");
+            let line = text
+                .lines()
+                .position(|l| {
+                    let l = l.trim_start();
+                    l.starts_with("name") && l.contains(&quoted)
+                })
+                .map(|i| i + 1);
+            let shown = match line {
+                Some(n) => format!("line {n}: model {quoted}: {problem}"),
+                None => format!("model {quoted}: {problem}"),
+            };
+            (line, shown)
+        }
+        enforce::RateCardError::Read { .. } => (None, "the card could not be read".into()),
+    }
 }

@@ -18,6 +18,8 @@ mod quota;
 mod registry;
 /// A tenant's directory and the joins that cannot leave it.
 mod root;
+/// A tenant's settings: its own defaults and the admin's bounds.
+pub mod settings;
 /// The SQLite store: `<home>/control.db`.
 mod sqlite;
 /// The `Store` trait and what any backend must keep.

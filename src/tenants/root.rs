@@ -15,7 +15,7 @@ use crate::keys;
 pub const TENANTS_DIR: &str = "tenants";
 /// Where deleted tenants' directories go (kept, never reachable by name).
 pub const DELETED_DIR: &str = "tenants-deleted";
-/// The tenant's settings file (empty at creation).
+/// The tenant's settings file (comments only at creation; `settings.rs`).
 pub const SETTINGS: &str = "settings.toml";
 
 /// Why a tenant-relative path was refused.
@@ -80,7 +80,7 @@ impl TenantRoot {
         }
         std::fs::write(
             self.dir.join(SETTINGS),
-            "# Settings of this tenant (none are read yet).\n",
+            "# Settings of this tenant: [tenant] (PUT /v1/settings), [admin] (the operator).\n",
         )
         .context("writing settings.toml")?;
         let keys_dir = self.keys_dir();

@@ -32,6 +32,13 @@ pub fn start_with(home: &Path, log: &Path, flags: &[&str]) -> Daemon {
     spawn(home, "debug", stderr, flags)
 }
 
+/// [`start`] with more environment variables for the daemon (a host that
+/// lacks what `openclaw doctor` looks for, say).
+pub fn start_env(home: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+    let stderr = std::fs::File::create(log).expect("log file");
+    spawn_env(home, "debug", stderr, &[], env)
+}
+
 /// Starts `openclaw serve` on a free port with `RUST_LOG=level`, its log to
 /// `stderr`; returns once it says where it listens.
 pub fn start_logging(home: &Path, level: &str, stderr: impl Into<Stdio>) -> Daemon {
@@ -39,9 +46,20 @@ pub fn start_logging(home: &Path, level: &str, stderr: impl Into<Stdio>) -> Daem
 }
 
 fn spawn(home: &Path, level: &str, stderr: impl Into<Stdio>, flags: &[&str]) -> Daemon {
+    spawn_env(home, level, stderr, flags, &[])
+}
+
+fn spawn_env(
+    home: &Path,
+    level: &str,
+    stderr: impl Into<Stdio>,
+    flags: &[&str],
+    env: &[(&str, &str)],
+) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_openclaw"))
         .args(["serve", "--addr", "127.0.0.1:0"])
         .args(flags)
+        .envs(env.iter().copied())
         .env("OPENCLAW_HOME", home)
         .env("RUST_LOG", level)
         .stdout(Stdio::piped())
