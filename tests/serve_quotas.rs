@@ -373,6 +373,11 @@ fn stop_all(d: &Daemon, token: &str, ids: &[String], home: &Path, tenant: &str) 
         );
         assert!(matches!(r.status, 202 | 409), "{:?}", r.body);
     }
+    wait_all_ended(ids, home, tenant);
+}
+
+/// Waits until each session's session.json says it is no longer running.
+fn wait_all_ended(ids: &[String], home: &Path, tenant: &str) {
     for id in ids {
         let path = home
             .join("tenants")
@@ -556,7 +561,9 @@ fn metrics_parse_and_move_when_a_session_runs_the_ledger_grows_and_a_quota_refus
     );
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.body["id"].as_str().expect("id").to_owned();
-    stop_all(&d, &a, &[id], h, "a");
+    // The command ends by itself once its request was decided; stopping it
+    // at once could end it before the request was sent.
+    wait_all_ended(&[id], h, "a");
     // b spent today, and hit its request quota once.
     write_llm_session(h, "b", "20261203-120000-bbbbbb", 200);
     rebuild_ledger(h);
