@@ -9,15 +9,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use ed25519_dalek::pkcs8::DecodePrivateKey;
-use receipts::{ReceiptLog, SessionStart};
 use serde_json::{json, Value};
 
 mod support;
 
-use support::serve::{call, call_with, cli, start, start_with, Daemon, Reply};
+use support::serve::{
+    call, call_with, cli, mint_for, mint_for_tenant, start, start_with, wait_ended, write_session,
+    Daemon, Reply, HOLDS, POLICY_HELD,
+};
 
 /// A GET whose answer may be a stream: curl with `-N`, stopped after
 /// `max` seconds (an unfinished stream is not an error here); the status
@@ -52,32 +53,6 @@ fn get(d: &Daemon, path: &str, token: Option<&str>) -> Reply {
     call(d, "GET", path, token, None)
 }
 
-/// One of the tenant's keys (`root.key`, `receipt.key`).
-fn tenant_key(home: &Path, tenant: &str, name: &str) -> ed25519_dalek::SigningKey {
-    let path = home.join("tenants").join(tenant).join("keys").join(name);
-    let pem = std::fs::read_to_string(path).expect("key");
-    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pem")
-}
-
-const POLICY: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n";
-/// The same, every web request held for a human.
-const POLICY_HELD: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n\
-    [[approval]]\ntype = \"web\"\n";
-
-/// A capability token (the .cap text) minted under the tenant's root key.
-fn mint_for(home: &Path, tenant: &str) -> String {
-    mint_policy(home, tenant, POLICY)
-}
-
-fn mint_policy(home: &Path, tenant: &str, policy: &str) -> String {
-    let policy = capabilities::Policy::from_toml_str(policy).expect("policy");
-    let cap_key = tenant_key(home, tenant, "root.key");
-    capabilities::mint(&policy, &cap_key.to_bytes(), SystemTime::now()).expect("mint")
-}
-
-/// A session command whose first request is held: it waits for the answer.
-const HOLDS: &str = "curl -s -o /dev/null --max-time 100 https://example.com/held; sleep 30";
-
 /// Waits (up to 60 s) for the running session's first pending approval.
 fn first_pending(d: &Daemon, token: &str, id: &str) -> Value {
     for _ in 0..600 {
@@ -89,51 +64,6 @@ fn first_pending(d: &Daemon, token: &str, id: &str) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("no approval became pending in {id}");
-}
-
-/// A finished session bundle under `<tenant>/sessions/<id>`: session.json,
-/// a capability token minted under the tenant's root key and a receipt
-/// chain signed with the tenant's receipt key.
-fn write_session(home: &Path, tenant: &str, id: &str) -> PathBuf {
-    let root = home.join("tenants").join(tenant);
-    let dir = root.join("sessions").join(id);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let (cap_key, receipt_key) = (
-        tenant_key(home, tenant, "root.key"),
-        tenant_key(home, tenant, "receipt.key"),
-    );
-    let token = mint_for(home, tenant);
-    std::fs::write(dir.join("capabilities.cap"), &token).expect("cap");
-    let cap = capabilities::UnverifiedToken::from_base64(&token)
-        .expect("parse")
-        .verify(&cap_key.verifying_key().to_bytes())
-        .expect("verify");
-    let log = ReceiptLog::create(
-        &dir.join("receipts.jsonl"),
-        receipt_key.clone(),
-        SessionStart {
-            session_id: id.into(),
-            revocation_ids: cap.revocation_ids(),
-            sandbox: "netns".into(),
-            capability_sha256: Some(receipts::sha256_hex(token.as_bytes())),
-            tenant: Some(tenant.into()),
-            user: None,
-        },
-    )
-    .expect("chain");
-    log.finish().expect("finish");
-    let info = json!({
-        "id": id, "status": "completed", "backend": "netns", "backend_reason": "test",
-        "started_at": "2026-12-03T12:00:00Z", "ended_at": "2026-12-03T12:00:01Z",
-        "sandbox_ready_ms": 1, "command": ["true"], "task": null, "exit_code": 0,
-        "capabilities": {"summary": "1 grant", "grants": [], "revocation_ids": cap.revocation_ids(), "expires_at": null},
-        "ca_fingerprint": "", "receipt_key_id": receipts::key_id(&receipt_key.verifying_key()),
-        "resolve": [], "upstream_ca": [], "supervisor_pid": null,
-        "bounds": {"work_max_bytes": 0, "console_max_bytes": 0, "dns_refusal_receipts": 0},
-        "tenant": tenant
-    });
-    std::fs::write(dir.join("session.json"), info.to_string()).expect("session.json");
-    dir
 }
 
 fn session_ids(reply: &Reply) -> Vec<String> {
@@ -926,7 +856,7 @@ fn an_api_sessions_llm_call_is_in_its_tenants_usage_and_its_output_in_its_bundle
         &logs.path().join("serve.log"),
         &["--resolve", &resolve, "--upstream-ca", ca_arg],
     );
-    let cap = mint_policy(
+    let cap = mint_for_tenant(
         h,
         "a",
         "ttl = \"30m\"\n[llm]\nproviders = [\"api.openai.com\"]\nbudget_usd = \"1.00\"\n",
@@ -1009,7 +939,7 @@ fn the_openapi_document_describes_what_is_served() {
     ops.sort_by_key(|(_, method, _)| *method == "delete");
     let mut served = Vec::new();
     let session_body = json!({
-        "capabilities": mint_policy(h, "t", POLICY_HELD),
+        "capabilities": mint_for_tenant(h, "t", POLICY_HELD),
         "command": ["sh", "-c", HOLDS],
         "approve": "api"
     })
@@ -1160,27 +1090,6 @@ fn the_openapi_document_describes_what_is_served() {
             r.status
         );
     }
-}
-
-/// Waits (up to 60 s) until the session's session.json says it ended.
-fn wait_ended(home: &Path, tenant: &str, id: &str) -> Value {
-    let path = home
-        .join("tenants")
-        .join(tenant)
-        .join("sessions")
-        .join(id)
-        .join("session.json");
-    for _ in 0..600 {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Ok(info) = serde_json::from_str::<Value>(&text) {
-                if info["status"] != "running" {
-                    return info;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("session {id} did not end");
 }
 
 fn post(d: &Daemon, path: &str, token: &str, body: &Value) -> Reply {
@@ -1444,7 +1353,7 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
         &d,
         "/v1/sessions",
         &a,
-        &json!({"capabilities": mint_policy(h, "a", POLICY_HELD),
+        &json!({"capabilities": mint_for_tenant(h, "a", POLICY_HELD),
                 "command": ["sh", "-c", HOLDS], "approve": "api"}),
     );
     assert_eq!(held.status, 201, "{:?}", held.body);

@@ -3,24 +3,13 @@
 //! to the test upstream of `test-support`; the daemon asks the session's
 //! control socket and exposes the histogram by tenant and backend.
 
-use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use ed25519_dalek::pkcs8::DecodePrivateKey;
 use serde_json::json;
 
 mod support;
 
-use support::serve::{call, cli, start_with, Daemon};
-
-fn mint(home: &Path, tenant: &str, policy: &str) -> String {
-    let path = home.join("tenants").join(tenant).join("keys/root.key");
-    let key =
-        ed25519_dalek::SigningKey::from_pkcs8_pem(&std::fs::read_to_string(path).expect("key"))
-            .expect("pem");
-    let policy = capabilities::Policy::from_toml_str(policy).expect("policy");
-    capabilities::mint(&policy, &key.to_bytes(), SystemTime::now()).expect("mint")
-}
+use support::serve::{call, cli, mint_for_tenant, start_with_upstream, Daemon};
 
 /// The histogram's samples for tenant `a` on netns: (suffix and le, value).
 fn samples(d: &Daemon, admin: &str) -> Vec<(String, f64)> {
@@ -52,40 +41,20 @@ fn value(samples: &[(String, f64)], starts: &str) -> f64 {
 /// Needs root: a netns session.
 #[test]
 fn a_sessions_proxied_requests_are_in_the_latency_histogram_and_stay_after_it_ends() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let ca = test_support::TestCa::new("serve latency test upstream");
-    let upstream = rt.block_on(test_support::Upstream::https(
-        &ca,
-        &["example.com"],
-        &[b"http/1.1"],
-    ));
     let home = tempfile::tempdir().expect("tempdir");
     let logs = tempfile::tempdir().expect("tempdir");
     let h = home.path();
     let a = cli(h, &["tenants", "create", "a"]);
     let admin = cli(h, &["tenants", "admin-token"]);
-    let ca_pem = ca.write_pem(logs.path());
-    let resolve = format!("example.com={}", upstream.addr);
-    let d = start_with(
-        h,
-        &logs.path().join("serve.log"),
-        &[
-            "--resolve",
-            &resolve,
-            "--upstream-ca",
-            ca_pem.to_str().expect("utf-8"),
-        ],
-    );
+    let served = start_with_upstream(h, logs.path(), "example.com");
+    let d = &served.daemon;
     // Before any session: the family, no samples.
     assert!(samples(&d, &admin).is_empty());
 
     let policy = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n";
     let three = "for i in 1 2 3; do curl -s -o /dev/null https://example.com/x$i; done; sleep 60";
-    let body = json!({"capabilities": mint(h, "a", policy), "command": ["sh", "-c", three]});
+    let body =
+        json!({"capabilities": mint_for_tenant(h, "a", policy), "command": ["sh", "-c", three]});
     let r = call(
         &d,
         "POST",
@@ -142,5 +111,4 @@ fn a_sessions_proxied_requests_are_in_the_latency_histogram_and_stay_after_it_en
     }
     let after = samples(&d, &admin);
     assert_eq!(value(&after, "count"), 3.0, "{after:?}");
-    drop(upstream);
 }

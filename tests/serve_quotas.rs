@@ -9,9 +9,8 @@
 //! refuses.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use ed25519_dalek::pkcs8::DecodePrivateKey;
 use receipts::{
     cost_micro_usd, DecisionRecord, Entry, ModelPrice, RateSnapshot, ReceiptLog, SessionStart,
     UsageRecord, UsageTokens,
@@ -20,23 +19,9 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::serve::{call, cli, curl, reply, start, Daemon, Reply};
-
-fn tenant_key(home: &Path, tenant: &str, name: &str) -> ed25519_dalek::SigningKey {
-    let path = home.join("tenants").join(tenant).join("keys").join(name);
-    let pem = std::fs::read_to_string(path).expect("key");
-    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pem")
-}
-
-/// A capability token minted under the tenant's root key.
-fn mint_for(home: &Path, tenant: &str) -> String {
-    let policy = capabilities::Policy::from_toml_str(
-        "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n",
-    )
-    .expect("policy");
-    let key = tenant_key(home, tenant, "root.key");
-    capabilities::mint(&policy, &key.to_bytes(), SystemTime::now()).expect("mint")
-}
+use support::serve::{
+    call, cli, curl, mint_for, reply, start, tenant_key, wait_ended, Daemon, Reply,
+};
 
 fn put_quotas(d: &Daemon, admin: &str, tenant: &str, body: &Value) -> Reply {
     call(
@@ -379,23 +364,7 @@ fn stop_all(d: &Daemon, token: &str, ids: &[String], home: &Path, tenant: &str) 
 /// Waits until each session's session.json says it is no longer running.
 fn wait_all_ended(ids: &[String], home: &Path, tenant: &str) {
     for id in ids {
-        let path = home
-            .join("tenants")
-            .join(tenant)
-            .join("sessions")
-            .join(id)
-            .join("session.json");
-        let ended = (0..600).any(|_| {
-            let info: Option<Value> = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
-            if info.is_some_and(|i| i["status"] != "running") {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            false
-        });
-        assert!(ended, "session {id} did not end");
+        wait_ended(home, tenant, id);
     }
 }
 

@@ -7,15 +7,17 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine;
-use ed25519_dalek::pkcs8::DecodePrivateKey;
 use serde_json::{json, Value};
 
 mod support;
 
-use support::serve::{call, cli, curl, reply, start, start_env, start_with, Daemon, Reply};
+use support::serve::{
+    call, cli, curl, mint_for_tenant, reply, start, start_env, start_with_upstream, wait_ended,
+    Daemon, Reply, HOLDS, POLICY, POLICY_HELD,
+};
 
 fn get(d: &Daemon, path: &str, token: &str) -> Reply {
     call(d, "GET", path, Some(token), None)
@@ -386,44 +388,6 @@ fn readyz_says_what_openclaw_doctor_says_and_names_what_fails() {
     assert_eq!(again.body, r.body);
 }
 
-fn tenant_key(home: &Path, tenant: &str, name: &str) -> ed25519_dalek::SigningKey {
-    let path = home.join("tenants").join(tenant).join("keys").join(name);
-    let pem = std::fs::read_to_string(path).expect("key");
-    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).expect("pem")
-}
-
-const POLICY: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n";
-const POLICY_HELD: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n\
-    [[approval]]\ntype = \"web\"\n";
-/// A session command whose first request is held.
-const HOLDS: &str = "curl -s -o /dev/null --max-time 100 https://example.com/held; sleep 30";
-
-fn mint(home: &Path, tenant: &str, policy: &str) -> String {
-    let policy = capabilities::Policy::from_toml_str(policy).expect("policy");
-    let key = tenant_key(home, tenant, "root.key");
-    capabilities::mint(&policy, &key.to_bytes(), SystemTime::now()).expect("mint")
-}
-
-fn wait_ended(home: &Path, tenant: &str, id: &str) -> Value {
-    let path = home
-        .join("tenants")
-        .join(tenant)
-        .join("sessions")
-        .join(id)
-        .join("session.json");
-    for _ in 0..600 {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Ok(info) = serde_json::from_str::<Value>(&text) {
-                if info["status"] != "running" {
-                    return info;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("session {id} did not end");
-}
-
 /// `dir` as a .tar.gz made by the `tar` program, in base64.
 fn tar_gz(dir: &Path, out: &Path, extra: &[&str]) -> String {
     let status = Command::new("tar")
@@ -464,7 +428,8 @@ fn sessions_start_from_a_policy_with_a_workdir_and_the_tenants_defaults() {
     let cmd = json!(["true"]);
 
     // Exactly one of capabilities and policy.
-    let both = json!({"capabilities": mint(h, "a", POLICY), "policy": POLICY, "command": cmd});
+    let both =
+        json!({"capabilities": mint_for_tenant(h, "a", POLICY), "policy": POLICY, "command": cmd});
     assert_invalid(&post(&d, "/v1/sessions", &a, &both), "policy", "both");
     assert_invalid(
         &post(&d, "/v1/sessions", &a, &json!({"command": cmd})),
@@ -480,7 +445,7 @@ fn sessions_start_from_a_policy_with_a_workdir_and_the_tenants_defaults() {
         "not a policy",
     );
     // Another tenant's token still does not verify.
-    let theirs = json!({"capabilities": mint(h, "b", POLICY), "command": cmd});
+    let theirs = json!({"capabilities": mint_for_tenant(h, "b", POLICY), "command": cmd});
     assert_invalid(
         &post(&d, "/v1/sessions", &a, &theirs),
         "capabilities",
@@ -681,8 +646,7 @@ fn sessions_start_from_a_policy_with_a_workdir_and_the_tenants_defaults() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     let body = json!({"policy": POLICY, "command": cmd, "approval_timeout": 20});
     assert_invalid(&post(&d, "/v1/sessions", &a, &body), "policy", "no policy");
-    let body =
-        json!({"capabilities": mint(h, "a", POLICY), "command": cmd, "approval_timeout": 20});
+    let body = json!({"capabilities": mint_for_tenant(h, "a", POLICY), "command": cmd, "approval_timeout": 20});
     let r = post(&d, "/v1/sessions", &a, &body);
     assert_eq!(r.status, 201, "{:?}", r.body);
     wait_ended(h, "a", r.body["id"].as_str().expect("id"));
@@ -719,34 +683,13 @@ fn first_pending(d: &Daemon, token: &str, id: &str) -> Value {
 /// earlier sessions keep the prices they were charged at.
 #[test]
 fn new_sessions_price_with_a_replaced_rate_card_and_past_rows_keep_theirs() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let ca = test_support::TestCa::new("serve rate card test provider");
-    let upstream = rt.block_on(test_support::Upstream::https(
-        &ca,
-        &["api.openai.com"],
-        &[b"http/1.1"],
-    ));
     let home = tempfile::tempdir().expect("tempdir");
     let logs = tempfile::tempdir().expect("tempdir");
     let h = home.path();
     let a = cli(h, &["tenants", "create", "a"]);
     let admin = cli(h, &["tenants", "admin-token"]);
-    let ca_pem = ca.write_pem(logs.path());
-    let resolve = format!("api.openai.com={}", upstream.addr);
-    let d = start_with(
-        h,
-        &logs.path().join("serve.log"),
-        &[
-            "--resolve",
-            &resolve,
-            "--upstream-ca",
-            ca_pem.to_str().expect("utf-8"),
-        ],
-    );
+    let served = start_with_upstream(h, logs.path(), "api.openai.com");
+    let d = &served.daemon;
     let policy = "ttl = \"30m\"\n[llm]\nproviders = [\"api.openai.com\"]\nbudget_usd = \"1.00\"\n";
     let call_llm = json!([
         "curl",
@@ -791,5 +734,4 @@ fn new_sessions_price_with_a_replaced_rate_card_and_past_rows_keep_theirs() {
     // The test provider's answer: the first card prices it 230 micro-USD.
     assert_eq!(cost_of(&ids[0]), 230, "{:?}", r.body);
     assert_eq!(cost_of(&ids[1]), 460, "the new card, twice the prices");
-    drop(upstream);
 }

@@ -12,17 +12,19 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use receipts::{ReceiptLog, SessionStart};
 use serde_json::{json, Value};
 
 mod support;
 
-use support::serve::{call, cli, mint_for_tenant, start, tenant_key, Daemon};
-use support::{approval_receipts, wait_until};
+use support::approval_receipts;
+use support::serve::{
+    call, cli, mint_for_tenant, start, wait_ended, write_session, Daemon, HOLDS, POLICY,
+    POLICY_HELD,
+};
 
 const A_ID: &str = "20261204-120000-aaaaaa";
 const B_ID: &str = "20261204-120000-bbbbbb";
@@ -183,56 +185,6 @@ fn login<'a>(d: &'a Daemon, token: &str) -> Browser<'a> {
         addr: &d.addr,
         cookie,
     }
-}
-
-const POLICY: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n";
-/// The same, every web request held for a human.
-const POLICY_HELD: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n\
-    [[approval]]\ntype = \"web\"\n";
-/// A session command whose first request is held: it waits for the answer.
-const HOLDS: &str = "curl -s -o /dev/null --max-time 100 https://example.com/held; sleep 30";
-
-/// A finished session bundle under `<tenant>/sessions/<id>`, signed with
-/// the tenant's keys (a one-receipt chain, closed).
-fn write_session(home: &Path, tenant: &str, id: &str) -> PathBuf {
-    let dir = home.join("tenants").join(tenant).join("sessions").join(id);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let (cap_key, receipt_key) = (
-        tenant_key(home, tenant, "root.key"),
-        tenant_key(home, tenant, "receipt.key"),
-    );
-    let token = mint_for_tenant(home, tenant, POLICY);
-    std::fs::write(dir.join("capabilities.cap"), &token).expect("cap");
-    let cap = capabilities::UnverifiedToken::from_base64(&token)
-        .expect("parse")
-        .verify(&cap_key.verifying_key().to_bytes())
-        .expect("verify");
-    let log = ReceiptLog::create(
-        &dir.join("receipts.jsonl"),
-        receipt_key.clone(),
-        SessionStart {
-            session_id: id.into(),
-            revocation_ids: cap.revocation_ids(),
-            sandbox: "netns".into(),
-            capability_sha256: Some(receipts::sha256_hex(token.as_bytes())),
-            tenant: Some(tenant.into()),
-            user: None,
-        },
-    )
-    .expect("chain");
-    log.finish().expect("finish");
-    let info = json!({
-        "id": id, "status": "completed", "backend": "netns", "backend_reason": "test",
-        "started_at": "2026-12-04T12:00:00Z", "ended_at": "2026-12-04T12:00:01Z",
-        "sandbox_ready_ms": 1, "command": ["true"], "task": null, "exit_code": 0,
-        "capabilities": {"summary": "1 grant", "grants": [], "revocation_ids": cap.revocation_ids(), "expires_at": null},
-        "ca_fingerprint": "", "receipt_key_id": receipts::key_id(&receipt_key.verifying_key()),
-        "resolve": [], "upstream_ca": [], "supervisor_pid": null,
-        "bounds": {"work_max_bytes": 0, "console_max_bytes": 0, "dns_refusal_receipts": 0},
-        "tenant": tenant
-    });
-    std::fs::write(dir.join("session.json"), info.to_string()).expect("session.json");
-    dir
 }
 
 fn audit_lines(home: &Path) -> Vec<Value> {
@@ -527,23 +479,6 @@ fn first_pending_in_stream(ui: &Browser, id: &str) -> u64 {
         }
     }
     panic!("no pending approval in the UI's stream of {id}");
-}
-
-fn wait_ended(home: &Path, tenant: &str, id: &str) -> Value {
-    let path = home
-        .join("tenants")
-        .join(tenant)
-        .join("sessions")
-        .join(id)
-        .join("session.json");
-    wait_until(
-        &format!("session {id} to end"),
-        Duration::from_secs(60),
-        || {
-            let info: Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
-            (info["status"] != "running").then_some(info)
-        },
-    )
 }
 
 fn create(d: &Daemon, token: &str, body: &Value) -> String {

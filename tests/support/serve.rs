@@ -230,3 +230,117 @@ pub fn mint_for_tenant(home: &Path, tenant: &str, policy: &str) -> String {
     let cap_key = tenant_key(home, tenant, "root.key");
     capabilities::mint(&policy, &cap_key.to_bytes(), std::time::SystemTime::now()).expect("mint")
 }
+
+/// A policy granting GET on example.com.
+pub const POLICY: &str = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n";
+/// The same, every web request held for a human.
+pub const POLICY_HELD: &str =
+    "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n\
+    [[approval]]\ntype = \"web\"\n";
+/// A session command whose first request is held: it waits for the answer.
+pub const HOLDS: &str = "curl -s -o /dev/null --max-time 100 https://example.com/held; sleep 30";
+
+/// A capability token for [`POLICY`] under the tenant's root key.
+pub fn mint_for(home: &Path, tenant: &str) -> String {
+    mint_for_tenant(home, tenant, POLICY)
+}
+
+/// A finished session bundle under `<tenant>/sessions/<id>`: session.json,
+/// a capability token minted under the tenant's root key and a one-receipt
+/// chain, closed, signed with the tenant's receipt key.
+pub fn write_session(home: &Path, tenant: &str, id: &str) -> std::path::PathBuf {
+    use receipts::{ReceiptLog, SessionStart};
+    let dir = home.join("tenants").join(tenant).join("sessions").join(id);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let (cap_key, receipt_key) = (
+        tenant_key(home, tenant, "root.key"),
+        tenant_key(home, tenant, "receipt.key"),
+    );
+    let token = mint_for(home, tenant);
+    std::fs::write(dir.join("capabilities.cap"), &token).expect("cap");
+    let cap = capabilities::UnverifiedToken::from_base64(&token)
+        .expect("parse")
+        .verify(&cap_key.verifying_key().to_bytes())
+        .expect("verify");
+    let log = ReceiptLog::create(
+        &dir.join("receipts.jsonl"),
+        receipt_key.clone(),
+        SessionStart {
+            session_id: id.into(),
+            revocation_ids: cap.revocation_ids(),
+            sandbox: "netns".into(),
+            capability_sha256: Some(receipts::sha256_hex(token.as_bytes())),
+            tenant: Some(tenant.into()),
+            user: None,
+        },
+    )
+    .expect("chain");
+    log.finish().expect("finish");
+    let info = serde_json::json!({
+        "id": id, "status": "completed", "backend": "netns", "backend_reason": "test",
+        "started_at": "2026-12-03T12:00:00Z", "ended_at": "2026-12-03T12:00:01Z",
+        "sandbox_ready_ms": 1, "command": ["true"], "task": null, "exit_code": 0,
+        "capabilities": {"summary": "1 grant", "grants": [], "revocation_ids": cap.revocation_ids(), "expires_at": null},
+        "ca_fingerprint": "", "receipt_key_id": receipts::key_id(&receipt_key.verifying_key()),
+        "resolve": [], "upstream_ca": [], "supervisor_pid": null,
+        "bounds": {"work_max_bytes": 0, "console_max_bytes": 0, "dns_refusal_receipts": 0},
+        "tenant": tenant
+    });
+    std::fs::write(dir.join("session.json"), info.to_string()).expect("session.json");
+    dir
+}
+
+/// Waits (up to 60 s) until the session's session.json says it is no
+/// longer running, and returns it.
+pub fn wait_ended(home: &Path, tenant: &str, id: &str) -> Value {
+    let path = home
+        .join("tenants")
+        .join(tenant)
+        .join("sessions")
+        .join(id)
+        .join("session.json");
+    super::wait_until(
+        &format!("session {id} to end"),
+        std::time::Duration::from_secs(60),
+        || {
+            let info: Value = serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()?;
+            (info["status"] != "running").then_some(info)
+        },
+    )
+}
+
+/// A local HTTPS upstream for `host` (its own test CA) and a daemon whose
+/// sessions resolve `host` to it and trust that CA. Keep the runtime: the
+/// upstream runs on it.
+pub struct DaemonWithUpstream {
+    pub daemon: Daemon,
+    pub upstream: test_support::Upstream,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+pub fn start_with_upstream(home: &Path, logs: &Path, host: &str) -> DaemonWithUpstream {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ca = test_support::TestCa::new("serve test upstream");
+    let upstream = runtime.block_on(test_support::Upstream::https(&ca, &[host], &[b"http/1.1"]));
+    let ca_pem = ca.write_pem(logs);
+    let resolve = format!("{host}={}", upstream.addr);
+    let daemon = start_with(
+        home,
+        &logs.join("serve.log"),
+        &[
+            "--resolve",
+            &resolve,
+            "--upstream-ca",
+            ca_pem.to_str().expect("utf-8"),
+        ],
+    );
+    DaemonWithUpstream {
+        daemon,
+        upstream,
+        runtime,
+    }
+}
