@@ -49,26 +49,20 @@ fn a_sessions_proxied_requests_are_in_the_latency_histogram_and_stay_after_it_en
     let served = start_with_upstream(h, logs.path(), "example.com");
     let d = &served.daemon;
     // Before any session: the family, no samples.
-    assert!(samples(&d, &admin).is_empty());
+    assert!(samples(d, &admin).is_empty());
 
     let policy = "ttl = \"30m\"\n[web]\nallow = [\"example.com\"]\nmethods = [\"get\"]\n";
     let three = "for i in 1 2 3; do curl -s -o /dev/null https://example.com/x$i; done; sleep 60";
     let body =
         json!({"capabilities": mint_for_tenant(h, "a", policy), "command": ["sh", "-c", three]});
-    let r = call(
-        &d,
-        "POST",
-        "/v1/sessions",
-        Some(&a),
-        Some(&body.to_string()),
-    );
+    let r = call(d, "POST", "/v1/sessions", Some(&a), Some(&body.to_string()));
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.body["id"].as_str().expect("id").to_owned();
 
     // Scraped while it runs, until its three exchanges are in.
     let mut seen = Vec::new();
     for _ in 0..600 {
-        seen = samples(&d, &admin);
+        seen = samples(d, &admin);
         if seen
             .iter()
             .any(|(n, v)| n.starts_with("count") && *v == 3.0)
@@ -94,7 +88,7 @@ fn a_sessions_proxied_requests_are_in_the_latency_histogram_and_stay_after_it_en
 
     // Stopped: what it reported stays in the histogram.
     let r = call(
-        &d,
+        d,
         "POST",
         &format!("/v1/sessions/{id}/stop"),
         Some(&a),
@@ -109,6 +103,6 @@ fn a_sessions_proxied_requests_are_in_the_latency_histogram_and_stay_after_it_en
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let after = samples(&d, &admin);
+    let after = samples(d, &admin);
     assert_eq!(value(&after, "count"), 3.0, "{after:?}");
 }

@@ -705,10 +705,10 @@ fn new_sessions_price_with_a_replaced_rate_card_and_past_rows_keep_theirs() {
         let card = format!(
             "[[model]]\nname = \"gpt-4o-mini\"\ninput = \"{input}\"\ncached_input = \"{cached}\"\noutput = \"{output}\"\n"
         );
-        let r = put(&d, "/v1/ratecard", &admin, &json!({"rates": card}));
+        let r = put(d, "/v1/ratecard", &admin, &json!({"rates": card}));
         assert_eq!(r.status, 200, "{:?}", r.body);
         let r = post(
-            &d,
+            d,
             "/v1/sessions",
             &a,
             &json!({"policy": policy, "command": call_llm}),
@@ -719,7 +719,7 @@ fn new_sessions_price_with_a_replaced_rate_card_and_past_rows_keep_theirs() {
         assert_eq!(info["status"], "completed", "{info}");
         ids.push(id);
     }
-    let r = get(&d, "/v1/usage?period=today&by=session", &a);
+    let r = get(d, "/v1/usage?period=today&by=session", &a);
     assert_eq!(r.status, 200, "{:?}", r.body);
     let cost_of = |id: &str| -> u64 {
         r.body["rows"]
