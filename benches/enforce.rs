@@ -106,6 +106,29 @@ async fn keep_alive_rps(t: &Target, alpn: &'static [u8]) -> (f64, u64, Duration)
     (n as f64 / secs, count.load(Ordering::Relaxed), cpu)
 }
 
+/// Exactly `total` requests over `conns()` keep-alive connections (the
+/// connections opened first, outside the count's own work but inside the
+/// process): for instruction counts under callgrind, where wall-clock runs
+/// say nothing. Two runs with different totals give instructions per request
+/// by difference, setup cancelled out.
+async fn fixed_count(t: &Target, alpn: &'static [u8], total: u64) -> u64 {
+    let per = total / conns() as u64;
+    let mut tasks = Vec::new();
+    for _ in 0..conns() {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(&t, alpn).await;
+            for _ in 0..per {
+                get(&mut s).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    per * conns() as u64
+}
+
 /// p50 and p99 of sequential requests on one keep-alive connection.
 async fn latency(t: &Target, alpn: &'static [u8]) -> (Duration, Duration, u64) {
     let mut s = connect(t, alpn).await;
@@ -296,7 +319,14 @@ async fn run() {
         day_quota: None,
     });
     let gate = enforcement.gate.clone();
-    components(&cap_for_parts, dir.path(), &receipt_key);
+    // `ENFORCE_BENCH_REQUESTS=N`: a fixed number of requests per target and
+    // protocol, no timing (for `valgrind --tool=callgrind`, docs/proxy.md).
+    let fixed: Option<u64> = std::env::var("ENFORCE_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    if fixed.is_none() {
+        components(&cap_for_parts, dir.path(), &receipt_key);
+    }
 
     let permissive = start_proxy(&upstream, &ca_file, Arc::new(AllowAll)).await;
     let enforcing = start_proxy(&upstream, &ca_file, gate.clone()).await;
@@ -342,6 +372,25 @@ async fn run() {
         None => {}
     }
 
+    if let Some(total) = fixed {
+        let mut enforced_requests = 0;
+        for t in targets.iter().filter(|t| wanted(t.name)) {
+            let n1 = fixed_count(t, b"http/1.1", total).await;
+            let n2 = fixed_count(t, b"h2", total).await;
+            println!("{}: {n1} h1 + {n2} h2 requests", t.name);
+            if t.name == "enforcing" {
+                enforced_requests = n1 + n2;
+            }
+        }
+        gate.receipts().clone().finish().unwrap();
+        let chain = UnverifiedChain::from_bytes(std::fs::read(&receipts_path).unwrap())
+            .verify(&receipt_key.verifying_key())
+            .unwrap();
+        assert_eq!(chain.receipts.len() as u64 - 2, enforced_requests);
+        permissive.shutdown().await;
+        enforcing.shutdown().await;
+        return;
+    }
     println!(
         "\nGET https://{HOST}/hello, {} keep-alive connections, {}s per figure; \
          `enforcing` writes one fdatasync'ed receipt per request",

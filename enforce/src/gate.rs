@@ -228,7 +228,6 @@ impl DnsRefusals {
 
 /// A forwarded request waiting for its `completed` call.
 struct InFlight {
-    id: u64,
     action: Action,
     grant: Option<String>,
     credentials: Vec<String>,
@@ -249,8 +248,11 @@ pub struct EnforcingGate {
     next_id: AtomicU64,
     /// Refused DNS names: receipted one by one, then in aggregate.
     dns: Mutex<DnsRefusals>,
-    /// Forwarded requests by (conn, method, path without query), oldest first.
-    in_flight: Mutex<HashMap<(u64, String, String), VecDeque<InFlight>>>,
+    /// Forwarded requests by request number (their [`GateTag`]): the tag
+    /// comes back with the exchange, so no path is re-read or masked to
+    /// find the request again, and concurrent HTTP/2 streams with the
+    /// same method and path are told apart.
+    in_flight: Mutex<HashMap<u64, InFlight>>,
     /// Hosts where some credential may be used (their responses are masked).
     credential_hosts: Mutex<HashMap<Host, bool>>,
     /// How long each request waited for its decision receipt to be durable.
@@ -827,9 +829,10 @@ impl EnforcingGate {
                 }
             }
         }
+        // The tag finds this request again at its response and completion
+        // (metering settles a metered call there).
+        req.head.extensions.insert(GateTag(id));
         if let Some(plan) = metered {
-            // Its response settles it; the tag finds this call again.
-            req.head.extensions.insert(GateTag(id));
             self.metering.forwarded(Ticket {
                 request: id,
                 conn: conn.id,
@@ -861,24 +864,22 @@ impl EnforcingGate {
                     .remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
             }
         }
-        let key = (conn.id, action.method.clone(), action.path.clone());
-        lock(&self.in_flight)
-            .entry(key)
-            .or_default()
-            .push_back(InFlight {
-                id,
-                action: action.clone(),
-                grant: decision.grant.clone(),
-                credentials: credentials.clone(),
-                receipt: Some(seq),
-            });
         if decision.decision == Verdict::Allow {
             self.emit(EventKind::Allowed, id, conn.id, &action, |e| {
                 e.grant = decision.grant.clone();
-                e.credentials = credentials;
+                e.credentials = credentials.clone();
                 e.receipt = Some(seq);
             });
         }
+        lock(&self.in_flight).insert(
+            id,
+            InFlight {
+                action,
+                grant: decision.grant,
+                credentials,
+                receipt: Some(seq),
+            },
+        );
         reservation.commit();
         GateVerdict::Forward
     }
@@ -1025,30 +1026,20 @@ impl Gate for EnforcingGate {
     }
 
     fn completed(&self, exchange: Exchange) {
-        if let Some(GateTag(request)) = exchange.request.tag {
-            // Settled by its response already, unless none came.
-            self.metering.ended(request);
-        }
+        // Only forwarded requests carry a tag.
+        let Some(GateTag(request)) = exchange.request.tag else {
+            return;
+        };
+        // A metered call is settled by its response already, unless none came.
+        self.metering.ended(request);
+        let entry = lock(&self.in_flight).remove(&request);
         if exchange.outcome == ExchangeOutcome::Refused {
             return; // already reported as blocked or denied
         }
-        let key = (
-            exchange.conn.id,
-            exchange.request.method.clone(),
-            path_only(&self.creds.mask_str(&exchange.request.path)),
-        );
-        let entry = {
-            let mut map = lock(&self.in_flight);
-            let e = map.get_mut(&key).and_then(VecDeque::pop_front);
-            if map.get(&key).is_some_and(VecDeque::is_empty) {
-                map.remove(&key);
-            }
-            e
-        };
         let Some(f) = entry else { return };
         self.emit(
             EventKind::Completed,
-            f.id,
+            request,
             exchange.conn.id,
             &f.action,
             |e| {

@@ -210,6 +210,10 @@ impl Stages<'_> {
     /// Buffers the request body up to the catalog's cap, within
     /// [`BODY_READ_TIMEOUT`].
     async fn read_body(&self, body: &mut RequestBody) -> Result<(), String> {
+        if body.is_complete() {
+            // Nothing left to read (a GET): no deadline to arm.
+            return Ok(());
+        }
         let cap = self.catalog.max_body_bytes();
         match tokio::time::timeout(BODY_READ_TIMEOUT, body.buffer_up_to(cap)).await {
             Ok(Ok(())) => Ok(()),

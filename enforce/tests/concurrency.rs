@@ -146,3 +146,55 @@ fn approvals_of(chain: &receipts::VerifiedChain) -> Vec<(bool, String)> {
         .map(|(_, ok, who)| (ok, who))
         .collect()
 }
+
+/// Concurrent HTTP/2 streams with the same method and path on one
+/// connection: each forwarded request completes once, under its own request
+/// number and receipt (the gate finds it again by the tag it set, not by its
+/// connection, method and path, which these share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_path_streams_on_one_connection_complete_under_their_own_numbers() {
+    let mut s = Session::start(Options::default()).await;
+    let url = "https://google.com/travel/flights/search?from=SFO&to=JFK";
+    // `-Z`: curl sends the transfers in parallel, multiplexed on one HTTP/2
+    // connection.
+    let mut args = vec!["--http2", "-Z"];
+    args.extend(std::iter::repeat_n(url, 7));
+    let reply = s.curl(url, &args).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(s.mock.seen_for("google.com").len(), 8);
+    // A stream's `completed` comes when its body has been handed over,
+    // which may be just after curl has read it: wait for all eight.
+    let mut events = s.drain_events();
+    let done = |events: &[enforce::Event]| {
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Completed)
+            .count()
+    };
+    while done(&events) < 8 {
+        match tokio::time::timeout(Duration::from_secs(30), s.events.recv()).await {
+            Ok(Ok(e)) => events.push(e),
+            _ => break,
+        }
+    }
+    let of = |kind: EventKind| {
+        let mut v: Vec<(u64, u64, Option<u64>)> = events
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| (e.request, e.conn, e.receipt))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let (allowed, completed) = (of(EventKind::Allowed), of(EventKind::Completed));
+    assert_eq!(allowed.len(), 8, "{events:#?}");
+    assert_eq!(completed, allowed, "{events:#?}");
+    let conns: std::collections::BTreeSet<u64> = allowed.iter().map(|a| a.1).collect();
+    assert!(conns.len() < 8, "streams shared a connection: {conns:?}");
+    assert!(events
+        .iter()
+        .filter(|e| e.kind == EventKind::Completed)
+        .all(|e| e.status == Some(200)));
+    let chain = s.finish_and_verify();
+    assert_eq!(s.rederive(&chain), 8);
+}
