@@ -257,6 +257,16 @@ const MAX_HELD_EVENT: usize = 16 * 1024;
 /// escaped (`\"usage\"`), so content rarely spells it.
 static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 
+/// Who is told where events end.
+enum Ends<'a> {
+    /// Told each event's end.
+    Each(&'a mut dyn FnMut(&UsageReader, usize)),
+    /// Told the ends of events that are not usage chunks coarsely.
+    Coarse(&'a mut dyn FnMut(&UsageReader, usize)),
+    /// Nobody.
+    None,
+}
+
 /// How an event stream is being read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -313,6 +323,9 @@ pub(crate) struct UsageReader {
     /// that content events are skipped).
     #[cfg(test)]
     scanned: usize,
+    /// Chunk tails passed over whole by [`Self::skip_whole_events`].
+    #[cfg(test)]
+    skipped_chunks: usize,
     /// Never [`Mode::Fast`]: the reference the tests compare it with.
     #[cfg(test)]
     full_only: bool,
@@ -343,6 +356,8 @@ impl UsageReader {
             #[cfg(test)]
             scanned: 0,
             #[cfg(test)]
+            skipped_chunks: 0,
+            #[cfg(test)]
             full_only: false,
         }
     }
@@ -351,9 +366,35 @@ impl UsageReader {
     /// ends in `chunk` (`end` is its offset just past the event), after it
     /// was read, so [`Self::last_was_usage_chunk`] describes it.
     pub(crate) fn push(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(&Self, usize)) {
+        self.read(chunk, Ends::Each(on_event));
+    }
+
+    /// [`Self::push`], but the ends of events that are not usage chunks
+    /// may be told as one: a chunk of whole events none of which may carry
+    /// usage is passed over with one search for the key (not one per event
+    /// and line) and told as one event ending at the chunk's end. Enough
+    /// to remove usage chunks: every usage chunk's end, and the end before
+    /// it, are still told.
+    pub(crate) fn push_coarse(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(&Self, usize)) {
+        self.read(chunk, Ends::Coarse(on_event));
+    }
+
+    /// More of the body, when nobody needs to know where events end (see
+    /// [`Self::push_coarse`]).
+    pub(crate) fn push_quiet(&mut self, chunk: &[u8]) {
+        self.read(chunk, Ends::None);
+    }
+
+    fn read(&mut self, chunk: &[u8], ends: Ends<'_>) {
         let Some(mut sse) = self.sse.take() else {
             self.scan.push(chunk);
             return;
+        };
+        let mut ignore = |_: &Self, _: usize| {};
+        let (coarse, on_event): (bool, &mut dyn FnMut(&Self, usize)) = match ends {
+            Ends::Each(f) => (false, f),
+            Ends::Coarse(f) => (true, f),
+            Ends::None => (true, &mut ignore),
         };
         let mut i = 0;
         while i < chunk.len() {
@@ -373,6 +414,14 @@ impl UsageReader {
                     }
                 }
                 Mode::Fast => {
+                    if coarse && self.skip_whole_events(&chunk[i..]) {
+                        // Told where the last event ended: before the `\n`
+                        // of a CRLF blank line, as an event-by-event read
+                        // tells it (that `\n` goes with the next event).
+                        let crlf = chunk.ends_with(b"\r\n");
+                        on_event(self, chunk.len() - usize::from(crlf));
+                        break;
+                    }
                     i = self.fast(chunk, i, on_event);
                     if self.mode == Mode::Full {
                         // The event at `i` is too long to hold: read it in
@@ -392,6 +441,33 @@ impl UsageReader {
             }
         }
         self.sse = Some(sse);
+    }
+
+    /// [`Mode::Fast`] without event ends wanted: when `rest` holds whole
+    /// events only (it begins an event and ends with a blank line) and none
+    /// of them may carry usage, they are passed over at once and this says
+    /// so; otherwise nothing changes. One search over several events finds
+    /// what searches event by event find: the key holds no line break, so no
+    /// match spans two events, and what follows a match is judged only up
+    /// to a line break, which every event ends with.
+    fn skip_whole_events(&mut self, rest: &[u8]) -> bool {
+        if !self.fresh
+            || !self.line_start
+            || !self.held.is_empty()
+            || !ends_with_blank_line(rest)
+            || raw_may_carry_usage(rest)
+        {
+            return false;
+        }
+        #[cfg(test)]
+        {
+            self.skipped_chunks += 1;
+        }
+        // The state just past a blank line: a `\r` ending it may be followed
+        // by the `\n` of its CRLF in the next chunk.
+        self.after_cr = rest.last() == Some(&b'\r');
+        self.last_was_usage_chunk = false;
+        true
     }
 
     /// Reads `chunk[from..]` in [`Mode::Fast`]; returns where it stopped:
@@ -633,6 +709,23 @@ fn key_may_have_value(after: &[u8]) -> bool {
         [b':', value @ ..] => !skip_blanks(value).starts_with(b"null"),
         [b'\n' | b'\r', ..] => true,
         // Not a key (a string value `"usage"`), or nothing after it.
+        _ => false,
+    }
+}
+
+/// Whether `raw`, read from the start of a line, ends just past a blank line
+/// (the end of an event) — the last line break being a blank line's, or
+/// the `\n` of a blank line's CRLF. Decided from the last three bytes: a
+/// line-break byte right after another one (not as the `\n` of a CRLF)
+/// begins, and so is, a blank line.
+fn ends_with_blank_line(raw: &[u8]) -> bool {
+    let brk = |b: u8| b == b'\n' || b == b'\r';
+    match raw {
+        // `\r\n` whose `\r` follows a line break: a blank line in CRLF.
+        [.., b3, b'\r', b'\n'] => brk(*b3),
+        // `\n\n`, `\r\r`, `\n\r`: the last byte is a blank line; after
+        // `\r`, a `\n` there would be the last byte's own CRLF.
+        [.., b2, b1] => brk(*b1) && brk(*b2) && !(*b2 == b'\r' && *b1 == b'\n'),
         _ => false,
     }
 }

@@ -46,6 +46,17 @@ impl Report {
     }
 }
 
+/// A filtered body's first data frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstFrame {
+    NotYet,
+    /// Given to the connection, which may hold it in its write buffer until
+    /// the body has nothing more.
+    GivenOut,
+    /// The connection had its chance to flush it.
+    Flushed,
+}
+
 pub(crate) struct Metered {
     inner: ProxyBody,
     filter: Option<Box<dyn ResponseFilter>>,
@@ -53,6 +64,8 @@ pub(crate) struct Metered {
     /// what is left is its output, then these trailers.
     input_done: bool,
     trailers: Option<HeaderMap>,
+    /// With a filter: where the first data frame is (see `poll_frame`).
+    first_frame: FirstFrame,
     bytes_down: u64,
     /// Invariant: Some until the exchange has been reported.
     report: Option<Report>,
@@ -73,6 +86,7 @@ impl Metered {
             filter,
             input_done: false,
             trailers: None,
+            first_frame: FirstFrame::NotYet,
             bytes_down: 0,
             report: Some(report),
             lease,
@@ -112,6 +126,9 @@ impl Metered {
                 Err(e) => return self.filter_failed(e),
                 Ok(Some(out)) if out.is_empty() => continue,
                 Ok(Some(out)) => {
+                    if self.first_frame == FirstFrame::NotYet {
+                        self.first_frame = FirstFrame::GivenOut;
+                    }
                     self.bytes_down += out.len() as u64;
                     return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
@@ -170,6 +187,15 @@ impl Body for Metered {
             return Poll::Ready(None);
         }
         if this.filter.is_some() {
+            if this.first_frame == FirstFrame::GivenOut {
+                // Once, after the first frame: let the connection flush it
+                // before the filter does the work it put off (the metering
+                // reads each chunk after giving it out), so that work never
+                // delays the first byte. Woken at once: nothing is awaited.
+                this.first_frame = FirstFrame::Flushed;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             return this.poll_filtered(cx);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
