@@ -74,17 +74,44 @@ impl DurableSink for Memory {
     }
 }
 
-fn per_call(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6 / f64::from(CALLS)
+fn per_call(d: Duration, calls: u32) -> f64 {
+    d.as_secs_f64() * 1e6 / f64::from(calls)
+}
+
+/// One call's stream read as the proxy reads it when the client keeps the
+/// usage chunk (kept out of line so `valgrind --tool=callgrind
+/// --toggle-collect='metering::read_kept*'` counts exactly it).
+#[inline(never)]
+fn read_kept(chunks: &[Vec<u8>]) -> Option<UsageTokens> {
+    enforce::metering::usage_of(
+        "/v1/chat/completions",
+        true,
+        chunks.iter().map(|c| black_box(c.as_slice())),
+    )
+}
+
+/// The same, as the proxy reads it when it removes the usage chunk the
+/// client did not ask for (told where events end).
+#[inline(never)]
+fn read_stripping(chunks: &[Vec<u8>]) -> Option<UsageTokens> {
+    let (tokens, usage_chunks) = enforce::metering::usage_and_usage_chunks_of(
+        "/v1/chat/completions",
+        chunks.iter().map(|c| black_box(c.as_slice())),
+    );
+    assert_eq!(usage_chunks, 1);
+    tokens
 }
 
 fn main() {
+    // `--read-only`: the reads alone, 200 calls, for callgrind.
+    let read_only = std::env::args().any(|a| a == "--read-only");
+    let calls = if read_only { 200 } else { CALLS };
     let chunks = stream();
     let bytes: usize = chunks.iter().map(Vec::len).sum();
 
     // Unmetered: the body passes; the proxy only counts its bytes.
     let start = Instant::now();
-    for _ in 0..CALLS {
+    for _ in 0..calls {
         let mut n = 0usize;
         for c in &chunks {
             n += black_box(c).len();
@@ -93,15 +120,11 @@ fn main() {
     }
     let unmetered = start.elapsed();
 
-    // Metered: every chunk also read for usage.
+    // Metered: every chunk also read for usage, the usage chunk kept.
     let start = Instant::now();
     let mut tokens = None;
-    for _ in 0..CALLS {
-        tokens = enforce::metering::usage_of(
-            "/v1/chat/completions",
-            true,
-            chunks.iter().map(|c| black_box(c.as_slice())),
-        );
+    for _ in 0..calls {
+        tokens = read_kept(&chunks);
     }
     let metered = start.elapsed();
     assert_eq!(
@@ -109,6 +132,41 @@ fn main() {
         Some(300),
         "the bench stream's usage"
     );
+
+    // Metered, the usage chunk found to be removed.
+    let start = Instant::now();
+    for _ in 0..calls {
+        tokens = read_stripping(&chunks);
+    }
+    let stripping = start.elapsed();
+    assert_eq!(tokens.map(|t| t.output), Some(300));
+
+    println!(
+        "streamed chat call ({} events, {bytes} bytes), {calls} calls:",
+        chunks.len()
+    );
+    println!(
+        "  unmetered pass                  {:>8.2} µs/call",
+        per_call(unmetered, calls)
+    );
+    println!(
+        "  metered (SSE read)              {:>8.2} µs/call",
+        per_call(metered, calls)
+    );
+    println!(
+        "  metered, usage chunk removed    {:>8.2} µs/call",
+        per_call(stripping, calls)
+    );
+    let read = per_call(metered, calls) - per_call(unmetered, calls);
+    println!(
+        "  the read adds                   {:>8.2} µs/call CPU ({:.1} ns/byte); removing: {:.2}",
+        read,
+        read * 1000.0 / bytes as f64,
+        per_call(stripping, calls) - per_call(unmetered, calls),
+    );
+    if read_only {
+        return;
+    }
 
     // Settlement: one usage receipt per call.
     let log = ReceiptLog::with_sink(
@@ -162,30 +220,22 @@ fn main() {
     }
     log.finish().expect("finish");
 
-    let read = per_call(metered) - per_call(unmetered);
     println!(
-        "streamed chat call ({} events, {bytes} bytes), {CALLS} calls:",
-        chunks.len()
-    );
-    println!(
-        "  unmetered pass        {:>8.2} µs/call",
-        per_call(unmetered)
-    );
-    println!("  metered (SSE read)    {:>8.2} µs/call", per_call(metered));
-    println!(
-        "  usage receipt         {:>8.2} µs/call",
-        per_call(receipting)
-    );
-    println!(
-        "  metering adds         {:>8.2} µs/call CPU ({:.1} ns/byte read)",
-        read + per_call(receipting),
-        read * 1000.0 / bytes as f64
+        "  usage receipt (settlement)      {:>8.2} µs/call",
+        per_call(receipting, CALLS)
     );
 
-    let (plain, metered) = first_byte(&chunks[0]);
+    let [plain, after, before] = first_byte(&chunks[0]);
     println!("first byte to the client over loopback TCP, median of {ROUNDS} rounds each:");
-    println!("  unmetered             {:>8.2} µs", micros(plain));
-    println!("  metered               {:>8.2} µs", micros(metered));
+    println!("  unmetered                       {:>8.2} µs", micros(plain));
+    println!(
+        "  metered, read after the forward {:>8.2} µs (the proxy's order)",
+        micros(after)
+    );
+    println!(
+        "  metered, read before it         {:>8.2} µs (the order until session 9)",
+        micros(before)
+    );
 }
 
 const ROUNDS: usize = 2_000;
@@ -206,37 +256,57 @@ fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
 
 /// No added latency to the first streamed byte: the stream's first event
 /// goes upstream → proxy → client over two loopback TCP connections, the
-/// proxy forwarding it as received (unmetered) or after reading it for
-/// usage as the metering filter does (metered: a whole reader made, fed
-/// and finished, more than the filter's share); rounds alternate. Returns
-/// the median time from the upstream's write to the client's first byte.
-fn first_byte(first: &[u8]) -> (Duration, Duration) {
+/// client on a thread of its own noting when its first byte arrives. The
+/// proxy forwards the event as received (unmetered), or reads it for usage
+/// as the metering filter does — after the forward (as the proxy does
+/// now) or before it (as it did until session 9); a whole reader is made,
+/// fed and finished each time, more than the filter's share. Rounds
+/// rotate the three. Returns the median times from the upstream's write to
+/// the client's first byte: [unmetered, read after, read before].
+fn first_byte(first: &[u8]) -> [Duration; 3] {
     use std::io::{Read, Write};
+    use std::sync::mpsc;
     let (mut upstream, mut proxy_in) = tcp_pair();
     let (mut proxy_out, mut client) = tcp_pair();
+    let (arrived_tx, arrived) = mpsc::channel::<Instant>();
+    let expected = first.to_vec();
+    let client = std::thread::spawn(move || {
+        let mut got = vec![0u8; expected.len()];
+        for _ in 0..3 * ROUNDS {
+            client.read_exact(&mut got[..1]).expect("client read");
+            let at = Instant::now();
+            client.read_exact(&mut got[1..]).expect("client read");
+            assert_eq!(got, expected);
+            arrived_tx.send(at).expect("send");
+        }
+    });
+    let read = |buf: &[u8]| {
+        black_box(enforce::metering::usage_of(
+            "/v1/chat/completions",
+            true,
+            [buf],
+        ));
+    };
     let mut buf = vec![0u8; first.len()];
-    let mut got = vec![0u8; first.len()];
-    let mut times = [Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS)];
-    for round in 0..2 * ROUNDS {
-        let metered = round % 2 == 1;
+    let mut times: [Vec<Duration>; 3] = std::array::from_fn(|_| Vec::with_capacity(ROUNDS));
+    for round in 0..3 * ROUNDS {
+        let order = round % 3;
         let start = Instant::now();
         upstream.write_all(first).expect("upstream write");
         proxy_in.read_exact(&mut buf).expect("proxy read");
-        if metered {
-            black_box(enforce::metering::usage_of(
-                "/v1/chat/completions",
-                true,
-                [buf.as_slice()],
-            ));
+        if order == 2 {
+            read(&buf);
         }
         proxy_out.write_all(&buf).expect("proxy write");
-        client.read_exact(&mut got[..1]).expect("client read");
-        times[usize::from(metered)].push(start.elapsed());
-        client.read_exact(&mut got[1..]).expect("client read");
-        assert_eq!(got, first);
+        if order == 1 {
+            read(&buf);
+        }
+        let at = arrived.recv().expect("client");
+        times[order].push(at.duration_since(start));
     }
-    let [mut plain, mut metered] = times;
-    plain.sort_unstable();
-    metered.sort_unstable();
-    (plain[ROUNDS / 2], metered[ROUNDS / 2])
+    client.join().expect("client thread");
+    times.map(|mut t| {
+        t.sort_unstable();
+        t[ROUNDS / 2]
+    })
 }

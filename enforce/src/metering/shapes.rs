@@ -260,6 +260,7 @@ static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"u
 /// Who is told where events end.
 enum Ends<'a> {
     /// Told each event's end.
+    #[cfg(test)]
     Each(&'a mut dyn FnMut(&UsageReader, usize)),
     /// Told the ends of events that are not usage chunks coarsely.
     Coarse(&'a mut dyn FnMut(&UsageReader, usize)),
@@ -365,6 +366,8 @@ impl UsageReader {
     /// More of the body. `on_event(end)` is called for each event that
     /// ends in `chunk` (`end` is its offset just past the event), after it
     /// was read, so [`Self::last_was_usage_chunk`] describes it.
+    /// The reference the tests compare [`Self::push_coarse`] with.
+    #[cfg(test)]
     pub(crate) fn push(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(&Self, usize)) {
         self.read(chunk, Ends::Each(on_event));
     }
@@ -392,6 +395,7 @@ impl UsageReader {
         };
         let mut ignore = |_: &Self, _: usize| {};
         let (coarse, on_event): (bool, &mut dyn FnMut(&Self, usize)) = match ends {
+            #[cfg(test)]
             Ends::Each(f) => (false, f),
             Ends::Coarse(f) => (true, f),
             Ends::None => (true, &mut ignore),
@@ -687,18 +691,22 @@ fn raw_may_carry_usage(raw: &[u8]) -> bool {
             return false;
         };
         from += at + key;
-        if key_may_have_value(&raw[from..]) {
-            return true;
+        match no_value_after_key(&raw[from..]) {
+            None => return true,
+            // Past a `null` too: the event's tail after it is mostly
+            // shorter than the key, and then not searched.
+            Some(len) => from += len,
         }
     }
     false
 }
 
-/// Whether the `"usage"` just before `after` (raw event bytes) may be a key
-/// with a value other than `null`. Only spaces and tabs are skipped: at a
-/// line break the data (and so the value) may go on in the next `data`
-/// line, which is then read in full.
-fn key_may_have_value(after: &[u8]) -> bool {
+/// Whether the `"usage"` just before `after` (raw event bytes) can have no
+/// value but `null`: then `Some(len)`, `len` bytes after it that cannot
+/// begin another key (blanks, `:`, `null`); `None` when it may have one.
+/// Only spaces and tabs are skipped: at a line break the data (and so the
+/// value) may go on in the next `data` line, which is then read in full.
+fn no_value_after_key(after: &[u8]) -> Option<usize> {
     fn skip_blanks(mut s: &[u8]) -> &[u8] {
         while let [b' ' | b'\t', rest @ ..] = s {
             s = rest;
@@ -706,10 +714,15 @@ fn key_may_have_value(after: &[u8]) -> bool {
         s
     }
     match skip_blanks(after) {
-        [b':', value @ ..] => !skip_blanks(value).starts_with(b"null"),
-        [b'\n' | b'\r', ..] => true,
+        [b':', value @ ..] => {
+            let value = skip_blanks(value);
+            value
+                .starts_with(b"null")
+                .then(|| after.len() - value.len() + 4)
+        }
+        [b'\n' | b'\r', ..] => None,
         // Not a key (a string value `"usage"`), or nothing after it.
-        _ => false,
+        _ => Some(0),
     }
 }
 
