@@ -78,6 +78,30 @@ fn per_call(d: Duration, calls: u32) -> f64 {
     d.as_secs_f64() * 1e6 / f64::from(calls)
 }
 
+/// The CPU time this thread has used (user and system): unlike the wall
+/// clock, not inflated while other processes have the CPU.
+fn cpu_now() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+    let micros = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(u64::try_from(t.tv_sec()).expect("time"))
+            + Duration::from_micros(u64::try_from(t.tv_usec()).expect("time"))
+    };
+    micros(usage.user_time()) + micros(usage.system_time())
+}
+
+/// Runs `f` `calls` times; returns (wall, CPU) per call in µs.
+fn measure(calls: u32, mut f: impl FnMut()) -> (f64, f64) {
+    let (wall, cpu) = (Instant::now(), cpu_now());
+    for _ in 0..calls {
+        f();
+    }
+    (
+        per_call(wall.elapsed(), calls),
+        per_call(cpu_now() - cpu, calls),
+    )
+}
+
 /// One call's stream read as the proxy reads it when the client keeps the
 /// usage chunk (kept out of line so `valgrind --tool=callgrind
 /// --toggle-collect='metering::read_kept*'` counts exactly it).
@@ -110,59 +134,40 @@ fn main() {
     let bytes: usize = chunks.iter().map(Vec::len).sum();
 
     // Unmetered: the body passes; the proxy only counts its bytes.
-    let start = Instant::now();
-    for _ in 0..calls {
+    let unmetered = measure(calls, || {
         let mut n = 0usize;
         for c in &chunks {
             n += black_box(c).len();
         }
         black_box(n);
-    }
-    let unmetered = start.elapsed();
-
+    });
     // Metered: every chunk also read for usage, the usage chunk kept.
-    let start = Instant::now();
     let mut tokens = None;
-    for _ in 0..calls {
-        tokens = read_kept(&chunks);
-    }
-    let metered = start.elapsed();
+    let kept = measure(calls, || tokens = read_kept(&chunks));
     assert_eq!(
         tokens.map(|t| t.output),
         Some(300),
         "the bench stream's usage"
     );
-
     // Metered, the usage chunk found to be removed.
-    let start = Instant::now();
-    for _ in 0..calls {
-        tokens = read_stripping(&chunks);
-    }
-    let stripping = start.elapsed();
+    tokens = None;
+    let stripping = measure(calls, || tokens = read_stripping(&chunks));
     assert_eq!(tokens.map(|t| t.output), Some(300));
 
     println!(
-        "streamed chat call ({} events, {bytes} bytes), {calls} calls:",
+        "streamed chat call ({} events, {bytes} bytes), {calls} calls; µs/call, wall and CPU (this thread):",
         chunks.len()
     );
+    let row = |name: &str, (wall, cpu): (f64, f64)| {
+        println!("  {name:<34} {wall:>8.2} wall {cpu:>8.2} CPU");
+    };
+    row("unmetered pass", unmetered);
+    row("metered (SSE read), chunk kept", kept);
+    row("metered, usage chunk removed", stripping);
     println!(
-        "  unmetered pass                  {:>8.2} µs/call",
-        per_call(unmetered, calls)
-    );
-    println!(
-        "  metered (SSE read)              {:>8.2} µs/call",
-        per_call(metered, calls)
-    );
-    println!(
-        "  metered, usage chunk removed    {:>8.2} µs/call",
-        per_call(stripping, calls)
-    );
-    let read = per_call(metered, calls) - per_call(unmetered, calls);
-    println!(
-        "  the read adds                   {:>8.2} µs/call CPU ({:.1} ns/byte); removing: {:.2}",
-        read,
-        read * 1000.0 / bytes as f64,
-        per_call(stripping, calls) - per_call(unmetered, calls),
+        "  CPU the read adds: {:.2} µs/call (usage chunk kept), {:.2} (removed)",
+        kept.1 - unmetered.1,
+        stripping.1 - unmetered.1,
     );
     if read_only {
         return;
@@ -209,25 +214,23 @@ fn main() {
         reserved_micro_usd: 3_000,
         estimated: false,
     };
-    let start = Instant::now();
     let mut last = None;
-    for _ in 0..CALLS {
+    let receipting = measure(CALLS, || {
         last = Some(log.submit(Entry::Usage(record.clone())).expect("submit"));
-    }
-    let receipting = start.elapsed();
+    });
     if let Some(p) = last {
         p.wait().expect("durable");
     }
     log.finish().expect("finish");
 
-    println!(
-        "  usage receipt (settlement)      {:>8.2} µs/call",
-        per_call(receipting, CALLS)
-    );
+    row("usage receipt (settlement)", receipting);
 
     let [plain, after, before] = first_byte(&chunks[0]);
     println!("first byte to the client over loopback TCP, median of {ROUNDS} rounds each:");
-    println!("  unmetered                       {:>8.2} µs", micros(plain));
+    println!(
+        "  unmetered                       {:>8.2} µs",
+        micros(plain)
+    );
     println!(
         "  metered, read after the forward {:>8.2} µs (the proxy's order)",
         micros(after)

@@ -760,6 +760,28 @@ fn random_streams_read_quietly_and_coarsely_the_same_as_event_by_event() {
     }
 }
 
+#[test]
+fn the_key_search_finds_what_memmem_finds() {
+    let search = KeySearch::new();
+    let mut rng = Rng(0x853c_49e6_748f_ea9b);
+    for _ in 0..20_000 {
+        // The key's own bytes, so near misses abound; lengths on both sides
+        // of the AVX2 search's minimum.
+        let len = rng.below(300);
+        let mut hay: Vec<u8> = (0..len).map(|_| b"\"usage x"[rng.below(8)]).collect();
+        if len >= USAGE_KEY.len() && rng.below(2) == 0 {
+            let at = rng.below(len - USAGE_KEY.len() + 1);
+            hay[at..at + USAGE_KEY.len()].copy_from_slice(USAGE_KEY);
+        }
+        assert_eq!(
+            search.find(&hay),
+            memchr::memmem::find(&hay, USAGE_KEY),
+            "{:?}",
+            String::from_utf8_lossy(&hay)
+        );
+    }
+}
+
 /// Where the SSE reader dispatches events in `raw` read from its start.
 fn dispatches(raw: &[u8]) -> Vec<usize> {
     struct Ends(Vec<usize>);
