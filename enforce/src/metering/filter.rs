@@ -26,9 +26,10 @@ pub(crate) struct MeterFilter {
     strip: bool,
     /// Output ready for the sandbox.
     ready: VecDeque<Bytes>,
-    /// Not stripping: chunks given out (or about to be) and still to be
-    /// read. A chunk goes on first and is read at the next pull, so reading
-    /// never delays it (the proxy flushes the first one before that pull).
+    /// Chunks given out (or about to be) and still to be read. A chunk goes
+    /// on first and is read at the next pull, so reading never delays it
+    /// (the proxy flushes the first one before that pull). When stripping,
+    /// only chunks that cannot hold a usage chunk, at the stream's start.
     unread: VecDeque<Bytes>,
     /// When stripping: the current event's bytes so far, held back.
     held: BytesMut,
@@ -70,6 +71,21 @@ impl MeterFilter {
             // Passed on whole, nothing held back; read after.
             self.unread.push_back(chunk.clone());
             self.ready.push_back(chunk);
+            return;
+        }
+        // In order: what went on unread is read before the next chunk.
+        self.read_unread();
+        if !self.leaked && self.held.is_empty() && self.reader.may_pass_before_read(&chunk) {
+            // No usage chunk in it: on at once, read after (as above). The
+            // `\n` of a CRLF blank line goes with the next event, as when
+            // events are told one by one (removed with a usage chunk).
+            self.unread.push_back(chunk.clone());
+            let crlf = chunk.ends_with(b"\r\n");
+            if crlf {
+                self.held.extend_from_slice(b"\n");
+            }
+            self.ready
+                .push_back(chunk.slice(..chunk.len() - usize::from(crlf)));
             return;
         }
         let mut ends = std::mem::take(&mut self.ends);
@@ -214,6 +230,12 @@ mod tests {
     /// A metering filter of a streamed Chat call that keeps the usage chunk
     /// (the client asked for it), and the session's events.
     fn filter() -> (MeterFilter, broadcast::Receiver<Event>) {
+        filter_for(true)
+    }
+
+    /// The same; `asked`: whether the client asked for the usage chunk
+    /// (else the proxy asks, and removes it).
+    fn filter_for(asked: bool) -> (MeterFilter, broadcast::Receiver<Event>) {
         let receipts = ReceiptLog::with_sink(
             Discard,
             ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
@@ -238,14 +260,15 @@ mod tests {
             events,
             None,
         ));
+        let body: &[u8] = if asked {
+            br#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"max_tokens":10,"messages":[]}"#
+        } else {
+            br#"{"model":"gpt-4o-mini","stream":true,"max_tokens":10,"messages":[]}"#
+        };
         let plan = metering
-            .plan(
-                "api.openai.com",
-                "/v1/chat/completions",
-                br#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"max_tokens":10,"messages":[]}"#,
-            )
+            .plan("api.openai.com", "/v1/chat/completions", body)
             .expect("plan");
-        assert!(!plan.strip_usage_chunk);
+        assert_eq!(plan.strip_usage_chunk, !asked);
         let ticket = Ticket {
             request: 1,
             conn: 1,
@@ -313,6 +336,48 @@ mod tests {
         // given is read when the filter is dropped.
         drop(f);
         assert_eq!(settled(&mut rx), (REPORTED, false));
+    }
+
+    /// Pulls until the filter wants more input.
+    fn pull_all(f: &mut MeterFilter, out: &mut Vec<u8>) {
+        while let Some(b) = f.pull().expect("pull") {
+            out.extend_from_slice(&b);
+        }
+    }
+
+    #[test]
+    fn when_removing_the_usage_chunk_the_first_events_go_on_before_they_are_read() {
+        for brk in ["\n", "\r\n"] {
+            let crlf = |s: &[u8]| {
+                String::from_utf8(s.to_vec())
+                    .expect("utf8")
+                    .replace('\n', brk)
+            };
+            let (first, usage) = (crlf(FIRST), crlf(USAGE));
+            let (mut f, mut rx) = filter_for(false);
+            let mut out = Vec::new();
+            f.push(Bytes::from(first.clone())).expect("push");
+            let given = f.pull().expect("pull").expect("the first chunk");
+            // Out before it was read: all of it but a CRLF blank line's
+            // `\n`, which goes with the next event.
+            assert_eq!(f.reader.reported().id, None);
+            let held_back = usize::from(brk == "\r\n");
+            assert_eq!(&given[..], &first.as_bytes()[..first.len() - held_back]);
+            out.extend_from_slice(&given);
+            pull_all(&mut f, &mut out);
+            assert_eq!(f.reader.reported().id.as_deref(), Some("chatcmpl-1"));
+            f.push(Bytes::from(usage.clone())).expect("push");
+            f.finish().expect("finish");
+            pull_all(&mut f, &mut out);
+            // The client sees the stream without the usage chunk.
+            let done = format!("data: [DONE]{brk}{brk}");
+            assert_eq!(
+                String::from_utf8(out).expect("utf8"),
+                format!("{first}{done}"),
+                "{brk:?}"
+            );
+            assert_eq!(settled(&mut rx), (REPORTED, false));
+        }
     }
 
     #[test]

@@ -621,6 +621,21 @@ impl UsageReader {
         }
     }
 
+    /// Whether `chunk`, the next piece of the stream, may go to the client
+    /// before it is read when usage chunks are removed: while the first
+    /// event is still to be read in full (the read that would delay the
+    /// first byte), a chunk that holds whole events (no data of the current
+    /// one came before it, and it ends with a blank line) none of which has
+    /// a `usage` key with a possible value holds no usage chunk. Later,
+    /// reading a chunk costs no more than this check, so it is read first.
+    pub(crate) fn may_pass_before_read(&self, chunk: &[u8]) -> bool {
+        self.mode == Mode::Full
+            && !self.has_data
+            && self.sse.as_ref().is_some_and(SseReader::before_any_data)
+            && ends_with_blank_line(chunk)
+            && !raw_may_carry_usage(chunk)
+    }
+
     pub(crate) fn reported(&self) -> &Reported {
         &self.reported
     }

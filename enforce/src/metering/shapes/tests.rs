@@ -761,6 +761,52 @@ fn random_streams_read_quietly_and_coarsely_the_same_as_event_by_event() {
 }
 
 #[test]
+fn what_may_pass_before_it_is_read_holds_no_usage_chunk() {
+    let tricky = "data: {\"id\":\"c\",\"choices\":[],\"usage\"\ndata: :{\"prompt_tokens\":2}}\n\ndata: [DONE]\n\n";
+    let mut passed = 0;
+    for (api, stream) in [
+        (Api::Chat, CHAT_STREAM),
+        (Api::Responses, RESPONSES_STREAM),
+        (Api::Messages, MESSAGES_STREAM),
+        (Api::Chat, tricky),
+        (
+            Api::Chat,
+            &CHAT_STREAM[CHAT_STREAM
+                .find("data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[]")
+                .expect("usage")..],
+        ),
+    ] {
+        for brk in ["\n", "\r\n", "\r"] {
+            let body = with_breaks(stream, brk);
+            let body = body.as_bytes();
+            for cut in 0..=body.len() {
+                let head = &body[..cut];
+                if !UsageReader::new(api, true).may_pass_before_read(head) {
+                    continue;
+                }
+                passed += 1;
+                let (_, ends) = read_cuts(api, head, &[], true);
+                assert!(!ends.is_empty() && ends.iter().all(|e| !e.1), "{head:?}");
+                // Whole events: the last ends at the cut (or just before a
+                // CRLF blank line's `\n`).
+                let last = ends.last().expect("an event").0;
+                assert!(last == cut || (last + 1 == cut && head.ends_with(b"\r\n")));
+            }
+        }
+    }
+    assert!(passed > 0);
+    // Once the first event was read, chunks are read before they go on.
+    let body = CHAT_STREAM.as_bytes();
+    let first_end = CHAT_STREAM.find("\n\n").expect("end") + 2;
+    let second_end = first_end + CHAT_STREAM[first_end..].find("\n\n").expect("end") + 2;
+    let second = &body[first_end..second_end];
+    assert!(UsageReader::new(Api::Chat, true).may_pass_before_read(second));
+    let mut r = UsageReader::new(Api::Chat, true);
+    r.push_quiet(&body[..first_end]);
+    assert!(!r.may_pass_before_read(second));
+}
+
+#[test]
 fn the_key_search_finds_what_memmem_finds() {
     let search = KeySearch::new();
     let mut rng = Rng(0x853c_49e6_748f_ea9b);
