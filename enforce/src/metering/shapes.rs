@@ -299,13 +299,16 @@ impl KeySearch {
 
 static KEY_SEARCH: LazyLock<KeySearch> = LazyLock::new(KeySearch::new);
 
+/// Told the end of an event (see [`UsageReader::push`]).
+type OnEvent<'a> = &'a mut dyn FnMut(&UsageReader, usize);
+
 /// Who is told where events end.
 enum Ends<'a> {
     /// Told each event's end.
     #[cfg(test)]
-    Each(&'a mut dyn FnMut(&UsageReader, usize)),
+    Each(OnEvent<'a>),
     /// Told the ends of events that are not usage chunks coarsely.
-    Coarse(&'a mut dyn FnMut(&UsageReader, usize)),
+    Coarse(OnEvent<'a>),
     /// Nobody.
     None,
 }
@@ -436,7 +439,7 @@ impl UsageReader {
             return;
         };
         let mut ignore = |_: &Self, _: usize| {};
-        let (coarse, on_event): (bool, &mut dyn FnMut(&Self, usize)) = match ends {
+        let (coarse, on_event): (bool, OnEvent<'_>) = match ends {
             #[cfg(test)]
             Ends::Each(f) => (false, f),
             Ends::Coarse(f) => (true, f),
