@@ -1,22 +1,27 @@
 //! Benchmark: what metering adds to one streamed LLM call, in one run —
 //! the same Chat stream (300 content chunks, then the usage chunk) passed
 //! through as the unmetered proxy passes it, and read by the metering
-//! reader as the metered proxy does (SSE parsed on the fly); plus the
+//! reader as the metered proxy does (SSE parsed on the fly), with the usage
+//! chunk kept and with it removed (the client did not ask for it); plus the
 //! settlement's `usage` receipt (encoded, signed, chained; an in-memory
-//! sink, so the disk is not measured). Target: under 20 µs CPU per call.
-//! And the time to the first byte a client gets, metered or not, over
-//! loopback TCP (no added latency is the target).
+//! sink, so the disk is not measured). Target: under 20 µs CPU per call,
+//! reported as the reading thread's CPU time beside the wall clock (which
+//! another process on the CPU inflates). And the time to the first byte a
+//! client gets, unmetered and with the read after or before the forward,
+//! over loopback TCP (no added latency is the target).
 //! Ledger rows per second: `cargo bench -p usage-ledger --bench ledger`.
 //!
-//! Results (docs/catalog.md, "Metering"; session 8, load 3.6): the read
-//! 29.5-30.1 µs per call (35.7-37.6 before the raw-byte event skip); under
-//! `valgrind --tool=callgrind` 257,300 instructions per call (294,700
-//! before): above the target. The usage receipt is ~226,000 instructions
-//! more, counted apart (it is the settlement, not the reading). First byte
-//! over loopback: 7.4 µs unmetered, 10.8-11.3 µs metered (the first
-//! event's full read comes before the forward).
+//! Results (docs/metering.md, "Reading usage as the stream passes";
+//! session 9, load 6-9 on 2 cores): the read adds 4.5-7.1 µs CPU per call
+//! (usage chunk kept), 5.6-6.8 (removed); under `valgrind --tool=callgrind`
+//! 143,820 and 145,314 instructions per call, against 257,257 before. The
+//! usage receipt: 12.5-19.2 µs CPU more, counted apart. First byte: 11.3-11.5
+//! µs unmetered and with the read after the forward (the proxy's order),
+//! 12.7-12.8 µs with the read before it.
 //!
 //!     cargo bench --bench metering
+//!     valgrind --tool=callgrind --toggle-collect='metering::read_kept*' \
+//!         target/release/deps/metering-<hash> --read-only
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -74,41 +79,104 @@ impl DurableSink for Memory {
     }
 }
 
-fn per_call(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6 / f64::from(CALLS)
+fn per_call(d: Duration, calls: u32) -> f64 {
+    d.as_secs_f64() * 1e6 / f64::from(calls)
+}
+
+/// The CPU time this thread has used (user and system): unlike the wall
+/// clock, not inflated while other processes have the CPU.
+fn cpu_now() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+    let micros = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(u64::try_from(t.tv_sec()).expect("time"))
+            + Duration::from_micros(u64::try_from(t.tv_usec()).expect("time"))
+    };
+    micros(usage.user_time()) + micros(usage.system_time())
+}
+
+/// Runs `f` `calls` times; returns (wall, CPU) per call in µs.
+fn measure(calls: u32, mut f: impl FnMut()) -> (f64, f64) {
+    let (wall, cpu) = (Instant::now(), cpu_now());
+    for _ in 0..calls {
+        f();
+    }
+    (
+        per_call(wall.elapsed(), calls),
+        per_call(cpu_now() - cpu, calls),
+    )
+}
+
+/// One call's stream read as the proxy reads it when the client keeps the
+/// usage chunk (kept out of line so `valgrind --tool=callgrind
+/// --toggle-collect='metering::read_kept*'` counts exactly it).
+#[inline(never)]
+fn read_kept(chunks: &[Vec<u8>]) -> Option<UsageTokens> {
+    enforce::metering::usage_of(
+        "/v1/chat/completions",
+        true,
+        chunks.iter().map(|c| black_box(c.as_slice())),
+    )
+}
+
+/// The same, as the proxy reads it when it removes the usage chunk the
+/// client did not ask for (told where events end).
+#[inline(never)]
+fn read_stripping(chunks: &[Vec<u8>]) -> Option<UsageTokens> {
+    let (tokens, usage_chunks) = enforce::metering::usage_and_usage_chunks_of(
+        "/v1/chat/completions",
+        chunks.iter().map(|c| black_box(c.as_slice())),
+    );
+    assert_eq!(usage_chunks, 1);
+    tokens
 }
 
 fn main() {
+    // `--read-only`: the reads alone, 200 calls, for callgrind.
+    let read_only = std::env::args().any(|a| a == "--read-only");
+    let calls = if read_only { 200 } else { CALLS };
     let chunks = stream();
     let bytes: usize = chunks.iter().map(Vec::len).sum();
 
     // Unmetered: the body passes; the proxy only counts its bytes.
-    let start = Instant::now();
-    for _ in 0..CALLS {
+    let unmetered = measure(calls, || {
         let mut n = 0usize;
         for c in &chunks {
             n += black_box(c).len();
         }
         black_box(n);
-    }
-    let unmetered = start.elapsed();
-
-    // Metered: every chunk also read for usage.
-    let start = Instant::now();
+    });
+    // Metered: every chunk also read for usage, the usage chunk kept.
     let mut tokens = None;
-    for _ in 0..CALLS {
-        tokens = enforce::metering::usage_of(
-            "/v1/chat/completions",
-            true,
-            chunks.iter().map(|c| black_box(c.as_slice())),
-        );
-    }
-    let metered = start.elapsed();
+    let kept = measure(calls, || tokens = read_kept(&chunks));
     assert_eq!(
         tokens.map(|t| t.output),
         Some(300),
         "the bench stream's usage"
     );
+    // Metered, the usage chunk found to be removed.
+    tokens = None;
+    let stripping = measure(calls, || tokens = read_stripping(&chunks));
+    assert_eq!(tokens.map(|t| t.output), Some(300));
+
+    println!(
+        "streamed chat call ({} events, {bytes} bytes), {calls} calls; µs/call, wall and CPU (this thread):",
+        chunks.len()
+    );
+    let row = |name: &str, (wall, cpu): (f64, f64)| {
+        println!("  {name:<34} {wall:>8.2} wall {cpu:>8.2} CPU");
+    };
+    row("unmetered pass", unmetered);
+    row("metered (SSE read), chunk kept", kept);
+    row("metered, usage chunk removed", stripping);
+    println!(
+        "  CPU the read adds: {:.2} µs/call (usage chunk kept), {:.2} (removed)",
+        kept.1 - unmetered.1,
+        stripping.1 - unmetered.1,
+    );
+    if read_only {
+        return;
+    }
 
     // Settlement: one usage receipt per call.
     let log = ReceiptLog::with_sink(
@@ -151,41 +219,31 @@ fn main() {
         reserved_micro_usd: 3_000,
         estimated: false,
     };
-    let start = Instant::now();
     let mut last = None;
-    for _ in 0..CALLS {
+    let receipting = measure(CALLS, || {
         last = Some(log.submit(Entry::Usage(record.clone())).expect("submit"));
-    }
-    let receipting = start.elapsed();
+    });
     if let Some(p) = last {
         p.wait().expect("durable");
     }
     log.finish().expect("finish");
 
-    let read = per_call(metered) - per_call(unmetered);
-    println!(
-        "streamed chat call ({} events, {bytes} bytes), {CALLS} calls:",
-        chunks.len()
-    );
-    println!(
-        "  unmetered pass        {:>8.2} µs/call",
-        per_call(unmetered)
-    );
-    println!("  metered (SSE read)    {:>8.2} µs/call", per_call(metered));
-    println!(
-        "  usage receipt         {:>8.2} µs/call",
-        per_call(receipting)
-    );
-    println!(
-        "  metering adds         {:>8.2} µs/call CPU ({:.1} ns/byte read)",
-        read + per_call(receipting),
-        read * 1000.0 / bytes as f64
-    );
+    row("usage receipt (settlement)", receipting);
 
-    let (plain, metered) = first_byte(&chunks[0]);
+    let [plain, after, before] = first_byte(&chunks[0]);
     println!("first byte to the client over loopback TCP, median of {ROUNDS} rounds each:");
-    println!("  unmetered             {:>8.2} µs", micros(plain));
-    println!("  metered               {:>8.2} µs", micros(metered));
+    println!(
+        "  unmetered                       {:>8.2} µs",
+        micros(plain)
+    );
+    println!(
+        "  metered, read after the forward {:>8.2} µs (the proxy's order)",
+        micros(after)
+    );
+    println!(
+        "  metered, read before it         {:>8.2} µs (the order until session 9)",
+        micros(before)
+    );
 }
 
 const ROUNDS: usize = 2_000;
@@ -206,37 +264,57 @@ fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
 
 /// No added latency to the first streamed byte: the stream's first event
 /// goes upstream → proxy → client over two loopback TCP connections, the
-/// proxy forwarding it as received (unmetered) or after reading it for
-/// usage as the metering filter does (metered: a whole reader made, fed
-/// and finished, more than the filter's share); rounds alternate. Returns
-/// the median time from the upstream's write to the client's first byte.
-fn first_byte(first: &[u8]) -> (Duration, Duration) {
+/// client on a thread of its own noting when its first byte arrives. The
+/// proxy forwards the event as received (unmetered), or reads it for usage
+/// as the metering filter does — after the forward (as the proxy does
+/// now) or before it (as it did until session 9); a whole reader is made,
+/// fed and finished each time, more than the filter's share. Rounds
+/// rotate the three. Returns the median times from the upstream's write to
+/// the client's first byte: [unmetered, read after, read before].
+fn first_byte(first: &[u8]) -> [Duration; 3] {
     use std::io::{Read, Write};
+    use std::sync::mpsc;
     let (mut upstream, mut proxy_in) = tcp_pair();
     let (mut proxy_out, mut client) = tcp_pair();
+    let (arrived_tx, arrived) = mpsc::channel::<Instant>();
+    let expected = first.to_vec();
+    let client = std::thread::spawn(move || {
+        let mut got = vec![0u8; expected.len()];
+        for _ in 0..3 * ROUNDS {
+            client.read_exact(&mut got[..1]).expect("client read");
+            let at = Instant::now();
+            client.read_exact(&mut got[1..]).expect("client read");
+            assert_eq!(got, expected);
+            arrived_tx.send(at).expect("send");
+        }
+    });
+    let read = |buf: &[u8]| {
+        black_box(enforce::metering::usage_of(
+            "/v1/chat/completions",
+            true,
+            [buf],
+        ));
+    };
     let mut buf = vec![0u8; first.len()];
-    let mut got = vec![0u8; first.len()];
-    let mut times = [Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS)];
-    for round in 0..2 * ROUNDS {
-        let metered = round % 2 == 1;
+    let mut times: [Vec<Duration>; 3] = std::array::from_fn(|_| Vec::with_capacity(ROUNDS));
+    for round in 0..3 * ROUNDS {
+        let order = round % 3;
         let start = Instant::now();
         upstream.write_all(first).expect("upstream write");
         proxy_in.read_exact(&mut buf).expect("proxy read");
-        if metered {
-            black_box(enforce::metering::usage_of(
-                "/v1/chat/completions",
-                true,
-                [buf.as_slice()],
-            ));
+        if order == 2 {
+            read(&buf);
         }
         proxy_out.write_all(&buf).expect("proxy write");
-        client.read_exact(&mut got[..1]).expect("client read");
-        times[usize::from(metered)].push(start.elapsed());
-        client.read_exact(&mut got[1..]).expect("client read");
-        assert_eq!(got, first);
+        if order == 1 {
+            read(&buf);
+        }
+        let at = arrived.recv().expect("client");
+        times[order].push(at.duration_since(start));
     }
-    let [mut plain, mut metered] = times;
-    plain.sort_unstable();
-    metered.sort_unstable();
-    (plain[ROUNDS / 2], metered[ROUNDS / 2])
+    client.join().expect("client thread");
+    times.map(|mut t| {
+        t.sort_unstable();
+        t[ROUNDS / 2]
+    })
 }

@@ -45,10 +45,31 @@ pub fn usage_of<'a>(
 ) -> Option<UsageTokens> {
     let mut reader = shapes::UsageReader::new(Api::from_path(path)?, event_stream);
     for chunk in chunks {
-        reader.push(chunk, &mut |_, _| {});
+        reader.push_quiet(chunk);
     }
     reader.finish();
     reader.reported().tokens
+}
+
+/// [`usage_of`] as the proxy reads a stream whose usage chunk it removes
+/// (the client did not ask for it): also told where events end. Returns
+/// the usage and how many usage chunks the stream had. For benchmarks.
+pub fn usage_and_usage_chunks_of<'a>(
+    path: &str,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> (Option<UsageTokens>, usize) {
+    let Some(api) = Api::from_path(path) else {
+        return (None, 0);
+    };
+    let mut reader = shapes::UsageReader::new(api, true);
+    let mut usage_chunks = 0;
+    for chunk in chunks {
+        reader.push_coarse(chunk, &mut |r, _| {
+            usage_chunks += usize::from(r.last_was_usage_chunk());
+        });
+    }
+    reader.finish();
+    (reader.reported().tokens, usage_chunks)
 }
 
 /// Whether a response's `Content-Type` is `text/event-stream` (type and

@@ -109,8 +109,17 @@ impl Api {
     }
 }
 
+/// The count at `pointer` (a JSON pointer of plain object keys, as every
+/// caller's is), walked key by key: `Value::pointer` unescapes each token
+/// into a new string first, which cost more than the rest of reading the
+/// usage chunk's JSON.
 fn count(v: &Value, pointer: &str) -> Option<u64> {
-    v.pointer(pointer).and_then(Value::as_u64)
+    debug_assert!(pointer.starts_with('/') && !pointer.contains('~'));
+    pointer
+        .split('/')
+        .skip(1)
+        .try_fold(v, |v, key| v.get(key))
+        .and_then(Value::as_u64)
 }
 
 /// Anthropic's counts as reported so far in one response.
@@ -255,7 +264,54 @@ const MAX_HELD_EVENT: usize = 16 * 1024;
 /// bytes: the SSE framing cannot split it (a data line break inside a key
 /// would put a newline in it), and inside a JSON string its quotes are
 /// escaped (`\"usage\"`), so content rarely spells it.
-static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+const USAGE_KEY: &[u8] = b"\"usage\"";
+
+/// Finds [`USAGE_KEY`]. Most events are searched once each, a few hundred
+/// bytes: memchr's AVX2 pair search called directly takes about a third
+/// fewer instructions there than through `memmem`'s dispatch (callgrind,
+/// `benches/metering.rs`). `memmem` where the CPU lacks AVX2 or the bytes
+/// are too few for it.
+struct KeySearch {
+    any: Finder<'static>,
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<memchr::arch::x86_64::avx2::packedpair::Finder>,
+}
+
+impl KeySearch {
+    fn new() -> Self {
+        KeySearch {
+            any: Finder::new(USAGE_KEY),
+            #[cfg(target_arch = "x86_64")]
+            avx2: memchr::arch::x86_64::avx2::packedpair::Finder::new(USAGE_KEY),
+        }
+    }
+
+    fn find(&self, haystack: &[u8]) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(avx2) = &self.avx2 {
+            if haystack.len() >= avx2.min_haystack_len() {
+                return avx2.find(haystack, USAGE_KEY);
+            }
+        }
+        self.any.find(haystack)
+    }
+}
+
+static KEY_SEARCH: LazyLock<KeySearch> = LazyLock::new(KeySearch::new);
+
+/// Told the end of an event (see [`UsageReader::push`]).
+type OnEvent<'a> = &'a mut dyn FnMut(&UsageReader, usize);
+
+/// Who is told where events end.
+enum Ends<'a> {
+    /// Told each event's end.
+    #[cfg(test)]
+    Each(OnEvent<'a>),
+    /// Told the ends of events that are not usage chunks coarsely.
+    Coarse(OnEvent<'a>),
+    /// Nobody.
+    None,
+}
 
 /// How an event stream is being read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,6 +369,9 @@ pub(crate) struct UsageReader {
     /// that content events are skipped).
     #[cfg(test)]
     scanned: usize,
+    /// Chunk tails passed over whole by [`Self::skip_whole_events`].
+    #[cfg(test)]
+    skipped_chunks: usize,
     /// Never [`Mode::Fast`]: the reference the tests compare it with.
     #[cfg(test)]
     full_only: bool,
@@ -343,6 +402,8 @@ impl UsageReader {
             #[cfg(test)]
             scanned: 0,
             #[cfg(test)]
+            skipped_chunks: 0,
+            #[cfg(test)]
             full_only: false,
         }
     }
@@ -350,10 +411,39 @@ impl UsageReader {
     /// More of the body. `on_event(end)` is called for each event that
     /// ends in `chunk` (`end` is its offset just past the event), after it
     /// was read, so [`Self::last_was_usage_chunk`] describes it.
+    /// The reference the tests compare [`Self::push_coarse`] with.
+    #[cfg(test)]
     pub(crate) fn push(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(&Self, usize)) {
+        self.read(chunk, Ends::Each(on_event));
+    }
+
+    /// [`Self::push`], but the ends of events that are not usage chunks
+    /// may be told as one: a chunk of whole events none of which may carry
+    /// usage is passed over with one search for the key (not one per event
+    /// and line) and told as one event ending at the chunk's end. Enough
+    /// to remove usage chunks: every usage chunk's end, and the end before
+    /// it, are still told.
+    pub(crate) fn push_coarse(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(&Self, usize)) {
+        self.read(chunk, Ends::Coarse(on_event));
+    }
+
+    /// More of the body, when nobody needs to know where events end (see
+    /// [`Self::push_coarse`]).
+    pub(crate) fn push_quiet(&mut self, chunk: &[u8]) {
+        self.read(chunk, Ends::None);
+    }
+
+    fn read(&mut self, chunk: &[u8], ends: Ends<'_>) {
         let Some(mut sse) = self.sse.take() else {
             self.scan.push(chunk);
             return;
+        };
+        let mut ignore = |_: &Self, _: usize| {};
+        let (coarse, on_event): (bool, OnEvent<'_>) = match ends {
+            #[cfg(test)]
+            Ends::Each(f) => (false, f),
+            Ends::Coarse(f) => (true, f),
+            Ends::None => (true, &mut ignore),
         };
         let mut i = 0;
         while i < chunk.len() {
@@ -373,6 +463,14 @@ impl UsageReader {
                     }
                 }
                 Mode::Fast => {
+                    if coarse && self.skip_whole_events(&chunk[i..]) {
+                        // Told where the last event ended: before the `\n`
+                        // of a CRLF blank line, as an event-by-event read
+                        // tells it (that `\n` goes with the next event).
+                        let crlf = chunk.ends_with(b"\r\n");
+                        on_event(self, chunk.len() - usize::from(crlf));
+                        break;
+                    }
                     i = self.fast(chunk, i, on_event);
                     if self.mode == Mode::Full {
                         // The event at `i` is too long to hold: read it in
@@ -392,6 +490,33 @@ impl UsageReader {
             }
         }
         self.sse = Some(sse);
+    }
+
+    /// [`Mode::Fast`] without event ends wanted: when `rest` holds whole
+    /// events only (it begins an event and ends with a blank line) and none
+    /// of them may carry usage, they are passed over at once and this says
+    /// so; otherwise nothing changes. One search over several events finds
+    /// what searches event by event find: the key holds no line break, so no
+    /// match spans two events, and what follows a match is judged only up
+    /// to a line break, which every event ends with.
+    fn skip_whole_events(&mut self, rest: &[u8]) -> bool {
+        if !self.fresh
+            || !self.line_start
+            || !self.held.is_empty()
+            || !ends_with_blank_line(rest)
+            || raw_may_carry_usage(rest)
+        {
+            return false;
+        }
+        #[cfg(test)]
+        {
+            self.skipped_chunks += 1;
+        }
+        // The state just past a blank line: a `\r` ending it may be followed
+        // by the `\n` of its CRLF in the next chunk.
+        self.after_cr = rest.last() == Some(&b'\r');
+        self.last_was_usage_chunk = false;
+        true
     }
 
     /// Reads `chunk[from..]` in [`Mode::Fast`]; returns where it stopped:
@@ -499,6 +624,21 @@ impl UsageReader {
         }
     }
 
+    /// Whether `chunk`, the next piece of the stream, may go to the client
+    /// before it is read when usage chunks are removed: while the first
+    /// event is still to be read in full (the read that would delay the
+    /// first byte), a chunk that holds whole events (no data of the current
+    /// one came before it, and it ends with a blank line) none of which has
+    /// a `usage` key with a possible value holds no usage chunk. Later,
+    /// reading a chunk costs no more than this check, so it is read first.
+    pub(crate) fn may_pass_before_read(&self, chunk: &[u8]) -> bool {
+        self.mode == Mode::Full
+            && !self.has_data
+            && self.sse.as_ref().is_some_and(SseReader::before_any_data)
+            && ends_with_blank_line(chunk)
+            && !raw_may_carry_usage(chunk)
+    }
+
     pub(crate) fn reported(&self) -> &Reported {
         &self.reported
     }
@@ -602,27 +742,32 @@ fn string(text: &[u8]) -> Option<String> {
 /// Whether an event's raw bytes have a `"usage"` key whose value may be
 /// other than `null`. False only when the event cannot report usage.
 fn raw_may_carry_usage(raw: &[u8]) -> bool {
-    let key = USAGE_KEY.needle().len();
+    let key = USAGE_KEY.len();
+    let search = &*KEY_SEARCH;
     let mut from = 0;
     // One search at a time (an iterator's set-up costs more than the search
     // on an event of a few hundred bytes).
     while raw.len() - from >= key {
-        let Some(at) = USAGE_KEY.find(&raw[from..]) else {
+        let Some(at) = search.find(&raw[from..]) else {
             return false;
         };
         from += at + key;
-        if key_may_have_value(&raw[from..]) {
-            return true;
+        match no_value_after_key(&raw[from..]) {
+            None => return true,
+            // Past a `null` too: the event's tail after it is mostly
+            // shorter than the key, and then not searched.
+            Some(len) => from += len,
         }
     }
     false
 }
 
-/// Whether the `"usage"` just before `after` (raw event bytes) may be a key
-/// with a value other than `null`. Only spaces and tabs are skipped: at a
-/// line break the data (and so the value) may go on in the next `data`
-/// line, which is then read in full.
-fn key_may_have_value(after: &[u8]) -> bool {
+/// Whether the `"usage"` just before `after` (raw event bytes) can have no
+/// value but `null`: then `Some(len)`, `len` bytes after it that cannot
+/// begin another key (blanks, `:`, `null`); `None` when it may have one.
+/// Only spaces and tabs are skipped: at a line break the data (and so the
+/// value) may go on in the next `data` line, which is then read in full.
+fn no_value_after_key(after: &[u8]) -> Option<usize> {
     fn skip_blanks(mut s: &[u8]) -> &[u8] {
         while let [b' ' | b'\t', rest @ ..] = s {
             s = rest;
@@ -630,9 +775,31 @@ fn key_may_have_value(after: &[u8]) -> bool {
         s
     }
     match skip_blanks(after) {
-        [b':', value @ ..] => !skip_blanks(value).starts_with(b"null"),
-        [b'\n' | b'\r', ..] => true,
+        [b':', value @ ..] => {
+            let value = skip_blanks(value);
+            value
+                .starts_with(b"null")
+                .then(|| after.len() - value.len() + 4)
+        }
+        [b'\n' | b'\r', ..] => None,
         // Not a key (a string value `"usage"`), or nothing after it.
+        _ => Some(0),
+    }
+}
+
+/// Whether `raw`, read from the start of a line, ends just past a blank line
+/// (the end of an event) — the last line break being a blank line's, or
+/// the `\n` of a blank line's CRLF. Decided from the last three bytes: a
+/// line-break byte right after another one (not as the `\n` of a CRLF)
+/// begins, and so is, a blank line.
+fn ends_with_blank_line(raw: &[u8]) -> bool {
+    let brk = |b: u8| b == b'\n' || b == b'\r';
+    match raw {
+        // `\r\n` whose `\r` follows a line break: a blank line in CRLF.
+        [.., b3, b'\r', b'\n'] => brk(*b3),
+        // `\n\n`, `\r\r`, `\n\r`: the last byte is a blank line; after
+        // `\r`, a `\n` there would be the last byte's own CRLF.
+        [.., b2, b1] => brk(*b1) && brk(*b2) && !(*b2 == b'\r' && *b1 == b'\n'),
         _ => false,
     }
 }

@@ -155,6 +155,11 @@ impl SseReader {
         self.after_cr
     }
 
+    /// At the start of a line, and the current event has no data yet.
+    pub(crate) fn before_any_data(&self) -> bool {
+        self.line == Line::Start && self.data_lines == 0
+    }
+
     /// A `data` field begins: lines after the first are joined by `\n`.
     fn data_line(&mut self, sink: &mut impl SseSink) {
         if self.data_lines > 0 {

@@ -46,6 +46,17 @@ impl Report {
     }
 }
 
+/// A filtered body's first data frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstFrame {
+    NotYet,
+    /// Given to the connection, which may hold it in its write buffer until
+    /// the body has nothing more.
+    GivenOut,
+    /// The connection had its chance to flush it.
+    Flushed,
+}
+
 pub(crate) struct Metered {
     inner: ProxyBody,
     filter: Option<Box<dyn ResponseFilter>>,
@@ -53,6 +64,8 @@ pub(crate) struct Metered {
     /// what is left is its output, then these trailers.
     input_done: bool,
     trailers: Option<HeaderMap>,
+    /// With a filter: where the first data frame is (see `poll_frame`).
+    first_frame: FirstFrame,
     bytes_down: u64,
     /// Invariant: Some until the exchange has been reported.
     report: Option<Report>,
@@ -73,6 +86,7 @@ impl Metered {
             filter,
             input_done: false,
             trailers: None,
+            first_frame: FirstFrame::NotYet,
             bytes_down: 0,
             report: Some(report),
             lease,
@@ -112,6 +126,9 @@ impl Metered {
                 Err(e) => return self.filter_failed(e),
                 Ok(Some(out)) if out.is_empty() => continue,
                 Ok(Some(out)) => {
+                    if self.first_frame == FirstFrame::NotYet {
+                        self.first_frame = FirstFrame::GivenOut;
+                    }
                     self.bytes_down += out.len() as u64;
                     return Poll::Ready(Some(Ok(Frame::data(out))));
                 }
@@ -170,6 +187,15 @@ impl Body for Metered {
             return Poll::Ready(None);
         }
         if this.filter.is_some() {
+            if this.first_frame == FirstFrame::GivenOut {
+                // Once, after the first frame: let the connection flush it
+                // before the filter does the work it put off (the metering
+                // reads each chunk after giving it out), so that work never
+                // delays the first byte. Woken at once: nothing is awaited.
+                this.first_frame = FirstFrame::Flushed;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             return this.poll_filtered(cx);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -212,5 +238,98 @@ impl Drop for Metered {
             ExchangeOutcome::ClientGone
         };
         self.finish(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+    use crate::decide::{AllowAll, Listener};
+
+    /// A filter that passes chunks on as they come.
+    #[derive(Default)]
+    struct Through(VecDeque<Bytes>);
+
+    impl ResponseFilter for Through {
+        fn push(&mut self, chunk: Bytes) -> Result<(), FilterError> {
+            self.0.push_back(chunk);
+            Ok(())
+        }
+        fn pull(&mut self) -> Result<Option<Bytes>, FilterError> {
+            Ok(self.0.pop_front())
+        }
+        fn finish(&mut self) -> Result<(), FilterError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn body(filter: Option<Box<dyn ResponseFilter>>) -> Metered {
+        let inner: ProxyBody = Full::new(Bytes::from_static(b"data: x\n\n"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let report = Report {
+            gate: Arc::new(AllowAll),
+            conn: ConnInfo {
+                id: 1,
+                peer: "127.0.0.1:1".parse().expect("addr"),
+                listener: Listener::Https,
+                sni: None,
+                alpn: None,
+            },
+            request: RequestSummary {
+                method: "POST".into(),
+                scheme: "https",
+                host: "api.test".parse().expect("host"),
+                path: "/".into(),
+                tag: None,
+            },
+            status: Some(StatusCode::OK),
+            bytes_up: Arc::default(),
+            started: Instant::now(),
+        };
+        Metered::new(inner, filter, report, None)
+    }
+
+    #[test]
+    fn a_filtered_body_lets_the_connection_flush_its_first_frame() {
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut m = body(Some(Box::<Through>::default()));
+        let mut poll = |m: &mut Metered| match Pin::new(m).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(f.into_data().expect("data"))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => panic!("{e}"),
+            Poll::Pending => Poll::Pending,
+        };
+        assert_eq!(
+            poll(&mut m),
+            Poll::Ready(Some(Bytes::from_static(b"data: x\n\n")))
+        );
+        // Once: pending, woken at once, so the connection flushes first.
+        assert_eq!(poll(&mut m), Poll::Pending);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll(&mut m), Poll::Ready(None));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        // Without a filter, frames follow each other as they come.
+        let mut m = body(None);
+        assert!(matches!(poll(&mut m), Poll::Ready(Some(_))));
+        assert_eq!(poll(&mut m), Poll::Ready(None));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
 }

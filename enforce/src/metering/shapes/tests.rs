@@ -604,6 +604,267 @@ fn random_streams_cut_at_random_read_the_same_fast_as_in_full() {
     assert!((100..400).contains(&with_usage), "{with_usage}");
 }
 
+/// What a client gets when usage chunks are removed, as the metering
+/// filter removes them (`filter.rs`): the bytes up to each told end go on
+/// unless they end a usage chunk, the rest waits for the next end. `coarse`:
+/// ends told by [`UsageReader::push_coarse`], else by [`UsageReader::push`].
+fn stripped(api: Api, body: &[u8], cuts: &[usize], coarse: bool) -> (Reported, Vec<u8>) {
+    let mut r = UsageReader::new(api, true);
+    let (mut out, mut held) = (Vec::new(), Vec::new());
+    let mut at = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
+        let chunk = &body[at..cut];
+        let mut ends = Vec::new();
+        let mut tell = |reader: &UsageReader, end| {
+            ends.push((end, reader.last_was_usage_chunk()));
+        };
+        if coarse {
+            r.push_coarse(chunk, &mut tell);
+        } else {
+            r.push(chunk, &mut tell);
+        }
+        let mut from = 0;
+        for (end, usage_chunk) in ends {
+            held.extend_from_slice(&chunk[from..end]);
+            if !usage_chunk {
+                out.extend_from_slice(&held);
+            }
+            held.clear();
+            from = end;
+        }
+        held.extend_from_slice(&chunk[from..]);
+        at = cut;
+    }
+    out.extend_from_slice(&held);
+    r.finish();
+    (r.reported().clone(), out)
+}
+
+/// Reads `body` cut at `cuts` with [`UsageReader::push_quiet`].
+fn read_quietly(api: Api, body: &[u8], cuts: &[usize]) -> (Reported, usize) {
+    let mut r = UsageReader::new(api, true);
+    let mut at = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
+        r.push_quiet(&body[at..cut]);
+        at = cut;
+    }
+    r.finish();
+    (r.reported().clone(), r.skipped_chunks)
+}
+
+/// The offsets where each event of `stream` ends (as [`UsageReader::push`]
+/// tells them): one chunk per event, as providers send them.
+fn one_chunk_per_event(api: Api, body: &[u8]) -> Vec<usize> {
+    let (_, ends) = read_cuts(api, body, &[], true);
+    let mut cuts: Vec<usize> = ends.iter().map(|e| e.0).collect();
+    cuts.retain(|&c| c < body.len());
+    cuts
+}
+
+#[test]
+fn quiet_and_coarse_reads_equal_the_event_by_event_read_at_every_cut() {
+    for (api, stream) in [
+        (Api::Chat, CHAT_STREAM),
+        (Api::Responses, RESPONSES_STREAM),
+        (Api::Messages, MESSAGES_STREAM),
+    ] {
+        for brk in ["\n", "\r\n", "\r"] {
+            let body = with_breaks(stream, brk);
+            let body = body.as_bytes();
+            let full = read_cuts(api, body, &[], true).0;
+            let exact = stripped(api, body, &[], false);
+            assert_eq!(exact.0, full);
+            for a in 0..=body.len() {
+                for cuts in [vec![a], (a..body.len()).step_by(7).collect()] {
+                    let what = format!("{api:?} {brk:?} cuts {cuts:?}");
+                    assert_eq!(read_quietly(api, body, &cuts).0, full, "{what}");
+                    assert_eq!(
+                        stripped(api, body, &cuts, true),
+                        stripped(api, body, &cuts, false),
+                        "{what}"
+                    );
+                }
+            }
+            let bytes: Vec<usize> = (1..body.len()).collect();
+            assert_eq!(read_quietly(api, body, &bytes).0, full);
+            assert_eq!(
+                stripped(api, body, &bytes, true),
+                stripped(api, body, &bytes, false)
+            );
+            // One event per chunk: every chunk is passed over whole but the
+            // first (read in full for the id and model) and the one with the
+            // final usage.
+            let cuts = one_chunk_per_event(api, body);
+            let (reported, skipped) = read_quietly(api, body, &cuts);
+            assert_eq!(reported, full);
+            let events = read_cuts(api, body, &[], true).1.len();
+            assert_eq!(skipped, events - 2, "{api:?} {brk:?}");
+        }
+    }
+}
+
+#[test]
+fn the_chat_usage_chunk_is_removed_the_same_from_coarse_ends() {
+    let body = CHAT_STREAM.as_bytes();
+    let cuts = one_chunk_per_event(Api::Chat, body);
+    let (reported, out) = stripped(Api::Chat, body, &cuts, true);
+    assert_eq!(reported.tokens.map(|t| t.output), Some(300));
+    let usage_at = CHAT_STREAM
+        .find("data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[]")
+        .expect("usage");
+    let done_at = CHAT_STREAM.find("data: [DONE]").expect("done");
+    let without = [&body[..usage_at], &body[done_at..]].concat();
+    assert_eq!(out, without);
+    // Several whole content events in one chunk are told as one.
+    let (_, ends) = {
+        let mut r = UsageReader::new(Api::Chat, true);
+        let mut ends = Vec::new();
+        for piece in [
+            &body[..cuts[0]],
+            &body[cuts[0]..usage_at],
+            &body[usage_at..],
+        ] {
+            r.push_coarse(piece, &mut |reader, end| {
+                ends.push((end, reader.last_was_usage_chunk()));
+            });
+        }
+        (r, ends)
+    };
+    assert_eq!(ends.len(), 1 + 1 + 2, "{ends:?}");
+    assert_eq!(ends[1], (usage_at - cuts[0], false));
+}
+
+#[test]
+fn random_streams_read_quietly_and_coarsely_the_same_as_event_by_event() {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for case in 0..300 {
+        let stream = random_chat_stream(&mut rng);
+        let body = stream.as_bytes();
+        let full = read_cuts(Api::Chat, body, &[], true).0;
+        let mut cuts = one_chunk_per_event(Api::Chat, body);
+        for _ in 0..rng.below(4) {
+            cuts.push(rng.below(body.len() + 1));
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        assert_eq!(
+            read_quietly(Api::Chat, body, &cuts).0,
+            full,
+            "case {case}, cuts {cuts:?}: {stream:?}"
+        );
+        assert_eq!(
+            stripped(Api::Chat, body, &cuts, true),
+            stripped(Api::Chat, body, &cuts, false),
+            "case {case}, cuts {cuts:?}: {stream:?}"
+        );
+    }
+}
+
+#[test]
+fn what_may_pass_before_it_is_read_holds_no_usage_chunk() {
+    let tricky = "data: {\"id\":\"c\",\"choices\":[],\"usage\"\ndata: :{\"prompt_tokens\":2}}\n\ndata: [DONE]\n\n";
+    let mut passed = 0;
+    for (api, stream) in [
+        (Api::Chat, CHAT_STREAM),
+        (Api::Responses, RESPONSES_STREAM),
+        (Api::Messages, MESSAGES_STREAM),
+        (Api::Chat, tricky),
+        (
+            Api::Chat,
+            &CHAT_STREAM[CHAT_STREAM
+                .find("data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[]")
+                .expect("usage")..],
+        ),
+    ] {
+        for brk in ["\n", "\r\n", "\r"] {
+            let body = with_breaks(stream, brk);
+            let body = body.as_bytes();
+            for cut in 0..=body.len() {
+                let head = &body[..cut];
+                if !UsageReader::new(api, true).may_pass_before_read(head) {
+                    continue;
+                }
+                passed += 1;
+                let (_, ends) = read_cuts(api, head, &[], true);
+                assert!(!ends.is_empty() && ends.iter().all(|e| !e.1), "{head:?}");
+                // Whole events: the last ends at the cut (or just before a
+                // CRLF blank line's `\n`).
+                let last = ends.last().expect("an event").0;
+                assert!(last == cut || (last + 1 == cut && head.ends_with(b"\r\n")));
+            }
+        }
+    }
+    assert!(passed > 0);
+    // Once the first event was read, chunks are read before they go on.
+    let body = CHAT_STREAM.as_bytes();
+    let first_end = CHAT_STREAM.find("\n\n").expect("end") + 2;
+    let second_end = first_end + CHAT_STREAM[first_end..].find("\n\n").expect("end") + 2;
+    let second = &body[first_end..second_end];
+    assert!(UsageReader::new(Api::Chat, true).may_pass_before_read(second));
+    let mut r = UsageReader::new(Api::Chat, true);
+    r.push_quiet(&body[..first_end]);
+    assert!(!r.may_pass_before_read(second));
+}
+
+#[test]
+fn the_key_search_finds_what_memmem_finds() {
+    let search = KeySearch::new();
+    let mut rng = Rng(0x853c_49e6_748f_ea9b);
+    for _ in 0..20_000 {
+        // The key's own bytes, so near misses abound; lengths on both sides
+        // of the AVX2 search's minimum.
+        let len = rng.below(300);
+        let mut hay: Vec<u8> = (0..len).map(|_| b"\"usage x"[rng.below(8)]).collect();
+        if len >= USAGE_KEY.len() && rng.below(2) == 0 {
+            let at = rng.below(len - USAGE_KEY.len() + 1);
+            hay[at..at + USAGE_KEY.len()].copy_from_slice(USAGE_KEY);
+        }
+        assert_eq!(
+            search.find(&hay),
+            memchr::memmem::find(&hay, USAGE_KEY),
+            "{:?}",
+            String::from_utf8_lossy(&hay)
+        );
+    }
+}
+
+/// Where the SSE reader dispatches events in `raw` read from its start.
+fn dispatches(raw: &[u8]) -> Vec<usize> {
+    struct Ends(Vec<usize>);
+    impl SseSink for Ends {
+        fn data(&mut self, _: &[u8]) {}
+        fn dispatch(&mut self, end: usize) {
+            self.0.push(end);
+        }
+    }
+    let mut ends = Ends(Vec::new());
+    SseReader::default().push(raw, &mut ends);
+    ends.0
+}
+
+#[test]
+fn a_blank_line_at_the_end_is_told_from_the_last_three_bytes() {
+    // Every string of up to 7 bytes of `a`, `\n`, `\r`: the end is an
+    // event's end exactly when the SSE reader dispatched there, or just
+    // before the `\n` of a CRLF there.
+    let alphabet = [b'a', b'\n', b'\r'];
+    for len in 0..=7u32 {
+        for mut n in 0..3usize.pow(len) {
+            let mut raw = Vec::new();
+            for _ in 0..len {
+                raw.push(alphabet[n % 3]);
+                n /= 3;
+            }
+            let last = dispatches(&raw).last().copied();
+            let at_end = last == Some(raw.len())
+                || (last == Some(raw.len().wrapping_sub(1)) && raw.ends_with(b"\r\n"));
+            // A string too short to tell is never taken for an end.
+            let expected = at_end && raw.len() >= 2 && !(raw.len() == 2 && raw == b"\r\n");
+            assert_eq!(ends_with_blank_line(&raw), expected, "{raw:?}");
+        }
+    }
+}
+
 #[test]
 fn refusals_are_shaped_like_each_provider() {
     let wait = Duration::from_secs(42);
