@@ -234,6 +234,76 @@ pub(crate) struct Reported {
     pub id: Option<String>,
     /// The model the provider says answered.
     pub model: Option<String>,
+    /// A usage object of the response held a count that is not a
+    /// non-negative integer (`"12"`, `-1`, `1.5`): no report of this
+    /// response is trusted after it, so the call is charged its
+    /// reservation and marked estimated rather than settled at zero.
+    pub malformed: bool,
+}
+
+impl Reported {
+    /// Takes `usage`'s counts (`tokens` of it) as the final ones, unless
+    /// this or an earlier usage object of the response was malformed.
+    fn record(&mut self, api: Api, usage: &Value, tokens: impl FnOnce() -> UsageTokens) {
+        self.check(api, usage);
+        self.tokens = (!self.malformed).then(tokens);
+    }
+
+    /// Marks the report malformed when one of `usage`'s counts is.
+    fn check(&mut self, api: Api, usage: &Value) {
+        if !counts_are_integers(api, usage) {
+            self.malformed = true;
+            self.tokens = None;
+        }
+    }
+}
+
+/// Every count [`normalize`] reads for `api`, as JSON pointers.
+fn count_pointers(api: Api) -> &'static [&'static str] {
+    match api {
+        Api::Chat => &[
+            "/prompt_tokens",
+            "/prompt_tokens_details/cached_tokens",
+            "/completion_tokens",
+            "/completion_tokens_details/reasoning_tokens",
+        ],
+        Api::Responses => &[
+            "/input_tokens",
+            "/input_tokens_details/cached_tokens",
+            "/output_tokens",
+            "/output_tokens_details/reasoning_tokens",
+        ],
+        Api::Embeddings => &["/prompt_tokens", "/total_tokens"],
+        Api::Messages => &[
+            "/input_tokens",
+            "/cache_read_input_tokens",
+            "/cache_creation_input_tokens",
+            "/output_tokens",
+            "/cache_creation/ephemeral_5m_input_tokens",
+            "/cache_creation/ephemeral_1h_input_tokens",
+        ],
+    }
+}
+
+/// Whether each count `api` reads from `usage` is absent, `null` or a
+/// non-negative integer, and each object on the way to it is an object
+/// (or absent, or `null`). Anything else is a report the proxy cannot read
+/// as the provider meant it: fail closed rather than count it as zero.
+fn counts_are_integers(api: Api, usage: &Value) -> bool {
+    count_pointers(api).iter().all(|pointer| {
+        let mut at = usage;
+        for key in pointer.split('/').skip(1) {
+            match at {
+                Value::Null => return true,
+                Value::Object(members) => match members.get(key) {
+                    Some(next) => at = next,
+                    None => return true,
+                },
+                _ => return false,
+            }
+        }
+        at.is_null() || at.is_u64()
+    })
 }
 
 /// Members read from a whole JSON response (every shape).
@@ -619,7 +689,8 @@ impl UsageReader {
                 }
             }
             if let Some(u) = usage.filter(Value::is_object) {
-                self.reported.tokens = Some(normalize(self.api, &u));
+                let api = self.api;
+                self.reported.record(api, &u, || normalize(api, &u));
             }
         }
     }
@@ -693,7 +764,8 @@ impl UsageReader {
                 first(&mut self.reported.id, get(1));
                 first(&mut self.reported.model, get(2));
                 if let Some(u) = object(0) {
-                    self.reported.tokens = Some(normalize(self.api, &u));
+                    let api = self.api;
+                    self.reported.record(api, &u, || normalize(api, &u));
                     self.last_was_usage_chunk = get(3).is_some_and(is_empty_array);
                 }
             }
@@ -706,7 +778,8 @@ impl UsageReader {
                     Some("response.completed" | "response.incomplete" | "response.failed")
                 );
                 if let (true, Some(u)) = (done, object(1)) {
-                    self.reported.tokens = Some(normalize(Api::Responses, &u));
+                    let tokens = || normalize(Api::Responses, &u);
+                    self.reported.record(Api::Responses, &u, tokens);
                 }
             }
             Api::Messages => {
@@ -715,6 +788,7 @@ impl UsageReader {
                 match get(0).and_then(string).as_deref() {
                     Some("message_start") => {
                         if let Some(u) = object(1) {
+                            self.reported.check(Api::Messages, &u);
                             self.anthropic.update(&u);
                         }
                     }
@@ -722,7 +796,9 @@ impl UsageReader {
                         if let Some(u) = object(4) {
                             self.anthropic.update(&u);
                             // The delta's usage is the final, cumulative one.
-                            self.reported.tokens = Some(self.anthropic.tokens());
+                            let anthropic = self.anthropic;
+                            self.reported
+                                .record(Api::Messages, &u, || anthropic.tokens());
                         }
                     }
                     _ => {}

@@ -882,3 +882,67 @@ fn refusals_are_shaped_like_each_provider() {
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "rate_limit_error");
 }
+
+/// A count that is not a non-negative integer makes the report untrusted:
+/// no tokens (the call is charged its reservation, estimated), never zero;
+/// `null` counts and `null` detail objects are absent, not malformed.
+#[test]
+fn a_count_that_is_not_an_integer_leaves_the_call_unsettled() {
+    let bad_counts = ["\"12\"", "-1", "1.5", "true", "{}"];
+    for bad in bad_counts {
+        let bodies = [
+            (
+                Api::Chat,
+                format!(r#"{{"usage":{{"prompt_tokens":{bad},"completion_tokens":3}}}}"#),
+            ),
+            (
+                Api::Chat,
+                format!(
+                    r#"{{"usage":{{"prompt_tokens":5,"completion_tokens":3,"completion_tokens_details":{{"reasoning_tokens":{bad}}}}}}}"#
+                ),
+            ),
+            (
+                Api::Responses,
+                format!(r#"{{"usage":{{"input_tokens":5,"output_tokens":{bad}}}}}"#),
+            ),
+            (
+                Api::Embeddings,
+                format!(r#"{{"usage":{{"prompt_tokens":{bad}}}}}"#),
+            ),
+            (
+                Api::Messages,
+                format!(
+                    r#"{{"usage":{{"input_tokens":5,"output_tokens":3,"cache_read_input_tokens":{bad}}}}}"#
+                ),
+            ),
+        ];
+        for (api, body) in bodies {
+            let (reported, _) = read_every_cut(api, false, body.as_bytes());
+            assert!(reported.malformed, "{body}");
+            assert_eq!(reported.tokens, None, "{body}");
+        }
+    }
+    // A detail object that is a number is malformed too.
+    let body = br#"{"usage":{"prompt_tokens":5,"completion_tokens":3,"prompt_tokens_details":7}}"#;
+    assert_eq!(read_every_cut(Api::Chat, false, body).0.tokens, None);
+    // Nulls are absent counts.
+    let body = br#"{"usage":{"prompt_tokens":5,"completion_tokens":3,"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":null}}}"#;
+    let (reported, _) = read_every_cut(Api::Chat, false, body);
+    assert!(!reported.malformed);
+    assert_eq!(reported.tokens.map(|t| (t.input, t.output)), Some((5, 3)));
+}
+
+/// Streamed: a malformed `message_start` is not repaired by a well-formed
+/// `message_delta` after it, nor a malformed Chat usage chunk by a later one.
+#[test]
+fn a_malformed_usage_event_is_not_repaired_by_a_later_one() {
+    let messages = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"claude\",\"usage\":{\"input_tokens\":\"900\",\"output_tokens\":1}}}\n\n\
+        event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n";
+    let (reported, _) = read_every_cut(Api::Messages, true, messages.as_bytes());
+    assert!(reported.malformed);
+    assert_eq!(reported.tokens, None);
+    let chat = "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":-4,\"completion_tokens\":2}}\n\n\
+        data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
+    let (reported, _) = read_every_cut(Api::Chat, true, chat.as_bytes());
+    assert_eq!(reported.tokens, None);
+}
