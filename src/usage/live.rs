@@ -165,11 +165,14 @@ impl ChainTail {
             f.seek(SeekFrom::Start(self.offset))?;
             f.read_to_end(&mut bytes)
         });
-        let Ok(n) = read else {
+        if read.is_err() {
             return Vec::new();
-        };
-        self.offset += n as u64;
-        self.partial.extend_from_slice(&bytes);
+        }
+        // The log file is preallocated: past its last line it holds NULs
+        // until they are overwritten, so only what comes before is read.
+        let written = receipts::written_part(&bytes);
+        self.offset += written.len() as u64;
+        self.partial.extend_from_slice(written);
         let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
             return Vec::new();
         };
