@@ -220,7 +220,7 @@ fn load(spec: &str) {
     let n = total.div_ceil(threads) * threads;
     let cpu =
         (after.user_time() + after.system_time()) - (before.user_time() + before.system_time());
-    let cpu_us = cpu.num_microseconds().unwrap_or(i64::MAX) as f64;
+    let cpu_us = nix::sys::time::TimeValLike::num_microseconds(&cpu) as f64;
     let switches = (after.voluntary_context_switches() + after.involuntary_context_switches())
         - (before.voluntary_context_switches() + before.involuntary_context_switches());
     println!(
