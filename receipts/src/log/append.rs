@@ -211,7 +211,7 @@ impl ReceiptLog {
             Entry::BudgetWarning(record) => (SystemTime::now(), Body::BudgetWarning(record)),
         };
         // Everything that does not depend on the chain is encoded here, on
-        // the caller's thread, before taking the chain lock.
+        // the caller's thread, before it is queued for signing.
         let prepared = self.prepare(ts, &body)?;
         self.submit_prepared(Next::Ready(prepared))
     }
@@ -404,8 +404,8 @@ fn prepare(
         .map_err(|e| AppendError::Encode(e.to_string()))
 }
 
-/// What to sign next: an encoded receipt, or session_end (encoded under the
-/// chain lock because it commits to the chain), interrupted or not.
+/// What to sign next: an encoded receipt, or session_end (encoded when it
+/// is signed, because it commits to the chain), interrupted or not.
 pub(super) enum Next {
     Ready(Prepared),
     End(SystemTime, Option<InterruptionCause>),
