@@ -61,12 +61,11 @@ struct Shared {
 struct Chain {
     /// Hash of the last signed line (the genesis value is written for seq 0).
     prev: [u8; 32],
-    /// Reused buffers: the signing input, the signed line, the signed
-    /// lines of one turn with their lengths, and the taken queue.
+    /// Reused buffers: the signing input, the signed line, the line with
+    /// its newline, and the taken queue.
     scratch: Vec<u8>,
     line: Vec<u8>,
     signed: Vec<u8>,
-    lens: Vec<usize>,
     taken: Vec<(Next, HashSlot)>,
 }
 
@@ -169,7 +168,6 @@ impl ReceiptLog {
                     scratch: Vec::new(),
                     line: Vec::new(),
                     signed: Vec::new(),
-                    lens: Vec::new(),
                     taken: Vec::new(),
                 }),
                 queue,
@@ -274,8 +272,10 @@ impl ReceiptLog {
     }
 
     /// The signer's turn: takes the queue, signs it in order without the
-    /// queue lock, hands the lines to the writer, and repeats until nothing
-    /// is left (so no queued receipt is ever left without a signer).
+    /// queue lock, hands each line to the writer as soon as it is signed (an
+    /// idle writer starts on it at once instead of waiting for the turn to
+    /// end), and repeats until nothing is left, so no queued receipt is ever
+    /// left without a signer.
     fn sign_queued<'a>(&'a self, mut state: MutexGuard<'a, State>) {
         let shared = &self.shared;
         let queue = &shared.queue;
@@ -285,15 +285,28 @@ impl ReceiptLog {
             let first = state.next_seq - state.unsigned.len() as u64;
             std::mem::swap(&mut state.unsigned, &mut chain.taken);
             drop(state);
-            chain.signed.clear();
-            chain.lens.clear();
             let mut failure = None;
             let mut taken = std::mem::take(&mut chain.taken);
             for (i, (next, slot)) in taken.drain(..).enumerate() {
                 let seq = first + i as u64;
+                chain.signed.clear();
                 match shared.sign_one(seq, next, chain) {
                     Ok(hash) => {
                         let _ = slot.set(hash);
+                        let mut state = lock(&queue.state);
+                        // After a failure the line is dropped: its waiter
+                        // gets the error.
+                        if state.failed.is_none() {
+                            if state.lens.is_empty() {
+                                state.buf_seq = seq;
+                            }
+                            state.buf.extend_from_slice(&chain.signed);
+                            state.lens.push_back((chain.signed.len(), Instant::now()));
+                            if state.writer_idle {
+                                state.writer_idle = false;
+                                queue.work.notify_one();
+                            }
+                        }
                     }
                     Err(e) => {
                         // Only session_end is encoded here; it is the last.
@@ -309,11 +322,11 @@ impl ReceiptLog {
             if let Some((seq, why)) = failure {
                 // Fail closed: what is not yet with the writer fails too.
                 let from = if state.lens.is_empty() {
-                    first
+                    seq
                 } else {
                     state.buf_seq
                 };
-                state.fail(from.min(seq), why);
+                state.fail(from, why);
                 let waiting = std::mem::take(&mut state.waiting);
                 state.signing = false;
                 drop(state);
@@ -321,18 +334,6 @@ impl ReceiptLog {
                     w.wake();
                 }
                 return;
-            }
-            if state.failed.is_none() {
-                if state.lens.is_empty() {
-                    state.buf_seq = first;
-                }
-                state.buf.extend_from_slice(&chain.signed);
-                let now = Instant::now();
-                state.lens.extend(chain.lens.iter().map(|&len| (len, now)));
-                if state.writer_idle {
-                    state.writer_idle = false;
-                    queue.work.notify_one();
-                }
             }
             if state.unsigned.is_empty() {
                 state.signing = false;
@@ -344,7 +345,7 @@ impl ReceiptLog {
 
 impl Shared {
     /// Fills in seq and prev, signs, hashes and appends one line (with its
-    /// newline) to the turn's output. Returns the line's hash.
+    /// newline) to `chain.signed`. Returns the line's hash.
     fn sign_one(&self, seq: u64, next: Next, chain: &mut Chain) -> Result<[u8; 32], AppendError> {
         let prepared = match next {
             Next::Ready(p) => p,
@@ -387,7 +388,6 @@ impl Shared {
         chain.prev = hash;
         chain.signed.extend_from_slice(&chain.line);
         chain.signed.push(b'\n');
-        chain.lens.push(chain.line.len() + 1);
         Ok(hash)
     }
 }
