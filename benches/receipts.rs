@@ -7,8 +7,9 @@
 //!
 //! One plain run for profilers (callgrind, strace -c), without criterion:
 //! `RECEIPTS_LOAD=16x20000` appends 20,000 receipts from 16 threads to a
-//! file under the target directory (`RECEIPTS_LOAD_SINK=memory`: no disk)
-//! and prints receipts/s and receipts per write + fdatasync.
+//! log file under the target directory (`RECEIPTS_LOAD_SINK=memory`: no
+//! disk) and prints receipts/s, receipts per write + fdatasync, and the
+//! process's CPU time and context switches per receipt (getrusage).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -63,8 +64,9 @@ fn append_run(
 ) -> (Duration, CommitStats) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let log = if to_disk {
-        let file = std::fs::File::create(dir.path().join("receipts.jsonl")).expect("create");
-        ReceiptLog::with_sink(file, key(), start(), options).expect("log")
+        // The log file as sessions write it (preallocated, zeroed ahead).
+        ReceiptLog::create_with(&dir.path().join("receipts.jsonl"), key(), start(), options)
+            .expect("log")
     } else {
         ReceiptLog::with_sink(Memory::default(), key(), start(), options).expect("log")
     };
@@ -212,19 +214,33 @@ fn load(spec: &str) {
         .and_then(|(t, n)| Some((t.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
         .expect("RECEIPTS_LOAD=THREADSxTOTAL, e.g. 16x20000");
     let to_disk = std::env::var("RECEIPTS_LOAD_SINK").as_deref() != Ok("memory");
+    let before = usage();
     let (elapsed, stats) = append_run(threads, total, LogOptions::default(), to_disk);
+    let after = usage();
     let n = total.div_ceil(threads) * threads;
+    let cpu =
+        (after.user_time() + after.system_time()) - (before.user_time() + before.system_time());
+    let cpu_us = nix::sys::time::TimeValLike::num_microseconds(&cpu) as f64;
+    let switches = (after.voluntary_context_switches() + after.involuntary_context_switches())
+        - (before.voluntary_context_switches() + before.involuntary_context_switches());
     println!(
         "{n} receipts from {threads} threads in {elapsed:?}: {:.0} receipts/s, \
          {} batches, {:.1} receipts per write + fdatasync, sync p50 {:?}, \
-         queued->durable p50 {:?} p99 {:?}",
+         queued->durable p50 {:?} p99 {:?}, CPU {:.1} µs and {:.2} context switches per receipt",
         n as f64 / elapsed.as_secs_f64(),
         stats.batches,
         stats.receipts as f64 / stats.batches.max(1) as f64,
         stats.sync_quantile(0.5),
         stats.queued_quantile(0.5),
         stats.queued_quantile(0.99),
+        cpu_us / n as f64,
+        switches as f64 / n as f64,
     );
+}
+
+/// This process's resource usage so far (every thread, ended ones included).
+fn usage() -> nix::sys::resource::Usage {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).expect("getrusage")
 }
 
 /// Where verification time goes (CPU time, 10k lines): line hashing, the

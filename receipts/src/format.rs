@@ -232,7 +232,7 @@ pub fn sign_line(receipt: &Receipt, key: &SigningKey) -> Result<Vec<u8>, serde_j
 
 /// A receipt encoded in canonical form except for the members that depend on
 /// its place in the chain (`prev`, `seq`) and on signing (`sig`). Built off
-/// the chain lock, so only filling in those members and signing is serial.
+/// the signing turn, so only filling in those members and signing is serial.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
     /// Canonical members in RFC 8785 order, with `"prev":"` … `","seq":` … left open.

@@ -5,6 +5,8 @@
 //! - [`ReceiptLog`]: the durable, group-committing writer (`create`,
 //!   `open_existing`, `with_sink`, `append`/`submit`, `finish`, and
 //!   `finish_interrupted` for recovery after the supervisor died).
+//! - [`written_part`]: a receipt file up to its unwritten (NUL) tail, for
+//!   readers of a live or crashed log file.
 //! - [`UnverifiedChain`] → [`VerifiedChain`] via `verify(&key)`, failing with a
 //!   [`ChainError`] that names the first bad line; [`LineVerifier`] checks one
 //!   line at a time; [`VerifiedChain::interruption`] tells a chain closed by
@@ -46,6 +48,6 @@ pub use usage::{
     cost_micro_usd, BudgetWarningRecord, ModelPrice, RateSnapshot, UsageRecord, UsageTokens,
 };
 pub use verify::{
-    danger, kind_name, ChainError, InterruptedEnd, LineVerifier, UnverifiedChain, VerifiedChain,
-    VerifiedReceipt,
+    danger, kind_name, written_part, ChainError, InterruptedEnd, LineVerifier, UnverifiedChain,
+    VerifiedChain, VerifiedReceipt,
 };

@@ -653,6 +653,18 @@ impl std::fmt::Display for InterruptedEnd {
 /// 10k chain, 64 → 55k receipts/s, 512 → 62k/s, 2048 → 61k/s.
 const BATCH: usize = 512;
 
+/// The part of a receipt file that holds lines: everything before the first
+/// NUL byte. A log file is preallocated with zeros ahead of its writes, so
+/// while a session runs, or after a crash, the bytes after its last line are
+/// NULs; no line ever holds one (canonical JSON escapes it as `\u0000`).
+/// Readers of a live or crashed file stop here.
+pub fn written_part(bytes: &[u8]) -> &[u8] {
+    match bytes.iter().position(|&b| b == 0) {
+        Some(end) => &bytes[..end],
+        None => bytes,
+    }
+}
+
 impl UnverifiedChain {
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
         UnverifiedChain { bytes }
@@ -682,14 +694,28 @@ impl UnverifiedChain {
         })
     }
 
-    /// Lines without their newlines; a last line without one is torn.
+    /// Lines without their newlines; a last line without one is torn. The
+    /// NULs a preallocated log file holds after its last write are its
+    /// unwritten end, not lines; anything but NULs after the first NUL is
+    /// an error at the line where it begins.
     fn lines(&self) -> impl Iterator<Item = Result<&[u8], ChainError>> {
-        let bytes = &self.bytes[..];
-        let mut rest = bytes;
+        let written = written_part(&self.bytes);
+        let gap_then_data = self.bytes[written.len()..].iter().any(|&b| b != 0);
+        let mut rest = written;
         let mut line_no = 0;
+        let mut gap_reported = !gap_then_data;
         std::iter::from_fn(move || {
             if rest.is_empty() {
-                return None;
+                if gap_reported {
+                    return None;
+                }
+                gap_reported = true;
+                return Some(Err(ChainError::Malformed {
+                    line: line_no + 1,
+                    why: "a NUL byte, and data after it (only NULs may follow the last \
+                          line: the unwritten end of a preallocated log)"
+                        .into(),
+                }));
             }
             line_no += 1;
             match rest.iter().position(|&b| b == b'\n') {

@@ -107,9 +107,15 @@ fn run_child_and_kill(path: &Path, at: KillAt) -> BTreeMap<u64, String> {
 }
 
 /// Verifies the complete lines of a (possibly torn, unended) chain and
-/// returns their hashes by seq, and whether a torn tail was present.
+/// returns their hashes by seq, and whether a torn tail was present. The
+/// file is preallocated: its NUL tail is the unwritten end, not a torn line.
 fn complete_lines(path: &PathBuf) -> (Vec<String>, bool) {
-    let bytes = std::fs::read(path).expect("read chain");
+    let file = std::fs::read(path).expect("read chain");
+    let bytes = receipts::written_part(&file);
+    assert!(
+        file[bytes.len()..].iter().all(|&b| b == 0),
+        "only NULs after the first NUL (a killed process loses no written page)"
+    );
     let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let mut v = LineVerifier::new(fixed_key().verifying_key());
     let mut hashes = Vec::new();

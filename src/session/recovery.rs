@@ -209,7 +209,10 @@ fn chain_is_open(dir: &Path) -> bool {
     let Ok(bytes) = std::fs::read(dir.join(bundle::RECEIPTS)) else {
         return false;
     };
-    let last = bytes.split(|&b| b == b'\n').rfind(|l| !l.is_empty());
+    // A crashed log's preallocated tail (NULs) is not a line.
+    let last = receipts::written_part(&bytes)
+        .split(|&b| b == b'\n')
+        .rfind(|l| !l.is_empty());
     last.is_some_and(|l| {
         !matches!(
             serde_json::from_slice::<receipts::Receipt>(l),

@@ -165,11 +165,14 @@ impl ChainTail {
             f.seek(SeekFrom::Start(self.offset))?;
             f.read_to_end(&mut bytes)
         });
-        let Ok(n) = read else {
+        if read.is_err() {
             return Vec::new();
-        };
-        self.offset += n as u64;
-        self.partial.extend_from_slice(&bytes);
+        }
+        // The log file is preallocated: past its last line it holds NULs
+        // until they are overwritten, so only what comes before is read.
+        let written = receipts::written_part(&bytes);
+        self.offset += written.len() as u64;
+        self.partial.extend_from_slice(written);
         let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
             return Vec::new();
         };
@@ -192,5 +195,71 @@ impl ChainTail {
             }
         }
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use ed25519_dalek::SigningKey;
+    use receipts::{DecisionRecord, Entry, ReceiptLog, SessionStart};
+
+    use super::*;
+
+    fn decision(i: u64) -> Entry {
+        Entry::Decision {
+            decided_at: SystemTime::now(),
+            record: DecisionRecord {
+                action: serde_json::json!({"type": "web", "path": format!("/{i}")}),
+                counters: serde_json::json!({}),
+                decision: serde_json::json!({"decision": "allow"}),
+                body_sha256: None,
+            },
+        }
+    }
+
+    /// The log file is zeroed ahead of its lines: the tail must stop at the
+    /// NULs and read the lines written over them later, not skip past them.
+    #[test]
+    fn the_tail_reads_lines_written_over_the_preallocated_nuls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(crate::bundle::RECEIPTS);
+        let start = SessionStart {
+            session_id: "live".into(),
+            revocation_ids: Vec::new(),
+            sandbox: "none".into(),
+            capability_sha256: None,
+            tenant: None,
+            user: None,
+        };
+        let log =
+            ReceiptLog::create(&path, SigningKey::from_bytes(&[5; 32]), start).expect("create");
+        log.append(decision(1)).expect("append");
+        // Bounded wait for the zeroing thread to put NULs after the lines.
+        for _ in 0..500 {
+            if std::fs::read(&path).expect("read").last() == Some(&0) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(std::fs::read(&path).expect("read").last(), Some(&0));
+        let labels = Labels {
+            tenant: "t".into(),
+            user: "u".into(),
+        };
+        let mut tail = ChainTail::new(path.clone());
+        assert!(tail.new_usage_rows(&labels).is_empty());
+        assert_eq!(tail.next_seq, 2);
+        log.append(decision(2)).expect("append");
+        log.append(decision(3)).expect("append");
+        tail.new_usage_rows(&labels);
+        assert_eq!(
+            tail.next_seq, 4,
+            "the lines written over the NULs were read"
+        );
+        log.finish().expect("finish");
+        tail.new_usage_rows(&labels);
+        assert_eq!(tail.next_seq, 5);
     }
 }

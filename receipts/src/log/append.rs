@@ -1,19 +1,25 @@
 //! The handle every caller clones: it encodes a receipt on the caller's
-//! thread, then under the chain lock fills in seq and prev, signs, hashes and
-//! queues the line for the writer thread. Creating a log writes and waits for
-//! session_start; finishing it writes session_end.
+//! thread and queues it with its seq. Whichever submitter finds nobody
+//! signing becomes the signer: it fills in seq and prev, signs and hashes
+//! everything queued (its own receipt and those queued meanwhile), in order,
+//! and hands the lines to the writer thread. The others never wait for a
+//! lock held across a signature: they queue and go to wait for durability.
+//! Creating a log writes and waits for session_start; finishing it writes
+//! session_end.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
 use ed25519_dalek::SigningKey;
 
-use super::writer::{writer_loop, Queue, State};
+use super::file::PreallocatedFile;
+use super::writer::{writer_loop, HashSlot, Queue, State};
 use super::{
     io_err, lock, AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
     PendingReceipt, SessionStart,
@@ -37,7 +43,9 @@ impl std::fmt::Debug for ReceiptLog {
 
 struct Shared {
     /// The serial part: a receipt's prev is the hash of the line before it,
-    /// so filling in prev/seq, signing and hashing happen one at a time here.
+    /// so filling in prev/seq, signing and hashing happen one at a time.
+    /// Held only by the submitter whose turn it is to sign (`State::signing`),
+    /// so nobody ever waits for it.
     chain: Mutex<Chain>,
     queue: Arc<Queue>,
     key: SigningKey,
@@ -51,12 +59,14 @@ struct Shared {
 }
 
 struct Chain {
-    next_seq: u64,
+    /// Hash of the last signed line (the genesis value is written for seq 0).
     prev: [u8; 32],
-    ended: bool,
-    /// Reused buffers: the signing input and the signed line.
+    /// Reused buffers: the signing input, the signed line, the line with
+    /// its newline, and the taken queue.
     scratch: Vec<u8>,
     line: Vec<u8>,
+    signed: Vec<u8>,
+    taken: Vec<(Next, HashSlot)>,
 }
 
 impl ReceiptLog {
@@ -84,6 +94,7 @@ impl ReceiptLog {
             .open(path)
             .map_err(io_err(path))?;
         sync_parent_dir(path)?;
+        let file = PreallocatedFile::new(file, path, 0).map_err(io_err(path))?;
         Self::with_sink(file, key, start, options)
     }
 
@@ -125,20 +136,21 @@ impl ReceiptLog {
         .map_err(|e| OpenLogError::Key(e.to_string()))?;
         let queue = Arc::new(Queue {
             state: Mutex::new(State {
+                next_seq,
+                ended: false,
+                unsigned: Vec::new(),
+                signing: false,
                 buf: Vec::new(),
                 lens: VecDeque::new(),
                 buf_seq: next_seq,
-                durable: next_seq,
                 failed: None,
                 stopping: false,
                 writer_idle: false,
-                taken: 0,
-                blocked: [0; 2],
-                wakers: BTreeMap::new(),
+                waiting: BTreeMap::new(),
                 stats: CommitStats::default(),
             }),
             work: Condvar::new(),
-            done: [Condvar::new(), Condvar::new()],
+            durable: AtomicU64::new(next_seq),
         });
         let thread_queue = Arc::clone(&queue);
         let options = LogOptions {
@@ -152,11 +164,11 @@ impl ReceiptLog {
         Ok(ReceiptLog {
             shared: Arc::new(Shared {
                 chain: Mutex::new(Chain {
-                    next_seq,
                     prev,
-                    ended: false,
                     scratch: Vec::new(),
                     line: Vec::new(),
+                    signed: Vec::new(),
+                    taken: Vec::new(),
                 }),
                 queue,
                 key_id: format::key_id(&key.verifying_key()),
@@ -197,7 +209,7 @@ impl ReceiptLog {
             Entry::BudgetWarning(record) => (SystemTime::now(), Body::BudgetWarning(record)),
         };
         // Everything that does not depend on the chain is encoded here, on
-        // the caller's thread, before taking the chain lock.
+        // the caller's thread, before it is queued for signing.
         let prepared = self.prepare(ts, &body)?;
         self.submit_prepared(Next::Ready(prepared))
     }
@@ -226,33 +238,122 @@ impl ReceiptLog {
     }
 
     fn prepare(&self, ts: SystemTime, body: &Body) -> Result<Prepared, AppendError> {
-        let ts = format::format_time(ts);
-        Prepared::new(
-            format::version_of(body),
-            &self.shared.session,
-            &ts,
-            &self.shared.key_id,
-            body,
-        )
-        .map_err(|e| AppendError::Encode(e.to_string()))
+        prepare(&self.shared.session, &self.shared.key_id, ts, body)
     }
 
     fn submit_prepared(&self, next: Next) -> Result<PendingReceipt, AppendError> {
         let shared = &self.shared;
-        let mut chain = lock(&shared.chain);
-        let chain = &mut *chain;
-        // A poisoned log is refused below, under the queue lock, before
-        // anything is queued: no second lock of the queue per receipt here.
-        if chain.ended {
+        let queue = &shared.queue;
+        let mut state = lock(&queue.state);
+        if let Some(why) = &state.failed {
+            return Err(AppendError::Poisoned { why: why.1.clone() });
+        }
+        if state.ended || state.stopping {
             return Err(AppendError::Ended);
         }
-        let seq = chain.next_seq;
-        let end = matches!(next, Next::End(..));
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.ended = matches!(next, Next::End(..));
+        let hash: HashSlot = Arc::new(OnceLock::new());
+        state.unsigned.push((next, Arc::clone(&hash)));
+        let pending = PendingReceipt {
+            queue: Arc::clone(queue),
+            seq,
+            hash,
+            registered: false,
+        };
+        if !state.signing {
+            // Nobody is signing: this submitter signs everything queued
+            // until the queue is empty, then returns to wait like the rest.
+            state.signing = true;
+            self.sign_queued(state);
+        }
+        Ok(pending)
+    }
+
+    /// The signer's turn: takes the queue, signs it in order without the
+    /// queue lock, hands each line to the writer as soon as it is signed (an
+    /// idle writer starts on it at once instead of waiting for the turn to
+    /// end), and repeats until nothing is left, so no queued receipt is ever
+    /// left without a signer.
+    fn sign_queued<'a>(&'a self, mut state: MutexGuard<'a, State>) {
+        let shared = &self.shared;
+        let queue = &shared.queue;
+        let mut chain = lock(&shared.chain);
+        let chain = &mut *chain;
+        loop {
+            let first = state.next_seq - state.unsigned.len() as u64;
+            std::mem::swap(&mut state.unsigned, &mut chain.taken);
+            drop(state);
+            let mut failure = None;
+            let mut taken = std::mem::take(&mut chain.taken);
+            for (i, (next, slot)) in taken.drain(..).enumerate() {
+                let seq = first + i as u64;
+                chain.signed.clear();
+                match shared.sign_one(seq, next, chain) {
+                    Ok(hash) => {
+                        let _ = slot.set(hash);
+                        let mut state = lock(&queue.state);
+                        // After a failure the line is dropped: its waiter
+                        // gets the error.
+                        if state.failed.is_none() {
+                            if state.lens.is_empty() {
+                                state.buf_seq = seq;
+                            }
+                            state.buf.extend_from_slice(&chain.signed);
+                            state.lens.push_back((chain.signed.len(), Instant::now()));
+                            if state.writer_idle {
+                                state.writer_idle = false;
+                                queue.work.notify_one();
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Only session_end is encoded here; it is the last.
+                        failure = Some((seq, e.to_string()));
+                        break;
+                    }
+                }
+            }
+            taken.clear();
+            // Kept for its capacity: the next turn swaps it with the queue.
+            chain.taken = taken;
+            state = lock(&queue.state);
+            if let Some((seq, why)) = failure {
+                // Fail closed: what is not yet with the writer fails too.
+                let from = if state.lens.is_empty() {
+                    seq
+                } else {
+                    state.buf_seq
+                };
+                state.fail(from, why);
+                let waiting = std::mem::take(&mut state.waiting);
+                state.signing = false;
+                drop(state);
+                for w in waiting.into_values() {
+                    w.wake();
+                }
+                return;
+            }
+            if state.unsigned.is_empty() {
+                state.signing = false;
+                return;
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Fills in seq and prev, signs, hashes and appends one line (with its
+    /// newline) to `chain.signed`. Returns the line's hash.
+    fn sign_one(&self, seq: u64, next: Next, chain: &mut Chain) -> Result<[u8; 32], AppendError> {
         let prepared = match next {
             Next::Ready(p) => p,
             // session_end commits to its own seq and the last hash: only
             // known here.
-            Next::End(ts, interrupted) => self.prepare(
+            Next::End(ts, interrupted) => prepare(
+                &self.session,
+                &self.key_id,
                 ts,
                 &Body::SessionEnd {
                     count: seq + 1,
@@ -277,46 +378,35 @@ impl ReceiptLog {
             &prev_hex,
             |input| {
                 let mut sig = [0u8; 64];
-                sig.copy_from_slice(shared.signer.sign(input).as_ref());
+                sig.copy_from_slice(self.signer.sign(input).as_ref());
                 sig
             },
             &mut chain.scratch,
             &mut chain.line,
         );
         let hash = format::line_hash(&chain.line);
-        {
-            let mut state = lock(&shared.queue.state);
-            if let Some(why) = &state.failed {
-                return Err(AppendError::Poisoned { why: why.1.clone() });
-            }
-            if state.stopping {
-                return Err(AppendError::Ended);
-            }
-            if state.buf.is_empty() {
-                state.buf_seq = seq;
-            }
-            state.buf.extend_from_slice(&chain.line);
-            state.buf.push(b'\n');
-            state.lens.push_back((chain.line.len() + 1, Instant::now()));
-            if state.writer_idle {
-                state.writer_idle = false;
-                shared.queue.work.notify_one();
-            }
-        }
-        chain.next_seq = seq + 1;
         chain.prev = hash;
-        chain.ended = end;
-        Ok(PendingReceipt {
-            queue: Arc::clone(&shared.queue),
-            appended: Appended { seq, hash },
-            registered: false,
-        })
+        chain.signed.extend_from_slice(&chain.line);
+        chain.signed.push(b'\n');
+        Ok(hash)
     }
 }
 
-/// What to sign next: an encoded receipt, or session_end (encoded under the
-/// chain lock because it commits to the chain), interrupted or not.
-enum Next {
+/// Encodes everything of a receipt except prev, seq and sig.
+fn prepare(
+    session: &str,
+    key_id: &str,
+    ts: SystemTime,
+    body: &Body,
+) -> Result<Prepared, AppendError> {
+    let ts = format::format_time(ts);
+    Prepared::new(format::version_of(body), session, &ts, key_id, body)
+        .map_err(|e| AppendError::Encode(e.to_string()))
+}
+
+/// What to sign next: an encoded receipt, or session_end (encoded when it
+/// is signed, because it commits to the chain), interrupted or not.
+pub(super) enum Next {
     Ready(Prepared),
     End(SystemTime, Option<InterruptionCause>),
 }

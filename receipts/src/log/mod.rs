@@ -17,8 +17,11 @@ use crate::format::{ApprovalRecord, DecisionRecord};
 use crate::usage::{BudgetWarningRecord, UsageRecord};
 use crate::verify::ChainError;
 
-/// The handle: signs, chains and queues each receipt; creates a log.
+/// The handle: queues each receipt; one submitter at a time signs and
+/// chains what is queued; creates a log.
 mod append;
+/// The log file, zeroed ahead of the writes so a commit syncs data only.
+mod file;
 /// Acknowledgements: a queued receipt's wait (blocking or `.await`) until durable.
 mod pending;
 /// Reopening a log after a crash.
@@ -41,6 +44,12 @@ pub use stats::CommitStats;
 pub trait DurableSink: Send + 'static {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
     fn sync(&mut self) -> io::Result<()>;
+    /// Called once when the log stops cleanly, after its last sync (a log
+    /// file cuts its zeroed tail here). Errors are ignored: every line is
+    /// already durable.
+    fn close(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl DurableSink for File {

@@ -1,25 +1,25 @@
 //! Acknowledgements: a receipt's place in the chain is fixed when it is
 //! queued; its [`PendingReceipt`] resolves once the writer made it durable,
-//! or failed to.
+//! or failed to. The writer wakes only the waiters its sync covered.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::writer::{parity, Queue, State};
+use super::writer::{HashSlot, Queue, State, Wake};
 use super::{lock, AppendError, Appended};
 
 impl State {
-    pub(super) fn outcome(&self, appended: Appended) -> Option<Result<Appended, AppendError>> {
-        if appended.seq < self.durable {
-            return Some(Ok(appended));
-        }
+    /// The outcome of receipt `seq` if it has one. Durable is checked by
+    /// the caller first (an atomic, no lock needed).
+    fn failure(&self, seq: u64) -> Option<AppendError> {
         match &self.failed {
-            Some((from, why)) if appended.seq >= *from => Some(Err(AppendError::Write {
-                seq: appended.seq,
+            Some((from, why)) if seq >= *from => Some(AppendError::Write {
+                seq,
                 why: why.clone(),
-            })),
+            }),
             _ => None,
         }
     }
@@ -29,7 +29,9 @@ impl State {
 /// (blocking) or `.await` it (it is a plain `Future`, runtime-agnostic).
 pub struct PendingReceipt {
     pub(super) queue: Arc<Queue>,
-    pub(super) appended: Appended,
+    pub(super) seq: u64,
+    /// Filled in when the receipt is signed, before it can be durable.
+    pub(super) hash: HashSlot,
     /// Whether a waker for this receipt may be registered in the queue.
     pub(super) registered: bool,
 }
@@ -37,29 +39,42 @@ pub struct PendingReceipt {
 impl PendingReceipt {
     /// The receipt's seq, fixed when it was queued.
     pub fn seq(&self) -> u64 {
-        self.appended.seq
+        self.seq
+    }
+
+    fn durable(&self) -> Option<Appended> {
+        if self.queue.durable.load(Ordering::Acquire) > self.seq {
+            let hash = *self
+                .hash
+                .get()
+                .expect("a receipt is signed before it is durable");
+            return Some(Appended {
+                seq: self.seq,
+                hash,
+            });
+        }
+        None
     }
 
     pub fn wait(self) -> Result<Appended, AppendError> {
-        let mut s = lock(&self.queue.state);
         loop {
-            if let Some(r) = s.outcome(self.appended) {
-                return r;
+            if let Some(a) = self.durable() {
+                return Ok(a);
             }
-            // Taken but not durable: in the batch in flight. Not taken yet:
-            // in the next one (or, if max_batch cuts it short, a later one;
-            // the next batch's end then wakes this thread to look again).
-            let batch = if self.appended.seq < s.buf_seq {
-                s.taken
-            } else {
-                s.taken + 1
-            };
-            let p = parity(batch);
-            s.blocked[p] += 1;
-            s = self.queue.done[p]
-                .wait(s)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            s.blocked[p] -= 1;
+            let mut s = lock(&self.queue.state);
+            // Checked again under the lock: the writer publishes the mark
+            // and takes the waiters under it, so none is missed.
+            if let Some(a) = self.durable() {
+                return Ok(a);
+            }
+            if let Some(e) = s.failure(self.seq) {
+                return Err(e);
+            }
+            s.waiting
+                .insert(self.seq, Wake::Thread(std::thread::current()));
+            drop(s);
+            // A stale unpark may end this early: the loop looks again.
+            std::thread::park();
         }
     }
 }
@@ -68,16 +83,24 @@ impl Future for PendingReceipt {
     type Output = Result<Appended, AppendError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut s = lock(&this.queue.state);
-        match s.outcome(this.appended) {
-            Some(r) => Poll::Ready(r),
-            None => {
-                s.wakers.insert(this.appended.seq, cx.waker().clone());
-                drop(s);
-                this.registered = true;
-                Poll::Pending
-            }
+        // Once resolved, the writer has already taken any waker of ours.
+        if let Some(a) = this.durable() {
+            this.registered = false;
+            return Poll::Ready(Ok(a));
         }
+        let mut s = lock(&this.queue.state);
+        if let Some(a) = this.durable() {
+            this.registered = false;
+            return Poll::Ready(Ok(a));
+        }
+        if let Some(e) = s.failure(this.seq) {
+            this.registered = false;
+            return Poll::Ready(Err(e));
+        }
+        s.waiting.insert(this.seq, Wake::Task(cx.waker().clone()));
+        drop(s);
+        this.registered = true;
+        Poll::Pending
     }
 }
 
@@ -85,11 +108,10 @@ impl Drop for PendingReceipt {
     fn drop(&mut self) {
         // A future dropped before completion leaves no waker behind.
         if self.registered {
-            lock(&self.queue.state).wakers.remove(&self.appended.seq);
+            lock(&self.queue.state).waiting.remove(&self.seq);
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

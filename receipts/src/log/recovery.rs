@@ -1,21 +1,24 @@
 //! Reopening a log after a crash: verify every complete line with the key,
-//! cut a torn last line (never acknowledged), and continue the chain.
+//! cut a torn last line and the unwritten (NUL) tail of the preallocated
+//! file (never acknowledged), and continue the chain.
 
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 
+use super::file::PreallocatedFile;
 use super::{io_err, LogOptions, OpenLogError, ReceiptLog};
-use crate::verify::LineVerifier;
+use crate::verify::{written_part, LineVerifier};
 
 /// What reopening found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recovered {
     /// Complete receipts kept.
     pub receipts: u64,
-    /// Bytes of a torn last line that were cut off.
+    /// Bytes of torn, never-acknowledged writes that were cut off (the NUL
+    /// tail of the preallocated file, never written, is not counted).
     pub truncated_bytes: u64,
 }
 
@@ -24,6 +27,12 @@ impl ReceiptLog {
     /// last line (never acknowledged: acknowledgements follow fdatasync of
     /// whole lines), and continues it. A complete line that does not verify
     /// is an error, not something to cut.
+    ///
+    /// The file is preallocated, so a crash leaves NULs where nothing was
+    /// written yet. Every acknowledged line, and every byte before it, was
+    /// on disk, so the first NUL is past all of them: from there on nothing
+    /// is kept, whatever pages of a batch in flight reached the disk after
+    /// it. (A line never holds a NUL: canonical JSON escapes it.)
     pub fn open_existing(
         path: &Path,
         key: SigningKey,
@@ -36,8 +45,12 @@ impl ReceiptLog {
             .map_err(io_err(path))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io_err(path))?;
-        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let truncated_bytes = (bytes.len() - complete) as u64;
+        let written = written_part(&bytes);
+        let complete = written
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let truncated_bytes = bytes[complete..].iter().filter(|&&b| b != 0).count() as u64;
         let mut verifier = LineVerifier::new(key.verifying_key());
         let mut session = None;
         let lines = match complete {
@@ -56,17 +69,26 @@ impl ReceiptLog {
                 path: path.to_owned(),
             });
         };
+        let cut = |file: &std::fs::File| {
+            file.set_len(complete as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err(path))
+        };
         if verifier.ended() {
+            // A crash between session_end and the close that cuts the
+            // zeroed tail leaves NULs after the end: only those are cut.
+            if truncated_bytes == 0 && complete < bytes.len() {
+                cut(&file)?;
+            }
             return Err(OpenLogError::Ended {
                 path: path.to_owned(),
             });
         }
-        if truncated_bytes > 0 {
-            file.set_len(complete as u64).map_err(io_err(path))?;
-            file.sync_data().map_err(io_err(path))?;
+        if complete < bytes.len() {
+            cut(&file)?;
         }
-        file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
         let receipts = verifier.lines() as u64;
+        let file = PreallocatedFile::new(file, path, complete as u64).map_err(io_err(path))?;
         let log = Self::spawn(file, key, session, receipts, verifier.last_hash(), options)?;
         Ok((
             log,

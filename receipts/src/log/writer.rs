@@ -1,49 +1,94 @@
-//! The writer thread: takes every queued line (up to `max_batch`), optionally
-//! gathers a little longer, commits them with one write + fdatasync, then
-//! wakes whoever waits. A failed write or sync poisons the queue: everything
+//! The writer thread: takes every signed line queued (up to `max_batch`),
+//! optionally gathers a little longer, commits them with one write +
+//! fdatasync, publishes the new durable mark and wakes exactly the waiters
+//! that mark covers. A failed write or sync poisons the queue: everything
 //! from the failed batch on fails, and nothing more is accepted.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::Waker;
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use super::append::Next;
 use super::stats::Cycle;
 use super::{lock, CommitStats, DurableSink, LogOptions};
 
-/// Lines waiting for the writer, and what is durable. Lock order: chain, then queue.
+/// Receipts on their way to disk, and what is durable. The chain lock is
+/// only ever taken by the one submitter whose turn it is to sign (under
+/// `state`, or while holding it), so the two never wait on each other.
 pub(super) struct Queue {
     pub(super) state: Mutex<State>,
     /// Signalled when there is work for an idle writer or it should stop.
     pub(super) work: Condvar,
-    /// Broadcast once per committed batch, on the condvar of the batch's
-    /// parity: only the threads waiting for that batch wake (at most one
-    /// batch is in flight, so a waiter's batch is the one in flight or the
-    /// next one taken). After a failure both are broadcast.
-    pub(super) done: [Condvar; 2],
+    /// Every receipt with a seq below this is on disk. Read without the
+    /// lock by waiters, so a woken waiter does not queue on `state` again.
+    pub(super) durable: AtomicU64,
+}
+
+/// Where a signed receipt's line hash is left for its waiter: the receipt
+/// may be signed by another submitter's thread (see `append`).
+pub(super) type HashSlot = Arc<OnceLock<[u8; 32]>>;
+
+/// Who to wake when a receipt is durable (or failed).
+pub(super) enum Wake {
+    /// A future: its task's waker.
+    Task(Waker),
+    /// A thread blocked in [`PendingReceipt::wait`](super::PendingReceipt::wait).
+    Thread(Thread),
+}
+
+impl Wake {
+    pub(super) fn wake(self) {
+        match self {
+            Wake::Task(w) => w.wake(),
+            Wake::Thread(t) => t.unpark(),
+        }
+    }
 }
 
 pub(super) struct State {
+    /// Seq the next submitted receipt gets.
+    pub(super) next_seq: u64,
+    /// session_end is queued: nothing more is accepted.
+    pub(super) ended: bool,
+    /// Submitted receipts not yet signed, in seq order, with where their
+    /// hash goes.
+    pub(super) unsigned: Vec<(Next, HashSlot)>,
+    /// Whether a submitter is signing queued receipts; the others only
+    /// queue theirs and go to wait.
+    pub(super) signing: bool,
     /// Signed lines (with newlines) not yet taken by the writer.
     pub(super) buf: Vec<u8>,
     /// Length of each line in `buf` and when it was queued, oldest first.
     pub(super) lens: VecDeque<(usize, Instant)>,
     /// Seq of the first line in `buf`.
     pub(super) buf_seq: u64,
-    /// Every receipt with seq below this is on disk.
-    pub(super) durable: u64,
-    /// Set once a write or sync failed: receipts from this seq on are not
-    /// durable, and nothing more is accepted.
+    /// Set once a write, sync or encoding failed: receipts from this seq on
+    /// are not durable, and nothing more is accepted.
     pub(super) failed: Option<(u64, String)>,
     pub(super) stopping: bool,
     pub(super) writer_idle: bool,
-    /// Batches taken so far: the last one taken is numbered `taken`.
-    pub(super) taken: u64,
-    /// Threads blocked in [`PendingReceipt::wait`], by their batch's parity.
-    pub(super) blocked: [usize; 2],
-    /// Futures waiting for their seq.
-    pub(super) wakers: BTreeMap<u64, Waker>,
+    /// Waiters by seq (one receipt, one waiter).
+    pub(super) waiting: BTreeMap<u64, Wake>,
     pub(super) stats: CommitStats,
+}
+
+impl State {
+    /// Marks the log failed from `seq` on: unsigned and unwritten receipts
+    /// are dropped (their waiters get the error).
+    pub(super) fn fail(&mut self, seq: u64, why: String) {
+        // Everything queued from `seq` on is dropped here; a batch still in
+        // flight may fail after a later receipt did: the earliest counts.
+        match &mut self.failed {
+            Some((from, _)) => *from = (*from).min(seq),
+            None => self.failed = Some((seq, why)),
+        }
+        self.unsigned.clear();
+        self.buf.clear();
+        self.lens.clear();
+    }
 }
 
 pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: LogOptions) {
@@ -56,7 +101,7 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
         buf.clear();
         queued.clear();
         let mut gathered = Duration::ZERO;
-        let (first, next, taken, batch) = {
+        let (first, next, taken) = {
             let mut state = lock(&queue.state);
             while state.lens.is_empty() && !state.stopping {
                 state.writer_idle = true;
@@ -67,6 +112,15 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
             }
             state.writer_idle = false;
             if state.lens.is_empty() {
+                // Stopping with nothing left: a clean end (after a failure
+                // the file is left as it is).
+                let clean = state.failed.is_none();
+                drop(state);
+                if clean {
+                    // Best effort: a file keeps a NUL tail if this fails,
+                    // which readers take as the unwritten end.
+                    let _ = sink.close();
+                }
                 return;
             }
             let gather = options.gather.min(last_sync);
@@ -78,6 +132,10 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
                 std::thread::sleep(gather);
                 gathered = started.elapsed();
                 state = lock(&queue.state);
+                if state.lens.is_empty() {
+                    // Failed meanwhile (a session_end that did not encode).
+                    continue;
+                }
             }
             let first = state.buf_seq;
             let n = state.lens.len().min(options.max_batch);
@@ -96,10 +154,9 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
                 state.buf.drain(..bytes);
             }
             state.buf_seq = first + n as u64;
-            state.taken += 1;
             // Under the lock: every receipt queued before this instant is
             // in this batch or an earlier one.
-            (first, first + n as u64, Instant::now(), state.taken)
+            (first, first + n as u64, Instant::now())
         };
         let syncing = Instant::now();
         let result = sink.write_all(&buf).and_then(|()| sink.sync());
@@ -109,35 +166,22 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
             gather: gathered,
             sync: last_sync,
         };
-        let wake: Vec<Waker> = {
+        let wake: Vec<Wake> = {
             let mut state = lock(&queue.state);
             state
                 .stats
                 .record(&queued, durable_at, cycle, previous_taken);
             match result {
-                Ok(()) => state.durable = next,
-                Err(e) => {
-                    // Poison: no new receipt is chained onto lines that may
-                    // not exist on disk, and everything from `first` on fails.
-                    state.failed = Some((first, e.to_string()));
-                    state.buf.clear();
-                    state.lens.clear();
-                }
-            }
-            if state.failed.is_some() {
-                for (done, &blocked) in queue.done.iter().zip(&state.blocked) {
-                    if blocked > 0 {
-                        done.notify_all();
-                    }
-                }
-            } else if state.blocked[parity(batch)] > 0 {
-                queue.done[parity(batch)].notify_all();
+                Ok(()) => queue.durable.store(next, Ordering::Release),
+                // Poison: no new receipt is chained onto lines that may not
+                // exist on disk, and everything from `first` on fails.
+                Err(e) => state.fail(first, e.to_string()),
             }
             let keep = match state.failed {
                 Some(_) => BTreeMap::new(),
-                None => state.wakers.split_off(&next),
+                None => state.waiting.split_off(&next),
             };
-            std::mem::replace(&mut state.wakers, keep)
+            std::mem::replace(&mut state.waiting, keep)
                 .into_values()
                 .collect()
         };
@@ -147,12 +191,6 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
         }
     }
 }
-
-/// Which of the two `done` condvars batch number `batch` signals.
-pub(super) fn parity(batch: u64) -> usize {
-    (batch % 2) as usize
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
