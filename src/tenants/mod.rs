@@ -14,6 +14,8 @@ mod pg_day_quota;
 mod postgres;
 /// Per-tenant quotas: the values the admin sets.
 mod quota;
+/// Which store keeps the day quotas (control.db or PostgreSQL).
+mod quota_db;
 /// Create, list, rotate, delete, authenticate; each change audited.
 mod registry;
 /// A tenant's directory and the joins that cannot leave it.
@@ -27,8 +29,9 @@ mod store;
 /// Token shapes, hashing and constant-time comparison.
 mod token;
 
-pub use day_quota::{QuotaDb, SessionDayQuota, QUOTA_DB_ENV};
+pub use day_quota::SessionDayQuota;
 pub use name::TenantName;
+pub use quota_db::{QuotaDb, QUOTA_DB_ENV};
 // `self::`: the module shares its name with the `postgres` crate.
 pub(crate) use self::postgres::db as postgres_error;
 pub use self::postgres::{DatabaseUrl, PgStore};

@@ -253,7 +253,7 @@ impl SessionDayQuota for PgDayQuota {
 
 #[cfg(test)]
 mod tests {
-    use super::super::day_quota::{conformance, QuotaDb};
+    use super::super::quota_db::{conformance, QuotaDb};
     use super::*;
     use test_requirements::{require, Requirement};
     use test_support::PostgresServer;

@@ -18,7 +18,8 @@ use enforce::{Event, EventKind};
 use receipts::Body;
 use tokio::sync::broadcast;
 
-use super::ledger::{LedgerDb, UsageLedger, UsageRow};
+use super::ledger::{UsageLedger, UsageRow};
+use super::ledger_db::LedgerDb;
 
 /// How often a usage receipt not yet on disk is looked for again (the
 /// receipt log's group commit writes it within milliseconds).

@@ -4,6 +4,8 @@
 
 /// The SQLite ledger (the `usage-ledger` crate) with anyhow errors.
 pub mod ledger;
+/// Which store keeps the ledger (SQLite file or PostgreSQL).
+pub mod ledger_db;
 /// Ledger rows while a session runs, from its usage events.
 pub mod live;
 /// The ledger in the control plane's PostgreSQL database.
@@ -13,7 +15,7 @@ pub mod rebuild;
 /// Sums over periods and keys; table, CSV and JSON.
 pub mod report;
 
-pub use ledger::{LedgerDb, LedgerReader};
+pub use ledger_db::{LedgerDb, LedgerReader};
 pub use rebuild::{ledger_path, rebuild_into, record_session, ChainSource};
 
 /// Micro-USD as an exact decimal dollar amount: `18375` → `0.018375`.

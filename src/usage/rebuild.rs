@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
 use receipts::{Body, UnverifiedChain, VerifiedChain};
 
-use super::ledger::{Ledger, LedgerDb, UsageLedger, UsageRow, LEDGER_FILE};
+use super::ledger::{Ledger, UsageLedger, UsageRow, LEDGER_FILE};
+use super::ledger_db::LedgerDb;
 use super::pg_ledger::PgLedger;
 use crate::bundle;
 // A session whose chain names no tenant (from before labels) is `local`'s,

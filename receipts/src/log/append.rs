@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 use ed25519_dalek::SigningKey;
 
 use super::file::PreallocatedFile;
-use super::writer::{writer_loop, HashSlot, Queue, State};
+use super::writer::{writer_loop, HashSlot, Next, Queue, State};
 use super::{
     io_err, lock, AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
     PendingReceipt, SessionStart,
@@ -402,13 +402,6 @@ fn prepare(
     let ts = format::format_time(ts);
     Prepared::new(format::version_of(body), session, &ts, key_id, body)
         .map_err(|e| AppendError::Encode(e.to_string()))
-}
-
-/// What to sign next: an encoded receipt, or session_end (encoded when it
-/// is signed, because it commits to the chain), interrupted or not.
-pub(super) enum Next {
-    Ready(Prepared),
-    End(SystemTime, Option<InterruptionCause>),
 }
 
 impl Shared {

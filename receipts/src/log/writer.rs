@@ -9,11 +9,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::Waker;
 use std::thread::Thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::append::Next;
 use super::stats::Cycle;
 use super::{lock, CommitStats, DurableSink, LogOptions};
+use crate::format::{InterruptionCause, Prepared};
+
+/// What to sign next: an encoded receipt, or session_end (encoded when it
+/// is signed, because it commits to the chain), interrupted or not.
+pub(super) enum Next {
+    Ready(Prepared),
+    End(SystemTime, Option<InterruptionCause>),
+}
 
 /// Receipts on their way to disk, and what is durable. The chain lock is
 /// only ever taken by the one submitter whose turn it is to sign (under
