@@ -49,6 +49,31 @@ pub struct Action {
     pub cost_micro_usd: Option<u64>,
 }
 
+impl Action {
+    /// A plain request: `kind`, method, host and path, none of the payment,
+    /// mail, credential or cost details.
+    pub fn request(
+        kind: ActionType,
+        method: impl Into<String>,
+        host: impl Into<String>,
+        path: impl Into<String>,
+    ) -> Action {
+        Action {
+            kind,
+            method: method.into(),
+            host: host.into(),
+            path: path.into(),
+            amount_cents: None,
+            currency: None,
+            merchant: None,
+            recipients: Vec::new(),
+            subject: None,
+            credential: None,
+            cost_micro_usd: None,
+        }
+    }
+}
+
 fn root_path() -> String {
     "/".to_owned()
 }

@@ -388,17 +388,10 @@ pub(crate) fn path_only(path_and_query: &str) -> String {
 
 /// A plain web action for requests that could not be classified.
 pub(crate) fn fallback_action(method: &str, host: &str, path: &str) -> Action {
-    Action {
-        kind: ActionType::Web,
-        method: method.to_ascii_uppercase(),
-        host: host.to_owned(),
-        path: path.to_owned(),
-        amount_cents: None,
-        currency: None,
-        merchant: None,
-        recipients: Vec::new(),
-        subject: None,
-        credential: None,
-        cost_micro_usd: None,
-    }
+    Action::request(
+        ActionType::Web,
+        method.to_ascii_uppercase(),
+        host.to_owned(),
+        path.to_owned(),
+    )
 }

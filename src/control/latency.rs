@@ -129,19 +129,8 @@ mod tests {
     use std::time::Duration;
 
     fn event(kind: EventKind, conn: u64, request: u64) -> Event {
-        let action = capabilities::Action {
-            kind: capabilities::ActionType::Web,
-            method: "GET".into(),
-            host: "example.com".into(),
-            path: "/".into(),
-            amount_cents: None,
-            currency: None,
-            merchant: None,
-            recipients: Vec::new(),
-            subject: None,
-            credential: None,
-            cost_micro_usd: None,
-        };
+        let action =
+            capabilities::Action::request(capabilities::ActionType::Web, "GET", "example.com", "/");
         Event::about(kind, request, conn, &action)
     }
 

@@ -40,19 +40,12 @@ pub fn verify(token: &str) -> Capability {
 }
 
 pub fn web(method: &str, host: &str, path: &str) -> Action {
-    Action {
-        kind: ActionType::Web,
-        method: method.to_owned(),
-        host: host.to_owned(),
-        path: path.to_owned(),
-        amount_cents: None,
-        currency: None,
-        merchant: None,
-        recipients: Vec::new(),
-        subject: None,
-        credential: None,
-        cost_micro_usd: None,
-    }
+    Action::request(
+        ActionType::Web,
+        method.to_owned(),
+        host.to_owned(),
+        path.to_owned(),
+    )
 }
 
 pub fn payment(host: &str, cents: u64, currency: &str) -> Action {
