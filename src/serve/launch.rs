@@ -33,6 +33,9 @@ use crate::usage::LedgerDb;
 /// How `openclaw run` may be told its ledger (`run --ledger-db`).
 const LEDGER_DB_ENV: &str = "OPENCLAW_LEDGER_DB";
 
+/// How often a start looks for its session's ready bundle.
+const START_POLL: Duration = Duration::from_millis(10);
+
 /// Longest wait for a started session's sandbox (a KVM session may build
 /// its guest image first).
 const START_LIMIT: Duration = Duration::from_secs(300);
@@ -690,7 +693,9 @@ impl Launcher {
                 let _ = child.wait();
                 bail!("openclaw run did not start a session in {START_LIMIT:?}");
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Short: the wait is the create's answer time (one readdir and
+            // a small file read per look).
+            std::thread::sleep(START_POLL);
         }
     }
 
