@@ -4,6 +4,19 @@
 
 use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
+/// Where `scripts/bootstrap` installs mitmproxy (its own venv).
+const BOOTSTRAP_MITMDUMP: &str = "/usr/local/lib/openclaw/mitmproxy-venv/bin/mitmdump";
+
+/// The bootstrap's pinned `mitmdump` when it is there, else whichever one
+/// is on PATH.
+fn mitmdump_program() -> &'static str {
+    if Path::new(BOOTSTRAP_MITMDUMP).exists() {
+        BOOTSTRAP_MITMDUMP
+    } else {
+        "mitmdump"
+    }
+}
+
 /// A running `mitmdump`; killed when dropped.
 pub struct Mitmdump {
     child: tokio::process::Child,
@@ -23,7 +36,7 @@ impl Mitmdump {
             .local_addr()
             .ok()?
             .port();
-        let child = tokio::process::Command::new("mitmdump")
+        let child = tokio::process::Command::new(mitmdump_program())
             .args(["--mode", &format!("reverse:https://{upstream}")])
             .args(["--listen-host", "127.0.0.1"])
             .args(["--listen-port", &port.to_string()])
