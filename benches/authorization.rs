@@ -37,19 +37,7 @@ fn seed_token() -> Capability {
 }
 
 fn action(kind: ActionType, method: &str, host: &str, path: &str) -> Action {
-    Action {
-        kind,
-        method: method.into(),
-        host: host.into(),
-        path: path.into(),
-        amount_cents: None,
-        currency: None,
-        merchant: None,
-        recipients: Vec::new(),
-        subject: None,
-        credential: None,
-        cost_micro_usd: None,
-    }
+    Action::request(kind, method, host, path)
 }
 
 fn cases() -> Vec<(&'static str, Action)> {
