@@ -1126,20 +1126,24 @@ fn put_tenant_settings(
         req,
         "{\"backend\"?, \"approve\"?, \"approval_timeout\"?, \"image\"?} (null: openclaw's default)",
     )?;
+    // Every outcome is one `settings.set` line about the tenant.
+    let audit = |outcome, detail: &str| {
+        audit_session(
+            state,
+            req,
+            tenant,
+            "settings.set",
+            tenant.as_str(),
+            request_id,
+            outcome,
+            Some(detail),
+        )
+    };
     let keys = match settings::tenant_keys_from_json(&body) {
         Ok(keys) => keys,
         Err((field, why)) => {
             if settings::ADMIN_KEYS.contains(&field) {
-                audit_session(
-                    state,
-                    req,
-                    tenant,
-                    "settings.set",
-                    tenant.as_str(),
-                    request_id,
-                    Outcome::Refused,
-                    Some(&format!("admin-only key: {field}")),
-                )?;
+                audit(Outcome::Refused, &format!("admin-only key: {field}"))?;
             }
             return Err(ApiError::invalid(field, why));
         }
@@ -1156,29 +1160,11 @@ fn put_tenant_settings(
     let detail = settings_detail("tenant", &next.to_json()["tenant"]);
     match written {
         Ok(now) => {
-            audit_session(
-                state,
-                req,
-                tenant,
-                "settings.set",
-                tenant.as_str(),
-                request_id,
-                Outcome::Ok,
-                Some(&detail),
-            )?;
+            audit(Outcome::Ok, &detail)?;
             Ok(json(StatusCode::OK, &now.to_json()))
         }
         Err(e) => {
-            audit_session(
-                state,
-                req,
-                tenant,
-                "settings.set",
-                tenant.as_str(),
-                request_id,
-                Outcome::Failed,
-                Some("the settings could not be written"),
-            )?;
+            audit(Outcome::Failed, "the settings could not be written")?;
             Err(ApiError::internal(request_id, &e))
         }
     }
@@ -1205,31 +1191,26 @@ fn put_admin_settings(
         ..Settings::default()
     };
     let detail = settings_detail("admin", &shown.to_json()["admin"]);
+    let audit = |outcome, detail: String| {
+        audit_admin_change(
+            state,
+            "settings.set",
+            name.as_str(),
+            Some(name),
+            request_id,
+            outcome,
+            detail,
+        )
+    };
     match Settings::replace_admin(root, keys) {
         Ok(now) => {
-            audit_admin_change(
-                state,
-                "settings.set",
-                name.as_str(),
-                Some(name),
-                request_id,
-                Outcome::Ok,
-                detail,
-            )?;
+            audit(Outcome::Ok, detail)?;
             let mut body = now.to_json();
             body["name"] = json!(name);
             Ok(json(StatusCode::OK, &body))
         }
         Err(e) => {
-            audit_admin_change(
-                state,
-                "settings.set",
-                name.as_str(),
-                Some(name),
-                request_id,
-                Outcome::Failed,
-                "the settings could not be written".into(),
-            )?;
+            audit(Outcome::Failed, "the settings could not be written".into())?;
             Err(ApiError::internal(request_id, &e))
         }
     }
