@@ -18,33 +18,12 @@ use test_requirements::{require, Requirement, SDK_VENV};
 use test_support::llm::{CHAT_USAGE, MESSAGES_USAGE, REPLY_TEXT};
 
 mod support;
+use support::llm_provider::{CHAT_COST, MESSAGES_COST, RATES};
 use support::{openclaw, text};
 
 /// The real keys: only the upstream may see them.
 const OPENAI_KEY: &str = "sk-sdk-test-real-openai-7c41";
 const ANTHROPIC_KEY: &str = "sk-ant-sdk-test-real-93d2";
-
-/// The operator's prices for the two test models (USD per million tokens).
-/// Chat: 100 uncached·1 + 20 cached·0.5 + 30 out·4 = 230 micro-USD.
-/// Messages: 40 in·3 + 8 cache-read·0.3 + 5 cache-write·3.75 + 25 out·15 =
-/// 516.15, rounded up once: 517 micro-USD.
-const RATES: &str = r#"
-[[model]]
-name = "gpt-4o-mini"
-input = "1"
-cached_input = "0.5"
-output = "4"
-
-[[model]]
-name = "claude-sonnet-4-5"
-input = "3"
-cached_input = "0.3"
-cache_write_5m = "3.75"
-cache_write_1h = "3.75"
-output = "15"
-"#;
-const CHAT_COST: u64 = 230;
-const MESSAGES_COST: u64 = 517;
 
 /// A provider as the session sees it: its host, the grant and the secret.
 struct Provider {

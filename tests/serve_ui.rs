@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 mod support;
 
 use support::approval_receipts;
+use support::raw_http::{exchange, Reply};
 use support::serve::{
     call, cli, mint_for_tenant, start, wait_ended, write_session, Daemon, HOLDS, POLICY,
     POLICY_HELD,
@@ -30,25 +31,6 @@ const A_ID: &str = "20261204-120000-aaaaaa";
 const B_ID: &str = "20261204-120000-bbbbbb";
 
 /// One answer: status, raw head, body text.
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
-    }
-}
-
 /// One request on a fresh connection; `extra` are whole header lines.
 fn http(
     addr: &str,
@@ -57,10 +39,6 @@ fn http(
     extra: &[String],
     body: Option<(&str, &str)>,
 ) -> Reply {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for line in extra {
         request.push_str(line);
@@ -74,21 +52,7 @@ fn http(
     } else {
         request.push_str("\r\n");
     }
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    Reply {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
+    exchange(addr, &request, Duration::from_secs(60))
 }
 
 /// A browser of one login: its cookie and the CSRF token its pages carry.

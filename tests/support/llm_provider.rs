@@ -26,8 +26,12 @@ cache_write_1h = "3.75"
 output = "15"
 "#;
 
-/// What one Chat Completions call of the mock provider costs at [`RATES`].
+/// What one Chat Completions call of the mock provider costs at [`RATES`]:
+/// 100 uncached·1 + 20 cached·0.5 + 30 out·4 = 230 micro-USD.
 pub const CHAT_COST: u64 = 230;
+/// And one Messages call: 40 in·3 + 8 cache-read·0.3 + 5 cache-write·3.75 +
+/// 25 out·15 = 516.15, rounded up once: 517 micro-USD.
+pub const MESSAGES_COST: u64 = 517;
 
 /// A policy whose token may call both providers (with a session budget far
 /// above any test quota).

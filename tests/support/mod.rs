@@ -13,6 +13,8 @@ use serde_json::Value;
 
 /// A local HTTPS LLM provider, its prices, and reading calls back.
 pub mod llm_provider;
+/// A hand-written HTTP/1.1 exchange (every request byte the test's).
+pub mod raw_http;
 /// `openclaw serve` driven over HTTP with curl.
 pub mod serve;
 
