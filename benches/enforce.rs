@@ -463,13 +463,14 @@ async fn run() {
     let c = gate.receipts().commit_stats();
     if c.batches > 0 {
         println!(
-            "group commit: {} receipts in {} batches (mean {:.1} per write + fdatasync); \
+            "group commit: {} receipts in {} batches (mean {:.1} per write + fdatasync, {} signatures); \
              write + fdatasync p50 ≤ {:.0} µs, p99 ≤ {:.0} µs, mean {:.0} µs; \
              queued → durable p50 ≤ {:.0} µs, p99 ≤ {:.0} µs; \
              receipts that missed the batch after them: {}; gathering mean {:.0} µs",
             c.receipts,
             c.batches,
             c.receipts as f64 / c.batches as f64,
+            c.signed,
             us(c.sync_quantile(0.5)),
             us(c.sync_quantile(0.99)),
             us(c.sync_total) / c.batches as f64,

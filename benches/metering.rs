@@ -178,22 +178,89 @@ fn main() {
         return;
     }
 
-    // Settlement: one usage receipt per call.
-    let log = ReceiptLog::with_sink(
-        Memory::default(),
-        SigningKey::from_bytes(&[0x42; 32]),
-        SessionStart {
-            session_id: "bench".into(),
-            revocation_ids: vec!["a1b2c3".into()],
-            sandbox: "netns".into(),
-            capability_sha256: None,
-            tenant: None,
-            user: None,
-        },
-        LogOptions::default(),
-    )
-    .expect("log");
-    let record = UsageRecord {
+    // Settlement: what a call's receipts cost with and without metering.
+    // Every call has its decision receipt (the request waits for it to be
+    // durable); a metered call adds a usage receipt after its response.
+    // Process CPU (every thread: the writer's share counts), an in-memory
+    // sink so the disk is not measured.
+    let record = usage_record();
+    let receipt_rounds = [
+        ("decision only (unmetered call)", Settle::None),
+        ("decision + usage, deferred", Settle::Deferred),
+        ("decision + usage, submit", Settle::Submit),
+    ];
+    // Rounds interleaved and medians taken: one call's receipts cost tens
+    // of µs of thread hand-offs, whose drift would swamp a few µs.
+    const ROUNDS_PER_WAY: usize = 7;
+    let mut samples: [Vec<(f64, f64)>; 3] = Default::default();
+    let mut last_stats: [Option<receipts::CommitStats>; 3] = Default::default();
+    for round in 0..ROUNDS_PER_WAY * 3 {
+        let way = (round + round / 3) % 3;
+        let (wall, cpu, stats) = receipts_per_call(receipt_rounds[way].1, &record);
+        samples[way].push((wall, cpu));
+        last_stats[way] = Some(stats);
+    }
+    let mut settled = [0f64; 3];
+    println!(
+        "receipts per call, {CALLS} calls, median of {ROUNDS_PER_WAY} interleaved rounds; µs/call, wall and CPU (whole process):"
+    );
+    for (way, (name, _)) in receipt_rounds.iter().enumerate() {
+        let median = |f: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = samples[way].iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (wall, cpu) = (median(|s| s.0), median(|s| s.1));
+        settled[way] = cpu;
+        let stats = last_stats[way].as_ref().expect("measured");
+        println!(
+            "  {name:<34} {wall:>8.2} wall {cpu:>8.2} CPU  ({} receipts, {} signatures, {} writes)",
+            stats.receipts, stats.signed, stats.batches
+        );
+    }
+    println!(
+        "  CPU the usage receipt adds: {:.2} µs/call deferred (the proxy's way), {:.2} submitted",
+        settled[1] - settled[0],
+        settled[2] - settled[0],
+    );
+    println!(
+        "  metering in all (read, usage chunk kept, + usage receipt deferred): {:.2} µs/call",
+        kept.1 - unmetered.1 + settled[1] - settled[0]
+    );
+
+    let [plain, after, before] = first_byte(&chunks[0]);
+    println!("first byte to the client over loopback TCP, median of {ROUNDS} rounds each:");
+    println!(
+        "  unmetered                       {:>8.2} µs",
+        micros(plain)
+    );
+    println!(
+        "  metered, read after the forward {:>8.2} µs (the proxy's order)",
+        micros(after)
+    );
+    println!(
+        "  metered, read before it         {:>8.2} µs (the order until session 9)",
+        micros(before)
+    );
+}
+
+const ROUNDS: usize = 2_000;
+
+/// How a call's usage receipt is written.
+#[derive(Clone, Copy)]
+enum Settle {
+    /// Not at all: an unmetered call.
+    None,
+    /// `submit_deferred`, as the proxy settles a call: covered by the next
+    /// call's decision signature and written with it.
+    Deferred,
+    /// `submit`: it wakes the writer, which signs it alone unless the next
+    /// decision is chained before the writer takes it.
+    Submit,
+}
+
+fn usage_record() -> UsageRecord {
+    UsageRecord {
         decision_seq: 1,
         provider: "api.openai.com".into(),
         api: "openai.chat".into(),
@@ -218,35 +285,73 @@ fn main() {
         cost_micro_usd: 206,
         reserved_micro_usd: 3_000,
         estimated: false,
-    };
-    let mut last = None;
-    let receipting = measure(CALLS, || {
-        last = Some(log.submit(Entry::Usage(record.clone())).expect("submit"));
-    });
-    if let Some(p) = last {
-        p.wait().expect("durable");
     }
-    log.finish().expect("finish");
-
-    row("usage receipt (settlement)", receipting);
-
-    let [plain, after, before] = first_byte(&chunks[0]);
-    println!("first byte to the client over loopback TCP, median of {ROUNDS} rounds each:");
-    println!(
-        "  unmetered                       {:>8.2} µs",
-        micros(plain)
-    );
-    println!(
-        "  metered, read after the forward {:>8.2} µs (the proxy's order)",
-        micros(after)
-    );
-    println!(
-        "  metered, read before it         {:>8.2} µs (the order until session 9)",
-        micros(before)
-    );
 }
 
-const ROUNDS: usize = 2_000;
+/// An llm call's decision as the gate records it.
+fn decision_entry() -> Entry {
+    Entry::Decision {
+        decided_at: std::time::SystemTime::now(),
+        record: receipts::DecisionRecord {
+            action: serde_json::json!({
+                "type": "llm", "method": "POST", "host": "api.openai.com",
+                "path": "/v1/chat/completions", "model": "gpt-4o-mini",
+                "stream": true, "max_tokens": 1024, "body_bytes": 8030,
+            }),
+            counters: serde_json::json!({"requests": 12, "llm_calls": 6, "llm_spent_micro_usd": 1236}),
+            decision: serde_json::json!({
+                "decision": "allow", "reason": "granted by llm api.openai.com",
+                "grant": "llm api.openai.com", "revocation_ids": ["a1b2c3"],
+            }),
+            body_sha256: Some(receipts::sha256_hex(b"body")),
+        },
+    }
+}
+
+/// The process's CPU time so far (every thread, user and system).
+fn process_cpu_now() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let micros = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(u64::try_from(t.tv_sec()).expect("time"))
+            + Duration::from_micros(u64::try_from(t.tv_usec()).expect("time"))
+    };
+    micros(usage.user_time()) + micros(usage.system_time())
+}
+
+/// `CALLS` calls' receipts on a fresh log: each call's decision submitted
+/// and waited for (as the request waits), then its usage as `settle` says.
+/// Returns (wall, process CPU) per call and the log's commit stats.
+fn receipts_per_call(settle: Settle, record: &UsageRecord) -> (f64, f64, receipts::CommitStats) {
+    let log = ReceiptLog::with_sink(
+        Memory::default(),
+        SigningKey::from_bytes(&[0x42; 32]),
+        SessionStart {
+            session_id: "bench".into(),
+            revocation_ids: vec!["a1b2c3".into()],
+            sandbox: "netns".into(),
+            capability_sha256: None,
+            tenant: None,
+            user: None,
+        },
+        LogOptions::default(),
+    )
+    .expect("log");
+    let (wall, cpu) = (Instant::now(), process_cpu_now());
+    for _ in 0..CALLS {
+        log.append(decision_entry()).expect("decision");
+        let usage = Entry::Usage(record.clone());
+        match settle {
+            Settle::None => {}
+            Settle::Deferred => drop(log.submit_deferred(usage).expect("usage")),
+            Settle::Submit => drop(log.submit(usage).expect("usage")),
+        }
+    }
+    let (wall, cpu) = (wall.elapsed(), process_cpu_now() - cpu);
+    let stats = log.commit_stats();
+    log.finish().expect("finish");
+    (per_call(wall, CALLS), per_call(cpu, CALLS), stats)
+}
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6

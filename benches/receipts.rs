@@ -225,11 +225,12 @@ fn load(spec: &str) {
         - (before.voluntary_context_switches() + before.involuntary_context_switches());
     println!(
         "{n} receipts from {threads} threads in {elapsed:?}: {:.0} receipts/s, \
-         {} batches, {:.1} receipts per write + fdatasync, sync p50 {:?}, \
+         {} batches, {:.1} receipts per write + fdatasync, {} signatures, sync p50 {:?}, \
          queued->durable p50 {:?} p99 {:?}, CPU {:.1} µs and {:.2} context switches per receipt",
         n as f64 / elapsed.as_secs_f64(),
         stats.batches,
         stats.receipts as f64 / stats.batches.max(1) as f64,
+        stats.signed,
         stats.sync_quantile(0.5),
         stats.queued_quantile(0.5),
         stats.queued_quantile(0.99),

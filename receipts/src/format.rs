@@ -30,8 +30,15 @@ pub const USAGE_VERSION: u32 = 3;
 /// warning level of its budget); older verifiers refuse exactly those lines.
 pub const BUDGET_WARNING_VERSION: u32 = 4;
 
+/// Format version of a line written without a `sig` of its own: one
+/// signature per group commit. The group's last line is signed, and its
+/// `prev` hash (which covers the line before it, whose `prev` covers the one
+/// before that, ...) binds every unsigned line of the group to it. An older
+/// verifier refuses exactly the unsigned lines.
+pub const UNSIGNED_VERSION: u32 = 5;
+
 /// The newest format version this crate writes and reads.
-pub const LATEST_FORMAT_VERSION: u32 = BUDGET_WARNING_VERSION;
+pub const LATEST_FORMAT_VERSION: u32 = UNSIGNED_VERSION;
 
 /// The format version a receipt with this body is written with (and must
 /// carry to verify).
@@ -45,6 +52,13 @@ pub fn version_of(body: &Body) -> u32 {
         Body::BudgetWarning(_) => BUDGET_WARNING_VERSION,
         _ => FORMAT_VERSION,
     }
+}
+
+/// The format version of a line with this body written without its own
+/// signature (covered by the next signed line's): at least
+/// [`UNSIGNED_VERSION`]. session_start and session_end are always signed.
+pub fn unsigned_version_of(body: &Body) -> u32 {
+    version_of(body).max(UNSIGNED_VERSION)
 }
 
 /// `prev` of the first receipt (seq 0): 64 zeros, since it has no predecessor.
@@ -230,6 +244,29 @@ pub fn sign_line(receipt: &Receipt, key: &SigningKey) -> Result<Vec<u8>, serde_j
     Ok(line)
 }
 
+/// Encodes a receipt without a signature of its own (for tests and tools
+/// that build chains by hand): the line a group commit writes for every
+/// receipt of the group but the last. `receipt.v` must be
+/// [`unsigned_version_of`] its body for the line to verify.
+pub fn unsigned_line(receipt: &Receipt) -> Result<Vec<u8>, serde_json::Error> {
+    let prepared = Prepared::new(
+        receipt.v,
+        &receipt.session,
+        &receipt.ts,
+        &receipt.signer,
+        &receipt.body,
+    )?;
+    let prev = serde_json_canonicalizer::to_vec(&receipt.prev)?;
+    let mut line = Vec::new();
+    prepared.unsigned_into(
+        receipt.seq,
+        &prev[1..prev.len() - 1],
+        Some(receipt.v),
+        &mut line,
+    );
+    Ok(line)
+}
+
 /// A receipt encoded in canonical form except for the members that depend on
 /// its place in the chain (`prev`, `seq`) and on signing (`sig`). Built off
 /// the signing turn, so only filling in those members and signing is serial.
@@ -243,6 +280,12 @@ pub(crate) struct Prepared {
     seq_at: usize,
     /// Where `,"sig":"…"` goes in the line (never first: `prev` sorts before it).
     sig_at: usize,
+    /// Where the digits of `v` are, and how many: a line written without
+    /// its own signature carries [`unsigned_version_of`] its body instead.
+    v_at: usize,
+    v_len: usize,
+    /// The version for that case.
+    unsigned_v: u32,
 }
 
 impl Prepared {
@@ -303,7 +346,7 @@ impl Prepared {
                 .sum::<usize>()
                 + 16,
         );
-        let (mut prev_at, mut seq_at, mut sig_at) = (0, 0, 0);
+        let (mut prev_at, mut seq_at, mut sig_at, mut v_at, mut v_len) = (0, 0, 0, 0, 0);
         out.push(b'{');
         for (i, (k, v)) in members.iter().enumerate() {
             if k == "sig" {
@@ -316,6 +359,11 @@ impl Prepared {
             write_canonical_str(k, &mut out);
             out.push(b':');
             match (k.as_ref(), v) {
+                ("v", Some(v)) => {
+                    v_at = out.len();
+                    v_len = v.len();
+                    out.extend_from_slice(v);
+                }
                 (_, Some(v)) => out.extend_from_slice(v),
                 ("prev", None) => {
                     out.push(b'"');
@@ -326,12 +374,63 @@ impl Prepared {
             }
         }
         out.push(b'}');
+        // `v` sorts after `seq` and `sig`, so it is filled in last.
+        debug_assert!(prev_at < seq_at && seq_at <= sig_at && sig_at <= v_at);
         Ok(Prepared {
             bytes: out,
             prev_at,
             seq_at,
             sig_at,
+            v_at,
+            v_len,
+            unsigned_v: if matches!(body, Body::SessionStart { .. } | Body::SessionEnd { .. }) {
+                v
+            } else {
+                v.max(UNSIGNED_VERSION)
+            },
         })
+    }
+
+    /// Appends the line without `sig` to `out`, with `prev`, `seq` and (if
+    /// given) a version in place of the encoded one. Returns where in `out`
+    /// the `sig` member would go.
+    fn fill(&self, seq: u64, prev_hex: &[u8], v: Option<u32>, out: &mut Vec<u8>) -> usize {
+        let b = &self.bytes;
+        let start = out.len();
+        out.extend_from_slice(&b[..self.prev_at]);
+        out.extend_from_slice(prev_hex);
+        out.extend_from_slice(&b[self.prev_at..self.seq_at]);
+        let before = out.len();
+        if seq <= 1 << 53 {
+            write!(out, "{seq}").expect("writing to a Vec cannot fail");
+        } else {
+            // RFC 8785 numbers are doubles: beyond 2^53 they round.
+            serde_json_canonicalizer::to_writer(&seq, &mut *out)
+                .expect("writing a number to a Vec cannot fail");
+        }
+        let sig_at = start + self.sig_at + prev_hex.len() + (out.len() - before);
+        match v {
+            None => out.extend_from_slice(&b[self.seq_at..]),
+            Some(v) => {
+                out.extend_from_slice(&b[self.seq_at..self.v_at]);
+                write!(out, "{v}").expect("writing to a Vec cannot fail");
+                out.extend_from_slice(&b[self.v_at + self.v_len..]);
+            }
+        }
+        sig_at
+    }
+
+    /// Fills in `prev` and `seq` and appends the line without a signature
+    /// of its own (version [`unsigned_version_of`] its body, or `v` when
+    /// given) to `line`: a group commit's line before the group's last.
+    pub(crate) fn unsigned_into(
+        &self,
+        seq: u64,
+        prev_hex: &[u8],
+        v: Option<u32>,
+        line: &mut Vec<u8>,
+    ) {
+        self.fill(seq, prev_hex, Some(v.unwrap_or(self.unsigned_v)), line);
     }
 
     /// Fills in `prev` (64 hex digits) and `seq`, signs, and appends the line
@@ -344,21 +443,8 @@ impl Prepared {
         scratch: &mut Vec<u8>,
         line: &mut Vec<u8>,
     ) {
-        let b = &self.bytes;
         scratch.clear();
-        scratch.extend_from_slice(&b[..self.prev_at]);
-        scratch.extend_from_slice(prev_hex);
-        scratch.extend_from_slice(&b[self.prev_at..self.seq_at]);
-        let before = scratch.len();
-        if seq <= 1 << 53 {
-            write!(scratch, "{seq}").expect("writing to a Vec cannot fail");
-        } else {
-            // RFC 8785 numbers are doubles: beyond 2^53 they round.
-            serde_json_canonicalizer::to_writer(&seq, scratch)
-                .expect("writing a number to a Vec cannot fail");
-        }
-        let sig_at = self.sig_at + prev_hex.len() + (scratch.len() - before);
-        scratch.extend_from_slice(&b[self.seq_at..]);
+        let sig_at = self.fill(seq, prev_hex, None, scratch);
         let sig = sign(scratch);
         let mut sig_hex = [0u8; 128];
         hex::encode_to_slice(sig, &mut sig_hex).expect("128 hex digits for 64 bytes");

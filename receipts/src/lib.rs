@@ -35,9 +35,10 @@ mod verify;
 mod wire;
 
 pub use format::{
-    format_time, key_id, line_hash, parse_time, sha256_hex, sign_line, version_of, ApprovalRecord,
-    Body, DecisionRecord, Interruption, InterruptionCause, Receipt, BUDGET_WARNING_VERSION,
-    FORMAT_VERSION, GENESIS_PREV, INTERRUPTED_END_VERSION, LATEST_FORMAT_VERSION, USAGE_VERSION,
+    format_time, key_id, line_hash, parse_time, sha256_hex, sign_line, unsigned_line,
+    unsigned_version_of, version_of, ApprovalRecord, Body, DecisionRecord, Interruption,
+    InterruptionCause, Receipt, BUDGET_WARNING_VERSION, FORMAT_VERSION, GENESIS_PREV,
+    INTERRUPTED_END_VERSION, LATEST_FORMAT_VERSION, UNSIGNED_VERSION, USAGE_VERSION,
 };
 pub use log::{
     AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::batch;
 use crate::format::{
     self, Body, Interruption, InterruptionCause, Receipt, FORMAT_VERSION, GENESIS_PREV,
-    LATEST_FORMAT_VERSION,
+    LATEST_FORMAT_VERSION, UNSIGNED_VERSION,
 };
 use crate::wire::{self, sig_member};
 
@@ -59,6 +59,18 @@ pub enum ChainError {
     },
     #[error("line {line}: signature does not verify")]
     BadSignature { line: usize },
+    #[error(
+        "line {line}: a line without its own sig must be format version {expected}, not {found}"
+    )]
+    UnsignedVersion {
+        line: usize,
+        expected: u32,
+        found: u32,
+    },
+    #[error("line {line}: a {kind} must carry its own sig")]
+    UnsignedEdge { line: usize, kind: &'static str },
+    #[error("line {line}: no sig of its own, and no signed line after it covers it (the chain was cut after line {last})")]
+    Uncovered { line: usize, last: usize },
     #[error(
         "line {line}: session_start names public key {found}, not the verifying key {expected}"
     )]
@@ -125,6 +137,9 @@ impl ChainError {
             | BadGenesis { line }
             | WrongSigner { line, .. }
             | BadSignature { line }
+            | UnsignedVersion { line, .. }
+            | UnsignedEdge { line, .. }
+            | Uncovered { line, .. }
             | KeyMismatch { line, .. }
             | MissingStart { line, .. }
             | DuplicateStart { line }
@@ -151,12 +166,14 @@ pub struct VerifiedReceipt {
 }
 
 /// A line that passed the checks that do not need the signature, with the
-/// signature and its input kept for (batch) verification.
+/// signature and its input kept for (batch) verification. A line without a
+/// `sig` of its own (format version 5) has none: the next signed line's
+/// signature covers it, through `prev`.
 struct Checked {
     receipt: Receipt,
     hash: [u8; 32],
     signing_input: Vec<u8>,
-    sig: Signature,
+    sig: Option<Signature>,
 }
 
 /// Checks lines one at a time, carrying the chain state between them.
@@ -181,6 +198,9 @@ pub struct LineVerifier {
     usage_costs: BTreeMap<u64, u64>,
     /// Budget warning levels (percent) written so far: each once.
     warned: BTreeSet<u64>,
+    /// The first of the lines accepted since the last signed one: lines
+    /// without a sig of their own, not yet covered by a signature.
+    uncovered_from: Option<usize>,
 }
 
 /// An llm decision as the usage receipts see it.
@@ -208,6 +228,7 @@ impl LineVerifier {
             llm_calls: BTreeMap::new(),
             usage_costs: BTreeMap::new(),
             warned: BTreeSet::new(),
+            uncovered_from: None,
         }
     }
 
@@ -226,16 +247,25 @@ impl LineVerifier {
         self.ended
     }
 
-    /// Checks the next line (without its newline), signature included.
+    /// Lines accepted since the last signed line: they carry no sig of their
+    /// own and no signature covers them yet. They are authentic only once a
+    /// later signed line verifies (its `prev` chain binds them); a chain
+    /// that ends while this is not 0 fails.
+    pub fn uncovered(&self) -> usize {
+        self.uncovered_from
+            .map_or(0, |first| self.lines + 1 - first)
+    }
+
+    /// Checks the next line (without its newline), signature included. A
+    /// line without a sig of its own is accepted provisionally: see
+    /// [`uncovered`](Self::uncovered).
     pub fn push(&mut self, line: &[u8]) -> Result<VerifiedReceipt, ChainError> {
         let checked = self.check_unsigned(line)?;
         let line_no = self.lines;
-        if self
-            .key
-            .verify_strict(&checked.signing_input, &checked.sig)
-            .is_err()
-        {
-            return Err(signature_error(&checked.signing_input, line_no));
+        if let Some(sig) = &checked.sig {
+            if self.key.verify_strict(&checked.signing_input, sig).is_err() {
+                return Err(signature_error(&checked.signing_input, line_no));
+            }
         }
         Ok(VerifiedReceipt {
             receipt: checked.receipt,
@@ -243,10 +273,17 @@ impl LineVerifier {
         })
     }
 
-    /// Ends verification: the chain must have been closed by session_end.
+    /// Ends verification: the chain must have been closed by session_end,
+    /// and every line covered by a signature.
     pub fn finish(&self) -> Result<(), ChainError> {
         if self.lines == 0 {
             return Err(ChainError::Empty);
+        }
+        if let Some(line) = self.uncovered_from {
+            return Err(ChainError::Uncovered {
+                line,
+                last: self.lines,
+            });
         }
         if !self.ended {
             return Err(ChainError::MissingEnd {
@@ -270,7 +307,9 @@ impl LineVerifier {
                 _ => format!("invalid JSON: {e}"),
             })
         })?;
-        let sig_hex = parsed.sig.ok_or_else(|| malformed("no sig field".into()))?;
+        let Some(sig_hex) = parsed.sig else {
+            return self.check_without_sig(line, parsed);
+        };
         let sig = decode_hex::<64>(sig_hex)
             .map(|b| Signature::from_bytes(&b))
             .ok_or_else(|| malformed("sig is not 128 lowercase hex digits".into()))?;
@@ -300,11 +339,73 @@ impl LineVerifier {
         signing_input.extend_from_slice(&line[end..]);
         self.lines = line_no;
         self.prev = hash;
+        // Its signature covers every unsigned line before it (its prev is
+        // the hash of the line before, whose prev covers the one before...).
+        self.uncovered_from = None;
         Ok(Checked {
             receipt,
             hash,
             signing_input,
-            sig,
+            sig: Some(sig),
+        })
+    }
+
+    /// A line written without a sig of its own (one signature per group
+    /// commit): the same checks, but its bytes are authentic only through
+    /// the next signed line, whose `prev` chain commits to them exactly (so,
+    /// as for a signed line, canonical form need not be re-derived: the
+    /// signer writes canonical JSON only).
+    fn check_without_sig(
+        &mut self,
+        line: &[u8],
+        parsed: wire::Parsed<'_>,
+    ) -> Result<Checked, ChainError> {
+        let line_no = self.lines + 1;
+        if !parsed.sorted {
+            return Err(ChainError::NotCanonical { line: line_no });
+        }
+        if let Some(found) = parsed.v {
+            if !(u64::from(FORMAT_VERSION)..=u64::from(LATEST_FORMAT_VERSION)).contains(&found) {
+                return Err(ChainError::UnsupportedVersion {
+                    line: line_no,
+                    found: u32::try_from(found).unwrap_or(u32::MAX),
+                });
+            }
+            if found < u64::from(UNSIGNED_VERSION) {
+                // A reader of versions before 5 would call it malformed.
+                return Err(ChainError::Malformed {
+                    line: line_no,
+                    why: "no sig field".into(),
+                });
+            }
+        }
+        let receipt = parsed
+            .into_receipt()
+            .map_err(|why| ChainError::Malformed { line: line_no, why })?;
+        if let kind @ (Body::SessionStart { .. } | Body::SessionEnd { .. }) = &receipt.body {
+            return Err(ChainError::UnsignedEdge {
+                line: line_no,
+                kind: kind_name(kind),
+            });
+        }
+        let expected = format::unsigned_version_of(&receipt.body);
+        if receipt.v != expected {
+            return Err(ChainError::UnsignedVersion {
+                line: line_no,
+                expected,
+                found: receipt.v,
+            });
+        }
+        self.check_fields_of(line_no, &receipt)?;
+        let hash = format::line_hash(line);
+        self.lines = line_no;
+        self.prev = hash;
+        self.uncovered_from.get_or_insert(line_no);
+        Ok(Checked {
+            receipt,
+            hash,
+            signing_input: Vec::new(),
+            sig: None,
         })
     }
 
@@ -324,6 +425,11 @@ impl LineVerifier {
                 found: r.v,
             });
         }
+        self.check_fields_of(line, r)
+    }
+
+    /// Every check of a receipt's members but its version.
+    fn check_fields_of(&mut self, line: usize, r: &Receipt) -> Result<(), ChainError> {
         let expected_seq = (line - 1) as u64;
         if r.seq != expected_seq {
             return Err(ChainError::SeqMismatch {
@@ -796,13 +902,14 @@ fn verify_signatures(
     }
     let items: Vec<(&[u8], &Signature)> = batch
         .iter()
-        .map(|c| (c.signing_input.as_slice(), &c.sig))
+        .filter_map(|c| Some((c.signing_input.as_slice(), c.sig.as_ref()?)))
         .collect();
     if batch::verify_one_signer(key, &items) {
         return Ok(());
     }
     for (i, c) in batch.iter().enumerate() {
-        if key.verify_strict(&c.signing_input, &c.sig).is_err() {
+        let Some(sig) = &c.sig else { continue };
+        if key.verify_strict(&c.signing_input, sig).is_err() {
             return Err(signature_error(&c.signing_input, first_line + i));
         }
     }
@@ -831,6 +938,203 @@ mod tests {
     use super::*;
     use crate::format::{sign_line, Receipt};
     use ed25519_dalek::SigningKey;
+
+    /// A chain written by hand: session_start, then each (body, version,
+    /// signed) in turn with its seq and prev filled in.
+    fn hand_chain(key: &SigningKey, rest: &[(Body, u32, bool)]) -> Vec<Vec<u8>> {
+        let start = Body::SessionStart {
+            public_key: hex::encode(key.verifying_key().as_bytes()),
+            revocation_ids: vec!["x".into()],
+            sandbox: "netns".into(),
+            capability_sha256: None,
+            tenant: None,
+            user: None,
+        };
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut prev = GENESIS_PREV.to_owned();
+        for (seq, (body, v, signed)) in std::iter::once((start, FORMAT_VERSION, true))
+            .chain(rest.iter().cloned())
+            .enumerate()
+        {
+            let receipt = Receipt {
+                v,
+                session: "s".into(),
+                seq: seq as u64,
+                ts: "2026-01-01T00:00:00.000000Z".into(),
+                prev: prev.clone(),
+                signer: format::key_id(&key.verifying_key()),
+                body,
+            };
+            let line = if signed {
+                sign_line(&receipt, key).expect("sign")
+            } else {
+                format::unsigned_line(&receipt).expect("encode")
+            };
+            prev = hex::encode(format::line_hash(&line));
+            lines.push(line);
+        }
+        lines
+    }
+
+    fn decision_body(i: u64) -> Body {
+        Body::Decision(format::DecisionRecord {
+            action: serde_json::json!({"type": "http", "i": i}),
+            counters: serde_json::json!({}),
+            decision: serde_json::json!({"decision": "allow"}),
+            body_sha256: None,
+        })
+    }
+
+    fn verify_lines(key: &SigningKey, lines: &[Vec<u8>]) -> Result<usize, ChainError> {
+        let mut bytes = lines.join(&b'\n');
+        bytes.push(b'\n');
+        let chain = UnverifiedChain::from_bytes(bytes).verify(&key.verifying_key())?;
+        assert_eq!(chain.receipts[1].receipt.v, UNSIGNED_VERSION);
+        Ok(chain.receipts.len())
+    }
+
+    #[test]
+    fn lines_without_a_sig_verify_only_when_a_later_signed_line_covers_them() {
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let end = |count: u64, last: &[u8]| Body::SessionEnd {
+            count,
+            last: hex::encode(format::line_hash(last)),
+            interrupted: None,
+        };
+        let mut lines = hand_chain(
+            &key,
+            &[
+                (decision_body(1), UNSIGNED_VERSION, false),
+                (decision_body(2), UNSIGNED_VERSION, false),
+                (decision_body(3), FORMAT_VERSION, true),
+            ],
+        );
+        let last = lines[3].clone();
+        let with_end = {
+            let mut all = hand_chain(
+                &key,
+                &[
+                    (decision_body(1), UNSIGNED_VERSION, false),
+                    (decision_body(2), UNSIGNED_VERSION, false),
+                    (decision_body(3), FORMAT_VERSION, true),
+                    (end(5, &last), FORMAT_VERSION, true),
+                ],
+            );
+            assert_eq!(all[..4], lines[..]);
+            all.remove(4)
+        };
+        lines.push(with_end);
+        assert_eq!(verify_lines(&key, &lines), Ok(5), "covered lines verify");
+
+        // Line by line: the two wait for line 4's signature.
+        let mut v = LineVerifier::new(key.verifying_key());
+        let uncovered: Vec<usize> = lines
+            .iter()
+            .map(|l| {
+                v.push(l).expect("accepted");
+                v.uncovered()
+            })
+            .collect();
+        assert_eq!(uncovered, [0, 1, 2, 0, 0]);
+        v.finish().expect("closed");
+
+        // Cut after the unsigned lines: nothing vouches for them.
+        assert_eq!(
+            verify_lines(&key, &lines[..3]),
+            Err(ChainError::Uncovered { line: 2, last: 3 })
+        );
+        // A changed unsigned line is caught by the next line's prev.
+        let mut edited = lines.clone();
+        edited[2] = String::from_utf8(edited[2].clone())
+            .expect("utf8")
+            .replace("\"i\":2", "\"i\":7")
+            .into_bytes();
+        assert_eq!(
+            verify_lines(&key, &edited),
+            Err(ChainError::HashMismatch { line: 4 })
+        );
+        // The covering line's signature removed (and its version raised):
+        // its own bytes changed, so the end's link breaks; and as the last
+        // line, it would cover nothing.
+        let stripped = {
+            let mut r: Receipt = serde_json::from_slice(&lines[3]).expect("parse");
+            r.v = UNSIGNED_VERSION;
+            format::unsigned_line(&r).expect("encode")
+        };
+        let mut t = lines.clone();
+        t[3] = stripped.clone();
+        assert_eq!(
+            verify_lines(&key, &t),
+            Err(ChainError::HashMismatch { line: 5 })
+        );
+        assert_eq!(
+            verify_lines(&key, &t[..4]),
+            Err(ChainError::Uncovered { line: 2, last: 4 })
+        );
+    }
+
+    #[test]
+    fn a_line_without_a_sig_must_say_so_in_its_version_and_never_opens_or_closes() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let first_error = |rest: &[(Body, u32, bool)]| {
+            let lines = hand_chain(&key, rest);
+            let mut v = LineVerifier::new(key.verifying_key());
+            lines
+                .iter()
+                .find_map(|l| v.push(l).err())
+                .expect("an error")
+        };
+        // A version-1 line without sig: what an old reader would say too.
+        assert_eq!(
+            first_error(&[(decision_body(1), FORMAT_VERSION, false)]),
+            ChainError::Malformed {
+                line: 2,
+                why: "no sig field".into()
+            }
+        );
+        assert_eq!(
+            first_error(&[(decision_body(1), 4, false)]),
+            ChainError::Malformed {
+                line: 2,
+                why: "no sig field".into()
+            }
+        );
+        // A signed line keeps the lowest version that expresses it.
+        assert!(matches!(
+            first_error(&[(decision_body(1), UNSIGNED_VERSION, true)]),
+            ChainError::VersionForKind {
+                line: 2,
+                expected: FORMAT_VERSION,
+                found: UNSIGNED_VERSION,
+                ..
+            }
+        ));
+        // session_end always carries its own signature.
+        let end = Body::SessionEnd {
+            count: 2,
+            last: "0".repeat(64),
+            interrupted: None,
+        };
+        assert_eq!(
+            first_error(&[(end, UNSIGNED_VERSION, false)]),
+            ChainError::UnsignedEdge {
+                line: 2,
+                kind: "session_end"
+            }
+        );
+        // And session_start: a chain whose first line has no sig.
+        let lines = hand_chain(&key, &[]);
+        let mut r: Receipt = serde_json::from_slice(&lines[0]).expect("parse");
+        r.v = UNSIGNED_VERSION;
+        let unsigned_start = format::unsigned_line(&r).expect("encode");
+        assert_eq!(
+            LineVerifier::new(key.verifying_key()).push(&unsigned_start),
+            Err(ChainError::UnsignedEdge {
+                line: 1,
+                kind: "session_start"
+            })
+        );
+    }
 
     #[test]
     fn the_sig_member_is_found_in_the_exact_bytes_and_must_be_canonical() {

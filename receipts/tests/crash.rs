@@ -49,9 +49,18 @@ fn crash_child() {
             })
         })
         .collect();
+    // And receipts nobody waits for (a call's usage), queued to ride with
+    // the next signing turn: never acknowledged to the parent.
+    let deferring = std::thread::spawn(move || {
+        for i in 0.. {
+            let _ = log.submit_deferred(decision_entry(9_000_000 + i));
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    });
     for t in threads {
         let _ = t.join();
     }
+    let _ = deferring.join();
 }
 
 /// When to kill: a delay from spawn (may land in startup or recovery), or a
@@ -179,8 +188,14 @@ fn sigkill_at_random_moments_loses_no_acknowledged_receipt() {
     for (seq, hash) in &all_acks {
         assert_eq!(&hex::encode(chain.receipts[*seq as usize].hash), hash);
     }
+    let bytes = std::fs::read(&path).expect("read");
+    let unsigned = lines(&bytes).iter().filter(|l| !is_signed(l)).count();
+    assert!(
+        unsigned > 0,
+        "no line rode with another's signature: the suite did not test groups"
+    );
     eprintln!(
-        "crash suite: {REPETITIONS} kills, {} acknowledged receipts kept, {} lines, {torn_seen} torn tails recovered",
+        "crash suite: {REPETITIONS} kills, {} acknowledged receipts kept, {} lines ({unsigned} covered by a later line's signature), {torn_seen} torn tails recovered",
         all_acks.len(),
         chain.receipts.len()
     );

@@ -1,6 +1,9 @@
-//! Tamper suite: on a chain of more than 100 receipts, every single-byte
-//! change, deleted line, swapped pair, duplicated line, cut tail and line
-//! re-signed with another key fails verification and names the right line.
+//! Tamper suite: on a chain of more than 100 receipts, signed lines mixed
+//! with lines covered by the next signed one, every single-byte change,
+//! deleted line, swapped pair, duplicated line, cut tail and line re-signed
+//! with another key fails verification and names the right line. (A line
+//! without its own signature that still parses is named by the line after
+//! it, whose `prev` no longer matches.)
 
 mod support;
 
@@ -50,6 +53,12 @@ fn fixture() -> Fixture {
     let bytes = build_chain(100);
     let ls = lines(&bytes);
     assert!(ls.len() > 100, "{} lines", ls.len());
+    let unsigned = ls.iter().filter(|l| !is_signed(l)).count();
+    assert!(
+        unsigned > 30 && unsigned < ls.len() / 2,
+        "{unsigned} of {} lines without their own signature",
+        ls.len()
+    );
     let mut offsets = Vec::new();
     let mut off = 0;
     let mut v = LineVerifier::new(pinned());
@@ -73,22 +82,29 @@ fn every_single_byte_change_names_its_line() {
     let f = fixture();
     let n = f.offsets.len();
     let mut cases = 0;
+    let mut named_by_next = 0;
     let mut t = f.bytes.clone();
     for k in 0..n {
         let start = f.offsets[k];
         let end = f.offsets.get(k + 1).copied().unwrap_or(f.bytes.len());
+        let signed = is_signed(&f.bytes[start..end - 1]);
         // Every byte of the line, its newline included.
         for i in start..end {
             for flip in [0x01u8, 0x20, 0x80] {
                 t[i] ^= flip;
                 let err = first_error_from(&f.prefixes[k], &t, start);
-                assert_eq!(
-                    err.line(),
-                    k + 1,
-                    "byte {} of line {} ^ {flip:#x}: {err}",
-                    i - start,
-                    k + 1
-                );
+                if !signed && err == (ChainError::HashMismatch { line: k + 2 }) {
+                    // Still a well-formed line: the next line's prev says it changed.
+                    named_by_next += 1;
+                } else {
+                    assert_eq!(
+                        err.line(),
+                        k + 1,
+                        "byte {} of line {} ^ {flip:#x}: {err}",
+                        i - start,
+                        k + 1
+                    );
+                }
                 // Once per line, the whole-chain verifier (batched
                 // signatures) must agree exactly.
                 if i == start + (k * 13) % (end - start) && flip == 0x01 {
@@ -100,6 +116,10 @@ fn every_single_byte_change_names_its_line() {
         }
     }
     assert!(cases > 100 * 300, "{cases} cases");
+    assert!(
+        named_by_next > 0,
+        "no change to an unsigned line went unnoticed by its own checks"
+    );
 }
 
 #[test]
@@ -143,25 +163,50 @@ fn cutting_the_tail_anywhere_is_detected() {
     let f = fixture();
     let n = f.offsets.len();
     assert_eq!(verify(b""), Err(ChainError::Empty));
+    let ls = lines(&f.bytes);
+    let mut uncovered_cuts = 0;
     for keep in 1..n {
-        // Cut at a line boundary: no session_end.
+        // Cut at a line boundary: no session_end, or (when the last line
+        // kept has no signature of its own) lines nothing vouches for.
         let cut = f.offsets[keep];
-        assert_eq!(
-            verify(&f.bytes[..cut]),
-            Err(ChainError::MissingEnd { line: keep + 1 })
-        );
+        let first_unsigned = (0..keep).rev().take_while(|&i| !is_signed(ls[i])).last();
+        let expected = match first_unsigned {
+            Some(i) => {
+                uncovered_cuts += 1;
+                ChainError::Uncovered {
+                    line: i + 1,
+                    last: keep,
+                }
+            }
+            None => ChainError::MissingEnd { line: keep + 1 },
+        };
+        assert_eq!(verify(&f.bytes[..cut]), Err(expected));
         // Cut inside the next line: torn.
         assert_eq!(
             verify(&f.bytes[..cut + 10]),
             Err(ChainError::Torn { line: keep + 1 })
         );
     }
-    let msg = verify(&f.bytes[..f.offsets[5]])
+    assert!(uncovered_cuts > 10, "{uncovered_cuts}");
+    let msg = verify(&f.bytes[..f.offsets[2]])
         .expect_err("cut")
         .to_string();
     assert_eq!(
         msg,
-        "line 6: the chain ends without session_end (cut after line 5)"
+        "line 3: the chain ends without session_end (cut after line 2)"
+    );
+    let last_unsigned = (1..n)
+        .find(|&i| !is_signed(ls[i]))
+        .expect("an unsigned line");
+    let msg = verify(&f.bytes[..f.offsets[last_unsigned + 1]])
+        .expect_err("cut")
+        .to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "line {0}: no sig of its own, and no signed line after it covers it (the chain was cut after line {0})",
+            last_unsigned + 1
+        )
     );
 }
 
@@ -173,6 +218,9 @@ fn a_line_changed_and_re_signed_with_another_key_names_that_line() {
     for k in 0..ls.len() {
         let mut receipt: Receipt = serde_json::from_slice(ls[k]).expect("parse");
         receipt.ts = "2030-01-01T00:00:00.000000Z".into();
+        // A line without its own signature gets one, at the version a
+        // signed line of its kind carries.
+        receipt.v = receipts::version_of(&receipt.body);
         // Keeping the pinned key's id, then claiming the other key's id.
         for claim_other in [false, true] {
             if claim_other {
@@ -198,17 +246,24 @@ fn a_line_re_signed_with_the_right_key_breaks_the_next_link() {
     // Only the key holder can do this; the chain still shows where.
     let f = fixture();
     let ls = lines(&f.bytes);
-    let k = 40; // line 41
-    let mut receipt: Receipt = serde_json::from_slice(ls[k - 1]).expect("parse");
+    // The first signed line from line 40 on (0-based index k).
+    let k = (39..ls.len())
+        .find(|&i| is_signed(ls[i]))
+        .expect("a signed line");
+    let mut receipt: Receipt = serde_json::from_slice(ls[k]).expect("parse");
     receipt.ts = "2030-01-01T00:00:00.000000Z".into();
     let line = receipts::sign_line(&receipt, &fixed_key()).expect("sign");
     let mut t = ls.clone();
-    t[k - 1] = &line;
+    t[k] = &line;
     let err = verify(&join(&t)).expect_err("broken link");
-    assert_eq!(err, ChainError::HashMismatch { line: 41 });
+    assert_eq!(err, ChainError::HashMismatch { line: k + 2 });
     assert_eq!(
         err.to_string(),
-        "line 41: prev does not match SHA-256 of line 40"
+        format!(
+            "line {}: prev does not match SHA-256 of line {}",
+            k + 2,
+            k + 1
+        )
     );
 }
 
@@ -237,7 +292,7 @@ fn long_chains_name_bad_signatures_across_signature_batches() {
     assert!(ls.len() > 2_000, "{} lines", ls.len());
     verify(&bytes).expect("intact long chain verifies");
 
-    // One hex digit of line 1,700's signature changed (still lowercase hex).
+    // One hex digit of a signature changed (still lowercase hex).
     let bad_sig = |line: &[u8]| -> Vec<u8> {
         let mut l = line.to_vec();
         let at = l
@@ -249,12 +304,17 @@ fn long_chains_name_bad_signatures_across_signature_batches() {
         l[at] = if l[at] == b'0' { b'1' } else { b'0' };
         l
     };
+    // The first signed line from line 1,700 on (0-based index bad).
+    let bad = (1_699..ls.len())
+        .find(|&i| is_signed(ls[i]))
+        .expect("signed");
+    assert!(bad < 1_800, "{bad}");
     let mut tampered: Vec<Vec<u8>> = ls.iter().map(|l| l.to_vec()).collect();
-    tampered[1_699] = bad_sig(&tampered[1_699]);
+    tampered[bad] = bad_sig(&tampered[bad]);
     let refs: Vec<&[u8]> = tampered.iter().map(Vec::as_slice).collect();
     assert_eq!(
         verify(&join(&refs)),
-        Err(ChainError::BadSignature { line: 1_700 })
+        Err(ChainError::BadSignature { line: bad + 1 })
     );
 
     // And with line 1,900 deleted too, the earlier bad signature still wins.
@@ -262,7 +322,7 @@ fn long_chains_name_bad_signatures_across_signature_batches() {
     both.remove(1_899);
     assert_eq!(
         verify(&join(&both)),
-        Err(ChainError::BadSignature { line: 1_700 })
+        Err(ChainError::BadSignature { line: bad + 1 })
     );
 
     // The deletion alone is named at its own line.

@@ -231,9 +231,11 @@ impl Metering {
             reserved_micro_usd: ticket.reserved,
             estimated,
         };
-        // Queued now, in chain order after its decision; durable with the
-        // next group commit (nothing waits on it: the response is over).
-        let seq = match self.receipts.submit(Entry::Usage(record)) {
+        // Queued now, in chain order after its decision, without a signing
+        // turn of its own: nothing waits on it (the response is over), so
+        // it rides with the next receipt's signature and write (or the
+        // writer signs it within the log's `defer`).
+        let seq = match self.receipts.submit_deferred(Entry::Usage(record)) {
             Ok(pending) => Some(pending.seq()),
             Err(e) => {
                 ratelog::error!(request = ticket.request, "usage receipt failed: {e}");
@@ -278,7 +280,7 @@ impl Metering {
                     spent_micro_usd: spent,
                     budget_micro_usd: budget,
                 };
-                match self.receipts.submit(Entry::BudgetWarning(record)) {
+                match self.receipts.submit_deferred(Entry::BudgetWarning(record)) {
                     Ok(pending) => Some(pending.seq()),
                     Err(e) => {
                         ratelog::error!(

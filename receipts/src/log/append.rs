@@ -1,25 +1,30 @@
 //! The handle every caller clones: it encodes a receipt on the caller's
 //! thread and queues it with its seq. Whichever submitter finds nobody
-//! signing becomes the signer: it fills in seq and prev, signs and hashes
-//! everything queued (its own receipt and those queued meanwhile), in order,
-//! and hands the lines to the writer thread. The others never wait for a
-//! lock held across a signature: they queue and go to wait for durability.
-//! Creating a log writes and waits for session_start; finishing it writes
-//! session_end.
+//! chaining takes a turn: it fills in seq and prev and hashes everything
+//! queued (its own receipt and those queued meanwhile), in order, and hands
+//! each line to the writer thread; the others never wait for it. Lines are
+//! chained without a signature of their own (format version 5): the writer
+//! signs the last line of each write it takes, and that line's `prev` chain
+//! binds every line before it. So a write costs one signature however many
+//! receipts it carries, and a lone receipt is signed alone. A receipt nobody
+//! waits for (a call's usage, after its response) is queued with
+//! [`ReceiptLog::submit_deferred`]: it does not wake the writer, so it rides
+//! with the next write, or is written after [`LogOptions::defer`]. Creating a
+//! log writes and waits for session_start; finishing it writes session_end.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
 use ed25519_dalek::SigningKey;
 
 use super::file::PreallocatedFile;
-use super::writer::{writer_loop, HashSlot, Next, Queue, State};
+use super::writer::{writer_loop, HashSlot, Line, Next, Queue, Queued, State, TakenWrite};
 use super::{
     io_err, lock, AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
     PendingReceipt, SessionStart,
@@ -35,38 +40,59 @@ pub struct ReceiptLog {
 impl std::fmt::Debug for ReceiptLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReceiptLog")
-            .field("session", &self.shared.session)
-            .field("key_id", &self.shared.key_id)
+            .field("session", &self.shared.signer.session)
+            .field("key_id", &self.shared.signer.key_id)
             .finish()
     }
 }
 
 struct Shared {
-    /// The serial part: a receipt's prev is the hash of the line before it,
-    /// so filling in prev/seq, signing and hashing happen one at a time.
-    /// Held only by the submitter whose turn it is to sign (`State::signing`),
-    /// so nobody ever waits for it.
-    chain: Mutex<Chain>,
+    signer: Arc<Signer>,
     queue: Arc<Queue>,
     key: SigningKey,
-    /// The same key for signing: aws-lc's Ed25519 signs in ~9 µs where
-    /// ed25519-dalek takes ~16 µs here, on every receipt and under the chain
-    /// lock. Ed25519 signatures are deterministic: both give the same bytes.
-    signer: aws_lc_rs::signature::Ed25519KeyPair,
-    key_id: String,
-    session: String,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// The chain's serial state and the key, shared by the submitters' chaining
+/// turns and the writer thread (which signs).
+pub(super) struct Signer {
+    /// The serial part: a receipt's prev is the hash of the line before it,
+    /// so filling in prev/seq and hashing happen one at a time, and the
+    /// writer's signature of a write's last line changes that line (and so
+    /// the next one's prev). Held line by line by the submitter whose turn
+    /// it is (`State::chaining`), and by the writer while it takes a write;
+    /// always taken before `Queue::state`.
+    chain: Mutex<Chain>,
+    /// The key for signing: aws-lc's Ed25519 signs in ~9 µs where
+    /// ed25519-dalek takes ~16 µs here, under the chain lock. Ed25519
+    /// signatures are deterministic: both give the same bytes.
+    key: aws_lc_rs::signature::Ed25519KeyPair,
+    key_id: String,
+    session: String,
+    /// Most lines one signature covers (`LogOptions::max_batch`): a line
+    /// that would make a longer run without one is signed as it is chained.
+    max_group: usize,
+}
+
 struct Chain {
-    /// Hash of the last signed line (the genesis value is written for seq 0).
+    /// Hash of the last line (the genesis value is written for seq 0).
     prev: [u8; 32],
-    /// Reused buffers: the signing input, the signed line, the line with
-    /// its newline, and the taken queue.
+    /// The last line chained, while it is the last line of the writer's
+    /// buffer and unsigned: the writer signs it if it ends a write (nothing
+    /// is chained onto it meanwhile: the writer holds this lock).
+    open: Option<Open>,
+    /// Lines chained since the last signed one.
+    run: usize,
+    /// Reused buffers: the signing input and one line.
     scratch: Vec<u8>,
     line: Vec<u8>,
-    signed: Vec<u8>,
-    taken: Vec<(Next, HashSlot)>,
+}
+
+/// What the writer needs to sign the open line: its encoding and place.
+struct Open {
+    prepared: Prepared,
+    seq: u64,
+    prev_hex: [u8; 64],
 }
 
 impl ReceiptLog {
@@ -129,7 +155,7 @@ impl ReceiptLog {
         prev: [u8; 32],
         options: LogOptions,
     ) -> Result<ReceiptLog, OpenLogError> {
-        let signer = aws_lc_rs::signature::Ed25519KeyPair::from_seed_and_public_key(
+        let aws_key = aws_lc_rs::signature::Ed25519KeyPair::from_seed_and_public_key(
             key.as_bytes(),
             key.verifying_key().as_bytes(),
         )
@@ -138,43 +164,55 @@ impl ReceiptLog {
             state: Mutex::new(State {
                 next_seq,
                 ended: false,
-                unsigned: Vec::new(),
-                signing: false,
+                queued: Vec::new(),
+                chaining: false,
+                urgent: false,
                 buf: Vec::new(),
                 lens: VecDeque::new(),
                 buf_seq: next_seq,
                 failed: None,
                 stopping: false,
                 writer_idle: false,
+                writer_watching: false,
+                deferred_since: None,
                 waiting: BTreeMap::new(),
                 stats: CommitStats::default(),
             }),
             work: Condvar::new(),
             durable: AtomicU64::new(next_seq),
         });
-        let thread_queue = Arc::clone(&queue);
         let options = LogOptions {
             max_batch: options.max_batch.max(1),
             ..options
         };
+        let signer = Arc::new(Signer {
+            chain: Mutex::new(Chain {
+                prev,
+                open: None,
+                run: 0,
+                scratch: Vec::new(),
+                line: Vec::new(),
+            }),
+            key: aws_key,
+            key_id: format::key_id(&key.verifying_key()),
+            session: session.clone(),
+            max_group: options.max_batch,
+        });
+        let (thread_queue, thread_signer) = (Arc::clone(&queue), Arc::clone(&signer));
         let handle = std::thread::Builder::new()
             .name(format!("receipts-{session}"))
-            .spawn(move || writer_loop(&thread_queue, sink, options))
+            .spawn(move || {
+                let turn_queue = Arc::clone(&thread_queue);
+                writer_loop(&thread_queue, sink, options, move |n, buf, queued| {
+                    thread_signer.take_for_write(&turn_queue, n, buf, queued)
+                });
+            })
             .map_err(OpenLogError::Thread)?;
         Ok(ReceiptLog {
             shared: Arc::new(Shared {
-                chain: Mutex::new(Chain {
-                    prev,
-                    scratch: Vec::new(),
-                    line: Vec::new(),
-                    signed: Vec::new(),
-                    taken: Vec::new(),
-                }),
-                queue,
-                key_id: format::key_id(&key.verifying_key()),
                 signer,
+                queue,
                 key,
-                session,
                 writer: Mutex::new(Some(handle)),
             }),
         })
@@ -186,12 +224,12 @@ impl ReceiptLog {
     }
 
     pub fn session_id(&self) -> &str {
-        &self.shared.session
+        &self.shared.signer.session
     }
 
     /// Key id written in each receipt's `signer`.
     pub fn key_id(&self) -> &str {
-        &self.shared.key_id
+        &self.shared.signer.key_id
     }
 
     /// Appends and blocks until the receipt is durable.
@@ -202,6 +240,22 @@ impl ReceiptLog {
     /// Signs and queues a receipt; its seq and place in the chain are fixed
     /// now. The returned handle resolves once it is durable (or failed).
     pub fn submit(&self, entry: Entry) -> Result<PendingReceipt, AppendError> {
+        self.submit_entry(entry, false)
+    }
+
+    /// Queues a receipt that nothing waits for (a call's usage once its
+    /// response is over) without signing it now: its seq and place in the
+    /// chain are fixed now, and the next signing turn covers it with its
+    /// group's signature; if none comes within [`LogOptions::defer`], the
+    /// writer thread starts one. So a receipt that follows an action's
+    /// usually rides with the next action's signature and write instead of
+    /// paying for its own. A crash before then loses it, as it would lose a
+    /// receipt still being signed: nothing was acknowledged on its account.
+    pub fn submit_deferred(&self, entry: Entry) -> Result<PendingReceipt, AppendError> {
+        self.submit_entry(entry, true)
+    }
+
+    fn submit_entry(&self, entry: Entry, deferred: bool) -> Result<PendingReceipt, AppendError> {
         let (ts, body) = match entry {
             Entry::Decision { decided_at, record } => (decided_at, Body::Decision(record)),
             Entry::Approval(record) => (SystemTime::now(), Body::Approval(record)),
@@ -211,7 +265,7 @@ impl ReceiptLog {
         // Everything that does not depend on the chain is encoded here, on
         // the caller's thread, before it is queued for signing.
         let prepared = self.prepare(ts, &body)?;
-        self.submit_prepared(Next::Ready(prepared))
+        self.queue_next(Next::Ready(prepared), deferred)
     }
 
     /// Writes session_end (count and last hash) and waits for it and for
@@ -238,10 +292,19 @@ impl ReceiptLog {
     }
 
     fn prepare(&self, ts: SystemTime, body: &Body) -> Result<Prepared, AppendError> {
-        prepare(&self.shared.session, &self.shared.key_id, ts, body)
+        prepare(
+            &self.shared.signer.session,
+            &self.shared.signer.key_id,
+            ts,
+            body,
+        )
     }
 
     fn submit_prepared(&self, next: Next) -> Result<PendingReceipt, AppendError> {
+        self.queue_next(next, false)
+    }
+
+    fn queue_next(&self, next: Next, deferred: bool) -> Result<PendingReceipt, AppendError> {
         let shared = &self.shared;
         let queue = &shared.queue;
         let mut state = lock(&queue.state);
@@ -255,116 +318,137 @@ impl ReceiptLog {
         state.next_seq += 1;
         state.ended = matches!(next, Next::End(..));
         let hash: HashSlot = Arc::new(OnceLock::new());
-        state.unsigned.push((next, Arc::clone(&hash)));
+        state.queued.push(Queued {
+            next,
+            slot: Arc::clone(&hash),
+            deferred,
+        });
         let pending = PendingReceipt {
             queue: Arc::clone(queue),
             seq,
             hash,
             registered: false,
         };
-        if !state.signing {
-            // Nobody is signing: this submitter signs everything queued
+        if !state.chaining {
+            // Nobody is chaining: this submitter chains everything queued
             // until the queue is empty, then returns to wait like the rest.
-            state.signing = true;
-            self.sign_queued(state);
+            state.chaining = true;
+            drop(state);
+            shared.signer.chain_queued(queue);
         }
         Ok(pending)
     }
+}
 
-    /// The signer's turn: takes the queue, signs it in order without the
-    /// queue lock, hands each line to the writer as soon as it is signed (an
-    /// idle writer starts on it at once instead of waiting for the turn to
-    /// end), and repeats until nothing is left, so no queued receipt is ever
-    /// left without a signer.
-    fn sign_queued<'a>(&'a self, mut state: MutexGuard<'a, State>) {
-        let shared = &self.shared;
-        let queue = &shared.queue;
-        let mut chain = lock(&shared.chain);
-        let chain = &mut *chain;
+impl Signer {
+    /// A chaining turn (`state.chaining` set by the caller): takes the
+    /// queue, chains it in order, hands each line to the writer as soon as
+    /// it is chained (an idle writer starts on it at once), and repeats
+    /// until nothing is left, so no queued receipt is ever left behind.
+    fn chain_queued(&self, queue: &Queue) {
+        let mut taken = Vec::new();
         loop {
-            let first = state.next_seq - state.unsigned.len() as u64;
-            std::mem::swap(&mut state.unsigned, &mut chain.taken);
+            let mut state = lock(&queue.state);
+            if state.queued.is_empty() {
+                state.chaining = false;
+                return;
+            }
+            let first = state.next_seq - state.queued.len() as u64;
+            std::mem::swap(&mut state.queued, &mut taken);
             drop(state);
-            let mut failure = None;
-            let mut taken = std::mem::take(&mut chain.taken);
-            for (i, (next, slot)) in taken.drain(..).enumerate() {
+            for (i, q) in taken.drain(..).enumerate() {
                 let seq = first + i as u64;
-                chain.signed.clear();
-                match shared.sign_one(seq, next, chain) {
-                    Ok(hash) => {
-                        let _ = slot.set(hash);
-                        let mut state = lock(&queue.state);
-                        // After a failure the line is dropped: its waiter
-                        // gets the error.
-                        if state.failed.is_none() {
-                            if state.lens.is_empty() {
-                                state.buf_seq = seq;
-                            }
-                            state.buf.extend_from_slice(&chain.signed);
-                            state.lens.push_back((chain.signed.len(), Instant::now()));
-                            if state.writer_idle {
-                                state.writer_idle = false;
-                                queue.work.notify_one();
-                            }
-                        }
-                    }
+                // The chain lock per line, not per turn: the writer takes
+                // it too, and must not wait for a long turn to end.
+                let mut chain = lock(&self.chain);
+                let chain = &mut *chain;
+                let (hash, signed) = match self.chain_one(seq, q.next, chain) {
+                    Ok(chained) => chained,
                     Err(e) => {
                         // Only session_end is encoded here; it is the last.
-                        failure = Some((seq, e.to_string()));
-                        break;
+                        // Fail closed: what is not yet with the writer
+                        // fails too.
+                        let mut state = lock(&queue.state);
+                        let from = if state.lens.is_empty() {
+                            seq
+                        } else {
+                            state.buf_seq
+                        };
+                        state.fail(from, e.to_string());
+                        chain.open = None;
+                        let waiting = std::mem::take(&mut state.waiting);
+                        state.chaining = false;
+                        drop(state);
+                        for w in waiting.into_values() {
+                            w.wake();
+                        }
+                        return;
                     }
-                }
-            }
-            taken.clear();
-            // Kept for its capacity: the next turn swaps it with the queue.
-            chain.taken = taken;
-            state = lock(&queue.state);
-            if let Some((seq, why)) = failure {
-                // Fail closed: what is not yet with the writer fails too.
-                let from = if state.lens.is_empty() {
-                    seq
-                } else {
-                    state.buf_seq
                 };
-                state.fail(from, why);
-                let waiting = std::mem::take(&mut state.waiting);
-                state.signing = false;
-                drop(state);
-                for w in waiting.into_values() {
-                    w.wake();
+                let mut state = lock(&queue.state);
+                // After a failure the line is dropped: its waiter gets the
+                // error.
+                if state.failed.is_some() {
+                    continue;
                 }
-                return;
-            }
-            if state.unsigned.is_empty() {
-                state.signing = false;
-                return;
+                if state.lens.is_empty() {
+                    state.buf_seq = seq;
+                }
+                state.buf.extend_from_slice(&chain.line);
+                state.buf.push(b'\n');
+                state.lens.push_back(Line {
+                    len: chain.line.len() + 1,
+                    queued: Instant::now(),
+                    signed,
+                    hash,
+                    slot: q.slot,
+                });
+                if q.deferred {
+                    state.deferred_since.get_or_insert_with(Instant::now);
+                } else {
+                    state.urgent = true;
+                }
+                if state.writer_idle && (state.urgent || !state.writer_watching) {
+                    // An urgent line, or a deferred one that an idle writer
+                    // without a deadline would never look at.
+                    state.writer_idle = false;
+                    queue.work.notify_one();
+                }
             }
         }
     }
-}
 
-impl Shared {
-    /// Fills in seq and prev, signs, hashes and appends one line (with its
-    /// newline) to `chain.signed`. Returns the line's hash.
-    fn sign_one(&self, seq: u64, next: Next, chain: &mut Chain) -> Result<[u8; 32], AppendError> {
-        let prepared = match next {
-            Next::Ready(p) => p,
+    /// Fills in seq and prev and hashes one line into `chain.line`, signed
+    /// only when it must be (session_start, session_end, or a run of
+    /// `max_group` lines without a signature); otherwise it is left open for
+    /// the writer. Returns the line's hash and whether it is signed.
+    fn chain_one(
+        &self,
+        seq: u64,
+        next: Next,
+        chain: &mut Chain,
+    ) -> Result<([u8; 32], bool), AppendError> {
+        let (prepared, edge) = match next {
+            Next::Ready(p) => (p, seq == 0),
             // session_end commits to its own seq and the last hash: only
             // known here.
-            Next::End(ts, interrupted) => prepare(
-                &self.session,
-                &self.key_id,
-                ts,
-                &Body::SessionEnd {
-                    count: seq + 1,
-                    last: hex::encode(chain.prev),
-                    interrupted: interrupted.map(|cause| Interruption {
-                        cause,
-                        // A log always holds session_start before its end.
-                        at_seq: seq.saturating_sub(1),
-                    }),
-                },
-            )?,
+            Next::End(ts, interrupted) => (
+                prepare(
+                    &self.session,
+                    &self.key_id,
+                    ts,
+                    &Body::SessionEnd {
+                        count: seq + 1,
+                        last: hex::encode(chain.prev),
+                        interrupted: interrupted.map(|cause| Interruption {
+                            cause,
+                            // A log always holds session_start before its end.
+                            at_seq: seq.saturating_sub(1),
+                        }),
+                    },
+                )?,
+                true,
+            ),
         };
         let mut prev_hex = [0u8; 64];
         if seq == 0 {
@@ -373,22 +457,118 @@ impl Shared {
             hex::encode_to_slice(chain.prev, &mut prev_hex).expect("64 hex digits for 32 bytes");
         }
         chain.line.clear();
-        prepared.sign_into(
-            seq,
-            &prev_hex,
-            |input| {
-                let mut sig = [0u8; 64];
-                sig.copy_from_slice(self.signer.sign(input).as_ref());
-                sig
-            },
-            &mut chain.scratch,
-            &mut chain.line,
-        );
+        let signed = edge || chain.run + 1 >= self.max_group;
+        if signed {
+            self.sign(
+                &prepared,
+                seq,
+                &prev_hex,
+                &mut chain.scratch,
+                &mut chain.line,
+            );
+            chain.open = None;
+            chain.run = 0;
+        } else {
+            prepared.unsigned_into(seq, &prev_hex, None, &mut chain.line);
+            chain.open = Some(Open {
+                prepared,
+                seq,
+                prev_hex,
+            });
+            chain.run += 1;
+        }
         let hash = format::line_hash(&chain.line);
         chain.prev = hash;
-        chain.signed.extend_from_slice(&chain.line);
-        chain.signed.push(b'\n');
-        Ok(hash)
+        Ok((hash, signed))
+    }
+
+    fn sign(
+        &self,
+        prepared: &Prepared,
+        seq: u64,
+        prev_hex: &[u8; 64],
+        scratch: &mut Vec<u8>,
+        line: &mut Vec<u8>,
+    ) {
+        prepared.sign_into(
+            seq,
+            prev_hex,
+            |input| {
+                let mut sig = [0u8; 64];
+                sig.copy_from_slice(self.key.sign(input).as_ref());
+                sig
+            },
+            scratch,
+            line,
+        );
+    }
+
+    /// The writer's take (called without the queue lock): how many of the
+    /// queued lines the next write holds — all of them when at most `n`,
+    /// else up to the last signed line among the first `n` (one exists: a
+    /// run without a signature is shorter than `max_group`) — with the
+    /// last one signed. The open line, if it ends the write, is signed
+    /// here, under the chain lock, so nothing is chained onto its unsigned
+    /// form meanwhile. The bytes go to `buf`, queue times to `queued`;
+    /// None if there is nothing (failed meanwhile).
+    pub(super) fn take_for_write(
+        &self,
+        queue: &Queue,
+        n: usize,
+        buf: &mut Vec<u8>,
+        queued: &mut Vec<Instant>,
+    ) -> Option<TakenWrite> {
+        let mut chain = lock(&self.chain);
+        let chain = &mut *chain;
+        let state = lock(&queue.state);
+        let len = state.lens.len();
+        if len == 0 {
+            return None;
+        }
+        let take = if len <= n {
+            len
+        } else {
+            (0..n)
+                .rev()
+                .find(|&i| state.lens[i].signed)
+                .map_or(len, |i| i + 1)
+        };
+        let mut state = if take == len && !state.lens[len - 1].signed {
+            // The buffer ends with the open line: sign it now.
+            let open = chain
+                .open
+                .take()
+                .expect("an unsigned last line is the open one");
+            drop(state);
+            chain.line.clear();
+            self.sign(
+                &open.prepared,
+                open.seq,
+                &open.prev_hex,
+                &mut chain.scratch,
+                &mut chain.line,
+            );
+            chain.line.push(b'\n');
+            let hash = format::line_hash(&chain.line[..chain.line.len() - 1]);
+            chain.prev = hash;
+            chain.run = 0;
+            let mut state = lock(&queue.state);
+            let last = state
+                .lens
+                .back_mut()
+                .expect("still there: chaining needs our lock");
+            let old_len = last.len;
+            last.len = chain.line.len();
+            last.signed = true;
+            last.hash = hash;
+            let cut = state.buf.len() - old_len;
+            state.buf.truncate(cut);
+            state.buf.extend_from_slice(&chain.line);
+            state
+        } else {
+            state
+        };
+        Some(TakenWrite::take(&mut state, take, buf, queued))
     }
 }
 
@@ -437,7 +617,7 @@ mod tests {
     use std::fs::OpenOptions;
     use std::sync::{Arc, Mutex};
 
-    use super::super::test_utils::{decision, key, start, FailingSink};
+    use super::super::test_utils::{decision, hammer, key, start, FailingSink, RecordingSink};
     use super::super::{lock, AppendError, LogOptions, ReceiptLog};
     use crate::UnverifiedChain;
 
@@ -469,6 +649,115 @@ mod tests {
             .expect("verifies");
         assert_eq!(chain.receipts.len(), 102);
         assert_eq!(chain.last_hash(), end.hash);
+    }
+
+    /// The lines of all writes, and whether each carries its own sig.
+    fn signed_flags(writes: &[Vec<u8>]) -> Vec<Vec<bool>> {
+        writes
+            .iter()
+            .map(|w| {
+                w.split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| l.windows(7).any(|x| x == b"\"sig\":\""))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn recording(writes: &Arc<Mutex<Vec<Vec<u8>>>>, sync_ms: u64) -> RecordingSink {
+        RecordingSink {
+            writes: Arc::clone(writes),
+            fail_at: usize::MAX,
+            sync_delay: std::time::Duration::from_millis(sync_ms),
+        }
+    }
+
+    #[test]
+    fn a_busy_log_signs_once_per_group_and_every_write_ends_with_a_signed_line() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let log =
+            ReceiptLog::with_sink(recording(&writes, 2), key(), start(), LogOptions::default())
+                .expect("start");
+        let outcomes = hammer(&log, 8, 40);
+        assert!(outcomes.iter().flatten().all(Result::is_ok));
+        let stats = log.commit_stats();
+        log.finish().expect("finish");
+        // Appenders that queue while another signs ride with its next group.
+        assert!(
+            stats.signed < stats.receipts,
+            "{} signatures for {} receipts",
+            stats.signed,
+            stats.receipts
+        );
+        let writes = lock(&writes).clone();
+        for (i, flags) in signed_flags(&writes).iter().enumerate() {
+            assert_eq!(
+                flags.last(),
+                Some(&true),
+                "write {i} ends unsigned: {flags:?}"
+            );
+        }
+        let chain = UnverifiedChain::from_bytes(writes.concat())
+            .verify(&key().verifying_key())
+            .expect("verifies");
+        assert_eq!(chain.receipts.len(), 8 * 40 + 2);
+    }
+
+    #[test]
+    fn a_receipt_alone_is_signed_alone() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let log =
+            ReceiptLog::with_sink(recording(&writes, 0), key(), start(), LogOptions::default())
+                .expect("start");
+        for i in 0..5 {
+            log.append(decision(i)).expect("append");
+        }
+        log.finish().expect("finish");
+        let flags: Vec<bool> = signed_flags(&lock(&writes)).concat();
+        assert_eq!(flags, [true; 7]);
+    }
+
+    #[test]
+    fn a_deferred_receipt_rides_with_the_next_one_and_is_never_left_behind() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let patient = LogOptions {
+            defer: std::time::Duration::from_secs(3600),
+            ..LogOptions::default()
+        };
+        let log =
+            ReceiptLog::with_sink(recording(&writes, 0), key(), start(), patient).expect("start");
+        let deferred = log.submit_deferred(decision(1)).expect("defer");
+        assert_eq!(deferred.seq(), 1);
+        assert_eq!(log.append(decision(2)).expect("append").seq, 2);
+        deferred.wait().expect("durable with the next");
+        // Dropped without finish (as a dying supervisor would): the writer
+        // still signs and writes what was deferred before it stops.
+        log.submit_deferred(decision(3)).expect("defer");
+        drop(log);
+        assert_eq!(
+            signed_flags(&lock(&writes)),
+            [vec![true], vec![false, true], vec![true]],
+            "session_start; the deferred one with the next; the last alone"
+        );
+
+        // Nobody else comes: the writer signs it alone after `defer`.
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let brief = LogOptions {
+            defer: std::time::Duration::from_millis(5),
+            ..LogOptions::default()
+        };
+        let log =
+            ReceiptLog::with_sink(recording(&writes, 0), key(), start(), brief).expect("start");
+        log.submit_deferred(decision(1))
+            .expect("defer")
+            .wait()
+            .expect("durable");
+        assert_eq!(signed_flags(&lock(&writes)), [vec![true], vec![true]]);
+        log.finish().expect("finish");
+        let chain = UnverifiedChain::from_bytes(lock(&writes).concat())
+            .verify(&key().verifying_key())
+            .expect("verifies");
+        assert_eq!(chain.receipts.len(), 3);
     }
 
     #[test]

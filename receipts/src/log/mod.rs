@@ -153,6 +153,11 @@ pub struct LogOptions {
     /// waits at most about one commit interval more). Fewer, larger syncs
     /// cost less CPU when many requests are in flight; zero writes at once.
     pub gather: Duration,
+    /// How long a receipt queued with
+    /// [`ReceiptLog::submit_deferred`] may wait for the next signing turn
+    /// to cover it before the writer signs it alone (about twice this at
+    /// most, since an idle writer looks that often).
+    pub defer: Duration,
 }
 
 impl Default for LogOptions {
@@ -160,6 +165,7 @@ impl Default for LogOptions {
         LogOptions {
             max_batch: 4096,
             gather: Duration::ZERO,
+            defer: Duration::from_millis(100),
         }
     }
 }

@@ -17,15 +17,18 @@ use crate::verify::{written_part, LineVerifier};
 pub struct Recovered {
     /// Complete receipts kept.
     pub receipts: u64,
-    /// Bytes of torn, never-acknowledged writes that were cut off (the NUL
-    /// tail of the preallocated file, never written, is not counted).
+    /// Bytes of never-acknowledged writes that were cut off: a torn last
+    /// line, and complete lines after the last signed one (a group whose
+    /// signed line did not reach the disk). The NUL tail of the
+    /// preallocated file, never written, is not counted.
     pub truncated_bytes: u64,
 }
 
 impl ReceiptLog {
     /// Reopens a chain after a crash: verifies it with the key, cuts a torn
-    /// last line (never acknowledged: acknowledgements follow fdatasync of
-    /// whole lines), and continues it. A complete line that does not verify
+    /// last line and any lines after the last signed one (never
+    /// acknowledged: acknowledgements follow fdatasync of whole groups,
+    /// which end signed), and continues it. A complete line that does not verify
     /// is an error, not something to cut.
     ///
     /// The file is preallocated, so a crash leaves NULs where nothing was
@@ -50,20 +53,17 @@ impl ReceiptLog {
             .iter()
             .rposition(|&b| b == b'\n')
             .map_or(0, |i| i + 1);
-        let truncated_bytes = bytes[complete..].iter().filter(|&&b| b != 0).count() as u64;
-        let mut verifier = LineVerifier::new(key.verifying_key());
-        let mut session = None;
-        let lines = match complete {
-            0 => None,
-            n => Some(bytes[..n - 1].split(|&b| b == b'\n')),
-        };
-        for line in lines.into_iter().flatten() {
-            let r = verifier.push(line).map_err(|source| OpenLogError::Chain {
-                path: path.to_owned(),
-                source,
-            })?;
-            session.get_or_insert(r.receipt.session);
+        let (mut verifier, mut session, mut covered) =
+            verify_lines(path, &key, &bytes[..complete])?;
+        if covered < complete {
+            // Lines after the last signed one: a group whose signed line
+            // never reached the disk. Nothing in it was acknowledged (a
+            // write ends with its groups' signed lines, and acknowledgement
+            // follows its sync), and nothing vouches for its bytes: cut it.
+            (verifier, session, covered) = verify_lines(path, &key, &bytes[..covered])?;
         }
+        let complete = covered;
+        let truncated_bytes = bytes[complete..].iter().filter(|&&b| b != 0).count() as u64;
         let Some(session) = session else {
             return Err(OpenLogError::NoStart {
                 path: path.to_owned(),
@@ -98,6 +98,37 @@ impl ReceiptLog {
             },
         ))
     }
+}
+
+/// Verifies the complete lines in `bytes`: the verifier after them, the
+/// session, and where the part covered by signatures ends (after the last
+/// signed line; a line with no sig of its own is covered by the next signed
+/// one).
+fn verify_lines(
+    path: &Path,
+    key: &SigningKey,
+    bytes: &[u8],
+) -> Result<(LineVerifier, Option<String>, usize), OpenLogError> {
+    let mut verifier = LineVerifier::new(key.verifying_key());
+    let mut session = None;
+    let mut covered = 0;
+    let mut at = 0;
+    let lines = match bytes.len() {
+        0 => None,
+        n => Some(bytes[..n - 1].split(|&b| b == b'\n')),
+    };
+    for line in lines.into_iter().flatten() {
+        let r = verifier.push(line).map_err(|source| OpenLogError::Chain {
+            path: path.to_owned(),
+            source,
+        })?;
+        session.get_or_insert(r.receipt.session);
+        at += line.len() + 1;
+        if verifier.uncovered() == 0 {
+            covered = at;
+        }
+    }
+    Ok((verifier, session, covered))
 }
 
 #[cfg(test)]
@@ -146,5 +177,47 @@ mod tests {
             ReceiptLog::create(&path, other, start()).is_err(),
             "never clobbers"
         );
+    }
+
+    #[test]
+    fn reopen_cuts_lines_that_no_signature_covers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("receipts.jsonl");
+        let patient = LogOptions {
+            defer: std::time::Duration::from_secs(3600),
+            ..LogOptions::default()
+        };
+        let log = ReceiptLog::create_with(&path, key(), start(), patient).expect("create");
+        log.append(decision(1)).expect("append");
+        log.submit_deferred(decision(2)).expect("defer");
+        log.submit_deferred(decision(3)).expect("defer");
+        log.append(decision(4)).expect("append");
+        drop(log);
+        // A crash that lost the group's signed last line but kept the two
+        // before it (never acknowledged: the group's write had not synced).
+        let bytes = std::fs::read(&path).expect("read");
+        let ends: Vec<usize> = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .map(|(i, _)| i + 1)
+            .collect();
+        assert_eq!(ends.len(), 5);
+        std::fs::write(&path, &bytes[..ends[3]]).expect("cut the signed line");
+        let (log, rec) =
+            ReceiptLog::open_existing(&path, key(), LogOptions::default()).expect("reopen");
+        assert_eq!(
+            rec,
+            Recovered {
+                receipts: 2,
+                truncated_bytes: (ends[3] - ends[1]) as u64
+            }
+        );
+        assert_eq!(log.append(decision(9)).expect("append").seq, 2);
+        log.finish().expect("finish");
+        let chain = UnverifiedChain::from_bytes(std::fs::read(&path).expect("read"))
+            .verify(&key().verifying_key())
+            .expect("verifies");
+        assert_eq!(chain.receipts.len(), 4);
     }
 }

@@ -10,6 +10,10 @@ pub struct CommitStats {
     pub batches: u64,
     /// Receipts in those batches.
     pub receipts: u64,
+    /// Of those, the ones that carry their own signature: one per group of
+    /// lines chained in one signing turn (`receipts / signed` lines per
+    /// signature).
+    pub signed: u64,
     /// Write + fdatasync time of each batch: `sync_log2_us[i]` counts
     /// batches that took under 2^i µs (the last bucket: the rest).
     pub sync_log2_us: [u64; 24],
@@ -33,12 +37,14 @@ impl CommitStats {
     pub(super) fn record(
         &mut self,
         queued: &[Instant],
+        signed: u64,
         durable_at: Instant,
         cycle: Cycle,
         previous_taken: Option<Instant>,
     ) {
         self.batches += 1;
         self.receipts += queued.len() as u64;
+        self.signed += signed;
         self.sync_total += cycle.sync;
         self.gather_total += cycle.gather;
         log2_bucket(&mut self.sync_log2_us, cycle.sync);

@@ -1,8 +1,12 @@
-//! The writer thread: takes every signed line queued (up to `max_batch`),
-//! optionally gathers a little longer, commits them with one write +
-//! fdatasync, publishes the new durable mark and wakes exactly the waiters
-//! that mark covers. A failed write or sync poisons the queue: everything
-//! from the failed batch on fails, and nothing more is accepted.
+//! The writer thread: takes the chained lines queued (up to `max_batch`),
+//! signs the last one it takes unless it is signed already (one signature
+//! per write: its `prev` chain covers the lines before it), optionally
+//! gathers a little longer first, commits them with one write + fdatasync,
+//! publishes the new durable mark and wakes exactly the waiters that mark
+//! covers. Lines queued with `submit_deferred` alone do not wake it: they
+//! wait for the next write, or `LogOptions::defer`. A failed write or sync
+//! poisons the queue: everything from the failed batch on fails, and
+//! nothing more is accepted.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,21 +59,97 @@ impl Wake {
     }
 }
 
+/// A submitted receipt waiting to be chained.
+pub(super) struct Queued {
+    pub(super) next: Next,
+    /// Where its line's hash goes once it is final.
+    pub(super) slot: HashSlot,
+    /// Queued with `submit_deferred`: it does not wake the writer.
+    pub(super) deferred: bool,
+}
+
+/// A chained line waiting for the writer.
+pub(super) struct Line {
+    /// Bytes, newline included.
+    pub(super) len: usize,
+    /// When it was handed to the writer.
+    pub(super) queued: Instant,
+    /// Whether it carries a signature. A write always ends with such a line
+    /// (the writer signs the last one it takes), so every acknowledged line
+    /// is covered by a signature on disk.
+    pub(super) signed: bool,
+    /// SHA-256 of the line as it stands (set in `slot` when written).
+    pub(super) hash: [u8; 32],
+    pub(super) slot: HashSlot,
+}
+
+/// What one write took from the queue (its bytes are in the writer's buffer).
+pub(super) struct TakenWrite {
+    /// Seq of its first line.
+    pub(super) first: u64,
+    pub(super) count: u64,
+    /// Lines in it that carry a signature.
+    pub(super) signed: u64,
+    /// When it was taken, under the queue lock: every line queued before
+    /// is in this write or an earlier one.
+    pub(super) at: Instant,
+}
+
+impl TakenWrite {
+    /// Takes the first `n` queued lines into `buf` (empty on entry), their
+    /// queue times into `queued`, and fills in their hash slots: the lines
+    /// are final now.
+    pub(super) fn take(
+        state: &mut State,
+        n: usize,
+        buf: &mut Vec<u8>,
+        queued: &mut Vec<Instant>,
+    ) -> TakenWrite {
+        let first = state.buf_seq;
+        let mut signed = 0;
+        let mut bytes = 0;
+        for line in state.lens.drain(..n) {
+            bytes += line.len;
+            queued.push(line.queued);
+            signed += u64::from(line.signed);
+            let _ = line.slot.set(line.hash);
+        }
+        if state.lens.is_empty() {
+            // The usual case: take everything, leave an empty buffer with
+            // capacity (the two buffers swap back and forth).
+            std::mem::swap(&mut state.buf, buf);
+            state.urgent = false;
+            state.deferred_since = None;
+        } else {
+            buf.extend_from_slice(&state.buf[..bytes]);
+            state.buf.drain(..bytes);
+        }
+        state.buf_seq = first + n as u64;
+        TakenWrite {
+            first,
+            count: n as u64,
+            signed,
+            at: Instant::now(),
+        }
+    }
+}
+
 pub(super) struct State {
     /// Seq the next submitted receipt gets.
     pub(super) next_seq: u64,
     /// session_end is queued: nothing more is accepted.
     pub(super) ended: bool,
-    /// Submitted receipts not yet signed, in seq order, with where their
-    /// hash goes.
-    pub(super) unsigned: Vec<(Next, HashSlot)>,
-    /// Whether a submitter is signing queued receipts; the others only
+    /// Submitted receipts not yet chained, in seq order.
+    pub(super) queued: Vec<Queued>,
+    /// Whether a submitter is chaining queued receipts; the others only
     /// queue theirs and go to wait.
-    pub(super) signing: bool,
+    pub(super) chaining: bool,
+    /// Some line in `buf` was not deferred: the writer should write now.
+    pub(super) urgent: bool,
     /// Signed lines (with newlines) not yet taken by the writer.
     pub(super) buf: Vec<u8>,
-    /// Length of each line in `buf` and when it was queued, oldest first.
-    pub(super) lens: VecDeque<(usize, Instant)>,
+    /// Each line in `buf`, oldest first; the last is always signed.
+    pub(super) lens: VecDeque<Line>,
     /// Seq of the first line in `buf`.
     pub(super) buf_seq: u64,
     /// Set once a write, sync or encoding failed: receipts from this seq on
@@ -77,6 +157,11 @@ pub(super) struct State {
     pub(super) failed: Option<(u64, String)>,
     pub(super) stopping: bool,
     pub(super) writer_idle: bool,
+    /// The idle writer waits with a deadline: it will look at the queue by
+    /// itself, so a deferred receipt need not wake it.
+    pub(super) writer_watching: bool,
+    /// When the oldest deferred line in `buf` was chained.
+    pub(super) deferred_since: Option<Instant>,
     /// Waiters by seq (one receipt, one waiter).
     pub(super) waiting: BTreeMap<u64, Wake>,
     pub(super) stats: CommitStats,
@@ -92,32 +177,61 @@ impl State {
             Some((from, _)) => *from = (*from).min(seq),
             None => self.failed = Some((seq, why)),
         }
-        self.unsigned.clear();
+        self.queued.clear();
+        self.deferred_since = None;
+        self.urgent = false;
         self.buf.clear();
         self.lens.clear();
     }
 }
 
-pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: LogOptions) {
+pub(super) fn writer_loop(
+    queue: &Queue,
+    mut sink: impl DurableSink,
+    options: LogOptions,
+    mut take: impl FnMut(usize, &mut Vec<u8>, &mut Vec<Instant>) -> Option<TakenWrite>,
+) {
     let mut buf = Vec::new();
     let mut queued = Vec::new();
     // The last sync's duration bounds the gathering wait.
     let mut last_sync = Duration::ZERO;
     let mut previous_taken = None;
+    // After a commit the writer keeps an eye on the queue for `defer`, so
+    // the lines deferred meanwhile (a usage receipt after its call) need
+    // not wake it; after that it sleeps until woken.
+    let mut watch_until: Option<Instant> = None;
     loop {
         buf.clear();
         queued.clear();
         let mut gathered = Duration::ZERO;
-        let (first, next, taken) = {
+        {
             let mut state = lock(&queue.state);
-            while state.lens.is_empty() && !state.stopping {
-                state.writer_idle = true;
-                state = queue
-                    .work
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            loop {
+                if state.stopping || (state.urgent && !state.lens.is_empty()) {
+                    break;
+                }
+                let now = Instant::now();
+                if !state.lens.is_empty() {
+                    // Deferred lines only: written once they waited `defer`.
+                    let due = state.deferred_since.map_or(now, |at| at + options.defer);
+                    if now >= due {
+                        break;
+                    }
+                    state = wait_idle(queue, state, Some(due - now));
+                    continue;
+                }
+                match watch_until {
+                    Some(until) if now < until => {
+                        state = wait_idle(queue, state, Some(until - now));
+                    }
+                    _ => {
+                        watch_until = None;
+                        state = wait_idle(queue, state, None);
+                    }
+                }
             }
             state.writer_idle = false;
+            state.writer_watching = false;
             if state.lens.is_empty() {
                 // Stopping with nothing left: a clean end (after a failure
                 // the file is left as it is).
@@ -138,33 +252,21 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
                 drop(state);
                 std::thread::sleep(gather);
                 gathered = started.elapsed();
-                state = lock(&queue.state);
-                if state.lens.is_empty() {
-                    // Failed meanwhile (a session_end that did not encode).
-                    continue;
-                }
             }
-            let first = state.buf_seq;
-            let n = state.lens.len().min(options.max_batch);
-            if n == state.lens.len() {
-                // The usual case: take everything, leave an empty buffer
-                // with capacity (the two buffers swap back and forth).
-                std::mem::swap(&mut state.buf, &mut buf);
-                queued.extend(state.lens.drain(..).map(|(_, at)| at));
-            } else {
-                let mut bytes = 0;
-                for (len, at) in state.lens.drain(..n) {
-                    bytes += len;
-                    queued.push(at);
-                }
-                buf.extend_from_slice(&state.buf[..bytes]);
-                state.buf.drain(..bytes);
-            }
-            state.buf_seq = first + n as u64;
-            // Under the lock: every receipt queued before this instant is
-            // in this batch or an earlier one.
-            (first, first + n as u64, Instant::now())
+        }
+        // Under the chain lock (taken before the queue's), with the last
+        // line signed.
+        let Some(TakenWrite {
+            first,
+            count,
+            signed,
+            at: taken,
+        }) = take(options.max_batch, &mut buf, &mut queued)
+        else {
+            // Failed meanwhile (a session_end that did not encode).
+            continue;
         };
+        let next = first + count;
         let syncing = Instant::now();
         let result = sink.write_all(&buf).and_then(|()| sink.sync());
         let durable_at = Instant::now();
@@ -177,7 +279,7 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
             let mut state = lock(&queue.state);
             state
                 .stats
-                .record(&queued, durable_at, cycle, previous_taken);
+                .record(&queued, signed, durable_at, cycle, previous_taken);
             match result {
                 Ok(()) => queue.durable.store(next, Ordering::Release),
                 // Poison: no new receipt is chained onto lines that may not
@@ -193,9 +295,34 @@ pub(super) fn writer_loop(queue: &Queue, mut sink: impl DurableSink, options: Lo
                 .collect()
         };
         previous_taken = Some(taken);
+        watch_until = Some(durable_at + options.defer);
         for w in wake {
             w.wake();
         }
+    }
+}
+
+/// The writer's wait for work, with a deadline (it will look by itself) or
+/// without (it must be woken).
+fn wait_idle<'a>(
+    queue: &'a Queue,
+    mut state: std::sync::MutexGuard<'a, State>,
+    deadline: Option<Duration>,
+) -> std::sync::MutexGuard<'a, State> {
+    state.writer_idle = true;
+    state.writer_watching = deadline.is_some();
+    match deadline {
+        Some(d) => {
+            queue
+                .work
+                .wait_timeout(state, d)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0
+        }
+        None => queue
+            .work
+            .wait(state)
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
     }
 }
 #[cfg(test)]

@@ -79,21 +79,33 @@ pub fn decision_entry(i: u64) -> Entry {
 }
 
 /// A complete chain from the real writer: start, `decisions` decisions (each
-/// approval-gated one answered), end.
+/// approval-gated one answered), end. Every third decision and every
+/// approval is deferred, so it rides with the next receipt's group: the
+/// chain mixes signed lines with lines covered by the next signed one
+/// (format version 5), as a busy session's chain does.
 pub fn build_chain(decisions: u64) -> Vec<u8> {
     let sink = MemorySink::default();
     let log = ReceiptLog::with_sink(
         sink.clone(),
         fixed_key(),
         session_start("tamper"),
-        LogOptions::default(),
+        LogOptions {
+            // Never signed alone by the writer: each deferred receipt is
+            // covered by the next append's signature, the same every run.
+            defer: std::time::Duration::from_secs(3600),
+            ..LogOptions::default()
+        },
     )
     .expect("start");
     for i in 0..decisions {
-        let a = log.append(decision_entry(i)).expect("append");
+        let seq = if i % 3 == 1 {
+            log.submit_deferred(decision_entry(i)).expect("defer").seq()
+        } else {
+            log.append(decision_entry(i)).expect("append").seq
+        };
         if i % 4 == 2 {
-            log.append(Entry::Approval(ApprovalRecord {
-                decision_seq: a.seq,
+            log.submit_deferred(Entry::Approval(ApprovalRecord {
+                decision_seq: seq,
                 approved: i % 8 == 2,
                 approver: if i % 8 == 2 { "terminal" } else { "timeout" }.into(),
                 answered_at: receipts::format_time(SystemTime::now()),
@@ -105,6 +117,12 @@ pub fn build_chain(decisions: u64) -> Vec<u8> {
     log.finish().expect("finish");
     let bytes = sink.0.lock().expect("sink lock").clone();
     bytes
+}
+
+/// Whether a line carries its own signature (else the next signed line's
+/// covers it).
+pub fn is_signed(line: &[u8]) -> bool {
+    value(line).get("sig").is_some()
 }
 
 /// The golden chain: fixed key, fixed times, so it is byte-for-byte stable.
