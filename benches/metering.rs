@@ -3,21 +3,25 @@
 //! through as the unmetered proxy passes it, and read by the metering
 //! reader as the metered proxy does (SSE parsed on the fly), with the usage
 //! chunk kept and with it removed (the client did not ask for it); plus the
-//! settlement's `usage` receipt (encoded, signed, chained; an in-memory
-//! sink, so the disk is not measured). Target: under 20 µs CPU per call,
-//! reported as the reading thread's CPU time beside the wall clock (which
-//! another process on the CPU inflates). And the time to the first byte a
-//! client gets, unmetered and with the read after or before the forward,
-//! over loopback TCP (no added latency is the target).
+//! settlement's `usage` receipt: a call's receipts (its decision, waited
+//! for, then its usage deferred as the proxy queues it) against the
+//! decision alone, as process CPU (the receipt writer's thread counts), on
+//! an in-memory sink so the disk is not measured. Target: under 20 µs CPU
+//! per call for the read and the receipt together, the read reported as the
+//! reading thread's CPU time beside the wall clock (which another process
+//! on the CPU inflates). And the time to the first byte a client gets,
+//! unmetered and with the read after or before the forward, over loopback
+//! TCP (no added latency is the target).
 //! Ledger rows per second: `cargo bench -p usage-ledger --bench ledger`.
 //!
 //! Results (docs/metering.md, "Reading usage as the stream passes";
-//! session 9, load 6-9 on 2 cores): the read adds 4.5-7.1 µs CPU per call
-//! (usage chunk kept), 5.6-6.8 (removed); under `valgrind --tool=callgrind`
-//! 143,820 and 145,314 instructions per call, against 257,257 before. The
-//! usage receipt: 12.5-19.2 µs CPU more, counted apart. First byte: 11.3-11.5
-//! µs unmetered and with the read after the forward (the proxy's order),
-//! 12.7-12.8 µs with the read before it.
+//! session 10, idle machine): the read adds 5.96-5.98 µs CPU per call
+//! (usage chunk kept), 7.98-8.00 (removed); the usage receipt 2.83-4.02 µs
+//! (it rides with the next decision's write and signature); metering in all
+//! 8.82-9.98 µs. Under `valgrind --tool=callgrind` the read is 143,820
+//! instructions per call (kept), 145,314 (removed), against 257,257 in
+//! session 8. First byte: the same with and without the read after the
+//! forward (the proxy's order).
 //!
 //!     cargo bench --bench metering
 //!     valgrind --tool=callgrind --toggle-collect='metering::read_kept*' \

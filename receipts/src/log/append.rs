@@ -535,10 +535,19 @@ impl Signer {
         };
         let mut state = if take == len && !state.lens[len - 1].signed {
             // The buffer ends with the open line: sign it now.
-            let open = chain
-                .open
-                .take()
-                .expect("an unsigned last line is the open one");
+            let Some(open) = chain.open.take() else {
+                // Cannot happen (the unsigned last line is the open one);
+                // if it did, nothing may be written unsigned: fail closed.
+                let mut state = state;
+                let from = state.buf_seq;
+                state.fail(from, "the last line to write has no signer state".into());
+                let waiting = std::mem::take(&mut state.waiting);
+                drop(state);
+                for w in waiting.into_values() {
+                    w.wake();
+                }
+                return None;
+            };
             drop(state);
             chain.line.clear();
             self.sign(
