@@ -104,6 +104,30 @@ async fn websocket_upgrades_are_never_pooled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_http1_requests_reuse_their_connections_in_the_next_round() {
+    // 40 sandbox connections at once, twice: the second round finds every
+    // connection the first opened waiting idle, and opens none beyond the
+    // peak concurrency (an idle cap below it would close some, to be
+    // opened again at the cost of a TLS handshake each).
+    const AT_ONCE: usize = 40;
+    let env = Env::start(&[b"http/1.1"]).await;
+    for round in 0..2 {
+        let runs: Vec<_> = (0..AT_ONCE)
+            .map(|_| env.curl("/sse?n=2&gap_ms=300", &["--http1.1"]))
+            .collect();
+        for out in futures_util::future::join_all(runs).await {
+            assert_eq!(stdout(&out).matches("data:").count(), 2, "{out:?}");
+        }
+        let opened = env.upstream.connections();
+        assert!(
+            opened <= AT_ONCE,
+            "round {round}: {opened} upstream connections for {AT_ONCE} concurrent requests"
+        );
+    }
+    assert_eq!(env.proxy.stats().connections, 2 * AT_ONCE as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_pooled_connections_expire() {
     let env = Env::start_with(&[b"http/1.1"], Recorder::default(), |cfg| {
         cfg.upstream.pool_idle_timeout = Duration::from_millis(200);
