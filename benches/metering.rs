@@ -90,8 +90,12 @@ fn per_call(d: Duration, calls: u32) -> f64 {
 /// The CPU time this thread has used (user and system): unlike the wall
 /// clock, not inflated while other processes have the CPU.
 fn cpu_now() -> Duration {
-    use nix::sys::resource::{getrusage, UsageWho};
-    let usage = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+    cpu_used(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+}
+
+/// The CPU time (user and system) of this thread or of the whole process.
+fn cpu_used(who: nix::sys::resource::UsageWho) -> Duration {
+    let usage = nix::sys::resource::getrusage(who).expect("getrusage");
     let micros = |t: nix::sys::time::TimeVal| {
         Duration::from_secs(u64::try_from(t.tv_sec()).expect("time"))
             + Duration::from_micros(u64::try_from(t.tv_usec()).expect("time"))
@@ -314,13 +318,7 @@ fn decision_entry() -> Entry {
 
 /// The process's CPU time so far (every thread, user and system).
 fn process_cpu_now() -> Duration {
-    use nix::sys::resource::{getrusage, UsageWho};
-    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
-    let micros = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(u64::try_from(t.tv_sec()).expect("time"))
-            + Duration::from_micros(u64::try_from(t.tv_usec()).expect("time"))
-    };
-    micros(usage.user_time()) + micros(usage.system_time())
+    cpu_used(nix::sys::resource::UsageWho::RUSAGE_SELF)
 }
 
 /// `CALLS` calls' receipts on a fresh log: each call's decision submitted

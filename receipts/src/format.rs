@@ -222,21 +222,12 @@ pub fn parse_time(text: &str) -> Option<std::time::SystemTime> {
 /// Signing input: the RFC 8785 canonical JSON of the receipt without `sig`.
 /// The line: the canonical JSON of the receipt with `sig` (128 lowercase hex).
 pub fn sign_line(receipt: &Receipt, key: &SigningKey) -> Result<Vec<u8>, serde_json::Error> {
-    let prepared = Prepared::new(
-        receipt.v,
-        &receipt.session,
-        &receipt.ts,
-        &receipt.signer,
-        &receipt.body,
-    )?;
-    // prev is 64 hex digits in every real receipt; encode it properly anyway.
-    let prev = serde_json_canonicalizer::to_vec(&receipt.prev)?;
-    let prev = &prev[1..prev.len() - 1];
+    let (prepared, prev) = prepared_with_prev(receipt)?;
     let mut line = Vec::new();
     let mut scratch = Vec::new();
     prepared.sign_into(
         receipt.seq,
-        prev,
+        &prev,
         |input| key.sign(input).to_bytes(),
         &mut scratch,
         &mut line,
@@ -249,6 +240,15 @@ pub fn sign_line(receipt: &Receipt, key: &SigningKey) -> Result<Vec<u8>, serde_j
 /// receipt of the group but the last. `receipt.v` must be
 /// [`unsigned_version_of`] its body for the line to verify.
 pub fn unsigned_line(receipt: &Receipt) -> Result<Vec<u8>, serde_json::Error> {
+    let (prepared, prev) = prepared_with_prev(receipt)?;
+    let mut line = Vec::new();
+    prepared.unsigned_into(receipt.seq, &prev, Some(receipt.v), &mut line);
+    Ok(line)
+}
+
+/// A whole receipt's [`Prepared`] form and its `prev` as it goes between
+/// the quotes (64 hex digits in every real receipt; encoded properly anyway).
+fn prepared_with_prev(receipt: &Receipt) -> Result<(Prepared, Vec<u8>), serde_json::Error> {
     let prepared = Prepared::new(
         receipt.v,
         &receipt.session,
@@ -256,15 +256,8 @@ pub fn unsigned_line(receipt: &Receipt) -> Result<Vec<u8>, serde_json::Error> {
         &receipt.signer,
         &receipt.body,
     )?;
-    let prev = serde_json_canonicalizer::to_vec(&receipt.prev)?;
-    let mut line = Vec::new();
-    prepared.unsigned_into(
-        receipt.seq,
-        &prev[1..prev.len() - 1],
-        Some(receipt.v),
-        &mut line,
-    );
-    Ok(line)
+    let quoted = serde_json_canonicalizer::to_vec(&receipt.prev)?;
+    Ok((prepared, quoted[1..quoted.len() - 1].to_vec()))
 }
 
 /// A receipt encoded in canonical form except for the members that depend on

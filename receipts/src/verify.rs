@@ -939,17 +939,21 @@ mod tests {
     use crate::format::{sign_line, Receipt};
     use ed25519_dalek::SigningKey;
 
-    /// A chain written by hand: session_start, then each (body, version,
-    /// signed) in turn with its seq and prev filled in.
-    fn hand_chain(key: &SigningKey, rest: &[(Body, u32, bool)]) -> Vec<Vec<u8>> {
-        let start = Body::SessionStart {
+    fn start_body(key: &SigningKey) -> Body {
+        Body::SessionStart {
             public_key: hex::encode(key.verifying_key().as_bytes()),
             revocation_ids: vec!["x".into()],
             sandbox: "netns".into(),
             capability_sha256: None,
             tenant: None,
             user: None,
-        };
+        }
+    }
+
+    /// A chain written by hand: session_start, then each (body, version,
+    /// signed) in turn with its seq and prev filled in.
+    fn hand_chain(key: &SigningKey, rest: &[(Body, u32, bool)]) -> Vec<Vec<u8>> {
+        let start = start_body(key);
         let mut lines: Vec<Vec<u8>> = Vec::new();
         let mut prev = GENESIS_PREV.to_owned();
         for (seq, (body, v, signed)) in std::iter::once((start, FORMAT_VERSION, true))
@@ -1146,14 +1150,7 @@ mod tests {
             ts: "2026-01-01T00:00:00.000000Z".into(),
             prev: GENESIS_PREV.into(),
             signer: format::key_id(&key.verifying_key()),
-            body: Body::SessionStart {
-                public_key: hex::encode(key.verifying_key().as_bytes()),
-                revocation_ids: vec!["x".into()],
-                sandbox: "netns".into(),
-                capability_sha256: None,
-                tenant: None,
-                user: None,
-            },
+            body: start_body(&key),
         };
         let line = sign_line(&receipt, &key).expect("sign");
         let mut v = LineVerifier::new(key.verifying_key());

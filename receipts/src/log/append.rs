@@ -626,7 +626,9 @@ mod tests {
     use std::fs::OpenOptions;
     use std::sync::{Arc, Mutex};
 
-    use super::super::test_utils::{decision, hammer, key, start, FailingSink, RecordingSink};
+    use super::super::test_utils::{
+        decision, deferring, hammer, key, start, FailingSink, RecordingSink,
+    };
     use super::super::{lock, AppendError, LogOptions, ReceiptLog};
     use crate::UnverifiedChain;
 
@@ -729,10 +731,7 @@ mod tests {
     #[test]
     fn a_deferred_receipt_rides_with_the_next_one_and_is_never_left_behind() {
         let writes = Arc::new(Mutex::new(Vec::new()));
-        let patient = LogOptions {
-            defer: std::time::Duration::from_secs(3600),
-            ..LogOptions::default()
-        };
+        let patient = deferring(std::time::Duration::from_secs(3600));
         let log =
             ReceiptLog::with_sink(recording(&writes, 0), key(), start(), patient).expect("start");
         let deferred = log.submit_deferred(decision(1)).expect("defer");
@@ -751,10 +750,7 @@ mod tests {
 
         // Nobody else comes: the writer signs it alone after `defer`.
         let writes = Arc::new(Mutex::new(Vec::new()));
-        let brief = LogOptions {
-            defer: std::time::Duration::from_millis(5),
-            ..LogOptions::default()
-        };
+        let brief = deferring(std::time::Duration::from_millis(5));
         let log =
             ReceiptLog::with_sink(recording(&writes, 0), key(), start(), brief).expect("start");
         log.submit_deferred(decision(1))

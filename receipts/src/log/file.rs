@@ -190,7 +190,7 @@ fn zero_ahead(zeroing: &Zeroing, file: &File) {
 mod tests {
     use std::io::Write;
 
-    use super::super::test_utils::{decision, key, start};
+    use super::super::test_utils::{decision, key, reopen, start};
     use super::super::{LogOptions, OpenLogError, ReceiptLog, Recovered};
     use super::{extent, FIRST_EXTENT, MAX_EXTENT};
     use crate::{ChainError, UnverifiedChain};
@@ -305,8 +305,7 @@ mod tests {
         std::fs::write(&path, &bytes).expect("write crash image");
         // The verifier reports the torn line; with only NULs after it, the same.
         assert_eq!(verify(bytes.clone()), Err(ChainError::Torn { line: 6 }));
-        let (log, rec) =
-            ReceiptLog::open_existing(&path, key(), LogOptions::default()).expect("reopen");
+        let (log, rec) = reopen(&path);
         assert_eq!(
             rec,
             Recovered {

@@ -138,7 +138,7 @@ mod tests {
 
     use ed25519_dalek::SigningKey;
 
-    use super::super::test_utils::{decision, key, start};
+    use super::super::test_utils::{decision, deferring, key, reopen, start};
     use super::super::{LogOptions, OpenLogError, ReceiptLog, Recovered};
     use crate::UnverifiedChain;
 
@@ -154,8 +154,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).expect("open");
         Write::write_all(&mut f, b"{\"action\":{\"ty").expect("torn write");
         drop(f);
-        let (log, rec) =
-            ReceiptLog::open_existing(&path, key(), LogOptions::default()).expect("reopen");
+        let (log, rec) = reopen(&path);
         assert_eq!(
             rec,
             Recovered {
@@ -183,10 +182,7 @@ mod tests {
     fn reopen_cuts_lines_that_no_signature_covers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("receipts.jsonl");
-        let patient = LogOptions {
-            defer: std::time::Duration::from_secs(3600),
-            ..LogOptions::default()
-        };
+        let patient = deferring(std::time::Duration::from_secs(3600));
         let log = ReceiptLog::create_with(&path, key(), start(), patient).expect("create");
         log.append(decision(1)).expect("append");
         log.submit_deferred(decision(2)).expect("defer");
@@ -204,8 +200,7 @@ mod tests {
             .collect();
         assert_eq!(ends.len(), 5);
         std::fs::write(&path, &bytes[..ends[3]]).expect("cut the signed line");
-        let (log, rec) =
-            ReceiptLog::open_existing(&path, key(), LogOptions::default()).expect("reopen");
+        let (log, rec) = reopen(&path);
         assert_eq!(
             rec,
             Recovered {

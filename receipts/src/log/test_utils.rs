@@ -26,6 +26,19 @@ pub(super) fn start() -> SessionStart {
     }
 }
 
+/// Default options but for how long a deferred receipt may wait.
+pub(super) fn deferring(defer: std::time::Duration) -> super::LogOptions {
+    super::LogOptions {
+        defer,
+        ..super::LogOptions::default()
+    }
+}
+
+/// Reopens a log file after a (simulated) crash, with default options.
+pub(super) fn reopen(path: &std::path::Path) -> (super::ReceiptLog, super::Recovered) {
+    super::ReceiptLog::open_existing(path, key(), super::LogOptions::default()).expect("reopen")
+}
+
 pub(super) fn decision(i: u64) -> Entry {
     Entry::Decision {
         decided_at: SystemTime::now(),
