@@ -52,6 +52,10 @@ fn the_golden_bundle_verifies_with_its_pinned_key() {
     );
     let text = stdout(&out);
     assert!(text.contains("✓ valid: 7 receipts"), "{text}");
+    assert!(
+        text.contains("signatures: every receipt carries its own"),
+        "{text}"
+    );
     assert!(text.contains("session golden-0001 · sandbox kvm"), "{text}");
     assert!(text.contains("2 allow, 1 approval, 1 block"), "{text}");
     assert!(text.contains("no capabilities.cap"), "{text}");
@@ -418,7 +422,9 @@ fn metered_bundle(cost: Option<u64>) -> (tempfile::TempDir, PathBuf) {
             ..Default::default()
         },
     };
-    log.append(Entry::Usage(receipts::UsageRecord {
+    // Deferred, as the proxy settles a call: it rides with the next write
+    // (here session_end's), without a signature of its own.
+    log.submit_deferred(Entry::Usage(receipts::UsageRecord {
         decision_seq: d.seq,
         provider: "api.openai.com".into(),
         api: "openai.chat".into(),
@@ -432,6 +438,11 @@ fn metered_bundle(cost: Option<u64>) -> (tempfile::TempDir, PathBuf) {
     }))
     .expect("usage");
     log.finish().expect("finish");
+    let text = std::fs::read_to_string(dir.path().join("receipts.jsonl")).expect("read");
+    assert!(
+        !text.lines().nth(2).expect("line 3").contains("\"sig\""),
+        "the usage line rode with session_end's signature"
+    );
     let path = dir.path().join("receipts.jsonl");
     if let Some(cost) = cost {
         // Edit line 3 and re-sign it and the end with the session's key.
@@ -447,6 +458,8 @@ fn metered_bundle(cost: Option<u64>) -> (tempfile::TempDir, PathBuf) {
         let mut prev = receipts::GENESIS_PREV.to_owned();
         for r in &mut receipts {
             r.prev = prev.clone();
+            // Each line re-signed on its own, at the version that needs.
+            r.v = receipts::version_of(&r.body);
             if let receipts::Body::SessionEnd { last, .. } = &mut r.body {
                 *last = prev.clone();
             }
@@ -471,8 +484,16 @@ fn verify_re_derives_usage_costs_and_names_an_edited_one() {
     let text = stdout(&out);
     assert!(text.contains("llm usage: 1 call(s), $0.014750"), "{text}");
     assert!(text.contains("tenant acme · user alice"), "{text}");
+    assert!(
+        text.contains("signatures: 3 for 4 receipts (one per write; a receipt without its own"),
+        "{text}"
+    );
     let out = verify(&[p(dir.path()), "--key", p(&key), "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (json["receipts"].clone(), json["signatures"].clone()),
+        (4.into(), 3.into())
+    );
     assert_eq!(json["usage_receipts"], 1);
     assert_eq!(json["cost_micro_usd"], 14_750);
 

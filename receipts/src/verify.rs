@@ -163,6 +163,9 @@ pub struct VerifiedReceipt {
     pub receipt: Receipt,
     /// SHA-256 of this line's bytes.
     pub hash: [u8; 32],
+    /// Whether the line carries its own signature; if not (format version
+    /// 5), the next signed line's covers it.
+    pub signed: bool,
 }
 
 /// A line that passed the checks that do not need the signature, with the
@@ -268,6 +271,7 @@ impl LineVerifier {
             }
         }
         Ok(VerifiedReceipt {
+            signed: checked.sig.is_some(),
             receipt: checked.receipt,
             hash: checked.hash,
         })
@@ -876,6 +880,7 @@ impl UnverifiedChain {
                 return Err(e);
             }
             receipts.extend(batch.into_iter().map(|c| VerifiedReceipt {
+                signed: c.sig.is_some(),
                 receipt: c.receipt,
                 hash: c.hash,
             }));

@@ -89,6 +89,9 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     key_source: Option<&'static str>,
     receipts: usize,
+    /// Receipts that carry their own signature; the others (format version
+    /// 5) are covered by the next signed line's, one signature per write.
+    signatures: usize,
     /// Decision receipts by recorded verdict.
     decisions: BTreeMap<String, usize>,
     approvals: usize,
@@ -291,6 +294,7 @@ fn chain_problem(e: &ChainError) -> Problem {
 fn summarize(chain: &VerifiedChain, report: &mut Report) {
     report.session = Some(chain.session().to_owned());
     report.receipts = chain.receipts.len();
+    report.signatures = chain.receipts.iter().filter(|r| r.signed).count();
     report.last_hash = Some(hex::encode(chain.last_hash()));
     report.interrupted = chain.interruption().map(|i| Interrupted {
         cause: i.cause,
@@ -400,6 +404,15 @@ fn print_human(report: &Report) {
             report.session.as_deref().unwrap_or("?"),
             report.sandbox.as_deref().unwrap_or("?")
         );
+        if report.signatures == report.receipts {
+            println!("  signatures: every receipt carries its own");
+        } else {
+            println!(
+                "  signatures: {} for {} receipts (one per write; a receipt without its own is \
+                 bound to the next signed line by prev hashes)",
+                report.signatures, report.receipts
+            );
+        }
         let decisions: Vec<String> = report
             .decisions
             .iter()
