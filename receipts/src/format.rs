@@ -262,7 +262,7 @@ fn prepared_with_prev(receipt: &Receipt) -> Result<(Prepared, Vec<u8>), serde_js
 
 /// A receipt encoded in canonical form except for the members that depend on
 /// its place in the chain (`prev`, `seq`) and on signing (`sig`). Built off
-/// the signing turn, so only filling in those members and signing is serial.
+/// the chain lock, so only filling in those members and signing is serial.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
     /// Canonical members in RFC 8785 order, with `"prev":"` … `","seq":` … left open.
@@ -376,11 +376,7 @@ impl Prepared {
             sig_at,
             v_at,
             v_len,
-            unsigned_v: if matches!(body, Body::SessionStart { .. } | Body::SessionEnd { .. }) {
-                v
-            } else {
-                v.max(UNSIGNED_VERSION)
-            },
+            unsigned_v: unsigned_version_of(body),
         })
     }
 

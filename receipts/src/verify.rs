@@ -327,14 +327,7 @@ impl LineVerifier {
         let (start, end) = sig_member(line, sig_hex)
             .filter(|_| parsed.sorted)
             .ok_or(ChainError::NotCanonical { line: line_no })?;
-        if let Some(found) = parsed.v {
-            if !(u64::from(FORMAT_VERSION)..=u64::from(LATEST_FORMAT_VERSION)).contains(&found) {
-                return Err(ChainError::UnsupportedVersion {
-                    line: line_no,
-                    found: u32::try_from(found).unwrap_or(u32::MAX),
-                });
-            }
-        }
+        readable_version(line_no, parsed.v)?;
         let receipt = parsed.into_receipt().map_err(malformed)?;
         self.check_fields(line_no, &receipt)?;
         let hash = format::line_hash(line);
@@ -368,13 +361,8 @@ impl LineVerifier {
         if !parsed.sorted {
             return Err(ChainError::NotCanonical { line: line_no });
         }
+        readable_version(line_no, parsed.v)?;
         if let Some(found) = parsed.v {
-            if !(u64::from(FORMAT_VERSION)..=u64::from(LATEST_FORMAT_VERSION)).contains(&found) {
-                return Err(ChainError::UnsupportedVersion {
-                    line: line_no,
-                    found: u32::try_from(found).unwrap_or(u32::MAX),
-                });
-            }
             if found < u64::from(UNSIGNED_VERSION) {
                 // A reader of versions before 5 would call it malformed.
                 return Err(ChainError::Malformed {
@@ -646,6 +634,22 @@ impl LineVerifier {
             }
         }
         Ok(())
+    }
+}
+
+/// `v`, if the line has one, is a version this verifier reads (checked
+/// before anything else about the line's format).
+fn readable_version(line: usize, v: Option<u64>) -> Result<(), ChainError> {
+    match v {
+        Some(found)
+            if !(u64::from(FORMAT_VERSION)..=u64::from(LATEST_FORMAT_VERSION)).contains(&found) =>
+        {
+            Err(ChainError::UnsupportedVersion {
+                line,
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

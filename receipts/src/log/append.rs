@@ -24,7 +24,7 @@ use std::time::{Instant, SystemTime};
 use ed25519_dalek::SigningKey;
 
 use super::file::PreallocatedFile;
-use super::writer::{writer_loop, HashSlot, Line, Next, Queue, Queued, State, TakenWrite};
+use super::writer::{writer_loop, HashSlot, Line, Next, Queue, Queued, State, TakenWrite, Wake};
 use super::{
     io_err, lock, AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
     PendingReceipt, SessionStart,
@@ -143,7 +143,7 @@ impl ReceiptLog {
             user: start.user,
         };
         let prepared = log.prepare(SystemTime::now(), &body)?;
-        log.submit_prepared(Next::Ready(prepared))?.wait()?;
+        log.queue_next(Next::Ready(prepared), false)?.wait()?;
         Ok(log)
     }
 
@@ -237,20 +237,21 @@ impl ReceiptLog {
         self.submit(entry)?.wait()
     }
 
-    /// Signs and queues a receipt; its seq and place in the chain are fixed
-    /// now. The returned handle resolves once it is durable (or failed).
+    /// Queues a receipt and wakes the writer; its seq and place in the
+    /// chain are fixed now. The returned handle resolves once it is durable
+    /// (or failed).
     pub fn submit(&self, entry: Entry) -> Result<PendingReceipt, AppendError> {
         self.submit_entry(entry, false)
     }
 
     /// Queues a receipt that nothing waits for (a call's usage once its
-    /// response is over) without signing it now: its seq and place in the
-    /// chain are fixed now, and the next signing turn covers it with its
-    /// group's signature; if none comes within [`LogOptions::defer`], the
-    /// writer thread starts one. So a receipt that follows an action's
-    /// usually rides with the next action's signature and write instead of
-    /// paying for its own. A crash before then loses it, as it would lose a
-    /// receipt still being signed: nothing was acknowledged on its account.
+    /// response is over) without waking the writer: its seq and place in
+    /// the chain are fixed now, and it is written with the next write (whose
+    /// signed last line covers it), or after [`LogOptions::defer`] if none
+    /// comes. So a receipt that follows an action's usually rides with the
+    /// next action's signature and write instead of paying for its own. A
+    /// crash before then loses it, as it would lose a receipt not yet
+    /// written: nothing was acknowledged on its account.
     pub fn submit_deferred(&self, entry: Entry) -> Result<PendingReceipt, AppendError> {
         self.submit_entry(entry, true)
     }
@@ -263,7 +264,7 @@ impl ReceiptLog {
             Entry::BudgetWarning(record) => (SystemTime::now(), Body::BudgetWarning(record)),
         };
         // Everything that does not depend on the chain is encoded here, on
-        // the caller's thread, before it is queued for signing.
+        // the caller's thread, before it is queued for chaining.
         let prepared = self.prepare(ts, &body)?;
         self.queue_next(Next::Ready(prepared), deferred)
     }
@@ -285,7 +286,7 @@ impl ReceiptLog {
     }
 
     fn finish_with(self, interrupted: Option<InterruptionCause>) -> Result<Appended, AppendError> {
-        let end = self.submit_prepared(Next::End(SystemTime::now(), interrupted))?;
+        let end = self.queue_next(Next::End(SystemTime::now(), interrupted), false)?;
         let appended = end.wait()?;
         self.shared.stop();
         Ok(appended)
@@ -298,10 +299,6 @@ impl ReceiptLog {
             ts,
             body,
         )
-    }
-
-    fn submit_prepared(&self, next: Next) -> Result<PendingReceipt, AppendError> {
-        self.queue_next(next, false)
     }
 
     fn queue_next(&self, next: Next, deferred: bool) -> Result<PendingReceipt, AppendError> {
@@ -374,14 +371,11 @@ impl Signer {
                         } else {
                             state.buf_seq
                         };
-                        state.fail(from, e.to_string());
                         chain.open = None;
-                        let waiting = std::mem::take(&mut state.waiting);
                         state.chaining = false;
+                        let waiting = state.fail_waking_all(from, e.to_string());
                         drop(state);
-                        for w in waiting.into_values() {
-                            w.wake();
-                        }
+                        waiting.into_iter().for_each(Wake::wake);
                         return;
                     }
                 };
@@ -540,12 +534,10 @@ impl Signer {
                 // if it did, nothing may be written unsigned: fail closed.
                 let mut state = state;
                 let from = state.buf_seq;
-                state.fail(from, "the last line to write has no signer state".into());
-                let waiting = std::mem::take(&mut state.waiting);
+                let waiting = state
+                    .fail_waking_all(from, "the last line to write has no signer state".into());
                 drop(state);
-                for w in waiting.into_values() {
-                    w.wake();
-                }
+                waiting.into_iter().for_each(Wake::wake);
                 return None;
             };
             drop(state);
@@ -627,7 +619,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::super::test_utils::{
-        decision, deferring, hammer, key, start, FailingSink, RecordingSink,
+        decision, deferring, hammer, key, recording, start, FailingSink,
     };
     use super::super::{lock, AppendError, LogOptions, ReceiptLog};
     use crate::UnverifiedChain;
@@ -673,14 +665,6 @@ mod tests {
                     .collect()
             })
             .collect()
-    }
-
-    fn recording(writes: &Arc<Mutex<Vec<Vec<u8>>>>, sync_ms: u64) -> RecordingSink {
-        RecordingSink {
-            writes: Arc::clone(writes),
-            fail_at: usize::MAX,
-            sync_delay: std::time::Duration::from_millis(sync_ms),
-        }
     }
 
     #[test]

@@ -80,6 +80,15 @@ pub(super) struct RecordingSink {
     pub(super) sync_delay: std::time::Duration,
 }
 
+/// A recording sink that never fails, whose syncs take `sync_ms`.
+pub(super) fn recording(writes: &Arc<Mutex<Vec<Vec<u8>>>>, sync_ms: u64) -> RecordingSink {
+    RecordingSink {
+        writes: Arc::clone(writes),
+        fail_at: usize::MAX,
+        sync_delay: std::time::Duration::from_millis(sync_ms),
+    }
+}
+
 impl DurableSink for RecordingSink {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut writes = lock(&self.writes);

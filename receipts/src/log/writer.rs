@@ -19,16 +19,15 @@ use super::stats::Cycle;
 use super::{lock, CommitStats, DurableSink, LogOptions};
 use crate::format::{InterruptionCause, Prepared};
 
-/// What to sign next: an encoded receipt, or session_end (encoded when it
-/// is signed, because it commits to the chain), interrupted or not.
+/// What to chain next: an encoded receipt, or session_end (encoded when it
+/// is chained, because it commits to the chain), interrupted or not.
 pub(super) enum Next {
     Ready(Prepared),
     End(SystemTime, Option<InterruptionCause>),
 }
 
-/// Receipts on their way to disk, and what is durable. The chain lock is
-/// only ever taken by the one submitter whose turn it is to sign (under
-/// `state`, or while holding it), so the two never wait on each other.
+/// Receipts on their way to disk, and what is durable. Lock order: the
+/// chain (`append::Signer`), then `state`.
 pub(super) struct Queue {
     pub(super) state: Mutex<State>,
     /// Signalled when there is work for an idle writer or it should stop.
@@ -38,8 +37,8 @@ pub(super) struct Queue {
     pub(super) durable: AtomicU64,
 }
 
-/// Where a signed receipt's line hash is left for its waiter: the receipt
-/// may be signed by another submitter's thread (see `append`).
+/// Where a receipt's line hash is left for its waiter: it is final only
+/// when the writer takes the line (it may sign it), on the writer's thread.
 pub(super) type HashSlot = Arc<OnceLock<[u8; 32]>>;
 
 /// Who to wake when a receipt is durable (or failed).
@@ -146,7 +145,7 @@ pub(super) struct State {
     pub(super) chaining: bool,
     /// Some line in `buf` was not deferred: the writer should write now.
     pub(super) urgent: bool,
-    /// Signed lines (with newlines) not yet taken by the writer.
+    /// Chained lines (with newlines) not yet taken by the writer.
     pub(super) buf: Vec<u8>,
     /// Each line in `buf`, oldest first; the last is always signed.
     pub(super) lens: VecDeque<Line>,
@@ -168,7 +167,7 @@ pub(super) struct State {
 }
 
 impl State {
-    /// Marks the log failed from `seq` on: unsigned and unwritten receipts
+    /// Marks the log failed from `seq` on: unchained and unwritten receipts
     /// are dropped (their waiters get the error).
     pub(super) fn fail(&mut self, seq: u64, why: String) {
         // Everything queued from `seq` on is dropped here; a batch still in
@@ -182,6 +181,13 @@ impl State {
         self.urgent = false;
         self.buf.clear();
         self.lens.clear();
+    }
+
+    /// [`fail`](Self::fail), and takes every waiter to wake (after the lock
+    /// is released): nothing more becomes durable.
+    pub(super) fn fail_waking_all(&mut self, seq: u64, why: String) -> Vec<Wake> {
+        self.fail(seq, why);
+        std::mem::take(&mut self.waiting).into_values().collect()
     }
 }
 
@@ -331,18 +337,14 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use super::super::test_utils::{decision, hammer, key, start, RecordingSink};
+    use super::super::test_utils::{decision, hammer, key, recording, start, RecordingSink};
     use super::super::{lock, AppendError, DurableSink, LogOptions, ReceiptLog};
     use crate::{LineVerifier, UnverifiedChain};
 
     #[test]
     fn gathering_lets_receipts_submitted_meanwhile_join_the_batch() {
         let writes = Arc::new(Mutex::new(Vec::new()));
-        let sink = RecordingSink {
-            writes: Arc::clone(&writes),
-            fail_at: usize::MAX,
-            sync_delay: std::time::Duration::from_millis(300),
-        };
+        let sink = recording(&writes, 300);
         let options = LogOptions {
             gather: Duration::from_millis(200),
             ..LogOptions::default()
@@ -379,11 +381,7 @@ mod tests {
     #[test]
     fn without_gathering_the_writer_does_not_wait_for_more() {
         let writes = Arc::new(Mutex::new(Vec::new()));
-        let sink = RecordingSink {
-            writes: Arc::clone(&writes),
-            fail_at: usize::MAX,
-            sync_delay: std::time::Duration::from_millis(300),
-        };
+        let sink = recording(&writes, 300);
         let log =
             ReceiptLog::with_sink(sink, key(), start(), LogOptions::default()).expect("start");
         let first = log.submit(decision(1)).expect("submit");
@@ -406,11 +404,7 @@ mod tests {
     fn max_batch_one_writes_each_receipt_alone_and_the_default_groups_them() {
         for (max_batch, grouped) in [(1, false), (4096, true)] {
             let writes = Arc::new(Mutex::new(Vec::new()));
-            let sink = RecordingSink {
-                writes: Arc::clone(&writes),
-                fail_at: usize::MAX,
-                sync_delay: std::time::Duration::from_millis(2),
-            };
+            let sink = recording(&writes, 2);
             let log = ReceiptLog::with_sink(
                 sink,
                 key(),
