@@ -155,6 +155,13 @@ impl DatabaseUrl {
         Ok(DatabaseUrl(text.to_owned()))
     }
 
+    /// Whether `text` is spelled as a PostgreSQL URL (`postgres://` or
+    /// `postgresql://`): how `--quota-db` and `--ledger-db` tell a URL from
+    /// a file path, and what `--database` requires.
+    pub fn is_url(text: &str) -> bool {
+        text.starts_with("postgres://") || text.starts_with("postgresql://")
+    }
+
     /// The URL itself, password and all: only for handing it to a child
     /// process through its environment (never argv, never a message).
     pub(crate) fn expose_secret(&self) -> &str {
@@ -162,7 +169,7 @@ impl DatabaseUrl {
     }
 
     fn config(&self) -> Result<Config, TenantStoreError> {
-        if !(self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")) {
+        if !Self::is_url(&self.0) {
             return Err(backend(
                 "--database takes a postgres:// or postgresql:// URL (OPENCLAW_DATABASE too)",
             ));

@@ -28,13 +28,11 @@ pub enum QuotaDb {
 impl QuotaDb {
     /// For clap: a `postgres://` or `postgresql://` URL, else a path.
     pub fn from_arg(text: &str) -> Result<QuotaDb, std::convert::Infallible> {
-        Ok(
-            if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-                QuotaDb::Postgres(DatabaseUrl::from_arg(text)?)
-            } else {
-                QuotaDb::Sqlite(PathBuf::from(text))
-            },
-        )
+        Ok(if DatabaseUrl::is_url(text) {
+            QuotaDb::Postgres(DatabaseUrl::from_arg(text)?)
+        } else {
+            QuotaDb::Sqlite(PathBuf::from(text))
+        })
     }
 
     /// `tenant`'s day quotas for its session `session`.

@@ -23,13 +23,11 @@ pub enum LedgerDb {
 impl LedgerDb {
     /// For clap: a `postgres://` or `postgresql://` URL, else a path.
     pub fn from_arg(text: &str) -> Result<LedgerDb, std::convert::Infallible> {
-        Ok(
-            if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-                LedgerDb::Postgres(DatabaseUrl::from_arg(text)?)
-            } else {
-                LedgerDb::Sqlite(PathBuf::from(text))
-            },
-        )
+        Ok(if DatabaseUrl::is_url(text) {
+            LedgerDb::Postgres(DatabaseUrl::from_arg(text)?)
+        } else {
+            LedgerDb::Sqlite(PathBuf::from(text))
+        })
     }
 
     /// The home's ledger, or the database's when there is one.
