@@ -22,7 +22,7 @@ use super::ledger::{UsageLedger, UsageRow};
 use super::ledger_db::LedgerDb;
 
 /// How often a usage receipt not yet on disk is looked for again (the
-/// receipt log's group commit writes it within milliseconds).
+/// receipt log writes it with the next write, or after its `defer`: 100 ms).
 const RETRY: Duration = Duration::from_millis(20);
 /// How long one is waited for before the end-of-session fill is left to
 /// write it.
@@ -161,19 +161,29 @@ impl ChainTail {
 
     /// The rows of the usage receipts in the lines written since last time.
     fn new_usage_rows(&mut self, labels: &Labels) -> Vec<UsageRow> {
-        let mut bytes = Vec::new();
+        // The log file is preallocated: past its last line it holds NULs
+        // (megabytes of them) until they are overwritten, so reading stops
+        // at the first chunk that holds one, not at the end of the file:
+        // this runs every `RETRY` while a usage receipt is awaited.
+        let mut chunk = vec![0u8; 64 << 10];
         let read = File::open(&self.path).and_then(|mut f| {
             f.seek(SeekFrom::Start(self.offset))?;
-            f.read_to_end(&mut bytes)
+            loop {
+                let n = match f.read(&mut chunk) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    read => read?,
+                };
+                let written = receipts::written_part(&chunk[..n]);
+                self.offset += written.len() as u64;
+                self.partial.extend_from_slice(written);
+                if n == 0 || written.len() < n {
+                    return Ok(());
+                }
+            }
         });
         if read.is_err() {
             return Vec::new();
         }
-        // The log file is preallocated: past its last line it holds NULs
-        // until they are overwritten, so only what comes before is read.
-        let written = receipts::written_part(&bytes);
-        self.offset += written.len() as u64;
-        self.partial.extend_from_slice(written);
         let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
             return Vec::new();
         };
