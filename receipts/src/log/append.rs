@@ -394,6 +394,7 @@ impl Signer {
                     len: chain.line.len() + 1,
                     queued: Instant::now(),
                     signed,
+                    deferred: q.deferred,
                     hash,
                     slot: q.slot,
                 });
