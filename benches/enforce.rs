@@ -466,7 +466,8 @@ async fn run() {
             "group commit: {} receipts in {} batches (mean {:.1} per write + fdatasync, {} signatures); \
              write + fdatasync p50 ≤ {:.0} µs, p99 ≤ {:.0} µs, mean {:.0} µs; \
              queued → durable p50 ≤ {:.0} µs, p99 ≤ {:.0} µs; \
-             receipts that missed the batch after them: {}; gathering mean {:.0} µs",
+             receipts that missed the batch after them: {}; gathering mean {:.0} µs; \
+             writer thread nice: {}",
             c.receipts,
             c.batches,
             c.receipts as f64 / c.batches as f64,
@@ -478,6 +479,9 @@ async fn run() {
             us(c.queued_quantile(0.99)),
             c.late,
             us(c.gather_total) / c.batches as f64,
+            c.writer_nice
+                .map_or("the process's (raising it was not permitted)".into(), |n| n
+                    .to_string()),
         );
     }
 

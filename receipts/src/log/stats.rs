@@ -29,6 +29,9 @@ pub struct CommitStats {
     /// every queued receipt taken at once this stays 0 unless `max_batch`
     /// cuts a batch short.
     pub late: u64,
+    /// The writer thread's nice value when it asked for one and got it
+    /// (`LogOptions::writer_nice`); `None`: the process's priority.
+    pub writer_nice: Option<i32>,
 }
 
 impl CommitStats {

@@ -330,6 +330,17 @@ pub(super) fn writer_loop(
     }
 }
 
+/// Sets the calling thread's nice value (per thread on Linux); `None` if
+/// `nice` is 0 or the process may not raise its priority.
+pub(super) fn set_writer_nice(nice: i32) -> Option<i32> {
+    if nice == 0 {
+        return None;
+    }
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
+        .ok()
+        .map(|()| nice)
+}
+
 /// The writer's wait for work, with a deadline (it will look by itself) or
 /// without (it must be woken).
 fn wait_idle<'a>(
@@ -399,6 +410,60 @@ mod tests {
             .verify(&key().verifying_key())
             .expect("verifies");
         assert_eq!(chain.receipts.len(), 2 + 3 + 40);
+    }
+
+    /// The nice value of this process's thread named `name` (as
+    /// /proc shows it: at most 15 bytes), from /proc.
+    fn thread_nice(name: &str) -> i32 {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+            let dir = task.expect("task").path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if comm.trim_end() == name {
+                let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+                // Fields after the parenthesised name start at field 3 (state);
+                // nice is field 19.
+                let after = &stat[stat.rfind(')').expect("comm") + 2..];
+                let nice = after.split(' ').nth(16).expect("nice field");
+                found.push(nice.parse::<i32>().expect("nice"));
+            }
+        }
+        assert_eq!(found.len(), 1, "one thread named {name}: {found:?}");
+        found[0]
+    }
+
+    #[test]
+    fn the_writer_thread_runs_ahead_of_the_request_workers_when_allowed() {
+        // The writer inherits this thread's nice value unless it sets one.
+        let own =
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("own nice");
+        for (session, writer_nice) in [("nice-ahead", -10), ("nice-as-is", 0)] {
+            let writes = Arc::new(Mutex::new(Vec::new()));
+            let start = crate::SessionStart {
+                session_id: session.into(),
+                ..start()
+            };
+            let options = LogOptions {
+                writer_nice,
+                ..LogOptions::default()
+            };
+            let log =
+                ReceiptLog::with_sink(recording(&writes, 0), key(), start, options).expect("start");
+            // Thread names are cut to 15 bytes: "receipts-nice-a".
+            let name = &format!("receipts-{session}")[..15];
+            let stats = log.commit_stats();
+            match stats.writer_nice {
+                Some(n) => assert_eq!((n, thread_nice(name)), (writer_nice, writer_nice)),
+                None => assert_eq!(thread_nice(name), own, "{session}"),
+            }
+            if writer_nice == 0 {
+                assert_eq!(stats.writer_nice, None);
+            } else if rustix::process::geteuid().is_root() {
+                // Root may raise priority: CI runs the tests as root.
+                assert_eq!(stats.writer_nice, Some(writer_nice));
+            }
+            log.finish().expect("finish");
+        }
     }
 
     #[test]
