@@ -176,6 +176,7 @@ impl ReceiptLog {
                 stopping: false,
                 writer_idle: false,
                 writer_watching: false,
+                gathering_until: None,
                 deferred_since: None,
                 waiting: BTreeMap::new(),
                 stats: CommitStats::default(),
@@ -411,6 +412,13 @@ impl Signer {
                     // An urgent line, or a deferred one that an idle writer
                     // without a deadline would never look at.
                     state.writer_idle = false;
+                    queue.work.notify_one();
+                } else if state
+                    .gathering_until
+                    .is_some_and(|enough| state.lens.len() >= enough)
+                {
+                    // The company the gathering writer waits for is here.
+                    state.gathering_until = None;
                     queue.work.notify_one();
                 }
             }

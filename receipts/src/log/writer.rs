@@ -165,6 +165,9 @@ pub(super) struct State {
     /// The idle writer waits with a deadline: it will look at the queue by
     /// itself, so a deferred receipt need not wake it.
     pub(super) writer_watching: bool,
+    /// The writer is gathering until this many lines are queued: the
+    /// submitter of the line that makes them wakes it.
+    pub(super) gathering_until: Option<usize>,
     /// When the oldest deferred line in `buf` was chained.
     pub(super) deferred_since: Option<Instant>,
     /// Waiters by seq (one receipt, one waiter).
@@ -213,9 +216,13 @@ pub(super) fn writer_loop(
     // The last sync's duration bounds the gathering wait.
     let mut last_sync = Duration::ZERO;
     let mut previous_taken = None;
-    // When the last write ended and whether it carried company (more than
-    // one receipt somebody waited on): gathering is for a busy log only.
+    // When the last write ended, and whether it carried company (more
+    // than one receipt somebody waited on): gathering is for a busy log
+    // only.
     let mut last_write: Option<(Instant, bool)> = None;
+    // How many lines recent busy writes carried: the largest lately, slowly
+    // forgotten. Gathering stops early once that many are queued.
+    let mut company_size: usize = 0;
     // After a commit the writer keeps an eye on the queue for `defer`, so
     // the lines deferred meanwhile (a usage receipt after its call) need
     // not wake it; after that it sleeps until woken.
@@ -265,18 +272,35 @@ pub(super) fn writer_loop(
                 return;
             }
             let gather = options.gather.min(last_sync);
-            let busy = last_write.is_some_and(|(ended, company): (Instant, bool)| {
-                company && ended.elapsed() <= COMPANY_WINDOW
-            });
-            if busy && !gather.is_zero() && !state.stopping && state.lens.len() < options.max_batch
-            {
+            let busy = last_write
+                .is_some_and(|(ended, company)| company && ended.elapsed() <= COMPANY_WINDOW);
+            let enough = if busy {
+                company_size.min(options.max_batch)
+            } else {
+                0
+            };
+            if !gather.is_zero() && !state.stopping && state.lens.len() < enough {
                 // Requests came in company just now: let the receipts of
                 // those in flight join this batch (one write, sync and
-                // signature for all). Nobody needs to wake the writer for
-                // them. A receipt that arrives alone is never held here.
+                // signature for all), until as many are queued as busy
+                // writes lately carried (a fixed set of callers is then all
+                // here: waiting longer would only idle them) or the window
+                // ends. A receipt that arrives alone is never held here.
                 let started = Instant::now();
-                drop(state);
-                std::thread::sleep(gather);
+                let deadline = started + gather;
+                state.gathering_until = Some(enough);
+                while state.lens.len() < enough && !state.stopping {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    state = queue
+                        .work
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+                state.gathering_until = None;
                 gathered = started.elapsed();
             }
         }
@@ -322,7 +346,14 @@ pub(super) fn writer_loop(
                 .collect()
         };
         previous_taken = Some(taken);
-        last_write = Some((durable_at, urgent > 1));
+        let company = urgent > 1;
+        last_write = Some((durable_at, company));
+        if company {
+            // The largest lately, so a batch cut short by the window does
+            // not shrink the next one's aim.
+            let count = usize::try_from(count).unwrap_or(usize::MAX);
+            company_size = count.max(company_size - company_size / 8);
+        }
         watch_until = Some(durable_at + options.defer);
         for w in wake {
             w.wake();
@@ -377,8 +408,8 @@ mod tests {
     #[test]
     fn a_busy_log_gathers_and_a_receipt_that_comes_alone_is_written_at_once() {
         let writes = Arc::new(Mutex::new(Vec::new()));
-        // A 20 ms disk; gathering is capped by the last sync, so 20 ms too.
-        let sink = recording(&writes, 20);
+        // A 100 ms disk; gathering is capped by the last sync, so 100 ms too.
+        let sink = recording(&writes, 100);
         let options = LogOptions {
             gather: Duration::from_secs(10),
             ..LogOptions::default()
@@ -386,20 +417,37 @@ mod tests {
         let log = ReceiptLog::with_sink(sink, key(), start(), options).expect("start");
         let lone = |i| {
             // Longer than the window after a busy write.
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(150));
             log.append(decision(i)).expect("append");
         };
         lone(1);
         lone(2);
         assert_eq!(log.commit_stats().gather_total, Duration::ZERO);
 
-        // Four appenders at once: after a write that carried several of
-        // their receipts, the writer waits for the rest to join.
-        let outcomes = hammer(&log, 4, 10);
-        assert!(outcomes.iter().flatten().all(Result::is_ok));
+        // Company: three callers queue while receipt 10's write syncs, so
+        // the next write carries all three. A fourth receipt queues while
+        // that one syncs; the writer then holds it until the three callers
+        // have sent their next receipts (or the window ends).
+        let first = log.submit(decision(10)).expect("submit");
+        std::thread::sleep(Duration::from_millis(30));
+        let trio: Vec<_> = (0..3)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2 {
+                        log.append(decision(20 + t * 10 + i)).expect("append");
+                    }
+                })
+            })
+            .collect();
+        first.wait().expect("durable");
+        std::thread::sleep(Duration::from_millis(30));
+        log.append(decision(50)).expect("append");
+        for t in trio {
+            t.join().expect("join");
+        }
         let busy = log.commit_stats();
         assert!(busy.gather_total > Duration::ZERO, "{busy:?}");
-        assert!(busy.receipts > busy.batches, "{busy:?}");
 
         lone(3);
         let after = log.commit_stats();
@@ -409,7 +457,35 @@ mod tests {
         let chain = UnverifiedChain::from_bytes(lock(&writes).concat())
             .verify(&key().verifying_key())
             .expect("verifies");
-        assert_eq!(chain.receipts.len(), 2 + 3 + 40);
+        assert_eq!(chain.receipts.len(), 2 + 3 + 1 + 6 + 1);
+    }
+
+    #[test]
+    fn gathering_ends_when_as_many_are_queued_as_busy_writes_carried() {
+        // Four callers that each wait for their receipt before the next: a
+        // closed set. Once all four are queued, waiting out the window
+        // (capped by the 30 ms sync) would only idle them.
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let options = LogOptions {
+            gather: Duration::from_secs(10),
+            ..LogOptions::default()
+        };
+        let log =
+            ReceiptLog::with_sink(recording(&writes, 30), key(), start(), options).expect("start");
+        let outcomes = hammer(&log, 4, 20);
+        assert!(outcomes.iter().flatten().all(Result::is_ok));
+        let stats = log.commit_stats();
+        // A full window per write would make these about equal. Only the
+        // last few writes, as callers finish one by one, wait it out. (The
+        // callers may also settle into two pairs, each queued while the
+        // other's write syncs: then no write gathers at all.)
+        assert!(
+            stats.gather_total * 2 < stats.sync_total,
+            "gathered {:?} against {:?} of syncs",
+            stats.gather_total,
+            stats.sync_total
+        );
+        log.finish().expect("finish");
     }
 
     /// The nice value of this process's thread named `name` (as
