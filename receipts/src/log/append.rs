@@ -24,9 +24,7 @@ use std::time::{Instant, SystemTime};
 use ed25519_dalek::SigningKey;
 
 use super::file::PreallocatedFile;
-use super::writer::{
-    set_writer_nice, writer_loop, HashSlot, Line, Next, Queue, Queued, State, TakenWrite, Wake,
-};
+use super::writer::{writer_loop, HashSlot, Line, Next, Queue, Queued, State, TakenWrite, Wake};
 use super::{
     io_err, lock, AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
     PendingReceipt, SessionStart,
@@ -205,8 +203,6 @@ impl ReceiptLog {
         let handle = std::thread::Builder::new()
             .name(format!("receipts-{session}"))
             .spawn(move || {
-                let nice = set_writer_nice(options.writer_nice);
-                lock(&thread_queue.state).stats.writer_nice = nice;
                 let turn_queue = Arc::clone(&thread_queue);
                 writer_loop(&thread_queue, sink, options, move |n, buf, queued| {
                     thread_signer.take_for_write(&turn_queue, n, buf, queued)

@@ -211,15 +211,15 @@ pub(super) fn writer_loop(
     options: LogOptions,
     mut take: impl FnMut(usize, &mut Vec<u8>, &mut Vec<Instant>) -> Option<TakenWrite>,
 ) {
+    lock(&queue.state).stats.writer_nice = set_writer_nice(options.writer_nice);
     let mut buf = Vec::new();
     let mut queued = Vec::new();
     // The last sync's duration bounds the gathering wait.
     let mut last_sync = Duration::ZERO;
     let mut previous_taken = None;
-    // When the last write ended, and whether it carried company (more
-    // than one receipt somebody waited on): gathering is for a busy log
-    // only.
-    let mut last_write: Option<(Instant, bool)> = None;
+    // When the last write ended if it carried company (more than one
+    // receipt somebody waited on): gathering is for a busy log only.
+    let mut last_busy_write: Option<Instant> = None;
     // How many lines recent busy writes carried: the largest lately, slowly
     // forgotten. Gathering stops early once that many are queued.
     let mut company_size: usize = 0;
@@ -272,8 +272,7 @@ pub(super) fn writer_loop(
                 return;
             }
             let gather = options.gather.min(last_sync);
-            let busy = last_write
-                .is_some_and(|(ended, company)| company && ended.elapsed() <= COMPANY_WINDOW);
+            let busy = last_busy_write.is_some_and(|ended| ended.elapsed() <= COMPANY_WINDOW);
             let enough = if busy {
                 company_size.min(options.max_batch)
             } else {
@@ -347,7 +346,7 @@ pub(super) fn writer_loop(
         };
         previous_taken = Some(taken);
         let company = urgent > 1;
-        last_write = Some((durable_at, company));
+        last_busy_write = company.then_some(durable_at);
         if company {
             // The largest lately, so a batch cut short by the window does
             // not shrink the next one's aim.
@@ -363,7 +362,7 @@ pub(super) fn writer_loop(
 
 /// Sets the calling thread's nice value (per thread on Linux); `None` if
 /// `nice` is 0 or the process may not raise its priority.
-pub(super) fn set_writer_nice(nice: i32) -> Option<i32> {
+fn set_writer_nice(nice: i32) -> Option<i32> {
     if nice == 0 {
         return None;
     }
