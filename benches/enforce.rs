@@ -5,6 +5,12 @@
 //! (reverse mode, TLS both sides) in the same run. Receipts go to a real file
 //! on disk with fdatasync. Prints figures and ratios; skips mitmdump when it
 //! is not installed. Run: `cargo bench --bench enforce`.
+//!
+//! The figures are taken in `ENFORCE_BENCH_ROUNDS` rounds (default 3), each
+//! measuring every target back to back, because on a shared machine the same
+//! target swings by tens of percent between runs: a ratio is only worth
+//! judging when both of its figures saw the same noise. Each round's ratios
+//! are printed, then their min / median / max; the table shows medians.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -41,6 +47,14 @@ fn conns() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(32)
 }
+/// Rounds of interleaved figures (`ENFORCE_BENCH_ROUNDS`, default 3, at least 1).
+fn rounds() -> usize {
+    std::env::var("ENFORCE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
 const POLICY: &str = include_str!("../examples/flight-booking/policy.toml");
 const CATALOG: &str = include_str!("../examples/flight-booking/catalog.toml");
 const SECRETS: &str = "[[secret]]\nname = \"united_login\"\nvalue = \"bench-password\"\n\n\
@@ -63,6 +77,76 @@ async fn connect(t: &Target, alpn: &[u8]) -> HttpsClient {
 
 async fn get(s: &mut HttpsClient) {
     s.get(HOST, "/hello").await
+}
+
+/// Min, median and max of a list of figures (the median of an even count is
+/// the mean of the middle two).
+#[derive(Clone, Copy)]
+struct Spread {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+fn spread(v: &[f64]) -> Spread {
+    assert!(!v.is_empty(), "spread of no figures");
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Spread {
+        min: v[0],
+        median: (v[(n - 1) / 2] + v[n / 2]) / 2.0,
+        max: v[n - 1],
+    }
+}
+
+impl Spread {
+    /// `min / median / max`, each with `decimals` and `unit`.
+    fn show(self, decimals: usize, unit: &str) -> String {
+        format!(
+            "{:.d$}{unit} / {:.d$}{unit} / {:.d$}{unit}",
+            self.min,
+            self.median,
+            self.max,
+            d = decimals
+        )
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    spread(v).median
+}
+
+/// One target's figures from one round: keep-alive req/s, CPU µs per
+/// request, latency p50 / p99 µs on one connection; h1 and h2.
+#[derive(Clone, Copy)]
+struct Figures {
+    h1: f64,
+    h2: f64,
+    cpu1: f64,
+    cpu2: f64,
+    p50_1: f64,
+    p99_1: f64,
+    p50_2: f64,
+    p99_2: f64,
+}
+
+/// A target's figures, one per round; `None` when it was not measured.
+fn of<'a>(figures: &'a [(&str, Vec<Figures>)], name: &str) -> Option<&'a [Figures]> {
+    figures
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| &f[..])
+}
+
+/// Per-round keep-alive req/s ratios `num / den`, h1 and h2, each from one
+/// round's two figures.
+fn ratios(figures: &[(&str, Vec<Figures>)], num: &str, den: &str) -> Option<[Vec<f64>; 2]> {
+    let (n, d) = (of(figures, num)?, of(figures, den)?);
+    Some([
+        n.iter().zip(d).map(|(n, d)| n.h1 / d.h1).collect(),
+        n.iter().zip(d).map(|(n, d)| n.h2 / d.h2).collect(),
+    ])
 }
 
 /// User + system CPU time this process has used so far (client, proxy,
@@ -391,54 +475,119 @@ async fn run() {
         enforcing.shutdown().await;
         return;
     }
+    let rounds = rounds();
     println!(
-        "\nGET https://{HOST}/hello, {} keep-alive connections, {}s per figure; \
-         `enforcing` writes one fdatasync'ed receipt per request",
+        "\nGET https://{HOST}/hello, {} keep-alive connections, {}s per figure, {rounds} round(s) \
+         of every target back to back; `enforcing` writes one fdatasync'ed receipt per request",
         conns(),
         RUN.as_secs()
     );
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let selected: Vec<&Target> = targets.iter().filter(|t| wanted(t.name)).collect();
+    // Per target, one entry per round.
+    let mut figures: Vec<(&str, Vec<Figures>)> =
+        selected.iter().map(|t| (t.name, Vec::new())).collect();
+    let mut enforced_requests = 0;
+    for round in 1..=rounds {
+        // Every target's h1 figure, then every target's h2 figure, then the
+        // latencies: the two figures of a ratio are seconds apart, so they
+        // saw about the same noise from the machine's other tenants.
+        let mut keep_alive = [Vec::new(), Vec::new()];
+        for (p, alpn) in [&b"http/1.1"[..], &b"h2"[..]].into_iter().enumerate() {
+            for t in &selected {
+                let (rps, n, cpu) = keep_alive_rps(t, alpn).await;
+                if t.name == "enforcing" {
+                    enforced_requests += n;
+                }
+                keep_alive[p].push((rps, us(cpu)));
+            }
+        }
+        for (i, t) in selected.iter().enumerate() {
+            let l1 = latency(t, b"http/1.1").await;
+            let l2 = latency(t, b"h2").await;
+            if t.name == "enforcing" {
+                enforced_requests += l1.2 + l2.2;
+            }
+            figures[i].1.push(Figures {
+                h1: keep_alive[0][i].0,
+                h2: keep_alive[1][i].0,
+                cpu1: keep_alive[0][i].1,
+                cpu2: keep_alive[1][i].1,
+                p50_1: us(l1.0),
+                p99_1: us(l1.1),
+                p50_2: us(l2.0),
+                p99_2: us(l2.1),
+            });
+        }
+        let r = round - 1;
+        let mut parts = Vec::new();
+        if let Some([h1, h2]) = ratios(&figures, "enforcing", "permissive") {
+            parts.push(format!(
+                "enforcing/permissive h1 {:.2} h2 {:.2}",
+                h1[r], h2[r]
+            ));
+        }
+        if let Some([h1, h2]) = ratios(&figures, "enforcing", "mitmdump") {
+            parts.push(format!(
+                "enforcing/mitmdump h1 {:.1}× h2 {:.1}×",
+                h1[r], h2[r]
+            ));
+        }
+        // The direct figure involves no proxy: how fast the machine was.
+        if let Some(d) = of(&figures, "direct") {
+            parts.push(format!("direct h1 {:.0}", d[r].h1));
+        }
+        if !parts.is_empty() {
+            println!("round {round}: {}", parts.join("; "));
+        }
+    }
+
+    println!("\nmedian of each figure over {rounds} round(s):");
     println!(
         "{:<11} {:>10} {:>10} {:>16} {:>16} {:>14}",
         "target", "h1 req/s", "h2 req/s", "h1 p50/p99 µs", "h2 p50/p99 µs", "CPU µs/req h1/h2"
     );
-    let mut rows = std::collections::HashMap::new();
-    let mut enforced_requests = 0;
-    for t in targets.iter().filter(|t| wanted(t.name)) {
-        let (h1, n1, c1) = keep_alive_rps(t, b"http/1.1").await;
-        let (h2, n2, c2) = keep_alive_rps(t, b"h2").await;
-        let l1 = latency(t, b"http/1.1").await;
-        let l2 = latency(t, b"h2").await;
-        if t.name == "enforcing" {
-            enforced_requests = n1 + n2 + l1.2 + l2.2;
-        }
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
+    for (name, f) in &figures {
+        let m = |pick: fn(&Figures) -> f64| median(&f.iter().map(pick).collect::<Vec<_>>());
         println!(
             "{:<11} {:>10.0} {:>10.0} {:>16} {:>16} {:>14}",
-            t.name,
-            h1,
-            h2,
-            format!("{:.0} / {:.0}", us(l1.0), us(l1.1)),
-            format!("{:.0} / {:.0}", us(l2.0), us(l2.1)),
-            format!("{:.0} / {:.0}", us(c1), us(c2)),
+            name,
+            m(|f| f.h1),
+            m(|f| f.h2),
+            format!("{:.0} / {:.0}", m(|f| f.p50_1), m(|f| f.p99_1)),
+            format!("{:.0} / {:.0}", m(|f| f.p50_2), m(|f| f.p99_2)),
+            format!("{:.0} / {:.0}", m(|f| f.cpu1), m(|f| f.cpu2)),
         );
-        rows.insert(t.name, (h1, h2, l1.0, l2.0));
     }
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    if let (Some(p), Some(e)) = (rows.get("permissive"), rows.get("enforcing")) {
+    if let Some([h1, h2]) = ratios(&figures, "enforcing", "permissive") {
+        // Differences within each round, like the ratios.
+        let (e, p) = (
+            of(&figures, "enforcing").unwrap(),
+            of(&figures, "permissive").unwrap(),
+        );
+        let added = |pick: fn(&Figures) -> f64| {
+            median(
+                &e.iter()
+                    .zip(p)
+                    .map(|(e, p)| pick(e) - pick(p))
+                    .collect::<Vec<_>>(),
+            )
+        };
         println!(
-            "\nenforcing / permissive: h1 {:.2}, h2 {:.2}; added p50 per request: h1 {:.0} µs, h2 {:.0} µs \
+            "\nenforcing / permissive over {rounds} round(s), min / median / max: h1 {}, h2 {} \
+             (target ≥ 0.5); added p50 per request (median): h1 {:.0} µs, h2 {:.0} µs \
              (classify + authorize + signed receipt + fdatasync)",
-            e.0 / p.0,
-            e.1 / p.1,
-            us(e.2) - us(p.2),
-            us(e.3) - us(p.3)
+            spread(&h1).show(2, ""),
+            spread(&h2).show(2, ""),
+            added(|f| f.p50_1),
+            added(|f| f.p50_2),
         );
     }
-    if let (Some(m), Some(e)) = (rows.get("mitmdump"), rows.get("enforcing")) {
+    if let Some([h1, h2]) = ratios(&figures, "enforcing", "mitmdump") {
         println!(
-            "enforcing / mitmdump: h1 {:.1}×, h2 {:.1}× (target ≥ 20×)",
-            e.0 / m.0,
-            e.1 / m.1
+            "enforcing / mitmdump over {rounds} round(s), min / median / max: h1 {}, h2 {} (target ≥ 30×)",
+            spread(&h1).show(1, "×"),
+            spread(&h2).show(1, "×"),
         );
     }
 
