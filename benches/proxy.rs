@@ -275,15 +275,22 @@ async fn run() {
     if mitm.is_none() {
         println!("mitmdump: not found or did not start; reference skipped (pip install mitmproxy)");
     }
-    if std::env::var_os("PROXY_BENCH_PROFILE").is_some() {
-        // For `perf record`: only new connections through openclaw, longer.
+    if let Some(what) = std::env::var_os("PROXY_BENCH_PROFILE") {
+        // For `perf record`: one figure through openclaw only, for 10 s:
+        // keep-alive `h1` or `h2`, otherwise new connections.
         let start = Instant::now();
         let mut n = 0.0;
         while start.elapsed() < Duration::from_secs(10) {
-            n += new_conn_rate(&ours).await * RUN.as_secs_f64();
+            let rate = match what.to_str() {
+                Some("h1") => keep_alive_rps(&ours, b"http/1.1").await,
+                Some("h2") => keep_alive_rps(&ours, b"h2").await,
+                _ => new_conn_rate(&ours).await,
+            };
+            n += rate * RUN.as_secs_f64();
         }
         println!(
-            "profile run: {:.0} new conn/s; {:?}",
+            "profile run ({}): {:.0} per second; {:?}",
+            what.to_string_lossy(),
             n / start.elapsed().as_secs_f64(),
             handle.stats()
         );
