@@ -350,6 +350,9 @@ impl TokenWorld {
                 .map_err(token_error)?;
         }
         let funcs = HashMap::new();
+        // One map for every query's binding, cleared between them: a fresh
+        // map per query was an allocation and a rehash each.
+        let mut values = HashMap::new();
         for (b, checks) in self.blocks.iter().enumerate() {
             for (c, loaded) in checks.iter().enumerate() {
                 if !which(loaded) {
@@ -357,15 +360,16 @@ impl TokenWorld {
                 }
                 let mut passed = false;
                 for (query, trust) in loaded.check.queries.iter().zip(&loaded.trusted) {
-                    let found = match (&*world, rules) {
-                        (Some(w), true) => bindings(query, &w.facts, &[], trust, &self.authorizer),
-                        _ => bindings(query, &self.facts, added, trust, &self.authorizer),
+                    let (facts, added) = match (&*world, rules) {
+                        (Some(w), true) => (&w.facts, &[][..]),
+                        _ => (&self.facts, &added[..]),
                     };
+                    let found = bindings(query, facts, added, trust, &self.authorizer, &mut values);
                     let matched = match found {
                         // Nothing to bind: biscuit would find no match either
                         // (and this took no time worth a clock read).
                         Bindings::None => matches!(loaded.check.kind, CheckKind::Reject),
-                        Bindings::One(values) => {
+                        Bindings::One => {
                             let holds =
                                 holds(query, &values, symbols, &funcs).map_err(token_error)?;
                             if Instant::now() >= deadline {
@@ -433,9 +437,10 @@ enum Bindings {
     /// Not at all: biscuit finds no match, evaluates no expression (so
     /// cannot fail), and `check all` fails for want of a match.
     None,
-    /// In exactly one way: biscuit's matcher would produce this one set of
-    /// variables and evaluate the expressions on it, nothing else.
-    One(HashMap<u32, Term>),
+    /// In exactly one way (the variables left in the caller's map): biscuit's
+    /// matcher would produce this one set of variables and evaluate the
+    /// expressions on it, nothing else.
+    One,
     /// Some predicate has several candidate facts: left to biscuit.
     Many,
 }
@@ -455,13 +460,14 @@ fn bindings(
     added: &[Fact],
     trust: &TrustedOrigins,
     authorizer: &Origin,
+    values: &mut HashMap<u32, Term>,
 ) -> Bindings {
     let added = if trust.contains(authorizer) {
         added
     } else {
         &[]
     };
-    let mut values = HashMap::new();
+    values.clear();
     for p in &query.body {
         let mut candidates = facts
             .iterator(trust)
@@ -487,7 +493,7 @@ fn bindings(
             }
         }
     }
-    Bindings::One(values)
+    Bindings::One
 }
 
 /// Evaluates `query`'s expressions on one binding, as biscuit does for
