@@ -31,7 +31,9 @@ use enforce::{
 use proxy::{AllowAll, Gate, Proxy, ProxyConfig, ProxyHandle};
 use receipts::{LogOptions, ReceiptLog, SessionStart, UnverifiedChain};
 use rustls::ClientConfig;
-use test_support::{HttpsClient, Mitmdump, Scripted, ScriptedBroker, TestCa, Upstream};
+use test_support::{
+    median, rounds_of, spread, HttpsClient, Mitmdump, Scripted, ScriptedBroker, TestCa, Upstream,
+};
 
 /// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
 #[global_allocator]
@@ -79,44 +81,6 @@ async fn get(s: &mut HttpsClient) {
     s.get(HOST, "/hello").await
 }
 
-/// Min, median and max of a list of figures (the median of an even count is
-/// the mean of the middle two).
-#[derive(Clone, Copy)]
-struct Spread {
-    min: f64,
-    median: f64,
-    max: f64,
-}
-
-fn spread(v: &[f64]) -> Spread {
-    assert!(!v.is_empty(), "spread of no figures");
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Spread {
-        min: v[0],
-        median: (v[(n - 1) / 2] + v[n / 2]) / 2.0,
-        max: v[n - 1],
-    }
-}
-
-impl Spread {
-    /// `min / median / max`, each with `decimals` and `unit`.
-    fn show(self, decimals: usize, unit: &str) -> String {
-        format!(
-            "{:.d$}{unit} / {:.d$}{unit} / {:.d$}{unit}",
-            self.min,
-            self.median,
-            self.max,
-            d = decimals
-        )
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    spread(v).median
-}
-
 /// One target's figures from one round: keep-alive req/s, CPU µs per
 /// request, latency p50 / p99 µs on one connection; h1 and h2.
 #[derive(Clone, Copy)]
@@ -131,18 +95,10 @@ struct Figures {
     p99_2: f64,
 }
 
-/// A target's figures, one per round; `None` when it was not measured.
-fn of<'a>(figures: &'a [(&str, Vec<Figures>)], name: &str) -> Option<&'a [Figures]> {
-    figures
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, f)| &f[..])
-}
-
 /// Per-round keep-alive req/s ratios `num / den`, h1 and h2, each from one
 /// round's two figures.
 fn ratios(figures: &[(&str, Vec<Figures>)], num: &str, den: &str) -> Option<[Vec<f64>; 2]> {
-    let (n, d) = (of(figures, num)?, of(figures, den)?);
+    let (n, d) = (rounds_of(figures, num)?, rounds_of(figures, den)?);
     Some([
         n.iter().zip(d).map(|(n, d)| n.h1 / d.h1).collect(),
         n.iter().zip(d).map(|(n, d)| n.h2 / d.h2).collect(),
@@ -574,7 +530,7 @@ async fn run() {
             ));
         }
         // The direct figure involves no proxy: how fast the machine was.
-        if let Some(d) = of(&figures, "direct") {
+        if let Some(d) = rounds_of(&figures, "direct") {
             parts.push(format!("direct h1 {:.0}", d[r].h1));
         }
         if !parts.is_empty() {
@@ -602,8 +558,8 @@ async fn run() {
     if let Some([h1, h2]) = ratios(&figures, "enforcing", "permissive") {
         // Differences within each round, like the ratios.
         let (e, p) = (
-            of(&figures, "enforcing").unwrap(),
-            of(&figures, "permissive").unwrap(),
+            rounds_of(&figures, "enforcing").unwrap(),
+            rounds_of(&figures, "permissive").unwrap(),
         );
         let added = |pick: fn(&Figures) -> f64| {
             median(

@@ -23,7 +23,7 @@ use std::{
 
 use proxy::{AllowAll, Proxy, ProxyConfig, SessionCa};
 use rustls::{client::Resumption, ClientConfig};
-use test_support::{HttpsClient, Mitmdump, Nginx, TestCa, Upstream};
+use test_support::{median, rounds_of, spread, HttpsClient, Mitmdump, Nginx, TestCa, Upstream};
 
 /// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
 #[global_allocator]
@@ -42,44 +42,6 @@ fn rounds() -> usize {
         .max(1)
 }
 
-/// Min, median and max of a list of figures (the median of an even count is
-/// the mean of the middle two).
-#[derive(Clone, Copy)]
-struct Spread {
-    min: f64,
-    median: f64,
-    max: f64,
-}
-
-fn spread(v: &[f64]) -> Spread {
-    assert!(!v.is_empty(), "spread of no figures");
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Spread {
-        min: v[0],
-        median: (v[(n - 1) / 2] + v[n / 2]) / 2.0,
-        max: v[n - 1],
-    }
-}
-
-impl Spread {
-    /// `min / median / max`, each with `decimals` and `unit`.
-    fn show(self, decimals: usize, unit: &str) -> String {
-        format!(
-            "{:.d$}{unit} / {:.d$}{unit} / {:.d$}{unit}",
-            self.min,
-            self.median,
-            self.max,
-            d = decimals
-        )
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    spread(v).median
-}
-
 /// One target's figures from one round: keep-alive req/s h1 and h2, new
 /// connections/s, latency p50 / p99 µs on one connection h1 and h2.
 #[derive(Clone, Copy)]
@@ -93,20 +55,11 @@ struct Figures {
     p99_2: f64,
 }
 
-/// A target's figures, one per round it was measured in; `None` when it
-/// was not measured.
-fn of<'a>(figures: &'a [(&str, Vec<Figures>)], name: &str) -> Option<&'a [Figures]> {
-    figures
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, f)| &f[..])
-}
-
 /// Per-round ratios `num / den` of h1 keep-alive, h2 keep-alive and new
 /// connections, each from one round's two figures (only the rounds both
 /// were measured in).
 fn ratios(figures: &[(&str, Vec<Figures>)], num: &str, den: &str) -> Option<[Vec<f64>; 3]> {
-    let (n, d) = (of(figures, num)?, of(figures, den)?);
+    let (n, d) = (rounds_of(figures, num)?, rounds_of(figures, den)?);
     let per = |pick: fn(&Figures) -> f64| n.iter().zip(d).map(|(n, d)| pick(n) / pick(d)).collect();
     Some([per(|f| f.h1), per(|f| f.h2), per(|f| f.new_conn)])
 }
@@ -369,7 +322,7 @@ async fn run() {
         // The direct figure involves no proxy: how fast the machine was.
         parts.push(format!(
             "direct h1 ka {:.0}",
-            of(&figures, "direct").unwrap()[r].h1
+            rounds_of(&figures, "direct").unwrap()[r].h1
         ));
         println!("round {round}: {}", parts.join("; "));
     }
@@ -393,7 +346,10 @@ async fn run() {
     }
     // Added latency: differences within each round, like the ratios.
     let added = |name: &str, pick: fn(&Figures) -> f64| {
-        let (t, d) = (of(&figures, name).unwrap(), of(&figures, "direct").unwrap());
+        let (t, d) = (
+            rounds_of(&figures, name).unwrap(),
+            rounds_of(&figures, "direct").unwrap(),
+        );
         median(
             &t.iter()
                 .zip(d)

@@ -14,6 +14,7 @@ pub mod llm;
 mod mitm;
 mod nginx;
 mod postgres;
+mod spread;
 pub use approval::{purchase_question, Scripted, ScriptedBroker};
 pub use go_upstream::{go_fold_orbits, go_upstream_binary, GoUpstream};
 pub use https_client::HttpsClient;
@@ -21,6 +22,7 @@ pub use llm::LlmAnswer;
 pub use mitm::Mitmdump;
 pub use nginx::Nginx;
 pub use postgres::{PostgresServer, POSTGRES_USER};
+pub use spread::{median, rounds_of, spread, Spread};
 
 use std::{
     convert::Infallible,

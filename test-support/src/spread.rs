@@ -1,0 +1,67 @@
+//! Min, median and max of a bench's repeated figures: the benches measure in
+//! interleaved rounds on a noisy machine and report each ratio's spread.
+
+/// Min, median and max of a list of figures (the median of an even count is
+/// the mean of the middle two).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+/// The spread of `v`; panics on an empty list (a bench bug).
+pub fn spread(v: &[f64]) -> Spread {
+    assert!(!v.is_empty(), "spread of no figures");
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Spread {
+        min: v[0],
+        median: (v[(n - 1) / 2] + v[n / 2]) / 2.0,
+        max: v[n - 1],
+    }
+}
+
+/// The median of `v` (see [`spread`]).
+pub fn median(v: &[f64]) -> f64 {
+    spread(v).median
+}
+
+/// A target's figures, one per round it was measured in, from a bench's
+/// `(target, figures)` list; `None` when it was not measured.
+pub fn rounds_of<'a, T>(figures: &'a [(&str, Vec<T>)], name: &str) -> Option<&'a [T]> {
+    figures
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, f)| &f[..])
+}
+
+impl Spread {
+    /// `min / median / max`, each with `decimals` and `unit`.
+    pub fn show(self, decimals: usize, unit: &str) -> String {
+        format!(
+            "{:.d$}{unit} / {:.d$}{unit} / {:.d$}{unit}",
+            self.min,
+            self.median,
+            self.max,
+            d = decimals
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_and_even_counts() {
+        let s = spread(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.min, s.median, s.max), (1.0, 2.0, 3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(spread(&[0.5]).show(2, "×"), "0.50× / 0.50× / 0.50×");
+        let figures = [("a", vec![1, 2]), ("b", vec![3])];
+        assert_eq!(rounds_of(&figures, "b"), Some(&[3][..]));
+        assert_eq!(rounds_of(&figures, "c"), None);
+    }
+}
