@@ -32,7 +32,8 @@ use proxy::{AllowAll, Gate, Proxy, ProxyConfig, ProxyHandle};
 use receipts::{LogOptions, ReceiptLog, SessionStart, UnverifiedChain};
 use rustls::ClientConfig;
 use test_support::{
-    median, rounds_of, spread, HttpsClient, Mitmdump, Scripted, ScriptedBroker, TestCa, Upstream,
+    median, median_difference, round_ratios, rounds_from_env, rounds_of, spread, HttpsClient,
+    Mitmdump, Scripted, ScriptedBroker, TestCa, Upstream,
 };
 
 /// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
@@ -48,14 +49,6 @@ fn conns() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(32)
-}
-/// Rounds of interleaved figures (`ENFORCE_BENCH_ROUNDS`, default 3, at least 1).
-fn rounds() -> usize {
-    std::env::var("ENFORCE_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1)
 }
 const POLICY: &str = include_str!("../examples/flight-booking/policy.toml");
 const CATALOG: &str = include_str!("../examples/flight-booking/catalog.toml");
@@ -95,14 +88,10 @@ struct Figures {
     p99_2: f64,
 }
 
-/// Per-round keep-alive req/s ratios `num / den`, h1 and h2, each from one
-/// round's two figures.
+/// Per-round keep-alive req/s ratios `num / den`, h1 and h2.
 fn ratios(figures: &[(&str, Vec<Figures>)], num: &str, den: &str) -> Option<[Vec<f64>; 2]> {
-    let (n, d) = (rounds_of(figures, num)?, rounds_of(figures, den)?);
-    Some([
-        n.iter().zip(d).map(|(n, d)| n.h1 / d.h1).collect(),
-        n.iter().zip(d).map(|(n, d)| n.h2 / d.h2).collect(),
-    ])
+    let per = |pick: fn(&Figures) -> f64| round_ratios(figures, num, den, pick);
+    Some([per(|f| f.h1)?, per(|f| f.h2)?])
 }
 
 /// User + system CPU time this process has used so far (client, proxy,
@@ -195,7 +184,6 @@ async fn start_proxy(upstream: &Upstream, ca_file: &Path, gate: Arc<dyn Gate>) -
     Proxy::start(cfg, gate).await.unwrap()
 }
 
-/// What one enforced request costs, piece by piece, on this machine.
 /// What one thread waking another and being woken back costs here, wall
 /// and process CPU per round trip. On a VM a cross-CPU wake-up is an IPI
 /// through the hypervisor; this is the floor under the receipt writer's
@@ -229,6 +217,7 @@ fn wake_round_trip() -> (Duration, Duration) {
     (wall / TRIPS, cpu / TRIPS)
 }
 
+/// What one enforced request costs, piece by piece, on this machine.
 fn components(cap: &capabilities::Capability, dir: &Path, key: &SigningKey) {
     let headers = http::HeaderMap::new();
     let host = Host::parse(HOST).unwrap();
@@ -471,7 +460,7 @@ async fn run() {
         enforcing.shutdown().await;
         return;
     }
-    let rounds = rounds();
+    let rounds = rounds_from_env("ENFORCE_BENCH_ROUNDS");
     println!(
         "\nGET https://{HOST}/hello, {} keep-alive connections, {}s per figure, {rounds} round(s) \
          of every target back to back; `enforcing` writes one fdatasync'ed receipt per request",
@@ -557,17 +546,8 @@ async fn run() {
     }
     if let Some([h1, h2]) = ratios(&figures, "enforcing", "permissive") {
         // Differences within each round, like the ratios.
-        let (e, p) = (
-            rounds_of(&figures, "enforcing").unwrap(),
-            rounds_of(&figures, "permissive").unwrap(),
-        );
         let added = |pick: fn(&Figures) -> f64| {
-            median(
-                &e.iter()
-                    .zip(p)
-                    .map(|(e, p)| pick(e) - pick(p))
-                    .collect::<Vec<_>>(),
-            )
+            median_difference(&figures, "enforcing", "permissive", pick).unwrap()
         };
         println!(
             "\nenforcing / permissive over {rounds} round(s), min / median / max: h1 {}, h2 {} \

@@ -23,7 +23,10 @@ use std::{
 
 use proxy::{AllowAll, Proxy, ProxyConfig, SessionCa};
 use rustls::{client::Resumption, ClientConfig};
-use test_support::{median, rounds_of, spread, HttpsClient, Mitmdump, Nginx, TestCa, Upstream};
+use test_support::{
+    median, median_difference, round_ratios, rounds_from_env, rounds_of, spread, HttpsClient,
+    Mitmdump, Nginx, TestCa, Upstream,
+};
 
 /// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
 #[global_allocator]
@@ -32,15 +35,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const HOST: &str = "api.example.com";
 const RUN: Duration = Duration::from_secs(2);
 const CONNS: usize = 8;
-
-/// Rounds of interleaved figures (`PROXY_BENCH_ROUNDS`, default 3, at least 1).
-fn rounds() -> usize {
-    std::env::var("PROXY_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1)
-}
 
 /// One target's figures from one round: keep-alive req/s h1 and h2, new
 /// connections/s, latency p50 / p99 µs on one connection h1 and h2.
@@ -56,12 +50,10 @@ struct Figures {
 }
 
 /// Per-round ratios `num / den` of h1 keep-alive, h2 keep-alive and new
-/// connections, each from one round's two figures (only the rounds both
-/// were measured in).
+/// connections (only the rounds both were measured in).
 fn ratios(figures: &[(&str, Vec<Figures>)], num: &str, den: &str) -> Option<[Vec<f64>; 3]> {
-    let (n, d) = (rounds_of(figures, num)?, rounds_of(figures, den)?);
-    let per = |pick: fn(&Figures) -> f64| n.iter().zip(d).map(|(n, d)| pick(n) / pick(d)).collect();
-    Some([per(|f| f.h1), per(|f| f.h2), per(|f| f.new_conn)])
+    let per = |pick: fn(&Figures) -> f64| round_ratios(figures, num, den, pick);
+    Some([per(|f| f.h1)?, per(|f| f.h2)?, per(|f| f.new_conn)?])
 }
 
 #[derive(Clone)]
@@ -265,7 +257,7 @@ async fn run() {
             ca_pem: m.ca_pem.clone(),
         });
     }
-    let rounds = rounds();
+    let rounds = rounds_from_env("PROXY_BENCH_ROUNDS");
     println!(
         "\nGET https://{HOST}/hello, {CONNS} connections, {}s per figure, {rounds} round(s) \
          of every target back to back (mitmdump in round 1 only)",
@@ -346,16 +338,7 @@ async fn run() {
     }
     // Added latency: differences within each round, like the ratios.
     let added = |name: &str, pick: fn(&Figures) -> f64| {
-        let (t, d) = (
-            rounds_of(&figures, name).unwrap(),
-            rounds_of(&figures, "direct").unwrap(),
-        );
-        median(
-            &t.iter()
-                .zip(d)
-                .map(|(t, d)| pick(t) - pick(d))
-                .collect::<Vec<_>>(),
-        )
+        median_difference(&figures, name, "direct", pick).unwrap()
     };
     println!(
         "\nadded p50 latency through openclaw (median over rounds): h1 {:.0} µs, h2 {:.0} µs \

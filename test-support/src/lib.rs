@@ -22,7 +22,9 @@ pub use llm::LlmAnswer;
 pub use mitm::Mitmdump;
 pub use nginx::Nginx;
 pub use postgres::{PostgresServer, POSTGRES_USER};
-pub use spread::{median, rounds_of, spread, Spread};
+pub use spread::{
+    median, median_difference, round_ratios, rounds_from_env, rounds_of, spread, Spread,
+};
 
 use std::{
     convert::Infallible,

@@ -37,6 +37,53 @@ pub fn rounds_of<'a, T>(figures: &'a [(&str, Vec<T>)], name: &str) -> Option<&'a
         .map(|(_, f)| &f[..])
 }
 
+/// Per-round values of `pick(num) op pick(den)`, one per round both were
+/// measured in. A target measured in fewer rounds was measured in the first
+/// ones, so the rounds pair up by position.
+fn per_round<T>(
+    figures: &[(&str, Vec<T>)],
+    num: &str,
+    den: &str,
+    pick: impl Fn(&T) -> f64,
+    op: fn(f64, f64) -> f64,
+) -> Option<Vec<f64>> {
+    let (n, d) = (rounds_of(figures, num)?, rounds_of(figures, den)?);
+    Some(n.iter().zip(d).map(|(n, d)| op(pick(n), pick(d))).collect())
+}
+
+/// Per-round ratios `num / den` of one figure, each from one round's two
+/// figures; `None` when either target was not measured.
+pub fn round_ratios<T>(
+    figures: &[(&str, Vec<T>)],
+    num: &str,
+    den: &str,
+    pick: impl Fn(&T) -> f64,
+) -> Option<Vec<f64>> {
+    per_round(figures, num, den, pick, |n, d| n / d)
+}
+
+/// The median over rounds of `num - den` for one figure (added latency,
+/// say), each difference from one round; `None` when either target was not
+/// measured.
+pub fn median_difference<T>(
+    figures: &[(&str, Vec<T>)],
+    num: &str,
+    den: &str,
+    pick: impl Fn(&T) -> f64,
+) -> Option<f64> {
+    per_round(figures, num, den, pick, |n, d| n - d).map(|v| median(&v))
+}
+
+/// The rounds a bench takes: the environment variable `var` (at least 1),
+/// 3 by default.
+pub fn rounds_from_env(var: &str) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
 impl Spread {
     /// `min / median / max`, each with `decimals` and `unit`.
     pub fn show(self, decimals: usize, unit: &str) -> String {
@@ -63,5 +110,10 @@ mod tests {
         let figures = [("a", vec![1, 2]), ("b", vec![3])];
         assert_eq!(rounds_of(&figures, "b"), Some(&[3][..]));
         assert_eq!(rounds_of(&figures, "c"), None);
+        let figures = [("a", vec![2.0, 9.0, 4.0]), ("b", vec![1.0, 3.0])];
+        let pick = |f: &f64| *f;
+        assert_eq!(round_ratios(&figures, "a", "b", pick), Some(vec![2.0, 3.0]));
+        assert_eq!(median_difference(&figures, "a", "b", pick), Some(3.5));
+        assert_eq!(round_ratios(&figures, "a", "c", pick), None);
     }
 }
