@@ -162,14 +162,17 @@ pub struct LogOptions {
     /// to cover it before the writer signs it alone (about twice this at
     /// most, since an idle writer looks that often).
     pub defer: Duration,
-    /// The writer thread's nice value (Linux: per thread); 0 leaves it as
-    /// the process's. Every request waits on this thread, which needs
-    /// little CPU of its own, so by default (-10) it asks to run ahead of
-    /// the request workers instead of queueing behind them for a core each
-    /// time a sync ends or a receipt comes. Raising priority needs
-    /// CAP_SYS_NICE (root has it) or RLIMIT_NICE; without either the
-    /// writer runs at the process's priority: longer receipt waits under
-    /// load, nothing else (`CommitStats::writer_nice` says which).
+    /// The writer thread's nice value (Linux: per thread); 0 (the
+    /// default) leaves it as the process's. Below 0 the writer preempts a
+    /// request worker each time a sync ends or a receipt comes; at 0 a
+    /// busy machine makes it wait for a core, and the receipts that come
+    /// meanwhile join its next write. On a two-core VM where a context
+    /// switch is dear, 0 measured better under load (about twice the
+    /// receipts per write, less CPU per request: docs/proxy.md, "The
+    /// writer at the process's priority"); an idle core runs it at once
+    /// either way, so a lone request is not delayed. Raising priority needs CAP_SYS_NICE or RLIMIT_NICE;
+    /// without, the writer keeps the process's (`CommitStats::writer_nice`
+    /// says which).
     pub writer_nice: i32,
 }
 
@@ -179,7 +182,7 @@ impl Default for LogOptions {
             max_batch: 4096,
             gather: Duration::from_micros(150),
             defer: Duration::from_millis(100),
-            writer_nice: -10,
+            writer_nice: 0,
         }
     }
 }
