@@ -316,108 +316,133 @@ impl ReceiptLog {
         state.next_seq += 1;
         state.ended = matches!(next, Next::End(..));
         let hash: HashSlot = Arc::new(OnceLock::new());
-        state.queued.push(Queued {
+        let queued = Queued {
             next,
             slot: Arc::clone(&hash),
             deferred,
-        });
+        };
         let pending = PendingReceipt {
             queue: Arc::clone(queue),
             seq,
             hash,
             registered: false,
         };
-        if !state.chaining {
-            // Nobody is chaining: this submitter chains everything queued
-            // until the queue is empty, then returns to wait like the rest.
+        if state.chaining {
+            // Another submitter is chaining: it takes this one too.
+            state.queued.push(queued);
+        } else {
+            // Nobody is chaining (so nothing is queued): this submitter
+            // chains its own receipt, then whatever was queued meanwhile,
+            // then returns to wait like the rest.
             state.chaining = true;
             drop(state);
-            shared.signer.chain_queued(queue);
+            shared.signer.chain_turn(queue, seq, queued);
         }
         Ok(pending)
     }
 }
 
 impl Signer {
-    /// A chaining turn (`state.chaining` set by the caller): takes the
-    /// queue, chains it in order, hands each line to the writer as soon as
-    /// it is chained (an idle writer starts on it at once), and repeats
-    /// until nothing is left, so no queued receipt is ever left behind.
-    fn chain_queued(&self, queue: &Queue) {
-        let mut taken = Vec::new();
+    /// A chaining turn (`state.chaining` set by the caller, whose receipt
+    /// `first` gets `seq`): chains it, then the receipts queued meanwhile,
+    /// in order, handing each line to the writer as soon as it is chained
+    /// (an idle writer starts on it at once), until nothing is left, so no
+    /// queued receipt is ever left behind. The queue is looked at under the
+    /// same lock that hands a line over: an uncontended receipt takes the
+    /// queue lock twice (queued, handed over), not four times.
+    fn chain_turn(&self, queue: &Queue, seq: u64, first: Queued) {
+        // Receipts taken from the queue, in reverse: the next is popped.
+        let mut taken: Vec<Queued> = Vec::new();
+        let (mut seq, mut current) = (seq, first);
         loop {
+            // The chain lock per line, not per turn: the writer takes it
+            // too, and must not wait for a long turn to end.
+            let mut chain = lock(&self.chain);
+            let chain = &mut *chain;
+            let Queued {
+                next,
+                slot,
+                deferred,
+            } = current;
+            let (hash, signed) = match self.chain_one(seq, next, chain) {
+                Ok(chained) => chained,
+                Err(e) => {
+                    // Only session_end is encoded here; it is the last.
+                    // Fail closed: what is not yet with the writer fails
+                    // too.
+                    let mut state = lock(&queue.state);
+                    let from = if state.lens.is_empty() {
+                        seq
+                    } else {
+                        state.buf_seq
+                    };
+                    chain.open = None;
+                    state.chaining = false;
+                    let waiting = state.fail_waking_all(from, e.to_string());
+                    drop(state);
+                    waiting.into_iter().for_each(Wake::wake);
+                    return;
+                }
+            };
             let mut state = lock(&queue.state);
-            if state.queued.is_empty() {
-                state.chaining = false;
-                return;
-            }
-            let first = state.next_seq - state.queued.len() as u64;
-            std::mem::swap(&mut state.queued, &mut taken);
-            drop(state);
-            for (i, q) in taken.drain(..).enumerate() {
-                let seq = first + i as u64;
-                // The chain lock per line, not per turn: the writer takes
-                // it too, and must not wait for a long turn to end.
-                let mut chain = lock(&self.chain);
-                let chain = &mut *chain;
-                let (hash, signed) = match self.chain_one(seq, q.next, chain) {
-                    Ok(chained) => chained,
-                    Err(e) => {
-                        // Only session_end is encoded here; it is the last.
-                        // Fail closed: what is not yet with the writer
-                        // fails too.
-                        let mut state = lock(&queue.state);
-                        let from = if state.lens.is_empty() {
-                            seq
-                        } else {
-                            state.buf_seq
-                        };
-                        chain.open = None;
-                        state.chaining = false;
-                        let waiting = state.fail_waking_all(from, e.to_string());
-                        drop(state);
-                        waiting.into_iter().for_each(Wake::wake);
-                        return;
-                    }
-                };
-                let mut state = lock(&queue.state);
-                // After a failure the line is dropped: its waiter gets the
-                // error.
-                if state.failed.is_some() {
-                    continue;
-                }
-                if state.lens.is_empty() {
-                    state.buf_seq = seq;
-                }
-                state.buf.extend_from_slice(&chain.line);
-                state.buf.push(b'\n');
-                state.lens.push_back(Line {
+            // After a failure the line is dropped: its waiter gets the
+            // error.
+            if state.failed.is_none() {
+                let line = Line {
                     len: chain.line.len() + 1,
                     queued: Instant::now(),
                     signed,
-                    deferred: q.deferred,
+                    deferred,
                     hash,
-                    slot: q.slot,
-                });
-                if q.deferred {
-                    state.deferred_since.get_or_insert_with(Instant::now);
-                } else {
-                    state.urgent = true;
-                }
-                if state.writer_idle && (state.urgent || !state.writer_watching) {
-                    // An urgent line, or a deferred one that an idle writer
-                    // without a deadline would never look at.
-                    state.writer_idle = false;
-                    queue.work.notify_one();
-                } else if state
-                    .gathering_until
-                    .is_some_and(|enough| state.lens.len() >= enough)
-                {
-                    // The company the gathering writer waits for is here.
-                    state.gathering_until = None;
-                    queue.work.notify_one();
-                }
+                    slot,
+                };
+                Self::hand_over(queue, &mut state, seq, &chain.line, line);
             }
+            seq += 1;
+            current = match taken.pop() {
+                Some(next) => next,
+                None if state.queued.is_empty() => {
+                    state.chaining = false;
+                    return;
+                }
+                None => {
+                    debug_assert_eq!(state.next_seq - state.queued.len() as u64, seq);
+                    // Both are empty here but for capacity: they swap.
+                    std::mem::swap(&mut state.queued, &mut taken);
+                    taken.reverse();
+                    taken.pop().expect("the queue was not empty")
+                }
+            };
+        }
+    }
+
+    /// Appends a chained line to the writer's buffer and wakes the writer
+    /// if it waits for this line (or for the company this line completes).
+    fn hand_over(queue: &Queue, state: &mut State, seq: u64, bytes: &[u8], line: Line) {
+        if state.lens.is_empty() {
+            state.buf_seq = seq;
+        }
+        state.buf.extend_from_slice(bytes);
+        state.buf.push(b'\n');
+        let deferred = line.deferred;
+        state.lens.push_back(line);
+        if deferred {
+            state.deferred_since.get_or_insert_with(Instant::now);
+        } else {
+            state.urgent = true;
+        }
+        if state.writer_idle && (state.urgent || !state.writer_watching) {
+            // An urgent line, or a deferred one that an idle writer
+            // without a deadline would never look at.
+            state.writer_idle = false;
+            queue.work.notify_one();
+        } else if state
+            .gathering_until
+            .is_some_and(|enough| state.lens.len() >= enough)
+        {
+            // The company the gathering writer waits for is here.
+            state.gathering_until = None;
+            queue.work.notify_one();
         }
     }
 
