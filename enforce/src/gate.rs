@@ -375,27 +375,22 @@ impl EnforcingGate {
             "{count} further DNS names refused, receipted together (past the first {limit} \
              names receipted one by one)"
         ));
-        let record = Self::decision_record(
-            &action,
-            &self.ledger.committed(),
-            &decision,
-            Stage::Dns,
-            None,
-        )
-        .map(|mut r| {
-            if let serde_json::Value::Object(map) = &mut r.decision {
-                map.insert(
-                    "aggregate".into(),
-                    serde_json::json!({
-                        "count": count,
-                        "names_sha256": digest,
-                        "first": receipts::format_time(batch.first_at),
-                        "last": receipts::format_time(batch.last_at),
-                    }),
-                );
-            }
-            r
-        });
+        let record = self
+            .hook_record(&action, &decision, Stage::Dns)
+            .map(|mut r| {
+                if let serde_json::Value::Object(map) = &mut r.decision {
+                    map.insert(
+                        "aggregate".into(),
+                        serde_json::json!({
+                            "count": count,
+                            "names_sha256": digest,
+                            "first": receipts::format_time(batch.first_at),
+                            "last": receipts::format_time(batch.last_at),
+                        }),
+                    );
+                }
+                r
+            });
         let seq = match record.and_then(|r| self.receipt_decision_blocking(now, r)) {
             Ok(seq) => Some(seq),
             Err(ReceiptFailed(why)) => {
@@ -450,6 +445,17 @@ impl EnforcingGate {
             decision: decision_json,
             body_sha256,
         })
+    }
+
+    /// The record of a decision made in one of the proxy's synchronous
+    /// hooks (a DNS name, a refusal): no body, the counters as committed.
+    fn hook_record(
+        &self,
+        action: &Action,
+        decision: &Decision,
+        stage: Stage,
+    ) -> Result<DecisionRecord, ReceiptFailed> {
+        Self::decision_record(action, &self.ledger.committed(), decision, stage, None)
     }
 
     /// Appends a decision receipt and waits until it is durable.
@@ -926,14 +932,9 @@ impl Gate for EnforcingGate {
                     revocation_ids: self.revocation_ids.clone(),
                     ..decision
                 };
-                let receipt = Self::decision_record(
-                    &action,
-                    &self.ledger.committed(),
-                    &decision,
-                    Stage::Dns,
-                    None,
-                )
-                .and_then(|r| self.receipt_decision_blocking(now, r));
+                let receipt = self
+                    .hook_record(&action, &decision, Stage::Dns)
+                    .and_then(|r| self.receipt_decision_blocking(now, r));
                 let seq = match receipt {
                     Ok(seq) => Some(seq),
                     Err(ReceiptFailed(why)) => {
@@ -996,14 +997,9 @@ impl Gate for EnforcingGate {
             ),
         };
         let decision = self.block(format!("{}: {}", event.reason, event.detail));
-        let receipt = Self::decision_record(
-            &action,
-            &self.ledger.committed(),
-            &decision,
-            Stage::Proxy,
-            None,
-        )
-        .and_then(|r| self.receipt_decision_blocking(now, r));
+        let receipt = self
+            .hook_record(&action, &decision, Stage::Proxy)
+            .and_then(|r| self.receipt_decision_blocking(now, r));
         let seq = match receipt {
             Ok(seq) => Some(seq),
             Err(ReceiptFailed(why)) => {
