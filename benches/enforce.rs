@@ -539,8 +539,20 @@ async fn run() {
         "{:<11} {:>10} {:>10} {:>16} {:>16} {:>14}",
         "target", "h1 req/s", "h2 req/s", "h1 p50/p99 µs", "h2 p50/p99 µs", "CPU µs/req h1/h2"
     );
+    // Cores this process kept busy: below the machine's count, a target is
+    // held back by waiting (for enforcing: each request's receipt, in a
+    // closed loop of `conns()` connections), not by CPU. mitmdump runs in
+    // its own process, so it is left out.
+    let mut cores = Vec::new();
     for (name, f) in &figures {
         let m = |pick: fn(&Figures) -> f64| median(&f.iter().map(pick).collect::<Vec<_>>());
+        if *name != "mitmdump" {
+            cores.push(format!(
+                "{name} {:.2} / {:.2}",
+                m(|f| f.h1 * f.cpu1 / 1e6),
+                m(|f| f.h2 * f.cpu2 / 1e6)
+            ));
+        }
         println!(
             "{:<11} {:>10.0} {:>10.0} {:>16} {:>16} {:>14}",
             name,
@@ -551,22 +563,6 @@ async fn run() {
             format!("{:.0} / {:.0}", m(|f| f.cpu1), m(|f| f.cpu2)),
         );
     }
-    // Cores this process kept busy: below the machine's count, a target is
-    // held back by waiting (for enforcing: each request's receipt, in a
-    // closed loop of `conns()` connections), not by CPU. mitmdump runs in
-    // its own process, so it is left out.
-    let cores: Vec<String> = figures
-        .iter()
-        .filter(|(name, _)| *name != "mitmdump")
-        .map(|(name, f)| {
-            let m = |pick: fn(&Figures) -> f64| median(&f.iter().map(pick).collect::<Vec<_>>());
-            format!(
-                "{name} {:.2} / {:.2}",
-                m(|f| f.h1 * f.cpu1 / 1e6),
-                m(|f| f.h2 * f.cpu2 / 1e6)
-            )
-        })
-        .collect();
     println!(
         "cores busy h1 / h2 (req/s × CPU per request, this process, median) of {}: {}",
         std::thread::available_parallelism().map_or(0, usize::from),

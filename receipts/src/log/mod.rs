@@ -170,9 +170,9 @@ pub struct LogOptions {
     /// switch is dear, 0 measured better under load (about twice the
     /// receipts per write, less CPU per request: docs/proxy.md, "The
     /// writer at the process's priority"); an idle core runs it at once
-    /// either way, so a lone request is not delayed. Raising priority needs CAP_SYS_NICE or RLIMIT_NICE;
-    /// without, the writer keeps the process's (`CommitStats::writer_nice`
-    /// says which).
+    /// either way, so a lone request is not delayed. Raising priority
+    /// needs CAP_SYS_NICE or RLIMIT_NICE; without, the writer keeps the
+    /// process's (`CommitStats::writer_nice` says which).
     pub writer_nice: i32,
 }
 
