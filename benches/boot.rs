@@ -161,10 +161,7 @@ fn wanted(part: &str) -> bool {
 }
 
 fn harness_boots() -> usize {
-    std::env::var("OPENCLAW_BENCH_BOOTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+    test_support::env_parse("OPENCLAW_BENCH_BOOTS").unwrap_or(5)
 }
 
 fn harness_part() {

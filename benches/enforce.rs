@@ -32,8 +32,8 @@ use proxy::{AllowAll, Gate, Proxy, ProxyConfig, ProxyHandle};
 use receipts::{LogOptions, ReceiptLog, SessionStart, UnverifiedChain};
 use rustls::ClientConfig;
 use test_support::{
-    median, median_difference, round_ratios, rounds_from_env, rounds_of, spread, HttpsClient,
-    Mitmdump, Scripted, ScriptedBroker, TestCa, Upstream,
+    env_parse, median, median_difference, round_ratios, rounds_from_env, rounds_of, spread,
+    HttpsClient, Mitmdump, Scripted, ScriptedBroker, TestCa, Upstream,
 };
 
 /// The product binary runs on mimalloc (src/main.rs); so does the proxy here.
@@ -45,10 +45,7 @@ const HOST: &str = "kayak.com";
 const RUN: Duration = Duration::from_secs(3);
 /// Keep-alive connections per figure (`ENFORCE_BENCH_CONNS`, default 32).
 fn conns() -> usize {
-    std::env::var("ENFORCE_BENCH_CONNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32)
+    env_parse("ENFORCE_BENCH_CONNS").unwrap_or(32)
 }
 const POLICY: &str = include_str!("../examples/flight-booking/policy.toml");
 const CATALOG: &str = include_str!("../examples/flight-booking/catalog.toml");
@@ -349,17 +346,11 @@ async fn run() {
     let receipts_path = dir.path().join("receipts.jsonl");
     // `ENFORCE_BENCH_GATHER_US` overrides the writer's gathering window.
     let mut options = LogOptions::default();
-    if let Some(us) = std::env::var("ENFORCE_BENCH_GATHER_US")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(us) = env_parse("ENFORCE_BENCH_GATHER_US") {
         options.gather = Duration::from_micros(us);
     }
     // `ENFORCE_BENCH_WRITER_NICE` sets the writer thread's nice value.
-    if let Some(nice) = std::env::var("ENFORCE_BENCH_WRITER_NICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(nice) = env_parse("ENFORCE_BENCH_WRITER_NICE") {
         options.writer_nice = nice;
     }
     let log = ReceiptLog::create_with(
@@ -397,9 +388,7 @@ async fn run() {
     let gate = enforcement.gate.clone();
     // `ENFORCE_BENCH_REQUESTS=N`: a fixed number of requests per target and
     // protocol, no timing (for `valgrind --tool=callgrind`, docs/proxy.md).
-    let fixed: Option<u64> = std::env::var("ENFORCE_BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok());
+    let fixed: Option<u64> = env_parse("ENFORCE_BENCH_REQUESTS");
     if fixed.is_none() {
         components(&cap_for_parts, dir.path(), &receipt_key);
     }

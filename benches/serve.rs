@@ -43,10 +43,7 @@ const LIST_RUN: Duration = Duration::from_secs(3);
 const LIST_CONNS: usize = 8;
 
 fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    test_support::env_parse(name).unwrap_or(default)
 }
 
 /// A capability token minted under the tenant's own root key.

@@ -23,7 +23,7 @@ pub use mitm::Mitmdump;
 pub use nginx::Nginx;
 pub use postgres::{PostgresServer, POSTGRES_USER};
 pub use spread::{
-    median, median_difference, round_ratios, rounds_from_env, rounds_of, spread, Spread,
+    env_parse, median, median_difference, round_ratios, rounds_from_env, rounds_of, spread, Spread,
 };
 
 use std::{

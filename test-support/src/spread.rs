@@ -1,5 +1,6 @@
 //! Min, median and max of a bench's repeated figures: the benches measure in
 //! interleaved rounds on a noisy machine and report each ratio's spread.
+//! Also how a bench reads its knobs from the environment.
 
 /// Min, median and max of a list of figures (the median of an even count is
 /// the mean of the middle two).
@@ -74,14 +75,16 @@ pub fn median_difference<T>(
     per_round(figures, num, den, pick, |n, d| n - d).map(|v| median(&v))
 }
 
+/// A bench knob: the environment variable `var` parsed as `T`; `None` when
+/// it is unset or does not parse.
+pub fn env_parse<T: std::str::FromStr>(var: &str) -> Option<T> {
+    std::env::var(var).ok().and_then(|v| v.parse().ok())
+}
+
 /// The rounds a bench takes: the environment variable `var` (at least 1),
 /// 3 by default.
 pub fn rounds_from_env(var: &str) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1)
+    env_parse(var).unwrap_or(3).max(1)
 }
 
 impl Spread {
