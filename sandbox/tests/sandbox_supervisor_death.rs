@@ -178,8 +178,9 @@ fn a_killed_supervisor_takes_its_sandbox_down() {
 fn a_fork_bomb_cannot_outrun_the_cgroup_kill_of_a_dead_supervisors_sandbox() {
     let net = network("bomb");
     // bash, not sh: dash exits when a fork fails, so a dash bomb that meets
-    // the pid limit burns itself out (seen: every process gone within 2 s,
-    // and on a loaded machine before 32 were ever counted: a CI failure);
+    // the pid limit burns itself out (seen: down to the shell and its sleep
+    // within 1.3 s, on a loaded machine before 32 were counted: a CI
+    // failure);
     // bash retries a failed fork and keeps the limit full.
     let mut spec = sh_spec(&net, "exec bash -c 'b() { b | b & }; b; sleep 300'", b"ca");
     spec.stdout = SandboxStdio::Null;
