@@ -259,7 +259,10 @@ async fn serve_h2(ctx: Arc<ConnCtx>, io: impl Io) {
     });
     let svc_ctx = ctx.clone();
     let svc_activity = activity.clone();
-    let svc = service_fn(move |req| tracked(svc_ctx.clone(), svc_activity.clone(), req));
+    // hyper spawns a task per HTTP/2 stream and moves the future into it
+    // (and its output over it when done): boxed, that is a pointer, not the
+    // handler's whole state (about 6 KiB), copied for every request.
+    let svc = service_fn(move |req| Box::pin(tracked(svc_ctx.clone(), svc_activity.clone(), req)));
     // h2 answers lists over its own limit with a bare 431 that never reaches
     // us; with its limit above ours, `handle` sees them and reports them.
     // Lists over h2's limit and requests h2 finds malformed are caught by the
