@@ -275,10 +275,9 @@ fn components(cap: &capabilities::Capability, dir: &Path, key: &SigningKey) {
     }
     v.sort();
     // The same log under the benchmark's concurrency, without the proxy:
-    // what group commit alone sustains on this disk right now. With 40
-    // receipts per appender (≈ 25 ms in all) thread start-up and the first
-    // zeroing extent weighed in: four runs read 36k to 60k/s; with 400
-    // (≈ 0.2 s), 58k to 77k.
+    // what group commit alone sustains on this disk right now. 40 receipts
+    // per appender (≈ 25 ms in all) read 36k to 60k/s in four runs minutes
+    // apart; 400 (≈ 0.2 s) read 58k to 77k.
     let threads = conns();
     let per = 400;
     let start = Instant::now();
