@@ -17,7 +17,7 @@ use proxy::{
     ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateTag, GateVerdict,
     Refusal, RequestSummary, ResponseVerdict,
 };
-use receipts::{ApprovalRecord, DecisionRecord, Entry, ReceiptLog};
+use receipts::{ApprovalRecord, CanonicalDecision, Entry, ReceiptLog};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
@@ -292,6 +292,41 @@ fn header_reason(reason: &str) -> String {
     }
 }
 
+/// A decision receipt's `decision` member: the decision, the stage that
+/// made it and, for refused DNS names receipted together, what the batch
+/// covered.
+#[derive(serde::Serialize)]
+struct ReceiptedDecision<'a> {
+    #[serde(flatten)]
+    decision: &'a Decision,
+    stage: Stage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aggregate: Option<DnsAggregate>,
+}
+
+/// A batch of refused DNS names: how many, the SHA-256 of the names (one
+/// per line, in the order refused), the first and last refusal's time.
+#[derive(serde::Serialize)]
+struct DnsAggregate {
+    count: usize,
+    names_sha256: String,
+    first: String,
+    last: String,
+}
+
+impl ReceiptedDecision<'_> {
+    /// The receipt's content: typed values straight to canonical bytes.
+    fn encode(
+        &self,
+        action: &Action,
+        counters: &Counters,
+        body_sha256: Option<&str>,
+    ) -> Result<CanonicalDecision, ReceiptFailed> {
+        CanonicalDecision::new(action, counters, self, body_sha256)
+            .map_err(|e| ReceiptFailed(format!("encoding receipt: {e}")))
+    }
+}
+
 /// A receipt could not be written: the request is refused (no receipt).
 struct ReceiptFailed(String);
 
@@ -375,22 +410,17 @@ impl EnforcingGate {
             "{count} further DNS names refused, receipted together (past the first {limit} \
              names receipted one by one)"
         ));
-        let record = self
-            .hook_record(&action, &decision, Stage::Dns)
-            .map(|mut r| {
-                if let serde_json::Value::Object(map) = &mut r.decision {
-                    map.insert(
-                        "aggregate".into(),
-                        serde_json::json!({
-                            "count": count,
-                            "names_sha256": digest,
-                            "first": receipts::format_time(batch.first_at),
-                            "last": receipts::format_time(batch.last_at),
-                        }),
-                    );
-                }
-                r
-            });
+        let receipted = ReceiptedDecision {
+            decision: &decision,
+            stage: Stage::Dns,
+            aggregate: Some(DnsAggregate {
+                count,
+                names_sha256: digest,
+                first: receipts::format_time(batch.first_at),
+                last: receipts::format_time(batch.last_at),
+            }),
+        };
+        let record = receipted.encode(&action, &self.ledger.committed(), None);
         let seq = match record.and_then(|r| self.receipt_decision_blocking(now, r)) {
             Ok(seq) => Some(seq),
             Err(ReceiptFailed(why)) => {
@@ -433,18 +463,13 @@ impl EnforcingGate {
         decision: &Decision,
         stage: Stage,
         body_sha256: Option<String>,
-    ) -> Result<DecisionRecord, ReceiptFailed> {
-        let enc = |e: serde_json::Error| ReceiptFailed(format!("encoding receipt: {e}"));
-        let mut decision_json = serde_json::to_value(decision).map_err(enc)?;
-        if let serde_json::Value::Object(map) = &mut decision_json {
-            map.insert("stage".into(), serde_json::to_value(stage).map_err(enc)?);
-        }
-        Ok(DecisionRecord {
-            action: serde_json::to_value(action).map_err(enc)?,
-            counters: serde_json::to_value(counters).map_err(enc)?,
-            decision: decision_json,
-            body_sha256,
-        })
+    ) -> Result<CanonicalDecision, ReceiptFailed> {
+        let receipted = ReceiptedDecision {
+            decision,
+            stage,
+            aggregate: None,
+        };
+        receipted.encode(action, counters, body_sha256.as_deref())
     }
 
     /// The record of a decision made in one of the proxy's synchronous
@@ -454,7 +479,7 @@ impl EnforcingGate {
         action: &Action,
         decision: &Decision,
         stage: Stage,
-    ) -> Result<DecisionRecord, ReceiptFailed> {
+    ) -> Result<CanonicalDecision, ReceiptFailed> {
         Self::decision_record(action, &self.ledger.committed(), decision, stage, None)
     }
 
@@ -462,7 +487,7 @@ impl EnforcingGate {
     async fn receipt_decision(
         &self,
         now: SystemTime,
-        record: DecisionRecord,
+        record: CanonicalDecision,
     ) -> Result<u64, ReceiptFailed> {
         // Submitting fixes the receipt's place in the chain and returns at
         // once; only this request waits for the group commit that makes it
@@ -470,7 +495,7 @@ impl EnforcingGate {
         let submitted = Instant::now();
         let pending = self
             .receipts
-            .submit(Entry::Decision {
+            .submit(Entry::CanonicalDecision {
                 decided_at: now,
                 record,
             })
@@ -501,11 +526,11 @@ impl EnforcingGate {
     fn receipt_decision_blocking(
         &self,
         now: SystemTime,
-        record: DecisionRecord,
+        record: CanonicalDecision,
     ) -> Result<u64, ReceiptFailed> {
         let pending = self
             .receipts
-            .submit(Entry::Decision {
+            .submit(Entry::CanonicalDecision {
                 decided_at: now,
                 record,
             })

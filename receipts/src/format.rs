@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::usage::{BudgetWarningRecord, UsageRecord};
+use crate::{
+    canonical,
+    usage::{BudgetWarningRecord, UsageRecord},
+};
 
 /// Format version of every receipt as first defined: `session_start`,
 /// `decision`, `approval` and a `session_end` written by the supervisor.
@@ -60,6 +63,9 @@ pub fn version_of(body: &Body) -> u32 {
 pub fn unsigned_version_of(body: &Body) -> u32 {
     version_of(body).max(UNSIGNED_VERSION)
 }
+
+/// Room for a quoted `ts` (29 bytes through the year 9999).
+const QUOTED_TS_MAX: usize = 40;
 
 /// `prev` of the first receipt (seq 0): 64 zeros, since it has no predecessor.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -177,6 +183,68 @@ pub struct DecisionRecord {
     pub body_sha256: Option<String>,
 }
 
+/// A decision receipt's content already in canonical form, made from the
+/// typed action, counters and decision without a `serde_json::Value` in
+/// between: how the enforcing path records a decision (one per request).
+/// It reads back as the same [`DecisionRecord`], and its line is the one
+/// that record would make, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalDecision {
+    /// `"action":…,["body_sha256":…,]"counters":…,"decision":…`: the
+    /// receipt's first members, in order.
+    bytes: Vec<u8>,
+}
+
+impl CanonicalDecision {
+    /// Encodes the three values (which must serialize as the documented
+    /// action, counters and decision objects) and the body digest.
+    pub fn new<A, C, D>(
+        action: &A,
+        counters: &C,
+        decision: &D,
+        body_sha256: Option<&str>,
+    ) -> Result<Self, serde_json::Error>
+    where
+        A: Serialize + ?Sized,
+        C: Serialize + ?Sized,
+        D: Serialize + ?Sized,
+    {
+        let mut bytes = Vec::with_capacity(512);
+        let mut writer = canonical::Writer::default();
+        bytes.extend_from_slice(b"\"action\":");
+        writer.append(action, &mut bytes)?;
+        if let Some(digest) = body_sha256 {
+            bytes.extend_from_slice(b",\"body_sha256\":");
+            write_canonical_str(digest, &mut bytes);
+        }
+        bytes.extend_from_slice(b",\"counters\":");
+        writer.append(counters, &mut bytes)?;
+        bytes.extend_from_slice(b",\"decision\":");
+        writer.append(decision, &mut bytes)?;
+        Ok(CanonicalDecision { bytes })
+    }
+
+    /// The same content from a record of JSON values.
+    pub fn from_record(record: &DecisionRecord) -> Result<Self, serde_json::Error> {
+        Self::new(
+            &record.action,
+            &record.counters,
+            &record.decision,
+            record.body_sha256.as_deref(),
+        )
+    }
+
+    /// The content as a [`DecisionRecord`] (what a reader of the receipt
+    /// gets).
+    pub fn to_record(&self) -> Result<DecisionRecord, serde_json::Error> {
+        let mut object = Vec::with_capacity(self.bytes.len() + 2);
+        object.push(b'{');
+        object.extend_from_slice(&self.bytes);
+        object.push(b'}');
+        serde_json::from_slice(&object)
+    }
+}
+
 /// An approval answer, referring to the decision receipt it answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalRecord {
@@ -290,33 +358,23 @@ impl Prepared {
         signer: &str,
         body: &Body,
     ) -> Result<Self, serde_json::Error> {
+        if let Body::Decision(record) = body {
+            let members = CanonicalDecision::from_record(record)?;
+            return Ok(Prepared::decision(
+                v,
+                session,
+                &canonical_str(ts),
+                signer,
+                &members,
+            ));
+        }
         // (key, canonical value); None marks prev, seq and sig.
         let mut members: Vec<(Cow<'_, str>, Option<Vec<u8>>)> = Vec::with_capacity(16);
-        match body {
-            // The per-request receipt: its members straight from the record,
-            // without first copying the three JSON values into a new tree.
-            Body::Decision(record) => {
-                members.push(("kind".into(), Some(b"\"decision\"".to_vec())));
-                for (k, v) in [
-                    ("action", &record.action),
-                    ("counters", &record.counters),
-                    ("decision", &record.decision),
-                ] {
-                    members.push((k.into(), Some(canonical(v)?)));
-                }
-                if let Some(digest) = &record.body_sha256 {
-                    members.push(("body_sha256".into(), Some(canonical_str(digest))));
-                }
-            }
-            _ => {
-                let Value::Object(body) = serde_json::to_value(body)? else {
-                    return Err(serde::ser::Error::custom("a receipt body is a JSON object"));
-                };
-                for (k, v) in body {
-                    let v = canonical(&v)?;
-                    members.push((k.into(), Some(v)));
-                }
-            }
+        let Value::Object(body_members) = serde_json::to_value(body)? else {
+            return Err(serde::ser::Error::custom("a receipt body is a JSON object"));
+        };
+        for (k, v) in body_members {
+            members.push((k.into(), Some(canonical::to_vec(&v)?)));
         }
         members.push(("v".into(), Some(v.to_string().into_bytes())));
         for (k, text) in [("session", session), ("ts", ts), ("signer", signer)] {
@@ -378,6 +436,69 @@ impl Prepared {
             v_len,
             unsigned_v: unsigned_version_of(body),
         })
+    }
+
+    /// A decision receipt from its canonical content, stamped `decided_at`.
+    pub(crate) fn canonical_decision(
+        session: &str,
+        signer: &str,
+        decided_at: std::time::SystemTime,
+        record: &CanonicalDecision,
+    ) -> Prepared {
+        // RFC 3339 text needs no escaping: quoted, it is canonical as is.
+        let mut ts = [0u8; QUOTED_TS_MAX];
+        let mut cursor = &mut ts[..];
+        write!(
+            cursor,
+            "\"{}\"",
+            humantime::format_rfc3339_micros(decided_at)
+        )
+        .expect("a quoted RFC 3339 timestamp fits");
+        let len = QUOTED_TS_MAX - cursor.len();
+        Prepared::decision(FORMAT_VERSION, session, &ts[..len], signer, record)
+    }
+
+    /// A decision receipt, written straight in member order: its top-level
+    /// keys are always the same, so nothing needs sorting. `ts` is the
+    /// quoted canonical timestamp.
+    fn decision(
+        v: u32,
+        session: &str,
+        ts: &[u8],
+        signer: &str,
+        members: &CanonicalDecision,
+    ) -> Prepared {
+        // action < body_sha256 < counters < decision < kind < prev < seq <
+        // session < sig < signer < ts < v in UTF-16 (here: ASCII) order.
+        let mut out = Vec::with_capacity(members.bytes.len() + session.len() + signer.len() + 96);
+        out.push(b'{');
+        out.extend_from_slice(&members.bytes);
+        out.extend_from_slice(b",\"kind\":\"decision\",\"prev\":\"");
+        let prev_at = out.len();
+        out.extend_from_slice(b"\",\"seq\":");
+        let seq_at = out.len();
+        out.extend_from_slice(b",\"session\":");
+        write_canonical_str(session, &mut out);
+        let sig_at = out.len();
+        out.extend_from_slice(b",\"signer\":");
+        write_canonical_str(signer, &mut out);
+        out.extend_from_slice(b",\"ts\":");
+        out.extend_from_slice(ts);
+        out.extend_from_slice(b",\"v\":");
+        let v_at = out.len();
+        write!(out, "{v}").expect("writing to a Vec cannot fail");
+        let v_len = out.len() - v_at;
+        out.push(b'}');
+        Prepared {
+            bytes: out,
+            prev_at,
+            seq_at,
+            sig_at,
+            v_at,
+            v_len,
+            // unsigned_version_of a decision body.
+            unsigned_v: UNSIGNED_VERSION,
+        }
     }
 
     /// Appends the line without `sig` to `out`, with `prev`, `seq` and (if
@@ -446,16 +567,6 @@ impl Prepared {
     }
 }
 
-/// RFC 8785 form of one JSON value.
-fn canonical(v: &Value) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = Vec::with_capacity(128);
-    if write_canonical_simple(v, &mut out) {
-        Ok(out)
-    } else {
-        serde_json_canonicalizer::to_vec(v)
-    }
-}
-
 /// RFC 8785 form of a string.
 fn canonical_str(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() + 2);
@@ -466,66 +577,22 @@ fn canonical_str(text: &str) -> Vec<u8> {
 /// RFC 8785 escapes strings exactly as serde_json does (the two-letter
 /// escapes, other control characters as lowercase `\u00xx`, everything else
 /// literal), so serde_json's string writer is used as is.
-fn write_canonical_str(text: &str, out: &mut Vec<u8>) {
-    serde_json::to_writer(out, text).expect("writing a string to a Vec cannot fail");
+pub(crate) fn write_canonical_str(text: &str, out: &mut Vec<u8>) {
+    if is_plain(text.as_bytes()) {
+        // Nothing to escape (most text): copied as is between the quotes.
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, text).expect("writing a string to a Vec cannot fail");
+    }
 }
 
-/// Writes the RFC 8785 form of `v` when it is one of the values that make up
-/// receipts in practice: integers within ±2^53 (printed the same as doubles)
-/// and objects whose keys are ASCII and iterated in ascending byte order (for
-/// ASCII, byte order is RFC 8785's UTF-16 order). Returns false, with `out`
-/// in an unspecified state, for anything else (floats, large integers,
-/// non-ASCII or unsorted keys): the caller then uses the general
-/// canonicalizer. A hot path: one per enforced request and value.
-fn write_canonical_simple(v: &Value, out: &mut Vec<u8>) -> bool {
-    const EXACT: u64 = 1 << 53;
-    match v {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
-            (Some(u), _) if u <= EXACT => {
-                write!(out, "{u}").expect("writing to a Vec cannot fail");
-            }
-            (None, Some(i)) if i.unsigned_abs() <= EXACT => {
-                write!(out, "{i}").expect("writing to a Vec cannot fail");
-            }
-            _ => return false,
-        },
-        Value::String(text) => write_canonical_str(text, out),
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                if !write_canonical_simple(item, out) {
-                    return false;
-                }
-            }
-            out.push(b']');
-        }
-        Value::Object(map) => {
-            out.push(b'{');
-            let mut last: Option<&str> = None;
-            for (i, (k, item)) in map.iter().enumerate() {
-                if !k.is_ascii() || last.is_some_and(|l| l >= k.as_str()) {
-                    return false;
-                }
-                last = Some(k);
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical_str(k, out);
-                out.push(b':');
-                if !write_canonical_simple(item, out) {
-                    return false;
-                }
-            }
-            out.push(b'}');
-        }
-    }
-    true
+/// Whether text is written as is between quotes: no control character, no
+/// quote, no backslash (the characters RFC 8785 escapes).
+pub(crate) fn is_plain(text: &[u8]) -> bool {
+    text.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 #[cfg(test)]
@@ -712,55 +779,14 @@ mod tests {
         assert_eq!(value["sig"].as_str().map(str::len), Some(128));
     }
 
-    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
-        use proptest::prelude::*;
-        // Strings and keys: ASCII with controls, quotes and backslashes, plus
-        // characters whose UTF-8 and UTF-16 orders differ (U+FF61 vs U+1F600).
-        let text = prop_oneof![
-            "[a-z_]{0,6}",
-            "[\\x00-\\x7f]{0,8}",
-            "[a\"\\\\\u{1}\u{1f}\u{7f}é\u{ff61}\u{1f600}\u{2028}]{0,6}",
-        ];
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            (-(1i64 << 54)..(1i64 << 54)).prop_map(Value::from),
-            any::<f64>()
-                .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
-                .prop_map(Value::from),
-            text.clone().prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 48, 6, move |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                proptest::collection::btree_map(text.clone(), inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
     proptest::proptest! {
-        /// The fast writer either declines or writes exactly what the
-        /// general RFC 8785 canonicalizer writes.
-        #[test]
-        fn the_simple_writer_agrees_with_the_canonicalizer(v in any_json()) {
-            let expected = serde_json_canonicalizer::to_vec(&v).expect("jcs");
-            proptest::prop_assert_eq!(canonical(&v).expect("canonical"), expected.clone());
-            let mut out = Vec::new();
-            if write_canonical_simple(&v, &mut out) {
-                proptest::prop_assert_eq!(out, expected);
-            }
-        }
-
         /// Decision receipts built from arbitrary JSON match the whole-receipt
         /// reference encoding.
         #[test]
         fn decision_lines_match_the_reference(
-            action in any_json(),
-            counters in any_json(),
-            decision in any_json(),
+            action in crate::canonical::tests::any_json(),
+            counters in crate::canonical::tests::any_json(),
+            decision in crate::canonical::tests::any_json(),
             digest in proptest::option::of("[0-9a-f]{64}"),
             seq in proptest::prelude::any::<u64>(),
         ) {
@@ -774,27 +800,56 @@ mod tests {
                 signer: key_id(&key.verifying_key()),
                 body: Body::Decision(DecisionRecord { action, counters, decision, body_sha256: digest }),
             };
-            proptest::prop_assert_eq!(
-                sign_line(&receipt, &key).expect("encode"),
-                reference_line(&receipt, &key)
-            );
+            let reference = reference_line(&receipt, &key);
+            proptest::prop_assert_eq!(sign_line(&receipt, &key).expect("encode"), reference.clone());
+            // The enforcing path's route: typed values straight to bytes.
+            let Body::Decision(record) = &receipt.body else { unreachable!() };
+            let canonical = CanonicalDecision::from_record(record).expect("encode");
+            let decided_at = parse_time(&receipt.ts).expect("ts");
+            let prepared = Prepared::canonical_decision(&receipt.session, &receipt.signer, decided_at, &canonical);
+            let (mut line, mut scratch) = (Vec::new(), Vec::new());
+            prepared.sign_into(seq, GENESIS_PREV.as_bytes(), |input| key.sign(input).to_bytes(), &mut scratch, &mut line);
+            proptest::prop_assert_eq!(line, reference);
+            let unsigned = Receipt { v: UNSIGNED_VERSION, ..receipt.clone() };
+            let mut line = Vec::new();
+            prepared.unsigned_into(seq, GENESIS_PREV.as_bytes(), None, &mut line);
+            proptest::prop_assert_eq!(line, unsigned_line(&unsigned).expect("encode"));
         }
     }
 
     #[test]
-    fn the_simple_writer_covers_typical_decision_values() {
-        let typical = serde_json::json!({"type": "payment", "host": "pay.example",
-            "amount_cents": 48700, "fields": {"a": [1, -2, true, null, "x\u{1}"]}});
-        let mut out = Vec::new();
-        assert!(write_canonical_simple(&typical, &mut out));
-        // Floats and non-ASCII keys go to the general canonicalizer.
-        assert!(!write_canonical_simple(
-            &serde_json::json!({"a": 1.5}),
-            &mut Vec::new()
-        ));
-        assert!(!write_canonical_simple(
-            &serde_json::json!({"é": 1}),
-            &mut Vec::new()
-        ));
+    fn a_canonical_decision_reads_back_as_its_record() {
+        #[derive(Serialize)]
+        struct Action<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            host: &'a str,
+            amount_cents: Option<u64>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            recipients: Vec<&'a str>,
+        }
+        let action = Action {
+            kind: "payment",
+            host: "pay.example",
+            amount_cents: Some(48_700),
+            recipients: vec![],
+        };
+        let counters = serde_json::json!({"spent_cents": 1, "emails_sent": 0});
+        let decision = serde_json::json!({"decision": "approval", "reason": "over \"limit\" é",
+            "grant": null, "revocation_ids": ["a"], "stage": "token"});
+        let digest = sha256_hex(b"body");
+        let canonical =
+            CanonicalDecision::new(&action, &counters, &decision, Some(&digest)).expect("encode");
+        let record = DecisionRecord {
+            action: serde_json::to_value(&action).expect("value"),
+            counters,
+            decision,
+            body_sha256: Some(digest),
+        };
+        assert_eq!(canonical.to_record().expect("parse"), record);
+        assert_eq!(
+            CanonicalDecision::from_record(&record).expect("encode"),
+            canonical
+        );
     }
 }

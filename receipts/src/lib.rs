@@ -14,6 +14,9 @@
 //! - [`rederive`]: each decision of a [`VerifiedChain`] re-run against the
 //!   session's capability token, as a [`Rederivation`] naming every
 //!   [`DecisionMismatch`] with its line.
+//! - [`CanonicalDecision`]: a decision encoded straight from the typed
+//!   action, counters and decision (how the proxy appends one per request;
+//!   the line is the one the equivalent [`DecisionRecord`] makes).
 //! - [`Receipt`], [`Body`], [`DecisionRecord`], [`ApprovalRecord`],
 //!   [`UsageRecord`], [`BudgetWarningRecord`]: the format (see `docs/receipts.md`); [`cost_micro_usd`]
 //!   prices a call's [`UsageTokens`] at a [`RateSnapshot`]'s [`ModelPrice`].
@@ -21,6 +24,8 @@
 
 /// Batch verification of one signer's signatures.
 mod batch;
+/// RFC 8785 bytes straight from typed values.
+mod canonical;
 /// Byte format: typed receipts, canonical encoding, signing input, key ids.
 mod format;
 /// Durable append with group commit and crash recovery.
@@ -36,8 +41,8 @@ mod wire;
 
 pub use format::{
     format_time, key_id, line_hash, parse_time, sha256_hex, sign_line, unsigned_line,
-    unsigned_version_of, version_of, ApprovalRecord, Body, DecisionRecord, Interruption,
-    InterruptionCause, Receipt, BUDGET_WARNING_VERSION, FORMAT_VERSION, GENESIS_PREV,
+    unsigned_version_of, version_of, ApprovalRecord, Body, CanonicalDecision, DecisionRecord,
+    Interruption, InterruptionCause, Receipt, BUDGET_WARNING_VERSION, FORMAT_VERSION, GENESIS_PREV,
     INTERRUPTED_END_VERSION, LATEST_FORMAT_VERSION, UNSIGNED_VERSION, USAGE_VERSION,
 };
 pub use log::{

@@ -258,15 +258,22 @@ impl ReceiptLog {
     }
 
     fn submit_entry(&self, entry: Entry, deferred: bool) -> Result<PendingReceipt, AppendError> {
-        let (ts, body) = match entry {
-            Entry::Decision { decided_at, record } => (decided_at, Body::Decision(record)),
-            Entry::Approval(record) => (SystemTime::now(), Body::Approval(record)),
-            Entry::Usage(record) => (SystemTime::now(), Body::Usage(record)),
-            Entry::BudgetWarning(record) => (SystemTime::now(), Body::BudgetWarning(record)),
-        };
         // Everything that does not depend on the chain is encoded here, on
         // the caller's thread, before it is queued for chaining.
-        let prepared = self.prepare(ts, &body)?;
+        let prepared = match entry {
+            Entry::CanonicalDecision { decided_at, record } => {
+                let signer = &self.shared.signer;
+                Prepared::canonical_decision(&signer.session, &signer.key_id, decided_at, &record)
+            }
+            Entry::Decision { decided_at, record } => {
+                self.prepare(decided_at, &Body::Decision(record))?
+            }
+            Entry::Approval(record) => self.prepare(SystemTime::now(), &Body::Approval(record))?,
+            Entry::Usage(record) => self.prepare(SystemTime::now(), &Body::Usage(record))?,
+            Entry::BudgetWarning(record) => {
+                self.prepare(SystemTime::now(), &Body::BudgetWarning(record))?
+            }
+        };
         self.queue_next(Next::Ready(prepared), deferred)
     }
 
@@ -655,8 +662,8 @@ mod tests {
     use super::super::test_utils::{
         decision, deferring, hammer, key, recording, start, FailingSink,
     };
-    use super::super::{lock, AppendError, LogOptions, ReceiptLog};
-    use crate::UnverifiedChain;
+    use super::super::{lock, AppendError, Entry, LogOptions, ReceiptLog};
+    use crate::{CanonicalDecision, UnverifiedChain};
 
     #[test]
     fn concurrent_appends_form_one_verifiable_chain_with_unique_seqs() {
@@ -686,6 +693,63 @@ mod tests {
             .expect("verifies");
         assert_eq!(chain.receipts.len(), 102);
         assert_eq!(chain.last_hash(), end.hash);
+    }
+
+    #[test]
+    fn a_canonical_decision_is_written_as_the_same_receipt_as_its_record() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let log =
+            ReceiptLog::with_sink(recording(&writes, 1), key(), start(), LogOptions::default())
+                .expect("start");
+        let decided_at = std::time::SystemTime::now();
+        let entries: Vec<_> = (0..40)
+            .map(|i| {
+                let Entry::Decision { record, .. } = decision(i) else {
+                    unreachable!("decision() makes decisions")
+                };
+                let canonical = CanonicalDecision::from_record(&record).expect("encode");
+                (record, canonical)
+            })
+            .collect();
+        // Both kinds interleaved from several threads, so some land unsigned
+        // inside a group and some sign it.
+        std::thread::scope(|scope| {
+            for chunk in entries.chunks(10) {
+                let log = &log;
+                scope.spawn(move || {
+                    for (record, canonical) in chunk {
+                        log.append(Entry::Decision {
+                            decided_at,
+                            record: record.clone(),
+                        })
+                        .expect("append");
+                        log.append(Entry::CanonicalDecision {
+                            decided_at,
+                            record: canonical.clone(),
+                        })
+                        .expect("append");
+                    }
+                });
+            }
+        });
+        log.finish().expect("finish");
+        let chain = UnverifiedChain::from_bytes(lock(&writes).concat())
+            .verify(&key().verifying_key())
+            .expect("verifies");
+        let bodies: Vec<_> = chain.receipts[1..81]
+            .iter()
+            .map(|r| (r.receipt.ts.clone(), r.receipt.body.clone()))
+            .collect();
+        for (record, _) in &entries {
+            let twice = bodies
+                .iter()
+                .filter(|(ts, body)| {
+                    *ts == crate::format_time(decided_at)
+                        && *body == crate::Body::Decision(record.clone())
+                })
+                .count();
+            assert_eq!(twice, 2, "{record:?}");
+        }
     }
 
     /// The lines of all writes, and whether each carries its own sig.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use crate::format::{ApprovalRecord, DecisionRecord};
+use crate::format::{ApprovalRecord, CanonicalDecision, DecisionRecord};
 use crate::usage::{BudgetWarningRecord, UsageRecord};
 use crate::verify::ChainError;
 
@@ -84,6 +84,11 @@ pub enum Entry {
     Decision {
         decided_at: SystemTime,
         record: DecisionRecord,
+    },
+    /// The same, already encoded from typed values (the enforcing path).
+    CanonicalDecision {
+        decided_at: SystemTime,
+        record: CanonicalDecision,
     },
     Approval(ApprovalRecord),
     /// What a metered LLM call used, when its response ended.

@@ -214,8 +214,11 @@ fn golden_with_end(interrupted: Option<InterruptionCause>) -> Vec<u8> {
 fn decision_body(i: u64) -> Body {
     match decision_entry(i) {
         Entry::Decision { record, .. } => Body::Decision(record),
-        Entry::Approval(_) | Entry::Usage(_) | Entry::BudgetWarning(_) => {
-            unreachable!("decision_entry makes decisions")
+        Entry::CanonicalDecision { .. }
+        | Entry::Approval(_)
+        | Entry::Usage(_)
+        | Entry::BudgetWarning(_) => {
+            unreachable!("decision_entry makes decisions from JSON values")
         }
     }
 }
