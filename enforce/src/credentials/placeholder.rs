@@ -3,6 +3,7 @@
 //! whole, by their `ocs_<name>_` start, or in pieces of their random part,
 //! raw or percent-encoded, in any letter case.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -171,8 +172,10 @@ impl Placeholders {
             self.scan_into(&form, Place::Url, &mut out);
         }
         let mut joined = Vec::new();
+        let mut one = Vec::new();
         for (name, value) in headers {
-            let mut one = name.as_str().as_bytes().to_vec();
+            one.clear();
+            one.extend_from_slice(name.as_str().as_bytes());
             one.push(b':');
             one.extend_from_slice(value.as_bytes());
             for form in decodings(&one) {
@@ -214,12 +217,11 @@ pub(super) fn foreign(
         }
         joined.extend_from_slice(value.as_bytes());
     }
-    if let Some(name) = decodings(&joined).iter().find_map(|f| foreign_in(f, own)) {
+    if let Some(name) = decodings(&joined).find_map(|f| foreign_in(&f, own)) {
         return Some((name, Place::Headers));
     }
     decodings(body)
-        .iter()
-        .find_map(|f| foreign_in(f, own))
+        .find_map(|f| foreign_in(&f, own))
         .map(|name| (name, Place::Body))
 }
 
@@ -279,9 +281,11 @@ fn foreign_in(hay: &[u8], own: &[String]) -> Option<String> {
     None
 }
 
-/// Percent-decoded once and twice, besides the raw bytes (deduplicated).
-fn decodings(raw: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = vec![raw.to_vec()];
+/// The raw bytes, then percent-decoded once and twice where that changes
+/// them (deduplicated). Borrowed when there is nothing to decode, the
+/// common case, so a scan of a plain request copies nothing.
+fn decodings(raw: &[u8]) -> impl Iterator<Item = Cow<'_, [u8]>> {
+    let mut forms = [Some(Cow::Borrowed(raw)), None, None];
     if raw.contains(&b'%') || raw.contains(&b'+') {
         let plus: Vec<u8> = raw
             .iter()
@@ -289,11 +293,50 @@ fn decodings(raw: &[u8]) -> Vec<Vec<u8>> {
             .collect();
         let once: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
         let twice: Vec<u8> = percent_encoding::percent_decode(&once).collect();
-        for d in [once, twice] {
-            if !out.contains(&d) {
-                out.push(d);
-            }
+        if once.as_slice() != raw {
+            forms[1] = Some(Cow::Owned(once));
+        }
+        if twice.as_slice() != raw && forms[1].as_deref() != Some(twice.as_slice()) {
+            forms[2] = Some(Cow::Owned(twice));
         }
     }
-    out
+    forms.into_iter().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forms(raw: &str) -> Vec<(String, bool)> {
+        decodings(raw.as_bytes())
+            .map(|f| {
+                let borrowed = matches!(f, Cow::Borrowed(_));
+                (String::from_utf8_lossy(&f).into_owned(), borrowed)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plain_text_is_read_once_and_not_copied() {
+        assert_eq!(forms("/api/ocs_x"), [("/api/ocs_x".into(), true)]);
+    }
+
+    #[test]
+    fn encoded_text_is_read_raw_once_and_twice_decoded_without_repeats() {
+        assert_eq!(
+            forms("a%252Fb"),
+            [
+                ("a%252Fb".into(), true),
+                ("a%2Fb".into(), false),
+                ("a/b".into(), false)
+            ]
+        );
+        // Decoding twice gives nothing new: two forms.
+        assert_eq!(
+            forms("a+%2F"),
+            [("a+%2F".into(), true), ("a /".into(), false)]
+        );
+        // A `%` that decodes to itself: one form.
+        assert_eq!(forms("100%"), [("100%".into(), true)]);
+    }
 }
