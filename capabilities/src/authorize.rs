@@ -145,39 +145,33 @@ impl<'a> Request<'a> {
     /// authorizer would add them (strings interned, recipients as a set).
     fn facts<'w>(&self, world: &'w TokenWorld) -> RequestFacts<'w> {
         let mut f = world.request();
-        let kind = f.str(self.kind);
-        f.add("kind", vec![kind]);
-        let method = f.str(&self.method);
-        f.add("method", vec![method]);
-        let host = f.str(self.host.as_str());
-        f.add("host", vec![host]);
-        let path = f.str(&self.path);
-        f.add("path", vec![path]);
-        let route = f.str(without_format_suffix(&self.path));
-        f.add("route", vec![route]);
-        let merchant = f.str(self.merchant());
-        f.add("merchant", vec![merchant]);
-        let recipients = self.recipients.iter().map(|r| f.str(r)).collect();
-        f.add("recipients", vec![Term::Set(recipients)]);
-        let credential = f.str(&self.credential);
-        f.add("credential", vec![credential]);
+        f.add("kind", |f| vec![f.str(self.kind)]);
+        f.add("method", |f| vec![f.str(&self.method)]);
+        f.add("host", |f| vec![f.str(self.host.as_str())]);
+        f.add("path", |f| vec![f.str(&self.path)]);
+        f.add("route", |f| vec![f.str(without_format_suffix(&self.path))]);
+        f.add("merchant", |f| vec![f.str(self.merchant())]);
+        f.add("recipients", |f| {
+            vec![Term::Set(
+                self.recipients.iter().map(|r| f.str(r)).collect(),
+            )]
+        });
+        f.add("credential", |f| vec![f.str(&self.credential)]);
         if let Some(c) = self.cost {
-            f.add("cost", vec![Term::Integer(c)]);
+            f.add("cost", |_| vec![Term::Integer(c)]);
         }
-        f.add("spent", vec![Term::Integer(self.spent)]);
-        f.add("emails_sent", vec![Term::Integer(self.emails_sent)]);
-        f.add("llm_spent", vec![Term::Integer(self.llm_spent)]);
-        f.add("time", vec![Term::Date(self.time)]);
+        f.add("spent", |_| vec![Term::Integer(self.spent)]);
+        f.add("emails_sent", |_| vec![Term::Integer(self.emails_sent)]);
+        f.add("llm_spent", |_| vec![Term::Integer(self.llm_spent)]);
+        f.add("time", |_| vec![Term::Date(self.time)]);
         if let Some(a) = self.amount {
-            f.add("amount", vec![Term::Integer(a)]);
+            f.add("amount", |_| vec![Term::Integer(a)]);
         }
         if let Some(c) = &self.currency {
-            let c = f.str(c);
-            f.add("currency", vec![c]);
+            f.add("currency", |f| vec![f.str(c)]);
         }
         if let Some(subject) = &self.subject {
-            let subject = f.str(subject);
-            f.add("subject", vec![subject]);
+            f.add("subject", |f| vec![f.str(subject)]);
         }
         f
     }

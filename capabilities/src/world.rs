@@ -315,7 +315,7 @@ impl TokenWorld {
         req: &mut RequestFacts,
         first: &[FailedCheck],
     ) -> Result<Vec<FailedCheck>, String> {
-        req.add(APPROVED, vec![Term::Bool(true)]);
+        req.add(APPROVED, |_| vec![Term::Bool(true)]);
         if !self.rules.inner.is_empty() {
             return self.failed_checks(req);
         }
@@ -522,14 +522,16 @@ impl RequestFacts<'_> {
         Term::Str(self.symbols.insert(s))
     }
 
-    /// Adds `name(terms…)` as a fact of the authorizer.
-    pub(crate) fn add(&mut self, name: &str, terms: Vec<Term>) {
+    /// Adds `name(terms…)` as a fact of the authorizer. The terms are made
+    /// (and their strings interned) only if the token reads the fact.
+    pub(crate) fn add(&mut self, name: &str, terms: impl FnOnce(&mut Self) -> Vec<Term>) {
         let token = self.token;
         let name: SymbolIndex = match REQUEST_PREDICATES.iter().position(|p| *p == name) {
             Some(i) if !token.needed[i] => return,
             Some(i) => token.predicates[i],
             None => self.symbols.insert(name),
         };
+        let terms = terms(self);
         let fact = Fact {
             predicate: biscuit_auth::datalog::Predicate { name, terms },
         };
@@ -616,8 +618,9 @@ mod tests {
     fn loaded(world: &TokenWorld, facts: &Facts) -> Outcome {
         let mut req = world.request();
         for (name, terms) in facts {
-            let terms = terms.iter().map(|t| t.convert(&mut req.symbols)).collect();
-            req.add(name, terms);
+            req.add(name, |req| {
+                terms.iter().map(|t| t.convert(&mut req.symbols)).collect()
+            });
         }
         let failed = world.failed_checks(&mut req)?;
         Ok(failed
@@ -879,8 +882,9 @@ mod tests {
                     facts.retain(|(name, _)| *name != APPROVED);
                     let mut req = world.request();
                     for (name, terms) in &facts {
-                        let terms = terms.iter().map(|t| t.convert(&mut req.symbols)).collect();
-                        req.add(name, terms);
+                        req.add(name, |req| {
+                            terms.iter().map(|t| t.convert(&mut req.symbols)).collect()
+                        });
                     }
                     let rerun = world
                         .failed_checks(&mut req)
@@ -908,14 +912,14 @@ mod tests {
         );
         // The seed grants no LLM: no check reads the cost, a request does not add it.
         let mut req = ours.request();
-        req.add("cost", vec![Term::Integer(5)]);
+        req.add("cost", |_| vec![Term::Integer(5)]);
         assert!(req.added.is_empty());
-        req.add("kind", vec![Term::Integer(5)]);
+        req.add("kind", |_| vec![Term::Integer(5)]);
         assert_eq!(req.added.len(), 1);
         // With a rule, every request fact is kept (a rule may read any).
         let ruled = TokenWorld::load(&tokens[5]).expect("load");
         let mut req = ruled.request();
-        req.add("cost", vec![Term::Integer(5)]);
+        req.add("cost", |_| vec![Term::Integer(5)]);
         assert_eq!(req.added.len(), 1);
         let world = TokenWorld::load(&tokens[6]).expect("load");
         assert_eq!(world.facts.len(), 2, "a check reads the block records");
