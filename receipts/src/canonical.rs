@@ -407,38 +407,25 @@ impl<'e, 'o> ser::Serializer for &'e mut Encoder<'o> {
     }
 }
 
-impl ser::SerializeSeq for Sequence<'_, '_> {
-    type Ok = ();
-    type Error = NotCovered;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotCovered> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), NotCovered> {
-        Sequence::end(self)
-    }
+/// serde's three sequence traits differ only in names: one body for all.
+macro_rules! sequence {
+    ($trait:ident, $method:ident) => {
+        impl ser::$trait for Sequence<'_, '_> {
+            type Ok = ();
+            type Error = NotCovered;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotCovered> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), NotCovered> {
+                Sequence::end(self)
+            }
+        }
+    };
 }
 
-impl ser::SerializeTuple for Sequence<'_, '_> {
-    type Ok = ();
-    type Error = NotCovered;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotCovered> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), NotCovered> {
-        Sequence::end(self)
-    }
-}
-
-impl ser::SerializeTupleStruct for Sequence<'_, '_> {
-    type Ok = ();
-    type Error = NotCovered;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotCovered> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), NotCovered> {
-        Sequence::end(self)
-    }
-}
+sequence!(SerializeSeq, serialize_element);
+sequence!(SerializeTuple, serialize_element);
+sequence!(SerializeTupleStruct, serialize_field);
 
 impl ser::SerializeMap for Object<'_, '_> {
     type Ok = ();
