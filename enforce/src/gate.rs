@@ -862,7 +862,7 @@ impl EnforcingGate {
         }
         // The tag finds this request again at its response and completion
         // (metering settles a metered call there).
-        req.head.extensions.insert(GateTag(id));
+        req.tag = Some(GateTag(id));
         if let Some(plan) = metered {
             self.metering.forwarded(Ticket {
                 request: id,

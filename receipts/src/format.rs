@@ -277,7 +277,12 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// RFC 3339 UTC with microseconds, the form of `ts` and `answered_at`.
 pub fn format_time(t: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
+    use std::fmt::Write as _;
+    // Sized once: `to_string` grows the string as it goes (three
+    // allocations, on every event and receipt).
+    let mut text = String::with_capacity(QUOTED_TS_MAX);
+    write!(text, "{}", humantime::format_rfc3339_micros(t)).expect("writing to a String");
+    text
 }
 
 /// Parses a `ts` / `answered_at` value (RFC 3339 UTC).

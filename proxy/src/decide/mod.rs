@@ -77,6 +77,9 @@ pub struct GateRequest {
     /// bytes flow both ways after upstream's `101` until either side closes.
     /// Every other upgrade, and every plain CONNECT, the proxy refuses itself.
     pub websocket: bool,
+    /// Set by the gate to find this request again at its response and
+    /// completion ([`RequestSummary::tag`]).
+    pub tag: Option<GateTag>,
 }
 
 /// The gate's answer for a request.
@@ -110,8 +113,8 @@ pub struct RequestSummary {
     pub tag: Option<GateTag>,
 }
 
-/// A number the gate attaches to a request in [`Gate::request`] (inserted
-/// into the head's extensions, never sent upstream); it comes back in that
+/// A number the gate attaches to a request in [`Gate::request`]
+/// ([`GateRequest::tag`], never sent upstream); it comes back in that
 /// request's [`RequestSummary`] at [`Gate::response`] and
 /// [`Gate::completed`], so concurrent requests with the same method and
 /// path on one HTTP/2 connection are told apart.

@@ -34,8 +34,8 @@ use super::{
 };
 use crate::{
     decide::{
-        ConnInfo, ExchangeOutcome, GateRequest, GateTag, GateVerdict, Listener, Refusal,
-        RequestSummary, ResponseVerdict,
+        ConnInfo, ExchangeOutcome, GateRequest, GateVerdict, Listener, Refusal, RequestSummary,
+        ResponseVerdict,
     },
     shared::Shared,
     ProxyError, RequestBody,
@@ -129,7 +129,7 @@ fn summary(greq: &GateRequest) -> RequestSummary {
             .uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.to_string()),
-        tag: greq.head.extensions.get::<GateTag>().copied(),
+        tag: greq.tag,
     }
 }
 
@@ -245,6 +245,7 @@ pub(crate) async fn handle(
         head,
         body,
         websocket,
+        tag: None,
     };
     let verdict = ctx.shared.gate.request(&mut greq, &ctx.info).await;
     let request = summary(&greq);
