@@ -35,12 +35,22 @@ pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_
 
 /// The fast encoder's working space, kept between values so that encoding
 /// several allocates it once.
-#[derive(Default)]
 pub(crate) struct Writer {
     /// Members of every object still open, innermost last.
     members: Vec<Member>,
     /// Where an object's members are copied while they are put in order.
     scratch: Vec<u8>,
+}
+
+impl Default for Writer {
+    /// Room for a decision's objects (at most a dozen members, a few hundred
+    /// bytes), so encoding one does not grow it.
+    fn default() -> Self {
+        Writer {
+            members: Vec::with_capacity(16),
+            scratch: Vec::with_capacity(512),
+        }
+    }
 }
 
 impl Writer {
