@@ -14,13 +14,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use capabilities::{Action, ActionType, Counters, Decision, Verdict};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
 use receipts::{
-    CommitStats, DecisionRecord, DurableSink, Entry, LogOptions, ReceiptLog, SessionStart,
+    CanonicalDecision, CommitStats, DurableSink, Entry, LogOptions, ReceiptLog, SessionStart,
     UnverifiedChain,
 };
-use serde_json::json;
 
 fn key() -> SigningKey {
     SigningKey::from_bytes(&[0x42; 32])
@@ -37,19 +37,35 @@ fn start() -> SessionStart {
     }
 }
 
-/// A typical decision: a payment with its facts, counters and decision.
+/// A typical decision: a payment with its facts, counters and decision,
+/// encoded from the typed values as the proxy's gate encodes one.
 fn entry(i: u64) -> Entry {
-    Entry::Decision {
+    let action = Action {
+        amount_cents: Some(48_700 + i),
+        currency: Some("USD".into()),
+        merchant: Some("united.com".into()),
+        ..Action::request(
+            ActionType::Payment,
+            "POST",
+            "united.com",
+            "/api/booking/purchase",
+        )
+    };
+    let counters = Counters {
+        spent_cents: i,
+        ..Counters::default()
+    };
+    let decision = Decision {
+        decision: Verdict::Approval,
+        reason: "amount above $400.00".into(),
+        grant: Some("payment".into()),
+        revocation_ids: vec!["a1b2c3".into()],
+    };
+    let digest = receipts::sha256_hex(&i.to_le_bytes());
+    Entry::CanonicalDecision {
         decided_at: SystemTime::now(),
-        record: DecisionRecord {
-            action: json!({"type": "payment", "method": "POST", "host": "united.com",
-                           "path": "/api/booking/purchase", "amount_cents": 48_700 + i,
-                           "currency": "USD", "merchant": "united.com"}),
-            counters: json!({"spent_cents": i, "emails_sent": 0, "llm_spent_micro_usd": 0}),
-            decision: json!({"decision": "approval", "reason": "amount above $400.00",
-                             "grant": "payment", "revocation_ids": ["a1b2c3"]}),
-            body_sha256: Some(receipts::sha256_hex(&i.to_le_bytes())),
-        },
+        record: CanonicalDecision::new(&action, &counters, &decision, Some(&digest))
+            .expect("encode"),
     }
 }
 
