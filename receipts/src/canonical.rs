@@ -30,6 +30,11 @@ pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_
     if Writer::default().write(value, &mut out).is_ok() {
         return Ok(out);
     }
+    general(value)
+}
+
+/// The general route: a `serde_json::Value`, then the canonicalizer crate.
+fn general<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
     serde_json_canonicalizer::to_vec(&serde_json::to_value(value)?)
 }
 
@@ -65,7 +70,7 @@ impl Writer {
         if self.write(value, out).is_err() {
             out.truncate(mark);
             self.members.clear();
-            out.extend_from_slice(&to_vec(value)?);
+            out.extend_from_slice(&general(value)?);
         }
         Ok(())
     }
