@@ -229,7 +229,10 @@ impl Object<'_, '_> {
         let encoder = self.encoder;
         let members = &mut encoder.members[self.first_member..];
         let out = &mut *encoder.out;
-        let key = |m: &Member| m.key_start..m.key_end;
+        // The key's text, between its quotes: with the quotes, a key that
+        // is a prefix of another would sort after it whenever the longer
+        // one goes on with a byte below `"` (space or `!`).
+        let key = |m: &Member| m.key_start + 1..m.key_end - 1;
         members.sort_unstable_by(|a, b| out[key(a)].cmp(&out[key(b)]));
         if members
             .windows(2)
@@ -585,6 +588,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_key_sorts_before_the_keys_it_is_a_prefix_of() {
+        // Space and `!` sort below the closing quote: compared with their
+        // quotes, "ab" would come after "ab!".
+        let value = json!({"ab!": 1, "ab": 2, "ab ": 3, "a": 4, "b": 5});
+        let bytes = fast(&value).expect("covered");
+        assert_eq!(bytes, br#"{"a":4,"ab":2,"ab ":3,"ab!":1,"b":5}"#);
+        assert_eq!(bytes, reference(&value));
+    }
+
+    #[test]
     fn a_map_that_repeats_a_key_is_refused() {
         struct Twice;
         impl Serialize for Twice {
@@ -626,11 +639,15 @@ pub(crate) mod tests {
     }
 
     /// Arbitrary JSON values: strings and keys in ASCII with controls,
-    /// quotes and backslashes, plus characters whose UTF-8 and UTF-16 orders
-    /// differ; integers on both sides of 2^53; floats.
+    /// quotes and backslashes, keys that are prefixes of others, characters
+    /// whose UTF-8 and UTF-16 orders differ; integers on both sides of
+    /// 2^53; floats.
     pub(crate) fn any_json() -> impl Strategy<Value = Value> {
         let text = prop_oneof![
             "[a-z_]{0,6}",
+            // Few letters, so keys are often prefixes of one another, with
+            // bytes that sort below the quote.
+            "[a !]{0,3}",
             "[\\x00-\\x7f]{0,8}",
             "[a\"\\\\\u{1}\u{1f}\u{7f}é\u{ff61}\u{1f600}\u{2028}]{0,6}",
         ];
@@ -655,6 +672,16 @@ pub(crate) mod tests {
     }
 
     proptest! {
+        /// Objects whose keys are prefixes of one another (and of keys
+        /// going on with bytes below the quote) come out in RFC 8785 order.
+        #[test]
+        fn keys_that_share_prefixes_are_ordered_as_the_canonicalizer_orders_them(
+            keys in prop::collection::btree_set("[a !]{0,3}", 0..8),
+        ) {
+            let value = Value::Object(keys.into_iter().map(|k| (k, json!(1))).collect());
+            prop_assert_eq!(fast(&value).expect("covered"), reference(&value));
+        }
+
         /// Either route writes exactly what the general canonicalizer
         /// writes, and the fast encoder declines rather than differ.
         #[test]
