@@ -581,7 +581,8 @@ fn canonical_str(text: &str) -> Vec<u8> {
 
 /// RFC 8785 escapes strings exactly as serde_json does (the two-letter
 /// escapes, other control characters as lowercase `\u00xx`, everything else
-/// literal), so serde_json's string writer is used as is.
+/// literal), so text that needs escaping goes through serde_json's string
+/// writer as is.
 pub(crate) fn write_canonical_str(text: &str, out: &mut Vec<u8>) {
     if is_plain(text.as_bytes()) {
         // Nothing to escape (most text): copied as is between the quotes.
