@@ -12,9 +12,11 @@ use sandbox_common::*;
 #[test]
 fn fork_bomb_hits_the_pid_limit_and_dies_with_the_sandbox() {
     let net = network("bomb");
-    // `exec`: with every pid taken, a forked `sleep` can fail and the shell
-    // would exit on its own before the kill this test checks.
-    let mut spec = sh_spec(&net, "b() { b | b & }; b; exec sleep 60", b"ca");
+    // The sandbox's shell forks once, for the bomb, while pids are free,
+    // then execs its sleep: with every pid taken, any later fork of its own
+    // (a `sleep`, or the second half of the bomb's pipeline) can fail, and
+    // it would exit on its own (status 2) before the kill this test checks.
+    let mut spec = sh_spec(&net, "b() { b | b & }; b & exec sleep 60", b"ca");
     spec.pids_max = 32;
     spec.stdout = SandboxStdio::Null;
     spec.stderr = SandboxStdio::Null;
