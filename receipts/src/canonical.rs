@@ -17,8 +17,6 @@
 
 use serde::ser::{self, Serialize};
 
-use crate::format::{is_plain, write_canonical_str};
-
 /// Integers up to this magnitude print the same as the double RFC 8785
 /// numbers are.
 const EXACT: u64 = 1 << 53;
@@ -36,6 +34,35 @@ pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_
 /// The general route: a `serde_json::Value`, then the canonicalizer crate.
 fn general<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
     serde_json_canonicalizer::to_vec(&serde_json::to_value(value)?)
+}
+
+/// RFC 8785 form of a string.
+pub(crate) fn canonical_str(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    write_canonical_str(text, &mut out);
+    out
+}
+
+/// RFC 8785 escapes strings exactly as serde_json does (the two-letter
+/// escapes, other control characters as lowercase `\u00xx`, everything else
+/// literal), so text that needs escaping goes through serde_json's string
+/// writer as is.
+pub(crate) fn write_canonical_str(text: &str, out: &mut Vec<u8>) {
+    if is_plain(text.as_bytes()) {
+        // Nothing to escape (most text): copied as is between the quotes.
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, text).expect("writing a string to a Vec cannot fail");
+    }
+}
+
+/// Whether text is written as is between quotes: no control character, no
+/// quote, no backslash (the characters RFC 8785 escapes).
+fn is_plain(text: &[u8]) -> bool {
+    text.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 /// The fast encoder's working space, kept between values so that encoding

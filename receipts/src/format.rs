@@ -9,7 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    canonical,
+    canonical::{self, canonical_str, write_canonical_str},
     usage::{BudgetWarningRecord, UsageRecord},
 };
 
@@ -570,35 +570,6 @@ impl Prepared {
         line.push(b'"');
         line.extend_from_slice(&scratch[sig_at..]);
     }
-}
-
-/// RFC 8785 form of a string.
-fn canonical_str(text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + 2);
-    write_canonical_str(text, &mut out);
-    out
-}
-
-/// RFC 8785 escapes strings exactly as serde_json does (the two-letter
-/// escapes, other control characters as lowercase `\u00xx`, everything else
-/// literal), so text that needs escaping goes through serde_json's string
-/// writer as is.
-pub(crate) fn write_canonical_str(text: &str, out: &mut Vec<u8>) {
-    if is_plain(text.as_bytes()) {
-        // Nothing to escape (most text): copied as is between the quotes.
-        out.reserve(text.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
-    } else {
-        serde_json::to_writer(out, text).expect("writing a string to a Vec cannot fail");
-    }
-}
-
-/// Whether text is written as is between quotes: no control character, no
-/// quote, no backslash (the characters RFC 8785 escapes).
-pub(crate) fn is_plain(text: &[u8]) -> bool {
-    text.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 #[cfg(test)]
