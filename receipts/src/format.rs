@@ -190,8 +190,9 @@ pub struct DecisionRecord {
 /// that record would make, byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalDecision {
-    /// `"action":…,["body_sha256":…,]"counters":…,"decision":…`: the
-    /// receipt's first members, in order.
+    /// `{"action":…,["body_sha256":…,]"counters":…,"decision":…`: the
+    /// receipt line's start, its first members in order, still open (the
+    /// log writes the rest of the line after them, in the same buffer).
     bytes: Vec<u8>,
 }
 
@@ -211,7 +212,7 @@ impl CanonicalDecision {
     {
         let mut bytes = Vec::with_capacity(512);
         let mut writer = canonical::Writer::default();
-        bytes.extend_from_slice(b"\"action\":");
+        bytes.extend_from_slice(b"{\"action\":");
         writer.append(action, &mut bytes)?;
         if let Some(digest) = body_sha256 {
             bytes.extend_from_slice(b",\"body_sha256\":");
@@ -237,8 +238,7 @@ impl CanonicalDecision {
     /// The content as a [`DecisionRecord`] (what a reader of the receipt
     /// gets).
     pub fn to_record(&self) -> Result<DecisionRecord, serde_json::Error> {
-        let mut object = Vec::with_capacity(self.bytes.len() + 2);
-        object.push(b'{');
+        let mut object = Vec::with_capacity(self.bytes.len() + 1);
         object.extend_from_slice(&self.bytes);
         object.push(b'}');
         serde_json::from_slice(&object)
@@ -370,7 +370,7 @@ impl Prepared {
                 session,
                 &canonical_str(ts),
                 signer,
-                &members,
+                members,
             ));
         }
         // (key, canonical value); None marks prev, seq and sig.
@@ -448,7 +448,7 @@ impl Prepared {
         session: &str,
         signer: &str,
         decided_at: std::time::SystemTime,
-        record: &CanonicalDecision,
+        record: CanonicalDecision,
     ) -> Prepared {
         // RFC 3339 text needs no escaping: quoted, it is canonical as is.
         let mut ts = [0u8; QUOTED_TS_MAX];
@@ -471,13 +471,12 @@ impl Prepared {
         session: &str,
         ts: &[u8],
         signer: &str,
-        members: &CanonicalDecision,
+        members: CanonicalDecision,
     ) -> Prepared {
         // action < body_sha256 < counters < decision < kind < prev < seq <
         // session < sig < signer < ts < v in UTF-16 (here: ASCII) order.
-        let mut out = Vec::with_capacity(members.bytes.len() + session.len() + signer.len() + 96);
-        out.push(b'{');
-        out.extend_from_slice(&members.bytes);
+        let mut out = members.bytes;
+        out.reserve(session.len() + signer.len() + ts.len() + 80);
         out.extend_from_slice(b",\"kind\":\"decision\",\"prev\":\"");
         let prev_at = out.len();
         out.extend_from_slice(b"\",\"seq\":");
@@ -783,7 +782,7 @@ mod tests {
             let Body::Decision(record) = &receipt.body else { unreachable!() };
             let canonical = CanonicalDecision::from_record(record).expect("encode");
             let decided_at = parse_time(&receipt.ts).expect("ts");
-            let prepared = Prepared::canonical_decision(&receipt.session, &receipt.signer, decided_at, &canonical);
+            let prepared = Prepared::canonical_decision(&receipt.session, &receipt.signer, decided_at, canonical);
             let (mut line, mut scratch) = (Vec::new(), Vec::new());
             prepared.sign_into(seq, GENESIS_PREV.as_bytes(), |input| key.sign(input).to_bytes(), &mut scratch, &mut line);
             proptest::prop_assert_eq!(line, reference);

@@ -29,7 +29,9 @@ use super::{
     io_err, lock, AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
     PendingReceipt, SessionStart,
 };
-use crate::format::{self, Body, Interruption, InterruptionCause, Prepared, GENESIS_PREV};
+use crate::format::{
+    self, Body, CanonicalDecision, Interruption, InterruptionCause, Prepared, GENESIS_PREV,
+};
 
 /// A cloneable, thread-safe handle on one session's receipt chain.
 #[derive(Clone)]
@@ -262,11 +264,13 @@ impl ReceiptLog {
         // the caller's thread, before it is queued for chaining.
         let prepared = match entry {
             Entry::CanonicalDecision { decided_at, record } => {
-                let signer = &self.shared.signer;
-                Prepared::canonical_decision(&signer.session, &signer.key_id, decided_at, &record)
+                self.prepare_decision(decided_at, record)
             }
+            // The same route, once the JSON values are encoded.
             Entry::Decision { decided_at, record } => {
-                self.prepare(decided_at, &Body::Decision(record))?
+                let record = CanonicalDecision::from_record(&record)
+                    .map_err(|e| AppendError::Encode(e.to_string()))?;
+                self.prepare_decision(decided_at, record)
             }
             Entry::Approval(record) => self.prepare(SystemTime::now(), &Body::Approval(record))?,
             Entry::Usage(record) => self.prepare(SystemTime::now(), &Body::Usage(record))?,
@@ -298,6 +302,11 @@ impl ReceiptLog {
         let appended = end.wait()?;
         self.shared.stop();
         Ok(appended)
+    }
+
+    fn prepare_decision(&self, decided_at: SystemTime, record: CanonicalDecision) -> Prepared {
+        let signer = &self.shared.signer;
+        Prepared::canonical_decision(&signer.session, &signer.key_id, decided_at, record)
     }
 
     fn prepare(&self, ts: SystemTime, body: &Body) -> Result<Prepared, AppendError> {
