@@ -12,7 +12,7 @@
 //! It covers what receipts hold in practice — strings, booleans, integers
 //! within ±2^53, sequences, structs and maps whose keys are plain printable
 //! ASCII — and refuses the rest (floats, larger integers, other keys) with
-//! [`NotCovered`]; [`to_vec`] then takes the general route, so the bytes
+//! [`NotCovered`]; [`Writer::append`] then takes the general route, so the bytes
 //! are the same either way.
 
 use serde::ser::{self, Serialize};
@@ -20,16 +20,6 @@ use serde::ser::{self, Serialize};
 /// Integers up to this magnitude print the same as the double RFC 8785
 /// numbers are.
 const EXACT: u64 = 1 << 53;
-
-/// The RFC 8785 form of `value`: the fast encoder where it covers the value,
-/// otherwise `serde_json::Value` and the general canonicalizer.
-pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = Vec::with_capacity(128);
-    if Writer::default().write(value, &mut out).is_ok() {
-        return Ok(out);
-    }
-    general(value)
-}
 
 /// The general route: a `serde_json::Value`, then the canonicalizer crate.
 fn general<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
@@ -516,6 +506,13 @@ pub(crate) mod tests {
             .expect("canonical")
     }
 
+    /// What [`Writer::append`] writes, by whichever route.
+    fn appended<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        Writer::default().append(value, &mut out).expect("encode");
+        out
+    }
+
     fn fast<T: Serialize>(value: &T) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         Writer::default().write(value, &mut out).ok().map(|()| out)
@@ -583,7 +580,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn what_it_does_not_cover_it_refuses_and_to_vec_still_matches() {
+    fn what_it_does_not_cover_it_refuses_and_append_still_matches() {
         let cases: Vec<Value> = vec![
             json!({"a": 1.5}),
             json!([EXACT + 1]),
@@ -593,11 +590,11 @@ pub(crate) mod tests {
         ];
         for case in &cases {
             assert!(fast(case).is_none(), "{case}");
-            assert_eq!(to_vec(case).expect("encode"), reference(case), "{case}");
+            assert_eq!(appended(case), reference(case), "{case}");
         }
         let big: i64 = -(EXACT as i64) - 1;
         assert!(fast(&big).is_none());
-        assert_eq!(to_vec(&big).expect("encode"), reference(&big));
+        assert_eq!(appended(&big), reference(&big));
     }
 
     #[test]
@@ -714,7 +711,7 @@ pub(crate) mod tests {
         #[test]
         fn any_value_comes_out_as_the_general_canonicalizer_writes_it(value in any_json()) {
             let expected = serde_json_canonicalizer::to_vec(&value).expect("canonical");
-            prop_assert_eq!(&to_vec(&value).expect("encode"), &expected);
+            prop_assert_eq!(&appended(&value), &expected);
             if let Some(bytes) = fast(&value) {
                 prop_assert_eq!(bytes, expected);
             }

@@ -329,7 +329,7 @@ fn prepared_with_prev(receipt: &Receipt) -> Result<(Prepared, Vec<u8>), serde_js
         &receipt.signer,
         &receipt.body,
     )?;
-    let quoted = serde_json_canonicalizer::to_vec(&receipt.prev)?;
+    let quoted = canonical_str(&receipt.prev);
     Ok((prepared, quoted[1..quoted.len() - 1].to_vec()))
 }
 
@@ -378,8 +378,11 @@ impl Prepared {
         let Value::Object(body_members) = serde_json::to_value(body)? else {
             return Err(serde::ser::Error::custom("a receipt body is a JSON object"));
         };
+        let mut writer = canonical::Writer::default();
         for (k, v) in body_members {
-            members.push((k.into(), Some(canonical::to_vec(&v)?)));
+            let mut bytes = Vec::new();
+            writer.append(&v, &mut bytes)?;
+            members.push((k.into(), Some(bytes)));
         }
         members.push(("v".into(), Some(v.to_string().into_bytes())));
         for (k, text) in [("session", session), ("ts", ts), ("signer", signer)] {
