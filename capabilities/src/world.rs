@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use biscuit_auth::builder::CheckKind;
 use biscuit_auth::datalog::{
-    match_preds, Check, ExternFunc, Fact, FactSet, Origin, Rule, RuleSet, SymbolIndex, SymbolTable,
-    TemporarySymbolTable, Term, TrustedOrigins, World,
+    match_preds, Check, ExternFunc, Fact, FactSet, Origin, Predicate, Rule, RuleSet, SymbolIndex,
+    SymbolTable, TemporarySymbolTable, Term, TrustedOrigins, World,
 };
 use biscuit_auth::error::{Execution, Expression as ExpressionError, RunLimit, Token};
 use biscuit_auth::format::convert::{
@@ -90,6 +90,12 @@ struct LoadedCheck {
     trusted: Vec<TrustedOrigins>,
     /// Some query of this check reads `approved`.
     reads_approved: bool,
+    /// Per query, per body predicate: the token's facts that query trusts
+    /// and that predicate matches, found once at load. Empty when the token
+    /// has rules (then the facts are the request's derived world's). Scanning
+    /// every token fact per predicate per request was the larger part of
+    /// finding a binding.
+    token_candidates: Vec<Vec<Vec<Fact>>>,
 }
 
 /// The token's world before any request: see the module doc.
@@ -235,6 +241,7 @@ impl TokenWorld {
                             TrustedOrigins::from_scopes(&q.scopes, &block_trust, i, &key_blocks)
                         })
                         .collect(),
+                    token_candidates: Vec::new(),
                     check,
                 })
                 .collect();
@@ -255,6 +262,30 @@ impl TokenWorld {
         } else {
             facts
         };
+        if rules.inner.is_empty() {
+            for loaded in checks.iter_mut().flatten() {
+                loaded.token_candidates = loaded
+                    .check
+                    .queries
+                    .iter()
+                    .zip(&loaded.trusted)
+                    .map(|(query, trust)| {
+                        query
+                            .body
+                            .iter()
+                            .map(|p| {
+                                facts
+                                    .iterator(trust)
+                                    .map(|(_, f)| f)
+                                    .filter(|f| match_preds(p, &f.predicate))
+                                    .cloned()
+                                    .collect()
+                            })
+                            .collect()
+                    })
+                    .collect();
+            }
+        }
         let needed = predicates.map(|name| !rules.inner.is_empty() || read.contains(&name));
         let mut authorizer = Origin::default();
         authorizer.insert(AUTHORIZER);
@@ -359,12 +390,41 @@ impl TokenWorld {
                     continue;
                 }
                 let mut passed = false;
-                for (query, trust) in loaded.check.queries.iter().zip(&loaded.trusted) {
-                    let (facts, added) = match (&*world, rules) {
-                        (Some(w), true) => (&w.facts, &[][..]),
-                        _ => (&self.facts, &added[..]),
+                for (q, (query, trust)) in
+                    loaded.check.queries.iter().zip(&loaded.trusted).enumerate()
+                {
+                    let found = if rules {
+                        // The derived world holds the request's facts too.
+                        let facts = &world.get_or_insert_with(|| self.world_with(added)).facts;
+                        bindings(
+                            query,
+                            |_, p| {
+                                facts
+                                    .iterator(trust)
+                                    .map(|(_, f)| f)
+                                    .filter(|f| match_preds(p, &f.predicate))
+                            },
+                            &mut values,
+                        )
+                    } else {
+                        let own = &loaded.token_candidates[q];
+                        // Biscuit's scopes always trust the authorizer
+                        // today; asked anyway, as its fact set would.
+                        let added = if trust.contains(&self.authorizer) {
+                            &added[..]
+                        } else {
+                            &[]
+                        };
+                        bindings(
+                            query,
+                            |i, p| {
+                                own[i]
+                                    .iter()
+                                    .chain(added.iter().filter(|f| match_preds(p, &f.predicate)))
+                            },
+                            &mut values,
+                        )
                     };
-                    let found = bindings(query, facts, added, trust, &self.authorizer, &mut values);
                     let matched = match found {
                         // Nothing to bind: biscuit would find no match either
                         // (and this took no time worth a clock read).
@@ -447,33 +507,23 @@ enum Bindings {
 
 /// Enumerates candidates the way biscuit's matcher does (the trusted facts
 /// passing `match_preds`, each predicate's variables bound consistently),
-/// but stops at the question whether there are none, one or more. The
-/// facts are `facts` and `added` (facts of `authorizer`): a fact in both or
-/// twice in `added`, once in biscuit's set, only makes "more" more likely,
-/// and "more" goes to biscuit. Each
+/// but stops at the question whether there are none, one or more.
+/// `candidates(i, p)` yields the facts body predicate `i` (`p`) matches, as
+/// biscuit's matcher would see them: the token's (or derived world's)
+/// trusted facts, then the request's `added` ones if the query trusts the
+/// authorizer. A fact in both or twice in `added`, once in biscuit's set,
+/// only makes "more" more likely, and "more" goes to biscuit. Each
 /// request fact is unique per predicate, so nearly every query of ours has
 /// one binding, and building biscuit's nested matcher for it (boxed
 /// iterators, a variable map per level) was most of a decision's cost.
-fn bindings(
-    query: &Rule,
-    facts: &FactSet,
-    added: &[Fact],
-    trust: &TrustedOrigins,
-    authorizer: &Origin,
+fn bindings<'f, I: Iterator<Item = &'f Fact>>(
+    query: &'f Rule,
+    mut candidates: impl FnMut(usize, &'f Predicate) -> I,
     values: &mut HashMap<u32, Term>,
 ) -> Bindings {
-    let added = if trust.contains(authorizer) {
-        added
-    } else {
-        &[]
-    };
     values.clear();
-    for p in &query.body {
-        let mut candidates = facts
-            .iterator(trust)
-            .map(|(_, f)| f)
-            .chain(added)
-            .filter(|f| match_preds(p, &f.predicate));
+    for (i, p) in query.body.iter().enumerate() {
+        let mut candidates = candidates(i, p);
         let Some(fact) = candidates.next() else {
             return Bindings::None;
         };
@@ -533,7 +583,7 @@ impl RequestFacts<'_> {
         };
         let terms = terms(self);
         let fact = Fact {
-            predicate: biscuit_auth::datalog::Predicate { name, terms },
+            predicate: Predicate { name, terms },
         };
         if let Some(world) = &mut self.world {
             world.facts.insert(&token.authorizer, fact.clone());
