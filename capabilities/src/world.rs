@@ -273,14 +273,7 @@ impl TokenWorld {
                         query
                             .body
                             .iter()
-                            .map(|p| {
-                                facts
-                                    .iterator(trust)
-                                    .map(|(_, f)| f)
-                                    .filter(|f| match_preds(p, &f.predicate))
-                                    .cloned()
-                                    .collect()
-                            })
+                            .map(|p| trusted_matches(&facts, trust, p).cloned().collect())
                             .collect()
                     })
                     .collect();
@@ -396,16 +389,7 @@ impl TokenWorld {
                     let found = if rules {
                         // The derived world holds the request's facts too.
                         let facts = &world.get_or_insert_with(|| self.world_with(added)).facts;
-                        bindings(
-                            query,
-                            |_, p| {
-                                facts
-                                    .iterator(trust)
-                                    .map(|(_, f)| f)
-                                    .filter(|f| match_preds(p, &f.predicate))
-                            },
-                            &mut values,
-                        )
+                        bindings(query, |_, p| trusted_matches(facts, trust, p), &mut values)
                     } else {
                         let own = &loaded.token_candidates[q];
                         // Biscuit's scopes always trust the authorizer
@@ -544,6 +528,19 @@ fn bindings<'f, I: Iterator<Item = &'f Fact>>(
         }
     }
     Bindings::One
+}
+
+/// The facts of `facts` that `trust` admits and `p` matches, in the order
+/// biscuit's matcher meets them.
+fn trusted_matches<'f>(
+    facts: &'f FactSet,
+    trust: &'f TrustedOrigins,
+    p: &'f Predicate,
+) -> impl Iterator<Item = &'f Fact> {
+    facts
+        .iterator(trust)
+        .map(|(_, f)| f)
+        .filter(move |f| match_preds(p, &f.predicate))
 }
 
 /// Evaluates `query`'s expressions on one binding, as biscuit does for
