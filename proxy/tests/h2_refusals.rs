@@ -505,3 +505,43 @@ async fn valid_blocks_using_continuation_padding_priority_and_the_table_are_forw
     assert!(reasons(&env).is_empty(), "{:?}", reasons(&env));
     assert_eq!(env.upstream.requests(), 9);
 }
+
+/// Over HTTP/2 a `host` field may come beside `:authority`; towards an
+/// HTTP/1.1 upstream it becomes the Host header, so two of them are
+/// refused as on HTTP/1.1 (`refusals.rs`), before anything goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_field_beside_authority_is_refused() {
+    let env = Env::start_with(&[b"http/1.1"], Recorder::default(), |cfg| {
+        cfg.limits.max_header_bytes = MAX_HEADER_BYTES;
+    })
+    .await;
+    // Offer both, as curl does: the proxy offers upstream what the sandbox
+    // offered, and this upstream speaks only HTTP/1.1.
+    let cfg = test_support::client_config(env.proxy.ca_pem(), &[b"h2", b"http/1.1"]);
+    let mut tls = test_support::tls_connect(env.proxy.https_addr().unwrap(), HOST, cfg)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    tls.write_all(&hello).await.unwrap();
+    let mut c = RawH2 {
+        tls,
+        decoder: loona_hpack::Decoder::new(),
+        buf: Vec::new(),
+    };
+    let block = get("/hello", &[("host", HOST), ("host", common::OTHER)]);
+    c.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
+        .await;
+    let outcome = c.outcome(1).await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Response { status: 400, .. } | Outcome::Closed
+        ),
+        "{outcome:?}"
+    );
+    settle().await;
+    assert_eq!(reasons(&env), ["malformed-request"]);
+    assert_eq!(env.upstream.connections(), 0);
+}

@@ -310,3 +310,76 @@ async fn gate_refusal_answers_403_without_upstream_connection() {
     assert!(out.status.success());
     assert_eq!(env.upstream.connections(), 1);
 }
+
+/// A Host header goes upstream as the sandbox wrote it, so it may name
+/// only the host the proxy checked. A second Host (servers take the first,
+/// the last, join them or refuse) and userinfo (`other@api.example.com`: a
+/// server routing on the Host text would not read the host checked) are
+/// refused before anything is sent upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_header_that_says_more_than_the_checked_host_is_refused() {
+    let env = Env::start(BOTH).await;
+    let cases = [
+        format!("Host: {HOST}\r\nHost: {OTHER}\r\n"),
+        format!("Host: {HOST}\r\nHost: {HOST}\r\n"),
+        format!("Host: {OTHER}@{HOST}\r\n"),
+        format!("Host: user:pw@{HOST}\r\n"),
+    ];
+    for host in &cases {
+        let reply = raw_tls(
+            &env,
+            format!("GET /hello HTTP/1.1\r\n{host}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 400"), "{host:?}: {reply}");
+        assert!(
+            reply
+                .to_ascii_lowercase()
+                .contains("x-openclaw-blocked: malformed-request"),
+            "{host:?}: {reply}"
+        );
+    }
+    // Userinfo in an absolute-form target: dropped on the way upstream, but
+    // a sign the request means another authority (RFC 9110 §4.2.4).
+    let reply = raw_tls(
+        &env,
+        format!(
+            "GET https://{OTHER}@{HOST}/hello HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    settle().await;
+    assert_eq!(env.gate.refusal_reasons(), ["malformed-request"; 5]);
+    let details: Vec<String> = env
+        .gate
+        .refusals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.detail.clone())
+        .collect();
+    assert!(details[0].contains("more than one Host"), "{details:?}");
+    assert!(details[2].contains("userinfo"), "{details:?}");
+    assert!(details[4].contains("userinfo"), "{details:?}");
+    assert_eq!(env.upstream.connections(), 0);
+
+    // The same Host with a port, alone, is still forwarded as written.
+    let reply = raw_tls(
+        &env,
+        format!("GET /hello HTTP/1.1\r\nHost: {HOST}:443\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let hosts: Vec<String> = env
+        .upstream
+        .last_request()
+        .expect("forwarded")
+        .headers
+        .get_all("host")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(hosts, [format!("{HOST}:443")]);
+}

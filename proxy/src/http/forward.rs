@@ -89,16 +89,42 @@ impl ConnCtx {
 /// else `Host`; its port dropped and read as a [`Host`] (one that is not,
 /// an IPv6 literal say, is refused as malformed). When both are present
 /// they must agree.
+///
+/// A Host header goes upstream as the sandbox wrote it (`to_h1`), so it
+/// must say nothing but the host checked here: a second Host is refused
+/// (servers take the first, the last, join them or refuse), and so is
+/// userinfo (`other@api.example.com`: a server that routes on the Host
+/// text would not read the host checked). RFC 9110 §4.2.4 has recipients
+/// treat userinfo in an http(s) authority as an error; the target's is
+/// refused for the same reason.
 fn request_host<B>(req: &Request<B>) -> Result<Host, ProxyError> {
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Err(ProxyError::Malformed(
+            "userinfo in the request target's authority".into(),
+        ));
+    }
     let from_uri = req.uri().host().map(read_host).transpose()?;
-    let from_header = match req.headers().get(header::HOST) {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let from_header = match hosts.next() {
         Some(v) => {
+            if hosts.next().is_some() {
+                return Err(ProxyError::Malformed(
+                    "more than one Host header (servers read a repeated Host differently)".into(),
+                ));
+            }
             let v = v
                 .to_str()
                 .map_err(|_| ProxyError::Malformed("non-ASCII Host".into()))?;
             let auth: http::uri::Authority = v
                 .parse()
                 .map_err(|_| ProxyError::Malformed("unparsable Host".into()))?;
+            if v.contains('@') {
+                return Err(ProxyError::Malformed("userinfo in the Host header".into()));
+            }
             Some(read_host(auth.host())?)
         }
         None => None,
