@@ -46,6 +46,10 @@ pub enum ProxyError {
     Malformed(String),
     #[error("request smuggling shape: {0}")]
     Smuggling(&'static str),
+    #[error(
+        "the {0} header asks the server to route to another URL, host or path than the one decided"
+    )]
+    RoutingOverride(&'static str),
     #[error("request headers exceed the limit")]
     HeadersTooLarge,
     #[error("not carried: {0}")]
@@ -100,6 +104,7 @@ impl ProxyError {
             E::MissingHost => (StatusCode::BAD_REQUEST, "missing-host", true),
             E::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed-request", true),
             E::Smuggling(_) => (StatusCode::BAD_REQUEST, "request-smuggling", true),
+            E::RoutingOverride(_) => (StatusCode::FORBIDDEN, "routing-override", true),
             E::UpgradeRefused(_) => (StatusCode::FORBIDDEN, "upgrade-refused", true),
             E::HeadersTooLarge => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

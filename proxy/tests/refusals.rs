@@ -383,3 +383,43 @@ async fn a_host_header_that_says_more_than_the_checked_host_is_refused() {
         .collect();
     assert_eq!(hosts, [format!("{HOST}:443")]);
 }
+
+/// Headers with which a front proxy tells the application another URL,
+/// host or path than the request line and Host say: an upstream that
+/// trusts them would run something other than what was decided, so they
+/// are refused on HTTP/1.1 and HTTP/2 before anything goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_reroute_the_request_upstream_are_refused() {
+    let env = Env::start(BOTH).await;
+    let headers = [
+        "X-Original-URL: /admin/delete",
+        "X-Rewrite-URL: /admin/delete",
+        "X-Forwarded-Host: other.example.com",
+        "X-Forwarded-Prefix: /admin",
+        "X-Host: other.example.com",
+        "Forwarded: host=other.example.com",
+    ];
+    let mut want = Vec::new();
+    for proto in ["--http1.1", "--http2"] {
+        for h in headers {
+            let out = env.curl("/hello", &[proto, "-H", h, "-i"]).await;
+            let text = stdout(&out).to_ascii_lowercase();
+            assert!(text.contains(" 403"), "{proto} {h}: {text}");
+            assert!(
+                text.contains("x-openclaw-blocked: routing-override"),
+                "{proto} {h}: {text}"
+            );
+            want.push("routing-override");
+        }
+    }
+    settle().await;
+    assert_eq!(env.gate.refusal_reasons(), want);
+    let detail = env.gate.refusals.lock().unwrap()[0].detail.clone();
+    assert!(detail.contains("x-original-url"), "{detail}");
+    assert_eq!(env.upstream.connections(), 0);
+    // Headers of the same families that route nothing still pass.
+    let out = env
+        .curl("/hello", &["-H", "X-Forwarded-For: 10.0.0.1", "-i"])
+        .await;
+    assert!(stdout(&out).contains(" 200"), "{}", stdout(&out));
+}

@@ -139,6 +139,29 @@ fn request_host<B>(req: &Request<B>) -> Result<Host, ProxyError> {
     }
 }
 
+/// Headers with which front proxies tell the application behind them which
+/// URL, host or path a request was for. An application that trusts them
+/// (IIS URL rewriting and older Symfony for the first two; frameworks told
+/// to trust their proxy for the rest) routes on them instead of the
+/// request line and Host the decision read, and whether a given upstream
+/// trusts them cannot be known here. Nobody but a proxy has reason to
+/// send them, and openclaw's sandbox has no proxy but openclaw.
+const ROUTING_OVERRIDES: [&str; 6] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-host",
+    "x-forwarded-prefix",
+    "x-host",
+    "forwarded",
+];
+
+/// The first routing-override header the request carries, if any.
+fn routing_override<B>(req: &Request<B>) -> Option<&'static str> {
+    ROUTING_OVERRIDES
+        .into_iter()
+        .find(|name| req.headers().contains_key(*name))
+}
+
 /// A request's host (its port already split off) as a [`Host`].
 fn read_host(text: &str) -> Result<Host, ProxyError> {
     Host::parse(text)
@@ -228,6 +251,11 @@ pub(crate) async fn handle(
     if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1 {
         let e = ProxyError::Smuggling("duplicate Content-Length");
         let resp = ctx.refuse(&e, Some(early_summary()));
+        drain(req.into_body()).await;
+        return Ok(resp);
+    }
+    if let Some(name) = routing_override(&req) {
+        let resp = ctx.refuse(&ProxyError::RoutingOverride(name), Some(early_summary()));
         drain(req.into_body()).await;
         return Ok(resp);
     }
