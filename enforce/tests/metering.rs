@@ -703,3 +703,45 @@ once_spent_usd = "0.005"
     assert_eq!(s.ledger.committed().llm_spent_micro_usd, 5030 + 80);
     assert_eq!(s.rederive(&chain), 3);
 }
+
+/// A client's `null` limit and `stream_options` are replaced by the
+/// proxy's, not left after them: the provider's parser (the last member
+/// wins: Python, JS, Go, serde_json's `Value` — this mock) would read the
+/// `null`s, with no output limit and no usage chunk, and the call reserved
+/// for 4096 tokens would run to the model's maximum and be settled at the
+/// reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_limit_and_stream_options_are_replaced_so_the_provider_reads_the_proxys() {
+    let llm = llm_upstream().await;
+    let s = session(POLICY, &llm).await;
+    let r = post(
+        &s,
+        "https://api.openai.com/v1/chat/completions",
+        r#"{"model":"gpt-test","stream":true,"stream_options":null,"max_completion_tokens":null,"messages":[]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // The client did not ask for the usage chunk: it does not see it.
+    assert!(!r.body.contains("prompt_tokens"), "{}", r.body);
+    let raw = llm.bodies.lock().unwrap().clone();
+    let text = String::from_utf8_lossy(&raw[0]);
+    // One member of each name (the body is re-encoded, keys unescaped).
+    for name in ["\"max_completion_tokens\":", "\"stream_options\":"] {
+        assert_eq!(text.matches(name).count(), 1, "{name} in {text}");
+    }
+    let sent: Value = serde_json::from_slice(&raw[0]).unwrap();
+    assert_eq!(sent["max_completion_tokens"], 4096, "{text}");
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+
+    let chain = s.finish_and_verify();
+    let u = usages(&chain);
+    assert_eq!(u.len(), 1);
+    let usage = &u[0].1;
+    assert!(!usage.estimated);
+    assert_eq!(usage.tokens, chat_tokens(7));
+    // Reserved for the body sent (a token a byte at 2.5 µ$) and 4096
+    // output tokens at 10 µ$: the limit the provider read.
+    let reserved = (raw[0].len() as u64 * 2_500_000 + 4096 * 10_000_000).div_ceil(1_000_000);
+    assert_eq!(usage.reserved_micro_usd, reserved);
+}

@@ -1,13 +1,14 @@
 //! Before an LLM call leaves: its worst-case cost (what is reserved against
 //! the budget), and the request rewrites that make the bound hold and the
-//! usage readable — an output limit when the request has none, and
-//! `stream_options.include_usage` on a streamed Chat request without it.
+//! usage readable — an output limit when the request has none (or only a
+//! `null` or 0 one), and `stream_options.include_usage` on a streamed Chat
+//! request without it.
 //!
 //! The worst case is a true upper bound: every token of a tokenizer covers
 //! at least one byte, so the input is at most the body's length in tokens,
 //! priced at the dearest input rate (plain, cached or cache write); the
-//! output is at most the request's limit (times `n` choices), priced at the
-//! output rate.
+//! output is at most the request's largest limit (times `n` choices), priced
+//! at the output rate.
 
 use bytes::Bytes;
 use receipts::{cost_micro_usd, ModelPrice, RateSnapshot, UsageTokens};
@@ -60,16 +61,34 @@ pub(crate) struct Plan {
 const ADDED_BYTES: u64 = 96;
 
 /// The members of a request body metering reads; the rest is skipped.
+/// Those the proxy may set tell `null` from absent (`Some(None)`, or
+/// `Some(Value::Null)`): a `null` stays in the body, and after a member of
+/// the same name the proxy adds, a provider's parser (the last member wins)
+/// would read the `null`.
 #[derive(Debug, Deserialize)]
 struct RequestFacts {
     model: Option<String>,
     stream: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
     stream_options: Option<Value>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    max_output_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    max_tokens: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    max_completion_tokens: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    max_output_tokens: Option<Option<u64>>,
     n: Option<u64>,
     best_of: Option<u64>,
+}
+
+/// A member that is present, `null` included (serde reads a `null` into
+/// `Option`'s `None`, the same as absent).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Plans a request of shape `api` to `host` with the complete `body`.
@@ -97,13 +116,11 @@ pub(crate) fn plan(
     let price = &rates_used.price;
     let choices = facts.n.unwrap_or(1).max(facts.best_of.unwrap_or(1)).max(1);
 
-    // The output limit the request has, and the member that would carry one.
-    let (limit, member) = match api {
+    // The output limits the shape knows, and the one the proxy sets a
+    // limit in when the request has none.
+    let (names, member): (&[&str], &str) = match api {
         Api::Chat => (
-            [facts.max_completion_tokens, facts.max_tokens]
-                .into_iter()
-                .flatten()
-                .min(),
+            &["max_completion_tokens", "max_tokens"],
             // OpenAI's reasoning models refuse `max_tokens`; other
             // OpenAI-compatible servers know `max_tokens` best.
             if host == "api.openai.com" {
@@ -112,20 +129,47 @@ pub(crate) fn plan(
                 "max_tokens"
             },
         ),
-        Api::Responses => (facts.max_output_tokens, "max_output_tokens"),
-        Api::Messages => (facts.max_tokens, "max_tokens"),
-        Api::Embeddings => (Some(0), ""),
+        Api::Responses => (&["max_output_tokens"], "max_output_tokens"),
+        Api::Messages => (&["max_tokens"], "max_tokens"),
+        Api::Embeddings => (&[], ""),
     };
-    let mut additions: Vec<(&str, String)> = Vec::new();
-    let limit = match limit {
-        Some(l) => l,
-        None => {
+    // Those the request sends (name, value; `None` for a `null`).
+    let sent: Vec<(&str, Option<u64>)> = [
+        ("max_completion_tokens", facts.max_completion_tokens),
+        ("max_tokens", facts.max_tokens),
+        ("max_output_tokens", facts.max_output_tokens),
+    ]
+    .into_iter()
+    .filter(|(name, _)| names.contains(name))
+    .filter_map(|(name, value)| Some((name, value?)))
+    .collect();
+    // Servers read two limits differently (vLLM applies
+    // `max_completion_tokens or max_tokens`, others the smaller), so the
+    // largest is the bound. A 0 is no limit to some (vLLM's `or`) and a
+    // `null` to all: neither bounds anything.
+    let bound = sent.iter().filter_map(|&(_, v)| v).filter(|&n| n > 0).max();
+    let limit = match (api, bound) {
+        (Api::Embeddings, _) => 0,
+        (_, Some(bound)) => bound,
+        (_, None) => {
             let room = body.len() as u64 + ADDED_BYTES;
-            let l = proxy_limit(room, price, choices, settings, remaining);
-            additions.push((member, l.to_string()));
-            l
+            proxy_limit(room, price, choices, settings, remaining)
         }
     };
+    // The members the proxy sets, and whether one of them is the client's
+    // own: a 0 (a server may read no limit), or the `null` in the member the
+    // proxy sets its limit in (a `null` elsewhere reads as unset anyway).
+    // Replaced, never added beside it: one member of each name.
+    let mut set: Vec<(&str, String)> = Vec::new();
+    for &(name, value) in &sent {
+        if value == Some(0) || (value.is_none() && bound.is_none() && name == member) {
+            set.push((name, limit.to_string()));
+        }
+    }
+    let replacing = !set.is_empty();
+    if api != Api::Embeddings && bound.is_none() && !replacing {
+        set.push((member, limit.to_string()));
+    }
 
     let streamed_chat = api == Api::Chat && facts.stream == Some(true);
     let asked_usage = facts
@@ -135,21 +179,22 @@ pub(crate) fn plan(
         .and_then(Value::as_bool)
         == Some(true);
     let strip_usage_chunk = streamed_chat && !asked_usage;
-    let new_body = if strip_usage_chunk {
-        match &facts.stream_options {
-            None => {
-                additions.push(("stream_options", r#"{"include_usage":true}"#.to_owned()));
-                insert_members(body, &additions)
-            }
-            // Present without include_usage: edit it in place.
-            Some(_) => with_members(body, &additions),
-        }
-    } else if additions.is_empty() {
+    // The client's own `stream_options` (an object without `include_usage`,
+    // a `null`, another type) is edited in place; else it is added.
+    let edit_options = strip_usage_chunk && facts.stream_options.is_some();
+    if strip_usage_chunk && !edit_options {
+        set.push(("stream_options", r#"{"include_usage":true}"#.to_owned()));
+    }
+    // Adding keeps the body byte for byte; replacing a member the client
+    // sent re-encodes it, so each name is in it once.
+    let new_body = if replacing || edit_options {
+        with_members(body, &set, edit_options)
+    } else if set.is_empty() {
         None
     } else {
-        insert_members(body, &additions)
+        insert_members(body, &set)
     };
-    if (strip_usage_chunk || !additions.is_empty()) && new_body.is_none() {
+    if (!set.is_empty() || edit_options) && new_body.is_none() {
         return None;
     }
 
@@ -233,23 +278,26 @@ fn insert_members(body: &[u8], members: &[(&str, String)]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The body re-encoded with `members` set and `stream_options.include_usage`
-/// true (for a body whose `stream_options` lacks it).
-fn with_members(body: &[u8], members: &[(&str, String)]) -> Option<Vec<u8>> {
+/// The body re-encoded with `members` set (replacing the client's members
+/// of those names) and, if `ask_usage`, `stream_options.include_usage` true
+/// (`stream_options` made an object if it is not one).
+fn with_members(body: &[u8], members: &[(&str, String)], ask_usage: bool) -> Option<Vec<u8>> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
     let map = v.as_object_mut()?;
     for (name, value) in members {
         map.insert((*name).to_owned(), serde_json::from_str(value).ok()?);
     }
-    let options = map
-        .entry("stream_options")
-        .or_insert_with(|| Value::Object(serde_json::Map::new()));
-    if !options.is_object() {
-        *options = Value::Object(serde_json::Map::new());
+    if ask_usage {
+        let options = map
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if !options.is_object() {
+            *options = Value::Object(serde_json::Map::new());
+        }
+        options
+            .as_object_mut()?
+            .insert("include_usage".into(), Value::Bool(true));
     }
-    options
-        .as_object_mut()?
-        .insert("include_usage".into(), Value::Bool(true));
     serde_json::to_vec(&v).ok()
 }
 
@@ -392,6 +440,9 @@ mod tests {
             br#"{"messages":[]}"#,
             br#"{"model":"gpt-test","max_tokens":1.5}"#,
             br#"{"model":"gpt-test","model":"other","max_tokens":1}"#,
+            br#"{"model":"gpt-test","max_tokens":5,"max_tokens":null}"#,
+            br#"{"model":"gpt-test","max_tokens":-1}"#,
+            br#"{"model":"gpt-test","max_tokens":"5"}"#,
         ] {
             assert_eq!(plan(Api::Chat, "h", bad, &card(), &settings, None), None);
         }
@@ -404,5 +455,158 @@ mod tests {
         // 34 bytes × 2.5 µ$.
         assert_eq!(p.reserved, Some(85));
         assert_eq!(p.body, None);
+    }
+
+    /// The body the upstream receives, and its members named `name` in
+    /// body order (duplicates kept, as a first-wins parser would see them).
+    fn sent_members(p: &Plan, body: &str, name: &str) -> (Vec<u8>, Vec<Value>) {
+        let sent = p
+            .body
+            .as_ref()
+            .map_or(body.as_bytes().to_vec(), |b| b.to_vec());
+        let members: crate::json_members::Members<'_> =
+            serde_json::from_slice(&sent).expect("an object");
+        let named = members
+            .0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| serde_json::from_str(v.get()).expect("json"))
+            .collect();
+        (sent, named)
+    }
+
+    fn reserved_for(sent: &[u8], output: u64) -> Option<u64> {
+        let price = card().price_for("gpt-test").expect("priced").price;
+        Some(worst_case(sent.len() as u64, output, &price))
+    }
+
+    /// A `null` limit is no limit: left beside the limit the proxy adds, a
+    /// last-wins parser (Python, JS, Go, serde_json's `Value`) would read
+    /// the `null`, not the bound reserved for.
+    #[test]
+    fn a_null_limit_is_replaced_by_the_proxys_not_left_beside_it() {
+        for (api, host, member, body) in [
+            (
+                Api::Chat,
+                "api.openai.com",
+                "max_completion_tokens",
+                r#"{"model":"gpt-test","max_completion_tokens":null,"messages":[]}"#,
+            ),
+            (
+                Api::Chat,
+                "llm.internal",
+                "max_tokens",
+                r#"{"model":"gpt-test","max_tokens":null,"messages":[]}"#,
+            ),
+            (
+                Api::Responses,
+                "api.openai.com",
+                "max_output_tokens",
+                r#"{"model":"gpt-test","max_output_tokens":null,"input":"hi"}"#,
+            ),
+            (
+                Api::Messages,
+                "api.anthropic.com",
+                "max_tokens",
+                r#"{"model":"gpt-test","max_tokens":null,"messages":[]}"#,
+            ),
+        ] {
+            let p = plan(
+                api,
+                host,
+                body.as_bytes(),
+                &card(),
+                &MeterSettings::default(),
+                None,
+            )
+            .expect("planned");
+            let (sent, limits) = sent_members(&p, body, member);
+            assert_eq!(limits, [4096], "{}", String::from_utf8_lossy(&sent));
+            assert_eq!(p.reserved, reserved_for(&sent, 4096));
+        }
+        // A `null` in the limit the proxy does not set reads as unset,
+        // like no member: it stays, and the proxy's limit is added.
+        let body = r#"{"model":"gpt-test","max_tokens":null,"messages":[]}"#;
+        let p = plan_of(Api::Chat, body, None);
+        assert_eq!(
+            p.body.as_deref(),
+            Some(&br#"{"max_completion_tokens":4096,"model":"gpt-test","max_tokens":null,"messages":[]}"#[..])
+        );
+    }
+
+    /// vLLM applies `max_completion_tokens or max_tokens`, other servers
+    /// the smaller: the larger is what a call may generate.
+    #[test]
+    fn differing_limits_are_reserved_for_the_largest() {
+        for body in [
+            r#"{"model":"gpt-test","max_completion_tokens":100000,"max_tokens":10,"messages":[]}"#,
+            r#"{"model":"gpt-test","max_completion_tokens":10,"max_tokens":100000,"messages":[]}"#,
+        ] {
+            let p = plan_of(Api::Chat, body, None);
+            assert_eq!(p.body, None);
+            assert_eq!(p.reserved, reserved_for(body.as_bytes(), 100_000));
+        }
+    }
+
+    /// A limit of 0 is no limit to some servers (vLLM's `0 or None`): it is
+    /// replaced by the bound reserved for.
+    #[test]
+    fn a_zero_limit_is_replaced_by_the_bound_reserved_for() {
+        let settings = MeterSettings::default();
+        let body = r#"{"model":"gpt-test","max_completion_tokens":0,"messages":[]}"#;
+        let p = plan(
+            Api::Chat,
+            "llm.internal",
+            body.as_bytes(),
+            &card(),
+            &settings,
+            None,
+        )
+        .expect("planned");
+        let (sent, limits) = sent_members(&p, body, "max_completion_tokens");
+        assert_eq!(limits, [4096]);
+        // The replaced member carries the limit: none added beside it.
+        assert_eq!(sent_members(&p, body, "max_tokens").1, Vec::<Value>::new());
+        assert_eq!(p.reserved, reserved_for(&sent, 4096));
+        // Beside a limit a server reads, the 0 takes that limit.
+        let body =
+            r#"{"model":"gpt-test","max_completion_tokens":0,"max_tokens":10,"messages":[]}"#;
+        let p = plan(
+            Api::Chat,
+            "llm.internal",
+            body.as_bytes(),
+            &card(),
+            &settings,
+            None,
+        )
+        .expect("planned");
+        let (sent, limits) = sent_members(&p, body, "max_completion_tokens");
+        assert_eq!(limits, [10]);
+        assert_eq!(sent_members(&p, body, "max_tokens").1, [10]);
+        assert_eq!(p.reserved, reserved_for(&sent, 10));
+    }
+
+    /// The proxy removes the usage chunk it asked for; a `stream_options`
+    /// the provider reads without `include_usage` true would send none.
+    #[test]
+    fn stream_options_without_include_usage_true_is_replaced_not_left_beside_ours() {
+        for options in [
+            "null",
+            "5",
+            r#"{"include_usage":null}"#,
+            r#"{"include_usage":"yes"}"#,
+        ] {
+            let body = format!(
+                r#"{{"model":"gpt-test","max_tokens":5,"stream":true,"stream_options":{options},"messages":[]}}"#
+            );
+            let p = plan_of(Api::Chat, &body, None);
+            assert!(p.strip_usage_chunk);
+            let (_, sent) = sent_members(&p, &body, "stream_options");
+            assert_eq!(
+                sent,
+                [serde_json::json!({"include_usage": true})],
+                "{options}"
+            );
+        }
     }
 }
