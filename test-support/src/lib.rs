@@ -194,7 +194,7 @@ struct Counters {
 /// A local upstream server (HTTPS or plain HTTP) with fixed routes:
 /// `/hello`, `/echo` (streams the request body back), `/bytes/N` (N bytes,
 /// generated in 64 KiB chunks), `/sse?n=K&gap_ms=M`, `/ws` (WebSocket echo),
-/// `/headers` (request headers as text), `/v1/chat/completions` and
+/// `/headers` (request headers as text), `/trailers` (request trailers as text), `/v1/chat/completions` and
 /// `/v1/messages` (an LLM provider, [`llm`]).
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -348,6 +348,17 @@ async fn route(
             }
         }
         "/echo" => Response::new(req.into_body().map_err(|e| Box::new(e) as BoxError).boxed()),
+        // The request's trailers as text, once its body has been read.
+        "/trailers" => {
+            let Ok(body) = req.into_body().collect().await else {
+                return Ok(status(StatusCode::BAD_REQUEST));
+            };
+            let mut out = String::new();
+            for (k, v) in body.trailers().into_iter().flatten() {
+                out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+            }
+            Response::new(full(out))
+        }
         "/headers" => {
             let mut out = String::new();
             for (k, v) in req.headers() {

@@ -12,7 +12,6 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
@@ -24,12 +23,17 @@ use crate::{
 /// The request body, streaming. Nothing is read from the sandbox until the
 /// gate asks ([`RequestBody::buffer_up_to`]) or the request is forwarded; then
 /// the buffered prefix goes first and the rest streams behind it.
+///
+/// Request trailers are dropped, never forwarded: the gate decides on the
+/// head and the body, and with a streamed body the trailers come after the
+/// request has gone upstream, too late to decide on. Servers that merge
+/// trailer fields into the headers would otherwise act on fields nobody
+/// checked (a method override, a credential placeholder left unreplaced).
 pub struct RequestBody {
     /// Invariant: holds every data byte read so far, in order.
     buffered: BytesMut,
     /// None once the sandbox's body ended.
     rest: Option<ProxyBody>,
-    trailers: Option<HeaderMap>,
     replaced: bool,
 }
 
@@ -53,7 +57,6 @@ impl RequestBody {
         Self {
             buffered: BytesMut::new(),
             rest,
-            trailers: None,
             replaced: false,
         }
     }
@@ -71,9 +74,9 @@ impl RequestBody {
                 Some(Err(e)) => return Err(ProxyError::RequestBody(e.to_string())),
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => self.buffered.extend_from_slice(&data),
+                    // Trailers end the body; they are dropped (above).
                     Err(frame) => {
-                        if let Ok(t) = frame.into_trailers() {
-                            self.trailers = Some(t);
+                        if frame.is_trailers() {
                             self.rest = None;
                         }
                     }
@@ -115,7 +118,6 @@ impl RequestBody {
         let prefix = (!self.buffered.is_empty()).then(|| self.buffered.freeze());
         Prefixed {
             prefix,
-            trailers: self.trailers,
             rest: self.rest,
             counter,
         }
@@ -125,7 +127,6 @@ impl RequestBody {
 
 struct Prefixed {
     prefix: Option<Bytes>,
-    trailers: Option<HeaderMap>,
     rest: Option<ProxyBody>,
     counter: Arc<AtomicU64>,
 }
@@ -150,23 +151,20 @@ impl Body for Prefixed {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(d) = frame.data_ref() {
                         this.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        return Poll::Ready(Some(Ok(frame)));
                     }
-                    return Poll::Ready(Some(Ok(frame)));
+                    // Trailers (the last frame): dropped, see `RequestBody`.
+                    this.rest = None;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => this.rest = None,
             }
         }
-        if let Some(t) = this.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(t))));
-        }
         Poll::Ready(None)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none()
-            && self.trailers.is_none()
-            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.prefix.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
