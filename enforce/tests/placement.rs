@@ -183,3 +183,90 @@ async fn a_placement_list_widens_where_a_secret_may_go() {
     assert_eq!(s.mock.seen().len(), 1);
     s.finish_and_verify();
 }
+
+/// Servers that still split query strings and form bodies at `;` (Rack 2's
+/// `parse_nested_query`, Go before 1.17, Python's `parse_qsl` before 3.9.2)
+/// read `key=A;note=B` as two fields. A placeholder is substituted only
+/// where it lies in the allowed field's value under both readings: after
+/// the `;` it would put the secret in `note`, which the upstream may store
+/// and show back, so the request is refused and the upstream receives
+/// nothing. A `;` that leaves the placeholder in its field is not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semicolon_does_not_carry_a_secret_into_another_field() {
+    let secrets = SECRETS.replace(
+        "value = \"Hunter2-real-P@ss\"",
+        "value = \"Hunter2-real-P@ss\"\nplacement = [\"query:key\", \"form:pw\"]",
+    );
+    assert_ne!(secrets, SECRETS);
+    let s = Session::start(Options {
+        secrets,
+        ..Options::default()
+    })
+    .await;
+    let login = s.placeholder("united_login");
+    let form = |body: String| {
+        [
+            "-X".to_owned(),
+            "POST".to_owned(),
+            "-H".to_owned(),
+            "content-type: application/x-www-form-urlencoded".to_owned(),
+            "--data-binary".to_owned(),
+            body,
+        ]
+    };
+    let login_url = "https://united.com/api/auth/login";
+    let in_query = s
+        .curl(
+            &format!("https://united.com/flights?key={login};note={login}"),
+            &[],
+        )
+        .await;
+    let args = form(format!("pw={login};note={login}"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let in_form = s.curl(login_url, &args).await;
+    for (what, r) in [("query", &in_query), ("form", &in_form)] {
+        assert_eq!(r.status, 403, "{what}: {r:?}");
+        let reason = r.blocked().unwrap();
+        assert!(
+            reason.contains("credential exfiltration")
+                && reason.contains(
+                    "the credential placeholder would also land in field `note` for servers \
+                     that split at ';'"
+                ),
+            "{what}: {reason}"
+        );
+    }
+    assert!(s.mock.seen().is_empty(), "{:?}", s.mock.seen());
+
+    // A `;` that puts no placeholder outside the field, and no `;` at all:
+    // substituted.
+    let r = s
+        .curl(
+            &format!("https://united.com/flights?a=1;b=2&key={login}"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let args = form(format!("pw={login}&note=hello"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = s.curl(login_url, &args).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.mock.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].path, "/flights?a=1;b=2&key=Hunter2-real-P%40ss");
+    assert_eq!(seen[1].body, b"pw=Hunter2-real-P%40ss&note=hello");
+
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    let stages: Vec<(&str, &str)> = d.iter().map(|x| (x.1.as_str(), x.2.as_str())).collect();
+    assert_eq!(
+        stages,
+        [
+            ("block", "credential"),
+            ("block", "credential"),
+            ("allow", "token"),
+            ("allow", "token"),
+        ]
+    );
+    assert!(!s.receipts_text().contains(LOGIN_SECRET));
+}

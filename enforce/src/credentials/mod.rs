@@ -160,23 +160,62 @@ impl SessionCredentials {
             }
             out
         };
-        let pq =
-            String::from_utf8_lossy(&blank(path_and_query.as_bytes(), &spots.query)).into_owned();
         let mut rest_headers = headers.clone();
         for h in &spots.headers {
             rest_headers.remove(h);
         }
-        let rest_body = blank(body, &spots.body);
-        let rest = self.placeholders.scan(&pq, &rest_headers, &rest_body);
+        let rest_of = |query: &[std::ops::Range<usize>], body_ranges: &[std::ops::Range<usize>]| {
+            let pq = String::from_utf8_lossy(&blank(path_and_query.as_bytes(), query)).into_owned();
+            self.placeholders
+                .scan(&pq, &rest_headers, &blank(body, body_ranges))
+        };
+        let rest = rest_of(&spots.query, &spots.body);
         let (sighting, place) = rest.by_credential.get(name)?;
+        let allowed = places
+            .iter()
+            .map(Placement::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Outside only for servers that also split at `;`: say so, it is
+        // the one reading that puts the secret in another field.
+        if !spots.split_at_semicolon.is_empty() {
+            let (mut query, mut body_ranges) = (spots.query.clone(), spots.body.clone());
+            for split in &spots.split_at_semicolon {
+                let ranges = if split.in_query {
+                    &mut query
+                } else {
+                    &mut body_ranges
+                };
+                ranges.push(split.whole.clone());
+            }
+            if !rest_of(&query, &body_ranges)
+                .by_credential
+                .contains_key(name)
+            {
+                let fields = spots
+                    .split_at_semicolon
+                    .iter()
+                    .flat_map(|s| &s.fields)
+                    .filter(|f| !f.is_empty())
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let fields = if fields.is_empty() {
+                    "another field".to_owned()
+                } else {
+                    format!("field {fields}")
+                };
+                return Some(format!(
+                    "placeholder of {name} ({sighting:?}) in {place}: the credential \
+                     placeholder would also land in {fields} for servers that split \
+                     at ';' (it may go only in {allowed})"
+                ));
+            }
+        }
         let allowed = if places.is_empty() {
             "nowhere: no catalog rule or placement names a place for it".to_owned()
         } else {
-            places
-                .iter()
-                .map(Placement::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            allowed
         };
         let ambiguous = if spots.ambiguous.is_empty() {
             String::new()

@@ -9,7 +9,11 @@
 //! Locating is strict where servers read leniently: a JSON member spelled
 //! another way beside the named one (`"Password"` next to `"password"`), a
 //! repeated member on the path, or a repeated form or query field, makes
-//! the place ambiguous, and an ambiguous place takes no placeholder.
+//! the place ambiguous, and an ambiguous place takes no placeholder. A form
+//! or query value is the part read as that field both by servers that
+//! split pairs at `&` only and by those that also split at `;` (Rack 2, Go
+//! before 1.17, Python's `parse_qsl` before 3.9.2): in `key=A;note=B` only
+//! `A` is `key`'s, since the latter read `note=B` as another field.
 
 use std::fmt;
 use std::ops::Range;
@@ -78,6 +82,20 @@ pub(super) struct Spots {
     pub body: Vec<Range<usize>>,
     /// Places that were ambiguous (named twice, spelled two ways).
     pub ambiguous: Vec<String>,
+    /// Form and query values that servers splitting at `;` cut short.
+    pub split_at_semicolon: Vec<SemicolonSplit>,
+}
+
+/// A form or query value (as split at `&`) that servers splitting at `;`
+/// too read only in part: the rest is other fields to them.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct SemicolonSplit {
+    /// In the query (else in the body).
+    pub in_query: bool,
+    /// The whole value as split at `&` only.
+    pub whole: Range<usize>,
+    /// The other fields' names (decoded, shortened for a message).
+    pub fields: Vec<String>,
 }
 
 /// Is this a JSON media type (`application/json`, `*/*+json`)?
@@ -125,15 +143,26 @@ pub(super) fn locate(
                 };
                 let end = path_and_query.find('#').unwrap_or(path_and_query.len());
                 let query = &path_and_query[q + 1..end.max(q + 1)];
-                match pair_value(query.as_bytes(), name) {
-                    Ok(Some(r)) => spots.query.push(r.start + q + 1..r.end + q + 1),
+                let shift = |r: Range<usize>| r.start + q + 1..r.end + q + 1;
+                match field_value(query.as_bytes(), name) {
+                    Ok(Some((r, split))) => {
+                        spots.query.push(shift(r));
+                        if let Some(mut split) = split {
+                            split.whole = shift(split.whole);
+                            split.in_query = true;
+                            spots.split_at_semicolon.push(split);
+                        }
+                    }
                     Ok(None) => {}
                     Err(()) => spots.ambiguous.push(p.to_string()),
                 }
             }
             Placement::Form(name) if complete && is_form(content_type) => {
-                match pair_value(body, name) {
-                    Ok(Some(r)) => spots.body.push(r),
+                match field_value(body, name) {
+                    Ok(Some((r, split))) => {
+                        spots.body.push(r);
+                        spots.split_at_semicolon.extend(split);
+                    }
                     Ok(None) => {}
                     Err(()) => spots.ambiguous.push(p.to_string()),
                 }
@@ -151,12 +180,62 @@ pub(super) fn locate(
     spots
 }
 
+/// A field's value every server reads as its own, and what servers
+/// splitting at `&` only read beyond it.
+type FieldValue = (Range<usize>, Option<SemicolonSplit>);
+
+/// The range of the value of the field `name` in urlencoded text that
+/// every server reads as that field's: split at `&` only, and at `&` and
+/// `;`. When the two readings differ, what the `&` reading adds is
+/// returned too (as a [`SemicolonSplit`], `in_query` unset). `Err` when
+/// the name appears more than once in either reading.
+fn field_value(text: &[u8], name: &str) -> Result<Option<FieldValue>, ()> {
+    let Some(amp) = pair_value(text, name, false)? else {
+        return Ok(None);
+    };
+    if !text.contains(&b';') {
+        return Ok(Some((amp, None)));
+    }
+    // Each `;`-split pair lies inside an `&`-split one, so the value both
+    // read is their overlap (empty when the `;` reading has the field
+    // elsewhere or not at all).
+    let both = match pair_value(text, name, true)? {
+        Some(semi) if semi.start < amp.end && amp.start < semi.end => {
+            semi.start.max(amp.start)..semi.end.min(amp.end)
+        }
+        Some(_) | None => amp.start..amp.start,
+    };
+    if both == amp {
+        return Ok(Some((amp, None)));
+    }
+    let fields = text[both.end..amp.end]
+        .split(|&b| b == b';')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            form_urlencoded::parse(name)
+                .next()
+                .map(|(k, _)| k.chars().filter(|c| !c.is_control()).take(40).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    Ok(Some((
+        both,
+        Some(SemicolonSplit {
+            in_query: false,
+            whole: amp,
+            fields,
+        }),
+    )))
+}
+
 /// The range of the value of the one `name=value` pair named `name` in
-/// urlencoded text; `Err` when the name appears more than once.
-fn pair_value(text: &[u8], name: &str) -> Result<Option<Range<usize>>, ()> {
+/// urlencoded text split at `&` (and at `;` when `semicolons`); `Err` when
+/// the name appears more than once.
+fn pair_value(text: &[u8], name: &str, semicolons: bool) -> Result<Option<Range<usize>>, ()> {
     let mut found = None;
     let mut at = 0;
-    for pair in text.split(|&b| b == b'&') {
+    for pair in text.split(|&b| b == b'&' || (semicolons && b == b';')) {
         let start = at;
         at += pair.len() + 1;
         let (key, value_at) = match pair.iter().position(|&b| b == b'=') {
@@ -337,5 +416,47 @@ mod tests {
             true,
         );
         assert_eq!(&pq[s.query[0].clone()], "ocs_k");
+    }
+
+    #[test]
+    fn a_value_is_what_both_semicolon_readings_give_the_field() {
+        let form = "application/x-www-form-urlencoded";
+        // Cut at the `;`: the rest is `note` to servers that split there.
+        let body = "pw=ocs_x;note=ocs_y&u=1";
+        let s = body_spots(form, body, "form:pw");
+        assert_eq!(&body[s.body[0].clone()], "ocs_x");
+        assert_eq!(
+            s.split_at_semicolon,
+            vec![SemicolonSplit {
+                in_query: false,
+                whole: 3..19,
+                fields: vec!["note".into()],
+            }]
+        );
+        // The field only after a `;` is not the field for `&`-only servers.
+        let s = body_spots(form, "x=1;pw=ocs_x", "form:pw");
+        assert_eq!(s, Spots::default());
+        // Named twice for `;` servers: ambiguous.
+        let s = body_spots(form, "pw=ocs_x;pw=ocs_y", "form:pw");
+        assert_eq!(s.ambiguous, vec!["form:pw"]);
+        // A `;` elsewhere changes nothing.
+        let body = "a=1;b=2&pw=ocs_x";
+        let s = body_spots(form, body, "form:pw");
+        assert_eq!(&body[s.body[0].clone()], "ocs_x");
+        assert!(s.split_at_semicolon.is_empty());
+        // In the query, the ranges are the path-and-query's.
+        let pq = "/f?key=ocs_k;n%6fte=ocs_k#x";
+        let s = locate(
+            &[Placement::Query("key".into())],
+            pq,
+            &HeaderMap::new(),
+            b"",
+            true,
+        );
+        assert_eq!(&pq[s.query[0].clone()], "ocs_k");
+        let split = &s.split_at_semicolon[0];
+        assert!(split.in_query);
+        assert_eq!(&pq[split.whole.clone()], "ocs_k;n%6fte=ocs_k");
+        assert_eq!(split.fields, vec!["note"]);
     }
 }
