@@ -53,4 +53,22 @@ pub enum ClassifyError {
     BadAmount(String),
     #[error("email with no recipients the catalog can read")]
     NoRecipients,
+    /// A method override naming another method than the request's: the
+    /// token would decide one method and the server might run the other.
+    #[error(
+        "the request asks the server to run {requested} instead of {method} ({via}); openclaw \
+         decides the method the server runs, and cannot know whether this server honours \
+         the override"
+    )]
+    MethodOverride {
+        method: String,
+        requested: String,
+        via: String,
+    },
+    /// A multipart body too malformed to read that may hold a `_method`.
+    #[error(
+        "the multipart body may ask the server to run another method than {method} (_method) \
+         and cannot be read to tell; openclaw decides the method the server runs"
+    )]
+    MethodOverrideUnread { method: String },
 }

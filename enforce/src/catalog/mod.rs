@@ -18,6 +18,8 @@ mod json;
 mod llm;
 /// Body formats from the `Content-Type`.
 mod media;
+/// Method overrides naming another method: refused.
+mod method;
 /// The strict multipart/form-data reader.
 mod multipart;
 /// Field names as lenient servers compare them.
@@ -46,14 +48,6 @@ use rule::Extract;
 
 /// Default cap on the body bytes read to classify a request (64 KiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// Headers some frameworks honour to turn one method into another; a rule
-/// matches if either the request method or one of these names it.
-const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
 
 /// LLM APIs opened as WebSockets (OpenAI's Realtime API), on any host, as
 /// the built-in LLM rules are; the built-in HTTP paths count too (OpenAI's
@@ -182,8 +176,11 @@ impl Catalog {
             None
         } else {
             let readings = pattern::request_readings(req.path_and_query);
+            // A rule matches if the request method or an override header
+            // names it, so the refusal of an override ([`Matched::classify`]) names
+            // the rule the server may run.
             let mut methods = vec![req.method.trim().to_ascii_uppercase()];
-            for name in METHOD_OVERRIDE_HEADERS {
+            for (name, _) in method::HEADERS {
                 for v in req.headers.get_all(name) {
                     if let Ok(v) = v.to_str() {
                         methods.push(v.trim().to_ascii_uppercase());
@@ -236,6 +233,8 @@ impl<'c> Matched<'c> {
         if let Some(refused) = &self.refused {
             return Err(refused.clone());
         }
+        // Before the facts: which method the action is must be certain.
+        method::check(req, body, complete)?;
         let path = req
             .path_and_query
             .split(['?', '#'])
@@ -409,11 +408,21 @@ mod tests {
             ),
             Err(ClassifyError::Path(PathError::DotSegment))
         );
-        // Method override headers count too.
+        // Method override headers count too: the rule matches, and the
+        // request is refused, since the server may run either method.
         let mut headers = HeaderMap::new();
         headers.insert("x-http-method-override", "POST".parse().expect("valid"));
         let v = view("GET", "united.com", "/api/booking/purchase", &headers);
-        assert!(cat.match_request(&v).needs_body());
+        let m = cat.match_request(&v);
+        assert!(m.needs_body());
+        assert_eq!(
+            m.classify(&v, Some(body.as_bytes()), true),
+            Err(ClassifyError::MethodOverride {
+                method: "GET".into(),
+                requested: "POST".into(),
+                via: "X-HTTP-Method-Override".into()
+            })
+        );
         // Another host with the same path is not united's purchase.
         let a = classify(
             &cat,

@@ -1,0 +1,352 @@
+//! Method overrides: a header (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+//! `X-Method-Override`) or a `_method` field (in the query, or in a form
+//! body) asking the server to run another method than the request line's.
+//! Rails (Rack::MethodOverride), Laravel, Symfony, Express's
+//! method-override, ASP.NET Core and Google APIs honour some of them on a
+//! `POST`, Slim a header on any method, and other servers none: the proxy
+//! cannot know which method the upstream runs, so the token could decide
+//! (and the receipt record) a `POST` the server runs as a `DELETE`. A
+//! request naming another method is refused; one naming its own method
+//! changes nothing.
+
+use http::header::CONTENT_TYPE;
+
+use super::error::ClassifyError;
+use super::extract::RequestView;
+use super::media::MediaType;
+use super::multipart::parse_multipart;
+use super::names::form_name;
+
+/// The override headers (lower case) and how a reason names them.
+pub(super) const HEADERS: [(&str, &str); 3] = [
+    ("x-http-method-override", "X-HTTP-Method-Override"),
+    ("x-http-method", "X-HTTP-Method"),
+    ("x-method-override", "X-Method-Override"),
+];
+
+/// The override field's name as [`form_name`] reads it.
+const FIELD: &str = "_method";
+
+/// Refuses a request whose override headers or `_method` fields name a
+/// method other than its own. `body` is the body as buffered (all of it
+/// when `complete`).
+pub(super) fn check(
+    req: &RequestView<'_>,
+    body: Option<&[u8]>,
+    complete: bool,
+) -> Result<(), ClassifyError> {
+    let method = req.method.trim();
+    let refuse = |requested: &str, via: String| {
+        Err(ClassifyError::MethodOverride {
+            method: method.to_ascii_uppercase(),
+            requested: shown(requested),
+            via,
+        })
+    };
+    let other = |v: &str| {
+        let v = v.trim();
+        // An empty value names no method: servers ignore it.
+        !v.is_empty() && !v.eq_ignore_ascii_case(method)
+    };
+    for (name, value) in req.headers {
+        let Some((h, display)) = HEADERS.iter().find(|(h, _)| spelled_as(name.as_str(), h)) else {
+            continue;
+        };
+        let value = String::from_utf8_lossy(value.as_bytes());
+        if other(&value) {
+            let via = if name.as_str() == *h {
+                (*display).to_owned()
+            } else {
+                name.as_str().to_owned()
+            };
+            return refuse(&value, via);
+        }
+    }
+    let query = req
+        .path_and_query
+        .split_once('?')
+        .map_or("", |(_, q)| q.split('#').next().unwrap_or(""));
+    if let Some(v) = urlencoded_fields(query.as_bytes()).find(|v| other(v)) {
+        return refuse(&v, format!("{FIELD} in the query"));
+    }
+    let Some(body) = body.filter(|b| !b.is_empty()) else {
+        return Ok(());
+    };
+    let mut types = req.headers.get_all(CONTENT_TYPE).iter().peekable();
+    // Rack reads a POST without a Content-Type as a form.
+    let untyped = types.peek().is_none().then_some("");
+    let types = types
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .chain(untyped.map(str::to_owned));
+    for content_type in types {
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let value = if essence.is_empty() || essence == "application/x-www-form-urlencoded" {
+            // What was buffered, even short of the whole body: pairs are
+            // read one by one.
+            urlencoded_fields(body).find(|v| other(v))
+        } else if essence.starts_with("multipart/") && complete {
+            let pairs = MediaType::parse(&content_type)
+                .and_then(|m| m.param("boundary").map(str::to_owned))
+                .ok_or(())
+                .and_then(|b| parse_multipart(body, &b).map_err(|_| ()));
+            match pairs {
+                Ok(pairs) => pairs
+                    .into_iter()
+                    .filter(|p| p.name.field == FIELD)
+                    .map(|p| p.value)
+                    .find(|v| other(v)),
+                // A body the strict reader refuses may still hold a
+                // `_method` part for a lenient one: refused if it could.
+                Err(()) if may_name_method(body) => {
+                    return Err(ClassifyError::MethodOverrideUnread {
+                        method: method.to_ascii_uppercase(),
+                    })
+                }
+                Err(()) => None,
+            }
+        } else {
+            None
+        };
+        if let Some(v) = value {
+            return refuse(&v, format!("{FIELD} in the form body"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a (lower-case) header name is `want`, or a CGI spelling of it:
+/// CGI-style servers read `x_http_method` as `x-http-method`. Checked for
+/// every header of every request, so without allocating.
+fn spelled_as(name: &str, want: &str) -> bool {
+    name.len() == want.len()
+        && name
+            .bytes()
+            .zip(want.bytes())
+            .all(|(n, w)| n == w || (n == b'_' && w == b'-'))
+}
+
+/// The values of `_method` fields in urlencoded text (decoded leniently,
+/// names read as PHP and Rails read them), split at `&` only and, when
+/// there is a `;`, at `;` too (servers that do read other pairs).
+fn urlencoded_fields(text: &[u8]) -> impl Iterator<Item = String> + '_ {
+    let readings: &[bool] = if text.contains(&b';') {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    readings.iter().flat_map(move |&semicolons| {
+        text.split(move |&b| b == b'&' || (semicolons && b == b';'))
+            .filter_map(|pair| form_urlencoded::parse(pair).next())
+            .filter(|(name, _)| form_name(name).field == FIELD)
+            .map(|(_, value)| value.into_owned())
+    })
+}
+
+/// Whether a multipart body could name a `_method` part: the word, or an
+/// RFC 2231 `name*` that could spell it encoded.
+fn may_name_method(body: &[u8]) -> bool {
+    body.windows(6).any(|w| w.eq_ignore_ascii_case(b"method"))
+        || body.windows(5).any(|w| w.eq_ignore_ascii_case(b"name*"))
+}
+
+/// A requested method as a reason shows it: a short token upper-cased,
+/// anything else quoted and cut short (the sandbox wrote it).
+fn shown(value: &str) -> String {
+    let v = value.trim();
+    if v.len() <= 24
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        v.to_ascii_uppercase()
+    } else {
+        format!("{:?}", v.chars().take(24).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use capabilities::Host;
+    use http::HeaderMap;
+
+    use super::*;
+
+    fn check_one(
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<(), ClassifyError> {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                http::header::HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        let host = Host::parse("shop.example").expect("host");
+        let view = RequestView {
+            method,
+            host: &host,
+            path_and_query: target,
+            headers: &map,
+        };
+        check(&view, Some(body.as_bytes()), true)
+    }
+
+    const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+    fn via(r: Result<(), ClassifyError>) -> Option<(String, String, String)> {
+        match r {
+            Err(ClassifyError::MethodOverride {
+                method,
+                requested,
+                via,
+            }) => Some((method, requested, via)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn overrides_to_another_method_are_refused() {
+        let cases = [
+            (
+                "POST",
+                "/x",
+                vec![("x-http-method-override", "DELETE")],
+                "",
+                "DELETE",
+                "X-HTTP-Method-Override",
+            ),
+            (
+                "GET",
+                "/x",
+                vec![("x-http-method", " delete ")],
+                "",
+                "DELETE",
+                "X-HTTP-Method",
+            ),
+            (
+                "POST",
+                "/x",
+                vec![("x-method-override", "PUT")],
+                "",
+                "PUT",
+                "X-Method-Override",
+            ),
+            (
+                "POST",
+                "/x",
+                vec![("x_http_method_override", "PUT")],
+                "",
+                "PUT",
+                "x_http_method_override",
+            ),
+            (
+                "POST",
+                "/x?_method=put",
+                vec![],
+                "",
+                "PUT",
+                "_method in the query",
+            ),
+            (
+                "POST",
+                "/x?a=1;_method=PATCH",
+                vec![],
+                "",
+                "PATCH",
+                "_method in the query",
+            ),
+            (
+                "POST",
+                "/x",
+                vec![FORM],
+                "a=1&_method=DELETE",
+                "DELETE",
+                "_method in the form body",
+            ),
+            (
+                "POST",
+                "/x",
+                vec![FORM],
+                "_method=PUT;a=1",
+                "\"PUT;a=1\"",
+                "_method in the form body",
+            ),
+            (
+                "POST",
+                "/x",
+                vec![],
+                "%5Fmethod=PUT",
+                "PUT",
+                "_method in the form body",
+            ),
+            (
+                "POST",
+                "/x",
+                vec![FORM],
+                ".method=PUT",
+                "PUT",
+                "_method in the form body",
+            ),
+        ];
+        for (method, target, headers, body, requested, how) in cases {
+            assert_eq!(
+                via(check_one(method, target, &headers, body)),
+                Some((method.into(), requested.into(), how.into())),
+                "{method} {target} {headers:?} {body}"
+            );
+        }
+        let multipart = ("content-type", "multipart/form-data; boundary=XyZ");
+        let body =
+            "--XyZ\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nPUT\r\n--XyZ--";
+        assert_eq!(
+            via(check_one("POST", "/x", &[multipart], body)),
+            Some((
+                "POST".into(),
+                "PUT".into(),
+                "_method in the form body".into()
+            ))
+        );
+        // Unreadable for the strict reader, and may name it: refused.
+        let body = "--XyZ\r\nContent-Disposition: form-data; name*=utf-8''%5Fm%65thod\r\n\r\nPUT\r\n--XyZ--";
+        assert!(matches!(
+            check_one("POST", "/x", &[multipart], body),
+            Err(ClassifyError::MethodOverrideUnread { .. })
+        ));
+    }
+
+    #[test]
+    fn overrides_naming_the_request_method_and_other_fields_pass() {
+        let multipart = ("content-type", "multipart/form-data; boundary=XyZ");
+        for (method, target, headers, body) in [
+            ("POST", "/x", vec![("x-http-method-override", "post")], ""),
+            ("GET", "/x?_method=GET&method=DELETE", vec![], ""),
+            ("POST", "/x", vec![FORM], "_method=POST&my_method=PUT"),
+            ("POST", "/x", vec![FORM], "_method="),
+            (
+                "POST",
+                "/x",
+                vec![("content-type", "application/json")],
+                r#"{"_method":"PUT"}"#,
+            ),
+            (
+                "POST",
+                "/x",
+                vec![multipart],
+                "--XyZ\r\nX-Other: 1\r\n\r\nhi\r\n--XyZ--",
+            ),
+        ] {
+            assert_eq!(
+                check_one(method, target, &headers, body),
+                Ok(()),
+                "{method} {target} {headers:?} {body}"
+            );
+        }
+    }
+}
