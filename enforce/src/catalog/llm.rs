@@ -7,13 +7,18 @@ use super::error::CatalogError;
 use super::file::{AmountUnit, LlmPriceFile, RuleFile, RuleKind};
 
 /// The built-in LLM endpoints, matched on any host unless a catalog rule
-/// matched first: OpenAI-style and Anthropic-style APIs.
+/// matched first: OpenAI-style and Anthropic-style APIs, under any prefix
+/// (gateways mount them under their own: OpenRouter's `/api/v1/…`, Azure's
+/// `/openai/deployments/<name>/chat/completions`). Metering reads a call's
+/// shape from the same last segments (`metering/shapes.rs`); a call under
+/// a prefix that was not an `llm` action would escape the `llm` grant and
+/// the budget wherever the token allows web POSTs to the host.
 const BUILTIN_LLM_PATHS: [&str; 5] = [
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/responses",
-    "/v1/embeddings",
-    "/v1/messages",
+    "/**/chat/completions",
+    "/**/v1/completions",
+    "/**/v1/responses",
+    "/**/v1/embeddings",
+    "/**/v1/messages",
 ];
 
 /// A catalog's `[[llm_price]]`: micro-USD per million tokens (so that whole

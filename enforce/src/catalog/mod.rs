@@ -52,7 +52,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// LLM APIs opened as WebSockets (OpenAI's Realtime API), on any host, as
 /// the built-in LLM rules are; the built-in HTTP paths count too (OpenAI's
 /// Responses API also runs over a WebSocket at `/v1/responses`).
-const LLM_WEBSOCKET_PATHS: [&str; 1] = ["/v1/realtime"];
+const LLM_WEBSOCKET_PATHS: [&str; 1] = ["/**/v1/realtime"];
 
 /// A loaded service catalog.
 #[derive(Debug, Clone)]
@@ -572,7 +572,10 @@ mod tests {
                 "does not apply",
             ),
             ("[[rule]]\nhost='a*'\npath='/x'\ntype='web'\n", "bad host"),
-            ("[[rule]]\nhost='a'\npath='/**/x'\ntype='web'\n", "** only"),
+            (
+                "[[rule]]\nhost='a'\npath='/a/**/x'\ntype='web'\n",
+                "** only",
+            ),
             (
                 "[[rule]]\nhost='a'\npath='/x'\ntype='web'\nbogus=1\n",
                 "unknown field",
@@ -614,6 +617,24 @@ mod tests {
         assert_eq!((a.kind, a.cost_micro_usd), (ActionType::Llm, None));
         let a = classify(&cat, "GET", "api.anthropic.com", "/v1/messages", "").expect("web");
         assert_eq!(a.kind, ActionType::Web);
+        // Under a gateway's prefix, as metering reads the shape.
+        for (host, path) in [
+            ("openrouter.ai", "/api/v1/chat/completions"),
+            (
+                "x.openai.azure.com",
+                "/openai/deployments/gpt/chat/completions?api-version=2024-10-21",
+            ),
+            ("gateway.example", "/team/a/v1/messages"),
+            ("gateway.example", "/llm/v1/embeddings"),
+        ] {
+            let a = classify(&cat, "POST", host, path, body).expect("llm");
+            assert_eq!(a.kind, ActionType::Llm, "{host}{path}");
+        }
+        // Paths that only end like one stay web.
+        for path in ["/api/v10/channels/1/messages", "/forms/1/responses"] {
+            let a = classify(&cat, "POST", "chat.example", path, "{}").expect("web");
+            assert_eq!(a.kind, ActionType::Web, "{path}");
+        }
         let off = Catalog::from_toml("builtin_llm = false").expect("parses");
         let a =
             classify(&off, "POST", "api.openai.com", "/v1/chat/completions", body).expect("web");

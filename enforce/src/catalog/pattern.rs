@@ -35,12 +35,17 @@ impl RuleHost {
 }
 
 /// A path pattern: literal segments, `*` for one segment, a final `**` for
-/// any rest (including nothing). Literals are folded (`names.rs`): servers
-/// such as ASP.NET route without case, and a rule errs towards matching.
+/// any rest (including nothing), or a leading `**` for any prefix
+/// (including nothing: an API a gateway mounts under a path of its own).
+/// Literals are folded (`names.rs`): servers such as ASP.NET route without
+/// case, and a rule errs towards matching.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct PathPattern {
     segments: Vec<String>,
+    /// A final `**`.
     rest: bool,
+    /// A leading `**`: the pattern's segments are the request's last ones.
+    prefix: bool,
 }
 
 impl PathPattern {
@@ -61,14 +66,28 @@ impl PathPattern {
         if segments.iter().any(|seg| seg == "." || seg == "..") {
             return Err(format!("path {s:?}: no dot segments"));
         }
-        let rest = segments.last().is_some_and(|l| l == "**");
+        let rest =
+            segments.len() > 1 && segments.last().is_some_and(|l| l == "**") || segments == ["**"];
         if rest {
             segments.pop();
         }
-        if segments.iter().any(|seg| seg == "**") {
-            return Err(format!("path {s:?}: ** only as the last segment"));
+        let prefix = segments.first().is_some_and(|f| f == "**");
+        if prefix {
+            segments.remove(0);
+            if rest {
+                return Err(format!("path {s:?}: ** at one end only"));
+            }
         }
-        Ok(PathPattern { segments, rest })
+        if segments.iter().any(|seg| seg == "**") {
+            return Err(format!(
+                "path {s:?}: ** only as the first or the last segment"
+            ));
+        }
+        Ok(PathPattern {
+            segments,
+            rest,
+            prefix,
+        })
     }
 
     /// Whether any reading of the request path (folded segments) falls
@@ -82,19 +101,25 @@ impl PathPattern {
     /// endpoint without it.
     fn matches_one(&self, segments: &[String]) -> bool {
         if segments.len() < self.segments.len()
-            || (!self.rest && segments.len() != self.segments.len())
+            || (!self.rest && !self.prefix && segments.len() != self.segments.len())
         {
             return false;
         }
+        // With a leading `**`, the request's last segments are compared.
+        let skip = if self.prefix {
+            segments.len() - self.segments.len()
+        } else {
+            0
+        };
         let last = segments.len() - 1;
         self.segments
             .iter()
-            .zip(segments)
+            .zip(&segments[skip..])
             .enumerate()
             .all(|(i, (p, s))| {
                 p == "*"
                     || p == s
-                    || (i == last
+                    || (i + skip == last
                         && s.strip_prefix(p.as_str())
                             .is_some_and(|x| x.starts_with('.')))
             })
@@ -109,4 +134,48 @@ pub(super) fn request_readings(target: &str) -> Vec<Vec<String>> {
         .into_iter()
         .map(|r| r.iter().map(|seg| fold(seg)).collect())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(pattern: &str, path: &str) -> bool {
+        PathPattern::parse(pattern)
+            .expect("pattern")
+            .matches(&request_readings(path))
+    }
+
+    #[test]
+    fn a_leading_double_star_matches_any_prefix_and_a_final_one_any_rest() {
+        let p = "/**/v1/chat/completions";
+        for path in [
+            "/v1/chat/completions",
+            "/api/v1/chat/completions",
+            "/a/b/c/v1/chat/completions",
+            "/api/V1/Chat/Completions",
+        ] {
+            assert!(matches(p, path), "{path}");
+        }
+        for path in [
+            "/v1/chat/completions/x",
+            "/v1/chat",
+            "/api/v2/chat/completions",
+        ] {
+            assert!(!matches(p, path), "{path}");
+        }
+        assert!(matches("/api/**", "/api"));
+        assert!(matches("/api/**", "/api/a/b"));
+        assert!(!matches("/api/**", "/apix"));
+        assert!(matches("/**", "/anything/at/all"));
+        assert!(matches("/a/*/c", "/a/b/c"));
+        assert!(!matches("/a/*/c", "/a/b/c/d"));
+    }
+
+    #[test]
+    fn a_double_star_is_only_at_one_end() {
+        for bad in ["/**/a/**", "/a/**/b", "/**/**/a"] {
+            assert!(PathPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
 }
