@@ -47,21 +47,27 @@ async fn a_get_overridden_to_delete_is_refused() {
     assert!(d[0].3.contains("instead of GET"), "{}", d[0].3);
 }
 
-/// The usual shape: a token granting `POST` (not `DELETE`) on a site; a
-/// `POST` the server runs as a `DELETE` is refused, under every override
-/// header name (and a CGI spelling of one), in any case.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_post_overridden_to_another_method_is_refused_where_post_is_granted() {
+/// A session whose token grants `POST` as well as `GET` and `HEAD` on the
+/// site (the default policy grants reads only).
+async fn session_granting_post() -> Session {
     let policy = POLICY.replace(
         r#"methods = ["GET", "HEAD"]"#,
         r#"methods = ["GET", "HEAD", "POST"]"#,
     );
     assert_ne!(policy, POLICY);
-    let s = Session::start(Options {
+    Session::start(Options {
         policy,
         ..Options::default()
     })
-    .await;
+    .await
+}
+
+/// The usual shape: a token granting `POST` (not `DELETE`) on a site; a
+/// `POST` the server runs as a `DELETE` is refused, under every override
+/// header name (and a CGI spelling of one), in any case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_overridden_to_another_method_is_refused_where_post_is_granted() {
+    let s = session_granting_post().await;
     let url = "https://kayak.com/account/saved/1";
     for (header, requested, via) in [
         (
@@ -96,15 +102,7 @@ async fn a_post_overridden_to_another_method_is_refused_where_post_is_granted() 
 /// multipart) or in the query (Symfony) is an override like the headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_field_to_another_method_is_refused() {
-    let policy = POLICY.replace(
-        r#"methods = ["GET", "HEAD"]"#,
-        r#"methods = ["GET", "HEAD", "POST"]"#,
-    );
-    let s = Session::start(Options {
-        policy,
-        ..Options::default()
-    })
-    .await;
+    let s = session_granting_post().await;
     let url = "https://kayak.com/account/saved/1";
     let form = "content-type: application/x-www-form-urlencoded";
     let attempts: Vec<(&str, Vec<&str>, &str, &str)> = vec![
@@ -146,15 +144,7 @@ async fn a_method_field_to_another_method_is_refused() {
 /// decided and forwarded as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_override_naming_the_request_method_is_forwarded() {
-    let policy = POLICY.replace(
-        r#"methods = ["GET", "HEAD"]"#,
-        r#"methods = ["GET", "HEAD", "POST"]"#,
-    );
-    let s = Session::start(Options {
-        policy,
-        ..Options::default()
-    })
-    .await;
+    let s = session_granting_post().await;
     let r = s
         .curl(
             "https://kayak.com/account/saved/1?_method=post",
