@@ -164,6 +164,10 @@ async fn answer(
         .map(|p| p.to_string())
         .unwrap_or_default();
     let headers = req.headers().clone();
+    let range = headers
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = req
         .into_body()
         .collect()
@@ -194,6 +198,11 @@ async fn answer(
         body,
     });
     if let Some(how) = path.strip_prefix("/vault/") {
+        // a server that honours `Range` (static files, object
+        // stores): 206 with the bytes asked for.
+        if let Some(range) = range.filter(|_| how == "plain") {
+            return Ok(ranged(&range, &stored));
+        }
         return Ok(vault(how, &stored));
     }
     if let Some(on_upgrade) = on_upgrade {
@@ -252,6 +261,26 @@ fn websocket_echo(
         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
     );
     h.insert("x-stored", header);
+    resp
+}
+
+/// `bytes=a-b` of `stored`, as a 206.
+fn ranged(range: &str, stored: &[u8]) -> Response<MockBody> {
+    let (a, b) = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .unwrap();
+    let a: usize = a.parse().unwrap();
+    let b: usize = b
+        .parse::<usize>()
+        .unwrap()
+        .min(stored.len().saturating_sub(1));
+    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(&stored[a..=b])).boxed());
+    *resp.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+    resp.headers_mut().insert(
+        http::header::CONTENT_RANGE,
+        format!("bytes {a}-{b}/{}", stored.len()).parse().unwrap(),
+    );
     resp
 }
 
@@ -323,6 +352,104 @@ fn vault(how: &str, stored: &[u8]) -> Response<MockBody> {
                 .insert("trailer", http::HeaderValue::from_static("x-stored"));
             return resp;
         }
+        // the stored text as the status line's reason phrase.
+        "reason" => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"x")).boxed());
+            let reason: Vec<u8> = stored
+                .iter()
+                .copied()
+                .filter(|b| *b >= 0x20 && *b < 0x7f)
+                .collect();
+            resp.extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::try_from(reason).unwrap());
+            return resp;
+        }
+        // percent-encoded as JavaScript's encodeURIComponent does
+        // (`!'()*~` left as they are), say in a redirect's Location.
+        "uri-component" => {
+            let enc: String = stored
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            let mut resp = Response::new(
+                Full::new(Bytes::from(format!("<a href=\"/u?v={enc}\">x</a>"))).boxed(),
+            );
+            *resp.status_mut() = http::StatusCode::FOUND;
+            resp.headers_mut().insert(
+                http::header::LOCATION,
+                format!("/next?v={enc}").parse().unwrap(),
+            );
+            return resp;
+        }
+        // the text in UTF-16LE, as its Content-Type says.
+        "utf16" => {
+            let body: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+            let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-16le".parse().unwrap(),
+            );
+            return resp;
+        }
+        // the stored password as Go writes an HTML fragment into
+        // JSON: HTML-escaped (`"` as `&#34;`), then `&` as `\u0026`.
+        "go-html-json" => {
+            let v: serde_json::Value = serde_json::from_slice(stored).unwrap();
+            let pw = v["password"].as_str().unwrap();
+            let html = pw
+                .replace('&', "&amp;")
+                .replace('"', "&#34;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;");
+            let json =
+                serde_json::to_string(&serde_json::json!({ "html": format!("<b>{html}</b>") }))
+                    .unwrap()
+                    .replace('&', "\\u0026")
+                    .replace('<', "\\u003c")
+                    .replace('>', "\\u003e");
+            (None, json.into_bytes())
+        }
+        // base64 of the stored text (a token or cookie built from it).
+        "base64" => {
+            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut out = String::new();
+            for c in stored.chunks(3) {
+                let n = (u32::from(c[0]) << 16)
+                    | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                    | u32::from(*c.get(2).unwrap_or(&0));
+                for i in 0..4 {
+                    if i <= c.len() {
+                        out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                    } else {
+                        out.push('=');
+                    }
+                }
+            }
+            (None, out.into_bytes())
+        }
+        // a JavaScript string literal as Google's and Go's JS
+        // escapers write it: punctuation as `\xHH`.
+        "js" => {
+            let js: String = text
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_string()
+                    } else {
+                        format!("\\x{:02x}", u32::from(c))
+                    }
+                })
+                .collect();
+            (None, format!("var stored = \"{js}\";").into_bytes())
+        }
+        // upper-cased (a server normalising what it stores).
+        "upper" => (None, text.to_uppercase().into_bytes()),
         other => panic!("no vault mode {other}"),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
