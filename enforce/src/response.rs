@@ -3,7 +3,8 @@
 //! the trailers. The body is decoded first when it is compressed (requests
 //! to such hosts ask for `identity`, but a server may ignore that), so the
 //! sandbox gets it decoded and masked; a coding the proxy cannot decode, or
-//! several stacked, is refused rather than passed on unread.
+//! several stacked, is refused rather than passed on unread, and so is a
+//! charset in which ASCII text is not ASCII bytes (UTF-16, say).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,6 +24,11 @@ pub(crate) fn masked(
     let Some(echo) = creds.echo_filter() else {
         return ResponseVerdict::Pass;
     };
+    if let Some(charset) = unreadable_charset(&head.headers) {
+        return ResponseVerdict::Refuse(format!(
+            "response-charset: a body in charset {charset:?} cannot be checked for echoed secrets"
+        ));
+    }
     let codings: Vec<String> = proxy::coding_tokens(&head.headers, &header::CONTENT_ENCODING)
         .filter(|c| c != "identity")
         .collect();
@@ -58,6 +64,59 @@ pub(crate) fn masked(
         input_done: false,
         tail_given: false,
     }))
+}
+
+/// Charset labels (prefixes, lower case) of encodings in which ASCII text is
+/// ASCII bytes: the mask reads bodies as bytes, so a secret in UTF-16
+/// (`H\0u\0…`), UTF-32, UTF-7 or EBCDIC would pass it unseen while the
+/// client decodes it by the label. A list of the readable ones rather
+/// than of the others, so an unknown label is refused, not guessed.
+const ASCII_COMPATIBLE_CHARSETS: [&str; 24] = [
+    "utf-8",
+    "utf8",
+    "us-ascii",
+    "ascii",
+    "iso-8859-",
+    "iso8859-",
+    "iso_8859-",
+    "latin",
+    "l1",
+    "windows-125",
+    "cp125",
+    "koi8",
+    "shift_jis",
+    "shift-jis",
+    "sjis",
+    "euc-",
+    "gb2312",
+    "gbk",
+    "gb18030",
+    "big5",
+    "tis-620",
+    "iso-2022-jp",
+    "macintosh",
+    "x-mac-",
+];
+
+/// The response's charset, when it names an encoding the mask cannot read
+/// (see [`ASCII_COMPATIBLE_CHARSETS`]).
+fn unreadable_charset(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';').skip(1))
+        .filter_map(|param| {
+            let text = String::from_utf8_lossy(param);
+            let (name, value) = text.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("charset")
+                .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+        })
+        .find(|label| {
+            !ASCII_COMPATIBLE_CHARSETS
+                .iter()
+                .any(|known| label.starts_with(known))
+        })
 }
 
 /// Decode (when compressed), then mask; see the module doc.
@@ -128,5 +187,44 @@ impl ResponseFilter for MaskResponse {
 
     fn trailers(&mut self, trailers: &mut HeaderMap) {
         self.creds.mask_headers(trailers);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charset_of(content_type: &str) -> Option<String> {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, content_type.parse().expect("value"));
+        unreadable_charset(&h)
+    }
+
+    #[test]
+    fn only_charsets_in_which_ascii_is_ascii_bytes_are_read() {
+        for readable in [
+            "application/json",
+            "text/html; charset=utf-8",
+            "text/html; charset=\"UTF-8\"",
+            "text/plain; charset=ISO-8859-1",
+            "text/plain; format=flowed; charset=windows-1252",
+            "text/html;charset=Shift_JIS",
+        ] {
+            assert_eq!(charset_of(readable), None, "{readable}");
+        }
+        for (unreadable, label) in [
+            ("text/plain; charset=utf-16le", "utf-16le"),
+            ("application/json; charset=\"UTF-16\"", "utf-16"),
+            ("text/plain; charset=utf-32", "utf-32"),
+            ("text/plain; charset=UTF-7", "utf-7"),
+            ("text/plain; charset=cp037", "cp037"),
+            ("text/plain; charset=no-such-thing", "no-such-thing"),
+        ] {
+            assert_eq!(
+                charset_of(unreadable).as_deref(),
+                Some(label),
+                "{unreadable}"
+            );
+        }
     }
 }

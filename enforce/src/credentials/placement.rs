@@ -109,6 +109,17 @@ pub(super) fn is_form(content_type: &str) -> bool {
     media_type(content_type) == "application/x-www-form-urlencoded"
 }
 
+/// The one Content-Type a body is read by (none when there are several).
+/// Placement and substitution read the same one, so a secret is encoded
+/// for the syntax its place was found in.
+pub(super) fn body_content_type(headers: &HeaderMap) -> &str {
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    match (types.next(), types.next()) {
+        (Some(v), None) => v.to_str().unwrap_or(""),
+        _ => "",
+    }
+}
+
 fn media_type(content_type: &str) -> String {
     content_type
         .split(';')
@@ -129,11 +140,7 @@ pub(super) fn locate(
     complete: bool,
 ) -> Spots {
     let mut spots = Spots::default();
-    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
-    let content_type = match (types.next(), types.next()) {
-        (Some(v), None) => v.to_str().unwrap_or(""),
-        _ => "",
-    };
+    let content_type = body_content_type(headers);
     for p in placements {
         match p {
             Placement::Header(name) => spots.headers.push(name.clone()),

@@ -10,6 +10,7 @@ use http::HeaderMap;
 
 use super::encode::{json_escaped, percent_encoded, uri_encoded};
 use super::finder::build;
+use super::placement::{body_content_type, is_form, is_json};
 use super::store::Secret;
 
 /// Why a granted substitution could not be made (the request is blocked).
@@ -127,14 +128,14 @@ impl Substitution {
 
         // Body.
         if !body.is_empty() {
-            let content_type = headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            let encode: fn(&str) -> String = if content_type.contains("json") {
+            // The media type as placement read it: a `json` in a parameter
+            // of a form's type (`…urlencoded; profile=json`) once chose JSON
+            // escaping, leaving `&` and `=` raw, so part of a secret landed
+            // in another form field.
+            let content_type = body_content_type(headers);
+            let encode: fn(&str) -> String = if is_json(content_type) {
                 json_escaped
-            } else if content_type.starts_with("application/x-www-form-urlencoded") {
+            } else if is_form(content_type) {
                 percent_encoded
             } else {
                 |s: &str| s.to_owned()

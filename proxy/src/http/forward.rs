@@ -413,6 +413,7 @@ fn respond(
     }
     fold_transfer_codings(&mut parts.headers);
     strip_hop_by_hop(&mut parts.headers, false);
+    drop_reason_phrase(&mut parts);
     if close {
         parts
             .headers
@@ -458,6 +459,14 @@ fn respond(
         body
     };
     Response::from_parts(parts, body)
+}
+
+/// Drops upstream's own reason phrase (hyper keeps it as an extension and
+/// would write it to an HTTP/1.1 sandbox): it is text no gate filter sees
+/// (a server may put a stored secret there), and clients ignore it; the
+/// sandbox gets the status code's standard phrase.
+fn drop_reason_phrase(parts: &mut http::response::Parts) {
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
 }
 
 /// A WebSocket the gate let through: a dedicated HTTP/1.1 upstream
@@ -510,6 +519,7 @@ async fn tunnel(
     let up = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, true);
+    drop_reason_phrase(&mut parts);
     let mask = match message_mask(ctx, &report.request, &mut parts) {
         Ok(mask) => mask,
         Err(reason) => {
