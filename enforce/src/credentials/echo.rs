@@ -1,10 +1,12 @@
 //! Echo masking: a secret a response sends back is replaced by its
 //! placeholder before the sandbox sees it, in header values and in bodies
-//! streamed chunk by chunk. A secret is found as written raw, JSON-escaped,
-//! form- or URL-encoded, and through the escapes servers emit: the text is
-//! also read with its JSON escapes undone and with its HTML character
-//! references undone (`escapes.rs`), so `H\u0075nter2` and `H&#117;nter2`
-//! are masked like `Hunter2`.
+//! streamed chunk by chunk. A secret is found, in any ASCII case, as
+//! written raw, JSON-escaped, form- or URL-encoded, and through the escapes
+//! servers emit: the text is also read with its JSON (and JavaScript)
+//! escapes undone, with its HTML character references undone and with its
+//! percent-encoding undone (`escapes.rs`), and each of these readings read
+//! again through one more layer, so `H\u0075nter2`, `H&#117;nter2`,
+//! `H\u0026#117;nter2` and `H%2575nter2` are masked like `Hunter2`.
 
 use std::sync::Arc;
 
@@ -20,6 +22,14 @@ use super::store::Secret;
 
 /// Undoes one kind of escape (`escapes.rs`).
 type Undo = fn(&[u8]) -> Unescaped;
+
+/// The layers of escapes undone, each with the byte every escape of its
+/// kind starts with.
+const LAYERS: [(u8, Undo); 3] = [
+    (b'\\', escapes::json),
+    (b'&', escapes::html),
+    (b'%', escapes::percent),
+];
 
 /// A secret found in raw text: its range and which secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +76,8 @@ impl EchoMask {
         Some(EchoMask {
             longest_encoded: encoded.iter().map(String::len).max().unwrap_or(0),
             longest_plain: plain.iter().map(String::len).max().unwrap_or(0),
-            encoded: build(&encoded, false)?,
-            plain: build(&plain, false)?,
+            encoded: build(&encoded, true)?,
+            plain: build(&plain, true)?,
             encoded_secret,
             placeholders: placeholders.to_vec(),
         })
@@ -128,10 +138,42 @@ impl EchoMask {
         cut.max(pos)
     }
 
+    /// The readings of `buf` that can differ from it: each layer of escapes
+    /// undone where its marker occurs, then (where the first layer undid
+    /// something and left a marker of the next) a second layer undone over
+    /// the first (an HTML fragment in a JSON string, a JSON text quoted in
+    /// another, a percent-encoded value encoded twice). Nothing is built
+    /// for text without markers.
+    fn readings(buf: &[u8]) -> Vec<Unescaped> {
+        let mut read = Vec::new();
+        for (marker, undo) in LAYERS {
+            if memchr::memchr(marker, buf).is_none() {
+                continue;
+            }
+            let first = undo(buf);
+            if !first.matters() {
+                continue;
+            }
+            if first.changed {
+                for (marker2, undo2) in LAYERS {
+                    if memchr::memchr(marker2, &first.bytes).is_none() {
+                        continue;
+                    }
+                    let second = undo2(&first.bytes);
+                    if second.matters() {
+                        read.push(escapes::compose(&first, second, buf.len()));
+                    }
+                }
+            }
+            read.push(first);
+        }
+        read
+    }
+
     /// Every secret in `buf` (merged where readings overlap), and from
     /// where on a streaming filter must hold bytes back: a match could
     /// start there and end in bytes not received yet, or an escape is cut.
-    /// With `at_end` nothing more comes.
+    /// With `at_end` nothing more comes. No hit runs across the hold.
     fn hits(&self, buf: &[u8], at_end: bool) -> (Vec<Hit>, usize) {
         let mut hits: Vec<Hit> = self
             .encoded
@@ -148,14 +190,7 @@ impl EchoMask {
             buf.len()
                 .saturating_sub(self.longest_encoded.saturating_sub(1))
         };
-        // The unescaped readings only differ where there is an escape.
-        let views: [(u8, Undo); 2] = [(b'\\', escapes::json), (b'&', escapes::html)];
-        let mut read = Vec::with_capacity(2);
-        for (marker, undo) in views {
-            if buf.contains(&marker) {
-                read.push(undo(buf));
-            }
-        }
+        let read = Self::readings(buf);
         for u in &read {
             for m in self.plain.find_iter(&u.bytes) {
                 hits.push(Hit {
@@ -174,29 +209,34 @@ impl EchoMask {
                 hold = hold.min(view_hold).min(decoded_end);
             }
         }
-        // Never cut inside an escape: the held tail is read again with the
-        // next chunk and must start where a reading can start.
-        if !at_end {
-            loop {
-                let snapped = read.iter().fold(hold, |at, u| {
-                    let i = u.from.partition_point(|r| r.1 <= at);
-                    match u.from.get(i) {
-                        Some(r) if r.0 < at => r.0,
-                        _ => at,
-                    }
-                });
-                if snapped == hold {
-                    break;
-                }
-                hold = snapped;
-            }
-        }
         hits.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
         let mut merged: Vec<Hit> = Vec::with_capacity(hits.len());
         for h in hits {
             match merged.last_mut() {
                 Some(last) if h.start < last.end => last.end = last.end.max(h.end),
                 _ => merged.push(h),
+            }
+        }
+        // Never cut inside an escape (of any reading) nor inside a match:
+        // the held tail is read again with the next chunk and must start
+        // where every reading can start.
+        if !at_end {
+            loop {
+                let mut at = read.iter().fold(hold, |at, u| {
+                    let i = u.from.partition_point(|r| r.1 <= at);
+                    match u.from.get(i) {
+                        Some(r) if r.0 < at => r.0,
+                        _ => at,
+                    }
+                });
+                let i = merged.partition_point(|h| h.end <= at);
+                if let Some(h) = merged.get(i).filter(|h| h.start < at) {
+                    at = h.start;
+                }
+                if at == hold {
+                    break;
+                }
+                hold = at;
             }
         }
         (merged, hold)
@@ -295,6 +335,56 @@ mod tests {
         );
         // The one-letter secret is masked wherever it stands.
         assert_eq!(stream(&m, b"&#107;", 1), "<P1>");
+    }
+
+    #[test]
+    fn layered_js_percent_and_upper_cased_echoes_are_masked_in_any_split() {
+        let m = mask(&["Hunter2!\"real-P@ss/é"]);
+        let bodies = [
+            // A JSON text quoted in JSON (a request echoed as a string).
+            r#"{"body":"{\"password\":\"Hunter2!\\\"real-P@ss\\/\\u00e9\"}"}"#,
+            // An HTML fragment in JSON as Go writes it (`&` as `\u0026`)...
+            r#"{"html":"\u003cb\u003eHunter2!\u0026#34;real-P@ss/\u0026eacute;\u003c/b\u003e"}"#,
+            // ... and as PHP does (`/` as `\/`, `&` raw).
+            r#"{"html":"Hunter2!&quot;real-P@ss\/&#233;"}"#,
+            // JSON in an HTML attribute.
+            r#"<div data-x="{&quot;pw&quot;:&quot;Hunter2!\&quot;real-P@ss\/\u00e9&quot;}">"#,
+            // Twice HTML-escaped.
+            "<p>Hunter2!&amp;quot;real-P@ss/&amp;eacute;</p>",
+            // A JavaScript string literal.
+            r#"var s = "Hunter2\x21\x22real\x2dP\x40ss\x2f\xe9";"#,
+            // Percent-encoded as encodeURIComponent does, then twice.
+            "/next?v=Hunter2!%22real-P%40ss%2F%C3%A9&w=Hunter2%2521%2522real-P%2540ss%252F%25C3%25A9",
+            // A URL in JSON.
+            r#"{"url":"\/u?v=Hunter2!%22real-P%40ss\/%C3%A9"}"#,
+            // Upper-cased, raw and escaped.
+            "HUNTER2!\"REAL-P@SS/é",
+            r#"{"a":"HUNTER2!\"REAL-P@SS\/\u00e9"}"#,
+        ];
+        for body in bodies {
+            let whole = String::from_utf8(m.mask_all(body.as_bytes())).expect("utf8");
+            assert!(!whole.to_lowercase().contains("unter2"), "{body}: {whole}");
+            assert!(whole.contains("<P0>"), "{body}: {whole}");
+            for step in 1..=9 {
+                assert_eq!(
+                    stream(&m, body.as_bytes(), step),
+                    whole,
+                    "step {step}: {body}"
+                );
+            }
+        }
+        // The replacement covers the raw bytes of the secret, no more.
+        assert_eq!(
+            m.mask_str(bodies[1]),
+            r#"{"html":"\u003cb\u003e<P0>\u003c/b\u003e"}"#
+        );
+        assert_eq!(
+            m.mask_str(bodies[0]),
+            r#"{"body":"{\"password\":\"<P0>\"}"}"#
+        );
+        // Text without escapes builds no other reading.
+        assert!(EchoMask::readings(b"{\"a\":\"plain text\"}").is_empty());
+        assert_eq!(EchoMask::readings(br#"{"a":"\\u0041"}"#).len(), 2);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The escapes servers write text in, undone so echo masking can find a
 //! secret whatever characters of it were escaped: JSON's backslash escapes
-//! (`\u00XX` for any character, surrogate pairs, `\/`, `\"`, ...) and HTML's
-//! character references (`&#NN;`, `&#xHH;`, and the names of the characters
-//! a secret can hold: ASCII punctuation and Latin-1). Each decoded byte
-//! keeps the raw range it came from, so a match is replaced in the raw text.
+//! (`\u00XX` for any character, surrogate pairs, `\/`, `\"`, ...) with
+//! JavaScript's `\xHH` and `\'`, HTML's character references (`&#NN;`,
+//! `&#xHH;`, and the names of the characters a secret can hold: ASCII
+//! punctuation and Latin-1), and URL percent-encoding (`%HH`). Each decoded
+//! byte keeps the raw range it came from, so a match is replaced in the raw
+//! text; [`compose`] reads a reading again (an HTML fragment in a JSON
+//! string) and maps its bytes through both layers.
 
 /// Longest run of digits read in a numeric character reference (leading
 /// zeros included); longer ones are left as text.
@@ -20,12 +23,22 @@ pub(super) struct Unescaped {
     /// Raw offset of an escape cut off by the end of the input (more bytes
     /// could complete it): decoding stopped there.
     pub incomplete: Option<usize>,
+    /// Whether some escape was undone (else `bytes` is the raw text, up to
+    /// `incomplete`).
+    pub changed: bool,
 }
 
 impl Unescaped {
     fn byte(&mut self, b: u8, start: usize, end: usize) {
+        self.changed |= end - start != 1;
         self.bytes.push(b);
         self.from.push((start, end));
+    }
+
+    /// Whether this reading can differ from the raw text: something was
+    /// undone, or an escape is cut (a streaming filter must hold it back).
+    pub fn matters(&self) -> bool {
+        self.changed || self.incomplete.is_some()
     }
 
     fn char(&mut self, c: char, start: usize, end: usize) {
@@ -59,7 +72,8 @@ fn could_be_u_escape(tail: &[u8]) -> bool {
     })
 }
 
-/// JSON string escapes undone (RFC 8259 §7); anything else is kept as is.
+/// JSON string escapes undone (RFC 8259 §7), and JavaScript's `\xHH` and
+/// `\'` (a string literal in a script); anything else is kept as is.
 pub(super) fn json(raw: &[u8]) -> Unescaped {
     let mut u = Unescaped::default();
     let n = raw.len();
@@ -75,7 +89,8 @@ pub(super) fn json(raw: &[u8]) -> Unescaped {
             return u;
         };
         let simple = match c {
-            b'"' | b'\\' | b'/' => Some(c),
+            // `\'` is JavaScript's, like `\xHH` below.
+            b'"' | b'\\' | b'/' | b'\'' => Some(c),
             b'b' => Some(0x08),
             b'f' => Some(0x0c),
             b'n' => Some(b'\n'),
@@ -86,6 +101,30 @@ pub(super) fn json(raw: &[u8]) -> Unescaped {
         if let Some(b) = simple {
             u.byte(b, i, i + 2);
             i += 2;
+            continue;
+        }
+        if c == b'x' {
+            // JavaScript's `\xHH`: the character U+00HH.
+            let hex = raw[i + 2..]
+                .iter()
+                .take(2)
+                .take_while(|b| b.is_ascii_hexdigit());
+            match hex.count() {
+                2 => {
+                    let text = std::str::from_utf8(&raw[i + 2..i + 4]).expect("hex is ASCII");
+                    let cp = u32::from_str_radix(text, 16).expect("two hex digits");
+                    u.char(char::from_u32(cp).expect("below 0x100"), i, i + 4);
+                    i += 4;
+                }
+                d if i + 2 + d == n => {
+                    u.incomplete = Some(i);
+                    return u;
+                }
+                _ => {
+                    u.byte(b'\\', i, i + 1);
+                    i += 1;
+                }
+            }
             continue;
         }
         if c != b'u' {
@@ -164,6 +203,66 @@ pub(super) fn html(raw: &[u8]) -> Unescaped {
         }
     }
     u
+}
+
+/// URL percent-encoding undone: `%HH` is the byte 0xHH (`+` stays: it
+/// only means a space in forms, and a secret's `+` is sent as `%2B`).
+pub(super) fn percent(raw: &[u8]) -> Unescaped {
+    let mut u = Unescaped::default();
+    let n = raw.len();
+    let mut i = 0;
+    while i < n {
+        if raw[i] != b'%' {
+            u.byte(raw[i], i, i + 1);
+            i += 1;
+            continue;
+        }
+        let hex = raw[i + 1..]
+            .iter()
+            .take(2)
+            .take_while(|b| b.is_ascii_hexdigit());
+        match hex.count() {
+            2 => {
+                let text = std::str::from_utf8(&raw[i + 1..i + 3]).expect("hex is ASCII");
+                u.byte(
+                    u8::from_str_radix(text, 16).expect("two hex digits"),
+                    i,
+                    i + 3,
+                );
+                i += 3;
+            }
+            d if i + 1 + d == n => {
+                u.incomplete = Some(i);
+                return u;
+            }
+            _ => {
+                u.byte(b'%', i, i + 1);
+                i += 1;
+            }
+        }
+    }
+    u
+}
+
+/// `inner`, a reading of `outer.bytes`, as a reading of the raw text
+/// `outer` was read from (`raw_len` bytes): each byte's range, and where
+/// decoding stopped, mapped through both layers.
+pub(super) fn compose(outer: &Unescaped, inner: Unescaped, raw_len: usize) -> Unescaped {
+    let from = inner
+        .from
+        .iter()
+        .map(|&(s, e)| (outer.from[s].0, outer.from[e - 1].1))
+        .collect();
+    let incomplete = match inner.incomplete {
+        Some(at) => Some(outer.from.get(at).map_or(outer.raw_len(raw_len), |r| r.0)),
+        None => outer.incomplete,
+    };
+    Unescaped {
+        bytes: inner.bytes,
+        from,
+        incomplete,
+        changed: outer.changed || inner.changed,
+    }
 }
 
 enum Reference {
@@ -398,8 +497,8 @@ mod tests {
 
     #[test]
     fn json_escapes_of_any_character_are_undone() {
-        let u = json(br#"H\u0075nter2 \"q\" a\/b \u00e9 \ud83d\ude00 \\u0041 \x"#);
-        assert_eq!(text(&u), "Hunter2 \"q\" a/b \u{e9} \u{1f600} \\u0041 \\x");
+        let u = json(br#"H\u0075nter2 \"q\" a\/b \u00e9 \ud83d\ude00 \\u0041 \xZZ"#);
+        assert_eq!(text(&u), "Hunter2 \"q\" a/b \u{e9} \u{1f600} \\u0041 \\xZZ");
         assert_eq!(u.incomplete, None);
         // Every decoded byte maps into the raw text; `u` came from `\u0075`.
         assert_eq!(u.from[1], (1, 7));
@@ -409,6 +508,46 @@ mod tests {
         assert_eq!(json(b"\\ud83d\\ude").incomplete, Some(0));
         assert_eq!(text(&json(br"\ud83d!")), "\\ud83d!");
         assert_eq!(json(br"\uZZZZ").incomplete, None);
+        // JavaScript's `\xHH` and `\'`.
+        assert_eq!(
+            text(&json(br"H\x75nter\x21\xe9 \'q\' \x4")),
+            "Hunter!\u{e9} 'q' "
+        );
+        assert_eq!(json(br"a\x4").incomplete, Some(1));
+        assert_eq!(json(br"a\x").incomplete, Some(1));
+        assert!(!json(b"plain").changed);
+    }
+
+    #[test]
+    fn percent_encoding_is_undone_and_plus_stays() {
+        let u = percent(b"P%40ss+%2b%C3%A9 %zz 100%");
+        assert_eq!(u.bytes, "P@ss++\u{e9} %zz 100".as_bytes());
+        assert_eq!(u.from[1], (1, 4));
+        assert_eq!(u.incomplete, Some(24));
+        assert_eq!(percent(b"a%4").incomplete, Some(1));
+    }
+
+    #[test]
+    fn composed_readings_map_to_raw_bytes_through_both_layers() {
+        // An HTML reference in JSON, as Go writes it: `\u0026#34;` is `"`.
+        let raw = br#"a\u0026#34;b\\u0041"#;
+        let outer = json(raw);
+        assert_eq!(outer.bytes, br"a&#34;b\u0041");
+        let u = compose(&outer, html(&outer.bytes), raw.len());
+        assert_eq!(text(&u), "a\"b\\u0041");
+        assert_eq!(u.from[1], (1, 11));
+        let u = compose(&outer, json(&outer.bytes), raw.len());
+        assert_eq!(text(&u), "a&#34;bA");
+        assert_eq!(u.from[7], (12, 19));
+        // Where the inner reading stopped, in raw bytes: the `\\` that
+        // began `\\u00`.
+        let raw = br"ab\\u00";
+        let outer = json(raw);
+        assert_eq!(outer.incomplete, None);
+        assert_eq!(
+            compose(&outer, json(&outer.bytes), raw.len()).incomplete,
+            Some(2)
+        );
     }
 
     #[test]
