@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
-use super::encode::{json_escaped, percent_encoded, uri_encoded};
+use super::encode::{base64_spellings, json_escaped, percent_encoded, uri_encoded};
 use super::escapes::{self, Unescaped};
 use super::finder::build;
 use super::store::Secret;
@@ -42,13 +42,15 @@ struct Hit {
 /// The finders over every secret, each match mapped to the placeholder
 /// that replaces it.
 pub(super) struct EchoMask {
-    /// Over the raw text: every encoded form of every secret.
+    /// Over the raw text: every encoded form of every secret, base64 included.
     encoded: AhoCorasick,
     /// Pattern → index into `placeholders`.
     encoded_secret: Vec<usize>,
     longest_encoded: usize,
-    /// Over unescaped text: every secret as it is.
+    /// Over unescaped text: every secret as it is, and its base64 spellings.
     plain: AhoCorasick,
+    /// Pattern → index into `placeholders`.
+    plain_secret: Vec<usize>,
     longest_plain: usize,
     placeholders: Vec<String>,
 }
@@ -58,27 +60,37 @@ impl EchoMask {
     pub(super) fn new(secrets: &[Secret], placeholders: &[String]) -> Option<Self> {
         let mut encoded = Vec::new();
         let mut encoded_secret = Vec::new();
+        let mut plain = Vec::new();
+        let mut plain_secret = Vec::new();
         for (i, s) in secrets.iter().enumerate() {
+            let base64 = base64_spellings(s.value());
             let mut forms = vec![
                 s.value().to_owned(),
                 json_escaped(s.value()),
                 percent_encoded(s.value()),
                 uri_encoded(s.value()),
             ];
+            forms.extend(base64.iter().cloned());
             forms.sort();
             forms.dedup();
             for f in forms {
                 encoded.push(f);
                 encoded_secret.push(i);
             }
+            // Base64 text can itself be escaped (`\/` in JSON, `%2B` in a
+            // URL): its spellings are looked for in the readings too.
+            for f in std::iter::once(s.value().to_owned()).chain(base64) {
+                plain.push(f);
+                plain_secret.push(i);
+            }
         }
-        let plain: Vec<String> = secrets.iter().map(|s| s.value().to_owned()).collect();
         Some(EchoMask {
             longest_encoded: encoded.iter().map(String::len).max().unwrap_or(0),
             longest_plain: plain.iter().map(String::len).max().unwrap_or(0),
             encoded: build(&encoded, true)?,
             plain: build(&plain, true)?,
             encoded_secret,
+            plain_secret,
             placeholders: placeholders.to_vec(),
         })
     }
@@ -196,7 +208,7 @@ impl EchoMask {
                 hits.push(Hit {
                     start: u.from[m.start()].0,
                     end: u.from[m.end() - 1].1,
-                    secret: m.pattern().as_usize(),
+                    secret: self.plain_secret[m.pattern().as_usize()],
                 });
             }
             if !at_end {
@@ -385,6 +397,37 @@ mod tests {
         // Text without escapes builds no other reading.
         assert!(EchoMask::readings(b"{\"a\":\"plain text\"}").is_empty());
         assert_eq!(EchoMask::readings(br#"{"a":"\\u0041"}"#).len(), 2);
+    }
+
+    #[test]
+    fn base64_spellings_are_masked_in_any_split() {
+        let m = mask(&["Hunter2!\"real-P@ss/é", "short"]);
+        let bodies = [
+            // base64 of `{"pw":"<secret>"}`, both alphabets.
+            "eyJwdyI6Ikh1bnRlcjIhInJlYWwtUEBzcy/DqSJ9",
+            "token=eyJwdyI6Ikh1bnRlcjIhInJlYWwtUEBzcy_DqSJ9;",
+            // Other alignments, in JSON with `/` as `\/`.
+            r#"{"a":"eHlIdW50ZXIyISJyZWFsLVBAc3Mvw6kifQ==","b":"Pz8\/SHVudGVyMiEicmVhbC1QQHNzL8OpIn0="}"#,
+            // Percent-encoded in a URL.
+            "/cb?state=eyJwdyI6Ikh1bnRlcjIhInJlYWwtUEBzcy%2FDqSJ9",
+        ];
+        for body in bodies {
+            let whole = String::from_utf8(m.mask_all(body.as_bytes())).expect("utf8");
+            assert!(!whole.contains("bnRlcjIh"), "{body}: {whole}");
+            assert!(!whole.contains("ZXIyISJy"), "{body}: {whole}");
+            assert!(whole.contains("<P0>"), "{body}: {whole}");
+            for step in 1..=9 {
+                assert_eq!(
+                    stream(&m, body.as_bytes(), step),
+                    whole,
+                    "step {step}: {body}"
+                );
+            }
+        }
+        // Only the characters that carry the secret's bits are replaced.
+        assert_eq!(m.mask_str(bodies[0]), "eyJwdyI6Ik<P0>SJ9");
+        // A secret too short for a distinctive base64 spelling has none.
+        assert_eq!(m.mask_str("c2hvcnQ="), "c2hvcnQ=");
     }
 
     #[test]

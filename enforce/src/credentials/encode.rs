@@ -26,3 +26,70 @@ pub(super) fn uri_encoded(v: &str) -> String {
         .remove(b'~');
     percent_encoding::utf8_percent_encode(v, SET).to_string()
 }
+
+/// Shortest base64 spelling looked for: 16 characters (96 bits of the
+/// secret) make a coincidental match in other base64 text negligible.
+const MIN_BASE64: usize = 16;
+
+/// The value's spellings inside base64 text (standard and URL-safe
+/// alphabets), at each of the three alignments it can start at in the
+/// encoded bytes: the characters that only carry bits of the value (the
+/// one or two at each end that mix in neighbouring bytes are left out).
+/// None when the value is too short for a spelling of [`MIN_BASE64`].
+pub(super) fn base64_spellings(v: &str) -> Vec<String> {
+    const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let n = v.len();
+    let mut out = Vec::new();
+    for a in 0..3 {
+        let mut data = vec![0u8; a];
+        data.extend_from_slice(v.as_bytes());
+        let mut chars = Vec::with_capacity(data.len() * 4 / 3 + 4);
+        for c in data.chunks(3) {
+            let word = c
+                .iter()
+                .enumerate()
+                .fold(0u32, |w, (i, &b)| w | u32::from(b) << (16 - 8 * i));
+            for i in 0..=c.len() {
+                chars.push(STD[(word >> (18 - 6 * i) & 63) as usize]);
+            }
+        }
+        let (first, end) = ((8 * a).div_ceil(6), 8 * (a + n) / 6);
+        if end < first + MIN_BASE64 {
+            continue;
+        }
+        let std = String::from_utf8_lossy(&chars[first..end]).into_owned();
+        let url = std.replace('+', "-").replace('/', "_");
+        out.push(std);
+        out.push(url);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_spellings_are_the_value_bits_at_each_alignment() {
+        // base64("Hunter2!real-P@ss>>") = SHVudGVyMiFyZWFsLVBAc3M+Pg==:
+        // all but the last whole character of the padding.
+        // base64("x" + value) = eEh1bnRlcjIhcmVhbC1QQHNzPj4=: from the
+        // third character (the second mixes `x` in) to the last whole one.
+        // base64("xy" + value) = eHlIdW50ZXIyIXJlYWwtUEBzcz4+
+        let s = base64_spellings("Hunter2!real-P@ss>>");
+        let want = [
+            "SHVudGVyMiFyZWFsLVBAc3M+P",
+            "SHVudGVyMiFyZWFsLVBAc3M-P",
+            "h1bnRlcjIhcmVhbC1QQHNzPj",
+            "IdW50ZXIyIXJlYWwtUEBzcz4+",
+            "IdW50ZXIyIXJlYWwtUEBzcz4-",
+        ];
+        assert_eq!(s.len(), want.len(), "{s:?}");
+        for w in want {
+            assert!(s.contains(&w.to_owned()), "{w} not in {s:?}");
+        }
+        assert!(base64_spellings("short").is_empty());
+    }
+}
