@@ -13,44 +13,11 @@ use support::*;
 /// A password with characters encoders treat differently (`!`, `@`).
 const SECRET: &str = "Hunter2!real-P@ss";
 
-fn opts(secret: &str) -> Options {
-    Options {
-        secrets: format!(
-            "[[secret]]\nname = \"united_login\"\nvalue = '{secret}'\n\n\
-             [[secret]]\nname = \"united_card\"\nvalue = \"4111111111111111\"\n"
-        ),
-        ..Options::default()
-    }
-}
-
-/// Stores the login at united.com through the catalog's `json:/password`.
+/// Stores the login and checks the upstream got the real value.
 async fn store(s: &Session) {
-    let login = s.placeholder("united_login");
-    let r = s
-        .post_json(
-            "https://united.com/api/auth/login",
-            &format!(r#"{{"username":"t","password":"{login}"}}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    s.store_login().await;
     let stored = s.mock.seen_for("united.com");
     assert!(String::from_utf8_lossy(&stored[0].body).contains(SECRET));
-}
-
-/// curl through the proxy, the whole response (head and body) as bytes.
-async fn raw_curl(s: &Session, url: &str, args: &[&str]) -> Vec<u8> {
-    let port = s.proxy.https_addr().unwrap().port();
-    let out = tokio::process::Command::new("curl")
-        .args(["-sS", "-i", "--max-time", "60", "--cacert"])
-        .arg(&s.session_ca)
-        .arg("--connect-to")
-        .arg(format!("::127.0.0.1:{port}"))
-        .args(args)
-        .arg(url)
-        .output()
-        .await
-        .unwrap();
-    out.stdout
 }
 
 /// Substitution encodes a secret for the media type placement read: a
@@ -102,7 +69,7 @@ async fn a_form_secret_is_percent_encoded_whatever_the_type_s_parameters_say() {
 /// whole body, which is masked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_secret_is_not_read_back_in_ranges() {
-    let s = Session::start(opts(SECRET)).await;
+    let s = Session::start(Options::with_login(SECRET)).await;
     store(&s).await;
     let r = s
         .curl(
@@ -128,9 +95,12 @@ async fn a_stored_secret_is_not_read_back_in_ranges() {
 /// as hyper read it, unmasked; the sandbox now gets the standard phrase.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_s_reason_phrase_is_not_passed_on() {
-    let s = Session::start(opts(SECRET)).await;
+    let s = Session::start(Options::with_login(SECRET)).await;
     store(&s).await;
-    let out = raw_curl(&s, "https://united.com/vault/reason", &["--http1.1"]).await;
+    let out = s
+        .curl_output("https://united.com/vault/reason", &["--http1.1"])
+        .await
+        .stdout;
     let text = String::from_utf8_lossy(&out);
     let status_line = text.lines().next().unwrap_or_default();
     assert_eq!(status_line, "HTTP/1.1 200 OK", "{text}");
@@ -141,7 +111,7 @@ async fn upstream_s_reason_phrase_is_not_passed_on() {
 /// response from a host with credentials is refused, not passed unread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_in_a_charset_the_mask_cannot_read_is_refused() {
-    let s = Session::start(opts(SECRET)).await;
+    let s = Session::start(Options::with_login(SECRET)).await;
     store(&s).await;
     let r = s.curl("https://united.com/vault/utf16", &[]).await;
     assert_eq!(r.status, 502, "{r:?}");
@@ -149,7 +119,10 @@ async fn a_body_in_a_charset_the_mask_cannot_read_is_refused() {
         r.blocked().unwrap_or_default().contains("response-charset"),
         "{r:?}"
     );
-    let out = raw_curl(&s, "https://united.com/vault/utf16", &[]).await;
+    let out = s
+        .curl_output("https://united.com/vault/utf16", &[])
+        .await
+        .stdout;
     let units: Vec<u16> = out
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))

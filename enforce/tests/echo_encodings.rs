@@ -15,29 +15,13 @@ const QUOTED: &str = r#"Hunter2!"real-P@ss"#;
 /// A password with characters encoders treat differently (`!`, `@`).
 const SECRET: &str = "Hunter2!real-P@ss";
 
-fn opts(secret: &str) -> Options {
-    Options {
-        secrets: format!(
-            "[[secret]]\nname = \"united_login\"\nvalue = '{secret}'\n\n\
-             [[secret]]\nname = \"united_card\"\nvalue = \"4111111111111111\"\n"
-        ),
-        ..Options::default()
-    }
-}
-
-/// Stores the login; returns the placeholder and the login response.
-async fn store(s: &Session) -> (String, Reply) {
-    let login = s.placeholder("united_login");
-    let r = s
-        .post_json(
-            "https://united.com/api/auth/login",
-            &format!(r#"{{"username":"t","password":"{login}"}}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+/// Stores the login and checks the upstream got the real value; returns
+/// the login response.
+async fn store(s: &Session) -> Reply {
+    let r = s.store_login().await;
     let stored = s.mock.seen_for("united.com");
     assert!(String::from_utf8_lossy(&stored[0].body).contains("Hunter2!"));
-    (login, r)
+    r
 }
 
 fn percent_decode(s: &str) -> String {
@@ -64,8 +48,8 @@ fn percent_decode(s: &str) -> String {
 /// the text with JSON escapes undone twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_in_a_json_text_quoted_in_json_is_masked() {
-    let s = Session::start(opts(QUOTED)).await;
-    let (_login, r) = store(&s).await;
+    let s = Session::start(Options::with_login(QUOTED)).await;
+    let r = store(&s).await;
     let outer: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let inner: serde_json::Value = serde_json::from_str(outer["body"].as_str().unwrap()).unwrap();
     let password = inner["password"].as_str().unwrap();
@@ -78,7 +62,7 @@ async fn a_secret_in_a_json_text_quoted_in_json_is_masked() {
 /// with JSON escapes undone, then HTML references.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_in_html_inside_json_as_go_writes_it_is_masked() {
-    let s = Session::start(opts(QUOTED)).await;
+    let s = Session::start(Options::with_login(QUOTED)).await;
     store(&s).await;
     let r = s.curl("https://united.com/vault/go-html-json", &[]).await;
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -95,7 +79,7 @@ async fn a_secret_in_html_inside_json_as_go_writes_it_is_masked() {
 /// undoes them too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_in_javascript_hex_escapes_is_masked() {
-    let s = Session::start(opts(SECRET)).await;
+    let s = Session::start(Options::with_login(SECRET)).await;
     store(&s).await;
     let r = s.curl("https://united.com/vault/js", &[]).await;
     let mut decoded = String::new();
@@ -119,7 +103,7 @@ async fn a_secret_in_javascript_hex_escapes_is_masked() {
 /// `%HH` undone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_percent_encoded_as_encode_uri_component_does_is_masked() {
-    let s = Session::start(opts(SECRET)).await;
+    let s = Session::start(Options::with_login(SECRET)).await;
     store(&s).await;
     let r = s.curl("https://united.com/vault/uri-component", &[]).await;
     let location = r.header("location").unwrap_or_default().to_owned();
@@ -139,7 +123,7 @@ async fn a_secret_percent_encoded_as_encode_uri_component_does_is_masked() {
 /// in any ASCII case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upper_cased_secret_is_masked() {
-    let s = Session::start(opts(SECRET)).await;
+    let s = Session::start(Options::with_login(SECRET)).await;
     store(&s).await;
     let r = s.curl("https://united.com/vault/upper", &[]).await;
     assert!(!r.body.contains(&SECRET.to_uppercase()), "body: {}", r.body);
@@ -149,7 +133,7 @@ async fn an_upper_cased_secret_is_masked() {
 /// looks for the secret's base64 spellings at each alignment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_in_base64_is_masked() {
-    let s = Session::start(opts(SECRET)).await;
+    let s = Session::start(Options::with_login(SECRET)).await;
     store(&s).await;
     let r = s.curl("https://united.com/vault/base64", &[]).await;
     let out = tokio::process::Command::new("base64")

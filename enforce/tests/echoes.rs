@@ -15,19 +15,12 @@ use support::*;
 
 /// Stores the real login at united.com (the server keeps the body).
 async fn store_login(s: &Session) -> String {
-    let login = s.placeholder("united_login");
-    let r = s
-        .post_json(
-            "https://united.com/api/auth/login",
-            &format!(r#"{{"username":"t","password":"{login}"}}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    s.store_login().await;
     let stored = s.mock.seen_for("united.com");
     assert_eq!(stored.len(), 1);
     // The upstream really holds the secret: what follows reads it back.
     assert!(String::from_utf8_lossy(&stored[0].body).contains(LOGIN_SECRET));
-    login
+    s.placeholder("united_login")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,14 +55,8 @@ async fn a_granted_websocket_is_masked_and_counted() {
     })
     .await;
     // The real login stored at united.com; the socket's server sends it back.
+    s.store_login().await;
     let login = s.placeholder("united_login");
-    let r = s
-        .post_json(
-            "https://united.com/api/auth/login",
-            &format!(r#"{{"username":"t","password":"{login}"}}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
 
     let mut io = connect(&s, "united.com").await;
     io.write_all(upgrade_request("united.com", "/socket/chat", "websocket").as_bytes())
@@ -244,14 +238,8 @@ async fn an_http2_extended_connect_is_a_websocket_too() {
         ..Options::default()
     })
     .await;
+    s.store_login().await;
     let login = s.placeholder("united_login");
-    let r = s
-        .post_json(
-            "https://united.com/api/auth/login",
-            &format!(r#"{{"username":"t","password":"{login}"}}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
 
     let ca = std::fs::read_to_string(&s.session_ca).unwrap();
     let cfg = test_support::client_config(&ca, &[b"h2"]);

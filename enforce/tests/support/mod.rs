@@ -515,6 +515,21 @@ pub struct Options {
     pub upstream: Option<ExternalUpstream>,
 }
 
+impl Options {
+    /// The default session with the united.com login set to `secret` (the
+    /// card as usual): for reading a stored secret back in forms a server
+    /// writes it in.
+    pub fn with_login(secret: &str) -> Options {
+        Options {
+            secrets: format!(
+                "[[secret]]\nname = \"united_login\"\nvalue = '{secret}'\n\n\
+                 [[secret]]\nname = \"united_card\"\nvalue = \"4111111111111111\"\n"
+            ),
+            ..Options::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -653,8 +668,14 @@ impl Session {
 
     /// curl `url` through the proxy's TLS listener; `args` go before the URL.
     pub async fn curl(&self, url: &str, args: &[&str]) -> Reply {
+        let out = self.curl_output(url, args).await;
+        Reply::parse(&out.stdout, &out.stderr)
+    }
+
+    /// [`curl`](Self::curl)'s whole output (`-i`: head and body), as bytes.
+    pub async fn curl_output(&self, url: &str, args: &[&str]) -> std::process::Output {
         let port = self.proxy.https_addr().unwrap().port();
-        let out = tokio::process::Command::new("curl")
+        tokio::process::Command::new("curl")
             .args(["-sS", "-i", "--max-time", "60", "--cacert"])
             .arg(&self.session_ca)
             .arg("--connect-to")
@@ -663,8 +684,23 @@ impl Session {
             .arg(url)
             .output()
             .await
-            .unwrap();
-        Reply::parse(&out.stdout, &out.stderr)
+            .unwrap()
+    }
+
+    /// Stores the real united.com login upstream through the catalog's
+    /// `json:/password` place (the mock keeps the last body it was sent);
+    /// returns the login response.
+    pub async fn store_login(&self) -> Reply {
+        let login = self.placeholder("united_login");
+        let r = self
+            .post_json(
+                "https://united.com/api/auth/login",
+                &format!(r#"{{"username":"t","password":"{login}"}}"#),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(!self.mock.seen_for("united.com").is_empty());
+        r
     }
 
     /// POST a JSON body.
