@@ -131,18 +131,24 @@ async fn a_placeholder_outside_its_field_is_refused_even_at_its_host() {
     assert!(!s.receipts_text().contains(LOGIN_SECRET));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_placement_list_widens_where_a_secret_may_go() {
+/// A session whose united.com login may also go where `placement` (a TOML
+/// list) says.
+async fn session_with_login_placement(placement: &str) -> Session {
     let secrets = SECRETS.replace(
         "value = \"Hunter2-real-P@ss\"",
-        "value = \"Hunter2-real-P@ss\"\nplacement = [\"header:X-Api-Key\", \"query:key\"]",
+        &format!("value = \"Hunter2-real-P@ss\"\nplacement = {placement}"),
     );
     assert_ne!(secrets, SECRETS);
-    let s = Session::start(Options {
+    Session::start(Options {
         secrets,
         ..Options::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_list_widens_where_a_secret_may_go() {
+    let s = session_with_login_placement(r#"["header:X-Api-Key", "query:key"]"#).await;
     let login = s.placeholder("united_login");
     // In the header and the query parameter the list names: substituted.
     let r = s
@@ -193,16 +199,7 @@ async fn a_placement_list_widens_where_a_secret_may_go() {
 /// nothing. A `;` that leaves the placeholder in its field is not refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_semicolon_does_not_carry_a_secret_into_another_field() {
-    let secrets = SECRETS.replace(
-        "value = \"Hunter2-real-P@ss\"",
-        "value = \"Hunter2-real-P@ss\"\nplacement = [\"query:key\", \"form:pw\"]",
-    );
-    assert_ne!(secrets, SECRETS);
-    let s = Session::start(Options {
-        secrets,
-        ..Options::default()
-    })
-    .await;
+    let s = session_with_login_placement(r#"["query:key", "form:pw"]"#).await;
     let login = s.placeholder("united_login");
     let form = |body: String| {
         [

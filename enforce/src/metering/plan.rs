@@ -552,17 +552,20 @@ mod tests {
     /// replaced by the bound reserved for.
     #[test]
     fn a_zero_limit_is_replaced_by_the_bound_reserved_for() {
-        let settings = MeterSettings::default();
+        // A host that is not OpenAI's: the proxy's limit goes in `max_tokens`.
+        let chat_elsewhere = |body: &str| {
+            plan(
+                Api::Chat,
+                "llm.internal",
+                body.as_bytes(),
+                &card(),
+                &MeterSettings::default(),
+                None,
+            )
+            .expect("planned")
+        };
         let body = r#"{"model":"gpt-test","max_completion_tokens":0,"messages":[]}"#;
-        let p = plan(
-            Api::Chat,
-            "llm.internal",
-            body.as_bytes(),
-            &card(),
-            &settings,
-            None,
-        )
-        .expect("planned");
+        let p = chat_elsewhere(body);
         let (sent, limits) = sent_members(&p, body, "max_completion_tokens");
         assert_eq!(limits, [4096]);
         // The replaced member carries the limit: none added beside it.
@@ -571,15 +574,7 @@ mod tests {
         // Beside a limit a server reads, the 0 takes that limit.
         let body =
             r#"{"model":"gpt-test","max_completion_tokens":0,"max_tokens":10,"messages":[]}"#;
-        let p = plan(
-            Api::Chat,
-            "llm.internal",
-            body.as_bytes(),
-            &card(),
-            &settings,
-            None,
-        )
-        .expect("planned");
+        let p = chat_elsewhere(body);
         let (sent, limits) = sent_members(&p, body, "max_completion_tokens");
         assert_eq!(limits, [10]);
         assert_eq!(sent_members(&p, body, "max_tokens").1, [10]);
