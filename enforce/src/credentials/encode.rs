@@ -2,6 +2,9 @@
 //! encoded in forms and URLs. Substitution writes these forms; echo masking
 //! looks for them.
 
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::Engine;
+
 /// The value as it would look JSON-escaped inside a string.
 pub(super) fn json_escaped(v: &str) -> String {
     let quoted = serde_json::to_string(v).unwrap_or_default();
@@ -37,27 +40,18 @@ const MIN_BASE64: usize = 16;
 /// one or two at each end that mix in neighbouring bytes are left out).
 /// None when the value is too short for a spelling of [`MIN_BASE64`].
 pub(super) fn base64_spellings(v: &str) -> Vec<String> {
-    const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let n = v.len();
     let mut out = Vec::new();
     for a in 0..3 {
         let mut data = vec![0u8; a];
         data.extend_from_slice(v.as_bytes());
-        let mut chars = Vec::with_capacity(data.len() * 4 / 3 + 4);
-        for c in data.chunks(3) {
-            let word = c
-                .iter()
-                .enumerate()
-                .fold(0u32, |w, (i, &b)| w | u32::from(b) << (16 - 8 * i));
-            for i in 0..=c.len() {
-                chars.push(STD[(word >> (18 - 6 * i) & 63) as usize]);
-            }
-        }
+        let chars = STANDARD_NO_PAD.encode(&data);
         let (first, end) = ((8 * a).div_ceil(6), 8 * (a + n) / 6);
         if end < first + MIN_BASE64 {
             continue;
         }
-        let std = String::from_utf8_lossy(&chars[first..end]).into_owned();
+        // Base64 is ASCII: the range falls on character boundaries.
+        let std = chars[first..end].to_owned();
         let url = std.replace('+', "-").replace('/', "_");
         out.push(std);
         out.push(url);
