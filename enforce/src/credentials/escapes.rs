@@ -105,22 +105,16 @@ pub(super) fn json(raw: &[u8]) -> Unescaped {
         }
         if c == b'x' {
             // JavaScript's `\xHH`: the character U+00HH.
-            let hex = raw[i + 2..]
-                .iter()
-                .take(2)
-                .take_while(|b| b.is_ascii_hexdigit());
-            match hex.count() {
-                2 => {
-                    let text = std::str::from_utf8(&raw[i + 2..i + 4]).expect("hex is ASCII");
-                    let cp = u32::from_str_radix(text, 16).expect("two hex digits");
-                    u.char(char::from_u32(cp).expect("below 0x100"), i, i + 4);
+            match two_hex(&raw[i + 2..]) {
+                TwoHex::Value(v) => {
+                    u.char(char::from(v), i, i + 4);
                     i += 4;
                 }
-                d if i + 2 + d == n => {
+                TwoHex::Cut => {
                     u.incomplete = Some(i);
                     return u;
                 }
-                _ => {
+                TwoHex::Not => {
                     u.byte(b'\\', i, i + 1);
                     i += 1;
                 }
@@ -205,6 +199,30 @@ pub(super) fn html(raw: &[u8]) -> Unescaped {
     u
 }
 
+/// What follows `\x` or `%`: two hex digits, or fewer where the text ends
+/// (the escape may complete in the next chunk), or not an escape.
+enum TwoHex {
+    Value(u8),
+    Cut,
+    Not,
+}
+
+fn two_hex(tail: &[u8]) -> TwoHex {
+    let digits = tail
+        .iter()
+        .take(2)
+        .take_while(|b| b.is_ascii_hexdigit())
+        .count();
+    match digits {
+        2 => {
+            let text = std::str::from_utf8(&tail[..2]).expect("hex is ASCII");
+            TwoHex::Value(u8::from_str_radix(text, 16).expect("two hex digits"))
+        }
+        d if d == tail.len() => TwoHex::Cut,
+        _ => TwoHex::Not,
+    }
+}
+
 /// URL percent-encoding undone: `%HH` is the byte 0xHH (`+` stays: it
 /// only means a space in forms, and a secret's `+` is sent as `%2B`).
 pub(super) fn percent(raw: &[u8]) -> Unescaped {
@@ -217,25 +235,16 @@ pub(super) fn percent(raw: &[u8]) -> Unescaped {
             i += 1;
             continue;
         }
-        let hex = raw[i + 1..]
-            .iter()
-            .take(2)
-            .take_while(|b| b.is_ascii_hexdigit());
-        match hex.count() {
-            2 => {
-                let text = std::str::from_utf8(&raw[i + 1..i + 3]).expect("hex is ASCII");
-                u.byte(
-                    u8::from_str_radix(text, 16).expect("two hex digits"),
-                    i,
-                    i + 3,
-                );
+        match two_hex(&raw[i + 1..]) {
+            TwoHex::Value(v) => {
+                u.byte(v, i, i + 3);
                 i += 3;
             }
-            d if i + 1 + d == n => {
+            TwoHex::Cut => {
                 u.incomplete = Some(i);
                 return u;
             }
-            _ => {
+            TwoHex::Not => {
                 u.byte(b'%', i, i + 1);
                 i += 1;
             }
