@@ -66,8 +66,7 @@ impl PathPattern {
         if segments.iter().any(|seg| seg == "." || seg == "..") {
             return Err(format!("path {s:?}: no dot segments"));
         }
-        let rest =
-            segments.len() > 1 && segments.last().is_some_and(|l| l == "**") || segments == ["**"];
+        let rest = segments.last().is_some_and(|l| l == "**");
         if rest {
             segments.pop();
         }
