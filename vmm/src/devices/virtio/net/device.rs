@@ -179,6 +179,11 @@ fn process_tx(active: &mut Active, tap: &Tap) {
             }
         }
         if frame.len() > VNET_HDR_LEN {
+            // No offload was offered, so the header's checksum and GSO
+            // fields mean nothing here (spec 5.1.6.2.2: the device ignores
+            // what it does not know); the IFF_VNET_HDR tap would act on them
+            // in the host kernel. The frame goes on behind a zeroed header.
+            frame[..VNET_HDR_LEN].fill(0);
             // A full tap (peer not reading) drops the frame, like a wire would.
             if let Err(e) = tap.write_frame(&frame) {
                 ratelog::debug!(error = %e, "tap write dropped a frame");
@@ -417,5 +422,58 @@ mod tests {
         // Reset stops the RX thread and releases the queues.
         write_reg(&mut t, 0x70, 0);
         drop(t);
+    }
+
+    /// No offload is offered, so whatever the driver put in the header
+    /// (here: NEEDS_CSUM and TCPv4 GSO) must not reach the host kernel
+    /// through the IFF_VNET_HDR tap; the frame itself goes out unchanged.
+    #[test]
+    fn tx_frames_reach_the_tap_behind_a_zeroed_vnet_header_whatever_the_guest_wrote() {
+        use std::os::unix::net::UnixDatagram;
+        let (ours, peer) = UnixDatagram::pair().expect("socketpair");
+        ours.set_nonblocking(true).expect("nonblocking");
+        // TX writes to the tap inside the notify, so the datagram is there
+        // by the time write_reg returns.
+        peer.set_nonblocking(true).expect("nonblocking");
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(ours));
+        let net = Net::new(NetConfig {
+            tap: Tap::from_file(file),
+            mac: GUEST_MAC,
+        });
+        let mem = create_guest_memory(16).expect("memory");
+        let rxq = MockSplitQueue::create(&mem, GuestAddress(0x10_0000), 16);
+        let txq = MockSplitQueue::create(&mem, GuestAddress(0x20_0000), 16);
+        // virtio_net_hdr_v1: flags NEEDS_CSUM, gso_type TCPV4, hdr_len 54,
+        // gso_size 1448, csum_start 34, csum_offset 16, num_buffers 0.
+        let mut frame = vec![1u8, 1, 54, 0, 0xa8, 0x05, 34, 0, 16, 0, 0, 0];
+        frame.extend(&arp_request()[VNET_HDR_LEN..]);
+        mem.write_slice(&frame, GuestAddress(0x50_0000))
+            .expect("tx frame");
+        let tx = [RawDescriptor::from(SplitDescriptor::new(
+            0x50_0000,
+            frame.len() as u32,
+            0,
+            0,
+        ))];
+        txq.add_desc_chains(&tx, 0).expect("tx chain");
+        let irq = Arc::new(VirtioInterrupt::new(IrqLine::detached()));
+        let mut t = MmioTransport::new(net, mem.clone(), irq);
+        let status = activate(&mut t, VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC, &[&rxq, &txq]);
+        assert_ne!(status & STATUS_DRIVER_OK, 0, "status {status:#x}");
+        write_reg(&mut t, 0x50, 1);
+        assert_eq!(txq.used().idx().load(), 1, "the TX chain was consumed");
+        let mut got = vec![0u8; 2048];
+        let n = peer.recv(&mut got).expect("the frame reached the tap");
+        assert_eq!(
+            &got[..VNET_HDR_LEN],
+            &[0u8; VNET_HDR_LEN],
+            "guest-chosen offload header reached the host tap un-negotiated"
+        );
+        assert_eq!(
+            &got[VNET_HDR_LEN..n],
+            &frame[VNET_HDR_LEN..],
+            "frame unchanged"
+        );
+        write_reg(&mut t, 0x70, 0);
     }
 }

@@ -151,6 +151,18 @@ impl AsFd for Tap {
     }
 }
 
+/// A `Tap` over any fd (a socketpair end), so tests can watch the
+/// device's TX path without /dev/net/tun.
+#[cfg(test)]
+impl Tap {
+    pub(crate) fn from_file(file: File) -> Tap {
+        Tap {
+            file,
+            name: "test".into(),
+        }
+    }
+}
+
 fn check_cidr(cidr: &str) -> Result<(), TapError> {
     let bad = || TapError::BadAddress(cidr.to_string());
     let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
