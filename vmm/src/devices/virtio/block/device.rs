@@ -429,4 +429,29 @@ mod tests {
         write_reg(&mut r.t, 0x70, 0);
         assert!(r.t.device().active.is_none());
     }
+
+    /// An OUT whose second buffer is not guest RAM is answered IOERR
+    /// without its first buffer reaching the disk: every buffer is checked
+    /// before any I/O, so a failed write leaves the file as it was.
+    #[test]
+    fn an_out_request_with_a_buffer_outside_guest_memory_fails_without_touching_the_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = disk_file(&dir);
+        let before = std::fs::read(&path).expect("read");
+        let mem = create_guest_memory(16).expect("memory");
+        let mut r = rig(&mem, &path, false);
+        mem.write_slice(&[0xabu8; 512], GuestAddress(DATA))
+            .expect("data");
+        let (_, status) = r.request(
+            VIRTIO_BLK_T_OUT,
+            4,
+            &[(DATA, 512, false), (0x7fff_f000_0000, 512, false)],
+        );
+        assert_eq!(status, VIRTIO_BLK_S_IOERR as u8, "reported as failed");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            before,
+            "a request answered IOERR for a bad guest address modified the disk"
+        );
+    }
 }

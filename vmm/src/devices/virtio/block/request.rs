@@ -214,6 +214,13 @@ impl Request {
             if seg.device_writable != into_guest {
                 return Err(RequestError::Direction.into());
             }
+            // Every buffer is checked before any I/O: a request answered
+            // IOERR must not have written part of its data to the disk.
+            let whole = usize::try_from(seg.len)
+                .is_ok_and(|len| vm_memory::GuestMemoryBackend::check_range(mem, seg.addr, len));
+            if !whole {
+                return Err(RequestError::GuestMemory(seg.addr.0).into());
+            }
             total = total.checked_add(seg.len).ok_or(RequestError::OutOfRange {
                 sector: self.sector,
                 len: u64::MAX,
