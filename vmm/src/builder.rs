@@ -26,8 +26,8 @@ use crate::devices::virtio::mmio::MmioDevice;
 use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::{MmioTransport, VirtioInterrupt};
 use crate::devices::{
-    boot_marker, BootMarker, Bus, ControlDecoder, ControlEvent, IrqLine, SerialPort, COM1_IRQ,
-    COM2_IRQ,
+    boot_marker, BootMarker, Bus, CappedLog, ControlDecoder, ControlEvent, IrqLine, SerialPort,
+    COM1_IRQ, COM2_IRQ, DEFAULT_CONSOLE_LOG_MAX,
 };
 use crate::vstate::memory::{create_guest_memory, GuestMemory, GuestMemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuKick, VcpuStop};
@@ -86,6 +86,9 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Where the guest console (COM1) is written.
     pub console: PathBuf,
+    /// Bytes of the guest console kept in `console`; the rest is dropped
+    /// after one note (default [`DEFAULT_CONSOLE_LOG_MAX`]).
+    pub console_max_bytes: u64,
     /// The NIC: a virtio-net device on a tap the caller opened in the
     /// session's namespace.
     pub net: Option<NetConfig>,
@@ -105,6 +108,7 @@ impl VmConfig {
             mem_mib: 256,
             vcpus: 1,
             console,
+            console_max_bytes: DEFAULT_CONSOLE_LOG_MAX,
             net: None,
             disks: Vec::new(),
         }
@@ -298,7 +302,10 @@ impl MicroVm {
         let mut bus = Bus::new(
             SerialPort::new(
                 IrqLine::new(com1_evt),
-                Box::new(LineWriter::new(console_file)),
+                Box::new(CappedLog::new(
+                    LineWriter::new(console_file),
+                    config.console_max_bytes,
+                )),
             ),
             SerialPort::new(IrqLine::new(com2_evt), Box::new(decoder)),
             marker,

@@ -27,6 +27,6 @@ pub use builder::{
 };
 pub use devices::virtio::block::{DiskConfig, DiskError};
 pub use devices::virtio::net::{NetConfig, Tap, TapError};
-pub use devices::ControlEvent;
+pub use devices::{ControlEvent, DEFAULT_CONSOLE_LOG_MAX};
 pub use probe::{kvm_api_version, probe, ProbeResult};
 pub use vstate::vcpu::VcpuError;

@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 pub use boot_marker::{BootMarker, BOOT_MARKER_PORT};
 pub use control::{ControlDecoder, ControlEvent};
 pub use i8042::{ResetFlag, I8042_PORT_BASE};
-pub use serial::{IrqLine, SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ};
+pub use serial::{
+    CappedLog, IrqLine, SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ,
+    DEFAULT_CONSOLE_LOG_MAX,
+};
 
 use virtio::mmio::MmioDevice;
 

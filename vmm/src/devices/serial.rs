@@ -63,6 +63,60 @@ impl SerialPort {
     }
 }
 
+/// Default cap of the guest console's log (`VmConfig::console_max_bytes`):
+/// a verbose kernel boot log is a few hundred KiB at most.
+pub const DEFAULT_CONSOLE_LOG_MAX: u64 = 8 << 20;
+
+/// Where COM1's bytes go: a writer that keeps the first `max` bytes, then
+/// writes one note and drops the rest. How much the guest prints is its
+/// choice (a `rep outsb` moves a page per VM exit); how much host disk that
+/// takes must not be.
+pub struct CappedLog<W: Write> {
+    inner: W,
+    max: u64,
+    left: u64,
+    noted: bool,
+}
+
+impl<W: Write> CappedLog<W> {
+    pub fn new(inner: W, max: u64) -> CappedLog<W> {
+        CappedLog {
+            inner,
+            max,
+            left: max,
+            noted: false,
+        }
+    }
+}
+
+impl<W: Write> Write for CappedLog<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let keep = usize::try_from(self.left).map_or(buf.len(), |left| left.min(buf.len()));
+        if keep > 0 {
+            let n = self.inner.write(&buf[..keep])?;
+            self.left -= n as u64;
+            return Ok(n);
+        }
+        if !self.noted && !buf.is_empty() {
+            self.noted = true;
+            // Best effort, like the rest of the console: a failed note must
+            // not stop the guest.
+            let _ = write!(
+                self.inner,
+                "\n[openclaw: the guest console reached its cap of {} bytes; the rest is dropped]\n",
+                self.max
+            );
+            let _ = self.inner.flush();
+        }
+        // Dropped, yet reported written: the UART must not see an error.
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +150,43 @@ mod tests {
         assert!(evt.read().expect("interrupt was raised") >= 1);
         // LSR says the transmitter is empty, so the driver may send more.
         assert_ne!(port.read(5) & 0x20, 0);
+    }
+
+    /// COM1 goes to `guest-console.log` through [`CappedLog`], as the
+    /// builder wires it: a guest `rep outsb`-ing pages to 0x3f8 stops
+    /// growing the host file at the cap, and the log says so once.
+    #[test]
+    fn com1_output_past_the_console_log_cap_is_dropped_with_one_note() {
+        use crate::devices::{BootMarker, Bus, ControlDecoder};
+        const MAX: u64 = 64 << 10;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("guest-console.log");
+        let file = std::fs::File::create(&path).expect("create");
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let bus = Bus::new(
+            SerialPort::new(
+                IrqLine::detached(),
+                Box::new(CappedLog::new(std::io::LineWriter::new(file), MAX)),
+            ),
+            SerialPort::new(IrqLine::detached(), Box::new(ControlDecoder::new(tx))),
+            Arc::new(BootMarker::new(std::time::Instant::now())),
+        );
+        let page = [b'A'; 4096];
+        for _ in 0..4 * MAX / page.len() as u64 {
+            bus.pio_write(COM1_BASE, &page); // one `rep outsb` exit
+        }
+        bus.console
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flush();
+        let log = std::fs::read(&path).expect("read");
+        let kept = log.iter().take_while(|b| **b == b'A').count() as u64;
+        assert_eq!(kept, MAX, "the first MAX bytes are kept");
+        let note = String::from_utf8_lossy(&log[MAX as usize..]);
+        assert_eq!(
+            note,
+            format!("\n[openclaw: the guest console reached its cap of {MAX} bytes; the rest is dropped]\n"),
+            "one note, then nothing"
+        );
     }
 }
