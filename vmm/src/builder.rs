@@ -246,6 +246,9 @@ impl MicroVm {
         // NIC (when configured), then the disks.
         let (control_tx, control_rx) = channel();
         let marker = Arc::new(BootMarker::new(created));
+        // Set by `stop_vcpus`; the block device also watches it (see
+        // `Block::stop_on`).
+        let stop = Arc::new(AtomicBool::new(false));
         let mut virtio: Vec<Box<dyn MmioDevice>> = Vec::new();
         let console_decoder = ControlDecoder::with_marker(control_tx.clone(), marker.clone());
         let interrupt = virtio_interrupt(&vm, 0, &mut cmdline)?;
@@ -266,7 +269,7 @@ impl MicroVm {
                 DiskFile::open(&disk.path, disk.read_only).map_err(StartVmError::OpenDisk)?;
             let interrupt = virtio_interrupt(&vm, virtio.len() as u64, &mut cmdline)?;
             virtio.push(Box::new(MmioTransport::new(
-                Block::new(file, &disk.id),
+                Block::new(file, &disk.id).stop_on(stop.clone()),
                 mem.clone(),
                 interrupt,
             )));
@@ -330,7 +333,6 @@ impl MicroVm {
             vcpus.push(vcpu);
         }
 
-        let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = channel();
         let mut running = RunningVm {
             threads: Vec::new(),

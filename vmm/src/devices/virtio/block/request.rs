@@ -9,6 +9,8 @@
 //! "message framing"): the header and status are found by byte position,
 //! the data is whatever lies between.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -149,13 +151,16 @@ pub enum RequestError {
     GuestMemory(u64),
     #[error("disk I/O: {0}")]
     Io(String),
+    #[error("the VM is stopping")]
+    Stopped,
 }
 
 impl Request {
     /// Carries the request out and writes its status byte. Returns the used
     /// length: the bytes written into device-writable buffers.
-    pub fn execute(&self, mem: &GuestMemory, disk: &DiskFile, id: &[u8]) -> u32 {
-        let (status, written) = match self.run(mem, disk, id) {
+    /// `stop` set mid-transfer ends it (answered IOERR): the VM is stopping.
+    pub fn execute(&self, mem: &GuestMemory, disk: &DiskFile, id: &[u8], stop: &AtomicBool) -> u32 {
+        let (status, written) = match self.run(mem, disk, id, stop) {
             Ok(written) => (VIRTIO_BLK_S_OK, written),
             Err(Outcome::Unsupported) => (VIRTIO_BLK_S_UNSUPP, 0),
             Err(Outcome::Failed(e)) => {
@@ -169,10 +174,16 @@ impl Request {
         u32::try_from(written + 1).unwrap_or(u32::MAX)
     }
 
-    fn run(&self, mem: &GuestMemory, disk: &DiskFile, id: &[u8]) -> Result<u64, Outcome> {
+    fn run(
+        &self,
+        mem: &GuestMemory,
+        disk: &DiskFile,
+        id: &[u8],
+        stop: &AtomicBool,
+    ) -> Result<u64, Outcome> {
         match self.kind {
-            RequestKind::In => self.transfer(mem, disk, true),
-            RequestKind::Out => self.transfer(mem, disk, false),
+            RequestKind::In => self.transfer(mem, disk, true, stop),
+            RequestKind::Out => self.transfer(mem, disk, false, stop),
             RequestKind::Flush => disk
                 .flush()
                 .map(|()| 0)
@@ -205,6 +216,7 @@ impl Request {
         mem: &GuestMemory,
         disk: &DiskFile,
         into_guest: bool,
+        stop: &AtomicBool,
     ) -> Result<u64, Outcome> {
         if !into_guest && disk.read_only() {
             return Err(RequestError::ReadOnly.into());
@@ -242,6 +254,9 @@ impl Request {
         for seg in &self.data {
             let mut done = 0u64;
             while done < seg.len {
+                if stop.load(Ordering::Acquire) {
+                    return Err(RequestError::Stopped.into());
+                }
                 let n = (seg.len - done).min(CHUNK as u64) as usize;
                 let chunk = &mut buf[..n];
                 let addr = seg
