@@ -223,9 +223,15 @@ async fn run() {
     if let Some(what) = std::env::var_os("PROXY_BENCH_PROFILE") {
         // For `perf record`: one figure through openclaw only, for 10 s:
         // keep-alive `h1` or `h2`, otherwise new connections.
+        // PROXY_BENCH_PROFILE_SECS: a shorter or longer run, so that two runs
+        // under callgrind give the cost per request by difference.
+        let secs = std::env::var("PROXY_BENCH_PROFILE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10);
         let start = Instant::now();
         let mut n = 0.0;
-        while start.elapsed() < Duration::from_secs(10) {
+        while start.elapsed() < Duration::from_secs(secs) {
             let rate = match what.to_str() {
                 Some("h1") => keep_alive_rps(&ours, b"http/1.1").await,
                 Some("h2") => keep_alive_rps(&ours, b"h2").await,
@@ -234,7 +240,7 @@ async fn run() {
             n += rate * RUN.as_secs_f64();
         }
         println!(
-            "profile run ({}): {:.0} per second; {:?}",
+            "profile run ({}): {:.0} per second, {n:.0} requests; {:?}",
             what.to_string_lossy(),
             n / start.elapsed().as_secs_f64(),
             handle.stats()
