@@ -52,6 +52,10 @@ pub(super) struct EchoMask {
     /// Pattern → index into `placeholders`.
     plain_secret: Vec<usize>,
     longest_plain: usize,
+    /// The patterns of `encoded` and `plain`, to tell whether a message's
+    /// tail could be the start of one (`partial_start`).
+    encoded_forms: Vec<Vec<u8>>,
+    plain_forms: Vec<Vec<u8>>,
     placeholders: Vec<String>,
 }
 
@@ -89,6 +93,8 @@ impl EchoMask {
             longest_plain: plain.iter().map(String::len).max().unwrap_or(0),
             encoded: build(&encoded, true)?,
             plain: build(&plain, true)?,
+            encoded_forms: encoded.iter().map(|f| f.as_bytes().to_vec()).collect(),
+            plain_forms: plain.iter().map(|f| f.as_bytes().to_vec()).collect(),
             encoded_secret,
             plain_secret,
             placeholders: placeholders.to_vec(),
@@ -126,23 +132,31 @@ impl EchoMask {
     pub(super) fn mask_all(&self, bytes: &[u8]) -> Vec<u8> {
         let (hits, _) = self.hits(bytes, true);
         let mut out = Vec::with_capacity(bytes.len());
-        let end = self.replace(bytes, &hits, bytes.len(), &mut out);
+        let end = self.replace(bytes, &hits, 0, bytes.len(), &mut out);
         out.extend_from_slice(&bytes[end..]);
         out
     }
 
-    /// Appends `bytes[..cut]` to `out` with the hits that end by `cut`
+    /// Appends `bytes[from..cut]` to `out` with the hits that end by `cut`
     /// replaced; returns where it stopped (`cut`, or the start of a hit
-    /// running past it).
-    fn replace(&self, bytes: &[u8], hits: &[Hit], cut: usize, out: &mut Vec<u8>) -> usize {
-        let mut pos = 0;
-        for h in hits {
+    /// running past it). Hits ending by `from` were replaced when those
+    /// bytes went out.
+    fn replace(
+        &self,
+        bytes: &[u8],
+        hits: &[Hit],
+        from: usize,
+        cut: usize,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let mut pos = from;
+        for h in hits.iter().filter(|h| h.end > from) {
             if h.end > cut {
                 let stop = h.start.min(cut).max(pos);
                 out.extend_from_slice(&bytes[pos..stop]);
                 return stop;
             }
-            out.extend_from_slice(&bytes[pos..h.start]);
+            out.extend_from_slice(&bytes[pos..h.start.max(pos)]);
             out.extend_from_slice(self.placeholders[h.secret].as_bytes());
             pos = h.end;
         }
@@ -229,29 +243,52 @@ impl EchoMask {
                 _ => merged.push(h),
             }
         }
-        // Never cut inside an escape (of any reading) nor inside a match:
-        // the held tail is read again with the next chunk and must start
-        // where every reading can start.
         if !at_end {
-            loop {
-                let mut at = read.iter().fold(hold, |at, u| {
-                    let i = u.from.partition_point(|r| r.1 <= at);
-                    match u.from.get(i) {
-                        Some(r) if r.0 < at => r.0,
-                        _ => at,
-                    }
-                });
-                let i = merged.partition_point(|h| h.end <= at);
-                if let Some(h) = merged.get(i).filter(|h| h.start < at) {
-                    at = h.start;
-                }
-                if at == hold {
-                    break;
-                }
-                hold = at;
-            }
+            hold = Self::settle(&read, &merged, hold);
         }
         (merged, hold)
+    }
+
+    /// `at`, moved back until it cuts inside no escape (of any reading) and
+    /// no match: a held tail is read again with the next chunk and must
+    /// start where every reading can start.
+    fn settle(read: &[Unescaped], merged: &[Hit], mut at: usize) -> usize {
+        loop {
+            let mut next = read.iter().fold(at, |at, u| {
+                let i = u.from.partition_point(|r| r.1 <= at);
+                match u.from.get(i) {
+                    Some(r) if r.0 < at => r.0,
+                    _ => at,
+                }
+            });
+            let i = merged.partition_point(|h| h.end <= next);
+            if let Some(h) = merged.get(i).filter(|h| h.start < next) {
+                next = h.start;
+            }
+            if next == at {
+                return at;
+            }
+            at = next;
+        }
+    }
+
+    /// The earliest offset of `buf` from which its tail could begin a
+    /// secret's spelling (raw, or in a reading, or as an escape cut off)
+    /// that bytes after `buf` would complete; `buf.len()` when none could.
+    /// `hits` are `buf`'s, read as ended.
+    fn partial_start(&self, buf: &[u8], hits: &[Hit]) -> usize {
+        let read = Self::readings(buf);
+        let mut at = tail_prefix(buf, &self.encoded_forms);
+        for u in &read {
+            if let Some(i) = u.incomplete {
+                at = at.min(i);
+            }
+            let k = tail_prefix(&u.bytes, &self.plain_forms);
+            if let Some(r) = u.from.get(k) {
+                at = at.min(r.0);
+            }
+        }
+        Self::settle(&read, hits, at)
     }
 
     /// A streaming filter over a response body.
@@ -259,35 +296,170 @@ impl EchoMask {
         EchoFilter {
             mask: self.clone(),
             carry: BytesMut::new(),
+            held_end: None,
+            sent: 0,
         }
     }
 }
+
+/// The earliest `i` for which `hay[i..]` is a proper prefix of one of
+/// `patterns` (ASCII case aside, as the finders match); `hay.len()` if none.
+fn tail_prefix(hay: &[u8], patterns: &[Vec<u8>]) -> usize {
+    let mut best = hay.len();
+    for p in patterns {
+        let from = hay.len() - p.len().saturating_sub(1).min(hay.len());
+        if let Some(i) = (from..best).find(|&i| p[..hay.len() - i].eq_ignore_ascii_case(&hay[i..]))
+        {
+            best = i;
+        }
+    }
+    best
+}
+
+/// A secret whose first bytes already went out (the end of a message
+/// released without its continuation) was completed by what followed:
+/// nothing can mask it any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitSecret;
 
 /// Replaces a secret echoed in a response body by its placeholder, across
 /// chunk boundaries: it holds back the tail where a secret (in any of its
 /// readings) could still be completing and releases it with the next chunk
 /// or at the end. After [`finish`](Self::finish) it takes a new stream.
+///
+/// A WebSocket's data messages are one stream to it, so a secret split
+/// across two messages is masked: [`end_message`](Self::end_message) ends
+/// a message but keeps back a tail that could begin a secret; the next
+/// message's bytes decide it ([`push_message`](Self::push_message) tells
+/// where the ended message stops in its output), or
+/// [`release`](Self::release) gives it out as it is and remembers it, so
+/// a secret it began that a later message completes is an error.
 pub struct EchoFilter {
     mask: Arc<EchoMask>,
     carry: BytesMut,
+    /// Where in `carry` the message whose end is held ended.
+    held_end: Option<usize>,
+    /// The first `sent` bytes of `carry` already went out as they were
+    /// (released unfinished); kept to see a secret they began complete.
+    sent: usize,
 }
 
+/// What a push gave out in a message stream: bytes of the message in
+/// progress on the output side (the held one, while its end is held) and,
+/// once the held message's end is decided, the bytes of the next one.
+pub type Pushed = (Bytes, Option<Bytes>);
+
 impl EchoFilter {
-    /// Filters one chunk; returns what can be sent now.
+    /// Filters one chunk of a body; returns what can be sent now.
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
-        self.carry.extend_from_slice(chunk);
-        let buf = std::mem::take(&mut self.carry);
-        let (hits, hold) = self.mask.hits(&buf, false);
-        let mut out = Vec::with_capacity(buf.len());
-        let cut = self.mask.replace(&buf, &hits, hold, &mut out);
-        self.carry.extend_from_slice(&buf[cut..]);
-        Bytes::from(out)
+        // A body never has bytes released early, so no secret can be split.
+        self.push_message(chunk).map(|(b, _)| b).unwrap_or_default()
     }
 
     /// Releases the held-back tail.
     pub fn finish(&mut self) -> Bytes {
         let rest = std::mem::take(&mut self.carry);
-        Bytes::from(self.mask.mask_all(&rest))
+        let from = std::mem::take(&mut self.sent).min(rest.len());
+        self.held_end = None;
+        Bytes::from(self.mask.mask_all(&rest[from..]))
+    }
+
+    /// Filters one chunk of a message stream.
+    pub fn push_message(&mut self, chunk: &[u8]) -> Result<Pushed, SplitSecret> {
+        self.carry.extend_from_slice(chunk);
+        let buf = std::mem::take(&mut self.carry);
+        let (hits, hold) = self.mask.hits(&buf, false);
+        self.check_sent(&hits)?;
+        Ok(self.emit(&buf, &hits, hold))
+    }
+
+    /// Ends a message of a stream: returns what can go out now (as
+    /// [`push_message`](Self::push_message) does: a message whose end was
+    /// held is decided here), and whether a tail of this message that
+    /// could begin a secret is held back (its end waits for the next
+    /// message or [`release`](Self::release)).
+    pub fn end_message(&mut self) -> Result<(Pushed, bool), SplitSecret> {
+        let buf = std::mem::take(&mut self.carry);
+        let (hits, _) = self.mask.hits(&buf, true);
+        self.check_sent(&hits)?;
+        let at = self.mask.partial_start(&buf, &hits);
+        let (first, mut next) = self.emit(&buf, &hits, at);
+        let mut first = first.to_vec();
+        if self.held_end.is_some() {
+            // This message is all a possible secret's middle: the one
+            // before it goes out as it is (a secret completed later ends
+            // the stream).
+            first.extend_from_slice(&self.release());
+            next = Some(Bytes::new());
+        }
+        let held = self.carry.len() > self.sent;
+        if held {
+            self.held_end = Some(self.carry.len());
+        }
+        Ok(((Bytes::from(first), next), held))
+    }
+
+    /// Gives out `buf[sent..limit]` (stopping before a hit running past
+    /// `limit`) and keeps the rest, split where the held message ends once
+    /// that end is decided.
+    fn emit(&mut self, buf: &[u8], hits: &[Hit], limit: usize) -> Pushed {
+        let mut first = Vec::new();
+        let mut next = None;
+        let stop = if limit <= self.sent {
+            limit
+        } else {
+            // The held message runs to its end, or past it to the end of a
+            // secret it began: the whole placeholder stays in the message
+            // the secret began in (its final frame is still unsent) and the
+            // next message starts with the server's bytes after it.
+            let split = self.held_end.map(|m| {
+                hits.iter()
+                    .find(|h| h.start < m && h.end > m)
+                    .map_or(m, |h| h.end)
+            });
+            match split {
+                Some(m) if m <= limit => {
+                    let at = self.mask.replace(buf, hits, self.sent, m, &mut first);
+                    let mut rest = Vec::new();
+                    let stop = self.mask.replace(buf, hits, at, limit, &mut rest);
+                    next = Some(Bytes::from(rest));
+                    self.held_end = None;
+                    stop
+                }
+                _ => self.mask.replace(buf, hits, self.sent, limit, &mut first),
+            }
+        };
+        self.keep(buf, stop);
+        (Bytes::from(first), next)
+    }
+
+    /// Gives out the held message's end as it is (masked alone: no
+    /// continuation came); its bytes stay as context.
+    pub fn release(&mut self) -> Bytes {
+        let Some(end) = self.held_end.take() else {
+            return Bytes::new();
+        };
+        let out = self.mask.mask_all(&self.carry[self.sent..end]);
+        self.sent = end;
+        Bytes::from(out)
+    }
+
+    /// Fails when a secret began in bytes already sent and ends after them.
+    fn check_sent(&self, hits: &[Hit]) -> Result<(), SplitSecret> {
+        match hits
+            .iter()
+            .any(|h| h.start < self.sent && h.end > self.sent)
+        {
+            true => Err(SplitSecret),
+            false => Ok(()),
+        }
+    }
+
+    /// Keeps `buf[stop..]` as the carry (offsets shift by `stop`).
+    fn keep(&mut self, buf: &[u8], stop: usize) {
+        self.carry.extend_from_slice(&buf[stop..]);
+        self.sent = self.sent.saturating_sub(stop);
+        self.held_end = self.held_end.map(|m| m - stop);
     }
 }
 
@@ -328,6 +500,91 @@ mod tests {
             );
         }
         whole
+    }
+
+    /// Two messages of a stream, back to back, cut at `cut`: the output
+    /// (both messages joined) and where the first ended in it.
+    fn two_messages(m: &Arc<EchoMask>, body: &[u8], cut: usize) -> (Vec<u8>, usize) {
+        let mut f = m.filter();
+        let mut out = Vec::new();
+        let mut first_end = None;
+        let take = |out: &mut Vec<u8>, end: &mut Option<usize>, (a, b): Pushed| {
+            out.extend_from_slice(&a);
+            if let Some(b) = b {
+                *end = Some(out.len());
+                out.extend_from_slice(&b);
+            }
+        };
+        let pushed = f.push_message(&body[..cut]).expect("no split");
+        take(&mut out, &mut first_end, pushed);
+        let (p, held) = f.end_message().expect("no split");
+        take(&mut out, &mut first_end, p);
+        if !held {
+            first_end = Some(out.len());
+        }
+        let pushed = f.push_message(&body[cut..]).expect("no split");
+        take(&mut out, &mut first_end, pushed);
+        let (p, held) = f.end_message().expect("no split");
+        take(&mut out, &mut first_end, p);
+        if held {
+            out.extend_from_slice(&f.release());
+        }
+        (out, first_end.expect("the first message ended"))
+    }
+
+    #[test]
+    fn back_to_back_messages_are_masked_as_one_stream() {
+        let m = mask(&["Hunter2!\"real-P@ss/é"]);
+        for body in [
+            r#"{"a":"Hunter2!\"real-P@ss\/\u00e9"}"#,
+            "x Hunter2!%22real-P%40ss%2F%C3%A9 y",
+            "HUNTER2!\"REAL-P@SS/é and &#72;unter2!&quot;real-P@ss/&eacute;",
+        ] {
+            let whole = m.mask_all(body.as_bytes());
+            for cut in 0..=body.len() {
+                let (out, first_end) = two_messages(&m, body.as_bytes(), cut);
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(&whole),
+                    "cut {cut}: {body}"
+                );
+                // The first message ends at the cut or, when a secret
+                // runs across it, after that secret's placeholder.
+                let (hits, _) = m.hits(body.as_bytes(), true);
+                let end = hits
+                    .iter()
+                    .find(|h| h.start < cut && h.end > cut)
+                    .map_or(cut, |h| h.end);
+                let first = m.mask_all(&body.as_bytes()[..end]);
+                assert_eq!(first_end, first.len(), "cut {cut}: {body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_released_end_completed_later_is_an_error() {
+        let m = mask(&["Hunter2"]);
+        let mut f = m.filter();
+        assert_eq!(f.push_message(b"x Hun").expect("push").0, "");
+        let (p, held) = f.end_message().expect("end");
+        assert!(held && p.1.is_none());
+        assert_eq!(p.0, "x ");
+        assert_eq!(f.release(), "Hun");
+        // A message that does not complete it passes ...
+        let (p, _) = f.end_message().expect("empty");
+        assert!(p.0.is_empty());
+        assert_eq!(f.push_message(b"te").expect("push").0, "");
+        // ... one that does is refused.
+        assert_eq!(f.push_message(b"r2 y"), Err(SplitSecret));
+        // A message that is all a secret's middle lets the one before it go.
+        let mut f = m.filter();
+        f.push_message(b"Hu").expect("push");
+        assert!(f.end_message().expect("end").1);
+        f.push_message(b"nt").expect("push");
+        let ((first, next), held) = f.end_message().expect("end");
+        assert_eq!((&first[..], next.as_deref()), (&b"Hu"[..], Some(&b""[..])));
+        assert!(held);
+        assert_eq!(f.push_message(b"er2"), Err(SplitSecret));
     }
 
     #[test]

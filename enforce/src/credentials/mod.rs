@@ -32,7 +32,7 @@ use capabilities::Host;
 use http::HeaderMap;
 
 pub use decode::{BodyDecoder, Coding, DecodeError};
-pub use echo::EchoFilter;
+pub use echo::{EchoFilter, Pushed, SplitSecret};
 pub use placeholder::{Findings, Place, Sighting, FRAGMENT_LEN, PLACEHOLDER_PREFIX, RANDOM_LEN};
 pub use placement::Placement;
 pub use store::{Injection, Secret, SecretStore, SecretsError};
