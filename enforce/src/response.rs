@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http::{header, response, HeaderMap};
 use proxy::{FilterError, ResponseFilter, ResponseVerdict};
 
-use crate::credentials::{BodyDecoder, Coding, EchoFilter, SessionCredentials};
+use crate::credentials::{
+    BodyDecoder, Coding, EchoFilter, Pushed, SessionCredentials, SplitSecret,
+};
 
 /// The verdict for a response head from such a host (its header values
 /// already masked by the caller).
@@ -119,13 +121,19 @@ fn unreadable_charset(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// Output not given out yet: masked bytes, and where a WebSocket message
+/// whose end was held ends.
+enum Ready {
+    Bytes(Bytes),
+    MessageEnd,
+}
+
 /// Decode (when compressed), then mask; see the module doc.
 struct MaskResponse {
     creds: Arc<SessionCredentials>,
     decoder: Option<BodyDecoder>,
     echo: EchoFilter,
-    /// Masked output not given out yet.
-    ready: VecDeque<Bytes>,
+    ready: VecDeque<Ready>,
     input_done: bool,
     /// After `finish`: the echo filter's held-back tail was given out.
     tail_given: bool,
@@ -133,6 +141,31 @@ struct MaskResponse {
 
 fn filter_error(e: impl std::fmt::Display) -> FilterError {
     FilterError(e.to_string())
+}
+
+fn split_secret(_: SplitSecret) -> FilterError {
+    FilterError(
+        "websocket-split-secret: a WebSocket message completed a secret whose start \
+         had already gone out at the end of the message before it (which could not \
+         wait longer), so the tunnel is ended"
+            .into(),
+    )
+}
+
+impl MaskResponse {
+    fn ready(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.ready.push_back(Ready::Bytes(b));
+        }
+    }
+
+    fn pushed(&mut self, (out, next): Pushed) {
+        self.ready(out);
+        if let Some(next) = next {
+            self.ready.push_back(Ready::MessageEnd);
+            self.ready(next);
+        }
+    }
 }
 
 impl ResponseFilter for MaskResponse {
@@ -143,10 +176,9 @@ impl ResponseFilter for MaskResponse {
         match self.decoder.as_mut() {
             Some(d) => d.push(&chunk),
             None => {
-                let out = self.echo.push(&chunk);
-                if !out.is_empty() {
-                    self.ready.push_back(out);
-                }
+                // One stream for a body and for a WebSocket's messages alike.
+                let pushed = self.echo.push_message(&chunk).map_err(split_secret)?;
+                self.pushed(pushed);
             }
         }
         Ok(())
@@ -154,8 +186,15 @@ impl ResponseFilter for MaskResponse {
 
     fn pull(&mut self) -> Result<Option<Bytes>, FilterError> {
         loop {
-            if let Some(b) = self.ready.pop_front() {
-                return Ok(Some(b));
+            match self.ready.front() {
+                Some(Ready::Bytes(_)) => {
+                    if let Some(Ready::Bytes(b)) = self.ready.pop_front() {
+                        return Ok(Some(b));
+                    }
+                }
+                // The held message's end: `message_ended` passes it.
+                Some(Ready::MessageEnd) => return Ok(None),
+                None => {}
             }
             if let Some(d) = self.decoder.as_mut() {
                 if let Some(plain) = d.pull().map_err(filter_error)? {
@@ -187,6 +226,33 @@ impl ResponseFilter for MaskResponse {
 
     fn trailers(&mut self, trailers: &mut HeaderMap) {
         self.creds.mask_headers(trailers);
+    }
+
+    fn end_message(&mut self) -> Result<bool, FilterError> {
+        if self.decoder.is_some() {
+            // A compressed 101 is no WebSocket a client reads; each message
+            // is its own stream, as the trait's default.
+            self.finish()?;
+            return Ok(false);
+        }
+        let (pushed, held) = self.echo.end_message().map_err(split_secret)?;
+        self.pushed(pushed);
+        Ok(held)
+    }
+
+    fn message_ended(&mut self) -> bool {
+        let ended = matches!(self.ready.front(), Some(Ready::MessageEnd));
+        if ended {
+            self.ready.pop_front();
+        }
+        ended
+    }
+
+    fn release_message(&mut self) -> Result<(), FilterError> {
+        let out = self.echo.release();
+        self.ready(out);
+        self.ready.push_back(Ready::MessageEnd);
+        Ok(())
     }
 }
 

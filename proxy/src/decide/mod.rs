@@ -191,6 +191,29 @@ pub trait ResponseFilter: Send + 'static {
     fn finish(&mut self) -> Result<(), FilterError>;
     /// Rewrite the trailers (sent after the body's last byte).
     fn trailers(&mut self, _trailers: &mut HeaderMap) {}
+
+    /// A WebSocket's messages, in place of `finish` at each message's end:
+    /// a filter may treat them as one stream (so what it rewrites may span
+    /// two messages). `pull` then gives the rest of the ended message;
+    /// `true` says the filter holds some of it back, to be decided by the
+    /// next message's bytes: `pull` gives the held message's bytes until
+    /// [`message_ended`](Self::message_ended) says they are all out. By
+    /// default each message is a stream of its own.
+    fn end_message(&mut self) -> Result<bool, FilterError> {
+        self.finish()?;
+        Ok(false)
+    }
+    /// While a message's end is held: whether all of it was pulled (the
+    /// next piece starts the next message); consumes that mark.
+    fn message_ended(&mut self) -> bool {
+        true
+    }
+    /// No continuation is coming (soon): `pull` gives the held message's
+    /// end as it is, then `message_ended` is true. The filter may refuse
+    /// later input that its released end began.
+    fn release_message(&mut self) -> Result<(), FilterError> {
+        Ok(())
+    }
 }
 
 /// What the gate makes of a response head.

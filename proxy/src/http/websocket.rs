@@ -9,11 +9,13 @@
 use std::{
     io,
     sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
 };
 
 use bytes::{Buf, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use crate::{
     decide::{FilterError, ResponseFilter},
@@ -167,10 +169,18 @@ enum FrameState {
 /// A server's WebSocket frames with each message's payload passed through
 /// the gate's filter and framed again (masking may change a message's
 /// length, so frames cannot be patched in place). Data frames stream: each
-/// piece of filter output goes out as a frame of the message; the message's
-/// last frame carries what the filter held back. Control frames (ping,
-/// pong, close: at most 125 bytes, never fragmented, possibly between the
-/// frames of a message) go through a second filter, whole.
+/// piece of filter output goes out as a frame of the message. Control
+/// frames (ping, pong, close: at most 125 bytes, never fragmented, possibly
+/// between the frames of a message) go through a second filter, whole.
+///
+/// Data messages are one stream to their filter, so a secret split across
+/// two messages is masked too: when a message ends with a tail that could
+/// begin a secret, its final frame is held until the next message's bytes
+/// decide the tail; a close frame or [`release`](Self::release) (the pump,
+/// when the upstream pauses or ends) sends it on as it is. Control frames
+/// are never held (a ping waits for its pong): a control payload ending in
+/// a secret's start goes out as it is, and the tunnel ends if the next
+/// control frame completes that secret (the filter's error).
 ///
 /// Fails closed on what it cannot read: a masked server frame (RFC 6455
 /// §5.1), reserved bits (no extension may be agreed on a masked tunnel: the
@@ -183,9 +193,20 @@ pub(crate) struct MessageMask {
     /// Received bytes not yet parsed.
     buf: BytesMut,
     state: FrameState,
-    /// Opcode (1 text, 2 binary) of the message in progress.
+    /// Opcode (1 text, 2 binary) of the message being read.
     message: Option<u8>,
-    /// A frame of the message in progress has been sent on.
+    /// The message frames go out for: the one being read, or while `held`
+    /// the one before it.
+    out: Option<Out>,
+    /// `out` was read to its end; its final frame waits.
+    held: bool,
+}
+
+/// A message on the output side.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    opcode: u8,
+    /// A frame of it has been sent on.
     sent_first: bool,
 }
 
@@ -218,18 +239,20 @@ impl MessageMask {
             buf: BytesMut::new(),
             state: FrameState::Header,
             message: None,
-            sent_first: false,
+            out: None,
+            held: false,
         }
     }
 
-    /// Parses `input`, appending the frames to send on to `out`.
-    pub(crate) fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), FilterError> {
+    /// Parses `input`, appending the frames to send on to `out`; returns
+    /// whether a message's final frame is held (see [`release`](Self::release)).
+    pub(crate) fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<bool, FilterError> {
         self.buf.extend_from_slice(input);
         loop {
             match self.state {
                 FrameState::Header => {
                     if !self.header()? {
-                        return Ok(());
+                        return Ok(self.held);
                     }
                 }
                 FrameState::Data { fin, left } => {
@@ -244,31 +267,31 @@ impl MessageMask {
                     let left = left - take as u64;
                     if left > 0 {
                         self.state = FrameState::Data { fin, left };
-                        return Ok(());
+                        return Ok(self.held);
                     }
                     if fin {
-                        self.data.finish()?;
-                        let mut rest = Vec::new();
-                        while let Some(b) = self.data.pull()? {
-                            rest.extend_from_slice(&b);
-                        }
-                        let opcode = self.next_opcode();
-                        write_frame(out, true, opcode, &rest);
-                        self.message = None;
+                        self.end_message(out)?;
                     }
                     self.state = FrameState::Header;
                 }
                 FrameState::Control { opcode, len } => {
                     if self.buf.len() < len {
-                        return Ok(());
+                        return Ok(self.held);
+                    }
+                    if opcode == 0x8 {
+                        // Nothing follows a close: the held end goes first.
+                        self.release(out)?;
                     }
                     let payload = self.buf.split_to(len).freeze();
                     self.control.push(payload)?;
-                    self.control.finish()?;
+                    if self.control.end_message()? {
+                        self.control.release_message()?;
+                    }
                     let mut masked = Vec::new();
                     while let Some(b) = self.control.pull()? {
                         masked.extend_from_slice(&b);
                     }
+                    self.control.message_ended();
                     if masked.len() > MAX_CONTROL {
                         return Err(bad("a masked control frame grew past 125 bytes"));
                     }
@@ -277,6 +300,41 @@ impl MessageMask {
                 }
             }
         }
+    }
+
+    /// Sends on the held final frame, with what the filter held back of its
+    /// message as it is.
+    pub(crate) fn release(&mut self, out: &mut Vec<u8>) -> Result<(), FilterError> {
+        if self.held {
+            self.data.release_message()?;
+            self.drain_held(out)?;
+        }
+        Ok(())
+    }
+
+    /// The message being read ended.
+    fn end_message(&mut self, out: &mut Vec<u8>) -> Result<(), FilterError> {
+        let held = self.data.end_message()?;
+        if self.held {
+            // The message before it: the filter decides its end now.
+            self.drain_held(out)?;
+        }
+        let mut rest = Vec::new();
+        while let Some(b) = self.data.pull()? {
+            rest.extend_from_slice(&b);
+        }
+        let opcode = self.next_opcode();
+        if held {
+            if !rest.is_empty() {
+                write_frame(out, false, opcode, &rest);
+            }
+            self.held = true;
+        } else {
+            write_frame(out, true, opcode, &rest);
+            self.out = None;
+        }
+        self.message = None;
+        Ok(())
     }
 
     /// Parses a frame header if all of it is here (false: wait for more).
@@ -320,7 +378,12 @@ impl MessageMask {
             0x1 | 0x2 if self.message.is_some() => return Err(bad("a new message inside another")),
             0x1 | 0x2 => {
                 self.message = Some(opcode);
-                self.sent_first = false;
+                if !self.held {
+                    self.out = Some(Out {
+                        opcode,
+                        sent_first: false,
+                    });
+                }
                 FrameState::Data { fin, left: len }
             }
             _ => return Err(bad("an unknown opcode")),
@@ -328,18 +391,24 @@ impl MessageMask {
         Ok(true)
     }
 
-    /// The opcode of the next frame of the message in progress.
+    /// The opcode of the next frame of the message going out.
     fn next_opcode(&mut self) -> u8 {
-        if self.sent_first {
-            0
-        } else {
-            self.sent_first = true;
-            self.message.unwrap_or(0x2)
+        match self.out.as_mut() {
+            Some(o) if !o.sent_first => {
+                o.sent_first = true;
+                o.opcode
+            }
+            Some(_) => 0,
+            None => 0x2,
         }
     }
 
-    /// Sends on what the data filter has ready, as frames of the message.
+    /// Sends on what the data filter has ready, as frames of the message
+    /// going out.
     fn drain(&mut self, out: &mut Vec<u8>) -> Result<(), FilterError> {
+        if self.held {
+            self.drain_held(out)?;
+        }
         while let Some(b) = self.data.pull()? {
             if !b.is_empty() {
                 let opcode = self.next_opcode();
@@ -348,11 +417,41 @@ impl MessageMask {
         }
         Ok(())
     }
+
+    /// Sends on what the filter has ready of the held message and, if its
+    /// end is decided, its final frame; frames then go out for the message
+    /// being read.
+    fn drain_held(&mut self, out: &mut Vec<u8>) -> Result<(), FilterError> {
+        while let Some(b) = self.data.pull()? {
+            if !b.is_empty() {
+                let opcode = self.next_opcode();
+                write_frame(out, false, opcode, &b);
+            }
+        }
+        if self.data.message_ended() {
+            let opcode = self.next_opcode();
+            write_frame(out, true, opcode, &[]);
+            self.held = false;
+            self.out = self.message.map(|opcode| Out {
+                opcode,
+                sent_first: false,
+            });
+        }
+        Ok(())
+    }
 }
+
+/// How long a message's final frame may wait for the next message to tell
+/// whether its tail begins a secret: longer than back-to-back messages
+/// take to arrive (a stream chunked into messages sends them in one go),
+/// short enough that a request/response peer waiting on the message does
+/// not notice. Counted from the hold's start, so pings cannot stretch it.
+const HOLD: Duration = Duration::from_millis(75);
 
 /// Copies one direction of a tunnel until the reader ends (then shuts the
 /// writer down), counting the bytes written; with `mask`, what is written
-/// is the masked frames.
+/// is the masked frames, and a held final frame goes out when `HOLD`
+/// passes without its continuation, or when the reader ends.
 pub(crate) async fn pump<R, W>(
     mut reader: R,
     mut writer: W,
@@ -365,25 +464,45 @@ where
 {
     let mut buf = vec![0u8; PUMP_BUF];
     let mut out = Vec::new();
+    let mut held_until: Option<Instant> = None;
     loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            return writer.shutdown().await;
-        }
-        let bytes = match mask.as_mut() {
-            None => &buf[..n],
-            Some(m) => {
-                out.clear();
-                m.feed(&buf[..n], &mut out).map_err(io::Error::other)?;
+        let read = reader.read(&mut buf);
+        // `read` is cancel safe: a timeout loses no bytes.
+        let n = match held_until {
+            Some(t) => match tokio::time::timeout_at(t, read).await {
+                Ok(n) => Some(n?),
+                Err(_) => None,
+            },
+            None => Some(read.await?),
+        };
+        out.clear();
+        let bytes = match (mask.as_mut(), n) {
+            (None, Some(n)) if n > 0 => &buf[..n],
+            // Without a mask nothing is held, so no timeout.
+            (None, _) => return writer.shutdown().await,
+            (Some(m), Some(0) | None) => {
+                m.release(&mut out).map_err(io::Error::other)?;
+                held_until = None;
+                &out[..]
+            }
+            (Some(m), Some(n)) => {
+                let held = m.feed(&buf[..n], &mut out).map_err(io::Error::other)?;
+                held_until = match (held, held_until) {
+                    (false, _) => None,
+                    (true, None) => Some(Instant::now() + HOLD),
+                    (true, t) => t,
+                };
                 &out[..]
             }
         };
-        if bytes.is_empty() {
-            continue;
+        if !bytes.is_empty() {
+            writer.write_all(bytes).await?;
+            writer.flush().await?;
+            counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
-        writer.write_all(bytes).await?;
-        writer.flush().await?;
-        counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if n == Some(0) {
+            return writer.shutdown().await;
+        }
     }
 }
 
@@ -440,6 +559,110 @@ mod tests {
         }
         fn finish(&mut self) -> Result<(), FilterError> {
             self.release(0);
+            Ok(())
+        }
+    }
+
+    /// `Replace` with a WebSocket's messages one stream, as the enforcing
+    /// gate's filter: a message ending in the start of `SECRET` is held;
+    /// the next message decides it (the mask goes in the message the secret
+    /// began in); a released end that the next bytes complete is an error.
+    #[derive(Default)]
+    struct Stream {
+        text: Vec<u8>,
+        /// The first `sent` bytes of `text` went out as they were.
+        sent: usize,
+        held_end: Option<usize>,
+        /// `None`: the held message ends here.
+        ready: std::collections::VecDeque<Option<Bytes>>,
+    }
+    impl Stream {
+        fn boxed() -> Box<dyn ResponseFilter> {
+            Box::<Stream>::default()
+        }
+        fn run(&mut self) -> Result<(), FilterError> {
+            let t = &self.text;
+            let found = |i: usize| t[i..].starts_with(SECRET);
+            if (0..self.sent).any(|i| found(i) && i + SECRET.len() > self.sent) {
+                return Err(FilterError("split".into()));
+            }
+            let hold = (0..t.len())
+                .find(|&i| t.len() - i < SECRET.len() && SECRET.starts_with(&t[i..]))
+                .unwrap_or(t.len());
+            let mut i = self.sent;
+            let mut out = Vec::new();
+            while i < hold {
+                if self.held_end == Some(i) {
+                    self.ready
+                        .push_back(Some(Bytes::from(std::mem::take(&mut out))));
+                    self.ready.push_back(None);
+                    self.held_end = None;
+                }
+                if found(i) {
+                    out.extend_from_slice(MASK);
+                    i += SECRET.len();
+                    if self.held_end.is_some_and(|m| m < i) {
+                        // Began in the held message: the mask stays there.
+                        self.held_end = Some(i);
+                    }
+                } else {
+                    out.push(t[i]);
+                    i += 1;
+                }
+            }
+            if self.held_end == Some(hold) {
+                self.ready
+                    .push_back(Some(Bytes::from(std::mem::take(&mut out))));
+                self.ready.push_back(None);
+                self.held_end = None;
+            }
+            self.ready.push_back(Some(Bytes::from(out)));
+            let stop = if hold <= self.sent { hold } else { i };
+            self.text.drain(..stop);
+            self.sent = self.sent.saturating_sub(stop);
+            self.held_end = self.held_end.map(|m| m - stop);
+            Ok(())
+        }
+    }
+    impl ResponseFilter for Stream {
+        fn push(&mut self, chunk: Bytes) -> Result<(), FilterError> {
+            self.text.extend_from_slice(&chunk);
+            self.run()
+        }
+        fn pull(&mut self) -> Result<Option<Bytes>, FilterError> {
+            match self.ready.front() {
+                Some(Some(_)) => Ok(self.ready.pop_front().flatten()),
+                _ => Ok(None),
+            }
+        }
+        fn finish(&mut self) -> Result<(), FilterError> {
+            unreachable!("messages end with end_message")
+        }
+        fn end_message(&mut self) -> Result<bool, FilterError> {
+            self.run()?;
+            if self.held_end.is_some() {
+                self.release_message()?;
+            }
+            let held = self.text.len() > self.sent;
+            if held {
+                self.held_end = Some(self.text.len());
+            }
+            Ok(held)
+        }
+        fn message_ended(&mut self) -> bool {
+            let ended = matches!(self.ready.front(), Some(None));
+            if ended {
+                self.ready.pop_front();
+            }
+            ended
+        }
+        fn release_message(&mut self) -> Result<(), FilterError> {
+            if let Some(m) = self.held_end.take() {
+                let b = Bytes::copy_from_slice(&self.text[self.sent..m]);
+                self.ready.push_back(Some(b));
+                self.ready.push_back(None);
+                self.sent = m;
+            }
             Ok(())
         }
     }
@@ -516,6 +739,100 @@ mod tests {
                 "step {step}"
             );
         }
+    }
+
+    fn stream_mask() -> MessageMask {
+        MessageMask::new(Stream::boxed(), Stream::boxed())
+    }
+
+    #[test]
+    fn a_secret_split_across_messages_is_masked_in_the_message_it_began_in() {
+        let mut input = Vec::new();
+        write_frame(&mut input, true, 1, b"one s3c");
+        write_frame(&mut input, false, 2, b"r3t two ");
+        write_frame(&mut input, true, 0, b"s3cr3");
+        write_frame(&mut input, true, 1, b"t three");
+        for step in [1, 2, 5, input.len()] {
+            let mut m = stream_mask();
+            let mut out = Vec::new();
+            let mut held = false;
+            for piece in input.chunks(step) {
+                held = m.feed(piece, &mut out).expect("valid frames");
+            }
+            assert!(!held, "step {step}");
+            assert_eq!(
+                messages(&frames(&out)),
+                vec![
+                    (1, b"one ocs_placeholder_xyz".to_vec()),
+                    (2, b" two ocs_placeholder_xyz".to_vec()),
+                    (1, b" three".to_vec()),
+                ],
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_held_final_frame_waits_for_release_or_a_close() {
+        let mut msg = Vec::new();
+        write_frame(&mut msg, true, 1, b"hello s3c");
+        let mut m = stream_mask();
+        let mut out = Vec::new();
+        assert!(m.feed(&msg, &mut out).expect("valid"), "held");
+        // What cannot be part of a secret went out; the message is open.
+        assert_eq!(frames(&out), vec![(false, 1, b"hello ".to_vec())]);
+        // A ping passes the held frame (control frames may come between
+        // a message's frames).
+        let mut ping = Vec::new();
+        write_frame(&mut ping, true, 9, b"p");
+        out.clear();
+        assert!(m.feed(&ping, &mut out).expect("valid"));
+        assert_eq!(frames(&out), vec![(true, 9, b"p".to_vec())]);
+        // The pump's timeout: the tail goes out as it is.
+        out.clear();
+        m.release(&mut out).expect("release");
+        assert_eq!(
+            frames(&out),
+            vec![(false, 0, b"s3c".to_vec()), (true, 0, vec![])]
+        );
+        // Then a message completing that secret ends the tunnel...
+        let mut rest = Vec::new();
+        write_frame(&mut rest, true, 1, b"r3t");
+        assert!(m.feed(&rest, &mut Vec::new()).is_err());
+        // ... while one that does not is delivered.
+        let mut m = stream_mask();
+        m.feed(&msg, &mut Vec::new()).expect("valid");
+        m.release(&mut Vec::new()).expect("release");
+        let mut out = Vec::new();
+        let mut other = Vec::new();
+        write_frame(&mut other, true, 1, b"ret");
+        assert!(!m.feed(&other, &mut out).expect("valid"));
+        assert_eq!(messages(&frames(&out)), vec![(1, b"ret".to_vec())]);
+
+        // A close frame sends the held frame first.
+        let mut m = stream_mask();
+        let mut input = msg.clone();
+        write_frame(&mut input, true, 8, b"\x03\xe8");
+        let mut out = Vec::new();
+        assert!(!m.feed(&input, &mut out).expect("valid"));
+        assert_eq!(
+            messages(&frames(&out)),
+            vec![(1, b"hello s3c".to_vec()), (8, b"\x03\xe8".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_secret_split_across_control_frames_ends_the_tunnel() {
+        let mut input = Vec::new();
+        write_frame(&mut input, true, 9, b"ping s3c");
+        let mut m = stream_mask();
+        let mut out = Vec::new();
+        // Never held: the payload goes out as it is.
+        assert!(!m.feed(&input, &mut out).expect("valid"));
+        assert_eq!(frames(&out), vec![(true, 9, b"ping s3c".to_vec())]);
+        let mut next = Vec::new();
+        write_frame(&mut next, true, 9, b"r3t");
+        assert!(m.feed(&next, &mut Vec::new()).is_err());
     }
 
     #[test]
