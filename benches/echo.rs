@@ -35,8 +35,8 @@ const SECRET: &str = "sk-live-4f9c2e7a1b8d6053e1f2a9c4";
 
 /// The CPU time this thread has used (user and system).
 fn cpu_now() -> Duration {
-    let usage =
-        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD).expect("getrusage");
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+        .expect("getrusage");
     let micros = |t: nix::sys::time::TimeVal| {
         Duration::from_secs(u64::try_from(t.tv_sec()).expect("time"))
             + Duration::from_micros(u64::try_from(t.tv_usec()).expect("time"))
@@ -154,7 +154,11 @@ fn main() {
     let mut out = filter.push(&bodies[2].1).to_vec();
     out.extend_from_slice(&filter.finish());
     let found = AhoCorasick::new([SECRET, &SECRET.replace('-', "%2D")]).expect("automaton");
-    assert_eq!(found.find_iter(&out).count(), 0, "a secret was left unmasked");
+    assert_eq!(
+        found.find_iter(&out).count(),
+        0,
+        "a secret was left unmasked"
+    );
     let raw = AhoCorasick::new([SECRET]).expect("automaton");
     println!("echo masking, ms of CPU per MiB (min / median / max over {rounds} rounds)");
     for (name, body) in &bodies {
@@ -169,7 +173,9 @@ fn main() {
         };
         for _ in 0..rounds {
             run("copy (peer)".into(), &mut |b| b.to_vec().len());
-            run("aho-corasick raw (peer)".into(), &mut |b| raw.find_iter(b).count());
+            run("aho-corasick raw (peer)".into(), &mut |b| {
+                raw.find_iter(b).count()
+            });
             for (secrets, creds) in [(1, &one), (8, &eight)] {
                 for piece in [BODY, 16 << 10, 1 << 10] {
                     let pieces = if piece == BODY {
