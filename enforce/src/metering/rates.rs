@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use receipts::{ModelPrice, RateSnapshot};
+use receipts::{cost_micro_usd, ModelPrice, RateSnapshot, UsageTokens};
 use serde::Deserialize;
 
 use crate::catalog::{decimal_to_scaled, LlmPrice};
@@ -19,6 +19,16 @@ pub const BUILTIN_AS_OF: &str = "2025-11-30";
 /// tokens; OpenAI has no cache-write charge, so its writes are priced as
 /// input and never occur). Anthropic: 5-minute cache writes 1.25× input,
 /// 1-hour writes 2×, cache reads 0.1×.
+///
+/// The tiers and windows were taken from the same pages at the same date
+/// (openai.com/api/pricing, "Priority" tier; docs.anthropic.com pricing,
+/// "Long context pricing"; the providers' model pages for context windows):
+/// OpenAI's priority prices per model (flex is cheaper than standard, so it
+/// is charged as standard); Claude Sonnet 4 and 4.5 bill a request whose
+/// input (cache reads and writes included) passes 200k tokens at 6 / 22.50
+/// USD per million, cache multipliers on top. Sonnet's window is 1M tokens
+/// with Anthropic's `context-1m` beta header, which the plan does not read,
+/// so the card states the largest.
 const BUILTIN: &str = r#"
 as_of = "2025-11-30"
 
@@ -28,6 +38,8 @@ match = "prefix"
 input = "2.50"
 cached_input = "1.25"
 output = "10.00"
+context_window = 128000
+priority = { input = "4.25", cached_input = "2.125", output = "17.00" }
 
 [[model]]
 name = "gpt-4o-mini"
@@ -35,6 +47,8 @@ match = "prefix"
 input = "0.15"
 cached_input = "0.075"
 output = "0.60"
+context_window = 128000
+priority = { input = "0.25", cached_input = "0.125", output = "1.00" }
 
 [[model]]
 name = "gpt-4.1"
@@ -42,6 +56,8 @@ match = "prefix"
 input = "2.00"
 cached_input = "0.50"
 output = "8.00"
+context_window = 1047576
+priority = { input = "3.50", cached_input = "0.875", output = "14.00" }
 
 [[model]]
 name = "gpt-4.1-mini"
@@ -49,6 +65,8 @@ match = "prefix"
 input = "0.40"
 cached_input = "0.10"
 output = "1.60"
+context_window = 1047576
+priority = { input = "0.70", cached_input = "0.175", output = "2.80" }
 
 [[model]]
 name = "gpt-4.1-nano"
@@ -56,6 +74,8 @@ match = "prefix"
 input = "0.10"
 cached_input = "0.025"
 output = "0.40"
+context_window = 1047576
+priority = { input = "0.20", cached_input = "0.05", output = "0.80" }
 
 [[model]]
 name = "gpt-5"
@@ -63,6 +83,8 @@ match = "prefix"
 input = "1.25"
 cached_input = "0.125"
 output = "10.00"
+context_window = 400000
+priority = { input = "2.50", cached_input = "0.25", output = "20.00" }
 
 [[model]]
 name = "gpt-5-mini"
@@ -70,6 +92,8 @@ match = "prefix"
 input = "0.25"
 cached_input = "0.025"
 output = "2.00"
+context_window = 400000
+priority = { input = "0.45", cached_input = "0.045", output = "3.60" }
 
 [[model]]
 name = "gpt-5-nano"
@@ -77,6 +101,7 @@ match = "prefix"
 input = "0.05"
 cached_input = "0.005"
 output = "0.40"
+context_window = 400000
 
 [[model]]
 name = "o1"
@@ -84,6 +109,7 @@ match = "prefix"
 input = "15.00"
 cached_input = "7.50"
 output = "60.00"
+context_window = 200000
 
 [[model]]
 name = "o3"
@@ -91,6 +117,8 @@ match = "prefix"
 input = "2.00"
 cached_input = "0.50"
 output = "8.00"
+context_window = 200000
+priority = { input = "3.50", cached_input = "0.875", output = "14.00" }
 
 [[model]]
 name = "o3-mini"
@@ -98,6 +126,7 @@ match = "prefix"
 input = "1.10"
 cached_input = "0.55"
 output = "4.40"
+context_window = 200000
 
 [[model]]
 name = "o4-mini"
@@ -105,21 +134,26 @@ match = "prefix"
 input = "1.10"
 cached_input = "0.275"
 output = "4.40"
+context_window = 200000
+priority = { input = "2.00", cached_input = "0.50", output = "8.00" }
 
 [[model]]
 name = "text-embedding-3-small"
 input = "0.02"
 output = "0"
+context_window = 8191
 
 [[model]]
 name = "text-embedding-3-large"
 input = "0.13"
 output = "0"
+context_window = 8191
 
 [[model]]
 name = "text-embedding-ada-002"
 input = "0.10"
 output = "0"
+context_window = 8191
 
 [[model]]
 name = "claude-opus-4-5"
@@ -129,6 +163,7 @@ cached_input = "0.50"
 cache_write_5m = "6.25"
 cache_write_1h = "10.00"
 output = "25.00"
+context_window = 200000
 
 [[model]]
 name = "claude-opus-4-1"
@@ -138,6 +173,7 @@ cached_input = "1.50"
 cache_write_5m = "18.75"
 cache_write_1h = "30.00"
 output = "75.00"
+context_window = 200000
 
 [[model]]
 name = "claude-opus-4"
@@ -147,6 +183,7 @@ cached_input = "1.50"
 cache_write_5m = "18.75"
 cache_write_1h = "30.00"
 output = "75.00"
+context_window = 200000
 
 [[model]]
 name = "claude-sonnet-4-5"
@@ -156,6 +193,8 @@ cached_input = "0.30"
 cache_write_5m = "3.75"
 cache_write_1h = "6.00"
 output = "15.00"
+context_window = 1000000
+long_context = { above_input_tokens = 200000, input = "6.00", cached_input = "0.60", cache_write_5m = "7.50", cache_write_1h = "12.00", output = "22.50" }
 
 [[model]]
 name = "claude-sonnet-4"
@@ -165,6 +204,8 @@ cached_input = "0.30"
 cache_write_5m = "3.75"
 cache_write_1h = "6.00"
 output = "15.00"
+context_window = 1000000
+long_context = { above_input_tokens = 200000, input = "6.00", cached_input = "0.60", cache_write_5m = "7.50", cache_write_1h = "12.00", output = "22.50" }
 
 [[model]]
 name = "claude-3-7-sonnet"
@@ -174,6 +215,7 @@ cached_input = "0.30"
 cache_write_5m = "3.75"
 cache_write_1h = "6.00"
 output = "15.00"
+context_window = 200000
 
 [[model]]
 name = "claude-haiku-4-5"
@@ -183,6 +225,7 @@ cached_input = "0.10"
 cache_write_5m = "1.25"
 cache_write_1h = "2.00"
 output = "5.00"
+context_window = 200000
 
 [[model]]
 name = "claude-3-5-haiku"
@@ -192,6 +235,7 @@ cached_input = "0.08"
 cache_write_5m = "1.00"
 cache_write_1h = "1.60"
 output = "4.00"
+context_window = 200000
 "#;
 
 /// Why a rate card could not be read. Every variant names where.
@@ -235,6 +279,90 @@ pub struct RateEntry {
     /// Prices in micro-USD per million tokens (per request: micro-USD);
     /// `price.model` is the entry's name.
     pub price: ModelPrice,
+    /// The most tokens a request's input may hold: what a request whose
+    /// input is not all in its body is reserved for. `None`: unknown, so
+    /// such a request cannot be reserved for.
+    pub context_window: Option<u64>,
+    /// OpenAI's `"service_tier": "priority"` prices (cache writes as input).
+    /// `None`: a priority call to this model cannot be priced.
+    pub priority: Option<ModelPrice>,
+    /// Dearer prices for the whole request once its input passes a size.
+    pub long_context: Option<LongContext>,
+}
+
+/// Prices for a whole request whose input tokens (every kind: plain,
+/// cache reads, cache writes) are more than `above_input_tokens`
+/// (Anthropic's long-context pricing; output is billed at them too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LongContext {
+    pub above_input_tokens: u64,
+    pub price: ModelPrice,
+}
+
+/// The service tier a request asks for, as far as its price goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// Standard prices (also flex, which costs less, and `auto`).
+    Standard,
+    /// OpenAI's priority processing.
+    Priority,
+}
+
+/// What a call to one model at one tier is charged at: its prices, the
+/// long-context prices if any, its context window, and the card's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pricing {
+    pub card_sha256: String,
+    pub base: ModelPrice,
+    pub long_context: Option<LongContext>,
+    pub context_window: Option<u64>,
+}
+
+impl Pricing {
+    /// The snapshot a call that used `tokens` is charged at (its cost is
+    /// `cost_micro_usd(tokens, snapshot.price)`, so receipts verify as
+    /// before): the long-context prices once its input passes the threshold.
+    pub fn snapshot_for(&self, tokens: &UsageTokens) -> RateSnapshot {
+        let input = tokens
+            .input
+            .saturating_add(tokens.cached_input)
+            .saturating_add(tokens.cache_write_5m)
+            .saturating_add(tokens.cache_write_1h);
+        let price = match &self.long_context {
+            Some(long) if input > long.above_input_tokens => long.price.clone(),
+            _ => self.base.clone(),
+        };
+        RateSnapshot {
+            card_sha256: self.card_sha256.clone(),
+            price,
+        }
+    }
+
+    /// The cost of `tokens` and the snapshot it was taken at.
+    pub fn cost(&self, tokens: &UsageTokens) -> (u64, RateSnapshot) {
+        let snapshot = self.snapshot_for(tokens);
+        (cost_micro_usd(tokens, &snapshot.price), snapshot)
+    }
+
+    /// Prices no lower, kind by kind, than any a call with at most
+    /// `max_input` input tokens is charged at (for its worst case).
+    pub fn bound_for(&self, max_input: u64) -> ModelPrice {
+        match &self.long_context {
+            Some(long) if max_input > long.above_input_tokens => {
+                let (a, b) = (&self.base, &long.price);
+                ModelPrice {
+                    model: b.model.clone(),
+                    input: a.input.max(b.input),
+                    cached_input: a.cached_input.max(b.cached_input),
+                    cache_write_5m: a.cache_write_5m.max(b.cache_write_5m),
+                    cache_write_1h: a.cache_write_1h.max(b.cache_write_1h),
+                    output: a.output.max(b.output),
+                    per_request: a.per_request.max(b.per_request),
+                }
+            }
+            _ => self.base.clone(),
+        }
+    }
 }
 
 /// The operator's prices for LLM calls.
@@ -283,6 +411,34 @@ struct EntryFile {
     cache_write_1h: Option<toml::Value>,
     output: toml::Value,
     per_request: Option<toml::Value>,
+    /// Tokens; an integer.
+    context_window: Option<u64>,
+    priority: Option<TierFile>,
+    long_context: Option<LongContextFile>,
+}
+
+/// `priority = { input, cached_input, output }`: USD per million tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierFile {
+    input: toml::Value,
+    /// Defaults to this tier's `input`.
+    cached_input: Option<toml::Value>,
+    output: toml::Value,
+}
+
+/// `long_context = { above_input_tokens, input, ... }`: the prices of a
+/// whole request whose input passes `above_input_tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LongContextFile {
+    above_input_tokens: u64,
+    input: toml::Value,
+    /// These default to this tier's `input`.
+    cached_input: Option<toml::Value>,
+    cache_write_5m: Option<toml::Value>,
+    cache_write_1h: Option<toml::Value>,
+    output: toml::Value,
 }
 
 impl RateCard {
@@ -372,11 +528,65 @@ impl RateCard {
                     None => 0,
                 },
             };
+            let priority = match &entry.priority {
+                Some(t) => {
+                    let input = usd("priority.input", &t.input)?;
+                    let cached = match &t.cached_input {
+                        Some(v) => usd("priority.cached_input", v)?,
+                        None => input,
+                    };
+                    Some(ModelPrice {
+                        model: format!("{} priority", entry.name),
+                        input,
+                        cached_input: cached,
+                        // OpenAI has no cache writes: priced as input.
+                        cache_write_5m: input,
+                        cache_write_1h: input,
+                        output: usd("priority.output", &t.output)?,
+                        per_request: price.per_request,
+                    })
+                }
+                None => None,
+            };
+            let long_context = match &entry.long_context {
+                Some(l) => {
+                    let input = usd("long_context.input", &l.input)?;
+                    let or_input = |what: &str, v: &Option<toml::Value>| match v {
+                        Some(v) => usd(what, v),
+                        None => Ok(input),
+                    };
+                    Some(LongContext {
+                        above_input_tokens: l.above_input_tokens,
+                        price: ModelPrice {
+                            model: format!(
+                                "{} above {} input tokens",
+                                entry.name, l.above_input_tokens
+                            ),
+                            input,
+                            cached_input: or_input("long_context.cached_input", &l.cached_input)?,
+                            cache_write_5m: or_input(
+                                "long_context.cache_write_5m",
+                                &l.cache_write_5m,
+                            )?,
+                            cache_write_1h: or_input(
+                                "long_context.cache_write_1h",
+                                &l.cache_write_1h,
+                            )?,
+                            output: usd("long_context.output", &l.output)?,
+                            per_request: price.per_request,
+                        },
+                    })
+                }
+                None => None,
+            };
             entries.insert(
                 entry.name.clone(),
                 RateEntry {
                     matching: entry.matching,
                     price,
+                    context_window: entry.context_window,
+                    priority,
+                    long_context,
                 },
             );
         }
@@ -428,6 +638,9 @@ impl RateCard {
                         output: p.output_micro_usd_per_mtok,
                         per_request: 0,
                     },
+                    context_window: None,
+                    priority: None,
+                    long_context: None,
                 },
             );
         }
@@ -441,17 +654,39 @@ impl RateCard {
     /// else the longest `prefix` entry the model is a dated variant of.
     /// `None`: the model is unpriced.
     pub fn price_for(&self, model: &str) -> Option<RateSnapshot> {
-        let entry = self.entries.get(model).or_else(|| {
+        let entry = self.entry_for(model)?;
+        Some(RateSnapshot {
+            card_sha256: self.sha256.clone(),
+            price: entry.price.clone(),
+        })
+    }
+
+    /// `model`'s pricing at `tier`: `None` when the model is unpriced, or
+    /// the card has no price for the tier (a priority call to a model with
+    /// long-context prices is unpriced too: no provider states those).
+    pub fn pricing_for(&self, model: &str, tier: Tier) -> Option<Pricing> {
+        let entry = self.entry_for(model)?;
+        let (base, long_context) = match tier {
+            Tier::Standard => (entry.price.clone(), entry.long_context.clone()),
+            Tier::Priority if entry.long_context.is_none() => (entry.priority.clone()?, None),
+            Tier::Priority => return None,
+        };
+        Some(Pricing {
+            card_sha256: self.sha256.clone(),
+            base,
+            long_context,
+            context_window: entry.context_window,
+        })
+    }
+
+    fn entry_for(&self, model: &str) -> Option<&RateEntry> {
+        self.entries.get(model).or_else(|| {
             self.entries
                 .values()
                 .filter(|e| {
                     e.matching == ModelMatch::Prefix && is_variant_of(model, &e.price.model)
                 })
                 .max_by_key(|e| e.price.model.len())
-        })?;
-        Some(RateSnapshot {
-            card_sha256: self.sha256.clone(),
-            price: entry.price.clone(),
         })
     }
 
@@ -484,13 +719,29 @@ impl RateCard {
                 ModelMatch::Exact => "exact",
                 ModelMatch::Prefix => "prefix",
             };
-            out.extend_from_slice(
-                format!(
-                    "{{\"name\":{name},\"match\":\"{matching}\",\"input\":{},\"cached_input\":{},\"cache_write_5m\":{},\"cache_write_1h\":{},\"output\":{},\"per_request\":{}}}\n",
-                    p.input, p.cached_input, p.cache_write_5m, p.cache_write_1h, p.output, p.per_request
-                )
-                .as_bytes(),
+            let mut line = format!(
+                "{{\"name\":{name},\"match\":\"{matching}\",\"input\":{},\"cached_input\":{},\"cache_write_5m\":{},\"cache_write_1h\":{},\"output\":{},\"per_request\":{}",
+                p.input, p.cached_input, p.cache_write_5m, p.cache_write_1h, p.output, p.per_request
             );
+            // Only when set, so a card without them hashes as it did.
+            if let Some(w) = e.context_window {
+                line.push_str(&format!(",\"context_window\":{w}"));
+            }
+            if let Some(t) = &e.priority {
+                line.push_str(&format!(
+                    ",\"priority\":{{\"input\":{},\"cached_input\":{},\"output\":{}}}",
+                    t.input, t.cached_input, t.output
+                ));
+            }
+            if let Some(l) = &e.long_context {
+                let t = &l.price;
+                line.push_str(&format!(
+                    ",\"long_context\":{{\"above_input_tokens\":{},\"input\":{},\"cached_input\":{},\"cache_write_5m\":{},\"cache_write_1h\":{},\"output\":{}}}",
+                    l.above_input_tokens, t.input, t.cached_input, t.cache_write_5m, t.cache_write_1h, t.output
+                ));
+            }
+            line.push_str("}\n");
+            out.extend_from_slice(line.as_bytes());
         }
         out
     }
@@ -661,6 +912,53 @@ per_request = "0.0025"
         // The file extends the defaults.
         assert!(a.price_for("claude-sonnet-4").is_some());
         assert_eq!(RateCard::empty().price_for("gpt-4o"), None);
+    }
+
+    #[test]
+    fn tiers_price_a_whole_call_and_a_card_without_them_hashes_as_before() {
+        let card = RateCard::builtin();
+        let p = card
+            .pricing_for("gpt-4o-2024-08-06", Tier::Priority)
+            .expect("priority");
+        assert_eq!((p.base.input, p.base.output), (4_250_000, 17_000_000));
+        assert_eq!(p.context_window, Some(128_000));
+        // No priority price: unpriced at that tier.
+        assert_eq!(card.pricing_for("o1", Tier::Priority), None);
+        let sonnet = card
+            .pricing_for("claude-sonnet-4-5-20250929", Tier::Standard)
+            .expect("priced");
+        let at = |input| UsageTokens {
+            input,
+            output: 1_000,
+            ..UsageTokens::default()
+        };
+        assert_eq!(sonnet.cost(&at(200_000)).0, 600_000 + 15_000);
+        assert_eq!(sonnet.cost(&at(200_001)).0, 1_200_006 + 22_500);
+        // Cache reads count toward the threshold.
+        let cached = UsageTokens {
+            input: 1,
+            cached_input: 200_000,
+            ..UsageTokens::default()
+        };
+        assert_eq!(sonnet.snapshot_for(&cached).price.input, 6_000_000);
+        assert_eq!(sonnet.bound_for(200_000).output, 15_000_000);
+        assert_eq!(sonnet.bound_for(200_001).cache_write_1h, 12_000_000);
+        // The optional members are hashed only when set.
+        let plain = RateCard::from_toml(
+            "builtin_defaults = false\n[[model]]\nname = \"m\"\ninput = \"1\"\noutput = \"2\"\n",
+            "t",
+        )
+        .expect("card");
+        assert_eq!(
+            String::from_utf8(plain.canonical_bytes()).expect("utf8"),
+            "openclaw rate card v1\n{\"name\":\"m\",\"match\":\"exact\",\"input\":1000000,\"cached_input\":1000000,\"cache_write_5m\":1000000,\"cache_write_1h\":1000000,\"output\":2000000,\"per_request\":0}\n"
+        );
+        let windowed = RateCard::from_toml(
+            "builtin_defaults = false\n[[model]]\nname = \"m\"\ninput = \"1\"\noutput = \"2\"\ncontext_window = 8\n",
+            "t",
+        )
+        .expect("card");
+        assert_ne!(plain.sha256(), windowed.sha256());
     }
 
     #[test]
