@@ -156,6 +156,16 @@ impl Stages<'_> {
                 .metering
                 .plan(host.as_str(), &path_only(&pq), req.body.buffered());
             if let Some(plan) = planned {
+                // Refused here with what makes it unbounded; the token's
+                // check would only say "unknown cost".
+                if let Some(reason) = self.metering.refusal(&plan) {
+                    return Err(Block {
+                        stage: Stage::Catalog,
+                        reason,
+                        action,
+                        body_sha256,
+                    });
+                }
                 if let Some(body) = &plan.body {
                     if req.body.replace(body.clone()).is_err() {
                         return Err(unclassified(

@@ -102,6 +102,9 @@ async fn answer(
         .find_map(|k| body[*k].as_u64())
         .unwrap_or(7);
     let output = if all { limit } else { limit.min(7) };
+    // The model asked for answers (a call is charged at the dearer of the
+    // two, or its reservation when the answering one is unpriced).
+    let model = body["model"].clone();
     let stream = body["stream"] == true;
     let include_usage = body["stream_options"]["include_usage"] == true;
     let (events, whole): (Vec<String>, Value) = match path.as_str() {
@@ -111,7 +114,7 @@ async fn answer(
                 "completion_tokens_details": {"reasoning_tokens": 2}});
             let chunk = |choices: Value, usage: Value| {
                 let mut c = json!({"id": "chatcmpl-m", "object": "chat.completion.chunk",
-                    "model": "gpt-test-2026", "choices": choices});
+                    "model": model, "choices": choices});
                 if include_usage {
                     c["usage"] = usage;
                 }
@@ -135,7 +138,7 @@ async fn answer(
                 events.push(chunk(json!([]), usage.clone()));
             }
             events.push("data: [DONE]\n\n".to_owned());
-            let whole = json!({"id": "chatcmpl-m", "object": "chat.completion", "model": "gpt-test-2026",
+            let whole = json!({"id": "chatcmpl-m", "object": "chat.completion", "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}}],
                 "usage": usage});
             (events, whole)
@@ -144,7 +147,7 @@ async fn answer(
             let usage = json!({"input_tokens": 12, "input_tokens_details": {"cached_tokens": 4},
                 "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 2},
                 "total_tokens": 12 + output});
-            let response = json!({"id": "resp_m", "object": "response", "model": "gpt-test-2026",
+            let response = json!({"id": "resp_m", "object": "response", "model": model,
                 "output": [{"type": "message", "content": [{"type": "output_text", "text": "Hello"}]}],
                 "usage": usage});
             let events = vec![
@@ -165,7 +168,7 @@ async fn answer(
         }
         "/v1/messages" => {
             let start = json!({"type": "message_start", "message": {"id": "msg_m", "type": "message",
-                "model": "claude-test", "content": [], "usage": {"input_tokens": 12,
+                "model": model, "content": [], "usage": {"input_tokens": 12,
                 "cache_read_input_tokens": 4, "cache_creation_input_tokens": 3, "output_tokens": 1}}});
             let events = vec![
                 format!("event: message_start\ndata: {start}\n\n"),
@@ -181,13 +184,13 @@ async fn answer(
                 ),
                 "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned(),
             ];
-            let whole = json!({"id": "msg_m", "type": "message", "model": "claude-test",
+            let whole = json!({"id": "msg_m", "type": "message", "model": model,
                 "content": [{"type": "text", "text": "Hello"}], "usage": {"input_tokens": 12,
                 "cache_read_input_tokens": 4, "cache_creation_input_tokens": 3, "output_tokens": output}});
             (events, whole)
         }
         _ => {
-            let whole = json!({"object": "list", "model": "emb-test",
+            let whole = json!({"object": "list", "model": model,
                 "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.25]}],
                 "usage": {"prompt_tokens": 5, "total_tokens": 5}});
             (Vec::new(), whole)

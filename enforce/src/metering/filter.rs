@@ -211,9 +211,10 @@ mod tests {
     use tokio::sync::broadcast;
 
     const FIRST: &[u8] =
-        b"data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-test\",\"choices\":[{\"index\":0,\
+        b"data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[{\"index\":0,\
         \"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
-    const USAGE: &[u8] = b"data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-test\",\"choices\":[],\
+    const USAGE: &[u8] =
+        b"data: {\"id\":\"chatcmpl-1\",\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\
         \"usage\":{\"prompt_tokens\":12,\"completion_tokens\":7}}\n\ndata: [DONE]\n\n";
 
     struct Discard;

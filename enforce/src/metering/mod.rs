@@ -22,14 +22,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use capabilities::Action;
 use proxy::ResponseVerdict;
-use receipts::{cost_micro_usd, BudgetWarningRecord, Entry, ReceiptLog, UsageRecord, UsageTokens};
+use receipts::{
+    cost_micro_usd, BudgetWarningRecord, Entry, RateSnapshot, ReceiptLog, UsageRecord, UsageTokens,
+};
 
 use crate::catalog::MediaType;
 use crate::counters::Ledger;
 use crate::events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
 
 pub use plan::MeterSettings;
-pub use rates::{ModelMatch, RateCard, RateCardError, RateEntry, BUILTIN_AS_OF};
+pub use rates::{
+    LongContext, ModelMatch, Pricing, RateCard, RateCardError, RateEntry, Tier, BUILTIN_AS_OF,
+};
 
 pub(crate) use plan::Plan;
 pub(crate) use shapes::Api;
@@ -162,6 +166,16 @@ impl Metering {
         plan::plan(api, host, body, &self.rates, &self.settings, remaining)
     }
 
+    /// Why `plan` must not go: under a budget, a call whose cost the proxy
+    /// cannot bound (the reason says what); `None` otherwise.
+    pub(crate) fn refusal(&self, plan: &Plan) -> Option<String> {
+        let budget = self.budget?;
+        let why = plan.unbounded.as_ref()?;
+        Some(format!(
+            "llm call of unbounded cost under a budget of {budget} micro-USD: {why}"
+        ))
+    }
+
     /// A metered call was forwarded: its response will settle it.
     pub(crate) fn forwarded(&self, ticket: Ticket) {
         lock(&self.waiting).insert(ticket.request, ticket);
@@ -209,11 +223,7 @@ impl Metering {
     /// prices (or its reservation when none was reported), the counters
     /// corrected, a `usage` receipt, a `usage` event, budget warnings.
     fn settle(&self, mut ticket: Ticket, reported: &shapes::Reported) {
-        let price = &ticket.plan.rates.price;
-        let (tokens, cost, estimated) = match reported.tokens {
-            Some(t) => (t, cost_micro_usd(&t, price), false),
-            None => (UsageTokens::default(), ticket.reserved, true),
-        };
+        let (tokens, cost, rates, estimated) = self.price(&ticket, reported);
         if let Some(hold) = ticket.quota.take() {
             hold.settle(cost, tokens.input.saturating_add(tokens.output));
         }
@@ -226,7 +236,7 @@ impl Metering {
             model: ticket.plan.model.clone(),
             response_id: reported.id.clone(),
             tokens,
-            rates: ticket.plan.rates.clone(),
+            rates,
             cost_micro_usd: cost,
             reserved_micro_usd: ticket.reserved,
             estimated,
@@ -260,6 +270,55 @@ impl Metering {
         });
         self.events.send(e);
         self.warn(&mut warned, &ticket, spent, seq);
+    }
+
+    /// What a call is charged: its tokens at the tier's prices (long
+    /// context above its threshold) of the dearer of the model it asked for
+    /// and the model the provider says answered (an Azure deployment or an
+    /// OpenRouter fallback picks the model; a cheaper name never lowers
+    /// the charge). Charged its reservation, marked estimated (tokens zero,
+    /// as the verifier expects), when there is no usage, the answering
+    /// model is unpriced though the asked one is priced, or the usage
+    /// reports provider-run tool uses the card does not price.
+    fn price(
+        &self,
+        ticket: &Ticket,
+        reported: &shapes::Reported,
+    ) -> (UsageTokens, u64, RateSnapshot, bool) {
+        let reservation = (
+            UsageTokens::default(),
+            ticket.reserved,
+            ticket.plan.rates.clone(),
+            true,
+        );
+        let Some(t) = reported.tokens else {
+            return reservation;
+        };
+        if reported.server_tool_use {
+            return reservation;
+        }
+        let Some(asked) = &ticket.plan.pricing else {
+            // Unpriced: recorded at zero prices (refused under a budget).
+            let rates = ticket.plan.rates.clone();
+            return (t, cost_micro_usd(&t, &rates.price), rates, false);
+        };
+        let (mut cost, mut rates) = asked.cost(&t);
+        if let Some(answered) = reported
+            .model
+            .as_deref()
+            .filter(|m| *m != ticket.plan.model)
+        {
+            match self.rates.pricing_for(answered, ticket.plan.tier) {
+                Some(p) => {
+                    let (other, snapshot) = p.cost(&t);
+                    if other > cost {
+                        (cost, rates) = (other, snapshot);
+                    }
+                }
+                None => return reservation,
+            }
+        }
+        (t, cost, rates, false)
     }
 
     /// A `budget_warning` receipt (after the usage receipt `usage_seq`, when

@@ -8,14 +8,19 @@
 //! at least one byte, so the input is at most the body's length in tokens,
 //! priced at the dearest input rate (plain, cached or cache write); the
 //! output is at most the request's largest limit (times `n` choices), priced
-//! at the output rate.
+//! at the output rate. Input the body only points at (a previous response,
+//! a conversation, a stored prompt, a file id, an image or document URL)
+//! is bounded by the model's context window instead; a call whose cost the
+//! card cannot bound (provider-executed tools, a tier it has no price for,
+//! input by reference to a model of unknown window) gets no reservation and
+//! a reason, and is refused under a budget.
 
 use bytes::Bytes;
 use receipts::{cost_micro_usd, ModelPrice, RateSnapshot, UsageTokens};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::rates::RateCard;
+use super::rates::{Pricing, RateCard, Tier};
 use super::shapes::Api;
 
 /// The operator's metering settings.
@@ -47,8 +52,16 @@ pub(crate) struct Plan {
     /// Its prices (all zero, with the card's hash, when the card has none:
     /// such a call is recorded but cannot be reserved for).
     pub rates: RateSnapshot,
-    /// The worst case in micro-USD, when the model has a price.
+    /// The worst case in micro-USD, when the model has a price and the
+    /// cost can be bounded.
     pub reserved: Option<u64>,
+    /// The prices settlement uses (tier and long context), when priced.
+    pub pricing: Option<Pricing>,
+    /// The tier it asked for (the answering model is priced at it too).
+    pub tier: Tier,
+    /// Why the proxy cannot bound this call's cost though its model may be
+    /// priced (then `reserved` is `None`): said to the user when refused.
+    pub unbounded: Option<String>,
     /// The client did not ask for the usage chunk the proxy asked for: it
     /// is removed from what the client receives.
     pub strip_usage_chunk: bool,
@@ -79,6 +92,18 @@ struct RequestFacts {
     max_output_tokens: Option<Option<u64>>,
     n: Option<u64>,
     best_of: Option<u64>,
+    service_tier: Option<Value>,
+    // Input the body only points at, and tools the provider runs.
+    previous_response_id: Option<Value>,
+    conversation: Option<Value>,
+    prompt: Option<Value>,
+    container: Option<Value>,
+    tools: Option<Value>,
+    web_search_options: Option<Value>,
+    mcp_servers: Option<Value>,
+    input: Option<Value>,
+    messages: Option<Value>,
+    system: Option<Value>,
 }
 
 /// A member that is present, `null` included (serde reads a `null` into
@@ -105,7 +130,42 @@ pub(crate) fn plan(
 ) -> Option<Plan> {
     let facts: RequestFacts = serde_json::from_slice(body).ok()?;
     let model = facts.model.clone()?;
-    let priced = rates.price_for(&model);
+    let (tier, mut unbounded) = match tier_of(api, facts.service_tier.as_ref()) {
+        Ok(tier) => (tier, None),
+        Err(why) => (Tier::Standard, Some(why)),
+    };
+    let pricing = rates.pricing_for(&model, tier);
+    if tier == Tier::Priority && pricing.is_none() && rates.price_for(&model).is_some() {
+        unbounded = Some(format!(
+            "the rate card has no priority price for {model:?} (service_tier \"priority\" \
+             costs more than standard): add one to rates.toml or send the default tier"
+        ));
+    }
+    if let Some(tool) = provider_tool(&facts) {
+        unbounded.get_or_insert(format!(
+            "the request lets the provider run {tool}, billed per use and as input the proxy \
+             cannot bound before it leaves: such calls are refused under an llm budget"
+        ));
+    }
+    // Input the body only points at is bounded by the context window.
+    let by_reference = by_reference(&facts);
+    let mut input_bound = body.len() as u64;
+    if let (Some(what), Some(p)) = (by_reference, &pricing) {
+        match p.context_window {
+            Some(window) => input_bound = input_bound.max(window),
+            None => {
+                unbounded.get_or_insert(format!(
+                    "the request sends input by reference ({what}), which may be longer than \
+                     its body, and the rate card states no context_window for {model:?} to \
+                     reserve for it"
+                ));
+            }
+        }
+    }
+    let priced = pricing.as_ref().map(|p| RateSnapshot {
+        card_sha256: p.card_sha256.clone(),
+        price: p.base.clone(),
+    });
     let rates_used = priced.clone().unwrap_or_else(|| RateSnapshot {
         card_sha256: rates.sha256().to_owned(),
         price: ModelPrice {
@@ -113,7 +173,11 @@ pub(crate) fn plan(
             ..ModelPrice::default()
         },
     });
-    let price = &rates_used.price;
+    let bound_price = pricing.as_ref().map_or_else(
+        || rates_used.price.clone(),
+        |p| p.bound_for(input_bound.saturating_add(ADDED_BYTES)),
+    );
+    let price = &bound_price;
     let choices = facts.n.unwrap_or(1).max(facts.best_of.unwrap_or(1)).max(1);
 
     // The output limits the shape knows, and the one the proxy sets a
@@ -152,7 +216,7 @@ pub(crate) fn plan(
         (Api::Embeddings, _) => 0,
         (_, Some(bound)) => bound,
         (_, None) => {
-            let room = body.len() as u64 + ADDED_BYTES;
+            let room = input_bound.saturating_add(ADDED_BYTES);
             proxy_limit(room, price, choices, settings, remaining)
         }
     };
@@ -199,12 +263,22 @@ pub(crate) fn plan(
     }
 
     let sent_len = new_body.as_ref().map_or(body.len(), Vec::len) as u64;
-    let reserved = priced.map(|_| worst_case(sent_len, limit.saturating_mul(choices), price));
+    let input = if by_reference.is_some() {
+        input_bound.max(sent_len)
+    } else {
+        sent_len
+    };
+    let reserved = priced
+        .filter(|_| unbounded.is_none())
+        .map(|_| worst_case(input, limit.saturating_mul(choices), price));
     Some(Plan {
         api,
         model,
         rates: rates_used,
         reserved,
+        pricing,
+        tier,
+        unbounded,
         strip_usage_chunk,
         body: new_body.map(Bytes::from),
     })
@@ -228,6 +302,134 @@ pub(crate) fn worst_case(body_len: u64, output: u64, price: &ModelPrice) -> u64 
         ..UsageTokens::default()
     };
     cost_micro_usd(&tokens, &bound)
+}
+
+/// The price tier a request asks for: `Err` with a reason for one the
+/// proxy cannot price. OpenAI: absent, `auto`, `default` and `flex` (which
+/// costs less) are charged standard; `priority` its own prices; `scale`
+/// (prepaid units) and others are unknown. Anthropic's `auto` and
+/// `standard_only` do not change the price.
+fn tier_of(api: Api, tier: Option<&Value>) -> Result<Tier, String> {
+    let name = match tier {
+        None | Some(Value::Null) => return Ok(Tier::Standard),
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => return Err(format!("service_tier {other} is not a tier name")),
+    };
+    match (api, name) {
+        (Api::Messages, "auto" | "standard_only") => Ok(Tier::Standard),
+        (Api::Chat | Api::Responses | Api::Embeddings, "auto" | "default" | "flex") => {
+            Ok(Tier::Standard)
+        }
+        (Api::Chat | Api::Responses, "priority") => Ok(Tier::Priority),
+        _ => Err(format!(
+            "service_tier {name:?} has no price on the rate card (default, auto, flex and \
+             priority do)"
+        )),
+    }
+}
+
+/// A tool the provider runs itself, if the request offers one: it is
+/// billed per use and its results are billed as input, neither bounded by
+/// the body. Tools the client runs (functions, custom tools, computer use,
+/// bash, text editor, shell, apply_patch, memory) are not.
+fn provider_tool(f: &RequestFacts) -> Option<String> {
+    let present = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+    if present(&f.web_search_options) {
+        return Some("web search (web_search_options)".into());
+    }
+    if f.mcp_servers
+        .as_ref()
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Some("MCP servers (mcp_servers)".into());
+    }
+    const CLIENT: [&str; 11] = [
+        "function",
+        "custom",
+        "computer_use_preview",
+        "computer",
+        "local_shell",
+        "shell",
+        "apply_patch",
+        "computer_",
+        "bash_",
+        "text_editor_",
+        "memory_",
+    ];
+    for tool in f.tools.as_ref().and_then(Value::as_array)? {
+        // An Anthropic tool without a type is a client tool (custom).
+        let Some(kind) = tool.get("type").and_then(Value::as_str) else {
+            continue;
+        };
+        let client = CLIENT.iter().any(|c| match c.strip_suffix('_') {
+            Some(_) => kind.starts_with(c),
+            None => kind == *c,
+        });
+        if !client {
+            return Some(format!("the tool {kind:?}"));
+        }
+    }
+    None
+}
+
+/// What the request sends by reference, if anything: input the provider
+/// bills in full that the body does not hold.
+fn by_reference(f: &RequestFacts) -> Option<&'static str> {
+    let present = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+    if present(&f.previous_response_id) {
+        return Some("previous_response_id");
+    }
+    if present(&f.conversation) {
+        return Some("conversation");
+    }
+    // The Responses API's stored prompt (an object with an id).
+    if f.prompt.as_ref().is_some_and(Value::is_object) {
+        return Some("a stored prompt");
+    }
+    if present(&f.container) {
+        return Some("a container");
+    }
+    [&f.input, &f.messages, &f.system]
+        .into_iter()
+        .flatten()
+        .find_map(reference_in)
+}
+
+/// A part of the input that points elsewhere: a file id or URL, an image
+/// or document by URL (not a `data:` URL, which is in the body), an
+/// Anthropic source of type `url` or `file`, a Responses item reference.
+fn reference_in(v: &Value) -> Option<&'static str> {
+    let remote = |u: &Value| u.as_str().is_some_and(|u| !u.starts_with("data:"));
+    match v {
+        Value::Array(items) => items.iter().find_map(reference_in),
+        Value::Object(map) => {
+            if map.get("file_id").is_some_and(|v| !v.is_null()) {
+                return Some("a file id");
+            }
+            if map.get("file_url").is_some_and(|v| !v.is_null()) {
+                return Some("a file URL");
+            }
+            match map.get("image_url") {
+                Some(u) if remote(u) || u.get("url").is_some_and(remote) => {
+                    return Some("an image URL")
+                }
+                _ => {}
+            }
+            if let Some(Value::Object(source)) = map.get("source") {
+                match source.get("type").and_then(Value::as_str) {
+                    Some("url") => return Some("a document or image URL"),
+                    Some("file") => return Some("a file id"),
+                    _ => {}
+                }
+            }
+            if map.get("type").and_then(Value::as_str) == Some("item_reference") {
+                return Some("an item reference");
+            }
+            map.values().find_map(reference_in)
+        }
+        _ => None,
+    }
 }
 
 /// The output limit for a request without one: the default, lowered to
@@ -455,6 +657,77 @@ mod tests {
         // 34 bytes × 2.5 µ$.
         assert_eq!(p.reserved, Some(85));
         assert_eq!(p.body, None);
+    }
+
+    #[test]
+    fn input_by_reference_and_provider_tools_are_told_from_the_body() {
+        let facts = |body: &str| -> RequestFacts { serde_json::from_str(body).expect("facts") };
+        for (body, what) in [
+            (r#"{"previous_response_id":"r"}"#, "previous_response_id"),
+            (r#"{"conversation":{"id":"c"}}"#, "conversation"),
+            (
+                r#"{"input":[{"content":[{"type":"input_file","file_id":"f"}]}]}"#,
+                "a file id",
+            ),
+            (
+                r#"{"input":[{"content":[{"type":"input_image","image_url":"https://x/a.png"}]}]}"#,
+                "an image URL",
+            ),
+            (
+                r#"{"messages":[{"content":[{"type":"image_url","image_url":{"url":"http://x"}}]}]}"#,
+                "an image URL",
+            ),
+            (
+                r#"{"messages":[{"content":[{"type":"image","source":{"type":"url","url":"u"}}]}]}"#,
+                "a document or image URL",
+            ),
+            (
+                r#"{"input":[{"type":"item_reference","id":"i"}]}"#,
+                "an item reference",
+            ),
+        ] {
+            assert_eq!(by_reference(&facts(body)), Some(what), "{body}");
+        }
+        for body in [
+            r#"{"previous_response_id":null,"input":"hi"}"#,
+            r#"{"messages":[{"content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]}]}"#,
+            r#"{"messages":[{"content":[{"type":"image","source":{"type":"base64","data":"AA"}}]}]}"#,
+            r#"{"messages":[{"content":"file_id https://x"}]}"#,
+        ] {
+            assert_eq!(by_reference(&facts(body)), None, "{body}");
+        }
+        for body in [
+            r#"{"tools":[{"type":"web_search_20250305"}]}"#,
+            r#"{"tools":[{"type":"function"},{"type":"file_search"}]}"#,
+            r#"{"web_search_options":{}}"#,
+            r#"{"mcp_servers":[{"url":"u"}]}"#,
+        ] {
+            assert!(provider_tool(&facts(body)).is_some(), "{body}");
+        }
+        for body in [
+            r#"{"tools":[{"name":"f","input_schema":{}},{"type":"bash_20250124"},{"type":"computer_20250124"}]}"#,
+            r#"{"tools":[{"type":"function"},{"type":"custom"},{"type":"computer_use_preview"}]}"#,
+            r#"{"mcp_servers":[]}"#,
+        ] {
+            assert_eq!(provider_tool(&facts(body)), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn input_by_reference_is_reserved_for_the_window_or_unbounded() {
+        let body = r#"{"model":"gpt-4o","max_output_tokens":10,"previous_response_id":"r"}"#;
+        let p = plan_of(Api::Responses, body, None);
+        assert_eq!(p.reserved, Some(128_000 * 5 / 2 + 100));
+        // gpt-test's card entry has no window.
+        let body = r#"{"model":"gpt-test","max_output_tokens":10,"previous_response_id":"r"}"#;
+        let p = plan_of(Api::Responses, body, None);
+        assert_eq!(p.reserved, None);
+        assert!(p.unbounded.expect("why").contains("context_window"));
+        // A tier without a price: unbounded, saying which.
+        let body = r#"{"model":"gpt-4o","max_tokens":10,"service_tier":"scale"}"#;
+        let p = plan_of(Api::Chat, body, None);
+        assert_eq!(p.reserved, None);
+        assert!(p.unbounded.expect("why").contains("\"scale\""));
     }
 
     /// The body the upstream receives, and its members named `name` in

@@ -239,6 +239,11 @@ pub(crate) struct Reported {
     /// response is trusted after it, so the call is charged its
     /// reservation and marked estimated rather than settled at zero.
     pub malformed: bool,
+    /// The usage reports provider-run tool uses billed per use
+    /// (Anthropic's `server_tool_use`, e.g. `web_search_requests`), which
+    /// the rate card does not price: the call is charged its reservation,
+    /// marked estimated, rather than its tokens alone.
+    pub server_tool_use: bool,
 }
 
 impl Reported {
@@ -247,6 +252,11 @@ impl Reported {
     fn record(&mut self, api: Api, usage: &Value, tokens: impl FnOnce() -> UsageTokens) {
         self.check(api, usage);
         self.tokens = (!self.malformed).then(tokens);
+        // Any use counted (a count not 0 or absent): the counts are
+        // cumulative, so once seen it stays.
+        if let Some(Value::Object(uses)) = usage.get("server_tool_use") {
+            self.server_tool_use |= uses.values().any(|n| n.as_u64() != Some(0) && !n.is_null());
+        }
     }
 
     /// Marks the report malformed when one of `usage`'s counts is.

@@ -500,6 +500,8 @@ pub struct Options {
     pub metering: enforce::MeterSettings,
     /// Every service is played by this upstream instead of the mock.
     pub upstream: Option<ExternalUpstream>,
+    /// The tenant's day quotas, if any.
+    pub day_quota: Option<Arc<dyn enforce::DayQuota>>,
 }
 
 impl Options {
@@ -530,6 +532,7 @@ impl Default for Options {
             dns_refusals: DnsRefusalLimit::default(),
             metering: enforce::MeterSettings::default(),
             upstream: None,
+            day_quota: None,
         }
     }
 }
@@ -613,7 +616,7 @@ impl Session {
             dns_refusals: opts.dns_refusals,
             rates,
             metering: opts.metering.clone(),
-            day_quota: None,
+            day_quota: opts.day_quota.clone(),
         });
         let mut cfg = ProxyConfig::loopback("enforce-test");
         cfg.upstream.platform_roots = false;
@@ -772,7 +775,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn parse(stdout: &[u8], stderr: &[u8]) -> Reply {
+    pub fn parse(stdout: &[u8], stderr: &[u8]) -> Reply {
         let text = String::from_utf8_lossy(stdout).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
         let mut lines = head.lines();

@@ -1,0 +1,422 @@
+//! What an LLM call is priced at: the model that answered, its service
+//! tier, its long-context rate, input it sends by reference, and tool uses
+//! the provider bills. A mock provider over real TLS answers with the usage
+//! a test asks for (`x-usage`: the usage object, `x-model`: the model the
+//! answer names, `x-delay-ms`: how long it thinks).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use receipts::{Body, UsageRecord, VerifiedChain};
+use serde_json::{json, Value};
+use support::*;
+use test_support::TestCa;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// gpt-test is cheap, gpt-dear is 40 times dearer.
+const CATALOG: &str = r#"
+[[llm_price]]
+model = "gpt-test"
+input_usd_per_mtok = "2.50"
+output_usd_per_mtok = "10"
+
+[[llm_price]]
+model = "gpt-dear"
+input_usd_per_mtok = "100"
+output_usd_per_mtok = "400"
+"#;
+
+const BUDGET_POLICY: &str = r#"
+[llm]
+providers = ["api.openai.com", "api.anthropic.com"]
+budget_usd = "1.00"
+"#;
+
+/// A tenant session: no per-session budget, the tenant's day quotas apply.
+const TENANT_POLICY: &str = r#"
+[llm]
+providers = ["api.openai.com", "api.anthropic.com"]
+"#;
+
+type MockBody = BoxBody<Bytes, std::io::Error>;
+
+async fn provider() -> ExternalUpstream {
+    let ca = TestCa::new("review llm providers");
+    let acceptor = TlsAcceptor::from(ca.server_config(HOSTS, &[b"h2", b"http/1.1"]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(answer);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    ExternalUpstream {
+        addr,
+        ca_pem: ca.cert_pem().to_owned(),
+    }
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let usage: Value = header("x-usage")
+        .map(|u| serde_json::from_str(&u).unwrap())
+        .unwrap_or(Value::Null);
+    let served = header("x-model");
+    let delay = header("x-delay-ms").and_then(|d| d.parse::<u64>().ok());
+    let raw = req.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let model = served.unwrap_or_else(|| body["model"].as_str().unwrap_or("none").to_owned());
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut whole = if path.ends_with("/messages") {
+        json!({"id": "msg_r", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn",
+            "usage": usage})
+    } else if path.ends_with("/responses") {
+        json!({"id": "resp_r", "object": "response", "status": "completed", "model": model,
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": "Hello"}]}],
+            "usage": usage})
+    } else {
+        json!({"id": "chatcmpl-r", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
+                "finish_reason": "stop"}],
+            "usage": usage})
+    };
+    // OpenAI echoes the tier that served the call.
+    if let Some(tier) = body.get("service_tier") {
+        whole["service_tier"] = tier.clone();
+    }
+    let mut resp = Response::new(
+        Full::new(Bytes::from(whole.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    Ok(resp)
+}
+
+async fn session(policy: &str) -> Session {
+    let upstream = provider().await;
+    Session::start(Options {
+        policy: policy.into(),
+        catalog: CATALOG.into(),
+        secrets: String::new(),
+        upstream: Some(upstream),
+        ..Options::default()
+    })
+    .await
+}
+
+async fn post(s: &Session, url: &str, body: &str, headers: &[String]) -> Reply {
+    let mut args: Vec<&str> = vec![
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        "@-",
+    ];
+    for h in headers {
+        args.extend(["-H", h.as_str()]);
+    }
+    // The body through stdin (it may be larger than an argument may be).
+    let port = s.proxy.https_addr().unwrap().port();
+    let mut child = tokio::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "60", "--cacert"])
+        .arg(&s.session_ca)
+        .arg("--connect-to")
+        .arg(format!("::127.0.0.1:{port}"))
+        .args(&args)
+        .arg(url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(body.as_bytes()).await.unwrap();
+    }
+    let out = child.wait_with_output().await.unwrap();
+    Reply::parse(&out.stdout, &out.stderr)
+}
+
+fn usages(chain: &VerifiedChain) -> Vec<UsageRecord> {
+    chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            Body::Usage(u) => Some(u.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn usage_header(v: Value) -> String {
+    format!("x-usage: {v}")
+}
+
+/// The provider says which model answered (an Azure deployment path picks
+/// it, OpenRouter's `models` list may fall back): the call is charged at
+/// the dearer of that model and the one the body named, never the cheaper;
+/// an answering model the card does not price leaves the call at its
+/// reservation, marked estimated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_charged_at_the_dearer_of_the_model_asked_for_and_the_model_that_answered() {
+    let usage = usage_header(json!({"prompt_tokens": 1_000, "completion_tokens": 1_000}));
+    let s = session(BUDGET_POLICY).await;
+    let r = post(
+        &s,
+        "https://api.openai.com/openai/deployments/gpt-dear/chat/completions",
+        r#"{"model":"gpt-test","max_tokens":1000,"messages":[]}"#,
+        &[usage.clone(), "x-model: gpt-dear".to_owned()],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(r#""model":"gpt-dear""#), "{}", r.body);
+    let u = usages(&s.finish_and_verify());
+    assert_eq!(u.len(), 1);
+    // gpt-dear: 1000 × 100 + 1000 × 400 per million = 500_000 micro-USD.
+    assert_eq!(
+        (
+            u[0].cost_micro_usd,
+            u[0].estimated,
+            u[0].rates.price.model.as_str()
+        ),
+        (500_000, false, "gpt-dear"),
+        "{:?}",
+        u[0]
+    );
+
+    let s = session(TENANT_POLICY).await;
+    // A cheaper answering model does not lower the charge.
+    let r = post(
+        &s,
+        "https://api.openai.com/v1/chat/completions",
+        r#"{"model":"gpt-dear","max_tokens":1000,"messages":[]}"#,
+        &[usage.clone(), "x-model: gpt-test".to_owned()],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // An answering model nothing prices: the reservation, estimated.
+    let r = post(
+        &s,
+        "https://api.openai.com/v1/chat/completions",
+        r#"{"model":"gpt-test","max_tokens":1000,"messages":[]}"#,
+        &[usage, "x-model: gpt-unpriced-xl".to_owned()],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let u = usages(&s.finish_and_verify());
+    assert_eq!(u.len(), 2);
+    assert_eq!((u[0].cost_micro_usd, u[0].estimated), (500_000, false));
+    assert!(u[1].estimated, "{:?}", u[1]);
+    assert_eq!(u[1].cost_micro_usd, u[1].reserved_micro_usd);
+    assert!(u[1].reserved_micro_usd > 0);
+}
+
+/// Input the body only points at (`previous_response_id`, a conversation,
+/// a file id, an image URL) is billed in full: such a call is reserved for
+/// the model's whole context window, so concurrent calls cannot together
+/// spend past the budget; where the card states no window it is refused,
+/// saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_with_input_by_reference_reserve_the_context_window_or_are_refused() {
+    let s = Arc::new(session(BUDGET_POLICY).await);
+    // Each call: the stored conversation fills gpt-4o's 128k window, at
+    // 2.50 per million: 0.32 USD; the reservation is that plus 10 output.
+    let usage = usage_header(json!({"input_tokens": 128_000, "output_tokens": 10}));
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let (s, usage) = (s.clone(), usage.clone());
+        calls.push(tokio::spawn(async move {
+            post(
+                &s,
+                "https://api.openai.com/v1/responses",
+                r#"{"model":"gpt-4o","max_output_tokens":10,"previous_response_id":"resp_long","input":"go on"}"#,
+                &[usage, "x-delay-ms: 1500".to_owned()],
+            )
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for c in calls {
+        let r = c.await.unwrap();
+        ok += usize::from(r.status == 200);
+    }
+    let spent = s.ledger.committed().llm_spent_micro_usd;
+    assert_eq!(ok, 3, "three windows of 320_100 fit in 1.00 USD");
+    assert_eq!(spent, 3 * 320_100);
+
+    // gpt-test's price has no context window: refused, saying why.
+    let r = post(
+        &s,
+        "https://api.openai.com/v1/chat/completions",
+        r#"{"model":"gpt-test","max_tokens":10,"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let why = r.blocked().unwrap();
+    assert!(
+        why.contains("image URL") && why.contains("context_window"),
+        "{why}"
+    );
+}
+
+/// OpenAI's `"service_tier": "priority"` costs more (gpt-4o: 4.25 / 17
+/// USD per million instead of 2.50 / 10): it is reserved and settled at
+/// the priority prices; a tier the card cannot price is refused under a
+/// budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_tier_call_is_reserved_and_charged_at_the_priority_rate() {
+    let s = session(BUDGET_POLICY).await;
+    let usage = usage_header(json!({"prompt_tokens": 50, "completion_tokens": 10_000}));
+    let r = post(
+        &s,
+        "https://api.openai.com/v1/chat/completions",
+        r#"{"model":"gpt-4o","service_tier":"priority","max_completion_tokens":10000,"messages":[]}"#,
+        &[usage],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.contains(r#""service_tier":"priority""#),
+        "{}",
+        r.body
+    );
+    let r = post(
+        &s,
+        "https://api.openai.com/v1/chat/completions",
+        r#"{"model":"gpt-4o","service_tier":"scale","max_completion_tokens":10,"messages":[]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.blocked().unwrap().contains("\"scale\""), "{r:?}");
+    let u = usages(&s.finish_and_verify());
+    assert_eq!(u.len(), 1);
+    // 50 × 4.25 + 10000 × 17 per million, rounded up: 170_213 micro-USD.
+    assert_eq!(
+        (
+            u[0].cost_micro_usd,
+            u[0].estimated,
+            u[0].rates.price.model.as_str()
+        ),
+        (170_213, false, "gpt-4o priority"),
+        "{:?}",
+        u[0]
+    );
+    // The reservation: the body's 88 bytes and 10000 output, at priority.
+    assert_eq!(u[0].reserved_micro_usd, 170_374);
+}
+
+/// Claude Sonnet 4 / 4.5 bill a request whose input passes 200k tokens at
+/// 6 / 22.50 USD per million (not 3 / 15), output included; at or below
+/// it, the base prices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_context_call_is_priced_at_the_long_context_rate() {
+    let s = session(TENANT_POLICY).await;
+    for input in [300_000, 150_000] {
+        let usage = usage_header(json!({"input_tokens": input, "output_tokens": 1_000}));
+        let r = post(
+            &s,
+            "https://api.anthropic.com/v1/messages",
+            r#"{"model":"claude-sonnet-4-5","max_tokens":1000,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"file","file_id":"file_big"}}]}]}"#,
+            &[usage, "anthropic-beta: context-1m-2025-08-07,files-api-2025-04-14".to_owned()],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let u = usages(&s.finish_and_verify());
+    assert_eq!(u.len(), 2);
+    // 300k × 6 + 1k × 22.50 per million = 1_822_500 micro-USD.
+    assert_eq!(
+        (
+            u[0].cost_micro_usd,
+            u[0].estimated,
+            u[0].rates.price.model.as_str()
+        ),
+        (
+            1_822_500,
+            false,
+            "claude-sonnet-4-5 above 200000 input tokens"
+        )
+    );
+    // 150k × 3 + 1k × 15 per million = 465_000 micro-USD.
+    assert_eq!((u[1].cost_micro_usd, u[1].estimated), (465_000, false));
+    // Reserved for the 1M window at the long-context cache-write rate.
+    assert!(u[0].reserved_micro_usd >= 12_000_000, "{:?}", u[0]);
+}
+
+/// Tools the provider runs (Anthropic's web search, 10 USD per 1000 uses,
+/// its results billed as input) cannot be bounded before the call: under a
+/// budget a request offering one is refused, saying so; a response that
+/// reports such uses anyway is charged its reservation, marked estimated,
+/// not its tokens alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_run_tools_are_refused_under_a_budget_and_reported_uses_charge_the_reservation() {
+    let s = session(BUDGET_POLICY).await;
+    let usage = usage_header(json!({"input_tokens": 100, "output_tokens": 10,
+        "server_tool_use": {"web_search_requests": 20}}));
+    let r = post(
+        &s,
+        "https://api.anthropic.com/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":50,"messages":[],
+            "tools":[{"type":"web_search_20250305","name":"web_search","max_uses":20}]}"#,
+        std::slice::from_ref(&usage),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.blocked().unwrap().contains("web_search_20250305"),
+        "{r:?}"
+    );
+    // A client tool (bash) is the client's to run: it goes.
+    let r = post(
+        &s,
+        "https://api.anthropic.com/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":50,"messages":[],
+            "tools":[{"type":"bash_20250124","name":"bash"}]}"#,
+        &[usage],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let u = usages(&s.finish_and_verify());
+    assert_eq!(u.len(), 1);
+    assert!(u[0].estimated, "20 web searches reported: {:?}", u[0]);
+    assert_eq!(u[0].cost_micro_usd, u[0].reserved_micro_usd);
+}
