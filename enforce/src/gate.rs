@@ -864,6 +864,10 @@ impl EnforcingGate {
         // (metering settles a metered call there).
         req.tag = Some(GateTag(id));
         if let Some(plan) = metered {
+            let mut quota = quota;
+            if let Some(hold) = &mut quota {
+                hold.forwarded();
+            }
             self.metering.forwarded(Ticket {
                 request: id,
                 conn: conn.id,

@@ -39,10 +39,14 @@ pub trait DayQuota: Send + Sync {
     fn release(&self, hold: u64);
 }
 
-/// One open hold; released when dropped unsettled.
+/// One open hold. Dropped unsettled, it is released if its call never
+/// left, and settled at what it held once the call was forwarded (the
+/// provider bills a call whose response never came back to the proxy).
 pub(crate) struct QuotaHold {
     quota: Arc<dyn DayQuota>,
     id: Option<u64>,
+    micro_usd: u64,
+    forwarded: bool,
 }
 
 impl std::fmt::Debug for QuotaHold {
@@ -63,7 +67,14 @@ impl QuotaHold {
         Ok(QuotaHold {
             quota: quota.clone(),
             id: Some(id),
+            micro_usd,
+            forwarded: false,
         })
+    }
+
+    /// Its call went upstream: from now on it is settled, never released.
+    pub(crate) fn forwarded(&mut self) {
+        self.forwarded = true;
     }
 
     /// The call cost `micro_usd` and `tokens`.
@@ -77,7 +88,11 @@ impl QuotaHold {
 impl Drop for QuotaHold {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            self.quota.release(id);
+            if self.forwarded {
+                self.quota.settle(id, self.micro_usd, 0);
+            } else {
+                self.quota.release(id);
+            }
         }
     }
 }
@@ -91,6 +106,37 @@ pub fn until_utc_midnight(now: SystemTime) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records what a hold did to the quota.
+    #[derive(Default)]
+    struct Log(std::sync::Mutex<Vec<String>>);
+
+    impl DayQuota for Log {
+        fn reserve(&self, _: u64) -> Result<u64, QuotaRefusal> {
+            Ok(7)
+        }
+        fn settle(&self, hold: u64, micro_usd: u64, tokens: u64) {
+            let mut l = self.0.lock().expect("log");
+            l.push(format!("settle {hold} {micro_usd} {tokens}"));
+        }
+        fn release(&self, hold: u64) {
+            self.0.lock().expect("log").push(format!("release {hold}"));
+        }
+    }
+
+    #[test]
+    fn a_dropped_hold_is_released_before_its_call_left_and_settled_after() {
+        let log = Arc::new(Log::default());
+        let quota: Arc<dyn DayQuota> = log.clone();
+        drop(QuotaHold::reserve(&quota, 500).expect("hold"));
+        let mut hold = QuotaHold::reserve(&quota, 500).expect("hold");
+        hold.forwarded();
+        drop(hold);
+        assert_eq!(
+            *log.0.lock().expect("log"),
+            ["release 7", "settle 7 500 0"]
+        );
+    }
 
     #[test]
     fn the_reset_is_the_next_utc_midnight() {

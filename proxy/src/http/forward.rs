@@ -304,14 +304,13 @@ pub(crate) async fn handle(
     let verdict = ctx.shared.gate.request(&mut greq, &ctx.info).await;
     let request = summary(&greq);
     let bytes_up = Arc::new(AtomicU64::new(0));
-    let report = Report {
-        gate: ctx.shared.gate.clone(),
-        conn: ctx.info.clone(),
-        request: request.clone(),
-        status: None,
-        bytes_up: bytes_up.clone(),
+    let report = Report::new(
+        ctx.shared.gate.clone(),
+        ctx.info.clone(),
+        request.clone(),
+        bytes_up.clone(),
         started,
-    };
+    );
     let refusal = match verdict {
         GateVerdict::Forward => None,
         GateVerdict::Refuse { status, reason } => Some((status, blocked_response(status, &reason))),

@@ -22,7 +22,11 @@ use crate::decide::{
     ConnInfo, Exchange, ExchangeOutcome, FilterError, Gate, RequestSummary, ResponseFilter,
 };
 
-/// Everything needed to report the exchange when the body ends.
+/// Everything needed to report the exchange when the body ends. Reported
+/// exactly once: a `Report` dropped unsent (the client went away while
+/// the request was still with the upstream, so the future holding it was
+/// dropped) reports `ClientGone`, so a call that went upstream is always
+/// settled.
 pub(crate) struct Report {
     pub gate: Arc<dyn Gate>,
     pub conn: ConnInfo,
@@ -30,19 +34,51 @@ pub(crate) struct Report {
     pub status: Option<StatusCode>,
     pub bytes_up: Arc<AtomicU64>,
     pub started: Instant,
+    sent: bool,
 }
 
 impl Report {
-    pub(crate) fn send(self, bytes_down: u64, outcome: ExchangeOutcome) {
+    pub(crate) fn new(
+        gate: Arc<dyn Gate>,
+        conn: ConnInfo,
+        request: RequestSummary,
+        bytes_up: Arc<AtomicU64>,
+        started: Instant,
+    ) -> Self {
+        Report {
+            gate,
+            conn,
+            request,
+            status: None,
+            bytes_up,
+            started,
+            sent: false,
+        }
+    }
+
+    pub(crate) fn send(mut self, bytes_down: u64, outcome: ExchangeOutcome) {
+        self.emit(bytes_down, outcome);
+    }
+
+    fn emit(&mut self, bytes_down: u64, outcome: ExchangeOutcome) {
+        if std::mem::replace(&mut self.sent, true) {
+            return;
+        }
         self.gate.completed(Exchange {
-            conn: self.conn,
-            request: self.request,
+            conn: self.conn.clone(),
+            request: self.request.clone(),
             status: self.status,
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down,
             duration: self.started.elapsed(),
             outcome,
         });
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        self.emit(0, ExchangeOutcome::ClientGone);
     }
 }
 
@@ -282,26 +318,26 @@ mod tests {
         let inner: ProxyBody = Full::new(Bytes::from_static(b"data: x\n\n"))
             .map_err(|never| match never {})
             .boxed_unsync();
-        let report = Report {
-            gate: Arc::new(AllowAll),
-            conn: ConnInfo {
+        let mut report = Report::new(
+            Arc::new(AllowAll),
+            ConnInfo {
                 id: 1,
                 peer: "127.0.0.1:1".parse().expect("addr"),
                 listener: Listener::Https,
                 sni: None,
                 alpn: None,
             },
-            request: RequestSummary {
+            RequestSummary {
                 method: "POST".into(),
                 scheme: "https",
                 host: "api.test".parse().expect("host"),
                 path: "/".into(),
                 tag: None,
             },
-            status: Some(StatusCode::OK),
-            bytes_up: Arc::default(),
-            started: Instant::now(),
-        };
+            Arc::default(),
+            Instant::now(),
+        );
+        report.status = Some(StatusCode::OK);
         Metered::new(inner, filter, report, None)
     }
 

@@ -1,0 +1,343 @@
+//! Settlement of LLM calls against the tenant's day quotas: every call that
+//! goes upstream is held and settled (a client that gives up included),
+//! and a call the quota could not count never leaves. A mock provider over
+//! real TLS answers with the usage a test asks for (`x-usage`: the usage
+//! object, `x-model`: the model the answer names, `x-delay-ms`: how long
+//! it thinks).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use enforce::{DayQuota, QuotaRefusal};
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use receipts::{Body, UsageRecord, VerifiedChain};
+use serde_json::{json, Value};
+use support::*;
+use test_support::TestCa;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// gpt-test is cheap, gpt-dear is 40 times dearer.
+const CATALOG: &str = r#"
+[[llm_price]]
+model = "gpt-test"
+input_usd_per_mtok = "2.50"
+output_usd_per_mtok = "10"
+
+[[llm_price]]
+model = "gpt-dear"
+input_usd_per_mtok = "100"
+output_usd_per_mtok = "400"
+"#;
+
+const BUDGET_POLICY: &str = r#"
+[llm]
+providers = ["api.openai.com", "api.anthropic.com"]
+budget_usd = "1.00"
+"#;
+
+/// A tenant session: no per-session budget, the tenant's day quotas apply.
+const TENANT_POLICY: &str = r#"
+[llm]
+providers = ["api.openai.com", "api.anthropic.com"]
+"#;
+
+type MockBody = BoxBody<Bytes, std::io::Error>;
+
+async fn provider() -> ExternalUpstream {
+    let ca = TestCa::new("review llm providers");
+    let acceptor = TlsAcceptor::from(ca.server_config(HOSTS, &[b"h2", b"http/1.1"]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(answer);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    ExternalUpstream {
+        addr,
+        ca_pem: ca.cert_pem().to_owned(),
+    }
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let usage: Value = header("x-usage")
+        .map(|u| serde_json::from_str(&u).unwrap())
+        .unwrap_or(Value::Null);
+    let served = header("x-model");
+    let delay = header("x-delay-ms").and_then(|d| d.parse::<u64>().ok());
+    let raw = req.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let model = served.unwrap_or_else(|| body["model"].as_str().unwrap_or("none").to_owned());
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut whole = if path.ends_with("/messages") {
+        json!({"id": "msg_r", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn",
+            "usage": usage})
+    } else if path.ends_with("/responses") {
+        json!({"id": "resp_r", "object": "response", "status": "completed", "model": model,
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": "Hello"}]}],
+            "usage": usage})
+    } else {
+        json!({"id": "chatcmpl-r", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
+                "finish_reason": "stop"}],
+            "usage": usage})
+    };
+    // OpenAI echoes the tier that served the call.
+    if let Some(tier) = body.get("service_tier") {
+        whole["service_tier"] = tier.clone();
+    }
+    let mut resp = Response::new(
+        Full::new(Bytes::from(whole.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "application/json".parse().unwrap(),
+    );
+    Ok(resp)
+}
+
+/// What the tenant's quota store was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum QuotaCall {
+    Reserve(u64),
+    Settle { micro_usd: u64, tokens: u64 },
+    Release,
+}
+
+/// A tenant day quota that records every call and keeps the figures as the
+/// daemon's store does: settled spend + holds under the USD quota, settled
+/// tokens under the tokens quota.
+#[derive(Default)]
+struct RecordingQuota {
+    usd: Option<u64>,
+    tokens: Option<u64>,
+    state: Mutex<QuotaState>,
+}
+
+#[derive(Default)]
+struct QuotaState {
+    calls: Vec<QuotaCall>,
+    spent: u64,
+    tokens: u64,
+    holds: Vec<(u64, u64)>,
+    next: u64,
+}
+
+impl RecordingQuota {
+    fn calls(&self) -> Vec<QuotaCall> {
+        self.state.lock().unwrap().calls.clone()
+    }
+    fn settled(&self) -> (u64, u64) {
+        let s = self.state.lock().unwrap();
+        (s.spent, s.tokens)
+    }
+}
+
+impl DayQuota for RecordingQuota {
+    fn reserve(&self, micro_usd: u64) -> Result<u64, QuotaRefusal> {
+        let mut s = self.state.lock().unwrap();
+        s.calls.push(QuotaCall::Reserve(micro_usd));
+        let held: u64 = s.holds.iter().map(|h| h.1).sum();
+        if let Some(q) = self.usd {
+            if s.spent + held + micro_usd > q {
+                return Err(QuotaRefusal::Exceeded {
+                    quota: "usd_per_day",
+                    detail: "over".into(),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+        }
+        if let Some(q) = self.tokens {
+            if s.tokens >= q {
+                return Err(QuotaRefusal::Exceeded {
+                    quota: "llm_tokens_per_day",
+                    detail: "over".into(),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+        }
+        s.next += 1;
+        let id = s.next;
+        s.holds.push((id, micro_usd));
+        Ok(id)
+    }
+    fn settle(&self, hold: u64, micro_usd: u64, tokens: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.calls.push(QuotaCall::Settle { micro_usd, tokens });
+        s.holds.retain(|h| h.0 != hold);
+        s.spent += micro_usd;
+        s.tokens += tokens;
+    }
+    fn release(&self, hold: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.calls.push(QuotaCall::Release);
+        s.holds.retain(|h| h.0 != hold);
+    }
+}
+
+async fn session(policy: &str, quota: Option<Arc<RecordingQuota>>) -> Session {
+    let upstream = provider().await;
+    Session::start(Options {
+        policy: policy.into(),
+        catalog: CATALOG.into(),
+        secrets: String::new(),
+        upstream: Some(upstream),
+        day_quota: quota.map(|q| q as Arc<dyn DayQuota>),
+        ..Options::default()
+    })
+    .await
+}
+
+async fn post(s: &Session, url: &str, body: &str, headers: &[String]) -> Reply {
+    post_with(s, url, body, headers, &[]).await
+}
+
+/// [`post`] with more curl options (`--max-time 1`, `--http2`).
+async fn post_with(s: &Session, url: &str, body: &str, headers: &[String], curl: &[&str]) -> Reply {
+    let mut args: Vec<&str> = vec![
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        "@-",
+    ];
+    for h in headers {
+        args.extend(["-H", h.as_str()]);
+    }
+    args.extend_from_slice(curl);
+    // The body through stdin (it may be larger than an argument may be).
+    let port = s.proxy.https_addr().unwrap().port();
+    let mut child = tokio::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "60", "--cacert"])
+        .arg(&s.session_ca)
+        .arg("--connect-to")
+        .arg(format!("::127.0.0.1:{port}"))
+        .args(&args)
+        .arg(url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(body.as_bytes()).await.unwrap();
+    }
+    let out = child.wait_with_output().await.unwrap();
+    Reply::parse(&out.stdout, &out.stderr)
+}
+
+fn usages(chain: &VerifiedChain) -> Vec<UsageRecord> {
+    chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            Body::Usage(u) => Some(u.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn usage_header(v: Value) -> String {
+    format!("x-usage: {v}")
+}
+
+/// A chat request body of about `size` bytes naming `model`.
+fn big_chat(model: &str, size: usize) -> String {
+    let filler = "a".repeat(size);
+    json!({"model": model, "max_tokens": 50,
+        "messages": [{"role": "user", "content": filler}]})
+    .to_string()
+}
+
+/// A client that goes away before the response head (it asked, the
+/// provider is thinking) still has its call settled: the proxy reports the
+/// exchange as `ClientGone` when it drops the request, so the call gets
+/// its usage receipt (at the reservation, estimated) and the tenant's
+/// quota hold is settled, never released as if the call had not gone
+/// upstream (the provider ran it), over HTTP/1.1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cancelled_before_its_response_head_is_settled() {
+    let quota = Arc::new(RecordingQuota {
+        usd: Some(10_000_000),
+        ..RecordingQuota::default()
+    });
+    let s = session(BUDGET_POLICY, Some(quota.clone())).await;
+    let usage = usage_header(json!({"prompt_tokens": 1_000, "completion_tokens": 50}));
+    for http in ["--http1.1", "--http2"] {
+        // The client gives up after 1 s.
+        let r = post_with(
+            &s,
+            "https://api.openai.com/v1/chat/completions",
+            r#"{"model":"gpt-test","max_tokens":50,"messages":[]}"#,
+            &[usage.clone(), "x-delay-ms: 2500".to_owned()],
+            &[http, "--max-time", "1"],
+        )
+        .await;
+        assert_eq!(r.status, 0, "{http}: the client did not give up: {r:?}");
+    }
+    // The provider answers after 2.5 s; give it time, and the proxy too.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let chain = s.finish_and_verify();
+    // The session ends: its gate and metering go.
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = quota.calls();
+    let u = usages(&chain);
+    let decisions = chain
+        .receipts
+        .iter()
+        .filter(|r| matches!(r.receipt.body, Body::Decision(_)))
+        .count();
+    assert_eq!(
+        u.len(),
+        decisions,
+        "{decisions} calls forwarded, {} usage receipt(s); quota calls {calls:?}",
+        u.len()
+    );
+    assert!(
+        calls
+            .iter()
+            .filter(|c| matches!(c, QuotaCall::Settle { .. }))
+            .count()
+            == decisions,
+        "quota holds not settled: {calls:?}"
+    );
+    // No usage came back: each is charged its reservation, and says so.
+    assert!(u.iter().all(|u| u.estimated), "{u:?}");
+}
