@@ -33,7 +33,8 @@ pub trait DayQuota: Send + Sync {
     /// settled tokens are under the tokens/day quota. Returns the hold's id.
     fn reserve(&self, micro_usd: u64) -> Result<u64, QuotaRefusal>;
     /// Replaces hold `hold` by what the call cost (`micro_usd`, `tokens`:
-    /// input + output). A cost above the hold is charged in full.
+    /// every billed token, `UsageTokens::total`). A cost above the hold is
+    /// charged in full.
     fn settle(&self, hold: u64, micro_usd: u64, tokens: u64);
     /// Drops hold `hold`: the call never went upstream.
     fn release(&self, hold: u64);

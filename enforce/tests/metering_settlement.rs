@@ -341,3 +341,40 @@ async fn a_call_cancelled_before_its_response_head_is_settled() {
     // No usage came back: each is charged its reservation, and says so.
     assert!(u.iter().all(|u| u.estimated), "{u:?}");
 }
+
+/// The tenant's `llm_tokens_per_day` is settled with every billed token:
+/// cache reads and cache writes (Anthropic) and cached input (OpenAI) as
+/// well as input and output, as the control plane's usage report counts
+/// them (`UsageTokens::total`). Else prompt caching would move almost all
+/// input out of the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_day_quota_counts_cached_and_cache_write_tokens() {
+    let quota = Arc::new(RecordingQuota {
+        tokens: Some(1_000_000),
+        ..RecordingQuota::default()
+    });
+    let s = session(TENANT_POLICY, Some(quota.clone())).await;
+    let usage = usage_header(
+        json!({"input_tokens": 12, "cache_read_input_tokens": 40_000,
+        "cache_creation_input_tokens": 30_000, "output_tokens": 7}),
+    );
+    let r = post(
+        &s,
+        "https://api.anthropic.com/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":50,"messages":[]}"#,
+        &[usage],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let chain = s.finish_and_verify();
+    let u = usages(&chain);
+    assert_eq!(u.len(), 1);
+    let t = u[0].tokens;
+    let reported = t.input + t.cached_input + t.cache_write_5m + t.cache_write_1h + t.output;
+    assert_eq!(reported, 70_019, "{t:?}");
+    let (_, tokens) = quota.settled();
+    assert_eq!(
+        tokens, reported,
+        "the provider reported {reported} tokens; llm_tokens_per_day was charged {tokens}"
+    );
+}

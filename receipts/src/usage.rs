@@ -25,6 +25,20 @@ pub struct UsageTokens {
     pub reasoning: u64,
 }
 
+impl UsageTokens {
+    /// Every token the provider billed: input of each kind (uncached,
+    /// cache reads, cache writes) and output (reasoning is part of it).
+    /// What a tenant's `llm_tokens_per_day` counts; the usage report's
+    /// input and output columns (`src/usage/report.rs`) add up to it.
+    pub fn total(&self) -> u64 {
+        self.input
+            .saturating_add(self.cached_input)
+            .saturating_add(self.cache_write_5m)
+            .saturating_add(self.cache_write_1h)
+            .saturating_add(self.output)
+    }
+}
+
 /// One model's prices: micro-USD per million tokens of each kind, and
 /// micro-USD per request. Integers, so costs are exact.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ use super::sqlite::SqliteStore;
 pub struct DayFigures {
     /// Settled micro-USD.
     pub micro_usd: u64,
-    /// Settled tokens (input + output).
+    /// Settled tokens (every billed token, `UsageTokens::total`).
     pub tokens: u64,
     /// Open holds (calls in flight).
     pub holds: u64,

@@ -225,7 +225,7 @@ impl Metering {
     fn settle(&self, mut ticket: Ticket, reported: &shapes::Reported) {
         let (tokens, cost, rates, estimated) = self.price(&ticket, reported);
         if let Some(hold) = ticket.quota.take() {
-            hold.settle(cost, tokens.input.saturating_add(tokens.output));
+            hold.settle(cost, tokens.total());
         }
         let mut warned = lock(&self.warned);
         let spent = self.ledger.settle_llm(ticket.reserved, cost);
