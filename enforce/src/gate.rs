@@ -31,6 +31,12 @@ use crate::quota::{DayQuota, QuotaHold, QuotaRefusal};
 use crate::stages::{fallback_action, path_only, Block, Prepared, Screened, Stage, Stages};
 use crate::stats::{WaitHistogram, WaitSummary};
 
+/// Why an LLM call the proxy cannot plan is refused under a tenant's day
+/// quota (mirrors the token's refusal under a budget).
+const UNPLANNED_UNDER_QUOTA: &str = "quota: llm call of unknown cost under the tenant's day \
+    quota: the proxy could not meter it (its body must be JSON naming the model and fit the \
+    classification cap; an LLM WebSocket is not metered)";
+
 /// Longest `X-Openclaw-Blocked` reason sent to the sandbox.
 const MAX_REASON: usize = 300;
 
@@ -594,6 +600,17 @@ impl EnforcingGate {
 
         // The tenant's day quota first: a call past it never reaches the token.
         let quota = match (&self.day_quota, &metered) {
+            (Some(_), None) if action.kind == ActionType::Llm => {
+                // Without a plan nothing could be held or settled: the call
+                // would pass the quota unseen (fail closed, as a budget does).
+                let block = Block {
+                    stage: Stage::Quota,
+                    reason: UNPLANNED_UNDER_QUOTA.to_owned(),
+                    action,
+                    body_sha256,
+                };
+                return self.record_block(id, conn, now, &counters_now, block).await;
+            }
             (Some(q), Some(plan)) => match QuotaHold::reserve(q, plan.reserved.unwrap_or(0)) {
                 Ok(hold) => Some(hold),
                 Err(refusal) => {

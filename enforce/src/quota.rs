@@ -133,10 +133,7 @@ mod tests {
         let mut hold = QuotaHold::reserve(&quota, 500).expect("hold");
         hold.forwarded();
         drop(hold);
-        assert_eq!(
-            *log.0.lock().expect("log"),
-            ["release 7", "settle 7 500 0"]
-        );
+        assert_eq!(*log.0.lock().expect("log"), ["release 7", "settle 7 500 0"]);
     }
 
     #[test]

@@ -342,6 +342,56 @@ async fn a_call_cancelled_before_its_response_head_is_settled() {
     assert!(u.iter().all(|u| u.estimated), "{u:?}");
 }
 
+/// An LLM call the proxy cannot meter (its body is past the catalog's read
+/// cap, or it names no `model`, as Azure's deployment paths allow) could
+/// be neither held nor settled on the tenant's day quotas: under them it is
+/// refused with a reason, also in a session without `budget_usd`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_call_the_proxy_cannot_meter_is_refused_under_a_day_quota() {
+    let quota = Arc::new(RecordingQuota {
+        usd: Some(1_000_000),
+        tokens: Some(1_000),
+        ..RecordingQuota::default()
+    });
+    let s = session(TENANT_POLICY, Some(quota.clone())).await;
+    let usage = usage_header(json!({"prompt_tokens": 20_000, "completion_tokens": 50}));
+    let url = "https://api.openai.com/v1/chat/completions";
+    // 1. Past the 64 KiB read cap.
+    let big = post(
+        &s,
+        url,
+        &big_chat("gpt-test", 70 * 1024),
+        std::slice::from_ref(&usage),
+    )
+    .await;
+    // 2. No model (an Azure deployment path names it).
+    let azure = "https://api.openai.com/openai/deployments/gpt-dear/chat/completions";
+    let no_model = post(
+        &s,
+        azure,
+        r#"{"max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#,
+        std::slice::from_ref(&usage),
+    )
+    .await;
+    let chain = s.finish_and_verify();
+    for r in [&big, &no_model] {
+        assert!(
+            r.blocked().unwrap_or_default().contains("unknown cost"),
+            "refused with a reason: {r:?}"
+        );
+    }
+    let forwarded = [&big, &no_model].iter().filter(|r| r.status == 200).count();
+    assert!(
+        forwarded == 0 || quota.calls().len() >= 2 * forwarded,
+        "{forwarded} LLM call(s) went upstream (statuses {}, {}) with no hold on the \
+         tenant's day quota: quota calls {:?}, usage receipts {}",
+        big.status,
+        no_model.status,
+        quota.calls(),
+        usages(&chain).len()
+    );
+}
+
 /// The tenant's `llm_tokens_per_day` is settled with every billed token:
 /// cache reads and cache writes (Anthropic) and cached input (OpenAI) as
 /// well as input and output, as the control plane's usage report counts
