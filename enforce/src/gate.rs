@@ -611,8 +611,22 @@ impl EnforcingGate {
                 };
                 return self.record_block(id, conn, now, &counters_now, block).await;
             }
-            (Some(q), Some(plan)) => match QuotaHold::reserve(q, plan.reserved.unwrap_or(0)) {
+            (Some(q), Some(plan)) => match QuotaHold::reserve(q, plan.reserved) {
                 Ok(hold) => Some(hold),
+                Err(QuotaRefusal::Unpriced { quota }) => {
+                    let block = Block {
+                        stage: Stage::Quota,
+                        reason: format!(
+                            "quota: {quota}: llm call of unknown cost: model {} has no price on \
+                             the rate card, so the tenant's {quota} quota could not count it \
+                             (add its model to the rate card, rates.toml)",
+                            plan.model
+                        ),
+                        action,
+                        body_sha256,
+                    };
+                    return self.record_block(id, conn, now, &counters_now, block).await;
+                }
                 Err(refusal) => {
                     let api = plan.api;
                     let block = Block {
@@ -712,6 +726,10 @@ impl EnforcingGate {
             } => (quota, detail, retry_after),
             QuotaRefusal::Unavailable(why) => {
                 block.reason = format!("quota: unavailable: {why}");
+                return self.record_block(id, conn, now, counters, block).await;
+            }
+            QuotaRefusal::Unpriced { quota } => {
+                block.reason = format!("quota: {quota}: llm call of unknown cost");
                 return self.record_block(id, conn, now, counters, block).await;
             }
         };

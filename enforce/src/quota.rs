@@ -22,6 +22,9 @@ pub enum QuotaRefusal {
     },
     /// The quota could not be read or written: the call is refused (fail closed).
     Unavailable(String),
+    /// A call of a model the rate card does not price, under a quota
+    /// (`usd_per_day`) that could not count it: refused, never free.
+    Unpriced { quota: &'static str },
 }
 
 /// A tenant's day quotas, shared by all its sessions. Implementations must
@@ -32,6 +35,15 @@ pub trait DayQuota: Send + Sync {
     /// spend, the open holds and it fit the USD/day quota, and the day's
     /// settled tokens are under the tokens/day quota. Returns the hold's id.
     fn reserve(&self, micro_usd: u64) -> Result<u64, QuotaRefusal>;
+    /// Holds a call whose model the rate card does not price: it costs
+    /// nothing the proxy can count, so it is refused where a USD/day quota
+    /// applies and otherwise held at 0 (its tokens still settle). By
+    /// default refused: a store that cannot tell fails closed.
+    fn reserve_unpriced(&self) -> Result<u64, QuotaRefusal> {
+        Err(QuotaRefusal::Unpriced {
+            quota: "usd_per_day",
+        })
+    }
     /// Replaces hold `hold` by what the call cost (`micro_usd`, `tokens`:
     /// every billed token, `UsageTokens::total`). A cost above the hold is
     /// charged in full.
@@ -59,8 +71,15 @@ impl std::fmt::Debug for QuotaHold {
 impl QuotaHold {
     /// Reserves `micro_usd` on `quota` (blocking: the quota's transaction
     /// is short, but may wait for another session's).
-    pub(crate) fn reserve(quota: &Arc<dyn DayQuota>, micro_usd: u64) -> Result<Self, QuotaRefusal> {
-        let run = || quota.reserve(micro_usd);
+    /// `None`: a model without a price ([`DayQuota::reserve_unpriced`]).
+    pub(crate) fn reserve(
+        quota: &Arc<dyn DayQuota>,
+        micro_usd: Option<u64>,
+    ) -> Result<Self, QuotaRefusal> {
+        let run = || match micro_usd {
+            Some(m) => quota.reserve(m),
+            None => quota.reserve_unpriced(),
+        };
         let id = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
             _ => run(),
@@ -68,7 +87,7 @@ impl QuotaHold {
         Ok(QuotaHold {
             quota: quota.clone(),
             id: Some(id),
-            micro_usd,
+            micro_usd: micro_usd.unwrap_or(0),
             forwarded: false,
         })
     }
@@ -129,11 +148,16 @@ mod tests {
     fn a_dropped_hold_is_released_before_its_call_left_and_settled_after() {
         let log = Arc::new(Log::default());
         let quota: Arc<dyn DayQuota> = log.clone();
-        drop(QuotaHold::reserve(&quota, 500).expect("hold"));
-        let mut hold = QuotaHold::reserve(&quota, 500).expect("hold");
+        drop(QuotaHold::reserve(&quota, Some(500)).expect("hold"));
+        let mut hold = QuotaHold::reserve(&quota, Some(500)).expect("hold");
         hold.forwarded();
         drop(hold);
         assert_eq!(*log.0.lock().expect("log"), ["release 7", "settle 7 500 0"]);
+        // A store that does not say otherwise refuses an unpriced call.
+        assert!(matches!(
+            QuotaHold::reserve(&quota, None),
+            Err(QuotaRefusal::Unpriced { .. })
+        ));
     }
 
     #[test]

@@ -392,6 +392,44 @@ async fn an_llm_call_the_proxy_cannot_meter_is_refused_under_a_day_quota() {
     );
 }
 
+/// A model the rate card does not price (o1-pro, gpt-4-turbo,
+/// claude-3-opus, ...) would reserve 0 and settle at 0 against the
+/// tenant's `usd_per_day`: under that quota it is refused with a reason,
+/// also in a session without a budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpriced_model_is_refused_under_the_usd_day_quota() {
+    let quota = Arc::new(RecordingQuota {
+        usd: Some(1_000_000),
+        ..RecordingQuota::default()
+    });
+    let s = session(TENANT_POLICY, Some(quota.clone())).await;
+    // 1M input tokens of o1-pro: 150 USD at OpenAI's price.
+    let usage = usage_header(json!({"input_tokens": 1_000_000, "output_tokens": 100}));
+    let mut ok = 0;
+    for _ in 0..3 {
+        let r = post(
+            &s,
+            "https://api.openai.com/v1/responses",
+            r#"{"model":"o1-pro","max_output_tokens":100,"input":"hi"}"#,
+            std::slice::from_ref(&usage),
+        )
+        .await;
+        ok += usize::from(r.status == 200);
+        let why = r.blocked().unwrap_or_default();
+        assert!(
+            why.contains("usd_per_day") && why.contains("o1-pro"),
+            "refused with a reason: {r:?}"
+        );
+    }
+    let (spent, tokens) = quota.settled();
+    assert!(
+        ok == 0 || spent > 1_000_000,
+        "{ok} o1-pro calls of 1M input tokens each went upstream and the tenant's \
+         usd_per_day ($1) was charged {spent} micro-USD ({tokens} tokens): {:?}",
+        quota.calls()
+    );
+}
+
 /// The tenant's `llm_tokens_per_day` is settled with every billed token:
 /// cache reads and cache writes (Anthropic) and cached input (OpenAI) as
 /// well as input and output, as the control plane's usage report counts

@@ -75,12 +75,13 @@ pub(super) struct Spent {
 }
 
 /// Whether one more call that may cost `micro_usd` fits, read inside the
-/// reservation's transaction. One function for every store, so SQLite and
+/// reservation's transaction (`None`: a model without a price, which no
+/// USD quota can count). One function for every store, so SQLite and
 /// PostgreSQL refuse the same calls with the same words.
 pub(super) fn check_room(
     limits: Limits,
     day: Spent,
-    micro_usd: u64,
+    micro_usd: Option<u64>,
     now: SystemTime,
 ) -> Result<(), QuotaRefusal> {
     let retry_after = enforce::quota::until_utc_midnight(now);
@@ -94,6 +95,11 @@ pub(super) fn check_room(
         }
     }
     if let Some(quota) = limits.usd_quota {
+        let Some(micro_usd) = micro_usd else {
+            return Err(QuotaRefusal::Unpriced {
+                quota: "usd_per_day",
+            });
+        };
         let total = day
             .micro_usd
             .saturating_add(day.held)
@@ -147,7 +153,7 @@ impl SqliteDayQuota {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn try_reserve(&self, micro_usd: u64, now: SystemTime) -> Result<u64, QuotaRefusal> {
+    fn try_reserve(&self, micro_usd: Option<u64>, now: SystemTime) -> Result<u64, QuotaRefusal> {
         let fail = |e: rusqlite::Error| QuotaRefusal::Unavailable(e.to_string());
         let day = day_of(now);
         let mut conn = self.conn();
@@ -205,7 +211,7 @@ impl SqliteDayQuota {
             params![
                 self.tenant,
                 day,
-                signed(micro_usd),
+                signed(micro_usd.unwrap_or(0)),
                 self.session,
                 humantime::format_rfc3339_seconds(now).to_string()
             ],
@@ -270,7 +276,11 @@ impl SqliteDayQuota {
 
 impl DayQuota for SqliteDayQuota {
     fn reserve(&self, micro_usd: u64) -> Result<u64, QuotaRefusal> {
-        self.try_reserve(micro_usd, SystemTime::now())
+        self.try_reserve(Some(micro_usd), SystemTime::now())
+    }
+
+    fn reserve_unpriced(&self) -> Result<u64, QuotaRefusal> {
+        self.try_reserve(None, SystemTime::now())
     }
 
     fn settle(&self, hold: u64, micro_usd: u64, tokens: u64) {

@@ -86,7 +86,7 @@ impl PgDayQuota {
         }
     }
 
-    fn try_reserve(&self, micro_usd: u64, now: SystemTime) -> Result<u64, QuotaRefusal> {
+    fn try_reserve(&self, micro_usd: Option<u64>, now: SystemTime) -> Result<u64, QuotaRefusal> {
         let (tenant, session) = (self.tenant.clone(), self.session.clone());
         let day = day_of(now);
         let created = humantime::format_rfc3339_seconds(now).to_string();
@@ -137,7 +137,13 @@ impl PgDayQuota {
                     .query_one(
                         "INSERT INTO quota_holds (tenant, day, micro_usd, session, created_at)
                          VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                        &[&tenant, &day, &signed(micro_usd), &session, &created],
+                        &[
+                            &tenant,
+                            &day,
+                            &signed(micro_usd.unwrap_or(0)),
+                            &session,
+                            &created,
+                        ],
                     )
                     .map_err(db)?
                     .get(0);
@@ -185,7 +191,11 @@ impl PgDayQuota {
 
 impl DayQuota for PgDayQuota {
     fn reserve(&self, micro_usd: u64) -> Result<u64, QuotaRefusal> {
-        self.try_reserve(micro_usd, SystemTime::now())
+        self.try_reserve(Some(micro_usd), SystemTime::now())
+    }
+
+    fn reserve_unpriced(&self) -> Result<u64, QuotaRefusal> {
+        self.try_reserve(None, SystemTime::now())
     }
 
     fn settle(&self, hold: u64, micro_usd: u64, tokens: u64) {
@@ -285,6 +295,8 @@ mod tests {
         conformance::the_tokens_quota_refuses_once_reached_and_a_dead_sessions_holds_go(
             &db, &store,
         );
+        let (db, store) = fresh(&server, "unpriced");
+        conformance::an_unpriced_call_is_refused_only_under_the_usd_quota(&db, &store);
         let (db, store) = fresh(&server, "race");
         conformance::concurrent_reservations_on_eight_connections_never_pass_the_quota(&db, &store);
         // A server that is gone refuses the call (fail closed), without the password.

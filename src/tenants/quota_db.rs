@@ -98,6 +98,38 @@ pub mod conformance {
         q.today().expect("today")
     }
 
+    /// A model without a price: refused while `usd_per_day` is set (no
+    /// USD quota can count it), held at 0 under `llm_tokens_per_day` alone.
+    pub fn an_unpriced_call_is_refused_only_under_the_usd_quota(db: &QuotaDb, store: &dyn Store) {
+        tenant_with(
+            store,
+            &Quotas {
+                llm_tokens_per_day: Some(100),
+                ..Quotas::default()
+            },
+        );
+        let q = db.open("acme", "s1").expect("open");
+        let hold = q.reserve_unpriced().expect("no USD quota: it goes");
+        q.settle(hold, 0, 40);
+        assert_eq!(figures(q.as_ref()).tokens, 40);
+        store
+            .set_quotas(
+                &acme(),
+                &Quotas {
+                    llm_tokens_per_day: Some(100),
+                    micro_usd_per_day: Some(1000),
+                    ..Quotas::default()
+                },
+                "t",
+            )
+            .expect("quotas");
+        match q.reserve_unpriced() {
+            Err(QuotaRefusal::Unpriced { quota }) => assert_eq!(quota, "usd_per_day"),
+            other => panic!("expected the unpriced refusal, got {other:?}"),
+        }
+        assert_eq!(figures(q.as_ref()).holds, 0, "refused before holding");
+    }
+
     pub fn holds_and_settled_spend_count_against_the_usd_quota(db: &QuotaDb, store: &dyn Store) {
         tenant_with(
             store,
@@ -286,6 +318,12 @@ mod tests {
     fn concurrent_reservations_on_eight_connections_never_pass_the_quota() {
         let (_dir, db, store) = fresh();
         conformance::concurrent_reservations_on_eight_connections_never_pass_the_quota(&db, &store);
+    }
+
+    #[test]
+    fn an_unpriced_call_is_refused_only_under_the_usd_quota() {
+        let (_dir, db, store) = fresh();
+        conformance::an_unpriced_call_is_refused_only_under_the_usd_quota(&db, &store);
     }
 
     #[test]
