@@ -1537,3 +1537,56 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
         );
     }
 }
+
+/// Deleting a tenant stops its running sessions (SIGTERM, waited for)
+/// before its directory moves to tenants-deleted/: no sandbox keeps its
+/// egress and decrypted secrets under a tenant no API can reach any more
+/// (needs root: a real netns session).
+#[test]
+fn deleting_a_tenant_stops_its_running_sessions() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let admin = cli(h, &["tenants", "admin-token"]);
+    let a = cli(h, &["tenants", "create", "a"]);
+    let d = start(h, &logs.path().join("serve.log"));
+    let body = json!({"capabilities": mint_for(h, "a"), "command": ["sleep", "25"]});
+    let r = call(
+        &d,
+        "POST",
+        "/v1/sessions",
+        Some(&a),
+        Some(&body.to_string()),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    let pid = supervisor_of(h, "a", &id);
+    assert!(runs(pid));
+
+    // The delete answers once the session has ended.
+    let r = call(&d, "DELETE", "/v1/tenants/a", Some(&admin), None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let still = runs(pid);
+    if still {
+        // Clean up the session this test started (its supervisor, by pid).
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    assert!(
+        !still,
+        "session {id} (supervisor {pid}) runs after its tenant's deletion"
+    );
+    // Its chain was closed by the stop, in the moved directory.
+    let moved: Vec<_> = std::fs::read_dir(h.join("tenants-deleted"))
+        .expect("tenants-deleted")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(moved[0].join("sessions").join(&id).join("session.json"))
+            .expect("session.json"),
+    )
+    .expect("json");
+    assert_ne!(info["status"], "running", "{info}");
+}

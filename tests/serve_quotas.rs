@@ -564,3 +564,98 @@ fn metrics_parse_and_move_when_a_session_runs_the_ledger_grows_and_a_quota_refus
         1.0
     );
 }
+
+/// "A new tenant of the same name starts empty": the ledger rows of a
+/// deleted tenant are relabelled `tenants-deleted/<name>-<ns>`, so a new
+/// tenant of its name reads none of them, and the admin still does.
+#[test]
+fn a_recreated_tenant_does_not_see_its_deleted_namesakes_usage_which_the_admin_still_reads() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let admin = cli(h, &["tenants", "admin-token"]);
+    cli(h, &["tenants", "create", "acme"]);
+    // The first "acme" (say, a former customer) spent 200 micro-USD today.
+    write_llm_session(h, "acme", "20261203-120000-aaaaaa", 200);
+    rebuild_ledger(h);
+    let d = start(h, &logs.path().join("serve.log"));
+
+    let r = call(&d, "DELETE", "/v1/tenants/acme", Some(&admin), None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = call(
+        &d,
+        "POST",
+        "/v1/tenants",
+        Some(&admin),
+        Some(&json!({"name": "acme"}).to_string()),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let new_token = r.body["token"].as_str().expect("token").to_owned();
+
+    let usage = call(&d, "GET", "/v1/usage?by=session", Some(&new_token), None);
+    assert_eq!(usage.status, 200, "{:?}", usage.body);
+    assert_eq!(
+        usage.body["rows"].as_array().map(Vec::len),
+        Some(0),
+        "a new tenant reads its deleted namesake's ledger rows: {}",
+        usage.body
+    );
+    // The operator still reads what the deleted tenant spent, under the
+    // label naming where its directory went.
+    let all = call(&d, "GET", "/v1/usage?by=tenant", Some(&admin), None);
+    assert_eq!(all.status, 200, "{:?}", all.body);
+    let rows = all.body["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{}", all.body);
+    assert!(
+        rows[0].to_string().contains("tenants-deleted/acme-"),
+        "{}",
+        all.body
+    );
+    assert_eq!(all.body["total"]["cost_micro_usd"], 200, "{}", all.body);
+}
+
+/// The same through the day quota: a new tenant with a usd_per_day of 100
+/// micro-USD that spent nothing starts a session though its deleted
+/// namesake spent 200 micro-USD today.
+#[test]
+fn a_recreated_tenants_day_quota_is_not_used_up_by_its_deleted_namesake() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let admin = cli(h, &["tenants", "admin-token"]);
+    cli(h, &["tenants", "create", "acme"]);
+    write_llm_session(h, "acme", "20261203-120000-aaaaaa", 200);
+    rebuild_ledger(h);
+    let d = start(h, &logs.path().join("serve.log"));
+    assert_eq!(
+        call(&d, "DELETE", "/v1/tenants/acme", Some(&admin), None).status,
+        200
+    );
+    let r = call(
+        &d,
+        "POST",
+        "/v1/tenants",
+        Some(&admin),
+        Some(&json!({"name": "acme"}).to_string()),
+    );
+    let new_token = r.body["token"].as_str().expect("token").to_owned();
+    let r = put_quotas(&d, &admin, "acme", &json!({"usd_per_day": 0.0001}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let body = json!({"capabilities": mint_for(h, "acme"), "command": ["true"]});
+    let r = call(
+        &d,
+        "POST",
+        "/v1/sessions",
+        Some(&new_token),
+        Some(&body.to_string()),
+    );
+    if r.status == 201 {
+        wait_ended(h, "acme", r.body["id"].as_str().unwrap_or(""));
+    }
+    assert_ne!(
+        (r.status, r.field()),
+        (429, "usd_per_day"),
+        "a new tenant that spent nothing is refused for its namesake's spend: {:?}",
+        r.body
+    );
+}

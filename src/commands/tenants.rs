@@ -174,6 +174,14 @@ pub fn execute(args: TenantsArgs) -> Result<ExitCode> {
         }
         TenantsCommand::Delete(arg) => {
             let name = parse_name(&arg.name)?;
+            // The CLI cannot stop a daemon's sessions: it refuses rather
+            // than leave them running under a deleted tenant.
+            let running = crate::serve::sessions::running_count(&registry.root(&name));
+            if running > 0 {
+                anyhow::bail!(
+                    "tenant {name} has {running} running session(s): stop them first, or delete it over the API (DELETE /v1/tenants/{name}), which stops them"
+                );
+            }
             registry.delete(&caller(), &name)?;
             println!(
                 "deleted tenant {name} (its directory is under {}/tenants-deleted)",

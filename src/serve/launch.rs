@@ -718,6 +718,44 @@ impl Launcher {
         Ok(Stopped::Signalled)
     }
 
+    /// Stops every session of `tenant` this daemon runs (its tenant is being
+    /// deleted): SIGTERM, as a stop request, waited for up to `limit`; what
+    /// still runs then is SIGKILLed and recovered, as in the drain. Starts
+    /// in flight are waited for within `limit` too (the tenant's token is
+    /// already refused, so no new one follows). Blocking; how many were
+    /// signalled.
+    pub fn stop_tenant(&self, tenant: &TenantName, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        let mut signalled = HashSet::new();
+        loop {
+            let idle = {
+                let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                let late = Instant::now() > deadline;
+                let mut own = 0;
+                for ((t, id), child) in running.iter_mut() {
+                    if t != tenant.as_str() || !matches!(child.process.try_wait(), Ok(None)) {
+                        continue;
+                    }
+                    own += 1;
+                    if late {
+                        let _ = child.process.kill();
+                        let _ = child.process.wait();
+                    } else if signalled.insert(id.clone()) {
+                        signal(&child.process, nix::sys::signal::Signal::SIGTERM);
+                    }
+                }
+                (own == 0 || late) && self.starting.load(Ordering::SeqCst) == 0
+            };
+            // Forgets the ended ones, recovering any left marked running.
+            self.reap();
+            if idle || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        signalled.len()
+    }
+
     /// From now on every start is refused with [`Draining`].
     pub fn refuse_starts(&self) {
         self.draining.store(true, Ordering::SeqCst);

@@ -25,7 +25,7 @@ mod secrets;
 /// The listener and the SIGTERM drain.
 mod server;
 /// A tenant's sessions: listed, read and verified inside its root.
-mod sessions;
+pub(crate) mod sessions;
 /// What every handler shares (store, launcher, quota windows).
 mod state;
 /// The browser UI for a tenant's login, under `/ui/`.

@@ -38,8 +38,12 @@ const MAX_BODY: usize = 64 * 1024;
 /// Largest `POST /v1/sessions` body: room for a workdir archive at its
 /// bound, in base64, besides the rest.
 const MAX_SESSION_BODY: usize = workdir::MAX_ARCHIVE_BYTES / 3 * 4 + 4 + MAX_BODY;
+/// How long a tenant's deletion waits for its sessions to end after
+/// SIGTERM before it kills them (a stop closes the chain in well under it).
+const TENANT_STOP_LIMIT: Duration = Duration::from_secs(10);
 /// How long `/readyz` reuses `openclaw doctor`'s checks (they unshare
 /// namespaces and boot a tiny KVM guest: too much for every probe).
+
 const DOCTOR_TTL: Duration = Duration::from_secs(10);
 
 /// A request once read: what the handlers need, owned.
@@ -417,9 +421,15 @@ fn v1(
             only(req, "DELETE")?;
             no_query(req)?;
             let name = name_param(name)?;
+            // Its sessions are stopped before its directory moves: a deleted
+            // tenant's sandbox keeps no egress and no decrypted secret.
             state
                 .registry
-                .delete(&api_admin(request_id), &name)
+                .delete_ending(&api_admin(request_id), &name, || {
+                    let n = state.launcher.stop_tenant(&name, TENANT_STOP_LIMIT);
+                    tracing::info!(tenant = %name, "deleted: stopped {n} session(s)");
+                    Ok(())
+                })
                 .map_err(|e| op_error(e, request_id))?;
             Ok(json(
                 StatusCode::OK,

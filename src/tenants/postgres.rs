@@ -487,6 +487,25 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn archive_usage(&self, name: &TenantName, archive: &str) -> Result<(), TenantStoreError> {
+        let (owned, archive) = (name.to_string(), archive.to_owned());
+        // The ledger is in this database: everything in one transaction.
+        // The name's request window goes too (it is no one's spend).
+        self.call(move |c| {
+            let mut tx = c.transaction().map_err(db)?;
+            for table in ["usage", "day_spend", "quota_holds"] {
+                tx.execute(
+                    &format!("UPDATE {table} SET tenant = $2 WHERE tenant = $1"),
+                    &[&owned, &archive],
+                )
+                .map_err(db)?;
+            }
+            tx.execute("DELETE FROM request_window WHERE tenant = $1", &[&owned])
+                .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+    }
+
     fn quotas(&self, name: &TenantName) -> Result<Option<Quotas>, TenantStoreError> {
         let owned = name.clone();
         let row = self.call(move |c| {

@@ -157,27 +157,62 @@ impl Registry {
         result
     }
 
-    /// Deletes the tenant's record (its token stops working) and moves its
-    /// directory to `<home>/tenants-deleted/<name>-<unix time>`: the data is
-    /// kept for the operator, and a new tenant of the same name starts empty.
+    /// Deletes the tenant's record (its token stops working), relabels what
+    /// it spent (ledger rows, day spend) as `tenants-deleted/<name>-<unix
+    /// ns>` and moves its directory there: the data and the figures are
+    /// kept for the operator, and a new tenant of the same name starts
+    /// empty. For a caller that runs no sessions (the CLI checks that none
+    /// runs first); the daemon uses [`Registry::delete_ending`].
     pub fn delete(&self, caller: &Caller, name: &TenantName) -> Result<(), TenantOpError> {
-        let result = self.delete_inner(name);
+        self.delete_ending(caller, name, || Ok(()))
+    }
+
+    /// [`Registry::delete`], calling `end_sessions` (stop the tenant's
+    /// running sessions and wait for them) once the record is gone (no new
+    /// session can start) and before the usage is relabelled and the
+    /// directory moved (no session writes under the name or into the
+    /// directory after that).
+    pub fn delete_ending(
+        &self,
+        caller: &Caller,
+        name: &TenantName,
+        end_sessions: impl FnOnce() -> anyhow::Result<()>,
+    ) -> Result<(), TenantOpError> {
+        let result = self.delete_inner(name, end_sessions);
         self.record(caller, "tenant.delete", name, &result)?;
         result
     }
 
-    fn delete_inner(&self, name: &TenantName) -> Result<(), TenantOpError> {
+    fn delete_inner(
+        &self,
+        name: &TenantName,
+        end_sessions: impl FnOnce() -> anyhow::Result<()>,
+    ) -> Result<(), TenantOpError> {
         self.store.delete_tenant(name)?;
+        end_sessions().map_err(|e| {
+            TenantOpError::Failed(e.context(format!(
+                "tenant {name} is deleted, but its sessions did not all end; its usage and directory are left in place"
+            )))
+        })?;
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let archived = format!("{name}-{stamp}");
+        // A label no tenant can have ('/' is not in names), naming where
+        // the tenant's directory now is.
+        let label = format!("{DELETED_DIR}/{archived}");
+        self.store.archive_usage(name, &label).map_err(|e| {
+            TenantOpError::Failed(anyhow::Error::new(e).context(format!(
+                "tenant {name} is deleted, but its usage could not be archived as {label}"
+            )))
+        })?;
         let root = self.root(name);
         if std::fs::symlink_metadata(root.path()).is_ok() {
             let graveyard = self.home.join(DELETED_DIR);
             std::fs::create_dir_all(&graveyard)
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", graveyard.display()))?;
-            let stamp = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let to = graveyard.join(format!("{name}-{stamp}"));
+            let to = graveyard.join(&archived);
             std::fs::rename(root.path(), &to).map_err(|e| {
                 anyhow::anyhow!("moving {} to {}: {e}", root.path().display(), to.display())
             })?;

@@ -2,7 +2,7 @@
 //! tenants ...` at the terminal and a running `openclaw serve` share it (a
 //! rotation by the CLI is seen by the daemon's next request).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -62,6 +62,9 @@ CREATE INDEX IF NOT EXISTS quota_holds_by_day ON quota_holds (tenant, day);
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// The usage ledger beside the store (`<home>/ledger.db`), relabelled
+    /// with a deleted tenant's day spend.
+    ledger: PathBuf,
 }
 
 fn backend(e: impl std::fmt::Display) -> TenantStoreError {
@@ -113,6 +116,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            ledger: path.with_file_name(crate::usage::ledger::LEDGER_FILE),
         })
     }
 
@@ -240,6 +244,26 @@ impl Store for SqliteStore {
             params![name.as_str()],
         )
         .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn archive_usage(&self, name: &TenantName, archive: &str) -> Result<(), TenantStoreError> {
+        // The ledger is its own file: relabelled first, so a failure leaves
+        // the day spend (what the proxy's quota reads) under the name and
+        // the delete is reported failed rather than half done unnoticed.
+        if self.ledger.exists() {
+            crate::usage::ledger::archive_tenant(&self.ledger, name.as_str(), archive)
+                .map_err(|e| backend(format!("{} {e:#}", self.ledger.display())))?;
+        }
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(backend)?;
+        for table in ["day_spend", "quota_holds"] {
+            tx.execute(
+                &format!("UPDATE {table} SET tenant = ?2 WHERE tenant = ?1"),
+                params![name.as_str(), archive],
+            )
+            .map_err(backend)?;
+        }
         tx.commit().map_err(backend)
     }
 

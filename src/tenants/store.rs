@@ -19,6 +19,11 @@
 //!   reader as soon as it returns (no cache: the daemon reads them per
 //!   request). Plain SQL: one row per tenant, a NULL column is no limit,
 //!   USD as integer micro-USD.
+//! - `archive_usage` moves what a deleted tenant spent (its usage ledger
+//!   rows where the store keeps them, its day spend and quota holds) from
+//!   its name to an archive label that is no tenant's name, in one
+//!   transaction: a new tenant of the name starts with nothing spent, and
+//!   the operator still reads the old figures under the label.
 
 use super::name::TenantName;
 use super::quota::Quotas;
@@ -64,6 +69,11 @@ pub trait Store: Send + Sync {
         at: &str,
     ) -> Result<(), TenantStoreError>;
     fn delete_tenant(&self, name: &TenantName) -> Result<(), TenantStoreError>;
+    /// Relabels everything spent under `name` (ledger rows, day spend,
+    /// quota holds) as `archive` (see the module notes). Called once the
+    /// deleted tenant's sessions have ended, so none writes under the name
+    /// afterwards.
+    fn archive_usage(&self, name: &TenantName, archive: &str) -> Result<(), TenantStoreError>;
     fn admin_token(&self) -> Result<Option<TokenHash>, TenantStoreError>;
     /// Sets (or replaces) the one admin token.
     fn set_admin_token(&self, token: &TokenHash, at: &str) -> Result<(), TenantStoreError>;
@@ -189,6 +199,9 @@ pub mod conformance {
         );
         one.set_quotas(&name("a"), &set, "t10").expect("set a");
         one.delete_tenant(&name("a")).expect("delete a");
+        // Whatever it spent moves to a label no tenant has.
+        one.archive_usage(&name("a"), "tenants-deleted/a-1")
+            .expect("archive a's usage");
         assert_eq!(two.quotas(&name("a")).expect("quotas"), None);
         two.insert_tenant(&name("a"), &h1, "t11").expect("a again");
         assert_eq!(

@@ -54,6 +54,17 @@ impl Ledger {
     }
 }
 
+/// Relabels the rows of tenant `from` as `to` in the SQLite ledger at
+/// `path` (a deleted tenant's usage, kept for the operator under an archive
+/// label); how many rows moved.
+pub fn archive_tenant(path: &Path, from: &str, to: &str) -> Result<usize> {
+    let ledger = usage_ledger::Ledger::open(path)?;
+    Ok(ledger.conn().execute(
+        "UPDATE usage SET tenant = ?2 WHERE tenant = ?1",
+        rusqlite::params![from, to],
+    )?)
+}
+
 impl UsageLedger for Ledger {
     fn insert(&mut self, rows: &[UsageRow]) -> Result<usize> {
         Ok(self.0.insert(rows)?)
