@@ -7,17 +7,18 @@
 //! the SIGTERM drain, and sessions created and stopped over the API (real
 //! `openclaw run` children on the netns backend: needs root).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 mod support;
 
 use support::serve::{
-    call, call_with, cli, mint_for, mint_for_tenant, start, start_with, wait_ended, write_session,
-    Daemon, Reply, HOLDS, POLICY_HELD,
+    call, call_with, cli, curl, mint_for, mint_for_tenant, start, start_with, wait_ended,
+    write_session, Daemon, Reply, HOLDS, POLICY_HELD,
 };
 
 /// A GET whose answer may be a stream: curl with `-N`, stopped after
@@ -1589,4 +1590,79 @@ fn deleting_a_tenant_stops_its_running_sessions() {
     )
     .expect("json");
     assert_ne!(info["status"], "running", "{info}");
+}
+
+/// A rotated token ends an open `GET /v1/sessions/{id}/events` stream
+/// within a few seconds (the token is checked again every 2 s, as the
+/// UI's live view does), while the session runs on (needs root).
+#[test]
+fn an_api_event_stream_ends_when_its_token_is_rotated() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let a = cli(h, &["tenants", "create", "a"]);
+    let d = start(h, &logs.path().join("serve.log"));
+    let body = json!({"capabilities": mint_for(h, "a"), "command": ["sleep", "25"]});
+    let r = call(
+        &d,
+        "POST",
+        "/v1/sessions",
+        Some(&a),
+        Some(&body.to_string()),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    let mut stream = curl(
+        &d.addr,
+        "GET",
+        &format!("/v1/sessions/{id}/events"),
+        Some(&a),
+        None,
+    )
+    .arg("-N")
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("curl");
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        stream.try_wait().expect("wait").is_none(),
+        "the stream is open"
+    );
+    let a2 = cli(h, &["tenants", "token", "rotate", "a"]);
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut ended = false;
+    while Instant::now() < deadline {
+        if stream.try_wait().expect("wait").is_some() {
+            ended = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let running = call(&d, "GET", &format!("/v1/sessions/{id}"), Some(&a2), None);
+    // Clean up: the session this test started, and the curl it spawned.
+    call(
+        &d,
+        "POST",
+        &format!("/v1/sessions/{id}/stop"),
+        Some(&a2),
+        None,
+    );
+    if !ended {
+        let _ = stream.kill();
+    }
+    let _ = stream.wait();
+    let mut seen = String::new();
+    if let Some(mut out) = stream.stdout.take() {
+        let _ = out.read_to_string(&mut seen);
+    }
+    wait_ended(h, "a", &id);
+    assert_eq!(
+        running.body["session"]["status"], "running",
+        "{:?}",
+        running.body
+    );
+    assert!(
+        ended,
+        "6 s after rotation the old token's event stream is still open: {seen}"
+    );
 }

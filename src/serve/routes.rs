@@ -311,7 +311,11 @@ fn v1(
             only(req, "GET")?;
             no_query(req)?;
             let dir = running_dir(&root, id)?;
-            Ok(events::stream(dir))
+            let presented = req.bearer.clone().ok_or_else(ApiError::unauthorized)?;
+            Ok(events::stream(
+                dir,
+                state.registry.still_holds(presented, who.clone()),
+            ))
         }
         ["sessions", id, "approvals"] => {
             let root = state.registry.root(tenant_only(who)?);

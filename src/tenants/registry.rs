@@ -66,6 +66,24 @@ pub struct Registry {
     audit: AuditLog,
 }
 
+/// [`Registry::authenticate`] on `store`.
+fn authenticate_in(
+    store: &dyn Store,
+    presented: &str,
+) -> Result<Option<Identity>, TenantStoreError> {
+    let hash = TokenHash::of(presented);
+    let (stored, identity) = match token::claimed(presented) {
+        Some(Claimed::Admin) => (store.admin_token()?, Identity::Admin),
+        Some(Claimed::Tenant(name)) => (store.tenant_token(&name)?, Identity::Tenant(name)),
+        None => (None, Identity::Admin),
+    };
+    let (stored, known) = match stored {
+        Some(h) => (h, true),
+        None => (TokenHash([0xff; 32]), false),
+    };
+    Ok((stored.matches(&hash) && known).then_some(identity))
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -292,19 +310,21 @@ impl Registry {
     /// with the stored hash of the identity it claims; a malformed or
     /// unknown claim still costs one comparison, against a hash no token has.
     pub fn authenticate(&self, presented: &str) -> Result<Option<Identity>, TenantStoreError> {
-        let hash = TokenHash::of(presented);
-        let (stored, identity) = match token::claimed(presented) {
-            Some(Claimed::Admin) => (self.store.admin_token()?, Identity::Admin),
-            Some(Claimed::Tenant(name)) => {
-                (self.store.tenant_token(&name)?, Identity::Tenant(name))
-            }
-            None => (None, Identity::Admin),
-        };
-        let (stored, known) = match stored {
-            Some(h) => (h, true),
-            None => (TokenHash([0xff; 32]), false),
-        };
-        Ok((stored.matches(&hash) && known).then_some(identity))
+        authenticate_in(self.store.as_ref(), presented)
+    }
+
+    /// Whether `presented` still proves to be `who`, asked again by a
+    /// long-lived stream opened with it (a rotated or deleted token ends
+    /// it); a store that does not answer counts as no.
+    pub fn still_holds(
+        &self,
+        presented: String,
+        who: Identity,
+    ) -> Arc<dyn Fn() -> bool + Send + Sync> {
+        let store = self.store.clone();
+        Arc::new(move || {
+            authenticate_in(store.as_ref(), &presented).is_ok_and(|now| now.as_ref() == Some(&who))
+        })
     }
 
     fn record<T>(
