@@ -69,6 +69,7 @@ fn a_tenant_sets_its_defaults_but_never_an_admin_key_and_every_change_is_audited
         "allowed_images",
         "max_approval_timeout",
         "allow_policy",
+        "allowed_approve",
     ] {
         let r = put(
             &d,
@@ -83,7 +84,7 @@ fn a_tenant_sets_its_defaults_but_never_an_admin_key_and_every_change_is_audited
             .contains("admin-only"));
     }
     let refused = audit_lines(h, "settings.set");
-    assert_eq!(refused.len(), 4, "{refused:?}");
+    assert_eq!(refused.len(), 5, "{refused:?}");
     for line in &refused {
         assert_eq!(line["outcome"], "refused");
         assert_eq!(line["actor"], "tenant");
@@ -220,7 +221,7 @@ fn a_tenant_sets_its_defaults_but_never_an_admin_key_and_every_change_is_audited
     assert_eq!(ok[1]["target"], "a");
     assert_eq!(
         ok[1]["detail"],
-        "admin allow_policy=- allowed_backends=netns allowed_images=- max_approval_timeout=60"
+        "admin allow_policy=- allowed_approve=- allowed_backends=netns allowed_images=- max_approval_timeout=60"
     );
     let audit = std::fs::read_to_string(h.join("audit.jsonl")).expect("audit");
     for token in [&a, &b, &admin] {
@@ -734,4 +735,64 @@ fn new_sessions_price_with_a_replaced_rate_card_and_past_rows_keep_theirs() {
     // The test provider's answer: the first card prices it 230 micro-USD.
     assert_eq!(cost_of(&ids[0]), 230, "{:?}", r.body);
     assert_eq!(cost_of(&ids[1]), 460, "the new card, twice the prices");
+}
+
+/// An operator that keeps what a tenant's sessions may do (`allow_policy =
+/// false`) and mints a token whose requests wait for a human keeps that
+/// human: `"approve": "auto"` is refused on create and as the tenant's
+/// default, until the operator lists `auto` in `allowed_approve`.
+#[test]
+fn a_tenant_cannot_auto_approve_what_the_operators_token_holds_for_a_human() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let admin = cli(h, &["tenants", "admin-token"]);
+    let a = cli(h, &["tenants", "create", "a"]);
+    let d = start(h, &logs.path().join("serve.log"));
+    let r = put(
+        &d,
+        "/v1/tenants/a/settings",
+        &admin,
+        &json!({"allow_policy": false}),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The operator's token: every web request held for a human.
+    let cap = mint_for_tenant(h, "a", POLICY_HELD);
+    let body = json!({"capabilities": cap, "command": ["true"], "approve": "auto"});
+    let r = post(&d, "/v1/sessions", &a, &body);
+    if r.status == 201 {
+        wait_ended(h, "a", r.body["id"].as_str().unwrap_or(""));
+    }
+    assert_invalid(&r, "approve", "auto-approve on create");
+    assert_invalid(
+        &put(&d, "/v1/settings", &a, &json!({"approve": "auto"})),
+        "approve",
+        "auto-approve as the tenant's default",
+    );
+    // The operator may allow it, and may bound the other modes too.
+    let r = put(
+        &d,
+        "/v1/tenants/a/settings",
+        &admin,
+        &json!({"allow_policy": false, "allowed_approve": ["auto", "deny"]}),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = put(&d, "/v1/settings", &a, &json!({"approve": "auto"}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let body = json!({"capabilities": cap, "command": ["true"], "approve": "api"});
+    assert_invalid(
+        &post(&d, "/v1/sessions", &a, &body),
+        "approve",
+        "api not allowed",
+    );
+    assert_invalid(
+        &put(
+            &d,
+            "/v1/tenants/a/settings",
+            &admin,
+            &json!({"allowed_approve": ["ask"]}),
+        ),
+        "allowed_approve",
+        "not a mode",
+    );
 }

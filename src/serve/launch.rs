@@ -184,17 +184,18 @@ pub fn check(
     };
     // `api`: held until answered over the API (run's `prompt` with no
     // terminal waits for the control socket), denied at the timeout.
-    let approve = match body
+    let asked = body
         .approve
         .as_deref()
         .or(own.approve.as_deref())
-        .unwrap_or("deny")
-    {
+        .unwrap_or("deny");
+    let approve = match asked {
         "deny" => "deny",
         "auto" => "auto",
         "api" => "prompt",
         _ => return Err(("approve", "expected deny, auto or api".into())),
     };
+    settings::approve_allowed(bounds, asked).map_err(|why| ("approve", why))?;
     let approval_timeout = match body.approval_timeout.or(own.approval_timeout) {
         Some(secs) if !(1..=settings::MAX_APPROVAL_TIMEOUT_SECS).contains(&secs) => {
             return Err((

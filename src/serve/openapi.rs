@@ -406,7 +406,7 @@ fn schemas() -> Value {
                 "command": {"type": "array", "minItems": 1, "items": {"type": "string"}, "description": "the agent's argv"},
                 "backend": {"type": "string", "enum": ["netns", "kvm"], "description": "kvm only where /dev/kvm exists; default: the tenant's setting, else netns; within the admin's allowed_backends"},
                 "image": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "description": "kvm only: a name of the home's image store (`openclaw image list`); default: the tenant's setting, else the newest image named debian"},
-                "approve": {"type": "string", "enum": ["deny", "auto", "api"], "description": "how held requests are answered: denied, approved, or held for POST /v1/sessions/{id}/approvals/{approval_id}; default: the tenant's setting, else deny"},
+                "approve": {"type": "string", "enum": ["deny", "auto", "api"], "description": "how held requests are answered: denied, approved, or held for POST /v1/sessions/{id}/approvals/{approval_id}; default: the tenant's setting, else deny; outside the admin's allowed_approve (or auto under allow_policy false): 400"},
                 "approval_timeout": {"type": "integer", "minimum": 1, "maximum": 3600, "description": "seconds a held request waits before it is denied; default: the tenant's setting, else 120; at most the admin's max_approval_timeout"},
                 "task": {"type": "string", "description": "passed to the command as $OPENCLAW_TASK"},
                 "secrets": {"type": "array", "items": {"type": "string", "pattern": "^[a-z0-9_]{1,64}$"}, "uniqueItems": true, "description": "names of the tenant's secrets (`openclaw secrets set --tenant`) the session may use; the sandbox sees placeholders"},
@@ -448,7 +448,8 @@ fn schemas() -> Value {
                 "allowed_backends": {"type": ["array", "null"], "items": {"type": "string", "enum": ["netns", "kvm"]}},
                 "allowed_images": {"type": ["array", "null"], "items": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}},
                 "max_approval_timeout": {"type": ["integer", "null"], "minimum": 1, "maximum": 3600},
-                "allow_policy": {"type": ["boolean", "null"], "description": "false: sessions need a token the operator minted (capabilities), no policy"}
+                "allow_policy": {"type": ["boolean", "null"], "description": "false: sessions need a token the operator minted (capabilities), no policy"},
+                "allowed_approve": {"type": ["array", "null"], "items": {"type": "string", "enum": ["deny", "auto", "api"]}, "description": "approval modes its sessions may use; null: any, but not auto when allow_policy is false"}
             }},
         "Settings": {"type": "object", "required": ["tenant", "admin"],
             "properties": {"tenant": {"type": "object"}, "admin": {"type": "object"}}},

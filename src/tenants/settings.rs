@@ -31,6 +31,7 @@ pub const ADMIN_KEYS: &[&str] = &[
     "allowed_images",
     "max_approval_timeout",
     "allow_policy",
+    "allowed_approve",
 ];
 
 /// The `[tenant]` table: defaults for the tenant's sessions; absent is
@@ -58,6 +59,10 @@ pub struct AdminKeys {
     /// (`capabilities`); the daemon mints no policy of the tenant's own,
     /// so what its sessions may do stays the operator's choice.
     pub allow_policy: Option<bool>,
+    /// Approval modes its sessions may use. Unset: any, except `auto` when
+    /// `allow_policy = false` (an operator that keeps what sessions may do
+    /// keeps the human its tokens hold requests for).
+    pub allowed_approve: Option<Vec<String>>,
 }
 
 /// The whole file.
@@ -129,6 +134,9 @@ impl Settings {
         if let Some(image) = &t.image {
             image_allowed(a, image).map_err(|why| ("image", why))?;
         }
+        if let Some(mode) = &t.approve {
+            approve_allowed(a, mode).map_err(|why| ("approve", why))?;
+        }
         Ok(())
     }
 
@@ -146,6 +154,7 @@ impl Settings {
                 "allowed_images": self.admin.allowed_images,
                 "max_approval_timeout": self.admin.max_approval_timeout,
                 "allow_policy": self.admin.allow_policy,
+                "allowed_approve": self.admin.allowed_approve,
             }
         })
     }
@@ -167,6 +176,28 @@ pub fn timeout_allowed(admin: &AdminKeys, secs: u64) -> Result<(), String> {
     match admin.max_approval_timeout {
         Some(max) if secs > max => Err(format!("at most {max} seconds for this tenant")),
         _ => Ok(()),
+    }
+}
+
+/// Whether the admin's bounds let a session answer held requests as `mode`
+/// (`deny`, `auto`, `api`). Fail closed: with no `allowed_approve`, an
+/// operator that mints the tenant's tokens (`allow_policy = false`) has
+/// chosen which requests wait for a human, and `auto` would answer them
+/// for no one.
+pub fn approve_allowed(admin: &AdminKeys, mode: &str) -> Result<(), String> {
+    match &admin.allowed_approve {
+        Some(list) if !list.iter().any(|m| m == mode) => Err(format!(
+            "approve {mode} is not allowed for this tenant (allowed: {})",
+            list.join(", ")
+        )),
+        Some(_) => Ok(()),
+        None if mode == "auto" && admin.allow_policy == Some(false) => Err(
+            "approve auto is not allowed for this tenant: its operator mints its tokens \
+             (allow_policy = false) and their held requests wait for a human; the operator \
+             may allow it with allowed_approve"
+                .into(),
+        ),
+        None => Ok(()),
     }
 }
 
@@ -260,6 +291,19 @@ pub fn admin_keys_from_json(body: &Map<String, Value>) -> Result<AdminKeys, Sett
                     ));
                 }
                 keys.allowed_images = Some(list);
+            }
+            "allowed_approve" => {
+                let list = string_list(field, value)?;
+                if let Some(bad) = list.iter().find(|m| !APPROVE_MODES.contains(&m.as_str())) {
+                    return Err((
+                        field,
+                        format!(
+                            "{bad:?} is not an approval mode ({})",
+                            APPROVE_MODES.join(", ")
+                        ),
+                    ));
+                }
+                keys.allowed_approve = Some(list);
             }
             "allow_policy" => {
                 let allowed = value
