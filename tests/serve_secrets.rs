@@ -498,3 +498,78 @@ fn run_resolves_env_and_file_references_and_refuses_missing_ones_before_the_sand
         }
     }
 }
+
+/// A secret set or removed by a user a trusted proxy names is audited as
+/// that user (`actor: user`, `user: <name>`), as a settings change is:
+/// who changed a credential is kept.
+#[test]
+fn a_secret_set_by_a_trusted_proxys_user_is_audited_as_that_user() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let a = cli(h, &["tenants", "create", "a"]);
+    let d = serve::start_with(
+        h,
+        &logs.path().join("serve.log"),
+        &[
+            "--trusted-proxy",
+            "127.0.0.1/32",
+            "--identity-header",
+            "X-Remote-User",
+        ],
+    );
+    let alice = "X-Remote-User: alice@example.com";
+    let r = serve::call_with(
+        &d,
+        "PUT",
+        "/v1/secrets/llm_key",
+        Some(&a),
+        Some(&json!({"value": "sk-test-123", "hosts": ["api.openai.com"]}).to_string()),
+        &[alice],
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = serve::call_with(
+        &d,
+        "DELETE",
+        "/v1/secrets/llm_key",
+        Some(&a),
+        None,
+        &[alice],
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Without a named user: the tenant.
+    let (status, _) = call(
+        &d,
+        "PUT",
+        "/v1/secrets/other",
+        &a,
+        Some(&json!({"value": "sk-test-456", "hosts": ["api.openai.com"]})),
+    );
+    assert_eq!(status, 200);
+    let lines: Vec<Value> = std::fs::read_to_string(h.join("audit.jsonl"))
+        .expect("audit")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit json"))
+        .collect();
+    for (action, target, actor, user) in [
+        (
+            "secret.set",
+            "llm_key",
+            json!("user"),
+            json!("alice@example.com"),
+        ),
+        (
+            "secret.remove",
+            "llm_key",
+            json!("user"),
+            json!("alice@example.com"),
+        ),
+        ("secret.set", "other", json!("tenant"), Value::Null),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l["action"] == action && l["target"] == target)
+            .unwrap_or_else(|| panic!("no {action} {target} line: {lines:?}"));
+        assert_eq!((&line["actor"], &line["user"]), (&actor, &user), "{line}");
+    }
+}

@@ -374,6 +374,7 @@ impl TenantSecrets {
         let mut line =
             AuditRecord::now(caller.actor, caller.via, action, target, &caller.request_id);
         line.tenant = Some(self.tenant.to_string());
+        line.user = caller.user.clone();
         if let Err(e) = result {
             (line.outcome, line.detail) = match e {
                 BrokerError::BadName => (Outcome::Refused, Some("bad secret name".into())),
@@ -400,6 +401,7 @@ mod tests {
             actor: Actor::Admin,
             via: Via::Cli,
             request_id: "cli-test".into(),
+            user: None,
         }
     }
 

@@ -143,6 +143,7 @@ fn caller() -> Caller {
         actor: Actor::Admin,
         via: Via::Cli,
         request_id: format!("cli-{}", audit::new_request_id()),
+        user: None,
     }
 }
 

@@ -361,11 +361,11 @@ fn v1(
                 Method::PUT => {
                     no_query(req)?;
                     let body = json_request(req, secrets::PUT_SHAPE)?;
-                    secrets::put(home, tenant, name, body, request_id)
+                    secrets::put(home, tenant, name, body, &req.proxy_user, request_id)
                 }
                 Method::DELETE => {
                     no_query(req)?;
-                    secrets::remove(home, tenant, name, request_id)
+                    secrets::remove(home, tenant, name, &req.proxy_user, request_id)
                 }
                 _ => Err(ApiError::method_not_allowed("PUT, DELETE")),
             }
@@ -538,6 +538,7 @@ fn api_admin(request_id: &str) -> Caller {
         actor: Actor::Admin,
         via: Via::Api,
         request_id: request_id.to_owned(),
+        user: None,
     }
 }
 

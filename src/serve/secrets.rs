@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{json, ApiBody, ApiError};
+use super::identity::ProxyUser;
 use crate::audit::{Actor, Via};
 use crate::broker::{BrokerError, SecretFields, TenantSecrets};
 use crate::tenants::{Caller, TenantName};
@@ -52,11 +53,22 @@ fn broker_error(err: BrokerError, request_id: &str) -> ApiError {
     }
 }
 
-fn caller(request_id: &str) -> Caller {
+/// The tenant, or the user a trusted proxy named acting inside it (as a
+/// session change is audited): who changed a credential is kept.
+fn caller(request_id: &str, proxy_user: &ProxyUser) -> Caller {
+    let user = match proxy_user {
+        ProxyUser::User(name) => Some(name.clone()),
+        _ => None,
+    };
     Caller {
-        actor: Actor::Tenant,
+        actor: if user.is_some() {
+            Actor::User
+        } else {
+            Actor::Tenant
+        },
         via: Via::Api,
         request_id: request_id.to_owned(),
+        user,
     }
 }
 
@@ -78,6 +90,7 @@ pub fn put(
     tenant: &TenantName,
     name: &str,
     body: PutSecret,
+    proxy_user: &ProxyUser,
     request_id: &str,
 ) -> Result<Response<ApiBody>, ApiError> {
     let fields = SecretFields {
@@ -87,7 +100,7 @@ pub fn put(
         placement: body.placement,
     };
     open(home, tenant, request_id)?
-        .set(&caller(request_id), name, &body.value, &fields)
+        .set(&caller(request_id, proxy_user), name, &body.value, &fields)
         .map_err(|e| broker_error(e, request_id))?;
     Ok(json(StatusCode::OK, &json!({"name": name, "stored": true})))
 }
@@ -97,10 +110,11 @@ pub fn remove(
     home: &Path,
     tenant: &TenantName,
     name: &str,
+    proxy_user: &ProxyUser,
     request_id: &str,
 ) -> Result<Response<ApiBody>, ApiError> {
     open(home, tenant, request_id)?
-        .remove(&caller(request_id), name)
+        .remove(&caller(request_id, proxy_user), name)
         .map_err(|e| broker_error(e, request_id))?;
     Ok(json(
         StatusCode::OK,

@@ -20,6 +20,8 @@ pub struct Caller {
     pub actor: Actor,
     pub via: Via,
     pub request_id: String,
+    /// The user a trusted proxy named (`actor` is then `User`).
+    pub user: Option<String>,
 }
 
 /// Who a bearer token proved to be.
@@ -384,6 +386,7 @@ mod tests {
             actor: Actor::Admin,
             via: Via::Cli,
             request_id: "r".into(),
+            user: None,
         }
     }
 
