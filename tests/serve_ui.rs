@@ -684,3 +684,33 @@ fn list_rate() {
         started.elapsed()
     );
 }
+
+/// UI logins are capped per tenant (the tenant's oldest goes): tenant a
+/// logging in 4,096 times (the old shared cap) ends only its own oldest
+/// logins, and tenant b's user stays logged in.
+#[test]
+fn one_tenant_cannot_end_another_tenants_ui_logins() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let a = cli(h, &["tenants", "create", "a"]);
+    let b = cli(h, &["tenants", "create", "b"]);
+    let d = start(h, &logs.path().join("serve.log"));
+    let victim = login(&d, &b);
+    assert_eq!(victim.get("/ui/api/sessions").status, 200, "b is logged in");
+    let first_of_a = login(&d, &a);
+    for _ in 0..4096 {
+        login(&d, &a);
+    }
+    let after = victim.get("/ui/api/sessions");
+    assert_eq!(
+        after.status, 200,
+        "tenant a's 4,096 logins ended tenant b's: {}",
+        after.body
+    );
+    assert_ne!(
+        first_of_a.get("/ui/api/sessions").status,
+        200,
+        "a's oldest login went to make room for its newest"
+    );
+}

@@ -19,9 +19,12 @@ use crate::tenants::TenantName;
 pub const COOKIE: &str = "openclaw_serve_ui";
 /// A login ends this long after it began, whatever it did.
 pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Logins kept at most; past it the oldest goes (tokens are needed to make
-/// one, so this bounds memory, not guessing).
-const MAX_LOGINS: usize = 4096;
+/// Logins kept at most per tenant; past it the tenant's oldest goes. Per
+/// tenant, so that one tenant logging in over and over ends only its own
+/// logins, never another's; memory is bounded by the tenants the operator
+/// made (a tenant token is needed to make one, so this is not about
+/// guessing).
+const MAX_LOGINS_PER_TENANT: usize = 256;
 
 /// One login: the tenant, its token as presented, the CSRF token its pages
 /// carry.
@@ -74,8 +77,9 @@ impl Logins {
         });
         let mut map = self.lock();
         map.retain(|_, l| l.began.elapsed() < LIFETIME);
-        if map.len() >= MAX_LOGINS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, l)| l.began).map(|(k, _)| *k) {
+        let own = || map.iter().filter(|(_, l)| l.tenant == login.tenant);
+        if own().count() >= MAX_LOGINS_PER_TENANT {
+            if let Some(oldest) = own().min_by_key(|(_, l)| l.began).map(|(k, _)| *k) {
                 map.remove(&oldest);
             }
         }
@@ -186,6 +190,22 @@ mod tests {
             logins.find(&with_cookie(&other)).is_some(),
             "another token's login stays"
         );
+    }
+
+    #[test]
+    fn a_tenant_past_its_cap_ends_its_own_oldest_login_never_anothers() {
+        let logins = Logins::default();
+        let (b, _) = logins.create(tenant("b"), "tk_b_1".into());
+        let (first, _) = logins.create(tenant("a"), "tk_a_1".into());
+        for _ in 0..MAX_LOGINS_PER_TENANT {
+            logins.create(tenant("a"), "tk_a_1".into());
+        }
+        assert!(
+            logins.find(&with_cookie(&first)).is_none(),
+            "a's oldest went"
+        );
+        assert!(logins.find(&with_cookie(&b)).is_some(), "b's stays");
+        assert_eq!(logins.lock().len(), MAX_LOGINS_PER_TENANT + 1);
     }
 
     #[test]
