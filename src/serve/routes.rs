@@ -43,7 +43,6 @@ const MAX_SESSION_BODY: usize = workdir::MAX_ARCHIVE_BYTES / 3 * 4 + 4 + MAX_BOD
 const TENANT_STOP_LIMIT: Duration = Duration::from_secs(10);
 /// How long `/readyz` reuses `openclaw doctor`'s checks (they unshare
 /// namespaces and boot a tiny KVM guest: too much for every probe).
-
 const DOCTOR_TTL: Duration = Duration::from_secs(10);
 
 /// A request once read: what the handlers need, owned.
