@@ -611,35 +611,50 @@ impl EnforcingGate {
                 };
                 return self.record_block(id, conn, now, &counters_now, block).await;
             }
-            (Some(q), Some(plan)) => match QuotaHold::reserve(q, plan.reserved) {
-                Ok(hold) => Some(hold),
-                Err(QuotaRefusal::Unpriced { quota }) => {
-                    let block = Block {
-                        stage: Stage::Quota,
-                        reason: format!(
+            (Some(q), Some(plan)) => {
+                match QuotaHold::reserve(q, plan.reserved, plan.tokens.clone().ok()) {
+                    Ok(hold) => Some(hold),
+                    Err(QuotaRefusal::Unpriced { quota }) => {
+                        let block = Block {
+                            stage: Stage::Quota,
+                            reason: format!(
                             "quota: {quota}: llm call of unknown cost: model {} has no price on \
                              the rate card, so the tenant's {quota} quota could not count it \
                              (add its model to the rate card, rates.toml)",
                             plan.model
                         ),
-                        action,
-                        body_sha256,
-                    };
-                    return self.record_block(id, conn, now, &counters_now, block).await;
+                            action,
+                            body_sha256,
+                        };
+                        return self.record_block(id, conn, now, &counters_now, block).await;
+                    }
+                    Err(QuotaRefusal::Unbounded { quota }) => {
+                        let why = plan.tokens.clone().err().unwrap_or_default();
+                        let block = Block {
+                            stage: Stage::Quota,
+                            reason: format!(
+                            "quota: {quota}: llm call of unbounded tokens: the tenant's {quota} \
+                             quota could not hold them: {why}"
+                        ),
+                            action,
+                            body_sha256,
+                        };
+                        return self.record_block(id, conn, now, &counters_now, block).await;
+                    }
+                    Err(refusal) => {
+                        let api = plan.api;
+                        let block = Block {
+                            stage: Stage::Quota,
+                            reason: String::new(),
+                            action,
+                            body_sha256,
+                        };
+                        return self
+                            .quota_refused(id, conn, now, &counters_now, block, api, refusal)
+                            .await;
+                    }
                 }
-                Err(refusal) => {
-                    let api = plan.api;
-                    let block = Block {
-                        stage: Stage::Quota,
-                        reason: String::new(),
-                        action,
-                        body_sha256,
-                    };
-                    return self
-                        .quota_refused(id, conn, now, &counters_now, block, api, refusal)
-                        .await;
-                }
-            },
+            }
             _ => None,
         };
         // Decide against the token with the counters (reserving if it may forward).
@@ -730,6 +745,10 @@ impl EnforcingGate {
             }
             QuotaRefusal::Unpriced { quota } => {
                 block.reason = format!("quota: {quota}: llm call of unknown cost");
+                return self.record_block(id, conn, now, counters, block).await;
+            }
+            QuotaRefusal::Unbounded { quota } => {
+                block.reason = format!("quota: {quota}: llm call of unbounded tokens");
                 return self.record_block(id, conn, now, counters, block).await;
             }
         };

@@ -25,28 +25,36 @@ pub enum QuotaRefusal {
     /// A call of a model the rate card does not price, under a quota
     /// (`usd_per_day`) that could not count it: refused, never free.
     Unpriced { quota: &'static str },
+    /// A call whose billed tokens the proxy cannot bound before it leaves,
+    /// under a quota (`llm_tokens_per_day`) that could not hold them.
+    Unbounded { quota: &'static str },
 }
 
 /// A tenant's day quotas, shared by all its sessions. Implementations must
 /// make `reserve` atomic against every other session's `reserve` and
 /// `settle` (one transaction), so concurrent calls cannot pass the quota.
 pub trait DayQuota: Send + Sync {
-    /// Holds `micro_usd` (the call's worst case) if the day's settled
-    /// spend, the open holds and it fit the USD/day quota, and the day's
-    /// settled tokens are under the tokens/day quota. Returns the hold's id.
-    fn reserve(&self, micro_usd: u64) -> Result<u64, QuotaRefusal>;
+    /// Holds `micro_usd` and `tokens` (the call's worst cases) if the
+    /// day's settled spend, the open holds and it fit the USD/day quota,
+    /// and the day's settled tokens, the held tokens and `tokens` fit the
+    /// tokens/day quota. `tokens` is `None` when the proxy cannot bound
+    /// them: refused where a tokens/day quota applies (it could not hold
+    /// them), else held at 0. Returns the hold's id.
+    fn reserve(&self, micro_usd: u64, tokens: Option<u64>) -> Result<u64, QuotaRefusal>;
     /// Holds a call whose model the rate card does not price: it costs
     /// nothing the proxy can count, so it is refused where a USD/day quota
-    /// applies and otherwise held at 0 (its tokens still settle). By
-    /// default refused: a store that cannot tell fails closed.
-    fn reserve_unpriced(&self) -> Result<u64, QuotaRefusal> {
+    /// applies and otherwise held at 0 micro-USD (its `tokens` are held as
+    /// [`DayQuota::reserve`] holds them). By default refused: a store that
+    /// cannot tell fails closed.
+    fn reserve_unpriced(&self, tokens: Option<u64>) -> Result<u64, QuotaRefusal> {
+        let _ = tokens;
         Err(QuotaRefusal::Unpriced {
             quota: "usd_per_day",
         })
     }
-    /// Replaces hold `hold` by what the call cost (`micro_usd`, `tokens`:
-    /// every billed token, `UsageTokens::total`). A cost above the hold is
-    /// charged in full.
+    /// Replaces hold `hold` (its micro-USD and tokens) by what the call
+    /// cost (`micro_usd`, `tokens`: every billed token,
+    /// `UsageTokens::total`). A cost above the hold is charged in full.
     fn settle(&self, hold: u64, micro_usd: u64, tokens: u64);
     /// Drops hold `hold`: the call never went upstream.
     fn release(&self, hold: u64);
@@ -59,6 +67,7 @@ pub(crate) struct QuotaHold {
     quota: Arc<dyn DayQuota>,
     id: Option<u64>,
     micro_usd: u64,
+    tokens: u64,
     forwarded: bool,
 }
 
@@ -69,16 +78,19 @@ impl std::fmt::Debug for QuotaHold {
 }
 
 impl QuotaHold {
-    /// Reserves `micro_usd` on `quota` (blocking: the quota's transaction
-    /// is short, but may wait for another session's).
-    /// `None`: a model without a price ([`DayQuota::reserve_unpriced`]).
+    /// Reserves `micro_usd` and `tokens` on `quota` (blocking: the quota's
+    /// transaction is short, but may wait for another session's).
+    /// `micro_usd` `None`: a model without a price
+    /// ([`DayQuota::reserve_unpriced`]); `tokens` `None`: tokens the proxy
+    /// cannot bound.
     pub(crate) fn reserve(
         quota: &Arc<dyn DayQuota>,
         micro_usd: Option<u64>,
+        tokens: Option<u64>,
     ) -> Result<Self, QuotaRefusal> {
         let run = || match micro_usd {
-            Some(m) => quota.reserve(m),
-            None => quota.reserve_unpriced(),
+            Some(m) => quota.reserve(m, tokens),
+            None => quota.reserve_unpriced(tokens),
         };
         let id = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
@@ -88,6 +100,7 @@ impl QuotaHold {
             quota: quota.clone(),
             id: Some(id),
             micro_usd: micro_usd.unwrap_or(0),
+            tokens: tokens.unwrap_or(0),
             forwarded: false,
         })
     }
@@ -97,10 +110,12 @@ impl QuotaHold {
         self.forwarded = true;
     }
 
-    /// The call cost `micro_usd` and `tokens`.
-    pub(crate) fn settle(mut self, micro_usd: u64, tokens: u64) {
+    /// The call cost `micro_usd` and `tokens` (`None`: the provider
+    /// reported none, so the tokens held are charged).
+    pub(crate) fn settle_tokens(mut self, micro_usd: u64, tokens: Option<u64>) {
         if let Some(id) = self.id.take() {
-            self.quota.settle(id, micro_usd, tokens);
+            self.quota
+                .settle(id, micro_usd, tokens.unwrap_or(self.tokens));
         }
     }
 }
@@ -109,7 +124,8 @@ impl Drop for QuotaHold {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             if self.forwarded {
-                self.quota.settle(id, self.micro_usd, 0);
+                // Billed, figures unknown: charged its worst cases in full.
+                self.quota.settle(id, self.micro_usd, self.tokens);
             } else {
                 self.quota.release(id);
             }
@@ -132,7 +148,7 @@ mod tests {
     struct Log(std::sync::Mutex<Vec<String>>);
 
     impl DayQuota for Log {
-        fn reserve(&self, _: u64) -> Result<u64, QuotaRefusal> {
+        fn reserve(&self, _: u64, _: Option<u64>) -> Result<u64, QuotaRefusal> {
             Ok(7)
         }
         fn settle(&self, hold: u64, micro_usd: u64, tokens: u64) {
@@ -148,14 +164,17 @@ mod tests {
     fn a_dropped_hold_is_released_before_its_call_left_and_settled_after() {
         let log = Arc::new(Log::default());
         let quota: Arc<dyn DayQuota> = log.clone();
-        drop(QuotaHold::reserve(&quota, Some(500)).expect("hold"));
-        let mut hold = QuotaHold::reserve(&quota, Some(500)).expect("hold");
+        drop(QuotaHold::reserve(&quota, Some(500), Some(40)).expect("hold"));
+        let mut hold = QuotaHold::reserve(&quota, Some(500), Some(40)).expect("hold");
         hold.forwarded();
         drop(hold);
-        assert_eq!(*log.0.lock().expect("log"), ["release 7", "settle 7 500 0"]);
+        assert_eq!(
+            *log.0.lock().expect("log"),
+            ["release 7", "settle 7 500 40"]
+        );
         // A store that does not say otherwise refuses an unpriced call.
         assert!(matches!(
-            QuotaHold::reserve(&quota, None),
+            QuotaHold::reserve(&quota, None, Some(40)),
             Err(QuotaRefusal::Unpriced { .. })
         ));
     }

@@ -138,8 +138,8 @@ enum QuotaCall {
 }
 
 /// A tenant day quota that records every call and keeps the figures as the
-/// daemon's store does: settled spend + holds under the USD quota, settled
-/// tokens under the tokens quota.
+/// daemon's store does (`check_room`): settled spend + holds under the USD
+/// quota, settled tokens + held tokens under the tokens quota.
 #[derive(Default)]
 struct RecordingQuota {
     usd: Option<u64>,
@@ -152,7 +152,10 @@ struct QuotaState {
     calls: Vec<QuotaCall>,
     spent: u64,
     tokens: u64,
-    holds: Vec<(u64, u64)>,
+    /// (id, micro-USD, tokens) of the calls in flight.
+    holds: Vec<(u64, u64, u64)>,
+    /// The worst-case tokens of every hold granted.
+    granted_tokens: Vec<u64>,
     next: u64,
 }
 
@@ -164,13 +167,17 @@ impl RecordingQuota {
         let s = self.state.lock().unwrap();
         (s.spent, s.tokens)
     }
+    fn granted_tokens(&self) -> Vec<u64> {
+        self.state.lock().unwrap().granted_tokens.clone()
+    }
 }
 
 impl DayQuota for RecordingQuota {
-    fn reserve(&self, micro_usd: u64) -> Result<u64, QuotaRefusal> {
+    fn reserve(&self, micro_usd: u64, tokens: Option<u64>) -> Result<u64, QuotaRefusal> {
         let mut s = self.state.lock().unwrap();
         s.calls.push(QuotaCall::Reserve(micro_usd));
         let held: u64 = s.holds.iter().map(|h| h.1).sum();
+        let held_tokens: u64 = s.holds.iter().map(|h| h.2).sum();
         if let Some(q) = self.usd {
             if s.spent + held + micro_usd > q {
                 return Err(QuotaRefusal::Exceeded {
@@ -181,7 +188,12 @@ impl DayQuota for RecordingQuota {
             }
         }
         if let Some(q) = self.tokens {
-            if s.tokens >= q {
+            let Some(t) = tokens else {
+                return Err(QuotaRefusal::Unbounded {
+                    quota: "llm_tokens_per_day",
+                });
+            };
+            if s.tokens >= q || s.tokens + held_tokens + t > q {
                 return Err(QuotaRefusal::Exceeded {
                     quota: "llm_tokens_per_day",
                     detail: "over".into(),
@@ -191,8 +203,18 @@ impl DayQuota for RecordingQuota {
         }
         s.next += 1;
         let id = s.next;
-        s.holds.push((id, micro_usd));
+        s.holds.push((id, micro_usd, tokens.unwrap_or(0)));
+        s.granted_tokens.push(tokens.unwrap_or(0));
         Ok(id)
+    }
+    fn reserve_unpriced(&self, tokens: Option<u64>) -> Result<u64, QuotaRefusal> {
+        // As the stores: refused under a USD quota, else held at 0 µ$.
+        if self.usd.is_some() {
+            return Err(QuotaRefusal::Unpriced {
+                quota: "usd_per_day",
+            });
+        }
+        self.reserve(0, tokens)
     }
     fn settle(&self, hold: u64, micro_usd: u64, tokens: u64) {
         let mut s = self.state.lock().unwrap();
@@ -465,4 +487,89 @@ async fn the_tokens_day_quota_counts_cached_and_cache_write_tokens() {
         tokens, reported,
         "the provider reported {reported} tokens; llm_tokens_per_day was charged {tokens}"
     );
+}
+
+/// Calls in flight hold their worst-case tokens: eight calls fired at once
+/// (the provider thinks for a while, so they overlap) against a tokens
+/// quota that fits three never all pass on the same settled figure (0).
+/// Without the token hold every one passed and the day settled at eight
+/// calls' tokens, far past the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_never_pass_the_tokens_day_quota() {
+    const QUOTA: u64 = 1_000;
+    let quota = Arc::new(RecordingQuota {
+        tokens: Some(QUOTA),
+        ..RecordingQuota::default()
+    });
+    let s = Arc::new(session(TENANT_POLICY, Some(quota.clone())).await);
+    // About 270 bytes and 50 output tokens: a worst case near 320 tokens;
+    // the provider bills 250.
+    let body = big_chat("gpt-test", 200);
+    let usage = usage_header(json!({"prompt_tokens": 200, "completion_tokens": 50}));
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, body, usage) = (s.clone(), body.clone(), usage.clone());
+            tokio::spawn(async move {
+                post(
+                    &s,
+                    "https://api.openai.com/v1/chat/completions",
+                    &body,
+                    &[usage, "x-delay-ms: 1500".to_owned()],
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.push(c.await.unwrap().status);
+    }
+    let passed = statuses.iter().filter(|&&st| st == 200).count();
+    let granted = quota.granted_tokens();
+    let held: u64 = granted.iter().sum();
+    assert!(passed >= 1, "the first call fits: {statuses:?}");
+    assert_eq!(granted.len(), passed, "{statuses:?}");
+    assert!(
+        granted.iter().all(|&t| t >= 250),
+        "a worst case below the billed tokens: {granted:?}"
+    );
+    assert!(
+        held <= QUOTA,
+        "the admitted calls' worst cases {granted:?} pass the quota of {QUOTA}"
+    );
+    assert!(
+        statuses.iter().all(|&st| st == 200 || st == 429),
+        "{statuses:?}"
+    );
+    let (_, tokens) = quota.settled();
+    assert_eq!(tokens, 250 * passed as u64, "{statuses:?}");
+    assert!(tokens <= QUOTA, "settled {tokens} tokens past {QUOTA}");
+}
+
+/// Under a tokens quota a call whose tokens the proxy cannot bound (input
+/// by reference to a model of no known context window) never leaves:
+/// refused with the reason, as an unpriced model under usd_per_day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_of_unbounded_tokens_is_refused_under_the_tokens_day_quota() {
+    let quota = Arc::new(RecordingQuota {
+        tokens: Some(1_000_000),
+        ..RecordingQuota::default()
+    });
+    let s = session(TENANT_POLICY, Some(quota.clone())).await;
+    let r = post(
+        &s,
+        "https://api.openai.com/v1/responses",
+        r#"{"model":"gpt-test","max_output_tokens":50,"previous_response_id":"resp_1","input":"hi"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let why = r.blocked().unwrap_or_default();
+    assert!(
+        why.contains("llm_tokens_per_day") && why.contains("context_window"),
+        "refused with the reason: {r:?}"
+    );
+    let chain = s.finish_and_verify();
+    assert!(usages(&chain).is_empty());
+    assert!(quota.granted_tokens().is_empty(), "refused before holding");
 }

@@ -67,29 +67,54 @@ pub(super) struct Limits {
 }
 
 /// The tenant's day so far: settled micro-USD and tokens, and the holds
-/// of the calls in flight.
+/// of the calls in flight (micro-USD and tokens).
 pub(super) struct Spent {
     pub micro_usd: u64,
     pub tokens: u64,
     pub held: u64,
+    pub held_tokens: u64,
 }
 
-/// Whether one more call that may cost `micro_usd` fits, read inside the
-/// reservation's transaction (`None`: a model without a price, which no
-/// USD quota can count). One function for every store, so SQLite and
-/// PostgreSQL refuse the same calls with the same words.
+/// One call's worst cases, as the gate reserves them (`None`: unknown).
+#[derive(Clone, Copy)]
+pub(super) struct Worst {
+    pub micro_usd: Option<u64>,
+    pub tokens: Option<u64>,
+}
+
+/// Whether one more call that may cost `worst` fits, read inside the
+/// reservation's transaction (`micro_usd` `None`: a model without a price,
+/// which no USD quota can count; `tokens` `None`: tokens the proxy cannot
+/// bound, which no tokens quota can hold). One function for every store,
+/// so SQLite and PostgreSQL refuse the same calls with the same words.
 pub(super) fn check_room(
     limits: Limits,
     day: Spent,
-    micro_usd: Option<u64>,
+    worst: Worst,
     now: SystemTime,
 ) -> Result<(), QuotaRefusal> {
     let retry_after = enforce::quota::until_utc_midnight(now);
+    let micro_usd = worst.micro_usd;
     if let Some(quota) = limits.tokens_quota {
-        if day.tokens >= quota {
+        let Some(tokens) = worst.tokens else {
+            return Err(QuotaRefusal::Unbounded {
+                quota: "llm_tokens_per_day",
+            });
+        };
+        // Calls in flight count at their worst case, so concurrent calls
+        // cannot all pass on the same settled figure.
+        let total = day
+            .tokens
+            .saturating_add(day.held_tokens)
+            .saturating_add(tokens);
+        if day.tokens >= quota || total > quota {
             return Err(QuotaRefusal::Exceeded {
                 quota: "llm_tokens_per_day",
-                detail: format!("{} of {quota} tokens used today (UTC)", day.tokens),
+                detail: format!(
+                    "{} tokens used and {} in flight today (UTC); this call may use {tokens}, \
+                     the quota is {quota}",
+                    day.tokens, day.held_tokens
+                ),
                 retry_after,
             });
         }
@@ -153,7 +178,7 @@ impl SqliteDayQuota {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn try_reserve(&self, micro_usd: Option<u64>, now: SystemTime) -> Result<u64, QuotaRefusal> {
+    fn try_reserve(&self, worst: Worst, now: SystemTime) -> Result<u64, QuotaRefusal> {
         let fail = |e: rusqlite::Error| QuotaRefusal::Unavailable(e.to_string());
         let day = day_of(now);
         let mut conn = self.conn();
@@ -184,12 +209,12 @@ impl SqliteDayQuota {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(fail)?;
-        let held: i64 = tx
+        let (held, held_tokens): (i64, i64) = tx
             .query_row(
-                "SELECT COALESCE(SUM(micro_usd), 0) FROM quota_holds
+                "SELECT COALESCE(SUM(micro_usd), 0), COALESCE(SUM(tokens), 0) FROM quota_holds
                  WHERE tenant = ?1 AND day = ?2",
                 params![self.tenant, day],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(fail)?;
         check_room(
@@ -201,19 +226,21 @@ impl SqliteDayQuota {
                 micro_usd: unsigned(spent),
                 tokens: unsigned(tokens),
                 held: unsigned(held),
+                held_tokens: unsigned(held_tokens),
             },
-            micro_usd,
+            worst,
             now,
         )?;
         tx.execute(
-            "INSERT INTO quota_holds (tenant, day, micro_usd, session, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO quota_holds (tenant, day, micro_usd, tokens, session, created_at)
+             VALUES (?1, ?2, ?3, ?6, ?4, ?5)",
             params![
                 self.tenant,
                 day,
-                signed(micro_usd.unwrap_or(0)),
+                signed(worst.micro_usd.unwrap_or(0)),
                 self.session,
-                humantime::format_rfc3339_seconds(now).to_string()
+                humantime::format_rfc3339_seconds(now).to_string(),
+                signed(worst.tokens.unwrap_or(0))
             ],
         )
         .map_err(fail)?;
@@ -275,12 +302,20 @@ impl SqliteDayQuota {
 }
 
 impl DayQuota for SqliteDayQuota {
-    fn reserve(&self, micro_usd: u64) -> Result<u64, QuotaRefusal> {
-        self.try_reserve(Some(micro_usd), SystemTime::now())
+    fn reserve(&self, micro_usd: u64, tokens: Option<u64>) -> Result<u64, QuotaRefusal> {
+        let worst = Worst {
+            micro_usd: Some(micro_usd),
+            tokens,
+        };
+        self.try_reserve(worst, SystemTime::now())
     }
 
-    fn reserve_unpriced(&self) -> Result<u64, QuotaRefusal> {
-        self.try_reserve(None, SystemTime::now())
+    fn reserve_unpriced(&self, tokens: Option<u64>) -> Result<u64, QuotaRefusal> {
+        let worst = Worst {
+            micro_usd: None,
+            tokens,
+        };
+        self.try_reserve(worst, SystemTime::now())
     }
 
     fn settle(&self, hold: u64, micro_usd: u64, tokens: u64) {

@@ -18,7 +18,9 @@ use postgres::Transaction;
 
 #[cfg(test)]
 use super::day_quota::DayFigures;
-use super::day_quota::{check_room, day_of, signed, unsigned, Limits, SessionDayQuota, Spent};
+use super::day_quota::{
+    check_room, day_of, signed, unsigned, Limits, SessionDayQuota, Spent, Worst,
+};
 use super::postgres::{db, DatabaseUrl, PgStore};
 use super::store::TenantStoreError;
 
@@ -86,7 +88,7 @@ impl PgDayQuota {
         }
     }
 
-    fn try_reserve(&self, micro_usd: Option<u64>, now: SystemTime) -> Result<u64, QuotaRefusal> {
+    fn try_reserve(&self, worst: Worst, now: SystemTime) -> Result<u64, QuotaRefusal> {
         let (tenant, session) = (self.tenant.clone(), self.session.clone());
         let day = day_of(now);
         let created = humantime::format_rfc3339_seconds(now).to_string();
@@ -109,14 +111,15 @@ impl PgDayQuota {
                     // Rolled back with the transaction: no row for a ghost.
                     return Ok(Reserved::NoTenant);
                 };
-                let held: i64 = tx
+                let held = tx
                     .query_one(
-                        "SELECT COALESCE(SUM(micro_usd), 0)::BIGINT FROM quota_holds
-                         WHERE tenant = $1 AND day = $2",
+                        "SELECT COALESCE(SUM(micro_usd), 0)::BIGINT,
+                                COALESCE(SUM(tokens), 0)::BIGINT
+                         FROM quota_holds WHERE tenant = $1 AND day = $2",
                         &[&tenant, &day],
                     )
-                    .map_err(db)?
-                    .get(0);
+                    .map_err(db)?;
+                let (held, held_tokens): (i64, i64) = (held.get(0), held.get(1));
                 let room = check_room(
                     Limits {
                         tokens_quota: limits.get::<_, Option<i64>>(0).map(unsigned),
@@ -126,8 +129,9 @@ impl PgDayQuota {
                         micro_usd: unsigned(spent),
                         tokens: unsigned(tokens),
                         held: unsigned(held),
+                        held_tokens: unsigned(held_tokens),
                     },
-                    micro_usd,
+                    worst,
                     now,
                 );
                 if let Err(refusal) = room {
@@ -135,12 +139,13 @@ impl PgDayQuota {
                 }
                 let id: i64 = tx
                     .query_one(
-                        "INSERT INTO quota_holds (tenant, day, micro_usd, session, created_at)
-                         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                        "INSERT INTO quota_holds (tenant, day, micro_usd, tokens, session, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                         &[
                             &tenant,
                             &day,
-                            &signed(micro_usd.unwrap_or(0)),
+                            &signed(worst.micro_usd.unwrap_or(0)),
+                            &signed(worst.tokens.unwrap_or(0)),
                             &session,
                             &created,
                         ],
@@ -190,12 +195,20 @@ impl PgDayQuota {
 }
 
 impl DayQuota for PgDayQuota {
-    fn reserve(&self, micro_usd: u64) -> Result<u64, QuotaRefusal> {
-        self.try_reserve(Some(micro_usd), SystemTime::now())
+    fn reserve(&self, micro_usd: u64, tokens: Option<u64>) -> Result<u64, QuotaRefusal> {
+        let worst = Worst {
+            micro_usd: Some(micro_usd),
+            tokens,
+        };
+        self.try_reserve(worst, SystemTime::now())
     }
 
-    fn reserve_unpriced(&self) -> Result<u64, QuotaRefusal> {
-        self.try_reserve(None, SystemTime::now())
+    fn reserve_unpriced(&self, tokens: Option<u64>) -> Result<u64, QuotaRefusal> {
+        let worst = Worst {
+            micro_usd: None,
+            tokens,
+        };
+        self.try_reserve(worst, SystemTime::now())
     }
 
     fn settle(&self, hold: u64, micro_usd: u64, tokens: u64) {
@@ -302,7 +315,7 @@ mod tests {
         // A server that is gone refuses the call (fail closed), without the password.
         let q = db.open("acme", "s-down").expect("open");
         server.stop();
-        match q.reserve(1) {
+        match q.reserve(1, Some(0)) {
             Err(QuotaRefusal::Unavailable(why)) => {
                 assert!(why.contains("postgresql"), "{why}");
                 assert!(!why.contains(server.password()), "{why}");
@@ -310,6 +323,46 @@ mod tests {
             other => panic!("expected Unavailable, got {other:?}"),
         }
         server.restart();
-        q.reserve(1).expect("reconnected");
+        q.reserve(1, Some(0)).expect("reconnected");
+        let (db, store) = fresh(&server, "held_tokens");
+        conformance::held_tokens_count_against_the_tokens_quota(&db, &store);
+        let (db, store) = fresh(&server, "token_race");
+        conformance::concurrent_token_holds_on_eight_connections_never_pass_the_quota(&db, &store);
+        a_version_6_database_gains_hold_tokens_and_old_holds_count_none(&server);
+    }
+
+    /// A database at schema version 6 (holds without tokens) is migrated
+    /// at open; its open holds count 0 tokens.
+    fn a_version_6_database_gains_hold_tokens_and_old_holds_count_none(server: &PostgresServer) {
+        let (quota_db, store) = fresh(server, "v6");
+        conformance::tenant_with(
+            &store,
+            &crate::tenants::Quotas {
+                llm_tokens_per_day: Some(100),
+                micro_usd_per_day: Some(1000),
+                ..crate::tenants::Quotas::default()
+            },
+        );
+        let today = day_of(SystemTime::now());
+        store
+            .call(move |c| {
+                c.batch_execute(&format!(
+                    "ALTER TABLE quota_holds DROP COLUMN tokens;
+                     UPDATE openclaw_schema SET version = 6;
+                     INSERT INTO quota_holds (tenant, day, micro_usd, session, created_at)
+                         VALUES ('acme', '{today}', 400, 'old', 't')"
+                ))
+                .map_err(db)
+            })
+            .expect("back to version 6");
+        let q = quota_db.open("acme", "s1").expect("migrated");
+        assert!(matches!(
+            q.reserve(601, Some(1)),
+            Err(QuotaRefusal::Exceeded { .. })
+        ));
+        let all = q
+            .reserve(600, Some(100))
+            .expect("the old hold holds no tokens");
+        q.release(all);
     }
 }

@@ -27,7 +27,7 @@ use crate::audit::{AuditRecord, AuditTable};
 
 /// The schema version this openclaw reads (`openclaw_schema.version`); a
 /// database at a newer version is refused.
-const SCHEMA_VERSION: i32 = 6;
+const SCHEMA_VERSION: i32 = 7;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`, in the
 /// transaction that holds the migration lock. A change is a new entry, never
@@ -128,6 +128,11 @@ CREATE TABLE request_window (
     at_ms BIGINT NOT NULL
 );
 CREATE INDEX request_window_by_tenant ON request_window (tenant, at_ms);
+",
+    // A hold's worst-case tokens, so the tokens/day quota counts calls in
+    // flight as the USD one does; holds from before count 0.
+    "
+ALTER TABLE quota_holds ADD COLUMN tokens BIGINT NOT NULL DEFAULT 0 CHECK (tokens >= 0);
 ",
 ];
 

@@ -109,7 +109,7 @@ pub mod conformance {
             },
         );
         let q = db.open("acme", "s1").expect("open");
-        let hold = q.reserve_unpriced().expect("no USD quota: it goes");
+        let hold = q.reserve_unpriced(Some(0)).expect("no USD quota: it goes");
         q.settle(hold, 0, 40);
         assert_eq!(figures(q.as_ref()).tokens, 40);
         store
@@ -123,7 +123,7 @@ pub mod conformance {
                 "t",
             )
             .expect("quotas");
-        match q.reserve_unpriced() {
+        match q.reserve_unpriced(Some(0)) {
             Err(QuotaRefusal::Unpriced { quota }) => assert_eq!(quota, "usd_per_day"),
             other => panic!("expected the unpriced refusal, got {other:?}"),
         }
@@ -139,8 +139,8 @@ pub mod conformance {
             },
         );
         let q = db.open("acme", "s1").expect("open");
-        let a = q.reserve(600).expect("first fits");
-        match q.reserve(600) {
+        let a = q.reserve(600, Some(0)).expect("first fits");
+        match q.reserve(600, Some(0)) {
             Err(QuotaRefusal::Exceeded {
                 quota, retry_after, ..
             }) => {
@@ -153,19 +153,22 @@ pub mod conformance {
         let day = figures(q.as_ref());
         assert_eq!((day.micro_usd, day.tokens, day.holds), (100, 50, 0));
         let b = q
-            .reserve(900)
+            .reserve(900, Some(0))
             .expect("the settled figure replaced the hold");
         q.release(b);
         assert_eq!(figures(q.as_ref()).holds, 0, "released");
         // An actual above its hold is charged in full.
-        let c = q.reserve(10).expect("fits");
+        let c = q.reserve(10, Some(0)).expect("fits");
         q.settle(c, 950, 1);
         assert_eq!(figures(q.as_ref()).micro_usd, 1050);
-        assert!(matches!(q.reserve(0), Err(QuotaRefusal::Exceeded { .. })));
+        assert!(matches!(
+            q.reserve(0, Some(0)),
+            Err(QuotaRefusal::Exceeded { .. })
+        ));
         // A tenant the store does not have is refused fail-closed, not unlimited.
         let ghost = db.open("ghost", "s2").expect("open");
         assert!(matches!(
-            ghost.reserve(1),
+            ghost.reserve(1, Some(0)),
             Err(QuotaRefusal::Unavailable(_))
         ));
     }
@@ -183,14 +186,14 @@ pub mod conformance {
             },
         );
         let q = db.open("acme", "s1").expect("open");
-        let a = q.reserve(1).expect("fits");
+        let a = q.reserve(1, Some(0)).expect("fits");
         q.settle(a, 1, 100);
-        match q.reserve(1) {
+        match q.reserve(1, Some(0)) {
             Err(QuotaRefusal::Exceeded { quota, .. }) => assert_eq!(quota, "llm_tokens_per_day"),
             other => panic!("expected the tokens quota, got {other:?}"),
         }
         let dead = db.open("acme", "s-dead").expect("open");
-        let _kept = dead.reserve(0);
+        let _kept = dead.reserve(0, Some(0));
         assert_eq!(
             figures(q.as_ref()).holds,
             0,
@@ -206,7 +209,8 @@ pub mod conformance {
                 "t",
             )
             .expect("raise");
-        dead.reserve(5).expect("the admin's change applies at once");
+        dead.reserve(5, Some(0))
+            .expect("the admin's change applies at once");
         assert_eq!(figures(q.as_ref()).holds, 1);
         db.open("acme", "s1").expect("open").end_session();
         assert_eq!(
@@ -220,13 +224,127 @@ pub mod conformance {
             0,
             "its recovery removes its holds"
         );
-        dead.reserve(5).expect("fits");
+        dead.reserve(5, Some(0)).expect("fits");
         dead.end_session();
         assert_eq!(
             figures(q.as_ref()).holds,
             0,
             "the session's end removes its holds"
         );
+    }
+
+    /// Calls in flight hold their worst-case tokens: a call is refused
+    /// when settled + held + its worst case pass `llm_tokens_per_day`;
+    /// settlement replaces the hold by the billed tokens, a release frees
+    /// them; tokens the proxy cannot bound are refused under the quota.
+    pub fn held_tokens_count_against_the_tokens_quota(db: &QuotaDb, store: &dyn Store) {
+        tenant_with(
+            store,
+            &Quotas {
+                llm_tokens_per_day: Some(100),
+                ..Quotas::default()
+            },
+        );
+        let q = db.open("acme", "s1").expect("open");
+        let a = q.reserve(0, Some(60)).expect("60 of 100");
+        match q.reserve(0, Some(41)) {
+            Err(QuotaRefusal::Exceeded { quota, detail, .. }) => {
+                assert_eq!(quota, "llm_tokens_per_day");
+                assert!(detail.contains("60 in flight"), "{detail}");
+            }
+            other => panic!("60 held and 41 more pass 100, got {other:?}"),
+        }
+        let b = q.reserve_unpriced(Some(40)).expect("exactly 100");
+        assert_eq!(figures(q.as_ref()).holds, 2);
+        // Billed 30 of the 60 held: 30 settled, 40 held, 30 left.
+        q.settle(a, 0, 30);
+        assert_eq!(figures(q.as_ref()).tokens, 30);
+        assert!(matches!(
+            q.reserve(0, Some(31)),
+            Err(QuotaRefusal::Exceeded { .. })
+        ));
+        let c = q.reserve(0, Some(30)).expect("30 + 40 + 30");
+        q.release(c);
+        q.release(b);
+        let d = q
+            .reserve(0, Some(70))
+            .expect("the releases freed their tokens");
+        q.settle(d, 0, 70);
+        assert_eq!(figures(q.as_ref()).tokens, 100);
+        // At the quota even a call of no tokens is refused.
+        assert!(matches!(
+            q.reserve(0, Some(0)),
+            Err(QuotaRefusal::Exceeded { .. })
+        ));
+        store
+            .set_quotas(
+                &acme(),
+                &Quotas {
+                    llm_tokens_per_day: Some(1_000),
+                    ..Quotas::default()
+                },
+                "t",
+            )
+            .expect("raise");
+        for refused in [q.reserve(0, None), q.reserve_unpriced(None)] {
+            match refused {
+                Err(QuotaRefusal::Unbounded { quota }) => assert_eq!(quota, "llm_tokens_per_day"),
+                other => panic!("expected the unbounded refusal, got {other:?}"),
+            }
+        }
+        assert_eq!(figures(q.as_ref()).holds, 0, "refused before holding");
+        store
+            .set_quotas(&acme(), &Quotas::default(), "t")
+            .expect("no quota");
+        let e = q.reserve(0, None).expect("no tokens quota: unbounded goes");
+        q.release(e);
+    }
+
+    /// Eight threads on eight connections each take five holds of 300
+    /// tokens before settling any: the settled figure stays 0 throughout,
+    /// so only the held tokens keep them under the quota (3000: ten holds).
+    pub fn concurrent_token_holds_on_eight_connections_never_pass_the_quota(
+        db: &QuotaDb,
+        store: &dyn Store,
+    ) {
+        tenant_with(
+            store,
+            &Quotas {
+                llm_tokens_per_day: Some(3_000),
+                ..Quotas::default()
+            },
+        );
+        let sessions: Vec<Arc<dyn SessionDayQuota>> = (0..8)
+            .map(|i| db.open("acme", &format!("s{}", i % 2)).expect("open"))
+            .collect();
+        let threads: Vec<_> = sessions
+            .iter()
+            .map(|q| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    let holds: Vec<u64> = (0..5)
+                        .filter_map(|_| q.reserve(0, Some(300)).ok())
+                        .collect();
+                    holds
+                })
+            })
+            .collect();
+        let holds: Vec<Vec<u64>> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let granted: usize = holds.iter().map(Vec::len).sum();
+        assert_eq!(
+            granted, 10,
+            "3000 tokens hold ten calls of 300, not {granted}"
+        );
+        for (q, ids) in sessions.iter().zip(holds) {
+            for id in ids {
+                q.settle(id, 0, 300);
+            }
+        }
+        let day = figures(sessions[0].as_ref());
+        assert_eq!((day.tokens, day.holds), (3_000, 0));
     }
 
     /// Eight threads, each with its own handle (its own connection: eight
@@ -253,7 +371,7 @@ pub mod conformance {
                 std::thread::spawn(move || {
                     let mut granted = 0u64;
                     for _ in 0..20 {
-                        if let Ok(hold) = q.reserve(300) {
+                        if let Ok(hold) = q.reserve(300, Some(0)) {
                             granted += 300;
                             // Settled at its reservation, as a call without usage.
                             q.settle(hold, 300, 1);
@@ -324,6 +442,73 @@ mod tests {
     fn an_unpriced_call_is_refused_only_under_the_usd_quota() {
         let (_dir, db, store) = fresh();
         conformance::an_unpriced_call_is_refused_only_under_the_usd_quota(&db, &store);
+    }
+
+    #[test]
+    fn held_tokens_count_against_the_tokens_quota() {
+        let (_dir, db, store) = fresh();
+        conformance::held_tokens_count_against_the_tokens_quota(&db, &store);
+    }
+
+    #[test]
+    fn concurrent_token_holds_on_eight_connections_never_pass_the_quota() {
+        let (_dir, db, store) = fresh();
+        conformance::concurrent_token_holds_on_eight_connections_never_pass_the_quota(&db, &store);
+    }
+
+    /// A control.db of schema version 3 (holds without tokens) opens, is
+    /// upgraded in place, and its open holds count 0 tokens (their
+    /// micro-USD still count).
+    #[test]
+    fn a_version_3_store_gains_hold_tokens_and_old_holds_count_none() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("control.db");
+        let day = crate::tenants::day_quota::day_of(std::time::SystemTime::now());
+        {
+            let conn = rusqlite::Connection::open(&path).expect("open");
+            conn.execute_batch(&format!(
+                "CREATE TABLE tenants (name TEXT PRIMARY KEY NOT NULL, token_sha256 BLOB NOT NULL,
+                     created_at TEXT NOT NULL, token_issued_at TEXT NOT NULL);
+                 CREATE TABLE admin_token (id INTEGER PRIMARY KEY, token_sha256 BLOB NOT NULL,
+                     issued_at TEXT NOT NULL);
+                 CREATE TABLE quotas (tenant TEXT PRIMARY KEY NOT NULL, sessions INTEGER,
+                     requests_per_minute INTEGER, llm_tokens_per_day INTEGER,
+                     micro_usd_per_day INTEGER, updated_at TEXT NOT NULL);
+                 CREATE TABLE day_spend (tenant TEXT NOT NULL, day TEXT NOT NULL,
+                     micro_usd INTEGER NOT NULL, tokens INTEGER NOT NULL,
+                     PRIMARY KEY (tenant, day));
+                 CREATE TABLE quota_holds (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     tenant TEXT NOT NULL, day TEXT NOT NULL, micro_usd INTEGER NOT NULL,
+                     session TEXT NOT NULL, created_at TEXT NOT NULL);
+                 INSERT INTO tenants VALUES ('acme', zeroblob(32), 't', 't');
+                 INSERT INTO quotas VALUES ('acme', NULL, NULL, 100, 1000, 't');
+                 INSERT INTO quota_holds (tenant, day, micro_usd, session, created_at)
+                     VALUES ('acme', '{day}', 400, 'old', 't');
+                 PRAGMA user_version = 3;"
+            ))
+            .expect("version 3");
+        }
+        let q = db_at(&path).open("acme", "s1").expect("upgraded");
+        // The old hold: 400 µ$ of 1000 held, no tokens.
+        assert!(matches!(
+            q.reserve(601, Some(1)),
+            Err(enforce::QuotaRefusal::Exceeded { .. })
+        ));
+        let all = q
+            .reserve(600, Some(100))
+            .expect("the old hold holds no tokens");
+        q.release(all);
+        let version: i64 = rusqlite::Connection::open(&path)
+            .expect("open")
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, 4);
+        // A second opener finds it upgraded.
+        drop(SqliteStore::open(&path).expect("reopen"));
+    }
+
+    fn db_at(path: &Path) -> QuotaDb {
+        QuotaDb::Sqlite(path.to_owned())
     }
 
     #[test]

@@ -16,9 +16,9 @@ use super::token::TokenHash;
 pub const CONTROL_DB: &str = "control.db";
 
 /// `PRAGMA user_version` of the schema below; another version is refused.
-/// Versions 1 (no quotas table) and 2 (no day quota tables) are upgraded
-/// in place.
-const SCHEMA_VERSION: i64 = 3;
+/// Versions 1 (no quotas table), 2 (no day quota tables) and 3 (no
+/// `quota_holds.tokens`) are upgraded in place.
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (
@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS quota_holds (
     tenant TEXT NOT NULL,
     day TEXT NOT NULL,
     micro_usd INTEGER NOT NULL CHECK (micro_usd >= 0),
+    tokens INTEGER NOT NULL DEFAULT 0 CHECK (tokens >= 0),
     session TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
@@ -95,9 +96,28 @@ impl SqliteStore {
             .map_err(backend)?;
         match version {
             // Every table is `IF NOT EXISTS`: version 1 gains the quotas
-            // table, version 2 the day quota tables.
-            0..=2 => {
+            // table, version 2 the day quota tables; version 3's holds gain
+            // their tokens (0: they held none).
+            0..=3 => {
                 conn.execute_batch(SCHEMA).map_err(backend)?;
+                if version == 3 {
+                    let added = conn.execute_batch(
+                        "ALTER TABLE quota_holds ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0
+                         CHECK (tokens >= 0)",
+                    );
+                    // Another opener may have upgraded it a moment before.
+                    let has: bool = conn
+                        .query_row(
+                            "SELECT COUNT(*) > 0 FROM pragma_table_info('quota_holds')
+                             WHERE name = 'tokens'",
+                            [],
+                            |r| r.get(0),
+                        )
+                        .map_err(backend)?;
+                    if !has {
+                        added.map_err(backend)?;
+                    }
+                }
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(backend)?;
             }

@@ -225,7 +225,10 @@ impl Metering {
     fn settle(&self, mut ticket: Ticket, reported: &shapes::Reported) {
         let (tokens, cost, rates, estimated) = self.price(&ticket, reported);
         if let Some(hold) = ticket.quota.take() {
-            hold.settle(cost, tokens.total());
+            // No usage came back: the provider still billed it, so the
+            // tokens quota keeps the worst case held, as the cost does.
+            let billed = reported.tokens.map(|t| t.total());
+            hold.settle_tokens(cost, billed);
         }
         let mut warned = lock(&self.warned);
         let spent = self.ledger.settle_llm(ticket.reserved, cost);

@@ -62,6 +62,12 @@ pub(crate) struct Plan {
     /// Why the proxy cannot bound this call's cost though its model may be
     /// priced (then `reserved` is `None`): said to the user when refused.
     pub unbounded: Option<String>,
+    /// The worst case in billed tokens (`UsageTokens::total`): the input
+    /// bound `reserved` prices plus the output limit times the choices,
+    /// whether or not the model is priced. `Err`: why it cannot be bounded
+    /// (input the provider adds or the body only points at, of no known
+    /// length), said to the user when a tokens quota refuses the call.
+    pub tokens: Result<u64, String>,
     /// The client did not ask for the usage chunk the proxy asked for: it
     /// is removed from what the client receives.
     pub strip_usage_chunk: bool,
@@ -141,24 +147,33 @@ pub(crate) fn plan(
              costs more than standard): add one to rates.toml or send the default tier"
         ));
     }
+    // Why the call's tokens cannot be bounded (its cost neither).
+    let mut tokens_unbounded = None;
     if let Some(tool) = provider_tool(&facts) {
-        unbounded.get_or_insert(format!(
+        let why = format!(
             "the request lets the provider run {tool}, billed per use and as input the proxy \
              cannot bound before it leaves: such calls are refused under an llm budget"
-        ));
+        );
+        unbounded.get_or_insert(why.clone());
+        tokens_unbounded = Some(why);
     }
     // Input the body only points at is bounded by the context window.
     let by_reference = by_reference(&facts);
     let mut input_bound = body.len() as u64;
-    if let (Some(what), Some(p)) = (by_reference, &pricing) {
-        match p.context_window {
+    if let Some(what) = by_reference {
+        match pricing.as_ref().and_then(|p| p.context_window) {
             Some(window) => input_bound = input_bound.max(window),
             None => {
-                unbounded.get_or_insert(format!(
+                let why = format!(
                     "the request sends input by reference ({what}), which may be longer than \
                      its body, and the rate card states no context_window for {model:?} to \
                      reserve for it"
-                ));
+                );
+                // An unpriced model's cost is unbounded for its price alone.
+                if pricing.is_some() {
+                    unbounded.get_or_insert(why.clone());
+                }
+                tokens_unbounded.get_or_insert(why);
             }
         }
     }
@@ -271,6 +286,12 @@ pub(crate) fn plan(
     let reserved = priced
         .filter(|_| unbounded.is_none())
         .map(|_| worst_case(input, limit.saturating_mul(choices), price));
+    // The same bound in tokens: each input byte at most a token, the output
+    // at most its limit per choice.
+    let tokens = match tokens_unbounded {
+        Some(why) => Err(why),
+        None => Ok(input.saturating_add(limit.saturating_mul(choices))),
+    };
     Some(Plan {
         api,
         model,
@@ -279,6 +300,7 @@ pub(crate) fn plan(
         pricing,
         tier,
         unbounded,
+        tokens,
         strip_usage_chunk,
         body: new_body.map(Bytes::from),
     })
@@ -537,10 +559,17 @@ mod tests {
         // input: 52 tokens × 2.5 µ$ = 130; output: 1000 × 10 µ$ = 10000.
         assert_eq!(body.len(), 52);
         assert_eq!(p.reserved, Some(10_130));
+        // The same bound in tokens (what llm_tokens_per_day holds).
+        assert_eq!(p.tokens, Ok(52 + 1000));
         assert_eq!((p.body, p.strip_usage_chunk), (None, false));
         // n choices multiply the output side.
         let body = r#"{"model":"gpt-test","max_tokens":1000,"n":3,"messages":[]}"#;
         assert_eq!(plan_of(Api::Chat, body, None).reserved, Some(30_145));
+        assert_eq!(plan_of(Api::Chat, body, None).tokens, Ok(58 + 3000));
+        // An unpriced model's tokens are bounded all the same.
+        let body = r#"{"model":"gpt-unknown","max_tokens":1000,"messages":[]}"#;
+        let p = plan_of(Api::Chat, body, None);
+        assert_eq!((p.reserved, p.tokens), (None, Ok(55 + 1000)));
         // The dearest input rate counts (a cache write costs more than input).
         let price = ModelPrice {
             input: 3_000_000,
@@ -718,10 +747,12 @@ mod tests {
         let body = r#"{"model":"gpt-4o","max_output_tokens":10,"previous_response_id":"r"}"#;
         let p = plan_of(Api::Responses, body, None);
         assert_eq!(p.reserved, Some(128_000 * 5 / 2 + 100));
+        assert_eq!(p.tokens, Ok(128_000 + 10));
         // gpt-test's card entry has no window.
         let body = r#"{"model":"gpt-test","max_output_tokens":10,"previous_response_id":"r"}"#;
         let p = plan_of(Api::Responses, body, None);
         assert_eq!(p.reserved, None);
+        assert!(p.tokens.expect_err("why").contains("context_window"));
         assert!(p.unbounded.expect("why").contains("context_window"));
         // A tier without a price: unbounded, saying which.
         let body = r#"{"model":"gpt-4o","max_tokens":10,"service_tier":"scale"}"#;
