@@ -231,13 +231,57 @@ fn past_the_tokens_quota_calls_get_the_anthropic_shaped_429_naming_it() {
             .all(|r| r.starts_with("quota: llm_tokens_per_day: ")),
         "{blocks:#?}"
     );
-    // The quota was reached by the last call that passed, not before.
+    // Each call held its worst case (a token per body byte, plus its
+    // max_tokens of 50): never past the quota, and refused only once that
+    // worst case no longer fit beside what was settled.
+    let body = MESSAGES.split("-d '").nth(1).expect("body");
+    let worst = body.trim_end_matches('\'').len() as u64 + 50;
     let tokens = s.day_tokens();
-    assert!(tokens >= 300, "refused before the quota: {tokens}");
-    let per_call = tokens / passed as u64;
+    assert!(tokens <= 300, "settled past the quota: {tokens}");
     assert!(
-        tokens - per_call < 300,
-        "a call passed after the quota: {tokens}"
+        tokens + worst > 300,
+        "refused though {tokens} + {worst} fit the quota"
     );
     support::assert_verifies(s.home.path(), bundle);
+}
+
+#[test]
+fn two_sessions_calling_in_parallel_never_pass_the_tokens_quota() {
+    // Each Chat call holds a token per body byte plus its max_tokens of 50;
+    // the quota fits three such holds, not the sixteen calls fired at once
+    // (without the token holds they all passed on the settled figure, 0,
+    // and the day settled far past the quota).
+    let body = CHAT.split("-d '").nth(1).expect("body");
+    let worst = body.trim_end_matches('\'').len() as u64 + 50;
+    let quota = 3 * worst + worst / 2;
+    let s = setup_with(&["--llm-tokens-per-day", &quota.to_string()]);
+    let script = parallel_chats(8);
+    let spawn = || {
+        s.run(&script)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openclaw run")
+    };
+    let (a, b) = (spawn(), spawn());
+    let a = a.wait_with_output().expect("session a");
+    let b = b.wait_with_output().expect("session b");
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    let mut all = answers(&text(&a));
+    all.extend(answers(&text(&b)));
+    assert_eq!(all.len(), 16, "{all:#?}");
+    let ok = all.iter().filter(|x| x.status == 200).count() as u64;
+    let refused = all.iter().filter(|x| x.status == 429).count() as u64;
+    assert_eq!(ok + refused, 16, "{all:#?}");
+    assert!(ok >= 1, "{all:#?}");
+    let tokens = s.day_tokens();
+    assert!(
+        tokens <= quota,
+        "{ok} calls settled {tokens} tokens past the quota of {quota}"
+    );
+    assert_eq!(s.day_spend().1, 0, "every hold settled");
+    for bundle in &s.bundles() {
+        support::assert_verifies(s.home.path(), bundle);
+    }
 }
