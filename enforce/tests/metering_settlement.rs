@@ -8,22 +8,14 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use enforce::{DayQuota, QuotaRefusal};
-use http::{Request, Response};
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use receipts::{Body, UsageRecord, VerifiedChain};
-use serde_json::{json, Value};
+use receipts::Body;
+use serde_json::json;
+use support::usage_provider::*;
 use support::*;
-use test_support::TestCa;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 /// gpt-test is cheap, gpt-dear is 40 times dearer.
 const CATALOG: &str = r#"
@@ -49,85 +41,6 @@ const TENANT_POLICY: &str = r#"
 [llm]
 providers = ["api.openai.com", "api.anthropic.com"]
 "#;
-
-type MockBody = BoxBody<Bytes, std::io::Error>;
-
-async fn provider() -> ExternalUpstream {
-    let ca = TestCa::new("review llm providers");
-    let acceptor = TlsAcceptor::from(ca.server_config(HOSTS, &[b"h2", b"http/1.1"]));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(answer);
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    ExternalUpstream {
-        addr,
-        ca_pem: ca.cert_pem().to_owned(),
-    }
-}
-
-async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
-    let path = req.uri().path().to_owned();
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let usage: Value = header("x-usage")
-        .map(|u| serde_json::from_str(&u).unwrap())
-        .unwrap_or(Value::Null);
-    let served = header("x-model");
-    let delay = header("x-delay-ms").and_then(|d| d.parse::<u64>().ok());
-    let raw = req.into_body().collect().await.unwrap().to_bytes();
-    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    let model = served.unwrap_or_else(|| body["model"].as_str().unwrap_or("none").to_owned());
-    if let Some(ms) = delay {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    let mut whole = if path.ends_with("/messages") {
-        json!({"id": "msg_r", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn",
-            "usage": usage})
-    } else if path.ends_with("/responses") {
-        json!({"id": "resp_r", "object": "response", "status": "completed", "model": model,
-            "output": [{"type": "message", "content": [{"type": "output_text", "text": "Hello"}]}],
-            "usage": usage})
-    } else {
-        json!({"id": "chatcmpl-r", "object": "chat.completion", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
-                "finish_reason": "stop"}],
-            "usage": usage})
-    };
-    // OpenAI echoes the tier that served the call.
-    if let Some(tier) = body.get("service_tier") {
-        whole["service_tier"] = tier.clone();
-    }
-    let mut resp = Response::new(
-        Full::new(Bytes::from(whole.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        "application/json".parse().unwrap(),
-    );
-    Ok(resp)
-}
 
 /// What the tenant's quota store was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,62 +154,6 @@ async fn session(policy: &str, quota: Option<Arc<RecordingQuota>>) -> Session {
         ..Options::default()
     })
     .await
-}
-
-async fn post(s: &Session, url: &str, body: &str, headers: &[String]) -> Reply {
-    post_with(s, url, body, headers, &[]).await
-}
-
-/// [`post`] with more curl options (`--max-time 1`, `--http2`).
-async fn post_with(s: &Session, url: &str, body: &str, headers: &[String], curl: &[&str]) -> Reply {
-    let mut args: Vec<&str> = vec![
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        "@-",
-    ];
-    for h in headers {
-        args.extend(["-H", h.as_str()]);
-    }
-    args.extend_from_slice(curl);
-    // The body through stdin (it may be larger than an argument may be).
-    let port = s.proxy.https_addr().unwrap().port();
-    let mut child = tokio::process::Command::new("curl")
-        .args(["-sS", "-i", "--max-time", "60", "--cacert"])
-        .arg(&s.session_ca)
-        .arg("--connect-to")
-        .arg(format!("::127.0.0.1:{port}"))
-        .args(&args)
-        .arg(url)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(body.as_bytes()).await.unwrap();
-    }
-    let out = child.wait_with_output().await.unwrap();
-    Reply::parse(&out.stdout, &out.stderr)
-}
-
-fn usages(chain: &VerifiedChain) -> Vec<UsageRecord> {
-    chain
-        .receipts
-        .iter()
-        .filter_map(|r| match &r.receipt.body {
-            Body::Usage(u) => Some(u.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn usage_header(v: Value) -> String {
-    format!("x-usage: {v}")
 }
 
 /// A chat request body of about `size` bytes naming `model`.

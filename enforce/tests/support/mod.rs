@@ -6,6 +6,8 @@
 //! curl, and chain checks.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod usage_provider;
+
 use std::{
     collections::{BTreeMap, HashMap},
     convert::Infallible,
