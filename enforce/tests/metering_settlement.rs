@@ -17,31 +17,6 @@ use serde_json::json;
 use support::usage_provider::*;
 use support::*;
 
-/// gpt-test is cheap, gpt-dear is 40 times dearer.
-const CATALOG: &str = r#"
-[[llm_price]]
-model = "gpt-test"
-input_usd_per_mtok = "2.50"
-output_usd_per_mtok = "10"
-
-[[llm_price]]
-model = "gpt-dear"
-input_usd_per_mtok = "100"
-output_usd_per_mtok = "400"
-"#;
-
-const BUDGET_POLICY: &str = r#"
-[llm]
-providers = ["api.openai.com", "api.anthropic.com"]
-budget_usd = "1.00"
-"#;
-
-/// A tenant session: no per-session budget, the tenant's day quotas apply.
-const TENANT_POLICY: &str = r#"
-[llm]
-providers = ["api.openai.com", "api.anthropic.com"]
-"#;
-
 /// What the tenant's quota store was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum QuotaCall {
@@ -147,7 +122,7 @@ async fn session(policy: &str, quota: Option<Arc<RecordingQuota>>) -> Session {
     let upstream = provider().await;
     Session::start(Options {
         policy: policy.into(),
-        catalog: CATALOG.into(),
+        catalog: LLM_CATALOG.into(),
         secrets: String::new(),
         upstream: Some(upstream),
         day_quota: quota.map(|q| q as Arc<dyn DayQuota>),

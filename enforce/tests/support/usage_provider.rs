@@ -19,6 +19,31 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{ExternalUpstream, Reply, Session, HOSTS};
 
+/// gpt-test is cheap, gpt-dear is 40 times dearer.
+pub const LLM_CATALOG: &str = r#"
+[[llm_price]]
+model = "gpt-test"
+input_usd_per_mtok = "2.50"
+output_usd_per_mtok = "10"
+
+[[llm_price]]
+model = "gpt-dear"
+input_usd_per_mtok = "100"
+output_usd_per_mtok = "400"
+"#;
+
+pub const BUDGET_POLICY: &str = r#"
+[llm]
+providers = ["api.openai.com", "api.anthropic.com"]
+budget_usd = "1.00"
+"#;
+
+/// A tenant session: no per-session budget, the tenant's day quotas apply.
+pub const TENANT_POLICY: &str = r#"
+[llm]
+providers = ["api.openai.com", "api.anthropic.com"]
+"#;
+
 pub type MockBody = BoxBody<Bytes, std::io::Error>;
 
 pub async fn provider() -> ExternalUpstream {
