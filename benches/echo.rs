@@ -17,6 +17,8 @@
 //! max over `ECHO_BENCH_ROUNDS` rounds (default 5).
 //!
 //!     cargo bench --bench echo
+//!
+//! Results: docs/credentials.md, "Echo masking", what it costs.
 
 use std::hint::black_box;
 use std::time::Duration;
