@@ -129,3 +129,25 @@ async fn a_body_in_a_charset_the_mask_cannot_read_is_refused() {
         .collect();
     assert!(!String::from_utf16_lossy(&units).contains(SECRET));
 }
+
+/// A body in UTF-16 with no charset label (the client sniffs its BOM):
+/// each byte of the secret is followed by a NUL, which a byte-wise mask of
+/// the secret's ASCII spellings does not read. The secret's UTF-16 (and
+/// UTF-32) spellings are looked for too, and replaced by the placeholder
+/// spelled the same way, so the text still decodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_unlabelled_utf16_is_masked_in_utf16() {
+    let s = Session::start(Options::with_login(SECRET)).await;
+    store(&s).await;
+    let out = s
+        .curl_output("https://united.com/vault/utf16-bare", &[])
+        .await
+        .stdout;
+    let units: Vec<u16> = out
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let text = String::from_utf16_lossy(&units);
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains(&s.placeholder("united_login")), "{text}");
+}

@@ -39,12 +39,13 @@ const LAYERS: [(u8, Undo); 3] = [
     (b'%', escapes::percent),
 ];
 
-/// A secret found in raw text: its range and which secret.
+/// A secret found in raw text: its range and what replaces it (an index
+/// into `EchoMask::replacements`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Hit {
     start: usize,
     end: usize,
-    secret: usize,
+    with: usize,
 }
 
 /// The finders over every secret, each match mapped to the placeholder
@@ -52,28 +53,32 @@ struct Hit {
 pub(super) struct EchoMask {
     /// Over the raw text: every encoded form of every secret, base64 included.
     encoded: AhoCorasick,
-    /// Pattern → index into `placeholders`.
-    encoded_secret: Vec<usize>,
+    /// Pattern → index into `replacements`.
+    encoded_with: Vec<usize>,
     longest_encoded: usize,
     /// Over unescaped text: every secret as it is, and its base64 spellings.
     plain: AhoCorasick,
-    /// Pattern → index into `placeholders`.
-    plain_secret: Vec<usize>,
+    /// Pattern → index into `replacements`.
+    plain_with: Vec<usize>,
     longest_plain: usize,
     /// The patterns of `encoded` and `plain`, to tell whether a message's
     /// tail could be the start of one (`partial_start`).
     encoded_forms: Vec<Vec<u8>>,
     plain_forms: Vec<Vec<u8>>,
-    placeholders: Vec<String>,
+    /// Secret `i`'s placeholder at `i`; after them, the placeholders
+    /// spelled in UTF-16 and UTF-32, for the secrets found so spelled.
+    replacements: Vec<Vec<u8>>,
 }
 
 impl EchoMask {
     /// `placeholders[i]` replaces `secrets[i]`; `None` when there is no secret.
     pub(super) fn new(secrets: &[Secret], placeholders: &[String]) -> Option<Self> {
-        let mut encoded = Vec::new();
-        let mut encoded_secret = Vec::new();
+        let mut encoded: Vec<Vec<u8>> = Vec::new();
+        let mut encoded_with = Vec::new();
         let mut plain = Vec::new();
-        let mut plain_secret = Vec::new();
+        let mut plain_with = Vec::new();
+        let mut replacements: Vec<Vec<u8>> =
+            placeholders.iter().map(|p| p.as_bytes().to_vec()).collect();
         for (i, s) in secrets.iter().enumerate() {
             let base64 = base64_spellings(s.value());
             let mut forms = vec![
@@ -86,26 +91,35 @@ impl EchoMask {
             forms.sort();
             forms.dedup();
             for f in forms {
-                encoded.push(f);
-                encoded_secret.push(i);
+                encoded.push(f.into_bytes());
+                encoded_with.push(i);
+            }
+            // A body in UTF-16 or UTF-32 with no charset label (a labelled
+            // one is refused, `response.rs`): the secret in each of the four
+            // byte orders, replaced by its placeholder in the same spelling
+            // so the text still decodes.
+            for wide in WIDE_SPELLINGS {
+                encoded.push(wide(s.value()));
+                encoded_with.push(replacements.len());
+                replacements.push(wide(&placeholders[i]));
             }
             // Base64 text can itself be escaped (`\/` in JSON, `%2B` in a
             // URL): its spellings are looked for in the readings too.
             for f in std::iter::once(s.value().to_owned()).chain(base64) {
                 plain.push(f);
-                plain_secret.push(i);
+                plain_with.push(i);
             }
         }
         Some(EchoMask {
-            longest_encoded: encoded.iter().map(String::len).max().unwrap_or(0),
+            longest_encoded: encoded.iter().map(Vec::len).max().unwrap_or(0),
             longest_plain: plain.iter().map(String::len).max().unwrap_or(0),
             encoded: build(&encoded, true)?,
             plain: build(&plain, true)?,
-            encoded_forms: encoded.iter().map(|f| f.as_bytes().to_vec()).collect(),
+            encoded_forms: encoded.clone(),
             plain_forms: plain.iter().map(|f| f.as_bytes().to_vec()).collect(),
-            encoded_secret,
-            plain_secret,
-            placeholders: placeholders.to_vec(),
+            encoded_with,
+            plain_with,
+            replacements,
         })
     }
 
@@ -165,7 +179,7 @@ impl EchoMask {
                 return stop;
             }
             out.extend_from_slice(&bytes[pos..h.start.max(pos)]);
-            out.extend_from_slice(self.placeholders[h.secret].as_bytes());
+            out.extend_from_slice(&self.replacements[h.with]);
             pos = h.end;
         }
         out.extend_from_slice(&bytes[pos..cut.max(pos)]);
@@ -215,7 +229,7 @@ impl EchoMask {
             .map(|m| Hit {
                 start: m.start(),
                 end: m.end(),
-                secret: self.encoded_secret[m.pattern().as_usize()],
+                with: self.encoded_with[m.pattern().as_usize()],
             })
             .collect();
         let mut hold = if at_end {
@@ -230,7 +244,7 @@ impl EchoMask {
                 hits.push(Hit {
                     start: u.from[m.start()].0,
                     end: u.from[m.end() - 1].1,
-                    secret: self.plain_secret[m.pattern().as_usize()],
+                    with: self.plain_with[m.pattern().as_usize()],
                 });
             }
             if !at_end {
@@ -323,6 +337,14 @@ fn tail_prefix(hay: &[u8], patterns: &[Vec<u8>]) -> usize {
     }
     best
 }
+
+/// `v` in UTF-16 LE, UTF-16 BE, UTF-32 LE and UTF-32 BE.
+const WIDE_SPELLINGS: [fn(&str) -> Vec<u8>; 4] = [
+    |v| v.encode_utf16().flat_map(u16::to_le_bytes).collect(),
+    |v| v.encode_utf16().flat_map(u16::to_be_bytes).collect(),
+    |v| v.chars().flat_map(|c| u32::from(c).to_le_bytes()).collect(),
+    |v| v.chars().flat_map(|c| u32::from(c).to_be_bytes()).collect(),
+];
 
 /// A secret whose first bytes already went out (the end of a message
 /// released without its continuation) was completed by what followed:
@@ -587,6 +609,32 @@ mod tests {
                     .map_or(cut, |h| h.end);
                 let first = m.mask_all(&body.as_bytes()[..end]);
                 assert_eq!(first_end, first.len(), "cut {cut}: {body}");
+            }
+        }
+    }
+
+    /// A secret in UTF-16 or UTF-32 (a body with no charset label, which
+    /// a client may sniff by its BOM or its zero bytes) is replaced by its
+    /// placeholder in the same spelling, streamed in any pieces.
+    #[test]
+    fn wide_spellings_are_masked_in_their_own_spelling() {
+        let m = mask(&["Hunter2-réal"]);
+        for wide in WIDE_SPELLINGS {
+            let mut body = wide("\u{feff}{\"key\": \"");
+            body.extend(wide("Hunter2-réal"));
+            body.extend(wide("\"}"));
+            let mut expected = wide("\u{feff}{\"key\": \"");
+            expected.extend(wide("<P0>"));
+            expected.extend(wide("\"}"));
+            assert_eq!(m.mask_all(&body), expected);
+            for step in 1..=9 {
+                let mut f = m.filter();
+                let mut out = Vec::new();
+                for piece in body.chunks(step) {
+                    out.extend_from_slice(&f.push(piece));
+                }
+                out.extend_from_slice(&f.finish());
+                assert_eq!(out, expected, "step {step}");
             }
         }
     }

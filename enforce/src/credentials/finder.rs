@@ -4,7 +4,7 @@
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
 /// A leftmost-longest finder over `patterns`; `None` when there are none.
-pub(super) fn build(patterns: &[String], case_insensitive: bool) -> Option<AhoCorasick> {
+pub(super) fn build<P: AsRef<[u8]>>(patterns: &[P], case_insensitive: bool) -> Option<AhoCorasick> {
     if patterns.is_empty() {
         return None;
     }

@@ -399,6 +399,21 @@ fn vault(how: &str, stored: &[u8]) -> Response<MockBody> {
             );
             return resp;
         }
+        // the text in UTF-16LE behind a BOM, with no charset label (a
+        // client sniffs it: Python's charset_normalizer, a browser).
+        "utf16-bare" => {
+            let body: Vec<u8> = "\u{feff}"
+                .encode_utf16()
+                .chain(text.encode_utf16())
+                .flat_map(u16::to_le_bytes)
+                .collect();
+            let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                "application/octet-stream".parse().unwrap(),
+            );
+            return resp;
+        }
         // the stored password as Go writes an HTML fragment into
         // JSON: HTML-escaped (`"` as `&#34;`), then `&` as `\u0026`.
         "go-html-json" => {
