@@ -952,6 +952,10 @@ impl EnforcingGate {
             // `Range` the server sends the whole representation.
             req.head.headers.remove(http::header::RANGE);
             req.head.headers.remove(http::header::IF_RANGE);
+            // A server that honours `Accept-Charset` could answer in a
+            // charset whose escapes the mask does not read (UTF-16 with
+            // `\u` escapes, UTF-7): the sandbox does not get to ask.
+            req.head.headers.remove(http::header::ACCEPT_CHARSET);
             if req.websocket {
                 req.head
                     .headers
