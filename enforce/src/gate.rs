@@ -26,7 +26,7 @@ use crate::catalog::Catalog;
 use crate::counters::{Ledger, Reservation};
 use crate::credentials::{SecretStore, SessionCredentials};
 use crate::events::{Event, EventBus, EventKind};
-use crate::metering::{Api, MeterSettings, Metering, Plan, RateCard, Ticket};
+use crate::metering::{MeterSettings, Metering, Plan, RateCard, Ticket};
 use crate::quota::{DayQuota, QuotaHold, QuotaRefusal};
 use crate::stages::{fallback_action, path_only, Block, Prepared, Screened, Stage, Stages};
 use crate::stats::{WaitHistogram, WaitSummary};
@@ -614,35 +614,7 @@ impl EnforcingGate {
             (Some(q), Some(plan)) => {
                 match QuotaHold::reserve(q, plan.reserved, plan.tokens.clone().ok()) {
                     Ok(hold) => Some(hold),
-                    Err(QuotaRefusal::Unpriced { quota }) => {
-                        let block = Block {
-                            stage: Stage::Quota,
-                            reason: format!(
-                            "quota: {quota}: llm call of unknown cost: model {} has no price on \
-                             the rate card, so the tenant's {quota} quota could not count it \
-                             (add its model to the rate card, rates.toml)",
-                            plan.model
-                        ),
-                            action,
-                            body_sha256,
-                        };
-                        return self.record_block(id, conn, now, &counters_now, block).await;
-                    }
-                    Err(QuotaRefusal::Unbounded { quota }) => {
-                        let why = plan.tokens.clone().err().unwrap_or_default();
-                        let block = Block {
-                            stage: Stage::Quota,
-                            reason: format!(
-                            "quota: {quota}: llm call of unbounded tokens: the tenant's {quota} \
-                             quota could not hold them: {why}"
-                        ),
-                            action,
-                            body_sha256,
-                        };
-                        return self.record_block(id, conn, now, &counters_now, block).await;
-                    }
                     Err(refusal) => {
-                        let api = plan.api;
                         let block = Block {
                             stage: Stage::Quota,
                             reason: String::new(),
@@ -650,7 +622,7 @@ impl EnforcingGate {
                             body_sha256,
                         };
                         return self
-                            .quota_refused(id, conn, now, &counters_now, block, api, refusal)
+                            .quota_refused(id, conn, now, &counters_now, block, plan, refusal)
                             .await;
                     }
                 }
@@ -730,9 +702,10 @@ impl EnforcingGate {
         now: SystemTime,
         counters: &Counters,
         mut block: Block,
-        api: Api,
+        plan: &Plan,
         refusal: QuotaRefusal,
     ) -> GateVerdict {
+        let api = plan.api;
         let (quota, detail, retry_after) = match refusal {
             QuotaRefusal::Exceeded {
                 quota,
@@ -744,11 +717,20 @@ impl EnforcingGate {
                 return self.record_block(id, conn, now, counters, block).await;
             }
             QuotaRefusal::Unpriced { quota } => {
-                block.reason = format!("quota: {quota}: llm call of unknown cost");
+                block.reason = format!(
+                    "quota: {quota}: llm call of unknown cost: model {} has no price on the rate \
+                     card, so the tenant's {quota} quota could not count it (add its model to the \
+                     rate card, rates.toml)",
+                    plan.model
+                );
                 return self.record_block(id, conn, now, counters, block).await;
             }
             QuotaRefusal::Unbounded { quota } => {
-                block.reason = format!("quota: {quota}: llm call of unbounded tokens");
+                let why = plan.tokens.clone().err().unwrap_or_default();
+                block.reason = format!(
+                    "quota: {quota}: llm call of unbounded tokens: the tenant's {quota} quota \
+                     could not hold them: {why}"
+                );
                 return self.record_block(id, conn, now, counters, block).await;
             }
         };
