@@ -20,11 +20,15 @@
 //!
 //! Results: docs/credentials.md, "Echo masking", what it costs.
 
+#[path = "support/cpu.rs"]
+mod cpu;
+
 use std::hint::black_box;
 use std::time::Duration;
 
 use aho_corasick::AhoCorasick;
 use base64::Engine;
+use cpu::cpu_now;
 use enforce::credentials::Secret;
 use enforce::{SecretStore, SessionCredentials};
 
@@ -34,17 +38,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BODY: usize = 1 << 20;
 const SECRET: &str = "sk-live-4f9c2e7a1b8d6053e1f2a9c4";
-
-/// The CPU time this thread has used (user and system).
-fn cpu_now() -> Duration {
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
-        .expect("getrusage");
-    let micros = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(u64::try_from(t.tv_sec()).expect("time"))
-            + Duration::from_micros(u64::try_from(t.tv_usec()).expect("time"))
-    };
-    micros(usage.user_time()) + micros(usage.system_time())
-}
 
 fn fill(piece: impl Fn(usize) -> String) -> Vec<u8> {
     let mut body = Vec::with_capacity(BODY + 256);

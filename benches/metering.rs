@@ -27,9 +27,13 @@
 //!     valgrind --tool=callgrind --toggle-collect='metering::read_kept*' \
 //!         target/release/deps/metering-<hash> --read-only
 
+#[path = "support/cpu.rs"]
+mod cpu;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use cpu::{cpu_now, process_cpu_now};
 use ed25519_dalek::SigningKey;
 use receipts::{
     DurableSink, Entry, LogOptions, ModelPrice, RateSnapshot, ReceiptLog, SessionStart,
@@ -85,22 +89,6 @@ impl DurableSink for Memory {
 
 fn per_call(d: Duration, calls: u32) -> f64 {
     d.as_secs_f64() * 1e6 / f64::from(calls)
-}
-
-/// The CPU time this thread has used (user and system): unlike the wall
-/// clock, not inflated while other processes have the CPU.
-fn cpu_now() -> Duration {
-    cpu_used(nix::sys::resource::UsageWho::RUSAGE_THREAD)
-}
-
-/// The CPU time (user and system) of this thread or of the whole process.
-fn cpu_used(who: nix::sys::resource::UsageWho) -> Duration {
-    let usage = nix::sys::resource::getrusage(who).expect("getrusage");
-    let micros = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(u64::try_from(t.tv_sec()).expect("time"))
-            + Duration::from_micros(u64::try_from(t.tv_usec()).expect("time"))
-    };
-    micros(usage.user_time()) + micros(usage.system_time())
 }
 
 /// Runs `f` `calls` times; returns (wall, CPU) per call in µs.
@@ -314,11 +302,6 @@ fn decision_entry() -> Entry {
             body_sha256: Some(receipts::sha256_hex(b"body")),
         },
     }
-}
-
-/// The process's CPU time so far (every thread, user and system).
-fn process_cpu_now() -> Duration {
-    cpu_used(nix::sys::resource::UsageWho::RUSAGE_SELF)
 }
 
 /// `CALLS` calls' receipts on a fresh log: each call's decision submitted
