@@ -71,8 +71,9 @@ pub(crate) fn masked(
 /// Charset labels (prefixes, lower case) of encodings in which ASCII text is
 /// ASCII bytes: the mask reads bodies as bytes; it finds a secret's raw
 /// UTF-16 and UTF-32 spellings (`H\0u\0…`) but no escapes in them, and
-/// UTF-7 or EBCDIC not at all, while the client decodes by the label. A list of the readable ones rather
-/// than of the others, so an unknown label is refused, not guessed.
+/// UTF-7 or EBCDIC not at all, while the client decodes by the label. A
+/// list of the readable ones rather than of the others, so an unknown
+/// label is refused, not guessed.
 const ASCII_COMPATIBLE_CHARSETS: [&str; 24] = [
     "utf-8",
     "utf8",
