@@ -409,6 +409,12 @@ impl MessageMask {
         if self.held {
             self.drain_held(out)?;
         }
+        self.send_ready(out)
+    }
+
+    /// What the data filter has ready, as non-final frames of the message
+    /// going out.
+    fn send_ready(&mut self, out: &mut Vec<u8>) -> Result<(), FilterError> {
         while let Some(b) = self.data.pull()? {
             if !b.is_empty() {
                 let opcode = self.next_opcode();
@@ -422,12 +428,7 @@ impl MessageMask {
     /// end is decided, its final frame; frames then go out for the message
     /// being read.
     fn drain_held(&mut self, out: &mut Vec<u8>) -> Result<(), FilterError> {
-        while let Some(b) = self.data.pull()? {
-            if !b.is_empty() {
-                let opcode = self.next_opcode();
-                write_frame(out, false, opcode, &b);
-            }
-        }
+        self.send_ready(out)?;
         if self.data.message_ended() {
             let opcode = self.next_opcode();
             write_frame(out, true, opcode, &[]);
