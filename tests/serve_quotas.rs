@@ -614,6 +614,49 @@ fn a_recreated_tenant_does_not_see_its_deleted_namesakes_usage_which_the_admin_s
     assert_eq!(all.body["total"]["cost_micro_usd"], 200, "{}", all.body);
 }
 
+/// `openclaw usage rebuild` keeps a deleted tenant's rows under its archive
+/// label: the chains moved to `tenants-deleted/<name>-<ns>/sessions` are read
+/// with that directory's key and labelled as the deletion labelled them, so
+/// a rebuild neither loses them nor hands them back to a new namesake.
+#[test]
+fn a_rebuild_keeps_a_deleted_tenants_usage_under_its_archive_label() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    cli(h, &["tenants", "create", "acme"]);
+    write_llm_session(h, "acme", "20261203-120000-aaaaaa", 200);
+    rebuild_ledger(h);
+    cli(h, &["tenants", "delete", "acme"]);
+    cli(h, &["tenants", "create", "acme"]);
+    write_llm_session(h, "acme", "20261203-130000-bbbbbb", 30);
+    let by_tenant = || -> Value {
+        serde_json::from_str(&cli(h, &["usage", "report", "--by", "tenant", "--json"]))
+            .expect("report json")
+    };
+    // What the deletion left, before any rebuild: the old rows archived.
+    rebuild_ledger(h);
+    let rows = by_tenant();
+    let rows = rows["rows"].as_array().expect("rows").clone();
+    let label = |r: &Value| r["keys"][0].as_str().unwrap_or_default().to_owned();
+    let cost = |r: &Value| r["cost_micro_usd"].as_u64().unwrap_or_default();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let archived: Vec<&Value> = rows
+        .iter()
+        .filter(|r| label(r).starts_with("tenants-deleted/acme-"))
+        .collect();
+    assert_eq!(archived.len(), 1, "{rows:?}");
+    assert_eq!(cost(archived[0]), 200, "{rows:?}");
+    let live: Vec<&Value> = rows.iter().filter(|r| label(r) == "acme").collect();
+    assert_eq!(live.len(), 1, "{rows:?}");
+    assert_eq!(cost(live[0]), 30, "{rows:?}");
+    // The label is the archive directory's name.
+    let dir = h.join(label(archived[0]));
+    assert!(
+        dir.join("sessions/20261203-120000-aaaaaa").is_dir(),
+        "{}",
+        dir.display()
+    );
+}
+
 /// The same through the day quota: a new tenant with a usd_per_day of 100
 /// micro-USD that spent nothing starts a session though its deleted
 /// namesake spent 200 micro-USD today.

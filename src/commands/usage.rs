@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::tenants::DatabaseArg;
+use crate::tenants::DELETED_DIR;
 use crate::usage::report::{self, GroupKey};
 use crate::usage::{self, LedgerDb};
 use crate::{home, keys};
@@ -76,8 +77,10 @@ pub struct ReportArgs {
   openclaw usage rebuild --key receipt.pub --key old-receipt.pub --sessions /srv/openclaw/sessions
 
 Reads every <sessions>/<id>/receipts.jsonl (without --sessions: the home's
-sessions and every tenant's, <home>/tenants/<name>/sessions, each tenant's
-chains checked against its own keys/receipt.pub), verifies the chain against the
+sessions, every tenant's, <home>/tenants/<name>/sessions, and every deleted
+tenant's, <home>/tenants-deleted/<name>-<ns>/sessions, whose rows keep the
+label tenants-deleted/<name>-<ns>; each tenant's chains checked against its own
+keys/receipt.pub), verifies the chain against the
 receipt-signing public key, and writes one ledger row per usage receipt into a
 new ledger that replaces the old one when complete. A chain that does not
 verify, or whose session has not ended (still running, or its supervisor died:
@@ -90,8 +93,9 @@ pub struct RebuildArgs {
     /// demo's <home>/demo/flight-booking/keys/receipt.pub if present].
     #[arg(long, value_name = "RECEIPT.pub")]
     key: Vec<PathBuf>,
-    /// Directory of session bundles [default: <home>/sessions and each
-    /// tenant's <home>/tenants/<name>/sessions].
+    /// Directory of session bundles [default: <home>/sessions, each
+    /// tenant's <home>/tenants/<name>/sessions and each deleted tenant's
+    /// <home>/tenants-deleted/<name>-<ns>/sessions].
     #[arg(long, value_name = "DIR")]
     sessions: Option<PathBuf>,
     /// The ledger [default: <home>/ledger.db].
@@ -109,8 +113,10 @@ pub fn execute(cmd: UsageCommand) -> Result<ExitCode> {
 }
 
 /// Each tenant's sessions under `tenants_dir` with its receipt key; a tenant
-/// without one has nothing that could verify.
-fn tenant_sources(tenants_dir: &Path) -> Result<Vec<usage::ChainSource>> {
+/// without one has nothing that could verify. With `archived`, the
+/// directory holds deleted tenants (`<home>/tenants-deleted/<name>-<ns>`),
+/// whose rows keep the label their deletion gave them.
+fn tenant_sources(tenants_dir: &Path, archived: bool) -> Result<Vec<usage::ChainSource>> {
     let entries = match std::fs::read_dir(tenants_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -119,11 +125,18 @@ fn tenant_sources(tenants_dir: &Path) -> Result<Vec<usage::ChainSource>> {
     let mut sources = Vec::new();
     for root in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         let key = root.join("keys").join(keys::RECEIPT_PUB);
+        let tenant_label = match (archived, root.file_name().and_then(|n| n.to_str())) {
+            (false, _) => None,
+            (true, Some(name)) => Some(format!("{DELETED_DIR}/{name}")),
+            // Not a name the deletion made: nothing of ours.
+            (true, None) => continue,
+        };
         if key.is_file() {
             sources.push(usage::ChainSource {
                 sessions_dir: root.join("sessions"),
                 keys: vec![keys::read_verifying_key(&key)
                     .with_context(|| format!("the tenant's receipt key {}", key.display()))?],
+                tenant_label,
             });
         }
     }
@@ -188,11 +201,14 @@ fn rebuild_cmd(args: RebuildArgs) -> Result<ExitCode> {
             None => home::sessions_dir()?,
         },
         keys: pinned,
+        tenant_label: None,
     }];
     if args.sessions.is_none() {
         // The home's whole layout: each tenant's sessions (`openclaw serve`)
-        // with that tenant's own receipt key.
-        sources.extend(tenant_sources(&home::home_dir()?.join("tenants"))?);
+        // with that tenant's own receipt key, and each deleted tenant's.
+        let home = home::home_dir()?;
+        sources.extend(tenant_sources(&home.join("tenants"), false)?);
+        sources.extend(tenant_sources(&home.join(DELETED_DIR), true)?);
     }
     let ledger = ledger_or_default(args.ledger, args.database)?;
     let done = usage::rebuild_into(&ledger, &sources)?;

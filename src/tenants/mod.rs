@@ -37,7 +37,7 @@ pub(crate) use self::postgres::db as postgres_error;
 pub use self::postgres::{DatabaseUrl, PgStore};
 pub use quota::{usd_to_micro, Quotas, QuotasJson};
 pub use registry::{Caller, Identity, Registry, TenantOpError};
-pub use root::TenantRoot;
+pub use root::{TenantRoot, DELETED_DIR};
 pub use sqlite::{SqliteStore, CONTROL_DB};
 pub use store::TenantStoreError;
 

@@ -22,11 +22,20 @@ pub const UNKNOWN_USER: &str = "unknown";
 /// The ledger rows of one verified chain: one per usage receipt, labelled
 /// with the tenant and user its session_start names.
 pub fn rows_of(chain: &VerifiedChain) -> Vec<UsageRow> {
-    let (tenant, user) = match &chain.start().body {
+    rows_labelled(chain, None)
+}
+
+/// [`rows_of`], with every row's tenant replaced by `tenant` when given (a
+/// deleted tenant's archive label: its chains still name the old tenant).
+fn rows_labelled(chain: &VerifiedChain, tenant: Option<&str>) -> Vec<UsageRow> {
+    let (named, user) = match &chain.start().body {
         Body::SessionStart { tenant, user, .. } => (tenant.clone(), user.clone()),
         _ => (None, None),
     };
-    let tenant = tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+    let tenant = match tenant {
+        Some(label) => label.to_owned(),
+        None => named.unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
+    };
     let user = user.unwrap_or_else(|| UNKNOWN_USER.to_owned());
     chain
         .receipts
@@ -101,6 +110,12 @@ pub struct Rebuilt {
 pub struct ChainSource {
     pub sessions_dir: PathBuf,
     pub keys: Vec<VerifyingKey>,
+    /// The tenant every row of these chains is labelled with, instead of
+    /// the one their session_start names: a deleted tenant's chains keep
+    /// the archive label its deletion gave their rows
+    /// (`tenants-deleted/<name>-<ns>`), so a rebuild neither drops them nor
+    /// gives them back to a new tenant of the same name.
+    pub tenant_label: Option<String>,
 }
 
 /// Recreates the ledger at `ledger_path` from every session bundle under
@@ -117,10 +132,10 @@ pub fn rebuild(ledger_path: &Path, sources: &[ChainSource]) -> Result<Rebuilt> {
     // A rebuild killed earlier may have left its file: start over.
     remove_if_exists(&tmp)?;
     let mut fresh = Ledger::create_fresh(&tmp)?;
-    for (dir, keys) in dirs {
-        match verified_chain_any(&dir, keys) {
+    for (dir, source) in dirs {
+        match verified_chain_any(&dir, &source.keys) {
             Ok(chain) => {
-                let rows = rows_of(&chain);
+                let rows = rows_labelled(&chain, source.tenant_label.as_deref());
                 done.rows += fresh.insert(&rows)?;
                 done.sessions += 1;
             }
@@ -165,10 +180,10 @@ pub fn rebuild_into(ledger: &LedgerDb, sources: &[ChainSource]) -> Result<Rebuil
     };
     let mut done = Rebuilt::default();
     let mut rows = Vec::new();
-    for (dir, keys) in session_dirs(sources)? {
-        match verified_chain_any(&dir, keys) {
+    for (dir, source) in session_dirs(sources)? {
+        match verified_chain_any(&dir, &source.keys) {
             Ok(chain) => {
-                rows.extend(rows_of(&chain));
+                rows.extend(rows_labelled(&chain, source.tenant_label.as_deref()));
                 done.sessions += 1;
             }
             Err(e) => done.skipped.push((dir, format!("{e:#}"))),
@@ -178,10 +193,10 @@ pub fn rebuild_into(ledger: &LedgerDb, sources: &[ChainSource]) -> Result<Rebuil
     Ok(done)
 }
 
-/// Every session bundle under the sources' directories, with the keys its
-/// chain may be signed by, in order.
-fn session_dirs(sources: &[ChainSource]) -> Result<Vec<(PathBuf, &[VerifyingKey])>> {
-    let mut dirs: Vec<(PathBuf, &[VerifyingKey])> = Vec::new();
+/// Every session bundle under the sources' directories, with the source it
+/// was found in (the keys its chain may be signed by), in order.
+fn session_dirs(sources: &[ChainSource]) -> Result<Vec<(PathBuf, &ChainSource)>> {
+    let mut dirs: Vec<(PathBuf, &ChainSource)> = Vec::new();
     for source in sources {
         let mut found: Vec<PathBuf> = match std::fs::read_dir(&source.sessions_dir) {
             Ok(entries) => entries
@@ -195,7 +210,7 @@ fn session_dirs(sources: &[ChainSource]) -> Result<Vec<(PathBuf, &[VerifyingKey]
             }
         };
         found.sort();
-        dirs.extend(found.into_iter().map(|d| (d, source.keys.as_slice())));
+        dirs.extend(found.into_iter().map(|d| (d, source)));
     }
     Ok(dirs)
 }
@@ -334,6 +349,7 @@ mod tests {
         let sources = [ChainSource {
             sessions_dir: tmp.path().join("sessions"),
             keys: vec![vk],
+            tenant_label: None,
         }];
         let done = rebuild_into(db, &sources).expect("rebuild");
         assert_eq!((done.sessions, done.rows), (1, 1), "{:?}", done.skipped);
