@@ -41,6 +41,16 @@ output = "10.00"
 context_window = 128000
 priority = { input = "4.25", cached_input = "2.125", output = "17.00" }
 
+# The first GPT-4o snapshot kept its launch prices (no cached-input price:
+# cached tokens are charged as input); `gpt-4o`'s dated-variant match would
+# price it at half.
+[[model]]
+name = "gpt-4o-2024-05-13"
+input = "5.00"
+output = "15.00"
+context_window = 128000
+priority = { input = "8.75", output = "26.25" }
+
 [[model]]
 name = "gpt-4o-mini"
 match = "prefix"
@@ -784,6 +794,28 @@ mod tests {
         assert_eq!(sonnet.price.cache_write_5m, 3_750_000);
         assert_eq!(sonnet.price.cache_write_1h, 6_000_000);
         assert_eq!(sonnet.price.cached_input, 300_000);
+        // A snapshot priced apart from its family is not read as a variant.
+        let first = card
+            .pricing_for("gpt-4o-2024-05-13", Tier::Standard)
+            .expect("priced");
+        assert_eq!(first.base.model, "gpt-4o-2024-05-13");
+        assert_eq!(
+            (first.base.input, first.base.output),
+            (5_000_000, 15_000_000)
+        );
+        assert_eq!(first.base.cached_input, 5_000_000);
+        let priority = card
+            .pricing_for("gpt-4o-2024-05-13", Tier::Priority)
+            .expect("priority");
+        assert_eq!(
+            (priority.base.input, priority.base.output),
+            (8_750_000, 26_250_000)
+        );
+        let later = card.price_for("gpt-4o-2024-08-06").expect("dated");
+        assert_eq!(
+            (later.price.input, later.price.output),
+            (2_500_000, 10_000_000)
+        );
         for model in [
             "gpt-4o",
             "gpt-4.1-nano",
