@@ -506,3 +506,45 @@ fn verify_re_derives_usage_costs_and_names_an_edited_one() {
         "{text}"
     );
 }
+
+/// A first line whose members are in canonical order and whose `sig` is
+/// spelled canonically, so the checks reach `field` before the signature.
+fn crafted_first_line(kind: &str, signer: &str) -> String {
+    format!(
+        concat!(
+            r#"{{"kind":"{kind}","prev":"{zeros}","public_key":"{zeros}","#,
+            r#""revocation_ids":[],"sandbox":"kvm","seq":0,"session":"s","sig":"{sig}","#,
+            r#""signer":"{signer}","ts":"2026-01-01T00:00:00.000000Z","v":1}}"#
+        ),
+        kind = kind,
+        zeros = "0".repeat(64),
+        sig = "0".repeat(128),
+        signer = signer,
+    )
+}
+
+#[test]
+fn text_from_the_file_reaches_the_terminal_only_made_visible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = golden_dir().join("receipt.pub");
+    let file = dir.path().join("receipts.jsonl");
+    // Each would print the file's own words to the auditor's terminal: an
+    // unknown signer, an unknown kind. The escapes move up a line, clear it
+    // and write a verdict of their own; set the title (OSC ... BEL); CSI
+    // as one C1 character; a bidi override.
+    let forged = r"\u001b[1A\u001b[2K\r\u2713 valid: 7 receipts\u0007\u009b2J\u202e";
+    for line in [
+        crafted_first_line("session_start", forged),
+        crafted_first_line(&format!(r"\u001b]0;title\u0007{forged}"), "x"),
+    ] {
+        std::fs::write(&file, format!("{line}\n")).expect("write");
+        let out = verify(&[p(&file), "--key", p(&key)]);
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        let text = stdout(&out);
+        for c in ['\u{1b}', '\u{7}', '\r', '\u{9b}', '\u{202e}'] {
+            assert!(!text.contains(c), "{c:?} reached the terminal: {text:?}");
+        }
+        assert!(text.contains(r"\x1b[2K"), "shown, not acted on: {text}");
+        assert!(text.contains(r"\u{202e}"), "{text}");
+    }
+}

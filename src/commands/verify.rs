@@ -17,6 +17,7 @@ use receipts::{Body, ChainError, Coverage, UnverifiedChain, VerifiedChain};
 use serde::Serialize;
 
 use crate::keys;
+use crate::session::screen::visible_inline;
 
 /// Exit code: every check passed.
 pub const EXIT_VALID: u8 = 0;
@@ -368,22 +369,35 @@ fn rederive(
     };
 }
 
+/// The longest any one value from the file is shown (the rest is counted):
+/// a crafted line cannot push the verdict off the auditor's screen.
+const MAX_SHOWN_CHARS: usize = 1000;
+
+/// Text that came from the bundle (any string in the report may: the
+/// messages quote the file), made visible for the auditor's terminal: its
+/// control characters, C1 controls and bidi overrides shown as escapes, so
+/// a crafted file cannot move the cursor, clear the verdict or write one of
+/// its own.
+fn shown(text: &str) -> String {
+    visible_inline(text, MAX_SHOWN_CHARS)
+}
+
 fn print_human(report: &Report) {
-    let file = &report.receipts_file;
+    let file = shown(&report.receipts_file);
     match report.status {
         "unreadable" => {
             let msg = report.error.as_ref().map_or("", |p| p.message.as_str());
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", shown(msg));
             return;
         }
         "valid" => {
             println!("✓ valid: {} receipts in {file}", report.receipts);
             if let Some(i) = &report.interrupted {
-                println!("  {}", i.summary);
+                println!("  {}", shown(&i.summary));
             }
         }
         _ => match &report.error {
-            Some(p) => println!("✕ invalid: {} ({file})", p.message),
+            Some(p) => println!("✕ invalid: {} ({file})", shown(&p.message)),
             None => println!(
                 "✕ invalid: {} decision(s) do not follow from the token ({file})",
                 report.mismatches.len()
@@ -391,7 +405,7 @@ fn print_human(report: &Report) {
         },
     }
     for p in &report.mismatches {
-        println!("  ✕ {}", p.message);
+        println!("  ✕ {}", shown(&p.message));
     }
     if report.error.is_none() {
         let key = match (report.key_id.as_deref(), report.key_source) {
@@ -401,8 +415,8 @@ fn print_human(report: &Report) {
         };
         println!(
             "  session {} · sandbox {} · signed by {key}",
-            report.session.as_deref().unwrap_or("?"),
-            report.sandbox.as_deref().unwrap_or("?")
+            shown(report.session.as_deref().unwrap_or("?")),
+            shown(report.sandbox.as_deref().unwrap_or("?"))
         );
         if report.signatures == report.receipts {
             println!("  signatures: every receipt carries its own");
@@ -416,7 +430,7 @@ fn print_human(report: &Report) {
         let decisions: Vec<String> = report
             .decisions
             .iter()
-            .map(|(k, n)| format!("{n} {k}"))
+            .map(|(k, n)| format!("{n} {}", shown(k)))
             .collect();
         println!(
             "  decisions: {} · approval answers: {}",
@@ -435,7 +449,7 @@ fn print_human(report: &Report) {
             );
         }
         if let (Some(tenant), Some(user)) = (&report.tenant, &report.user) {
-            println!("  tenant {tenant} · user {user}");
+            println!("  tenant {} · user {}", shown(tenant), shown(user));
         }
         if let Some(h) = &report.last_hash {
             println!("  last hash {h}");
@@ -448,12 +462,12 @@ fn print_human(report: &Report) {
             ),
             _ => {
                 if let Some(note) = &report.rederivation.note {
-                    println!("  note: {note}");
+                    println!("  note: {}", shown(note));
                 }
             }
         }
     }
     for w in &report.warnings {
-        println!("warning: {w}");
+        println!("warning: {}", shown(w));
     }
 }
