@@ -548,3 +548,87 @@ fn text_from_the_file_reaches_the_terminal_only_made_visible() {
         assert!(text.contains(r"\u{202e}"), "{text}");
     }
 }
+
+/// `openclaw verify ARGS` with its address space capped, so a verifier that
+/// reads without bound fails here instead of taking the machine's memory.
+fn verify_capped(args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -v 2097152 && exec "$0" verify "$@""#)
+        .arg(env!("CARGO_BIN_EXE_openclaw"))
+        .args(args)
+        .env_remove("OPENCLAW_HOME")
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("run openclaw")
+}
+
+#[test]
+fn a_bundle_file_that_is_a_device_is_refused_not_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = golden_dir().join("receipt.pub");
+    let golden = golden_dir().join("receipts.jsonl");
+    // A crafted bundle: its receipts are endless zeros.
+    let zeros = dir.path().join("zeros");
+    std::fs::create_dir(&zeros).expect("mkdir");
+    std::os::unix::fs::symlink("/dev/zero", zeros.join("receipts.jsonl")).expect("symlink");
+    let out = verify_capped(&[p(&zeros), "--key", p(&key)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    // The chain is fine, but its capabilities.cap is endless.
+    let cap = dir.path().join("cap");
+    std::fs::create_dir(&cap).expect("mkdir");
+    std::fs::copy(&golden, cap.join("receipts.jsonl")).expect("copy");
+    std::os::unix::fs::symlink("/dev/zero", cap.join("capabilities.cap")).expect("symlink");
+    let out = verify_capped(&[p(&cap), "--key", p(&key), "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let message = json["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("is not a regular file"), "{json}");
+}
+
+#[test]
+fn a_fifo_is_refused_rather_than_waited_on() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = golden_dir().join("receipt.pub");
+    let fifo = dir.path().join("receipts.jsonl");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let golden = std::fs::read(golden_dir().join("receipts.jsonl")).expect("fixture");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_openclaw"))
+        .args(["verify", p(&fifo), "--key", p(&key)])
+        .env("HOME", "/nonexistent")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Whoever reads the FIFO gets a valid chain, once; a verifier that
+    // waits for a writer would otherwise wait forever. Opening the write
+    // end without blocking fails while no reader has it open.
+    let mut fed = false;
+    while child.try_wait().expect("wait").is_none() {
+        if !fed {
+            if let Ok(mut w) = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&fifo)
+            {
+                let _ = w.write_all(&golden);
+                fed = true;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("is not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+}
