@@ -632,3 +632,29 @@ fn a_fifo_is_refused_rather_than_waited_on() {
         stderr(&out)
     );
 }
+
+#[test]
+fn json_output_escapes_what_a_terminal_would_act_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = golden_dir().join("receipt.pub");
+    let file = dir.path().join("receipts.jsonl");
+    // JSON escapes C0 controls itself, but not DEL, C1 controls (CSI as one
+    // character clears a screen on many terminals) or bidi overrides.
+    let signer = "\u{9b}2J\u{9b}1;1H\u{202e}\u{7f}";
+    let escaped: String = signer
+        .chars()
+        .map(|c| format!("\\u{:04x}", u32::from(c)))
+        .collect();
+    let line = crafted_first_line("session_start", &escaped);
+    std::fs::write(&file, format!("{line}\n")).expect("write");
+    let out = verify(&[p(&file), "--key", p(&key), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    for c in ['\u{9b}', '\u{202e}', '\u{7f}'] {
+        assert!(!text.contains(c), "{c:?} reached the terminal: {text:?}");
+    }
+    // Still the same JSON: the message quotes the signer exactly.
+    let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let message = json["error"]["message"].as_str().expect("message");
+    assert!(message.contains(signer), "{message:?}");
+}

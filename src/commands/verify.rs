@@ -17,7 +17,7 @@ use receipts::{Body, ChainError, Coverage, UnverifiedChain, VerifiedChain};
 use serde::Serialize;
 
 use crate::keys;
-use crate::session::screen::visible_inline;
+use crate::session::screen::{visible_inline, visible_json};
 
 /// Exit code: every check passed.
 pub const EXIT_VALID: u8 = 0;
@@ -155,7 +155,7 @@ impl<E: Into<anyhow::Error>> From<E> for Unreadable {
 pub fn execute(args: VerifyArgs) -> Result<ExitCode> {
     let (report, code) = run(&args);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", visible_json(&serde_json::to_string_pretty(&report)?));
     } else {
         print_human(&report);
     }

@@ -86,6 +86,23 @@ pub fn visible_inline(text: &str, max: usize) -> String {
     out
 }
 
+/// JSON text (as serde_json writes it) safe to print: serde_json already
+/// escapes C0 controls inside strings, but not DEL, C1 controls or bidi
+/// overrides, which a terminal acts on. Those are written as `\uXXXX`
+/// escapes (all are in the BMP, and can only occur inside strings), so the
+/// JSON means exactly what it did.
+pub fn visible_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if u32::from(c) >= 0x7f && must_escape(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The operator's terminal: our stdout and stderr (or any writers, for
 /// tests), with the hold the approval prompt takes. Cloneable; all clones
 /// share the state.
@@ -248,6 +265,13 @@ mod tests {
             "tab\tand ünïcödé ✓"
         );
         assert_eq!(visible_inline("a\nb\x1bc", 80), "a\\nb\\x1bc");
+        let json = serde_json::to_string("\u{9b}2J\u{202e}\u{7f}\u{1b}é").expect("json");
+        let shown = visible_json(&json);
+        assert_eq!(shown, r#""\u009b2J\u202e\u007f\u001bé""#);
+        assert_eq!(
+            serde_json::from_str::<String>(&shown).expect("still json"),
+            "\u{9b}2J\u{202e}\u{7f}\u{1b}é"
+        );
         assert_eq!(
             visible_inline(&"x".repeat(10), 4),
             "xxxx… (6 more characters)"
