@@ -658,3 +658,43 @@ fn json_output_escapes_what_a_terminal_would_act_on() {
     let message = json["error"]["message"].as_str().expect("message");
     assert!(message.contains(signer), "{message:?}");
 }
+
+#[test]
+fn asked_to_re_derive_a_bundle_without_its_token_is_invalid() {
+    // A recorded allow the token blocks, and the token taken out of the
+    // bundle so nothing can show it.
+    let b = bundle(|i, decision| {
+        if i == 1 {
+            decision["decision"] = "allow".into();
+            decision["reason"] = "web_access".into();
+        }
+    });
+    std::fs::remove_file(b.dir.path().join("capabilities.cap")).expect("remove token");
+    let out = verify(&[
+        p(b.dir.path()),
+        "--key",
+        p(&b.receipt_pub),
+        "--cap-pubkey",
+        p(&b.root_pub),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["status"], "invalid", "{json:#}");
+    assert_eq!(json["rederivation"]["status"], "no_token", "{json:#}");
+    let mismatches = json["mismatches"].as_array().expect("array");
+    assert_eq!(mismatches.len(), 1, "{json:#}");
+    // session_start binds the token by its SHA-256: the line at fault.
+    assert_eq!(mismatches[0]["line"], 1, "{json:#}");
+    let msg = mismatches[0]["message"].as_str().expect("message");
+    assert!(msg.contains("no capabilities.cap"), "{msg}");
+
+    // Not asked to re-derive: valid, with the note saying it was not done.
+    let out = verify(&[p(b.dir.path()), "--key", p(&b.receipt_pub)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("were not re-derived"),
+        "{}",
+        stdout(&out)
+    );
+}

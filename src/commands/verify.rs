@@ -272,6 +272,31 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
     summarize(&chain, report);
     match token_bytes {
         None => {
+            if root_key.is_some() {
+                // Asked to re-derive, and nothing to re-derive against: a
+                // token taken out of the bundle must not hide a decision it
+                // would refute.
+                let bound = match &chain.start().body {
+                    Body::SessionStart {
+                        capability_sha256: Some(digest),
+                        ..
+                    } => Some(digest),
+                    _ => None,
+                };
+                report.mismatches.push(Problem {
+                    line: usize::from(bound.is_some()),
+                    message: match bound {
+                        Some(digest) => format!(
+                            "line 1: session_start binds a {TOKEN_FILE} (SHA-256 {digest}), but \
+                             the bundle has no {TOKEN_FILE}: decisions cannot be re-derived"
+                        ),
+                        None => format!(
+                            "--cap-pubkey was given, but the bundle has no {TOKEN_FILE}: \
+                             decisions cannot be re-derived"
+                        ),
+                    },
+                });
+            }
             report.rederivation = Rederivation {
                 status: "no_token",
                 checked: 0,
