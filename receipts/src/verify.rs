@@ -204,6 +204,11 @@ pub struct LineVerifier {
     /// The first of the lines accepted since the last signed one: lines
     /// without a sig of their own, not yet covered by a signature.
     uncovered_from: Option<usize>,
+    /// The first line refused, if any. The chain state may already hold
+    /// part of that line (a bad signature is found last), so from then on
+    /// every `push` and `finish` gives this error: a caller that goes on
+    /// after an error cannot end with a chain that verifies.
+    refused: Option<ChainError>,
 }
 
 /// An llm decision as the usage receipts see it.
@@ -232,6 +237,7 @@ impl LineVerifier {
             usage_costs: BTreeMap::new(),
             warned: BTreeSet::new(),
             uncovered_from: None,
+            refused: None,
         }
     }
 
@@ -262,24 +268,35 @@ impl LineVerifier {
     /// Checks the next line (without its newline), signature included. A
     /// line without a sig of its own is accepted provisionally: see
     /// [`uncovered`](Self::uncovered).
+    /// Once a line is refused, so is everything after it.
     pub fn push(&mut self, line: &[u8]) -> Result<VerifiedReceipt, ChainError> {
-        let checked = self.check_unsigned(line)?;
-        let line_no = self.lines;
-        if let Some(sig) = &checked.sig {
-            if self.key.verify_strict(&checked.signing_input, sig).is_err() {
-                return Err(signature_error(&checked.signing_input, line_no));
-            }
+        if let Some(e) = &self.refused {
+            return Err(e.clone());
         }
-        Ok(VerifiedReceipt {
-            signed: checked.sig.is_some(),
-            receipt: checked.receipt,
-            hash: checked.hash,
-        })
+        let pushed = self.check_unsigned(line).and_then(|checked| {
+            if let Some(sig) = &checked.sig {
+                if self.key.verify_strict(&checked.signing_input, sig).is_err() {
+                    return Err(signature_error(&checked.signing_input, self.lines));
+                }
+            }
+            Ok(VerifiedReceipt {
+                signed: checked.sig.is_some(),
+                receipt: checked.receipt,
+                hash: checked.hash,
+            })
+        });
+        if let Err(e) = &pushed {
+            self.refused = Some(e.clone());
+        }
+        pushed
     }
 
     /// Ends verification: the chain must have been closed by session_end,
-    /// and every line covered by a signature.
+    /// every line covered by a signature, and no line refused.
     pub fn finish(&self) -> Result<(), ChainError> {
+        if let Some(e) = &self.refused {
+            return Err(e.clone());
+        }
         if self.lines == 0 {
             return Err(ChainError::Empty);
         }
@@ -1083,6 +1100,41 @@ mod tests {
         assert_eq!(
             verify_lines(&key, &t[..4]),
             Err(ChainError::Uncovered { line: 2, last: 4 })
+        );
+    }
+
+    #[test]
+    fn a_line_verifier_that_refused_a_line_accepts_nothing_after_it() {
+        let key = SigningKey::from_bytes(&[6; 32]);
+        let forger = SigningKey::from_bytes(&[7; 32]);
+        let first = hand_chain(&key, &[(decision_body(1), FORMAT_VERSION, true)]);
+        // A session_end for the chain cut after line 2, written by someone
+        // without the key: right in every member, but for its signature.
+        let end = Receipt {
+            v: FORMAT_VERSION,
+            session: "s".into(),
+            seq: 2,
+            ts: "2026-01-01T00:00:00.000000Z".into(),
+            prev: hex::encode(format::line_hash(&first[1])),
+            signer: format::key_id(&key.verifying_key()),
+            body: Body::SessionEnd {
+                count: 3,
+                last: hex::encode(format::line_hash(&first[1])),
+                interrupted: None,
+            },
+        };
+        let forged = sign_line(&end, &forger).expect("sign");
+        let mut v = LineVerifier::new(key.verifying_key());
+        for line in &first {
+            v.push(line).expect("genuine");
+        }
+        assert_eq!(v.push(&forged), Err(ChainError::BadSignature { line: 3 }));
+        // A caller that notes the error and carries on must not end up
+        // with a closed chain, nor accept anything more.
+        assert_eq!(v.finish(), Err(ChainError::BadSignature { line: 3 }));
+        assert_eq!(
+            v.push(&forged).map(|r| r.receipt.seq),
+            Err(ChainError::BadSignature { line: 3 })
         );
     }
 
