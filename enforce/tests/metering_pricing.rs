@@ -93,7 +93,9 @@ async fn a_call_is_charged_at_the_dearer_of_the_model_asked_for_and_the_model_th
 async fn calls_with_input_by_reference_reserve_the_context_window_or_are_refused() {
     let s = Arc::new(session(BUDGET_POLICY).await);
     // Each call: the stored conversation fills gpt-4o's 128k window, at
-    // 2.50 per million: 0.32 USD; the reservation is that plus 10 output.
+    // 2.50 per million: 0.32 USD; the reservation is that plus 10 output
+    // (at the default tier it names: with none, the project's default may
+    // be priority, reserved at 4.25 per million).
     let usage = usage_header(json!({"input_tokens": 128_000, "output_tokens": 10}));
     let mut calls = Vec::new();
     for _ in 0..4 {
@@ -102,7 +104,7 @@ async fn calls_with_input_by_reference_reserve_the_context_window_or_are_refused
             post(
                 &s,
                 "https://api.openai.com/v1/responses",
-                r#"{"model":"gpt-4o","max_output_tokens":10,"previous_response_id":"resp_long","input":"go on"}"#,
+                r#"{"model":"gpt-4o","service_tier":"default","max_output_tokens":10,"previous_response_id":"resp_long","input":"go on"}"#,
                 &[usage, "x-delay-ms: 1500".to_owned()],
             )
             .await
@@ -255,4 +257,143 @@ async fn provider_run_tools_are_refused_under_a_budget_and_reported_uses_charge_
     assert_eq!(u.len(), 1);
     assert!(u[0].estimated, "20 web searches reported: {:?}", u[0]);
     assert_eq!(u[0].cost_micro_usd, u[0].reserved_micro_usd);
+}
+
+/// A project whose default tier is priority has calls that ask for no tier
+/// (or `auto`) served, and billed, at priority prices; the response names
+/// the tier (`"service_tier": "priority"`, top level in a JSON answer, in
+/// each Chat chunk, in `response.completed`). Such a call is charged the
+/// priority prices, streamed or not, and reserved for them beforehand; a
+/// model the card has no priority price for is charged its reservation,
+/// marked estimated; a call the response says was served at the default
+/// tier is charged standard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_served_at_priority_without_asking_is_charged_priority_prices() {
+    let s = session(TENANT_POLICY).await;
+    let chat = usage_header(json!({"prompt_tokens": 50, "completion_tokens": 10_000}));
+    let responses = usage_header(json!({"input_tokens": 50, "output_tokens": 10_000}));
+    let priority = "x-service-tier: priority".to_owned();
+    for (url, body, usage) in [
+        (
+            "https://api.openai.com/v1/chat/completions",
+            r#"{"model":"gpt-4o","max_completion_tokens":10000,"messages":[]}"#,
+            &chat,
+        ),
+        (
+            "https://api.openai.com/v1/chat/completions",
+            r#"{"model":"gpt-4o","service_tier":"auto","stream":true,"max_completion_tokens":10000,"messages":[]}"#,
+            &chat,
+        ),
+        (
+            "https://api.openai.com/v1/responses",
+            r#"{"model":"gpt-4o","max_output_tokens":10000,"input":"hi"}"#,
+            &responses,
+        ),
+        (
+            "https://api.openai.com/v1/responses",
+            r#"{"model":"gpt-4o","stream":true,"max_output_tokens":10000,"input":"hi"}"#,
+            &responses,
+        ),
+    ] {
+        let r = post(&s, url, body, &[usage.clone(), priority.clone()]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            r.body.contains(r#""service_tier":"priority""#),
+            "{}",
+            r.body
+        );
+    }
+    // o1 has no priority price on the card.
+    let r = post(
+        &s,
+        "https://api.openai.com/v1/chat/completions",
+        r#"{"model":"o1","max_completion_tokens":100,"messages":[]}"#,
+        &[chat.clone(), priority.clone()],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Served at the default tier: standard.
+    let r = post(
+        &s,
+        "https://api.openai.com/v1/chat/completions",
+        r#"{"model":"gpt-4o","max_completion_tokens":10000,"messages":[]}"#,
+        &[chat.clone(), "x-service-tier: default".to_owned()],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let u = usages(&s.finish_and_verify());
+    assert_eq!(u.len(), 6);
+    for (i, u) in u[..4].iter().enumerate() {
+        // 50 × 4.25 + 10000 × 17 per million, rounded up.
+        assert_eq!(
+            (u.cost_micro_usd, u.estimated, u.rates.price.model.as_str()),
+            (170_213, false, "gpt-4o priority"),
+            "call {i}: {u:?}"
+        );
+        // Reserved at priority prices: 10000 output at 17 is 170_000
+        // (at the standard 10, 100_000 and the body's bytes).
+        assert!(u.reserved_micro_usd > 170_000, "call {i}: {u:?}");
+    }
+    assert!(u[4].estimated, "{:?}", u[4]);
+    assert_eq!(u[4].cost_micro_usd, u[4].reserved_micro_usd);
+    assert!(u[4].reserved_micro_usd > 0);
+    // 50 × 2.50 + 10000 × 10 per million.
+    assert_eq!(
+        (
+            u[5].cost_micro_usd,
+            u[5].estimated,
+            u[5].rates.price.model.as_str()
+        ),
+        (100_125, false, "gpt-4o"),
+        "{:?}",
+        u[5]
+    );
+}
+
+/// A request that asks for no tier (or `auto`) may be served at priority,
+/// so it is reserved at the dearer of the standard and priority prices: a
+/// budget that covers its worst case at standard but not at priority
+/// refuses it. One that names the default tier (or flex) is reserved at
+/// standard and goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_may_be_served_at_priority_is_reserved_at_priority_prices() {
+    let s = session(BUDGET_POLICY).await;
+    // 80000 output: 0.80 USD at the standard 10 per million, 1.36 at 17.
+    for tier in ["", r#""service_tier":"auto","#] {
+        let body =
+            format!(r#"{{"model":"gpt-4o",{tier}"max_completion_tokens":80000,"messages":[]}}"#);
+        let r = post(&s, "https://api.openai.com/v1/chat/completions", &body, &[]).await;
+        assert_eq!(r.status, 403, "{tier}: {r:?}");
+        let why = r.blocked().unwrap();
+        assert!(why.contains("budget"), "{why}");
+        let body = format!(r#"{{"model":"gpt-4o",{tier}"max_output_tokens":80000,"input":"hi"}}"#);
+        let r = post(&s, "https://api.openai.com/v1/responses", &body, &[]).await;
+        assert_eq!(r.status, 403, "{tier}: {r:?}");
+    }
+    let usage = usage_header(json!({"prompt_tokens": 50, "completion_tokens": 100}));
+    let mut sent = Vec::new();
+    for tier in ["default", "flex"] {
+        let body = format!(
+            r#"{{"model":"gpt-4o","service_tier":"{tier}","max_completion_tokens":80000,"messages":[]}}"#
+        );
+        let r = post(
+            &s,
+            "https://api.openai.com/v1/chat/completions",
+            &body,
+            std::slice::from_ref(&usage),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{tier}: {r:?}");
+        sent.push(body);
+    }
+    let u = usages(&s.finish_and_verify());
+    assert_eq!(u.len(), 2);
+    for (u, body) in u.iter().zip(&sent) {
+        // 80000 × 10 and the body's bytes at 2.50 per million, rounded up.
+        let reserved = 800_000 + (body.len() as u64 * 5).div_ceil(2);
+        assert_eq!(u.reserved_micro_usd, reserved, "{u:?}");
+        // 50 × 2.50 + 100 × 10 per million.
+        assert_eq!((u.cost_micro_usd, u.estimated), (1_125, false), "{u:?}");
+    }
 }

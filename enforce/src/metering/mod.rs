@@ -275,14 +275,18 @@ impl Metering {
         self.warn(&mut warned, &ticket, spent, seq);
     }
 
-    /// What a call is charged: its tokens at the tier's prices (long
-    /// context above its threshold) of the dearer of the model it asked for
-    /// and the model the provider says answered (an Azure deployment or an
-    /// OpenRouter fallback picks the model; a cheaper name never lowers
-    /// the charge). Charged its reservation, marked estimated (tokens zero,
-    /// as the verifier expects), when there is no usage, the answering
-    /// model is unpriced though the asked one is priced, or the usage
-    /// reports provider-run tool uses the card does not price.
+    /// What a call is charged: its tokens at the prices (long context
+    /// above its threshold) of the tier that served it, of the dearer of
+    /// the model it asked for and the model the provider says answered (an
+    /// Azure deployment or an OpenRouter fallback picks the model; a
+    /// cheaper name never lowers the charge). The tier is the one an OpenAI
+    /// response names (`"priority"`, else standard: a project whose default
+    /// is priority is billed so for a request that asked for none), or the
+    /// one asked for when it names none. Charged its reservation, marked
+    /// estimated (tokens zero, as the verifier expects), when there is no
+    /// usage, the answering model or the serving tier is unpriced though
+    /// the asked-for model is priced, or the usage reports provider-run
+    /// tool uses the card does not price.
     fn price(
         &self,
         ticket: &Ticket,
@@ -305,13 +309,27 @@ impl Metering {
             let rates = ticket.plan.rates.clone();
             return (t, cost_micro_usd(&t, &rates.price), rates, false);
         };
-        let (mut cost, mut rates) = asked.cost(&t);
+        let tier = match (ticket.plan.api, reported.priority) {
+            (Api::Chat | Api::Responses, Some(true)) => Tier::Priority,
+            (Api::Chat | Api::Responses, Some(false)) => Tier::Standard,
+            _ => ticket.plan.tier,
+        };
+        let served = if tier == ticket.plan.tier {
+            asked.clone()
+        } else {
+            match self.rates.pricing_for(&ticket.plan.model, tier) {
+                Some(p) => p,
+                // No price for the tier that served it: fail closed.
+                None => return reservation,
+            }
+        };
+        let (mut cost, mut rates) = served.cost(&t);
         if let Some(answered) = reported
             .model
             .as_deref()
             .filter(|m| *m != ticket.plan.model)
         {
-            match self.rates.pricing_for(answered, ticket.plan.tier) {
+            match self.rates.pricing_for(answered, tier) {
                 Some(p) => {
                     let (other, snapshot) = p.cost(&t);
                     if other > cost {

@@ -13,14 +13,17 @@
 //! is bounded by the model's context window instead; a call whose cost the
 //! card cannot bound (provider-executed tools, a tier it has no price for,
 //! input by reference to a model of unknown window) gets no reservation and
-//! a reason, and is refused under a budget.
+//! a reason, and is refused under a budget. An OpenAI request that names no
+//! tier (or `auto`) is served at the project's default tier, which may be
+//! priority: it is reserved at the dearer of the standard and priority
+//! prices.
 
 use bytes::Bytes;
 use receipts::{cost_micro_usd, ModelPrice, RateSnapshot, UsageTokens};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::rates::{Pricing, RateCard, Tier};
+use super::rates::{dearer, Pricing, RateCard, Tier};
 use super::shapes::Api;
 
 /// The operator's metering settings.
@@ -57,7 +60,8 @@ pub(crate) struct Plan {
     pub reserved: Option<u64>,
     /// The prices settlement uses (tier and long context), when priced.
     pub pricing: Option<Pricing>,
-    /// The tier it asked for (the answering model is priced at it too).
+    /// The tier it asked for (standard for none or `auto`): settled at it
+    /// when the response names no tier (see `Metering::price`).
     pub tier: Tier,
     /// Why the proxy cannot bound this call's cost though its model may be
     /// priced (then `reserved` is `None`): said to the user when refused.
@@ -136,11 +140,18 @@ pub(crate) fn plan(
 ) -> Option<Plan> {
     let facts: RequestFacts = serde_json::from_slice(body).ok()?;
     let model = facts.model.clone()?;
-    let (tier, mut unbounded) = match tier_of(api, facts.service_tier.as_ref()) {
-        Ok(tier) => (tier, None),
-        Err(why) => (Tier::Standard, Some(why)),
+    let (tier, project_default, mut unbounded) = match tier_of(api, facts.service_tier.as_ref()) {
+        Ok((tier, project_default)) => (tier, project_default, None),
+        Err(why) => (Tier::Standard, false, Some(why)),
     };
     let pricing = rates.pricing_for(&model, tier);
+    // The project's default tier may be priority (its response will say
+    // so): reserved for, where the card prices it. Where it does not, the
+    // call is reserved at standard and, if served at priority, charged
+    // that reservation (settlement cannot price it).
+    let default_priority = project_default
+        .then(|| rates.pricing_for(&model, Tier::Priority))
+        .flatten();
     if tier == Tier::Priority && pricing.is_none() && rates.price_for(&model).is_some() {
         unbounded = Some(format!(
             "the rate card has no priority price for {model:?} (service_tier \"priority\" \
@@ -190,7 +201,14 @@ pub(crate) fn plan(
     });
     let bound_price = pricing.as_ref().map_or_else(
         || rates_used.price.clone(),
-        |p| p.bound_for(input_bound.saturating_add(ADDED_BYTES)),
+        |p| {
+            let room = input_bound.saturating_add(ADDED_BYTES);
+            let bound = p.bound_for(room);
+            match &default_priority {
+                Some(priority) => dearer(&bound, &priority.bound_for(room)),
+                None => bound,
+            }
+        },
     );
     let price = &bound_price;
     let choices = facts.n.unwrap_or(1).max(facts.best_of.unwrap_or(1)).max(1);
@@ -326,23 +344,27 @@ pub(crate) fn worst_case(body_len: u64, output: u64, price: &ModelPrice) -> u64 
     cost_micro_usd(&tokens, &bound)
 }
 
-/// The price tier a request asks for: `Err` with a reason for one the
-/// proxy cannot price. OpenAI: absent, `auto`, `default` and `flex` (which
-/// costs less) are charged standard; `priority` its own prices; `scale`
+/// The price tier a request asks for, and whether the project's default
+/// tier serves it (then it may be served, and billed, at priority: OpenAI
+/// Chat and Responses with no tier, or `auto`); `Err` with a reason for one
+/// the proxy cannot price. OpenAI: absent, `auto`, `default` and `flex`
+/// (which costs less) are standard; `priority` its own prices; `scale`
 /// (prepaid units) and others are unknown. Anthropic's `auto` and
 /// `standard_only` do not change the price.
-fn tier_of(api: Api, tier: Option<&Value>) -> Result<Tier, String> {
+fn tier_of(api: Api, tier: Option<&Value>) -> Result<(Tier, bool), String> {
+    let openai = matches!(api, Api::Chat | Api::Responses);
     let name = match tier {
-        None | Some(Value::Null) => return Ok(Tier::Standard),
+        None | Some(Value::Null) => return Ok((Tier::Standard, openai)),
         Some(Value::String(s)) => s.as_str(),
         Some(other) => return Err(format!("service_tier {other} is not a tier name")),
     };
     match (api, name) {
-        (Api::Messages, "auto" | "standard_only") => Ok(Tier::Standard),
+        (Api::Messages, "auto" | "standard_only") => Ok((Tier::Standard, false)),
+        (Api::Chat | Api::Responses, "auto") => Ok((Tier::Standard, true)),
         (Api::Chat | Api::Responses | Api::Embeddings, "auto" | "default" | "flex") => {
-            Ok(Tier::Standard)
+            Ok((Tier::Standard, false))
         }
-        (Api::Chat | Api::Responses, "priority") => Ok(Tier::Priority),
+        (Api::Chat | Api::Responses, "priority") => Ok((Tier::Priority, false)),
         _ => Err(format!(
             "service_tier {name:?} has no price on the rate card (default, auto, flex and \
              priority do)"
@@ -744,10 +766,14 @@ mod tests {
 
     #[test]
     fn input_by_reference_is_reserved_for_the_window_or_unbounded() {
-        let body = r#"{"model":"gpt-4o","max_output_tokens":10,"previous_response_id":"r"}"#;
+        let body = r#"{"model":"gpt-4o","service_tier":"default","max_output_tokens":10,"previous_response_id":"r"}"#;
         let p = plan_of(Api::Responses, body, None);
         assert_eq!(p.reserved, Some(128_000 * 5 / 2 + 100));
         assert_eq!(p.tokens, Ok(128_000 + 10));
+        // Naming no tier, it may be served at priority (4.25 / 17).
+        let body = r#"{"model":"gpt-4o","max_output_tokens":10,"previous_response_id":"r"}"#;
+        let p = plan_of(Api::Responses, body, None);
+        assert_eq!(p.reserved, Some(128_000 * 17 / 4 + 170));
         // gpt-test's card entry has no window.
         let body = r#"{"model":"gpt-test","max_output_tokens":10,"previous_response_id":"r"}"#;
         let p = plan_of(Api::Responses, body, None);
@@ -759,6 +785,81 @@ mod tests {
         let p = plan_of(Api::Chat, body, None);
         assert_eq!(p.reserved, None);
         assert!(p.unbounded.expect("why").contains("\"scale\""));
+    }
+
+    /// A request naming no tier, or `auto`, is served at the project's
+    /// default tier, which may be priority: reserved, and its output limit
+    /// set under a budget, at the dearer prices. `default` and `flex` are
+    /// standard; a model without a priority price, and Anthropic, too.
+    #[test]
+    fn a_request_the_projects_default_tier_serves_is_reserved_at_priority() {
+        let card = card();
+        let standard = card.pricing_for("gpt-4o", Tier::Standard).expect("p").base;
+        let priority = card.pricing_for("gpt-4o", Tier::Priority).expect("p").base;
+        for (api, body, price) in [
+            (
+                Api::Chat,
+                r#"{"model":"gpt-4o","max_tokens":1000}"#,
+                &priority,
+            ),
+            (
+                Api::Chat,
+                r#"{"model":"gpt-4o","max_tokens":1000,"service_tier":null}"#,
+                &priority,
+            ),
+            (
+                Api::Responses,
+                r#"{"model":"gpt-4o","max_output_tokens":1000,"service_tier":"auto"}"#,
+                &priority,
+            ),
+            (
+                Api::Chat,
+                r#"{"model":"gpt-4o","max_tokens":1000,"service_tier":"default"}"#,
+                &standard,
+            ),
+            (
+                Api::Responses,
+                r#"{"model":"gpt-4o","max_output_tokens":1000,"service_tier":"flex"}"#,
+                &standard,
+            ),
+        ] {
+            let p = plan_of(api, body, None);
+            let want = worst_case(body.len() as u64, 1000, price);
+            assert_eq!(p.reserved, Some(want), "{body}");
+            // Settled at the tier it asked for unless the response says.
+            assert_eq!(
+                (p.tier, p.pricing.expect("priced").base),
+                (Tier::Standard, standard.clone())
+            );
+        }
+        // o1 has no priority price: standard (settled at its reservation
+        // if served at priority).
+        let body = r#"{"model":"o1","max_tokens":1000}"#;
+        let o1 = card.price_for("o1").expect("p").price;
+        assert_eq!(
+            plan_of(Api::Chat, body, None).reserved,
+            Some(worst_case(body.len() as u64, 1000, &o1))
+        );
+        // Anthropic's tiers are not OpenAI's.
+        let claude = card.price_for("claude-sonnet-4-5").expect("p").price;
+        let body = r#"{"model":"claude-sonnet-4-5","max_tokens":1000}"#;
+        let p = plan_of(Api::Messages, body, None);
+        assert_eq!(
+            p.reserved,
+            Some(worst_case(body.len() as u64, 1000, &claude))
+        );
+        // The limit set from what the budget has left is paid for at
+        // priority: 2000 µ$ left, 128 bytes of input (the body's 32 and
+        // room for what the proxy adds) at 4.25 is 544, so 85 tokens at 17
+        // (at standard it would be 168).
+        let body = r#"{"model":"gpt-4o","messages":[]}"#;
+        let p = plan_of(Api::Chat, body, Some(2_000));
+        let sent = p.body.expect("rewritten");
+        assert!(
+            sent.starts_with(br#"{"max_completion_tokens":85,"#),
+            "{sent:?}"
+        );
+        assert!(p.reserved.expect("reserved") <= 2_000);
     }
 
     /// The body the upstream receives, and its members named `name` in

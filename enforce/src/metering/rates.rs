@@ -358,20 +358,22 @@ impl Pricing {
     /// `max_input` input tokens is charged at (for its worst case).
     pub fn bound_for(&self, max_input: u64) -> ModelPrice {
         match &self.long_context {
-            Some(long) if max_input > long.above_input_tokens => {
-                let (a, b) = (&self.base, &long.price);
-                ModelPrice {
-                    model: b.model.clone(),
-                    input: a.input.max(b.input),
-                    cached_input: a.cached_input.max(b.cached_input),
-                    cache_write_5m: a.cache_write_5m.max(b.cache_write_5m),
-                    cache_write_1h: a.cache_write_1h.max(b.cache_write_1h),
-                    output: a.output.max(b.output),
-                    per_request: a.per_request.max(b.per_request),
-                }
-            }
+            Some(long) if max_input > long.above_input_tokens => dearer(&self.base, &long.price),
             _ => self.base.clone(),
         }
+    }
+}
+
+/// Prices no lower, kind by kind, than either `a` or `b` (named as `b`).
+pub(crate) fn dearer(a: &ModelPrice, b: &ModelPrice) -> ModelPrice {
+    ModelPrice {
+        model: b.model.clone(),
+        input: a.input.max(b.input),
+        cached_input: a.cached_input.max(b.cached_input),
+        cache_write_5m: a.cache_write_5m.max(b.cache_write_5m),
+        cache_write_1h: a.cache_write_1h.max(b.cache_write_1h),
+        output: a.output.max(b.output),
+        per_request: a.per_request.max(b.per_request),
     }
 }
 

@@ -234,6 +234,12 @@ pub(crate) struct Reported {
     pub id: Option<String>,
     /// The model the provider says answered.
     pub model: Option<String>,
+    /// The tier the provider says served the call (OpenAI's
+    /// `service_tier`), once one was read: `Some(true)` when any read
+    /// part of the response named `"priority"` — what OpenAI bills for,
+    /// also for a request that asked for no tier or `auto` when the
+    /// project's default is priority.
+    pub priority: Option<bool>,
     /// A usage object of the response held a count that is not a
     /// non-negative integer (`"12"`, `-1`, `1.5`): no report of this
     /// response is trusted after it, so the call is charged its
@@ -256,6 +262,20 @@ impl Reported {
         // cumulative, so once seen it stays.
         if let Some(Value::Object(uses)) = usage.get("server_tool_use") {
             self.server_tool_use |= uses.values().any(|n| n.as_u64() != Some(0) && !n.is_null());
+        }
+    }
+
+    /// Takes a `service_tier` member's text, if there was one (a `null`
+    /// names no tier, as OpenAI-compatible servers send): once any part of
+    /// the response said `"priority"` the call was (a cheaper name
+    /// elsewhere in it never lowers the charge).
+    fn tier(&mut self, text: Option<&[u8]>) {
+        let Some(value) = text.and_then(|t| serde_json::from_slice::<Value>(t).ok()) else {
+            return;
+        };
+        if !value.is_null() {
+            let priority = value.as_str() == Some("priority");
+            self.priority = Some(self.priority == Some(true) || priority);
         }
     }
 
@@ -317,15 +337,25 @@ fn counts_are_integers(api: Api, usage: &Value) -> bool {
 }
 
 /// Members read from a whole JSON response (every shape).
-const BODY_PATHS: Paths = &[&["usage"], &["id"], &["model"]];
+const BODY_PATHS: Paths = &[&["usage"], &["id"], &["model"], &["service_tier"]];
 /// Members read from each Chat stream chunk; `choices` tells the usage
 /// chunk (`choices: []`) from content.
-const CHAT_EVENT_PATHS: Paths = &[&["usage"], &["id"], &["model"], &["choices"]];
+const CHAT_EVENT_PATHS: Paths = &[
+    &["usage"],
+    &["id"],
+    &["model"],
+    &["choices"],
+    &["service_tier"],
+];
+/// `response.created` names the tier asked for, `response.completed` the
+/// one that served the call (both read: the first event is read in full,
+/// the last carries usage).
 const RESPONSES_EVENT_PATHS: Paths = &[
     &["type"],
     &["response", "usage"],
     &["response", "id"],
     &["response", "model"],
+    &["response", "service_tier"],
 ];
 const MESSAGES_EVENT_PATHS: Paths = &[
     &["type"],
@@ -695,7 +725,8 @@ impl UsageReader {
                 match path {
                     0 => usage = serde_json::from_slice::<Value>(&text).ok(),
                     1 => self.reported.id = string(&text),
-                    _ => self.reported.model = string(&text),
+                    2 => self.reported.model = string(&text),
+                    _ => self.reported.tier(Some(&text)),
                 }
             }
             if let Some(u) = usage.filter(Value::is_object) {
@@ -773,6 +804,7 @@ impl UsageReader {
             Api::Chat | Api::Embeddings => {
                 first(&mut self.reported.id, get(1));
                 first(&mut self.reported.model, get(2));
+                self.reported.tier(get(4));
                 if let Some(u) = object(0) {
                     let api = self.api;
                     self.reported.record(api, &u, || normalize(api, &u));
@@ -782,6 +814,7 @@ impl UsageReader {
             Api::Responses => {
                 first(&mut self.reported.id, get(2));
                 first(&mut self.reported.model, get(3));
+                self.reported.tier(get(4));
                 let kind = get(0).and_then(string);
                 let done = matches!(
                     kind.as_deref(),

@@ -1,7 +1,10 @@
 //! A mock LLM provider over real TLS for the metering tests: it answers
 //! Chat, Responses and Messages calls with the usage a test asks for
 //! (`x-usage`: the usage object, `x-model`: the model the answer names,
-//! `x-delay-ms`: how long it thinks), and curl POSTs through the proxy.
+//! `x-service-tier`: the tier it says served the call, as OpenAI does for
+//! a project whose default tier is priority; `x-delay-ms`: how long it
+//! thinks) — a Chat or Responses request with `"stream": true` as an
+//! event stream — and curl POSTs through the proxy.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -86,6 +89,7 @@ pub async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infall
         .map(|u| serde_json::from_str(&u).unwrap())
         .unwrap_or(Value::Null);
     let served = header("x-model");
+    let served_tier = header("x-service-tier");
     let delay = header("x-delay-ms").and_then(|d| d.parse::<u64>().ok());
     let raw = req.into_body().collect().await.unwrap().to_bytes();
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
@@ -107,9 +111,16 @@ pub async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infall
                 "finish_reason": "stop"}],
             "usage": usage})
     };
-    // OpenAI echoes the tier that served the call.
-    if let Some(tier) = body.get("service_tier") {
+    // OpenAI names the tier that served the call: the one asked for, or
+    // the project's default when asked for none or `auto`.
+    let tier = served_tier
+        .map(Value::from)
+        .or_else(|| body.get("service_tier").cloned());
+    if let Some(tier) = &tier {
         whole["service_tier"] = tier.clone();
+    }
+    if body["stream"] == true && !path.ends_with("/messages") {
+        return Ok(stream(&path, &body, whole, usage, tier));
     }
     let mut resp = Response::new(
         Full::new(Bytes::from(whole.to_string()))
@@ -121,6 +132,57 @@ pub async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infall
         "application/json".parse().unwrap(),
     );
     Ok(resp)
+}
+
+/// `whole` (the answer) as OpenAI streams it. Chat: a content chunk and,
+/// when asked for, the usage chunk, each naming the tier that served it.
+/// Responses: `response.created` with the tier asked for (`auto` when
+/// none), a text delta, and `response.completed` with the tier that served
+/// it and the usage.
+fn stream(
+    path: &str,
+    body: &Value,
+    whole: Value,
+    usage: Value,
+    tier: Option<Value>,
+) -> Response<MockBody> {
+    let mut events = Vec::new();
+    if path.ends_with("/responses") {
+        let mut created = whole.clone();
+        created["status"] = json!("in_progress");
+        created["usage"] = Value::Null;
+        created["output"] = json!([]);
+        created["service_tier"] = body.get("service_tier").cloned().unwrap_or(json!("auto"));
+        events.push(json!({"type": "response.created", "response": created}));
+        events.push(json!({"type": "response.output_text.delta", "delta": "Hello"}));
+        events.push(json!({"type": "response.completed", "response": whole}));
+    } else {
+        let mut chunk = json!({"id": whole["id"], "object": "chat.completion.chunk",
+            "model": whole["model"], "choices": [{"index": 0, "delta": {"content": "Hello"}}]});
+        if let Some(tier) = &tier {
+            chunk["service_tier"] = tier.clone();
+        }
+        events.push(chunk.clone());
+        if body["stream_options"]["include_usage"] == true {
+            chunk["choices"] = json!([]);
+            chunk["usage"] = usage;
+            events.push(chunk);
+        }
+    }
+    let mut text: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    if !path.ends_with("/responses") {
+        text.push_str("data: [DONE]\n\n");
+    }
+    let mut resp = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "text/event-stream".parse().unwrap(),
+    );
+    resp
 }
 
 pub async fn post(s: &Session, url: &str, body: &str, headers: &[String]) -> Reply {

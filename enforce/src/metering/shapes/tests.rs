@@ -946,3 +946,97 @@ fn a_malformed_usage_event_is_not_repaired_by_a_later_one() {
     let (reported, _) = read_every_cut(Api::Chat, true, chat.as_bytes());
     assert_eq!(reported.tokens, None);
 }
+
+/// The tier that served a call, as OpenAI names it: top level in a JSON
+/// answer, in Chat chunks (the usage chunk too, read when content chunks are
+/// skipped), in `response.completed` (after `response.created` names the
+/// tier asked for). Once any part says `"priority"`, a later cheaper name
+/// does not lower it; a `null` names none.
+#[test]
+fn the_service_tier_that_served_the_call_is_read_from_every_openai_shape() {
+    let usage_chunk = "\"choices\":[],";
+    let tiered = |stream: &str, at: &str, tier: &str| {
+        let i = stream.find(at).expect("marker") + at.len();
+        format!("{}\"service_tier\":{tier},{}", &stream[..i], &stream[i..])
+    };
+    // Only the usage chunk names it: read though content chunks are not.
+    let chat = tiered(CHAT_STREAM, usage_chunk, "\"priority\"");
+    let (r, _) = read_every_cut(Api::Chat, true, chat.as_bytes());
+    assert_eq!(r.priority, Some(true));
+    assert!(r.tokens.is_some());
+    // Priority in the first chunk, `default` in the usage chunk: priority.
+    let first = "\"object\":\"chat.completion.chunk\",";
+    let chat = tiered(
+        &tiered(CHAT_STREAM, usage_chunk, "\"default\""),
+        first,
+        "\"priority\"",
+    );
+    assert_eq!(
+        read_every_cut(Api::Chat, true, chat.as_bytes()).0.priority,
+        Some(true)
+    );
+    let chat = tiered(CHAT_STREAM, usage_chunk, "\"default\"");
+    assert_eq!(
+        read_every_cut(Api::Chat, true, chat.as_bytes()).0.priority,
+        Some(false)
+    );
+    let chat = tiered(CHAT_STREAM, usage_chunk, "null");
+    assert_eq!(
+        read_every_cut(Api::Chat, true, chat.as_bytes()).0.priority,
+        None
+    );
+    assert_eq!(
+        read_every_cut(Api::Chat, true, CHAT_STREAM.as_bytes())
+            .0
+            .priority,
+        None
+    );
+
+    // Responses: `auto` asked for, `priority` served.
+    let responses = tiered(
+        &tiered(RESPONSES_STREAM, "\"status\":\"in_progress\",", "\"auto\""),
+        "\"type\":\"response.completed\",\"response\":{",
+        "\"priority\"",
+    );
+    let (r, _) = read_every_cut(Api::Responses, true, responses.as_bytes());
+    assert_eq!(
+        (r.priority, r.tokens.is_some()),
+        (Some(true), true),
+        "{responses}"
+    );
+    let auto_only = tiered(RESPONSES_STREAM, "\"status\":\"in_progress\",", "\"auto\"");
+    let (r, _) = read_every_cut(Api::Responses, true, auto_only.as_bytes());
+    assert_eq!(r.priority, Some(false));
+
+    // Whole JSON answers.
+    for (api, body, priority) in [
+        (
+            Api::Chat,
+            r#"{"id":"c","model":"gpt-4o","service_tier":"priority","usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+            Some(true),
+        ),
+        (
+            Api::Responses,
+            r#"{"id":"r","model":"gpt-4o","usage":{"input_tokens":1,"output_tokens":2},"service_tier":"priority"}"#,
+            Some(true),
+        ),
+        (
+            Api::Chat,
+            r#"{"id":"c","model":"gpt-4o","service_tier":"default","usage":{"prompt_tokens":1}}"#,
+            Some(false),
+        ),
+        (
+            Api::Chat,
+            r#"{"id":"c","model":"gpt-4o","service_tier":null,"usage":{"prompt_tokens":1}}"#,
+            None,
+        ),
+        (
+            Api::Chat,
+            r#"{"id":"c","model":"gpt-4o","choices":[{"service_tier":"priority"}],"usage":{"prompt_tokens":1}}"#,
+            None,
+        ),
+    ] {
+        let (r, _) = read_every_cut(api, false, body.as_bytes());
+        assert_eq!(r.priority, priority, "{body}");
+    }
+}
