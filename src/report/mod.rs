@@ -98,6 +98,10 @@ pub struct ChainStatus {
     pub count: u64,
     pub key_id: Option<String>,
     pub last_hash: Option<String>,
+    /// How many lines, from the first, are proven (signed by the key and
+    /// chained): all of them unless `invalid`; `None` when not checked.
+    #[serde(default)]
+    pub verified: Option<u64>,
 }
 
 /// One decided action, with its approval and outcome when known.
@@ -121,6 +125,10 @@ pub struct TimelineEntry {
     /// An LLM call's usage receipt: tokens and cost as the provider reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<CallUsage>,
+    /// Past the point where the chain stopped verifying: what this entry
+    /// says is not proven, and it is not in the counts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
 }
 
 /// One metered call's usage, from its usage receipt.
@@ -164,12 +172,37 @@ pub fn build_from(
     let mut llm_micro_usd = 0;
     let mut llm = LlmTotals::default();
     // Parse leniently: a report of a damaged chain still shows what it can;
-    // its status says the chain is invalid.
-    for line in chain_bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+    // its status says the chain is invalid. Past the verified lines nothing
+    // is taken as fact: decisions are listed marked `unverified` and left
+    // out of the counts; approvals and usage there change nothing (a forged
+    // line must not approve or price a verified decision).
+    let lines = chain_bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    for (index, line) in lines.enumerate() {
         let Ok(receipt) = serde_json::from_slice::<receipts::Receipt>(line) else {
             continue;
         };
+        // Within the verified prefix there are no empty lines (they fail
+        // verification), so `index` is the line's place in the chain there.
+        let proven = receipts_status.verified.is_none_or(|n| (index as u64) < n);
         match receipt.body {
+            Body::Decision(record) if !proven => {
+                let field = |name: &str| record.decision.get(name).and_then(Value::as_str);
+                timeline.push(TimelineEntry {
+                    seq: receipt.seq,
+                    ts: receipt.ts,
+                    decision: field("decision").unwrap_or("block").to_owned(),
+                    reason: field("reason").unwrap_or_default().to_owned(),
+                    grant: field("grant").map(str::to_owned),
+                    action: record.action,
+                    approval: None,
+                    status: None,
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    usage: None,
+                    unverified: true,
+                });
+            }
+            _ if !proven => {}
             Body::Decision(record) => {
                 let field = |name: &str| record.decision.get(name).and_then(Value::as_str);
                 let outcome = outcome_by_seq.get(&receipt.seq);
@@ -191,6 +224,7 @@ pub fn build_from(
                     bytes_up: outcome.map_or(0, |o| o.bytes_up),
                     bytes_down: outcome.map_or(0, |o| o.bytes_down),
                     usage: None,
+                    unverified: false,
                 });
             }
             Body::Usage(u) => {
@@ -242,7 +276,7 @@ pub fn build_from(
         ..Spend::default()
     };
     let mut bytes = Bytes::default();
-    for entry in &timeline {
+    for entry in timeline.iter().filter(|e| !e.unverified) {
         counts.actions += 1;
         bytes.up += entry.bytes_up;
         bytes.down += entry.bytes_down;
@@ -312,6 +346,7 @@ fn chain_status(bytes: &[u8], key: Option<&VerifyingKey>) -> ChainStatus {
             count: lines,
             key_id: None,
             last_hash: None,
+            verified: None,
         };
     };
     let key_id = Some(receipts::key_id(key));
@@ -329,6 +364,7 @@ fn chain_status(bytes: &[u8], key: Option<&VerifyingKey>) -> ChainStatus {
             count: chain.receipts.len() as u64,
             key_id,
             last_hash: Some(hex::encode(chain.last_hash())),
+            verified: Some(chain.receipts.len() as u64),
         },
         Ok(chain) => ChainStatus {
             status: "valid".into(),
@@ -339,6 +375,7 @@ fn chain_status(bytes: &[u8], key: Option<&VerifyingKey>) -> ChainStatus {
             count: chain.receipts.len() as u64,
             key_id,
             last_hash: Some(hex::encode(chain.last_hash())),
+            verified: Some(chain.receipts.len() as u64),
         },
         Err(receipts::ChainError::MissingEnd { .. }) => ChainStatus {
             status: "open".into(),
@@ -346,15 +383,43 @@ fn chain_status(bytes: &[u8], key: Option<&VerifyingKey>) -> ChainStatus {
             count: lines,
             key_id,
             last_hash: None,
+            // Every line verified: only the end is missing.
+            verified: Some(lines),
         },
-        Err(err) => ChainStatus {
-            status: "invalid".into(),
-            detail: err.to_string(),
-            count: lines,
-            key_id,
-            last_hash: None,
-        },
+        Err(err) => {
+            let verified = verified_prefix(bytes, key);
+            ChainStatus {
+                status: "invalid".into(),
+                detail: format!(
+                    "{err}; only the first {verified} of {lines} receipts are proven, \
+                     the rest are marked unverified and not counted"
+                ),
+                count: lines,
+                key_id,
+                last_hash: None,
+                verified: Some(verified),
+            }
+        }
     }
+}
+
+/// How many lines, from the first, verify and are covered by a signature:
+/// what a report of a broken chain may take as fact.
+fn verified_prefix(bytes: &[u8], key: &VerifyingKey) -> u64 {
+    let mut verifier = receipts::LineVerifier::new(*key);
+    let mut proven = 0;
+    let mut rest = receipts::written_part(bytes);
+    // A last line without its newline is torn: never proven.
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        if verifier.push(&rest[..end]).is_err() {
+            break;
+        }
+        if verifier.uncovered() == 0 {
+            proven = verifier.lines() as u64;
+        }
+        rest = &rest[end + 1..];
+    }
+    proven
 }
 
 /// Writes `report.json` and `report.html` into the bundle.
@@ -533,5 +598,116 @@ mod tests {
             json["spend"].get("llm_budget_micro_usd").is_none(),
             "{json}"
         );
+    }
+
+    /// A chain of: allow (seq 1), a blocked payment (seq 2), a payment held
+    /// for approval (seq 3), session_end.
+    /// With `approve`, the held payment is then approved (seq 4).
+    fn three_decisions(path: &Path, key: &SigningKey, approve: bool) {
+        let log = ReceiptLog::create(
+            path,
+            key.clone(),
+            SessionStart {
+                session_id: "s".into(),
+                revocation_ids: vec![],
+                sandbox: "netns".into(),
+                capability_sha256: None,
+                tenant: None,
+                user: None,
+            },
+        )
+        .expect("chain");
+        for (decision, amount) in [("allow", 0u64), ("block", 90_000), ("approval", 48_700)] {
+            log.append(Entry::Decision {
+                decided_at: SystemTime::now(),
+                record: DecisionRecord {
+                    action: json!({"type": "payment", "method": "POST", "host": "shop.example",
+                        "path": "/buy", "amount_cents": amount, "currency": "USD"}),
+                    counters: json!({}),
+                    decision: json!({"decision": decision, "reason": "", "grant": null, "revocation_ids": []}),
+                    body_sha256: None,
+                },
+            })
+            .expect("decision");
+        }
+        if approve {
+            log.append(Entry::Approval(receipts::ApprovalRecord {
+                decision_seq: 3,
+                approved: true,
+                approver: "ui".into(),
+                answered_at: "2026-12-06T00:00:00Z".into(),
+                reason: None,
+            }))
+            .expect("approval");
+        }
+        log.finish().expect("end");
+    }
+
+    #[test]
+    fn receipts_past_a_break_in_the_chain_are_marked_and_never_counted() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("receipts.jsonl");
+        let key = SigningKey::from_bytes(&[5; 32]);
+        three_decisions(&path, &key, false);
+        let good = std::fs::read_to_string(&path).expect("read");
+
+        // The blocked payment's line edited to say allowed: its signature
+        // no longer verifies.
+        let lines: Vec<&str> = good.lines().collect();
+        let forged = lines[2].replace("\"decision\":\"block\"", "\"decision\":\"allow\"");
+        assert_ne!(forged, lines[2], "the edit applies");
+        let edited = good.replace(lines[2], &forged);
+        let report = build_from(
+            SessionInfo::default(),
+            edited.as_bytes(),
+            &[],
+            Some(&key.verifying_key()),
+        );
+        assert_eq!(report.receipts.status, "invalid");
+        assert_eq!(report.counts.allowed, 1, "the forged allow is not counted");
+        assert_eq!(report.counts.actions, 1);
+        assert_eq!(report.spend.payments_cents, 0);
+        assert_eq!(report.receipts.verified, Some(2), "session_start and seq 1");
+        let flags: Vec<bool> = report.timeline.iter().map(|e| e.unverified).collect();
+        assert_eq!(flags, [false, true, true]);
+
+        // An approval signed by another key (the same chain otherwise),
+        // spliced in before session_end: it approves nothing.
+        let other = tmp.path().join("other.jsonl");
+        three_decisions(&other, &SigningKey::from_bytes(&[6; 32]), true);
+        let other = std::fs::read_to_string(&other).expect("read");
+        let approval = other.lines().nth(4).expect("approval line");
+        assert!(approval.contains("\"approval\""), "{approval}");
+        let appended = good.replace(lines[4], &format!("{approval}\n{}", lines[4]));
+        let report = build_from(
+            SessionInfo::default(),
+            appended.as_bytes(),
+            &[],
+            Some(&key.verifying_key()),
+        );
+        assert_eq!(report.receipts.status, "invalid");
+        assert!(
+            report.timeline[2].approval.is_none(),
+            "{:?}",
+            report.timeline[2].approval
+        );
+        assert_eq!(report.counts.approvals.approved, 0);
+        assert_eq!(report.counts.approvals.pending, 1);
+        assert_eq!(report.spend.payments_cents, 0);
+        assert!(report.timeline.iter().all(|e| !e.unverified));
+
+        // The untouched chain: everything verified, nothing marked.
+        let report = build_from(
+            SessionInfo::default(),
+            good.as_bytes(),
+            &[],
+            Some(&key.verifying_key()),
+        );
+        assert_eq!(report.receipts.status, "valid");
+        assert_eq!(report.receipts.verified, Some(5));
+        assert!(report.timeline.iter().all(|e| !e.unverified));
+        // Without a key nothing is checked: the status says so.
+        let report = build_from(SessionInfo::default(), good.as_bytes(), &[], None);
+        assert_eq!(report.receipts.verified, None);
     }
 }
