@@ -432,6 +432,85 @@ pub fn write(dir: &Path, report: &Report) -> Result<()> {
     Ok(())
 }
 
+/// Timeline entries a page shows from the start and from the end of a
+/// session; the rest are counted in `timeline_omitted`.
+pub const PAGE_HEAD: usize = 500;
+pub const PAGE_TAIL: usize = 1500;
+/// Longest list a page shows of one field.
+pub const PAGE_LIST_MAX: usize = 64;
+/// Longest text a page shows of one field, in bytes.
+pub const PAGE_TEXT_MAX: usize = 2048;
+
+/// The report as a page shows it: a session of any size makes a page of
+/// bounded size. The timeline keeps its first [`PAGE_HEAD`] and last
+/// [`PAGE_TAIL`] entries (`timeline_omitted` says how many are left out in
+/// between, and where), texts are cut at [`PAGE_TEXT_MAX`] bytes and lists at
+/// [`PAGE_LIST_MAX`] items, each cut saying what it left out. The counts
+/// cover every entry; `report.json` keeps them all, whole.
+pub fn page_data(report: &Report) -> Value {
+    let all = &report.timeline;
+    let (head, tail) = if all.len() > PAGE_HEAD + PAGE_TAIL {
+        (&all[..PAGE_HEAD], &all[all.len() - PAGE_TAIL..])
+    } else {
+        (&all[..], &all[..0])
+    };
+    let without_timeline = Report {
+        session: report.session.clone(),
+        duration_ms: report.duration_ms,
+        counts: report.counts.clone(),
+        bytes: report.bytes.clone(),
+        spend: report.spend.clone(),
+        receipts: report.receipts.clone(),
+        timeline: Vec::new(),
+    };
+    let mut value = serde_json::to_value(&without_timeline).unwrap_or(Value::Null);
+    bound_for_page(&mut value);
+    let shown: Vec<Value> = head
+        .iter()
+        .chain(tail)
+        .map(|e| {
+            let mut entry = serde_json::to_value(e).unwrap_or(Value::Null);
+            bound_for_page(&mut entry);
+            entry
+        })
+        .collect();
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("timeline".into(), Value::Array(shown));
+        if !tail.is_empty() {
+            obj.insert(
+                "timeline_omitted".into(),
+                serde_json::json!({"count": all.len() - head.len() - tail.len(), "after": head.len()}),
+            );
+        }
+    }
+    value
+}
+
+/// Cuts every text and list in `value` to what a page shows, in place.
+pub fn bound_for_page(value: &mut Value) {
+    match value {
+        Value::String(text) if text.len() > PAGE_TEXT_MAX => {
+            let mut end = PAGE_TEXT_MAX;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = text.len() - end;
+            text.truncate(end);
+            text.push_str(&format!("… [{cut} more bytes not shown]"));
+        }
+        Value::Array(items) => {
+            if items.len() > PAGE_LIST_MAX {
+                let cut = items.len() - PAGE_LIST_MAX;
+                items.truncate(PAGE_LIST_MAX);
+                items.push(Value::String(format!("[{cut} more not shown]")));
+            }
+            items.iter_mut().for_each(bound_for_page);
+        }
+        Value::Object(members) => members.values_mut().for_each(bound_for_page),
+        _ => {}
+    }
+}
+
 /// The one page template, shared by `report.html` and the web UI.
 const TEMPLATE: &str = include_str!("page.html");
 
@@ -440,7 +519,7 @@ const TEMPLATE: &str = include_str!("page.html");
 /// network; `live` (the UI) adds the URLs the page follows and posts to.
 /// Inline code runs only by hash ([`page_csp`]), also when opened as a file.
 pub fn render_html(report: &Report, live: Option<&LivePage>) -> String {
-    let data = serde_json::to_string(report).unwrap_or_else(|_| "null".into());
+    let data = page_data(report).to_string();
     let live_json = live
         .map(|l| serde_json::to_string(l).unwrap_or_else(|_| "null".into()))
         .unwrap_or_else(|| "null".into());
@@ -709,5 +788,80 @@ mod tests {
         // Without a key nothing is checked: the status says so.
         let report = build_from(SessionInfo::default(), good.as_bytes(), &[], None);
         assert_eq!(report.receipts.verified, None);
+    }
+
+    fn entry(seq: u64, path: String) -> TimelineEntry {
+        TimelineEntry {
+            seq,
+            ts: "2026-12-06T00:00:00.000000Z".into(),
+            action: json!({"type": "web_access", "method": "GET", "host": "a.example", "path": path}),
+            decision: "block".into(),
+            reason: "no capability".into(),
+            grant: None,
+            approval: None,
+            status: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            usage: None,
+            unverified: false,
+        }
+    }
+
+    /// The JSON a page embeds, read back as the page's script reads it.
+    fn embedded(page: &str) -> Value {
+        let start = page
+            .find("<script id=\"report-data\" type=\"application/json\">")
+            .expect("block");
+        let body = &page[start..];
+        let body =
+            &body[body.find('>').expect("tag end") + 1..body.find("</script>").expect("end")];
+        serde_json::from_str(body).expect("json")
+    }
+
+    #[test]
+    fn a_huge_session_renders_a_bounded_page_that_says_what_it_left_out() {
+        // A hostile agent's cheap blocked requests: 100 000 receipts, one of
+        // them with a 4 MB path and one with 100 000 recipients.
+        let mut report = build_from(SessionInfo::default(), b"", &[], None);
+        report.timeline = (1..=100_000)
+            .map(|seq| entry(seq, format!("/x/{seq}")))
+            .collect();
+        report.timeline[10].action["path"] = json!("/".repeat(4 << 20));
+        report.timeline[11].action["recipients"] = json!(vec!["a@b.c"; 100_000]);
+        let page = render_html(&report, None);
+        assert!(page.len() < 2 << 20, "page of {} bytes", page.len());
+        let data = embedded(&page);
+        let shown = data["timeline"].as_array().expect("timeline");
+        assert_eq!(shown.len(), PAGE_HEAD + PAGE_TAIL);
+        assert_eq!(
+            data["timeline_omitted"]["count"],
+            100_000 - (PAGE_HEAD + PAGE_TAIL) as u64
+        );
+        assert_eq!(data["timeline_omitted"]["after"], PAGE_HEAD as u64);
+        // The first and the latest are there; the counts cover everything.
+        assert_eq!(shown[0]["seq"], 1);
+        assert_eq!(shown[shown.len() - 1]["seq"], 100_000);
+        let path = shown[10]["action"]["path"].as_str().expect("path");
+        assert!(
+            path.len() < 4096 && path.ends_with("more bytes not shown]"),
+            "{}",
+            &path[path.len() - 40..]
+        );
+        let recipients = shown[11]["action"]["recipients"].as_array().expect("list");
+        assert!(recipients.len() <= PAGE_LIST_MAX + 1);
+        assert_eq!(
+            recipients.last(),
+            Some(&json!(format!(
+                "[{} more not shown]",
+                100_000 - PAGE_LIST_MAX
+            )))
+        );
+        // report.json keeps every receipt, whole.
+        assert_eq!(report.timeline.len(), 100_000);
+        // A small session is shown whole, with nothing said to be left out.
+        report.timeline.truncate(3);
+        let data = embedded(&render_html(&report, None));
+        assert_eq!(data["timeline"].as_array().map(Vec::len), Some(3));
+        assert!(data.get("timeline_omitted").is_none(), "{data}");
     }
 }

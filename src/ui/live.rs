@@ -165,7 +165,8 @@ async fn send(
         return Ok(());
     };
     let message = serde_json::json!({
-        "report": &*report,
+        // Bounded as the page is: a huge session is not resent whole.
+        "report": crate::report::page_data(&report),
         "pending": enrich(pending, &report),
         "ended": ended,
     })
@@ -195,6 +196,8 @@ fn enrich(pending: &[PendingWire], report: &Report) -> Vec<Value> {
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("grant".into(), grant.map_or(Value::Null, Value::String));
             }
+            // Its texts and lists bounded as the timeline's are.
+            crate::report::bound_for_page(&mut v);
             v
         })
         .collect()
