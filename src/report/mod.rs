@@ -486,8 +486,24 @@ pub fn page_data(report: &Report) -> Value {
     value
 }
 
-/// Cuts every text and list in `value` to what a page shows, in place.
+/// Cuts every text and list in `value` to what a page shows, in place, and
+/// writes out the characters a browser would not show as themselves
+/// ([`hidden_char`]).
 pub fn bound_for_page(value: &mut Value) {
+    if let Value::String(text) = value {
+        if text.chars().any(hidden_char) {
+            *text = text
+                .chars()
+                .map(|c| {
+                    if hidden_char(c) {
+                        format!("⟨U+{:04X}⟩", u32::from(c))
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect();
+        }
+    }
     match value {
         Value::String(text) if text.len() > PAGE_TEXT_MAX => {
             let mut end = PAGE_TEXT_MAX;
@@ -509,6 +525,20 @@ pub fn bound_for_page(value: &mut Value) {
         Value::Object(members) => members.values_mut().for_each(bound_for_page),
         _ => {}
     }
+}
+
+/// Characters that change how the text around them looks without showing
+/// themselves: direction overrides and isolates (a recipient that reads as
+/// another address), zero-width and other format characters (Unicode
+/// category Cf), line and paragraph separators, and C0/C1 controls but tab
+/// and newline. On a page they are written out as `⟨U+XXXX⟩`.
+fn hidden_char(c: char) -> bool {
+    matches!(u32::from(c),
+        0x00..=0x08 | 0x0B..=0x1F | 0x7F..=0x9F
+        | 0xAD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x2028..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
 /// The one page template, shared by `report.html` and the web UI.
@@ -863,5 +893,36 @@ mod tests {
         let data = embedded(&render_html(&report, None));
         assert_eq!(data["timeline"].as_array().map(Vec::len), Some(3));
         assert!(data.get("timeline_omitted").is_none(), "{data}");
+    }
+
+    #[test]
+    fn invisible_and_direction_characters_show_as_what_they_are() {
+        // An email held for approval whose recipient reads, rendered, as
+        // "bob@company.com" while it is another address; a subject with a
+        // zero-width space and a line separator; a path with a BOM.
+        let mut report = build_from(SessionInfo::default(), b"", &[], None);
+        let mut e = entry(1, "/a\u{feff}b".into());
+        e.action = json!({"type": "email", "method": "POST", "host": "mail.example", "path": "/send",
+            "recipients": ["\u{202e}moc.ynapmoc@bob", "c\u{200b}d@e.f"], "subject": "hi\u{2028}there\u{2066}x\u{2069}"});
+        report.timeline.push(e);
+        let page = render_html(&report, None);
+        let data = embedded(&page);
+        let action = &data["timeline"][0]["action"];
+        assert_eq!(action["recipients"][0], "⟨U+202E⟩moc.ynapmoc@bob");
+        assert_eq!(action["recipients"][1], "c⟨U+200B⟩d@e.f");
+        assert_eq!(action["subject"], "hi⟨U+2028⟩there⟨U+2066⟩x⟨U+2069⟩");
+        let text = data.to_string();
+        for c in ['\u{202e}', '\u{200b}', '\u{2028}', '\u{2066}', '\u{feff}'] {
+            assert!(!text.contains(c), "{c:?} reached the page");
+        }
+        // The same for what the live page gets besides the report (pending
+        // approvals pass through the same function).
+        let mut pending = json!({"id": 1, "action": {"recipients": ["x\u{202d}y"]}});
+        bound_for_page(&mut pending);
+        assert_eq!(pending["action"]["recipients"][0], "x⟨U+202D⟩y");
+        // report.json keeps the bytes as receipted.
+        assert!(report.timeline[0].action["recipients"][0]
+            .as_str()
+            .is_some_and(|r| r.starts_with('\u{202e}')));
     }
 }
