@@ -90,9 +90,11 @@ pub struct LlmTotals {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainStatus {
     /// `valid`, `interrupted` (valid, closed by recovery after the
-    /// supervisor died), `invalid`, `unverified` (no key to check with) or
-    /// `open` (session still running, or its supervisor died and recovery
-    /// has not closed it yet: no session_end).
+    /// supervisor died), `invalid` (also a chain without session_end when
+    /// `session.json` no longer says running: its tail was cut),
+    /// `unverified` (no key to check with) or `open` (session still
+    /// running, or its supervisor died and recovery has not closed it yet:
+    /// no session_end).
     pub status: String,
     pub detail: String,
     pub count: u64,
@@ -163,7 +165,7 @@ pub fn build_from(
     outcomes: &[Outcome],
     key: Option<&VerifyingKey>,
 ) -> Report {
-    let receipts_status = chain_status(chain_bytes, key);
+    let receipts_status = chain_status(chain_bytes, key, session.status == "running");
     let outcome_by_seq: HashMap<u64, &Outcome> =
         outcomes.iter().map(|o| (o.receipt_seq, o)).collect();
 
@@ -333,7 +335,9 @@ pub fn build_from(
     }
 }
 
-fn chain_status(bytes: &[u8], key: Option<&VerifyingKey>) -> ChainStatus {
+/// `running`: the session may still be writing its chain (its
+/// `session.json` says so), so a chain without its end is open, not cut.
+fn chain_status(bytes: &[u8], key: Option<&VerifyingKey>, running: bool) -> ChainStatus {
     // A running session's file ends in its preallocated NULs: not a line.
     let lines = receipts::written_part(bytes)
         .split(|&b| b == b'\n')
@@ -376,6 +380,16 @@ fn chain_status(bytes: &[u8], key: Option<&VerifyingKey>) -> ChainStatus {
             key_id,
             last_hash: Some(hex::encode(chain.last_hash())),
             verified: Some(chain.receipts.len() as u64),
+        },
+        // A finished session's chain always ends in session_end (recovery
+        // writes one for a supervisor that died): without it, it was cut.
+        Err(err @ receipts::ChainError::MissingEnd { .. }) if !running => ChainStatus {
+            status: "invalid".into(),
+            detail: format!("{err}, but the session is not running: the chain's tail is missing"),
+            count: lines,
+            key_id,
+            last_hash: None,
+            verified: Some(lines),
         },
         Err(receipts::ChainError::MissingEnd { .. }) => ChainStatus {
             status: "open".into(),
@@ -924,5 +938,41 @@ mod tests {
         assert!(report.timeline[0].action["recipients"][0]
             .as_str()
             .is_some_and(|r| r.starts_with('\u{202e}')));
+    }
+
+    #[test]
+    fn a_finished_sessions_chain_without_its_end_is_cut_not_open() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("receipts.jsonl");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        three_decisions(&path, &key, false);
+        let good = std::fs::read_to_string(&path).expect("read");
+        // The last decision and session_end cut off the file.
+        let cut: String = good.lines().take(3).map(|l| format!("{l}\n")).collect();
+        let finished = SessionInfo {
+            status: "completed".into(),
+            ..SessionInfo::default()
+        };
+        let report = build_from(finished, cut.as_bytes(), &[], Some(&key.verifying_key()));
+        assert_eq!(
+            report.receipts.status, "invalid",
+            "{}",
+            report.receipts.detail
+        );
+        assert!(
+            report.receipts.detail.contains("cut"),
+            "{}",
+            report.receipts.detail
+        );
+        // What is there verified: it is shown and counted.
+        assert_eq!(report.receipts.verified, Some(3));
+        assert_eq!(report.counts.actions, 2);
+        // While the session runs, the same bytes are a chain still open.
+        let running = SessionInfo {
+            status: "running".into(),
+            ..SessionInfo::default()
+        };
+        let report = build_from(running, cut.as_bytes(), &[], Some(&key.verifying_key()));
+        assert_eq!(report.receipts.status, "open");
     }
 }
