@@ -439,11 +439,38 @@ fn verified_prefix(bytes: &[u8], key: &VerifyingKey) -> u64 {
 /// Writes `report.json` and `report.html` into the bundle.
 pub fn write(dir: &Path, report: &Report) -> Result<()> {
     let json = serde_json::to_vec_pretty(report).context("encoding report.json")?;
-    std::fs::write(dir.join(bundle::REPORT_JSON), json)
-        .with_context(|| format!("writing {}", dir.join(bundle::REPORT_JSON).display()))?;
-    std::fs::write(dir.join(bundle::REPORT_HTML), render_html(report, None))
-        .with_context(|| format!("writing {}", dir.join(bundle::REPORT_HTML).display()))?;
-    Ok(())
+    replace_file(&dir.join(bundle::REPORT_JSON), &json)?;
+    replace_file(
+        &dir.join(bundle::REPORT_HTML),
+        render_html(report, None).as_bytes(),
+    )
+}
+
+/// Puts `bytes` at `path` by writing a new file beside it and renaming it
+/// over: whatever `path` was, a link included, is replaced, never written
+/// through. (`openclaw report` is run on bundles others send; a report file
+/// linked to the reader's own files must not overwrite them.) The new file
+/// is created exclusively, so a link at its name fails the write.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("report");
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.tmp",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
 }
 
 /// Timeline entries a page shows from the start and from the end of a
@@ -974,5 +1001,32 @@ mod tests {
         };
         let report = build_from(running, cut.as_bytes(), &[], Some(&key.verifying_key()));
         assert_eq!(report.receipts.status, "open");
+    }
+
+    #[test]
+    fn writing_a_report_replaces_links_in_the_bundle_never_writes_through_them() {
+        // A bundle someone sent, whose report files link to the auditor's own.
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("bundle");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let victims = [tmp.path().join("bashrc"), tmp.path().join("notes")];
+        for (victim, name) in victims
+            .iter()
+            .zip([bundle::REPORT_JSON, bundle::REPORT_HTML])
+        {
+            std::fs::write(victim, "mine").expect("victim");
+            std::os::unix::fs::symlink(victim, dir.join(name)).expect("link");
+        }
+        let report = build_from(SessionInfo::default(), b"", &[], None);
+        write(&dir, &report).expect("write");
+        for victim in &victims {
+            assert_eq!(std::fs::read_to_string(victim).expect("read"), "mine");
+        }
+        for name in [bundle::REPORT_JSON, bundle::REPORT_HTML] {
+            let meta = std::fs::symlink_metadata(dir.join(name)).expect("meta");
+            assert!(meta.is_file(), "{name} is a file of its own now");
+        }
+        let json = std::fs::read(dir.join(bundle::REPORT_JSON)).expect("read");
+        assert!(serde_json::from_slice::<Report>(&json).is_ok());
     }
 }
