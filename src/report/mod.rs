@@ -1029,4 +1029,19 @@ mod tests {
         let json = std::fs::read(dir.join(bundle::REPORT_JSON)).expect("read");
         assert!(serde_json::from_slice::<Report>(&json).is_ok());
     }
+
+    #[test]
+    #[ignore = "gap: a recipient spelled with lookalike letters (Cyrillic о in company.com) reads on the page as the address it imitates; which non-ASCII to flag (recipients only? mixed scripts?) is a design choice"]
+    fn a_lookalike_recipient_does_not_read_as_the_address_it_imitates() {
+        let mut report = build_from(SessionInfo::default(), b"", &[], None);
+        let mut e = entry(1, "/send".into());
+        e.action = json!({"type": "email", "method": "POST", "host": "mail.example", "path": "/send",
+            "recipients": ["bob@c\u{43e}mpany.com"]});
+        report.timeline.push(e);
+        let data = embedded(&render_html(&report, None));
+        let shown = data["timeline"][0]["action"]["recipients"][0]
+            .as_str()
+            .expect("recipient");
+        assert!(shown.is_ascii(), "{shown} looks like bob@company.com");
+    }
 }
