@@ -563,7 +563,40 @@ pub fn bound_for_page(value: &mut Value) {
             }
             items.iter_mut().for_each(bound_for_page);
         }
-        Value::Object(members) => members.values_mut().for_each(bound_for_page),
+        Value::Object(members) => {
+            for (name, member) in members.iter_mut() {
+                if IDENTITY_MEMBERS.contains(&name.as_str()) {
+                    spell_out_non_ascii(member);
+                }
+                bound_for_page(member);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Members that name who or where an action goes: a reader compares them
+/// with an address they know, so a lookalike letter (Cyrillic `о` in
+/// `company.com`) must not pass for the one it imitates.
+const IDENTITY_MEMBERS: [&str; 3] = ["host", "merchant", "recipients"];
+
+/// Writes every non-ASCII character of the strings in `value` out as
+/// `⟨U+XXXX⟩`: an address that is not plain ASCII shows that it is not.
+fn spell_out_non_ascii(value: &mut Value) {
+    match value {
+        Value::String(text) if !text.is_ascii() => {
+            *text = text
+                .chars()
+                .map(|c| {
+                    if c.is_ascii() {
+                        c.to_string()
+                    } else {
+                        format!("⟨U+{:04X}⟩", u32::from(c))
+                    }
+                })
+                .collect();
+        }
+        Value::Array(items) => items.iter_mut().for_each(spell_out_non_ascii),
         _ => {}
     }
 }
@@ -1031,7 +1064,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "gap: a recipient spelled with lookalike letters (Cyrillic о in company.com) reads on the page as the address it imitates; which non-ASCII to flag (recipients only? mixed scripts?) is a design choice"]
     fn a_lookalike_recipient_does_not_read_as_the_address_it_imitates() {
         let mut report = build_from(SessionInfo::default(), b"", &[], None);
         let mut e = entry(1, "/send".into());
@@ -1042,6 +1074,15 @@ mod tests {
         let shown = data["timeline"][0]["action"]["recipients"][0]
             .as_str()
             .expect("recipient");
-        assert!(shown.is_ascii(), "{shown} looks like bob@company.com");
+        assert!(
+            !shown.contains('\u{43e}'),
+            "{shown} looks like bob@company.com"
+        );
+        assert_eq!(shown, "bob@c⟨U+043E⟩mpany.com");
+        // Text that names no address keeps its letters.
+        let mut v = json!({"subject": "привет", "host": "bücher.example"});
+        bound_for_page(&mut v);
+        assert_eq!(v["subject"], "привет");
+        assert_eq!(v["host"], "b⟨U+00FC⟩cher.example");
     }
 }
