@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use super::leases::Lease;
 use super::workdir::{self, StagedWorkdir};
 use crate::broker::{self, TenantSecrets};
 use crate::bundle;
@@ -94,6 +95,10 @@ pub struct Checked {
     /// `--workdir`: the archive unpacked, removed when this is dropped
     /// (after the sandbox is ready, or when the request is refused).
     workdir: Option<StagedWorkdir>,
+    /// With `--database`: the session's place in its tenant's `sessions`
+    /// quota across daemons, kept with the child once it runs (released
+    /// when it is reaped) or released with this when the start fails.
+    pub lease: Option<Lease>,
 }
 
 /// The `openclaw run` default a held request waits (its `--approval-timeout`).
@@ -255,6 +260,7 @@ pub fn check(
         secrets,
         secrets_file: None,
         workdir,
+        lease: None,
     })
 }
 
@@ -400,6 +406,8 @@ struct Running {
     process: Child,
     /// SIGTERM sent by the drain.
     drained: bool,
+    /// Its lease (`--database`), released when the child is reaped.
+    lease: Option<Lease>,
     /// The tenant's sessions directory and receipt key, for recovery.
     sessions: PathBuf,
     receipt_key: PathBuf,
@@ -442,13 +450,16 @@ impl Launcher {
                         id.clone(),
                         child.sessions.clone(),
                         child.receipt_key.clone(),
+                        child.lease.take(),
                     ));
                     false
                 }
+                // Its lease goes with it (dropped here, under the lock).
                 Err(_) => false,
             });
         }
-        for (id, sessions, receipt_key) in ended {
+        // Each lease is released (dropped) once its session is settled.
+        for (id, sessions, receipt_key, _lease) in ended {
             let still_running = bundle::read_info(&sessions.join(&id))
                 .map(|info| info.status == "running")
                 .unwrap_or(false);
@@ -564,7 +575,7 @@ impl Launcher {
         &self,
         tenant: &TenantName,
         root: &TenantRoot,
-        req: Checked,
+        mut req: Checked,
         cap_path: &Path,
         log_path: &Path,
         before: &HashSet<String>,
@@ -653,9 +664,14 @@ impl Launcher {
         loop {
             if let Some(id) = find(&sessions, before, pid, false) {
                 let key = (tenant.to_string(), id.clone());
+                let lease = req.lease.take();
+                if let Some(lease) = &lease {
+                    lease.started(&id);
+                }
                 let running = Running {
                     process: child,
                     drained: false,
+                    lease,
                     sessions: sessions.clone(),
                     receipt_key: keys_dir.join(keys::RECEIPT_KEY),
                 };

@@ -10,6 +10,8 @@ mod events;
 mod identity;
 /// Sessions the daemon starts (`openclaw run` children) and stops.
 mod launch;
+/// The concurrent-sessions quota across daemons: this daemon's leases.
+mod leases;
 /// `GET /metrics`: Prometheus text from the bundles, ledgers and 429s.
 mod metrics;
 /// The OpenAPI 3.1 document of what is served.
@@ -30,6 +32,8 @@ pub(crate) mod sessions;
 mod state;
 /// The browser UI for a tenant's login, under `/ui/`.
 mod ui;
+/// The periodic task: lease renewal, sessions of deleted tenants stopped.
+mod upkeep;
 /// A session's workdir archive, unpacked where nothing can leave it.
 mod workdir;
 

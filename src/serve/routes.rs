@@ -22,6 +22,7 @@ use serde_json::json;
 use super::error::{json, ApiBody, ApiError};
 use super::identity::ProxyUser;
 use super::launch::{self, CreateSession, Stopped};
+use super::leases::Lease;
 use super::quota;
 use super::state::State;
 use super::{events, metrics, openapi, secrets, sessions, workdir};
@@ -675,7 +676,8 @@ fn create_session(
         .sessions
         .is_some()
         .then(|| lock.lock().unwrap_or_else(|e| e.into_inner()));
-    if let Err(refusal) = create_quota(state, tenant, &root, &quotas, request_id) {
+    let lease = create_quota(state, tenant, &root, &quotas, request_id);
+    if let Err(refusal) = lease {
         if refusal.status == StatusCode::TOO_MANY_REQUESTS {
             state
                 .limits
@@ -697,6 +699,7 @@ fn create_session(
         }
         return Err(refusal);
     }
+    checked.lease = lease?;
     if let ProxyUser::User(name) = &req.proxy_user {
         checked.user = Some(name.clone());
     }
@@ -745,14 +748,16 @@ fn create_session(
 
 /// The quotas a new session must fit: fewer running sessions than the
 /// `sessions` quota, and the day's LLM tokens and USD (the tenant's ledger
-/// rows of today, UTC) below theirs. 429 naming the quota otherwise.
+/// rows of today, UTC) below theirs. 429 naming the quota otherwise. With
+/// `--database`, the session's lease (`leases`): the sessions quota
+/// counted over every daemon on the database.
 fn create_quota(
     state: &State,
     tenant: &TenantName,
     root: &TenantRoot,
     quotas: &Quotas,
     request_id: &str,
-) -> Result<(), ApiError> {
+) -> Result<Option<Lease>, ApiError> {
     if let Some(limit) = quotas.sessions {
         let running = sessions::running_count(root) as u64;
         if running >= limit {
@@ -763,9 +768,39 @@ fn create_quota(
             ));
         }
     }
-    if quotas.llm_tokens_per_day.is_none() && quotas.micro_usd_per_day.is_none() {
-        return Ok(());
+    if quotas.llm_tokens_per_day.is_some() || quotas.micro_usd_per_day.is_some() {
+        day_quotas(state, tenant, quotas, request_id)?;
     }
+    let Some(leases) = &state.leases else {
+        return Ok(None);
+    };
+    match leases.acquire(tenant, quotas.sessions) {
+        Ok(Ok(lease)) => Ok(Some(lease)),
+        Ok(Err(live)) => Err(ApiError::quota_exceeded(
+            "sessions",
+            format!(
+                "{live} sessions are running on the daemons of this database; the tenant's quota is {}",
+                quotas.sessions.unwrap_or(0)
+            ),
+            quota::SESSIONS_RETRY_AFTER,
+        )),
+        // Fail closed: a quota that cannot be counted starts nothing.
+        Err(e) => {
+            tracing::error!(request_id, tenant = tenant.as_str(), "taking a session lease: {e}");
+            Err(ApiError::unavailable(
+                "the sessions quota could not be counted (the database did not answer); try again",
+            ))
+        }
+    }
+}
+
+/// The day's LLM tokens and USD of the tenant below its quotas.
+fn day_quotas(
+    state: &State,
+    tenant: &TenantName,
+    quotas: &Quotas,
+    request_id: &str,
+) -> Result<(), ApiError> {
     let used = quota::usage_today(&state.ledger, tenant)
         .map_err(|e| ApiError::internal(request_id, &e))?;
     if quotas.llm_tokens_per_day.is_some_and(|q| used.tokens >= q) {

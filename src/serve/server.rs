@@ -1,6 +1,8 @@
 //! The daemon's listener: HTTP/1.1 on the given address, one task per
 //! connection, `/ui/` to the browser UI and the rest to the API; at start,
-//! what a dead daemon left is settled first (`restart`); the drain on SIGTERM (or SIGINT): stop accepting, refuse
+//! what a dead daemon left is settled first (`restart`); a periodic task
+//! renews the session leases and stops sessions of deleted tenants
+//! (`upkeep`); the drain on SIGTERM (or SIGINT): stop accepting, refuse
 //! new sessions (503), stop the running ones with their chains closed (up
 //! to [`SESSION_DRAIN_LIMIT`]), let in-flight requests finish (up to
 //! [`DRAIN_LIMIT`]), exit 0.
@@ -21,10 +23,12 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::identity::{ProxyUser, TrustedProxies};
 use super::launch::{Launcher, SessionDefaults};
+use super::leases::SessionLeases;
 use super::restart;
 use super::routes;
 use super::state::State;
 use super::ui;
+use super::upkeep;
 use crate::tenants;
 
 /// Longest wait for in-flight requests after SIGTERM.
@@ -85,7 +89,13 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             &config.home,
             config.database.as_ref(),
         ))?,
+        leases: config
+            .database
+            .as_ref()
+            .map(SessionLeases::open)
+            .transpose()?,
     });
+    tokio::spawn(upkeep::run(state.clone()));
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::launch::Launcher;
+use super::leases::SessionLeases;
 use super::quota::Limits;
 use crate::tenants::Registry;
 use crate::ui::logins::Logins;
@@ -23,4 +24,7 @@ pub struct State {
     pub logins: Logins,
     /// The usage ledger: the home's ledger.db, or the `--database` one.
     pub ledger: LedgerReader,
+    /// With `--database`: the session leases that hold each tenant's
+    /// `sessions` quota across every daemon on it.
+    pub leases: Option<Arc<SessionLeases>>,
 }

@@ -10,6 +10,9 @@ mod day_quota;
 mod name;
 /// The proxy's day quotas in PostgreSQL, shared by hosts.
 mod pg_day_quota;
+/// The concurrent-sessions quota across daemons: session leases in
+/// PostgreSQL.
+mod pg_session_leases;
 /// The PostgreSQL store: `--database postgres://…`, shared by hosts.
 mod postgres;
 /// Per-tenant quotas: the values the admin sets.
@@ -31,6 +34,7 @@ mod token;
 
 pub use day_quota::SessionDayQuota;
 pub use name::TenantName;
+pub use pg_session_leases::{HeldLease, LeaseClock};
 pub use quota_db::{QuotaDb, QUOTA_DB_ENV};
 // `self::`: the module shares its name with the `postgres` crate.
 pub(crate) use self::postgres::db as postgres_error;

@@ -347,7 +347,7 @@ mod tests {
         store
             .call(move |c| {
                 c.batch_execute(&format!(
-                    "ALTER TABLE quota_holds DROP COLUMN tokens;
+                    "ALTER TABLE quota_holds DROP COLUMN tokens; DROP TABLE session_leases;
                      UPDATE openclaw_schema SET version = 6;
                      INSERT INTO quota_holds (tenant, day, micro_usd, session, created_at)
                          VALUES ('acme', '{today}', 400, 'old', 't')"

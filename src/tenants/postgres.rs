@@ -27,7 +27,7 @@ use crate::audit::{AuditRecord, AuditTable};
 
 /// The schema version this openclaw reads (`openclaw_schema.version`); a
 /// database at a newer version is refused.
-const SCHEMA_VERSION: i32 = 7;
+const SCHEMA_VERSION: i32 = 8;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`, in the
 /// transaction that holds the migration lock. A change is a new entry, never
@@ -134,6 +134,20 @@ CREATE INDEX request_window_by_tenant ON request_window (tenant, at_ms);
     "
 ALTER TABLE quota_holds ADD COLUMN tokens BIGINT NOT NULL DEFAULT 0 CHECK (tokens >= 0);
 ",
+    // The concurrent-sessions quota across daemons (pg_session_leases.rs):
+    // one row per session starting or running, renewed by the daemon that
+    // runs it until it ends; a row past `expires_at_ms` (the database's
+    // clock, Unix ms) is a dead daemon's and no longer counts.
+    "
+CREATE TABLE session_leases (
+    id TEXT COLLATE \"C\" PRIMARY KEY NOT NULL,
+    tenant TEXT COLLATE \"C\" NOT NULL,
+    session TEXT COLLATE \"C\",
+    daemon TEXT NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+);
+CREATE INDEX session_leases_by_tenant ON session_leases (tenant, expires_at_ms);
+",
 ];
 
 /// The advisory lock two daemons opening one fresh database take, so one
@@ -143,6 +157,10 @@ const MIGRATION_LOCK: i64 = 0x6f70_656e_636c_6177; // "openclaw"
 /// The first key of the per-tenant advisory locks that serialize one
 /// tenant's request-window checks (the second is the name's hash).
 const WINDOW_LOCK: i32 = 0x6f63_7277; // "ocrw"
+
+/// The first key of the per-tenant advisory locks that make a session
+/// lease's count-then-insert one step (the second is the name's hash).
+pub(crate) const LEASE_LOCK: i32 = 0x6f63_736c; // "ocsl"
 
 /// How long a connection attempt may take before the store call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -801,7 +819,7 @@ mod tests {
                 c.batch_execute(
                     "UPDATE openclaw_schema SET version = 1; DROP TABLE audit; DROP TABLE quotas;
                      DROP TABLE day_spend; DROP TABLE quota_holds; DROP TABLE usage;
-                     DROP TABLE request_window",
+                     DROP TABLE request_window; DROP TABLE session_leases",
                 )
                 .map_err(db)
             })

@@ -1,0 +1,262 @@
+//! Several daemons on one PostgreSQL database (`docs/control-plane.md`,
+//! "Quotas" and "PostgreSQL"): two `openclaw serve` with two homes, as two
+//! hosts sharing only the database and the tenant's keys. A tenant's
+//! `sessions` quota holds for the two together (the database's session
+//! leases). Real netns sessions: needs root. Gated on
+//! `Requirement::Postgres` (docs/testing.md).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use test_requirements::{require, Requirement};
+use test_support::PostgresServer;
+
+mod support;
+
+use support::serve::{call, mint_for, start_env, wait_ended, Daemon, Reply};
+
+const DATABASE_ENV: &str = "OPENCLAW_DATABASE";
+
+/// Two hosts: two homes and their daemons on one database, a tenant
+/// `acme` (its keys copied to the second home) and the admin token.
+struct TwoHosts {
+    _server: PostgresServer,
+    url: String,
+    homes: [tempfile::TempDir; 2],
+    _logs: tempfile::TempDir,
+    daemons: [Daemon; 2],
+    admin: String,
+    token: String,
+}
+
+impl TwoHosts {
+    fn home(&self, i: usize) -> &Path {
+        self.homes[i].path()
+    }
+
+    fn create(&self, i: usize) -> Reply {
+        // The agent outlives any wait of the test: it ends only when stopped.
+        let body = json!({"capabilities": mint_for(self.home(0), "acme"),
+                          "command": ["sleep", "600"]});
+        call(
+            &self.daemons[i],
+            "POST",
+            "/v1/sessions",
+            Some(&self.token),
+            Some(&body.to_string()),
+        )
+    }
+
+    fn stop(&self, i: usize, id: &str) {
+        let r = call(
+            &self.daemons[i],
+            "POST",
+            &format!("/v1/sessions/{id}/stop"),
+            Some(&self.token),
+            None,
+        );
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        wait_ended(self.home(i), "acme", id);
+    }
+
+    /// The leases the database holds: (tenant, session id or null).
+    fn leases(&self) -> Vec<(String, Option<String>)> {
+        let mut db = postgres::Client::connect(&self.url, postgres::NoTls).expect("connect");
+        db.query(
+            "SELECT tenant, session FROM session_leases ORDER BY tenant, session",
+            &[],
+        )
+        .expect("session_leases")
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    }
+}
+
+impl Drop for TwoHosts {
+    /// SIGTERM, so each daemon's drain stops the sessions it still runs
+    /// (a killed daemon leaves them running), however the test ended.
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            if let Ok(pid) = i32::try_from(d.child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for d in &mut self.daemons {
+            let _ = d.child.wait();
+        }
+    }
+}
+
+fn cli(home: &Path, url: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_openclaw"))
+        .args(args)
+        .env("OPENCLAW_HOME", home)
+        .env(DATABASE_ENV, url)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run openclaw");
+    assert!(
+        out.status.success(),
+        "openclaw {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+fn two_hosts(database: &str, quota: Option<&str>) -> TwoHosts {
+    let server = PostgresServer::start();
+    let url = server.create_database(database);
+    let homes = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let logs = tempfile::tempdir().expect("tempdir");
+    let admin = cli(homes[0].path(), &url, &["tenants", "admin-token"]);
+    let token = cli(homes[0].path(), &url, &["tenants", "create", "acme"]);
+    if let Some(n) = quota {
+        cli(
+            homes[0].path(),
+            &url,
+            &["tenants", "quota", "acme", "--sessions", n],
+        );
+    }
+    // The second host has the tenant's directory (its keys) as the first's.
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(homes[0].path().join("tenants"))
+        .arg(homes[1].path())
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let env = [(DATABASE_ENV, url.as_str())];
+    let daemons = [
+        start_env(homes[0].path(), &logs.path().join("one.log"), &env),
+        start_env(homes[1].path(), &logs.path().join("two.log"), &env),
+    ];
+    TwoHosts {
+        _server: server,
+        url,
+        homes,
+        _logs: logs,
+        daemons,
+        admin,
+        token,
+    }
+}
+
+fn audit_lines(home: &Path) -> Vec<Value> {
+    std::fs::read_to_string(home.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit json"))
+        .collect()
+}
+
+/// The test: with a `sessions` quota of 1, a session running on
+/// daemon A leaves no room on daemon B (429 `sessions`, audited); once A's
+/// session ends, B's create starts; once B's session dies (its runner
+/// killed, then recovered), its lease is gone and A has room again.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn a_tenants_sessions_quota_holds_across_two_daemons_on_one_database() {
+    require(
+        &[Requirement::Postgres],
+        "serve_multihost::a_tenants_sessions_quota_holds_across_two_daemons_on_one_database",
+    );
+    let hosts = two_hosts("leases", Some("1"));
+    let quotas = call(
+        &hosts.daemons[1],
+        "GET",
+        "/v1/tenants/acme/quotas",
+        Some(&hosts.admin),
+        None,
+    );
+    assert_eq!(
+        quotas.body["sessions"], 1,
+        "B reads the quota: {:?}",
+        quotas.body
+    );
+    let first = hosts.create(0);
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let first = first.body["id"].as_str().expect("id").to_owned();
+
+    let refused = hosts.create(1);
+    assert_eq!(
+        (refused.status, refused.code(), refused.field()),
+        (429, "quota_exceeded", "sessions"),
+        "daemon B started a second session past the tenant's quota of 1: {:?}",
+        refused.body
+    );
+    assert_eq!(refused.header("retry-after").as_deref(), Some("5"));
+    assert!(
+        audit_lines(hosts.home(1)).iter().any(|l| {
+            l["action"] == "session.create"
+                && l["outcome"] == "refused"
+                && l["detail"] == "quota exceeded: sessions"
+        }),
+        "B audits its refusal"
+    );
+    assert_eq!(
+        hosts.leases(),
+        [("acme".to_owned(), Some(first.clone()))],
+        "one lease, A's session's"
+    );
+
+    // A's session ends: its lease goes when A's reaper sees the process
+    // end, and B's next create starts. Until then B may still refuse.
+    hosts.stop(0, &first);
+    let second = support::wait_until(
+        "B's create to start once A's session ended",
+        Duration::from_secs(60),
+        || {
+            let r = hosts.create(1);
+            match (r.status, r.field()) {
+                (201, _) => Some(r.body["id"].as_str().expect("id").to_owned()),
+                (429, "sessions") => None,
+                _ => panic!("B's create: {:?}", r.body),
+            }
+        },
+    );
+    // And now A has no room.
+    let r = hosts.create(0);
+    assert_eq!((r.status, r.field()), (429, "sessions"), "{:?}", r.body);
+    // B's session dies (its runner SIGKILLed): B's reaper recovers it and
+    // its lease goes with it.
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            hosts
+                .home(1)
+                .join("tenants/acme/sessions")
+                .join(&second)
+                .join("session.json"),
+        )
+        .expect("session.json"),
+    )
+    .expect("json");
+    let pid = info["supervisor_pid"].as_i64().expect("supervisor_pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the session's runner");
+    let info = wait_ended(hosts.home(1), "acme", &second);
+    assert_ne!(info["status"], "running", "{info}");
+    support::wait_until("B's lease to go", Duration::from_secs(60), || {
+        hosts.leases().is_empty().then_some(())
+    });
+    let r = hosts.create(0);
+    assert_eq!(r.status, 201, "room again on A: {:?}", r.body);
+    hosts.stop(0, r.body["id"].as_str().expect("id"));
+}
