@@ -2,7 +2,8 @@
 //! "Quotas" and "PostgreSQL"): two `openclaw serve` with two homes, as two
 //! hosts sharing only the database and the tenant's keys. A tenant's
 //! `sessions` quota holds for the two together (the database's session
-//! leases). Real netns sessions: needs root. Gated on
+//! leases), and deleting a tenant through one daemon ends its sessions on
+//! the other. Real netns sessions: needs root. Gated on
 //! `Requirement::Postgres` (docs/testing.md).
 
 use std::path::Path;
@@ -259,4 +260,75 @@ fn a_tenants_sessions_quota_holds_across_two_daemons_on_one_database() {
     let r = hosts.create(0);
     assert_eq!(r.status, 201, "room again on A: {:?}", r.body);
     hosts.stop(0, r.body["id"].as_str().expect("id"));
+}
+
+/// Deleting a tenant through daemon A ends its session on daemon B
+/// (SIGTERM, its chain closed), with a `session.stop` audit line on B.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn deleting_a_tenant_through_one_daemon_ends_its_sessions_on_the_other() {
+    require(
+        &[Requirement::Postgres],
+        "serve_multihost::deleting_a_tenant_through_one_daemon_ends_its_sessions_on_the_other",
+    );
+    let hosts = two_hosts("deletion", None);
+    let on_b = hosts.create(1);
+    assert_eq!(on_b.status, 201, "{:?}", on_b.body);
+    let id = on_b.body["id"].as_str().expect("id").to_owned();
+
+    let r = call(
+        &hosts.daemons[0],
+        "DELETE",
+        "/v1/tenants/acme",
+        Some(&hosts.admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The agent sleeps for 600 s: only a stop ends it within wait_ended's 60.
+    let info = wait_ended(hosts.home(1), "acme", &id);
+    assert_ne!(info["status"], "running", "{info}");
+    // Written once the stop was waited for, after session.json changed.
+    let stops = support::wait_until("B's session.stop line", Duration::from_secs(60), || {
+        let stops: Vec<Value> = audit_lines(hosts.home(1))
+            .into_iter()
+            .filter(|l| l["action"] == "session.stop")
+            .collect();
+        (!stops.is_empty()).then_some(stops)
+    });
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(
+        (
+            &stops[0]["tenant"],
+            &stops[0]["target"],
+            &stops[0]["outcome"],
+            &stops[0]["detail"]
+        ),
+        (
+            &json!("acme"),
+            &json!(id),
+            &json!("ok"),
+            &json!("the tenant was deleted")
+        ),
+        "{stops:?}"
+    );
+    // Its chain was closed by its runner and verifies.
+    let bundle = hosts
+        .home(1)
+        .join("tenants/acme/sessions")
+        .join(&id)
+        .to_path_buf();
+    let verify = support::openclaw(hosts.home(1))
+        .arg("verify")
+        .arg(&bundle)
+        .arg("--key")
+        .arg(hosts.home(1).join("tenants/acme/keys/receipt.pub"))
+        .output()
+        .expect("verify");
+    assert!(verify.status.success(), "{}", support::text(&verify));
+    support::wait_until("B's lease to go", Duration::from_secs(60), || {
+        hosts.leases().is_empty().then_some(())
+    });
 }

@@ -406,6 +406,9 @@ struct Running {
     process: Child,
     /// SIGTERM sent by the drain.
     drained: bool,
+    /// SIGTERM sent by a stop request or a tenant's deletion (whoever sent
+    /// it accounts for it; another deletion check does not again).
+    stopping: bool,
     /// Its lease (`--database`), released when the child is reaped.
     lease: Option<Lease>,
     /// The tenant's sessions directory and receipt key, for recovery.
@@ -671,6 +674,7 @@ impl Launcher {
                 let running = Running {
                     process: child,
                     drained: false,
+                    stopping: false,
                     lease,
                     sessions: sessions.clone(),
                     receipt_key: keys_dir.join(keys::RECEIPT_KEY),
@@ -732,6 +736,7 @@ impl Launcher {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.process.id())?);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
             .context("signalling the session")?;
+        child.stopping = true;
         Ok(Stopped::Signalled)
     }
 
@@ -739,11 +744,12 @@ impl Launcher {
     /// deleted): SIGTERM, as a stop request, waited for up to `limit`; what
     /// still runs then is SIGKILLed and recovered, as in the drain. Starts
     /// in flight are waited for within `limit` too (the tenant's token is
-    /// already refused, so no new one follows). Blocking; how many were
-    /// signalled.
-    pub fn stop_tenant(&self, tenant: &TenantName, limit: Duration) -> usize {
+    /// already refused, so no new one follows). Blocking; the ids of the
+    /// sessions this call signalled (one already stopping is waited for,
+    /// not signalled again: who stopped it accounts for it).
+    pub fn stop_tenant(&self, tenant: &TenantName, limit: Duration) -> Vec<String> {
         let deadline = Instant::now() + limit;
-        let mut signalled = HashSet::new();
+        let mut signalled = Vec::new();
         loop {
             let idle = {
                 let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -757,7 +763,9 @@ impl Launcher {
                     if late {
                         let _ = child.process.kill();
                         let _ = child.process.wait();
-                    } else if signalled.insert(id.clone()) {
+                    } else if !child.stopping {
+                        child.stopping = true;
+                        signalled.push(id.clone());
                         signal(&child.process, nix::sys::signal::Signal::SIGTERM);
                     }
                 }
@@ -770,7 +778,16 @@ impl Launcher {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        signalled.len()
+        signalled
+    }
+
+    /// The tenants of the sessions this daemon runs (each once).
+    pub fn running_tenants(&self) -> Vec<String> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tenants: Vec<String> = running.keys().map(|(t, _)| t.clone()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        tenants
     }
 
     /// From now on every start is refused with [`Draining`].

@@ -41,7 +41,7 @@ const MAX_BODY: usize = 64 * 1024;
 const MAX_SESSION_BODY: usize = workdir::MAX_ARCHIVE_BYTES / 3 * 4 + 4 + MAX_BODY;
 /// How long a tenant's deletion waits for its sessions to end after
 /// SIGTERM before it kills them (a stop closes the chain in well under it).
-const TENANT_STOP_LIMIT: Duration = Duration::from_secs(10);
+pub(super) const TENANT_STOP_LIMIT: Duration = Duration::from_secs(10);
 /// How long `/readyz` reuses `openclaw doctor`'s checks (they unshare
 /// namespaces and boot a tiny KVM guest: too much for every probe).
 const DOCTOR_TTL: Duration = Duration::from_secs(10);
@@ -430,7 +430,7 @@ fn v1(
             state
                 .registry
                 .delete_ending(&api_admin(request_id), &name, || {
-                    let n = state.launcher.stop_tenant(&name, TENANT_STOP_LIMIT);
+                    let n = state.launcher.stop_tenant(&name, TENANT_STOP_LIMIT).len();
                     tracing::info!(tenant = %name, "deleted: stopped {n} session(s)");
                     Ok(())
                 })
