@@ -130,13 +130,18 @@ pub fn tree_usage(tree: &Path) -> Result<(u64, u64), GuestImageError> {
 
 /// Copies the whole filesystem in `image` into `dest` (created if needed),
 /// owners and modes included, leaving out an empty `lost+found`. The image
-/// is checked first (`e2fsck -fy`): a guest stopped mid-write leaves a
-/// journal to replay, and a damaged filesystem is repaired rather than
-/// read half-way.
+/// is checked first (`e2fsck -fyD`): a guest stopped mid-write leaves a
+/// journal to replay, a damaged filesystem is repaired rather than read
+/// half-way, and names that repeat within a directory are made unique.
 pub fn dump_tree(image: &Path, dest: &Path) -> Result<(), GuestImageError> {
     std::fs::create_dir_all(dest).map_err(GuestImageError::io_path(dest))?;
+    // -D rebuilds every directory, and in doing so renames entries whose
+    // name repeats one in the same directory (plain e2fsck compares names
+    // only within one directory block). rdump opens a file's name without
+    // O_NOFOLLOW, so a guest's symlink followed by a file of the same name
+    // would otherwise be written through, outside `dest`.
     let status = Command::new("e2fsck")
-        .args(["-f", "-y"])
+        .args(["-f", "-y", "-D"])
         .arg(image)
         .output()
         .map_err(GuestImageError::io("e2fsck"))?;
@@ -321,6 +326,81 @@ mod tests {
         assert_eq!(mode("suid"), 0o755);
         assert_eq!(mode("shared"), 0o777);
         assert!(std::fs::symlink_metadata(out.join("fifo")).is_err());
+    }
+
+    /// A guest kernel can write any bytes to its `/work` disk, including a
+    /// directory holding two entries of one name: first a symlink out of
+    /// the bundle, then a regular file. e2fsck compares names only within
+    /// one directory block, and rdump opens the file's name without
+    /// O_NOFOLLOW, so unless the duplicate is renamed the host writes the
+    /// file (as root, with the guest's mode bits) wherever the link points.
+    #[test]
+    fn a_duplicate_name_behind_a_symlink_is_not_written_through_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("d")).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, tree.join("d/x")).expect("symlink");
+        // Fill the directory's first block, so the file's entry lands in a
+        // later one, after the link.
+        for i in 0..200 {
+            std::fs::write(tree.join(format!("d/filler-with-a-long-name-{i}")), b"").expect("w");
+        }
+        std::fs::write(tree.join("payload"), b"from the guest").expect("write");
+        let image = dir.path().join("work.ext4");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(8 << 20))
+            .expect("image");
+        run(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-b", "1024", "-O", "^dir_index", "-d"])
+                .arg(&tree)
+                .arg(&image),
+            "mkfs.ext4",
+        )
+        .expect("mkfs");
+        let debugfs = |write: bool, request: &str| {
+            let mut cmd = Command::new("debugfs");
+            if write {
+                cmd.arg("-w");
+            }
+            let out = cmd
+                .arg("-R")
+                .arg(request)
+                .arg(&image)
+                .output()
+                .expect("debugfs");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        // A second name for the payload, one letter like the link's, then
+        // that letter changed on disk into the link's.
+        debugfs(true, "ln /payload /d/q");
+        let found = debugfs(false, "dirsearch /d q");
+        let field = |key: &str| -> u64 {
+            let rest = &found[found.find(key).unwrap_or_else(|| panic!("{found}")) + key.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().expect("number")
+        };
+        let at = field("phys ") * 1024 + field("offset ") + 8;
+        let mut bytes = std::fs::read(&image).expect("read");
+        assert_eq!(bytes[at as usize], b'q');
+        bytes[at as usize] = b'x';
+        std::fs::write(&image, &bytes).expect("patch");
+
+        let out = dir.path().join("out");
+        let _ = dump_tree(&image, &out);
+        assert!(
+            std::fs::symlink_metadata(&outside).is_err(),
+            "the guest's file was written outside the bundle, through its symlink"
+        );
+        // Both entries are kept, inside the bundle: one of them renamed.
+        let names: Vec<String> = std::fs::read_dir(out.join("d"))
+            .expect("d")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('x'))
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 
     #[test]
