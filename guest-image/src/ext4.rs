@@ -153,6 +153,7 @@ pub fn dump_tree(image: &Path, dest: &Path) -> Result<(), GuestImageError> {
             stderr_tail: String::from_utf8_lossy(&status.stdout).into_owned(),
         });
     }
+    check_names(image, dest)?;
     let request = format!("rdump / \"{}\"", dest.display());
     let out = Command::new("debugfs")
         .arg("-R")
@@ -178,6 +179,135 @@ pub fn dump_tree(image: &Path, dest: &Path) -> Result<(), GuestImageError> {
         let _ = std::fs::remove_dir(&lost);
     }
     defuse_tree(dest)
+}
+
+/// The root directory's inode.
+const ROOT_INODE: u64 = 2;
+/// `S_IFMT` and `S_IFDIR`, as `ls -p` prints a mode.
+const MODE_TYPE: u32 = 0o170000;
+const MODE_DIR: u32 = 0o040000;
+
+/// rdump joins each directory entry's name, as it is on disk, to the
+/// destination. e2fsck rejects `/` and NUL in names, except in directories
+/// flagged encrypted (their names are ciphertext, any bytes), which a guest
+/// kernel can flag. So every directory is listed first (`ls -p`, one
+/// debugfs run per depth), and the copy is refused unless each listing
+/// reads unambiguously: every line one entry, `.` and `..` first and only
+/// there, every other name non-empty, without `/`, not repeated, and no
+/// directory reached twice. A name holding a newline shows as several
+/// lines; for each to read as an entry, its slashes sit around the
+/// newline, so its path runs through a directory named only by newlines,
+/// which no accepted name creates: rdump's write there fails.
+fn check_names(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
+    let unsafe_tree = |why: String| GuestImageError::UnsafeTree(why);
+    let script = scratch.join(".openclaw-ls");
+    let mut level = vec![ROOT_INODE];
+    let mut seen = std::collections::HashSet::from([ROOT_INODE]);
+    while !level.is_empty() {
+        let commands: String = level.iter().map(|ino| format!("ls -p <{ino}>\n")).collect();
+        std::fs::write(&script, commands).map_err(GuestImageError::io_path(&script))?;
+        let out = Command::new("debugfs")
+            .arg("-f")
+            .arg(&script)
+            .arg(image)
+            .output()
+            .map_err(GuestImageError::io("debugfs ls"));
+        let _ = std::fs::remove_file(&script);
+        let out = out?;
+        if !out.status.success() {
+            return Err(GuestImageError::Command {
+                what: "debugfs ls",
+                status: out.status.to_string(),
+                stderr_tail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let mut next = Vec::new();
+        let mut dirs = level.iter();
+        // (directory, entries read so far, names in it)
+        let mut current: Option<(u64, usize, std::collections::HashSet<Vec<u8>>)> = None;
+        for line in out.stdout.split(|b| *b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(header) = line.strip_prefix(b"debugfs: ") {
+                let Some(&dir) = dirs.next() else {
+                    return Err(unsafe_tree("more listings than directories".into()));
+                };
+                if header != format!("ls -p <{dir}>").as_bytes() {
+                    return Err(unsafe_tree(format!("listing of inode {dir} out of order")));
+                }
+                current = Some((dir, 0, Default::default()));
+                continue;
+            }
+            let Some((dir, count, names)) = current.as_mut() else {
+                return Err(unsafe_tree("an entry before any listing".into()));
+            };
+            let Some((ino, mode, name)) = parse_ls_p(line) else {
+                return Err(unsafe_tree(format!("an unreadable entry in inode {dir}")));
+            };
+            // Unused slots (inode 0): listed, but rdump skips them.
+            if ino == 0 {
+                continue;
+            }
+            let expected_dot = match count {
+                0 => Some(&b"."[..]),
+                1 => Some(&b".."[..]),
+                _ => None,
+            };
+            *count += 1;
+            match expected_dot {
+                Some(dot) if name == dot && (dot == b".." || ino == *dir) => continue,
+                Some(_) => return Err(unsafe_tree(format!("inode {dir} lacks . or .."))),
+                None => {}
+            }
+            if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+                return Err(unsafe_tree(format!(
+                    "the name {:?} in inode {dir}",
+                    String::from_utf8_lossy(name)
+                )));
+            }
+            if !names.insert(name.to_vec()) {
+                return Err(unsafe_tree(format!("a repeated name in inode {dir}")));
+            }
+            if mode & MODE_TYPE == MODE_DIR {
+                if !seen.insert(ino) {
+                    return Err(unsafe_tree(format!("directory inode {ino} reached twice")));
+                }
+                next.push(ino);
+            }
+        }
+        if dirs.next().is_some() {
+            return Err(unsafe_tree("a directory without its listing".into()));
+        }
+        level = next;
+    }
+    Ok(())
+}
+
+/// `/ino/mode/uid/gid/name/size/` (size empty for directories): the
+/// inode, the mode and the name (which may itself hold `/`).
+fn parse_ls_p(line: &[u8]) -> Option<(u64, u32, &[u8])> {
+    let rest = line.strip_prefix(b"/")?.strip_suffix(b"/")?;
+    let mut fields = rest.splitn(5, |b| *b == b'/');
+    let number = |f: &[u8]| -> Option<u64> {
+        (!f.is_empty() && f.iter().all(u8::is_ascii_digit))
+            .then(|| std::str::from_utf8(f).ok()?.parse().ok())?
+    };
+    let ino = number(fields.next()?)?;
+    let mode_field = fields.next()?;
+    let mode = std::str::from_utf8(mode_field)
+        .ok()
+        .and_then(|m| u32::from_str_radix(m, 8).ok())?;
+    number(fields.next()?)?;
+    number(fields.next()?)?;
+    // name/size: the size is the digits after the last '/'.
+    let tail = fields.next()?;
+    let cut = tail.iter().rposition(|b| *b == b'/')?;
+    let size = &tail[cut + 1..];
+    if !size.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some((ino, mode, &tail[..cut]))
 }
 
 /// What a guest wrote is untrusted, and a guest kernel can write any inode:
@@ -328,6 +458,58 @@ mod tests {
         assert!(std::fs::symlink_metadata(out.join("fifo")).is_err());
     }
 
+    /// An image of `tree` as a guest kernel could leave it, with 1 KiB blocks
+    /// and no directory index, so entries sit where the tests say.
+    fn image_of(tree: &Path, image: &Path, features: &str) {
+        std::fs::File::create(image)
+            .and_then(|f| f.set_len(8 << 20))
+            .expect("image");
+        run(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-b", "1024", "-I", "256", "-O", features, "-d"])
+                .arg(tree)
+                .arg(image),
+            "mkfs.ext4",
+        )
+        .expect("mkfs");
+    }
+
+    fn debugfs(image: &Path, write: bool, request: &str) -> String {
+        let mut cmd = Command::new("debugfs");
+        if write {
+            cmd.arg("-w");
+        }
+        let out = cmd
+            .arg("-R")
+            .arg(request)
+            .arg(image)
+            .output()
+            .expect("debugfs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The number after `key` in debugfs's answer (`0x` for hex).
+    fn number_after(text: &str, key: &str) -> u64 {
+        let at = text.find(key).unwrap_or_else(|| panic!("{key}: {text}")) + key.len();
+        let rest = &text[at..];
+        match rest.strip_prefix("0x") {
+            Some(hex) => {
+                let digits: String = hex.chars().take_while(char::is_ascii_hexdigit).collect();
+                u64::from_str_radix(&digits, 16).expect("hex")
+            }
+            None => {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().expect("number")
+            }
+        }
+    }
+
+    /// Where, in the image file, the name of `name`'s entry in `dir` is.
+    fn name_offset(image: &Path, dir: &str, name: &str) -> usize {
+        let found = debugfs(image, false, &format!("dirsearch {dir} {name}"));
+        (number_after(&found, "phys ") * 1024 + number_after(&found, "offset ") + 8) as usize
+    }
+
     /// A guest kernel can write any bytes to its `/work` disk, including a
     /// directory holding two entries of one name: first a symlink out of
     /// the bundle, then a regular file. e2fsck compares names only within
@@ -348,43 +530,14 @@ mod tests {
         }
         std::fs::write(tree.join("payload"), b"from the guest").expect("write");
         let image = dir.path().join("work.ext4");
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(8 << 20))
-            .expect("image");
-        run(
-            Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-b", "1024", "-O", "^dir_index", "-d"])
-                .arg(&tree)
-                .arg(&image),
-            "mkfs.ext4",
-        )
-        .expect("mkfs");
-        let debugfs = |write: bool, request: &str| {
-            let mut cmd = Command::new("debugfs");
-            if write {
-                cmd.arg("-w");
-            }
-            let out = cmd
-                .arg("-R")
-                .arg(request)
-                .arg(&image)
-                .output()
-                .expect("debugfs");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
+        image_of(&tree, &image, "^dir_index");
         // A second name for the payload, one letter like the link's, then
         // that letter changed on disk into the link's.
-        debugfs(true, "ln /payload /d/q");
-        let found = debugfs(false, "dirsearch /d q");
-        let field = |key: &str| -> u64 {
-            let rest = &found[found.find(key).unwrap_or_else(|| panic!("{found}")) + key.len()..];
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().expect("number")
-        };
-        let at = field("phys ") * 1024 + field("offset ") + 8;
+        debugfs(&image, true, "ln /payload /d/q");
+        let at = name_offset(&image, "/d", "q");
         let mut bytes = std::fs::read(&image).expect("read");
-        assert_eq!(bytes[at as usize], b'q');
-        bytes[at as usize] = b'x';
+        assert_eq!(bytes[at], b'q');
+        bytes[at] = b'x';
         std::fs::write(&image, &bytes).expect("patch");
 
         let out = dir.path().join("out");
@@ -401,6 +554,73 @@ mod tests {
             .filter(|n| n.starts_with('x'))
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    /// e2fsck does not check names in a directory flagged encrypted (they
+    /// are ciphertext, any bytes), and rdump joins them to the destination
+    /// as they are: a guest that flags a directory encrypted, gives it a
+    /// policy and names a file `../../outside` had the host write it there.
+    #[test]
+    fn a_name_with_slashes_in_an_encrypted_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("d")).expect("mkdir");
+        let placeholder = "A".repeat(32);
+        std::fs::write(tree.join("d").join(&placeholder), b"from the guest").expect("write");
+        let image = dir.path().join("work.ext4");
+        image_of(&tree, &image, "^metadata_csum,^dir_index");
+        // A v1 encryption policy (version, contents and names modes, flags,
+        // key descriptor, nonce), set as an attribute with no prefix and
+        // then moved to the encryption index (9), which debugfs cannot name.
+        let policy = dir.path().join("policy");
+        let mut context = vec![1u8, 1, 4, 0];
+        context.extend_from_slice(&[0x4b; 8]);
+        context.extend_from_slice(&[0x4e; 16]);
+        std::fs::write(&policy, &context).expect("policy");
+        let file = format!("/d/{placeholder}");
+        for path in ["/d", file.as_str()] {
+            debugfs(
+                &image,
+                true,
+                &format!("ea_set -f {} {path} c", policy.display()),
+            );
+            // EXTENTS | ENCRYPT
+            debugfs(
+                &image,
+                true,
+                &format!("set_inode_field {path} flags 0x80800"),
+            );
+        }
+        let mut bytes = std::fs::read(&image).expect("read");
+        for path in ["/d", file.as_str()] {
+            let found = debugfs(&image, false, &format!("imap {path}"));
+            let inode = (number_after(&found, "located at block ") * 1024
+                + number_after(&found, "offset ")) as usize;
+            // The in-inode attribute entry: name length 1, index 0, ..., "c".
+            let entry = (inode + 128..inode + 256 - 17)
+                .find(|&j| bytes[j] == 1 && bytes[j + 1] == 0 && bytes[j + 16] == b'c')
+                .expect("the attribute entry");
+            bytes[entry + 1] = 9;
+        }
+        let name = format!("../..{}outside", "/".repeat(20));
+        assert_eq!(name.len(), placeholder.len());
+        let at = name_offset(&image, "/d", &placeholder);
+        assert_eq!(&bytes[at..at + 32], placeholder.as_bytes());
+        bytes[at..at + 32].copy_from_slice(name.as_bytes());
+        std::fs::write(&image, &bytes).expect("patch");
+
+        let out = dir.path().join("out");
+        let result = dump_tree(&image, &out);
+        assert!(
+            std::fs::symlink_metadata(&outside).is_err(),
+            "the guest's file was written outside the bundle"
+        );
+        let err = result.expect_err("a name that leaves the destination is refused");
+        assert!(
+            matches!(&err, GuestImageError::UnsafeTree(why) if why.contains("outside")),
+            "{err}"
+        );
     }
 
     #[test]
