@@ -10,7 +10,9 @@
 pub const FRAME_STDOUT: u8 = 1;
 /// Bytes of the task's stderr.
 pub const FRAME_STDERR: u8 = 2;
-/// The task's exit status: exactly 4 bytes, an `i32` LE.
+/// The task's exit status: exactly 4 bytes, an `i32` LE in 0..=255 (as
+/// `wait` reports it, 128+N for a signal); the host takes any other value
+/// as a malformed frame.
 pub const FRAME_EXIT: u8 = 3;
 /// A boot mark: exactly 1 byte, a [`crate::marker`] code.
 pub const FRAME_MARK: u8 = 4;

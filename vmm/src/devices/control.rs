@@ -3,7 +3,7 @@
 //! The wire format is `guest_protocol::control`'s: the guest init writes
 //! `kind: u8, len: u16 LE, payload[len]` frames to hvc0 (or its second UART,
 //! ttyS1), raw mode. Kinds: 1 stdout bytes, 2 stderr bytes, 3 exit status
-//! (i32 LE), 4 boot mark (one byte: the marker code, recorded with its
+//! (i32 LE, 0..=255), 4 boot mark (one byte: the marker code, recorded with its
 //! arrival time). The task's command and files reach the guest in the
 //! per-session cpio, so the channel only flows guest -> host.
 
@@ -77,8 +77,7 @@ impl ControlDecoder {
                     } else if kind == FRAME_MARK && left != 1 {
                         self.fail(format!("mark frame of {left} bytes"))
                     } else if left == 0 {
-                        self.emit(kind, Vec::new());
-                        State::ExpectKind
+                        self.emit(kind, Vec::new())
                     } else {
                         State::ExpectPayload {
                             kind,
@@ -95,8 +94,7 @@ impl ControlDecoder {
             } => {
                 got.push(byte);
                 if left == 1 {
-                    self.emit(kind, got);
-                    State::ExpectKind
+                    self.emit(kind, got)
                 } else {
                     State::ExpectPayload {
                         kind,
@@ -109,23 +107,32 @@ impl ControlDecoder {
         };
     }
 
-    fn emit(&self, kind: u8, payload: Vec<u8>) {
+    /// Hands a whole frame on; the state after it (`Broken` for an exit
+    /// status no command can have).
+    fn emit(&self, kind: u8, payload: Vec<u8>) -> State {
         if kind == FRAME_MARK {
             if let (Some(marker), Some(code)) = (&self.marker, payload.first()) {
                 marker.record(*code);
             }
-            return;
+            return State::ExpectKind;
         }
         let event = match kind {
             FRAME_STDOUT => ControlEvent::Stdout(payload),
             FRAME_STDERR => ControlEvent::Stderr(payload),
             _ => {
                 let raw: [u8; 4] = payload.as_slice().try_into().unwrap_or([0xff; 4]);
-                ControlEvent::Exit(i32::from_le_bytes(raw))
+                let code = i32::from_le_bytes(raw);
+                // What `wait` can report (128+N for a signal): a status
+                // outside it would be clamped into a different one later.
+                if !(0..=255).contains(&code) {
+                    return self.fail(format!("exit status {code} (not 0..=255)"));
+                }
+                ControlEvent::Exit(code)
             }
         };
         // Nobody listening any more is not the guest's problem.
         let _ = self.events.send(event);
+        State::ExpectKind
     }
 
     fn fail(&self, why: String) -> State {
@@ -169,14 +176,14 @@ mod tests {
         let mut wire = encode_frame(FRAME_STDOUT, b"hello\n");
         wire.extend(encode_frame(FRAME_STDERR, b"oops"));
         wire.extend(encode_frame(FRAME_STDOUT, b""));
-        wire.extend(encode_frame(FRAME_EXIT, &(-3i32).to_le_bytes()));
+        wire.extend(encode_frame(FRAME_EXIT, &3i32.to_le_bytes()));
         assert_eq!(
             decode(&wire),
             vec![
                 ControlEvent::Stdout(b"hello\n".to_vec()),
                 ControlEvent::Stderr(b"oops".to_vec()),
                 ControlEvent::Stdout(vec![]),
-                ControlEvent::Exit(-3),
+                ControlEvent::Exit(3),
             ]
         );
     }
@@ -210,6 +217,27 @@ mod tests {
         assert!(matches!(&events[0], ControlEvent::Malformed(m) if m.contains("kind 9")));
         let bad_exit = [FRAME_EXIT, 2, 0, 0, 0];
         assert!(matches!(&decode(&bad_exit)[0], ControlEvent::Malformed(_)));
+    }
+
+    /// The guest init reports what `wait` gave it: 0..=255 (128+N for a
+    /// signal). Anything else is no command's status: a guest that sent -1
+    /// left the session "failed" without an exit code while `openclaw run`
+    /// exited 0 (the code is clamped into 0..=255).
+    #[test]
+    fn an_exit_status_outside_0_to_255_is_malformed() {
+        for code in [0i32, 7, 255] {
+            assert_eq!(
+                decode(&encode_frame(FRAME_EXIT, &code.to_le_bytes())),
+                vec![ControlEvent::Exit(code)]
+            );
+        }
+        for code in [-1i32, -3, 256, i32::MIN, i32::MAX] {
+            let events = decode(&encode_frame(FRAME_EXIT, &code.to_le_bytes()));
+            assert!(
+                matches!(&events[..], [ControlEvent::Malformed(m)] if m.contains("exit status")),
+                "{code}: {events:?}"
+            );
+        }
     }
 
     #[test]
