@@ -27,7 +27,9 @@ pub struct SessionInfo {
     /// `running`, `completed` (command exited 0), `failed`, `interrupted`
     /// (Ctrl-C / SIGTERM), `timed_out`, or `supervisor_died` (set by
     /// recovery: the supervisor process died while the session ran; shown
-    /// as "interrupted (supervisor died)").
+    /// as "interrupted (supervisor died)"). `interrupted` and `timed_out`
+    /// say what the supervisor did, never what the exit code is: a command
+    /// exiting 130 or 124 by itself is `failed`.
     pub status: String,
     /// Isolation backend actually used, and why it was chosen.
     pub backend: String,

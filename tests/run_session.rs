@@ -275,6 +275,24 @@ fn exit_code_passes_through_and_json_events_are_ndjson() {
     assert_eq!(session["status"], "failed");
 }
 
+/// The session's status says what the supervisor saw. A command (or, on
+/// kvm, a guest reporting its status) that exits 130 or 124 by itself was
+/// neither interrupted nor timed out, and the report must not say so.
+#[test]
+fn a_command_exiting_130_or_124_by_itself_is_not_reported_interrupted_or_timed_out() {
+    for (code, extra) in [(130, &[][..]), (124, &["--timeout", "10m"][..])] {
+        let (_rt, upstream, home) = setup(&["api.example.com"]);
+        let out = home
+            .run(&upstream, extra, &format!("exit {code}"))
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(code));
+        let session = read_json(&home.only_session().join("session.json"));
+        assert_eq!(session["exit_code"], code);
+        assert_eq!(session["status"], "failed", "exit {code}");
+    }
+}
+
 #[test]
 fn without_a_terminal_an_unanswered_approval_is_denied_at_the_timeout() {
     let (_rt, upstream, home) = setup(&["api.example.com", "shop.example.com"]);

@@ -16,6 +16,31 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// The session's `--timeout` passed (as timeout(1) reports it).
 pub const EXIT_TIMEOUT: i32 = 124;
 
+/// How the command's run ended, as the supervisor saw it: the session's
+/// status comes from this, never from the exit code alone (a command, or a
+/// guest reporting its status, can exit 130 or 124 by itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The command ended by itself with this exit code (128+N for a
+    /// signal; on kvm, as the guest reported it).
+    Exited(i32),
+    /// `--timeout` passed and the supervisor stopped the command.
+    TimedOut,
+    /// Ctrl-C / SIGTERM reached the supervisor, which stopped the command.
+    Interrupted,
+}
+
+impl RunEnd {
+    /// The session's exit code.
+    pub fn code(self) -> i32 {
+        match self {
+            RunEnd::Exited(code) => code,
+            RunEnd::TimedOut => EXIT_TIMEOUT,
+            RunEnd::Interrupted => EXIT_INTERRUPTED,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
     Auto,

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::backends::choice::{self, Backend};
 use super::backends::{kvm, netns, BackendContext};
-use super::config::{RunConfig, EXIT_INTERRUPTED, EXIT_SETUP, EXIT_TIMEOUT};
+use super::config::{RunConfig, RunEnd, EXIT_SETUP};
 use super::console::Console;
 use super::enforcement;
 use super::monitor::Monitor;
@@ -175,7 +175,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
         .instrument(span)
         .await;
     let exit_code = match &result {
-        Ok(code) => *code,
+        Ok(end) => end.code(),
         Err(_) => -1,
     };
     info.ended_at = Some(receipts::format_time(SystemTime::now()));
@@ -183,15 +183,17 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     info.supervisor_start = None;
     info.supervisor_boot_id = None;
     info.exit_code = (exit_code >= 0).then_some(exit_code);
-    info.status = match (&result, exit_code) {
-        (Err(_), _) => "failed".into(),
-        (Ok(_), EXIT_INTERRUPTED) => "interrupted".into(),
-        (Ok(_), EXIT_TIMEOUT) if config.timeout.is_some() => "timed_out".into(),
+    // From what the supervisor saw, not from the code: a command can exit
+    // 130 or 124 by itself.
+    info.status = match &result {
+        Err(_) => "failed".into(),
+        Ok(RunEnd::Interrupted) => "interrupted".into(),
+        Ok(RunEnd::TimedOut) => "timed_out".into(),
         // The command failed after /work filled up: say what most likely
         // made it fail (`bounds` has the detail either way).
-        (Ok(_), code) if code != 0 && info.bounds.work_full => "work_full".into(),
-        (Ok(_), 0) => "completed".into(),
-        (Ok(_), _) => "failed".into(),
+        Ok(RunEnd::Exited(code)) if *code != 0 && info.bounds.work_full => "work_full".into(),
+        Ok(RunEnd::Exited(0)) => "completed".into(),
+        Ok(RunEnd::Exited(_)) => "failed".into(),
     };
     bundle::write_info(&dir, &info)?;
     let report = report::build(&dir, Some(&config.receipt_key.verifying_key()))?;
@@ -208,7 +210,7 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
             "openclaw: warning: the usage ledger was not updated ({err:#}); `openclaw usage rebuild` recreates it from the receipts"
         ),
     }
-    let exit_code = result?;
+    let exit_code = result?.code();
     Ok(SessionOutcome {
         dir,
         exit_code,
@@ -224,7 +226,7 @@ async fn run_in_bundle(
     dir: &Path,
     info: &mut SessionInfo,
     started: Instant,
-) -> Result<i32> {
+) -> Result<RunEnd> {
     let out = Monitor::new(config.json_events);
     let session_id = info.id.clone();
     let network = tokio::task::spawn_blocking(move || SessionNetwork::create(&session_id))
@@ -281,7 +283,7 @@ async fn serve_and_supervise(
     network: &SessionNetwork,
     receipt_log: &ReceiptLog,
     out: &Monitor,
-) -> Result<i32> {
+) -> Result<RunEnd> {
     let proxy_ip = network.proxy_addr();
     let enforcement = enforcement::build(
         config,
@@ -344,7 +346,8 @@ async fn serve_and_supervise(
         )
     });
     let result = match &server {
-        Err(_) => Ok(-1),
+        // `stopped?` below returns the server's error.
+        Err(_) => Ok(RunEnd::Exited(-1)),
         // The backend's command writes its output here from its first byte.
         Ok(_) => match Console::create(
             &dir.join(bundle::CONSOLE_LOG),

@@ -30,7 +30,7 @@ use super::choice::KvmBoot;
 use super::image::Root;
 use super::BackendContext;
 use crate::bundle;
-use crate::session::config::{shutdown_signal, EXIT_INTERRUPTED, EXIT_TIMEOUT};
+use crate::session::config::{shutdown_signal, RunEnd};
 use crate::session::console::Console;
 
 /// The guest kernel's own serial console (boot messages), beside the task's
@@ -73,8 +73,8 @@ enum VmEnd {
 }
 
 /// Runs the command in a microVM booted from `boot` to its end, then copies
-/// `/work` into the bundle; returns the command's exit code.
-pub async fn supervise(context: BackendContext<'_>, boot: &KvmBoot) -> Result<i32> {
+/// `/work` into the bundle; returns how the command ended.
+pub async fn supervise(context: BackendContext<'_>, boot: &KvmBoot) -> Result<RunEnd> {
     let dir = context.dir.to_path_buf();
     let disks = dir.join(DISKS_DIR);
     let result = run_vm(context, boot, &disks).await;
@@ -100,7 +100,7 @@ pub async fn supervise(context: BackendContext<'_>, boot: &KvmBoot) -> Result<i3
     Ok(code)
 }
 
-async fn run_vm(context: BackendContext<'_>, boot: &KvmBoot, disks: &Path) -> Result<i32> {
+async fn run_vm(context: BackendContext<'_>, boot: &KvmBoot, disks: &Path) -> Result<RunEnd> {
     let BackendContext {
         config,
         dir,
@@ -281,15 +281,15 @@ async fn run_vm(context: BackendContext<'_>, boot: &KvmBoot, disks: &Path) -> Re
     match end {
         VmEnd::Exited(code, exit) => {
             tracing::debug!(reason = ?exit.reason, total = ?exit.total_time, "microVM ended");
-            Ok(code)
+            Ok(RunEnd::Exited(code))
         }
-        VmEnd::Stopped => Ok(EXIT_INTERRUPTED),
+        VmEnd::Stopped => Ok(RunEnd::Interrupted),
         VmEnd::TimedOut => {
             out.note(&format!(
                 "timed out after {}: the microVM was stopped",
                 humantime::format_duration(config.timeout.unwrap_or_default())
             ));
-            Ok(EXIT_TIMEOUT)
+            Ok(RunEnd::TimedOut)
         }
         VmEnd::BootTimeout(after, exit) => bail!(
             "boot: the guest did not reach its init within {} ({}; its kernel log is in {})",

@@ -15,7 +15,7 @@ use sandbox::{Sandbox, SandboxSpec, SandboxStdio, WorkVolume};
 
 use super::BackendContext;
 use crate::bundle;
-use crate::session::config::{shutdown_signal, EXIT_INTERRUPTED, EXIT_TIMEOUT};
+use crate::session::config::{shutdown_signal, RunEnd};
 use crate::session::monitor::Monitor;
 
 /// The sandbox's uid/gid: `nobody`, owning nothing on the host.
@@ -31,8 +31,8 @@ enum Work {
     Volume(Arc<WorkVolume>),
 }
 
-/// Runs the command in the sandbox to its end; returns its exit code.
-pub async fn supervise(context: BackendContext<'_>) -> Result<i32> {
+/// Runs the command in the sandbox to its end; returns how it ended.
+pub async fn supervise(context: BackendContext<'_>) -> Result<RunEnd> {
     let BackendContext {
         config,
         dir,
@@ -91,8 +91,8 @@ pub async fn supervise(context: BackendContext<'_>) -> Result<i32> {
 
     let killer = child.killer();
     let mut wait = tokio::task::spawn_blocking(move || child.wait());
-    let code = tokio::select! {
-        status = &mut wait => exit_code(status??),
+    let end = tokio::select! {
+        status = &mut wait => RunEnd::Exited(exit_code(status??)),
         _ = sleep_for(config.timeout) => {
             out.note(&format!(
                 "timed out after {}: stopping the sandbox",
@@ -102,7 +102,7 @@ pub async fn supervise(context: BackendContext<'_>) -> Result<i32> {
                 tracing::warn!("stopping the sandbox: {err}");
             }
             let _ = wait.await;
-            EXIT_TIMEOUT
+            RunEnd::TimedOut
         }
         _ = shutdown_signal() => {
             out.note("interrupted: stopping the sandbox, denying pending approvals");
@@ -111,7 +111,7 @@ pub async fn supervise(context: BackendContext<'_>) -> Result<i32> {
                 tracing::warn!("stopping the sandbox: {err}");
             }
             let _ = wait.await;
-            EXIT_INTERRUPTED
+            RunEnd::Interrupted
         }
     };
     pumps.await;
@@ -139,7 +139,7 @@ pub async fn supervise(context: BackendContext<'_>) -> Result<i32> {
             ));
         }
     }
-    Ok(code)
+    Ok(end)
 }
 
 /// Looks at a capped `/work` until aborted; says so once it is full.
