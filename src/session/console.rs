@@ -359,6 +359,67 @@ mod tests {
         assert_eq!(c.totals(), (raw.len() as u64, raw.len() as u64, false));
     }
 
+    /// A terminal that takes nothing until opened (paused with Ctrl-S, a
+    /// pager not reading, a slow remote terminal).
+    #[derive(Clone, Default)]
+    struct Stalled(Arc<(Mutex<bool>, std::sync::Condvar)>);
+    impl Stalled {
+        fn open(&self) {
+            *self.0 .0.lock().expect("lock") = true;
+            self.0 .1.notify_all();
+        }
+    }
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, cv) = &*self.0;
+            let mut open = open.lock().expect("lock");
+            while !*open {
+                open = cv.wait(open).expect("wait");
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The command's output reaches the console faster than a terminal
+    /// shows it (a guest over virtio-console, `yes` over a pipe): while the
+    /// terminal lags, what is not yet shown waits in the console's queue,
+    /// which has no bound, so the supervisor's memory grows with the
+    /// command's output. A bound needs either backpressure (the netns
+    /// pumps and the kvm control channel, whose own queue from the vCPU
+    /// thread is unbounded too, waiting; the vCPU must still stop on
+    /// kill) or dropping for the screen while the log keeps up: a design
+    /// choice, left to the lead.
+    #[test]
+    #[ignore = "gap: output piles up in memory while the terminal lags (no bound on the console's queue)"]
+    fn a_stalled_terminal_does_not_let_output_pile_up_in_memory() {
+        let term = Stalled::default();
+        let screen =
+            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
+        let c = Console::with_log(Box::new(std::io::sink()), DEFAULT_CONSOLE_MAX, screen);
+        let (done_tx, done_rx) = mpsc::channel();
+        let producer = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let chunk = vec![b'y'; 1 << 20];
+                for _ in 0..64 {
+                    c.write(false, &chunk);
+                }
+                let _ = done_tx.send(());
+            })
+        };
+        // All 64 MiB taken while the terminal took none is 64 MiB held.
+        let all_taken = done_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+        term.open();
+        producer.join().expect("producer");
+        assert!(
+            !all_taken,
+            "64 MiB of output queued in memory while the terminal took nothing"
+        );
+    }
+
     #[test]
     fn long_lines_are_cut_at_character_boundaries() {
         let (c, term, _) = console(DEFAULT_CONSOLE_MAX);
