@@ -153,7 +153,7 @@ pub fn dump_tree(image: &Path, dest: &Path) -> Result<(), GuestImageError> {
             stderr_tail: String::from_utf8_lossy(&status.stdout).into_owned(),
         });
     }
-    check_names(image, dest)?;
+    check_tree(image, dest)?;
     let request = format!("rdump / \"{}\"", dest.display());
     let out = Command::new("debugfs")
         .arg("-R")
@@ -198,8 +198,19 @@ const MODE_DIR: u32 = 0o040000;
 /// lines; for each to read as an entry, its slashes sit around the
 /// newline, so its path runs through a directory named only by newlines,
 /// which no accepted name creates: rdump's write there fails.
-fn check_names(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
-    let unsafe_tree = |why: String| GuestImageError::UnsafeTree(why);
+///
+/// rdump also writes each name's full size, holes as zeros and every hard
+/// link again, so a sparse file (`truncate -s 1T`, no privilege needed) or
+/// a file linked thousands of times could fill the host's disk: the sizes
+/// listed are summed, and more than the disk image's own size is refused.
+fn check_tree(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
+    let unsafe_tree = |why: String| {
+        GuestImageError::UnsafeTree(format!("{why}: a name could lead outside the destination"))
+    };
+    let limit = std::fs::metadata(image)
+        .map_err(GuestImageError::io_path(image))?
+        .len();
+    let mut total = 0u64;
     let script = scratch.join(".openclaw-ls");
     let mut level = vec![ROOT_INODE];
     let mut seen = std::collections::HashSet::from([ROOT_INODE]);
@@ -242,7 +253,7 @@ fn check_names(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
             let Some((dir, count, names)) = current.as_mut() else {
                 return Err(unsafe_tree("an entry before any listing".into()));
             };
-            let Some((ino, mode, name)) = parse_ls_p(line) else {
+            let Some((ino, mode, name, size)) = parse_ls_p(line) else {
                 return Err(unsafe_tree(format!("an unreadable entry in inode {dir}")));
             };
             // Unused slots (inode 0): listed, but rdump skips them.
@@ -269,7 +280,15 @@ fn check_names(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
             if !names.insert(name.to_vec()) {
                 return Err(unsafe_tree(format!("a repeated name in inode {dir}")));
             }
-            if mode & MODE_TYPE == MODE_DIR {
+            if mode & MODE_TYPE != MODE_DIR {
+                total = total.saturating_add(size);
+                if total > limit {
+                    return Err(GuestImageError::UnsafeTree(format!(
+                        "its files would take more than the {limit} bytes of its disk \
+                         (sparse files or many links to one file)"
+                    )));
+                }
+            } else {
                 if !seen.insert(ino) {
                     return Err(unsafe_tree(format!("directory inode {ino} reached twice")));
                 }
@@ -285,8 +304,8 @@ fn check_names(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
 }
 
 /// `/ino/mode/uid/gid/name/size/` (size empty for directories): the
-/// inode, the mode and the name (which may itself hold `/`).
-fn parse_ls_p(line: &[u8]) -> Option<(u64, u32, &[u8])> {
+/// inode, the mode, the name (which may itself hold `/`) and the size.
+fn parse_ls_p(line: &[u8]) -> Option<(u64, u32, &[u8], u64)> {
     let rest = line.strip_prefix(b"/")?.strip_suffix(b"/")?;
     let mut fields = rest.splitn(5, |b| *b == b'/');
     let number = |f: &[u8]| -> Option<u64> {
@@ -304,10 +323,11 @@ fn parse_ls_p(line: &[u8]) -> Option<(u64, u32, &[u8])> {
     let tail = fields.next()?;
     let cut = tail.iter().rposition(|b| *b == b'/')?;
     let size = &tail[cut + 1..];
-    if !size.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some((ino, mode, &tail[..cut]))
+    let size = match size {
+        [] => 0,
+        digits => number(digits)?,
+    };
+    Some((ino, mode, &tail[..cut], size))
 }
 
 /// What a guest wrote is untrusted, and a guest kernel can write any inode:
@@ -618,8 +638,55 @@ mod tests {
         );
         let err = result.expect_err("a name that leaves the destination is refused");
         assert!(
-            matches!(&err, GuestImageError::UnsafeTree(why) if why.contains("outside")),
+            matches!(&err, GuestImageError::UnsafeTree(why) if why.contains("could lead outside")),
             "{err}"
+        );
+    }
+
+    /// Any user in the guest can `truncate -s 1T /work/f` (a sparse file
+    /// costs its disk nothing), and a guest kernel can link one file
+    /// thousands of times; rdump writes each name's full size, zeros and
+    /// all, so either filled the host's disk. What the copy would write is
+    /// summed first: more than the disk itself holds is refused.
+    #[test]
+    fn a_copy_larger_than_the_disk_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).expect("mkdir");
+        std::fs::write(tree.join("sparse"), b"x").expect("write");
+        std::fs::write(tree.join("linked"), vec![7u8; 512 << 10]).expect("write");
+        let image = dir.path().join("work.ext4");
+        image_of(&tree, &image, "^dir_index");
+        // 64 MiB apparent on an 8 MiB disk, as `truncate` makes it.
+        debugfs(&image, true, "sif /sparse size 0x4000000");
+        let sparse_out = dir.path().join("out");
+        let result = dump_tree(&image, &sparse_out);
+        let written = tree_usage(&sparse_out).map(|(bytes, _)| bytes).unwrap_or(0);
+        assert!(
+            written < 8 << 20,
+            "{written} bytes written from an 8 MiB disk"
+        );
+        assert!(
+            matches!(&result, Err(GuestImageError::UnsafeTree(why)) if why.contains("bytes")),
+            "{result:?}"
+        );
+
+        // 32 names of one 512 KiB file: 16 MiB copied out of 8.
+        let image = dir.path().join("links.ext4");
+        image_of(&tree, &image, "^dir_index");
+        for i in 0..32 {
+            debugfs(&image, true, &format!("ln /linked /l{i}"));
+        }
+        let links_out = dir.path().join("links-out");
+        let result = dump_tree(&image, &links_out);
+        let written = tree_usage(&links_out).map(|(bytes, _)| bytes).unwrap_or(0);
+        assert!(
+            written < 8 << 20,
+            "{written} bytes written from an 8 MiB disk"
+        );
+        assert!(
+            matches!(&result, Err(GuestImageError::UnsafeTree(why)) if why.contains("bytes")),
+            "{result:?}"
         );
     }
 

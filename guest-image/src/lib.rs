@@ -53,10 +53,11 @@ pub enum GuestImageError {
         what: String,
         source: std::io::Error,
     },
-    /// A guest's filesystem whose names `debugfs rdump` could join into a
-    /// path outside the copy's destination (or that cannot be listed
-    /// unambiguously): nothing was copied.
-    #[error("refusing to copy the guest's filesystem out: {0} (a name could lead outside the destination)")]
+    /// A guest's filesystem that `debugfs rdump` could not copy out safely:
+    /// a name that could lead outside the destination (or a listing that
+    /// does not read unambiguously), or more bytes than its disk holds.
+    /// Nothing was copied.
+    #[error("refusing to copy the guest's filesystem out: {0}")]
     UnsafeTree(String),
     #[error("not an image archive: {0}")]
     BadArchive(String),
