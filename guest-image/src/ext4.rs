@@ -183,6 +183,9 @@ pub fn dump_tree(image: &Path, dest: &Path) -> Result<(), GuestImageError> {
 
 /// The root directory's inode.
 const ROOT_INODE: u64 = 2;
+/// Deepest tree copied out: each level is one debugfs run to list, and
+/// rdump's paths stop at PATH_MAX (4096) long before this anyway.
+const MAX_DEPTH: usize = 1024;
 /// `S_IFMT` and `S_IFDIR`, as `ls -p` prints a mode.
 const MODE_TYPE: u32 = 0o170000;
 const MODE_DIR: u32 = 0o040000;
@@ -212,9 +215,16 @@ fn check_tree(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
         .len();
     let mut total = 0u64;
     let script = scratch.join(".openclaw-ls");
+    let mut depth = 0;
     let mut level = vec![ROOT_INODE];
     let mut seen = std::collections::HashSet::from([ROOT_INODE]);
     while !level.is_empty() {
+        depth += 1;
+        if depth > MAX_DEPTH {
+            return Err(GuestImageError::UnsafeTree(format!(
+                "directories nested deeper than {MAX_DEPTH}"
+            )));
+        }
         let commands: String = level.iter().map(|ino| format!("ls -p <{ino}>\n")).collect();
         std::fs::write(&script, commands).map_err(GuestImageError::io_path(&script))?;
         let out = Command::new("debugfs")
@@ -686,6 +696,34 @@ mod tests {
         );
         assert!(
             matches!(&result, Err(GuestImageError::UnsafeTree(why)) if why.contains("bytes")),
+            "{result:?}"
+        );
+    }
+
+    /// Listing costs one debugfs run per level: a guest's chain of
+    /// thousands of nested directories is refused, not walked.
+    #[test]
+    fn a_tree_deeper_than_the_bound_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).expect("mkdir");
+        let image = dir.path().join("work.ext4");
+        image_of(&tree, &image, "^dir_index");
+        // Made inside the image, one level at a time (mkfs -d aborts on
+        // paths this long).
+        let script = dir.path().join("deep");
+        std::fs::write(&script, "mkdir d\ncd d\n".repeat(MAX_DEPTH + 1)).expect("script");
+        let made = Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&script)
+            .arg(&image)
+            .output()
+            .expect("debugfs");
+        assert!(made.status.success());
+        let result = dump_tree(&image, &dir.path().join("out"));
+        assert!(
+            matches!(&result, Err(GuestImageError::UnsafeTree(why)) if why.contains("deeper")),
             "{result:?}"
         );
     }
