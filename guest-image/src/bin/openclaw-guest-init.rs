@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -295,9 +295,7 @@ fn run_task(
         let (done, group) = (done.clone(), pgid.load(Ordering::Relaxed));
         std::thread::spawn(move || listen_for_stop(tty, group, &done));
     }
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for the task: {e}"))?;
+    let code = wait_for(Pid::from_raw(child.id() as i32))?;
     done.store(true, Ordering::Release);
     // Background processes holding the output pipes would keep the pumps
     // reading forever.
@@ -305,9 +303,22 @@ fn run_task(
     for p in pumps {
         let _ = p.join();
     }
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(code)
+}
+
+/// Waits for the command `pid` to end; its exit status (128+N for a
+/// signal). Every other child that ends meanwhile is reaped too: as PID 1
+/// the init inherits the command's orphans, and one left a zombie counts
+/// against the command user's process limit until the session ends.
+fn wait_for(pid: Pid) -> Result<i32, String> {
+    loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(WaitStatus::Exited(p, code)) if p == pid => return Ok(code),
+            Ok(WaitStatus::Signaled(p, signal, _)) if p == pid => return Ok(128 + signal as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("waiting for the task: {e}")),
+        }
+    }
 }
 
 /// Reads the control channel for the host's stop: SIGTERM to the command's
@@ -640,5 +651,45 @@ impl Control {
     /// Waits until every byte left the UART, so a reset cannot cut the tail.
     fn drain(&mut self) {
         let _ = termios::tcdrain(&self.tty);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As PID 1 the init is the parent of every orphan: a command that
+    /// starts helpers in the background and lets them go (a shell's
+    /// `(cmd &)`, daemonizing tools) leaves them to the init, and an
+    /// unreaped one stays a zombie, counted against the command user's
+    /// process limit (`--pids-max`) until the session ends. The test
+    /// process stands in for PID 1 as a child subreaper.
+    #[test]
+    fn orphans_are_reaped_while_the_command_runs() {
+        nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("orphan");
+        // Exits 3 once its orphan is gone (reaped), 9 if it stayed a
+        // zombie for 20 s.
+        let script = r#"
+            (sleep 0 & echo $! > "$1")
+            orphan=$(cat "$1")
+            i=0
+            while [ $i -lt 200 ]; do
+                [ -e "/proc/$orphan" ] || exit 3
+                sleep 0.1
+                i=$((i + 1))
+            done
+            exit 9
+        "#;
+        // `wait_for` reaps it by its pid, as `run_task` does the command.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new("/bin/sh")
+            .args(["-c", script, "sh"])
+            .arg(&pidfile)
+            .spawn()
+            .expect("sh");
+        let code = wait_for(Pid::from_raw(child.id() as i32)).expect("wait");
+        assert_eq!(code, 3, "the orphan stayed a zombie while the command ran");
     }
 }
