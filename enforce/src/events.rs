@@ -27,7 +27,8 @@ pub enum EventKind {
     Pending,
     /// A human said yes; the request is going upstream.
     Approved,
-    /// A human said no, nobody answered in time, or the broker went away.
+    /// A human said no, nobody answered in time, the broker went away, or
+    /// the client went away while its request was held.
     Denied,
     /// The exchange ended (status and bytes known).
     Completed,

@@ -333,6 +333,56 @@ impl ReceiptedDecision<'_> {
     }
 }
 
+/// Why a hold ended when its request's client went away.
+const WITHDRAWN: &str = "withdrawn: the client went away while the request was held";
+
+/// Armed while a request is held: dropped armed (the proxy dropped the
+/// request because its client went away), it receipts the hold as denied by
+/// `client` and emits the `denied` event, so the chain and the monitor say
+/// how the hold ended. Nothing is forwarded or refused: nobody is left to
+/// answer.
+struct Withdrawn<'a> {
+    gate: &'a EnforcingGate,
+    id: u64,
+    conn: u64,
+    action: &'a Action,
+    decision_seq: u64,
+    armed: bool,
+}
+
+impl Drop for Withdrawn<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let record = ApprovalRecord {
+            decision_seq: self.decision_seq,
+            approved: false,
+            approver: "client".to_owned(),
+            answered_at: receipts::format_time(SystemTime::now()),
+            reason: Some(WITHDRAWN.to_owned()),
+        };
+        // Queued in the chain now; the writer makes it durable without
+        // anyone waiting (a drop cannot wait).
+        let seq = match self.gate.receipts.submit(Entry::Approval(record)) {
+            Ok(pending) => Some(pending.seq()),
+            Err(e) => {
+                ratelog::error!(
+                    request = self.id,
+                    "receipt for a withdrawn hold failed: {e}"
+                );
+                None
+            }
+        };
+        self.gate
+            .emit(EventKind::Denied, self.id, self.conn, self.action, |e| {
+                e.reason = Some(WITHDRAWN.to_owned());
+                e.approver = Some("client".to_owned());
+                e.receipt = seq;
+            });
+    }
+}
+
 /// A receipt could not be written: the request is refused (no receipt).
 struct ReceiptFailed(String);
 
@@ -798,6 +848,17 @@ impl EnforcingGate {
             asked_at: receipts::format_time(SystemTime::now()),
             timeout: self.approval_timeout,
         };
+        // Until the answer's receipt has its place in the chain, a dropped
+        // hold (the client went away: hyper drops this future) is receipted
+        // as withdrawn, so every hold ends in exactly one approval receipt.
+        let mut withdrawn = Withdrawn {
+            gate: self,
+            id,
+            conn: conn.id,
+            action,
+            decision_seq: *seq,
+            armed: true,
+        };
         let outcome = ask_and_wait(self.broker.as_ref(), question, self.approval_timeout).await;
         let (approved, approver, answered_at, why) = match outcome {
             ApprovalOutcome::Answered(a) => {
@@ -831,7 +892,12 @@ impl EnforcingGate {
             answered_at: receipts::format_time(answered_at),
             reason: why.clone(),
         };
-        let appended = match self.receipts.submit(Entry::Approval(record)) {
+        let submitted = self.receipts.submit(Entry::Approval(record));
+        // Its place in the chain is fixed (or the log refused it): from
+        // here the hold's end is the answer's, not a withdrawal.
+        withdrawn.armed = false;
+        drop(withdrawn);
+        let appended = match submitted {
             Ok(p) => p.await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };

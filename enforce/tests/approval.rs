@@ -131,3 +131,79 @@ async fn api_broker_answers_by_id_and_reservations_hold_the_ceiling() {
     assert_eq!(approvals(&chain), vec![(d[0].0, true, "ui".to_owned())]);
     assert_eq!(s.rederive(&chain), 3);
 }
+
+/// Waits (up to 20 s) until `cond` holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never: {what}");
+}
+
+/// A held purchase whose client goes away (curl gives up) is withdrawn
+/// from the human, a late "yes" finds nothing to approve, nothing goes
+/// upstream, and the chain still says how the hold ended: one approval
+/// receipt, denied by `client`. Over HTTP/1.1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_whose_client_went_away_is_receipted_as_withdrawn() {
+    for version in ["--http1.1", "--http2"] {
+        let (api, handle) = ApiBroker::new();
+        let mut s = Session::start(Options {
+            broker: Some(Arc::new(api)),
+            ..Options::default()
+        })
+        .await;
+        let body = purchase("487.00");
+        let port = s.proxy.https_addr().unwrap().port();
+        let curl = tokio::process::Command::new("curl")
+            .args(["-sS", version, "--max-time", "3", "--cacert"])
+            .arg(&s.session_ca)
+            .arg("--connect-to")
+            .arg(format!("::127.0.0.1:{port}"))
+            .args(["-X", "POST", "-H", "content-type: application/json"])
+            .args(["--data-binary", &body, PURCHASE])
+            .output();
+        let curl = tokio::spawn(curl);
+        eventually("the purchase is held", || handle.pending().len() == 1).await;
+        let id = handle.pending()[0].request.id;
+        let out = curl.await.unwrap().unwrap();
+        assert!(!out.status.success(), "curl gave up waiting");
+        eventually("the hold is withdrawn", || handle.pending().is_empty()).await;
+        assert_eq!(
+            handle.answer(id, true, "ui"),
+            Err(enforce::ApprovalError::NotPending(id))
+        );
+        eventually("the withdrawal is receipted", || {
+            s.receipts_text().contains("\"approver\":\"client\"")
+        })
+        .await;
+        assert!(s.mock.seen().is_empty());
+        let chain = s.finish_and_verify();
+        let d = decisions(&chain);
+        assert_eq!(d.len(), 1, "{version}");
+        assert_eq!(d[0].1, "approval");
+        assert_eq!(
+            approvals(&chain),
+            vec![(d[0].0, false, "client".to_owned())],
+            "{version}"
+        );
+        let events = s.drain_events();
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![EventKind::Pending, EventKind::Denied],
+            "{version}"
+        );
+        assert!(
+            events[1]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("client went away"),
+            "{events:?}"
+        );
+    }
+}
