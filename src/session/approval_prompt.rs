@@ -19,6 +19,14 @@ const MAX_FACT_CHARS: usize = 200;
 
 type Question = (ApprovalRequest, oneshot::Sender<ApprovalAnswer>);
 
+/// Shown when the prompt's own time ran out.
+const NO_ANSWER_IN_TIME: &str = "no answer in time: denied";
+/// Shown when the question went away first: the web UI answered it (the
+/// monitor's line after the prompt says how), or the gate stopped waiting
+/// (its timeout, or the request's client went away). Never "denied": it
+/// may have been approved.
+const NO_LONGER_ASKED: &str = "no longer asked here: answered elsewhere, timed out or withdrawn";
+
 /// Prompts `approve? [y/N]` on a terminal, one question at a time, showing
 /// the time left. Only `y` or `yes` approves. A line typed before a prompt
 /// appeared is discarded (it answered an earlier, withdrawn prompt). When the
@@ -179,15 +187,17 @@ async fn prompt_loop(
                     Some((_, at)) if at < shown => continue,
                     Some((line, _)) => {
                         let yes = matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes");
-                        break Some(ApprovalAnswer::new(yes, "terminal"));
+                        break Ok(ApprovalAnswer::new(yes, "terminal"));
                     }
                 },
-                _ = reply.closed() => break None,
-                _ = tokio::time::sleep_until(deadline) => break None,
+                // Answered in the web UI (first answer wins), or the gate
+                // stopped waiting: not for this prompt to call it denied.
+                _ = reply.closed() => break Err(NO_LONGER_ASKED),
+                _ = tokio::time::sleep_until(deadline) => break Err(NO_ANSWER_IN_TIME),
             }
         };
         match answer {
-            Some(a) => {
+            Ok(a) => {
                 let _ = writeln!(
                     out,
                     "  → {}",
@@ -195,8 +205,8 @@ async fn prompt_loop(
                 );
                 let _ = reply.send(a);
             }
-            None => {
-                let _ = writeln!(out, "\n  (no answer in time: denied)");
+            Err(why) => {
+                let _ = writeln!(out, "\n  ({why})");
             }
         }
         let _ = out.flush();
@@ -285,7 +295,8 @@ mod tests {
             ask_and_wait(&broker, request(3, short), short).await,
             ApprovalOutcome::TimedOut
         );
-        wait_for(&mut screen_rx, "no answer in time").await;
+        // The gate's timeout withdraws it, or the prompt's own runs out.
+        wait_for(&mut screen_rx, "\n  (no ").await;
     }
 
     #[tokio::test]
@@ -402,6 +413,38 @@ mod tests {
             .find("agent| \\x1b]0;title\\x07err line\n")
             .expect("stderr line");
         assert!(answer < moved && answer < err, "{after}");
+    }
+
+    /// The terminal and the web UI are asked together; the reviewer
+    /// approves in the UI. The terminal must not tell its operator the
+    /// request was denied (it went upstream).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_question_answered_elsewhere_is_not_shown_as_denied() {
+        use enforce::{ApiBroker, FirstAnswer};
+        let term = Shared::default();
+        let screen =
+            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
+        let (input, _keyboard) = nix::unistd::pipe().expect("pipe");
+        let terminal = TerminalBroker::with_io(
+            std::io::BufReader::new(std::fs::File::from(input)),
+            term.clone(),
+            screen,
+        );
+        let (api, handle) = ApiBroker::new();
+        let both = FirstAnswer::new(vec![
+            std::sync::Arc::new(terminal),
+            std::sync::Arc::new(api),
+        ]);
+        let t = Duration::from_secs(30);
+        let asked = tokio::spawn(async move { ask_and_wait(&both, request(5, t), t).await });
+        until(&term, "approve? [y/N]").await;
+        handle.answer(5, true, "ui").expect("pending in the UI");
+        match asked.await.expect("join") {
+            ApprovalOutcome::Answered(a) => assert!(a.approved && a.approver == "ui"),
+            other => panic!("{other:?}"),
+        }
+        let shown = until(&term, "no longer asked").await;
+        assert!(!shown.contains("denied"), "{shown}");
     }
 
     #[test]
