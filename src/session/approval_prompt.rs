@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use enforce::{ApprovalAnswer, ApprovalBroker, ApprovalRequest};
 use tokio::sync::{mpsc, oneshot};
@@ -18,6 +18,13 @@ use super::screen::{visible_inline, Screen};
 const MAX_FACT_CHARS: usize = 200;
 
 type Question = (ApprovalRequest, oneshot::Sender<ApprovalAnswer>);
+
+/// After a question goes away unanswered (withdrawn, or timed out) while
+/// on screen, a line typed this soon after the next one appears is not
+/// taken as its answer: it was meant for the question that went away (an
+/// agent can withdraw a harmless question at will, to put a risky one under
+/// the operator's "y").
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// Shown when the prompt's own time ran out.
 const NO_ANSWER_IN_TIME: &str = "no answer in time: denied";
@@ -63,6 +70,16 @@ impl TerminalBroker {
         output: impl Write + Send + 'static,
         screen: Screen,
     ) -> Self {
+        Self::with_io_settle(input, output, screen, SETTLE)
+    }
+
+    /// [`with_io`](Self::with_io) with another settle time (see [`SETTLE`]).
+    fn with_io_settle(
+        input: impl BufRead + Send + 'static,
+        output: impl Write + Send + 'static,
+        screen: Screen,
+        settle: Duration,
+    ) -> Self {
         let (lines_tx, lines_rx) = mpsc::unbounded_channel::<(String, Instant)>();
         std::thread::Builder::new()
             .name("approval-tty".into())
@@ -77,7 +94,7 @@ impl TerminalBroker {
             .map_err(|e| tracing::error!("approval terminal reader: {e}"))
             .ok();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(prompt_loop(rx, lines_rx, output, screen));
+        tokio::spawn(prompt_loop(rx, lines_rx, output, screen, settle));
         TerminalBroker { tx }
     }
 }
@@ -165,7 +182,11 @@ async fn prompt_loop(
     mut lines: mpsc::UnboundedReceiver<(String, Instant)>,
     mut out: impl Write + Send + 'static,
     screen: Screen,
+    settle: Duration,
 ) {
+    // Whether the last question on screen went away without the operator's
+    // answer: the next one must settle before a line answers it.
+    let mut replaced = false;
     while let Some((req, mut reply)) = questions.recv().await {
         if reply.is_closed() {
             continue;
@@ -173,7 +194,14 @@ async fn prompt_loop(
         // Nothing else reaches the screen until the answer line is out.
         let hold = screen.hold();
         let shown = Instant::now();
+        let settled = if replaced { shown + settle } else { shown };
         let deadline = tokio::time::Instant::now() + req.timeout;
+        if replaced {
+            let _ = write!(
+                out,
+                "\n  (the question before this one went away unanswered: this is another)"
+            );
+        }
         let _ = write!(out, "{}", question_text(&req));
         let _ = out.flush();
         let answer = loop {
@@ -185,6 +213,15 @@ async fn prompt_loop(
                         return;
                     }
                     Some((_, at)) if at < shown => continue,
+                    Some((_, at)) if at < settled => {
+                        let _ = write!(
+                            out,
+                            "\n  (ignored: typed as the question changed; answer again) \
+                             approve? [y/N] "
+                        );
+                        let _ = out.flush();
+                        continue;
+                    }
                     Some((line, _)) => {
                         let yes = matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes");
                         break Ok(ApprovalAnswer::new(yes, "terminal"));
@@ -196,6 +233,7 @@ async fn prompt_loop(
                 _ = tokio::time::sleep_until(deadline) => break Err(NO_ANSWER_IN_TIME),
             }
         };
+        replaced = answer.is_err();
         match answer {
             Ok(a) => {
                 let _ = writeln!(
@@ -445,6 +483,44 @@ mod tests {
         }
         let shown = until(&term, "no longer asked").await;
         assert!(!shown.contains("denied"), "{shown}");
+    }
+
+    /// The agent withdraws a harmless question (its client goes away)
+    /// just as the operator answers it: the risky one queued behind it
+    /// takes the screen, and the "y" meant for the first must not approve
+    /// it. (The settle time is long here so the test cannot be too slow
+    /// for it; the question's own timeout ends it instead.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_typed_as_a_withdrawn_question_is_replaced_is_not_taken() {
+        let term = Shared::default();
+        let screen =
+            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
+        let (input, keyboard) = nix::unistd::pipe().expect("pipe");
+        let mut keyboard = std::fs::File::from(keyboard);
+        let broker = TerminalBroker::with_io_settle(
+            std::io::BufReader::new(std::fs::File::from(input)),
+            term.clone(),
+            screen,
+            Duration::from_secs(60),
+        );
+        let long = Duration::from_secs(60);
+        let mut harmless = request(1, long);
+        harmless.action.amount_cents = Some(40_100);
+        let withdrawn = broker.ask(harmless);
+        until(&term, "$401.00 · #1").await;
+        let short = Duration::from_secs(3);
+        let risky = tokio::spawn({
+            let b = broker.clone();
+            async move { ask_and_wait(&b, request(2, short), short).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(withdrawn);
+        until(&term, "$487.00 · #2").await;
+        std::io::Write::write_all(&mut keyboard, b"y\n").expect("type");
+        assert_eq!(risky.await.expect("join"), ApprovalOutcome::TimedOut);
+        let shown = term.text();
+        assert!(shown.contains("ignored"), "{shown}");
+        assert!(!shown.contains("→ approved"), "{shown}");
     }
 
     #[test]
