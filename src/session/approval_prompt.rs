@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use enforce::{ApprovalAnswer, ApprovalBroker, ApprovalRequest};
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +25,9 @@ type Question = (ApprovalRequest, oneshot::Sender<ApprovalAnswer>);
 /// agent can withdraw a harmless question at will, to put a risky one under
 /// the operator's "y").
 const SETTLE: Duration = Duration::from_secs(1);
+
+/// How long after the gate's timeout the prompt gives up by itself.
+const BACKSTOP: Duration = Duration::from_secs(1);
 
 /// Shown when the prompt's own time ran out.
 const NO_ANSWER_IN_TIME: &str = "no answer in time: denied";
@@ -121,7 +124,7 @@ fn amount(cents: u64, currency: Option<&str>) -> String {
 /// The question as shown: a headline, then each fact the decision receipt
 /// records, one per line, every agent-supplied value made visible and
 /// bounded.
-fn question_text(req: &ApprovalRequest) -> String {
+fn question_text(req: &ApprovalRequest, left: Duration) -> String {
     let v = |text: &str| visible_inline(text, MAX_FACT_CHARS);
     let a = &req.action;
     let kind = serde_json::to_value(a.kind)
@@ -173,8 +176,22 @@ fn question_text(req: &ApprovalRequest) -> String {
     for (name, value) in facts {
         text.push_str(&format!("  {name:<11}{value}\n"));
     }
-    text.push_str(&format!("  approve? [y/N] ({} s) ", req.timeout.as_secs()));
+    // Whole seconds, rounded up: "0 s" only when nothing is left.
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    text.push_str(&format!("  approve? [y/N] ({secs} s) "));
     text
+}
+
+/// How long the gate still waits for `req`: its timeout counts from when
+/// it was asked, and a question may have waited behind others (the whole
+/// timeout if `asked_at` does not read, which our own never fails to).
+fn time_left(req: &ApprovalRequest, now: SystemTime) -> Duration {
+    match humantime::parse_rfc3339(&req.asked_at) {
+        Ok(asked) => (asked + req.timeout)
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+        Err(_) => req.timeout,
+    }
 }
 
 async fn prompt_loop(
@@ -195,14 +212,18 @@ async fn prompt_loop(
         let hold = screen.hold();
         let shown = Instant::now();
         let settled = if replaced { shown + settle } else { shown };
-        let deadline = tokio::time::Instant::now() + req.timeout;
+        let left = time_left(&req, SystemTime::now());
+        // The gate's timeout ends the question first (receipted as a
+        // timeout); this deadline is only the prompt's backstop, so it
+        // lies a little after the gate's (which `asked_at` precedes).
+        let deadline = tokio::time::Instant::now() + left + BACKSTOP;
         if replaced {
             let _ = write!(
                 out,
                 "\n  (the question before this one went away unanswered: this is another)"
             );
         }
-        let _ = write!(out, "{}", question_text(&req));
+        let _ = write!(out, "{}", question_text(&req, left));
         let _ = out.flush();
         let answer = loop {
             tokio::select! {
@@ -523,6 +544,32 @@ mod tests {
         assert!(!shown.contains("→ approved"), "{shown}");
     }
 
+    /// A question that waited behind others (or for the terminal) shows
+    /// the time the gate still waits, not its whole timeout: the gate
+    /// withdraws it when its time is up, whatever the prompt said.
+    #[tokio::test]
+    async fn the_prompt_shows_the_time_the_gate_still_waits() {
+        let term = Shared::default();
+        let screen =
+            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
+        let (input, _keyboard) = nix::unistd::pipe().expect("pipe");
+        let broker = TerminalBroker::with_io(
+            std::io::BufReader::new(std::fs::File::from(input)),
+            term.clone(),
+            screen,
+        );
+        let mut req = request(1, Duration::from_secs(120));
+        req.asked_at =
+            receipts::format_time(std::time::SystemTime::now() - Duration::from_secs(100));
+        let _reply = broker.ask(req);
+        until(&term, "approve? [y/N] (").await;
+        let shown = until(&term, " s) ").await;
+        assert!(
+            shown.contains("(20 s) ") || shown.contains("(19 s) "),
+            "{shown}"
+        );
+    }
+
     #[test]
     fn hostile_facts_are_shown_visible_and_bounded() {
         let mut req = request(9, Duration::from_secs(5));
@@ -532,7 +579,7 @@ mod tests {
             "b@y.com\nreason ok".into(),
         ];
         req.action.subject = Some("s".repeat(500));
-        let text = question_text(&req);
+        let text = question_text(&req, Duration::from_secs(5));
         assert!(
             !text.contains('\x1b') && !text.contains('\u{202e}'),
             "{text:?}"
