@@ -7,7 +7,7 @@
 //! refuses the request, and no upstream connection is opened for it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,6 +36,13 @@ use crate::stats::{WaitHistogram, WaitSummary};
 const UNPLANNED_UNDER_QUOTA: &str = "quota: llm call of unknown cost under the tenant's day \
     quota: the proxy could not meter it (its body must be JSON naming the model and fit the \
     classification cap; an LLM WebSocket is not metered)";
+
+/// Most requests held for a human at once in one session; the next is
+/// refused without asking (receipted as denied by `limit`). A reviewer
+/// cannot weigh more at once, and each hold keeps its request (body up to
+/// the catalog's cap) and an entry in the pending list that every change
+/// sends whole to each UI subscriber.
+pub const MAX_HELD_APPROVALS: usize = 64;
 
 /// Longest `X-Openclaw-Blocked` reason sent to the sandbox.
 const MAX_REASON: usize = 300;
@@ -132,6 +139,7 @@ impl Enforcement {
             ledger: config.counters,
             events,
             next_id: AtomicU64::new(1),
+            held: AtomicUsize::new(0),
             dns: Mutex::new(DnsRefusals::new(config.dns_refusals)),
             in_flight: Mutex::new(HashMap::new()),
             credential_hosts: Mutex::new(HashMap::new()),
@@ -252,6 +260,8 @@ pub struct EnforcingGate {
     events: EventBus,
     revocation_ids: Vec<String>,
     next_id: AtomicU64,
+    /// Requests held for a human right now (at most [`MAX_HELD_APPROVALS`]).
+    held: AtomicUsize,
     /// Refused DNS names: receipted one by one, then in aggregate.
     dns: Mutex<DnsRefusals>,
     /// Forwarded requests by request number (their [`GateTag`]): the tag
@@ -330,6 +340,26 @@ impl ReceiptedDecision<'_> {
     ) -> Result<CanonicalDecision, ReceiptFailed> {
         CanonicalDecision::new(action, counters, self, body_sha256)
             .map_err(|e| ReceiptFailed(format!("encoding receipt: {e}")))
+    }
+}
+
+/// One of the [`MAX_HELD_APPROVALS`] places for a held request; given back
+/// when dropped.
+struct HeldSlot<'a>(&'a AtomicUsize);
+
+impl<'a> HeldSlot<'a> {
+    fn take(held: &'a AtomicUsize) -> Option<Self> {
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_HELD_APPROVALS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| HeldSlot(held))
+    }
+}
+
+impl Drop for HeldSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -859,9 +889,27 @@ impl EnforcingGate {
             decision_seq: *seq,
             armed: true,
         };
-        let outcome = ask_and_wait(self.broker.as_ref(), question, self.approval_timeout).await;
+        // A slot among the holds (freed when this hold ends, however it
+        // ends); none left: refused without asking anyone.
+        let slot = HeldSlot::take(&self.held);
+        let outcome = match &slot {
+            Some(_) => {
+                Some(ask_and_wait(self.broker.as_ref(), question, self.approval_timeout).await)
+            }
+            None => None,
+        };
+        drop(slot);
         let (approved, approver, answered_at, why) = match outcome {
-            ApprovalOutcome::Answered(a) => {
+            None => (
+                false,
+                "limit".to_owned(),
+                SystemTime::now(),
+                Some(format!(
+                    "approval: {MAX_HELD_APPROVALS} requests already wait for a human: \
+                     refused without asking"
+                )),
+            ),
+            Some(ApprovalOutcome::Answered(a)) => {
                 let why = if a.approved {
                     None
                 } else {
@@ -869,7 +917,7 @@ impl EnforcingGate {
                 };
                 (a.approved, a.approver, a.answered_at, why)
             }
-            ApprovalOutcome::TimedOut => (
+            Some(ApprovalOutcome::TimedOut) => (
                 false,
                 "timeout".to_owned(),
                 SystemTime::now(),
@@ -878,7 +926,7 @@ impl EnforcingGate {
                     self.approval_timeout.as_secs_f64()
                 )),
             ),
-            ApprovalOutcome::BrokerGone => (
+            Some(ApprovalOutcome::BrokerGone) => (
                 false,
                 "broker".to_owned(),
                 SystemTime::now(),

@@ -56,7 +56,7 @@ pub use catalog::{Catalog, CatalogError, ClassifyError, RequestView};
 pub use counters::{Ledger, Reservation};
 pub use credentials::{SecretStore, SecretsError, SessionCredentials};
 pub use events::{BudgetWarning, Event, EventBus, EventKind, UsageEvent};
-pub use gate::{DnsRefusalLimit, EnforceConfig, Enforcement, EnforcingGate};
+pub use gate::{DnsRefusalLimit, EnforceConfig, Enforcement, EnforcingGate, MAX_HELD_APPROVALS};
 pub use metering::{MeterSettings, RateCard, RateCardError};
 pub use quota::{DayQuota, QuotaRefusal};
 pub use stages::{Stage, BODY_READ_TIMEOUT};

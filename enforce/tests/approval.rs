@@ -207,3 +207,58 @@ async fn a_hold_whose_client_went_away_is_receipted_as_withdrawn() {
         );
     }
 }
+
+/// Every web request waits for a human.
+const POLICY_HELD: &str = "ttl = \"30m\"\n[web]\nallow = [\"google.com\"]\nmethods = [\"get\"]\n\
+    [[approval]]\ntype = \"web\"\n";
+
+/// An agent floods the reviewer with holds (one HTTP/2 connection, many
+/// streams): at most `MAX_HELD_APPROVALS` wait at once; the next is
+/// refused at once, receipted as denied by `limit`, and never asked, so
+/// the pending list (which every change sends whole to each subscriber)
+/// and the memory of held bodies stay bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_past_the_limit_are_refused_without_asking() {
+    let max = enforce::MAX_HELD_APPROVALS;
+    let (api, handle) = ApiBroker::new();
+    let s = Session::start(Options {
+        policy: POLICY_HELD.to_owned(),
+        broker: Some(Arc::new(api)),
+        ..Options::default()
+    })
+    .await;
+    let port = s.proxy.https_addr().unwrap().port();
+    let mut curl = tokio::process::Command::new("curl");
+    curl.args(["-sS", "--http2", "--parallel", "--parallel-immediate"])
+        .args(["--parallel-max", "300", "--max-time", "60", "--cacert"])
+        .arg(&s.session_ca)
+        .arg("--connect-to")
+        .arg(format!("::127.0.0.1:{port}"))
+        .args(["-o", "/dev/null", "-w", "%{http_code}\\n"]);
+    for n in 0..=max {
+        curl.arg(format!("https://google.com/search?q={n}"));
+    }
+    let curl = tokio::spawn(curl.output());
+    eventually("the limit is reached", || handle.pending().len() >= max).await;
+    eventually("the one past it is receipted", || {
+        s.receipts_text().contains("\"approver\":\"limit\"")
+    })
+    .await;
+    assert_eq!(handle.pending().len(), max);
+    for p in handle.pending() {
+        handle.answer(p.request.id, false, "ui").unwrap();
+    }
+    let out = curl.await.unwrap().unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        codes.lines().filter(|c| *c == "403").count(),
+        max + 1,
+        "{codes}"
+    );
+    assert!(s.mock.seen().is_empty());
+    let chain = s.finish_and_verify();
+    let answers = approvals(&chain);
+    assert_eq!(answers.len(), max + 1);
+    assert_eq!(answers.iter().filter(|a| a.2 == "limit").count(), 1);
+    assert_eq!(answers.iter().filter(|a| a.2 == "ui").count(), max);
+}
