@@ -28,6 +28,10 @@ pub struct ApprovalRequest {
     /// Unique per session (the request number).
     pub id: u64,
     pub action: Action,
+    /// The query string the request goes upstream with (the action's path
+    /// has none), so the human sees the data it carries there too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// Why the token wants a human (from the decision).
     pub reason: String,
     /// Seq of the decision receipt this approval answers.
@@ -48,10 +52,14 @@ mod secs {
 }
 
 impl ApprovalRequest {
-    /// `POST united.com/api/booking/purchase $487.00`.
+    /// `POST united.com/api/booking/purchase $487.00` (with `?query`, if any).
     pub fn summary(&self) -> String {
         let a = &self.action;
         let mut s = format!("{} {}{}", a.method, a.host, a.path);
+        if let Some(q) = &self.query {
+            s.push('?');
+            s.push_str(q);
+        }
         if let Some(c) = a.amount_cents {
             s.push_str(&format!(" ${}.{:02}", c / 100, c % 100));
             if let Some(cur) = &a.currency {
@@ -298,6 +306,7 @@ mod tests {
                 credential: None,
                 cost_micro_usd: None,
             },
+            query: None,
             reason: "payments above $400.00 need approval".into(),
             decision_seq: 3,
             asked_at: receipts::format_time(SystemTime::now()),

@@ -873,6 +873,8 @@ impl EnforcingGate {
         let question = ApprovalRequest {
             id,
             action: action.clone(),
+            // As the sandbox sent it: placeholders, never secret values.
+            query: req.head.uri.query().map(str::to_owned),
             reason: decision.reason.clone(),
             decision_seq: *seq,
             asked_at: receipts::format_time(SystemTime::now()),

@@ -262,3 +262,32 @@ async fn holds_past_the_limit_are_refused_without_asking() {
     assert_eq!(answers.iter().filter(|a| a.2 == "limit").count(), 1);
     assert_eq!(answers.iter().filter(|a| a.2 == "ui").count(), max);
 }
+
+/// What the human is asked about is what goes upstream: a held GET whose
+/// query carries data (here, what an agent would exfiltrate) shows the
+/// query in the question, not only the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_question_shows_the_query_that_is_forwarded() {
+    let s = Session::start(Options {
+        policy: POLICY_HELD.to_owned(),
+        script: vec![Scripted::Approve],
+        ..Options::default()
+    })
+    .await;
+    let r = s
+        .curl("https://google.com/search?q=exfil-4f1d&page=2", &[])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.mock.seen_for("google.com");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/search?q=exfil-4f1d&page=2");
+    let asked = s.broker.asked();
+    assert_eq!(asked.len(), 1);
+    let question = serde_json::to_value(&asked[0]).unwrap();
+    assert_eq!(question["query"], "q=exfil-4f1d&page=2", "{question}");
+    assert_eq!(
+        asked[0].summary(),
+        "GET google.com/search?q=exfil-4f1d&page=2"
+    );
+    s.finish_and_verify();
+}

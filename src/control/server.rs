@@ -351,6 +351,7 @@ mod tests {
         ApprovalRequest {
             id,
             action: purchase(),
+            query: None,
             reason: "payments above $400.00 need approval".into(),
             decision_seq: 5,
             asked_at: receipts::format_time(SystemTime::now()),

@@ -45,6 +45,10 @@ pub struct PendingWire {
     /// The action as the catalog classified it (type, method, host, path,
     /// amount_cents, currency, merchant, recipients…).
     pub action: Value,
+    /// The query string the request goes upstream with, if any (the
+    /// action's path has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     pub reason: String,
     /// Seq of the decision receipt (its grant is in the report's timeline).
     pub decision_seq: u64,
@@ -64,6 +68,7 @@ impl PendingWire {
         PendingWire {
             id: r.id,
             action: serde_json::to_value(&r.action).unwrap_or(Value::Null),
+            query: r.query.clone(),
             reason: r.reason.clone(),
             decision_seq: r.decision_seq,
             asked_at: r.asked_at.clone(),

@@ -138,6 +138,10 @@ fn question_text(req: &ApprovalRequest, left: Duration) -> String {
             format!("{} {}{}", v(&a.method), v(&a.host), v(&a.path)),
         ),
     ];
+    // Data can ride in the query as well as the body: shown, not only the path.
+    if let Some(q) = &req.query {
+        facts.push(("query", v(q)));
+    }
     if let Some(cents) = a.amount_cents {
         facts.push(("amount", v(&amount(cents, a.currency.as_deref()))));
     } else if let Some(c) = &a.currency {
@@ -579,6 +583,7 @@ mod tests {
             "b@y.com\nreason ok".into(),
         ];
         req.action.subject = Some("s".repeat(500));
+        req.query = Some("q=exfil\x1b[1A".into());
         let text = question_text(&req, Duration::from_secs(5));
         assert!(
             !text.contains('\x1b') && !text.contains('\u{202e}'),
@@ -590,7 +595,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("… (300 more characters)"), "{text}");
+        assert!(text.contains("  query      q=exfil\\x1b[1A\n"), "{text}");
         // Our own line breaks only: one per fact, the headline and the question.
-        assert_eq!(text.matches('\n').count(), 10, "{text}");
+        assert_eq!(text.matches('\n').count(), 11, "{text}");
     }
 }

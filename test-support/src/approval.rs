@@ -29,6 +29,7 @@ pub fn purchase_question(id: u64, timeout: Duration) -> ApprovalRequest {
             credential: None,
             cost_micro_usd: None,
         },
+        query: None,
         reason: "payments above $400.00 need approval".into(),
         decision_seq: 3,
         asked_at: receipts::format_time(SystemTime::now()),
