@@ -9,6 +9,7 @@ use clap::Args;
 use crate::bundle;
 use crate::control::{self, ControlClientError, ControlRequest, PendingWire};
 use crate::home;
+use crate::session::screen::visible_inline;
 
 /// The approver named in the approval receipt for answers given here.
 pub const APPROVER: &str = "terminal:approve-cmd";
@@ -88,10 +89,19 @@ pub fn execute(args: AnswerArgs, approve: bool) -> Result<ExitCode> {
     }
 }
 
+/// Longest agent-supplied value shown (the rest is counted), as in the
+/// approval prompt.
+const MAX_FACT_CHARS: usize = 200;
+
 /// `5  POST united.com/api/booking/purchase $487.00 · payments above … · 97 s left`
+///
+/// Printed on the operator's terminal: every value from the agent's request
+/// is made visible (escapes, bidi controls) and bounded, as the approval
+/// prompt shows it.
 fn describe(p: &PendingWire) -> String {
     let a = &p.action;
-    let text = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let v = |text: &str| visible_inline(text, MAX_FACT_CHARS);
+    let text = |k: &str| v(a.get(k).and_then(|v| v.as_str()).unwrap_or_default());
     let mut s = format!(
         "{}  {} {}{}",
         p.id,
@@ -99,19 +109,64 @@ fn describe(p: &PendingWire) -> String {
         text("host"),
         text("path")
     );
+    if let Some(q) = &p.query {
+        s.push('?');
+        s.push_str(&v(q));
+    }
     if let Some(c) = a.get("amount_cents").and_then(|v| v.as_u64()) {
         s.push_str(&format!(" ${}.{:02}", c / 100, c % 100));
     }
     if let Some(r) = a.get("recipients").and_then(|v| v.as_array()) {
-        let names: Vec<&str> = r.iter().filter_map(|v| v.as_str()).collect();
+        let names: Vec<String> = r.iter().filter_map(|x| x.as_str()).map(v).collect();
         if !names.is_empty() {
             s.push_str(&format!(" to {}", names.join(", ")));
         }
     }
     s.push_str(&format!(
         " · {} · {} s left",
-        p.reason,
+        v(&p.reason),
         p.remaining_ms / 1000
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The listing is printed on the operator's terminal: what the agent
+    /// wrote (recipients, subject-like text in the path, the query) must
+    /// not move the cursor, recolour or reorder it, nor run off the screen.
+    #[test]
+    fn the_listing_shows_the_agents_text_visible_and_bounded() {
+        let p = PendingWire {
+            id: 7,
+            action: serde_json::json!({
+                "type": "email", "method": "POST", "host": "api.mail.example",
+                "path": "/v1/send",
+                "recipients": ["a@x.com\u{1b}[2K\r", "b@y.com\u{202e}moc.live@"],
+            }),
+            query: Some(format!("q={}", "d".repeat(500))),
+            reason: "every email needs approval".into(),
+            decision_seq: 3,
+            asked_at: "2026-12-06T15:00:00Z".into(),
+            timeout: 120,
+            remaining_ms: 97_000,
+        };
+        let line = describe(&p);
+        assert!(
+            !line.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{line:?}"
+        );
+        assert!(line.contains("a@x.com\\x1b[2K\\x0d"), "{line}");
+        assert!(
+            line.contains("POST api.mail.example/v1/send?q=ddd"),
+            "{line}"
+        );
+        assert!(line.contains("more characters"), "{line}");
+        assert!(
+            line.ends_with("every email needs approval · 97 s left"),
+            "{line}"
+        );
+    }
 }
