@@ -77,6 +77,10 @@ async fn flight_booking_token_end_to_end() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(s.broker.asked().len(), 1);
     assert_eq!(s.broker.asked()[0].action.amount_cents, Some(48_700));
+    // The human is asked with the placeholder, never the card it stands for
+    // (the substitution is applied only once approved).
+    let question = serde_json::to_string(&s.broker.asked()).unwrap();
+    assert!(!question.contains(CARD_SECRET), "{question}");
     let purchase = s.mock.seen_for("united.com").pop().unwrap();
     assert_eq!(purchase.path, "/api/booking/purchase");
     assert!(String::from_utf8_lossy(&purchase.body).contains(CARD_SECRET));
