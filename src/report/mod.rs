@@ -187,33 +187,20 @@ pub fn build_from(
         // verification), so `index` is the line's place in the chain there.
         let proven = receipts_status.verified.is_none_or(|n| (index as u64) < n);
         match receipt.body {
-            Body::Decision(record) if !proven => {
-                let field = |name: &str| record.decision.get(name).and_then(Value::as_str);
-                timeline.push(TimelineEntry {
-                    seq: receipt.seq,
-                    ts: receipt.ts,
-                    decision: field("decision").unwrap_or("block").to_owned(),
-                    reason: field("reason").unwrap_or_default().to_owned(),
-                    grant: field("grant").map(str::to_owned),
-                    action: record.action,
-                    approval: None,
-                    status: None,
-                    bytes_up: 0,
-                    bytes_down: 0,
-                    usage: None,
-                    unverified: true,
-                });
-            }
-            _ if !proven => {}
             Body::Decision(record) => {
                 let field = |name: &str| record.decision.get(name).and_then(Value::as_str);
-                let outcome = outcome_by_seq.get(&receipt.seq);
-                if let Some(cost) = record.action.get("cost_micro_usd").and_then(Value::as_u64) {
-                    if field("decision") == Some("allow") {
-                        llm_micro_usd += cost;
+                // A decision past the break is listed, marked, and counts
+                // for nothing: no spend, no outcome, no later approval.
+                let outcome = proven.then(|| outcome_by_seq.get(&receipt.seq)).flatten();
+                if proven {
+                    if let Some(cost) = record.action.get("cost_micro_usd").and_then(Value::as_u64)
+                    {
+                        if field("decision") == Some("allow") {
+                            llm_micro_usd += cost;
+                        }
                     }
+                    index_by_seq.insert(receipt.seq, timeline.len());
                 }
-                index_by_seq.insert(receipt.seq, timeline.len());
                 timeline.push(TimelineEntry {
                     seq: receipt.seq,
                     ts: receipt.ts,
@@ -226,9 +213,10 @@ pub fn build_from(
                     bytes_up: outcome.map_or(0, |o| o.bytes_up),
                     bytes_down: outcome.map_or(0, |o| o.bytes_down),
                     usage: None,
-                    unverified: false,
+                    unverified: !proven,
                 });
             }
+            _ if !proven => {}
             Body::Usage(u) => {
                 llm.calls += 1;
                 llm.cost_micro_usd = llm.cost_micro_usd.saturating_add(u.cost_micro_usd);
