@@ -16,7 +16,7 @@ use test_support::PostgresServer;
 
 mod support;
 
-use support::serve::{call, mint_for, start_env, wait_ended, Daemon, Reply};
+use support::serve::{call, cli_env, mint_for, start_env, wait_ended, Daemon, Reply};
 
 const DATABASE_ENV: &str = "OPENCLAW_DATABASE";
 
@@ -95,22 +95,7 @@ impl Drop for TwoHosts {
 }
 
 fn cli(home: &Path, url: &str, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_openclaw"))
-        .args(args)
-        .env("OPENCLAW_HOME", home)
-        .env(DATABASE_ENV, url)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run openclaw");
-    assert!(
-        out.status.success(),
-        "openclaw {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
+    cli_env(home, &[(DATABASE_ENV, url)], args)
 }
 
 fn two_hosts(database: &str, quota: Option<&str>) -> TwoHosts {

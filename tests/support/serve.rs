@@ -80,9 +80,15 @@ fn spawn_env(
 
 /// Runs the CLI, which must succeed; its stdout, trimmed.
 pub fn cli(home: &Path, args: &[&str]) -> String {
+    cli_env(home, &[], args)
+}
+
+/// [`cli`] with variables added to its environment.
+pub fn cli_env(home: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_openclaw"))
         .args(args)
         .env("OPENCLAW_HOME", home)
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .output()
         .expect("run openclaw");
