@@ -1402,11 +1402,15 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
     );
     let answered = post(&d, &answer_path, &a, &deny);
     assert_eq!(answered.status, 200, "{:?}", answered.body);
+    // A second answer is not taken: 409, naming the answer that was.
+    let again = post(&d, &answer_path, &a, &json!({"answer": "approve"}));
     assert_eq!(
-        post(&d, &answer_path, &a, &deny).status,
-        404,
+        (again.status, again.code()),
+        (409, "conflict"),
         "answered once"
     );
+    let message = again.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("denied by api:a"), "{message}");
     let stopped = call(
         &d,
         "POST",
@@ -1529,6 +1533,16 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
     assert!(lines
         .iter()
         .all(|l| l["actor"] == "tenant" && l["via"] == "api"));
+    // The answer not taken is audited as such, never as approved.
+    let not_taken = lines
+        .iter()
+        .find(|l| l["target"] == format!("{held}/{approval}") && l["outcome"] == "refused")
+        .expect("the second answer's line");
+    let detail = not_taken["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("not taken:") && detail.contains("denied by api:a"),
+        "{detail}"
+    );
     let daemon_log = std::fs::read_to_string(&log).expect("log");
     for secret in [&a, &b, &admin, &cap_a, &cap_b] {
         assert!(!audit.contains(secret.as_str()), "a token in the audit log");

@@ -5,19 +5,24 @@
 //! (`src/session/approval_prompt.rs`), the scripted broker for tests is in
 //! `test-support`.
 //!
-//! The contract: [`ApprovalBroker::ask`] returns a receiver for the answer.
-//! The gate waits at most the approval timeout; no answer in time is a
-//! denial, and a broker that drops the sender without answering (it crashed
-//! or went away) is a denial too. When the gate stops waiting it drops the
-//! receiver, which tells the broker the question was withdrawn.
+//! The contract: each held request has one decision slot ([`Decision`]),
+//! filled once. [`ApprovalBroker::ask`] hands a broker an [`Answerer`] for
+//! it; an answer is taken only if it fills the slot, and every other answer
+//! is told it was not ([`NotTaken`]), so a human is never told "taken" for
+//! an answer the gate did not act on. The gate waits at most the approval
+//! timeout, then closes the slot as timed out (an answer racing it is either
+//! the outcome or not taken); every answerer dropped without answering (the
+//! brokers crashed or went away) fills it as gone. Both are denials. A gate
+//! that stops waiting (the client went away) closes it as withdrawn.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use capabilities::Action;
 use serde::Serialize;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// Default time a held request waits for a human.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -100,9 +105,9 @@ impl ApprovalAnswer {
 
 /// Asks a human.
 pub trait ApprovalBroker: Send + Sync + 'static {
-    /// Starts asking; the answer arrives on the receiver. Dropping the sender
-    /// without answering means "denied: broker gone".
-    fn ask(&self, request: ApprovalRequest) -> oneshot::Receiver<ApprovalAnswer>;
+    /// Starts asking; the answer goes through `answerer`. Dropping it (every
+    /// clone) without answering means "denied: broker gone".
+    fn ask(&self, request: ApprovalRequest, answerer: Answerer);
 }
 
 /// How waiting for an answer ended.
@@ -113,18 +118,181 @@ pub enum ApprovalOutcome {
     BrokerGone,
 }
 
+/// What fills a held request's decision slot; only the first is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    Open,
+    Answered(ApprovalAnswer),
+    TimedOut,
+    /// The gate stopped waiting (the request's client went away).
+    Withdrawn,
+    /// Every answerer was dropped without answering.
+    Gone,
+}
+
+/// Why an answer was not taken: the decision slot was filled first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotTaken {
+    /// Another answer was taken (the terminal's, another reviewer's).
+    Answered { approved: bool, approver: String },
+    /// The gate's timeout came first (the request was denied).
+    TimedOut,
+    /// The gate stopped waiting: the request's client went away.
+    Withdrawn,
+    /// The brokers went away (the request was denied).
+    BrokerGone,
+}
+
+impl std::fmt::Display for NotTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotTaken::Answered { approved, approver } => write!(
+                f,
+                "already answered: {} by {approver}",
+                if *approved { "approved" } else { "denied" }
+            ),
+            NotTaken::TimedOut => f.write_str("already answered: timed out (denied)"),
+            NotTaken::Withdrawn => f.write_str("withdrawn: the request's client went away"),
+            NotTaken::BrokerGone => f.write_str("already answered: broker gone (denied)"),
+        }
+    }
+}
+
+impl std::error::Error for NotTaken {}
+
+impl Slot {
+    fn not_taken(&self) -> Option<NotTaken> {
+        match self {
+            Slot::Open => None,
+            Slot::Answered(a) => Some(NotTaken::Answered {
+                approved: a.approved,
+                approver: a.approver.clone(),
+            }),
+            Slot::TimedOut => Some(NotTaken::TimedOut),
+            Slot::Withdrawn => Some(NotTaken::Withdrawn),
+            Slot::Gone => Some(NotTaken::BrokerGone),
+        }
+    }
+}
+
+/// Fills the slot if it is still open (compare-and-set under the watch's
+/// lock); otherwise says what filled it.
+fn fill(slot: &watch::Sender<Slot>, with: Slot) -> Result<(), NotTaken> {
+    let mut taken = Ok(());
+    slot.send_if_modified(|s| match s.not_taken() {
+        None => {
+            *s = with;
+            true
+        }
+        Some(why) => {
+            taken = Err(why);
+            false
+        }
+    });
+    taken
+}
+
+/// The gate's side of one held request's decision slot. Dropped while
+/// open, it closes the slot as withdrawn.
+#[derive(Debug)]
+pub struct Decision {
+    slot: Arc<watch::Sender<Slot>>,
+}
+
+/// A broker's side of a decision slot: cloneable (a fan-out gives each
+/// broker one); when the last clone goes unanswered, the brokers are gone.
+#[derive(Debug, Clone)]
+pub struct Answerer {
+    slot: Arc<watch::Sender<Slot>>,
+    _live: Arc<Live>,
+}
+
+/// Shared by an [`Answerer`]'s clones: dropped with the last one.
+#[derive(Debug)]
+struct Live(Arc<watch::Sender<Slot>>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = fill(&self.0, Slot::Gone);
+    }
+}
+
+impl Decision {
+    /// A fresh open slot and its first answerer.
+    pub fn new() -> (Decision, Answerer) {
+        let slot = Arc::new(watch::channel(Slot::Open).0);
+        let answerer = Answerer {
+            slot: slot.clone(),
+            _live: Arc::new(Live(slot.clone())),
+        };
+        (Decision { slot }, answerer)
+    }
+
+    /// Waits at most `timeout` for the slot to fill, then closes it as
+    /// timed out, and returns what filled it.
+    pub async fn wait(self, timeout: Duration) -> ApprovalOutcome {
+        let mut filled = self.slot.subscribe();
+        // The borrow the wait returns is dropped here, before the slot is
+        // written again.
+        let _ = tokio::time::timeout(timeout, filled.wait_for(|s| *s != Slot::Open)).await;
+        // Closed first, then read: an answer racing the timeout either
+        // filled the slot before this line (and is the outcome) or is told
+        // it was not taken.
+        let _ = fill(&self.slot, Slot::TimedOut);
+        let outcome = match &*self.slot.borrow() {
+            Slot::Answered(a) => ApprovalOutcome::Answered(a.clone()),
+            Slot::TimedOut => ApprovalOutcome::TimedOut,
+            // Withdrawn only by this value's drop; Open cannot follow a
+            // fill. Either way: denied.
+            Slot::Gone | Slot::Withdrawn | Slot::Open => ApprovalOutcome::BrokerGone,
+        };
+        outcome
+    }
+}
+
+impl Drop for Decision {
+    fn drop(&mut self) {
+        let _ = fill(&self.slot, Slot::Withdrawn);
+    }
+}
+
+impl Answerer {
+    /// Answers: taken only if nothing filled the slot before (another
+    /// answer, the timeout, the gate going away).
+    pub fn answer(&self, answer: ApprovalAnswer) -> Result<(), NotTaken> {
+        fill(&self.slot, Slot::Answered(answer))
+    }
+
+    /// Whether the slot is filled (answered, timed out, withdrawn).
+    pub fn is_closed(&self) -> bool {
+        self.not_taken().is_some()
+    }
+
+    /// What filled the slot, if it is filled: why an answer now would not
+    /// be taken.
+    pub fn not_taken(&self) -> Option<NotTaken> {
+        self.slot.borrow().not_taken()
+    }
+
+    /// Resolves when the slot is filled. Does not keep the question asked
+    /// (it holds no answerer), so a watcher cannot stop "broker gone".
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut filled = self.slot.subscribe();
+        async move {
+            let _ = filled.wait_for(|s| *s != Slot::Open).await;
+        }
+    }
+}
+
 /// Asks `broker` and waits at most `timeout`.
 pub async fn ask_and_wait(
     broker: &dyn ApprovalBroker,
     request: ApprovalRequest,
     timeout: Duration,
 ) -> ApprovalOutcome {
-    let rx = broker.ask(request);
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(answer)) => ApprovalOutcome::Answered(answer),
-        Ok(Err(_)) => ApprovalOutcome::BrokerGone,
-        Err(_) => ApprovalOutcome::TimedOut,
-    }
+    let (decision, answerer) = Decision::new();
+    broker.ask(request, answerer);
+    decision.wait(timeout).await
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,7 +303,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // API
 
 /// A question and where its answer goes.
-type Question = (ApprovalRequest, oneshot::Sender<ApprovalAnswer>);
+type Question = (ApprovalRequest, Answerer);
 
 /// A pending approval as the API lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -149,11 +317,44 @@ pub struct PendingApproval {
 pub enum ApprovalError {
     #[error("no pending approval with id {0} (answered, withdrawn or timed out)")]
     NotPending(u64),
+    /// The question was closed before this answer (by another answer, the
+    /// timeout, or the gate going away).
+    #[error("approval {id} was not taken: {why}")]
+    NotTaken { id: u64, why: NotTaken },
 }
+
+/// How many closed questions the API remembers, to tell a late answer what
+/// closed its question rather than "not pending" (the gate holds at most
+/// 64 at once).
+const REMEMBERED_CLOSED: usize = 256;
 
 #[derive(Default)]
 struct ApiState {
     pending: BTreeMap<u64, Question>,
+    /// Recently closed questions, oldest first, and what closed them.
+    closed: VecDeque<(u64, NotTaken)>,
+}
+
+impl ApiState {
+    fn remember(&mut self, id: u64, why: NotTaken) {
+        if self.closed.len() == REMEMBERED_CLOSED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back((id, why));
+    }
+
+    /// Moves closed questions out of the pending table.
+    fn prune(&mut self) {
+        let closed: Vec<(u64, NotTaken)> = self
+            .pending
+            .iter()
+            .filter_map(|(id, (_, a))| a.not_taken().map(|why| (*id, why)))
+            .collect();
+        for (id, why) in closed {
+            self.pending.remove(&id);
+            self.remember(id, why);
+        }
+    }
 }
 
 /// Holds questions until someone answers them through an [`ApprovalHandle`].
@@ -203,39 +404,71 @@ fn bump(changed: &watch::Sender<u64>) {
 }
 
 impl ApprovalBroker for ApiBroker {
-    fn ask(&self, request: ApprovalRequest) -> oneshot::Receiver<ApprovalAnswer> {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.state).pending.insert(request.id, (request, tx));
+    fn ask(&self, request: ApprovalRequest, answerer: Answerer) {
+        // The list changes when the question closes, however it closes (the
+        // terminal answered, the timeout): pushed so a page stops offering it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let closed = answerer.closed();
+            let changed = Arc::downgrade(&self.changed);
+            runtime.spawn(async move {
+                closed.await;
+                if let Some(changed) = changed.upgrade() {
+                    bump(&changed);
+                }
+            });
+        }
+        lock(&self.state)
+            .pending
+            .insert(request.id, (request, answerer));
         bump(&self.changed);
-        rx
     }
 }
 
 impl ApprovalHandle {
-    /// Questions still waiting (withdrawn and timed-out ones are dropped).
+    /// Questions still waiting (answered, withdrawn and timed-out ones are
+    /// dropped).
     pub fn pending(&self) -> Vec<PendingApproval> {
         let mut s = lock(&self.state);
-        s.pending.retain(|_, (_, tx)| !tx.is_closed());
+        s.prune();
         s.pending
             .values()
             .map(|(r, _)| PendingApproval { request: r.clone() })
             .collect()
     }
 
-    /// Answers question `id`.
+    /// Answers question `id`; `Ok` only if this answer is the one the gate
+    /// acts on.
     pub fn answer(&self, id: u64, approved: bool, approver: &str) -> Result<(), ApprovalError> {
-        let entry = lock(&self.state).pending.remove(&id);
+        let taken = {
+            let mut s = lock(&self.state);
+            match s.pending.remove(&id) {
+                Some((_, answerer)) => {
+                    let taken = answerer.answer(ApprovalAnswer::new(approved, approver));
+                    let why = match &taken {
+                        Ok(()) => NotTaken::Answered {
+                            approved,
+                            approver: approver.to_owned(),
+                        },
+                        Err(why) => why.clone(),
+                    };
+                    s.remember(id, why);
+                    taken.map_err(|why| ApprovalError::NotTaken { id, why })
+                }
+                None => match s.closed.iter().rev().find(|(closed, _)| *closed == id) {
+                    Some((_, why)) => Err(ApprovalError::NotTaken {
+                        id,
+                        why: why.clone(),
+                    }),
+                    None => Err(ApprovalError::NotPending(id)),
+                },
+            }
+        };
         bump(&self.changed);
-        match entry {
-            Some((_, tx)) => tx
-                .send(ApprovalAnswer::new(approved, approver))
-                .map_err(|_| ApprovalError::NotPending(id)),
-            None => Err(ApprovalError::NotPending(id)),
-        }
+        taken
     }
 
-    /// Wakes on every change to the pending list (new question or answer),
-    /// for pushing updates to a UI.
+    /// Wakes on every change to the pending list (new question, answer,
+    /// question closed), for pushing updates to a UI.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -244,9 +477,10 @@ impl ApprovalHandle {
 // ---------------------------------------------------------------------------
 // Fan-out
 
-/// Asks several brokers at once (say the terminal and the web UI); the first
-/// answer wins and the others' questions are withdrawn. Denied as "gone" only
-/// when every broker is gone.
+/// Asks several brokers at once (say the terminal and the web UI), each
+/// with its own answerer for the one decision slot: the first answer fills
+/// it, the others are told they were not taken and see their questions
+/// closed. Denied as "gone" only when every broker is gone.
 #[derive(Clone)]
 pub struct FirstAnswer {
     brokers: Vec<Arc<dyn ApprovalBroker>>,
@@ -259,29 +493,10 @@ impl FirstAnswer {
 }
 
 impl ApprovalBroker for FirstAnswer {
-    fn ask(&self, request: ApprovalRequest) -> oneshot::Receiver<ApprovalAnswer> {
-        let (tx, rx) = oneshot::channel();
-        let mut set = tokio::task::JoinSet::new();
+    fn ask(&self, request: ApprovalRequest, answerer: Answerer) {
         for b in &self.brokers {
-            set.spawn(b.ask(request.clone()));
+            b.ask(request.clone(), answerer.clone());
         }
-        tokio::spawn(async move {
-            let mut tx = tx;
-            loop {
-                tokio::select! {
-                    next = set.join_next() => match next {
-                        None => return, // all gone: tx drops, denied
-                        Some(Ok(Ok(answer))) => {
-                            let _ = tx.send(answer);
-                            return; // dropping `set` withdraws the others
-                        }
-                        Some(_) => continue,
-                    },
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        rx
     }
 }
 
@@ -318,7 +533,8 @@ mod tests {
     async fn api_broker_lists_answers_and_forgets_withdrawn() {
         let (broker, handle) = ApiBroker::new();
         let mut changes = handle.changes();
-        let rx = broker.ask(request(7, Duration::from_secs(5)));
+        let (decision, answerer) = Decision::new();
+        broker.ask(request(7, Duration::from_secs(5)), answerer);
         changes.changed().await.expect("change seen");
         let pending = handle.pending();
         assert_eq!(pending.len(), 1);
@@ -331,37 +547,54 @@ mod tests {
             Err(ApprovalError::NotPending(8))
         );
         handle.answer(7, true, "ui").expect("answered");
-        let a = rx.await.expect("answer");
-        assert!(a.approved);
-        assert_eq!(a.approver, "ui");
+        match decision.wait(Duration::from_secs(5)).await {
+            ApprovalOutcome::Answered(a) => assert!(a.approved && a.approver == "ui", "{a:?}"),
+            other => panic!("{other:?}"),
+        }
+        // A second answer is told what the first was.
         assert_eq!(
-            handle.answer(7, true, "ui"),
-            Err(ApprovalError::NotPending(7))
+            handle.answer(7, false, "ui2"),
+            Err(ApprovalError::NotTaken {
+                id: 7,
+                why: NotTaken::Answered {
+                    approved: true,
+                    approver: "ui".into()
+                }
+            })
         );
-        // A withdrawn question (gate timed out) disappears from the list.
-        let rx = broker.ask(request(9, Duration::from_secs(5)));
-        drop(rx);
+        // A withdrawn question (the gate stopped waiting) disappears from
+        // the list, and the page is told.
+        let (decision, answerer) = Decision::new();
+        broker.ask(request(9, Duration::from_secs(5)), answerer);
+        changes.borrow_and_update();
+        drop(decision);
+        changes.changed().await.expect("closing seen");
         assert!(handle.pending().is_empty());
         assert_eq!(
             handle.answer(9, true, "ui"),
-            Err(ApprovalError::NotPending(9))
+            Err(ApprovalError::NotTaken {
+                id: 9,
+                why: NotTaken::Withdrawn
+            })
         );
         // Dropping the broker's state entirely (all handles gone) denies.
         let (broker, handle) = ApiBroker::new();
-        let rx = broker.ask(request(10, Duration::from_secs(5)));
+        let (decision, answerer) = Decision::new();
+        broker.ask(request(10, Duration::from_secs(5)), answerer);
         drop(broker);
         drop(handle);
-        assert!(rx.await.is_err());
+        assert_eq!(
+            decision.wait(Duration::from_secs(5)).await,
+            ApprovalOutcome::BrokerGone
+        );
     }
 
-    /// Answers every question at once with `yes` (a terminal operator who
-    /// typed `y`).
+    /// Answers every question at once (a terminal operator who typed `y`
+    /// for yes).
     struct AnswersAtOnce(bool);
     impl ApprovalBroker for AnswersAtOnce {
-        fn ask(&self, _request: ApprovalRequest) -> oneshot::Receiver<ApprovalAnswer> {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(ApprovalAnswer::new(self.0, "terminal"));
-            rx
+        fn ask(&self, _request: ApprovalRequest, answerer: Answerer) {
+            let _ = answerer.answer(ApprovalAnswer::new(self.0, "terminal"));
         }
     }
 
@@ -371,18 +604,62 @@ mod tests {
     /// on the terminal's "yes": an accepted denial must not end in an
     /// approval.
     #[tokio::test]
-    #[ignore = "gap: FirstAnswer drops answers its brokers already accepted; \
-                making acceptance atomic across brokers is a design choice"]
     async fn an_accepted_denial_never_ends_in_an_approval() {
         let (api, handle) = ApiBroker::new();
         let both = FirstAnswer::new(vec![Arc::new(AnswersAtOnce(true)), Arc::new(api)]);
-        let rx = both.ask(request(3, Duration::from_secs(30)));
+        let (decision, answerer) = Decision::new();
+        both.ask(request(3, Duration::from_secs(30)), answerer);
         let taken = handle.answer(3, false, "ui");
-        let answer = rx.await.expect("an answer");
+        let outcome = decision.wait(Duration::from_secs(30)).await;
+        let ApprovalOutcome::Answered(answer) = &outcome else {
+            panic!("{outcome:?}")
+        };
         assert!(
             taken.is_err() || !answer.approved,
             "the UI was told its denial was taken ({taken:?}), the gate got {answer:?}"
         );
+        // And the UI is told whose answer was taken.
+        assert_eq!(
+            taken,
+            Err(ApprovalError::NotTaken {
+                id: 3,
+                why: NotTaken::Answered {
+                    approved: true,
+                    approver: "terminal".into()
+                }
+            })
+        );
+    }
+
+    /// The gate's timeout and a reviewer's answer meet: the gate stops
+    /// waiting (receipted as a timeout) and the reviewer answers before the
+    /// fan-out has withdrawn the UI's question. The answer must be told it
+    /// was not taken, and an answer at the very instant of the timeout is
+    /// either the outcome or not taken, never both or neither.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_after_the_timeout_is_not_taken() {
+        let t = Duration::from_secs(30);
+        let (api, handle) = ApiBroker::new();
+        let fan = FirstAnswer::new(vec![Arc::new(api)]);
+        let outcome = ask_and_wait(&fan, request(1, t), t).await;
+        assert_eq!(outcome, ApprovalOutcome::TimedOut);
+        let late = handle.answer(1, true, "ui");
+        assert!(late.is_err(), "told {late:?} after the gate timed out");
+
+        for (id, delay) in [(2, t), (3, t - Duration::from_nanos(1))] {
+            let answering = handle.clone();
+            let answer = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                answering.answer(id, true, "ui")
+            });
+            let outcome = ask_and_wait(&fan, request(id, t), t).await;
+            let taken = answer.await.expect("answerer");
+            match (&outcome, &taken) {
+                (ApprovalOutcome::Answered(a), Ok(())) => assert!(a.approved && a.approver == "ui"),
+                (ApprovalOutcome::TimedOut, Err(_)) => {}
+                _ => panic!("the gate got {outcome:?}, the reviewer was told {taken:?}"),
+            }
+        }
     }
 
     // Paused time: a 30 s timeout tested exactly, in no real time.

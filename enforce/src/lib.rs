@@ -16,7 +16,8 @@
 //!   metering settings (each LLM call reserved at its worst case, settled to
 //!   the provider's reported usage with a `usage` receipt);
 //! - [`ApprovalBroker`] with its API and fan-out implementations, and
-//!   [`ask_and_wait`] (`docs/approvals.md`);
+//!   [`ask_and_wait`] over a held request's one-answer [`Decision`]
+//!   (`docs/approvals.md`);
 //! - [`EventBus`] / [`Event`]: the session's live event stream;
 //! - [`DayQuota`]: a tenant's day quotas, held before each LLM call leaves
 //!   (implemented by the binary over `control.db`);
@@ -49,8 +50,9 @@ mod stages;
 pub mod stats;
 
 pub use approval::{
-    ask_and_wait, ApiBroker, ApprovalAnswer, ApprovalBroker, ApprovalError, ApprovalHandle,
-    ApprovalOutcome, ApprovalRequest, FirstAnswer, PendingApproval, DEFAULT_APPROVAL_TIMEOUT,
+    ask_and_wait, Answerer, ApiBroker, ApprovalAnswer, ApprovalBroker, ApprovalError,
+    ApprovalHandle, ApprovalOutcome, ApprovalRequest, Decision, FirstAnswer, NotTaken,
+    PendingApproval, DEFAULT_APPROVAL_TIMEOUT,
 };
 pub use catalog::{Catalog, CatalogError, ClassifyError, RequestView};
 pub use counters::{Ledger, Reservation};

@@ -174,7 +174,10 @@ async fn a_hold_whose_client_went_away_is_receipted_as_withdrawn() {
         eventually("the hold is withdrawn", || handle.pending().is_empty()).await;
         assert_eq!(
             handle.answer(id, true, "ui"),
-            Err(enforce::ApprovalError::NotPending(id))
+            Err(enforce::ApprovalError::NotTaken {
+                id,
+                why: enforce::NotTaken::Withdrawn
+            })
         );
         eventually("the withdrawal is receipted", || {
             s.receipts_text().contains("\"approver\":\"client\"")

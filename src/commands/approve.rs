@@ -73,6 +73,7 @@ pub fn execute(args: AnswerArgs, approve: bool) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Err(ControlClientError::NotTaken(reason)) => bail!("{reason}"),
         Err(ControlClientError::Refused(reason)) => {
             let ids: Vec<String> = pending.iter().map(|p| p.id.to_string()).collect();
             bail!(

@@ -24,6 +24,10 @@ pub enum ControlClientError {
     },
     #[error("{0}")]
     Refused(String),
+    /// An answer not taken: the question was already answered (by whom,
+    /// in the text), timed out or withdrawn.
+    #[error("{0}")]
+    NotTaken(String),
     #[error("control socket protocol: {0}")]
     Protocol(String),
 }
@@ -167,13 +171,18 @@ fn parse_reply(line: &str) -> std::result::Result<Value, ControlClientError> {
     let value: Value = serde_json::from_str(line).map_err(|e| protocol(&e))?;
     match value.get("ok").and_then(Value::as_bool) {
         Some(true) => Ok(value),
-        Some(false) => Err(ControlClientError::Refused(
-            value
+        Some(false) => {
+            let text = value
                 .get("error")
                 .and_then(Value::as_str)
                 .unwrap_or("refused")
-                .to_owned(),
-        )),
+                .to_owned();
+            if value.get("not_taken").and_then(Value::as_bool) == Some(true) {
+                Err(ControlClientError::NotTaken(text))
+            } else {
+                Err(ControlClientError::Refused(text))
+            }
+        }
         None => Err(ControlClientError::Protocol(format!(
             "reply without \"ok\": {}",
             line.trim()

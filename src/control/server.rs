@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use enforce::{ApprovalHandle, Event, EventBus};
+use enforce::{ApprovalError, ApprovalHandle, Event, EventBus};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -232,7 +232,14 @@ async fn connection(stream: UnixStream, shared: &Shared) -> Result<()> {
             } => {
                 let reply = match answer(shared, id, approve, approver.as_deref()) {
                     Ok(()) => serde_json::json!({"ok": true}),
-                    Err(err) => error(&err.to_string()),
+                    // Marked so a client can tell "someone else decided"
+                    // (409 in the API) from "no such question".
+                    Err(err) => match err.downcast_ref::<ApprovalError>() {
+                        Some(ApprovalError::NotTaken { .. }) => serde_json::json!(
+                            {"ok": false, "error": err.to_string(), "not_taken": true}
+                        ),
+                        _ => error(&err.to_string()),
+                    },
                 };
                 send(&mut write, &reply).await?;
             }
@@ -326,7 +333,9 @@ mod tests {
     use std::os::unix::fs::FileTypeExt;
 
     use capabilities::{Action, ActionType};
-    use enforce::{ApiBroker, ApprovalBroker, ApprovalRequest, EventKind};
+    use enforce::{
+        ApiBroker, ApprovalBroker, ApprovalOutcome, ApprovalRequest, Decision, EventKind,
+    };
 
     use super::*;
     use crate::control::client::{call, subscribe_to, ControlClientError, Subscription};
@@ -396,7 +405,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (broker, handle) = ApiBroker::new();
         let server = serve(dir.path(), EventBus::new(), handle).expect("serve");
-        let answer_rx = broker.ask(question(7, Duration::from_secs(60)));
+        let (decision, answerer) = Decision::new();
+        broker.ask(question(7, Duration::from_secs(60)), answerer);
 
         let reply = call(dir.path(), &ControlRequest::Pending)
             .await
@@ -450,14 +460,23 @@ mod tests {
             approver: Some("terminal:approve-cmd".into()),
         };
         call(dir.path(), &approve).await.expect("answered");
-        let answer = answer_rx.await.expect("the gate got the answer");
+        let ApprovalOutcome::Answered(answer) = decision.wait(Duration::from_secs(5)).await else {
+            panic!("the gate got no answer")
+        };
         assert!(answer.approved);
         assert_eq!(answer.approver, "terminal:approve-cmd");
-        // Answered: no longer pending, a second answer is refused.
-        assert!(matches!(
-            call(dir.path(), &approve).await,
-            Err(ControlClientError::Refused(_))
-        ));
+        // Answered: a second answer is not taken, and told whose was.
+        let deny = ControlRequest::Answer {
+            id: 7,
+            approve: false,
+            approver: Some("ui".into()),
+        };
+        match call(dir.path(), &deny).await {
+            Err(ControlClientError::NotTaken(text)) => {
+                assert!(text.contains("approved by terminal:approve-cmd"), "{text}")
+            }
+            other => panic!("{other:?}"),
+        }
         server.stop().await;
     }
 
@@ -471,7 +490,8 @@ mod tests {
         let first = next_matching(&mut sub, "pending").await;
         assert_eq!(first["pending"], serde_json::json!([]));
 
-        let rx = broker.ask(question(3, Duration::from_secs(30)));
+        let (decision, answerer) = Decision::new();
+        broker.ask(question(3, Duration::from_secs(30)), answerer);
         let listed = next_matching(&mut sub, "pending").await;
         assert_eq!(listed["pending"][0]["id"], 3);
 
@@ -489,7 +509,10 @@ mod tests {
             approver: Some("ui".into()),
         };
         call(dir.path(), &deny).await.expect("denied");
-        assert!(!rx.await.expect("answer").approved);
+        assert!(matches!(
+            decision.wait(Duration::from_secs(5)).await,
+            ApprovalOutcome::Answered(a) if !a.approved
+        ));
         let cleared = next_matching(&mut sub, "pending").await;
         assert_eq!(cleared["pending"], serde_json::json!([]));
 

@@ -1,6 +1,8 @@
 //! The control socket's protocol: NDJSON over `<dir>/control.sock`, one
 //! [`ControlRequest`] per line, each answered `{"ok":true,…}` or
-//! `{"ok":false,"error":…}`; pending approvals travel as [`PendingWire`].
+//! `{"ok":false,"error":…}` (with `"not_taken":true` when an answer came
+//! after the question was decided); pending approvals travel as
+//! [`PendingWire`].
 //! Documented in `docs/ui.md`.
 
 use std::time::SystemTime;
@@ -20,7 +22,9 @@ pub enum ControlRequest {
     Info,
     /// → `{"ok":true,"pending":[PendingWire…]}`
     Pending,
-    /// → `{"ok":true}` or `{"ok":false,"error":…}`
+    /// → `{"ok":true}` (this answer is the one the gate acts on) or
+    /// `{"ok":false,"error":…}`, with `"not_taken":true` when the question
+    /// was already decided (another answer, the timeout, withdrawn)
     Answer {
         id: u64,
         approve: bool,

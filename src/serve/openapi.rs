@@ -152,8 +152,8 @@ fn paths() -> Value {
             "parameters": [id_param(), {"name": "approval_id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}}],
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Answer"}}}},
             "responses": v1_errors(json!({
-                "200": ok("answered", "Answered"),
-                "409": error_response("the session is not running"),
+                "200": ok("answered: this answer is the one the session acts on", "Answered"),
+                "409": error_response("the session is not running, or the approval was already decided (by another answer, whose the message names, or its timeout): this answer was not taken"),
                 "413": error_response("body over 64 KiB"),
                 "415": error_response("not application/json")
             }), "no such session or pending approval (never asked, answered, timed out), a session of another tenant, or the admin token")

@@ -915,7 +915,7 @@ fn answer_approval(
         _ => return Err(ApiError::invalid("answer", "expected approve or deny")),
     };
     let target = format!("{id}/{approval_id}");
-    let audit = |outcome, detail| {
+    let audit = |outcome, detail: Option<&str>| {
         audit_session(
             state,
             req,
@@ -951,7 +951,14 @@ fn answer_approval(
             audit(Outcome::Refused, Some("the session is not running"))?;
             Err(ApiError::conflict("the session is not running"))
         }
-        // No such pending approval (never asked, answered, or timed out).
+        // Already decided (another answer, the timeout, withdrawn): this
+        // answer changed nothing, and the audit line says so, never
+        // "approved"/"denied".
+        Err(ControlClientError::NotTaken(why)) => {
+            audit(Outcome::Refused, Some(&format!("not taken: {why}")))?;
+            Err(ApiError::conflict(why))
+        }
+        // No such pending approval (never asked, or long gone).
         Err(ControlClientError::Refused(_)) => {
             audit(Outcome::Refused, Some("no such pending approval"))?;
             Err(ApiError::not_found())

@@ -138,6 +138,8 @@ fn view_for(state: &Arc<State>, login: &Arc<Login>, user: ProxyUser, request_id:
                 AnswerOutcome::Done if answer.approve => (Outcome::Ok, "approved"),
                 AnswerOutcome::Done => (Outcome::Ok, "denied"),
                 AnswerOutcome::NotPending(_) => (Outcome::Refused, "no such pending approval"),
+                // Never "approved"/"denied": this answer changed nothing.
+                AnswerOutcome::NotTaken(_) => (Outcome::Refused, "not taken: already decided"),
                 AnswerOutcome::NotRunning => (Outcome::Refused, "the session is not running"),
                 AnswerOutcome::TimedOut => (Outcome::Failed, "the session did not answer in time"),
                 AnswerOutcome::Failed(_) => {

@@ -8,8 +8,8 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use enforce::{ApprovalAnswer, ApprovalBroker, ApprovalRequest};
-use tokio::sync::{mpsc, oneshot};
+use enforce::{Answerer, ApprovalAnswer, ApprovalBroker, ApprovalRequest, NotTaken};
+use tokio::sync::mpsc;
 
 use super::screen::{visible_inline, Screen};
 
@@ -17,7 +17,7 @@ use super::screen::{visible_inline, Screen};
 /// push the question off the screen.
 const MAX_FACT_CHARS: usize = 200;
 
-type Question = (ApprovalRequest, oneshot::Sender<ApprovalAnswer>);
+type Question = (ApprovalRequest, Answerer);
 
 /// After a question goes away unanswered (withdrawn, or timed out) while
 /// on screen, a line typed this soon after the next one appears is not
@@ -31,11 +31,22 @@ const BACKSTOP: Duration = Duration::from_secs(1);
 
 /// Shown when the prompt's own time ran out.
 const NO_ANSWER_IN_TIME: &str = "no answer in time: denied";
-/// Shown when the question went away first: the web UI answered it (the
-/// monitor's line after the prompt says how), or the gate stopped waiting
-/// (its timeout, or the request's client went away). Never "denied": it
-/// may have been approved.
-const NO_LONGER_ASKED: &str = "no longer asked here: answered elsewhere, timed out or withdrawn";
+
+/// Shown when the question went away first, or when the operator's answer
+/// was not taken because something else filled its decision first: what
+/// did (the web UI's answer, the gate's timeout, the client going away).
+fn closed_text(why: &NotTaken) -> String {
+    match why {
+        NotTaken::Answered { approved, approver } => format!(
+            "answered elsewhere: {} by {}",
+            if *approved { "approved" } else { "denied" },
+            visible_inline(approver, MAX_FACT_CHARS)
+        ),
+        NotTaken::TimedOut => NO_ANSWER_IN_TIME.to_owned(),
+        NotTaken::Withdrawn => "withdrawn: the request's client went away".to_owned(),
+        NotTaken::BrokerGone => "no longer asked here: denied".to_owned(),
+    }
+}
 
 /// Prompts `approve? [y/N]` on a terminal, one question at a time, showing
 /// the time left. Only `y` or `yes` approves. A line typed before a prompt
@@ -103,11 +114,9 @@ impl TerminalBroker {
 }
 
 impl ApprovalBroker for TerminalBroker {
-    fn ask(&self, request: ApprovalRequest) -> oneshot::Receiver<ApprovalAnswer> {
-        let (tx, rx) = oneshot::channel();
-        // If the prompt loop is gone the sender drops here: denied.
-        let _ = self.tx.send((request, tx));
-        rx
+    fn ask(&self, request: ApprovalRequest, answerer: Answerer) {
+        // If the prompt loop is gone the answerer drops here: denied.
+        let _ = self.tx.send((request, answerer));
     }
 }
 
@@ -208,7 +217,7 @@ async fn prompt_loop(
     // Whether the last question on screen went away without the operator's
     // answer: the next one must settle before a line answers it.
     let mut replaced = false;
-    while let Some((req, mut reply)) = questions.recv().await {
+    while let Some((req, reply)) = questions.recv().await {
         if reply.is_closed() {
             continue;
         }
@@ -252,24 +261,33 @@ async fn prompt_loop(
                         break Ok(ApprovalAnswer::new(yes, "terminal"));
                     }
                 },
-                // Answered in the web UI (first answer wins), or the gate
-                // stopped waiting: not for this prompt to call it denied.
-                _ = reply.closed() => break Err(NO_LONGER_ASKED),
-                _ = tokio::time::sleep_until(deadline) => break Err(NO_ANSWER_IN_TIME),
+                // Answered in the web UI, or the gate stopped waiting: the
+                // decision says which.
+                _ = reply.closed() => break Err(reply.not_taken()),
+                _ = tokio::time::sleep_until(deadline) => break Err(None),
             }
         };
         replaced = answer.is_err();
         match answer {
-            Ok(a) => {
-                let _ = writeln!(
-                    out,
-                    "  → {}",
-                    if a.approved { "approved" } else { "denied" }
-                );
-                let _ = reply.send(a);
+            // Taken only if nothing filled the decision first; otherwise
+            // the operator is told what did.
+            Ok(a) => match reply.answer(a.clone()) {
+                Ok(()) => {
+                    let _ = writeln!(
+                        out,
+                        "  → {}",
+                        if a.approved { "approved" } else { "denied" }
+                    );
+                }
+                Err(why) => {
+                    let _ = writeln!(out, "  → not taken: {}", closed_text(&why));
+                }
+            },
+            Err(Some(why)) => {
+                let _ = writeln!(out, "\n  ({})", closed_text(&why));
             }
-            Err(why) => {
-                let _ = writeln!(out, "\n  ({why})");
+            Err(None) => {
+                let _ = writeln!(out, "\n  ({NO_ANSWER_IN_TIME})");
             }
         }
         let _ = out.flush();
@@ -480,14 +498,17 @@ mod tests {
 
     /// The terminal and the web UI are asked together; the reviewer
     /// approves in the UI. The terminal must not tell its operator the
-    /// request was denied (it went upstream).
+    /// request was denied (it went upstream), and says who answered. Then
+    /// the reviewer denies the next one as the operator types "y": the
+    /// operator's "y" is not taken, and the terminal never says approved.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_question_answered_elsewhere_is_not_shown_as_denied() {
         use enforce::{ApiBroker, FirstAnswer};
         let term = Shared::default();
         let screen =
             Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
-        let (input, _keyboard) = nix::unistd::pipe().expect("pipe");
+        let (input, keyboard) = nix::unistd::pipe().expect("pipe");
+        let mut keyboard = std::fs::File::from(keyboard);
         let terminal = TerminalBroker::with_io(
             std::io::BufReader::new(std::fs::File::from(input)),
             term.clone(),
@@ -499,15 +520,29 @@ mod tests {
             std::sync::Arc::new(api),
         ]);
         let t = Duration::from_secs(30);
-        let asked = tokio::spawn(async move { ask_and_wait(&both, request(5, t), t).await });
+        let asked = tokio::spawn({
+            let both = both.clone();
+            async move { ask_and_wait(&both, request(5, t), t).await }
+        });
         until(&term, "approve? [y/N]").await;
         handle.answer(5, true, "ui").expect("pending in the UI");
         match asked.await.expect("join") {
             ApprovalOutcome::Answered(a) => assert!(a.approved && a.approver == "ui"),
             other => panic!("{other:?}"),
         }
-        let shown = until(&term, "no longer asked").await;
+        let shown = until(&term, "(answered elsewhere: approved by ui)").await;
         assert!(!shown.contains("denied"), "{shown}");
+
+        let asked = tokio::spawn(async move { ask_and_wait(&both, request(6, t), t).await });
+        until(&term, "$487.00 · #6").await;
+        handle.answer(6, false, "ui").expect("pending in the UI");
+        std::io::Write::write_all(&mut keyboard, b"y\n").expect("type");
+        match asked.await.expect("join") {
+            ApprovalOutcome::Answered(a) => assert!(!a.approved && a.approver == "ui"),
+            other => panic!("{other:?}"),
+        }
+        let shown = until(&term, "answered elsewhere: denied by ui").await;
+        assert!(!shown.contains("→ approved"), "{shown}");
     }
 
     /// The agent withdraws a harmless question (its client goes away)
@@ -531,7 +566,8 @@ mod tests {
         let long = Duration::from_secs(60);
         let mut harmless = request(1, long);
         harmless.action.amount_cents = Some(40_100);
-        let withdrawn = broker.ask(harmless);
+        let (withdrawn, answerer) = enforce::Decision::new();
+        broker.ask(harmless, answerer);
         until(&term, "$401.00 · #1").await;
         let short = Duration::from_secs(3);
         let risky = tokio::spawn({
@@ -565,7 +601,8 @@ mod tests {
         let mut req = request(1, Duration::from_secs(120));
         req.asked_at =
             receipts::format_time(std::time::SystemTime::now() - Duration::from_secs(100));
-        let _reply = broker.ask(req);
+        let (_decision, answerer) = enforce::Decision::new();
+        broker.ask(req, answerer);
         until(&term, "approve? [y/N] (").await;
         let shown = until(&term, " s) ").await;
         assert!(

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use capabilities::{Capability, Counters};
 use enforce::{
-    ApiBroker, ApprovalAnswer, ApprovalBroker, ApprovalHandle, ApprovalRequest, Catalog,
+    Answerer, ApiBroker, ApprovalAnswer, ApprovalBroker, ApprovalHandle, ApprovalRequest, Catalog,
     DnsRefusalLimit, EnforceConfig, EnforcingGate, Event, FirstAnswer, Ledger, SecretStore,
 };
 use receipts::ReceiptLog;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 
 use super::approval_prompt::TerminalBroker;
 use super::config::{ApproveMode, RunConfig};
@@ -151,9 +151,7 @@ fn brokers(mode: ApproveMode, api: ApiBroker, screen: &Screen) -> Result<Arc<dyn
 struct Automatic(bool);
 
 impl ApprovalBroker for Automatic {
-    fn ask(&self, _request: ApprovalRequest) -> oneshot::Receiver<ApprovalAnswer> {
-        let (tx, rx) = oneshot::channel();
-        let _ = tx.send(ApprovalAnswer::new(self.0, "auto"));
-        rx
+    fn ask(&self, _request: ApprovalRequest, answerer: Answerer) {
+        let _ = answerer.answer(ApprovalAnswer::new(self.0, "auto"));
     }
 }

@@ -111,6 +111,9 @@ pub(crate) enum AnswerOutcome {
     Done,
     /// No such pending approval (never asked, answered, timed out).
     NotPending(String),
+    /// Not taken: the question was already decided (the text says how and
+    /// by whom); this answer changed nothing.
+    NotTaken(String),
     NotRunning,
     /// The control socket did not answer in time; the approval stays pending.
     TimedOut,
@@ -390,6 +393,7 @@ async fn answer(view: &View, id: &str, dir: &Path, req: Request<Incoming>) -> Re
         Err(_) => AnswerOutcome::TimedOut,
         Ok(Ok(_)) => AnswerOutcome::Done,
         Ok(Err(ControlClientError::Refused(reason))) => AnswerOutcome::NotPending(reason),
+        Ok(Err(ControlClientError::NotTaken(reason))) => AnswerOutcome::NotTaken(reason),
         Ok(Err(ControlClientError::NotRunning(_))) => AnswerOutcome::NotRunning,
         Ok(Err(err)) => AnswerOutcome::Failed(err.to_string()),
     };
@@ -430,6 +434,10 @@ async fn answer(view: &View, id: &str, dir: &Path, req: Request<Incoming>) -> Re
         AnswerOutcome::NotPending(reason) => json(
             StatusCode::CONFLICT,
             &serde_json::json!({"ok": false, "error": reason}),
+        ),
+        AnswerOutcome::NotTaken(reason) => json(
+            StatusCode::CONFLICT,
+            &serde_json::json!({"ok": false, "error": reason, "not_taken": true}),
         ),
         AnswerOutcome::NotRunning => json(
             StatusCode::CONFLICT,

@@ -5,8 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use capabilities::{Action, ActionType};
-use enforce::{ApprovalAnswer, ApprovalBroker, ApprovalRequest};
-use tokio::sync::oneshot;
+use enforce::{Answerer, ApprovalAnswer, ApprovalBroker, ApprovalRequest};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -56,8 +55,8 @@ pub enum Scripted {
 pub struct ScriptedBroker {
     script: Arc<Mutex<Vec<Scripted>>>,
     asked: Arc<Mutex<Vec<ApprovalRequest>>>,
-    /// Senders of `Never` questions, kept so they are not dropped.
-    parked: Arc<Mutex<Vec<oneshot::Sender<ApprovalAnswer>>>>,
+    /// Answerers of `Never` questions, kept so they are not dropped.
+    parked: Arc<Mutex<Vec<Answerer>>>,
 }
 
 impl ScriptedBroker {
@@ -76,8 +75,7 @@ impl ScriptedBroker {
 }
 
 impl ApprovalBroker for ScriptedBroker {
-    fn ask(&self, request: ApprovalRequest) -> oneshot::Receiver<ApprovalAnswer> {
-        let (tx, rx) = oneshot::channel();
+    fn ask(&self, request: ApprovalRequest, tx: Answerer) {
         lock(&self.asked).push(request);
         let step = {
             let mut s = lock(&self.script);
@@ -89,15 +87,15 @@ impl ApprovalBroker for ScriptedBroker {
         };
         match step {
             Scripted::Approve => {
-                let _ = tx.send(ApprovalAnswer::new(true, "test"));
+                let _ = tx.answer(ApprovalAnswer::new(true, "test"));
             }
             Scripted::Deny => {
-                let _ = tx.send(ApprovalAnswer::new(false, "test"));
+                let _ = tx.answer(ApprovalAnswer::new(false, "test"));
             }
             Scripted::ApproveAfter(d) => {
                 tokio::spawn(async move {
                     tokio::time::sleep(d).await;
-                    let _ = tx.send(ApprovalAnswer::new(true, "test"));
+                    let _ = tx.answer(ApprovalAnswer::new(true, "test"));
                 });
             }
             Scripted::Never => lock(&self.parked).push(tx),
@@ -108,7 +106,6 @@ impl ApprovalBroker for ScriptedBroker {
                 });
             }
         }
-        rx
     }
 }
 
