@@ -26,8 +26,9 @@ use crate::devices::virtio::mmio::MmioDevice;
 use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::{MmioTransport, VirtioInterrupt};
 use crate::devices::{
-    boot_marker, BootMarker, Bus, CappedLog, ControlDecoder, ControlEvent, IrqLine, SerialPort,
-    COM1_IRQ, COM2_IRQ, DEFAULT_CONSOLE_LOG_MAX,
+    boot_marker, control_queue, BootMarker, Bus, CappedLog, ControlDecoder, ControlEvent,
+    ControlReceiver, IrqLine, SerialPort, COM1_IRQ, COM2_IRQ, CONTROL_QUEUE_MAX,
+    DEFAULT_CONSOLE_LOG_MAX,
 };
 use crate::vstate::memory::{create_guest_memory, GuestMemory, GuestMemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuKick, VcpuStop};
@@ -196,6 +197,9 @@ pub struct TaskOutput {
     pub stderr: Vec<u8>,
     pub exit_status: Option<i32>,
     pub malformed: Option<String>,
+    /// Output dropped because the control queue was full (nobody read it
+    /// while the VM ran: at most [`CONTROL_QUEUE_MAX`] is kept).
+    pub lost: u64,
 }
 
 impl TaskOutput {
@@ -205,6 +209,7 @@ impl TaskOutput {
             ControlEvent::Stderr(b) => self.stderr.extend(b),
             ControlEvent::Exit(code) => self.exit_status = Some(code),
             ControlEvent::Malformed(m) => self.malformed = Some(m),
+            ControlEvent::Lost(n) => self.lost += n,
         }
     }
 }
@@ -244,7 +249,7 @@ impl MicroVm {
         let mut cmdline = arch::build_cmdline(&config.cmdline).map_err(StartVmError::Cmdline)?;
         // virtio-mmio slots: 0 the control channel's virtio-console, then the
         // NIC (when configured), then the disks.
-        let (control_tx, control_rx) = channel();
+        let (control_tx, control_rx) = control_queue(CONTROL_QUEUE_MAX);
         let marker = Arc::new(BootMarker::new(created));
         // Set by `stop_vcpus`; the block device also watches it (see
         // `Block::stop_on`).
@@ -461,7 +466,7 @@ pub struct RunningVm {
     kicks: Vec<VcpuKick>,
     stop: Arc<AtomicBool>,
     done: Receiver<Result<VcpuStop, VcpuError>>,
-    control: Option<Receiver<ControlEvent>>,
+    control: Option<ControlReceiver>,
     console_input: ConsoleInput,
     bus: Arc<Bus>,
     created: Instant,
@@ -472,8 +477,11 @@ pub struct RunningVm {
 
 impl RunningVm {
     /// The control channel's events, to stream them while the VM runs.
-    /// After this, `wait()` returns an empty `TaskOutput`.
-    pub fn take_control(&mut self) -> Option<Receiver<ControlEvent>> {
+    /// After this, `wait()` returns an empty `TaskOutput`. The queue holds
+    /// at most [`CONTROL_QUEUE_MAX`]: output the caller does not take in
+    /// time is dropped (never waited for) and counted as
+    /// [`ControlEvent::Lost`].
+    pub fn take_control(&mut self) -> Option<ControlReceiver> {
         self.control.take()
     }
 

@@ -3,7 +3,8 @@
 //! The public interface is:
 //! - [`MicroVm::boot`] with a [`VmConfig`] → [`RunningVm`] or a [`StartVmError`]
 //!   naming the stage that failed;
-//! - [`RunningVm::take_control`] (stdout/stderr/exit status as [`ControlEvent`]s),
+//! - [`RunningVm::take_control`] (stdout/stderr/exit status as [`ControlEvent`]s,
+//!   queued up to [`CONTROL_QUEUE_MAX`]),
 //!   [`RunningVm::wait`], [`RunningVm::kill`] → [`VmExit`] with the boot time;
 //! - [`probe`] for `--backend auto`.
 //!
@@ -27,6 +28,6 @@ pub use builder::{
 };
 pub use devices::virtio::block::{DiskConfig, DiskError};
 pub use devices::virtio::net::{NetConfig, Tap, TapError};
-pub use devices::{ControlEvent, DEFAULT_CONSOLE_LOG_MAX};
+pub use devices::{ControlEvent, ControlReceiver, CONTROL_QUEUE_MAX, DEFAULT_CONSOLE_LOG_MAX};
 pub use probe::{kvm_api_version, probe, ProbeResult};
 pub use vstate::vcpu::VcpuError;

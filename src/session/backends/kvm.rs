@@ -344,6 +344,7 @@ fn own_vm(
             ControlEvent::Stderr(bytes) => console.write(true, &bytes),
             ControlEvent::Exit(code) => return Some(Ok(code)),
             ControlEvent::Malformed(what) => return Some(Err(what)),
+            ControlEvent::Lost(bytes) => console.lost(bytes),
         }
         None
     };
@@ -409,8 +410,25 @@ fn own_vm(
             let _ = notes.send(VmNote::Booted(boot));
         }
     }
-    // The guest powers off right after its exit frame.
-    let exit = vm.wait(Some(POWER_OFF_GRACE));
+    // The guest powers off right after its exit frame; what it still sends
+    // meanwhile goes on to the console (the control queue is bounded, and
+    // drops what waits too long).
+    let grace = Instant::now();
+    let exit = loop {
+        let left = POWER_OFF_GRACE.saturating_sub(grace.elapsed());
+        if vm.has_ended() || left.is_zero() {
+            break vm.wait(Some(Duration::ZERO));
+        }
+        match control.recv_timeout(left.min(Duration::from_millis(25))) {
+            Ok(event) => {
+                if let Some(Ok(code)) = deliver(event) {
+                    status.get_or_insert(code);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break vm.wait(Some(left)),
+        }
+    };
     if let Some((_, end)) = stopping {
         return end();
     }

@@ -24,7 +24,7 @@ mod tests {
 
     #[test]
     fn reset_command_on_port_0x64_sets_the_flag() {
-        let (tx, _rx) = std::sync::mpsc::channel();
+        let (tx, _rx) = crate::devices::control_queue(crate::devices::CONTROL_QUEUE_MAX);
         let bus = Bus::new(
             SerialPort::new(IrqLine::detached(), Box::new(std::io::sink())),
             SerialPort::new(IrqLine::detached(), Box::new(ControlDecoder::new(tx))),

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use boot_marker::{BootMarker, BOOT_MARKER_PORT};
-pub use control::{ControlDecoder, ControlEvent};
+pub use control::{
+    control_queue, ControlDecoder, ControlEvent, ControlReceiver, ControlSender, CONTROL_QUEUE_MAX,
+};
 pub use i8042::{ResetFlag, I8042_PORT_BASE};
 pub use serial::{
     CappedLog, IrqLine, SerialPort, COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ,

@@ -162,7 +162,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("guest-console.log");
         let file = std::fs::File::create(&path).expect("create");
-        let (tx, _rx) = std::sync::mpsc::channel();
+        let (tx, _rx) = crate::devices::control_queue(crate::devices::CONTROL_QUEUE_MAX);
         let bus = Bus::new(
             SerialPort::new(
                 IrqLine::detached(),
