@@ -520,18 +520,7 @@ pub fn page_data(report: &Report) -> Value {
 /// ([`hidden_char`]).
 pub fn bound_for_page(value: &mut Value) {
     if let Value::String(text) = value {
-        if text.chars().any(hidden_char) {
-            *text = text
-                .chars()
-                .map(|c| {
-                    if hidden_char(c) {
-                        format!("⟨U+{:04X}⟩", u32::from(c))
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect();
-        }
+        spell_out(text, hidden_char);
     }
     match value {
         Value::String(text) if text.len() > PAGE_TEXT_MAX => {
@@ -572,21 +561,28 @@ const IDENTITY_MEMBERS: [&str; 3] = ["host", "merchant", "recipients"];
 /// `⟨U+XXXX⟩`: an address that is not plain ASCII shows that it is not.
 fn spell_out_non_ascii(value: &mut Value) {
     match value {
-        Value::String(text) if !text.is_ascii() => {
-            *text = text
-                .chars()
-                .map(|c| {
-                    if c.is_ascii() {
-                        c.to_string()
-                    } else {
-                        format!("⟨U+{:04X}⟩", u32::from(c))
-                    }
-                })
-                .collect();
-        }
+        Value::String(text) => spell_out(text, |c| !c.is_ascii()),
         Value::Array(items) => items.iter_mut().for_each(spell_out_non_ascii),
         _ => {}
     }
+}
+
+/// Rewrites `text` with each character `hide` picks written out as
+/// `⟨U+XXXX⟩`; untouched (no copy) when there is none.
+fn spell_out(text: &mut String, hide: impl Fn(char) -> bool) {
+    use std::fmt::Write;
+    if !text.chars().any(&hide) {
+        return;
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if hide(c) {
+            let _ = write!(shown, "⟨U+{:04X}⟩", u32::from(c));
+        } else {
+            shown.push(c);
+        }
+    }
+    *text = shown;
 }
 
 /// Characters that change how the text around them looks without showing
