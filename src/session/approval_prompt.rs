@@ -428,6 +428,23 @@ mod tests {
         panic!("never saw {needle:?} in {:?}", term.text());
     }
 
+    /// A terminal broker on a pipe: what it prints lands in the returned
+    /// `Shared`, what is written to the returned file is what the operator
+    /// types.
+    fn typed_terminal(settle: Duration) -> (Shared, Screen, std::fs::File, TerminalBroker) {
+        let term = Shared::default();
+        let screen =
+            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
+        let (input, keyboard) = nix::unistd::pipe().expect("pipe");
+        let broker = TerminalBroker::with_io_settle(
+            std::io::BufReader::new(std::fs::File::from(input)),
+            term.clone(),
+            screen.clone(),
+            settle,
+        );
+        (term, screen, std::fs::File::from(keyboard), broker)
+    }
+
     /// An agent that prints cursor movements while a purchase waits for
     /// approval: its output stays off the screen until the answer, then
     /// shows with the escapes made visible and marked as the agent's; the
@@ -435,19 +452,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn agent_output_waits_during_a_prompt_and_cannot_redraw_it() {
         use crate::session::console::{Console, DEFAULT_CONSOLE_MAX};
-        let term = Shared::default();
-        let screen =
-            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
+        let (term, screen, mut keyboard, broker) = typed_terminal(SETTLE);
         let console = Console::with_log(
             Box::new(std::io::sink()),
             DEFAULT_CONSOLE_MAX,
-            screen.clone(),
-        );
-        let (input, keyboard) = nix::unistd::pipe().expect("pipe");
-        let mut keyboard = std::fs::File::from(keyboard);
-        let broker = TerminalBroker::with_io(
-            std::io::BufReader::new(std::fs::File::from(input)),
-            term.clone(),
             screen.clone(),
         );
         console.write(false, b"booking the flight\n");
@@ -504,16 +512,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_question_answered_elsewhere_is_not_shown_as_denied() {
         use enforce::{ApiBroker, FirstAnswer};
-        let term = Shared::default();
-        let screen =
-            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
-        let (input, keyboard) = nix::unistd::pipe().expect("pipe");
-        let mut keyboard = std::fs::File::from(keyboard);
-        let terminal = TerminalBroker::with_io(
-            std::io::BufReader::new(std::fs::File::from(input)),
-            term.clone(),
-            screen,
-        );
+        let (term, _screen, mut keyboard, terminal) = typed_terminal(SETTLE);
         let (api, handle) = ApiBroker::new();
         let both = FirstAnswer::new(vec![
             std::sync::Arc::new(terminal),
@@ -552,17 +551,7 @@ mod tests {
     /// for it; the question's own timeout ends it instead.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_answer_typed_as_a_withdrawn_question_is_replaced_is_not_taken() {
-        let term = Shared::default();
-        let screen =
-            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
-        let (input, keyboard) = nix::unistd::pipe().expect("pipe");
-        let mut keyboard = std::fs::File::from(keyboard);
-        let broker = TerminalBroker::with_io_settle(
-            std::io::BufReader::new(std::fs::File::from(input)),
-            term.clone(),
-            screen,
-            Duration::from_secs(60),
-        );
+        let (term, _screen, mut keyboard, broker) = typed_terminal(Duration::from_secs(60));
         let long = Duration::from_secs(60);
         let mut harmless = request(1, long);
         harmless.action.amount_cents = Some(40_100);
@@ -589,15 +578,7 @@ mod tests {
     /// withdraws it when its time is up, whatever the prompt said.
     #[tokio::test]
     async fn the_prompt_shows_the_time_the_gate_still_waits() {
-        let term = Shared::default();
-        let screen =
-            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
-        let (input, _keyboard) = nix::unistd::pipe().expect("pipe");
-        let broker = TerminalBroker::with_io(
-            std::io::BufReader::new(std::fs::File::from(input)),
-            term.clone(),
-            screen,
-        );
+        let (term, _screen, _keyboard, broker) = typed_terminal(SETTLE);
         let mut req = request(1, Duration::from_secs(120));
         req.asked_at =
             receipts::format_time(std::time::SystemTime::now() - Duration::from_secs(100));
