@@ -19,7 +19,7 @@ use std::time::Duration;
 use postgres::Transaction;
 
 use super::name::TenantName;
-use super::postgres::{db, PgStore, LEASE_LOCK};
+use super::postgres::{db, lock_tenant, PgStore, LEASE_LOCK};
 use super::store::TenantStoreError;
 
 /// Whose clock a lease's times are read on.
@@ -61,16 +61,6 @@ fn now_ms(tx: &mut Transaction<'_>, clock: LeaseClock) -> Result<i64, TenantStor
         .get(0))
 }
 
-/// Takes `tenant`'s lease lock until the transaction ends.
-fn lock_tenant(tx: &mut Transaction<'_>, tenant: &str) -> Result<(), TenantStoreError> {
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-        &[&LEASE_LOCK, &tenant],
-    )
-    .map(drop)
-    .map_err(db)
-}
-
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
@@ -92,7 +82,7 @@ impl PgStore {
         let (tenant, id, daemon) = (tenant.to_string(), id.to_owned(), daemon.to_owned());
         self.call(move |c| {
             let mut tx = c.transaction().map_err(db)?;
-            lock_tenant(&mut tx, &tenant)?;
+            lock_tenant(&mut tx, LEASE_LOCK, &tenant)?;
             let now = now_ms(&mut tx, clock)?;
             tx.execute(
                 "DELETE FROM session_leases WHERE tenant = $1 AND expires_at_ms <= $2",
@@ -158,7 +148,7 @@ impl PgStore {
             tenants.sort_unstable();
             tenants.dedup();
             for tenant in tenants {
-                lock_tenant(&mut tx, tenant)?;
+                lock_tenant(&mut tx, LEASE_LOCK, tenant)?;
             }
             let until = now_ms(&mut tx, clock)?.saturating_add(ttl_ms(ttl));
             let mut retaken = 0;

@@ -162,6 +162,22 @@ const WINDOW_LOCK: i32 = 0x6f63_7277; // "ocrw"
 /// lease's count-then-insert one step (the second is the name's hash).
 pub(crate) const LEASE_LOCK: i32 = 0x6f63_736c; // "ocsl"
 
+/// Takes the advisory lock (`class`, hash of `tenant`) until the
+/// transaction ends: one tenant's checks of that kind run one at a time,
+/// across connections and hosts.
+pub(crate) fn lock_tenant(
+    tx: &mut postgres::Transaction<'_>,
+    class: i32,
+    tenant: &str,
+) -> Result<(), TenantStoreError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&class, &tenant],
+    )
+    .map(drop)
+    .map_err(db)
+}
+
 /// How long a connection attempt may take before the store call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -643,11 +659,7 @@ impl PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.call(move |c| {
             let mut tx = c.transaction().map_err(db)?;
-            tx.execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                &[&WINDOW_LOCK, &tenant],
-            )
-            .map_err(db)?;
+            lock_tenant(&mut tx, WINDOW_LOCK, &tenant)?;
             tx.execute(
                 "DELETE FROM request_window WHERE tenant = $1 AND at_ms <= $2",
                 &[&tenant, &(now_ms - window_ms)],
