@@ -180,9 +180,40 @@ impl SessionInfo {
     }
 }
 
+/// A bundle file opened for reading, and its size, if it is a regular file.
+/// A bundle may come from someone else (`openclaw verify`, `openclaw report`
+/// on a bundle sent for audit): a file that is a FIFO would have the reader
+/// wait for a writer (or read whatever one sends), and a device such as
+/// /dev/zero never ends. The file is opened without waiting for a writer
+/// and checked; read it up to the size it had then.
+pub fn open_regular_file(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "it is not a regular file (a FIFO, device or directory is never a bundle file)",
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
+/// A bundle file's bytes, if it is a regular file ([`open_regular_file`]).
+pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let (file, len) = open_regular_file(path)?;
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(usize::try_from(len).map_err(std::io::Error::other)?)?;
+    file.take(len).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 pub fn read_info(dir: &Path) -> Result<SessionInfo> {
     let path = dir.join(SESSION_JSON);
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = read_regular_file(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -214,8 +245,8 @@ pub struct Outcome {
 /// The outcomes recorded in `events.jsonl` (missing file: none yet).
 pub fn read_outcomes(dir: &Path) -> Result<Vec<Outcome>> {
     let path = dir.join(EVENTS);
-    let file = match std::fs::File::open(&path) {
-        Ok(file) => file,
+    let file = match open_regular_file(&path) {
+        Ok((file, len)) => std::io::Read::take(file, len),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };

@@ -16,8 +16,8 @@ use ed25519_dalek::VerifyingKey;
 use receipts::{Body, ChainError, Coverage, UnverifiedChain, VerifiedChain};
 use serde::Serialize;
 
-use crate::keys;
 use crate::session::screen::{visible_inline, visible_json};
+use crate::{bundle, keys};
 
 /// Exit code: every check passed.
 pub const EXIT_VALID: u8 = 0;
@@ -216,10 +216,10 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
         (args.path.clone(), dir)
     };
     report.receipts_file = receipts_path.display().to_string();
-    let bytes = read_regular_file(&receipts_path)
+    let bytes = bundle::read_regular_file(&receipts_path)
         .with_context(|| format!("reading {}", receipts_path.display()))?;
     let token_path = bundle_dir.join(TOKEN_FILE);
-    let token_bytes = match read_regular_file(&token_path) {
+    let token_bytes = match bundle::read_regular_file(&token_path) {
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
@@ -308,31 +308,6 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
         Some(token) => rederive(&chain, &token, root_key.as_ref(), report),
     }
     Ok(())
-}
-
-/// A bundle file's bytes, if it is a regular file. The bundle is not
-/// trusted: a receipts.jsonl or capabilities.cap that is a FIFO would have
-/// the verifier wait for a writer (or read whatever one sends), and one that
-/// is a device such as /dev/zero never ends. The file is opened without
-/// waiting for a writer, checked, and read up to the size it had then.
-fn read_regular_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other(
-            "it is not a regular file (a FIFO, device or directory is never a bundle file)",
-        ));
-    }
-    let mut bytes = Vec::new();
-    let len = usize::try_from(meta.len()).map_err(std::io::Error::other)?;
-    bytes.try_reserve_exact(len)?;
-    file.take(meta.len()).read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 fn chain_problem(e: &ChainError) -> Problem {

@@ -153,7 +153,7 @@ pub struct ApprovalOutcome {
 /// key; without it the chain is read but reported as unverified.
 pub fn build(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report> {
     let session = bundle::read_info(dir)?;
-    let chain_bytes = std::fs::read(dir.join(bundle::RECEIPTS)).unwrap_or_default();
+    let chain_bytes = bundle::read_regular_file(&dir.join(bundle::RECEIPTS)).unwrap_or_default();
     let outcomes = bundle::read_outcomes(dir)?;
     Ok(build_from(session, &chain_bytes, &outcomes, key))
 }
@@ -1045,6 +1045,31 @@ mod tests {
         }
         let json = std::fs::read(dir.join(bundle::REPORT_JSON)).expect("read");
         assert!(serde_json::from_slice::<Report>(&json).is_ok());
+    }
+
+    /// A bundle someone sent whose files are FIFOs: the report neither
+    /// waits for a writer nor reads what one sends.
+    #[test]
+    fn a_bundle_file_that_is_a_fifo_is_not_read() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path();
+        bundle::write_info(dir, &SessionInfo::default()).expect("session.json");
+        for name in [bundle::RECEIPTS, bundle::EVENTS] {
+            nix::unistd::mkfifo(&dir.join(name), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        }
+        let err = build(dir, None).expect_err("events.jsonl is a FIFO");
+        assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
+        std::fs::remove_file(dir.join(bundle::EVENTS)).expect("rm");
+        let report = build(dir, None).expect("report");
+        assert_eq!(report.receipts.count, 0, "{:?}", report.receipts);
+        std::fs::remove_file(dir.join(bundle::SESSION_JSON)).expect("rm");
+        nix::unistd::mkfifo(
+            &dir.join(bundle::SESSION_JSON),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .expect("mkfifo");
+        let err = build(dir, None).expect_err("session.json is a FIFO");
+        assert!(format!("{err:#}").contains("not a regular file"), "{err:#}");
     }
 
     #[test]
