@@ -17,7 +17,7 @@ use proxy::{
     ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, Gate, GateRequest, GateTag, GateVerdict,
     Refusal, RequestSummary, ResponseVerdict,
 };
-use receipts::{ApprovalRecord, CanonicalDecision, Entry, ReceiptLog};
+use receipts::{ApprovalRecord, CanonicalDecision, Entry, ReceiptLog, RecordedAction};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
@@ -334,13 +334,27 @@ impl ReceiptedDecision<'_> {
     /// The receipt's content: typed values straight to canonical bytes.
     fn encode(
         &self,
-        action: &Action,
+        action: &RecordedAction<'_, Action>,
         counters: &Counters,
         body_sha256: Option<&str>,
     ) -> Result<CanonicalDecision, ReceiptFailed> {
         CanonicalDecision::new(action, counters, self, body_sha256)
             .map_err(|e| ReceiptFailed(format!("encoding receipt: {e}")))
     }
+}
+
+/// An action receipted without a query (a DNS name has none).
+fn unqueried(action: &Action) -> RecordedAction<'_, Action> {
+    RecordedAction {
+        facts: action,
+        query: None,
+    }
+}
+
+/// The query of a request target (path and query, no fragment): what
+/// follows its first `?`, `""` after a bare one; `None` without one.
+fn query_of(target: &str) -> Option<&str> {
+    target.split_once('?').map(|(_, query)| query)
 }
 
 /// One of the [`MAX_HELD_APPROVALS`] places for a held request; given back
@@ -506,7 +520,7 @@ impl EnforcingGate {
                 last: receipts::format_time(batch.last_at),
             }),
         };
-        let record = receipted.encode(&action, &self.ledger.committed(), None);
+        let record = receipted.encode(&unqueried(&action), &self.ledger.committed(), None);
         let seq = match record.and_then(|r| self.receipt_decision_blocking(now, r)) {
             Ok(seq) => Some(seq),
             Err(ReceiptFailed(why)) => {
@@ -544,7 +558,7 @@ impl EnforcingGate {
     }
 
     fn decision_record(
-        action: &Action,
+        action: &RecordedAction<'_, Action>,
         counters: &Counters,
         decision: &Decision,
         stage: Stage,
@@ -562,7 +576,7 @@ impl EnforcingGate {
     /// hooks (a DNS name, a refusal): no body, the counters as committed.
     fn hook_record(
         &self,
-        action: &Action,
+        action: &RecordedAction<'_, Action>,
         decision: &Decision,
         stage: Stage,
     ) -> Result<CanonicalDecision, ReceiptFailed> {
@@ -597,7 +611,7 @@ impl EnforcingGate {
     async fn write_decision(
         &self,
         now: SystemTime,
-        action: &Action,
+        action: &RecordedAction<'_, Action>,
         counters: &Counters,
         decision: &Decision,
         stage: Stage,
@@ -668,6 +682,12 @@ impl EnforcingGate {
     async fn decide_request(&self, id: u64, req: &mut GateRequest, conn: &ConnInfo) -> GateVerdict {
         let now = SystemTime::now();
         let counters_now = self.ledger.committed();
+        // Every receipt of this request records its query as the sandbox
+        // sent it: substitution is only prepared until the decision
+        // forwards, so placeholders stand where secrets will go. A secret
+        // the sandbox wrote out itself is masked all the same.
+        let query = req.head.uri.query().map(|q| self.creds.mask_str(q));
+        let query = query.as_deref();
         let Screened {
             action,
             body_sha256,
@@ -675,7 +695,11 @@ impl EnforcingGate {
             metered,
         } = match self.stages().run(req, now).await {
             Ok(screened) => screened,
-            Err(block) => return self.record_block(id, conn, now, &counters_now, block).await,
+            Err(block) => {
+                return self
+                    .record_block(id, conn, now, &counters_now, block, query)
+                    .await
+            }
         };
 
         // The tenant's day quota first: a call past it never reaches the token.
@@ -689,7 +713,9 @@ impl EnforcingGate {
                     action,
                     body_sha256,
                 };
-                return self.record_block(id, conn, now, &counters_now, block).await;
+                return self
+                    .record_block(id, conn, now, &counters_now, block, query)
+                    .await;
             }
             (Some(q), Some(plan)) => {
                 match QuotaHold::reserve(q, plan.reserved, plan.tokens.clone().ok()) {
@@ -702,7 +728,16 @@ impl EnforcingGate {
                             body_sha256,
                         };
                         return self
-                            .quota_refused(id, conn, now, &counters_now, block, plan, refusal)
+                            .quota_refused(
+                                id,
+                                conn,
+                                now,
+                                &counters_now,
+                                block,
+                                query,
+                                plan,
+                                refusal,
+                            )
                             .await;
                     }
                 }
@@ -714,7 +749,17 @@ impl EnforcingGate {
             .ledger
             .decide(&action, |c| self.cap.authorize(&action, c, now));
         let seq = match self
-            .write_decision(now, &action, &seen, &decision, Stage::Token, body_sha256)
+            .write_decision(
+                now,
+                &RecordedAction {
+                    facts: &action,
+                    query,
+                },
+                &seen,
+                &decision,
+                Stage::Token,
+                body_sha256,
+            )
             .await
         {
             Ok(seq) => seq,
@@ -751,6 +796,7 @@ impl EnforcingGate {
         now: SystemTime,
         counters: &Counters,
         block: Block,
+        query: Option<&str>,
     ) -> GateVerdict {
         let Block {
             stage,
@@ -760,7 +806,17 @@ impl EnforcingGate {
         } = block;
         let decision = self.block(reason);
         match self
-            .write_decision(now, &action, counters, &decision, stage, body_sha256)
+            .write_decision(
+                now,
+                &RecordedAction {
+                    facts: &action,
+                    query,
+                },
+                counters,
+                &decision,
+                stage,
+                body_sha256,
+            )
             .await
         {
             Ok(seq) => self.refuse(id, conn.id, &action, &decision.reason, Some(seq)),
@@ -782,6 +838,7 @@ impl EnforcingGate {
         now: SystemTime,
         counters: &Counters,
         mut block: Block,
+        query: Option<&str>,
         plan: &Plan,
         refusal: QuotaRefusal,
     ) -> GateVerdict {
@@ -794,7 +851,9 @@ impl EnforcingGate {
             } => (quota, detail, retry_after),
             QuotaRefusal::Unavailable(why) => {
                 block.reason = format!("quota: unavailable: {why}");
-                return self.record_block(id, conn, now, counters, block).await;
+                return self
+                    .record_block(id, conn, now, counters, block, query)
+                    .await;
             }
             QuotaRefusal::Unpriced { quota } => {
                 block.reason = format!(
@@ -803,7 +862,9 @@ impl EnforcingGate {
                      rate card, rates.toml)",
                     plan.model
                 );
-                return self.record_block(id, conn, now, counters, block).await;
+                return self
+                    .record_block(id, conn, now, counters, block, query)
+                    .await;
             }
             QuotaRefusal::Unbounded { quota } => {
                 let why = plan.tokens.clone().err().unwrap_or_default();
@@ -811,7 +872,9 @@ impl EnforcingGate {
                     "quota: {quota}: llm call of unbounded tokens: the tenant's {quota} quota \
                      could not hold them: {why}"
                 );
-                return self.record_block(id, conn, now, counters, block).await;
+                return self
+                    .record_block(id, conn, now, counters, block, query)
+                    .await;
             }
         };
         let Block {
@@ -822,7 +885,17 @@ impl EnforcingGate {
         } = block;
         let decision = self.block(format!("quota: {quota}: {detail}"));
         let seq = match self
-            .write_decision(now, &action, counters, &decision, stage, body_sha256)
+            .write_decision(
+                now,
+                &RecordedAction {
+                    facts: &action,
+                    query,
+                },
+                counters,
+                &decision,
+                stage,
+                body_sha256,
+            )
             .await
         {
             Ok(seq) => seq,
@@ -1123,7 +1196,7 @@ impl Gate for EnforcingGate {
                     ..decision
                 };
                 let receipt = self
-                    .hook_record(&action, &decision, Stage::Dns)
+                    .hook_record(&unqueried(&action), &decision, Stage::Dns)
                     .and_then(|r| self.receipt_decision_blocking(now, r));
                 let seq = match receipt {
                     Ok(seq) => Some(seq),
@@ -1173,22 +1246,26 @@ impl Gate for EnforcingGate {
 
     fn refused(&self, event: Refusal) {
         let now = SystemTime::now();
-        let action = match &event.request {
-            // The path is as forwarded, after substitution: mask secrets.
-            Some(r) => fallback_action(
-                &r.method,
-                r.host.as_str(),
-                &path_only(&self.creds.mask_str(&r.path)),
-            ),
-            None => fallback_action(
+        // The path and query may be as forwarded, after substitution: secrets
+        // masked back to their placeholders.
+        let target = event.request.as_ref().map(|r| self.creds.mask_str(&r.path));
+        let action = match (&event.request, &target) {
+            (Some(r), Some(target)) => {
+                fallback_action(&r.method, r.host.as_str(), &path_only(target))
+            }
+            _ => fallback_action(
                 "CONNECT",
                 event.conn.sni.as_ref().map_or("", Host::as_str),
                 "/",
             ),
         };
         let decision = self.block(format!("{}: {}", event.reason, event.detail));
+        let recorded = RecordedAction {
+            facts: &action,
+            query: target.as_deref().and_then(query_of),
+        };
         let receipt = self
-            .hook_record(&action, &decision, Stage::Proxy)
+            .hook_record(&recorded, &decision, Stage::Proxy)
             .and_then(|r| self.receipt_decision_blocking(now, r));
         let seq = match receipt {
             Ok(seq) => Some(seq),

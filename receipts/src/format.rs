@@ -183,6 +183,59 @@ pub struct DecisionRecord {
     pub body_sha256: Option<String>,
 }
 
+impl DecisionRecord {
+    /// The request's query string as the sandbox sent it (the bytes after
+    /// `?`, credential placeholders never substituted), when its URI had
+    /// one: `action.query` ([`RecordedAction`]).
+    pub fn query(&self) -> Option<&str> {
+        self.action.get(QUERY_MEMBER).and_then(Value::as_str)
+    }
+
+    /// The action facts the token decided on: `action` without the
+    /// recorded query (which is what went upstream, not a fact the token
+    /// reads), as `capabilities::Action` parses them.
+    pub fn action_facts(&self) -> Value {
+        let mut facts = self.action.clone();
+        if let Value::Object(members) = &mut facts {
+            members.remove(QUERY_MEMBER);
+        }
+        facts
+    }
+}
+
+/// The member of a decision's `action` that holds the request's query.
+const QUERY_MEMBER: &str = "query";
+
+/// A decision receipt's `action` member: the action facts, and beside their
+/// `path` the request's query string when its URI had one (`query`, exactly
+/// the bytes after `?` as the sandbox sent them; `""` after a bare `?`, so
+/// `/a?` and `/a` differ). Without a query it encodes exactly as the facts
+/// do, so chains written before the query was recorded read the same.
+pub struct RecordedAction<'a, A: ?Sized> {
+    pub facts: &'a A,
+    pub query: Option<&'a str>,
+}
+
+impl<A: Serialize + ?Sized> Serialize for RecordedAction<'_, A> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The facts' members and `query`, as one object.
+        #[derive(Serialize)]
+        struct WithQuery<'a, A: ?Sized> {
+            #[serde(flatten)]
+            facts: &'a A,
+            query: &'a str,
+        }
+        match self.query {
+            None => self.facts.serialize(serializer),
+            Some(query) => WithQuery {
+                facts: self.facts,
+                query,
+            }
+            .serialize(serializer),
+        }
+    }
+}
+
 /// A decision receipt's content already in canonical form, made from the
 /// typed action, counters and decision without a `serde_json::Value` in
 /// between: how the enforcing path records a decision (one per request).

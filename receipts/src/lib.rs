@@ -16,7 +16,8 @@
 //!   [`DecisionMismatch`] with its line.
 //! - [`CanonicalDecision`]: a decision encoded straight from the typed
 //!   action, counters and decision (how the proxy appends one per request;
-//!   the line is the one the equivalent [`DecisionRecord`] makes).
+//!   the line is the one the equivalent [`DecisionRecord`] makes), its
+//!   action a [`RecordedAction`] (the facts and the request's query).
 //! - [`Receipt`], [`Body`], [`DecisionRecord`], [`ApprovalRecord`],
 //!   [`UsageRecord`], [`BudgetWarningRecord`]: the format (see `docs/receipts.md`); [`cost_micro_usd`]
 //!   prices a call's [`UsageTokens`] at a [`RateSnapshot`]'s [`ModelPrice`].
@@ -42,8 +43,9 @@ mod wire;
 pub use format::{
     format_time, key_id, line_hash, parse_time, sha256_hex, sign_line, unsigned_line,
     unsigned_version_of, version_of, ApprovalRecord, Body, CanonicalDecision, DecisionRecord,
-    Interruption, InterruptionCause, Receipt, BUDGET_WARNING_VERSION, FORMAT_VERSION, GENESIS_PREV,
-    INTERRUPTED_END_VERSION, LATEST_FORMAT_VERSION, UNSIGNED_VERSION, USAGE_VERSION,
+    Interruption, InterruptionCause, Receipt, RecordedAction, BUDGET_WARNING_VERSION,
+    FORMAT_VERSION, GENESIS_PREV, INTERRUPTED_END_VERSION, LATEST_FORMAT_VERSION, UNSIGNED_VERSION,
+    USAGE_VERSION,
 };
 pub use log::{
     AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,

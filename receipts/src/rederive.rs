@@ -314,10 +314,12 @@ fn check_aggregate(
     Ok(())
 }
 
-/// A decision receipt's action, counters and decision as typed values.
+/// A decision receipt's action, counters and decision as typed values. The
+/// recorded query is not a fact the token reads: the action is re-run
+/// without it.
 fn recorded_facts(d: &DecisionRecord) -> Result<(Action, Counters, Decision), String> {
     let action =
-        serde_json::from_value(d.action.clone()).map_err(|e| format!("recorded action: {e}"))?;
+        serde_json::from_value(d.action_facts()).map_err(|e| format!("recorded action: {e}"))?;
     let counters = serde_json::from_value(d.counters.clone())
         .map_err(|e| format!("recorded counters: {e}"))?;
     let decision = serde_json::from_value(d.decision.clone())

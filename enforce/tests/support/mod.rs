@@ -751,7 +751,8 @@ impl Session {
                 assert_eq!(recorded.decision, capabilities::Verdict::Block, "{d:?}");
                 continue;
             }
-            let action: capabilities::Action = serde_json::from_value(d.action.clone()).unwrap();
+            // The recorded query is not a fact the token reads.
+            let action: capabilities::Action = serde_json::from_value(d.action_facts()).unwrap();
             let counters: Counters = serde_json::from_value(d.counters.clone()).unwrap();
             let now = receipts::parse_time(&r.receipt.ts).unwrap();
             let derived = self.cap.authorize(&action, &counters, now);

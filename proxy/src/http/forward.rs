@@ -233,7 +233,12 @@ pub(crate) async fn handle(
         method: req.method().to_string(),
         scheme: scheme(ctx.info.listener),
         host: host.clone(),
-        path: req.uri().path().to_owned(),
+        // With the query (as the summary's other uses): the refusal's
+        // receipt records what the sandbox sent.
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
         tag: None,
     };
     if let Some(sni) = &ctx.info.sni {
