@@ -850,6 +850,74 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_query_sits_beside_the_path_and_no_query_leaves_the_facts_as_they_were() {
+        #[derive(Serialize)]
+        struct Facts<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            method: &'a str,
+            path: &'a str,
+            recipients: Vec<&'a str>,
+        }
+        let facts = Facts {
+            kind: "web",
+            method: "POST",
+            path: "/api/transfer",
+            recipients: vec!["r"],
+        };
+        let counters = serde_json::json!({});
+        let decision = serde_json::json!({"decision": "allow"});
+        let encode = |query: Option<&str>| {
+            let recorded = RecordedAction {
+                facts: &facts,
+                query,
+            };
+            let fast = CanonicalDecision::new(&recorded, &counters, &decision, None)
+                .expect("encode")
+                .to_record()
+                .expect("parse");
+            // The general route (a Value, then the canonicalizer) agrees.
+            let general = DecisionRecord {
+                action: serde_json::to_value(&recorded).expect("value"),
+                counters: counters.clone(),
+                decision: decision.clone(),
+                body_sha256: None,
+            };
+            assert_eq!(
+                CanonicalDecision::from_record(&general).expect("encode"),
+                CanonicalDecision::new(&recorded, &counters, &decision, None).expect("encode")
+            );
+            fast
+        };
+        let without = encode(None);
+        assert_eq!(without.action, serde_json::to_value(&facts).expect("value"));
+        assert_eq!(without.query(), None);
+        for query in [
+            "to=mallory&amount=9999",
+            "",
+            "a=%2F&b",
+            "x=\"\\\u{1}\u{202e}é",
+        ] {
+            let with = encode(Some(query));
+            assert_eq!(with.query(), Some(query));
+            assert_eq!(with.action_facts(), without.action);
+        }
+        let line = CanonicalDecision::new(
+            &RecordedAction {
+                facts: &facts,
+                query: Some("a=1"),
+            },
+            &counters,
+            &decision,
+            None,
+        )
+        .expect("encode");
+        assert!(String::from_utf8_lossy(&line.bytes).starts_with(
+            r#"{"action":{"method":"POST","path":"/api/transfer","query":"a=1","recipients":["r"],"type":"web"}"#
+        ));
+    }
+
+    #[test]
     fn a_canonical_decision_reads_back_as_its_record() {
         #[derive(Serialize)]
         struct Action<'a> {

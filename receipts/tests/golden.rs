@@ -146,3 +146,99 @@ fn golden_interrupted_fixture_matches_the_encoder_and_verifies_as_interrupted() 
         .expect("verifies");
     assert_eq!(normal_chain.interruption(), None);
 }
+
+/// The golden chain of decisions that record their requests' queries
+/// (`action.query`, beside `path`): the same encoding rules as every other
+/// member, absent without a query, `""` after a bare `?`. The chains above,
+/// written before queries were recorded, verify unchanged.
+#[test]
+fn golden_query_fixture_matches_the_encoder_and_verifies() {
+    let expected = golden_query_chain();
+    let path = dir().join("query.jsonl");
+    if std::env::var_os("REGENERATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(dir()).expect("mkdir");
+        std::fs::write(&path, &expected).expect("write");
+    }
+    let fixture = std::fs::read(&path).expect("fixture");
+    assert!(
+        fixture == expected,
+        "the query's encoding changed; if intended, regenerate with \
+         REGENERATE_GOLDEN=1 cargo test -p receipts --test golden\nexpected:\n{}",
+        String::from_utf8_lossy(&expected)
+    );
+    let chain = UnverifiedChain::from_bytes(fixture.clone())
+        .verify(&fixed_key().verifying_key())
+        .expect("query golden chain verifies");
+    let queries: Vec<Option<&str>> = chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            Body::Decision(d) => Some(d.query()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queries, GOLDEN_QUERIES);
+    let ls = lines(&fixture);
+    assert!(
+        ls[1].starts_with(
+            br#"{"action":{"host":"example.com","method":"POST","path":"/api/transfer","query":"to=mallory&amount=9999","type":"web"},"#
+        ),
+        "{}",
+        String::from_utf8_lossy(ls[1])
+    );
+    assert!(!String::from_utf8_lossy(ls[2]).contains(r#""query":"#));
+    assert!(String::from_utf8_lossy(ls[3]).contains(r#""path":"/a","query":"","type":"web""#));
+    // Every line is what re-signing its parsed content gives (the general
+    // encoder agrees with the enforcing path's), and the facts without the
+    // query are a `capabilities::Action`.
+    for line in lines(&fixture) {
+        let receipt: Receipt = serde_json::from_slice(line).expect("parse");
+        assert_eq!(
+            receipts::sign_line(&receipt, &fixed_key()).expect("sign"),
+            line
+        );
+        if let Body::Decision(d) = &receipt.body {
+            let facts: capabilities::Action =
+                serde_json::from_value(d.action_facts()).expect("facts");
+            assert_eq!(facts.host, "example.com");
+        }
+    }
+    // The chain without queries still verifies, and reads no query.
+    let old =
+        UnverifiedChain::from_bytes(std::fs::read(dir().join("receipts.jsonl")).expect("fixture"))
+            .verify(&fixed_key().verifying_key())
+            .expect("a chain from before queries verifies");
+    assert!(old.receipts.iter().all(|r| match &r.receipt.body {
+        Body::Decision(d) => d.query().is_none(),
+        _ => true,
+    }));
+}
+
+/// Changing a recorded query (to another, to none, or adding one where
+/// there was none) breaks verification at that line.
+#[test]
+fn a_changed_query_fails_verification_at_its_line() {
+    let fixture = golden_query_chain();
+    let ls = lines(&fixture);
+    let edits: [(usize, &str, &str); 4] = [
+        (1, "to=mallory", "to=alice!!"),
+        (1, r#","query":"to=mallory&amount=9999""#, ""),
+        (
+            2,
+            r#""path":"/api/transfer","#,
+            r#""path":"/api/transfer","query":"x","#,
+        ),
+        (3, r#","query":"""#, ""),
+    ];
+    for (k, from, to) in edits {
+        let text = String::from_utf8(ls[k].to_vec()).expect("utf8");
+        assert!(text.contains(from), "line {}: {text}", k + 1);
+        let changed = text.replacen(from, to, 1);
+        let mut t = ls.clone();
+        t[k] = changed.as_bytes();
+        let err = UnverifiedChain::from_bytes(join(&t))
+            .verify(&fixed_key().verifying_key())
+            .expect_err("a changed query must not verify");
+        assert_eq!(err.line(), k + 1, "{from:?} → {to:?}: {err}");
+    }
+}

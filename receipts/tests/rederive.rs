@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use capabilities::{Action, ActionType, Counters, Policy, Verdict};
 use ed25519_dalek::SigningKey;
 use receipts::{
-    rederive, Coverage, DecisionMismatch, DecisionRecord, Entry, ReceiptLog, SessionStart,
-    UnverifiedChain, VerifiedChain,
+    rederive, Coverage, DecisionMismatch, DecisionRecord, Entry, ReceiptLog, RecordedAction,
+    SessionStart, UnverifiedChain, VerifiedChain,
 };
 
 /// A small flight-booking envelope: flight search, one merchant, approval
@@ -76,15 +76,22 @@ fn session(tweak: impl Fn(usize, &mut serde_json::Value)) -> (String, VerifiedCh
             ..web("POST", "united.com", "/api/booking/purchase")
         },
     ];
-    for (i, action) in actions.iter().enumerate() {
+    // The requests' queries, recorded beside the path (no fact the token
+    // reads): one with data, a bare `?`, none.
+    let queries = [Some("q=SFO-JFK&date=2027-01-14"), Some(""), None];
+    for (i, (action, query)) in actions.iter().zip(queries).enumerate() {
         let mut decision =
             serde_json::to_value(capability.authorize(action, &counters, now)).expect("json");
         decision["stage"] = "token".into();
         tweak(i, &mut decision);
+        let recorded = RecordedAction {
+            facts: action,
+            query,
+        };
         log.append(Entry::Decision {
             decided_at: now,
             record: DecisionRecord {
-                action: serde_json::to_value(action).expect("json"),
+                action: serde_json::to_value(&recorded).expect("json"),
                 counters: serde_json::to_value(counters).expect("json"),
                 decision,
                 body_sha256: None,
@@ -103,6 +110,15 @@ fn session(tweak: impl Fn(usize, &mut serde_json::Value)) -> (String, VerifiedCh
 #[test]
 fn honest_decisions_re_derive_from_the_token() {
     let (token, chain) = session(|_, _| {});
+    let queries: Vec<Option<&str>> = chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            receipts::Body::Decision(d) => Some(d.query()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queries, [Some("q=SFO-JFK&date=2027-01-14"), Some(""), None]);
     let found = rederive(&chain, token.as_bytes(), Some(&root().verifying_key()));
     assert_eq!(found.coverage, Coverage::Checked { decisions: 3 });
     assert_eq!(found.mismatches, []);

@@ -211,6 +211,88 @@ fn golden_with_end(interrupted: Option<InterruptionCause>) -> Vec<u8> {
     out
 }
 
+/// The queries of the golden query chain's decisions, in order: data in
+/// the query, none at all, a bare `?`, percent-encoding and a key without
+/// `=`, a credential's placeholder.
+pub const GOLDEN_QUERIES: [Option<&str>; 5] = [
+    Some("to=mallory&amount=9999"),
+    None,
+    Some(""),
+    Some("a=%2F&b"),
+    Some("key=openclaw-placeholder-maps_key-0000"),
+];
+
+/// A chain whose decision receipts record their requests' queries
+/// (`action.query`), made the way the enforcing path makes them: typed
+/// action and query through [`receipts::RecordedAction`] and
+/// [`receipts::CanonicalDecision`]. Fixed key and times.
+pub fn golden_query_chain() -> Vec<u8> {
+    let key = fixed_key();
+    let signer = receipts::key_id(&key.verifying_key());
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_100_000_654_321);
+    let at = |ms: u64| receipts::format_time(t0 + Duration::from_millis(ms));
+    let mut bodies = vec![Body::SessionStart {
+        public_key: hex::encode(key.verifying_key().as_bytes()),
+        revocation_ids: vec!["a1b2".into()],
+        sandbox: "netns".into(),
+        capability_sha256: None,
+        tenant: None,
+        user: None,
+    }];
+    let paths = ["/api/transfer", "/api/transfer", "/a", "/a", "/maps/api"];
+    for (i, (query, path)) in GOLDEN_QUERIES.iter().zip(paths).enumerate() {
+        let action = capabilities::Action::request(
+            capabilities::ActionType::Web,
+            if i == 0 { "POST" } else { "GET" },
+            "example.com",
+            path,
+        );
+        let decision = json!({"decision": "allow", "reason": "web_access", "grant": "web",
+            "revocation_ids": ["a1b2"], "stage": "token"});
+        let recorded = receipts::RecordedAction {
+            facts: &action,
+            query: *query,
+        };
+        let record = receipts::CanonicalDecision::new(
+            &recorded,
+            &capabilities::Counters::default(),
+            &decision,
+            None,
+        )
+        .expect("encode")
+        .to_record()
+        .expect("read back");
+        bodies.push(Body::Decision(record));
+    }
+    let mut out = Vec::new();
+    let mut prev = GENESIS_PREV.to_owned();
+    let count = bodies.len() as u64 + 1;
+    bodies.push(Body::SessionEnd {
+        count,
+        last: String::new(),
+        interrupted: None,
+    });
+    for (seq, mut body) in bodies.into_iter().enumerate() {
+        if let Body::SessionEnd { last, .. } = &mut body {
+            *last = prev.clone();
+        }
+        let receipt = Receipt {
+            v: receipts::version_of(&body),
+            session: "golden-query".into(),
+            seq: seq as u64,
+            ts: at(seq as u64 * 100),
+            prev: prev.clone(),
+            signer: signer.clone(),
+            body,
+        };
+        let line = receipts::sign_line(&receipt, &key).expect("sign");
+        prev = hex::encode(receipts::line_hash(&line));
+        out.extend_from_slice(&line);
+        out.push(b'\n');
+    }
+    out
+}
+
 fn decision_body(i: u64) -> Body {
     match decision_entry(i) {
         Entry::Decision { record, .. } => Body::Decision(record),
