@@ -984,6 +984,91 @@ mod tests {
             .is_some_and(|r| r.starts_with('\u{202e}')));
     }
 
+    /// A decision's query (`action.query`) reaches report.json whole, and
+    /// the page through the same bounds as the path: hidden characters
+    /// written out, a long one cut with a marker; the page's script puts it
+    /// after the path. A decision without a query has none.
+    #[test]
+    fn the_query_shows_beside_the_path_bounded_like_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("receipts.jsonl");
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let log = ReceiptLog::create(
+            &path,
+            key.clone(),
+            SessionStart {
+                session_id: "q".into(),
+                revocation_ids: vec![],
+                sandbox: "netns".into(),
+                capability_sha256: None,
+                tenant: None,
+                user: None,
+            },
+        )
+        .expect("chain");
+        let long = format!("x={}", "y".repeat(PAGE_TEXT_MAX * 4));
+        let queries = [
+            Some("to=mallory&amount=9999"),
+            None,
+            Some("note=\u{202e}moc.live\u{7}"),
+            Some(long.as_str()),
+        ];
+        for query in queries {
+            let action = capabilities::Action::request(
+                capabilities::ActionType::Web,
+                "POST",
+                "bank.example",
+                "/api/transfer",
+            );
+            let record = receipts::CanonicalDecision::new(
+                &receipts::RecordedAction {
+                    facts: &action,
+                    query,
+                },
+                &capabilities::Counters::default(),
+                &json!({"decision": "allow", "reason": "", "grant": "web", "revocation_ids": []}),
+                None,
+            )
+            .expect("encode");
+            log.append(Entry::CanonicalDecision {
+                decided_at: SystemTime::now(),
+                record,
+            })
+            .expect("decision");
+        }
+        log.finish().expect("end");
+        let chain = std::fs::read(&path).expect("read");
+        let report = build_from(
+            SessionInfo::default(),
+            &chain,
+            &[],
+            Some(&key.verifying_key()),
+        );
+        let whole: Vec<Option<&str>> = report
+            .timeline
+            .iter()
+            .map(|e| e.action.get("query").and_then(Value::as_str))
+            .collect();
+        assert_eq!(whole, queries, "report.json keeps each query as receipted");
+        let page = render_html(&report, None);
+        let data = embedded(&page);
+        let shown: Vec<Option<&str>> = data["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .map(|e| e["action"]["query"].as_str())
+            .collect();
+        assert_eq!(shown[..2], [Some("to=mallory&amount=9999"), None]);
+        assert_eq!(shown[2], Some("note=⟨U+202E⟩moc.live⟨U+0007⟩"));
+        let cut = shown[3].expect("the long query");
+        assert!(
+            cut.len() < PAGE_TEXT_MAX + 64 && cut.ends_with("more bytes not shown]"),
+            "{}",
+            &cut[cut.len() - 40..]
+        );
+        assert!(page.contains(r#"(typeof a.query === "string" ? "?" + a.query : "")"#));
+    }
+
     #[test]
     fn a_finished_sessions_chain_without_its_end_is_cut_not_open() {
         let tmp = tempfile::tempdir().expect("tmp");
