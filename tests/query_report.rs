@@ -19,7 +19,6 @@ use ed25519_dalek::pkcs8::EncodePublicKey;
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{json, Value};
 
-#[allow(clippy::unwrap_used, unused_imports)]
 #[path = "../enforce/tests/support/mod.rs"]
 mod enforce_support;
 mod support;
