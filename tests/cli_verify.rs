@@ -698,3 +698,63 @@ fn asked_to_re_derive_a_bundle_without_its_token_is_invalid() {
         stdout(&out)
     );
 }
+
+/// A file that is the golden chain's session_start and then `n` lines
+/// without a sig, each chained to the one before: what anyone can write,
+/// without the key, to make a verifier wait for a signature.
+fn unsigned_flood(dir: &Path, n: usize) {
+    let golden = std::fs::read(golden_dir().join("receipts.jsonl")).expect("golden");
+    let first = golden
+        .split(|&b| b == b'\n')
+        .next()
+        .expect("line 1")
+        .to_vec();
+    let start: receipts::Receipt = serde_json::from_slice(&first).expect("session_start");
+    let mut bytes = first.clone();
+    bytes.push(b'\n');
+    let mut prev = first;
+    for seq in 1..=n as u64 {
+        let receipt = receipts::Receipt {
+            v: receipts::UNSIGNED_VERSION,
+            session: start.session.clone(),
+            seq,
+            ts: start.ts.clone(),
+            prev: hex::encode(receipts::line_hash(&prev)),
+            signer: start.signer.clone(),
+            body: receipts::Body::Decision(DecisionRecord {
+                action: serde_json::json!({"type": "web", "method": "GET",
+                    "host": "example.com", "path": format!("/flood/{seq}")}),
+                counters: serde_json::json!({}),
+                decision: serde_json::json!({"decision": "allow"}),
+                body_sha256: None,
+            }),
+        };
+        let line = receipts::unsigned_line(&receipt).expect("encode");
+        bytes.extend_from_slice(&line);
+        bytes.push(b'\n');
+        prev = line;
+    }
+    std::fs::write(dir.join("receipts.jsonl"), bytes).expect("write flood");
+}
+
+#[test]
+fn a_flood_of_unsigned_lines_is_refused_at_the_first_line_the_writer_could_not_have_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    unsigned_flood(dir.path(), receipts::MAX_BATCH + 500);
+    let key = golden_dir().join("receipt.pub");
+    let out = verify(&[p(dir.path()), "--key", p(&key), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["status"], "invalid");
+    // Lines 2 to MAX_BATCH wait for a signature, as the writer's longest
+    // run would; the next is one more than it ever writes.
+    assert_eq!(json["error"]["line"], receipts::MAX_BATCH + 1);
+    let message = json["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains(&format!(
+            "lines 2 to {} carry no sig of their own",
+            receipts::MAX_BATCH + 1
+        )) && message.contains(&format!("every {}th line", receipts::MAX_BATCH)),
+        "{message}"
+    );
+}

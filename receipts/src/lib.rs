@@ -49,7 +49,8 @@ pub use format::{
 };
 pub use log::{
     AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
-    PendingReceipt, ReceiptLog, Recovered, SessionStart,
+    PendingReceipt, ReceiptLog, Recovered, SessionStart, MAX_BATCH, MAX_LINE_BYTES,
+    MAX_UNSIGNED_RUN_BYTES,
 };
 pub use rederive::{rederive, Coverage, DecisionMismatch, ReasonChanged, Rederivation};
 pub use usage::{

@@ -12,6 +12,7 @@ use crate::format::{
     self, Body, Interruption, InterruptionCause, Receipt, FORMAT_VERSION, GENESIS_PREV,
     LATEST_FORMAT_VERSION, UNSIGNED_VERSION,
 };
+use crate::log::{MAX_BATCH, MAX_LINE_BYTES, MAX_UNSIGNED_RUN_BYTES};
 use crate::wire::{self, sig_member};
 
 /// Why a chain failed verification. Every variant names the 1-based line.
@@ -71,6 +72,26 @@ pub enum ChainError {
     UnsignedEdge { line: usize, kind: &'static str },
     #[error("line {line}: no sig of its own, and no signed line after it covers it (the chain was cut after line {last})")]
     Uncovered { line: usize, last: usize },
+    #[error("line {line}: {bytes} bytes long; the receipt writer never writes a line longer than {max} bytes")]
+    LineTooLong {
+        line: usize,
+        bytes: usize,
+        max: usize,
+    },
+    #[error(
+        "line {line}: lines {first} to {line} carry no sig of their own: the receipt writer signs at least every {max}th line (one signature per write of at most {max} receipts)",
+        max = MAX_BATCH
+    )]
+    UnsignedRunTooLong { line: usize, first: usize },
+    #[error(
+        "line {line}: lines {first} to {line} carry no sig of their own and hold {bytes} bytes; the receipt writer signs before a run without a signature holds more than {max} bytes",
+        max = MAX_UNSIGNED_RUN_BYTES
+    )]
+    UnsignedRunTooLarge {
+        line: usize,
+        first: usize,
+        bytes: usize,
+    },
     #[error(
         "line {line}: session_start names public key {found}, not the verifying key {expected}"
     )]
@@ -140,6 +161,9 @@ impl ChainError {
             | UnsignedVersion { line, .. }
             | UnsignedEdge { line, .. }
             | Uncovered { line, .. }
+            | LineTooLong { line, .. }
+            | UnsignedRunTooLong { line, .. }
+            | UnsignedRunTooLarge { line, .. }
             | KeyMismatch { line, .. }
             | MissingStart { line, .. }
             | DuplicateStart { line }
@@ -204,6 +228,10 @@ pub struct LineVerifier {
     /// The first of the lines accepted since the last signed one: lines
     /// without a sig of their own, not yet covered by a signature.
     uncovered_from: Option<usize>,
+    /// The bytes of those lines. With their number, bounded by what the
+    /// writer ever leaves between signatures: a crafted file of unsigned
+    /// lines is refused there, not read on waiting for a signature.
+    uncovered_bytes: usize,
     /// The first line refused, if any. The chain state may already hold
     /// part of that line (a bad signature is found last), so from then on
     /// every `push` and `finish` gives this error: a caller that goes on
@@ -237,6 +265,7 @@ impl LineVerifier {
             usage_costs: BTreeMap::new(),
             warned: BTreeSet::new(),
             uncovered_from: None,
+            uncovered_bytes: 0,
             refused: None,
         }
     }
@@ -322,6 +351,13 @@ impl LineVerifier {
         if self.ended {
             return Err(ChainError::AfterEnd { line: line_no });
         }
+        if line.len() > MAX_LINE_BYTES {
+            return Err(ChainError::LineTooLong {
+                line: line_no,
+                bytes: line.len(),
+                max: MAX_LINE_BYTES,
+            });
+        }
         let parsed = wire::parse(line).map_err(|e| {
             malformed(match e.classify() {
                 serde_json::error::Category::Data => e.to_string(),
@@ -356,6 +392,7 @@ impl LineVerifier {
         // Its signature covers every unsigned line before it (its prev is
         // the hash of the line before, whose prev covers the one before...).
         self.uncovered_from = None;
+        self.uncovered_bytes = 0;
         Ok(Checked {
             receipt,
             hash,
@@ -375,6 +412,22 @@ impl LineVerifier {
         parsed: wire::Parsed<'_>,
     ) -> Result<Checked, ChainError> {
         let line_no = self.lines + 1;
+        let first = self.uncovered_from.unwrap_or(line_no);
+        // The writer signs at least every MAX_BATCH-th line.
+        if line_no - first + 1 >= MAX_BATCH {
+            return Err(ChainError::UnsignedRunTooLong {
+                line: line_no,
+                first,
+            });
+        }
+        let bytes = self.uncovered_bytes + line.len();
+        if bytes > MAX_UNSIGNED_RUN_BYTES {
+            return Err(ChainError::UnsignedRunTooLarge {
+                line: line_no,
+                first,
+                bytes,
+            });
+        }
         if !parsed.sorted {
             return Err(ChainError::NotCanonical { line: line_no });
         }
@@ -410,6 +463,7 @@ impl LineVerifier {
         self.lines = line_no;
         self.prev = hash;
         self.uncovered_from.get_or_insert(line_no);
+        self.uncovered_bytes = bytes;
         Ok(Checked {
             receipt,
             hash,
@@ -1101,6 +1155,95 @@ mod tests {
             verify_lines(&key, &t[..4]),
             Err(ChainError::Uncovered { line: 2, last: 4 })
         );
+    }
+
+    /// Lines 2.. of a chain: `n` decisions without a sig, each with a
+    /// path of `pad` bytes.
+    fn unsigned_run(key: &SigningKey, n: usize, pad: usize) -> Vec<Vec<u8>> {
+        let body = |i: usize| {
+            Body::Decision(format::DecisionRecord {
+                action: serde_json::json!({"type": "http", "i": i, "path": "x".repeat(pad)}),
+                counters: serde_json::json!({}),
+                decision: serde_json::json!({"decision": "allow"}),
+                body_sha256: None,
+            })
+        };
+        let rest: Vec<_> = (0..n).map(|i| (body(i), UNSIGNED_VERSION, false)).collect();
+        hand_chain(key, &rest)
+    }
+
+    fn first_refusal(key: &SigningKey, lines: &[Vec<u8>]) -> ChainError {
+        let mut v = LineVerifier::new(key.verifying_key());
+        lines
+            .iter()
+            .find_map(|l| v.push(l).err())
+            .unwrap_or_else(|| v.finish().expect_err("never covered"))
+    }
+
+    #[test]
+    fn a_run_without_signatures_longer_than_the_writer_makes_is_refused_where_it_passes_the_bound()
+    {
+        let key = SigningKey::from_bytes(&[8; 32]);
+        // The writer signs at least every MAX_BATCH-th line: MAX_BATCH - 1
+        // unsigned lines wait for a signature, one more is refused.
+        let lines = unsigned_run(&key, MAX_BATCH + 3, 0);
+        assert_eq!(
+            first_refusal(&key, &lines[..MAX_BATCH]),
+            ChainError::Uncovered {
+                line: 2,
+                last: MAX_BATCH
+            }
+        );
+        let refused = first_refusal(&key, &lines);
+        assert_eq!(
+            refused,
+            ChainError::UnsignedRunTooLong {
+                line: MAX_BATCH + 1,
+                first: 2
+            }
+        );
+        assert!(
+            refused.to_string().contains("every 4096th line"),
+            "{refused}"
+        );
+        let mut bytes = lines.join(&b'\n');
+        bytes.push(b'\n');
+        assert_eq!(
+            UnverifiedChain::from_bytes(bytes)
+                .verify(&key.verifying_key())
+                .map(|c| c.receipts.len()),
+            Err(refused)
+        );
+
+        // In bytes: lines of 1 MiB, 16 of them fit in the writer's bound.
+        let pad = 1 << 20;
+        let lines = unsigned_run(&key, 20, pad - 300);
+        let refused = first_refusal(&key, &lines);
+        assert!(
+            matches!(refused, ChainError::UnsignedRunTooLarge { line: 18, first: 2, bytes }
+                if bytes > MAX_UNSIGNED_RUN_BYTES),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_line_longer_than_the_writer_writes_is_refused_before_it_is_read() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let mut lines = hand_chain(&key, &[]);
+        lines.push(vec![b'{'; MAX_LINE_BYTES + 1]);
+        assert_eq!(
+            first_refusal(&key, &lines),
+            ChainError::LineTooLong {
+                line: 2,
+                bytes: MAX_LINE_BYTES + 1,
+                max: MAX_LINE_BYTES
+            }
+        );
+        lines[1].truncate(MAX_LINE_BYTES);
+        assert!(matches!(
+            first_refusal(&key, &lines),
+            ChainError::Malformed { line: 2, .. }
+        ));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::file::PreallocatedFile;
 use super::writer::{writer_loop, HashSlot, Line, Next, Queue, Queued, State, TakenWrite, Wake};
 use super::{
     io_err, lock, AppendError, Appended, CommitStats, DurableSink, Entry, LogOptions, OpenLogError,
-    PendingReceipt, SessionStart,
+    PendingReceipt, SessionStart, MAX_BATCH, MAX_LINE_BYTES, MAX_UNSIGNED_RUN_BYTES,
 };
 use crate::format::{
     self, Body, CanonicalDecision, Interruption, InterruptionCause, Prepared, GENESIS_PREV,
@@ -83,8 +83,9 @@ struct Chain {
     /// buffer and unsigned: the writer signs it if it ends a write (nothing
     /// is chained onto it meanwhile: the writer holds this lock).
     open: Option<Open>,
-    /// Lines chained since the last signed one.
+    /// Lines chained since the last signed one, and their bytes.
     run: usize,
+    run_bytes: usize,
     /// Reused buffers: the signing input and one line.
     scratch: Vec<u8>,
     line: Vec<u8>,
@@ -185,7 +186,7 @@ impl ReceiptLog {
             durable: AtomicU64::new(next_seq),
         });
         let options = LogOptions {
-            max_batch: options.max_batch.max(1),
+            max_batch: options.max_batch.clamp(1, MAX_BATCH),
             ..options
         };
         let signer = Arc::new(Signer {
@@ -193,6 +194,7 @@ impl ReceiptLog {
                 prev,
                 open: None,
                 run: 0,
+                run_bytes: 0,
                 scratch: Vec::new(),
                 line: Vec::new(),
             }),
@@ -383,9 +385,10 @@ impl Signer {
             let (hash, signed) = match self.chain_one(seq, next, chain) {
                 Ok(chained) => chained,
                 Err(e) => {
-                    // Only session_end is encoded here; it is the last.
-                    // Fail closed: what is not yet with the writer fails
-                    // too.
+                    // session_end (encoded here), or a line too long for
+                    // any reader: its seq is taken, so the chain cannot
+                    // go on past it. Fail closed: what is not yet with
+                    // the writer fails too.
                     let mut state = lock(&queue.state);
                     let from = if state.lens.is_empty() {
                         seq
@@ -501,7 +504,12 @@ impl Signer {
             hex::encode_to_slice(chain.prev, &mut prev_hex).expect("64 hex digits for 32 bytes");
         }
         chain.line.clear();
-        let signed = edge || chain.run + 1 >= self.max_group;
+        // A line that could take the run past what a reader accepts
+        // without a signature is signed now (the byte rule never comes
+        // into play for lines of ordinary size).
+        let signed = edge
+            || chain.run + 1 >= self.max_group
+            || chain.run_bytes + MAX_LINE_BYTES > MAX_UNSIGNED_RUN_BYTES;
         if signed {
             self.sign(
                 &prepared,
@@ -510,10 +518,24 @@ impl Signer {
                 &mut chain.scratch,
                 &mut chain.line,
             );
-            chain.open = None;
-            chain.run = 0;
         } else {
             prepared.unsigned_into(seq, &prev_hex, None, &mut chain.line);
+        }
+        // Signed by the writer later, the line grows by its sig member.
+        let signed_len = chain.line.len() + if signed { 0 } else { SIG_MEMBER_BYTES };
+        if signed_len > MAX_LINE_BYTES {
+            chain.line.clear();
+            return Err(AppendError::Encode(format!(
+                "receipt {seq} would be a line of {signed_len} bytes, longer than the \
+                 {MAX_LINE_BYTES} a receipt line may have"
+            )));
+        }
+        if signed {
+            chain.open = None;
+            chain.run = 0;
+            chain.run_bytes = 0;
+        } else {
+            chain.run_bytes += chain.line.len();
             chain.open = Some(Open {
                 prepared,
                 seq,
@@ -603,6 +625,7 @@ impl Signer {
             let hash = format::line_hash(&chain.line[..chain.line.len() - 1]);
             chain.prev = hash;
             chain.run = 0;
+            chain.run_bytes = 0;
             let mut state = lock(&queue.state);
             let last = state
                 .lens
@@ -622,6 +645,9 @@ impl Signer {
         Some(TakenWrite::take(&mut state, take, buf, queued))
     }
 }
+
+/// `,"sig":"` + 128 hex digits + `"`: what signing adds to a line.
+const SIG_MEMBER_BYTES: usize = 8 + 128 + 1;
 
 /// Encodes everything of a receipt except prev, seq and sig.
 fn prepare(
