@@ -758,3 +758,76 @@ fn a_flood_of_unsigned_lines_is_refused_at_the_first_line_the_writer_could_not_h
         "{message}"
     );
 }
+
+#[test]
+fn a_chain_must_end_at_the_anchored_head_and_a_missing_record_is_a_note_unless_required() {
+    let key = golden_dir().join("receipt.pub");
+    let dir = golden_dir();
+    let json_of =
+        |out: &Output| -> serde_json::Value { serde_json::from_slice(&out.stdout).expect("json") };
+    let valid = verify(&[p(&dir), "--key", p(&key), "--json"]);
+    let last = json_of(&valid)["last_hash"]
+        .as_str()
+        .expect("last hash")
+        .to_owned();
+    let head = format!("sha256:{last}");
+    let out = verify(&[p(&dir), "--key", p(&key), "--head", &head]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("ends at the anchored head {head} (--head)")),
+        "{}",
+        stdout(&out)
+    );
+    // Another head: cut, extended or replaced.
+    let other = format!("sha256:{}", "ab".repeat(32));
+    let out = verify(&[p(&dir), "--key", p(&key), "--head", &other]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("does not end at the anchored head {other}")),
+        "{}",
+        stdout(&out)
+    );
+    // Not a head at all: unreadable input.
+    let out = verify(&[p(&dir), "--key", p(&key), "--head", "sha256:xyz"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
+    // A heads file: the entry for the chain's session counts.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let heads = tmp.path().join("chain-heads.jsonl");
+    let record = |session: &str, head: &str| {
+        format!("{{\"session\":\"{session}\",\"seq\":6,\"head\":\"{head}\",\"at\":\"2026-11-18T11:07:00.000000Z\"}}\n")
+    };
+    std::fs::write(
+        &heads,
+        record("someone-else", &other) + &record("golden-0001", &head),
+    )
+    .expect("heads");
+    let out = verify(&[p(&dir), "--key", p(&key), "--heads", p(&heads), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(json_of(&out)["anchor"]["status"], "matches");
+    std::fs::write(&heads, record("golden-0001", &other)).expect("heads");
+    let out = verify(&[p(&dir), "--key", p(&key), "--heads", p(&heads), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(json_of(&out)["anchor"]["status"], "differs");
+    // No entry for the session: a note, or invalid when required.
+    std::fs::write(&heads, record("someone-else", &head)).expect("heads");
+    let out = verify(&[p(&dir), "--key", p(&key), "--heads", p(&heads), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let report = json_of(&out);
+    assert_eq!(report["anchor"]["status"], "no_entry");
+    assert!(
+        report["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("no chain head for session golden-0001")),
+        "{report}"
+    );
+    let out = verify(&[
+        p(&dir),
+        "--key",
+        p(&key),
+        "--heads",
+        p(&heads),
+        "--require-head",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+}

@@ -32,8 +32,14 @@ Sessions whose supervisor still runs are not touched. `openclaw verify`
 accepts a chain closed this way (exit 0) and says it was interrupted; a
 chain cut without any end stays invalid.
 
+A session whose end <home>/chain-heads.jsonl records (its supervisor wrote
+it when the chain ended) is never closed again: an open chain there means
+the bundle was cut after the session ended. Recovery refuses it, writes
+nothing for it, names it, and exits 1.
+
 Exit status: 0 done (also when a chain had to be left open: see the
-output), 1 recovery itself failed. Needs root (cgroups, namespaces).")]
+output), 1 recovery itself failed or refused a session that had ended.
+Needs root (cgroups, namespaces).")]
 pub struct RecoverArgs {
     /// openclaw home holding keys/ and sessions/ [default: $OPENCLAW_HOME or ~/.openclaw].
     #[arg(long, value_name = "DIR")]
@@ -68,15 +74,23 @@ pub fn execute(args: RecoverArgs) -> Result<ExitCode> {
     for name in &done.networks {
         println!("removed network namespace {name}");
     }
+    let mut refused = false;
     for session in &done.sessions {
-        let mark = match session.chain {
-            ChainOutcome::LeftOpen(_) => "!",
-            _ => "✓",
-        };
-        println!("{mark} {session}");
+        match session.chain {
+            ChainOutcome::Refused(_) => {
+                refused = true;
+                eprintln!("✕ {session}");
+            }
+            ChainOutcome::LeftOpen(_) => println!("! {session}"),
+            _ => println!("✓ {session}"),
+        }
     }
     if done.sandboxes.is_empty() && done.networks.is_empty() && done.sessions.is_empty() {
         println!("nothing to recover");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if refused {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -45,6 +45,13 @@ holds capabilities.cap and --cap-pubkey is given, every decision receipt is
 re-authorized against the token with its recorded facts, counters and time.
 Needs no network and no openclaw home.
 
+An anchor is the chain head a session's supervisor printed and recorded
+outside the bundle when the session ended (`receipts: N, chain head
+sha256:…` at the end of `openclaw run`, and a line of
+<home>/chain-heads.jsonl). Someone who can edit the bundle can cut a finished
+chain and have recovery close it again as interrupted, which verifies on its
+own; with --head or --heads the chain must end exactly at the anchored head.
+
 Exit status: 0 valid, 1 invalid (the first bad line is named), 2 unreadable
 input or no pinned key.")]
 pub struct VerifyArgs {
@@ -63,6 +70,17 @@ pub struct VerifyArgs {
     /// from the bundle's capabilities.cap.
     #[arg(long, value_name = "ROOT.pub")]
     cap_pubkey: Option<PathBuf>,
+    /// The chain head the session ended with (`sha256:HEX`, as `openclaw
+    /// run` printed it): the chain must end at a receipt with that hash.
+    #[arg(long, value_name = "sha256:HEX", conflicts_with = "heads")]
+    head: Option<String>,
+    /// A chain-heads.jsonl (<home>/chain-heads.jsonl): the chain must end at
+    /// the head recorded for its session, if one is.
+    #[arg(long, value_name = "FILE")]
+    heads: Option<PathBuf>,
+    /// With --heads: a session without a recorded head is invalid.
+    #[arg(long, requires = "heads")]
+    require_head: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -111,7 +129,24 @@ struct Report {
     /// Set when recovery (not the supervisor) closed the chain; `null` for
     /// a normal end or an invalid chain.
     interrupted: Option<Interrupted>,
+    /// The check against an anchored head (--head, --heads), if asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anchor: Option<Anchor>,
     rederivation: Rederivation,
+}
+
+/// `--json`'s view of the anchor check.
+#[derive(Debug, Serialize)]
+struct Anchor {
+    /// `matches`, `differs` (the chain does not end at the head: invalid),
+    /// `no_entry` (--heads has none for the session) or `not_checked` (the
+    /// chain itself is invalid).
+    status: &'static str,
+    /// The anchored head, `sha256:HEX`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<String>,
+    /// Where it came from: `--head`, or the --heads file.
+    source: String,
 }
 
 /// `--json`'s view of a chain closed by recovery after its supervisor died.
@@ -175,6 +210,9 @@ pub(crate) fn verify_bundle_json(
         key: Some(key.to_path_buf()),
         trust_embedded_key: false,
         cap_pubkey: cap_pubkey.map(std::path::Path::to_path_buf),
+        head: None,
+        heads: None,
+        require_head: false,
         json: true,
     };
     let (report, _) = run(&args);
@@ -262,14 +300,30 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
             )))
         }
     };
+    // Read before judging the chain: a head that cannot be read is
+    // unreadable input whatever the chain holds.
+    let anchored = anchored_heads(args)?;
     let chain = match verified {
         Ok(chain) => chain,
         Err(e) => {
             report.error = Some(chain_problem(&e));
+            if let Some((_, source)) = &anchored {
+                report.anchor = Some(Anchor {
+                    status: "not_checked",
+                    head: None,
+                    source: source.clone(),
+                });
+            }
             return Ok(());
         }
     };
     summarize(&chain, report);
+    if let Some((heads, source)) = anchored {
+        check_anchor(&chain, &heads, source, args.require_head, report);
+        if report.error.is_some() {
+            return Ok(());
+        }
+    }
     match token_bytes {
         None => {
             if root_key.is_some() {
@@ -308,6 +362,98 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
         Some(token) => rederive(&chain, &token, root_key.as_ref(), report),
     }
     Ok(())
+}
+
+/// The anchored heads asked for: --head's (for any session), or the
+/// records of a --heads file; and where they came from.
+type Heads = Vec<crate::home::ChainHead>;
+
+fn anchored_heads(args: &VerifyArgs) -> Result<Option<(Heads, String)>, Unreadable> {
+    if let Some(text) = &args.head {
+        let hash = crate::home::parse_head(text)?;
+        let head = crate::home::ChainHead {
+            session: String::new(),
+            seq: 0,
+            head: format!("{}{}", crate::home::HEAD_PREFIX, hex::encode(hash)),
+            at: String::new(),
+        };
+        return Ok(Some((vec![head], "--head".to_owned())));
+    }
+    let Some(path) = &args.heads else {
+        return Ok(None);
+    };
+    // A missing file is unreadable too: an auditor who names one expects it.
+    bundle::read_regular_file(path).with_context(|| format!("reading {}", path.display()))?;
+    let heads = crate::home::read_chain_heads(path)?;
+    Ok(Some((heads, path.display().to_string())))
+}
+
+/// The chain (valid by itself) must end at the anchored head: else it was
+/// cut, extended or replaced after the head was recorded.
+fn check_anchor(
+    chain: &VerifiedChain,
+    heads: &Heads,
+    source: String,
+    require: bool,
+    report: &mut Report,
+) {
+    let from_flag = source == "--head";
+    let head = if from_flag {
+        heads.first()
+    } else {
+        heads.iter().rev().find(|h| h.session == chain.session())
+    };
+    let Some(head) = head else {
+        let message = format!(
+            "{source} holds no chain head for session {}",
+            chain.session()
+        );
+        if require {
+            report.error = Some(Problem {
+                line: 0,
+                message: format!("{message} (--require-head)"),
+            });
+        } else {
+            report.warnings.push(format!(
+                "{message}: the chain was not checked against an anchor"
+            ));
+        }
+        report.anchor = Some(Anchor {
+            status: "no_entry",
+            head: None,
+            source,
+        });
+        return;
+    };
+    let ends_at = format!(
+        "{}{}",
+        crate::home::HEAD_PREFIX,
+        hex::encode(chain.last_hash())
+    );
+    let expected = crate::home::parse_head(&head.head).map(hex::encode);
+    let matches = expected.as_deref().ok() == Some(&ends_at[crate::home::HEAD_PREFIX.len()..]);
+    if !matches {
+        let last_seq = chain.receipts.len().saturating_sub(1);
+        let seq = if from_flag {
+            String::new()
+        } else {
+            format!(" (seq {})", head.seq)
+        };
+        report.error = Some(Problem {
+            line: chain.receipts.len(),
+            message: format!(
+                "the chain does not end at the anchored head {}{seq} from {source}: it ends at \
+                 {ends_at} (seq {last_seq}), so it was cut, extended or replaced after the \
+                 session ended",
+                head.head
+            ),
+        });
+    }
+    report.anchor = Some(Anchor {
+        status: if matches { "matches" } else { "differs" },
+        head: Some(head.head.clone()),
+        source,
+    });
 }
 
 fn chain_problem(e: &ChainError) -> Problem {
@@ -478,6 +624,13 @@ fn print_human(report: &Report) {
         }
         if let Some(h) = &report.last_hash {
             println!("  last hash {h}");
+        }
+        if let Some(a) = report.anchor.as_ref().filter(|a| a.status == "matches") {
+            println!(
+                "  ends at the anchored head {} ({})",
+                shown(a.head.as_deref().unwrap_or("?")),
+                shown(&a.source)
+            );
         }
         match report.rederivation.status {
             "checked" => println!(

@@ -352,6 +352,12 @@ pub struct SessionDefaults {
 }
 
 impl Launcher {
+    /// The home's chain-heads.jsonl: its sessions' recovery never closes
+    /// again a session recorded there as ended.
+    fn heads(&self) -> PathBuf {
+        crate::home::chain_heads_path(&self.home)
+    }
+
     /// The ledger its sessions' usage rows go to.
     fn ledger(&self) -> LedgerDb {
         self.defaults
@@ -468,9 +474,9 @@ impl Launcher {
                 .unwrap_or(false);
             if still_running {
                 let key = keys::read_signing_key(&receipt_key);
-                match key
-                    .and_then(|key| recovery::recover_into(&sessions, &self.ledger(), Some(&key)))
-                {
+                match key.and_then(|key| {
+                    recovery::recover_into(&sessions, &self.heads(), &self.ledger(), Some(&key))
+                }) {
                     Ok(done) => {
                         tracing::info!(session = id, "recovered: {:?}", done.sessions);
                         // Its LLM calls in flight when it died hold no quota any more.
@@ -693,8 +699,9 @@ impl Launcher {
                 // A bundle it left marked running is closed now, not at the
                 // tenant's next session.
                 let key = keys::read_signing_key(&keys_dir.join(keys::RECEIPT_KEY));
-                let recovered = key
-                    .and_then(|key| recovery::recover_into(&sessions, &self.ledger(), Some(&key)));
+                let recovered = key.and_then(|key| {
+                    recovery::recover_into(&sessions, &self.heads(), &self.ledger(), Some(&key))
+                });
                 if let Err(e) = recovered {
                     tracing::warn!("recovering after a failed start: {e:#}");
                 }

@@ -116,7 +116,12 @@ pub fn settle(
         };
         // One tenant's broken bundle must not keep the daemon from serving
         // the others: warned, and retried at the next start.
-        match recovery::recover_into(sessions, ledger, key.as_ref()) {
+        match recovery::recover_into(
+            sessions,
+            &crate::home::chain_heads_path(registry.home()),
+            ledger,
+            key.as_ref(),
+        ) {
             Ok(done) => {
                 // Their LLM calls in flight hold no day quota any more.
                 for session in done.sessions {

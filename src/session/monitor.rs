@@ -200,12 +200,13 @@ impl Monitor {
     }
 
     /// The closing line.
-    pub fn summary_line(&self, tally: Tally, receipts: u64) {
+    /// `head`: the chain head as `openclaw verify --head` takes it.
+    pub fn summary_line(&self, tally: Tally, receipts: u64, head: &str) {
         if self.json {
             return;
         }
         self.emit(&format!(
-            "{} Session ended: {} allowed, {} blocked, {} approved, {} denied · {receipts} receipts",
+            "{} Session ended: {} allowed, {} blocked, {} approved, {} denied · receipts: {receipts}, chain head {head}",
             self.paint("32", "✓"),
             tally.allowed,
             tally.blocked,

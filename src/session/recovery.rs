@@ -60,6 +60,11 @@ pub enum ChainOutcome {
     /// Left as it is, and why: the chain is not ours to sign (another key)
     /// or cannot be reopened. It stays cut, and `openclaw verify` says so.
     LeftOpen(String),
+    /// Refused, nothing written: the session's end is recorded in the
+    /// home's chain-heads.jsonl, so its chain ended; an open chain now means
+    /// the bundle was edited (cut) since, and closing it as interrupted
+    /// would launder the cut.
+    Refused(String),
 }
 
 impl std::fmt::Display for RecoveredSession {
@@ -81,6 +86,9 @@ impl std::fmt::Display for RecoveredSession {
             ChainOutcome::LeftOpen(why) => {
                 write!(f, "{}: chain left open: {why}", self.id)
             }
+            ChainOutcome::Refused(why) => {
+                write!(f, "{}: refused to close its chain: {why}", self.id)
+            }
         }
     }
 }
@@ -90,20 +98,28 @@ impl std::fmt::Display for RecoveredSession {
 /// `sessions_dir` still marked running whose supervisor is gone. Chains
 /// are closed only with `receipt_key`, and only when it is the chain's own
 /// signer; without a key they are left open. Their metered calls go to the
-/// usage ledger of `home`. Blocking.
+/// usage ledger of `home`, and a session whose end `home`'s chain-heads.jsonl
+/// records is never closed again. Blocking.
 pub fn recover(
     sessions_dir: &Path,
     home: &Path,
     receipt_key: Option<&SigningKey>,
 ) -> Result<Recovery> {
     let ledger = LedgerDb::Sqlite(crate::usage::ledger_path(home));
-    recover_into(sessions_dir, &ledger, receipt_key)
+    recover_into(
+        sessions_dir,
+        &crate::home::chain_heads_path(home),
+        &ledger,
+        receipt_key,
+    )
 }
 
 /// [`recover`], the sessions' metered calls going to `ledger` (a daemon's
-/// on `--database`, a session's `--ledger-db`).
+/// on `--database`, a session's `--ledger-db`), the ended sessions' heads
+/// read from `heads` (the home's chain-heads.jsonl).
 pub fn recover_into(
     sessions_dir: &Path,
+    heads: &Path,
     ledger: &LedgerDb,
     receipt_key: Option<&SigningKey>,
 ) -> Result<Recovery> {
@@ -111,7 +127,7 @@ pub fn recover_into(
     let stale = sandbox::cleanup_stale().context("removing dead supervisors' sandboxes")?;
     done.sandboxes = stale.sandboxes;
     done.networks = stale.networks;
-    done.sessions = recover_sessions(sessions_dir, ledger, receipt_key)?;
+    done.sessions = recover_sessions(sessions_dir, heads, ledger, receipt_key)?;
     Ok(done)
 }
 
@@ -119,6 +135,7 @@ pub fn recover_into(
 /// `sessions_dir` still marked running whose supervisor is gone.
 fn recover_sessions(
     sessions_dir: &Path,
+    heads: &Path,
     ledger: &LedgerDb,
     receipt_key: Option<&SigningKey>,
 ) -> Result<Vec<RecoveredSession>> {
@@ -145,6 +162,13 @@ fn recover_sessions(
         // key) is retried; reported only if it closes now.
         let retry = info.status == STATUS_SUPERVISOR_DIED && chain_is_open(&dir);
         if !dead && !retry {
+            continue;
+        }
+        if let Some(why) = anchored_end(&dir, &info, heads) {
+            done.push(RecoveredSession {
+                id: info.id,
+                chain: ChainOutcome::Refused(why),
+            });
             continue;
         }
         let recovered = recover_session(&dir, ledger, info, receipt_key, retry)
@@ -202,6 +226,51 @@ fn recover_session(
         }
     }
     Ok(Some(RecoveredSession { id, chain }))
+}
+
+/// Why an open chain must not be closed: its session's end is recorded in
+/// `heads` (under the bundle's id or the one its chain's session_start
+/// signs), or `heads` cannot be read. None for a chain that needs no end
+/// (ended, or never started) or a session never recorded as ended.
+fn anchored_end(dir: &Path, info: &SessionInfo, heads: &Path) -> Option<String> {
+    if !chain_is_open(dir) {
+        return None;
+    }
+    let records = match crate::home::read_chain_heads(heads) {
+        Ok(records) => records,
+        Err(err) => {
+            return Some(format!(
+                "the ended sessions' chain heads cannot be read ({err:#}); no chain is closed \
+                 until they can"
+            ))
+        }
+    };
+    let signed_id = chain_session(dir);
+    let head = records
+        .iter()
+        .rev()
+        .find(|h| h.session == info.id || Some(&h.session) == signed_id.as_ref())?;
+    Some(format!(
+        "session {} ended at seq {} with chain head {} ({}, recorded in {}), but its chain is \
+         open now: the bundle was edited after the session ended. Nothing was written; check \
+         it with `openclaw verify {} --heads {}`",
+        head.session,
+        head.seq,
+        head.head,
+        head.at,
+        heads.display(),
+        dir.display(),
+        heads.display()
+    ))
+}
+
+/// The session id the chain's first line names (signed with it).
+fn chain_session(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(bundle::RECEIPTS)).ok()?;
+    let first = bytes.split(|&b| b == b'\n').next()?;
+    serde_json::from_slice::<receipts::Receipt>(first)
+        .ok()
+        .map(|r| r.session)
 }
 
 /// Whether the bundle's chain has lines but no `session_end` last.
@@ -356,8 +425,13 @@ mod tests {
 
         // Another key: the chain is left open, not a byte changed; the
         // session is still marked as one whose supervisor died.
-        let done = recover_sessions(home.path(), &sqlite_ledger(home.path()), Some(&other))
-            .expect("recover");
+        let done = recover_sessions(
+            home.path(),
+            &home.path().join("chain-heads.jsonl"),
+            &sqlite_ledger(home.path()),
+            Some(&other),
+        )
+        .expect("recover");
         assert_eq!(done.len(), 1);
         assert!(
             matches!(&done[0].chain, ChainOutcome::LeftOpen(why) if why.contains("signed by key")),
@@ -369,8 +443,13 @@ mod tests {
         assert_eq!(info.status, STATUS_SUPERVISOR_DIED);
 
         // Retried with its own key by a later recovery: closed, once.
-        let done = recover_sessions(home.path(), &sqlite_ledger(home.path()), Some(&ours))
-            .expect("recover");
+        let done = recover_sessions(
+            home.path(),
+            &home.path().join("chain-heads.jsonl"),
+            &sqlite_ledger(home.path()),
+            Some(&ours),
+        )
+        .expect("recover");
         assert_eq!(
             done[0].chain,
             ChainOutcome::Closed {
@@ -394,11 +473,67 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join(bundle::REPORT_JSON)).expect("report"))
                 .expect("json");
         assert_eq!(report["receipts"]["status"], "interrupted");
+        assert!(recover_sessions(
+            home.path(),
+            &home.path().join("chain-heads.jsonl"),
+            &sqlite_ledger(home.path()),
+            Some(&ours)
+        )
+        .expect("again")
+        .is_empty());
+    }
+
+    #[test]
+    fn a_session_recorded_as_ended_is_never_closed_again() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let key = crate::keys::generate();
+        let id = "20261203-100000-cccccc";
+        let dir = dead_session(home.path(), id, &key);
+        let heads = home.path().join("chain-heads.jsonl");
+        let chain = std::fs::read(dir.join(bundle::RECEIPTS)).expect("chain");
+        let info = std::fs::read(dir.join(bundle::SESSION_JSON)).expect("info");
+        let untouched = || {
+            assert_eq!(
+                std::fs::read(dir.join(bundle::RECEIPTS)).expect("chain"),
+                chain
+            );
+            assert_eq!(
+                std::fs::read(dir.join(bundle::SESSION_JSON)).expect("info"),
+                info
+            );
+        };
+        crate::home::record_chain_head(
+            home.path(),
+            &crate::home::ChainHead::new(id, 7, [1; 32], SystemTime::now()),
+        )
+        .expect("record");
+        let ledger = sqlite_ledger(home.path());
+        let done = recover_sessions(home.path(), &heads, &ledger, Some(&key)).expect("recover");
         assert!(
-            recover_sessions(home.path(), &sqlite_ledger(home.path()), Some(&ours))
-                .expect("again")
-                .is_empty()
+            matches!(&done[0].chain, ChainOutcome::Refused(why)
+                if why.contains("ended at seq 7") && why.contains("the bundle was edited")),
+            "{:?}",
+            done
         );
+        untouched();
+        // A heads file that cannot be read stops every close.
+        std::fs::write(&heads, "not a record\n").expect("corrupt");
+        let done = recover_sessions(home.path(), &heads, &ledger, Some(&key)).expect("recover");
+        assert!(
+            matches!(&done[0].chain, ChainOutcome::Refused(why) if why.contains("cannot be read")),
+            "{:?}",
+            done
+        );
+        untouched();
+        // Another session's record: closed as before.
+        std::fs::remove_file(&heads).expect("rm");
+        crate::home::record_chain_head(
+            home.path(),
+            &crate::home::ChainHead::new("another", 7, [1; 32], SystemTime::now()),
+        )
+        .expect("record");
+        let done = recover_sessions(home.path(), &heads, &ledger, Some(&key)).expect("recover");
+        assert!(matches!(done[0].chain, ChainOutcome::Closed { .. }));
     }
 
     #[test]
@@ -410,11 +545,14 @@ mod tests {
         info.set_supervisor_to_self();
         bundle::write_info(&dir, &info).expect("write");
         let chain = std::fs::read(dir.join(bundle::RECEIPTS)).expect("chain");
-        assert!(
-            recover_sessions(home.path(), &sqlite_ledger(home.path()), Some(&key))
-                .expect("recover")
-                .is_empty()
-        );
+        assert!(recover_sessions(
+            home.path(),
+            &home.path().join("chain-heads.jsonl"),
+            &sqlite_ledger(home.path()),
+            Some(&key)
+        )
+        .expect("recover")
+        .is_empty());
         assert_eq!(bundle::read_info(&dir).expect("info").status, "running");
         assert_eq!(
             std::fs::read(dir.join(bundle::RECEIPTS)).expect("chain"),

@@ -63,18 +63,23 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     let started_at = SystemTime::now();
     // Whatever dead supervisors left (sandboxes, namespaces, open chains)
     // is recovered before anything new is made.
-    let (sessions_dir, ledger, key) = (
+    let (sessions_dir, heads, ledger, key) = (
         config.sessions_dir.clone(),
+        crate::home::chain_heads_path(&config.home),
         config.ledger(),
         config.receipt_key.clone(),
     );
     match tokio::task::spawn_blocking(move || {
-        recovery::recover_into(&sessions_dir, &ledger, Some(&key))
+        recovery::recover_into(&sessions_dir, &heads, &ledger, Some(&key))
     })
     .await?
     {
         Ok(done) => {
             for session in &done.sessions {
+                if matches!(session.chain, recovery::ChainOutcome::Refused(_)) {
+                    eprintln!("openclaw: warning: {session}");
+                    continue;
+                }
                 eprintln!("openclaw: recovered session {session}");
                 // Its calls in flight when it died hold no quota any more.
                 if let Some(db) = &config.quota_db {
@@ -266,7 +271,17 @@ async fn run_in_bundle(
     drop(network);
     let code = result?;
     let end = end.context("writing the session_end receipt")?;
-    out.summary_line(events_done, end.seq + 1);
+    // The chain head, kept outside the bundle: a chain cut and closed
+    // again by recovery no longer ends there (`openclaw verify --heads`),
+    // and recovery refuses to close a session recorded here.
+    let head = crate::home::ChainHead::new(&info.id, end.seq, end.hash, SystemTime::now());
+    if let Err(err) = crate::home::record_chain_head(&config.home, &head) {
+        eprintln!(
+            "warning: the chain head of {} was not recorded outside the bundle: {err:#}",
+            info.id
+        );
+    }
+    out.summary_line(events_done, end.seq + 1, &head.head);
     Ok(code)
 }
 
