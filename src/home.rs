@@ -108,13 +108,17 @@ pub fn record_chain_head(home: &Path, head: &ChainHead) -> Result<()> {
 
 /// Every record in a chain-heads file (none if it does not exist). A line
 /// that is not a record is an error: the file is evidence, not a cache.
+/// Only lines with their newline count: a last line without one is a
+/// record being appended (one write, newline included) as this reads.
 pub fn read_chain_heads(path: &Path) -> Result<Vec<ChainHead>> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete
+        .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
@@ -156,5 +160,9 @@ mod tests {
             .is_empty());
         std::fs::write(&path, "{}\n").expect("write");
         assert!(read_chain_heads(&path).is_err());
+        // A record still being appended is not read yet.
+        let line = serde_json::to_string(&first).expect("json");
+        std::fs::write(&path, format!("{line}\n{}", &line[..20])).expect("write");
+        assert_eq!(read_chain_heads(&path).expect("read"), vec![first]);
     }
 }
