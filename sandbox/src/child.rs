@@ -81,8 +81,18 @@ fn close_all_except(keep: &[RawFd]) {
 }
 
 fn run_op(plan: &ChildPlan, op: &Op) {
+    if let Err(stage) = apply_op(op) {
+        fail(plan, stage);
+    }
+}
+
+/// Replays one mount step; on failure, the step's stage (errno is left as
+/// the syscall set it). Async-signal-safe: raw syscalls on C strings the
+/// caller prepared before forking.
+pub(crate) fn apply_op(op: &Op) -> Result<(), Stage> {
     let opt = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-    // SAFETY: every pointer comes from a CString the plan owns, or is null
+    let ok = |rc: libc::c_int, stage: Stage| if rc == -1 { Err(stage) } else { Ok(()) };
+    // SAFETY: every pointer comes from a CString the op owns, or is null
     // where the syscall allows it.
     unsafe {
         match op {
@@ -93,8 +103,7 @@ fn run_op(plan: &ChildPlan, op: &Op) {
                 flags,
                 data,
                 stage,
-            } => check(
-                plan,
+            } => ok(
                 libc::mount(
                     opt(src),
                     dst.as_ptr(),
@@ -104,21 +113,22 @@ fn run_op(plan: &ChildPlan, op: &Op) {
                 ),
                 *stage,
             ),
-            Op::Mkdir { path, stage } => check(plan, libc::mkdir(path.as_ptr(), 0o755), *stage),
+            Op::Mkdir { path, stage } => ok(libc::mkdir(path.as_ptr(), 0o755), *stage),
             Op::Touch { path, stage } => {
                 let fd = libc::open(
                     path.as_ptr(),
                     libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
                     0o644,
                 );
-                check(plan, fd, *stage);
+                ok(fd, *stage)?;
                 libc::close(fd);
+                Ok(())
             }
             Op::Symlink {
                 target,
                 link,
                 stage,
-            } => check(plan, libc::symlink(target.as_ptr(), link.as_ptr()), *stage),
+            } => ok(libc::symlink(target.as_ptr(), link.as_ptr()), *stage),
         }
     }
 }
@@ -318,57 +328,9 @@ fn exec_command(plan: &ChildPlan) -> ! {
         }
         check(plan, chdir(plan.workdir.as_ptr()), Stage::Chdir);
 
-        for cap in 0..=plan.cap_last {
-            check(
-                plan,
-                prctl(PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0),
-                Stage::DropCaps,
-            );
+        if let Err(stage) = drop_privileges(plan.uid, plan.gid, plan.cap_last) {
+            fail(plan, stage);
         }
-        check(
-            plan,
-            prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL as c_ulong, 0, 0, 0),
-            Stage::DropCaps,
-        );
-        // Raw syscalls: glibc's wrappers broadcast the change to every
-        // thread it knows of, and after our raw forks its thread list still
-        // names the supervisor's threads, which are not here to answer.
-        check(
-            plan,
-            syscall(SYS_setgroups, 0usize, std::ptr::null::<gid_t>()) as c_int,
-            Stage::SetIds,
-        );
-        check(
-            plan,
-            syscall(SYS_setresgid, plan.gid, plan.gid, plan.gid) as c_int,
-            Stage::SetIds,
-        );
-        check(
-            plan,
-            syscall(SYS_setresuid, plan.uid, plan.uid, plan.uid) as c_int,
-            Stage::SetIds,
-        );
-        // setresuid away from 0 cleared permitted and effective; clear the
-        // inheritable set as well.
-        let header = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let data = [CapData {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        }; 2];
-        check(
-            plan,
-            syscall(SYS_capset, &header as *const CapHeader, data.as_ptr()) as c_int,
-            Stage::DropCaps,
-        );
-        check(
-            plan,
-            prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-            Stage::NoNewPrivs,
-        );
         for prog in &plan.filters {
             check(
                 plan,
@@ -389,5 +351,62 @@ fn exec_command(plan: &ChildPlan) -> ! {
             plan.envp.as_ptr(),
         );
         fail(plan, Stage::Exec)
+    }
+}
+
+/// Becomes `uid`/`gid` for good: no capabilities in any set (bounding,
+/// ambient, inheritable; permitted and effective go with the uid), no
+/// supplementary groups, and `no_new_privs`, so no exec can gain any back.
+/// On failure, the stage (errno is left as the syscall set it).
+///
+/// Async-signal-safe (raw syscalls, stack data only): callers run it in a
+/// child forked from a multi-threaded process.
+pub(crate) fn drop_privileges(
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    cap_last: libc::c_int,
+) -> Result<(), Stage> {
+    use libc::*;
+    let ok = |rc: c_long, stage: Stage| if rc == -1 { Err(stage) } else { Ok(()) };
+    // SAFETY: (whole block) raw syscalls on stack data.
+    unsafe {
+        for cap in 0..=cap_last {
+            ok(
+                prctl(PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0).into(),
+                Stage::DropCaps,
+            )?;
+        }
+        ok(
+            prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL as c_ulong, 0, 0, 0).into(),
+            Stage::DropCaps,
+        )?;
+        // Raw syscalls: glibc's wrappers broadcast the change to every
+        // thread it knows of, and after a raw fork its thread list still
+        // names the parent's threads, which are not here to answer.
+        ok(
+            syscall(SYS_setgroups, 0usize, std::ptr::null::<gid_t>()),
+            Stage::SetIds,
+        )?;
+        ok(syscall(SYS_setresgid, gid, gid, gid), Stage::SetIds)?;
+        ok(syscall(SYS_setresuid, uid, uid, uid), Stage::SetIds)?;
+        // setresuid away from 0 cleared permitted and effective; clear the
+        // inheritable set as well.
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        ok(
+            syscall(SYS_capset, &header as *const CapHeader, data.as_ptr()),
+            Stage::DropCaps,
+        )?;
+        ok(
+            prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into(),
+            Stage::NoNewPrivs,
+        )
     }
 }

@@ -7,6 +7,9 @@
 //!   from elsewhere through a [`SandboxKiller`];
 //! - [`WorkVolume`]: a size-capped `/work` on the host disk, given to a
 //!   spec as `work_volume`;
+//! - [`ToolJail`]: one host program run unprivileged, offline, in its own
+//!   namespaces on a minimal read-only root (e2fsprogs reading a guest's
+//!   disk);
 //! - [`cleanup_stale`]: removes what crashed supervisors left behind
 //!   (sandboxes, then their session networks);
 //! - [`SandboxError`]: every failure, named after the stage that failed.
@@ -16,7 +19,8 @@
 //!
 //! Unsafe code sits in `sandbox.rs` (clone3, pidfds), `child.rs` (the init's
 //! raw syscalls after the clone), `rootfs.rs` (one `setxattr`) and
-//! `work.rs` (loop-device ioctls, the mount API); every block says why it
+//! `work.rs` (loop-device ioctls, the mount API), `tool.rs` (the jail's
+//! `pre_exec` hook); every block says why it
 //! is sound.
 
 /// cgroup v2/v1 memory and pids limits of one sandbox.
@@ -34,6 +38,8 @@ mod sandbox;
 mod seccomp;
 /// [`cleanup_stale`]: leftovers of dead supervisors.
 mod stale;
+/// [`ToolJail`]: a host program confined to run on untrusted input.
+mod tool;
 /// [`WorkVolume`]: `/work` as a size-capped file system on the host disk.
 mod work;
 
@@ -45,6 +51,7 @@ pub use cgroup::{host_version as cgroup_version, CgroupVersion};
 pub use sandbox::{Sandbox, SandboxChild, SandboxKiller, SandboxSpec, SandboxStdio};
 pub use sandbox::{SANDBOX_CA_BUNDLE, SANDBOX_WORKDIR};
 pub use stale::{cleanup_stale, StaleCleanup};
+pub use tool::{ToolError, ToolJail, ToolLimits, ToolOutput};
 pub use work::{WorkUsage, WorkVolume, MIN_WORK_BYTES};
 
 /// Everything that can go wrong while building, running or removing a

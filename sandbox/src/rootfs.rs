@@ -40,10 +40,13 @@ pub(crate) enum Stage {
     NoNewPrivs,
     Seccomp,
     Exec,
+    Namespaces,
+    Limits,
+    ParentDeath,
 }
 
 impl Stage {
-    const ALL: [Stage; 23] = [
+    const ALL: [Stage; 26] = [
         Stage::WaitParent,
         Stage::EnterNetns,
         Stage::MakePrivate,
@@ -67,6 +70,9 @@ impl Stage {
         Stage::NoNewPrivs,
         Stage::Seccomp,
         Stage::Exec,
+        Stage::Namespaces,
+        Stage::Limits,
+        Stage::ParentDeath,
     ];
 
     pub fn from_u32(v: u32) -> Option<Stage> {
@@ -98,6 +104,9 @@ impl Stage {
             Stage::NoNewPrivs => "setting no_new_privs",
             Stage::Seccomp => "installing the seccomp filter",
             Stage::Exec => "executing the command",
+            Stage::Namespaces => "creating namespaces",
+            Stage::Limits => "setting resource limits",
+            Stage::ParentDeath => "setting the parent-death signal",
         }
     }
 }
@@ -409,42 +418,41 @@ pub(crate) struct RootSpec<'a> {
     pub tmp_size: u64,
 }
 
-/// Builds the mount steps up to (not including) `pivot_root`.
-pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
-    use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
-    let r = spec.root;
-    let c = |p: &Path| cstr(p);
-    let s = |v: &str| CString::new(v).expect("static strings have no NUL");
-    let mut ops = Vec::new();
-    let bind = |ops: &mut Vec<Op>, src: &Path, dst: &Path, ro: bool, extra, stage| {
-        ops.push(Op::Mount {
-            src: Some(c(src)?),
-            dst: c(dst)?,
-            fstype: None,
-            flags: MS_BIND,
-            data: None,
-            stage,
-        });
-        let ro_flag = if ro { MS_RDONLY } else { 0 };
-        ops.push(Op::Mount {
-            src: None,
-            dst: c(dst)?,
-            fstype: None,
-            flags: MS_BIND | MS_REMOUNT | MS_NOSUID | ro_flag | extra,
-            data: None,
-            stage,
-        });
-        Ok::<(), SandboxError>(())
-    };
-
+/// A bind mount of `src` at `dst`, then its remount `nosuid` (and
+/// read-only when `ro`) with the `extra` flags.
+pub(crate) fn bind_ops(
+    ops: &mut Vec<Op>,
+    src: &Path,
+    dst: &Path,
+    ro: bool,
+    extra: libc::c_ulong,
+    stage: Stage,
+) -> Result<(), SandboxError> {
+    use libc::{MS_BIND, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
     ops.push(Op::Mount {
-        src: Some(s("tmpfs")),
-        dst: c(r)?,
-        fstype: Some(s("tmpfs")),
-        flags: MS_NOSUID | MS_NODEV,
-        data: Some(s("mode=0755,size=1m")),
-        stage: Stage::MountRoot,
+        src: Some(cstr(src)?),
+        dst: cstr(dst)?,
+        fstype: None,
+        flags: MS_BIND,
+        data: None,
+        stage,
     });
+    let ro_flag = if ro { MS_RDONLY } else { 0 };
+    ops.push(Op::Mount {
+        src: None,
+        dst: cstr(dst)?,
+        fstype: None,
+        flags: MS_BIND | MS_REMOUNT | MS_NOSUID | ro_flag | extra,
+        data: None,
+        stage,
+    });
+    Ok(())
+}
+
+/// The host's program and library directories ([`SYSTEM_DIRS`]) under the
+/// new root `r`, read-only and `nodev`; the host's symlinks among them
+/// (merged `/usr`) as the same symlinks.
+pub(crate) fn system_dir_ops(r: &Path, ops: &mut Vec<Op>) -> Result<(), SandboxError> {
     for name in SYSTEM_DIRS {
         let host = Path::new("/").join(name);
         let Ok(meta) = fs::symlink_metadata(&host) else {
@@ -454,26 +462,45 @@ pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
         if meta.file_type().is_symlink() {
             let target = fs::read_link(&host).map_err(stage_err(&host))?;
             ops.push(Op::Symlink {
-                target: c(&target)?,
-                link: c(&inside)?,
+                target: cstr(&target)?,
+                link: cstr(&inside)?,
                 stage: Stage::BindSystem,
             });
         } else if meta.is_dir() {
             ops.push(Op::Mkdir {
-                path: c(&inside)?,
+                path: cstr(&inside)?,
                 stage: Stage::BindSystem,
             });
-            bind(&mut ops, &host, &inside, true, MS_NODEV, Stage::BindSystem)?;
+            bind_ops(ops, &host, &inside, true, libc::MS_NODEV, Stage::BindSystem)?;
         }
     }
+    Ok(())
+}
+
+/// Builds the mount steps up to (not including) `pivot_root`.
+pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
+    use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
+    let r = spec.root;
+    let c = |p: &Path| cstr(p);
+    let s = |v: &str| CString::new(v).expect("static strings have no NUL");
+    let mut ops = Vec::new();
+
+    ops.push(Op::Mount {
+        src: Some(s("tmpfs")),
+        dst: c(r)?,
+        fstype: Some(s("tmpfs")),
+        flags: MS_NOSUID | MS_NODEV,
+        data: Some(s("mode=0755,size=1m")),
+        stage: Stage::MountRoot,
+    });
+    system_dir_ops(r, &mut ops)?;
     let etc = r.join("etc");
     ops.push(Op::Mkdir {
         path: c(&etc)?,
         stage: Stage::BindEtc,
     });
     match spec.etc {
-        EtcView::Copy { dir } => bind(
-            &mut ops,
+        EtcView::Copy { dir } => bind_ops(&mut ops,
             dir,
             &etc,
             true,
@@ -543,8 +570,7 @@ pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
             path: c(&inside)?,
             stage: Stage::BindDevice,
         });
-        bind(
-            &mut ops,
+        bind_ops(&mut ops,
             &host,
             &inside,
             false,
@@ -616,7 +642,7 @@ pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
             data: None,
             stage: Stage::BindWorkdir,
         }),
-        (None, Some(host)) => bind(&mut ops, host, &work, false, MS_NODEV, Stage::BindWorkdir)?,
+        (None, Some(host)) => bind_ops(&mut ops, host, &work, false, MS_NODEV, Stage::BindWorkdir)?,
         (None, None) => ops.push(Op::Mount {
             src: Some(s("tmpfs")),
             dst: c(&work)?,
