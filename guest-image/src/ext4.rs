@@ -3,8 +3,14 @@
 //! `e2fsck` first replays what a stopped guest left in the journal. All
 //! three are e2fsprogs (scripts/bootstrap installs it).
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use sandbox::{ToolJail, ToolLimits};
 
 use crate::GuestImageError;
 
@@ -128,57 +134,253 @@ pub fn tree_usage(tree: &Path) -> Result<(u64, u64), GuestImageError> {
     Ok((bytes, entries))
 }
 
-/// Copies the whole filesystem in `image` into `dest` (created if needed),
-/// owners and modes included, leaving out an empty `lost+found`. The image
-/// is checked first (`e2fsck -fyD`): a guest stopped mid-write leaves a
-/// journal to replay, a damaged filesystem is repaired rather than read
-/// half-way, and names that repeat within a directory are made unique.
+/// Copies the whole filesystem in `image` into `dest` (which must not
+/// exist, or be an empty directory), owners and modes included, leaving
+/// out an empty `lost+found`. The image is checked first (`e2fsck -fyD`):
+/// a guest stopped mid-write leaves a journal to replay, a damaged
+/// filesystem is repaired rather than read half-way, and names that repeat
+/// within a directory are made unique.
+///
+/// e2fsprogs parse what the guest wrote, so none of them runs as root: each
+/// run is a [`sandbox::ToolJail`] (uid `nobody`, no capabilities,
+/// `no_new_privs`, no network, a root holding only the program directories,
+/// the image and a scratch output directory, rlimits and a timeout). The
+/// image is handed to `nobody` for the check (e2fsck writes it) and given
+/// back after; rdump writes into a scratch directory `nobody` owns next to
+/// the image, and only once that copy checked out does the host (root) set
+/// the owners the guest gave and move it to `dest`. If the jail cannot be
+/// built, nothing is run and the copy is refused.
 pub fn dump_tree(image: &Path, dest: &Path) -> Result<(), GuestImageError> {
-    std::fs::create_dir_all(dest).map_err(GuestImageError::io_path(dest))?;
+    dump_tree_with(image, dest, &Tools::default())
+}
+
+/// The e2fsprogs programs [`dump_tree`] runs: names looked up in the
+/// host's program directories, or paths (tests put wrappers in their place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tools {
+    pub e2fsck: PathBuf,
+    pub debugfs: PathBuf,
+}
+
+impl Default for Tools {
+    fn default() -> Tools {
+        Tools {
+            e2fsck: "e2fsck".into(),
+            debugfs: "debugfs".into(),
+        }
+    }
+}
+
+/// The uid and gid e2fsprogs run as on a guest's disk: `nobody`, as the
+/// netns backend's command, owning nothing on the host.
+pub const TOOL_UID: u32 = 65534;
+/// The image and the output directory, as the tools see them.
+const IMAGE_IN: &str = "/disk.ext4";
+const OUT_IN: &str = "/out";
+
+/// Limits of one e2fsprogs run on an image of `image_size` bytes: 1 GiB of
+/// address space (more for images past 8 GiB), a minute of CPU plus 30 s
+/// per GiB, twice that plus a minute of wall-clock time, no file written
+/// larger than the image.
+pub fn tool_limits(image_size: u64) -> ToolLimits {
+    let cpu_seconds = 60 + 30 * image_size.div_ceil(1 << 30);
+    ToolLimits {
+        address_space: (1u64 << 30).max(image_size / 8),
+        cpu_seconds,
+        file_size: image_size,
+        open_files: 64,
+        timeout: Duration::from_secs(2 * cpu_seconds + 60),
+    }
+}
+
+/// [`dump_tree`] with the given programs.
+pub fn dump_tree_with(image: &Path, dest: &Path, tools: &Tools) -> Result<(), GuestImageError> {
+    let size = std::fs::metadata(image)
+        .map_err(GuestImageError::io_path(image))?
+        .len();
+    let scratch = Scratch::new(image)?;
+    let _lent = LentImage::lend(image)?;
+    let jail = ToolJail::new(&scratch.root(), TOOL_UID, TOOL_UID, tool_limits(size))
+        .bind(image, IMAGE_IN)
+        .bind(&scratch.out(), OUT_IN);
     // -D rebuilds every directory, and in doing so renames entries whose
     // name repeats one in the same directory (plain e2fsck compares names
     // only within one directory block). rdump opens a file's name without
     // O_NOFOLLOW, so a guest's symlink followed by a file of the same name
-    // would otherwise be written through, outside `dest`.
-    let status = Command::new("e2fsck")
-        .args(["-f", "-y", "-D"])
-        .arg(image)
-        .output()
-        .map_err(GuestImageError::io("e2fsck"))?;
+    // would otherwise be written through, outside the destination.
+    let checked = jail.run(
+        &tools.e2fsck,
+        &["-f", "-y", "-D", IMAGE_IN].map(OsStr::new),
+        b"",
+    )?;
     // 0: clean, 1: errors corrected; anything else and the copy may be partial.
-    if !matches!(status.status.code(), Some(0 | 1)) {
+    if !matches!(checked.status.code(), Some(0 | 1)) {
         return Err(GuestImageError::Command {
             what: "e2fsck",
-            status: status.status.to_string(),
-            stderr_tail: String::from_utf8_lossy(&status.stdout).into_owned(),
+            status: checked.status.to_string(),
+            stderr_tail: String::from_utf8_lossy(&checked.stdout).into_owned()
+                + &String::from_utf8_lossy(&checked.stderr),
         });
     }
-    check_tree(image, dest)?;
-    let request = format!("rdump / \"{}\"", dest.display());
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(&request)
-        .arg(image)
-        .output()
-        .map_err(GuestImageError::io("debugfs"))?;
-    // debugfs reports failures on stderr but exits 0: look for them.
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let owners = check_tree(&jail, tools, size)?;
+    let request = format!("rdump / {OUT_IN}");
+    let dumped = jail.run(
+        &tools.debugfs,
+        &["-R", request.as_str(), IMAGE_IN].map(OsStr::new),
+        b"",
+    )?;
+    // debugfs reports failures on stderr but exits 0: look for them. Only
+    // root may give files away, so rdump's chown of each file to the
+    // guest's owner fails; the host sets those owners below.
+    let stderr = String::from_utf8_lossy(&dumped.stderr);
+    let chown_refused = |l: &str| {
+        ["rdump", "dump_file"].iter().any(|function| {
+            l.strip_prefix(function)
+                .and_then(|l| {
+                    l.strip_prefix(": Operation not permitted while changing ownership of /out")
+                })
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    };
     let problems: Vec<&str> = stderr
         .lines()
-        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty() && !chown_refused(l))
         .collect();
-    if !out.status.success() || !problems.is_empty() {
+    if !dumped.status.success() || !problems.is_empty() {
         return Err(GuestImageError::Command {
             what: "debugfs rdump",
-            status: out.status.to_string(),
+            status: dumped.status.to_string(),
             stderr_tail: problems.join("\n"),
         });
     }
-    let lost = dest.join("lost+found");
+    // Every process of the jail has ended (its pid namespace went with
+    // the program), so from here on nothing changes the copy under us.
+    let out = scratch.out();
+    let lost = out.join("lost+found");
     if std::fs::read_dir(&lost).is_ok_and(|mut d| d.next().is_none()) {
         let _ = std::fs::remove_dir(&lost);
     }
-    defuse_tree(dest)
+    defuse_tree(&out, &owners)?;
+    move_into(&out, dest)
+}
+
+/// A private directory next to the image, removed with everything in it
+/// when dropped: `root/`, the empty mount point of the tools' jail, and
+/// `out/`, where rdump writes (`nobody`'s, mode 0700).
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(image: &Path) -> Result<Scratch, GuestImageError> {
+        use std::os::unix::fs::DirBuilderExt;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let parent = image.parent().unwrap_or(Path::new("."));
+        let dir = parent.join(format!(".copyout-{}-{n}", std::process::id()));
+        let mut builder = std::fs::DirBuilder::new();
+        builder.mode(0o700);
+        builder
+            .create(&dir)
+            .map_err(GuestImageError::io_path(&dir))?;
+        let scratch = Scratch { dir };
+        for sub in [scratch.root(), scratch.out()] {
+            builder
+                .create(&sub)
+                .map_err(GuestImageError::io_path(&sub))?;
+        }
+        let out = scratch.out();
+        std::os::unix::fs::chown(&out, Some(TOOL_UID), Some(TOOL_UID))
+            .map_err(GuestImageError::io_path(&out))?;
+        Ok(scratch)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.join("out")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // remove_dir_all does not follow symlinks.
+        if let Err(err) = std::fs::remove_dir_all(&self.dir) {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("removing {}: {err}", self.dir.display());
+            }
+        }
+    }
+}
+
+/// The image, owned by [`TOOL_UID`] (mode 0600) while the tools read and
+/// repair it; its owner and mode are given back when dropped.
+struct LentImage {
+    file: std::fs::File,
+    owner: (u32, u32),
+    mode: u32,
+}
+
+impl LentImage {
+    fn lend(image: &Path) -> Result<LentImage, GuestImageError> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(image)
+            .map_err(GuestImageError::io_path(image))?;
+        let meta = file.metadata().map_err(GuestImageError::io_path(image))?;
+        let lent = LentImage {
+            file,
+            owner: (meta.uid(), meta.gid()),
+            mode: meta.mode() & 0o7777,
+        };
+        std::os::unix::fs::fchown(&lent.file, Some(TOOL_UID), Some(TOOL_UID))
+            .and_then(|()| {
+                lent.file
+                    .set_permissions(std::fs::Permissions::from_mode(0o600))
+            })
+            .map_err(GuestImageError::io_path(image))?;
+        Ok(lent)
+    }
+}
+
+impl Drop for LentImage {
+    fn drop(&mut self) {
+        let (uid, gid) = self.owner;
+        let _ = std::os::unix::fs::fchown(&self.file, Some(uid), Some(gid));
+        let _ = self
+            .file
+            .set_permissions(std::fs::Permissions::from_mode(self.mode));
+    }
+}
+
+/// Moves the checked copy `out` to `dest`: renamed (same filesystem: the
+/// image lives beside the bundle's `work/`), never copied through links.
+fn move_into(out: &Path, dest: &Path) -> Result<(), GuestImageError> {
+    match std::fs::symlink_metadata(dest) {
+        Ok(meta) if meta.is_dir() => {
+            std::fs::remove_dir(dest).map_err(GuestImageError::io_path(dest))?;
+        }
+        Ok(_) => {
+            return Err(GuestImageError::Io {
+                what: format!("{} exists and is not a directory", dest.display()),
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            })
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(GuestImageError::io_path(parent))?;
+            }
+        }
+        Err(err) => return Err(GuestImageError::io_path(dest)(err)),
+    }
+    std::fs::rename(out, dest).map_err(|source| GuestImageError::Io {
+        what: format!("moving the copy to {}", dest.display()),
+        source,
+    })
 }
 
 /// The root directory's inode.
@@ -206,18 +408,20 @@ const MODE_DIR: u32 = 0o040000;
 /// link again, so a sparse file (`truncate -s 1T`, no privilege needed) or
 /// a file linked thousands of times could fill the host's disk: the sizes
 /// listed are summed, and more than the disk image's own size is refused.
-fn check_tree(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
+///
+/// Returns the owner (uid, gid) the guest gave each path, relative to the
+/// copy's root ("" for the root itself).
+fn check_tree(jail: &ToolJail, tools: &Tools, limit: u64) -> Result<Owners, GuestImageError> {
     let unsafe_tree = |why: String| {
         GuestImageError::UnsafeTree(format!("{why}: a name could lead outside the destination"))
     };
-    let limit = std::fs::metadata(image)
-        .map_err(GuestImageError::io_path(image))?
-        .len();
     let mut total = 0u64;
-    let script = scratch.join(".openclaw-ls");
     let mut depth = 0;
     let mut level = vec![ROOT_INODE];
     let mut seen = std::collections::HashSet::from([ROOT_INODE]);
+    // Where each directory listed so far is, relative to the copy's root.
+    let mut dir_paths = std::collections::HashMap::from([(ROOT_INODE, PathBuf::new())]);
+    let mut owners = Owners::new();
     while !level.is_empty() {
         depth += 1;
         if depth > MAX_DEPTH {
@@ -226,15 +430,11 @@ fn check_tree(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
             )));
         }
         let commands: String = level.iter().map(|ino| format!("ls -p <{ino}>\n")).collect();
-        std::fs::write(&script, commands).map_err(GuestImageError::io_path(&script))?;
-        let out = Command::new("debugfs")
-            .arg("-f")
-            .arg(&script)
-            .arg(image)
-            .output()
-            .map_err(GuestImageError::io("debugfs ls"));
-        let _ = std::fs::remove_file(&script);
-        let out = out?;
+        let out = jail.run(
+            &tools.debugfs,
+            &["-f", "-", IMAGE_IN].map(OsStr::new),
+            commands.as_bytes(),
+        )?;
         if !out.status.success() {
             return Err(GuestImageError::Command {
                 what: "debugfs ls",
@@ -263,7 +463,15 @@ fn check_tree(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
             let Some((dir, count, names)) = current.as_mut() else {
                 return Err(unsafe_tree("an entry before any listing".into()));
             };
-            let Some((ino, mode, name, size)) = parse_ls_p(line) else {
+            let Some(Listed {
+                ino,
+                mode,
+                uid,
+                gid,
+                name,
+                size,
+            }) = parse_ls_p(line)
+            else {
                 return Err(unsafe_tree(format!("an unreadable entry in inode {dir}")));
             };
             // Unused slots (inode 0): listed, but rdump skips them.
@@ -276,8 +484,13 @@ fn check_tree(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
                 _ => None,
             };
             *count += 1;
+            let dir_path = &dir_paths[dir];
             match expected_dot {
-                Some(dot) if name == dot && (dot == b".." || ino == *dir) => continue,
+                Some(b".") if name == b"." && ino == *dir => {
+                    owners.insert(dir_path.clone(), (uid, gid));
+                    continue;
+                }
+                Some(b"..") if name == b".." => continue,
                 Some(_) => return Err(unsafe_tree(format!("inode {dir} lacks . or .."))),
                 None => {}
             }
@@ -290,7 +503,9 @@ fn check_tree(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
             if !names.insert(name.to_vec()) {
                 return Err(unsafe_tree(format!("a repeated name in inode {dir}")));
             }
+            let path = dir_path.join(OsStr::from_bytes(name));
             if mode & MODE_TYPE != MODE_DIR {
+                owners.insert(path, (uid, gid));
                 total = total.saturating_add(size);
                 if total > limit {
                     return Err(GuestImageError::UnsafeTree(format!(
@@ -302,6 +517,7 @@ fn check_tree(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
                 if !seen.insert(ino) {
                     return Err(unsafe_tree(format!("directory inode {ino} reached twice")));
                 }
+                dir_paths.insert(ino, path);
                 next.push(ino);
             }
         }
@@ -310,25 +526,41 @@ fn check_tree(image: &Path, scratch: &Path) -> Result<(), GuestImageError> {
         }
         level = next;
     }
-    Ok(())
+    Ok(owners)
+}
+
+/// Each path of the copy (relative to its root) and the (uid, gid) the
+/// guest gave it.
+type Owners = std::collections::HashMap<PathBuf, (u32, u32)>;
+
+/// One line of `ls -p`.
+struct Listed<'a> {
+    ino: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    name: &'a [u8],
+    size: u64,
 }
 
 /// `/ino/mode/uid/gid/name/size/` (size empty for directories): the
-/// inode, the mode, the name (which may itself hold `/`) and the size.
-fn parse_ls_p(line: &[u8]) -> Option<(u64, u32, &[u8], u64)> {
+/// inode, the mode, the owner, the name (which may itself hold `/`) and
+/// the size.
+fn parse_ls_p(line: &[u8]) -> Option<Listed<'_>> {
     let rest = line.strip_prefix(b"/")?.strip_suffix(b"/")?;
     let mut fields = rest.splitn(5, |b| *b == b'/');
     let number = |f: &[u8]| -> Option<u64> {
         (!f.is_empty() && f.iter().all(u8::is_ascii_digit))
             .then(|| std::str::from_utf8(f).ok()?.parse().ok())?
     };
+    let id = |f: &[u8]| -> Option<u32> { number(f)?.try_into().ok() };
     let ino = number(fields.next()?)?;
     let mode_field = fields.next()?;
     let mode = std::str::from_utf8(mode_field)
         .ok()
         .and_then(|m| u32::from_str_radix(m, 8).ok())?;
-    number(fields.next()?)?;
-    number(fields.next()?)?;
+    let uid = id(fields.next()?)?;
+    let gid = id(fields.next()?)?;
     // name/size: the size is the digits after the last '/'.
     let tail = fields.next()?;
     let cut = tail.iter().rposition(|b| *b == b'/')?;
@@ -337,16 +569,36 @@ fn parse_ls_p(line: &[u8]) -> Option<(u64, u32, &[u8], u64)> {
         [] => 0,
         digits => number(digits)?,
     };
-    Some((ino, mode, &tail[..cut], size))
+    Some(Listed {
+        ino,
+        mode,
+        uid,
+        gid,
+        name: &tail[..cut],
+        size,
+    })
 }
 
 /// What a guest wrote is untrusted, and a guest kernel can write any inode:
 /// the copy on the host keeps regular files, directories and symlinks
 /// (never followed), without set-uid, set-gid or sticky bits; device nodes,
-/// FIFOs and sockets are dropped.
-fn defuse_tree(dest: &Path) -> Result<(), GuestImageError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut stack = vec![dest.to_path_buf()];
+/// FIFOs and sockets are dropped. Each keeps the owner the guest gave it
+/// (`owners`, from the listing); a path the listing did not have (rdump
+/// made something it was not asked for) fails the copy.
+fn defuse_tree(copy: &Path, owners: &Owners) -> Result<(), GuestImageError> {
+    let give_back = |path: &Path| {
+        let rel = path.strip_prefix(copy).unwrap_or(path);
+        let Some(&(uid, gid)) = owners.get(rel) else {
+            return Err(GuestImageError::UnsafeTree(format!(
+                "the copy holds {}, which the guest's filesystem did not list",
+                rel.display()
+            )));
+        };
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(GuestImageError::io_path(path))
+    };
+    give_back(copy)?;
+    let mut stack = vec![copy.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).map_err(GuestImageError::io_path(&dir))? {
             let path = entry.map_err(GuestImageError::io_path(&dir))?.path();
@@ -354,11 +606,12 @@ fn defuse_tree(dest: &Path) -> Result<(), GuestImageError> {
                 .symlink_metadata()
                 .map_err(GuestImageError::io_path(&path))?;
             let kind = meta.file_type();
-            if kind.is_symlink() {
+            if !kind.is_file() && !kind.is_dir() && !kind.is_symlink() {
+                std::fs::remove_file(&path).map_err(GuestImageError::io_path(&path))?;
                 continue;
             }
-            if !kind.is_file() && !kind.is_dir() {
-                std::fs::remove_file(&path).map_err(GuestImageError::io_path(&path))?;
+            give_back(&path)?;
+            if kind.is_symlink() {
                 continue;
             }
             let mode = meta.permissions().mode();
@@ -411,6 +664,9 @@ mod tests {
         )
         .expect("chmod");
         std::os::unix::fs::symlink("a.txt", tree.join("link")).expect("symlink");
+        // Owners as the guest's user gives them (mkfs -d keeps them).
+        std::os::unix::fs::chown(tree.join("a.txt"), Some(1000), Some(1001)).expect("chown");
+        std::os::unix::fs::lchown(tree.join("link"), Some(1002), Some(1003)).expect("chown");
         let image = dir.path().join("disk.ext4");
         let size = size_for_tree(&tree).expect("size");
         assert!(size >= 64 << 20 && size % (1 << 20) == 0);
@@ -430,6 +686,9 @@ mod tests {
             "sparse: {} bytes allocated",
             allocated_bytes(&image).expect("blocks")
         );
+        // mkfs -d leaves the root's owner 0:0; a guest's user changes it.
+        debugfs(&image, true, "sif <2> uid 1000");
+        debugfs(&image, true, "sif <2> gid 1000");
         let out = dir.path().join("out");
         dump_tree(&image, &out).expect("rdump");
         assert_eq!(std::fs::read(out.join("a.txt")).expect("a"), b"alpha");
@@ -446,6 +705,48 @@ mod tests {
             !out.join("lost+found").exists(),
             "empty lost+found left out"
         );
+        use std::os::unix::fs::MetadataExt;
+        let owner = |p: &Path| {
+            let meta = std::fs::symlink_metadata(p).expect("meta");
+            (meta.uid(), meta.gid())
+        };
+        assert_eq!(owner(&out.join("a.txt")), (1000, 1001));
+        assert_eq!(owner(&out.join("link")), (1002, 1003));
+        assert_eq!(owner(&out), (1000, 1000));
+        assert_eq!(owner(&out.join("sub/deeper/run.sh")), (0, 0));
+        // The image the tools had lent to them is root's again, and no
+        // scratch directory is left beside it.
+        assert_eq!(owner(&image), (0, 0));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+    }
+
+    /// If the tools cannot be confined, they are not run at all (never as
+    /// root instead), and the copy is refused saying why.
+    #[test]
+    fn a_tool_that_cannot_be_confined_is_not_run_and_the_copy_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).expect("mkdir");
+        let image = dir.path().join("work.ext4");
+        image_of(&tree, &image, "^dir_index");
+        let tools = Tools {
+            e2fsck: dir.path().join("no-such-e2fsck"),
+            debugfs: "debugfs".into(),
+        };
+        let out = dir.path().join("out");
+        let err = dump_tree_with(&image, &out, &tools).expect_err("refused");
+        assert!(matches!(err, GuestImageError::ToolJail(_)), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("refusing to copy the guest's filesystem out: could not confine"),
+            "{err}"
+        );
+        assert!(!out.exists());
     }
 
     #[test]
@@ -726,6 +1027,80 @@ mod tests {
             matches!(&result, Err(GuestImageError::UnsafeTree(why)) if why.contains("deeper")),
             "{result:?}"
         );
+    }
+
+    /// What a wrapper put in place of e2fsck or debugfs finds about the
+    /// process it runs in, printed on both streams, then fails (so the
+    /// copy-out's error carries it).
+    const RECORDER: &str = r#"#!/bin/bash
+record=$(
+echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)"
+grep -E '^(NoNewPrivs|CapEff|CapBnd):' /proc/self/status
+if exec 3<>/dev/tcp/127.0.0.1/$OPENCLAW_TEST_PORT; then echo "connect: open"; else echo "connect: failed"; fi
+if cat /etc/shadow >/dev/null 2>&1; then echo "shadow: readable"; else echo "shadow: unreadable"; fi
+if ls /root >/dev/null 2>&1; then echo "root: readable"; else echo "root: unreadable"; fi
+if echo x > /tmp/.openclaw-jail-probe 2>/dev/null; then echo "tmp: writable"; rm -f /tmp/.openclaw-jail-probe; else echo "tmp: read-only"; fi
+echo "links: $(ip -o link 2>&1 | cut -d' ' -f2 | tr '\n' ' ')"
+)
+echo "$record"
+echo "$record" >&2
+exit 8
+"#;
+
+    /// e2fsprogs parse the guest's bytes: a bug there must not run as
+    /// root with the host's filesystem and network. Each tool the copy-out
+    /// runs is replaced by a recorder: it runs as nobody, with no
+    /// capabilities, `no_new_privs`, no network, no view of the host.
+    #[test]
+    fn the_tools_reading_a_guest_disk_run_unprivileged_and_offline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).expect("mkdir");
+        std::fs::write(tree.join("a"), b"alpha").expect("write");
+        let image = dir.path().join("work.ext4");
+        image_of(&tree, &image, "^dir_index");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let port = listener.local_addr().expect("addr").port();
+        let recorder = dir.path().join("recorder");
+        std::fs::write(
+            &recorder,
+            RECORDER.replace("$OPENCLAW_TEST_PORT", &port.to_string()),
+        )
+        .expect("recorder");
+        std::fs::set_permissions(&recorder, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let real = Tools::default();
+        for tools in [
+            Tools {
+                e2fsck: recorder.clone(),
+                debugfs: real.debugfs.clone(),
+            },
+            Tools {
+                e2fsck: real.e2fsck.clone(),
+                debugfs: recorder.clone(),
+            },
+        ] {
+            let out = dir.path().join("out");
+            let err = dump_tree_with(&image, &out, &tools).expect_err("the recorder fails");
+            let record = err.to_string();
+            for expected in [
+                "uid=65534 gid=65534 groups=65534\n",
+                "NoNewPrivs:\t1",
+                "CapEff:\t0000000000000000",
+                "CapBnd:\t0000000000000000",
+                "connect: failed",
+                "shadow: unreadable",
+                "root: unreadable",
+                "tmp: read-only",
+                "links: lo: \n",
+            ] {
+                assert!(record.contains(expected), "{expected:?} in {record}");
+            }
+            assert!(
+                !out.exists() || tree_usage(&out).expect("usage") == (0, 0),
+                "nothing copied"
+            );
+            let _ = std::fs::remove_dir_all(&out);
+        }
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub enum GuestImageError {
     /// Nothing was copied.
     #[error("refusing to copy the guest's filesystem out: {0}")]
     UnsafeTree(String),
+    /// A tool reading a guest's filesystem could not be confined (so it
+    /// was not run: never as root instead), or outran its limits.
+    #[error("refusing to copy the guest's filesystem out: {0}")]
+    ToolJail(#[from] sandbox::ToolError),
     #[error("not an image archive: {0}")]
     BadArchive(String),
     #[error("{0}")]

@@ -500,7 +500,8 @@ pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
         stage: Stage::BindEtc,
     });
     match spec.etc {
-        EtcView::Copy { dir } => bind_ops(&mut ops,
+        EtcView::Copy { dir } => bind_ops(
+            &mut ops,
             dir,
             &etc,
             true,
@@ -570,7 +571,8 @@ pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
             path: c(&inside)?,
             stage: Stage::BindDevice,
         });
-        bind_ops(&mut ops,
+        bind_ops(
+            &mut ops,
             &host,
             &inside,
             false,

@@ -3,7 +3,8 @@
 //! capabilities, no supplementary groups and `no_new_privs`; in fresh
 //! mount, pid, network, IPC and UTS namespaces (no network at all); on a
 //! read-only root holding only the host's program and library directories,
-//! a private `/proc`, `/dev/{null,zero,urandom}` and the paths the caller
+//! a private `/proc`, `/dev/{null,zero,urandom,fd,stdin,stdout,stderr}`
+//! and the paths the caller
 //! binds; under rlimits and a wall-clock timeout. A bug in the program then
 //! runs with none of the supervisor's powers.
 //!
@@ -302,7 +303,14 @@ impl ToolJail {
             path: cstr(&inside)?,
             stage: Stage::BindSystem,
         });
-        bind_ops(&mut ops, program, &inside, true, MS_NODEV, Stage::BindSystem)?;
+        bind_ops(
+            &mut ops,
+            program,
+            &inside,
+            true,
+            MS_NODEV,
+            Stage::BindSystem,
+        )?;
 
         let proc_dir = r.join("proc");
         ops.push(Op::Mkdir {
@@ -338,7 +346,26 @@ impl ToolJail {
                 path: cstr(&inside)?,
                 stage: Stage::BindDevice,
             });
-            bind_ops(&mut ops, &host, &inside, false, MS_NOEXEC, Stage::BindDevice)?;
+            bind_ops(
+                &mut ops,
+                &host,
+                &inside,
+                false,
+                MS_NOEXEC,
+                Stage::BindDevice,
+            )?;
+        }
+        for (target, link) in [
+            ("/proc/self/fd", "fd"),
+            ("/proc/self/fd/0", "stdin"),
+            ("/proc/self/fd/1", "stdout"),
+            ("/proc/self/fd/2", "stderr"),
+        ] {
+            ops.push(Op::Symlink {
+                target: s(target),
+                link: cstr(&dev.join(link))?,
+                stage: Stage::MountDev,
+            });
         }
         ops.push(Op::Mount {
             src: None,
@@ -446,7 +473,14 @@ fn confine_in_child(plan: &Plan) -> std::io::Result<()> {
         // A raw fork, not libc's fork(): glibc's runs atfork handlers and
         // takes malloc's locks, which another thread of the parent may
         // have held at the moment `spawn` forked us.
-        let program = syscall(SYS_clone, SIGCHLD as c_ulong, 0usize, 0usize, 0usize, 0usize);
+        let program = syscall(
+            SYS_clone,
+            SIGCHLD as c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        );
         if program == -1 {
             return Err(report(plan, Stage::Fork));
         }
@@ -543,8 +577,12 @@ mod tests {
     }
 
     fn sh(jail: &ToolJail, script: &str) -> ToolOutput {
-        jail.run(Path::new("sh"), &[OsStr::new("-c"), OsStr::new(script)], b"")
-            .expect("run")
+        jail.run(
+            Path::new("sh"),
+            &[OsStr::new("-c"), OsStr::new(script)],
+            b"",
+        )
+        .expect("run")
     }
 
     #[test]
@@ -561,13 +599,24 @@ mod tests {
         );
         let text = String::from_utf8_lossy(&out.stdout);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(lines[0], "65534");
         assert!(text.contains("wrote\nro\n"), "{text}");
-        assert!(!lines.contains(&"root") && !lines.contains(&"etc"), "{text}");
+        assert!(
+            !lines.contains(&"root") && !lines.contains(&"etc"),
+            "{text}"
+        );
         // sh, ls and grep: the pid namespace holds the program's own.
         assert!(lines.iter().any(|l| *l == "3" || *l == "2"), "{text}");
-        assert_eq!(lines.last(), Some(&"2048"), "RLIMIT_FSIZE in 512-byte blocks");
+        assert_eq!(
+            lines.last(),
+            Some(&"2048"),
+            "RLIMIT_FSIZE in 512-byte blocks"
+        );
         assert_eq!(std::fs::read(rw.join("f")).expect("f"), b"hi\n");
     }
 
@@ -603,7 +652,10 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(!left(), "a process the program started in its own session outlived it");
+        assert!(
+            !left(),
+            "a process the program started in its own session outlived it"
+        );
     }
 
     #[test]
