@@ -111,7 +111,8 @@ pub fn size_for_tree(tree: &Path) -> Result<u64, GuestImageError> {
 }
 
 /// (bytes in regular files, number of entries) under `tree`, not
-/// following symlinks.
+/// following symlinks: every name of a file counts (a hard link again), at
+/// its full size (a sparse file's holes too); the sums saturate.
 pub fn tree_usage(tree: &Path) -> Result<(u64, u64), GuestImageError> {
     let mut bytes = 0u64;
     let mut entries = 0u64;
@@ -127,7 +128,7 @@ pub fn tree_usage(tree: &Path) -> Result<(u64, u64), GuestImageError> {
             if meta.is_dir() {
                 stack.push(entry.path());
             } else if meta.is_file() {
-                bytes += meta.len();
+                bytes = bytes.saturating_add(meta.len());
             }
         }
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sandbox::{Sandbox, SandboxSpec, SandboxStdio, WorkVolume};
 
 use super::BackendContext;
@@ -169,8 +169,27 @@ fn human_size(bytes: u64) -> String {
 fn finish_work(volume: &WorkVolume, target: &Path) -> Result<sandbox::WorkUsage> {
     let usage = volume.usage()?;
     std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
-    copy_tree(&volume.path(), target)?;
+    copy_results(&volume.path(), target, volume.cap_bytes())?;
     Ok(usage)
+}
+
+/// Copies what the command left in `/work` into the bundle. The volume
+/// holds at most `max_bytes`, but a sparse file (`truncate -s 1T`, free in
+/// the volume) or one file linked many times costs the volume little and a
+/// plain copy its full size per name. So, as for the kvm backend's `/work`,
+/// the sizes are summed first (every name, holes included, symlinks not
+/// followed) and more than the volume's cap is refused before anything is
+/// written.
+fn copy_results(from: &Path, to: &Path, max_bytes: u64) -> Result<()> {
+    let (bytes, _) = guest_image::ext4::tree_usage(from)
+        .with_context(|| format!("measuring {}", from.display()))?;
+    if bytes > max_bytes {
+        bail!(
+            "refusing to copy /work into the bundle: its files would take {bytes} bytes, \
+             more than the {max_bytes} of the volume (sparse files or many links to one file)"
+        );
+    }
+    copy_tree(from, to)
 }
 
 /// Sleeps for `timeout`, or forever without one.
@@ -239,4 +258,88 @@ fn chown_tree(path: &Path, uid: u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Bytes of disk the files under `dir` really occupy.
+    fn allocated(dir: &Path) -> u64 {
+        let mut total = 0;
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = path.symlink_metadata().expect("meta");
+            total += if meta.is_dir() {
+                allocated(&path)
+            } else {
+                meta.blocks() * 512
+            };
+        }
+        total
+    }
+
+    /// Anyone in the sandbox can `truncate -s 1T /work/f`: the capped
+    /// volume holds it for nothing, and a plain copy writes every zero of
+    /// it to the host's disk. (512 MiB here, so the old copy stays cheap.)
+    #[test]
+    fn a_sparse_file_past_the_cap_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (from, to) = (dir.path().join("work"), dir.path().join("bundle-work"));
+        std::fs::create_dir_all(&from).expect("mkdir");
+        std::fs::create_dir_all(&to).expect("mkdir");
+        std::fs::write(from.join("result.txt"), b"done").expect("write");
+        std::fs::File::create(from.join("sparse"))
+            .and_then(|f| f.set_len(512 << 20))
+            .expect("sparse");
+        let result = copy_results(&from, &to, 64 << 20);
+        let written = allocated(&to);
+        assert!(
+            written < 64 << 20,
+            "{written} bytes written for a 64 MiB /work"
+        );
+        let err = result.expect_err("refused");
+        assert!(format!("{err:#}").contains("more than"), "{err:#}");
+    }
+
+    /// A file linked many times is one file's blocks in the volume and a
+    /// full copy per name in the bundle.
+    #[test]
+    fn many_links_to_one_file_past_the_cap_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (from, to) = (dir.path().join("work"), dir.path().join("bundle-work"));
+        std::fs::create_dir_all(&from).expect("mkdir");
+        std::fs::create_dir_all(&to).expect("mkdir");
+        std::fs::write(from.join("big"), vec![7u8; 1 << 20]).expect("write");
+        for i in 0..16 {
+            std::fs::hard_link(from.join("big"), from.join(format!("link{i}"))).expect("link");
+        }
+        let result = copy_results(&from, &to, 8 << 20);
+        let written = allocated(&to);
+        assert!(
+            written < 8 << 20,
+            "{written} bytes written for an 8 MiB /work"
+        );
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn results_within_the_cap_are_copied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (from, to) = (dir.path().join("work"), dir.path().join("bundle-work"));
+        std::fs::create_dir_all(from.join("sub")).expect("mkdir");
+        std::fs::create_dir_all(&to).expect("mkdir");
+        std::fs::write(from.join("sub/result.txt"), b"done").expect("write");
+        std::os::unix::fs::symlink("sub/result.txt", from.join("link")).expect("symlink");
+        copy_results(&from, &to, 1 << 20).expect("copied");
+        assert_eq!(
+            std::fs::read(to.join("sub/result.txt")).expect("read"),
+            b"done"
+        );
+        assert_eq!(
+            std::fs::read_link(to.join("link")).expect("link"),
+            Path::new("sub/result.txt")
+        );
+    }
 }
