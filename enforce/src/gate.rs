@@ -685,9 +685,11 @@ impl EnforcingGate {
         // Every receipt of this request records its query as the sandbox
         // sent it: substitution is only prepared until the decision
         // forwards, so placeholders stand where secrets will go. A secret
-        // the sandbox wrote out itself is masked all the same.
-        let query = req.head.uri.query().map(|q| self.creds.mask_str(q));
-        let query = query.as_deref();
+        // the sandbox wrote out itself is masked all the same. The
+        // approval question shows this same string (it goes to terminals,
+        // the UI and the approval API, never the secret).
+        let masked_query = req.head.uri.query().map(|q| self.creds.mask_str(q));
+        let query = masked_query.as_deref();
         let Screened {
             action,
             body_sha256,
@@ -781,7 +783,7 @@ impl EnforcingGate {
             quota,
         };
         if verdict == Verdict::Approval {
-            self.hold_for_approval(id, req, conn, decided).await
+            self.hold_for_approval(id, req, conn, decided, query).await
         } else {
             self.forward(id, req, conn, decided)
         }
@@ -925,12 +927,14 @@ impl EnforcingGate {
 
     /// Holds an approval-gated request until a human answers or the
     /// timeout passes, receipts the answer, and forwards it if approved.
+    /// `query` is the query as its decision receipt records it (masked).
     async fn hold_for_approval(
         &self,
         id: u64,
         req: &mut GateRequest,
         conn: &ConnInfo,
         decided: Decided,
+        query: Option<&str>,
     ) -> GateVerdict {
         let Decided {
             action,
@@ -946,8 +950,9 @@ impl EnforcingGate {
         let question = ApprovalRequest {
             id,
             action: action.clone(),
-            // As the sandbox sent it: placeholders, never secret values.
-            query: req.head.uri.query().map(str::to_owned),
+            // As the receipt records it: placeholders, never secret values
+            // (not even one the sandbox wrote out itself).
+            query: query.map(str::to_owned),
             reason: decision.reason.clone(),
             decision_seq: *seq,
             asked_at: receipts::format_time(SystemTime::now()),

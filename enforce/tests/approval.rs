@@ -294,3 +294,60 @@ async fn the_question_shows_the_query_that_is_forwarded() {
     );
     s.finish_and_verify();
 }
+
+/// A secret the sandbox writes into a held request's query itself (it is
+/// never given one, but it may have learned one, say from an echoing
+/// server) is shown to the human as its placeholder, as the receipt
+/// records it: the question goes to terminals, the web UI and whatever
+/// the approval API feeds, so no form of the secret may be in it, raw or
+/// percent-encoded; nor in the receipts or the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_the_query_is_asked_about_as_its_placeholder() {
+    let mut s = Session::start(Options {
+        policy: POLICY_HELD.to_owned(),
+        script: vec![Scripted::Deny],
+        ..Options::default()
+    })
+    .await;
+    let login = s.placeholder("united_login");
+    let r = s
+        .curl(
+            "https://google.com/search?raw=Hunter2-real-P@ss&enc=Hunter2-real-P%40ss&page=2",
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.blocked().unwrap().contains("denied by test"), "{r:?}");
+    assert!(s.mock.seen().is_empty());
+
+    let masked = format!("raw={login}&enc={login}&page=2");
+    let asked = s.broker.asked();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].query.as_deref(), Some(masked.as_str()));
+    assert_eq!(
+        asked[0].summary(),
+        format!("GET google.com/search?{masked}")
+    );
+    let question = serde_json::to_vec(&asked[0]).unwrap();
+    let events = serde_json::to_vec(&s.drain_events()).unwrap();
+    let receipts = s.receipts_text().into_bytes();
+    for secret in [LOGIN_SECRET, "Hunter2-real-P%40ss", "Hunter2-real-P"] {
+        for (what, bytes) in [
+            ("the question", &question),
+            ("receipts.jsonl", &receipts),
+            ("events", &events),
+        ] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret:?} in {what}: {}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1, "approval");
+    assert_eq!(d[0].4["query"], masked.as_str());
+    assert_eq!(approvals(&chain), vec![(d[0].0, false, "test".to_owned())]);
+}
