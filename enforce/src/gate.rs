@@ -548,10 +548,14 @@ impl EnforcingGate {
         }
     }
 
+    /// A refusal for `reason`. A stage's or the proxy's reason may quote
+    /// what the sandbox wrote (an amount that is no amount, a Host that is
+    /// no host name): a secret there is masked like the query, since the
+    /// reason goes into the receipt and the `blocked` event.
     fn block(&self, reason: String) -> Decision {
         Decision {
             decision: Verdict::Block,
-            reason,
+            reason: self.creds.mask_str(&reason),
             grant: None,
             revocation_ids: self.revocation_ids.clone(),
         }
