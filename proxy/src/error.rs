@@ -70,6 +70,8 @@ pub enum ProxyError {
     UpstreamTls { host: String, source: io::Error },
     #[error("HTTP with upstream: {0}")]
     UpstreamHttp(#[from] hyper::Error),
+    #[error("HTTP/2 with upstream: {0}")]
+    UpstreamH2(#[from] h2::Error),
     #[error("upstream {host} did not answer in time")]
     UpstreamTimeout { host: String },
     #[error("reading the request body: {0}")]
@@ -117,7 +119,7 @@ impl ProxyError {
             E::Resolve { .. } => (StatusCode::BAD_GATEWAY, "upstream-unresolvable", false),
             E::UpstreamConnect { .. } => (StatusCode::BAD_GATEWAY, "upstream-unreachable", false),
             E::UpstreamTls { .. } => (StatusCode::BAD_GATEWAY, "upstream-tls", false),
-            E::UpstreamHttp(_) | E::UnaskedUpgrade => {
+            E::UpstreamHttp(_) | E::UpstreamH2(_) | E::UnaskedUpgrade => {
                 (StatusCode::BAD_GATEWAY, "upstream-protocol", false)
             }
             E::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", false),

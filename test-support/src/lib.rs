@@ -187,6 +187,8 @@ pub struct SeenRequest {
 #[derive(Default)]
 struct Counters {
     connections: AtomicUsize,
+    /// Connections that have ended (either side closed them).
+    closed: AtomicUsize,
     requests: AtomicUsize,
     last: Mutex<Option<SeenRequest>>,
 }
@@ -233,6 +235,7 @@ impl Upstream {
                 let _ = tcp.set_nodelay(true);
                 let (c, tls) = (c.clone(), tls.clone());
                 tokio::spawn(async move {
+                    let ended = c.clone();
                     let svc = hyper::service::service_fn(move |req| route(c.clone(), req));
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -250,6 +253,7 @@ impl Upstream {
                                 .await;
                         }
                     }
+                    ended.closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -263,6 +267,11 @@ impl Upstream {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections that have ended so far.
+    pub fn closed(&self) -> usize {
+        self.counters.closed.load(Ordering::SeqCst)
     }
 
     /// Requests served so far.

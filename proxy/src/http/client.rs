@@ -11,13 +11,12 @@ use std::{
 
 use capabilities::Host;
 use http::{header, uri::Scheme, HeaderValue, Method, Request, Response, Uri, Version};
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2, TrySendError},
-};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http_body_util::BodyExt;
+use hyper::client::conn::{http1, TrySendError};
+use hyper_util::rt::TokioIo;
 
 use super::{
+    h2client::{H2Sender, SendFailed},
     pool::{Lease, Pick, PoolKey, Reserved},
     Io, ProxyBody,
 };
@@ -29,7 +28,7 @@ const READY_WAIT: Duration = Duration::from_secs(1);
 
 enum Sender {
     H1(http1::SendRequest<ProxyBody>),
-    H2(http2::SendRequest<ProxyBody>),
+    H2(H2Sender),
 }
 
 /// How one sandbox connection reaches upstream: its listener and the ALPN
@@ -80,19 +79,10 @@ impl ConnUpstream {
 
     async fn open(&self, host: &Host) -> Result<Sender, ProxyError> {
         let (io, h2) = self.open_stream(host, self.offer).await?;
-        let io = TokioIo::new(io);
         if h2 {
-            let (send, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .adaptive_window(true)
-                .handshake(io)
-                .await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(Sender::H2(send))
+            Ok(Sender::H2(H2Sender::handshake(io).await?))
         } else {
-            let (send, conn) = http1::Builder::new().handshake(io).await?;
+            let (send, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -109,7 +99,7 @@ impl ConnUpstream {
         &self,
         host: &Host,
         req: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), ProxyError> {
+    ) -> Result<(Response<ProxyBody>, Option<Lease>), ProxyError> {
         let key = PoolKey {
             listener: self.listener,
             host: host.clone(),
@@ -143,17 +133,13 @@ impl ConnUpstream {
         host: &Host,
         req: Request<ProxyBody>,
         allow_reuse: bool,
-    ) -> Result<(Response<Incoming>, Option<Lease>), Failed> {
+    ) -> Result<(Response<ProxyBody>, Option<Lease>), Failed> {
         let pool = &self.shared.pool;
         loop {
             match pool.pick(key, allow_reuse) {
-                Pick::H2(mut s) => {
+                Pick::H2(s) => {
                     let req = to_h2(req, host, self.listener).map_err(Failed::Other)?;
-                    return s
-                        .try_send_request(req)
-                        .await
-                        .map(|r| (r, None))
-                        .map_err(Failed::from_try);
+                    return send_h2(s, req).await;
                 }
                 Pick::Idle(mut s) => {
                     // Given back as soon as its response ended: ready in a moment
@@ -185,17 +171,17 @@ impl ConnUpstream {
         host: &Host,
         req: Request<ProxyBody>,
         mut reserved: Reserved<'_>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), Failed> {
+    ) -> Result<(Response<ProxyBody>, Option<Lease>), Failed> {
         let sender = self.open(host).await.map_err(Failed::Other)?;
         reserved.keep();
         match sender {
-            Sender::H2(mut s) => {
+            Sender::H2(s) => {
                 self.shared.pool.store_h2(key, &s);
                 let req = to_h2(req, host, self.listener).map_err(Failed::Other)?;
-                s.send_request(req)
-                    .await
-                    .map(|r| (r, None))
-                    .map_err(|e| Failed::Other(e.into()))
+                // A fresh connection that closed at once is not retried.
+                send_h2(s, req).await.map_err(|e| match e {
+                    Failed::Unsent(_, e) | Failed::Other(e) => Failed::Other(e),
+                })
             }
             Sender::H1(s) => {
                 let lease = Lease::new(self.shared.pool.clone(), key.clone());
@@ -209,13 +195,27 @@ async fn send_h1(
     mut s: http1::SendRequest<ProxyBody>,
     mut lease: Lease,
     req: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, Option<Lease>), Failed> {
+) -> Result<(Response<ProxyBody>, Option<Lease>), Failed> {
     let result = s.try_send_request(req).await;
     lease.hold(s);
     match result {
-        Ok(resp) => Ok((resp, Some(lease))),
+        Ok(resp) => Ok((
+            resp.map(|b| b.map_err(Into::into).boxed_unsync()),
+            Some(lease),
+        )),
         // The lease drops here unreusable: that connection is closed.
         Err(e) => Err(Failed::from_try(e)),
+    }
+}
+
+async fn send_h2(
+    s: H2Sender,
+    req: Request<ProxyBody>,
+) -> Result<(Response<ProxyBody>, Option<Lease>), Failed> {
+    match s.send(req).await {
+        Ok(resp) => Ok((resp.map(|b| b.map_err(Into::into).boxed_unsync()), None)),
+        Err(SendFailed::Unsent(req, e)) => Err(Failed::Unsent(req, e)),
+        Err(SendFailed::Other(e)) => Err(Failed::Other(e)),
     }
 }
 
@@ -291,7 +291,7 @@ mod tests {
         decide::AllowAll, http::pool::UpstreamPool, http::stall::StallWatch, tls::ca::SessionCa,
         tls::server::ServerConfigs, tls::upstream::UpstreamClient, Limits, UpstreamConfig,
     };
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::Full;
     use std::{
         collections::HashMap,
         io::{Read, Write},
@@ -451,7 +451,7 @@ mod tests {
     async fn on_a_stale_connection(
         method: Method,
     ) -> (
-        Result<(Response<Incoming>, Option<Lease>), ProxyError>,
+        Result<(Response<ProxyBody>, Option<Lease>), ProxyError>,
         Arc<Seen>,
         Arc<Shared>,
     ) {

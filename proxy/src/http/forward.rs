@@ -11,6 +11,7 @@ use std::{
     time::Instant,
 };
 
+use bytes::Bytes;
 use capabilities::Host;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
@@ -30,7 +31,7 @@ use super::{
     pool::Lease,
     shaped_response, strip_hop_by_hop,
     websocket::{self, Asks, MessageMask},
-    ProxyBody,
+    BoxError, ProxyBody,
 };
 use crate::{
     decide::{
@@ -402,13 +403,17 @@ fn fail(ctx: &ConnCtx, e: ProxyError, mut report: Report) -> Response<ProxyBody>
     resp
 }
 
-fn respond(
+fn respond<B>(
     ctx: &ConnCtx,
-    resp: Response<Incoming>,
+    resp: Response<B>,
     mut report: Report,
     close: bool,
     lease: Option<Lease>,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let (mut parts, body) = resp.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // Only `tunnel` carries a switch, for a request that asked for one;

@@ -7,6 +7,7 @@ pub(crate) mod client;
 pub(crate) mod deadline;
 pub(crate) mod forward;
 pub(crate) mod guard;
+pub(crate) mod h2client;
 pub(crate) mod h2watch;
 pub(crate) mod hpack;
 pub(crate) mod metered;

@@ -19,10 +19,10 @@ use std::{
 };
 
 use capabilities::Host;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use tokio::sync::Notify;
 
-use super::ProxyBody;
+use super::{h2client::H2Sender, ProxyBody};
 use crate::{decide::Listener, tls::server::AlpnOffer};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,7 +39,7 @@ struct Idle {
 
 #[derive(Default)]
 struct KeyPool {
-    h2: Option<(http2::SendRequest<ProxyBody>, Instant)>,
+    h2: Option<(H2Sender, Instant)>,
     idle: Vec<Idle>,
     /// HTTP/1.1 connections alive for this key: idle, leased or connecting.
     open_h1: usize,
@@ -55,7 +55,7 @@ impl KeyPool {
 
 /// What [`UpstreamPool::pick`] hands out for one request.
 pub(crate) enum Pick {
-    H2(http2::SendRequest<ProxyBody>),
+    H2(H2Sender),
     Idle(http1::SendRequest<ProxyBody>),
     Open,
     Wait(Arc<Notify>),
@@ -162,7 +162,7 @@ impl UpstreamPool {
         kp.returned.notify_one();
     }
 
-    pub(crate) fn store_h2(&self, key: &PoolKey, sender: &http2::SendRequest<ProxyBody>) {
+    pub(crate) fn store_h2(&self, key: &PoolKey, sender: &H2Sender) {
         let mut keys = self.lock();
         let kp = keys.entry(key.clone()).or_default();
         // The slot was reserved as a possible HTTP/1.1 connection.
