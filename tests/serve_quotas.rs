@@ -702,3 +702,125 @@ fn a_recreated_tenants_day_quota_is_not_used_up_by_its_deleted_namesake() {
         r.body
     );
 }
+
+/// A SQLite delete that fails half way (here the ledger cannot be opened:
+/// `ledger.db` is briefly a directory, after the record was marked and
+/// before anything was archived) is finished by running it again — the
+/// CLI says it completed an interrupted delete — and, for another tenant,
+/// by the next daemon's start (a log line). Meanwhile the half-deleted
+/// tenant is neither listed, nor authenticated, nor re-creatable.
+#[test]
+fn an_interrupted_delete_is_finished_by_the_next_delete_or_daemon_start() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let acme = cli(h, &["tenants", "create", "acme"]);
+    cli(h, &["tenants", "create", "beta"]);
+    write_llm_session(h, "acme", "20261203-120000-aaaaaa", 200);
+    write_llm_session(h, "beta", "20261203-120000-bbbbbb", 30);
+    rebuild_ledger(h);
+    let ledger = h.join("ledger.db");
+    let aside = h.join("ledger.db.aside");
+    let delete = |name: &str| {
+        support::openclaw(h)
+            .args(["tenants", "delete", name])
+            .output()
+            .expect("run openclaw")
+    };
+    let interrupt = |name: &str| {
+        std::fs::rename(&ledger, &aside).expect("ledger aside");
+        std::fs::create_dir(&ledger).expect("a directory in its place");
+        let out = delete(name);
+        std::fs::remove_dir(&ledger).expect("rmdir");
+        std::fs::rename(&aside, &ledger).expect("ledger back");
+        assert!(!out.status.success(), "{}", support::text(&out));
+    };
+    interrupt("acme");
+    assert!(h.join("tenants/acme").is_dir(), "nothing moved yet");
+    let listed = cli(h, &["tenants", "list", "--json"]);
+    assert!(!listed.contains("\"acme\""), "{listed}");
+    let again = support::openclaw(h)
+        .args(["tenants", "create", "acme"])
+        .output()
+        .expect("run openclaw");
+    assert!(!again.status.success(), "{}", support::text(&again));
+
+    let out = delete("acme");
+    assert!(out.status.success(), "{}", support::text(&out));
+    assert!(
+        support::text(&out).contains("completed an interrupted delete"),
+        "{}",
+        support::text(&out)
+    );
+    let archived = |name: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(h.join("tenants-deleted"))
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(&format!("{name}-")))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let by_tenant = || -> Vec<(String, u64)> {
+        let report: Value =
+            serde_json::from_str(&cli(h, &["usage", "report", "--by", "tenant", "--json"]))
+                .expect("report json");
+        report["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| {
+                (
+                    r["keys"][0].as_str().unwrap_or_default().to_owned(),
+                    r["cost_micro_usd"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    assert!(!h.join("tenants/acme").exists());
+    let moved = archived("acme");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert!(moved[0].join("sessions/20261203-120000-aaaaaa").is_dir());
+    let label = format!(
+        "tenants-deleted/{}",
+        moved[0].file_name().and_then(|n| n.to_str()).expect("name")
+    );
+    assert!(
+        by_tenant().contains(&(label, 200)),
+        "the ledger rows carry the directory's label: {:?}",
+        by_tenant()
+    );
+    // Gone for good: the old token is refused, a third delete is NotFound,
+    // and the name is free again.
+    let d = start(h, &logs.path().join("serve.log"));
+    assert_eq!(
+        call(&d, "GET", "/v1/sessions", Some(&acme), None).status,
+        401
+    );
+    drop(d);
+    assert!(!delete("acme").status.success());
+    cli(h, &["tenants", "create", "acme"]);
+
+    // The daemon finishes the one it finds at its start.
+    interrupt("beta");
+    let log = logs.path().join("serve2.log");
+    let _d = start(h, &log);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("completed an interrupted delete") && text.contains("beta"),
+        "{text}"
+    );
+    assert!(!h.join("tenants/beta").exists());
+    assert_eq!(archived("beta").len(), 1);
+    assert!(
+        by_tenant()
+            .iter()
+            .any(|(k, c)| k.starts_with("tenants-deleted/beta-") && *c == 30),
+        "{:?}",
+        by_tenant()
+    );
+}

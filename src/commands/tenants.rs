@@ -49,7 +49,7 @@ pub enum TenantsCommand {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Delete a tenant: its token stops working, its directory moves to
-    /// <home>/tenants-deleted/.
+    /// <home>/tenants-deleted/. Finishes a delete that was interrupted.
     Delete(NameArg),
     /// Issue a new admin token for `openclaw serve` (replacing any); prints it once.
     AdminToken,
@@ -183,10 +183,16 @@ pub fn execute(args: TenantsArgs) -> Result<ExitCode> {
                     "tenant {name} has {running} running session(s): stop them first, or delete it over the API (DELETE /v1/tenants/{name}), which stops them"
                 );
             }
-            registry.delete(&caller(), &name)?;
+            let deleted = registry.delete(&caller(), &name)?;
             println!(
-                "deleted tenant {name} (its directory is under {}/tenants-deleted)",
-                home.display()
+                "deleted tenant {name}{} (its directory and usage are under {}/{})",
+                if deleted.resumed {
+                    ": completed an interrupted delete"
+                } else {
+                    ""
+                },
+                home.display(),
+                deleted.archive
             );
         }
         TenantsCommand::AdminToken => {

@@ -57,11 +57,23 @@ pub fn settle(
 ) -> Result<Settled> {
     let mut settled = Settled::default();
     let mut tenants = Vec::new();
-    for record in registry.list().context("listing the tenants")? {
-        let root = registry.root(&record.name);
+    // A tenant whose deletion was interrupted too: its sessions are
+    // settled before the daemon finishes the deletion.
+    let interrupted = registry
+        .store()
+        .interrupted_deletes()
+        .context("listing the interrupted deletes")?;
+    let names = registry
+        .list()
+        .context("listing the tenants")?
+        .into_iter()
+        .map(|record| record.name)
+        .chain(interrupted.into_iter().map(|(name, _)| name));
+    for name in names {
+        let root = registry.root(&name);
         settled.spawn_removed += remove_stale_spawn(&root.path().join("spawn"), STALE_SPAWN);
         tenants.push((
-            record.name.to_string(),
+            name.to_string(),
             root.sessions_dir(),
             root.keys_dir().join(keys::RECEIPT_KEY),
         ));

@@ -49,6 +49,34 @@ pub struct ServeConfig {
     pub identity: Option<TrustedProxies>,
 }
 
+/// Finishes the tenant deletions a CLI or a daemon left half done (their
+/// sessions were settled just before); one that cannot finish is logged
+/// and left marked for the next start or `openclaw tenants delete`.
+fn finish_interrupted_deletes(registry: &tenants::Registry) {
+    let caller = tenants::Caller {
+        actor: crate::audit::Actor::Admin,
+        via: crate::audit::Via::Api,
+        request_id: crate::audit::new_request_id(),
+        user: None,
+    };
+    let ended =
+        |name: &tenants::TenantName| super::sessions::running_count(&registry.root(name)) == 0;
+    match registry.finish_interrupted_deletes(&caller, ended) {
+        Ok(done) => {
+            for (name, result) in done {
+                match result {
+                    Ok(()) => tracing::info!(tenant = %name, "completed an interrupted delete"),
+                    Err(e) => tracing::error!(
+                        tenant = %name,
+                        "an interrupted delete could not be completed: {e:#}"
+                    ),
+                }
+            }
+        }
+        Err(e) => tracing::error!("listing the interrupted deletes: {e}"),
+    }
+}
+
 /// Serves until SIGTERM or SIGINT, then drains. Prints
 /// `listening on http://ADDR` on stdout once bound.
 pub async fn run(config: ServeConfig) -> Result<()> {
@@ -68,6 +96,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             "settled what the previous daemon left"
         );
     }
+    finish_interrupted_deletes(&registry);
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
     let listener = TcpListener::bind(config.addr)

@@ -189,7 +189,8 @@ impl SqliteDayQuota {
         let limits: Option<(Option<i64>, Option<i64>)> = tx
             .query_row(
                 "SELECT q.llm_tokens_per_day, q.micro_usd_per_day
-                 FROM tenants t LEFT JOIN quotas q ON q.tenant = t.name WHERE t.name = ?1",
+                 FROM tenants t LEFT JOIN quotas q ON q.tenant = t.name
+                 WHERE t.name = ?1 AND t.deleting IS NULL",
                 params![self.tenant],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )

@@ -103,7 +103,7 @@ impl PgDayQuota {
                     .query_opt(
                         "SELECT q.llm_tokens_per_day, q.micro_usd_per_day
                          FROM tenants t LEFT JOIN quotas q ON q.tenant = t.name
-                         WHERE t.name = $1",
+                         WHERE t.name = $1 AND t.deleting IS NULL",
                         &[&tenant],
                     )
                     .map_err(db)?;
@@ -348,6 +348,7 @@ mod tests {
             .call(move |c| {
                 c.batch_execute(&format!(
                     "ALTER TABLE quota_holds DROP COLUMN tokens; DROP TABLE session_leases;
+                     ALTER TABLE tenants DROP COLUMN deleting;
                      UPDATE openclaw_schema SET version = 6;
                      INSERT INTO quota_holds (tenant, day, micro_usd, session, created_at)
                          VALUES ('acme', '{today}', 400, 'old', 't')"

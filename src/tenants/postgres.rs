@@ -21,13 +21,13 @@ use postgres::{Client, Config, NoTls};
 
 use super::name::TenantName;
 use super::quota::Quotas;
-use super::store::{Store, TenantRecord, TenantStoreError};
+use super::store::{DeleteBegun, Store, TenantRecord, TenantStoreError};
 use super::token::TokenHash;
 use crate::audit::{AuditRecord, AuditTable};
 
 /// The schema version this openclaw reads (`openclaw_schema.version`); a
 /// database at a newer version is refused.
-const SCHEMA_VERSION: i32 = 8;
+const SCHEMA_VERSION: i32 = 9;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`, in the
 /// transaction that holds the migration lock. A change is a new entry, never
@@ -147,6 +147,11 @@ CREATE TABLE session_leases (
     expires_at_ms BIGINT NOT NULL
 );
 CREATE INDEX session_leases_by_tenant ON session_leases (tenant, expires_at_ms);
+",
+    // A deletion in progress (store.rs: resumable deletes): the archive
+    // label it started under; NULL for a tenant not being deleted.
+    "
+ALTER TABLE tenants ADD COLUMN deleting TEXT;
 ",
 ];
 
@@ -460,7 +465,8 @@ impl Store for PgStore {
     fn tenants(&self) -> Result<Vec<TenantRecord>, TenantStoreError> {
         let rows = self.call(|c| {
             c.query(
-                "SELECT name, created_at, token_issued_at FROM tenants ORDER BY name",
+                "SELECT name, created_at, token_issued_at FROM tenants WHERE deleting IS NULL
+                 ORDER BY name",
                 &[],
             )
             .map_err(db)
@@ -485,7 +491,7 @@ impl Store for PgStore {
         let name = name.clone();
         let blob: Option<Vec<u8>> = self.call(move |c| {
             c.query_opt(
-                "SELECT token_sha256 FROM tenants WHERE name = $1",
+                "SELECT token_sha256 FROM tenants WHERE name = $1 AND deleting IS NULL",
                 &[&name.as_str()],
             )
             .map(|row| row.map(|r| r.get(0)))
@@ -503,7 +509,8 @@ impl Store for PgStore {
         let (owned, hash, at) = (name.clone(), token.0.to_vec(), at.to_owned());
         let changed = self.call(move |c| {
             c.execute(
-                "UPDATE tenants SET token_sha256 = $2, token_issued_at = $3 WHERE name = $1",
+                "UPDATE tenants SET token_sha256 = $2, token_issued_at = $3
+                 WHERE name = $1 AND deleting IS NULL",
                 &[&owned.as_str(), &hash, &at],
             )
             .map_err(db)
@@ -524,6 +531,76 @@ impl Store for PgStore {
             return Err(TenantStoreError::NoSuchTenant(name.clone()));
         }
         Ok(())
+    }
+
+    fn begin_delete(
+        &self,
+        name: &TenantName,
+        archive: &str,
+    ) -> Result<DeleteBegun, TenantStoreError> {
+        let (owned, label) = (name.clone(), archive.to_owned());
+        let mark: Option<Option<String>> = self.call(move |c| {
+            let mut tx = c.transaction().map_err(db)?;
+            // The row lock makes the read and the mark one step.
+            let row = tx
+                .query_opt(
+                    "SELECT deleting FROM tenants WHERE name = $1 FOR UPDATE",
+                    &[&owned.as_str()],
+                )
+                .map_err(db)?;
+            let mark: Option<Option<String>> = row.map(|r| r.get(0));
+            if mark == Some(None) {
+                tx.execute(
+                    "UPDATE tenants SET deleting = $2 WHERE name = $1",
+                    &[&owned.as_str(), &label],
+                )
+                .map_err(db)?;
+            }
+            tx.commit().map_err(db)?;
+            Ok(mark)
+        })?;
+        match mark {
+            None => Err(TenantStoreError::NoSuchTenant(name.clone())),
+            Some(Some(recorded)) => Ok(DeleteBegun {
+                archive: recorded,
+                resumed: true,
+            }),
+            Some(None) => Ok(DeleteBegun {
+                archive: archive.to_owned(),
+                resumed: false,
+            }),
+        }
+    }
+
+    fn finish_delete(&self, name: &TenantName, archive: &str) -> Result<(), TenantStoreError> {
+        let (owned, label) = (name.clone(), archive.to_owned());
+        // Its quotas go by the foreign key's cascade.
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM tenants WHERE name = $1 AND deleting = $2",
+                &[&owned.as_str(), &label],
+            )
+            .map(drop)
+            .map_err(db)
+        })
+    }
+
+    fn interrupted_deletes(&self) -> Result<Vec<(TenantName, String)>, TenantStoreError> {
+        let rows = self.call(|c| {
+            c.query(
+                "SELECT name, deleting FROM tenants WHERE deleting IS NOT NULL ORDER BY name",
+                &[],
+            )
+            .map_err(db)
+        })?;
+        rows.into_iter()
+            .map(|row| {
+                let name: String = row.get(0);
+                let name = TenantName::parse(&name)
+                    .map_err(|e| backend(format!("stored tenant name {name:?}: {e}")))?;
+                Ok((name, row.get(1)))
+            })
+            .collect()
     }
 
     fn archive_usage(&self, name: &TenantName, archive: &str) -> Result<(), TenantStoreError> {
@@ -550,7 +627,8 @@ impl Store for PgStore {
         let row = self.call(move |c| {
             c.query_opt(
                 "SELECT q.sessions, q.requests_per_minute, q.llm_tokens_per_day, q.micro_usd_per_day
-                 FROM tenants t LEFT JOIN quotas q ON q.tenant = t.name WHERE t.name = $1",
+                 FROM tenants t LEFT JOIN quotas q ON q.tenant = t.name
+                 WHERE t.name = $1 AND t.deleting IS NULL",
                 &[&owned.as_str()],
             )
             .map_err(db)
@@ -595,7 +673,8 @@ impl Store for PgStore {
             c.execute(
                 "INSERT INTO quotas (tenant, sessions, requests_per_minute, llm_tokens_per_day,
                      micro_usd_per_day, updated_at)
-                 SELECT name, $2, $3, $4, $5, $6 FROM tenants WHERE name = $1
+                 SELECT name, $2, $3, $4, $5, $6 FROM tenants
+                 WHERE name = $1 AND deleting IS NULL
                  ON CONFLICT (tenant) DO UPDATE SET sessions = excluded.sessions,
                      requests_per_minute = excluded.requests_per_minute,
                      llm_tokens_per_day = excluded.llm_tokens_per_day,
@@ -831,7 +910,8 @@ mod tests {
                 c.batch_execute(
                     "UPDATE openclaw_schema SET version = 1; DROP TABLE audit; DROP TABLE quotas;
                      DROP TABLE day_spend; DROP TABLE quota_holds; DROP TABLE usage;
-                     DROP TABLE request_window; DROP TABLE session_leases",
+                     DROP TABLE request_window; DROP TABLE session_leases;
+                     ALTER TABLE tenants DROP COLUMN deleting",
                 )
                 .map_err(db)
             })

@@ -502,7 +502,7 @@ mod tests {
             .expect("open")
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
-        assert_eq!(version, 4);
+        assert_eq!(version, 5);
         // A second opener finds it upgraded.
         drop(SqliteStore::open(&path).expect("reopen"));
     }

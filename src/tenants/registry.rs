@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use super::name::TenantName;
 use super::quota::Quotas;
 use super::root::{TenantRoot, DELETED_DIR};
-use super::store::{Store, TenantRecord, TenantStoreError};
+use super::store::{DeleteBegun, Store, TenantRecord, TenantStoreError};
 use super::token::{self, Claimed, TokenHash};
 use crate::audit::{Actor, AuditLog, AuditRecord, AuditTable, Outcome, Via};
 
@@ -61,6 +61,9 @@ impl From<TenantStoreError> for TenantOpError {
         }
     }
 }
+
+/// Each interrupted deletion a start found, and whether it was finished.
+pub type FinishedDeletes = Vec<(TenantName, Result<(), TenantOpError>)>;
 
 pub struct Registry {
     home: PathBuf,
@@ -177,19 +180,23 @@ impl Registry {
         result
     }
 
-    /// Deletes the tenant's record (its token stops working), relabels what
-    /// it spent (ledger rows, day spend) as `tenants-deleted/<name>-<unix
-    /// ns>` and moves its directory there: the data and the figures are
-    /// kept for the operator, and a new tenant of the same name starts
-    /// empty. For a caller that runs no sessions (the CLI checks that none
-    /// runs first); the daemon uses [`Registry::delete_ending`].
-    pub fn delete(&self, caller: &Caller, name: &TenantName) -> Result<(), TenantOpError> {
+    /// Deletes the tenant: marks its record as being deleted (its token
+    /// stops working, no session starts for it, the name stays taken),
+    /// relabels what it spent (ledger rows, day spend) as
+    /// `tenants-deleted/<name>-<unix ns>`, moves its directory there, and
+    /// only then removes the record: the data and the figures are kept for
+    /// the operator, and a new tenant of the same name starts empty. Each
+    /// step is harmless to run again, so a deletion that failed half way is
+    /// finished by the next one (`resumed` in the answer, under the label
+    /// the first chose). For a caller that runs no sessions (the CLI checks
+    /// that none runs first); the daemon uses [`Registry::delete_ending`].
+    pub fn delete(&self, caller: &Caller, name: &TenantName) -> Result<DeleteBegun, TenantOpError> {
         self.delete_ending(caller, name, || Ok(()))
     }
 
     /// [`Registry::delete`], calling `end_sessions` (stop the tenant's
-    /// running sessions and wait for them) once the record is gone (no new
-    /// session can start) and before the usage is relabelled and the
+    /// running sessions and wait for them) once the record is marked (no
+    /// new session can start) and before the usage is relabelled and the
     /// directory moved (no session writes under the name or into the
     /// directory after that).
     pub fn delete_ending(
@@ -197,34 +204,84 @@ impl Registry {
         caller: &Caller,
         name: &TenantName,
         end_sessions: impl FnOnce() -> anyhow::Result<()>,
-    ) -> Result<(), TenantOpError> {
-        let result = self.delete_inner(name, end_sessions);
-        self.record(caller, "tenant.delete", name, &result)?;
-        result
-    }
-
-    fn delete_inner(
-        &self,
-        name: &TenantName,
-        end_sessions: impl FnOnce() -> anyhow::Result<()>,
-    ) -> Result<(), TenantOpError> {
-        self.store.delete_tenant(name)?;
-        end_sessions().map_err(|e| {
-            TenantOpError::Failed(e.context(format!(
-                "tenant {name} is deleted, but its sessions did not all end; its usage and directory are left in place"
-            )))
-        })?;
+    ) -> Result<DeleteBegun, TenantOpError> {
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let archived = format!("{name}-{stamp}");
         // A label no tenant can have ('/' is not in names), naming where
-        // the tenant's directory now is.
-        let label = format!("{DELETED_DIR}/{archived}");
-        self.store.archive_usage(name, &label).map_err(|e| {
+        // the tenant's directory goes.
+        let fresh = format!("{DELETED_DIR}/{name}-{stamp}");
+        let result = self
+            .store
+            .begin_delete(name, &fresh)
+            .map_err(TenantOpError::from)
+            .and_then(|begun| {
+                end_sessions().map_err(|e| {
+                    TenantOpError::Failed(e.context(format!(
+                        "tenant {name} is being deleted, but its sessions did not all end; its usage and directory are left in place (delete it again to finish)"
+                    )))
+                })?;
+                self.finish_steps(name, &begun.archive)?;
+                Ok(begun)
+            });
+        let resumed = matches!(&result, Ok(b) if b.resumed);
+        self.record_with(
+            caller,
+            "tenant.delete",
+            name,
+            &result,
+            resumed.then_some("completed an interrupted delete"),
+        )?;
+        result
+    }
+
+    /// Finishes every deletion the store has marked but that never
+    /// finished (a daemon's start: a CLI or a daemon that failed or died
+    /// half way). `ended(name)` says whether the tenant's sessions have all
+    /// ended (else it is left for the next start or delete); each one
+    /// finished is audited as a `tenant.delete` by `caller`.
+    pub fn finish_interrupted_deletes(
+        &self,
+        caller: &Caller,
+        ended: impl Fn(&TenantName) -> bool,
+    ) -> Result<FinishedDeletes, TenantStoreError> {
+        let mut done = Vec::new();
+        for (name, archive) in self.store.interrupted_deletes()? {
+            let result = if ended(&name) {
+                self.finish_steps(&name, &archive)
+            } else {
+                Err(TenantOpError::Failed(anyhow::anyhow!(
+                    "tenant {name} is being deleted but some of its sessions still run"
+                )))
+            };
+            let audited = self.record_with(
+                caller,
+                "tenant.delete",
+                &name,
+                &result,
+                Some("completed an interrupted delete"),
+            );
+            done.push((name, result.and(audited)));
+        }
+        Ok(done)
+    }
+
+    /// The steps after the mark, each harmless to repeat: relabel the
+    /// usage as `archive`, move the directory to where `archive` names,
+    /// remove the record.
+    fn finish_steps(&self, name: &TenantName, archive: &str) -> Result<(), TenantOpError> {
+        let archived = archive
+            .strip_prefix(&format!("{DELETED_DIR}/"))
+            .filter(|a| !a.is_empty() && !a.contains('/'))
+            .ok_or_else(|| {
+                TenantOpError::Failed(anyhow::anyhow!(
+                    "tenant {name} is marked deleted under {archive:?}, which is no archive label"
+                ))
+            })?;
+        self.store.archive_usage(name, archive).map_err(|e| {
             TenantOpError::Failed(anyhow::Error::new(e).context(format!(
-                "tenant {name} is deleted, but its usage could not be archived as {label}"
+                "tenant {name} is being deleted, but its usage could not be archived as {archive} (delete it again to finish)"
             )))
         })?;
         let root = self.root(name);
@@ -232,11 +289,16 @@ impl Registry {
             let graveyard = self.home.join(DELETED_DIR);
             std::fs::create_dir_all(&graveyard)
                 .map_err(|e| anyhow::anyhow!("creating {}: {e}", graveyard.display()))?;
-            let to = graveyard.join(&archived);
+            let to = graveyard.join(archived);
             std::fs::rename(root.path(), &to).map_err(|e| {
-                anyhow::anyhow!("moving {} to {}: {e}", root.path().display(), to.display())
+                anyhow::anyhow!(
+                    "tenant {name} is being deleted, but moving {} to {} failed: {e} (delete it again to finish)",
+                    root.path().display(),
+                    to.display()
+                )
             })?;
         }
+        self.store.finish_delete(name, archive)?;
         Ok(())
     }
 
@@ -336,6 +398,18 @@ impl Registry {
         name: &TenantName,
         result: &Result<T, TenantOpError>,
     ) -> Result<(), TenantOpError> {
+        self.record_with(caller, action, name, result, None)
+    }
+
+    /// [`Registry::record`] with a fixed phrase as the detail of success.
+    fn record_with<T>(
+        &self,
+        caller: &Caller,
+        action: &str,
+        name: &TenantName,
+        result: &Result<T, TenantOpError>,
+        ok_detail: Option<&str>,
+    ) -> Result<(), TenantOpError> {
         let mut line = AuditRecord::now(
             caller.actor,
             caller.via,
@@ -344,10 +418,13 @@ impl Registry {
             &caller.request_id,
         );
         line.tenant = Some(name.to_string());
-        if let Err(e) = result {
-            let (outcome, detail) = e.outcome();
-            line.outcome = outcome;
-            line.detail = Some(detail);
+        match result {
+            Ok(_) => line.detail = ok_detail.map(str::to_owned),
+            Err(e) => {
+                let (outcome, detail) = e.outcome();
+                line.outcome = outcome;
+                line.detail = Some(detail);
+            }
         }
         // No answer without its line: a change the log cannot record is
         // reported as failed (the token it made is never shown).

@@ -9,16 +9,17 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::name::TenantName;
 use super::quota::Quotas;
-use super::store::{Store, TenantRecord, TenantStoreError};
+use super::store::{DeleteBegun, Store, TenantRecord, TenantStoreError};
 use super::token::TokenHash;
 
 /// The store's file name in the openclaw home.
 pub const CONTROL_DB: &str = "control.db";
 
 /// `PRAGMA user_version` of the schema below; another version is refused.
-/// Versions 1 (no quotas table), 2 (no day quota tables) and 3 (no
-/// `quota_holds.tokens`) are upgraded in place.
-const SCHEMA_VERSION: i64 = 4;
+/// Versions 1 (no quotas table), 2 (no day quota tables), 3 (no
+/// `quota_holds.tokens`) and 4 (no `tenants.deleting`) are upgraded in
+/// place.
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (
@@ -97,27 +98,19 @@ impl SqliteStore {
         match version {
             // Every table is `IF NOT EXISTS`: version 1 gains the quotas
             // table, version 2 the day quota tables; version 3's holds gain
-            // their tokens (0: they held none).
-            0..=3 => {
+            // their tokens (0: they held none); every tenant before version
+            // 5 gains its deletion mark (NULL: not being deleted).
+            0..=4 => {
                 conn.execute_batch(SCHEMA).map_err(backend)?;
                 if version == 3 {
-                    let added = conn.execute_batch(
-                        "ALTER TABLE quota_holds ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0
-                         CHECK (tokens >= 0)",
-                    );
-                    // Another opener may have upgraded it a moment before.
-                    let has: bool = conn
-                        .query_row(
-                            "SELECT COUNT(*) > 0 FROM pragma_table_info('quota_holds')
-                             WHERE name = 'tokens'",
-                            [],
-                            |r| r.get(0),
-                        )
-                        .map_err(backend)?;
-                    if !has {
-                        added.map_err(backend)?;
-                    }
+                    add_column(
+                        &conn,
+                        "quota_holds",
+                        "tokens",
+                        "INTEGER NOT NULL DEFAULT 0 CHECK (tokens >= 0)",
+                    )?;
                 }
+                add_column(&conn, "tenants", "deleting", "TEXT")?;
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(backend)?;
             }
@@ -145,6 +138,28 @@ impl SqliteStore {
             .lock()
             .map_err(|_| backend("a thread panicked holding the store"))
     }
+}
+
+/// `ALTER TABLE table ADD COLUMN column decl`, unless another opener added
+/// it a moment before.
+fn add_column(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    decl: &str,
+) -> Result<(), TenantStoreError> {
+    let added = conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"));
+    let has: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if !has {
+        added.map_err(backend)?;
+    }
+    Ok(())
 }
 
 fn hash_from(blob: Vec<u8>) -> Result<TokenHash, TenantStoreError> {
@@ -186,7 +201,10 @@ impl Store for SqliteStore {
     fn tenants(&self) -> Result<Vec<TenantRecord>, TenantStoreError> {
         let conn = self.conn()?;
         let mut stmt = conn
-            .prepare("SELECT name, created_at, token_issued_at FROM tenants ORDER BY name")
+            .prepare(
+                "SELECT name, created_at, token_issued_at FROM tenants WHERE deleting IS NULL
+                 ORDER BY name",
+            )
             .map_err(backend)?;
         let rows = stmt
             .query_map([], |r| {
@@ -217,7 +235,7 @@ impl Store for SqliteStore {
         let blob: Option<Vec<u8>> = self
             .conn()?
             .query_row(
-                "SELECT token_sha256 FROM tenants WHERE name = ?1",
+                "SELECT token_sha256 FROM tenants WHERE name = ?1 AND deleting IS NULL",
                 params![name.as_str()],
                 |r| r.get(0),
             )
@@ -235,7 +253,8 @@ impl Store for SqliteStore {
         let changed = self
             .conn()?
             .execute(
-                "UPDATE tenants SET token_sha256 = ?2, token_issued_at = ?3 WHERE name = ?1",
+                "UPDATE tenants SET token_sha256 = ?2, token_issued_at = ?3
+                 WHERE name = ?1 AND deleting IS NULL",
                 params![name.as_str(), &token.0[..], at],
             )
             .map_err(backend)?;
@@ -267,6 +286,84 @@ impl Store for SqliteStore {
         tx.commit().map_err(backend)
     }
 
+    fn begin_delete(
+        &self,
+        name: &TenantName,
+        archive: &str,
+    ) -> Result<DeleteBegun, TenantStoreError> {
+        let mut conn = self.conn()?;
+        // Immediate: the read and the mark are one step against another
+        // writer (the daemon and the CLI share the file).
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let mark: Option<Option<String>> = tx
+            .query_row(
+                "SELECT deleting FROM tenants WHERE name = ?1",
+                params![name.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        let begun = match mark {
+            None => return Err(TenantStoreError::NoSuchTenant(name.clone())),
+            Some(Some(recorded)) => DeleteBegun {
+                archive: recorded,
+                resumed: true,
+            },
+            Some(None) => {
+                tx.execute(
+                    "UPDATE tenants SET deleting = ?2 WHERE name = ?1",
+                    params![name.as_str(), archive],
+                )
+                .map_err(backend)?;
+                DeleteBegun {
+                    archive: archive.to_owned(),
+                    resumed: false,
+                }
+            }
+        };
+        tx.commit().map_err(backend)?;
+        Ok(begun)
+    }
+
+    fn finish_delete(&self, name: &TenantName, archive: &str) -> Result<(), TenantStoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(backend)?;
+        let changed = tx
+            .execute(
+                "DELETE FROM tenants WHERE name = ?1 AND deleting = ?2",
+                params![name.as_str(), archive],
+            )
+            .map_err(backend)?;
+        if changed > 0 {
+            tx.execute(
+                "DELETE FROM quotas WHERE tenant = ?1",
+                params![name.as_str()],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn interrupted_deletes(&self) -> Result<Vec<(TenantName, String)>, TenantStoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare("SELECT name, deleting FROM tenants WHERE deleting IS NOT NULL ORDER BY name")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, archive) = row.map_err(backend)?;
+            let name = TenantName::parse(&name)
+                .map_err(|e| backend(format!("stored tenant name {name:?}: {e}")))?;
+            out.push((name, archive));
+        }
+        Ok(out)
+    }
+
     fn archive_usage(&self, name: &TenantName, archive: &str) -> Result<(), TenantStoreError> {
         // The ledger is its own file: relabelled first, so a failure leaves
         // the day spend (what the proxy's quota reads) under the name and
@@ -293,7 +390,8 @@ impl Store for SqliteStore {
             .conn()?
             .query_row(
                 "SELECT q.sessions, q.requests_per_minute, q.llm_tokens_per_day, q.micro_usd_per_day
-                 FROM tenants t LEFT JOIN quotas q ON q.tenant = t.name WHERE t.name = ?1",
+                 FROM tenants t LEFT JOIN quotas q ON q.tenant = t.name
+                 WHERE t.name = ?1 AND t.deleting IS NULL",
                 params![name.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
@@ -332,7 +430,8 @@ impl Store for SqliteStore {
             .execute(
                 "INSERT INTO quotas (tenant, sessions, requests_per_minute, llm_tokens_per_day,
                      micro_usd_per_day, updated_at)
-                 SELECT name, ?2, ?3, ?4, ?5, ?6 FROM tenants WHERE name = ?1
+                 SELECT name, ?2, ?3, ?4, ?5, ?6 FROM tenants
+                 WHERE name = ?1 AND deleting IS NULL
                  ON CONFLICT (tenant) DO UPDATE SET sessions = excluded.sessions,
                      requests_per_minute = excluded.requests_per_minute,
                      llm_tokens_per_day = excluded.llm_tokens_per_day,

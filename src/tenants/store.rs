@@ -24,6 +24,14 @@
 //!   its name to an archive label that is no tenant's name, in one
 //!   transaction: a new tenant of the name starts with nothing spent, and
 //!   the operator still reads the old figures under the label.
+//! - a deletion is resumable (`begin_delete`, then `archive_usage`, then
+//!   `finish_delete`): `begin_delete` marks the tenant as being deleted
+//!   under its archive label in one transaction, and from then on the
+//!   tenant reads as absent (`tenants`, `tenant_token`, `quotas`, the day
+//!   quotas' joins) while its name stays taken (`insert_tenant` is
+//!   `TenantExists`) until `finish_delete` removes the record and its
+//!   quotas. A second `begin_delete` returns the label the first recorded;
+//!   `interrupted_deletes` lists the marked ones.
 
 use super::name::TenantName;
 use super::quota::Quotas;
@@ -36,6 +44,16 @@ pub struct TenantRecord {
     pub created_at: String,
     /// When its current token was issued (creation or last rotation).
     pub token_issued_at: String,
+}
+
+/// What [`Store::begin_delete`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteBegun {
+    /// The label the deletion archives under: the one given, or the one an
+    /// interrupted deletion recorded.
+    pub archive: String,
+    /// The tenant was already marked: this finishes an interrupted deletion.
+    pub resumed: bool,
 }
 
 /// A store operation that failed.
@@ -68,7 +86,22 @@ pub trait Store: Send + Sync {
         token: &TokenHash,
         at: &str,
     ) -> Result<(), TenantStoreError>;
+    /// Removes the record and its quotas at once (a creation undone).
     fn delete_tenant(&self, name: &TenantName) -> Result<(), TenantStoreError>;
+    /// Marks the tenant as being deleted under `archive` (its token is
+    /// refused from now on, see the module notes); `NoSuchTenant` when there
+    /// is no record, marked or not. A tenant already marked keeps its mark.
+    fn begin_delete(
+        &self,
+        name: &TenantName,
+        archive: &str,
+    ) -> Result<DeleteBegun, TenantStoreError>;
+    /// Removes the record marked with `archive`, and its quotas; a record
+    /// already gone (another deleter finished first) is no error.
+    fn finish_delete(&self, name: &TenantName, archive: &str) -> Result<(), TenantStoreError>;
+    /// The tenants marked by a `begin_delete` that no `finish_delete`
+    /// followed, with their archive labels.
+    fn interrupted_deletes(&self) -> Result<Vec<(TenantName, String)>, TenantStoreError>;
     /// Relabels everything spent under `name` (ledger rows, day spend,
     /// quota holds) as `archive` (see the module notes). Called once the
     /// deleted tenant's sessions have ended, so none writes under the name
@@ -208,6 +241,66 @@ pub mod conformance {
             one.quotas(&name("a")).expect("quotas"),
             Some(Quotas::default()),
             "a new tenant of a deleted one's name starts unlimited"
+        );
+        // A resumable deletion: marked, the tenant reads as absent on
+        // either handle but its name stays taken; a second begin returns
+        // the first label; finished, the name is free.
+        one.set_quotas(&name("c"), &set, "t12").expect("set c");
+        let begun = one
+            .begin_delete(&name("c"), "tenants-deleted/c-1")
+            .expect("begin");
+        assert_eq!(
+            begun,
+            DeleteBegun {
+                archive: "tenants-deleted/c-1".into(),
+                resumed: false
+            }
+        );
+        assert!(two.tenant_token(&name("c")).expect("get").is_none());
+        assert_eq!(two.quotas(&name("c")).expect("quotas"), None);
+        assert!(matches!(
+            two.set_quotas(&name("c"), &set, "t13"),
+            Err(TenantStoreError::NoSuchTenant(_))
+        ));
+        assert!(matches!(
+            two.replace_tenant_token(&name("c"), &h2, "t13"),
+            Err(TenantStoreError::NoSuchTenant(_))
+        ));
+        assert!(!two
+            .tenants()
+            .expect("list")
+            .iter()
+            .any(|t| t.name.as_str() == "c"));
+        assert!(matches!(
+            two.insert_tenant(&name("c"), &h2, "t13"),
+            Err(TenantStoreError::TenantExists(_))
+        ));
+        assert_eq!(
+            two.interrupted_deletes().expect("interrupted"),
+            [(name("c"), "tenants-deleted/c-1".to_owned())]
+        );
+        assert_eq!(
+            two.begin_delete(&name("c"), "tenants-deleted/c-2")
+                .expect("begin again"),
+            DeleteBegun {
+                archive: "tenants-deleted/c-1".into(),
+                resumed: true
+            }
+        );
+        assert!(matches!(
+            one.begin_delete(&name("zz"), "tenants-deleted/zz-1"),
+            Err(TenantStoreError::NoSuchTenant(_))
+        ));
+        two.finish_delete(&name("c"), "tenants-deleted/c-1")
+            .expect("finish");
+        one.finish_delete(&name("c"), "tenants-deleted/c-1")
+            .expect("finishing twice is harmless");
+        assert!(one.interrupted_deletes().expect("interrupted").is_empty());
+        one.insert_tenant(&name("c"), &h1, "t14").expect("c again");
+        assert_eq!(
+            two.quotas(&name("c")).expect("quotas"),
+            Some(Quotas::default()),
+            "the marked tenant's quotas went with it"
         );
     }
 }
