@@ -620,11 +620,70 @@ fn sigterm_stops_running_sessions_with_their_chains_closed_and_starts_none() {
     assert_chain_valid(&d2, &a, &id);
 }
 
-/// Restart recovery: the daemon is SIGKILLed with two sessions running.
-/// One session's `openclaw run` survives it (an orphan), the other's is
-/// killed too. The next daemon, before it listens, stops the orphan (its
-/// runner closes the chain: `interrupted`) and recovers the other
-/// (`supervisor_died`, chain closed by the daemon); both chains verify.
+/// A daemon SIGKILLed with a session running: the session's process
+/// (its `openclaw run`, the daemon's child) is told at once (its parent
+/// death signal, SIGTERM) and ends as a stop request ends it — sandbox
+/// stopped, chain closed with an interrupted `session_end` — without
+/// waiting for the next daemon, so it never runs past its lease uncounted.
+#[test]
+fn a_killed_daemons_sessions_end_with_it_and_close_their_chains() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let logs = tempfile::tempdir().expect("tempdir");
+    let h = home.path();
+    let a = cli(h, &["tenants", "create", "a"]);
+    let cap = mint_for(h, "a");
+    let mut d = start(h, &logs.path().join("serve.log"));
+    let created = post(
+        &d,
+        "/v1/sessions",
+        &a,
+        &json!({"capabilities": cap, "command": ["sleep", "300"]}),
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let id = created.body["id"].as_str().expect("id").to_owned();
+    let pid = supervisor_of(h, "a", &id);
+    assert!(runs(pid));
+    d.child.kill().expect("SIGKILL the daemon");
+    d.child.wait().expect("reap the daemon");
+    // Generous: the point is that it ends by itself, not how fast.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while runs(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let still = runs(pid);
+    if still {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    assert!(!still, "session {id} (pid {pid}) outlived its daemon");
+    let bundle = h.join("tenants/a/sessions").join(&id);
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(bundle.join("session.json")).expect("session.json"),
+    )
+    .expect("json");
+    assert_eq!(info["status"], "interrupted", "{info}");
+    let receipts = std::fs::read_to_string(bundle.join("receipts.jsonl")).expect("receipts");
+    assert!(
+        receipts
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("session_end")),
+        "the chain is closed: {receipts}"
+    );
+    let d2 = start(h, &logs.path().join("serve2.log"));
+    assert_chain_valid(&d2, &a, &id);
+}
+
+/// Restart recovery: the daemon is SIGKILLed while two sessions of its
+/// tenant are marked running. One is an `openclaw run` started by hand into
+/// the tenant's sessions directory (no child of the daemon: it outlives
+/// it, an orphan); the other is the daemon's own, frozen (SIGSTOP) so that
+/// it cannot act on its daemon's death, then SIGKILLed. The next daemon,
+/// before it listens, stops the orphan (its runner closes the chain:
+/// `interrupted`) and recovers the other (`supervisor_died`, chain closed
+/// by the daemon); both chains verify.
 #[test]
 fn a_restarted_daemon_stops_orphans_and_recovers_the_dead_ones_sessions() {
     let home = tempfile::tempdir().expect("tempdir");
@@ -633,19 +692,64 @@ fn a_restarted_daemon_stops_orphans_and_recovers_the_dead_ones_sessions() {
     let a = cli(h, &["tenants", "create", "a"]);
     let cap = mint_for(h, "a");
     let mut d = start(h, &logs.path().join("serve.log"));
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let created = post(
-            &d,
-            "/v1/sessions",
-            &a,
-            &json!({"capabilities": cap, "command": ["sleep", "300"]}),
-        );
-        assert_eq!(created.status, 201, "{:?}", created.body);
-        ids.push(created.body["id"].as_str().expect("id").to_owned());
-    }
-    let (orphan, dead) = (ids[0].clone(), ids[1].clone());
-    let (orphan_pid, dead_pid) = (supervisor_of(h, "a", &orphan), supervisor_of(h, "a", &dead));
+    let created = post(
+        &d,
+        "/v1/sessions",
+        &a,
+        &json!({"capabilities": cap, "command": ["sleep", "300"]}),
+    );
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let dead = created.body["id"].as_str().expect("id").to_owned();
+    let dead_pid = supervisor_of(h, "a", &dead);
+    // The orphan: run by hand, as the daemon would run it.
+    let root = h.join("tenants/a");
+    let cap_file = logs.path().join("orphan.cap");
+    std::fs::write(&cap_file, &cap).expect("cap file");
+    let mut by_hand = Command::new(env!("CARGO_BIN_EXE_openclaw"));
+    by_hand
+        .arg("run")
+        .arg("--capabilities")
+        .arg(&cap_file)
+        .arg("--pubkey")
+        .arg(root.join("keys/root.pub"))
+        .arg("--receipt-key")
+        .arg(root.join("keys/receipt.key"))
+        .arg("--sessions-dir")
+        .arg(root.join("sessions"))
+        .arg("--home")
+        .arg(h)
+        .args(["--backend", "netns", "--approve", "deny", "--tenant", "a"])
+        .args(["--", "sleep", "300"])
+        .env("OPENCLAW_HOME", h)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut orphan_child = by_hand.spawn().expect("openclaw run by hand");
+    let orphan = support::wait_until("the orphan's session", Duration::from_secs(60), || {
+        std::fs::read_dir(root.join("sessions"))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|id| {
+                // Ready as the daemon counts it: its runner watches for
+                // SIGTERM from then on.
+                let dir = root.join("sessions").join(id);
+                let ready = std::fs::read_to_string(dir.join("session.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .is_some_and(|info| {
+                        !info["sandbox_ready_ms"].is_null() && !info["supervisor_pid"].is_null()
+                    });
+                *id != dead && ready && dir.join("control.sock").exists()
+            })
+    });
+    let orphan_pid = supervisor_of(h, "a", &orphan);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dead_pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("freeze one session's process");
     d.child.kill().expect("SIGKILL the daemon");
     d.child.wait().expect("reap the daemon");
     nix::sys::signal::kill(
@@ -672,6 +776,7 @@ fn a_restarted_daemon_stops_orphans_and_recovers_the_dead_ones_sessions() {
 
     // Settled before the new daemon listens.
     let d2 = start(h, &logs.path().join("serve2.log"));
+    let _ = orphan_child.wait();
     assert!(!runs(orphan_pid), "the orphan was stopped");
     let list = get(&d2, "/v1/sessions", Some(&a));
     let status_of = |id: &str| {

@@ -221,6 +221,8 @@ pub(crate) fn parse_resolve(text: &str) -> Result<(String, SocketAddr), String> 
 }
 
 pub fn execute(args: RunArgs) -> Result<ExitCode> {
+    // A session of `openclaw serve` ends with its daemon.
+    crate::serve::end_with_daemon()?;
     if args.work_max != 0 && args.work_max < sandbox::MIN_WORK_BYTES {
         bail!(
             "--work-max must be 0 (no cap) or at least {} MiB",

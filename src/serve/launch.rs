@@ -34,6 +34,35 @@ use crate::usage::LedgerDb;
 /// How `openclaw run` may be told its ledger (`run --ledger-db`).
 const LEDGER_DB_ENV: &str = "OPENCLAW_LEDGER_DB";
 
+/// The environment variable through which a session's `openclaw run` learns
+/// the pid of the daemon that started it, to end with it ([`end_with_daemon`]).
+pub const DAEMON_PID_ENV: &str = "OPENCLAW_SESSION_DAEMON";
+
+/// Called first by an `openclaw run` that a daemon started (it finds
+/// [`DAEMON_PID_ENV`]): asks the kernel for SIGTERM when the daemon dies
+/// (the parent death signal), so a daemon that is SIGKILLed or crashes
+/// takes its sessions with it within moments — each stopped as a stop
+/// request stops it, chain closed as interrupted — instead of leaving them
+/// to run, uncounted once their leases expire, until the next daemon
+/// starts. A daemon already gone (the child's parent is no longer it) is
+/// an error: nothing is started.
+pub fn end_with_daemon() -> Result<()> {
+    let Some(text) = std::env::var_os(DAEMON_PID_ENV) else {
+        return Ok(());
+    };
+    let daemon: i32 = text
+        .to_str()
+        .and_then(|t| t.parse().ok())
+        .with_context(|| format!("{DAEMON_PID_ENV} is not a pid"))?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+        .context("asking for SIGTERM when the daemon dies")?;
+    // Checked after the request: a daemon that died before it is seen here.
+    if nix::unistd::getppid().as_raw() != daemon {
+        bail!("the daemon that started this session ({daemon}) has exited");
+    }
+    Ok(())
+}
+
 /// How often a start looks for its session's ready bundle.
 const START_POLL: Duration = Duration::from_millis(10);
 
@@ -384,7 +413,12 @@ pub struct Launcher {
     /// `draining`, SeqCst: a start either sees the drain and refuses, or is
     /// counted here and waited for by it.
     starting: AtomicUsize,
+    /// Hands each session's command to the spawner thread.
+    spawner: Mutex<std::sync::mpsc::Sender<SpawnRequest>>,
 }
+
+/// A command for the spawner thread, and where its child goes.
+type SpawnRequest = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
 
 /// A start refused because the daemon is draining (503 `unavailable`).
 #[derive(Debug)]
@@ -425,6 +459,19 @@ struct Running {
 impl Launcher {
     /// The launcher, and its reaper thread.
     pub fn new(home: &Path, defaults: SessionDefaults) -> Result<Arc<Launcher>> {
+        // Sessions are forked by one thread that lives as long as the
+        // daemon: the kernel sends a child its parent death signal when the
+        // thread that forked it ends, and the request threads (tokio's
+        // blocking pool) end when idle.
+        let (spawner, requests) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("serve-spawner".into())
+            .spawn(move || {
+                for (mut cmd, answer) in requests {
+                    let _ = answer.send(cmd.spawn());
+                }
+            })
+            .context("starting the spawner thread")?;
         let launcher = Arc::new(Launcher {
             exe: std::env::current_exe().context("finding the daemon's executable")?,
             home: home.to_path_buf(),
@@ -432,6 +479,7 @@ impl Launcher {
             running: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             starting: AtomicUsize::new(0),
+            spawner: Mutex::new(spawner),
         });
         let reaper = launcher.clone();
         std::thread::Builder::new()
@@ -666,7 +714,8 @@ impl Launcher {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let mut child = cmd.spawn().context("starting openclaw run")?;
+        cmd.env(DAEMON_PID_ENV, std::process::id().to_string());
+        let mut child = self.spawn(cmd).context("starting openclaw run")?;
         let pid = child.id();
         let deadline = Instant::now() + START_LIMIT;
         let mut signalled = false;
@@ -725,6 +774,19 @@ impl Launcher {
             // a small file read per look).
             std::thread::sleep(START_POLL);
         }
+    }
+
+    /// `cmd` spawned by the spawner thread.
+    fn spawn(&self, cmd: Command) -> Result<Child> {
+        let (answer, child) = std::sync::mpsc::channel();
+        self.spawner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((cmd, answer))
+            .map_err(|_| anyhow::anyhow!("the spawner thread has ended"))?;
+        Ok(child
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the spawner thread has ended"))??)
     }
 
     /// SIGTERM to the session's process, if this daemon runs it. Under the

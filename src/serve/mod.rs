@@ -38,5 +38,5 @@ mod upkeep;
 mod workdir;
 
 pub use identity::TrustedProxies;
-pub use launch::SessionDefaults;
+pub use launch::{end_with_daemon, SessionDefaults};
 pub use server::{run, ServeConfig};
