@@ -317,3 +317,99 @@ fn deleting_a_tenant_through_one_daemon_ends_its_sessions_on_the_other() {
         hosts.leases().is_empty().then_some(())
     });
 }
+
+/// `openclaw run --tenant acme` with the database as its `--quota-db` (a
+/// session run by hand on a host of the database) holds a lease as a
+/// daemon's session does: with a `sessions` quota of 1, while it runs a
+/// daemon's create is 429 `sessions` and a second such run is refused
+/// (non-zero, a message naming the quota, no bundle); once it ends, its
+/// lease is gone and the daemon starts one.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn a_session_run_from_the_cli_for_a_tenant_counts_in_its_sessions_quota() {
+    require(
+        &[Requirement::Postgres],
+        "serve_multihost::a_session_run_from_the_cli_for_a_tenant_counts_in_its_sessions_quota",
+    );
+    let hosts = two_hosts("cli", Some("1"));
+    let home = hosts.home(0);
+    let keys = home.join("tenants/acme/keys");
+    let cli_sessions = home.join("cli-sessions");
+    std::fs::create_dir(&cli_sessions).expect("mkdir");
+    let cap = home.join("acme.cap");
+    std::fs::write(&cap, mint_for(home, "acme")).expect("cap");
+    let run = || {
+        let mut cmd = support::openclaw(home);
+        cmd.arg("run")
+            .arg("--capabilities")
+            .arg(&cap)
+            .arg("--pubkey")
+            .arg(keys.join("root.pub"))
+            .arg("--receipt-key")
+            .arg(keys.join("receipt.key"))
+            .arg("--sessions-dir")
+            .arg(&cli_sessions)
+            .args([
+                "--backend",
+                "netns",
+                "--approve",
+                "deny",
+                "--tenant",
+                "acme",
+            ])
+            // Bounds a run that should have been refused (exit 124).
+            .args(["--timeout", "120s"])
+            .env("OPENCLAW_QUOTA_DB", &hosts.url)
+            .args(["--", "sleep", "600"]);
+        cmd
+    };
+    let bundles = || std::fs::read_dir(&cli_sessions).expect("sessions").count();
+    let mut first = run()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openclaw run");
+    let first_pid = nix::unistd::Pid::from_raw(i32::try_from(first.id()).expect("pid"));
+    support::wait_until("the CLI session to run", Duration::from_secs(60), || {
+        std::fs::read_dir(&cli_sessions)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().join("control.sock").exists())
+            .then_some(())
+    });
+    let end_first = |first: &mut std::process::Child| {
+        let _ = nix::sys::signal::kill(first_pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = first.wait();
+    };
+    let refused = hosts.create(1);
+    if refused.status == 201 {
+        // Ended before asserting, so a failure leaves nothing running.
+        hosts.stop(1, refused.body["id"].as_str().expect("id"));
+        end_first(&mut first);
+    }
+    assert_eq!(
+        (refused.status, refused.field()),
+        (429, "sessions"),
+        "a daemon started a session past the quota of 1 while a CLI session ran: {:?}",
+        refused.body
+    );
+    let second = run().output().expect("a second openclaw run");
+    end_first(&mut first);
+    assert!(!second.status.success(), "{}", support::text(&second));
+    assert!(
+        support::text(&second).contains("at its sessions quota"),
+        "{}",
+        support::text(&second)
+    );
+    assert_eq!(bundles(), 1, "the refused run started nothing");
+    // The ended run released its lease: room again.
+    support::wait_until("the CLI run's lease to go", Duration::from_secs(60), || {
+        hosts.leases().is_empty().then_some(())
+    });
+    let r = hosts.create(1);
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    hosts.stop(1, r.body["id"].as_str().expect("id"));
+}

@@ -229,6 +229,9 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
             sandbox::MIN_WORK_BYTES >> 20
         );
     }
+    // With a shared database the session counts in its tenant's sessions
+    // quota on every host, as a daemon's do; held until it ends.
+    let _lease = crate::serve::cli_session_lease(args.quota_db.as_ref(), &args.tenant)?;
     let config = config_from_args(args)?;
     runner::run(config)
 }

@@ -8,10 +8,14 @@
 //! periodic task, `upkeep`) extends every lease this daemon holds.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::tenants::{DatabaseUrl, HeldLease, LeaseClock, PgStore, TenantName, TenantStoreError};
+use anyhow::{bail, Context};
+
+use crate::tenants::{
+    DatabaseUrl, HeldLease, LeaseClock, PgStore, QuotaDb, TenantName, TenantStoreError,
+};
 
 /// How often the daemon renews its leases (and checks its sessions'
 /// tenants still exist).
@@ -152,6 +156,88 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.leases.release(&self.id);
+    }
+}
+
+/// The lease of a session run from the command line (`openclaw run
+/// --tenant T` with a PostgreSQL `--quota-db`), taken as a daemon takes one
+/// for its sessions (against the tenant's `sessions` quota, on every host
+/// of the database), renewed every [`RENEW_EVERY`] by a thread of its own
+/// while the session runs, and deleted when dropped.
+pub struct CliLease {
+    /// Set (and notified) when the lease is dropped: the renewer ends.
+    done: Arc<(Mutex<bool>, Condvar)>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+    _lease: Lease,
+}
+
+/// The lease `openclaw run` holds for its session: `None` when it needs
+/// none — its day quotas are not kept in a PostgreSQL database (one host:
+/// no daemon on another counts its sessions), or a daemon started it (the
+/// daemon holds the session's lease). A tenant the database does not have,
+/// or one at its `sessions` quota, is an error: nothing is started.
+pub fn cli_session_lease(
+    quota_db: Option<&QuotaDb>,
+    tenant: &str,
+) -> anyhow::Result<Option<CliLease>> {
+    let Some(QuotaDb::Postgres(url)) = quota_db else {
+        return Ok(None);
+    };
+    if std::env::var_os(super::launch::DAEMON_PID_ENV).is_some() {
+        return Ok(None);
+    }
+    let name = TenantName::parse(tenant).with_context(|| format!("tenant name {tenant:?}"))?;
+    let quotas = crate::tenants::Store::quotas(&PgStore::open(url)?, &name)
+        .context("reading the tenant's sessions quota")?;
+    let Some(quotas) = quotas else {
+        bail!("no tenant {name} in the database: nothing was started");
+    };
+    let leases = SessionLeases::open(url)?;
+    let lease = match leases
+        .acquire(&name, quotas.sessions)
+        .context("counting the tenant's sessions")?
+    {
+        Ok(lease) => lease,
+        Err(live) => bail!(
+            "tenant {name} is at its sessions quota ({live} running of {} on the hosts of the database): nothing was started",
+            quotas.sessions.unwrap_or(0)
+        ),
+    };
+    let done = Arc::new((Mutex::new(false), Condvar::new()));
+    let stop = done.clone();
+    let renewer = std::thread::Builder::new()
+        .name("lease-renewer".into())
+        .spawn(move || {
+            let (lock, wake) = &*stop;
+            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !*stopped {
+                stopped = wake
+                    .wait_timeout(stopped, RENEW_EVERY)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                if !*stopped {
+                    if let Err(e) = leases.renew() {
+                        tracing::error!("renewing the session's lease: {e}");
+                    }
+                }
+            }
+        })
+        .context("starting the lease renewer")?;
+    Ok(Some(CliLease {
+        done,
+        renewer: Some(renewer),
+        _lease: lease,
+    }))
+}
+
+impl Drop for CliLease {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.done;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+        if let Some(renewer) = self.renewer.take() {
+            let _ = renewer.join();
+        }
     }
 }
 

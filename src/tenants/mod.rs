@@ -43,6 +43,7 @@ pub use quota::{usd_to_micro, Quotas, QuotasJson};
 pub use registry::{Caller, Identity, Registry, TenantOpError};
 pub use root::{TenantRoot, DELETED_DIR};
 pub use sqlite::{SqliteStore, CONTROL_DB};
+pub(crate) use store::Store;
 pub use store::TenantStoreError;
 
 use std::path::Path;
