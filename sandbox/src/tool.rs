@@ -518,11 +518,27 @@ fn confine_in_child(plan: &Plan) -> std::io::Result<()> {
             }
         }
         let dot = c".".as_ptr();
-        if chdir(plan.root.as_ptr()) == -1
-            || syscall(SYS_pivot_root, dot, dot) == -1
-            || umount2(dot, MNT_DETACH) == -1
-            || chdir(root) == -1
-        {
+        if chdir(plan.root.as_ptr()) == -1 {
+            return Err(report(plan, Stage::PivotRoot));
+        }
+        if syscall(SYS_pivot_root, dot, dot) == 0 {
+            if umount2(dot, MNT_DETACH) == -1 {
+                return Err(report(plan, Stage::PivotRoot));
+            }
+        } else if *__errno_location() == EINVAL {
+            // The host runs from its initramfs (rootfs), which cannot be
+            // pivoted: the jail's root is moved over it and entered with
+            // chroot. What lies beneath stays covered: the program has no
+            // capability to unmount it or to chroot again.
+            if mount(dot, root, std::ptr::null(), MS_MOVE, std::ptr::null()) == -1
+                || chroot(dot) == -1
+            {
+                return Err(report(plan, Stage::PivotRoot));
+            }
+        } else {
+            return Err(report(plan, Stage::PivotRoot));
+        }
+        if chdir(root) == -1 {
             return Err(report(plan, Stage::PivotRoot));
         }
         if mount(
