@@ -477,9 +477,104 @@ pub(crate) fn system_dir_ops(r: &Path, ops: &mut Vec<Op>) -> Result<(), SandboxE
     Ok(())
 }
 
+/// A `proc` of the pid namespace's own at `root/proc`: only its processes.
+pub(crate) fn proc_ops(root: &Path, ops: &mut Vec<Op>) -> Result<(), SandboxError> {
+    use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID};
+    let proc_dir = cstr(&root.join("proc"))?;
+    ops.push(Op::Mkdir {
+        path: proc_dir.clone(),
+        stage: Stage::MountProc,
+    });
+    ops.push(Op::Mount {
+        src: Some(c"proc".to_owned()),
+        dst: proc_dir,
+        fstype: Some(c"proc".to_owned()),
+        flags: MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        data: None,
+        stage: Stage::MountProc,
+    });
+    Ok(())
+}
+
+/// A `/dev` of its own at `root/dev`: a tmpfs of `size` holding binds of
+/// those of the host's `devices` it has, the fd links and, with `shm`, a
+/// `/dev/shm`; remounted read-only so nothing adds device nodes later.
+/// One builder for the sandbox and the tool jail, so the two cannot drift.
+pub(crate) fn dev_ops(
+    root: &Path,
+    devices: &[&str],
+    size: &str,
+    shm: bool,
+    ops: &mut Vec<Op>,
+) -> Result<(), SandboxError> {
+    use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
+    let s = |v: &str| CString::new(v).expect("static strings have no NUL");
+    let dev = root.join("dev");
+    ops.push(Op::Mkdir {
+        path: cstr(&dev)?,
+        stage: Stage::MountDev,
+    });
+    ops.push(Op::Mount {
+        src: Some(s("tmpfs")),
+        dst: cstr(&dev)?,
+        fstype: Some(s("tmpfs")),
+        flags: MS_NOSUID | MS_NOEXEC,
+        data: Some(s(&format!("mode=0755,size={size}"))),
+        stage: Stage::MountDev,
+    });
+    for name in devices {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let inside = dev.join(name);
+        ops.push(Op::Touch {
+            path: cstr(&inside)?,
+            stage: Stage::BindDevice,
+        });
+        bind_ops(ops, &host, &inside, false, MS_NOEXEC, Stage::BindDevice)?;
+    }
+    for (target, link) in [
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ] {
+        ops.push(Op::Symlink {
+            target: s(target),
+            link: cstr(&dev.join(link))?,
+            stage: Stage::MountDev,
+        });
+    }
+    if shm {
+        let shm = dev.join("shm");
+        ops.push(Op::Mkdir {
+            path: cstr(&shm)?,
+            stage: Stage::MountDev,
+        });
+        ops.push(Op::Mount {
+            src: Some(s("tmpfs")),
+            dst: cstr(&shm)?,
+            fstype: Some(s("tmpfs")),
+            flags: MS_NOSUID | MS_NODEV,
+            data: Some(s("mode=1777,size=16m")),
+            stage: Stage::MountDev,
+        });
+    }
+    ops.push(Op::Mount {
+        src: None,
+        dst: cstr(&dev)?,
+        fstype: None,
+        flags: MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC,
+        data: None,
+        stage: Stage::MountDev,
+    });
+    Ok(())
+}
+
 /// Builds the mount steps up to (not including) `pivot_root`.
 pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
-    use libc::{MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
+    use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY};
     let r = spec.root;
     let c = |p: &Path| cstr(p);
     let s = |v: &str| CString::new(v).expect("static strings have no NUL");
@@ -534,86 +629,8 @@ pub(crate) fn plan(spec: &RootSpec<'_>) -> Result<Vec<Op>, SandboxError> {
         }
     }
 
-    let proc_dir = r.join("proc");
-    ops.push(Op::Mkdir {
-        path: c(&proc_dir)?,
-        stage: Stage::MountProc,
-    });
-    ops.push(Op::Mount {
-        src: Some(s("proc")),
-        dst: c(&proc_dir)?,
-        fstype: Some(s("proc")),
-        flags: MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        data: None,
-        stage: Stage::MountProc,
-    });
-
-    let dev = r.join("dev");
-    ops.push(Op::Mkdir {
-        path: c(&dev)?,
-        stage: Stage::MountDev,
-    });
-    ops.push(Op::Mount {
-        src: Some(s("tmpfs")),
-        dst: c(&dev)?,
-        fstype: Some(s("tmpfs")),
-        flags: MS_NOSUID | MS_NOEXEC,
-        data: Some(s("mode=0755,size=64k")),
-        stage: Stage::MountDev,
-    });
-    for name in DEVICES {
-        let host = Path::new("/dev").join(name);
-        if !host.exists() {
-            continue;
-        }
-        let inside = dev.join(name);
-        ops.push(Op::Touch {
-            path: c(&inside)?,
-            stage: Stage::BindDevice,
-        });
-        bind_ops(
-            &mut ops,
-            &host,
-            &inside,
-            false,
-            MS_NOEXEC,
-            Stage::BindDevice,
-        )?;
-    }
-    for (target, link) in [
-        ("/proc/self/fd", "fd"),
-        ("/proc/self/fd/0", "stdin"),
-        ("/proc/self/fd/1", "stdout"),
-        ("/proc/self/fd/2", "stderr"),
-    ] {
-        ops.push(Op::Symlink {
-            target: s(target),
-            link: c(&dev.join(link))?,
-            stage: Stage::MountDev,
-        });
-    }
-    let shm = dev.join("shm");
-    ops.push(Op::Mkdir {
-        path: c(&shm)?,
-        stage: Stage::MountDev,
-    });
-    ops.push(Op::Mount {
-        src: Some(s("tmpfs")),
-        dst: c(&shm)?,
-        fstype: Some(s("tmpfs")),
-        flags: MS_NOSUID | MS_NODEV,
-        data: Some(s("mode=1777,size=16m")),
-        stage: Stage::MountDev,
-    });
-    // Nothing may add device nodes later.
-    ops.push(Op::Mount {
-        src: None,
-        dst: c(&dev)?,
-        fstype: None,
-        flags: MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC,
-        data: None,
-        stage: Stage::MountDev,
-    });
+    proc_ops(r, &mut ops)?;
+    dev_ops(r, DEVICES, "64k", true, &mut ops)?;
 
     let tmp = r.join("tmp");
     ops.push(Op::Mkdir {

@@ -29,7 +29,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::child::{apply_op, drop_privileges};
-use crate::rootfs::{bind_ops, cstr, system_dir_ops, Op, Stage};
+use crate::rootfs::{bind_ops, cstr, dev_ops, proc_ops, system_dir_ops, Op, Stage};
 use crate::SandboxError;
 
 /// Where the program itself is bound, read-only, inside the jail.
@@ -286,7 +286,7 @@ impl ToolJail {
 
     /// The jail's mounts, up to `pivot_root` into [`Self::root`].
     fn plan(&self, program: &Path) -> Result<Vec<Op>, SandboxError> {
-        use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT};
+        use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID};
         let r = &self.root;
         let s = |v: &str| CString::new(v).expect("static strings have no NUL");
         let mut ops = vec![Op::Mount {
@@ -312,69 +312,8 @@ impl ToolJail {
             Stage::BindSystem,
         )?;
 
-        let proc_dir = r.join("proc");
-        ops.push(Op::Mkdir {
-            path: cstr(&proc_dir)?,
-            stage: Stage::MountProc,
-        });
-        // The pid namespace's own: only the program's processes.
-        ops.push(Op::Mount {
-            src: Some(s("proc")),
-            dst: cstr(&proc_dir)?,
-            fstype: Some(s("proc")),
-            flags: MS_NOSUID | MS_NODEV | MS_NOEXEC,
-            data: None,
-            stage: Stage::MountProc,
-        });
-        let dev = r.join("dev");
-        ops.push(Op::Mkdir {
-            path: cstr(&dev)?,
-            stage: Stage::MountDev,
-        });
-        ops.push(Op::Mount {
-            src: Some(s("tmpfs")),
-            dst: cstr(&dev)?,
-            fstype: Some(s("tmpfs")),
-            flags: MS_NOSUID | MS_NOEXEC,
-            data: Some(s("mode=0755,size=16k")),
-            stage: Stage::MountDev,
-        });
-        for name in DEVICES {
-            let host = Path::new("/dev").join(name);
-            let inside = dev.join(name);
-            ops.push(Op::Touch {
-                path: cstr(&inside)?,
-                stage: Stage::BindDevice,
-            });
-            bind_ops(
-                &mut ops,
-                &host,
-                &inside,
-                false,
-                MS_NOEXEC,
-                Stage::BindDevice,
-            )?;
-        }
-        for (target, link) in [
-            ("/proc/self/fd", "fd"),
-            ("/proc/self/fd/0", "stdin"),
-            ("/proc/self/fd/1", "stdout"),
-            ("/proc/self/fd/2", "stderr"),
-        ] {
-            ops.push(Op::Symlink {
-                target: s(target),
-                link: cstr(&dev.join(link))?,
-                stage: Stage::MountDev,
-            });
-        }
-        ops.push(Op::Mount {
-            src: None,
-            dst: cstr(&dev)?,
-            fstype: None,
-            flags: MS_REMOUNT | libc::MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC,
-            data: None,
-            stage: Stage::MountDev,
-        });
+        proc_ops(r, &mut ops)?;
+        dev_ops(r, DEVICES, "16k", false, &mut ops)?;
 
         for (host, inside) in &self.binds {
             let name = inside
