@@ -1183,12 +1183,16 @@ impl EnforcingGate {
 impl Gate for EnforcingGate {
     fn dns(&self, name: &str) -> DnsVerdict {
         let now = SystemTime::now();
-        let decision = self.cap.authorize_dns(name, now);
+        // A secret the sandbox wrote into the name (`<secret>.evil.example`)
+        // is decided and receipted as its placeholder, as a request's facts
+        // are (`Stages::run`); no host has a `_`, so such a name is refused.
+        let name = self.creds.masked(name);
+        let decision = self.cap.authorize_dns(&name, now);
         if decision.decision == Verdict::Allow {
             return DnsVerdict::ResolveToProxy;
         }
         // The receipt names the host, or the name as asked when it is none.
-        let name = Host::parse(name).map_or_else(|_| name.to_owned(), |h| h.to_string());
+        let name = Host::parse(&name).map_or_else(|_| name.into_owned(), |h| h.to_string());
         ratelog::debug!(name = %name, "DNS name refused");
         // One receipt per blocked name (curl asks A and AAAA), up to the
         // limit; beyond it, aggregate receipts.
@@ -1258,7 +1262,7 @@ impl Gate for EnforcingGate {
         // The path and query may be as forwarded, after substitution: secrets
         // masked back to their placeholders.
         let target = event.request.as_ref().map(|r| self.creds.mask_str(&r.path));
-        let action = match (&event.request, &target) {
+        let mut action = match (&event.request, &target) {
             (Some(r), Some(target)) => {
                 fallback_action(&r.method, r.host.as_str(), &path_only(target))
             }
@@ -1268,6 +1272,8 @@ impl Gate for EnforcingGate {
                 "/",
             ),
         };
+        // The host (request or SNI) and method are the sandbox's text too.
+        self.creds.mask_facts(&mut action);
         let decision = self.block(format!("{}: {}", event.reason, event.detail));
         let recorded = RecordedAction {
             facts: &action,

@@ -86,11 +86,30 @@ impl Stages<'_> {
     /// catalog's cap), classify the request, refuse placeholders the token
     /// does not grant here, prepare the substitution. The first that
     /// refuses says why in a [`Block`].
+    ///
+    /// Either way the action comes out with its facts masked
+    /// ([`SessionCredentials::mask_facts`]): the one place every request's
+    /// action passes before the token decides it, so the decision, its
+    /// receipt, the events, an approval question and an auditor's
+    /// re-derivation all read the same facts, with a secret the sandbox
+    /// wrote into them (a path, a host, a subject) as its placeholder. The
+    /// request itself goes upstream as the sandbox sent it.
     pub(crate) async fn run(
         &self,
         req: &mut GateRequest,
         now: SystemTime,
     ) -> Result<Screened, Block> {
+        let mut screened = self.screen(req, now).await;
+        let action = match &mut screened {
+            Ok(s) => &mut s.action,
+            Err(b) => &mut b.action,
+        };
+        self.creds.mask_facts(action);
+        screened
+    }
+
+    /// The stages of [`Self::run`], the action's facts as read.
+    async fn screen(&self, req: &mut GateRequest, now: SystemTime) -> Result<Screened, Block> {
         let host = req.host.clone();
         let method = req.head.method.as_str().to_owned();
         let pq = req

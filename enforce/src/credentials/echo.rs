@@ -8,6 +8,7 @@
 //! again through one more layer, so `H\u0075nter2`, `H&#117;nter2`,
 //! `H\u0026#117;nter2` and `H%2575nter2` are masked like `Hunter2`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use aho_corasick::AhoCorasick;
@@ -168,16 +169,29 @@ impl EchoMask {
         }
     }
 
-    /// `text` with every secret (raw, encoded or escaped) replaced by its placeholder.
-    pub(super) fn mask_str(&self, text: &str) -> String {
-        String::from_utf8_lossy(&self.mask_all(text.as_bytes())).into_owned()
+    /// `text` with every secret (raw, encoded or escaped) replaced by its
+    /// placeholder; borrowed when it holds none, so text without a secret
+    /// (and without an escape to read through) costs a scan and no
+    /// allocation.
+    pub(super) fn masked<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let (hits, _) = self.hits(text.as_bytes(), true);
+        if hits.is_empty() {
+            return Cow::Borrowed(text);
+        }
+        let out = self.masked_with(text.as_bytes(), &hits);
+        Cow::Owned(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// All of `bytes`, masked (nothing held back).
     pub(super) fn mask_all(&self, bytes: &[u8]) -> Vec<u8> {
         let (hits, _) = self.hits(bytes, true);
+        self.masked_with(bytes, &hits)
+    }
+
+    /// `bytes` with `hits` (all of `bytes`' hits) replaced.
+    fn masked_with(&self, bytes: &[u8], hits: &[Hit]) -> Vec<u8> {
         let mut out = Vec::with_capacity(bytes.len());
-        let end = self.replace(bytes, &hits, 0, bytes.len(), &mut out);
+        let end = self.replace(bytes, hits, 0, bytes.len(), &mut out);
         out.extend_from_slice(&bytes[end..]);
         out
     }
@@ -797,13 +811,10 @@ mod tests {
         }
         // The replacement covers the raw bytes of the secret, no more.
         assert_eq!(
-            m.mask_str(bodies[1]),
+            m.masked(bodies[1]),
             r#"{"html":"\u003cb\u003e<P0>\u003c/b\u003e"}"#
         );
-        assert_eq!(
-            m.mask_str(bodies[0]),
-            r#"{"body":"{\"password\":\"<P0>\"}"}"#
-        );
+        assert_eq!(m.masked(bodies[0]), r#"{"body":"{\"password\":\"<P0>\"}"}"#);
         // Text without escapes builds no other reading.
         assert!(EchoMask::readings(b"{\"a\":\"plain text\"}").is_empty());
         assert_eq!(EchoMask::readings(br#"{"a":"\\u0041"}"#).len(), 2);
@@ -828,9 +839,9 @@ mod tests {
             assert!(whole.contains("<P0>"), "{body}: {whole}");
         }
         // Only the characters that carry the secret's bits are replaced.
-        assert_eq!(m.mask_str(bodies[0]), "eyJwdyI6Ik<P0>SJ9");
+        assert_eq!(m.masked(bodies[0]), "eyJwdyI6Ik<P0>SJ9");
         // A secret too short for a distinctive base64 spelling has none.
-        assert_eq!(m.mask_str("c2hvcnQ="), "c2hvcnQ=");
+        assert_eq!(m.masked("c2hvcnQ="), "c2hvcnQ=");
     }
 
     #[test]

@@ -24,11 +24,12 @@ mod store;
 /// Granted placeholders replaced by their secrets; header injection.
 mod substitute;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use capabilities::Host;
+use capabilities::{Action, Host};
 use http::HeaderMap;
 
 pub use decode::{BodyDecoder, Coding, DecodeError};
@@ -253,10 +254,46 @@ impl SessionCredentials {
 
     /// `text` with every secret (raw or encoded) replaced by its placeholder.
     pub fn mask_str(&self, text: &str) -> String {
+        self.masked(text).into_owned()
+    }
+
+    /// [`Self::mask_str`], borrowing `text` when there is nothing to mask
+    /// (no secrets in the session, or none in the text).
+    pub fn masked<'a>(&self, text: &'a str) -> Cow<'a, str> {
         match &self.echo {
-            Some(echo) => echo.mask_str(text),
-            None => text.to_owned(),
+            Some(echo) => echo.masked(text),
+            None => Cow::Borrowed(text),
         }
+    }
+
+    /// Masks, in place, every fact of `action` read from what the sandbox
+    /// sent (method, host, path, currency, merchant, recipients, subject),
+    /// so that a secret the sandbox wrote into one is decided, receipted,
+    /// sent in events and asked about as its placeholder. The type, the
+    /// credential's name and the numbers are not sandbox text. Nothing is
+    /// allocated for a fact without a secret, and nothing scanned in a
+    /// session without secrets.
+    pub fn mask_facts(&self, action: &mut Action) {
+        let Some(echo) = &self.echo else { return };
+        let mask = |text: &mut String| {
+            if let Cow::Owned(masked) = echo.masked(text) {
+                *text = masked;
+            }
+        };
+        mask(&mut action.method);
+        mask(&mut action.host);
+        mask(&mut action.path);
+        for text in [
+            &mut action.currency,
+            &mut action.merchant,
+            &mut action.subject,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            mask(text);
+        }
+        action.recipients.iter_mut().for_each(mask);
     }
 
     /// A streaming filter that replaces echoed secrets in a response body.
@@ -504,6 +541,39 @@ mod tests {
             .substitute(&|_| false, &mut uri, &mut headers, b"", true)
             .expect("ok");
         assert!(out.injected.is_empty() && headers.is_empty());
+    }
+
+    #[test]
+    fn facts_holding_a_secret_are_masked_and_others_left_as_they_are() {
+        let creds = SessionCredentials::new(&store());
+        let p = creds.placeholders()["llm_key"].clone();
+        let mut a = Action::request(
+            capabilities::ActionType::Email,
+            "SK-LIVE-123",
+            "sk-live-123.evil.example",
+            "/u/sk-live-123",
+        );
+        a.subject = Some("re: sk-live-123".into());
+        a.merchant = Some("m sk%2Dlive%2D123".into());
+        a.currency = Some("USD".into());
+        a.recipients = vec!["a@example.com".into(), "sk-live-123@x.example".into()];
+        a.credential = Some("llm_key".into());
+        creds.mask_facts(&mut a);
+        assert_eq!(a.method, p);
+        assert_eq!(a.host, format!("{p}.evil.example"));
+        assert_eq!(a.path, format!("/u/{p}"));
+        assert_eq!(a.subject, Some(format!("re: {p}")));
+        assert_eq!(a.merchant, Some(format!("m {p}")));
+        assert_eq!(a.currency.as_deref(), Some("USD"));
+        assert_eq!(
+            a.recipients,
+            ["a@example.com".to_owned(), format!("{p}@x.example")]
+        );
+        assert_eq!(a.credential.as_deref(), Some("llm_key"));
+        // Text without a secret is not copied.
+        assert!(matches!(creds.masked("/search/flights"), Cow::Borrowed(_)));
+        let none = SessionCredentials::new(&SecretStore::default());
+        assert!(matches!(none.masked("/u/sk-live-123"), Cow::Borrowed(_)));
     }
 
     #[test]
