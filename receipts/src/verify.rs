@@ -12,8 +12,29 @@ use crate::format::{
     self, Body, Interruption, InterruptionCause, Receipt, FORMAT_VERSION, GENESIS_PREV,
     LATEST_FORMAT_VERSION, UNSIGNED_VERSION,
 };
-use crate::log::{MAX_BATCH, MAX_LINE_BYTES, MAX_UNSIGNED_RUN_BYTES};
 use crate::wire::{self, sig_member};
+
+/// The most receipts one write, and one signature, covers: the writer
+/// clamps `LogOptions::max_batch` to it, so a run of lines without a
+/// signature of their own is always shorter than this. The verifier refuses
+/// a longer run: only the writer's key could have ended it, and a reader
+/// would otherwise hold every line of it waiting for that signature.
+pub const MAX_BATCH: usize = 4096;
+
+/// The longest receipt line the writer writes, in bytes without its newline
+/// (with its `sig`, whether or not it gets one). A receipt that would be
+/// longer is refused (and, since its seq is taken, fails the log closed).
+/// Under the default proxy limits (64 KiB request head, 64 KiB inspected
+/// body) a line stays far below: the path appears twice (action and
+/// reason), at most 256 KiB each through an HTTP/2 header list.
+pub const MAX_LINE_BYTES: usize = 2 << 20;
+
+/// The most bytes (lines without their newlines) a run of lines without a
+/// signature of their own holds: the writer signs a line that could make
+/// the run longer. With [`MAX_BATCH`] lines of a few hundred bytes a run
+/// never comes near; the bound is for the verifier, which refuses a longer
+/// run, so what it holds for a crafted file stays bounded in bytes too.
+pub const MAX_UNSIGNED_RUN_BYTES: usize = 16 << 20;
 
 /// Why a chain failed verification. Every variant names the 1-based line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
