@@ -222,7 +222,7 @@ pub(crate) fn parse_resolve(text: &str) -> Result<(String, SocketAddr), String> 
 
 pub fn execute(args: RunArgs) -> Result<ExitCode> {
     // A session of `openclaw serve` ends with its daemon.
-    crate::serve::end_with_daemon()?;
+    let daemon_started = crate::serve::end_with_daemon()?;
     if args.work_max != 0 && args.work_max < sandbox::MIN_WORK_BYTES {
         bail!(
             "--work-max must be 0 (no cap) or at least {} MiB",
@@ -230,8 +230,13 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
         );
     }
     // With a shared database the session counts in its tenant's sessions
-    // quota on every host, as a daemon's do; held until it ends.
-    let _lease = crate::serve::cli_session_lease(args.quota_db.as_ref(), &args.tenant)?;
+    // quota on every host, as a daemon's do (which hold theirs); held until
+    // it ends.
+    let _lease = if daemon_started {
+        None
+    } else {
+        crate::serve::cli_session_lease(args.quota_db.as_ref(), &args.tenant)?
+    };
     let config = config_from_args(args)?;
     runner::run(config)
 }

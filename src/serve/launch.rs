@@ -36,7 +36,7 @@ const LEDGER_DB_ENV: &str = "OPENCLAW_LEDGER_DB";
 
 /// The environment variable through which a session's `openclaw run` learns
 /// the pid of the daemon that started it, to end with it ([`end_with_daemon`]).
-pub const DAEMON_PID_ENV: &str = "OPENCLAW_SESSION_DAEMON";
+const DAEMON_PID_ENV: &str = "OPENCLAW_SESSION_DAEMON";
 
 /// Called first by an `openclaw run` that a daemon started (it finds
 /// [`DAEMON_PID_ENV`]): asks the kernel for SIGTERM when the daemon dies
@@ -45,10 +45,10 @@ pub const DAEMON_PID_ENV: &str = "OPENCLAW_SESSION_DAEMON";
 /// request stops it, chain closed as interrupted — instead of leaving them
 /// to run, uncounted once their leases expire, until the next daemon
 /// starts. A daemon already gone (the child's parent is no longer it) is
-/// an error: nothing is started.
-pub fn end_with_daemon() -> Result<()> {
+/// an error: nothing is started. Returns whether a daemon started it.
+pub fn end_with_daemon() -> Result<bool> {
     let Some(text) = std::env::var_os(DAEMON_PID_ENV) else {
-        return Ok(());
+        return Ok(false);
     };
     let daemon: i32 = text
         .to_str()
@@ -60,7 +60,7 @@ pub fn end_with_daemon() -> Result<()> {
     if nix::unistd::getppid().as_raw() != daemon {
         bail!("the daemon that started this session ({daemon}) has exited");
     }
-    Ok(())
+    Ok(true)
 }
 
 /// How often a start looks for its session's ready bundle.

@@ -173,8 +173,8 @@ pub struct CliLease {
 
 /// The lease `openclaw run` holds for its session: `None` when it needs
 /// none — its day quotas are not kept in a PostgreSQL database (one host:
-/// no daemon on another counts its sessions), or a daemon started it (the
-/// daemon holds the session's lease). A tenant the database does not have,
+/// no daemon on another counts its sessions). Not asked for a session a
+/// daemon started: the daemon holds its lease. A tenant the database does not have,
 /// or one at its `sessions` quota, is an error: nothing is started.
 pub fn cli_session_lease(
     quota_db: Option<&QuotaDb>,
@@ -183,9 +183,6 @@ pub fn cli_session_lease(
     let Some(QuotaDb::Postgres(url)) = quota_db else {
         return Ok(None);
     };
-    if std::env::var_os(super::launch::DAEMON_PID_ENV).is_some() {
-        return Ok(None);
-    }
     let name = TenantName::parse(tenant).with_context(|| format!("tenant name {tenant:?}"))?;
     let quotas = crate::tenants::Store::quotas(&PgStore::open(url)?, &name)
         .context("reading the tenant's sessions quota")?;
