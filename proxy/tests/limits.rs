@@ -169,6 +169,23 @@ async fn idle_h2_connection_is_closed() {
     assert_eq!(String::from_utf8_lossy(&all).matches("data:").count(), 3);
 }
 
+/// A sandbox that opens an HTTP/2 connection and never sends the client
+/// preface holds no connection slot past `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_connection_without_a_preface_is_closed_when_idle() {
+    let env = env_with(|l| l.idle_timeout = Duration::from_millis(400)).await;
+    let mut tls = env.tls(b"h2").await;
+    let start = Instant::now();
+    // The proxy's SETTINGS come first; then the connection must end.
+    let rest = read_all_within(&mut tls, Duration::from_secs(10)).await;
+    assert!(
+        rest.is_some(),
+        "h2 connection without a preface still open after 10 s"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(env.upstream.connections(), 0);
+}
+
 /// Past `max_connections`, new connections are closed on accept and
 /// reported; a slot freed is usable again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -302,6 +302,16 @@ async fn serve_h2(ctx: Arc<ConnCtx>, io: impl Io) {
                     closing = true;
                 }
             }
+            // A connection with no stream left ends at once after GOAWAY;
+            // one still open and streamless an idle period later never got
+            // going (no client preface: hyper waits for it whatever the
+            // shutdown asked), so it goes.
+            _ = tokio::time::sleep(idle), if closing => {
+                if activity.open.load(Ordering::Relaxed) == 0 {
+                    ratelog::debug!(conn = ctx.info.id, "h2 connection still not closed; dropped");
+                    break Ok(());
+                }
+            }
         }
     };
     let tripped = *trip.lock().unwrap_or_else(|p| p.into_inner());
