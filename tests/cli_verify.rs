@@ -759,6 +759,30 @@ fn a_flood_of_unsigned_lines_is_refused_at_the_first_line_the_writer_could_not_h
     );
 }
 
+/// The flood again, followed by a 4 GiB hole (sparse: it takes no disk)
+/// and a last byte. Under a 2 GiB address-space cap, a verifier that reads
+/// the whole file before judging it cannot even hold it (exit 2); one that
+/// reads as it verifies refuses the flood where it passes the bound, having
+/// read a few megabytes.
+#[test]
+fn the_flood_is_refused_without_reading_the_rest_of_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    unsigned_flood(dir.path(), receipts::MAX_BATCH + 500);
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("receipts.jsonl"))
+        .expect("open flood");
+    let len = file.metadata().expect("stat").len();
+    file.set_len(len + (4 << 30)).expect("extend with a hole");
+    std::io::Write::write_all(&mut &file, b"x").expect("last byte");
+    drop(file);
+    let key = golden_dir().join("receipt.pub");
+    let out = verify_capped(&[p(dir.path()), "--key", p(&key), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["error"]["line"], receipts::MAX_BATCH + 1, "{json}");
+}
+
 #[test]
 fn a_chain_must_end_at_the_anchored_head_and_a_missing_record_is_a_note_unless_required() {
     let key = golden_dir().join("receipt.pub");

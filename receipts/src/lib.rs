@@ -11,9 +11,13 @@
 //!   [`ChainError`] that names the first bad line; [`LineVerifier`] checks one
 //!   line at a time; [`VerifiedChain::interruption`] tells a chain closed by
 //!   recovery ([`InterruptedEnd`]) from one its supervisor ended.
+//! - [`UnverifiedStream`] → [`VerifiedStream`]: the same checks on a chain
+//!   read line by line from any `Read`, in memory bounded by the chain's
+//!   bounds, stopping at the first bad line ([`ReadChainError`]).
 //! - [`rederive`]: each decision of a [`VerifiedChain`] re-run against the
 //!   session's capability token, as a [`Rederivation`] naming every
-//!   [`DecisionMismatch`] with its line.
+//!   [`DecisionMismatch`] with its line; [`Rederiver`] does it receipt by
+//!   receipt, for a chain read as a stream.
 //! - [`CanonicalDecision`]: a decision encoded straight from the typed
 //!   action, counters and decision (how the proxy appends one per request;
 //!   the line is the one the equivalent [`DecisionRecord`] makes), its
@@ -33,6 +37,8 @@ mod format;
 mod log;
 /// Decision re-derivation against the session's capability token.
 mod rederive;
+/// Verification of a chain as it is read, in bounded memory.
+mod stream;
 /// The usage record of a metered LLM call and the cost formula.
 mod usage;
 /// Offline verification.
@@ -52,7 +58,8 @@ pub use log::{
     PendingReceipt, ReceiptLog, Recovered, SessionStart, MAX_BATCH, MAX_LINE_BYTES,
     MAX_UNSIGNED_RUN_BYTES,
 };
-pub use rederive::{rederive, Coverage, DecisionMismatch, ReasonChanged, Rederivation};
+pub use rederive::{rederive, Coverage, DecisionMismatch, ReasonChanged, Rederivation, Rederiver};
+pub use stream::{ReadChainError, UnverifiedStream, VerifiedStream};
 pub use usage::{
     cost_micro_usd, BudgetWarningRecord, ModelPrice, RateSnapshot, UsageRecord, UsageTokens,
 };

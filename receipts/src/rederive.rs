@@ -5,10 +5,10 @@
 
 use std::fmt;
 
-use capabilities::{Action, Counters, Decision, UnverifiedToken, Verdict};
+use capabilities::{Action, Capability, Counters, Decision, UnverifiedToken, Verdict};
 use ed25519_dalek::VerifyingKey;
 
-use crate::format::{parse_time, sha256_hex, Body, DecisionRecord};
+use crate::format::{parse_time, sha256_hex, Body, DecisionRecord, Receipt};
 use crate::verify::VerifiedChain;
 
 /// What re-running a chain's decisions found.
@@ -159,56 +159,84 @@ pub fn rederive(
     token_bytes: &[u8],
     root_key: Option<&VerifyingKey>,
 ) -> Rederivation {
-    let mut found = Rederivation {
-        coverage: Coverage::TokenUnusable,
-        mismatches: Vec::new(),
-        reason_changes: Vec::new(),
-    };
-    let start = &chain.start().body;
-    if let Body::SessionStart {
-        capability_sha256: Some(digest),
-        ..
-    } = start
-    {
-        if digest != &sha256_hex(token_bytes) {
-            found.mismatches.push(DecisionMismatch::TokenDigest {
-                recorded: digest.clone(),
-            });
-        }
-    }
-    let token = match std::str::from_utf8(token_bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|t| UnverifiedToken::from_base64(t.trim()).map_err(|e| e.to_string()))
-    {
-        Ok(t) => t,
-        Err(why) => {
-            found.mismatches.push(DecisionMismatch::NotAToken { why });
-            return found;
-        }
-    };
-    if let Body::SessionStart { revocation_ids, .. } = start {
-        if revocation_ids != &token.revocation_ids() {
-            found.mismatches.push(DecisionMismatch::RevocationIds);
-        }
-    }
-    let Some(root_key) = root_key else {
-        found.coverage = Coverage::NoRootKey;
-        return found;
-    };
-    let capability = match token.verify(&root_key.to_bytes()) {
-        Ok(c) => c,
-        Err(e) => {
-            found
-                .mismatches
-                .push(DecisionMismatch::RootKey { why: e.to_string() });
-            return found;
-        }
-    };
-    let mut decisions = 0;
+    let mut rederiver = Rederiver::new(chain.start(), token_bytes, root_key);
     for (i, r) in chain.receipts.iter().enumerate() {
-        let line = i + 1;
-        let Body::Decision(d) = &r.receipt.body else {
-            continue;
+        rederiver.push(i + 1, &r.receipt);
+    }
+    rederiver.finish()
+}
+
+/// [`rederive`] one receipt at a time, for a chain read as a stream: made
+/// from its session_start, fed every receipt in order with its line.
+pub struct Rederiver {
+    found: Rederivation,
+    /// The token, when it verified with the root key: decisions are re-run.
+    capability: Option<Capability>,
+    decisions: usize,
+}
+
+impl Rederiver {
+    /// Checks the token's binding to `start` (the chain's session_start)
+    /// and, with the root key, the token itself.
+    pub fn new(start: &Receipt, token_bytes: &[u8], root_key: Option<&VerifyingKey>) -> Self {
+        let mut rederiver = Rederiver {
+            found: Rederivation {
+                coverage: Coverage::TokenUnusable,
+                mismatches: Vec::new(),
+                reason_changes: Vec::new(),
+            },
+            capability: None,
+            decisions: 0,
+        };
+        let found = &mut rederiver.found;
+        let start = &start.body;
+        if let Body::SessionStart {
+            capability_sha256: Some(digest),
+            ..
+        } = start
+        {
+            if digest != &sha256_hex(token_bytes) {
+                found.mismatches.push(DecisionMismatch::TokenDigest {
+                    recorded: digest.clone(),
+                });
+            }
+        }
+        let token = match std::str::from_utf8(token_bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|t| UnverifiedToken::from_base64(t.trim()).map_err(|e| e.to_string()))
+        {
+            Ok(t) => t,
+            Err(why) => {
+                found.mismatches.push(DecisionMismatch::NotAToken { why });
+                return rederiver;
+            }
+        };
+        if let Body::SessionStart { revocation_ids, .. } = start {
+            if revocation_ids != &token.revocation_ids() {
+                found.mismatches.push(DecisionMismatch::RevocationIds);
+            }
+        }
+        let Some(root_key) = root_key else {
+            found.coverage = Coverage::NoRootKey;
+            return rederiver;
+        };
+        match token.verify(&root_key.to_bytes()) {
+            Ok(c) => rederiver.capability = Some(c),
+            Err(e) => found
+                .mismatches
+                .push(DecisionMismatch::RootKey { why: e.to_string() }),
+        }
+        rederiver
+    }
+
+    /// Re-runs `receipt` (the chain's 1-based `line`) if it is a decision.
+    pub fn push(&mut self, line: usize, receipt: &Receipt) {
+        let Some(capability) = &self.capability else {
+            return;
+        };
+        let found = &mut self.found;
+        let Body::Decision(d) = &receipt.body else {
+            return;
         };
         let (action, counters, recorded) = match recorded_facts(d) {
             Ok(facts) => facts,
@@ -216,14 +244,14 @@ pub fn rederive(
                 found
                     .mismatches
                     .push(DecisionMismatch::Unreadable { line, why });
-                continue;
+                return;
             }
         };
         // The chain verifier already checked ts parses.
-        let Some(now) = parse_time(&r.receipt.ts) else {
-            continue;
+        let Some(now) = parse_time(&receipt.ts) else {
+            return;
         };
-        decisions += 1;
+        self.decisions += 1;
         // Only `token`-stage decisions come from the token alone; the other
         // stages (catalog, credential, dns, proxy, quota) can only add a block on top,
         // so the token may well have allowed what they refused.
@@ -233,7 +261,7 @@ pub fn rederive(
                 found
                     .mismatches
                     .push(DecisionMismatch::BadAggregate { line, why });
-                continue;
+                return;
             }
         }
         if let Some(stage) = stage.filter(|s| *s != "token") {
@@ -244,7 +272,7 @@ pub fn rederive(
                     recorded: recorded.decision,
                 });
             }
-            continue;
+            return;
         }
         let derived = capability.authorize(&action, &counters, now);
         if derived.decision != recorded.decision
@@ -264,8 +292,16 @@ pub fn rederive(
             });
         }
     }
-    found.coverage = Coverage::Checked { decisions };
-    found
+
+    /// What the re-derivation found.
+    pub fn finish(mut self) -> Rederivation {
+        if self.capability.is_some() {
+            self.found.coverage = Coverage::Checked {
+                decisions: self.decisions,
+            };
+        }
+        self.found
+    }
 }
 
 /// An aggregate decision (DNS refusals past the per-name limit, see

@@ -12,6 +12,7 @@ use crate::format::{
     self, Body, Interruption, InterruptionCause, Receipt, FORMAT_VERSION, GENESIS_PREV,
     LATEST_FORMAT_VERSION, UNSIGNED_VERSION,
 };
+use crate::stream::{ReadChainError, UnverifiedStream};
 use crate::wire::{self, sig_member};
 
 /// The most receipts one write, and one signature, covers: the writer
@@ -217,11 +218,11 @@ pub struct VerifiedReceipt {
 /// signature and its input kept for (batch) verification. A line without a
 /// `sig` of its own (format version 5) has none: the next signed line's
 /// signature covers it, through `prev`.
-struct Checked {
-    receipt: Receipt,
-    hash: [u8; 32],
-    signing_input: Vec<u8>,
-    sig: Option<Signature>,
+pub(crate) struct Checked {
+    pub(crate) receipt: Receipt,
+    pub(crate) hash: [u8; 32],
+    pub(crate) signing_input: Vec<u8>,
+    pub(crate) sig: Option<Signature>,
 }
 
 /// Checks lines one at a time, carrying the chain state between them.
@@ -364,20 +365,28 @@ impl LineVerifier {
         Ok(())
     }
 
+    /// The error for the next line when it is `bytes` long, more than
+    /// [`MAX_LINE_BYTES`] (a stream keeps only the length of such a line):
+    /// what [`check_unsigned`](Self::check_unsigned) says of it.
+    pub(crate) fn refuse_length(&self, bytes: usize) -> ChainError {
+        let line = self.lines + 1;
+        if self.ended {
+            return ChainError::AfterEnd { line };
+        }
+        ChainError::LineTooLong {
+            line,
+            bytes,
+            max: MAX_LINE_BYTES,
+        }
+    }
+
     /// Every check except the signature; on success the line is accepted
     /// (the caller must then verify the signature or discard this verifier).
-    fn check_unsigned(&mut self, line: &[u8]) -> Result<Checked, ChainError> {
+    pub(crate) fn check_unsigned(&mut self, line: &[u8]) -> Result<Checked, ChainError> {
         let line_no = self.lines + 1;
         let malformed = |why: String| ChainError::Malformed { line: line_no, why };
-        if self.ended {
-            return Err(ChainError::AfterEnd { line: line_no });
-        }
-        if line.len() > MAX_LINE_BYTES {
-            return Err(ChainError::LineTooLong {
-                line: line_no,
-                bytes: line.len(),
-                max: MAX_LINE_BYTES,
-            });
+        if self.ended || line.len() > MAX_LINE_BYTES {
+            return Err(self.refuse_length(line.len()));
         }
         let parsed = wire::parse(line).map_err(|e| {
             malformed(match e.classify() {
@@ -773,7 +782,7 @@ pub fn kind_name(body: &Body) -> &'static str {
 
 /// Lowercase hex of exactly N bytes; anything else (uppercase too) is refused,
 /// so each value has one spelling.
-fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub(crate) fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != 2 * N || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
@@ -814,18 +823,23 @@ impl VerifiedChain {
     /// How the session was interrupted, when recovery (not its supervisor)
     /// closed the chain; `None` for a session that ended normally.
     pub fn interruption(&self) -> Option<InterruptedEnd> {
-        let end = &self.receipts.last()?.receipt;
-        match &end.body {
-            Body::SessionEnd {
-                interrupted: Some(i),
-                ..
-            } => Some(InterruptedEnd {
-                cause: i.cause,
-                at_seq: i.at_seq,
-                recovered_at: end.ts.clone(),
-            }),
-            _ => None,
-        }
+        interruption_of(&self.receipts.last()?.receipt)
+    }
+}
+
+/// The interruption a chain's last receipt records, if it is a session_end
+/// written by recovery.
+pub(crate) fn interruption_of(end: &Receipt) -> Option<InterruptedEnd> {
+    match &end.body {
+        Body::SessionEnd {
+            interrupted: Some(i),
+            ..
+        } => Some(InterruptedEnd {
+            cause: i.cause,
+            at_seq: i.at_seq,
+            recovered_at: end.ts.clone(),
+        }),
+        _ => None,
     }
 }
 
@@ -857,7 +871,7 @@ impl std::fmt::Display for InterruptedEnd {
 /// Above ~190 points the multiscalar multiplication switches to Pippenger's
 /// method, which gets cheaper per point as the batch grows: measured on a
 /// 10k chain, 64 → 55k receipts/s, 512 → 62k/s, 2048 → 61k/s.
-const BATCH: usize = 512;
+pub(crate) const BATCH: usize = 512;
 
 /// The part of a receipt file that holds lines: everything before the first
 /// NUL byte. A log file is preallocated with zeros ahead of its writes, so
@@ -884,116 +898,34 @@ impl UnverifiedChain {
     /// trusted: use it only when the operator explicitly accepts that
     /// (`danger::verify_trusting_embedded_key`).
     pub fn embedded_key(&self) -> Result<VerifyingKey, ChainError> {
-        let first = self.lines().next().ok_or(ChainError::Empty)??;
-        let value: Value = serde_json::from_slice(first).map_err(|e| ChainError::Malformed {
-            line: 1,
-            why: format!("invalid JSON: {e}"),
-        })?;
-        let key = value
-            .get("public_key")
-            .and_then(Value::as_str)
-            .and_then(decode_hex::<32>)
-            .and_then(|b| VerifyingKey::from_bytes(&b).ok());
-        key.ok_or_else(|| ChainError::MissingStart {
-            line: 1,
-            found: "a line without a valid public_key".into(),
-        })
-    }
-
-    /// Lines without their newlines; a last line without one is torn. The
-    /// NULs a preallocated log file holds after its last write are its
-    /// unwritten end, not lines; anything but NULs after the first NUL is
-    /// an error at the line where it begins.
-    fn lines(&self) -> impl Iterator<Item = Result<&[u8], ChainError>> {
-        let written = written_part(&self.bytes);
-        let gap_then_data = self.bytes[written.len()..].iter().any(|&b| b != 0);
-        let mut rest = written;
-        let mut line_no = 0;
-        let mut gap_reported = !gap_then_data;
-        std::iter::from_fn(move || {
-            if rest.is_empty() {
-                if gap_reported {
-                    return None;
-                }
-                gap_reported = true;
-                return Some(Err(ChainError::Malformed {
-                    line: line_no + 1,
-                    why: "a NUL byte, and data after it (only NULs may follow the last \
-                          line: the unwritten end of a preallocated log)"
-                        .into(),
-                }));
-            }
-            line_no += 1;
-            match rest.iter().position(|&b| b == b'\n') {
-                Some(end) => {
-                    let line = &rest[..end];
-                    rest = &rest[end + 1..];
-                    Some(Ok(line))
-                }
-                None => {
-                    rest = &[];
-                    Some(Err(ChainError::Torn { line: line_no }))
-                }
-            }
-        })
+        UnverifiedStream::new(self.bytes.as_slice())
+            .embedded_key()
+            .map_err(|e| match e {
+                ReadChainError::Chain(e) => e,
+                ReadChainError::Read(e) => unreachable!("reading a byte slice cannot fail: {e}"),
+            })
     }
 
     /// Verifies the whole chain against the pinned key and reports the first
-    /// bad line.
+    /// bad line: [`UnverifiedStream::verify`] over these bytes, keeping
+    /// every receipt.
     pub fn verify(&self, key: &VerifyingKey) -> Result<VerifiedChain, ChainError> {
-        let mut verifier = LineVerifier::new(*key);
         let mut receipts = Vec::new();
-        let mut lines = self.lines();
-        loop {
-            // Structural checks for a batch, stopping at the first failure;
-            // then the batch's signatures, so a bad signature on an earlier
-            // line is still reported before a later structural failure.
-            let mut batch: Vec<Checked> = Vec::with_capacity(BATCH);
-            let mut structural: Option<ChainError> = None;
-            let mut done = false;
-            while batch.len() < BATCH {
-                match lines.next() {
-                    None => {
-                        done = true;
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        structural = Some(e);
-                        break;
-                    }
-                    Some(Ok(line)) => match verifier.check_unsigned(line) {
-                        Ok(c) => batch.push(c),
-                        Err(e) => {
-                            structural = Some(e);
-                            break;
-                        }
-                    },
-                }
-            }
-            let first_line = receipts.len() + 1;
-            verify_signatures(key, &batch, first_line)?;
-            if let Some(e) = structural {
-                return Err(e);
-            }
-            receipts.extend(batch.into_iter().map(|c| VerifiedReceipt {
-                signed: c.sig.is_some(),
-                receipt: c.receipt,
-                hash: c.hash,
-            }));
-            if done {
-                break;
+        match UnverifiedStream::new(self.bytes.as_slice()).verify(key, |r| receipts.push(r)) {
+            Ok(_) => Ok(VerifiedChain {
+                receipts,
+                key: *key,
+            }),
+            Err(ReadChainError::Chain(e)) => Err(e),
+            Err(ReadChainError::Read(e)) => {
+                unreachable!("reading a byte slice cannot fail: {e}")
             }
         }
-        verifier.finish()?;
-        Ok(VerifiedChain {
-            receipts,
-            key: *key,
-        })
     }
 }
 
 /// Batch-verifies; on failure finds the first bad line one at a time.
-fn verify_signatures(
+pub(crate) fn verify_signatures(
     key: &VerifyingKey,
     batch: &[Checked],
     first_line: usize,

@@ -12,8 +12,10 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use ed25519_dalek::VerifyingKey;
-use receipts::{Body, ChainError, Coverage, UnverifiedChain, VerifiedChain};
+use receipts::{
+    Body, ChainError, Coverage, ReadChainError, Receipt, Rederiver, UnverifiedStream,
+    VerifiedStream,
+};
 use serde::Serialize;
 
 use crate::session::screen::{visible_inline, visible_json};
@@ -254,8 +256,11 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
         (args.path.clone(), dir)
     };
     report.receipts_file = receipts_path.display().to_string();
-    let bytes = bundle::read_regular_file(&receipts_path)
-        .with_context(|| format!("reading {}", receipts_path.display()))?;
+    let reading = || format!("reading {}", receipts_path.display());
+    // Read as it is verified: memory stays bounded by the chain's bounds
+    // whatever the file's size, and reading stops at the first bad line.
+    let (file, len) = bundle::open_regular_file(&receipts_path).with_context(reading)?;
+    let mut stream = UnverifiedStream::new(std::io::Read::take(file, len));
     let token_path = bundle_dir.join(TOKEN_FILE);
     let token_bytes = match bundle::read_regular_file(&token_path) {
         Ok(b) => Some(b),
@@ -272,13 +277,12 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
         .map(keys::read_verifying_key)
         .transpose()?;
 
-    let chain = UnverifiedChain::from_bytes(bytes);
-    let verified = match (&args.key, args.trust_embedded_key) {
+    let key = match (&args.key, args.trust_embedded_key) {
         (Some(path), _) => {
             let key = keys::read_verifying_key(path)?;
             report.key_source = Some("pinned");
             report.key_id = Some(receipts::key_id(&key));
-            chain.verify(&key)
+            Ok(key)
         }
         (None, true) => {
             report.key_source = Some("embedded");
@@ -287,10 +291,11 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
                  this shows the chain is self-consistent, not who wrote it"
                     .into(),
             );
-            if let Ok(key) = chain.embedded_key() {
-                report.key_id = Some(receipts::key_id(&key));
+            let key = stream.embedded_key();
+            if let Ok(key) = &key {
+                report.key_id = Some(receipts::key_id(key));
             }
-            receipts::danger::verify_trusting_embedded_key(&chain)
+            key
         }
         (None, false) => {
             return Err(Unreadable(anyhow!(
@@ -303,9 +308,23 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
     // Read before judging the chain: a head that cannot be read is
     // unreadable input whatever the chain holds.
     let anchored = anchored_heads(args)?;
+    let mut tally = Tally::default();
+    let mut rederiver: Option<Rederiver> = None;
+    let verified = key.and_then(|key| {
+        stream.verify(&key, |r| {
+            tally.count(&r.receipt);
+            if let Some(token) = &token_bytes {
+                let line = tally.receipts;
+                rederiver
+                    .get_or_insert_with(|| Rederiver::new(&r.receipt, token, root_key.as_ref()))
+                    .push(line, &r.receipt);
+            }
+        })
+    });
     let chain = match verified {
         Ok(chain) => chain,
-        Err(e) => {
+        Err(ReadChainError::Read(e)) => return Err(anyhow!(e).context(reading()).into()),
+        Err(ReadChainError::Chain(e)) => {
             report.error = Some(chain_problem(&e));
             if let Some((_, source)) = &anchored {
                 report.anchor = Some(Anchor {
@@ -317,14 +336,14 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
             return Ok(());
         }
     };
-    summarize(&chain, report);
+    summarize(&chain, tally, report);
     if let Some((heads, source)) = anchored {
         check_anchor(&chain, &heads, source, args.require_head, report);
         if report.error.is_some() {
             return Ok(());
         }
     }
-    match token_bytes {
+    match rederiver {
         None => {
             if root_key.is_some() {
                 // Asked to re-derive, and nothing to re-derive against: a
@@ -359,7 +378,7 @@ fn check(args: &VerifyArgs, report: &mut Report) -> Result<(), Unreadable> {
                 )),
             };
         }
-        Some(token) => rederive(&chain, &token, root_key.as_ref(), report),
+        Some(rederiver) => record_rederivation(rederiver.finish(), report),
     }
     Ok(())
 }
@@ -391,7 +410,7 @@ fn anchored_heads(args: &VerifyArgs) -> Result<Option<(Heads, String)>, Unreadab
 /// The chain (valid by itself) must end at the anchored head: else it was
 /// cut, extended or replaced after the head was recorded.
 fn check_anchor(
-    chain: &VerifiedChain,
+    chain: &VerifiedStream,
     heads: &Heads,
     source: String,
     require: bool,
@@ -433,14 +452,14 @@ fn check_anchor(
     let expected = crate::home::parse_head(&head.head).map(hex::encode);
     let matches = expected.as_deref().ok() == Some(&ends_at[crate::home::HEAD_PREFIX.len()..]);
     if !matches {
-        let last_seq = chain.receipts.len().saturating_sub(1);
+        let last_seq = chain.receipts.saturating_sub(1);
         let seq = if from_flag {
             String::new()
         } else {
             format!(" (seq {})", head.seq)
         };
         report.error = Some(Problem {
-            line: chain.receipts.len(),
+            line: chain.receipts,
             message: format!(
                 "the chain does not end at the anchored head {}{seq} from {source}: it ends at \
                  {ends_at} (seq {last_seq}), so it was cut, extended or replaced after the \
@@ -463,28 +482,33 @@ fn chain_problem(e: &ChainError) -> Problem {
     }
 }
 
-fn summarize(chain: &VerifiedChain, report: &mut Report) {
-    report.session = Some(chain.session().to_owned());
-    report.receipts = chain.receipts.len();
-    report.signatures = chain.receipts.iter().filter(|r| r.signed).count();
-    report.last_hash = Some(hex::encode(chain.last_hash()));
-    report.interrupted = chain.interruption().map(|i| Interrupted {
-        cause: i.cause,
-        at_seq: i.at_seq,
-        recovered_at: i.recovered_at.clone(),
-        summary: i.to_string(),
-    });
-    for r in &chain.receipts {
-        match &r.receipt.body {
+/// What the summary counts of a chain's receipts, gathered as they are
+/// read (and used only once the whole chain verified).
+#[derive(Debug, Default)]
+struct Tally {
+    receipts: usize,
+    sandbox: Option<String>,
+    tenant: Option<String>,
+    user: Option<String>,
+    decisions: BTreeMap<String, usize>,
+    approvals: usize,
+    usage_receipts: usize,
+    cost_micro_usd: u64,
+}
+
+impl Tally {
+    fn count(&mut self, receipt: &Receipt) {
+        self.receipts += 1;
+        match &receipt.body {
             Body::SessionStart {
                 sandbox,
                 tenant,
                 user,
                 ..
             } => {
-                report.sandbox = Some(sandbox.clone());
-                report.tenant.clone_from(tenant);
-                report.user.clone_from(user);
+                self.sandbox = Some(sandbox.clone());
+                self.tenant.clone_from(tenant);
+                self.user.clone_from(user);
             }
             Body::Decision(d) => {
                 let verdict = d
@@ -492,27 +516,41 @@ fn summarize(chain: &VerifiedChain, report: &mut Report) {
                     .get("decision")
                     .and_then(|v| v.as_str())
                     .unwrap_or("unknown");
-                *report.decisions.entry(verdict.to_owned()).or_default() += 1;
+                *self.decisions.entry(verdict.to_owned()).or_default() += 1;
             }
-            Body::Approval(_) => report.approvals += 1,
+            Body::Approval(_) => self.approvals += 1,
             Body::Usage(u) => {
-                report.usage_receipts += 1;
-                report.cost_micro_usd = report.cost_micro_usd.saturating_add(u.cost_micro_usd);
+                self.usage_receipts += 1;
+                self.cost_micro_usd = self.cost_micro_usd.saturating_add(u.cost_micro_usd);
             }
             Body::BudgetWarning(_) | Body::SessionEnd { .. } => {}
         }
     }
 }
 
-/// Re-runs every decision against the bundle's token (`receipts::rederive`)
-/// and records what it found.
-fn rederive(
-    chain: &VerifiedChain,
-    token_bytes: &[u8],
-    root_key: Option<&VerifyingKey>,
-    report: &mut Report,
-) {
-    let found = receipts::rederive(chain, token_bytes, root_key);
+fn summarize(chain: &VerifiedStream, tally: Tally, report: &mut Report) {
+    report.session = Some(chain.session().to_owned());
+    report.receipts = chain.receipts;
+    report.signatures = chain.signatures;
+    report.last_hash = Some(hex::encode(chain.last_hash()));
+    report.interrupted = chain.interruption().map(|i| Interrupted {
+        cause: i.cause,
+        at_seq: i.at_seq,
+        recovered_at: i.recovered_at.clone(),
+        summary: i.to_string(),
+    });
+    report.sandbox = tally.sandbox;
+    report.tenant = tally.tenant;
+    report.user = tally.user;
+    report.decisions = tally.decisions;
+    report.approvals = tally.approvals;
+    report.usage_receipts = tally.usage_receipts;
+    report.cost_micro_usd = tally.cost_micro_usd;
+}
+
+/// Records what re-running every decision against the bundle's token
+/// (`receipts::Rederiver`) found.
+fn record_rederivation(found: receipts::Rederivation, report: &mut Report) {
     report
         .mismatches
         .extend(found.mismatches.iter().map(|m| Problem {
