@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
-use receipts::{Body, UnverifiedChain};
+use receipts::UnverifiedChain;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -19,6 +19,13 @@ use crate::bundle::{self, Outcome, SessionInfo};
 
 /// Content-Security-Policy by hash for our self-contained pages.
 pub mod csp;
+/// A running session's report, kept up to date from what its bundle appends.
+mod follow;
+/// The timeline and totals, built receipt by receipt.
+mod timeline;
+
+pub use follow::ReportFollower;
+use timeline::TimelineTally;
 
 /// Everything a reviewer sees about one session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,18 +173,15 @@ pub fn build_from(
     key: Option<&VerifyingKey>,
 ) -> Report {
     let receipts_status = chain_status(chain_bytes, key, session.status == "running");
-    let outcome_by_seq: HashMap<u64, &Outcome> =
-        outcomes.iter().map(|o| (o.receipt_seq, o)).collect();
-
+    let outcomes: HashMap<u64, Outcome> = outcomes
+        .iter()
+        .map(|o| (o.receipt_seq, o.clone()))
+        .collect();
     let mut timeline: Vec<TimelineEntry> = Vec::new();
-    let mut index_by_seq: HashMap<u64, usize> = HashMap::new();
-    let mut llm_micro_usd = 0;
-    let mut llm = LlmTotals::default();
+    let mut tally = TimelineTally::default();
     // Parse leniently: a report of a damaged chain still shows what it can;
     // its status says the chain is invalid. Past the verified lines nothing
-    // is taken as fact: decisions are listed marked `unverified` and left
-    // out of the counts; approvals and usage there change nothing (a forged
-    // line must not approve or price a verified decision).
+    // is taken as fact (see `TimelineTally::apply`).
     let lines = chain_bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty());
     for (index, line) in lines.enumerate() {
         let Ok(receipt) = serde_json::from_slice::<receipts::Receipt>(line) else {
@@ -186,132 +190,9 @@ pub fn build_from(
         // Within the verified prefix there are no empty lines (they fail
         // verification), so `index` is the line's place in the chain there.
         let proven = receipts_status.verified.is_none_or(|n| (index as u64) < n);
-        match receipt.body {
-            Body::Decision(record) => {
-                let field = |name: &str| record.decision.get(name).and_then(Value::as_str);
-                // A decision past the break is listed, marked, and counts
-                // for nothing: no spend, no outcome, no later approval.
-                let outcome = proven.then(|| outcome_by_seq.get(&receipt.seq)).flatten();
-                if proven {
-                    if let Some(cost) = record.action.get("cost_micro_usd").and_then(Value::as_u64)
-                    {
-                        if field("decision") == Some("allow") {
-                            llm_micro_usd += cost;
-                        }
-                    }
-                    index_by_seq.insert(receipt.seq, timeline.len());
-                }
-                timeline.push(TimelineEntry {
-                    seq: receipt.seq,
-                    ts: receipt.ts,
-                    decision: field("decision").unwrap_or("block").to_owned(),
-                    reason: field("reason").unwrap_or_default().to_owned(),
-                    grant: field("grant").map(str::to_owned),
-                    action: record.action,
-                    approval: None,
-                    status: outcome.and_then(|o| o.status),
-                    bytes_up: outcome.map_or(0, |o| o.bytes_up),
-                    bytes_down: outcome.map_or(0, |o| o.bytes_down),
-                    usage: None,
-                    unverified: !proven,
-                });
-            }
-            _ if !proven => {}
-            Body::Usage(u) => {
-                llm.calls += 1;
-                llm.cost_micro_usd = llm.cost_micro_usd.saturating_add(u.cost_micro_usd);
-                llm.estimated_calls += u64::from(u.estimated);
-                let (t, add) = (&mut llm.tokens, &u.tokens);
-                for (sum, n) in [
-                    (&mut t.input, add.input),
-                    (&mut t.cached_input, add.cached_input),
-                    (&mut t.cache_write_5m, add.cache_write_5m),
-                    (&mut t.cache_write_1h, add.cache_write_1h),
-                    (&mut t.output, add.output),
-                    (&mut t.reasoning, add.reasoning),
-                ] {
-                    *sum = sum.saturating_add(n);
-                }
-                if let Some(&i) = index_by_seq.get(&u.decision_seq) {
-                    timeline[i].usage = Some(CallUsage {
-                        model: u.model,
-                        tokens: u.tokens,
-                        cost_micro_usd: u.cost_micro_usd,
-                        estimated: u.estimated,
-                    });
-                }
-            }
-            Body::Approval(answer) => {
-                if let Some(&i) = index_by_seq.get(&answer.decision_seq) {
-                    timeline[i].approval = Some(ApprovalOutcome {
-                        approved: answer.approved,
-                        approver: answer.approver,
-                        answered_at: answer.answered_at,
-                    });
-                }
-            }
-            Body::SessionStart { .. } | Body::BudgetWarning(_) | Body::SessionEnd { .. } => {}
-        }
+        tally.apply(&mut timeline, receipt, proven, &outcomes);
     }
-
-    let mut counts = Counts::default();
-    let mut spend = Spend {
-        llm_micro_usd: if llm.calls > 0 {
-            llm.cost_micro_usd
-        } else {
-            llm_micro_usd
-        },
-        llm,
-        llm_budget_micro_usd: session.capabilities.llm_budget_micro_usd,
-        ..Spend::default()
-    };
-    let mut bytes = Bytes::default();
-    for entry in timeline.iter().filter(|e| !e.unverified) {
-        counts.actions += 1;
-        bytes.up += entry.bytes_up;
-        bytes.down += entry.bytes_down;
-        let forwarded = match (entry.decision.as_str(), &entry.approval) {
-            ("allow", _) => {
-                counts.allowed += 1;
-                true
-            }
-            ("approval", None) => {
-                counts.approvals.pending += 1;
-                false
-            }
-            ("approval", Some(a)) if a.approved => {
-                counts.approvals.approved += 1;
-                true
-            }
-            ("approval", Some(a)) if a.approver == "timeout" => {
-                counts.approvals.expired += 1;
-                false
-            }
-            ("approval", Some(_)) => {
-                counts.approvals.denied += 1;
-                false
-            }
-            _ => {
-                counts.blocked += 1;
-                false
-            }
-        };
-        if forwarded && entry.action.get("type").and_then(Value::as_str) == Some("payment") {
-            spend.payments_cents += entry
-                .action
-                .get("amount_cents")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
-            if spend.currency.is_none() {
-                spend.currency = entry
-                    .action
-                    .get("currency")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-            }
-        }
-    }
-
+    let (counts, bytes, spend) = tally.totals(session.capabilities.llm_budget_micro_usd);
     Report {
         duration_ms: session.duration_ms(),
         session,

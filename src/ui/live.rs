@@ -1,12 +1,14 @@
 //! A running session's page, live: one server-sent-events stream per open
 //! page. It subscribes to the session's control socket and, whenever an
 //! event or the pending list arrives (and every few seconds for the clock),
-//! re-reads the bundle's report and sends `{"report", "pending", "ended"}`.
-//! The receipts on disk stay the single source of truth; the socket only
-//! says when to look and what is waiting for a human.
+//! brings the stream's report up to date from what the bundle appended
+//! ([`ReportFollower`]: only the new bytes are read and verified) and sends
+//! `{"report", "pending", "ended"}`. The receipts on disk stay the single
+//! source of truth; the socket only says when to look and what is waiting
+//! for a human.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +22,7 @@ use super::sessions::Sessions;
 use super::{Body, ChannelBody, View};
 use crate::bundle;
 use crate::control::{self, PendingWire};
-use crate::report::Report;
+use crate::report::{Report, ReportFollower};
 
 /// Events arriving close together are sent as one update.
 const DEBOUNCE: Duration = Duration::from_millis(120);
@@ -79,6 +81,7 @@ async fn follow(
     tx: &mpsc::Sender<Bytes>,
 ) -> anyhow::Result<()> {
     let mut last_sent = String::new();
+    let watched = Watched::default();
     let subscribed = tokio::time::timeout(super::CONTROL_TIMEOUT, control::subscribe_to(dir)).await;
     let mut sub = match subscribed {
         Ok(Ok(sub)) => Some(sub),
@@ -90,7 +93,7 @@ async fn follow(
             // Busy, not gone: show what the bundle says and end this stream;
             // the browser's EventSource reconnects by itself.
             tracing::warn!("subscribing to {id}: its control socket did not answer in time");
-            return send(state, id, dir, &[], false, tx, &mut last_sent).await;
+            return send(state, &watched, dir, &[], false, tx, &mut last_sent).await;
         }
     };
     let mut pending: Vec<PendingWire> = Vec::new();
@@ -113,7 +116,7 @@ async fn follow(
             },
             _ = sleep_until(due) => {
                 due = None;
-                send(state, id, dir, &pending, false, tx, &mut last_sent).await?;
+                send(state, &watched, dir, &pending, false, tx, &mut last_sent).await?;
             }
             _ = tick.tick() => {
                 // A login that no longer holds (token rotated, tenant
@@ -121,7 +124,7 @@ async fn follow(
                 if !state.allowed().await {
                     return Ok(());
                 }
-                send(state, id, dir, &pending, false, tx, &mut last_sent).await?;
+                send(state, &watched, dir, &pending, false, tx, &mut last_sent).await?;
             }
             _ = tx.closed() => return Ok(()),
         }
@@ -137,8 +140,12 @@ async fn follow(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    send(state, id, dir, &[], true, tx, &mut last_sent).await
+    send(state, &watched, dir, &[], true, tx, &mut last_sent).await
 }
+
+/// The stream's report of its session, followed from update to update
+/// (made at the first, with the key `session.json` names).
+type Watched = Arc<Mutex<Option<ReportFollower>>>;
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -149,7 +156,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 async fn send(
     state: &StateRef,
-    id: &str,
+    watched: &Watched,
     dir: &Path,
     pending: &[PendingWire],
     ended: bool,
@@ -157,20 +164,36 @@ async fn send(
     last_sent: &mut String,
 ) -> anyhow::Result<()> {
     let sessions = state.sessions.clone();
-    let (id_owned, dir_owned) = (id.to_owned(), dir.to_path_buf());
-    // Reading and verifying the chain is blocking work.
-    let report =
-        tokio::task::spawn_blocking(move || sessions.report(&id_owned, &dir_owned)).await?;
-    let Some(report) = report else {
+    let (watched, dir, pending) = (watched.clone(), dir.to_path_buf(), pending.to_vec());
+    // Reading and verifying what the chain appended is blocking work.
+    let message = tokio::task::spawn_blocking(move || {
+        let mut watched = watched.lock().ok()?;
+        let follower = match &mut *watched {
+            Some(follower) => follower,
+            None => {
+                let info = bundle::read_info(&dir).ok()?;
+                let key = sessions.key_for(&info.receipt_key_id);
+                watched.insert(ReportFollower::new(&dir, key))
+            }
+        };
+        let report = follower
+            .update()
+            .map_err(|err| tracing::warn!("report of {}: {err:#}", dir.display()))
+            .ok()?;
+        Some(
+            serde_json::json!({
+                // Bounded as the page is: a huge session is not resent whole.
+                "report": crate::report::page_data(report),
+                "pending": enrich(&pending, report),
+                "ended": ended,
+            })
+            .to_string(),
+        )
+    })
+    .await?;
+    let Some(message) = message else {
         return Ok(());
     };
-    let message = serde_json::json!({
-        // Bounded as the page is: a huge session is not resent whole.
-        "report": crate::report::page_data(&report),
-        "pending": enrich(pending, &report),
-        "ended": ended,
-    })
-    .to_string();
     // Unchanged state (the clock aside, which the page runs itself) is not resent.
     if message == *last_sent && !ended {
         return Ok(());

@@ -232,7 +232,7 @@ impl Sessions {
 
     /// The operator's receipt public key with this id: `<home>/keys` or a
     /// demo's keys. Unknown ids rescan once (a demo may have just made it).
-    fn key_for(&self, key_id: &str) -> Option<VerifyingKey> {
+    pub(crate) fn key_for(&self, key_id: &str) -> Option<VerifyingKey> {
         if let Some(k) = self.keys.lock().ok()?.get(key_id) {
             return Some(*k);
         }
