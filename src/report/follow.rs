@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
 use receipts::{Body, ChainError, InterruptedEnd, LineVerifier, Receipt, MAX_LINE_BYTES};
 
-use super::{build, ChainStatus, Outcome, Report, TimelineTally};
+use super::{build_whole, ChainStatus, Outcome, Report, TimelineTally};
 use crate::bundle::{self, SessionInfo};
 
 /// How much of a bundle file is read at once.
@@ -56,18 +56,27 @@ impl ReportFollower {
         }
     }
 
+    /// The report of the bundle as it is now, read once.
+    pub fn into_report(mut self) -> Result<Report> {
+        self.update()?;
+        Ok(self.report)
+    }
+
     /// Reads what the bundle appended since the last update; the report as
     /// of now.
     pub fn update(&mut self) -> Result<&Report> {
         let session = bundle::read_info(&self.dir)?;
         let running = session.status == "running";
+        // An events.jsonl that cannot be read fails the report, as a
+        // session.json that cannot: said, not shown without its outcomes.
+        let events = self.events.read_new(&self.dir)?;
         if self.rewritten.is_none() {
-            if let Err(why) = self.follow(running) {
+            if let Err(why) = self.follow(events, running) {
                 self.rewritten = Some(why);
             }
         }
         if let Some(why) = &self.rewritten {
-            let mut report = build(&self.dir, self.key.as_ref())?;
+            let mut report = build_whole(&self.dir, self.key.as_ref())?;
             report.receipts.detail = format!("{why}; {}", report.receipts.detail);
             report.receipts.status = "invalid".into();
             report.receipts.last_hash = None;
@@ -87,19 +96,17 @@ impl ReportFollower {
 
     /// Reads the new outcomes and receipts into the timeline; `Err` says
     /// how the chain file was rewritten.
-    fn follow(&mut self, running: bool) -> Result<(), String> {
+    fn follow(&mut self, events: EventsRead, running: bool) -> Result<(), String> {
         let timeline = &mut self.report.timeline;
         let tally = &mut self.tally;
-        match self.events.read_new(&self.dir) {
-            Ok(EventsRead::Appended(outcomes)) => {
+        match events {
+            EventsRead::Appended(outcomes) => {
                 for o in &outcomes {
                     tally.attach(timeline, o.receipt_seq, Some(o));
                 }
             }
             // events.jsonl was replaced or cut: every outcome anew.
-            Ok(EventsRead::Restarted) => tally.attach_all(timeline, &self.events.outcomes),
-            // The outcomes are extras the proxy reports: kept as they were.
-            Err(e) => tracing::debug!("events of {}: {e:#}", self.dir.display()),
+            EventsRead::Restarted => tally.attach_all(timeline, &self.events.outcomes),
         }
         let outcomes = &self.events.outcomes;
         let path = self.dir.join(bundle::RECEIPTS);
@@ -115,7 +122,7 @@ impl ReportFollower {
                 self.chain = ChainFollow::new(self.key);
                 self.tally = TimelineTally::default();
                 self.report.timeline.clear();
-                self.follow(running)
+                self.follow(EventsRead::Restarted, running)
             }
         }
     }

@@ -157,8 +157,15 @@ pub struct ApprovalOutcome {
 }
 
 /// Builds the report of the bundle in `dir`. `key` pins the receipt-signing
-/// key; without it the chain is read but reported as unverified.
+/// key; without it the chain is read but reported as unverified. The chain
+/// is read as it is verified ([`ReportFollower`]), not held whole.
 pub fn build(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report> {
+    ReportFollower::new(dir, key.copied()).into_report()
+}
+
+/// [`build`] from the whole chain file in memory, for a follower whose
+/// file was rewritten under it.
+fn build_whole(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report> {
     let session = bundle::read_info(dir)?;
     let chain_bytes = bundle::read_regular_file(&dir.join(bundle::RECEIPTS)).unwrap_or_default();
     let outcomes = bundle::read_outcomes(dir)?;

@@ -9,7 +9,8 @@ use receipts::{DecisionRecord, Entry, ReceiptLog, SessionStart};
 use serde_json::json;
 
 use super::*;
-use crate::report::build;
+// The whole-file build, as `report::build` was before it followed.
+use crate::report::build_whole as build;
 
 fn write_info(dir: &Path, status: &str) {
     let info = SessionInfo {
