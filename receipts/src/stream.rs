@@ -250,6 +250,13 @@ fn gap_error(line: usize) -> ChainError {
     }
 }
 
+/// Whether `bytes` are all NULs, compared a page at a time (memcmp: the
+/// unwritten tail of a preallocated log may be large).
+fn all_nul(bytes: &[u8]) -> bool {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
 /// What comes next in a receipt file.
 #[derive(Debug)]
 enum Piece {
@@ -385,7 +392,7 @@ impl<R: Read> LineSource<R> {
     /// Reads to the end of the stream: whether anything but NULs is left.
     fn rest_is_not_all_nul(&mut self) -> io::Result<bool> {
         while self.fill()? {
-            if self.buf[self.pos..self.len].iter().any(|&b| b != 0) {
+            if !all_nul(&self.buf[self.pos..self.len]) {
                 return Ok(true);
             }
             self.pos = self.len;

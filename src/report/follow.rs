@@ -458,13 +458,20 @@ impl ChainFollow {
     }
 }
 
+/// Whether `bytes` are all NULs, compared a page at a time (memcmp: the
+/// unwritten tail of a preallocated log may be large).
+fn all_nul(bytes: &[u8]) -> bool {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
 /// Reads to the end: whether anything but NULs is left.
 fn rest_is_not_all_nul(reader: &mut impl Read) -> std::io::Result<bool> {
     let mut buf = vec![0u8; CHUNK];
     loop {
         match reader.read(&mut buf) {
             Ok(0) => return Ok(false),
-            Ok(n) if buf[..n].iter().any(|&b| b != 0) => return Ok(true),
+            Ok(n) if !all_nul(&buf[..n]) => return Ok(true),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
