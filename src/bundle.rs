@@ -217,14 +217,11 @@ pub fn read_info(dir: &Path) -> Result<SessionInfo> {
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Writes `session.json` atomically (write beside, rename), so a reader never
-/// sees half a file.
+/// Replaces `session.json` whole ([`crate::atomic_file::replace`]), so a
+/// reader never sees half a file and a crash leaves the old or the new.
 pub fn write_info(dir: &Path, info: &SessionInfo) -> Result<()> {
-    let path = dir.join(SESSION_JSON);
-    let tmp = dir.join(".session.json.tmp");
     let bytes = serde_json::to_vec_pretty(info).context("encoding session.json")?;
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    crate::atomic_file::replace(&dir.join(SESSION_JSON), &bytes, 0o644)
 }
 
 /// What the proxy reported after a decision: the status sent to the
@@ -296,5 +293,34 @@ pub fn resolve_dir(sessions_dir: &Path, session: &str) -> PathBuf {
         as_path.to_path_buf()
     } else {
         sessions_dir.join(session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `session.json` is replaced without following anything planted at a
+    /// temporary name (before, `.session.json.tmp` was fixed and written
+    /// through a link), and a failed write leaves no temporary behind.
+    #[test]
+    fn session_json_is_replaced_without_following_or_leaving_a_temporary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("outside");
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"precious").expect("victim");
+        std::os::unix::fs::symlink(&victim, dir.path().join(".session.json.tmp")).expect("symlink");
+        write_info(dir.path(), &SessionInfo::default()).expect("write");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+        read_info(dir.path()).expect("session.json reads back");
+
+        let blocked = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(blocked.path().join(SESSION_JSON)).expect("mkdir");
+        write_info(blocked.path(), &SessionInfo::default()).expect_err("a directory refuses");
+        let names: Vec<_> = std::fs::read_dir(blocked.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, [SESSION_JSON], "no temporary left");
     }
 }

@@ -2,9 +2,6 @@
 //! capability root key and the receipt-signing key. Private key files are
 //! created 0600 and never overwritten by accident.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -65,21 +62,9 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<()> {
             path.display()
         );
     }
-    // Write beside and rename, so a crash never leaves a half-written key and
-    // the mode is right from the first byte.
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    // Written beside and renamed, so a crash never leaves a half-written
+    // key and the mode is right from the first byte.
+    crate::atomic_file::replace(path, bytes, mode)
 }
 
 #[cfg(test)]
@@ -122,5 +107,23 @@ mod tests {
         std::fs::write(&path, "not a key").expect("write");
         assert!(read_verifying_key(&path).is_err());
         assert!(read_signing_key(&path).is_err());
+    }
+
+    /// Writing `k.key` is no business of a file named `k.tmp` beside it;
+    /// before, the write used that name for its temporary and deleted it.
+    #[test]
+    fn writing_a_key_leaves_other_files_beside_it_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let unrelated = dir.path().join("k.tmp");
+        std::fs::write(&unrelated, b"mine").expect("unrelated");
+        let path = dir.path().join("k.key");
+        write_signing_key(&path, &generate(), false).expect("write");
+        assert_eq!(std::fs::read(&unrelated).expect("still there"), b"mine");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["k.key", "k.tmp"], "no temporary left");
     }
 }

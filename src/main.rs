@@ -5,6 +5,8 @@
 //! `commands/`, each a thin adapter over the library crates.
 #![forbid(unsafe_code)]
 
+/// Replacing a file whole: beside, synced, renamed over, directory synced.
+mod atomic_file;
 /// The control plane's audit log: `<home>/audit.jsonl`.
 mod audit;
 /// The credential broker: tenant secrets sealed at rest, resolved per session.

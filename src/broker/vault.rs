@@ -7,8 +7,7 @@
 //! Set and remove write their audit line (never the value) before they
 //! return.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -233,28 +232,7 @@ impl TenantSecrets {
             .create(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
         // Whole or not at all: a temporary file, synced, renamed over.
-        let tmp = self
-            .dir
-            .join(format!(".{name}.{}", crate::audit::new_request_id()));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&text)?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, self.path(name)));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(anyhow::Error::from(e)
-                .context(format!("writing {}", self.path(name).display()))
-                .into());
-        }
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
+        crate::atomic_file::replace(&self.path(name), &text, 0o600)?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use receipts::UnverifiedChain;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::atomic_file;
 use crate::bundle::{self, Outcome, SessionInfo};
 
 /// Content-Security-Policy by hash for our self-contained pages.
@@ -315,39 +316,19 @@ fn verified_prefix(bytes: &[u8], key: &VerifyingKey) -> u64 {
 /// Writes `report.json` and `report.html` into the bundle.
 pub fn write(dir: &Path, report: &Report) -> Result<()> {
     let json = serde_json::to_vec_pretty(report).context("encoding report.json")?;
-    replace_file(&dir.join(bundle::REPORT_JSON), &json)?;
-    replace_file(
+    // Replaced, never written through: `openclaw report` is run on bundles
+    // others send, and a report file linked to the reader's own files must
+    // not overwrite them.
+    atomic_file::replace(&dir.join(bundle::REPORT_JSON), &json, REPORT_MODE)?;
+    atomic_file::replace(
         &dir.join(bundle::REPORT_HTML),
         render_html(report, None).as_bytes(),
+        REPORT_MODE,
     )
 }
 
-/// Puts `bytes` at `path` by writing a new file beside it and renaming it
-/// over: whatever `path` was, a link included, is replaced, never written
-/// through. (`openclaw report` is run on bundles others send; a report file
-/// linked to the reader's own files must not overwrite them.) The new file
-/// is created exclusively, so a link at its name fails the write.
-fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("report");
-    let tmp = path.with_file_name(format!(
-        ".{name}.{}.tmp",
-        hex::encode(rand::random::<[u8; 8]>())
-    ));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut file| file.write_all(bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(|| format!("writing {}", path.display()))
-}
+/// Reports are read by whoever the bundle is shared with.
+const REPORT_MODE: u32 = 0o644;
 
 /// Timeline entries a page shows from the start and from the end of a
 /// session; the rest are counted in `timeline_omitted`.

@@ -5,8 +5,6 @@
 //! its own table, so a tenant can never write an admin key: it is refused
 //! by name before anything is written (`docs/control-plane.md`).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -360,32 +358,10 @@ fn string_list(field: &'static str, value: &Value) -> Result<Vec<String>, Settin
     Ok(list)
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it, renames it
-/// over `path` and syncs the directory: a reader sees the old file or the
-/// new one, never a part.
+/// Replaces `path` with `bytes` whole ([`atomic_file::replace`]), private
+/// to the owner: a reader sees the old file or the new one, never a part.
 pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("a file to replace has a directory")?;
-    let name = path
-        .file_name()
-        .context("a file to replace has a name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", crate::audit::new_request_id()));
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
+    crate::atomic_file::replace(path, bytes, 0o600)
 }
 
 #[cfg(test)]

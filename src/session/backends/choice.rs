@@ -141,14 +141,14 @@ pub fn read_cache(path: &Path) -> Option<CachedVerdict> {
 /// Written beside and renamed: a reader never sees half a file. Failure to
 /// cache only costs a probe next time.
 pub fn write_cache(path: &Path, verdict: &CachedVerdict) {
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     let written = serde_json::to_vec_pretty(verdict)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, path));
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| crate::atomic_file::replace(path, &bytes, 0o644));
     if let Err(err) = written {
-        let _ = std::fs::remove_file(&tmp);
-        tracing::warn!("caching the KVM probe verdict in {}: {err}", path.display());
+        tracing::warn!(
+            "caching the KVM probe verdict in {}: {err:#}",
+            path.display()
+        );
     }
 }
 
