@@ -375,6 +375,111 @@ fn interrupt_ends_the_session_cleanly() {
     );
 }
 
+/// A stdout nobody reads (a full pipe, like a terminal paused with Ctrl-S)
+/// must not hold up the rest of the session: the monitor's lines on stderr
+/// still come, an approval answered from outside (`openclaw approve`, as
+/// the web UI does) still reaches the waiting request, and the session
+/// still ends, sealed, with the process exiting. Before, the agent's
+/// stdout was written under the screen's lock, so the monitor, the prompt
+/// and the end all waited on the stalled pipe for good.
+#[test]
+fn a_stdout_nobody_reads_stalls_neither_approvals_nor_the_end() {
+    let (_rt, upstream, home) = setup(&["api.example.com", "shop.example.com"]);
+    // Far more than a pipe holds, then a purchase that needs approval.
+    let script = r#"head -c 8000000 /dev/zero | tr '\0' y | fold -w 100
+        curl -s -o /dev/null -X POST https://shop.example.com/buy \
+            -H 'content-type: application/json' -d '{"total":"25.00","currency":"USD"}'"#;
+    let mut child = KillOnDrop(
+        home.run(&upstream, &["--approval-timeout", "10m"], script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    // Held open and never read.
+    let unread = child.0.stdout.take().expect("stdout");
+    let stderr = child.0.stderr.take().expect("stderr");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Hang guards only: each wait fails the test instead of hanging it.
+    let guard = Duration::from_secs(180);
+    let mut seen = Vec::new();
+    let next_line = |what: &str, seen: &mut Vec<String>| -> String {
+        match lines.recv_timeout(guard) {
+            Ok(line) => {
+                seen.push(line.clone());
+                line
+            }
+            Err(_) => panic!("no {what} on stderr; so far: {seen:#?}"),
+        }
+    };
+    let approval = loop {
+        let line = next_line("pending approval line", &mut seen);
+        if let Some(id) = line.split("approval #").nth(1) {
+            break id.trim().to_owned();
+        }
+    };
+    let session = home.only_session();
+    let id = session
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let approved = home
+        .openclaw()
+        .args(["approve", &id, &approval])
+        .output()
+        .expect("approve");
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    loop {
+        let line = next_line("summary line", &mut seen);
+        if line.contains("Session ended") {
+            break;
+        }
+    }
+    let status = wait_timeout(&mut child.0, guard);
+    assert_eq!(status.code(), Some(0));
+    drop(unread);
+    reader.join().expect("reader");
+    // `completed`: the command, curl last, exited 0 (the purchase was
+    // answered).
+    let info = read_json(&session.join("session.json"));
+    assert_eq!(info["status"], "completed");
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "the approved purchase went upstream"
+    );
+    let report = read_json(&session.join("report.json"));
+    assert_eq!(report["counts"]["approvals"]["approved"], 1, "{report}");
+    // Everything the terminal did not take is in console.log.
+    let log = std::fs::metadata(session.join("console.log")).expect("console.log");
+    assert!(log.len() >= 8_000_000, "{}", log.len());
+    assert_verifies(&home, &session);
+}
+
+/// A child killed if the test fails while it runs.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn wait_timeout(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + limit;
     loop {
@@ -383,7 +488,7 @@ fn wait_timeout(child: &mut std::process::Child, limit: Duration) -> std::proces
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("openclaw did not end within {limit:?} of SIGINT");
+            panic!("openclaw did not end within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

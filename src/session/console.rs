@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::screen::{visible, visible_inline, Screen, Stream};
+use super::screen::{visible, visible_inline, Screen, Stream, STALL_LIMIT};
 use crate::bundle::SessionBounds;
 
 /// Default `--console-max`.
@@ -74,6 +74,7 @@ pub struct Console {
 struct Shared {
     log: Mutex<CappedLog>,
     queue: Arc<ScreenQueue>,
+    screen: Screen,
     totals: Arc<ConsoleTotals>,
     max_bytes: u64,
 }
@@ -113,7 +114,7 @@ impl Console {
         let queue = Arc::new(ScreenQueue::default());
         let worker = Worker {
             queue: queue.clone(),
-            screen,
+            screen: screen.clone(),
             lines: [LineBuffer::default(), LineBuffer::default()],
             log_path: path.map(Path::to_path_buf),
             totals: totals.clone(),
@@ -134,6 +135,7 @@ impl Console {
                     totals: totals.clone(),
                 }),
                 queue,
+                screen,
                 totals,
                 max_bytes,
             }),
@@ -192,13 +194,32 @@ impl Console {
         self.shared.queue.note(note);
     }
 
-    /// Blocks until everything written so far is on screen (a partial last
-    /// line too) and in the log.
+    /// Blocks until everything written so far is in the log and on screen
+    /// (a partial last line too), or until the terminal took nothing for
+    /// [`STALL_LIMIT`]: a paused terminal or a pipe nobody reads must not
+    /// keep the session from ending (the log has it all).
     pub fn flush(&self) {
         let _ = lock(&self.shared.log).out.flush();
         let (tx, rx) = mpsc::channel();
         if self.shared.queue.flush(tx) {
-            let _ = rx.recv();
+            let screen = &self.shared.screen;
+            let mut seen = screen.progress();
+            loop {
+                match rx.recv_timeout(STALL_LIMIT) {
+                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let now = screen.progress();
+                        if now == seen {
+                            tracing::warn!("the terminal is not taking output; not waiting for it");
+                            return;
+                        }
+                        seen = now;
+                    }
+                }
+            }
+        }
+        if !self.shared.screen.drain() {
+            tracing::warn!("the terminal is not taking output; not waiting for it");
         }
     }
 
@@ -522,11 +543,12 @@ impl Worker {
                 Some(Entry::NotShown(bytes)) => {
                     // The line in progress ended where the gap starts.
                     self.show_partials();
-                    self.screen.line(Stream::Err, &self.not_shown(bytes));
+                    self.screen
+                        .console_line(Stream::Err, &self.not_shown(bytes));
                 }
                 Some(Entry::Note(text)) => {
                     self.show_partials();
-                    self.screen.line(Stream::Err, &text);
+                    self.screen.console_line(Stream::Err, &text);
                 }
                 Some(Entry::Flush(done)) => {
                     self.show_partials();

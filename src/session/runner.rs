@@ -282,6 +282,10 @@ async fn run_in_bundle(
         );
     }
     out.summary_line(events_done, end.seq + 1, &head.head);
+    // The terminal gets the rest, unless it takes nothing for a while (a
+    // paused terminal, a pipe nobody reads): the session is over either way.
+    let screen = out.screen().clone();
+    let _ = tokio::task::spawn_blocking(move || screen.drain()).await;
     Ok(code)
 }
 

@@ -6,11 +6,14 @@
 //! or `\u{202e}`, so the agent cannot move the cursor, recolour, clear or
 //! reorder what the operator reads. Each of the agent's lines carries an
 //! `agent│ ` mark. While an approval prompt is on screen ([`Screen::hold`])
-//! every other line waits, and is shown after the answer.
+//! every other line waits, and is shown after the answer. Lines reach the
+//! terminal through a writer thread, so a terminal that stops reading
+//! stalls only that thread ([`Screen`]).
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The most held-back output kept while a prompt is on screen; the rest is
 /// counted and said (`console.log` keeps all of the agent's).
@@ -103,17 +106,56 @@ pub fn visible_json(json: &str) -> String {
     out
 }
 
+/// The most of our own lines (and released held lines) waiting for one
+/// stream's writer; past it they are dropped, counted and said once the
+/// stream takes output again. The console's lines wait for room instead
+/// (its own queue is bounded and counts in bytes what it drops). Room for
+/// everything a prompt held back, and the note saying what it left out.
+const LANE_MAX_BYTES: usize = MAX_HELD_BYTES + (64 << 10);
+/// How long [`Screen::drain`] and `Console::flush` wait for a terminal that
+/// takes nothing at all before giving up on it (a paused terminal at the
+/// session's end; `console.log` and the bundle have everything).
+pub const STALL_LIMIT: Duration = Duration::from_secs(3);
+/// How long [`Screen::hold`] waits for a line being written to finish
+/// before the prompt goes up regardless.
+const HOLD_WAIT: Duration = Duration::from_secs(1);
+
 /// The operator's terminal: our stdout and stderr (or any writers, for
 /// tests), with the hold the approval prompt takes. Cloneable; all clones
 /// share the state.
+///
+/// Lines are written by a writer thread fed from a bounded queue, and no
+/// lock is held while writing: a terminal that stops reading (Ctrl-S, a
+/// full pipe) stalls only the writer. The live monitor, the approval
+/// prompt and the session's end never wait for it (the session's end
+/// waits at most [`STALL_LIMIT`] without progress). Streams that are one
+/// terminal share one writer, in the order lines came; streams that go to
+/// different places have one each, so a pipe nobody reads on stdout does
+/// not keep the monitor's lines from stderr.
 #[derive(Clone)]
 pub struct Screen {
-    state: Arc<Mutex<ScreenState>>,
+    shared: Arc<Shared>,
+    /// Dropping the last handle lets the writers finish and end.
+    _alive: Arc<Alive>,
+}
+
+struct Shared {
+    state: Mutex<ScreenState>,
+    /// Signalled on every change: a line queued or written, a hold ended,
+    /// the screen closed.
+    changed: Condvar,
+}
+
+struct Alive(Arc<Shared>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.changed.notify_all();
+    }
 }
 
 struct ScreenState {
-    out: Box<dyn Write + Send>,
-    err: Box<dyn Write + Send>,
     /// Per stream: whether it is a terminal (the agent mark is dimmed there).
     tty: [bool; 2],
     /// Prompts on screen right now.
@@ -122,16 +164,55 @@ struct ScreenState {
     held: VecDeque<(Stream, String)>,
     held_bytes: usize,
     dropped_lines: u64,
+    /// One per writer: one for both streams, or indexed by `Stream as usize`.
+    lanes: Vec<Lane>,
+    /// No handle is left: the writers finish their queues and end.
+    closed: bool,
+}
+
+/// What waits for one stream's writer.
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<(Stream, String)>,
+    queued_bytes: usize,
+    /// The writer is writing a line now (without the lock).
+    writing: bool,
+    /// Lines written so far: progress, for the waits with a stall limit.
+    written: u64,
+    /// Our own lines dropped because the queue was full, not said yet.
+    dropped: u64,
+    /// The writer could not start (nothing will ever be written).
+    dead: bool,
+}
+
+impl Lane {
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && !self.writing
+    }
+
+    fn has_room(&self, len: usize) -> bool {
+        self.queued_bytes + len <= LANE_MAX_BYTES
+    }
+
+    fn push(&mut self, stream: Stream, line: String) {
+        self.queued_bytes += line.len();
+        self.queue.push_back((stream, line));
+    }
+
+    /// Queues `line`, or counts it when full.
+    fn offer(&mut self, stream: Stream, line: String) {
+        if self.dead {
+            return;
+        }
+        if self.has_room(line.len()) {
+            self.push(stream, line);
+        } else {
+            self.dropped += 1;
+        }
+    }
 }
 
 impl ScreenState {
-    fn writer(&mut self, stream: Stream) -> &mut (dyn Write + Send) {
-        match stream {
-            Stream::Out => self.out.as_mut(),
-            Stream::Err => self.err.as_mut(),
-        }
-    }
-
     fn show(&mut self, stream: Stream, line: String) {
         if self.holds > 0 {
             if self.held_bytes + line.len() <= MAX_HELD_BYTES {
@@ -142,9 +223,38 @@ impl ScreenState {
             }
             return;
         }
-        // A closed terminal must not stop the session.
-        let w = self.writer(stream);
-        let _ = w.write_all(line.as_bytes()).and_then(|()| w.flush());
+        let lane = self.lane(stream);
+        self.say_dropped(lane);
+        self.lanes[lane].offer(stream, line);
+    }
+
+    /// Says on stderr how many lines `lane` dropped, once it has taken
+    /// half its queue (so a terminal that takes a line now and then does
+    /// not get a count after each).
+    fn say_dropped(&mut self, lane: usize) {
+        let dropped = &self.lanes[lane];
+        if dropped.dropped == 0 || dropped.queued_bytes > LANE_MAX_BYTES / 2 {
+            return;
+        }
+        let note = format!(
+            "  ({} lines not shown: the terminal was not taking output; console.log, \
+             events.jsonl and the receipts have them)\n",
+            dropped.dropped
+        );
+        let to = self.lane(Stream::Err);
+        if self.lanes[to].has_room(note.len()) {
+            self.lanes[lane].dropped = 0;
+            self.lanes[to].push(Stream::Err, note);
+        }
+    }
+
+    /// The lane `stream`'s lines go to.
+    fn lane(&self, stream: Stream) -> usize {
+        if self.lanes.len() == 1 {
+            0
+        } else {
+            stream as usize
+        }
     }
 
     fn release(&mut self) {
@@ -165,7 +275,35 @@ impl ScreenState {
             self.show(Stream::Err, note);
         }
     }
+
+    fn written(&self) -> u64 {
+        self.lanes.iter().map(|l| l.written).sum()
+    }
 }
+
+/// Whether our stdout and stderr are different files (a pipe and a
+/// terminal, two pipes); when unknown, taken to be one terminal.
+fn stdout_and_stderr_differ() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let identity = |fd: std::os::fd::BorrowedFd<'_>| {
+        let meta = std::fs::File::from(fd.try_clone_to_owned().ok()?)
+            .metadata()
+            .ok()?;
+        Some((meta.dev(), meta.ino()))
+    };
+    match (
+        identity(std::io::stdout().as_fd()),
+        identity(std::io::stderr().as_fd()),
+    ) {
+        (Some(out), Some(err)) => out != err,
+        _ => false,
+    }
+}
+
+/// One writer thread's writers, indexed by `Stream as usize`: both, or the
+/// one stream it carries.
+type Writers = [Option<Box<dyn Write + Send>>; 2];
 
 /// While alive, every line waits (see [`Screen::hold`]).
 pub struct Hold {
@@ -174,7 +312,57 @@ pub struct Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.screen.lock().release();
+        self.screen.shared.lock().release();
+        self.screen.shared.changed.notify_all();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, ScreenState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_timeout<'a>(
+        &self,
+        guard: MutexGuard<'a, ScreenState>,
+        limit: Duration,
+    ) -> MutexGuard<'a, ScreenState> {
+        self.changed
+            .wait_timeout(guard, limit)
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
+
+    /// One lane's writer: takes lines off it while no prompt holds the
+    /// screen, and writes each without the lock. `writers` is indexed by
+    /// `Stream as usize`; a lane has the writers of the streams it carries.
+    fn write_lane(&self, lane: usize, mut writers: Writers) {
+        let mut state = self.lock();
+        loop {
+            if state.holds == 0 {
+                if let Some((stream, line)) = state.lanes[lane].queue.pop_front() {
+                    let l = &mut state.lanes[lane];
+                    l.queued_bytes -= line.len();
+                    l.writing = true;
+                    drop(state);
+                    // A closed terminal must not stop the session.
+                    if let Some(out) = writers[stream as usize].as_mut() {
+                        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+                    }
+                    state = self.lock();
+                    let l = &mut state.lanes[lane];
+                    l.writing = false;
+                    l.written += 1;
+                    state.say_dropped(lane);
+                    self.changed.notify_all();
+                    continue;
+                }
+            }
+            if state.closed && (state.lanes[lane].queue.is_empty() || state.holds > 0) {
+                return;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 
@@ -185,62 +373,168 @@ impl Screen {
             std::io::stdout().is_terminal(),
             std::io::stderr().is_terminal(),
         ];
-        Self::with_writers(
+        Self::start(
             Box::new(std::io::stdout()),
             Box::new(std::io::stderr()),
             tty,
+            !stdout_and_stderr_differ(),
         )
     }
 
-    /// Any two writers; `tty` says which are terminals (for the dim mark).
+    /// Any two writers, taken to be one terminal (one writer, lines in the
+    /// order they came); `tty` says which are terminals (for the dim mark).
+    #[cfg(test)]
     pub fn with_writers(
         out: Box<dyn Write + Send>,
         err: Box<dyn Write + Send>,
         tty: [bool; 2],
     ) -> Self {
-        Screen {
-            state: Arc::new(Mutex::new(ScreenState {
-                out,
-                err,
+        Self::start(out, err, tty, true)
+    }
+
+    /// Two writers that go to different places: each has its own writer,
+    /// so one that takes nothing does not hold up the other (tests).
+    #[cfg(test)]
+    pub fn with_separate_writers(
+        out: Box<dyn Write + Send>,
+        err: Box<dyn Write + Send>,
+        tty: [bool; 2],
+    ) -> Self {
+        Self::start(out, err, tty, false)
+    }
+
+    fn start(
+        out: Box<dyn Write + Send>,
+        err: Box<dyn Write + Send>,
+        tty: [bool; 2],
+        one_terminal: bool,
+    ) -> Self {
+        let lanes: Vec<(&str, Writers)> = if one_terminal {
+            vec![("screen", [Some(out), Some(err)])]
+        } else {
+            vec![
+                ("screen-stdout", [Some(out), None]),
+                ("screen-stderr", [None, Some(err)]),
+            ]
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(ScreenState {
                 tty,
                 holds: 0,
                 held: VecDeque::new(),
                 held_bytes: 0,
                 dropped_lines: 0,
-            })),
+                lanes: lanes.iter().map(|_| Lane::default()).collect(),
+                closed: false,
+            }),
+            changed: Condvar::new(),
+        });
+        for (lane, (name, writers)) in lanes.into_iter().enumerate() {
+            let writer = shared.clone();
+            if let Err(err) = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || writer.write_lane(lane, writers))
+            {
+                // Nothing would be shown on it: the bundle still has it all.
+                tracing::error!("{name} thread: {err}");
+                shared.lock().lanes[lane].dead = true;
+            }
+        }
+        Screen {
+            _alive: Arc::new(Alive(shared.clone())),
+            shared,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, ScreenState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Holds every other line back until the returned guard drops: taken by
-    /// the approval prompt for as long as it is on screen. Returns once any
-    /// line being written has been written whole.
+    /// the approval prompt for as long as it is on screen. Returns once a
+    /// line being written has been written whole, or after [`HOLD_WAIT`]
+    /// if the terminal is not taking it (the prompt then goes up anyway).
     pub fn hold(&self) -> Hold {
-        self.lock().holds += 1;
+        let mut state = self.shared.lock();
+        state.holds += 1;
+        let deadline = Instant::now() + HOLD_WAIT;
+        while state.lanes.iter().any(|l| l.writing) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self.shared.wait_timeout(state, deadline - now);
+        }
         Hold {
             screen: self.clone(),
         }
     }
 
     /// One of our own lines (its agent-controlled parts already made
-    /// visible).
+    /// visible). Never waits: past the stream's bound it is counted.
     pub fn line(&self, stream: Stream, text: &str) {
-        self.lock().show(stream, format!("{text}\n"));
+        self.shared.lock().show(stream, format!("{text}\n"));
+        self.shared.changed.notify_all();
     }
 
-    /// One of the agent's lines, already made [`visible`], with its mark.
+    /// One of the console's lines: waits for room on its stream (not for
+    /// the line to be written), so the console's own bounded queue counts
+    /// what the terminal was too slow for. Only the console's worker
+    /// thread calls this.
+    pub fn console_line(&self, stream: Stream, text: &str) {
+        self.wait_for_room(stream, text.len() + 1);
+        self.line(stream, text);
+    }
+
+    /// One of the agent's lines, already made [`visible`], with its mark;
+    /// waits for room like [`console_line`](Self::console_line).
     pub fn agent_line(&self, stream: Stream, rendered: &str) {
-        let mut state = self.lock();
-        let tty = state.tty[stream as usize];
+        let tty = self.shared.lock().tty[stream as usize];
         let mark = if tty {
             "\x1b[2magent│\x1b[0m "
         } else {
             "agent| "
         };
-        state.show(stream, format!("{mark}{rendered}\n"));
+        self.console_line(stream, &format!("{mark}{rendered}"));
+    }
+
+    fn wait_for_room(&self, stream: Stream, len: usize) {
+        let mut state = self.shared.lock();
+        loop {
+            let lane = &state.lanes[state.lane(stream)];
+            if state.holds > 0 || lane.dead || lane.has_room(len) || lane.queue.is_empty() {
+                return;
+            }
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Lines written so far, on both streams: progress, for waits that
+    /// give up on a terminal that takes nothing.
+    pub fn progress(&self) -> u64 {
+        self.shared.lock().written()
+    }
+
+    /// Waits until every line queued so far is written (lines a prompt
+    /// holds back excepted), or until the terminal took nothing for
+    /// [`STALL_LIMIT`]; true when all was written.
+    pub fn drain(&self) -> bool {
+        let mut state = self.shared.lock();
+        let mut seen = state.written();
+        let mut since = Instant::now();
+        loop {
+            if state.holds > 0 || state.lanes.iter().all(|l| l.idle() || l.dead) {
+                return true;
+            }
+            let now = Instant::now();
+            let written = state.written();
+            if written != seen {
+                (seen, since) = (written, now);
+            } else if now.duration_since(since) >= STALL_LIMIT {
+                return false;
+            }
+            state = self.shared.wait_timeout(state, STALL_LIMIT);
+        }
     }
 }
 
@@ -301,12 +595,17 @@ mod tests {
         let screen =
             Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
         screen.agent_line(Stream::Out, "before");
+        assert!(screen.drain());
         let hold = screen.hold();
         screen.agent_line(Stream::Out, "during 1");
         screen.line(Stream::Err, "  ✓ allowed GET x");
         screen.agent_line(Stream::Err, "during 2");
+        assert!(screen.drain());
         assert_eq!(term.text(), "agent| before\n");
         drop(hold);
+        // One writer per stream: wait for each line in turn, so the
+        // order checked is the order queued.
+        assert!(screen.drain());
         assert_eq!(
             term.text(),
             "agent| before\nagent| during 1\n  ✓ allowed GET x\nagent| during 2\n"
@@ -324,6 +623,7 @@ mod tests {
             screen.agent_line(Stream::Out, &line);
         }
         drop(hold);
+        assert!(screen.drain());
         let text = term.text();
         assert!(text.len() <= MAX_HELD_BYTES + 200, "{}", text.len());
         assert!(
@@ -335,5 +635,75 @@ mod tests {
             "{}",
             &text[text.len() - 200..]
         );
+    }
+
+    /// A writer that takes nothing until opened (a pipe nobody reads).
+    #[derive(Clone, Default)]
+    struct Stalled {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        shown: Shared,
+    }
+    impl Stalled {
+        fn open(&self) {
+            *self.open.0.lock().expect("lock") = true;
+            self.open.1.notify_all();
+        }
+    }
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, cv) = &*self.open;
+            let mut open = open.lock().expect("lock");
+            while !*open {
+                open = cv.wait(open).expect("wait");
+            }
+            self.shown.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// stdout taking nothing: our own lines for it are queued up to the
+    /// bound and then counted, never waited for; stderr, somewhere else,
+    /// still shows at once; a prompt can still take the screen. Once stdout
+    /// reads again it gets what was queued, and stderr the count of the
+    /// rest.
+    #[test]
+    fn a_stdout_that_takes_nothing_holds_up_neither_callers_nor_stderr() {
+        let (out, err) = (Stalled::default(), Shared::default());
+        let screen =
+            Screen::with_separate_writers(Box::new(out.clone()), Box::new(err.clone()), [false; 2]);
+        let line = "z".repeat(999);
+        let lines = 2 * LANE_MAX_BYTES / 1000;
+        for _ in 0..lines {
+            screen.line(Stream::Out, &line);
+        }
+        screen.line(Stream::Err, "  ✓ allowed GET api.example.com/x");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !err.text().contains("allowed GET") {
+            assert!(Instant::now() < deadline, "stderr waited for stdout");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(screen.hold());
+
+        out.open();
+        assert!(screen.drain());
+        let text = out.shown.text();
+        let shown = text.lines().filter(|l| *l == line).count();
+        let notes = err.text();
+        let said: usize = notes
+            .lines()
+            .filter_map(|l| l.strip_prefix("  ("))
+            .map(|l| {
+                l.split(' ')
+                    .next()
+                    .expect("count")
+                    .parse::<usize>()
+                    .expect("a number")
+            })
+            .sum();
+        assert!(shown < lines, "all {shown} lines were queued");
+        assert_eq!(shown + said, lines, "{notes}");
+        assert!(notes.contains("lines not shown: the terminal was not taking output"));
     }
 }
