@@ -363,6 +363,7 @@ fn interrupt_ends_the_session_cleanly() {
     assert_eq!(status.code(), Some(130));
     let info = read_json(&session.join("session.json"));
     assert_eq!(info["status"], "interrupted");
+    assert_end_audited(&home, &session, "interrupted");
     assert_verifies(&home, &session);
     let namespaces = Command::new("ip")
         .args(["netns", "list"])
@@ -462,10 +463,41 @@ fn a_stdout_nobody_reads_stalls_neither_approvals_nor_the_end() {
     );
     let report = read_json(&session.join("report.json"));
     assert_eq!(report["counts"]["approvals"]["approved"], 1, "{report}");
+    assert_end_audited(&home, &session, "completed");
     // Everything the terminal did not take is in console.log.
     let log = std::fs::metadata(session.join("console.log")).expect("console.log");
     assert!(log.len() >= 8_000_000, "{}", log.len());
     assert_verifies(&home, &session);
+}
+
+/// The home's audit log ends with the session's end: its status, its
+/// receipt count and chain head as the report has them, by the operator
+/// at the terminal. Before, a session's end was never audited.
+fn assert_end_audited(home: &Home, session: &Path, status: &str) {
+    let id = session.file_name().expect("name").to_string_lossy();
+    let audit = std::fs::read_to_string(home.path().join("audit.jsonl")).expect("audit.jsonl");
+    let ends: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+        .filter(|r| r["action"] == "session.end")
+        .collect();
+    assert_eq!(ends.len(), 1, "{audit}");
+    let end = &ends[0];
+    let report = read_json(&session.join("report.json"));
+    assert_eq!(end["target"], *id);
+    assert_eq!(end["actor"], "admin");
+    assert_eq!(end["via"], "cli");
+    assert_eq!(end["tenant"], "local");
+    assert_eq!(end["outcome"], "ok");
+    assert_eq!(
+        end["detail"],
+        format!(
+            "{status}; {} receipts; chain head {}",
+            report["receipts"]["count"],
+            report["receipts"]["last_hash"].as_str().expect("last_hash")
+        ),
+        "{audit}"
+    );
 }
 
 /// A child killed if the test fails while it runs.

@@ -1588,13 +1588,37 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
     // Audit: one line per create/stop, refusals included; no token or
     // capability text in it.
     let audit = std::fs::read_to_string(h.join("audit.jsonl")).expect("audit");
-    let lines: Vec<Value> = audit
+    let all: Vec<Value> = audit
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    // Each session that ended by itself or by a stop has its end, written
+    // by its own `openclaw run` (so in no fixed order with the daemon's
+    // lines); the one killed with its supervisor has none.
+    let mut ended: Vec<&str> = all
+        .iter()
+        .filter(|l| l["action"] == "session.end")
+        .map(|l| {
+            assert_eq!(
+                (&l["actor"], &l["via"], &l["tenant"], &l["outcome"]),
+                (&json!("tenant"), &json!("api"), &json!("a"), &json!("ok")),
+                "{l}"
+            );
+            let detail = l["detail"].as_str().expect("detail");
+            assert!(detail.contains(" receipts; chain head "), "{detail}");
+            l["target"].as_str().expect("target")
+        })
+        .collect();
+    ended.sort_unstable();
+    let mut expected = vec![id.as_str(), talker.as_str(), held.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ended, expected, "{audit}");
+    let lines: Vec<Value> = all
+        .into_iter()
         .filter(|l: &Value| {
-            l["action"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("session.") || a.starts_with("approval."))
+            l["action"].as_str().is_some_and(|a| {
+                (a.starts_with("session.") && a != "session.end") || a.starts_with("approval.")
+            })
         })
         .collect();
     let summary: Vec<(String, String, String, String)> = lines

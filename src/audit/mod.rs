@@ -7,9 +7,12 @@
 mod log;
 /// The line format: [`AuditRecord`], its actor and outcome.
 mod record;
+/// The line of a session's end.
+mod session;
 
 pub use log::{parse_since, AuditFilter, AuditLog, AuditTable};
 pub use record::{Actor, AuditRecord, Outcome, Via};
+pub use session::SessionEnd;
 
 /// A fresh request id: 16 hex characters from the OS RNG.
 pub fn new_request_id() -> String {

@@ -237,7 +237,7 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     } else {
         crate::serve::cli_session_lease(args.quota_db.as_ref(), &args.tenant)?
     };
-    let config = config_from_args(args)?;
+    let config = config_from_args(args, daemon_started)?;
     runner::run(config)
 }
 
@@ -275,7 +275,7 @@ fn places(
     })
 }
 
-fn config_from_args(args: RunArgs) -> Result<RunConfig> {
+fn config_from_args(args: RunArgs, daemon_started: bool) -> Result<RunConfig> {
     let places = places(args.home, args.sessions_dir, home::home_dir)?;
     let keys_dir = places.keys_dir.clone();
     let pubkey = args.pubkey.unwrap_or_else(|| keys_dir.join(keys::ROOT_PUB));
@@ -329,6 +329,7 @@ fn config_from_args(args: RunArgs) -> Result<RunConfig> {
         labels,
         quota_db: args.quota_db,
         ledger_db: args.ledger_db,
+        daemon_started,
     })
 }
 

@@ -119,6 +119,7 @@ pub async fn run(options: DemoOptions) -> Result<(SessionOutcome, Vec<SeenReques
         labels: options.labels.clone(),
         quota_db: None,
         ledger_db: None,
+        daemon_started: false,
     };
     let outcome = runner::run_session(config).await;
     let _ = std::fs::remove_dir_all(&workdir);

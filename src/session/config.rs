@@ -120,6 +120,9 @@ pub struct RunConfig {
     /// Where the session's usage rows go (`openclaw run --ledger-db`);
     /// `None`: the home's `ledger.db`.
     pub ledger_db: Option<crate::usage::LedgerDb>,
+    /// `openclaw serve` started this run: its end is audited as its
+    /// tenant's (via `api`), not the operator's (via `cli`).
+    pub daemon_started: bool,
 }
 
 impl RunConfig {

@@ -201,26 +201,58 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
         Ok(RunEnd::Exited(_)) => "failed".into(),
     };
     bundle::write_info(&dir, &info)?;
-    let report = report::build(&dir, Some(&config.receipt_key.verifying_key()))?;
-    report::write(&dir, &report)?;
-    // The ledger is an index of the chains: a failure here loses nothing
-    // (`openclaw usage rebuild` recreates it), so it warns and goes on.
-    let ledger = config.ledger();
-    let (ledger_dir, key) = (dir.clone(), config.receipt_key.verifying_key());
-    match tokio::task::spawn_blocking(move || usage::record_session(&ledger, &ledger_dir, &key))
+    let report = report::build(&dir, Some(&config.receipt_key.verifying_key()))
+        .and_then(|report| report::write(&dir, &report).map(|()| report));
+    if report.is_ok() {
+        // The ledger is an index of the chains: a failure here loses
+        // nothing (`openclaw usage rebuild` recreates it), so it warns and
+        // goes on.
+        let ledger = config.ledger();
+        let (ledger_dir, key) = (dir.clone(), config.receipt_key.verifying_key());
+        match tokio::task::spawn_blocking(move || {
+            usage::record_session(&ledger, &ledger_dir, &key)
+        })
         .await?
-    {
-        Ok(_) => {}
-        Err(err) => eprintln!(
-            "openclaw: warning: the usage ledger was not updated ({err:#}); `openclaw usage rebuild` recreates it from the receipts"
-        ),
+        {
+            Ok(_) => {}
+            Err(err) => eprintln!(
+                "openclaw: warning: the usage ledger was not updated ({err:#}); `openclaw usage rebuild` recreates it from the receipts"
+            ),
+        }
     }
+    // Last: the end is audited once everything else about it is written,
+    // also when the report could not be.
+    audit_end(&config, &info, report.as_ref().ok());
+    let report = report?;
     let exit_code = result?.code();
     Ok(SessionOutcome {
         dir,
         exit_code,
         report,
     })
+}
+
+/// Appends the session's end to the home's audit log, beside the start
+/// `openclaw serve` recorded (or none, for a run from the terminal). A
+/// failure to audit is said, not fatal: the session is over, and its
+/// bundle and chain record it.
+fn audit_end(config: &RunConfig, info: &SessionInfo, report: Option<&Report>) {
+    let end = crate::audit::SessionEnd {
+        id: &info.id,
+        tenant: &config.labels.tenant,
+        via: if config.daemon_started {
+            crate::audit::Via::Api
+        } else {
+            crate::audit::Via::Cli
+        },
+        status: &info.status,
+        receipts: report.map(|r| r.receipts.count),
+        chain_head: report.and_then(|r| r.receipts.last_hash.as_deref()),
+    };
+    let log = crate::audit::AuditLog::at_home(&config.home);
+    if let Err(err) = log.append(&end.record()) {
+        eprintln!("openclaw: warning: the session's end was not audited: {err:#}");
+    }
 }
 
 /// The part of the session that owns live resources.
