@@ -215,18 +215,7 @@ pub(crate) unsafe fn run_init(plan: &ChildPlan) -> ! {
         let signals = signalfd(-1, &set, SFD_CLOEXEC);
         check(plan, signals, Stage::Signals);
 
-        // A raw fork, not libc's fork(): glibc's runs atfork handlers and
-        // takes malloc's arena locks, and one of them may have been held by
-        // another supervisor thread at the moment we were cloned; such a
-        // lock is never released in this copy and fork() would wait forever.
-        let cmd = syscall(
-            SYS_clone,
-            SIGCHLD as c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        ) as pid_t;
+        let cmd = raw_fork();
         if cmd == -1 {
             fail(plan, Stage::Fork);
         }
@@ -286,6 +275,31 @@ pub(crate) unsafe fn run_init(plan: &ChildPlan) -> ! {
                 }
             }
         }
+    }
+}
+
+/// fork(2) as a bare clone syscall: the child's pid in the parent, 0 in
+/// the child, -1 on error (errno set). Not libc's fork(): glibc's runs
+/// atfork handlers and takes malloc's arena locks, and one of them may have
+/// been held by another thread of the supervisor at the moment the caller
+/// was itself cloned or forked; such a lock is never released in this copy
+/// and fork() would wait forever.
+///
+/// # Safety
+/// The usual fork rules: the child runs only async-signal-safe code until
+/// it execs or exits.
+pub(crate) unsafe fn raw_fork() -> libc::pid_t {
+    // SAFETY: clone with no flags but the exit signal is fork; the caller
+    // keeps the child to async-signal-safe code.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        ) as libc::pid_t
     }
 }
 

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::child::{apply_op, drop_privileges};
+use crate::child::{apply_op, drop_privileges, raw_fork};
 use crate::rootfs::{bind_ops, cstr, dev_ops, proc_ops, system_dir_ops, Op, Stage};
 use crate::SandboxError;
 
@@ -409,17 +409,7 @@ fn confine_in_child(plan: &Plan) -> std::io::Result<()> {
         if unshare(namespaces) == -1 {
             return Err(report(plan, Stage::Namespaces));
         }
-        // A raw fork, not libc's fork(): glibc's runs atfork handlers and
-        // takes malloc's locks, which another thread of the parent may
-        // have held at the moment `spawn` forked us.
-        let program = syscall(
-            SYS_clone,
-            SIGCHLD as c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        );
+        let program = raw_fork();
         if program == -1 {
             return Err(report(plan, Stage::Fork));
         }
@@ -429,7 +419,7 @@ fn confine_in_child(plan: &Plan) -> std::io::Result<()> {
             // the program's end on as its own.
             syscall(SYS_close_range, 0u32, u32::MAX, 0u32);
             let mut status: c_int = 0;
-            while waitpid(program as pid_t, &mut status, 0) == -1 {
+            while waitpid(program, &mut status, 0) == -1 {
                 if *__errno_location() != EINTR {
                     _exit(127);
                 }
