@@ -298,6 +298,7 @@ async fn prompt_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::test_terminal::Recorded;
     use enforce::{ask_and_wait, ApprovalOutcome};
     use std::time::Duration;
     use test_support::purchase_question as request;
@@ -398,26 +399,7 @@ mod tests {
         );
     }
 
-    /// One screen shared by the prompt and the agent's output, as on a
-    /// real terminal (no TTY needed: the writers are plain `Write`s).
-    #[derive(Clone, Default)]
-    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Shared {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
-        }
-    }
-
-    async fn until(term: &Shared, needle: &str) -> String {
+    async fn until(term: &Recorded, needle: &str) -> String {
         for _ in 0..500 {
             let text = term.text();
             if text.contains(needle) {
@@ -429,10 +411,10 @@ mod tests {
     }
 
     /// A terminal broker on a pipe: what it prints lands in the returned
-    /// `Shared`, what is written to the returned file is what the operator
+    /// `Recorded`, what is written to the returned file is what the operator
     /// types.
-    fn typed_terminal(settle: Duration) -> (Shared, Screen, std::fs::File, TerminalBroker) {
-        let term = Shared::default();
+    fn typed_terminal(settle: Duration) -> (Recorded, Screen, std::fs::File, TerminalBroker) {
+        let term = Recorded::default();
         let screen =
             Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
         let (input, keyboard) = nix::unistd::pipe().expect("pipe");

@@ -590,31 +590,11 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use crate::session::test_terminal::{Recorded, Stalled};
 
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Shared {
-        fn bytes(&self) -> Vec<u8> {
-            self.0.lock().expect("lock").clone()
-        }
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.bytes()).into_owned()
-        }
-    }
-
-    fn console(max: u64) -> (Console, Shared, Shared) {
-        let term = Shared::default();
-        let log = Shared::default();
+    fn console(max: u64) -> (Console, Recorded, Recorded) {
+        let term = Recorded::default();
+        let log = Recorded::default();
         let screen =
             Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
         (
@@ -642,33 +622,6 @@ mod tests {
         raw.extend_from_slice(b"oops \x9b\nno newline at the end");
         assert_eq!(log.bytes(), raw);
         assert_eq!(c.totals(), (raw.len() as u64, raw.len() as u64, false));
-    }
-
-    /// A terminal that takes nothing until opened (paused with Ctrl-S, a
-    /// pager not reading, a slow remote terminal), then shows what it got.
-    #[derive(Clone, Default)]
-    struct Stalled {
-        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
-        shown: Shared,
-    }
-    impl Stalled {
-        fn open(&self) {
-            *self.open.0.lock().expect("lock") = true;
-            self.open.1.notify_all();
-        }
-    }
-    impl Write for Stalled {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let (open, cv) = &*self.open;
-            let mut open = open.lock().expect("lock");
-            while !*open {
-                open = cv.wait(open).expect("wait");
-            }
-            self.shown.write(buf)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     fn stalled_console(log: Box<dyn Write + Send>, max: u64) -> (Console, Stalled) {
@@ -751,7 +704,7 @@ mod tests {
     /// before the screen's queue, at once, whatever the terminal does.
     #[test]
     fn console_log_has_every_byte_while_the_screen_drops() {
-        let log = Shared::default();
+        let log = Recorded::default();
         let (c, term) = stalled_console(Box::new(log.clone()), DEFAULT_CONSOLE_MAX);
         flood(&c, 16);
         // Still stalled: the log already has it all, in order.
@@ -766,7 +719,7 @@ mod tests {
         assert!(term.shown.text().contains("bytes of output not shown"));
 
         // Under a cap the log keeps exactly up to it, and the marker says so.
-        let log = Shared::default();
+        let log = Recorded::default();
         let (c, term) = stalled_console(Box::new(log.clone()), 5 << 20);
         flood(&c, 16);
         let kept = log.bytes();

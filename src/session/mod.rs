@@ -21,3 +21,6 @@ pub mod recovery;
 pub mod runner;
 /// The operator's terminal: agent text made visible, the prompt's hold.
 pub(crate) mod screen;
+/// Terminals for tests: one that records, one that stalls.
+#[cfg(test)]
+mod test_terminal;

@@ -541,6 +541,7 @@ impl Screen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::test_terminal::{Recorded, Stalled};
 
     #[test]
     fn controls_c1_del_bidi_and_bad_utf8_are_made_visible() {
@@ -572,26 +573,9 @@ mod tests {
         );
     }
 
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl Shared {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
-        }
-    }
-
     #[test]
     fn lines_wait_while_held_and_come_in_order_after() {
-        let term = Shared::default();
+        let term = Recorded::default();
         let screen =
             Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
         screen.agent_line(Stream::Out, "before");
@@ -614,7 +598,7 @@ mod tests {
 
     #[test]
     fn held_output_is_bounded_and_the_rest_counted() {
-        let term = Shared::default();
+        let term = Recorded::default();
         let screen =
             Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [true; 2]);
         let hold = screen.hold();
@@ -637,32 +621,6 @@ mod tests {
         );
     }
 
-    /// A writer that takes nothing until opened (a pipe nobody reads).
-    #[derive(Clone, Default)]
-    struct Stalled {
-        open: Arc<(Mutex<bool>, Condvar)>,
-        shown: Shared,
-    }
-    impl Stalled {
-        fn open(&self) {
-            *self.open.0.lock().expect("lock") = true;
-            self.open.1.notify_all();
-        }
-    }
-    impl Write for Stalled {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let (open, cv) = &*self.open;
-            let mut open = open.lock().expect("lock");
-            while !*open {
-                open = cv.wait(open).expect("wait");
-            }
-            self.shown.write(buf)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// stdout taking nothing: our own lines for it are queued up to the
     /// bound and then counted, never waited for; stderr, somewhere else,
     /// still shows at once; a prompt can still take the screen. Once stdout
@@ -670,7 +628,7 @@ mod tests {
     /// rest.
     #[test]
     fn a_stdout_that_takes_nothing_holds_up_neither_callers_nor_stderr() {
-        let (out, err) = (Stalled::default(), Shared::default());
+        let (out, err) = (Stalled::default(), Recorded::default());
         let screen =
             Screen::with_separate_writers(Box::new(out.clone()), Box::new(err.clone()), [false; 2]);
         let line = "z".repeat(999);
