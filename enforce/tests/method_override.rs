@@ -1,6 +1,6 @@
 //! A method override (an `X-HTTP-Method-Override`, `X-HTTP-Method` or
-//! `X-Method-Override` header, a `_method` field in the query or a form
-//! body) naming another method than the request's is refused at the
+//! `X-Method-Override` header, a `_method` field in the query, a form body
+//! or a JSON body) naming another method than the request's is refused at the
 //! catalog stage: frameworks that honour it (Rails, Laravel, Symfony,
 //! Express's method-override, ASP.NET Core, Google APIs on a `POST`; Slim
 //! a header on any method) run the other method, others do not, and the
@@ -137,6 +137,91 @@ async fn a_method_field_to_another_method_is_refused() {
     assert_eq!(d.len(), attempts.len());
     for x in &d {
         assert_eq!((x.1.as_str(), x.2.as_str()), ("block", "catalog"), "{x:?}");
+    }
+}
+
+/// Laravel reads `_method` from a JSON body too: for a request whose
+/// `Content-Type` contains `/json` or `+json` (anywhere in the header, its
+/// parameters included) it replaces Symfony's form bag with the decoded
+/// JSON object, and Symfony takes `_method` from that bag, so `{"_method":
+/// "DELETE"}` in a JSON `POST` runs the `DELETE` route. Refused like the
+/// form field, in any spelling PHP's `json_decode` reads as that member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_member_of_a_json_body_is_refused() {
+    let s = session_granting_post().await;
+    let url = "https://kayak.com/account/saved/1";
+    let attempts = [
+        (
+            "application/json",
+            r#"{"note":"x","_method":"DELETE"}"#,
+            "DELETE",
+        ),
+        ("application/json", r#"{"\u005fmethod":"put"}"#, "PUT"),
+        (
+            "application/json",
+            r#"{"_method":"POST","_method":"PATCH"}"#,
+            "PATCH",
+        ),
+        (
+            "application/vnd.api+json",
+            r#"{"_method":"DELETE"}"#,
+            "DELETE",
+        ),
+        ("text/plain; x=/json", r#"{"_method":"DELETE"}"#, "DELETE"),
+    ];
+    for (content_type, body, requested) in attempts {
+        let header = format!("content-type: {content_type}");
+        let r = s.curl(url, &["-H", &header, "--data-binary", body]).await;
+        assert_eq!(r.status, 403, "{content_type} {body}: {r:?}");
+        let reason = r.blocked().unwrap();
+        assert!(
+            reason.contains(&asks(requested, "POST", "_method in the JSON body")),
+            "{reason}"
+        );
+    }
+    // Not JSON the proxy reads (a decoder that stops after the first value
+    // would), and it may name the member.
+    let r = s
+        .curl(
+            url,
+            &[
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                r#"{"_method":"DELETE"} trailing"#,
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.blocked()
+            .unwrap()
+            .contains("the JSON body may ask the server to run another method"),
+        "{r:?}"
+    );
+    assert!(s.mock.seen().is_empty(), "{:?}", s.mock.seen());
+    // A JSON body naming its own method, or none, goes.
+    for body in [r#"{"_method":"post","note":"x"}"#, r#"{"method":"DELETE"}"#] {
+        let r = s
+            .curl(
+                url,
+                &[
+                    "-H",
+                    "content-type: application/json",
+                    "--data-binary",
+                    body,
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{body}: {r:?}");
+    }
+    assert_eq!(s.mock.seen().len(), 2);
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    assert_eq!(d.len(), attempts.len() + 3);
+    for x in &d[..attempts.len() + 1] {
+        assert_eq!((x.1.as_str(), x.2.as_str()), ("block", "catalog"), "{x:?}");
+        assert_eq!(x.4["method"], "POST");
     }
 }
 

@@ -65,10 +65,11 @@ pub enum ClassifyError {
         requested: String,
         via: String,
     },
-    /// A multipart body too malformed to read that may hold a `_method`.
+    /// A multipart or JSON body too malformed (or, for JSON, too deeply
+    /// nested) to read that may hold a `_method`; `via` names the body.
     #[error(
-        "the multipart body may ask the server to run another method than {method} (_method) \
-         and cannot be read to tell; openclaw decides the method the server runs"
+        "{via} may ask the server to run another method than {method} (_method) and cannot be \
+         read to tell; openclaw decides the method the server runs"
     )]
-    MethodOverrideUnread { method: String },
+    MethodOverrideUnread { method: String, via: String },
 }

@@ -1,21 +1,23 @@
 //! Method overrides: a header (`X-HTTP-Method-Override`, `X-HTTP-Method`,
-//! `X-Method-Override`) or a `_method` field (in the query, or in a form
-//! body) asking the server to run another method than the request line's.
-//! Rails (Rack::MethodOverride), Laravel, Symfony, Express's
-//! method-override, ASP.NET Core and Google APIs honour some of them on a
-//! `POST`, Slim a header on any method, and other servers none: the proxy
-//! cannot know which method the upstream runs, so the token could decide
-//! (and the receipt record) a `POST` the server runs as a `DELETE`. A
-//! request naming another method is refused; one naming its own method
+//! `X-Method-Override`) or a `_method` field (in the query, a form body or
+//! a JSON body's top level) asking the server to run another method than
+//! the request line's. Rails (Rack::MethodOverride), Laravel, Symfony,
+//! Express's method-override, ASP.NET Core and Google APIs honour some of
+//! them on a `POST`, Slim a header on any method, and other servers none:
+//! the proxy cannot know which method the upstream runs, so the token could
+//! decide (and the receipt record) a `POST` the server runs as a `DELETE`.
+//! A request naming another method is refused; one naming its own method
 //! changes nothing.
 
 use http::header::CONTENT_TYPE;
+use serde_json::value::RawValue;
 
 use super::error::ClassifyError;
 use super::extract::RequestView;
 use super::media::MediaType;
 use super::multipart::parse_multipart;
-use super::names::form_name;
+use super::names::{eq_folded, form_name};
+use crate::json_members::Members;
 
 /// The override headers (lower case) and how a reason names them.
 pub(super) const HEADERS: [(&str, &str); 3] = [
@@ -85,6 +87,32 @@ pub(super) fn check(
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
+        // Laravel reads the body as JSON when the header holds `/json` or
+        // `+json` anywhere (parameters too), and then takes `_method` from
+        // it; any `json` in the header is read here.
+        if content_type.to_ascii_lowercase().contains("json") {
+            // Not parsable short of its end (docs/catalog.md); and most
+            // bodies cannot name the member, so are not parsed for it.
+            if !complete || !may_name_method_json(body) {
+                continue;
+            }
+            match json_fields(body) {
+                Ok(values) => {
+                    if let Some(v) = values.into_iter().find(|v| other(v)) {
+                        return refuse(&v, format!("{FIELD} in the JSON body"));
+                    }
+                }
+                // A body refused here may still name `_method` for a more
+                // lenient decoder (one that stops after the first value).
+                Err(()) => {
+                    return Err(ClassifyError::MethodOverrideUnread {
+                        method: method.to_ascii_uppercase(),
+                        via: "the JSON body".into(),
+                    })
+                }
+            }
+            continue;
+        }
         let value = if essence.is_empty() || essence == "application/x-www-form-urlencoded" {
             // What was buffered, even short of the whole body: pairs are
             // read one by one.
@@ -105,6 +133,7 @@ pub(super) fn check(
                 Err(()) if may_name_method(body) => {
                     return Err(ClassifyError::MethodOverrideUnread {
                         method: method.to_ascii_uppercase(),
+                        via: "the multipart body".into(),
                     })
                 }
                 Err(()) => None,
@@ -145,6 +174,40 @@ fn urlencoded_fields(text: &[u8]) -> impl Iterator<Item = String> + '_ {
             .filter(|(name, _)| form_name(name).field == FIELD)
             .map(|(_, value)| value.into_owned())
     })
+}
+
+/// The values of a JSON object's top-level `_method` members (names
+/// compared after `\u` escapes are decoded, without case), as text: a
+/// string as it reads, any other value but `null` as written (it names no
+/// method a server would accept, and is refused). `Err` when the body is
+/// not a JSON object serde_json reads.
+fn json_fields(body: &[u8]) -> Result<Vec<String>, ()> {
+    let text = std::str::from_utf8(body).map_err(|_| ())?;
+    if !text.trim_start().starts_with('{') {
+        // An array or a scalar has no members for a server to read.
+        return serde_json::from_str::<&RawValue>(text)
+            .map(|_| Vec::new())
+            .map_err(|_| ());
+    }
+    let Members(members) = serde_json::from_str(text).map_err(|_| ())?;
+    Ok(members
+        .into_iter()
+        .filter(|(name, _)| eq_folded(name, FIELD))
+        .filter_map(|(_, value)| {
+            let raw = value.get();
+            match serde_json::from_str::<Option<String>>(raw) {
+                Ok(v) => v,
+                Err(_) => Some(raw.to_owned()),
+            }
+        })
+        .collect())
+}
+
+/// Whether a JSON body could name a `_method` member: the word, or a `\u`
+/// escape that could spell it.
+fn may_name_method_json(body: &[u8]) -> bool {
+    body.windows(6).any(|w| w.eq_ignore_ascii_case(b"method"))
+        || body.windows(2).any(|w| w == b"\\u")
 }
 
 /// Whether a multipart body could name a `_method` part: the word, or an
@@ -313,6 +376,71 @@ mod tests {
                 "_method in the form body".into()
             ))
         );
+        let json = |ct: &'static str, body: &str| {
+            via(check_one("POST", "/x", &[("content-type", ct)], body))
+        };
+        for (ct, body, requested) in [
+            (
+                "application/json",
+                r#"{"a":1,"_method":"DELETE"}"#,
+                "DELETE",
+            ),
+            ("application/json", r#"{"\u005F\u006Dethod":"put"}"#, "PUT"),
+            ("application/json", r#"{"_METHOD":"put"}"#, "PUT"),
+            (
+                "application/json",
+                r#"{"_method":"POST","_method":"PUT"}"#,
+                "PUT",
+            ),
+            (
+                "application/json",
+                r#"{"_method":["PUT"]}"#,
+                "\"[\\\"PUT\\\"]\"",
+            ),
+            ("application/problem+json", r#"{"_method":"PUT"}"#, "PUT"),
+            ("text/plain; x=/json", r#"{"_method":"PUT"}"#, "PUT"),
+        ] {
+            assert_eq!(
+                json(ct, body),
+                Some((
+                    "POST".into(),
+                    requested.into(),
+                    "_method in the JSON body".into()
+                )),
+                "{ct} {body}"
+            );
+        }
+        // Nested deeper than serde_json builds values (128): its members
+        // are still read.
+        let deep = format!(
+            "{{\"a\":{}{},\"_method\":\"PUT\"}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(
+            json("application/json", &deep).map(|v| v.1),
+            Some("PUT".into())
+        );
+        // Not JSON serde_json reads (a lenient decoder stops after the
+        // first value), and may name it.
+        for body in [r#"{"_method":"PUT"} x"#, r#"{"\u005fm\u0065thod":"PUT""#] {
+            assert!(
+                matches!(
+                    check_one("POST", "/x", &[("content-type", "application/json")], body),
+                    Err(ClassifyError::MethodOverrideUnread { .. })
+                ),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            check_one(
+                "POST",
+                "/x",
+                &[("content-type", "application/json")],
+                "{\"a\":"
+            ),
+            Ok(())
+        );
         // Unreadable for the strict reader, and may name it: refused.
         let body = "--XyZ\r\nContent-Disposition: form-data; name*=utf-8''%5Fm%65thod\r\n\r\nPUT\r\n--XyZ--";
         assert!(matches!(
@@ -333,6 +461,18 @@ mod tests {
                 "POST",
                 "/x",
                 vec![("content-type", "application/json")],
+                r#"{"_method":null,"a":{"_method":"PUT"},"method":"PUT"}"#,
+            ),
+            (
+                "POST",
+                "/x",
+                vec![("content-type", "application/json")],
+                r#"["_method","PUT"]"#,
+            ),
+            (
+                "POST",
+                "/x",
+                vec![("content-type", "text/plain")],
                 r#"{"_method":"PUT"}"#,
             ),
             (
