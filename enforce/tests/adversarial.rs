@@ -3,7 +3,8 @@
 //! curl, real TLS) to a real server-side parser, the Go upstream
 //! (`test-support/upstreams/go`: encoding/json into structs, whose member
 //! matching is case-insensitive; net/url and mime/multipart forms; PHP's
-//! form-name rules; framework routing styles). For every request the
+//! form-name rules; the query and the body merged as frameworks merge
+//! them; framework routing styles). For every request the
 //! upstream receives, what it read must be what the decision receipt says
 //! (amount, currency, recipients, the endpoint it routed to, the path
 //! under a web prefix); every other request must be refused, with a receipt
@@ -55,6 +56,16 @@ type = "payment"
 amount = { form = "amount_cents" }
 amount_unit = "minor"
 currency = { form = "currency" }
+merchant = { value = "united.com" }
+
+[[rule]]
+name = "charge"
+host = "united.com"
+method = "POST"
+path = "/charge"
+type = "payment"
+amount = { query = "amount" }
+currency = { query = "currency" }
 merchant = { value = "united.com" }
 
 [[rule]]
@@ -143,6 +154,7 @@ const PURCHASE: &str = "https://united.com/api/booking/purchase";
 const PAY: &str = "https://united.com/pay";
 const SEND: &str = "https://api.mail.example/v1/send";
 const SEND_FORM: &str = "https://api.mail.example/v1/send-form";
+const CHARGE: &str = "https://united.com/charge?amount=5.00&currency=USD";
 
 /// §1: body fields are read in the format the upstream reads.
 fn body_formats() -> Vec<Attack> {
@@ -416,6 +428,92 @@ fn spellings_and_numbers() -> Vec<Attack> {
     ]
 }
 
+/// A field read from the body must not be named in the query, and one read
+/// from the query not in the body: servers that hand a handler both as one
+/// set of parameters (the upstream's `go_form_value`, `query_first` and
+/// `body_first` readings) may act on the other copy.
+fn query_and_body() -> Vec<Attack> {
+    let ok = r#"{"total":"5.00","currency":"USD"}"#;
+    let mail = r#"{"to":"traveler@example.com","subject":"hi"}"#;
+    let mpb = multipart_type();
+    let mp = mpb.as_str();
+    let in_query = "the query also names field";
+    let in_body = "the body also names field query amount";
+    vec![
+        post("query payment", CHARGE, FORM, "note=x", Forward),
+        post(
+            "json purchase beside an unrelated query",
+            &format!("{PURCHASE}?ref=abc"),
+            JSON,
+            ok,
+            Forward,
+        ),
+        post(
+            "form amount also in the query",
+            &format!("{PAY}?amount_cents=50000"),
+            FORM,
+            "amount_cents=100&currency=USD",
+            Block("catalog", in_query),
+        ),
+        post(
+            "multipart amount also in the query",
+            &format!("{PAY}?Amount.Cents=50000"),
+            mp,
+            &multipart(&[("amount_cents", "700"), ("currency", "USD")]),
+            Block("catalog", in_query),
+        ),
+        post(
+            "json amount also in the query",
+            &format!("{PURCHASE}?total=900.00"),
+            JSON,
+            ok,
+            Block("catalog", in_query),
+        ),
+        post(
+            "form recipient only in the query",
+            &format!("{SEND_FORM}?bcc=evil@example.net"),
+            FORM,
+            "to=traveler@example.com&subject=hi",
+            Block("catalog", in_query),
+        ),
+        post(
+            "json recipient only in the query",
+            &format!("{SEND}?bcc=evil@example.net"),
+            JSON,
+            mail,
+            Block("catalog", in_query),
+        ),
+        post(
+            "query amount also in the form body",
+            CHARGE,
+            FORM,
+            "amount=500.00",
+            Block("catalog", in_body),
+        ),
+        post(
+            "query amount also in the json body",
+            CHARGE,
+            JSON,
+            r#"{"Amount":"500.00"}"#,
+            Block("catalog", in_body),
+        ),
+        post(
+            "query amount also in the multipart body",
+            CHARGE,
+            mp,
+            &multipart(&[("amount", "500.00")]),
+            Block("catalog", in_body),
+        ),
+        post(
+            "query amount in an untyped body",
+            CHARGE,
+            NO_TYPE,
+            "amount=500.00",
+            Block("catalog", in_body),
+        ),
+    ]
+}
+
 /// §3: paths matched as frameworks route them.
 fn paths() -> Vec<Attack> {
     let ok = r#"{"total":"5.00","currency":"USD"}"#;
@@ -568,7 +666,7 @@ fn check_facts(name: &str, action: &Value, reading: &Value) {
     // Every routing style: an endpoint the catalog names is that kind.
     for (style, route) in reading["routes"].as_object().unwrap() {
         let want = match route["endpoint"].as_str().unwrap_or("") {
-            "purchase" | "pay" => Some("payment"),
+            "purchase" | "pay" | "charge" => Some("payment"),
             "send" | "sendform" => Some("email"),
             _ => None,
         };
@@ -590,18 +688,18 @@ fn check_facts(name: &str, action: &Value, reading: &Value) {
             );
         }
     }
-    let amount_field = if action["path"]
-        .as_str()
-        .unwrap()
-        .to_lowercase()
-        .contains("purchase")
-    {
-        "total"
+    let path = action["path"].as_str().unwrap().to_lowercase();
+    let (amount_field, from_query) = if path.contains("purchase") {
+        ("total", false)
+    } else if path.contains("charge") {
+        ("amount", true)
     } else {
-        "amount_cents"
+        ("amount_cents", false)
     };
     for (which, facts) in reading["readings"].as_object().unwrap() {
-        if which.ends_with("_query") {
+        // The query alone is read only where the rule reads it; the
+        // merged readings (query and body together) always are.
+        if which.ends_with("_query") && !from_query {
             continue;
         }
         match kind {
@@ -705,6 +803,7 @@ async fn the_upstream_reads_what_the_receipt_says() {
     let attacks: Vec<Attack> = body_formats()
         .into_iter()
         .chain(spellings_and_numbers())
+        .chain(query_and_body())
         .chain(paths())
         .collect();
     for a in &attacks {

@@ -49,6 +49,25 @@ pub enum ClassifyError {
     MissingField(String),
     #[error("field {field}: {problem}")]
     BadField { field: String, problem: String },
+    /// A field the rule reads from the body named in the query, or one
+    /// it reads from the query named in the body: servers that merge the
+    /// two may act on the other copy (`merged.rs`).
+    #[error(
+        "{elsewhere} also names field {field}: servers that read the query and the body as one \
+         set of parameters may act on that copy (Spring, Flask and Symfony prefer the query's, \
+         Go, PHP and Rails the body's)"
+    )]
+    QueryAndBody {
+        field: String,
+        elsewhere: &'static str,
+    },
+    /// A body that cannot be read to tell whether it names a field the rule
+    /// reads from the query.
+    #[error(
+        "the body cannot be read to tell whether it also names field {field} ({why}); servers \
+         that read the query and the body as one set of parameters may act on a copy there"
+    )]
+    BodyUnread { field: String, why: String },
     #[error("amount {0:?} is not an exact non-negative amount in cents")]
     BadAmount(String),
     #[error("email with no recipients the catalog can read")]

@@ -18,6 +18,8 @@ mod json;
 mod llm;
 /// Body formats from the `Content-Type`.
 mod media;
+/// Fields servers read from the query and the body together.
+mod merged;
 /// Method overrides naming another method: refused.
 mod method;
 /// The strict multipart/form-data reader.
@@ -267,6 +269,7 @@ impl<'c> Matched<'c> {
             }
             media::check_identity_encoding(req.headers)?;
         }
+        merged::check(&rule.extract, req, body.unwrap_or(&[]), complete)?;
         extract::read_facts(&mut action, &rule.extract, req, body)?;
         Ok(action)
     }

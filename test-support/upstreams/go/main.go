@@ -2,7 +2,8 @@
 // whose reading of each request comes from real server-side parsers (Go's
 // encoding/json into structs, net/url and mime/multipart forms) and from
 // emulations of other servers' documented rules (PHP's form-name
-// rewriting, framework routing styles). It logs what it read, one JSON line
+// rewriting, the query and the body merged into one set of parameters,
+// framework routing styles). It logs what it read, one JSON line
 // per request, so a test can compare it with the proxy's decision receipt.
 //
 // Routes (on every host it has a certificate for):
@@ -173,6 +174,27 @@ func goFormFacts(v url.Values) facts {
 	return f
 }
 
+// merged reads facts as a handler given the query and the body as one set
+// of parameters does: `first` wins a field both sides have, and a field only
+// one side has is read from that side.
+func merged(first, second facts) facts {
+	out := facts{}
+	for k, v := range second {
+		out[k] = v
+	}
+	for k, v := range first {
+		if strings.HasSuffix(k, "_in_cents") {
+			continue
+		}
+		out[k] = v
+		delete(out, k+"_in_cents")
+		if c, ok := first[k+"_in_cents"]; ok {
+			out[k+"_in_cents"] = c
+		}
+	}
+	return out
+}
+
 // phpName rewrites a form name as PHP's php_register_variable_ex does:
 // leading spaces dropped, '.' and ' ' before the first '[' become '_', a
 // '[' with no ']' becomes '_'. It returns the base name and the index (nil
@@ -336,6 +358,7 @@ var endpoints = map[string]string{
 	"send":     "/v1/send",
 	"sendform": "/v1/send-form",
 	"flights":  "/travel/flights",
+	"charge":   "/charge",
 }
 
 // resolve drops empty segments and resolves "." and "..".
@@ -503,6 +526,27 @@ func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
 		errors["go_query"] = err.Error()
 	}
 	readings["php_query"] = phpFacts(phpValues(phpPairs(rawQuery)))
+
+	// The query and the body as one set of parameters: Go's own r.Form
+	// (body values first, then the query's; FormValue takes the first),
+	// and emulations of servers that prefer the query's copy (Spring's
+	// @RequestParam, Flask's request.values, Symfony's Request::get) or
+	// the body's (Rails' params, Laravel's input, PHP's $_REQUEST).
+	merge := r.Clone(r.Context())
+	merge.Body = io.NopCloser(bytes.NewReader(body))
+	if err := merge.ParseMultipartForm(1 << 20); err == nil || err == http.ErrNotMultipart {
+		readings["go_form_value"] = goFormFacts(merge.Form)
+	}
+	bodyFacts := facts{}
+	for _, name := range []string{"go_json", "go_form", "go_multipart"} {
+		if f, ok := readings[name].(facts); ok {
+			bodyFacts = f
+			break
+		}
+	}
+	queryFacts, _ := readings["go_query"].(facts)
+	readings["query_first"] = merged(queryFacts, bodyFacts)
+	readings["body_first"] = merged(bodyFacts, queryFacts)
 
 	headers := map[string][]string{}
 	for k, v := range r.Header {
