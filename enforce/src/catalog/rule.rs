@@ -199,18 +199,23 @@ impl Rule {
     }
 
     /// Whether a request (its candidate methods, host and path readings)
-    /// falls under the rule.
+    /// falls under the rule. A `GET` rule covers `HEAD` too: servers run a
+    /// `GET` route's handler for a `HEAD` (Go's `GET /path` patterns,
+    /// Express's `app.get`, Rails, Flask, Spring's `@GetMapping`) and only
+    /// drop the response body, so its effects are the `GET`'s.
     pub(super) fn matches(
         &self,
         methods: &[String],
         host: &Host,
         readings: &[Vec<String>],
     ) -> bool {
+        let method_matches = |m: &String| {
+            methods
+                .iter()
+                .any(|rm| rm == m || (m == "GET" && rm == "HEAD"))
+        };
         self.host.matches(host)
-            && self
-                .method
-                .as_ref()
-                .is_none_or(|m| methods.iter().any(|rm| rm == m))
+            && self.method.as_ref().is_none_or(method_matches)
             && self.path.matches(readings)
     }
 }
