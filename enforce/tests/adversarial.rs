@@ -178,6 +178,9 @@ fn body_formats() -> Vec<Attack> {
         post("form payment", PAY, FORM, "amount_cents=500&currency=USD", Forward),
         post("form payment with charset", PAY, "content-type: application/x-www-form-urlencoded; charset=utf-8", "amount_cents=500&currency=USD", Forward),
         post("multipart payment", PAY, mp, &multipart(&[("amount_cents", "700"), ("currency", "USD")]), Forward),
+        // Valid JSON whose form reading has another amount (servers that
+        // decode JSON whatever the type, as many Go handlers do, read 50000).
+        post("json body typed as a form", PAY, FORM, r#"{"amount_cents":50000,"currency":"USD","x":"&amount_cents=100&currency=USD&"}"#, Block("catalog", "also valid JSON")),
         post("form rule, json body", PAY, JSON, r#"{"amount_cents":500,"currency":"USD"}"#, Block("catalog", "body is JSON")),
         post("json rule, multipart body", PURCHASE, mp, &multipart(&[("total", "5.00"), ("currency", "USD")]), Block("catalog", "body is multipart/form-data")),
         post("multipart with a preamble", PAY, mp, &format!("hello\r\n{}", multipart(&[("amount_cents", "700"), ("currency", "USD")])), Block("catalog", "preamble")),

@@ -5,6 +5,7 @@
 
 use capabilities::{Action, ActionType, Host};
 use http::HeaderMap;
+use serde_json::value::RawValue;
 
 use super::decimal::decimal_to_scaled;
 use super::error::ClassifyError;
@@ -129,6 +130,21 @@ fn parse_body<'a>(
     Ok(match format {
         BodyFormat::Json => {
             Body::Json(std::str::from_utf8(body).map_err(|_| ClassifyError::BadUtf8)?)
+        }
+        // Handlers that decode JSON whatever the Content-Type (many Go
+        // services, Express's json parser told to take any type) would
+        // read such a body as JSON: another reading than the form's.
+        // (A raw value: serde_json skips it without a nesting limit, and
+        // Go's decoder nests 10000 deep.)
+        BodyFormat::Form
+            if std::str::from_utf8(body)
+                .is_ok_and(|t| serde_json::from_str::<&RawValue>(t).is_ok()) =>
+        {
+            return Err(ClassifyError::ContentType(
+                "the application/x-www-form-urlencoded body is also valid JSON, which servers \
+                 that decode JSON whatever the Content-Type read instead"
+                    .into(),
+            ))
         }
         BodyFormat::Form => Body::Form {
             pairs: parse_urlencoded(body, false, "form body")?,

@@ -320,6 +320,45 @@ mod tests {
             .classify(&v, Some(body.as_bytes()), true)
     }
 
+    /// A form body that is also valid JSON (at any depth) is refused: a
+    /// handler decoding JSON whatever the type reads it otherwise.
+    #[test]
+    fn a_form_body_that_is_also_json_is_refused() {
+        let cat = Catalog::from_toml(
+            r#"
+            [[rule]]
+            host = "shop.example"
+            path = "/pay"
+            type = "payment"
+            amount = { form = "amount" }
+            "#,
+        )
+        .expect("catalog");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            "application/x-www-form-urlencoded".parse().expect("valid"),
+        );
+        let v = view("POST", "shop.example", "/pay", &headers);
+        let deep = format!(
+            r#"{{"amount":900,"x":{}"&amount=1&"{}}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        for body in [r#"{"amount":900,"x":"&amount=1&"}"#, deep.as_str()] {
+            let err = cat
+                .match_request(&v)
+                .classify(&v, Some(body.as_bytes()), true)
+                .expect_err("refused");
+            assert!(err.to_string().contains("also valid JSON"), "{err}");
+        }
+        let a = cat
+            .match_request(&v)
+            .classify(&v, Some(b"amount=1&x=%7B%7D"), true)
+            .expect("a plain form");
+        assert_eq!(a.amount_cents, Some(100));
+    }
+
     #[test]
     fn flight_catalog_classifies_purchase_login_email_and_web() {
         let cat = Catalog::from_toml(FLIGHT).expect("example catalog parses");
