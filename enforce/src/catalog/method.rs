@@ -87,32 +87,6 @@ pub(super) fn check(
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        // Laravel reads the body as JSON when the header holds `/json` or
-        // `+json` anywhere (parameters too), and then takes `_method` from
-        // it; any `json` in the header is read here.
-        if content_type.to_ascii_lowercase().contains("json") {
-            // Not parsable short of its end (docs/catalog.md); and most
-            // bodies cannot name the member, so are not parsed for it.
-            if !complete || !may_name_method_json(body) {
-                continue;
-            }
-            match json_fields(body) {
-                Ok(values) => {
-                    if let Some(v) = values.into_iter().find(|v| other(v)) {
-                        return refuse(&v, format!("{FIELD} in the JSON body"));
-                    }
-                }
-                // A body refused here may still name `_method` for a more
-                // lenient decoder (one that stops after the first value).
-                Err(()) => {
-                    return Err(ClassifyError::MethodOverrideUnread {
-                        method: method.to_ascii_uppercase(),
-                        via: "the JSON body".into(),
-                    })
-                }
-            }
-            continue;
-        }
         let value = if essence.is_empty() || essence == "application/x-www-form-urlencoded" {
             // What was buffered, even short of the whole body: pairs are
             // read one by one.
@@ -143,6 +117,30 @@ pub(super) fn check(
         };
         if let Some(v) = value {
             return refuse(&v, format!("{FIELD} in the form body"));
+        }
+        // Laravel reads the body as JSON when the header holds `/json` or
+        // `+json` anywhere, parameters too (Rack still reads a form by the
+        // essence, above). Not parsable short of its end (docs/catalog.md);
+        // and most bodies cannot name the member, so are not parsed for it.
+        if content_type.to_ascii_lowercase().contains("json")
+            && complete
+            && may_name_method_json(body)
+        {
+            match json_fields(body) {
+                Ok(values) => {
+                    if let Some(v) = values.into_iter().find(|v| other(v)) {
+                        return refuse(&v, format!("{FIELD} in the JSON body"));
+                    }
+                }
+                // A body refused here may still name `_method` for a more
+                // lenient decoder (one that stops after the first value).
+                Err(()) => {
+                    return Err(ClassifyError::MethodOverrideUnread {
+                        method: method.to_ascii_uppercase(),
+                        via: "the JSON body".into(),
+                    })
+                }
+            }
         }
     }
     Ok(())
@@ -410,6 +408,21 @@ mod tests {
                 "{ct} {body}"
             );
         }
+        // A form whose type's parameters mention JSON is still a form to
+        // Rack.
+        assert_eq!(
+            via(check_one(
+                "POST",
+                "/x",
+                &[(
+                    "content-type",
+                    "application/x-www-form-urlencoded; x=\"/json\""
+                )],
+                "a=1&_method=DELETE"
+            ))
+            .map(|v| v.2),
+            Some("_method in the form body".into())
+        );
         // Nested deeper than serde_json builds values (128): its members
         // are still read.
         let deep = format!(
