@@ -514,6 +514,40 @@ fn query_and_body() -> Vec<Attack> {
             "amount=500.00",
             Block("catalog", in_body),
         ),
+        // PHP's $_REQUEST (cookies last, without a php.ini) and ASP.NET's
+        // Request[] read cookies with the query and the form.
+        attack(
+            "form amount also in a cookie",
+            "POST",
+            PAY,
+            &[FORM, "cookie: session=1; amount_cents=50000"],
+            Some("amount_cents=100&currency=USD"),
+            Block("catalog", "a cookie also names field form amount_cents"),
+        ),
+        attack(
+            "form recipient only in a cookie",
+            "POST",
+            SEND_FORM,
+            &[FORM, "cookie: bcc=evil%40example.net"],
+            Some("to=traveler@example.com&subject=hi"),
+            Block("catalog", "a cookie also names field form bcc"),
+        ),
+        attack(
+            "query amount also in a cookie",
+            "POST",
+            CHARGE,
+            &["cookie: Amount=500.00"],
+            None,
+            Block("catalog", "a cookie also names field query amount"),
+        ),
+        attack(
+            "unrelated cookie",
+            "POST",
+            PAY,
+            &[FORM, "cookie: session=1"],
+            Some("amount_cents=100&currency=USD"),
+            Forward,
+        ),
     ]
 }
 

@@ -50,16 +50,14 @@ pub enum ClassifyError {
     #[error("field {field}: {problem}")]
     BadField { field: String, problem: String },
     /// A field the rule reads from the body named in the query, or one
-    /// it reads from the query named in the body: servers that merge the
-    /// two may act on the other copy (`merged.rs`).
-    #[error(
-        "{elsewhere} also names field {field}: servers that read the query and the body as one \
-         set of parameters may act on that copy (Spring, Flask and Symfony prefer the query's, \
-         Go, PHP and Rails the body's)"
-    )]
+    /// it reads from the query named in the body or either in a cookie:
+    /// servers that merge them may act on the other copy (`merged.rs`).
+    #[error("{elsewhere} also names field {field}: {who}")]
     QueryAndBody {
         field: String,
         elsewhere: &'static str,
+        /// Which servers read that copy.
+        who: &'static str,
     },
     /// A body that cannot be read to tell whether it names a field the rule
     /// reads from the query.

@@ -8,8 +8,13 @@
 //! query, and one it reads from the query must not also be in the body:
 //! the catalog would read one copy and the server might act on the other
 //! (or on a copy where the catalog found none). Such a request is refused.
+//! PHP's `$_REQUEST` also reads cookies, after the query and the form when
+//! no `php.ini` sets `request_order` (as in the official Docker images),
+//! and ASP.NET's `Request[name]` falls back to them: a form or query field
+//! named in a `Cookie` is refused too.
 
 use http::header::CONTENT_TYPE;
+use http::header::COOKIE;
 
 use super::error::ClassifyError;
 use super::extract::RequestView;
@@ -46,8 +51,22 @@ pub(super) fn check(
             return Err(ClassifyError::QueryAndBody {
                 field: field.describe(),
                 elsewhere: "the query",
+                who: MERGING,
             });
         }
+    }
+    let mut form_or_query = extract.fields().filter_map(|f| match f {
+        Field::Form(n) | Field::Query(n) => Some((f, form_name(n).field)),
+        _ => None,
+    });
+    let cookies = cookie_names(req);
+    if let Some((field, _)) = form_or_query.find(|(_, n)| cookies.contains(n)) {
+        return Err(ClassifyError::QueryAndBody {
+            field: field.describe(),
+            elsewhere: "a cookie",
+            who: "PHP's $_REQUEST (without a php.ini, the cookie's copy wins) and ASP.NET's \
+                  Request[name] read cookies with the query and the form",
+        });
     }
     let from_query: Vec<(&Field, String)> = extract
         .fields()
@@ -70,9 +89,31 @@ pub(super) fn check(
         Some((field, _)) => Err(ClassifyError::QueryAndBody {
             field: field.describe(),
             elsewhere: "the body",
+            who: MERGING,
         }),
         None => Ok(()),
     }
+}
+
+/// Who reads a copy of a field on the other side than the rule's.
+const MERGING: &str = "servers that read the query and the body as one set of parameters may \
+                       act on that copy (Spring, Flask and Symfony prefer the query's, Go, PHP \
+                       and Rails the body's)";
+
+/// The names of the request's cookies (read by [`form_name`] after a
+/// lenient percent-decoding, as PHP reads them), split at `;` and, as
+/// older servers also do, at `,`.
+fn cookie_names(req: &RequestView<'_>) -> Vec<String> {
+    req.headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';' || b == b','))
+        .filter_map(|pair| {
+            let name = pair.split(|&b| b == b'=').next()?;
+            let name = percent_encoding::percent_decode(name.trim_ascii()).decode_utf8_lossy();
+            Some(form_name(&name).field)
+        })
+        .collect()
 }
 
 /// The first member name of an RFC 6901 pointer, unescaped.
@@ -200,8 +241,21 @@ mod tests {
         body: &str,
         complete: bool,
     ) -> Result<(), ClassifyError> {
+        classify_with_cookie(target, content_type, body, complete, None)
+    }
+
+    fn classify_with_cookie(
+        target: &str,
+        content_type: Option<&str>,
+        body: &str,
+        complete: bool,
+        cookie: Option<&str>,
+    ) -> Result<(), ClassifyError> {
         let cat = Catalog::from_toml(CATALOG).expect("catalog");
         let mut headers = HeaderMap::new();
+        if let Some(c) = cookie {
+            headers.insert("cookie", c.parse().expect("value"));
+        }
         if let Some(ct) = content_type {
             headers.insert("content-type", ct.parse().expect("value"));
         }
@@ -223,7 +277,9 @@ mod tests {
 
     fn both(r: Result<(), ClassifyError>) -> Option<(String, &'static str)> {
         match r {
-            Err(ClassifyError::QueryAndBody { field, elsewhere }) => Some((field, elsewhere)),
+            Err(ClassifyError::QueryAndBody {
+                field, elsewhere, ..
+            }) => Some((field, elsewhere)),
             _ => None,
         }
     }
@@ -291,6 +347,52 @@ mod tests {
                 "{content_type:?} {body}"
             );
         }
+    }
+
+    #[test]
+    fn a_form_or_query_field_in_a_cookie_is_refused() {
+        for (target, body, cookie, field) in [
+            (
+                "/form",
+                "amount_cents=1",
+                "amount_cents=9",
+                "form amount_cents",
+            ),
+            (
+                "/form",
+                "amount_cents=1",
+                "a=1; Amount.Cents=9",
+                "form amount_cents",
+            ),
+            (
+                "/form",
+                "amount_cents=1",
+                "a=1, amount%5Fcents=9",
+                "form amount_cents",
+            ),
+            ("/query?amount=1", "", "amount=9", "query amount"),
+        ] {
+            assert_eq!(
+                both(classify_with_cookie(target, FORM, body, true, Some(cookie))),
+                Some((field.into(), "a cookie")),
+                "{target} {cookie}"
+            );
+        }
+        // A JSON field: neither $_REQUEST nor Request[] reads JSON.
+        assert_eq!(
+            classify_with_cookie(
+                "/json",
+                JSON,
+                r#"{"to":"a@x.example"}"#,
+                true,
+                Some("to=b@x.example; session=1")
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            classify_with_cookie("/form", FORM, "amount_cents=1", true, Some("amount=9")),
+            Ok(())
+        );
     }
 
     #[test]

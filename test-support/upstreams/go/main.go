@@ -544,6 +544,21 @@ func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
 			break
 		}
 	}
+	// PHP's $_REQUEST under its built-in variables_order (EGPCS, what runs
+	// without a php.ini, as in the official Docker images): the query's
+	// pairs, then the form body's, then the cookies', a later one winning.
+	requestPairs := phpPairs(rawQuery)
+	if ct == "application/x-www-form-urlencoded" {
+		requestPairs = append(requestPairs, phpPairs(string(body))...)
+	}
+	for _, header := range r.Header.Values("Cookie") {
+		for _, c := range strings.Split(header, ";") {
+			if name, value, ok := strings.Cut(strings.TrimLeft(c, " "), "="); ok {
+				requestPairs = append(requestPairs, [2]string{phpDecode(name), phpDecode(value)})
+			}
+		}
+	}
+	readings["php_request"] = phpFacts(phpValues(requestPairs))
 	queryFacts, _ := readings["go_query"].(facts)
 	readings["query_first"] = merged(queryFacts, bodyFacts)
 	readings["body_first"] = merged(bodyFacts, queryFacts)
