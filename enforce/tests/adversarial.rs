@@ -256,6 +256,23 @@ fn spellings_and_numbers() -> Vec<Attack> {
             r#"{"to":"traveler@example.com","cc":"agent@example.com","CC":"evil@example.net","subject":"hi"}"#,
             Block("catalog", "spelled"),
         ),
+        // A mail API that writes the subject or an address into a
+        // message's header as is sends the second line as a header of its
+        // own: a Bcc nobody checked.
+        post(
+            "json subject with a line break",
+            SEND,
+            JSON,
+            r#"{"to":"traveler@example.com","subject":"hi\r\nBcc: evil@example.net"}"#,
+            Block("catalog", "line break"),
+        ),
+        post(
+            "json recipient with a line break",
+            SEND,
+            JSON,
+            r#"{"to":"traveler@example.com\nBcc: evil@example.net","subject":"hi"}"#,
+            Block("catalog", "line break"),
+        ),
         post(
             "json list recipients",
             SEND,

@@ -77,15 +77,37 @@ pub(super) fn read_facts(
         } => {
             action.kind = ActionType::Email;
             for field in recipients {
-                action.recipients.extend(src.list(field)?);
+                let values = src.list(field)?;
+                single_line(field, &values)?;
+                action.recipients.extend(values);
             }
             if action.recipients.is_empty() {
                 return Err(ClassifyError::NoRecipients);
             }
-            action.subject = subject.as_ref().map(|f| src.scalar(f)).transpose()?;
+            if let Some(field) = subject {
+                let value = src.scalar(field)?;
+                single_line(field, std::slice::from_ref(&value))?;
+                action.subject = Some(value);
+            }
         }
         // Its cost is metering's: the worst case, set by the gate's stages.
         Extract::Llm => action.kind = ActionType::Llm,
+    }
+    Ok(())
+}
+
+/// Refuses a mail fact holding a line break or another control character:
+/// a mail API that writes a subject or an address into the message's
+/// header as is (no RFC 2047 encoding) sends each further line as a header
+/// of its own, a `Bcc:` the token never saw.
+fn single_line(field: &Field, values: &[String]) -> Result<(), ClassifyError> {
+    if values.iter().any(|v| v.chars().any(char::is_control)) {
+        return Err(ClassifyError::BadField {
+            field: field.describe(),
+            problem: "holds a line break or another control character, which a mail API \
+                      writing it into a message header would send as headers of their own"
+                .into(),
+        });
     }
     Ok(())
 }
