@@ -36,6 +36,27 @@ async fn curl_get_over_http11_and_h2() {
     env.proxy.shutdown().await;
 }
 
+/// A HEAD is answered with the GET's head and no body, whichever protocol
+/// each leg speaks: upstream's `Content-Length` says what a GET would carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_over_http11_and_h2_gets_the_head_and_no_body() {
+    // Upstream speaks what the sandbox offered, or HTTP/1.1 only.
+    for upstream in [&[b"http/1.1".as_slice()][..], BOTH] {
+        let env = Env::start(upstream).await;
+        for sandbox in ["--http1.1", "--http2"] {
+            let out = env.curl("/hello", &["-I", sandbox]).await;
+            assert!(
+                out.status.success(),
+                "{sandbox}, upstream {upstream:?}: {out:?}"
+            );
+            let head = stdout(&out).to_ascii_lowercase();
+            assert!(head.contains(" 200"), "{head}");
+            assert!(head.contains("content-length: "), "{head}");
+        }
+        env.proxy.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_post_fixed_and_chunked_bodies_are_echoed() {
     let env = Env::start(BOTH).await;

@@ -104,6 +104,7 @@ impl H2Sender {
             return Err(SendFailed::Unsent(Box::new(req), e.into()));
         }
         fill_content_length(&mut req);
+        let no_content = req.method() == Method::HEAD;
         let (head, body) = req.into_parts();
         let eos = body.is_end_stream();
         let (response, tx) = match self.send.send_request(Request::from_parts(head, ()), eos) {
@@ -132,7 +133,11 @@ impl H2Sender {
         if let Some(p) = pipe {
             tokio::spawn(p);
         }
-        let body = H2Body::new(recv, &parts.headers);
+        let body = if no_content {
+            H2Body::no_content(recv)
+        } else {
+            H2Body::new(recv, &parts.headers)
+        };
         Ok(Response::from_parts(parts, body))
     }
 }
@@ -227,6 +232,8 @@ pub(crate) struct H2Body {
     data_done: bool,
     /// What `Content-Length` says is still to come, when it says.
     remaining: Option<u64>,
+    /// A response to HEAD: ended with its head, nothing of the stream read.
+    no_content: bool,
 }
 
 impl H2Body {
@@ -242,6 +249,20 @@ impl H2Body {
             recv,
             data_done: false,
             remaining,
+            no_content: false,
+        }
+    }
+
+    /// The body of a response to HEAD: none, whatever upstream's head says
+    /// (its `Content-Length` is what a GET would carry) and whatever it
+    /// sends after the head (h2 resets a stream that sends DATA there;
+    /// that is upstream's error, and the sandbox's answer is the head).
+    fn no_content(recv: RecvStream) -> Self {
+        Self {
+            recv,
+            data_done: true,
+            remaining: Some(0),
+            no_content: true,
         }
     }
 }
@@ -255,6 +276,9 @@ impl Body for H2Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         let this = &mut *self;
+        if this.no_content {
+            return Poll::Ready(None);
+        }
         if !this.data_done {
             match this.recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(data))) => {
@@ -279,7 +303,7 @@ impl Body for H2Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.no_content || self.recv.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
