@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use test_requirements::{require, Requirement, SDK_VENV};
-use test_support::llm::{CHAT_USAGE, MESSAGES_USAGE, REPLY_TEXT};
+use test_support::llm::{CHAT_USAGE, MESSAGES_SERVICE_TIER, MESSAGES_USAGE, REPLY_TEXT};
 
 mod support;
 use support::llm_provider::{CHAT_COST, MESSAGES_COST, RATES};
@@ -325,7 +325,7 @@ with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100,
 print("SDK-TEXT", text, flush=True)
 u = final.usage
 print("SDK-USAGE", u.input_tokens, u.cache_read_input_tokens,
-      u.cache_creation_input_tokens, u.output_tokens, flush=True)
+      u.cache_creation_input_tokens, u.output_tokens, u.service_tier, flush=True)
 "#;
     let ran = session(&ANTHROPIC, &[&python(), "-c", script]);
     assert!(
@@ -336,7 +336,7 @@ print("SDK-USAGE", u.input_tokens, u.cache_read_input_tokens,
     let u = MESSAGES_USAGE;
     assert!(
         ran.all.contains(&format!(
-            "SDK-USAGE {} {} {} {}",
+            "SDK-USAGE {} {} {} {} {MESSAGES_SERVICE_TIER}",
             u.input, u.cache_read, u.cache_write, u.output
         )),
         "{}",

@@ -351,6 +351,101 @@ async fn a_call_served_at_priority_without_asking_is_charged_priority_prices() {
     );
 }
 
+/// Anthropic serves a request that names no tier (or `auto`) from an
+/// organization's Priority Tier capacity when it has some, and says so in
+/// `usage.service_tier` (`message_start`'s when streamed). Such a call is
+/// charged the card's priority prices (cache writes at the tier's own),
+/// streamed or not, and reserved for them beforehand; one served at
+/// `standard` is charged standard; a model the card has no priority price
+/// for is charged its reservation, marked estimated; `standard_only` is
+/// reserved at standard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anthropic_call_served_at_priority_is_charged_priority_prices() {
+    let upstream = provider().await;
+    let s = Session::start(Options {
+        policy: TENANT_POLICY.into(),
+        catalog: LLM_CATALOG.into(),
+        secrets: String::new(),
+        upstream: Some(upstream),
+        rates: Some(ANTHROPIC_PRIORITY_RATES.into()),
+        ..Options::default()
+    })
+    .await;
+    let usage = usage_header(
+        json!({"input_tokens": 50, "cache_creation_input_tokens": 1_000,
+        "output_tokens": 10_000}),
+    );
+    let url = "https://api.anthropic.com/v1/messages";
+    let haiku = r#"{"model":"claude-haiku-4-5","max_tokens":10000,"messages":[]}"#;
+    let streamed = r#"{"model":"claude-haiku-4-5","stream":true,"max_tokens":10000,"messages":[]}"#;
+    let tier = |t: &str| format!("x-service-tier: {t}");
+    for (body, served) in [
+        (haiku, "priority"),
+        (streamed, "priority"),
+        (streamed, "standard"),
+        (
+            r#"{"model":"claude-sonnet-4","max_tokens":100,"messages":[]}"#,
+            "priority",
+        ),
+        (
+            r#"{"model":"claude-haiku-4-5","service_tier":"standard_only","max_tokens":10000,"messages":[]}"#,
+            "standard",
+        ),
+    ] {
+        let r = post(&s, url, body, &[usage.clone(), tier(served)]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            r.body.contains(&format!(r#""service_tier":"{served}""#)),
+            "{}",
+            r.body
+        );
+    }
+    let u = usages(&s.finish_and_verify());
+    assert_eq!(u.len(), 5);
+    for (i, u) in u[..2].iter().enumerate() {
+        // 50 × 2.00 + 1000 × 2.50 (5-minute writes) + 10000 × 10 per million.
+        assert_eq!(
+            (u.cost_micro_usd, u.estimated, u.rates.price.model.as_str()),
+            (102_600, false, "claude-haiku-4-5 priority"),
+            "call {i}: {u:?}"
+        );
+        // Reserved at priority prices: 10000 output at 10 is 100_000.
+        assert!(u.reserved_micro_usd > 100_000, "call {i}: {u:?}");
+    }
+    // 50 × 1.00 + 1000 × 1.25 + 10000 × 5 per million.
+    assert_eq!(
+        (
+            u[2].cost_micro_usd,
+            u[2].estimated,
+            u[2].rates.price.model.as_str()
+        ),
+        (51_300, false, "claude-haiku-4-5"),
+        "{:?}",
+        u[2]
+    );
+    assert!(u[3].estimated, "{:?}", u[3]);
+    assert_eq!(u[3].cost_micro_usd, u[3].reserved_micro_usd);
+    assert!(u[3].reserved_micro_usd > 0);
+    // standard_only: reserved at standard (10000 output at 5 and the body).
+    assert!(u[4].reserved_micro_usd < 100_000, "{:?}", u[4]);
+    assert_eq!((u[4].cost_micro_usd, u[4].estimated), (51_300, false));
+}
+
+/// The built-in Claude Haiku 4.5 with Priority Tier prices (made up: they
+/// are contracted, not published).
+const ANTHROPIC_PRIORITY_RATES: &str = r#"
+[[model]]
+name = "claude-haiku-4-5"
+match = "prefix"
+input = "1.00"
+cached_input = "0.10"
+cache_write_5m = "1.25"
+cache_write_1h = "2.00"
+output = "5.00"
+context_window = 200000
+priority = { input = "2.00", cached_input = "0.20", cache_write_5m = "2.50", cache_write_1h = "4.00", output = "10.00" }
+"#;
+
 /// A request that asks for no tier (or `auto`) may be served at priority,
 /// so it is reserved at the dearer of the standard and priority prices: a
 /// budget that covers its worst case at standard but not at priority

@@ -41,6 +41,10 @@ pub struct ChatUsage {
     pub reasoning: u64,
 }
 
+/// The tier the Messages answers say served the call (`usage.service_tier`,
+/// as Anthropic's do): the standard one, so the calls are priced at it.
+pub const MESSAGES_SERVICE_TIER: &str = "standard";
+
 /// Anthropic Messages usage figures.
 #[derive(Clone, Copy, Debug)]
 pub struct MessagesUsage {
@@ -129,7 +133,8 @@ fn message() -> Value {
         "content": [{"type": "text", "text": REPLY_TEXT}],
         "stop_reason": "end_turn", "stop_sequence": null,
         "usage": {"input_tokens": u.input, "cache_read_input_tokens": u.cache_read,
-            "cache_creation_input_tokens": u.cache_write, "output_tokens": u.output}})
+            "cache_creation_input_tokens": u.cache_write, "output_tokens": u.output,
+            "service_tier": MESSAGES_SERVICE_TIER}})
 }
 
 fn messages_events() -> Vec<String> {

@@ -279,9 +279,11 @@ impl Metering {
     /// above its threshold) of the tier that served it, of the dearer of
     /// the model it asked for and the model the provider says answered (an
     /// Azure deployment or an OpenRouter fallback picks the model; a
-    /// cheaper name never lowers the charge). The tier is the one an OpenAI
-    /// response names (`"priority"`, else standard: a project whose default
-    /// is priority is billed so for a request that asked for none), or the
+    /// cheaper name never lowers the charge). The tier is the one the
+    /// response names (OpenAI's `service_tier`, Anthropic's
+    /// `usage.service_tier`: `"priority"`, else standard; a project whose
+    /// default is priority, or an organization with Anthropic Priority Tier
+    /// capacity, is billed so for a request that asked for none), or the
     /// one asked for when it names none. Charged its reservation, marked
     /// estimated (tokens zero, as the verifier expects), when there is no
     /// usage, the answering model or the serving tier is unpriced though
@@ -310,8 +312,8 @@ impl Metering {
             return (t, cost_micro_usd(&t, &rates.price), rates, false);
         };
         let tier = match (ticket.plan.api, reported.priority) {
-            (Api::Chat | Api::Responses, Some(true)) => Tier::Priority,
-            (Api::Chat | Api::Responses, Some(false)) => Tier::Standard,
+            (Api::Chat | Api::Responses | Api::Messages, Some(true)) => Tier::Priority,
+            (Api::Chat | Api::Responses | Api::Messages, Some(false)) => Tier::Standard,
             _ => ticket.plan.tier,
         };
         let served = if tier == ticket.plan.tier {

@@ -344,22 +344,25 @@ pub(crate) fn worst_case(body_len: u64, output: u64, price: &ModelPrice) -> u64 
     cost_micro_usd(&tokens, &bound)
 }
 
-/// The price tier a request asks for, and whether the project's default
-/// tier serves it (then it may be served, and billed, at priority: OpenAI
-/// Chat and Responses with no tier, or `auto`); `Err` with a reason for one
-/// the proxy cannot price. OpenAI: absent, `auto`, `default` and `flex`
-/// (which costs less) are standard; `priority` its own prices; `scale`
-/// (prepaid units) and others are unknown. Anthropic's `auto` and
-/// `standard_only` do not change the price.
+/// The price tier a request asks for, and whether the provider may serve
+/// it at priority without its asking (then it may be billed at priority:
+/// OpenAI Chat and Responses with no tier, or `auto`, in a project whose
+/// default tier is priority; Anthropic Messages with no tier, or `auto`,
+/// for an organization with Priority Tier capacity); `Err` with a reason
+/// for one the proxy cannot price. OpenAI: absent, `auto`, `default` and
+/// `flex` (which costs less) are standard; `priority` its own prices;
+/// `scale` (prepaid units) and others are unknown. Anthropic:
+/// `standard_only` is standard.
 fn tier_of(api: Api, tier: Option<&Value>) -> Result<(Tier, bool), String> {
-    let openai = matches!(api, Api::Chat | Api::Responses);
+    let may_be_priority = matches!(api, Api::Chat | Api::Responses | Api::Messages);
     let name = match tier {
-        None | Some(Value::Null) => return Ok((Tier::Standard, openai)),
+        None | Some(Value::Null) => return Ok((Tier::Standard, may_be_priority)),
         Some(Value::String(s)) => s.as_str(),
         Some(other) => return Err(format!("service_tier {other} is not a tier name")),
     };
     match (api, name) {
-        (Api::Messages, "auto" | "standard_only") => Ok((Tier::Standard, false)),
+        (Api::Messages, "auto") => Ok((Tier::Standard, true)),
+        (Api::Messages, "standard_only") => Ok((Tier::Standard, false)),
         (Api::Chat | Api::Responses, "auto") => Ok((Tier::Standard, true)),
         (Api::Chat | Api::Responses | Api::Embeddings, "auto" | "default" | "flex") => {
             Ok((Tier::Standard, false))
@@ -860,6 +863,56 @@ mod tests {
             "{sent:?}"
         );
         assert!(p.reserved.expect("reserved") <= 2_000);
+    }
+
+    /// Anthropic serves a request with no tier, or `auto`, from Priority
+    /// Tier capacity when the organization has some: where the card prices
+    /// the model's priority tier, reserved at the dearer prices;
+    /// `standard_only` at standard. Settled at standard unless the response
+    /// names the tier.
+    #[test]
+    fn an_anthropic_request_that_may_use_priority_capacity_is_reserved_at_priority() {
+        let card = RateCard::from_toml(
+            "[[model]]\nname = \"claude-haiku-4-5\"\nmatch = \"prefix\"\ninput = \"1\"\n\
+             output = \"5\"\npriority = { input = \"2\", output = \"10\" }\n",
+            "t",
+        )
+        .expect("card");
+        let standard = card
+            .pricing_for("claude-haiku-4-5", Tier::Standard)
+            .expect("p")
+            .base;
+        let priority = card
+            .pricing_for("claude-haiku-4-5", Tier::Priority)
+            .expect("p")
+            .base;
+        for (body, price) in [
+            (
+                r#"{"model":"claude-haiku-4-5","max_tokens":1000}"#,
+                &priority,
+            ),
+            (
+                r#"{"model":"claude-haiku-4-5","max_tokens":1000,"service_tier":"auto"}"#,
+                &priority,
+            ),
+            (
+                r#"{"model":"claude-haiku-4-5","max_tokens":1000,"service_tier":"standard_only"}"#,
+                &standard,
+            ),
+        ] {
+            let p = plan(
+                Api::Messages,
+                "api.anthropic.com",
+                body.as_bytes(),
+                &card,
+                &MeterSettings::default(),
+                None,
+            )
+            .expect("planned");
+            let want = worst_case(body.len() as u64, 1000, price);
+            assert_eq!((p.reserved, p.unbounded), (Some(want), None), "{body}");
+            assert_eq!(p.tier, Tier::Standard);
+        }
     }
 
     /// The body the upstream receives, and its members named `name` in

@@ -293,8 +293,10 @@ pub struct RateEntry {
     /// input is not all in its body is reserved for. `None`: unknown, so
     /// such a request cannot be reserved for.
     pub context_window: Option<u64>,
-    /// OpenAI's `"service_tier": "priority"` prices (cache writes as input).
-    /// `None`: a priority call to this model cannot be priced.
+    /// The priority tier's prices: OpenAI's `"service_tier": "priority"`,
+    /// Anthropic's Priority Tier (`usage.service_tier: "priority"`). Cache
+    /// writes default to its input. `None`: a priority call to this model
+    /// cannot be priced.
     pub priority: Option<ModelPrice>,
     /// Dearer prices for the whole request once its input passes a size.
     pub long_context: Option<LongContext>,
@@ -314,7 +316,7 @@ pub struct LongContext {
 pub enum Tier {
     /// Standard prices (also flex, which costs less, and `auto`).
     Standard,
-    /// OpenAI's priority processing.
+    /// OpenAI's priority processing, Anthropic's Priority Tier.
     Priority,
 }
 
@@ -429,13 +431,17 @@ struct EntryFile {
     long_context: Option<LongContextFile>,
 }
 
-/// `priority = { input, cached_input, output }`: USD per million tokens.
+/// `priority = { input, cached_input, cache_write_5m, cache_write_1h,
+/// output }`: USD per million tokens.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TierFile {
     input: toml::Value,
-    /// Defaults to this tier's `input`.
+    /// These default to this tier's `input` (OpenAI has no cache writes;
+    /// Anthropic's Priority Tier charges them more).
     cached_input: Option<toml::Value>,
+    cache_write_5m: Option<toml::Value>,
+    cache_write_1h: Option<toml::Value>,
     output: toml::Value,
 }
 
@@ -543,17 +549,16 @@ impl RateCard {
             let priority = match &entry.priority {
                 Some(t) => {
                     let input = usd("priority.input", &t.input)?;
-                    let cached = match &t.cached_input {
-                        Some(v) => usd("priority.cached_input", v)?,
-                        None => input,
+                    let or_input = |what: &str, v: &Option<toml::Value>| match v {
+                        Some(v) => usd(what, v),
+                        None => Ok(input),
                     };
                     Some(ModelPrice {
                         model: format!("{} priority", entry.name),
                         input,
-                        cached_input: cached,
-                        // OpenAI has no cache writes: priced as input.
-                        cache_write_5m: input,
-                        cache_write_1h: input,
+                        cached_input: or_input("priority.cached_input", &t.cached_input)?,
+                        cache_write_5m: or_input("priority.cache_write_5m", &t.cache_write_5m)?,
+                        cache_write_1h: or_input("priority.cache_write_1h", &t.cache_write_1h)?,
                         output: usd("priority.output", &t.output)?,
                         per_request: price.per_request,
                     })
@@ -740,8 +745,19 @@ impl RateCard {
                 line.push_str(&format!(",\"context_window\":{w}"));
             }
             if let Some(t) = &e.priority {
+                // Cache writes only when not the tier's input (the only
+                // value they could have before they could be set): a card
+                // without them hashes as before.
+                let writes = if t.cache_write_5m == t.input && t.cache_write_1h == t.input {
+                    String::new()
+                } else {
+                    format!(
+                        ",\"cache_write_5m\":{},\"cache_write_1h\":{}",
+                        t.cache_write_5m, t.cache_write_1h
+                    )
+                };
                 line.push_str(&format!(
-                    ",\"priority\":{{\"input\":{},\"cached_input\":{},\"output\":{}}}",
+                    ",\"priority\":{{\"input\":{},\"cached_input\":{}{writes},\"output\":{}}}",
                     t.input, t.cached_input, t.output
                 ));
             }
@@ -993,6 +1009,48 @@ per_request = "0.0025"
         )
         .expect("card");
         assert_ne!(plain.sha256(), windowed.sha256());
+    }
+
+    /// A priority tier may state its own cache-write prices (Anthropic's
+    /// Priority Tier charges writes more than reads and input); unset, they
+    /// are the tier's input, and a card that leaves them so (or states the
+    /// input) hashes as before they could be set.
+    #[test]
+    fn a_priority_tier_prices_cache_writes_and_hashes_them_only_when_they_differ() {
+        let card = |priority: &str| {
+            RateCard::from_toml(
+                &format!(
+                    "builtin_defaults = false\n[[model]]\nname = \"m\"\ninput = \"1\"\n\
+                     output = \"2\"\npriority = {{ {priority} }}\n"
+                ),
+                "t",
+            )
+            .expect("card")
+        };
+        let before = card(r#"input = "3", output = "4""#);
+        let stated =
+            card(r#"input = "3", cache_write_5m = "3", cache_write_1h = "3", output = "4""#);
+        let dearer =
+            card(r#"input = "3", cache_write_5m = "3.75", cache_write_1h = "6", output = "4""#);
+        assert_eq!(
+            String::from_utf8(before.canonical_bytes()).expect("utf8"),
+            "openclaw rate card v1\n{\"name\":\"m\",\"match\":\"exact\",\"input\":1000000,\"cached_input\":1000000,\"cache_write_5m\":1000000,\"cache_write_1h\":1000000,\"output\":2000000,\"per_request\":0,\"priority\":{\"input\":3000000,\"cached_input\":3000000,\"output\":4000000}}\n"
+        );
+        assert_eq!(before.sha256(), stated.sha256());
+        assert_ne!(before.sha256(), dearer.sha256());
+        let p = dearer
+            .pricing_for("m", Tier::Priority)
+            .expect("priced")
+            .base;
+        assert_eq!(
+            (p.input, p.cache_write_5m, p.cache_write_1h),
+            (3_000_000, 3_750_000, 6_000_000)
+        );
+        let p = before
+            .pricing_for("m", Tier::Priority)
+            .expect("priced")
+            .base;
+        assert_eq!((p.cache_write_5m, p.cache_write_1h), (3_000_000, 3_000_000));
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!   excluded), `cache_read_input_tokens`, `cache_creation_input_tokens` (and
 //!   its 5-minute / 1-hour breakdown), `output_tokens`; streamed,
 //!   `message_start` carries the input side and `message_delta` cumulative
-//!   counts (replacing, never added to, what came before).
+//!   counts (replacing, never added to, what came before); the tier that
+//!   served the call in `usage.service_tier` (`message_start`'s).
 //! - Embeddings: `usage.prompt_tokens`, or `total_tokens` alone (servers
 //!   that only report that).
 
@@ -234,11 +235,12 @@ pub(crate) struct Reported {
     pub id: Option<String>,
     /// The model the provider says answered.
     pub model: Option<String>,
-    /// The tier the provider says served the call (OpenAI's
-    /// `service_tier`), once one was read: `Some(true)` when any read
-    /// part of the response named `"priority"` — what OpenAI bills for,
-    /// also for a request that asked for no tier or `auto` when the
-    /// project's default is priority.
+    /// The tier the provider says served the call (OpenAI's top-level
+    /// `service_tier`, Anthropic's `usage.service_tier`), once one was
+    /// read: `Some(true)` when any read part of the response named
+    /// `"priority"` — what the provider bills for, also for a request that
+    /// asked for no tier or `auto` when the project's default is priority
+    /// (OpenAI) or the organization has priority capacity (Anthropic).
     pub priority: Option<bool>,
     /// A usage object of the response held a count that is not a
     /// non-negative integer (`"12"`, `-1`, `1.5`): no report of this
@@ -270,12 +272,24 @@ impl Reported {
     /// the response said `"priority"` the call was (a cheaper name
     /// elsewhere in it never lowers the charge).
     fn tier(&mut self, text: Option<&[u8]>) {
-        let Some(value) = text.and_then(|t| serde_json::from_slice::<Value>(t).ok()) else {
-            return;
-        };
+        if let Some(value) = text.and_then(|t| serde_json::from_slice::<Value>(t).ok()) {
+            self.tier_value(&value);
+        }
+    }
+
+    fn tier_value(&mut self, value: &Value) {
         if !value.is_null() {
             let priority = value.as_str() == Some("priority");
             self.priority = Some(self.priority == Some(true) || priority);
+        }
+    }
+
+    /// Anthropic names the tier inside `usage` (`standard`, `priority`,
+    /// `batch`): in the answer, `message_start`'s and (if sent)
+    /// `message_delta`'s.
+    fn anthropic_tier(&mut self, usage: &Value) {
+        if let Some(tier) = usage.get("service_tier") {
+            self.tier_value(tier);
         }
     }
 
@@ -731,6 +745,9 @@ impl UsageReader {
             }
             if let Some(u) = usage.filter(Value::is_object) {
                 let api = self.api;
+                if api == Api::Messages {
+                    self.reported.anthropic_tier(&u);
+                }
                 self.reported.record(api, &u, || normalize(api, &u));
             }
         }
@@ -832,11 +849,13 @@ impl UsageReader {
                     Some("message_start") => {
                         if let Some(u) = object(1) {
                             self.reported.check(Api::Messages, &u);
+                            self.reported.anthropic_tier(&u);
                             self.anthropic.update(&u);
                         }
                     }
                     Some("message_delta") => {
                         if let Some(u) = object(4) {
+                            self.reported.anthropic_tier(&u);
                             self.anthropic.update(&u);
                             // The delta's usage is the final, cumulative one.
                             let anthropic = self.anthropic;

@@ -519,6 +519,8 @@ pub struct Options {
     pub upstream: Option<ExternalUpstream>,
     /// The tenant's day quotas, if any.
     pub day_quota: Option<Arc<dyn enforce::DayQuota>>,
+    /// A `rates.toml` read over the built-in card (the operator's file).
+    pub rates: Option<String>,
 }
 
 impl Options {
@@ -550,6 +552,7 @@ impl Default for Options {
             metering: enforce::MeterSettings::default(),
             upstream: None,
             day_quota: None,
+            rates: None,
         }
     }
 }
@@ -616,9 +619,15 @@ impl Session {
         let broker = ScriptedBroker::new(opts.script.clone());
         let ledger = Ledger::new(Counters::default());
         let catalog = Catalog::from_toml(&opts.catalog).unwrap();
-        let rates = enforce::RateCard::builtin()
-            .with_legacy_prices(catalog.llm_prices())
-            .0;
+        let card = match &opts.rates {
+            None => enforce::RateCard::builtin(),
+            Some(text) => {
+                let path = dir.path().join("rates.toml");
+                std::fs::write(&path, text).unwrap();
+                enforce::RateCard::load(&path).unwrap()
+            }
+        };
+        let rates = card.with_legacy_prices(catalog.llm_prices()).0;
         let enforcement = Enforcement::new(EnforceConfig {
             capability: cap.clone(),
             catalog,

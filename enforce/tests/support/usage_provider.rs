@@ -2,9 +2,10 @@
 //! Chat, Responses and Messages calls with the usage a test asks for
 //! (`x-usage`: the usage object, `x-model`: the model the answer names,
 //! `x-service-tier`: the tier it says served the call, as OpenAI does for
-//! a project whose default tier is priority; `x-delay-ms`: how long it
-//! thinks) — a Chat or Responses request with `"stream": true` as an
-//! event stream — and curl POSTs through the proxy.
+//! a project whose default tier is priority — top level — and Anthropic
+//! for an organization with Priority Tier capacity — in `usage`;
+//! `x-delay-ms`: how long it thinks) — a request with `"stream": true` as
+//! an event stream — and curl POSTs through the proxy.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -111,6 +112,17 @@ pub async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infall
                 "finish_reason": "stop"}],
             "usage": usage})
     };
+    if path.ends_with("/messages") {
+        // Anthropic names the tier that served the call inside `usage`
+        // (its requests' `auto` and `standard_only` are no tier names).
+        if let (Some(tier), Some(u)) = (served_tier, whole["usage"].as_object_mut()) {
+            u.insert("service_tier".into(), Value::from(tier));
+        }
+        if body["stream"] == true {
+            return Ok(messages_stream(&whole));
+        }
+        return Ok(json_answer(&whole));
+    }
     // OpenAI names the tier that served the call: the one asked for, or
     // the project's default when asked for none or `auto`.
     let tier = served_tier
@@ -119,9 +131,13 @@ pub async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infall
     if let Some(tier) = &tier {
         whole["service_tier"] = tier.clone();
     }
-    if body["stream"] == true && !path.ends_with("/messages") {
+    if body["stream"] == true {
         return Ok(stream(&path, &body, whole, usage, tier));
     }
+    Ok(json_answer(&whole))
+}
+
+fn json_answer(whole: &Value) -> Response<MockBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(whole.to_string()))
             .map_err(|never| match never {})
@@ -131,7 +147,41 @@ pub async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infall
         http::header::CONTENT_TYPE,
         "application/json".parse().unwrap(),
     );
-    Ok(resp)
+    resp
+}
+
+/// `whole` (a Messages answer) as Anthropic streams it: `message_start`
+/// with the usage's input side (its `service_tier` too) and a first output
+/// count, a text delta, `message_delta` with the cumulative output count.
+fn messages_stream(whole: &Value) -> Response<MockBody> {
+    let mut start = whole.clone();
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    if let Some(u) = start["usage"].as_object_mut() {
+        u.insert("output_tokens".into(), json!(1));
+    }
+    let events = [
+        json!({"type": "message_start", "message": start}),
+        json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Hello"}}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": whole["usage"]["output_tokens"]}}),
+        json!({"type": "message_stop"}),
+    ];
+    let text: String = events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect();
+    let mut resp = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        "text/event-stream".parse().unwrap(),
+    );
+    resp
 }
 
 /// `whole` (the answer) as OpenAI streams it. Chat: a content chunk and,

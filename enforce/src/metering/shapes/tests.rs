@@ -1040,3 +1040,63 @@ fn the_service_tier_that_served_the_call_is_read_from_every_openai_shape() {
         assert_eq!(r.priority, priority, "{body}");
     }
 }
+
+/// The tier that served a call, as Anthropic names it: `usage.service_tier`
+/// (`standard`, `priority`, `batch`) in a JSON answer, in `message_start`'s
+/// `message.usage` and, if a server sends it there, `message_delta`'s
+/// `usage`. Once any part says `"priority"`, a later cheaper name does not
+/// lower it; a `null` names none.
+#[test]
+fn the_service_tier_that_served_the_call_is_read_from_anthropic_usage() {
+    let tiered = |stream: &str, at: &str, tier: &str| {
+        let i = stream.find(at).expect("marker") + at.len();
+        format!("{}\"service_tier\":{tier},{}", &stream[..i], &stream[i..])
+    };
+    let start_usage = "\"content\":[],\"usage\":{";
+    let delta_usage = "\"stop_sequence\":null},\"usage\":{";
+    for (stream, priority) in [
+        (
+            tiered(MESSAGES_STREAM, start_usage, "\"priority\""),
+            Some(true),
+        ),
+        (
+            tiered(MESSAGES_STREAM, start_usage, "\"standard\""),
+            Some(false),
+        ),
+        (
+            tiered(MESSAGES_STREAM, start_usage, "\"batch\""),
+            Some(false),
+        ),
+        (
+            tiered(MESSAGES_STREAM, delta_usage, "\"priority\""),
+            Some(true),
+        ),
+        (
+            tiered(
+                &tiered(MESSAGES_STREAM, start_usage, "\"priority\""),
+                delta_usage,
+                "\"standard\"",
+            ),
+            Some(true),
+        ),
+        (tiered(MESSAGES_STREAM, start_usage, "null"), None),
+        (MESSAGES_STREAM.to_owned(), None),
+    ] {
+        let (r, _) = read_every_cut(Api::Messages, true, stream.as_bytes());
+        assert_eq!(r.priority, priority, "{stream}");
+        assert!(r.tokens.is_some(), "{stream}");
+    }
+    for (body, priority) in [
+        (
+            r#"{"id":"m","model":"claude-sonnet-4","usage":{"input_tokens":1,"output_tokens":2,"service_tier":"priority"}}"#,
+            Some(true),
+        ),
+        (
+            r#"{"id":"m","model":"claude-sonnet-4","usage":{"input_tokens":1,"output_tokens":2,"service_tier":"standard"}}"#,
+            Some(false),
+        ),
+    ] {
+        let (r, _) = read_every_cut(Api::Messages, false, body.as_bytes());
+        assert_eq!(r.priority, priority, "{body}");
+    }
+}
