@@ -6,8 +6,10 @@
 //! the other. Real netns sessions: needs root. Gated on
 //! `Requirement::Postgres` (docs/testing.md).
 
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -16,7 +18,7 @@ use test_support::PostgresServer;
 
 mod support;
 
-use support::serve::{call, cli_env, mint_for, start_env, wait_ended, Daemon, Reply};
+use support::serve::{call, cli_env, mint_for, start_env_with, wait_ended, Daemon, Reply};
 
 const DATABASE_ENV: &str = "OPENCLAW_DATABASE";
 
@@ -26,10 +28,79 @@ struct TwoHosts {
     _server: PostgresServer,
     url: String,
     homes: [tempfile::TempDir; 2],
-    _logs: tempfile::TempDir,
+    logs: tempfile::TempDir,
     daemons: [Daemon; 2],
     admin: String,
     token: String,
+    /// With [`Setup::relay_a`]: the first daemon's way to the database.
+    relay: Option<Relay>,
+}
+
+/// How [`two_hosts_with`] sets the hosts up.
+#[derive(Default)]
+struct Setup<'a> {
+    /// The tenant's `sessions` quota.
+    quota: Option<&'a str>,
+    /// The first daemon reaches the database through a [`Relay`] the test
+    /// can cut (its sessions too: they are given the daemon's URL).
+    relay_a: bool,
+    /// More `openclaw serve` flags for both daemons.
+    flags: &'a [&'a str],
+}
+
+/// A TCP relay to the database that the test can cut, as a network
+/// partition between one host and the database: its relayed connections
+/// are shut down and new ones closed at once (the host sees resets and
+/// closed connections, never an answer).
+struct Relay {
+    port: u16,
+    /// The relayed connections' sockets (both ends); `None` once cut.
+    open: Arc<Mutex<Option<Vec<TcpStream>>>>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let port = listener.local_addr().expect("addr").port();
+        let open = Arc::new(Mutex::new(Some(Vec::new())));
+        let kept = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let mut kept = kept.lock().expect("relay lock");
+                // Cut: dropped, so closed at once.
+                let Some(sockets) = kept.as_mut() else {
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                for s in [&client, &server] {
+                    sockets.push(s.try_clone().expect("clone"));
+                }
+                pipe(
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                pipe(server, client);
+            }
+        });
+        Relay { port, open }
+    }
+
+    fn cut(&self) {
+        let open = self.open.lock().expect("relay lock").take();
+        for s in open.into_iter().flatten() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+    });
 }
 
 impl TwoHosts {
@@ -99,6 +170,17 @@ fn cli(home: &Path, url: &str, args: &[&str]) -> String {
 }
 
 fn two_hosts(database: &str, quota: Option<&str>) -> TwoHosts {
+    two_hosts_with(
+        database,
+        Setup {
+            quota,
+            ..Setup::default()
+        },
+    )
+}
+
+fn two_hosts_with(database: &str, setup: Setup<'_>) -> TwoHosts {
+    let quota = setup.quota;
     let server = PostgresServer::start();
     let url = server.create_database(database);
     let homes = [
@@ -123,19 +205,37 @@ fn two_hosts(database: &str, quota: Option<&str>) -> TwoHosts {
         .status()
         .expect("cp");
     assert!(copied.success());
-    let env = [(DATABASE_ENV, url.as_str())];
+    let relay = setup.relay_a.then(|| Relay::start(server.port()));
+    let url_a = match &relay {
+        Some(relay) => url.replace(
+            &format!("127.0.0.1:{}/", server.port()),
+            &format!("127.0.0.1:{}/", relay.port),
+        ),
+        None => url.clone(),
+    };
     let daemons = [
-        start_env(homes[0].path(), &logs.path().join("one.log"), &env),
-        start_env(homes[1].path(), &logs.path().join("two.log"), &env),
+        start_env_with(
+            homes[0].path(),
+            &logs.path().join("one.log"),
+            setup.flags,
+            &[(DATABASE_ENV, url_a.as_str())],
+        ),
+        start_env_with(
+            homes[1].path(),
+            &logs.path().join("two.log"),
+            setup.flags,
+            &[(DATABASE_ENV, url.as_str())],
+        ),
     ];
     TwoHosts {
         _server: server,
         url,
         homes,
-        _logs: logs,
+        logs,
         daemons,
         admin,
         token,
+        relay,
     }
 }
 
@@ -412,4 +512,107 @@ fn a_session_run_from_the_cli_for_a_tenant_counts_in_its_sessions_quota() {
     let r = hosts.create(1);
     assert_eq!(r.status, 201, "{:?}", r.body);
     hosts.stop(1, r.body["id"].as_str().expect("id"));
+}
+
+/// A daemon cut off from the database cannot renew its sessions' leases;
+/// once they expire there, another daemon may start sessions in their
+/// place. So the cut-off daemon stops each session whose lease it could
+/// not renew in time (SIGTERM: the chain closed with an interrupted
+/// `session_end`, and it verifies), says why in its log and writes a
+/// `session.stop` audit line. With a `sessions` quota of 1 and 6 s leases:
+/// A's session runs on through several renewals while the database is
+/// reachable; A's way to it is cut; B's create starts once A's lease
+/// expired; A's session has ended, interrupted.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn a_daemon_cut_off_from_the_database_stops_the_sessions_whose_leases_lapse() {
+    require(
+        &[Requirement::Postgres],
+        "serve_multihost::a_daemon_cut_off_from_the_database_stops_the_sessions_whose_leases_lapse",
+    );
+    const TTL: Duration = Duration::from_secs(6);
+    let hosts = two_hosts_with(
+        "lapse",
+        Setup {
+            quota: Some("1"),
+            relay_a: true,
+            flags: &["--lease-ttl", "6s"],
+        },
+    );
+    let on_a = hosts.create(0);
+    assert_eq!(on_a.status, 201, "{:?}", on_a.body);
+    let on_a = on_a.body["id"].as_str().expect("id").to_owned();
+    let session_json = hosts
+        .home(0)
+        .join("tenants/acme/sessions")
+        .join(&on_a)
+        .join("session.json");
+    let status = || -> Value {
+        serde_json::from_str::<Value>(&std::fs::read_to_string(&session_json).expect("read"))
+            .expect("json")["status"]
+            .clone()
+    };
+    // Renewed while the database is reachable: it outlives its first leases.
+    std::thread::sleep(2 * TTL);
+    assert_eq!(status(), "running");
+    let r = hosts.create(1);
+    assert_eq!((r.status, r.field()), (429, "sessions"), "{:?}", r.body);
+
+    hosts.relay.as_ref().expect("relay").cut();
+    let on_b = support::wait_until(
+        "B's create once A's lease expired",
+        Duration::from_secs(120),
+        || {
+            let r = hosts.create(1);
+            match (r.status, r.field()) {
+                (201, _) => Some(r.body["id"].as_str().expect("id").to_owned()),
+                (429, "sessions") => None,
+                _ => panic!("B's create: {:?}", r.body),
+            }
+        },
+    );
+    let info = wait_ended(hosts.home(0), "acme", &on_a);
+    assert_eq!(
+        info["status"], "interrupted",
+        "A's session whose lease lapsed: {info}"
+    );
+    let stops = support::wait_until("A's session.stop line", Duration::from_secs(60), || {
+        let stops: Vec<Value> = audit_lines(hosts.home(0))
+            .into_iter()
+            .filter(|l| l["action"] == "session.stop")
+            .collect();
+        (!stops.is_empty()).then_some(stops)
+    });
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(
+        (
+            &stops[0]["tenant"],
+            &stops[0]["target"],
+            &stops[0]["outcome"]
+        ),
+        (&json!("acme"), &json!(on_a), &json!("ok")),
+        "{stops:?}"
+    );
+    let detail = stops[0]["detail"].as_str().expect("detail");
+    assert!(detail.contains("lease could not be renewed"), "{detail}");
+    let log = std::fs::read_to_string(hosts.logs.path().join("one.log")).expect("A's log");
+    assert!(
+        log.lines().any(|l| l.contains(&on_a)
+            && l.contains("stopped the session")
+            && l.contains("lease could not be renewed")),
+        "A's log says why it stopped the session:\n{log}"
+    );
+    let bundle = hosts.home(0).join("tenants/acme/sessions").join(&on_a);
+    let verify = support::openclaw(hosts.home(0))
+        .arg("verify")
+        .arg(&bundle)
+        .arg("--key")
+        .arg(hosts.home(0).join("tenants/acme/keys/receipt.pub"))
+        .output()
+        .expect("verify");
+    assert!(verify.status.success(), "{}", support::text(&verify));
+    hosts.stop(1, &on_b);
 }

@@ -817,6 +817,35 @@ impl Launcher {
     /// sessions this call signalled (one already stopping is waited for,
     /// not signalled again: who stopped it accounts for it).
     pub fn stop_tenant(&self, tenant: &TenantName, limit: Duration) -> Vec<String> {
+        self.stop_where(|t, _| t == tenant.as_str(), true, limit)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    /// Stops every session this daemon runs whose lease is one of
+    /// `leases` (given up: it could not be renewed), as [`Launcher::stop_tenant`]
+    /// does, without waiting for starts in flight (a session started on a
+    /// lease given up is stopped by the next call). The (tenant, id) of the
+    /// sessions this call signalled.
+    pub fn stop_leased(&self, leases: &[String], limit: Duration) -> Vec<(String, String)> {
+        self.stop_where(
+            |_, lease| lease.is_some_and(|l| leases.iter().any(|id| id == l.id())),
+            false,
+            limit,
+        )
+    }
+
+    /// SIGTERM to every running session `chosen` (by tenant and lease)
+    /// picks, waited for up to `limit` (and, with `wait_for_starts`, the
+    /// starts in flight too); what still runs then is SIGKILLed and
+    /// recovered. The (tenant, id) of those this call signalled.
+    fn stop_where(
+        &self,
+        chosen: impl Fn(&str, Option<&Lease>) -> bool,
+        wait_for_starts: bool,
+        limit: Duration,
+    ) -> Vec<(String, String)> {
         let deadline = Instant::now() + limit;
         let mut signalled = Vec::new();
         loop {
@@ -825,7 +854,9 @@ impl Launcher {
                 let late = Instant::now() > deadline;
                 let mut own = 0;
                 for ((t, id), child) in running.iter_mut() {
-                    if t != tenant.as_str() || !matches!(child.process.try_wait(), Ok(None)) {
+                    if !chosen(t, child.lease.as_ref())
+                        || !matches!(child.process.try_wait(), Ok(None))
+                    {
                         continue;
                     }
                     own += 1;
@@ -834,11 +865,12 @@ impl Launcher {
                         let _ = child.process.wait();
                     } else if !child.stopping {
                         child.stopping = true;
-                        signalled.push(id.clone());
+                        signalled.push((t.clone(), id.clone()));
                         signal(&child.process, nix::sys::signal::Signal::SIGTERM);
                     }
                 }
-                (own == 0 || late) && self.starting.load(Ordering::SeqCst) == 0
+                (own == 0 || late)
+                    && (!wait_for_starts || self.starting.load(Ordering::SeqCst) == 0)
             };
             // Forgets the ended ones, recovering any left marked running.
             self.reap();

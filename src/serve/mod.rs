@@ -39,5 +39,5 @@ mod workdir;
 
 pub use identity::TrustedProxies;
 pub use launch::{end_with_daemon, SessionDefaults};
-pub use leases::cli_session_lease;
+pub use leases::{cli_session_lease, LeaseTiming, MIN_LEASE_TTL};
 pub use server::{run, ServeConfig};

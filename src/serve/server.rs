@@ -23,7 +23,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::identity::{ProxyUser, TrustedProxies};
 use super::launch::{Launcher, SessionDefaults};
-use super::leases::SessionLeases;
+use super::leases::{LeaseTiming, SessionLeases};
 use super::restart;
 use super::routes;
 use super::state::State;
@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub sessions: SessionDefaults,
     /// `--trusted-proxy` and `--identity-header`; None: no header is read.
     pub identity: Option<TrustedProxies>,
+    /// `--lease-ttl`: how long a session lease lasts unless renewed.
+    pub leases: LeaseTiming,
 }
 
 /// Finishes the tenant deletions a CLI or a daemon left half done (their
@@ -121,7 +123,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         leases: config
             .database
             .as_ref()
-            .map(SessionLeases::open)
+            .map(|url| SessionLeases::open(url, config.leases))
             .transpose()?,
     });
     tokio::spawn(upkeep::run(state.clone()));

@@ -1,24 +1,83 @@
-//! The daemon's periodic task, every [`RENEW_EVERY`]: renews the session
-//! leases it holds (`--database`; `leases`), and stops its sessions whose
-//! tenant no longer exists — deleted through another daemon on the same
-//! database, whose deletion can stop only its own sessions — as a deletion
-//! does (SIGTERM, then killed past the limit), one `session.stop` audit
-//! line each.
+//! The daemon's periodic tasks, every [`RENEW_EVERY`] (a sixth of
+//! `--lease-ttl`): renews the session leases it holds (`--database`;
+//! `leases`), and stops its sessions whose tenant no longer exists —
+//! deleted through another daemon on the same database, whose deletion can
+//! stop only its own sessions — as a deletion does (SIGTERM, then killed
+//! past the limit), one `session.stop` audit line each. Apart from that,
+//! on the same period, the sessions whose leases could not be renewed in
+//! time (the database out of reach) are stopped the same way: past its
+//! lease a session no longer counts in its tenant's `sessions` quota, and
+//! another daemon may start one in its place.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::leases::RENEW_EVERY;
+use super::leases::{SessionLeases, RENEW_EVERY};
 use super::routes::TENANT_STOP_LIMIT;
 use super::state::State;
 use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
 use crate::tenants::{TenantName, TenantOpError};
 
+/// The audit detail of a session stopped because its lease lapsed.
+pub const LEASE_LAPSED: &str = "its session lease could not be renewed (the database was out of \
+                                reach): it no longer counted in the tenant's sessions quota";
+
 /// Runs forever (the daemon exits without waiting for it). The first round
 /// runs at once: a start never waits a whole period for its first renewal,
-/// and a lease lasts several periods.
+/// and a lease lasts several periods. The lapse check runs as a task of its
+/// own, so a renewal hung on an unreachable database does not hold it up.
 pub async fn run(state: Arc<State>) {
-    run_every(state, RENEW_EVERY).await;
+    let period = state
+        .leases
+        .as_ref()
+        .map_or(RENEW_EVERY, |l| l.timing().renew_every);
+    if let Some(leases) = state.leases.clone() {
+        tokio::spawn(stop_lapsed_every(state.clone(), leases, period));
+    }
+    run_every(state, period).await;
+}
+
+async fn stop_lapsed_every(state: Arc<State>, leases: Arc<SessionLeases>, period: Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let lapsed = leases.lapsing();
+        if lapsed.is_empty() {
+            continue;
+        }
+        let state = state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || stop_lapsed(&state, &lapsed)).await {
+            tracing::error!("stopping the sessions whose leases lapsed died: {e}");
+        }
+    }
+}
+
+/// Stops the sessions holding the leases `lapsed` (SIGTERM: each runner
+/// closes its chain with an interrupted `session_end`; killed and
+/// recovered past the limit), one log line and one `session.stop` audit
+/// line each.
+fn stop_lapsed(state: &State, lapsed: &[String]) {
+    for (tenant, id) in state.launcher.stop_leased(lapsed, TENANT_STOP_LIMIT) {
+        tracing::error!(tenant, session = id, "stopped the session: {LEASE_LAPSED}");
+        audit_stop(state, &tenant, &id, LEASE_LAPSED);
+    }
+}
+
+fn audit_stop(state: &State, tenant: &str, id: &str, why: &str) {
+    let mut record = AuditRecord::now(
+        Actor::Admin,
+        Via::Api,
+        "session.stop",
+        id,
+        &audit::new_request_id(),
+    );
+    record.tenant = Some(tenant.to_owned());
+    record.detail = Some(why.to_owned());
+    record.outcome = Outcome::Ok;
+    if let Err(e) = state.registry.audit().append(&record) {
+        tracing::error!(tenant, session = id, "auditing the stop: {e:#}");
+    }
 }
 
 async fn run_every(state: Arc<State>, period: Duration) {
@@ -67,19 +126,7 @@ fn stop_deleted_tenants(state: &State) {
             stopped.len()
         );
         for id in stopped {
-            let mut record = AuditRecord::now(
-                Actor::Admin,
-                Via::Api,
-                "session.stop",
-                &id,
-                &audit::new_request_id(),
-            );
-            record.tenant = Some(name.clone());
-            record.detail = Some("the tenant was deleted".to_owned());
-            record.outcome = Outcome::Ok;
-            if let Err(e) = state.registry.audit().append(&record) {
-                tracing::error!(tenant = name, session = id, "auditing the stop: {e:#}");
-            }
+            audit_stop(state, &name, &id, "the tenant was deleted");
         }
     }
 }

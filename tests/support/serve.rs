@@ -39,6 +39,12 @@ pub fn start_env(home: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
     spawn_env(home, "debug", stderr, &[], env)
 }
 
+/// [`start_env`] with more `openclaw serve` flags.
+pub fn start_env_with(home: &Path, log: &Path, flags: &[&str], env: &[(&str, &str)]) -> Daemon {
+    let stderr = std::fs::File::create(log).expect("log file");
+    spawn_env(home, "debug", stderr, flags, env)
+}
+
 /// Starts `openclaw serve` on a free port with `RUST_LOG=level`, its log to
 /// `stderr`; returns once it says where it listens.
 pub fn start_logging(home: &Path, level: &str, stderr: impl Into<Stdio>) -> Daemon {
