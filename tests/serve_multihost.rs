@@ -96,6 +96,24 @@ impl Relay {
     }
 }
 
+/// A run SIGTERMed and waited for at the end of the test, however it ends
+/// (so its sandbox is taken down as on Ctrl-C).
+struct Terminated(Option<std::process::Child>);
+
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
 fn pipe(mut from: TcpStream, mut to: TcpStream) {
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut from, &mut to);
@@ -614,5 +632,115 @@ fn a_daemon_cut_off_from_the_database_stops_the_sessions_whose_leases_lapse() {
         .output()
         .expect("verify");
     assert!(verify.status.success(), "{}", support::text(&verify));
+    hosts.stop(1, &on_b);
+}
+
+/// `openclaw run --tenant acme` on a host cut off from the database cannot
+/// renew its lease either: it stops its session as Ctrl-C does (exit 130,
+/// the chain closed as interrupted, verifying), saying why, before the
+/// lease expires and a daemon starts a session in its place. 6 s leases, a
+/// `sessions` quota of 1, the run's way to the database through the relay.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn a_session_run_from_the_cli_cut_off_from_the_database_stops_when_its_lease_lapses() {
+    require(
+        &[Requirement::Postgres],
+        "serve_multihost::a_session_run_from_the_cli_cut_off_from_the_database_stops_when_its_lease_lapses",
+    );
+    const TTL: Duration = Duration::from_secs(6);
+    let hosts = two_hosts_with(
+        "clilapse",
+        Setup {
+            quota: Some("1"),
+            relay_a: true,
+            flags: &[],
+        },
+    );
+    let relay = hosts.relay.as_ref().expect("relay");
+    let home = hosts.home(0);
+    let keys = home.join("tenants/acme/keys");
+    let cli_sessions = home.join("cli-sessions");
+    std::fs::create_dir(&cli_sessions).expect("mkdir");
+    let cap = home.join("acme.cap");
+    std::fs::write(&cap, mint_for(home, "acme")).expect("cap");
+    let via_relay = hosts.url.replace(
+        &format!("127.0.0.1:{}/", hosts._server.port()),
+        &format!("127.0.0.1:{}/", relay.port),
+    );
+    let run = support::openclaw(home)
+        .arg("run")
+        .arg("--capabilities")
+        .arg(&cap)
+        .arg("--pubkey")
+        .arg(keys.join("root.pub"))
+        .arg("--receipt-key")
+        .arg(keys.join("receipt.key"))
+        .arg("--sessions-dir")
+        .arg(&cli_sessions)
+        .args(["--backend", "netns", "--approve", "deny"])
+        .args(["--tenant", "acme", "--lease-ttl", "6s"])
+        // Bounds a run that is never stopped (exit 124).
+        .args(["--timeout", "300s"])
+        .env("OPENCLAW_QUOTA_DB", &via_relay)
+        .args(["--", "sleep", "600"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openclaw run");
+    let mut run = Terminated(Some(run));
+    let bundle = support::wait_until("the CLI session to run", Duration::from_secs(60), || {
+        std::fs::read_dir(&cli_sessions)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.join("control.sock").exists())
+    });
+    // Renewed while the database is reachable: it outlives its first leases.
+    std::thread::sleep(2 * TTL);
+    let r = hosts.create(1);
+    assert_eq!((r.status, r.field()), (429, "sessions"), "{:?}", r.body);
+
+    relay.cut();
+    let out = run
+        .0
+        .take()
+        .expect("running")
+        .wait_with_output()
+        .expect("the run's end");
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(
+        text.contains("lease could not be renewed"),
+        "the run says why it stopped: {text}"
+    );
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(bundle.join("session.json")).expect("session.json"),
+    )
+    .expect("json");
+    assert_eq!(info["status"], "interrupted", "{info}");
+    let verify = support::openclaw(home)
+        .arg("verify")
+        .arg(&bundle)
+        .arg("--key")
+        .arg(keys.join("receipt.pub"))
+        .output()
+        .expect("verify");
+    assert!(verify.status.success(), "{}", support::text(&verify));
+    // Its lease expires: a daemon starts a session in its place.
+    let on_b = support::wait_until(
+        "B's create once the run's lease expired",
+        Duration::from_secs(120),
+        || {
+            let r = hosts.create(1);
+            match (r.status, r.field()) {
+                (201, _) => Some(r.body["id"].as_str().expect("id").to_owned()),
+                (429, "sessions") => None,
+                _ => panic!("B's create: {:?}", r.body),
+            }
+        },
+    );
     hosts.stop(1, &on_b);
 }

@@ -151,6 +151,12 @@ pub struct RunArgs {
         value_parser = QuotaDb::from_arg
     )]
     quota_db: Option<QuotaDb>,
+    /// With --tenant and a PostgreSQL --quota-db: how long the session's
+    /// lease in the tenant's sessions quota lasts unless renewed (renewed
+    /// every sixth of it; at least 3s). Cut off from the database for
+    /// about that long, the session is stopped, as on Ctrl-C.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::serve::parse_lease_ttl)]
+    lease_ttl: std::time::Duration,
     /// Where the session's usage rows go: a ledger file, or the daemon's
     /// postgres:// URL [default: <home>/ledger.db]. A URL with a password
     /// belongs in OPENCLAW_LEDGER_DB (`openclaw serve --database` passes it
@@ -235,7 +241,11 @@ pub fn execute(args: RunArgs) -> Result<ExitCode> {
     let _lease = if daemon_started {
         None
     } else {
-        crate::serve::cli_session_lease(args.quota_db.as_ref(), &args.tenant)?
+        crate::serve::cli_session_lease(
+            args.quota_db.as_ref(),
+            &args.tenant,
+            crate::serve::LeaseTiming::new(args.lease_ttl),
+        )?
     };
     let config = config_from_args(args, daemon_started)?;
     runner::run(config)

@@ -50,19 +50,8 @@ pub struct ServeArgs {
     /// With --database: how long a session's lease lasts unless renewed
     /// (renewed every sixth of it; at least 3s). A daemon that cannot reach
     /// the database to renew a lease stops its session before it lapses.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_lease_ttl)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = serve::parse_lease_ttl)]
     lease_ttl: std::time::Duration,
-}
-
-fn parse_lease_ttl(text: &str) -> Result<std::time::Duration, String> {
-    let ttl = humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 60s, 2m)"))?;
-    if ttl < serve::MIN_LEASE_TTL {
-        return Err(format!(
-            "at least {} (it is renewed every sixth of it)",
-            humantime::format_duration(serve::MIN_LEASE_TTL)
-        ));
-    }
-    Ok(ttl)
 }
 
 pub fn execute(args: ServeArgs) -> Result<ExitCode> {

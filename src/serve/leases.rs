@@ -55,6 +55,18 @@ impl LeaseTiming {
     }
 }
 
+/// Reads a `--lease-ttl` (`openclaw serve`, `openclaw run`).
+pub fn parse_lease_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 60s, 2m)"))?;
+    if ttl < MIN_LEASE_TTL {
+        return Err(format!(
+            "at least {} (it is renewed every sixth of it)",
+            humantime::format_duration(MIN_LEASE_TTL)
+        ));
+    }
+    Ok(ttl)
+}
+
 impl Default for LeaseTiming {
     fn default() -> Self {
         LeaseTiming::new(LEASE_TTL)
@@ -282,13 +294,36 @@ impl Drop for Lease {
 /// The lease of a session run from the command line (`openclaw run
 /// --tenant T` with a PostgreSQL `--quota-db`), taken as a daemon takes one
 /// for its sessions (against the tenant's `sessions` quota, on every host
-/// of the database), renewed every [`RENEW_EVERY`] by a thread of its own
-/// while the session runs, and deleted when dropped.
+/// of the database), renewed every sixth of its TTL by a thread of its own
+/// while the session runs, and deleted when dropped. Another thread
+/// watches it as a daemon watches its leases: given up (it could not be
+/// renewed in time), the run is sent SIGTERM, so the session stops as
+/// Ctrl-C stops it (its chain closed as interrupted).
 pub struct CliLease {
-    /// Set (and notified) when the lease is dropped: the renewer ends.
+    /// Set (and notified) when the lease is dropped: the threads end.
     done: Arc<(Mutex<bool>, Condvar)>,
-    renewer: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     _lease: Lease,
+}
+
+/// Runs `each` every `period` until `done` is set.
+fn every(done: &(Mutex<bool>, Condvar), period: Duration, mut each: impl FnMut() -> bool) {
+    let (lock, wake) = done;
+    let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+    while !*stopped {
+        stopped = wake
+            .wait_timeout(stopped, period)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        if !*stopped {
+            // Not under the lock: a renewal may hang on the database.
+            drop(stopped);
+            if !each() {
+                return;
+            }
+            stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// The lease `openclaw run` holds for its session: `None` when it needs
@@ -299,6 +334,7 @@ pub struct CliLease {
 pub fn cli_session_lease(
     quota_db: Option<&QuotaDb>,
     tenant: &str,
+    timing: LeaseTiming,
 ) -> anyhow::Result<Option<CliLease>> {
     let Some(QuotaDb::Postgres(url)) = quota_db else {
         return Ok(None);
@@ -309,7 +345,7 @@ pub fn cli_session_lease(
     let Some(quotas) = quotas else {
         bail!("no tenant {name} in the database: nothing was started");
     };
-    let leases = SessionLeases::open(url, LeaseTiming::default())?;
+    let leases = SessionLeases::open(url, timing)?;
     let lease = match leases
         .acquire(&name, quotas.sessions)
         .context("counting the tenant's sessions")?
@@ -321,28 +357,39 @@ pub fn cli_session_lease(
         ),
     };
     let done = Arc::new((Mutex::new(false), Condvar::new()));
-    let stop = done.clone();
+    let (stop, renewing) = (done.clone(), leases.clone());
     let renewer = std::thread::Builder::new()
         .name("lease-renewer".into())
         .spawn(move || {
-            let (lock, wake) = &*stop;
-            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-            while !*stopped {
-                stopped = wake
-                    .wait_timeout(stopped, RENEW_EVERY)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                if !*stopped {
-                    if let Err(e) = leases.renew() {
-                        tracing::error!("renewing the session's lease: {e}");
-                    }
+            every(&stop, timing.renew_every, || {
+                if let Err(e) = renewing.renew() {
+                    tracing::error!("renewing the session's lease: {e}");
                 }
-            }
+                true
+            })
         })
         .context("starting the lease renewer")?;
+    let stop = done.clone();
+    let watcher = std::thread::Builder::new()
+        .name("lease-watcher".into())
+        .spawn(move || {
+            every(&stop, timing.renew_every, || {
+                if leases.lapsing().is_empty() {
+                    return true;
+                }
+                tracing::error!("stopping the session: {}", super::upkeep::LEASE_LAPSED);
+                // The run stops as on Ctrl-C: sandbox stopped, chain closed.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::this(),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                false
+            })
+        })
+        .context("starting the lease watcher")?;
     Ok(Some(CliLease {
         done,
-        renewer: Some(renewer),
+        threads: vec![renewer, watcher],
         _lease: lease,
     }))
 }
@@ -352,8 +399,8 @@ impl Drop for CliLease {
         let (lock, wake) = &*self.done;
         *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
         wake.notify_all();
-        if let Some(renewer) = self.renewer.take() {
-            let _ = renewer.join();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
 }

@@ -39,5 +39,5 @@ mod workdir;
 
 pub use identity::TrustedProxies;
 pub use launch::{end_with_daemon, SessionDefaults};
-pub use leases::{cli_session_lease, LeaseTiming, MIN_LEASE_TTL};
+pub use leases::{cli_session_lease, parse_lease_ttl, LeaseTiming};
 pub use server::{run, ServeConfig};
