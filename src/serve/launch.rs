@@ -817,7 +817,7 @@ impl Launcher {
     /// sessions this call signalled (one already stopping is waited for,
     /// not signalled again: who stopped it accounts for it).
     pub fn stop_tenant(&self, tenant: &TenantName, limit: Duration) -> Vec<String> {
-        self.stop_where(|t, _| t == tenant.as_str(), true, limit)
+        self.stop_where(|t, _| t == tenant.as_str(), true, limit, |_, _| {})
             .into_iter()
             .map(|(_, id)| id)
             .collect()
@@ -826,29 +826,41 @@ impl Launcher {
     /// Stops every session this daemon runs whose lease is one of
     /// `leases` (given up: it could not be renewed), as [`Launcher::stop_tenant`]
     /// does, without waiting for starts in flight (a session started on a
-    /// lease given up is stopped by the next call). The (tenant, id) of the
-    /// sessions this call signalled.
-    pub fn stop_leased(&self, leases: &[String], limit: Duration) -> Vec<(String, String)> {
+    /// lease given up is stopped by the next call). `signalled` is told
+    /// each session's tenant and id once it was sent SIGTERM, before the
+    /// wait: reaping may wait on the database that could not be reached
+    /// (the release of the lease), and the stop is said at once however
+    /// long that takes.
+    pub fn stop_leased(
+        &self,
+        leases: &[String],
+        limit: Duration,
+        signalled: impl FnMut(&str, &str),
+    ) {
         self.stop_where(
             |_, lease| lease.is_some_and(|l| leases.iter().any(|id| id == l.id())),
             false,
             limit,
-        )
+            signalled,
+        );
     }
 
     /// SIGTERM to every running session `chosen` (by tenant and lease)
-    /// picks, waited for up to `limit` (and, with `wait_for_starts`, the
-    /// starts in flight too); what still runs then is SIGKILLed and
-    /// recovered. The (tenant, id) of those this call signalled.
+    /// picks, each then told to `on_signal` (tenant, id), waited for up to
+    /// `limit` (and, with `wait_for_starts`, the starts in flight too); what
+    /// still runs then is SIGKILLed and recovered. The (tenant, id) of
+    /// those this call signalled.
     fn stop_where(
         &self,
         chosen: impl Fn(&str, Option<&Lease>) -> bool,
         wait_for_starts: bool,
         limit: Duration,
+        mut on_signal: impl FnMut(&str, &str),
     ) -> Vec<(String, String)> {
         let deadline = Instant::now() + limit;
-        let mut signalled = Vec::new();
+        let mut signalled: Vec<(String, String)> = Vec::new();
         loop {
+            let told = signalled.len();
             let idle = {
                 let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
                 let late = Instant::now() > deadline;
@@ -872,6 +884,9 @@ impl Launcher {
                 (own == 0 || late)
                     && (!wait_for_starts || self.starting.load(Ordering::SeqCst) == 0)
             };
+            for (tenant, id) in &signalled[told..] {
+                on_signal(tenant, id);
+            }
             // Forgets the ended ones, recovering any left marked running.
             self.reap();
             if idle || Instant::now() > deadline {

@@ -56,12 +56,14 @@ async fn stop_lapsed_every(state: Arc<State>, leases: Arc<SessionLeases>, period
 /// Stops the sessions holding the leases `lapsed` (SIGTERM: each runner
 /// closes its chain with an interrupted `session_end`; killed and
 /// recovered past the limit), one log line and one `session.stop` audit
-/// line each.
+/// line each as it is signalled.
 fn stop_lapsed(state: &State, lapsed: &[String]) {
-    for (tenant, id) in state.launcher.stop_leased(lapsed, TENANT_STOP_LIMIT) {
-        tracing::error!(tenant, session = id, "stopped the session: {LEASE_LAPSED}");
-        audit_stop(state, &tenant, &id, LEASE_LAPSED);
-    }
+    state
+        .launcher
+        .stop_leased(lapsed, TENANT_STOP_LIMIT, |tenant, id| {
+            tracing::error!(tenant, session = id, "stopped the session: {LEASE_LAPSED}");
+            audit_stop(state, tenant, id, LEASE_LAPSED);
+        });
 }
 
 fn audit_stop(state: &State, tenant: &str, id: &str, why: &str) {
