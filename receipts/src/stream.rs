@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::format::Receipt;
 use crate::verify::{
     decode_hex, interruption_of, verify_signatures, ChainError, Checked, InterruptedEnd,
-    LineVerifier, VerifiedReceipt, BATCH, MAX_LINE_BYTES,
+    LineVerifier, UnverifiedChain, VerifiedChain, VerifiedReceipt, BATCH, MAX_LINE_BYTES,
 };
 
 /// Why a chain read from a stream is not verified: the stream failed, or a
@@ -398,6 +398,39 @@ impl<R: Read> LineSource<R> {
             self.pos = self.len;
         }
         Ok(false)
+    }
+}
+
+/// The whole-file readings of a chain held in memory are this reader over
+/// its bytes (here rather than in `verify.rs`, which this module builds on).
+impl UnverifiedChain {
+    /// The public key that the chain's first line claims signed it. Not
+    /// trusted: use it only when the operator explicitly accepts that
+    /// (`danger::verify_trusting_embedded_key`).
+    pub fn embedded_key(&self) -> Result<VerifyingKey, ChainError> {
+        UnverifiedStream::new(self.bytes())
+            .embedded_key()
+            .map_err(|e| match e {
+                ReadChainError::Chain(e) => e,
+                ReadChainError::Read(e) => unreachable!("reading a byte slice cannot fail: {e}"),
+            })
+    }
+
+    /// Verifies the whole chain against the pinned key and reports the first
+    /// bad line: [`UnverifiedStream::verify`] over these bytes, keeping
+    /// every receipt.
+    pub fn verify(&self, key: &VerifyingKey) -> Result<VerifiedChain, ChainError> {
+        let mut receipts = Vec::new();
+        match UnverifiedStream::new(self.bytes()).verify(key, |r| receipts.push(r)) {
+            Ok(_) => Ok(VerifiedChain {
+                receipts,
+                key: *key,
+            }),
+            Err(ReadChainError::Chain(e)) => Err(e),
+            Err(ReadChainError::Read(e)) => {
+                unreachable!("reading a byte slice cannot fail: {e}")
+            }
+        }
     }
 }
 

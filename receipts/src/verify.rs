@@ -12,7 +12,6 @@ use crate::format::{
     self, Body, Interruption, InterruptionCause, Receipt, FORMAT_VERSION, GENESIS_PREV,
     LATEST_FORMAT_VERSION, UNSIGNED_VERSION,
 };
-use crate::stream::{ReadChainError, UnverifiedStream};
 use crate::wire::{self, sig_member};
 
 /// The most receipts one write, and one signature, covers: the writer
@@ -892,35 +891,6 @@ impl UnverifiedChain {
 
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
-    }
-
-    /// The public key that the chain's first line claims signed it. Not
-    /// trusted: use it only when the operator explicitly accepts that
-    /// (`danger::verify_trusting_embedded_key`).
-    pub fn embedded_key(&self) -> Result<VerifyingKey, ChainError> {
-        UnverifiedStream::new(self.bytes.as_slice())
-            .embedded_key()
-            .map_err(|e| match e {
-                ReadChainError::Chain(e) => e,
-                ReadChainError::Read(e) => unreachable!("reading a byte slice cannot fail: {e}"),
-            })
-    }
-
-    /// Verifies the whole chain against the pinned key and reports the first
-    /// bad line: [`UnverifiedStream::verify`] over these bytes, keeping
-    /// every receipt.
-    pub fn verify(&self, key: &VerifyingKey) -> Result<VerifiedChain, ChainError> {
-        let mut receipts = Vec::new();
-        match UnverifiedStream::new(self.bytes.as_slice()).verify(key, |r| receipts.push(r)) {
-            Ok(_) => Ok(VerifiedChain {
-                receipts,
-                key: *key,
-            }),
-            Err(ReadChainError::Chain(e)) => Err(e),
-            Err(ReadChainError::Read(e)) => {
-                unreachable!("reading a byte slice cannot fail: {e}")
-            }
-        }
     }
 }
 

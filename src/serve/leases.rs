@@ -24,6 +24,10 @@ use crate::tenants::{
     DatabaseUrl, HeldLease, LeaseClock, PgStore, QuotaDb, TenantName, TenantStoreError,
 };
 
+/// The audit detail of a session stopped because its lease lapsed.
+pub const LEASE_LAPSED: &str = "its session lease could not be renewed (the database was out of \
+                                reach): it no longer counted in the tenant's sessions quota";
+
 /// How often the daemon renews its leases (and checks its sessions'
 /// tenants still exist).
 pub const RENEW_EVERY: Duration = Duration::from_secs(10);
@@ -377,7 +381,7 @@ pub fn cli_session_lease(
                 if leases.lapsing().is_empty() {
                     return true;
                 }
-                tracing::error!("stopping the session: {}", super::upkeep::LEASE_LAPSED);
+                tracing::error!("stopping the session: {LEASE_LAPSED}");
                 // The run stops as on Ctrl-C: sandbox stopped, chain closed.
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::this(),

@@ -12,15 +12,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::leases::{SessionLeases, RENEW_EVERY};
+use super::leases::{SessionLeases, LEASE_LAPSED, RENEW_EVERY};
 use super::routes::TENANT_STOP_LIMIT;
 use super::state::State;
 use crate::audit::{self, Actor, AuditRecord, Outcome, Via};
 use crate::tenants::{TenantName, TenantOpError};
-
-/// The audit detail of a session stopped because its lease lapsed.
-pub const LEASE_LAPSED: &str = "its session lease could not be renewed (the database was out of \
-                                reach): it no longer counted in the tenant's sessions quota";
 
 /// Runs forever (the daemon exits without waiting for it). The first round
 /// runs at once: a start never waits a whole period for its first renewal,
