@@ -26,6 +26,56 @@ type Question = (ApprovalRequest, Answerer);
 /// the operator's "y").
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// Texts the prompt may have queued for a terminal that takes nothing (one
+/// question is a handful): past this they are dropped, not held.
+const TTY_QUEUE: usize = 64;
+
+/// How long the prompt waits for its last line to reach the terminal
+/// before letting the screen's other lines out again.
+const TTY_WAIT: Duration = Duration::from_secs(1);
+
+/// A text for the terminal, and who wants to know it was written.
+type TtyText = (String, Option<tokio::sync::oneshot::Sender<()>>);
+
+/// The prompt's output, written on a thread of its own: a write to a
+/// terminal paused with Ctrl-S blocks until it is resumed, and the prompt
+/// loop runs on the session's runtime (a blocked write there would hold a
+/// worker, and the runtime's shutdown at the session's end, for as long).
+struct TtyOut(std::sync::mpsc::SyncSender<TtyText>);
+
+impl TtyOut {
+    fn new(mut out: impl Write + Send + 'static) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<TtyText>(TTY_QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("approval-tty-out".into())
+            .spawn(move || {
+                for (text, written) in rx {
+                    let _ = out.write_all(text.as_bytes());
+                    let _ = out.flush();
+                    if let Some(w) = written {
+                        let _ = w.send(());
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("approval terminal writer: {e}");
+        }
+        TtyOut(tx)
+    }
+
+    fn say(&self, text: impl Into<String>) {
+        let _ = self.0.try_send((text.into(), None));
+    }
+
+    /// [`say`](Self::say), then wait (up to [`TTY_WAIT`]) until it is written.
+    async fn say_and_wait(&self, text: impl Into<String>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.0.try_send((text.into(), Some(tx))).is_ok() {
+            let _ = tokio::time::timeout(TTY_WAIT, rx).await;
+        }
+    }
+}
+
 /// How long after the gate's timeout the prompt gives up by itself.
 const BACKSTOP: Duration = Duration::from_secs(1);
 
@@ -210,10 +260,11 @@ fn time_left(req: &ApprovalRequest, now: SystemTime) -> Duration {
 async fn prompt_loop(
     mut questions: mpsc::UnboundedReceiver<Question>,
     mut lines: mpsc::UnboundedReceiver<(String, Instant)>,
-    mut out: impl Write + Send + 'static,
+    out: impl Write + Send + 'static,
     screen: Screen,
     settle: Duration,
 ) {
+    let out = TtyOut::new(out);
     // Whether the last question on screen went away without the operator's
     // answer: the next one must settle before a line answers it.
     let mut replaced = false;
@@ -231,29 +282,23 @@ async fn prompt_loop(
         // lies a little after the gate's (which `asked_at` precedes).
         let deadline = tokio::time::Instant::now() + left + BACKSTOP;
         if replaced {
-            let _ = write!(
-                out,
-                "\n  (the question before this one went away unanswered: this is another)"
-            );
+            out.say("\n  (the question before this one went away unanswered: this is another)");
         }
-        let _ = write!(out, "{}", question_text(&req, left));
-        let _ = out.flush();
+        out.say(question_text(&req, left));
         let answer = loop {
             tokio::select! {
                 line = lines.recv() => match line {
                     None => {
-                        let _ = writeln!(out, "\n  (no terminal input: denied)");
+                        out.say("\n  (no terminal input: denied)\n");
                         // Input is gone for good: deny this and all later questions.
                         return;
                     }
                     Some((_, at)) if at < shown => continue,
                     Some((_, at)) if at < settled => {
-                        let _ = write!(
-                            out,
+                        out.say(
                             "\n  (ignored: typed as the question changed; answer again) \
-                             approve? [y/N] "
+                             approve? [y/N] ",
                         );
-                        let _ = out.flush();
                         continue;
                     }
                     Some((line, _)) => {
@@ -273,24 +318,26 @@ async fn prompt_loop(
             // the operator is told what did.
             Ok(a) => match reply.answer(a.clone()) {
                 Ok(()) => {
-                    let _ = writeln!(
-                        out,
-                        "  → {}",
+                    out.say_and_wait(format!(
+                        "  → {}\n",
                         if a.approved { "approved" } else { "denied" }
-                    );
+                    ))
+                    .await;
                 }
                 Err(why) => {
-                    let _ = writeln!(out, "  → not taken: {}", closed_text(&why));
+                    out.say_and_wait(format!("  → not taken: {}\n", closed_text(&why)))
+                        .await;
                 }
             },
             Err(Some(why)) => {
-                let _ = writeln!(out, "\n  ({})", closed_text(&why));
+                out.say_and_wait(format!("\n  ({})\n", closed_text(&why)))
+                    .await;
             }
             Err(None) => {
-                let _ = writeln!(out, "\n  ({NO_ANSWER_IN_TIME})");
+                out.say_and_wait(format!("\n  ({NO_ANSWER_IN_TIME})\n"))
+                    .await;
             }
         }
-        let _ = out.flush();
         drop(hold);
     }
 }
@@ -298,7 +345,7 @@ async fn prompt_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::test_terminal::Recorded;
+    use crate::session::test_terminal::{Recorded, Stalled};
     use enforce::{ask_and_wait, ApprovalOutcome};
     use std::time::Duration;
     use test_support::purchase_question as request;
@@ -524,6 +571,78 @@ mod tests {
         }
         let shown = until(&term, "answered elsewhere: denied by ui").await;
         assert!(!shown.contains("→ approved"), "{shown}");
+    }
+
+    /// A terminal paused with Ctrl-S takes nothing: the prompt's writes
+    /// must not hold the session's runtime (here one thread, as blocking
+    /// there shows at once), so a question answered in the UI still ends,
+    /// the next one is asked, and the runtime shuts down.
+    #[test]
+    fn a_paused_terminal_holds_up_neither_the_runtime_nor_answers_from_elsewhere() {
+        use enforce::{ApiBroker, FirstAnswer};
+        let paused = Stalled::default();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let out = paused.clone();
+        let (input, keyboard) = nix::unistd::pipe().expect("pipe");
+        let runner = std::thread::spawn(move || {
+            let finished = done_tx.clone();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let screen = Screen::with_writers(
+                    Box::new(Recorded::default()),
+                    Box::new(Recorded::default()),
+                    [false; 2],
+                );
+                let terminal = TerminalBroker::with_io(
+                    std::io::BufReader::new(std::fs::File::from(input)),
+                    out,
+                    screen,
+                );
+                let (api, handle) = ApiBroker::new();
+                let both = FirstAnswer::new(vec![
+                    std::sync::Arc::new(terminal),
+                    std::sync::Arc::new(api),
+                ]);
+                let t = Duration::from_secs(30);
+                for id in [5, 6] {
+                    let asked = tokio::spawn({
+                        let both = both.clone();
+                        async move { ask_and_wait(&both, request(id, t), t).await }
+                    });
+                    // Answered in the UI once it is pending there.
+                    while handle.answer(id, id == 5, "ui").is_err() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    let outcome = asked.await.expect("join");
+                    let _ = done_tx.send(format!("{id}: {outcome:?}"));
+                }
+            });
+            drop(rt);
+            let _ = finished.send("runtime shut down".into());
+        });
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            match done_rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        // Let a blocked writer go, so the thread can end either way.
+        paused.open();
+        drop(keyboard);
+        let _ = runner.join();
+        assert_eq!(seen.len(), 3, "held up by the paused terminal: {seen:?}");
+        assert!(
+            seen[0].starts_with("5: Answered") && seen[0].contains("approved: true"),
+            "{seen:?}"
+        );
+        assert!(
+            seen[1].starts_with("6: Answered") && seen[1].contains("approved: false"),
+            "{seen:?}"
+        );
     }
 
     /// The agent withdraws a harmless question (its client goes away)
