@@ -6,9 +6,11 @@
 //! the other. Real netns sessions: needs root. Gated on
 //! `Requirement::Postgres` (docs/testing.md).
 
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,16 +48,21 @@ struct Setup<'a> {
     relay_a: bool,
     /// More `openclaw serve` flags for both daemons.
     flags: &'a [&'a str],
+    /// More environment for both daemons.
+    env: &'a [(&'a str, &'a str)],
 }
 
 /// A TCP relay to the database that the test can cut, as a network
 /// partition between one host and the database: its relayed connections
 /// are shut down and new ones closed at once (the host sees resets and
-/// closed connections, never an answer).
+/// closed connections, never an answer). Or stalled: as a hung server or
+/// dropped packets, connections stay open (new ones are accepted) but
+/// nothing is forwarded either way, ever again.
 struct Relay {
     port: u16,
     /// The relayed connections' sockets (both ends); `None` once cut.
     open: Arc<Mutex<Option<Vec<TcpStream>>>>,
+    stalled: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -64,6 +71,8 @@ impl Relay {
         let port = listener.local_addr().expect("addr").port();
         let open = Arc::new(Mutex::new(Some(Vec::new())));
         let kept = open.clone();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stall = stalled.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -72,6 +81,11 @@ impl Relay {
                 let Some(sockets) = kept.as_mut() else {
                     continue;
                 };
+                // Stalled: kept open, never answered.
+                if stall.load(Ordering::SeqCst) {
+                    sockets.push(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
                     continue;
                 };
@@ -81,11 +95,20 @@ impl Relay {
                 pipe(
                     client.try_clone().expect("clone"),
                     server.try_clone().expect("clone"),
+                    stall.clone(),
                 );
-                pipe(server, client);
+                pipe(server, client, stall.clone());
             }
         });
-        Relay { port, open }
+        Relay {
+            port,
+            open,
+            stalled,
+        }
+    }
+
+    fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -114,9 +137,21 @@ impl Drop for Terminated {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` until either closes; once `stalled`, what is read
+/// is dropped (the sockets stay open, so the peers wait for good).
+fn pipe(mut from: TcpStream, mut to: TcpStream, stalled: Arc<AtomicBool>) {
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !stalled.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         let _ = to.shutdown(Shutdown::Both);
     });
 }
@@ -236,13 +271,13 @@ fn two_hosts_with(database: &str, setup: Setup<'_>) -> TwoHosts {
             homes[0].path(),
             &logs.path().join("one.log"),
             setup.flags,
-            &[(DATABASE_ENV, url_a.as_str())],
+            &[&[(DATABASE_ENV, url_a.as_str())], setup.env].concat(),
         ),
         start_env_with(
             homes[1].path(),
             &logs.path().join("two.log"),
             setup.flags,
-            &[(DATABASE_ENV, url.as_str())],
+            &[&[(DATABASE_ENV, url.as_str())], setup.env].concat(),
         ),
     ];
     TwoHosts {
@@ -558,6 +593,7 @@ fn a_daemon_cut_off_from_the_database_stops_the_sessions_whose_leases_lapse() {
             quota: Some("1"),
             relay_a: true,
             flags: &["--lease-ttl", "6s"],
+            ..Setup::default()
         },
     );
     let on_a = hosts.create(0);
@@ -635,6 +671,73 @@ fn a_daemon_cut_off_from_the_database_stops_the_sessions_whose_leases_lapse() {
     hosts.stop(1, &on_b);
 }
 
+/// A database that keeps A's connections open but never answers (a hung
+/// server, packets dropped: the relay stalls) must not hang A's control
+/// layer: every database call is bounded (`OPENCLAW_DATABASE_TIMEOUT`, 1 s
+/// here). A's lease lapses, so B's create starts; A's session ends
+/// `interrupted` (its runner's deletion of its quota holds gives up, so it
+/// is not killed and recovered as `supervisor_died`); and A's SIGTERM drain
+/// exits 0 (its reaping and release of the lease do not wait on a renewal
+/// stuck in the database).
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn a_daemon_whose_database_hangs_stops_the_lapsed_sessions_interrupted_and_then_itself() {
+    require(
+        &[Requirement::Postgres],
+        "serve_multihost::a_daemon_whose_database_hangs_stops_the_lapsed_sessions_interrupted_and_then_itself",
+    );
+    let mut hosts = two_hosts_with(
+        "hang",
+        Setup {
+            quota: Some("1"),
+            relay_a: true,
+            flags: &["--lease-ttl", "6s"],
+            env: &[("OPENCLAW_DATABASE_TIMEOUT", "1s")],
+        },
+    );
+    let on_a = hosts.create(0);
+    assert_eq!(on_a.status, 201, "{:?}", on_a.body);
+    let on_a = on_a.body["id"].as_str().expect("id").to_owned();
+
+    hosts.relay.as_ref().expect("relay").stall();
+    let on_b = support::wait_until(
+        "B's create once A's lease expired",
+        Duration::from_secs(120),
+        || {
+            let r = hosts.create(1);
+            match (r.status, r.field()) {
+                (201, _) => Some(r.body["id"].as_str().expect("id").to_owned()),
+                (429, "sessions") => None,
+                _ => panic!("B's create: {:?}", r.body),
+            }
+        },
+    );
+    let info = wait_ended(hosts.home(0), "acme", &on_a);
+    let log = || std::fs::read_to_string(hosts.logs.path().join("one.log")).expect("A's log");
+    assert_eq!(
+        info["status"],
+        "interrupted",
+        "A's session whose lease lapsed: {info}\n{}",
+        log()
+    );
+
+    if let Ok(pid) = i32::try_from(hosts.daemons[0].child.id()) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM A");
+    }
+    let exited = support::wait_until("A's exit after SIGTERM", Duration::from_secs(120), || {
+        hosts.daemons[0].child.try_wait().expect("wait")
+    });
+    assert_eq!(exited.code(), Some(0), "{}", log());
+    hosts.stop(1, &on_b);
+}
+
 /// `openclaw run --tenant acme` on a host cut off from the database cannot
 /// renew its lease either: it stops its session as Ctrl-C does (exit 130,
 /// the chain closed as interrupted, verifying), saying why, before the
@@ -657,6 +760,7 @@ fn a_session_run_from_the_cli_cut_off_from_the_database_stops_when_its_lease_lap
             quota: Some("1"),
             relay_a: true,
             flags: &[],
+            ..Setup::default()
         },
     );
     let relay = hosts.relay.as_ref().expect("relay");

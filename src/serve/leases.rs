@@ -97,7 +97,10 @@ pub struct SessionLeases {
     timing: LeaseTiming,
     /// By lease id. Held across each database call (they are serialized on
     /// the one connection anyway), so a renewal never writes back a lease
-    /// that a release is deleting.
+    /// that a release is deleting. Never for long: every call on `store` is
+    /// bounded (`OPENCLAW_DATABASE_TIMEOUT`), so a database that never
+    /// answers holds up a release (the reaping, the SIGTERM drain) by at
+    /// most that, never for good.
     held: Mutex<HashMap<String, HeldLease>>,
     /// By lease id, each lease's standing. A lock of its own, never held
     /// across a database call: the lapse check must answer while a call

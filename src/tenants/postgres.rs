@@ -12,7 +12,8 @@
 //! statements, so one connection per process is not what limits the daemon.
 
 use std::str::FromStr;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use postgres::config::Host;
@@ -183,8 +184,36 @@ pub(crate) fn lock_tenant(
     .map_err(db)
 }
 
-/// How long a connection attempt may take before the store call fails.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one database call (connecting included) may take before it
+/// fails, unless `OPENCLAW_DATABASE_TIMEOUT` says otherwise. A server that
+/// accepts connections but never answers would otherwise hang its caller
+/// for good: the server's own `statement_timeout` cannot end a wait for an
+/// answer that is never sent, and TCP keepalives are answered by whatever
+/// holds the socket open.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The environment variable that sets [`CALL_TIMEOUT`] (`500ms`, `5s`): read
+/// by the daemon, the CLI and the sessions they run alike.
+pub const CALL_TIMEOUT_ENV: &str = "OPENCLAW_DATABASE_TIMEOUT";
+
+/// The bound on each database call: [`CALL_TIMEOUT_ENV`] or the default. A
+/// value that does not parse is not a reason to hang: the default holds and
+/// the log says why.
+pub(crate) fn call_timeout() -> Duration {
+    match std::env::var(CALL_TIMEOUT_ENV) {
+        Err(_) => CALL_TIMEOUT,
+        Ok(text) => match humantime::parse_duration(&text) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                tracing::warn!(
+                    "{CALL_TIMEOUT_ENV}={text:?} is not a positive duration (\"5s\"); using {:?}",
+                    CALL_TIMEOUT
+                );
+                CALL_TIMEOUT
+            }
+        },
+    }
+}
 
 /// A `postgres://` (or `postgresql://`) URL as given to `--database` or
 /// `OPENCLAW_DATABASE`. It may hold a password: its `Debug` and `Display`
@@ -336,54 +365,144 @@ impl Connection {
 }
 
 /// A handle on the PostgreSQL store: one connection, its own thread.
+///
+/// Every call is bounded ([`call_timeout`]). A call that overruns fails, and
+/// its thread (stuck in a read the server never answers) is abandoned with
+/// its connection: later calls go to a new thread and connection, so they
+/// never queue behind the stuck one. The abandoned thread ends once its
+/// socket errors out or the server answers.
 pub struct PgStore {
+    config: Config,
+    target: String,
+    timeout: Duration,
+    worker: Mutex<Worker>,
+}
+
+/// The thread that owns the connection, and which one it is (so only the
+/// first caller to see it stuck replaces it).
+struct Worker {
     jobs: mpsc::Sender<Job>,
+    generation: u64,
+}
+
+fn spawn_worker(config: Config, target: String) -> Result<mpsc::Sender<Job>, TenantStoreError> {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("openclaw-postgres".into())
+        .spawn(move || {
+            let mut conn = Connection {
+                config,
+                client: None,
+                target,
+            };
+            // Ends when the handle (the sender) is dropped.
+            for job in queue {
+                job(&mut conn);
+            }
+        })
+        .map_err(|e| backend(format!("starting the database thread: {e}")))?;
+    Ok(jobs)
 }
 
 impl PgStore {
     /// Connects, then creates or migrates the schema. The URL's password is
     /// in no error.
     pub fn open(url: &DatabaseUrl) -> Result<PgStore, TenantStoreError> {
+        let timeout = call_timeout();
         let mut config = url.config()?;
         if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
+            config.connect_timeout(timeout);
+        }
+        // A peer that vanished (packets dropped) is noticed by the kernel:
+        // unacknowledged writes and unanswered keepalives close the socket.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(timeout);
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(timeout)
+            .keepalives_interval(Duration::from_secs(1).min(timeout))
+            .keepalives_retries(3);
+        // A statement the server runs too long (waiting on a lock, say) is
+        // ended by the server itself, just before the caller gives up.
+        if config.get_options().is_none() {
+            config.options(&format!(
+                "-c statement_timeout={}",
+                timeout.as_millis().max(1)
+            ));
         }
         config.application_name("openclaw");
         let target = describe(&config);
-        let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("openclaw-postgres".into())
-            .spawn(move || {
-                let mut conn = Connection {
-                    config,
-                    client: None,
-                    target,
-                };
-                // Ends when the handle (the sender) is dropped.
-                for job in queue {
-                    job(&mut conn);
-                }
-            })
-            .map_err(|e| backend(format!("starting the database thread: {e}")))?;
-        let store = PgStore { jobs };
+        let jobs = spawn_worker(config.clone(), target.clone())?;
+        let store = PgStore {
+            config,
+            target,
+            timeout,
+            worker: Mutex::new(Worker {
+                jobs,
+                generation: 0,
+            }),
+        };
         store.call(migrate)?;
         Ok(store)
     }
 
-    /// Runs `op` on the connection's thread and waits for its answer.
+    /// Runs `op` on the connection's thread and waits for its answer, at
+    /// most the call timeout: past it the call fails (fail closed, as for
+    /// any database error) and the thread is abandoned (see [`PgStore`]).
     pub(crate) fn call<T: Send + 'static>(
         &self,
         op: impl FnOnce(&mut Client) -> Result<T, TenantStoreError> + Send + 'static,
     ) -> Result<T, TenantStoreError> {
         let (answer, result) = mpsc::channel();
-        self.jobs
-            .send(Box::new(move |conn: &mut Connection| {
-                let _ = answer.send(conn.run(op));
-            }))
-            .map_err(|_| backend("the database thread stopped"))?;
-        result
-            .recv()
-            .map_err(|_| backend("the database thread stopped"))?
+        // Set once this call gave up: a call queued behind a stuck one is
+        // then never run late, after its caller was told it failed.
+        let given_up = Arc::new(AtomicBool::new(false));
+        let skip = given_up.clone();
+        let generation = {
+            let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+            worker
+                .jobs
+                .send(Box::new(move |conn: &mut Connection| {
+                    if !skip.load(Ordering::SeqCst) {
+                        let _ = answer.send(conn.run(op));
+                    }
+                }))
+                .map_err(|_| backend("the database thread stopped"))?;
+            worker.generation
+        };
+        match result.recv_timeout(self.timeout) {
+            Ok(answer) => answer,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(backend("the database thread stopped"))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                given_up.store(true, Ordering::SeqCst);
+                self.abandon(generation);
+                Err(backend(format!(
+                    "the {} did not answer within {:?} (hung, or out of reach); the call \
+                     failed and its connection was dropped",
+                    self.target, self.timeout
+                )))
+            }
+        }
+    }
+
+    /// Replaces the stuck thread `generation` with a new one (a new
+    /// connection on its first call); the calls queued behind the stuck one
+    /// time out themselves and are then skipped.
+    fn abandon(&self, generation: u64) {
+        let mut worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        if worker.generation != generation {
+            return;
+        }
+        match spawn_worker(self.config.clone(), self.target.clone()) {
+            Ok(jobs) => {
+                worker.jobs = jobs;
+                worker.generation += 1;
+            }
+            Err(e) => tracing::error!("replacing a stuck database connection: {e}"),
+        }
     }
 }
 
