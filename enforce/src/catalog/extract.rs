@@ -28,6 +28,16 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
 }
 
+impl RequestView<'_> {
+    /// The query as sent: after the first `?`, before any `#`; empty
+    /// without one. Every reader of query fields starts here.
+    pub(super) fn query(&self) -> &str {
+        self.path_and_query
+            .split_once('?')
+            .map_or("", |(_, q)| q.split('#').next().unwrap_or(""))
+    }
+}
+
 /// Fills in the kind and facts `extract` says a matched request carries.
 /// `body` is the request body as read (`None`: not read; the caller made
 /// sure it is complete when the rule reads it). A rule that reads body fields reads them only
@@ -228,12 +238,7 @@ impl Sources<'_, '_> {
             Field::Value(v) => Ok(vec![v.clone()]),
             Field::Header(name) => header_values(self.req.headers, name, one, &describe()),
             Field::Query(name) => {
-                let query = self
-                    .req
-                    .path_and_query
-                    .split_once('?')
-                    .map_or("", |(_, q)| q);
-                let query = query.split('#').next().unwrap_or("").as_bytes();
+                let query = self.req.query().as_bytes();
                 let pairs = parse_urlencoded(query, false, "query")?;
                 let semicolon_pairs = query
                     .contains(&b';')

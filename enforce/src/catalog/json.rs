@@ -24,6 +24,12 @@ pub enum JsonLeaf {
     Other,
 }
 
+/// A JSON pointer reference token as the member name it stands for
+/// (RFC 6901 §4: `~1` is `/`, then `~0` is `~`).
+pub(super) fn unescape_token(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
 /// Follows an RFC 6901 pointer through `text`. `Ok(None)` when the path does
 /// not exist; an error when the body is not JSON or a member on the path is
 /// written more than once (in any spelling that folds to the same name).
@@ -37,7 +43,7 @@ pub fn lookup(text: &str, pointer: &str) -> Result<Option<JsonLeaf>, ClassifyErr
     }
     let mut walked = String::new();
     for token in pointer.split('/').skip(1) {
-        let token = token.replace("~1", "/").replace("~0", "~");
+        let token = unescape_token(token);
         walked.push('/');
         walked.push_str(&token);
         let raw = current.get().trim_start();

@@ -19,6 +19,7 @@ use http::header::COOKIE;
 use super::error::ClassifyError;
 use super::extract::RequestView;
 use super::file::Field;
+use super::json::unescape_token;
 use super::media::{check_identity_encoding, MediaType};
 use super::multipart::parse_multipart;
 use super::names::form_name;
@@ -46,7 +47,7 @@ pub(super) fn check(
         })
         .collect();
     if !from_body.is_empty() {
-        let names = query_names(req.path_and_query);
+        let names = urlencoded_names(req.query().as_bytes());
         if let Some((field, _)) = from_body.iter().find(|(_, n)| names.contains(n)) {
             return Err(ClassifyError::QueryAndBody {
                 field: field.describe(),
@@ -119,7 +120,7 @@ fn cookie_names(req: &RequestView<'_>) -> Vec<String> {
 /// The first member name of an RFC 6901 pointer, unescaped.
 fn first_member(pointer: &str) -> Option<String> {
     let token = pointer.strip_prefix('/')?.split('/').next()?;
-    Some(token.replace("~1", "/").replace("~0", "~"))
+    Some(unescape_token(token))
 }
 
 /// The field names (read by [`form_name`]) of urlencoded text, decoded
@@ -135,13 +136,6 @@ fn urlencoded_names(text: &[u8]) -> Vec<String> {
     names.sort_unstable();
     names.dedup();
     names
-}
-
-fn query_names(path_and_query: &str) -> Vec<String> {
-    let query = path_and_query
-        .split_once('?')
-        .map_or("", |(_, q)| q.split('#').next().unwrap_or(""));
-    urlencoded_names(query.as_bytes())
 }
 
 /// The parameter names a server merging the body with the query would

@@ -64,11 +64,7 @@ pub(super) fn check(
             return refuse(&value, via);
         }
     }
-    let query = req
-        .path_and_query
-        .split_once('?')
-        .map_or("", |(_, q)| q.split('#').next().unwrap_or(""));
-    if let Some(v) = urlencoded_fields(query.as_bytes()).find(|v| other(v)) {
+    if let Some(v) = urlencoded_fields(req.query().as_bytes()).find(|v| other(v)) {
         return refuse(&v, format!("{FIELD} in the query"));
     }
     let Some(body) = body.filter(|b| !b.is_empty()) else {
