@@ -14,6 +14,9 @@ use tokio::sync::broadcast;
 /// Events kept for a slow subscriber before it starts missing some.
 pub const EVENT_BUFFER: usize = 4096;
 
+/// How a `completed` event's reason starts when the exchange failed.
+pub(crate) const FAILED_PREFIX: &str = "failed: ";
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,6 +144,16 @@ impl Event {
         }
     }
 
+    /// A `completed` event whose exchange with the upstream failed (the
+    /// sandbox got the proxy's error answer, not the upstream's).
+    pub fn exchange_failed(&self) -> bool {
+        self.kind == EventKind::Completed
+            && self
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(FAILED_PREFIX))
+    }
+
     /// One line for a terminal: `✓ allowed  GET  google.com/travel  web · 200 · 2.3KB`.
     pub fn line(&self) -> String {
         let (mark, word) = match self.kind {
@@ -149,6 +162,7 @@ impl Event {
             EventKind::Pending => ("●", "approval"),
             EventKind::Approved => ("✓", "approved"),
             EventKind::Denied => ("✕", "denied"),
+            EventKind::Completed if self.exchange_failed() => ("!", "failed"),
             EventKind::Completed => ("·", "done"),
             EventKind::Usage => ("$", "usage"),
             EventKind::BudgetWarning => ("!", "budget"),
@@ -212,7 +226,8 @@ impl Event {
             ));
         }
         if let Some(r) = &self.reason {
-            tail.push(r.clone());
+            // The mark already says "failed".
+            tail.push(r.strip_prefix(FAILED_PREFIX).unwrap_or(r).to_owned());
         }
         if !tail.is_empty() {
             out.push_str("  ");

@@ -1328,7 +1328,9 @@ impl Gate for EnforcingGate {
                 e.bytes_up = Some(exchange.bytes_up);
                 e.receipt = f.receipt;
                 match &exchange.outcome {
-                    ExchangeOutcome::Failed(why) => e.reason = Some(format!("failed: {why}")),
+                    ExchangeOutcome::Failed(why) => {
+                        e.reason = Some(format!("{}{why}", crate::events::FAILED_PREFIX))
+                    }
                     ExchangeOutcome::ClientGone => e.reason = Some("client went away".into()),
                     ExchangeOutcome::Completed | ExchangeOutcome::Refused => {}
                 }

@@ -112,8 +112,12 @@ impl Monitor {
             EventKind::Pending => tally.pending += 1,
             EventKind::Approved => tally.approved += 1,
             EventKind::Denied => tally.denied += 1,
-            // The decision line was already shown; the outcome goes to the file.
-            EventKind::Completed => return,
+            // The decision line was already shown; an outcome goes to the
+            // file only, unless the exchange failed: an allowed request the
+            // agent got a 502 for (upstream unreachable, its certificate
+            // refused, a reset) would otherwise read as a success here.
+            EventKind::Completed if !event.exchange_failed() => return,
+            EventKind::Completed => {}
             // An LLM call's tokens and cost, a budget level reached: shown.
             EventKind::Usage | EventKind::BudgetWarning => {}
         }
@@ -225,5 +229,62 @@ impl Monitor {
 
     fn emit(&self, line: &str) {
         self.screen.line(Stream::Err, line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use enforce::EventBus;
+
+    use super::*;
+    use crate::session::test_terminal::Recorded;
+
+    fn event(kind: EventKind, request: u64, reason: Option<&str>, status: Option<u16>) -> Event {
+        let action: capabilities::Action = serde_json::from_str(
+            r#"{"type":"web","method":"GET","host":"api.example.com","path":"/x"}"#,
+        )
+        .expect("action");
+        let mut e = Event::about(kind, request, 1, &action);
+        e.grant = Some("web".into());
+        e.reason = reason.map(str::to_owned);
+        e.status = status;
+        e
+    }
+
+    /// An allowed request whose upstream could not be reached shows a
+    /// second line saying so; one that completed shows nothing more.
+    #[tokio::test]
+    async fn a_failed_exchange_is_shown_and_a_completed_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let term = Recorded::default();
+        let screen =
+            Screen::with_writers(Box::new(term.clone()), Box::new(term.clone()), [false; 2]);
+        let monitor = Monitor::on(false, false, screen.clone());
+        let bus = EventBus::new();
+        monitor.attach(bus.subscribe(), dir.path()).expect("attach");
+        bus.send(event(EventKind::Allowed, 1, None, None));
+        bus.send(event(EventKind::Completed, 1, None, Some(200)));
+        bus.send(event(EventKind::Allowed, 2, None, None));
+        bus.send(event(
+            EventKind::Completed,
+            2,
+            Some("failed: upstream-unresolvable"),
+            Some(502),
+        ));
+        let tally = monitor.finish().await;
+        assert!(screen.drain());
+        let text = term.text();
+        assert_eq!(tally.allowed, 2, "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[2].contains("! failed   GET   api.example.com/x")
+                && lines[2].contains("502 · upstream-unresolvable"),
+            "{text}"
+        );
+        assert!(!text.contains("done"), "{text}");
+        // The events file keeps every event, the completed one included.
+        let file = std::fs::read_to_string(dir.path().join("events.jsonl")).expect("events");
+        assert_eq!(file.lines().count(), 4, "{file}");
     }
 }
