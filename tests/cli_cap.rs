@@ -308,3 +308,37 @@ fn help_teaches_with_examples() {
         );
     }
 }
+
+/// The policy `cap mint --help` shows is one that mints, with every grant
+/// (the help cannot drift from the schema), and a file of another shape is
+/// pointed at it.
+#[test]
+fn the_policy_in_mint_help_mints_and_a_misshapen_one_points_to_it() {
+    let home = Home::new();
+    let out = home.run(&["cap", "mint", "--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    let policy: String = help
+        .lines()
+        .skip_while(|l| !l.contains("valid policy as it stands"))
+        .skip_while(|l| !l.trim().is_empty())
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| format!("{}\n", l.trim()))
+        .collect();
+    assert!(policy.starts_with("ttl = "), "{help}");
+    let file = home.write("from-help.toml", &policy);
+    let out = home.run(&["cap", "mint", &file, "-o", "help.cap"]);
+    assert!(out.status.success(), "{policy}\n{}", stderr(&out));
+    assert!(stdout(&out).contains("6 grants"), "{}", stdout(&out));
+
+    // `[[web]]` (an array of tables) where the schema has one `[web]`.
+    let wrong = home.write("wrong.toml", "[[web]]\nallow = [\"kayak.com\"]\n");
+    let out = home.run(&["cap", "mint", &wrong, "-o", "x.cap"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("wrong.toml") && err.contains("`openclaw cap mint --help` shows a policy"),
+        "{err}"
+    );
+}

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use capabilities::policy::{Amount, Ttl};
-use capabilities::{Action, Counters, Policy, Summary, UnverifiedToken, Verdict};
+use capabilities::{Action, CapabilityError, Counters, Policy, Summary, UnverifiedToken, Verdict};
 use clap::{Args, Subcommand};
 
 use crate::{home, keys};
@@ -24,8 +24,21 @@ pub enum CapCommand {
   openclaw cap mint examples/flight-booking/policy.toml -o flight-booking.cap
   openclaw cap mint policy.toml --key ./keys/root.key -o task.cap
 
-The policy schema is in docs/capabilities.md. A `ttl` in the policy becomes
-an absolute expiry counted from now.")]
+A policy is TOML; every grant is optional, and what no grant allows is blocked.
+This one is a valid policy as it stands (inline tables; `[web]` sections with
+one key per line mean the same):
+
+  ttl = \"30m\"
+  web = { allow = [\"kayak.com\", \"google.com/flights\", \"*.example.com\"], methods = [\"GET\", \"HEAD\"] }
+  payment = { merchant = \"united.com\", currency = \"USD\", max_per_charge = \"600.00\", max_total = \"600.00\", approval_above = \"400.00\", card = \"united_card\" }
+  email = { host = \"api.mail.example\", recipients = [\"traveler@example.com\"], subject_contains = \"flight confirmation\", max_count = 2 }
+  login = { service = \"united.com\", credential = \"united_login\", scopes = [\"booking\"] }
+  llm = { providers = [\"api.openai.com\"], credential = \"openai_key\", budget_usd = \"5.00\" }
+  websocket = { allow = [\"chat.example.com/socket\"] }
+  approval = [{ type = \"email\" }, { type = \"llm\", once_spent_usd = \"0.50\" }]
+
+`ttl` becomes an absolute expiry counted from now. The full schema and its
+rules: docs/capabilities.md.")]
     Mint(MintArgs),
     /// Append a block that can only narrow what a token allows (or seal it).
     #[command(after_help = "Examples:
@@ -145,7 +158,17 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
 
 fn read_policy(path: &Path) -> Result<Policy> {
     let text = read_text(path, "policy")?;
-    Policy::from_toml_str(&text).with_context(|| format!("in {}", path.display()))
+    Policy::from_toml_str(&text).map_err(|e| {
+        // A file that is not the schema's shape gets a pointer to the
+        // schema; a bad value's message says all there is to say.
+        let hint = match e {
+            CapabilityError::PolicyParse(_) => {
+                "\n(`openclaw cap mint --help` shows a policy with every section)"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("in {}: {e}{hint}", path.display())
+    })
 }
 
 fn read_token(path: &Path) -> Result<UnverifiedToken> {
