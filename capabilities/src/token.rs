@@ -442,7 +442,7 @@ impl Summary {
                     }
                     Some(a) => format!("{}s above {}", kind_name(kind), a.display(currency)),
                     None if rule.once_spent.is_some() => format!("{} calls", kind_name(kind)),
-                    None => format!("every {}", kind_name(kind)),
+                    None => format!("all {} actions", kind_name(kind)),
                 };
                 if let Some(spent) = rule.once_spent {
                     what.push_str(&format!(" once the session's llm spend reaches {spent}"));
