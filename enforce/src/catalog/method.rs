@@ -9,7 +9,7 @@
 //! A request naming another method is refused; one naming its own method
 //! changes nothing.
 
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use serde_json::value::RawValue;
 
 use super::error::ClassifyError;
@@ -17,6 +17,7 @@ use super::extract::RequestView;
 use super::media::MediaType;
 use super::multipart::parse_multipart;
 use super::names::{eq_folded, form_name};
+use crate::credentials::{BodyDecoder, Coding};
 use crate::json_members::Members;
 
 /// The override headers (lower case) and how a reason names them.
@@ -31,11 +32,13 @@ const FIELD: &str = "_method";
 
 /// Refuses a request whose override headers or `_method` fields name a
 /// method other than its own. `body` is the body as buffered (all of it
-/// when `complete`).
+/// when `complete`); a content-encoded body is read as servers that decode
+/// it first read it, at most `max_body_bytes` of it decoded.
 pub(super) fn check(
     req: &RequestView<'_>,
     body: Option<&[u8]>,
     complete: bool,
+    max_body_bytes: usize,
 ) -> Result<(), ClassifyError> {
     let method = req.method.trim();
     let refuse = |requested: &str, via: String| {
@@ -69,6 +72,28 @@ pub(super) fn check(
     }
     let Some(body) = body.filter(|b| !b.is_empty()) else {
         return Ok(());
+    };
+    let unread = |via: String| {
+        Err(ClassifyError::MethodOverrideUnread {
+            method: method.to_ascii_uppercase(),
+            via,
+        })
+    };
+    // Express's body-parser (and a server's decoding filter, such as
+    // Apache's mod_deflate input filter) decode the body before a
+    // `_method` is read from it: so is it here, for a body whose type
+    // some server reads `_method` from.
+    let decoded;
+    let (body, complete) = if !identity_encoded(req.headers) && reads_fields(req.headers) {
+        match decode(req.headers, body, complete, max_body_bytes) {
+            Ok(plain) => {
+                decoded = plain;
+                (decoded.0.as_slice(), decoded.1)
+            }
+            Err(coding) => return unread(format!("the {coding}-encoded body")),
+        }
+    } else {
+        (body, complete)
     };
     let mut types = req.headers.get_all(CONTENT_TYPE).iter().peekable();
     // Rack reads a POST without a Content-Type as a form.
@@ -140,6 +165,79 @@ pub(super) fn check(
         }
     }
     Ok(())
+}
+
+/// Whether some `Content-Type` of the request (or its absence: Rack reads
+/// an untyped `POST` as a form) is one servers read a `_method` field
+/// from: a form, multipart, or any type holding `json` (Laravel). Read
+/// without allocating: most requests carry one of these.
+fn reads_fields(headers: &http::HeaderMap) -> bool {
+    let mut types = headers.get_all(CONTENT_TYPE).iter().peekable();
+    if types.peek().is_none() {
+        return true;
+    }
+    types.any(|v| {
+        let v = v.as_bytes();
+        let essence = v.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
+        essence.is_empty()
+            || essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+            || essence.len() >= 10 && essence[..10].eq_ignore_ascii_case(b"multipart/")
+            || v.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
+    })
+}
+
+/// Whether every `Content-Encoding` the request carries is `identity`.
+fn identity_encoded(headers: &http::HeaderMap) -> bool {
+    headers.get_all(CONTENT_ENCODING).iter().all(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .all(|c| c.is_empty() || c.eq_ignore_ascii_case(b"identity"))
+    })
+}
+
+/// The body decoded by its `Content-Encoding`s (the last applied first),
+/// at most `limit` bytes of it, and whether that is all of it (false when
+/// the buffered body was not, or when it decodes past `limit`: a
+/// decompression bomb is read no further). `Err` names a coding that could
+/// not be decoded: unknown, or a stream that is corrupt.
+fn decode(
+    headers: &http::HeaderMap,
+    body: &[u8],
+    complete: bool,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), String> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(CONTENT_ENCODING) {
+        let text = value.to_str().map_err(|_| "?".to_owned())?;
+        codings.extend(
+            text.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    let mut data = body.to_vec();
+    let mut whole = complete;
+    for name in codings.iter().rev() {
+        let coding = Coding::parse(name).ok_or_else(|| name.clone())?;
+        let mut decoder = BodyDecoder::new(coding).map_err(|_| name.clone())?;
+        decoder.push(&data);
+        if whole {
+            decoder.finish();
+        }
+        let mut out = Vec::new();
+        while let Some(piece) = decoder.pull().map_err(|_| name.clone())? {
+            if out.len() + piece.len() > limit {
+                out.extend_from_slice(&piece[..limit - out.len()]);
+                whole = false;
+                break;
+            }
+            out.extend_from_slice(&piece);
+        }
+        data = out;
+    }
+    Ok((data, whole))
 }
 
 /// Whether a (lower-case) header name is `want`, or a CGI spelling of it:
@@ -252,7 +350,7 @@ mod tests {
             path_and_query: target,
             headers: &map,
         };
-        check(&view, Some(body.as_bytes()), true)
+        check(&view, Some(body.as_bytes()), true, 64 * 1024)
     }
 
     const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
@@ -456,6 +554,102 @@ mod tests {
             check_one("POST", "/x", &[multipart], body),
             Err(ClassifyError::MethodOverrideUnread { .. })
         ));
+    }
+
+    fn gzip(body: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(body).expect("in memory");
+        z.finish().expect("in memory")
+    }
+
+    /// Checks a `POST` whose body is `body` with these headers, complete,
+    /// under a `limit`-byte cap.
+    fn check_bytes(
+        headers: &[(&str, &str)],
+        body: &[u8],
+        limit: usize,
+    ) -> Result<(), ClassifyError> {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                http::header::HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        let host = Host::parse("shop.example").expect("host");
+        let view = RequestView {
+            method: "POST",
+            host: &host,
+            path_and_query: "/x",
+            headers: &map,
+        };
+        check(&view, Some(body), true, limit)
+    }
+
+    /// A body servers decode before reading `_method` (Express's
+    /// body-parser) is read decoded: an override in it is refused, one
+    /// that cannot be decoded is refused when its type is one `_method` is
+    /// read from, and one without an override goes.
+    #[test]
+    fn encoded_bodies_are_read_decoded() {
+        let gz = ("content-encoding", "gzip");
+        let json = ("content-type", "application/json");
+        let found = check_bytes(&[FORM, gz], &gzip(b"a=1&_method=DELETE"), 1024);
+        assert_eq!(
+            via(found),
+            Some((
+                "POST".into(),
+                "DELETE".into(),
+                "_method in the form body".into()
+            ))
+        );
+        let found = check_bytes(
+            &[json, ("content-encoding", "identity, gzip")],
+            &gzip(br#"{"_method":"PUT"}"#),
+            1024,
+        );
+        assert_eq!(
+            via(found).map(|v| v.2),
+            Some("_method in the JSON body".into())
+        );
+        // Applied in order: decoded last to first.
+        let twice = check_bytes(
+            &[
+                FORM,
+                ("content-encoding", "gzip"),
+                ("content-encoding", "gzip"),
+            ],
+            &gzip(&gzip(b"_method=PUT")),
+            1024,
+        );
+        assert_eq!(via(twice).map(|v| v.1), Some("PUT".into()));
+        for (coding, body, why) in [
+            ("gzip", b"_method=PUT".to_vec(), "the gzip-encoded body"),
+            (
+                "x-unknown",
+                b"_method=PUT".to_vec(),
+                "the x-unknown-encoded body",
+            ),
+        ] {
+            assert_eq!(
+                check_bytes(&[FORM, ("content-encoding", coding)], &body, 1024),
+                Err(ClassifyError::MethodOverrideUnread {
+                    method: "POST".into(),
+                    via: why.into()
+                })
+            );
+        }
+        for (headers, body) in [
+            (vec![json, gz], gzip(br#"{"note":"x","method":"card"}"#)),
+            (vec![FORM, gz], gzip(b"_method=post")),
+            (
+                vec![("content-type", "image/png"), gz],
+                b"not gzip".to_vec(),
+            ),
+        ] {
+            assert_eq!(check_bytes(&headers, &body, 1024), Ok(()), "{headers:?}");
+        }
     }
 
     #[test]

@@ -235,8 +235,19 @@ impl<'c> Matched<'c> {
         if let Some(refused) = &self.refused {
             return Err(refused.clone());
         }
+        // A rule's facts past the cap or in an encoded body are not read:
+        // said as such, before the override check, which would refuse the
+        // same body for what it might say unread.
+        if self.rule.is_some_and(Rule::needs_body) {
+            if !complete {
+                return Err(ClassifyError::BodyTooLarge {
+                    limit: self.max_body_bytes,
+                });
+            }
+            media::check_identity_encoding(req.headers)?;
+        }
         // Before the facts: which method the action is must be certain.
-        method::check(req, body, complete)?;
+        method::check(req, body, complete, self.max_body_bytes)?;
         let path = req
             .path_and_query
             .split(['?', '#'])
@@ -261,14 +272,6 @@ impl<'c> Matched<'c> {
             return Ok(action);
         };
         action.credential = rule.credential.clone();
-        if rule.needs_body() {
-            if !complete {
-                return Err(ClassifyError::BodyTooLarge {
-                    limit: self.max_body_bytes,
-                });
-            }
-            media::check_identity_encoding(req.headers)?;
-        }
         merged::check(&rule.extract, req, body.unwrap_or(&[]), complete)?;
         extract::read_facts(&mut action, &rule.extract, req, body)?;
         Ok(action)

@@ -3,8 +3,9 @@
 // encoding/json into structs, net/url and mime/multipart forms) and from
 // emulations of other servers' documented rules (PHP's form-name
 // rewriting, the query and the body merged into one set of parameters,
-// framework routing styles). It logs what it read, one JSON line
-// per request, so a test can compare it with the proxy's decision receipt.
+// framework routing styles, method overrides). It logs what it read, one
+// JSON line per request, so a test can compare it with the proxy's
+// decision receipt.
 //
 // Routes (on every host it has a certificate for):
 //
@@ -12,6 +13,9 @@
 //	/reflect      answers with the request body (or ?key= a stored value),
 //	              ?encoding=gzip|deflate, ?header=Name:Value, ?trailer=Name:Value
 //	anything else answers with its reading (the log line) as JSON
+//
+// A reading's "overrides" names the method each emulated framework that
+// honours method overrides would run instead of the request line's.
 //
 // Flags: -listen, -cert, -key, -log; -orbits prints Unicode simple case
 // folding orbits (unicode.SimpleFold) as JSON and exits.
@@ -21,6 +25,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"compress/gzip"
+	"compress/zlib"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -344,6 +349,134 @@ func phpPairs(s string) [][2]string {
 	return out
 }
 
+// overrideMethod is an override's value as the frameworks take it: upper
+// case, letters only (Symfony's rule; Rack and Express accept a subset).
+func overrideMethod(v string) string {
+	v = strings.ToUpper(strings.TrimSpace(v))
+	if v == "" || strings.TrimFunc(v, func(r rune) bool { return 'A' <= r && r <= 'Z' }) != "" {
+		return ""
+	}
+	return v
+}
+
+// inflated is the body as Express's body-parser reads it (its `inflate`
+// option, on by default): decoded by its one Content-Encoding (gzip or
+// deflate), at most 16 MiB. false: a coding it refuses (415) or a stream
+// it cannot decode (400), so no handler runs.
+func inflated(r *http.Request, body []byte) ([]byte, bool) {
+	var rd io.Reader
+	var err error
+	switch strings.ToLower(r.Header.Get("Content-Encoding")) {
+	case "", "identity":
+		return body, true
+	case "gzip":
+		rd, err = gzip.NewReader(bytes.NewReader(body))
+	case "deflate":
+		rd, err = zlib.NewReader(bytes.NewReader(body))
+	default:
+		return nil, false
+	}
+	if err != nil {
+		return nil, false
+	}
+	out, err := io.ReadAll(io.LimitReader(rd, 16<<20))
+	return out, err == nil
+}
+
+// jsonMethod is a JSON object's top-level `_method` string (the last of
+// several, as JSON.parse and PHP's json_decode keep), exact name.
+func jsonMethod(body []byte) string {
+	var members map[string]json.RawMessage
+	if json.Unmarshal(body, &members) != nil {
+		return ""
+	}
+	var v string
+	if json.Unmarshal(members["_method"], &v) != nil {
+		return ""
+	}
+	return v
+}
+
+// overrides is the method each emulated framework that honours method
+// overrides on a POST would run, where it is not the request line's:
+// Rack::MethodOverride (`_method` of the form, a body without a type
+// included, or the header), Laravel (Symfony's header, then `_method` of
+// the form (PHP's names) or of a JSON object, for a type holding /json or
+// +json, then of the query), and Express with body-parser (which decodes
+// gzip and deflate bodies first) and method-override reading `_method` of
+// req.body.
+func overrides(r *http.Request, rawQuery string, body []byte) map[string]string {
+	out := map[string]string{}
+	if r.Method != http.MethodPost {
+		return out
+	}
+	header := r.Header.Get("X-HTTP-Method-Override")
+	full := strings.ToLower(r.Header.Get("Content-Type"))
+	ct := mediaType(full)
+	if ct == "" && full != "" {
+		ct, _, _ = strings.Cut(full, ";")
+		ct = strings.TrimSpace(ct)
+	}
+	form := func(b []byte) string {
+		switch ct {
+		case "", "application/x-www-form-urlencoded":
+			v, _ := url.ParseQuery(string(b))
+			if all := v["_method"]; len(all) > 0 {
+				return all[len(all)-1]
+			}
+		case "multipart/form-data":
+			_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+			mr := multipart.NewReader(bytes.NewReader(b), params["boundary"])
+			if f, err := mr.ReadForm(1 << 20); err == nil {
+				if all := f.Value["_method"]; len(all) > 0 {
+					return all[len(all)-1]
+				}
+			}
+		}
+		return ""
+	}
+	set := func(name, v string) {
+		if m := overrideMethod(v); m != "" && m != r.Method {
+			out[name] = m
+		}
+	}
+	plain := r.Header.Get("Content-Encoding") == ""
+	if header != "" {
+		set("rack", header)
+	} else if plain {
+		set("rack", form(body))
+	}
+	laravel := header
+	if laravel == "" && plain {
+		if strings.Contains(full, "/json") || strings.Contains(full, "+json") {
+			laravel = jsonMethod(body)
+		} else if ct == "application/x-www-form-urlencoded" {
+			if v, ok := phpValues(phpPairs(string(body)))["_method"].(string); ok {
+				laravel = v
+			}
+		} else if ct == "multipart/form-data" {
+			laravel = form(body)
+		}
+	}
+	if laravel == "" {
+		if v, ok := phpValues(phpPairs(rawQuery))["_method"].(string); ok {
+			laravel = v
+		}
+	}
+	set("laravel", laravel)
+	if decoded, ok := inflated(r, body); ok {
+		switch ct {
+		case "application/json":
+			set("express", jsonMethod(decoded))
+		case "application/x-www-form-urlencoded":
+			if v, err := url.ParseQuery(string(decoded)); err == nil {
+				set("express", v.Get("_method"))
+			}
+		}
+	}
+	return out
+}
+
 // route is where one routing style sends a path.
 type route struct {
 	Path     string `json:"path"`
@@ -576,6 +709,7 @@ func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
 		"routes":       routes(rawPath, r.URL.Path),
 		"readings":     readings,
 		"errors":       errors,
+		"overrides":    overrides(r, rawQuery, body),
 		"headers":      headers,
 		"body":         string(body),
 	}
