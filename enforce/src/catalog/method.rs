@@ -164,7 +164,35 @@ pub(super) fn check(
             }
         }
     }
+    // Rack, Symfony, Express's method-override and ASP.NET read `_method`
+    // from the whole body of a `POST` (of no other method). Past what was
+    // read the body streams unread: where the rest could name one, the
+    // request is refused rather than guessed.
+    if !complete
+        && method.eq_ignore_ascii_case("POST")
+        && reads_fields(req.headers)
+        && !json_without_members(req.headers, body)
+    {
+        return unread(format!(
+            "the body past the {max_body_bytes}-byte classification cap (max_body_bytes)"
+        ));
+    }
     Ok(())
+}
+
+/// Whether every `Content-Type` is a JSON one and the body's top-level
+/// value (after a UTF-8 BOM, which Express's decoder drops, and
+/// whitespace) is an array or a string: a value with no members, whose
+/// `_method` no server reads, known from its first byte.
+fn json_without_members(headers: &http::HeaderMap, body: &[u8]) -> bool {
+    let json_only = headers
+        .get_all(CONTENT_TYPE)
+        .iter()
+        .all(|v| !form_type(v.as_bytes()));
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    json_only
+        && headers.contains_key(CONTENT_TYPE)
+        && matches!(body.trim_ascii_start().first(), Some(b'[' | b'"'))
 }
 
 /// Whether some `Content-Type` of the request (or its absence: Rack reads
@@ -178,12 +206,21 @@ fn reads_fields(headers: &http::HeaderMap) -> bool {
     }
     types.any(|v| {
         let v = v.as_bytes();
-        let essence = v.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
-        essence.is_empty()
-            || essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
-            || essence.len() >= 10 && essence[..10].eq_ignore_ascii_case(b"multipart/")
-            || v.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
+        form_type(v) || v.windows(4).any(|w| w.eq_ignore_ascii_case(b"json"))
     })
+}
+
+/// Whether a `Content-Type` value is one Rack reads as form fields: an
+/// empty essence, urlencoded or multipart.
+fn form_type(value: &[u8]) -> bool {
+    let essence = value
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or(b"")
+        .trim_ascii();
+    essence.is_empty()
+        || essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+        || essence.len() >= 10 && essence[..10].eq_ignore_ascii_case(b"multipart/")
 }
 
 /// Whether every `Content-Encoding` the request carries is `identity`.
@@ -650,6 +687,78 @@ mod tests {
         ] {
             assert_eq!(check_bytes(&headers, &body, 1024), Ok(()), "{headers:?}");
         }
+    }
+
+    /// A `POST` body past the cap is refused where its unread rest could
+    /// name `_method` for a server (a form, multipart, an untyped body, a
+    /// JSON object); one whose first bytes rule that out, one of another
+    /// type and one of another method are not.
+    #[test]
+    fn a_post_body_past_the_cap_is_refused_where_it_could_name_an_override() {
+        let check_cut = |method: &str, headers: &[(&str, &str)], body: &[u8]| {
+            let mut map = HeaderMap::new();
+            for (n, v) in headers {
+                map.append(
+                    http::header::HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                    v.parse().expect("value"),
+                );
+            }
+            let host = Host::parse("shop.example").expect("host");
+            let view = RequestView {
+                method,
+                host: &host,
+                path_and_query: "/x",
+                headers: &map,
+            };
+            check(&view, Some(body), false, 1024)
+        };
+        let unread = Err(ClassifyError::MethodOverrideUnread {
+            method: "POST".into(),
+            via: "the body past the 1024-byte classification cap (max_body_bytes)".into(),
+        });
+        let json = ("content-type", "application/json");
+        let multipart = ("content-type", "multipart/form-data; boundary=XyZ");
+        for (headers, body) in [
+            (vec![FORM], &b"note=aaaa"[..]),
+            (vec![], b"note=aaaa"),
+            (vec![json], b"  {\"note\":\"aaaa"),
+            (vec![json, FORM], b"[\"aaaa"),
+            (vec![multipart], b"--XyZ\r\n"),
+            (vec![("content-type", "text/plain; x=json")], b"{\"a\":1"),
+        ] {
+            assert_eq!(check_cut("POST", &headers, body), unread, "{headers:?}");
+        }
+        // An override in the part read is named as such.
+        assert_eq!(
+            via(check_cut("POST", &[FORM], b"_method=PUT&note=aaaa")).map(|v| v.1),
+            Some("PUT".into())
+        );
+        for (method, headers, body) in [
+            ("POST", vec![json], &b"\xEF\xBB\xBF [\"aaaa"[..]),
+            ("POST", vec![json], b"\"aaaa"),
+            (
+                "POST",
+                vec![("content-type", "application/octet-stream")],
+                b"note=aaaa",
+            ),
+            ("PUT", vec![FORM], b"note=aaaa"),
+        ] {
+            assert_eq!(
+                check_cut(method, &headers, body),
+                Ok(()),
+                "{method} {headers:?}"
+            );
+        }
+        // A complete compressed body that decodes past the cap (a bomb) is
+        // read no further, and is then such a body.
+        let bomb = gzip(&[b'a'; 1 << 20]);
+        assert!(bomb.len() * 100 < 1 << 20, "{}", bomb.len());
+        let gz = ("content-encoding", "gzip");
+        assert_eq!(check_bytes(&[FORM, gz], &bomb, 1024), unread);
+        assert_eq!(
+            check_bytes(&[("content-type", "image/png"), gz], &bomb, 1024),
+            Ok(())
+        );
     }
 
     #[test]

@@ -246,6 +246,11 @@ impl<'c> Matched<'c> {
             }
             media::check_identity_encoding(req.headers)?;
         }
+        // So are the rule's fields named on both sides (or a body that
+        // cannot be read to tell).
+        if let Some(rule) = self.rule {
+            merged::check(&rule.extract, req, body.unwrap_or(&[]), complete)?;
+        }
         // Before the facts: which method the action is must be certain.
         method::check(req, body, complete, self.max_body_bytes)?;
         let path = req
@@ -272,7 +277,6 @@ impl<'c> Matched<'c> {
             return Ok(action);
         };
         action.credential = rule.credential.clone();
-        merged::check(&rule.extract, req, body.unwrap_or(&[]), complete)?;
         extract::read_facts(&mut action, &rule.extract, req, body)?;
         Ok(action)
     }
