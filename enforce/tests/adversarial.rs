@@ -749,6 +749,87 @@ fn overrides_past_the_cap() -> Vec<Attack> {
     ]
 }
 
+/// Names some server reads as a rule's field, another as something else
+/// (the upstream's `php_*`, `rack_*` and `qs_*` readings): PHP cuts a name
+/// at a NUL; Rack 2 drops brackets before a name and ends it at `]`; qs
+/// (Express) reads `[name]` as `name`. Beside the field's own spelling
+/// they are two spellings; alone, the value some server reads.
+fn bracket_and_nul_spellings() -> Vec<Attack> {
+    let spelled = Block("catalog", "spelled");
+    vec![
+        post(
+            "form bracketed name beside the name",
+            PAY,
+            FORM,
+            "amount_cents=100&[amount_cents]=50000&currency=USD",
+            spelled,
+        ),
+        post(
+            "form bracketed name alone",
+            PAY,
+            FORM,
+            "[amount_cents]=500&currency=USD",
+            Forward,
+        ),
+        post(
+            "form nul-cut name beside the name",
+            PAY,
+            FORM,
+            "amount_cents=100&amount_cents%00x=50000&currency=USD",
+            spelled,
+        ),
+        post(
+            "form closing bracket beside the name",
+            PAY,
+            FORM,
+            "amount_cents=100&amount_cents]=50000&currency=USD",
+            spelled,
+        ),
+        post(
+            "form leading bracket beside the name",
+            PAY,
+            FORM,
+            "amount_cents=100&]amount_cents=50000&currency=USD",
+            spelled,
+        ),
+        post(
+            "form bracketed recipient",
+            SEND_FORM,
+            FORM,
+            "to=traveler@example.com&[bcc]=evil@example.net&subject=hi",
+            Block("token", "evil@example.net"),
+        ),
+        post(
+            "query bracketed name beside the name",
+            &format!("{CHARGE}&[amount]=900.00"),
+            FORM,
+            "note=x",
+            spelled,
+        ),
+        post(
+            "form amount bracketed in the query",
+            &format!("{PAY}?[amount_cents]=50000"),
+            FORM,
+            "amount_cents=100&currency=USD",
+            Block("catalog", "the query also names field"),
+        ),
+        post(
+            "bracketed override",
+            ACCOUNT,
+            FORM,
+            "note=x&[_method]=DELETE",
+            Block("catalog", "instead of POST"),
+        ),
+        post(
+            "nul-cut override",
+            ACCOUNT,
+            FORM,
+            "note=x&_method%00=DELETE",
+            Block("catalog", "instead of POST"),
+        ),
+    ]
+}
+
 /// §3: paths matched as frameworks route them.
 fn paths() -> Vec<Attack> {
     let ok = r#"{"total":"5.00","currency":"USD"}"#;
@@ -986,7 +1067,13 @@ fn check_facts(name: &str, action: &Value, reading: &Value) {
 async fn run(s: &Session, up: &GoUpstream, a: &Attack) {
     let before = up.requests();
     let (decisions_before, _) = last_decision(s);
-    let mut args: Vec<String> = vec!["--path-as-is".into(), "-X".into(), a.method.into()];
+    // `--globoff`: brackets in a query are the request's, not curl's ranges.
+    let mut args: Vec<String> = vec![
+        "--path-as-is".into(),
+        "--globoff".into(),
+        "-X".into(),
+        a.method.into(),
+    ];
     for h in &a.headers {
         args.push("-H".into());
         args.push(h.clone());
@@ -1060,6 +1147,7 @@ async fn the_upstream_reads_what_the_receipt_says() {
         .chain(paths())
         .chain(method_overrides())
         .chain(overrides_past_the_cap())
+        .chain(bracket_and_nul_spellings())
         .collect();
     for a in &attacks {
         run(&s, &up, a).await;

@@ -4,7 +4,9 @@
 //! matches `ſ` to `s` and the Kelvin sign to `k`; ASP.NET's ordinal
 //! ignore-case matches `ı` to `i`), form and query names as PHP, Rails and
 //! ASP.NET rewrite them (`.` and space become `_`, `name[]` and `name[0]`
-//! are items of the list `name`, an unclosed `[` becomes `_`).
+//! are items of the list `name`, an unclosed `[` becomes `_`, a NUL ends
+//! the name), and as Rack 2 and Node's qs read brackets around one
+//! (`[name]` is `name`).
 
 /// The only character of `it`, if it yields exactly one.
 fn single(mut it: impl Iterator<Item = char>) -> Option<char> {
@@ -60,24 +62,42 @@ pub(super) struct FormName {
     pub spelling: String,
 }
 
-/// Reads a decoded form or query name. PHP drops leading spaces, turns `.`
-/// and space in the name before its first `[` into `_`, reads `[…]` as an
-/// index, and turns a `[` with no `]` into `_`; ASP.NET compares names
-/// without case. A name the rule writes is read the same way.
+/// Reads a decoded form or query name. PHP cuts it at a NUL (it is a C
+/// string there), drops leading spaces, turns `.` and space in the name
+/// before its first `[` into `_`, reads `[…]` as an index, and turns a `[`
+/// with no `]` into `_`; Rack 2 (Rails before Rack 3) drops `[` and `]`
+/// before the name and ends it at a `]` too, and Node's qs (Express) reads
+/// `[name]` as `name`; ASP.NET compares names without case. Where servers
+/// differ, the name is read as the field some server binds it to (PHP
+/// ignores `[amount]`, Rack and qs read `amount`). A name the rule writes
+/// is read the same way.
 pub(super) fn form_name(raw: &str) -> FormName {
-    let name = raw.trim_start_matches(' ');
-    let (base, shape, tail) = match name.find('[') {
+    let cut = raw.split('\0').next().unwrap_or("");
+    let name = cut.trim_start_matches([' ', '[', ']']);
+    // Where `name` starts in `raw` (a suffix of `cut`, a prefix of `raw`):
+    // spellings keep what was written.
+    let lead = cut.len() - name.len();
+    let (base, shape, tail) = match name.find(['[', ']']) {
         None => (name, Shape::Plain, None),
+        // Rack 2: the name ends at `]`, the `]`s after it are dropped,
+        // and what follows (if anything) indexes it.
+        Some(end) if name.as_bytes()[end] == b']' => {
+            let rest = name[end..].trim_start_matches(']');
+            let shape = if rest.is_empty() {
+                Shape::Plain
+            } else {
+                rest.strip_prefix('[')
+                    .and_then(|r| r.split_once(']'))
+                    .map_or(Shape::Member, |(index, _)| index_shape(index))
+            };
+            (&name[..end], shape, None)
+        }
         Some(open) => match name[open + 1..].find(']') {
-            Some(close) => {
-                let index = &name[open + 1..open + 1 + close];
-                let shape = if index.bytes().all(|b| b.is_ascii_digit()) {
-                    Shape::Item
-                } else {
-                    Shape::Member
-                };
-                (&name[..open], shape, None)
-            }
+            Some(close) => (
+                &name[..open],
+                index_shape(&name[open + 1..open + 1 + close]),
+                None,
+            ),
             // PHP: an unclosed `[` is a `_` and the rest stays as written.
             None => (&name[..open], Shape::Plain, Some(&name[open + 1..])),
         },
@@ -96,15 +116,25 @@ pub(super) fn form_name(raw: &str) -> FormName {
         field.push('_');
         field.push_str(&fold(tail));
     }
+    let written = &raw[..lead + base.len()];
     let spelling = match shape {
-        Shape::Plain => name.to_owned(),
-        Shape::Item => format!("{base}[]"),
-        Shape::Member => format!("{base}[…]"),
+        Shape::Plain => raw.to_owned(),
+        Shape::Item => format!("{written}[]"),
+        Shape::Member => format!("{written}[…]"),
     };
     FormName {
         field,
         shape,
         spelling,
+    }
+}
+
+/// The shape an index gives its name: digits or nothing make an item.
+fn index_shape(index: &str) -> Shape {
+    if index.bytes().all(|b| b.is_ascii_digit()) {
+        Shape::Item
+    } else {
+        Shape::Member
     }
 }
 
@@ -148,11 +178,27 @@ mod tests {
             ("to[x]", "to", Shape::Member),
             ("to[]x", "to", Shape::Item),
             ("a.b[c.d]", "a_b", Shape::Member),
+            // PHP cuts at a NUL; Rack 2 and qs drop brackets before the
+            // name, Rack 2 ends it at `]`.
+            ("amount\0junk", "amount", Shape::Plain),
+            ("amount\0[x]", "amount", Shape::Plain),
+            ("[amount]", "amount", Shape::Plain),
+            ("]]amount", "amount", Shape::Plain),
+            ("[amount][]", "amount", Shape::Item),
+            ("[amount][x]", "amount", Shape::Member),
+            ("amount]", "amount", Shape::Plain),
+            ("amount]]x", "amount", Shape::Member),
+            ("amount][0]", "amount", Shape::Item),
+            (" [to]", "to", Shape::Plain),
         ] {
             let n = f(raw);
             assert_eq!((n.field.as_str(), n.shape), (field, shape), "{raw}");
         }
         assert_eq!(f("to[0]").spelling, f("to[1]").spelling);
+        for other in ["[to]", "to]", "to\0x", "[to][]", " to"] {
+            assert_ne!(f("to").spelling, f(other).spelling, "{other}");
+        }
+        assert_ne!(f("to[]").spelling, f("[to][]").spelling);
         assert_ne!(f("to").spelling, f("to[]").spelling);
         assert_ne!(f("to").spelling, f("To").spelling);
     }

@@ -1,11 +1,11 @@
 // Command upstream is openclaw's adversarial test upstream: an HTTPS server
 // whose reading of each request comes from real server-side parsers (Go's
 // encoding/json into structs, net/url and mime/multipart forms) and from
-// emulations of other servers' documented rules (PHP's form-name
-// rewriting, the query and the body merged into one set of parameters,
-// framework routing styles, method overrides). It logs what it read, one
-// JSON line per request, so a test can compare it with the proxy's
-// decision receipt.
+// emulations of other servers' documented rules (PHP's, Rack 2's and
+// Node qs's form-name readings, the query and the body merged into one
+// set of parameters, framework routing styles, method overrides). It logs
+// what it read, one JSON line per request, so a test can compare it with
+// the proxy's decision receipt.
 //
 // Routes (on every host it has a certificate for):
 //
@@ -39,6 +39,7 @@ import (
 	"net/url"
 	"os"
 	"path"
+	"regexp"
 	"strings"
 	"sync"
 	"unicode"
@@ -201,10 +202,14 @@ func merged(first, second facts) facts {
 }
 
 // phpName rewrites a form name as PHP's php_register_variable_ex does:
-// leading spaces dropped, '.' and ' ' before the first '[' become '_', a
+// cut at a NUL, leading spaces dropped, '.' and ' ' before the first '[' become '_', a
 // '[' with no ']' becomes '_'. It returns the base name and the index (nil
 // for a plain name, "" for name[]).
 func phpName(name string) (string, *string) {
+	// PHP registers the decoded name as a C string: a NUL ends it.
+	if nul := strings.IndexByte(name, 0); nul >= 0 {
+		name = name[:nul]
+	}
 	name = strings.TrimLeft(name, " ")
 	open := strings.IndexByte(name, '[')
 	base := name
@@ -224,17 +229,115 @@ func phpName(name string) (string, *string) {
 	return base, &index
 }
 
+// rackKey is Rack 2's name pattern (normalize_params, Rails before Rack 3).
+var rackKey = regexp.MustCompile(`\A[\[\]]*([^\[\]]+)\]*`)
+
+// rackName splits a form name as Rack 2 does: '[' and ']' before the name
+// and ']' after it dropped (`[amount]`, `]amount`, `amount]` are
+// `amount`); then "[]" makes an item, anything else a key.
+func rackName(name string) (string, *string) {
+	m := rackKey.FindStringSubmatchIndex(name)
+	if m == nil {
+		return "", nil
+	}
+	k, after := name[m[2]:m[3]], name[m[1]:]
+	switch {
+	case after == "":
+		return k, nil
+	case after == "[":
+		return name, nil
+	case strings.HasPrefix(after, "[]"):
+		index := ""
+		return k, &index
+	default:
+		index := strings.TrimLeft(after, "[]")
+		if end := strings.IndexAny(index, "[]"); end >= 0 {
+			index = index[:end]
+		}
+		return k, &index
+	}
+}
+
+// rackPairs splits an urlencoded text as Rack 2 does: at '&' and ';',
+// spaces after a separator dropped.
+func rackPairs(s string) [][2]string {
+	var out [][2]string
+	for _, kv := range regexp.MustCompile(`[&;] *`).Split(s, -1) {
+		if kv == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		out = append(out, [2]string{phpDecode(k), phpDecode(v)})
+	}
+	return out
+}
+
+// qsSegment is one bracketed segment as Node's qs finds them.
+var qsSegment = regexp.MustCompile(`\[[^\[\]]*\]`)
+
+// qsName splits a form name as Node's qs does (Express's extended query
+// and urlencoded parsers): the text before the first "[…]" is the name,
+// or with none before it the first "[…]" without its brackets (`[amount]`
+// is `amount`); the next "[…]" is the index.
+func qsName(name string) (string, *string) {
+	segments := qsSegment.FindAllStringIndex(name, 5)
+	var keys []string
+	parent := name
+	if len(segments) > 0 {
+		parent = name[:segments[0][0]]
+	}
+	if parent != "" {
+		keys = append(keys, parent)
+	}
+	for _, s := range segments {
+		keys = append(keys, name[s[0]:s[1]])
+	}
+	clean := func(k string) string {
+		if len(k) >= 2 && k[0] == '[' && k[len(k)-1] == ']' {
+			return k[1 : len(k)-1]
+		}
+		return k
+	}
+	switch len(keys) {
+	case 0:
+		return "", nil
+	case 1:
+		return clean(keys[0]), nil
+	}
+	index := clean(keys[1])
+	return clean(keys[0]), &index
+}
+
 // phpValues builds PHP's $_POST (or $_GET) from ordered pairs: a plain
 // name's last value wins, name[] appends, name[k] sets a key. A value is a
 // string, a list or a map.
 func phpValues(pairs [][2]string) map[string]interface{} {
+	return nestedValues(pairs, phpName, false)
+}
+
+// nestedValues builds a framework's parameters from ordered pairs, names
+// split by `split`: name[] appends, name[k] sets a key, and a plain name
+// repeated keeps the last value, or (`combine`, as qs does) all of them.
+func nestedValues(pairs [][2]string, split func(string) (string, *string), combine bool) map[string]interface{} {
 	out := map[string]interface{}{}
 	for _, p := range pairs {
-		base, index := phpName(p[0])
+		base, index := split(p[0])
 		if base == "" {
 			continue
 		}
 		if index == nil {
+			switch cur := out[base].(type) {
+			case string:
+				if combine {
+					out[base] = []interface{}{cur, p[1]}
+					continue
+				}
+			case []interface{}:
+				if combine {
+					out[base] = append(cur, p[1])
+					continue
+				}
+			}
 			out[base] = p[1]
 			continue
 		}
@@ -417,23 +520,25 @@ func overrides(r *http.Request, rawQuery string, body []byte) map[string]string 
 		ct, _, _ = strings.Cut(full, ";")
 		ct = strings.TrimSpace(ct)
 	}
+	// Rack's form: names as Rack 2 reads them, the last value winning.
 	form := func(b []byte) string {
+		var pairs [][2]string
 		switch ct {
 		case "", "application/x-www-form-urlencoded":
-			v, _ := url.ParseQuery(string(b))
-			if all := v["_method"]; len(all) > 0 {
-				return all[len(all)-1]
-			}
+			pairs = rackPairs(string(b))
 		case "multipart/form-data":
 			_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 			mr := multipart.NewReader(bytes.NewReader(b), params["boundary"])
 			if f, err := mr.ReadForm(1 << 20); err == nil {
-				if all := f.Value["_method"]; len(all) > 0 {
-					return all[len(all)-1]
+				for name, values := range f.Value {
+					for _, v := range values {
+						pairs = append(pairs, [2]string{name, v})
+					}
 				}
 			}
 		}
-		return ""
+		v, _ := nestedValues(pairs, rackName, false)["_method"].(string)
+		return v
 	}
 	set := func(name, v string) {
 		if m := overrideMethod(v); m != "" && m != r.Method {
@@ -469,9 +574,8 @@ func overrides(r *http.Request, rawQuery string, body []byte) map[string]string 
 		case "application/json":
 			set("express", jsonMethod(decoded))
 		case "application/x-www-form-urlencoded":
-			if v, err := url.ParseQuery(string(decoded)); err == nil {
-				set("express", v.Get("_method"))
-			}
+			v, _ := nestedValues(phpPairs(string(decoded)), qsName, true)["_method"].(string)
+			set("express", v)
 		}
 	}
 	return out
@@ -637,6 +741,8 @@ func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
 			readings["go_form"] = goFormFacts(v)
 		}
 		readings["php_form"] = phpFacts(phpValues(phpPairs(string(body))))
+		readings["qs_form"] = phpFacts(nestedValues(phpPairs(string(body)), qsName, true))
+		readings["rack_form"] = phpFacts(nestedValues(rackPairs(string(body)), rackName, false))
 	case ct == "multipart/form-data":
 		_, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 		mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
@@ -649,6 +755,7 @@ func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
 				}
 			}
 			readings["php_multipart"] = phpFacts(phpValues(pairs))
+			readings["rack_multipart"] = phpFacts(nestedValues(pairs, rackName, false))
 		} else {
 			errors["go_multipart"] = err.Error()
 		}
@@ -659,6 +766,8 @@ func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
 		errors["go_query"] = err.Error()
 	}
 	readings["php_query"] = phpFacts(phpValues(phpPairs(rawQuery)))
+	readings["qs_query"] = phpFacts(nestedValues(phpPairs(rawQuery), qsName, true))
+	readings["rack_query"] = phpFacts(nestedValues(rackPairs(rawQuery), rackName, false))
 
 	// The query and the body as one set of parameters: Go's own r.Form
 	// (body values first, then the query's; FormValue takes the first),
