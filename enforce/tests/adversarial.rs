@@ -830,6 +830,35 @@ fn bracket_and_nul_spellings() -> Vec<Attack> {
     ]
 }
 
+/// Spring's data binder reads `!name` as `name` where no `name` is sent
+/// (the upstream's `spring_*` readings): beside a spelling only lenient
+/// servers fold into the field, Spring reads the `!` one.
+fn spring_default_prefix() -> Vec<Attack> {
+    vec![
+        post(
+            "form spring default beside a folded spelling",
+            PAY,
+            FORM,
+            "Amount_Cents=100&!amount_cents=50000&currency=USD",
+            Block("catalog", "spelled"),
+        ),
+        post(
+            "form spring default alone",
+            PAY,
+            FORM,
+            "!amount_cents=500&currency=USD",
+            Forward,
+        ),
+        post(
+            "query spring default beside a folded spelling",
+            &format!("{CHARGE}&!amount=900.00").replace("amount=5.00", "AMOUNT=5.00"),
+            FORM,
+            "note=x",
+            Block("catalog", "spelled"),
+        ),
+    ]
+}
+
 /// §3: paths matched as frameworks route them.
 fn paths() -> Vec<Attack> {
     let ok = r#"{"total":"5.00","currency":"USD"}"#;
@@ -1148,6 +1177,7 @@ async fn the_upstream_reads_what_the_receipt_says() {
         .chain(method_overrides())
         .chain(overrides_past_the_cap())
         .chain(bracket_and_nul_spellings())
+        .chain(spring_default_prefix())
         .collect();
     for a in &attacks {
         run(&s, &up, a).await;

@@ -5,8 +5,8 @@
 //! ignore-case matches `ı` to `i`), form and query names as PHP, Rails and
 //! ASP.NET rewrite them (`.` and space become `_`, `name[]` and `name[0]`
 //! are items of the list `name`, an unclosed `[` becomes `_`, a NUL ends
-//! the name), and as Rack 2 and Node's qs read brackets around one
-//! (`[name]` is `name`).
+//! the name), as Rack 2 and Node's qs read brackets around one (`[name]`
+//! is `name`), and as Spring's binder reads its default prefix (`!name`).
 
 /// The only character of `it`, if it yields exactly one.
 fn single(mut it: impl Iterator<Item = char>) -> Option<char> {
@@ -69,11 +69,17 @@ pub(super) struct FormName {
 /// before the name and ends it at a `]` too, and Node's qs (Express) reads
 /// `[name]` as `name`; ASP.NET compares names without case. Where servers
 /// differ, the name is read as the field some server binds it to (PHP
-/// ignores `[amount]`, Rack and qs read `amount`). A name the rule writes
+/// ignores `[amount]`, Rack and qs read `amount`). Spring's data binder
+/// reads `!name` as `name` where no `name` is sent. A name the rule writes
 /// is read the same way.
 pub(super) fn form_name(raw: &str) -> FormName {
     let cut = raw.split('\0').next().unwrap_or("");
-    let name = cut.trim_start_matches([' ', '[', ']']);
+    // Spring's data binder reads `!name` as `name` when no `name` is sent
+    // (its field default prefix).
+    let name = cut
+        .strip_prefix('!')
+        .unwrap_or(cut)
+        .trim_start_matches([' ', '[', ']']);
     // Where `name` starts in `raw` (a suffix of `cut`, a prefix of `raw`):
     // spellings keep what was written.
     let lead = cut.len() - name.len();
@@ -190,12 +196,14 @@ mod tests {
             ("amount]]x", "amount", Shape::Member),
             ("amount][0]", "amount", Shape::Item),
             (" [to]", "to", Shape::Plain),
+            ("!amount", "amount", Shape::Plain),
+            ("!Amount[]", "amount", Shape::Item),
         ] {
             let n = f(raw);
             assert_eq!((n.field.as_str(), n.shape), (field, shape), "{raw}");
         }
         assert_eq!(f("to[0]").spelling, f("to[1]").spelling);
-        for other in ["[to]", "to]", "to\0x", "[to][]", " to"] {
+        for other in ["[to]", "to]", "to\0x", "[to][]", " to", "!to"] {
             assert_ne!(f("to").spelling, f(other).spelling, "{other}");
         }
         assert_ne!(f("to[]").spelling, f("[to][]").spelling);

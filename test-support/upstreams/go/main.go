@@ -1,11 +1,11 @@
 // Command upstream is openclaw's adversarial test upstream: an HTTPS server
 // whose reading of each request comes from real server-side parsers (Go's
 // encoding/json into structs, net/url and mime/multipart forms) and from
-// emulations of other servers' documented rules (PHP's, Rack 2's and
-// Node qs's form-name readings, the query and the body merged into one
-// set of parameters, framework routing styles, method overrides). It logs
-// what it read, one JSON line per request, so a test can compare it with
-// the proxy's decision receipt.
+// emulations of other servers' documented rules (PHP's, Rack 2's, Node
+// qs's and Spring's binder's form-name readings, the query and the body
+// merged into one set of parameters, framework routing styles, method
+// overrides). It logs what it read, one JSON line per request, so a test
+// can compare it with the proxy's decision receipt.
 //
 // Routes (on every host it has a certificate for):
 //
@@ -405,6 +405,27 @@ func phpFacts(v map[string]interface{}) facts {
 	return f
 }
 
+// springValues binds form values as Spring's WebDataBinder does for a
+// @ModelAttribute: exact names, and `!name` (its field default prefix)
+// giving `name` a value when none is sent; `_name` (its field marker)
+// only resets a field that is absent, and is dropped.
+func springValues(v url.Values) url.Values {
+	out := url.Values{}
+	for name, values := range v {
+		if !strings.HasPrefix(name, "!") && !strings.HasPrefix(name, "_") {
+			out[name] = values
+		}
+	}
+	for name, values := range v {
+		if field := strings.TrimPrefix(name, "!"); field != name {
+			if _, sent := v[field]; !sent {
+				out[field] = values
+			}
+		}
+	}
+	return out
+}
+
 // phpDecode is PHP's urldecode: '+' is a space, %XX a byte, a '%' not
 // followed by two hex digits stays as it is.
 func phpDecode(s string) string {
@@ -734,12 +755,12 @@ func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
 
 	switch {
 	case ct == "application/x-www-form-urlencoded":
-		if v, err := url.ParseQuery(string(body)); err == nil {
-			readings["go_form"] = goFormFacts(v)
-		} else {
+		v, err := url.ParseQuery(string(body))
+		if err != nil {
 			errors["go_form"] = err.Error()
-			readings["go_form"] = goFormFacts(v)
 		}
+		readings["go_form"] = goFormFacts(v)
+		readings["spring_form"] = goFormFacts(springValues(v))
 		readings["php_form"] = phpFacts(phpValues(phpPairs(string(body))))
 		readings["qs_form"] = phpFacts(nestedValues(phpPairs(string(body)), qsName, true))
 		readings["rack_form"] = phpFacts(nestedValues(rackPairs(string(body)), rackName, false))
@@ -762,6 +783,7 @@ func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
 	}
 	if v, err := url.ParseQuery(rawQuery); err == nil {
 		readings["go_query"] = goFormFacts(v)
+		readings["spring_query"] = goFormFacts(springValues(v))
 	} else {
 		errors["go_query"] = err.Error()
 	}
