@@ -859,6 +859,43 @@ fn spring_default_prefix() -> Vec<Attack> {
     ]
 }
 
+/// ASP.NET Core binds a model parameter named `model` from `model.name`
+/// (or `model[name]`) when the request carries any such name, and then
+/// ignores the bare `name` (the upstream's `aspnet_*` readings, for a
+/// parameter named `model`).
+fn model_prefixes() -> Vec<Attack> {
+    vec![
+        post(
+            "form model prefix beside the name",
+            PAY,
+            FORM,
+            "amount_cents=100&currency=USD&model.amount_cents=50000&model.currency=USD",
+            Block("catalog", "spelled"),
+        ),
+        post(
+            "form jquery model alone",
+            PAY,
+            FORM,
+            "model[amount_cents]=500&model[currency]=USD",
+            Forward,
+        ),
+        post(
+            "query model prefix beside the name",
+            &format!("{CHARGE}&model.amount=900.00&model.currency=USD"),
+            FORM,
+            "note=x",
+            Block("catalog", "spelled"),
+        ),
+        post(
+            "form model recipient",
+            SEND_FORM,
+            FORM,
+            "to=traveler@example.com&subject=hi&model.bcc=evil@example.net",
+            Block("token", "evil@example.net"),
+        ),
+    ]
+}
+
 /// §3: paths matched as frameworks route them.
 fn paths() -> Vec<Attack> {
     let ok = r#"{"total":"5.00","currency":"USD"}"#;
@@ -1178,6 +1215,7 @@ async fn the_upstream_reads_what_the_receipt_says() {
         .chain(overrides_past_the_cap())
         .chain(bracket_and_nul_spellings())
         .chain(spring_default_prefix())
+        .chain(model_prefixes())
         .collect();
     for a in &attacks {
         run(&s, &up, a).await;

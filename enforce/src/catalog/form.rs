@@ -72,7 +72,8 @@ pub(super) fn parse_urlencoded(
 }
 
 /// The values of the field `rule_name` (read as a form name itself) in
-/// `pairs`. Two spellings of it, a repeat where one value is wanted
+/// `pairs`, under any name a server binds to it (an ASP.NET model prefix:
+/// `model.amount` and `model[amount]` are `amount`). Two spellings of it, a repeat where one value is wanted
 /// (`one`), a list item or structure member where one value is wanted, a
 /// structure where a list is wanted, and an uploaded file are refused.
 /// `describe` names the field in errors.
@@ -83,7 +84,15 @@ pub(super) fn read_field(
     describe: &str,
 ) -> Result<Vec<String>, ClassifyError> {
     let target = form_name(rule_name).field;
-    let hits: Vec<&FormPair> = pairs.iter().filter(|p| p.name.field == target).collect();
+    let hits: Vec<&FormPair> = pairs
+        .iter()
+        .filter(|p| p.name.field == target || p.name.property.as_ref() == Some(&target))
+        .collect();
+    // Through a model prefix (`model.amount`) a name is one plain value.
+    let shape = |p: &FormPair| match p.name.field == target {
+        true => p.name.shape,
+        false => Shape::Plain,
+    };
     if hits.iter().any(|p| p.file) {
         return Err(bad(describe, "sent as an uploaded file"));
     }
@@ -96,7 +105,7 @@ pub(super) fn read_field(
             spellings: spellings.iter().map(|s| format!("{s:?}")).collect(),
         });
     }
-    match hits.first().map(|p| p.name.shape) {
+    match hits.first().map(|p| shape(p)) {
         Some(Shape::Member) => return Err(bad(describe, "written as a structure (name[key])")),
         Some(Shape::Item) if one => {
             return Err(bad(
@@ -161,6 +170,18 @@ mod tests {
             Ok(vec!["a".to_owned(), "b".to_owned()])
         );
         assert_eq!(read("x=1", "amount", true), Ok(vec![]));
+        assert_eq!(
+            read("model.amount=5", "amount", true),
+            Ok(vec!["5".to_owned()])
+        );
+        assert_eq!(
+            read("model[amount]=5&x.to=a", "amount", true),
+            Ok(vec!["5".to_owned()])
+        );
+        assert!(matches!(
+            read("amount=1&model.amount=900", "amount", true),
+            Err(ClassifyError::FieldSpellings { .. })
+        ));
     }
 
     #[test]

@@ -123,7 +123,8 @@ fn first_member(pointer: &str) -> Option<String> {
     Some(unescape_token(token))
 }
 
-/// The field names (read by [`form_name`]) of urlencoded text, decoded
+/// The field names (read by [`form_name`], with the property an ASP.NET
+/// model prefix binds) of urlencoded text, decoded
 /// leniently (a bad escape kept as written, as most parsers do) and split
 /// at `&` and, when there is one, at `;` too: every name some server sees.
 fn urlencoded_names(text: &[u8]) -> Vec<String> {
@@ -131,7 +132,10 @@ fn urlencoded_names(text: &[u8]) -> Vec<String> {
         .split(|&b| b == b'&' || b == b';')
         .chain(text.split(|&b| b == b'&'))
         .filter_map(|pair| form_urlencoded::parse(pair).next())
-        .map(|(name, _)| form_name(&name).field)
+        .flat_map(|(name, _)| {
+            let name = form_name(&name);
+            std::iter::once(name.field).chain(name.property)
+        })
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -190,7 +194,11 @@ fn body_names(
                 .and_then(|m| m.param("boundary").map(str::to_owned))
                 .ok_or_else(|| "a multipart body without a readable boundary".to_owned())?;
             let pairs = parse_multipart(body, &boundary).map_err(|e| e.to_string())?;
-            names.extend(pairs.into_iter().map(|p| p.name.field));
+            names.extend(
+                pairs
+                    .into_iter()
+                    .flat_map(|p| std::iter::once(p.name.field).chain(p.name.property)),
+            );
         }
     }
     Ok(read_any.then_some(names))

@@ -60,6 +60,11 @@ pub(super) struct FormName {
     /// two different spellings of one field are a duplicate, the same
     /// spelling repeated is a list.
     pub spelling: String,
+    /// For `X.F` and `X[F]`, the property `F` (folded): ASP.NET Core binds
+    /// it to the property `F` of a model parameter named `X` (its
+    /// jQuery-style value providers read `X[F]` as `X.F`), and then reads
+    /// no bare `F`. `None` for other names.
+    pub property: Option<String>,
 }
 
 /// Reads a decoded form or query name. PHP cuts it at a NUL (it is a C
@@ -83,8 +88,15 @@ pub(super) fn form_name(raw: &str) -> FormName {
     // Where `name` starts in `raw` (a suffix of `cut`, a prefix of `raw`):
     // spellings keep what was written.
     let lead = cut.len() - name.len();
+    let mut property = None;
     let (base, shape, tail) = match name.find(['[', ']']) {
-        None => (name, Shape::Plain, None),
+        None => {
+            property = name
+                .split_once('.')
+                .filter(|(model, f)| !model.is_empty() && !f.is_empty() && !f.contains('.'))
+                .map(|(_, f)| fold(f));
+            (name, Shape::Plain, None)
+        }
         // Rack 2: the name ends at `]`, the `]`s after it are dropped,
         // and what follows (if anything) indexes it.
         Some(end) if name.as_bytes()[end] == b']' => {
@@ -99,11 +111,15 @@ pub(super) fn form_name(raw: &str) -> FormName {
             (&name[..end], shape, None)
         }
         Some(open) => match name[open + 1..].find(']') {
-            Some(close) => (
-                &name[..open],
-                index_shape(&name[open + 1..open + 1 + close]),
-                None,
-            ),
+            Some(close) => {
+                let index = &name[open + 1..open + 1 + close];
+                let shape = index_shape(index);
+                let whole = open + 2 + close == name.len();
+                if shape == Shape::Member && whole && open > 0 && !name[..open].contains('.') {
+                    property = Some(fold(index));
+                }
+                (&name[..open], shape, None)
+            }
             // PHP: an unclosed `[` is a `_` and the rest stays as written.
             None => (&name[..open], Shape::Plain, Some(&name[open + 1..])),
         },
@@ -132,6 +148,7 @@ pub(super) fn form_name(raw: &str) -> FormName {
         field,
         shape,
         spelling,
+        property,
     }
 }
 
@@ -203,6 +220,19 @@ mod tests {
             assert_eq!((n.field.as_str(), n.shape), (field, shape), "{raw}");
         }
         assert_eq!(f("to[0]").spelling, f("to[1]").spelling);
+        for (raw, property) in [
+            ("model.amount", Some("amount")),
+            ("Model[Amount]", Some("amount")),
+            ("amount", None),
+            ("a.b.c", None),
+            ("a[b][c]", None),
+            ("a.b[c]", None),
+            ("to[0]", None),
+            (".amount", None),
+            ("[amount]", None),
+        ] {
+            assert_eq!(f(raw).property.as_deref(), property, "{raw}");
+        }
         for other in ["[to]", "to]", "to\0x", "[to][]", " to", "!to"] {
             assert_ne!(f("to").spelling, f(other).spelling, "{other}");
         }

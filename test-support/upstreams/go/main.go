@@ -2,7 +2,7 @@
 // whose reading of each request comes from real server-side parsers (Go's
 // encoding/json into structs, net/url and mime/multipart forms) and from
 // emulations of other servers' documented rules (PHP's, Rack 2's, Node
-// qs's and Spring's binder's form-name readings, the query and the body
+// qs's, Spring's binder's and ASP.NET's model-prefix form-name readings, the query and the body
 // merged into one set of parameters, framework routing styles, method
 // overrides). It logs what it read, one JSON line per request, so a test
 // can compare it with the proxy's decision receipt.
@@ -426,6 +426,40 @@ func springValues(v url.Values) url.Values {
 	return out
 }
 
+// aspnetValues binds form values as ASP.NET Core binds a complex model
+// parameter named `prefix`: names compared without case, jQuery-style
+// `prefix[name]` read as `prefix.name`; when some name starts with the
+// prefix and a dot, the model's properties are read from `prefix.name`,
+// else from the bare names.
+func aspnetValues(v url.Values, prefix string) url.Values {
+	lower := url.Values{}
+	for name, values := range v {
+		n := strings.ToLower(name)
+		if open := strings.IndexByte(n, '['); open > 0 && strings.HasSuffix(n, "]") {
+			if index := n[open+1 : len(n)-1]; !strings.ContainsAny(index, "[]") {
+				n = n[:open] + "." + index
+			}
+		}
+		lower[n] = append(lower[n], values...)
+	}
+	dotted := strings.ToLower(prefix) + "."
+	usePrefix := false
+	for n := range lower {
+		usePrefix = usePrefix || strings.HasPrefix(n, dotted)
+	}
+	out := url.Values{}
+	for n, values := range lower {
+		if usePrefix {
+			if f := strings.TrimPrefix(n, dotted); f != n && !strings.Contains(f, ".") {
+				out[f] = values
+			}
+		} else if !strings.Contains(n, ".") {
+			out[n] = values
+		}
+	}
+	return out
+}
+
 // phpDecode is PHP's urldecode: '+' is a space, %XX a byte, a '%' not
 // followed by two hex digits stays as it is.
 func phpDecode(s string) string {
@@ -761,6 +795,7 @@ func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
 		}
 		readings["go_form"] = goFormFacts(v)
 		readings["spring_form"] = goFormFacts(springValues(v))
+		readings["aspnet_form"] = goFormFacts(aspnetValues(v, "model"))
 		readings["php_form"] = phpFacts(phpValues(phpPairs(string(body))))
 		readings["qs_form"] = phpFacts(nestedValues(phpPairs(string(body)), qsName, true))
 		readings["rack_form"] = phpFacts(nestedValues(rackPairs(string(body)), rackName, false))
@@ -784,6 +819,7 @@ func (s *server) reading(r *http.Request, body []byte) map[string]interface{} {
 	if v, err := url.ParseQuery(rawQuery); err == nil {
 		readings["go_query"] = goFormFacts(v)
 		readings["spring_query"] = goFormFacts(springValues(v))
+		readings["aspnet_query"] = goFormFacts(aspnetValues(v, "model"))
 	} else {
 		errors["go_query"] = err.Error()
 	}
