@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::{openclaw, run, text};
+use support::{capped, chains, openclaw, run, text};
 
 fn receipt_key() -> SigningKey {
     SigningKey::from_bytes(&[0x42; 32])
@@ -297,6 +297,44 @@ fn rebuild_skips_and_names_chains_that_do_not_verify() {
     );
     assert!(
         said.contains("open-0000") && said.contains("without session_end"),
+        "{said}"
+    );
+    assert_eq!(
+        report_by_tenant(home.path()),
+        BTreeMap::from([("acme".to_owned(), want)])
+    );
+}
+
+/// A chain flooded with lines no signature covers, then a 4 GiB hole and a
+/// byte: under a 2 GiB address-space cap a rebuild that reads each chain
+/// file whole cannot hold it. One that reads as it verifies skips that
+/// session at the line past the writer's bound, naming it, and rebuilds
+/// the others.
+#[test]
+fn rebuild_skips_a_flooded_chain_without_reading_the_rest_of_the_file() {
+    let home = home();
+    let want = write_sessions(home.path(), "acme", 1, 2);
+    let dir = home.path().join("sessions/flood-0000");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let flood = chains::unsigned_flood(
+        &receipt_key(),
+        "flood-0000",
+        "acme",
+        receipts::MAX_BATCH + 500,
+    );
+    std::fs::write(dir.join("receipts.jsonl"), flood).expect("flood");
+    chains::add_a_4gib_hole(&dir.join("receipts.jsonl"));
+
+    let out = capped(home.path(), &["usage", "rebuild"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("2 usage row(s) from 1 session(s)"), "{said}");
+    assert!(
+        said.contains("skipped") && said.contains("flood-0000"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("line {}", receipts::MAX_BATCH + 1)),
         "{said}"
     );
     assert_eq!(

@@ -5,18 +5,28 @@
 //! interrupted at seq N (`receipts::ReceiptLog::finish_interrupted`),
 //! `session.json` says `supervisor_died`, and the report is regenerated.
 //!
+//! Chain files are read as `openclaw verify` reads them: a line at a time,
+//! memory bounded by the chain's own bounds whatever the file's size, and a
+//! chain is checked with its key (stopping at the first line refused)
+//! before it is reopened to be closed.
+//!
 //! Run at the start of every `openclaw run`, by `openclaw recover`, and by
 //! `openclaw serve` (for a session child that died, and at its own start). Sessions whose supervisor still runs (same
 //! pid, start time and boot) are never touched.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use ed25519_dalek::SigningKey;
 use nix::fcntl::{Flock, FlockArg};
-use receipts::{InterruptionCause, LogOptions, OpenLogError, ReceiptLog};
+use receipts::{
+    ChainError, InterruptionCause, LogOptions, OpenLogError, ReadChainError, ReceiptLog,
+    UnverifiedStream, MAX_LINE_BYTES,
+};
 
 use crate::bundle::{self, SessionInfo, STATUS_SUPERVISOR_DIED};
 use crate::report;
@@ -158,13 +168,18 @@ fn recover_sessions(
             continue;
         };
         let dead = info.status == "running" && !info.supervisor_alive();
+        let died_before = info.status == STATUS_SUPERVISOR_DIED;
+        if !dead && !died_before {
+            continue;
+        }
+        let tail = ChainTail::read(&dir.join(bundle::RECEIPTS));
         // A chain an earlier recovery had to leave open (no key, another
         // key) is retried; reported only if it closes now.
-        let retry = info.status == STATUS_SUPERVISOR_DIED && chain_is_open(&dir);
+        let retry = died_before && tail.is_open();
         if !dead && !retry {
             continue;
         }
-        if let Some(why) = anchored_end(&dir, &info, heads) {
+        if let Some(why) = anchored_end(&tail, &info, heads) {
             done.push(RecoveredSession {
                 id: info.id,
                 chain: ChainOutcome::Refused(why),
@@ -207,7 +222,11 @@ fn recover_session(
     }
     // The session ended with its supervisor's last receipt (or, without
     // one, when it started); recovery is when that was found out.
-    info.ended_at = Some(last_receipt_time(dir).unwrap_or_else(|| info.started_at.clone()));
+    info.ended_at = Some(
+        ChainTail::read(&dir.join(bundle::RECEIPTS))
+            .last_receipt_time()
+            .unwrap_or_else(|| info.started_at.clone()),
+    );
     info.recovered_at = Some(receipts::format_time(recovered_at));
     info.status = STATUS_SUPERVISOR_DIED.into();
     info.supervisor_pid = None;
@@ -232,8 +251,8 @@ fn recover_session(
 /// `heads` (under the bundle's id or the one its chain's session_start
 /// signs), or `heads` cannot be read. None for a chain that needs no end
 /// (ended, or never started) or a session never recorded as ended.
-fn anchored_end(dir: &Path, info: &SessionInfo, heads: &Path) -> Option<String> {
-    if !chain_is_open(dir) {
+fn anchored_end(tail: &ChainTail, info: &SessionInfo, heads: &Path) -> Option<String> {
+    if !tail.is_open() {
         return None;
     }
     let records = match crate::home::read_chain_heads(heads) {
@@ -245,7 +264,7 @@ fn anchored_end(dir: &Path, info: &SessionInfo, heads: &Path) -> Option<String> 
             ))
         }
     };
-    let signed_id = chain_session(dir);
+    let signed_id = tail.session();
     let head = records
         .iter()
         .rev()
@@ -259,38 +278,195 @@ fn anchored_end(dir: &Path, info: &SessionInfo, heads: &Path) -> Option<String> 
         head.head,
         head.at,
         heads.display(),
-        dir.display(),
+        tail.dir().display(),
         heads.display()
     ))
 }
 
-/// The session id the chain's first line names (signed with it).
-fn chain_session(dir: &Path) -> Option<String> {
-    let bytes = std::fs::read(dir.join(bundle::RECEIPTS)).ok()?;
-    let first = bytes.split(|&b| b == b'\n').next()?;
-    serde_json::from_slice::<receipts::Receipt>(first)
-        .ok()
-        .map(|r| r.session)
+/// What a chain file's written part (up to its first NUL: a crashed log's
+/// preallocated tail is not lines) begins and ends with, read a chunk at a
+/// time: its first line and its last three, each at most
+/// [`MAX_LINE_BYTES`]. Not verified: which chains look open, and when they
+/// last wrote; closing one verifies it first ([`close_chain`]).
+struct ChainTail {
+    path: std::path::PathBuf,
+    first: Option<Vec<u8>>,
+    /// The last lines, oldest first; a torn end (no newline) included.
+    last: VecDeque<Vec<u8>>,
+    /// A line longer than a receipt's bound: reading stopped there, and
+    /// the chain ends with no line a writer wrote.
+    overlong: bool,
 }
 
-/// Whether the bundle's chain has lines but no `session_end` last.
-fn chain_is_open(dir: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(dir.join(bundle::RECEIPTS)) else {
-        return false;
-    };
-    // A crashed log's preallocated tail (NULs) is not a line.
-    let last = receipts::written_part(&bytes)
-        .split(|&b| b == b'\n')
-        .rfind(|l| !l.is_empty());
-    last.is_some_and(|l| {
-        !matches!(
-            serde_json::from_slice::<receipts::Receipt>(l),
-            Ok(receipts::Receipt {
-                body: receipts::Body::SessionEnd { .. },
+impl ChainTail {
+    const KEPT: usize = 3;
+
+    /// The chain file at `path`; one that is missing or cannot be read (a
+    /// FIFO or device is never read) has no lines.
+    fn read(path: &Path) -> ChainTail {
+        let mut tail = ChainTail {
+            path: path.to_owned(),
+            first: None,
+            last: VecDeque::new(),
+            overlong: false,
+        };
+        if let Ok((file, len)) = bundle::open_regular_file(path) {
+            if let Err(err) = tail.scan(file.take(len)) {
+                tracing::warn!("reading {}: {err}", path.display());
+            }
+        }
+        tail
+    }
+
+    fn scan(&mut self, file: impl Read) -> io::Result<()> {
+        let mut reader = BufReader::with_capacity(256 << 10, WrittenPart::new(file));
+        let mut line = Vec::new();
+        loop {
+            let chunk = reader.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            let newline = chunk.iter().position(|&b| b == b'\n');
+            let taken = &chunk[..newline.unwrap_or(chunk.len())];
+            if line.len() + taken.len() > MAX_LINE_BYTES {
+                self.overlong = true;
+                return Ok(());
+            }
+            line.extend_from_slice(taken);
+            let used = taken.len() + usize::from(newline.is_some());
+            reader.consume(used);
+            if newline.is_some() {
+                self.push(std::mem::take(&mut line));
+            }
+        }
+        self.push(line);
+        Ok(())
+    }
+
+    fn push(&mut self, line: Vec<u8>) {
+        if line.is_empty() {
+            return;
+        }
+        if self.first.is_none() {
+            self.first = Some(line.clone());
+        }
+        if self.last.len() == Self::KEPT {
+            self.last.pop_front();
+        }
+        self.last.push_back(line);
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The session id the chain's first line names (signed with it).
+    fn session(&self) -> Option<String> {
+        serde_json::from_slice::<receipts::Receipt>(self.first.as_ref()?)
+            .ok()
+            .map(|r| r.session)
+    }
+
+    /// Whether the chain has lines but no `session_end` last.
+    fn is_open(&self) -> bool {
+        if self.overlong {
+            return true;
+        }
+        self.last.back().is_some_and(|l| {
+            !matches!(
+                serde_json::from_slice::<receipts::Receipt>(l),
+                Ok(receipts::Receipt {
+                    body: receipts::Body::SessionEnd { .. },
+                    ..
+                })
+            )
+        })
+    }
+
+    /// `ts` of the chain's last receipt before any end recovery wrote.
+    fn last_receipt_time(&self) -> Option<String> {
+        let mut parsed = self
+            .last
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_slice::<receipts::Receipt>(l).ok());
+        let last = parsed.next()?;
+        let interrupted_end = matches!(
+            last.body,
+            receipts::Body::SessionEnd {
+                interrupted: Some(_),
                 ..
-            })
-        )
-    })
+            }
+        );
+        if interrupted_end {
+            return parsed.next().map(|r| r.ts);
+        }
+        Some(last.ts)
+    }
+}
+
+/// A chain file's written part: reads end at its first NUL, as a reopened
+/// log's do (`receipts::written_part`).
+struct WrittenPart<R> {
+    inner: R,
+    ended: bool,
+}
+
+impl<R> WrittenPart<R> {
+    fn new(inner: R) -> Self {
+        WrittenPart {
+            inner,
+            ended: false,
+        }
+    }
+}
+
+impl<R: Read> Read for WrittenPart<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ended {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        match buf[..n].iter().position(|&b| b == 0) {
+            Some(nul) => {
+                self.ended = true;
+                Ok(nul)
+            }
+            None => Ok(n),
+        }
+    }
+}
+
+/// What a chain read with its key as a stream says of closing it.
+enum Closable {
+    /// Verified to its end, which the supervisor wrote.
+    Ended,
+    /// Every line verified, and it stops short of its end (after a torn
+    /// line, or lines no signature covers yet, which the reopen cuts).
+    Open,
+    /// No line at all.
+    Empty,
+}
+
+/// Reads the chain at `path` as `openclaw verify` does, the written part
+/// only: a line at a time, stopping at the first line refused. What a
+/// reopen would refuse is refused here without reading further (or holding
+/// more than a batch of lines).
+fn check_before_reopening(path: &Path, key: &SigningKey) -> Result<Closable, String> {
+    let (file, len) = bundle::open_regular_file(path).map_err(|e| format!("reading it: {e}"))?;
+    let stream = UnverifiedStream::new(WrittenPart::new(file.take(len)));
+    match stream.verify(&key.verifying_key(), |_| {}) {
+        Ok(_) => Ok(Closable::Ended),
+        Err(ReadChainError::Chain(
+            ChainError::MissingEnd { .. } | ChainError::Uncovered { .. } | ChainError::Torn { .. },
+        )) => Ok(Closable::Open),
+        Err(ReadChainError::Chain(ChainError::Empty)) => Ok(Closable::Empty),
+        Err(ReadChainError::Chain(e)) => Err(format!(
+            "it does not verify with this receipt key ({}): {e}",
+            receipts::key_id(&key.verifying_key())
+        )),
+        Err(ReadChainError::Read(e)) => Err(format!("reading it: {e}")),
+    }
 }
 
 fn close_chain(path: &Path, info: &SessionInfo, key: Option<&SigningKey>) -> ChainOutcome {
@@ -309,6 +485,14 @@ fn close_chain(path: &Path, info: &SessionInfo, key: Option<&SigningKey>) -> Cha
             info.receipt_key_id
         ));
     }
+    // The reopen reads the whole file (`receipts` has no streaming reopen):
+    // only a chain whose every line verified gets that far.
+    match check_before_reopening(path, key) {
+        Ok(Closable::Open) => {}
+        Ok(Closable::Ended) => return ChainOutcome::AlreadyEnded,
+        Ok(Closable::Empty) => return ChainOutcome::NoChain,
+        Err(why) => return ChainOutcome::LeftOpen(why),
+    }
     match ReceiptLog::open_existing(path, key.clone(), LogOptions::default()) {
         Ok((log, _)) => match log.finish_interrupted(InterruptionCause::SupervisorDied) {
             Ok(end) => ChainOutcome::Closed {
@@ -323,30 +507,6 @@ fn close_chain(path: &Path, info: &SessionInfo, key: Option<&SigningKey>) -> Cha
             "it does not reopen with this receipt key ({ours}): {e}"
         )),
     }
-}
-
-/// `ts` of the chain's last receipt before any end recovery wrote.
-fn last_receipt_time(dir: &Path) -> Option<String> {
-    let bytes = std::fs::read(dir.join(bundle::RECEIPTS)).ok()?;
-    let receipts: Vec<receipts::Receipt> = bytes
-        .split(|&b| b == b'\n')
-        .filter_map(|l| serde_json::from_slice(l).ok())
-        .collect();
-    let last = match receipts.last() {
-        Some(r)
-            if matches!(
-                r.body,
-                receipts::Body::SessionEnd {
-                    interrupted: Some(_),
-                    ..
-                }
-            ) =>
-        {
-            receipts.get(receipts.len().checked_sub(2)?)?
-        }
-        other => other?,
-    };
-    Some(last.ts.clone())
 }
 
 #[cfg(test)]

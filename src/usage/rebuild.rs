@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use ed25519_dalek::VerifyingKey;
-use receipts::{Body, UnverifiedChain, VerifiedChain};
+use receipts::{Body, ReadChainError, UnverifiedStream};
 
 use super::ledger::{Ledger, UsageLedger, UsageRow, LEDGER_FILE};
 use super::ledger_db::LedgerDb;
@@ -19,75 +19,120 @@ use crate::session::config::DEFAULT_TENANT;
 /// The user of a session that names none.
 pub const UNKNOWN_USER: &str = "unknown";
 
-/// The ledger rows of one verified chain: one per usage receipt, labelled
-/// with the tenant and user its session_start names.
-pub fn rows_of(chain: &VerifiedChain) -> Vec<UsageRow> {
-    rows_labelled(chain, None)
+/// The ledger rows of a session bundle's chain, verified against the pinned
+/// key: one per usage receipt, labelled with the tenant and user its
+/// session_start names.
+pub fn rows_of(session_dir: &Path, key: &VerifyingKey) -> Result<Vec<UsageRow>> {
+    rows_verified(session_dir, std::slice::from_ref(key), None)
 }
 
-/// [`rows_of`], with every row's tenant replaced by `tenant` when given (a
-/// deleted tenant's archive label: its chains still name the old tenant).
-fn rows_labelled(chain: &VerifiedChain, tenant: Option<&str>) -> Vec<UsageRow> {
-    let (named, user) = match &chain.start().body {
-        Body::SessionStart { tenant, user, .. } => (tenant.clone(), user.clone()),
-        _ => (None, None),
-    };
-    let tenant = match tenant {
-        Some(label) => label.to_owned(),
-        None => named.unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
-    };
-    let user = user.unwrap_or_else(|| UNKNOWN_USER.to_owned());
-    chain
-        .receipts
-        .iter()
-        .filter_map(|r| match &r.receipt.body {
-            Body::Usage(u) => Some(UsageRow {
-                session: r.receipt.session.clone(),
-                seq: r.receipt.seq,
-                ts: r.receipt.ts.clone(),
-                tenant: tenant.clone(),
-                user: user.clone(),
-                record: u.clone(),
-            }),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Reads and verifies a session bundle's chain against the pinned key.
-pub fn verified_chain(session_dir: &Path, key: &VerifyingKey) -> Result<VerifiedChain> {
-    verified_chain_any(session_dir, std::slice::from_ref(key))
-}
-
-/// Reads a session bundle's chain and verifies it against the pinned key
-/// that signed it (the one whose id its first line names); with no such
-/// key, against the first, for the error.
-pub fn verified_chain_any(session_dir: &Path, keys: &[VerifyingKey]) -> Result<VerifiedChain> {
+/// The rows of a session bundle's chain, verified against the pinned key
+/// that signed it (the one whose id its first line names; with no such key,
+/// against the first, for the error), every row's tenant replaced by
+/// `tenant` when given (a deleted tenant's archive label: its chains still
+/// name the old tenant).
+///
+/// Read as `openclaw verify` reads it: a line at a time, memory bounded by
+/// the chain's bounds (and the rows) whatever the file's size, stopping at
+/// the first line refused. Rows count only once the whole chain verified.
+fn rows_verified(
+    session_dir: &Path,
+    keys: &[VerifyingKey],
+    tenant: Option<&str>,
+) -> Result<Vec<UsageRow>> {
     let path = session_dir.join(bundle::RECEIPTS);
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let chain = UnverifiedChain::from_bytes(bytes);
-    let signer = chain.embedded_key().ok().map(|k| receipts::key_id(&k));
+    let reading = || format!("reading {}", path.display());
+    let (file, len) = bundle::open_regular_file(&path).with_context(reading)?;
+    let mut stream = UnverifiedStream::new(std::io::Read::take(file, len));
+    let signer = stream.embedded_key().ok().map(|k| receipts::key_id(&k));
     let key = keys
         .iter()
         .find(|k| Some(receipts::key_id(k)) == signer)
         .or(keys.first())
         .context("no receipt public key to verify with")?;
-    chain
-        .verify(key)
-        .with_context(|| format!("{} does not verify", path.display()))
+    // The first receipt is the session_start (the verifier sees to it):
+    // its labels are known before any usage receipt.
+    let mut labels: Option<(String, String)> = None;
+    let mut rows = Vec::new();
+    let verified = stream.verify(key, |r| match &r.receipt.body {
+        Body::SessionStart {
+            tenant: named,
+            user,
+            ..
+        } => {
+            labels = Some((
+                tenant
+                    .map(str::to_owned)
+                    .or_else(|| named.clone())
+                    .unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
+                user.clone().unwrap_or_else(|| UNKNOWN_USER.to_owned()),
+            ));
+        }
+        Body::Usage(u) => {
+            let (tenant, user) = labels.clone().unwrap_or_default();
+            rows.push(UsageRow {
+                session: r.receipt.session.clone(),
+                seq: r.receipt.seq,
+                ts: r.receipt.ts.clone(),
+                tenant,
+                user,
+                record: u.clone(),
+            });
+        }
+        _ => {}
+    });
+    match verified {
+        Ok(_) => Ok(rows),
+        Err(ReadChainError::Read(e)) => Err(anyhow::Error::new(e).context(reading())),
+        Err(ReadChainError::Chain(e)) => {
+            Err(anyhow::Error::new(e).context(format!("{} does not verify", path.display())))
+        }
+    }
+}
+
+/// Whether the written part of a bundle's chain (up to its first NUL)
+/// holds a usage receipt's kind, read a chunk at a time.
+fn mentions_usage(session_dir: &Path) -> bool {
+    const USAGE_KIND: &[u8] = b"\"kind\":\"usage\"";
+    let Ok((file, len)) = bundle::open_regular_file(&session_dir.join(bundle::RECEIPTS)) else {
+        return false;
+    };
+    let mut file = std::io::Read::take(file, len);
+    let mut buf = vec![0u8; 256 << 10];
+    // The end of the last chunk, for a kind split across two reads.
+    let mut carried = 0;
+    loop {
+        let n = match std::io::Read::read(&mut file, &mut buf[carried..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        let filled = carried + n;
+        let written = buf[carried..filled]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(filled, |nul| carried + nul);
+        if buf[..written]
+            .windows(USAGE_KIND.len())
+            .any(|w| w == USAGE_KIND)
+        {
+            return true;
+        }
+        if written < filled {
+            return false;
+        }
+        carried = (USAGE_KIND.len() - 1).min(filled);
+        buf.copy_within(filled - carried..filled, 0);
+    }
 }
 
 /// Adds an ended session's rows to `ledger` (the same reading as rebuild).
 /// Returns how many rows were new; a session without a usage receipt (or
 /// without a chain at all) has none, and is not read further.
 pub fn record_session(ledger: &LedgerDb, session_dir: &Path, key: &VerifyingKey) -> Result<usize> {
-    const USAGE_KIND: &[u8] = b"\"kind\":\"usage\"";
-    match std::fs::read(session_dir.join(bundle::RECEIPTS)) {
-        Ok(bytes) if bytes.windows(USAGE_KIND.len()).any(|w| w == USAGE_KIND) => {}
-        _ => return Ok(0),
+    if !mentions_usage(session_dir) {
+        return Ok(0);
     }
-    let chain = verified_chain(session_dir, key)?;
-    let rows = rows_of(&chain);
+    let rows = rows_of(session_dir, key)?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -133,9 +178,8 @@ pub fn rebuild(ledger_path: &Path, sources: &[ChainSource]) -> Result<Rebuilt> {
     remove_if_exists(&tmp)?;
     let mut fresh = Ledger::create_fresh(&tmp)?;
     for (dir, source) in dirs {
-        match verified_chain_any(&dir, &source.keys) {
-            Ok(chain) => {
-                let rows = rows_labelled(&chain, source.tenant_label.as_deref());
+        match rows_verified(&dir, &source.keys, source.tenant_label.as_deref()) {
+            Ok(rows) => {
                 done.rows += fresh.insert(&rows)?;
                 done.sessions += 1;
             }
@@ -181,9 +225,9 @@ pub fn rebuild_into(ledger: &LedgerDb, sources: &[ChainSource]) -> Result<Rebuil
     let mut done = Rebuilt::default();
     let mut rows = Vec::new();
     for (dir, source) in session_dirs(sources)? {
-        match verified_chain_any(&dir, &source.keys) {
-            Ok(chain) => {
-                rows.extend(rows_labelled(&chain, source.tenant_label.as_deref()));
+        match rows_verified(&dir, &source.keys, source.tenant_label.as_deref()) {
+            Ok(found) => {
+                rows.extend(found);
                 done.sessions += 1;
             }
             Err(e) => done.skipped.push((dir, format!("{e:#}"))),
@@ -308,8 +352,7 @@ mod tests {
         );
         assert_eq!(record_session(db, &dir, &vk).expect("first"), 1);
         assert_eq!(record_session(db, &dir, &vk).expect("again"), 0);
-        let chain = verified_chain(&dir, &vk).expect("chain");
-        let rows = rows_of(&chain);
+        let rows = rows_of(&dir, &vk).expect("chain");
         assert_eq!(
             (rows[0].tenant.as_str(), rows[0].user.as_str()),
             ("acme", "alice")
@@ -385,8 +428,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let key = SigningKey::from_bytes(&[9; 32]);
         session(&tmp.path().join("s"), &key, false);
-        let chain = verified_chain(&tmp.path().join("s"), &key.verifying_key()).expect("chain");
-        let rows = rows_of(&chain);
+        let rows = rows_of(&tmp.path().join("s"), &key.verifying_key()).expect("chain");
         assert_eq!(
             (rows[0].tenant.as_str(), rows[0].user.as_str()),
             (DEFAULT_TENANT, UNKNOWN_USER)

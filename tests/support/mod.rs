@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Receipt chains written for tests that read them back (floods).
+pub mod chains;
 /// A local HTTPS LLM provider, its prices, and reading calls back.
 pub mod llm_provider;
 /// A hand-written HTTP/1.1 exchange (every request byte the test's).
@@ -38,6 +40,21 @@ pub fn openclaw(home: &Path) -> Command {
 
 pub fn run(home: &Path, args: &[&str]) -> Output {
     openclaw(home).args(args).output().expect("run openclaw")
+}
+
+/// [`run`] with the process's address space capped at 2 GiB, so a reader
+/// that takes a huge file whole fails here instead of taking the machine's
+/// memory.
+pub fn capped(home: &Path, args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -v 2097152 && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_openclaw"))
+        .args(args)
+        .env("OPENCLAW_HOME", home)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run openclaw")
 }
 
 pub fn stdout(out: &Output) -> String {

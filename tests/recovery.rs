@@ -1,0 +1,90 @@
+//! `openclaw recover` on bundles written by the test: a session still
+//! marked running whose supervisor is gone (no pid), with the chain the
+//! test needs. How recovery reads a chain (as `openclaw verify` does: a
+//! line at a time, stopping at the first line refused) and what it leaves
+//! in the home (session.json, the audit log). Needs root, as the command
+//! does (it also removes dead supervisors' sandboxes, cgroups, namespaces).
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::SigningKey;
+use serde_json::{json, Value};
+
+mod support;
+
+use support::{capped, chains, text};
+
+fn receipt_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x71; 32])
+}
+
+/// A home with the receipt key pair where `openclaw recover` looks.
+fn home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().expect("home");
+    let keys = home.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("keys dir");
+    let key = receipt_key();
+    let private = key.to_pkcs8_pem(LineEnding::LF).expect("pem");
+    std::fs::write(keys.join("receipt.key"), private.as_bytes()).expect("write key");
+    let public = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("pem");
+    std::fs::write(keys.join("receipt.pub"), public).expect("write key");
+    home
+}
+
+/// A bundle `id` of tenant `acme` marked running with no supervisor (as a
+/// dead one's looks to recovery), holding `chain` as its receipts.
+fn dead_session(home: &Path, id: &str, chain: &[u8]) -> PathBuf {
+    let dir = home.join("sessions").join(id);
+    std::fs::create_dir_all(&dir).expect("session dir");
+    std::fs::write(dir.join("receipts.jsonl"), chain).expect("chain");
+    let info = json!({
+        "id": id,
+        "status": "running",
+        "backend": "netns",
+        "backend_reason": "written by the test",
+        "started_at": "2026-12-07T01:00:00.000000Z",
+        "command": ["true"],
+        "capabilities": {"summary": "", "grants": [], "revocation_ids": ["r0"]},
+        "ca_fingerprint": "",
+        "receipt_key_id": receipts::key_id(&receipt_key().verifying_key()),
+        "resolve": [],
+        "upstream_ca": [],
+        "tenant": "acme",
+    });
+    std::fs::write(dir.join("session.json"), info.to_string()).expect("session.json");
+    dir
+}
+
+fn session_json(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).expect("read"))
+        .expect("json")
+}
+
+/// A chain whose session_start is followed by more lines without a
+/// signature than the writer ever leaves, then a 4 GiB hole and a byte.
+/// Under a 2 GiB address-space cap a recovery that reads the whole chain
+/// file cannot even hold it; one that reads as it verifies refuses the
+/// flood where it passes the bound and leaves the chain open, saying why,
+/// having read a few megabytes.
+#[test]
+fn recovery_refuses_a_flooded_chain_without_reading_the_rest_of_the_file() {
+    let home = home();
+    let id = "20261207-010000-f100d0";
+    let flood = chains::unsigned_flood(&receipt_key(), id, "acme", receipts::MAX_BATCH + 500);
+    let dir = dead_session(home.path(), id, &flood);
+    chains::add_a_4gib_hole(&dir.join("receipts.jsonl"));
+    let out = capped(home.path(), &["recover"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!("! {id}: chain left open"))
+            && said.contains(&format!("line {}", receipts::MAX_BATCH + 1)),
+        "{said}"
+    );
+    assert_eq!(session_json(&dir)["status"], "supervisor_died");
+}
