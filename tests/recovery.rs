@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::{capped, chains, text};
+use support::{capped, chains, run, text};
 
 fn receipt_key() -> SigningKey {
     SigningKey::from_bytes(&[0x71; 32])
@@ -87,4 +87,61 @@ fn recovery_refuses_a_flooded_chain_without_reading_the_rest_of_the_file() {
         "{said}"
     );
     assert_eq!(session_json(&dir)["status"], "supervisor_died");
+}
+
+/// A session whose supervisor died has its end audited by the recovery
+/// that closes it, as a supervisor audits the end of the session it ran:
+/// a `session.end` line naming the status, the receipts and the chain's
+/// head (the one `openclaw verify` reports for the closed chain).
+#[test]
+fn a_session_closed_by_recovery_has_its_end_audited() {
+    let home = home();
+    let id = "20261207-010000-e0d000";
+    let mut chain = chains::start_line(&receipt_key(), id, "acme");
+    chain.push(b'\n');
+    let dir = dead_session(home.path(), id, &chain);
+    let out = run(home.path(), &["recover"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("✓ {id}: interrupted (supervisor died) at seq 0")),
+        "{}",
+        text(&out)
+    );
+    let verified = run(
+        home.path(),
+        &[
+            "verify",
+            dir.to_str().expect("utf8"),
+            "--key",
+            home.path().join("keys/receipt.pub").to_str().expect("utf8"),
+            "--json",
+        ],
+    );
+    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+    let verified: Value = serde_json::from_slice(&verified.stdout).expect("json");
+    let head = verified["last_hash"].as_str().expect("last_hash");
+
+    let audit = std::fs::read_to_string(home.path().join("audit.jsonl")).unwrap_or_default();
+    let ends: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("audit json"))
+        .filter(|l| l["action"] == "session.end")
+        .collect();
+    assert_eq!(ends.len(), 1, "{audit}");
+    let end = &ends[0];
+    assert_eq!(
+        (&end["target"], &end["tenant"], &end["via"], &end["outcome"]),
+        (&json!(id), &json!("acme"), &json!("cli"), &json!("ok")),
+        "{end}"
+    );
+    assert_eq!(
+        end["detail"],
+        format!("supervisor_died; 2 receipts; chain head {head}"),
+        "{end}"
+    );
+    // A second recovery finds nothing to do, and audits nothing again.
+    let again = run(home.path(), &["recover"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let audit = std::fs::read_to_string(home.path().join("audit.jsonl")).expect("audit");
+    assert_eq!(audit.matches("session.end").count(), 1, "{audit}");
 }

@@ -1586,15 +1586,27 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
     assert_eq!(verified.body["status"], "valid", "{:?}", verified.body);
 
     // Audit: one line per create/stop, refusals included; no token or
-    // capability text in it.
-    let audit = std::fs::read_to_string(h.join("audit.jsonl")).expect("audit");
+    // capability text in it. The crashed session's end is written by the
+    // daemon's recovery, after its session.json.
+    let audit = support::wait_until(
+        "the crashed session's end line",
+        Duration::from_secs(60),
+        || {
+            let audit = std::fs::read_to_string(h.join("audit.jsonl")).expect("audit");
+            audit
+                .lines()
+                .any(|l| l.contains("\"session.end\"") && l.contains(&crashed))
+                .then_some(audit)
+        },
+    );
     let all: Vec<Value> = audit
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
     // Each session that ended by itself or by a stop has its end, written
     // by its own `openclaw run` (so in no fixed order with the daemon's
-    // lines); the one killed with its supervisor has none.
+    // lines); the one killed with its supervisor has its end from the
+    // daemon's recovery, `supervisor_died`.
     let mut ended: Vec<&str> = all
         .iter()
         .filter(|l| l["action"] == "session.end")
@@ -1606,11 +1618,22 @@ fn sessions_are_created_listed_stopped_and_their_chains_verify() {
             );
             let detail = l["detail"].as_str().expect("detail");
             assert!(detail.contains(" receipts; chain head "), "{detail}");
-            l["target"].as_str().expect("target")
+            let target = l["target"].as_str().expect("target");
+            assert_eq!(
+                detail.starts_with("supervisor_died; "),
+                target == crashed,
+                "{detail}"
+            );
+            target
         })
         .collect();
     ended.sort_unstable();
-    let mut expected = vec![id.as_str(), talker.as_str(), held.as_str()];
+    let mut expected = vec![
+        id.as_str(),
+        talker.as_str(),
+        held.as_str(),
+        crashed.as_str(),
+    ];
     expected.sort_unstable();
     assert_eq!(ended, expected, "{audit}");
     let lines: Vec<Value> = all

@@ -55,6 +55,16 @@ impl AuditLog {
         self
     }
 
+    /// Another handle on the same file (and table): each line is one
+    /// `O_APPEND` write, so two handles never interleave within a line.
+    pub fn share(&self) -> AuditLog {
+        AuditLog {
+            path: self.path.clone(),
+            lock: Mutex::new(()),
+            table: self.table.clone(),
+        }
+    }
+
     #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path

@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use super::leases::Lease;
 use super::workdir::{self, StagedWorkdir};
+use crate::audit::AuditLog;
 use crate::broker::{self, TenantSecrets};
 use crate::bundle;
 use crate::control::CONTROL_SOCK;
@@ -387,6 +388,15 @@ impl Launcher {
         crate::home::chain_heads_path(&self.home)
     }
 
+    /// Where the ends of its sessions that recovery closes are audited:
+    /// the daemon's audit log (with `--database`, its table too).
+    fn audited(&self) -> recovery::Audited<'_> {
+        recovery::Audited {
+            log: &self.audit,
+            via: crate::audit::Via::Api,
+        }
+    }
+
     /// The ledger its sessions' usage rows go to.
     fn ledger(&self) -> LedgerDb {
         self.defaults
@@ -406,6 +416,7 @@ pub struct Launcher {
     exe: PathBuf,
     home: PathBuf,
     defaults: SessionDefaults,
+    audit: AuditLog,
     running: Mutex<HashMap<(String, String), Running>>,
     /// Set once by [`Launcher::drain`]: no session starts after it.
     draining: AtomicBool,
@@ -458,7 +469,7 @@ struct Running {
 
 impl Launcher {
     /// The launcher, and its reaper thread.
-    pub fn new(home: &Path, defaults: SessionDefaults) -> Result<Arc<Launcher>> {
+    pub fn new(home: &Path, defaults: SessionDefaults, audit: AuditLog) -> Result<Arc<Launcher>> {
         // Sessions are forked by one thread that lives as long as the
         // daemon: the kernel sends a child its parent death signal when the
         // thread that forked it ends, and the request threads (tokio's
@@ -476,6 +487,7 @@ impl Launcher {
             exe: std::env::current_exe().context("finding the daemon's executable")?,
             home: home.to_path_buf(),
             defaults,
+            audit,
             running: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             starting: AtomicUsize::new(0),
@@ -523,7 +535,13 @@ impl Launcher {
             if still_running {
                 let key = keys::read_signing_key(&receipt_key);
                 match key.and_then(|key| {
-                    recovery::recover_into(&sessions, &self.heads(), &self.ledger(), Some(&key))
+                    recovery::recover_into(
+                        &sessions,
+                        &self.heads(),
+                        &self.ledger(),
+                        self.audited(),
+                        Some(&key),
+                    )
                 }) {
                     Ok(done) => {
                         tracing::info!(session = id, "recovered: {:?}", done.sessions);
@@ -749,7 +767,13 @@ impl Launcher {
                 // tenant's next session.
                 let key = keys::read_signing_key(&keys_dir.join(keys::RECEIPT_KEY));
                 let recovered = key.and_then(|key| {
-                    recovery::recover_into(&sessions, &self.heads(), &self.ledger(), Some(&key))
+                    recovery::recover_into(
+                        &sessions,
+                        &self.heads(),
+                        &self.ledger(),
+                        self.audited(),
+                        Some(&key),
+                    )
                 });
                 if let Err(e) = recovered {
                     tracing::warn!("recovering after a failed start: {e:#}");

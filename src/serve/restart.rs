@@ -128,10 +128,15 @@ pub fn settle(
         };
         // One tenant's broken bundle must not keep the daemon from serving
         // the others: warned, and retried at the next start.
+        let audit = recovery::Audited {
+            log: registry.audit(),
+            via: crate::audit::Via::Api,
+        };
         match recovery::recover_into(
             sessions,
             &crate::home::chain_heads_path(registry.home()),
             ledger,
+            audit,
             key.as_ref(),
         ) {
             Ok(done) => {

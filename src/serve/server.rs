@@ -106,7 +106,11 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         .with_context(|| format!("listening on {}", config.addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     println!("listening on http://{addr}");
-    let launcher = Launcher::new(&config.home, config.sessions.clone())?;
+    let launcher = Launcher::new(
+        &config.home,
+        config.sessions.clone(),
+        registry.audit().share(),
+    )?;
     let state = Arc::new(State {
         registry,
         launcher,

@@ -3,7 +3,8 @@
 //! staging: `sandbox::cleanup_stale`) and closes each of their sessions
 //! honestly: its chain gets a signed `session_end` saying the session was
 //! interrupted at seq N (`receipts::ReceiptLog::finish_interrupted`),
-//! `session.json` says `supervisor_died`, and the report is regenerated.
+//! `session.json` says `supervisor_died`, the report is regenerated, and
+//! the audit log gets the `session.end` line its supervisor never wrote.
 //!
 //! Chain files are read as `openclaw verify` reads them: a line at a time,
 //! memory bounded by the chain's own bounds whatever the file's size, and a
@@ -28,8 +29,10 @@ use receipts::{
     UnverifiedStream, MAX_LINE_BYTES,
 };
 
+use crate::audit::{AuditLog, Via};
 use crate::bundle::{self, SessionInfo, STATUS_SUPERVISOR_DIED};
 use crate::report;
+use crate::session::config::DEFAULT_TENANT;
 use crate::usage::LedgerDb;
 
 /// Held while recovering, so two openclaw processes starting at once do not
@@ -108,36 +111,53 @@ impl std::fmt::Display for RecoveredSession {
 /// `sessions_dir` still marked running whose supervisor is gone. Chains
 /// are closed only with `receipt_key`, and only when it is the chain's own
 /// signer; without a key they are left open. Their metered calls go to the
-/// usage ledger of `home`, and a session whose end `home`'s chain-heads.jsonl
-/// records is never closed again. Blocking.
+/// usage ledger of `home`, their ends to its audit log (via `cli`), and a
+/// session whose end `home`'s chain-heads.jsonl records is never closed
+/// again. Blocking.
 pub fn recover(
     sessions_dir: &Path,
     home: &Path,
     receipt_key: Option<&SigningKey>,
 ) -> Result<Recovery> {
     let ledger = LedgerDb::Sqlite(crate::usage::ledger_path(home));
+    let audit = Audited {
+        log: &AuditLog::at_home(home),
+        via: Via::Cli,
+    };
     recover_into(
         sessions_dir,
         &crate::home::chain_heads_path(home),
         &ledger,
+        audit,
         receipt_key,
     )
 }
 
+/// Where the `session.end` lines of recovered sessions go, and how the
+/// process that recovers them was asked (`api`: a daemon's; `cli`: the
+/// operator's `openclaw recover` or `openclaw run`).
+#[derive(Clone, Copy)]
+pub struct Audited<'a> {
+    pub log: &'a AuditLog,
+    pub via: Via,
+}
+
 /// [`recover`], the sessions' metered calls going to `ledger` (a daemon's
-/// on `--database`, a session's `--ledger-db`), the ended sessions' heads
-/// read from `heads` (the home's chain-heads.jsonl).
+/// on `--database`, a session's `--ledger-db`), their ends to `audit` (with
+/// `--database`, also its audit table), the ended sessions' heads read from
+/// `heads` (the home's chain-heads.jsonl).
 pub fn recover_into(
     sessions_dir: &Path,
     heads: &Path,
     ledger: &LedgerDb,
+    audit: Audited<'_>,
     receipt_key: Option<&SigningKey>,
 ) -> Result<Recovery> {
     let mut done = Recovery::default();
     let stale = sandbox::cleanup_stale().context("removing dead supervisors' sandboxes")?;
     done.sandboxes = stale.sandboxes;
     done.networks = stale.networks;
-    done.sessions = recover_sessions(sessions_dir, heads, ledger, receipt_key)?;
+    done.sessions = recover_sessions(sessions_dir, heads, ledger, audit, receipt_key)?;
     Ok(done)
 }
 
@@ -147,6 +167,7 @@ fn recover_sessions(
     sessions_dir: &Path,
     heads: &Path,
     ledger: &LedgerDb,
+    audit: Audited<'_>,
     receipt_key: Option<&SigningKey>,
 ) -> Result<Vec<RecoveredSession>> {
     let mut done = Vec::new();
@@ -186,7 +207,7 @@ fn recover_sessions(
             });
             continue;
         }
-        let recovered = recover_session(&dir, ledger, info, receipt_key, retry)
+        let recovered = recover_session(&dir, ledger, audit, info, receipt_key, retry)
             .with_context(|| format!("recovering session {}", dir.display()))?;
         done.extend(recovered);
     }
@@ -211,6 +232,7 @@ fn lock() -> Result<Flock<File>> {
 fn recover_session(
     dir: &Path,
     ledger: &LedgerDb,
+    audit: Audited<'_>,
     mut info: SessionInfo,
     receipt_key: Option<&SigningKey>,
     retry: bool,
@@ -242,6 +264,22 @@ fn recover_session(
     if let Some(key) = key.as_ref() {
         if let Err(err) = crate::usage::record_session(ledger, dir, key) {
             tracing::warn!("the usage ledger was not updated for {id}: {err:#}");
+        }
+    }
+    // The end its supervisor never wrote, once: a retry that closes the
+    // chain later changes what the bundle holds, not when the session ended.
+    if !retry {
+        let end = crate::audit::SessionEnd {
+            id: &id,
+            tenant: info.tenant.as_deref().unwrap_or(DEFAULT_TENANT),
+            via: audit.via,
+            status: &info.status,
+            receipts: Some(report.receipts.count),
+            chain_head: report.receipts.last_hash.as_deref(),
+        };
+        // Said, not fatal: the bundle and the chain record the end.
+        if let Err(err) = audit.log.append(&end.record()) {
+            tracing::warn!("the end of recovered session {id} was not audited: {err:#}");
         }
     }
     Ok(Some(RecoveredSession { id, chain }))
@@ -522,6 +560,15 @@ mod tests {
         LedgerDb::Sqlite(crate::usage::ledger_path(home))
     }
 
+    /// The home's audit log, as `openclaw recover` writes it. Leaked: one
+    /// small handle per test.
+    fn audited(home: &Path) -> Audited<'static> {
+        Audited {
+            log: Box::leak(Box::new(AuditLog::at_home(home))),
+            via: Via::Cli,
+        }
+    }
+
     fn dead_session(sessions: &Path, id: &str, key: &SigningKey) -> std::path::PathBuf {
         let dir = sessions.join(id);
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -589,6 +636,7 @@ mod tests {
             home.path(),
             &home.path().join("chain-heads.jsonl"),
             &sqlite_ledger(home.path()),
+            audited(home.path()),
             Some(&other),
         )
         .expect("recover");
@@ -607,6 +655,7 @@ mod tests {
             home.path(),
             &home.path().join("chain-heads.jsonl"),
             &sqlite_ledger(home.path()),
+            audited(home.path()),
             Some(&ours),
         )
         .expect("recover");
@@ -637,6 +686,7 @@ mod tests {
             home.path(),
             &home.path().join("chain-heads.jsonl"),
             &sqlite_ledger(home.path()),
+            audited(home.path()),
             Some(&ours)
         )
         .expect("again")
@@ -668,7 +718,14 @@ mod tests {
         )
         .expect("record");
         let ledger = sqlite_ledger(home.path());
-        let done = recover_sessions(home.path(), &heads, &ledger, Some(&key)).expect("recover");
+        let done = recover_sessions(
+            home.path(),
+            &heads,
+            &ledger,
+            audited(home.path()),
+            Some(&key),
+        )
+        .expect("recover");
         assert!(
             matches!(&done[0].chain, ChainOutcome::Refused(why)
                 if why.contains("ended at seq 7") && why.contains("the bundle was edited")),
@@ -678,7 +735,14 @@ mod tests {
         untouched();
         // A heads file that cannot be read stops every close.
         std::fs::write(&heads, "not a record\n").expect("corrupt");
-        let done = recover_sessions(home.path(), &heads, &ledger, Some(&key)).expect("recover");
+        let done = recover_sessions(
+            home.path(),
+            &heads,
+            &ledger,
+            audited(home.path()),
+            Some(&key),
+        )
+        .expect("recover");
         assert!(
             matches!(&done[0].chain, ChainOutcome::Refused(why) if why.contains("cannot be read")),
             "{:?}",
@@ -692,7 +756,14 @@ mod tests {
             &crate::home::ChainHead::new("another", 7, [1; 32], SystemTime::now()),
         )
         .expect("record");
-        let done = recover_sessions(home.path(), &heads, &ledger, Some(&key)).expect("recover");
+        let done = recover_sessions(
+            home.path(),
+            &heads,
+            &ledger,
+            audited(home.path()),
+            Some(&key),
+        )
+        .expect("recover");
         assert!(matches!(done[0].chain, ChainOutcome::Closed { .. }));
     }
 
@@ -709,6 +780,7 @@ mod tests {
             home.path(),
             &home.path().join("chain-heads.jsonl"),
             &sqlite_ledger(home.path()),
+            audited(home.path()),
             Some(&key)
         )
         .expect("recover")

@@ -69,8 +69,14 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
         config.ledger(),
         config.receipt_key.clone(),
     );
+    let audit_log = crate::audit::AuditLog::at_home(&config.home);
+    let via = audit_via(&config);
     match tokio::task::spawn_blocking(move || {
-        recovery::recover_into(&sessions_dir, &heads, &ledger, Some(&key))
+        let audit = recovery::Audited {
+            log: &audit_log,
+            via,
+        };
+        recovery::recover_into(&sessions_dir, &heads, &ledger, audit, Some(&key))
     })
     .await?
     {
@@ -232,6 +238,16 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     })
 }
 
+/// How this run's audit lines came: `api` when `openclaw serve` started
+/// it (its tenant's request), `cli` when the operator ran it.
+fn audit_via(config: &RunConfig) -> crate::audit::Via {
+    if config.daemon_started {
+        crate::audit::Via::Api
+    } else {
+        crate::audit::Via::Cli
+    }
+}
+
 /// Appends the session's end to the home's audit log, beside the start
 /// `openclaw serve` recorded (or none, for a run from the terminal). A
 /// failure to audit is said, not fatal: the session is over, and its
@@ -240,11 +256,7 @@ fn audit_end(config: &RunConfig, info: &SessionInfo, report: Option<&Report>) {
     let end = crate::audit::SessionEnd {
         id: &info.id,
         tenant: &config.labels.tenant,
-        via: if config.daemon_started {
-            crate::audit::Via::Api
-        } else {
-            crate::audit::Via::Cli
-        },
+        via: audit_via(config),
         status: &info.status,
         receipts: report.map(|r| r.receipts.count),
         chain_head: report.and_then(|r| r.receipts.last_hash.as_deref()),
