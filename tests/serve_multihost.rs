@@ -300,6 +300,80 @@ fn audit_lines(home: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The audit lines of the database's `audit` table (every daemon's).
+fn database_audit_lines(url: &str) -> Vec<Value> {
+    let mut db = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    db.query("SELECT line FROM audit ORDER BY id", &[])
+        .expect("audit")
+        .into_iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).expect("audit json"))
+        .collect()
+}
+
+/// With `--database` every audit line of a daemon goes to the database's
+/// `audit` table as well as its home's file, and so does the `session.end`
+/// line the session's own `openclaw run` writes when it ends (before, that
+/// one went to the file only): `openclaw audit --database` on any host
+/// shows the session's create, stop and end.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn a_sessions_end_is_audited_in_the_database_as_its_start_is() {
+    require(
+        &[Requirement::Postgres],
+        "serve_multihost::a_sessions_end_is_audited_in_the_database_as_its_start_is",
+    );
+    let hosts = two_hosts("endaudit", None);
+    let r = hosts.create(0);
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    hosts.stop(0, &id);
+    let of_session = |lines: Vec<Value>| -> Vec<String> {
+        lines
+            .into_iter()
+            .filter(|l| l["target"] == json!(id))
+            .map(|l| l["action"].as_str().expect("action").to_owned())
+            .collect()
+    };
+    // The run writes its end after session.json says it ended.
+    let in_file = support::wait_until("the session.end line", Duration::from_secs(60), || {
+        let actions = of_session(audit_lines(hosts.home(0)));
+        actions
+            .contains(&"session.end".to_owned())
+            .then_some(actions)
+    });
+    assert_eq!(in_file, ["session.create", "session.stop", "session.end"]);
+    assert_eq!(
+        of_session(database_audit_lines(&hosts.url)),
+        in_file,
+        "the database's audit table holds what the host's file does"
+    );
+    let end = database_audit_lines(&hosts.url)
+        .into_iter()
+        .find(|l| l["action"] == "session.end")
+        .expect("session.end");
+    assert_eq!(
+        (&end["tenant"], &end["via"], &end["outcome"]),
+        (&json!("acme"), &json!("api"), &json!("ok")),
+        "{end}"
+    );
+    let detail = end["detail"].as_str().expect("detail");
+    assert!(
+        detail.starts_with("interrupted; ") && detail.contains("chain head"),
+        "{detail}"
+    );
+    // Read back through the other host.
+    let shown = cli(hosts.home(1), &hosts.url, &["audit", "--tenant", "acme"]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("\"session.end\"") && l.contains(&id)),
+        "{shown}"
+    );
+}
+
 /// The test: with a `sessions` quota of 1, a session running on
 /// daemon A leaves no room on daemon B (429 `sessions`, audited); once A's
 /// session ends, B's create starts; once B's session dies (its runner

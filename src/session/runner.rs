@@ -69,11 +69,12 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
         config.ledger(),
         config.receipt_key.clone(),
     );
-    let audit_log = crate::audit::AuditLog::at_home(&config.home);
+    let audit_log = Arc::new(audit_log(&config));
     let via = audit_via(&config);
+    let recovery_audit = audit_log.clone();
     match tokio::task::spawn_blocking(move || {
         let audit = recovery::Audited {
-            log: &audit_log,
+            log: &recovery_audit,
             via,
         };
         recovery::recover_into(&sessions_dir, &heads, &ledger, audit, Some(&key))
@@ -228,7 +229,12 @@ pub async fn run_session(config: RunConfig) -> Result<SessionOutcome> {
     }
     // Last: the end is audited once everything else about it is written,
     // also when the report could not be.
-    audit_end(&config, &info, report.as_ref().ok());
+    let end = session_end_record(&config, &info, report.as_ref().ok());
+    // Blocking: with a database, its table is written too (each call bounded).
+    let appended = tokio::task::spawn_blocking(move || audit_log.append(&end)).await?;
+    if let Err(err) = appended {
+        eprintln!("openclaw: warning: the session's end was not audited: {err:#}");
+    }
     let report = report?;
     let exit_code = result?.code();
     Ok(SessionOutcome {
@@ -248,11 +254,28 @@ fn audit_via(config: &RunConfig) -> crate::audit::Via {
     }
 }
 
-/// Appends the session's end to the home's audit log, beside the start
-/// `openclaw serve` recorded (or none, for a run from the terminal). A
-/// failure to audit is said, not fatal: the session is over, and its
-/// bundle and chain record it.
-fn audit_end(config: &RunConfig, info: &SessionInfo, report: Option<&Report>) {
+/// Where this run's audit lines go: the home's audit.jsonl and, with a
+/// PostgreSQL quota store (the database `openclaw serve --database` passes
+/// its sessions), that database's audit table too, where the daemon's own
+/// lines go. The table is connected to when a line is first written.
+fn audit_log(config: &RunConfig) -> crate::audit::AuditLog {
+    let log = crate::audit::AuditLog::at_home(&config.home);
+    match &config.quota_db {
+        Some(crate::tenants::QuotaDb::Postgres(url)) => {
+            log.also_into(Arc::new(crate::tenants::PgAuditTable::new(url.clone())))
+        }
+        _ => log,
+    }
+}
+
+/// The session's end line, beside the start `openclaw serve` recorded (or
+/// none, for a run from the terminal). A failure to append it is said, not
+/// fatal: the session is over, and its bundle and chain record it.
+fn session_end_record(
+    config: &RunConfig,
+    info: &SessionInfo,
+    report: Option<&Report>,
+) -> crate::audit::AuditRecord {
     let end = crate::audit::SessionEnd {
         id: &info.id,
         tenant: &config.labels.tenant,
@@ -261,10 +284,7 @@ fn audit_end(config: &RunConfig, info: &SessionInfo, report: Option<&Report>) {
         receipts: report.map(|r| r.receipts.count),
         chain_head: report.and_then(|r| r.receipts.last_hash.as_deref()),
     };
-    let log = crate::audit::AuditLog::at_home(&config.home);
-    if let Err(err) = log.append(&end.record()) {
-        eprintln!("openclaw: warning: the session's end was not audited: {err:#}");
-    }
+    end.record()
 }
 
 /// The part of the session that owns live resources.

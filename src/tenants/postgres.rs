@@ -919,6 +919,44 @@ impl AuditTable for PgStore {
     }
 }
 
+/// The database's audit table for a process that writes a line or two
+/// (a session's `openclaw run`): connected to when first used, so a run
+/// that audits nothing opens no connection. A connection that fails is
+/// tried again at the next line.
+pub struct PgAuditTable {
+    url: DatabaseUrl,
+    store: Mutex<Option<Arc<PgStore>>>,
+}
+
+impl PgAuditTable {
+    pub fn new(url: DatabaseUrl) -> PgAuditTable {
+        PgAuditTable {
+            url,
+            store: Mutex::new(None),
+        }
+    }
+
+    fn store(&self) -> anyhow::Result<Arc<PgStore>> {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = store.as_ref() {
+            return Ok(open.clone());
+        }
+        let open = Arc::new(PgStore::open(&self.url)?);
+        *store = Some(open.clone());
+        Ok(open)
+    }
+}
+
+impl AuditTable for PgAuditTable {
+    fn append_line(&self, record: &AuditRecord, line: &str) -> anyhow::Result<()> {
+        self.store()?.append_line(record, line)
+    }
+
+    fn lines(&self) -> anyhow::Result<Vec<String>> {
+        self.store()?.lines()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
