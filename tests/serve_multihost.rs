@@ -747,7 +747,7 @@ fn a_daemon_cut_off_from_the_database_stops_the_sessions_whose_leases_lapse() {
 
 /// A database that keeps A's connections open but never answers (a hung
 /// server, packets dropped: the relay stalls) must not hang A's control
-/// layer: every database call is bounded (`OPENCLAW_DATABASE_TIMEOUT`, 1 s
+/// layer: every database call is bounded (`--database-timeout`, 1 s
 /// here). A's lease lapses, so B's create starts; A's session ends
 /// `interrupted` (its runner's deletion of its quota holds gives up, so it
 /// is not killed and recovered as `supervisor_died`); and A's SIGTERM drain
@@ -768,8 +768,9 @@ fn a_daemon_whose_database_hangs_stops_the_lapsed_sessions_interrupted_and_then_
         Setup {
             quota: Some("1"),
             relay_a: true,
-            flags: &["--lease-ttl", "6s"],
-            env: &[("OPENCLAW_DATABASE_TIMEOUT", "1s")],
+            // The daemon's bound, passed to its sessions with the flag.
+            flags: &["--lease-ttl", "6s", "--database-timeout", "1s"],
+            env: &[],
         },
     );
     let on_a = hosts.create(0);
@@ -921,4 +922,97 @@ fn a_session_run_from_the_cli_cut_off_from_the_database_stops_when_its_lease_lap
         },
     );
     hosts.stop(1, &on_b);
+}
+
+/// `openclaw run --tenant acme` whose database hangs (the relay stalls:
+/// connections kept open, nothing forwarded) cannot renew its lease either,
+/// and must not hang on it: every database call of the run is bounded
+/// (`--database-timeout 1s`), so it stops its session as on Ctrl-C (exit
+/// 130, `interrupted`, the chain verifying), saying why, instead of waiting
+/// on the database for good.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_postgres),
+    ignore = "PostgreSQL's binaries are missing (scripts/bootstrap installs them)"
+)]
+fn a_session_run_from_the_cli_whose_database_hangs_ends_interrupted() {
+    require(
+        &[Requirement::Postgres],
+        "serve_multihost::a_session_run_from_the_cli_whose_database_hangs_ends_interrupted",
+    );
+    let hosts = two_hosts_with(
+        "clihang",
+        Setup {
+            quota: Some("1"),
+            relay_a: true,
+            ..Setup::default()
+        },
+    );
+    let relay = hosts.relay.as_ref().expect("relay");
+    let home = hosts.home(0);
+    let keys = home.join("tenants/acme/keys");
+    let cli_sessions = home.join("cli-sessions");
+    std::fs::create_dir(&cli_sessions).expect("mkdir");
+    let cap = home.join("acme.cap");
+    std::fs::write(&cap, mint_for(home, "acme")).expect("cap");
+    let via_relay = hosts.url.replace(
+        &format!("127.0.0.1:{}/", hosts._server.port()),
+        &format!("127.0.0.1:{}/", relay.port),
+    );
+    let run = support::openclaw(home)
+        .arg("run")
+        .arg("--capabilities")
+        .arg(&cap)
+        .arg("--pubkey")
+        .arg(keys.join("root.pub"))
+        .arg("--receipt-key")
+        .arg(keys.join("receipt.key"))
+        .arg("--sessions-dir")
+        .arg(&cli_sessions)
+        .args(["--backend", "netns", "--approve", "deny"])
+        .args(["--tenant", "acme", "--lease-ttl", "6s"])
+        .args(["--database-timeout", "1s"])
+        // Bounds a run that is never stopped (exit 124).
+        .args(["--timeout", "300s"])
+        .env("OPENCLAW_QUOTA_DB", &via_relay)
+        .env_remove("OPENCLAW_DATABASE_TIMEOUT")
+        .args(["--", "sleep", "600"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openclaw run");
+    let mut run = Terminated(Some(run));
+    let bundle = support::wait_until("the CLI session to run", Duration::from_secs(60), || {
+        std::fs::read_dir(&cli_sessions)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.join("control.sock").exists())
+    });
+    relay.stall();
+    let out = run
+        .0
+        .take()
+        .expect("running")
+        .wait_with_output()
+        .expect("the run's end");
+    let text = support::text(&out);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(
+        text.contains("lease could not be renewed"),
+        "the run says why it stopped: {text}"
+    );
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(bundle.join("session.json")).expect("session.json"),
+    )
+    .expect("json");
+    assert_eq!(info["status"], "interrupted", "{info}");
+    let verify = support::openclaw(home)
+        .arg("verify")
+        .arg(&bundle)
+        .arg("--key")
+        .arg(keys.join("receipt.pub"))
+        .output()
+        .expect("verify");
+    assert!(verify.status.success(), "{}", support::text(&verify));
 }

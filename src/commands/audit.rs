@@ -52,7 +52,7 @@ pub fn execute(args: AuditArgs) -> Result<ExitCode> {
         since,
     };
     let mut log = AuditLog::at_home(&home);
-    if let Some(url) = &args.database.database {
+    if let Some(url) = &args.database.url() {
         log = log.also_into(Arc::new(PgStore::open(url)?));
     }
     for record in log.read(&filter)? {

@@ -169,6 +169,18 @@ pub struct RunArgs {
         value_parser = LedgerDb::from_arg
     )]
     ledger_db: Option<LedgerDb>,
+    /// How long each call to a PostgreSQL --quota-db or --ledger-db may
+    /// take, connecting included, before it fails (`openclaw serve` passes
+    /// its own): a hung or unreachable database holds no call of the
+    /// session longer, and a lease it cannot renew in time stops the
+    /// session [default: 5s].
+    #[arg(
+        long,
+        env = crate::tenants::CALL_TIMEOUT_ENV,
+        value_name = "DURATION",
+        value_parser = crate::tenants::parse_call_timeout
+    )]
+    database_timeout: Option<std::time::Duration>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -226,7 +238,13 @@ pub(crate) fn parse_resolve(text: &str) -> Result<(String, SocketAddr), String> 
     Ok((host, addr))
 }
 
-pub fn execute(args: RunArgs) -> Result<ExitCode> {
+pub fn execute(mut args: RunArgs) -> Result<ExitCode> {
+    args.quota_db = args
+        .quota_db
+        .map(|db| db.with_timeout(args.database_timeout));
+    args.ledger_db = args
+        .ledger_db
+        .map(|db| db.with_timeout(args.database_timeout));
     // A session of `openclaw serve` ends with its daemon.
     let daemon_started = crate::serve::end_with_daemon()?;
     if args.work_max != 0 && args.work_max < sandbox::MIN_WORK_BYTES {

@@ -64,20 +64,18 @@ pub fn execute(args: ServeArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     // Day quotas live beside the tenants: in control.db, or in the shared
     // database so every daemon on it holds LLM calls against the same figures.
-    let quota_db = Some(match &args.database.database {
+    // Its calls bounded by --database-timeout, which its sessions are given.
+    let database = args.database.url();
+    let quota_db = Some(match &database {
         None => QuotaDb::Sqlite(home.join(crate::tenants::CONTROL_DB)),
         Some(url) => QuotaDb::Postgres(url.clone()),
     });
     // Every daemon on the database writes its sessions' usage to one ledger there.
-    let ledger_db = args
-        .database
-        .database
-        .clone()
-        .map(crate::usage::LedgerDb::Postgres);
+    let ledger_db = database.clone().map(crate::usage::LedgerDb::Postgres);
     runtime.block_on(serve::run(ServeConfig {
         home,
         addr: args.addr,
-        database: args.database.database,
+        database,
         sessions: serve::SessionDefaults {
             resolve: args.resolve,
             upstream_ca: args.upstream_ca,

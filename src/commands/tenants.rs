@@ -37,6 +37,27 @@ pub struct DatabaseArg {
         value_parser = DatabaseUrl::from_arg
     )]
     pub database: Option<DatabaseUrl>,
+    /// How long each call to the --database server may take, connecting
+    /// included, before it fails (and with it the command or request that
+    /// needed it: a hung or unreachable server never holds one up for
+    /// longer) [default: 5s].
+    #[arg(
+        long,
+        global = true,
+        env = tenants::CALL_TIMEOUT_ENV,
+        value_name = "DURATION",
+        value_parser = tenants::parse_call_timeout
+    )]
+    pub database_timeout: Option<std::time::Duration>,
+}
+
+impl DatabaseArg {
+    /// `--database`, its calls bounded by `--database-timeout` when given.
+    pub fn url(&self) -> Option<DatabaseUrl> {
+        self.database
+            .clone()
+            .map(|url| url.with_timeout(self.database_timeout))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,7 +174,7 @@ fn parse_name(text: &str) -> Result<TenantName> {
 
 pub fn execute(args: TenantsArgs) -> Result<ExitCode> {
     let home = home::home_dir()?;
-    let registry = tenants::open_registry(&home, args.database.database.as_ref())?;
+    let registry = tenants::open_registry(&home, args.database.url().as_ref())?;
     match args.command {
         TenantsCommand::Create(arg) => {
             let name = parse_name(&arg.name)?;

@@ -146,7 +146,7 @@ fn tenant_sources(tenants_dir: &Path, archived: bool) -> Result<Vec<usage::Chain
 
 /// `--database`'s ledger, else `--ledger`'s file, else the home's.
 fn ledger_or_default(path: Option<PathBuf>, database: DatabaseArg) -> Result<LedgerDb> {
-    Ok(match (database.database, path) {
+    Ok(match (database.url(), path) {
         (Some(url), _) => LedgerDb::Postgres(url),
         (None, Some(p)) => LedgerDb::Sqlite(p),
         (None, None) => LedgerDb::Sqlite(usage::ledger_path(&home::home_dir()?)),

@@ -690,6 +690,11 @@ impl Launcher {
             }
             Some(QuotaDb::Postgres(url)) => {
                 cmd.env(QUOTA_DB_ENV, url.expose_secret());
+                // The daemon's bound on each call is its sessions' too.
+                if let Some(timeout) = url.timeout() {
+                    cmd.arg("--database-timeout")
+                        .arg(humantime::format_duration(timeout).to_string());
+                }
             }
             None => {}
         }

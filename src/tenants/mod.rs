@@ -38,7 +38,9 @@ pub use pg_session_leases::{HeldLease, LeaseClock};
 pub use quota_db::{QuotaDb, QUOTA_DB_ENV};
 // `self::`: the module shares its name with the `postgres` crate.
 pub(crate) use self::postgres::db as postgres_error;
-pub use self::postgres::{DatabaseUrl, PgAuditTable, PgStore};
+pub use self::postgres::{
+    parse_call_timeout, DatabaseUrl, PgAuditTable, PgStore, CALL_TIMEOUT_ENV,
+};
 pub use quota::{usd_to_micro, Quotas, QuotasJson};
 pub use registry::{Caller, Identity, Registry, TenantOpError};
 pub use root::{TenantRoot, DELETED_DIR};

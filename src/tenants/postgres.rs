@@ -12,7 +12,7 @@
 //! statements, so one connection per process is not what limits the daemon.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -185,47 +185,107 @@ pub(crate) fn lock_tenant(
 }
 
 /// How long one database call (connecting included) may take before it
-/// fails, unless `OPENCLAW_DATABASE_TIMEOUT` says otherwise. A server that
+/// fails, unless `--database-timeout` or `OPENCLAW_DATABASE_TIMEOUT` says
+/// otherwise. A server that
 /// accepts connections but never answers would otherwise hang its caller
 /// for good: the server's own `statement_timeout` cannot end a wait for an
 /// answer that is never sent, and TCP keepalives are answered by whatever
 /// holds the socket open.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The environment variable that sets [`CALL_TIMEOUT`] (`500ms`, `5s`): read
-/// by the daemon, the CLI and the sessions they run alike.
+/// The environment variable that sets [`CALL_TIMEOUT`] (`500ms`, `5s`) where
+/// no `--database-timeout` does: read by the daemon, the CLI and the
+/// sessions they run alike.
 pub const CALL_TIMEOUT_ENV: &str = "OPENCLAW_DATABASE_TIMEOUT";
 
-/// The bound on each database call: [`CALL_TIMEOUT_ENV`] or the default. A
-/// value that does not parse is not a reason to hang: the default holds and
-/// the log says why.
-pub(crate) fn call_timeout() -> Duration {
-    match std::env::var(CALL_TIMEOUT_ENV) {
-        Err(_) => CALL_TIMEOUT,
-        Ok(text) => match humantime::parse_duration(&text) {
-            Ok(d) if !d.is_zero() => d,
-            _ => {
-                tracing::warn!(
-                    "{CALL_TIMEOUT_ENV}={text:?} is not a positive duration (\"5s\"); using {:?}",
-                    CALL_TIMEOUT
-                );
-                CALL_TIMEOUT
-            }
-        },
+/// `--database-timeout` (and [`CALL_TIMEOUT_ENV`]): a positive duration.
+pub fn parse_call_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(
+            "a database call cannot be given no time: use a positive duration \
+                      (500ms, 5s, 1m)"
+                .into(),
+        ),
+        Err(e) => Err(format!(
+            "not a duration ({e}): use a positive duration such as 500ms, 5s or 1m"
+        )),
     }
 }
 
+/// The bound on each database call where the URL carries none:
+/// [`CALL_TIMEOUT_ENV`] or the default. A value that does not parse fails
+/// the opening, saying why, rather than bound the calls by a guess.
+fn call_timeout() -> Result<Duration, TenantStoreError> {
+    match std::env::var(CALL_TIMEOUT_ENV) {
+        Err(_) => Ok(CALL_TIMEOUT),
+        Ok(text) => parse_call_timeout(&text)
+            .map_err(|why| backend(format!("{CALL_TIMEOUT_ENV}={text:?}: {why}"))),
+    }
+}
+
+/// The most connection threads a process keeps abandoned after their calls
+/// timed out. Each holds a thread and a socket until the server answers or
+/// the socket errors, which a hung server may never make happen; past this
+/// many, a call that would start another connection fails at once.
+pub const MAX_ABANDONED_CONNECTIONS: usize = 8;
+
+/// Connection threads abandoned and still alive, and how many may be.
+pub(crate) struct Abandoned {
+    alive: AtomicUsize,
+    max: usize,
+}
+
+impl Abandoned {
+    pub(crate) const fn new(max: usize) -> Abandoned {
+        Abandoned {
+            alive: AtomicUsize::new(0),
+            max,
+        }
+    }
+}
+
+/// This process's: every store shares the one cap.
+static ABANDONED: Abandoned = Abandoned::new(MAX_ABANDONED_CONNECTIONS);
+
+/// A connection thread's state, so that exactly one of "abandoned" and
+/// "ended" counts it in [`ABANDONED`] and the other uncounts it.
+const RUNNING: u8 = 0;
+const GIVEN_UP: u8 = 1;
+const ENDED: u8 = 2;
+
 /// A `postgres://` (or `postgresql://`) URL as given to `--database` or
-/// `OPENCLAW_DATABASE`. It may hold a password: its `Debug` and `Display`
-/// never show it, and nothing else prints it.
+/// `OPENCLAW_DATABASE`, with the bound on each call to it
+/// (`--database-timeout`) when one was given. It may hold a password: its
+/// `Debug` and `Display` never show it, and nothing else prints it.
 #[derive(Clone)]
-pub struct DatabaseUrl(String);
+pub struct DatabaseUrl {
+    text: String,
+    timeout: Option<Duration>,
+}
 
 impl DatabaseUrl {
     /// For clap: takes any text (checked at open, where an error can be
     /// worded without echoing the URL; clap's own would print it whole).
     pub fn from_arg(text: &str) -> Result<DatabaseUrl, std::convert::Infallible> {
-        Ok(DatabaseUrl(text.to_owned()))
+        Ok(DatabaseUrl {
+            text: text.to_owned(),
+            timeout: None,
+        })
+    }
+
+    /// The URL with each call bounded by `timeout` when given
+    /// (`--database-timeout`); without one, by [`CALL_TIMEOUT_ENV`] or 5 s.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> DatabaseUrl {
+        if timeout.is_some() {
+            self.timeout = timeout;
+        }
+        self
+    }
+
+    /// The bound given with the URL, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// Whether `text` is spelled as a PostgreSQL URL (`postgres://` or
@@ -238,17 +298,17 @@ impl DatabaseUrl {
     /// The URL itself, password and all: only for handing it to a child
     /// process through its environment (never argv, never a message).
     pub(crate) fn expose_secret(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     fn config(&self) -> Result<Config, TenantStoreError> {
-        if !Self::is_url(&self.0) {
+        if !Self::is_url(&self.text) {
             return Err(backend(
                 "--database takes a postgres:// or postgresql:// URL (OPENCLAW_DATABASE too)",
             ));
         }
         // The parser's messages name the option, never the URL's text.
-        Config::from_str(&self.0)
+        Config::from_str(&self.text)
             .map_err(|e| backend(format!("--database: not a usable PostgreSQL URL: {e}")))
     }
 }
@@ -366,27 +426,68 @@ impl Connection {
 
 /// A handle on the PostgreSQL store: one connection, its own thread.
 ///
-/// Every call is bounded ([`call_timeout`]). A call that overruns fails, and
-/// its thread (stuck in a read the server never answers) is abandoned with
-/// its connection: later calls go to a new thread and connection, so they
-/// never queue behind the stuck one. The abandoned thread ends once its
-/// socket errors out or the server answers.
+/// Every call is bounded (`--database-timeout`, [`CALL_TIMEOUT_ENV`], 5 s).
+/// A call that overruns fails, and its thread (stuck in a read the server
+/// never answers) is abandoned with its connection: later calls go to a new
+/// thread and connection, so they never queue behind the stuck one. The
+/// abandoned thread ends once its socket errors out or the server answers.
+/// A process keeps at most [`MAX_ABANDONED_CONNECTIONS`] of them: past
+/// that, a call that needs a new connection fails at once.
 pub struct PgStore {
     config: Config,
     target: String,
     timeout: Duration,
     worker: Mutex<Worker>,
+    abandoned: &'static Abandoned,
 }
 
-/// The thread that owns the connection, and which one it is (so only the
-/// first caller to see it stuck replaces it).
+/// The thread that owns the connection (none after one was abandoned when
+/// no other could be started), and which one it is (so only the first
+/// caller to see it stuck replaces it).
 struct Worker {
-    jobs: mpsc::Sender<Job>,
+    thread: Option<WorkerThread>,
     generation: u64,
 }
 
-fn spawn_worker(config: Config, target: String) -> Result<mpsc::Sender<Job>, TenantStoreError> {
+struct WorkerThread {
+    jobs: mpsc::Sender<Job>,
+    /// [`RUNNING`], [`GIVEN_UP`] or [`ENDED`].
+    state: Arc<AtomicU8>,
+}
+
+impl WorkerThread {
+    /// Gives the thread up (counted in `abandoned` until it ends).
+    fn abandon(self, abandoned: &Abandoned) {
+        if self
+            .state
+            .compare_exchange(RUNNING, GIVEN_UP, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            abandoned.alive.fetch_add(1, Ordering::SeqCst);
+        }
+        // Dropping the sender ends the thread once its stuck call returns.
+    }
+}
+
+/// A new connection thread, unless as many as `abandoned` allows are stuck
+/// already: then the error, at once.
+fn spawn_worker(
+    config: Config,
+    target: String,
+    abandoned: &'static Abandoned,
+) -> Result<WorkerThread, TenantStoreError> {
+    let stuck = abandoned.alive.load(Ordering::SeqCst);
+    if stuck >= abandoned.max {
+        return Err(backend(format!(
+            "{stuck} connections to the {target} are stuck on calls that did not answer in \
+             time (at most {} are kept waiting); this call fails at once rather than open \
+             another until one of them ends: the database is hung or out of reach",
+            abandoned.max
+        )));
+    }
     let (jobs, queue) = mpsc::channel::<Job>();
+    let state = Arc::new(AtomicU8::new(RUNNING));
+    let ended = state.clone();
     std::thread::Builder::new()
         .name("openclaw-postgres".into())
         .spawn(move || {
@@ -399,16 +500,31 @@ fn spawn_worker(config: Config, target: String) -> Result<mpsc::Sender<Job>, Ten
             for job in queue {
                 job(&mut conn);
             }
+            drop(conn);
+            if ended.swap(ENDED, Ordering::SeqCst) == GIVEN_UP {
+                abandoned.alive.fetch_sub(1, Ordering::SeqCst);
+            }
         })
         .map_err(|e| backend(format!("starting the database thread: {e}")))?;
-    Ok(jobs)
+    Ok(WorkerThread { jobs, state })
 }
 
 impl PgStore {
     /// Connects, then creates or migrates the schema. The URL's password is
     /// in no error.
     pub fn open(url: &DatabaseUrl) -> Result<PgStore, TenantStoreError> {
-        let timeout = call_timeout();
+        Self::open_capped(url, &ABANDONED)
+    }
+
+    /// [`open`](Self::open), its stuck connections counted in `abandoned`.
+    fn open_capped(
+        url: &DatabaseUrl,
+        abandoned: &'static Abandoned,
+    ) -> Result<PgStore, TenantStoreError> {
+        let timeout = match url.timeout {
+            Some(timeout) => timeout,
+            None => call_timeout()?,
+        };
         let mut config = url.config()?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(timeout);
@@ -418,10 +534,13 @@ impl PgStore {
         if config.get_tcp_user_timeout().is_none() {
             config.tcp_user_timeout(timeout);
         }
+        // The kernel counts keepalive times in whole seconds (0 is
+        // refused: EINVAL on connect), so a sub-second bound keeps 1 s.
+        let keepalive = timeout.max(Duration::from_secs(1));
         config
             .keepalives(true)
-            .keepalives_idle(timeout)
-            .keepalives_interval(Duration::from_secs(1).min(timeout))
+            .keepalives_idle(keepalive)
+            .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3);
         // A statement the server runs too long (waiting on a lock, say) is
         // ended by the server itself, just before the caller gives up.
@@ -433,15 +552,16 @@ impl PgStore {
         }
         config.application_name("openclaw");
         let target = describe(&config);
-        let jobs = spawn_worker(config.clone(), target.clone())?;
+        let thread = spawn_worker(config.clone(), target.clone(), abandoned)?;
         let store = PgStore {
             config,
             target,
             timeout,
             worker: Mutex::new(Worker {
-                jobs,
+                thread: Some(thread),
                 generation: 0,
             }),
+            abandoned,
         };
         store.call(migrate)?;
         Ok(store)
@@ -460,8 +580,18 @@ impl PgStore {
         let given_up = Arc::new(AtomicBool::new(false));
         let skip = given_up.clone();
         let generation = {
-            let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
-            worker
+            let mut worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+            // The last thread was given up with none in its place: another,
+            // unless too many are stuck (then this call fails at once).
+            let thread = match &mut worker.thread {
+                Some(thread) => thread,
+                empty => empty.insert(spawn_worker(
+                    self.config.clone(),
+                    self.target.clone(),
+                    self.abandoned,
+                )?),
+            };
+            thread
                 .jobs
                 .send(Box::new(move |conn: &mut Connection| {
                     if !skip.load(Ordering::SeqCst) {
@@ -488,19 +618,21 @@ impl PgStore {
         }
     }
 
-    /// Replaces the stuck thread `generation` with a new one (a new
-    /// connection on its first call); the calls queued behind the stuck one
-    /// time out themselves and are then skipped.
+    /// Gives up the stuck thread `generation` and puts a new one in its
+    /// place (a new connection on its first call), unless too many are
+    /// stuck: then the next call tries again. The calls queued behind the
+    /// stuck one time out themselves and are then skipped.
     fn abandon(&self, generation: u64) {
         let mut worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
         if worker.generation != generation {
             return;
         }
-        match spawn_worker(self.config.clone(), self.target.clone()) {
-            Ok(jobs) => {
-                worker.jobs = jobs;
-                worker.generation += 1;
-            }
+        if let Some(stuck) = worker.thread.take() {
+            stuck.abandon(self.abandoned);
+        }
+        worker.generation += 1;
+        match spawn_worker(self.config.clone(), self.target.clone(), self.abandoned) {
+            Ok(thread) => worker.thread = Some(thread),
             Err(e) => tracing::error!("replacing a stuck database connection: {e}"),
         }
     }
@@ -966,6 +1098,62 @@ mod tests {
 
     fn url(text: &str) -> DatabaseUrl {
         DatabaseUrl::from_arg(text).expect("infallible")
+    }
+
+    /// Each open of the store against a hung server (a socket that accepts
+    /// connections, as the kernel's backlog does, and never answers) times
+    /// out, its connection thread left stuck in a read nobody answers. At
+    /// most `max` are kept: past that an open fails at once, saying why,
+    /// instead of starting another thread. Once the server is gone (the
+    /// stuck reads are reset), the threads end and opens connect again.
+    /// Its own count, so the tests beside it keep the process's cap.
+    #[test]
+    fn connections_stuck_on_a_hung_database_are_capped_and_further_calls_fail_at_once() {
+        static STUCK: Abandoned = Abandoned::new(3);
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = hung.local_addr().expect("addr").port();
+        let url = url(&format!("postgres://openclaw@127.0.0.1:{port}/hung"))
+            .with_timeout(Some(Duration::from_millis(300)));
+        let open_error = || match PgStore::open_capped(&url, &STUCK) {
+            Ok(_) => panic!("a server that never answers opened"),
+            Err(e) => e.to_string(),
+        };
+        let (mut timed_out, mut capped) = (0, Vec::new());
+        for _ in 0..9 {
+            let err = open_error();
+            if err.contains("did not answer within 300ms") {
+                timed_out += 1;
+            } else if err.contains("stuck on calls that did not answer in time") {
+                capped.push(err);
+            } else {
+                panic!("{err}");
+            }
+            assert!(STUCK.alive.load(Ordering::SeqCst) <= 3);
+        }
+        assert_eq!((timed_out, capped.len()), (3, 6));
+        assert!(
+            capped[0].contains("3 connections to the postgresql database hung")
+                && capped[0].contains("at most 3 are kept waiting")
+                && capped[0].contains("the database is hung or out of reach"),
+            "{}",
+            capped[0]
+        );
+        // The server goes away: the connections it held are reset and the
+        // stuck threads end; an open tries the network again (refused).
+        drop(hung);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while STUCK.alive.load(Ordering::SeqCst) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stuck threads never ended"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let err = open_error();
+        assert!(
+            err.contains("connecting to the postgresql database hung"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -26,6 +26,15 @@ pub enum QuotaDb {
 }
 
 impl QuotaDb {
+    /// A PostgreSQL store's calls bounded by `timeout` when given
+    /// (`--database-timeout`); a file is left as it is.
+    pub fn with_timeout(self, timeout: Option<std::time::Duration>) -> QuotaDb {
+        match self {
+            QuotaDb::Postgres(url) => QuotaDb::Postgres(url.with_timeout(timeout)),
+            file => file,
+        }
+    }
+
     /// For clap: a `postgres://` or `postgresql://` URL, else a path.
     pub fn from_arg(text: &str) -> Result<QuotaDb, std::convert::Infallible> {
         Ok(if DatabaseUrl::is_url(text) {

@@ -21,6 +21,15 @@ pub enum LedgerDb {
 }
 
 impl LedgerDb {
+    /// A PostgreSQL ledger's calls bounded by `timeout` when given
+    /// (`--database-timeout`); a file is left as it is.
+    pub fn with_timeout(self, timeout: Option<std::time::Duration>) -> LedgerDb {
+        match self {
+            LedgerDb::Postgres(url) => LedgerDb::Postgres(url.with_timeout(timeout)),
+            file => file,
+        }
+    }
+
     /// For clap: a `postgres://` or `postgresql://` URL, else a path.
     pub fn from_arg(text: &str) -> Result<LedgerDb, std::convert::Infallible> {
         Ok(if DatabaseUrl::is_url(text) {
