@@ -89,6 +89,41 @@ fn recovery_refuses_a_flooded_chain_without_reading_the_rest_of_the_file() {
     assert_eq!(session_json(&dir)["status"], "supervisor_died");
 }
 
+/// A dead session's valid chain followed by a 4 GiB unwritten (NUL) end,
+/// as a preallocated log leaves one, only longer: reopening it to close the
+/// chain reads the written lines and scans the rest, instead of reading the
+/// whole file into memory (which a 2 GiB address-space cap does not allow).
+#[test]
+fn a_chain_with_a_long_unwritten_end_is_closed_without_reading_it_into_memory() {
+    let home = home();
+    let id = "20261207-010000-a110c0";
+    let mut chain = chains::start_line(&receipt_key(), id, "acme");
+    chain.push(b'\n');
+    let dir = dead_session(home.path(), id, &chain);
+    let receipts = dir.join("receipts.jsonl");
+    chains::add_a_4gib_nul_tail(&receipts);
+    let out = capped(home.path(), &["recover"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!("✓ {id}: interrupted (supervisor died) at seq 0")),
+        "{said}"
+    );
+    assert_eq!(session_json(&dir)["status"], "supervisor_died");
+    // The NUL end is cut and the chain closed: it verifies.
+    assert!(std::fs::metadata(&receipts).expect("stat").len() < 1 << 20);
+    let verified = run(
+        home.path(),
+        &[
+            "verify",
+            dir.to_str().expect("utf8"),
+            "--key",
+            home.path().join("keys/receipt.pub").to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+}
+
 /// A session whose supervisor died has its end audited by the recovery
 /// that closes it, as a supervisor audits the end of the session it ran:
 /// a `session.end` line naming the status, the receipts and the chain's

@@ -71,6 +71,17 @@ pub fn unsigned_flood(key: &SigningKey, id: &str, tenant: &str, n: usize) -> Vec
 /// Extends the file at `path` by a 4 GiB hole (sparse: no disk) and one
 /// last byte: a reader that takes the whole file into memory cannot hold it
 /// under [`super::capped`]'s 2 GiB address space.
+/// Extends the chain file by a 4 GiB hole and nothing after it: the unwritten
+/// (NUL) end of a preallocated log, only much longer than the writer leaves.
+pub fn add_a_4gib_nul_tail(path: &Path) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open chain");
+    let len = file.metadata().expect("stat").len();
+    file.set_len(len + (4 << 30)).expect("extend with a hole");
+}
+
 pub fn add_a_4gib_hole(path: &Path) {
     let file = std::fs::OpenOptions::new()
         .append(true)

@@ -10,7 +10,7 @@ use ed25519_dalek::SigningKey;
 
 use super::file::PreallocatedFile;
 use super::{io_err, LogOptions, OpenLogError, ReceiptLog};
-use crate::verify::{written_part, LineVerifier};
+use crate::verify::LineVerifier;
 
 /// What reopening found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,24 +46,23 @@ impl ReceiptLog {
             .write(true)
             .open(path)
             .map_err(io_err(path))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io_err(path))?;
-        let written = written_part(&bytes);
+        let file_len = file.metadata().map_err(io_err(path))?.len();
+        let (written, data_after_gap) = read_written_part(&mut file).map_err(io_err(path))?;
         let complete = written
             .iter()
             .rposition(|&b| b == b'\n')
             .map_or(0, |i| i + 1);
         let (mut verifier, mut session, mut covered) =
-            verify_lines(path, &key, &bytes[..complete])?;
+            verify_lines(path, &key, &written[..complete])?;
         if covered < complete {
             // Lines after the last signed one: a group whose signed line
             // never reached the disk. Nothing in it was acknowledged (a
             // write ends with its groups' signed lines, and acknowledgement
             // follows its sync), and nothing vouches for its bytes: cut it.
-            (verifier, session, covered) = verify_lines(path, &key, &bytes[..covered])?;
+            (verifier, session, covered) = verify_lines(path, &key, &written[..covered])?;
         }
         let complete = covered;
-        let truncated_bytes = bytes[complete..].iter().filter(|&&b| b != 0).count() as u64;
+        let truncated_bytes = (written.len() - complete) as u64 + data_after_gap;
         let Some(session) = session else {
             return Err(OpenLogError::NoStart {
                 path: path.to_owned(),
@@ -77,14 +76,14 @@ impl ReceiptLog {
         if verifier.ended() {
             // A crash between session_end and the close that cuts the
             // zeroed tail leaves NULs after the end: only those are cut.
-            if truncated_bytes == 0 && complete < bytes.len() {
+            if truncated_bytes == 0 && (complete as u64) < file_len {
                 cut(&file)?;
             }
             return Err(OpenLogError::Ended {
                 path: path.to_owned(),
             });
         }
-        if complete < bytes.len() {
+        if (complete as u64) < file_len {
             cut(&file)?;
         }
         let receipts = verifier.lines() as u64;
@@ -98,6 +97,50 @@ impl ReceiptLog {
             },
         ))
     }
+}
+
+/// Reads the file up to its first NUL (the written part: no line holds one)
+/// and counts the bytes that are not NUL after it, without holding them: a
+/// preallocated end, or a hole a crash left, may be far longer than the
+/// lines (gigabytes), and only the lines are needed whole.
+fn read_written_part(file: &mut std::fs::File) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut written = Vec::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut after_gap: Option<u64> = None;
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let read = &chunk[..n];
+        match after_gap.as_mut() {
+            Some(count) => *count += non_nul(read),
+            None => match read.iter().position(|&b| b == 0) {
+                Some(gap) => {
+                    written.extend_from_slice(&read[..gap]);
+                    after_gap = Some(non_nul(&read[gap..]));
+                }
+                None => written.extend_from_slice(read),
+            },
+        }
+    }
+    Ok((written, after_gap.unwrap_or(0)))
+}
+
+/// How much of a file is read at a time past its lines.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Bytes that are not NUL; a run of NULs (the usual case) is told by
+/// comparison, not byte by byte.
+fn non_nul(bytes: &[u8]) -> u64 {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    bytes
+        .chunks(ZEROS.len())
+        .filter(|c| *c != &ZEROS[..c.len()])
+        .map(|c| c.iter().filter(|&&b| b != 0).count() as u64)
+        .sum()
 }
 
 /// Verifies the complete lines in `bytes`: the verifier after them, the
