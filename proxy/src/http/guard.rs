@@ -111,13 +111,22 @@ impl H1Scanner {
                             return Ok(());
                         }
                     }
-                    let start = self.line.len().saturating_sub(3);
-                    let room = self.max_head + 1 - self.line.len().min(self.max_head + 1);
+                    let before = self.line.len();
+                    let start = before.saturating_sub(3);
+                    let room = self.max_head + 1 - before.min(self.max_head + 1);
                     let take = data.len().min(room);
                     self.line.extend_from_slice(&data[..take]);
-                    match find_head_end(&self.line[start..]) {
+                    let end = find_head_end(&self.line[start..]).map(|e| start + e);
+                    // httparse (so hyper) also ends lines at a bare LF: a
+                    // head written with them would reach hyper while this
+                    // scanner, waiting for CRLF CRLF, fell out of step with
+                    // it and missed the heads behind it.
+                    let head_bytes = &self.line[..end.unwrap_or(self.line.len())];
+                    if has_bare_lf(head_bytes, before) {
+                        return Err(GuardTrip::Malformed("bare LF in a request head"));
+                    }
+                    match end {
                         Some(end) => {
-                            let end = start + end;
                             let consumed = end - (self.line.len() - take);
                             self.line.truncate(end);
                             let (state, upgrade) = check_head(&self.line)?;
@@ -207,6 +216,12 @@ impl H1Scanner {
             State::ChunkData(size)
         })
     }
+}
+
+/// Whether `head[from..]` holds an LF not preceded by CR (the byte before
+/// `from` counts as the preceding one).
+fn has_bare_lf(head: &[u8], from: usize) -> bool {
+    (from..head.len()).any(|i| head[i] == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -475,6 +490,26 @@ mod tests {
         ));
         let bad_chunk = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
         assert!(matches!(scan(bad_chunk), Err(GuardTrip::Malformed(_))));
+    }
+
+    /// httparse ends lines at a bare LF too; the scanner refuses them
+    /// rather than wait for a CRLF CRLF hyper does not need.
+    #[test]
+    fn bare_lf_in_a_head_trips() {
+        for head in [
+            &b"GET / HTTP/1.1\nHost: a\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\n",
+        ] {
+            let what = String::from_utf8_lossy(head);
+            assert!(matches!(scan(head), Err(GuardTrip::Malformed(_))), "{what}");
+            assert!(
+                matches!(scan_bytewise(head), Err(GuardTrip::Malformed(_))),
+                "{what}"
+            );
+        }
+        // Empty lines before a request line stay tolerated (hyper skips them).
+        assert_eq!(scan(b"\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
     }
 
     /// A refused upgrade or CONNECT leaves the connection HTTP/1.1 (hyper
