@@ -8,9 +8,12 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::{Env, HOST};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+const H1_ONLY: &[&[u8]] = &[b"http/1.1"];
 const BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Send raw bytes over TLS (SNI = HOST, ALPN http/1.1) and read until the
@@ -21,6 +24,103 @@ async fn raw_tls(env: &Env, bytes: &[u8]) -> String {
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An HTTP/2 client connection to the proxy whose TLS offer names both
+/// protocols (so upstream is offered both and may pick HTTP/1.1), with the
+/// proxy's answer asserted to be h2.
+async fn h2_client(
+    env: &Env,
+) -> hyper::client::conn::http2::SendRequest<test_support::ChannelBody> {
+    let cfg = test_support::client_config(env.proxy.ca_pem(), &[b"h2", b"http/1.1"]);
+    let tls = test_support::tls_connect(env.proxy.https_addr().unwrap(), HOST, cfg)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// A body of unknown length (no `content-length`), fed by `chunks`.
+fn streamed(chunks: &[&'static str]) -> test_support::ChannelBody {
+    let (tx, rx) = tokio::sync::mpsc::channel(chunks.len().max(1));
+    for c in chunks {
+        tx.try_send(Bytes::from_static(c.as_bytes())).unwrap();
+    }
+    test_support::ChannelBody(rx)
+}
+
+/// hyper's HTTP/1.1 client sends a GET or HEAD whose body length it does
+/// not know with no body at all (it assumes those methods have none), so a
+/// chunked GET from an HTTP/1.1 sandbox, or an HTTP/2 GET with DATA and no
+/// `content-length`, reached an HTTP/1.1 upstream bodiless while the gate
+/// had read (and could have decided on) the body. Now upstream gets the
+/// body the gate read, on a connection it is told to close after (a server
+/// that does not read GET bodies would take it for the next request), and
+/// a GET whose body turns out empty still goes without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_body_of_unknown_length_reaches_an_http11_upstream() {
+    let env = Env::start(H1_ONLY).await;
+    let reply = raw_tls(
+        &env,
+        format!(
+            "GET /echo HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains("hello"),
+        "the body never reached upstream: {reply}"
+    );
+    let seen = env.upstream.last_request().unwrap();
+    assert_eq!(seen.method, "GET");
+
+    let mut send = h2_client(&env).await;
+    let req = |body| {
+        http::Request::get(format!("https://{HOST}/echo"))
+            .body(body)
+            .unwrap()
+    };
+    let resp = send
+        .send_request(req(streamed(&["hel", "lo"])))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        &body[..],
+        b"hello",
+        "the HTTP/2 GET's body never reached upstream"
+    );
+    let seen = env.upstream.last_request().unwrap();
+    assert_eq!(seen.headers["connection"], "close");
+    // HEADERS without END_STREAM, then an empty DATA that ends the stream:
+    // a bodiless GET, and upstream gets it as one.
+    let resp = send.send_request(req(streamed(&[]))).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .is_empty());
+    let seen = env.upstream.last_request().unwrap();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    for name in ["transfer-encoding", "content-length", "connection"] {
+        assert!(!seen.headers.contains_key(name), "{:?}", seen.headers);
+    }
+    let exchanges = env.gate.exchanges_when(3).await;
+    let up: Vec<u64> = exchanges.iter().map(|e| e.bytes_up).collect();
+    assert_eq!(up, [5, 5, 0]);
 }
 
 /// httparse (under hyper) takes a bare LF as a line end; the guard looked

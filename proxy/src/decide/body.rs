@@ -108,6 +108,14 @@ impl RequestBody {
         Ok(())
     }
 
+    /// True while more of the body may come and its total length is not
+    /// known (no `Content-Length`: chunked, or HTTP/2 DATA without one).
+    pub(crate) fn length_unknown(&self) -> bool {
+        self.rest
+            .as_ref()
+            .is_some_and(|r| r.size_hint().exact().is_none())
+    }
+
     /// Length of the body to send, when it is known because it was replaced.
     pub(crate) fn replaced_len(&self) -> Option<usize> {
         self.replaced.then_some(self.buffered.len())

@@ -12,7 +12,10 @@ use std::{
 use capabilities::Host;
 use http::{header, uri::Scheme, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::client::conn::{http1, TrySendError};
+use hyper::{
+    body::Body,
+    client::conn::{http1, TrySendError},
+};
 use hyper_util::rt::TokioIo;
 
 use super::{
@@ -243,6 +246,26 @@ fn origin_form(uri: &Uri) -> Uri {
 fn to_h1(mut req: Request<ProxyBody>, host: &Host) -> Request<ProxyBody> {
     *req.version_mut() = Version::HTTP_11;
     *req.uri_mut() = origin_form(req.uri());
+    // `handle` has read the first frame of a GET or HEAD body of unknown
+    // length, so a bodiless one has ended by now and goes as it came.
+    let body = req.body();
+    if matches!(*req.method(), Method::GET | Method::HEAD) && !body.is_end_stream() {
+        let length_unknown = body.size_hint().exact().is_none();
+        let headers = req.headers_mut();
+        // hyper sends a GET or HEAD whose body length it does not know with
+        // no body at all (it assumes those have none), after the gate read
+        // one: chunked framing instead.
+        if length_unknown {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        // A server that does not read a GET's body (some do not) would take
+        // it for the next request on this connection: upstream closes it
+        // after this one.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if !req.headers().contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(host.as_str()) {
             req.headers_mut().insert(header::HOST, v);

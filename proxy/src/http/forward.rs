@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use capabilities::Host;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::{
     body::{Body, Incoming},
@@ -348,9 +348,18 @@ pub(crate) async fn handle(
     let GateRequest {
         host,
         mut head,
-        body,
+        mut body,
         ..
     } = greq;
+    // A GET or HEAD whose body length is unknown: whether it has a body at
+    // all decides how it goes to an HTTP/1.1 upstream (`to_h1`), so read
+    // its first frame now (clients that end the stream with an empty DATA
+    // frame send bodiless GETs this way).
+    let peeked = if matches!(head.method, Method::GET | Method::HEAD) && body.length_unknown() {
+        body.buffer_up_to(1).await
+    } else {
+        Ok(())
+    };
     if let Some(len) = body.replaced_len() {
         head.headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -359,6 +368,10 @@ pub(crate) async fn handle(
     if timed_out() {
         // The gate read the body and its deadline passed: nothing to send.
         return Ok(fail(&ctx, ProxyError::BodyTimeout, report));
+    }
+    if let Err(e) = peeked {
+        // The sandbox's body failed before any of it went upstream.
+        return Ok(fail(&ctx, e, report));
     }
     let upstream_req = Request::from_parts(head, body.into_upstream(bytes_up));
     match ctx.pool.send(&host, upstream_req).await {
