@@ -6,10 +6,17 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
-use common::{Env, HOST};
+use common::{Env, Recorder, HOST};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -152,4 +159,105 @@ async fn a_head_with_bare_lf_line_ends_is_refused() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(env.gate.refusal_reasons(), ["malformed-request"; 3]);
     assert_eq!(env.upstream.connections(), 0);
+}
+
+/// An HTTP/1.1 upstream that answers `200 ok` as soon as it has a request
+/// head, then reads the whole `Content-Length` body and counts it.
+async fn answers_before_the_body(ca: &test_support::TestCa) -> (SocketAddr, Arc<AtomicU64>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&[HOST], &[b"http/1.1"]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let r = received.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, r) = (acceptor.clone(), r.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let head_end = loop {
+                    if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&seen[..head_end]).to_ascii_lowercase();
+                let len: u64 = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if tls.write_all(ok).await.is_err() || tls.flush().await.is_err() {
+                    return;
+                }
+                let mut got = (seen.len() - head_end) as u64;
+                r.store(got, Ordering::SeqCst);
+                while got < len {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n as u64,
+                    }
+                    r.store(got, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// The exchange was reported when the response ended, with the request
+/// bytes sent so far: an upstream that answers before reading the body
+/// went on receiving the rest of it, which no exchange (and so no receipt)
+/// counted. The exchange is now reported once the request body has ended
+/// too, with every byte that went up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_after_upstream_answered_are_in_the_exchange() {
+    const TOTAL: usize = 200_000;
+    const FIRST: usize = 1000;
+    let ca = test_support::TestCa::new("early upstream");
+    let (addr, received) = answers_before_the_body(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pem = ca.write_pem(dir.path());
+    let env = Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
+        cfg.upstream.extra_ca_files = vec![pem];
+        cfg.upstream.overrides.insert(HOST.into(), addr);
+    })
+    .await;
+    let mut tls = env.tls(b"http/1.1").await;
+    let head = format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {TOTAL}\r\n\r\n");
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&[b'a'; FIRST]).await.unwrap();
+    // The whole response, before the rest of the body is sent.
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.ends_with(b"\r\n\r\nok") {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    assert!(reply.starts_with(b"HTTP/1.1 200"));
+    tls.write_all(&vec![b'b'; TOTAL - FIRST]).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut waited = Duration::ZERO;
+    while received.load(Ordering::SeqCst) < TOTAL as u64 {
+        assert!(
+            waited < Duration::from_secs(30),
+            "upstream never got the whole body"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    let exchanges = env.gate.exchanges_when(1).await;
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(exchanges[0].status, Some(http::StatusCode::OK));
+    assert_eq!(
+        exchanges[0].bytes_up, TOTAL as u64,
+        "the exchange must count every byte upstream received"
+    );
 }

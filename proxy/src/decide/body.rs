@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::{
-    http::{BoxError, ProxyBody},
+    http::{metered::Upload, BoxError, ProxyBody},
     ProxyError,
 };
 
@@ -121,13 +121,24 @@ impl RequestBody {
         self.replaced.then_some(self.buffered.len())
     }
 
-    /// The body to send upstream: buffered prefix, then the rest streaming.
-    pub(crate) fn into_upstream(self, counter: Arc<AtomicU64>) -> ProxyBody {
+    /// True when there is a body to send (some of it read, or more to come).
+    pub(crate) fn has_content(&self) -> bool {
+        !self.buffered.is_empty() || self.rest.is_some()
+    }
+
+    /// The body to send upstream: buffered prefix, then the rest streaming;
+    /// `upload` is told when it has ended, failed or was dropped.
+    pub(crate) fn into_upstream(
+        self,
+        counter: Arc<AtomicU64>,
+        upload: Option<Arc<Upload>>,
+    ) -> ProxyBody {
         let prefix = (!self.buffered.is_empty()).then(|| self.buffered.freeze());
         Prefixed {
             prefix,
             rest: self.rest,
             counter,
+            upload,
         }
         .boxed_unsync()
     }
@@ -137,6 +148,21 @@ struct Prefixed {
     prefix: Option<Bytes>,
     rest: Option<ProxyBody>,
     counter: Arc<AtomicU64>,
+    upload: Option<Arc<Upload>>,
+}
+
+impl Prefixed {
+    fn ended(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            upload.end();
+        }
+    }
+}
+
+impl Drop for Prefixed {
+    fn drop(&mut self) {
+        self.ended();
+    }
 }
 
 impl Body for Prefixed {
@@ -164,10 +190,14 @@ impl Body for Prefixed {
                     // Trailers (the last frame): dropped, see `RequestBody`.
                     this.rest = None;
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended();
+                    return Poll::Ready(Some(Err(e)));
+                }
                 Poll::Ready(None) => this.rest = None,
             }
         }
+        this.ended();
         Poll::Ready(None)
     }
 
@@ -227,7 +257,7 @@ mod tests {
         assert!(body.replace(Bytes::from_static(b"x")).is_err());
         let counter = Arc::new(AtomicU64::new(0));
         let all = body
-            .into_upstream(counter.clone())
+            .into_upstream(counter.clone(), None)
             .collect()
             .await
             .expect("collect")
@@ -248,7 +278,7 @@ mod tests {
             .expect("replace");
         assert_eq!(body.replaced_len(), Some(16));
         let out = body
-            .into_upstream(Arc::new(AtomicU64::new(0)))
+            .into_upstream(Arc::new(AtomicU64::new(0)), None)
             .collect()
             .await
             .expect("collect")

@@ -27,7 +27,7 @@ use super::{
     client::ConnUpstream,
     deadline::BodyDeadline,
     fold_transfer_codings,
-    metered::{Metered, Report},
+    metered::{Metered, Report, Upload},
     pool::Lease,
     shaped_response, strip_hop_by_hop,
     websocket::{self, Asks, MessageMask},
@@ -310,7 +310,7 @@ pub(crate) async fn handle(
     let verdict = ctx.shared.gate.request(&mut greq, &ctx.info).await;
     let request = summary(&greq);
     let bytes_up = Arc::new(AtomicU64::new(0));
-    let report = Report::new(
+    let mut report = Report::new(
         ctx.shared.gate.clone(),
         ctx.info.clone(),
         request.clone(),
@@ -334,7 +334,6 @@ pub(crate) async fn handle(
         let mut body = greq.body;
         let _ = tokio::time::timeout(DRAIN_TIME, body.buffer_up_to(DRAIN_BYTES)).await;
         drop(body);
-        let mut report = report;
         report.status = Some(status);
         report.send(0, ExchangeOutcome::Refused);
         if websocket {
@@ -373,7 +372,12 @@ pub(crate) async fn handle(
         // The sandbox's body failed before any of it went upstream.
         return Ok(fail(&ctx, e, report));
     }
-    let upstream_req = Request::from_parts(head, body.into_upstream(bytes_up));
+    // Reported once the body has ended too: upstream may answer first.
+    let upload = body.has_content().then(|| Arc::new(Upload::default()));
+    if let Some(upload) = &upload {
+        report.after_upload(upload.clone());
+    }
+    let upstream_req = Request::from_parts(head, body.into_upstream(bytes_up, upload));
     match ctx.pool.send(&host, upstream_req).await {
         Ok((resp, lease)) => Ok(respond(&ctx, resp, report, false, lease)),
         Err(e) => {
@@ -528,7 +532,7 @@ async fn tunnel(
             head.headers.insert(header::HOST, v);
         }
     }
-    let req = Request::from_parts(head, body.into_upstream(report.bytes_up.clone()));
+    let req = Request::from_parts(head, body.into_upstream(report.bytes_up.clone(), None));
     let mut resp = match send.send_request(req).await {
         Ok(r) => r,
         Err(e) => return fail(ctx, e.into(), report),

@@ -7,7 +7,7 @@ use std::{
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     task::{Context, Poll},
     time::Instant,
@@ -35,6 +35,46 @@ pub(crate) struct Report {
     pub bytes_up: Arc<AtomicU64>,
     pub started: Instant,
     sent: bool,
+    /// The request body going upstream, if any: the report waits for its end.
+    upload: Option<Arc<Upload>>,
+}
+
+/// A request body on its way upstream. Upstream may answer before it has
+/// read all of it and go on reading after its response has ended; an
+/// exchange reported at the response's end would leave the rest of the
+/// body (its bytes, that it went up at all) out of the receipt. So the
+/// report of an exchange whose body is still going is parked here and sent
+/// when the body ends, fails or is dropped, with every byte that went up.
+#[derive(Default)]
+pub(crate) struct Upload(Mutex<UploadState>);
+
+#[derive(Default)]
+struct UploadState {
+    ended: bool,
+    parked: Option<(Report, u64, ExchangeOutcome)>,
+}
+
+impl Upload {
+    /// The body has ended (or failed, or was dropped): send a parked report.
+    pub(crate) fn end(&self) {
+        let parked = {
+            let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            state.ended = true;
+            state.parked.take()
+        };
+        if let Some((mut report, bytes_down, outcome)) = parked {
+            report.emit(bytes_down, outcome);
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let state = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some((mut report, bytes_down, outcome)) = state.parked.take() {
+            report.emit(bytes_down, outcome);
+        }
+    }
 }
 
 impl Report {
@@ -53,10 +93,23 @@ impl Report {
             bytes_up,
             started,
             sent: false,
+            upload: None,
         }
     }
 
+    /// Report only once `upload` (this exchange's request body) has ended.
+    pub(crate) fn after_upload(&mut self, upload: Arc<Upload>) {
+        self.upload = Some(upload);
+    }
+
     pub(crate) fn send(mut self, bytes_down: u64, outcome: ExchangeOutcome) {
+        if let Some(upload) = self.upload.take() {
+            let mut state = upload.0.lock().unwrap_or_else(|p| p.into_inner());
+            if !state.ended {
+                state.parked = Some((self, bytes_down, outcome));
+                return;
+            }
+        }
         self.emit(bytes_down, outcome);
     }
 
