@@ -261,3 +261,34 @@ async fn bytes_sent_after_upstream_answered_are_in_the_exchange() {
         "the exchange must count every byte upstream received"
     );
 }
+
+/// HTTP/2 clients split `Cookie` into one field per cookie; hyper's
+/// HTTP/1.1 client wrote them as several `Cookie` lines, which HTTP/1.1
+/// servers read in different ways (the first only, or joined with a
+/// comma: one cookie whose value runs on). RFC 9113 §8.2.3 has them joined
+/// with "; " before an HTTP/1.1 hop; the proxy joins them before the gate,
+/// so the gate reads the one field upstream gets (several `Cookie` lines
+/// from an HTTP/1.1 sandbox likewise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_cookie_fields_reach_upstream_as_one() {
+    let env = Env::start(H1_ONLY).await;
+    let mut send = h2_client(&env).await;
+    let req = http::Request::get(format!("https://{HOST}/hello"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(streamed(&[]))
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    let seen = env.upstream.last_request().unwrap();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+
+    raw_tls(
+        &env,
+        format!("GET /hello HTTP/1.1\r\nHost: {HOST}\r\nCookie: c=3\r\nCookie: d=4\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let seen = env.upstream.last_request().unwrap();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["c=3; d=4"]);
+}

@@ -26,7 +26,7 @@ use super::{
     blocked_response,
     client::ConnUpstream,
     deadline::BodyDeadline,
-    fold_transfer_codings,
+    fold_transfer_codings, join_cookies,
     metered::{Metered, Report, Upload},
     pool::Lease,
     shaped_response, strip_hop_by_hop,
@@ -290,6 +290,7 @@ pub(crate) async fn handle(
         BodyDeadline::new(body, limits.body_timeout, limits.body_min_rate, flag).boxed_unsync()
     };
     strip_hop_by_hop(&mut head.headers, asks == Asks::WebSocket);
+    join_cookies(&mut head.headers);
     if asks == Asks::H2WebSocket {
         websocket::h2_to_upgrade(&mut head);
     }

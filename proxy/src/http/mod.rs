@@ -65,6 +65,35 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Several `Cookie` fields joined into one, with "; " (RFC 9113 §8.2.3):
+/// HTTP/2 clients send one field per cookie, and HTTP/1.1 servers given
+/// several `Cookie` lines read the first, the last, or all of them joined
+/// with a comma (one cookie whose value runs on). Joined before the gate,
+/// so the gate reads the one field upstream gets.
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    let mut sensitive = false;
+    for v in headers.get_all(header::COOKIE) {
+        sensitive |= v.is_sensitive();
+        if v.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Valid values joined by "; " make a valid value.
+    if let Ok(mut v) = HeaderValue::from_bytes(&joined) {
+        v.set_sensitive(sensitive);
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// The codings a coding-list header (`Content-Encoding`, `Transfer-Encoding`)
 /// names, over all its lines, trimmed and lowercased, empty items dropped:
 /// the one reading the proxy and the gate share.
@@ -201,6 +230,21 @@ mod tests {
             ws.get(header::CONNECTION).map(|v| v.as_bytes()),
             Some(&b"upgrade"[..])
         );
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_in_order() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static(""));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        let mut one = HeaderMap::new();
+        one.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1");
     }
 
     #[test]
