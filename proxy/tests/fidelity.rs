@@ -292,3 +292,20 @@ async fn split_cookie_fields_reach_upstream_as_one() {
     let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
     assert_eq!(cookies, ["c=3; d=4"]);
 }
+
+/// A `Content-Length` with leading zeros went upstream as written: a
+/// server that reads such a number as octal (C's `strtol` with base 0)
+/// would frame the body differently from the proxy. It goes upstream as
+/// the number the proxy read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_padded_content_length_goes_upstream_as_the_number_read() {
+    let env = Env::start(H1_ONLY).await;
+    let reply = raw_tls(
+        &env,
+        format!("POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 0010\r\nConnection: close\r\n\r\n0123456789").as_bytes(),
+    )
+    .await;
+    assert!(reply.contains("0123456789"), "{reply}");
+    let seen = env.upstream.last_request().unwrap();
+    assert_eq!(seen.headers["content-length"], "10");
+}

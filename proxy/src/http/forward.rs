@@ -23,7 +23,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 
 use super::{
-    blocked_response,
+    blocked_response, canonical_content_length,
     client::ConnUpstream,
     deadline::BodyDeadline,
     fold_transfer_codings, join_cookies,
@@ -291,6 +291,7 @@ pub(crate) async fn handle(
     };
     strip_hop_by_hop(&mut head.headers, asks == Asks::WebSocket);
     join_cookies(&mut head.headers);
+    canonical_content_length(&mut head.headers);
     if asks == Asks::H2WebSocket {
         websocket::h2_to_upgrade(&mut head);
     }

@@ -94,6 +94,25 @@ pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// A `Content-Length` written with leading zeros, rewritten as the number
+/// it was read as: a server that reads `010` as octal (C's `strtol` with
+/// base 0) would frame the body differently. The value has been checked to
+/// be digits (the HTTP/1.1 guard, the HTTP/2 watch, hyper) before this.
+pub(crate) fn canonical_content_length(headers: &mut HeaderMap) {
+    let Some(v) = headers.get(header::CONTENT_LENGTH) else {
+        return;
+    };
+    if v.len() < 2 || v.as_bytes()[0] != b'0' {
+        return;
+    }
+    let read = std::str::from_utf8(v.as_bytes())
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    if let Some(n) = read {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+}
+
 /// The codings a coding-list header (`Content-Encoding`, `Transfer-Encoding`)
 /// names, over all its lines, trimmed and lowercased, empty items dropped:
 /// the one reading the proxy and the gate share.
@@ -245,6 +264,16 @@ mod tests {
         one.append(header::COOKIE, HeaderValue::from_static("a=1"));
         join_cookies(&mut one);
         assert_eq!(one[header::COOKIE], "a=1");
+    }
+
+    #[test]
+    fn a_padded_content_length_is_written_as_its_number() {
+        for (sent, want) in [("0010", "10"), ("00", "0"), ("0", "0"), ("10", "10")] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static(sent));
+            canonical_content_length(&mut h);
+            assert_eq!(h[header::CONTENT_LENGTH], want, "{sent}");
+        }
     }
 
     #[test]
