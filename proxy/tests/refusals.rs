@@ -423,3 +423,30 @@ async fn headers_that_reroute_the_request_upstream_are_refused() {
         .await;
     assert!(stdout(&out).contains(" 200"), "{}", stdout(&out));
 }
+
+/// Servers that hand headers on as CGI variables (PHP under Apache or
+/// FastCGI, WSGI servers) read `_` in a name as `-`: `X_Forwarded_Host`
+/// reroutes there as `X-Forwarded-Host` does, and was forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_headers_in_cgi_spelling_are_refused_too() {
+    let env = Env::start(BOTH).await;
+    let mut want = Vec::new();
+    for proto in ["--http1.1", "--http2"] {
+        for h in [
+            "X_Forwarded_Host: other.example.com",
+            "X-Original_URL: /admin",
+        ] {
+            let out = env.curl("/hello", &[proto, "-H", h, "-i"]).await;
+            let text = stdout(&out).to_ascii_lowercase();
+            assert!(text.contains(" 403"), "{proto} {h}: {text}");
+            assert!(
+                text.contains("x-openclaw-blocked: routing-override"),
+                "{proto} {h}: {text}"
+            );
+            want.push("routing-override");
+        }
+    }
+    settle().await;
+    assert_eq!(env.gate.refusal_reasons(), want);
+    assert_eq!(env.upstream.connections(), 0);
+}

@@ -156,11 +156,35 @@ const ROUTING_OVERRIDES: [&str; 6] = [
     "forwarded",
 ];
 
-/// The first routing-override header the request carries, if any.
+/// The first routing-override header the request carries, if any, also
+/// in CGI spelling: servers that hand headers on as CGI variables (PHP
+/// under Apache or FastCGI, WSGI servers) read `X_Forwarded_Host` as
+/// `X-Forwarded-Host` (both are `HTTP_X_FORWARDED_HOST`).
 fn routing_override<B>(req: &Request<B>) -> Option<&'static str> {
-    ROUTING_OVERRIDES
+    let headers = req.headers();
+    if let Some(name) = ROUTING_OVERRIDES
         .into_iter()
-        .find(|name| req.headers().contains_key(*name))
+        .find(|name| headers.contains_key(*name))
+    {
+        return Some(name);
+    }
+    headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .find_map(|k| {
+            ROUTING_OVERRIDES
+                .into_iter()
+                .find(|name| cgi_spelling_of(k.as_str(), name))
+        })
+}
+
+/// Whether a (lower-case) header name is `want` with some `-` written `_`.
+fn cgi_spelling_of(name: &str, want: &str) -> bool {
+    name.len() == want.len()
+        && name
+            .bytes()
+            .zip(want.bytes())
+            .all(|(n, w)| n == w || (n == b'_' && w == b'-'))
 }
 
 /// A request's host (its port already split off) as a [`Host`].
