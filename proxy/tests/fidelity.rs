@@ -309,3 +309,33 @@ async fn a_padded_content_length_goes_upstream_as_the_number_read() {
     let seen = env.upstream.last_request().unwrap();
     assert_eq!(seen.headers["content-length"], "10");
 }
+
+/// A WebSocket upgrade with a body went upstream with it: the gate and the
+/// proxy read those bytes as the request's body, a server that reads the
+/// handshake head itself as the first WebSocket frames. Refused now, before
+/// the gate, as other upgrades the proxy does not carry are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_with_a_body_is_refused() {
+    let env = Env::start(H1_ONLY).await;
+    let mut tls = env.tls(b"http/1.1").await;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 6\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    // The bytes of a WebSocket frame: a body to the proxy, a frame to some servers.
+    tls.write_all(b"\x81\x04ping").await.unwrap();
+    // Whatever comes within a while: a carried upgrade never closes.
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 403 "), "{reply}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("\r\nx-openclaw-blocked: upgrade-refused\r\n"),
+        "{reply}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(env.gate.refusal_reasons(), ["upgrade-refused"]);
+    assert_eq!(env.upstream.connections(), 0);
+}

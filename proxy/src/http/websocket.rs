@@ -84,8 +84,24 @@ pub(crate) fn asks<B>(req: &Request<B>) -> Result<Asks, ProxyError> {
     if req.method() != Method::GET {
         return refuse("a WebSocket upgrade that is not a GET");
     }
+    // A server that reads the handshake head itself takes whatever follows
+    // it as WebSocket frames, while the gate (and the proxy, forwarding it)
+    // read those bytes as the request's body.
+    if announces_body(req.headers()) {
+        return refuse("a WebSocket upgrade with a body");
+    }
     websocket_headers(req.headers(), true)?;
     Ok(Asks::WebSocket)
+}
+
+/// Whether a request's head announces a body: a `Transfer-Encoding`, or a
+/// `Content-Length` other than zero.
+fn announces_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|b| *b != b'0'))
 }
 
 /// The WebSocket handshake headers a request must carry (RFC 6455 §4.1,
@@ -876,6 +892,12 @@ mod tests {
         assert_eq!(ws(&|b| b).expect("websocket"), Asks::WebSocket);
         assert!(ws(&|b| b.method("POST")).is_err());
         assert!(ws(&|b| b.header("upgrade", "h2c")).is_err());
+        assert!(ws(&|b| b.header("content-length", "5")).is_err());
+        assert!(ws(&|b| b.header("transfer-encoding", "chunked")).is_err());
+        assert_eq!(
+            ws(&|b| b.header("content-length", "0")).expect("no body"),
+            Asks::WebSocket
+        );
         let h2c = Request::builder()
             .header("connection", "upgrade")
             .header("upgrade", "h2c")
