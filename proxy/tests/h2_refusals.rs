@@ -348,6 +348,8 @@ async fn requests_h2_finds_malformed_end_the_connection_with_one_event() {
         ("pseudo after regular", pseudo_after),
         ("repeated pseudo", get("/hello", &[(":path", "/again")])),
         ("status in request", get("/hello", &[(":status", "200")])),
+        ("leading space", get("/hello", &[("x-a", " 1")])),
+        ("trailing tab", get("/hello", &[("x-a", "1\t")])),
     ];
     for (what, b) in &cases {
         let f = frame(HEADERS, END_HEADERS | END_STREAM, 1, b);

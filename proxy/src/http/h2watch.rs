@@ -466,6 +466,15 @@ impl Check {
             self.stop = Some(H2Trip::Malformed("control character in a header value"));
             return;
         }
+        // RFC 9113 §8.2.1: malformed. An HTTP/1.1 upstream strips that
+        // whitespace when it parses the field the proxy writes; the gate
+        // would have read the value with it.
+        if matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t'))
+        {
+            self.malformed
+                .get_or_insert("whitespace at the start or end of a header value");
+            return;
+        }
         match name {
             b"connection" | b"transfer-encoding" | b"upgrade" | b"keep-alive"
             | b"proxy-connection" => {
