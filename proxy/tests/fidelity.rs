@@ -339,3 +339,41 @@ async fn a_websocket_upgrade_with_a_body_is_refused() {
     assert_eq!(env.gate.refusal_reasons(), ["upgrade-refused"]);
     assert_eq!(env.upstream.connections(), 0);
 }
+
+/// The proxy reaches upstream on its listener's port (443 here, 80 for
+/// plain HTTP) whatever the request says, and the receipt names the host
+/// alone; a Host or target naming another port went upstream as written,
+/// to a server or front end that may route by it to another site than the
+/// one decided. Refused now (the listener's own port still passes:
+/// `a_host_header_that_says_more_than_the_checked_host_is_refused`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_another_port_is_refused() {
+    let env = Env::start(BOTH).await;
+    for head in [
+        format!("GET /hello HTTP/1.1\r\nHost: {HOST}:8443\r\nConnection: close\r\n\r\n"),
+        format!(
+            "GET https://{HOST}:8443/hello HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+        ),
+    ] {
+        let reply = raw_tls(&env, head.as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1 400 "), "{head:?}: {reply}");
+        assert!(
+            reply
+                .to_ascii_lowercase()
+                .contains("\r\nx-openclaw-blocked: malformed-request\r\n"),
+            "{reply}"
+        );
+    }
+    let mut send = h2_client(&env).await;
+    let req = http::Request::get(format!("https://{HOST}:8443/hello"))
+        .body(streamed(&[]))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-openclaw-blocked"], "malformed-request");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(env.gate.refusal_reasons(), ["malformed-request"; 3]);
+    let detail = env.gate.refusals.lock().unwrap()[0].detail.clone();
+    assert!(detail.contains("8443"), "{detail}");
+    assert_eq!(env.upstream.connections(), 0);
+}

@@ -64,10 +64,12 @@ async fn proxy_listens_inside_the_session_namespace() {
             "--cacert",
         ])
         .arg(&env.session_ca)
+        // The request names no port: the proxy refuses one other than 443,
+        // the port it reaches upstream on.
         .args([
-            "--resolve",
-            "api.example.com:8443:127.0.0.1",
-            "https://api.example.com:8443/hello",
+            "--connect-to",
+            "api.example.com:443:127.0.0.1:8443",
+            "https://api.example.com/hello",
         ])
         .output()
         .await

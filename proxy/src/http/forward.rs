@@ -187,6 +187,33 @@ fn cgi_spelling_of(name: &str, want: &str) -> bool {
             .all(|(n, w)| n == w || (n == b'_' && w == b'-'))
 }
 
+/// The port upstream is reached on from a listener (the override table,
+/// for tests and the offline demo, names whole addresses).
+fn default_port(l: Listener) -> u16 {
+    match l {
+        Listener::Https => 443,
+        Listener::Http => 80,
+    }
+}
+
+/// A port the request names, in its target's authority or its Host, other
+/// than `port`: upstream is reached on `port` whatever the request says, and
+/// the receipt names the host alone, while a server or front end that routes
+/// by the Host's port would take the request for another site.
+fn other_port<B>(req: &Request<B>, port: u16) -> Option<u16> {
+    let from_host = req
+        .headers()
+        .get(header::HOST)
+        .filter(|v| v.as_bytes().contains(&b':'))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<http::uri::Authority>().ok())
+        .and_then(|a| a.port_u16());
+    [req.uri().port_u16(), from_host]
+        .into_iter()
+        .flatten()
+        .find(|p| *p != port)
+}
+
 /// A request's host (its port already split off) as a [`Host`].
 fn read_host(text: &str) -> Result<Host, ProxyError> {
     Host::parse(text)
@@ -276,6 +303,15 @@ pub(crate) async fn handle(
             drain(req.into_body()).await;
             return Ok(resp);
         }
+    }
+    let upstream_port = default_port(ctx.info.listener);
+    if let Some(port) = other_port(&req, upstream_port) {
+        let e = ProxyError::Malformed(format!(
+            "the request names port {port}; it can only go upstream on port {upstream_port}"
+        ));
+        let resp = ctx.refuse(&e, Some(early_summary()));
+        drain(req.into_body()).await;
+        return Ok(resp);
     }
     // HTTP/1.1 shapes are caught by the guard before hyper; this covers HTTP/2.
     if req.headers().get_all(header::CONTENT_LENGTH).iter().count() > 1 {
