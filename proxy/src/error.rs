@@ -56,6 +56,8 @@ pub enum ProxyError {
     UpgradeRefused(&'static str),
     #[error("upstream switched protocols for a request that did not ask to")]
     UnaskedUpgrade,
+    #[error("upstream answered a WebSocket upgrade by switching to another protocol")]
+    NotWebSocket,
     #[error("request body not received in time")]
     BodyTimeout,
     #[error("too many connections for this session")]
@@ -119,7 +121,7 @@ impl ProxyError {
             E::Resolve { .. } => (StatusCode::BAD_GATEWAY, "upstream-unresolvable", false),
             E::UpstreamConnect { .. } => (StatusCode::BAD_GATEWAY, "upstream-unreachable", false),
             E::UpstreamTls { .. } => (StatusCode::BAD_GATEWAY, "upstream-tls", false),
-            E::UpstreamHttp(_) | E::UpstreamH2(_) | E::UnaskedUpgrade => {
+            E::UpstreamHttp(_) | E::UpstreamH2(_) | E::UnaskedUpgrade | E::NotWebSocket => {
                 (StatusCode::BAD_GATEWAY, "upstream-protocol", false)
             }
             E::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", false),

@@ -377,3 +377,75 @@ async fn a_request_naming_another_port_is_refused() {
     assert!(detail.contains("8443"), "{detail}");
     assert_eq!(env.upstream.connections(), 0);
 }
+
+/// An HTTP/1.1 upstream that answers every request head with `101` to
+/// `protocol`, then echoes what it receives.
+async fn switches_to(ca: &test_support::TestCa, protocol: &'static str) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&[HOST], &[b"http/1.1"]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+                );
+                if tls.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket upgrade that upstream answered `101` to another protocol was
+/// spliced as the WebSocket the gate decided and the receipt names: the
+/// tunnel then carried a protocol nobody checked. It is refused (502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_to_another_protocol_than_websocket_is_refused() {
+    let ca = test_support::TestCa::new("switching upstream");
+    let addr = switches_to(&ca, "h2c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pem = ca.write_pem(dir.path());
+    let env = Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
+        cfg.upstream.extra_ca_files = vec![pem];
+        cfg.upstream.overrides.insert(HOST.into(), addr);
+    })
+    .await;
+    let mut tls = env.tls(b"http/1.1").await;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 502 "), "{reply}");
+    let lower = reply.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\nx-openclaw-blocked: upstream-protocol\r\n"),
+        "{reply}"
+    );
+    // Closed after: the sandbox may already be speaking what it asked for.
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{reply}");
+    let exchanges = env.gate.exchanges_when(1).await;
+    assert_eq!(exchanges[0].status, Some(http::StatusCode::BAD_GATEWAY));
+}

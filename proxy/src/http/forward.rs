@@ -604,6 +604,14 @@ async fn tunnel(
         // answer (the guard goes on parsing it meanwhile).
         return respond(ctx, resp, report, !h2, None);
     }
+    // The tunnel is the WebSocket the gate decided and the receipt names
+    // only if upstream switched to that: anything else is a protocol
+    // nobody checked. Dropping `resp` closes that upstream connection.
+    if !websocket::switched_to_websocket(resp.headers()) {
+        let mut refused = fail(ctx, ProxyError::NotWebSocket, report);
+        ctx.close_after(&mut refused);
+        return refused;
+    }
     let up = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, true);

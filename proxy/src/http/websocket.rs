@@ -104,6 +104,20 @@ fn announces_body(headers: &HeaderMap) -> bool {
             .any(|v| v.as_bytes().iter().any(|b| *b != b'0'))
 }
 
+/// Whether a `101`'s head switches to a WebSocket: exactly one `Upgrade`,
+/// naming `websocket` (RFC 6455 §4.1, the client's check).
+pub(crate) fn switched_to_websocket(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    values
+        .next()
+        .filter(|_| values.next().is_none())
+        .is_some_and(|v| {
+            v.as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(WEBSOCKET.as_bytes())
+        })
+}
+
 /// The WebSocket handshake headers a request must carry (RFC 6455 §4.1,
 /// RFC 8441 §5: no key over HTTP/2).
 fn websocket_headers(headers: &HeaderMap, key: bool) -> Result<(), ProxyError> {
