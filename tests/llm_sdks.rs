@@ -252,6 +252,44 @@ print('SDK-USAGE', r.usage.prompt_tokens, r.usage.completion_tokens, flush=True)
     check_metered(&ran, 1, &chat_tokens(), CHAT_COST);
 }
 
+/// A coding agent's prompt of 300 KiB, past the catalog's 64 KiB
+/// `max_body_bytes`: the call to an LLM endpoint is read whole (up to
+/// `max_llm_body_bytes`), so under the budget it is metered, not refused
+/// as of unknown cost.
+#[test]
+#[cfg_attr(
+    not(openclaw_has_sdk_clients),
+    ignore = "needs scripts/bootstrap's SDK venv and node (test_requirements::Requirement::SdkClients)"
+)]
+fn the_openai_python_sdk_with_a_300_kib_prompt_is_metered() {
+    require(
+        &[Requirement::SdkClients],
+        "llm_sdks::the_openai_python_sdk_with_a_300_kib_prompt_is_metered",
+    );
+    let script = format!(
+        "{OPENAI_PRELUDE}
+messages = [{{'role': 'user', 'content': 'word ' * (60 * 1024)}}]
+r = client.chat.completions.create(model='gpt-4o-mini', messages=messages, max_tokens=50)
+print('SDK-TEXT', r.choices[0].message.content, flush=True)
+"
+    );
+    let ran = session(&OPENAI, &[&python(), "-c", &script]);
+    assert!(
+        ran.all.contains(&format!("SDK-TEXT {REPLY_TEXT}")),
+        "{}",
+        ran.all
+    );
+    check_key(&ran, &OPENAI, "ocs_openai_key_");
+    check_metered(&ran, 1, &chat_tokens(), CHAT_COST);
+    // The decision read the whole body: its digest is recorded.
+    let allowed: Vec<Value> = support::receipts(&ran.bundle)
+        .into_iter()
+        .filter(|r| r["kind"] == "decision" && r["decision"]["decision"] == "allow")
+        .collect();
+    assert_eq!(allowed.len(), 1, "{allowed:#?}");
+    assert!(allowed[0]["body_sha256"].is_string(), "{}", allowed[0]);
+}
+
 #[test]
 #[cfg_attr(
     not(openclaw_has_sdk_clients),

@@ -12,10 +12,11 @@ use std::time::{Duration, SystemTime};
 use capabilities::{Action, ActionType, Capability, Host};
 use proxy::{GateRequest, RequestBody};
 use serde::Serialize;
+use tokio::sync::SemaphorePermit;
 
 use crate::catalog::{Catalog, RequestView, Rule};
 use crate::credentials::{Findings, Placement, SessionCredentials, Substituted};
-use crate::metering::{Metering, Plan};
+use crate::metering::{Metering, Plan, LARGE_BODY_READS_PER_SESSION};
 
 /// How long the gate waits for the body bytes it needs before deciding; a
 /// sandbox that sends headers and then stalls gets a refusal, not a held task.
@@ -125,10 +126,18 @@ impl Stages<'_> {
         };
 
         // Read the body up to the cap: classification and the credential
-        // scan need it. The rest (if any) streams unread behind it.
-        if let Err(why) = self.read_body(&mut req.body).await {
-            return Err(unclassified(why, None));
-        }
+        // scan need it. The rest (if any) streams unread behind it. A large
+        // LLM body holds its read permit until the stages are done with it.
+        let head = RequestView {
+            method: &method,
+            host: &host,
+            path_and_query: &pq,
+            headers: &req.head.headers,
+        };
+        let _large_body_read = match self.read_body(&head, &mut req.body).await {
+            Ok(permit) => permit,
+            Err(why) => return Err(unclassified(why, None)),
+        };
         let complete = req.body.is_complete();
         let mut body_sha256 = complete
             .then(|| {
@@ -137,12 +146,7 @@ impl Stages<'_> {
             .flatten();
 
         // Classify.
-        let view = RequestView {
-            method: &method,
-            host: &host,
-            path_and_query: &pq,
-            headers: &req.head.headers,
-        };
+        let view = head;
         let matched = self.catalog.match_request(&view);
         let mut action = match matched.classify(&view, Some(req.body.buffered()), complete) {
             Ok(a) => a,
@@ -237,21 +241,75 @@ impl Stages<'_> {
     }
 
     /// Buffers the request body up to the catalog's cap, within
-    /// [`BODY_READ_TIMEOUT`].
-    async fn read_body(&self, body: &mut RequestBody) -> Result<(), String> {
+    /// [`BODY_READ_TIMEOUT`]. A body longer than that to an LLM endpoint
+    /// the catalog knows (told from the `head` alone) is read on, up to
+    /// `max_llm_body_bytes`, so the call can be metered: a read permit of
+    /// the session's first ([`LARGE_BODY_READS_PER_SESSION`] of them, which
+    /// bound the memory large bodies hold), waited for within the same
+    /// timeout, is returned to be held until the request is decided. A
+    /// body past that cap is refused: it can be neither metered nor checked.
+    async fn read_body(
+        &self,
+        head: &RequestView<'_>,
+        body: &mut RequestBody,
+    ) -> Result<Option<SemaphorePermit<'_>>, String> {
         if body.is_complete() {
             // Nothing left to read (a GET): no deadline to arm.
-            return Ok(());
+            return Ok(None);
         }
-        let cap = self.catalog.max_body_bytes();
-        match tokio::time::timeout(BODY_READ_TIMEOUT, body.buffer_up_to(cap)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("request body unreadable: {e}")),
-            Err(_) => Err(format!(
+        let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+        let late = || {
+            format!(
                 "request body not received within {} s",
                 BODY_READ_TIMEOUT.as_secs()
-            )),
+            )
+        };
+        let unreadable = |e: proxy::ProxyError| format!("request body unreadable: {e}");
+        let cap = self.catalog.max_body_bytes();
+        tokio::time::timeout_at(deadline, body.buffer_up_to(cap))
+            .await
+            .map_err(|_| late())?
+            .map_err(unreadable)?;
+        if body.is_complete() || !self.catalog.is_llm_endpoint(head) {
+            return Ok(None);
         }
+        let permit =
+            match tokio::time::timeout_at(deadline, self.metering.large_body_reads.acquire()).await
+            {
+                Ok(Ok(permit)) => permit,
+                // Never closed; were it, nothing could be read: refuse.
+                Ok(Err(_)) => return Err("llm request body read permits are closed".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "llm request body over max_body_bytes ({cap} bytes) not read: this \
+                     session already read {LARGE_BODY_READS_PER_SESSION} such bodies at once \
+                     for {} s; send fewer large LLM calls at once (or retry when one is done)",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ))
+                }
+            };
+        let llm_cap = self.catalog.max_llm_body_bytes();
+        // One byte more than the cap: a body of exactly the cap then ends.
+        tokio::time::timeout_at(deadline, body.buffer_up_to(llm_cap.saturating_add(1)))
+            .await
+            .map_err(|_| {
+                format!(
+                    "llm request body over max_body_bytes ({cap} bytes) not received within \
+                     {} s (the wait for one of the session's {LARGE_BODY_READS_PER_SESSION} \
+                     large-body read permits included); send the body faster, or fewer large \
+                     LLM calls at once",
+                    BODY_READ_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(unreadable)?;
+        if !body.is_complete() || body.buffered().len() > llm_cap {
+            return Err(format!(
+                "llm request body over the {llm_cap}-byte cap (max_llm_body_bytes): it cannot \
+                 be metered or checked whole, so it is refused; send a smaller request, or \
+                 raise max_llm_body_bytes in the service catalog"
+            ));
+        }
+        Ok(Some(permit))
     }
 
     /// Why the request must not go, when it carries a placeholder of a

@@ -196,25 +196,35 @@ async fn a_call_cancelled_before_its_response_head_is_settled() {
     assert!(u.iter().all(|u| u.estimated), "{u:?}");
 }
 
-/// An LLM call the proxy cannot meter (its body is past the catalog's read
-/// cap, or it names no `model`, as Azure's deployment paths allow) could
-/// be neither held nor settled on the tenant's day quotas: under them it is
-/// refused with a reason, also in a session without `budget_usd`.
+/// An LLM call the proxy cannot meter (its body is past the catalog's
+/// LLM read cap, `max_llm_body_bytes`, or it names no `model`, as Azure's
+/// deployment paths allow) could be neither held nor settled on the
+/// tenant's day quotas: under them it is refused with a reason, also in a
+/// session without `budget_usd`. A body past `max_body_bytes` but within
+/// the LLM cap is metered and held like any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_llm_call_the_proxy_cannot_meter_is_refused_under_a_day_quota() {
     let quota = Arc::new(RecordingQuota {
         usd: Some(1_000_000),
-        tokens: Some(1_000),
+        tokens: Some(100_000),
         ..RecordingQuota::default()
     });
-    let s = session(TENANT_POLICY, Some(quota.clone())).await;
+    let s = Session::start(Options {
+        policy: TENANT_POLICY.into(),
+        catalog: format!("max_llm_body_bytes = 131072\n{LLM_CATALOG}"),
+        secrets: String::new(),
+        upstream: Some(provider().await),
+        day_quota: Some(quota.clone() as Arc<dyn DayQuota>),
+        ..Options::default()
+    })
+    .await;
     let usage = usage_header(json!({"prompt_tokens": 20_000, "completion_tokens": 50}));
     let url = "https://api.openai.com/v1/chat/completions";
-    // 1. Past the 64 KiB read cap.
+    // 1. Past the 128 KiB LLM read cap.
     let big = post(
         &s,
         url,
-        &big_chat("gpt-test", 70 * 1024),
+        &big_chat("gpt-test", 140 * 1024),
         std::slice::from_ref(&usage),
     )
     .await;
@@ -227,13 +237,28 @@ async fn an_llm_call_the_proxy_cannot_meter_is_refused_under_a_day_quota() {
         std::slice::from_ref(&usage),
     )
     .await;
+    // 3. Past the 64 KiB max_body_bytes, within the LLM cap: metered.
+    let large = post(
+        &s,
+        url,
+        &big_chat("gpt-test", 70 * 1024),
+        std::slice::from_ref(&usage),
+    )
+    .await;
     let chain = s.finish_and_verify();
-    for r in [&big, &no_model] {
-        assert!(
-            r.blocked().unwrap_or_default().contains("unknown cost"),
-            "refused with a reason: {r:?}"
-        );
-    }
+    assert!(
+        big.blocked()
+            .unwrap_or_default()
+            .contains("131072-byte cap (max_llm_body_bytes)"),
+        "refused for the LLM cap: {big:?}"
+    );
+    assert!(
+        no_model
+            .blocked()
+            .unwrap_or_default()
+            .contains("unknown cost"),
+        "refused with a reason: {no_model:?}"
+    );
     let forwarded = [&big, &no_model].iter().filter(|r| r.status == 200).count();
     assert!(
         forwarded == 0 || quota.calls().len() >= 2 * forwarded,
@@ -244,6 +269,11 @@ async fn an_llm_call_the_proxy_cannot_meter_is_refused_under_a_day_quota() {
         quota.calls(),
         usages(&chain).len()
     );
+    assert_eq!(large.status, 200, "{large:?}");
+    let u = usages(&chain);
+    assert_eq!(u.len(), 1, "only the call within the cap went: {u:?}");
+    assert_eq!(u[0].tokens.input, 20_000);
+    assert_eq!(quota.settled().1, 20_050, "held and settled on the quota");
 }
 
 /// A model the rate card does not price (o1-pro, gpt-4-turbo,

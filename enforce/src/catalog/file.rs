@@ -98,6 +98,7 @@ pub(super) struct LlmPriceFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct CatalogFile {
     pub max_body_bytes: Option<usize>,
+    pub max_llm_body_bytes: Option<usize>,
     #[serde(default = "yes")]
     pub builtin_llm: bool,
     #[serde(default)]

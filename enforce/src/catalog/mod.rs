@@ -51,6 +51,11 @@ use rule::Extract;
 /// Default cap on the body bytes read to classify a request (64 KiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Default cap on the body bytes read of a request to an LLM endpoint
+/// (16 MiB): such a call is metered only when its whole JSON body is read,
+/// and coding and RAG agents send prompts of hundreds of KiB.
+pub const DEFAULT_MAX_LLM_BODY_BYTES: usize = 16 * 1024 * 1024;
+
 /// LLM APIs opened as WebSockets (OpenAI's Realtime API), on any host, as
 /// the built-in LLM rules are; the built-in HTTP paths count too (OpenAI's
 /// Responses API also runs over a WebSocket at `/v1/responses`).
@@ -61,6 +66,7 @@ const LLM_WEBSOCKET_PATHS: [&str; 1] = ["/**/v1/realtime"];
 pub struct Catalog {
     rules: Vec<Rule>,
     max_body_bytes: usize,
+    max_llm_body_bytes: usize,
     prices: Vec<LlmPrice>,
 }
 
@@ -80,6 +86,7 @@ impl Catalog {
     pub fn builtin() -> Self {
         Self::from_file(CatalogFile {
             max_body_bytes: None,
+            max_llm_body_bytes: None,
             builtin_llm: true,
             rule: Vec::new(),
             llm_price: Vec::new(),
@@ -126,9 +133,31 @@ impl Catalog {
                 problem: "must be positive".into(),
             });
         }
+        // Unset, it is never below `max_body_bytes` (a catalog that raised
+        // only that one keeps loading); set, it must not be.
+        let max_llm_body_bytes = match file.max_llm_body_bytes {
+            None => DEFAULT_MAX_LLM_BODY_BYTES.max(max_body_bytes),
+            Some(0) => {
+                return Err(CatalogError::Rule {
+                    rule: "max_llm_body_bytes".into(),
+                    problem: "must be positive".into(),
+                })
+            }
+            Some(n) if n < max_body_bytes => {
+                return Err(CatalogError::Rule {
+                    rule: "max_llm_body_bytes".into(),
+                    problem: format!(
+                        "{n} is below max_body_bytes ({max_body_bytes}): an LLM call's body \
+                         is read at least as far as any other"
+                    ),
+                })
+            }
+            Some(n) => n,
+        };
         Ok(Catalog {
             rules,
             max_body_bytes,
+            max_llm_body_bytes,
             prices,
         })
     }
@@ -136,6 +165,19 @@ impl Catalog {
     /// The cap on body bytes read for classification.
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
+    }
+
+    /// The cap on body bytes read of a request to an LLM endpoint the
+    /// catalog knows (read past [`Self::max_body_bytes`] so it can be metered).
+    pub fn max_llm_body_bytes(&self) -> usize {
+        self.max_llm_body_bytes
+    }
+
+    /// Whether a request with this head (method, host, path, headers; no
+    /// body) goes to an LLM endpoint the catalog knows: a built-in or a
+    /// `type = "llm"` rule matches it.
+    pub fn is_llm_endpoint(&self, req: &RequestView<'_>) -> bool {
+        self.match_request(req).rule().and_then(Rule::kind) == Some(ActionType::Llm)
     }
 
     /// The rules in match order (catalog rules first, then built-ins).
@@ -630,9 +672,49 @@ mod tests {
                 "unknown field",
             ),
             ("max_body_bytes = 0\n", "positive"),
+            ("max_llm_body_bytes = 0\n", "positive"),
+            (
+                "max_body_bytes = 2048\nmax_llm_body_bytes = 1024\n",
+                "1024 is below max_body_bytes (2048)",
+            ),
         ] {
             let err = Catalog::from_toml(text).expect_err(text).to_string();
             assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn llm_bodies_have_their_own_cap() {
+        let cat = Catalog::builtin();
+        assert_eq!(cat.max_llm_body_bytes(), DEFAULT_MAX_LLM_BODY_BYTES);
+        let cat = Catalog::from_toml("max_llm_body_bytes = 100000\n").expect("parses");
+        assert_eq!(
+            (cat.max_body_bytes(), cat.max_llm_body_bytes()),
+            (DEFAULT_MAX_BODY_BYTES, 100_000)
+        );
+        // Raising only max_body_bytes past the default LLM cap raises both.
+        let big = 2 * DEFAULT_MAX_LLM_BODY_BYTES;
+        let cat = Catalog::from_toml(&format!("max_body_bytes = {big}\n")).expect("parses");
+        assert_eq!(cat.max_llm_body_bytes(), big);
+        // The head alone tells an LLM endpoint: built-in or `type = "llm"`.
+        let cat = Catalog::from_toml(
+            r#"
+            [[rule]]
+            host = "llm.internal.example"
+            path = "/generate"
+            type = "llm"
+            "#,
+        )
+        .expect("parses");
+        let headers = HeaderMap::new();
+        for (host, path, llm) in [
+            ("api.openai.com", "/v1/chat/completions", true),
+            ("llm.internal.example", "/generate", true),
+            ("llm.internal.example", "/other", false),
+            ("api.openai.com", "/v1/files", false),
+        ] {
+            let v = view("POST", host, path, &headers);
+            assert_eq!(cat.is_llm_endpoint(&v), llm, "{host}{path}");
         }
     }
 

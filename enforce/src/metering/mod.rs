@@ -119,7 +119,17 @@ pub(crate) struct Metering {
     warned: Mutex<usize>,
     /// Forwarded calls by request number, until their response head.
     waiting: Mutex<HashMap<u64, Ticket>>,
+    /// Permits to read an LLM request body past `max_body_bytes` (up to
+    /// `max_llm_body_bytes`), [`LARGE_BODY_READS_PER_SESSION`] of them.
+    pub(crate) large_body_reads: tokio::sync::Semaphore,
 }
+
+/// How many LLM request bodies one session reads past `max_body_bytes` at
+/// once. A sandbox may open 512 connections of 128 HTTP/2 streams each;
+/// without a bound, each buffering up to `max_llm_body_bytes` (16 MiB by
+/// default) would let one session hold gigabytes. Four bounds it to 64 MiB
+/// by default and still lets an agent run a few large calls in parallel.
+pub(crate) const LARGE_BODY_READS_PER_SESSION: usize = 4;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -148,6 +158,7 @@ impl Metering {
             budget,
             warned: Mutex::new(0),
             waiting: Mutex::new(HashMap::new()),
+            large_body_reads: tokio::sync::Semaphore::new(LARGE_BODY_READS_PER_SESSION),
         }
     }
 

@@ -78,7 +78,16 @@ pub async fn provider() -> ExternalUpstream {
     }
 }
 
+/// [`answer_body`], with the SHA-256 of the request body as received in
+/// `x-received-sha256` (what a receipt's `body_sha256` must name).
 pub async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
+    let (mut resp, received) = answer_body(req).await;
+    resp.headers_mut()
+        .insert("x-received-sha256", received.parse().unwrap());
+    Ok(resp)
+}
+
+async fn answer_body(req: Request<Incoming>) -> (Response<MockBody>, String) {
     let path = req.uri().path().to_owned();
     let header = |name: &str| {
         req.headers()
@@ -93,6 +102,7 @@ pub async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infall
     let served_tier = header("x-service-tier");
     let delay = header("x-delay-ms").and_then(|d| d.parse::<u64>().ok());
     let raw = req.into_body().collect().await.unwrap().to_bytes();
+    let received = receipts::sha256_hex(&raw);
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let model = served.unwrap_or_else(|| body["model"].as_str().unwrap_or("none").to_owned());
     if let Some(ms) = delay {
@@ -119,9 +129,9 @@ pub async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infall
             u.insert("service_tier".into(), Value::from(tier));
         }
         if body["stream"] == true {
-            return Ok(messages_stream(&whole));
+            return (messages_stream(&whole), received);
         }
-        return Ok(json_answer(&whole));
+        return (json_answer(&whole), received);
     }
     // OpenAI names the tier that served the call: the one asked for, or
     // the project's default when asked for none or `auto`.
@@ -132,9 +142,9 @@ pub async fn answer(req: Request<Incoming>) -> Result<Response<MockBody>, Infall
         whole["service_tier"] = tier.clone();
     }
     if body["stream"] == true {
-        return Ok(stream(&path, &body, whole, usage, tier));
+        return (stream(&path, &body, whole, usage, tier), received);
     }
-    Ok(json_answer(&whole))
+    (json_answer(&whole), received)
 }
 
 fn json_answer(whole: &Value) -> Response<MockBody> {
