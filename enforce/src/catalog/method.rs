@@ -373,6 +373,18 @@ mod tests {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Result<(), ClassifyError> {
+        check_request(method, target, headers, body.as_bytes(), true, 64 * 1024)
+    }
+
+    /// [`check`] on a request to `shop.example` with these parts.
+    fn check_request(
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        complete: bool,
+        limit: usize,
+    ) -> Result<(), ClassifyError> {
         let mut map = HeaderMap::new();
         for (n, v) in headers {
             map.append(
@@ -387,7 +399,7 @@ mod tests {
             path_and_query: target,
             headers: &map,
         };
-        check(&view, Some(body.as_bytes()), true, 64 * 1024)
+        check(&view, Some(body), complete, limit)
     }
 
     const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
@@ -607,21 +619,7 @@ mod tests {
         body: &[u8],
         limit: usize,
     ) -> Result<(), ClassifyError> {
-        let mut map = HeaderMap::new();
-        for (n, v) in headers {
-            map.append(
-                http::header::HeaderName::from_bytes(n.as_bytes()).expect("name"),
-                v.parse().expect("value"),
-            );
-        }
-        let host = Host::parse("shop.example").expect("host");
-        let view = RequestView {
-            method: "POST",
-            host: &host,
-            path_and_query: "/x",
-            headers: &map,
-        };
-        check(&view, Some(body), true, limit)
+        check_request("POST", "/x", headers, body, true, limit)
     }
 
     /// A body servers decode before reading `_method` (Express's
@@ -696,21 +694,7 @@ mod tests {
     #[test]
     fn a_post_body_past_the_cap_is_refused_where_it_could_name_an_override() {
         let check_cut = |method: &str, headers: &[(&str, &str)], body: &[u8]| {
-            let mut map = HeaderMap::new();
-            for (n, v) in headers {
-                map.append(
-                    http::header::HeaderName::from_bytes(n.as_bytes()).expect("name"),
-                    v.parse().expect("value"),
-                );
-            }
-            let host = Host::parse("shop.example").expect("host");
-            let view = RequestView {
-                method,
-                host: &host,
-                path_and_query: "/x",
-                headers: &map,
-            };
-            check(&view, Some(body), false, 1024)
+            check_request(method, "/x", headers, body, false, 1024)
         };
         let unread = Err(ClassifyError::MethodOverrideUnread {
             method: "POST".into(),
