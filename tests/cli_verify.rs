@@ -709,31 +709,7 @@ fn unsigned_flood(dir: &Path, n: usize) {
         .next()
         .expect("line 1")
         .to_vec();
-    let start: receipts::Receipt = serde_json::from_slice(&first).expect("session_start");
-    let mut bytes = first.clone();
-    bytes.push(b'\n');
-    let mut prev = first;
-    for seq in 1..=n as u64 {
-        let receipt = receipts::Receipt {
-            v: receipts::UNSIGNED_VERSION,
-            session: start.session.clone(),
-            seq,
-            ts: start.ts.clone(),
-            prev: hex::encode(receipts::line_hash(&prev)),
-            signer: start.signer.clone(),
-            body: receipts::Body::Decision(DecisionRecord {
-                action: serde_json::json!({"type": "web", "method": "GET",
-                    "host": "example.com", "path": format!("/flood/{seq}")}),
-                counters: serde_json::json!({}),
-                decision: serde_json::json!({"decision": "allow"}),
-                body_sha256: None,
-            }),
-        };
-        let line = receipts::unsigned_line(&receipt).expect("encode");
-        bytes.extend_from_slice(&line);
-        bytes.push(b'\n');
-        prev = line;
-    }
+    let bytes = support::chains::unsigned_flood_after(first, n);
     std::fs::write(dir.join("receipts.jsonl"), bytes).expect("write flood");
 }
 

@@ -39,7 +39,12 @@ pub fn start_line(key: &SigningKey, id: &str, tenant: &str) -> Vec<u8> {
 /// run longer than the writer ever leaves unsigned once `n` reaches
 /// `receipts::MAX_BATCH`, so the verifier refuses line `MAX_BATCH + 1`.
 pub fn unsigned_flood(key: &SigningKey, id: &str, tenant: &str, n: usize) -> Vec<u8> {
-    let first = start_line(key, id, tenant);
+    unsigned_flood_after(start_line(key, id, tenant), n)
+}
+
+/// The session_start line `first`, then `n` decisions linked to it without
+/// a sig of their own (see [`unsigned_flood`]).
+pub fn unsigned_flood_after(first: Vec<u8>, n: usize) -> Vec<u8> {
     let start: Receipt = serde_json::from_slice(&first).expect("session_start");
     let mut bytes = first.clone();
     bytes.push(b'\n');
