@@ -33,7 +33,7 @@ const BATCH_BYTES: usize = 4 << 20;
 /// How much is read from the stream at once. Lines are verified in batches
 /// of what one read brought (up to [`BATCH`]), so the buffer is large
 /// enough for a full batch of ordinary lines.
-const READ_CHUNK: usize = 256 << 10;
+pub(crate) const READ_CHUNK: usize = 256 << 10;
 
 /// A receipt stream (`receipts.jsonl`), not yet checked.
 pub struct UnverifiedStream<R> {
@@ -252,7 +252,7 @@ fn gap_error(line: usize) -> ChainError {
 
 /// Whether `bytes` are all NULs, compared a page at a time (memcmp: the
 /// unwritten tail of a preallocated log may be large).
-fn all_nul(bytes: &[u8]) -> bool {
+pub(crate) fn all_nul(bytes: &[u8]) -> bool {
     static ZEROS: [u8; 4096] = [0; 4096];
     bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }

@@ -10,6 +10,7 @@ use ed25519_dalek::SigningKey;
 
 use super::file::PreallocatedFile;
 use super::{io_err, LogOptions, OpenLogError, ReceiptLog};
+use crate::stream::{all_nul, READ_CHUNK};
 use crate::verify::LineVerifier;
 
 /// What reopening found.
@@ -129,16 +130,12 @@ fn read_written_part(file: &mut std::fs::File) -> std::io::Result<(Vec<u8>, u64)
     Ok((written, after_gap.unwrap_or(0)))
 }
 
-/// How much of a file is read at a time past its lines.
-const READ_CHUNK: usize = 1 << 20;
-
 /// Bytes that are not NUL; a run of NULs (the usual case) is told by
-/// comparison, not byte by byte.
+/// [`all_nul`]'s comparison, not byte by byte.
 fn non_nul(bytes: &[u8]) -> u64 {
-    static ZEROS: [u8; 4096] = [0; 4096];
     bytes
-        .chunks(ZEROS.len())
-        .filter(|c| *c != &ZEROS[..c.len()])
+        .chunks(4096)
+        .filter(|c| !all_nul(c))
         .map(|c| c.iter().filter(|&&b| b != 0).count() as u64)
         .sum()
 }
