@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 mod support;
 
-use support::{capped, chains, run, text};
+use support::{capped, capped_to, chains, run, text};
 
 fn receipt_key() -> SigningKey {
     SigningKey::from_bytes(&[0x71; 32])
@@ -111,6 +111,48 @@ fn a_chain_with_a_long_unwritten_end_is_closed_without_reading_it_into_memory() 
     );
     assert_eq!(session_json(&dir)["status"], "supervisor_died");
     // The NUL end is cut and the chain closed: it verifies.
+    assert!(std::fs::metadata(&receipts).expect("stat").len() < 1 << 20);
+    let verified = run(
+        home.path(),
+        &[
+            "verify",
+            dir.to_str().expect("utf8"),
+            "--key",
+            home.path().join("keys/receipt.pub").to_str().expect("utf8"),
+        ],
+    );
+    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+}
+
+/// A dead session's chain whose last line is torn 300 MiB long (a write
+/// that never ended with its newline, garbage after the last line): the
+/// reopen that closes the chain reads its lines as it verifies them and
+/// only counts the torn end it cuts, so it runs under a 256 MiB
+/// address-space cap that a reopen holding the written part could not.
+#[test]
+fn a_chain_with_a_long_torn_end_is_closed_without_holding_it() {
+    let home = home();
+    let id = "20261207-010000-70a000";
+    let mut chain = chains::start_line(&receipt_key(), id, "acme");
+    chain.push(b'\n');
+    let dir = dead_session(home.path(), id, &chain);
+    let receipts = dir.join("receipts.jsonl");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&receipts)
+        .expect("open chain");
+    let garbage = vec![b'x'; 1 << 20];
+    for _ in 0..300 {
+        std::io::Write::write_all(&mut file, &garbage).expect("torn end");
+    }
+    drop(file);
+    let out = capped_to(home.path(), &["recover"], 256);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!("✓ {id}: interrupted (supervisor died) at seq 0")),
+        "{said}"
+    );
     assert!(std::fs::metadata(&receipts).expect("stat").len() < 1 << 20);
     let verified = run(
         home.path(),

@@ -98,7 +98,7 @@ impl<R: Read> UnverifiedStream<R> {
                 }
                 .into())
             }
-            Piece::Torn => return Err(ChainError::Torn { line: 1 }.into()),
+            Piece::Torn(_) => return Err(ChainError::Torn { line: 1 }.into()),
             Piece::Long(bytes) => {
                 return Err(ChainError::LineTooLong {
                     line: 1,
@@ -163,7 +163,7 @@ impl<R: Read> UnverifiedStream<R> {
                     Err(e) => ReadChainError::Chain(e),
                 },
                 Ok(Piece::Long(bytes)) => verifier.refuse_length(bytes).into(),
-                Ok(Piece::Torn) => ChainError::Torn { line: line_no }.into(),
+                Ok(Piece::Torn(_)) => ChainError::Torn { line: line_no }.into(),
                 Ok(Piece::End {
                     data_after_gap: true,
                 }) => gap_error(line_no).into(),
@@ -257,17 +257,27 @@ pub(crate) fn all_nul(bytes: &[u8]) -> bool {
     bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
+/// Bytes that are not NUL; a run of NULs (the usual case) is told by
+/// [`all_nul`]'s comparison, not byte by byte.
+fn non_nul(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks(4096)
+        .filter(|c| !all_nul(c))
+        .map(|c| c.iter().filter(|&&b| b != 0).count() as u64)
+        .sum()
+}
+
 /// What comes next in a receipt file.
 #[derive(Debug)]
-enum Piece {
+pub(crate) enum Piece {
     /// A line of at most [`MAX_LINE_BYTES`], without its newline.
     Line(Vec<u8>),
     /// A line, newline-terminated, longer than that: only its length was
     /// kept.
     Long(usize),
     /// Bytes without a newline before the end (of the stream, or of the
-    /// written part at a NUL).
-    Torn,
+    /// written part at a NUL): how many.
+    Torn(usize),
     /// The end of the lines. Bytes after the first NUL are the unwritten
     /// end of a preallocated log, read through to see that they are all
     /// NULs.
@@ -276,7 +286,7 @@ enum Piece {
 
 /// Splits a stream into [`Piece`]s, holding at most one line of
 /// [`MAX_LINE_BYTES`] and one read's worth of input.
-struct LineSource<R> {
+pub(crate) struct LineSource<R> {
     reader: R,
     buf: Box<[u8]>,
     /// Unread bytes are `buf[pos..len]`.
@@ -288,7 +298,7 @@ struct LineSource<R> {
 }
 
 impl<R: Read> LineSource<R> {
-    fn new(reader: R) -> Self {
+    pub(crate) fn new(reader: R) -> Self {
         LineSource {
             reader,
             buf: vec![0; READ_CHUNK].into_boxed_slice(),
@@ -312,7 +322,7 @@ impl<R: Read> LineSource<R> {
         Ok(self.peeked.as_ref().expect("just filled"))
     }
 
-    fn next(&mut self) -> io::Result<Piece> {
+    pub(crate) fn next(&mut self) -> io::Result<Piece> {
         match self.peeked.take() {
             Some(piece) => Ok(piece),
             None => self.read_piece(),
@@ -354,7 +364,7 @@ impl<R: Read> LineSource<R> {
                         data_after_gap: false,
                     }
                 } else {
-                    Piece::Torn
+                    Piece::Torn(bytes)
                 });
             }
             let chunk = &self.buf[self.pos..self.len];
@@ -379,7 +389,7 @@ impl<R: Read> LineSource<R> {
                         Piece::Line(line)
                     });
                 }
-                Some(_) if bytes > 0 => return Ok(Piece::Torn),
+                Some(_) if bytes > 0 => return Ok(Piece::Torn(bytes)),
                 Some(_) => {
                     return Ok(Piece::End {
                         data_after_gap: self.rest_is_not_all_nul()?,
@@ -398,6 +408,18 @@ impl<R: Read> LineSource<R> {
             self.pos = self.len;
         }
         Ok(false)
+    }
+
+    /// After an `End` that found data after the gap: reads to the end of
+    /// the stream and counts the bytes that are not NUL (recovery reports
+    /// them as cut). What `rest_is_not_all_nul` skipped was all NUL.
+    pub(crate) fn non_nul_rest(&mut self) -> io::Result<u64> {
+        let mut count = 0;
+        while self.fill()? {
+            count += non_nul(&self.buf[self.pos..self.len]);
+            self.pos = self.len;
+        }
+        Ok(count)
     }
 }
 
@@ -501,24 +523,23 @@ mod tests {
             loop {
                 match source.next().expect("a slice reads") {
                     Piece::End { data_after_gap } => {
-                        out.push(format!("end {data_after_gap}"));
+                        let after = source.non_nul_rest().expect("a slice reads");
+                        out.push(format!("end {data_after_gap} {after}"));
                         return out;
                     }
                     Piece::Line(l) => out.push(String::from_utf8(l).expect("utf8")),
                     Piece::Long(n) => out.push(format!("long {n}")),
-                    Piece::Torn => {
-                        out.push("torn".into());
-                        return out;
-                    }
+                    Piece::Torn(n) => out.push(format!("torn {n}")),
                 }
             }
         };
-        assert_eq!(pieces(b"a\nbc\n"), ["a", "bc", "end false"]);
-        assert_eq!(pieces(b"a\nbc"), ["a", "torn"]);
-        assert_eq!(pieces(b"a\nb\0\0"), ["a", "torn"]);
-        assert_eq!(pieces(b"a\n\0\0\0"), ["a", "end false"]);
-        assert_eq!(pieces(b"a\n\0\0x\0"), ["a", "end true"]);
-        assert_eq!(pieces(b""), ["end false"]);
+        assert_eq!(pieces(b"a\nbc\n"), ["a", "bc", "end false 0"]);
+        assert_eq!(pieces(b"a\nbc"), ["a", "torn 2", "end false 0"]);
+        assert_eq!(pieces(b"a\nb\0\0"), ["a", "torn 1", "end false 0"]);
+        assert_eq!(pieces(b"a\n\0\0\0"), ["a", "end false 0"]);
+        assert_eq!(pieces(b"a\n\0\0x\0y\n"), ["a", "end true 3"]);
+        assert_eq!(pieces(b"a\nb\0x"), ["a", "torn 1", "end true 1"]);
+        assert_eq!(pieces(b""), ["end false 0"]);
         let mut long = vec![b'x'; MAX_LINE_BYTES + 5];
         long.extend_from_slice(b"\nok\n");
         assert_eq!(
@@ -526,7 +547,7 @@ mod tests {
             [
                 format!("long {}", MAX_LINE_BYTES + 5),
                 "ok".into(),
-                "end false".into()
+                "end false 0".into()
             ]
         );
         let exact = [vec![b'y'; MAX_LINE_BYTES], b"\n".to_vec()].concat();

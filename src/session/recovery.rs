@@ -523,8 +523,9 @@ fn close_chain(path: &Path, info: &SessionInfo, key: Option<&SigningKey>) -> Cha
             info.receipt_key_id
         ));
     }
-    // The reopen reads the whole file (`receipts` has no streaming reopen):
-    // only a chain whose every line verified gets that far.
+    // Read first without writing: a chain that already ended, holds no
+    // line, or does not verify is told apart (and said why) before the
+    // reopen cuts anything.
     match check_before_reopening(path, key) {
         Ok(Closable::Open) => {}
         Ok(Closable::Ended) => return ChainOutcome::AlreadyEnded,

@@ -46,9 +46,14 @@ pub fn run(home: &Path, args: &[&str]) -> Output {
 /// that takes a huge file whole fails here instead of taking the machine's
 /// memory.
 pub fn capped(home: &Path, args: &[&str]) -> Output {
+    capped_to(home, args, 2048)
+}
+
+/// [`capped`] at `mib` MiB of address space.
+pub fn capped_to(home: &Path, args: &[&str], mib: u64) -> Output {
     Command::new("sh")
         .arg("-c")
-        .arg(r#"ulimit -v 2097152 && exec "$0" "$@""#)
+        .arg(format!(r#"ulimit -v {} && exec "$0" "$@""#, mib * 1024))
         .arg(env!("CARGO_BIN_EXE_openclaw"))
         .args(args)
         .env("OPENCLAW_HOME", home)

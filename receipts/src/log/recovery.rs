@@ -2,15 +2,15 @@
 //! cut a torn last line and the unwritten (NUL) tail of the preallocated
 //! file (never acknowledged), and continue the chain.
 
-use std::fs::OpenOptions;
-use std::io::Read;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 
 use super::file::PreallocatedFile;
 use super::{io_err, LogOptions, OpenLogError, ReceiptLog};
-use crate::stream::{all_nul, READ_CHUNK};
+use crate::stream::{LineSource, Piece};
 use crate::verify::LineVerifier;
 
 /// What reopening found.
@@ -42,53 +42,55 @@ impl ReceiptLog {
         key: SigningKey,
         options: LogOptions,
     ) -> Result<(ReceiptLog, Recovered), OpenLogError> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(io_err(path))?;
         let file_len = file.metadata().map_err(io_err(path))?.len();
-        let (written, data_after_gap) = read_written_part(&mut file).map_err(io_err(path))?;
-        let complete = written
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        let (mut verifier, mut session, mut covered) =
-            verify_lines(path, &key, &written[..complete])?;
-        if covered < complete {
+        let mut lines = read_lines(path, &key, &file, None)?;
+        let truncated_bytes = lines.written - lines.covered + lines.after_gap;
+        if lines.covered < lines.complete {
             // Lines after the last signed one: a group whose signed line
             // never reached the disk. Nothing in it was acknowledged (a
             // write ends with its groups' signed lines, and acknowledgement
             // follows its sync), and nothing vouches for its bytes: cut it.
-            (verifier, session, covered) = verify_lines(path, &key, &written[..covered])?;
+            // The verifier there comes from reading up to it again (only
+            // after such a crash) rather than a copy kept at every signed
+            // line on the way.
+            lines = read_lines(path, &key, &file, Some(lines.covered))?;
         }
-        let complete = covered;
-        let truncated_bytes = (written.len() - complete) as u64 + data_after_gap;
+        let ReadLines {
+            verifier,
+            session,
+            covered: complete,
+            ..
+        } = lines;
         let Some(session) = session else {
             return Err(OpenLogError::NoStart {
                 path: path.to_owned(),
             });
         };
         let cut = |file: &std::fs::File| {
-            file.set_len(complete as u64)
+            file.set_len(complete)
                 .and_then(|()| file.sync_all())
                 .map_err(io_err(path))
         };
         if verifier.ended() {
             // A crash between session_end and the close that cuts the
             // zeroed tail leaves NULs after the end: only those are cut.
-            if truncated_bytes == 0 && (complete as u64) < file_len {
+            if truncated_bytes == 0 && complete < file_len {
                 cut(&file)?;
             }
             return Err(OpenLogError::Ended {
                 path: path.to_owned(),
             });
         }
-        if (complete as u64) < file_len {
+        if complete < file_len {
             cut(&file)?;
         }
         let receipts = verifier.lines() as u64;
-        let file = PreallocatedFile::new(file, path, complete as u64).map_err(io_err(path))?;
+        let file = PreallocatedFile::new(file, path, complete).map_err(io_err(path))?;
         let log = Self::spawn(file, key, session, receipts, verifier.last_hash(), options)?;
         Ok((
             log,
@@ -100,75 +102,84 @@ impl ReceiptLog {
     }
 }
 
-/// Reads the file up to its first NUL (the written part: no line holds one)
-/// and counts the bytes that are not NUL after it, without holding them: a
-/// preallocated end, or a hole a crash left, may be far longer than the
-/// lines (gigabytes), and only the lines are needed whole.
-fn read_written_part(file: &mut std::fs::File) -> std::io::Result<(Vec<u8>, u64)> {
-    let mut written = Vec::new();
-    let mut chunk = vec![0u8; READ_CHUNK];
-    let mut after_gap: Option<u64> = None;
-    loop {
-        let n = match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let read = &chunk[..n];
-        match after_gap.as_mut() {
-            Some(count) => *count += non_nul(read),
-            None => match read.iter().position(|&b| b == 0) {
-                Some(gap) => {
-                    written.extend_from_slice(&read[..gap]);
-                    after_gap = Some(non_nul(&read[gap..]));
-                }
-                None => written.extend_from_slice(read),
-            },
-        }
-    }
-    Ok((written, after_gap.unwrap_or(0)))
+/// What reading a log's lines found. Offsets are bytes from the start.
+struct ReadLines {
+    /// The verifier after the last line read.
+    verifier: LineVerifier,
+    session: Option<String>,
+    /// Where the last complete line ends.
+    complete: u64,
+    /// Where the part covered by signatures ends: after the last signed
+    /// line (a line with no sig of its own is covered by the next signed
+    /// one).
+    covered: u64,
+    /// Where the written part ends: the first NUL, or the end of the file
+    /// (a torn last line is between `complete` and here).
+    written: u64,
+    /// Bytes that are not NUL after the first NUL: pages of a write in
+    /// flight that reached the disk beyond a hole.
+    after_gap: u64,
 }
 
-/// Bytes that are not NUL; a run of NULs (the usual case) is told by
-/// [`all_nul`]'s comparison, not byte by byte.
-fn non_nul(bytes: &[u8]) -> u64 {
-    bytes
-        .chunks(4096)
-        .filter(|c| !all_nul(c))
-        .map(|c| c.iter().filter(|&&b| b != 0).count() as u64)
-        .sum()
-}
-
-/// Verifies the complete lines in `bytes`: the verifier after them, the
-/// session, and where the part covered by signatures ends (after the last
-/// signed line; a line with no sig of its own is covered by the next signed
-/// one).
-fn verify_lines(
+/// Verifies the log's complete lines as they are read (up to `until`
+/// bytes, when given), holding one line and one read's worth of the file:
+/// a chain, a torn end and a preallocated or crash-left NUL end may each
+/// be gigabytes. A complete line that does not verify is an error.
+fn read_lines(
     path: &Path,
     key: &SigningKey,
-    bytes: &[u8],
-) -> Result<(LineVerifier, Option<String>, usize), OpenLogError> {
-    let mut verifier = LineVerifier::new(key.verifying_key());
-    let mut session = None;
-    let mut covered = 0;
-    let mut at = 0;
-    let lines = match bytes.len() {
-        0 => None,
-        n => Some(bytes[..n - 1].split(|&b| b == b'\n')),
+    mut file: &File,
+    until: Option<u64>,
+) -> Result<ReadLines, OpenLogError> {
+    let read_err = |source| OpenLogError::Io {
+        path: path.to_owned(),
+        source,
     };
-    for line in lines.into_iter().flatten() {
-        let r = verifier.push(line).map_err(|source| OpenLogError::Chain {
-            path: path.to_owned(),
-            source,
-        })?;
-        session.get_or_insert(r.receipt.session);
-        at += line.len() + 1;
-        if verifier.uncovered() == 0 {
-            covered = at;
+    file.seek(SeekFrom::Start(0)).map_err(&read_err)?;
+    let mut source = LineSource::new(file.take(until.unwrap_or(u64::MAX)));
+    let mut verifier = LineVerifier::new(key.verifying_key());
+    let chain_err = |source| OpenLogError::Chain {
+        path: path.to_owned(),
+        source,
+    };
+    let (mut session, mut complete, mut covered) = (None, 0u64, 0u64);
+    let (written, after_gap) = loop {
+        match source.next().map_err(&read_err)? {
+            Piece::Line(line) => {
+                let r = verifier.push(&line).map_err(chain_err)?;
+                session.get_or_insert(r.receipt.session);
+                complete += line.len() as u64 + 1;
+                if verifier.uncovered() == 0 {
+                    covered = complete;
+                }
+            }
+            Piece::Long(bytes) => return Err(chain_err(verifier.refuse_length(bytes))),
+            Piece::Torn(bytes) => {
+                let after_gap = match source.next().map_err(&read_err)? {
+                    Piece::End {
+                        data_after_gap: true,
+                    } => source.non_nul_rest().map_err(&read_err)?,
+                    _ => 0,
+                };
+                break (complete + bytes as u64, after_gap);
+            }
+            Piece::End { data_after_gap } => {
+                let after_gap = match data_after_gap {
+                    true => source.non_nul_rest().map_err(&read_err)?,
+                    false => 0,
+                };
+                break (complete, after_gap);
+            }
         }
-    }
-    Ok((verifier, session, covered))
+    };
+    Ok(ReadLines {
+        verifier,
+        session,
+        complete,
+        covered,
+        written,
+        after_gap,
+    })
 }
 
 #[cfg(test)]
