@@ -60,6 +60,18 @@ fn dead_session(home: &Path, id: &str, chain: &[u8]) -> PathBuf {
     dir
 }
 
+/// `openclaw verify` of the bundle with the home's receipt key, which must
+/// pass.
+fn verified(home: &Path, dir: &Path, more: &[&str]) -> std::process::Output {
+    let key = home.join("keys/receipt.pub");
+    let mut args = vec!["verify", dir.to_str().expect("utf8"), "--key"];
+    args.push(key.to_str().expect("utf8"));
+    args.extend_from_slice(more);
+    let out = run(home, &args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out
+}
+
 fn session_json(dir: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).expect("read"))
         .expect("json")
@@ -112,16 +124,7 @@ fn a_chain_with_a_long_unwritten_end_is_closed_without_reading_it_into_memory() 
     assert_eq!(session_json(&dir)["status"], "supervisor_died");
     // The NUL end is cut and the chain closed: it verifies.
     assert!(std::fs::metadata(&receipts).expect("stat").len() < 1 << 20);
-    let verified = run(
-        home.path(),
-        &[
-            "verify",
-            dir.to_str().expect("utf8"),
-            "--key",
-            home.path().join("keys/receipt.pub").to_str().expect("utf8"),
-        ],
-    );
-    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+    verified(home.path(), &dir, &[]);
 }
 
 /// A dead session's chain whose last line is torn 300 MiB long (a write
@@ -154,16 +157,7 @@ fn a_chain_with_a_long_torn_end_is_closed_without_holding_it() {
         "{said}"
     );
     assert!(std::fs::metadata(&receipts).expect("stat").len() < 1 << 20);
-    let verified = run(
-        home.path(),
-        &[
-            "verify",
-            dir.to_str().expect("utf8"),
-            "--key",
-            home.path().join("keys/receipt.pub").to_str().expect("utf8"),
-        ],
-    );
-    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+    verified(home.path(), &dir, &[]);
 }
 
 /// A session whose supervisor died has its end audited by the recovery
@@ -184,17 +178,7 @@ fn a_session_closed_by_recovery_has_its_end_audited() {
         "{}",
         text(&out)
     );
-    let verified = run(
-        home.path(),
-        &[
-            "verify",
-            dir.to_str().expect("utf8"),
-            "--key",
-            home.path().join("keys/receipt.pub").to_str().expect("utf8"),
-            "--json",
-        ],
-    );
-    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+    let verified = verified(home.path(), &dir, &["--json"]);
     let verified: Value = serde_json::from_slice(&verified.stdout).expect("json");
     let head = verified["last_hash"].as_str().expect("last_hash");
 
