@@ -254,7 +254,7 @@ print('SDK-USAGE', r.usage.prompt_tokens, r.usage.completion_tokens, flush=True)
 
 /// A coding agent's prompt of 300 KiB, past the catalog's 64 KiB
 /// `max_body_bytes`: the call to an LLM endpoint is read whole (up to
-/// `max_llm_body_bytes`), so under the budget it is metered, not refused
+/// `max_whole_body_bytes`), so under the budget it is metered, not refused
 /// as of unknown cost.
 #[test]
 #[cfg_attr(

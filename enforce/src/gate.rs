@@ -35,7 +35,7 @@ use crate::stats::{WaitHistogram, WaitSummary};
 /// quota (mirrors the token's refusal under a budget).
 const UNPLANNED_UNDER_QUOTA: &str = "quota: llm call of unknown cost under the tenant's day \
     quota: the proxy could not meter it (its body must be JSON naming the model and fit the \
-    catalog's max_llm_body_bytes; an LLM WebSocket is not metered)";
+    catalog's max_whole_body_bytes; an LLM WebSocket is not metered)";
 
 /// Most requests held for a human at once in one session; the next is
 /// refused without asking (receipted as denied by `limit`). A reviewer

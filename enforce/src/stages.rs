@@ -126,8 +126,9 @@ impl Stages<'_> {
         };
 
         // Read the body up to the cap: classification and the credential
-        // scan need it. The rest (if any) streams unread behind it. A large
-        // LLM body holds its read permit until the stages are done with it.
+        // scan need it. The rest (if any) streams unread behind it, unless
+        // the body must be read whole (an LLM call, a `POST` whose rest
+        // could name `_method`): that one holds a read permit.
         let head = RequestView {
             method: &method,
             host: &host,
@@ -241,13 +242,14 @@ impl Stages<'_> {
     }
 
     /// Buffers the request body up to the catalog's cap, within
-    /// [`BODY_READ_TIMEOUT`]. A body longer than that to an LLM endpoint
-    /// the catalog knows (told from the `head` alone) is read on, up to
-    /// `max_llm_body_bytes`, so the call can be metered: a read permit of
-    /// the session's first ([`LARGE_BODY_READS_PER_SESSION`] of them, which
-    /// bound the memory large bodies hold), waited for within the same
-    /// timeout, is returned to be held until the request is decided. A
-    /// body past that cap is refused: it can be neither metered nor checked.
+    /// [`BODY_READ_TIMEOUT`]. A body the catalog must read whole to check
+    /// it ([`Catalog::reads_whole`]: an LLM call to meter, a rule's body
+    /// fields, a `POST` whose rest could name `_method`) is read on, up to
+    /// [`Catalog::max_whole_body`], under a read permit of the session's
+    /// ([`LARGE_BODY_READS_PER_SESSION`] of them, which bound the memory
+    /// such bodies hold), waited for within the same timeout; the permit is
+    /// returned to be held until the request is decided. A body past that
+    /// cap is refused: it cannot be checked whole.
     async fn read_body(
         &self,
         head: &RequestView<'_>,
@@ -270,43 +272,48 @@ impl Stages<'_> {
             .await
             .map_err(|_| late())?
             .map_err(unreadable)?;
-        if body.is_complete() || !self.catalog.is_llm_endpoint(head) {
+        if !self
+            .catalog
+            .reads_whole(head, body.buffered(), body.is_complete())
+        {
             return Ok(None);
         }
+        let whole = self.catalog.max_whole_body();
+        let what = format!("a request body over max_body_bytes ({cap} bytes)");
         let permit =
             match tokio::time::timeout_at(deadline, self.metering.large_body_reads.acquire()).await
             {
                 Ok(Ok(permit)) => permit,
                 // Never closed; were it, nothing could be read: refuse.
-                Ok(Err(_)) => return Err("llm request body read permits are closed".into()),
+                Ok(Err(_)) => return Err("large request body read permits are closed".into()),
                 Err(_) => {
                     return Err(format!(
-                        "llm request body over max_body_bytes ({cap} bytes) not read: this \
-                     session already read {LARGE_BODY_READS_PER_SESSION} such bodies at once \
-                     for {} s; send fewer large LLM calls at once (or retry when one is done)",
+                        "{what} not read: it must be read whole to be checked, and this session \
+                         already reads {LARGE_BODY_READS_PER_SESSION} such bodies at once (none \
+                         ended within {} s); send fewer large requests at once (or retry when \
+                         one is done)",
                         BODY_READ_TIMEOUT.as_secs()
                     ))
                 }
             };
-        let llm_cap = self.catalog.max_llm_body_bytes();
         // One byte more than the cap: a body of exactly the cap then ends.
-        tokio::time::timeout_at(deadline, body.buffer_up_to(llm_cap.saturating_add(1)))
+        tokio::time::timeout_at(deadline, body.buffer_up_to(whole.bytes.saturating_add(1)))
             .await
             .map_err(|_| {
                 format!(
-                    "llm request body over max_body_bytes ({cap} bytes) not received within \
-                     {} s (the wait for one of the session's {LARGE_BODY_READS_PER_SESSION} \
-                     large-body read permits included); send the body faster, or fewer large \
-                     LLM calls at once",
+                    "{what} not received within {} s (the wait for one of the session's \
+                     {LARGE_BODY_READS_PER_SESSION} large-body read permits included); send the \
+                     body faster, or fewer large requests at once",
                     BODY_READ_TIMEOUT.as_secs()
                 )
             })?
             .map_err(unreadable)?;
-        if !body.is_complete() || body.buffered().len() > llm_cap {
+        if !body.is_complete() || body.buffered().len() > whole.bytes {
             return Err(format!(
-                "llm request body over the {llm_cap}-byte cap (max_llm_body_bytes): it cannot \
-                 be metered or checked whole, so it is refused; send a smaller request, or \
-                 raise max_llm_body_bytes in the service catalog"
+                "request body over the {whole}: it cannot be checked whole (an LLM call's \
+                 cost, a method override, the catalog rule's fields), so it is refused; send a \
+                 smaller request, or raise {} in the service catalog",
+                whole.setting
             ));
         }
         Ok(Some(permit))

@@ -701,12 +701,21 @@ fn method_overrides() -> Vec<Attack> {
     ]
 }
 
-/// A `_method` past the bytes the gate reads (`max_body_bytes`, 64 KiB),
-/// in the body or in what it decodes to: the request is refused where the
-/// unread rest could name one.
+/// A `_method` past the bytes the gate reads first (`max_body_bytes`,
+/// 64 KiB): such a body is read whole, up to `max_whole_body_bytes`, and
+/// the override refused; in what a body decodes to past the first cap (a
+/// bomb), the request is refused where the unread rest could name one.
 fn overrides_past_the_cap() -> Vec<Attack> {
-    // Well past the cap: the gate may buffer a little more than it.
+    // Well past the first cap: the gate may buffer a little more than it.
     let pad = "a".repeat(512 * 1024);
+    let in_json = Block(
+        "catalog",
+        "run DELETE instead of POST (_method in the JSON body)",
+    );
+    let in_form = Block(
+        "catalog",
+        "run DELETE instead of POST (_method in the form body)",
+    );
     let unread = Block("catalog", "the body past the 65536-byte classification cap");
     let bomb = gzip(format!("note={}&_method=DELETE", "a".repeat(1 << 20)).as_bytes());
     vec![
@@ -715,21 +724,21 @@ fn overrides_past_the_cap() -> Vec<Attack> {
             ACCOUNT,
             JSON,
             &format!(r#"{{"note":"{pad}","_method":"DELETE"}}"#),
-            unread,
+            in_json,
         ),
         post(
             "form override past the cap",
             ACCOUNT,
             FORM,
             &format!("note={pad}&_method=DELETE"),
-            unread,
+            in_form,
         ),
         post(
             "untyped override past the cap",
             ACCOUNT,
             NO_TYPE,
             &format!("note={pad}&_method=DELETE"),
-            unread,
+            in_form,
         ),
         encoded("gzip bomb with an override", FORM, "gzip", bomb, unread),
         post(
@@ -744,6 +753,13 @@ fn overrides_past_the_cap() -> Vec<Attack> {
             ACCOUNT,
             "content-type: application/octet-stream",
             &format!("note={pad}&_method=DELETE"),
+            Forward,
+        ),
+        post(
+            "json object past the cap",
+            ACCOUNT,
+            JSON,
+            &format!(r#"{{"note":"{pad}","method":"card"}}"#),
             Forward,
         ),
     ]

@@ -68,9 +68,13 @@ async fn with_the_receipt_store_failing_nothing_is_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_payment_bodies_are_refused_not_guessed() {
-    let s = Session::start(Options::default()).await;
+    // Read whole up to 64 KiB here (16 MiB by default): past that cap.
+    let s = Session::start(Options {
+        catalog: format!("max_whole_body_bytes = 65536\n{CATALOG}"),
+        ..Options::default()
+    })
+    .await;
     let url = "https://united.com/api/booking/purchase";
-    // Over the 64 KiB classification cap.
     let padding = "x".repeat(70 * 1024);
     let big = format!(r#"{{"pad":"{padding}","total":"10.00","currency":"USD"}}"#);
     let body_file = s.dir.path().join("big.json");
@@ -89,7 +93,12 @@ async fn unreadable_payment_bodies_are_refused_not_guessed() {
         )
         .await;
     assert_eq!(r.status, 403, "{r:?}");
-    assert!(r.blocked().unwrap().contains("classification cap"), "{r:?}");
+    assert!(
+        r.blocked()
+            .unwrap()
+            .contains("over the 65536-byte cap (max_whole_body_bytes)"),
+        "{r:?}"
+    );
     // Two totals: which one would the merchant charge?
     let r = s
         .post_json(url, r#"{"total":"1.00","total":"599.00","currency":"USD"}"#)

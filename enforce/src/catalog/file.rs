@@ -98,6 +98,9 @@ pub(super) struct LlmPriceFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct CatalogFile {
     pub max_body_bytes: Option<usize>,
+    pub max_whole_body_bytes: Option<usize>,
+    /// The older name of `max_whole_body_bytes` (when only LLM calls were
+    /// read whole): still read, so existing catalogs load.
     pub max_llm_body_bytes: Option<usize>,
     #[serde(default = "yes")]
     pub builtin_llm: bool,

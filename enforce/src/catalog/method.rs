@@ -17,6 +17,7 @@ use super::extract::RequestView;
 use super::media::MediaType;
 use super::multipart::parse_multipart;
 use super::names::{eq_folded, form_name};
+use super::BodyCap;
 use crate::credentials::{BodyDecoder, Coding};
 use crate::json_members::Members;
 
@@ -30,15 +31,26 @@ pub(super) const HEADERS: [(&str, &str); 3] = [
 /// The override field's name as [`form_name`] reads it.
 const FIELD: &str = "_method";
 
+/// Whether the part of a `POST` body past `prefix` (what was read of it)
+/// could name `_method` for some server: a form, an untyped body,
+/// multipart, a JSON object (or a content-encoded one of these). Such a
+/// body is read whole before it is checked ([`super::Catalog::reads_whole`]).
+pub(super) fn rest_may_override(req: &RequestView<'_>, prefix: &[u8]) -> bool {
+    req.method.trim().eq_ignore_ascii_case("POST")
+        && reads_fields(req.headers)
+        && !json_without_members(req.headers, prefix)
+}
+
 /// Refuses a request whose override headers or `_method` fields name a
 /// method other than its own. `body` is the body as buffered (all of it
 /// when `complete`); a content-encoded body is read as servers that decode
-/// it first read it, at most `max_body_bytes` of it decoded.
+/// it first read it, at most `cap` of it decoded (past that it is read as
+/// a body cut at the cap).
 pub(super) fn check(
     req: &RequestView<'_>,
     body: Option<&[u8]>,
     complete: bool,
-    max_body_bytes: usize,
+    cap: BodyCap,
 ) -> Result<(), ClassifyError> {
     let method = req.method.trim();
     let refuse = |requested: &str, via: String| {
@@ -85,7 +97,7 @@ pub(super) fn check(
     // some server reads `_method` from.
     let decoded;
     let (body, complete) = if !identity_encoded(req.headers) && reads_fields(req.headers) {
-        match decode(req.headers, body, complete, max_body_bytes) {
+        match decode(req.headers, body, complete, cap.bytes) {
             Ok(plain) => {
                 decoded = plain;
                 (decoded.0.as_slice(), decoded.1)
@@ -165,17 +177,11 @@ pub(super) fn check(
         }
     }
     // Rack, Symfony, Express's method-override and ASP.NET read `_method`
-    // from the whole body of a `POST` (of no other method). Past what was
-    // read the body streams unread: where the rest could name one, the
-    // request is refused rather than guessed.
-    if !complete
-        && method.eq_ignore_ascii_case("POST")
-        && reads_fields(req.headers)
-        && !json_without_members(req.headers, body)
-    {
-        return unread(format!(
-            "the body past the {max_body_bytes}-byte classification cap (max_body_bytes)"
-        ));
+    // from the whole body of a `POST` (of no other method). The gate reads
+    // such a body whole (up to its cap); one cut short all the same (or
+    // decoding past the cap) is refused rather than guessed.
+    if !complete && rest_may_override(req, body) {
+        return unread(format!("the body past the {cap}"));
     }
     Ok(())
 }
@@ -376,7 +382,8 @@ mod tests {
         check_request(method, target, headers, body.as_bytes(), true, 64 * 1024)
     }
 
-    /// [`check`] on a request to `shop.example` with these parts.
+    /// [`check`] on a request to `shop.example` with these parts, a body
+    /// cut at (or decoded to) `limit` bytes of `max_body_bytes`.
     fn check_request(
         method: &str,
         target: &str,
@@ -384,6 +391,22 @@ mod tests {
         body: &[u8],
         complete: bool,
         limit: usize,
+    ) -> Result<(), ClassifyError> {
+        let cap = BodyCap {
+            bytes: limit,
+            setting: "max_body_bytes",
+        };
+        check_capped(method, target, headers, body, complete, cap)
+    }
+
+    /// [`check_request`] under any cap.
+    fn check_capped(
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        complete: bool,
+        cap: BodyCap,
     ) -> Result<(), ClassifyError> {
         let mut map = HeaderMap::new();
         for (n, v) in headers {
@@ -399,7 +422,7 @@ mod tests {
             path_and_query: target,
             headers: &map,
         };
-        check(&view, Some(body), complete, limit)
+        check(&view, Some(body), complete, cap)
     }
 
     const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");

@@ -51,10 +51,12 @@ use rule::Extract;
 /// Default cap on the body bytes read to classify a request (64 KiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Default cap on the body bytes read of a request to an LLM endpoint
-/// (16 MiB): such a call is metered only when its whole JSON body is read,
-/// and coding and RAG agents send prompts of hundreds of KiB.
-pub const DEFAULT_MAX_LLM_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default cap on the body bytes read of a request that must be read whole
+/// (16 MiB): an LLM call is metered only when its whole JSON body is read
+/// (coding and RAG agents send prompts of hundreds of KiB), and a `POST`
+/// whose body could name `_method` anywhere (a JSON document, a file
+/// upload) is checked whole.
+pub const DEFAULT_MAX_WHOLE_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// LLM APIs opened as WebSockets (OpenAI's Realtime API), on any host, as
 /// the built-in LLM rules are; the built-in HTTP paths count too (OpenAI's
@@ -66,8 +68,28 @@ const LLM_WEBSOCKET_PATHS: [&str; 1] = ["/**/v1/realtime"];
 pub struct Catalog {
     rules: Vec<Rule>,
     max_body_bytes: usize,
-    max_llm_body_bytes: usize,
+    /// The cap on bodies read whole, and the catalog key that set it (the
+    /// key a refusal names, so it reads as the operator wrote it).
+    whole_body: BodyCap,
     prices: Vec<LlmPrice>,
+}
+
+/// A cap on the body bytes read, and the catalog setting it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyCap {
+    pub bytes: usize,
+    pub setting: &'static str,
+}
+
+impl std::fmt::Display for BodyCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.setting == "max_body_bytes" {
+            "classification cap"
+        } else {
+            "cap"
+        };
+        write!(f, "{}-byte {what} ({})", self.bytes, self.setting)
+    }
 }
 
 /// The catalog rule (if any) a request falls under; say whether the body must
@@ -86,6 +108,7 @@ impl Catalog {
     pub fn builtin() -> Self {
         Self::from_file(CatalogFile {
             max_body_bytes: None,
+            max_whole_body_bytes: None,
             max_llm_body_bytes: None,
             builtin_llm: true,
             rule: Vec::new(),
@@ -135,19 +158,30 @@ impl Catalog {
         }
         // Unset, it is never below `max_body_bytes` (a catalog that raised
         // only that one keeps loading); set, it must not be.
-        let max_llm_body_bytes = match file.max_llm_body_bytes {
-            None => DEFAULT_MAX_LLM_BODY_BYTES.max(max_body_bytes),
+        let (whole, setting) = match (file.max_whole_body_bytes, file.max_llm_body_bytes) {
+            (Some(_), Some(_)) => {
+                return Err(CatalogError::Rule {
+                    rule: "max_whole_body_bytes".into(),
+                    problem: "set with max_llm_body_bytes, its older name: keep one".into(),
+                })
+            }
+            (Some(n), None) => (Some(n), "max_whole_body_bytes"),
+            (None, Some(n)) => (Some(n), "max_llm_body_bytes"),
+            (None, None) => (None, "max_whole_body_bytes"),
+        };
+        let bytes = match whole {
+            None => DEFAULT_MAX_WHOLE_BODY_BYTES.max(max_body_bytes),
             Some(0) => {
                 return Err(CatalogError::Rule {
-                    rule: "max_llm_body_bytes".into(),
+                    rule: setting.into(),
                     problem: "must be positive".into(),
                 })
             }
             Some(n) if n < max_body_bytes => {
                 return Err(CatalogError::Rule {
-                    rule: "max_llm_body_bytes".into(),
+                    rule: setting.into(),
                     problem: format!(
-                        "{n} is below max_body_bytes ({max_body_bytes}): an LLM call's body \
+                        "{n} is below max_body_bytes ({max_body_bytes}): a body read whole \
                          is read at least as far as any other"
                     ),
                 })
@@ -157,7 +191,7 @@ impl Catalog {
         Ok(Catalog {
             rules,
             max_body_bytes,
-            max_llm_body_bytes,
+            whole_body: BodyCap { bytes, setting },
             prices,
         })
     }
@@ -167,10 +201,11 @@ impl Catalog {
         self.max_body_bytes
     }
 
-    /// The cap on body bytes read of a request to an LLM endpoint the
-    /// catalog knows (read past [`Self::max_body_bytes`] so it can be metered).
-    pub fn max_llm_body_bytes(&self) -> usize {
-        self.max_llm_body_bytes
+    /// The cap on body bytes read of a request that must be read whole
+    /// ([`Self::reads_whole`]), and the setting it comes from
+    /// (`max_whole_body_bytes`, or its older name `max_llm_body_bytes`).
+    pub fn max_whole_body(&self) -> BodyCap {
+        self.whole_body
     }
 
     /// Whether a request with this head (method, host, path, headers; no
@@ -178,6 +213,22 @@ impl Catalog {
     /// `type = "llm"` rule matches it.
     pub fn is_llm_endpoint(&self, req: &RequestView<'_>) -> bool {
         self.match_request(req).rule().and_then(Rule::kind) == Some(ActionType::Llm)
+    }
+
+    /// Whether a request body must be read whole to be checked, read on
+    /// past [`Self::max_body_bytes`] up to [`Self::max_whole_body`]
+    /// (`prefix` is what was read, all of it when `complete`): an LLM call
+    /// (metered from its whole body), a rule's body fields, and a `POST`
+    /// whose unread rest could name `_method` for a server (`method.rs`).
+    /// A complete body is read whole already.
+    pub fn reads_whole(&self, req: &RequestView<'_>, prefix: &[u8], complete: bool) -> bool {
+        if complete {
+            return false;
+        }
+        let matched = self.match_request(req);
+        matched.needs_body()
+            || matched.rule().and_then(Rule::kind) == Some(ActionType::Llm)
+            || method::rest_may_override(req, prefix)
     }
 
     /// The rules in match order (catalog rules first, then built-ins).
@@ -294,7 +345,11 @@ impl<'c> Matched<'c> {
             merged::check(&rule.extract, req, body.unwrap_or(&[]), complete)?;
         }
         // Before the facts: which method the action is must be certain.
-        method::check(req, body, complete, self.max_body_bytes)?;
+        let cap = BodyCap {
+            bytes: self.max_body_bytes,
+            setting: "max_body_bytes",
+        };
+        method::check(req, body, complete, cap)?;
         let path = req
             .path_and_query
             .split(['?', '#'])
@@ -673,9 +728,18 @@ mod tests {
             ),
             ("max_body_bytes = 0\n", "positive"),
             ("max_llm_body_bytes = 0\n", "positive"),
+            ("max_whole_body_bytes = 0\n", "positive"),
             (
                 "max_body_bytes = 2048\nmax_llm_body_bytes = 1024\n",
                 "1024 is below max_body_bytes (2048)",
+            ),
+            (
+                "max_body_bytes = 2048\nmax_whole_body_bytes = 1024\n",
+                "max_whole_body_bytes: 1024 is below max_body_bytes (2048)",
+            ),
+            (
+                "max_whole_body_bytes = 100000\nmax_llm_body_bytes = 100000\n",
+                "its older name",
             ),
         ] {
             let err = Catalog::from_toml(text).expect_err(text).to_string();
@@ -684,18 +748,28 @@ mod tests {
     }
 
     #[test]
-    fn llm_bodies_have_their_own_cap() {
+    fn bodies_read_whole_have_their_own_cap() {
         let cat = Catalog::builtin();
-        assert_eq!(cat.max_llm_body_bytes(), DEFAULT_MAX_LLM_BODY_BYTES);
-        let cat = Catalog::from_toml("max_llm_body_bytes = 100000\n").expect("parses");
         assert_eq!(
-            (cat.max_body_bytes(), cat.max_llm_body_bytes()),
-            (DEFAULT_MAX_BODY_BYTES, 100_000)
+            cat.max_whole_body(),
+            BodyCap {
+                bytes: DEFAULT_MAX_WHOLE_BODY_BYTES,
+                setting: "max_whole_body_bytes"
+            }
         );
-        // Raising only max_body_bytes past the default LLM cap raises both.
-        let big = 2 * DEFAULT_MAX_LLM_BODY_BYTES;
+        // Its older name still loads, and a refusal names the key written.
+        for key in ["max_whole_body_bytes", "max_llm_body_bytes"] {
+            let cat = Catalog::from_toml(&format!("{key} = 100000\n")).expect("parses");
+            assert_eq!(cat.max_body_bytes(), DEFAULT_MAX_BODY_BYTES);
+            assert_eq!(
+                cat.max_whole_body().to_string(),
+                format!("100000-byte cap ({key})")
+            );
+        }
+        // Raising only max_body_bytes past the default whole cap raises both.
+        let big = 2 * DEFAULT_MAX_WHOLE_BODY_BYTES;
         let cat = Catalog::from_toml(&format!("max_body_bytes = {big}\n")).expect("parses");
-        assert_eq!(cat.max_llm_body_bytes(), big);
+        assert_eq!(cat.max_whole_body().bytes, big);
         // The head alone tells an LLM endpoint: built-in or `type = "llm"`.
         let cat = Catalog::from_toml(
             r#"
@@ -715,6 +789,53 @@ mod tests {
         ] {
             let v = view("POST", host, path, &headers);
             assert_eq!(cat.is_llm_endpoint(&v), llm, "{host}{path}");
+        }
+        // Read whole: an LLM call, a rule's body fields, and a `POST` whose
+        // rest could name `_method`.
+        let cat = Catalog::from_toml(FLIGHT).expect("parses");
+        let typed = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(*n, v.parse().expect("valid"));
+            }
+            h
+        };
+        let json = typed(&[("content-type", "application/json")]);
+        let octets = typed(&[("content-type", "application/octet-stream")]);
+        let none = HeaderMap::new();
+        for (method, host, path, headers, prefix, complete, whole) in [
+            (
+                "POST",
+                "api.openai.com",
+                "/v1/chat/completions",
+                &octets,
+                "x",
+                false,
+                true,
+            ),
+            // The rule reads its body: read whole whatever it starts with.
+            (
+                "POST",
+                "united.com",
+                "/api/booking/purchase",
+                &json,
+                "[",
+                false,
+                true,
+            ),
+            ("POST", "kayak.com", "/docs", &json, " {\"a\"", false, true),
+            ("POST", "kayak.com", "/docs", &none, "a=1", false, true),
+            ("POST", "kayak.com", "/docs", &json, "[1", false, false),
+            ("POST", "kayak.com", "/docs", &octets, "{", false, false),
+            ("PUT", "kayak.com", "/docs", &json, "{", false, false),
+            ("POST", "kayak.com", "/docs", &json, "{}", true, false),
+        ] {
+            let v = view(method, host, path, headers);
+            assert_eq!(
+                cat.reads_whole(&v, prefix.as_bytes(), complete),
+                whole,
+                "{method} {host}{path} {headers:?} {prefix:?} {complete}"
+            );
         }
     }
 

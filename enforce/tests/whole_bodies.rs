@@ -1,0 +1,168 @@
+//! Bodies read whole past `max_body_bytes`: a `POST` whose body could name
+//! `_method` anywhere (Rack, Symfony, Express's method-override and
+//! ASP.NET read it from the whole body) is read on, under one of the
+//! session's large-body read permits, up to `max_whole_body_bytes`,
+//! checked whole and forwarded whole; past that cap it is refused naming
+//! it. Real proxy, real TLS, the echoing mock upstream of `support`.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use receipts::Body;
+use support::*;
+
+const DOCS: &str = "https://kayak.com/account/docs";
+const JSON: &str = "content-type: application/json";
+
+/// A token granting `POST` (and reads) on the scenario's sites.
+fn policy_granting_post() -> String {
+    let policy = POLICY.replace(
+        r#"methods = ["GET", "HEAD"]"#,
+        r#"methods = ["GET", "HEAD", "POST"]"#,
+    );
+    assert_ne!(policy, POLICY);
+    policy
+}
+
+async fn session_with(catalog: &str, metering: enforce::MeterSettings) -> Session {
+    Session::start(Options {
+        policy: policy_granting_post(),
+        catalog: catalog.into(),
+        metering,
+        ..Options::default()
+    })
+    .await
+}
+
+async fn session() -> Session {
+    session_with(CATALOG, enforce::MeterSettings::default()).await
+}
+
+/// POSTs `body` (from a file: it is large) with these headers.
+async fn post_bytes(s: &Session, url: &str, headers: &[&str], body: &[u8]) -> Reply {
+    let file = s.dir.path().join(format!("body-{}", next_file_number()));
+    std::fs::write(&file, body).unwrap();
+    let data = format!("@{}", file.display());
+    let mut args = vec!["-X", "POST"];
+    for h in headers {
+        args.extend(["-H", *h]);
+    }
+    args.extend(["--data-binary", &data]);
+    let r = s.curl(url, &args).await;
+    std::fs::remove_file(&file).unwrap();
+    r
+}
+
+/// A number for a body file no other request of the test uses.
+fn next_file_number() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A JSON object of about `size` bytes, `tail` written as its last members.
+fn json_document(size: usize, tail: &str) -> String {
+    format!(
+        r#"{{"title":"report","text":"{}"{tail}}}"#,
+        "a".repeat(size)
+    )
+}
+
+/// The body digests of the decision receipts, in chain order.
+fn digests(chain: &receipts::VerifiedChain) -> Vec<Option<String>> {
+    chain
+        .receipts
+        .iter()
+        .filter_map(|r| match &r.receipt.body {
+            Body::Decision(d) => Some(d.body_sha256.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A 200 KiB JSON document to a REST API (no rule of the catalog's) goes,
+/// whole, and its receipt's digest is what the upstream got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_kib_json_object_post_goes_whole() {
+    let s = session().await;
+    let body = json_document(200 * 1024, "");
+    let r = post_bytes(&s, DOCS, &[JSON], body.as_bytes()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.mock.seen_for("kayak.com");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, body.as_bytes(), "the upstream got it whole");
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    assert_eq!((d[0].1.as_str(), d[0].2.as_str()), ("allow", "token"));
+    assert_eq!(
+        digests(&chain),
+        vec![Some(receipts::sha256_hex(body.as_bytes()))]
+    );
+}
+
+/// The same document with `_method: DELETE` as its last member, past
+/// `max_body_bytes`: read whole, the override is seen and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_override_at_the_end_of_a_200_kib_json_object_is_refused() {
+    let s = session().await;
+    let body = json_document(200 * 1024, r#","_method":"DELETE""#);
+    let r = post_bytes(&s, DOCS, &[JSON], body.as_bytes()).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let reason = r.blocked().unwrap();
+    assert!(
+        reason.contains("run DELETE instead of POST (_method in the JSON body)"),
+        "{reason}"
+    );
+    assert!(s.mock.seen().is_empty());
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    assert_eq!((d[0].1.as_str(), d[0].2.as_str()), ("block", "catalog"));
+    assert_eq!(
+        digests(&chain),
+        vec![Some(receipts::sha256_hex(body.as_bytes()))],
+        "the body was read whole"
+    );
+}
+
+/// A 1 MiB file uploaded as multipart/form-data goes, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_mib_multipart_upload_goes_whole() {
+    let s = session().await;
+    let file = s.dir.path().join("upload.bin");
+    let content: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| b"abcdefgh"[(i % 8) as usize])
+        .collect();
+    std::fs::write(&file, &content).unwrap();
+    let field = format!("file=@{}", file.display());
+    let r = s.curl(DOCS, &["-F", "title=report", "-F", &field]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.mock.seen_for("kayak.com");
+    assert_eq!(seen.len(), 1);
+    let got = &seen[0].body;
+    assert!(got.len() > content.len(), "{}", got.len());
+    assert!(
+        got.windows(content.len()).any(|w| w == content.as_slice()),
+        "the file reached the upstream whole"
+    );
+    let chain = s.finish_and_verify();
+    assert_eq!(digests(&chain), vec![Some(receipts::sha256_hex(got))]);
+}
+
+/// Past `max_whole_body_bytes` a body that must be read whole is refused,
+/// the reason naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_past_max_whole_body_bytes_is_refused_naming_it() {
+    let catalog = format!("max_whole_body_bytes = 131072\n{CATALOG}");
+    let s = session_with(&catalog, enforce::MeterSettings::default()).await;
+    let within = post_bytes(&s, DOCS, &[JSON], json_document(100 * 1024, "").as_bytes()).await;
+    assert_eq!(within.status, 200, "{within:?}");
+    let past = post_bytes(&s, DOCS, &[JSON], json_document(200 * 1024, "").as_bytes()).await;
+    assert_eq!(past.status, 403, "{past:?}");
+    let reason = past.blocked().unwrap();
+    assert!(
+        reason.contains("request body over the 131072-byte cap (max_whole_body_bytes)")
+            && reason.contains("raise max_whole_body_bytes"),
+        "{reason}"
+    );
+    assert_eq!(s.mock.seen().len(), 1, "only the one within the cap went");
+}
