@@ -135,7 +135,7 @@ impl Stages<'_> {
             path_and_query: &pq,
             headers: &req.head.headers,
         };
-        let _large_body_read = match self.read_body(&head, &mut req.body).await {
+        let large_body_read = match self.read_body(&head, &mut req.body).await {
             Ok(permit) => permit,
             Err(why) => return Err(unclassified(why, None)),
         };
@@ -148,7 +148,10 @@ impl Stages<'_> {
 
         // Classify.
         let view = head;
-        let matched = self.catalog.match_request(&view);
+        let mut matched = self.catalog.match_request(&view);
+        if large_body_read.is_some() {
+            matched = matched.read_whole();
+        }
         let mut action = match matched.classify(&view, Some(req.body.buffered()), complete) {
             Ok(a) => a,
             Err(e) => {
@@ -244,12 +247,13 @@ impl Stages<'_> {
     /// Buffers the request body up to the catalog's cap, within
     /// [`BODY_READ_TIMEOUT`]. A body the catalog must read whole to check
     /// it ([`Catalog::reads_whole`]: an LLM call to meter, a rule's body
-    /// fields, a `POST` whose rest could name `_method`) is read on, up to
-    /// [`Catalog::max_whole_body`], under a read permit of the session's
+    /// fields, a `POST` whose rest could name `_method`, an encoded one
+    /// decoded to check it) is read on, up to [`Catalog::max_whole_body`],
+    /// under a read permit of the session's
     /// ([`LARGE_BODY_READS_PER_SESSION`] of them, which bound the memory
-    /// such bodies hold), waited for within the same timeout; the permit is
-    /// returned to be held until the request is decided. A body past that
-    /// cap is refused: it cannot be checked whole.
+    /// such bodies hold), waited for within the same timeout; the permit
+    /// is returned to be held until the request is decided. A body past
+    /// that cap is refused: it cannot be checked whole.
     async fn read_body(
         &self,
         head: &RequestView<'_>,
@@ -272,14 +276,16 @@ impl Stages<'_> {
             .await
             .map_err(|_| late())?
             .map_err(unreadable)?;
-        if !self
-            .catalog
-            .reads_whole(head, body.buffered(), body.is_complete())
-        {
+        let complete = body.is_complete();
+        if !self.catalog.reads_whole(head, body.buffered(), complete) {
             return Ok(None);
         }
         let whole = self.catalog.max_whole_body();
-        let what = format!("a request body over max_body_bytes ({cap} bytes)");
+        let what = if complete {
+            "a content-encoded request body (decoded to be checked)".to_owned()
+        } else {
+            format!("a request body over max_body_bytes ({cap} bytes)")
+        };
         let permit =
             match tokio::time::timeout_at(deadline, self.metering.large_body_reads.acquire()).await
             {
@@ -296,6 +302,9 @@ impl Stages<'_> {
                     ))
                 }
             };
+        if complete {
+            return Ok(Some(permit));
+        }
         // One byte more than the cap: a body of exactly the cap then ends.
         tokio::time::timeout_at(deadline, body.buffer_up_to(whole.bytes.saturating_add(1)))
             .await

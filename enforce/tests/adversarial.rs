@@ -702,9 +702,9 @@ fn method_overrides() -> Vec<Attack> {
 }
 
 /// A `_method` past the bytes the gate reads first (`max_body_bytes`,
-/// 64 KiB): such a body is read whole, up to `max_whole_body_bytes`, and
-/// the override refused; in what a body decodes to past the first cap (a
-/// bomb), the request is refused where the unread rest could name one.
+/// 64 KiB), in the body or in what it decodes to: such a body is read (and
+/// decoded) whole, up to `max_whole_body_bytes`, and the override refused;
+/// a bomb decoding past that cap is refused where its rest could name one.
 fn overrides_past_the_cap() -> Vec<Attack> {
     // Well past the first cap: the gate may buffer a little more than it.
     let pad = "a".repeat(512 * 1024);
@@ -716,8 +716,8 @@ fn overrides_past_the_cap() -> Vec<Attack> {
         "catalog",
         "run DELETE instead of POST (_method in the form body)",
     );
-    let unread = Block("catalog", "the body past the 65536-byte classification cap");
     let bomb = gzip(format!("note={}&_method=DELETE", "a".repeat(1 << 20)).as_bytes());
+    let past_whole = gzip(format!("note={}&_method=DELETE", "a".repeat(17 << 20)).as_bytes());
     vec![
         post(
             "json override past the cap",
@@ -740,7 +740,17 @@ fn overrides_past_the_cap() -> Vec<Attack> {
             &format!("note={pad}&_method=DELETE"),
             in_form,
         ),
-        encoded("gzip bomb with an override", FORM, "gzip", bomb, unread),
+        encoded("gzip bomb with an override", FORM, "gzip", bomb, in_form),
+        encoded(
+            "gzip bomb past the whole-body cap",
+            FORM,
+            "gzip",
+            past_whole,
+            Block(
+                "catalog",
+                "the body past the 16777216-byte cap (max_whole_body_bytes)",
+            ),
+        ),
         post(
             "json array past the cap",
             ACCOUNT,

@@ -3,7 +3,8 @@
 //! ASP.NET read it from the whole body) is read on, under one of the
 //! session's large-body read permits, up to `max_whole_body_bytes`,
 //! checked whole and forwarded whole; past that cap it is refused naming
-//! it. Real proxy, real TLS, the echoing mock upstream of `support`.
+//! it. A content-encoded one is decoded as far. Real proxy, real TLS, the
+//! echoing mock upstream of `support`.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -13,6 +14,7 @@ use support::*;
 
 const DOCS: &str = "https://kayak.com/account/docs";
 const JSON: &str = "content-type: application/json";
+const FORM: &str = "content-type: application/x-www-form-urlencoded";
 
 /// A token granting `POST` (and reads) on the scenario's sites.
 fn policy_granting_post() -> String {
@@ -78,6 +80,13 @@ fn digests(chain: &receipts::VerifiedChain) -> Vec<Option<String>> {
             _ => None,
         })
         .collect()
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(body).unwrap();
+    z.finish().unwrap()
 }
 
 /// A 200 KiB JSON document to a REST API (no rule of the catalog's) goes,
@@ -165,4 +174,42 @@ async fn a_body_past_max_whole_body_bytes_is_refused_naming_it() {
         "{reason}"
     );
     assert_eq!(s.mock.seen().len(), 1, "only the one within the cap went");
+}
+
+/// A gzip-encoded form whose `_method` sits past 64 KiB of decoded output
+/// is decoded as far as a body read whole is read: the override is seen
+/// (not refused as unreadable), and the same body without one goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_body_is_decoded_as_far_as_a_body_read_whole() {
+    let s = session().await;
+    let gz = "content-encoding: gzip";
+    let pad = "a".repeat(200 * 1024);
+    let late = gzip(format!("note={pad}&_method=DELETE").as_bytes());
+    assert!(late.len() < 64 * 1024, "{}", late.len());
+    let r = post_bytes(&s, DOCS, &[FORM, gz], &late).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let reason = r.blocked().unwrap();
+    assert!(
+        reason.contains("run DELETE instead of POST (_method in the form body)"),
+        "{reason}"
+    );
+    let plain = gzip(format!("note={pad}&kind=memo").as_bytes());
+    let r = post_bytes(&s, DOCS, &[FORM, gz], &plain).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.mock.seen_for("kayak.com");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, plain, "forwarded as sent");
+    // A bomb decoding past the cap on bodies read whole is read no
+    // further, and refused where the rest could name an override.
+    let catalog = format!("max_whole_body_bytes = 1048576\n{CATALOG}");
+    let s = session_with(&catalog, enforce::MeterSettings::default()).await;
+    let bomb = gzip(format!("note={}&_method=DELETE", "a".repeat(4 << 20)).as_bytes());
+    let r = post_bytes(&s, DOCS, &[FORM, gz], &bomb).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let reason = r.blocked().unwrap();
+    assert!(
+        reason.contains("the body past the 1048576-byte cap (max_whole_body_bytes)"),
+        "{reason}"
+    );
+    assert!(s.mock.seen().is_empty());
 }

@@ -41,6 +41,16 @@ pub(super) fn rest_may_override(req: &RequestView<'_>, prefix: &[u8]) -> bool {
         && !json_without_members(req.headers, prefix)
 }
 
+/// Whether a (complete) `POST` body is decoded to be checked for
+/// `_method`: content-encoded, of a type servers read `_method` from.
+/// Every other request is answered without a header scan past the first.
+pub(super) fn decoded_for_override(req: &RequestView<'_>) -> bool {
+    req.method.trim().eq_ignore_ascii_case("POST")
+        && req.headers.contains_key(CONTENT_ENCODING)
+        && !identity_encoded(req.headers)
+        && reads_fields(req.headers)
+}
+
 /// Refuses a request whose override headers or `_method` fields name a
 /// method other than its own. `body` is the body as buffered (all of it
 /// when `complete`); a content-encoded body is read as servers that decode
@@ -765,6 +775,54 @@ mod tests {
         assert_eq!(
             check_bytes(&[("content-type", "image/png"), gz], &bomb, 1024),
             Ok(())
+        );
+    }
+
+    /// A body the gate read whole under a read permit is decoded up to the
+    /// cap on bodies read whole: an override past `max_body_bytes` of
+    /// decoded output is read and named; one past that cap (a bomb) is
+    /// refused as unread, naming the cap.
+    #[test]
+    fn a_body_read_whole_is_decoded_to_the_whole_cap() {
+        let gz = ("content-encoding", "gzip");
+        let late = gzip(format!("note={}&_method=DELETE", "a".repeat(100 * 1024)).as_bytes());
+        assert_eq!(
+            check_bytes(&[FORM, gz], &late, 64 * 1024),
+            Err(ClassifyError::MethodOverrideUnread {
+                method: "POST".into(),
+                via: "the body past the 65536-byte classification cap (max_body_bytes)".into()
+            })
+        );
+        let whole = BodyCap {
+            bytes: 1 << 20,
+            setting: "max_whole_body_bytes",
+        };
+        let named = check_capped("POST", "/x", &[FORM, gz], &late, true, whole);
+        assert_eq!(
+            via(named),
+            Some((
+                "POST".into(),
+                "DELETE".into(),
+                "_method in the form body".into()
+            ))
+        );
+        let json = ("content-type", "application/json");
+        let late_json =
+            gzip(format!(r#"{{"note":"{}","_method":"PUT"}}"#, "a".repeat(100 * 1024)).as_bytes());
+        let named = check_capped("POST", "/x", &[json, gz], &late_json, true, whole);
+        assert_eq!(via(named).map(|v| v.1), Some("PUT".into()));
+        let plain = gzip(format!(r#"{{"note":"{}"}}"#, "a".repeat(100 * 1024)).as_bytes());
+        assert_eq!(
+            check_capped("POST", "/x", &[json, gz], &plain, true, whole),
+            Ok(())
+        );
+        let bomb = gzip(&[b'a'; 2 << 20]);
+        assert_eq!(
+            check_capped("POST", "/x", &[FORM, gz], &bomb, true, whole),
+            Err(ClassifyError::MethodOverrideUnread {
+                method: "POST".into(),
+                via: "the body past the 1048576-byte cap (max_whole_body_bytes)".into()
+            })
         );
     }
 

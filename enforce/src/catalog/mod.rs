@@ -101,6 +101,11 @@ pub struct Matched<'c> {
     /// rule it might have matched.
     refused: Option<ClassifyError>,
     max_body_bytes: usize,
+    /// How far a content-encoded body is decoded to check it: the
+    /// classification cap, or the cap on bodies read whole when the gate
+    /// read it under a large-body read permit ([`Matched::read_whole`]).
+    decode_cap: BodyCap,
+    whole_body: BodyCap,
 }
 
 impl Catalog {
@@ -220,10 +225,12 @@ impl Catalog {
     /// (`prefix` is what was read, all of it when `complete`): an LLM call
     /// (metered from its whole body), a rule's body fields, and a `POST`
     /// whose unread rest could name `_method` for a server (`method.rs`).
-    /// A complete body is read whole already.
+    /// A complete body is read whole already; one that is content-encoded
+    /// and could name `_method` is decoded past `max_body_bytes`, so it is
+    /// one too (its decoded size is not known until it is decoded).
     pub fn reads_whole(&self, req: &RequestView<'_>, prefix: &[u8], complete: bool) -> bool {
         if complete {
-            return false;
+            return !prefix.is_empty() && method::decoded_for_override(req);
         }
         let matched = self.match_request(req);
         matched.needs_body()
@@ -290,6 +297,11 @@ impl Catalog {
             rule,
             refused,
             max_body_bytes: self.max_body_bytes,
+            decode_cap: BodyCap {
+                bytes: self.max_body_bytes,
+                setting: "max_body_bytes",
+            },
+            whole_body: self.whole_body,
         }
     }
 }
@@ -314,6 +326,14 @@ impl<'c> Matched<'c> {
     /// The body cap in force.
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
+    }
+
+    /// Says the body was read whole under a large-body read permit
+    /// ([`Catalog::reads_whole`]): a content-encoded one is then decoded up
+    /// to the cap on bodies read whole, not `max_body_bytes`, to check it.
+    pub fn read_whole(mut self) -> Self {
+        self.decode_cap = self.whole_body;
+        self
     }
 
     /// Builds the action. `body` is the request body as read, `None` when it
@@ -345,11 +365,7 @@ impl<'c> Matched<'c> {
             merged::check(&rule.extract, req, body.unwrap_or(&[]), complete)?;
         }
         // Before the facts: which method the action is must be certain.
-        let cap = BodyCap {
-            bytes: self.max_body_bytes,
-            setting: "max_body_bytes",
-        };
-        method::check(req, body, complete, cap)?;
+        method::check(req, body, complete, self.decode_cap)?;
         let path = req
             .path_and_query
             .split(['?', '#'])
@@ -791,7 +807,8 @@ mod tests {
             assert_eq!(cat.is_llm_endpoint(&v), llm, "{host}{path}");
         }
         // Read whole: an LLM call, a rule's body fields, and a `POST` whose
-        // rest could name `_method`.
+        // rest could name `_method` (when cut), or one decoded to check it
+        // (when complete).
         let cat = Catalog::from_toml(FLIGHT).expect("parses");
         let typed = |pairs: &[(&'static str, &'static str)]| {
             let mut h = HeaderMap::new();
@@ -801,6 +818,11 @@ mod tests {
             h
         };
         let json = typed(&[("content-type", "application/json")]);
+        let form_gz = typed(&[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-encoding", "gzip"),
+        ]);
+        let png_gz = typed(&[("content-type", "image/png"), ("content-encoding", "gzip")]);
         let octets = typed(&[("content-type", "application/octet-stream")]);
         let none = HeaderMap::new();
         for (method, host, path, headers, prefix, complete, whole) in [
@@ -828,7 +850,10 @@ mod tests {
             ("POST", "kayak.com", "/docs", &json, "[1", false, false),
             ("POST", "kayak.com", "/docs", &octets, "{", false, false),
             ("PUT", "kayak.com", "/docs", &json, "{", false, false),
+            ("POST", "kayak.com", "/docs", &form_gz, "\u{1f}", true, true),
+            ("POST", "kayak.com", "/docs", &png_gz, "\u{1f}", true, false),
             ("POST", "kayak.com", "/docs", &json, "{}", true, false),
+            ("POST", "kayak.com", "/docs", &form_gz, "", true, false),
         ] {
             let v = view(method, host, path, headers);
             assert_eq!(
