@@ -251,9 +251,10 @@ impl Stages<'_> {
     /// decoded to check it) is read on, up to [`Catalog::max_whole_body`],
     /// under a read permit of the session's
     /// ([`LARGE_BODY_READS_PER_SESSION`] of them, which bound the memory
-    /// such bodies hold), waited for within the same timeout; the permit
-    /// is returned to be held until the request is decided. A body past
-    /// that cap is refused: it cannot be checked whole.
+    /// such bodies hold), waited for within the same timeout (or the
+    /// shorter `MeterSettings::large_body_permit_wait`); the permit is
+    /// returned to be held while the body is. A body past that cap is
+    /// refused: it cannot be checked whole.
     async fn read_body(
         &self,
         head: &RequestView<'_>,
@@ -286,8 +287,12 @@ impl Stages<'_> {
         } else {
             format!("a request body over max_body_bytes ({cap} bytes)")
         };
+        let permit_wait = tokio::time::Instant::now()
+            .checked_add(self.metering.settings.large_body_permit_wait)
+            .map_or(deadline, |t| t.min(deadline));
         let permit =
-            match tokio::time::timeout_at(deadline, self.metering.large_body_reads.acquire()).await
+            match tokio::time::timeout_at(permit_wait, self.metering.large_body_reads.acquire())
+                .await
             {
                 Ok(Ok(permit)) => permit,
                 // Never closed; were it, nothing could be read: refuse.
@@ -298,7 +303,11 @@ impl Stages<'_> {
                          already reads {LARGE_BODY_READS_PER_SESSION} such bodies at once (none \
                          ended within {} s); send fewer large requests at once (or retry when \
                          one is done)",
-                        BODY_READ_TIMEOUT.as_secs()
+                        self.metering
+                            .settings
+                            .large_body_permit_wait
+                            .min(BODY_READ_TIMEOUT)
+                            .as_secs_f64()
                     ))
                 }
             };

@@ -9,8 +9,11 @@
 
 mod support;
 
+use std::time::Duration;
+
 use receipts::Body;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOCS: &str = "https://kayak.com/account/docs";
 const JSON: &str = "content-type: application/json";
@@ -212,4 +215,88 @@ async fn a_gzip_body_is_decoded_as_far_as_a_body_read_whole() {
         "{reason}"
     );
     assert!(s.mock.seen().is_empty());
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Opens a TLS connection to the proxy as kayak.com and sends the head of
+/// a JSON `POST` of `body.len()` bytes and its first `sent` bytes.
+async fn start_post(s: &Session, body: &str, sent: usize) -> Tls {
+    let ca = std::fs::read_to_string(&s.session_ca).unwrap();
+    let cfg = test_support::client_config(&ca, &[b"http/1.1"]);
+    let mut io = test_support::tls_connect(s.proxy.https_addr().unwrap(), "kayak.com", cfg)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /account/docs HTTP/1.1\r\nHost: kayak.com\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    io.write_all(head.as_bytes()).await.unwrap();
+    io.write_all(&body.as_bytes()[..sent]).await.unwrap();
+    io.flush().await.unwrap();
+    io
+}
+
+/// Sends the rest of the body and reads the whole reply.
+async fn finish_post(mut io: Tls, body: &str, sent: usize) -> String {
+    io.write_all(&body.as_bytes()[sent..]).await.unwrap();
+    io.flush().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), io.read_to_end(&mut out))
+        .await
+        .expect("the proxy answers and closes")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Four large bodies whose senders stall past `max_body_bytes` hold the
+/// session's four read permits; a fifth waits for one within the permit
+/// wait (shortened here) and, none freeing, is refused saying why. The
+/// four then go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifth_large_body_is_refused_when_no_read_permit_frees() {
+    let metering = enforce::MeterSettings {
+        large_body_permit_wait: Duration::from_secs(1),
+        ..enforce::MeterSettings::default()
+    };
+    let s = session_with(CATALOG, metering).await;
+    let body = json_document(200 * 1024, "");
+    let stalled_at = 100 * 1024;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(start_post(&s, &body, stalled_at).await);
+    }
+    // The four hold the permits once the proxy has read their heads: a
+    // moment for that, then until a fifth cannot get one (an early try may
+    // still, and a stalled body then takes the permit when it is done).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fifth = loop {
+        let r = post_bytes(&s, DOCS, &[JSON], body.as_bytes()).await;
+        if r.status == 403 {
+            break r;
+        }
+        assert_eq!(r.status, 200, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = fifth.blocked().unwrap();
+    assert!(
+        reason.contains(
+            "a request body over max_body_bytes (65536 bytes) not read: it must be read whole \
+             to be checked, and this session already reads 4 such bodies at once (none ended \
+             within 1 s)"
+        ),
+        "{reason}"
+    );
+    for io in stalled {
+        let reply = finish_post(io, &body, stalled_at).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    let chain = s.finish_and_verify();
+    let refused = decisions(&chain)
+        .into_iter()
+        .filter(|d| d.1 == "block")
+        .collect::<Vec<_>>();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].2, "catalog");
 }

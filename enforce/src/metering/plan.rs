@@ -35,6 +35,11 @@ pub struct MeterSettings {
     /// Percentages of the LLM budget at which a `budget_warning` receipt and
     /// event go out, once each (1 to 100; other values are ignored).
     pub warn_at_percent: Vec<u64>,
+    /// How long a request body that must be read whole waits for one of
+    /// the session's large-body read permits before it is refused (never
+    /// longer than the body-read timeout, [`crate::BODY_READ_TIMEOUT`],
+    /// which is the default).
+    pub large_body_permit_wait: std::time::Duration,
 }
 
 impl Default for MeterSettings {
@@ -42,6 +47,7 @@ impl Default for MeterSettings {
         MeterSettings {
             default_output_limit: 4096,
             warn_at_percent: vec![50, 80],
+            large_body_permit_wait: crate::BODY_READ_TIMEOUT,
         }
     }
 }
