@@ -18,7 +18,7 @@ use proxy::{
     Refusal, RequestSummary, ResponseVerdict,
 };
 use receipts::{ApprovalRecord, CanonicalDecision, Entry, ReceiptLog, RecordedAction};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, OwnedSemaphorePermit};
 use tracing::Instrument;
 
 use crate::approval::{ask_and_wait, ApprovalBroker, ApprovalOutcome, ApprovalRequest};
@@ -26,7 +26,9 @@ use crate::catalog::Catalog;
 use crate::counters::{Ledger, Reservation};
 use crate::credentials::{SecretStore, SessionCredentials};
 use crate::events::{Event, EventBus, EventKind};
-use crate::metering::{MeterSettings, Metering, Plan, RateCard, Ticket};
+use crate::metering::{
+    MeterSettings, Metering, Plan, RateCard, Ticket, LARGE_BODY_READS_PER_SESSION,
+};
 use crate::quota::{DayQuota, QuotaHold, QuotaRefusal};
 use crate::stages::{fallback_action, path_only, Block, Prepared, Screened, Stage, Stages};
 use crate::stats::{WaitHistogram, WaitSummary};
@@ -142,6 +144,7 @@ impl Enforcement {
             held: AtomicUsize::new(0),
             dns: Mutex::new(DnsRefusals::new(config.dns_refusals)),
             in_flight: Mutex::new(HashMap::new()),
+            large_bodies: Mutex::new(HashMap::new()),
             credential_hosts: Mutex::new(HashMap::new()),
             receipt_waits: WaitHistogram::default(),
             metering,
@@ -269,6 +272,11 @@ pub struct EnforcingGate {
     /// find the request again, and concurrent HTTP/2 streams with the
     /// same method and path are told apart.
     in_flight: Mutex<HashMap<u64, InFlight>>,
+    /// The read permits of forwarded bodies read whole, by request number:
+    /// the body goes upstream from the gate's buffer, so its permit is
+    /// released when the upstream answers (it has read the body by then)
+    /// or the exchange ends, not when the stages end.
+    large_bodies: Mutex<HashMap<u64, OwnedSemaphorePermit>>,
     /// Hosts where some credential may be used (their responses are masked).
     credential_hosts: Mutex<HashMap<Host, bool>>,
     /// How long each request waited for its decision receipt to be durable.
@@ -449,6 +457,8 @@ struct Decided {
     metered: Option<Plan>,
     /// Its hold on the tenant's day quota (released if it never leaves).
     quota: Option<QuotaHold>,
+    /// The read permit of a body read whole, held with the body.
+    large_body: Option<OwnedSemaphorePermit>,
 }
 
 impl EnforcingGate {
@@ -699,6 +709,7 @@ impl EnforcingGate {
             body_sha256,
             prepared,
             metered,
+            large_body,
         } = match self.stages().run(req, now).await {
             Ok(screened) => screened,
             Err(block) => {
@@ -785,6 +796,7 @@ impl EnforcingGate {
             reservation,
             metered,
             quota,
+            large_body,
         };
         if verdict == Verdict::Approval {
             self.hold_for_approval(id, req, conn, decided, query).await
@@ -1076,6 +1088,7 @@ impl EnforcingGate {
             reservation,
             metered,
             quota,
+            large_body,
         } = decided;
         let mut credentials = Vec::new();
         if let Some((uri, headers, substituted)) = prepared {
@@ -1149,6 +1162,9 @@ impl EnforcingGate {
                 e.receipt = Some(seq);
             });
         }
+        if let Some(permit) = large_body {
+            lock(&self.large_bodies).insert(id, permit);
+        }
         lock(&self.in_flight).insert(
             id,
             InFlight {
@@ -1160,6 +1176,15 @@ impl EnforcingGate {
         );
         reservation.commit();
         GateVerdict::Forward
+    }
+
+    /// Releases the read permit of a forwarded body read whole, if it held
+    /// one. Every response and completion comes here: with no permit
+    /// taken (the usual case) it costs one atomic read, no lock.
+    fn release_large_body(&self, request: u64) {
+        if self.metering.large_body_reads.available_permits() < LARGE_BODY_READS_PER_SESSION {
+            lock(&self.large_bodies).remove(&request);
+        }
     }
 
     fn host_has_credentials(&self, host: &Host) -> bool {
@@ -1249,6 +1274,7 @@ impl Gate for EnforcingGate {
         };
         match req.tag {
             Some(GateTag(request)) => {
+                self.release_large_body(request);
                 let event_stream =
                     crate::metering::is_event_stream(head.headers.get(http::header::CONTENT_TYPE));
                 self.metering.response(request, event_stream, verdict)
@@ -1308,6 +1334,7 @@ impl Gate for EnforcingGate {
         let Some(GateTag(request)) = exchange.request.tag else {
             return;
         };
+        self.release_large_body(request);
         // A metered call is settled by its response already, unless none came.
         self.metering.ended(request);
         let entry = lock(&self.in_flight).remove(&request);

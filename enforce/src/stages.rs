@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use capabilities::{Action, ActionType, Capability, Host};
 use proxy::{GateRequest, RequestBody};
 use serde::Serialize;
-use tokio::sync::SemaphorePermit;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::catalog::{Catalog, RequestView, Rule};
 use crate::credentials::{Findings, Placement, SessionCredentials, Substituted};
@@ -72,6 +72,10 @@ pub(crate) struct Screened {
     pub prepared: Prepared,
     /// An LLM call the proxy meters.
     pub metered: Option<Plan>,
+    /// The read permit of a body read whole (past `max_body_bytes`): held
+    /// as long as the body is, so the permits bound the memory such
+    /// bodies take while they wait for a human and go upstream too.
+    pub large_body: Option<OwnedSemaphorePermit>,
 }
 
 /// The stages, over one session's catalog, credentials and token.
@@ -128,14 +132,15 @@ impl Stages<'_> {
         // Read the body up to the cap: classification and the credential
         // scan need it. The rest (if any) streams unread behind it, unless
         // the body must be read whole (an LLM call, a `POST` whose rest
-        // could name `_method`): that one holds a read permit.
+        // could name `_method`): that one holds a read permit as long as
+        // the gate holds it.
         let head = RequestView {
             method: &method,
             host: &host,
             path_and_query: &pq,
             headers: &req.head.headers,
         };
-        let large_body_read = match self.read_body(&head, &mut req.body).await {
+        let large_body = match self.read_body(&head, &mut req.body).await {
             Ok(permit) => permit,
             Err(why) => return Err(unclassified(why, None)),
         };
@@ -149,7 +154,7 @@ impl Stages<'_> {
         // Classify.
         let view = head;
         let mut matched = self.catalog.match_request(&view);
-        if large_body_read.is_some() {
+        if large_body.is_some() {
             matched = matched.read_whole();
         }
         let mut action = match matched.classify(&view, Some(req.body.buffered()), complete) {
@@ -234,6 +239,7 @@ impl Stages<'_> {
                 body_sha256,
                 prepared,
                 metered,
+                large_body,
             }),
             Err(reason) => Err(Block {
                 stage: Stage::Credential,
@@ -253,13 +259,14 @@ impl Stages<'_> {
     /// ([`LARGE_BODY_READS_PER_SESSION`] of them, which bound the memory
     /// such bodies hold), waited for within the same timeout (or the
     /// shorter `MeterSettings::large_body_permit_wait`); the permit is
-    /// returned to be held while the body is. A body past that cap is
+    /// returned to be held while the body is (through an approval wait and
+    /// until the upstream answers, `gate.rs`). A body past that cap is
     /// refused: it cannot be checked whole.
     async fn read_body(
         &self,
         head: &RequestView<'_>,
         body: &mut RequestBody,
-    ) -> Result<Option<SemaphorePermit<'_>>, String> {
+    ) -> Result<Option<OwnedSemaphorePermit>, String> {
         if body.is_complete() {
             // Nothing left to read (a GET): no deadline to arm.
             return Ok(None);
@@ -290,27 +297,29 @@ impl Stages<'_> {
         let permit_wait = tokio::time::Instant::now()
             .checked_add(self.metering.settings.large_body_permit_wait)
             .map_or(deadline, |t| t.min(deadline));
-        let permit =
-            match tokio::time::timeout_at(permit_wait, self.metering.large_body_reads.acquire())
-                .await
-            {
-                Ok(Ok(permit)) => permit,
-                // Never closed; were it, nothing could be read: refuse.
-                Ok(Err(_)) => return Err("large request body read permits are closed".into()),
-                Err(_) => {
-                    return Err(format!(
-                        "{what} not read: it must be read whole to be checked, and this session \
-                         already reads {LARGE_BODY_READS_PER_SESSION} such bodies at once (none \
-                         ended within {} s); send fewer large requests at once (or retry when \
-                         one is done)",
-                        self.metering
-                            .settings
-                            .large_body_permit_wait
-                            .min(BODY_READ_TIMEOUT)
-                            .as_secs_f64()
-                    ))
-                }
-            };
+        let permit = match tokio::time::timeout_at(
+            permit_wait,
+            self.metering.large_body_reads.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            // Never closed; were it, nothing could be read: refuse.
+            Ok(Err(_)) => return Err("large request body read permits are closed".into()),
+            Err(_) => {
+                return Err(format!(
+                    "{what} not read: it must be read whole to be checked, and this session \
+                     already reads {LARGE_BODY_READS_PER_SESSION} such bodies at once (none \
+                     ended within {} s); send fewer large requests at once (or retry when one \
+                     is done)",
+                    self.metering
+                        .settings
+                        .large_body_permit_wait
+                        .min(BODY_READ_TIMEOUT)
+                        .as_secs_f64()
+                ))
+            }
+        };
         if complete {
             return Ok(Some(permit));
         }

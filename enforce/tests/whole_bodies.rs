@@ -300,3 +300,57 @@ async fn a_fifth_large_body_is_refused_when_no_read_permit_frees() {
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0].2, "catalog");
 }
+
+/// A body read whole keeps its read permit while the request waits for a
+/// human: four 100 KiB payments held for approval hold the four permits,
+/// so a fifth is refused for want of one (it is not read, and no human is
+/// asked), rather than a fifth (and a sixty-fourth) 16 MiB body held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_held_for_approval_keep_their_read_permits() {
+    // Payments above $400 need a human; room for several at once.
+    let policy = POLICY.replace(r#"max_total = "600.00""#, r#"max_total = "6000.00""#);
+    assert_ne!(policy, POLICY);
+    let s = Session::start(Options {
+        policy,
+        script: vec![test_support::Scripted::Never],
+        approval_timeout: Duration::from_secs(10),
+        metering: enforce::MeterSettings {
+            large_body_permit_wait: Duration::from_secs(1),
+            ..enforce::MeterSettings::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let purchase = "https://united.com/api/booking/purchase";
+    let body = format!(
+        r#"{{"itinerary":"{}","total":"500.00","currency":"USD"}}"#,
+        "a".repeat(100 * 1024)
+    );
+    let held = futures_util::future::join_all(
+        (0..4).map(|_| post_bytes(&s, purchase, &[JSON], body.as_bytes())),
+    );
+    let fifth = async {
+        while s.broker.asked().len() < 4 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = post_bytes(&s, purchase, &[JSON], body.as_bytes()).await;
+        (r, s.broker.asked().len())
+    };
+    let (held, (fifth, asked)) = tokio::join!(held, fifth);
+    assert_eq!(asked, 4, "the fifth was held for a human too: {fifth:?}");
+    assert_eq!(fifth.status, 403, "{fifth:?}");
+    let reason = fifth.blocked().unwrap();
+    assert!(
+        reason.contains("this session already reads 4 such bodies at once"),
+        "{reason}"
+    );
+    for r in &held {
+        assert_eq!(r.status, 403, "{r:?}");
+        assert!(r.blocked().unwrap().contains("approval timed out"), "{r:?}");
+    }
+    assert!(s.mock.seen().is_empty());
+    let chain = s.finish_and_verify();
+    let d = decisions(&chain);
+    assert_eq!(d.len(), 5, "{d:?}");
+    assert_eq!(approvals(&chain).len(), 4);
+}

@@ -119,15 +119,17 @@ pub(crate) struct Metering {
     warned: Mutex<usize>,
     /// Forwarded calls by request number, until their response head.
     waiting: Mutex<HashMap<u64, Ticket>>,
-    /// Permits to read an LLM request body past `max_body_bytes` (up to
-    /// `max_llm_body_bytes`), [`LARGE_BODY_READS_PER_SESSION`] of them.
-    pub(crate) large_body_reads: tokio::sync::Semaphore,
+    /// Permits to read a request body past `max_body_bytes` (up to
+    /// `max_whole_body_bytes`), [`LARGE_BODY_READS_PER_SESSION`] of them.
+    /// One is held as long as the gate holds the body it read.
+    pub(crate) large_body_reads: Arc<tokio::sync::Semaphore>,
 }
 
-/// How many LLM request bodies one session reads past `max_body_bytes` at
-/// once. A sandbox may open 512 connections of 128 HTTP/2 streams each;
-/// without a bound, each buffering up to `max_llm_body_bytes` (16 MiB by
-/// default) would let one session hold gigabytes. Four bounds it to 64 MiB
+/// How many request bodies one session reads past `max_body_bytes` at
+/// once (and holds: a permit is released when the body is, see
+/// `gate.rs`). A sandbox may open 512 connections of 128 HTTP/2 streams
+/// each; without a bound, each buffering up to `max_whole_body_bytes` (16
+/// MiB by default) would let one session hold gigabytes. Four bounds it to 64 MiB
 /// by default and still lets an agent run a few large calls in parallel.
 pub(crate) const LARGE_BODY_READS_PER_SESSION: usize = 4;
 
@@ -158,7 +160,7 @@ impl Metering {
             budget,
             warned: Mutex::new(0),
             waiting: Mutex::new(HashMap::new()),
-            large_body_reads: tokio::sync::Semaphore::new(LARGE_BODY_READS_PER_SESSION),
+            large_body_reads: Arc::new(tokio::sync::Semaphore::new(LARGE_BODY_READS_PER_SESSION)),
         }
     }
 
