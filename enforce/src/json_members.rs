@@ -1,7 +1,8 @@
-//! A JSON object's members in body order, duplicates kept: the one reading
-//! of an object that the catalog (field extraction) and the credential
-//! placement check share, so both see the same members. A leaf of its own so
-//! neither folder imports the other for it.
+//! A JSON object's members in body order, duplicates kept, and a JSON
+//! pointer's tokens as member names: the one reading of an object that the
+//! catalog (field extraction) and the credential placement check share, so
+//! both see the same members. A leaf of its own so neither folder imports
+//! the other for it.
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -27,4 +28,10 @@ impl<'de> Deserialize<'de> for Members<'de> {
         }
         d.deserialize_map(V)
     }
+}
+
+/// A JSON pointer reference token as the member name it stands for
+/// (RFC 6901 §4: `~1` is `/`, then `~0` is `~`).
+pub(crate) fn unescape_token(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
 }

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::error::ClassifyError;
 use super::names::{eq_folded, fold};
-use crate::json_members::Members;
+use crate::json_members::{unescape_token, Members};
 
 /// The value a pointer reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +22,6 @@ pub enum JsonLeaf {
     Array(Vec<JsonLeaf>),
     /// A bool, an object, or an array nested in an array.
     Other,
-}
-
-/// A JSON pointer reference token as the member name it stands for
-/// (RFC 6901 §4: `~1` is `/`, then `~0` is `~`).
-pub(super) fn unescape_token(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
 }
 
 /// Follows an RFC 6901 pointer through `text`. `Ok(None)` when the path does

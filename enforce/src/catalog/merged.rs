@@ -19,11 +19,11 @@ use http::header::COOKIE;
 use super::error::ClassifyError;
 use super::extract::RequestView;
 use super::file::Field;
-use super::json::unescape_token;
 use super::media::{check_identity_encoding, MediaType};
 use super::multipart::parse_multipart;
 use super::names::form_name;
 use super::rule::Extract;
+use crate::json_members::unescape_token;
 use crate::json_members::Members;
 
 /// Refuses a request carrying a field the rule reads from one side (body

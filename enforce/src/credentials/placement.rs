@@ -22,7 +22,7 @@ use http::header::HeaderName;
 use http::HeaderMap;
 use serde_json::value::RawValue;
 
-use crate::json_members::Members;
+use crate::json_members::{unescape_token, Members};
 
 /// One place a placeholder may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,7 +276,7 @@ fn json_string_at(body: &[u8], pointer: &str) -> Result<Option<Range<usize>>, ()
         return Ok(None);
     };
     for token in pointer.split('/').skip(1) {
-        let token = token.replace("~1", "/").replace("~0", "~");
+        let token = unescape_token(token);
         let raw = current.get().trim_start();
         if raw.starts_with('{') {
             let Ok(Members(members)) = serde_json::from_str::<Members>(current.get()) else {
