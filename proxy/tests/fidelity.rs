@@ -449,3 +449,193 @@ async fn a_switch_to_another_protocol_than_websocket_is_refused() {
     let exchanges = env.gate.exchanges_when(1).await;
     assert_eq!(exchanges[0].status, Some(http::StatusCode::BAD_GATEWAY));
 }
+
+/// What an HTTP/1.1 upstream that answers some requests without reading
+/// their body read as request lines, and how many connections it took.
+#[derive(Default)]
+struct Lines {
+    seen: std::sync::Mutex<Vec<String>>,
+    connections: std::sync::atomic::AtomicUsize,
+}
+
+/// An HTTP/1.1 upstream that answers a request for `/early…` as soon as it
+/// has its head, leaving the body on the connection, and reads whatever
+/// follows as the next request (as servers that do not read bodies they
+/// have no use for do); it reads the `Content-Length` body of any other
+/// path. Each answer's body is the path answered. It skips empty lines
+/// before a request line, answers a line it cannot read with 400 and
+/// closes, and closes after a request that says `Connection: close`.
+async fn answers_without_reading(ca: &test_support::TestCa) -> (SocketAddr, Arc<Lines>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&[HOST], &[b"http/1.1"]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines = Arc::new(Lines::default());
+    let l = lines.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            l.connections.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, l) = (acceptor.clone(), l.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let head_end = loop {
+                        let blank = buf
+                            .iter()
+                            .take_while(|b| matches!(**b, b'\r' | b'\n'))
+                            .count();
+                        buf.drain(..blank);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    buf.drain(..head_end);
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    l.seen.lock().unwrap().push(line.clone());
+                    let words: Vec<&str> = line.split(' ').collect();
+                    if words.len() != 3 || !words[2].starts_with("HTTP/1.") {
+                        let bad = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                        let _ = tls.write_all(bad).await;
+                        let _ = tls.shutdown().await;
+                        return;
+                    }
+                    let path = words[1].to_owned();
+                    let lower = head.to_ascii_lowercase();
+                    if !path.starts_with("/early") {
+                        let len: usize = lower
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < len {
+                            match tls.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..len);
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                        path.len()
+                    );
+                    if tls.write_all(answer.as_bytes()).await.is_err() || tls.flush().await.is_err()
+                    {
+                        return;
+                    }
+                    if lower.contains("\r\nconnection: close\r\n") {
+                        let _ = tls.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, lines)
+}
+
+/// Reads one response with a `Content-Length` body from a keep-alive
+/// connection; returns its status line and body.
+async fn read_reply<S: tokio::io::AsyncRead + Unpin>(io: &mut S) -> (String, String) {
+    let mut seen = Vec::new();
+    let mut b = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        let n = io.read(&mut b).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&seen).into_owned();
+    let len: usize = head
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await.unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// CL.0: an upstream endpoint that answers without reading a POST's body
+/// (a redirect, a static file, an early error) leaves the body on the
+/// pooled connection, and the server reads it as the next request: one no
+/// receipt describes, run before the next real one. A body that reads as
+/// a request (a method token and a blank after any empty lines) now goes
+/// with `Connection: close`, so upstream closes instead of reading on;
+/// ordinary bodies (JSON, forms) keep the pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_reads_as_a_request_never_becomes_one_upstream() {
+    let ca = test_support::TestCa::new("early upstream");
+    let (addr, lines) = answers_without_reading(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pem = ca.write_pem(dir.path());
+    let env = Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
+        cfg.upstream.extra_ca_files = vec![pem];
+        cfg.upstream.overrides.insert(HOST.into(), addr);
+    })
+    .await;
+    let mut tls = env.tls(b"http/1.1").await;
+    for body in [r#"{"model":"m","messages":[]}"#, "a=1&b=2", "GET"] {
+        let req = format!(
+            "POST /read HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        assert_eq!(read_reply(&mut tls).await.1, "/read");
+    }
+    // The last body ("GET", which would run into the next request's
+    // method) closed its connection; the two before shared one.
+    assert_eq!(lines.connections.load(Ordering::SeqCst), 1);
+
+    let smuggled = format!("GET /smuggled HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let cases: [Vec<String>; 3] = [
+        vec![smuggled.clone()],
+        vec![format!("\r\n\r\n{smuggled}")],
+        // The first byte alone, then the rest: the proxy reads on.
+        vec!["G".into(), smuggled[1..].into()],
+    ];
+    for parts in cases {
+        let len: usize = parts.iter().map(String::len).sum();
+        let head = format!(
+            "POST /early HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\r\n"
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        for part in &parts {
+            tls.write_all(part.as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, answered) = read_reply(&mut tls).await;
+        assert_eq!(
+            (status.as_str(), answered.as_str()),
+            ("HTTP/1.1 200 OK", "/early")
+        );
+        let next = format!("GET /next HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+        tls.write_all(next.as_bytes()).await.unwrap();
+        assert_eq!(read_reply(&mut tls).await.1, "/next", "{parts:?}");
+    }
+    // Time for upstream to read on, had its connections stayed open.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = lines.seen.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|l| l.contains("/smuggled")),
+        "upstream ran a request no receipt describes: {seen:?}"
+    );
+    let exchanges = env.gate.exchanges_when(9).await;
+    let paths: Vec<&str> = exchanges.iter().map(|e| e.request.path.as_str()).collect();
+    assert_eq!(
+        paths.iter().filter(|p| **p == "/early").count(),
+        3,
+        "{paths:?}"
+    );
+}

@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::{
-    http::{metered::Upload, BoxError, ProxyBody},
+    http::{client::body_could_be_a_request, metered::Upload, BoxError, ProxyBody},
     ProxyError,
 };
 
@@ -119,6 +119,18 @@ impl RequestBody {
     /// Length of the body to send, when it is known because it was replaced.
     pub(crate) fn replaced_len(&self) -> Option<usize> {
         self.replaced.then_some(self.buffered.len())
+    }
+
+    /// Reads just enough of the body to tell whether its first bytes could
+    /// be read as a request of their own by a server that answers without
+    /// reading the body ([`body_could_be_a_request`]).
+    pub(crate) async fn could_be_a_request(&mut self) -> Result<bool, ProxyError> {
+        loop {
+            if let Some(verdict) = body_could_be_a_request(&self.buffered, self.rest.is_none()) {
+                return Ok(verdict);
+            }
+            self.buffer_up_to(self.buffered.len() + 1).await?;
+        }
     }
 
     /// True when there is a body to send (some of it read, or more to come).

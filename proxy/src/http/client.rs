@@ -243,6 +243,56 @@ fn origin_form(uri: &Uri) -> Uri {
         .unwrap_or_else(|| Uri::from_static("/"))
 }
 
+/// Marks a request whose body could be read as a request of its own by a
+/// server that answers without reading it ([`body_could_be_a_request`]): it
+/// goes to an HTTP/1.1 upstream with `Connection: close`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CloseUpstream;
+
+/// How far a body prefix can be scanned for a request line before the
+/// proxy stops waiting and assumes one (a method is a short token).
+const REQUEST_LINE_SCAN: usize = 64;
+
+/// Whether a request body's first bytes could be read as the start of a
+/// request: `None` while `prefix` (the body's first bytes; `ended` when it
+/// is the whole body) cannot tell yet.
+///
+/// An upstream endpoint that answers without reading the body (a redirect,
+/// a static file, an early error) leaves it on the connection, and the
+/// server then reads it as the next request, one no receipt describes, or
+/// runs its bytes into the method of the request that comes next. Such a
+/// request starts at the body's first byte, after the empty lines servers
+/// skip (blanks skipped too, for lenient ones): a method token followed by
+/// a blank. A body that starts with anything else (JSON, a form field
+/// `a=1`, a multipart boundary line) reads as a malformed request line,
+/// which servers answer 400 and close, so it keeps the connection pooled;
+/// a token that runs to the end of the body, or past the scan limit, is
+/// taken for a request.
+pub(crate) fn body_could_be_a_request(prefix: &[u8], ended: bool) -> Option<bool> {
+    let blanks = prefix
+        .iter()
+        .take_while(|b| matches!(**b, b'\r' | b'\n' | b' ' | b'\t'))
+        .count();
+    let token = prefix[blanks..]
+        .iter()
+        .take_while(|b| is_tchar(**b))
+        .count();
+    match prefix.get(blanks + token) {
+        Some(_) if token == 0 => Some(false),
+        Some(after) => Some(matches!(*after, b' ' | b'\t' | 0x0b | 0x0c)),
+        // A token to the body's end runs into the next request's method;
+        // blanks alone are skipped before that request.
+        None if ended => Some(token > 0),
+        None if prefix.len() >= REQUEST_LINE_SCAN => Some(true),
+        None => None,
+    }
+}
+
+/// A token character (RFC 9110 §5.6.2): what a method is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 fn to_h1(mut req: Request<ProxyBody>, host: &Host) -> Request<ProxyBody> {
     *req.version_mut() = Version::HTTP_11;
     *req.uri_mut() = origin_form(req.uri());
@@ -265,6 +315,10 @@ fn to_h1(mut req: Request<ProxyBody>, host: &Host) -> Request<ProxyBody> {
         // it for the next request on this connection: upstream closes it
         // after this one.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    } else if req.extensions().get::<CloseUpstream>().is_some() {
+        // Likewise for a body that reads as a request (`handle` looked).
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if !req.headers().contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(host.as_str()) {
@@ -511,6 +565,40 @@ mod tests {
         tokio::task::yield_now().await;
         let result = cu.send(&host(), request(method, "/x")).await;
         (result, seen, shared)
+    }
+
+    #[test]
+    fn bodies_that_read_as_a_request_are_told_from_ordinary_ones() {
+        let verdict = |b: &[u8]| body_could_be_a_request(b, true);
+        for request in [
+            &b"GET /admin HTTP/1.1\r\n"[..],
+            b"\r\n\r\nDELETE /x HTTP/1.1",
+            b" \tPOST\t/x",
+            b"FOO /",
+            // Runs into the next request's method.
+            b"GET",
+            b"42",
+        ] {
+            assert_eq!(verdict(request), Some(true), "{request:?}");
+        }
+        for ordinary in [
+            &b"{\"model\":\"x\"}"[..],
+            b"[1, 2]",
+            b"a=1&b=2",
+            b"--boundary\r\nContent-Disposition: form-data",
+            b"\x0a\x05hello",
+            b"\r\n",
+            b"",
+        ] {
+            assert_eq!(verdict(ordinary), Some(false), "{ordinary:?}");
+        }
+        // More may come: wait for it, up to the scan limit.
+        assert_eq!(body_could_be_a_request(b"\r\nGE", false), None);
+        assert_eq!(body_could_be_a_request(b"", false), None);
+        assert_eq!(
+            body_could_be_a_request(&[b'a'; REQUEST_LINE_SCAN], false),
+            Some(true)
+        );
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{
     blocked_response, canonical_content_length,
-    client::ConnUpstream,
+    client::{CloseUpstream, ConnUpstream},
     deadline::BodyDeadline,
     fold_transfer_codings, join_cookies,
     metered::{Metered, Report, Upload},
@@ -416,8 +416,21 @@ pub(crate) async fn handle(
     // all decides how it goes to an HTTP/1.1 upstream (`to_h1`), so read
     // its first frame now (clients that end the stream with an empty DATA
     // frame send bodiless GETs this way).
-    let peeked = if matches!(head.method, Method::GET | Method::HEAD) && body.length_unknown() {
+    let bodiless_method = matches!(head.method, Method::GET | Method::HEAD);
+    let peeked = if bodiless_method && body.length_unknown() {
         body.buffer_up_to(1).await
+    } else if !bodiless_method && body.has_content() {
+        // Another body that an HTTP/1.1 upstream answering without reading
+        // it would take for a request of its own goes on a connection
+        // upstream closes after this exchange. Usually decided on what the
+        // gate buffered; otherwise its first bytes are read now (whichever
+        // protocol upstream turns out to speak: a server that ignores ALPN
+        // speaks HTTP/1.1 even to an h2-only offer).
+        body.could_be_a_request().await.map(|yes| {
+            if yes {
+                head.extensions.insert(CloseUpstream);
+            }
+        })
     } else {
         Ok(())
     };
