@@ -639,3 +639,36 @@ async fn a_body_that_reads_as_a_request_never_becomes_one_upstream() {
         "{paths:?}"
     );
 }
+
+/// A Host with the default port written out (`:443`), a trailing dot or
+/// upper case went upstream as written, while the gate, the catalog and
+/// the receipt read the bare name: a server's virtual-host routing may
+/// take `kayak.com.` for another site than `kayak.com`. Upstream now gets
+/// the name the gate read, whether the sandbox wrote it in an HTTP/1.1
+/// Host, an absolute-form target or HTTP/2's `:authority`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_written_another_way_goes_upstream_as_the_name_checked() {
+    let env = Env::start(H1_ONLY).await;
+    let upper = HOST.to_ascii_uppercase();
+    for (target, host) in [
+        ("/hello".to_owned(), format!("{HOST}:443")),
+        ("/hello".to_owned(), format!("{HOST}.")),
+        ("/hello".to_owned(), format!("{upper}.:443")),
+        (format!("https://{HOST}.:443/hello"), format!("{HOST}.:443")),
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let reply = raw_tls(&env, head.as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{head:?}: {reply}");
+        let seen = env.upstream.last_request().unwrap();
+        assert_eq!(seen.headers["host"], HOST, "{head:?}");
+    }
+    let mut send = h2_client(&env).await;
+    for authority in [format!("{HOST}:443"), format!("{HOST}.")] {
+        let req = http::Request::get(format!("https://{authority}/hello"))
+            .body(streamed(&[]))
+            .unwrap();
+        assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+        let seen = env.upstream.last_request().unwrap();
+        assert_eq!(seen.headers["host"], HOST, "{authority}");
+    }
+}

@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use capabilities::Host;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::{
     body::{Body, Incoming},
@@ -214,6 +214,32 @@ fn other_port<B>(req: &Request<B>, port: u16) -> Option<u16> {
         .find(|p| *p != port)
 }
 
+/// The Host header rewritten as the host checked: without the port (only
+/// the listener's own gets past `other_port`), a trailing dot or upper
+/// case. A server's virtual-host routing may take `kayak.com.` or
+/// `kayak.com:443` for another site than `kayak.com`, the name the gate
+/// decided on and the receipt names; so the gate and upstream both get
+/// that name. Left as it is (nothing allocated) when the sandbox wrote it
+/// so; an HTTP/2 request carries none (`:authority` is rebuilt from the
+/// host upstream, `to_h2`, or a Host from it, `to_h1`).
+fn canonical_host(headers: &mut HeaderMap, host: &Host) {
+    let Some(written) = headers.get(header::HOST) else {
+        return;
+    };
+    if written.as_bytes() == host.as_str().as_bytes() {
+        return;
+    }
+    match HeaderValue::from_str(host.as_str()) {
+        Ok(v) => {
+            headers.insert(header::HOST, v);
+        }
+        // A `Host` is header text; were it not, `to_h1` writes one again.
+        Err(_) => {
+            headers.remove(header::HOST);
+        }
+    }
+}
+
 /// A request's host (its port already split off) as a [`Host`].
 fn read_host(text: &str) -> Result<Host, ProxyError> {
     Host::parse(text)
@@ -352,6 +378,7 @@ pub(crate) async fn handle(
     strip_hop_by_hop(&mut head.headers, asks == Asks::WebSocket);
     join_cookies(&mut head.headers);
     canonical_content_length(&mut head.headers);
+    canonical_host(&mut head.headers, &host);
     if asks == Asks::H2WebSocket {
         websocket::h2_to_upgrade(&mut head);
     }
