@@ -58,6 +58,8 @@ pub enum ProxyError {
     UnaskedUpgrade,
     #[error("upstream answered a WebSocket upgrade by switching to another protocol")]
     NotWebSocket,
+    #[error("upstream's 101 lacks the Sec-WebSocket-Accept that answers the key sent")]
+    WebSocketAccept,
     #[error("request body not received in time")]
     BodyTimeout,
     #[error("too many connections for this session")]
@@ -124,6 +126,7 @@ impl ProxyError {
             E::UpstreamHttp(_) | E::UpstreamH2(_) | E::UnaskedUpgrade | E::NotWebSocket => {
                 (StatusCode::BAD_GATEWAY, "upstream-protocol", false)
             }
+            E::WebSocketAccept => (StatusCode::BAD_GATEWAY, "websocket-accept", false),
             E::UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", false),
             E::RequestBody(_) => (StatusCode::BAD_REQUEST, "request-body", false),
             E::ClientTls(_) => (StatusCode::BAD_REQUEST, "client-tls", false),

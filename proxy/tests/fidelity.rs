@@ -379,8 +379,13 @@ async fn a_request_naming_another_port_is_refused() {
 }
 
 /// An HTTP/1.1 upstream that answers every request head with `101` to
-/// `protocol`, then echoes what it receives.
-async fn switches_to(ca: &test_support::TestCa, protocol: &'static str) -> SocketAddr {
+/// `protocol` (with `accept` as its `Sec-WebSocket-Accept`), then echoes
+/// what it receives.
+async fn switches_to(
+    ca: &test_support::TestCa,
+    protocol: &'static str,
+    accept: Option<&'static str>,
+) -> SocketAddr {
     let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(&[HOST], &[b"http/1.1"]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -399,8 +404,10 @@ async fn switches_to(ca: &test_support::TestCa, protocol: &'static str) -> Socke
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
                 }
+                let accept =
+                    accept.map_or(String::new(), |a| format!("Sec-WebSocket-Accept: {a}\r\n"));
                 let head = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n{accept}\r\n"
                 );
                 if tls.write_all(head.as_bytes()).await.is_err() {
                     return;
@@ -422,7 +429,7 @@ async fn switches_to(ca: &test_support::TestCa, protocol: &'static str) -> Socke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_to_another_protocol_than_websocket_is_refused() {
     let ca = test_support::TestCa::new("switching upstream");
-    let addr = switches_to(&ca, "h2c").await;
+    let addr = switches_to(&ca, "h2c", None).await;
     let dir = tempfile::tempdir().unwrap();
     let pem = ca.write_pem(dir.path());
     let env = Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
@@ -670,5 +677,74 @@ async fn a_host_written_another_way_goes_upstream_as_the_name_checked() {
         assert_eq!(send.send_request(req).await.unwrap().status(), 200);
         let seen = env.upstream.last_request().unwrap();
         assert_eq!(seen.headers["host"], HOST, "{authority}");
+    }
+}
+
+/// Upstream's `101` was spliced as the WebSocket decided whatever its
+/// `Sec-WebSocket-Accept` said: a server that does not answer the key it
+/// was sent (no accept, or another key's) did not read the handshake as a
+/// WebSocket one, and what it speaks after the switch is not known. It is
+/// refused (502 `websocket-accept`), over HTTP/1.1 (the sandbox's key) and
+/// HTTP/2 (the proxy's fresh key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_does_not_answer_the_key_is_refused() {
+    // RFC 6455's example: the accept of `dGhlIHNhbXBsZSBub25jZQ==`.
+    const SAMPLE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+    for (accept, key) in [
+        (None, "dGhlIHNhbXBsZSBub25jZQ=="),
+        (Some(SAMPLE_ACCEPT), "AQIDBAUGBwgJCgsMDQ4PEA=="),
+    ] {
+        let ca = test_support::TestCa::new("switching upstream");
+        let addr = switches_to(&ca, "websocket", accept).await;
+        let dir = tempfile::tempdir().unwrap();
+        let pem = ca.write_pem(dir.path());
+        let env = Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
+            cfg.upstream.extra_ca_files = vec![pem];
+            cfg.upstream.overrides.insert(HOST.into(), addr);
+        })
+        .await;
+        let mut tls = env.tls(b"http/1.1").await;
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 502 "), "{accept:?}: {reply}");
+        let lower = reply.to_ascii_lowercase();
+        assert!(
+            lower.contains("\r\nx-openclaw-blocked: websocket-accept\r\n"),
+            "{reply}"
+        );
+        assert!(lower.contains("\r\nconnection: close\r\n"), "{reply}");
+
+        // HTTP/2: the proxy's own key, which no fixed accept answers.
+        let cfg = test_support::client_config(env.proxy.ca_pem(), &[b"h2"]);
+        let tls = test_support::tls_connect(env.proxy.https_addr().unwrap(), HOST, cfg)
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let mut connect = http::Request::connect(format!("https://{HOST}/ws"))
+            .header("sec-websocket-version", "13")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        connect
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let resp = send.send_request(connect).await.unwrap();
+        assert_eq!(resp.status(), 502, "{accept:?}");
+        assert_eq!(resp.headers()["x-openclaw-blocked"], "websocket-accept");
+        let exchanges = env.gate.exchanges_when(2).await;
+        assert_eq!(exchanges.len(), 2);
+        assert!(exchanges
+            .iter()
+            .all(|e| e.status == Some(http::StatusCode::BAD_GATEWAY)));
     }
 }

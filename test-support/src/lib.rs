@@ -421,8 +421,7 @@ async fn route(
                     }
                 }
             });
-            let accept =
-                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let accept = websocket_accept(key.as_bytes());
             let mut r = Response::new(Empty::new().map_err(|n| match n {}).boxed());
             *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let h = r.headers_mut();
@@ -521,4 +520,10 @@ impl Body for ChannelBody {
             .poll_recv(cx)
             .map(|o| o.map(|b| Ok(Frame::data(b))))
     }
+}
+
+/// The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 §4.2.2), for
+/// mock WebSocket servers: the proxy refuses a `101` without it.
+pub fn websocket_accept(key: &[u8]) -> String {
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key)
 }

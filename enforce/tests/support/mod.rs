@@ -166,6 +166,9 @@ async fn answer(
         .map(|p| p.to_string())
         .unwrap_or_default();
     let headers = req.headers().clone();
+    // What a WebSocket handshake's key asks for (the proxy checks it).
+    let ws_key = headers.get("sec-websocket-key");
+    let ws_accept = test_support::websocket_accept(ws_key.map_or(&b""[..], |k| k.as_bytes()));
     let range = headers
         .get(http::header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -208,7 +211,7 @@ async fn answer(
         return Ok(vault(how, &stored));
     }
     if let Some(on_upgrade) = on_upgrade {
-        return Ok(websocket_echo(on_upgrade, seen, stored));
+        return Ok(websocket_echo(on_upgrade, seen, stored, &ws_accept));
     }
     let mut resp = Response::new(Full::new(Bytes::from(json.to_string())).boxed());
     resp.headers_mut().insert(
@@ -226,6 +229,7 @@ fn websocket_echo(
     on_upgrade: hyper::upgrade::OnUpgrade,
     seen: Arc<Mutex<Vec<Seen>>>,
     stored: Vec<u8>,
+    accept: &str,
 ) -> Response<MockBody> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let header =
@@ -258,10 +262,7 @@ fn websocket_echo(
     let h = resp.headers_mut();
     h.insert(http::header::UPGRADE, "websocket".parse().unwrap());
     h.insert(http::header::CONNECTION, "upgrade".parse().unwrap());
-    h.insert(
-        "sec-websocket-accept",
-        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
-    );
+    h.insert("sec-websocket-accept", accept.parse().unwrap());
     h.insert("x-stored", header);
     resp
 }

@@ -617,6 +617,8 @@ async fn tunnel(
         body,
         ..
     } = greq;
+    // What upstream's `Sec-WebSocket-Accept` must answer.
+    let key = head.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
     let offer = ctx.pool_offer_http11();
     let (io, _) = match ctx.pool.open_stream(&host, offer).await {
         Ok(s) => s,
@@ -649,6 +651,13 @@ async fn tunnel(
     // nobody checked. Dropping `resp` closes that upstream connection.
     if !websocket::switched_to_websocket(resp.headers()) {
         let mut refused = fail(ctx, ProxyError::NotWebSocket, report);
+        ctx.close_after(&mut refused);
+        return refused;
+    }
+    // Nor if it did not answer the key it was sent: it did not read the
+    // handshake as a WebSocket one.
+    if !websocket::accepts_key(key.as_ref(), resp.headers()) {
+        let mut refused = fail(ctx, ProxyError::WebSocketAccept, report);
         ctx.close_after(&mut refused);
         return refused;
     }

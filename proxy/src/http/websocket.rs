@@ -118,6 +118,27 @@ pub(crate) fn switched_to_websocket(headers: &HeaderMap) -> bool {
         })
 }
 
+/// What RFC 6455 §1.3 appends to the key before hashing it.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Whether a `101`'s `Sec-WebSocket-Accept` answers the key sent (RFC 6455
+/// §4.1, the client's check): exactly one, base64(SHA-1(key + GUID)). A
+/// server that answers otherwise did not read the handshake as a
+/// WebSocket one, so what it speaks after the switch is not known.
+pub(crate) fn accepts_key(key: Option<&HeaderValue>, headers: &HeaderMap) -> bool {
+    let Some(key) = key else {
+        return false;
+    };
+    let mut values = headers.get_all(header::SEC_WEBSOCKET_ACCEPT).iter();
+    let Some(accept) = values.next().filter(|_| values.next().is_none()) else {
+        return false;
+    };
+    let mut sha1 = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key.as_bytes().trim_ascii());
+    sha1.update(ACCEPT_GUID);
+    accept.as_bytes().trim_ascii() == base64(sha1.finish().as_ref()).as_bytes()
+}
+
 /// The WebSocket handshake headers a request must carry (RFC 6455 §4.1,
 /// RFC 8441 §5: no key over HTTP/2).
 fn websocket_headers(headers: &HeaderMap, key: bool) -> Result<(), ProxyError> {
@@ -937,6 +958,26 @@ mod tests {
             .body(())
             .expect("request");
         assert!(asks(&no_key).is_err());
+    }
+
+    #[test]
+    fn the_accept_must_answer_the_key_sent() {
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let answer = |accepts: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for a in accepts {
+                h.append(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_static(a));
+            }
+            h
+        };
+        // RFC 6455 §1.3's example.
+        let right = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+        assert!(accepts_key(Some(&key), &answer(&[right])));
+        assert!(!accepts_key(None, &answer(&[right])));
+        assert!(!accepts_key(Some(&key), &answer(&[])));
+        assert!(!accepts_key(Some(&key), &answer(&[right, right])));
+        let other = HeaderValue::from_static("AQIDBAUGBwgJCgsMDQ4PEA==");
+        assert!(!accepts_key(Some(&other), &answer(&[right])));
     }
 
     #[test]
