@@ -748,3 +748,35 @@ async fn a_switch_that_does_not_answer_the_key_is_refused() {
             .all(|e| e.status == Some(http::StatusCode::BAD_GATEWAY)));
     }
 }
+
+/// A transfer-coding list that ends in `chunked` was accepted whatever came
+/// before: hyper removed the chunked framing and dropped the header as
+/// hop-by-hop, so upstream got a `gzip, chunked` body's gzip bytes as a
+/// plain body (coded bytes the gate read without knowing), and a
+/// `chunked, chunked` body decoded once where its sender meant twice.
+/// Only `chunked` alone passes now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_other_than_chunked_alone_is_refused() {
+    let env = Env::start(BOTH).await;
+    let cases = ["gzip, chunked", "chunked, chunked", "identity, chunked"];
+    for te in cases {
+        let reply = raw_tls(
+            &env,
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: {te}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(reply.starts_with("HTTP/1.1 400 "), "{te}: {reply}");
+        assert!(
+            reply
+                .to_ascii_lowercase()
+                .contains("\r\nx-openclaw-blocked: malformed-request\r\n"),
+            "{reply}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(env.gate.refusal_reasons(), ["malformed-request"; 3]);
+    assert_eq!(env.upstream.connections(), 0);
+}
