@@ -423,13 +423,10 @@ async fn switches_to(
     addr
 }
 
-/// A WebSocket upgrade that upstream answered `101` to another protocol was
-/// spliced as the WebSocket the gate decided and the receipt names: the
-/// tunnel then carried a protocol nobody checked. It is refused (502).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switch_to_another_protocol_than_websocket_is_refused() {
-    let ca = test_support::TestCa::new("switching upstream");
-    let addr = switches_to(&ca, "h2c", None).await;
+/// An HTTP/1.1 WebSocket upgrade with `key`, through a proxy whose
+/// upstream for [`HOST`] is `addr` (its certificate from `ca`): the proxy,
+/// and all the sandbox read back until the proxy closed.
+async fn upgrade_through(ca: &test_support::TestCa, addr: SocketAddr, key: &str) -> (Env, String) {
     let dir = tempfile::tempdir().unwrap();
     let pem = ca.write_pem(dir.path());
     let env = Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
@@ -439,12 +436,22 @@ async fn a_switch_to_another_protocol_than_websocket_is_refused() {
     .await;
     let mut tls = env.tls(b"http/1.1").await;
     let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     tls.write_all(req.as_bytes()).await.unwrap();
     let mut reply = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
-    let reply = String::from_utf8_lossy(&reply);
+    (env, String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// A WebSocket upgrade that upstream answered `101` to another protocol was
+/// spliced as the WebSocket the gate decided and the receipt names: the
+/// tunnel then carried a protocol nobody checked. It is refused (502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_to_another_protocol_than_websocket_is_refused() {
+    let ca = test_support::TestCa::new("switching upstream");
+    let addr = switches_to(&ca, "h2c", None).await;
+    let (env, reply) = upgrade_through(&ca, addr, "dGhlIHNhbXBsZSBub25jZQ==").await;
     assert!(reply.starts_with("HTTP/1.1 502 "), "{reply}");
     let lower = reply.to_ascii_lowercase();
     assert!(
@@ -696,21 +703,7 @@ async fn a_switch_that_does_not_answer_the_key_is_refused() {
     ] {
         let ca = test_support::TestCa::new("switching upstream");
         let addr = switches_to(&ca, "websocket", accept).await;
-        let dir = tempfile::tempdir().unwrap();
-        let pem = ca.write_pem(dir.path());
-        let env = Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
-            cfg.upstream.extra_ca_files = vec![pem];
-            cfg.upstream.overrides.insert(HOST.into(), addr);
-        })
-        .await;
-        let mut tls = env.tls(b"http/1.1").await;
-        let req = format!(
-            "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        tls.write_all(req.as_bytes()).await.unwrap();
-        let mut reply = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut reply)).await;
-        let reply = String::from_utf8_lossy(&reply);
+        let (env, reply) = upgrade_through(&ca, addr, key).await;
         assert!(reply.starts_with("HTTP/1.1 502 "), "{accept:?}: {reply}");
         let lower = reply.to_ascii_lowercase();
         assert!(
