@@ -1242,6 +1242,7 @@ async fn the_upstream_reads_what_the_receipt_says() {
         .chain(bracket_and_nul_spellings())
         .chain(spring_default_prefix())
         .chain(model_prefixes())
+        .chain(python_lax_readings())
         .collect();
     for a in &attacks {
         run(&s, &up, a).await;
@@ -1253,6 +1254,106 @@ async fn the_upstream_reads_what_the_receipt_says() {
     assert_eq!(up.requests(), forwarded);
     let chain = s.finish_and_verify();
     assert!(s.rederive(&chain) > 0);
+}
+
+/// Python's readers (checked against `json.loads`, `urllib.parse`,
+/// werkzeug and pydantic v2's lax coercion into `int`/`Decimal`, which
+/// FastAPI validates bodies with): pydantic reads `" 5000 "`, `"5_000"`,
+/// `"+5000"`, `"5000."`, full-width or Arabic-Indic digits as numbers,
+/// `true` as `1`; `json.loads` reads `NaN`, `Infinity` and `1e400` (as
+/// inf), and a body with a UTF-8 BOM or in UTF-16 when given bytes. The
+/// receipt cannot say those amounts exactly, so each is refused.
+fn python_lax_readings() -> Vec<Attack> {
+    let amount = |name: &'static str, total: &str| {
+        post(
+            name,
+            PURCHASE,
+            JSON,
+            &format!(r#"{{"total":{total},"currency":"USD"}}"#),
+            Block("catalog", "not an exact"),
+        )
+    };
+    let form = |name: &'static str, cents: &str, reason: &'static str| {
+        post(
+            name,
+            PAY,
+            FORM,
+            &format!("amount_cents={cents}&currency=USD"),
+            Block("catalog", reason),
+        )
+    };
+    let mut utf16 = vec![0xff, 0xfe];
+    utf16.extend(
+        r#"{"total":"5000.00","currency":"USD"}"#
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes),
+    );
+    vec![
+        amount("pydantic: spaces around the digits", r#"" 500.00 ""#),
+        amount("pydantic: a trailing newline", r#""500.00\n""#),
+        amount("pydantic: underscores", r#""50_000""#),
+        amount("pydantic: plus sign", r#""+500""#),
+        amount("pydantic: trailing dot", r#""500.""#),
+        amount("pydantic: leading dot", r#"".5""#),
+        amount(
+            "pydantic: full-width digits",
+            "\"\u{ff15}\u{ff10}\u{ff10}\"",
+        ),
+        amount("pydantic: Arabic-Indic digits", "\"\u{665}\u{660}\u{660}\""),
+        amount("Decimal: a huge exponent", r#""1e400""#),
+        amount("json.loads: a huge exponent reads as inf", "1e400"),
+        post(
+            "pydantic: true is 1",
+            PURCHASE,
+            JSON,
+            r#"{"total":true,"currency":"USD"}"#,
+            Block("catalog", "not a string, number or array"),
+        ),
+        post(
+            "json.loads: NaN",
+            PURCHASE,
+            JSON,
+            r#"{"total":NaN,"currency":"USD"}"#,
+            Block("catalog", "not valid JSON"),
+        ),
+        post(
+            "json.loads: Infinity",
+            PURCHASE,
+            JSON,
+            r#"{"total":Infinity,"currency":"USD"}"#,
+            Block("catalog", "not valid JSON"),
+        ),
+        post(
+            "json.loads: a UTF-8 BOM",
+            PURCHASE,
+            JSON,
+            "\u{feff}{\"total\":\"5000.00\",\"currency\":\"USD\"}",
+            Block("catalog", "not valid JSON"),
+        ),
+        Attack {
+            name: "json.loads: UTF-16 bytes",
+            method: "POST",
+            url: PURCHASE.to_owned(),
+            headers: vec![JSON.to_owned()],
+            body: Some(utf16),
+            expect: Block("catalog", "not valid UTF-8"),
+        },
+        form(
+            "werkzeug: an invalid UTF-8 escape kept as text",
+            "500%ff",
+            "not UTF-8",
+        ),
+        form(
+            "pydantic: a percent-encoded space",
+            "%20500",
+            "not an exact",
+        ),
+        form(
+            "pydantic: a zero-width space",
+            "500%E2%80%8B",
+            "not an exact",
+        ),
+    ]
 }
 
 /// Every pair of characters Go's `encoding/json` matches (its Unicode
