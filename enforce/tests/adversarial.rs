@@ -1338,6 +1338,27 @@ fn python_lax_readings() -> Vec<Attack> {
             body: Some(utf16),
             expect: Block("catalog", "not valid UTF-8"),
         },
+        // A pydantic model bound by alias and by name (`to_camel`,
+        // `populate_by_name`) reads `amountCents` as `amount_cents` and
+        // prefers it: the receipt said 100 where FastAPI charged 50000.
+        post(
+            "pydantic: the camelCase alias beside the name",
+            PAY,
+            FORM,
+            "amount_cents=100&amountCents=50000&currency=USD",
+            Block("catalog", "spelled"),
+        ),
+        post(
+            "pydantic: the camelCase alias in a multipart body",
+            PAY,
+            &multipart_type(),
+            &multipart(&[
+                ("amountCents", "50000"),
+                ("amount_cents", "100"),
+                ("currency", "USD"),
+            ]),
+            Block("catalog", "spelled"),
+        ),
         form(
             "werkzeug: an invalid UTF-8 escape kept as text",
             "500%ff",

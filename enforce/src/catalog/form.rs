@@ -4,7 +4,7 @@
 //! read from the pairs under every name a server would bind to it.
 
 use super::error::ClassifyError;
-use super::names::{form_name, FormName, Shape};
+use super::names::{binding_key, form_name, FormName, Shape};
 
 /// One name=value pair of a form, query or multipart body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,8 @@ pub(super) fn parse_urlencoded(
 
 /// The values of the field `rule_name` (read as a form name itself) in
 /// `pairs`, under any name a server binds to it (an ASP.NET model prefix:
-/// `model.amount` and `model[amount]` are `amount`). Two spellings of it, a repeat where one value is wanted
+/// `model.amount` and `model[amount]` are `amount`; a pydantic alias:
+/// `amountCents` is `amount_cents`, `names.rs`). Two spellings of it, a repeat where one value is wanted
 /// (`one`), a list item or structure member where one value is wanted, a
 /// structure where a list is wanted, and an uploaded file are refused.
 /// `describe` names the field in errors.
@@ -83,13 +84,16 @@ pub(super) fn read_field(
     one: bool,
     describe: &str,
 ) -> Result<Vec<String>, ClassifyError> {
-    let target = form_name(rule_name).field;
+    let target = binding_key(&form_name(rule_name).field);
+    let is_field = |p: &FormPair| binding_key(&p.name.field) == target;
     let hits: Vec<&FormPair> = pairs
         .iter()
-        .filter(|p| p.name.field == target || p.name.property.as_ref() == Some(&target))
+        .filter(|p| {
+            is_field(p) || p.name.property.as_deref().map(binding_key) == Some(target.clone())
+        })
         .collect();
     // Through a model prefix (`model.amount`) a name is one plain value.
-    let shape = |p: &FormPair| match p.name.field == target {
+    let shape = |p: &FormPair| match is_field(p) {
         true => p.name.shape,
         false => Shape::Plain,
     };
@@ -190,9 +194,21 @@ mod tests {
             read("amount=1&amount=900", "amount", true),
             Err(ClassifyError::DuplicateField("form f".into()))
         );
-        for body in ["amount=1&Amount=900", "amount=1&amount[]=900", "to=a&TO=b"] {
+        assert_eq!(
+            read("amountCents=5", "amount_cents", true),
+            Ok(vec!["5".to_owned()])
+        );
+        for body in [
+            "amount=1&Amount=900",
+            "amount=1&amount[]=900",
+            "to=a&TO=b",
+            "amount_cents=1&amountCents=900",
+            "amount_cents=1&model.amountCents=900",
+        ] {
             let field = if body.starts_with("to") {
                 "to"
+            } else if body.starts_with("amount_cents") {
+                "amount_cents"
             } else {
                 "amount"
             };

@@ -1,14 +1,15 @@
 //! Exact JSON-pointer lookups for classification: numbers come back as their
 //! literal text (never through `f64`); member names match as lenient
 //! servers match them (case-insensitively under simple folding, `names.rs`,
-//! after `\u` escapes are decoded); and a member written twice on the way
+//! after `\u` escapes are decoded, and with `_` ignored, as a pydantic model
+//! bound by alias and by name reads `amountCents` as `amount_cents`); and a member written twice on the way
 //! to the value, in one spelling or two, is an error, since servers
 //! disagree on which copy wins (Go's `encoding/json` takes the last).
 
 use serde_json::value::RawValue;
 
 use super::error::ClassifyError;
-use super::names::{eq_folded, fold};
+use super::names::{binding_key, fold};
 use crate::json_members::{unescape_token, Members};
 
 /// The value a pointer reached.
@@ -44,10 +45,10 @@ pub fn lookup(text: &str, pointer: &str) -> Result<Option<JsonLeaf>, ClassifyErr
         if raw.starts_with('{') {
             let Members(members) =
                 serde_json::from_str(current.get()).map_err(|_| ClassifyError::BadJson)?;
-            let folded = fold(&token);
+            let key = binding_key(&fold(&token));
             let mut hits: Vec<(String, &RawValue)> = members
                 .into_iter()
-                .filter(|(k, _)| eq_folded(k, &folded))
+                .filter(|(k, _)| binding_key(&fold(k)) == key)
                 .collect();
             match hits.len() {
                 0 => return Ok(None),
@@ -201,6 +202,15 @@ mod tests {
                 spellings: vec![r#""TOTAL""#.into(), r#""total""#.into()]
             })
         );
+        // A pydantic alias (`to_camel`) is the field too, beside it refused.
+        assert_eq!(
+            lookup(r#"{"amountCents":5}"#, "/amount_cents"),
+            Ok(Some(JsonLeaf::Number("5".into())))
+        );
+        assert!(matches!(
+            lookup(r#"{"amount_cents":1,"amountCents":900}"#, "/amount_cents"),
+            Err(ClassifyError::FieldSpellings { .. })
+        ));
         assert!(matches!(
             lookup("{\"cc\":\"a\",\"\u{212a}\":1,\"Cc\":\"b\"}", "/cc"),
             Err(ClassifyError::FieldSpellings { .. })

@@ -38,6 +38,16 @@ pub(super) fn eq_folded(name: &str, folded: &str) -> bool {
     name.chars().map(fold_char).eq(folded.chars())
 }
 
+/// The key a rule's field and a sent name are matched on: the folded name
+/// (or a form name's `field`) with every `_` dropped. Pydantic binds a
+/// field under its alias and its own name when a model has
+/// `alias_generator=to_camel, populate_by_name=True` (a common FastAPI
+/// setup: `amountCents` and `amount_cents` are one field, and the alias
+/// wins when both are sent), so each is a spelling of the other.
+pub(super) fn binding_key(folded: &str) -> String {
+    folded.chars().filter(|&c| c != '_').collect()
+}
+
 /// How a form or query name addresses its field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Shape {
