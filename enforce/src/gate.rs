@@ -26,9 +26,7 @@ use crate::catalog::Catalog;
 use crate::counters::{Ledger, Reservation};
 use crate::credentials::{SecretStore, SessionCredentials};
 use crate::events::{Event, EventBus, EventKind};
-use crate::metering::{
-    MeterSettings, Metering, Plan, RateCard, Ticket, LARGE_BODY_READS_PER_SESSION,
-};
+use crate::metering::{MeterSettings, Metering, Plan, RateCard, Ticket};
 use crate::quota::{DayQuota, QuotaHold, QuotaRefusal};
 use crate::stages::{fallback_action, path_only, Block, Prepared, Screened, Stage, Stages};
 use crate::stats::{WaitHistogram, WaitSummary};
@@ -144,7 +142,6 @@ impl Enforcement {
             held: AtomicUsize::new(0),
             dns: Mutex::new(DnsRefusals::new(config.dns_refusals)),
             in_flight: Mutex::new(HashMap::new()),
-            large_bodies: Mutex::new(HashMap::new()),
             credential_hosts: Mutex::new(HashMap::new()),
             receipt_waits: WaitHistogram::default(),
             metering,
@@ -272,11 +269,6 @@ pub struct EnforcingGate {
     /// find the request again, and concurrent HTTP/2 streams with the
     /// same method and path are told apart.
     in_flight: Mutex<HashMap<u64, InFlight>>,
-    /// The read permits of forwarded bodies read whole, by request number:
-    /// the body goes upstream from the gate's buffer, so its permit is
-    /// released when the upstream answers (it has read the body by then)
-    /// or the exchange ends, not when the stages end.
-    large_bodies: Mutex<HashMap<u64, OwnedSemaphorePermit>>,
     /// Hosts where some credential may be used (their responses are masked).
     credential_hosts: Mutex<HashMap<Host, bool>>,
     /// How long each request waited for its decision receipt to be durable.
@@ -1163,7 +1155,10 @@ impl EnforcingGate {
             });
         }
         if let Some(permit) = large_body {
-            lock(&self.large_bodies).insert(id, permit);
+            // The body goes upstream from the gate's buffer: the permit
+            // lives as long as those bytes do, through an upstream that
+            // answers before it has read them, not to the response head.
+            req.body.hold_with_buffer(Box::new(permit));
         }
         lock(&self.in_flight).insert(
             id,
@@ -1176,15 +1171,6 @@ impl EnforcingGate {
         );
         reservation.commit();
         GateVerdict::Forward
-    }
-
-    /// Releases the read permit of a forwarded body read whole, if it held
-    /// one. Every response and completion comes here: with no permit
-    /// taken (the usual case) it costs one atomic read, no lock.
-    fn release_large_body(&self, request: u64) {
-        if self.metering.large_body_reads.available_permits() < LARGE_BODY_READS_PER_SESSION {
-            lock(&self.large_bodies).remove(&request);
-        }
     }
 
     fn host_has_credentials(&self, host: &Host) -> bool {
@@ -1274,7 +1260,6 @@ impl Gate for EnforcingGate {
         };
         match req.tag {
             Some(GateTag(request)) => {
-                self.release_large_body(request);
                 let event_stream =
                     crate::metering::is_event_stream(head.headers.get(http::header::CONTENT_TYPE));
                 self.metering.response(request, event_stream, verdict)
@@ -1334,7 +1319,6 @@ impl Gate for EnforcingGate {
         let Some(GateTag(request)) = exchange.request.tag else {
             return;
         };
-        self.release_large_body(request);
         // A metered call is settled by its response already, unless none came.
         self.metering.ended(request);
         let entry = lock(&self.in_flight).remove(&request);

@@ -260,7 +260,8 @@ impl Stages<'_> {
     /// such bodies hold), waited for within the same timeout (or the
     /// shorter `MeterSettings::large_body_permit_wait`); the permit is
     /// returned to be held while the body is (through an approval wait and
-    /// until the upstream answers, `gate.rs`). A body past that cap is
+    /// then inside the buffered bytes the proxy sends until the last of them
+    /// is written or dropped, `gate.rs` `forward`). A body past that cap is
     /// refused: it cannot be checked whole.
     async fn read_body(
         &self,

@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOCS: &str = "https://kayak.com/account/docs";
 const JSON: &str = "content-type: application/json";
+/// curl waits for `100 Continue` before a large body otherwise.
+const NO_EXPECT: &str = "expect:";
 const FORM: &str = "content-type: application/x-www-form-urlencoded";
 
 /// A token granting `POST` (and reads) on the scenario's sites.
@@ -353,4 +355,150 @@ async fn bodies_held_for_approval_keep_their_read_permits() {
     let d = decisions(&chain);
     assert_eq!(d.len(), 5, "{d:?}");
     assert_eq!(approvals(&chain).len(), 4);
+}
+
+/// An upstream that answers `413` to every request as soon as it has its
+/// head and then never reads the body: the proxy is left sending each body
+/// from its buffer. Its receive buffer is kept small so the kernel does not
+/// swallow the bodies either. `release` closes every connection it holds.
+struct EarlyAnswerUpstream {
+    addr: std::net::SocketAddr,
+    ca_pem: String,
+    held: std::sync::Arc<
+        std::sync::Mutex<Vec<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
+    >,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EarlyAnswerUpstream {
+    async fn start() -> EarlyAnswerUpstream {
+        let ca = test_support::TestCa::new("early-answer");
+        let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(HOSTS, &[b"http/1.1"]));
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // Accepted sockets inherit it: the upstream's window stays small.
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let keep = keep.clone();
+                tokio::spawn(async move {
+                    let Ok(mut io) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    // Up to the end of the head, one byte at a time: not
+                    // one byte of the body is read.
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if io.read_exact(&mut byte).await.is_err() {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let answer = "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n";
+                    if io.write_all(answer.as_bytes()).await.is_err() || io.flush().await.is_err() {
+                        return;
+                    }
+                    keep.lock().unwrap().push(io);
+                });
+            }
+        });
+        EarlyAnswerUpstream {
+            addr,
+            ca_pem: ca.cert_pem().to_owned(),
+            held,
+            task,
+        }
+    }
+
+    fn holding(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    /// Drops every connection held: the proxy's uploads on them fail.
+    fn release(&self) {
+        self.held.lock().unwrap().clear();
+    }
+}
+
+impl Drop for EarlyAnswerUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An upstream that answers before it reads the body does not end the
+/// body's hold on its read permit: the proxy still holds the body and goes
+/// on sending it from its buffer. Four 8 MiB bodies answered `413` at once
+/// by an upstream that never reads them keep the four permits, so a fifth
+/// is refused for want of one (not read whole: a fifth, and a sixty-fourth,
+/// 16 MiB buffer); once those uploads end (their connections dropped) the
+/// permits come back and a large body is read whole again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_answered_before_they_are_read_keep_their_read_permits() {
+    let upstream = EarlyAnswerUpstream::start().await;
+    let s = Session::start(Options {
+        policy: policy_granting_post(),
+        catalog: CATALOG.into(),
+        metering: enforce::MeterSettings {
+            large_body_permit_wait: Duration::from_secs(1),
+            ..enforce::MeterSettings::default()
+        },
+        upstream: Some(ExternalUpstream {
+            addr: upstream.addr,
+            ca_pem: upstream.ca_pem.clone(),
+        }),
+        ..Options::default()
+    })
+    .await;
+    // Larger than the kernel's socket buffers hold between proxy and
+    // upstream: each upload is still under way when its answer comes.
+    let body = json_document(8 * 1024 * 1024, "");
+    for n in 0..4 {
+        let r = post_bytes(&s, DOCS, &[JSON, NO_EXPECT], body.as_bytes()).await;
+        assert_eq!(r.status, 413, "large body {n}: {r:?}");
+    }
+    while upstream.holding() < 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fifth = post_bytes(&s, DOCS, &[JSON, NO_EXPECT], body.as_bytes()).await;
+    assert_eq!(
+        fifth.status, 403,
+        "a fifth large body was read whole while four were still being sent: {fifth:?}"
+    );
+    let reason = fifth.blocked().unwrap();
+    assert!(
+        reason.contains("this session already reads 4 such bodies at once"),
+        "{reason}"
+    );
+    assert_eq!(upstream.holding(), 4, "the fifth reached the upstream");
+    // The four uploads end (their connections dropped): the permits come
+    // back as the bodies are dropped, so a large body is read whole again.
+    upstream.release();
+    let again = loop {
+        let r = post_bytes(&s, DOCS, &[JSON, NO_EXPECT], body.as_bytes()).await;
+        if r.status != 403 {
+            break r;
+        }
+        assert!(
+            r.blocked().unwrap().contains("already reads 4 such bodies"),
+            "{r:?}"
+        );
+    };
+    assert_eq!(again.status, 413, "{again:?}");
+    upstream.release();
+    let chain = s.finish_and_verify();
+    let refused = decisions(&chain)
+        .into_iter()
+        .filter(|d| d.1 == "block")
+        .count();
+    assert!(refused >= 1, "the fifth was not refused in the chain");
 }

@@ -44,9 +44,9 @@ mod tls;
 pub use crate::http::coding_tokens;
 pub use config::{Limits, ProxyConfig};
 pub use decide::{
-    AllowAll, ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, FilterError, Gate, GateRequest,
-    GateTag, GateVerdict, Listener, Refusal, RequestBody, RequestSummary, ResponseFilter,
-    ResponseVerdict,
+    AllowAll, BufferHold, ConnInfo, DnsVerdict, Exchange, ExchangeOutcome, FilterError, Gate,
+    GateRequest, GateTag, GateVerdict, Listener, Refusal, RequestBody, RequestSummary,
+    ResponseFilter, ResponseVerdict,
 };
 pub use error::{Blocked, ProxyError};
 pub use listen::{ListenAddrs, Listeners};

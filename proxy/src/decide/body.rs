@@ -35,7 +35,15 @@ pub struct RequestBody {
     /// None once the sandbox's body ended.
     rest: Option<ProxyBody>,
     replaced: bool,
+    /// Kept exactly as long as the buffered bytes are
+    /// ([`RequestBody::hold_with_buffer`]).
+    hold: Option<BufferHold>,
 }
+
+/// Whatever must live exactly as long as a body's buffered bytes (the
+/// gate's read permit for a body read whole): dropped with the last of
+/// those bytes, whether they went upstream, failed to or were dropped.
+pub type BufferHold = Box<dyn std::any::Any + Send + Sync>;
 
 impl fmt::Debug for RequestBody {
     // Never prints body bytes: they may hold secrets.
@@ -43,6 +51,7 @@ impl fmt::Debug for RequestBody {
         f.debug_struct("RequestBody")
             .field("buffered_len", &self.buffered.len())
             .field("complete", &self.is_complete())
+            .field("held", &self.hold.is_some())
             .finish()
     }
 }
@@ -58,7 +67,17 @@ impl RequestBody {
             buffered: BytesMut::new(),
             rest,
             replaced: false,
+            hold: None,
         }
+    }
+
+    /// Keeps `hold` until the buffered bytes are gone: sent upstream (the
+    /// last of them written out), or dropped with the request or the
+    /// connection. An upstream that answers before it has read the body
+    /// does not end the hold: the proxy still holds and sends those bytes.
+    /// A second hold replaces the first (dropping it).
+    pub fn hold_with_buffer(&mut self, hold: BufferHold) {
+        self.hold = Some(hold);
     }
 
     /// Read from the sandbox until at least `limit` bytes are buffered or the
@@ -145,7 +164,19 @@ impl RequestBody {
         counter: Arc<AtomicU64>,
         upload: Option<Arc<Upload>>,
     ) -> ProxyBody {
-        let prefix = (!self.buffered.is_empty()).then(|| self.buffered.freeze());
+        let prefix = (!self.buffered.is_empty()).then(|| {
+            let bytes = self.buffered.freeze();
+            match self.hold {
+                // The hold rides in the bytes themselves: hyper and h2
+                // queue the frame until it is written, past the body's end
+                // (and any early answer), so the hold ends with the last
+                // reference to the buffer, not with this body. Nothing is
+                // allocated for a body without a hold.
+                Some(hold) => Bytes::from_owner(HeldBytes { bytes, _hold: hold }),
+                None => bytes,
+            }
+        });
+        // With nothing buffered there is nothing to hold: `hold` drops here.
         Prefixed {
             prefix,
             rest: self.rest,
@@ -153,6 +184,18 @@ impl RequestBody {
             upload,
         }
         .boxed_unsync()
+    }
+}
+
+/// Buffered body bytes and what must live as long as they do.
+struct HeldBytes {
+    bytes: Bytes,
+    _hold: BufferHold,
+}
+
+impl AsRef<[u8]> for HeldBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -276,6 +319,41 @@ mod tests {
             .to_bytes();
         assert_eq!(&all[..], b"abcdefghi");
         assert_eq!(counter.load(Ordering::Relaxed), 9);
+    }
+
+    /// The hold outlives the body's end while its bytes are still queued
+    /// (as hyper and h2 queue a frame until it is written) and drops with
+    /// the last of them.
+    #[tokio::test]
+    async fn a_hold_lives_as_long_as_the_buffered_bytes() {
+        let mut body = RequestBody::new(streaming(&["abc", "def"]));
+        body.buffer_up_to(1024).await.expect("buffer");
+        let hold = Arc::new(());
+        body.hold_with_buffer(Box::new(hold.clone()));
+        body.replace(Bytes::from_static(b"abcdefg"))
+            .expect("replace");
+        let mut upstream = body.into_upstream(Arc::new(AtomicU64::new(0)), None);
+        let frame = upstream.frame().await.expect("a frame").expect("data");
+        assert!(upstream.frame().await.is_none(), "the body has ended");
+        drop(upstream);
+        let mut queued = frame.into_data().expect("data");
+        assert_eq!(&queued[..], b"abcdefg");
+        let unwritten = queued.split_off(3);
+        drop(queued);
+        assert_eq!(Arc::strong_count(&hold), 2, "dropped with bytes unsent");
+        drop(unwritten);
+        assert_eq!(Arc::strong_count(&hold), 1, "kept past its bytes");
+    }
+
+    /// A body dropped before it is forwarded (refused) drops its hold.
+    #[tokio::test]
+    async fn a_refused_body_drops_its_hold() {
+        let mut body = RequestBody::new(streaming(&["abc"]));
+        body.buffer_up_to(1024).await.expect("buffer");
+        let hold = Arc::new(());
+        body.hold_with_buffer(Box::new(hold.clone()));
+        drop(body);
+        assert_eq!(Arc::strong_count(&hold), 1);
     }
 
     #[tokio::test]

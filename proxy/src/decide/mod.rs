@@ -23,7 +23,7 @@ use bytes::Bytes;
 use capabilities::Host;
 use http::{request::Parts, response, HeaderMap, StatusCode};
 
-pub use body::RequestBody;
+pub use body::{BufferHold, RequestBody};
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
