@@ -14,7 +14,6 @@ use receipts::Body;
 use serde_json::json;
 use support::usage_provider::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CHAT: &str = "https://api.openai.com/v1/chat/completions";
 
@@ -100,16 +99,9 @@ async fn an_llm_body_past_max_llm_body_bytes_is_refused_with_the_caps_reason() {
     assert_eq!(usages(&chain).len(), 1, "only the call within the cap went");
 }
 
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
 /// Opens a TLS connection to the proxy as api.openai.com and sends the
 /// head of a chat call of `body.len()` bytes and its first `sent` bytes.
-async fn start_call(s: &Session, body: &str, sent: usize) -> Tls {
-    let ca = std::fs::read_to_string(&s.session_ca).unwrap();
-    let cfg = test_support::client_config(&ca, &[b"http/1.1"]);
-    let mut io = test_support::tls_connect(s.proxy.https_addr().unwrap(), "api.openai.com", cfg)
-        .await
-        .unwrap();
+async fn start_call(s: &Session, body: &str, sent: usize) -> SandboxTls {
     let usage = json!({"prompt_tokens": 10, "completion_tokens": 7});
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\n\
@@ -117,22 +109,8 @@ async fn start_call(s: &Session, body: &str, sent: usize) -> Tls {
          Connection: close\r\n\r\n",
         body.len()
     );
-    io.write_all(head.as_bytes()).await.unwrap();
-    io.write_all(&body.as_bytes()[..sent]).await.unwrap();
-    io.flush().await.unwrap();
-    io
-}
-
-/// Sends the rest of the body and reads the whole reply.
-async fn finish_call(mut io: Tls, body: &str, sent: usize) -> String {
-    io.write_all(&body.as_bytes()[sent..]).await.unwrap();
-    io.flush().await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), io.read_to_end(&mut out))
+    s.stalled_upload("api.openai.com", &head, &body.as_bytes()[..sent])
         .await
-        .expect("the proxy answers and closes")
-        .ok();
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Four large bodies whose senders stall past `max_body_bytes` hold the
@@ -168,13 +146,13 @@ async fn large_llm_bodies_past_the_permits_wait_for_one() {
     );
 
     // One of the four completes: its permit frees and the fifth goes.
-    let first = finish_call(stalled.remove(0), &body, stalled_at).await;
+    let first = finish_upload(stalled.remove(0), &body, stalled_at).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     let fifth = fifth.await;
     assert_eq!(fifth.status, 200, "{fifth:?}");
 
     for io in stalled {
-        let reply = finish_call(io, &body, stalled_at).await;
+        let reply = finish_upload(io, &body, stalled_at).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
     let chain = s.finish_and_verify();

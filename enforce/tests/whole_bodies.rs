@@ -219,37 +219,16 @@ async fn a_gzip_body_is_decoded_as_far_as_a_body_read_whole() {
     assert!(s.mock.seen().is_empty());
 }
 
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
 /// Opens a TLS connection to the proxy as kayak.com and sends the head of
 /// a JSON `POST` of `body.len()` bytes and its first `sent` bytes.
-async fn start_post(s: &Session, body: &str, sent: usize) -> Tls {
-    let ca = std::fs::read_to_string(&s.session_ca).unwrap();
-    let cfg = test_support::client_config(&ca, &[b"http/1.1"]);
-    let mut io = test_support::tls_connect(s.proxy.https_addr().unwrap(), "kayak.com", cfg)
-        .await
-        .unwrap();
+async fn start_post(s: &Session, body: &str, sent: usize) -> SandboxTls {
     let head = format!(
         "POST /account/docs HTTP/1.1\r\nHost: kayak.com\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    io.write_all(head.as_bytes()).await.unwrap();
-    io.write_all(&body.as_bytes()[..sent]).await.unwrap();
-    io.flush().await.unwrap();
-    io
-}
-
-/// Sends the rest of the body and reads the whole reply.
-async fn finish_post(mut io: Tls, body: &str, sent: usize) -> String {
-    io.write_all(&body.as_bytes()[sent..]).await.unwrap();
-    io.flush().await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), io.read_to_end(&mut out))
+    s.stalled_upload("kayak.com", &head, &body.as_bytes()[..sent])
         .await
-        .expect("the proxy answers and closes")
-        .ok();
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Four large bodies whose senders stall past `max_body_bytes` hold the
@@ -291,7 +270,7 @@ async fn a_fifth_large_body_is_refused_when_no_read_permit_frees() {
         "{reason}"
     );
     for io in stalled {
-        let reply = finish_post(io, &body, stalled_at).await;
+        let reply = finish_upload(io, &body, stalled_at).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
     let chain = s.finish_and_verify();

@@ -222,13 +222,7 @@ async fn bytes_sent_after_upstream_answered_are_in_the_exchange() {
     const FIRST: usize = 1000;
     let ca = test_support::TestCa::new("early upstream");
     let (addr, received) = answers_before_the_body(&ca).await;
-    let dir = tempfile::tempdir().unwrap();
-    let pem = ca.write_pem(dir.path());
-    let env = Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
-        cfg.upstream.extra_ca_files = vec![pem];
-        cfg.upstream.overrides.insert(HOST.into(), addr);
-    })
-    .await;
+    let env = h1_proxy_to(&ca, addr).await;
     let mut tls = env.tls(b"http/1.1").await;
     let head = format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {TOTAL}\r\n\r\n");
     tls.write_all(head.as_bytes()).await.unwrap();
@@ -423,17 +417,23 @@ async fn switches_to(
     addr
 }
 
+/// A proxy serving HTTP/1.1 to the sandbox whose upstream for [`HOST`] is
+/// `addr`, trusted through `ca` (read at start: the PEM's directory may go).
+async fn h1_proxy_to(ca: &test_support::TestCa, addr: SocketAddr) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = ca.write_pem(dir.path());
+    Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
+        cfg.upstream.extra_ca_files = vec![pem];
+        cfg.upstream.overrides.insert(HOST.into(), addr);
+    })
+    .await
+}
+
 /// An HTTP/1.1 WebSocket upgrade with `key`, through a proxy whose
 /// upstream for [`HOST`] is `addr` (its certificate from `ca`): the proxy,
 /// and all the sandbox read back until the proxy closed.
 async fn upgrade_through(ca: &test_support::TestCa, addr: SocketAddr, key: &str) -> (Env, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let pem = ca.write_pem(dir.path());
-    let env = Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
-        cfg.upstream.extra_ca_files = vec![pem];
-        cfg.upstream.overrides.insert(HOST.into(), addr);
-    })
-    .await;
+    let env = h1_proxy_to(ca, addr).await;
     let mut tls = env.tls(b"http/1.1").await;
     let req = format!(
         "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -591,13 +591,7 @@ async fn read_reply<S: tokio::io::AsyncRead + Unpin>(io: &mut S) -> (String, Str
 async fn a_body_that_reads_as_a_request_never_becomes_one_upstream() {
     let ca = test_support::TestCa::new("early upstream");
     let (addr, lines) = answers_without_reading(&ca).await;
-    let dir = tempfile::tempdir().unwrap();
-    let pem = ca.write_pem(dir.path());
-    let env = Env::start_with(H1_ONLY, Recorder::default(), |cfg| {
-        cfg.upstream.extra_ca_files = vec![pem];
-        cfg.upstream.overrides.insert(HOST.into(), addr);
-    })
-    .await;
+    let env = h1_proxy_to(&ca, addr).await;
     let mut tls = env.tls(b"http/1.1").await;
     for body in [r#"{"model":"m","messages":[]}"#, "a=1&b=2", "GET"] {
         let req = format!(

@@ -559,6 +559,23 @@ impl Default for Options {
 }
 
 /// One proxy session with the enforcing gate.
+/// The sandbox's side of a TLS connection to the proxy.
+pub type SandboxTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Sends the rest of `body` (after its first `sent` bytes) on a
+/// [`Session::stalled_upload`] and reads the whole reply.
+pub async fn finish_upload(mut io: SandboxTls, body: &str, sent: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(&body.as_bytes()[sent..]).await.unwrap();
+    io.flush().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), io.read_to_end(&mut out))
+        .await
+        .expect("the proxy answers and closes")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub struct Session {
     pub proxy: ProxyHandle,
     /// The session's token (to re-derive decisions).
@@ -587,6 +604,22 @@ pub fn capability(policy: &str) -> Capability {
 }
 
 impl Session {
+    /// Opens an HTTP/1.1 TLS connection to the proxy as `host` and sends
+    /// `head` (with its blank line) and `first`, the start of a body: an
+    /// upload that stalls there until [`finish_upload`].
+    pub async fn stalled_upload(&self, host: &str, head: &str, first: &[u8]) -> SandboxTls {
+        use tokio::io::AsyncWriteExt;
+        let ca = std::fs::read_to_string(&self.session_ca).unwrap();
+        let cfg = test_support::client_config(&ca, &[b"http/1.1"]);
+        let mut io = test_support::tls_connect(self.proxy.https_addr().unwrap(), host, cfg)
+            .await
+            .unwrap();
+        io.write_all(head.as_bytes()).await.unwrap();
+        io.write_all(first).await.unwrap();
+        io.flush().await.unwrap();
+        io
+    }
+
     pub async fn start(opts: Options) -> Session {
         let dir = tempfile::tempdir().unwrap();
         let upstream_ca = TestCa::new("services");
