@@ -89,7 +89,11 @@ pub(super) fn read_field(
     let hits: Vec<&FormPair> = pairs
         .iter()
         .filter(|p| {
-            is_field(p) || p.name.property.as_deref().map(binding_key) == Some(target.clone())
+            is_field(p)
+                || p.name
+                    .property
+                    .as_deref()
+                    .is_some_and(|q| binding_key(q) == target)
         })
         .collect();
     // Through a model prefix (`model.amount`) a name is one plain value.

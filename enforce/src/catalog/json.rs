@@ -9,7 +9,7 @@
 use serde_json::value::RawValue;
 
 use super::error::ClassifyError;
-use super::names::{binding_key, fold};
+use super::names::{binding_key, binds_to, fold};
 use crate::json_members::{unescape_token, Members};
 
 /// The value a pointer reached.
@@ -48,7 +48,7 @@ pub fn lookup(text: &str, pointer: &str) -> Result<Option<JsonLeaf>, ClassifyErr
             let key = binding_key(&fold(&token));
             let mut hits: Vec<(String, &RawValue)> = members
                 .into_iter()
-                .filter(|(k, _)| binding_key(&fold(k)) == key)
+                .filter(|(k, _)| binds_to(k, &key))
                 .collect();
             match hits.len() {
                 0 => return Ok(None),

@@ -48,6 +48,15 @@ pub(super) fn binding_key(folded: &str) -> String {
     folded.chars().filter(|&c| c != '_').collect()
 }
 
+/// Whether `name`, folded, has the binding key `key` ([`binding_key`]),
+/// without building either string: JSON lookups ask it of every member.
+pub(super) fn binds_to(name: &str, key: &str) -> bool {
+    name.chars()
+        .map(fold_char)
+        .filter(|&c| c != '_')
+        .eq(key.chars())
+}
+
 /// How a form or query name addresses its field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Shape {
